@@ -1,0 +1,380 @@
+/* Arena life: layout, header, create, attach (with validation), close. */
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+
+/* ----- Layout ------------------------------------------------------------- */
+
+typedef struct sh_layout_s {
+  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, meta_end, stripe_size;
+  uint32_t total_pages, meta_pages;
+} sh_layout_t;
+
+static uint64_t sh_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
+
+static uint64_t sh_stripe_size(uint32_t nclasses) {
+  uint64_t counters = 2ull * SH_NPARTITIONS * (nclasses + 1u) * sizeof(uint64_t);
+  return sh_align_up(sizeof(sh_stripe_hdr_t) + counters, SH_CACHE_LINE);
+}
+
+/* The one place the metadata layout is computed: create writes it, attach
+ * recomputes it and compares field by field. */
+static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t max_owners,
+                              uint32_t nclasses, sh_layout_t *l) {
+  l->total_pages = (uint32_t)(arena_size >> page_shift);
+  uint64_t off = sh_align_up(sizeof(sh_header_t), SH_CACHE_LINE);
+  l->pages_off = off;
+  off += (uint64_t)l->total_pages * sizeof(sh_page_t);
+  l->bitmap_off = off = sh_align_up(off, SH_CACHE_LINE);
+  off += ((uint64_t)l->total_pages + 63) / 64 * 8;
+  l->owners_off = off = sh_align_up(off, SH_CACHE_LINE);
+  off += (uint64_t)max_owners * sizeof(sh_owner_t);
+  l->bins_off = off = sh_align_up(off, SH_CACHE_LINE);
+  off += (uint64_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t);
+  l->stripes_off = off = sh_align_up(off, SH_CACHE_LINE);
+  l->stripe_size = sh_stripe_size(nclasses);
+  off += SH_NSTRIPES * l->stripe_size;
+  l->meta_end = off;
+  l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
+}
+
+static uint64_t sh_checksum(const sh_header_t *hdr) {
+  const uint8_t *p = (const uint8_t *)hdr + offsetof(sh_header_t, format_version);
+  const uint8_t *end = (const uint8_t *)hdr + offsetof(sh_header_t, checksum);
+  uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a */
+  for (; p < end; p++) h = (h ^ *p) * UINT64_C(0x100000001b3);
+  return h;
+}
+
+/* ----- Options ------------------------------------------------------------ */
+
+void sh_options_init(sh_options_t *opts) {
+  opts->ratios[SH_PART_CONTEXT] = 0.4;
+  opts->ratios[SH_PART_SHARED] = 0.3;
+  opts->ratios[SH_PART_COMM] = 0.2;
+  opts->ratios[SH_PART_SYSTEM] = 0.1;
+  opts->page_size = SH_DEFAULT_PAGE_SIZE;
+  opts->max_owners = 0;
+}
+
+static int sh_options_validate(const sh_options_t *o, uint64_t size) {
+  double sum = 0;
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    if (!(o->ratios[p] > 0 && o->ratios[p] < 1))
+      return _sh_fail(SH_EINVAL, "ratio of partition '%s' is %g: each must be above 0 and below 1",
+                      _sh_part_name(p), o->ratios[p]);
+    sum += o->ratios[p];
+  }
+  if (fabs(sum - 1.0) > 1e-6)
+    return _sh_fail(SH_EINVAL, "partition ratios sum to %.9g: they must sum to 1", sum);
+  uint32_t ps = o->page_size;
+  if (ps < SH_MIN_PAGE_SIZE || ps > SH_MAX_PAGE_SIZE || (ps & (ps - 1)))
+    return _sh_fail(SH_EINVAL, "page size %u must be a power of two from %u to %u", ps,
+                    SH_MIN_PAGE_SIZE, SH_MAX_PAGE_SIZE);
+  if (ps % (uint32_t)sysconf(_SC_PAGESIZE))
+    return _sh_fail(SH_EINVAL, "page size %u is not a multiple of the OS page size %ld", ps,
+                    sysconf(_SC_PAGESIZE));
+  if (size / ps < 8)
+    return _sh_fail(SH_EINVAL, "arena of %llu bytes is too small: it needs at least 8 pages of %u",
+                    (unsigned long long)size, ps);
+  if (size / ps >= (1ull << 31))
+    return _sh_fail(SH_EINVAL, "arena of %llu bytes has too many pages: use larger pages",
+                    (unsigned long long)size);
+  if (o->max_owners > (1u << 20))
+    return _sh_fail(SH_EINVAL, "max_owners %u is above the limit of %u", o->max_owners, 1u << 20);
+  return SH_OK;
+}
+
+/* ----- Create ------------------------------------------------------------- */
+
+static int sh_handle_load(sh_arena_t *a) {
+  sh_header_t *hdr = a->hdr = (sh_header_t *)a->base;
+  a->pages = (sh_page_t *)(a->base + hdr->pages_off);
+  a->bitmap = (uint64_t *)(a->base + hdr->bitmap_off);
+  a->owners = (sh_owner_t *)(a->base + hdr->owners_off);
+  a->bins = (_Atomic uint32_t *)(a->base + hdr->bins_off);
+  a->stripes = a->base + hdr->stripes_off;
+  a->page_shift = hdr->page_shift;
+  a->max_owners = hdr->max_owners;
+  a->nstripes = hdr->nstripes;
+  a->stripe_size = hdr->stripe_size;
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    a->part_first[p] = hdr->parts[p].first_usable;
+    a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
+  }
+  _sh_classes_load(a);
+  return SH_OK;
+}
+
+static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
+  sh_header_t *hdr = (sh_header_t *)a->base;
+  uint32_t shift = (uint32_t)__builtin_ctz(o->page_size);
+  uint32_t sizes[SH_MAX_CLASSES], small_limit;
+  uint32_t nclasses = _sh_classes_build(o->page_size, sizes, &small_limit);
+  uint32_t max_owners = o->max_owners;
+  if (max_owners == 0) { /* about 0.3 % of the arena: one owner per 256 KiB, within [16, 2^16] */
+    uint64_t n = a->size >> 18;
+    max_owners = (uint32_t)(n < 16 ? 16 : n > 65536 ? 65536 : n);
+  }
+  sh_layout_t l;
+  sh_layout_compute(a->size, shift, max_owners, nclasses, &l);
+
+  uint32_t part_pages[SH_NPARTITIONS], assigned = 0;
+  for (int p = 0; p < SH_PART_SYSTEM; p++) {
+    part_pages[p] = (uint32_t)llround(o->ratios[p] * l.total_pages);
+    if (part_pages[p] == 0)
+      return _sh_fail(SH_EINVAL, "partition '%s' gets no page at ratio %g of %u pages: raise the size or the ratio",
+                      _sh_part_name(p), o->ratios[p], l.total_pages);
+    assigned += part_pages[p];
+  }
+  if (assigned + l.meta_pages + 1 > l.total_pages)
+    return _sh_fail(SH_EINVAL,
+                    "the system partition (%u pages at ratio %g) cannot hold the allocator's metadata "
+                    "(%u pages) and one page more: raise the size or the system ratio, or lower max_owners",
+                    l.total_pages - (assigned < l.total_pages ? assigned : l.total_pages),
+                    o->ratios[SH_PART_SYSTEM], l.meta_pages);
+  part_pages[SH_PART_SYSTEM] = l.total_pages - assigned;
+
+  hdr->format_version = SH_FORMAT_VERSION;
+  hdr->header_size = sizeof(sh_header_t);
+  hdr->arena_size = a->size;
+  hdr->page_size = o->page_size;
+  hdr->page_shift = shift;
+  hdr->total_pages = l.total_pages;
+  hdr->meta_pages = l.meta_pages;
+  hdr->nclasses = nclasses;
+  hdr->small_limit = small_limit;
+  hdr->max_owners = max_owners;
+  hdr->nstripes = SH_NSTRIPES;
+  hdr->pages_off = l.pages_off;
+  hdr->bitmap_off = l.bitmap_off;
+  hdr->owners_off = l.owners_off;
+  hdr->bins_off = l.bins_off;
+  hdr->stripes_off = l.stripes_off;
+  hdr->meta_end = l.meta_end;
+  hdr->stripe_size = l.stripe_size;
+  hdr->created_ns = _sh_os_now_ns();
+  memcpy(hdr->class_size, sizes, nclasses * sizeof(uint32_t));
+  /* system first, so the header and metadata open it; then the others in order */
+  static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
+  uint32_t next = 0;
+  for (int i = 0; i < SH_NPARTITIONS; i++) {
+    sh_part_desc_t *pd = &hdr->parts[order[i]];
+    pd->first_page = next;
+    pd->npages = part_pages[order[i]];
+    pd->first_usable = order[i] == SH_PART_SYSTEM ? l.meta_pages : next;
+    pd->offset = (uint64_t)next << shift;
+    pd->size = (uint64_t)pd->npages << shift;
+    pd->ratio_ppm = (uint32_t)llround(o->ratios[order[i]] * 1e6);
+    next += pd->npages;
+  }
+  hdr->checksum = sh_checksum(hdr);
+
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    int rc = _sh_lock_init(&hdr->part_lock[p]);
+    if (rc) return rc;
+  }
+  int rc = _sh_lock_init(&hdr->owner_lock);
+  if (rc) return rc;
+  sh_atomic_store_relaxed(&hdr->key_seed, _sh_os_random32());
+
+  sh_handle_load(a);
+  for (uint32_t pi = 0; pi < l.total_pages; pi++) {
+    sh_page_t *pg = &a->pages[pi];
+    pg->next = pg->prev = SH_NIL;
+    for (int p = 0; p < SH_NPARTITIONS; p++)
+      if (pi >= hdr->parts[p].first_page && pi < hdr->parts[p].first_page + hdr->parts[p].npages)
+        pg->partition = (uint32_t)p;
+    sh_atomic_store_relaxed(&pg->run_head, SH_NIL);
+    if (pi < l.meta_pages) {
+      sh_atomic_store_relaxed(&pg->state, SH_PAGE_META);
+      a->bitmap[pi / 64] |= 1ull << (pi % 64);
+    }
+  }
+  memset((void *)a->bins, 0xFF, (size_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t));
+  for (uint32_t i = 0; i < max_owners; i++)
+    for (int p = 0; p < SH_NPARTITIONS; p++) a->owners[i].large_head[p] = SH_NIL;
+  sh_owner_t *def = &a->owners[SH_OWNER_DEFAULT];
+  def->pid = (int32_t)getpid();
+  sh_process_start_time(def->pid, &def->pid_start);
+  def->created_ns = hdr->created_ns;
+  sh_atomic_store_relaxed(&def->generation, 1);
+  sh_atomic_store_relaxed(&def->state, SH_OWNER_LIVE);
+  return SH_OK;
+}
+
+int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t size,
+              const sh_options_t *opts) {
+  sh_options_t defaults;
+  if (!opts) {
+    sh_options_init(&defaults);
+    opts = &defaults;
+  }
+  if (backing != SH_BACKING_ANON && backing != SH_BACKING_SHM && backing != SH_BACKING_FILE)
+    return _sh_fail(SH_EINVAL, "unknown backing %d", (int)backing);
+  int rc = sh_options_validate(opts, size);
+  if (rc) return rc;
+  sh_arena_t *a = calloc(1, sizeof *a);
+  if (!a) return _sh_fail(SH_ENOMEM, "out of process memory for an arena handle");
+  a->size = (uint64_t)size & ~((uint64_t)opts->page_size - 1);
+  a->backing = backing;
+  a->fd = -1;
+  rc = _sh_os_create(backing, name, a->size, &a->fd, &a->base);
+  if (rc) {
+    free(a);
+    return rc;
+  }
+  rc = sh_header_init(a, opts);
+  if (rc) {
+    _sh_os_unmap(a->base, a->size, a->fd);
+    if (backing != SH_BACKING_ANON) sh_unlink(backing, name);
+    free(a);
+    return rc;
+  }
+  /* Published last: an attacher never trusts a half-built header. */
+  atomic_store_explicit((_Atomic uint64_t *)&a->hdr->magic, SH_MAGIC, memory_order_release);
+  *out = a;
+  return SH_OK;
+}
+
+/* ----- Attach ------------------------------------------------------------- */
+
+#define SH_EXPECT(cond, field, ...)                                                           \
+  do {                                                                                        \
+    if (!(cond)) return _sh_fail(SH_ECORRUPT, "corrupt arena header: field '" field "' " __VA_ARGS__); \
+  } while (0)
+
+static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
+  uint64_t magic = atomic_load_explicit((_Atomic uint64_t *)&hdr->magic, memory_order_acquire);
+  if (magic != SH_MAGIC)
+    return _sh_fail(SH_EMAGIC, "not a swarmheap arena (magic %016llx), or one still being created",
+                    (unsigned long long)magic);
+  if (hdr->format_version != SH_FORMAT_VERSION)
+    return _sh_fail(SH_EVERSION, "arena format version %u; this build reads version %u",
+                    hdr->format_version, SH_FORMAT_VERSION);
+  if (sh_checksum(hdr) != hdr->checksum)
+    return _sh_fail(SH_ECHECKSUM, "arena header checksum mismatch: the header was damaged");
+  SH_EXPECT(hdr->header_size == sizeof(sh_header_t), "header_size", "is %u, expected %zu",
+            hdr->header_size, sizeof(sh_header_t));
+  if (hdr->arena_size > mapped)
+    return _sh_fail(SH_ETRUNCATED, "arena is %llu bytes but its header says %llu: truncated",
+                    (unsigned long long)mapped, (unsigned long long)hdr->arena_size);
+  SH_EXPECT(hdr->arena_size == mapped, "arena_size", "is %llu, the mapping is %llu bytes",
+            (unsigned long long)hdr->arena_size, (unsigned long long)mapped);
+  uint32_t ps = hdr->page_size;
+  SH_EXPECT(ps >= SH_MIN_PAGE_SIZE && ps <= SH_MAX_PAGE_SIZE && !(ps & (ps - 1)), "page_size",
+            "is %u", ps);
+  SH_EXPECT(hdr->page_shift == (uint32_t)__builtin_ctz(ps), "page_shift", "is %u for pages of %u",
+            hdr->page_shift, ps);
+  SH_EXPECT(hdr->arena_size % ps == 0, "arena_size", "is not a whole number of pages");
+  uint32_t sizes[SH_MAX_CLASSES], small_limit;
+  uint32_t nclasses = _sh_classes_build(ps, sizes, &small_limit);
+  SH_EXPECT(hdr->nclasses == nclasses, "nclasses", "is %u, expected %u", hdr->nclasses, nclasses);
+  SH_EXPECT(hdr->small_limit == small_limit, "small_limit", "is %u, expected %u", hdr->small_limit,
+            small_limit);
+  SH_EXPECT(memcmp(hdr->class_size, sizes, nclasses * sizeof(uint32_t)) == 0, "class_size",
+            "does not match the size-class table for pages of %u", ps);
+  SH_EXPECT(hdr->max_owners >= 1 && hdr->max_owners <= (1u << 20), "max_owners", "is %u",
+            hdr->max_owners);
+  SH_EXPECT(hdr->nstripes == SH_NSTRIPES, "nstripes", "is %u", hdr->nstripes);
+  sh_layout_t l;
+  sh_layout_compute(hdr->arena_size, hdr->page_shift, hdr->max_owners, nclasses, &l);
+  SH_EXPECT(hdr->total_pages == l.total_pages, "total_pages", "is %u, expected %u", hdr->total_pages,
+            l.total_pages);
+  SH_EXPECT(hdr->meta_pages == l.meta_pages, "meta_pages", "is %u, expected %u", hdr->meta_pages,
+            l.meta_pages);
+  SH_EXPECT(hdr->pages_off == l.pages_off, "pages_off", "is %llu", (unsigned long long)hdr->pages_off);
+  SH_EXPECT(hdr->bitmap_off == l.bitmap_off, "bitmap_off", "is %llu", (unsigned long long)hdr->bitmap_off);
+  SH_EXPECT(hdr->owners_off == l.owners_off, "owners_off", "is %llu", (unsigned long long)hdr->owners_off);
+  SH_EXPECT(hdr->bins_off == l.bins_off, "bins_off", "is %llu", (unsigned long long)hdr->bins_off);
+  SH_EXPECT(hdr->stripes_off == l.stripes_off, "stripes_off", "is %llu",
+            (unsigned long long)hdr->stripes_off);
+  SH_EXPECT(hdr->stripe_size == l.stripe_size, "stripe_size", "is %llu",
+            (unsigned long long)hdr->stripe_size);
+  SH_EXPECT(hdr->meta_end == l.meta_end, "meta_end", "is %llu", (unsigned long long)hdr->meta_end);
+  static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
+  uint32_t next = 0;
+  uint64_t ppm = 0;
+  for (int i = 0; i < SH_NPARTITIONS; i++) {
+    const sh_part_desc_t *pd = &hdr->parts[order[i]];
+    SH_EXPECT(pd->first_page == next, "parts.first_page", "of '%s' is %u, expected %u",
+              _sh_part_name(order[i]), pd->first_page, next);
+    SH_EXPECT(pd->npages >= 1 && pd->npages <= l.total_pages - next, "parts.npages",
+              "of '%s' is %u", _sh_part_name(order[i]), pd->npages);
+    uint32_t usable = order[i] == SH_PART_SYSTEM ? l.meta_pages : next;
+    SH_EXPECT(pd->first_usable == usable && usable < next + pd->npages, "parts.first_usable",
+              "of '%s' is %u", _sh_part_name(order[i]), pd->first_usable);
+    SH_EXPECT(pd->offset == (uint64_t)next << hdr->page_shift, "parts.offset", "of '%s'",
+              _sh_part_name(order[i]));
+    SH_EXPECT(pd->size == (uint64_t)pd->npages << hdr->page_shift, "parts.size", "of '%s'",
+              _sh_part_name(order[i]));
+    SH_EXPECT(pd->ratio_ppm > 0 && pd->ratio_ppm < 1000000, "parts.ratio_ppm", "of '%s' is %u",
+              _sh_part_name(order[i]), pd->ratio_ppm);
+    ppm += pd->ratio_ppm;
+    next += pd->npages;
+  }
+  SH_EXPECT(next == l.total_pages, "parts", "cover %u pages of %u", next, l.total_pages);
+  SH_EXPECT(ppm >= 999996 && ppm <= 1000004, "parts.ratio_ppm", "sum to %llu ppm",
+            (unsigned long long)ppm);
+  return SH_OK;
+}
+
+int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read_only) {
+  int fd;
+  uint64_t size;
+  int rc = _sh_os_open(backing, name, read_only, &fd, &size);
+  if (rc) return rc;
+  if (size < sizeof(sh_header_t)) {
+    _sh_os_unmap(NULL, 0, fd);
+    return _sh_fail(SH_ETRUNCATED, "'%s' is %llu bytes, shorter than an arena header (%zu)", name,
+                    (unsigned long long)size, sizeof(sh_header_t));
+  }
+  sh_arena_t *a = calloc(1, sizeof *a);
+  if (!a) {
+    _sh_os_unmap(NULL, 0, fd);
+    return _sh_fail(SH_ENOMEM, "out of process memory for an arena handle");
+  }
+  a->fd = fd;
+  a->size = size;
+  a->backing = backing;
+  a->read_only = read_only;
+  rc = _sh_os_map(fd, size, read_only, &a->base);
+  if (!rc) rc = sh_header_validate((const sh_header_t *)a->base, size);
+  if (rc) {
+    _sh_os_unmap(a->base, size, fd);
+    free(a);
+    return rc;
+  }
+  sh_handle_load(a);
+  *out = a;
+  return SH_OK;
+}
+
+void sh_close(sh_arena_t *arena) {
+  if (!arena) return;
+  _sh_os_unmap(arena->base, arena->size, arena->fd);
+  free(arena);
+}
+
+void *sh_base(const sh_arena_t *arena) { return arena->base; }
+
+void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
+  const sh_header_t *hdr = arena->hdr;
+  memset(info, 0, sizeof *info);
+  info->size = hdr->arena_size;
+  info->page_size = hdr->page_size;
+  info->nclasses = hdr->nclasses;
+  info->max_owners = hdr->max_owners;
+  info->format_version = hdr->format_version;
+  info->small_limit = hdr->small_limit;
+  info->metadata_bytes = hdr->meta_end;
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    info->part_offset[p] = hdr->parts[p].offset;
+    info->part_size[p] = hdr->parts[p].size;
+  }
+  memcpy(info->class_size, hdr->class_size, hdr->nclasses * sizeof(uint32_t));
+}

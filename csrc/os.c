@@ -1,0 +1,154 @@
+/* The OS boundary: mappings, backing store, clocks, process identity. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+
+static int sh_open_backing(sh_backing_t backing, const char *name, int flags) {
+  if (backing == SH_BACKING_SHM) return shm_open(name, flags, 0600);
+  return open(name, flags | O_CLOEXEC, 0600);
+}
+
+static int sh_check_name(sh_backing_t backing, const char *name) {
+  if (backing == SH_BACKING_ANON) return SH_OK;
+  if (name == NULL || name[0] == '\0')
+    return _sh_fail(SH_EINVAL, "a %s heap needs a name", backing == SH_BACKING_SHM ? "shared" : "file");
+  if (backing == SH_BACKING_SHM) {
+    const char *rest = name[0] == '/' ? name + 1 : name;
+    if (*rest == '\0' || strchr(rest, '/') || strlen(rest) > 250)
+      return _sh_fail(SH_EINVAL, "shared heap name '%s' must be 1-250 characters without '/'", name);
+  }
+  return SH_OK;
+}
+
+int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base) {
+  int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+  int flags = MAP_NORESERVE | (fd < 0 ? MAP_PRIVATE | MAP_ANONYMOUS : MAP_SHARED);
+  void *p = mmap(NULL, (size_t)size, prot, flags, fd, 0);
+  if (p == MAP_FAILED)
+    return _sh_fail(errno == ENOMEM ? SH_ENOMEM : SH_ESYS, "mmap of %llu bytes failed: %s",
+                    (unsigned long long)size, strerror(errno));
+  *base = p;
+  return SH_OK;
+}
+
+int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd_out,
+                  uint8_t **base) {
+  int rc = sh_check_name(backing, name);
+  if (rc) return rc;
+  int fd = -1;
+  if (backing != SH_BACKING_ANON) {
+    fd = sh_open_backing(backing, name, O_RDWR | O_CREAT | O_EXCL);
+    if (fd < 0) {
+      if (errno == EEXIST) return _sh_fail(SH_EEXIST, "a heap named '%s' already exists", name);
+      return _sh_fail(SH_ESYS, "cannot create '%s': %s", name, strerror(errno));
+    }
+    /* Reserve every byte now: on tmpfs an unreserved page faults with SIGBUS
+     * when /dev/shm fills, long after creation said yes. */
+    int err = posix_fallocate(fd, 0, (off_t)size);
+    if (err) {
+      close(fd);
+      sh_unlink(backing, name);
+      if (err == ENOSPC || err == EFBIG)
+        return _sh_fail(SH_ENOSPC, "no room to reserve %llu bytes for '%s' (%s)",
+                        (unsigned long long)size, name,
+                        backing == SH_BACKING_SHM ? "/dev/shm is too small" : strerror(err));
+      return _sh_fail(SH_ESYS, "cannot reserve %llu bytes for '%s': %s",
+                      (unsigned long long)size, name, strerror(err));
+    }
+  }
+  rc = _sh_os_map(fd, size, 0, base);
+  if (rc) {
+    if (fd >= 0) {
+      close(fd);
+      sh_unlink(backing, name);
+    }
+    return rc;
+  }
+  *fd_out = fd;
+  return SH_OK;
+}
+
+int _sh_os_open(sh_backing_t backing, const char *name, int read_only, int *fd_out,
+                uint64_t *size) {
+  if (backing == SH_BACKING_ANON) return _sh_fail(SH_EINVAL, "a private heap cannot be attached");
+  int rc = sh_check_name(backing, name);
+  if (rc) return rc;
+  int fd = sh_open_backing(backing, name, read_only ? O_RDONLY : O_RDWR);
+  if (fd < 0) {
+    if (errno == ENOENT) return _sh_fail(SH_ENOENT, "no heap named '%s'", name);
+    return _sh_fail(SH_ESYS, "cannot open '%s': %s", name, strerror(errno));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return _sh_fail(SH_ESYS, "cannot stat '%s': %s", name, strerror(e));
+  }
+  *fd_out = fd;
+  *size = (uint64_t)st.st_size;
+  return SH_OK;
+}
+
+void _sh_os_unmap(uint8_t *base, uint64_t size, int fd) {
+  if (base) munmap(base, (size_t)size);
+  if (fd >= 0) close(fd);
+}
+
+int sh_unlink(sh_backing_t backing, const char *name) {
+  int rc = sh_check_name(backing, name);
+  if (rc) return rc;
+  if (backing == SH_BACKING_ANON) return SH_OK;
+  int r = backing == SH_BACKING_SHM ? shm_unlink(name) : unlink(name);
+  if (r != 0) {
+    if (errno == ENOENT) return _sh_fail(SH_ENOENT, "no heap named '%s'", name);
+    return _sh_fail(SH_ESYS, "cannot unlink '%s': %s", name, strerror(errno));
+  }
+  return SH_OK;
+}
+
+uint64_t _sh_os_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t _sh_os_random32(void) {
+  uint32_t v;
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) == (ssize_t)sizeof v) return v;
+  return (uint32_t)_sh_os_now_ns() * 2654435761u;
+}
+
+int sh_process_start_time(int pid, uint64_t *start_time) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? SH_ENOENT : _sh_fail(SH_ESYS, "%s: %s", path, strerror(errno));
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return SH_ENOENT;
+  buf[n] = '\0';
+  /* The command name may hold spaces and parens: fields resume after the last ')'. */
+  char *p = strrchr(buf, ')');
+  if (!p) return _sh_fail(SH_ESYS, "%s: unexpected format", path);
+  p += 2; /* now at field 3, the state */
+  if (*p == 'Z' || *p == 'X') return SH_ENOENT; /* a zombie has finished running */
+  for (int field = 3; field < 22 && p; field++) {
+    p = strchr(p, ' ');
+    if (p) p++;
+  }
+  if (!p) return _sh_fail(SH_ESYS, "%s: unexpected format", path);
+  *start_time = strtoull(p, NULL, 10);
+  return SH_OK;
+}

@@ -1,0 +1,206 @@
+/* Owners: the table, recycle in O(pages), pins, states. */
+#include <string.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+
+static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
+
+int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *generation) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  uint64_t now = _sh_os_now_ns();
+  int32_t pid = (int32_t)getpid();
+  uint64_t start = 0;
+  sh_process_start_time(pid, &start);
+  _sh_owner_lock(a);
+  for (uint32_t k = 0; k < a->max_owners - 1; k++) {
+    uint32_t i = 1 + (sh_atomic_load_relaxed(&sh_owner_hint) + k) % (a->max_owners - 1);
+    sh_owner_t *o = &a->owners[i];
+    if (sh_atomic_load_relaxed(&o->state) != SH_OWNER_FREE) continue;
+    uint32_t gen = sh_atomic_load_relaxed(&o->generation) + 1;
+    if (gen == 0) gen = 1; /* 0 never names a live owner */
+    o->kind = kind;
+    o->pid = pid;
+    o->pid_start = start;
+    o->created_ns = now;
+    sh_atomic_store_relaxed(&o->last_active_ns, now);
+    sh_atomic_store_relaxed(&o->user_word, 0);
+    sh_atomic_store_relaxed(&o->pins, 0);
+    for (int p = 0; p < SH_NPARTITIONS; p++) sh_atomic_store_relaxed(&o->peak_pages[p], 0);
+    sh_atomic_store_relaxed(&o->generation, gen);
+    sh_atomic_store_release(&o->state, SH_OWNER_LIVE);
+    _sh_owner_unlock(a);
+    sh_atomic_store_relaxed(&sh_owner_hint, i);
+    *id = i;
+    *generation = gen;
+    return SH_OK;
+  }
+  _sh_owner_unlock(a);
+  return _sh_fail(SH_ETOOMANY, "the owner table is full (%u owners): complete some agents or create the heap with more max_owners",
+                  a->max_owners - 1);
+}
+
+/* Caller holds the owner lock. */
+static int sh_owner_lookup(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_t **out) {
+  if (id >= a->max_owners)
+    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", id, a->max_owners);
+  sh_owner_t *o = &a->owners[id];
+  uint32_t st = sh_atomic_load_relaxed(&o->state), g = sh_atomic_load_relaxed(&o->generation);
+  if (st == SH_OWNER_FREE || g != gen)
+    return _sh_fail(SH_EOWNER, "owner %u generation %u no longer exists (slot is at generation %u, %s)",
+                    id, gen, g, st == SH_OWNER_FREE ? "free" : "reused");
+  *out = o;
+  return SH_OK;
+}
+
+/* Every page of the owner back to its partition. Owner lock held. */
+int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id) {
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    _sh_part_lock(a, part);
+    for (uint32_t c = 0; c < a->nclasses; c++) {
+      _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
+      uint32_t pi;
+      while ((pi = sh_atomic_load_relaxed(bin)) != SH_NIL) _sh_page_release_locked(a, part, pi);
+    }
+    uint32_t pi;
+    while ((pi = a->owners[id].large_head[part]) != SH_NIL) _sh_page_release_locked(a, part, pi);
+    _sh_part_unlock(a, part);
+  }
+  sh_atomic_store_release(&a->owners[id].state, SH_OWNER_FREE);
+  return SH_OK;
+}
+
+int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
+  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 (the shared default) is never recycled");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) > 0) {
+    sh_atomic_store_release(&o->state, SH_OWNER_COMPLETED);
+    rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released",
+                  id, sh_atomic_load_relaxed(&o->pins));
+  } else if (rc == SH_OK) {
+    rc = _sh_owner_recycle_now(a, id);
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK) sh_atomic_add_relaxed(&o->pins, 1);
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
+  if (recycled) *recycled = 0;
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) == 0)
+    rc = _sh_fail(SH_ESTATE, "owner %u has no pin to release", id);
+  if (rc == SH_OK && sh_atomic_sub_relaxed(&o->pins, 1) == 1 &&
+      sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
+    rc = _sh_owner_recycle_now(a, id);
+    if (recycled) *recycled = 1;
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
+                       sh_owner_state_t desired) {
+  if (desired == SH_OWNER_FREE || desired > SH_OWNER_OFFLOADED)
+    return _sh_fail(SH_EINVAL, "state %d cannot be set directly (use recycle to free a slot)", (int)desired);
+  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 is always live");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK) {
+    uint32_t st = sh_atomic_load_relaxed(&o->state);
+    if (st != (uint32_t)expected)
+      rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
+    else
+      sh_atomic_store_release(&o->state, (uint32_t)desired);
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+static int sh_owner_check_gen(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_t **out) {
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
+  sh_owner_t *o = &a->owners[id];
+  if (sh_atomic_load_acquire(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->generation) != gen)
+    return _sh_fail(SH_EOWNER, "owner %u generation %u no longer exists", id, gen);
+  *out = o;
+  return SH_OK;
+}
+
+int sh_owner_touch(sh_arena_t *a, uint32_t id, uint32_t gen) {
+  sh_owner_t *o;
+  int rc = sh_owner_check_gen(a, id, gen, &o);
+  if (rc == SH_OK) sh_atomic_store_relaxed(&o->last_active_ns, _sh_os_now_ns());
+  return rc;
+}
+
+int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t expected, uint64_t desired) {
+  sh_owner_t *o;
+  int rc = sh_owner_check_gen(a, id, gen, &o);
+  if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
+    rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
+  return rc;
+}
+
+int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
+  const sh_owner_t *o = &a->owners[id];
+  memset(info, 0, sizeof *info);
+  info->state = (sh_owner_state_t)sh_atomic_load_acquire(&o->state);
+  if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
+  info->id = id;
+  info->generation = sh_atomic_load_relaxed(&o->generation);
+  info->kind = o->kind;
+  info->pid = o->pid;
+  info->pid_start_time = o->pid_start;
+  info->created_ns = o->created_ns;
+  info->last_active_ns = sh_atomic_load_relaxed(&o->last_active_ns);
+  info->pins = sh_atomic_load_relaxed(&o->pins);
+  info->user_word = sh_atomic_load_relaxed(&o->user_word);
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    info->pages[p] = sh_atomic_load_relaxed(&o->pages[p]);
+    info->peak_pages[p] = sh_atomic_load_relaxed(&o->peak_pages[p]);
+  }
+  /* Live bytes come from the pages themselves: no counter on the hot path. */
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    if (info->pages[part] == 0) continue;
+    for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+      const sh_page_t *pg = &a->pages[pi];
+      uint32_t st = sh_atomic_load_acquire(&pg->state);
+      if ((st != SH_PAGE_SMALL && st != SH_PAGE_LARGE) || sh_atomic_load_relaxed(&pg->owner) != id) continue;
+      if (st == SH_PAGE_LARGE) {
+        info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+        info->blocks++;
+      } else {
+        uint64_t h = sh_atomic_load_relaxed(&pg->head);
+        uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
+        uint32_t used = sh_head_top(h) == SH_HEAD_RETIRED ? 0 : cap - sh_head_count(h);
+        info->bytes[part] += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass)].size;
+        info->blocks += used;
+      }
+    }
+  }
+  return SH_OK;
+}
+
+int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
+  const sh_owner_t *o = &a->owners[id];
+  uint64_t start;
+  int rc = sh_process_start_time(o->pid, &start);
+  if (rc == SH_ENOENT) return 0;
+  if (rc) return rc;
+  return start == o->pid_start;
+}

@@ -1,0 +1,532 @@
+/* Blocks: the lock-free small path, the locked page and run slow paths,
+ * page release, and the repair after a lock holder died. */
+#include <stdio.h>
+#include <string.h>
+
+#include "sh_internal.h"
+#include "sh_track.h"
+
+/* ----- Counters ------------------------------------------------------------ */
+
+static _Atomic unsigned sh_next_stripe;
+
+static inline _Atomic uint64_t *sh_thread_counters(const sh_arena_t *a) {
+  static _Thread_local unsigned stripe = UINT32_MAX;
+  if (sh_unlikely(stripe == UINT32_MAX))
+    stripe = sh_atomic_add_relaxed(&sh_next_stripe, 1u) % SH_NSTRIPES;
+  return _sh_stripe_counters(a, stripe);
+}
+
+static inline void sh_count(const sh_arena_t *a, int is_free, int part, int cls) {
+  sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, is_free, part, cls)], 1);
+}
+
+static void sh_count_failure(const sh_arena_t *a, int part) {
+  static _Thread_local unsigned stripe;
+  sh_stripe_hdr_t *h = (sh_stripe_hdr_t *)(a->stripes + (size_t)(stripe++ % SH_NSTRIPES) * a->stripe_size);
+  sh_atomic_add_relaxed(&h->failures[part], 1);
+}
+
+/* ----- Bitmap of pages in use --------------------------------------------- */
+
+static inline bool sh_bit(const sh_arena_t *a, uint32_t pi) {
+  return (a->bitmap[pi / 64] >> (pi % 64)) & 1;
+}
+static inline void sh_bit_set(sh_arena_t *a, uint32_t pi, bool on) {
+  if (on) a->bitmap[pi / 64] |= 1ull << (pi % 64);
+  else a->bitmap[pi / 64] &= ~(1ull << (pi % 64));
+}
+
+/* First fit of n free pages in the partition; marks them used. Under lock. */
+static uint32_t sh_bitmap_take(sh_arena_t *a, int part, uint32_t n) {
+  uint32_t first = a->part_first[part], end = a->part_end[part], run = 0;
+  for (uint32_t pi = first; pi < end; pi++) {
+    if (pi % 64 == 0 && run == 0 && pi + 64 <= end && a->bitmap[pi / 64] == UINT64_MAX) {
+      pi += 63;
+      continue;
+    }
+    if (sh_bit(a, pi)) {
+      run = 0;
+      continue;
+    }
+    if (++run == n) {
+      uint32_t start = pi + 1 - n;
+      for (uint32_t q = start; q <= pi; q++) sh_bit_set(a, q, true);
+      return start;
+    }
+  }
+  return SH_NIL;
+}
+
+uint32_t _sh_bitmap_count(const sh_arena_t *a, int part) {
+  uint32_t n = 0;
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) n += sh_bit(a, pi);
+  return n;
+}
+
+/* ----- Free-stack links ------------------------------------------------------
+ * A free block's first two words: the next top (see sh_types.h) and that value
+ * xor the page's key. A write after free almost surely breaks the pair. */
+
+static inline uint32_t *sh_link_at(const sh_arena_t *a, uint32_t pi, uint32_t top) {
+  return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
+}
+
+static inline bool sh_top_valid(const sh_arena_t *a, const sh_class_t *cls, uint32_t top) {
+  if (top == 0) return true;
+  uint64_t in_page = (uint64_t)(top - 1) << SH_UNIT_SHIFT;
+  return in_page + cls->size <= (1ull << a->page_shift) &&
+         (uint32_t)in_page * cls->div_magic <= cls->div_magic - 1;
+}
+
+static inline void sh_link_write(uint32_t *link, uint32_t next, uint32_t key) {
+  __atomic_store_n(&link[0], next, __ATOMIC_RELAXED);
+  __atomic_store_n(&link[1], next ^ key, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t sh_page_bytes(const sh_arena_t *a) { return 1ull << a->page_shift; }
+
+enum { SH_POP_OK, SH_POP_EMPTY, SH_POP_CORRUPT };
+
+/* The page no longer is what the caller's bin said: reassigned under us. */
+static inline bool sh_page_matches(const sh_page_t *pg, uint32_t owner, int c) {
+  return sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
+         sh_atomic_load_relaxed(&pg->owner) == owner &&
+         sh_atomic_load_relaxed(&pg->sclass) == (uint32_t)c;
+}
+
+SH_NO_TSAN static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner,
+                                  int c, uint32_t *top_out) {
+  const sh_class_t *cls = &a->classes[c];
+  uint64_t head = sh_atomic_load_acquire(&pg->head);
+  for (;;) {
+    uint32_t top = sh_head_top(head);
+    if (top == 0 || top == SH_HEAD_RETIRED || !sh_top_valid(a, cls, top)) {
+      if (top == 0 || top == SH_HEAD_RETIRED || !sh_page_matches(pg, owner, c)) return SH_POP_EMPTY;
+      return SH_POP_CORRUPT;
+    }
+    uint32_t *link = sh_link_at(a, pi, top);
+    uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
+    uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+    uint32_t count = sh_head_count(head);
+    if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) ||
+                    !sh_top_valid(a, cls, next) || (next == 0) != (count == 1))) {
+      /* A racing pop may have handed this block out and its new owner written
+       * over the link; only an unchanged head proves the link itself is bad. */
+      uint64_t again = sh_atomic_load_acquire(&pg->head);
+      if (again != head) {
+        head = again;
+        continue;
+      }
+      return sh_page_matches(pg, owner, c) ? SH_POP_CORRUPT : SH_POP_EMPTY;
+    }
+    uint64_t desired = sh_head_make(next, count - 1, sh_head_tag(head) + 1);
+    if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired)) {
+      *top_out = top;
+      return SH_POP_OK;
+    }
+  }
+}
+
+/* Confirms a suspected double free by walking the stack (bounded). */
+SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, uint32_t pi,
+                                           uint32_t top) {
+  uint64_t head = sh_atomic_load_acquire(&pg->head);
+  uint32_t t = sh_head_top(head), cap = sh_atomic_load_relaxed(&pg->capacity);
+  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass)];
+  for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps <= cap; steps++) {
+    if (t == top) return true;
+    if (!sh_top_valid(a, cls, t)) return false;
+    t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
+  }
+  return false;
+}
+
+/* ----- Page life (under the partition lock) --------------------------------- */
+
+static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c) {
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t key = _sh_os_random32() | 1u;
+  uint8_t *start = _sh_page_start(a, pi);
+  sh_track_reset(start, sh_page_bytes(a));
+  uint32_t units = cls->size >> SH_UNIT_SHIFT;
+  for (uint32_t i = 0; i < cls->capacity; i++) {
+    uint32_t next = i + 1 < cls->capacity ? (i + 1) * units + 1 : 0;
+    uint32_t *link = (uint32_t *)(start + (uint64_t)i * cls->size);
+    sh_link_write(link, next, key);
+    sh_track_free(link, cls->size);
+  }
+  sh_atomic_store_relaxed(&pg->owner, owner);
+  sh_atomic_store_relaxed(&pg->sclass, (uint32_t)c);
+  sh_atomic_store_relaxed(&pg->key, key);
+  sh_atomic_store_relaxed(&pg->capacity, cls->capacity);
+  sh_atomic_store_relaxed(&pg->large_bytes, 0);
+  pg->epoch++;
+  pg->corrupt = 0;
+  uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
+  sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
+  sh_atomic_store_release(&pg->head, sh_head_make(1, cls->capacity, tag));
+}
+
+static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n) {
+  sh_owner_t *o = &a->owners[owner];
+  uint64_t now = sh_atomic_load_relaxed(&o->pages[part]) + (uint64_t)n;
+  sh_atomic_store_relaxed(&o->pages[part], now);
+  if (n > 0) {
+    sh_atomic_max_relaxed(&o->peak_pages[part], now);
+    uint64_t used = sh_atomic_add_relaxed(&a->hdr->pages_used[part], (uint64_t)n) + (uint64_t)n;
+    sh_atomic_max_relaxed(&a->hdr->peak_pages[part], used);
+  } else {
+    sh_atomic_sub_relaxed(&a->hdr->pages_used[part], (uint64_t)-n);
+  }
+}
+
+static void sh_bin_link_front(sh_arena_t *a, _Atomic uint32_t *bin, uint32_t pi) {
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t old = sh_atomic_load_relaxed(bin);
+  pg->prev = SH_NIL;
+  pg->next = old;
+  if (old != SH_NIL) a->pages[old].prev = pi;
+  sh_atomic_store_release(bin, pi);
+}
+
+static void sh_list_unlink(sh_arena_t *a, uint32_t pi, _Atomic uint32_t *bin, uint32_t *large_head) {
+  sh_page_t *pg = &a->pages[pi];
+  if (pg->prev != SH_NIL) a->pages[pg->prev].next = pg->next;
+  else if (bin) sh_atomic_store_release(bin, pg->next);
+  else *large_head = pg->next;
+  if (pg->next != SH_NIL) a->pages[pg->next].prev = pg->prev;
+  pg->next = pg->prev = SH_NIL;
+}
+
+void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_relaxed(&pg->state);
+  uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
+  uint32_t n = 1;
+  if (state == SH_PAGE_SMALL) {
+    sh_list_unlink(a, pi, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), NULL);
+  } else if (state == SH_PAGE_LARGE) {
+    n = sh_atomic_load_relaxed(&pg->capacity);
+    sh_list_unlink(a, pi, NULL, &a->owners[owner].large_head[part]);
+    for (uint32_t q = pi + 1; q < pi + n; q++) {
+      sh_atomic_store_relaxed(&a->pages[q].state, SH_PAGE_FREE);
+      sh_atomic_store_relaxed(&a->pages[q].run_head, SH_NIL);
+      sh_bit_set(a, q, false);
+    }
+  } else {
+    return;
+  }
+  uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
+  sh_atomic_store_release(&pg->head, sh_head_make(0, 0, tag));
+  sh_atomic_store_release(&pg->state, SH_PAGE_FREE);
+  sh_bit_set(a, pi, false);
+  sh_owner_pages_add(a, owner, part, -(int64_t)n);
+}
+
+/* ----- Small blocks ------------------------------------------------------------ */
+
+static int sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
+  if (sh_unlikely(owner >= a->max_owners))
+    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
+  uint32_t st = sh_atomic_load_acquire(&a->owners[owner].state);
+  if (st != SH_OWNER_LIVE)
+    return _sh_fail(SH_EOWNER, "owner %u is not live (state %u): it was completed, recycled or offloaded",
+                    owner, st);
+  return SH_OK;
+}
+
+static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_t pages_needed) {
+  sh_count_failure(a, part);
+  uint64_t used = sh_atomic_load_relaxed(&a->hdr->pages_used[part]) << a->page_shift;
+  uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
+  return _sh_fail(SH_EFULL,
+                  "partition '%s' is full: a request of %zu bytes needs %u free page(s); "
+                  "%llu of %llu bytes are in pages already",
+                  _sh_part_name(part), size, pages_needed, (unsigned long long)used,
+                  (unsigned long long)cap);
+}
+
+/* Make the bin's first page one with free blocks: an existing page of the
+ * bin, else a fresh page from the partition. */
+static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_t size) {
+  int rc = sh_owner_usable(a, owner);
+  if (rc) return rc;
+  _sh_part_lock(a, part);
+  _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+  for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL; pi = a->pages[pi].next) {
+    uint32_t top = sh_head_top(sh_atomic_load_acquire(&a->pages[pi].head));
+    if (top != 0 && top != SH_HEAD_RETIRED && !a->pages[pi].corrupt) {
+      if (a->pages[pi].prev != SH_NIL) {
+        sh_list_unlink(a, pi, bin, NULL);
+        sh_bin_link_front(a, bin, pi);
+      }
+      _sh_part_unlock(a, part);
+      return SH_OK;
+    }
+  }
+  uint32_t pi = sh_bitmap_take(a, part, 1);
+  if (pi == SH_NIL) {
+    _sh_part_unlock(a, part);
+    return sh_partition_full(a, part, size, 1);
+  }
+  sh_page_format_small(a, &a->pages[pi], pi, owner, c);
+  sh_bin_link_front(a, bin, pi);
+  sh_owner_pages_add(a, owner, part, 1);
+  _sh_part_unlock(a, part);
+  return SH_OK;
+}
+
+static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
+  _sh_part_lock(a, part);
+  sh_page_t *pg = &a->pages[pi];
+  pg->corrupt = 1;
+  _sh_part_unlock(a, part);
+  return _sh_fail(SH_ECORRUPT,
+                  "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
+                  "a block was written after it was freed; the page is quarantined",
+                  pi, _sh_part_name(part), a->classes[sh_atomic_load_relaxed(&pg->sclass)].size);
+}
+
+static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset);
+
+int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  int part = (int)partition;
+  if (sh_unlikely((unsigned)part >= SH_NPARTITIONS))
+    return _sh_fail(SH_EINVAL, "partition %d does not exist (0..3)", part);
+  if (sh_unlikely(owner >= a->max_owners))
+    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
+  int c = _sh_size_class(a, size);
+  if (c < 0) return sh_alloc_large(a, owner, part, size, offset);
+  _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+  for (;;) {
+    uint32_t pi = sh_atomic_load_acquire(bin);
+    if (sh_likely(pi != SH_NIL)) {
+      sh_page_t *pg = &a->pages[pi];
+      uint32_t top;
+      int r = sh_page_pop(a, pg, pi, owner, c, &top);
+      if (sh_likely(r == SH_POP_OK)) {
+        uint64_t off = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
+        if (sh_unlikely(!sh_page_matches(pg, owner, c))) {
+          /* The page was released and handed to someone else between reading
+           * the bin and popping: give the block back to its new page. */
+          sh_free(a, off);
+          continue;
+        }
+        sh_track_alloc(a->base + off, a->classes[c].size);
+        sh_count(a, 0, part, c);
+        *offset = off;
+        return SH_OK;
+      }
+      if (r == SH_POP_CORRUPT && !pg->corrupt) return sh_quarantine(a, pi, part);
+    }
+    int rc = sh_small_refill(a, owner, part, c, size);
+    if (rc) return rc;
+  }
+}
+
+int sh_calloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  int rc = sh_alloc(a, owner, partition, size, offset);
+  if (rc == SH_OK) memset(a->base + *offset, 0, sh_good_size(a, size));
+  return rc;
+}
+
+/* A page whose every block is free goes back to its partition, unless it is
+ * the bin's first page: keeping one warm page per bin stops alloc/free pairs
+ * at a page boundary from taking the lock each time. */
+static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
+  uint64_t expected = pushed;
+  uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(pushed), sh_head_tag(pushed) + 1);
+  if (!sh_atomic_cas_strong_acq_rel(&pg->head, &expected, retired)) return; /* in use again */
+  _sh_part_lock(a, part);
+  if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
+      sh_head_top(sh_atomic_load_relaxed(&pg->head)) == SH_HEAD_RETIRED) {
+    _Atomic uint32_t *bin = _sh_bin(a, sh_atomic_load_relaxed(&pg->owner), part,
+                                    (int)sh_atomic_load_relaxed(&pg->sclass));
+    if (sh_atomic_load_relaxed(bin) == pi)
+      sh_atomic_store_release(&pg->head, sh_head_make(sh_head_top(pushed), sh_head_count(pushed),
+                                                      sh_head_tag(pushed) + 2));
+    else
+      _sh_page_release_locked(a, part, pi);
+  }
+  _sh_part_unlock(a, part);
+}
+
+static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
+
+int sh_free(sh_arena_t *a, uint64_t offset) {
+  if (sh_unlikely(offset >= a->size))
+    return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena (%llu bytes)",
+                    (unsigned long long)offset, (unsigned long long)a->size);
+  uint32_t pi = (uint32_t)(offset >> a->page_shift);
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_acquire(&pg->state);
+  int part = (int)pg->partition;
+  if (sh_unlikely(state != SH_PAGE_SMALL)) {
+    if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0)
+      return sh_free_large(a, pi, part);
+    return _sh_fail(SH_EBADPTR, "offset %llu is not a live block (page %u is %s)",
+                    (unsigned long long)offset, pi,
+                    state == SH_PAGE_FREE ? "free" : state == SH_PAGE_META ? "metadata" : "inside a large block");
+  }
+  int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
+  if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1 || in_page + cls->size > sh_page_bytes(a)))
+    return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block (blocks of %u bytes)",
+                    (unsigned long long)offset, cls->size);
+  uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
+  uint32_t *link = sh_link_at(a, pi, top);
+  uint32_t key = sh_atomic_load_relaxed(&pg->key);
+  if (sh_unlikely(link[1] == (link[0] ^ key)) && sh_page_stack_holds(a, pg, pi, top))
+    return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
+  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
+  uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
+  do {
+    uint32_t count = sh_head_count(head);
+    if (sh_unlikely(sh_head_top(head) == SH_HEAD_RETIRED || count >= cap))
+      return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (its page is all free)",
+                      (unsigned long long)offset);
+    sh_link_write(link, sh_head_top(head), key);
+    desired = sh_head_make(top, count + 1, sh_head_tag(head) + 1);
+  } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
+  sh_track_free(link, cls->size);
+  sh_count(a, 1, part, c);
+  if (sh_unlikely(sh_head_count(desired) == cap)) sh_page_try_retire(a, pg, pi, part, desired);
+  return SH_OK;
+}
+
+/* ----- Large blocks: runs of whole pages ------------------------------------- */
+
+static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset) {
+  uint64_t psize = sh_page_bytes(a);
+  uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
+  if (size > cap) {
+    sh_count_failure(a, part);
+    return _sh_fail(SH_EFULL, "a block of %zu bytes is larger than partition '%s' (%llu bytes)",
+                    size, _sh_part_name(part), (unsigned long long)cap);
+  }
+  int rc = sh_owner_usable(a, owner);
+  if (rc) return rc;
+  uint32_t n = (uint32_t)((size + psize - 1) / psize);
+  _sh_part_lock(a, part);
+  uint32_t pi = sh_bitmap_take(a, part, n);
+  if (pi == SH_NIL) {
+    _sh_part_unlock(a, part);
+    return sh_partition_full(a, part, size, n);
+  }
+  for (uint32_t q = pi + 1; q < pi + n; q++) {
+    sh_atomic_store_relaxed(&a->pages[q].owner, owner);
+    sh_atomic_store_relaxed(&a->pages[q].run_head, pi);
+    sh_atomic_store_release(&a->pages[q].state, SH_PAGE_TAIL);
+  }
+  sh_page_t *pg = &a->pages[pi];
+  sh_atomic_store_relaxed(&pg->owner, owner);
+  sh_atomic_store_relaxed(&pg->capacity, n);
+  sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
+  pg->epoch++;
+  sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
+  uint32_t *head = &a->owners[owner].large_head[part];
+  pg->prev = SH_NIL;
+  pg->next = *head;
+  if (*head != SH_NIL) a->pages[*head].prev = pi;
+  *head = pi;
+  sh_owner_pages_add(a, owner, part, n);
+  _sh_part_unlock(a, part);
+  sh_track_alloc(_sh_page_start(a, pi), (uint64_t)n * psize);
+  sh_count(a, 0, part, (int)a->nclasses);
+  *offset = (uint64_t)pi << a->page_shift;
+  return SH_OK;
+}
+
+static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
+  _sh_part_lock(a, part);
+  if (sh_atomic_load_relaxed(&a->pages[pi].state) != SH_PAGE_LARGE) {
+    _sh_part_unlock(a, part);
+    return _sh_fail(SH_EDOUBLEFREE, "large block at page %u is already free", pi);
+  }
+  _sh_page_release_locked(a, part, pi);
+  _sh_part_unlock(a, part);
+  sh_count(a, 1, part, (int)a->nclasses);
+  return SH_OK;
+}
+
+/* ----- Queries ------------------------------------------------------------------ */
+
+uint64_t sh_good_size(const sh_arena_t *a, size_t size) {
+  int c = _sh_size_class(a, size);
+  if (c >= 0) return a->classes[c].size;
+  uint64_t psize = sh_page_bytes(a);
+  return (size + psize - 1) / psize * psize;
+}
+
+int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
+  if (offset >= a->size)
+    return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena", (unsigned long long)offset);
+  uint32_t pi = (uint32_t)(offset >> a->page_shift);
+  const sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_acquire(&pg->state);
+  info->offset = offset;
+  info->partition = (sh_partition_t)pg->partition;
+  info->owner = sh_atomic_load_relaxed(&pg->owner);
+  info->owner_generation = sh_atomic_load_relaxed(&a->owners[info->owner].generation);
+  if (state == SH_PAGE_SMALL) {
+    int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+    uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
+    if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1)
+      return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
+    info->size_class = c;
+    info->usable_size = a->classes[c].size;
+    return SH_OK;
+  }
+  if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0) {
+    info->size_class = -1;
+    info->usable_size = (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    return SH_OK;
+  }
+  return _sh_fail(SH_EBADPTR, "offset %llu is not a live block", (unsigned long long)offset);
+}
+
+/* ----- Repair after a lock holder died ------------------------------------------
+ * Page descriptors' state, owner and class are the truth; the bitmap, the bin
+ * lists, the large lists and the page counters are rebuilt from them. */
+
+void _sh_partition_repair_locked(sh_arena_t *a, int part) {
+  for (uint32_t o = 0; o < a->max_owners; o++) {
+    for (uint32_t c = 0; c < a->nclasses; c++) sh_atomic_store_relaxed(_sh_bin(a, o, part, (int)c), SH_NIL);
+    a->owners[o].large_head[part] = SH_NIL;
+    sh_atomic_store_relaxed(&a->owners[o].pages[part], 0);
+  }
+  uint64_t used = 0;
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+    sh_page_t *pg = &a->pages[pi];
+    uint32_t state = sh_atomic_load_relaxed(&pg->state);
+    uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
+    if (state == SH_PAGE_TAIL) {
+      uint32_t h = sh_atomic_load_relaxed(&pg->run_head);
+      bool ok = h != SH_NIL && h < pi && sh_atomic_load_relaxed(&a->pages[h].state) == SH_PAGE_LARGE &&
+                h + sh_atomic_load_relaxed(&a->pages[h].capacity) > pi;
+      if (!ok) sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
+    }
+    if ((state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) && owner >= a->max_owners)
+      sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
+    sh_bit_set(a, pi, state != SH_PAGE_FREE);
+    if (state == SH_PAGE_FREE) {
+      pg->next = pg->prev = SH_NIL;
+      continue;
+    }
+    used++;
+    if (state == SH_PAGE_SMALL) {
+      sh_bin_link_front(a, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), pi);
+      sh_atomic_add_relaxed(&a->owners[owner].pages[part], 1);
+    } else if (state == SH_PAGE_LARGE) {
+      uint32_t *head = &a->owners[owner].large_head[part];
+      pg->prev = SH_NIL;
+      pg->next = *head;
+      if (*head != SH_NIL) a->pages[*head].prev = pi;
+      *head = pi;
+      sh_atomic_add_relaxed(&a->owners[owner].pages[part], sh_atomic_load_relaxed(&pg->capacity));
+    }
+  }
+  sh_atomic_store_relaxed(&a->hdr->pages_used[part], used);
+}

@@ -1,0 +1,37 @@
+/* The only place that spells atomics. Every name carries its memory order so
+ * the reader sees the ordering at the call site (the mimalloc convention).
+ * Only 64-bit-and-narrower atomics are used: they are lock-free on every
+ * target we build for, and lock-free is what makes them work across
+ * processes (a fallback lock would live in one process's memory). */
+#ifndef SH_ATOMIC_H
+#define SH_ATOMIC_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must always be lock-free");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-free");
+
+#define sh_atomic_load_relaxed(p)   atomic_load_explicit((p), memory_order_relaxed)
+#define sh_atomic_load_acquire(p)   atomic_load_explicit((p), memory_order_acquire)
+#define sh_atomic_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define sh_atomic_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
+#define sh_atomic_add_relaxed(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
+#define sh_atomic_sub_relaxed(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
+#define sh_atomic_add_acq_rel(p, v) atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
+#define sh_atomic_sub_acq_rel(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_acq_rel)
+#define sh_atomic_cas_weak_acq_rel(p, exp, des) \
+  atomic_compare_exchange_weak_explicit((p), (exp), (des), memory_order_acq_rel, memory_order_acquire)
+#define sh_atomic_cas_strong_acq_rel(p, exp, des) \
+  atomic_compare_exchange_strong_explicit((p), (exp), (des), memory_order_acq_rel, memory_order_acquire)
+#define sh_atomic_exchange_acq_rel(p, v) atomic_exchange_explicit((p), (v), memory_order_acq_rel)
+
+/* Running the max of a counter without a lock. */
+static inline void sh_atomic_max_relaxed(_Atomic uint64_t *p, uint64_t v) {
+  uint64_t cur = sh_atomic_load_relaxed(p);
+  while (cur < v && !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
+#endif

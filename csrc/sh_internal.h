@@ -1,0 +1,85 @@
+/* Internal prototypes shared between the core's .c files, grouped by the file
+ * that defines them. Nothing here is public API. */
+#ifndef SH_INTERNAL_H
+#define SH_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "sh_types.h"
+
+#if defined(__GNUC__)
+#define sh_likely(x) __builtin_expect(!!(x), 1)
+#define sh_unlikely(x) __builtin_expect(!!(x), 0)
+#else
+#define sh_likely(x) (x)
+#define sh_unlikely(x) (x)
+#endif
+
+#define sh_internal __attribute__((visibility("hidden")))
+
+/* ---- error.c ---- */
+sh_internal int _sh_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+sh_internal const char *_sh_part_name(int partition);
+
+/* ---- os.c (the OS boundary) ---- */
+sh_internal int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd,
+                              uint8_t **base);
+sh_internal int _sh_os_open(sh_backing_t backing, const char *name, int read_only, int *fd,
+                            uint64_t *size);
+sh_internal int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base);
+sh_internal void _sh_os_unmap(uint8_t *base, uint64_t size, int fd);
+sh_internal uint64_t _sh_os_now_ns(void);
+sh_internal uint32_t _sh_os_random32(void);
+
+/* ---- sizeclass.c ---- */
+sh_internal uint32_t _sh_classes_build(uint32_t page_size, uint32_t *sizes, uint32_t *small_limit);
+sh_internal void _sh_classes_load(sh_arena_t *arena);
+static inline int _sh_size_class(const sh_arena_t *arena, size_t size) {
+  if (size <= 128) return size == 0 ? 0 : (int)((size - 1) >> 4);
+  unsigned b = 63u - (unsigned)__builtin_clzll((unsigned long long)(size - 1)); /* 2^b < size */
+  int c = SH_SMALL_CLASSES + (int)(b - 7) * 4 + (int)(((size - 1) >> (b - 2)) - 4);
+  return c < (int)arena->nclasses ? c : -1;
+}
+
+/* ---- lock.c ---- */
+sh_internal int _sh_lock_init(sh_lock_t *lock);
+sh_internal void _sh_part_lock(sh_arena_t *arena, int partition);
+sh_internal void _sh_part_unlock(sh_arena_t *arena, int partition);
+sh_internal void _sh_owner_lock(sh_arena_t *arena);
+sh_internal void _sh_owner_unlock(sh_arena_t *arena);
+
+/* ---- page.c ---- */
+sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint32_t pi);
+sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
+sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
+
+/* ---- owner.c ---- */
+sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id);
+
+/* ---- shared helpers ---- */
+static inline _Atomic uint32_t *_sh_bin(const sh_arena_t *arena, uint32_t owner, int partition,
+                                        int size_class) {
+  return &arena->bins[((size_t)owner * SH_NPARTITIONS + (size_t)partition) * arena->nclasses +
+                      (size_t)size_class];
+}
+static inline uint8_t *_sh_page_start(const sh_arena_t *arena, uint32_t pi) {
+  return arena->base + ((uint64_t)pi << arena->page_shift);
+}
+static inline int _sh_page_partition(const sh_arena_t *arena, uint32_t pi) {
+  for (int p = 0; p < SH_NPARTITIONS; p++)
+    if (pi >= arena->part_first[p] && pi < arena->part_end[p]) return p;
+  return -1;
+}
+static inline _Atomic uint64_t *_sh_stripe_counters(const sh_arena_t *arena, unsigned stripe) {
+  return (_Atomic uint64_t *)(arena->stripes + (size_t)stripe * arena->stripe_size +
+                              sizeof(sh_stripe_hdr_t));
+}
+/* allocs then frees: [2][partition][nclasses + 1] */
+static inline size_t _sh_counter_index(const sh_arena_t *arena, int is_free, int partition,
+                                       int size_class) {
+  size_t per = (size_t)arena->nclasses + 1;
+  return ((size_t)is_free * SH_NPARTITIONS + (size_t)partition) * per + (size_t)size_class;
+}
+
+#endif

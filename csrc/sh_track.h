@@ -1,0 +1,45 @@
+/* ASan cannot see inside our own arena: to it the whole mapping is one valid
+ * region. Poisoning freed blocks and unpoisoning allocated ones lets the
+ * sanitizer builds catch a use-after-free inside the arena (mimalloc's track.h).
+ * The first 8 bytes of a free block hold its free-list link, so they stay
+ * readable by the allocator. Compiles to nothing without ASan. */
+#ifndef SH_TRACK_H
+#define SH_TRACK_H
+
+#include <stddef.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SH_TRACK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SH_TRACK_ASAN 1
+#endif
+#endif
+
+#if defined(SH_TRACK_ASAN)
+#include <sanitizer/asan_interface.h>
+#define sh_track_alloc(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
+#define sh_track_free(p, size) ASAN_POISON_MEMORY_REGION((char *)(p) + 8, (size) - 8)
+#define sh_track_reset(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
+#else
+#define sh_track_alloc(p, size) ((void)(p), (void)(size))
+#define sh_track_free(p, size) ((void)(p), (void)(size))
+#define sh_track_reset(p, size) ((void)(p), (void)(size))
+#endif
+
+/* The lock-free pop reads the link of a block that a racing thread may have
+ * just allocated and started writing; the tag CAS discards that read. TSan
+ * cannot know the value is never used, so the read is left uninstrumented. */
+#if defined(__SANITIZE_THREAD__)
+#define SH_NO_TSAN __attribute__((no_sanitize("thread")))
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SH_NO_TSAN __attribute__((no_sanitize("thread")))
+#else
+#define SH_NO_TSAN
+#endif
+#else
+#define SH_NO_TSAN
+#endif
+
+#endif

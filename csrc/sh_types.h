@@ -1,0 +1,157 @@
+/* Every struct that lives in the arena, and the process-local handle.
+ * Shared structs hold offsets and page indexes, never pointers. Fields read
+ * without the partition lock are atomics; the rest are written only under it
+ * (or before the arena's magic is published) and say so. */
+#ifndef SH_TYPES_H
+#define SH_TYPES_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "sh_atomic.h"
+#include "swarmheap.h"
+
+#define SH_MAGIC UINT64_C(0x50414548524d5753) /* "SWMRHEAP" little-endian */
+#define SH_NIL UINT32_MAX
+#define SH_UNIT_SHIFT 4 /* blocks are multiples of 16 bytes */
+#define SH_CACHE_LINE 64
+#define SH_NSTRIPES 8
+#define SH_SMALL_CLASSES 8 /* 16..128 in 16-byte steps */
+
+/* ---- Free-stack head word ----------------------------------------------------
+ * One 64-bit word: | tag:24 | count:20 | top:20 |
+ *   top   = (offset of the top free block within the page / 16) + 1, 0 = empty
+ *   count = free blocks on the stack, so "page fully free" costs no extra atomic
+ *   tag   = bumped by every successful CAS, against ABA
+ * SH_HEAD_RETIRED in `top` marks a page being handed back: nobody pops or
+ * pushes it. Pages are at most 8 MiB, so top never reaches 0xFFFFF. */
+#define SH_HEAD_TOP_BITS 20
+#define SH_HEAD_COUNT_BITS 20
+#define SH_HEAD_FIELD_MASK ((UINT64_C(1) << 20) - 1)
+#define SH_HEAD_RETIRED 0xFFFFFu
+#define sh_head_top(h) ((uint32_t)((h) & SH_HEAD_FIELD_MASK))
+#define sh_head_count(h) ((uint32_t)(((h) >> 20) & SH_HEAD_FIELD_MASK))
+#define sh_head_tag(h) ((uint32_t)((h) >> 40))
+#define sh_head_make(top, count, tag) \
+  ((uint64_t)(top) | ((uint64_t)(count) << 20) | ((uint64_t)((tag) & 0xFFFFFFu) << 40))
+
+typedef enum sh_page_state_e {
+  SH_PAGE_FREE = 0,
+  SH_PAGE_META = 1,   /* holds the allocator's own metadata (start of system) */
+  SH_PAGE_SMALL = 2,  /* blocks of one size class for one owner */
+  SH_PAGE_LARGE = 3,  /* first page of a large run */
+  SH_PAGE_TAIL = 4,   /* later page of a large run */
+} sh_page_state_t;
+
+/* A page descriptor. Lives in `system`, never next to user data.
+ * Invariant (SMALL, quiescent): count(head) == length of the free stack, and
+ *   capacity - count(head) == live blocks of the page.
+ * Invariant: state != FREE  <=>  the page's bit is set in the partition bitmap. */
+typedef struct sh_page_s {
+  _Atomic uint64_t head;     /* SMALL: the free stack (see above) */
+  _Atomic uint32_t state;    /* sh_page_state_t; written under lock, release */
+  _Atomic uint32_t owner;    /* under lock */
+  _Atomic uint32_t sclass;   /* SMALL: size class; under lock */
+  _Atomic uint32_t key;      /* SMALL: random word that encodes free links */
+  _Atomic uint32_t capacity; /* SMALL: blocks; LARGE: pages in the run */
+  _Atomic uint32_t run_head; /* TAIL: page index of its LARGE page */
+  uint32_t next, prev;       /* bin list (SMALL) or large list (LARGE); under lock */
+  uint32_t epoch;            /* bumped at every assignment; under lock */
+  uint32_t corrupt;          /* set when a bad free link quarantined the page */
+  _Atomic uint64_t large_bytes; /* LARGE: bytes requested */
+  uint32_t partition;        /* fixed at creation */
+  uint8_t pad_[SH_CACHE_LINE - 60];
+} sh_page_t;
+_Static_assert(sizeof(sh_page_t) == SH_CACHE_LINE, "one descriptor per cache line");
+
+typedef struct sh_part_desc_s {
+  uint64_t offset, size;     /* bytes from the arena base */
+  uint32_t first_page, npages;
+  uint32_t first_usable;     /* system: first page after the metadata */
+  uint32_t ratio_ppm;        /* share of the arena, parts per million */
+} sh_part_desc_t;
+
+/* A process-shared robust mutex on its own cache line. */
+typedef struct sh_lock_s {
+  pthread_mutex_t mutex;
+  uint8_t pad_[SH_CACHE_LINE - (sizeof(pthread_mutex_t) % SH_CACHE_LINE)];
+} __attribute__((aligned(SH_CACHE_LINE))) sh_lock_t;
+
+/* The owner table entry. `state` and `generation` change under owner_lock;
+ * page figures under the partition lock; the rest are atomics. */
+typedef struct sh_owner_s {
+  _Atomic uint32_t state;      /* sh_owner_state_t */
+  _Atomic uint32_t generation; /* bumped when the slot is taken */
+  _Atomic uint32_t pins;
+  uint32_t kind;
+  int32_t pid;
+  uint32_t reserved_;
+  uint64_t pid_start;
+  uint64_t created_ns;
+  _Atomic uint64_t last_active_ns;
+  _Atomic uint64_t user_word;
+  uint32_t large_head[SH_NPARTITIONS];     /* large runs, under the partition lock */
+  _Atomic uint64_t pages[SH_NPARTITIONS];
+  _Atomic uint64_t peak_pages[SH_NPARTITIONS];
+} sh_owner_t;
+
+/* Operation counters, striped so threads rarely share a cache line. Each
+ * stripe holds [partition][class] for allocs and frees; class index
+ * `nclasses` counts large runs. */
+typedef struct sh_stripe_hdr_s {
+  _Atomic uint64_t failures[SH_NPARTITIONS];
+} sh_stripe_hdr_t;
+
+/* The arena header at offset 0. The immutable part, from format_version up
+ * to checksum, is covered by the checksum; magic is written last, so an
+ * arena is never seen half-built. */
+typedef struct sh_header_s {
+  uint64_t magic;
+  uint32_t format_version;
+  uint32_t header_size;
+  uint64_t arena_size;
+  uint32_t page_size, page_shift;
+  uint32_t total_pages, meta_pages;
+  uint32_t nclasses, small_limit;
+  uint32_t max_owners, nstripes;
+  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, meta_end;
+  uint64_t stripe_size;
+  uint64_t created_ns;
+  sh_part_desc_t parts[SH_NPARTITIONS];
+  uint32_t class_size[SH_MAX_CLASSES];
+  uint64_t checksum;
+  /* ---- mutable ---- */
+  sh_lock_t part_lock[SH_NPARTITIONS];
+  sh_lock_t owner_lock;
+  _Atomic uint64_t peak_pages[SH_NPARTITIONS];
+  _Atomic uint64_t pages_used[SH_NPARTITIONS];
+  _Atomic uint32_t key_seed;
+} sh_header_t;
+
+typedef struct sh_class_s {
+  uint32_t size;
+  uint32_t capacity;   /* blocks per page */
+  uint64_t div_magic;  /* Lemire's M: x % size == 0  <=>  x * M <= M - 1 */
+} sh_class_t;
+
+/* The process-local handle. Pointers here are this process's view. */
+struct sh_arena_s {
+  uint8_t *base;
+  uint64_t size;
+  int fd;
+  int read_only;
+  sh_backing_t backing;
+  sh_header_t *hdr;
+  sh_page_t *pages;
+  uint64_t *bitmap;
+  sh_owner_t *owners;
+  _Atomic uint32_t *bins;
+  uint8_t *stripes;
+  uint32_t page_shift, nclasses, max_owners, nstripes;
+  uint64_t stripe_size;
+  uint32_t small_limit;
+  uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
+  sh_class_t classes[SH_MAX_CLASSES];
+};
+
+#endif

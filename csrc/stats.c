@@ -1,0 +1,193 @@
+/* Statistics (read without stopping anyone) and the full consistency check. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sh_internal.h"
+
+static uint64_t sh_sum_counter(const sh_arena_t *a, int is_free, int part, int c) {
+  uint64_t n = 0;
+  for (unsigned s = 0; s < a->nstripes; s++)
+    n += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[_sh_counter_index(a, is_free, part, c)]);
+  return n;
+}
+
+int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partition_stats_t *st) {
+  int part = (int)partition;
+  if ((unsigned)part >= SH_NPARTITIONS) return _sh_fail(SH_EINVAL, "partition %d does not exist", part);
+  memset(st, 0, sizeof *st);
+  st->pages_total = a->part_end[part] - a->part_first[part];
+  st->capacity = st->pages_total << a->page_shift;
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+    const sh_page_t *pg = &a->pages[pi];
+    uint32_t state = sh_atomic_load_acquire(&pg->state);
+    if (state == SH_PAGE_FREE) continue;
+    st->pages_used++;
+    if (state == SH_PAGE_LARGE) {
+      st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    } else if (state == SH_PAGE_SMALL) {
+      uint64_t h = sh_atomic_load_relaxed(&pg->head);
+      if (sh_head_top(h) == SH_HEAD_RETIRED) continue;
+      uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - sh_head_count(h);
+      st->in_use += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
+    }
+  }
+  st->peak = sh_atomic_load_relaxed(&a->hdr->peak_pages[part]) << a->page_shift;
+  for (int c = 0; c <= (int)a->nclasses; c++) {
+    st->allocs += sh_sum_counter(a, 0, part, c);
+    st->frees += sh_sum_counter(a, 1, part, c);
+  }
+  for (unsigned s = 0; s < a->nstripes; s++)
+    st->failures += sh_atomic_load_relaxed(
+        &((const sh_stripe_hdr_t *)(a->stripes + (size_t)s * a->stripe_size))->failures[part]);
+  return SH_OK;
+}
+
+int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
+  if (c < 0 || c >= (int)a->nclasses)
+    return _sh_fail(SH_EINVAL, "size class %d does not exist (0..%u)", c, a->nclasses - 1);
+  memset(st, 0, sizeof *st);
+  st->block_size = a->classes[c].size;
+  for (uint32_t pi = 0; pi < a->hdr->total_pages; pi++) {
+    const sh_page_t *pg = &a->pages[pi];
+    if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_atomic_load_relaxed(&pg->sclass) != (uint32_t)c)
+      continue;
+    uint64_t h = sh_atomic_load_relaxed(&pg->head);
+    uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
+    uint32_t free_blocks = sh_head_top(h) == SH_HEAD_RETIRED ? cap : sh_head_count(h);
+    st->pages++;
+    st->blocks_used += cap - free_blocks;
+    st->blocks_free += free_blocks;
+  }
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    st->allocs += sh_sum_counter(a, 0, part, c);
+    st->frees += sh_sum_counter(a, 1, part, c);
+  }
+  return SH_OK;
+}
+
+/* ----- Check ------------------------------------------------------------------- */
+
+#define SH_CHECK(cond, ...) \
+  do {                      \
+    if (!(cond)) {          \
+      rc = _sh_fail(SH_ECORRUPT, __VA_ARGS__); \
+      goto done;            \
+    }                       \
+  } while (0)
+
+/* Walks one small page's free stack; marks each block in `seen`. */
+static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) {
+  const sh_page_t *pg = &a->pages[pi];
+  int rc = SH_OK;
+  uint32_t c = sh_atomic_load_relaxed(&pg->sclass);
+  SH_CHECK(c < a->nclasses, "page %u: size class %u out of range", pi, c);
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity), key = sh_atomic_load_relaxed(&pg->key);
+  SH_CHECK(cap == cls->capacity, "page %u: capacity %u, class of %u bytes holds %u", pi, cap, cls->size,
+           cls->capacity);
+  SH_CHECK(!pg->corrupt, "page %u: quarantined after a write after free", pi);
+  uint64_t h = sh_atomic_load_relaxed(&pg->head);
+  if (sh_head_top(h) == SH_HEAD_RETIRED) return SH_OK; /* mid-retire by a process that died */
+  uint32_t count = sh_head_count(h), n = 0;
+  SH_CHECK(count <= cap, "page %u: free count %u above capacity %u", pi, count, cap);
+  memset(seen, 0, cap);
+  for (uint32_t top = sh_head_top(h); top != 0; n++) {
+    uint64_t in_page = (uint64_t)(top - 1) << SH_UNIT_SHIFT;
+    SH_CHECK(n < count, "page %u: free list longer than its count %u (a cycle, or a block freed twice)", pi, count);
+    SH_CHECK(in_page + cls->size <= (1ull << a->page_shift) && in_page % cls->size == 0,
+             "page %u: free link %u out of range or misaligned for blocks of %u", pi, top, cls->size);
+    uint32_t idx = (uint32_t)(in_page / cls->size);
+    SH_CHECK(!seen[idx], "page %u: block %u is on the free list twice", pi, idx);
+    seen[idx] = 1;
+    const uint32_t *link = (const uint32_t *)(_sh_page_start(a, pi) + in_page);
+    SH_CHECK(link[1] == (link[0] ^ key), "page %u: block %u's free link was overwritten (write after free)", pi, idx);
+    top = link[0];
+  }
+  SH_CHECK(n == count, "page %u: free list holds %u blocks, its count says %u", pi, n, count);
+done:
+  return rc;
+}
+
+int sh_check(sh_arena_t *a) {
+  int rc = SH_OK;
+  uint8_t *seen = malloc(a->hdr->page_size / 16 + 1);
+  uint64_t *owner_pages = calloc((size_t)a->max_owners, sizeof(uint64_t));
+  uint32_t *in_list = calloc(a->hdr->total_pages, sizeof(uint32_t));
+  if (!seen || !owner_pages || !in_list) {
+    free(seen), free(owner_pages), free(in_list);
+    return _sh_fail(SH_ENOMEM, "out of process memory for check()");
+  }
+  if (!a->read_only) _sh_owner_lock(a);
+  int locked = 0;
+  for (; !a->read_only && locked < SH_NPARTITIONS; locked++) _sh_part_lock(a, locked);
+
+  for (uint32_t pi = 0; pi < a->hdr->meta_pages; pi++)
+    SH_CHECK(sh_atomic_load_relaxed(&a->pages[pi].state) == SH_PAGE_META, "page %u: metadata page not marked", pi);
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    memset(owner_pages, 0, (size_t)a->max_owners * sizeof(uint64_t));
+    uint64_t used = 0;
+    /* every list is well formed and its pages belong to it */
+    for (uint32_t o = 0; o < a->max_owners; o++) {
+      uint32_t ost = sh_atomic_load_relaxed(&a->owners[o].state);
+      for (uint32_t c = 0; c <= a->nclasses; c++) {
+        uint32_t prev = SH_NIL, steps = 0;
+        uint32_t pi = c < a->nclasses ? sh_atomic_load_relaxed(_sh_bin(a, o, part, (int)c))
+                                      : a->owners[o].large_head[part];
+        if (pi != SH_NIL) SH_CHECK(ost != SH_OWNER_FREE, "owner slot %u is free but still holds pages in '%s'", o, _sh_part_name(part));
+        for (; pi != SH_NIL; prev = pi, pi = a->pages[pi].next) {
+          SH_CHECK(pi >= a->part_first[part] && pi < a->part_end[part], "owner %u, '%s': list link %u outside the partition", o, _sh_part_name(part), pi);
+          SH_CHECK(++steps <= a->part_end[part], "owner %u, '%s': page list has a cycle", o, _sh_part_name(part));
+          const sh_page_t *pg = &a->pages[pi];
+          SH_CHECK(pg->prev == prev, "page %u: back link %u, expected %u", pi, pg->prev, prev);
+          SH_CHECK(!in_list[pi], "page %u: on two page lists", pi);
+          in_list[pi] = 1;
+          SH_CHECK(sh_atomic_load_relaxed(&pg->owner) == o, "page %u: on owner %u's list but owned by %u", pi, o, sh_atomic_load_relaxed(&pg->owner));
+          uint32_t st = sh_atomic_load_relaxed(&pg->state);
+          if (c < a->nclasses) {
+            SH_CHECK(st == SH_PAGE_SMALL && sh_atomic_load_relaxed(&pg->sclass) == c, "page %u: on the list of class %u but is state %u class %u", pi, c, st, sh_atomic_load_relaxed(&pg->sclass));
+            owner_pages[o] += 1;
+          } else {
+            SH_CHECK(st == SH_PAGE_LARGE, "page %u: on a large list but is state %u", pi, st);
+            owner_pages[o] += sh_atomic_load_relaxed(&pg->capacity);
+          }
+        }
+      }
+    }
+    /* every page: state agrees with bitmap, lists and runs */
+    for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+      const sh_page_t *pg = &a->pages[pi];
+      uint32_t st = sh_atomic_load_relaxed(&pg->state);
+      SH_CHECK((((a->bitmap[pi / 64] >> (pi % 64)) & 1) != 0) == (st != SH_PAGE_FREE), "page %u: bitmap disagrees with state %u", pi, st);
+      SH_CHECK(pg->partition == (uint32_t)part, "page %u: partition field %u, expected %d", pi, pg->partition, part);
+      if (st != SH_PAGE_FREE) used++;
+      if (st == SH_PAGE_SMALL) {
+        SH_CHECK(in_list[pi], "page %u: small page on no owner's list (lost)", pi);
+        rc = sh_check_small_page(a, pi, seen);
+        if (rc) goto done;
+      } else if (st == SH_PAGE_LARGE) {
+        uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
+        SH_CHECK(in_list[pi], "page %u: large run on no owner's list (lost)", pi);
+        SH_CHECK(n >= 1 && pi + n <= a->part_end[part], "page %u: large run of %u pages overruns the partition", pi, n);
+        for (uint32_t q = pi + 1; q < pi + n; q++)
+          SH_CHECK(sh_atomic_load_relaxed(&a->pages[q].state) == SH_PAGE_TAIL && sh_atomic_load_relaxed(&a->pages[q].run_head) == pi, "page %u: not a tail of the run at %u", q, pi);
+      } else if (st == SH_PAGE_TAIL) {
+        uint32_t h = sh_atomic_load_relaxed(&pg->run_head);
+        SH_CHECK(h < pi && sh_atomic_load_relaxed(&a->pages[h].state) == SH_PAGE_LARGE, "page %u: tail without its run head", pi);
+      } else {
+        SH_CHECK(st == SH_PAGE_FREE, "page %u: unknown state %u", pi, st);
+      }
+    }
+    SH_CHECK(used == sh_atomic_load_relaxed(&a->hdr->pages_used[part]),
+             "partition '%s': %llu pages in use, its counter says %llu", _sh_part_name(part),
+             (unsigned long long)used, (unsigned long long)sh_atomic_load_relaxed(&a->hdr->pages_used[part]));
+    for (uint32_t o = 0; o < a->max_owners; o++)
+      SH_CHECK(owner_pages[o] == sh_atomic_load_relaxed(&a->owners[o].pages[part]),
+               "owner %u, '%s': holds %llu pages, its counter says %llu", o, _sh_part_name(part),
+               (unsigned long long)owner_pages[o], (unsigned long long)sh_atomic_load_relaxed(&a->owners[o].pages[part]));
+  }
+done:
+  while (locked > 0) _sh_part_unlock(a, --locked);
+  if (!a->read_only) _sh_owner_unlock(a);
+  free(seen), free(owner_pages), free(in_list);
+  return rc;
+}

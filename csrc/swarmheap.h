@@ -1,0 +1,271 @@
+/* swarmheap: the C core's public API.
+ *
+ * One mmap'd arena (private, named POSIX shared memory, or a file) split into
+ * four partitions -- context, shared, comm, system -- each a run of fixed-size
+ * pages. Small blocks come from per-owner, per-size-class pages whose free
+ * blocks sit on lock-free Treiber stacks; large blocks are runs of whole pages.
+ * All shared metadata is stored as offsets, so processes may map the arena at
+ * different addresses.
+ *
+ * Naming: `sh_` is public, `_sh_` is internal (shared between .c files), a
+ * `static` function is file-local. Every function returning `int` returns
+ * SH_OK (0) or a negative `sh_status_t`; `sh_last_error()` then gives a
+ * message for the calling thread that names the figures involved.
+ *
+ * Concurrency, per function:
+ *   [any]   safe from any number of threads and processes at once.
+ *   [one]   the calling thread must be the only user of *that handle*
+ *           (other handles to the same arena, in this or another process,
+ *           may keep working).
+ *   [quiet] exact only while no other thread or process changes the arena;
+ *           safe to call at any time, but concurrent changes may be reported
+ *           as inconsistencies.
+ */
+#ifndef SWARMHEAP_H
+#define SWARMHEAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SH_VERSION_MAJOR 0
+#define SH_VERSION_MINOR 1
+/* Bumped whenever the shared layout changes; attach refuses any other. */
+#define SH_FORMAT_VERSION 1u
+
+typedef enum sh_status_e {
+  SH_OK = 0,
+  SH_EINVAL = -1,        /* an argument is out of range (message says which and why) */
+  SH_EFULL = -2,         /* the partition has no room for this request */
+  SH_ENOMEM = -3,        /* process-local memory (malloc) ran out */
+  SH_ESYS = -4,          /* an OS call failed; message carries errno's text */
+  SH_ENOSPC = -5,        /* no room to reserve the backing store (e.g. /dev/shm full) */
+  SH_EEXIST = -6,        /* a heap of that name already exists */
+  SH_ENOENT = -7,        /* no heap of that name */
+  SH_ETRUNCATED = -8,    /* the mapping is shorter than its header says, or than a header */
+  SH_EMAGIC = -9,        /* not a swarmheap arena (foreign file, or still initialising) */
+  SH_EVERSION = -10,     /* a swarmheap arena of another format version */
+  SH_ECHECKSUM = -11,    /* the immutable header does not match its checksum */
+  SH_ECORRUPT = -12,     /* a header field or offset is out of range; or check() failed */
+  SH_EBADPTR = -13,      /* an offset that is not a live block of this arena */
+  SH_EDOUBLEFREE = -14,  /* the block is already on its page's free list */
+  SH_EOWNER = -15,       /* no live owner with that id and generation */
+  SH_ETOOMANY = -16,     /* the owner table is full */
+  SH_EPINNED = -17,      /* the owner is pinned; its recycle is deferred */
+  SH_ESTATE = -18,       /* the owner is not in a state that allows this */
+} sh_status_t;
+
+typedef enum sh_partition_e {
+  SH_PART_CONTEXT = 0,
+  SH_PART_SHARED = 1,
+  SH_PART_COMM = 2,
+  SH_PART_SYSTEM = 3,
+  SH_NPARTITIONS = 4
+} sh_partition_t;
+
+typedef enum sh_backing_e {
+  SH_BACKING_ANON = 0,  /* private anonymous mapping; dies with the process */
+  SH_BACKING_SHM = 1,   /* POSIX shared memory object, mode 0600 */
+  SH_BACKING_FILE = 2   /* a regular file, mode 0600 */
+} sh_backing_t;
+
+typedef enum sh_owner_state_e {
+  SH_OWNER_FREE = 0,       /* slot unused */
+  SH_OWNER_LIVE = 1,
+  SH_OWNER_COMPLETED = 2,  /* complete() called while pinned: recycle deferred */
+  SH_OWNER_DEAD = 3,       /* its process died; waiting for a sweep */
+  SH_OWNER_OFFLOADED = 4,  /* its state lives in a store; its pages are gone */
+} sh_owner_state_t;
+
+/* The shared default owner. It always exists and is never recycled. */
+#define SH_OWNER_DEFAULT 0u
+#define SH_MAX_CLASSES 64
+#define SH_MIN_PAGE_SIZE 4096u
+#define SH_MAX_PAGE_SIZE (8u << 20)
+#define SH_DEFAULT_PAGE_SIZE 65536u
+
+typedef struct sh_arena_s sh_arena_t; /* process-local handle to a mapping */
+
+typedef struct sh_options_s {
+  double ratios[SH_NPARTITIONS]; /* each > 0, summing to 1 within 1e-6 */
+  uint32_t page_size;            /* power of two in [SH_MIN_PAGE_SIZE, SH_MAX_PAGE_SIZE] */
+  uint32_t max_owners;           /* 0: derived from the arena size */
+} sh_options_t;
+
+typedef struct sh_partition_stats_s {
+  uint64_t capacity;     /* bytes of pages the partition owns (system: after metadata) */
+  uint64_t in_use;       /* bytes handed out, at block granularity */
+  uint64_t pages_used;   /* pages assigned to an owner */
+  uint64_t pages_total;
+  uint64_t peak;         /* largest pages_used seen, in bytes */
+  uint64_t allocs, frees, failures;
+} sh_partition_stats_t;
+
+typedef struct sh_class_stats_s {
+  uint32_t block_size;
+  uint32_t pages;        /* pages of this class, all partitions and owners */
+  uint64_t blocks_used;  /* live blocks */
+  uint64_t blocks_free;  /* free blocks on pages of this class */
+  uint64_t allocs, frees;
+} sh_class_stats_t;
+
+typedef struct sh_owner_info_s {
+  uint32_t id, generation, kind;
+  sh_owner_state_t state;
+  int32_t pid;                 /* creating process */
+  uint64_t pid_start_time;     /* its start time, in clock ticks since boot */
+  uint64_t created_ns, last_active_ns; /* CLOCK_REALTIME */
+  uint32_t pins;
+  uint64_t bytes[SH_NPARTITIONS];  /* live block bytes */
+  uint64_t pages[SH_NPARTITIONS];
+  uint64_t peak_pages[SH_NPARTITIONS];
+  uint64_t blocks;             /* live blocks, all partitions */
+  uint64_t user_word;          /* free for the layer above (an offset, a flag) */
+} sh_owner_info_t;
+
+typedef struct sh_block_info_s {
+  uint64_t offset;
+  uint64_t usable_size;
+  uint32_t owner, owner_generation;
+  sh_partition_t partition;
+  int size_class;              /* -1 for a large (page run) block */
+} sh_block_info_t;
+
+typedef struct sh_arena_info_s {
+  uint64_t size;
+  uint32_t page_size, nclasses, max_owners, format_version;
+  uint64_t small_limit;        /* largest size served from a size class */
+  uint64_t metadata_bytes;     /* header, page descriptors, owner table, stats */
+  uint64_t part_offset[SH_NPARTITIONS], part_size[SH_NPARTITIONS];
+  uint32_t class_size[SH_MAX_CLASSES];
+} sh_arena_info_t;
+
+/* ---- Errors ---------------------------------------------------------------- */
+
+/* [any] Static name of a status code ("SH_EFULL"). */
+const char *sh_strerror(int status);
+/* [any] The calling thread's message for its last failed call. */
+const char *sh_last_error(void);
+
+/* ---- Arena life ------------------------------------------------------------ */
+
+/* [any] Defaults: ratios 0.4/0.3/0.2/0.1, 64 KiB pages, derived owner count. */
+void sh_options_init(sh_options_t *opts);
+
+/* [any] Create an arena of `size` bytes (rounded down to whole pages).
+ * `name` is the shm object name ("/x" or "x") for SH_BACKING_SHM, a path for
+ * SH_BACKING_FILE, and ignored for SH_BACKING_ANON. Backing store is reserved
+ * up front (posix_fallocate), so a full /dev/shm is SH_ENOSPC here, not SIGBUS
+ * later. Errors: SH_EINVAL (size, ratios, page size, max_owners, name),
+ * SH_EEXIST, SH_ENOSPC, SH_ESYS, SH_ENOMEM. `opts` may be NULL. */
+int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t size,
+              const sh_options_t *opts);
+
+/* [any] Map an existing arena and validate every header field and offset
+ * before trusting any of them. Errors: SH_ENOENT, SH_ETRUNCATED, SH_EMAGIC,
+ * SH_EVERSION, SH_ECHECKSUM, SH_ECORRUPT, SH_ESYS, SH_ENOMEM, SH_EINVAL.
+ * `read_only` maps PROT_READ: only the stats and info calls may be used. */
+int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read_only);
+
+/* [one] Unmap and free the handle. Blocks stay valid for other processes. */
+void sh_close(sh_arena_t *arena);
+
+/* [any] Remove the name; mappings that exist stay valid until closed. */
+int sh_unlink(sh_backing_t backing, const char *name);
+
+/* [any] */
+void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info);
+/* [any] Base address of this process's mapping; offsets are relative to it. */
+void *sh_base(const sh_arena_t *arena);
+
+/* ---- Blocks ---------------------------------------------------------------- */
+
+/* [any] Allocate `size` bytes (0 is taken as 1) for `owner` in `partition`.
+ * Stores the block's offset in *offset. Blocks are 16-byte aligned; large
+ * blocks (above small_limit) are page aligned.
+ * Errors: SH_EINVAL (partition), SH_EFULL (partition full, or size larger
+ * than the partition), SH_EOWNER (owner not live). */
+int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
+             uint64_t *offset);
+
+/* [any] As sh_alloc, and the block is zeroed. */
+int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
+              uint64_t *offset);
+
+/* [any] Return a block. Any thread or process may free any owner's block.
+ * Errors: SH_EBADPTR (not the start of a live block), SH_EDOUBLEFREE. */
+int sh_free(sh_arena_t *arena, uint64_t offset);
+
+/* [any] Pointer for an offset in this process (no validation). */
+static inline void *sh_ptr(const sh_arena_t *arena, uint64_t offset) {
+  return (char *)sh_base(arena) + offset;
+}
+
+/* [any] Who owns a live block, and its usable size. SH_EBADPTR otherwise. */
+int sh_block_info(const sh_arena_t *arena, uint64_t offset, sh_block_info_t *info);
+
+/* [any] The usable size a request of `size` bytes would get (0 if it can
+ * never fit any partition). */
+uint64_t sh_good_size(const sh_arena_t *arena, size_t size);
+
+/* ---- Owners ---------------------------------------------------------------- */
+
+/* [any] A new owner in state LIVE, charged to the calling process (pid and
+ * start time recorded). Errors: SH_ETOOMANY. */
+int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *generation);
+
+/* [any] Return every page of the owner in O(pages) and free its slot. If the
+ * owner is pinned, it is marked COMPLETED instead and SH_EPINNED is returned:
+ * the pages go back when the last pin drops (sh_owner_unpin) or at a sweep.
+ * Blocks of a recycled owner must not be used again; the generation tells.
+ * Errors: SH_EOWNER (no such live or completed owner of that generation),
+ * SH_EINVAL (owner 0). */
+int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
+
+/* [any] Pins keep memory visible: a pinned owner is never recycled. Unpinning
+ * the last pin of a COMPLETED owner recycles it; *recycled says so. */
+int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);
+int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled);
+
+/* [any] State changes for the layer above (DEAD, OFFLOADED, back to LIVE).
+ * Compare-and-set: fails with SH_ESTATE unless the state is `expected`. */
+int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
+                       sh_owner_state_t expected, sh_owner_state_t desired);
+
+/* [any] Stamp last-active time; store the user word. */
+int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
+int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
+                           uint64_t expected, uint64_t desired);
+
+/* [any] Snapshot of one owner slot; SH_EOWNER if the slot is unused. Bytes
+ * and blocks are summed from the owner's pages when read. */
+int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info);
+
+/* [any] Is the process that created the owner still the one running under
+ * that pid? Uses the start time, so a reused pid is not mistaken for it.
+ * Returns 1 alive, 0 dead, negative on error. */
+int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id);
+
+/* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
+int sh_process_start_time(int pid, uint64_t *start_time);
+
+/* ---- Stats and check ------------------------------------------------------- */
+
+/* [any] Read without stopping anyone: counters are summed from per-page and
+ * striped counters, so concurrent changes give a slightly stale figure. */
+int sh_partition_stats(const sh_arena_t *arena, sh_partition_t partition,
+                       sh_partition_stats_t *stats);
+int sh_class_stats(const sh_arena_t *arena, int size_class, sh_class_stats_t *stats);
+
+/* [quiet] Walk every page, free list, bin list, run and counter. SH_OK, or
+ * SH_ECORRUPT with the first inconsistency in sh_last_error(). Takes the
+ * slow-path locks while it walks. */
+int sh_check(sh_arena_t *arena);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

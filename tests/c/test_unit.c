@@ -1,0 +1,317 @@
+/* Unit tests of the C core: options, size classes, blocks, partitions,
+ * owners, pins, corruption detection, shared mappings, lock repair. */
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+#include "swarmheap.h"
+#include "testhelper.h"
+
+#define MiB (1024u * 1024u)
+
+static sh_arena_t *make_anon(size_t size, uint32_t page_size) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.page_size = page_size;
+  sh_arena_t *a = NULL;
+  REQUIRE("create anon", sh_create(&a, SH_BACKING_ANON, NULL, size, &o) == SH_OK);
+  return a;
+}
+
+static uint64_t in_use(sh_arena_t *a, int part) {
+  sh_partition_stats_t st;
+  sh_partition_stats(a, (sh_partition_t)part, &st);
+  return st.in_use;
+}
+
+static void test_options(void) {
+  sh_options_t o;
+  sh_arena_t *a = NULL;
+  sh_options_init(&o);
+  o.ratios[0] = 0.5;
+  CHECK("ratios must sum to 1", sh_create(&a, SH_BACKING_ANON, NULL, 64 * MiB, &o) == SH_EINVAL);
+  CHECK("message names the sum", strstr(sh_last_error(), "sum") != NULL);
+  sh_options_init(&o);
+  o.ratios[1] = 0;
+  o.ratios[0] = 0.7;
+  CHECK("each ratio above 0", sh_create(&a, SH_BACKING_ANON, NULL, 64 * MiB, &o) == SH_EINVAL);
+  sh_options_init(&o);
+  o.page_size = 65536 + 4096;
+  CHECK("page size power of two", sh_create(&a, SH_BACKING_ANON, NULL, 64 * MiB, &o) == SH_EINVAL);
+  o.page_size = 2048;
+  CHECK("page size at least 4 KiB", sh_create(&a, SH_BACKING_ANON, NULL, 64 * MiB, &o) == SH_EINVAL);
+  sh_options_init(&o);
+  CHECK("arena too small", sh_create(&a, SH_BACKING_ANON, NULL, 100000, &o) == SH_EINVAL);
+  CHECK("no handle on failure", a == NULL);
+  CHECK("shm needs a name", sh_create(&a, SH_BACKING_SHM, NULL, 64 * MiB, &o) == SH_EINVAL);
+  CHECK("shm name without slash", sh_create(&a, SH_BACKING_SHM, "/a/b", 64 * MiB, &o) == SH_EINVAL);
+}
+
+static void test_layout(void) {
+  sh_arena_t *a = make_anon(64 * MiB, 65536);
+  sh_arena_info_t info;
+  sh_arena_info(a, &info);
+  CHECK("size kept", info.size == 64 * MiB);
+  CHECK("metadata at most 1 %", info.metadata_bytes * 100 <= info.size);
+  CHECK("system first", info.part_offset[SH_PART_SYSTEM] == 0);
+  double share[4] = {0.4, 0.3, 0.2, 0.1};
+  for (int p = 0; p < 4; p++) {
+    double got = (double)info.part_size[p] / (double)info.size;
+    CHECK("partition share within a page", got > share[p] - 0.02 && got < share[p] + 0.02);
+    CHECK("whole pages", info.part_size[p] % info.page_size == 0);
+  }
+  /* size classes: 16-byte steps, then at most 20 % waste, monotone */
+  uint32_t prev = 0;
+  for (uint32_t c = 0; c < info.nclasses; c++) {
+    CHECK("classes increase", info.class_size[c] > prev);
+    CHECK("classes are 16-byte multiples", info.class_size[c] % 16 == 0);
+    prev = info.class_size[c];
+  }
+  for (size_t s = 1; s <= info.small_limit; s++) {
+    uint64_t g = sh_good_size(a, s);
+    if (g < s || (s > 128 && (g - s) * 5 > g)) {
+      CHECK("good size fits and wastes at most 20 %", 0);
+      break;
+    }
+  }
+  CHECK("above the limit: whole pages", sh_good_size(a, info.small_limit + 1) == info.page_size);
+  CHECK("check clean", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+static void test_blocks(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint64_t off[64];
+  for (int i = 0; i < 64; i++) {
+    CHECK("alloc", sh_alloc(a, 0, SH_PART_CONTEXT, (size_t)(i * 37 + 1), &off[i]) == SH_OK);
+    CHECK("16-byte aligned", off[i] % 16 == 0);
+    memset(sh_ptr(a, off[i]), i, (size_t)(i * 37 + 1));
+  }
+  sh_block_info_t bi;
+  CHECK("block info", sh_block_info(a, off[10], &bi) == SH_OK && bi.usable_size >= 371 &&
+                          bi.owner == 0 && bi.partition == SH_PART_CONTEXT);
+  CHECK("in use counted", in_use(a, SH_PART_CONTEXT) > 0);
+  for (int i = 0; i < 64; i++) {
+    const uint8_t *p = sh_ptr(a, off[i]);
+    CHECK("data intact", p[0] == (uint8_t)i && p[i * 37] == (uint8_t)i);
+    CHECK("free", sh_free(a, off[i]) == SH_OK);
+  }
+  CHECK("double free detected", sh_free(a, off[5]) == SH_EDOUBLEFREE);
+  CHECK("all returned", in_use(a, SH_PART_CONTEXT) == 0);
+  uint64_t x;
+  CHECK("alloc again", sh_alloc(a, 0, SH_PART_CONTEXT, 100, &x) == SH_OK);
+  CHECK("misaligned free", sh_free(a, x + 16) == SH_EBADPTR);
+  CHECK("metadata free", sh_free(a, 64) == SH_EBADPTR);
+  CHECK("outside free", sh_free(a, 1ull << 40) == SH_EBADPTR);
+  CHECK("free page", sh_free(a, 15 * MiB) == SH_EBADPTR);
+  CHECK("bad partition", sh_alloc(a, 0, (sh_partition_t)7, 16, &x) == SH_EINVAL);
+  CHECK("bad owner", sh_alloc(a, 100000, SH_PART_CONTEXT, 16, &x) == SH_EOWNER);
+  CHECK("larger than its partition", sh_alloc(a, 0, SH_PART_COMM, 8 * MiB, &x) == SH_EFULL);
+  CHECK("message names the partition", strstr(sh_last_error(), "comm") != NULL);
+  uint64_t big;
+  CHECK("large alloc", sh_alloc(a, 0, SH_PART_SHARED, 300000, &big) == SH_OK);
+  CHECK("page aligned", big % 65536 == 0);
+  memset(sh_ptr(a, big), 0xAB, 300000);
+  CHECK("large info", sh_block_info(a, big, &bi) == SH_OK && bi.size_class == -1 && bi.usable_size == 5 * 65536);
+  CHECK("inside large is not a block", sh_free(a, big + 65536) == SH_EBADPTR);
+  CHECK("large free", sh_free(a, big) == SH_OK);
+  CHECK("large double free", sh_free(a, big) == SH_EDOUBLEFREE || sh_free(a, big) == SH_EBADPTR);
+  uint64_t z;
+  CHECK("calloc", sh_calloc(a, 0, SH_PART_CONTEXT, 100, &z) == SH_OK);
+  CHECK("calloc zeroed", ((uint8_t *)sh_ptr(a, z))[99] == 0);
+  CHECK("check clean", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* A full partition refuses, the others still serve, and it empties for reuse by another class. */
+static void test_exhaustion(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 4096);
+  static uint64_t offs[1 << 18];
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    size_t n = 0, sizes[2] = {48, 1000};
+    for (int round = 0; round < 2; round++) {
+      n = 0;
+      int rc;
+      while ((rc = sh_alloc(a, 0, (sh_partition_t)part, sizes[round], &offs[n])) == SH_OK) n++;
+      CHECK("fills to SH_EFULL", rc == SH_EFULL && n > 0);
+      uint64_t other;
+      int op = (part + 1) % SH_NPARTITIONS;
+      CHECK("other partitions still serve", sh_alloc(a, 0, (sh_partition_t)op, 64, &other) == SH_OK);
+      sh_free(a, other);
+      sh_partition_stats_t st;
+      sh_partition_stats(a, (sh_partition_t)part, &st);
+      CHECK("failure counted", st.failures > 0);
+      CHECK("full: nearly all pages used", st.pages_used == st.pages_total);
+      for (size_t i = 0; i < n; i++) sh_free(a, offs[i]);
+      CHECK("empties", in_use(a, part) == 0);
+      CHECK("check after emptying", sh_check(a) == SH_OK);
+    }
+  }
+  sh_close(a);
+}
+
+static void test_owners(void) {
+  sh_arena_t *a = make_anon(64 * MiB, 65536);
+  uint32_t id, gen;
+  CHECK("owner create", sh_owner_create(a, 7, &id, &gen) == SH_OK && id != 0 && gen >= 1);
+  uint64_t before = in_use(a, SH_PART_CONTEXT), off = 0;
+  for (int i = 0; i < 100000; i++)
+    if (sh_alloc(a, id, SH_PART_CONTEXT, 16 + (size_t)(i % 8) * 16, &off) != SH_OK) {
+      CHECK("100000 owner blocks", 0);
+      break;
+    }
+  uint64_t large;
+  CHECK("owner large", sh_alloc(a, id, SH_PART_SHARED, 200000, &large) == SH_OK);
+  sh_owner_info_t oi;
+  CHECK("owner info", sh_owner_info(a, id, &oi) == SH_OK && oi.blocks == 100001 && oi.kind == 7 &&
+                          oi.pages[SH_PART_CONTEXT] > 0 && oi.state == SH_OWNER_LIVE && oi.pid == getpid());
+  CHECK("owner process alive", sh_owner_process_alive(a, id) == 1);
+  CHECK("wrong generation", sh_owner_recycle(a, id, gen + 1) == SH_EOWNER);
+  CHECK("owner 0 never recycled", sh_owner_recycle(a, 0, 1) == SH_EINVAL);
+  CHECK("recycle", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("in use back", in_use(a, SH_PART_CONTEXT) == before && in_use(a, SH_PART_SHARED) == 0);
+  CHECK("recycled owner refuses allocs", sh_alloc(a, id, SH_PART_CONTEXT, 16, &off) == SH_EOWNER);
+  CHECK("stale block is not live", sh_free(a, large) == SH_EBADPTR);
+  CHECK("recycle twice", sh_owner_recycle(a, id, gen) == SH_EOWNER);
+  uint32_t id2, gen2;
+  CHECK("slot reuse bumps generation", sh_owner_create(a, 1, &id2, &gen2) == SH_OK && (id2 != id || gen2 != gen));
+  /* pins defer the recycle */
+  CHECK("alloc pinned owner", sh_alloc(a, id2, SH_PART_CONTEXT, 64, &off) == SH_OK);
+  CHECK("pin", sh_owner_pin(a, id2, gen2) == SH_OK);
+  CHECK("recycle deferred", sh_owner_recycle(a, id2, gen2) == SH_EPINNED);
+  CHECK("state completed", sh_owner_info(a, id2, &oi) == SH_OK && oi.state == SH_OWNER_COMPLETED && oi.blocks == 1);
+  CHECK("pinned memory still live", sh_block_info(a, off, &(sh_block_info_t){0}) == SH_OK);
+  int recycled = 0;
+  CHECK("unpin recycles", sh_owner_unpin(a, id2, gen2, &recycled) == SH_OK && recycled == 1);
+  CHECK("slot free after deferred recycle", sh_owner_info(a, id2, &oi) == SH_EOWNER);
+  CHECK("unpin a gone owner", sh_owner_unpin(a, id2, gen2, NULL) == SH_EOWNER);
+  /* states */
+  uint32_t id3, gen3;
+  sh_owner_create(a, 2, &id3, &gen3);
+  CHECK("set state", sh_owner_set_state(a, id3, gen3, SH_OWNER_LIVE, SH_OWNER_OFFLOADED) == SH_OK);
+  CHECK("offloaded refuses allocs", sh_alloc(a, id3, SH_PART_CONTEXT, 16, &off) == SH_EOWNER);
+  CHECK("set state compare fails", sh_owner_set_state(a, id3, gen3, SH_OWNER_LIVE, SH_OWNER_DEAD) == SH_ESTATE);
+  CHECK("touch", sh_owner_touch(a, id3, gen3) == SH_OK);
+  CHECK("user word", sh_owner_set_user_word(a, id3, gen3, 0, 42) == SH_OK &&
+                         sh_owner_set_user_word(a, id3, gen3, 0, 43) == SH_ESTATE);
+  CHECK("recycle offloaded", sh_owner_recycle(a, id3, gen3) == SH_OK);
+  /* a dead process is seen as dead */
+  pid_t child = fork();
+  if (child == 0) {
+    uint32_t cid, cgen;
+    _exit(sh_owner_create(a, 3, &cid, &cgen) == SH_OK ? 0 : 1);
+  }
+  waitpid(child, NULL, 0);
+  CHECK("process start time", sh_process_start_time(getpid(), &(uint64_t){0}) == SH_OK);
+  CHECK("dead pid has no start time", sh_process_start_time(child, &(uint64_t){0}) != SH_OK);
+  CHECK("check clean", sh_check(a) == SH_OK);
+  sh_close(a);
+  /* a full owner table */
+  sh_options_t o;
+  sh_options_init(&o);
+  o.max_owners = 4;
+  REQUIRE("small table", sh_create(&a, SH_BACKING_ANON, NULL, 8 * MiB, &o) == SH_OK);
+  int made = 0, rc;
+  while ((rc = sh_owner_create(a, 0, &id, &gen)) == SH_OK) made++;
+  CHECK("table fills", rc == SH_ETOOMANY && made == 3);
+  sh_close(a);
+}
+
+static void test_write_after_free(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 65536);
+  uint64_t x, y, z;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 32, &x);
+  sh_alloc(a, 0, SH_PART_CONTEXT, 32, &y);
+  sh_free(a, y);
+  sh_free(a, x);
+  memset(sh_ptr(a, x), 0x5A, 16); /* the program writes after free */
+  CHECK("write after free detected on pop", sh_alloc(a, 0, SH_PART_CONTEXT, 32, &z) == SH_ECORRUPT);
+  CHECK("message says so", strstr(sh_last_error(), "written after") != NULL);
+  CHECK("other classes still serve", sh_alloc(a, 0, SH_PART_CONTEXT, 64, &z) == SH_OK);
+  CHECK("check reports it", sh_check(a) == SH_ECORRUPT);
+  sh_close(a);
+}
+
+static void test_shared_mapping(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_unit_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL, *b = NULL, *c = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  CHECK("exists", sh_create(&c, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_EEXIST);
+  REQUIRE("attach", sh_attach(&b, SH_BACKING_SHM, name, 0) == SH_OK);
+  CHECK("mapped elsewhere", sh_base(a) != sh_base(b));
+  uint64_t off;
+  sh_alloc(a, 0, SH_PART_SHARED, 100, &off);
+  strcpy(sh_ptr(a, off), "through offsets");
+  CHECK("other mapping sees it", strcmp(sh_ptr(b, off), "through offsets") == 0);
+  CHECK("free through the other mapping", sh_free(b, off) == SH_OK);
+  pid_t child = fork();
+  if (child == 0) {
+    sh_arena_t *ca;
+    if (sh_attach(&ca, SH_BACKING_SHM, name, 0) != SH_OK) _exit(2);
+    uint64_t o2;
+    if (sh_alloc(ca, 0, SH_PART_COMM, 64, &o2) != SH_OK) _exit(3);
+    strcpy(sh_ptr(ca, o2), "from child");
+    sh_close(ca);
+    _exit(o2 == 0 ? 4 : 0);
+  }
+  int status;
+  waitpid(child, &status, 0);
+  CHECK("child attached and allocated", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  sh_partition_stats_t st;
+  sh_partition_stats(b, SH_PART_COMM, &st);
+  CHECK("child's block visible in stats", st.in_use == 64 && st.allocs == 1);
+  sh_arena_t *ro;
+  CHECK("read-only attach", sh_attach(&ro, SH_BACKING_SHM, name, 1) == SH_OK);
+  CHECK("read-only owner create refused", sh_owner_create(ro, 0, &(uint32_t){0}, &(uint32_t){0}) == SH_EINVAL);
+  CHECK("read-only check", sh_check(ro) == SH_OK);
+  sh_close(ro);
+  sh_close(b);
+  sh_close(a);
+  CHECK("unlink", sh_unlink(SH_BACKING_SHM, name) == SH_OK);
+  CHECK("gone", sh_attach(&b, SH_BACKING_SHM, name, 0) == SH_ENOENT);
+  CHECK("unlink twice", sh_unlink(SH_BACKING_SHM, name) == SH_ENOENT);
+}
+
+/* A process dies holding the slow-path lock in the middle of changing a page:
+ * the next locker repairs from the descriptors instead of hanging. */
+static void test_lock_owner_died(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_unit_lock_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  uint64_t keep;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 128, &keep);
+  pid_t child = fork();
+  if (child == 0) {
+    sh_arena_t *ca;
+    if (sh_attach(&ca, SH_BACKING_SHM, name, 0) != SH_OK) _exit(2);
+    _sh_part_lock(ca, SH_PART_CONTEXT);
+    /* half a page acquisition: bitmap bit taken, descriptor never written */
+    uint32_t pi = ca->part_end[SH_PART_CONTEXT] - 1;
+    ca->bitmap[pi / 64] |= 1ull << (pi % 64);
+    _exit(0); /* dies holding the lock */
+  }
+  waitpid(child, NULL, 0);
+  uint64_t off;
+  CHECK("alloc after the holder died", sh_alloc(a, 0, SH_PART_CONTEXT, 20000, &off) == SH_OK);
+  CHECK("repair leaves it consistent", sh_check(a) == SH_OK);
+  CHECK("older block intact", sh_free(a, keep) == SH_OK && sh_free(a, off) == SH_OK);
+  sh_close(a);
+  sh_unlink(SH_BACKING_SHM, name);
+}
+
+int main(void) {
+  test_options();
+  test_layout();
+  test_blocks();
+  test_exhaustion();
+  test_owners();
+  test_write_after_free();
+  test_shared_mapping();
+  test_lock_owner_died();
+  return check_summary("test_unit");
+}
