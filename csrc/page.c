@@ -95,7 +95,16 @@ static inline bool sh_page_matches(const sh_page_t *pg, uint32_t owner, int c) {
          sh_atomic_load_relaxed(&pg->sclass) == (uint32_t)c;
 }
 
-SH_NO_TSAN static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner,
+/* Reads a link that a racing thread may be overwriting (see sh_track.h). Kept
+ * out of line: no_sanitize also hides atomics from TSan, and the pop's CAS
+ * must stay visible to it. */
+SH_NO_TSAN __attribute__((noinline)) static void sh_link_read(const uint32_t *link, uint32_t *next,
+                                                               uint32_t *check) {
+  *next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
+  *check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+}
+
+static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner,
                                   int c, uint32_t *top_out) {
   const sh_class_t *cls = &a->classes[c];
   uint64_t head = sh_atomic_load_acquire(&pg->head);
@@ -106,8 +115,8 @@ SH_NO_TSAN static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t p
       return SH_POP_CORRUPT;
     }
     uint32_t *link = sh_link_at(a, pi, top);
-    uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-    uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+    uint32_t next, check;
+    sh_link_read(link, &next, &check);
     uint32_t count = sh_head_count(head);
     if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) ||
                     !sh_top_valid(a, cls, next) || (next == 0) != (count == 1))) {
@@ -154,7 +163,7 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
     uint32_t next = i + 1 < cls->capacity ? (i + 1) * units + 1 : 0;
     uint32_t *link = (uint32_t *)(start + (uint64_t)i * cls->size);
     sh_link_write(link, next, key);
-    sh_track_free(link, cls->size);
+    sh_track_free(a, link, cls->size);
   }
   sh_atomic_store_relaxed(&pg->owner, owner);
   sh_atomic_store_relaxed(&pg->sclass, (uint32_t)c);
@@ -313,7 +322,7 @@ int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t siz
           sh_free(a, off);
           continue;
         }
-        sh_track_alloc(a->base + off, a->classes[c].size);
+        sh_track_alloc(a, a->base + off, a->classes[c].size);
         sh_count(a, 0, part, c);
         *offset = off;
         return SH_OK;
@@ -390,7 +399,7 @@ int sh_free(sh_arena_t *a, uint64_t offset) {
     sh_link_write(link, sh_head_top(head), key);
     desired = sh_head_make(top, count + 1, sh_head_tag(head) + 1);
   } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
-  sh_track_free(link, cls->size);
+  sh_track_free(a, link, cls->size);
   sh_count(a, 1, part, c);
   if (sh_unlikely(sh_head_count(desired) == cap)) sh_page_try_retire(a, pg, pi, part, desired);
   return SH_OK;
@@ -433,7 +442,7 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   *head = pi;
   sh_owner_pages_add(a, owner, part, n);
   _sh_part_unlock(a, part);
-  sh_track_alloc(_sh_page_start(a, pi), (uint64_t)n * psize);
+  sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
   sh_count(a, 0, part, (int)a->nclasses);
   *offset = (uint64_t)pi << a->page_shift;
   return SH_OK;

@@ -2,7 +2,10 @@
  * region. Poisoning freed blocks and unpoisoning allocated ones lets the
  * sanitizer builds catch a use-after-free inside the arena (mimalloc's track.h).
  * The first 8 bytes of a free block hold its free-list link, so they stay
- * readable by the allocator. Compiles to nothing without ASan. */
+ * readable by the allocator. Compiles to nothing without ASan.
+ * Shadow memory is per process: a block freed here and reallocated by another
+ * process would still look poisoned here. So only private (anonymous) arenas
+ * are tracked; a shared arena's blocks are never poisoned. */
 #ifndef SH_TRACK_H
 #define SH_TRACK_H
 
@@ -18,12 +21,14 @@
 
 #if defined(SH_TRACK_ASAN)
 #include <sanitizer/asan_interface.h>
-#define sh_track_alloc(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
-#define sh_track_free(p, size) ASAN_POISON_MEMORY_REGION((char *)(p) + 8, (size) - 8)
+#define sh_track_alloc(a, p, size) \
+  do { if ((a)->backing == SH_BACKING_ANON) ASAN_UNPOISON_MEMORY_REGION((p), (size)); } while (0)
+#define sh_track_free(a, p, size) \
+  do { if ((a)->backing == SH_BACKING_ANON) ASAN_POISON_MEMORY_REGION((char *)(p) + 8, (size) - 8); } while (0)
 #define sh_track_reset(p, size) ASAN_UNPOISON_MEMORY_REGION((p), (size))
 #else
-#define sh_track_alloc(p, size) ((void)(p), (void)(size))
-#define sh_track_free(p, size) ((void)(p), (void)(size))
+#define sh_track_alloc(a, p, size) ((void)(a), (void)(p), (void)(size))
+#define sh_track_free(a, p, size) ((void)(a), (void)(p), (void)(size))
 #define sh_track_reset(p, size) ((void)(p), (void)(size))
 #endif
 

@@ -1,0 +1,224 @@
+/* Stress: threads in several forked processes allocate and free random sizes
+ * in every partition, hand blocks to each other through the arena and free
+ * each other's, recycle their own owners while the rest keep working, and
+ * fill partitions to exhaustion. Every block carries a pattern checked when
+ * it is freed. check() must be clean at the end. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "swarmheap.h"
+#include "testhelper.h"
+
+/* TSan keeps its happens-before clocks per process: synchronisation through
+ * another process's atomics is invisible to it and shows as false races. Under
+ * TSan the same workload runs as threads of one process; the other builds
+ * fork a second process. */
+#if defined(__SANITIZE_THREAD__)
+#define NPROCS 1
+#define NTHREADS 4
+#else
+#define NPROCS 2 /* the parent plus one child */
+#define NTHREADS 2
+#endif
+#define ITERS 150000
+#define LIVE 256
+#define SLOTS 64
+
+static char name[64];
+static _Atomic uint64_t *exchange; /* SLOTS handoff slots in the arena */
+static _Atomic int failures;
+
+static uint64_t rnd(uint64_t *s) {
+  *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+  return *s;
+}
+
+/* block = [size:8][offset^seal:8][pattern...]; anyone can verify it */
+#define SEAL 0x5EA15EA15EA15EA1ull
+static void fill(sh_arena_t *a, uint64_t off, uint64_t size) {
+  uint64_t *w = sh_ptr(a, off);
+  w[0] = size;
+  w[1] = off ^ SEAL;
+  uint8_t *p = (uint8_t *)(w + 2);
+  for (uint64_t i = 0; i + 16 < size; i++) p[i] = (uint8_t)(off + i * 31);
+}
+static int verify(sh_arena_t *a, uint64_t off) {
+  const uint64_t *w = sh_ptr(a, off);
+  uint64_t size = w[0];
+  if (w[1] != (off ^ SEAL) || size < 16 || size > (1u << 20)) return 0;
+  const uint8_t *p = (const uint8_t *)(w + 2);
+  for (uint64_t i = 0; i + 16 < size; i++)
+    if (p[i] != (uint8_t)(off + i * 31)) return 0;
+  return 1;
+}
+
+static void fail(const char *what, uint64_t off) {
+  fprintf(stderr, "stress: %s at offset %llu: %s\n", what, (unsigned long long)off, sh_last_error());
+  failures++;
+}
+
+static void free_checked(sh_arena_t *a, uint64_t off) {
+  if (!verify(a, off)) fail("pattern damaged", off);
+  if (sh_free(a, off) != SH_OK) fail("free failed", off);
+}
+
+typedef struct worker_s {
+  sh_arena_t *arena;
+  uint64_t seed;
+} worker_t;
+
+static void *worker(void *arg) {
+  worker_t *w = arg;
+  sh_arena_t *a = w->arena;
+  uint64_t live[LIVE] = {0}, s = w->seed;
+  for (int it = 0; it < ITERS && !failures; it++) {
+    uint64_t r = rnd(&s);
+    int part = (int)(r % SH_NPARTITIONS);
+    uint64_t size = 16 + (r >> 8) % 2048;
+    if ((r >> 40) % 97 == 0) size = 70000 + (r >> 20) % 100000; /* a page run now and then */
+    int slot = (int)((r >> 24) % LIVE);
+    if (live[slot]) {
+      free_checked(a, live[slot]);
+      live[slot] = 0;
+    }
+    uint64_t off;
+    int rc = sh_alloc(a, 0, (sh_partition_t)part, size, &off);
+    if (rc == SH_EFULL) continue;
+    if (rc != SH_OK) {
+      fail("alloc failed", 0);
+      break;
+    }
+    fill(a, off, size);
+    if ((r >> 32) % 4 == 0) {
+      /* hand it to whoever comes next, and free what was there */
+      uint64_t got = atomic_exchange(&exchange[(r >> 48) % SLOTS], off);
+      if (got) free_checked(a, got);
+    } else {
+      live[slot] = off;
+    }
+    if (it % 3000 == 1500) {
+      /* an owner of our own, filled and recycled while everyone else works */
+      uint32_t id, gen;
+      if (sh_owner_create(a, 1, &id, &gen) != SH_OK) {
+        fail("owner create", 0);
+        continue;
+      }
+      for (int k = 0; k < 2000; k++) {
+        uint64_t o;
+        if (sh_alloc(a, id, (sh_partition_t)(k % 3), 16 + (uint64_t)k % 512, &o) == SH_OK) fill(a, o, 16);
+      }
+      if (sh_owner_recycle(a, id, gen) != SH_OK) fail("recycle", 0);
+    }
+  }
+  for (int i = 0; i < LIVE; i++)
+    if (live[i]) free_checked(a, live[i]);
+  return NULL;
+}
+
+/* Every partition fills, by several threads at once, then empties. */
+typedef struct filler_s {
+  sh_arena_t *arena;
+  int part;
+  uint64_t size, n, *offs;
+} filler_t;
+
+static void *filler(void *arg) {
+  filler_t *f = arg;
+  while (f->n < 1000000 && sh_alloc(f->arena, 0, (sh_partition_t)f->part, f->size, &f->offs[f->n]) == SH_OK)
+    fill(f->arena, f->offs[f->n], f->size), f->n++;
+  return NULL;
+}
+
+static void exhaust(sh_arena_t *a) {
+  static uint64_t offs[2][1000000];
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    filler_t f[2] = {{a, part, 48, 0, offs[0]}, {a, part, 700, 0, offs[1]}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, filler, &f[i]);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    sh_partition_stats_t st;
+    sh_partition_stats(a, (sh_partition_t)part, &st);
+    if (!(f[0].n < 1000000 && f[1].n < 1000000 && st.pages_used == st.pages_total))
+      fprintf(stderr, "part %d: n %llu %llu pages %llu/%llu\n", part, (unsigned long long)f[0].n,
+              (unsigned long long)f[1].n, (unsigned long long)st.pages_used, (unsigned long long)st.pages_total);
+    CHECK("partition filled to exhaustion", f[0].n < 1000000 && f[1].n < 1000000 && st.pages_used == st.pages_total);
+    uint64_t other;
+    CHECK("others still serve", sh_alloc(a, 0, (sh_partition_t)((part + 1) % 4), 64, &other) == SH_OK);
+    sh_free(a, other);
+    for (int i = 0; i < 2; i++)
+      for (uint64_t k = 0; k < f[i].n; k++) free_checked(a, f[i].offs[k]);
+    sh_partition_stats(a, (sh_partition_t)part, &st);
+    CHECK("partition empties", st.in_use == 0);
+  }
+}
+
+int main(void) {
+  snprintf(name, sizeof name, "/sh_stress_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_options_t o;
+  sh_options_init(&o);
+  o.page_size = 16384;
+  sh_arena_t *a;
+  REQUIRE("create", sh_create(&a, SH_BACKING_SHM, name, 48u << 20, &o) == SH_OK);
+  uint64_t ex;
+  REQUIRE("exchange slots", sh_calloc(a, 0, SH_PART_SYSTEM, SLOTS * sizeof(uint64_t), &ex) == SH_OK);
+  exchange = sh_ptr(a, ex);
+
+  pid_t kids[NPROCS];
+  for (int p = 1; p < NPROCS; p++) {
+    kids[p - 1] = fork();
+    if (kids[p - 1] == 0) {
+      /* a child maps the arena at its own address; the inherited mapping is dropped */
+      uint64_t *inherited = (uint64_t *)exchange;
+      sh_arena_t *ca;
+      if (sh_attach(&ca, SH_BACKING_SHM, name, 0) != SH_OK) _exit(3);
+      exchange = sh_ptr(ca, (uint64_t)((char *)inherited - (char *)sh_base(a)));
+      sh_close(a);
+      pthread_t t[NTHREADS];
+      worker_t w[NTHREADS];
+      for (int i = 0; i < NTHREADS; i++) {
+        w[i].arena = ca;
+        w[i].seed = 0x9E3779B97F4A7C15ull * (uint64_t)(p * NTHREADS + i + 1);
+        pthread_create(&t[i], NULL, worker, &w[i]);
+      }
+      for (int i = 0; i < NTHREADS; i++) pthread_join(t[i], NULL);
+      sh_close(ca);
+      _exit(failures ? 1 : 0);
+    }
+  }
+  pthread_t t[NTHREADS];
+  worker_t w[NTHREADS];
+  for (int i = 0; i < NTHREADS; i++) {
+    w[i].arena = a;
+    w[i].seed = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+    pthread_create(&t[i], NULL, worker, &w[i]);
+  }
+  for (int i = 0; i < NTHREADS; i++) pthread_join(t[i], NULL);
+  for (int p = 1; p < NPROCS; p++) {
+    int status;
+    waitpid(kids[p - 1], &status, 0);
+    CHECK("child process clean", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  for (int i = 0; i < SLOTS; i++) {
+    uint64_t got = atomic_exchange(&exchange[i], 0);
+    if (got) free_checked(a, got);
+  }
+  CHECK("no pattern or free failures", failures == 0);
+  CHECK("check clean after the mixed run", sh_check(a) == SH_OK);
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    sh_partition_stats_t st;
+    sh_partition_stats(a, (sh_partition_t)part, &st);
+    uint64_t expect = part == SH_PART_SYSTEM ? sh_good_size(a, SLOTS * sizeof(uint64_t)) : 0;
+    CHECK("every block returned", st.in_use == expect);
+  }
+  CHECK("exchange block freed", sh_free(a, ex) == SH_OK);
+  exhaust(a);
+  CHECK("no failures while exhausting", failures == 0);
+  CHECK("check clean at the end", sh_check(a) == SH_OK);
+  sh_close(a);
+  sh_unlink(SH_BACKING_SHM, name);
+  return check_summary("test_stress");
+}
