@@ -131,6 +131,9 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
     }
     uint64_t desired = sh_head_make(next, count - 1, sh_head_tag(head) + 1);
     if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired)) {
+      /* Break the link pair so the double-free test on sh_free sees a live
+       * block, and walks the stack only when the words really look free. */
+      __atomic_store_n(&link[1], ~check, __ATOMIC_RELAXED);
       *top_out = top;
       return SH_POP_OK;
     }
@@ -344,6 +347,9 @@ int sh_calloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t si
  * the bin's first page: keeping one warm page per bin stops alloc/free pairs
  * at a page boundary from taking the lock each time. */
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
+  _Atomic uint32_t *warm = _sh_bin(a, sh_atomic_load_relaxed(&pg->owner), part,
+                                   (int)sh_atomic_load_relaxed(&pg->sclass));
+  if (sh_atomic_load_relaxed(warm) == pi) return; /* the bin's first page stays */
   uint64_t expected = pushed;
   uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(pushed), sh_head_tag(pushed) + 1);
   if (!sh_atomic_cas_strong_acq_rel(&pg->head, &expected, retired)) return; /* in use again */
