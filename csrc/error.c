@@ -42,6 +42,7 @@ const char *sh_strerror(int status) {
     case SH_ETOOMANY: return "SH_ETOOMANY";
     case SH_EPINNED: return "SH_EPINNED";
     case SH_ESTATE: return "SH_ESTATE";
+    case SH_EAGAIN: return "SH_EAGAIN";
     default: return "SH_E?";
   }
 }

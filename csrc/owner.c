@@ -204,3 +204,10 @@ int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (rc) return rc;
   return start == o->pid_start;
 }
+
+uint32_t sh_owner_generation(const sh_arena_t *a, uint32_t id) {
+  if (id >= a->max_owners) return 0;
+  const sh_owner_t *o = &a->owners[id];
+  if (sh_atomic_load_acquire(&o->state) == SH_OWNER_FREE) return 0;
+  return sh_atomic_load_relaxed(&o->generation);
+}

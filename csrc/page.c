@@ -259,6 +259,8 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
                   (unsigned long long)cap);
 }
 
+static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part);
+
 /* Make the bin's first page one with free blocks: an existing page of the
  * bin, else a fresh page from the partition. */
 static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_t size) {
@@ -278,6 +280,11 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
     }
   }
   uint32_t pi = sh_bitmap_take(a, part, 1);
+  if (pi == SH_NIL && sh_reclaim_empty_locked(a, part)) {
+    /* the reclaim may have taken this bin's pages too: start over */
+    _sh_part_unlock(a, part);
+    return SH_OK;
+  }
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, 1);
@@ -302,14 +309,15 @@ static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset);
 
-int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+static inline int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
+                                uint64_t *offset, bool may_lock) {
   int part = (int)partition;
   if (sh_unlikely((unsigned)part >= SH_NPARTITIONS))
     return _sh_fail(SH_EINVAL, "partition %d does not exist (0..3)", part);
   if (sh_unlikely(owner >= a->max_owners))
     return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
   int c = _sh_size_class(a, size);
-  if (c < 0) return sh_alloc_large(a, owner, part, size, offset);
+  if (c < 0) return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   for (;;) {
     uint32_t pi = sh_atomic_load_acquire(bin);
@@ -330,11 +338,24 @@ int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t siz
         *offset = off;
         return SH_OK;
       }
-      if (r == SH_POP_CORRUPT && !pg->corrupt) return sh_quarantine(a, pi, part);
+      if (r == SH_POP_CORRUPT && !pg->corrupt) {
+        if (!may_lock) return SH_EAGAIN;
+        return sh_quarantine(a, pi, part);
+      }
     }
+    if (!may_lock) return SH_EAGAIN;
     int rc = sh_small_refill(a, owner, part, c, size);
     if (rc) return rc;
   }
+}
+
+int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  return sh_alloc_impl(a, owner, partition, size, offset, true);
+}
+
+int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
+                    uint64_t *offset) {
+  return sh_alloc_impl(a, owner, partition, size, offset, false);
 }
 
 int sh_calloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
@@ -346,6 +367,25 @@ int sh_calloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t si
 /* A page whose every block is free goes back to its partition, unless it is
  * the bin's first page: keeping one warm page per bin stops alloc/free pairs
  * at a page boundary from taking the lock each time. */
+static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed);
+
+/* A full partition first takes back pages that emptied without being retired
+ * (sh_free_nolock leaves them), whichever owner and class they served. */
+static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part) {
+  uint32_t reclaimed = 0;
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+    sh_page_t *pg = &a->pages[pi];
+    if (sh_atomic_load_relaxed(&pg->state) != SH_PAGE_SMALL || pg->corrupt) continue;
+    uint64_t h = sh_atomic_load_acquire(&pg->head);
+    if (sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) != sh_atomic_load_relaxed(&pg->capacity)) continue;
+    uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(h), sh_head_tag(h) + 1);
+    if (!sh_atomic_cas_strong_acq_rel(&pg->head, &h, retired)) continue; /* in use again */
+    _sh_page_release_locked(a, part, pi);
+    reclaimed++;
+  }
+  return reclaimed;
+}
+
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
   _Atomic uint32_t *warm = _sh_bin(a, sh_atomic_load_relaxed(&pg->owner), part,
                                    (int)sh_atomic_load_relaxed(&pg->sclass));
@@ -369,7 +409,7 @@ static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int pa
 
 static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
 
-int sh_free(sh_arena_t *a, uint64_t offset) {
+static inline int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
   if (sh_unlikely(offset >= a->size))
     return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena (%llu bytes)",
                     (unsigned long long)offset, (unsigned long long)a->size);
@@ -379,7 +419,7 @@ int sh_free(sh_arena_t *a, uint64_t offset) {
   int part = (int)pg->partition;
   if (sh_unlikely(state != SH_PAGE_SMALL)) {
     if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0)
-      return sh_free_large(a, pi, part);
+      return may_lock ? sh_free_large(a, pi, part) : SH_EAGAIN;
     return _sh_fail(SH_EBADPTR, "offset %llu is not a live block (page %u is %s)",
                     (unsigned long long)offset, pi,
                     state == SH_PAGE_FREE ? "free" : state == SH_PAGE_META ? "metadata" : "inside a large block");
@@ -407,9 +447,12 @@ int sh_free(sh_arena_t *a, uint64_t offset) {
   } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
   sh_track_free(a, link, cls->size);
   sh_count(a, 1, part, c);
-  if (sh_unlikely(sh_head_count(desired) == cap)) sh_page_try_retire(a, pg, pi, part, desired);
+  if (sh_unlikely(sh_head_count(desired) == cap) && may_lock) sh_page_try_retire(a, pg, pi, part, desired);
   return SH_OK;
 }
+
+int sh_free(sh_arena_t *a, uint64_t offset) { return sh_free_impl(a, offset, true); }
+int sh_free_nolock(sh_arena_t *a, uint64_t offset) { return sh_free_impl(a, offset, false); }
 
 /* ----- Large blocks: runs of whole pages ------------------------------------- */
 
@@ -426,6 +469,7 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   uint32_t n = (uint32_t)((size + psize - 1) / psize);
   _sh_part_lock(a, part);
   uint32_t pi = sh_bitmap_take(a, part, n);
+  if (pi == SH_NIL && sh_reclaim_empty_locked(a, part)) pi = sh_bitmap_take(a, part, n);
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, n);

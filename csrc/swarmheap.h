@@ -56,6 +56,7 @@ typedef enum sh_status_e {
   SH_ETOOMANY = -16,     /* the owner table is full */
   SH_EPINNED = -17,      /* the owner is pinned; its recycle is deferred */
   SH_ESTATE = -18,       /* the owner is not in a state that allows this */
+  SH_EAGAIN = -19,       /* a _nolock call needs the slow path: nothing was done */
 } sh_status_t;
 
 typedef enum sh_partition_e {
@@ -191,6 +192,13 @@ void *sh_base(const sh_arena_t *arena);
 int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
              uint64_t *offset);
 
+/* [any] sh_alloc's lock-free path only: never takes a lock or blocks, so a
+ * binding may call it without giving up its own lock (Python's GIL). Returns
+ * SH_EAGAIN, having done nothing, when the request needs a new page or a page
+ * run; call sh_alloc then. */
+int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
+                    uint64_t *offset);
+
 /* [any] As sh_alloc, and the block is zeroed. */
 int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
               uint64_t *offset);
@@ -198,6 +206,12 @@ int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_
 /* [any] Return a block. Any thread or process may free any owner's block.
  * Errors: SH_EBADPTR (not the start of a live block), SH_EDOUBLEFREE. */
 int sh_free(sh_arena_t *arena, uint64_t offset);
+
+/* [any] sh_free without ever taking a lock: SH_EAGAIN, having done nothing,
+ * for a large block (call sh_free then). A small page that empties stays with
+ * its owner instead of being retired; a partition under pressure reclaims
+ * such pages before it reports SH_EFULL. */
+int sh_free_nolock(sh_arena_t *arena, uint64_t offset);
 
 /* [any] Pointer for an offset in this process (no validation). */
 static inline void *sh_ptr(const sh_arena_t *arena, uint64_t offset) {
@@ -239,6 +253,10 @@ int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            uint64_t expected, uint64_t desired);
+
+/* [any] The slot's generation while it holds an owner, 0 when it is free:
+ * one load, for checking a handle before touching its bytes. */
+uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
 
 /* [any] Snapshot of one owner slot; SH_EOWNER if the slot is unused. Bytes
  * and blocks are summed from the owner's pages when read. */

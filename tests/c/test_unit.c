@@ -309,7 +309,37 @@ static void test_lock_owner_died(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+/* The lock-free entry points never lock; emptied pages come back under pressure. */
+static void test_nolock(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 4096);
+  uint64_t x, big;
+  CHECK("nolock alloc needs a page first", sh_alloc_nolock(a, 0, SH_PART_COMM, 32, &x) == SH_EAGAIN);
+  CHECK("slow path", sh_alloc(a, 0, SH_PART_COMM, 32, &x) == SH_OK);
+  uint64_t y;
+  CHECK("then lock-free", sh_alloc_nolock(a, 0, SH_PART_COMM, 32, &y) == SH_OK);
+  CHECK("nolock free", sh_free_nolock(a, x) == SH_OK && sh_free_nolock(a, y) == SH_OK);
+  CHECK("large alloc nolock refused", sh_alloc_nolock(a, 0, SH_PART_COMM, 100000, &big) == SH_EAGAIN);
+  sh_alloc(a, 0, SH_PART_COMM, 100000, &big);
+  CHECK("large free nolock refused", sh_free_nolock(a, big) == SH_EAGAIN && sh_free(a, big) == SH_OK);
+  static uint64_t offs[1 << 16];
+  size_t n = 0;
+  while (sh_alloc(a, 0, SH_PART_COMM, 48, &offs[n]) == SH_OK) n++;
+  for (size_t i = 0; i < n; i++) sh_free_nolock(a, offs[i]);
+  sh_partition_stats_t st;
+  sh_partition_stats(a, SH_PART_COMM, &st);
+  CHECK("emptied pages stay until needed", st.in_use == 0 && st.pages_used > 1);
+  n = 0;
+  while (sh_alloc(a, 0, SH_PART_COMM, 1000, &offs[n]) == SH_OK) n++;
+  CHECK("another class fills the reclaimed pages", n > 100);
+  sh_partition_stats(a, SH_PART_COMM, &st);
+  CHECK("all pages used again", st.pages_used == st.pages_total);
+  CHECK("check clean", sh_check(a) == SH_OK);
+  CHECK("owner generation", sh_owner_generation(a, 0) == 1 && sh_owner_generation(a, 5) == 0);
+  sh_close(a);
+}
+
 int main(void) {
+  test_nolock();
   test_options();
   test_layout();
   test_blocks();
