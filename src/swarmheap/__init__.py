@@ -1,0 +1,46 @@
+"""swarmheap: a shared-memory allocator for multi-agent Python runtimes.
+
+One mmap'd arena -- private, or shared by many processes -- split into four
+budgets (context, shared, comm, system), served by lock-free slab pages, with
+per-agent owner heaps that are recycled in one piece.
+"""
+
+from swarmheap._core import PARTITIONS, Block, unlink
+from swarmheap.errors import (
+    AgentStateError,
+    AttachError,
+    HeapCorrupt,
+    HeapExists,
+    HeapNotFound,
+    InvalidHandle,
+    PartitionFull,
+    StaleBlock,
+    SwarmHeapError,
+    TooManyAgents,
+)
+from swarmheap.handle import Handle
+from swarmheap.heap import Heap
+from swarmheap.sizes import format_size, parse_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PARTITIONS",
+    "AgentStateError",
+    "AttachError",
+    "Block",
+    "Handle",
+    "Heap",
+    "HeapCorrupt",
+    "HeapExists",
+    "HeapNotFound",
+    "InvalidHandle",
+    "PartitionFull",
+    "StaleBlock",
+    "SwarmHeapError",
+    "TooManyAgents",
+    "__version__",
+    "format_size",
+    "parse_size",
+    "unlink",
+]

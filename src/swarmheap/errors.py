@@ -1,0 +1,69 @@
+"""Every exception swarmheap raises on purpose. All derive from SwarmHeapError;
+each also derives from the builtin a caller would naturally catch."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentStateError",
+    "AttachError",
+    "HeapCorrupt",
+    "HeapExists",
+    "HeapNotFound",
+    "InvalidHandle",
+    "PartitionFull",
+    "StaleBlock",
+    "SwarmHeapError",
+    "TooManyAgents",
+]
+
+
+class SwarmHeapError(Exception):
+    """Base of every swarmheap error. ``code`` names the C core's status, if any."""
+
+    code: str | None = None
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class PartitionFull(SwarmHeapError, MemoryError):
+    """A partition has no room for the request. The message names the partition
+    and its used/capacity figures; partitions never borrow from each other."""
+
+
+class InvalidHandle(SwarmHeapError, ValueError):
+    """An offset or handle that is not a live block of this heap."""
+
+
+class StaleBlock(SwarmHeapError):
+    """A block used after it was freed, or after its agent was recycled
+    (detected through generations, never by reading someone else's bytes)."""
+
+
+class HeapCorrupt(SwarmHeapError):
+    """check() found an inconsistency, or a free list was damaged by a write
+    after free. The message is the C core's description of the first problem."""
+
+
+class AttachError(SwarmHeapError):
+    """A named heap could not be attached: missing, truncated, foreign, of
+    another format version, or with a damaged header."""
+
+
+class HeapNotFound(AttachError, FileNotFoundError):
+    """No heap of that name exists."""
+
+
+class HeapExists(SwarmHeapError, FileExistsError):
+    """A heap of that name exists already: attach to it, or unlink it first."""
+
+
+class TooManyAgents(SwarmHeapError):
+    """The owner table is full: complete agents, or create the heap with a
+    larger ``max_owners``."""
+
+
+class AgentStateError(SwarmHeapError):
+    """The agent is not in a state that allows the operation."""

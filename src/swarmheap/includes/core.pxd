@@ -1,0 +1,120 @@
+# Declarations of the C core's public header (csrc/swarmheap.h).
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+
+cdef extern from "swarmheap.h" nogil:
+    ctypedef enum sh_status_t:
+        SH_OK
+        SH_EINVAL
+        SH_EFULL
+        SH_ENOMEM
+        SH_ESYS
+        SH_ENOSPC
+        SH_EEXIST
+        SH_ENOENT
+        SH_ETRUNCATED
+        SH_EMAGIC
+        SH_EVERSION
+        SH_ECHECKSUM
+        SH_ECORRUPT
+        SH_EBADPTR
+        SH_EDOUBLEFREE
+        SH_EOWNER
+        SH_ETOOMANY
+        SH_EPINNED
+        SH_ESTATE
+        SH_EAGAIN
+
+    ctypedef enum sh_partition_t:
+        SH_PART_CONTEXT
+        SH_PART_SHARED
+        SH_PART_COMM
+        SH_PART_SYSTEM
+        SH_NPARTITIONS
+
+    ctypedef enum sh_backing_t:
+        SH_BACKING_ANON
+        SH_BACKING_SHM
+        SH_BACKING_FILE
+
+    ctypedef enum sh_owner_state_t:
+        SH_OWNER_FREE
+        SH_OWNER_LIVE
+        SH_OWNER_COMPLETED
+        SH_OWNER_DEAD
+        SH_OWNER_OFFLOADED
+
+    int SH_MAX_CLASSES
+    uint32_t SH_OWNER_DEFAULT
+
+    ctypedef struct sh_arena_t:
+        pass
+
+    ctypedef struct sh_options_t:
+        double ratios[4]
+        uint32_t page_size
+        uint32_t max_owners
+
+    ctypedef struct sh_partition_stats_t:
+        uint64_t capacity, in_use, pages_used, pages_total, peak, allocs, frees, failures
+
+    ctypedef struct sh_class_stats_t:
+        uint32_t block_size, pages
+        uint64_t blocks_used, blocks_free, allocs, frees
+
+    ctypedef struct sh_owner_info_t:
+        uint32_t id, generation, kind
+        sh_owner_state_t state
+        int32_t pid
+        uint64_t pid_start_time, created_ns, last_active_ns
+        uint32_t pins
+        uint64_t bytes[4]
+        uint64_t pages[4]
+        uint64_t peak_pages[4]
+        uint64_t blocks, user_word
+
+    ctypedef struct sh_block_info_t:
+        uint64_t offset, usable_size
+        uint32_t owner, owner_generation
+        sh_partition_t partition
+        int size_class
+
+    ctypedef struct sh_arena_info_t:
+        uint64_t size
+        uint32_t page_size, nclasses, max_owners, format_version
+        uint64_t small_limit, metadata_bytes
+        uint64_t part_offset[4]
+        uint64_t part_size[4]
+        uint32_t class_size[64]
+
+    const char *sh_strerror(int status)
+    const char *sh_last_error()
+    void sh_options_init(sh_options_t *opts)
+    int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t size, const sh_options_t *opts)
+    int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read_only)
+    void sh_close(sh_arena_t *arena)
+    int sh_unlink(sh_backing_t backing, const char *name)
+    void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info)
+    void *sh_base(const sh_arena_t *arena)
+    int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
+    int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
+    int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
+    int sh_free(sh_arena_t *arena, uint64_t offset)
+    int sh_free_nolock(sh_arena_t *arena, uint64_t offset)
+    int sh_block_info(const sh_arena_t *arena, uint64_t offset, sh_block_info_t *info)
+    uint64_t sh_good_size(const sh_arena_t *arena, size_t size)
+    int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *generation)
+    int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation)
+    int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
+    int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled)
+    int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
+                           sh_owner_state_t expected, sh_owner_state_t desired)
+    int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation)
+    int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
+                               uint64_t expected, uint64_t desired)
+    uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
+    int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info)
+    int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id)
+    int sh_partition_stats(const sh_arena_t *arena, sh_partition_t partition, sh_partition_stats_t *stats)
+    int sh_class_stats(const sh_arena_t *arena, int size_class, sh_class_stats_t *stats)
+    int sh_check(sh_arena_t *arena)

@@ -1,0 +1,46 @@
+"""Human sizes: "1 GiB", "512MiB", "64 MB", "4k" in; "64.0 MiB" out."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_size", "parse_size"]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(size: int | str, *, what: str = "size") -> int:
+    """Bytes from an int or a human string. Decimal units (kB, MB, GB) are powers
+    of 1000, binary ones (KiB, MiB, GiB) and bare letters (k, M, G) of 1024."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"{what} must be an int or a string like '64 MiB', not {type(size).__name__}")
+    if isinstance(size, int):
+        if size < 0:
+            raise ValueError(f"{what} must not be negative (got {size})")
+        return size
+    match = _PATTERN.match(size)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(
+            f"cannot read {what} {size!r}: write a number and a unit, e.g. '64 MiB', '1 GiB', '512MB'"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    """'512 B', '1.5 KiB', '64.0 MiB'."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
