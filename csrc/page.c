@@ -534,6 +534,11 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
     uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
     if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1)
       return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
+    uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
+    const uint32_t *link = sh_link_at(a, pi, top);
+    if (link[1] == (link[0] ^ sh_atomic_load_relaxed(&pg->key)) &&
+        sh_page_stack_holds(a, (sh_page_t *)pg, pi, top))
+      return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);
     info->size_class = c;
     info->usable_size = a->classes[c].size;
     return SH_OK;

@@ -218,7 +218,8 @@ static inline void *sh_ptr(const sh_arena_t *arena, uint64_t offset) {
   return (char *)sh_base(arena) + offset;
 }
 
-/* [any] Who owns a live block, and its usable size. SH_EBADPTR otherwise. */
+/* [any] Who owns a live block, and its usable size. SH_EBADPTR for anything
+ * else, a block sitting on its free list included. */
 int sh_block_info(const sh_arena_t *arena, uint64_t offset, sh_block_info_t *info);
 
 /* [any] The usable size a request of `size` bytes would get (0 if it can

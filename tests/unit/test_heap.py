@@ -1,0 +1,237 @@
+"""Heap: creation, attach, partitions, stats, check, bad input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import swarmheap as sh
+
+
+def test_private_heap_layout() -> None:
+    with sh.Heap.create(size="64 MiB") as heap:
+        info = heap.info()
+        assert info["size"] == 64 << 20 and heap.size == 64 << 20
+        sizes = {p: info["partitions"][p]["size"] for p in sh.PARTITIONS}
+        for part, share in zip(sh.PARTITIONS, (0.4, 0.3, 0.2, 0.1)):
+            assert abs(sizes[part] / info["size"] - share) < 0.01
+        assert info["metadata_bytes"] <= info["size"] // 100
+        assert heap.name is None and "private" in repr(heap) and "64.0 MiB" in repr(heap)
+
+
+def test_custom_ratios() -> None:
+    ratios = {"context": 0.7, "shared": 0.1, "comm": 0.1, "system": 0.1}
+    with sh.Heap.create(size="32 MiB", ratios=ratios, page_size=16384) as heap:
+        info = heap.info()
+        assert info["page_size"] == 16384
+        assert abs(info["partitions"]["context"]["size"] / info["size"] - 0.7) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"size": "lots"}, ValueError, "64 MiB"),
+        ({"size": -1}, ValueError, "negative"),
+        ({"size": 1.5}, TypeError, "int or a string"),
+        ({"size": 1000}, ValueError, "too small"),
+        ({"ratios": {"context": 0.5, "shared": 0.3, "comm": 0.2, "system": 0.1}}, ValueError, "sum"),
+        ({"ratios": {"context": 0.9, "shared": 0.0, "comm": 0.0, "system": 0.1}}, ValueError, "above 0"),
+        ({"ratios": {"context": 1.0}}, ValueError, "missing"),
+        ({"ratios": {"context": 0.4, "shared": 0.3, "comm": 0.2, "sys": 0.1}}, ValueError, "unknown"),
+        ({"ratios": [0.4, 0.3, 0.2, 0.1]}, TypeError, "mapping"),
+        ({"page_size": 1000}, ValueError, "power of two"),
+        ({"page_size": "64k"}, TypeError, "page_size"),
+        ({"max_owners": -1}, ValueError, "max_owners"),
+    ],
+)
+def test_bad_create_arguments(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
+    args: dict[str, object] = {"size": "16 MiB", **kwargs}
+    with pytest.raises(exc, match=match):
+        sh.Heap.create(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "x" * 300, 42])
+def test_bad_names(bad: object) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        sh.Heap.create(bad, size="16 MiB")  # type: ignore[arg-type]
+
+
+def test_named_create_attach_unlink(heap_name: str) -> None:
+    heap = sh.Heap.create(heap_name, size="16 MiB")
+    assert os.stat(f"/dev/shm/{heap_name}").st_mode & 0o777 == 0o600
+    with pytest.raises(sh.HeapExists):
+        sh.Heap.create(heap_name, size="16 MiB")
+    other = sh.Heap.attach(heap_name)
+    blk = heap.alloc(32, "shared")
+    blk[:6] = b"shared"
+    assert bytes(other.resolve(blk.handle)[:6]) == b"shared"
+    other.close()
+    heap.unlink()
+    with pytest.raises(sh.HeapNotFound):
+        sh.Heap.attach(heap_name)
+    assert bytes(blk[:6]) == b"shared"  # the mapping outlives the name
+    blk.free()
+    heap.check()
+    heap.close()
+    assert heap.closed
+    heap.close()  # idempotent
+
+
+def test_context_manager_unlinks_what_it_created(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        with sh.Heap.attach(heap_name) as view:
+            assert not view.closed
+        assert os.path.exists(f"/dev/shm/{heap_name}")  # an attacher's exit does not unlink
+    assert heap.closed
+    assert not os.path.exists(f"/dev/shm/{heap_name}")
+
+
+def test_attach_missing() -> None:
+    with pytest.raises(sh.HeapNotFound) as info:
+        sh.Heap.attach("shtest_does_not_exist")
+    assert isinstance(info.value, sh.AttachError) and isinstance(info.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("damage", "code"),
+    [
+        (lambda data: data[:100], "SH_ETRUNCATED"),
+        (lambda data: b"NOTAHEAP" + data[8:], "SH_EMAGIC"),
+        (lambda data: data[:8] + b"\x07" + data[9:], "SH_EVERSION"),
+        (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "SH_ECHECKSUM"),
+        (lambda data: bytes(len(data)), "SH_EMAGIC"),
+    ],
+)
+def test_attach_refuses_damaged_heaps(heap_name: str, damage, code: str) -> None:  # type: ignore[no-untyped-def]
+    with sh.Heap.create(heap_name, size="4 MiB", page_size=4096):
+        pass  # created, then unlinked on exit: rebuild the file by hand
+    with sh.Heap.create(heap_name, size="4 MiB", page_size=4096) as heap:
+        path = f"/dev/shm/{heap_name}"
+        with open(path, "rb") as f:
+            data = f.read()
+        heap.close()
+        with open(path, "wb") as f:
+            f.write(damage(data))
+        with pytest.raises(sh.AttachError) as info:
+            sh.Heap.attach(heap_name)
+        assert info.value.code == code
+
+
+def test_partition_full_while_others_serve(heap: sh.Heap) -> None:
+    before = heap.stats()["partitions"]
+    blocks = []
+    with pytest.raises(sh.PartitionFull) as info:
+        while True:
+            blocks.append(heap.alloc(4000, "comm"))
+    assert isinstance(info.value, MemoryError)
+    assert "comm" in str(info.value) and "bytes" in str(info.value)
+    for part in ("context", "shared", "system"):
+        heap.alloc(4000, part).free()
+    heap.check()
+    for blk in blocks:
+        blk.free()
+    after = heap.stats()["partitions"]
+    assert after["comm"]["in_use"] == before["comm"]["in_use"] == 0
+    assert after["comm"]["failures"] == 1
+    heap.alloc(100, "comm").free()  # serves again
+
+
+def test_larger_than_partition(heap: sh.Heap) -> None:
+    with pytest.raises(sh.PartitionFull, match="larger than partition 'system'"):
+        heap.alloc("8 MiB", "system")
+    heap.check()
+
+
+def test_stats_schema(heap: sh.Heap) -> None:
+    blk = heap.alloc(100, "shared")
+    stats = heap.stats()
+    assert set(stats["partitions"]) == set(sh.PARTITIONS)
+    shared = stats["partitions"]["shared"]
+    assert shared["in_use"] == 112 and shared["allocs"] == 1 and shared["pages_used"] == 1
+    assert shared["capacity"] >= shared["peak"] > 0
+    assert any(c["block_size"] == 112 and c["blocks_used"] == 1 for c in stats["classes"])
+    owner0 = stats["owners"][0]
+    assert owner0["id"] == 0 and owner0["state"] == "live" and owner0["blocks"] == 1
+    assert owner0["bytes"]["shared"] == 112
+    blk.free()
+
+
+def test_alloc_many_and_free_many(heap: sh.Heap) -> None:
+    offsets = heap.alloc_many(1000, 48, "shared")
+    assert offsets.dtype == np.uint64 and len(set(offsets.tolist())) == 1000
+    assert heap.stats()["partitions"]["shared"]["in_use"] == 48 * 1000
+    heap.free_many(offsets)
+    assert heap.stats()["partitions"]["shared"]["in_use"] == 0
+    with pytest.raises(sh.StaleBlock, match="freed 0 of 1000"):
+        heap.free_many(offsets)
+    heap.check()
+
+
+def test_alloc_many_is_all_or_nothing(heap: sh.Heap) -> None:
+    with pytest.raises(sh.PartitionFull):
+        heap.alloc_many(1_000_000, 1000, "comm")
+    assert heap.stats()["partitions"]["comm"]["in_use"] == 0
+    with pytest.raises(ValueError):
+        heap.alloc_many(-1, 16)
+    heap.check()
+
+
+def test_free_many_bad_offset(heap: sh.Heap) -> None:
+    with pytest.raises(sh.InvalidHandle, match="freed 0 of 1"):
+        heap.free_many(np.array([12345], dtype=np.uint64))
+    heap.check()
+
+
+def test_write_after_free_is_reported_not_followed() -> None:
+    import ctypes
+
+    with sh.Heap.create(size="4 MiB", page_size=4096) as heap:
+        a, b = heap.alloc(32), heap.alloc(32)
+        handle = a.handle
+        address = np.frombuffer(a, np.uint8).ctypes.data
+        b.free()
+        a.free()
+        with pytest.raises(sh.InvalidHandle, match="free block"):
+            heap.resolve(handle)  # a freed block does not resolve
+        ctypes.memset(address, 0x5A, 16)  # a stray write into freed memory
+        with pytest.raises(sh.HeapCorrupt, match="written after it was freed"):
+            heap.alloc(32)
+        heap.alloc(64).free()  # other size classes still serve
+        with pytest.raises(sh.HeapCorrupt, match="quarantined"):
+            heap.check()
+
+
+def test_closed_heap(heap_name: str) -> None:
+    heap = sh.Heap.create(heap_name, size="16 MiB")
+    blk = heap.alloc(16)
+    view = memoryview(blk)
+    with pytest.raises(BufferError, match="exported"):
+        heap.close()
+    view.release()
+    heap.close()
+    with pytest.raises(ValueError, match="closed"):
+        heap.alloc(16)
+    with pytest.raises(ValueError, match="closed"):
+        bytes(blk)
+    assert "closed" in repr(heap)
+
+
+def test_read_only_attach(named: sh.Heap) -> None:
+    blk = named.alloc(16, "shared")
+    blk[:2] = b"ok"
+    assert named.name is not None
+    with sh.Heap.attach(named.name, read_only=True) as ro:
+        view = ro.resolve(blk.handle)
+        assert bytes(view[:2]) == b"ok"
+        with pytest.raises(TypeError):
+            view[:2] = b"no"
+        assert ro.read_only
+    blk.free()
+
+
+def test_good_size(heap: sh.Heap) -> None:
+    assert heap.good_size(1) == 16
+    assert heap.good_size(129) == 160
+    assert heap.good_size("100 KiB") % heap.info()["page_size"] == 0
