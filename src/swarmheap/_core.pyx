@@ -393,7 +393,7 @@ cdef class CoreHeap:
                 "allocs": ps.allocs, "frees": ps.frees, "failures": ps.failures,
             }
         classes = []
-        for c in range(info.nclasses):
+        for c in range(<int>info.nclasses):
             sh_class_stats(self.arena, c, &cs)
             if cs.pages or cs.allocs:
                 classes.append({
