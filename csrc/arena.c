@@ -10,7 +10,8 @@
 /* ----- Layout ------------------------------------------------------------- */
 
 typedef struct sh_layout_s {
-  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, meta_end, stripe_size;
+  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, sweep_off, ring_cap, meta_end,
+      stripe_size;
   uint32_t total_pages, meta_pages;
 } sh_layout_t;
 
@@ -38,6 +39,9 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   l->stripes_off = off = sh_align_up(off, SH_CACHE_LINE);
   l->stripe_size = sh_stripe_size(nclasses);
   off += SH_NSTRIPES * l->stripe_size;
+  l->sweep_off = off = sh_align_up(off, SH_CACHE_LINE);
+  l->ring_cap = max_owners;
+  off += SH_SWEEP_RINGS * l->ring_cap * sizeof(uint64_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
 }
@@ -98,6 +102,8 @@ static int sh_handle_load(sh_arena_t *a) {
   a->owners = (sh_owner_t *)(a->base + hdr->owners_off);
   a->bins = (_Atomic uint32_t *)(a->base + hdr->bins_off);
   a->stripes = a->base + hdr->stripes_off;
+  a->rings = (_Atomic uint64_t *)(a->base + hdr->sweep_off);
+  a->ring_cap = hdr->ring_cap;
   a->page_shift = hdr->page_shift;
   a->max_owners = hdr->max_owners;
   a->nstripes = hdr->nstripes;
@@ -155,6 +161,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   hdr->owners_off = l.owners_off;
   hdr->bins_off = l.bins_off;
   hdr->stripes_off = l.stripes_off;
+  hdr->sweep_off = l.sweep_off;
+  hdr->ring_cap = l.ring_cap;
   hdr->meta_end = l.meta_end;
   hdr->stripe_size = l.stripe_size;
   hdr->created_ns = _sh_os_now_ns();
@@ -295,6 +303,8 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
             (unsigned long long)hdr->stripes_off);
   SH_EXPECT(hdr->stripe_size == l.stripe_size, "stripe_size", "is %llu",
             (unsigned long long)hdr->stripe_size);
+  SH_EXPECT(hdr->sweep_off == l.sweep_off, "sweep_off", "is %llu", (unsigned long long)hdr->sweep_off);
+  SH_EXPECT(hdr->ring_cap == l.ring_cap, "ring_cap", "is %llu", (unsigned long long)hdr->ring_cap);
   SH_EXPECT(hdr->meta_end == l.meta_end, "meta_end", "is %llu", (unsigned long long)hdr->meta_end);
   static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
   uint32_t next = 0;

@@ -17,6 +17,7 @@
 #define SH_CACHE_LINE 64
 #define SH_NSTRIPES 8
 #define SH_SMALL_CLASSES 8 /* 16..128 in 16-byte steps */
+#define SH_SWEEP_RINGS 2   /* young and middle-aged owners; the rest are old */
 
 /* ---- Free-stack head word ----------------------------------------------------
  * One 64-bit word: | tag:24 | count:20 | top:20 |
@@ -116,6 +117,8 @@ typedef struct sh_header_s {
   uint32_t max_owners, nstripes;
   uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, meta_end;
   uint64_t stripe_size;
+  uint64_t sweep_off;          /* SH_SWEEP_RINGS rings of ring_cap words */
+  uint64_t ring_cap;
   uint64_t created_ns;
   sh_part_desc_t parts[SH_NPARTITIONS];
   uint32_t class_size[SH_MAX_CLASSES];
@@ -126,6 +129,9 @@ typedef struct sh_header_s {
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
   _Atomic uint32_t key_seed;
+  /* sweep rings: entries [head, tail) are queued; see sweep.c */
+  _Atomic uint64_t ring_head[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));
+  _Atomic uint64_t ring_tail[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));
 } sh_header_t;
 
 typedef struct sh_class_s {
@@ -147,6 +153,8 @@ struct sh_arena_s {
   sh_owner_t *owners;
   _Atomic uint32_t *bins;
   uint8_t *stripes;
+  _Atomic uint64_t *rings;
+  uint64_t ring_cap;
   uint32_t page_shift, nclasses, max_owners, nstripes;
   uint64_t stripe_size;
   uint32_t small_limit;

@@ -271,6 +271,31 @@ int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id);
 /* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
 int sh_process_start_time(int pid, uint64_t *start_time);
 
+/* ---- Sweep generations ------------------------------------------------------
+ * Two shared queues of owners, young (0) and middle-aged (1); an owner in
+ * neither is old. The layer above decides what a sweep reclaims; these only
+ * make a young sweep cost O(young owners), not O(all owners). Entries are
+ * hints: whoever acts on one re-checks the owner's id and generation. An
+ * entry that is lost (a full queue, a producer that died mid-push) leaves its
+ * owner old, where a full sweep still finds it. */
+
+/* [any] Queue (id, generation) on queue `ring` (0 or 1). SH_EFULL if full. */
+int sh_sweep_push(sh_arena_t *arena, int ring, uint32_t id, uint32_t generation);
+
+/* [any] Claim up to `max` queued entries, oldest first; each entry is
+ * returned to exactly one caller, across threads and processes. Entries are
+ * (generation << 32 | id). */
+int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, size_t *taken);
+
+/* [any] How many entries are queued on `ring`. */
+uint64_t sh_sweep_pending(const sh_arena_t *arena, int ring);
+
+/* ---- Testing ------------------------------------------------------------------ */
+
+/* [testing] Take the partition's slow-path lock and never release it, so a
+ * test can kill the process while it holds the lock. */
+int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition);
+
 /* ---- Stats and check ------------------------------------------------------- */
 
 /* [any] Read without stopping anyone: counters are summed from per-page and

@@ -18,14 +18,18 @@ from swarmheap.errors import (
     SwarmHeapError,
     TooManyAgents,
 )
+from swarmheap.agents import Agent
 from swarmheap.handle import Handle
-from swarmheap.heap import Heap
+from swarmheap.heap import EVENTS, Heap
+from swarmheap.sweep import SweepResult
 from swarmheap.sizes import format_size, parse_size
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EVENTS",
     "PARTITIONS",
+    "Agent",
     "AgentStateError",
     "AttachError",
     "Block",
@@ -37,6 +41,7 @@ __all__ = [
     "InvalidHandle",
     "PartitionFull",
     "StaleBlock",
+    "SweepResult",
     "SwarmHeapError",
     "TooManyAgents",
     "__version__",

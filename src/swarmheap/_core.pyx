@@ -514,6 +514,40 @@ cdef class CoreHeap:
         sh_arena_info(self.arena, &info)
         return info.max_owners
 
+    def _sweep_push(self, int ring, uint32_t oid, uint32_t gen):
+        """Queue an owner as young (ring 0) or middle-aged (1); False if full."""
+        self._check_open()
+        cdef int rc = sh_sweep_push(self.arena, ring, oid, gen)
+        if rc == SH_EFULL:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _sweep_take(self, int ring, size_t limit):
+        """Claim up to ``limit`` queued (id, generation) pairs, exclusively."""
+        self._check_open()
+        cdef uint64_t[::1] buf = np.empty(max(limit, 1), dtype=np.uint64)
+        cdef size_t taken = 0, i
+        cdef int rc = sh_sweep_take(self.arena, ring, &buf[0], limit, &taken)
+        if rc:
+            _raise(rc)
+        return [(<uint32_t>(buf[i] & 0xFFFFFFFF), <uint32_t>(buf[i] >> 32)) for i in range(taken)]
+
+    def _sweep_pending(self, int ring):
+        self._check_open()
+        return sh_sweep_pending(self.arena, ring)
+
+    def _test_hold_lock(self, partition):
+        """For crash tests only: take a partition's slow-path lock and keep it."""
+        self._check_open()
+        cdef int part = _part(partition)
+        cdef int rc
+        with nogil:
+            rc = sh_test_hold_lock(self.arena, <sh_partition_t>part)
+        if rc:
+            _raise(rc)
+
     def _deferred_recycled(self, uint32_t oid, uint32_t gen):
         """Called when the last pin of a completed owner dropped in this
         process; the agent layer overrides it to fire its hooks."""

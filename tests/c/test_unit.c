@@ -338,7 +338,27 @@ static void test_nolock(void) {
   sh_close(a);
 }
 
+static void test_sweep_queues(void) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.max_owners = 8;
+  sh_arena_t *a;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 8 * MiB, &o) == SH_OK);
+  for (uint32_t i = 1; i <= 8; i++) CHECK("push", sh_sweep_push(a, 0, i, 100 + i) == SH_OK);
+  CHECK("full", sh_sweep_push(a, 0, 9, 1) == SH_EFULL);
+  CHECK("pending", sh_sweep_pending(a, 0) == 8 && sh_sweep_pending(a, 1) == 0);
+  uint64_t e[16];
+  size_t n;
+  CHECK("take some", sh_sweep_take(a, 0, e, 3, &n) == SH_OK && n == 3 && e[0] == ((101ull << 32) | 1));
+  CHECK("push after take", sh_sweep_push(a, 0, 10, 7) == SH_OK);
+  CHECK("take rest in order", sh_sweep_take(a, 0, e, 16, &n) == SH_OK && n == 6 && e[5] == ((7ull << 32) | 10));
+  CHECK("empty", sh_sweep_take(a, 0, e, 16, &n) == SH_OK && n == 0);
+  CHECK("bad ring", sh_sweep_push(a, 2, 1, 1) == SH_EINVAL);
+  sh_close(a);
+}
+
 int main(void) {
+  test_sweep_queues();
   test_nolock();
   test_options();
   test_layout();

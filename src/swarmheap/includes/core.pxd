@@ -118,3 +118,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_partition_stats(const sh_arena_t *arena, sh_partition_t partition, sh_partition_stats_t *stats)
     int sh_class_stats(const sh_arena_t *arena, int size_class, sh_class_stats_t *stats)
     int sh_check(sh_arena_t *arena)
+    int sh_sweep_push(sh_arena_t *arena, int ring, uint32_t id, uint32_t generation)
+    int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, size_t *taken)
+    uint64_t sh_sweep_pending(const sh_arena_t *arena, int ring)
+    int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition)

@@ -1,0 +1,154 @@
+"""Generational sweep: reclaim what dead processes, completed agents and
+expired leases left behind, looking at young agents often and old ones rarely.
+
+Young (0) and middle-aged (1) agents sit on two queues shared by every
+process of the heap (see sh_sweep_* in the C core); old ones (2) are found by
+walking the owner table. A young sweep therefore costs O(young agents).
+Reclaiming goes through the core's recycle, which checks the agent's
+generation under a lock, so two processes sweeping at once reclaim each
+agent exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from swarmheap.agents import Agent, read_kind, read_lease
+from swarmheap.errors import AgentStateError, StaleBlock
+
+if TYPE_CHECKING:
+    from swarmheap.heap import Heap
+
+__all__ = ["CAUSES", "SweepResult", "collect"]
+
+CAUSES = ("dead_process", "completed", "lease")
+_TAKE = 4096
+
+
+@dataclass
+class SweepResult:
+    """What one sweep reclaimed, by cause."""
+
+    generation: int
+    examined: int = 0
+    promoted: int = 0
+    deferred: int = 0  # reclaimable but pinned by a live view
+    agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+
+    @property
+    def reclaimed_agents(self) -> int:
+        return sum(self.agents.values())
+
+    @property
+    def reclaimed_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+    def merge(self, other: SweepResult) -> None:
+        self.examined += other.examined
+        self.promoted += other.promoted
+        self.deferred += other.deferred
+        for cause in CAUSES:
+            self.agents[cause] += other.agents[cause]
+            self.bytes[cause] += other.bytes[cause]
+
+
+class _Liveness:
+    """Process liveness by (pid, start time), asked once per pid per sweep."""
+
+    def __init__(self, heap: Heap) -> None:
+        self.heap = heap
+        self.known: dict[int, bool] = {}
+
+    def alive(self, agent_id: int, pid: int) -> bool:
+        if pid not in self.known:
+            self.known[pid] = self.heap._owner_alive(agent_id)
+        return self.known[pid]
+
+
+def _examine(heap: Heap, agent_id: int, generation: int, result: SweepResult, live: _Liveness,
+             now: float) -> bool:
+    """Reclaim the agent if it is reclaimable. True if it survives (still live)."""
+    info = heap._owner_info(agent_id)
+    if info is None or info["generation"] != generation:
+        return False  # reclaimed already, by someone
+    result.examined += 1
+    state = info["state"]
+    if state == "offloaded":
+        return True
+    cause = None
+    if state == "completed" and info["pins"] == 0:
+        cause = "completed"
+    elif state in ("live", "completed", "dead") and (
+        state == "dead" or (info["pid"] != os.getpid() and not live.alive(agent_id, info["pid"]))
+    ):
+        if state != "dead":
+            try:
+                heap._owner_set_state(agent_id, generation, state, "dead")
+            except (AgentStateError, StaleBlock):
+                return False
+        cause = "dead_process"
+    elif state == "live":
+        lease = read_lease(heap, agent_id, generation, info["user_word"])
+        if lease and now > lease:
+            cause = "lease"
+    if cause is None:
+        return state in ("live", "completed")
+    if info["pins"]:
+        result.deferred += 1
+        return True
+    try:
+        recycled = heap._owner_recycle(agent_id, generation)
+    except StaleBlock:
+        return False  # another sweeper got there first
+    if not recycled:
+        result.deferred += 1
+        return True
+    result.agents[cause] += 1
+    result.bytes[cause] += sum(info["bytes"].values())
+    kind = heap._pop_deferred_kind(agent_id, generation)
+    heap._fire("recycle", Agent(heap, agent_id, generation, kind or "?"), _final(info, cause))
+    return False
+
+
+def _final(info: dict[str, Any], cause: str) -> dict[str, Any]:
+    return {**info, "cause": cause, "total_bytes": sum(info["bytes"].values())}
+
+
+def _sweep_queue(heap: Heap, ring: int, result: SweepResult, live: _Liveness, now: float) -> None:
+    pending = heap._sweep_pending(ring)
+    while pending > 0:
+        batch = heap._sweep_take(ring, min(_TAKE, pending))
+        if not batch:
+            break
+        pending -= len(batch)
+        for agent_id, generation in batch:
+            if _examine(heap, agent_id, generation, result, live, now):
+                # survivors move up: to the middle-aged queue, or out to the old
+                if ring == 0 and heap._sweep_push(1, agent_id, generation):
+                    result.promoted += 1
+                elif ring == 1:
+                    result.promoted += 1
+
+
+def collect(heap: Heap, generation: int = 2) -> SweepResult:
+    """Sweep generations 0..``generation``; see the module docstring."""
+    if generation not in (0, 1, 2):
+        raise ValueError(f"generation must be 0, 1 or 2, not {generation!r}")
+    result = SweepResult(generation)
+    live = _Liveness(heap)
+    now = time.time()
+    _sweep_queue(heap, 0, result, live, now)
+    if generation >= 1:
+        _sweep_queue(heap, 1, result, live, now)
+    if generation == 2:
+        for agent_id in range(1, heap._max_owners()):
+            agent_gen = heap._owner_generation(agent_id)
+            if agent_gen:
+                _examine(heap, agent_id, agent_gen, result, live, now)
+    return result
+
+
