@@ -6,6 +6,7 @@ per-agent owner heaps that are recycled in one piece.
 """
 
 from swarmheap._core import PARTITIONS, Block, unlink
+from swarmheap.agents import Agent
 from swarmheap.errors import (
     AgentStateError,
     AttachError,
@@ -18,11 +19,10 @@ from swarmheap.errors import (
     SwarmHeapError,
     TooManyAgents,
 )
-from swarmheap.agents import Agent
 from swarmheap.handle import Handle
 from swarmheap.heap import EVENTS, Heap
-from swarmheap.sweep import SweepResult
 from swarmheap.sizes import format_size, parse_size
+from swarmheap.sweep import SweepResult
 
 __version__ = "0.1.0"
 
@@ -41,8 +41,8 @@ __all__ = [
     "InvalidHandle",
     "PartitionFull",
     "StaleBlock",
-    "SweepResult",
     "SwarmHeapError",
+    "SweepResult",
     "TooManyAgents",
     "__version__",
     "format_size",

@@ -58,8 +58,7 @@ class Heap(CoreHeap):
         agent_id, generation = self._owner_create(kind_id(kind))
         agent = Agent(self, agent_id, generation, kind)
         try:
-            agent._update_index(lambda entries: None,
-                                lease_deadline=time.time() + lease if lease else 0.0)
+            agent._update_index(lambda entries: None, lease_deadline=time.time() + lease if lease else 0.0)
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmheap.agents import Agent, read_kind, read_lease
+from swarmheap.agents import Agent, read_lease
 from swarmheap.errors import AgentStateError, StaleBlock
 
 if TYPE_CHECKING:
@@ -69,8 +69,9 @@ class _Liveness:
         return self.known[pid]
 
 
-def _examine(heap: Heap, agent_id: int, generation: int, result: SweepResult, live: _Liveness,
-             now: float) -> bool:
+def _examine(
+    heap: Heap, agent_id: int, generation: int, result: SweepResult, live: _Liveness, now: float
+) -> bool:
     """Reclaim the agent if it is reclaimable. True if it survives (still live)."""
     info = heap._owner_info(agent_id)
     if info is None or info["generation"] != generation:
@@ -150,5 +151,3 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
             if agent_gen:
                 _examine(heap, agent_id, agent_gen, result, live, now)
     return result
-
-

@@ -56,3 +56,43 @@ def churn(name: str, seed: int, rounds: int) -> int:
     if errors:
         raise errors[0]
     return rounds
+
+
+def spawn_and_hang(name: str, n_agents: int, hold_lock: bool, ready, stop) -> None:  # type: ignore[no-untyped-def]
+    """Spawn agents holding blocks, report them, then wait to be killed."""
+    heap = sh.Heap.attach(name)
+    ids = []
+    for i in range(n_agents):
+        agent = heap.spawn("worker")
+        for k in range(50):
+            agent.alloc(64 + k, ("context", "shared", "comm")[k % 3])[:4] = b"dead"
+        agent.put("state", bytes([i]) * 100)
+        ids.append(agent.id)
+    if hold_lock:
+        heap._test_hold_lock("context")
+    ready.put(ids)
+    stop.wait()  # never set: the parent kills us
+
+
+def spawn_and_exit(name: str, n_agents: int) -> list[int]:
+    """Spawn agents and leave without completing them (the process then ends)."""
+    heap = sh.Heap.attach(name)
+    ids = [heap.spawn("orphan").id for _ in range(n_agents)]
+    for agent_id in ids:
+        heap.agent(agent_id).alloc(256)
+    heap.close()
+    return ids
+
+
+def sweep_after_barrier(name: str, barrier) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    heap = sh.Heap.attach(name)
+    barrier.wait()
+    result = heap.collect(2)
+    heap.close()
+    return result.agents["dead_process"], result.bytes["dead_process"]
+
+
+def read_agent_entry(name: str, agent_id: int, entry: str) -> tuple[str, bytes]:
+    with sh.Heap.attach(name) as heap:
+        agent = heap.agent(agent_id)
+        return agent.kind, bytes(agent.get(entry))

@@ -1,0 +1,245 @@
+"""Agents: entries, complete, hooks, pins, leases and the generational sweep."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+
+import swarmheap as sh
+import swarmheap.sweep
+from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier
+
+
+@pytest.fixture
+def big() -> Any:
+    heap = sh.Heap.create(size="128 MiB")
+    heap.set_sweep_thresholds(0, 0, 0)  # sweeps by hand unless a test says otherwise
+    yield heap
+    heap.check()
+    heap.close()
+
+
+def in_use(heap: sh.Heap) -> dict[str, int]:
+    return {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
+
+
+def test_entries_round_trip(big: sh.Heap) -> None:
+    agent = big.spawn("researcher")
+    agent.put("messages", b"hello")
+    agent.put("scores", np.arange(10, dtype=np.float64))
+    agent.put("empty", b"")
+    assert sorted(agent.names()) == ["empty", "messages", "scores"]
+    assert bytes(agent.get("messages")) == b"hello"
+    assert np.frombuffer(agent.get("scores"), np.float64)[9] == 9.0
+    assert bytes(agent.get("empty")) == b""
+    agent.put("messages", b"replaced, and longer")
+    assert bytes(agent.get("messages")) == b"replaced, and longer"
+    agent.delete("scores")
+    assert "scores" not in agent.names()
+    with pytest.raises(KeyError, match="scores"):
+        agent.get("scores")
+    with pytest.raises(KeyError):
+        agent.delete("scores")
+    with pytest.raises(TypeError, match="bytes-like"):
+        agent.put("x", 42)
+    with pytest.raises(ValueError):
+        agent.put("", b"x")
+    with pytest.raises(TypeError):
+        agent.put(7, b"x")  # type: ignore[arg-type]
+    big.check()
+    agent.complete()
+
+
+def test_entries_visible_from_another_process(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        agent = heap.spawn("planner")
+        agent.put("plan", b"step one; step two")
+        with mp.get_context("spawn").Pool(1) as pool:
+            kind, data = pool.apply(read_agent_entry, (heap_name, agent.id, "plan"))
+        assert (kind, data) == ("planner", b"step one; step two")
+        agent.complete()
+
+
+def test_hundred_thousand_blocks_complete_in_one_piece(big: sh.Heap) -> None:
+    before = in_use(big)
+    agent = big.spawn("bulk")
+    offsets = big.alloc_many(100_000, 24, owner=agent)
+    assert len(offsets) == 100_000
+    assert agent.stats()["blocks"] == 100_000 + 1  # plus its index
+    final = agent.complete()
+    assert final["blocks"] == 100_001
+    assert in_use(big) == before
+    assert agent.state == "gone"
+    with pytest.raises(sh.StaleBlock):
+        agent.alloc(16)
+
+
+def test_with_block_completes(big: sh.Heap) -> None:
+    with big.spawn("scoped") as agent:
+        blk = agent.alloc(100)
+    assert agent.state == "gone"
+    with pytest.raises(sh.StaleBlock, match="recycled"):
+        bytes(blk)
+
+
+def test_pinned_agent_defers_recycle(big: sh.Heap) -> None:
+    recycled: list[int] = []
+    big.on("recycle", lambda i, k, s: recycled.append(i))
+    agent = big.spawn("pinned")
+    agent.put("state", b"still here")
+    view = agent.get("state")
+    arr = np.frombuffer(agent.alloc(64), np.uint8)
+    agent.complete()
+    assert agent.state == "completed" and recycled == []
+    assert bytes(view) == b"still here"  # nothing reused while visible
+    del view
+    assert agent.state == "completed"  # the array still pins it
+    del arr
+    assert agent.state == "gone" and recycled == [agent.id]
+
+
+def test_hooks(big: sh.Heap, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[tuple[str, int, str, int]] = []
+
+    def record(event: str) -> Any:
+        return lambda i, k, s: seen.append((event, i, k, s["blocks"]))
+
+    def broken(i: int, k: str, s: dict[str, Any]) -> None:
+        raise RuntimeError("hook bug")
+
+    for event in sh.EVENTS:
+        big.on(event, record(event))
+    big.on("complete", broken)
+    agent = big.spawn("hooked")
+    agent.alloc(10)
+    before = in_use(big)["context"]
+    with caplog.at_level(logging.ERROR, logger="swarmheap"):
+        agent.complete()
+    assert "hook bug" in caplog.text
+    assert in_use(big)["context"] < before  # the failing hook did not stop the recycle
+    assert [e for e, *_ in seen] == ["spawn", "complete", "recycle"]
+    assert seen[1] == ("complete", agent.id, "hooked", 2)
+    big.off("complete", broken)
+    with pytest.raises(ValueError):
+        big.off("complete", broken)
+    with pytest.raises(ValueError, match="unknown event"):
+        big.on("explode", broken)
+
+
+def test_bad_spawn_arguments(big: sh.Heap) -> None:
+    for kwargs in ({"kind": ""}, {"kind": 3}, {"lease": -1}, {"lease": "soon"}):
+        with pytest.raises(ValueError):
+            big.spawn(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        big.agent(0)
+    with pytest.raises(sh.AgentStateError):
+        big.agent(5)
+    with pytest.raises(ValueError):
+        big.collect(3)
+
+
+def test_too_many_agents() -> None:
+    with sh.Heap.create(size="8 MiB", max_owners=4) as heap:
+        agents = [heap.spawn() for _ in range(3)]
+        with pytest.raises(sh.TooManyAgents):
+            heap.spawn()
+        for a in agents:
+            a.complete()
+        heap.check()
+
+
+def future(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    real = swarmheap.sweep.time.time
+    monkeypatch.setattr(swarmheap.sweep.time, "time", lambda: real() + seconds)
+
+
+def test_expired_lease_is_reclaimed(big: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    leased = big.spawn("temp", lease=60)
+    leased.alloc(1000)
+    kept = big.spawn("kept")
+    assert big.collect(2).reclaimed_agents == 0
+    future(monkeypatch, 120)
+    result = big.collect(2)
+    assert result.agents["lease"] == 1 and result.bytes["lease"] > 1000
+    assert leased.state == "gone" and kept.state == "live"
+    kept.complete()
+
+
+def test_young_sweep_touches_no_old_agents(big: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = [big.spawn("old", lease=60) for _ in range(5)]
+    promoted = big.collect(1)  # survivors of a generation-1 sweep are old
+    assert promoted.examined == 10 and promoted.promoted == 10
+    young = [big.spawn("young", lease=60) for _ in range(3)]
+    future(monkeypatch, 120)  # every lease has now expired
+    result = big.collect(0)
+    assert result.examined == 3 and result.agents["lease"] == 3
+    assert all(a.state == "gone" for a in young)
+    assert all(a.state == "live" for a in old)
+    assert big.collect(2).agents["lease"] == 5
+
+
+def test_automatic_sweep_by_allocation_count(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        with mp.get_context("spawn").Pool(1) as pool:
+            orphans = pool.apply(spawn_and_exit, (heap_name, 3))
+        heap.set_sweep_thresholds(50, 1, 1)
+        worker = heap.spawn("busy")
+        for _ in range(60):
+            worker.alloc(32)
+        assert all(heap._owner_generation(i) == 0 for i in orphans)
+        worker.complete()
+        heap.check()
+
+
+@pytest.mark.parametrize("hold_lock", [False, True], ids=["holding-blocks", "inside-slow-path"])
+def test_killed_worker_is_reclaimed_exactly(heap_name: str, hold_lock: bool) -> None:
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        mine = heap.spawn("survivor")
+        patterns = []
+        for k in range(200):
+            blk = mine.alloc(100 + k)
+            blk[:] = bytes([k % 256]) * len(blk)
+            patterns.append(blk)
+        ctx = mp.get_context("spawn")
+        ready, stop = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=spawn_and_hang, args=(heap_name, 4, hold_lock, ready, stop))
+        proc.start()
+        dead_ids = ready.get(timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        # a slow path of ours must get through the lock the dead worker held
+        fresh = mine.alloc(20000)
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == 4
+        assert all(heap._owner_generation(i) == 0 for i in dead_ids)
+        assert mine.state == "live"
+        for k, blk in enumerate(patterns):
+            assert bytes(blk) == bytes([k % 256]) * len(blk)
+        fresh.free()
+        heap.check()
+        assert heap.collect(2).reclaimed_agents == 0  # nothing left to take
+        mine.complete()
+
+
+def test_concurrent_sweeps_reclaim_each_agent_once(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            orphans = pool.apply(spawn_and_exit, (heap_name, 60))
+        before = in_use(heap)
+        assert before["context"] > 0
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(2)
+            with ctx.Pool(2) as pool:
+                results = pool.starmap(sweep_after_barrier, [(heap_name, barrier)] * 2)
+        assert sum(n for n, _ in results) == len(orphans) == 60
+        assert all(v == 0 for v in in_use(heap).values())
+        heap.check()
