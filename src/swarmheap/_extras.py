@@ -1,0 +1,21 @@
+"""Optional dependencies, imported lazily with an error that names the extra."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["require"]
+
+
+def require(module: str, extra: str) -> Any:
+    """Import ``module`` or raise ImportError saying which extra installs it."""
+    try:
+        if module == "matplotlib.pyplot":
+            matplotlib = importlib.import_module("matplotlib")
+            matplotlib.use("Agg")
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module.split('.')[0]} is needed for this; install it with: pip install 'swarmheap[{extra}]'"
+        ) from exc

@@ -1,0 +1,153 @@
+"""The `swarmheap` command: demo, stats, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from swarmheap.errors import AttachError, SwarmHeapError
+from swarmheap.sizes import format_size
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title]
+    for n, row in enumerate(cells):
+        lines.append(
+            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_stats(stats: dict[str, Any], top: int = 10) -> str:
+    parts = [
+        (
+            p,
+            format_size(v["capacity"]),
+            format_size(v["in_use"]),
+            f"{v['in_use'] / v['capacity'] * 100:.1f}%",
+            format_size(v["peak"]),
+            v["allocs"],
+            v["frees"],
+            v["failures"],
+        )
+        for p, v in stats["partitions"].items()
+    ]
+    out = [
+        _table(
+            "partitions",
+            ("partition", "capacity", "in use", "used", "peak", "allocs", "frees", "failures"),
+            parts,
+        )
+    ]
+    classes = sorted(stats["classes"], key=lambda c: -c["blocks_used"] * c["block_size"])[:top]
+    out.append(
+        _table(
+            "size classes (top by bytes in use)",
+            ("block", "pages", "used", "free", "allocs"),
+            [
+                (format_size(c["block_size"]), c["pages"], c["blocks_used"], c["blocks_free"], c["allocs"])
+                for c in classes
+            ],
+        )
+    )
+    owners = sorted(stats["owners"], key=lambda o: -sum(o["bytes"].values()))[:top]
+    out.append(
+        _table(
+            "owners (top by bytes)",
+            ("id", "state", "pid", "blocks", "bytes", "pins"),
+            [
+                (o["id"], o["state"], o["pid"], o["blocks"], format_size(sum(o["bytes"].values())), o["pins"])
+                for o in owners
+            ],
+        )
+    )
+    return "\n\n".join(out)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from swarmheap.heap import Heap
+
+    try:
+        heap = Heap.attach(args.name, read_only=True)
+    except AttachError as exc:
+        print(f"swarmheap: {exc}", file=sys.stderr)
+        return 1
+    try:
+        while True:
+            stats = heap.stats()
+            print(json.dumps(stats, indent=2) if args.json else render_stats(stats), flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)  # a refresh interval for a person watching, nothing waits on it
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        heap.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from swarmheap.demo import print_report, run_demo, succeeded
+
+    rounds = 20 if args.quick else args.rounds
+    report = run_demo(
+        workers=args.workers, rounds=rounds, size=args.size, plot=args.plot, quiet=args.json is not None
+    )
+    print_report(report)
+    if args.json:
+        from dataclasses import asdict
+
+        with open(args.json, "w") as f:
+            json.dump(asdict(report), f, indent=2)
+    return 0 if succeeded(report) else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from swarmheap.benchmarks import main as bench_main
+
+    return bench_main(quick=args.quick, json_path=args.json, plot_dir=args.plot, only=args.only)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="swarmheap", description="swarmheap: memory for agent swarms")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a swarm of worker processes on one heap and report")
+    demo.add_argument("--workers", type=int, default=4)
+    demo.add_argument("--rounds", type=int, default=600, help="agents each worker runs")
+    demo.add_argument("--size", default="256 MiB")
+    demo.add_argument("--quick", action="store_true", help="20 rounds per worker")
+    demo.add_argument("--plot", metavar="FILE", help="write occupancy over time as a PNG")
+    demo.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    demo.set_defaults(func=cmd_demo)
+
+    stats = sub.add_parser("stats", help="print the statistics of a named heap")
+    stats.add_argument("name")
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--watch", type=float, metavar="SECONDS", default=0)
+    stats.set_defaults(func=cmd_stats)
+
+    bench = sub.add_parser("bench", help="run the benchmark workloads against their peers")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats: under a minute on 2 cores")
+    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG charts")
+    bench.add_argument("--only", metavar="NAME", help="run one workload")
+    bench.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SwarmHeapError, ImportError, ValueError) as exc:
+        print(f"swarmheap: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""`swarmheap demo`: a swarm of worker processes on one named heap.
+
+Workers spawn agents of a few kinds, put named entries, allocate context,
+hand buffers to each other through the `shared` partition by handle (zero
+copy), and complete their agents. One worker is killed partway; a sweep
+reclaims what it left. The parent shows occupancy while they run and prints
+a report at the end. The heap is unlinked on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
+
+from swarmheap.errors import InvalidHandle, PartitionFull, StaleBlock
+from swarmheap.handle import Handle
+from swarmheap.heap import Heap
+from swarmheap.sizes import format_size
+
+KINDS = ("researcher", "planner", "critic")
+SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
+SHOW_EVERY = 0.5  # seconds between occupancy lines on the terminal
+MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
+
+
+@dataclass
+class WorkerReport:
+    worker: int
+    agents: int = 0
+    recycled_bytes: int = 0
+    sent: int = 0
+    received: int = 0
+    bytes_moved: int = 0
+    errors: int = 0
+    full: int = 0
+
+
+@dataclass
+class DemoReport:
+    workers: int
+    agents_run: int = 0
+    bytes_moved_zero_copy: int = 0
+    buffers_handed_over: int = 0
+    reclaimed_by_recycle: int = 0
+    reclaimed_by_sweep: int = 0
+    agents_swept: int = 0
+    killed_worker: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    allocation_failures: int = 0
+    handover_errors: int = 0
+    workers_failed: list[int] = field(default_factory=list)
+    check_passed: bool = False
+    check_message: str = ""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
+# shares a cross-process lock between its writers, and the worker this demo
+# SIGKILLs could die holding it and wedge everyone else.
+
+
+def _worker(
+    name: str,
+    index: int,
+    rounds: int,
+    inbox: Connection,
+    outbox: Connection,
+    progress: Connection,
+    victim: bool,
+) -> None:
+    heap = Heap.attach(name)
+    heap.set_sweep_thresholds(0, 0, 0)  # the parent sweeps
+    rng = random.Random(index)
+    report = WorkerReport(index)
+    try:
+        # a long-lived memory agent per worker, next to the short-lived ones
+        memory = heap.spawn("memory")
+        report.agents += 1
+        for round_no in range(rounds):
+            kind = KINDS[(index + round_no) % len(KINDS)]
+            agent = heap.spawn(kind)
+            report.agents += 1
+            try:
+                agent.put("prompt", f"{kind} {index}.{round_no}: ".encode() * rng.randint(40, 4000))
+                for _ in range(rng.randint(20, 200)):
+                    agent.alloc(rng.choice((64, 512, 4096, 32768, 200_000)))[:8] = b"scratch!"
+                memory.put(f"summary-{round_no}", rng.randbytes(rng.randint(1000, 50_000)))
+                if round_no >= MEMORY_WINDOW:
+                    memory.delete(f"summary-{round_no - MEMORY_WINDOW}")
+            except PartitionFull:
+                report.full += 1  # a runtime would back off; the demo carries on
+            # hand a buffer to a neighbour: only the handle travels
+            size = rng.randint(1024, 256 * 1024)
+            try:
+                blk = heap.alloc(size, "shared")
+                payload = rng.randbytes(size)
+                blk[:] = payload
+                outbox.send((tuple(blk.handle), hashlib.blake2b(payload).digest()))
+                report.sent += 1
+            except PartitionFull:
+                report.full += 1
+            if victim and round_no == rounds // 2:
+                # wait for an answer that never comes: the parent kills this
+                # process here, with its agents live
+                progress.send(("halfway", index))
+                progress.recv()
+            report.recycled_bytes += agent.complete()["total_bytes"]
+            report.received += _drain(heap, inbox, report)
+        report.recycled_bytes += memory.complete()["total_bytes"]
+        progress.send(("done", index, asdict(report)))
+    finally:
+        heap.close()
+
+
+def _drain(heap: Heap, inbox: Connection, report: WorkerReport) -> int:
+    got = 0
+    while inbox.poll():
+        try:
+            handle, digest = inbox.recv()
+        except EOFError:
+            return got
+        try:
+            blk = heap.resolve(Handle(*handle))
+        except (InvalidHandle, StaleBlock):
+            report.errors += 1
+            continue
+        with memoryview(blk) as view:
+            if hashlib.blake2b(view).digest() != digest:
+                report.errors += 1
+        report.bytes_moved += len(blk)
+        blk.free()
+        got += 1
+    return got
+
+
+def _sweep(heap: Heap, report: DemoReport, start: float, quiet: bool) -> None:
+    swept = heap.collect(2)
+    report.agents_swept += swept.reclaimed_agents
+    report.reclaimed_by_sweep += swept.reclaimed_bytes
+    if swept.reclaimed_agents:
+        report.events.append({"t": round(time.monotonic() - start, 3), "event": "swept"})
+        if not quiet:
+            print(
+                f"  sweep reclaimed {format_size(swept.reclaimed_bytes)} in {swept.reclaimed_agents} agents "
+                "of the dead worker",
+                flush=True,
+            )
+
+
+def _sample(heap: Heap, start: float) -> dict[str, Any]:
+    parts = heap.stats()["partitions"]
+    return {
+        "t": round(time.monotonic() - start, 3),
+        **{p: v["in_use"] / v["capacity"] for p, v in parts.items()},
+    }
+
+
+def _show(sample: dict[str, Any]) -> None:
+    bars = "  ".join(f"{p[:4]} {sample[p] * 100:5.1f}%" for p in ("context", "shared", "comm", "system"))
+    print(f"  t={sample['t']:6.2f}s  {bars}", flush=True)
+
+
+def run_demo(
+    workers: int = 4,
+    rounds: int = 600,
+    size: str = "256 MiB",
+    plot: str | None = None,
+    quiet: bool = False,
+    timeout: float = 600.0,
+) -> DemoReport:
+    """Run the swarm and return its report; the heap is gone when this returns."""
+    if plot:
+        from swarmheap._extras import require
+
+        require("matplotlib.pyplot", "bench")  # fail before the run, not after it
+    if workers < 2:
+        raise ValueError("the demo needs at least 2 workers (one of them is killed)")
+    name = f"swarmheap-demo-{os.getpid()}"
+    report = DemoReport(workers)
+    ctx = mp.get_context("spawn")
+    start = time.monotonic()
+    procs: list[Any] = []
+    heap = Heap.create(name, size=size)
+    heap.set_sweep_thresholds(0, 0, 0)
+    try:
+        # worker i sends to worker i+1; the parent keeps every read end to
+        # drain what a finished or killed worker never took
+        links = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        reports = [ctx.Pipe() for _ in range(workers)]
+        victim = 0
+        procs = [
+            ctx.Process(
+                target=_worker,
+                daemon=True,
+                args=(name, i, rounds, links[i][0], links[(i + 1) % workers][1], reports[i][1], i == victim),
+            )
+            for i in range(workers)
+        ]
+        for p in procs:
+            p.start()
+        for _, child_end in reports:
+            child_end.close()  # so a dead worker's report pipe reads as EOF
+        if not quiet:
+            print(f"swarmheap demo: {workers} workers on heap {name!r} ({size})")
+        finished: dict[int, dict[str, Any]] = {}
+        waiting: dict[Connection, int] = {reports[i][0]: i for i in range(workers)}
+        deadline = start + timeout
+        leftover = WorkerReport(-1)
+        stood_in: list[int] = []
+        shown = -SHOW_EVERY
+        while waiting:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the demo's workers did not finish within {timeout:.0f} s")
+            for ready in wait(list(waiting), timeout=SAMPLE_EVERY):
+                conn = cast(Connection, ready)
+                i = waiting[conn]
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    del waiting[conn]
+                    if i == victim and i not in finished:
+                        # the others are still running: sweeping now shows the
+                        # dead worker's agents coming back while they work
+                        procs[i].join()
+                        _sweep(heap, report, start, quiet)
+                        stood_in.append(i)
+                    continue
+                if msg[0] == "halfway" and i == victim and procs[i].is_alive():
+                    os.kill(cast(int, procs[i].pid), signal.SIGKILL)
+                    report.killed_worker = victim
+                    report.events.append({"t": round(time.monotonic() - start, 3), "event": "killed"})
+                    if not quiet:
+                        print(f"  killed worker {victim} (pid {procs[i].pid}) halfway through", flush=True)
+                elif msg[0] == "done":
+                    finished[i] = msg[2]
+                    stood_in.append(i)
+            for i in stood_in:
+                _drain(heap, links[i][0], leftover)  # a finished or dead worker no longer reads its inbox
+            if not report.samples or time.monotonic() - start - report.samples[-1]["t"] >= SAMPLE_EVERY:
+                sample = _sample(heap, start)
+                report.samples.append(sample)
+                if not quiet and sample["t"] - shown >= SHOW_EVERY:
+                    shown = sample["t"]
+                    _show(sample)
+        for p in procs:
+            p.join()
+        # what arrived after its reader finished, or was killed
+        for reader, _ in links:
+            _drain(heap, reader, leftover)
+        _sweep(heap, report, start, quiet=True)
+        for w in finished.values():
+            report.agents_run += w["agents"]
+            report.reclaimed_by_recycle += w["recycled_bytes"]
+            report.bytes_moved_zero_copy += w["bytes_moved"]
+            report.buffers_handed_over += w["received"]
+            report.allocation_failures += w["full"]
+            report.handover_errors += w["errors"]
+        report.workers_failed = [i for i in range(workers) if i != victim and i not in finished]
+        report.handover_errors += leftover.errors
+        report.bytes_moved_zero_copy += leftover.bytes_moved
+        report.buffers_handed_over += leftover.received
+        report.agents_run += report.agents_swept
+        try:
+            heap.check()
+            report.check_passed = True
+            report.check_message = "ok"
+        except Exception as exc:
+            report.check_message = str(exc)
+        report.samples.append(_sample(heap, start))
+        report.seconds = time.monotonic() - start
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        heap.close()
+        try:
+            Heap.attach(name).unlink()
+        except Exception:
+            pass
+    if plot:
+        _plot(report, plot)
+    return report
+
+
+def succeeded(report: DemoReport) -> bool:
+    """Whether the run showed what it should: a consistent heap, no lost or corrupted handover."""
+    return report.check_passed and not report.handover_errors and not report.workers_failed
+
+
+def print_report(report: DemoReport) -> None:
+    print()
+    print("swarmheap demo report")
+    rows = [
+        ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
+        ("agents run", str(report.agents_run)),
+        ("buffers handed over by handle", str(report.buffers_handed_over)),
+        ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
+        ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
+        (
+            "reclaimed by sweep (dead worker)",
+            f"{format_size(report.reclaimed_by_sweep)} in {report.agents_swept} agents",
+        ),
+        ("allocations refused (PartitionFull)", str(report.allocation_failures)),
+        ("handovers that failed to verify", str(report.handover_errors)),
+        ("workers that failed", ", ".join(map(str, report.workers_failed)) or "none"),
+        ("check()", "passed" if report.check_passed else f"FAILED: {report.check_message}"),
+        ("time", f"{report.seconds:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _plot(report: DemoReport, path: str) -> None:
+    from swarmheap._extras import require
+
+    plt = require("matplotlib.pyplot", "bench")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ts = [s["t"] for s in report.samples]
+    for part in ("context", "shared", "comm", "system"):
+        ax.plot(ts, [s[part] * 100 for s in report.samples], label=part)
+    for n, event in enumerate(report.events):
+        ax.axvline(event["t"], color="grey", linestyle=":")
+        ax.annotate(
+            f" {event['event']}",
+            (event["t"], 0.95 - 0.06 * n),
+            xycoords=("data", "axes fraction"),
+            color="grey",
+        )
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("in use, % of partition")
+    ax.set_title(f"swarmheap demo: {report.workers} workers, worker {report.killed_worker} killed halfway")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
