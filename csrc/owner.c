@@ -6,12 +6,26 @@
 
 static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
 
+/* Reading /proc costs more than the rest of creating an owner: remember this
+ * process's start time, per thread so no lock is needed, keyed by pid so a
+ * forked child reads its own. */
+static uint64_t sh_own_start_time(int32_t pid) {
+  static _Thread_local int32_t cached_pid;
+  static _Thread_local uint64_t cached_start;
+  if (cached_pid != pid) {
+    uint64_t start = 0;
+    if (sh_process_start_time(pid, &start) != SH_OK) return 0;
+    cached_start = start;
+    cached_pid = pid;
+  }
+  return cached_start;
+}
+
 int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *generation) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   uint64_t now = _sh_os_now_ns();
   int32_t pid = (int32_t)getpid();
-  uint64_t start = 0;
-  sh_process_start_time(pid, &start);
+  uint64_t start = sh_own_start_time(pid);
   _sh_owner_lock(a);
   for (uint32_t k = 0; k < a->max_owners - 1; k++) {
     uint32_t i = 1 + (sh_atomic_load_relaxed(&sh_owner_hint) + k) % (a->max_owners - 1);
@@ -152,6 +166,15 @@ int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t ex
   if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
     rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
   return rc;
+}
+
+int sh_owner_user_word(const sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t *word) {
+  sh_owner_t *o;
+  int rc = sh_owner_check_gen(a, id, gen, &o);
+  if (rc != SH_OK) return rc;
+  *word = sh_atomic_load_acquire(&o->user_word);
+  /* the slot may have been recycled and reused between the check and the load */
+  return sh_owner_check_gen(a, id, gen, &o);
 }
 
 int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {

@@ -250,10 +250,12 @@ int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *rec
 int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                        sh_owner_state_t expected, sh_owner_state_t desired);
 
-/* [any] Stamp last-active time; store the user word. */
+/* [any] Stamp last-active time; compare-and-set or read the user word. The
+ * read fails with SH_EOWNER if the owner is gone or its slot was reused. */
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            uint64_t expected, uint64_t desired);
+int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word);
 
 /* [any] The slot's generation while it holds an owner, 0 when it is free:
  * one load, for checking a handle before touching its bytes. */

@@ -488,6 +488,14 @@ cdef class CoreHeap:
             _raise(rc)
         return True
 
+    def _owner_word(self, uint32_t oid, uint32_t gen):
+        """The owner's user word, or None if that generation of it is gone."""
+        self._check_open()
+        cdef uint64_t word
+        if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+            return None
+        return word
+
     def _owner_generation(self, uint32_t oid):
         self._check_open()
         return sh_owner_generation(self.arena, oid)

@@ -200,10 +200,10 @@ class Agent:
     # ---- the index ----
 
     def _index_word(self) -> int:
-        info = self._heap._owner_info(self.id)
-        if info is None or info["generation"] != self.generation:
+        word = self._heap._owner_word(self.id, self.generation)
+        if word is None:
             raise StaleBlock(f"agent {self.id} (generation {self.generation}) was recycled", "SH_EOWNER")
-        return int(info["user_word"])
+        return word
 
     def _read_index(self) -> tuple[str, float, dict[str, tuple[int, int]]]:
         for _ in range(100):

@@ -10,20 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap.errors import AttachError, SwarmHeapError
+from swarmheap.report import table
 from swarmheap.sizes import format_size
-
-
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [title]
-    for n, row in enumerate(cells):
-        lines.append(
-            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        )
-        if n == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render_stats(stats: dict[str, Any], top: int = 10) -> str:
@@ -41,7 +29,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
         for p, v in stats["partitions"].items()
     ]
     out = [
-        _table(
+        table(
             "partitions",
             ("partition", "capacity", "in use", "used", "peak", "allocs", "frees", "failures"),
             parts,
@@ -49,7 +37,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
     ]
     classes = sorted(stats["classes"], key=lambda c: -c["blocks_used"] * c["block_size"])[:top]
     out.append(
-        _table(
+        table(
             "size classes (top by bytes in use)",
             ("block", "pages", "used", "free", "allocs"),
             [
@@ -60,7 +48,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
     )
     owners = sorted(stats["owners"], key=lambda o: -sum(o["bytes"].values()))[:top]
     out.append(
-        _table(
+        table(
             "owners (top by bytes)",
             ("id", "state", "pid", "blocks", "bytes", "pins"),
             [

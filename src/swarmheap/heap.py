@@ -63,7 +63,8 @@ class Heap(CoreHeap):
             self._owner_recycle(agent_id, generation)
             raise
         self._sweep_push(0, agent_id, generation)
-        self._fire("spawn", agent, agent.stats())
+        if self._hooks_for("spawn"):
+            self._fire("spawn", agent, agent.stats())
         return agent
 
     def agent(self, agent_id: int) -> Agent:

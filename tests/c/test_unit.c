@@ -196,7 +196,11 @@ static void test_owners(void) {
   CHECK("touch", sh_owner_touch(a, id3, gen3) == SH_OK);
   CHECK("user word", sh_owner_set_user_word(a, id3, gen3, 0, 42) == SH_OK &&
                          sh_owner_set_user_word(a, id3, gen3, 0, 43) == SH_ESTATE);
+  uint64_t word = 0;
+  CHECK("user word reads back", sh_owner_user_word(a, id3, gen3, &word) == SH_OK && word == 42);
+  CHECK("user word of a wrong generation", sh_owner_user_word(a, id3, gen3 + 1, &word) == SH_EOWNER);
   CHECK("recycle offloaded", sh_owner_recycle(a, id3, gen3) == SH_OK);
+  CHECK("user word of a recycled owner", sh_owner_user_word(a, id3, gen3, &word) == SH_EOWNER);
   /* a dead process is seen as dead */
   pid_t child = fork();
   if (child == 0) {

@@ -1,0 +1,690 @@
+"""The benchmark workloads, each against the peer a user would otherwise pick.
+
+One definition serves both `swarmheap bench` (this module's `main`) and the
+pytest-benchmark suite in `bench/`. A workload is a set of cases doing the
+same job: ours first, then the peers. Every case's `run` is timed alone; its
+`setup` and `teardown` are not. Cases run alternately within each repeat (the
+order flips every repeat), so drift of the machine lands on all of them.
+Times are per operation; a ratio is our median time over the peer's, so
+below 1.0 means faster than the peer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarmheap.handle import Handle
+from swarmheap.heap import Heap
+from swarmheap.report import table
+from swarmheap.sizes import format_size
+
+__all__ = ["Case", "Env", "Workload", "main", "measure", "workloads"]
+
+SCHEMA_VERSION = 1
+PAIR_SIZES = (64, 1024, 16 * 1024, 256 * 1024, 1024 * 1024)
+
+
+def _nothing(state: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of doing a workload's job: `run(state)` does `ops` operations."""
+
+    label: str
+    run: Callable[[Any], None]
+    ops: int
+    setup: Callable[[], Any] = lambda: None
+    teardown: Callable[[Any], None] = _nothing
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the workload should show: `ratio_max` (our time over the first
+    peer's), `speedup_min` (the first peer's time over ours) or `ns_max`."""
+
+    kind: str
+    value: float
+
+    def met(self, ours_ns: float, peer_ns: float | None) -> bool:
+        if self.kind == "ns_max":
+            return ours_ns <= self.value
+        assert peer_ns is not None
+        if self.kind == "ratio_max":
+            return ours_ns / peer_ns <= self.value
+        return peer_ns / ours_ns >= self.value
+
+    def __str__(self) -> str:
+        if self.kind == "ns_max":
+            return f"<= {self.value:g} ns per op"
+        if self.kind == "ratio_max":
+            return f"<= {self.value:g}x the first peer's time"
+        return f">= {self.value:g}x faster than the first peer"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    what: str
+    cases: tuple[Case, ...]  # ours first
+    block_size: int | None = None
+    target: Target | None = None
+
+
+class Env:
+    """What the workloads share: a named heap other processes attach to, and
+    helper processes started on first use. Close it to unlink the heap."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.name = f"swarmheap-bench-{os.getpid()}"
+        self.heap = Heap.create(self.name, size="640 MiB")
+        self.heap.set_sweep_thresholds(0, 0, 0)  # sweeps are timed where asked for, not mid-workload
+        self._children: list[Any] = []
+        self._handoff: tuple[Connection, Any, Any] | None = None
+        self._sweep_heaps: dict[int, Heap] = {}
+
+    def handoff_channels(self) -> tuple[Connection, Any, Any]:
+        """(pipe to a process that resolves handles, Queue in, Queue of acks)."""
+        if self._handoff is None:
+            ctx = mp.get_context("spawn")
+            ours, theirs = ctx.Pipe()
+            q_in, q_ack = ctx.Queue(), ctx.Queue()
+            for target, args in ((_resolve_child, (self.name, theirs)), (_queue_child, (q_in, q_ack))):
+                p = ctx.Process(target=target, args=args, daemon=True)
+                p.start()
+                self._children.append(p)
+            ours.send(None)
+            ours.recv()  # the child attached
+            self._handoff = (ours, q_in, q_ack)
+        return self._handoff
+
+    def sweep_heap(self, old_agents: int) -> Heap:
+        """A private heap holding `old_agents` live agents, all in generation 2."""
+        if old_agents not in self._sweep_heaps:
+            # every agent holds a page of its own in `system` (its entry index): small pages and a
+            # large system share keep 10k agents in 256 MiB
+            heap = Heap.create(
+                size="256 MiB",
+                page_size=4096,
+                max_owners=old_agents + 1024,
+                ratios={"context": 0.2, "shared": 0.1, "comm": 0.1, "system": 0.6},
+            )
+            heap.set_sweep_thresholds(0, 0, 0)
+            for _ in range(old_agents):
+                heap.spawn("old")
+            heap.collect(2)
+            heap.collect(2)  # young -> middle -> old
+            self._sweep_heaps[old_agents] = heap
+        return self._sweep_heaps[old_agents]
+
+    def close(self) -> None:
+        if self._handoff is not None:
+            self._handoff[0].send("stop")
+            self._handoff[1].put(None)
+        for p in self._children:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        for heap in self._sweep_heaps.values():
+            heap.close()
+        self.heap.close()
+        self.heap.unlink()
+
+    def __enter__(self) -> Env:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _resolve_child(name: str, conn: Connection) -> None:
+    heap = Heap.attach(name)
+    conn.recv()
+    conn.send("attached")
+    while (msg := conn.recv()) != "stop":
+        blk = heap.resolve(Handle(*msg))
+        with memoryview(blk) as view:
+            ok = view[0] == view[-1] == 7  # the receiver reads the bytes where they lie
+        blk.free()
+        conn.send(ok)
+    heap.close()
+
+
+def _queue_child(q_in: Any, q_ack: Any) -> None:
+    while (payload := q_in.get()) is not None:
+        q_ack.put(payload[0] == payload[-1] == 7)
+
+
+def _libc() -> Any:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+def _pairs(env: Env, sizes: list[int], name: str, what: str, block_size: int | None) -> Workload:
+    heap = env.heap
+    libc = _libc()
+    empty, uint8 = np.empty, np.uint8
+
+    def ours(_: Any) -> None:
+        alloc = heap.alloc
+        for s in sizes:
+            alloc(s).free()
+
+    def with_bytearray(_: Any) -> None:
+        for s in sizes:
+            bytearray(s)
+
+    def with_numpy(_: Any) -> None:
+        for s in sizes:
+            empty(s, uint8)
+
+    def with_malloc(_: Any) -> None:
+        malloc, free = libc.malloc, libc.free
+        for s in sizes:
+            free(malloc(s))
+
+    n = len(sizes)
+    return Workload(
+        name,
+        what,
+        (
+            Case("swarmheap", ours, n),
+            Case("bytearray", with_bytearray, n),
+            Case("numpy.empty", with_numpy, n),
+            Case("ctypes malloc", with_malloc, n),
+        ),
+        block_size=block_size,
+        target=Target("ratio_max", 1.0) if block_size == 64 else None,
+    )
+
+
+def _alloc_many(env: Env) -> Workload:
+    n = 10_000
+    heap = env.heap
+
+    def ours(_: Any) -> None:
+        heap.free_many(heap.alloc_many(n, 64))
+
+    def peer(_: Any) -> None:
+        [bytearray(64) for _ in range(n)]
+
+    return Workload(
+        "alloc_many_64B",
+        f"alloc_many({n}, 64) + free_many, per block, against a list of {n} bytearray(64)",
+        (Case("swarmheap", ours, n), Case("bytearray list", peer, n)),
+        target=Target("ns_max", 20),
+    )
+
+
+def _shared_block(env: Env) -> Workload:
+    from multiprocessing import shared_memory
+
+    heap = env.heap
+    n_ours, n_peer = (2000, 100) if env.quick else (20_000, 500)
+
+    def ours(_: Any) -> None:
+        for _ in range(n_ours):
+            heap.alloc(4096, "shared").free()
+
+    def peer(_: Any) -> None:
+        for _ in range(n_peer):
+            shm = shared_memory.SharedMemory(create=True, size=4096)
+            shm.close()
+            shm.unlink()
+
+    return Workload(
+        "shared_4KiB",
+        "a 4 KiB block other processes can map: heap.alloc(4096, 'shared') + free, "
+        "against SharedMemory create + close + unlink",
+        (Case("swarmheap", ours, n_ours), Case("SharedMemory", peer, n_peer)),
+        target=Target("speedup_min", 500),
+    )
+
+
+def _agent_churn(env: Env) -> Workload:
+    heap = env.heap
+    n = 200 if env.quick else 1000
+    note = b"x" * 200
+
+    def ours(_: Any) -> None:
+        for _ in range(n):
+            agent = heap.spawn("churn")
+            agent.put("note", note)
+            for _ in range(32):
+                agent.alloc(256)
+            agent.complete()
+
+    def peer(_: Any) -> None:
+        for _ in range(n):
+            pool = {"note": bytes(note), "blocks": [bytearray(256) for _ in range(32)]}
+            del pool
+
+    return Workload(
+        "agent_churn",
+        "per agent: spawn, put a named entry, allocate 32 x 256 B, complete; "
+        "against a per-agent dict of bytearrays dropped at the end",
+        (Case("swarmheap", ours, n), Case("bytearray pool", peer, n)),
+    )
+
+
+def _handoff(env: Env, size: int) -> Workload:
+    payload = bytes([7]) * size
+    n = (20 if size <= 1 << 20 else 2) if env.quick else (100 if size <= 1 << 20 else 5)
+    heap = env.heap
+
+    def ours(_: Any) -> None:
+        conn = env.handoff_channels()[0]
+        for _ in range(n):
+            blk = heap.alloc(size, "shared")
+            blk[:] = payload  # the producer writes its data into the arena once
+            conn.send(tuple(blk.handle))
+            if not conn.recv():
+                raise AssertionError("the receiving process read the wrong bytes")
+
+    def peer(_: Any) -> None:
+        _, q_in, q_ack = env.handoff_channels()
+        for _ in range(n):
+            q_in.put(payload)
+            if not q_ack.get():
+                raise AssertionError("the receiving process read the wrong bytes")
+
+    label = format_size(size).replace(" ", "")
+    return Workload(
+        f"handoff_{label}",
+        f"pass a {format_size(size)} buffer to another process and wait for it to read it: "
+        "a handle to a shared block, against pickling through multiprocessing.Queue",
+        (Case("swarmheap", ours, n), Case("Queue pickling", peer, n)),
+        block_size=size,
+    )
+
+
+def _recycle(env: Env) -> Workload:
+    heap = env.heap
+    n = 100_000
+
+    def agent_setup() -> Any:
+        agent = heap.spawn("recycle")
+        heap.alloc_many(n, 64, owner=agent)
+        return agent
+
+    def ours(agent: Any) -> None:
+        agent.complete()
+
+    def peer(offsets: Any) -> None:
+        heap.free_many(offsets)
+
+    return Workload(
+        "recycle_100k",
+        f"return {n} blocks of 64 B: complete() of the agent holding them, against freeing them one by one "
+        "(free_many, the fastest one-by-one path)",
+        (
+            Case("swarmheap", ours, 1, setup=agent_setup),
+            Case("free one by one", peer, 1, setup=lambda: heap.alloc_many(n, 64)),
+        ),
+        target=Target("speedup_min", 100),
+    )
+
+
+def _young_sweep(env: Env) -> Workload:
+    young = 100
+
+    def setup_for(old: int) -> Callable[[], Any]:
+        def setup() -> Any:
+            heap = env.sweep_heap(old)
+            return heap, [heap.spawn("young") for _ in range(young)]
+
+        return setup
+
+    def teardown(state: Any) -> None:
+        for agent in state[1]:
+            agent.complete()
+
+    def young_sweep(state: Any) -> None:
+        state[0].collect(0)
+
+    def full_sweep(state: Any) -> None:
+        state[0].collect(2)
+
+    return Workload(
+        "young_sweep",
+        f"a young sweep over {young} young agents with 10 000 old ones live; peers: the same with 1 000 old "
+        "ones (equal times mean the cost follows the young generation), and a full sweep over 10 000",
+        (
+            Case("young, 10k old", young_sweep, 1, setup=setup_for(10_000), teardown=teardown),
+            Case("young, 1k old", young_sweep, 1, setup=setup_for(1_000), teardown=teardown),
+            Case("full, 10k old", full_sweep, 1, setup=setup_for(10_000), teardown=teardown),
+        ),
+    )
+
+
+def workloads(env: Env) -> list[Workload]:
+    """Every Python-level workload, in the order they run."""
+    rng = np.random.default_rng(42)
+    n_pairs = 5000 if env.quick else 20_000
+    mixed = [int(s) for s in rng.integers(16, 64 * 1024, n_pairs)]
+    out = [
+        _pairs(
+            env,
+            [size] * (n_pairs if size <= 16 * 1024 else n_pairs // 10),
+            f"pairs_{format_size(size)}",
+            f"alloc + free of {format_size(size)}",
+            size,
+        )
+        for size in PAIR_SIZES
+    ]
+    out.append(_pairs(env, mixed, "pairs_mixed", "alloc + free of random sizes from 16 B to 64 KiB", None))
+    out += [
+        _alloc_many(env),
+        _shared_block(env),
+        _agent_churn(env),
+        _handoff(env, 1 << 20),
+        _handoff(env, 64 << 20),
+        _recycle(env),
+        _young_sweep(env),
+    ]
+    for w in out:
+        object.__setattr__(w, "name", w.name.replace(" ", ""))
+    return out
+
+
+@dataclass
+class CaseResult:
+    label: str
+    ops: int
+    times_ns: list[float] = field(default_factory=list)  # per op, one per repeat
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "ops": self.ops,
+            "repeats": len(self.times_ns),
+            "median_ns": statistics.median(self.times_ns),
+            "min_ns": min(self.times_ns),
+            "max_ns": max(self.times_ns),
+        }
+
+
+def measure(workload: Workload, repeats: int, tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Time every case of a workload `repeats` times, alternating, after one warm-up run each."""
+    results = [CaseResult(c.label, c.ops) for c in workload.cases]
+    for repeat in range(-1, repeats):
+        order = list(range(len(workload.cases)))
+        if repeat % 2:
+            order.reverse()
+        for i in order:
+            case = workload.cases[i]
+            state = case.setup()
+            t0 = time.perf_counter_ns()
+            case.run(state)
+            elapsed = time.perf_counter_ns() - t0
+            case.teardown(state)
+            if repeat >= 0:
+                results[i].times_ns.append(elapsed / case.ops)
+        tick()
+    cases = [r.summary() for r in results]
+    ours = cases[0]["median_ns"]
+    out: dict[str, Any] = {
+        "name": workload.name,
+        "what": workload.what,
+        "block_size": workload.block_size,
+        "cases": cases,
+        "ratios": {c["label"]: ours / c["median_ns"] for c in cases[1:]},
+    }
+    if workload.target:
+        peer = cases[1]["median_ns"] if len(cases) > 1 else None
+        out["target"] = {"text": str(workload.target), "met": workload.target.met(ours, peer)}
+    return out
+
+
+def _bench_c_dir() -> Path | None:
+    """bench/c of a source checkout (the installed package carries no C benchmark)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "bench" / "c" / "bench_core.c").is_file():
+            return root / "bench" / "c"
+    return None
+
+
+def c_core() -> dict[str, Any]:
+    """Run bench/c's benchmark of the C core against glibc, jemalloc and mimalloc."""
+    where = _bench_c_dir()
+    if where is None:
+        return {"skipped": "bench/c is not here: run from a source checkout of swarmheap"}
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        return {"skipped": "make and a C compiler are needed to build bench/c"}
+    build = subprocess.run(
+        ["make", "-s", "-C", str(where), "build/bench_core"], capture_output=True, text=True
+    )
+    if build.returncode:
+        return {"skipped": f"bench/c did not build: {build.stderr.strip()[-300:]}"}
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.rtld.optional_static_tls=16384")  # jemalloc's TLS, dlopen'ed
+    run = subprocess.run(
+        [str(where / "build" / "bench_core"), "--json"], capture_output=True, text=True, env=env
+    )
+    if run.returncode:
+        return {"skipped": f"bench_core failed: {run.stderr.strip()[-300:]}"}
+    result: dict[str, Any] = json.loads(run.stdout)
+    result["notes"] = [line for line in run.stderr.splitlines() if line.startswith("note:")]
+    result["command"] = "bash bench/c/run.sh"
+    return result
+
+
+def _progress(total: int) -> tuple[Callable[[str], None], Callable[[], None], Callable[[], None]]:
+    """(describe, tick, finish) of a progress bar: rich if installed, else a line per workload."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:
+        return (
+            (lambda name: print(f"  {name} ...", file=sys.stderr, flush=True)),
+            (lambda: None),
+            (lambda: None),
+        )
+    bar = Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    )
+    task = bar.add_task("", total=total)
+    bar.start()
+    return (lambda name: bar.update(task, description=name)), (lambda: bar.advance(task)), bar.stop
+
+
+def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> dict[str, Any]:
+    """Run the workloads (all, or `only` one) and return the JSON-ready results."""
+    repeats = 5 if quick else 15
+    out: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "quick": quick,
+        "repeats": repeats,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+        },
+        "command": "swarmheap bench" + (" --quick" if quick else "") + (f" --only {only}" if only else ""),
+        "workloads": [],
+        "c_core": None,
+    }
+    with Env(quick) as env:
+        every = workloads(env)
+        chosen = [w for w in every if only in (None, w.name)]
+        names = [w.name for w in every] + ["c_core"]
+        if only is not None and only not in names:
+            raise ValueError(f"no workload named {only!r}; the workloads are: {', '.join(names)}")
+        describe, tick, finish = _progress(len(chosen) * (repeats + 1))
+        try:
+            for w in chosen:
+                describe(w.name)
+                out["workloads"].append(measure(w, repeats, tick))
+        finally:
+            finish()
+    if with_c and only in (None, "c_core"):
+        out["c_core"] = c_core()
+    return out
+
+
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.01 else f"{ratio:.1e}x"
+
+
+def _ns(ns: float) -> str:
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The results as text tables."""
+    rows = []
+    for w in results["workloads"]:
+        ours = w["cases"][0]
+        for c in w["cases"][1:]:
+            rows.append(
+                (
+                    w["name"],
+                    _ns(ours["median_ns"]),
+                    c["label"],
+                    _ns(c["median_ns"]),
+                    _ratio_text(w["ratios"][c["label"]]),
+                )
+            )
+    parts = [
+        table(
+            f"workloads: time per op, median of {results['repeats']} (ratio = ours / peer, < 1 is faster)",
+            ("workload", "swarmheap", "peer", "peer time", "ratio"),
+            rows,
+        )
+    ]
+    targets = [
+        (w["name"], w["target"]["text"], "met" if w["target"]["met"] else "NOT met")
+        for w in results["workloads"]
+        if "target" in w
+    ]
+    if targets:
+        parts.append(table("targets", ("workload", "target", "result"), targets))
+    c = results.get("c_core")
+    if c:
+        if "skipped" in c:
+            parts.append(f"C core: skipped ({c['skipped']})")
+        else:
+            names = list(next(iter(c["workloads"].values())))
+            crow = [
+                (
+                    w,
+                    *(f"{v[n]:.1f}" for n in names),
+                    f"{v['swarmheap'] / v['mimalloc']:.2f}x" if "mimalloc" in v else "-",
+                )
+                for w, v in c["workloads"].items()
+            ]
+            parts.append(
+                table(
+                    f"C core, ns per op (median of {c['rounds']})", ("workload", *names, "vs mimalloc"), crow
+                )
+            )
+            parts.append(
+                f"  recycle of 100 000 blocks {c['recycle_100k_s'] * 1e6:.1f} us, freeing one by one "
+                f"{c['free_100k_s'] * 1e6:.1f} us; metadata {c['metadata_percent']:.3f} % of the arena"
+            )
+            parts.extend(f"  {n}" for n in c["notes"])
+    return "\n\n".join(parts)
+
+
+def plot(results: dict[str, Any], directory: str) -> list[str]:
+    """Write ratios.png and latency_by_size.png into `directory`; return their paths."""
+    from swarmheap._extras import require
+
+    plt = require("matplotlib.pyplot", "bench")
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    labels, ratios = [], []
+    for w in results["workloads"]:
+        for peer, ratio in w["ratios"].items():
+            labels.append(f"{w['name']} vs {peer}")
+            ratios.append(ratio)
+    if labels:
+        fig, ax = plt.subplots(figsize=(9, 0.3 * len(labels) + 1.5))
+        ax.barh(labels, ratios, color=["tab:green" if r < 1 else "tab:red" for r in ratios])
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("swarmheap time / peer time (log; left of 1 is faster)")
+        ax.set_title("swarmheap against its peers")
+        fig.tight_layout()
+        path = os.path.join(directory, "ratios.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    sized = [w for w in results["workloads"] if w["name"].startswith("pairs_") and w["block_size"]]
+    if sized:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, case in enumerate(sized[0]["cases"]):
+            ax.plot(
+                [w["block_size"] for w in sized],
+                [w["cases"][i]["median_ns"] for w in sized],
+                marker="o",
+                label=case["label"],
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("block size, bytes")
+        ax.set_ylabel("alloc + free, ns (median)")
+        ax.set_title("latency by block size")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(directory, "latency_by_size.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(
+    quick: bool = False, json_path: str | None = None, plot_dir: str | None = None, only: str | None = None
+) -> int:
+    """`swarmheap bench`: run, print the tables, write JSON and charts if asked."""
+    if plot_dir:
+        from swarmheap._extras import require
+
+        require("matplotlib.pyplot", "bench")  # fail before the run, not after it
+    results = run(quick=quick, only=only)
+    print(render(results))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+    if plot_dir:
+        for path in plot(results, plot_dir):
+            print(f"wrote {path}")
+    return 0
+
+
+def iter_cases(env: Env) -> Iterator[tuple[Workload, Case]]:
+    """Every (workload, case) pair, for the pytest-benchmark suite."""
+    for w in workloads(env):
+        for c in w.cases:
+            yield w, c
