@@ -209,6 +209,14 @@ cdef class CoreHeap:
         """Arena size in bytes."""
         return self.arena_size
 
+    @property
+    def page_size(self):
+        """Page size in bytes."""
+        self._check_open()
+        cdef sh_arena_info_t info
+        sh_arena_info(self.arena, &info)
+        return info.page_size
+
     def close(self):
         """Unmap this process's view. Blocks of it become unusable here; other
         processes keep the heap. Refused while buffers are exported."""

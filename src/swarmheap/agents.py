@@ -274,7 +274,7 @@ def _check_name(name: str) -> None:
 
 
 def _agent_stats(heap: Heap, info: dict[str, Any], kind: str) -> dict[str, Any]:
-    page = heap.info()["page_size"]
+    page = heap.page_size
     return {
         "id": info["id"],
         "generation": info["generation"],

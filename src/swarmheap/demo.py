@@ -301,7 +301,7 @@ def print_report(report: DemoReport) -> None:
     print("swarmheap demo report")
     rows = [
         ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
-        ("agents run", str(report.agents_run)),
+        ("agents run (survivors and swept)", str(report.agents_run)),
         ("buffers handed over by handle", str(report.buffers_handed_over)),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),

@@ -1,0 +1,15 @@
+"""pytest-benchmark over the same workloads `swarmheap bench` runs (swarmheap.benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from swarmheap.benchmarks import Env
+
+
+@pytest.fixture(scope="session")
+def env() -> Iterator[Env]:
+    with Env(quick=True) as e:
+        yield e

@@ -1,0 +1,222 @@
+"""The `swarmheap` command, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import swarmheap as sh
+
+pytest.importorskip("matplotlib", reason="the chart checks need the test extra (matplotlib)")
+
+
+def swarmheap(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swarmheap", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_png(path: Path) -> tuple[int, int]:
+    """A PNG whose chunks all carry correct CRCs; returns (width, height)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pos, chunks = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"{path}: bad CRC in {kind!r}"
+        chunks.append(kind)
+        pos += 12 + length
+    assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND" and b"IDAT" in chunks
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+    return width, height
+
+
+def shm_entries(prefix: str) -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+
+
+# ---- demo -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("demo")
+    before = shm_entries("swarmheap-demo-")
+    run = swarmheap("demo", "--quick", "--json", str(out / "demo.json"), "--plot", str(out / "demo.png"))
+    assert shm_entries("swarmheap-demo-") == before, "the demo left its heap in /dev/shm"
+    report = json.loads((out / "demo.json").read_text()) if (out / "demo.json").exists() else {}
+    return run, report, out
+
+
+def test_demo_exits_zero_with_a_passing_check(demo_run: Any) -> None:
+    run, report, _ = demo_run
+    assert run.returncode == 0, run.stderr
+    assert report["check_passed"] is True and report["check_message"] == "ok"
+    assert [line.split()[-1] for line in run.stdout.splitlines() if line.strip().startswith("check()")] == [
+        "passed"
+    ]
+
+
+def test_demo_report_shows_the_swarm_the_kill_and_the_sweep(demo_run: Any) -> None:
+    _, report, _ = demo_run
+    assert report["workers"] == 4
+    # three survivors ran 20 agents and a memory agent each; the killed one's two live agents were swept
+    assert report["agents_run"] == 3 * (20 + 1) + report["agents_swept"]
+    assert report["buffers_handed_over"] > 0 and report["bytes_moved_zero_copy"] > 0
+    assert report["reclaimed_by_recycle"] > 0
+    # the killed worker held its memory agent and the agent of that round
+    assert report["agents_swept"] == 2 and report["reclaimed_by_sweep"] > 0
+    assert report["handover_errors"] == 0 and report["workers_failed"] == []
+    assert [e["event"] for e in report["events"]] == ["killed", "swept"]
+    assert all({"t", "context", "shared", "comm", "system"} <= set(s) for s in report["samples"])
+    assert report["samples"][-1]["context"] == 0.0  # everything came back
+
+
+def test_demo_plot_is_a_valid_png(demo_run: Any) -> None:
+    assert_png(demo_run[2] / "demo.png")
+
+
+def test_demo_refuses_a_single_worker() -> None:
+    run = swarmheap("demo", "--quick", "--workers", "1")
+    assert run.returncode == 1
+    assert "at least 2 workers" in run.stderr and "Traceback" not in run.stderr
+
+
+# ---- stats ----------------------------------------------------------------
+
+
+@pytest.fixture
+def busy_heap(heap_name: str) -> Any:
+    heap = sh.Heap.create(heap_name, size="16 MiB")
+    agent = heap.spawn("researcher")
+    agent.put("notes", b"x" * 5000)
+    blk = heap.alloc(1000, "shared")
+    yield heap, agent
+    blk.free()
+    heap.close()
+
+
+def test_stats_json_matches_the_heap(busy_heap: Any, heap_name: str) -> None:
+    heap, agent = busy_heap
+    run = swarmheap("stats", heap_name, "--json")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    want = heap.stats()
+    assert set(got) >= {"size", "page_size", "partitions", "classes", "owners"}
+    assert got["partitions"] == want["partitions"]
+    for part in got["partitions"].values():
+        assert set(part) >= {"capacity", "in_use", "peak", "failures", "allocs", "frees"}
+    assert agent.id in {o["id"] for o in got["owners"]}
+    heap.check()
+
+
+def test_stats_table_names_partitions_and_agents(busy_heap: Any, heap_name: str) -> None:
+    run = swarmheap("stats", heap_name)
+    assert run.returncode == 0, run.stderr
+    for word in ("partitions", "context", "shared", "comm", "system", "size classes", "owners"):
+        assert word in run.stdout
+
+
+def test_stats_of_a_missing_heap_is_one_line_and_exit_1() -> None:
+    run = swarmheap("stats", "shtest_no_such_heap")
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "no heap named" in run.stderr
+
+
+def test_stats_does_not_change_the_heap(busy_heap: Any, heap_name: str) -> None:
+    heap, _ = busy_heap
+    before = heap.stats()
+    assert swarmheap("stats", heap_name, "--json").returncode == 0
+    assert heap.stats() == before
+
+
+# ---- bench ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    before = shm_entries("swarmheap-bench-")
+    run = swarmheap("bench", "--quick", "--json", str(out / "bench.json"), "--plot", str(out / "charts"))
+    assert shm_entries("swarmheap-bench-") == before, "bench left its heap in /dev/shm"
+    results = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
+    return run, results, out
+
+
+def test_bench_exits_zero_and_prints_tables(bench_run: Any) -> None:
+    run, _, _ = bench_run
+    assert run.returncode == 0, run.stderr
+    assert "ratio" in run.stdout and "targets" in run.stdout
+
+
+def test_bench_json_schema(bench_run: Any) -> None:
+    _, results, _ = bench_run
+    assert results["schema"] == 1 and results["quick"] is True and results["repeats"] >= 3
+    assert results["command"] == "swarmheap bench --quick"
+    names = [w["name"] for w in results["workloads"]]
+    for required in (
+        "pairs_64B",
+        "pairs_mixed",
+        "alloc_many_64B",
+        "shared_4KiB",
+        "agent_churn",
+        "handoff_1.0MiB",
+        "handoff_64.0MiB",
+        "recycle_100k",
+        "young_sweep",
+    ):
+        assert required in names
+    for w in results["workloads"]:
+        assert isinstance(w["what"], str) and w["what"]
+        assert len(w["cases"]) >= 2 and w["cases"][0]["label"] in ("swarmheap", "young, 10k old")
+        for c in w["cases"]:
+            assert c["repeats"] == results["repeats"]
+            assert 0 < c["min_ns"] <= c["median_ns"] <= c["max_ns"]
+        assert set(w["ratios"]) == {c["label"] for c in w["cases"][1:]}
+        assert all(r > 0 for r in w["ratios"].values())
+        if "target" in w:
+            assert isinstance(w["target"]["met"], bool)
+    c = results["c_core"]
+    assert "skipped" in c or {"workloads", "recycle_100k_s", "free_100k_s", "metadata_percent"} <= set(c)
+
+
+def test_bench_charts_are_valid_pngs(bench_run: Any) -> None:
+    charts = bench_run[2] / "charts"
+    assert sorted(p.name for p in charts.iterdir()) == ["latency_by_size.png", "ratios.png"]
+    for png in charts.iterdir():
+        assert_png(png)
+
+
+def test_bench_only_runs_one_workload(tmp_path: Path) -> None:
+    run = swarmheap("bench", "--quick", "--only", "pairs_64B", "--json", str(tmp_path / "one.json"))
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "one.json").read_text())
+    assert [w["name"] for w in results["workloads"]] == ["pairs_64B"] and results["c_core"] is None
+
+
+def test_bench_only_with_an_unknown_name_lists_the_workloads() -> None:
+    run = swarmheap("bench", "--quick", "--only", "nonsense")
+    assert run.returncode == 1
+    assert "no workload named 'nonsense'" in run.stderr and "pairs_64B" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_command_without_a_subcommand_is_a_usage_error() -> None:
+    run = swarmheap()
+    assert run.returncode == 2 and "usage" in run.stderr

@@ -1,0 +1,27 @@
+"""The README's example runs as written (with a test-owned heap name)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
+def test_readme_example_runs(heap_name: str) -> None:
+    text = README.read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    assert '"my-swarm"' in code
+    exec(compile(code.replace('"my-swarm"', repr(heap_name)), "README.md", "exec"), {})
+
+
+@pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
+def test_readme_setup_commands_are_the_ones_ci_runs() -> None:
+    text = README.read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "pip install . && swarmheap demo" in text
+    assert 'pip install ".[test]" && python -m pytest' in text
+    assert 'pip install -q ".[test]"' in ci and "python3 -m pytest" in ci
