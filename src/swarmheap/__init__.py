@@ -21,6 +21,7 @@ from swarmheap.errors import (
 )
 from swarmheap.handle import Handle
 from swarmheap.heap import EVENTS, Heap
+from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
 from swarmheap.sizes import format_size, parse_size
 from swarmheap.sweep import SweepResult
 
@@ -31,6 +32,7 @@ __all__ = [
     "PARTITIONS",
     "Agent",
     "AgentStateError",
+    "ArrayHandle",
     "AttachError",
     "Block",
     "Handle",
@@ -45,7 +47,12 @@ __all__ = [
     "SweepResult",
     "TooManyAgents",
     "__version__",
+    "array_handle",
+    "empty",
     "format_size",
+    "from_handle",
+    "numpy_allocator",
     "parse_size",
     "unlink",
+    "zeros",
 ]

@@ -12,6 +12,7 @@ cdef class CoreHeap:
     cdef readonly bint read_only
     cdef bint created
     cdef Py_ssize_t exports
+    cdef void *np_keeper  # set once a NumPy handler exists: it then owns the mapping's lifetime
     cdef object __weakref__
 
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)

@@ -9,6 +9,25 @@ from libc.string cimport memcpy
 
 from swarmheap.includes.core cimport *
 
+
+cdef extern from "np_handler.h":
+    ctypedef struct shnp_keeper:
+        pass
+    ctypedef struct shnp_stats:
+        uint64_t allocs, frees, live, live_bytes, fallbacks, failures, in_place
+    int shnp_import() except -1
+    shnp_keeper *shnp_keeper_new(sh_arena_t *arena)
+    void shnp_keeper_close(shnp_keeper *keeper)
+    uint64_t shnp_keeper_live(const shnp_keeper *keeper)
+    object shnp_handler_new(shnp_keeper *keeper, uint32_t owner, uint32_t generation,
+                            sh_partition_t partition, int fallback)
+    int shnp_handler_stats(object capsule, shnp_stats *stats)
+    object shnp_get_handler()
+    object shnp_set_handler(object capsule)
+
+
+shnp_import()
+
 import numpy as np
 
 from swarmheap.errors import (
@@ -105,9 +124,12 @@ cdef class CoreHeap:
         raise TypeError("use Heap.create(...) or Heap.attach(name)")
 
     def __dealloc__(self):
-        if self.arena != NULL:
+        if self.np_keeper != NULL:
+            shnp_keeper_close(<shnp_keeper *>self.np_keeper)  # unmaps once no array lives in it
+        elif self.arena != NULL:
             sh_close(self.arena)
-            self.arena = NULL
+        self.np_keeper = NULL
+        self.arena = NULL
 
     @classmethod
     def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0):
@@ -224,7 +246,13 @@ cdef class CoreHeap:
             return
         if self.exports:
             raise BufferError(f"cannot close: {self.exports} exported buffer(s) still point into the heap")
-        sh_close(self.arena)
+        if self.np_keeper != NULL:
+            # arrays made by a NumPy handler may still live in the mapping: the
+            # keeper unmaps it when the last of them is freed
+            shnp_keeper_close(<shnp_keeper *>self.np_keeper)
+            self.np_keeper = NULL
+        else:
+            sh_close(self.arena)
         self.arena = NULL
         self.base = NULL
 
@@ -496,6 +524,41 @@ cdef class CoreHeap:
             _raise(rc)
         return True
 
+    # ---- NumPy data-memory handler (see np_handler.h) -----------------------
+
+    def _np_handler(self, owner, partition, bint fallback):
+        """A new "mem_handler" capsule serving ``partition`` for ``owner``."""
+        self._check_open()
+        if self.read_only:
+            raise ValueError("the heap is attached read-only: arrays cannot be allocated in it")
+        cdef uint32_t oid, gen
+        cdef int p = _part(partition)
+        self._owner_arg(owner, &oid, &gen)
+        if self.np_keeper == NULL:
+            self.np_keeper = shnp_keeper_new(self.arena)
+            if self.np_keeper == NULL:
+                raise MemoryError("no memory for the NumPy handler's bookkeeping")
+        return shnp_handler_new(<shnp_keeper *>self.np_keeper, oid, gen, <sh_partition_t>p, fallback)
+
+    def _handle_at(self, address, length):
+        """The Handle of the block starting at ``address`` (a pointer in this process)."""
+        self._check_open()
+        cdef uint64_t start = <uint64_t>self.base
+        if not (isinstance(address, int) and start <= address < start + self.arena_size):
+            raise InvalidHandle(f"address {address:#x} is not inside this heap")
+        cdef uint64_t offset = address - start
+        cdef sh_block_info_t info
+        cdef int rc = sh_block_info(self.arena, offset, &info)
+        if rc:
+            _raise(rc)
+        if info.offset != offset:
+            raise InvalidHandle(f"address {address:#x} is inside a block, not at its start")
+        return Handle(offset, length, info.owner, sh_owner_generation(self.arena, info.owner))
+
+    def _np_live(self):
+        """Allocations of this heap's NumPy handlers still live in this process."""
+        return 0 if self.np_keeper == NULL else shnp_keeper_live(<shnp_keeper *>self.np_keeper)
+
     def _owner_word(self, uint32_t oid, uint32_t gen):
         """The owner's user word, or None if that generation of it is gone."""
         self._check_open()
@@ -543,7 +606,7 @@ cdef class CoreHeap:
     def _sweep_take(self, int ring, size_t limit):
         """Claim up to ``limit`` queued (id, generation) pairs, exclusively."""
         self._check_open()
-        cdef uint64_t[::1] buf = np.empty(max(limit, 1), dtype=np.uint64)
+        cdef uint64_t[::1] buf = np.empty(max(limit, <size_t>1), dtype=np.uint64)
         cdef size_t taken = 0, i
         cdef int rc = sh_sweep_take(self.arena, ring, &buf[0], limit, &taken)
         if rc:
@@ -693,3 +756,22 @@ cdef class Block:
 
     def __reduce__(self):
         raise TypeError("a Block holds a mapping and cannot be pickled: send block.handle instead")
+
+
+def _np_get_handler():
+    """NumPy's current data-memory handler capsule, for this context."""
+    return shnp_get_handler()
+
+
+def _np_set_handler(capsule):
+    """Make ``capsule`` NumPy's handler for this context; returns the previous one."""
+    return shnp_set_handler(capsule)
+
+
+def _np_handler_stats(capsule):
+    """Counters of one of our handlers, or None for someone else's."""
+    cdef shnp_stats s
+    if not shnp_handler_stats(capsule, &s):
+        return None
+    return {"allocs": s.allocs, "frees": s.frees, "live": s.live, "live_bytes": s.live_bytes,
+            "fallbacks": s.fallbacks, "failures": s.failures, "in_place_reallocs": s.in_place}

@@ -1,0 +1,214 @@
+/* NumPy data-memory handler (NEP 49) over a swarmheap arena; see np_handler.h. */
+#define PY_SSIZE_T_CLEAN
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL swarmheap_np_handler_ARRAY_API
+#include "np_handler.h"
+
+#include <numpy/arrayobject.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct shnp_keeper {
+  sh_arena_t *arena;
+  uint8_t *base;
+  uint64_t size;
+  _Atomic int64_t refs; /* the heap object's, each handler's, each live allocation's */
+  _Atomic uint64_t live;
+  _Atomic int closing;  /* the heap object is closed: no new allocations */
+};
+
+typedef struct {
+  shnp_keeper *keeper;
+  uint32_t owner, generation;
+  sh_partition_t partition;
+  int fallback;
+  _Atomic uint64_t allocs, frees, live, live_bytes, fallbacks, failures, in_place;
+} shnp_ctx;
+
+static const char CAPSULE_NAME[] = "mem_handler";
+
+int shnp_import(void) {
+  import_array1(-1);
+  return 0;
+}
+
+shnp_keeper *shnp_keeper_new(sh_arena_t *arena) {
+  shnp_keeper *k = calloc(1, sizeof *k);
+  if (!k) return NULL;
+  k->arena = arena;
+  k->base = sh_base(arena);
+  sh_arena_info_t info;
+  sh_arena_info(arena, &info);
+  k->size = info.size;
+  atomic_init(&k->refs, 1);
+  return k;
+}
+
+static void keeper_release(shnp_keeper *k) {
+  if (atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) == 1) {
+    sh_close(k->arena);
+    free(k);
+  }
+}
+
+void shnp_keeper_close(shnp_keeper *k) {
+  atomic_store(&k->closing, 1);
+  keeper_release(k);
+}
+
+uint64_t shnp_keeper_live(const shnp_keeper *k) { return atomic_load(&k->live); }
+
+static int in_arena(const shnp_keeper *k, const void *ptr) {
+  const uint8_t *p = ptr;
+  return p >= k->base && p < k->base + k->size;
+}
+
+static void *ctx_malloc(void *raw, size_t size) {
+  shnp_ctx *c = raw;
+  shnp_keeper *k = c->keeper;
+  if (size == 0) size = 1; /* NumPy asks for 0 bytes for empty arrays; a real block keeps free() uniform */
+  if (!atomic_load(&k->closing)) {
+    if (c->owner == 0 || sh_owner_pin(k->arena, c->owner, c->generation) == SH_OK) {
+      uint64_t offset;
+      if (sh_alloc(k->arena, c->owner, c->partition, size, &offset) == SH_OK) {
+        atomic_fetch_add(&k->refs, 1);
+        atomic_fetch_add(&k->live, 1);
+        atomic_fetch_add(&c->allocs, 1);
+        atomic_fetch_add(&c->live, 1);
+        sh_block_info_t info;
+        sh_block_info(k->arena, offset, &info);
+        atomic_fetch_add(&c->live_bytes, info.usable_size);
+        return k->base + offset;
+      }
+      if (c->owner) {
+        int recycled;
+        sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
+      }
+    }
+  }
+  if (c->fallback) {
+    void *p = malloc(size);
+    if (p) atomic_fetch_add(&c->fallbacks, 1);
+    return p;
+  }
+  atomic_fetch_add(&c->failures, 1);
+  return NULL;
+}
+
+static void ctx_free(void *raw, void *ptr, size_t size) {
+  (void)size; /* the block knows its own size */
+  shnp_ctx *c = raw;
+  shnp_keeper *k = c->keeper;
+  if (ptr == NULL) return;
+  if (!in_arena(k, ptr)) {
+    free(ptr); /* a fallback allocation */
+    return;
+  }
+  uint64_t offset = (uint64_t)((uint8_t *)ptr - k->base);
+  sh_block_info_t info;
+  uint64_t usable = sh_block_info(k->arena, offset, &info) == SH_OK ? info.usable_size : 0;
+  if (sh_free(k->arena, offset) == SH_OK) {
+    atomic_fetch_add(&c->frees, 1);
+    atomic_fetch_sub(&c->live, 1);
+    atomic_fetch_sub(&c->live_bytes, usable);
+    if (c->owner) {
+      int recycled; /* the last array of a completed agent recycles it here */
+      sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
+    }
+  }
+  atomic_fetch_sub(&k->live, 1);
+  keeper_release(k); /* may unmap: nothing of k is used after this */
+}
+
+static void *ctx_calloc(void *raw, size_t nelem, size_t elsize) {
+  if (elsize && nelem > SIZE_MAX / elsize) return NULL;
+  size_t size = nelem * elsize;
+  void *p = ctx_malloc(raw, size);
+  /* reused blocks hold old bytes, and the core does not track which pages
+   * are still untouched, so every block is cleared */
+  if (p) memset(p, 0, size ? size : 1);
+  return p;
+}
+
+static void *ctx_realloc(void *raw, void *ptr, size_t new_size) {
+  shnp_ctx *c = raw;
+  shnp_keeper *k = c->keeper;
+  if (ptr == NULL) return ctx_malloc(raw, new_size);
+  if (!in_arena(k, ptr)) return realloc(ptr, new_size ? new_size : 1);
+  uint64_t offset = (uint64_t)((uint8_t *)ptr - k->base);
+  sh_block_info_t info;
+  if (sh_block_info(k->arena, offset, &info) != SH_OK) return NULL;
+  if (new_size <= info.usable_size && (new_size > info.usable_size / 2 || info.size_class < 0)) {
+    /* fits the block it has (and would not waste most of a small one) */
+    atomic_fetch_add(&c->in_place, 1);
+    return ptr;
+  }
+  void *fresh = ctx_malloc(raw, new_size);
+  if (!fresh) return NULL; /* the old block stays valid, as realloc promises */
+  memcpy(fresh, ptr, new_size < info.usable_size ? new_size : info.usable_size);
+  ctx_free(raw, ptr, info.usable_size);
+  return fresh;
+}
+
+static void capsule_destroy(PyObject *capsule) {
+  PyDataMem_Handler *h = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+  if (!h) {
+    PyErr_Clear();
+    return;
+  }
+  shnp_ctx *c = h->allocator.ctx;
+  keeper_release(c->keeper);
+  free(c);
+  free(h);
+}
+
+PyObject *shnp_handler_new(shnp_keeper *k, uint32_t owner, uint32_t generation, sh_partition_t partition,
+                           int fallback) {
+  PyDataMem_Handler *h = calloc(1, sizeof *h);
+  shnp_ctx *c = calloc(1, sizeof *c);
+  if (!h || !c) {
+    free(h);
+    free(c);
+    return PyErr_NoMemory();
+  }
+  c->keeper = k;
+  c->owner = owner;
+  c->generation = generation;
+  c->partition = partition;
+  c->fallback = fallback;
+  snprintf(h->name, sizeof h->name, "swarmheap");
+  h->version = 1;
+  h->allocator.ctx = c;
+  h->allocator.malloc = ctx_malloc;
+  h->allocator.calloc = ctx_calloc;
+  h->allocator.realloc = ctx_realloc;
+  h->allocator.free = ctx_free;
+  PyObject *capsule = PyCapsule_New(h, CAPSULE_NAME, capsule_destroy);
+  if (!capsule) {
+    free(h);
+    free(c);
+    return NULL;
+  }
+  atomic_fetch_add(&k->refs, 1); /* released by the capsule's destructor */
+  return capsule;
+}
+
+int shnp_handler_stats(PyObject *capsule, shnp_stats *s) {
+  if (!PyCapsule_IsValid(capsule, CAPSULE_NAME)) return 0;
+  PyDataMem_Handler *h = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+  if (h->allocator.malloc != ctx_malloc) return 0;
+  shnp_ctx *c = h->allocator.ctx;
+  s->allocs = atomic_load(&c->allocs);
+  s->frees = atomic_load(&c->frees);
+  s->live = atomic_load(&c->live);
+  s->live_bytes = atomic_load(&c->live_bytes);
+  s->fallbacks = atomic_load(&c->fallbacks);
+  s->failures = atomic_load(&c->failures);
+  s->in_place = atomic_load(&c->in_place);
+  return 1;
+}
+
+PyObject *shnp_get_handler(void) { return PyDataMem_GetHandler(); }
+
+PyObject *shnp_set_handler(PyObject *capsule) { return PyDataMem_SetHandler(capsule); }
