@@ -34,7 +34,12 @@ if sanitize:
 extension = Extension(
     "swarmheap._core",
     sources=["src/swarmheap/_core.pyx", "src/swarmheap/np_handler.c", *core_sources],
-    depends=[*core_headers, "src/swarmheap/_core.pxd", "src/swarmheap/includes/core.pxd", "src/swarmheap/np_handler.h"],
+    depends=[
+        *core_headers,
+        "src/swarmheap/_core.pxd",
+        "src/swarmheap/includes/core.pxd",
+        "src/swarmheap/np_handler.h",
+    ],
     include_dirs=["csrc", "src/swarmheap", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,
