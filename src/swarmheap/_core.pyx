@@ -14,7 +14,7 @@ cdef extern from "np_handler.h":
     ctypedef struct shnp_keeper:
         pass
     ctypedef struct shnp_stats:
-        uint64_t allocs, frees, live, live_bytes, fallbacks, failures, in_place
+        uint64_t allocs, frees, live, fallbacks, failures, in_place
     int shnp_import() except -1
     shnp_keeper *shnp_keeper_new(sh_arena_t *arena)
     void shnp_keeper_close(shnp_keeper *keeper)
@@ -773,5 +773,5 @@ def _np_handler_stats(capsule):
     cdef shnp_stats s
     if not shnp_handler_stats(capsule, &s):
         return None
-    return {"allocs": s.allocs, "frees": s.frees, "live": s.live, "live_bytes": s.live_bytes,
+    return {"allocs": s.allocs, "frees": s.frees, "live": s.live,
             "fallbacks": s.fallbacks, "failures": s.failures, "in_place_reallocs": s.in_place}

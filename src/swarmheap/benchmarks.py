@@ -378,6 +378,36 @@ def _young_sweep(env: Env) -> Workload:
     )
 
 
+NUMPY_SIZES = (64, 4096, 64 * 1024, 1024 * 1024)
+
+
+def _numpy_handler(env: Env, size: int, constructor: str) -> Workload:
+    from swarmheap.numpy_alloc import numpy_allocator
+
+    make = getattr(np, constructor)
+    alloc = numpy_allocator(env.heap)
+    n = (2000 if env.quick else 10_000) if size <= 64 * 1024 else (200 if env.quick else 1000)
+
+    def ours(_: Any) -> None:
+        with alloc:
+            for _ in range(n):
+                make(size, np.uint8)
+
+    def peer(_: Any) -> None:
+        for _ in range(n):
+            make(size, np.uint8)
+
+    label = format_size(size).replace(" ", "")
+    return Workload(
+        f"numpy_{constructor}_{label}",
+        f"np.{constructor}({format_size(size)}) with its data in the arena (the NEP 49 handler), "
+        "against NumPy's default allocator",
+        (Case("swarmheap", ours, n), Case("numpy default", peer, n)),
+        block_size=size,
+        target=Target("ratio_max", 1.2),
+    )
+
+
 def workloads(env: Env) -> list[Workload]:
     """Every Python-level workload, in the order they run."""
     rng = np.random.default_rng(42)
@@ -403,6 +433,7 @@ def workloads(env: Env) -> list[Workload]:
         _recycle(env),
         _young_sweep(env),
     ]
+    out += [_numpy_handler(env, size, c) for c in ("empty", "zeros") for size in NUMPY_SIZES]
     for w in out:
         object.__setattr__(w, "name", w.name.replace(" ", ""))
     return out

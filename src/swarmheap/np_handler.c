@@ -23,7 +23,7 @@ typedef struct {
   uint32_t owner, generation;
   sh_partition_t partition;
   int fallback;
-  _Atomic uint64_t allocs, frees, live, live_bytes, fallbacks, failures, in_place;
+  _Atomic uint64_t allocs, frees, live, fallbacks, failures, in_place;
 } shnp_ctx;
 
 static const char CAPSULE_NAME[] = "mem_handler";
@@ -71,14 +71,13 @@ static void *ctx_malloc(void *raw, size_t size) {
   if (!atomic_load(&k->closing)) {
     if (c->owner == 0 || sh_owner_pin(k->arena, c->owner, c->generation) == SH_OK) {
       uint64_t offset;
-      if (sh_alloc(k->arena, c->owner, c->partition, size, &offset) == SH_OK) {
+      int rc = sh_alloc_nolock(k->arena, c->owner, c->partition, size, &offset);
+      if (rc == SH_EAGAIN) rc = sh_alloc(k->arena, c->owner, c->partition, size, &offset);
+      if (rc == SH_OK) {
         atomic_fetch_add(&k->refs, 1);
         atomic_fetch_add(&k->live, 1);
         atomic_fetch_add(&c->allocs, 1);
         atomic_fetch_add(&c->live, 1);
-        sh_block_info_t info;
-        sh_block_info(k->arena, offset, &info);
-        atomic_fetch_add(&c->live_bytes, info.usable_size);
         return k->base + offset;
       }
       if (c->owner) {
@@ -106,12 +105,11 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
     return;
   }
   uint64_t offset = (uint64_t)((uint8_t *)ptr - k->base);
-  sh_block_info_t info;
-  uint64_t usable = sh_block_info(k->arena, offset, &info) == SH_OK ? info.usable_size : 0;
-  if (sh_free(k->arena, offset) == SH_OK) {
+  int rc = sh_free_nolock(k->arena, offset);
+  if (rc == SH_EAGAIN) rc = sh_free(k->arena, offset);
+  if (rc == SH_OK) {
     atomic_fetch_add(&c->frees, 1);
     atomic_fetch_sub(&c->live, 1);
-    atomic_fetch_sub(&c->live_bytes, usable);
     if (c->owner) {
       int recycled; /* the last array of a completed agent recycles it here */
       sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
@@ -202,7 +200,6 @@ int shnp_handler_stats(PyObject *capsule, shnp_stats *s) {
   s->allocs = atomic_load(&c->allocs);
   s->frees = atomic_load(&c->frees);
   s->live = atomic_load(&c->live);
-  s->live_bytes = atomic_load(&c->live_bytes);
   s->fallbacks = atomic_load(&c->fallbacks);
   s->failures = atomic_load(&c->failures);
   s->in_place = atomic_load(&c->in_place);

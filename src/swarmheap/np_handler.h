@@ -24,7 +24,7 @@
 typedef struct shnp_keeper shnp_keeper;
 
 typedef struct shnp_stats {
-  uint64_t allocs, frees, live, live_bytes;
+  uint64_t allocs, frees, live;
   uint64_t fallbacks;   /* served by the system allocator (opt-in) */
   uint64_t failures;    /* refused: the partition was full and no fallback */
   uint64_t in_place;    /* reallocs that fit the block they had */
