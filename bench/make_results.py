@@ -25,7 +25,9 @@ def ratio(value: float) -> str:
 
 
 def speed(ours: float, peer: float) -> str:
-    return f"{peer / ours:.0f}x faster" if ours <= peer else f"{ours / peer:.2f}x slower"
+    if ours > peer:
+        return f"{ours / peer:.2f}x slower"
+    return f"{peer / ours:.0f}x faster" if peer >= 10 * ours else f"{peer / ours:.2f}x faster"
 
 
 def render(results: dict[str, Any], json_name: str) -> str:

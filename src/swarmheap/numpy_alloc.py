@@ -93,7 +93,7 @@ class numpy_allocator(contextlib.ContextDecorator):
         )
 
     def stats(self) -> dict[str, int]:
-        """Counters of this handler: allocs, frees, live allocations, fallbacks, failures, in-place reallocs."""
+        """This handler's counters: allocs, frees, live, fallbacks, failures, in-place reallocs."""
         stats = _core._np_handler_stats(self._capsule)
         assert stats is not None
         return stats
