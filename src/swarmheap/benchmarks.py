@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -38,6 +38,11 @@ __all__ = ["Case", "Env", "Workload", "main", "measure", "workloads"]
 
 SCHEMA_VERSION = 1
 PAIR_SIZES = (64, 1024, 16 * 1024, 256 * 1024, 1024 * 1024)
+
+
+def _size_label(size: int) -> str:
+    """A size as a workload name part: "64B", "1.0MiB"."""
+    return format_size(size).replace(" ", "")
 
 
 def _nothing(state: Any) -> None:
@@ -309,9 +314,8 @@ def _handoff(env: Env, size: int) -> Workload:
             if not q_ack.get():
                 raise AssertionError("the receiving process read the wrong bytes")
 
-    label = format_size(size).replace(" ", "")
     return Workload(
-        f"handoff_{label}",
+        f"handoff_{_size_label(size)}",
         f"pass a {format_size(size)} buffer to another process and wait for it to read it: "
         "a handle to a shared block, against pickling through multiprocessing.Queue",
         (Case("swarmheap", ours, n), Case("Queue pickling", peer, n)),
@@ -397,9 +401,8 @@ def _numpy_handler(env: Env, size: int, constructor: str) -> Workload:
         for _ in range(n):
             make(size, np.uint8)
 
-    label = format_size(size).replace(" ", "")
     return Workload(
-        f"numpy_{constructor}_{label}",
+        f"numpy_{constructor}_{_size_label(size)}",
         f"np.{constructor}({format_size(size)}) with its data in the arena (the NEP 49 handler), "
         "against NumPy's default allocator",
         (Case("swarmheap", ours, n), Case("numpy default", peer, n)),
@@ -417,7 +420,7 @@ def workloads(env: Env) -> list[Workload]:
         _pairs(
             env,
             [size] * (n_pairs if size <= 16 * 1024 else n_pairs // 10),
-            f"pairs_{format_size(size)}",
+            f"pairs_{_size_label(size)}",
             f"alloc + free of {format_size(size)}",
             size,
         )
@@ -434,8 +437,6 @@ def workloads(env: Env) -> list[Workload]:
         _young_sweep(env),
     ]
     out += [_numpy_handler(env, size, c) for c in ("empty", "zeros") for size in NUMPY_SIZES]
-    for w in out:
-        object.__setattr__(w, "name", w.name.replace(" ", ""))
     return out
 
 
@@ -712,10 +713,3 @@ def main(
         for path in plot(results, plot_dir):
             print(f"wrote {path}")
     return 0
-
-
-def iter_cases(env: Env) -> Iterator[tuple[Workload, Case]]:
-    """Every (workload, case) pair, for the pytest-benchmark suite."""
-    for w in workloads(env):
-        for c in w.cases:
-            yield w, c

@@ -104,6 +104,13 @@ class numpy_allocator(contextlib.ContextDecorator):
         return self._capsule
 
 
+def _construct(
+    make: Any, shape: int | Sequence[int], dtype: npt.DTypeLike, agent: Target, partition: str, order: str
+) -> np.ndarray[Any, Any]:
+    with numpy_allocator(agent, partition):
+        return make(shape, dtype, order=order)  # type: ignore[no-any-return]
+
+
 def empty(
     shape: int | Sequence[int],
     dtype: npt.DTypeLike = float,
@@ -113,8 +120,7 @@ def empty(
     order: str = "C",
 ) -> np.ndarray[Any, Any]:
     """``numpy.empty`` with the data in ``partition``, charged to ``agent`` (an Agent or a Heap)."""
-    with numpy_allocator(agent, partition):
-        return np.empty(shape, dtype, order=order)  # type: ignore[call-overload,no-any-return]
+    return _construct(np.empty, shape, dtype, agent, partition, order)
 
 
 def zeros(
@@ -126,8 +132,7 @@ def zeros(
     order: str = "C",
 ) -> np.ndarray[Any, Any]:
     """``numpy.zeros`` with the data in ``partition``, charged to ``agent`` (an Agent or a Heap)."""
-    with numpy_allocator(agent, partition):
-        return np.zeros(shape, dtype, order=order)  # type: ignore[call-overload,no-any-return]
+    return _construct(np.zeros, shape, dtype, agent, partition, order)
 
 
 class ArrayHandle(NamedTuple):

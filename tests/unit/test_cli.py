@@ -46,6 +46,18 @@ def shm_entries(prefix: str) -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
 
 
+def run_leaving_no_heap(
+    out: Path, command: str, plot: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    """Run `swarmheap COMMAND --quick` with --json and --plot into `out`; assert its heap is gone."""
+    prefix = f"swarmheap-{command}-"
+    before = shm_entries(prefix)
+    run = swarmheap(command, "--quick", "--json", str(out / f"{command}.json"), "--plot", str(out / plot))
+    assert shm_entries(prefix) == before, f"{command} left its heap in /dev/shm"
+    path = out / f"{command}.json"
+    return run, (json.loads(path.read_text()) if path.exists() else {}), out
+
+
 # ---- demo -----------------------------------------------------------------
 
 
@@ -53,12 +65,7 @@ def shm_entries(prefix: str) -> set[str]:
 def demo_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
-    out = tmp_path_factory.mktemp("demo")
-    before = shm_entries("swarmheap-demo-")
-    run = swarmheap("demo", "--quick", "--json", str(out / "demo.json"), "--plot", str(out / "demo.png"))
-    assert shm_entries("swarmheap-demo-") == before, "the demo left its heap in /dev/shm"
-    report = json.loads((out / "demo.json").read_text()) if (out / "demo.json").exists() else {}
-    return run, report, out
+    return run_leaving_no_heap(tmp_path_factory.mktemp("demo"), "demo", "demo.png")
 
 
 def test_demo_exits_zero_with_a_passing_check(demo_run: Any) -> None:
@@ -151,12 +158,7 @@ def test_stats_does_not_change_the_heap(busy_heap: Any, heap_name: str) -> None:
 def bench_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
-    out = tmp_path_factory.mktemp("bench")
-    before = shm_entries("swarmheap-bench-")
-    run = swarmheap("bench", "--quick", "--json", str(out / "bench.json"), "--plot", str(out / "charts"))
-    assert shm_entries("swarmheap-bench-") == before, "bench left its heap in /dev/shm"
-    results = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
-    return run, results, out
+    return run_leaving_no_heap(tmp_path_factory.mktemp("bench"), "bench", "charts")
 
 
 def test_bench_exits_zero_and_prints_tables(bench_run: Any) -> None:
