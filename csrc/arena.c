@@ -5,14 +5,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sh_internal.h"
+#include "sh_tcache.h"
 
 /* ----- Layout ------------------------------------------------------------- */
 
 typedef struct sh_layout_s {
-  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, sweep_off, ring_cap, meta_end,
-      stripe_size;
-  uint32_t total_pages, meta_pages;
+  uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, sweep_off, ring_cap, tslots_off,
+      tslot_size, meta_end, stripe_size;
+  uint32_t total_pages, meta_pages, tc_entries;
 } sh_layout_t;
 
 static uint64_t sh_align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
@@ -24,8 +24,16 @@ static uint64_t sh_stripe_size(uint32_t nclasses) {
 
 /* The one place the metadata layout is computed: create writes it, attach
  * recomputes it and compares field by field. */
+/* Four entries per class, rounded up to a power of two: owner 0 alone maps
+ * every (partition, class) to its own entry, and other owners rarely collide. */
+static uint32_t sh_tc_entries_for(uint32_t nclasses) {
+  uint32_t n = 1;
+  while (n < 4 * nclasses) n *= 2;
+  return n;
+}
+
 static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t max_owners,
-                              uint32_t nclasses, sh_layout_t *l) {
+                              uint32_t nclasses, uint32_t nslots, sh_layout_t *l) {
   l->total_pages = (uint32_t)(arena_size >> page_shift);
   uint64_t off = sh_align_up(sizeof(sh_header_t), SH_CACHE_LINE);
   l->pages_off = off;
@@ -42,6 +50,12 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   l->sweep_off = off = sh_align_up(off, SH_CACHE_LINE);
   l->ring_cap = max_owners;
   off += SH_SWEEP_RINGS * l->ring_cap * sizeof(uint64_t);
+  l->tslots_off = off = sh_align_up(off, SH_CACHE_LINE);
+  l->tc_entries = sh_tc_entries_for(nclasses);
+  l->tslot_size = sh_align_up(sizeof(sh_tslot_t) + (uint64_t)l->tc_entries * sizeof(sh_tc_entry_t) +
+                                  2ull * SH_NPARTITIONS * (nclasses + 1u) * sizeof(uint64_t),
+                              SH_CACHE_LINE);
+  off += (uint64_t)nslots * l->tslot_size;
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
 }
@@ -63,6 +77,7 @@ void sh_options_init(sh_options_t *opts) {
   opts->ratios[SH_PART_SYSTEM] = 0.1;
   opts->page_size = SH_DEFAULT_PAGE_SIZE;
   opts->max_owners = 0;
+  opts->max_threads = 0;
 }
 
 static int sh_options_validate(const sh_options_t *o, uint64_t size) {
@@ -90,6 +105,8 @@ static int sh_options_validate(const sh_options_t *o, uint64_t size) {
                     (unsigned long long)size);
   if (o->max_owners > (1u << 20))
     return _sh_fail(SH_EINVAL, "max_owners %u is above the limit of %u", o->max_owners, 1u << 20);
+  if (o->max_threads > SH_MAX_THREAD_SLOTS)
+    return _sh_fail(SH_EINVAL, "max_threads %u is above the limit of %u", o->max_threads, SH_MAX_THREAD_SLOTS);
   return SH_OK;
 }
 
@@ -108,6 +125,10 @@ static int sh_handle_load(sh_arena_t *a) {
   a->max_owners = hdr->max_owners;
   a->nstripes = hdr->nstripes;
   a->stripe_size = hdr->stripe_size;
+  a->tslots = a->base + hdr->tslots_off;
+  a->tslot_size = hdr->tslot_size;
+  a->nslots = hdr->nslots;
+  a->tc_mask = hdr->tc_entries - 1;
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     a->part_first[p] = hdr->parts[p].first_usable;
     a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
@@ -126,8 +147,13 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     uint64_t n = a->size >> 18;
     max_owners = (uint32_t)(n < 16 ? 16 : n > 65536 ? 65536 : n);
   }
+  uint32_t nslots = o->max_threads;
+  if (nslots == 0) { /* one thread cache per 2 MiB of arena, within [4, 128] */
+    uint64_t n = a->size >> 21;
+    nslots = (uint32_t)(n < 4 ? 4 : n > 128 ? 128 : n);
+  }
   sh_layout_t l;
-  sh_layout_compute(a->size, shift, max_owners, nclasses, &l);
+  sh_layout_compute(a->size, shift, max_owners, nclasses, nslots, &l);
 
   uint32_t part_pages[SH_NPARTITIONS], assigned = 0;
   for (int p = 0; p < SH_PART_SYSTEM; p++) {
@@ -163,6 +189,10 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   hdr->stripes_off = l.stripes_off;
   hdr->sweep_off = l.sweep_off;
   hdr->ring_cap = l.ring_cap;
+  hdr->tslots_off = l.tslots_off;
+  hdr->tslot_size = l.tslot_size;
+  hdr->nslots = nslots;
+  hdr->tc_entries = l.tc_entries;
   hdr->meta_end = l.meta_end;
   hdr->stripe_size = l.stripe_size;
   hdr->created_ns = _sh_os_now_ns();
@@ -206,6 +236,10 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   memset((void *)a->bins, 0xFF, (size_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t));
   for (uint32_t i = 0; i < max_owners; i++)
     for (int p = 0; p < SH_NPARTITIONS; p++) a->owners[i].large_head[p] = SH_NIL;
+  for (uint32_t i = 0; i < nslots; i++) {
+    sh_tc_entry_t *entries = _sh_tc_entries(_sh_tc_slot_at(a, i));
+    for (uint32_t k = 0; k < l.tc_entries; k++) sh_atomic_store_relaxed(&entries[k].page, SH_NIL);
+  }
   sh_owner_t *def = &a->owners[SH_OWNER_DEFAULT];
   def->pid = (int32_t)getpid();
   sh_process_start_time(def->pid, &def->pid_start);
@@ -245,6 +279,7 @@ int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t s
   }
   /* Published last: an attacher never trusts a half-built header. */
   atomic_store_explicit((_Atomic uint64_t *)&a->hdr->magic, SH_MAGIC, memory_order_release);
+  _sh_tc_register(a);
   *out = a;
   return SH_OK;
 }
@@ -289,8 +324,9 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
   SH_EXPECT(hdr->max_owners >= 1 && hdr->max_owners <= (1u << 20), "max_owners", "is %u",
             hdr->max_owners);
   SH_EXPECT(hdr->nstripes == SH_NSTRIPES, "nstripes", "is %u", hdr->nstripes);
+  SH_EXPECT(hdr->nslots >= 1 && hdr->nslots <= SH_MAX_THREAD_SLOTS, "nslots", "is %u", hdr->nslots);
   sh_layout_t l;
-  sh_layout_compute(hdr->arena_size, hdr->page_shift, hdr->max_owners, nclasses, &l);
+  sh_layout_compute(hdr->arena_size, hdr->page_shift, hdr->max_owners, nclasses, hdr->nslots, &l);
   SH_EXPECT(hdr->total_pages == l.total_pages, "total_pages", "is %u, expected %u", hdr->total_pages,
             l.total_pages);
   SH_EXPECT(hdr->meta_pages == l.meta_pages, "meta_pages", "is %u, expected %u", hdr->meta_pages,
@@ -305,6 +341,9 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
             (unsigned long long)hdr->stripe_size);
   SH_EXPECT(hdr->sweep_off == l.sweep_off, "sweep_off", "is %llu", (unsigned long long)hdr->sweep_off);
   SH_EXPECT(hdr->ring_cap == l.ring_cap, "ring_cap", "is %llu", (unsigned long long)hdr->ring_cap);
+  SH_EXPECT(hdr->tslots_off == l.tslots_off, "tslots_off", "is %llu", (unsigned long long)hdr->tslots_off);
+  SH_EXPECT(hdr->tslot_size == l.tslot_size, "tslot_size", "is %llu", (unsigned long long)hdr->tslot_size);
+  SH_EXPECT(hdr->tc_entries == l.tc_entries, "tc_entries", "is %u", hdr->tc_entries);
   SH_EXPECT(hdr->meta_end == l.meta_end, "meta_end", "is %llu", (unsigned long long)hdr->meta_end);
   static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
   uint32_t next = 0;
@@ -360,12 +399,14 @@ int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read
     return rc;
   }
   sh_handle_load(a);
+  _sh_tc_register(a);
   *out = a;
   return SH_OK;
 }
 
 void sh_close(sh_arena_t *arena) {
   if (!arena) return;
+  _sh_tc_close(arena);
   _sh_os_unmap(arena->base, arena->size, arena->fd);
   free(arena);
 }

@@ -9,7 +9,7 @@ static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot s
 /* Reading /proc costs more than the rest of creating an owner: remember this
  * process's start time, per thread so no lock is needed, keyed by pid so a
  * forked child reads its own. */
-static uint64_t sh_own_start_time(int32_t pid) {
+uint64_t _sh_own_start_time(int32_t pid) {
   static _Thread_local int32_t cached_pid;
   static _Thread_local uint64_t cached_start;
   if (cached_pid != pid) {
@@ -25,7 +25,7 @@ int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *genera
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   uint64_t now = _sh_os_now_ns();
   int32_t pid = (int32_t)getpid();
-  uint64_t start = sh_own_start_time(pid);
+  uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   for (uint32_t k = 0; k < a->max_owners - 1; k++) {
     uint32_t i = 1 + (sh_atomic_load_relaxed(&sh_owner_hint) + k) % (a->max_owners - 1);
@@ -207,9 +207,7 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
         info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
         info->blocks++;
       } else {
-        uint64_t h = sh_atomic_load_relaxed(&pg->head);
-        uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
-        uint32_t used = sh_head_top(h) == SH_HEAD_RETIRED ? 0 : cap - sh_head_count(h);
+        uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
         info->bytes[part] += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass)].size;
         info->blocks += used;
       }

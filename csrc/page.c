@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "sh_internal.h"
+#include "sh_tcache.h"
 #include "sh_track.h"
 
 /* ----- Counters ------------------------------------------------------------ */
@@ -17,8 +17,10 @@ static inline _Atomic uint64_t *sh_thread_counters(const sh_arena_t *a) {
   return _sh_stripe_counters(a, stripe);
 }
 
-static inline void sh_count(const sh_arena_t *a, int is_free, int part, int cls) {
-  sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, is_free, part, cls)], 1);
+/* A thread with a slot counts in it; one without shares the striped counters. */
+static inline void sh_count(const sh_arena_t *a, sh_tslot_t *slot, int is_free, int part, int cls) {
+  if (sh_likely(slot != NULL)) _sh_tc_count(a, slot, is_free, part, cls);
+  else sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, is_free, part, cls)], 1);
 }
 
 static void sh_count_failure(const sh_arena_t *a, int part) {
@@ -154,9 +156,44 @@ SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, u
   return false;
 }
 
+/* The same for the stack of the thread that caches the page, if any. */
+SH_NO_TSAN static bool sh_page_local_holds(const sh_arena_t *a, uint32_t pi, uint32_t top) {
+  const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+  if (!e) return false;
+  uint64_t local = sh_atomic_load_relaxed(&e->local);
+  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&a->pages[pi].sclass) % a->nclasses];
+  uint32_t t = sh_local_top(local), n = sh_local_count(local);
+  for (uint32_t steps = 0; t != 0 && steps < n; steps++) {
+    if (t == top) return true;
+    if (!sh_top_valid(a, cls, t)) return false;
+    t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
+  }
+  return false;
+}
+
+static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
+  return sh_page_stack_holds(a, pg, pi, top) || sh_page_local_holds(a, pi, top);
+}
+
+uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
+  const sh_page_t *pg = &a->pages[pi];
+  uint64_t h = sh_atomic_load_relaxed(&pg->head);
+  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
+  if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
+  uint32_t n = sh_head_count(h);
+  if (sh_atomic_load_relaxed(&pg->claim) != 0) {
+    const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+    if (e) n += sh_local_count(sh_atomic_load_relaxed(&e->local));
+  }
+  return n < cap ? n : cap;
+}
+
 /* ----- Page life (under the partition lock) --------------------------------- */
 
-static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c) {
+/* With a claim, the page's blocks go to the claimer's cache (the caller sets
+ * its entry's stack to all of them) and the page's own stack starts empty. */
+static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c,
+                                 uint32_t claim) {
   const sh_class_t *cls = &a->classes[c];
   uint32_t key = _sh_os_random32() | 1u;
   uint8_t *start = _sh_page_start(a, pi);
@@ -176,8 +213,9 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   pg->epoch++;
   pg->corrupt = 0;
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
+  sh_atomic_store_release(&pg->claim, claim);
   sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
-  sh_atomic_store_release(&pg->head, sh_head_make(1, cls->capacity, tag));
+  sh_atomic_store_release(&pg->head, claim ? sh_head_make(0, 0, tag) : sh_head_make(1, cls->capacity, tag));
 }
 
 static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n) {
@@ -229,6 +267,9 @@ void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
   } else {
     return;
   }
+  /* the claim goes first: a thread caching the page checks it around every
+   * use, so it never acts on the page once the head below changes */
+  sh_atomic_store_release(&pg->claim, 0u);
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
   sh_atomic_store_release(&pg->head, sh_head_make(0, 0, tag));
   sh_atomic_store_release(&pg->state, SH_PAGE_FREE);
@@ -289,7 +330,7 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, 1);
   }
-  sh_page_format_small(a, &a->pages[pi], pi, owner, c);
+  sh_page_format_small(a, &a->pages[pi], pi, owner, c, 0);
   sh_bin_link_front(a, bin, pi);
   sh_owner_pages_add(a, owner, part, 1);
   _sh_part_unlock(a, part);
@@ -309,15 +350,10 @@ static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset);
 
-static inline int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
-                                uint64_t *offset, bool may_lock) {
-  int part = (int)partition;
-  if (sh_unlikely((unsigned)part >= SH_NPARTITIONS))
-    return _sh_fail(SH_EINVAL, "partition %d does not exist (0..3)", part);
-  if (sh_unlikely(owner >= a->max_owners))
-    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
-  int c = _sh_size_class(a, size);
-  if (c < 0) return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
+/* The uncached path: pop the shared stack of the bin's first page. Threads
+ * without a slot take it, and cached threads when their cache cannot help. */
+static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size,
+                           uint64_t *offset, bool may_lock) {
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   for (;;) {
     uint32_t pi = sh_atomic_load_acquire(bin);
@@ -334,7 +370,7 @@ static inline int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t pa
           continue;
         }
         sh_track_alloc(a, a->base + off, a->classes[c].size);
-        sh_count(a, 0, part, c);
+        sh_count(a, slot, 0, part, c);
         *offset = off;
         return SH_OK;
       }
@@ -349,12 +385,187 @@ static inline int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t pa
   }
 }
 
+/* ----- The thread cache's path ------------------------------------------------ */
+
+enum { SH_TC_HIT, SH_TC_MISS };
+
+/* Pops the entry's own stack with plain loads and stores. The page's claim is
+ * read before and after: a page released under us (its owner recycled) drops
+ * the claim first, so a changed claim means the block is not ours to give. */
+__attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint32_t key, int c,
+                            uint64_t *offset) {
+  uint32_t pi = sh_atomic_load_relaxed(&e->page);
+  uint64_t local = sh_atomic_load_relaxed(&e->local);
+  uint32_t top = sh_local_top(local);
+  if (sh_unlikely(sh_atomic_load_relaxed(&e->key) != key || pi == SH_NIL || top == 0)) return SH_TC_MISS;
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t claim = sh_atomic_load_relaxed(&e->claim);
+  if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t *link = sh_link_at(a, pi, top);
+  uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
+  uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+  uint32_t count = sh_local_count(local);
+  if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !sh_top_valid(a, cls, next) ||
+                  (next == 0) != (count == 1)))
+    return SH_TC_MISS;
+  sh_atomic_store_relaxed(&e->local, sh_local_make(next, count - 1));
+  if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
+  __atomic_store_n(&link[1], ~check, __ATOMIC_RELAXED);
+  uint64_t off = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
+  sh_track_alloc(a, a->base + off, cls->size);
+  _sh_tc_count_entry(a, slot, e, &e->allocs);
+  *offset = off;
+  return SH_TC_HIT;
+}
+
+/* Gives the entry a page of its own: the bin's unclaimed page with the most
+ * free blocks (of the first few), else a fresh page whose blocks all go to
+ * the entry. A full partition first takes back this thread's other cached
+ * pages there, then pages that emptied. */
+static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint32_t key, uint32_t owner,
+                        int part, int c, size_t size) {
+  int rc = sh_owner_usable(a, owner);
+  if (rc) return rc;
+  bool flushed = false;
+  _sh_part_lock(a, part);
+  for (;;) {
+    _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+    uint32_t best = SH_NIL, best_free = 0, looked = 0;
+    for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL && looked < 16; pi = a->pages[pi].next, looked++) {
+      const sh_page_t *pg = &a->pages[pi];
+      uint64_t h = sh_atomic_load_acquire(&pg->head);
+      if (sh_atomic_load_relaxed(&pg->claim) != 0 || pg->corrupt || sh_head_top(h) == 0 ||
+          sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) <= best_free)
+        continue;
+      best = pi;
+      best_free = sh_head_count(h);
+    }
+    uint32_t claim = _sh_tc_next_claim(a, slot);
+    uint64_t local = 0;
+    if (best == SH_NIL) {
+      best = sh_bitmap_take(a, part, 1);
+      if (best == SH_NIL) {
+        if (sh_reclaim_empty_locked(a, part)) continue;
+        if (!flushed) {
+          flushed = true;
+          _sh_part_unlock(a, part);
+          _sh_tc_flush_partition(a, slot, part);
+          _sh_part_lock(a, part);
+          continue;
+        }
+        _sh_part_unlock(a, part);
+        return sh_partition_full(a, part, size, 1);
+      }
+      sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
+      sh_bin_link_front(a, bin, best);
+      sh_owner_pages_add(a, owner, part, 1);
+      local = sh_local_make(1, a->classes[c].capacity);
+    } else {
+      /* claims are set only under the partition lock, so 0 stays 0 until here */
+      sh_atomic_store_release(&a->pages[best].claim, claim);
+    }
+    if (sh_atomic_load_relaxed(&e->key) != key) _sh_tc_fold(a, slot, e);
+    sh_atomic_store_relaxed(&e->key, key);
+    sh_atomic_store_relaxed(&e->claim, claim);
+    sh_atomic_store_relaxed(&e->local, local);
+    sh_atomic_store_release(&e->page, best);
+    _sh_part_unlock(a, part);
+    return SH_OK;
+  }
+}
+
+/* Takes the page's whole shared stack into the entry's own (the frees other
+ * threads made since). False when the page has no free block. */
+static bool sh_tc_collect(sh_page_t *pg, sh_tc_entry_t *e) {
+  uint64_t head = sh_atomic_load_acquire(&pg->head);
+  while (sh_head_top(head) != 0 && sh_head_top(head) != SH_HEAD_RETIRED) {
+    if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, sh_head_make(0, 0, sh_head_tag(head) + 1))) {
+      sh_atomic_store_relaxed(&e->local, sh_local_make(sh_head_top(head), sh_head_count(head)));
+      return true;
+    }
+  }
+  return false;
+}
+
+static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size,
+                            uint64_t *offset, bool may_lock) {
+  uint32_t key = _sh_tc_key(owner, part, c);
+  sh_tc_entry_t *e = _sh_tc_entry(a, slot, owner, part, c);
+  /* each round ends in a hit, an error, or a step that makes the next one hit */
+  for (int round = 0; round < 4; round++) {
+    uint32_t pi = sh_atomic_load_relaxed(&e->page);
+    if (pi != SH_NIL && sh_atomic_load_relaxed(&e->key) == key) {
+      sh_page_t *pg = &a->pages[pi];
+      if (sh_atomic_load_acquire(&pg->claim) != sh_atomic_load_relaxed(&e->claim)) {
+        /* the page went back to its partition (a recycle): the cache held nothing */
+        sh_atomic_store_relaxed(&e->local, 0);
+        sh_atomic_store_release(&e->page, SH_NIL);
+      } else if (sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0) {
+        /* the pop saw a damaged link on a page still ours */
+        if (!may_lock) return SH_EAGAIN;
+        sh_atomic_store_relaxed(&e->local, 0);
+        _sh_tc_entry_flush(a, e);
+        return sh_quarantine(a, pi, part);
+      } else if (sh_tc_collect(pg, e)) {
+        if (sh_tc_pop(a, slot, e, key, c, offset) == SH_TC_HIT) return SH_OK;
+        continue;
+      } else {
+        _sh_tc_entry_flush(a, e); /* every block is out: leave the page to their frees */
+      }
+    } else if (pi != SH_NIL) {
+      _sh_tc_entry_flush(a, e); /* another (owner, partition, class) shares the entry */
+    }
+    if (!may_lock) return SH_EAGAIN;
+    int rc = sh_tc_refill(a, slot, e, key, owner, part, c, size);
+    if (rc) return rc;
+    if (sh_tc_pop(a, slot, e, key, c, offset) == SH_TC_HIT) return SH_OK;
+  }
+  return sh_alloc_shared(a, slot, owner, part, c, size, offset, may_lock);
+}
+
+__attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
+                                uint64_t *offset, bool may_lock) {
+  int part = (int)partition;
+  if (sh_unlikely((unsigned)part >= SH_NPARTITIONS))
+    return _sh_fail(SH_EINVAL, "partition %d does not exist (0..3)", part);
+  if (sh_unlikely(owner >= a->max_owners))
+    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
+  int c = _sh_size_class(a, size);
+  if (c < 0) return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
+  sh_tslot_t *slot = _sh_tc_slot(a, true);
+  if (sh_likely(slot != NULL)) {
+    sh_tc_entry_t *e = _sh_tc_entry(a, slot, owner, part, c);
+    if (sh_likely(sh_tc_pop(a, slot, e, _sh_tc_key(owner, part, c), c, offset) == SH_TC_HIT)) return SH_OK;
+    return sh_tc_alloc_slow(a, slot, owner, part, c, size, offset, may_lock);
+  }
+  return sh_alloc_shared(a, NULL, owner, part, c, size, offset, may_lock);
+}
+
+/* The hot path, kept small enough to need few registers: a small block from
+ * the calling thread's cached page. Anything else (no slot yet, an empty
+ * cache, a large block, bad arguments) goes to sh_alloc_impl, which checks
+ * everything again. */
+__attribute__((always_inline)) static inline bool sh_alloc_fast(sh_arena_t *a, uint32_t owner,
+                                                                sh_partition_t partition, size_t size,
+                                                                uint64_t *offset) {
+  if (sh_unlikely((unsigned)partition >= SH_NPARTITIONS || owner >= a->max_owners || size > a->small_limit))
+    return false;
+  const sh_tc_binding_t *b = &_sh_tc_tls[0];
+  if (sh_unlikely(b->arena != a || b->instance != a->instance || b->slot == NULL)) return false;
+  int c = _sh_size_class(a, size);
+  sh_tc_entry_t *e = _sh_tc_entry(a, b->slot, owner, (int)partition, c);
+  return sh_tc_pop(a, b->slot, e, _sh_tc_key(owner, (int)partition, c), c, offset) == SH_TC_HIT;
+}
+
 int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
   return sh_alloc_impl(a, owner, partition, size, offset, true);
 }
 
 int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset) {
+  if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
   return sh_alloc_impl(a, owner, partition, size, offset, false);
 }
 
@@ -409,7 +620,7 @@ static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int pa
 
 static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
 
-static inline int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
+__attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
   if (sh_unlikely(offset >= a->size))
     return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena (%llu bytes)",
                     (unsigned long long)offset, (unsigned long long)a->size);
@@ -433,9 +644,31 @@ static inline int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
   uint32_t *link = sh_link_at(a, pi, top);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
-  if (sh_unlikely(link[1] == (link[0] ^ key)) && sh_page_stack_holds(a, pg, pi, top))
-    return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
+  sh_tslot_t *slot = _sh_tc_slot(a, false);
+  uint32_t claim = sh_atomic_load_acquire(&pg->claim);
+  if (claim != 0 && slot != NULL && sh_claim_slot(claim) == _sh_tc_tls[0].slot_index) {
+    /* our own cached page: push on our stack, no atomic read-modify-write */
+    sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), part, c);
+    if (sh_likely(sh_atomic_load_relaxed(&e->page) == pi && sh_atomic_load_relaxed(&e->claim) == claim)) {
+      uint32_t seen_link = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
+      if (sh_unlikely(__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (seen_link ^ key)) &&
+          sh_block_is_free(a, pg, pi, top))
+        return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
+      uint64_t local = sh_atomic_load_relaxed(&e->local);
+      uint32_t n = sh_local_count(local);
+      if (sh_unlikely(n >= cap))
+        return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (its page is all free)",
+                        (unsigned long long)offset);
+      sh_link_write(link, sh_local_top(local), key);
+      sh_atomic_store_relaxed(&e->local, sh_local_make(top, n + 1));
+      sh_track_free(a, link, cls->size);
+      _sh_tc_count_entry(a, slot, e, &e->frees);
+      return SH_OK;
+    }
+  }
+  if (sh_unlikely(link[1] == (link[0] ^ key)) && sh_block_is_free(a, pg, pi, top))
+    return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
   uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
   do {
     uint32_t count = sh_head_count(head);
@@ -446,13 +679,54 @@ static inline int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
     desired = sh_head_make(top, count + 1, sh_head_tag(head) + 1);
   } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
   sh_track_free(a, link, cls->size);
-  sh_count(a, 1, part, c);
-  if (sh_unlikely(sh_head_count(desired) == cap) && may_lock) sh_page_try_retire(a, pg, pi, part, desired);
+  sh_count(a, slot, 1, part, c);
+  /* a page a thread caches is its warm page: it stays */
+  if (sh_unlikely(sh_head_count(desired) == cap) && may_lock && sh_atomic_load_relaxed(&pg->claim) == 0)
+    sh_page_try_retire(a, pg, pi, part, desired);
   return SH_OK;
 }
 
-int sh_free(sh_arena_t *a, uint64_t offset) { return sh_free_impl(a, offset, true); }
-int sh_free_nolock(sh_arena_t *a, uint64_t offset) { return sh_free_impl(a, offset, false); }
+/* The hot path of a free: a block of a page the calling thread caches goes on
+ * the thread's own stack. A block whose link words look free (a possible
+ * double free) and every other case go to sh_free_impl. */
+__attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, uint64_t offset) {
+  const sh_tc_binding_t *b = &_sh_tc_tls[0];
+  if (sh_unlikely(offset >= a->size || b->arena != a || b->instance != a->instance || b->slot == NULL))
+    return false;
+  uint32_t pi = (uint32_t)(offset >> a->page_shift);
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t claim = sh_atomic_load_relaxed(&pg->claim);
+  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_claim_slot(claim) != b->slot_index)
+    return false;
+  int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
+  if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1)) return false;
+  sh_tc_entry_t *e = _sh_tc_entry(a, b->slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
+  if (sh_unlikely(sh_atomic_load_relaxed(&e->page) != pi || sh_atomic_load_relaxed(&e->claim) != claim))
+    return false;
+  uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);
+  uint32_t *link = sh_link_at(a, pi, top);
+  uint64_t local = sh_atomic_load_relaxed(&e->local);
+  uint32_t n = sh_local_count(local);
+  if (sh_unlikely((__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) ||
+                  n >= cls->capacity))
+    return false;
+  sh_link_write(link, sh_local_top(local), key);
+  sh_atomic_store_relaxed(&e->local, sh_local_make(top, n + 1));
+  sh_track_free(a, link, cls->size);
+  _sh_tc_count_entry(a, b->slot, e, &e->frees);
+  return true;
+}
+
+int sh_free(sh_arena_t *a, uint64_t offset) {
+  if (sh_likely(sh_free_fast(a, offset))) return SH_OK;
+  return sh_free_impl(a, offset, true);
+}
+int sh_free_nolock(sh_arena_t *a, uint64_t offset) {
+  if (sh_likely(sh_free_fast(a, offset))) return SH_OK;
+  return sh_free_impl(a, offset, false);
+}
 
 /* ----- Large blocks: runs of whole pages ------------------------------------- */
 
@@ -470,6 +744,15 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   _sh_part_lock(a, part);
   uint32_t pi = sh_bitmap_take(a, part, n);
   if (pi == SH_NIL && sh_reclaim_empty_locked(a, part)) pi = sh_bitmap_take(a, part, n);
+  sh_tslot_t *slot = _sh_tc_slot(a, false);
+  if (pi == SH_NIL && slot) {
+    /* this thread's cached pages may be what stands in the way */
+    _sh_part_unlock(a, part);
+    _sh_tc_flush_partition(a, slot, part);
+    _sh_part_lock(a, part);
+    sh_reclaim_empty_locked(a, part);
+    pi = sh_bitmap_take(a, part, n);
+  }
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, n);
@@ -493,7 +776,7 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   sh_owner_pages_add(a, owner, part, n);
   _sh_part_unlock(a, part);
   sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
-  sh_count(a, 0, part, (int)a->nclasses);
+  sh_count(a, slot, 0, part, (int)a->nclasses);
   *offset = (uint64_t)pi << a->page_shift;
   return SH_OK;
 }
@@ -506,7 +789,7 @@ static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
   }
   _sh_page_release_locked(a, part, pi);
   _sh_part_unlock(a, part);
-  sh_count(a, 1, part, (int)a->nclasses);
+  sh_count(a, _sh_tc_slot(a, false), 1, part, (int)a->nclasses);
   return SH_OK;
 }
 
@@ -537,7 +820,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
     const uint32_t *link = sh_link_at(a, pi, top);
     if (link[1] == (link[0] ^ sh_atomic_load_relaxed(&pg->key)) &&
-        sh_page_stack_holds(a, (sh_page_t *)pg, pi, top))
+        sh_block_is_free(a, (sh_page_t *)pg, pi, top))
       return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);
     info->size_class = c;
     info->usable_size = a->classes[c].size;

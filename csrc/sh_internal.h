@@ -53,8 +53,11 @@ sh_internal void _sh_owner_unlock(sh_arena_t *arena);
 sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint32_t pi);
 sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
+/* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
+sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
 
 /* ---- owner.c ---- */
+sh_internal uint64_t _sh_own_start_time(int32_t pid);
 sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id);
 
 /* ---- shared helpers ---- */

@@ -61,7 +61,7 @@ typedef struct sh_page_s {
   uint32_t corrupt;          /* set when a bad free link quarantined the page */
   _Atomic uint64_t large_bytes; /* LARGE: bytes requested */
   uint32_t partition;        /* fixed at creation */
-  uint8_t pad_[SH_CACHE_LINE - 60];
+  _Atomic uint32_t claim;    /* SMALL: the thread slot caching it (see sh_tcache.h), 0 = none */
 } sh_page_t;
 _Static_assert(sizeof(sh_page_t) == SH_CACHE_LINE, "one descriptor per cache line");
 
@@ -103,6 +103,50 @@ typedef struct sh_stripe_hdr_s {
   _Atomic uint64_t failures[SH_NPARTITIONS];
 } sh_stripe_hdr_t;
 
+/* ---- Thread caches (see sh_tcache.h) ----------------------------------------
+ * A thread slot lives in the arena so that a process that dies with blocks in
+ * its threads' caches can be swept by the others. Each entry caches one page
+ * of one (owner, partition, class): the page's `claim` names the entry's slot,
+ * and the page's free blocks that the slot took sit on `local`, a stack only
+ * that slot's thread touches, with the same link format as the page's stack.
+ * The page's own stack keeps taking frees from every other thread. */
+#define SH_CLAIM_SLOT_BITS 12 /* claim word: seq:20 | slot + 1:12 */
+#define SH_MAX_THREAD_SLOTS ((1u << SH_CLAIM_SLOT_BITS) - 1)
+#define sh_claim_slot(w) (((w) & ((1u << SH_CLAIM_SLOT_BITS) - 1)) - 1)
+#define sh_local_top(l) ((uint32_t)((l) & SH_HEAD_FIELD_MASK))
+#define sh_local_count(l) ((uint32_t)(((l) >> 20) & SH_HEAD_FIELD_MASK))
+#define sh_local_make(top, count) ((uint64_t)(top) | ((uint64_t)(count) << 20))
+
+typedef struct sh_tc_entry_s {
+  _Atomic uint32_t key;   /* owner << 8 | partition << 6 | class; written by the slot's thread */
+  _Atomic uint32_t page;  /* SH_NIL when the entry holds nothing */
+  _Atomic uint32_t claim; /* the claim word this entry put on the page */
+  _Atomic uint32_t allocs; /* for `key`, since the slot last folded them (see sh_tcache.h) */
+  _Atomic uint64_t local; /* | count:20 | top:20 |, as the page stack's head without a tag */
+  _Atomic uint32_t frees;
+  uint32_t reserved_;
+} sh_tc_entry_t;
+_Static_assert(sizeof(sh_tc_entry_t) == 32, "two entries per cache line");
+
+typedef enum sh_tslot_state_e {
+  SH_TSLOT_FREE = 0,
+  SH_TSLOT_BOUND = 1,     /* a thread of `pid` uses it */
+  SH_TSLOT_FLUSHING = 2,  /* being emptied by its process's close or by a sweep */
+} sh_tslot_state_t;
+
+/* One thread's cache, followed in the arena by its entries and then its
+ * counters: allocs and frees per [partition][class + 1], written only by the
+ * slot's thread (plain increments, no shared cache line), summed on read. */
+typedef struct sh_tslot_s {
+  _Atomic uint32_t state;
+  _Atomic int32_t pid;
+  _Atomic uint64_t pid_start;
+  _Atomic uint64_t binder;   /* which handle of that process bound it */
+  uint32_t claim_seq;        /* the slot's thread only */
+  uint8_t pad_[SH_CACHE_LINE - 28];
+} sh_tslot_t;
+_Static_assert(sizeof(sh_tslot_t) == SH_CACHE_LINE, "slot header is one cache line");
+
 /* The arena header at offset 0. The immutable part, from format_version up
  * to checksum, is covered by the checksum; magic is written last, so an
  * arena is never seen half-built. */
@@ -118,6 +162,8 @@ typedef struct sh_header_s {
   uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, meta_end;
   uint64_t stripe_size;
   uint64_t sweep_off;          /* SH_SWEEP_RINGS rings of ring_cap words */
+  uint64_t tslots_off, tslot_size;
+  uint32_t nslots, tc_entries;  /* thread slots; entries per slot (a power of two) */
   uint64_t ring_cap;
   uint64_t created_ns;
   sh_part_desc_t parts[SH_NPARTITIONS];
@@ -158,6 +204,10 @@ struct sh_arena_s {
   uint32_t page_shift, nclasses, max_owners, nstripes;
   uint64_t stripe_size;
   uint32_t small_limit;
+  uint8_t *tslots;
+  uint64_t tslot_size;
+  uint32_t nslots, tc_mask;
+  uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
   sh_class_t classes[SH_MAX_CLASSES];
 };

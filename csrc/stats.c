@@ -2,12 +2,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sh_internal.h"
+#include "sh_tcache.h"
 
+/* Threads with a slot count there; the rest, and slots given back, in the stripes. */
 static uint64_t sh_sum_counter(const sh_arena_t *a, int is_free, int part, int c) {
   uint64_t n = 0;
-  for (unsigned s = 0; s < a->nstripes; s++)
-    n += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[_sh_counter_index(a, is_free, part, c)]);
+  size_t idx = _sh_counter_index(a, is_free, part, c);
+  for (unsigned s = 0; s < a->nstripes; s++) n += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[idx]);
+  uint32_t key_low = (uint32_t)part << 6 | (uint32_t)c;
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+    if (sh_atomic_load_relaxed(&slot->state) == SH_TSLOT_FREE) continue;
+    n += sh_atomic_load_relaxed(&_sh_tc_counters(a, slot)[idx]);
+    if (c == (int)a->nclasses) continue; /* large runs are never counted in entries */
+    const sh_tc_entry_t *entries = _sh_tc_entries(slot);
+    for (uint32_t k = 0; k <= a->tc_mask; k++)
+      if ((sh_atomic_load_relaxed(&entries[k].key) & 0xFF) == key_low)
+        n += sh_atomic_load_relaxed(is_free ? &entries[k].frees : &entries[k].allocs);
+  }
   return n;
 }
 
@@ -25,9 +37,7 @@ int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partiti
     if (state == SH_PAGE_LARGE) {
       st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     } else if (state == SH_PAGE_SMALL) {
-      uint64_t h = sh_atomic_load_relaxed(&pg->head);
-      if (sh_head_top(h) == SH_HEAD_RETIRED) continue;
-      uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - sh_head_count(h);
+      uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
       st->in_use += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
     }
   }
@@ -51,9 +61,8 @@ int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
     const sh_page_t *pg = &a->pages[pi];
     if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_atomic_load_relaxed(&pg->sclass) != (uint32_t)c)
       continue;
-    uint64_t h = sh_atomic_load_relaxed(&pg->head);
     uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
-    uint32_t free_blocks = sh_head_top(h) == SH_HEAD_RETIRED ? cap : sh_head_count(h);
+    uint32_t free_blocks = _sh_page_free_blocks(a, pi);
     st->pages++;
     st->blocks_used += cap - free_blocks;
     st->blocks_free += free_blocks;
@@ -75,14 +84,41 @@ int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
     }                       \
   } while (0)
 
-/* Walks one small page's free stack; marks each block in `seen`. */
+/* Walks one free stack of a page (its shared one, or the one a thread caches);
+ * marks each block in `seen` and returns how many it holds via *n. */
+static int sh_check_stack(const sh_arena_t *a, uint32_t pi, uint32_t top, uint32_t count, const char *which,
+                          uint8_t *seen, uint32_t *n_out) {
+  const sh_page_t *pg = &a->pages[pi];
+  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass)];
+  uint32_t key = sh_atomic_load_relaxed(&pg->key), n = 0;
+  int rc = SH_OK;
+  for (; top != 0; n++) {
+    uint64_t in_page = (uint64_t)(top - 1) << SH_UNIT_SHIFT;
+    SH_CHECK(n < count, "page %u: %s free list longer than its count %u (a cycle, or a block freed twice)", pi,
+             which, count);
+    SH_CHECK(in_page + cls->size <= (1ull << a->page_shift) && in_page % cls->size == 0,
+             "page %u: %s free link %u out of range or misaligned for blocks of %u", pi, which, top, cls->size);
+    uint32_t idx = (uint32_t)(in_page / cls->size);
+    SH_CHECK(!seen[idx], "page %u: block %u is on the free lists twice", pi, idx);
+    seen[idx] = 1;
+    const uint32_t *link = (const uint32_t *)(_sh_page_start(a, pi) + in_page);
+    SH_CHECK(link[1] == (link[0] ^ key), "page %u: block %u's free link was overwritten (write after free)", pi,
+             idx);
+    top = link[0];
+  }
+  SH_CHECK(n == count, "page %u: %s free list holds %u blocks, its count says %u", pi, which, n, count);
+  *n_out = n;
+done:
+  return rc;
+}
+
 static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) {
   const sh_page_t *pg = &a->pages[pi];
   int rc = SH_OK;
   uint32_t c = sh_atomic_load_relaxed(&pg->sclass);
   SH_CHECK(c < a->nclasses, "page %u: size class %u out of range", pi, c);
   const sh_class_t *cls = &a->classes[c];
-  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity), key = sh_atomic_load_relaxed(&pg->key);
+  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
   SH_CHECK(cap == cls->capacity, "page %u: capacity %u, class of %u bytes holds %u", pi, cap, cls->size,
            cls->capacity);
   SH_CHECK(!pg->corrupt, "page %u: quarantined after a write after free", pi);
@@ -91,19 +127,19 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) 
   uint32_t count = sh_head_count(h), n = 0;
   SH_CHECK(count <= cap, "page %u: free count %u above capacity %u", pi, count, cap);
   memset(seen, 0, cap);
-  for (uint32_t top = sh_head_top(h); top != 0; n++) {
-    uint64_t in_page = (uint64_t)(top - 1) << SH_UNIT_SHIFT;
-    SH_CHECK(n < count, "page %u: free list longer than its count %u (a cycle, or a block freed twice)", pi, count);
-    SH_CHECK(in_page + cls->size <= (1ull << a->page_shift) && in_page % cls->size == 0,
-             "page %u: free link %u out of range or misaligned for blocks of %u", pi, top, cls->size);
-    uint32_t idx = (uint32_t)(in_page / cls->size);
-    SH_CHECK(!seen[idx], "page %u: block %u is on the free list twice", pi, idx);
-    seen[idx] = 1;
-    const uint32_t *link = (const uint32_t *)(_sh_page_start(a, pi) + in_page);
-    SH_CHECK(link[1] == (link[0] ^ key), "page %u: block %u's free link was overwritten (write after free)", pi, idx);
-    top = link[0];
+  rc = sh_check_stack(a, pi, sh_head_top(h), count, "shared", seen, &n);
+  if (rc) return rc;
+  uint32_t claim = sh_atomic_load_relaxed(&pg->claim);
+  if (claim != 0) {
+    SH_CHECK(sh_claim_slot(claim) < a->nslots, "page %u: claimed by thread slot %u of %u", pi,
+             sh_claim_slot(claim), a->nslots);
+    const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+    SH_CHECK(e != NULL, "page %u: claimed by thread slot %u, which does not cache it", pi, sh_claim_slot(claim));
+    uint64_t local = sh_atomic_load_relaxed(&e->local);
+    SH_CHECK(count + sh_local_count(local) <= cap, "page %u: %u shared and %u cached free blocks, capacity %u",
+             pi, count, sh_local_count(local), cap);
+    rc = sh_check_stack(a, pi, sh_local_top(local), sh_local_count(local), "cached", seen, &n);
   }
-  SH_CHECK(n == count, "page %u: free list holds %u blocks, its count says %u", pi, n, count);
 done:
   return rc;
 }

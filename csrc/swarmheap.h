@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 1u
+#define SH_FORMAT_VERSION 2u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -94,6 +94,7 @@ typedef struct sh_options_s {
   double ratios[SH_NPARTITIONS]; /* each > 0, summing to 1 within 1e-6 */
   uint32_t page_size;            /* power of two in [SH_MIN_PAGE_SIZE, SH_MAX_PAGE_SIZE] */
   uint32_t max_owners;           /* 0: derived from the arena size */
+  uint32_t max_threads;          /* thread caches; 0: derived from the arena size */
 } sh_options_t;
 
 typedef struct sh_partition_stats_s {
@@ -171,7 +172,9 @@ int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t s
  * `read_only` maps PROT_READ: only the stats and info calls may be used. */
 int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read_only);
 
-/* [one] Unmap and free the handle. Blocks stay valid for other processes. */
+/* [one] Unmap and free the handle. Blocks stay valid for other processes.
+ * First returns the blocks that this process's threads cache in the arena
+ * through this handle: no other thread may be using the handle. */
 void sh_close(sh_arena_t *arena);
 
 /* [any] Remove the name; mappings that exist stay valid until closed. */
@@ -272,6 +275,30 @@ int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id);
 
 /* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
 int sh_process_start_time(int pid, uint64_t *start_time);
+
+/* ---- Thread caches ----------------------------------------------------------
+ * Each thread that allocates gets a slot in the arena (up to max_threads;
+ * later threads take the uncached path, which is correct and slower). A slot
+ * caches one page per (owner, partition, class) it uses: that thread allocates
+ * from, and frees to, the page without an atomic instruction, while other
+ * threads' frees to it still land on the page's lock-free stack. A cached
+ * page's free blocks count as free in every statistic, and a full partition
+ * takes back the calling thread's cached pages before it reports SH_EFULL.
+ * Another thread's cached pages (at most one per owner, partition and class)
+ * come back when that thread exits, its process closes the handle, or, if the
+ * process died, at sh_reclaim_dead_threads. */
+
+/* [any] Return the calling thread's cached blocks in this arena to their
+ * pages and give up its slot; the next allocation binds a slot again. */
+int sh_thread_flush(sh_arena_t *arena);
+
+/* [any] Give back the slots, and the cached blocks, of processes that died
+ * (pid and start time, as sh_owner_process_alive). *reclaimed, if not NULL,
+ * gets the number of slots. Each slot is taken back by exactly one caller. */
+int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed);
+
+/* [any] Slots bound to a thread now, and the table's size. */
+void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total);
 
 /* ---- Sweep generations ------------------------------------------------------
  * Two shared queues of owners, young (0) and middle-aged (1); an owner in

@@ -1,0 +1,310 @@
+/* Thread caches, the slow parts: binding a thread to a slot, giving a slot's
+ * cached blocks back (thread exit, close, a dead process), and the lookups
+ * that stats and check make into other threads' slots. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sh_tcache.h"
+#include "sh_track.h"
+
+_Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS];
+
+/* ---- The process's open handles ----------------------------------------------
+ * A thread that exits flushes its slots, but only through handles still open:
+ * the registry says which are, and its mutex keeps a close from unmapping an
+ * arena under a flush. */
+
+static pthread_mutex_t sh_registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static sh_arena_t **sh_registry;
+static size_t sh_registry_len, sh_registry_cap;
+static _Atomic uint64_t sh_next_instance = 1;
+static pthread_once_t sh_tc_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sh_tc_exit_key;
+
+static bool sh_registered_locked(const sh_arena_t *a, uint64_t instance) {
+  for (size_t i = 0; i < sh_registry_len; i++)
+    if (sh_registry[i] == a && sh_registry[i]->instance == instance) return true;
+  return false;
+}
+
+static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s);
+
+static void sh_tc_thread_exit(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&sh_registry_lock);
+  for (int i = 0; i < SH_TC_BINDINGS; i++) {
+    sh_tc_binding_t *b = &_sh_tc_tls[i];
+    if (b->slot && sh_registered_locked(b->arena, b->instance)) sh_slot_release((sh_arena_t *)b->arena, b->slot);
+    memset(b, 0, sizeof *b);
+  }
+  pthread_mutex_unlock(&sh_registry_lock);
+}
+
+static void sh_tc_before_fork(void) { pthread_mutex_lock(&sh_registry_lock); }
+static void sh_tc_after_fork_parent(void) { pthread_mutex_unlock(&sh_registry_lock); }
+/* The child runs only the forking thread, whose bindings name its parent's
+ * slots: forget them so the child binds slots of its own. */
+static void sh_tc_after_fork_child(void) {
+  memset(_sh_tc_tls, 0, sizeof _sh_tc_tls);
+  pthread_mutex_unlock(&sh_registry_lock);
+}
+
+static void sh_tc_init_once(void) {
+  pthread_key_create(&sh_tc_exit_key, sh_tc_thread_exit);
+  pthread_atfork(sh_tc_before_fork, sh_tc_after_fork_parent, sh_tc_after_fork_child);
+}
+
+void _sh_tc_register(sh_arena_t *a) {
+  pthread_once(&sh_tc_once, sh_tc_init_once);
+  a->instance = sh_atomic_add_relaxed(&sh_next_instance, 1);
+  pthread_mutex_lock(&sh_registry_lock);
+  if (sh_registry_len == sh_registry_cap) {
+    size_t cap = sh_registry_cap ? sh_registry_cap * 2 : 8;
+    sh_arena_t **grown = realloc(sh_registry, cap * sizeof *grown);
+    if (!grown) { /* unregistered: its threads' slots are then flushed only at close */
+      pthread_mutex_unlock(&sh_registry_lock);
+      return;
+    }
+    sh_registry = grown;
+    sh_registry_cap = cap;
+  }
+  sh_registry[sh_registry_len++] = a;
+  pthread_mutex_unlock(&sh_registry_lock);
+}
+
+void _sh_tc_close(sh_arena_t *a) {
+  pthread_mutex_lock(&sh_registry_lock);
+  for (size_t i = 0; i < sh_registry_len; i++)
+    if (sh_registry[i] == a) {
+      sh_registry[i] = sh_registry[--sh_registry_len];
+      break;
+    }
+  if (!a->read_only) {
+    int32_t pid = (int32_t)getpid();
+    for (uint32_t i = 0; i < a->nslots; i++) {
+      sh_tslot_t *s = _sh_tc_slot_at(a, i);
+      if (sh_atomic_load_acquire(&s->state) == SH_TSLOT_BOUND && sh_atomic_load_relaxed(&s->pid) == pid &&
+          sh_atomic_load_relaxed(&s->binder) == a->instance)
+        sh_slot_release(a, s);
+    }
+  }
+  pthread_mutex_unlock(&sh_registry_lock);
+  for (int i = 0; i < SH_TC_BINDINGS; i++)
+    if (_sh_tc_tls[i].arena == a) memset(&_sh_tc_tls[i], 0, sizeof _sh_tc_tls[i]);
+}
+
+/* ---- Claims and flushes ------------------------------------------------------ */
+
+uint32_t _sh_tc_next_claim(const sh_arena_t *a, sh_tslot_t *s) {
+  uint32_t seq = ++s->claim_seq & ((1u << (32 - SH_CLAIM_SLOT_BITS)) - 1);
+  if (seq == 0) seq = s->claim_seq = 1;
+  return seq << SH_CLAIM_SLOT_BITS | (_sh_tc_slot_index(a, s) + 1);
+}
+
+static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) {
+  return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
+}
+
+/* Puts the entry's cached blocks back on their page's shared stack and drops
+ * the claim. Lock-free: the page may be released under us (an owner recycle),
+ * which the claim word tells; then the blocks went back with the page. */
+void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
+  uint32_t pi = sh_atomic_load_relaxed(&e->page);
+  if (pi == SH_NIL) return;
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t claim = sh_atomic_load_relaxed(&e->claim);
+  uint64_t local = sh_atomic_load_relaxed(&e->local);
+  uint32_t top = sh_local_top(local), count = sh_local_count(local);
+  if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
+    const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses];
+    uint32_t key = sh_atomic_load_relaxed(&pg->key), tail = top;
+    uint64_t page_bytes = 1ull << a->page_shift;
+    bool intact = true;
+    for (uint32_t n = 1; n < count && intact; n++) {
+      uint32_t *link = sh_link(a, pi, tail);
+      uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
+      uint64_t at = (uint64_t)(next - 1) << SH_UNIT_SHIFT;
+      intact = next != 0 && __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (next ^ key) &&
+               at + cls->size <= page_bytes && (uint32_t)at * cls->div_magic <= cls->div_magic - 1;
+      tail = next;
+    }
+    if (!intact) {
+      /* a write after free, or the page changed hands while we walked */
+      if (sh_atomic_load_acquire(&pg->claim) == claim) __atomic_store_n(&pg->corrupt, 1, __ATOMIC_RELAXED);
+    } else {
+      uint32_t *tail_link = sh_link(a, pi, tail);
+      uint64_t head = sh_atomic_load_acquire(&pg->head);
+      for (;;) {
+        if (sh_atomic_load_acquire(&pg->claim) != claim || sh_head_top(head) == SH_HEAD_RETIRED) break;
+        __atomic_store_n(&tail_link[0], sh_head_top(head), __ATOMIC_RELAXED);
+        __atomic_store_n(&tail_link[1], sh_head_top(head) ^ key, __ATOMIC_RELAXED);
+        uint64_t desired = sh_head_make(top, sh_head_count(head) + count, sh_head_tag(head) + 1);
+        if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired)) break;
+      }
+    }
+  }
+  uint32_t expected = claim;
+  sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u);
+  sh_atomic_store_relaxed(&e->local, 0);
+  sh_atomic_store_release(&e->page, SH_NIL);
+}
+
+void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
+  uint32_t key = sh_atomic_load_relaxed(&e->key);
+  int part = (int)((key >> 6) & 3), c = (int)(key & 63);
+  uint32_t allocs = sh_atomic_load_relaxed(&e->allocs), frees = sh_atomic_load_relaxed(&e->frees);
+  if (allocs == 0 && frees == 0) return;
+  _Atomic uint64_t *n = _sh_tc_counters(a, s);
+  /* slot counters first: a reader summing both sees a figure too high for a
+   * moment rather than one that went backwards */
+  sh_atomic_store_relaxed(&n[_sh_counter_index(a, 0, part, c)], sh_atomic_load_relaxed(&n[_sh_counter_index(a, 0, part, c)]) + allocs);
+  sh_atomic_store_relaxed(&n[_sh_counter_index(a, 1, part, c)], sh_atomic_load_relaxed(&n[_sh_counter_index(a, 1, part, c)]) + frees);
+  sh_atomic_store_relaxed(&e->allocs, 0);
+  sh_atomic_store_relaxed(&e->frees, 0);
+}
+
+void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
+  sh_tc_entry_t *entries = _sh_tc_entries(s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++) {
+    uint32_t pi = sh_atomic_load_relaxed(&entries[i].page);
+    if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_entry_flush(a, &entries[i]);
+  }
+}
+
+/* Empties a slot and frees it; its counters fold into the shared stripes so
+ * the totals survive the slot. The caller owns the slot (its thread, its
+ * process's close, or the sweep that moved it to FLUSHING). */
+static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
+  sh_tc_entry_t *entries = _sh_tc_entries(s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++) {
+    _sh_tc_entry_flush(a, &entries[i]);
+    _sh_tc_fold(a, s, &entries[i]);
+  }
+  _Atomic uint64_t *mine = _sh_tc_counters(a, s);
+  _Atomic uint64_t *shared = _sh_stripe_counters(a, _sh_tc_slot_index(a, s) % a->nstripes);
+  size_t n = 2u * SH_NPARTITIONS * (a->nclasses + 1u);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t v = sh_atomic_exchange_acq_rel(&mine[i], 0);
+    if (v) sh_atomic_add_relaxed(&shared[i], v);
+  }
+  uint32_t index = _sh_tc_slot_index(a, s);
+  for (int i = 0; i < SH_TC_BINDINGS; i++)
+    if (_sh_tc_tls[i].slot == s) memset(&_sh_tc_tls[i], 0, sizeof _sh_tc_tls[i]);
+  (void)index;
+  sh_atomic_store_relaxed(&s->pid, 0);
+  sh_atomic_store_release(&s->state, SH_TSLOT_FREE);
+}
+
+/* ---- Binding ------------------------------------------------------------------- */
+
+static sh_tslot_t *sh_slot_take(sh_arena_t *a, int32_t pid, uint64_t start) {
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    sh_tslot_t *s = _sh_tc_slot_at(a, i);
+    uint32_t st = SH_TSLOT_FREE;
+    if (sh_atomic_load_relaxed(&s->state) != SH_TSLOT_FREE ||
+        !sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING))
+      continue;
+    /* FLUSHING while it is filled in: a sweep only ever takes BOUND slots */
+    sh_atomic_store_relaxed(&s->pid, pid);
+    sh_atomic_store_relaxed(&s->pid_start, start);
+    sh_atomic_store_relaxed(&s->binder, a->instance);
+    sh_atomic_store_release(&s->state, SH_TSLOT_BOUND);
+    return s;
+  }
+  return NULL;
+}
+
+sh_tslot_t *_sh_tc_bind(sh_arena_t *a, bool create) {
+  for (int i = 1; i < SH_TC_BINDINGS; i++) {
+    sh_tc_binding_t *b = &_sh_tc_tls[i];
+    if (b->arena == a && b->instance == a->instance && b->slot) {
+      sh_tc_binding_t hit = *b;
+      memmove(&_sh_tc_tls[1], &_sh_tc_tls[0], (size_t)i * sizeof hit);
+      _sh_tc_tls[0] = hit;
+      return hit.slot;
+    }
+  }
+  if (!create || a->read_only || a->nslots == 0) return NULL;
+  sh_tc_binding_t *front = &_sh_tc_tls[0];
+  if (front->arena == a && front->instance == a->instance && front->slot == NULL && front->retry-- > 0)
+    return NULL; /* the table was full a moment ago: do not rescan it on every call */
+  int32_t pid = (int32_t)getpid();
+  uint64_t start = _sh_own_start_time(pid);
+  sh_tslot_t *s = sh_slot_take(a, pid, start);
+  if (!s) {
+    sh_reclaim_dead_threads(a, NULL);
+    s = sh_slot_take(a, pid, start);
+  }
+  pthread_once(&sh_tc_once, sh_tc_init_once);
+  pthread_setspecific(sh_tc_exit_key, (void *)1); /* so the exit hook runs */
+  /* make room at the front; a binding pushed off the end gives its slot back */
+  sh_tc_binding_t *last = &_sh_tc_tls[SH_TC_BINDINGS - 1];
+  if (!(front->arena == a && front->instance == a->instance)) {
+    if (last->slot) {
+      pthread_mutex_lock(&sh_registry_lock);
+      if (sh_registered_locked(last->arena, last->instance)) sh_slot_release((sh_arena_t *)last->arena, last->slot);
+      pthread_mutex_unlock(&sh_registry_lock);
+    }
+    memmove(&_sh_tc_tls[1], &_sh_tc_tls[0], (SH_TC_BINDINGS - 1) * sizeof *front);
+  }
+  front->arena = a;
+  front->instance = a->instance;
+  front->slot = s;
+  front->slot_index = s ? _sh_tc_slot_index(a, s) : 0;
+  front->retry = 4096;
+  return s;
+}
+
+/* ---- Public --------------------------------------------------------------------- */
+
+int sh_thread_flush(sh_arena_t *a) {
+  sh_tslot_t *s = _sh_tc_bind(a, false);
+  if (!s && _sh_tc_tls[0].arena == a && _sh_tc_tls[0].instance == a->instance) s = _sh_tc_tls[0].slot;
+  if (s) sh_slot_release(a, s);
+  return SH_OK;
+}
+
+int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
+  if (reclaimed) *reclaimed = 0;
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  int32_t me = (int32_t)getpid();
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    sh_tslot_t *s = _sh_tc_slot_at(a, i);
+    if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) continue;
+    int32_t pid = sh_atomic_load_relaxed(&s->pid);
+    uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start), start = 0;
+    if (pid == me) continue;
+    int rc = sh_process_start_time(pid, &start);
+    if (rc == SH_OK && start == recorded) continue; /* alive */
+    if (rc != SH_OK && rc != SH_ENOENT) continue;  /* cannot tell: leave it */
+    uint32_t st = SH_TSLOT_BOUND;
+    if (!sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING)) continue;
+    if (sh_atomic_load_relaxed(&s->pid) != pid) { /* rebound between our reads */
+      sh_atomic_store_release(&s->state, SH_TSLOT_BOUND);
+      continue;
+    }
+    sh_slot_release(a, s);
+    if (reclaimed) ++*reclaimed;
+  }
+  return SH_OK;
+}
+
+void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < a->nslots; i++)
+    n += sh_atomic_load_acquire(&_sh_tc_slot_at(a, i)->state) != SH_TSLOT_FREE;
+  *bound = n;
+  *total = a->nslots;
+}
+
+const sh_tc_entry_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
+  uint32_t claim = sh_atomic_load_acquire(&a->pages[pi].claim);
+  if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
+  sh_tslot_t *s = _sh_tc_slot_at(a, sh_claim_slot(claim));
+  const sh_tc_entry_t *entries = _sh_tc_entries(s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++)
+    if (sh_atomic_load_relaxed(&entries[i].page) == pi && sh_atomic_load_relaxed(&entries[i].claim) == claim)
+      return &entries[i];
+  return NULL;
+}

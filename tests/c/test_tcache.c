@@ -1,0 +1,257 @@
+/* Thread caches: whatever a thread caches is counted as free, comes back when
+ * the thread exits, the handle closes or the process dies, and never lets a
+ * recycle, a double free or a full partition go wrong. */
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+#include "sh_track.h"
+#include "swarmheap.h"
+#include "testhelper.h"
+
+#define MiB (1024u * 1024u)
+
+static sh_arena_t *make_anon(size_t size, uint32_t page_size) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.page_size = page_size;
+  sh_arena_t *a = NULL;
+  REQUIRE("create anon", sh_create(&a, SH_BACKING_ANON, NULL, size, &o) == SH_OK);
+  return a;
+}
+
+static sh_partition_stats_t part_stats(sh_arena_t *a, int part) {
+  sh_partition_stats_t st;
+  sh_partition_stats(a, (sh_partition_t)part, &st);
+  return st;
+}
+
+static uint32_t bound_slots(sh_arena_t *a) {
+  uint32_t bound, total;
+  sh_thread_slots(a, &bound, &total);
+  return bound;
+}
+
+/* A thread allocates, frees half, and exits holding the rest. */
+typedef struct worker_s {
+  sh_arena_t *arena;
+  uint32_t owner;
+  uint64_t kept[64];
+  int ok;
+} worker_t;
+
+static void *alloc_then_exit(void *arg) {
+  worker_t *w = arg;
+  uint64_t tmp[64];
+  w->ok = 1;
+  for (int i = 0; i < 64; i++) {
+    w->ok &= sh_alloc(w->arena, w->owner, SH_PART_CONTEXT, 48, &w->kept[i]) == SH_OK;
+    w->ok &= sh_alloc(w->arena, w->owner, SH_PART_CONTEXT, 48, &tmp[i]) == SH_OK;
+  }
+  for (int i = 0; i < 64; i++) w->ok &= sh_free(w->arena, tmp[i]) == SH_OK;
+  return NULL;
+}
+
+static void test_thread_exit_returns_cache(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t before = bound_slots(a);
+  worker_t w = {.arena = a, .owner = 0};
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_then_exit, &w);
+  pthread_join(t, NULL);
+  CHECK("worker allocated and freed", w.ok);
+  CHECK("its slot was given back at exit", bound_slots(a) == before);
+  sh_partition_stats_t st = part_stats(a, SH_PART_CONTEXT);
+  CHECK("only the kept blocks are in use", st.in_use == 64 * 48);
+  CHECK("every operation counted", st.allocs == 128 && st.frees == 64);
+  CHECK("check after thread exit", sh_check(a) == SH_OK);
+  for (int i = 0; i < 64; i++) sh_free(a, w.kept[i]);
+  CHECK("back to empty", part_stats(a, SH_PART_CONTEXT).in_use == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+static void test_cached_blocks_count_as_free(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint64_t off[100];
+  for (int i = 0; i < 100; i++) sh_alloc(a, 0, SH_PART_SHARED, 100, &off[i]);
+  for (int i = 0; i < 60; i++) sh_free(a, off[i]);
+  sh_partition_stats_t st = part_stats(a, SH_PART_SHARED);
+  CHECK("in use excludes the cached free blocks", st.in_use == 40 * 112);
+  CHECK("allocs and frees counted in the slot", st.allocs == 100 && st.frees == 60);
+  sh_class_stats_t cs;
+  sh_class_stats(a, 6, &cs); /* 112-byte class */
+  CHECK("class figures agree", cs.blocks_used == 40 && cs.allocs == 100 && cs.frees == 60);
+  CHECK("check walks the cached stack", sh_check(a) == SH_OK);
+  CHECK("flush", sh_thread_flush(a) == SH_OK);
+  CHECK("flush frees the slot", bound_slots(a) == 0);
+  st = part_stats(a, SH_PART_SHARED);
+  CHECK("figures survive the flush", st.in_use == 40 * 112 && st.allocs == 100 && st.frees == 60);
+  CHECK("check after flush", sh_check(a) == SH_OK);
+  for (int i = 60; i < 100; i++) CHECK("free after flush", sh_free(a, off[i]) == SH_OK);
+  CHECK("empty", part_stats(a, SH_PART_SHARED).in_use == 0);
+  sh_close(a);
+}
+
+static void test_double_free_on_cached_page(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 65536);
+  uint64_t x, y;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 64, &x);
+  sh_alloc(a, 0, SH_PART_CONTEXT, 64, &y);
+  CHECK("first free", sh_free(a, x) == SH_OK);
+  CHECK("second free refused", sh_free(a, x) == SH_EDOUBLEFREE);
+  CHECK("nolock second free refused", sh_free_nolock(a, x) == SH_EDOUBLEFREE);
+  sh_block_info_t info;
+  CHECK("a cached free block is not live", sh_block_info(a, x, &info) == SH_EBADPTR);
+  CHECK("live block is", sh_block_info(a, y, &info) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+static void test_write_after_free_on_cached_page(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 65536);
+  uint64_t x, y, z;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 32, &x);
+  sh_alloc(a, 0, SH_PART_CONTEXT, 32, &y);
+  sh_free(a, y);
+  sh_free(a, x);
+  sh_track_reset(sh_ptr(a, x), 16);
+  memset(sh_ptr(a, x), 0x5A, 16);
+  CHECK("check sees the damaged cached link", sh_check(a) == SH_ECORRUPT);
+  CHECK("pop refuses it", sh_alloc(a, 0, SH_PART_CONTEXT, 32, &z) == SH_ECORRUPT);
+  CHECK("other classes still serve", sh_alloc(a, 0, SH_PART_CONTEXT, 64, &z) == SH_OK);
+  sh_close(a);
+}
+
+/* Recycling an owner whose page this thread caches: the cache notices the
+ * claim is gone and never hands out a block of the released page. */
+static void test_recycle_under_cache(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 65536);
+  uint32_t id, gen, id2, gen2;
+  uint64_t off[10], other;
+  sh_owner_create(a, 0, &id, &gen);
+  for (int i = 0; i < 10; i++) sh_alloc(a, id, SH_PART_CONTEXT, 80, &off[i]);
+  for (int i = 0; i < 5; i++) sh_free(a, off[i]);
+  CHECK("recycle with a cached page", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("context empty", part_stats(a, SH_PART_CONTEXT).in_use == 0);
+  CHECK("check after recycle", sh_check(a) == SH_OK);
+  sh_owner_create(a, 0, &id2, &gen2);
+  CHECK("new owner allocates", sh_alloc(a, id2, SH_PART_CONTEXT, 80, &other) == SH_OK);
+  sh_block_info_t info;
+  CHECK("its block is its own", sh_block_info(a, other, &info) == SH_OK && info.owner == id2);
+  CHECK("stale owner refused", sh_alloc(a, id, SH_PART_CONTEXT, 80, &other) == SH_EOWNER);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* A full partition first takes back this thread's own cached pages. */
+static void test_full_partition_takes_own_cache(void) {
+  sh_arena_t *a = make_anon(4 * MiB, 4096);
+  sh_partition_stats_t st = part_stats(a, SH_PART_COMM);
+  uint64_t offs[4096];
+  int n = 0;
+  for (int size = 16; size <= 1024 && n < 4096; size += 48)
+    for (int k = 0; k < 8 && n < 4096; k++) sh_alloc(a, 0, SH_PART_COMM, (size_t)size, &offs[n++]);
+  for (int i = 0; i < n; i++) sh_free(a, offs[i]);
+  uint64_t big;
+  CHECK("a run of the whole partition fits once the cache is flushed",
+        sh_alloc(a, 0, SH_PART_COMM, st.capacity, &big) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_free(a, big);
+  sh_close(a);
+}
+
+#if !defined(__SANITIZE_THREAD__) /* TSan does not follow a child that skips its exit hooks */
+/* A process dies with blocks in its cache: another gives them back. */
+static void test_dead_process_slots(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_tcache_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  sh_unlink(SH_BACKING_SHM, name); /* the mapping outlives the name */
+  uint32_t before = bound_slots(a);
+  pid_t child = fork();
+  if (child == 0) {
+    uint64_t off[32];
+    int ok = 1;
+    for (int i = 0; i < 32; i++) ok &= sh_alloc(a, 0, SH_PART_COMM, 200, &off[i]) == SH_OK;
+    for (int i = 0; i < 16; i++) ok &= sh_free(a, off[i]) == SH_OK;
+    _exit(ok ? 0 : 1); /* no close: its slot stays bound */
+  }
+  int status;
+  waitpid(child, &status, 0);
+  CHECK("child ran", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK("its slot is still bound", bound_slots(a) == before + 1);
+  CHECK("check with a dead process's cache", sh_check(a) == SH_OK);
+  sh_partition_stats_t st = part_stats(a, SH_PART_COMM);
+  CHECK("its cached blocks count as free", st.in_use == 16 * 224);
+  CHECK("its operations are counted", st.allocs == 32 && st.frees == 16);
+  uint32_t n = 0;
+  CHECK("reclaim", sh_reclaim_dead_threads(a, &n) == SH_OK);
+  CHECK("one slot reclaimed", n == 1 && bound_slots(a) == before);
+  CHECK("nothing more to reclaim", sh_reclaim_dead_threads(a, &n) == SH_OK && n == 0);
+  st = part_stats(a, SH_PART_COMM);
+  CHECK("figures unchanged by the reclaim", st.in_use == 16 * 224 && st.allocs == 32 && st.frees == 16);
+  CHECK("check after reclaim", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+#endif
+
+/* More threads than slots: the rest take the uncached path. */
+static void *churn(void *arg) {
+  worker_t *w = arg;
+  w->ok = 1;
+  for (int round = 0; round < 200; round++) {
+    uint64_t off[16];
+    for (int i = 0; i < 16; i++) w->ok &= sh_alloc(w->arena, 0, SH_PART_CONTEXT, 16 + (size_t)i * 24, &off[i]) == SH_OK;
+    for (int i = 0; i < 16; i++) w->ok &= sh_free(w->arena, off[i]) == SH_OK;
+  }
+  return NULL;
+}
+
+static void test_more_threads_than_slots(void) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.max_threads = 2;
+  sh_arena_t *a = NULL;
+  REQUIRE("create with 2 slots", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, &o) == SH_OK);
+  enum { N = 5 };
+  worker_t w[N];
+  pthread_t t[N];
+  for (int i = 0; i < N; i++) {
+    w[i] = (worker_t){.arena = a};
+    pthread_create(&t[i], NULL, churn, &w[i]);
+  }
+  int ok = 1;
+  for (int i = 0; i < N; i++) {
+    pthread_join(t[i], NULL);
+    ok &= w[i].ok;
+  }
+  CHECK("every thread allocated and freed", ok);
+  sh_partition_stats_t st = part_stats(a, SH_PART_CONTEXT);
+  CHECK("all counted", st.allocs == N * 200 * 16 && st.frees == N * 200 * 16);
+  CHECK("empty", st.in_use == 0);
+  CHECK("no slot left bound", bound_slots(a) == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_options_init(&o);
+  o.max_threads = 5000;
+  CHECK("too many slots refused", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, &o) == SH_EINVAL);
+  sh_close(a);
+}
+
+int main(void) {
+  test_thread_exit_returns_cache();
+  test_cached_blocks_count_as_free();
+  test_double_free_on_cached_page();
+  test_write_after_free_on_cached_page();
+  test_recycle_under_cache();
+  test_full_partition_takes_own_cache();
+#if !defined(__SANITIZE_THREAD__)
+  test_dead_process_slots();
+#endif
+  test_more_threads_than_slots();
+  return check_summary("test_tcache");
+}
