@@ -177,14 +177,18 @@ static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, ui
 
 uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
   const sh_page_t *pg = &a->pages[pi];
-  uint64_t h = sh_atomic_load_relaxed(&pg->head);
-  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
-  if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
-  uint32_t n = sh_head_count(h);
-  if (sh_atomic_load_relaxed(&pg->claim) != 0) {
+  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity), n = 0;
+  /* The cached stack first, the shared one second: a flush moves blocks from
+   * the first to the second, so this order may count a block twice (clamped
+   * below) but never misses one, and a thread that exited shows no phantom
+   * use while its exit hook is still flushing. */
+  if (sh_atomic_load_acquire(&pg->claim) != 0) {
     const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
-    if (e) n += sh_local_count(sh_atomic_load_relaxed(&e->local));
+    if (e) n = sh_local_count(sh_atomic_load_acquire(&e->local));
   }
+  uint64_t h = sh_atomic_load_acquire(&pg->head);
+  if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
+  n += sh_head_count(h);
   return n < cap ? n : cap;
 }
 

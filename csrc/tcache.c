@@ -107,12 +107,17 @@ static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) 
 }
 
 /* Puts the entry's cached blocks back on their page's shared stack and drops
- * the claim. Lock-free: the page may be released under us (an owner recycle),
- * which the claim word tells; then the blocks went back with the page. */
+ * the claim. The page may have been released under us (an owner recycle),
+ * which the claim word tells; then the blocks went back with the page. Under
+ * the partition lock, so that check() never sees a block on both stacks; the
+ * caller must not hold it. */
 void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
   uint32_t pi = sh_atomic_load_relaxed(&e->page);
   if (pi == SH_NIL) return;
   sh_page_t *pg = &a->pages[pi];
+  int part = (int)pg->partition;
+  bool holds_blocks = sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0;
+  if (holds_blocks) _sh_part_lock(a, part); /* an empty cache only drops its claim */
   uint32_t claim = sh_atomic_load_relaxed(&e->claim);
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
@@ -148,6 +153,7 @@ void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
   sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u);
   sh_atomic_store_relaxed(&e->local, 0);
   sh_atomic_store_release(&e->page, SH_NIL);
+  if (holds_blocks) _sh_part_unlock(a, part);
 }
 
 void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {

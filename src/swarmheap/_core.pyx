@@ -132,11 +132,13 @@ cdef class CoreHeap:
         self.arena = NULL
 
     @classmethod
-    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0):
+    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0, max_threads=0):
         """Create an arena of ``size`` bytes (an int or "1 GiB"). ``name=None``
         gives a private arena; a name gives shared memory other processes can
         ``attach``. ``ratios`` maps the four partitions (context, shared, comm,
-        system) to shares above 0 summing to 1."""
+        system) to shares above 0 summing to 1. ``max_threads`` is how many
+        threads, across all processes, get a cache in the arena at once (0 picks
+        one from the size); later threads take the slower uncached path."""
         cdef sh_options_t opts
         cdef sh_arena_t *arena = NULL
         cdef uint64_t nbytes = parse_size(size)
@@ -165,6 +167,9 @@ cdef class CoreHeap:
         if isinstance(max_owners, bool) or not isinstance(max_owners, int) or not 0 <= max_owners < 2**32:
             raise ValueError("max_owners must be an int >= 0 (0 picks one from the size)")
         opts.max_owners = max_owners
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or not 0 <= max_threads <= 4095:
+            raise ValueError("max_threads must be an int from 0 to 4095 (0 picks one from the size)")
+        opts.max_threads = max_threads
         if name is not None:
             cname = _shm_name(name)
             cname_p = cname
@@ -442,8 +447,11 @@ cdef class CoreHeap:
                 continue
             if sh_owner_info(self.arena, o, &oi) == SH_OK:
                 owners.append(_owner_dict(&oi))
+        cdef uint32_t bound, total
+        sh_thread_slots(self.arena, &bound, &total)
         return {"size": info.size, "page_size": info.page_size, "partitions": partitions,
-                "classes": classes, "owners": owners}
+                "classes": classes, "owners": owners,
+                "thread_caches": {"bound": bound, "total": total}}
 
     def check(self):
         """Walk every page, list and counter; raise HeapCorrupt naming the first
@@ -612,6 +620,26 @@ cdef class CoreHeap:
         if rc:
             _raise(rc)
         return [(<uint32_t>(buf[i] & 0xFFFFFFFF), <uint32_t>(buf[i] >> 32)) for i in range(taken)]
+
+    def flush_thread_cache(self):
+        """Give back the free blocks the calling thread caches in this heap.
+        A thread's cache holds at most one page per (agent, partition, size
+        class); it is given back on its own when the thread exits or the heap
+        is closed, and this thread's cache also when a partition fills."""
+        self._check_open()
+        with nogil:
+            sh_thread_flush(self.arena)
+
+    def _reclaim_dead_threads(self):
+        """Give back the thread caches of processes that died; how many."""
+        self._check_open()
+        cdef uint32_t n = 0
+        cdef int rc
+        with nogil:
+            rc = sh_reclaim_dead_threads(self.arena, &n)
+        if rc:
+            _raise(rc)
+        return n
 
     def _sweep_pending(self, int ring):
         self._check_open()

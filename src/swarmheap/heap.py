@@ -34,7 +34,7 @@ class _ProcessState:
 
 class Heap(CoreHeap):
     """An arena. ``Heap.create(name=None, size="64 MiB", *, ratios=None,
-    page_size=65536, max_owners=0)`` makes one (``name=None``: private; a
+    page_size=65536, max_owners=0, max_threads=0)`` makes one (``name=None``: private; a
     name: shared memory), ``Heap.attach(name)`` maps one another process
     made. Use as a context manager: a heap created by name is unlinked on exit."""
 

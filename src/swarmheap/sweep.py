@@ -36,6 +36,7 @@ class SweepResult:
     examined: int = 0
     promoted: int = 0
     deferred: int = 0  # reclaimable but pinned by a live view
+    thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
 
@@ -51,6 +52,7 @@ class SweepResult:
         self.examined += other.examined
         self.promoted += other.promoted
         self.deferred += other.deferred
+        self.thread_caches += other.thread_caches
         for cause in CAUSES:
             self.agents[cause] += other.agents[cause]
             self.bytes[cause] += other.bytes[cause]
@@ -145,6 +147,9 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
     _sweep_queue(heap, 0, result, live, now)
     if generation >= 1:
         _sweep_queue(heap, 1, result, live, now)
+        # free blocks a dead process's threads cached, of the shared default
+        # heap above all (an agent's come back with the agent anyway)
+        result.thread_caches = heap._reclaim_dead_threads()
     if generation == 2:
         for agent_id in range(1, heap._max_owners()):
             agent_gen = heap._owner_generation(agent_id)

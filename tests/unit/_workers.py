@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -96,3 +97,13 @@ def read_agent_entry(name: str, agent_id: int, entry: str) -> tuple[str, bytes]:
     with sh.Heap.attach(name) as heap:
         agent = heap.agent(agent_id)
         return agent.kind, bytes(agent.get(entry))
+
+
+def cache_then_die(name: str) -> None:
+    """Allocate 64 blocks in the shared default heap, free half (they stay in
+    this thread's cache), and die without closing anything."""
+    heap = sh.Heap.attach(name)
+    blocks = [heap.alloc(200, "comm") for _ in range(64)]
+    for blk in blocks[:32]:
+        blk.free()
+    os._exit(0)

@@ -54,6 +54,7 @@ cdef extern from "swarmheap.h" nogil:
         double ratios[4]
         uint32_t page_size
         uint32_t max_owners
+        uint32_t max_threads
 
     ctypedef struct sh_partition_stats_t:
         uint64_t capacity, in_use, pages_used, pages_total, peak, allocs, frees, failures
@@ -122,4 +123,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_sweep_push(sh_arena_t *arena, int ring, uint32_t id, uint32_t generation)
     int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, size_t *taken)
     uint64_t sh_sweep_pending(const sh_arena_t *arena, int ring)
+    int sh_thread_flush(sh_arena_t *arena)
+    int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed)
+    void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total)
     int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition)
