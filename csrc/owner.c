@@ -67,17 +67,43 @@ static int sh_owner_lookup(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_ow
   return SH_OK;
 }
 
-/* Every page of the owner back to its partition. Owner lock held. */
-int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id) {
+/* Adds one page's live blocks to `info` (under the partition lock). */
+static void sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
+  const sh_page_t *pg = &a->pages[pi];
+  if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
+    info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    info->blocks++;
+    return;
+  }
+  uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
+  info->bytes[part] += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
+  info->blocks += used;
+}
+
+/* Every page of the owner back to its partition; with `final`, the live
+ * bytes are summed on the way, so a complete reads each page once. Owner
+ * lock held. */
+int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
   for (int part = 0; part < SH_NPARTITIONS; part++) {
+    if (sh_atomic_load_relaxed(&a->owners[id].pages[part]) == 0) continue;
     _sh_part_lock(a, part);
     for (uint32_t c = 0; c < a->nclasses; c++) {
       _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
       uint32_t pi;
-      while ((pi = sh_atomic_load_relaxed(bin)) != SH_NIL) _sh_page_release_locked(a, part, pi);
+      while ((pi = sh_atomic_load_relaxed(bin)) != SH_NIL) {
+        /* An owner's pages mostly came from one first-fit scan, so its list,
+         * newest first, runs down through consecutive descriptors: fetching
+         * the next few ahead turns a chain of cache misses into one. */
+        for (uint32_t k = 1; k <= 8 && pi >= k; k++) __builtin_prefetch(&a->pages[pi - k], 1);
+        if (final) sh_info_add_page(a, pi, part, final);
+        _sh_page_release_locked(a, part, pi);
+      }
     }
     uint32_t pi;
-    while ((pi = a->owners[id].large_head[part]) != SH_NIL) _sh_page_release_locked(a, part, pi);
+    while ((pi = a->owners[id].large_head[part]) != SH_NIL) {
+      if (final) sh_info_add_page(a, pi, part, final);
+      _sh_page_release_locked(a, part, pi);
+    }
     _sh_part_unlock(a, part);
   }
   sh_atomic_store_release(&a->owners[id].state, SH_OWNER_FREE);
@@ -94,7 +120,7 @@ int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
     rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released",
                   id, sh_atomic_load_relaxed(&o->pins));
   } else if (rc == SH_OK) {
-    rc = _sh_owner_recycle_now(a, id);
+    rc = _sh_owner_recycle_now(a, id, NULL);
   }
   _sh_owner_unlock(a);
   return rc;
@@ -118,7 +144,7 @@ int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
     rc = _sh_fail(SH_ESTATE, "owner %u has no pin to release", id);
   if (rc == SH_OK && sh_atomic_sub_relaxed(&o->pins, 1) == 1 &&
       sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
-    rc = _sh_owner_recycle_now(a, id);
+    rc = _sh_owner_recycle_now(a, id, NULL);
     if (recycled) *recycled = 1;
   }
   _sh_owner_unlock(a);
@@ -177,12 +203,11 @@ int sh_owner_user_word(const sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t 
   return sh_owner_check_gen(a, id, gen, &o);
 }
 
-int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
-  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
+/* Everything but the live bytes, which need the owner's pages. */
+static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
   const sh_owner_t *o = &a->owners[id];
   memset(info, 0, sizeof *info);
   info->state = (sh_owner_state_t)sh_atomic_load_acquire(&o->state);
-  if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
   info->id = id;
   info->generation = sh_atomic_load_relaxed(&o->generation);
   info->kind = o->kind;
@@ -196,24 +221,53 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
     info->pages[p] = sh_atomic_load_relaxed(&o->pages[p]);
     info->peak_pages[p] = sh_atomic_load_relaxed(&o->peak_pages[p]);
   }
-  /* Live bytes come from the pages themselves: no counter on the hot path. */
+}
+
+/* Live bytes from the owner's own pages (its bin and run lists, walked under
+ * the partition lock): no counter on the hot path, and O(its pages). */
+static void sh_info_bytes(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
+  uint32_t total = a->hdr->total_pages;
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (info->pages[part] == 0) continue;
-    for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
-      const sh_page_t *pg = &a->pages[pi];
-      uint32_t st = sh_atomic_load_acquire(&pg->state);
-      if ((st != SH_PAGE_SMALL && st != SH_PAGE_LARGE) || sh_atomic_load_relaxed(&pg->owner) != id) continue;
-      if (st == SH_PAGE_LARGE) {
-        info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
-        info->blocks++;
-      } else {
-        uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-        info->bytes[part] += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass)].size;
-        info->blocks += used;
-      }
+    if (!a->read_only) _sh_part_lock((sh_arena_t *)a, part);
+    uint32_t steps = 0;
+    for (uint32_t c = 0; c < a->nclasses; c++)
+      for (uint32_t pi = sh_atomic_load_acquire(_sh_bin(a, id, part, (int)c)); pi < total && steps++ < total;
+           pi = a->pages[pi].next)
+        sh_info_add_page(a, pi, part, info);
+    for (uint32_t pi = a->owners[id].large_head[part]; pi < total && steps++ < total; pi = a->pages[pi].next)
+      sh_info_add_page(a, pi, part, info);
+    if (!a->read_only) _sh_part_unlock((sh_arena_t *)a, part);
+  }
+}
+
+int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
+  sh_info_header(a, id, info);
+  if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
+  sh_info_bytes(a, id, info);
+  return SH_OK;
+}
+
+int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
+  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 (the shared default) is never recycled");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK) {
+    sh_info_header(a, id, final);
+    if (sh_atomic_load_relaxed(&o->pins) > 0) {
+      sh_info_bytes(a, id, final);
+      sh_atomic_store_release(&o->state, SH_OWNER_COMPLETED);
+      final->state = SH_OWNER_COMPLETED;
+      rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released", id,
+                    sh_atomic_load_relaxed(&o->pins));
+    } else {
+      rc = _sh_owner_recycle_now(a, id, final);
     }
   }
-  return SH_OK;
+  _sh_owner_unlock(a);
+  return rc;
 }
 
 int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {

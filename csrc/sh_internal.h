@@ -58,7 +58,7 @@ sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
 
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);
-sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id);
+sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final);
 
 /* ---- shared helpers ---- */
 static inline _Atomic uint32_t *_sh_bin(const sh_arena_t *arena, uint32_t owner, int partition,

@@ -243,6 +243,12 @@ int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *ge
  * SH_EINVAL (owner 0). */
 int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
 
+/* [any] sh_owner_recycle that also fills *final with the owner's figures as
+ * they were just before (state, pages, live bytes and blocks), read in the
+ * same pass over its pages that returns them. Pinned: *final is filled, the
+ * owner is marked COMPLETED and SH_EPINNED returned, as sh_owner_recycle. */
+int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
+
 /* [any] Pins keep memory visible: a pinned owner is never recycled. Unpinning
  * the last pin of a COMPLETED owner recycles it; *recycled says so. */
 int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);

@@ -305,12 +305,13 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
 }
 
 const sh_tc_entry_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
-  uint32_t claim = sh_atomic_load_acquire(&a->pages[pi].claim);
+  const sh_page_t *pg = &a->pages[pi];
+  uint32_t claim = sh_atomic_load_acquire(&pg->claim);
   if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
-  sh_tslot_t *s = _sh_tc_slot_at(a, sh_claim_slot(claim));
-  const sh_tc_entry_t *entries = _sh_tc_entries(s);
-  for (uint32_t i = 0; i <= a->tc_mask; i++)
-    if (sh_atomic_load_relaxed(&entries[i].page) == pi && sh_atomic_load_relaxed(&entries[i].claim) == claim)
-      return &entries[i];
+  /* an entry only ever caches pages of its own key: one place to look */
+  uint32_t c = sh_atomic_load_relaxed(&pg->sclass) % a->nclasses;
+  const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
+                                        (int)pg->partition, (int)c);
+  if (sh_atomic_load_relaxed(&e->page) == pi && sh_atomic_load_relaxed(&e->claim) == claim) return e;
   return NULL;
 }

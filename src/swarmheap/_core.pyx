@@ -489,6 +489,30 @@ cdef class CoreHeap:
             _raise(rc)
         return True
 
+    def _owner_complete(self, uint32_t oid, uint32_t gen, str kind):
+        """Recycle (or, if pinned, mark completed) and return (recycled, the
+        agent's final stats), read in the same pass over its pages."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        cdef int rc
+        with nogil:
+            rc = sh_owner_complete(self.arena, oid, gen, &oi)
+        if rc != SH_OK and rc != SH_EPINNED:
+            _raise(rc)
+        cdef sh_arena_info_t info
+        sh_arena_info(self.arena, &info)
+        cdef uint64_t page = info.page_size
+        cdef dict nbytes = {PARTITIONS[p]: oi.bytes[p] for p in range(4)}
+        # the shape of Agent.stats(), built once: a complete runs cold
+        return rc == SH_OK, {
+            "id": oi.id, "generation": oi.generation, "kind": kind,
+            "state": OWNER_STATES[<int>oi.state], "bytes": nbytes,
+            "pages": {PARTITIONS[p]: oi.pages[p] for p in range(4)},
+            "peak": {PARTITIONS[p]: oi.peak_pages[p] * page for p in range(4)},
+            "blocks": oi.blocks, "pins": oi.pins,
+            "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
+        }
+
     def _owner_pin(self, uint32_t oid, uint32_t gen):
         self._check_open()
         cdef int rc

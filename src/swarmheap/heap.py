@@ -101,13 +101,19 @@ class Heap(CoreHeap):
             raise ValueError(f"{fn!r} is not a {event!r} hook")
         hooks.remove(fn)
 
+    def _hooks_table(self) -> dict[str, list[Hook]]:
+        return self._state.hooks
+
     def _hooks_for(self, event: str) -> list[Hook]:
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}: use one of {', '.join(EVENTS)}")
         return self._state.hooks[event]
 
     def _fire(self, event: str, agent: Agent, stats: dict[str, Any]) -> None:
-        for fn in list(self._state.hooks[event]):
+        hooks = self._state.hooks[event]
+        if not hooks:
+            return
+        for fn in list(hooks):
             try:
                 fn(agent.id, agent.kind, stats)
             except Exception:

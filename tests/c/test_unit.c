@@ -223,6 +223,35 @@ static void test_owners(void) {
   sh_close(a);
 }
 
+static void test_owner_complete(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t id, gen;
+  sh_owner_create(a, 7, &id, &gen);
+  uint64_t off, big;
+  for (int i = 0; i < 1000; i++) sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  sh_alloc(a, id, SH_PART_SHARED, 200000, &big);
+  sh_free(a, off);
+  sh_owner_info_t before, final;
+  sh_owner_info(a, id, &before);
+  CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK);
+  CHECK("final figures as sh_owner_info gave them", final.blocks == 1000 && before.blocks == 1000 &&
+                                                      final.bytes[SH_PART_CONTEXT] == 999 * 48 &&
+                                                      final.bytes[SH_PART_SHARED] == before.bytes[SH_PART_SHARED] &&
+                                                      final.kind == 7 && final.pages[SH_PART_CONTEXT] == before.pages[SH_PART_CONTEXT]);
+  CHECK("recycled", sh_owner_generation(a, id) == 0 && in_use(a, SH_PART_CONTEXT) == 0 && in_use(a, SH_PART_SHARED) == 0);
+  CHECK("twice refused", sh_owner_complete(a, id, gen, &final) == SH_EOWNER);
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  sh_owner_pin(a, id, gen);
+  CHECK("pinned complete defers", sh_owner_complete(a, id, gen, &final) == SH_EPINNED);
+  CHECK("with its figures", final.blocks == 1 && final.state == SH_OWNER_COMPLETED && in_use(a, SH_PART_CONTEXT) == 48);
+  int recycled = 0;
+  CHECK("last unpin recycles", sh_owner_unpin(a, id, gen, &recycled) == SH_OK && recycled);
+  CHECK("owner 0 refused", sh_owner_complete(a, 0, 1, &final) == SH_EINVAL);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 static void test_write_after_free(void) {
   sh_arena_t *a = make_anon(8 * MiB, 65536);
   uint64_t x, y, z;
@@ -369,6 +398,7 @@ int main(void) {
   test_blocks();
   test_exhaustion();
   test_owners();
+  test_owner_complete();
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();
