@@ -11,7 +11,7 @@
 
 typedef struct sh_layout_s {
   uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, sweep_off, ring_cap, tslots_off,
-      tslot_size, meta_end, stripe_size;
+      tslot_size, leases_off, lease_cap, meta_end, stripe_size;
   uint32_t total_pages, meta_pages, tc_entries;
 } sh_layout_t;
 
@@ -56,6 +56,10 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
                                   2ull * SH_NPARTITIONS * (nclasses + 1u) * sizeof(uint64_t),
                               SH_CACHE_LINE);
   off += (uint64_t)nslots * l->tslot_size;
+  l->leases_off = off = sh_align_up(off, SH_CACHE_LINE);
+  l->lease_cap = 64; /* two entries per owner slot, at least 64, a power of two */
+  while (l->lease_cap < 2ull * max_owners) l->lease_cap *= 2;
+  off += l->lease_cap * sizeof(sh_lease_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
 }
@@ -129,6 +133,8 @@ static int sh_handle_load(sh_arena_t *a) {
   a->tslot_size = hdr->tslot_size;
   a->nslots = hdr->nslots;
   a->tc_mask = hdr->tc_entries - 1;
+  a->leases = (sh_lease_t *)(a->base + hdr->leases_off);
+  a->lease_mask = hdr->lease_cap - 1;
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     a->part_first[p] = hdr->parts[p].first_usable;
     a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
@@ -193,6 +199,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   hdr->tslot_size = l.tslot_size;
   hdr->nslots = nslots;
   hdr->tc_entries = l.tc_entries;
+  hdr->leases_off = l.leases_off;
+  hdr->lease_cap = l.lease_cap;
   hdr->meta_end = l.meta_end;
   hdr->stripe_size = l.stripe_size;
   hdr->created_ns = _sh_os_now_ns();
@@ -217,6 +225,7 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     if (rc) return rc;
   }
   int rc = _sh_lock_init(&hdr->owner_lock);
+  if (!rc) rc = _sh_lock_init(&hdr->lease_lock);
   if (rc) return rc;
   sh_atomic_store_relaxed(&hdr->key_seed, _sh_os_random32());
 
@@ -344,6 +353,8 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
   SH_EXPECT(hdr->tslots_off == l.tslots_off, "tslots_off", "is %llu", (unsigned long long)hdr->tslots_off);
   SH_EXPECT(hdr->tslot_size == l.tslot_size, "tslot_size", "is %llu", (unsigned long long)hdr->tslot_size);
   SH_EXPECT(hdr->tc_entries == l.tc_entries, "tc_entries", "is %u", hdr->tc_entries);
+  SH_EXPECT(hdr->leases_off == l.leases_off, "leases_off", "is %llu", (unsigned long long)hdr->leases_off);
+  SH_EXPECT(hdr->lease_cap == l.lease_cap, "lease_cap", "is %llu", (unsigned long long)hdr->lease_cap);
   SH_EXPECT(hdr->meta_end == l.meta_end, "meta_end", "is %llu", (unsigned long long)hdr->meta_end);
   static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
   uint32_t next = 0;

@@ -19,7 +19,7 @@ int _sh_lock_init(sh_lock_t *lock) {
 }
 
 /* true when the previous holder died and the protected state needs repair */
-static bool sh_lock_acquire(sh_lock_t *lock) {
+bool _sh_lock_acquire_repair(sh_lock_t *lock) {
   int err = pthread_mutex_lock(&lock->mutex);
   if (sh_likely(err == 0)) return false;
   if (err == EOWNERDEAD) return true;
@@ -30,7 +30,7 @@ static bool sh_lock_acquire(sh_lock_t *lock) {
 
 void _sh_part_lock(sh_arena_t *arena, int partition) {
   sh_lock_t *lock = &arena->hdr->part_lock[partition];
-  if (sh_unlikely(sh_lock_acquire(lock))) {
+  if (sh_unlikely(_sh_lock_acquire_repair(lock))) {
     _sh_partition_repair_locked(arena, partition);
     pthread_mutex_consistent(&lock->mutex);
   }
@@ -44,7 +44,7 @@ void _sh_owner_lock(sh_arena_t *arena) {
   sh_lock_t *lock = &arena->hdr->owner_lock;
   /* Owner slots change state in one release store, the last step of every
    * owner operation, so a dead holder leaves nothing half-written to repair. */
-  if (sh_unlikely(sh_lock_acquire(lock))) pthread_mutex_consistent(&lock->mutex);
+  if (sh_unlikely(_sh_lock_acquire_repair(lock))) pthread_mutex_consistent(&lock->mutex);
 }
 
 void _sh_owner_unlock(sh_arena_t *arena) { pthread_mutex_unlock(&arena->hdr->owner_lock.mutex); }

@@ -215,7 +215,7 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   sh_atomic_store_relaxed(&pg->capacity, cls->capacity);
   sh_atomic_store_relaxed(&pg->large_bytes, 0);
   pg->epoch++;
-  pg->corrupt = 0;
+  sh_atomic_store_relaxed(&pg->flags, 0u);
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
   sh_atomic_store_release(&pg->claim, claim);
   sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
@@ -315,7 +315,7 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL; pi = a->pages[pi].next) {
     uint32_t top = sh_head_top(sh_atomic_load_acquire(&a->pages[pi].head));
-    if (top != 0 && top != SH_HEAD_RETIRED && !a->pages[pi].corrupt) {
+    if (top != 0 && top != SH_HEAD_RETIRED && !(sh_atomic_load_relaxed(&a->pages[pi].flags) & SH_PAGE_CORRUPT)) {
       if (a->pages[pi].prev != SH_NIL) {
         sh_list_unlink(a, pi, bin, NULL);
         sh_bin_link_front(a, bin, pi);
@@ -344,7 +344,7 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
 static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
   _sh_part_lock(a, part);
   sh_page_t *pg = &a->pages[pi];
-  pg->corrupt = 1;
+  atomic_fetch_or_explicit(&pg->flags, SH_PAGE_CORRUPT, memory_order_relaxed);
   _sh_part_unlock(a, part);
   return _sh_fail(SH_ECORRUPT,
                   "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
@@ -378,7 +378,7 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
         *offset = off;
         return SH_OK;
       }
-      if (r == SH_POP_CORRUPT && !pg->corrupt) {
+      if (r == SH_POP_CORRUPT && !(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT)) {
         if (!may_lock) return SH_EAGAIN;
         return sh_quarantine(a, pi, part);
       }
@@ -439,7 +439,7 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL && looked < 16; pi = a->pages[pi].next, looked++) {
       const sh_page_t *pg = &a->pages[pi];
       uint64_t h = sh_atomic_load_acquire(&pg->head);
-      if (sh_atomic_load_relaxed(&pg->claim) != 0 || pg->corrupt || sh_head_top(h) == 0 ||
+      if (sh_atomic_load_relaxed(&pg->claim) != 0 || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT) || sh_head_top(h) == 0 ||
           sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) <= best_free)
         continue;
       best = pi;
@@ -590,7 +590,7 @@ static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part) {
   uint32_t reclaimed = 0;
   for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
     sh_page_t *pg = &a->pages[pi];
-    if (sh_atomic_load_relaxed(&pg->state) != SH_PAGE_SMALL || pg->corrupt) continue;
+    if (sh_atomic_load_relaxed(&pg->state) != SH_PAGE_SMALL || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT)) continue;
     uint64_t h = sh_atomic_load_acquire(&pg->head);
     if (sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) != sh_atomic_load_relaxed(&pg->capacity)) continue;
     uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(h), sh_head_tag(h) + 1);
@@ -632,6 +632,11 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
   sh_page_t *pg = &a->pages[pi];
   uint32_t state = sh_atomic_load_acquire(&pg->state);
   int part = (int)pg->partition;
+  if (sh_unlikely(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED) &&
+      (state == SH_PAGE_SMALL || state == SH_PAGE_LARGE)) {
+    if (!may_lock) return SH_EAGAIN;
+    _sh_lease_forget(a, offset); /* a freed block's lease must not free it again later */
+  }
   if (sh_unlikely(state != SH_PAGE_SMALL)) {
     if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0)
       return may_lock ? sh_free_large(a, pi, part) : SH_EAGAIN;
@@ -700,7 +705,8 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   uint32_t pi = (uint32_t)(offset >> a->page_shift);
   sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_relaxed(&pg->claim);
-  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_claim_slot(claim) != b->slot_index)
+  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_claim_slot(claim) != b->slot_index ||
+      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
     return false;
   int c = (int)sh_atomic_load_relaxed(&pg->sclass);
   const sh_class_t *cls = &a->classes[c];
@@ -770,6 +776,7 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   sh_atomic_store_relaxed(&pg->owner, owner);
   sh_atomic_store_relaxed(&pg->capacity, n);
   sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
+  sh_atomic_store_relaxed(&pg->flags, 0u);
   pg->epoch++;
   sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
   uint32_t *head = &a->owners[owner].large_head[part];

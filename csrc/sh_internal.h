@@ -44,6 +44,8 @@ static inline int _sh_size_class(const sh_arena_t *arena, size_t size) {
 
 /* ---- lock.c ---- */
 sh_internal int _sh_lock_init(sh_lock_t *lock);
+/* Locks; true when the previous holder died and what it guards needs repair. */
+sh_internal bool _sh_lock_acquire_repair(sh_lock_t *lock);
 sh_internal void _sh_part_lock(sh_arena_t *arena, int partition);
 sh_internal void _sh_part_unlock(sh_arena_t *arena, int partition);
 sh_internal void _sh_owner_lock(sh_arena_t *arena);
@@ -55,6 +57,9 @@ sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
 /* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
 sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
+
+/* ---- lease.c ---- */
+sh_internal void _sh_lease_forget(sh_arena_t *arena, uint64_t offset);
 
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);

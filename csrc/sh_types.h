@@ -36,6 +36,9 @@
 #define sh_head_make(top, count, tag) \
   ((uint64_t)(top) | ((uint64_t)(count) << 20) | ((uint64_t)((tag) & 0xFFFFFFu) << 40))
 
+#define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
+#define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease: frees look in the lease table */
+
 typedef enum sh_page_state_e {
   SH_PAGE_FREE = 0,
   SH_PAGE_META = 1,   /* holds the allocator's own metadata (start of system) */
@@ -58,7 +61,7 @@ typedef struct sh_page_s {
   _Atomic uint32_t run_head; /* TAIL: page index of its LARGE page */
   uint32_t next, prev;       /* bin list (SMALL) or large list (LARGE); under lock */
   uint32_t epoch;            /* bumped at every assignment; under lock */
-  uint32_t corrupt;          /* set when a bad free link quarantined the page */
+  _Atomic uint32_t flags;    /* SH_PAGE_CORRUPT, SH_PAGE_LEASED; cleared when the page is formatted */
   _Atomic uint64_t large_bytes; /* LARGE: bytes requested */
   uint32_t partition;        /* fixed at creation */
   _Atomic uint32_t claim;    /* SMALL: the thread slot caching it (see sh_tcache.h), 0 = none */
@@ -163,6 +166,7 @@ typedef struct sh_header_s {
   uint64_t stripe_size;
   uint64_t sweep_off;          /* SH_SWEEP_RINGS rings of ring_cap words */
   uint64_t tslots_off, tslot_size;
+  uint64_t leases_off, lease_cap;  /* lease table: lease_cap (a power of two) entries */
   uint32_t nslots, tc_entries;  /* thread slots; entries per slot (a power of two) */
   uint64_t ring_cap;
   uint64_t created_ns;
@@ -172,6 +176,8 @@ typedef struct sh_header_s {
   /* ---- mutable ---- */
   sh_lock_t part_lock[SH_NPARTITIONS];
   sh_lock_t owner_lock;
+  sh_lock_t lease_lock;
+  _Atomic uint64_t lease_count;
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
   _Atomic uint32_t key_seed;
@@ -179,6 +185,12 @@ typedef struct sh_header_s {
   _Atomic uint64_t ring_head[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));
   _Atomic uint64_t ring_tail[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));
 } sh_header_t;
+
+/* A lease on a block of the shared default owner: open addressing by offset. */
+typedef struct sh_lease_s {
+  uint64_t key;         /* block offset + 1; 0 = empty; under lease_lock */
+  uint64_t deadline_ns; /* CLOCK_REALTIME */
+} sh_lease_t;
 
 typedef struct sh_class_s {
   uint32_t size;
@@ -207,6 +219,8 @@ struct sh_arena_s {
   uint8_t *tslots;
   uint64_t tslot_size;
   uint32_t nslots, tc_mask;
+  sh_lease_t *leases;
+  uint64_t lease_mask;
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
   sh_class_t classes[SH_MAX_CLASSES];

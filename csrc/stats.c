@@ -121,7 +121,7 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) 
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
   SH_CHECK(cap == cls->capacity, "page %u: capacity %u, class of %u bytes holds %u", pi, cap, cls->size,
            cls->capacity);
-  SH_CHECK(!pg->corrupt, "page %u: quarantined after a write after free", pi);
+  SH_CHECK(!(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT), "page %u: quarantined after a write after free", pi);
   uint64_t h = sh_atomic_load_relaxed(&pg->head);
   if (sh_head_top(h) == SH_HEAD_RETIRED) return SH_OK; /* mid-retire by a process that died */
   uint32_t count = sh_head_count(h), n = 0;

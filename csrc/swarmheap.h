@@ -211,7 +211,7 @@ int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_
 int sh_free(sh_arena_t *arena, uint64_t offset);
 
 /* [any] sh_free without ever taking a lock: SH_EAGAIN, having done nothing,
- * for a large block (call sh_free then). A small page that empties stays with
+ * for a large block or one on a page that holds leases (call sh_free then). A small page that empties stays with
  * its owner instead of being retired; a partition under pressure reclaims
  * such pages before it reports SH_EFULL. */
 int sh_free_nolock(sh_arena_t *arena, uint64_t offset);
@@ -281,6 +281,28 @@ int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id);
 
 /* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
 int sh_process_start_time(int pid, uint64_t *start_time);
+
+/* ---- Leases on blocks of owner 0 -------------------------------------------
+ * A block of the shared default owner can carry a lease: a deadline after
+ * which sh_lease_reclaim frees it, so a block whose holder forgot it or died
+ * does not stay forever. Freeing the block ends its lease. A holder must
+ * renew (sh_lease_set again) before the deadline: once it passes, the block
+ * may be freed under it. The table holds 1.5 leases per owner slot (at least
+ * 48). */
+
+/* [any] Set or move the block's deadline (CLOCK_REALTIME nanoseconds).
+ * Errors: SH_EBADPTR (not a live block), SH_EINVAL (not owner 0's, or the
+ * heap is read-only), SH_EFULL (the table is full). */
+int sh_lease_set(sh_arena_t *arena, uint64_t offset, uint64_t deadline_ns);
+/* [any] The block's deadline; SH_ENOENT if it has no lease. */
+int sh_lease_get(sh_arena_t *arena, uint64_t offset, uint64_t *deadline_ns);
+/* [any] Drop the block's lease (if any) without freeing it. */
+int sh_lease_clear(sh_arena_t *arena, uint64_t offset);
+/* [any] Free every leased block whose deadline is at or before now_ns; each
+ * is freed by exactly one caller across processes. */
+int sh_lease_reclaim(sh_arena_t *arena, uint64_t now_ns, uint64_t *blocks, uint64_t *bytes);
+/* [any] Leases held now. */
+uint64_t sh_lease_count(const sh_arena_t *arena);
 
 /* ---- Thread caches ----------------------------------------------------------
  * Each thread that allocates gets a slot in the arena (up to max_threads;

@@ -136,7 +136,7 @@ void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
     }
     if (!intact) {
       /* a write after free, or the page changed hands while we walked */
-      if (sh_atomic_load_acquire(&pg->claim) == claim) __atomic_store_n(&pg->corrupt, 1, __ATOMIC_RELAXED);
+      if (sh_atomic_load_acquire(&pg->claim) == claim) atomic_fetch_or_explicit(&pg->flags, SH_PAGE_CORRUPT, memory_order_relaxed);
     } else {
       uint32_t *tail_link = sh_link(a, pi, tail);
       uint64_t head = sh_atomic_load_acquire(&pg->head);

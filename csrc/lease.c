@@ -1,0 +1,156 @@
+/* Leases on blocks of the shared default owner (owner 0). An agent's memory
+ * goes back with the agent; a block of owner 0 belongs to nobody in
+ * particular, so one its holder forgot, or whose holder died, would stay
+ * forever. A lease says when it may be taken back: a sweep frees every block
+ * whose lease ran out, exactly once across processes.
+ *
+ * The table is open addressing by offset (linear probing, deletion by
+ * backward shift), under its own robust lock. Pages holding a leased block are
+ * flagged, so only their frees look in the table: the hot free path pays one
+ * bit test. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sh_internal.h"
+
+static inline uint64_t sh_lease_home(const sh_arena_t *a, uint64_t key) {
+  return ((key >> SH_UNIT_SHIFT) * UINT64_C(0x9E3779B97F4A7C15)) >> 20 & a->lease_mask;
+}
+
+/* Index of the entry for `key`, or of the empty slot where it would go. */
+static uint64_t sh_lease_find(const sh_arena_t *a, uint64_t key) {
+  uint64_t i = sh_lease_home(a, key);
+  while (a->leases[i].key != 0 && a->leases[i].key != key) i = (i + 1) & a->lease_mask;
+  return i;
+}
+
+static void sh_lease_delete_at(sh_arena_t *a, uint64_t i) {
+  uint64_t j = i;
+  for (;;) {
+    j = (j + 1) & a->lease_mask;
+    if (a->leases[j].key == 0) break;
+    uint64_t k = sh_lease_home(a, a->leases[j].key);
+    bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j); /* k cyclically in (i, j] */
+    if (stays) continue;
+    a->leases[i] = a->leases[j];
+    i = j;
+  }
+  a->leases[i].key = 0;
+  a->leases[i].deadline_ns = 0;
+  sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
+}
+
+/* A holder that died mid-change may have left a key twice or out of place:
+ * rebuild the table from its entries, keeping each key once. */
+static void sh_lease_repair_locked(sh_arena_t *a) {
+  uint64_t cap = a->lease_mask + 1, n = 0;
+  sh_lease_t *copy = malloc(cap * sizeof *copy);
+  if (!copy) return; /* keep what is there: lookups still terminate */
+  for (uint64_t i = 0; i < cap; i++)
+    if (a->leases[i].key) copy[n++] = a->leases[i];
+  memset(a->leases, 0, cap * sizeof *a->leases);
+  sh_atomic_store_relaxed(&a->hdr->lease_count, 0);
+  for (uint64_t k = 0; k < n; k++) {
+    uint64_t i = sh_lease_find(a, copy[k].key);
+    if (a->leases[i].key) continue;
+    a->leases[i] = copy[k];
+    sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+  }
+  free(copy);
+}
+
+static void sh_lease_lock(sh_arena_t *a) {
+  if (_sh_lock_acquire_repair(&a->hdr->lease_lock)) {
+    sh_lease_repair_locked(a);
+    pthread_mutex_consistent(&a->hdr->lease_lock.mutex);
+  }
+}
+static void sh_lease_unlock(sh_arena_t *a) { pthread_mutex_unlock(&a->hdr->lease_lock.mutex); }
+
+static sh_page_t *sh_lease_page(sh_arena_t *a, uint64_t offset) {
+  return &a->pages[offset >> a->page_shift];
+}
+
+int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  sh_block_info_t info;
+  int rc = sh_block_info(a, offset, &info);
+  if (rc) return rc;
+  if (info.owner != SH_OWNER_DEFAULT)
+    return _sh_fail(SH_EINVAL, "block at offset %llu belongs to owner %u: only blocks of owner 0 take a lease "
+                    "(an agent's blocks go back with the agent)", (unsigned long long)offset, info.owner);
+  uint64_t key = offset + 1;
+  sh_lease_lock(a);
+  uint64_t i = sh_lease_find(a, key);
+  if (a->leases[i].key == 0) {
+    uint64_t count = sh_atomic_load_relaxed(&a->hdr->lease_count);
+    if (count >= (a->lease_mask + 1) / 4 * 3) {
+      sh_lease_unlock(a);
+      return _sh_fail(SH_EFULL, "the lease table is full (%llu leases): free or renew fewer blocks with a lease",
+                      (unsigned long long)count);
+    }
+    a->leases[i].key = key;
+    sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+  }
+  a->leases[i].deadline_ns = deadline_ns;
+  atomic_fetch_or_explicit(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED, memory_order_release);
+  sh_lease_unlock(a);
+  return SH_OK;
+}
+
+int sh_lease_get(sh_arena_t *a, uint64_t offset, uint64_t *deadline_ns) {
+  if (offset >= a->size) return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena", (unsigned long long)offset);
+  if (!(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
+    return _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
+  sh_lease_lock(a);
+  uint64_t i = sh_lease_find(a, offset + 1);
+  int found = a->leases[i].key != 0;
+  if (found) *deadline_ns = a->leases[i].deadline_ns;
+  sh_lease_unlock(a);
+  return found ? SH_OK : _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
+}
+
+void _sh_lease_forget(sh_arena_t *a, uint64_t offset) {
+  if (a->read_only) return;
+  sh_lease_lock(a);
+  uint64_t i = sh_lease_find(a, offset + 1);
+  if (a->leases[i].key != 0) sh_lease_delete_at(a, i);
+  sh_lease_unlock(a);
+}
+
+int sh_lease_clear(sh_arena_t *a, uint64_t offset) {
+  if (offset >= a->size) return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena", (unsigned long long)offset);
+  _sh_lease_forget(a, offset);
+  return SH_OK;
+}
+
+int sh_lease_reclaim(sh_arena_t *a, uint64_t now_ns, uint64_t *blocks, uint64_t *bytes) {
+  *blocks = *bytes = 0;
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  uint64_t cap = a->lease_mask + 1, n = 0;
+  uint64_t *expired = malloc(cap * sizeof *expired);
+  if (!expired) return _sh_fail(SH_ENOMEM, "out of process memory for a lease sweep");
+  /* taking the entries out under the lock is what makes each free happen once */
+  sh_lease_lock(a);
+  for (uint64_t i = 0; i < cap;) {
+    if (a->leases[i].key != 0 && a->leases[i].deadline_ns <= now_ns) {
+      expired[n++] = a->leases[i].key - 1;
+      sh_lease_delete_at(a, i); /* another entry may have moved into i: look again */
+    } else {
+      i++;
+    }
+  }
+  sh_lease_unlock(a);
+  for (uint64_t k = 0; k < n; k++) {
+    sh_block_info_t info;
+    if (sh_block_info(a, expired[k], &info) != SH_OK) continue; /* freed without the table noticing */
+    if (sh_free(a, expired[k]) == SH_OK) {
+      ++*blocks;
+      *bytes += info.usable_size;
+    }
+  }
+  free(expired);
+  return SH_OK;
+}
+
+uint64_t sh_lease_count(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a->hdr->lease_count); }

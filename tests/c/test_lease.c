@@ -1,0 +1,131 @@
+/* Leases on owner 0's blocks: a sweep frees what ran out, once, and never a
+ * block that was freed (and maybe handed out again) in the meantime. */
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "swarmheap.h"
+#include "testhelper.h"
+
+#define MiB (1024u * 1024u)
+
+static uint64_t in_use(sh_arena_t *a, int part) {
+  sh_partition_stats_t st;
+  sh_partition_stats(a, (sh_partition_t)part, &st);
+  return st.in_use;
+}
+
+static void test_expiry(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t small, big, kept, deadline = 0, blocks, bytes;
+  sh_alloc(a, 0, SH_PART_SHARED, 100, &small);
+  sh_alloc(a, 0, SH_PART_SHARED, 300000, &big);
+  sh_alloc(a, 0, SH_PART_SHARED, 100, &kept);
+  CHECK("lease small", sh_lease_set(a, small, 1000) == SH_OK);
+  CHECK("lease large", sh_lease_set(a, big, 2000) == SH_OK);
+  CHECK("lease read back", sh_lease_get(a, small, &deadline) == SH_OK && deadline == 1000);
+  CHECK("no lease", sh_lease_get(a, kept, &deadline) == SH_ENOENT);
+  CHECK("renew", sh_lease_set(a, small, 1500) == SH_OK && sh_lease_count(a) == 2);
+  CHECK("nothing due yet", sh_lease_reclaim(a, 1499, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("the small one is due", sh_lease_reclaim(a, 1500, &blocks, &bytes) == SH_OK && blocks == 1 && bytes == 112);
+  CHECK("and the large one", sh_lease_reclaim(a, 5000, &blocks, &bytes) == SH_OK && blocks == 1 && bytes >= 300000);
+  CHECK("once", sh_lease_reclaim(a, 9000, &blocks, &bytes) == SH_OK && blocks == 0 && sh_lease_count(a) == 0);
+  CHECK("only the unleased block is left", in_use(a, SH_PART_SHARED) == 112);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+static void test_free_ends_the_lease(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t x, again, blocks, bytes;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 64, &x);
+  sh_lease_set(a, x, 10);
+  CHECK("nolock free defers to the locked path", sh_free_nolock(a, x) == SH_EAGAIN);
+  CHECK("free", sh_free(a, x) == SH_OK);
+  CHECK("its lease went with it", sh_lease_count(a) == 0);
+  CHECK("the same block handed out again", sh_alloc(a, 0, SH_PART_CONTEXT, 64, &again) == SH_OK && again == x);
+  CHECK("is not freed by an old lease", sh_lease_reclaim(a, 1000, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("still live", in_use(a, SH_PART_CONTEXT) == 64);
+  sh_lease_set(a, again, 10);
+  CHECK("clear", sh_lease_clear(a, again) == SH_OK && sh_lease_count(a) == 0);
+  CHECK("a cleared lease frees nothing", sh_lease_reclaim(a, 1000, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+static void test_refusals(void) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.max_owners = 16;
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, &o) == SH_OK);
+  uint32_t id, gen;
+  uint64_t off, free_off;
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 64, &off);
+  CHECK("an agent's block takes no lease", sh_lease_set(a, off, 10) == SH_EINVAL);
+  sh_alloc(a, 0, SH_PART_CONTEXT, 64, &free_off);
+  sh_free(a, free_off);
+  CHECK("a free block takes no lease", sh_lease_set(a, free_off, 10) == SH_EBADPTR);
+  CHECK("outside the arena", sh_lease_set(a, 1ull << 40, 10) == SH_EBADPTR);
+  int rc = SH_OK, n = 0;
+  while (rc == SH_OK && n < 1000) {
+    sh_alloc(a, 0, SH_PART_COMM, 32, &off);
+    rc = sh_lease_set(a, off, 10);
+    n++;
+  }
+  CHECK("the table fills", rc == SH_EFULL && n == 49); /* 3/4 of 64 entries, then one refused */
+  CHECK("message names it", strstr(sh_last_error(), "lease table is full") != NULL);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* Two processes reclaim the same expired leases at once: each block once. */
+static void test_concurrent_reclaim(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_lease_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 32 * MiB, NULL) == SH_OK);
+  sh_unlink(SH_BACKING_SHM, name);
+  enum { N = 120 };
+  for (int i = 0; i < N; i++) {
+    uint64_t off;
+    sh_alloc(a, 0, SH_PART_SHARED, 40, &off);
+    sh_lease_set(a, off, 5);
+  }
+  int pipefd[2];
+  REQUIRE("pipe", pipe(pipefd) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    uint64_t blocks = 0, bytes;
+    char go;
+    if (read(pipefd[0], &go, 1) != 1) _exit(255);
+    sh_lease_reclaim(a, 100, &blocks, &bytes);
+    _exit((int)blocks);
+  }
+  uint64_t mine = 0, bytes;
+  if (write(pipefd[1], "g", 1) != 1) mine = 1000;
+  sh_lease_reclaim(a, 100, &mine, &bytes);
+  int status;
+  waitpid(child, &status, 0);
+  CHECK("child reclaimed", WIFEXITED(status));
+  CHECK("every block freed exactly once", mine + (uint64_t)WEXITSTATUS(status) == N);
+  CHECK("nothing left", in_use(a, SH_PART_SHARED) == 0 && sh_lease_count(a) == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  sh_close(a);
+}
+
+int main(void) {
+  test_expiry();
+  test_free_ends_the_lease();
+  test_refusals();
+#if !defined(__SANITIZE_THREAD__)
+  test_concurrent_reclaim();
+#endif
+  return check_summary("test_lease");
+}
