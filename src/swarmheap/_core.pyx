@@ -28,6 +28,8 @@ cdef extern from "np_handler.h":
 
 shnp_import()
 
+import time
+
 import numpy as np
 
 from swarmheap.errors import (
@@ -88,6 +90,15 @@ cdef int _raise(int rc, bint attaching=False) except -1:
     if rc == SH_ESYS or rc == SH_ENOSPC:
         raise OSError(message)
     raise SwarmHeapError(message, code)
+
+
+cdef uint64_t _lease_deadline_ns(object lease) except 0:
+    """Seconds from now to an absolute CLOCK_REALTIME deadline in ns."""
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)):
+        raise TypeError(f"lease must be seconds (an int or float), not {type(lease).__name__}")
+    if not (lease > 0 and lease < 1e9):
+        raise ValueError(f"lease must be positive seconds below 1e9, not {lease!r}")
+    return <uint64_t>((time.time() + lease) * 1e9)
 
 
 cdef bytes _shm_name(object name):
@@ -307,14 +318,23 @@ cdef class CoreHeap:
             raise StaleBlock(f"agent {oid[0]} (generation {gen[0]}) was recycled", "SH_EOWNER")
         return 0
 
-    def alloc(self, size, partition="context", *, owner=None):
+    def alloc(self, size, partition="context", *, owner=None, lease=None):
         """A Block of ``size`` bytes in ``partition``, charged to ``owner``
-        (an Agent, an owner id, or None for the shared default)."""
+        (an Agent, an owner id, or None for the shared default). ``lease``
+        (seconds, shared default only) lets a sweep free the block once that
+        time has passed without a renew_lease(): for blocks whose holder may
+        forget them or die."""
         self._check_open()
         cdef uint64_t nbytes = _size_arg(size)
         cdef int part = _part(partition)
         cdef uint32_t oid, gen
         self._owner_arg(owner, &oid, &gen)
+        cdef uint64_t deadline = 0
+        if lease is not None:
+            deadline = _lease_deadline_ns(lease)
+            if oid != 0:
+                raise ValueError("only blocks of the shared default (owner=None) take a lease: "
+                                 "an agent's blocks go back with the agent, so give the agent the lease")
         cdef uint64_t off
         cdef int rc = sh_alloc_nolock(self.arena, oid, <sh_partition_t>part, nbytes, &off)
         if rc == SH_EAGAIN:
@@ -322,7 +342,64 @@ cdef class CoreHeap:
                 rc = sh_alloc(self.arena, oid, <sh_partition_t>part, nbytes, &off)
         if rc:
             _raise(rc)
+        if deadline:
+            with nogil:
+                rc = sh_lease_set(self.arena, off, deadline)
+            if rc:
+                with nogil:
+                    sh_free(self.arena, off)
+                _raise(rc)
         return self._new_block(off, nbytes, oid, gen)
+
+    def renew_lease(self, block, lease):
+        """Move the lease of a block of the shared default (a Block or its
+        Handle) to ``lease`` seconds from now; gives a block without one a lease."""
+        self._check_open()
+        cdef uint64_t off = self._lease_target(block)
+        cdef uint64_t deadline = _lease_deadline_ns(lease)
+        cdef int rc
+        with nogil:
+            rc = sh_lease_set(self.arena, off, deadline)
+        if rc:
+            _raise(rc)
+
+    def lease_deadline(self, block):
+        """When the block's lease runs out (seconds since the epoch, as
+        time.time()), or None if it has no lease."""
+        self._check_open()
+        cdef uint64_t off = self._lease_target(block)
+        cdef uint64_t deadline = 0
+        cdef int rc
+        with nogil:
+            rc = sh_lease_get(self.arena, off, &deadline)
+        if rc == SH_ENOENT:
+            return None
+        if rc:
+            _raise(rc)
+        return deadline / 1e9
+
+    def _lease_target(self, block):
+        if isinstance(block, Block):
+            if (<Block>block).heap is not self:
+                raise ValueError("the block belongs to another heap object")
+            if (<Block>block).freed:
+                raise StaleBlock("the block was freed", "SH_EDOUBLEFREE")
+            return (<Block>block).offset
+        if isinstance(block, tuple) and len(block) == 4:
+            return self.resolve(block).offset
+        raise TypeError(f"expected a Block or a Handle, not {type(block).__name__}")
+
+    def _lease_reclaim(self, double now):
+        """Free the leased blocks whose time ran out at ``now``: (blocks, bytes)."""
+        self._check_open()
+        cdef uint64_t blocks = 0, nbytes = 0
+        cdef uint64_t now_ns = <uint64_t>(now * 1e9) if now > 0 else 0
+        cdef int rc
+        with nogil:
+            rc = sh_lease_reclaim(self.arena, now_ns, &blocks, &nbytes)
+        if rc:
+            _raise(rc)
+        return blocks, nbytes
 
     def resolve(self, handle):
         """The Block a Handle names, in this process. InvalidHandle if it names

@@ -37,6 +37,7 @@ class SweepResult:
     promoted: int = 0
     deferred: int = 0  # reclaimable but pinned by a live view
     thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
+    leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
 
@@ -53,6 +54,7 @@ class SweepResult:
         self.promoted += other.promoted
         self.deferred += other.deferred
         self.thread_caches += other.thread_caches
+        self.leased_blocks += other.leased_blocks
         for cause in CAUSES:
             self.agents[cause] += other.agents[cause]
             self.bytes[cause] += other.bytes[cause]
@@ -150,6 +152,10 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
         # free blocks a dead process's threads cached, of the shared default
         # heap above all (an agent's come back with the agent anyway)
         result.thread_caches = heap._reclaim_dead_threads()
+        # blocks of the shared default whose holder let their lease run out
+        blocks, nbytes = heap._lease_reclaim(now)
+        result.leased_blocks = blocks
+        result.bytes["lease"] += nbytes
     if generation == 2:
         for agent_id in range(1, heap._max_owners()):
             agent_gen = heap._owner_generation(agent_id)

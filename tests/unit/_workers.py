@@ -107,3 +107,11 @@ def cache_then_die(name: str) -> None:
     for blk in blocks[:32]:
         blk.free()
     os._exit(0)
+
+
+def lease_then_die(name: str, n: int) -> None:
+    """Take ``n`` leased 512-byte blocks of the shared default and die holding them."""
+    heap = sh.Heap.attach(name)
+    for _ in range(n):
+        heap.alloc(512, "shared", lease=60)
+    os._exit(0)
