@@ -154,8 +154,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     max_owners = (uint32_t)(n < 16 ? 16 : n > 65536 ? 65536 : n);
   }
   uint32_t nslots = o->max_threads;
-  if (nslots == 0) { /* one thread cache per 2 MiB of arena, within [4, 128] */
-    uint64_t n = a->size >> 21;
+  if (nslots == 0) { /* one thread cache per 4 MiB of arena, within [4, 128] */
+    uint64_t n = a->size >> 22;
     nslots = (uint32_t)(n < 4 ? 4 : n > 128 ? 128 : n);
   }
   sh_layout_t l;
@@ -247,7 +247,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     for (int p = 0; p < SH_NPARTITIONS; p++) a->owners[i].large_head[p] = SH_NIL;
   for (uint32_t i = 0; i < nslots; i++) {
     sh_tc_entry_t *entries = _sh_tc_entries(_sh_tc_slot_at(a, i));
-    for (uint32_t k = 0; k < l.tc_entries; k++) sh_atomic_store_relaxed(&entries[k].page, SH_NIL);
+    for (uint32_t k = 0; k < l.tc_entries; k++)
+      for (int w = 0; w < SH_TC_WAYS; w++) sh_atomic_store_relaxed(&entries[k].way[w].page, SH_NIL);
   }
   sh_owner_t *def = &a->owners[SH_OWNER_DEFAULT];
   def->pid = (int32_t)getpid();

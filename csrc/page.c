@@ -158,7 +158,7 @@ SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, u
 
 /* The same for the stack of the thread that caches the page, if any. */
 SH_NO_TSAN static bool sh_page_local_holds(const sh_arena_t *a, uint32_t pi, uint32_t top) {
-  const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+  const sh_tc_way_t *e = _sh_tc_holder(a, pi);
   if (!e) return false;
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&a->pages[pi].sclass) % a->nclasses];
@@ -183,7 +183,7 @@ uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
    * below) but never misses one, and a thread that exited shows no phantom
    * use while its exit hook is still flushing. */
   if (sh_atomic_load_acquire(&pg->claim) != 0) {
-    const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+    const sh_tc_way_t *e = _sh_tc_holder(a, pi);
     if (e) n = sh_local_count(sh_atomic_load_acquire(&e->local));
   }
   uint64_t h = sh_atomic_load_acquire(&pg->head);
@@ -393,17 +393,18 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
 
 enum { SH_TC_HIT, SH_TC_MISS };
 
-/* Pops the entry's own stack with plain loads and stores. The page's claim is
- * read before and after: a page released under us (its owner recycled) drops
- * the claim first, so a changed claim means the block is not ours to give. */
-__attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint32_t key, int c,
-                            uint64_t *offset) {
-  uint32_t pi = sh_atomic_load_relaxed(&e->page);
-  uint64_t local = sh_atomic_load_relaxed(&e->local);
+/* Pops way 0's stack with plain loads and stores. The page's claim is read
+ * before and after: a page released under us (its owner recycled) drops the
+ * claim first, so a changed claim means the block is not ours to give. */
+__attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e,
+                                                           uint32_t key, int c, uint64_t *offset) {
+  sh_tc_way_t *w = &e->way[0];
+  uint32_t pi = sh_atomic_load_relaxed(&w->page);
+  uint64_t local = sh_atomic_load_relaxed(&w->local);
   uint32_t top = sh_local_top(local);
   if (sh_unlikely(sh_atomic_load_relaxed(&e->key) != key || pi == SH_NIL || top == 0)) return SH_TC_MISS;
   sh_page_t *pg = &a->pages[pi];
-  uint32_t claim = sh_atomic_load_relaxed(&e->claim);
+  uint32_t claim = sh_atomic_load_relaxed(&w->claim);
   if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
   const sh_class_t *cls = &a->classes[c];
   uint32_t *link = sh_link_at(a, pi, top);
@@ -413,7 +414,7 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
   if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !sh_top_valid(a, cls, next) ||
                   (next == 0) != (count == 1)))
     return SH_TC_MISS;
-  sh_atomic_store_relaxed(&e->local, sh_local_make(next, count - 1));
+  sh_atomic_store_relaxed(&w->local, sh_local_make(next, count - 1));
   if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
   __atomic_store_n(&link[1], ~check, __ATOMIC_RELAXED);
   uint64_t off = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
@@ -423,14 +424,57 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
   return SH_TC_HIT;
 }
 
-/* Gives the entry a page of its own: the bin's unclaimed page with the most
- * free blocks (of the first few), else a fresh page whose blocks all go to
- * the entry. A full partition first takes back this thread's other cached
- * pages there, then pages that emptied. */
+static void sh_way_clear(sh_tc_way_t *w) {
+  sh_atomic_store_relaxed(&w->local, 0);
+  sh_atomic_store_release(&w->page, SH_NIL);
+}
+
+/* Moves a way to another place in its entry: the way number in its page's
+ * claim changes with it. A page released meanwhile (its claim gone) leaves
+ * an empty way. Only the slot's thread calls this. */
+static void sh_way_move(sh_arena_t *a, const sh_tc_way_t *from, sh_tc_way_t *to, uint32_t to_index) {
+  uint32_t pi = sh_atomic_load_relaxed(&from->page), claim = sh_atomic_load_relaxed(&from->claim);
+  uint64_t local = sh_atomic_load_relaxed(&from->local);
+  uint32_t moved = (claim & ~(3u << SH_CLAIM_SLOT_BITS)) | to_index << SH_CLAIM_SLOT_BITS;
+  if (pi == SH_NIL || !sh_atomic_cas_strong_acq_rel(&a->pages[pi].claim, &claim, moved)) {
+    sh_way_clear(to);
+    return;
+  }
+  sh_atomic_store_relaxed(&to->claim, moved);
+  sh_atomic_store_relaxed(&to->local, local);
+  sh_atomic_store_release(&to->page, pi);
+}
+
+static void sh_way_swap(sh_arena_t *a, sh_tc_entry_t *e, uint32_t w) {
+  sh_tc_way_t held = {0};
+  sh_atomic_store_relaxed(&held.page, sh_atomic_load_relaxed(&e->way[0].page));
+  sh_atomic_store_relaxed(&held.claim, sh_atomic_load_relaxed(&e->way[0].claim));
+  sh_atomic_store_relaxed(&held.local, sh_atomic_load_relaxed(&e->way[0].local));
+  sh_way_move(a, &e->way[w], &e->way[0], 0);
+  sh_way_move(a, &held, &e->way[w], w);
+}
+
+/* Gives way 0 a page of its own: the bin's unclaimed page with the most free
+ * blocks (of the first few), else a fresh page whose blocks all go to the
+ * way. What way 0 held moves to an empty way, else to the last, whose page
+ * is left to the frees of whoever holds its blocks. A full
+ * partition first takes back this thread's other cached pages there, then
+ * pages that emptied. */
 static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint32_t key, uint32_t owner,
                         int part, int c, size_t size) {
   int rc = sh_owner_usable(a, owner);
   if (rc) return rc;
+  if (sh_atomic_load_relaxed(&e->key) != key) {
+    _sh_tc_entry_flush(a, e); /* another (owner, partition, class) used the entry */
+    _sh_tc_fold(a, slot, e);
+    sh_atomic_store_relaxed(&e->key, key);
+  }
+  uint32_t victim = SH_TC_WAYS - 1;
+  for (uint32_t w = SH_TC_WAYS - 1; w > 0; w--)
+    if (sh_atomic_load_relaxed(&e->way[w].page) == SH_NIL) victim = w;
+  _sh_tc_way_flush(a, &e->way[victim]);
+  sh_way_swap(a, e, victim); /* way 0 is empty now */
+  sh_tc_way_t *way = &e->way[0];
   bool flushed = false;
   _sh_part_lock(a, part);
   for (;;) {
@@ -439,13 +483,13 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL && looked < 16; pi = a->pages[pi].next, looked++) {
       const sh_page_t *pg = &a->pages[pi];
       uint64_t h = sh_atomic_load_acquire(&pg->head);
-      if (sh_atomic_load_relaxed(&pg->claim) != 0 || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT) || sh_head_top(h) == 0 ||
-          sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) <= best_free)
+      if (sh_atomic_load_relaxed(&pg->claim) != 0 || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT) ||
+          sh_head_top(h) == 0 || sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) <= best_free)
         continue;
       best = pi;
       best_free = sh_head_count(h);
     }
-    uint32_t claim = _sh_tc_next_claim(a, slot);
+    uint32_t claim = _sh_tc_next_claim(a, slot, 0);
     uint64_t local = 0;
     if (best == SH_NIL) {
       best = sh_bitmap_take(a, part, 1);
@@ -469,61 +513,66 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
       /* claims are set only under the partition lock, so 0 stays 0 until here */
       sh_atomic_store_release(&a->pages[best].claim, claim);
     }
-    if (sh_atomic_load_relaxed(&e->key) != key) _sh_tc_fold(a, slot, e);
-    sh_atomic_store_relaxed(&e->key, key);
-    sh_atomic_store_relaxed(&e->claim, claim);
-    sh_atomic_store_relaxed(&e->local, local);
-    sh_atomic_store_release(&e->page, best);
+    sh_atomic_store_relaxed(&way->claim, claim);
+    sh_atomic_store_relaxed(&way->local, local);
+    sh_atomic_store_release(&way->page, best);
     _sh_part_unlock(a, part);
     return SH_OK;
   }
 }
 
-/* Takes the page's whole shared stack into the entry's own (the frees other
+/* Takes the page's whole shared stack onto the way's own (the frees other
  * threads made since). False when the page has no free block. */
-static bool sh_tc_collect(sh_page_t *pg, sh_tc_entry_t *e) {
+static bool sh_tc_collect(sh_page_t *pg, sh_tc_way_t *w) {
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   while (sh_head_top(head) != 0 && sh_head_top(head) != SH_HEAD_RETIRED) {
     if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, sh_head_make(0, 0, sh_head_tag(head) + 1))) {
-      sh_atomic_store_relaxed(&e->local, sh_local_make(sh_head_top(head), sh_head_count(head)));
+      sh_atomic_store_relaxed(&w->local, sh_local_make(sh_head_top(head), sh_head_count(head)));
       return true;
     }
   }
   return false;
 }
 
+/* Way 0 could not give a block: find a way with blocks (its own stack, or
+ * what others freed to its page), move it to way 0 and pop; refill otherwise. */
 static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size,
                             uint64_t *offset, bool may_lock) {
   uint32_t key = _sh_tc_key(owner, part, c);
   sh_tc_entry_t *e = _sh_tc_entry(a, slot, owner, part, c);
   /* each round ends in a hit, an error, or a step that makes the next one hit */
   for (int round = 0; round < 4; round++) {
-    uint32_t pi = sh_atomic_load_relaxed(&e->page);
-    if (pi != SH_NIL && sh_atomic_load_relaxed(&e->key) == key) {
-      sh_page_t *pg = &a->pages[pi];
-      if (sh_atomic_load_acquire(&pg->claim) != sh_atomic_load_relaxed(&e->claim)) {
-        /* the page went back to its partition (a recycle): the cache held nothing */
-        sh_atomic_store_relaxed(&e->local, 0);
-        sh_atomic_store_release(&e->page, SH_NIL);
-      } else if (sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0) {
-        /* the pop saw a damaged link on a page still ours */
-        if (!may_lock) return SH_EAGAIN;
-        sh_atomic_store_relaxed(&e->local, 0);
-        _sh_tc_entry_flush(a, e);
-        return sh_quarantine(a, pi, part);
-      } else if (sh_tc_collect(pg, e)) {
+    if (sh_atomic_load_relaxed(&e->key) == key) {
+      for (uint32_t w = 0; w < SH_TC_WAYS; w++) {
+        sh_tc_way_t *way = &e->way[w];
+        uint32_t pi = sh_atomic_load_relaxed(&way->page);
+        if (pi == SH_NIL) continue;
+        sh_page_t *pg = &a->pages[pi];
+        if (sh_atomic_load_acquire(&pg->claim) != sh_atomic_load_relaxed(&way->claim)) {
+          sh_way_clear(way); /* the page went back to its partition (a recycle): it held nothing */
+          continue;
+        }
+        if (sh_local_top(sh_atomic_load_relaxed(&way->local)) != 0) {
+          if (w == 0) {
+            /* the pop saw a damaged link on a page still ours */
+            if (!may_lock) return SH_EAGAIN;
+            sh_atomic_store_relaxed(&way->local, 0);
+            _sh_tc_way_flush(a, way);
+            return sh_quarantine(a, pi, part);
+          }
+        } else if (!sh_tc_collect(pg, way)) {
+          continue;
+        }
+        if (w != 0) sh_way_swap(a, e, w);
         if (sh_tc_pop(a, slot, e, key, c, offset) == SH_TC_HIT) return SH_OK;
-        continue;
-      } else {
-        _sh_tc_entry_flush(a, e); /* every block is out: leave the page to their frees */
+        goto next_round; /* a damaged link: the next round quarantines the page */
       }
-    } else if (pi != SH_NIL) {
-      _sh_tc_entry_flush(a, e); /* another (owner, partition, class) shares the entry */
     }
     if (!may_lock) return SH_EAGAIN;
     int rc = sh_tc_refill(a, slot, e, key, owner, part, c, size);
     if (rc) return rc;
     if (sh_tc_pop(a, slot, e, key, c, offset) == SH_TC_HIT) return SH_OK;
+  next_round:;
   }
   return sh_alloc_shared(a, slot, owner, part, c, size, offset, may_lock);
 }
@@ -659,18 +708,20 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
   if (claim != 0 && slot != NULL && sh_claim_slot(claim) == _sh_tc_tls[0].slot_index) {
     /* our own cached page: push on our stack, no atomic read-modify-write */
     sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), part, c);
-    if (sh_likely(sh_atomic_load_relaxed(&e->page) == pi && sh_atomic_load_relaxed(&e->claim) == claim)) {
+    for (uint32_t w = sh_claim_way(claim); w < SH_TC_WAYS; w = SH_TC_WAYS) {
+      sh_tc_way_t *way = &e->way[w];
+      if (sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim) continue;
       uint32_t seen_link = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
       if (sh_unlikely(__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (seen_link ^ key)) &&
           sh_block_is_free(a, pg, pi, top))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
-      uint64_t local = sh_atomic_load_relaxed(&e->local);
+      uint64_t local = sh_atomic_load_relaxed(&way->local);
       uint32_t n = sh_local_count(local);
       if (sh_unlikely(n >= cap))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (its page is all free)",
                         (unsigned long long)offset);
       sh_link_write(link, sh_local_top(local), key);
-      sh_atomic_store_relaxed(&e->local, sh_local_make(top, n + 1));
+      sh_atomic_store_relaxed(&way->local, sh_local_make(top, n + 1));
       sh_track_free(a, link, cls->size);
       _sh_tc_count_entry(a, slot, e, &e->frees);
       return SH_OK;
@@ -713,17 +764,19 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1)) return false;
   sh_tc_entry_t *e = _sh_tc_entry(a, b->slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
-  if (sh_unlikely(sh_atomic_load_relaxed(&e->page) != pi || sh_atomic_load_relaxed(&e->claim) != claim))
+  uint32_t w = sh_claim_way(claim);
+  sh_tc_way_t *way = &e->way[w < SH_TC_WAYS ? w : 0];
+  if (sh_unlikely(sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim))
     return false;
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);
   uint32_t *link = sh_link_at(a, pi, top);
-  uint64_t local = sh_atomic_load_relaxed(&e->local);
+  uint64_t local = sh_atomic_load_relaxed(&way->local);
   uint32_t n = sh_local_count(local);
   if (sh_unlikely((__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) ||
                   n >= cls->capacity))
     return false;
   sh_link_write(link, sh_local_top(local), key);
-  sh_atomic_store_relaxed(&e->local, sh_local_make(top, n + 1));
+  sh_atomic_store_relaxed(&way->local, sh_local_make(top, n + 1));
   sh_track_free(a, link, cls->size);
   _sh_tc_count_entry(a, b->slot, e, &e->frees);
   return true;

@@ -36,7 +36,8 @@ sh_internal uint32_t _sh_os_random32(void);
 sh_internal uint32_t _sh_classes_build(uint32_t page_size, uint32_t *sizes, uint32_t *small_limit);
 sh_internal void _sh_classes_load(sh_arena_t *arena);
 static inline int _sh_size_class(const sh_arena_t *arena, size_t size) {
-  if (size <= 128) return size == 0 ? 0 : (int)((size - 1) >> 4);
+  if (sh_likely(size <= SH_DIRECT_SIZES * 16u && size <= arena->small_limit))
+    return arena->class_of[(size + 15) >> 4];
   unsigned b = 63u - (unsigned)__builtin_clzll((unsigned long long)(size - 1)); /* 2^b < size */
   int c = SH_SMALL_CLASSES + (int)(b - 7) * 4 + (int)(((size - 1) >> (b - 2)) - 4);
   return c < (int)arena->nclasses ? c : -1;

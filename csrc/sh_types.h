@@ -17,6 +17,7 @@
 #define SH_CACHE_LINE 64
 #define SH_NSTRIPES 8
 #define SH_SMALL_CLASSES 8 /* 16..128 in 16-byte steps */
+#define SH_DIRECT_SIZES 64 /* sizes up to 1 KiB find their class in one table load */
 #define SH_SWEEP_RINGS 2   /* young and middle-aged owners; the rest are old */
 
 /* ---- Free-stack head word ----------------------------------------------------
@@ -109,27 +110,40 @@ typedef struct sh_stripe_hdr_s {
 /* ---- Thread caches (see sh_tcache.h) ----------------------------------------
  * A thread slot lives in the arena so that a process that dies with blocks in
  * its threads' caches can be swept by the others. Each entry caches one page
- * of one (owner, partition, class): the page's `claim` names the entry's slot,
- * and the page's free blocks that the slot took sit on `local`, a stack only
- * that slot's thread touches, with the same link format as the page's stack.
+ * of one (owner, partition, class) per way: the page's `claim` names the
+ * entry's slot, and the page's free blocks that the slot took sit on the way's
+ * `local`, a stack only that slot's thread touches, with the same link format
+ * as the page's stack.
  * The page's own stack keeps taking frees from every other thread. */
-#define SH_CLAIM_SLOT_BITS 12 /* claim word: seq:20 | slot + 1:12 */
+#define SH_CLAIM_SLOT_BITS 12 /* claim word: seq:18 | way:2 | slot + 1:12 */
 #define SH_MAX_THREAD_SLOTS ((1u << SH_CLAIM_SLOT_BITS) - 1)
 #define sh_claim_slot(w) (((w) & ((1u << SH_CLAIM_SLOT_BITS) - 1)) - 1)
+#define sh_claim_way(w) (((w) >> SH_CLAIM_SLOT_BITS) & 3u)
 #define sh_local_top(l) ((uint32_t)((l) & SH_HEAD_FIELD_MASK))
 #define sh_local_count(l) ((uint32_t)(((l) >> 20) & SH_HEAD_FIELD_MASK))
 #define sh_local_make(top, count) ((uint64_t)(top) | ((uint64_t)(count) << 20))
 
-typedef struct sh_tc_entry_s {
-  _Atomic uint32_t key;   /* owner << 8 | partition << 6 | class; written by the slot's thread */
-  _Atomic uint32_t page;  /* SH_NIL when the entry holds nothing */
-  _Atomic uint32_t claim; /* the claim word this entry put on the page */
-  _Atomic uint32_t allocs; /* for `key`, since the slot last folded them (see sh_tcache.h) */
+/* One cached page: the claim the entry put on it, and the stack of its free
+ * blocks only this slot's thread touches. */
+typedef struct sh_tc_way_s {
+  _Atomic uint32_t page;  /* SH_NIL when the way holds nothing */
+  _Atomic uint32_t claim;
   _Atomic uint64_t local; /* | count:20 | top:20 |, as the page stack's head without a tag */
+} sh_tc_way_t;
+
+/* Up to SH_TC_WAYS pages of one (owner, partition, class): allocations pop
+ * way 0; a free to any of them is a local push (the page's claim word names
+ * the way), so a class whose live blocks span a few pages still frees
+ * without an atomic instruction. */
+#define SH_TC_WAYS 3
+typedef struct sh_tc_entry_s {
+  _Atomic uint32_t key;    /* owner << 8 | partition << 6 | class; written by the slot's thread */
+  _Atomic uint32_t allocs; /* for `key`, since the slot last folded them (see sh_tcache.h) */
   _Atomic uint32_t frees;
   uint32_t reserved_;
+  sh_tc_way_t way[SH_TC_WAYS];
 } sh_tc_entry_t;
-_Static_assert(sizeof(sh_tc_entry_t) == 32, "two entries per cache line");
+_Static_assert(sizeof(sh_tc_entry_t) == SH_CACHE_LINE, "an entry is one cache line");
 
 typedef enum sh_tslot_state_e {
   SH_TSLOT_FREE = 0,
@@ -224,6 +238,7 @@ struct sh_arena_s {
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
   sh_class_t classes[SH_MAX_CLASSES];
+  uint8_t class_of[SH_DIRECT_SIZES + 1]; /* class of sizes up to SH_DIRECT_SIZES * 16, by (size + 15) / 16 */
 };
 
 #endif

@@ -133,7 +133,7 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) 
   if (claim != 0) {
     SH_CHECK(sh_claim_slot(claim) < a->nslots, "page %u: claimed by thread slot %u of %u", pi,
              sh_claim_slot(claim), a->nslots);
-    const sh_tc_entry_t *e = _sh_tc_holder(a, pi);
+    const sh_tc_way_t *e = _sh_tc_holder(a, pi);
     SH_CHECK(e != NULL, "page %u: claimed by thread slot %u, which does not cache it", pi, sh_claim_slot(claim));
     uint64_t local = sh_atomic_load_relaxed(&e->local);
     SH_CHECK(count + sh_local_count(local) <= cap, "page %u: %u shared and %u cached free blocks, capacity %u",

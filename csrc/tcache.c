@@ -96,10 +96,10 @@ void _sh_tc_close(sh_arena_t *a) {
 
 /* ---- Claims and flushes ------------------------------------------------------ */
 
-uint32_t _sh_tc_next_claim(const sh_arena_t *a, sh_tslot_t *s) {
-  uint32_t seq = ++s->claim_seq & ((1u << (32 - SH_CLAIM_SLOT_BITS)) - 1);
+uint32_t _sh_tc_next_claim(const sh_arena_t *a, sh_tslot_t *s, int way) {
+  uint32_t seq = ++s->claim_seq & ((1u << (30 - SH_CLAIM_SLOT_BITS)) - 1);
   if (seq == 0) seq = s->claim_seq = 1;
-  return seq << SH_CLAIM_SLOT_BITS | (_sh_tc_slot_index(a, s) + 1);
+  return seq << (SH_CLAIM_SLOT_BITS + 2) | (uint32_t)way << SH_CLAIM_SLOT_BITS | (_sh_tc_slot_index(a, s) + 1);
 }
 
 static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) {
@@ -111,7 +111,7 @@ static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) 
  * which the claim word tells; then the blocks went back with the page. Under
  * the partition lock, so that check() never sees a block on both stacks; the
  * caller must not hold it. */
-void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
+void _sh_tc_way_flush(sh_arena_t *a, sh_tc_way_t *e) {
   uint32_t pi = sh_atomic_load_relaxed(&e->page);
   if (pi == SH_NIL) return;
   sh_page_t *pg = &a->pages[pi];
@@ -156,6 +156,10 @@ void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
   if (holds_blocks) _sh_part_unlock(a, part);
 }
 
+void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
+  for (int w = 0; w < SH_TC_WAYS; w++) _sh_tc_way_flush(a, &e->way[w]);
+}
+
 void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
   uint32_t key = sh_atomic_load_relaxed(&e->key);
   int part = (int)((key >> 6) & 3), c = (int)(key & 63);
@@ -172,10 +176,11 @@ void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
 
 void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
   sh_tc_entry_t *entries = _sh_tc_entries(s);
-  for (uint32_t i = 0; i <= a->tc_mask; i++) {
-    uint32_t pi = sh_atomic_load_relaxed(&entries[i].page);
-    if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_entry_flush(a, &entries[i]);
-  }
+  for (uint32_t i = 0; i <= a->tc_mask; i++)
+    for (int w = 0; w < SH_TC_WAYS; w++) {
+      uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
+      if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_way_flush(a, &entries[i].way[w]);
+    }
 }
 
 /* Empties a slot and frees it; its counters fold into the shared stripes so
@@ -304,7 +309,7 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
   *total = a->nslots;
 }
 
-const sh_tc_entry_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
+const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
   const sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_acquire(&pg->claim);
   if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
@@ -312,6 +317,8 @@ const sh_tc_entry_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
   uint32_t c = sh_atomic_load_relaxed(&pg->sclass) % a->nclasses;
   const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
                                         (int)pg->partition, (int)c);
-  if (sh_atomic_load_relaxed(&e->page) == pi && sh_atomic_load_relaxed(&e->claim) == claim) return e;
+  uint32_t w = sh_claim_way(claim);
+  if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim)
+    return &e->way[w];
   return NULL;
 }

@@ -125,6 +125,28 @@ static void test_write_after_free_on_cached_page(void) {
   sh_close(a);
 }
 
+/* A class whose live blocks span several pages: the thread caches up to three
+ * of them, frees to any go back to it, and they are reused before new pages. */
+static void test_ways_span_pages(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 4096);
+  uint64_t off[12];
+  for (int i = 0; i < 12; i++) REQUIRE("alloc", sh_alloc(a, 0, SH_PART_CONTEXT, 1000, &off[i]) == SH_OK);
+  sh_partition_stats_t st = part_stats(a, SH_PART_CONTEXT);
+  uint64_t pages = st.pages_used;
+  CHECK("12 blocks of 1 KiB fill three 4 KiB pages", pages == 3);
+  for (int i = 0; i < 12; i++) CHECK("free", sh_free(a, off[i]) == SH_OK);
+  st = part_stats(a, SH_PART_CONTEXT);
+  CHECK("all free", st.in_use == 0 && st.frees == 12);
+  CHECK("check with three cached pages", sh_check(a) == SH_OK);
+  for (int i = 0; i < 12; i++) REQUIRE("alloc again", sh_alloc(a, 0, SH_PART_CONTEXT, 1000, &off[i]) == SH_OK);
+  CHECK("the cached pages served them", part_stats(a, SH_PART_CONTEXT).pages_used == pages);
+  for (int i = 0; i < 12; i++) sh_free(a, off[i]);
+  CHECK("double free on a second way refused", sh_free(a, off[0]) == SH_EDOUBLEFREE && sh_free(a, off[11]) == SH_EDOUBLEFREE);
+  CHECK("flush", sh_thread_flush(a) == SH_OK && sh_check(a) == SH_OK);
+  CHECK("empty", part_stats(a, SH_PART_CONTEXT).in_use == 0);
+  sh_close(a);
+}
+
 /* Recycling an owner whose page this thread caches: the cache notices the
  * claim is gone and never hands out a block of the released page. */
 static void test_recycle_under_cache(void) {
@@ -247,6 +269,7 @@ int main(void) {
   test_cached_blocks_count_as_free();
   test_double_free_on_cached_page();
   test_write_after_free_on_cached_page();
+  test_ways_span_pages();
   test_recycle_under_cache();
   test_full_partition_takes_own_cache();
 #if !defined(__SANITIZE_THREAD__)
