@@ -124,10 +124,16 @@ uint64_t _sh_os_now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Page keys only need to differ, not to be secret: a per-thread splitmix64,
+ * seeded once from the kernel, saves a system call per page formatted. */
 uint32_t _sh_os_random32(void) {
-  uint32_t v;
-  if (getrandom(&v, sizeof v, GRND_NONBLOCK) == (ssize_t)sizeof v) return v;
-  return (uint32_t)_sh_os_now_ns() * 2654435761u;
+  static _Thread_local uint64_t state;
+  if (state == 0 && getrandom(&state, sizeof state, GRND_NONBLOCK) != (ssize_t)sizeof state)
+    state = _sh_os_now_ns();
+  uint64_t z = (state += UINT64_C(0x9E3779B97F4A7C15));
+  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+  return (uint32_t)((z ^ (z >> 31)) >> 32);
 }
 
 int sh_process_start_time(int pid, uint64_t *start_time) {

@@ -68,7 +68,7 @@ static int sh_owner_lookup(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_ow
 }
 
 /* Adds one page's live blocks to `info` (under the partition lock). */
-static void sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
+void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
   const sh_page_t *pg = &a->pages[pi];
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
     info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
@@ -80,33 +80,30 @@ static void sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owne
   info->blocks += used;
 }
 
-/* Every page of the owner back to its partition; with `final`, the live
- * bytes are summed on the way, so a complete reads each page once. Owner
- * lock held. */
+/* Every page of the owner back to its partition, whole lists at a time (no
+ * per-page unlinking, one counter update per partition); with `final`, the
+ * live bytes are summed on the way, so a complete reads each page once.
+ * Owner lock held. */
 int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
+  sh_owner_t *o = &a->owners[id];
   for (int part = 0; part < SH_NPARTITIONS; part++) {
-    if (sh_atomic_load_relaxed(&a->owners[id].pages[part]) == 0) continue;
+    if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
     _sh_part_lock(a, part);
+    uint64_t pages = 0;
     for (uint32_t c = 0; c < a->nclasses; c++) {
       _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
-      uint32_t pi;
-      while ((pi = sh_atomic_load_relaxed(bin)) != SH_NIL) {
-        /* An owner's pages mostly came from one first-fit scan, so its list,
-         * newest first, runs down through consecutive descriptors: fetching
-         * the next few ahead turns a chain of cache misses into one. */
-        for (uint32_t k = 1; k <= 8 && pi >= k; k++) __builtin_prefetch(&a->pages[pi - k], 1);
-        if (final) sh_info_add_page(a, pi, part, final);
-        _sh_page_release_locked(a, part, pi);
-      }
+      uint32_t first = sh_atomic_load_relaxed(bin);
+      if (first == SH_NIL) continue;
+      pages += _sh_list_release_locked(a, part, id, first, final);
+      sh_atomic_store_release(bin, SH_NIL);
     }
-    uint32_t pi;
-    while ((pi = a->owners[id].large_head[part]) != SH_NIL) {
-      if (final) sh_info_add_page(a, pi, part, final);
-      _sh_page_release_locked(a, part, pi);
-    }
+    pages += _sh_list_release_locked(a, part, id, o->large_head[part], final);
+    o->large_head[part] = SH_NIL;
+    sh_atomic_store_relaxed(&o->pages[part], 0);
+    sh_atomic_sub_relaxed(&a->hdr->pages_used[part], pages);
     _sh_part_unlock(a, part);
   }
-  sh_atomic_store_release(&a->owners[id].state, SH_OWNER_FREE);
+  sh_atomic_store_release(&o->state, SH_OWNER_FREE);
   return SH_OK;
 }
 
@@ -234,9 +231,9 @@ static void sh_info_bytes(const sh_arena_t *a, uint32_t id, sh_owner_info_t *inf
     for (uint32_t c = 0; c < a->nclasses; c++)
       for (uint32_t pi = sh_atomic_load_acquire(_sh_bin(a, id, part, (int)c)); pi < total && steps++ < total;
            pi = a->pages[pi].next)
-        sh_info_add_page(a, pi, part, info);
+        _sh_info_add_page(a, pi, part, info);
     for (uint32_t pi = a->owners[id].large_head[part]; pi < total && steps++ < total; pi = a->pages[pi].next)
-      sh_info_add_page(a, pi, part, info);
+      _sh_info_add_page(a, pi, part, info);
     if (!a->read_only) _sh_part_unlock((sh_arena_t *)a, part);
   }
 }

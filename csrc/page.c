@@ -253,23 +253,20 @@ static void sh_list_unlink(sh_arena_t *a, uint32_t pi, _Atomic uint32_t *bin, ui
   pg->next = pg->prev = SH_NIL;
 }
 
-void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
+/* Hands a page (or a run) back to the partition, leaving its list links and
+ * the page counters to the caller; returns how many pages it freed. */
+static uint32_t sh_page_drop_locked(sh_arena_t *a, uint32_t pi) {
   sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_relaxed(&pg->state);
-  uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
-  uint32_t n = 1;
-  if (state == SH_PAGE_SMALL) {
-    sh_list_unlink(a, pi, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), NULL);
-  } else if (state == SH_PAGE_LARGE) {
+  uint32_t state = sh_atomic_load_relaxed(&pg->state), n = 1;
+  if (state == SH_PAGE_LARGE) {
     n = sh_atomic_load_relaxed(&pg->capacity);
-    sh_list_unlink(a, pi, NULL, &a->owners[owner].large_head[part]);
     for (uint32_t q = pi + 1; q < pi + n; q++) {
       sh_atomic_store_relaxed(&a->pages[q].state, SH_PAGE_FREE);
       sh_atomic_store_relaxed(&a->pages[q].run_head, SH_NIL);
       sh_bit_set(a, q, false);
     }
-  } else {
-    return;
+  } else if (state != SH_PAGE_SMALL) {
+    return 0;
   }
   /* the claim goes first: a thread caching the page checks it around every
    * use, so it never acts on the page once the head below changes */
@@ -278,7 +275,36 @@ void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
   sh_atomic_store_release(&pg->head, sh_head_make(0, 0, tag));
   sh_atomic_store_release(&pg->state, SH_PAGE_FREE);
   sh_bit_set(a, pi, false);
-  sh_owner_pages_add(a, owner, part, -(int64_t)n);
+  return n;
+}
+
+void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_relaxed(&pg->state);
+  uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
+  if (state == SH_PAGE_SMALL)
+    sh_list_unlink(a, pi, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), NULL);
+  else if (state == SH_PAGE_LARGE)
+    sh_list_unlink(a, pi, NULL, &a->owners[owner].large_head[part]);
+  else
+    return;
+  sh_owner_pages_add(a, owner, part, -(int64_t)sh_page_drop_locked(a, pi));
+}
+
+uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t owner, uint32_t first, sh_owner_info_t *final) {
+  uint64_t pages = 0;
+  for (uint32_t pi = first, next; pi != SH_NIL; pi = next) {
+    /* An owner's pages mostly came from one first-fit scan, so its list,
+     * newest first, runs down through consecutive descriptors: fetching the
+     * next few ahead turns a chain of cache misses into one. */
+    for (uint32_t k = 1; k <= 8 && pi >= k; k++) __builtin_prefetch(&a->pages[pi - k], 1);
+    next = a->pages[pi].next;
+    if (final) _sh_info_add_page(a, pi, part, final);
+    a->pages[pi].next = a->pages[pi].prev = SH_NIL;
+    pages += sh_page_drop_locked(a, pi);
+  }
+  (void)owner;
+  return pages;
 }
 
 /* ----- Small blocks ------------------------------------------------------------ */
@@ -780,6 +806,73 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   sh_track_free(a, link, cls->size);
   _sh_tc_count_entry(a, b->slot, e, &e->frees);
   return true;
+}
+
+/* A run of blocks of one page that the calling thread does not cache goes
+ * back with one CAS: the blocks are chained first, then the chain is pushed
+ * whole. Returns how many went back; 0 leaves the first block to the general
+ * path (another page kind, a lease, a block that may already be free). */
+static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs, size_t m) {
+  uint64_t off0 = offs[0];
+  if (off0 >= a->size) return 0;
+  uint32_t pi = (uint32_t)(off0 >> a->page_shift);
+  sh_page_t *pg = &a->pages[pi];
+  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+    return 0;
+  int c = (int)sh_atomic_load_relaxed(&pg->sclass), part = (int)pg->partition;
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t key = sh_atomic_load_relaxed(&pg->key), cap = sh_atomic_load_relaxed(&pg->capacity);
+  uint64_t seen[64] = {0}; /* block tops mod 4096: a repeat ends the run (it may be a double free) */
+  uint32_t chain_top = 0, *tail_link = NULL;
+  size_t k = 0;
+  for (; k < m && k < 1024; k++) {
+    uint64_t off = offs[k];
+    if (off >= a->size || (uint32_t)(off >> a->page_shift) != pi) break;
+    uint32_t in_page = (uint32_t)off & ((1u << a->page_shift) - 1);
+    if (in_page * cls->div_magic > cls->div_magic - 1 || in_page + cls->size > (1u << a->page_shift)) break;
+    uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, bit = (top - 1) & 4095;
+    uint32_t *link = sh_link_at(a, pi, top);
+    if ((seen[bit / 64] >> (bit % 64)) & 1) break;
+    if (__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) break;
+    seen[bit / 64] |= 1ull << (bit % 64);
+    sh_link_write(link, chain_top, key);
+    if (!tail_link) tail_link = link;
+    chain_top = top;
+  }
+  if (k == 0) return 0;
+  for (size_t j = 0; j < k; j++) sh_track_free(a, a->base + offs[j], cls->size); /* before others can pop them */
+  uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
+  do {
+    if (sh_head_top(head) == SH_HEAD_RETIRED || sh_head_count(head) + k > cap) return 0;
+    sh_link_write(tail_link, sh_head_top(head), key);
+    desired = sh_head_make(chain_top, sh_head_count(head) + (uint32_t)k, sh_head_tag(head) + 1);
+  } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
+  for (size_t j = 0; j < k; j++) sh_count(a, slot, 1, part, c);
+  if (sh_head_count(desired) == cap && sh_atomic_load_relaxed(&pg->claim) == 0)
+    sh_page_try_retire(a, pg, pi, part, desired);
+  return k;
+}
+
+int sh_free_many(sh_arena_t *a, const uint64_t *offsets, size_t n, size_t *freed) {
+  sh_tslot_t *slot = _sh_tc_slot(a, false);
+  size_t i = 0;
+  int rc = SH_OK;
+  while (i < n) {
+    if (sh_free_fast(a, offsets[i])) {
+      i++;
+      continue;
+    }
+    size_t run = sh_free_run(a, slot, offsets + i, n - i);
+    if (run) {
+      i += run;
+      continue;
+    }
+    rc = sh_free_impl(a, offsets[i], true);
+    if (rc) break;
+    i++;
+  }
+  if (freed) *freed = i;
+  return rc;
 }
 
 int sh_free(sh_arena_t *a, uint64_t offset) {

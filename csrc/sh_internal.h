@@ -54,6 +54,11 @@ sh_internal void _sh_owner_unlock(sh_arena_t *arena);
 
 /* ---- page.c ---- */
 sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint32_t pi);
+/* Releases a whole page list of one owner (its links are dropped, not
+ * unlinked one by one); the caller resets the list head and the counters.
+ * Returns the pages freed; adds live bytes to `final` when not NULL. */
+sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, uint32_t owner, uint32_t first,
+                                             sh_owner_info_t *final);
 sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
 /* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
@@ -64,6 +69,7 @@ sh_internal void _sh_lease_forget(sh_arena_t *arena, uint64_t offset);
 
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);
+sh_internal void _sh_info_add_page(const sh_arena_t *arena, uint32_t pi, int partition, sh_owner_info_t *info);
 sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final);
 
 /* ---- shared helpers ---- */

@@ -216,6 +216,11 @@ int sh_free(sh_arena_t *arena, uint64_t offset);
  * such pages before it reports SH_EFULL. */
 int sh_free_nolock(sh_arena_t *arena, uint64_t offset);
 
+/* [any] sh_free of offsets[0..n) in order, stopping at the first that fails:
+ * its status is returned and *freed (if not NULL) says how many went back.
+ * Runs of blocks of one page go back with one atomic operation. */
+int sh_free_many(sh_arena_t *arena, const uint64_t *offsets, size_t n, size_t *freed);
+
 /* [any] Pointer for an offset in this process (no validation). */
 static inline void *sh_ptr(const sh_arena_t *arena, uint64_t offset) {
   return (char *)sh_base(arena) + offset;

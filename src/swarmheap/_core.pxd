@@ -8,6 +8,7 @@ cdef class CoreHeap:
     cdef sh_arena_t *arena
     cdef uint8_t *base
     cdef uint64_t arena_size
+    cdef uint32_t page_shift_
     cdef readonly object name
     cdef readonly bint read_only
     cdef bint created
@@ -18,7 +19,8 @@ cdef class CoreHeap:
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)
     cdef int _check_open(self) except -1
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
-    cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation)
+    cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
+                          uint64_t usable, int part)
 
 
 cdef class Block:

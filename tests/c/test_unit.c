@@ -252,6 +252,31 @@ static void test_owner_complete(void) {
   sh_close(a);
 }
 
+static void test_free_many(void) {
+  sh_arena_t *a = make_anon(32 * MiB, 65536);
+  enum { N = 5000 };
+  static uint64_t off[N];
+  uint32_t id, gen;
+  sh_owner_create(a, 0, &id, &gen);
+  for (int i = 0; i < N; i++) sh_alloc(a, i % 3 ? 0 : id, (sh_partition_t)(i % 2), 16 + (size_t)(i % 7) * 40, &off[i]);
+  size_t freed = 0;
+  CHECK("free them all", sh_free_many(a, off, N, &freed) == SH_OK && freed == N);
+  CHECK("empty", in_use(a, SH_PART_CONTEXT) == 0 && in_use(a, SH_PART_SHARED) == 0);
+  sh_partition_stats_t st;
+  sh_partition_stats(a, SH_PART_CONTEXT, &st);
+  CHECK("every free counted", st.frees == st.allocs);
+  CHECK("check", sh_check(a) == SH_OK);
+  for (int i = 0; i < 100; i++) sh_alloc(a, 0, SH_PART_COMM, 64, &off[i]);
+  off[50] = off[10]; /* the same block twice in one batch */
+  CHECK("a repeat inside a batch is a double free", sh_free_many(a, off, 100, &freed) == SH_EDOUBLEFREE && freed == 50);
+  CHECK("the rest are untouched", sh_free_many(a, off + 51, 49, &freed) == SH_OK && freed == 49);
+  uint64_t bad[2] = {off[0], 12345};
+  CHECK("an already freed block stops the batch", sh_free_many(a, bad, 2, &freed) == SH_EDOUBLEFREE && freed == 0);
+  CHECK("empty again", in_use(a, SH_PART_COMM) == 64); /* off[50]'s own block was never freed */
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 static void test_write_after_free(void) {
   sh_arena_t *a = make_anon(8 * MiB, 65536);
   uint64_t x, y, z;
@@ -399,6 +424,7 @@ int main(void) {
   test_exhaustion();
   test_owners();
   test_owner_complete();
+  test_free_many();
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();
