@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "sh_tcache.h"
+#include "sh_track.h"
 
 /* ----- Layout ------------------------------------------------------------- */
 
@@ -280,6 +281,7 @@ int sh_create(sh_arena_t **out, sh_backing_t backing, const char *name, size_t s
     free(a);
     return rc;
   }
+  sh_track_reset(a->base, a->size); /* shadow left poisoned by an earlier mapping here */
   rc = sh_header_init(a, opts);
   if (rc) {
     _sh_os_unmap(a->base, a->size, a->fd);
@@ -404,6 +406,7 @@ int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read
   a->backing = backing;
   a->read_only = read_only;
   rc = _sh_os_map(fd, size, read_only, &a->base);
+  if (!rc) sh_track_reset(a->base, size);
   if (!rc) rc = sh_header_validate((const sh_header_t *)a->base, size);
   if (rc) {
     _sh_os_unmap(a->base, size, fd);
@@ -419,6 +422,7 @@ int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read
 void sh_close(sh_arena_t *arena) {
   if (!arena) return;
   _sh_tc_close(arena);
+  sh_track_reset(arena->base, arena->size); /* the next mapping at this address starts clean */
   _sh_os_unmap(arena->base, arena->size, arena->fd);
   free(arena);
 }
