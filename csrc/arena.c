@@ -247,6 +247,7 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   for (uint32_t i = 0; i < max_owners; i++)
     for (int p = 0; p < SH_NPARTITIONS; p++) a->owners[i].large_head[p] = SH_NIL;
   for (uint32_t i = 0; i < nslots; i++) {
+    for (int r = 0; r < SH_TC_RUNS; r++) sh_atomic_store_relaxed(&_sh_tc_slot_at(a, i)->runs[r].page, SH_NIL);
     sh_tc_entry_t *entries = _sh_tc_entries(_sh_tc_slot_at(a, i));
     for (uint32_t k = 0; k < l.tc_entries; k++)
       for (int w = 0; w < SH_TC_WAYS; w++) sh_atomic_store_relaxed(&entries[k].way[w].page, SH_NIL);

@@ -71,6 +71,7 @@ static int sh_owner_lookup(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_ow
 void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
   const sh_page_t *pg = &a->pages[pi];
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
+    if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* free: a thread keeps it for reuse */
     info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     info->blocks++;
     return;

@@ -603,6 +603,68 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
   return sh_alloc_shared(a, slot, owner, part, c, size, offset, may_lock);
 }
 
+/* ----- The thread cache of page runs -------------------------------------------
+ * A run the thread frees is kept (still LARGE, still its owner's, its claim
+ * saying it is cached) for the thread's next request of that many pages: an
+ * np.empty/del loop of large arrays then takes no lock. */
+
+static bool sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, size_t size,
+                           uint64_t *offset) {
+  uint64_t psize = sh_page_bytes(a);
+  uint64_t n = (size + psize - 1) / psize;
+  if (n > SH_TC_RUN_MAX_PAGES || sh_atomic_load_acquire(&a->owners[owner].state) != SH_OWNER_LIVE) return false;
+  for (int i = 0; i < SH_TC_RUNS; i++) {
+    sh_tc_run_t *r = &slot->runs[i];
+    uint32_t pi = sh_atomic_load_relaxed(&r->page);
+    if (pi == SH_NIL) continue;
+    sh_page_t *pg = &a->pages[pi];
+    if ((int)pg->partition != part || sh_atomic_load_relaxed(&pg->owner) != owner ||
+        sh_atomic_load_relaxed(&pg->capacity) != n)
+      continue;
+    uint32_t expected = sh_atomic_load_relaxed(&r->claim);
+    bool ours = sh_atomic_load_acquire(&pg->state) == SH_PAGE_LARGE &&
+                sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u);
+    sh_atomic_store_release(&r->page, SH_NIL);
+    if (!ours) continue; /* its owner was recycled under us: the run went back */
+    sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
+    sh_track_alloc(a, _sh_page_start(a, pi), n * psize);
+    sh_count(a, slot, 0, part, (int)a->nclasses);
+    *offset = (uint64_t)pi << a->page_shift;
+    return true;
+  }
+  return false;
+}
+
+/* Keeps a run the calling thread frees. The run is recorded in the slot
+ * before its claim is set, so a thread that dies in between leaves a record
+ * that matches nothing rather than a claimed run nobody records. */
+static bool sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int part, bool may_lock) {
+  sh_page_t *pg = &a->pages[pi];
+  uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
+  if (n > SH_TC_RUN_MAX_PAGES || (uint64_t)n * 8 > a->part_end[part] - a->part_first[part] ||
+      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+    return false;
+  sh_tc_run_t *r = NULL;
+  for (int i = 0; i < SH_TC_RUNS && !r; i++)
+    if (sh_atomic_load_relaxed(&slot->runs[i].page) == SH_NIL) r = &slot->runs[i];
+  if (!r) {
+    if (!may_lock) return false;
+    r = &slot->runs[slot->run_next];
+    slot->run_next = (slot->run_next + 1) % SH_TC_RUNS;
+    _sh_tc_run_flush(a, r);
+  }
+  uint32_t claim = _sh_tc_next_claim(a, slot, SH_TC_RUN_WAY), expected = 0;
+  sh_atomic_store_relaxed(&r->claim, claim);
+  sh_atomic_store_release(&r->page, pi);
+  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_LARGE || !sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, claim)) {
+    sh_atomic_store_release(&r->page, SH_NIL);
+    return false; /* already cached, by us or another thread: a double free the locked path reports */
+  }
+  sh_track_free(a, _sh_page_start(a, pi), (uint64_t)n << a->page_shift);
+  sh_count(a, slot, 1, part, (int)a->nclasses);
+  return true;
+}
+
 __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                                 uint64_t *offset, bool may_lock) {
   int part = (int)partition;
@@ -611,7 +673,11 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
   if (sh_unlikely(owner >= a->max_owners))
     return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
   int c = _sh_size_class(a, size);
-  if (c < 0) return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
+  if (c < 0) {
+    sh_tslot_t *slot = _sh_tc_slot(a, may_lock);
+    if (slot && sh_tc_take_run(a, slot, owner, part, size, offset)) return SH_OK;
+    return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
+  }
   sh_tslot_t *slot = _sh_tc_slot(a, true);
   if (sh_likely(slot != NULL)) {
     sh_tc_entry_t *e = _sh_tc_entry(a, slot, owner, part, c);
@@ -713,8 +779,12 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     _sh_lease_forget(a, offset); /* a freed block's lease must not free it again later */
   }
   if (sh_unlikely(state != SH_PAGE_SMALL)) {
-    if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0)
+    if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0) {
+      sh_tslot_t *slot = _sh_tc_slot(a, may_lock);
+      if (slot && sh_atomic_load_relaxed(&pg->claim) == 0 && sh_tc_keep_run(a, slot, pi, part, may_lock))
+        return SH_OK;
       return may_lock ? sh_free_large(a, pi, part) : SH_EAGAIN;
+    }
     return _sh_fail(SH_EBADPTR, "offset %llu is not a live block (page %u is %s)",
                     (unsigned long long)offset, pi,
                     state == SH_PAGE_FREE ? "free" : state == SH_PAGE_META ? "metadata" : "inside a large block");
@@ -940,7 +1010,7 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
 
 static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
   _sh_part_lock(a, part);
-  if (sh_atomic_load_relaxed(&a->pages[pi].state) != SH_PAGE_LARGE) {
+  if (sh_atomic_load_relaxed(&a->pages[pi].state) != SH_PAGE_LARGE || sh_atomic_load_relaxed(&a->pages[pi].claim) != 0) {
     _sh_part_unlock(a, part);
     return _sh_fail(SH_EDOUBLEFREE, "large block at page %u is already free", pi);
   }
@@ -984,6 +1054,9 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
     return SH_OK;
   }
   if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0) {
+    if (sh_atomic_load_relaxed(&pg->claim) != 0)
+      return _sh_fail(SH_EBADPTR, "offset %llu is a free block (a thread keeps the run for reuse)",
+                      (unsigned long long)offset);
     info->size_class = -1;
     info->usable_size = (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     return SH_OK;

@@ -31,6 +31,8 @@ sh_internal void _sh_tc_register(sh_arena_t *arena);
 sh_internal void _sh_tc_close(sh_arena_t *arena);
 sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_way_t *way);
 sh_internal void _sh_tc_entry_flush(sh_arena_t *arena, sh_tc_entry_t *entry);
+/* Gives a cached run back to its partition (takes the partition lock). */
+sh_internal void _sh_tc_run_flush(sh_arena_t *arena, sh_tc_run_t *run);
 sh_internal void _sh_tc_flush_partition(sh_arena_t *arena, sh_tslot_t *slot, int partition);
 sh_internal uint32_t _sh_tc_next_claim(const sh_arena_t *arena, sh_tslot_t *slot, int way);
 /* The way caching page `pi` for its claimer, or NULL; for stats and checks. */

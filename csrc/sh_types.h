@@ -154,13 +154,27 @@ typedef enum sh_tslot_state_e {
 /* One thread's cache, followed in the arena by its entries and then its
  * counters: allocs and frees per [partition][class + 1], written only by the
  * slot's thread (plain increments, no shared cache line), summed on read. */
+/* A page run the thread freed and keeps for its next request of the same
+ * size: the run stays LARGE and its owner's, and its head page's claim says
+ * it is cached (free). Way number SH_TC_RUN_WAY in the claim tells it from a
+ * cached small page. */
+#define SH_TC_RUNS 2
+#define SH_TC_RUN_WAY 3
+#define SH_TC_RUN_MAX_PAGES 32
+typedef struct sh_tc_run_s {
+  _Atomic uint32_t page; /* SH_NIL when empty */
+  _Atomic uint32_t claim;
+} sh_tc_run_t;
+
 typedef struct sh_tslot_s {
   _Atomic uint32_t state;
   _Atomic int32_t pid;
   _Atomic uint64_t pid_start;
   _Atomic uint64_t binder;   /* which handle of that process bound it */
   uint32_t claim_seq;        /* the slot's thread only */
-  uint8_t pad_[SH_CACHE_LINE - 28];
+  uint32_t run_next;         /* the run slot to replace next; the slot's thread only */
+  sh_tc_run_t runs[SH_TC_RUNS];
+  uint8_t pad_[SH_CACHE_LINE - 32 - SH_TC_RUNS * 8];
 } sh_tslot_t;
 _Static_assert(sizeof(sh_tslot_t) == SH_CACHE_LINE, "slot header is one cache line");
 

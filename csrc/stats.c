@@ -35,7 +35,8 @@ int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partiti
     if (state == SH_PAGE_FREE) continue;
     st->pages_used++;
     if (state == SH_PAGE_LARGE) {
-      st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+      if (sh_atomic_load_relaxed(&pg->claim) == 0) /* else a thread keeps it, free, for reuse */
+        st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     } else if (state == SH_PAGE_SMALL) {
       uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
       st->in_use += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
@@ -204,6 +205,15 @@ int sh_check(sh_arena_t *a) {
         uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
         SH_CHECK(in_list[pi], "page %u: large run on no owner's list (lost)", pi);
         SH_CHECK(n >= 1 && pi + n <= a->part_end[part], "page %u: large run of %u pages overruns the partition", pi, n);
+        uint32_t claim = sh_atomic_load_relaxed(&pg->claim);
+        if (claim != 0) {
+          uint32_t slot = sh_claim_slot(claim);
+          bool kept = false;
+          for (int r = 0; slot < a->nslots && r < SH_TC_RUNS; r++)
+            kept |= sh_atomic_load_relaxed(&_sh_tc_slot_at(a, slot)->runs[r].page) == pi &&
+                    sh_atomic_load_relaxed(&_sh_tc_slot_at(a, slot)->runs[r].claim) == claim;
+          SH_CHECK(kept, "page %u: run marked as kept by thread slot %u, which does not keep it", pi, slot);
+        }
         for (uint32_t q = pi + 1; q < pi + n; q++)
           SH_CHECK(sh_atomic_load_relaxed(&a->pages[q].state) == SH_PAGE_TAIL && sh_atomic_load_relaxed(&a->pages[q].run_head) == pi, "page %u: not a tail of the run at %u", q, pi);
       } else if (st == SH_PAGE_TAIL) {

@@ -174,7 +174,26 @@ void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
   sh_atomic_store_relaxed(&e->frees, 0);
 }
 
+void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
+  uint32_t pi = sh_atomic_load_relaxed(&r->page);
+  if (pi == SH_NIL) return;
+  uint32_t expected = sh_atomic_load_relaxed(&r->claim);
+  sh_page_t *pg = &a->pages[pi];
+  int part = (int)pg->partition;
+  _sh_part_lock(a, part);
+  /* still cached by us (a recycle would have taken the claim with the run) */
+  if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE &&
+      sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u))
+    _sh_page_release_locked(a, part, pi);
+  _sh_part_unlock(a, part);
+  sh_atomic_store_release(&r->page, SH_NIL);
+}
+
 void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
+  for (int i = 0; i < SH_TC_RUNS; i++) {
+    uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
+    if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_run_flush(a, &s->runs[i]);
+  }
   sh_tc_entry_t *entries = _sh_tc_entries(s);
   for (uint32_t i = 0; i <= a->tc_mask; i++)
     for (int w = 0; w < SH_TC_WAYS; w++) {
@@ -187,6 +206,7 @@ void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
  * the totals survive the slot. The caller owns the slot (its thread, its
  * process's close, or the sweep that moved it to FLUSHING). */
 static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
+  for (int i = 0; i < SH_TC_RUNS; i++) _sh_tc_run_flush(a, &s->runs[i]);
   sh_tc_entry_t *entries = _sh_tc_entries(s);
   for (uint32_t i = 0; i <= a->tc_mask; i++) {
     _sh_tc_entry_flush(a, &entries[i]);

@@ -147,6 +147,33 @@ static void test_ways_span_pages(void) {
   sh_close(a);
 }
 
+/* Runs a thread keeps for reuse: recycled with their owner, given back at
+ * flush, never handed to another owner. */
+static void test_kept_runs(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t id, gen, id2, gen2;
+  uint64_t run, other, base_pages = part_stats(a, SH_PART_SHARED).pages_used;
+  sh_owner_create(a, 0, &id, &gen);
+  REQUIRE("run", sh_alloc(a, id, SH_PART_SHARED, 300000, &run) == SH_OK);
+  CHECK("free keeps it", sh_free(a, run) == SH_OK);
+  CHECK("kept runs are pages, not use", part_stats(a, SH_PART_SHARED).pages_used == base_pages + 5 &&
+                                          part_stats(a, SH_PART_SHARED).in_use == 0);
+  sh_owner_info_t info;
+  CHECK("nor the owner's bytes", sh_owner_info(a, id, &info) == SH_OK && info.bytes[SH_PART_SHARED] == 0 && info.blocks == 0);
+  CHECK("recycle takes it with the owner", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("pages back", part_stats(a, SH_PART_SHARED).pages_used == base_pages);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_owner_create(a, 0, &id2, &gen2);
+  CHECK("another owner gets a run of its own", sh_alloc(a, id2, SH_PART_SHARED, 300000, &other) == SH_OK);
+  sh_block_info_t bi;
+  CHECK("charged to it", sh_block_info(a, other, &bi) == SH_OK && bi.owner == id2);
+  sh_free(a, other);
+  CHECK("flush gives kept runs back", sh_thread_flush(a) == SH_OK &&
+                                          part_stats(a, SH_PART_SHARED).pages_used == base_pages);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* Recycling an owner whose page this thread caches: the cache notices the
  * claim is gone and never hands out a block of the released page. */
 static void test_recycle_under_cache(void) {
@@ -270,6 +297,7 @@ int main(void) {
   test_double_free_on_cached_page();
   test_write_after_free_on_cached_page();
   test_ways_span_pages();
+  test_kept_runs();
   test_recycle_under_cache();
   test_full_partition_takes_own_cache();
 #if !defined(__SANITIZE_THREAD__)

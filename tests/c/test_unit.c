@@ -378,7 +378,25 @@ static void test_nolock(void) {
   CHECK("nolock free", sh_free_nolock(a, x) == SH_OK && sh_free_nolock(a, y) == SH_OK);
   CHECK("large alloc nolock refused", sh_alloc_nolock(a, 0, SH_PART_COMM, 100000, &big) == SH_EAGAIN);
   sh_alloc(a, 0, SH_PART_COMM, 100000, &big);
-  CHECK("large free nolock refused", sh_free_nolock(a, big) == SH_EAGAIN && sh_free(a, big) == SH_OK);
+  uint64_t comm_before = 0;
+  {
+    sh_partition_stats_t s0;
+    sh_partition_stats(a, SH_PART_COMM, &s0);
+    comm_before = s0.in_use;
+  }
+  CHECK("large free nolock: the thread keeps the run", sh_free_nolock(a, big) == SH_OK);
+  {
+    sh_partition_stats_t s1;
+    sh_partition_stats(a, SH_PART_COMM, &s1);
+    CHECK("a kept run is not in use", s1.in_use + 25 * 4096 == comm_before);
+  }
+  CHECK("a kept run cannot be freed again", sh_free(a, big) == SH_EDOUBLEFREE);
+  sh_block_info_t binfo;
+  CHECK("nor is it live", sh_block_info(a, big, &binfo) == SH_EBADPTR);
+  CHECK("check with a kept run", sh_check(a) == SH_OK);
+  uint64_t again;
+  CHECK("the same size takes it back without a lock", sh_alloc_nolock(a, 0, SH_PART_COMM, 99000, &again) == SH_OK && again == big);
+  CHECK("freed for good", sh_free(a, again) == SH_OK && sh_thread_flush(a) == SH_OK);
   static uint64_t offs[1 << 16];
   size_t n = 0;
   while (sh_alloc(a, 0, SH_PART_COMM, 48, &offs[n]) == SH_OK) n++;
