@@ -18,7 +18,9 @@ from setuptools import Extension, setup
 core_sources = sorted(glob.glob("csrc/*.c"))
 core_headers = sorted(glob.glob("csrc/*.h"))
 
-compile_args = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function"]
+# hidden visibility: the core's calls to itself go direct, not through the
+# PLT (only PyInit__core, marked by Python, is exported)
+compile_args = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function", "-fvisibility=hidden"]
 link_args: list[str] = []
 if os.environ.get("SWARMHEAP_DEBUG"):
     compile_args += ["-O0", "-g", "-UNDEBUG"]

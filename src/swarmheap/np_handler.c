@@ -13,8 +13,9 @@ struct shnp_keeper {
   sh_arena_t *arena;
   uint8_t *base;
   uint64_t size;
-  _Atomic int64_t refs; /* the heap object's, each handler's, each live allocation's */
-  _Atomic uint64_t live;
+  _Atomic int64_t refs;    /* the heap object's, each handler's, each live allocation's */
+  _Atomic int64_t holders; /* the refs that are not allocations: live = refs - holders, so an
+                              allocation costs one atomic here, not two */
   _Atomic int closing;  /* the heap object is closed: no new allocations */
 };
 
@@ -23,7 +24,7 @@ typedef struct {
   uint32_t owner, generation;
   sh_partition_t partition;
   int fallback;
-  _Atomic uint64_t allocs, frees, live, fallbacks, failures, in_place;
+  _Atomic uint64_t allocs, frees, fallbacks, failures, in_place; /* live = allocs - frees */
 } shnp_ctx;
 
 static const char CAPSULE_NAME[] = "mem_handler";
@@ -42,6 +43,7 @@ shnp_keeper *shnp_keeper_new(sh_arena_t *arena) {
   sh_arena_info(arena, &info);
   k->size = info.size;
   atomic_init(&k->refs, 1);
+  atomic_init(&k->holders, 1);
   return k;
 }
 
@@ -54,10 +56,14 @@ static void keeper_release(shnp_keeper *k) {
 
 void shnp_keeper_close(shnp_keeper *k) {
   atomic_store(&k->closing, 1);
+  atomic_fetch_sub(&k->holders, 1);
   keeper_release(k);
 }
 
-uint64_t shnp_keeper_live(const shnp_keeper *k) { return atomic_load(&k->live); }
+uint64_t shnp_keeper_live(const shnp_keeper *k) {
+  int64_t live = atomic_load(&k->refs) - atomic_load(&k->holders);
+  return live > 0 ? (uint64_t)live : 0;
+}
 
 static int in_arena(const shnp_keeper *k, const void *ptr) {
   const uint8_t *p = ptr;
@@ -74,10 +80,8 @@ static void *ctx_malloc(void *raw, size_t size) {
       int rc = sh_alloc_nolock(k->arena, c->owner, c->partition, size, &offset);
       if (rc == SH_EAGAIN) rc = sh_alloc(k->arena, c->owner, c->partition, size, &offset);
       if (rc == SH_OK) {
-        atomic_fetch_add(&k->refs, 1);
-        atomic_fetch_add(&k->live, 1);
-        atomic_fetch_add(&c->allocs, 1);
-        atomic_fetch_add(&c->live, 1);
+        atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->allocs, 1, memory_order_relaxed);
         return k->base + offset;
       }
       if (c->owner) {
@@ -108,14 +112,12 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
   int rc = sh_free_nolock(k->arena, offset);
   if (rc == SH_EAGAIN) rc = sh_free(k->arena, offset);
   if (rc == SH_OK) {
-    atomic_fetch_add(&c->frees, 1);
-    atomic_fetch_sub(&c->live, 1);
+    atomic_fetch_add_explicit(&c->frees, 1, memory_order_relaxed);
     if (c->owner) {
       int recycled; /* the last array of a completed agent recycles it here */
       sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
     }
   }
-  atomic_fetch_sub(&k->live, 1);
   keeper_release(k); /* may unmap: nothing of k is used after this */
 }
 
@@ -156,6 +158,7 @@ static void capsule_destroy(PyObject *capsule) {
     return;
   }
   shnp_ctx *c = h->allocator.ctx;
+  atomic_fetch_sub(&c->keeper->holders, 1);
   keeper_release(c->keeper);
   free(c);
   free(h);
@@ -188,6 +191,7 @@ PyObject *shnp_handler_new(shnp_keeper *k, uint32_t owner, uint32_t generation, 
     free(c);
     return NULL;
   }
+  atomic_fetch_add(&k->holders, 1);
   atomic_fetch_add(&k->refs, 1); /* released by the capsule's destructor */
   return capsule;
 }
@@ -199,7 +203,7 @@ int shnp_handler_stats(PyObject *capsule, shnp_stats *s) {
   shnp_ctx *c = h->allocator.ctx;
   s->allocs = atomic_load(&c->allocs);
   s->frees = atomic_load(&c->frees);
-  s->live = atomic_load(&c->live);
+  s->live = s->allocs >= s->frees ? s->allocs - s->frees : 0;
   s->fallbacks = atomic_load(&c->fallbacks);
   s->failures = atomic_load(&c->failures);
   s->in_place = atomic_load(&c->in_place);
