@@ -466,6 +466,22 @@ cdef class CoreHeap:
             exc = InvalidHandle if rc == SH_EBADPTR else StaleBlock
             raise exc(f"freed {i} of {count}; offset {offs[i]}: {message}", sh_strerror(rc).decode())
 
+    def _free_each(self, offsets):
+        """free_many without the batching: one sh_free per block, as a loop
+        over single frees would do it. The one-by-one peer of the recycle
+        benchmark; not for use (free_many is faster)."""
+        self._check_open()
+        cdef uint64_t[::1] offs = np.ascontiguousarray(offsets, dtype=np.uint64)
+        cdef Py_ssize_t i
+        cdef int rc
+        for i in range(offs.shape[0]):
+            rc = sh_free_nolock(self.arena, offs[i])
+            if rc == SH_EAGAIN:
+                with nogil:
+                    rc = sh_free(self.arena, offs[i])
+            if rc:
+                _raise(rc)
+
     def good_size(self, size):
         """The usable size a request of ``size`` bytes gets."""
         self._check_open()
