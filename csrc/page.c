@@ -75,10 +75,10 @@ static inline uint32_t *sh_link_at(const sh_arena_t *a, uint32_t pi, uint32_t to
 }
 
 static inline bool sh_top_valid(const sh_arena_t *a, const sh_class_t *cls, uint32_t top) {
+  (void)a;
   if (top == 0) return true;
-  uint64_t in_page = (uint64_t)(top - 1) << SH_UNIT_SHIFT;
-  return in_page + cls->size <= (1ull << a->page_shift) &&
-         (uint32_t)in_page * cls->div_magic <= cls->div_magic - 1;
+  uint32_t in_page = (top - 1) << SH_UNIT_SHIFT;
+  return top <= cls->last_top && in_page * cls->div_magic <= cls->div_magic - 1;
 }
 
 static inline void sh_link_write(uint32_t *link, uint32_t next, uint32_t key) {
@@ -425,13 +425,16 @@ enum { SH_TC_HIT, SH_TC_MISS };
 __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e,
                                                            uint32_t key, int c, uint64_t *offset) {
   sh_tc_way_t *w = &e->way[0];
-  uint32_t pi = sh_atomic_load_relaxed(&w->page);
   uint64_t local = sh_atomic_load_relaxed(&w->local);
   uint32_t top = sh_local_top(local);
-  if (sh_unlikely(sh_atomic_load_relaxed(&e->key) != key || pi == SH_NIL || top == 0)) return SH_TC_MISS;
+  /* an empty way has local == 0, so top == 0 covers "no page" too */
+  if (sh_unlikely(sh_atomic_load_relaxed(&e->key) != key || top == 0)) return SH_TC_MISS;
+  uint32_t pi = sh_atomic_load_relaxed(&w->page);
   sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_relaxed(&w->claim);
-  if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
+  /* No claim check before reading the link: if the page went back, what we
+   * read is checked below and then thrown away, since the claim is checked
+   * before anything is handed out. */
   const sh_class_t *cls = &a->classes[c];
   uint32_t *link = sh_link_at(a, pi, top);
   uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
@@ -851,9 +854,11 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
     return false;
   uint32_t pi = (uint32_t)(offset >> a->page_shift);
   sh_page_t *pg = &a->pages[pi];
-  uint32_t claim = sh_atomic_load_relaxed(&pg->claim);
-  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_claim_slot(claim) != b->slot_index ||
-      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+  uint32_t claim = sh_atomic_load_acquire(&pg->claim);
+  /* Only SMALL pages carry a claim of ways 0-2 (a kept run's is way 3, and a
+   * release drops the claim before the state), so the claim check below
+   * stands for a state check. */
+  if (sh_claim_slot(claim) != b->slot_index || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
     return false;
   int c = (int)sh_atomic_load_relaxed(&pg->sclass);
   const sh_class_t *cls = &a->classes[c];
@@ -861,7 +866,8 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1)) return false;
   sh_tc_entry_t *e = _sh_tc_entry(a, b->slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
   uint32_t w = sh_claim_way(claim);
-  sh_tc_way_t *way = &e->way[w < SH_TC_WAYS ? w : 0];
+  if (sh_unlikely(w >= SH_TC_WAYS)) return false;
+  sh_tc_way_t *way = &e->way[w];
   if (sh_unlikely(sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim))
     return false;
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);

@@ -224,6 +224,8 @@ typedef struct sh_class_s {
   uint32_t size;
   uint32_t capacity;   /* blocks per page */
   uint64_t div_magic;  /* Lemire's M: x % size == 0  <=>  x * M <= M - 1 */
+  uint32_t last_top;   /* the stack `top` of the page's last block */
+  uint32_t reserved_;
 } sh_class_t;
 
 /* The process-local handle. Pointers here are this process's view. */

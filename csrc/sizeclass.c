@@ -21,6 +21,7 @@ void _sh_classes_load(sh_arena_t *arena) {
     cls->size = hdr->class_size[c];
     cls->capacity = hdr->page_size / cls->size;
     cls->div_magic = UINT64_MAX / cls->size + 1;
+    cls->last_top = ((cls->capacity - 1) * cls->size >> SH_UNIT_SHIFT) + 1;
   }
   /* the formula below has a branch random sizes mispredict; a table has none */
   for (uint32_t i = 0; i <= SH_DIRECT_SIZES; i++) {
