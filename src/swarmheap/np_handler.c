@@ -24,7 +24,11 @@ typedef struct {
   uint32_t owner, generation;
   sh_partition_t partition;
   int fallback;
-  _Atomic uint64_t allocs, frees, fallbacks, failures, in_place; /* live = allocs - frees */
+  /* live = allocs - frees. allocs and frees are bumped with a plain load and
+   * store, not a locked add: exact while one thread at a time uses the
+   * handler (NumPy's handler is per context, and a new thread starts with the
+   * default), approximate if contexts copied to other threads share it. */
+  _Atomic uint64_t allocs, frees, fallbacks, failures, in_place;
 } shnp_ctx;
 
 static const char CAPSULE_NAME[] = "mem_handler";
@@ -70,6 +74,10 @@ static int in_arena(const shnp_keeper *k, const void *ptr) {
   return p >= k->base && p < k->base + k->size;
 }
 
+static inline void bump(_Atomic uint64_t *n) {
+  atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
 static void *ctx_malloc(void *raw, size_t size) {
   shnp_ctx *c = raw;
   shnp_keeper *k = c->keeper;
@@ -81,7 +89,7 @@ static void *ctx_malloc(void *raw, size_t size) {
       if (rc == SH_EAGAIN) rc = sh_alloc(k->arena, c->owner, c->partition, size, &offset);
       if (rc == SH_OK) {
         atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&c->allocs, 1, memory_order_relaxed);
+        bump(&c->allocs);
         return k->base + offset;
       }
       if (c->owner) {
@@ -112,7 +120,7 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
   int rc = sh_free_nolock(k->arena, offset);
   if (rc == SH_EAGAIN) rc = sh_free(k->arena, offset);
   if (rc == SH_OK) {
-    atomic_fetch_add_explicit(&c->frees, 1, memory_order_relaxed);
+    bump(&c->frees);
     if (c->owner) {
       int recycled; /* the last array of a completed agent recycles it here */
       sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
