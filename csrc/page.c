@@ -215,7 +215,7 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   sh_atomic_store_relaxed(&pg->capacity, cls->capacity);
   sh_atomic_store_relaxed(&pg->large_bytes, 0);
   pg->epoch++;
-  sh_atomic_store_relaxed(&pg->flags, 0u);
+  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY);
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
   sh_atomic_store_release(&pg->claim, claim);
   sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
@@ -378,7 +378,7 @@ static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
                   pi, _sh_part_name(part), a->classes[sh_atomic_load_relaxed(&pg->sclass)].size);
 }
 
-static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset);
+static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
 
 /* The uncached path: pop the shared stack of the bin's first page. Threads
  * without a slot take it, and cached threads when their cache cannot help. */
@@ -669,7 +669,7 @@ static bool sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int par
 }
 
 __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
-                                uint64_t *offset, bool may_lock) {
+                                uint64_t *offset, bool may_lock, bool *fresh) {
   int part = (int)partition;
   if (sh_unlikely((unsigned)part >= SH_NPARTITIONS))
     return _sh_fail(SH_EINVAL, "partition %d does not exist (0..3)", part);
@@ -679,7 +679,7 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
   if (c < 0) {
     sh_tslot_t *slot = _sh_tc_slot(a, may_lock);
     if (slot && sh_tc_take_run(a, slot, owner, part, size, offset)) return SH_OK;
-    return may_lock ? sh_alloc_large(a, owner, part, size, offset) : SH_EAGAIN;
+    return may_lock ? sh_alloc_large(a, owner, part, size, offset, fresh) : SH_EAGAIN;
   }
   sh_tslot_t *slot = _sh_tc_slot(a, true);
   if (sh_likely(slot != NULL)) {
@@ -708,19 +708,35 @@ __attribute__((always_inline)) static inline bool sh_alloc_fast(sh_arena_t *a, u
 
 int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
   if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
-  return sh_alloc_impl(a, owner, partition, size, offset, true);
+  return sh_alloc_impl(a, owner, partition, size, offset, true, NULL);
 }
 
 int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset) {
   if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
-  return sh_alloc_impl(a, owner, partition, size, offset, false);
+  return sh_alloc_impl(a, owner, partition, size, offset, false, NULL);
+}
+
+/* Zeroed blocks. A run of pages that were never handed out still holds the
+ * zeros the arena was made with (anonymous memory, or a reserved shm object
+ * or file), so it is not cleared again: a first np.zeros of a large array
+ * then costs page faults, not a memset. */
+static int sh_calloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset,
+                          bool may_lock) {
+  bool fresh = false;
+  int rc = sh_alloc_fast(a, owner, partition, size, offset)
+               ? SH_OK
+               : sh_alloc_impl(a, owner, partition, size, offset, may_lock, &fresh);
+  if (rc == SH_OK && !fresh) memset(a->base + *offset, 0, size ? size : 1);
+  return rc;
 }
 
 int sh_calloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
-  int rc = sh_alloc(a, owner, partition, size, offset);
-  if (rc == SH_OK) memset(a->base + *offset, 0, sh_good_size(a, size));
-  return rc;
+  return sh_calloc_impl(a, owner, partition, size, offset, true);
+}
+
+int sh_calloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  return sh_calloc_impl(a, owner, partition, size, offset, false);
 }
 
 /* A page whose every block is free goes back to its partition, unless it is
@@ -962,7 +978,7 @@ int sh_free_nolock(sh_arena_t *a, uint64_t offset) {
 
 /* ----- Large blocks: runs of whole pages ------------------------------------- */
 
-static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset) {
+static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh) {
   uint64_t psize = sh_page_bytes(a);
   uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
   if (size > cap) {
@@ -989,16 +1005,20 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, n);
   }
+  bool never_used = true;
+  for (uint32_t q = pi; q < pi + n; q++) never_used &= !(sh_atomic_load_relaxed(&a->pages[q].flags) & SH_PAGE_DIRTY);
+  if (fresh) *fresh = never_used;
   for (uint32_t q = pi + 1; q < pi + n; q++) {
     sh_atomic_store_relaxed(&a->pages[q].owner, owner);
     sh_atomic_store_relaxed(&a->pages[q].run_head, pi);
+    sh_atomic_store_relaxed(&a->pages[q].flags, SH_PAGE_DIRTY);
     sh_atomic_store_release(&a->pages[q].state, SH_PAGE_TAIL);
   }
   sh_page_t *pg = &a->pages[pi];
   sh_atomic_store_relaxed(&pg->owner, owner);
   sh_atomic_store_relaxed(&pg->capacity, n);
   sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
-  sh_atomic_store_relaxed(&pg->flags, 0u);
+  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY);
   pg->epoch++;
   sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
   uint32_t *head = &a->owners[owner].large_head[part];

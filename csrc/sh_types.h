@@ -39,6 +39,7 @@
 
 #define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
 #define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease: frees look in the lease table */
+#define SH_PAGE_DIRTY 4u   /* was ever handed out: a page that never was still holds the zeros it was made with */
 
 typedef enum sh_page_state_e {
   SH_PAGE_FREE = 0,
@@ -62,7 +63,7 @@ typedef struct sh_page_s {
   _Atomic uint32_t run_head; /* TAIL: page index of its LARGE page */
   uint32_t next, prev;       /* bin list (SMALL) or large list (LARGE); under lock */
   uint32_t epoch;            /* bumped at every assignment; under lock */
-  _Atomic uint32_t flags;    /* SH_PAGE_CORRUPT, SH_PAGE_LEASED; cleared when the page is formatted */
+  _Atomic uint32_t flags;    /* SH_PAGE_*; all but DIRTY cleared when the page is handed out again */
   _Atomic uint64_t large_bytes; /* LARGE: bytes requested */
   uint32_t partition;        /* fixed at creation */
   _Atomic uint32_t claim;    /* SMALL: the thread slot caching it (see sh_tcache.h), 0 = none */

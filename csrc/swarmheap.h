@@ -202,9 +202,13 @@ int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t
 int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset);
 
-/* [any] As sh_alloc, and the block is zeroed. */
+/* [any] As sh_alloc, and the first `size` bytes are zeroed (a run of pages
+ * never handed out before is zero already and is not cleared again). */
 int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
               uint64_t *offset);
+/* [any] sh_calloc's lock-free path: SH_EAGAIN, having done nothing, as sh_alloc_nolock. */
+int sh_calloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
+                     uint64_t *offset);
 
 /* [any] Return a block. Any thread or process may free any owner's block.
  * Errors: SH_EBADPTR (not the start of a live block), SH_EDOUBLEFREE. */

@@ -78,15 +78,19 @@ static inline void bump(_Atomic uint64_t *n) {
   atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
-static void *ctx_malloc(void *raw, size_t size) {
-  shnp_ctx *c = raw;
+/* One path for malloc and calloc: calloc lets the core skip the memset for
+ * pages that were never handed out. */
+static void *ctx_alloc(shnp_ctx *c, size_t size, int zeroed) {
   shnp_keeper *k = c->keeper;
   if (size == 0) size = 1; /* NumPy asks for 0 bytes for empty arrays; a real block keeps free() uniform */
   if (!atomic_load(&k->closing)) {
     if (c->owner == 0 || sh_owner_pin(k->arena, c->owner, c->generation) == SH_OK) {
       uint64_t offset;
-      int rc = sh_alloc_nolock(k->arena, c->owner, c->partition, size, &offset);
-      if (rc == SH_EAGAIN) rc = sh_alloc(k->arena, c->owner, c->partition, size, &offset);
+      int rc = zeroed ? sh_calloc_nolock(k->arena, c->owner, c->partition, size, &offset)
+                      : sh_alloc_nolock(k->arena, c->owner, c->partition, size, &offset);
+      if (rc == SH_EAGAIN)
+        rc = zeroed ? sh_calloc(k->arena, c->owner, c->partition, size, &offset)
+                    : sh_alloc(k->arena, c->owner, c->partition, size, &offset);
       if (rc == SH_OK) {
         atomic_fetch_add_explicit(&k->refs, 1, memory_order_relaxed);
         bump(&c->allocs);
@@ -99,13 +103,15 @@ static void *ctx_malloc(void *raw, size_t size) {
     }
   }
   if (c->fallback) {
-    void *p = malloc(size);
+    void *p = zeroed ? calloc(1, size) : malloc(size);
     if (p) atomic_fetch_add(&c->fallbacks, 1);
     return p;
   }
   atomic_fetch_add(&c->failures, 1);
   return NULL;
 }
+
+static void *ctx_malloc(void *raw, size_t size) { return ctx_alloc(raw, size, 0); }
 
 static void ctx_free(void *raw, void *ptr, size_t size) {
   (void)size; /* the block knows its own size */
@@ -131,12 +137,7 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
 
 static void *ctx_calloc(void *raw, size_t nelem, size_t elsize) {
   if (elsize && nelem > SIZE_MAX / elsize) return NULL;
-  size_t size = nelem * elsize;
-  void *p = ctx_malloc(raw, size);
-  /* reused blocks hold old bytes, and the core does not track which pages
-   * are still untouched, so every block is cleared */
-  if (p) memset(p, 0, size ? size : 1);
-  return p;
+  return ctx_alloc(raw, nelem * elsize, 1);
 }
 
 static void *ctx_realloc(void *raw, void *ptr, size_t new_size) {

@@ -252,6 +252,39 @@ static void test_owner_complete(void) {
   sh_close(a);
 }
 
+static int all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return 0;
+  return 1;
+}
+
+/* calloc: fresh runs are zero as made; reused blocks and runs are cleared. */
+static void test_calloc(void) {
+  sh_arena_t *a = make_anon(32 * MiB, 65536);
+  uint64_t run, small, again;
+  size_t big = 1u << 20;
+  CHECK("fresh run", sh_calloc(a, 0, SH_PART_SHARED, big, &run) == SH_OK && all_zero(sh_ptr(a, run), big));
+  memset(sh_ptr(a, run), 0xAB, big);
+  sh_free(a, run);
+  CHECK("the kept run comes back cleared", sh_calloc(a, 0, SH_PART_SHARED, big, &again) == SH_OK && again == run &&
+                                             all_zero(sh_ptr(a, again), big));
+  memset(sh_ptr(a, again), 0xCD, big);
+  sh_free(a, again);
+  sh_thread_flush(a); /* the run goes back to the partition, dirty */
+  CHECK("a released run taken again is cleared", sh_calloc(a, 0, SH_PART_SHARED, big, &again) == SH_OK &&
+                                                   all_zero(sh_ptr(a, again), big));
+  sh_free(a, again);
+  CHECK("small", sh_calloc(a, 0, SH_PART_SHARED, 200, &small) == SH_OK && all_zero(sh_ptr(a, small), 200));
+  memset(sh_ptr(a, small), 0x11, 200);
+  sh_free(a, small);
+  CHECK("small reused is cleared", sh_calloc(a, 0, SH_PART_SHARED, 200, &again) == SH_OK && again == small &&
+                                     all_zero(sh_ptr(a, again), 200));
+  sh_thread_flush(a);
+  CHECK("nolock large without a kept run", sh_calloc_nolock(a, 0, SH_PART_SHARED, big, &run) == SH_EAGAIN);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 static void test_free_many(void) {
   sh_arena_t *a = make_anon(32 * MiB, 65536);
   enum { N = 5000 };
@@ -443,6 +476,7 @@ int main(void) {
   test_owners();
   test_owner_complete();
   test_free_many();
+  test_calloc();
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();

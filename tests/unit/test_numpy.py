@@ -195,6 +195,22 @@ def test_zeros_are_zero_on_reused_blocks(heap: sh.Heap) -> None:
     heap.check()
 
 
+@pytest.mark.parametrize("nbytes", [300_000, 1 << 20, 3 << 20])
+def test_large_zeros_fresh_and_reused(heap: sh.Heap, nbytes: int) -> None:
+    # the first one comes from pages never handed out (no memset), the later
+    # ones from a run this thread kept or took back: cleared
+    for _ in range(3):
+        z = sh.zeros(nbytes, np.uint8, agent=heap)
+        assert not z.any()
+        z[:] = 0xCD
+        del z
+    heap.flush_thread_cache()
+    z = sh.zeros(nbytes, np.uint8, agent=heap)
+    assert not z.any()
+    del z
+    heap.check()
+
+
 def test_full_partition_raises_partition_full_and_heap_stays_consistent(heap: sh.Heap) -> None:
     cap = heap.stats()["partitions"]["comm"]["capacity"] + 1  # one byte more than the partition
     alloc = sh.numpy_allocator(heap, "comm")

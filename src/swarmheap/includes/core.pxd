@@ -100,6 +100,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
+    int sh_calloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_free(sh_arena_t *arena, uint64_t offset)
     int sh_free_nolock(sh_arena_t *arena, uint64_t offset)
     int sh_block_info(const sh_arena_t *arena, uint64_t offset, sh_block_info_t *info)
