@@ -4,23 +4,41 @@
 
 #include "sh_tcache.h"
 
-/* Threads with a slot count there; the rest, and slots given back, in the stripes. */
-static uint64_t sh_sum_counter(const sh_arena_t *a, int is_free, int part, int c) {
-  uint64_t n = 0;
-  size_t idx = _sh_counter_index(a, is_free, part, c);
-  for (unsigned s = 0; s < a->nstripes; s++) n += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[idx]);
-  uint32_t key_low = (uint32_t)part << 6 | (uint32_t)c;
+/* Sums the alloc and free counters of one partition (part >= 0) or of one
+ * class in every partition (c >= 0) in one pass: the stripes (threads without
+ * a slot), every slot that was ever bound (a slot keeps its counts when its
+ * thread goes), and the slot's entries (counts not yet folded into it). */
+static void sh_sum_counters(const sh_arena_t *a, int part, int c, uint64_t *allocs, uint64_t *frees) {
+  *allocs = *frees = 0;
+  uint32_t per = a->nclasses + 1;
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    if (part >= 0 && p != part) continue;
+    for (uint32_t k = 0; k < per; k++) {
+      if (c >= 0 && k != (uint32_t)c) continue;
+      size_t ia = _sh_counter_index(a, 0, p, (int)k), ifr = _sh_counter_index(a, 1, p, (int)k);
+      for (unsigned s = 0; s < a->nstripes; s++) {
+        *allocs += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[ia]);
+        *frees += sh_atomic_load_relaxed(&_sh_stripe_counters(a, s)[ifr]);
+      }
+      for (uint32_t i = 0; i < a->nslots; i++) {
+        sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+        if (sh_atomic_load_relaxed(&slot->binder) == 0) continue; /* never bound: all zero */
+        *allocs += sh_atomic_load_relaxed(&_sh_tc_counters(a, slot)[ia]);
+        *frees += sh_atomic_load_relaxed(&_sh_tc_counters(a, slot)[ifr]);
+      }
+    }
+  }
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *slot = _sh_tc_slot_at(a, i);
-    if (sh_atomic_load_relaxed(&slot->state) == SH_TSLOT_FREE) continue;
-    n += sh_atomic_load_relaxed(&_sh_tc_counters(a, slot)[idx]);
-    if (c == (int)a->nclasses) continue; /* large runs are never counted in entries */
+    if (sh_atomic_load_relaxed(&slot->binder) == 0) continue;
     const sh_tc_entry_t *entries = _sh_tc_entries(slot);
-    for (uint32_t k = 0; k <= a->tc_mask; k++)
-      if ((sh_atomic_load_relaxed(&entries[k].key) & 0xFF) == key_low)
-        n += sh_atomic_load_relaxed(is_free ? &entries[k].frees : &entries[k].allocs);
+    for (uint32_t k = 0; k <= a->tc_mask; k++) {
+      uint32_t key = sh_atomic_load_relaxed(&entries[k].key);
+      if ((part >= 0 && (int)((key >> 6) & 3) != part) || (c >= 0 && (int)(key & 63) != c)) continue;
+      *allocs += sh_atomic_load_relaxed(&entries[k].allocs);
+      *frees += sh_atomic_load_relaxed(&entries[k].frees);
+    }
   }
-  return n;
 }
 
 int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partition_stats_t *st) {
@@ -43,10 +61,7 @@ int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partiti
     }
   }
   st->peak = sh_atomic_load_relaxed(&a->hdr->peak_pages[part]) << a->page_shift;
-  for (int c = 0; c <= (int)a->nclasses; c++) {
-    st->allocs += sh_sum_counter(a, 0, part, c);
-    st->frees += sh_sum_counter(a, 1, part, c);
-  }
+  sh_sum_counters(a, part, -1, &st->allocs, &st->frees);
   for (unsigned s = 0; s < a->nstripes; s++)
     st->failures += sh_atomic_load_relaxed(
         &((const sh_stripe_hdr_t *)(a->stripes + (size_t)s * a->stripe_size))->failures[part]);
@@ -68,10 +83,7 @@ int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
     st->blocks_used += cap - free_blocks;
     st->blocks_free += free_blocks;
   }
-  for (int part = 0; part < SH_NPARTITIONS; part++) {
-    st->allocs += sh_sum_counter(a, 0, part, c);
-    st->frees += sh_sum_counter(a, 1, part, c);
-  }
+  sh_sum_counters(a, -1, c, &st->allocs, &st->frees);
   return SH_OK;
 }
 

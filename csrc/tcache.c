@@ -208,21 +208,13 @@ void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
 static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
   for (int i = 0; i < SH_TC_RUNS; i++) _sh_tc_run_flush(a, &s->runs[i]);
   sh_tc_entry_t *entries = _sh_tc_entries(s);
-  for (uint32_t i = 0; i <= a->tc_mask; i++) {
-    _sh_tc_entry_flush(a, &entries[i]);
-    _sh_tc_fold(a, s, &entries[i]);
-  }
-  _Atomic uint64_t *mine = _sh_tc_counters(a, s);
-  _Atomic uint64_t *shared = _sh_stripe_counters(a, _sh_tc_slot_index(a, s) % a->nstripes);
-  size_t n = 2u * SH_NPARTITIONS * (a->nclasses + 1u);
-  for (size_t i = 0; i < n; i++) {
-    uint64_t v = sh_atomic_exchange_acq_rel(&mine[i], 0);
-    if (v) sh_atomic_add_relaxed(&shared[i], v);
-  }
-  uint32_t index = _sh_tc_slot_index(a, s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++) _sh_tc_entry_flush(a, &entries[i]);
+  /* The counters stay in the slot, free or not, and readers sum every slot:
+   * moving them elsewhere here would race with a reader (a thread's exit
+   * hook runs after Python's join has returned). The slot's next thread
+   * counts on from them. */
   for (int i = 0; i < SH_TC_BINDINGS; i++)
     if (_sh_tc_tls[i].slot == s) memset(&_sh_tc_tls[i], 0, sizeof _sh_tc_tls[i]);
-  (void)index;
   sh_atomic_store_relaxed(&s->pid, 0);
   sh_atomic_store_release(&s->state, SH_TSLOT_FREE);
 }
