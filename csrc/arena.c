@@ -120,7 +120,7 @@ static int sh_options_validate(const sh_options_t *o, uint64_t size) {
 static int sh_handle_load(sh_arena_t *a) {
   sh_header_t *hdr = a->hdr = (sh_header_t *)a->base;
   a->pages = (sh_page_t *)(a->base + hdr->pages_off);
-  a->bitmap = (uint64_t *)(a->base + hdr->bitmap_off);
+  a->bitmap = (_Atomic uint64_t *)(a->base + hdr->bitmap_off);
   a->owners = (sh_owner_t *)(a->base + hdr->owners_off);
   a->bins = (_Atomic uint32_t *)(a->base + hdr->bins_off);
   a->stripes = a->base + hdr->stripes_off;
@@ -240,7 +240,7 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     sh_atomic_store_relaxed(&pg->run_head, SH_NIL);
     if (pi < l.meta_pages) {
       sh_atomic_store_relaxed(&pg->state, SH_PAGE_META);
-      a->bitmap[pi / 64] |= 1ull << (pi % 64);
+      sh_atomic_or_relaxed(&a->bitmap[pi / 64], 1ull << (pi % 64));
     }
   }
   memset((void *)a->bins, 0xFF, (size_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t));

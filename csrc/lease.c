@@ -93,7 +93,7 @@ int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
     sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
   }
   a->leases[i].deadline_ns = deadline_ns;
-  atomic_fetch_or_explicit(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED, memory_order_release);
+  sh_atomic_or_release(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED);
   sh_lease_unlock(a);
   return SH_OK;
 }

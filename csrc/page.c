@@ -32,18 +32,20 @@ static void sh_count_failure(const sh_arena_t *a, int part) {
 /* ----- Bitmap of pages in use --------------------------------------------- */
 
 static inline bool sh_bit(const sh_arena_t *a, uint32_t pi) {
-  return (a->bitmap[pi / 64] >> (pi % 64)) & 1;
+  return (sh_atomic_load_relaxed(&a->bitmap[pi / 64]) >> (pi % 64)) & 1;
 }
 static inline void sh_bit_set(sh_arena_t *a, uint32_t pi, bool on) {
-  if (on) a->bitmap[pi / 64] |= 1ull << (pi % 64);
-  else a->bitmap[pi / 64] &= ~(1ull << (pi % 64));
+  /* a word may hold the edge pages of two partitions, each under its own
+   * lock: only an atomic read-modify-write keeps the other's bits */
+  if (on) sh_atomic_or_relaxed(&a->bitmap[pi / 64], 1ull << (pi % 64));
+  else sh_atomic_and_relaxed(&a->bitmap[pi / 64], ~(1ull << (pi % 64)));
 }
 
 /* First fit of n free pages in the partition; marks them used. Under lock. */
 static uint32_t sh_bitmap_take(sh_arena_t *a, int part, uint32_t n) {
   uint32_t first = a->part_first[part], end = a->part_end[part], run = 0;
   for (uint32_t pi = first; pi < end; pi++) {
-    if (pi % 64 == 0 && run == 0 && pi + 64 <= end && a->bitmap[pi / 64] == UINT64_MAX) {
+    if (pi % 64 == 0 && run == 0 && pi + 64 <= end && sh_atomic_load_relaxed(&a->bitmap[pi / 64]) == UINT64_MAX) {
       pi += 63;
       continue;
     }
@@ -158,7 +160,7 @@ SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, u
 
 /* The same for the stack of the thread that caches the page, if any. */
 SH_NO_TSAN static bool sh_page_local_holds(const sh_arena_t *a, uint32_t pi, uint32_t top) {
-  const sh_tc_way_t *e = _sh_tc_holder(a, pi);
+  const sh_tc_way_t *e = _sh_tc_holder(a, pi, NULL);
   if (!e) return false;
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&a->pages[pi].sclass) % a->nclasses];
@@ -178,17 +180,22 @@ static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, ui
 uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
   const sh_page_t *pg = &a->pages[pi];
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity), n = 0;
-  /* The cached stack first, the shared one second: a flush moves blocks from
-   * the first to the second, so this order may count a block twice (clamped
-   * below) but never misses one, and a thread that exited shows no phantom
-   * use while its exit hook is still flushing. */
-  if (sh_atomic_load_acquire(&pg->claim) != 0) {
-    const sh_tc_way_t *e = _sh_tc_holder(a, pi);
-    if (e) n = sh_local_count(sh_atomic_load_acquire(&e->local));
+  /* The cached stack first, the shared one second, under the entry's flush
+   * sequence: a flush moves blocks from the first to the second, and a
+   * reader that overlapped one reads again, so a thread whose exit hook is
+   * still flushing (Python's join returns before it runs) shows exact
+   * figures. A few tries, then a figure that may count a block twice. */
+  for (int attempt = 0; attempt < 64; attempt++) {
+    const sh_tc_entry_t *entry = NULL;
+    const sh_tc_way_t *w = sh_atomic_load_acquire(&pg->claim) != 0 ? _sh_tc_holder(a, pi, &entry) : NULL;
+    uint32_t seq = entry ? sh_atomic_load_acquire(&entry->flush_seq) : 0;
+    if (seq & 1) continue;
+    n = w ? sh_local_count(sh_atomic_load_acquire(&w->local)) : 0;
+    uint64_t h = sh_atomic_load_acquire(&pg->head);
+    if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
+    n += sh_head_count(h);
+    if (!entry || sh_atomic_load_acquire(&entry->flush_seq) == seq) break;
   }
-  uint64_t h = sh_atomic_load_acquire(&pg->head);
-  if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
-  n += sh_head_count(h);
   return n < cap ? n : cap;
 }
 
@@ -370,7 +377,7 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
 static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
   _sh_part_lock(a, part);
   sh_page_t *pg = &a->pages[pi];
-  atomic_fetch_or_explicit(&pg->flags, SH_PAGE_CORRUPT, memory_order_relaxed);
+  sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
   _sh_part_unlock(a, part);
   return _sh_fail(SH_ECORRUPT,
                   "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
@@ -501,7 +508,7 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
   uint32_t victim = SH_TC_WAYS - 1;
   for (uint32_t w = SH_TC_WAYS - 1; w > 0; w--)
     if (sh_atomic_load_relaxed(&e->way[w].page) == SH_NIL) victim = w;
-  _sh_tc_way_flush(a, &e->way[victim]);
+  _sh_tc_way_flush(a, e, (int)victim);
   sh_way_swap(a, e, victim); /* way 0 is empty now */
   sh_tc_way_t *way = &e->way[0];
   bool flushed = false;
@@ -586,7 +593,7 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
             /* the pop saw a damaged link on a page still ours */
             if (!may_lock) return SH_EAGAIN;
             sh_atomic_store_relaxed(&way->local, 0);
-            _sh_tc_way_flush(a, way);
+            _sh_tc_way_flush(a, e, (int)w);
             return sh_quarantine(a, pi, part);
           }
         } else if (!sh_tc_collect(pg, way)) {

@@ -25,6 +25,9 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
 #define sh_atomic_cas_strong_acq_rel(p, exp, des) \
   atomic_compare_exchange_strong_explicit((p), (exp), (des), memory_order_acq_rel, memory_order_acquire)
 #define sh_atomic_exchange_acq_rel(p, v) atomic_exchange_explicit((p), (v), memory_order_acq_rel)
+#define sh_atomic_or_relaxed(p, v)  atomic_fetch_or_explicit((p), (v), memory_order_relaxed)
+#define sh_atomic_and_relaxed(p, v) atomic_fetch_and_explicit((p), (v), memory_order_relaxed)
+#define sh_atomic_or_release(p, v)  atomic_fetch_or_explicit((p), (v), memory_order_release)
 
 /* Running the max of a counter without a lock. */
 static inline void sh_atomic_max_relaxed(_Atomic uint64_t *p, uint64_t v) {

@@ -29,14 +29,14 @@ extern _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS] sh_internal;
 sh_internal sh_tslot_t *_sh_tc_bind(sh_arena_t *arena, bool create);
 sh_internal void _sh_tc_register(sh_arena_t *arena);
 sh_internal void _sh_tc_close(sh_arena_t *arena);
-sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_way_t *way);
+sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_entry_t *entry, int way);
 sh_internal void _sh_tc_entry_flush(sh_arena_t *arena, sh_tc_entry_t *entry);
 /* Gives a cached run back to its partition (takes the partition lock). */
 sh_internal void _sh_tc_run_flush(sh_arena_t *arena, sh_tc_run_t *run);
 sh_internal void _sh_tc_flush_partition(sh_arena_t *arena, sh_tslot_t *slot, int partition);
 sh_internal uint32_t _sh_tc_next_claim(const sh_arena_t *arena, sh_tslot_t *slot, int way);
 /* The way caching page `pi` for its claimer, or NULL; for stats and checks. */
-sh_internal const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *arena, uint32_t pi);
+sh_internal const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *arena, uint32_t pi, const sh_tc_entry_t **entry);
 
 static inline sh_tslot_t *_sh_tc_slot_at(const sh_arena_t *a, uint32_t i) {
   return (sh_tslot_t *)(a->tslots + (uint64_t)i * a->tslot_size);

@@ -141,7 +141,7 @@ typedef struct sh_tc_entry_s {
   _Atomic uint32_t key;    /* owner << 8 | partition << 6 | class; written by the slot's thread */
   _Atomic uint32_t allocs; /* for `key`, since the slot last folded them (see sh_tcache.h) */
   _Atomic uint32_t frees;
-  uint32_t reserved_;
+  _Atomic uint32_t flush_seq; /* odd while a way's blocks move to their page: readers retry */
   sh_tc_way_t way[SH_TC_WAYS];
 } sh_tc_entry_t;
 _Static_assert(sizeof(sh_tc_entry_t) == SH_CACHE_LINE, "an entry is one cache line");
@@ -238,7 +238,7 @@ struct sh_arena_s {
   sh_backing_t backing;
   sh_header_t *hdr;
   sh_page_t *pages;
-  uint64_t *bitmap;
+  _Atomic uint64_t *bitmap; /* atomics: a word can hold pages of two partitions, under two locks */
   sh_owner_t *owners;
   _Atomic uint32_t *bins;
   uint8_t *stripes;

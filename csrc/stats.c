@@ -146,7 +146,7 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) 
   if (claim != 0) {
     SH_CHECK(sh_claim_slot(claim) < a->nslots, "page %u: claimed by thread slot %u of %u", pi,
              sh_claim_slot(claim), a->nslots);
-    const sh_tc_way_t *e = _sh_tc_holder(a, pi);
+    const sh_tc_way_t *e = _sh_tc_holder(a, pi, NULL);
     SH_CHECK(e != NULL, "page %u: claimed by thread slot %u, which does not cache it", pi, sh_claim_slot(claim));
     uint64_t local = sh_atomic_load_relaxed(&e->local);
     SH_CHECK(count + sh_local_count(local) <= cap, "page %u: %u shared and %u cached free blocks, capacity %u",
@@ -206,7 +206,7 @@ int sh_check(sh_arena_t *a) {
     for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
       const sh_page_t *pg = &a->pages[pi];
       uint32_t st = sh_atomic_load_relaxed(&pg->state);
-      SH_CHECK((((a->bitmap[pi / 64] >> (pi % 64)) & 1) != 0) == (st != SH_PAGE_FREE), "page %u: bitmap disagrees with state %u", pi, st);
+      SH_CHECK((((sh_atomic_load_relaxed(&a->bitmap[pi / 64]) >> (pi % 64)) & 1) != 0) == (st != SH_PAGE_FREE), "page %u: bitmap disagrees with state %u", pi, st);
       SH_CHECK(pg->partition == (uint32_t)part, "page %u: partition field %u, expected %d", pi, pg->partition, part);
       if (st != SH_PAGE_FREE) used++;
       if (st == SH_PAGE_SMALL) {

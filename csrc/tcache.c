@@ -111,13 +111,16 @@ static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) 
  * which the claim word tells; then the blocks went back with the page. Under
  * the partition lock, so that check() never sees a block on both stacks; the
  * caller must not hold it. */
-void _sh_tc_way_flush(sh_arena_t *a, sh_tc_way_t *e) {
+static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t *e) {
   uint32_t pi = sh_atomic_load_relaxed(&e->page);
   if (pi == SH_NIL) return;
   sh_page_t *pg = &a->pages[pi];
   int part = (int)pg->partition;
   bool holds_blocks = sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0;
-  if (holds_blocks) _sh_part_lock(a, part); /* an empty cache only drops its claim */
+  if (holds_blocks) { /* an empty cache only drops its claim */
+    _sh_part_lock(a, part);
+    sh_atomic_add_acq_rel(flush_seq, 1);
+  }
   uint32_t claim = sh_atomic_load_relaxed(&e->claim);
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
@@ -136,7 +139,7 @@ void _sh_tc_way_flush(sh_arena_t *a, sh_tc_way_t *e) {
     }
     if (!intact) {
       /* a write after free, or the page changed hands while we walked */
-      if (sh_atomic_load_acquire(&pg->claim) == claim) atomic_fetch_or_explicit(&pg->flags, SH_PAGE_CORRUPT, memory_order_relaxed);
+      if (sh_atomic_load_acquire(&pg->claim) == claim) sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
     } else {
       uint32_t *tail_link = sh_link(a, pi, tail);
       uint64_t head = sh_atomic_load_acquire(&pg->head);
@@ -153,11 +156,16 @@ void _sh_tc_way_flush(sh_arena_t *a, sh_tc_way_t *e) {
   sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u);
   sh_atomic_store_relaxed(&e->local, 0);
   sh_atomic_store_release(&e->page, SH_NIL);
-  if (holds_blocks) _sh_part_unlock(a, part);
+  if (holds_blocks) {
+    sh_atomic_add_acq_rel(flush_seq, 1);
+    _sh_part_unlock(a, part);
+  }
 }
 
+void _sh_tc_way_flush(sh_arena_t *a, sh_tc_entry_t *e, int way) { sh_way_flush(a, &e->flush_seq, &e->way[way]); }
+
 void _sh_tc_entry_flush(sh_arena_t *a, sh_tc_entry_t *e) {
-  for (int w = 0; w < SH_TC_WAYS; w++) _sh_tc_way_flush(a, &e->way[w]);
+  for (int w = 0; w < SH_TC_WAYS; w++) sh_way_flush(a, &e->flush_seq, &e->way[w]);
 }
 
 void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
@@ -198,7 +206,7 @@ void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
   for (uint32_t i = 0; i <= a->tc_mask; i++)
     for (int w = 0; w < SH_TC_WAYS; w++) {
       uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
-      if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_way_flush(a, &entries[i].way[w]);
+      if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_way_flush(a, &entries[i], w);
     }
 }
 
@@ -321,7 +329,7 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
   *total = a->nslots;
 }
 
-const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
+const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi, const sh_tc_entry_t **entry) {
   const sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_acquire(&pg->claim);
   if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
@@ -330,7 +338,9 @@ const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi) {
   const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
                                         (int)pg->partition, (int)c);
   uint32_t w = sh_claim_way(claim);
-  if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim)
+  if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim) {
+    if (entry) *entry = e;
     return &e->way[w];
+  }
   return NULL;
 }
