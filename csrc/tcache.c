@@ -119,7 +119,9 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   bool holds_blocks = sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0;
   if (holds_blocks) { /* an empty cache only drops its claim */
     _sh_part_lock(a, part);
-    sh_atomic_add_acq_rel(flush_seq, 1);
+    /* set, not incremented: a flush that died half way left it odd, and the
+     * sweep that flushes again makes it even */
+    sh_atomic_exchange_acq_rel(flush_seq, sh_atomic_load_relaxed(flush_seq) | 1u);
   }
   uint32_t claim = sh_atomic_load_relaxed(&e->claim);
   uint64_t local = sh_atomic_load_relaxed(&e->local);
@@ -157,7 +159,7 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   sh_atomic_store_relaxed(&e->local, 0);
   sh_atomic_store_release(&e->page, SH_NIL);
   if (holds_blocks) {
-    sh_atomic_add_acq_rel(flush_seq, 1);
+    sh_atomic_store_release(flush_seq, sh_atomic_load_relaxed(flush_seq) + 1);
     _sh_part_unlock(a, part);
   }
 }
