@@ -81,6 +81,16 @@ void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info
   info->blocks += used;
 }
 
+#define SH_HELD_OFFSET_MASK ((UINT64_C(1) << 40) - 1)
+
+/* The owner-0 block the owner holds (SH_USER_WORD_HELD) counts as its own. */
+static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t *info) {
+  sh_block_info_t held;
+  if (!(word & SH_USER_WORD_HELD) || sh_block_info(a, word & SH_HELD_OFFSET_MASK, &held) != SH_OK) return;
+  info->bytes[held.partition] += held.usable_size;
+  info->blocks++;
+}
+
 /* Every page of the owner back to its partition, whole lists at a time (no
  * per-page unlinking, one counter update per partition); with `final`, the
  * live bytes are summed on the way, so a complete reads each page once.
@@ -103,6 +113,12 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
     sh_atomic_store_relaxed(&o->pages[part], 0);
     sh_atomic_sub_relaxed(&a->hdr->pages_used[part], pages);
     _sh_part_unlock(a, part);
+  }
+  /* a block of owner 0 the owner held (the layer above keeps its index there) */
+  uint64_t word = sh_atomic_exchange_acq_rel(&o->user_word, 0);
+  if (word & SH_USER_WORD_HELD) {
+    if (final) sh_info_add_held(a, word, final);
+    sh_free(a, word & SH_HELD_OFFSET_MASK); /* a bad word frees nothing: sh_free validates */
   }
   sh_atomic_store_release(&o->state, SH_OWNER_FREE);
   return SH_OK;
@@ -244,6 +260,7 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
   sh_info_header(a, id, info);
   if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
   sh_info_bytes(a, id, info);
+  sh_info_add_held(a, info->user_word, info);
   return SH_OK;
 }
 
@@ -256,6 +273,7 @@ int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t 
     sh_info_header(a, id, final);
     if (sh_atomic_load_relaxed(&o->pins) > 0) {
       sh_info_bytes(a, id, final);
+      sh_info_add_held(a, final->user_word, final);
       sh_atomic_store_release(&o->state, SH_OWNER_COMPLETED);
       final->state = SH_OWNER_COMPLETED;
       rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released", id,

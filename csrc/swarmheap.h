@@ -269,7 +269,11 @@ int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                        sh_owner_state_t expected, sh_owner_state_t desired);
 
 /* [any] Stamp last-active time; compare-and-set or read the user word. The
- * read fails with SH_EOWNER if the owner is gone or its slot was reused. */
+ * read fails with SH_EOWNER if the owner is gone or its slot was reused.
+ * A user word with SH_USER_WORD_HELD set names a block of owner 0 the owner
+ * holds (length << 40 | offset, offset below 2^40): recycling the owner frees
+ * that block too, whichever process or path recycles it. */
+#define SH_USER_WORD_HELD (UINT64_C(1) << 63)
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            uint64_t expected, uint64_t desired);

@@ -17,15 +17,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "kind_id"]
 
-# The index of an agent's named entries lives in one block of the agent's own
-# `system` pages; the owner's user word holds (length << 40 | offset) of the
-# current index block. Any process of the heap can read it; an update writes a
-# new block and swaps the word, so a reader sees the old index or the new one.
+# The index of an agent's named entries lives in one block of the shared
+# default's `system` pages (so ten thousand agents do not need ten thousand
+# pages); the owner's user word holds HELD | length << 40 | offset of it, and
+# the HELD bit tells the C core to free the block when it recycles the agent,
+# whichever process or path does that. Any process of the heap can read it; an
+# update writes a new block and swaps the word, so a reader sees the old index
+# or the new one, and checks the word again after reading.
 _HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, reserved
 _ENTRY = struct.Struct("<HQQ")  # name length, offset, size
 _MAGIC = b"SHIX"
 _OFFSET_BITS = 40
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+_LENGTH_MASK = (1 << 23) - 1
+_HELD = 1 << 63  # SH_USER_WORD_HELD in swarmheap.h
+
+
+def _index_handle(word: int) -> Handle:
+    return Handle(word & _OFFSET_MASK, (word >> _OFFSET_BITS) & _LENGTH_MASK, 0, 1)
 _MAX_NAME = 1024
 
 
@@ -213,9 +222,8 @@ class Agent:
             word = self._index_word()
             if word == 0:
                 return self.kind, 0.0, {}
-            offset, length = word & _OFFSET_MASK, word >> _OFFSET_BITS
             try:
-                blk = self._heap.resolve(Handle(offset, length, self.id, self.generation))
+                blk = self._heap.resolve(_index_handle(word))
                 decoded = _decode_index(bytes(blk))
             except (InvalidHandle, ValueError, UnicodeDecodeError, struct.error):
                 continue  # swapped under us: read the new one
@@ -229,12 +237,15 @@ class Agent:
             kind, lease, entries = self._read_index() if word else (self.kind, 0.0, {})
             change(entries)
             data = _encode_index(kind, lease if lease_deadline is None else lease_deadline, entries)
-            blk = self._heap.alloc(len(data), "system", owner=self)
+            blk = self._heap.alloc(len(data), "system")
             blk[:] = data
-            new_word = (len(data) << _OFFSET_BITS) | blk.offset
+            new_word = _HELD | (len(data) << _OFFSET_BITS) | blk.offset
             if self._heap._owner_set_word(self.id, self.generation, word, new_word):
                 if word:
-                    self._free_entry(word & _OFFSET_MASK, word >> _OFFSET_BITS)
+                    try:
+                        self._heap.resolve(_index_handle(word)).free()
+                    except (InvalidHandle, StaleBlock):
+                        pass
                 return
             blk.free()
         raise AgentStateError(f"agent {self.id}'s index keeps changing under concurrent updates")
@@ -312,7 +323,12 @@ def read_lease(heap: Heap, agent_id: int, generation: int, word: int) -> float:
     if word == 0:
         return 0.0
     try:
-        blk = heap.resolve(Handle(word & _OFFSET_MASK, word >> _OFFSET_BITS, agent_id, generation))
-        return float(_HEADER.unpack_from(bytes(blk[: _HEADER.size]), 0)[3])
+        blk = heap.resolve(_index_handle(word))
+        magic, _, _, deadline, _, _ = _HEADER.unpack_from(bytes(blk[: _HEADER.size]), 0)
     except (InvalidHandle, StaleBlock, struct.error):
         return 0.0
+    # the block is read only if it still is this agent's index: one freed by
+    # an update and handed out again must not decide a reclaim
+    if magic != _MAGIC or heap._owner_word(agent_id, generation) != word:
+        return 0.0
+    return float(deadline)

@@ -124,14 +124,8 @@ class Env:
     def sweep_heap(self, old_agents: int) -> Heap:
         """A private heap holding `old_agents` live agents, all in generation 2."""
         if old_agents not in self._sweep_heaps:
-            # every agent holds a page of its own in `system` (its entry index): small pages and a
-            # large system share keep 10k agents in 256 MiB
-            heap = Heap.create(
-                size="256 MiB",
-                page_size=4096,
-                max_owners=old_agents + 1024,
-                ratios={"context": 0.2, "shared": 0.1, "comm": 0.1, "system": 0.6},
-            )
+            # default pages and shares: agents' entry indexes share the system pages
+            heap = Heap.create(size="256 MiB", max_owners=old_agents + 1024)
             heap.set_sweep_thresholds(0, 0, 0)
             for _ in range(old_agents):
                 heap.spawn("old")

@@ -248,6 +248,17 @@ static void test_owner_complete(void) {
   int recycled = 0;
   CHECK("last unpin recycles", sh_owner_unpin(a, id, gen, &recycled) == SH_OK && recycled);
   CHECK("owner 0 refused", sh_owner_complete(a, 0, 1, &final) == SH_EINVAL);
+  /* a block of owner 0 the owner holds through its user word goes with it */
+  uint64_t index, sys_before = in_use(a, SH_PART_SYSTEM);
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
+  CHECK("hold", sh_owner_set_user_word(a, id, gen, 0, SH_USER_WORD_HELD | (100ull << 40) | index) == SH_OK);
+  CHECK("it counts as the owner's", sh_owner_info(a, id, &before) == SH_OK && before.blocks == 1 &&
+                                      before.bytes[SH_PART_SYSTEM] == 112);
+  CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK && final.blocks == 1);
+  CHECK("the held block went with it", in_use(a, SH_PART_SYSTEM) == sys_before);
+  sh_block_info_t gone;
+  CHECK("and is free", sh_block_info(a, index, &gone) == SH_EBADPTR);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }

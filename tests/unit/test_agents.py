@@ -132,6 +132,24 @@ def test_hooks(big: sh.Heap, caplog: pytest.LogCaptureFixture) -> None:
         big.on("explode", broken)
 
 
+def test_agent_indexes_share_pages() -> None:
+    # each agent's index is a block of the shared default's system pages, held
+    # by the agent: many agents do not take a page each, and it goes with them
+    with sh.Heap.create(size="64 MiB") as heap:
+        system = heap.stats()["partitions"]["system"]
+        agents = [heap.spawn("small") for _ in range(200)]
+        for agent in agents:
+            agent.put("note", b"x" * 40)
+        grown = heap.stats()["partitions"]["system"]
+        assert grown["pages_used"] - system["pages_used"] <= 4  # not 200
+        assert agents[7].get("note") == b"x" * 40
+        assert agents[7].stats()["bytes"]["system"] > 0  # the index counts as the agent's
+        for agent in agents:
+            agent.complete()
+        assert heap.stats()["partitions"]["system"]["in_use"] == system["in_use"]
+        heap.check()
+
+
 def test_bad_spawn_arguments(big: sh.Heap) -> None:
     for kwargs in ({"kind": ""}, {"kind": 3}, {"lease": -1}, {"lease": "soon"}):
         with pytest.raises(ValueError):
