@@ -35,6 +35,8 @@ _HELD = 1 << 63  # SH_USER_WORD_HELD in swarmheap.h
 
 def _index_handle(word: int) -> Handle:
     return Handle(word & _OFFSET_MASK, (word >> _OFFSET_BITS) & _LENGTH_MASK, 0, 1)
+
+
 _MAX_NAME = 1024
 
 
