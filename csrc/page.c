@@ -547,17 +547,21 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
         _sh_part_unlock(a, part);
         return sh_partition_full(a, part, size, 1);
       }
-      sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
-      sh_bin_link_front(a, bin, best);
-      sh_owner_pages_add(a, owner, part, 1);
       local = sh_local_make(1, a->classes[c].capacity);
-    } else {
-      /* claims are set only under the partition lock, so 0 stays 0 until here */
-      sh_atomic_store_release(&a->pages[best].claim, claim);
     }
+    /* The way first, the page's claim second: a process that dies between
+     * them leaves a way that matches nothing, never a claim nobody holds.
+     * Claims are set only under the partition lock, so 0 stays 0 until here. */
     sh_atomic_store_relaxed(&way->claim, claim);
     sh_atomic_store_relaxed(&way->local, local);
     sh_atomic_store_release(&way->page, best);
+    if (local) {
+      sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
+      sh_bin_link_front(a, bin, best);
+      sh_owner_pages_add(a, owner, part, 1);
+    } else {
+      sh_atomic_store_release(&a->pages[best].claim, claim);
+    }
     _sh_part_unlock(a, part);
     return SH_OK;
   }
@@ -1132,6 +1136,9 @@ void _sh_partition_repair_locked(sh_arena_t *a, int part) {
       continue;
     }
     used++;
+    /* a claim its slot does not record (left by a holder that died) is dropped */
+    if (state == SH_PAGE_SMALL && sh_atomic_load_relaxed(&pg->claim) != 0 && !_sh_tc_holder(a, pi, NULL))
+      sh_atomic_store_release(&pg->claim, 0u);
     if (state == SH_PAGE_SMALL) {
       sh_bin_link_front(a, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), pi);
       sh_atomic_add_relaxed(&a->owners[owner].pages[part], 1);
