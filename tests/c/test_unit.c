@@ -400,9 +400,13 @@ static void test_lock_owner_died(void) {
     /* half a page acquisition: bitmap bit taken, descriptor never written */
     uint32_t pi = ca->part_end[SH_PART_CONTEXT] - 1;
     ca->bitmap[pi / 64] |= 1ull << (pi % 64);
+    /* and a claim on the parent's page that no thread slot records */
+    uint32_t kept = (uint32_t)(keep >> ca->page_shift);
+    sh_atomic_store_relaxed(&ca->pages[kept].claim, (7u << 14) | 2u);
     _exit(0); /* dies holding the lock */
   }
   waitpid(child, NULL, 0);
+  sh_thread_flush(a); /* the parent's own claim on that page goes first */
   uint64_t off;
   CHECK("alloc after the holder died", sh_alloc(a, 0, SH_PART_CONTEXT, 20000, &off) == SH_OK);
   CHECK("repair leaves it consistent", sh_check(a) == SH_OK);
