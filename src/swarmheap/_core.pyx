@@ -544,7 +544,8 @@ cdef class CoreHeap:
         sh_thread_slots(self.arena, &bound, &total)
         return {"size": info.size, "page_size": info.page_size, "partitions": partitions,
                 "classes": classes, "owners": owners,
-                "thread_caches": {"bound": bound, "total": total}}
+                "thread_caches": {"bound": bound, "total": total},
+                "leases": sh_lease_count(self.arena)}
 
     def check(self):
         """Walk every page, list and counter; raise HeapCorrupt naming the first

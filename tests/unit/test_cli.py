@@ -133,7 +133,8 @@ def test_stats_json_matches_the_heap(busy_heap: Any, heap_name: str) -> None:
 def test_stats_table_names_partitions_and_agents(busy_heap: Any, heap_name: str) -> None:
     run = swarmheap("stats", heap_name)
     assert run.returncode == 0, run.stderr
-    for word in ("partitions", "context", "shared", "comm", "system", "size classes", "owners"):
+    words = ("partitions", "context", "shared", "comm", "system", "size classes", "owners", "thread caches")
+    for word in words:
         assert word in run.stdout
 
 

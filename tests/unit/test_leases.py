@@ -28,6 +28,7 @@ def test_lease_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
         before = shared_in_use(heap)
         leased = heap.alloc(1000, "shared", lease=60)
         kept = heap.alloc(1000, "shared")
+        assert heap.stats()["leases"] == 1
         deadline = heap.lease_deadline(leased)
         assert deadline is not None and 55 < deadline - time.time() <= 60
         assert heap.lease_deadline(kept) is None
