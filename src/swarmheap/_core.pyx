@@ -50,11 +50,14 @@ from swarmheap.sizes import format_size, parse_size
 PARTITIONS = ("context", "shared", "comm", "system")
 OWNER_STATES = ("free", "live", "completed", "dead", "offloaded")
 cdef dict _PART_INDEX = {name: i for i, name in enumerate(PARTITIONS)}
+cdef str _CONTEXT = PARTITIONS[0]
 cdef dict _STATE_INDEX = {name: i for i, name in enumerate(OWNER_STATES)}
 _ATTACH_CODES = frozenset({SH_ETRUNCATED, SH_EMAGIC, SH_EVERSION, SH_ECHECKSUM, SH_ECORRUPT})
 
 
 cdef int _part(object partition) except -1:
+    if partition is _CONTEXT:  # the default argument: no dict lookup on the hot path
+        return 0
     try:
         return _PART_INDEX[partition]
     except (KeyError, TypeError):
@@ -318,7 +321,7 @@ cdef class CoreHeap:
             raise StaleBlock(f"agent {oid[0]} (generation {gen[0]}) was recycled", "SH_EOWNER")
         return 0
 
-    def alloc(self, size, partition="context", *, owner=None, lease=None):
+    def alloc(self, size, partition=_CONTEXT, *, owner=None, lease=None):
         """A Block of ``size`` bytes in ``partition``, charged to ``owner``
         (an Agent, an owner id, or None for the shared default). ``lease``
         (seconds, shared default only) lets a sweep free the block once that
