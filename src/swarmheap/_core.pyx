@@ -20,7 +20,7 @@ cdef extern from "np_handler.h":
     void shnp_keeper_close(shnp_keeper *keeper)
     uint64_t shnp_keeper_live(const shnp_keeper *keeper)
     object shnp_handler_new(shnp_keeper *keeper, uint32_t owner, uint32_t generation,
-                            sh_partition_t partition, int fallback)
+                            sh_partition_t partition, int fallback, object heap_ref)
     int shnp_handler_stats(object capsule, shnp_stats *stats)
     object shnp_get_handler()
     object shnp_set_handler(object capsule)
@@ -29,6 +29,7 @@ cdef extern from "np_handler.h":
 shnp_import()
 
 import time
+import weakref
 
 import numpy as np
 
@@ -668,7 +669,9 @@ cdef class CoreHeap:
             self.np_keeper = shnp_keeper_new(self.arena)
             if self.np_keeper == NULL:
                 raise MemoryError("no memory for the NumPy handler's bookkeeping")
-        return shnp_handler_new(<shnp_keeper *>self.np_keeper, oid, gen, <sh_partition_t>p, fallback)
+        # a weak reference: the handler must not keep the heap object alive
+        return shnp_handler_new(<shnp_keeper *>self.np_keeper, oid, gen, <sh_partition_t>p, fallback,
+                                weakref.ref(self))
 
     def _handle_at(self, address, length):
         """The Handle of the block starting at ``address`` (a pointer in this process)."""

@@ -21,6 +21,7 @@ struct shnp_keeper {
 
 typedef struct {
   shnp_keeper *keeper;
+  PyObject *heap_ref; /* a weakref to the heap object, or NULL */
   uint32_t owner, generation;
   sh_partition_t partition;
   int fallback;
@@ -78,6 +79,36 @@ static inline void bump(_Atomic uint64_t *n) {
   atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
+#if PY_VERSION_HEX >= 0x030D0000
+#define SHNP_FINALIZING() Py_IsFinalizing()
+#else
+#define SHNP_FINALIZING() _Py_IsFinalizing()
+#endif
+
+/* The core recycled the handler's agent as its last array went: let the heap
+ * object fire its recycle hooks. Only with the GIL held (NumPy frees array
+ * data in the array's deallocator, under the GIL) and not at interpreter
+ * exit; the pending exception, if any, is kept. */
+static void tell_recycled(shnp_ctx *c) {
+  if (!c->heap_ref || !Py_IsInitialized() || SHNP_FINALIZING() || !PyGILState_Check()) return;
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+#if PY_VERSION_HEX >= 0x030D0000
+  PyObject *heap = NULL;
+  if (PyWeakref_GetRef(c->heap_ref, &heap) < 0) PyErr_Clear();
+#else
+  PyObject *heap = PyWeakref_GetObject(c->heap_ref);
+  Py_XINCREF(heap);
+#endif
+  if (heap && heap != Py_None) {
+    PyObject *r = PyObject_CallMethod(heap, "_deferred_recycled", "II", c->owner, c->generation);
+    if (!r) PyErr_WriteUnraisable(heap);
+    Py_XDECREF(r);
+  }
+  Py_XDECREF(heap);
+  PyErr_Restore(type, value, tb);
+}
+
 /* One path for malloc and calloc: calloc lets the core skip the memset for
  * pages that were never handed out. */
 static void *ctx_alloc(shnp_ctx *c, size_t size, int zeroed) {
@@ -128,8 +159,9 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
   if (rc == SH_OK) {
     bump(&c->frees);
     if (c->owner) {
-      int recycled; /* the last array of a completed agent recycles it here */
+      int recycled = 0; /* the last array of a completed agent recycles it here */
       sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
+      if (recycled) tell_recycled(c);
     }
   }
   keeper_release(k); /* may unmap: nothing of k is used after this */
@@ -167,6 +199,7 @@ static void capsule_destroy(PyObject *capsule) {
     return;
   }
   shnp_ctx *c = h->allocator.ctx;
+  Py_XDECREF(c->heap_ref);
   atomic_fetch_sub(&c->keeper->holders, 1);
   keeper_release(c->keeper);
   free(c);
@@ -174,7 +207,7 @@ static void capsule_destroy(PyObject *capsule) {
 }
 
 PyObject *shnp_handler_new(shnp_keeper *k, uint32_t owner, uint32_t generation, sh_partition_t partition,
-                           int fallback) {
+                           int fallback, PyObject *heap_ref) {
   PyDataMem_Handler *h = calloc(1, sizeof *h);
   shnp_ctx *c = calloc(1, sizeof *c);
   if (!h || !c) {
@@ -183,6 +216,8 @@ PyObject *shnp_handler_new(shnp_keeper *k, uint32_t owner, uint32_t generation, 
     return PyErr_NoMemory();
   }
   c->keeper = k;
+  c->heap_ref = heap_ref;
+  Py_XINCREF(heap_ref);
   c->owner = owner;
   c->generation = generation;
   c->partition = partition;
@@ -196,6 +231,7 @@ PyObject *shnp_handler_new(shnp_keeper *k, uint32_t owner, uint32_t generation, 
   h->allocator.free = ctx_free;
   PyObject *capsule = PyCapsule_New(h, CAPSULE_NAME, capsule_destroy);
   if (!capsule) {
+    Py_XDECREF(c->heap_ref);
     free(h);
     free(c);
     return NULL;

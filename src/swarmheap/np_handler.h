@@ -41,9 +41,12 @@ void shnp_keeper_close(shnp_keeper *keeper);
 /* Allocations still live through handlers of this keeper. */
 uint64_t shnp_keeper_live(const shnp_keeper *keeper);
 
-/* A new "mem_handler" capsule; NULL with a Python exception on failure. */
+/* A new "mem_handler" capsule; NULL with a Python exception on failure.
+ * `heap_ref` (a weak reference to the heap object, or NULL) is told, through
+ * its _deferred_recycled(owner, generation), when freeing the last array of
+ * a completed agent recycles it, so the recycle hooks fire then. */
 PyObject *shnp_handler_new(shnp_keeper *keeper, uint32_t owner, uint32_t generation,
-                           sh_partition_t partition, int fallback);
+                           sh_partition_t partition, int fallback, PyObject *heap_ref);
 /* 1 if `capsule` is one of ours, filling *stats; 0 if not. */
 int shnp_handler_stats(PyObject *capsule, shnp_stats *stats);
 /* NumPy's current handler for this context: a new reference. */

@@ -184,6 +184,19 @@ def test_decorator_form(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_last_array_fires_the_recycle_hook(heap: sh.Heap) -> None:
+    fired: list[tuple[int, str, int]] = []
+    heap.on("recycle", lambda agent_id, kind, stats: fired.append((agent_id, kind, stats["blocks"])))
+    agent = heap.spawn("embedder")
+    arr = sh.zeros(1000, np.float64, agent=agent)
+    final = agent.complete()  # deferred: the array pins the agent
+    assert fired == [] and agent.state == "completed"
+    del arr  # the core recycles the agent as the last array goes, and the hook hears of it
+    assert fired == [(agent.id, "embedder", final["blocks"])]
+    assert agent.state == "gone"
+    heap.check()
+
+
 def test_zeros_are_zero_on_reused_blocks(heap: sh.Heap) -> None:
     for _ in range(3):
         a = sh.empty(5000, np.uint8, agent=heap)
