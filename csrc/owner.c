@@ -105,10 +105,10 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
       _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
       uint32_t first = sh_atomic_load_relaxed(bin);
       if (first == SH_NIL) continue;
-      pages += _sh_list_release_locked(a, part, id, first, final);
+      pages += _sh_list_release_locked(a, part, first, final);
       sh_atomic_store_release(bin, SH_NIL);
     }
-    pages += _sh_list_release_locked(a, part, id, o->large_head[part], final);
+    pages += _sh_list_release_locked(a, part, o->large_head[part], final);
     o->large_head[part] = SH_NIL;
     sh_atomic_store_relaxed(&o->pages[part], 0);
     sh_atomic_sub_relaxed(&a->hdr->pages_used[part], pages);

@@ -77,8 +77,7 @@ static inline uint32_t *sh_link_at(const sh_arena_t *a, uint32_t pi, uint32_t to
   return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
 }
 
-static inline bool sh_top_valid(const sh_arena_t *a, const sh_class_t *cls, uint32_t top) {
-  (void)a;
+static inline bool sh_top_valid(const sh_class_t *cls, uint32_t top) {
   if (top == 0) return true;
   uint32_t in_page = (top - 1) << SH_UNIT_SHIFT;
   return top <= cls->last_top && in_page * cls->div_magic <= cls->div_magic - 1;
@@ -115,7 +114,7 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   for (;;) {
     uint32_t top = sh_head_top(head);
-    if (top == 0 || top == SH_HEAD_RETIRED || !sh_top_valid(a, cls, top)) {
+    if (top == 0 || top == SH_HEAD_RETIRED || !sh_top_valid(cls, top)) {
       if (top == 0 || top == SH_HEAD_RETIRED || !sh_page_matches(pg, owner, c)) return SH_POP_EMPTY;
       return SH_POP_CORRUPT;
     }
@@ -124,7 +123,7 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
     sh_link_read(link, &next, &check);
     uint32_t count = sh_head_count(head);
     if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) ||
-                    !sh_top_valid(a, cls, next) || (next == 0) != (count == 1))) {
+                    !sh_top_valid(cls, next) || (next == 0) != (count == 1))) {
       /* A racing pop may have handed this block out and its new owner written
        * over the link; only an unchanged head proves the link itself is bad. */
       uint64_t again = sh_atomic_load_acquire(&pg->head);
@@ -153,7 +152,7 @@ SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, u
   const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass)];
   for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps <= cap; steps++) {
     if (t == top) return true;
-    if (!sh_top_valid(a, cls, t)) return false;
+    if (!sh_top_valid(cls, t)) return false;
     t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
   }
   return false;
@@ -168,7 +167,7 @@ SH_NO_TSAN static bool sh_page_local_holds(const sh_arena_t *a, uint32_t pi, uin
   uint32_t t = sh_local_top(local), n = sh_local_count(local);
   for (uint32_t steps = 0; t != 0 && steps < n; steps++) {
     if (t == top) return true;
-    if (!sh_top_valid(a, cls, t)) return false;
+    if (!sh_top_valid(cls, t)) return false;
     t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
   }
   return false;
@@ -304,7 +303,7 @@ void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
   sh_owner_pages_add(a, owner, part, -(int64_t)sh_page_drop_locked(a, pi));
 }
 
-uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t owner, uint32_t first, sh_owner_info_t *final) {
+uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_owner_info_t *final) {
   uint64_t pages = 0;
   for (uint32_t pi = first, next; pi != SH_NIL; pi = next) {
     /* An owner's pages mostly came from one first-fit scan, so its list,
@@ -316,7 +315,6 @@ uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t owner, uint32
     a->pages[pi].next = a->pages[pi].prev = SH_NIL;
     pages += sh_page_drop_locked(a, pi);
   }
-  (void)owner;
   return pages;
 }
 
@@ -453,7 +451,7 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
   uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
   uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
   uint32_t count = sh_local_count(local);
-  if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !sh_top_valid(a, cls, next) ||
+  if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !sh_top_valid(cls, next) ||
                   (next == 0) != (count == 1)))
     return SH_TC_MISS;
   sh_atomic_store_relaxed(&w->local, sh_local_make(next, count - 1));

@@ -57,7 +57,7 @@ sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint3
 /* Releases a whole page list of one owner (its links are dropped, not
  * unlinked one by one); the caller resets the list head and the counters.
  * Returns the pages freed; adds live bytes to `final` when not NULL. */
-sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, uint32_t owner, uint32_t first,
+sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, uint32_t first,
                                              sh_owner_info_t *final);
 sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);

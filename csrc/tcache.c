@@ -106,7 +106,7 @@ static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) 
   return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
 }
 
-/* Puts the entry's cached blocks back on their page's shared stack and drops
+/* Puts the way's cached blocks back on their page's shared stack and drops
  * the claim. The page may have been released under us (an owner recycle),
  * which the claim word tells; then the blocks went back with the page. Under
  * the partition lock, so that check() never sees a block on both stacks; the
