@@ -28,6 +28,7 @@ class _ProcessState:
     hooks: dict[str, list[Hook]] = field(default_factory=lambda: {e: [] for e in EVENTS})
     thresholds: tuple[int, int, int] = (2000, 10, 10)
     counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    batch: int = 1  # allocations the heap's countdown stood for when it was last set
     deferred: dict[tuple[int, int], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     sweeping: bool = False
 
@@ -144,6 +145,7 @@ class Heap(CoreHeap):
             state.counts[younger] = 0
         if generation < 2:
             state.counts[generation + 1] += 1
+        self._restart_countdown(state)
         return result
 
     def set_sweep_thresholds(self, gen0: int = 2000, gen1: int = 10, gen2: int = 10) -> None:
@@ -153,16 +155,30 @@ class Heap(CoreHeap):
         for value in (gen0, gen1, gen2):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"thresholds are ints >= 0, not {value!r}")
-        self._state.thresholds = (gen0, gen1, gen2)
+        state = self._state
+        state.counts[0] += state.batch - self._sweep_countdown  # what this countdown saw so far
+        state.thresholds = (gen0, gen1, gen2)
+        self._restart_countdown(state)
 
     def get_sweep_thresholds(self) -> tuple[int, int, int]:
         return self._state.thresholds
 
+    # Counting agent allocations toward the young sweep, as CPython's gc counts
+    # object allocations, runs on every agent.alloc(): the common case is one
+    # attribute decrement; the counts are brought up to date when it runs out.
+    _sweep_countdown = 1
+
     def _note_allocation(self) -> None:
+        left = self._sweep_countdown - 1
+        if left > 0:
+            self._sweep_countdown = left
+            return
         state = self._state
-        state.counts[0] += 1
+        state.counts[0] += state.batch
+        self._sweep_countdown = state.batch = 1  # a sweep below restarts it properly
         t0, t1, t2 = state.thresholds
         if t0 == 0 or state.counts[0] < t0 or state.sweeping:
+            self._restart_countdown(state)
             return
         generation = 0
         if t1 and state.counts[1] + 1 >= t1:
@@ -170,6 +186,12 @@ class Heap(CoreHeap):
             if t2 and state.counts[2] + 1 >= t2:
                 generation = 2
         self.collect(generation)
+
+    def _restart_countdown(self, state: _ProcessState) -> None:
+        """Next check when the young count reaches its threshold (now, if it has)."""
+        t0 = state.thresholds[0]
+        state.batch = max(1, t0 - state.counts[0]) if t0 and not state.sweeping else 1 if t0 else 4096
+        self._sweep_countdown = state.batch
 
     def _relieve_pressure(self) -> None:
         """A partition is full: a full sweep before giving up."""

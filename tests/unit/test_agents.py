@@ -215,6 +215,28 @@ def test_automatic_sweep_by_allocation_count(heap_name: str) -> None:
         heap.check()
 
 
+def test_sweep_thresholds_count_exactly(big: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweeps: list[int] = []
+    real = big.collect
+    monkeypatch.setattr(big, "collect", lambda generation=2: sweeps.append(generation) or real(generation))
+    big.set_sweep_thresholds(10, 3, 0)
+    agent = big.spawn("counted")  # a spawn counts as an allocation
+    for _ in range(8):
+        agent.alloc(16)
+    assert sweeps == []  # 9 so far
+    agent.alloc(16)
+    assert sweeps == [0]  # the 10th
+    for _ in range(20):
+        agent.alloc(16)
+    assert sweeps == [0, 0, 1]  # every 10th; the third young sweep is a generation-1 one
+    big.set_sweep_thresholds(0, 0, 0)
+    for _ in range(50):
+        agent.alloc(16)
+    assert sweeps == [0, 0, 1]
+    agent.complete()
+    big.check()
+
+
 @pytest.mark.parametrize("hold_lock", [False, True], ids=["holding-blocks", "inside-slow-path"])
 def test_killed_worker_is_reclaimed_exactly(heap_name: str, hold_lock: bool) -> None:
     with sh.Heap.create(heap_name, size="64 MiB") as heap:
