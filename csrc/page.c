@@ -69,25 +69,6 @@ uint32_t _sh_bitmap_count(const sh_arena_t *a, int part) {
   return n;
 }
 
-/* ----- Free-stack links ------------------------------------------------------
- * A free block's first two words: the next top (see sh_types.h) and that value
- * xor the page's key. A write after free almost surely breaks the pair. */
-
-static inline uint32_t *sh_link_at(const sh_arena_t *a, uint32_t pi, uint32_t top) {
-  return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
-}
-
-static inline bool sh_top_valid(const sh_class_t *cls, uint32_t top) {
-  if (top == 0) return true;
-  uint32_t in_page = (top - 1) << SH_UNIT_SHIFT;
-  return top <= cls->last_top && in_page * cls->div_magic <= cls->div_magic - 1;
-}
-
-static inline void sh_link_write(uint32_t *link, uint32_t next, uint32_t key) {
-  __atomic_store_n(&link[0], next, __ATOMIC_RELAXED);
-  __atomic_store_n(&link[1], next ^ key, __ATOMIC_RELAXED);
-}
-
 static inline uint64_t sh_page_bytes(const sh_arena_t *a) { return 1ull << a->page_shift; }
 
 enum { SH_POP_OK, SH_POP_EMPTY, SH_POP_CORRUPT };
@@ -114,16 +95,16 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   for (;;) {
     uint32_t top = sh_head_top(head);
-    if (top == 0 || top == SH_HEAD_RETIRED || !sh_top_valid(cls, top)) {
+    if (top == 0 || top == SH_HEAD_RETIRED || !_sh_top_valid(cls, top)) {
       if (top == 0 || top == SH_HEAD_RETIRED || !sh_page_matches(pg, owner, c)) return SH_POP_EMPTY;
       return SH_POP_CORRUPT;
     }
-    uint32_t *link = sh_link_at(a, pi, top);
+    uint32_t *link = _sh_link_at(a, pi, top);
     uint32_t next, check;
     sh_link_read(link, &next, &check);
     uint32_t count = sh_head_count(head);
     if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) ||
-                    !sh_top_valid(cls, next) || (next == 0) != (count == 1))) {
+                    !_sh_top_valid(cls, next) || (next == 0) != (count == 1))) {
       /* A racing pop may have handed this block out and its new owner written
        * over the link; only an unchanged head proves the link itself is bad. */
       uint64_t again = sh_atomic_load_acquire(&pg->head);
@@ -144,37 +125,25 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
   }
 }
 
-/* Confirms a suspected double free by walking the stack (bounded). */
-SH_NO_TSAN static bool sh_page_stack_holds(const sh_arena_t *a, sh_page_t *pg, uint32_t pi,
-                                           uint32_t top) {
-  uint64_t head = sh_atomic_load_acquire(&pg->head);
-  uint32_t t = sh_head_top(head), cap = sh_atomic_load_relaxed(&pg->capacity);
-  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass)];
-  for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps <= cap; steps++) {
-    if (t == top) return true;
-    if (!sh_top_valid(cls, t)) return false;
-    t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
-  }
-  return false;
-}
-
-/* The same for the stack of the thread that caches the page, if any. */
-SH_NO_TSAN static bool sh_page_local_holds(const sh_arena_t *a, uint32_t pi, uint32_t top) {
-  const sh_tc_way_t *e = _sh_tc_holder(a, pi, NULL);
-  if (!e) return false;
-  uint64_t local = sh_atomic_load_relaxed(&e->local);
+/* Whether `top` is on the stack starting at `t` (at most `limit` blocks):
+ * confirms a suspected double free. A link out of range ends the walk. */
+SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit, uint32_t top) {
   const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&a->pages[pi].sclass) % a->nclasses];
-  uint32_t t = sh_local_top(local), n = sh_local_count(local);
-  for (uint32_t steps = 0; t != 0 && steps < n; steps++) {
+  for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps < limit; steps++) {
     if (t == top) return true;
-    if (!sh_top_valid(cls, t)) return false;
-    t = __atomic_load_n(sh_link_at(a, pi, t), __ATOMIC_RELAXED);
+    if (!_sh_top_valid(cls, t)) return false;
+    t = __atomic_load_n(_sh_link_at(a, pi, t), __ATOMIC_RELAXED);
   }
   return false;
 }
 
+/* On the page's shared stack, or on the stack of the thread that caches it. */
 static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
-  return sh_page_stack_holds(a, pg, pi, top) || sh_page_local_holds(a, pi, top);
+  uint64_t head = sh_atomic_load_acquire(&pg->head);
+  if (sh_stack_holds(a, pi, sh_head_top(head), sh_atomic_load_relaxed(&pg->capacity) + 1, top)) return true;
+  const sh_tc_way_t *w = _sh_tc_holder(a, pi, NULL);
+  uint64_t local = w ? sh_atomic_load_relaxed(&w->local) : 0;
+  return local && sh_stack_holds(a, pi, sh_local_top(local), sh_local_count(local), top);
 }
 
 uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
@@ -218,7 +187,7 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   for (uint32_t i = 0; i < cls->capacity; i++) {
     uint32_t next = i + 1 < cls->capacity ? (i + 1) * units + 1 : 0;
     uint32_t *link = (uint32_t *)(start + (uint64_t)i * cls->size);
-    sh_link_write(link, next, key);
+    _sh_link_write(link, next, key);
     sh_track_free(a, link, cls->size);
   }
   sh_atomic_store_relaxed(&pg->owner, owner);
@@ -447,11 +416,11 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
    * read is checked below and then thrown away, since the claim is checked
    * before anything is handed out. */
   const sh_class_t *cls = &a->classes[c];
-  uint32_t *link = sh_link_at(a, pi, top);
+  uint32_t *link = _sh_link_at(a, pi, top);
   uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
   uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
   uint32_t count = sh_local_count(local);
-  if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !sh_top_valid(cls, next) ||
+  if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !_sh_top_valid(cls, next) ||
                   (next == 0) != (count == 1)))
     return SH_TC_MISS;
   sh_atomic_store_relaxed(&w->local, sh_local_make(next, count - 1));
@@ -797,6 +766,29 @@ static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int pa
   _sh_part_unlock(a, part);
 }
 
+/* The way of the calling thread's slot that caches page `pi` under `claim`,
+ * or NULL: the claim names the slot and the way. */
+static inline sh_tc_way_t *sh_my_way(const sh_arena_t *a, sh_tslot_t *slot, const sh_page_t *pg, uint32_t pi,
+                                     uint32_t claim, int c, sh_tc_entry_t **entry) {
+  uint32_t w = sh_claim_way(claim);
+  if (sh_unlikely(w >= SH_TC_WAYS)) return NULL;
+  sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
+  sh_tc_way_t *way = &e->way[w];
+  if (sh_unlikely(sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim))
+    return NULL;
+  *entry = e;
+  return way;
+}
+
+/* Pushes a freed block on the thread's own stack of its page: plain stores. */
+static inline void sh_way_push(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, sh_tc_way_t *way,
+                               uint32_t *link, uint32_t top, uint32_t key, uint64_t local, uint32_t size) {
+  _sh_link_write(link, sh_local_top(local), key);
+  sh_atomic_store_relaxed(&way->local, sh_local_make(top, sh_local_count(local) + 1));
+  sh_track_free(a, link, size);
+  _sh_tc_count_entry(a, slot, e, &e->frees);
+}
+
 static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
 
 __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
@@ -830,30 +822,25 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block (blocks of %u bytes)",
                     (unsigned long long)offset, cls->size);
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
-  uint32_t *link = sh_link_at(a, pi, top);
+  uint32_t *link = _sh_link_at(a, pi, top);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
   sh_tslot_t *slot = _sh_tc_slot(a, false);
   uint32_t claim = sh_atomic_load_acquire(&pg->claim);
   if (claim != 0 && slot != NULL && sh_claim_slot(claim) == _sh_tc_tls[0].slot_index) {
     /* our own cached page: push on our stack, no atomic read-modify-write */
-    sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), part, c);
-    for (uint32_t w = sh_claim_way(claim); w < SH_TC_WAYS; w = SH_TC_WAYS) {
-      sh_tc_way_t *way = &e->way[w];
-      if (sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim) continue;
+    sh_tc_entry_t *e;
+    sh_tc_way_t *way = sh_my_way(a, slot, pg, pi, claim, c, &e);
+    if (way) {
       uint32_t seen_link = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
       if (sh_unlikely(__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (seen_link ^ key)) &&
           sh_block_is_free(a, pg, pi, top))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
       uint64_t local = sh_atomic_load_relaxed(&way->local);
-      uint32_t n = sh_local_count(local);
-      if (sh_unlikely(n >= cap))
+      if (sh_unlikely(sh_local_count(local) >= cap))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (its page is all free)",
                         (unsigned long long)offset);
-      sh_link_write(link, sh_local_top(local), key);
-      sh_atomic_store_relaxed(&way->local, sh_local_make(top, n + 1));
-      sh_track_free(a, link, cls->size);
-      _sh_tc_count_entry(a, slot, e, &e->frees);
+      sh_way_push(a, slot, e, way, link, top, key, local, cls->size);
       return SH_OK;
     }
   }
@@ -865,7 +852,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     if (sh_unlikely(sh_head_top(head) == SH_HEAD_RETIRED || count >= cap))
       return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (its page is all free)",
                       (unsigned long long)offset);
-    sh_link_write(link, sh_head_top(head), key);
+    _sh_link_write(link, sh_head_top(head), key);
     desired = sh_head_make(top, count + 1, sh_head_tag(head) + 1);
   } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
   sh_track_free(a, link, cls->size);
@@ -895,23 +882,16 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   const sh_class_t *cls = &a->classes[c];
   uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1)) return false;
-  sh_tc_entry_t *e = _sh_tc_entry(a, b->slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
-  uint32_t w = sh_claim_way(claim);
-  if (sh_unlikely(w >= SH_TC_WAYS)) return false;
-  sh_tc_way_t *way = &e->way[w];
-  if (sh_unlikely(sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim))
-    return false;
+  sh_tc_entry_t *e;
+  sh_tc_way_t *way = sh_my_way(a, b->slot, pg, pi, claim, c, &e);
+  if (!way) return false;
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);
-  uint32_t *link = sh_link_at(a, pi, top);
+  uint32_t *link = _sh_link_at(a, pi, top);
   uint64_t local = sh_atomic_load_relaxed(&way->local);
-  uint32_t n = sh_local_count(local);
   if (sh_unlikely((__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) ||
-                  n >= cls->capacity))
+                  sh_local_count(local) >= cls->capacity))
     return false;
-  sh_link_write(link, sh_local_top(local), key);
-  sh_atomic_store_relaxed(&way->local, sh_local_make(top, n + 1));
-  sh_track_free(a, link, cls->size);
-  _sh_tc_count_entry(a, b->slot, e, &e->frees);
+  sh_way_push(a, b->slot, e, way, link, top, key, local, cls->size);
   return true;
 }
 
@@ -938,11 +918,11 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
     uint32_t in_page = (uint32_t)off & ((1u << a->page_shift) - 1);
     if (in_page * cls->div_magic > cls->div_magic - 1 || in_page + cls->size > (1u << a->page_shift)) break;
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, bit = (top - 1) & 4095;
-    uint32_t *link = sh_link_at(a, pi, top);
+    uint32_t *link = _sh_link_at(a, pi, top);
     if ((seen[bit / 64] >> (bit % 64)) & 1) break;
     if (__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) break;
     seen[bit / 64] |= 1ull << (bit % 64);
-    sh_link_write(link, chain_top, key);
+    _sh_link_write(link, chain_top, key);
     if (!tail_link) tail_link = link;
     chain_top = top;
   }
@@ -951,7 +931,7 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
   uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
   do {
     if (sh_head_top(head) == SH_HEAD_RETIRED || sh_head_count(head) + k > cap) return 0;
-    sh_link_write(tail_link, sh_head_top(head), key);
+    _sh_link_write(tail_link, sh_head_top(head), key);
     desired = sh_head_make(chain_top, sh_head_count(head) + (uint32_t)k, sh_head_tag(head) + 1);
   } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
   for (size_t j = 0; j < k; j++) sh_count(a, slot, 1, part, c);
@@ -1086,7 +1066,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
     if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1)
       return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
-    const uint32_t *link = sh_link_at(a, pi, top);
+    const uint32_t *link = _sh_link_at(a, pi, top);
     if (link[1] == (link[0] ^ sh_atomic_load_relaxed(&pg->key)) &&
         sh_block_is_free(a, (sh_page_t *)pg, pi, top))
       return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);

@@ -86,6 +86,23 @@ static inline int _sh_page_partition(const sh_arena_t *arena, uint32_t pi) {
     if (pi >= arena->part_first[p] && pi < arena->part_end[p]) return p;
   return -1;
 }
+/* ---- Free-stack links ---------------------------------------------------------
+ * A free block's first two words: the next top (see sh_types.h) and that value
+ * xor the page's key. A write after free almost surely breaks the pair. */
+static inline uint32_t *_sh_link_at(const sh_arena_t *arena, uint32_t pi, uint32_t top) {
+  return (uint32_t *)(_sh_page_start(arena, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
+}
+/* A link stays inside the page and on a block boundary of its class. */
+static inline bool _sh_top_valid(const sh_class_t *cls, uint32_t top) {
+  if (top == 0) return true;
+  uint32_t in_page = (top - 1) << SH_UNIT_SHIFT;
+  return top <= cls->last_top && in_page * cls->div_magic <= cls->div_magic - 1;
+}
+static inline void _sh_link_write(uint32_t *link, uint32_t next, uint32_t key) {
+  __atomic_store_n(&link[0], next, __ATOMIC_RELAXED);
+  __atomic_store_n(&link[1], next ^ key, __ATOMIC_RELAXED);
+}
+
 static inline _Atomic uint64_t *_sh_stripe_counters(const sh_arena_t *arena, unsigned stripe) {
   return (_Atomic uint64_t *)(arena->stripes + (size_t)stripe * arena->stripe_size +
                               sizeof(sh_stripe_hdr_t));

@@ -102,10 +102,6 @@ uint32_t _sh_tc_next_claim(const sh_arena_t *a, sh_tslot_t *s, int way) {
   return seq << (SH_CLAIM_SLOT_BITS + 2) | (uint32_t)way << SH_CLAIM_SLOT_BITS | (_sh_tc_slot_index(a, s) + 1);
 }
 
-static inline uint32_t *sh_link(const sh_arena_t *a, uint32_t pi, uint32_t top) {
-  return (uint32_t *)(_sh_page_start(a, pi) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT));
-}
-
 /* Puts the way's cached blocks back on their page's shared stack and drops
  * the claim. The page may have been released under us (an owner recycle),
  * which the claim word tells; then the blocks went back with the page. Under
@@ -129,26 +125,22 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
     const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses];
     uint32_t key = sh_atomic_load_relaxed(&pg->key), tail = top;
-    uint64_t page_bytes = 1ull << a->page_shift;
     bool intact = true;
     for (uint32_t n = 1; n < count && intact; n++) {
-      uint32_t *link = sh_link(a, pi, tail);
+      uint32_t *link = _sh_link_at(a, pi, tail);
       uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-      uint64_t at = (uint64_t)(next - 1) << SH_UNIT_SHIFT;
-      intact = next != 0 && __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (next ^ key) &&
-               at + cls->size <= page_bytes && (uint32_t)at * cls->div_magic <= cls->div_magic - 1;
+      intact = next != 0 && __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (next ^ key) && _sh_top_valid(cls, next);
       tail = next;
     }
     if (!intact) {
       /* a write after free, or the page changed hands while we walked */
       if (sh_atomic_load_acquire(&pg->claim) == claim) sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
     } else {
-      uint32_t *tail_link = sh_link(a, pi, tail);
+      uint32_t *tail_link = _sh_link_at(a, pi, tail);
       uint64_t head = sh_atomic_load_acquire(&pg->head);
       for (;;) {
         if (sh_atomic_load_acquire(&pg->claim) != claim || sh_head_top(head) == SH_HEAD_RETIRED) break;
-        __atomic_store_n(&tail_link[0], sh_head_top(head), __ATOMIC_RELAXED);
-        __atomic_store_n(&tail_link[1], sh_head_top(head) ^ key, __ATOMIC_RELAXED);
+        _sh_link_write(tail_link, sh_head_top(head), key);
         uint64_t desired = sh_head_make(top, sh_head_count(head) + count, sh_head_tag(head) + 1);
         if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired)) break;
       }
@@ -292,8 +284,7 @@ sh_tslot_t *_sh_tc_bind(sh_arena_t *a, bool create) {
 /* ---- Public --------------------------------------------------------------------- */
 
 int sh_thread_flush(sh_arena_t *a) {
-  sh_tslot_t *s = _sh_tc_bind(a, false);
-  if (!s && _sh_tc_tls[0].arena == a && _sh_tc_tls[0].instance == a->instance) s = _sh_tc_tls[0].slot;
+  sh_tslot_t *s = _sh_tc_slot(a, false);
   if (s) sh_slot_release(a, s);
   return SH_OK;
 }

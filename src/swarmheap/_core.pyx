@@ -597,20 +597,15 @@ cdef class CoreHeap:
             rc = sh_owner_complete(self.arena, oid, gen, &oi)
         if rc != SH_OK and rc != SH_EPINNED:
             _raise(rc)
-        cdef uint64_t page = 1
-        page <<= self.page_shift_
-        # the shape of Agent.stats(), built once and without loops: a complete
-        # runs with cold caches, where every object built costs
-        return rc == SH_OK, {
-            "id": oi.id, "generation": oi.generation, "kind": kind,
-            "state": OWNER_STATES[<int>oi.state],
-            "bytes": {"context": oi.bytes[0], "shared": oi.bytes[1], "comm": oi.bytes[2], "system": oi.bytes[3]},
-            "pages": {"context": oi.pages[0], "shared": oi.pages[1], "comm": oi.pages[2], "system": oi.pages[3]},
-            "peak": {"context": oi.peak_pages[0] * page, "shared": oi.peak_pages[1] * page,
-                     "comm": oi.peak_pages[2] * page, "system": oi.peak_pages[3] * page},
-            "blocks": oi.blocks, "pins": oi.pins,
-            "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
-        }
+        return rc == SH_OK, _agent_stats(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
+        """Agent.stats() of the owner; StaleBlock if that generation is gone."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK or oi.generation != gen:
+            raise StaleBlock(f"agent {oid} (generation {gen}) was recycled", "SH_EOWNER")
+        return _agent_stats(&oi, kind, 1 << self.page_shift_)
 
     def _owner_pin(self, uint32_t oid, uint32_t gen):
         self._check_open()
@@ -783,6 +778,21 @@ cdef class CoreHeap:
     def _deferred_recycled(self, uint32_t oid, uint32_t gen):
         """Called when the last pin of a completed owner dropped in this
         process; the agent layer overrides it to fire its hooks."""
+
+
+cdef dict _agent_stats(sh_owner_info_t *oi, str kind, uint64_t page):
+    # built without loops: complete() runs with cold caches, where every
+    # object built costs
+    return {
+        "id": oi.id, "generation": oi.generation, "kind": kind,
+        "state": OWNER_STATES[<int>oi.state],
+        "bytes": {"context": oi.bytes[0], "shared": oi.bytes[1], "comm": oi.bytes[2], "system": oi.bytes[3]},
+        "pages": {"context": oi.pages[0], "shared": oi.pages[1], "comm": oi.pages[2], "system": oi.pages[3]},
+        "peak": {"context": oi.peak_pages[0] * page, "shared": oi.peak_pages[1] * page,
+                 "comm": oi.peak_pages[2] * page, "system": oi.peak_pages[3] * page},
+        "blocks": oi.blocks, "pins": oi.pins,
+        "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
+    }
 
 
 cdef dict _owner_dict(sh_owner_info_t *oi):

@@ -256,10 +256,7 @@ class Agent:
 
     def stats(self) -> dict[str, Any]:
         """Bytes, pages and peak per partition, block count, pins, state."""
-        info = self._heap._owner_info(self.id)
-        if info is None or info["generation"] != self.generation:
-            raise StaleBlock(f"agent {self.id} (generation {self.generation}) was recycled", "SH_EOWNER")
-        return _agent_stats(self._heap, info, self.kind)
+        return self._heap._owner_stats(self.id, self.generation, self.kind)
 
     def complete(self) -> dict[str, Any]:
         """Return all of the agent's memory in O(pages) and fire the complete
@@ -293,22 +290,6 @@ def _check_name(name: str) -> None:
         raise TypeError(f"entry names are str, not {type(name).__name__}")
     if not name or len(name.encode()) > _MAX_NAME:
         raise ValueError(f"entry name must be 1 to {_MAX_NAME} bytes of UTF-8")
-
-
-def _agent_stats(heap: Heap, info: dict[str, Any], kind: str) -> dict[str, Any]:
-    page = heap.page_size
-    return {
-        "id": info["id"],
-        "generation": info["generation"],
-        "kind": kind,
-        "state": info["state"],
-        "bytes": dict(info["bytes"]),
-        "pages": dict(info["pages"]),
-        "peak": {p: n * page for p, n in info["peak_pages"].items()},
-        "blocks": info["blocks"],
-        "pins": info["pins"],
-        "total_bytes": sum(info["bytes"].values()),
-    }
 
 
 def read_kind(heap: Heap, agent_id: int, generation: int) -> str:

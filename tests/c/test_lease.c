@@ -7,14 +7,6 @@
 #include "swarmheap.h"
 #include "testhelper.h"
 
-#define MiB (1024u * 1024u)
-
-static uint64_t in_use(sh_arena_t *a, int part) {
-  sh_partition_stats_t st;
-  sh_partition_stats(a, (sh_partition_t)part, &st);
-  return st.in_use;
-}
-
 static void test_expiry(void) {
   sh_arena_t *a = NULL;
   REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);

@@ -11,23 +11,6 @@
 #include "swarmheap.h"
 #include "testhelper.h"
 
-#define MiB (1024u * 1024u)
-
-static sh_arena_t *make_anon(size_t size, uint32_t page_size) {
-  sh_options_t o;
-  sh_options_init(&o);
-  o.page_size = page_size;
-  sh_arena_t *a = NULL;
-  REQUIRE("create anon", sh_create(&a, SH_BACKING_ANON, NULL, size, &o) == SH_OK);
-  return a;
-}
-
-static sh_partition_stats_t part_stats(sh_arena_t *a, int part) {
-  sh_partition_stats_t st;
-  sh_partition_stats(a, (sh_partition_t)part, &st);
-  return st;
-}
-
 static uint32_t bound_slots(sh_arena_t *a) {
   uint32_t bound, total;
   sh_thread_slots(a, &bound, &total);
