@@ -12,7 +12,7 @@
 static _Atomic unsigned sh_next_stripe;
 
 static inline _Atomic uint64_t *sh_thread_counters(const sh_arena_t *a) {
-  static _Thread_local unsigned stripe = UINT32_MAX;
+  static sh_tls_fast _Thread_local unsigned stripe = UINT32_MAX;
   if (sh_unlikely(stripe == UINT32_MAX))
     stripe = sh_atomic_add_relaxed(&sh_next_stripe, 1u) % SH_NSTRIPES;
   return _sh_stripe_counters(a, stripe);
@@ -25,7 +25,7 @@ static inline void sh_count(const sh_arena_t *a, sh_tslot_t *slot, int is_free, 
 }
 
 static void sh_count_failure(const sh_arena_t *a, int part) {
-  static _Thread_local unsigned stripe;
+  static sh_tls_fast _Thread_local unsigned stripe;
   sh_stripe_hdr_t *h = (sh_stripe_hdr_t *)(a->stripes + (size_t)(stripe++ % SH_NSTRIPES) * a->stripe_size);
   sh_atomic_add_relaxed(&h->failures[part], 1);
 }

@@ -23,7 +23,7 @@ typedef struct sh_tc_binding_s {
 } sh_tc_binding_t;
 
 #define SH_TC_BINDINGS 4
-extern _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS] sh_internal;
+extern _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS] sh_internal sh_tls_fast;
 
 /* ---- tcache.c ---- */
 sh_internal sh_tslot_t *_sh_tc_bind(sh_arena_t *arena, bool create);

@@ -8,7 +8,7 @@
 #include "sh_tcache.h"
 #include "sh_track.h"
 
-_Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS];
+sh_tls_fast _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS];
 
 /* ---- The process's open handles ----------------------------------------------
  * A thread that exits flushes its slots, but only through handles still open:
