@@ -321,41 +321,30 @@ def _handoff(env: Env, size: int) -> Workload:
 def _recycle(env: Env) -> Workload:
     heap = env.heap
     n = 100_000
-    # Several agents per timed run: one complete() takes microseconds, close
-    # to what one timer read and a stray interrupt cost, so a single one per
-    # run measured the noise as much as the recycle.
-    batch = 1
 
-    def agents_setup() -> Any:
-        agents = [heap.spawn("recycle") for _ in range(batch)]
-        for agent in agents:
-            heap.alloc_many(n, 64, owner=agent)
-        return agents
+    def agent_setup() -> Any:
+        agent = heap.spawn("recycle")
+        heap.alloc_many(n, 64, owner=agent)
+        return agent
 
-    def blocks_setup() -> Any:
-        return [heap.alloc_many(n, 64) for _ in range(batch)]
+    def ours(agent: Any) -> None:
+        agent.complete()
 
-    def ours(agents: Any) -> None:
-        for agent in agents:
-            agent.complete()
+    def one_by_one(offsets: Any) -> None:
+        heap._free_each(offsets)
 
-    def one_by_one(batches: Any) -> None:
-        for offsets in batches:
-            heap._free_each(offsets)
-
-    def batched(batches: Any) -> None:
-        for offsets in batches:
-            heap.free_many(offsets)
+    def batched(offsets: Any) -> None:
+        heap.free_many(offsets)
 
     return Workload(
         "recycle_100k",
         f"return {n} blocks of 64 B: complete() of the agent holding them, against freeing them one by one "
         "(a C loop of single-block frees) and against free_many (which pushes each page's run of blocks "
-        f"with one atomic operation); {batch} agents per timed run",
+        "with one atomic operation)",
         (
-            Case("swarmheap", ours, batch, setup=agents_setup),
-            Case("free one by one", one_by_one, batch, setup=blocks_setup),
-            Case("free_many (batched)", batched, batch, setup=blocks_setup),
+            Case("swarmheap", ours, 1, setup=agent_setup),
+            Case("free one by one", one_by_one, 1, setup=lambda: heap.alloc_many(n, 64)),
+            Case("free_many (batched)", batched, 1, setup=lambda: heap.alloc_many(n, 64)),
         ),
         target=Target("speedup_min", 100),
     )
