@@ -33,6 +33,18 @@ static uint32_t sh_tc_entries_for(uint32_t nclasses) {
   return n;
 }
 
+/* Where a slot's magazines start, and how many classes have one. */
+static uint64_t sh_mag_off(uint32_t tc_entries, uint32_t nclasses) {
+  return sh_align_up(sizeof(sh_tslot_t) + (uint64_t)tc_entries * sizeof(sh_tc_entry_t) +
+                         2ull * SH_NPARTITIONS * (nclasses + 1u) * sizeof(uint64_t),
+                     SH_CACHE_LINE);
+}
+static uint32_t sh_mag_classes(uint64_t arena_size, uint32_t nclasses) {
+  if (arena_size > SH_MAG_MAX_ARENA) return 0;
+  return nclasses < SH_MAG_CLASSES ? nclasses : SH_MAG_CLASSES;
+}
+static uint32_t sh_mag_shift(uint64_t arena_size) { return arena_size >= SH_MAG_BIG_ARENA ? 7 : 6; }
+
 static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t max_owners,
                               uint32_t nclasses, uint32_t nslots, sh_layout_t *l) {
   l->total_pages = (uint32_t)(arena_size >> page_shift);
@@ -53,9 +65,8 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   off += SH_SWEEP_RINGS * l->ring_cap * sizeof(uint64_t);
   l->tslots_off = off = sh_align_up(off, SH_CACHE_LINE);
   l->tc_entries = sh_tc_entries_for(nclasses);
-  l->tslot_size = sh_align_up(sizeof(sh_tslot_t) + (uint64_t)l->tc_entries * sizeof(sh_tc_entry_t) +
-                                  2ull * SH_NPARTITIONS * (nclasses + 1u) * sizeof(uint64_t),
-                              SH_CACHE_LINE);
+  l->tslot_size = sh_mag_off(l->tc_entries, nclasses) +
+                  ((uint64_t)SH_NPARTITIONS * sh_mag_classes(arena_size, nclasses) << sh_mag_shift(arena_size));
   off += (uint64_t)nslots * l->tslot_size;
   l->leases_off = off = sh_align_up(off, SH_CACHE_LINE);
   l->lease_cap = 64; /* two entries per owner slot, at least 64, a power of two */
@@ -134,6 +145,10 @@ static int sh_handle_load(sh_arena_t *a) {
   a->tslot_size = hdr->tslot_size;
   a->nslots = hdr->nslots;
   a->tc_mask = hdr->tc_entries - 1;
+  a->mag_off = sh_mag_off(hdr->tc_entries, hdr->nclasses);
+  a->mag_classes = sh_mag_classes(hdr->arena_size, hdr->nclasses);
+  a->mag_shift = sh_mag_shift(hdr->arena_size);
+  a->mag_cap = ((1u << a->mag_shift) - (uint32_t)offsetof(sh_mag_t, unit)) / sizeof(uint32_t);
   a->leases = (sh_lease_t *)(a->base + hdr->leases_off);
   a->lease_mask = hdr->lease_cap - 1;
   for (int p = 0; p < SH_NPARTITIONS; p++) {
@@ -141,6 +156,7 @@ static int sh_handle_load(sh_arena_t *a) {
     a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
   }
   _sh_classes_load(a);
+  a->mag_limit = a->mag_classes ? a->classes[a->mag_classes - 1].size : 0;
   return SH_OK;
 }
 

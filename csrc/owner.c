@@ -1,8 +1,9 @@
 /* Owners: the table, recycle in O(pages), pins, states. */
+#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "sh_internal.h"
+#include "sh_tcache.h"
 
 static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
 
@@ -259,7 +260,28 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   sh_info_header(a, id, info);
   if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
-  sh_info_bytes(a, id, info);
+  if (id != SH_OWNER_DEFAULT) {
+    sh_info_bytes(a, id, info);
+  } else {
+    /* the shared default's blocks in magazines are free (see stats.c) */
+    for (int attempt = 0; attempt < 4096; attempt++) {
+      bool busy, again;
+      uint64_t seq = _sh_mag_seq(a, &busy);
+      if (busy && attempt < 4095) {
+        if (attempt >= 64) sched_yield();
+        continue;
+      }
+      memset(info->bytes, 0, sizeof info->bytes);
+      info->blocks = 0;
+      sh_info_bytes(a, id, info);
+      for (int p = 0; p < SH_NPARTITIONS; p++) {
+        uint64_t bytes = 0, n = _sh_mag_held(a, p, -1, &bytes);
+        info->bytes[p] -= bytes < info->bytes[p] ? bytes : info->bytes[p];
+        info->blocks -= n < info->blocks ? n : info->blocks;
+      }
+      if (attempt == 4095 || _sh_mag_seq(a, &again) == seq) break;
+    }
+  }
   sh_info_add_held(a, info->user_word, info);
   return SH_OK;
 }

@@ -139,6 +139,11 @@ SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t
 
 /* On the page's shared stack, or on the stack of the thread that caches it. */
 static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
+  const uint32_t *link = _sh_link_at(a, pi, top);
+  if (__atomic_load_n(&link[0], __ATOMIC_RELAXED) == SH_MAG_MARK &&
+      _sh_mag_holds(a, (int)pg->partition, (int)sh_atomic_load_relaxed(&pg->sclass),
+                    ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT)))
+    return true;
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   if (sh_stack_holds(a, pi, sh_head_top(head), sh_atomic_load_relaxed(&pg->capacity) + 1, top)) return true;
   const sh_tc_way_t *w = _sh_tc_holder(a, pi, NULL);
@@ -393,6 +398,150 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
     int rc = sh_small_refill(a, owner, part, c, size);
     if (rc) return rc;
   }
+}
+
+/* ----- Magazines (see sh_types.h) -------------------------------------------- */
+
+/* A block from the thread's magazine. The array is read and the block only
+ * written (its mark cleared): a cold block costs no load stall here. */
+enum { SH_MAG_HIT, SH_MAG_EMPTY, SH_MAG_DAMAGED };
+__attribute__((always_inline)) static inline int sh_mag_pop(sh_arena_t *a, sh_tslot_t *slot, int part, int c,
+                                                            uint64_t *offset) {
+  sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
+  uint32_t n = sh_atomic_load_relaxed(&m->count);
+  if (sh_unlikely(n == 0)) return SH_MAG_EMPTY;
+  uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+  uint32_t *link = (uint32_t *)(a->base + off);
+  /* the mark still whole, or the block was written after its free: the slow
+   * path reports that */
+  if (sh_unlikely(__atomic_load_n(&link[0], __ATOMIC_RELAXED) != SH_MAG_MARK ||
+                  __atomic_load_n(&link[1], __ATOMIC_RELAXED) !=
+                      (SH_MAG_MARK ^ sh_atomic_load_relaxed(&a->pages[off >> a->page_shift].key))))
+    return SH_MAG_DAMAGED;
+  sh_atomic_store_relaxed(&m->count, n - 1);
+  _sh_mag_count(a, slot, m, &m->allocs);
+  sh_track_alloc(a, link, a->classes[c].size);
+  __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* no longer marked free */
+  *offset = off;
+  return SH_MAG_HIT;
+}
+
+/* A freed block of owner 0 into the thread's magazine of its class. False
+ * leaves it to the other paths: another owner, a lease, a full magazine, or
+ * link words that look free already (the slow path tells a double free). */
+__attribute__((always_inline)) static inline bool sh_mag_push(sh_arena_t *a, sh_tslot_t *slot, const sh_page_t *pg,
+                                                              uint64_t offset) {
+  if (sh_atomic_load_relaxed(&pg->owner) != SH_OWNER_DEFAULT ||
+      sh_atomic_load_relaxed(&pg->state) != SH_PAGE_SMALL ||
+      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+    return false;
+  uint32_t c = sh_atomic_load_relaxed(&pg->sclass);
+  if (c >= a->mag_classes) return false;
+  const sh_class_t *cls = &a->classes[c];
+  uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
+  if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1 || (in_page >> SH_UNIT_SHIFT) >= cls->last_top))
+    return false;
+  sh_mag_t *m = _sh_tc_mag(a, slot, (int)pg->partition, (int)c);
+  uint32_t n = sh_atomic_load_relaxed(&m->count);
+  uint32_t *link = (uint32_t *)(a->base + offset);
+  uint32_t key = sh_atomic_load_relaxed(&pg->key);
+  if (n >= a->mag_cap ||
+      __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key))
+    return false;
+  _sh_link_write(link, SH_MAG_MARK, key);
+  sh_track_free(a, link, cls->size);
+  sh_atomic_store_relaxed(&m->unit[n], (uint32_t)(offset >> SH_UNIT_SHIFT));
+  sh_atomic_store_relaxed(&m->count, n + 1);
+  _sh_mag_count(a, slot, m, &m->frees);
+  return true;
+}
+
+static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock);
+
+/* The magazine's next block lost its mark: written after its free. It leaves
+ * the magazine, its page is quarantined, and the caller hears of it. */
+static int sh_mag_damaged(sh_arena_t *a, sh_tslot_t *slot, int part, int c, bool may_lock) {
+  sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
+  uint32_t n = sh_atomic_load_relaxed(&m->count);
+  if (!may_lock) return SH_EAGAIN;
+  uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+  sh_atomic_store_relaxed(&m->count, n - 1);
+  _sh_mag_uncount_free(a, slot, m); /* it is lost, not freed */
+  uint32_t pi = (uint32_t)(off >> a->page_shift);
+  _sh_part_lock(a, part);
+  sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
+  _sh_part_unlock(a, part);
+  return _sh_fail(SH_ECORRUPT,
+                  "block at offset %llu (partition '%s', %u bytes) was written after it was freed; "
+                  "it is dropped and its page quarantined",
+                  (unsigned long long)off, _sh_part_name(part), a->classes[c].size);
+}
+
+static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
+  for (uint32_t n = sh_atomic_load_relaxed(&m->count); n > 0; n--) {
+    uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+    /* out of the magazine before it is on a stack: a reader may count it as
+     * used for a moment, never as free twice */
+    sh_atomic_store_relaxed(&m->count, n - 1);
+    __atomic_store_n((uint32_t *)(a->base + off), 0, __ATOMIC_RELAXED); /* unmarked: the free below takes it */
+    /* counted once: the magazine counted this free, and the page path below
+     * counts it again, so the magazine's count of it is taken back */
+    _sh_mag_uncount_free(a, slot, m);
+    (void)sh_free_impl(a, off, true); /* a block that is not valid any more is reported, not followed */
+  }
+}
+
+void _sh_tc_mag_flush(sh_arena_t *a, sh_tslot_t *slot, int part) {
+  if (a->mag_classes == 0) return;
+  sh_atomic_store_release(&slot->mag_seq, sh_atomic_load_relaxed(&slot->mag_seq) | 1u);
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    if (part >= 0 && p != part) continue;
+    for (uint32_t c = 0; c < a->mag_classes; c++) sh_mag_flush_one(a, slot, _sh_tc_mag(a, slot, p, (int)c));
+  }
+  sh_atomic_store_release(&slot->mag_seq, sh_atomic_load_relaxed(&slot->mag_seq) + 1);
+}
+
+uint64_t _sh_mag_held(const sh_arena_t *a, int part, int c, uint64_t *bytes) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < a->nslots && a->mag_classes; i++) {
+    sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+    if (sh_atomic_load_relaxed(&slot->binder) == 0) continue; /* never bound: empty */
+    for (int p = 0; p < SH_NPARTITIONS; p++) {
+      if (part >= 0 && p != part) continue;
+      for (uint32_t k = 0; k < a->mag_classes; k++) {
+        if (c >= 0 && k != (uint32_t)c) continue;
+        uint32_t held = sh_atomic_load_acquire(&_sh_tc_mag(a, slot, p, (int)k)->count);
+        n += held;
+        if (bytes) *bytes += (uint64_t)held * a->classes[k].size;
+      }
+    }
+  }
+  return n;
+}
+
+bool _sh_mag_holds(const sh_arena_t *a, int part, int c, uint64_t offset) {
+  if ((uint32_t)c >= a->mag_classes) return false;
+  uint32_t unit = (uint32_t)(offset >> SH_UNIT_SHIFT);
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+    if (sh_atomic_load_relaxed(&slot->binder) == 0) continue;
+    sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
+    uint32_t n = sh_atomic_load_acquire(&m->count);
+    for (uint32_t k = 0; k < n && k < a->mag_cap; k++)
+      if (sh_atomic_load_relaxed(&m->unit[k]) == unit) return true;
+  }
+  return false;
+}
+
+uint64_t _sh_mag_seq(const sh_arena_t *a, bool *busy) {
+  uint64_t sum = 0;
+  *busy = false;
+  for (uint32_t i = 0; i < a->nslots && a->mag_classes; i++) {
+    uint32_t seq = sh_atomic_load_acquire(&_sh_tc_slot_at(a, i)->mag_seq);
+    *busy |= (seq & 1) != 0;
+    sum += seq;
+  }
+  return sum;
 }
 
 /* ----- The thread cache's path ------------------------------------------------ */
@@ -666,6 +815,11 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
     return may_lock ? sh_alloc_large(a, owner, part, size, offset, fresh) : SH_EAGAIN;
   }
   sh_tslot_t *slot = _sh_tc_slot(a, true);
+  if (owner == SH_OWNER_DEFAULT && (uint32_t)c < a->mag_classes && slot != NULL) {
+    int got = sh_mag_pop(a, slot, part, c, offset);
+    if (got == SH_MAG_HIT) return SH_OK;
+    if (got == SH_MAG_DAMAGED) return sh_mag_damaged(a, slot, part, c, may_lock);
+  }
   if (sh_likely(slot != NULL)) {
     sh_tc_entry_t *e = _sh_tc_entry(a, slot, owner, part, c);
     if (sh_likely(sh_tc_pop(a, slot, e, _sh_tc_key(owner, part, c), c, offset) == SH_TC_HIT)) return SH_OK;
@@ -674,10 +828,9 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
   return sh_alloc_shared(a, NULL, owner, part, c, size, offset, may_lock);
 }
 
-/* The hot path, kept small enough to need few registers: a small block from
- * the calling thread's cached page. Anything else (no slot yet, an empty
- * cache, a large block, bad arguments) goes to sh_alloc_impl, which checks
- * everything again. */
+/* The second fastest path: a small block from the calling thread's cached
+ * page. Anything else (no slot yet, an empty cache, a large block, bad
+ * arguments) goes to sh_alloc_impl, which checks everything again. */
 __attribute__((always_inline)) static inline bool sh_alloc_fast(sh_arena_t *a, uint32_t owner,
                                                                 sh_partition_t partition, size_t size,
                                                                 uint64_t *offset) {
@@ -690,15 +843,38 @@ __attribute__((always_inline)) static inline bool sh_alloc_fast(sh_arena_t *a, u
   return sh_tc_pop(a, b->slot, e, _sh_tc_key(owner, (int)partition, c), c, offset) == SH_TC_HIT;
 }
 
+/* The fastest path: a block of the shared default from the thread's magazine.
+ * Its checks are the ones that choose the magazine; the rest of the work is
+ * out of line (sh_alloc_rest), so this path saves no registers. */
+__attribute__((always_inline)) static inline int sh_alloc_mag(sh_arena_t *a, uint32_t owner, sh_partition_t partition,
+                                                              size_t size, uint64_t *offset) {
+  if (owner != SH_OWNER_DEFAULT || (unsigned)partition >= SH_NPARTITIONS || size > a->mag_limit)
+    return SH_MAG_EMPTY;
+  /* the instance alone names the handle: every handle of the process draws a new one */
+  const sh_tc_binding_t *b = &_sh_tc_tls[0];
+  if (sh_unlikely(b->instance != a->instance || b->slot == NULL)) return SH_MAG_EMPTY;
+  return sh_mag_pop(a, b->slot, (int)partition, a->class_of[(size + 15) >> 4], offset);
+}
+
+__attribute__((noinline)) static int sh_alloc_rest(sh_arena_t *a, uint32_t owner, sh_partition_t partition,
+                                                   size_t size, uint64_t *offset, bool may_lock, int mag,
+                                                   bool *fresh) {
+  /* a damaged magazine block is reported by sh_alloc_impl, not skipped */
+  if (mag != SH_MAG_DAMAGED && sh_alloc_fast(a, owner, partition, size, offset)) return SH_OK;
+  return sh_alloc_impl(a, owner, partition, size, offset, may_lock, fresh);
+}
+
 int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
-  if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
-  return sh_alloc_impl(a, owner, partition, size, offset, true, NULL);
+  int mag = sh_alloc_mag(a, owner, partition, size, offset);
+  if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
+  return sh_alloc_rest(a, owner, partition, size, offset, true, mag, NULL);
 }
 
 int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset) {
-  if (sh_likely(sh_alloc_fast(a, owner, partition, size, offset))) return SH_OK;
-  return sh_alloc_impl(a, owner, partition, size, offset, false, NULL);
+  int mag = sh_alloc_mag(a, owner, partition, size, offset);
+  if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
+  return sh_alloc_rest(a, owner, partition, size, offset, false, mag, NULL);
 }
 
 /* Zeroed blocks. A run of pages that were never handed out still holds the
@@ -708,9 +884,8 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
 static int sh_calloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset,
                           bool may_lock) {
   bool fresh = false;
-  int rc = sh_alloc_fast(a, owner, partition, size, offset)
-               ? SH_OK
-               : sh_alloc_impl(a, owner, partition, size, offset, may_lock, &fresh);
+  int mag = sh_alloc_mag(a, owner, partition, size, offset);
+  int rc = mag == SH_MAG_HIT ? SH_OK : sh_alloc_rest(a, owner, partition, size, offset, may_lock, mag, &fresh);
   if (rc == SH_OK && !fresh) memset(a->base + *offset, 0, size ? size : 1);
   return rc;
 }
@@ -940,12 +1115,19 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
   return k;
 }
 
+/* The fastest free: into the thread's magazine (see sh_alloc_mag). */
+__attribute__((always_inline)) static inline bool sh_free_mag(sh_arena_t *a, uint64_t offset) {
+  const sh_tc_binding_t *b = &_sh_tc_tls[0];
+  if (sh_unlikely(offset >= a->size || b->instance != a->instance || b->slot == NULL)) return false;
+  return sh_mag_push(a, b->slot, &a->pages[offset >> a->page_shift], offset);
+}
+
 int sh_free_many(sh_arena_t *a, const uint64_t *offsets, size_t n, size_t *freed) {
   sh_tslot_t *slot = _sh_tc_slot(a, false);
   size_t i = 0;
   int rc = SH_OK;
   while (i < n) {
-    if (sh_free_fast(a, offsets[i])) {
+    if (sh_free_mag(a, offsets[i]) || sh_free_fast(a, offsets[i])) {
       i++;
       continue;
     }
@@ -962,13 +1144,18 @@ int sh_free_many(sh_arena_t *a, const uint64_t *offsets, size_t n, size_t *freed
   return rc;
 }
 
+__attribute__((noinline)) static int sh_free_rest(sh_arena_t *a, uint64_t offset, bool may_lock) {
+  if (sh_free_fast(a, offset)) return SH_OK;
+  return sh_free_impl(a, offset, may_lock);
+}
+
 int sh_free(sh_arena_t *a, uint64_t offset) {
-  if (sh_likely(sh_free_fast(a, offset))) return SH_OK;
-  return sh_free_impl(a, offset, true);
+  if (sh_likely(sh_free_mag(a, offset))) return SH_OK;
+  return sh_free_rest(a, offset, true);
 }
 int sh_free_nolock(sh_arena_t *a, uint64_t offset) {
-  if (sh_likely(sh_free_fast(a, offset))) return SH_OK;
-  return sh_free_impl(a, offset, false);
+  if (sh_likely(sh_free_mag(a, offset))) return SH_OK;
+  return sh_free_rest(a, offset, false);
 }
 
 /* ----- Large blocks: runs of whole pages ------------------------------------- */

@@ -49,6 +49,36 @@ static inline uint32_t _sh_tc_slot_index(const sh_arena_t *a, const sh_tslot_t *
   return (uint32_t)(((const uint8_t *)s - a->tslots) / a->tslot_size);
 }
 
+/* The slot's magazine of (partition, class); only for c < a->mag_classes. */
+static inline sh_mag_t *_sh_tc_mag(const sh_arena_t *a, sh_tslot_t *s, int part, int c) {
+  return (sh_mag_t *)((uint8_t *)s + a->mag_off + (((uint64_t)part * a->mag_classes + (uint32_t)c) << a->mag_shift));
+}
+
+/* A magazine's 32-bit counts move to the slot's before they could wrap, as
+ * an entry's do. */
+sh_internal void _sh_mag_fold(const sh_arena_t *arena, sh_tslot_t *slot, sh_mag_t *mag);
+static inline void _sh_mag_count(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m, _Atomic uint32_t *n) {
+  uint32_t v = sh_atomic_load_relaxed(n) + 1;
+  sh_atomic_store_relaxed(n, v);
+  if (sh_unlikely(v >= (1u << 31))) _sh_mag_fold(a, s, m);
+}
+/* Takes back one free the magazine counted (its block is being freed again
+ * through the page path, which counts it there). */
+sh_internal void _sh_mag_uncount_free(const sh_arena_t *arena, sh_tslot_t *slot, sh_mag_t *mag);
+
+/* ---- page.c: magazines ---- */
+/* Gives the slot's magazine blocks of one partition (part >= 0) or of all back
+ * to their pages. The caller owns the slot; takes partition locks. */
+sh_internal void _sh_tc_mag_flush(sh_arena_t *arena, sh_tslot_t *slot, int part);
+/* Blocks of (part, c) waiting in every slot's magazine; part or c < 0: all.
+ * *bytes (if given) adds their size. */
+sh_internal uint64_t _sh_mag_held(const sh_arena_t *arena, int part, int c, uint64_t *bytes);
+/* Whether any slot's magazine holds the block at `offset`. */
+sh_internal bool _sh_mag_holds(const sh_arena_t *arena, int part, int c, uint64_t offset);
+/* Sum of every slot's mag_seq; sets *busy when a flush is under way. A reader
+ * that wants exact figures reads it before and after. */
+sh_internal uint64_t _sh_mag_seq(const sh_arena_t *arena, bool *busy);
+
 /* The calling thread's slot in this arena; binds one when `create`. */
 static inline sh_tslot_t *_sh_tc_slot(sh_arena_t *a, bool create) {
   sh_tc_binding_t *b = &_sh_tc_tls[0];

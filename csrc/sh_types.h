@@ -175,9 +175,37 @@ typedef struct sh_tslot_s {
   uint32_t claim_seq;        /* the slot's thread only */
   uint32_t run_next;         /* the run slot to replace next; the slot's thread only */
   sh_tc_run_t runs[SH_TC_RUNS];
-  uint8_t pad_[SH_CACHE_LINE - 32 - SH_TC_RUNS * 8];
+  _Atomic uint32_t mag_seq;  /* odd while the magazines are being emptied: readers retry */
+  uint8_t pad_[SH_CACHE_LINE - 36 - SH_TC_RUNS * 8];
 } sh_tslot_t;
 _Static_assert(sizeof(sh_tslot_t) == SH_CACHE_LINE, "slot header is one cache line");
+
+/* ---- Magazines (Bonwick) ------------------------------------------------------
+ * The shared default's small blocks (owner 0, classes up to 1 KiB) freed by a
+ * thread wait in an array in its slot, one per (partition, class), for its
+ * next allocation of that class. A pop reads the array, not the block: the
+ * block's memory is only written. The page still counts a magazine's blocks
+ * as handed out, so it never retires under them; stats and check count them
+ * as free. A block in a magazine carries SH_MAG_MARK in its link words, so a
+ * second free of it is caught (see sh_block_is_free). Owner 0 only: it is
+ * never recycled, so no other process ever has to take a block back out of a
+ * thread's magazine. The arrays hold offsets / 16 in 32 bits: arenas above
+ * 64 GiB have no magazines. */
+#define SH_MAG_CLASSES 20 /* 16 B .. 1 KiB: the classes the direct table maps */
+/* Arenas from SH_MAG_BIG_ARENA on give each magazine two cache lines (28
+ * blocks), smaller ones one (12), so that metadata stays near 1 % of a small
+ * arena. The array is sized for the larger. */
+#define SH_MAG_MAX_CAP 28
+#define SH_MAG_BIG_ARENA (UINT64_C(512) << 20)
+#define SH_MAG_MARK 0xFFFFFFFEu /* never a valid link (links are at most 2^20) */
+#define SH_MAG_MAX_ARENA (UINT64_C(1) << 36)
+typedef struct sh_mag_s {
+  _Atomic uint32_t count;
+  _Atomic uint32_t allocs, frees; /* since the last fold into the slot's counters, as an entry's */
+  uint32_t reserved_;
+  _Atomic uint32_t unit[SH_MAG_MAX_CAP]; /* the first mag_cap are used */
+} sh_mag_t;
+_Static_assert(sizeof(sh_mag_t) == 2 * SH_CACHE_LINE, "a large magazine is two cache lines");
 
 /* The arena header at offset 0. The immutable part, from format_version up
  * to checksum, is covered by the checksum; magic is written last, so an
@@ -250,6 +278,10 @@ struct sh_arena_s {
   uint8_t *tslots;
   uint64_t tslot_size;
   uint32_t nslots, tc_mask;
+  uint64_t mag_off;     /* from a slot's start to its magazines */
+  uint32_t mag_classes; /* classes with a magazine; 0: none */
+  uint32_t mag_limit;   /* the largest size one of them serves */
+  uint32_t mag_cap, mag_shift; /* blocks a magazine holds; log2 of its bytes */
   sh_lease_t *leases;
   uint64_t lease_mask;
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */

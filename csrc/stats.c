@@ -1,5 +1,6 @@
 /* Statistics (read without stopping anyone) and the full consistency check. */
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 
 #include "sh_tcache.h"
@@ -31,6 +32,12 @@ static void sh_sum_counters(const sh_arena_t *a, int part, int c, uint64_t *allo
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *slot = _sh_tc_slot_at(a, i);
     if (sh_atomic_load_relaxed(&slot->binder) == 0) continue;
+    for (int p = 0; p < SH_NPARTITIONS && a->mag_classes; p++)
+      for (uint32_t k = 0; k < a->mag_classes; k++) {
+        if ((part >= 0 && p != part) || (c >= 0 && k != (uint32_t)c)) continue;
+        *allocs += sh_atomic_load_relaxed(&_sh_tc_mag(a, slot, p, (int)k)->allocs);
+        *frees += sh_atomic_load_relaxed(&_sh_tc_mag(a, slot, p, (int)k)->frees);
+      }
     const sh_tc_entry_t *entries = _sh_tc_entries(slot);
     for (uint32_t k = 0; k <= a->tc_mask; k++) {
       uint32_t key = sh_atomic_load_relaxed(&entries[k].key);
@@ -41,9 +48,34 @@ static void sh_sum_counters(const sh_arena_t *a, int part, int c, uint64_t *allo
   }
 }
 
+/* Stats count a block in a magazine as free, though its page counts it as
+ * handed out: they subtract what the magazines hold. A flush moves blocks
+ * from a magazine to their pages while we read; a read that overlapped one
+ * is read again (bounded, as the pages' own flush wait), so figures right
+ * after a thread exits are exact. */
+#define SH_MAG_READ(body)                                    \
+  for (int attempt_ = 0; attempt_ < 4096; attempt_++) {     \
+    bool busy_;                                              \
+    uint64_t seq_ = _sh_mag_seq(a, &busy_);                  \
+    if (busy_ && attempt_ < 4095) {                          \
+      if (attempt_ >= 64) sched_yield();                     \
+      continue;                                              \
+    }                                                        \
+    body;                                                    \
+    bool again_;                                             \
+    if (attempt_ == 4095 || _sh_mag_seq(a, &again_) == seq_) break; \
+  }
+
+static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_t *st);
+
 int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partition_stats_t *st) {
   int part = (int)partition;
   if ((unsigned)part >= SH_NPARTITIONS) return _sh_fail(SH_EINVAL, "partition %d does not exist", part);
+  SH_MAG_READ(sh_partition_read(a, part, st));
+  return SH_OK;
+}
+
+static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_t *st) {
   memset(st, 0, sizeof *st);
   st->pages_total = a->part_end[part] - a->part_first[part];
   st->capacity = st->pages_total << a->page_shift;
@@ -60,17 +92,26 @@ int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partiti
       st->in_use += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
     }
   }
+  uint64_t held = 0;
+  _sh_mag_held(a, part, -1, &held);
+  st->in_use = st->in_use > held ? st->in_use - held : 0;
   st->peak = sh_atomic_load_relaxed(&a->hdr->peak_pages[part]) << a->page_shift;
   sh_sum_counters(a, part, -1, &st->allocs, &st->frees);
   for (unsigned s = 0; s < a->nstripes; s++)
     st->failures += sh_atomic_load_relaxed(
         &((const sh_stripe_hdr_t *)(a->stripes + (size_t)s * a->stripe_size))->failures[part]);
-  return SH_OK;
 }
+
+static void sh_class_read(const sh_arena_t *a, int c, sh_class_stats_t *st);
 
 int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
   if (c < 0 || c >= (int)a->nclasses)
     return _sh_fail(SH_EINVAL, "size class %d does not exist (0..%u)", c, a->nclasses - 1);
+  SH_MAG_READ(sh_class_read(a, c, st));
+  return SH_OK;
+}
+
+static void sh_class_read(const sh_arena_t *a, int c, sh_class_stats_t *st) {
   memset(st, 0, sizeof *st);
   st->block_size = a->classes[c].size;
   for (uint32_t pi = 0; pi < a->hdr->total_pages; pi++) {
@@ -83,8 +124,11 @@ int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
     st->blocks_used += cap - free_blocks;
     st->blocks_free += free_blocks;
   }
+  uint64_t held = _sh_mag_held(a, -1, c, NULL);
+  held = held < st->blocks_used ? held : st->blocks_used;
+  st->blocks_used -= held;
+  st->blocks_free += held;
   sh_sum_counters(a, -1, c, &st->allocs, &st->frees);
-  return SH_OK;
 }
 
 /* ----- Check ------------------------------------------------------------------- */
@@ -125,7 +169,65 @@ done:
   return rc;
 }
 
-static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) {
+static int sh_cmp_u64(const void *x, const void *y) {
+  uint64_t u = *(const uint64_t *)x, v = *(const uint64_t *)y;
+  return (u > v) - (u < v);
+}
+
+/* Every magazine entry is the start of a block of its partition and class on
+ * a page of the shared default, and still carries the mark (else it was
+ * written after its free). Hands back the offsets sorted, for the page walk
+ * to find blocks that are also on a free stack or in two magazines. */
+static int sh_check_mags(const sh_arena_t *a, uint64_t **out, size_t *n_out) {
+  size_t cap = (size_t)a->nslots * SH_NPARTITIONS * a->mag_classes * a->mag_cap, n = 0;
+  uint64_t *offs = malloc((cap ? cap : 1) * sizeof *offs);
+  int rc = SH_OK;
+  if (!offs) return _sh_fail(SH_ENOMEM, "out of process memory for check()");
+  for (uint32_t i = 0; i < a->nslots && a->mag_classes; i++) {
+    sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+    for (int p = 0; p < SH_NPARTITIONS; p++)
+      for (uint32_t k = 0; k < a->mag_classes; k++) {
+        const sh_mag_t *m = _sh_tc_mag(a, slot, p, (int)k);
+        uint32_t count = sh_atomic_load_acquire(&m->count);
+        SH_CHECK(count <= a->mag_cap, "thread slot %u: magazine of '%s' class %u holds %u blocks (at most %u)", i,
+                 _sh_part_name(p), k, count, a->mag_cap);
+        for (uint32_t j = 0; j < count; j++) {
+          uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[j]) << SH_UNIT_SHIFT;
+          uint32_t pi = (uint32_t)(off >> a->page_shift);
+          const sh_page_t *pg = &a->pages[pi];
+          uint64_t in_page = off & ((1ull << a->page_shift) - 1);
+          SH_CHECK(off < a->size && pi >= a->part_first[p] && pi < a->part_end[p] &&
+                       sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
+                       sh_atomic_load_relaxed(&pg->owner) == SH_OWNER_DEFAULT &&
+                       sh_atomic_load_relaxed(&pg->sclass) == k && in_page % a->classes[k].size == 0 &&
+                       in_page / a->classes[k].size < a->classes[k].capacity,
+                   "thread slot %u: magazine of '%s' class %u holds offset %llu, not a block of that class of the "
+                   "shared default", i, _sh_part_name(p), k, (unsigned long long)off);
+          const uint32_t *link = (const uint32_t *)(a->base + off);
+          SH_CHECK(link[0] == SH_MAG_MARK && link[1] == (SH_MAG_MARK ^ sh_atomic_load_relaxed(&pg->key)),
+                   "page %u: block at offset %llu in a magazine was written after its free", pi,
+                   (unsigned long long)off);
+          offs[n++] = off;
+        }
+      }
+  }
+  qsort(offs, n, sizeof *offs, sh_cmp_u64);
+done:
+  if (rc) {
+    free(offs);
+    return rc;
+  }
+  *out = offs;
+  *n_out = n;
+  return SH_OK;
+}
+
+typedef struct sh_mag_list_s {
+  const uint64_t *offs;
+  size_t n;
+} sh_mag_list_t;
+
+static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen, sh_mag_list_t mags) {
   const sh_page_t *pg = &a->pages[pi];
   int rc = SH_OK;
   uint32_t c = sh_atomic_load_relaxed(&pg->sclass);
@@ -152,7 +254,24 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen) 
     SH_CHECK(count + sh_local_count(local) <= cap, "page %u: %u shared and %u cached free blocks, capacity %u",
              pi, count, sh_local_count(local), cap);
     rc = sh_check_stack(a, pi, sh_local_top(local), sh_local_count(local), "cached", seen, &n);
+    if (rc) return rc;
+    count += sh_local_count(local);
   }
+  uint64_t lo = (uint64_t)pi << a->page_shift;
+  size_t first = 0, last = mags.n;
+  while (first < last) { /* the first magazine block at or after the page's start */
+    size_t mid = first + (last - first) / 2;
+    if (mags.offs[mid] < lo) first = mid + 1;
+    else last = mid;
+  }
+  uint32_t held = 0;
+  for (size_t i = first; i < mags.n && mags.offs[i] < lo + (1ull << a->page_shift); i++, held++) {
+    uint32_t idx = (uint32_t)((mags.offs[i] - lo) / cls->size);
+    SH_CHECK(!seen[idx], "page %u: block %u is in a magazine and on a free list or in another magazine", pi, idx);
+    seen[idx] = 1;
+  }
+  SH_CHECK(count + held <= cap, "page %u: %u free blocks on its lists and %u in magazines, capacity %u", pi, count,
+           held, cap);
 done:
   return rc;
 }
@@ -169,6 +288,11 @@ int sh_check(sh_arena_t *a) {
   if (!a->read_only) _sh_owner_lock(a);
   int locked = 0;
   for (; !a->read_only && locked < SH_NPARTITIONS; locked++) _sh_part_lock(a, locked);
+  uint64_t *mag_offs = NULL;
+  sh_mag_list_t mags = {NULL, 0};
+  rc = sh_check_mags(a, &mag_offs, &mags.n);
+  if (rc) goto done;
+  mags.offs = mag_offs;
 
   for (uint32_t pi = 0; pi < a->hdr->meta_pages; pi++)
     SH_CHECK(sh_atomic_load_relaxed(&a->pages[pi].state) == SH_PAGE_META, "page %u: metadata page not marked", pi);
@@ -211,7 +335,7 @@ int sh_check(sh_arena_t *a) {
       if (st != SH_PAGE_FREE) used++;
       if (st == SH_PAGE_SMALL) {
         SH_CHECK(in_list[pi], "page %u: small page on no owner's list (lost)", pi);
-        rc = sh_check_small_page(a, pi, seen);
+        rc = sh_check_small_page(a, pi, seen, mags);
         if (rc) goto done;
       } else if (st == SH_PAGE_LARGE) {
         uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
@@ -246,6 +370,6 @@ int sh_check(sh_arena_t *a) {
 done:
   while (locked > 0) _sh_part_unlock(a, --locked);
   if (!a->read_only) _sh_owner_unlock(a);
-  free(seen), free(owner_pages), free(in_list);
+  free(seen), free(owner_pages), free(in_list), free(mag_offs);
   return rc;
 }

@@ -176,6 +176,35 @@ void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
   sh_atomic_store_relaxed(&e->frees, 0);
 }
 
+/* The slot counters of the magazine's (partition, class): [0] allocs, [1] frees. */
+static void sh_mag_counters(const sh_arena_t *a, sh_tslot_t *s, const sh_mag_t *m, _Atomic uint64_t *out[2]) {
+  uint32_t idx = (uint32_t)(m - _sh_tc_mag(a, s, 0, 0));
+  int part = (int)(idx / a->mag_classes), c = (int)(idx % a->mag_classes);
+  out[0] = &_sh_tc_counters(a, s)[_sh_counter_index(a, 0, part, c)];
+  out[1] = &_sh_tc_counters(a, s)[_sh_counter_index(a, 1, part, c)];
+}
+
+void _sh_mag_fold(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m) {
+  _Atomic uint64_t *n[2];
+  sh_mag_counters(a, s, m, n);
+  /* slot counters first, as _sh_tc_fold */
+  sh_atomic_store_relaxed(n[0], sh_atomic_load_relaxed(n[0]) + sh_atomic_load_relaxed(&m->allocs));
+  sh_atomic_store_relaxed(n[1], sh_atomic_load_relaxed(n[1]) + sh_atomic_load_relaxed(&m->frees));
+  sh_atomic_store_relaxed(&m->allocs, 0);
+  sh_atomic_store_relaxed(&m->frees, 0);
+}
+
+void _sh_mag_uncount_free(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m) {
+  uint32_t f = sh_atomic_load_relaxed(&m->frees);
+  if (f > 0) {
+    sh_atomic_store_relaxed(&m->frees, f - 1);
+    return;
+  }
+  _Atomic uint64_t *n[2]; /* the free was folded into the slot already */
+  sh_mag_counters(a, s, m, n);
+  sh_atomic_store_relaxed(n[1], sh_atomic_load_relaxed(n[1]) - 1);
+}
+
 void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
   uint32_t pi = sh_atomic_load_relaxed(&r->page);
   if (pi == SH_NIL) return;
@@ -192,6 +221,7 @@ void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
 }
 
 void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
+  _sh_tc_mag_flush(a, s, part);
   for (int i = 0; i < SH_TC_RUNS; i++) {
     uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
     if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_run_flush(a, &s->runs[i]);
@@ -208,6 +238,7 @@ void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
  * the totals survive the slot. The caller owns the slot (its thread, its
  * process's close, or the sweep that moved it to FLUSHING). */
 static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
+  _sh_tc_mag_flush(a, s, -1); /* first: its blocks may go to the ways flushed next */
   for (int i = 0; i < SH_TC_RUNS; i++) _sh_tc_run_flush(a, &s->runs[i]);
   sh_tc_entry_t *entries = _sh_tc_entries(s);
   for (uint32_t i = 0; i <= a->tc_mask; i++) _sh_tc_entry_flush(a, &entries[i]);
