@@ -232,6 +232,58 @@ static void test_dead_process_slots(void) {
 }
 #endif
 
+/* Magazines: a freed block of the shared default waits in the freeing
+ * thread's magazine and is the next one of its class that thread gets. */
+static void *free_again(void *arg) {
+  worker_t *w = arg;
+  w->ok = sh_free(w->arena, w->kept[0]) == SH_EDOUBLEFREE;
+  return NULL;
+}
+
+static void test_magazines(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint64_t x, y, z;
+  REQUIRE("alloc", sh_alloc(a, 0, SH_PART_SHARED, 100, &x) == SH_OK && sh_alloc(a, 0, SH_PART_SHARED, 100, &y) == SH_OK);
+  CHECK("free", sh_free(a, x) == SH_OK);
+  CHECK("counted as free while in the magazine", in_use(a, SH_PART_SHARED) == 112);
+  sh_class_stats_t cs;
+  sh_block_info_t bi;
+  sh_block_info(a, y, &bi);
+  int c = -1;
+  for (int k = 0; k < 64 && c < 0; k++)
+    if (sh_class_stats(a, k, &cs) == SH_OK && cs.block_size == 112) c = k;
+  CHECK("class stats count it as free", c >= 0 && cs.blocks_used == 1 && cs.allocs == 2 && cs.frees == 1);
+  CHECK("check with a block in a magazine", sh_check(a) == SH_OK);
+  CHECK("a second free is caught", sh_free(a, x) == SH_EDOUBLEFREE);
+  worker_t w = {.arena = a, .kept = {x}};
+  pthread_t t;
+  pthread_create(&t, NULL, free_again, &w);
+  pthread_join(t, NULL);
+  CHECK("a second free from another thread is caught", w.ok);
+  CHECK("the same thread gets it back first", sh_alloc(a, 0, SH_PART_SHARED, 110, &z) == SH_OK && z == x);
+  CHECK("in use again", in_use(a, SH_PART_SHARED) == 224);
+  sh_free(a, x);
+  sh_free(a, y);
+  CHECK("empty", in_use(a, SH_PART_SHARED) == 0);
+  /* a write after free into a block in the magazine: check reports it, and
+   * the next allocation of the class reports it rather than handing it out */
+  sh_track_reset(sh_ptr(a, y), 16);
+  memset(sh_ptr(a, y), 0x33, 8);
+  CHECK("check sees the write", sh_check(a) == SH_ECORRUPT && strstr(sh_last_error(), "written after"));
+  CHECK("the pop reports it", sh_alloc(a, 0, SH_PART_SHARED, 100, &z) == SH_ECORRUPT &&
+                                  strstr(sh_last_error(), "written after"));
+  CHECK("the next one is served", sh_alloc(a, 0, SH_PART_SHARED, 100, &z) == SH_OK && z == x);
+  CHECK("free", sh_free(a, z) == SH_OK);
+  uint32_t id, gen;
+  sh_owner_create(a, 0, &id, &gen);
+  uint64_t o1;
+  CHECK("an agent's block is not a magazine block", sh_alloc(a, id, SH_PART_SHARED, 100, &o1) == SH_OK && o1 != z);
+  CHECK("recycle", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("flush gives them back", sh_thread_flush(a) == SH_OK && sh_alloc(a, 0, SH_PART_SHARED, 100, &o1) == SH_OK);
+  sh_free(a, o1);
+  sh_close(a);
+}
+
 /* More threads than slots: the rest take the uncached path. */
 static void *churn(void *arg) {
   worker_t *w = arg;
@@ -283,6 +335,7 @@ int main(void) {
   test_kept_runs();
   test_recycle_under_cache();
   test_full_partition_takes_own_cache();
+  test_magazines();
 #if !defined(__SANITIZE_THREAD__)
   test_dead_process_slots();
 #endif
