@@ -405,24 +405,23 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
 /* A block from the thread's magazine. The array is read and the block only
  * written (its mark cleared): a cold block costs no load stall here. */
 enum { SH_MAG_HIT, SH_MAG_EMPTY, SH_MAG_DAMAGED };
+enum { SH_REST_MAY_LOCK = 1, SH_REST_DAMAGED = 2 };
 __attribute__((always_inline)) static inline int sh_mag_pop(sh_arena_t *a, sh_tslot_t *slot, int part, int c,
                                                             uint64_t *offset) {
   sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
   uint32_t n = sh_atomic_load_relaxed(&m->count);
   if (sh_unlikely(n == 0)) return SH_MAG_EMPTY;
-  uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+  uint32_t unit = sh_atomic_load_relaxed(&m->unit[n - 1]);
+  uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
   uint32_t *link = (uint32_t *)(a->base + off);
   /* the mark still whole, or the block was written after its free: the slow
    * path reports that */
-  if (sh_unlikely(__atomic_load_n(&link[0], __ATOMIC_RELAXED) != SH_MAG_MARK ||
-                  __atomic_load_n(&link[1], __ATOMIC_RELAXED) !=
-                      (SH_MAG_MARK ^ sh_atomic_load_relaxed(&a->pages[off >> a->page_shift].key))))
-    return SH_MAG_DAMAGED;
+  if (sh_unlikely(!_sh_mag_marked(link, unit))) return SH_MAG_DAMAGED;
   sh_atomic_store_relaxed(&m->count, n - 1);
-  _sh_mag_count(a, slot, m, &m->allocs);
   sh_track_alloc(a, link, a->classes[c].size);
   __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* no longer marked free */
   *offset = off;
+  _sh_mag_count(a, slot, m, &m->allocs); /* last: nothing is live across its rare call */
   return SH_MAG_HIT;
 }
 
@@ -445,12 +444,11 @@ __attribute__((always_inline)) static inline bool sh_mag_push(sh_arena_t *a, sh_
   uint32_t n = sh_atomic_load_relaxed(&m->count);
   uint32_t *link = (uint32_t *)(a->base + offset);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
-  if (n >= a->mag_cap ||
-      __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key))
-    return false;
-  _sh_link_write(link, SH_MAG_MARK, key);
+  if (n >= a->mag_cap || _sh_link_looks_free(link, key)) return false;
+  uint32_t unit = (uint32_t)(offset >> SH_UNIT_SHIFT);
+  _sh_mag_mark(link, unit);
   sh_track_free(a, link, cls->size);
-  sh_atomic_store_relaxed(&m->unit[n], (uint32_t)(offset >> SH_UNIT_SHIFT));
+  sh_atomic_store_relaxed(&m->unit[n], unit);
   sh_atomic_store_relaxed(&m->count, n + 1);
   _sh_mag_count(a, slot, m, &m->frees);
   return true;
@@ -856,25 +854,27 @@ __attribute__((always_inline)) static inline int sh_alloc_mag(sh_arena_t *a, uin
   return sh_mag_pop(a, b->slot, (int)partition, a->class_of[(size + 15) >> 4], offset);
 }
 
+/* Six arguments, so that the fast paths reach it with a jump. */
 __attribute__((noinline)) static int sh_alloc_rest(sh_arena_t *a, uint32_t owner, sh_partition_t partition,
-                                                   size_t size, uint64_t *offset, bool may_lock, int mag,
-                                                   bool *fresh) {
+                                                   size_t size, uint64_t *offset, int flags) {
   /* a damaged magazine block is reported by sh_alloc_impl, not skipped */
-  if (mag != SH_MAG_DAMAGED && sh_alloc_fast(a, owner, partition, size, offset)) return SH_OK;
-  return sh_alloc_impl(a, owner, partition, size, offset, may_lock, fresh);
+  if (!(flags & SH_REST_DAMAGED) && sh_alloc_fast(a, owner, partition, size, offset)) return SH_OK;
+  return sh_alloc_impl(a, owner, partition, size, offset, flags & SH_REST_MAY_LOCK, NULL);
 }
+
+#define sh_rest_flags(may_lock, mag) ((may_lock) | ((mag) == SH_MAG_DAMAGED ? SH_REST_DAMAGED : 0))
 
 int sh_alloc(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
   int mag = sh_alloc_mag(a, owner, partition, size, offset);
   if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
-  return sh_alloc_rest(a, owner, partition, size, offset, true, mag, NULL);
+  return sh_alloc_rest(a, owner, partition, size, offset, sh_rest_flags(SH_REST_MAY_LOCK, mag));
 }
 
 int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset) {
   int mag = sh_alloc_mag(a, owner, partition, size, offset);
   if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
-  return sh_alloc_rest(a, owner, partition, size, offset, false, mag, NULL);
+  return sh_alloc_rest(a, owner, partition, size, offset, sh_rest_flags(0, mag));
 }
 
 /* Zeroed blocks. A run of pages that were never handed out still holds the
@@ -884,8 +884,9 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
 static int sh_calloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset,
                           bool may_lock) {
   bool fresh = false;
-  int mag = sh_alloc_mag(a, owner, partition, size, offset);
-  int rc = mag == SH_MAG_HIT ? SH_OK : sh_alloc_rest(a, owner, partition, size, offset, may_lock, mag, &fresh);
+  int mag = sh_alloc_mag(a, owner, partition, size, offset), rc = SH_OK;
+  if (mag != SH_MAG_HIT && (mag == SH_MAG_DAMAGED || !sh_alloc_fast(a, owner, partition, size, offset)))
+    rc = sh_alloc_impl(a, owner, partition, size, offset, may_lock, &fresh);
   if (rc == SH_OK && !fresh) memset(a->base + *offset, 0, size ? size : 1);
   return rc;
 }
@@ -1007,8 +1008,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     sh_tc_entry_t *e;
     sh_tc_way_t *way = sh_my_way(a, slot, pg, pi, claim, c, &e);
     if (way) {
-      uint32_t seen_link = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-      if (sh_unlikely(__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (seen_link ^ key)) &&
+      if (sh_unlikely(_sh_link_looks_free(link, key)) &&
           sh_block_is_free(a, pg, pi, top))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
       uint64_t local = sh_atomic_load_relaxed(&way->local);
@@ -1019,7 +1019,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
       return SH_OK;
     }
   }
-  if (sh_unlikely(link[1] == (link[0] ^ key)) && sh_block_is_free(a, pg, pi, top))
+  if (sh_unlikely(_sh_link_looks_free(link, key)) && sh_block_is_free(a, pg, pi, top))
     return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
   uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
   do {
@@ -1063,7 +1063,7 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);
   uint32_t *link = _sh_link_at(a, pi, top);
   uint64_t local = sh_atomic_load_relaxed(&way->local);
-  if (sh_unlikely((__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) ||
+  if (sh_unlikely(_sh_link_looks_free(link, key) ||
                   sh_local_count(local) >= cls->capacity))
     return false;
   sh_way_push(a, b->slot, e, way, link, top, key, local, cls->size);
@@ -1095,7 +1095,7 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, bit = (top - 1) & 4095;
     uint32_t *link = _sh_link_at(a, pi, top);
     if ((seen[bit / 64] >> (bit % 64)) & 1) break;
-    if (__atomic_load_n(&link[1], __ATOMIC_RELAXED) == (__atomic_load_n(&link[0], __ATOMIC_RELAXED) ^ key)) break;
+    if (_sh_link_looks_free(link, key)) break;
     seen[bit / 64] |= 1ull << (bit % 64);
     _sh_link_write(link, chain_top, key);
     if (!tail_link) tail_link = link;
@@ -1254,8 +1254,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
       return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
     const uint32_t *link = _sh_link_at(a, pi, top);
-    if (link[1] == (link[0] ^ sh_atomic_load_relaxed(&pg->key)) &&
-        sh_block_is_free(a, (sh_page_t *)pg, pi, top))
+    if (_sh_link_looks_free(link, sh_atomic_load_relaxed(&pg->key)) && sh_block_is_free(a, (sh_page_t *)pg, pi, top))
       return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);
     info->size_class = c;
     info->usable_size = a->classes[c].size;

@@ -204,7 +204,7 @@ static int sh_check_mags(const sh_arena_t *a, uint64_t **out, size_t *n_out) {
                    "thread slot %u: magazine of '%s' class %u holds offset %llu, not a block of that class of the "
                    "shared default", i, _sh_part_name(p), k, (unsigned long long)off);
           const uint32_t *link = (const uint32_t *)(a->base + off);
-          SH_CHECK(link[0] == SH_MAG_MARK && link[1] == (SH_MAG_MARK ^ sh_atomic_load_relaxed(&pg->key)),
+          SH_CHECK(_sh_mag_marked(link, (uint32_t)(off >> SH_UNIT_SHIFT)),
                    "page %u: block at offset %llu in a magazine was written after its free", pi,
                    (unsigned long long)off);
           offs[n++] = off;
