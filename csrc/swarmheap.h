@@ -327,7 +327,17 @@ uint64_t sh_lease_count(const sh_arena_t *arena);
  * takes back the calling thread's cached pages before it reports SH_EFULL.
  * Another thread's cached pages (at most one per owner, partition and class)
  * come back when that thread exits, its process closes the handle, or, if the
- * process died, at sh_reclaim_dead_threads. */
+ * process died, at sh_reclaim_dead_threads.
+ *
+ * A slot also keeps magazines: small blocks of owner 0 (16 B to 1 KiB) that
+ * its thread freed wait there, 12 per (partition, class) in arenas under
+ * 512 MiB and 28 from there, for that thread's next allocation of the class.
+ * They count as free in every statistic and check(); a second free of one is
+ * still SH_EDOUBLEFREE, and a write into one after its free is reported by
+ * check() and by the allocation that would hand it out (SH_ECORRUPT). Their
+ * pages cannot go back to the partition while they wait: they come back as
+ * the cached pages do (thread exit, close, full partition, dead process,
+ * sh_thread_flush). Arenas above 64 GiB have none. */
 
 /* [any] Return the calling thread's cached blocks in this arena to their
  * pages and give up its slot; the next allocation binds a slot again. */
@@ -340,6 +350,8 @@ int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed);
 
 /* [any] Slots bound to a thread now, and the table's size. */
 void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total);
+/* [any] Blocks waiting in every slot's magazines now. */
+uint64_t sh_magazine_blocks(const sh_arena_t *arena);
 
 /* ---- Sweep generations ------------------------------------------------------
  * Two shared queues of owners, young (0) and middle-aged (1); an owner in

@@ -353,6 +353,8 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
   *total = a->nslots;
 }
 
+uint64_t sh_magazine_blocks(const sh_arena_t *a) { return _sh_mag_held(a, -1, -1, NULL); }
+
 const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi, const sh_tc_entry_t **entry) {
   const sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_acquire(&pg->claim);

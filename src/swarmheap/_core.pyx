@@ -560,7 +560,8 @@ cdef class CoreHeap:
         sh_thread_slots(self.arena, &bound, &total)
         return {"size": info.size, "page_size": info.page_size, "partitions": partitions,
                 "classes": classes, "owners": owners,
-                "thread_caches": {"bound": bound, "total": total},
+                "thread_caches": {"bound": bound, "total": total,
+                                  "magazine_blocks": sh_magazine_blocks(self.arena)},
                 "leases": sh_lease_count(self.arena)}
 
     def check(self):

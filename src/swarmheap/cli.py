@@ -60,7 +60,8 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
     caches = stats.get("thread_caches")
     if caches is not None:
         out.append(
-            f"thread caches bound: {caches['bound']} of {caches['total']}; "
+            f"thread caches bound: {caches['bound']} of {caches['total']}, "
+            f"{caches.get('magazine_blocks', 0)} freed blocks waiting in their magazines; "
             f"blocks of the shared default with a lease: {stats.get('leases', 0)}"
         )
     return "\n\n".join(out)

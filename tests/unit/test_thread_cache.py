@@ -59,6 +59,32 @@ def test_flush_thread_cache() -> None:
         assert caches(heap)["bound"] == 1
 
 
+def test_magazine_blocks_are_free_and_reused() -> None:
+    # 16 MiB arenas keep 12 blocks per class in a thread's magazine
+    with sh.Heap.create(size="16 MiB") as heap:
+        blocks = [heap.alloc(100, "comm") for _ in range(20)]
+        offsets = [blk.offset for blk in blocks]
+        for blk in blocks:
+            blk.free()
+        assert caches(heap)["magazine_blocks"] == 12
+        comm = heap.stats()["partitions"]["comm"]
+        assert comm["in_use"] == 0 and comm["allocs"] == 20 and comm["frees"] == 20
+        heap.check()
+        again = heap.alloc(100, "comm")
+        # the twelfth freed filled the magazine (the rest went to their page)
+        # and is the first to come back
+        assert again.offset == offsets[11]
+        assert caches(heap)["magazine_blocks"] == 11
+        with pytest.raises(sh.StaleBlock):
+            blocks[11].free()  # the old Block object knows it was freed
+        heap.resolve(again.handle)  # the handle still resolves: the block is live again
+        again.free()
+        heap.flush_thread_cache()
+        assert caches(heap)["magazine_blocks"] == 0
+        assert heap.stats()["partitions"]["comm"]["in_use"] == 0
+        heap.check()
+
+
 def test_sweep_gives_back_a_dead_process_cache(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="16 MiB") as heap:
         heap.set_sweep_thresholds(0, 0, 0)

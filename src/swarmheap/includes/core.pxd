@@ -134,4 +134,5 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t sh_lease_count(const sh_arena_t *arena)
     int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed)
     void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total)
+    uint64_t sh_magazine_blocks(const sh_arena_t *arena)
     int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition)
