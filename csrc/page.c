@@ -402,8 +402,9 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
 
 /* ----- Magazines (see sh_types.h) -------------------------------------------- */
 
-/* A block from the thread's magazine. The array is read and the block only
- * written (its mark cleared): a cold block costs no load stall here. */
+/* A block from the thread's magazine: the offset comes from the array, not
+ * from a link in the block, so the block's mark is only checked (a branch
+ * nothing else waits on) and then cleared. */
 enum { SH_MAG_HIT, SH_MAG_EMPTY, SH_MAG_DAMAGED };
 enum { SH_REST_MAY_LOCK = 1, SH_REST_DAMAGED = 2 };
 __attribute__((always_inline)) static inline int sh_mag_pop(sh_arena_t *a, sh_tslot_t *slot, int part, int c,
