@@ -78,7 +78,16 @@ def test_magazine_blocks_are_free_and_reused() -> None:
         with pytest.raises(sh.StaleBlock):
             blocks[11].free()  # the old Block object knows it was freed
         heap.resolve(again.handle)  # the handle still resolves: the block is live again
+        stale = blocks[0].handle  # its block waits in the magazine
+        with pytest.raises(sh.InvalidHandle, match="free block"):
+            heap.resolve(stale)
         again.free()
+        twin = heap.alloc(100, "comm")
+        copy = heap.resolve(twin.handle)
+        twin.free()
+        with pytest.raises(sh.StaleBlock, match="already free"):
+            copy.free()  # a second free through another Block object is caught by the core
+        heap.check()
         heap.flush_thread_cache()
         assert caches(heap)["magazine_blocks"] == 0
         assert heap.stats()["partitions"]["comm"]["in_use"] == 0
