@@ -478,15 +478,26 @@ static int sh_mag_damaged(sh_arena_t *a, sh_tslot_t *slot, int part, int c, bool
 
 static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
   for (uint32_t n = sh_atomic_load_relaxed(&m->count); n > 0; n--) {
-    uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+    uint32_t unit = sh_atomic_load_relaxed(&m->unit[n - 1]);
+    uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
+    uint32_t *link = (uint32_t *)(a->base + off);
     /* out of the magazine before it is on a stack: a reader may count it as
      * used for a moment, never as free twice */
     sh_atomic_store_relaxed(&m->count, n - 1);
-    __atomic_store_n((uint32_t *)(a->base + off), 0, __ATOMIC_RELAXED); /* unmarked: the free below takes it */
     /* counted once: the magazine counted this free, and the page path below
      * counts it again, so the magazine's count of it is taken back */
     _sh_mag_uncount_free(a, slot, m);
-    (void)sh_free_impl(a, off, true); /* a block that is not valid any more is reported, not followed */
+    if (!_sh_mag_marked(link, unit)) {
+      /* written after its free, and nobody to tell now: the block stays out
+       * and its page is quarantined, so check() reports it */
+      uint32_t pi = (uint32_t)(off >> a->page_shift);
+      _sh_part_lock(a, (int)a->pages[pi].partition);
+      sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
+      _sh_part_unlock(a, (int)a->pages[pi].partition);
+      continue;
+    }
+    __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* unmarked: the free below takes it */
+    (void)sh_free_impl(a, off, true);
   }
 }
 

@@ -282,6 +282,18 @@ static void test_magazines(void) {
   CHECK("flush gives them back", sh_thread_flush(a) == SH_OK && sh_alloc(a, 0, SH_PART_SHARED, 100, &o1) == SH_OK);
   sh_free(a, o1);
   sh_close(a);
+
+  /* a flush meets a block written after its free: kept out, page quarantined */
+  a = make_anon(16 * MiB, 65536);
+  sh_alloc(a, 0, SH_PART_COMM, 64, &x);
+  sh_alloc(a, 0, SH_PART_COMM, 64, &y);
+  sh_free(a, x);
+  sh_track_reset(sh_ptr(a, x), 16);
+  memset(sh_ptr(a, x), 0x44, 8);
+  CHECK("flush with a damaged block", sh_thread_flush(a) == SH_OK);
+  CHECK("the damage is reported by check", sh_check(a) == SH_ECORRUPT && strstr(sh_last_error(), "quarantined"));
+  CHECK("the damaged block was not handed back", in_use(a, SH_PART_COMM) == 128);
+  sh_close(a);
 }
 
 /* More threads than slots: the rest take the uncached path. */
