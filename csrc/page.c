@@ -308,11 +308,20 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
   sh_count_failure(a, part);
   uint64_t used = sh_atomic_load_relaxed(&a->hdr->pages_used[part]) << a->page_shift;
   uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
+  /* the caller's own caches were given back before this; what other threads
+   * keep is all that a flush there could still free */
+  uint64_t waiting = _sh_mag_held(a, part, -1, NULL);
+  char others[160] = "";
+  if (waiting)
+    snprintf(others, sizeof others,
+             "; %llu freed block(s) wait in other threads' caches, which give them back at thread exit "
+             "or flush_thread_cache()",
+             (unsigned long long)waiting);
   return _sh_fail(SH_EFULL,
                   "partition '%s' is full: a request of %zu bytes needs %u free page(s); "
-                  "%llu of %llu bytes are in pages already",
-                  _sh_part_name(part), size, pages_needed, (unsigned long long)used,
-                  (unsigned long long)cap);
+                  "%llu of %llu bytes are in pages already%s",
+                  _sh_part_name(part), size, pages_needed, (unsigned long long)used, (unsigned long long)cap,
+                  others);
 }
 
 static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part);

@@ -296,6 +296,45 @@ static void test_magazines(void) {
   sh_close(a);
 }
 
+/* A full partition names what other threads' magazines still hold. */
+typedef struct holder_s {
+  sh_arena_t *arena;
+  pthread_barrier_t *freed, *done;
+} holder_t;
+
+static void *free_and_wait(void *arg) {
+  holder_t *h = arg;
+  uint64_t off[8];
+  for (int i = 0; i < 8; i++) sh_alloc(h->arena, 0, SH_PART_COMM, 64, &off[i]);
+  for (int i = 0; i < 8; i++) sh_free(h->arena, off[i]);
+  pthread_barrier_wait(h->freed);
+  pthread_barrier_wait(h->done); /* alive, magazine full, until the main thread has looked */
+  return NULL;
+}
+
+static void test_full_names_other_magazines(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  pthread_barrier_t freed, done;
+  pthread_barrier_init(&freed, NULL, 2);
+  pthread_barrier_init(&done, NULL, 2);
+  holder_t h = {a, &freed, &done};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_wait, &h);
+  pthread_barrier_wait(&freed);
+  uint64_t big;
+  int rc = sh_alloc(a, 0, SH_PART_COMM, part_stats(a, SH_PART_COMM).capacity, &big);
+  CHECK("full", rc == SH_EFULL);
+  CHECK("the message names the blocks other threads keep", strstr(sh_last_error(), "8 freed block(s) wait in other threads"));
+  pthread_barrier_wait(&done);
+  pthread_join(t, NULL);
+  CHECK("after that thread exits they are free", sh_alloc(a, 0, SH_PART_COMM, part_stats(a, SH_PART_COMM).capacity, &big) == SH_OK);
+  sh_free(a, big);
+  CHECK("check", sh_check(a) == SH_OK);
+  pthread_barrier_destroy(&freed);
+  pthread_barrier_destroy(&done);
+  sh_close(a);
+}
+
 /* More threads than slots: the rest take the uncached path. */
 static void *churn(void *arg) {
   worker_t *w = arg;
@@ -348,6 +387,7 @@ int main(void) {
   test_recycle_under_cache();
   test_full_partition_takes_own_cache();
   test_magazines();
+  test_full_names_other_magazines();
 #if !defined(__SANITIZE_THREAD__)
   test_dead_process_slots();
 #endif
