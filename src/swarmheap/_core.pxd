@@ -14,6 +14,9 @@ cdef class CoreHeap:
     cdef bint created
     cdef Py_ssize_t exports
     cdef void *np_keeper  # set once a NumPy handler exists: it then owns the mapping's lifetime
+    # agent allocations left before Heap._note_allocation looks at the sweep
+    # thresholds (see heap.py); here so that agent.alloc() decrements a C field
+    cdef public Py_ssize_t _sweep_countdown
     cdef object __weakref__
 
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)

@@ -146,6 +146,7 @@ cdef class CoreHeap:
 
     def __cinit__(self):
         self.arena = NULL
+        self._sweep_countdown = 1
 
     def __init__(self):
         raise TypeError("use Heap.create(...) or Heap.attach(name)")
@@ -366,6 +367,36 @@ cdef class CoreHeap:
                     sh_free(self.arena, off)
                 _raise(rc)
         # the size class gives the usable size: no need to look the block up
+        return self._new_block(off, nbytes, oid, gen, sh_good_size(self.arena, nbytes), part)
+
+    def _agent_alloc(self, uint32_t oid, uint32_t gen, size, partition=_CONTEXT):
+        """Agent.alloc(): counts the allocation toward the young sweep (as
+        Heap._note_allocation, which it calls when the countdown runs out),
+        allocates for the agent, and on a full partition runs one full sweep
+        (Heap._relieve_pressure) and tries once more. One call from Python:
+        an agent's allocation costs about what the shared default's does."""
+        if self._sweep_countdown > 1:
+            self._sweep_countdown -= 1
+        else:
+            self._note_allocation()
+        self._check_open()
+        cdef uint64_t nbytes = _size_arg(size)
+        cdef int part = _part(partition)
+        cdef uint64_t off
+        cdef int rc, attempt
+        for attempt in range(2):
+            if sh_owner_generation(self.arena, oid) != gen:  # a sweep may have taken it
+                raise StaleBlock(f"agent {oid} (generation {gen}) was recycled", "SH_EOWNER")
+            rc = sh_alloc_nolock(self.arena, oid, <sh_partition_t>part, nbytes, &off)
+            if rc == SH_EAGAIN:
+                with nogil:
+                    rc = sh_alloc(self.arena, oid, <sh_partition_t>part, nbytes, &off)
+            if rc == SH_EFULL and attempt == 0:
+                self._relieve_pressure()
+                continue
+            if rc:
+                _raise(rc)
+            break
         return self._new_block(off, nbytes, oid, gen, sh_good_size(self.arena, nbytes), part)
 
     def renew_lease(self, block, lease):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap._core import Block
-from swarmheap.errors import AgentStateError, InvalidHandle, PartitionFull, StaleBlock
+from swarmheap.errors import AgentStateError, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
 if TYPE_CHECKING:
@@ -124,13 +124,9 @@ class Agent:
     # ---- memory ----
 
     def alloc(self, size: int | str, partition: str = "context") -> Block:
-        """A block charged to this agent (context partition by default)."""
-        self._heap._note_allocation()
-        try:
-            return self._heap.alloc(size, partition, owner=self)
-        except PartitionFull:
-            self._heap._relieve_pressure()
-            return self._heap.alloc(size, partition, owner=self)
+        """A block charged to this agent (context partition by default). A
+        full partition runs one full sweep before PartitionFull is raised."""
+        return self._heap._agent_alloc(self.id, self.generation, size, partition)
 
     def touch(self) -> None:
         """Mark the agent active now (idle time drives offloading)."""

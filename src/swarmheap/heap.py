@@ -165,8 +165,8 @@ class Heap(CoreHeap):
 
     # Counting agent allocations toward the young sweep, as CPython's gc counts
     # object allocations, runs on every agent.alloc(): the common case is one
-    # attribute decrement; the counts are brought up to date when it runs out.
-    _sweep_countdown = 1
+    # decrement of CoreHeap._sweep_countdown (in C, by CoreHeap._agent_alloc);
+    # the counts are brought up to date here when it runs out.
 
     def _note_allocation(self) -> None:
         left = self._sweep_countdown - 1
