@@ -55,6 +55,8 @@ cdef str _CONTEXT = PARTITIONS[0]
 cdef str _SHARED = PARTITIONS[1]
 cdef str _COMM = PARTITIONS[2]
 cdef str _SYSTEM = PARTITIONS[3]
+cdef uint64_t _HELD_OFFSET_MASK = (1 << 40) - 1
+cdef uint64_t _HELD_LENGTH_MASK = (1 << 23) - 1
 cdef dict _STATE_INDEX = {name: i for i, name in enumerate(OWNER_STATES)}
 _ATTACH_CODES = frozenset({SH_ETRUNCATED, SH_EMAGIC, SH_EVERSION, SH_ECHECKSUM, SH_ECORRUPT})
 
@@ -730,6 +732,62 @@ cdef class CoreHeap:
     def _np_live(self):
         """Allocations of this heap's NumPy handlers still live in this process."""
         return 0 if self.np_keeper == NULL else shnp_keeper_live(<shnp_keeper *>self.np_keeper)
+
+    # A held block's word: HELD | length << 40 | offset (swarmheap.h). The
+    # agent index lives in such a block; these two read and swap it in one
+    # call each, which is most of what spawn() and put() cost otherwise.
+
+    def _owner_held_read(self, uint32_t oid, uint32_t gen):
+        """The block the owner's user word holds, copied out between two reads
+        of the word that agree: (word, bytes); (0, b"") if it holds none; None
+        if that generation is gone. AgentStateError if the word kept changing."""
+        self._check_open()
+        cdef uint64_t word, again, off, length
+        cdef sh_block_info_t info
+        for _ in range(100):
+            if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+                return None
+            if not word & SH_USER_WORD_HELD:
+                return 0, b""
+            off = word & _HELD_OFFSET_MASK
+            length = (word >> 40) & _HELD_LENGTH_MASK
+            if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != 0
+                    or length > info.usable_size):
+                continue  # swapped and freed under us: read the new word
+            data = (<char *>self.base + off)[:length]
+            if sh_owner_user_word(self.arena, oid, gen, &again) != SH_OK:
+                return None
+            if again == word:
+                return word, data
+        raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
+
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes data):
+        """Copy ``data`` into a new block of the shared default's ``system``
+        and compare-and-set the owner's user word from ``expected`` to hold
+        it; the block ``expected`` held is then freed. False, with nothing
+        changed, if the word had moved on."""
+        self._check_open()
+        cdef Py_ssize_t length = len(data)
+        if length > _HELD_LENGTH_MASK:
+            raise ValueError(f"a held block is at most {_HELD_LENGTH_MASK} bytes, not {length}")
+        cdef uint64_t off
+        cdef int rc = sh_alloc_nolock(self.arena, 0, SH_PART_SYSTEM, <uint64_t>max(length, 1), &off)
+        if rc == SH_EAGAIN:
+            with nogil:
+                rc = sh_alloc(self.arena, 0, SH_PART_SYSTEM, <uint64_t>max(length, 1), &off)
+        if rc:
+            _raise(rc)
+        memcpy(self.base + off, <const char *>data, length)
+        cdef uint64_t desired = SH_USER_WORD_HELD | (<uint64_t>length << 40) | off
+        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, desired)
+        if rc:
+            sh_free(self.arena, off)
+            if rc == SH_ESTATE:
+                return False
+            _raise(rc)
+        if expected & SH_USER_WORD_HELD:
+            sh_free(self.arena, expected & _HELD_OFFSET_MASK)  # ours now; a bad word frees nothing
+        return True
 
     def _owner_word(self, uint32_t oid, uint32_t gen):
         """The owner's user word, or None if that generation of it is gone."""

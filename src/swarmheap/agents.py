@@ -30,7 +30,6 @@ _MAGIC = b"SHIX"
 _OFFSET_BITS = 40
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _LENGTH_MASK = (1 << 23) - 1
-_HELD = 1 << 63  # SH_USER_WORD_HELD in swarmheap.h
 
 
 def _index_handle(word: int) -> Handle:
@@ -209,43 +208,31 @@ class Agent:
 
     # ---- the index ----
 
-    def _index_word(self) -> int:
-        word = self._heap._owner_word(self.id, self.generation)
-        if word is None:
-            raise StaleBlock(f"agent {self.id} (generation {self.generation}) was recycled", "SH_EOWNER")
-        return word
+    def _read_index_word(self) -> tuple[int, tuple[str, float, dict[str, tuple[int, int]]]]:
+        """The index and the user word it was read under (0: no index yet)."""
+        for _ in range(100):
+            got = self._heap._owner_held_read(self.id, self.generation)
+            if got is None:
+                raise StaleBlock(f"agent {self.id} (generation {self.generation}) was recycled", "SH_EOWNER")
+            word, data = got
+            if not word:
+                return 0, (self.kind, 0.0, {})
+            try:
+                return word, _decode_index(data)
+            except (ValueError, UnicodeDecodeError, struct.error):
+                continue  # a block reused at the same place between the reads: read again
+        raise AgentStateError(f"agent {self.id}'s index keeps changing under concurrent updates")
 
     def _read_index(self) -> tuple[str, float, dict[str, tuple[int, int]]]:
-        for _ in range(100):
-            word = self._index_word()
-            if word == 0:
-                return self.kind, 0.0, {}
-            try:
-                blk = self._heap.resolve(_index_handle(word))
-                decoded = _decode_index(bytes(blk))
-            except (InvalidHandle, ValueError, UnicodeDecodeError, struct.error):
-                continue  # swapped under us: read the new one
-            if self._index_word() == word:
-                return decoded
-        raise AgentStateError(f"agent {self.id}'s index keeps changing under concurrent updates")
+        return self._read_index_word()[1]
 
     def _update_index(self, change: Any, lease_deadline: float | None = None) -> None:
         for _ in range(100):
-            word = self._index_word()
-            kind, lease, entries = self._read_index() if word else (self.kind, 0.0, {})
+            word, (kind, lease, entries) = self._read_index_word()
             change(entries)
             data = _encode_index(kind, lease if lease_deadline is None else lease_deadline, entries)
-            blk = self._heap.alloc(len(data), "system")
-            blk[:] = data
-            new_word = _HELD | (len(data) << _OFFSET_BITS) | blk.offset
-            if self._heap._owner_set_word(self.id, self.generation, word, new_word):
-                if word:
-                    try:
-                        self._heap.resolve(_index_handle(word)).free()
-                    except (InvalidHandle, StaleBlock):
-                        pass
+            if self._heap._owner_held_swap(self.id, self.generation, word, data):
                 return
-            blk.free()
         raise AgentStateError(f"agent {self.id}'s index keeps changing under concurrent updates")
 
     # ---- life ----
