@@ -24,6 +24,7 @@ cdef class CoreHeap:
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part)
+    cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
 
 
 cdef class Block:

@@ -371,12 +371,12 @@ cdef class CoreHeap:
         # the size class gives the usable size: no need to look the block up
         return self._new_block(off, nbytes, oid, gen, sh_good_size(self.arena, nbytes), part)
 
-    def _agent_alloc(self, uint32_t oid, uint32_t gen, size, partition=_CONTEXT):
-        """Agent.alloc(): counts the allocation toward the young sweep (as
-        Heap._note_allocation, which it calls when the countdown runs out),
-        allocates for the agent, and on a full partition runs one full sweep
-        (Heap._relieve_pressure) and tries once more. One call from Python:
-        an agent's allocation costs about what the shared default's does."""
+    cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition):
+        # Agent.alloc (agent_alloc below): counts the allocation toward the
+        # young sweep (as Heap._note_allocation, which it calls when the
+        # countdown runs out), allocates for the agent, and on a full
+        # partition runs one full sweep (Heap._relieve_pressure) and tries
+        # once more.
         if self._sweep_countdown > 1:
             self._sweep_countdown -= 1
         else:
@@ -880,6 +880,21 @@ cdef class CoreHeap:
     def _deferred_recycled(self, uint32_t oid, uint32_t gen):
         """Called when the last pin of a completed owner dropped in this
         process; the agent layer overrides it to fire its hooks."""
+
+
+cdef class AgentCore:
+    """What an agent's hot path needs, in C fields: its heap, owner id and
+    generation. Agent (agents.py) builds the rest on it."""
+
+    cdef public object _heap
+    cdef public uint32_t id
+    cdef public uint32_t generation
+
+    def alloc(self, size, partition=_CONTEXT):
+        """A block of ``size`` bytes charged to this agent (``context`` by
+        default). A full partition runs one full sweep before PartitionFull
+        is raised."""
+        return (<CoreHeap?>self._heap)._agent_alloc(self.id, self.generation, size, partition)
 
 
 cdef dict _agent_stats(sh_owner_info_t *oi, str kind, uint64_t page):

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from swarmheap._core import Block
+from swarmheap._core import AgentCore
 from swarmheap.errors import AgentStateError, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
@@ -70,13 +70,15 @@ def _decode_index(data: bytes) -> tuple[str, float, dict[str, tuple[int, int]]]:
     return kind, lease, entries
 
 
-class Agent:
+class Agent(AgentCore):
     """An owner heap: its own pages per size class, its own accounting, its
     named entries. Get one from ``heap.spawn(kind)`` or, in any process of the
     heap, ``heap.agent(agent_id)``. ``with heap.spawn(...) as agent:``
     completes it on exit."""
 
-    __slots__ = ("_heap", "_hooks", "generation", "id", "kind")
+    # _heap, id and generation are AgentCore's C fields, as is alloc()
+    __slots__ = ("_hooks", "kind")
+    _heap: Heap
 
     def __init__(self, heap: Heap, agent_id: int, generation: int, kind: str) -> None:
         self._heap = heap
@@ -121,11 +123,6 @@ class Agent:
             raise StaleBlock(f"agent {self.id} (generation {self.generation}) was recycled", "SH_EOWNER")
 
     # ---- memory ----
-
-    def alloc(self, size: int | str, partition: str = "context") -> Block:
-        """A block charged to this agent (context partition by default). A
-        full partition runs one full sweep before PartitionFull is raised."""
-        return self._heap._agent_alloc(self.id, self.generation, size, partition)
 
     def touch(self) -> None:
         """Mark the agent active now (idle time drives offloading)."""
