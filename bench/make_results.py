@@ -45,7 +45,8 @@ def render(results: dict[str, Any], json_name: str) -> str:
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, NumPy {m['numpy']}. "
         f"Each figure is the median of {results['repeats']} repeats (min and max beside it), "
-        "with every case of a workload run alternately inside each repeat. "
+        "with every case of a workload run alternately inside each repeat, the interpreter settled "
+        "(a few timer reads and a short loop) between a case's setup and its timed run. "
         "A ratio is swarmheap's median time over the peer's: below 1.0 swarmheap is faster.",
         "",
         "## Workloads",

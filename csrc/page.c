@@ -240,8 +240,13 @@ static void sh_list_unlink(sh_arena_t *a, uint32_t pi, _Atomic uint32_t *bin, ui
 }
 
 /* Hands a page (or a run) back to the partition, leaving its list links and
- * the page counters to the caller; returns how many pages it freed. */
-static uint32_t sh_page_drop_locked(sh_arena_t *a, uint32_t pi) {
+ * the page counters to the caller; returns how many pages it freed. With
+ * `defer_bit` the caller clears the page's own bit in the bitmap (before it
+ * unlocks). */
+static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_bit);
+static uint32_t sh_page_drop_locked(sh_arena_t *a, uint32_t pi) { return sh_page_drop_bits_locked(a, pi, false); }
+
+static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_bit) {
   sh_page_t *pg = &a->pages[pi];
   uint32_t state = sh_atomic_load_relaxed(&pg->state), n = 1;
   if (state == SH_PAGE_LARGE) {
@@ -260,7 +265,7 @@ static uint32_t sh_page_drop_locked(sh_arena_t *a, uint32_t pi) {
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
   sh_atomic_store_release(&pg->head, sh_head_make(0, 0, tag));
   sh_atomic_store_release(&pg->state, SH_PAGE_FREE);
-  sh_bit_set(a, pi, false);
+  if (!defer_bit) sh_bit_set(a, pi, false);
   return n;
 }
 
@@ -278,7 +283,8 @@ void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
 }
 
 uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_owner_info_t *final) {
-  uint64_t pages = 0;
+  uint64_t pages = 0, mask = 0;
+  uint32_t word = UINT32_MAX;
   for (uint32_t pi = first, next; pi != SH_NIL; pi = next) {
     /* An owner's pages mostly came from one first-fit scan, so its list,
      * newest first, runs down through consecutive descriptors: fetching the
@@ -287,8 +293,18 @@ uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_own
     next = a->pages[pi].next;
     if (final) _sh_info_add_page(a, pi, part, final);
     a->pages[pi].next = a->pages[pi].prev = SH_NIL;
-    pages += sh_page_drop_locked(a, pi);
+    uint32_t freed = sh_page_drop_bits_locked(a, pi, true);
+    pages += freed;
+    if (!freed) continue;
+    /* the same consecutive pages share bitmap words: one atomic per word */
+    if (pi / 64 != word) {
+      if (mask) sh_atomic_and_relaxed(&a->bitmap[word], ~mask);
+      word = pi / 64;
+      mask = 0;
+    }
+    mask |= 1ull << (pi % 64);
   }
+  if (mask) sh_atomic_and_relaxed(&a->bitmap[word], ~mask);
   return pages;
 }
 

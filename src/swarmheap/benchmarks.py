@@ -5,6 +5,10 @@ pytest-benchmark suite in `bench/`. A workload is a set of cases doing the
 same job: ours first, then the peers. Every case's `run` is timed alone; its
 `setup` and `teardown` are not. Cases run alternately within each repeat (the
 order flips every repeat), so drift of the machine lands on all of them.
+Between a case's setup and its timed run the interpreter settles (a few
+timer reads and a short loop, touching nothing of the case), so a run of a
+few microseconds after a setup that streamed megabytes does not time the
+interpreter's own code coming back into cache.
 Times are per operation; a ratio is our median time over the peer's, so
 below 1.0 means faster than the peer.
 """
@@ -457,6 +461,13 @@ class CaseResult:
         }
 
 
+def _settle() -> None:
+    """Bring the interpreter's own hot paths back into cache (see the module doc)."""
+    for _ in range(3):
+        time.perf_counter_ns()
+    sum(range(200))
+
+
 def measure(workload: Workload, repeats: int, tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Time every case of a workload `repeats` times, alternating, after one warm-up run each."""
     results = [CaseResult(c.label, c.ops) for c in workload.cases]
@@ -467,6 +478,7 @@ def measure(workload: Workload, repeats: int, tick: Callable[[], None] = lambda:
         for i in order:
             case = workload.cases[i]
             state = case.setup()
+            _settle()
             t0 = time.perf_counter_ns()
             case.run(state)
             elapsed = time.perf_counter_ns() - t0
