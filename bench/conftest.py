@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarmheap.benchmarks import Env
+from swarmheap.benchmarks import Env, quiet_blas
 
 
 @pytest.fixture(scope="session")
 def env() -> Iterator[Env]:
-    with Env(quick=True) as e:
+    with quiet_blas(), Env(quick=True) as e:
         yield e

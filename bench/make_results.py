@@ -43,7 +43,8 @@ def render(results: dict[str, Any], json_name: str) -> str:
         f"python bench/make_results.py {json_name} > bench/RESULTS.md",
         "```",
         "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, NumPy {m['numpy']}. "
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, NumPy {m['numpy']}"
+        f" (BLAS threads: {m.get('blas_threads', 'default')}). "
         f"Each figure is the median of {results['repeats']} repeats (min and max beside it), "
         "with every case of a workload run alternately inside each repeat, the interpreter settled "
         "(a few timer reads and a short loop) between a case's setup and its timed run. "

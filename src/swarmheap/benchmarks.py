@@ -15,6 +15,7 @@ below 1.0 means faster than the peer.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import multiprocessing as mp
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -557,6 +558,28 @@ def _progress(total: int) -> tuple[Callable[[str], None], Callable[[], None], Ca
     return (lambda name: bar.update(task, description=name)), (lambda: bar.advance(task)), bar.stop
 
 
+@contextlib.contextmanager
+def quiet_blas() -> Iterator[str]:
+    """NumPy's BLAS keeps worker threads that spin between calls. On a small
+    machine they take CPU from the workloads timed in single microsecond-long
+    runs (here a recycle measured 28 us instead of 8 over a long run). No
+    workload uses BLAS, so for the run it gets one thread (threadpoolctl, in
+    the bench extra) and helper processes start with OPENBLAS_NUM_THREADS=1.
+    Yields what was done, for the results."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # children import NumPy afresh
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print(
+            "note: NumPy's BLAS threads keep their default (install 'swarmheap[bench]' for threadpoolctl)",
+            file=sys.stderr,
+        )
+        yield "default"
+        return
+    with threadpool_limits(limits=1):
+        yield "1"
+
+
 def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> dict[str, Any]:
     """Run the workloads (all, or `only` one) and return the JSON-ready results."""
     repeats = 5 if quick else 15
@@ -574,7 +597,8 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
         "workloads": [],
         "c_core": None,
     }
-    with Env(quick) as env:
+    with quiet_blas() as blas_threads, Env(quick) as env:
+        out["machine"]["blas_threads"] = blas_threads
         every = workloads(env)
         chosen = [w for w in every if only in (None, w.name)]
         names = [w.name for w in every] + ["c_core"]
