@@ -767,14 +767,15 @@ cdef class CoreHeap:
         it; the block ``expected`` held is then freed. False, with nothing
         changed, if the word had moved on."""
         self._check_open()
-        cdef Py_ssize_t length = len(data)
+        cdef uint64_t length = <uint64_t>len(data)
         if length > _HELD_LENGTH_MASK:
             raise ValueError(f"a held block is at most {_HELD_LENGTH_MASK} bytes, not {length}")
         cdef uint64_t off
-        cdef int rc = sh_alloc_nolock(self.arena, 0, SH_PART_SYSTEM, <uint64_t>max(length, 1), &off)
+        cdef uint64_t nbytes = length if length else 1
+        cdef int rc = sh_alloc_nolock(self.arena, 0, SH_PART_SYSTEM, nbytes, &off)
         if rc == SH_EAGAIN:
             with nogil:
-                rc = sh_alloc(self.arena, 0, SH_PART_SYSTEM, <uint64_t>max(length, 1), &off)
+                rc = sh_alloc(self.arena, 0, SH_PART_SYSTEM, nbytes, &off)
         if rc:
             _raise(rc)
         memcpy(self.base + off, <const char *>data, length)
