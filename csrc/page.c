@@ -139,10 +139,9 @@ SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t
 
 /* On the page's shared stack, or on the stack of the thread that caches it. */
 static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
-  const uint32_t *link = _sh_link_at(a, pi, top);
-  if (__atomic_load_n(&link[0], __ATOMIC_RELAXED) == SH_MAG_MARK &&
-      _sh_mag_holds(a, (int)pg->partition, (int)sh_atomic_load_relaxed(&pg->sclass),
-                    ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT)))
+  uint64_t offset = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
+  if (_sh_mag_marked(_sh_link_at(a, pi, top), (uint32_t)(offset >> SH_UNIT_SHIFT)) &&
+      _sh_mag_holds(a, (int)pg->partition, (int)sh_atomic_load_relaxed(&pg->sclass), offset))
     return true;
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   if (sh_stack_holds(a, pi, sh_head_top(head), sh_atomic_load_relaxed(&pg->capacity) + 1, top)) return true;
@@ -470,8 +469,8 @@ __attribute__((always_inline)) static inline bool sh_mag_push(sh_arena_t *a, sh_
   uint32_t n = sh_atomic_load_relaxed(&m->count);
   uint32_t *link = (uint32_t *)(a->base + offset);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
-  if (n >= a->mag_cap || _sh_link_looks_free(link, key)) return false;
   uint32_t unit = (uint32_t)(offset >> SH_UNIT_SHIFT);
+  if (n >= a->mag_cap || _sh_link_looks_free(link, key, unit)) return false;
   _sh_mag_mark(link, unit);
   sh_track_free(a, link, cls->size);
   sh_atomic_store_relaxed(&m->unit[n], unit);
@@ -1045,7 +1044,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     sh_tc_entry_t *e;
     sh_tc_way_t *way = sh_my_way(a, slot, pg, pi, claim, c, &e);
     if (way) {
-      if (sh_unlikely(_sh_link_looks_free(link, key)) &&
+      if (sh_unlikely(_sh_link_looks_free(link, key, (uint32_t)(offset >> SH_UNIT_SHIFT))) &&
           sh_block_is_free(a, pg, pi, top))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
       uint64_t local = sh_atomic_load_relaxed(&way->local);
@@ -1056,7 +1055,8 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
       return SH_OK;
     }
   }
-  if (sh_unlikely(_sh_link_looks_free(link, key)) && sh_block_is_free(a, pg, pi, top))
+  if (sh_unlikely(_sh_link_looks_free(link, key, (uint32_t)(offset >> SH_UNIT_SHIFT))) &&
+      sh_block_is_free(a, pg, pi, top))
     return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
   uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
   do {
@@ -1100,7 +1100,7 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, key = sh_atomic_load_relaxed(&pg->key);
   uint32_t *link = _sh_link_at(a, pi, top);
   uint64_t local = sh_atomic_load_relaxed(&way->local);
-  if (sh_unlikely(_sh_link_looks_free(link, key) ||
+  if (sh_unlikely(_sh_link_looks_free(link, key, (uint32_t)(offset >> SH_UNIT_SHIFT)) ||
                   sh_local_count(local) >= cls->capacity))
     return false;
   sh_way_push(a, b->slot, e, way, link, top, key, local, cls->size);
@@ -1132,7 +1132,7 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1, bit = (top - 1) & 4095;
     uint32_t *link = _sh_link_at(a, pi, top);
     if ((seen[bit / 64] >> (bit % 64)) & 1) break;
-    if (_sh_link_looks_free(link, key)) break;
+    if (_sh_link_looks_free(link, key, (uint32_t)(off >> SH_UNIT_SHIFT))) break;
     seen[bit / 64] |= 1ull << (bit % 64);
     _sh_link_write(link, chain_top, key);
     if (!tail_link) tail_link = link;
@@ -1291,7 +1291,8 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
       return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
     uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
     const uint32_t *link = _sh_link_at(a, pi, top);
-    if (_sh_link_looks_free(link, sh_atomic_load_relaxed(&pg->key)) && sh_block_is_free(a, (sh_page_t *)pg, pi, top))
+    if (_sh_link_looks_free(link, sh_atomic_load_relaxed(&pg->key), (uint32_t)(offset >> SH_UNIT_SHIFT)) &&
+        sh_block_is_free(a, (sh_page_t *)pg, pi, top))
       return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);
     info->size_class = c;
     info->usable_size = a->classes[c].size;

@@ -280,7 +280,15 @@ static void test_magazines(void) {
   CHECK("an agent's block is not a magazine block", sh_alloc(a, id, SH_PART_SHARED, 100, &o1) == SH_OK && o1 != z);
   CHECK("recycle", sh_owner_recycle(a, id, gen) == SH_OK);
   CHECK("flush gives them back", sh_thread_flush(a) == SH_OK && sh_alloc(a, 0, SH_PART_SHARED, 100, &o1) == SH_OK);
-  sh_free(a, o1);
+  /* live data that looks like a mark is still just data */
+  uint32_t *words = sh_ptr(a, o1);
+  words[0] = SH_MAG_MARK;
+  CHECK("a live block starting with the mark's first word frees", sh_free(a, o1) == SH_OK);
+  CHECK("alloc", sh_alloc(a, 0, SH_PART_SHARED, 100, &o1) == SH_OK);
+  words = sh_ptr(a, o1);
+  words[0] = SH_MAG_MARK;
+  words[1] = ~(uint32_t)(o1 >> 4);
+  CHECK("even one holding a whole mark frees (no magazine holds it)", sh_free(a, o1) == SH_OK);
   sh_close(a);
 
   /* a flush meets a block written after its free: kept out, page quarantined */
