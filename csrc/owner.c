@@ -1,5 +1,4 @@
 /* Owners: the table, recycle in O(pages), pins, states. */
-#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -256,6 +255,18 @@ static void sh_info_bytes(const sh_arena_t *a, uint32_t id, sh_owner_info_t *inf
   }
 }
 
+/* Owner 0's live bytes: its pages' figures less what the magazines hold. */
+static void sh_info_default_bytes(const sh_arena_t *a, sh_owner_info_t *info) {
+  memset(info->bytes, 0, sizeof info->bytes);
+  info->blocks = 0;
+  sh_info_bytes(a, SH_OWNER_DEFAULT, info);
+  for (int p = 0; p < SH_NPARTITIONS; p++) {
+    uint64_t bytes = 0, n = _sh_mag_held(a, p, -1, &bytes);
+    info->bytes[p] -= bytes < info->bytes[p] ? bytes : info->bytes[p];
+    info->blocks -= n < info->blocks ? n : info->blocks;
+  }
+}
+
 int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   sh_info_header(a, id, info);
@@ -264,23 +275,7 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
     sh_info_bytes(a, id, info);
   } else {
     /* the shared default's blocks in magazines are free (see stats.c) */
-    for (int attempt = 0; attempt < 4096; attempt++) {
-      bool busy, again;
-      uint64_t seq = _sh_mag_seq(a, &busy);
-      if (busy && attempt < 4095) {
-        if (attempt >= 64) sched_yield();
-        continue;
-      }
-      memset(info->bytes, 0, sizeof info->bytes);
-      info->blocks = 0;
-      sh_info_bytes(a, id, info);
-      for (int p = 0; p < SH_NPARTITIONS; p++) {
-        uint64_t bytes = 0, n = _sh_mag_held(a, p, -1, &bytes);
-        info->bytes[p] -= bytes < info->bytes[p] ? bytes : info->bytes[p];
-        info->blocks -= n < info->blocks ? n : info->blocks;
-      }
-      if (attempt == 4095 || _sh_mag_seq(a, &again) == seq) break;
-    }
+    SH_MAG_EXACT(a, sh_info_default_bytes(a, info));
   }
   sh_info_add_held(a, info->user_word, info);
   return SH_OK;

@@ -376,11 +376,18 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   return SH_OK;
 }
 
-static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
+/* Flags a page whose memory was written after a free: check() reports it and
+ * its blocks are not trusted again. Takes the page's partition lock. */
+static void sh_page_quarantine(sh_arena_t *a, uint32_t pi) {
+  int part = (int)a->pages[pi].partition;
   _sh_part_lock(a, part);
-  sh_page_t *pg = &a->pages[pi];
-  sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
+  sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
   _sh_part_unlock(a, part);
+}
+
+static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
+  sh_page_quarantine(a, pi);
+  sh_page_t *pg = &a->pages[pi];
   return _sh_fail(SH_ECORRUPT,
                   "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
                   "a block was written after it was freed; the page is quarantined",
@@ -490,10 +497,7 @@ static int sh_mag_damaged(sh_arena_t *a, sh_tslot_t *slot, int part, int c, bool
   uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
   sh_atomic_store_relaxed(&m->count, n - 1);
   _sh_mag_uncount_free(a, slot, m); /* it is lost, not freed */
-  uint32_t pi = (uint32_t)(off >> a->page_shift);
-  _sh_part_lock(a, part);
-  sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
-  _sh_part_unlock(a, part);
+  sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
   return _sh_fail(SH_ECORRUPT,
                   "block at offset %llu (partition '%s', %u bytes) was written after it was freed; "
                   "it is dropped and its page quarantined",
@@ -514,10 +518,7 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
     if (!_sh_mag_marked(link, unit)) {
       /* written after its free, and nobody to tell now: the block stays out
        * and its page is quarantined, so check() reports it */
-      uint32_t pi = (uint32_t)(off >> a->page_shift);
-      _sh_part_lock(a, (int)a->pages[pi].partition);
-      sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
-      _sh_part_unlock(a, (int)a->pages[pi].partition);
+      sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
       continue;
     }
     __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* unmarked: the free below takes it */
@@ -849,6 +850,8 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
     return may_lock ? sh_alloc_large(a, owner, part, size, offset, fresh) : SH_EAGAIN;
   }
   sh_tslot_t *slot = _sh_tc_slot(a, true);
+  /* again here: the fast path reads only the front binding, and a damaged
+   * block is reported from here */
   if (owner == SH_OWNER_DEFAULT && (uint32_t)c < a->mag_classes && slot != NULL) {
     int got = sh_mag_pop(a, slot, part, c, offset);
     if (got == SH_MAG_HIT) return SH_OK;

@@ -12,6 +12,8 @@
 #ifndef SH_TCACHE_H
 #define SH_TCACHE_H
 
+#include <sched.h>
+
 #include "sh_internal.h"
 
 typedef struct sh_tc_binding_s {
@@ -78,6 +80,22 @@ sh_internal bool _sh_mag_holds(const sh_arena_t *arena, int part, int c, uint64_
 /* Sum of every slot's mag_seq; sets *busy when a flush is under way. A reader
  * that wants exact figures reads it before and after. */
 sh_internal uint64_t _sh_mag_seq(const sh_arena_t *arena, bool *busy);
+/* Runs `body` (a read of page figures minus what magazines hold) until no
+ * magazine flush overlapped it: a flush moves blocks from a magazine to their
+ * pages, and a read across one could count them twice or not at all. Bounded,
+ * as the pages' own flush wait, so figures read right after a thread exits
+ * are exact. */
+#define SH_MAG_EXACT(arena, body)                                        \
+  for (int attempt_ = 0; attempt_ < 4096; attempt_++) {                 \
+    bool busy_, again_;                                                  \
+    uint64_t seq_ = _sh_mag_seq((arena), &busy_);                        \
+    if (busy_ && attempt_ < 4095) {                                      \
+      if (attempt_ >= 64) sched_yield();                                 \
+      continue;                                                          \
+    }                                                                    \
+    body;                                                                \
+    if (attempt_ == 4095 || _sh_mag_seq((arena), &again_) == seq_) break; \
+  }
 
 /* The calling thread's slot in this arena; binds one when `create`. */
 static inline sh_tslot_t *_sh_tc_slot(sh_arena_t *a, bool create) {

@@ -183,11 +183,12 @@ _Static_assert(sizeof(sh_tslot_t) == SH_CACHE_LINE, "slot header is one cache li
 /* ---- Magazines (Bonwick) ------------------------------------------------------
  * The shared default's small blocks (owner 0, classes up to 1 KiB) freed by a
  * thread wait in an array in its slot, one per (partition, class), for its
- * next allocation of that class. A pop reads the array, not the block: the
- * block's memory is only written. The page still counts a magazine's blocks
- * as handed out, so it never retires under them; stats and check count them
- * as free. A block in a magazine carries SH_MAG_MARK in its link words, so a
- * second free of it is caught (see sh_block_is_free). Owner 0 only: it is
+ * next allocation of that class. A pop takes the offset from the array, not
+ * from a link in the block. The page still counts a magazine's blocks as
+ * handed out, so it never retires under them; stats and check count them as
+ * free. A block in a magazine carries a mark in its link words (SH_MAG_MARK
+ * and its own offset / 16, inverted), so a second free of it is caught (see
+ * sh_block_is_free) and a write after its free is reported by the pop. Owner 0 only: it is
  * never recycled, so no other process ever has to take a block back out of a
  * thread's magazine. The arrays hold offsets / 16 in 32 bits: arenas above
  * 64 GiB have no magazines. */

@@ -1,6 +1,5 @@
 /* Statistics (read without stopping anyone) and the full consistency check. */
 #include <stdlib.h>
-#include <sched.h>
 #include <string.h>
 
 #include "sh_tcache.h"
@@ -49,29 +48,13 @@ static void sh_sum_counters(const sh_arena_t *a, int part, int c, uint64_t *allo
 }
 
 /* Stats count a block in a magazine as free, though its page counts it as
- * handed out: they subtract what the magazines hold. A flush moves blocks
- * from a magazine to their pages while we read; a read that overlapped one
- * is read again (bounded, as the pages' own flush wait), so figures right
- * after a thread exits are exact. */
-#define SH_MAG_READ(body)                                    \
-  for (int attempt_ = 0; attempt_ < 4096; attempt_++) {     \
-    bool busy_;                                              \
-    uint64_t seq_ = _sh_mag_seq(a, &busy_);                  \
-    if (busy_ && attempt_ < 4095) {                          \
-      if (attempt_ >= 64) sched_yield();                     \
-      continue;                                              \
-    }                                                        \
-    body;                                                    \
-    bool again_;                                             \
-    if (attempt_ == 4095 || _sh_mag_seq(a, &again_) == seq_) break; \
-  }
-
+ * handed out: they subtract what the magazines hold (SH_MAG_EXACT). */
 static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_t *st);
 
 int sh_partition_stats(const sh_arena_t *a, sh_partition_t partition, sh_partition_stats_t *st) {
   int part = (int)partition;
   if ((unsigned)part >= SH_NPARTITIONS) return _sh_fail(SH_EINVAL, "partition %d does not exist", part);
-  SH_MAG_READ(sh_partition_read(a, part, st));
+  SH_MAG_EXACT(a, sh_partition_read(a, part, st));
   return SH_OK;
 }
 
@@ -107,7 +90,7 @@ static void sh_class_read(const sh_arena_t *a, int c, sh_class_stats_t *st);
 int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
   if (c < 0 || c >= (int)a->nclasses)
     return _sh_fail(SH_EINVAL, "size class %d does not exist (0..%u)", c, a->nclasses - 1);
-  SH_MAG_READ(sh_class_read(a, c, st));
+  SH_MAG_EXACT(a, sh_class_read(a, c, st));
   return SH_OK;
 }
 

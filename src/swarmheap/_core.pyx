@@ -79,6 +79,25 @@ cdef int _part(object partition) except -1:
         raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}") from None
 
 
+# The core's _nolock calls never wait: on SH_EAGAIN (the call needs a lock)
+# the locking call runs again with the GIL released.
+cdef inline int _alloc_off(sh_arena_t *arena, uint32_t oid, sh_partition_t part, uint64_t nbytes,
+                           uint64_t *off) noexcept:
+    cdef int rc = sh_alloc_nolock(arena, oid, part, nbytes, off)
+    if rc == SH_EAGAIN:
+        with nogil:
+            rc = sh_alloc(arena, oid, part, nbytes, off)
+    return rc
+
+
+cdef inline int _free_off(sh_arena_t *arena, uint64_t off) noexcept:
+    cdef int rc = sh_free_nolock(arena, off)
+    if rc == SH_EAGAIN:
+        with nogil:
+            rc = sh_free(arena, off)
+    return rc
+
+
 cdef int _raise(int rc, bint attaching=False) except -1:
     """Turn a C status into the named exception, with the core's message."""
     message = sh_last_error().decode("utf-8", "replace")
@@ -355,10 +374,7 @@ cdef class CoreHeap:
                 raise ValueError("only blocks of the shared default (owner=None) take a lease: "
                                  "an agent's blocks go back with the agent, so give the agent the lease")
         cdef uint64_t off
-        cdef int rc = sh_alloc_nolock(self.arena, oid, <sh_partition_t>part, nbytes, &off)
-        if rc == SH_EAGAIN:
-            with nogil:
-                rc = sh_alloc(self.arena, oid, <sh_partition_t>part, nbytes, &off)
+        cdef int rc = _alloc_off(self.arena, oid, <sh_partition_t>part, nbytes, &off)
         if rc:
             _raise(rc)
         if deadline:
@@ -372,7 +388,7 @@ cdef class CoreHeap:
         return self._new_block(off, nbytes, oid, gen, sh_good_size(self.arena, nbytes), part)
 
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition):
-        # Agent.alloc (agent_alloc below): counts the allocation toward the
+        # AgentCore.alloc: counts the allocation toward the
         # young sweep (as Heap._note_allocation, which it calls when the
         # countdown runs out), allocates for the agent, and on a full
         # partition runs one full sweep (Heap._relieve_pressure) and tries
@@ -389,10 +405,7 @@ cdef class CoreHeap:
         for attempt in range(2):
             if sh_owner_generation(self.arena, oid) != gen:  # a sweep may have taken it
                 raise StaleBlock(f"agent {oid} (generation {gen}) was recycled", "SH_EOWNER")
-            rc = sh_alloc_nolock(self.arena, oid, <sh_partition_t>part, nbytes, &off)
-            if rc == SH_EAGAIN:
-                with nogil:
-                    rc = sh_alloc(self.arena, oid, <sh_partition_t>part, nbytes, &off)
+            rc = _alloc_off(self.arena, oid, <sh_partition_t>part, nbytes, &off)
             if rc == SH_EFULL and attempt == 0:
                 self._relieve_pressure()
                 continue
@@ -487,10 +500,7 @@ cdef class CoreHeap:
         cdef int rc = 0
         cdef sh_arena_t *arena = self.arena
         for i in range(count):
-            rc = sh_alloc_nolock(arena, oid, part, nbytes, &offs[i])
-            if rc == SH_EAGAIN:
-                with nogil:
-                    rc = sh_alloc(arena, oid, part, nbytes, &offs[i])
+            rc = _alloc_off(arena, oid, part, nbytes, &offs[i])
             if rc:
                 message_rc = rc
                 for j in range(i):
@@ -524,10 +534,7 @@ cdef class CoreHeap:
         cdef Py_ssize_t i
         cdef int rc
         for i in range(offs.shape[0]):
-            rc = sh_free_nolock(self.arena, offs[i])
-            if rc == SH_EAGAIN:
-                with nogil:
-                    rc = sh_free(self.arena, offs[i])
+            rc = _free_off(self.arena, offs[i])
             if rc:
                 _raise(rc)
 
@@ -686,18 +693,6 @@ cdef class CoreHeap:
         if rc:
             _raise(rc)
 
-    def _owner_set_word(self, uint32_t oid, uint32_t gen, uint64_t expected, uint64_t desired):
-        """Compare-and-set the owner's user word; False if it had changed."""
-        self._check_open()
-        cdef int rc = sh_owner_set_user_word(self.arena, oid, gen, expected, desired)
-        if rc == SH_ESTATE:
-            return False
-        if rc:
-            _raise(rc)
-        return True
-
-    # ---- NumPy data-memory handler (see np_handler.h) -----------------------
-
     def _np_handler(self, owner, partition, bint fallback):
         """A new "mem_handler" capsule serving ``partition`` for ``owner``."""
         self._check_open()
@@ -772,10 +767,7 @@ cdef class CoreHeap:
             raise ValueError(f"a held block is at most {_HELD_LENGTH_MASK} bytes, not {length}")
         cdef uint64_t off
         cdef uint64_t nbytes = length if length else 1
-        cdef int rc = sh_alloc_nolock(self.arena, 0, SH_PART_SYSTEM, nbytes, &off)
-        if rc == SH_EAGAIN:
-            with nogil:
-                rc = sh_alloc(self.arena, 0, SH_PART_SYSTEM, nbytes, &off)
+        cdef int rc = _alloc_off(self.arena, 0, SH_PART_SYSTEM, nbytes, &off)
         if rc:
             _raise(rc)
         memcpy(self.base + off, <const char *>data, length)
@@ -789,14 +781,6 @@ cdef class CoreHeap:
         if expected & SH_USER_WORD_HELD:
             sh_free(self.arena, expected & _HELD_OFFSET_MASK)  # ours now; a bad word frees nothing
         return True
-
-    def _owner_word(self, uint32_t oid, uint32_t gen):
-        """The owner's user word, or None if that generation of it is gone."""
-        self._check_open()
-        cdef uint64_t word
-        if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
-            return None
-        return word
 
     def _owner_generation(self, uint32_t oid):
         self._check_open()
@@ -1012,10 +996,7 @@ cdef class Block:
             raise BufferError(
                 f"cannot free: {self.exports} exported buffer(s) (memoryview, numpy array) still point at the block")
         self._check_live()
-        cdef int rc = sh_free_nolock(self.heap.arena, self.offset)
-        if rc == SH_EAGAIN:
-            with nogil:
-                rc = sh_free(self.heap.arena, self.offset)
+        cdef int rc = _free_off(self.heap.arena, self.offset)
         if rc:
             _raise(rc)
         self.freed = True

@@ -27,13 +27,6 @@ __all__ = ["Agent", "kind_id"]
 _HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, reserved
 _ENTRY = struct.Struct("<HQQ")  # name length, offset, size
 _MAGIC = b"SHIX"
-_OFFSET_BITS = 40
-_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
-_LENGTH_MASK = (1 << 23) - 1
-
-
-def _index_handle(word: int) -> Handle:
-    return Handle(word & _OFFSET_MASK, (word >> _OFFSET_BITS) & _LENGTH_MASK, 0, 1)
 
 
 _MAX_NAME = 1024
@@ -286,12 +279,15 @@ def read_lease(heap: Heap, agent_id: int, generation: int, word: int) -> float:
     if word == 0:
         return 0.0
     try:
-        blk = heap.resolve(_index_handle(word))
-        magic, _, _, deadline, _, _ = _HEADER.unpack_from(bytes(blk[: _HEADER.size]), 0)
-    except (InvalidHandle, StaleBlock, struct.error):
+        got = heap._owner_held_read(agent_id, generation)
+    except AgentStateError:
         return 0.0
     # the block is read only if it still is this agent's index: one freed by
     # an update and handed out again must not decide a reclaim
-    if magic != _MAGIC or heap._owner_word(agent_id, generation) != word:
+    if got is None or got[0] != word:
         return 0.0
-    return float(deadline)
+    try:
+        magic, _, _, deadline, _, _ = _HEADER.unpack_from(got[1], 0)
+    except struct.error:
+        return 0.0
+    return float(deadline) if magic == _MAGIC else 0.0
