@@ -69,8 +69,9 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
                   ((uint64_t)SH_NPARTITIONS * sh_mag_classes(arena_size, nclasses) << sh_mag_shift(arena_size));
   off += (uint64_t)nslots * l->tslot_size;
   l->leases_off = off = sh_align_up(off, SH_CACHE_LINE);
-  l->lease_cap = 64; /* two entries per owner slot, at least 64, a power of two */
-  while (l->lease_cap < 2ull * max_owners) l->lease_cap *= 2;
+  /* leases and handle tags: an entry per owner slot, at least 256, a power of two */
+  l->lease_cap = 256;
+  while (l->lease_cap < max_owners) l->lease_cap *= 2;
   off += l->lease_cap * sizeof(sh_lease_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);

@@ -1,4 +1,7 @@
-/* Leases on blocks of the shared default owner (owner 0). An agent's memory
+/* The block table: leases on blocks of the shared default owner (owner 0),
+ * and the tags of blocks whose handles were handed out (see swarmheap.h).
+ *
+ * Leases. An agent's memory
  * goes back with the agent; a block of owner 0 belongs to nobody in
  * particular, so one its holder forgot, or whose holder died, would stay
  * forever. A lease says when it may be taken back: a sweep frees every block
@@ -20,13 +23,17 @@ static inline uint64_t sh_lease_home(const sh_arena_t *a, uint64_t key) {
 /* Index of the entry for `key`, or of the empty slot where it would go. */
 static uint64_t sh_lease_find(const sh_arena_t *a, uint64_t key) {
   uint64_t i = sh_lease_home(a, key);
-  while (a->leases[i].key != 0 && a->leases[i].key != key) i = (i + 1) & a->lease_mask;
+  /* bounded: a damaged table with no empty slot must not hang the caller */
+  for (uint64_t steps = 0; steps <= a->lease_mask; steps++) {
+    if (a->leases[i].key == 0 || a->leases[i].key == key) return i;
+    i = (i + 1) & a->lease_mask;
+  }
   return i;
 }
 
 static void sh_lease_delete_at(sh_arena_t *a, uint64_t i) {
   uint64_t j = i;
-  for (;;) {
+  for (uint64_t steps = 0; steps < a->lease_mask; steps++) {
     j = (j + 1) & a->lease_mask;
     if (a->leases[j].key == 0) break;
     uint64_t k = sh_lease_home(a, a->leases[j].key);
@@ -35,9 +42,9 @@ static void sh_lease_delete_at(sh_arena_t *a, uint64_t i) {
     a->leases[i] = a->leases[j];
     i = j;
   }
-  a->leases[i].key = 0;
-  a->leases[i].deadline_ns = 0;
-  sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
+  if (a->leases[i].deadline_ns) sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
+  memset(&a->leases[i], 0, sizeof a->leases[i]);
+  sh_atomic_sub_relaxed(&a->hdr->entry_count, 1);
 }
 
 /* A holder that died mid-change may have left a key twice or out of place:
@@ -50,11 +57,14 @@ static void sh_lease_repair_locked(sh_arena_t *a) {
     if (a->leases[i].key) copy[n++] = a->leases[i];
   memset(a->leases, 0, cap * sizeof *a->leases);
   sh_atomic_store_relaxed(&a->hdr->lease_count, 0);
+  sh_atomic_store_relaxed(&a->hdr->entry_count, 0);
   for (uint64_t k = 0; k < n; k++) {
+    if (copy[k].key > a->size) continue; /* a damaged key names no block */
     uint64_t i = sh_lease_find(a, copy[k].key);
     if (a->leases[i].key) continue;
     a->leases[i] = copy[k];
-    sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+    sh_atomic_add_relaxed(&a->hdr->entry_count, 1);
+    if (copy[k].deadline_ns) sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
   }
   free(copy);
 }
@@ -67,8 +77,64 @@ static void sh_lease_lock(sh_arena_t *a) {
 }
 static void sh_lease_unlock(sh_arena_t *a) { pthread_mutex_unlock(&a->hdr->lease_lock.mutex); }
 
+
+
 static sh_page_t *sh_lease_page(sh_arena_t *a, uint64_t offset) {
   return &a->pages[offset >> a->page_shift];
+}
+
+/* Entries of a recycled agent's blocks outlive it (recycling is O(pages) and
+ * does not visit them): they are stale once the slot's generation moved on,
+ * and are dropped here when the table fills. Lock held. */
+static uint64_t sh_table_sweep_stale_locked(sh_arena_t *a) {
+  uint64_t dropped = 0;
+  for (uint64_t i = 0; i <= a->lease_mask;) {
+    sh_lease_t *e = &a->leases[i];
+    sh_block_info_t info;
+    bool stale = e->key != 0 && (e->key - 1 >= a->size || sh_block_info(a, e->key - 1, &info) != SH_OK ||
+                                 info.owner != e->owner || info.owner_generation != e->generation);
+    if (stale) {
+      sh_lease_delete_at(a, i); /* another entry may have moved into i: look again */
+      dropped++;
+    } else {
+      i++;
+    }
+  }
+  return dropped;
+}
+
+/* The entry of the live block `info` names, made if missing; an entry left
+ * by an earlier tenant of the same offset is taken over, blank. Lock held. */
+static int sh_entry_take_locked(sh_arena_t *a, const sh_block_info_t *info, uint64_t *index) {
+  uint64_t key = info->offset + 1;
+  uint64_t i = sh_lease_find(a, key);
+  if (a->leases[i].key == key &&
+      (a->leases[i].owner != info->owner || a->leases[i].generation != info->owner_generation)) {
+    sh_lease_delete_at(a, i);
+    i = sh_lease_find(a, key);
+  }
+  if (a->leases[i].key == 0) {
+    uint64_t limit = (a->lease_mask + 1) / 4 * 3;
+    if (sh_atomic_load_relaxed(&a->hdr->entry_count) >= limit) {
+      sh_table_sweep_stale_locked(a);
+      uint64_t count = sh_atomic_load_relaxed(&a->hdr->entry_count);
+      if (count >= limit)
+        return _sh_fail(SH_EFULL,
+                        "the block table is full (%llu leases and handles of live blocks): free blocks "
+                        "whose handles were handed out, or create the heap with a larger max_owners",
+                        (unsigned long long)count);
+      i = sh_lease_find(a, key);
+    }
+    memset(&a->leases[i], 0, sizeof a->leases[i]);
+    a->leases[i].key = key;
+    a->leases[i].owner = info->owner;
+    a->leases[i].generation = info->owner_generation;
+    sh_atomic_add_relaxed(&a->hdr->entry_count, 1);
+  }
+  /* frees on this page now look in the table */
+  sh_atomic_or_release(&sh_lease_page(a, info->offset)->flags, SH_PAGE_LEASED);
+  *index = i;
+  return SH_OK;
 }
 
 int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
@@ -79,19 +145,15 @@ int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
   if (info.owner != SH_OWNER_DEFAULT)
     return _sh_fail(SH_EINVAL, "block at offset %llu belongs to owner %u: only blocks of owner 0 take a lease "
                     "(an agent's blocks go back with the agent)", (unsigned long long)offset, info.owner);
-  uint64_t key = offset + 1;
+  if (deadline_ns == 0) return _sh_fail(SH_EINVAL, "a lease deadline of 0 is no deadline: use sh_lease_clear");
   sh_lease_lock(a);
-  uint64_t i = sh_lease_find(a, key);
-  if (a->leases[i].key == 0) {
-    uint64_t count = sh_atomic_load_relaxed(&a->hdr->lease_count);
-    if (count >= (a->lease_mask + 1) / 4 * 3) {
-      sh_lease_unlock(a);
-      return _sh_fail(SH_EFULL, "the lease table is full (%llu leases): free or renew fewer blocks with a lease",
-                      (unsigned long long)count);
-    }
-    a->leases[i].key = key;
-    sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+  uint64_t i;
+  rc = sh_entry_take_locked(a, &info, &i);
+  if (rc) {
+    sh_lease_unlock(a);
+    return rc;
   }
+  if (a->leases[i].deadline_ns == 0) sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
   a->leases[i].deadline_ns = deadline_ns;
   sh_atomic_or_release(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED);
   sh_lease_unlock(a);
@@ -104,7 +166,7 @@ int sh_lease_get(sh_arena_t *a, uint64_t offset, uint64_t *deadline_ns) {
     return _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
   sh_lease_lock(a);
   uint64_t i = sh_lease_find(a, offset + 1);
-  int found = a->leases[i].key != 0;
+  int found = a->leases[i].key != 0 && a->leases[i].deadline_ns != 0;
   if (found) *deadline_ns = a->leases[i].deadline_ns;
   sh_lease_unlock(a);
   return found ? SH_OK : _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
@@ -120,7 +182,18 @@ void _sh_lease_forget(sh_arena_t *a, uint64_t offset) {
 
 int sh_lease_clear(sh_arena_t *a, uint64_t offset) {
   if (offset >= a->size) return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena", (unsigned long long)offset);
-  _sh_lease_forget(a, offset);
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  sh_lease_lock(a);
+  uint64_t i = sh_lease_find(a, offset + 1);
+  if (a->leases[i].key != 0 && a->leases[i].deadline_ns != 0) {
+    if (a->leases[i].tag) { /* the handle's tag outlives the lease */
+      a->leases[i].deadline_ns = 0;
+      sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
+    } else {
+      sh_lease_delete_at(a, i);
+    }
+  }
+  sh_lease_unlock(a);
   return SH_OK;
 }
 
@@ -133,7 +206,7 @@ int sh_lease_reclaim(sh_arena_t *a, uint64_t now_ns, uint64_t *blocks, uint64_t 
   /* taking the entries out under the lock is what makes each free happen once */
   sh_lease_lock(a);
   for (uint64_t i = 0; i < cap;) {
-    if (a->leases[i].key != 0 && a->leases[i].deadline_ns <= now_ns) {
+    if (a->leases[i].key != 0 && a->leases[i].deadline_ns != 0 && a->leases[i].deadline_ns <= now_ns) {
       expired[n++] = a->leases[i].key - 1;
       sh_lease_delete_at(a, i); /* another entry may have moved into i: look again */
     } else {
@@ -154,3 +227,50 @@ int sh_lease_reclaim(sh_arena_t *a, uint64_t now_ns, uint64_t *blocks, uint64_t 
 }
 
 uint64_t sh_lease_count(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a->hdr->lease_count); }
+
+/* ----- Handle tags ----------------------------------------------------------- */
+
+int sh_block_tag(sh_arena_t *a, uint64_t offset, uint64_t *tag) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a handle cannot be registered");
+  sh_block_info_t info;
+  int rc = sh_block_info(a, offset, &info);
+  if (rc) return rc;
+  sh_lease_lock(a);
+  uint64_t i;
+  rc = sh_entry_take_locked(a, &info, &i);
+  if (rc == SH_OK) {
+    if (a->leases[i].tag == 0) a->leases[i].tag = sh_atomic_add_relaxed(&a->hdr->tag_seq, 1) + 1;
+    *tag = a->leases[i].tag;
+  }
+  sh_lease_unlock(a);
+  return rc;
+}
+
+int sh_block_tag_check(sh_arena_t *a, uint64_t offset, uint64_t tag) {
+  sh_block_info_t info;
+  int rc = sh_block_info(a, offset, &info);
+  if (rc) return rc;
+  if (!(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
+    return _sh_fail(SH_EOWNER, "the block at offset %llu was freed since this handle was made",
+                    (unsigned long long)offset);
+  if (a->read_only) { /* no lock to take: a read-only mapping cannot write the mutex */
+    uint64_t i = sh_lease_find(a, offset + 1);
+    const sh_lease_t *e = &a->leases[i];
+    rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
+  } else {
+    sh_lease_lock(a);
+    uint64_t i = sh_lease_find(a, offset + 1);
+    const sh_lease_t *e = &a->leases[i];
+    rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
+    sh_lease_unlock(a);
+  }
+  if (!rc)
+    return _sh_fail(SH_EOWNER, "the block at offset %llu was freed, or freed and reused, since this handle was made",
+                    (unsigned long long)offset);
+  return SH_OK;
+}
+
+void sh_block_table_load(const sh_arena_t *a, uint64_t *entries, uint64_t *capacity) {
+  *entries = sh_atomic_load_relaxed(&a->hdr->entry_count);
+  *capacity = a->lease_mask + 1;
+}

@@ -81,12 +81,10 @@ void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info
   info->blocks += used;
 }
 
-#define SH_HELD_OFFSET_MASK ((UINT64_C(1) << 40) - 1)
-
 /* The owner-0 block the owner holds (SH_USER_WORD_HELD) counts as its own. */
 static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t *info) {
   sh_block_info_t held;
-  if (!(word & SH_USER_WORD_HELD) || sh_block_info(a, word & SH_HELD_OFFSET_MASK, &held) != SH_OK) return;
+  if (!(word & SH_USER_WORD_HELD) || sh_block_info(a, sh_held_offset(word), &held) != SH_OK) return;
   info->bytes[held.partition] += held.usable_size;
   info->blocks++;
 }
@@ -118,7 +116,7 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
   uint64_t word = sh_atomic_exchange_acq_rel(&o->user_word, 0);
   if (word & SH_USER_WORD_HELD) {
     if (final) sh_info_add_held(a, word, final);
-    sh_free(a, word & SH_HELD_OFFSET_MASK); /* a bad word frees nothing: sh_free validates */
+    sh_free(a, sh_held_offset(word)); /* a bad word frees nothing: sh_free validates */
   }
   sh_atomic_store_release(&o->state, SH_OWNER_FREE);
   return SH_OK;

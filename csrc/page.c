@@ -85,8 +85,8 @@ static inline bool sh_page_matches(const sh_page_t *pg, uint32_t owner, int c) {
  * must stay visible to it. */
 SH_NO_TSAN __attribute__((noinline)) static void sh_link_read(const uint32_t *link, uint32_t *next,
                                                                uint32_t *check) {
-  *next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-  *check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+  *next = sh_word_load_relaxed(&link[0]);
+  *check = sh_word_load_relaxed(&link[1]);
 }
 
 static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner,
@@ -114,11 +114,12 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
       }
       return sh_page_matches(pg, owner, c) ? SH_POP_CORRUPT : SH_POP_EMPTY;
     }
+    sh_assert_internal(count >= 1);
     uint64_t desired = sh_head_make(next, count - 1, sh_head_tag(head) + 1);
     if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired)) {
       /* Break the link pair so the double-free test on sh_free sees a live
        * block, and walks the stack only when the words really look free. */
-      __atomic_store_n(&link[1], ~check, __ATOMIC_RELAXED);
+      sh_word_store_relaxed(&link[1], ~check);
       *top_out = top;
       return SH_POP_OK;
     }
@@ -132,10 +133,19 @@ SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t
   for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps < limit; steps++) {
     if (t == top) return true;
     if (!_sh_top_valid(cls, t)) return false;
-    t = __atomic_load_n(_sh_link_at(a, pi, t), __ATOMIC_RELAXED);
+    t = sh_word_load_relaxed(_sh_link_at(a, pi, t));
   }
   return false;
 }
+
+#if SH_DEBUG > 1
+/* Blocks on the stack starting at `t`, at most `limit` (debug checks only). */
+static uint32_t sh_stack_length(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit) {
+  uint32_t n = 0;
+  for (; t != 0 && t != SH_HEAD_RETIRED && n < limit; n++) t = sh_word_load_relaxed(_sh_link_at(a, pi, t));
+  return n;
+}
+#endif
 
 /* On the page's shared stack, or on the stack of the thread that caches it. */
 static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
@@ -205,6 +215,9 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   sh_atomic_store_release(&pg->claim, claim);
   sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
   sh_atomic_store_release(&pg->head, claim ? sh_head_make(0, 0, tag) : sh_head_make(1, cls->capacity, tag));
+  /* nobody else reaches a page being formatted: its invariants hold exactly */
+  sh_assert_internal(sh_bit(a, pi));
+  sh_assert_expensive(claim || sh_stack_length(a, pi, 1, cls->capacity + 1) == cls->capacity);
 }
 
 static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n) {
@@ -451,7 +464,7 @@ __attribute__((always_inline)) static inline int sh_mag_pop(sh_arena_t *a, sh_ts
   if (sh_unlikely(!_sh_mag_marked(link, unit))) return SH_MAG_DAMAGED;
   sh_atomic_store_relaxed(&m->count, n - 1);
   sh_track_alloc(a, link, a->classes[c].size);
-  __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* no longer marked free */
+  sh_word_store_relaxed(&link[0], 0); /* no longer marked free */
   *offset = off;
   _sh_mag_count(a, slot, m, &m->allocs); /* last: nothing is live across its rare call */
   return SH_MAG_HIT;
@@ -521,7 +534,7 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
       sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
       continue;
     }
-    __atomic_store_n(&link[0], 0, __ATOMIC_RELAXED); /* unmarked: the free below takes it */
+    sh_word_store_relaxed(&link[0], 0); /* unmarked: the free below takes it */
     (void)sh_free_impl(a, off, true);
   }
 }
@@ -601,15 +614,15 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
    * before anything is handed out. */
   const sh_class_t *cls = &a->classes[c];
   uint32_t *link = _sh_link_at(a, pi, top);
-  uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-  uint32_t check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+  uint32_t next = sh_word_load_relaxed(&link[0]);
+  uint32_t check = sh_word_load_relaxed(&link[1]);
   uint32_t count = sh_local_count(local);
   if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !_sh_top_valid(cls, next) ||
                   (next == 0) != (count == 1)))
     return SH_TC_MISS;
   sh_atomic_store_relaxed(&w->local, sh_local_make(next, count - 1));
   if (sh_unlikely(sh_atomic_load_acquire(&pg->claim) != claim)) return SH_TC_MISS;
-  __atomic_store_n(&link[1], ~check, __ATOMIC_RELAXED);
+  sh_word_store_relaxed(&link[1], ~check);
   uint64_t off = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
   sh_track_alloc(a, a->base + off, cls->size);
   _sh_tc_count_entry(a, slot, e, &e->allocs);
@@ -914,6 +927,34 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
   int mag = sh_alloc_mag(a, owner, partition, size, offset);
   if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
   return sh_alloc_rest(a, owner, partition, size, offset, sh_rest_flags(0, mag));
+}
+
+/* The generation is read before and after: a recycle between the two (and a
+ * new tenant of the slot) would otherwise receive the block. */
+static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition,
+                                      size_t size, uint64_t *offset, uint64_t *usable, bool may_lock) {
+  if (owner != SH_OWNER_DEFAULT) {
+    if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
+      return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
+  }
+  int rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
+  if (sh_unlikely(rc != SH_OK)) return rc;
+  if (owner != SH_OWNER_DEFAULT && sh_unlikely(sh_atomic_load_acquire(&a->owners[owner].generation) != gen)) {
+    sh_free(a, *offset);
+    return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
+  }
+  *usable = sh_good_size(a, size);
+  return SH_OK;
+}
+
+int sh_alloc_owner(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition, size_t size,
+                   uint64_t *offset, uint64_t *usable) {
+  return sh_alloc_owner_impl(a, owner, gen, partition, size, offset, usable, true);
+}
+
+int sh_alloc_owner_nolock(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition, size_t size,
+                          uint64_t *offset, uint64_t *usable) {
+  return sh_alloc_owner_impl(a, owner, gen, partition, size, offset, usable, false);
 }
 
 /* Zeroed blocks. A run of pages that were never handed out still holds the
@@ -1273,7 +1314,12 @@ static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
 uint64_t sh_good_size(const sh_arena_t *a, size_t size) {
   int c = _sh_size_class(a, size);
   if (c >= 0) return a->classes[c].size;
-  uint64_t psize = sh_page_bytes(a);
+  uint64_t psize = sh_page_bytes(a), largest = 0;
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
+    if (cap > largest) largest = cap;
+  }
+  if (size > largest) return 0; /* no partition could ever hold it */
   return (size + psize - 1) / psize * psize;
 }
 
@@ -1286,9 +1332,14 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
   info->offset = offset;
   info->partition = (sh_partition_t)pg->partition;
   info->owner = sh_atomic_load_relaxed(&pg->owner);
+  if (sh_unlikely(info->owner >= a->max_owners || info->partition >= SH_NPARTITIONS))
+    return _sh_fail(SH_ECORRUPT, "page %u names owner %u and partition %u, beyond the tables", pi, info->owner,
+                    (unsigned)info->partition);
   info->owner_generation = sh_atomic_load_relaxed(&a->owners[info->owner].generation);
   if (state == SH_PAGE_SMALL) {
     int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+    if (sh_unlikely((uint32_t)c >= a->nclasses))
+      return _sh_fail(SH_ECORRUPT, "page %u names size class %d of %u", pi, c, a->nclasses);
     uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
     if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1)
       return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);

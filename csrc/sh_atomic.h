@@ -29,6 +29,12 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
 #define sh_atomic_and_relaxed(p, v) atomic_fetch_and_explicit((p), (v), memory_order_relaxed)
 #define sh_atomic_or_release(p, v)  atomic_fetch_or_explicit((p), (v), memory_order_release)
 
+/* Plain words of user memory (free links in free blocks) that other threads
+ * may read or write at the same moment: GCC's __atomic builtins, because the
+ * words are not declared _Atomic. */
+#define sh_word_load_relaxed(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
+#define sh_word_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
 /* Running the max of a counter without a lock. */
 static inline void sh_atomic_max_relaxed(_Atomic uint64_t *p, uint64_t v) {
   uint64_t cur = sh_atomic_load_relaxed(p);

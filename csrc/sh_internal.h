@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "sh_debug.h"
 #include "sh_types.h"
 
 #if defined(__GNUC__)
@@ -109,24 +110,24 @@ static inline bool _sh_top_valid(const sh_class_t *cls, uint32_t top) {
 /* A magazine's mark: the second word is the block's own unit (offset / 16)
  * inverted, so the pop checks it without the page's descriptor. */
 static inline void _sh_mag_mark(uint32_t *link, uint32_t unit) {
-  __atomic_store_n(&link[0], SH_MAG_MARK, __ATOMIC_RELAXED);
-  __atomic_store_n(&link[1], ~unit, __ATOMIC_RELAXED);
+  sh_word_store_relaxed(&link[0], SH_MAG_MARK);
+  sh_word_store_relaxed(&link[1], ~unit);
 }
 static inline bool _sh_mag_marked(const uint32_t *link, uint32_t unit) {
-  return __atomic_load_n(&link[0], __ATOMIC_RELAXED) == SH_MAG_MARK &&
-         __atomic_load_n(&link[1], __ATOMIC_RELAXED) == ~unit;
+  return sh_word_load_relaxed(&link[0]) == SH_MAG_MARK &&
+         sh_word_load_relaxed(&link[1]) == ~unit;
 }
 /* A block (at `unit`) whose link words read as free: on a stack (check word =
  * next ^ the page's key) or in a magazine (its mark). Both tests take two
  * words, so live data matches by chance about once in 2^32 frees; a match
  * only asks for a look (sh_block_is_free). */
 static inline bool _sh_link_looks_free(const uint32_t *link, uint32_t key, uint32_t unit) {
-  uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED), check = __atomic_load_n(&link[1], __ATOMIC_RELAXED);
+  uint32_t next = sh_word_load_relaxed(&link[0]), check = sh_word_load_relaxed(&link[1]);
   return check == (next ^ key) || (next == SH_MAG_MARK && check == ~unit);
 }
 static inline void _sh_link_write(uint32_t *link, uint32_t next, uint32_t key) {
-  __atomic_store_n(&link[0], next, __ATOMIC_RELAXED);
-  __atomic_store_n(&link[1], next ^ key, __ATOMIC_RELAXED);
+  sh_word_store_relaxed(&link[0], next);
+  sh_word_store_relaxed(&link[1], next ^ key);
 }
 
 static inline _Atomic uint64_t *_sh_stripe_counters(const sh_arena_t *arena, unsigned stripe) {

@@ -38,7 +38,7 @@
   ((uint64_t)(top) | ((uint64_t)(count) << 20) | ((uint64_t)((tag) & 0xFFFFFFu) << 40))
 
 #define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
-#define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease: frees look in the lease table */
+#define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease or a handle tag: frees look in the table */
 #define SH_PAGE_DIRTY 4u   /* was ever handed out: a page that never was still holds the zeros it was made with */
 
 typedef enum sh_page_state_e {
@@ -235,7 +235,9 @@ typedef struct sh_header_s {
   sh_lock_t part_lock[SH_NPARTITIONS];
   sh_lock_t owner_lock;
   sh_lock_t lease_lock;
-  _Atomic uint64_t lease_count;
+  _Atomic uint64_t lease_count;   /* entries with a deadline */
+  _Atomic uint64_t entry_count;   /* entries of any kind (the table's load) */
+  _Atomic uint64_t tag_seq;       /* the last handle tag handed out */
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
   _Atomic uint32_t key_seed;
@@ -247,7 +249,9 @@ typedef struct sh_header_s {
 /* A lease on a block of the shared default owner: open addressing by offset. */
 typedef struct sh_lease_s {
   uint64_t key;         /* block offset + 1; 0 = empty; under lease_lock */
-  uint64_t deadline_ns; /* CLOCK_REALTIME */
+  uint64_t deadline_ns; /* CLOCK_REALTIME; 0: no lease, only a handle tag */
+  uint64_t tag;         /* 0: no handle handed out; else unique for the arena's life */
+  uint32_t owner, generation; /* the block's owner when the entry was made: a mismatch marks it stale */
 } sh_lease_t;
 
 typedef struct sh_class_s {

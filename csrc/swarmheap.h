@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 3u
+#define SH_FORMAT_VERSION 4u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -202,6 +202,17 @@ int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t
 int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
                     uint64_t *offset);
 
+/* [any] sh_alloc for an owner of a known generation, in one call: SH_EOWNER
+ * (nothing allocated) if the owner's slot no longer holds that generation,
+ * before or after the allocation, so a block is never charged to a slot's
+ * next tenant. *usable gets the block's usable size. The shared default
+ * (owner 0) takes any generation. */
+int sh_alloc_owner(sh_arena_t *arena, uint32_t owner, uint32_t generation, sh_partition_t partition,
+                   size_t size, uint64_t *offset, uint64_t *usable);
+/* [any] sh_alloc_owner's lock-free path: SH_EAGAIN, having done nothing, as sh_alloc_nolock. */
+int sh_alloc_owner_nolock(sh_arena_t *arena, uint32_t owner, uint32_t generation, sh_partition_t partition,
+                          size_t size, uint64_t *offset, uint64_t *usable);
+
 /* [any] As sh_alloc, and the first `size` bytes are zeroed (a run of pages
  * never handed out before is zero already and is not cleared again). */
 int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
@@ -274,6 +285,18 @@ int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
  * holds (length << 40 | offset, offset below 2^40): recycling the owner frees
  * that block too, whichever process or path recycles it. */
 #define SH_USER_WORD_HELD (UINT64_C(1) << 63)
+#define SH_HELD_OFFSET_BITS 40
+#define SH_HELD_LENGTH_MAX ((UINT64_C(1) << 23) - 1)
+/* The held word's one codec: every reader and writer goes through these. */
+static inline uint64_t sh_held_word(uint64_t offset, uint64_t length) {
+  return SH_USER_WORD_HELD | (length << SH_HELD_OFFSET_BITS) | offset;
+}
+static inline uint64_t sh_held_offset(uint64_t word) {
+  return word & ((UINT64_C(1) << SH_HELD_OFFSET_BITS) - 1);
+}
+static inline uint64_t sh_held_length(uint64_t word) {
+  return (word >> SH_HELD_OFFSET_BITS) & SH_HELD_LENGTH_MAX;
+}
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            uint64_t expected, uint64_t desired);
@@ -300,8 +323,9 @@ int sh_process_start_time(int pid, uint64_t *start_time);
  * which sh_lease_reclaim frees it, so a block whose holder forgot it or died
  * does not stay forever. Freeing the block ends its lease. A holder must
  * renew (sh_lease_set again) before the deadline: once it passes, the block
- * may be freed under it. The table holds 1.5 leases per owner slot (at least
- * 48). */
+ * may be freed under it. The table (shared with handle tags, below) holds
+ * an entry per owner slot, at least 256 (three quarters usable); entries of
+ * recycled agents' blocks are dropped when it fills. */
 
 /* [any] Set or move the block's deadline (CLOCK_REALTIME nanoseconds).
  * Errors: SH_EBADPTR (not a live block), SH_EINVAL (not owner 0's, or the
@@ -316,6 +340,26 @@ int sh_lease_clear(sh_arena_t *arena, uint64_t offset);
 int sh_lease_reclaim(sh_arena_t *arena, uint64_t now_ns, uint64_t *blocks, uint64_t *bytes);
 /* [any] Leases held now. */
 uint64_t sh_lease_count(const sh_arena_t *arena);
+
+/* ---- Handle tags ------------------------------------------------------------
+ * A handle that crosses processes must never resolve to a block that was
+ * freed, or freed and handed out again, since it was made. The first
+ * sh_block_tag of a live block records a tag for it, unique for the arena's
+ * life (a 64-bit counter: it does not wrap), in the same table as leases;
+ * later calls return the same tag until the block is freed, and the free
+ * drops it. Only pages that have had a tag pay for this: their frees take
+ * the locking path, as leased pages' do. Blocks of an agent lose their tags
+ * with the agent (its generation tells). */
+
+/* [any] The block's tag, made on first use. Errors: SH_EBADPTR (not a live
+ * block), SH_EFULL (the table is full), SH_EINVAL (read-only heap). */
+int sh_block_tag(sh_arena_t *arena, uint64_t offset, uint64_t *tag);
+/* [any] SH_OK if `offset` is a live block whose tag is `tag`; SH_EOWNER if
+ * it was freed, or freed and reused, since the tag was made; SH_EBADPTR if
+ * it is no live block. */
+int sh_block_tag_check(sh_arena_t *arena, uint64_t offset, uint64_t tag);
+/* [any] Entries the table holds now (leases and tags), and its capacity. */
+void sh_block_table_load(const sh_arena_t *arena, uint64_t *entries, uint64_t *capacity);
 
 /* ---- Thread caches ----------------------------------------------------------
  * Each thread that allocates gets a slot in the arena (up to max_threads;
@@ -371,12 +415,6 @@ int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, si
 
 /* [any] How many entries are queued on `ring`. */
 uint64_t sh_sweep_pending(const sh_arena_t *arena, int ring);
-
-/* ---- Testing ------------------------------------------------------------------ */
-
-/* [testing] Take the partition's slow-path lock and never release it, so a
- * test can kill the process while it holds the lock. */
-int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition);
 
 /* ---- Stats and check ------------------------------------------------------- */
 

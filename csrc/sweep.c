@@ -43,9 +43,3 @@ uint64_t sh_sweep_pending(const sh_arena_t *a, int ring) {
   if (ring < 0 || ring >= SH_SWEEP_RINGS) return 0;
   return sh_atomic_load_acquire(&a->hdr->ring_tail[ring]) - sh_atomic_load_acquire(&a->hdr->ring_head[ring]);
 }
-
-int sh_test_hold_lock(sh_arena_t *a, sh_partition_t partition) {
-  if ((unsigned)partition >= SH_NPARTITIONS) return _sh_fail(SH_EINVAL, "partition %d does not exist", (int)partition);
-  _sh_part_lock(a, (int)partition);
-  return SH_OK;
-}

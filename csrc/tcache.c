@@ -128,8 +128,8 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
     bool intact = true;
     for (uint32_t n = 1; n < count && intact; n++) {
       uint32_t *link = _sh_link_at(a, pi, tail);
-      uint32_t next = __atomic_load_n(&link[0], __ATOMIC_RELAXED);
-      intact = next != 0 && __atomic_load_n(&link[1], __ATOMIC_RELAXED) == (next ^ key) && _sh_top_valid(cls, next);
+      uint32_t next = sh_word_load_relaxed(&link[0]);
+      intact = next != 0 && sh_word_load_relaxed(&link[1]) == (next ^ key) && _sh_top_valid(cls, next);
       tail = next;
     }
     if (!intact) {

@@ -68,8 +68,51 @@ static void test_refusals(void) {
     rc = sh_lease_set(a, off, 10);
     n++;
   }
-  CHECK("the table fills", rc == SH_EFULL && n == 49); /* 3/4 of 64 entries, then one refused */
-  CHECK("message names it", strstr(sh_last_error(), "lease table is full") != NULL);
+  CHECK("the table fills", rc == SH_EFULL && n == 193); /* 3/4 of 256 entries, then one refused */
+  CHECK("message names it", strstr(sh_last_error(), "block table is full") != NULL);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* Handle tags: exact across free and reuse, for owner 0 and agents. */
+static void test_tags(void) {
+  sh_arena_t *a;
+  sh_options_t o;
+  sh_options_init(&o);
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, &o) == SH_OK);
+  uint64_t off, again, tag, tag2, t;
+  REQUIRE("alloc", sh_alloc(a, 0, SH_PART_SHARED, 64, &off) == SH_OK);
+  CHECK("tag", sh_block_tag(a, off, &tag) == SH_OK && tag != 0);
+  CHECK("same tag twice", sh_block_tag(a, off, &t) == SH_OK && t == tag);
+  CHECK("live check", sh_block_tag_check(a, off, tag) == SH_OK);
+  CHECK("wrong tag", sh_block_tag_check(a, off, tag + 1) == SH_EOWNER);
+  CHECK("free", sh_free(a, off) == SH_OK);
+  CHECK("freed: stale or not a block", sh_block_tag_check(a, off, tag) != SH_OK);
+  REQUIRE("realloc", sh_alloc(a, 0, SH_PART_SHARED, 64, &again) == SH_OK);
+  CHECK("same place reused", again == off);
+  CHECK("reused: stale", sh_block_tag_check(a, off, tag) == SH_EOWNER);
+  CHECK("new tag differs", sh_block_tag(a, again, &tag2) == SH_OK && tag2 != tag);
+  CHECK("new tag checks", sh_block_tag_check(a, again, tag2) == SH_OK);
+  uint32_t id, gen;
+  sh_owner_create(a, 0, &id, &gen);
+  uint64_t aoff, atag;
+  sh_alloc(a, id, SH_PART_CONTEXT, 200, &aoff);
+  CHECK("agent block tag", sh_block_tag(a, aoff, &atag) == SH_OK);
+  sh_free(a, aoff);
+  uint64_t aoff2;
+  sh_alloc(a, id, SH_PART_CONTEXT, 200, &aoff2);
+  CHECK("agent reuse is stale", aoff2 != aoff || sh_block_tag_check(a, aoff2, atag) == SH_EOWNER);
+  uint64_t usable = 0;
+  CHECK("alloc_owner of a live agent", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 100, &aoff, &usable) == SH_OK &&
+                                         usable == 112);
+  CHECK("alloc_owner of a wrong generation", sh_alloc_owner(a, id, gen + 1, SH_PART_CONTEXT, 100, &aoff, &usable) ==
+                                                 SH_EOWNER);
+  sh_owner_recycle(a, id, gen);
+  CHECK("recycled: alloc_owner refuses", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 100, &aoff, &usable) == SH_EOWNER);
+  /* entries of the recycled agent's blocks are stale: a full table drops them */
+  uint64_t entries, cap;
+  sh_block_table_load(a, &entries, &cap);
+  CHECK("load counted", entries == 1 && cap == 256);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }
@@ -116,6 +159,7 @@ int main(void) {
   test_expiry();
   test_free_ends_the_lease();
   test_refusals();
+  test_tags();
 #if !defined(__SANITIZE_THREAD__)
   test_concurrent_reclaim();
 #endif
