@@ -3,7 +3,9 @@
 Build options come from environment variables, which survive pip's build
 isolation where command-line options do not:
 
-  SWARMHEAP_DEBUG=1       keep assert() (-UNDEBUG) and build with -O0 -g
+  SWARMHEAP_DEBUG=1       keep assert() (-UNDEBUG), the core's invariant checks
+                          (SH_DEBUG=2, see csrc/sh_debug.h), and build with -O0 -g
+  SWARMHEAP_TESTING=1     compile in the test hooks (csrc/sh_testing.h): crash tests
   SWARMHEAP_SANITIZE=...  e.g. address,undefined: compile with -fsanitize=...
   SWARMHEAP_WERROR=1      treat warnings as errors (CI sets it)
 """
@@ -23,9 +25,11 @@ core_headers = sorted(glob.glob("csrc/*.h"))
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function", "-fvisibility=hidden"]
 link_args: list[str] = []
 if os.environ.get("SWARMHEAP_DEBUG"):
-    compile_args += ["-O0", "-g", "-UNDEBUG"]
+    compile_args += ["-O0", "-g", "-UNDEBUG", "-DSH_DEBUG=2"]
 else:
     compile_args += ["-O2"]
+if os.environ.get("SWARMHEAP_TESTING"):
+    compile_args += ["-DSH_TESTING"]
 if os.environ.get("SWARMHEAP_WERROR"):
     compile_args += ["-Werror"]
 sanitize = os.environ.get("SWARMHEAP_SANITIZE")
@@ -39,11 +43,15 @@ extension = Extension(
     depends=[
         *core_headers,
         "src/swarmheap/_core.pxd",
-        "src/swarmheap/includes/core.pxd",
+        *sorted(glob.glob("src/swarmheap/*.pxi")),
+        *sorted(glob.glob("src/swarmheap/includes/*.pxd")),
         "src/swarmheap/np_handler.h",
     ],
     include_dirs=["csrc", "src/swarmheap", numpy.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    # NumPy 2.x targets the oldest C API it supports unless told: the NEP 49
+    # handler calls (PyDataMem_SetHandler) need 1.22, and without this the
+    # extension builds with an implicit declaration and fails to import
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     libraries=["m", "pthread"],

@@ -1,7 +1,7 @@
-# Fields of the extension types; the methods live in _core.pyx.
+# Fields of the extension types; the methods live in the .pxi files _core.pyx includes.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
-from swarmheap.includes.core cimport sh_arena_t
+from swarmheap.includes.swarmheap cimport sh_arena_t
 
 
 cdef class CoreHeap:
@@ -14,16 +14,25 @@ cdef class CoreHeap:
     cdef bint created
     cdef Py_ssize_t exports
     cdef void *np_keeper  # set once a NumPy handler exists: it then owns the mapping's lifetime
-    # agent allocations left before Heap._note_allocation looks at the sweep
-    # thresholds (see heap.py); here so that agent.alloc() decrements a C field
+    # calls of this process that run without the GIL now: close() waits for them
+    cdef Py_ssize_t inflight
+    # exports of tagged blocks by offset, across every Block object of this
+    # process: a free through one Block must see another's buffers
+    cdef dict tagged_exports
+    # what the layer above is told (HeapEvents): allocation counts, a full
+    # partition, a deferred recycle. The binding never calls up by name.
+    cdef public object events
+    # agent allocations left before events.on_countdown() is called; a C
+    # field so that agent.alloc() costs a decrement
     cdef public Py_ssize_t _sweep_countdown
     cdef object __weakref__
 
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)
     cdef int _check_open(self) except -1
+    cdef int _check_writable(self) except -1
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
-                          uint64_t usable, int part)
+                          uint64_t usable, int part, uint64_t tag)
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
 
 
@@ -34,8 +43,16 @@ cdef class Block:
     cdef uint64_t usable
     cdef readonly uint32_t owner
     cdef readonly uint32_t generation
+    cdef readonly uint64_t tag
     cdef int part
     cdef int exports
     cdef bint freed
 
     cdef int _check_live(self) except -1
+    cdef int _stale(self) except -1
+
+
+cdef class AgentCore:
+    cdef public object _heap
+    cdef public uint32_t id
+    cdef public uint32_t generation

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from swarmheap import _core
 from swarmheap.handle import Handle
 from swarmheap.heap import Heap
 from swarmheap.report import table
@@ -336,7 +337,7 @@ def _recycle(env: Env) -> Workload:
         agent.complete()
 
     def one_by_one(offsets: Any) -> None:
-        heap._free_each(offsets)
+        _core._free_each(heap, offsets)
 
     def batched(offsets: Any) -> None:
         heap.free_many(offsets)

@@ -11,7 +11,9 @@ __all__ = [
     "HeapNotFound",
     "InvalidHandle",
     "PartitionFull",
+    "ReadOnlyHeap",
     "StaleBlock",
+    "StaleHandle",
     "SwarmHeapError",
     "TooManyAgents",
 ]
@@ -67,3 +69,14 @@ class TooManyAgents(SwarmHeapError):
 
 class AgentStateError(SwarmHeapError):
     """The agent is not in a state that allows the operation."""
+
+
+class ReadOnlyHeap(SwarmHeapError, PermissionError):
+    """A writing call on a heap attached with ``read_only=True``: attach it
+    without read_only to allocate, free, spawn, put, complete or sweep."""
+
+
+class StaleHandle(StaleBlock, InvalidHandle):
+    """A handle, or a Block made from one, of a block that was freed (or
+    freed and handed out again) since the handle was made: its tag no longer
+    matches. Both a StaleBlock and an InvalidHandle."""

@@ -1,36 +1,53 @@
-"""The Heap users hold: the binding's CoreHeap plus agents, hooks and sweeps."""
+"""The Heap users hold: the binding's CoreHeap plus agents, hooks and sweeps.
+
+The binding tells this layer what happens through one events object
+(_LayerEvents, installed at create and attach): agent allocations to count
+toward the young sweep, a full partition to relieve, a deferred recycle."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap._core import CoreHeap
-from swarmheap.agents import Agent, kind_id, read_kind
+from swarmheap._core import CoreHeap, HeapEvents
+from swarmheap.agents import Agent, check_lease
 from swarmheap.errors import AgentStateError
+from swarmheap.hooks import EVENTS, Hook, Hooks
+from swarmheap.index import check_kind, kind_id, read_kind
 from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
 
-log = logging.getLogger("swarmheap")
-
-EVENTS = ("spawn", "complete", "recycle")
-Hook = Callable[[int, str, dict[str, Any]], object]
-
 
 @dataclass
-class _ProcessState:
-    """What this process alone keeps about a heap: hooks, sweep counters."""
+class _SweepState:
+    """This process's sweep counters for one heap (as CPython's gc keeps its own)."""
 
-    hooks: dict[str, list[Hook]] = field(default_factory=lambda: {e: [] for e in EVENTS})
     thresholds: tuple[int, int, int] = (2000, 10, 10)
     counts: list[int] = field(default_factory=lambda: [0, 0, 0])
     batch: int = 1  # allocations the heap's countdown stood for when it was last set
-    deferred: dict[tuple[int, int], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     sweeping: bool = False
+
+
+class _LayerEvents(HeapEvents):
+    """What the binding tells a Heap."""
+
+    def on_countdown(self, heap: Any) -> None:
+        heap._note_allocations()
+
+    def on_partition_full(self, heap: Any, partition: str) -> bool:
+        if heap._sweep.sweeping:
+            return False
+        heap.collect(2)  # a full sweep before giving up
+        return True
+
+    def on_recycled(self, heap: Any, agent_id: int, generation: int) -> None:
+        kind, stats = heap._hooks.take_deferred(agent_id, generation) or ("?", {})
+        heap._hooks.fire("recycle", agent_id, kind, stats)
+
+
+_EVENTS = _LayerEvents()
 
 
 class Heap(CoreHeap):
@@ -39,38 +56,52 @@ class Heap(CoreHeap):
     name: shared memory), ``Heap.attach(name)`` maps one another process
     made. Use as a context manager: a heap created by name is unlinked on exit."""
 
-    @property
-    def _state(self) -> _ProcessState:
-        state = self.__dict__.get("_process_state")
-        if state is None:
-            state = self.__dict__["_process_state"] = _ProcessState()
-        return state
+    _hooks: Hooks
+    _sweep: _SweepState
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> Heap:  # type: ignore[override]
+        heap = super().create(*args, **kwargs)
+        heap._install()
+        return heap
+
+    @classmethod
+    def attach(cls, *args: Any, **kwargs: Any) -> Heap:  # type: ignore[override]
+        heap = super().attach(*args, **kwargs)
+        heap._install()
+        return heap
+
+    def _install(self) -> None:
+        self._hooks = Hooks()
+        self._sweep = _SweepState()
+        self.events = _EVENTS
+        self._restart_countdown()
 
     # ---- agents ----
 
     def spawn(self, kind: str = "default", *, lease: float | None = None) -> Agent:
         """A new agent of ``kind``: an owner heap in the C core. ``lease``
         (seconds) lets a sweep reclaim it once that time has passed."""
-        if not isinstance(kind, str) or not kind:
-            raise ValueError("kind must be a non-empty str")
-        if lease is not None and not (isinstance(lease, (int, float)) and lease > 0):
-            raise ValueError(f"lease must be positive seconds, not {lease!r}")
-        self._note_allocation()
+        check_kind(kind)
+        deadline = time.time() + check_lease(lease) if lease is not None else 0.0
+        self._count_allocation()
         agent_id, generation = self._owner_create(kind_id(kind))
         agent = Agent(self, agent_id, generation, kind)
         try:
-            agent._update_index(lambda entries: None, lease_deadline=time.time() + lease if lease else 0.0)
+            agent._update_index(lambda entries: None, lease_deadline=deadline)
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise
         self._sweep_push(0, agent_id, generation)
-        if self._hooks_for("spawn"):
-            self._fire("spawn", agent, agent.stats())
+        if self._hooks.table["spawn"]:
+            self._hooks.fire("spawn", agent.id, kind, agent.stats())
         return agent
 
     def agent(self, agent_id: int) -> Agent:
         """The live agent with this id, as seen from this process."""
-        if isinstance(agent_id, bool) or not isinstance(agent_id, int) or agent_id <= 0:
+        if isinstance(agent_id, bool) or not isinstance(agent_id, int):
+            raise TypeError(f"agent ids are ints, not {type(agent_id).__name__}")
+        if agent_id <= 0:
             raise ValueError(f"agent ids are positive ints, not {agent_id!r}")
         if agent_id >= self._max_owners():
             raise ValueError(f"agent id {agent_id} is beyond this heap's {self._max_owners()} slots")
@@ -88,54 +119,34 @@ class Heap(CoreHeap):
                 out.append(Agent(self, agent_id, generation, read_kind(self, agent_id, generation)))
         return out
 
+    def stats(self) -> dict[str, Any]:
+        """A plain dict: per partition (capacity, in use, bytes held in pages,
+        utilization), per size class and per owner (kind named)."""
+        stats: dict[str, Any] = super().stats()
+        for owner in stats["owners"]:
+            if owner["id"] != 0:
+                owner["kind"] = read_kind(self, owner["id"], owner["generation"])
+            else:
+                owner["kind"] = "shared default"
+        return stats
+
     # ---- hooks ----
 
     def on(self, event: str, fn: Hook) -> None:
         """Call ``fn(agent_id, kind, stats)`` on spawn, complete or recycle.
         Hooks are per process; one that raises is logged and changes nothing."""
-        self._hooks_for(event).append(fn)
+        self._hooks.add(event, fn)
 
     def off(self, event: str, fn: Hook) -> None:
         """Remove a hook added with on(); ValueError if it is not there."""
-        hooks = self._hooks_for(event)
-        if fn not in hooks:
-            raise ValueError(f"{fn!r} is not a {event!r} hook")
-        hooks.remove(fn)
-
-    def _hooks_table(self) -> dict[str, list[Hook]]:
-        return self._state.hooks
-
-    def _hooks_for(self, event: str) -> list[Hook]:
-        if event not in EVENTS:
-            raise ValueError(f"unknown event {event!r}: use one of {', '.join(EVENTS)}")
-        return self._state.hooks[event]
-
-    def _fire(self, event: str, agent: Agent, stats: dict[str, Any]) -> None:
-        hooks = self._state.hooks[event]
-        if not hooks:
-            return
-        for fn in list(hooks):
-            try:
-                fn(agent.id, agent.kind, stats)
-            except Exception:
-                log.exception("swarmheap %s hook %r failed for agent %d", event, fn, agent.id)
-
-    def _remember_deferred(self, agent: Agent, stats: dict[str, Any]) -> None:
-        self._state.deferred[(agent.id, agent.generation)] = (agent.kind, stats)
-
-    def _pop_deferred_kind(self, agent_id: int, generation: int) -> str | None:
-        entry = self._state.deferred.pop((agent_id, generation), None)
-        return entry[0] if entry else None
-
-    def _deferred_recycled(self, oid: int, gen: int) -> None:
-        kind, stats = self._state.deferred.pop((oid, gen), ("?", {}))
-        self._fire("recycle", Agent(self, oid, gen, kind), stats)
+        self._hooks.remove(event, fn)
 
     # ---- sweeps ----
 
     def collect(self, generation: int = 2) -> SweepResult:
-        """Sweep generations 0..generation now and report what was reclaimed."""
-        state = self._state
+        """Sweep generations 0..generation now and report what was reclaimed;
+        the recycle hooks fire for each agent reclaimed."""
+        state = self._sweep
         state.sweeping = True
         try:
             result = collect(self, generation)
@@ -145,7 +156,12 @@ class Heap(CoreHeap):
             state.counts[younger] = 0
         if generation < 2:
             state.counts[generation + 1] += 1
-        self._restart_countdown(state)
+        self._restart_countdown()
+        for final in result.recycled:
+            deferred = self._hooks.take_deferred(final["id"], final["generation"])
+            kind = deferred[0] if deferred else final["kind"]
+            if self._hooks.table["recycle"]:
+                self._hooks.fire("recycle", final["id"], kind, final)
         return result
 
     def set_sweep_thresholds(self, gen0: int = 2000, gen1: int = 10, gen2: int = 10) -> None:
@@ -155,30 +171,33 @@ class Heap(CoreHeap):
         for value in (gen0, gen1, gen2):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"thresholds are ints >= 0, not {value!r}")
-        state = self._state
+        state = self._sweep
         state.counts[0] += state.batch - self._sweep_countdown  # what this countdown saw so far
         state.thresholds = (gen0, gen1, gen2)
-        self._restart_countdown(state)
+        self._restart_countdown()
 
     def get_sweep_thresholds(self) -> tuple[int, int, int]:
-        return self._state.thresholds
+        return self._sweep.thresholds
 
     # Counting agent allocations toward the young sweep, as CPython's gc counts
     # object allocations, runs on every agent.alloc(): the common case is one
-    # decrement of CoreHeap._sweep_countdown (in C, by CoreHeap._agent_alloc);
-    # the counts are brought up to date here when it runs out.
+    # decrement of CoreHeap._sweep_countdown (in C); the counts are brought up
+    # to date here when it runs out (the binding's events call).
 
-    def _note_allocation(self) -> None:
+    def _count_allocation(self) -> None:
         left = self._sweep_countdown - 1
         if left > 0:
             self._sweep_countdown = left
-            return
-        state = self._state
+        else:
+            self._note_allocations()
+
+    def _note_allocations(self) -> None:
+        state = self._sweep
         state.counts[0] += state.batch
         self._sweep_countdown = state.batch = 1  # a sweep below restarts it properly
         t0, t1, t2 = state.thresholds
-        if t0 == 0 or state.counts[0] < t0 or state.sweeping:
-            self._restart_countdown(state)
+        if t0 == 0 or state.counts[0] < t0 or state.sweeping or self.read_only:
+            self._restart_countdown()
             return
         generation = 0
         if t1 and state.counts[1] + 1 >= t1:
@@ -187,13 +206,9 @@ class Heap(CoreHeap):
                 generation = 2
         self.collect(generation)
 
-    def _restart_countdown(self, state: _ProcessState) -> None:
+    def _restart_countdown(self) -> None:
         """Next check when the young count reaches its threshold (now, if it has)."""
+        state = self._sweep
         t0 = state.thresholds[0]
         state.batch = max(1, t0 - state.counts[0]) if t0 and not state.sweeping else 1 if t0 else 4096
         self._sweep_countdown = state.batch
-
-    def _relieve_pressure(self) -> None:
-        """A partition is full: a full sweep before giving up."""
-        if not self._state.sweeping:
-            self.collect(2)

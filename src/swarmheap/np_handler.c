@@ -1,6 +1,8 @@
 /* NumPy data-memory handler (NEP 49) over a swarmheap arena; see np_handler.h. */
 #define PY_SSIZE_T_CLEAN
-#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#ifndef NPY_NO_DEPRECATED_API
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#endif
 #define PY_ARRAY_UNIQUE_SYMBOL swarmheap_np_handler_ARRAY_API
 #include "np_handler.h"
 
@@ -101,7 +103,7 @@ static void tell_recycled(shnp_ctx *c) {
   Py_XINCREF(heap);
 #endif
   if (heap && heap != Py_None) {
-    PyObject *r = PyObject_CallMethod(heap, "_deferred_recycled", "II", c->owner, c->generation);
+    PyObject *r = PyObject_CallMethod(heap, "_notify_recycled", "II", c->owner, c->generation);
     if (!r) PyErr_WriteUnraisable(heap);
     Py_XDECREF(r);
   }

@@ -59,7 +59,7 @@ class numpy_allocator(contextlib.ContextDecorator):
         heap, owner = _heap_and_owner(target)
         self._heap = heap
         self._partition = partition
-        self._capsule = heap._np_handler(owner, partition, bool(fallback))
+        self._capsule = _core.np_handler(heap, owner, partition, bool(fallback))
         self._local = threading.local()
 
     def _stack(self) -> list[tuple[Any, int]]:
@@ -145,13 +145,24 @@ class ArrayHandle(NamedTuple):
     offset: int  # of the first element, from the block's start
 
 
+def _check_plain_dtype(dtype: np.dtype[Any]) -> None:
+    if dtype.hasobject:
+        raise TypeError(
+            f"dtype {dtype} holds Python object references, which mean nothing in another process: "
+            "share arrays of plain data (numbers, bytes, structs of them)"
+        )
+
+
 def array_handle(heap: Heap, array: np.ndarray[Any, Any]) -> ArrayHandle:
-    """A picklable handle to ``array``, whose data must live in ``heap``."""
+    """A picklable handle to ``array``, whose data must live in ``heap``.
+    TypeError for dtypes that hold object references: another process would
+    read this process's pointers."""
+    _check_plain_dtype(array.dtype)
     owner = array
     while isinstance(owner.base, np.ndarray):
         owner = owner.base
     start = owner.__array_interface__["data"][0]
-    block = heap._handle_at(start, owner.nbytes)
+    block = _core.handle_at(heap, start, owner.nbytes)
     offset = array.__array_interface__["data"][0] - start
     if not 0 <= offset <= owner.nbytes:
         raise InvalidHandle("the array's data is not inside the block of the array it views")
@@ -160,10 +171,15 @@ def array_handle(heap: Heap, array: np.ndarray[Any, Any]) -> ArrayHandle:
 
 def from_handle(heap: Heap, handle: ArrayHandle) -> np.ndarray[Any, Any]:
     """The array a handle names, zero-copy, over the same bytes (pins its agent while alive)."""
+    try:
+        dtype = np.dtype(handle.dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"the handle's dtype {handle.dtype!r} is not a NumPy dtype") from None
+    _check_plain_dtype(dtype)
     block = heap.resolve(handle.block)
     return np.ndarray(
         handle.shape,
-        np.dtype(handle.dtype),
+        dtype,
         buffer=memoryview(block),
         offset=handle.offset,
         strides=handle.strides,

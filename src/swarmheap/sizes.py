@@ -22,6 +22,7 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
+_LIMIT = 2**63
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -33,6 +34,8 @@ def parse_size(size: int | str, *, what: str = "size") -> int:
     if isinstance(size, int):
         if size < 0:
             raise ValueError(f"{what} must not be negative (got {size})")
+        if size >= _LIMIT:
+            raise ValueError(f"{what} {size} is beyond any heap (sizes are below 2**63 bytes)")
         return size
     match = _PATTERN.match(size)
     unit = match.group(2).lower() if match else ""
@@ -40,7 +43,10 @@ def parse_size(size: int | str, *, what: str = "size") -> int:
         raise ValueError(
             f"cannot read {what} {size!r}: write a number and a unit, e.g. '64 MiB', '1 GiB', '512MB'"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    n = int(float(match.group(1)) * _UNITS[unit])
+    if n >= _LIMIT:
+        raise ValueError(f"{what} {size!r} is beyond any heap (sizes are below 2**63 bytes)")
+    return n
 
 
 def format_size(n: int) -> str:

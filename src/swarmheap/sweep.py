@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmheap.agents import Agent, read_lease
 from swarmheap.errors import AgentStateError, StaleBlock
+from swarmheap.index import read_kind, read_lease
 
 if TYPE_CHECKING:
-    from swarmheap.heap import Heap
+    from swarmheap._core import CoreHeap as Heap
 
 __all__ = ["CAUSES", "SweepResult", "collect"]
 
@@ -40,6 +40,9 @@ class SweepResult:
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
+    # each agent reclaimed: its final dict (kind, cause, figures); the heap
+    # fires the recycle hooks from these
+    recycled: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def reclaimed_agents(self) -> int:
@@ -55,6 +58,7 @@ class SweepResult:
         self.deferred += other.deferred
         self.thread_caches += other.thread_caches
         self.leased_blocks += other.leased_blocks
+        self.recycled.extend(other.recycled)
         for cause in CAUSES:
             self.agents[cause] += other.agents[cause]
             self.bytes[cause] += other.bytes[cause]
@@ -105,6 +109,7 @@ def _examine(
     if info["pins"]:
         result.deferred += 1
         return True
+    info["kind"] = read_kind(heap, agent_id, generation)  # the index goes with the recycle
     try:
         recycled = heap._owner_recycle(agent_id, generation)
     except StaleBlock:
@@ -113,14 +118,9 @@ def _examine(
         result.deferred += 1
         return True
     result.agents[cause] += 1
-    result.bytes[cause] += sum(info["bytes"].values())
-    kind = heap._pop_deferred_kind(agent_id, generation)
-    heap._fire("recycle", Agent(heap, agent_id, generation, kind or "?"), _final(info, cause))
+    result.bytes[cause] += info["total_bytes"]
+    result.recycled.append({**info, "cause": cause})
     return False
-
-
-def _final(info: dict[str, Any], cause: str) -> dict[str, Any]:
-    return {**info, "cause": cause, "total_bytes": sum(info["bytes"].values())}
 
 
 def _sweep_queue(heap: Heap, ring: int, result: SweepResult, live: _Liveness, now: float) -> None:

@@ -7,6 +7,7 @@ import random
 import threading
 
 import swarmheap as sh
+from swarmheap import _core
 
 
 def read_write_free(name: str, handle: sh.Handle, own_handle: sh.Handle) -> bytes:
@@ -70,7 +71,7 @@ def spawn_and_hang(name: str, n_agents: int, hold_lock: bool, ready, stop) -> No
         agent.put("state", bytes([i]) * 100)
         ids.append(agent.id)
     if hold_lock:
-        heap._test_hold_lock("context")
+        _core._testing_hold_lock(heap, "context")
     ready.put(ids)
     stop.wait()  # never set: the parent kills us
 

@@ -89,7 +89,7 @@ def test_lease_refusals() -> None:
             heap.renew_lease(blk, 10)
         with pytest.raises(TypeError):
             heap.renew_lease(blk.offset, 10)  # type: ignore[arg-type]
-        with pytest.raises(sh.PartitionFull, match="lease table is full"):
+        with pytest.raises(sh.PartitionFull, match="block table is full"):
             for _ in range(100_000):
                 heap.alloc(16, "comm", lease=60)
         heap.check()

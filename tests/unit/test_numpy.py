@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import swarmheap as sh
+from swarmheap import _core
 
 get_handler_name = np._core.multiarray.get_handler_name
 
@@ -21,7 +22,7 @@ def data_in(heap: sh.Heap, array: np.ndarray[Any, Any]) -> bool:
     while isinstance(owner.base, np.ndarray):
         owner = owner.base
     try:
-        heap._handle_at(owner.__array_interface__["data"][0], owner.nbytes)
+        _core.handle_at(heap, owner.__array_interface__["data"][0], owner.nbytes)
     except sh.InvalidHandle:
         return False
     return True

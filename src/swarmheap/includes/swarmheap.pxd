@@ -99,6 +99,10 @@ cdef extern from "swarmheap.h" nogil:
     void *sh_base(const sh_arena_t *arena)
     int sh_alloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_alloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
+    int sh_alloc_owner(sh_arena_t *arena, uint32_t owner, uint32_t generation, sh_partition_t partition,
+                       size_t size, uint64_t *offset, uint64_t *usable)
+    int sh_alloc_owner_nolock(sh_arena_t *arena, uint32_t owner, uint32_t generation, sh_partition_t partition,
+                              size_t size, uint64_t *offset, uint64_t *usable)
     int sh_calloc(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_calloc_nolock(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset)
     int sh_free(sh_arena_t *arena, uint64_t offset)
@@ -117,6 +121,10 @@ cdef extern from "swarmheap.h" nogil:
                                uint64_t expected, uint64_t desired)
     int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word)
     uint64_t SH_USER_WORD_HELD
+    uint64_t SH_HELD_LENGTH_MAX
+    uint64_t sh_held_word(uint64_t offset, uint64_t length)
+    uint64_t sh_held_offset(uint64_t word)
+    uint64_t sh_held_length(uint64_t word)
     uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
     int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info)
     int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id)
@@ -133,7 +141,9 @@ cdef extern from "swarmheap.h" nogil:
     int sh_lease_clear(sh_arena_t *arena, uint64_t offset)
     int sh_lease_reclaim(sh_arena_t *arena, uint64_t now_ns, uint64_t *blocks, uint64_t *nbytes)
     uint64_t sh_lease_count(const sh_arena_t *arena)
+    int sh_block_tag(sh_arena_t *arena, uint64_t offset, uint64_t *tag)
+    int sh_block_tag_check(sh_arena_t *arena, uint64_t offset, uint64_t tag)
+    void sh_block_table_load(const sh_arena_t *arena, uint64_t *entries, uint64_t *capacity)
     int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed)
     void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total)
     uint64_t sh_magazine_blocks(const sh_arena_t *arena)
-    int sh_test_hold_lock(sh_arena_t *arena, sh_partition_t partition)

@@ -1,0 +1,18 @@
+# AgentCore: what an agent's hot path needs, in C fields.
+
+
+cdef class AgentCore:
+    """An owner of a CoreHeap: its heap, id and generation in C fields.
+    ``AgentCore(heap, agent_id, generation)`` wraps an owner made with
+    ``heap._owner_create``; Agent (agents.py) builds the rest on it."""
+
+    def __init__(self, CoreHeap heap, uint32_t agent_id, uint32_t generation):
+        self._heap = heap
+        self.id = agent_id
+        self.generation = generation
+
+    def alloc(self, size, partition=_CONTEXT):
+        """A block of ``size`` bytes charged to this agent (``context`` by
+        default). On a full partition the heap's events object may make room
+        once (Heap runs a full sweep) before PartitionFull is raised."""
+        return (<CoreHeap?>self._heap)._agent_alloc(self.id, self.generation, size, partition)

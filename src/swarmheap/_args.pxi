@@ -1,0 +1,105 @@
+# Argument parsing, and the one table of partition names.
+
+PARTITIONS = ("context", "shared", "comm", "system")
+OWNER_STATES = ("free", "live", "completed", "dead", "offloaded")
+cdef dict _PART_INDEX = {name: i for i, name in enumerate(PARTITIONS)}
+cdef str _CONTEXT = PARTITIONS[0]
+cdef str _SHARED = PARTITIONS[1]
+cdef str _COMM = PARTITIONS[2]
+cdef str _SYSTEM = PARTITIONS[3]
+cdef dict _STATE_INDEX = {name: i for i, name in enumerate(OWNER_STATES)}
+
+
+cdef int _part(object partition) except -1:
+    # Literal names in the caller's code are interned, so they are these very
+    # objects: identity answers without hashing (a dict lookup costs about a
+    # sixth of an alloc+free pair from Python)
+    if partition is _CONTEXT:
+        return 0
+    if partition is _SHARED:
+        return 1
+    if partition is _COMM:
+        return 2
+    if partition is _SYSTEM:
+        return 3
+    try:
+        return _PART_INDEX[partition]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}") from None
+
+
+cdef uint64_t _size_arg(object size) except? 0xFFFFFFFFFFFFFFFF:
+    if type(size) is int and 0 <= size < 0x7FFFFFFFFFFFFFFF:
+        return size
+    return parse_size(size)
+
+
+cdef double _seconds_arg(object seconds, str what) except -1.0:
+    """Positive, finite seconds below 1e9 (a NaN or an infinity never expires)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be seconds (an int or float), not {type(seconds).__name__}")
+    if not (seconds > 0 and seconds < 1e9):  # False for NaN too
+        raise ValueError(f"{what} must be positive seconds below 1e9, not {seconds!r}")
+    return seconds
+
+
+cdef uint64_t _lease_deadline_ns(object lease) except 0:
+    """Seconds from now to an absolute CLOCK_REALTIME deadline in ns."""
+    return <uint64_t>((time.time() + _seconds_arg(lease, "lease")) * 1e9)
+
+
+cdef bytes _shm_name(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"heap name must be a str, not {type(name).__name__}")
+    if not name or "/" in name or len(name) > 250 or "\0" in name:
+        raise ValueError(f"heap name {name!r} must be 1-250 characters without '/' or NUL")
+    return ("/" + name).encode()
+
+
+cdef int _options(sh_options_t *opts, object ratios, object page_size, object max_owners,
+                  object max_threads) except -1:
+    sh_options_init(opts)
+    if ratios is not None:
+        if not hasattr(ratios, "items"):
+            raise TypeError("ratios must be a mapping of partition name to share")
+        unknown = set(ratios) - set(PARTITIONS)
+        if unknown:
+            raise ValueError(f"unknown partition(s) in ratios: {sorted(unknown)}; use {', '.join(PARTITIONS)}")
+        missing = set(PARTITIONS) - set(ratios)
+        if missing:
+            raise ValueError(f"ratios must give all four partitions; missing {sorted(missing)}")
+        for key, share in ratios.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)):
+                raise TypeError(f"ratio of {key!r} must be a number, not {type(share).__name__}")
+            try:
+                value = float(share)
+            except OverflowError:
+                raise ValueError(f"ratio of {key!r} must be above 0 and below 1, not {share!r}") from None
+            if not (0 < value < 1):
+                raise ValueError(f"ratio of {key!r} must be above 0 and below 1, not {share!r}")
+            opts.ratios[_PART_INDEX[key]] = value
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise TypeError("page_size must be an int")
+    if not 0 < page_size < 2**32:
+        raise ValueError(f"page size {page_size} must be a power of two from 4096 to 8 MiB")
+    opts.page_size = page_size
+    if isinstance(max_owners, bool) or not isinstance(max_owners, int):
+        raise ValueError("max_owners must be an int >= 0 (0 picks one from the size)")
+    if not 0 <= max_owners < 2**32:
+        raise ValueError("max_owners must be an int >= 0 (0 picks one from the size)")
+    opts.max_owners = max_owners
+    if isinstance(max_threads, bool) or not isinstance(max_threads, int):
+        raise ValueError("max_threads must be an int from 0 to 4095 (0 picks one from the size)")
+    if not 0 <= max_threads <= 4095:
+        raise ValueError("max_threads must be an int from 0 to 4095 (0 picks one from the size)")
+    opts.max_threads = max_threads
+    return 0
+
+
+def unlink(name):
+    """Remove a named heap from /dev/shm. Processes that have it mapped keep it
+    until they close. Raises HeapNotFound if there is no such heap."""
+    cdef bytes cname = _shm_name(name)
+    cdef int rc = sh_unlink(SH_BACKING_SHM, cname)
+    if rc:
+        _raise(rc)

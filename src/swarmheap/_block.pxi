@@ -1,0 +1,161 @@
+# Block: a block of arena memory as a Python object.
+
+
+@cython.freelist(128)
+cdef class Block:
+    """A block of arena memory. Supports the buffer protocol (memoryview,
+    numpy.frombuffer, slicing), keeps its heap alive, and is exact about
+    staleness: once the block was freed (through this object or any other,
+    in any process), taken back by its lease, or recycled with its agent, any
+    use raises StaleBlock. An exported buffer pins the block's agent, and
+    free() refuses while one is alive."""
+
+    def __init__(self):
+        raise TypeError("blocks come from heap.alloc(), agent.alloc() or heap.resolve()")
+
+    cdef int _stale(self) except -1:
+        """1 if the block is not this object's any more (no exception)."""
+        if self.freed:
+            return 1
+        if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
+            return 1
+        if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
+            return 1
+        return 0
+
+    cdef int _check_live(self) except -1:
+        if self.freed:
+            raise StaleBlock(f"block at offset {self.offset} was freed", "SH_EDOUBLEFREE")
+        if self.heap.arena == NULL:
+            raise ValueError("the block's heap is closed")
+        if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
+            raise StaleBlock(
+                f"block at offset {self.offset} belonged to agent {self.owner} generation "
+                f"{self.generation}, which was recycled", "SH_EOWNER")
+        if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
+            raise StaleHandle(
+                f"block at offset {self.offset} is already free: it was freed through another Block or "
+                f"handle, or by a sweep when its lease ran out, and may hold someone else's data now", "SH_EOWNER")
+        return 0
+
+    def _adopt_tag(self, uint64_t tag):
+        self.tag = tag
+        if self.exports:
+            self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + self.exports
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self._check_live()
+        cdef bint ro = self.heap.read_only
+        # a read-only view never writes the arena, so it does not pin: its
+        # Block still detects a recycle through the generation
+        if self.owner != 0 and self.exports == 0 and not ro:
+            self.heap._owner_pin(self.owner, self.generation)
+        PyBuffer_FillInfo(view, self, self.heap.base + self.offset, self.length, 1 if ro else 0, flags)
+        self.exports += 1
+        self.heap.exports += 1
+        if self.tag:
+            self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.exports -= 1
+        self.heap.exports -= 1
+        if self.tag:
+            left = self.heap.tagged_exports.get(self.offset, 1) - 1
+            if left > 0:
+                self.heap.tagged_exports[self.offset] = left
+            else:
+                self.heap.tagged_exports.pop(self.offset, None)
+        if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
+            try:
+                if self.heap._owner_unpin(self.owner, self.generation):
+                    self.heap._notify_recycled(self.owner, self.generation)
+            except StaleBlock:
+                pass
+
+    def __len__(self):
+        return self.length
+
+    @property
+    def size(self):
+        """Usable bytes: the size class (or whole pages) the request got."""
+        return self.usable
+
+    @property
+    def partition(self):
+        """The partition's name."""
+        return PARTITIONS[self.part]
+
+    @property
+    def handle(self):
+        """A picklable Handle that heap.resolve() turns back into this block in
+        any process attached to the heap, until the block is freed."""
+        cdef uint64_t tag = 0
+        cdef int rc
+        if self.tag == 0 and not self.heap.read_only and not self.freed and self.heap.arena != NULL \
+                and not self._stale():
+            rc = sh_block_tag(self.heap.arena, self.offset, &tag)
+            if rc:
+                _raise(rc)
+            self._adopt_tag(tag)
+        return Handle(self.offset, self.length, self.owner, self.generation, self.tag)
+
+    @property
+    def freed(self):
+        """True once the block is not this object's any more: freed through
+        it or another Block, taken back by a lease, recycled with its agent."""
+        if self.freed:
+            return True
+        if self.heap.arena == NULL:
+            return False
+        return bool(self._stale())
+
+    @property
+    def exported(self):
+        """How many buffers (memoryviews, arrays) are open on the block."""
+        return self.exports
+
+    def __getitem__(self, key):
+        self._check_live()
+        with memoryview(self) as view:
+            item = view[key]
+            return item if isinstance(item, int) else bytes(item)
+
+    def __setitem__(self, key, value):
+        self._check_live()
+        with memoryview(self) as view:  # read-only heaps export read-only views: TypeError
+            view[key] = value
+
+    def free(self):
+        """Return the block. BufferError (nothing freed) while a memoryview or
+        array still points at it, through this Block or another one; StaleBlock
+        if it was freed or recycled already."""
+        if self.exports:
+            raise BufferError(
+                f"cannot free: {self.exports} exported buffer(s) (memoryview, numpy array) still point at the block")
+        if self.tag and self.heap.tagged_exports.get(self.offset):
+            raise BufferError(
+                f"cannot free: {self.heap.tagged_exports[self.offset]} buffer(s) opened through another Block "
+                f"of this block still point at it")
+        self._check_live()
+        self.heap._check_writable()
+        cdef int rc = _free_off(self.heap, self.offset)
+        if rc:
+            _raise(rc)
+        self.freed = True
+
+    def __enter__(self):
+        self._check_live()
+        return self
+
+    def __exit__(self, *exc):
+        if self.heap.arena != NULL and not self.heap.read_only and not self._stale():
+            self.free()
+        return False
+
+    def __repr__(self):
+        state = "freed " if self.freed else ""
+        return (f"<Block {state}{format_size(self.length)} (usable {format_size(self.usable)}) "
+                f"{PARTITIONS[self.part]} owner={self.owner} offset={self.offset}>")
+
+    def __reduce__(self):
+        raise TypeError("a Block holds a mapping and cannot be pickled: send block.handle instead")

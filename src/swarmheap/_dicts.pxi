@@ -1,0 +1,31 @@
+# The one shape of an owner's dict (Agent.stats(), complete(), stats()["owners"],
+# sweeps): kind is filled in by the layer above (the core keeps only its
+# crc32, kind_id); peak is given in bytes and in pages.
+
+cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page):
+    return {
+        "id": oi.id, "generation": oi.generation, "kind": kind, "kind_id": oi.kind,
+        "state": OWNER_STATES[oi.state] if <unsigned>oi.state < 5 else "corrupt",
+        "pid": oi.pid, "pid_start_time": oi.pid_start_time,
+        "created_ns": oi.created_ns, "last_active_ns": oi.last_active_ns, "pins": oi.pins,
+        "bytes": {"context": oi.bytes[0], "shared": oi.bytes[1], "comm": oi.bytes[2], "system": oi.bytes[3]},
+        "pages": {"context": oi.pages[0], "shared": oi.pages[1], "comm": oi.pages[2], "system": oi.pages[3]},
+        "peak": {"context": oi.peak_pages[0] * page, "shared": oi.peak_pages[1] * page,
+                 "comm": oi.peak_pages[2] * page, "system": oi.peak_pages[3] * page},
+        "peak_pages": {"context": oi.peak_pages[0], "shared": oi.peak_pages[1],
+                       "comm": oi.peak_pages[2], "system": oi.peak_pages[3]},
+        "blocks": oi.blocks, "user_word": oi.user_word,
+        "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
+    }
+
+
+cdef dict _partition_dict(sh_partition_stats_t *ps, uint64_t page):
+    # held: bytes of the pages given to owners; in_use of them is what blocks
+    # use, and utilization the ratio (1.0 when nothing is held)
+    cdef uint64_t held = ps.pages_used * page
+    return {
+        "capacity": ps.capacity, "in_use": ps.in_use, "peak": ps.peak,
+        "pages_used": ps.pages_used, "pages_total": ps.pages_total,
+        "held": held, "utilization": (ps.in_use / held) if held else 1.0,
+        "allocs": ps.allocs, "frees": ps.frees, "failures": ps.failures,
+    }

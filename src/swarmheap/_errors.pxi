@@ -1,0 +1,51 @@
+# C status -> the named exception, with the core's message.
+
+_ATTACH_CODES = frozenset({SH_ETRUNCATED, SH_EMAGIC, SH_EVERSION, SH_ECHECKSUM, SH_ECORRUPT})
+
+
+cdef int _raise(int rc, bint attaching=False) except -1:
+    message = sh_last_error().decode("utf-8", "replace")
+    # the user typed "swarm", not "/swarm": the core's shm name is not theirs
+    message = message.replace("'/", "'")
+    code = sh_strerror(rc).decode()
+    if rc == SH_EFULL:
+        raise PartitionFull(message, code)
+    if rc == SH_EINVAL:
+        raise ValueError(message)
+    if rc == SH_ENOMEM:
+        raise MemoryError(message)
+    if rc == SH_ENOENT:
+        raise HeapNotFound(message, code)
+    if rc == SH_EEXIST:
+        raise HeapExists(message, code)
+    if rc in _ATTACH_CODES and attaching:
+        raise AttachError(message, code)
+    if rc == SH_ECORRUPT:
+        raise HeapCorrupt(message, code)
+    if rc == SH_EBADPTR:
+        raise InvalidHandle(message, code)
+    if rc == SH_EDOUBLEFREE or rc == SH_EOWNER:
+        raise StaleBlock(message, code)
+    if rc == SH_ETOOMANY:
+        raise TooManyAgents(message, code)
+    if rc == SH_ESTATE or rc == SH_EPINNED:
+        raise AgentStateError(message, code)
+    if rc == SH_ESYS or rc == SH_ENOSPC:
+        raise OSError(message)
+    raise SwarmHeapError(message, code)
+
+
+def stale_agent(uint32_t oid, uint32_t gen):
+    """The one StaleBlock for an agent whose generation is gone."""
+    return StaleBlock(f"agent {oid} (generation {gen}) was recycled", "SH_EOWNER")
+
+
+def retry_while_changing(read, what, int attempts=100):
+    """Call ``read()`` until it returns something other than None (it returns
+    None when what it read changed under it): the one retry loop for
+    lock-free readers. AgentStateError if it kept changing."""
+    for _ in range(attempts):
+        got = read()
+        if got is not None:
+            return got
+    raise AgentStateError(f"{what} keeps changing under concurrent updates")

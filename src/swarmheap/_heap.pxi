@@ -1,0 +1,830 @@
+# CoreHeap: one arena, and every call on it.
+
+
+class HeapEvents:
+    """What a CoreHeap tells the layer above it. The binding calls these and
+    nothing else above it; this default does nothing, so a CoreHeap stands
+    alone. heap.py installs its own (sweep counting, pressure relief, hooks).
+
+    on_countdown(heap): heap._sweep_countdown agent allocations ran out; set
+        it again.
+    on_partition_full(heap, partition) -> bool: an agent allocation found the
+        partition full; True asks for one more try (after making room).
+    on_recycled(heap, agent_id, generation): the last pin of a completed
+        agent dropped in this process, and the agent was recycled.
+    """
+
+    def on_countdown(self, heap):
+        heap._sweep_countdown = 1 << 30
+
+    def on_partition_full(self, heap, partition):
+        return False
+
+    def on_recycled(self, heap, agent_id, generation):
+        pass
+
+
+_NO_EVENTS = HeapEvents()
+
+
+# The core's _nolock calls never wait: on SH_EAGAIN (the call needs a lock)
+# the locking call runs again with the GIL released, counted in flight so
+# that close() waits for it.
+cdef inline int _alloc_off(CoreHeap h, uint32_t oid, uint32_t gen, sh_partition_t part, uint64_t nbytes,
+                           uint64_t *off, uint64_t *usable) noexcept:
+    cdef sh_arena_t *arena = h.arena
+    cdef int rc = sh_alloc_owner_nolock(arena, oid, gen, part, nbytes, off, usable)
+    if rc == SH_EAGAIN:
+        h.inflight += 1
+        with nogil:
+            rc = sh_alloc_owner(arena, oid, gen, part, nbytes, off, usable)
+        h.inflight -= 1
+    return rc
+
+
+cdef inline int _free_off(CoreHeap h, uint64_t off) noexcept:
+    cdef sh_arena_t *arena = h.arena
+    cdef int rc = sh_free_nolock(arena, off)
+    if rc == SH_EAGAIN:
+        h.inflight += 1
+        with nogil:
+            rc = sh_free(arena, off)
+        h.inflight -= 1
+    return rc
+
+
+cdef str _shm_path(object name):
+    return "/dev/shm/" + name
+
+
+cdef object _foreign_segment(object name):
+    """Why the segment of that name is not ours to use, or None if it is."""
+    try:
+        st = os.stat(_shm_path(name))
+    except OSError:
+        return None
+    euid = os.geteuid()
+    mode = stat_mode.S_IMODE(st.st_mode)
+    if st.st_uid != euid:
+        return (f"/dev/shm/{name} belongs to uid {st.st_uid} (mode {mode:04o}), not to you (uid {euid}): "
+                f"another user controls it")
+    if mode & 0o077:
+        return (f"/dev/shm/{name} has mode {mode:04o}: group or others can read or write it "
+                f"(swarmheap makes its segments 0600)")
+    return None
+
+
+cdef class CoreHeap:
+    """One arena: private (anonymous) or named shared memory. Use
+    ``Heap.create`` or ``Heap.attach``; see the package docs."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.arena = NULL
+        self._sweep_countdown = 1 << 30
+        self.events = _NO_EVENTS
+        self.tagged_exports = {}
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__}(...) is not how a heap is made: use "
+                        f"{type(self).__name__}.create(name=None, size='64 MiB', ...) for a new one, or "
+                        f"{type(self).__name__}.attach(name) for one another process made")
+
+    def __dealloc__(self):
+        if self.np_keeper != NULL:
+            shnp_keeper_close(<shnp_keeper *>self.np_keeper)  # unmaps once no array lives in it
+        elif self.arena != NULL:
+            sh_close(self.arena)
+        self.np_keeper = NULL
+        self.arena = NULL
+
+    @classmethod
+    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0, max_threads=0):
+        """Create an arena of ``size`` bytes (an int or "1 GiB"). ``name=None``
+        gives a private arena; a name gives shared memory other processes can
+        ``attach``. ``ratios`` maps the four partitions (context, shared, comm,
+        system) to shares above 0 summing to 1. ``max_threads`` is how many
+        threads, across all processes, get a cache in the arena at once (0 picks
+        one from the size); later threads take the slower uncached path."""
+        cdef sh_options_t opts
+        cdef sh_arena_t *arena = NULL
+        cdef uint64_t nbytes = parse_size(size)
+        cdef bytes cname = None
+        cdef const char *cname_p = NULL
+        cdef int rc
+        _options(&opts, ratios, page_size, max_owners, max_threads)
+        if name is not None:
+            cname = _shm_name(name)
+            cname_p = cname
+        with nogil:
+            rc = sh_create(&arena, SH_BACKING_SHM if cname_p != NULL else SH_BACKING_ANON, cname_p, nbytes, &opts)
+        if rc == SH_EEXIST and name is not None:
+            why = _foreign_segment(name)
+            if why is not None:
+                raise HeapExists(f"a segment named {name!r} exists but is not one of ours: {why}; "
+                                 f"pick another name", "SH_EEXIST")
+        if rc:
+            _raise(rc)
+        cdef CoreHeap heap = cls.__new__(cls)
+        heap._adopt(arena, name, False, True)
+        return heap
+
+    @classmethod
+    def attach(cls, name, *, read_only=False):
+        """Map a named heap another process created. The segment must be
+        yours and private (mode 0600), and every header field is validated
+        first: a damaged, truncated, foreign or exposed one raises AttachError."""
+        cdef bytes cname = _shm_name(name)
+        cdef const char *cname_p = cname
+        cdef sh_arena_t *arena = NULL
+        cdef int ro = 1 if read_only else 0
+        cdef int rc
+        why = _foreign_segment(name)
+        if why is not None:
+            raise AttachError(f"refusing to attach heap {name!r}: {why}", "SH_EINVAL")
+        with nogil:
+            rc = sh_attach(&arena, SH_BACKING_SHM, cname_p, ro)
+        if rc:
+            _raise(rc, True)
+        cdef CoreHeap heap = cls.__new__(cls)
+        heap._adopt(arena, name, ro, False)
+        return heap
+
+    cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created):
+        cdef sh_arena_info_t info
+        self.arena = arena
+        self.base = <uint8_t *>sh_base(arena)
+        sh_arena_info(arena, &info)
+        self.arena_size = info.size
+        self.page_shift_ = <uint32_t>(info.page_size.bit_length() - 1)
+        self.name = name
+        self.read_only = read_only
+        self.created = created
+
+    cdef int _check_open(self) except -1:
+        if self.arena == NULL:
+            raise ValueError("the heap is closed")
+        return 0
+
+    cdef int _check_writable(self) except -1:
+        if self.arena == NULL:
+            raise ValueError("the heap is closed")
+        if self.read_only:
+            raise ReadOnlyHeap(f"heap {self.name!r} is attached read-only: attach it without read_only=True "
+                               f"to allocate, free, spawn, put, complete or sweep", "SH_EINVAL")
+        return 0
+
+    cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
+                          uint64_t usable, int part, uint64_t tag):
+        cdef Block blk = Block.__new__(Block)
+        blk.heap = self
+        blk.offset = offset
+        blk.length = length
+        blk.owner = owner
+        blk.generation = generation
+        blk.usable = usable
+        blk.part = part
+        blk.tag = tag
+        return blk
+
+    @property
+    def closed(self):
+        """True once close() ran."""
+        return self.arena == NULL
+
+    @property
+    def size(self):
+        """Arena size in bytes."""
+        return self.arena_size
+
+    @property
+    def page_size(self):
+        """Page size in bytes."""
+        self._check_open()
+        return 1 << self.page_shift_
+
+    def close(self):
+        """Unmap this process's view. Blocks of it become unusable here; other
+        processes keep the heap. Refused while buffers are exported; waits for
+        calls other threads of this process are making into it."""
+        if self.arena == NULL:
+            return
+        if self.exports:
+            raise BufferError(f"cannot close: {self.exports} exported buffer(s) still point into the heap")
+        while self.inflight:
+            time.sleep(0.0002)  # gives the GIL to the threads whose calls are finishing
+        if self.arena == NULL:  # another thread closed it meanwhile
+            return
+        cdef sh_arena_t *arena = self.arena
+        self.arena = NULL
+        self.base = NULL
+        if self.np_keeper != NULL:
+            # arrays made by a NumPy handler may still live in the mapping: the
+            # keeper unmaps it when the last of them is freed
+            shnp_keeper_close(<shnp_keeper *>self.np_keeper)
+            self.np_keeper = NULL
+        else:
+            sh_close(arena)
+
+    def unlink(self):
+        """Remove the heap's name; mapped views stay valid until closed."""
+        if self.name is None:
+            raise ValueError("a private heap has no name to unlink")
+        unlink(self.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """Close; a heap this handle created by name is unlinked too."""
+        self.close()
+        if self.created and self.name is not None:
+            try:
+                unlink(self.name)
+            except HeapNotFound:
+                pass
+        return False
+
+    def __repr__(self):
+        if self.arena == NULL:
+            return f"<{type(self).__name__} {self.name!r} closed>"
+        where = "private" if self.name is None else repr(self.name)
+        return f"<{type(self).__name__} {where} {format_size(self.arena_size)}{' read-only' if self.read_only else ''}>"
+
+    # ---- blocks ----------------------------------------------------------
+
+    cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1:
+        if owner is None:
+            oid[0] = 0
+            gen[0] = 1
+            return 0
+        if isinstance(owner, AgentCore):
+            oid[0] = (<AgentCore>owner).id
+            gen[0] = (<AgentCore>owner).generation
+            if (<AgentCore>owner)._heap is not self:
+                raise ValueError(f"agent {oid[0]} belongs to another heap object")
+            if sh_owner_generation(self.arena, oid[0]) != gen[0]:
+                raise stale_agent(oid[0], gen[0])
+            return 0
+        if isinstance(owner, int) and not isinstance(owner, bool):
+            if not 0 <= owner < 2**32:
+                raise ValueError(f"owner id {owner} is out of range")
+            oid[0] = owner
+            gen[0] = sh_owner_generation(self.arena, oid[0])
+            if gen[0] == 0:
+                raise StaleBlock(f"owner {owner} does not exist (its slot is free)", "SH_EOWNER")
+            return 0
+        raise TypeError(f"owner must be an Agent, an agent id (int) or None, not {type(owner).__name__}")
+
+    def alloc(self, size, partition=_CONTEXT, *, owner=None, lease=None):
+        """A Block of ``size`` bytes in ``partition``, charged to ``owner``
+        (an Agent, an owner id, or None for the shared default). ``lease``
+        (seconds, shared default only) lets a sweep free the block once that
+        time has passed without a renew_lease(): for blocks whose holder may
+        forget them or die."""
+        self._check_writable()
+        cdef uint64_t nbytes = _size_arg(size)
+        cdef int part = _part(partition)
+        cdef uint32_t oid, gen
+        self._owner_arg(owner, &oid, &gen)
+        cdef uint64_t deadline = 0, tag = 0
+        if lease is not None:
+            deadline = _lease_deadline_ns(lease)
+            if oid != 0:
+                raise ValueError("only blocks of the shared default (owner=None) take a lease: "
+                                 "an agent's blocks go back with the agent, so give the agent the lease")
+        cdef uint64_t off, usable
+        cdef int rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
+        if rc:
+            _raise(rc)
+        if deadline:
+            # a leased block is tagged too: once a sweep takes it back, its
+            # Block (and any handle) is stale, not a window into the next tenant
+            rc = sh_lease_set(self.arena, off, deadline)
+            if rc == SH_OK:
+                rc = sh_block_tag(self.arena, off, &tag)
+            if rc:
+                message_rc = rc
+                _free_off(self, off)
+                _raise(message_rc)
+        return self._new_block(off, nbytes, oid, gen, usable, part, tag)
+
+    cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition):
+        # AgentCore.alloc: counts the allocation toward the young sweep (the
+        # events object hears when the countdown runs out), allocates for the
+        # agent in one C call that checks its generation, and on a full
+        # partition lets the events object make room once.
+        if self._sweep_countdown > 1:
+            self._sweep_countdown -= 1
+        else:
+            self.events.on_countdown(self)
+        self._check_writable()
+        cdef uint64_t nbytes = _size_arg(size)
+        cdef int part = _part(partition)
+        cdef uint64_t off, usable
+        cdef int rc, attempt
+        for attempt in range(2):
+            rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
+            if rc == SH_EFULL and attempt == 0 and self.events.on_partition_full(self, PARTITIONS[part]):
+                continue
+            if rc == SH_EOWNER:
+                raise stale_agent(oid, gen)
+            if rc:
+                _raise(rc)
+            break
+        return self._new_block(off, nbytes, oid, gen, usable, part, 0)
+
+    def renew_lease(self, block, lease):
+        """Move the lease of a block of the shared default (a Block or its
+        Handle) to ``lease`` seconds from now; gives a block without one a lease."""
+        self._check_writable()
+        cdef uint64_t off = self._lease_target(block)
+        cdef uint64_t deadline = _lease_deadline_ns(lease)
+        cdef int rc
+        cdef uint64_t tag = 0
+        rc = sh_lease_set(self.arena, off, deadline)
+        if rc == SH_OK and isinstance(block, Block) and (<Block>block).tag == 0:
+            rc = sh_block_tag(self.arena, off, &tag)
+            if rc == SH_OK:
+                (<Block>block)._adopt_tag(tag)
+        if rc:
+            _raise(rc)
+
+    def lease_deadline(self, block):
+        """When the block's lease runs out (seconds since the epoch, as
+        time.time()), or None if it has no lease."""
+        self._check_open()
+        cdef uint64_t off = self._lease_target(block)
+        cdef uint64_t deadline = 0
+        cdef int rc = sh_lease_get(self.arena, off, &deadline) if not self.read_only else SH_ENOENT
+        if rc == SH_ENOENT:
+            return None
+        if rc:
+            _raise(rc)
+        return deadline / 1e9
+
+    def _lease_target(self, block):
+        if isinstance(block, Block):
+            if (<Block>block).heap is not self:
+                raise ValueError("the block belongs to another heap object")
+            (<Block>block)._check_live()
+            return (<Block>block).offset
+        if isinstance(block, tuple) and len(block) in (4, 5):
+            return self.resolve(block).offset
+        raise TypeError(f"expected a Block or a Handle, not {type(block).__name__}")
+
+    def _lease_reclaim(self, double now):
+        """Free the leased blocks whose time ran out at ``now``: (blocks, bytes)."""
+        self._check_writable()
+        cdef uint64_t blocks = 0, nbytes = 0
+        cdef uint64_t now_ns = <uint64_t>(now * 1e9) if now > 0 else 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_lease_reclaim(arena, now_ns, &blocks, &nbytes)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return blocks, nbytes
+
+    def resolve(self, handle):
+        """The Block a Handle names, in this process. StaleBlock if the block
+        was freed (or freed and reused) since the handle was made, or its agent
+        was recycled; InvalidHandle if it never named a block."""
+        self._check_open()
+        if not isinstance(handle, tuple) or len(handle) not in (4, 5):
+            raise InvalidHandle("a handle is a Handle(offset, size, owner, generation, tag) from block.handle")
+        offset, length, owner, generation = handle[0], handle[1], handle[2], handle[3]
+        tag = handle[4] if len(handle) == 5 else 0
+        for what, value in (("offset", offset), ("size", length), ("owner", owner),
+                            ("generation", generation), ("tag", tag)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**64:
+                raise InvalidHandle(f"handle {what} {value!r} is not an int in range")
+        cdef sh_block_info_t info
+        if offset >= self.arena_size:
+            raise InvalidHandle(f"handle offset {offset!r} is outside this heap ({self.arena_size} bytes)")
+        cdef int rc = sh_block_info(self.arena, offset, &info)
+        if rc:
+            if tag and rc == SH_EBADPTR:
+                raise StaleHandle(f"the block at offset {offset} was freed since this handle was made "
+                                  f"(it is a free block now)", "SH_EOWNER")
+            _raise(rc)
+        if info.owner != owner or sh_owner_generation(self.arena, info.owner) != generation:
+            raise StaleBlock(f"the block at offset {offset} no longer belongs to owner {owner} generation {generation}",
+                             "SH_EOWNER")
+        if tag:
+            rc = sh_block_tag_check(self.arena, offset, tag)
+            if rc == SH_EOWNER or rc == SH_EBADPTR:
+                raise StaleHandle(f"the block at offset {offset} was freed, or freed and reused, since this "
+                                  f"handle was made", "SH_EOWNER")
+            if rc:
+                _raise(rc)
+        if not length <= info.usable_size:
+            raise InvalidHandle(f"handle size {length!r} exceeds the block's usable {info.usable_size} bytes")
+        return self._new_block(offset, length, owner, generation, info.usable_size, <int>info.partition, tag)
+
+    def alloc_many(self, n, size, partition="context", *, owner=None):
+        """``n`` blocks of ``size`` bytes in one call: a numpy uint64 array of
+        their offsets (free them with free_many). All or nothing: on failure
+        the ones already taken are returned and the error is raised."""
+        self._check_writable()
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if not 0 <= n < 2**40:
+            raise ValueError(f"n must be an int from 0 to 2**40, not {n!r}")
+        cdef uint64_t nbytes = _size_arg(size)
+        cdef sh_partition_t part = <sh_partition_t>_part(partition)
+        cdef uint32_t oid, gen
+        self._owner_arg(owner, &oid, &gen)
+        out = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] offs = out
+        cdef Py_ssize_t i, j, count = n
+        cdef uint64_t usable
+        cdef int rc = 0
+        for i in range(count):
+            rc = _alloc_off(self, oid, gen, part, nbytes, &offs[i], &usable)
+            if rc:
+                message_rc = rc
+                for j in range(i):
+                    _free_off(self, offs[j])
+                _raise(message_rc)
+        return out
+
+    def free_many(self, offsets):
+        """Free every offset of an array from alloc_many. Stops at the first
+        bad one and raises, saying how many were freed before it."""
+        self._check_writable()
+        arr = np.asarray(offsets)
+        if arr.size and arr.dtype.kind not in "ui":
+            raise TypeError(f"offsets must be ints (an array from alloc_many), not {arr.dtype}")
+        if arr.size and arr.dtype.kind == "i" and (arr < 0).any():
+            raise ValueError("offsets must not be negative: pass the array alloc_many returned")
+        cdef uint64_t[::1] offs = np.ascontiguousarray(arr.ravel(), dtype=np.uint64)
+        cdef size_t i = 0, count = offs.shape[0]
+        cdef int rc = SH_OK
+        cdef sh_arena_t *arena = self.arena
+        if count == 0:
+            return
+        # one C call: blocks of one page go back together
+        self.inflight += 1
+        with nogil:
+            rc = sh_free_many(arena, &offs[0], count, &i)
+        self.inflight -= 1
+        if rc:
+            message = sh_last_error().decode("utf-8", "replace")
+            exc = InvalidHandle if rc == SH_EBADPTR else StaleBlock
+            raise exc(f"freed {i} of {count}; offset {offs[i]}: {message}", sh_strerror(rc).decode())
+
+    def good_size(self, size):
+        """The usable size a request of ``size`` bytes gets; 0 if no request
+        of that size can ever fit this heap."""
+        self._check_open()
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 2**63:
+            return 0
+        return sh_good_size(self.arena, _size_arg(size))
+
+    # ---- introspection ---------------------------------------------------
+
+    def info(self):
+        """Immutable facts: size, page size, partitions, size classes."""
+        self._check_open()
+        cdef sh_arena_info_t info
+        cdef uint64_t entries, capacity
+        sh_arena_info(self.arena, &info)
+        sh_block_table_load(self.arena, &entries, &capacity)
+        return {
+            "size": info.size,
+            "page_size": info.page_size,
+            "format_version": info.format_version,
+            "max_owners": info.max_owners,
+            "small_limit": info.small_limit,
+            "metadata_bytes": info.metadata_bytes,
+            "block_table": capacity,
+            "partitions": {
+                PARTITIONS[p]: {"offset": info.part_offset[p], "size": info.part_size[p]} for p in range(4)
+            },
+            "size_classes": [info.class_size[c] for c in range(info.nclasses)],
+        }
+
+    def stats(self):
+        """A plain dict: per partition, per size class (those with pages) and
+        per owner. Read without stopping other processes."""
+        self._check_open()
+        cdef sh_partition_stats_t ps
+        cdef sh_class_stats_t cs
+        cdef sh_arena_info_t info
+        cdef sh_owner_info_t oi
+        cdef int p, c
+        cdef uint32_t o
+        cdef uint64_t page = 1 << self.page_shift_
+        sh_arena_info(self.arena, &info)
+        partitions = {}
+        for p in range(4):
+            sh_partition_stats(self.arena, <sh_partition_t>p, &ps)
+            partitions[PARTITIONS[p]] = _partition_dict(&ps, page)
+        classes = []
+        for c in range(<int>info.nclasses):
+            sh_class_stats(self.arena, c, &cs)
+            if cs.pages or cs.allocs:
+                classes.append({
+                    "block_size": cs.block_size, "pages": cs.pages, "blocks_used": cs.blocks_used,
+                    "blocks_free": cs.blocks_free, "allocs": cs.allocs, "frees": cs.frees,
+                })
+        owners = []
+        for o in range(info.max_owners):
+            if sh_owner_generation(self.arena, o) == 0:
+                continue
+            if sh_owner_info(self.arena, o, &oi) == SH_OK:
+                owners.append(_owner_dict(&oi, None, page))
+        cdef uint32_t bound, total
+        cdef uint64_t entries, capacity
+        sh_thread_slots(self.arena, &bound, &total)
+        sh_block_table_load(self.arena, &entries, &capacity)
+        return {"size": info.size, "page_size": info.page_size, "partitions": partitions,
+                "classes": classes, "owners": owners,
+                "thread_caches": {"bound": bound, "total": total,
+                                  "magazine_blocks": sh_magazine_blocks(self.arena)},
+                "leases": sh_lease_count(self.arena),
+                "block_table": {"entries": entries, "capacity": capacity}}
+
+    def check(self):
+        """Walk every page, list, table and counter; raise HeapCorrupt naming
+        the first inconsistency."""
+        self._check_open()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_check(arena)
+        self.inflight -= 1
+        if rc:
+            if rc == SH_ECORRUPT:
+                raise HeapCorrupt(sh_last_error().decode("utf-8", "replace"), "SH_ECORRUPT")
+            _raise(rc)
+
+    # ---- owners (the agent layer builds on these) -------------------------
+
+    def _owner_create(self, uint32_t kind):
+        self._check_writable()
+        cdef uint32_t oid, gen
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_create(arena, kind, &oid, &gen)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return oid, gen
+
+    def _owner_recycle(self, uint32_t oid, uint32_t gen):
+        """True if recycled now, False if deferred by pins."""
+        self._check_writable()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_recycle(arena, oid, gen)
+        self.inflight -= 1
+        if rc == SH_EPINNED:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _owner_complete(self, uint32_t oid, uint32_t gen, str kind):
+        """Recycle (or, if pinned, mark completed) and return (recycled, the
+        agent's final dict), read in the same pass over its pages."""
+        self._check_writable()
+        cdef sh_owner_info_t oi
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_complete(arena, oid, gen, &oi)
+        self.inflight -= 1
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc != SH_OK and rc != SH_EPINNED:
+            _raise(rc)
+        return rc == SH_OK, _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
+        """Agent.stats() of the owner; StaleBlock if that generation is gone."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK or oi.generation != gen:
+            raise stale_agent(oid, gen)
+        return _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_pin(self, uint32_t oid, uint32_t gen):
+        self._check_writable()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_pin(arena, oid, gen)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+
+    def _owner_unpin(self, uint32_t oid, uint32_t gen):
+        """True if this unpin recycled a completed owner."""
+        self._check_writable()
+        cdef int rc, recycled = 0
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_unpin(arena, oid, gen, &recycled)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return bool(recycled)
+
+    def _notify_recycled(self, uint32_t oid, uint32_t gen):
+        """The binding's own relay (Block and the NumPy handler call it): the
+        last pin of a completed owner dropped here and it was recycled."""
+        self.events.on_recycled(self, oid, gen)
+
+    def _owner_set_state(self, uint32_t oid, uint32_t gen, str expected, str desired):
+        self._check_writable()
+        cdef int rc
+        cdef int e = _STATE_INDEX[expected], d = _STATE_INDEX[desired]
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_set_state(arena, oid, gen, <sh_owner_state_t>e, <sh_owner_state_t>d)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+
+    def _owner_touch(self, uint32_t oid, uint32_t gen):
+        self._check_writable()
+        cdef int rc = sh_owner_touch(self.arena, oid, gen)
+        if rc:
+            _raise(rc)
+
+    # The owner's user word may hold a block of the shared default's `system`
+    # (sh_held_word in swarmheap.h: the agent index lives there); these read
+    # and swap it in one call each.
+
+    def _owner_held_read(self, uint32_t oid, uint32_t gen):
+        """The block the owner's user word holds, copied out between two reads
+        of the word that agree: (word, bytes); (0, b"") if it holds none; None
+        if that generation is gone. AgentStateError if the word kept changing."""
+        self._check_open()
+        cdef uint64_t word, again, off, length
+        cdef sh_block_info_t info
+        for _ in range(100):
+            if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+                return None
+            if not word & SH_USER_WORD_HELD:
+                return 0, b""
+            off = sh_held_offset(word)
+            length = sh_held_length(word)
+            if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != 0
+                    or length > info.usable_size):
+                continue  # swapped and freed under us: read the new word
+            data = (<char *>self.base + off)[:length]
+            if sh_owner_user_word(self.arena, oid, gen, &again) != SH_OK:
+                return None
+            if again == word:
+                return word, data
+        raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
+
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes data):
+        """Copy ``data`` into a new block of the shared default's ``system``
+        and compare-and-set the owner's user word from ``expected`` to hold
+        it; the block ``expected`` held is then freed. False, with nothing
+        changed, if the word had moved on."""
+        self._check_writable()
+        cdef uint64_t length = <uint64_t>len(data)
+        if length > SH_HELD_LENGTH_MAX:
+            raise ValueError(f"an agent's index is at most {SH_HELD_LENGTH_MAX} bytes, not {length}: "
+                             f"use fewer or shorter entry names")
+        cdef uint64_t off, usable
+        cdef uint64_t nbytes = length if length else 1
+        cdef int rc = _alloc_off(self, 0, 1, SH_PART_SYSTEM, nbytes, &off, &usable)
+        if rc:
+            _raise(rc)
+        memcpy(self.base + off, <const char *>data, length)
+        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, sh_held_word(off, length))
+        if rc:
+            _free_off(self, off)
+            if rc == SH_ESTATE:
+                return False
+            _raise(rc)
+        if expected & SH_USER_WORD_HELD:
+            _free_off(self, sh_held_offset(expected))  # ours now; a bad word frees nothing
+        return True
+
+    def _owner_generation(self, uint32_t oid):
+        self._check_open()
+        return sh_owner_generation(self.arena, oid)
+
+    def _owner_info(self, uint32_t oid):
+        """The owner's dict (kind None: the layer above knows names) for a
+        used slot, None for a free one."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK:
+            return None
+        return _owner_dict(&oi, None, 1 << self.page_shift_)
+
+    def _owner_alive(self, uint32_t oid):
+        """Is the owner's creating process still running (pid and start time)?"""
+        self._check_open()
+        cdef int rc = sh_owner_process_alive(self.arena, oid)
+        if rc < 0:
+            _raise(rc)
+        return bool(rc)
+
+    def _max_owners(self):
+        self._check_open()
+        cdef sh_arena_info_t info
+        sh_arena_info(self.arena, &info)
+        return info.max_owners
+
+    # ---- sweep queues and thread caches ----------------------------------
+
+    def _sweep_push(self, int ring, uint32_t oid, uint32_t gen):
+        """Queue an owner as young (ring 0) or middle-aged (1); False if full."""
+        self._check_writable()
+        cdef int rc = sh_sweep_push(self.arena, ring, oid, gen)
+        if rc == SH_EFULL:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _sweep_take(self, int ring, size_t limit):
+        """Claim up to ``limit`` queued (id, generation) pairs, exclusively."""
+        self._check_writable()
+        cdef uint64_t[::1] buf = np.empty(max(limit, <size_t>1), dtype=np.uint64)
+        cdef size_t taken = 0, i
+        cdef int rc = sh_sweep_take(self.arena, ring, &buf[0], limit, &taken)
+        if rc:
+            _raise(rc)
+        return [(<uint32_t>(buf[i] & 0xFFFFFFFF), <uint32_t>(buf[i] >> 32)) for i in range(taken)]
+
+    def _sweep_pending(self, int ring):
+        self._check_open()
+        return sh_sweep_pending(self.arena, ring)
+
+    def flush_thread_cache(self):
+        """Give back the free blocks the calling thread caches in this heap.
+        A thread's cache holds at most one page per (agent, partition, size
+        class); it is given back on its own when the thread exits or the heap
+        is closed, and this thread's cache also when a partition fills."""
+        self._check_open()
+        if self.read_only:
+            return  # a read-only view never allocates, so it caches nothing
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            sh_thread_flush(arena)
+        self.inflight -= 1
+
+    def _reclaim_dead_threads(self):
+        """Give back the thread caches of processes that died; how many."""
+        self._check_writable()
+        cdef uint32_t n = 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_reclaim_dead_threads(arena, &n)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return n
+
+
+def _testing_hold_lock(CoreHeap heap, partition):
+    """Crash tests only (a SWARMHEAP_TESTING=1 build): take a partition's
+    slow-path lock and keep it, so that the process can be killed holding it."""
+    heap._check_writable()
+    if not SH_TESTING_BUILD:
+        raise RuntimeError("this build has no test hooks: build with SWARMHEAP_TESTING=1")
+    cdef int part = _part(partition)
+    cdef int rc
+    with nogil:
+        rc = sh_test_hold_lock(heap.arena, <sh_partition_t>part)
+    if rc:
+        _raise(rc)
+
+
+TESTING_BUILD = bool(SH_TESTING_BUILD)
+
+
+def _free_each(CoreHeap heap, offsets):
+    """free_many without the batching: one free per block, as a loop over
+    single frees does it. The one-by-one peer of the recycle benchmark."""
+    heap._check_writable()
+    cdef uint64_t[::1] offs = np.ascontiguousarray(offsets, dtype=np.uint64)
+    cdef Py_ssize_t i
+    cdef int rc
+    for i in range(offs.shape[0]):
+        rc = _free_off(heap, offs[i])
+        if rc:
+            _raise(rc)

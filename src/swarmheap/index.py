@@ -1,0 +1,138 @@
+"""The agent index: an agent's kind, lease deadline and named entries, encoded
+in one block of the shared default's `system` pages (so ten thousand agents do
+not need ten thousand pages). The owner's user word holds that block
+(sh_held_word in the C header), and the HELD bit tells the C core to free it
+when it recycles the agent, whichever process or path does that. Any process
+of the heap can read it; an update writes a new block and swaps the word, so
+a reader sees the old index or the new one, and checks the word again after
+reading. This module is the format's one home."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from swarmheap._core import retry_while_changing, stale_agent
+from swarmheap.errors import AgentStateError, StaleBlock
+
+if TYPE_CHECKING:
+    from swarmheap._core import CoreHeap
+
+__all__ = ["MAX_KIND", "MAX_NAME", "Entries", "Index", "kind_id", "read_index", "read_kind", "read_lease",
+           "update_index"]
+
+_HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, reserved
+_ENTRY = struct.Struct("<HQQ")  # name length, offset, size
+_MAGIC = b"SHIX"
+MAX_NAME = 1024
+MAX_KIND = 256
+
+Entries = dict[str, tuple[int, int]]
+Index = tuple[str, float, Entries]  # kind, lease deadline (epoch seconds, 0: none), entries
+
+
+def kind_id(kind: str) -> int:
+    """The 32-bit id the C core records for a kind name."""
+    return zlib.crc32(kind.encode())
+
+
+def check_kind(kind: object) -> str:
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a str, not {type(kind).__name__}")
+    if not kind or len(kind.encode()) > MAX_KIND:
+        raise ValueError(f"kind must be 1 to {MAX_KIND} bytes of UTF-8, not {len(kind.encode())}")
+    return kind
+
+
+def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
+    kind_b = kind.encode()
+    parts = [_HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, len(entries), 0), kind_b]
+    for name, (offset, size) in entries.items():
+        name_b = name.encode()
+        parts.append(_ENTRY.pack(len(name_b), offset, size))
+        parts.append(name_b)
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> Index:
+    magic, _version, kind_len, lease, count, _ = _HEADER.unpack_from(data, 0)
+    if magic != _MAGIC:
+        raise ValueError("not an agent index")
+    pos = _HEADER.size
+    kind = data[pos : pos + kind_len].decode()
+    pos += kind_len
+    entries: Entries = {}
+    for _ in range(count):
+        name_len, offset, size = _ENTRY.unpack_from(data, pos)
+        pos += _ENTRY.size
+        entries[data[pos : pos + name_len].decode()] = (offset, size)
+        pos += name_len
+    return kind, lease, entries
+
+
+def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
+    """The index and the user word it was read under (0: no index yet)."""
+
+    def attempt() -> tuple[int, Index] | None:
+        got = heap._owner_held_read(agent_id, generation)
+        if got is None:
+            raise stale_agent(agent_id, generation)
+        word, data = got
+        if not word:
+            return 0, (kind, 0.0, {})
+        try:
+            return word, decode(data)
+        except (ValueError, UnicodeDecodeError, struct.error):
+            return None  # a block reused at the same place between the reads: read again
+
+    result: tuple[int, Index] = retry_while_changing(attempt, f"agent {agent_id}'s index")
+    return result
+
+
+def update_index(
+    heap: CoreHeap,
+    agent_id: int,
+    generation: int,
+    kind: str,
+    change: Callable[[Entries], None],
+    lease_deadline: float | None = None,
+) -> None:
+    """Apply ``change`` to the entries and swap the new index in; again if
+    another update got there first."""
+
+    def attempt() -> bool | None:
+        word, (old_kind, lease, entries) = read_index(heap, agent_id, generation, kind)
+        change(entries)
+        data = encode(old_kind, lease if lease_deadline is None else lease_deadline, entries)
+        return True if heap._owner_held_swap(agent_id, generation, word, data) else None
+
+    retry_while_changing(attempt, f"agent {agent_id}'s index")
+
+
+def read_kind(heap: CoreHeap, agent_id: int, generation: int) -> str:
+    """The kind name stored in an agent's index ("?" if it has none yet)."""
+    try:
+        return read_index(heap, agent_id, generation)[1][0]
+    except (StaleBlock, AgentStateError):
+        return "?"
+
+
+def read_lease(heap: CoreHeap, agent_id: int, generation: int, word: int) -> float:
+    """The lease deadline in an index word's block, 0.0 if none or unreadable."""
+    if word == 0:
+        return 0.0
+    try:
+        got = heap._owner_held_read(agent_id, generation)
+    except AgentStateError:
+        return 0.0
+    # the block is read only if it still is this agent's index: one freed by
+    # an update and handed out again must not decide a reclaim
+    if got is None or got[0] != word:
+        return 0.0
+    try:
+        magic, _, _, deadline, _, _ = _HEADER.unpack_from(got[1], 0)
+    except struct.error:
+        return 0.0
+    return float(deadline) if magic == _MAGIC else 0.0
