@@ -12,7 +12,7 @@
 
 typedef struct sh_layout_s {
   uint64_t pages_off, bitmap_off, owners_off, bins_off, stripes_off, sweep_off, ring_cap, tslots_off,
-      tslot_size, leases_off, lease_cap, meta_end, stripe_size;
+      tslot_size, leases_off, lease_cap, pins_off, pin_cap, meta_end, stripe_size;
   uint32_t total_pages, meta_pages, tc_entries;
 } sh_layout_t;
 
@@ -73,6 +73,11 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   l->lease_cap = 256;
   while (l->lease_cap < max_owners) l->lease_cap *= 2;
   off += l->lease_cap * sizeof(sh_lease_t);
+  l->pins_off = off = sh_align_up(off, SH_CACHE_LINE);
+  /* pins by process: one entry per two owner slots, at least 64 */
+  l->pin_cap = 64;
+  while (l->pin_cap < max_owners / 2) l->pin_cap *= 2;
+  off += l->pin_cap * sizeof(sh_pin_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
 }
@@ -152,6 +157,8 @@ static int sh_handle_load(sh_arena_t *a) {
   a->mag_cap = ((1u << a->mag_shift) - (uint32_t)offsetof(sh_mag_t, unit)) / sizeof(uint32_t);
   a->leases = (sh_lease_t *)(a->base + hdr->leases_off);
   a->lease_mask = hdr->lease_cap - 1;
+  a->pins = (sh_pin_t *)(a->base + hdr->pins_off);
+  a->pin_mask = hdr->pin_cap - 1;
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     a->part_first[p] = hdr->parts[p].first_usable;
     a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
@@ -219,6 +226,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   hdr->tc_entries = l.tc_entries;
   hdr->leases_off = l.leases_off;
   hdr->lease_cap = l.lease_cap;
+  hdr->pins_off = l.pins_off;
+  hdr->pin_cap = l.pin_cap;
   hdr->meta_end = l.meta_end;
   hdr->stripe_size = l.stripe_size;
   hdr->created_ns = _sh_os_now_ns();
@@ -376,6 +385,8 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
   SH_EXPECT(hdr->tc_entries == l.tc_entries, "tc_entries", "is %u", hdr->tc_entries);
   SH_EXPECT(hdr->leases_off == l.leases_off, "leases_off", "is %llu", (unsigned long long)hdr->leases_off);
   SH_EXPECT(hdr->lease_cap == l.lease_cap, "lease_cap", "is %llu", (unsigned long long)hdr->lease_cap);
+  SH_EXPECT(hdr->pins_off == l.pins_off, "pins_off", "is %llu", (unsigned long long)hdr->pins_off);
+  SH_EXPECT(hdr->pin_cap == l.pin_cap, "pin_cap", "is %llu", (unsigned long long)hdr->pin_cap);
   SH_EXPECT(hdr->meta_end == l.meta_end, "meta_end", "is %llu", (unsigned long long)hdr->meta_end);
   static const int order[SH_NPARTITIONS] = {SH_PART_SYSTEM, SH_PART_CONTEXT, SH_PART_SHARED, SH_PART_COMM};
   uint32_t next = 0;

@@ -138,29 +138,111 @@ int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
   return rc;
 }
 
+/* ----- Pins, by process ------------------------------------------------------- */
+
+static inline bool sh_pin_matches(const sh_pin_t *e, uint32_t id, uint32_t gen, int32_t pid, uint64_t start) {
+  return e->count > 0 && e->owner == id && e->generation == gen && e->pid == pid && e->pid_start == start;
+}
+
+/* The entry of this (owner, process), or where to put it (an empty slot or
+ * the first tombstone on the way); NULL if the table is full. Owner lock held. */
+static sh_pin_t *sh_pin_slot(sh_arena_t *a, uint32_t id, uint32_t gen, int32_t pid, uint64_t start, bool *found) {
+  uint64_t i = ((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 40 & a->pin_mask;
+  sh_pin_t *spare = NULL;
+  *found = false;
+  for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
+    sh_pin_t *e = &a->pins[i];
+    if (e->pid == 0) return spare ? spare : e;
+    if (sh_pin_matches(e, id, gen, pid, start)) {
+      *found = true;
+      return e;
+    }
+    if (e->count == 0 && !spare) spare = e;
+  }
+  return spare;
+}
+
 int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a pin would write it");
+  int32_t pid = (int32_t)getpid();
+  uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
-  if (rc == SH_OK) sh_atomic_add_relaxed(&o->pins, 1);
+  if (rc == SH_OK) {
+    bool found;
+    sh_pin_t *e = sh_pin_slot(a, id, gen, pid, start, &found);
+    if (!e) {
+      rc = _sh_fail(SH_EFULL, "the pin table is full (%llu processes x agents hold views): release views",
+                    (unsigned long long)(a->pin_mask + 1));
+    } else {
+      if (!found) *e = (sh_pin_t){.pid = pid, .owner = id, .generation = gen, .count = 0, .pid_start = start};
+      e->count++;
+      sh_atomic_add_relaxed(&o->pins, 1);
+    }
+  }
   _sh_owner_unlock(a);
   return rc;
 }
 
 int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
   if (recycled) *recycled = 0;
+  int32_t pid = (int32_t)getpid();
+  uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
-  if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) == 0)
-    rc = _sh_fail(SH_ESTATE, "owner %u has no pin to release", id);
-  if (rc == SH_OK && sh_atomic_sub_relaxed(&o->pins, 1) == 1 &&
-      sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
-    rc = _sh_owner_recycle_now(a, id, NULL);
-    if (recycled) *recycled = 1;
+  bool found = false;
+  sh_pin_t *e = rc == SH_OK ? sh_pin_slot(a, id, gen, pid, start, &found) : NULL;
+  if (rc == SH_OK && (!found || sh_atomic_load_relaxed(&o->pins) == 0))
+    rc = _sh_fail(SH_ESTATE, "owner %u has no pin of this process to release", id);
+  if (rc == SH_OK) {
+    e->count--;
+    if (sh_atomic_sub_relaxed(&o->pins, 1) == 1 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED &&
+        id != SH_OWNER_DEFAULT) {
+      rc = _sh_owner_recycle_now(a, id, NULL);
+      if (recycled) *recycled = 1;
+    }
   }
   _sh_owner_unlock(a);
   return rc;
+}
+
+int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
+  *dropped = 0;
+  if (recycled) *recycled = 0;
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  int32_t last_pid = 0;
+  uint64_t last_start = 0;
+  int last_alive = 1;
+  _sh_owner_lock(a);
+  for (uint64_t i = 0; i <= a->pin_mask; i++) {
+    sh_pin_t *e = &a->pins[i];
+    if (e->pid == 0 || e->count == 0) continue;
+    if (e->pid != last_pid || e->pid_start != last_start) {
+      uint64_t start;
+      int rc = sh_process_start_time(e->pid, &start);
+      last_pid = e->pid;
+      last_start = e->pid_start;
+      last_alive = !(rc == SH_ENOENT || (rc == SH_OK && start != e->pid_start));
+    }
+    if (last_alive) continue;
+    uint32_t count = e->count;
+    e->count = 0; /* a tombstone */
+    *dropped += count;
+    if (e->owner >= a->max_owners) continue; /* a damaged entry names no owner: dropping it is all */
+    sh_owner_t *o = &a->owners[e->owner];
+    if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->generation) != e->generation)
+      continue;
+    uint32_t pins = sh_atomic_load_relaxed(&o->pins);
+    sh_atomic_store_relaxed(&o->pins, pins > count ? pins - count : 0);
+    if (pins <= count && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && e->owner != SH_OWNER_DEFAULT) {
+      _sh_owner_recycle_now(a, e->owner, NULL);
+      if (recycled) ++*recycled;
+    }
+  }
+  _sh_owner_unlock(a);
+  return SH_OK;
 }
 
 int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,

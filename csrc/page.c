@@ -30,6 +30,25 @@ static void sh_count_failure(const sh_arena_t *a, int part) {
   sh_atomic_add_relaxed(&h->failures[part], 1);
 }
 
+/* A recycled owner's blocks go back without a free each: count them as freed
+ * all the same, so that allocs - frees keeps equal to what is in use. */
+static void sh_count_released(const sh_arena_t *a, uint32_t pi, int part) {
+  const sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_relaxed(&pg->state), used, cls;
+  if (state == SH_PAGE_LARGE) {
+    if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* a cached run: freed already */
+    used = 1;
+    cls = a->nclasses;
+  } else if (state == SH_PAGE_SMALL) {
+    cls = sh_atomic_load_relaxed(&pg->sclass);
+    if (cls >= a->nclasses) return;
+    used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
+  } else {
+    return;
+  }
+  if (used) sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, 1, part, (int)cls)], used);
+}
+
 /* ----- Bitmap of pages in use --------------------------------------------- */
 
 static inline bool sh_bit(const sh_arena_t *a, uint32_t pi) {
@@ -304,6 +323,7 @@ uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_own
     for (uint32_t k = 1; k <= 8 && pi >= k; k++) __builtin_prefetch(&a->pages[pi - k], 1);
     next = a->pages[pi].next;
     if (final) _sh_info_add_page(a, pi, part, final);
+    sh_count_released(a, pi, part);
     a->pages[pi].next = a->pages[pi].prev = SH_NIL;
     uint32_t freed = sh_page_drop_bits_locked(a, pi, true);
     pages += freed;

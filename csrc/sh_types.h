@@ -225,6 +225,7 @@ typedef struct sh_header_s {
   uint64_t sweep_off;          /* SH_SWEEP_RINGS rings of ring_cap words */
   uint64_t tslots_off, tslot_size;
   uint64_t leases_off, lease_cap;  /* lease table: lease_cap (a power of two) entries */
+  uint64_t pins_off, pin_cap;      /* pin table: pin_cap (a power of two) entries */
   uint32_t nslots, tc_entries;  /* thread slots; entries per slot (a power of two) */
   uint64_t ring_cap;
   uint64_t created_ns;
@@ -253,6 +254,17 @@ typedef struct sh_lease_s {
   uint64_t tag;         /* 0: no handle handed out; else unique for the arena's life */
   uint32_t owner, generation; /* the block's owner when the entry was made: a mismatch marks it stale */
 } sh_lease_t;
+
+/* A pin held by one process on one owner: pins belong to a process, so a
+ * sweep can drop those of a process that died (pid and start time). Open
+ * addressing by owner id; under owner_lock. count 0 with a nonzero owner
+ * field is a tombstone, reused by the next insert. */
+typedef struct sh_pin_s {
+  int32_t pid;          /* 0: empty */
+  uint32_t owner, generation;
+  uint32_t count;
+  uint64_t pid_start;
+} sh_pin_t;
 
 typedef struct sh_class_s {
   uint32_t size;
@@ -288,6 +300,8 @@ struct sh_arena_s {
   uint32_t mag_limit;   /* the largest size one of them serves */
   uint32_t mag_cap, mag_shift; /* blocks a magazine holds; log2 of its bytes */
   sh_lease_t *leases;
+  sh_pin_t *pins;
+  uint64_t pin_mask;
   uint64_t lease_mask;
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];

@@ -270,9 +270,18 @@ int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
 
 /* [any] Pins keep memory visible: a pinned owner is never recycled. Unpinning
- * the last pin of a COMPLETED owner recycles it; *recycled says so. */
+ * the last pin of a COMPLETED owner recycles it; *recycled says so. Pins
+ * belong to the calling process: an unpin releases one of its own pins
+ * (SH_ESTATE if it holds none), and sh_pins_reclaim_dead drops the pins of
+ * processes that died. SH_EFULL if the pin table is full. */
 int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled);
+
+/* [any] Drop the pins of processes that died (pid and start time, as
+ * sh_owner_process_alive): a view a killed process held open must not keep
+ * its agent forever. A COMPLETED owner whose last pin goes is recycled.
+ * *dropped gets the pins dropped, *recycled (if not NULL) the owners recycled. */
+int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled);
 
 /* [any] State changes for the layer above (DEAD, OFFLOADED, back to LIVE).
  * Compare-and-set: fails with SH_ESTATE unless the state is `expected`. */

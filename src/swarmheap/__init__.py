@@ -5,8 +5,11 @@ budgets (context, shared, comm, system), served by lock-free slab pages, with
 per-agent owner heaps that are recycled in one piece.
 """
 
-from swarmheap._core import PARTITIONS, Block, unlink
-from swarmheap.agents import Agent
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from swarmheap.errors import (
     AgentStateError,
     AttachError,
@@ -15,15 +18,54 @@ from swarmheap.errors import (
     HeapNotFound,
     InvalidHandle,
     PartitionFull,
+    ReadOnlyHeap,
     StaleBlock,
+    StaleHandle,
     SwarmHeapError,
     TooManyAgents,
 )
 from swarmheap.handle import Handle
-from swarmheap.heap import EVENTS, Heap
-from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
 from swarmheap.sizes import format_size, parse_size
-from swarmheap.sweep import SweepResult
+
+if TYPE_CHECKING:
+    from swarmheap._core import PARTITIONS, Block, HeapEvents, unlink
+    from swarmheap.agents import Agent
+    from swarmheap.heap import EVENTS, Heap
+    from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
+    from swarmheap.sweep import SweepResult
+
+# The rest loads on first use (PEP 562), so that importing a lower floor
+# (swarmheap._core, the binding) does not import the floors above it.
+_LAZY = {
+    "PARTITIONS": "swarmheap._core",
+    "Block": "swarmheap._core",
+    "HeapEvents": "swarmheap._core",
+    "unlink": "swarmheap._core",
+    "Agent": "swarmheap.agents",
+    "EVENTS": "swarmheap.heap",
+    "Heap": "swarmheap.heap",
+    "ArrayHandle": "swarmheap.numpy_alloc",
+    "array_handle": "swarmheap.numpy_alloc",
+    "empty": "swarmheap.numpy_alloc",
+    "from_handle": "swarmheap.numpy_alloc",
+    "numpy_allocator": "swarmheap.numpy_alloc",
+    "zeros": "swarmheap.numpy_alloc",
+    "SweepResult": "swarmheap.sweep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swarmheap' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 
@@ -38,11 +80,14 @@ __all__ = [
     "Handle",
     "Heap",
     "HeapCorrupt",
+    "HeapEvents",
     "HeapExists",
     "HeapNotFound",
     "InvalidHandle",
     "PartitionFull",
+    "ReadOnlyHeap",
     "StaleBlock",
+    "StaleHandle",
     "SwarmHeapError",
     "SweepResult",
     "TooManyAgents",

@@ -641,6 +641,21 @@ cdef class CoreHeap:
             _raise(rc)
         return bool(recycled)
 
+    def _pins_reclaim_dead(self):
+        """Drop the pins of processes that died: (pins dropped, owners recycled)."""
+        self._check_writable()
+        cdef uint64_t dropped = 0
+        cdef uint32_t recycled = 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_pins_reclaim_dead(arena, &dropped, &recycled)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return dropped, recycled
+
     def _notify_recycled(self, uint32_t oid, uint32_t gen):
         """The binding's own relay (Block and the NumPy handler call it): the
         last pin of a completed owner dropped here and it was recycled."""

@@ -38,6 +38,7 @@ class SweepResult:
     deferred: int = 0  # reclaimable but pinned by a live view
     thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
+    pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     # each agent reclaimed: its final dict (kind, cause, figures); the heap
@@ -58,6 +59,7 @@ class SweepResult:
         self.deferred += other.deferred
         self.thread_caches += other.thread_caches
         self.leased_blocks += other.leased_blocks
+        self.pins_dropped += other.pins_dropped
         self.recycled.extend(other.recycled)
         for cause in CAUSES:
             self.agents[cause] += other.agents[cause]
@@ -146,6 +148,10 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
     result = SweepResult(generation)
     live = _Liveness(heap)
     now = time.time()
+    if generation >= 1:
+        # pins die with their process: drop a dead one's before looking at
+        # agents, so that what they pinned is reclaimed in this same sweep
+        result.pins_dropped = heap._pins_reclaim_dead()[0]
     _sweep_queue(heap, 0, result, live, now)
     if generation >= 1:
         _sweep_queue(heap, 1, result, live, now)

@@ -116,3 +116,15 @@ def lease_then_die(name: str, n: int) -> None:
     for _ in range(n):
         heap.alloc(512, "shared", lease=60)
     os._exit(0)
+
+
+def pin_and_hang(name: str, ready: Any) -> None:
+    """Spawn an agent, hold a view of its entry open (a pin), and wait to be killed."""
+    heap = sh.Heap.attach(name)
+    agent = heap.spawn("pinned")
+    agent.put("state", b"x" * 5000)
+    agent.alloc(100_000)
+    view = agent.get("state")
+    ready.put(agent.id)
+    threading.Event().wait()  # never set: the parent kills us
+    view.release()

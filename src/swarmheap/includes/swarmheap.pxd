@@ -112,6 +112,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *generation)
     int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
+    int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled)
     int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled)
     int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,

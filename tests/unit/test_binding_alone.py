@@ -1,0 +1,46 @@
+"""The binding stands alone: CoreHeap and AgentCore without heap.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_core_heap_and_agent_core_without_the_python_layer() -> None:
+    # a fresh interpreter, so that nothing else has imported heap.py
+    code = textwrap.dedent(
+        """
+        import sys
+        from swarmheap._core import AgentCore, CoreHeap, HeapEvents
+        assert "swarmheap.heap" not in sys.modules, sorted(m for m in sys.modules if "swarmheap" in m)
+        heap = CoreHeap.create(size="16 MiB")
+        oid, gen = heap._owner_create(7)
+        agent = AgentCore(heap, oid, gen)
+        blocks = [agent.alloc(100) for _ in range(5000)]  # past any countdown
+        blocks[0][:5] = b"hello"
+        assert blocks[0][:5] == b"hello" and blocks[0].owner == oid
+
+        class Counting(HeapEvents):
+            fulls = 0
+            def on_partition_full(self, heap, partition):
+                Counting.fulls += 1
+                return False
+
+        heap.events = Counting()
+        try:
+            agent.alloc(64 << 20)
+        except MemoryError:
+            pass
+        assert Counting.fulls == 1
+        recycled, final = heap._owner_complete(oid, gen, "k")
+        assert recycled and final["kind"] == "k" and final["blocks"] == 5000
+        heap.check()
+        heap.close()
+        assert "swarmheap.heap" not in sys.modules
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
