@@ -51,7 +51,10 @@ extension = Extension(
     # NumPy 2.x targets the oldest C API it supports unless told: the NEP 49
     # handler calls (PyDataMem_SetHandler) need 1.22, and without this the
     # extension builds with an implicit declaration and fails to import
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"), ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
+    define_macros=[
+        ("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
+        ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION"),
+    ],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     libraries=["m", "pthread"],

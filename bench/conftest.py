@@ -1,4 +1,4 @@
-"""pytest-benchmark over the same workloads `swarmheap bench` runs (swarmheap.benchmarks)."""
+"""pytest-benchmark over the same workloads `swarmheap bench` runs (swarmheap.tools.benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarmheap.benchmarks import Env, quiet_blas
+from swarmheap.tools.benchmarks import Env, quiet_blas
 
 
 @pytest.fixture(scope="session")

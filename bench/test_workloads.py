@@ -1,6 +1,6 @@
 """`pytest bench/ --benchmark-only`: every case of every workload, grouped by
 workload so pytest-benchmark prints each peer next to swarmheap. The
-definitions live in swarmheap.benchmarks, shared with `swarmheap bench`."""
+definitions live in swarmheap.tools.benchmarks, shared with `swarmheap bench`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from swarmheap.benchmarks import Env, workloads
+from swarmheap.tools.benchmarks import Env, workloads
 
 # workloads are built per Env; their names and case labels are fixed, so list them from a throwaway Env
 with Env(quick=True) as _probe:

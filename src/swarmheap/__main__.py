@@ -2,6 +2,6 @@
 
 import sys
 
-from swarmheap.cli import main
+from swarmheap.tools.cli import main
 
 sys.exit(main())

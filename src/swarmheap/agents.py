@@ -209,4 +209,3 @@ def check_lease(lease: object) -> float:
     if not (math.isfinite(lease) and 0 < lease < 1e9):
         raise ValueError(f"lease must be positive, finite seconds below 1e9, not {lease!r}")
     return float(lease)
-

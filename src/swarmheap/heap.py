@@ -7,6 +7,7 @@ toward the young sweep, a full partition to relieve, a deferred recycle."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,14 +61,27 @@ class Heap(CoreHeap):
     _sweep: _SweepState
 
     @classmethod
-    def create(cls, *args: Any, **kwargs: Any) -> Heap:  # type: ignore[override]
-        heap = super().create(*args, **kwargs)
+    def create(
+        cls,
+        name: str | None = None,
+        size: int | str = "64 MiB",
+        *,
+        ratios: Mapping[str, float] | None = None,
+        page_size: int = 65536,
+        max_owners: int = 0,
+        max_threads: int = 0,
+    ) -> Heap:
+        """See CoreHeap.create: a new arena, private (no name) or shared by name."""
+        heap = super().create(
+            name, size, ratios=ratios, page_size=page_size, max_owners=max_owners, max_threads=max_threads
+        )
         heap._install()
         return heap
 
     @classmethod
-    def attach(cls, *args: Any, **kwargs: Any) -> Heap:  # type: ignore[override]
-        heap = super().attach(*args, **kwargs)
+    def attach(cls, name: str, *, read_only: bool = False) -> Heap:
+        """See CoreHeap.attach: map a heap another process created by name."""
+        heap = super().attach(name, read_only=read_only)
         heap._install()
         return heap
 

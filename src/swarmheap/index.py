@@ -20,8 +20,17 @@ from swarmheap.errors import AgentStateError, StaleBlock
 if TYPE_CHECKING:
     from swarmheap._core import CoreHeap
 
-__all__ = ["MAX_KIND", "MAX_NAME", "Entries", "Index", "kind_id", "read_index", "read_kind", "read_lease",
-           "update_index"]
+__all__ = [
+    "MAX_KIND",
+    "MAX_NAME",
+    "Entries",
+    "Index",
+    "kind_id",
+    "read_index",
+    "read_kind",
+    "read_lease",
+    "update_index",
+]
 
 _HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, reserved
 _ENTRY = struct.Struct("<HQQ")  # name length, offset, size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from typing import Any
 
 import swarmheap as sh
 from swarmheap import _core

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import swarmheap as sh
-from swarmheap import _core
 import swarmheap.sweep
 from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier
+from swarmheap import _core
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_close_waits_for_a_call_in_flight() -> None:
     def free_them() -> None:
         try:
             heap.free_many(offsets)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     worker = threading.Thread(target=free_them)

@@ -11,17 +11,19 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
-def test_readme_example_runs(heap_name: str) -> None:
+def test_readme_example_runs(heap_name: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = README.read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    promised = re.findall(r"It prints:\n\n```text\n(.*?)```", text, re.S)[0]
     assert '"my-swarm"' in code
     exec(compile(code.replace('"my-swarm"', repr(heap_name)), "README.md", "exec"), {})
+    assert capsys.readouterr().out == promised
 
 
 @pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
 def test_readme_setup_commands_are_the_ones_ci_runs() -> None:
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "pip install . && swarmheap demo" in text
-    assert 'pip install ".[test]" && python -m pytest' in text
+    assert 'pip install ".[test]" && swarmheap demo' in text
+    assert "\npython -m pytest " in text
     assert 'pip install -q ".[test]"' in ci and "python3 -m pytest" in ci

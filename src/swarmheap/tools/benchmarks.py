@@ -21,7 +21,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,8 @@ import numpy as np
 from swarmheap import _core
 from swarmheap.handle import Handle
 from swarmheap.heap import Heap
-from swarmheap.report import table
 from swarmheap.sizes import format_size
+from swarmheap.tools.report import table
 
 __all__ = ["Case", "Env", "Workload", "main", "measure", "workloads"]
 
@@ -503,35 +502,23 @@ def measure(workload: Workload, repeats: int, tick: Callable[[], None] = lambda:
     return out
 
 
-def _bench_c_dir() -> Path | None:
-    """bench/c of a source checkout (the installed package carries no C benchmark)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "bench" / "c" / "bench_core.c").is_file():
-            return root / "bench" / "c"
+def _bench_c_script() -> Path | None:
+    """bench/c_core.py of a source checkout (the installed package carries no C benchmark)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (root / "bench" / "c_core.py").is_file():
+            return root / "bench" / "c_core.py"
     return None
 
 
 def c_core() -> dict[str, Any]:
-    """Run bench/c's benchmark of the C core against glibc, jemalloc and mimalloc."""
-    where = _bench_c_dir()
-    if where is None:
+    """The C core against glibc, jemalloc and mimalloc: bench/c_core.py's figures."""
+    script = _bench_c_script()
+    if script is None:
         return {"skipped": "bench/c is not here: run from a source checkout of swarmheap"}
-    if shutil.which("make") is None or shutil.which("cc") is None:
-        return {"skipped": "make and a C compiler are needed to build bench/c"}
-    build = subprocess.run(
-        ["make", "-s", "-C", str(where), "build/bench_core"], capture_output=True, text=True
-    )
-    if build.returncode:
-        return {"skipped": f"bench/c did not build: {build.stderr.strip()[-300:]}"}
-    env = dict(os.environ, GLIBC_TUNABLES="glibc.rtld.optional_static_tls=16384")  # jemalloc's TLS, dlopen'ed
-    run = subprocess.run(
-        [str(where / "build" / "bench_core"), "--json"], capture_output=True, text=True, env=env
-    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     if run.returncode:
-        return {"skipped": f"bench_core failed: {run.stderr.strip()[-300:]}"}
+        return {"skipped": f"bench/c_core.py failed: {run.stderr.strip()[-300:]}"}
     result: dict[str, Any] = json.loads(run.stdout)
-    result["notes"] = [line for line in run.stderr.splitlines() if line.startswith("note:")]
-    result["command"] = "bash bench/c/run.sh"
     return result
 
 

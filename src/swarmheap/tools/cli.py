@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap.errors import AttachError, SwarmHeapError
-from swarmheap.report import table
 from swarmheap.sizes import format_size
+from swarmheap.tools.report import table
 
 
 def render_stats(stats: dict[str, Any], top: int = 10) -> str:
@@ -89,7 +89,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from swarmheap.demo import print_report, run_demo, succeeded
+    from swarmheap.tools.demo import print_report, run_demo, succeeded
 
     rounds = 20 if args.quick else args.rounds
     report = run_demo(
@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from swarmheap.benchmarks import main as bench_main
+    from swarmheap.tools.benchmarks import main as bench_main
 
     return bench_main(quick=args.quick, json_path=args.json, plot_dir=args.plot, only=args.only)
 
