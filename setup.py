@@ -57,7 +57,8 @@ extension = Extension(
     ],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
-    libraries=["m", "pthread"],
+    # librt: shm_open lives there before glibc 2.34 (manylinux_2_28 is 2.28)
+    libraries=["m", "pthread", "rt"],
 )
 
 setup(
