@@ -605,7 +605,11 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
 
 
 def _ratio_text(ratio: float) -> str:
-    return f"{ratio:.2f}x" if ratio >= 0.01 else f"{ratio:.1e}x"
+    """ours / peer as people say it: "1.20x" (slower), "111x faster"."""
+    if ratio >= 1 or ratio <= 0:
+        return f"{ratio:.2f}x"
+    faster = 1 / ratio
+    return f"{faster:.0f}x faster" if faster >= 10 else f"{faster:.2f}x faster"
 
 
 def _ns(ns: float) -> str:
@@ -721,7 +725,11 @@ def plot(results: dict[str, Any], directory: str) -> list[str]:
 
 
 def main(
-    quick: bool = False, json_path: str | None = None, plot_dir: str | None = None, only: str | None = None
+    quick: bool = False,
+    json_path: str | None = None,
+    plot_dir: str | None = None,
+    only: str | None = None,
+    check: bool = False,
 ) -> int:
     """`swarmheap bench`: run, print the tables, write JSON and charts if asked."""
     if plot_dir:
@@ -736,4 +744,8 @@ def main(
     if plot_dir:
         for path in plot(results, plot_dir):
             print(f"wrote {path}")
+    missed = [w["name"] for w in results["workloads"] if w.get("target") and not w["target"]["met"]]
+    if check and missed:
+        print(f"targets not met: {', '.join(missed)}", file=sys.stderr)
+        return 1
     return 0

@@ -107,38 +107,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from swarmheap.tools.benchmarks import main as bench_main
 
-    return bench_main(quick=args.quick, json_path=args.json, plot_dir=args.plot, only=args.only)
+    return bench_main(
+        quick=args.quick, json_path=args.json, plot_dir=args.plot, only=args.only, check=args.check
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swarmheap", description="swarmheap: memory for agent swarms")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    demo = sub.add_parser("demo", help="run a swarm of worker processes on one heap and report")
-    demo.add_argument("--workers", type=int, default=4)
+    demo = sub.add_parser(
+        "demo", help="run a swarm of worker processes on one heap and report", formatter_class=defaults
+    )
+    demo.add_argument("--workers", type=int, default=4, help="worker processes (one is killed halfway)")
     demo.add_argument("--rounds", type=int, default=600, help="agents each worker runs")
-    demo.add_argument("--size", default="256 MiB")
+    demo.add_argument("--size", default="256 MiB", help="size of the named heap the swarm shares")
     demo.add_argument("--quick", action="store_true", help="20 rounds per worker")
     demo.add_argument("--plot", metavar="FILE", help="write occupancy over time as a PNG")
     demo.add_argument("--json", metavar="FILE", help="write the report as JSON")
     demo.set_defaults(func=cmd_demo)
 
-    stats = sub.add_parser("stats", help="print the statistics of a named heap")
-    stats.add_argument("name")
-    stats.add_argument("--json", action="store_true")
-    stats.add_argument("--watch", type=float, metavar="SECONDS", default=0)
+    stats = sub.add_parser(
+        "stats", help="print the statistics of a named heap (attached read-only)", formatter_class=defaults
+    )
+    stats.add_argument("name", help="the heap's name, as given to Heap.create")
+    stats.add_argument("--json", action="store_true", help="print the stats dict as JSON instead of tables")
+    stats.add_argument(
+        "--watch", type=float, metavar="SECONDS", default=0, help="print again every SECONDS (0: once)"
+    )
     stats.set_defaults(func=cmd_stats)
 
-    bench = sub.add_parser("bench", help="run the benchmark workloads against their peers")
+    bench = sub.add_parser(
+        "bench", help="run the benchmark workloads against their peers", formatter_class=defaults
+    )
     bench.add_argument("--quick", action="store_true", help="fewer repeats: under a minute on 2 cores")
-    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument(
+        "--json", metavar="FILE", help="write the results as JSON (bench/make_results.py reads it)"
+    )
     bench.add_argument("--plot", metavar="DIR", help="write PNG charts")
-    bench.add_argument("--only", metavar="NAME", help="run one workload")
+    bench.add_argument(
+        "--only",
+        metavar="NAME",
+        help="run one workload: pairs_64B, pairs_1.0KiB, pairs_16.0KiB, pairs_256.0KiB, pairs_1.0MiB, "
+        "pairs_mixed, alloc_many_64B, shared_4KiB, agent_churn, handoff_1.0MiB, handoff_64.0MiB, "
+        "recycle_100k, young_sweep, numpy_empty_<size>, numpy_zeros_<size>, c_core",
+    )
+    bench.add_argument("--check", action="store_true", help="exit 1 if a target is not met")
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("swarmheap: interrupted", file=sys.stderr)
+        return 130
     except (SwarmHeapError, ImportError, ValueError) as exc:
         print(f"swarmheap: {exc}", file=sys.stderr)
         return 1

@@ -76,6 +76,9 @@ def _worker(
     progress: Connection,
     victim: bool,
 ) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone answers it
+    # (it stops the workers), so the workers print no tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     heap = Heap.attach(name)
     heap.set_sweep_thresholds(0, 0, 0)  # the parent sweeps
     rng = random.Random(index)
