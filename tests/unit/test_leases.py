@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import swarmheap as sh
-from tests.unit._workers import lease_then_die
+from _workers import lease_then_die
 
 
 def later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

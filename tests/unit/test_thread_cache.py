@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import swarmheap as sh
-from tests.unit._workers import cache_then_die
+from _workers import cache_then_die
 
 
 def caches(heap: sh.Heap) -> dict[str, int]:
