@@ -253,17 +253,11 @@ int sh_block_tag_check(sh_arena_t *a, uint64_t offset, uint64_t tag) {
   if (!(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
     return _sh_fail(SH_EOWNER, "the block at offset %llu was freed since this handle was made",
                     (unsigned long long)offset);
-  if (a->read_only) { /* no lock to take: a read-only mapping cannot write the mutex */
-    uint64_t i = sh_lease_find(a, offset + 1);
-    const sh_lease_t *e = &a->leases[i];
-    rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
-  } else {
-    sh_lease_lock(a);
-    uint64_t i = sh_lease_find(a, offset + 1);
-    const sh_lease_t *e = &a->leases[i];
-    rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
-    sh_lease_unlock(a);
-  }
+  /* a read-only mapping cannot write the mutex: it reads without the lock */
+  if (!a->read_only) sh_lease_lock(a);
+  const sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
+  rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
+  if (!a->read_only) sh_lease_unlock(a);
   if (!rc)
     return _sh_fail(SH_EOWNER, "the block at offset %llu was freed, or freed and reused, since this handle was made",
                     (unsigned long long)offset);
