@@ -473,4 +473,8 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
     info->part_size[p] = hdr->parts[p].size;
   }
   memcpy(info->class_size, hdr->class_size, hdr->nclasses * sizeof(uint32_t));
+  const uint64_t regions[SH_NREGIONS + 1] = {0,           hdr->pages_off,  hdr->bitmap_off, hdr->owners_off,
+                                             hdr->bins_off, hdr->stripes_off, hdr->sweep_off, hdr->tslots_off,
+                                             hdr->leases_off, hdr->pins_off, hdr->meta_end};
+  memcpy(info->region_offset, regions, sizeof regions);
 }

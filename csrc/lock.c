@@ -3,6 +3,9 @@
  * rebuilds what the lock protects from the page descriptors (the source of
  * truth), and marks the mutex consistent. */
 #include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -18,14 +21,65 @@ int _sh_lock_init(sh_lock_t *lock) {
   return err ? _sh_fail(SH_ESYS, "cannot initialise a process-shared robust mutex (%d)", err) : SH_OK;
 }
 
+/* The lock word is arena memory, so damage must not hang a process or
+ * crash it: waits are bounded, and a lock that is held by no live thread, or
+ * whose word is not a valid state, is taken over and rebuilt. The holder's
+ * TID is in the low 30 bits of glibc's robust lock word (the futex ABI). */
+#define SH_LOCK_WAIT_SECONDS 1
+#define SH_FUTEX_TID_MASK 0x3fffffffu
+
+static int sh_reference_kind(void) {
+  static _Atomic int kind = -1;
+  int k = sh_atomic_load_relaxed(&kind);
+  if (k < 0) {
+    sh_lock_t probe;
+    if (_sh_lock_init(&probe) != SH_OK) return -1;
+    k = probe.mutex.__data.__kind;
+    pthread_mutex_destroy(&probe.mutex);
+    sh_atomic_store_relaxed(&kind, k);
+  }
+  return k;
+}
+
+static bool sh_thread_alive(uint32_t tid) {
+  return tid != 0 && (kill((pid_t)tid, 0) == 0 || errno != ESRCH);
+}
+
+bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder) {
+  uint32_t word = sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock);
+  *holder = word & SH_FUTEX_TID_MASK;
+  return lock->mutex.__data.__kind == sh_reference_kind() && (*holder == 0 || sh_thread_alive(*holder));
+}
+
 /* true when the previous holder died and the protected state needs repair */
 bool _sh_lock_acquire_repair(sh_lock_t *lock) {
-  int err = pthread_mutex_lock(&lock->mutex);
+  int err = pthread_mutex_trylock(&lock->mutex);
+  uint32_t last_holder = UINT32_MAX;
+  while (err == EBUSY || err == ETIMEDOUT) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += SH_LOCK_WAIT_SECONDS;
+    err = pthread_mutex_timedlock(&lock->mutex, &deadline);
+    if (err != ETIMEDOUT) break;
+    /* The slow paths hold a lock for milliseconds. A word that names the
+     * same holder across two whole waits is damage that happens to name a
+     * live thread (any process's): taken over, as a dead holder's would be.
+     * A holder stopped in a debugger for that long loses it too. */
+    uint32_t holder;
+    if (!_sh_lock_word_valid(lock, &holder) || holder == last_holder) err = EINVAL;
+    last_holder = holder;
+  }
   if (sh_likely(err == 0)) return false;
   if (err == EOWNERDEAD) return true;
-  /* ENOTRECOVERABLE or EINVAL: the arena is unusable; continuing would corrupt it. */
-  fprintf(stderr, "swarmheap: slow-path lock unusable (error %d); aborting\n", err);
-  abort();
+  /* ENOTRECOVERABLE, EINVAL, or a word no live thread holds: the lock is
+   * made again and taken, and the caller rebuilds what it protects from the
+   * page descriptors, as after a holder's death. */
+  memset(&lock->mutex, 0, sizeof lock->mutex);
+  if (_sh_lock_init(lock) != SH_OK || pthread_mutex_lock(&lock->mutex) != 0) {
+    fprintf(stderr, "swarmheap: a slow-path lock was damaged and cannot be made again; aborting\n");
+    abort();
+  }
+  return true;
 }
 
 void _sh_part_lock(sh_arena_t *arena, int partition) {

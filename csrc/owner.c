@@ -77,7 +77,7 @@ void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info
     return;
   }
   uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-  info->bytes[part] += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
+  info->bytes[part] += (uint64_t)used * a->classes[_sh_pg_class(a, pg)].size;
   info->blocks += used;
 }
 
@@ -99,17 +99,21 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
     if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
     _sh_part_lock(a, part);
     uint64_t pages = 0;
-    for (uint32_t c = 0; c < a->nclasses; c++) {
+    bool damaged = false;
+    for (uint32_t c = 0; c < a->nclasses && !damaged; c++) {
       _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
       uint32_t first = sh_atomic_load_relaxed(bin);
       if (first == SH_NIL) continue;
-      pages += _sh_list_release_locked(a, part, first, final);
+      pages += _sh_list_release_locked(a, part, id, first, final, &damaged);
       sh_atomic_store_release(bin, SH_NIL);
     }
-    pages += _sh_list_release_locked(a, part, o->large_head[part], final);
+    if (!damaged) pages += _sh_list_release_locked(a, part, id, o->large_head[part], final, &damaged);
     o->large_head[part] = SH_NIL;
     sh_atomic_store_relaxed(&o->pages[part], 0);
-    sh_atomic_sub_relaxed(&a->hdr->pages_used[part], pages);
+    if (damaged)
+      _sh_owner_pages_scan_release_locked(a, part, id, final); /* its counters come from the rebuild */
+    else
+      sh_atomic_sub_relaxed(&a->hdr->pages_used[part], pages);
     _sh_part_unlock(a, part);
   }
   /* a block of owner 0 the owner held (the layer above keeps its index there) */

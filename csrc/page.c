@@ -148,7 +148,7 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
 /* Whether `top` is on the stack starting at `t` (at most `limit` blocks):
  * confirms a suspected double free. A link out of range ends the walk. */
 SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit, uint32_t top) {
-  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&a->pages[pi].sclass) % a->nclasses];
+  const sh_class_t *cls = &a->classes[_sh_pg_class(a, &a->pages[pi])];
   for (uint32_t steps = 0; t != 0 && t != SH_HEAD_RETIRED && steps < limit; steps++) {
     if (t == top) return true;
     if (!_sh_top_valid(cls, t)) return false;
@@ -170,7 +170,7 @@ static uint32_t sh_stack_length(const sh_arena_t *a, uint32_t pi, uint32_t t, ui
 static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
   uint64_t offset = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
   if (_sh_mag_marked(_sh_link_at(a, pi, top), (uint32_t)(offset >> SH_UNIT_SHIFT)) &&
-      _sh_mag_holds(a, (int)pg->partition, (int)sh_atomic_load_relaxed(&pg->sclass), offset))
+      _sh_mag_holds(a, _sh_pg_part(pg), _sh_pg_class(a, pg), offset))
     return true;
   uint64_t head = sh_atomic_load_acquire(&pg->head);
   if (sh_stack_holds(a, pi, sh_head_top(head), sh_atomic_load_relaxed(&pg->capacity) + 1, top)) return true;
@@ -255,14 +255,28 @@ static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t 
 static void sh_bin_link_front(sh_arena_t *a, _Atomic uint32_t *bin, uint32_t pi) {
   sh_page_t *pg = &a->pages[pi];
   uint32_t old = sh_atomic_load_relaxed(bin);
+  if (sh_unlikely(old != SH_NIL && _sh_page_partition(a, old) < 0)) old = SH_NIL; /* damaged head: the list restarts */
   pg->prev = SH_NIL;
   pg->next = old;
   if (old != SH_NIL) a->pages[old].prev = pi;
   sh_atomic_store_release(bin, pi);
 }
 
-static void sh_list_unlink(sh_arena_t *a, uint32_t pi, _Atomic uint32_t *bin, uint32_t *large_head) {
+/* A list link read from the arena: NIL, or a page of the partition. A walk
+ * that meets anything else, or takes more steps than the partition has
+ * pages, rebuilds the partition's lists from the page descriptors (the
+ * truth, see _sh_partition_repair_locked) instead of following it. */
+static inline bool sh_link_ok(const sh_arena_t *a, int part, uint32_t pi) {
+  return pi == SH_NIL || _sh_page_in_part(a, pi, part);
+}
+
+static void sh_list_unlink(sh_arena_t *a, int part, uint32_t pi, _Atomic uint32_t *bin, uint32_t *large_head) {
   sh_page_t *pg = &a->pages[pi];
+  if (sh_unlikely(!sh_link_ok(a, part, pg->prev) || !sh_link_ok(a, part, pg->next))) {
+    _sh_partition_repair_locked(a, part);
+    uint32_t state = sh_atomic_load_relaxed(&pg->state);
+    if (state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) return; /* the repair found it on no list */
+  }
   if (pg->prev != SH_NIL) a->pages[pg->prev].next = pg->next;
   else if (bin) sh_atomic_store_release(bin, pg->next);
   else *large_head = pg->next;
@@ -303,20 +317,26 @@ static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_
 void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
   sh_page_t *pg = &a->pages[pi];
   uint32_t state = sh_atomic_load_relaxed(&pg->state);
-  uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
+  uint32_t owner = _sh_pg_owner(a, pg);
   if (state == SH_PAGE_SMALL)
-    sh_list_unlink(a, pi, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), NULL);
+    sh_list_unlink(a, part, pi, _sh_bin(a, owner, part, _sh_pg_class(a, pg)), NULL);
   else if (state == SH_PAGE_LARGE)
-    sh_list_unlink(a, pi, NULL, &a->owners[owner].large_head[part]);
+    sh_list_unlink(a, part, pi, NULL, &a->owners[owner].large_head[part]);
   else
     return;
   sh_owner_pages_add(a, owner, part, -(int64_t)sh_page_drop_locked(a, pi));
 }
 
-uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_owner_info_t *final) {
+uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t owner, uint32_t first, sh_owner_info_t *final,
+                                 bool *damaged) {
   uint64_t pages = 0, mask = 0;
-  uint32_t word = UINT32_MAX;
+  uint32_t word = UINT32_MAX, steps = 0, limit = a->part_end[part] - a->part_first[part];
   for (uint32_t pi = first, next; pi != SH_NIL; pi = next) {
+    if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit ||
+                    sh_atomic_load_relaxed(&a->pages[pi].owner) != owner)) {
+      *damaged = true; /* not followed: the caller finds the owner's other pages by their descriptors */
+      break;
+    }
     /* An owner's pages mostly came from one first-fit scan, so its list,
      * newest first, runs down through consecutive descriptors: fetching the
      * next few ahead turns a chain of cache misses into one. */
@@ -340,12 +360,29 @@ uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t first, sh_own
   return pages;
 }
 
+/* After a damaged list: the owner's pages that the walk did not reach are
+ * found by their descriptors and released, and the partition's lists and
+ * counters are rebuilt, so nothing of the owner is left behind. */
+void _sh_owner_pages_scan_release_locked(sh_arena_t *a, int part, uint32_t owner, sh_owner_info_t *final) {
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+    uint32_t state = sh_atomic_load_relaxed(&a->pages[pi].state);
+    if ((state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) || sh_atomic_load_relaxed(&a->pages[pi].owner) != owner)
+      continue;
+    if (final) _sh_info_add_page(a, pi, part, final);
+    sh_count_released(a, pi, part);
+    (void)sh_page_drop_bits_locked(a, pi, false);
+  }
+  _sh_partition_repair_locked(a, part);
+}
+
 /* ----- Small blocks ------------------------------------------------------------ */
 
 static int sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
   if (sh_unlikely(owner >= a->max_owners))
     return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
   uint32_t st = sh_atomic_load_acquire(&a->owners[owner].state);
+  if (sh_unlikely(owner == SH_OWNER_DEFAULT && st != SH_OWNER_LIVE))
+    return _sh_fail(SH_ECORRUPT, "the shared default owner reads as state %u: it is live for the heap's life", st);
   if (st != SH_OWNER_LIVE)
     return _sh_fail(SH_EOWNER, "owner %u is not live (state %u): it was completed, recycled or offloaded",
                     owner, st);
@@ -381,11 +418,18 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   if (rc) return rc;
   _sh_part_lock(a, part);
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+  uint32_t steps = 0, limit = a->part_end[part] - a->part_first[part];
   for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL; pi = a->pages[pi].next) {
+    if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit)) {
+      _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt, and walked again from the start */
+      pi = sh_atomic_load_relaxed(bin);
+      steps = 0;
+      if (pi == SH_NIL) break;
+    }
     uint32_t top = sh_head_top(sh_atomic_load_acquire(&a->pages[pi].head));
     if (top != 0 && top != SH_HEAD_RETIRED && !(sh_atomic_load_relaxed(&a->pages[pi].flags) & SH_PAGE_CORRUPT)) {
       if (a->pages[pi].prev != SH_NIL) {
-        sh_list_unlink(a, pi, bin, NULL);
+        sh_list_unlink(a, part, pi, bin, NULL);
         sh_bin_link_front(a, bin, pi);
       }
       _sh_part_unlock(a, part);
@@ -412,7 +456,7 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
 /* Flags a page whose memory was written after a free: check() reports it and
  * its blocks are not trusted again. Takes the page's partition lock. */
 static void sh_page_quarantine(sh_arena_t *a, uint32_t pi) {
-  int part = (int)a->pages[pi].partition;
+  int part = _sh_pg_part(&a->pages[pi]);
   _sh_part_lock(a, part);
   sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
   _sh_part_unlock(a, part);
@@ -424,7 +468,7 @@ static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
   return _sh_fail(SH_ECORRUPT,
                   "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
                   "a block was written after it was freed; the page is quarantined",
-                  pi, _sh_part_name(part), a->classes[sh_atomic_load_relaxed(&pg->sclass)].size);
+                  pi, _sh_part_name(part), a->classes[_sh_pg_class(a, pg)].size);
 }
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
@@ -475,13 +519,16 @@ __attribute__((always_inline)) static inline int sh_mag_pop(sh_arena_t *a, sh_ts
                                                             uint64_t *offset) {
   sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
   uint32_t n = sh_atomic_load_relaxed(&m->count);
-  if (sh_unlikely(n == 0)) return SH_MAG_EMPTY;
+  /* one compare covers an empty magazine and a count damaged past its size */
+  if (sh_unlikely(n - 1 >= a->mag_cap)) return n == 0 ? SH_MAG_EMPTY : SH_MAG_DAMAGED;
   uint32_t unit = sh_atomic_load_relaxed(&m->unit[n - 1]);
   uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
   uint32_t *link = (uint32_t *)(a->base + off);
-  /* the mark still whole, or the block was written after its free: the slow
-   * path reports that */
-  if (sh_unlikely(!_sh_mag_marked(link, unit))) return SH_MAG_DAMAGED;
+  /* the offset is arena memory: inside this partition's pages, and the mark
+   * still whole (else the block was written after its free); the slow path
+   * reports either */
+  if (sh_unlikely(!_sh_page_in_part(a, (uint32_t)(off >> a->page_shift), part) || !_sh_mag_marked(link, unit)))
+    return SH_MAG_DAMAGED;
   sh_atomic_store_relaxed(&m->count, n - 1);
   sh_track_alloc(a, link, a->classes[c].size);
   sh_word_store_relaxed(&link[0], 0); /* no longer marked free */
@@ -505,7 +552,7 @@ __attribute__((always_inline)) static inline bool sh_mag_push(sh_arena_t *a, sh_
   uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1 || (in_page >> SH_UNIT_SHIFT) >= cls->last_top))
     return false;
-  sh_mag_t *m = _sh_tc_mag(a, slot, (int)pg->partition, (int)c);
+  sh_mag_t *m = _sh_tc_mag(a, slot, _sh_pg_part(pg), (int)c);
   uint32_t n = sh_atomic_load_relaxed(&m->count);
   uint32_t *link = (uint32_t *)(a->base + offset);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
@@ -527,18 +574,32 @@ static int sh_mag_damaged(sh_arena_t *a, sh_tslot_t *slot, int part, int c, bool
   sh_mag_t *m = _sh_tc_mag(a, slot, part, c);
   uint32_t n = sh_atomic_load_relaxed(&m->count);
   if (!may_lock) return SH_EAGAIN;
+  if (n - 1 >= a->mag_cap) {
+    sh_atomic_store_relaxed(&m->count, 0); /* what it held is lost: the count cannot say which */
+    return _sh_fail(SH_ECORRUPT, "thread cache: magazine of partition '%s' class %u counts %u blocks (at most %u); emptied",
+                    _sh_part_name(part), (unsigned)c, n, a->mag_cap);
+  }
   uint64_t off = (uint64_t)sh_atomic_load_relaxed(&m->unit[n - 1]) << SH_UNIT_SHIFT;
+  uint32_t pi = (uint32_t)(off >> a->page_shift);
   sh_atomic_store_relaxed(&m->count, n - 1);
   _sh_mag_uncount_free(a, slot, m); /* it is lost, not freed */
-  sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
+  if (!_sh_page_in_part(a, pi, part))
+    return _sh_fail(SH_ECORRUPT, "thread cache: magazine of partition '%s' holds offset %llu, outside its pages; dropped",
+                    _sh_part_name(part), (unsigned long long)off);
+  sh_page_quarantine(a, pi);
   return _sh_fail(SH_ECORRUPT,
                   "block at offset %llu (partition '%s', %u bytes) was written after it was freed; "
                   "it is dropped and its page quarantined",
                   (unsigned long long)off, _sh_part_name(part), a->classes[c].size);
 }
 
-static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
-  for (uint32_t n = sh_atomic_load_relaxed(&m->count); n > 0; n--) {
+static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, int part, sh_mag_t *m) {
+  uint32_t n = sh_atomic_load_relaxed(&m->count);
+  if (n > a->mag_cap) { /* damaged: which units are real is unknown, so none is followed */
+    sh_atomic_store_relaxed(&m->count, 0);
+    return;
+  }
+  for (; n > 0; n--) {
     uint32_t unit = sh_atomic_load_relaxed(&m->unit[n - 1]);
     uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
     uint32_t *link = (uint32_t *)(a->base + off);
@@ -548,6 +609,7 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, sh_mag_t *m) {
     /* counted once: the magazine counted this free, and the page path below
      * counts it again, so the magazine's count of it is taken back */
     _sh_mag_uncount_free(a, slot, m);
+    if (!_sh_page_in_part(a, (uint32_t)(off >> a->page_shift), part)) continue; /* damaged unit: not followed */
     if (!_sh_mag_marked(link, unit)) {
       /* written after its free, and nobody to tell now: the block stays out
        * and its page is quarantined, so check() reports it */
@@ -564,7 +626,7 @@ void _sh_tc_mag_flush(sh_arena_t *a, sh_tslot_t *slot, int part) {
   sh_atomic_store_release(&slot->mag_seq, sh_atomic_load_relaxed(&slot->mag_seq) | 1u);
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     if (part >= 0 && p != part) continue;
-    for (uint32_t c = 0; c < a->mag_classes; c++) sh_mag_flush_one(a, slot, _sh_tc_mag(a, slot, p, (int)c));
+    for (uint32_t c = 0; c < a->mag_classes; c++) sh_mag_flush_one(a, slot, p, _sh_tc_mag(a, slot, p, (int)c));
   }
   sh_atomic_store_release(&slot->mag_seq, sh_atomic_load_relaxed(&slot->mag_seq) + 1);
 }
@@ -627,6 +689,7 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
   /* an empty way has local == 0, so top == 0 covers "no page" too */
   if (sh_unlikely(sh_atomic_load_relaxed(&e->key) != key || top == 0)) return SH_TC_MISS;
   uint32_t pi = sh_atomic_load_relaxed(&w->page);
+  if (sh_unlikely(!_sh_page_in_part(a, pi, (int)(key >> 6 & 3)))) return SH_TC_MISS; /* the slow path drops it */
   sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_relaxed(&w->claim);
   /* No claim check before reading the link: if the page went back, what we
@@ -662,7 +725,7 @@ static void sh_way_move(sh_arena_t *a, const sh_tc_way_t *from, sh_tc_way_t *to,
   uint32_t pi = sh_atomic_load_relaxed(&from->page), claim = sh_atomic_load_relaxed(&from->claim);
   uint64_t local = sh_atomic_load_relaxed(&from->local);
   uint32_t moved = (claim & ~(3u << SH_CLAIM_SLOT_BITS)) | to_index << SH_CLAIM_SLOT_BITS;
-  if (pi == SH_NIL || !sh_atomic_cas_strong_acq_rel(&a->pages[pi].claim, &claim, moved)) {
+  if (pi == SH_NIL || _sh_page_partition(a, pi) < 0 || !sh_atomic_cas_strong_acq_rel(&a->pages[pi].claim, &claim, moved)) {
     sh_way_clear(to);
     return;
   }
@@ -707,6 +770,10 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
     uint32_t best = SH_NIL, best_free = 0, looked = 0;
     for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL && looked < 16; pi = a->pages[pi].next, looked++) {
+      if (sh_unlikely(!_sh_page_in_part(a, pi, part))) {
+        _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt; what was looked at still stands */
+        break;
+      }
       const sh_page_t *pg = &a->pages[pi];
       uint64_t h = sh_atomic_load_acquire(&pg->head);
       if (sh_atomic_load_relaxed(&pg->claim) != 0 || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT) ||
@@ -777,6 +844,10 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
         sh_tc_way_t *way = &e->way[w];
         uint32_t pi = sh_atomic_load_relaxed(&way->page);
         if (pi == SH_NIL) continue;
+        if (!_sh_page_in_part(a, pi, part)) {
+          sh_way_clear(way); /* damaged: its page index is not one of this partition's, so it is not followed */
+          continue;
+        }
         sh_page_t *pg = &a->pages[pi];
         if (sh_atomic_load_acquire(&pg->claim) != sh_atomic_load_relaxed(&way->claim)) {
           sh_way_clear(way); /* the page went back to its partition (a recycle): it held nothing */
@@ -820,9 +891,9 @@ static bool sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
   for (int i = 0; i < SH_TC_RUNS; i++) {
     sh_tc_run_t *r = &slot->runs[i];
     uint32_t pi = sh_atomic_load_relaxed(&r->page);
-    if (pi == SH_NIL) continue;
+    if (pi == SH_NIL || !_sh_page_in_part(a, pi, part)) continue;
     sh_page_t *pg = &a->pages[pi];
-    if ((int)pg->partition != part || sh_atomic_load_relaxed(&pg->owner) != owner ||
+    if ( sh_atomic_load_relaxed(&pg->owner) != owner ||
         sh_atomic_load_relaxed(&pg->capacity) != n)
       continue;
     uint32_t expected = sh_atomic_load_relaxed(&r->claim);
@@ -1022,8 +1093,8 @@ static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part) {
 }
 
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
-  _Atomic uint32_t *warm = _sh_bin(a, sh_atomic_load_relaxed(&pg->owner), part,
-                                   (int)sh_atomic_load_relaxed(&pg->sclass));
+  _Atomic uint32_t *warm = _sh_bin(a, _sh_pg_owner(a, pg), part,
+                                   _sh_pg_class(a, pg));
   if (sh_atomic_load_relaxed(warm) == pi) return; /* the bin's first page stays */
   uint64_t expected = pushed;
   uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(pushed), sh_head_tag(pushed) + 1);
@@ -1031,8 +1102,8 @@ static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int pa
   _sh_part_lock(a, part);
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
       sh_head_top(sh_atomic_load_relaxed(&pg->head)) == SH_HEAD_RETIRED) {
-    _Atomic uint32_t *bin = _sh_bin(a, sh_atomic_load_relaxed(&pg->owner), part,
-                                    (int)sh_atomic_load_relaxed(&pg->sclass));
+    _Atomic uint32_t *bin = _sh_bin(a, _sh_pg_owner(a, pg), part,
+                                    _sh_pg_class(a, pg));
     if (sh_atomic_load_relaxed(bin) == pi)
       sh_atomic_store_release(&pg->head, sh_head_make(sh_head_top(pushed), sh_head_count(pushed),
                                                       sh_head_tag(pushed) + 2));
@@ -1048,7 +1119,7 @@ static inline sh_tc_way_t *sh_my_way(const sh_arena_t *a, sh_tslot_t *slot, cons
                                      uint32_t claim, int c, sh_tc_entry_t **entry) {
   uint32_t w = sh_claim_way(claim);
   if (sh_unlikely(w >= SH_TC_WAYS)) return NULL;
-  sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), (int)pg->partition, c);
+  sh_tc_entry_t *e = _sh_tc_entry(a, slot, sh_atomic_load_relaxed(&pg->owner), _sh_pg_part(pg), c);
   sh_tc_way_t *way = &e->way[w];
   if (sh_unlikely(sh_atomic_load_relaxed(&way->page) != pi || sh_atomic_load_relaxed(&way->claim) != claim))
     return NULL;
@@ -1074,7 +1145,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
   uint32_t pi = (uint32_t)(offset >> a->page_shift);
   sh_page_t *pg = &a->pages[pi];
   uint32_t state = sh_atomic_load_acquire(&pg->state);
-  int part = (int)pg->partition;
+  int part = _sh_pg_part(pg);
   if (sh_unlikely(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED) &&
       (state == SH_PAGE_SMALL || state == SH_PAGE_LARGE)) {
     if (!may_lock) return SH_EAGAIN;
@@ -1091,7 +1162,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
                     (unsigned long long)offset, pi,
                     state == SH_PAGE_FREE ? "free" : state == SH_PAGE_META ? "metadata" : "inside a large block");
   }
-  int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+  int c = _sh_pg_class(a, pg);
   const sh_class_t *cls = &a->classes[c];
   uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1 || in_page + cls->size > sh_page_bytes(a)))
@@ -1154,7 +1225,7 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
    * stands for a state check. */
   if (sh_claim_slot(claim) != b->slot_index || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
     return false;
-  int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+  int c = _sh_pg_class(a, pg);
   const sh_class_t *cls = &a->classes[c];
   uint32_t in_page = (uint32_t)offset & ((1u << a->page_shift) - 1);
   if (sh_unlikely(in_page * cls->div_magic > cls->div_magic - 1)) return false;
@@ -1182,7 +1253,7 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
   sh_page_t *pg = &a->pages[pi];
   if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
     return 0;
-  int c = (int)sh_atomic_load_relaxed(&pg->sclass), part = (int)pg->partition;
+  int c = _sh_pg_class(a, pg), part = _sh_pg_part(pg);
   const sh_class_t *cls = &a->classes[c];
   uint32_t key = sh_atomic_load_relaxed(&pg->key), cap = sh_atomic_load_relaxed(&pg->capacity);
   uint64_t seen[64] = {0}; /* block tops mod 4096: a repeat ends the run (it may be a double free) */
@@ -1305,11 +1376,15 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   pg->epoch++;
   sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
   uint32_t *head = &a->owners[owner].large_head[part];
-  pg->prev = SH_NIL;
-  pg->next = *head;
-  if (*head != SH_NIL) a->pages[*head].prev = pi;
-  *head = pi;
-  sh_owner_pages_add(a, owner, part, n);
+  if (sh_likely(sh_link_ok(a, part, *head))) {
+    pg->prev = SH_NIL;
+    pg->next = *head;
+    if (*head != SH_NIL) a->pages[*head].prev = pi;
+    *head = pi;
+    sh_owner_pages_add(a, owner, part, n);
+  } else {
+    _sh_partition_repair_locked(a, part); /* a damaged head: the rebuild links the new run and counts it */
+  }
   _sh_part_unlock(a, part);
   sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
   sh_count(a, slot, 0, part, (int)a->nclasses);
@@ -1357,7 +1432,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
                     (unsigned)info->partition);
   info->owner_generation = sh_atomic_load_relaxed(&a->owners[info->owner].generation);
   if (state == SH_PAGE_SMALL) {
-    int c = (int)sh_atomic_load_relaxed(&pg->sclass);
+    int c = _sh_pg_class(a, pg);
     if (sh_unlikely((uint32_t)c >= a->nclasses))
       return _sh_fail(SH_ECORRUPT, "page %u names size class %d of %u", pi, c, a->nclasses);
     uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
@@ -1416,7 +1491,7 @@ void _sh_partition_repair_locked(sh_arena_t *a, int part) {
     if (state == SH_PAGE_SMALL && sh_atomic_load_relaxed(&pg->claim) != 0 && !_sh_tc_holder(a, pi, NULL))
       sh_atomic_store_release(&pg->claim, 0u);
     if (state == SH_PAGE_SMALL) {
-      sh_bin_link_front(a, _sh_bin(a, owner, part, (int)sh_atomic_load_relaxed(&pg->sclass)), pi);
+      sh_bin_link_front(a, _sh_bin(a, owner, part, _sh_pg_class(a, pg)), pi);
       sh_atomic_add_relaxed(&a->owners[owner].pages[part], 1);
     } else if (state == SH_PAGE_LARGE) {
       uint32_t *head = &a->owners[owner].large_head[part];

@@ -56,6 +56,8 @@ static inline int _sh_size_class(const sh_arena_t *arena, size_t size) {
 sh_internal int _sh_lock_init(sh_lock_t *lock);
 /* Locks; true when the previous holder died and what it guards needs repair. */
 sh_internal bool _sh_lock_acquire_repair(sh_lock_t *lock);
+/* The lock word holds a valid state: the right kind, and no holder or a live one. */
+sh_internal bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder);
 sh_internal void _sh_part_lock(sh_arena_t *arena, int partition);
 sh_internal void _sh_part_unlock(sh_arena_t *arena, int partition);
 sh_internal void _sh_owner_lock(sh_arena_t *arena);
@@ -66,8 +68,12 @@ sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint3
 /* Releases a whole page list of one owner (its links are dropped, not
  * unlinked one by one); the caller resets the list head and the counters.
  * Returns the pages freed; adds live bytes to `final` when not NULL. */
-sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, uint32_t first,
-                                             sh_owner_info_t *final);
+sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, uint32_t owner, uint32_t first,
+                                             sh_owner_info_t *final, bool *damaged);
+/* What a damaged list hid: the owner's pages by their descriptors, then the
+ * partition's lists and page counters rebuilt. */
+sh_internal void _sh_owner_pages_scan_release_locked(sh_arena_t *arena, int partition, uint32_t owner,
+                                                     sh_owner_info_t *final);
 sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
 /* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
@@ -89,6 +95,27 @@ static inline _Atomic uint32_t *_sh_bin(const sh_arena_t *arena, uint32_t owner,
 }
 static inline uint8_t *_sh_page_start(const sh_arena_t *arena, uint32_t pi) {
   return arena->base + ((uint64_t)pi << arena->page_shift);
+}
+/* A page descriptor is arena memory: its partition and class are bounded by
+ * values this process holds before they index a table, so damage gives a
+ * wrong answer that a later check reports, never an access outside a table.
+ * One AND, or one compare, on the fast paths. */
+_Static_assert((SH_NPARTITIONS & (SH_NPARTITIONS - 1)) == 0, "partitions are a power of two");
+static inline int _sh_pg_part(const sh_page_t *pg) { return (int)(pg->partition & (SH_NPARTITIONS - 1)); }
+static inline int _sh_pg_class(const sh_arena_t *arena, const sh_page_t *pg) {
+  uint32_t c = sh_atomic_load_relaxed(&pg->sclass);
+  return c < arena->nclasses ? (int)c : 0;
+}
+/* A page index read from the arena (a cache's way, a magazine's block)
+ * against the partition's bounds held in the process. */
+/* Owner ids index the owner table and the bins: one out of range (damage)
+ * reads as the default owner, which check() then reports. */
+static inline uint32_t _sh_pg_owner(const sh_arena_t *arena, const sh_page_t *pg) {
+  uint32_t o = sh_atomic_load_relaxed(&pg->owner);
+  return o < arena->max_owners ? o : 0;
+}
+static inline bool _sh_page_in_part(const sh_arena_t *arena, uint32_t pi, int part) {
+  return pi - arena->part_first[part] < arena->part_end[part] - arena->part_first[part];
 }
 static inline int _sh_page_partition(const sh_arena_t *arena, uint32_t pi) {
   for (int p = 0; p < SH_NPARTITIONS; p++)

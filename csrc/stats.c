@@ -72,7 +72,7 @@ static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_
         st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     } else if (state == SH_PAGE_SMALL) {
       uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-      st->in_use += (uint64_t)used * a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses].size;
+      st->in_use += (uint64_t)used * a->classes[_sh_pg_class(a, pg)].size;
     }
   }
   uint64_t held = 0;
@@ -129,7 +129,7 @@ static void sh_class_read(const sh_arena_t *a, int c, sh_class_stats_t *st) {
 static int sh_check_stack(const sh_arena_t *a, uint32_t pi, uint32_t top, uint32_t count, const char *which,
                           uint8_t *seen, uint32_t *n_out) {
   const sh_page_t *pg = &a->pages[pi];
-  const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass)];
+  const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
   uint32_t key = sh_atomic_load_relaxed(&pg->key), n = 0;
   int rc = SH_OK;
   for (; top != 0; n++) {
@@ -259,6 +259,54 @@ done:
   return rc;
 }
 
+/* The tables that the page walk does not reach: every owner's state, and
+ * every thread slot's state and cached page indexes, bound or not (a sweep
+ * follows an unbound slot's too). */
+static int sh_check_tables(const sh_arena_t *a) {
+  int rc = SH_OK;
+  for (uint32_t o = 0; o < a->max_owners; o++) {
+    uint32_t st = sh_atomic_load_relaxed(&a->owners[o].state);
+    SH_CHECK(st <= SH_OWNER_OFFLOADED, "owner slot %u: state %u is not a valid state", o, st);
+    SH_CHECK(o != SH_OWNER_DEFAULT || st == SH_OWNER_LIVE, "the shared default owner is in state %u, not live", st);
+  }
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    sh_tslot_t *slot = _sh_tc_slot_at(a, i);
+    uint32_t st = sh_atomic_load_relaxed(&slot->state);
+    SH_CHECK(st <= SH_TSLOT_FLUSHING, "thread slot %u: state %u is not a valid state", i, st);
+    for (int r = 0; r < SH_TC_RUNS; r++) {
+      uint32_t pi = sh_atomic_load_relaxed(&slot->runs[r].page);
+      SH_CHECK(pi == SH_NIL || (st != SH_TSLOT_FREE && _sh_page_partition(a, pi) >= 0),
+               "thread slot %u (%s): cached run page %u is not a page it may hold", i,
+               st == SH_TSLOT_FREE ? "free" : "bound", pi);
+    }
+    sh_tc_entry_t *entries = _sh_tc_entries(slot);
+    for (uint32_t e = 0; e <= a->tc_mask; e++)
+      for (int w = 0; w < SH_TC_WAYS; w++) {
+        uint32_t pi = sh_atomic_load_relaxed(&entries[e].way[w].page);
+        SH_CHECK(pi == SH_NIL || (st != SH_TSLOT_FREE && _sh_page_partition(a, pi) >= 0),
+                 "thread slot %u (%s): cached page %u is not a page it may hold", i,
+                 st == SH_TSLOT_FREE ? "free" : "bound", pi);
+      }
+  }
+done:
+  return rc;
+}
+
+/* Checked before check() takes the locks: taking a damaged one rebuilds it,
+ * which would hide the damage. */
+static int sh_check_locks(const sh_arena_t *a) {
+  int rc = SH_OK;
+  uint32_t holder;
+  for (int p = 0; p < SH_NPARTITIONS; p++)
+    SH_CHECK(_sh_lock_word_valid(&a->hdr->part_lock[p], &holder),
+             "the lock of partition '%s' is damaged (holder %u is no live thread, or its kind is wrong)",
+             _sh_part_name(p), holder);
+  SH_CHECK(_sh_lock_word_valid(&a->hdr->owner_lock, &holder), "the owner table's lock is damaged (holder %u)", holder);
+  SH_CHECK(_sh_lock_word_valid(&a->hdr->lease_lock, &holder), "the lease table's lock is damaged (holder %u)", holder);
+done:
+  return rc;
+}
+
 static int sh_check_once(sh_arena_t *a) {
   int rc = SH_OK;
   uint8_t *seen = malloc(a->hdr->page_size / 16 + 1);
@@ -268,6 +316,11 @@ static int sh_check_once(sh_arena_t *a) {
     free(seen), free(owner_pages), free(in_list);
     return _sh_fail(SH_ENOMEM, "out of process memory for check()");
   }
+  rc = sh_check_locks(a);
+  if (rc) {
+    free(seen), free(owner_pages), free(in_list);
+    return rc;
+  }
   if (!a->read_only) _sh_owner_lock(a);
   int locked = 0;
   for (; !a->read_only && locked < SH_NPARTITIONS; locked++) _sh_part_lock(a, locked);
@@ -276,6 +329,8 @@ static int sh_check_once(sh_arena_t *a) {
   rc = sh_check_mags(a, &mag_offs, &mags.n);
   if (rc) goto done;
   mags.offs = mag_offs;
+  rc = sh_check_tables(a);
+  if (rc) goto done;
 
   for (uint32_t pi = 0; pi < a->hdr->meta_pages; pi++)
     SH_CHECK(sh_atomic_load_relaxed(&a->pages[pi].state) == SH_PAGE_META, "page %u: metadata page not marked", pi);

@@ -136,6 +136,7 @@ typedef struct sh_block_info_s {
   int size_class;              /* -1 for a large (page run) block */
 } sh_block_info_t;
 
+enum { SH_NREGIONS = 10 };
 typedef struct sh_arena_info_s {
   uint64_t size;
   uint32_t page_size, nclasses, max_owners, format_version;
@@ -143,6 +144,11 @@ typedef struct sh_arena_info_s {
   uint64_t metadata_bytes;     /* header, page descriptors, owner table, stats */
   uint64_t part_offset[SH_NPARTITIONS], part_size[SH_NPARTITIONS];
   uint32_t class_size[SH_MAX_CLASSES];
+  /* Where the metadata tables start, in this order, and (last) where they
+   * end: header, page descriptors, bitmap, owners, bins, stat stripes, sweep
+   * rings, thread slots, block table, pins. For tools that inspect or damage
+   * an arena on purpose (the fuzzer). */
+  uint64_t region_offset[SH_NREGIONS + 1];
 } sh_arena_info_t;
 
 /* ---- Errors ---------------------------------------------------------------- */

@@ -110,8 +110,13 @@ uint32_t _sh_tc_next_claim(const sh_arena_t *a, sh_tslot_t *s, int way) {
 static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t *e) {
   uint32_t pi = sh_atomic_load_relaxed(&e->page);
   if (pi == SH_NIL) return;
+  int part = _sh_page_partition(a, pi);
+  if (part < 0) { /* damaged: not a page index, so neither it nor its blocks are followed */
+    sh_atomic_store_relaxed(&e->local, 0);
+    sh_atomic_store_release(&e->page, SH_NIL);
+    return;
+  }
   sh_page_t *pg = &a->pages[pi];
-  int part = (int)pg->partition;
   bool holds_blocks = sh_local_top(sh_atomic_load_relaxed(&e->local)) != 0;
   if (holds_blocks) { /* an empty cache only drops its claim */
     _sh_part_lock(a, part);
@@ -123,7 +128,7 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
   if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
-    const sh_class_t *cls = &a->classes[sh_atomic_load_relaxed(&pg->sclass) % a->nclasses];
+    const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
     uint32_t key = sh_atomic_load_relaxed(&pg->key), tail = top;
     bool intact = true;
     for (uint32_t n = 1; n < count && intact; n++) {
@@ -208,9 +213,13 @@ void _sh_mag_uncount_free(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m) {
 void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
   uint32_t pi = sh_atomic_load_relaxed(&r->page);
   if (pi == SH_NIL) return;
+  int part = _sh_page_partition(a, pi);
+  if (part < 0) { /* damaged: not followed */
+    sh_atomic_store_release(&r->page, SH_NIL);
+    return;
+  }
   uint32_t expected = sh_atomic_load_relaxed(&r->claim);
   sh_page_t *pg = &a->pages[pi];
-  int part = (int)pg->partition;
   _sh_part_lock(a, part);
   /* still cached by us (a recycle would have taken the claim with the run) */
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE &&
@@ -224,13 +233,13 @@ void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
   _sh_tc_mag_flush(a, s, part);
   for (int i = 0; i < SH_TC_RUNS; i++) {
     uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
-    if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_run_flush(a, &s->runs[i]);
+    if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_run_flush(a, &s->runs[i]);
   }
   sh_tc_entry_t *entries = _sh_tc_entries(s);
   for (uint32_t i = 0; i <= a->tc_mask; i++)
     for (int w = 0; w < SH_TC_WAYS; w++) {
       uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
-      if (pi != SH_NIL && (int)a->pages[pi].partition == part) _sh_tc_way_flush(a, &entries[i], w);
+      if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_way_flush(a, &entries[i], w);
     }
 }
 
@@ -360,9 +369,9 @@ const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi, const sh_tc_e
   uint32_t claim = sh_atomic_load_acquire(&pg->claim);
   if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
   /* an entry only ever caches pages of its own key: one place to look */
-  uint32_t c = sh_atomic_load_relaxed(&pg->sclass) % a->nclasses;
+  uint32_t c = (uint32_t)_sh_pg_class(a, pg);
   const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
-                                        (int)pg->partition, (int)c);
+                                        _sh_pg_part(pg), (int)c);
   uint32_t w = sh_claim_way(claim);
   if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim) {
     if (entry) *entry = e;

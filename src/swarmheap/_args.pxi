@@ -1,6 +1,8 @@
 # Argument parsing, and the one table of partition names.
 
 PARTITIONS = ("context", "shared", "comm", "system")
+# The metadata tables in arena order, as sh_arena_info reports them (info()["regions"]).
+REGIONS = ("header", "pages", "bitmap", "owners", "bins", "stripes", "sweep", "thread_slots", "block_table", "pins")
 OWNER_STATES = ("free", "live", "completed", "dead", "offloaded")
 cdef dict _PART_INDEX = {name: i for i, name in enumerate(PARTITIONS)}
 cdef str _CONTEXT = PARTITIONS[0]

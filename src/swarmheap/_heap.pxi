@@ -504,6 +504,9 @@ cdef class CoreHeap:
                 PARTITIONS[p]: {"offset": info.part_offset[p], "size": info.part_size[p]} for p in range(4)
             },
             "size_classes": [info.class_size[c] for c in range(info.nclasses)],
+            "regions": {
+                REGIONS[r]: (info.region_offset[r], info.region_offset[r + 1]) for r in range(len(REGIONS))
+            },
         }
 
     def stats(self):

@@ -87,6 +87,7 @@ cdef extern from "swarmheap.h" nogil:
         uint64_t part_offset[4]
         uint64_t part_size[4]
         uint32_t class_size[64]
+        uint64_t region_offset[11]
 
     const char *sh_strerror(int status)
     const char *sh_last_error()

@@ -1,0 +1,156 @@
+"""The damaged-arena target: one input is a list of byte and word writes into
+a small closed heap's segment (any region, the tables included); the heap is
+then attached, checked, read, swept and used.
+
+Allowed outcomes are named errors (HeapCorrupt, AttachError, ...). A crash, a
+hang (the fuzzer's -timeout), an offset outside the mapping or its partition,
+or any other exception is a failure.
+
+The seed heap is made by a child process that dies without closing, so the
+segment holds what a killed swarm leaves: bound thread slots of a dead
+process, a dead agent with entries and a pin, leased blocks, magazines.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import struct
+import uuid
+
+import swarmheap as sh
+
+SEED_SIZE = 4 << 20
+SEED_PAGE = 4096
+DATA_REGION = "data"  # every byte after the metadata tables
+
+
+def _populate(name: str) -> None:
+    heap = sh.Heap.attach(name)
+    keep = [heap.alloc(size, part) for part in sh.PARTITIONS[:3] for size in (16, 64, 200, 1000, 5000, 40000)]
+    for blk in keep[::3]:
+        blk.free()
+    for size in (24, 48, 96):  # blocks that wait in this thread's magazines
+        heap.alloc(size, "shared").free()
+    leased = heap.alloc(128, "comm", lease=3600.0)
+    leased[:5] = b"lease"
+    _ = leased.handle  # a handle tag in the block table
+    agent = heap.spawn("researcher")
+    agent.put("prompt", b"p" * 300)
+    agent.alloc(64)
+    view = agent.get("prompt")  # a pin this process dies holding
+    assert len(view) == 300
+    os._exit(0)  # no close: the slots, the agent and the pin stay as a kill leaves them
+
+
+def build_seed() -> tuple[bytes, dict[str, tuple[int, int]]]:
+    name = "shfuzz_seed_" + uuid.uuid4().hex[:8]
+    heap = sh.Heap.create(name, size=SEED_SIZE, page_size=SEED_PAGE)
+    try:
+        child = mp.get_context("spawn").Process(target=_populate, args=(name,))
+        child.start()
+        child.join()
+        assert child.exitcode == 0, child.exitcode
+        info = heap.info()
+        regions = dict(info["regions"])
+        regions[DATA_REGION] = (regions["pins"][1], info["size"])
+        heap.close()
+        with open(f"/dev/shm/{name}", "rb") as f:
+            image = f.read()
+    finally:
+        sh.unlink(name)
+    return image, regions
+
+
+class Mutations:
+    """Decodes an input into (offset, bytes) writes, each aimed at a region,
+    so that every table gets its share whatever the regions' sizes."""
+
+    def __init__(self, regions: dict[str, tuple[int, int]]) -> None:
+        self.regions = [(lo, hi) for lo, hi in regions.values() if hi > lo]
+
+    def decode(self, data: bytes) -> list[tuple[int, bytes]]:
+        writes = []
+        for i in range(0, len(data) - 7, 8):
+            region, pos, width, value = struct.unpack_from("<BIBH", data, i)
+            lo, hi = self.regions[region % len(self.regions)]
+            offset = lo + pos % (hi - lo)
+            if width % 3 == 0:
+                patch = bytes([value & 0xFF])
+            elif width % 3 == 1:
+                patch = struct.pack("<I", (value << 16 | value) ^ (0xFFFFFFFF if width & 4 else 0))
+            else:
+                patch = struct.pack("<I", 0x7FFFFFFF if width & 8 else value)
+            writes.append((offset, patch[: hi - offset]))
+        return writes[:16]
+
+
+def _check_block(heap: sh.Heap, blk: sh.Block, partition: str) -> None:
+    part = heap.info()["partitions"][partition]
+    n = len(blk)
+    if not part["offset"] <= blk.offset < blk.offset + n <= part["offset"] + part["size"]:
+        raise AssertionError(f"alloc in {partition!r} returned offset {blk.offset} (+{n}), outside it")
+    blk[:1] = b"x"
+    blk[n - 1 :] = b"y"
+
+
+def exercise(name: str) -> None:
+    """Attach a damaged heap and use it; named errors are fine, anything else fails."""
+    try:
+        heap = sh.Heap.attach(name)
+    except (sh.AttachError, sh.HeapCorrupt):
+        return
+    try:
+        for step in (heap.check, heap.stats, heap.collect, heap.check):
+            try:
+                step()
+            except sh.HeapCorrupt:
+                pass
+        live = []
+        for partition in sh.PARTITIONS[:3]:
+            for size in (16, 64, 1000, 40000, 100000):
+                try:
+                    blk = heap.alloc(size, partition)
+                except (sh.HeapCorrupt, sh.PartitionFull):
+                    continue
+                _check_block(heap, blk, partition)
+                live.append(blk)
+        for blk in live:
+            try:
+                blk.free()
+            except (sh.HeapCorrupt, sh.StaleBlock):
+                pass
+        try:
+            agent = heap.spawn("fuzz")
+            agent.put("k", b"v" * 100)
+            agent.complete()
+        except (sh.HeapCorrupt, sh.PartitionFull, sh.TooManyAgents):
+            pass
+        try:
+            heap.check()
+        except sh.HeapCorrupt:
+            pass
+    finally:
+        heap.close()
+
+
+class Target:
+    def __init__(self) -> None:
+        self.image, regions = build_seed()
+        self.mutations = Mutations(regions)
+        self.name = f"shfuzz_{os.getpid()}"
+
+    def __call__(self, data: bytes) -> None:
+        image = bytearray(self.image)
+        for offset, patch in self.mutations.decode(data):
+            image[offset : offset + len(patch)] = patch
+        path = f"/dev/shm/{self.name}"
+        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, image)
+        finally:
+            os.close(fd)
+        try:
+            exercise(self.name)
+        finally:
+            os.unlink(path)
