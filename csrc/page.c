@@ -924,8 +924,9 @@ static bool sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int par
     if (sh_atomic_load_relaxed(&slot->runs[i].page) == SH_NIL) r = &slot->runs[i];
   if (!r) {
     if (!may_lock) return false;
-    r = &slot->runs[slot->run_next];
-    slot->run_next = (slot->run_next + 1) % SH_TC_RUNS;
+    uint32_t k = slot->run_next % SH_TC_RUNS; /* arena memory: bounded before it indexes */
+    r = &slot->runs[k];
+    slot->run_next = (k + 1) % SH_TC_RUNS;
     _sh_tc_run_flush(a, r);
   }
   uint32_t claim = _sh_tc_next_claim(a, slot, SH_TC_RUN_WAY), expected = 0;

@@ -129,3 +129,75 @@ def pin_and_hang(name: str, ready: Any) -> None:
     ready.put(agent.id)
     threading.Event().wait()  # never set: the parent kills us
     view.release()
+
+
+def peer_serve(name: str, conn: Any) -> None:
+    """A second process of the heap: resolves each handle it is sent and
+    answers with the block's bytes, or the name of the error."""
+    with sh.Heap.attach(name) as heap:
+        while True:
+            handle = conn.recv()
+            if handle is None:
+                break
+            try:
+                blk = heap.resolve(handle)
+                conn.send(bytes(blk))
+            except sh.StaleBlock:
+                conn.send("StaleBlock")  # or its subclass StaleHandle
+            except sh.SwarmHeapError as exc:
+                conn.send(type(exc).__name__)
+
+
+def peer_read(conn: Any, handle: sh.Handle) -> Any:
+    conn.send(handle)
+    return conn.recv()
+
+
+def crash_loop(name: str, mode: str, seed: int, conn: Any) -> None:
+    """Runs one kind of tight loop until told to stop (or killed), verifying
+    every byte it wrote; all its memory is an agent's, so a sweep can account
+    for every byte. Sends "ready" once in the loop, then "ok" or the error."""
+    rng = random.Random(seed)
+    heap = sh.Heap.attach(name)
+    signalled = False
+    try:
+        agent = heap.spawn(f"crash-{mode}")
+        held: list[tuple[sh.Block, bytes]] = []
+        rounds = 0
+        while not conn.poll():
+            rounds += 1
+            pattern = rng.randbytes(rng.choice((8, 64, 300, 2000, 9000)))
+            if mode == "alloc":
+                if held and rng.random() < 0.5:
+                    blk, want = held.pop(rng.randrange(len(held)))
+                    assert bytes(blk[: len(want)]) == want, "an agent block changed"
+                    blk.free()
+                else:
+                    blk = agent.alloc(len(pattern))
+                    blk[: len(pattern)] = pattern
+                    held.append((blk, pattern))
+            elif mode == "spawn":
+                other = heap.spawn("crash-child")
+                other.put("x", pattern)
+                assert bytes(other.get("x")) == pattern, "an entry changed"
+                other.complete()
+            elif mode == "putget":
+                key = f"k{rng.randrange(4)}"
+                agent.put(key, pattern)
+                assert bytes(agent.get(key)) == pattern, "an entry changed"
+            elif mode == "pin":
+                agent.put("p", pattern)
+                view = agent.get("p")
+                assert bytes(view) == pattern, "a pinned entry changed"
+                view.release()
+            if not signalled and rounds >= 20:
+                conn.send("ready")
+                signalled = True
+        for blk, want in held:
+            assert bytes(blk[: len(want)]) == want, "an agent block changed"
+        agent.complete()
+        conn.send("ok")
+    except BaseException as exc:  # reported to the parent, which fails the test
+        conn.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        heap.close()
