@@ -56,7 +56,8 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   l->owners_off = off = sh_align_up(off, SH_CACHE_LINE);
   off += (uint64_t)max_owners * sizeof(sh_owner_t);
   l->bins_off = off = sh_align_up(off, SH_CACHE_LINE);
-  off += (uint64_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t);
+  /* bin sets: one per page (see _sh_owner_set), not per owner */
+  off += (uint64_t)l->total_pages * (nclasses + 2u) * sizeof(uint32_t);
   l->stripes_off = off = sh_align_up(off, SH_CACHE_LINE);
   l->stripe_size = sh_stripe_size(nclasses);
   off += SH_NSTRIPES * l->stripe_size;
@@ -69,9 +70,9 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
                   ((uint64_t)SH_NPARTITIONS * sh_mag_classes(arena_size, nclasses) << sh_mag_shift(arena_size));
   off += (uint64_t)nslots * l->tslot_size;
   l->leases_off = off = sh_align_up(off, SH_CACHE_LINE);
-  /* leases and handle tags: an entry per owner slot, at least 256, a power of two */
+  /* leases and handle tags: an entry per two owner slots, at least 256, a power of two */
   l->lease_cap = 256;
-  while (l->lease_cap < max_owners) l->lease_cap *= 2;
+  while (l->lease_cap < max_owners / 2) l->lease_cap *= 2;
   off += l->lease_cap * sizeof(sh_lease_t);
   l->pins_off = off = sh_align_up(off, SH_CACHE_LINE);
   /* pins by process: one entry per two owner slots, at least 64 */
@@ -80,6 +81,24 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   off += l->pin_cap * sizeof(sh_pin_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);
+}
+
+/* As many owners as the metadata budget (1 % of the arena) holds once the
+ * parts that do not grow with owners are laid out, up to one per 16 KiB of
+ * arena (an agent smaller than that is rare) and 2^20; at least 16. Agents
+ * of a nursery cost no bin sets, so owners are what the budget buys: a
+ * 1 GiB arena gets 32 768 or more. */
+static uint32_t sh_default_owners(uint64_t arena_size, uint32_t page_shift, uint32_t nclasses, uint32_t nslots) {
+  uint64_t budget = arena_size / 100, cap = arena_size >> 14;
+  uint32_t lo = 16, hi = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap < 16 ? 16 : cap);
+  sh_layout_t l;
+  while (lo < hi) { /* the largest count that fits: the layout grows with it */
+    uint32_t mid = lo + (hi - lo + 1) / 2;
+    sh_layout_compute(arena_size, page_shift, mid, nclasses, nslots, &l);
+    if (l.meta_end <= budget) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
 }
 
 static uint64_t sh_checksum(const sh_header_t *hdr) {
@@ -140,6 +159,7 @@ static int sh_handle_load(sh_arena_t *a) {
   a->bitmap = (_Atomic uint64_t *)(a->base + hdr->bitmap_off);
   a->owners = (sh_owner_t *)(a->base + hdr->owners_off);
   a->bins = (_Atomic uint32_t *)(a->base + hdr->bins_off);
+  a->set_stride = hdr->nclasses + 2u;
   a->stripes = a->base + hdr->stripes_off;
   a->rings = (_Atomic uint64_t *)(a->base + hdr->sweep_off);
   a->ring_cap = hdr->ring_cap;
@@ -165,6 +185,7 @@ static int sh_handle_load(sh_arena_t *a) {
   }
   _sh_classes_load(a);
   a->mag_limit = a->mag_classes ? a->classes[a->mag_classes - 1].size : 0;
+  _sh_nursery_load(a);
   return SH_OK;
 }
 
@@ -173,16 +194,14 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   uint32_t shift = (uint32_t)__builtin_ctz(o->page_size);
   uint32_t sizes[SH_MAX_CLASSES], small_limit;
   uint32_t nclasses = _sh_classes_build(o->page_size, sizes, &small_limit);
-  uint32_t max_owners = o->max_owners;
-  if (max_owners == 0) { /* about 0.3 % of the arena: one owner per 256 KiB, within [16, 2^16] */
-    uint64_t n = a->size >> 18;
-    max_owners = (uint32_t)(n < 16 ? 16 : n > 65536 ? 65536 : n);
-  }
   uint32_t nslots = o->max_threads;
-  if (nslots == 0) { /* one thread cache per 4 MiB of arena, within [4, 128] */
-    uint64_t n = a->size >> 22;
-    nslots = (uint32_t)(n < 4 ? 4 : n > 128 ? 128 : n);
+  if (nslots == 0) { /* one thread cache per 8 MiB of arena, within [4, 64] */
+    uint64_t n = a->size >> 23;
+    nslots = (uint32_t)(n < 4 ? 4 : n > 64 ? 64 : n);
   }
+  /* the table holds the nursery's slot on top of what the caller counts
+   * (the shared default and its agents) */
+  uint32_t max_owners = o->max_owners ? o->max_owners + 1 : sh_default_owners(a->size, shift, nclasses, nslots);
   sh_layout_t l;
   sh_layout_compute(a->size, shift, max_owners, nclasses, nslots, &l);
 
@@ -269,9 +288,7 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
       sh_atomic_or_relaxed(&a->bitmap[pi / 64], 1ull << (pi % 64));
     }
   }
-  memset((void *)a->bins, 0xFF, (size_t)max_owners * SH_NPARTITIONS * nclasses * sizeof(uint32_t));
-  for (uint32_t i = 0; i < max_owners; i++)
-    for (int p = 0; p < SH_NPARTITIONS; p++) a->owners[i].large_head[p] = SH_NIL;
+  /* the bin sets and the owners' references to them start zero: the mapping is zeroed */
   for (uint32_t i = 0; i < nslots; i++) {
     for (int r = 0; r < SH_TC_RUNS; r++) sh_atomic_store_relaxed(&_sh_tc_slot_at(a, i)->runs[r].page, SH_NIL);
     sh_tc_entry_t *entries = _sh_tc_entries(_sh_tc_slot_at(a, i));
@@ -284,6 +301,9 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
   def->created_ns = hdr->created_ns;
   sh_atomic_store_relaxed(&def->generation, 1);
   sh_atomic_store_relaxed(&def->state, SH_OWNER_LIVE);
+  sh_owner_t *nursery = &a->owners[SH_OWNER_NURSERY]; /* the pages agents share: as long-lived as owner 0 */
+  *nursery = *def;
+  _sh_nursery_create(a);
   return SH_OK;
 }
 
@@ -464,7 +484,7 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
   info->size = hdr->arena_size;
   info->page_size = hdr->page_size;
   info->nclasses = hdr->nclasses;
-  info->max_owners = hdr->max_owners;
+  info->max_owners = hdr->max_owners; /* the table: the caller's count and the nursery's slot */
   info->format_version = hdr->format_version;
   info->small_limit = hdr->small_limit;
   info->metadata_bytes = hdr->meta_end;

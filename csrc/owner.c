@@ -2,6 +2,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sh_nursery.h"
 #include "sh_tcache.h"
 
 static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
@@ -27,8 +28,9 @@ int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *genera
   int32_t pid = (int32_t)getpid();
   uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
-  for (uint32_t k = 0; k < a->max_owners - 1; k++) {
-    uint32_t i = 1 + (sh_atomic_load_relaxed(&sh_owner_hint) + k) % (a->max_owners - 1);
+  uint32_t agents = a->max_owners - SH_FIRST_AGENT;
+  for (uint32_t k = 0; k < agents; k++) {
+    uint32_t i = SH_FIRST_AGENT + (sh_atomic_load_relaxed(&sh_owner_hint) + k) % agents;
     sh_owner_t *o = &a->owners[i];
     if (sh_atomic_load_relaxed(&o->state) != SH_OWNER_FREE) continue;
     uint32_t gen = sh_atomic_load_relaxed(&o->generation) + 1;
@@ -50,8 +52,8 @@ int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *genera
     return SH_OK;
   }
   _sh_owner_unlock(a);
-  return _sh_fail(SH_ETOOMANY, "the owner table is full (%u owners): complete some agents or create the heap with more max_owners",
-                  a->max_owners - 1);
+  return _sh_fail(SH_ETOOMANY, "the owner table is full (%u agents): complete some agents or create the heap with more max_owners",
+                  a->max_owners - SH_FIRST_AGENT);
 }
 
 /* Caller holds the owner lock. */
@@ -95,20 +97,21 @@ static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t
  * Owner lock held. */
 int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
   sh_owner_t *o = &a->owners[id];
+  _sh_nursery_release(a, id, final); /* first: its nursery blocks sit on pages that stay */
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
     _sh_part_lock(a, part);
     uint64_t pages = 0;
     bool damaged = false;
-    for (uint32_t c = 0; c < a->nclasses && !damaged; c++) {
-      _Atomic uint32_t *bin = _sh_bin(a, id, part, (int)c);
-      uint32_t first = sh_atomic_load_relaxed(bin);
+    _Atomic uint32_t *set = _sh_owner_set(a, id, part);
+    damaged = set == NULL; /* pages but no set: found by their descriptors below */
+    for (uint32_t c = 0; c <= a->nclasses && !damaged; c++) { /* the classes, then the large runs */
+      uint32_t first = sh_atomic_load_relaxed(&set[1 + c]);
       if (first == SH_NIL) continue;
       pages += _sh_list_release_locked(a, part, id, first, final, &damaged);
-      sh_atomic_store_release(bin, SH_NIL);
+      sh_atomic_store_release(&set[1 + c], SH_NIL);
     }
-    if (!damaged) pages += _sh_list_release_locked(a, part, id, o->large_head[part], final, &damaged);
-    o->large_head[part] = SH_NIL;
+    _sh_owner_set_drop(a, id, part);
     sh_atomic_store_relaxed(&o->pages[part], 0);
     if (damaged)
       _sh_owner_pages_scan_release_locked(a, part, id, final); /* its counters come from the rebuild */
@@ -127,7 +130,7 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
 }
 
 int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
-  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 (the shared default) is never recycled");
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never recycled", id);
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
@@ -253,7 +256,7 @@ int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_
                        sh_owner_state_t desired) {
   if (desired == SH_OWNER_FREE || desired > SH_OWNER_OFFLOADED)
     return _sh_fail(SH_EINVAL, "state %d cannot be set directly (use recycle to free a slot)", (int)desired);
-  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 is always live");
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
@@ -329,12 +332,10 @@ static void sh_info_bytes(const sh_arena_t *a, uint32_t id, sh_owner_info_t *inf
     if (info->pages[part] == 0) continue;
     if (!a->read_only) _sh_part_lock((sh_arena_t *)a, part);
     uint32_t steps = 0;
-    for (uint32_t c = 0; c < a->nclasses; c++)
-      for (uint32_t pi = sh_atomic_load_acquire(_sh_bin(a, id, part, (int)c)); pi < total && steps++ < total;
-           pi = a->pages[pi].next)
+    _Atomic uint32_t *set = _sh_owner_set(a, id, part);
+    for (uint32_t c = 0; set && c <= a->nclasses; c++) /* the classes, then the large runs */
+      for (uint32_t pi = sh_atomic_load_acquire(&set[1 + c]); pi < total && steps++ < total; pi = a->pages[pi].next)
         _sh_info_add_page(a, pi, part, info);
-    for (uint32_t pi = a->owners[id].large_head[part]; pi < total && steps++ < total; pi = a->pages[pi].next)
-      _sh_info_add_page(a, pi, part, info);
     if (!a->read_only) _sh_part_unlock((sh_arena_t *)a, part);
   }
 }
@@ -357,6 +358,7 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
   if (info->state == SH_OWNER_FREE) return _sh_fail(SH_EOWNER, "owner slot %u is free", id);
   if (id != SH_OWNER_DEFAULT) {
     sh_info_bytes(a, id, info);
+    if (id >= SH_FIRST_AGENT) _sh_nursery_info(a, id, info);
   } else {
     /* the shared default's blocks in magazines are free (see stats.c) */
     SH_MAG_EXACT(a, sh_info_default_bytes(a, info));
@@ -366,7 +368,7 @@ int sh_owner_info(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
 }
 
 int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
-  if (id == SH_OWNER_DEFAULT) return _sh_fail(SH_EINVAL, "owner 0 (the shared default) is never recycled");
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never recycled", id);
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
@@ -374,6 +376,7 @@ int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t 
     sh_info_header(a, id, final);
     if (sh_atomic_load_relaxed(&o->pins) > 0) {
       sh_info_bytes(a, id, final);
+      _sh_nursery_info(a, id, final);
       sh_info_add_held(a, final->user_word, final);
       sh_atomic_store_release(&o->state, SH_OWNER_COMPLETED);
       final->state = SH_OWNER_COMPLETED;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "sh_nursery.h"
 #include "sh_tcache.h"
 #include "sh_track.h"
 
@@ -217,8 +218,11 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   uint8_t *start = _sh_page_start(a, pi);
   sh_track_reset(start, sh_page_bytes(a));
   uint32_t units = cls->size >> SH_UNIT_SHIFT;
-  for (uint32_t i = 0; i < cls->capacity; i++) {
-    uint32_t next = i + 1 < cls->capacity ? (i + 1) * units + 1 : 0;
+  bool nursery = owner == SH_OWNER_NURSERY;
+  uint32_t cap = nursery ? cls->nursery_capacity : cls->capacity;
+  if (nursery) memset((void *)_sh_nursery_map(a, pi, c), 0, cap * sizeof(uint32_t));
+  for (uint32_t i = 0; i < cap; i++) {
+    uint32_t next = i + 1 < cap ? (i + 1) * units + 1 : 0;
     uint32_t *link = (uint32_t *)(start + (uint64_t)i * cls->size);
     _sh_link_write(link, next, key);
     sh_track_free(a, link, cls->size);
@@ -226,30 +230,54 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   sh_atomic_store_relaxed(&pg->owner, owner);
   sh_atomic_store_relaxed(&pg->sclass, (uint32_t)c);
   sh_atomic_store_relaxed(&pg->key, key);
-  sh_atomic_store_relaxed(&pg->capacity, cls->capacity);
+  sh_atomic_store_relaxed(&pg->capacity, cap);
   sh_atomic_store_relaxed(&pg->large_bytes, 0);
   pg->epoch++;
-  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY);
+  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY | (nursery ? SH_PAGE_NURSERY : 0u));
   uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
   sh_atomic_store_release(&pg->claim, claim);
   sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
-  sh_atomic_store_release(&pg->head, claim ? sh_head_make(0, 0, tag) : sh_head_make(1, cls->capacity, tag));
+  sh_atomic_store_release(&pg->head, claim ? sh_head_make(0, 0, tag) : sh_head_make(1, cap, tag));
   /* nobody else reaches a page being formatted: its invariants hold exactly */
   sh_assert_internal(sh_bit(a, pi));
-  sh_assert_expensive(claim || sh_stack_length(a, pi, 1, cls->capacity + 1) == cls->capacity);
+  sh_assert_expensive(claim || sh_stack_length(a, pi, 1, cap + 1) == cap);
 }
 
 static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n) {
   sh_owner_t *o = &a->owners[owner];
-  uint64_t now = sh_atomic_load_relaxed(&o->pages[part]) + (uint64_t)n;
+  uint32_t now = sh_atomic_load_relaxed(&o->pages[part]) + (uint32_t)n;
   sh_atomic_store_relaxed(&o->pages[part], now);
   if (n > 0) {
-    sh_atomic_max_relaxed(&o->peak_pages[part], now);
+    sh_atomic_max32_relaxed(&o->peak_pages[part], now);
     uint64_t used = sh_atomic_add_relaxed(&a->hdr->pages_used[part], (uint64_t)n) + (uint64_t)n;
     sh_atomic_max_relaxed(&a->hdr->peak_pages[part], used);
   } else {
     sh_atomic_sub_relaxed(&a->hdr->pages_used[part], (uint64_t)-n);
+    if (now == 0) _sh_owner_set_drop(a, owner, part); /* its last page: the set goes back */
   }
+}
+
+_Atomic uint32_t *_sh_owner_set_need(sh_arena_t *a, uint32_t owner, int part) {
+  _Atomic uint32_t *set = _sh_owner_set(a, owner, part);
+  if (set) return set;
+  uint32_t first = a->part_first[part], n = a->part_end[part] - first;
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t idx = first + (a->set_hint[part] + k) % n;
+    set = _sh_set_at(a, idx);
+    if (sh_atomic_load_relaxed(&set[0]) != 0) continue;
+    for (uint32_t w = 1; w < a->set_stride; w++) sh_atomic_store_relaxed(&set[w], SH_NIL);
+    sh_atomic_store_relaxed(&set[0], owner + 1);
+    sh_atomic_store_relaxed(&a->owners[owner].binset[part], idx + 1);
+    a->set_hint[part] = (a->set_hint[part] + k + 1) % n;
+    return set;
+  }
+  return NULL; /* more sets in use than pages: only damage does that (repair rebuilds them) */
+}
+
+void _sh_owner_set_drop(sh_arena_t *a, uint32_t owner, int part) {
+  _Atomic uint32_t *set = _sh_owner_set(a, owner, part);
+  if (set) sh_atomic_store_relaxed(&set[0], 0u);
+  sh_atomic_store_relaxed(&a->owners[owner].binset[part], 0u);
 }
 
 static void sh_bin_link_front(sh_arena_t *a, _Atomic uint32_t *bin, uint32_t pi) {
@@ -270,16 +298,18 @@ static inline bool sh_link_ok(const sh_arena_t *a, int part, uint32_t pi) {
   return pi == SH_NIL || _sh_page_in_part(a, pi, part);
 }
 
-static void sh_list_unlink(sh_arena_t *a, int part, uint32_t pi, _Atomic uint32_t *bin, uint32_t *large_head) {
+/* Unlinks a page from its owner's list of class `c` (nclasses: large runs). */
+static void sh_list_unlink(sh_arena_t *a, int part, uint32_t pi, uint32_t owner, int c) {
   sh_page_t *pg = &a->pages[pi];
-  if (sh_unlikely(!sh_link_ok(a, part, pg->prev) || !sh_link_ok(a, part, pg->next))) {
+  _Atomic uint32_t *head = _sh_bin(a, owner, part, c);
+  if (sh_unlikely(!head || !sh_link_ok(a, part, pg->prev) || !sh_link_ok(a, part, pg->next))) {
     _sh_partition_repair_locked(a, part);
     uint32_t state = sh_atomic_load_relaxed(&pg->state);
-    if (state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) return; /* the repair found it on no list */
+    head = _sh_bin(a, owner, part, c);
+    if ((state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) || !head) return; /* the repair found it on no list */
   }
   if (pg->prev != SH_NIL) a->pages[pg->prev].next = pg->next;
-  else if (bin) sh_atomic_store_release(bin, pg->next);
-  else *large_head = pg->next;
+  else sh_atomic_store_release(head, pg->next);
   if (pg->next != SH_NIL) a->pages[pg->next].prev = pg->prev;
   pg->next = pg->prev = SH_NIL;
 }
@@ -319,9 +349,9 @@ void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
   uint32_t state = sh_atomic_load_relaxed(&pg->state);
   uint32_t owner = _sh_pg_owner(a, pg);
   if (state == SH_PAGE_SMALL)
-    sh_list_unlink(a, part, pi, _sh_bin(a, owner, part, _sh_pg_class(a, pg)), NULL);
+    sh_list_unlink(a, part, pi, owner, _sh_pg_class(a, pg));
   else if (state == SH_PAGE_LARGE)
-    sh_list_unlink(a, part, pi, NULL, &a->owners[owner].large_head[part]);
+    sh_list_unlink(a, part, pi, owner, (int)a->nclasses);
   else
     return;
   sh_owner_pages_add(a, owner, part, -(int64_t)sh_page_drop_locked(a, pi));
@@ -419,17 +449,18 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   _sh_part_lock(a, part);
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   uint32_t steps = 0, limit = a->part_end[part] - a->part_first[part];
-  for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL; pi = a->pages[pi].next) {
+  for (uint32_t pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL; pi != SH_NIL; pi = a->pages[pi].next) {
     if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit)) {
       _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt, and walked again from the start */
-      pi = sh_atomic_load_relaxed(bin);
+      bin = _sh_bin(a, owner, part, c);
+      pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL;
       steps = 0;
       if (pi == SH_NIL) break;
     }
     uint32_t top = sh_head_top(sh_atomic_load_acquire(&a->pages[pi].head));
     if (top != 0 && top != SH_HEAD_RETIRED && !(sh_atomic_load_relaxed(&a->pages[pi].flags) & SH_PAGE_CORRUPT)) {
       if (a->pages[pi].prev != SH_NIL) {
-        sh_list_unlink(a, part, pi, bin, NULL);
+        sh_list_unlink(a, part, pi, owner, c);
         sh_bin_link_front(a, bin, pi);
       }
       _sh_part_unlock(a, part);
@@ -446,8 +477,15 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, 1);
   }
+  _Atomic uint32_t *set = _sh_owner_set_need(a, owner, part);
+  if (sh_unlikely(!set)) {
+    sh_bit_set(a, pi, false);
+    _sh_part_unlock(a, part);
+    return _sh_fail(SH_ECORRUPT, "partition '%s': no free bin set for owner %u (the set table is damaged)",
+                    _sh_part_name(part), owner);
+  }
   sh_page_format_small(a, &a->pages[pi], pi, owner, c, 0);
-  sh_bin_link_front(a, bin, pi);
+  sh_bin_link_front(a, &set[1 + c], pi);
   sh_owner_pages_add(a, owner, part, 1);
   _sh_part_unlock(a, part);
   return SH_OK;
@@ -472,15 +510,18 @@ static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
 }
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
+static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi, uint32_t n, size_t size,
+                                 bool *fresh);
 
 /* The uncached path: pop the shared stack of the bin's first page. Threads
  * without a slot take it, and cached threads when their cache cannot help. */
 static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size,
                            uint64_t *offset, bool may_lock) {
-  _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   for (;;) {
-    uint32_t pi = sh_atomic_load_acquire(bin);
-    if (sh_likely(pi != SH_NIL)) {
+    /* read again each round: a refill may have given the owner its set */
+    _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+    uint32_t pi = bin ? sh_atomic_load_acquire(bin) : SH_NIL;
+    if (sh_likely(pi != SH_NIL && _sh_page_in_part(a, pi, part))) {
       sh_page_t *pg = &a->pages[pi];
       uint32_t top;
       int r = sh_page_pop(a, pg, pi, owner, c, &top);
@@ -566,7 +607,7 @@ __attribute__((always_inline)) static inline bool sh_mag_push(sh_arena_t *a, sh_
   return true;
 }
 
-static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock);
+static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock, bool claimed);
 
 /* The magazine's next block lost its mark: written after its free. It leaves
  * the magazine, its page is quarantined, and the caller hears of it. */
@@ -617,7 +658,7 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, int part, sh_mag_t
       continue;
     }
     sh_word_store_relaxed(&link[0], 0); /* unmarked: the free below takes it */
-    (void)sh_free_impl(a, off, true);
+    (void)sh_free_impl(a, off, true, false);
   }
 }
 
@@ -769,7 +810,8 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
   for (;;) {
     _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
     uint32_t best = SH_NIL, best_free = 0, looked = 0;
-    for (uint32_t pi = sh_atomic_load_relaxed(bin); pi != SH_NIL && looked < 16; pi = a->pages[pi].next, looked++) {
+    for (uint32_t pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL; pi != SH_NIL && looked < 16;
+         pi = a->pages[pi].next, looked++) {
       if (sh_unlikely(!_sh_page_in_part(a, pi, part))) {
         _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt; what was looked at still stands */
         break;
@@ -798,7 +840,15 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
         _sh_part_unlock(a, part);
         return sh_partition_full(a, part, size, 1);
       }
-      local = sh_local_make(1, a->classes[c].capacity);
+      bin = _sh_owner_set_need(a, owner, part);
+      if (sh_unlikely(!bin)) {
+        sh_bit_set(a, best, false);
+        _sh_part_unlock(a, part);
+        return _sh_fail(SH_ECORRUPT, "partition '%s': no free bin set for owner %u (the set table is damaged)",
+                        _sh_part_name(part), owner);
+      }
+      bin = &bin[1 + c];
+      local = sh_local_make(1, owner == SH_OWNER_NURSERY ? a->classes[c].nursery_capacity : a->classes[c].capacity);
     }
     /* The way first, the page's claim second: a process that dies between
      * them leaves a way that matches nothing, never a claim nobody holds.
@@ -1025,17 +1075,22 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
  * new tenant of the slot) would otherwise receive the block. */
 static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition,
                                       size_t size, uint64_t *offset, uint64_t *usable, bool may_lock) {
+  int rc = SH_NURSERY_PASS;
   if (owner != SH_OWNER_DEFAULT) {
     if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
       return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
+    if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && sh_owner_usable(a, owner) == SH_OK)
+      rc = _sh_nursery_alloc(a, owner, (int)partition, size, may_lock, offset);
   }
-  int rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
+  bool nursery = rc == SH_OK; /* its class is at least SH_NURSERY_MIN_BLOCK */
+  if (rc == SH_NURSERY_PASS)
+    rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
   if (sh_unlikely(rc != SH_OK)) return rc;
   if (owner != SH_OWNER_DEFAULT && sh_unlikely(sh_atomic_load_acquire(&a->owners[owner].generation) != gen)) {
     sh_free(a, *offset);
     return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
   }
-  *usable = sh_good_size(a, size);
+  *usable = sh_good_size(a, nursery && size < SH_NURSERY_MIN_BLOCK ? SH_NURSERY_MIN_BLOCK : size);
   return SH_OK;
 }
 
@@ -1094,18 +1149,16 @@ static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part) {
 }
 
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
-  _Atomic uint32_t *warm = _sh_bin(a, _sh_pg_owner(a, pg), part,
-                                   _sh_pg_class(a, pg));
-  if (sh_atomic_load_relaxed(warm) == pi) return; /* the bin's first page stays */
+  _Atomic uint32_t *warm = _sh_bin(a, _sh_pg_owner(a, pg), part, _sh_pg_class(a, pg));
+  if (warm && sh_atomic_load_relaxed(warm) == pi) return; /* the bin's first page stays */
   uint64_t expected = pushed;
   uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(pushed), sh_head_tag(pushed) + 1);
   if (!sh_atomic_cas_strong_acq_rel(&pg->head, &expected, retired)) return; /* in use again */
   _sh_part_lock(a, part);
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
       sh_head_top(sh_atomic_load_relaxed(&pg->head)) == SH_HEAD_RETIRED) {
-    _Atomic uint32_t *bin = _sh_bin(a, _sh_pg_owner(a, pg), part,
-                                    _sh_pg_class(a, pg));
-    if (sh_atomic_load_relaxed(bin) == pi)
+    _Atomic uint32_t *bin = _sh_bin(a, _sh_pg_owner(a, pg), part, _sh_pg_class(a, pg));
+    if (bin && sh_atomic_load_relaxed(bin) == pi)
       sh_atomic_store_release(&pg->head, sh_head_make(sh_head_top(pushed), sh_head_count(pushed),
                                                       sh_head_tag(pushed) + 2));
     else
@@ -1139,7 +1192,9 @@ static inline void sh_way_push(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e
 
 static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
 
-__attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock) {
+/* `claimed`: a nursery block already taken out of its agent's record (a
+ * recycle, or an allocation that undoes itself). */
+__attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset, bool may_lock, bool claimed) {
   if (sh_unlikely(offset >= a->size))
     return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena (%llu bytes)",
                     (unsigned long long)offset, (unsigned long long)a->size);
@@ -1170,6 +1225,13 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block (blocks of %u bytes)",
                     (unsigned long long)offset, cls->size);
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
+  if (sh_unlikely(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY) && !claimed) {
+    if (!may_lock) return SH_EAGAIN; /* the retry with the lock claims it, once */
+    if (sh_unlikely(in_page / cls->size >= cls->nursery_capacity))
+      return _sh_fail(SH_EBADPTR, "offset %llu is not a block of its nursery page", (unsigned long long)offset);
+    int rc = _sh_nursery_claim(a, pi, c, in_page / cls->size, offset);
+    if (rc) return rc;
+  }
   uint32_t *link = _sh_link_at(a, pi, top);
   uint32_t key = sh_atomic_load_relaxed(&pg->key);
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
@@ -1224,7 +1286,7 @@ __attribute__((always_inline)) static inline bool sh_free_fast(sh_arena_t *a, ui
   /* Only SMALL pages carry a claim of ways 0-2 (a kept run's is way 3, and a
    * release drops the claim before the state), so the claim check below
    * stands for a state check. */
-  if (sh_claim_slot(claim) != b->slot_index || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+  if (sh_claim_slot(claim) != b->slot_index || (sh_atomic_load_relaxed(&pg->flags) & (SH_PAGE_LEASED | SH_PAGE_NURSERY)))
     return false;
   int c = _sh_pg_class(a, pg);
   const sh_class_t *cls = &a->classes[c];
@@ -1252,7 +1314,8 @@ static size_t sh_free_run(sh_arena_t *a, sh_tslot_t *slot, const uint64_t *offs,
   if (off0 >= a->size) return 0;
   uint32_t pi = (uint32_t)(off0 >> a->page_shift);
   sh_page_t *pg = &a->pages[pi];
-  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL ||
+      (sh_atomic_load_relaxed(&pg->flags) & (SH_PAGE_LEASED | SH_PAGE_NURSERY)))
     return 0;
   int c = _sh_pg_class(a, pg), part = _sh_pg_part(pg);
   const sh_class_t *cls = &a->classes[c];
@@ -1309,7 +1372,7 @@ int sh_free_many(sh_arena_t *a, const uint64_t *offsets, size_t n, size_t *freed
       i += run;
       continue;
     }
-    rc = sh_free_impl(a, offsets[i], true);
+    rc = sh_free_impl(a, offsets[i], true, false);
     if (rc) break;
     i++;
   }
@@ -1319,8 +1382,10 @@ int sh_free_many(sh_arena_t *a, const uint64_t *offsets, size_t n, size_t *freed
 
 __attribute__((noinline)) static int sh_free_rest(sh_arena_t *a, uint64_t offset, bool may_lock) {
   if (sh_free_fast(a, offset)) return SH_OK;
-  return sh_free_impl(a, offset, may_lock);
+  return sh_free_impl(a, offset, may_lock, false);
 }
+
+int _sh_free_block(sh_arena_t *a, uint64_t offset, bool may_lock) { return sh_free_impl(a, offset, may_lock, true); }
 
 int sh_free(sh_arena_t *a, uint64_t offset) {
   if (sh_likely(sh_free_mag(a, offset))) return SH_OK;
@@ -1360,6 +1425,17 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
     _sh_part_unlock(a, part);
     return sh_partition_full(a, part, size, n);
   }
+  sh_run_format_locked(a, owner, part, pi, n, size, fresh);
+  _sh_part_unlock(a, part);
+  sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
+  sh_count(a, slot, 0, part, (int)a->nclasses);
+  *offset = (uint64_t)pi << a->page_shift;
+  return SH_OK;
+}
+
+/* Marks pages [pi, pi + n) one run of the owner and links it; lock held. */
+static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi, uint32_t n, size_t size,
+                                 bool *fresh) {
   bool never_used = true;
   for (uint32_t q = pi; q < pi + n; q++) never_used &= !(sh_atomic_load_relaxed(&a->pages[q].flags) & SH_PAGE_DIRTY);
   if (fresh) *fresh = never_used;
@@ -1376,19 +1452,22 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY);
   pg->epoch++;
   sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
-  uint32_t *head = &a->owners[owner].large_head[part];
-  if (sh_likely(sh_link_ok(a, part, *head))) {
-    pg->prev = SH_NIL;
-    pg->next = *head;
-    if (*head != SH_NIL) a->pages[*head].prev = pi;
-    *head = pi;
+  _Atomic uint32_t *set = _sh_owner_set_need(a, owner, part);
+  if (sh_likely(set && sh_link_ok(a, part, sh_atomic_load_relaxed(&set[1 + a->nclasses])))) {
+    sh_bin_link_front(a, &set[1 + a->nclasses], pi);
     sh_owner_pages_add(a, owner, part, n);
   } else {
-    _sh_partition_repair_locked(a, part); /* a damaged head: the rebuild links the new run and counts it */
+    _sh_partition_repair_locked(a, part); /* damaged sets or head: the rebuild links the new run and counts it */
   }
+}
+
+int _sh_run_reserve(sh_arena_t *a, uint32_t owner, int part, uint64_t bytes, uint64_t *offset) {
+  uint32_t n = (uint32_t)((bytes + sh_page_bytes(a) - 1) >> a->page_shift);
+  _sh_part_lock(a, part);
+  uint32_t pi = sh_bitmap_take(a, part, n);
+  if (pi != SH_NIL) sh_run_format_locked(a, owner, part, pi, n, (size_t)bytes, NULL);
   _sh_part_unlock(a, part);
-  sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
-  sh_count(a, slot, 0, part, (int)a->nclasses);
+  if (pi == SH_NIL) return SH_EFULL;
   *offset = (uint64_t)pi << a->page_shift;
   return SH_OK;
 }
@@ -1431,6 +1510,10 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
   if (sh_unlikely(info->owner >= a->max_owners || info->partition >= SH_NPARTITIONS))
     return _sh_fail(SH_ECORRUPT, "page %u names owner %u and partition %u, beyond the tables", pi, info->owner,
                     (unsigned)info->partition);
+  if (state == SH_PAGE_SMALL && info->owner == SH_OWNER_NURSERY) {
+    int rc = _sh_nursery_owner(a, offset, &info->owner);
+    if (rc) return rc;
+  }
   info->owner_generation = sh_atomic_load_relaxed(&a->owners[info->owner].generation);
   if (state == SH_PAGE_SMALL) {
     int c = _sh_pg_class(a, pg);
@@ -1465,10 +1548,10 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
 
 void _sh_partition_repair_locked(sh_arena_t *a, int part) {
   for (uint32_t o = 0; o < a->max_owners; o++) {
-    for (uint32_t c = 0; c < a->nclasses; c++) sh_atomic_store_relaxed(_sh_bin(a, o, part, (int)c), SH_NIL);
-    a->owners[o].large_head[part] = SH_NIL;
+    sh_atomic_store_relaxed(&a->owners[o].binset[part], 0u);
     sh_atomic_store_relaxed(&a->owners[o].pages[part], 0);
   }
+  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) sh_atomic_store_relaxed(&_sh_set_at(a, pi)[0], 0u);
   uint64_t used = 0;
   for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
     sh_page_t *pg = &a->pages[pi];
@@ -1491,15 +1574,13 @@ void _sh_partition_repair_locked(sh_arena_t *a, int part) {
     /* a claim its slot does not record (left by a holder that died) is dropped */
     if (state == SH_PAGE_SMALL && sh_atomic_load_relaxed(&pg->claim) != 0 && !_sh_tc_holder(a, pi, NULL))
       sh_atomic_store_release(&pg->claim, 0u);
-    if (state == SH_PAGE_SMALL) {
-      sh_bin_link_front(a, _sh_bin(a, owner, part, _sh_pg_class(a, pg)), pi);
+    /* owners with pages here are at most the pages here: a set is always free */
+    _Atomic uint32_t *set = (state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) ? _sh_owner_set_need(a, owner, part) : NULL;
+    if (state == SH_PAGE_SMALL && set) {
+      sh_bin_link_front(a, &set[1 + _sh_pg_class(a, pg)], pi);
       sh_atomic_add_relaxed(&a->owners[owner].pages[part], 1);
-    } else if (state == SH_PAGE_LARGE) {
-      uint32_t *head = &a->owners[owner].large_head[part];
-      pg->prev = SH_NIL;
-      pg->next = *head;
-      if (*head != SH_NIL) a->pages[*head].prev = pi;
-      *head = pi;
+    } else if (state == SH_PAGE_LARGE && set) {
+      sh_bin_link_front(a, &set[1 + a->nclasses], pi);
       sh_atomic_add_relaxed(&a->owners[owner].pages[part], sh_atomic_load_relaxed(&pg->capacity));
     }
   }

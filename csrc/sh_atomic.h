@@ -42,5 +42,11 @@ static inline void sh_atomic_max_relaxed(_Atomic uint64_t *p, uint64_t v) {
                                                            memory_order_relaxed)) {
   }
 }
+static inline void sh_atomic_max32_relaxed(_Atomic uint32_t *p, uint32_t v) {
+  uint32_t cur = sh_atomic_load_relaxed(p);
+  while (cur < v && !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
 
 #endif

@@ -75,9 +75,36 @@ sh_internal uint64_t _sh_list_release_locked(sh_arena_t *arena, int partition, u
 sh_internal void _sh_owner_pages_scan_release_locked(sh_arena_t *arena, int partition, uint32_t owner,
                                                      sh_owner_info_t *final);
 sh_internal void _sh_partition_repair_locked(sh_arena_t *arena, int partition);
+/* The owner's set in the partition, taken from the pool if it has none
+ * (partition lock held); NULL only when the pool is damaged. */
+sh_internal _Atomic uint32_t *_sh_owner_set_need(sh_arena_t *arena, uint32_t owner, int partition);
+/* Gives the owner's set back (partition lock held; its lists are empty). */
+sh_internal void _sh_owner_set_drop(sh_arena_t *arena, uint32_t owner, int partition);
 sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
 /* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
 sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
+
+/* Frees a block without the nursery's claim (the caller took it out of its
+ * agent's record). */
+sh_internal int _sh_free_block(sh_arena_t *arena, uint64_t offset, bool may_lock);
+
+/* A run of pages for the core's own use (the nursery's records): taken
+ * like a large block, but not counted as an allocation. */
+sh_internal int _sh_run_reserve(sh_arena_t *arena, uint32_t owner, int partition, uint64_t bytes, uint64_t *offset);
+
+/* ---- nursery.c ---- */
+sh_internal void _sh_nursery_create(sh_arena_t *arena);
+sh_internal void _sh_nursery_load(sh_arena_t *arena);
+/* A positive "not from the nursery": the caller allocates from the owner's pages. */
+#define SH_NURSERY_PASS 1
+sh_internal int _sh_nursery_alloc(sh_arena_t *arena, uint32_t owner, int partition, size_t size, bool may_lock,
+                                  uint64_t *offset);
+/* A recycle's part: every block the owner's record lists, freed; live bytes added to `final`. */
+sh_internal void _sh_nursery_release(sh_arena_t *arena, uint32_t owner, sh_owner_info_t *final);
+sh_internal void _sh_nursery_info(const sh_arena_t *arena, uint32_t owner, sh_owner_info_t *info);
+/* The agent a nursery block belongs to, from its page's map. */
+sh_internal int _sh_nursery_owner(const sh_arena_t *arena, uint64_t offset, uint32_t *owner);
+sh_internal int _sh_nursery_check(const sh_arena_t *arena);
 
 /* ---- lease.c ---- */
 sh_internal void _sh_lease_forget(sh_arena_t *arena, uint64_t offset);
@@ -88,10 +115,31 @@ sh_internal void _sh_info_add_page(const sh_arena_t *arena, uint32_t pi, int par
 sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final);
 
 /* ---- shared helpers ---- */
-static inline _Atomic uint32_t *_sh_bin(const sh_arena_t *arena, uint32_t owner, int partition,
-                                        int size_class) {
-  return &arena->bins[((size_t)owner * SH_NPARTITIONS + (size_t)partition) * arena->nclasses +
-                      (size_t)size_class];
+/* ---- Bin sets ----------------------------------------------------------------
+ * An owner's page lists in a partition: one head per size class and one for
+ * its large runs, in a set of set_stride words whose first names the owner
+ * (+ 1; 0: free). A set is taken when the owner gets its first page in the
+ * partition and given back when its last page goes, so the sets in use
+ * never outnumber the partition's pages: the pool has one set per page of
+ * the partition, in the partition's own page range, under its lock. So the
+ * table follows use, not max_owners x partitions x classes. */
+static inline _Atomic uint32_t *_sh_set_at(const sh_arena_t *arena, uint32_t index) {
+  return arena->bins + (size_t)index * arena->set_stride;
+}
+/* The owner's set in the partition, or NULL; both words are arena memory and
+ * checked (the index against the partition, the set against the owner). */
+static inline _Atomic uint32_t *_sh_owner_set(const sh_arena_t *arena, uint32_t owner, int partition) {
+  uint32_t s = sh_atomic_load_relaxed(&arena->owners[owner].binset[partition]);
+  if (s == 0 || s - 1 - arena->part_first[partition] >= arena->part_end[partition] - arena->part_first[partition])
+    return NULL;
+  _Atomic uint32_t *set = _sh_set_at(arena, s - 1);
+  return sh_atomic_load_relaxed(&set[0]) == owner + 1 ? set : NULL;
+}
+/* The list head of one class (size_class < nclasses) or of the large runs
+ * (size_class == nclasses); NULL when the owner has no set there. */
+static inline _Atomic uint32_t *_sh_bin(const sh_arena_t *arena, uint32_t owner, int partition, int size_class) {
+  _Atomic uint32_t *set = _sh_owner_set(arena, owner, partition);
+  return set ? &set[1 + size_class] : NULL;
 }
 static inline uint8_t *_sh_page_start(const sh_arena_t *arena, uint32_t pi) {
   return arena->base + ((uint64_t)pi << arena->page_shift);

@@ -40,6 +40,10 @@
 #define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
 #define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease or a handle tag: frees look in the table */
 #define SH_PAGE_DIRTY 4u   /* was ever handed out: a page that never was still holds the zeros it was made with */
+/* Nursery blocks (nursery.c): requests up to the largest, in classes from the smallest. */
+#define SH_NURSERY_MIN_BLOCK 64u
+#define SH_NURSERY_MAX_BLOCK 4096u
+#define SH_PAGE_NURSERY 8u /* a nursery page: its blocks belong to agents, named in the map at its end (nursery.c) */
 
 typedef enum sh_page_state_e {
   SH_PAGE_FREE = 0,
@@ -96,10 +100,13 @@ typedef struct sh_owner_s {
   uint64_t created_ns;
   _Atomic uint64_t last_active_ns;
   _Atomic uint64_t user_word;
-  uint32_t large_head[SH_NPARTITIONS];     /* large runs, under the partition lock */
-  _Atomic uint64_t pages[SH_NPARTITIONS];
-  _Atomic uint64_t peak_pages[SH_NPARTITIONS];
+  /* Its bin set in each partition (see _sh_owner_set), + 1; 0: none. Under
+   * the partition lock. */
+  _Atomic uint32_t binset[SH_NPARTITIONS];
+  _Atomic uint32_t pages[SH_NPARTITIONS]; /* a partition has fewer than 2^31 pages */
+  _Atomic uint32_t peak_pages[SH_NPARTITIONS];
 } sh_owner_t;
+_Static_assert(sizeof(sh_owner_t) == 104, "the owner table is the metadata that grows with max_owners");
 
 /* Operation counters, striped so threads rarely share a cache line. Each
  * stripe holds [partition][class] for allocs and frees; class index
@@ -271,7 +278,7 @@ typedef struct sh_class_s {
   uint32_t capacity;   /* blocks per page */
   uint64_t div_magic;  /* Lemire's M: x % size == 0  <=>  x * M <= M - 1 */
   uint32_t last_top;   /* the stack `top` of the page's last block */
-  uint32_t reserved_;
+  uint32_t nursery_capacity; /* blocks of a nursery page of this class (its map takes the rest); 0: no nursery */
 } sh_class_t;
 
 /* The process-local handle. Pointers here are this process's view. */
@@ -285,7 +292,10 @@ struct sh_arena_s {
   sh_page_t *pages;
   _Atomic uint64_t *bitmap; /* atomics: a word can hold pages of two partitions, under two locks */
   sh_owner_t *owners;
-  _Atomic uint32_t *bins;
+  _Atomic uint32_t *bins; /* bin sets: set_stride words per page of the arena (see _sh_owner_set) */
+  uint32_t set_stride;
+  _Atomic uint32_t *nursery_records; /* SH_NURSERY_SLOTS words per owner slot (nursery.c); NULL: no nursery */
+  uint32_t set_hint[SH_NPARTITIONS]; /* where this process looks for a free set next (a hint, under the lock) */
   uint8_t *stripes;
   _Atomic uint64_t *rings;
   uint64_t ring_cap;

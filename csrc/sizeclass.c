@@ -22,6 +22,9 @@ void _sh_classes_load(sh_arena_t *arena) {
     cls->capacity = hdr->page_size / cls->size;
     cls->div_magic = UINT64_MAX / cls->size + 1;
     cls->last_top = ((cls->capacity - 1) * cls->size >> SH_UNIT_SHIFT) + 1;
+    /* a nursery page ends in a map of one owner word per block */
+    bool nursery = cls->size >= SH_NURSERY_MIN_BLOCK && cls->size <= SH_NURSERY_MAX_BLOCK;
+    cls->nursery_capacity = nursery ? hdr->page_size / (cls->size + (uint32_t)sizeof(uint32_t)) : 0;
   }
   /* the formula below has a branch random sizes mispredict; a table has none */
   for (uint32_t i = 0; i <= SH_DIRECT_SIZES; i++) {

@@ -68,7 +68,9 @@ static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_
     if (state == SH_PAGE_FREE) continue;
     st->pages_used++;
     if (state == SH_PAGE_LARGE) {
-      if (sh_atomic_load_relaxed(&pg->claim) == 0) /* else a thread keeps it, free, for reuse */
+      /* a run a thread keeps for reuse is free; the nursery's records are the
+       * core's own (held, not in use) */
+      if (sh_atomic_load_relaxed(&pg->claim) == 0 && sh_atomic_load_relaxed(&pg->owner) != SH_OWNER_NURSERY)
         st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     } else if (state == SH_PAGE_SMALL) {
       uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
@@ -217,8 +219,8 @@ static int sh_check_small_page(const sh_arena_t *a, uint32_t pi, uint8_t *seen, 
   SH_CHECK(c < a->nclasses, "page %u: size class %u out of range", pi, c);
   const sh_class_t *cls = &a->classes[c];
   uint32_t cap = sh_atomic_load_relaxed(&pg->capacity);
-  SH_CHECK(cap == cls->capacity, "page %u: capacity %u, class of %u bytes holds %u", pi, cap, cls->size,
-           cls->capacity);
+  uint32_t want = (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY) ? cls->nursery_capacity : cls->capacity;
+  SH_CHECK(cap == want, "page %u: capacity %u, class of %u bytes holds %u", pi, cap, cls->size, want);
   SH_CHECK(!(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT), "page %u: quarantined after a write after free", pi);
   uint64_t h = sh_atomic_load_relaxed(&pg->head);
   if (sh_head_top(h) == SH_HEAD_RETIRED) return SH_OK; /* mid-retire by a process that died */
@@ -267,7 +269,7 @@ static int sh_check_tables(const sh_arena_t *a) {
   for (uint32_t o = 0; o < a->max_owners; o++) {
     uint32_t st = sh_atomic_load_relaxed(&a->owners[o].state);
     SH_CHECK(st <= SH_OWNER_OFFLOADED, "owner slot %u: state %u is not a valid state", o, st);
-    SH_CHECK(o != SH_OWNER_DEFAULT || st == SH_OWNER_LIVE, "the shared default owner is in state %u, not live", st);
+    SH_CHECK(o >= SH_FIRST_AGENT || st == SH_OWNER_LIVE, "owner %u (the shared default or the nursery) is in state %u, not live", o, st);
   }
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *slot = _sh_tc_slot_at(a, i);
@@ -331,6 +333,8 @@ static int sh_check_once(sh_arena_t *a) {
   mags.offs = mag_offs;
   rc = sh_check_tables(a);
   if (rc) goto done;
+  rc = _sh_nursery_check(a);
+  if (rc) goto done;
 
   for (uint32_t pi = 0; pi < a->hdr->meta_pages; pi++)
     SH_CHECK(sh_atomic_load_relaxed(&a->pages[pi].state) == SH_PAGE_META, "page %u: metadata page not marked", pi);
@@ -338,12 +342,25 @@ static int sh_check_once(sh_arena_t *a) {
     memset(owner_pages, 0, (size_t)a->max_owners * sizeof(uint64_t));
     uint64_t used = 0;
     /* every list is well formed and its pages belong to it */
+    /* every set in use belongs to the owner that names it, and no owner holds two */
+    for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+      uint32_t named = sh_atomic_load_relaxed(&_sh_set_at(a, pi)[0]);
+      if (named == 0) continue;
+      SH_CHECK(named - 1 < a->max_owners && sh_atomic_load_relaxed(&a->owners[named - 1].binset[part]) == pi + 1,
+               "partition '%s': bin set %u names owner %u, which does not name it back", _sh_part_name(part), pi,
+               named - 1);
+    }
     for (uint32_t o = 0; o < a->max_owners; o++) {
       uint32_t ost = sh_atomic_load_relaxed(&a->owners[o].state);
-      for (uint32_t c = 0; c <= a->nclasses; c++) {
+      uint32_t ref = sh_atomic_load_relaxed(&a->owners[o].binset[part]);
+      _Atomic uint32_t *set = _sh_owner_set(a, o, part);
+      SH_CHECK(ref == 0 || set != NULL, "owner %u, '%s': bin set reference %u is not a set of its own", o,
+               _sh_part_name(part), ref);
+      SH_CHECK(set == NULL || sh_atomic_load_relaxed(&a->owners[o].pages[part]) > 0,
+               "owner %u, '%s': holds a bin set but no pages", o, _sh_part_name(part));
+      for (uint32_t c = 0; set && c <= a->nclasses; c++) {
         uint32_t prev = SH_NIL, steps = 0;
-        uint32_t pi = c < a->nclasses ? sh_atomic_load_relaxed(_sh_bin(a, o, part, (int)c))
-                                      : a->owners[o].large_head[part];
+        uint32_t pi = sh_atomic_load_relaxed(&set[1 + c]);
         if (pi != SH_NIL) SH_CHECK(ost != SH_OWNER_FREE, "owner slot %u is free but still holds pages in '%s'", o, _sh_part_name(part));
         for (; pi != SH_NIL; prev = pi, pi = a->pages[pi].next) {
           SH_CHECK(pi >= a->part_first[part] && pi < a->part_end[part], "owner %u, '%s': list link %u outside the partition", o, _sh_part_name(part), pi);

@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 4u
+#define SH_FORMAT_VERSION 5u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -83,6 +83,10 @@ typedef enum sh_owner_state_e {
 
 /* The shared default owner. It always exists and is never recycled. */
 #define SH_OWNER_DEFAULT 0u
+/* The nursery: owner of the pages whose blocks agents share (see nursery.c).
+ * It always exists; agents are owners from SH_FIRST_AGENT on. */
+#define SH_OWNER_NURSERY 1u
+#define SH_FIRST_AGENT 2u
 #define SH_MAX_CLASSES 64
 #define SH_MIN_PAGE_SIZE 4096u
 #define SH_MAX_PAGE_SIZE (8u << 20)

@@ -11,6 +11,7 @@ from swarmheap.handle import Handle
 
 PARTITIONS: tuple[str, str, str, str]
 OWNER_STATES: tuple[str, str, str, str, str]
+FIRST_AGENT: int
 
 _H = TypeVar("_H", bound="CoreHeap")
 

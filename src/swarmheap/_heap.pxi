@@ -496,7 +496,9 @@ cdef class CoreHeap:
             "size": info.size,
             "page_size": info.page_size,
             "format_version": info.format_version,
-            "max_owners": info.max_owners,
+            # the caller's count (the shared default and the agents); the core's
+            # table also holds the nursery's slot
+            "max_owners": info.max_owners - 1,
             "small_limit": info.small_limit,
             "metadata_bytes": info.metadata_bytes,
             "block_table": capacity,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap._core import CoreHeap, HeapEvents
+from swarmheap._core import FIRST_AGENT, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.errors import AgentStateError
 from swarmheap.hooks import EVENTS, Hook, Hooks
@@ -115,8 +115,8 @@ class Heap(CoreHeap):
         """The live agent with this id, as seen from this process."""
         if isinstance(agent_id, bool) or not isinstance(agent_id, int):
             raise TypeError(f"agent ids are ints, not {type(agent_id).__name__}")
-        if agent_id <= 0:
-            raise ValueError(f"agent ids are positive ints, not {agent_id!r}")
+        if agent_id < FIRST_AGENT:
+            raise ValueError(f"agent ids start at {FIRST_AGENT} (0 and 1 are the heap's own owners), not {agent_id!r}")
         if agent_id >= self._max_owners():
             raise ValueError(f"agent id {agent_id} is beyond this heap's {self._max_owners()} slots")
         generation = self._owner_generation(agent_id)
@@ -127,7 +127,7 @@ class Heap(CoreHeap):
     def agents(self) -> list[Agent]:
         """Every agent that holds a slot (live, completed, dead or offloaded)."""
         out = []
-        for agent_id in range(1, self._max_owners()):
+        for agent_id in range(FIRST_AGENT, self._max_owners()):
             generation = self._owner_generation(agent_id)
             if generation:
                 out.append(Agent(self, agent_id, generation, read_kind(self, agent_id, generation)))
@@ -138,10 +138,10 @@ class Heap(CoreHeap):
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
         for owner in stats["owners"]:
-            if owner["id"] != 0:
+            if owner["id"] >= FIRST_AGENT:
                 owner["kind"] = read_kind(self, owner["id"], owner["generation"])
             else:
-                owner["kind"] = "shared default"
+                owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
 
     # ---- hooks ----

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_kind, read_lease
 
@@ -163,7 +164,7 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
         result.leased_blocks = blocks
         result.bytes["lease"] += nbytes
     if generation == 2:
-        for agent_id in range(1, heap._max_owners()):
+        for agent_id in range(FIRST_AGENT, heap._max_owners()):
             agent_gen = heap._owner_generation(agent_id)
             if agent_gen:
                 _examine(heap, agent_id, agent_gen, result, live, now)

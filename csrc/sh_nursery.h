@@ -1,0 +1,46 @@
+/* The nursery (see nursery.c): what the free and query paths of page.c need
+ * inline, so that page.c reads the nursery's words without calling into it. */
+#ifndef SH_NURSERY_H
+#define SH_NURSERY_H
+
+#include "sh_internal.h"
+
+/* An agent's record: the offsets / 16 of its nursery blocks, 0 in an empty
+ * slot. The records of all owner slots are one run of the nursery's pages
+ * in `system`, made with the arena (its offset is the nursery owner's
+ * user_word), so a record never moves or goes while an allocation may
+ * still write to it. */
+#define SH_NURSERY_SLOTS 16
+#define SH_NURSERY_RECORD_BYTES (SH_NURSERY_SLOTS * 4u)
+
+/* The owner words at the end of a nursery page of class `c`: one per block. */
+static inline _Atomic uint32_t *_sh_nursery_map(const sh_arena_t *arena, uint32_t pi, int c) {
+  uint32_t page = 1u << arena->page_shift;
+  return (_Atomic uint32_t *)(_sh_page_start(arena, pi) + page - arena->classes[c].nursery_capacity * 4u);
+}
+
+/* The owner's record, or NULL when the arena has no nursery. */
+static inline _Atomic uint32_t *_sh_nursery_record(const sh_arena_t *arena, uint32_t owner) {
+  return arena->nursery_records ? arena->nursery_records + (size_t)owner * SH_NURSERY_SLOTS : NULL;
+}
+
+/* Takes the block out of its agent's record before the block is freed: the
+ * one CAS that decides between this free, another, and the agent's recycle.
+ * SH_OK: the caller frees the block. The block index is the caller's. */
+static inline int _sh_nursery_claim(sh_arena_t *arena, uint32_t pi, int c, uint32_t index, uint64_t offset) {
+  _Atomic uint32_t *map = _sh_nursery_map(arena, pi, c);
+  uint32_t owner = sh_atomic_load_acquire(&map[index]);
+  _Atomic uint32_t *record = owner >= SH_FIRST_AGENT && owner < arena->max_owners ? _sh_nursery_record(arena, owner) : NULL;
+  uint32_t unit = (uint32_t)(offset >> SH_UNIT_SHIFT);
+  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) {
+    uint32_t expected = unit;
+    if (sh_atomic_load_relaxed(&record[k]) == unit && sh_atomic_cas_strong_acq_rel(&record[k], &expected, 0u)) {
+      sh_atomic_store_release(&map[index], 0u);
+      return SH_OK;
+    }
+  }
+  return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (freed, or recycled with its agent)",
+                  (unsigned long long)offset);
+}
+
+#endif
