@@ -89,6 +89,7 @@ def render(results: dict[str, Any], json_name: str) -> str:
             )
             met = "yes" if w["target"]["met"] else "no"
             out.append(f"| {w['name']} | {w['target']['text']} | {measured} | {met} |")
+    out += _density(results.get("density"))
     c = results.get("c_core")
     if c:
         out += ["", "## C core against glibc, jemalloc and mimalloc", ""]
@@ -122,6 +123,37 @@ def render(results: dict[str, Any], json_name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _density(d: dict[str, Any] | None) -> list[str]:
+    """The dense-agents issue's swarm_density workload."""
+    if not d:
+        return []
+    out = [
+        "",
+        "## swarm_density: agents of a shape until the heap is full",
+        "",
+        f"A {d['heap']} heap (max_owners {d['max_owners']:,}, metadata {d['metadata_percent']:.3f} % of the "
+        "arena). Agents of one shape are spawned until `PartitionFull` or `TooManyAgents`; utilization is "
+        "`context`'s bytes in use over its bytes in pages; the peer is a dict of bytearrays per agent, "
+        "sized with tracemalloc.",
+        "",
+        "| shape | what | agents | stopped by | context utilization | held per agent | data per agent "
+        "| dict of bytearrays per agent | targets |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for s in d["shapes"]:
+        targets = "; ".join(f"{t['text']}: {'met' if t['met'] else 'NOT met'}" for t in s["targets"]) or "-"
+        out.append(
+            f"| {s['name']} | {s['what']} | {s['agents']:,} | {s['stopped_by']} | {s['utilization']:.1%} "
+            f"| {s['held_per_agent'] / 1024:.1f} KiB | {s['data_per_agent'] / 1024:.1f} KiB "
+            f"| {s['dict_per_agent'] / 1024:.1f} KiB | {targets} |"
+        )
+    out.append(
+        f"\nMetadata at most 1 % of a 1 GiB arena with the default max_owners: "
+        f"{d['metadata_percent']:.3f} % ({'met' if d['metadata_met'] else 'NOT met'})."
+    )
+    return out
+
+
 def _c_targets(c: dict[str, Any]) -> list[str]:
     """The C core issue's targets, judged from the same run."""
     rand = c["workloads"].get("random_16B_1KiB_1024_live", {})
@@ -137,6 +169,16 @@ def _c_targets(c: dict[str, Any]) -> list[str]:
     rows.append(("recycle of 100 000 blocks", one_by_one, f"{speedup:.0f}x", speedup >= 100))
     meta = c["metadata_percent"]
     rows.append(("metadata", "<= 1 % of the arena", f"{meta:.3f} %", meta <= 1.0))
+    if "nursery_recycle_10_ns" in c:
+        rec, fre = c["nursery_recycle_10_ns"], c["nursery_free_10_ns"]
+        rows.append(
+            (
+                "recycle of a 10-block nursery agent",
+                "no slower than freeing its 10 blocks one by one",
+                f"{rec:.0f} ns against {fre:.0f} ns",
+                rec <= fre,
+            )
+        )
     out = ["", "C core targets (the C core issue):", ""]
     out += ["| what | target | measured | met |", "|---|---|---:|---|"]
     out += [f"| {w} | {t} | {m} | {'yes' if ok else 'no'} |" for w, t, m, ok in rows]

@@ -70,9 +70,10 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
                   ((uint64_t)SH_NPARTITIONS * sh_mag_classes(arena_size, nclasses) << sh_mag_shift(arena_size));
   off += (uint64_t)nslots * l->tslot_size;
   l->leases_off = off = sh_align_up(off, SH_CACHE_LINE);
-  /* leases and handle tags: an entry per two owner slots, at least 256, a power of two */
+  /* leases and handle tags: an entry per four owner slots, at least 256, a
+   * power of two (a full table first drops its stale entries) */
   l->lease_cap = 256;
-  while (l->lease_cap < max_owners / 2) l->lease_cap *= 2;
+  while (l->lease_cap < max_owners / 4) l->lease_cap *= 2;
   off += l->lease_cap * sizeof(sh_lease_t);
   l->pins_off = off = sh_align_up(off, SH_CACHE_LINE);
   /* pins by process: one entry per two owner slots, at least 64 */
@@ -85,12 +86,14 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
 
 /* As many owners as the metadata budget (1 % of the arena) holds once the
  * parts that do not grow with owners are laid out, up to one per 16 KiB of
- * arena (an agent smaller than that is rare) and 2^20; at least 16. Agents
+ * arena (an agent smaller than that is rare) and 2^20; at least 64 (below
+ * 64 MiB the fixed parts alone are near 1 %, and a heap without room for
+ * agents is no use). Agents
  * of a nursery cost no bin sets, so owners are what the budget buys: a
  * 1 GiB arena gets 32 768 or more. */
 static uint32_t sh_default_owners(uint64_t arena_size, uint32_t page_shift, uint32_t nclasses, uint32_t nslots) {
   uint64_t budget = arena_size / 100, cap = arena_size >> 14;
-  uint32_t lo = 16, hi = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap < 16 ? 16 : cap);
+  uint32_t lo = 65, hi = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap < 65 ? 65 : cap);
   sh_layout_t l;
   while (lo < hi) { /* the largest count that fits: the layout grows with it */
     uint32_t mid = lo + (hi - lo + 1) / 2;

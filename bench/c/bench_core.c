@@ -184,6 +184,42 @@ static void recycle_vs_free(double *t_recycle, double *t_free) {
   *t_free = fre[ROUNDS / 2];
 }
 
+/* An agent of ten small blocks, all in the nursery: its recycle against
+ * freeing the ten one by one. Seconds per agent. */
+#define NURSERY_AGENTS 2000
+static void nursery_recycle_vs_free(double *t_recycle, double *t_free) {
+  static const size_t sizes[10] = {24, 64, 200, 512, 1500, 4000, 64, 200, 512, 24};
+  static uint32_t ids[NURSERY_AGENTS], gens[NURSERY_AGENTS];
+  static uint64_t offs[NURSERY_AGENTS][10];
+  double rec[ROUNDS], fre[ROUNDS];
+  for (int r = 0; r < ROUNDS; r++) {
+    for (int pass = 0; pass < 2; pass++) {
+      for (int a = 0; a < NURSERY_AGENTS; a++) {
+        sh_owner_create(arena, 0, &ids[a], &gens[a]);
+        uint64_t usable;
+        for (int b = 0; b < 10; b++) sh_alloc_owner(arena, ids[a], gens[a], SH_PART_CONTEXT, sizes[b], &offs[a][b], &usable);
+      }
+      double t = now_s();
+      if (pass == 0)
+        for (int a = 0; a < NURSERY_AGENTS; a++)
+          for (int b = 0; b < 10; b++) sh_free(arena, offs[a][b]);
+      else
+        for (int a = 0; a < NURSERY_AGENTS; a++) sh_owner_recycle(arena, ids[a], gens[a]);
+      double per_agent = (now_s() - t) / NURSERY_AGENTS;
+      if (pass == 0) {
+        fre[r] = per_agent;
+        for (int a = 0; a < NURSERY_AGENTS; a++) sh_owner_recycle(arena, ids[a], gens[a]);
+      } else {
+        rec[r] = per_agent;
+      }
+    }
+  }
+  qsort(rec, ROUNDS, sizeof(double), cmp_double);
+  qsort(fre, ROUNDS, sizeof(double), cmp_double);
+  *t_recycle = rec[ROUNDS / 2];
+  *t_free = fre[ROUNDS / 2];
+}
+
 int main(int argc, char **argv) {
   int json = argc > 1 && strcmp(argv[1], "--json") == 0;
   /* jemalloc uses initial-exec TLS, which a dlopen'd library may only get
@@ -215,6 +251,8 @@ int main(int argc, char **argv) {
   }
   double t_rec, t_free;
   recycle_vs_free(&t_rec, &t_free);
+  double t_nrec, t_nfree;
+  nursery_recycle_vs_free(&t_nrec, &t_nfree);
   sh_arena_info_t info;
   sh_arena_info(arena, &info);
   double meta_pct = 100.0 * (double)info.metadata_bytes / (double)info.size;
@@ -231,7 +269,9 @@ int main(int argc, char **argv) {
         }
       printf("}");
     }
-    printf("}, \"recycle_100k_s\": %.6f, \"free_100k_s\": %.6f, \"metadata_percent\": %.4f}\n", t_rec, t_free, meta_pct);
+    printf("}, \"recycle_100k_s\": %.6f, \"free_100k_s\": %.6f, \"metadata_percent\": %.4f, "
+           "\"nursery_recycle_10_ns\": %.1f, \"nursery_free_10_ns\": %.1f, \"max_owners\": %u}\n",
+           t_rec, t_free, meta_pct, t_nrec * 1e9, t_nfree * 1e9, info.max_owners - 1);
   } else {
     printf("%-28s", "workload (ns/op, median)");
     for (size_t k = 0; k < NALLOC; k++) printf(" %11s", allocators[k].name);
@@ -247,6 +287,8 @@ int main(int argc, char **argv) {
     }
     printf("\nrecycle of %d blocks: %.1f us; freeing them one by one: %.1f us; recycle is %.0fx faster\n",
            RECYCLE_BLOCKS, t_rec * 1e6, t_free * 1e6, t_free / t_rec);
+    printf("a 10-block nursery agent: recycle %.0f ns, its blocks freed one by one %.0f ns\n", t_nrec * 1e9,
+           t_nfree * 1e9);
     printf("metadata: %llu bytes of a %llu-byte arena = %.3f %%\n", (unsigned long long)info.metadata_bytes,
            (unsigned long long)info.size, meta_pct);
   }

@@ -116,7 +116,7 @@ class Heap(CoreHeap):
         if isinstance(agent_id, bool) or not isinstance(agent_id, int):
             raise TypeError(f"agent ids are ints, not {type(agent_id).__name__}")
         if agent_id < FIRST_AGENT:
-            raise ValueError(f"agent ids start at {FIRST_AGENT} (0 and 1 are the heap's own owners), not {agent_id!r}")
+            raise ValueError(f"agent ids start at {FIRST_AGENT} (0 and 1 are the heap's), not {agent_id!r}")
         if agent_id >= self._max_owners():
             raise ValueError(f"agent id {agent_id} is beyond this heap's {self._max_owners()} slots")
         generation = self._owner_generation(agent_id)

@@ -155,6 +155,76 @@ static void exhaust(sh_arena_t *a) {
   }
 }
 
+/* Nursery agents recycled while other threads free their blocks: each round
+ * a thread spawns agents, hands their small blocks out through `exchange`,
+ * and recycles every agent; the other threads free what they pick up. A
+ * block goes back once, by the free or by the recycle, never twice. */
+#define NURSERY_ROUNDS 300
+typedef struct {
+  sh_arena_t *arena;
+  _Atomic int *done;
+  uint64_t seed;
+} nursery_worker_t;
+
+static void *nursery_owner(void *arg) {
+  nursery_worker_t *w = arg;
+  uint64_t s = w->seed;
+  for (int round = 0; round < NURSERY_ROUNDS; round++) {
+    uint32_t ids[4], gens[4];
+    for (int k = 0; k < 4; k++) {
+      if (sh_owner_create(w->arena, 1, &ids[k], &gens[k]) != SH_OK) {
+        fail("nursery: spawn", 0);
+        return NULL;
+      }
+      for (int b = 0; b < 12; b++) {
+        uint64_t off, usable;
+        size_t size = 24 + rnd(&s) % 4000;
+        if (sh_alloc_owner(w->arena, ids[k], gens[k], SH_PART_CONTEXT, size, &off, &usable) != SH_OK) {
+          fail("nursery: alloc", 0);
+          continue;
+        }
+        memset(sh_ptr(w->arena, off), 0xA5, size);
+        if (b % 2) atomic_store(&exchange[rnd(&s) % SLOTS], 0); /* make room: a lost slot is recycled with its agent */
+        uint64_t expected = 0;
+        if (b % 2) atomic_compare_exchange_strong(&exchange[rnd(&s) % SLOTS], &expected, off);
+      }
+    }
+    for (int k = 0; k < 4; k++) sh_owner_recycle(w->arena, ids[k], gens[k]);
+  }
+  atomic_fetch_add(w->done, 1);
+  return NULL;
+}
+
+static void *nursery_freer(void *arg) {
+  nursery_worker_t *w = arg;
+  uint64_t s = w->seed;
+  while (atomic_load(w->done) < 2) {
+    uint64_t off = atomic_exchange(&exchange[rnd(&s) % SLOTS], 0);
+    if (!off) continue;
+    int rc = sh_free(w->arena, off); /* or its agent's recycle took it first */
+    if (rc != SH_OK && rc != SH_EDOUBLEFREE && rc != SH_EBADPTR) fail("nursery: free", off);
+  }
+  return NULL;
+}
+
+static void nursery_race(sh_arena_t *a) {
+  for (int i = 0; i < SLOTS; i++) atomic_store(&exchange[i], 0);
+  _Atomic int done = 0;
+  pthread_t t[4];
+  nursery_worker_t w[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (nursery_worker_t){a, &done, 0xD1B54A32D192ED03ull * (uint64_t)(i + 7)};
+    pthread_create(&t[i], NULL, i < 2 ? nursery_owner : nursery_freer, &w[i]);
+  }
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < SLOTS; i++) atomic_store(&exchange[i], 0); /* their agents are recycled: nothing to free */
+  CHECK("nursery race: no failures", failures == 0);
+  CHECK("nursery race: check clean", sh_check(a) == SH_OK);
+  sh_partition_stats_t st;
+  sh_partition_stats(a, SH_PART_CONTEXT, &st);
+  CHECK("nursery race: every block back", st.in_use == 0);
+}
+
 int main(void) {
   snprintf(name, sizeof name, "/sh_stress_%d", (int)getpid());
   sh_unlink(SH_BACKING_SHM, name);
@@ -214,6 +284,7 @@ int main(void) {
     uint64_t expect = part == SH_PART_SYSTEM ? sh_good_size(a, SLOTS * sizeof(uint64_t)) : 0;
     CHECK("every block returned", st.in_use == expect);
   }
+  nursery_race(a);
   CHECK("exchange block freed", sh_free(a, ex) == SH_OK);
   exhaust(a);
   CHECK("no failures while exhausting", failures == 0);

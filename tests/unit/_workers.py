@@ -201,3 +201,46 @@ def crash_loop(name: str, mode: str, seed: int, conn: Any) -> None:
         conn.send(f"{type(exc).__name__}: {exc}")
     finally:
         heap.close()
+
+
+SMALL_SHAPE = (24, 64, 200, 512, 1500, 4000)
+
+
+def small_swarm(name: str, count: int, seed: int) -> tuple[int, int]:
+    """Spawns `count` agents of the dense-agents issue's small shape (ten
+    blocks and a 2 000-byte prompt each), verifies every byte, completes
+    them. Returns (agents, blocks)."""
+    rng = random.Random(seed)
+    blocks = 0
+    with sh.Heap.attach(name) as heap:
+        agents = []
+        for i in range(count):
+            agent = heap.spawn("small")
+            mine = []
+            for k in range(10):
+                blk = agent.alloc(rng.choice(SMALL_SHAPE))
+                blk[:4] = (i * 16 + k).to_bytes(4, "little")
+                mine.append(blk)
+            agent.put("prompt", bytes([i % 251]) * 2000)
+            agents.append((agent, mine))
+            blocks += 11
+        for i, (agent, mine) in enumerate(agents):
+            for k, blk in enumerate(mine):
+                assert bytes(blk[:4]) == (i * 16 + k).to_bytes(4, "little"), "a nursery block changed"
+            assert bytes(agent.get("prompt")) == bytes([i % 251]) * 2000, "a prompt changed"
+        for agent, _ in agents:
+            agent.complete()
+    return len(agents), blocks
+
+
+def small_swarm_and_die(name: str, count: int, ready: Any) -> None:
+    with sh.Heap.attach(name) as heap:
+        ids = []
+        for _ in range(count):
+            agent = heap.spawn("doomed")
+            for size in SMALL_SHAPE:
+                agent.alloc(size)[:1] = b"d"
+            agent.put("prompt", b"p" * 2000)
+            ids.append(agent.id)
+        ready.put(ids)
+        threading.Event().wait()  # until killed

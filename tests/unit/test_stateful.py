@@ -134,7 +134,7 @@ class HeapModel(RuleBasedStateMachine):
         except sh.PartitionFull:
             return
         self.entries[agent.id, agent.generation][key] = value
-        self.views = [(a, v, None if (a is agent and k == key) else shown, k) for a, v, shown, k in self.views]
+        self.views = [(a, v, None if a is agent and k == key else shown, k) for a, v, shown, k in self.views]
 
     @rule(agent=agents)
     def get_all(self, agent: sh.Agent | None) -> None:

@@ -584,12 +584,13 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
         "command": "swarmheap bench" + (" --quick" if quick else "") + (f" --only {only}" if only else ""),
         "workloads": [],
         "c_core": None,
+        "density": None,
     }
     with quiet_blas() as blas_threads, Env(quick) as env:
         out["machine"]["blas_threads"] = blas_threads
         every = workloads(env)
         chosen = [w for w in every if only in (None, w.name)]
-        names = [w.name for w in every] + ["c_core"]
+        names = [w.name for w in every] + ["swarm_density", "c_core"]
         if only is not None and only not in names:
             raise ValueError(f"no workload named {only!r}; the workloads are: {', '.join(names)}")
         describe, tick, finish = _progress(len(chosen) * (repeats + 1))
@@ -599,6 +600,10 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
                 out["workloads"].append(measure(w, repeats, tick))
         finally:
             finish()
+    if only in (None, "swarm_density"):
+        from swarmheap.tools import density
+
+        out["density"] = density.run(quick)
     if with_c and only in (None, "c_core"):
         out["c_core"] = c_core()
     return out
@@ -648,6 +653,18 @@ def render(results: dict[str, Any]) -> str:
     ]
     if targets:
         parts.append(table("targets", ("workload", "target", "result"), targets))
+    d = results.get("density")
+    if d:
+        from swarmheap.tools import density
+
+        parts.append(
+            table(
+                f"swarm_density: agents until full, {d['heap']} (metadata {d['metadata_percent']:.3f} %, "
+                f"max_owners {d['max_owners']:,})",
+                ("shape", "agents", "context utilization", "held per agent", "dict of bytearrays", "targets"),
+                density.rows(d),
+            )
+        )
     c = results.get("c_core")
     if c:
         if "skipped" in c:
@@ -745,6 +762,9 @@ def main(
         for path in plot(results, plot_dir):
             print(f"wrote {path}")
     missed = [w["name"] for w in results["workloads"] if w.get("target") and not w["target"]["met"]]
+    d = results.get("density")
+    if d and (not d["metadata_met"] or any(not t["met"] for s in d["shapes"] for t in s["targets"])):
+        missed.append("swarm_density")
     if check and missed:
         print(f"targets not met: {', '.join(missed)}", file=sys.stderr)
         return 1

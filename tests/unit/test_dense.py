@@ -1,0 +1,143 @@
+"""Dense agents: small agents share nursery pages instead of holding a page
+per size class each (see docs/design.md, "The nursery")."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+
+import pytest
+
+import swarmheap as sh
+from _workers import small_swarm, small_swarm_and_die
+
+
+def in_use(heap: sh.Heap) -> dict[str, int]:
+    return {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
+
+
+def test_a_gib_heap_defaults_to_32768_agents_within_one_percent() -> None:
+    with sh.Heap.create(size="1 GiB") as heap:
+        info = heap.info()
+        assert info["max_owners"] - 1 >= 32768  # owner 0 is the shared default
+        assert info["metadata_bytes"] <= info["size"] // 100
+
+
+def test_twenty_thousand_small_agents_over_two_processes(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="1 GiB", max_owners=20001) as heap:
+        baseline = in_use(heap)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(2) as pool:
+            results = pool.starmap(small_swarm, [(heap_name, 10_000, 1), (heap_name, 10_000, 2)])
+        assert [n for n, _ in results] == [10_000, 10_000]
+        heap.check()
+        assert in_use(heap) == baseline
+        assert heap.agents() == []
+
+
+def test_small_agents_pack_densely() -> None:
+    heap = sh.Heap.create(size="64 MiB")
+    agents = []
+    for _ in range(200):
+        agent = heap.spawn("small")
+        for size in (24, 64, 200, 512, 1500, 4000):
+            agent.alloc(size)
+        agents.append(agent)
+    context = heap.stats()["partitions"]["context"]
+    # 200 agents of ~6.3 KB: a page per class each would hold 200 * 6 pages
+    assert context["held"] < 200 * 6 * heap.page_size // 10
+    assert context["utilization"] > 0.8
+    for agent in agents:
+        agent.complete()
+    heap.check()
+    heap.close()
+
+
+def test_agent_stats_count_nursery_blocks_exactly(heap: sh.Heap) -> None:
+    agent = heap.spawn("small")
+    sizes = (24, 64, 200, 512, 1500, 4000)
+    blocks = [agent.alloc(size) for size in sizes]
+    # counted at their class's size; a nursery block is at least 64 bytes
+    held = [heap.good_size(max(size, 64)) for size in sizes]
+    stats = agent.stats()
+    assert stats["bytes"]["context"] == sum(held)
+    blocks[0].free()
+    assert agent.stats()["bytes"]["context"] == sum(held[1:])
+    final = agent.complete()
+    assert final["bytes"]["context"] == sum(held[1:])
+    for blk in blocks[1:]:
+        with pytest.raises(sh.StaleBlock):
+            blk[:1] = b"x"
+
+
+def test_a_nursery_share_is_bounded(heap: sh.Heap) -> None:
+    agent = heap.spawn("grower")
+    blocks = [agent.alloc(100) for _ in range(64)]
+    # the first 16 share nursery pages; the rest are on pages of its own
+    assert agent.stats()["pages"]["context"] >= 1
+    for blk in blocks:
+        blk.free()
+    agent.complete()
+    heap.check()
+
+
+def test_nursery_blocks_freed_from_other_threads_while_others_allocate(heap: sh.Heap) -> None:
+    agents = [heap.spawn("t") for _ in range(8)]
+    blocks = [[a.alloc(64 + 32 * k) for k in range(12)] for a in agents]
+    errors: list[BaseException] = []
+
+    def free_all(mine: list[sh.Block]) -> None:
+        try:
+            for blk in mine:
+                blk.free()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=free_all, args=(b,)) for b in blocks]
+    for t in threads:
+        t.start()
+    more = [a.alloc(300) for a in agents]
+    for t in threads:
+        t.join()
+    assert not errors
+    for agent, blk in zip(agents, more):
+        assert agent.stats()["bytes"]["context"] == heap.good_size(len(blk))
+        agent.complete()
+    heap.check()
+
+
+def test_double_free_and_stale_handle_of_a_nursery_block(heap: sh.Heap) -> None:
+    agent = heap.spawn("x")
+    blk = agent.alloc(64)
+    handle = blk.handle
+    blk.free()
+    with pytest.raises(sh.StaleBlock):
+        heap.resolve(handle)
+    with pytest.raises(sh.StaleBlock):
+        blk.free()
+    other = agent.alloc(64)  # may reuse the place
+    with pytest.raises(sh.StaleBlock):
+        heap.resolve(handle)
+    other.free()
+    agent.complete()
+    heap.check()
+
+
+def test_killed_process_nursery_blocks_are_reclaimed(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        baseline = in_use(heap)
+        ctx = mp.get_context("spawn")
+        ready = ctx.Queue()
+        proc = ctx.Process(target=small_swarm_and_die, args=(heap_name, 300, ready))
+        proc.start()
+        ids = ready.get(timeout=60)
+        assert in_use(heap)["context"] > 300 * 6000
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == len(ids) == 300
+        assert in_use(heap) == baseline
+        heap.check()
