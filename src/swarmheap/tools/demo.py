@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
+from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import InvalidHandle, PartitionFull, StaleBlock
 from swarmheap.handle import Handle
 from swarmheap.heap import Heap
@@ -60,6 +61,9 @@ class DemoReport:
     check_message: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
+    context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
+    context_utilization: float = 0.0  # context bytes in use over bytes in pages then
 
 
 # Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
@@ -159,10 +163,14 @@ def _sweep(heap: Heap, report: DemoReport, start: float, quiet: bool) -> None:
 
 
 def _sample(heap: Heap, start: float) -> dict[str, Any]:
-    parts = heap.stats()["partitions"]
+    stats = heap.stats()
+    parts = stats["partitions"]
     return {
         "t": round(time.monotonic() - start, 3),
         **{p: v["in_use"] / v["capacity"] for p, v in parts.items()},
+        "agents_live": sum(1 for o in stats["owners"] if o["id"] >= FIRST_AGENT),
+        "context_held": parts["context"]["held"],
+        "context_utilization": parts["context"]["utilization"],
     }
 
 
@@ -278,6 +286,10 @@ def run_demo(
         except Exception as exc:
             report.check_message = str(exc)
         report.samples.append(_sample(heap, start))
+        busiest = max(report.samples, key=lambda s: s["agents_live"])
+        report.peak_agents_live = busiest["agents_live"]
+        report.context_held_per_agent = busiest["context_held"] / max(busiest["agents_live"], 1)
+        report.context_utilization = busiest["context_utilization"]
         report.seconds = time.monotonic() - start
     finally:
         for p in procs:
@@ -305,6 +317,11 @@ def print_report(report: DemoReport) -> None:
     rows = [
         ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
         ("agents run (survivors and swept)", str(report.agents_run)),
+        (
+            "agents live at the busiest moment",
+            f"{report.peak_agents_live}: {format_size(int(report.context_held_per_agent))} of context held "
+            f"per agent, {report.context_utilization:.0%} of it in use (small blocks share nursery pages)",
+        ),
         ("buffers handed over by handle", str(report.buffers_handed_over)),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
