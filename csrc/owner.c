@@ -129,6 +129,30 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
   return SH_OK;
 }
 
+static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info);
+
+int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never offloaded", id);
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK && sh_atomic_load_relaxed(&o->state) != SH_OWNER_LIVE) {
+    rc = _sh_fail(SH_EOWNER, "owner %u is not live (state %u)", id, sh_atomic_load_relaxed(&o->state));
+  } else if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) > 0) {
+    rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s) (views or arrays open): not offloaded", id,
+                  sh_atomic_load_relaxed(&o->pins));
+  } else if (rc == SH_OK) {
+    if (final) sh_info_header(a, id, final);
+    /* the pages go as in a recycle; the slot stays, offloaded, with its generation */
+    rc = _sh_owner_recycle_now(a, id, final);
+    sh_atomic_store_release(&o->state, SH_OWNER_OFFLOADED);
+    if (final) final->state = SH_OWNER_OFFLOADED;
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
 int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never recycled", id);
   _sh_owner_lock(a);
@@ -398,6 +422,10 @@ int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (rc == SH_ENOENT) return 0;
   if (rc) return rc;
   return start == o->pid_start;
+}
+
+uint32_t sh_owner_state(const sh_arena_t *a, uint32_t id) {
+  return id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].state) : SH_OWNER_FREE;
 }
 
 uint32_t sh_owner_generation(const sh_arena_t *a, uint32_t id) {

@@ -272,6 +272,12 @@ int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *ge
  * Errors: SH_EOWNER (no such live or completed owner of that generation),
  * SH_EINVAL (owner 0). */
 int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
+/* [any] Gives back every page, nursery block and held block of a LIVE,
+ * unpinned owner and marks it OFFLOADED, keeping its slot and generation
+ * (its state now lives in a store; sh_owner_set_state makes it LIVE again).
+ * SH_EPINNED while pinned, SH_EOWNER when not live; *final as
+ * sh_owner_complete's, when not NULL. */
+int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
 
 /* [any] sh_owner_recycle that also fills *final with the owner's figures as
  * they were just before (state, pages, live bytes and blocks), read in the
@@ -324,6 +330,8 @@ int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation
 /* [any] The slot's generation while it holds an owner, 0 when it is free:
  * one load, for checking a handle before touching its bytes. */
 uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
+/* [any] The slot's sh_owner_state_t, one load (SH_OWNER_FREE when out of range). */
+uint32_t sh_owner_state(const sh_arena_t *arena, uint32_t id);
 
 /* [any] Snapshot of one owner slot; SH_EOWNER if the slot is unused. Bytes
  * and blocks are summed from the owner's pages when read. */

@@ -13,14 +13,18 @@ from typing import TYPE_CHECKING, Any
 from swarmheap.errors import (
     AgentStateError,
     AttachError,
+    CorruptSnapshot,
     HeapCorrupt,
     HeapExists,
     HeapNotFound,
     InvalidHandle,
     PartitionFull,
     ReadOnlyHeap,
+    SnapshotTooNew,
     StaleBlock,
     StaleHandle,
+    StoreFull,
+    StoreUnavailable,
     SwarmHeapError,
     TooManyAgents,
 )
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from swarmheap.agents import Agent
     from swarmheap.heap import EVENTS, Heap
     from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
+    from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
     from swarmheap.sweep import SweepResult
 
 # The rest loads on first use (PEP 562), so that importing a lower floor
@@ -51,6 +56,11 @@ _LAZY = {
     "numpy_allocator": "swarmheap.numpy_alloc",
     "zeros": "swarmheap.numpy_alloc",
     "SweepResult": "swarmheap.sweep",
+    "LMDBStore": "swarmheap.stores",
+    "RedisStore": "swarmheap.stores",
+    "SQLiteStore": "swarmheap.stores",
+    "Store": "swarmheap.stores",
+    "open_store": "swarmheap.stores",
 }
 
 
@@ -77,6 +87,7 @@ __all__ = [
     "ArrayHandle",
     "AttachError",
     "Block",
+    "CorruptSnapshot",
     "Handle",
     "Heap",
     "HeapCorrupt",
@@ -84,10 +95,17 @@ __all__ = [
     "HeapExists",
     "HeapNotFound",
     "InvalidHandle",
+    "LMDBStore",
     "PartitionFull",
     "ReadOnlyHeap",
+    "RedisStore",
+    "SQLiteStore",
+    "SnapshotTooNew",
     "StaleBlock",
     "StaleHandle",
+    "Store",
+    "StoreFull",
+    "StoreUnavailable",
     "SwarmHeapError",
     "SweepResult",
     "TooManyAgents",
@@ -97,6 +115,7 @@ __all__ = [
     "format_size",
     "from_handle",
     "numpy_allocator",
+    "open_store",
     "parse_size",
     "unlink",
     "zeros",

@@ -12,6 +12,9 @@ class HeapEvents:
         partition full; True asks for one more try (after making room).
     on_recycled(heap, agent_id, generation): the last pin of a completed
         agent dropped in this process, and the agent was recycled.
+    on_not_live(heap, agent_id, generation) -> bool: an agent allocation
+        found its agent not live (offloaded, say); True asks for one more try
+        (after restoring it).
     """
 
     def on_countdown(self, heap):
@@ -22,6 +25,9 @@ class HeapEvents:
 
     def on_recycled(self, heap, agent_id, generation):
         pass
+
+    def on_not_live(self, heap, agent_id, generation):
+        return False
 
 
 _NO_EVENTS = HeapEvents()
@@ -327,6 +333,9 @@ cdef class CoreHeap:
             if rc == SH_EFULL and attempt == 0 and self.events.on_partition_full(self, PARTITIONS[part]):
                 continue
             if rc == SH_EOWNER:
+                if attempt == 0 and sh_owner_generation(self.arena, oid) == gen and \
+                        self.events.on_not_live(self, oid, gen):
+                    continue
                 raise stale_agent(oid, gen)
             if rc:
                 _raise(rc)
@@ -614,6 +623,25 @@ cdef class CoreHeap:
             _raise(rc)
         return rc == SH_OK, _owner_dict(&oi, kind, 1 << self.page_shift_)
 
+    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
+        """Give back the agent's memory and mark it offloaded (slot and
+        generation kept); AgentStateError while pinned or not live."""
+        self._check_writable()
+        cdef sh_owner_info_t oi
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_offload(arena, oid, gen, &oi)
+        self.inflight -= 1
+        if rc == SH_EPINNED or rc == SH_EOWNER:
+            if sh_owner_generation(arena, oid) != gen:
+                raise stale_agent(oid, gen)
+            raise AgentStateError(f"agent {oid} is not offloaded: {sh_last_error().decode()}")
+        if rc != SH_OK:
+            _raise(rc)
+        return _owner_dict(&oi, kind, 1 << self.page_shift_)
+
     def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
         """Agent.stats() of the owner; StaleBlock if that generation is gone."""
         self._check_open()
@@ -737,6 +765,13 @@ cdef class CoreHeap:
         if expected & SH_USER_WORD_HELD:
             _free_off(self, sh_held_offset(expected))  # ours now; a bad word frees nothing
         return True
+
+    def _owner_state(self, uint32_t oid):
+        """The owner slot's state name, read in one load (no page walk)."""
+        self._check_open()
+        if oid >= self._max_owners():
+            raise ValueError(f"owner {oid} is beyond the table")
+        return OWNER_STATES[sh_owner_state(self.arena, oid) % 5]
 
     def _owner_generation(self, uint32_t oid):
         self._check_open()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import index
+from swarmheap import index, offload
 from swarmheap._core import AgentCore
 from swarmheap.errors import InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
@@ -15,6 +15,7 @@ from swarmheap.handle import Handle
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
     from swarmheap.hooks import Hooks
+    from swarmheap.stores import Store
 
 __all__ = ["Agent"]
 
@@ -81,7 +82,8 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        check_name(name)
+        index.check_name(name)
+        self._ensure_live()
         try:
             view = memoryview(data)
         except TypeError:
@@ -110,6 +112,7 @@ class Agent(AgentCore):
     def get(self, name: str) -> memoryview:
         """A zero-copy view of entry ``name``. While it is alive the agent is
         pinned: complete() defers its recycle until the view is released."""
+        self._ensure_live()
         for _ in range(100):
             word, (_, _, entries) = self._read_index_word()
             if name not in entries:
@@ -129,6 +132,7 @@ class Agent(AgentCore):
 
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""
+        self._ensure_live()
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
@@ -142,6 +146,7 @@ class Agent(AgentCore):
 
     def names(self) -> list[str]:
         """Names of the agent's entries."""
+        self._ensure_live()
         return list(self._read_index()[2])
 
     def items(self) -> Iterator[tuple[str, memoryview]]:
@@ -172,6 +177,40 @@ class Agent(AgentCore):
         """Bytes, pages and peak per partition, block count, pins, state."""
         return self._heap._owner_stats(self.id, self.generation, self.kind)
 
+    # ---- snapshots and the offload tier (swarmheap.offload) ----
+
+    def snapshot(self, codec: str = "zstd", level: int | None = None) -> bytes:
+        """One self-describing blob of the agent's kind, lease and named
+        entries (its other blocks are not in it): ``heap.restore(blob)`` makes
+        the agent again in any heap. Codecs: "zstd" (level 3 by default, and
+        the kind's trained dictionary once there is one), "lz4", "none"."""
+        self._ensure_live()
+        return offload.snapshot_of(self, codec, level)[0]
+
+    def offload(self, store: Store | None = None) -> dict[str, Any]:
+        """Write the agent's snapshot to ``store`` (the heap's default store if
+        None), then give back its memory. Its id and generation stay valid,
+        and touching it (get, put, alloc, names) restores it. A pinned agent
+        is not offloaded (AgentStateError says why); a store that is down
+        raises StoreUnavailable and the agent stays in memory."""
+        heap = self._heap
+        final = offload.offload(self, store if store is not None else heap.store)
+        if self._hooks.table["offload"]:
+            self._hooks.fire("offload", self.id, self.kind, final)
+        return final
+
+    def restore(self) -> None:
+        """Bring an offloaded agent back from its store (a no-op if it is live)."""
+        if self.state == "offloaded":
+            offload.restore_in_place(self)
+            if self._hooks.table["restore"]:
+                self._hooks.fire("restore", self.id, self.kind, self.stats())
+
+    def _ensure_live(self) -> None:
+        # alloc() comes here through the heap's events (on_not_live), from C
+        if self._heap._owner_state(self.id) == "offloaded" and self.state == "offloaded":
+            self.restore()
+
     def complete(self) -> dict[str, Any]:
         """Return all of the agent's memory in O(pages) and fire the complete
         and recycle hooks. If a view or array still pins it, the recycle waits
@@ -193,13 +232,6 @@ class Agent(AgentCore):
     def __exit__(self, *exc: object) -> None:
         if self._heap._owner_generation(self.id) == self.generation and self.state == "live":
             self.complete()
-
-
-def check_name(name: str) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"entry names are str, not {type(name).__name__}")
-    if not name or len(name.encode()) > index.MAX_NAME:
-        raise ValueError(f"entry name must be 1 to {index.MAX_NAME} bytes of UTF-8")
 
 
 def check_lease(lease: object) -> float:

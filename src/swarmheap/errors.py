@@ -6,14 +6,18 @@ from __future__ import annotations
 __all__ = [
     "AgentStateError",
     "AttachError",
+    "CorruptSnapshot",
     "HeapCorrupt",
     "HeapExists",
     "HeapNotFound",
     "InvalidHandle",
     "PartitionFull",
     "ReadOnlyHeap",
+    "SnapshotTooNew",
     "StaleBlock",
     "StaleHandle",
+    "StoreFull",
+    "StoreUnavailable",
     "SwarmHeapError",
     "TooManyAgents",
 ]
@@ -80,3 +84,22 @@ class StaleHandle(StaleBlock, InvalidHandle):
     """A handle, or a Block made from one, of a block that was freed (or
     freed and handed out again) since the handle was made: its tag no longer
     matches. Both a StaleBlock and an InvalidHandle."""
+
+
+class CorruptSnapshot(SwarmHeapError, ValueError):
+    """A snapshot blob is damaged: truncated, wrong magic, a checksum or a
+    size that does not match, a state that does not parse."""
+
+
+class SnapshotTooNew(CorruptSnapshot):
+    """A snapshot written by a newer format than this swarmheap reads."""
+
+
+class StoreUnavailable(SwarmHeapError, ConnectionError):
+    """The offload store cannot be reached or written (a stopped server, a
+    read-only file); nothing was moved."""
+
+
+class StoreFull(SwarmHeapError):
+    """The offload store has no room for the blob (an LMDB map, a Redis
+    maxmemory); nothing was moved."""

@@ -6,19 +6,35 @@ toward the young sweep, a full partition to relieve, a deferred recycle."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap._core import FIRST_AGENT, CoreHeap, HeapEvents
+from swarmheap import offload
+from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.errors import AgentStateError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id, read_kind
+from swarmheap.stores import Store, open_store
 from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
+
+
+@dataclass
+class OffloadPolicy:
+    """Ray's object spilling, per agent: past ``high`` of ``partition``'s
+    capacity, the least recently active unpinned agents idle for at least
+    ``min_idle`` seconds go to ``store`` until it is under ``low``."""
+
+    store: Store
+    partition: str = "context"
+    high: float = 0.8
+    low: float = 0.6
+    min_idle: float = 1.0
 
 
 @dataclass
@@ -40,7 +56,13 @@ class _LayerEvents(HeapEvents):
     def on_partition_full(self, heap: Any, partition: str) -> bool:
         if heap._sweep.sweeping:
             return False
-        heap.collect(2)  # a full sweep before giving up
+        heap.collect(2)  # a full sweep (and the offload policy) before giving up
+        return True
+
+    def on_not_live(self, heap: Any, agent_id: int, generation: int) -> bool:
+        if heap._owner_state(agent_id) != "offloaded":
+            return False
+        heap._agent_at(agent_id, generation).restore()  # touching an offloaded agent brings it back
         return True
 
     def on_recycled(self, heap: Any, agent_id: int, generation: int) -> None:
@@ -88,6 +110,10 @@ class Heap(CoreHeap):
     def _install(self) -> None:
         self._hooks = Hooks()
         self._sweep = _SweepState()
+        self._dictionaries = offload.Dictionaries(self)
+        self._stores: dict[str, Store] = {}
+        self._default_store: Store | None = None
+        self._offload_policy: OffloadPolicy | None = None
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -122,7 +148,7 @@ class Heap(CoreHeap):
         generation = self._owner_generation(agent_id)
         if not generation:
             raise AgentStateError(f"no agent {agent_id} in this heap")
-        return Agent(self, agent_id, generation, read_kind(self, agent_id, generation))
+        return self._agent_at(agent_id, generation)
 
     def agents(self) -> list[Agent]:
         """Every agent that holds a slot (live, completed, dead or offloaded)."""
@@ -130,7 +156,7 @@ class Heap(CoreHeap):
         for agent_id in range(FIRST_AGENT, self._max_owners()):
             generation = self._owner_generation(agent_id)
             if generation:
-                out.append(Agent(self, agent_id, generation, read_kind(self, agent_id, generation)))
+                out.append(self._agent_at(agent_id, generation))
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -143,6 +169,92 @@ class Heap(CoreHeap):
             else:
                 owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
+
+    # ---- snapshots and the offload tier (swarmheap.offload) ----
+
+    def restore(self, blob: bytes) -> Agent:
+        """A new live agent made from ``agent.snapshot()``'s blob, with the same
+        kind, lease and entries, bit-exact. CorruptSnapshot if the blob is
+        damaged (nothing is allocated then)."""
+        return offload.restore_blob(self, blob, list(self._stores.values()))
+
+    def restore_from(self, store: Store, key: str) -> Agent:
+        """Restore an agent another heap (process, machine) offloaded to
+        ``store`` under ``key``. The source heap frees its slot at its next
+        sweep; the blob leaves the store."""
+        blob = store.get(key)
+        if blob is None:
+            raise KeyError(f"no snapshot under {key!r} in {store.url}")
+        self._remember_store(store)
+        agent = offload.restore_blob(self, blob, [store, *self._stores.values()])
+        store.put(key + "/moved", b"")
+        return agent
+
+    @property
+    def store(self) -> Store:
+        """Where offload() writes by default: the store of the offload policy,
+        else an SQLite file in the temp directory for this heap."""
+        if self._offload_policy is not None:
+            return self._offload_policy.store
+        if self._default_store is None:
+            self._default_store = offload.default_store(self)
+            self._remember_store(self._default_store)
+        return self._default_store
+
+    def set_offload_policy(
+        self,
+        store: Store | None,
+        partition: str = "context",
+        high: float = 0.8,
+        low: float = 0.6,
+        min_idle: float = 1.0,
+    ) -> None:
+        """Offload idle agents of this process when ``partition`` passes
+        ``high`` (a fraction of its capacity) until it is under ``low``: before
+        a PartitionFull is raised, and in sweeps. ``None`` turns it off."""
+        if store is None:
+            self._offload_policy = None
+            return
+        if partition not in PARTITIONS:
+            raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
+        for name, value in (("high", high), ("low", low)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{name} is a fraction in (0, 1], not {value!r}")
+        if low > high:
+            raise ValueError(f"low ({low}) must not be above high ({high})")
+        if isinstance(min_idle, bool) or not isinstance(min_idle, (int, float)) or min_idle < 0:
+            raise ValueError(f"min_idle is seconds >= 0, not {min_idle!r}")
+        self._offload_policy = OffloadPolicy(store, partition, float(high), float(low), float(min_idle))
+        self._remember_store(store)
+
+    def _apply_offload_policy(self) -> int:
+        """Offload idle agents while the policy's partition is above its high
+        mark; returns how many went. A store that fails is logged and left
+        for the next try."""
+        policy = self._offload_policy
+        if policy is None:
+            return 0
+        return offload.relieve(self, policy)
+
+    @property
+    def _token(self) -> str:
+        return self.name or f"private-{os.getpid()}-{id(self):x}"
+
+    def _remember_store(self, store: Store) -> None:
+        self._stores.setdefault(store.url, store)
+
+    def _store_for(self, url: str) -> Store:
+        if url not in self._stores:
+            self._stores[url] = open_store(url)
+        return self._stores[url]
+
+    def _agent_at(self, agent_id: int, generation: int) -> Agent:
+        if self._owner_state(agent_id) == "offloaded":  # its index went with its memory
+            found = offload.where(self, agent_id, generation)
+            kind = found[2] if found else "?"
+        else:
+            kind = read_kind(self, agent_id, generation)
+        return Agent(self, agent_id, generation, kind)
 
     # ---- hooks ----
 
@@ -164,6 +276,7 @@ class Heap(CoreHeap):
         state.sweeping = True
         try:
             result = collect(self, generation)
+            result.offloaded = self._apply_offload_policy()
         finally:
             state.sweeping = False
         for younger in range(generation + 1):

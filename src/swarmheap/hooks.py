@@ -12,7 +12,7 @@ __all__ = ["EVENTS", "Hook", "Hooks"]
 
 log = logging.getLogger("swarmheap")
 
-EVENTS = ("spawn", "complete", "recycle")
+EVENTS = ("spawn", "complete", "recycle", "offload", "restore")
 Hook = Callable[[int, str, dict[str, Any]], object]
 
 

@@ -47,6 +47,14 @@ def kind_id(kind: str) -> int:
     return zlib.crc32(kind.encode())
 
 
+def check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"entry names are str, not {type(name).__name__}")
+    if not name or len(name.encode()) > MAX_NAME:
+        raise ValueError(f"entry name must be 1 to {MAX_NAME} bytes of UTF-8")
+    return name
+
+
 def check_kind(kind: object) -> str:
     if not isinstance(kind, str):
         raise TypeError(f"kind must be a str, not {type(kind).__name__}")

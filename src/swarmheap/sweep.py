@@ -16,16 +16,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from swarmheap import offload
 from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_kind, read_lease
 
 if TYPE_CHECKING:
-    from swarmheap._core import CoreHeap as Heap
+    from swarmheap.heap import Heap
 
 __all__ = ["CAUSES", "SweepResult", "collect"]
 
-CAUSES = ("dead_process", "completed", "lease")
+# moved_away: offloaded, then restored in another heap (restore_from); its slot goes
+CAUSES = ("dead_process", "completed", "lease", "moved_away")
 _TAKE = 4096
 
 
@@ -40,6 +42,7 @@ class SweepResult:
     thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
+    offloaded: int = 0  # agents the offload policy moved to its store
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     # each agent reclaimed: its final dict (kind, cause, figures); the heap
@@ -90,7 +93,13 @@ def _examine(
     result.examined += 1
     state = info["state"]
     if state == "offloaded":
-        return True
+        if not offload.moved_away(heap, agent_id, generation):
+            return True
+        # restored in another heap (restore_from marked its key): the slot goes
+        offload.forget_moved(heap, agent_id, generation)
+        heap._owner_recycle(agent_id, generation)
+        result.agents["moved_away"] += 1
+        return False
     cause = None
     if state == "completed" and info["pins"] == 0:
         cause = "completed"

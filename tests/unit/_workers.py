@@ -244,3 +244,24 @@ def small_swarm_and_die(name: str, count: int, ready: Any) -> None:
             ids.append(agent.id)
         ready.put(ids)
         threading.Event().wait()  # until killed
+
+
+def restore_snapshot(name: str, blob: bytes) -> dict[str, bytes]:
+    """Another process of the heap restores a blob and reads its entries."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.restore(blob)
+        out = {n: bytes(agent.get(n)) for n in agent.names()}
+        out["__kind__"] = agent.kind.encode()
+        agent.complete()
+        return out
+
+
+def restore_from_store(name: str, url: str, key: str) -> dict[str, bytes]:
+    """Another heap (another 'node') restores an agent from a shared store."""
+    from swarmheap.stores import open_store
+
+    with sh.Heap.create(name, size="64 MiB") as heap, open_store(url) as store:
+        agent = heap.restore_from(store, key)
+        out = {n: bytes(agent.get(n)) for n in agent.names()}
+        agent.complete()
+        return out

@@ -1,0 +1,369 @@
+"""Snapshots of agents, their trained dictionaries, and the offload tier.
+
+What lives where:
+- an offloaded agent keeps its slot and generation in the owner table,
+  state `offloaded`, and no memory; its blob is in a store;
+- the heap's registry (the shared default's own index, in `system`) names,
+  for each offloaded agent, the store's URL and the key, and caches the
+  trained zstd dictionaries, so that any process of the heap finds both;
+- a dictionary is also written to the store (key ``__swarmheap__/zdict/ID``)
+  before a blob that needs it, so another node can read the blob.
+
+Offload writes the blob first and gives back the memory second, so a crash
+at any point leaves the agent in memory or restorable from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from swarmheap import index, snapshot
+from swarmheap._core import FIRST_AGENT
+from swarmheap._extras import require
+from swarmheap.errors import (
+    AgentStateError,
+    CorruptSnapshot,
+    InvalidHandle,
+    ReadOnlyHeap,
+    StaleBlock,
+    StoreFull,
+    StoreUnavailable,
+)
+from swarmheap.handle import Handle
+from swarmheap.stores import SQLiteStore, Store
+
+if TYPE_CHECKING:
+    from swarmheap.agents import Agent
+    from swarmheap.heap import Heap
+
+__all__ = [
+    "Dictionaries",
+    "Registry",
+    "agent_key",
+    "offload",
+    "restore_blob",
+    "restore_in_place",
+    "snapshot_of",
+]
+
+log = logging.getLogger("swarmheap")
+
+REGISTRY_KIND = "swarmheap.registry"
+SH_OWNER_DEFAULT_GENERATION = 1  # the shared default's generation, for its life
+DICT_KEY = "__swarmheap__/zdict/"
+TRAIN_AFTER = 64  # snapshots of a kind before its dictionary is trained
+DICT_SIZE = 16 * 1024
+SAMPLE_MAX = 64 * 1024  # larger states gain little from a dictionary and are not kept as samples
+
+
+class Registry:
+    """Named small blobs of the heap in the shared default's index: entries
+    are blocks of `system`, visible to every process, kept until removed."""
+
+    def __init__(self, heap: Heap) -> None:
+        self.heap = heap
+
+    def _entries(self) -> index.Entries:
+        return index.read_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND)[1][2]
+
+    def get(self, name: str) -> bytes | None:
+        for _ in range(100):
+            entries = self._entries()
+            if name not in entries:
+                return None
+            offset, size = entries[name]
+            try:
+                data = bytes(self.heap.resolve(Handle(offset, size, 0, SH_OWNER_DEFAULT_GENERATION))[:size])
+            except (InvalidHandle, StaleBlock):
+                continue  # replaced between the reads
+            if self._entries().get(name) == (offset, size):
+                return data
+        raise AgentStateError(f"the heap registry's entry {name!r} keeps changing")
+
+    def names(self, prefix: str = "") -> list[str]:
+        return [n for n in self._entries() if n.startswith(prefix)]
+
+    def put(self, name: str, data: bytes) -> None:
+        blk = self.heap.alloc(max(len(data), 1), "system")
+        blk[: len(data)] = data
+        replaced: list[tuple[int, int]] = []
+
+        def change(entries: index.Entries) -> None:
+            if name in entries:
+                replaced.append(entries[name])
+            entries[name] = (blk.offset, len(data))
+
+        try:
+            index.update_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND, change)
+        except BaseException:
+            blk.free()
+            raise
+        for offset, size in replaced:
+            self._free(offset, size)
+
+    def remove(self, name: str) -> None:
+        removed: list[tuple[int, int]] = []
+
+        def change(entries: index.Entries) -> None:
+            if name in entries:
+                removed.append(entries.pop(name))
+
+        index.update_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND, change)
+        for offset, size in removed:
+            self._free(offset, size)
+
+    def _free(self, offset: int, size: int) -> None:
+        try:
+            self.heap.resolve(Handle(offset, size, 0, SH_OWNER_DEFAULT_GENERATION)).free()
+        except (InvalidHandle, StaleBlock):
+            pass
+
+
+class Dictionaries:
+    """Per heap and process: samples of each kind's states, the dictionaries
+    trained from them, and where to find one by id."""
+
+    def __init__(self, heap: Heap, train_after: int = TRAIN_AFTER) -> None:
+        self.heap = heap
+        self.train_after = train_after
+        self.samples: dict[str, list[bytes]] = defaultdict(list)
+        self.by_kind: dict[str, Any] = {}  # kind -> ZstdCompressionDict
+        self.by_id: dict[int, Any] = {}
+
+    def for_kind(self, kind: str) -> Any:
+        if kind not in self.by_kind:
+            for name in Registry(self.heap).names(f"zdict/{kind}/"):
+                data = Registry(self.heap).get(name)
+                if data:
+                    self._remember(kind, data)
+                    break
+        return self.by_kind.get(kind)
+
+    def note(self, kind: str, raw: bytes) -> None:
+        """A snapshot of ``kind`` was taken: keep it as a sample; train once there are enough."""
+        if kind in self.by_kind or len(raw) > SAMPLE_MAX or not raw:
+            return
+        samples = self.samples[kind]
+        samples.append(raw)
+        if len(samples) >= self.train_after:
+            zstd = require("zstandard", "compress")
+            try:
+                trained = zstd.train_dictionary(DICT_SIZE, samples)
+            except zstd.ZstdError:
+                samples.clear()  # too few distinct bytes to train on: sample again
+                return
+            data = trained.as_bytes()
+            Registry(self.heap).put(f"zdict/{kind}/{trained.dict_id()}", data)
+            self._remember(kind, data)
+            samples.clear()
+
+    def _remember(self, kind: str, data: bytes) -> Any:
+        zstd = require("zstandard", "compress")
+        d = zstd.ZstdCompressionDict(data)
+        self.by_kind[kind] = d
+        self.by_id[d.dict_id()] = d
+        return d
+
+    def lookup(self, dict_id: int, stores: list[Store]) -> Any:
+        if dict_id in self.by_id:
+            return self.by_id[dict_id]
+        for name in Registry(self.heap).names("zdict/"):
+            if name.rsplit("/", 1)[1] == str(dict_id):
+                data = Registry(self.heap).get(name)
+                if data:
+                    return self._remember(name.split("/")[1], data)
+        for store in stores:
+            data = store.get(f"{DICT_KEY}{dict_id}")
+            if data:
+                zstd = require("zstandard", "compress")
+                d = zstd.ZstdCompressionDict(data)
+                self.by_id[dict_id] = d
+                return d
+        return None
+
+    def publish(self, dictionary: Any, store: Store) -> None:
+        key = f"{DICT_KEY}{dictionary.dict_id()}"
+        if store.get(key) is None:
+            store.put(key, dictionary.as_bytes())
+
+
+def snapshot_of(agent: Agent, codec: str = "zstd", level: int | None = None) -> tuple[bytes, Any]:
+    """The agent's blob, and the dictionary it names (None if none)."""
+    deadline = agent.lease_deadline
+    lease_left = max(deadline - time.time(), 0.0) if deadline else None
+    entries = []
+    for name, view in agent.items():
+        with view:
+            entries.append((name, bytes(view)))
+    raw = snapshot.encode_state(agent.kind, lease_left, entries)
+    dictionaries: Dictionaries = agent.heap._dictionaries
+    dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" else None
+    blob = snapshot.pack(raw, codec, level, dictionary)
+    if codec == "zstd":
+        dictionaries.note(agent.kind, raw)
+    return blob, dictionary
+
+
+def parse(heap: Heap, blob: bytes, stores: list[Store]) -> snapshot.State:
+    """The state in a blob, checked whole before anything is allocated."""
+    raw = snapshot.unpack(blob, lambda dict_id: heap._dictionaries.lookup(dict_id, stores))
+    kind, lease_left, entries = snapshot.decode_state(raw)
+    try:
+        index.check_kind(kind)
+        for name, _ in entries:
+            index.check_name(name)
+    except (TypeError, ValueError) as exc:
+        raise CorruptSnapshot(f"the snapshot holds a state this heap cannot take: {exc}") from None
+    return kind, lease_left, entries
+
+
+def restore_blob(heap: Heap, blob: bytes, stores: list[Store] | None = None) -> Agent:
+    kind, lease_left, entries = parse(heap, blob, stores or [])
+    agent = heap.spawn(kind, lease=lease_left if lease_left else None)
+    try:
+        for name, data in entries:
+            agent.put(name, data)
+    except BaseException:
+        agent.complete()  # nothing of a failed restore stays
+        raise
+    return agent
+
+
+def agent_key(heap: Heap, agent: Agent) -> str:
+    return f"swarmheap/agent/{heap._token}/{agent.id}/{agent.generation}"
+
+
+def _registry_name(agent: Agent) -> str:
+    return f"offload/{agent.id}/{agent.generation}"
+
+
+def offload(agent: Agent, store: Store) -> dict[str, Any]:
+    heap = agent.heap
+    if heap.read_only:
+        raise ReadOnlyHeap("the heap is attached read-only: offload() writes; attach it without read_only")
+    if agent.state != "live":
+        raise AgentStateError(f"agent {agent.id} is {agent.state}, not live: only a live agent is offloaded")
+    pins = heap._owner_info(agent.id)
+    if pins and pins["pins"]:
+        raise AgentStateError(
+            f"agent {agent.id} has {pins['pins']} pin(s) (views from get() or arrays) open: not offloaded"
+        )
+    blob, dictionary = snapshot_of(agent)
+    key = agent_key(heap, agent)
+    if dictionary is not None:
+        heap._dictionaries.publish(dictionary, store)
+    store.put(key, blob)  # first: from here the agent is restorable
+    registry = Registry(heap)
+    registry.put(_registry_name(agent), f"{store.url}\n{key}\n{agent.kind}".encode())
+    try:
+        final = heap._owner_offload(agent.id, agent.generation, agent.kind)
+    except BaseException:
+        registry.remove(_registry_name(agent))
+        store.delete(key)
+        raise
+    heap._remember_store(store)
+    final["kind"] = agent.kind
+    final["blob_bytes"] = len(blob)
+    return final
+
+
+def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """(store URL, key, kind) of an offloaded agent, from the registry."""
+    data = Registry(heap).get(f"offload/{agent_id}/{generation}")
+    if data is None:
+        return None
+    url, key, kind = data.decode().split("\n", 2)
+    return url, key, kind
+
+
+def restore_in_place(agent: Agent) -> None:
+    """Bring an offloaded agent back into its own slot, same id and generation."""
+    heap = agent.heap
+    found = where(heap, agent.id, agent.generation)
+    if found is None:
+        raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
+    url, key, _ = found
+    store = heap._store_for(url)
+    blob = store.get(key)
+    if blob is None:
+        raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: moved or deleted")
+    kind, lease_left, entries = parse(heap, blob, [store])
+    heap._owner_set_state(agent.id, agent.generation, "offloaded", "live")
+    try:
+        deadline = time.time() + lease_left if lease_left else 0.0
+        agent._update_index(lambda e: None, lease_deadline=deadline)
+        for name, data in entries:
+            agent.put(name, data)
+    except BaseException:
+        heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
+        raise
+    Registry(heap).remove(_registry_name(agent))
+    store.delete(key)
+
+
+def default_store(heap: Heap) -> Store:
+    """The embedded default: an SQLite file per heap in the temp directory."""
+    import tempfile
+
+    path = f"{tempfile.gettempdir()}/swarmheap-{heap._token}.db"
+    return SQLiteStore(path)
+
+
+def moved_away(heap: Heap, agent_id: int, generation: int) -> bool:
+    """Was this offloaded agent restored elsewhere (restore_from marks its key)?"""
+    found = where(heap, agent_id, generation)
+    if found is None:
+        return False
+    url, key, _ = found
+    try:
+        return heap._store_for(url).get(key + "/moved") is not None
+    except Exception:
+        return False
+
+
+def forget_moved(heap: Heap, agent_id: int, generation: int) -> None:
+    found = where(heap, agent_id, generation)
+    Registry(heap).remove(f"offload/{agent_id}/{generation}")
+    if found:
+        store = heap._store_for(found[0])
+        store.delete(found[1] + "/moved")
+        store.delete(found[1])
+
+
+def relieve(heap: Heap, policy: Any) -> int:
+    """The watermark policy: offload this process's idle, unpinned agents,
+    least recently active first, while the partition is above ``high``, down
+    to ``low``. A store that fails is logged; the next try is the next full
+    partition or sweep."""
+    part = heap.stats()["partitions"][policy.partition]
+    if part["in_use"] <= policy.high * part["capacity"]:
+        return 0
+    now = time.time()
+    candidates = []
+    pid = os.getpid()
+    for agent_id in range(FIRST_AGENT, heap._max_owners()):
+        if heap._owner_state(agent_id) != "live":
+            continue
+        info = heap._owner_info(agent_id)
+        if info is None or info["pid"] != pid or info["pins"] or info["state"] != "live":
+            continue
+        idle = now - info["last_active_ns"] / 1e9
+        if idle >= policy.min_idle:
+            candidates.append((info["last_active_ns"], agent_id, info["generation"]))
+    moved = 0
+    for _, agent_id, generation in sorted(candidates):
+        if heap.stats()["partitions"][policy.partition]["in_use"] <= policy.low * part["capacity"]:
+            break
+        try:
+            heap._agent_at(agent_id, generation).offload(policy.store)
+            moved += 1
+        except (StoreUnavailable, StoreFull) as exc:
+            log.warning("swarmheap: offload to %s failed, retried later: %s", policy.store.url, exc)
+            break
+        except (AgentStateError, StaleBlock):
+            continue  # pinned or gone meanwhile
+    return moved

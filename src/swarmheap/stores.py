@@ -1,0 +1,262 @@
+"""Offload stores: where snapshots of idle agents go, and where another
+process or machine finds them. One small protocol, three stores:
+
+- ``SQLiteStore(path)``: the stdlib's sqlite3 in WAL mode; the embedded
+  default, no extra needed.
+- ``LMDBStore(path, map_size=...)``: the ``lmdb`` extra.
+- ``RedisStore(url)``: the ``redis`` extra, against a redis-server.
+
+``open_store(url)`` takes ``sqlite:///path.db``, ``lmdb:///path`` and
+``redis://host:port/db``. ``put`` is atomic (a reader sees the old blob or
+the new one). A store that cannot be reached or written raises
+StoreUnavailable, one without room StoreFull; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+from swarmheap._extras import require
+from swarmheap.errors import StoreFull, StoreUnavailable
+
+__all__ = ["LMDBStore", "RedisStore", "SQLiteStore", "Store", "open_store"]
+
+
+class Store:
+    """The protocol: put (atomic), get, delete, keys(prefix), close; a
+    context manager. ``url`` names the store so that other processes of a
+    heap can open the same one."""
+
+    url: str
+
+    def put(self, key: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes | None:
+        """The blob under ``key``, or None."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> bool:
+        """True if there was a blob to delete."""
+        raise NotImplementedError
+
+    def keys(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def _check_key(key: str) -> bytes:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a store key is a non-empty str, not {key!r}")
+    return key.encode()
+
+
+def _check_blob(blob: Any) -> bytes:
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a store holds bytes, not {type(blob).__name__}")
+    return bytes(blob)
+
+
+class SQLiteStore(Store):
+    """A table in an SQLite file, in WAL mode: readers in other processes do
+    not block the writer. One connection per thread."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.url = f"sqlite:///{os.path.abspath(self.path)}"
+        self._local = threading.local()
+        self._closed = False
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, blob BLOB NOT NULL)")
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailable(f"{self.url} is closed")
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
+            self._local.db = db
+        return db
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            with self._db() as db:  # one transaction: committed whole or rolled back
+                return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StoreFull(f"{self.url}: {exc}") from exc
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+
+    def _count(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Rows changed (RETURNING needs SQLite 3.35; Python 3.9 may bring an older one)."""
+        try:
+            with self._db() as db:
+                return db.execute(sql, args).rowcount
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+
+    def put(self, key: str, blob: bytes) -> None:
+        _check_key(key)
+        self._run("INSERT OR REPLACE INTO blobs (key, blob) VALUES (?, ?)", (key, _check_blob(blob)))
+
+    def get(self, key: str) -> bytes | None:
+        _check_key(key)
+        rows = self._run("SELECT blob FROM blobs WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def delete(self, key: str) -> bool:
+        _check_key(key)
+        return self._count("DELETE FROM blobs WHERE key = ?", (key,)) > 0
+
+    def keys(self, prefix: str = "") -> list[str]:
+        # a range, not LIKE: '%' and '_' in a prefix are not wildcards
+        rows = self._run(
+            "SELECT key FROM blobs WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")
+        )
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+        self._closed = True
+
+
+class LMDBStore(Store):
+    """An LMDB environment (the ``lmdb`` extra): memory-mapped, one writer at
+    a time, readers never blocked; ``map_size`` bounds it (StoreFull)."""
+
+    def __init__(self, path: str | os.PathLike[str], map_size: int = 1 << 30) -> None:
+        lmdb = require("lmdb", "lmdb")
+        self._lmdb = lmdb
+        self.path = os.fspath(path)
+        self.url = f"lmdb:///{os.path.abspath(self.path)}"
+        try:
+            self._env = lmdb.open(self.path, map_size=map_size, subdir=True, max_dbs=0, lock=True)
+        except lmdb.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
+
+    def _call(self, fn: Any, write: bool) -> Any:
+        try:
+            with self._env.begin(write=write) as txn:
+                return fn(txn)
+        except self._lmdb.MapFullError as exc:
+            raise StoreFull(f"{self.url}: the map is full ({exc}); open it with a larger map_size") from exc
+        except self._lmdb.Error as exc:
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+
+    def put(self, key: str, blob: bytes) -> None:
+        k, v = _check_key(key), _check_blob(blob)
+        self._call(lambda txn: txn.put(k, v), True)
+
+    def get(self, key: str) -> bytes | None:
+        k = _check_key(key)
+        got = self._call(lambda txn: txn.get(k), False)
+        return bytes(got) if got is not None else None
+
+    def delete(self, key: str) -> bool:
+        k = _check_key(key)
+        return bool(self._call(lambda txn: txn.delete(k), True))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        p = prefix.encode()
+
+        def scan(txn: Any) -> list[str]:
+            out = []
+            cursor = txn.cursor()
+            if cursor.set_range(p):
+                for k in cursor.iternext(keys=True, values=False):
+                    if not bytes(k).startswith(p):
+                        break
+                    out.append(bytes(k).decode())
+            return out
+
+        result: list[str] = self._call(scan, False)
+        return result
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class RedisStore(Store):
+    """A Redis database (the ``redis`` extra). SET is atomic; keys(prefix)
+    walks SCAN, so it never blocks the server."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
+        redis = require("redis", "redis")
+        self._redis = redis
+        self.url = url
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+
+    def _call(self, fn: Any) -> Any:
+        try:
+            return fn(self._client)
+        except self._redis.exceptions.ResponseError as exc:
+            if "OOM" in str(exc) or "maxmemory" in str(exc):
+                raise StoreFull(f"{self.url}: {exc}") from exc
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+        except self._redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+
+    def put(self, key: str, blob: bytes) -> None:
+        k, v = _check_key(key), _check_blob(blob)
+        self._call(lambda c: c.set(k, v))
+
+    def get(self, key: str) -> bytes | None:
+        k = _check_key(key)
+        got = self._call(lambda c: c.get(k))
+        return bytes(got) if got is not None else None
+
+    def delete(self, key: str) -> bool:
+        k = _check_key(key)
+        return bool(self._call(lambda c: c.delete(k)))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        return sorted(k.decode() for k in self._call(lambda c: list(c.scan_iter(match=pattern, count=1000))))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_store(url: str) -> Store:
+    """A store from its URL: sqlite:///path.db, lmdb:///path, redis://host:port/db."""
+    if not isinstance(url, str):
+        raise TypeError(f"a store URL is a str, not {type(url).__name__}")
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        if not parsed.path:
+            raise ValueError(f"{url!r} names no file: use sqlite:///path/to/file.db")
+        return SQLiteStore(parsed.path)
+    if parsed.scheme == "lmdb":
+        if not parsed.path:
+            raise ValueError(f"{url!r} names no directory: use lmdb:///path/to/dir")
+        return LMDBStore(parsed.path)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url)
+    raise ValueError(
+        f"unknown store URL {url!r}: use sqlite:///path.db, lmdb:///path or redis://host:port/db"
+    )

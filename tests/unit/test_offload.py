@@ -1,0 +1,290 @@
+"""Snapshots, stores and the offload tier, against real stores: SQLite
+through the stdlib, LMDB through lmdb, a real redis-server."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import swarmheap as sh
+from swarmheap import snapshot
+from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
+
+from _workers import restore_from_store, restore_snapshot
+
+CODECS = ("zstd", "lz4", "none")
+
+
+def entries_of(agent: sh.Agent) -> dict[str, bytes]:
+    return {n: bytes(agent.get(n)) for n in agent.names()}
+
+
+def in_use(heap: sh.Heap) -> dict[str, int]:
+    return {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
+
+
+@pytest.fixture
+def agent(heap: sh.Heap) -> sh.Agent:
+    a = heap.spawn("planner", lease=600.0)
+    a.put("prompt", b"plan the trip " * 50)
+    a.put("tools", bytes(range(256)) * 20)
+    a.put("empty", b"")
+    return a
+
+
+@pytest.fixture(params=["sqlite", "lmdb", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "offload.db")
+    elif request.param == "lmdb":
+        s = LMDBStore(tmp_path / "offload.lmdb", map_size=64 << 20)
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url)
+        for key in s.keys("swarmheap/"):
+            s.delete(key)
+    with s:
+        yield s
+
+
+# ---- snapshots ----
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_round_trip_in_this_heap(heap: sh.Heap, agent: sh.Agent, codec: str) -> None:
+    blob = agent.snapshot(codec)
+    assert snapshot.frame_info(blob)["codec"] == codec
+    again = heap.restore(blob)
+    assert again.kind == "planner" and again.id != agent.id
+    assert entries_of(again) == entries_of(agent)
+    assert again.lease_deadline is not None and abs(again.lease_deadline - agent.lease_deadline) < 60
+    again.complete()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_round_trip_across_processes(named: sh.Heap, codec: str) -> None:
+    a = named.spawn("critic")
+    a.put("notes", os.urandom(3000))
+    blob = a.snapshot(codec)
+    with mp.get_context("spawn").Pool(1) as pool:
+        got = pool.apply(restore_snapshot, (named.name, blob))
+    assert got.pop("__kind__") == b"critic"
+    assert got == entries_of(a)
+
+
+def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None:
+    blobs = []
+    for i in range(80):
+        a = heap.spawn("chat")
+        a.put("turn", f'{{"role": "user", "content": "question {i} about the weather in Lyon"}}'.encode() * 4)
+        blobs.append(a.snapshot())
+        a.complete()
+    first, last = snapshot.frame_info(blobs[0]), snapshot.frame_info(blobs[-1])
+    assert first["dict_id"] == 0 and last["dict_id"] != 0
+    assert len(blobs[-1]) < len(blobs[0])
+    restored = heap.restore(blobs[-1])  # the dictionary is found through the arena's registry
+    assert bytes(restored.get("turn")).startswith(b'{"role": "user", "content": "question 79')
+    restored.complete()
+    with pytest.raises(sh.CorruptSnapshot, match="dictionary"):
+        named.restore(blobs[-1])  # another heap without that dictionary or a store holding it
+
+
+def _corruptions(blob: bytes) -> dict[str, bytes]:
+    frame = snapshot.FRAME
+    fields = list(frame.unpack_from(blob, 0))
+    payload = blob[frame.size :]
+
+    def with_fields(**changes: int) -> bytes:
+        names = ["magic", "version", "codec", "check", "flags", "dict_id", "raw", "size", "sum"]
+        values = [changes.get(n, v) for n, v in zip(names, fields)]
+        return frame.pack(*values) + payload
+
+    flipped = bytearray(blob)
+    flipped[-5] ^= 0x40
+    return {
+        "truncated": blob[: len(blob) - 7],
+        "header only, cut": blob[:20],
+        "flipped payload byte": bytes(flipped),
+        "wrong magic": b"NOTSNP" + blob[6:],
+        "checksum mismatch": with_fields(sum=fields[8] ^ 1),
+        "lying raw size": with_fields(raw=fields[6] + 1),
+        "huge raw size": with_fields(raw=1 << 50),
+        "unknown codec": with_fields(codec=9),
+        "payload size lies": with_fields(size=fields[7] + 3),
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_corrupt_blobs_raise_and_allocate_nothing(heap: sh.Heap, agent: sh.Agent, codec: str) -> None:
+    blob = agent.snapshot(codec)
+    before, agents = in_use(heap), len(heap.agents())
+    for what, bad in _corruptions(blob).items():
+        with pytest.raises(sh.CorruptSnapshot):
+            heap.restore(bad)
+        assert in_use(heap) == before, what
+        assert len(heap.agents()) == agents, what
+    heap.check()
+
+
+def test_a_newer_format_says_so(heap: sh.Heap, agent: sh.Agent) -> None:
+    blob = bytearray(agent.snapshot("none"))
+    blob[6] = snapshot.FORMAT_VERSION + 1
+    with pytest.raises(sh.SnapshotTooNew, match="upgrade"):
+        heap.restore(bytes(blob))
+
+
+def test_bad_snapshot_arguments(heap: sh.Heap, agent: sh.Agent) -> None:
+    with pytest.raises(ValueError, match="codec"):
+        agent.snapshot("gzip")
+    with pytest.raises(TypeError):
+        heap.restore("not bytes")  # type: ignore[arg-type]
+
+
+def test_a_state_packed_by_hand_round_trips() -> None:
+    raw = snapshot.encode_state("k", None, [("a", b"1"), ("b", b"")])
+    assert snapshot.decode_state(raw) == ("k", None, [("a", b"1"), ("b", b"")])
+    with pytest.raises(sh.CorruptSnapshot):
+        snapshot.decode_state(raw + b"x")
+    with pytest.raises(sh.CorruptSnapshot):
+        snapshot.decode_state(raw[:-1])
+    assert struct.calcsize("<6sBBBBIQQQ") == snapshot.FRAME.size
+
+
+# ---- stores ----
+
+
+def test_store_protocol(store: Store) -> None:
+    store.put("swarmheap/a/1", b"one")
+    store.put("swarmheap/a/2", b"two")
+    store.put("swarmheap/b/1", b"")
+    store.put("swarmheap/a/1", b"uno")  # replaced whole
+    assert store.get("swarmheap/a/1") == b"uno"
+    assert store.get("swarmheap/missing") is None
+    assert store.keys("swarmheap/a/") == ["swarmheap/a/1", "swarmheap/a/2"]
+    assert store.delete("swarmheap/a/2") and not store.delete("swarmheap/a/2")
+    assert store.get("swarmheap/b/1") == b""
+    with pytest.raises(TypeError):
+        store.put("swarmheap/x", "text")  # type: ignore[arg-type]
+
+
+def test_open_store_urls(tmp_path: Any, redis_url: str) -> None:
+    with open_store(f"sqlite:///{tmp_path}/s.db") as s:
+        assert isinstance(s, SQLiteStore)
+    with open_store(f"lmdb:///{tmp_path}/l") as s:
+        assert isinstance(s, LMDBStore)
+    with open_store(redis_url) as s:
+        assert isinstance(s, RedisStore)
+    with pytest.raises(ValueError, match="unknown store URL"):
+        open_store("ftp://x")
+
+
+def test_a_missing_extra_is_named(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lmdb", None)
+    with pytest.raises(ImportError, match=r"swarmheap\[lmdb\]"):
+        LMDBStore(tmp_path / "x")
+
+
+# ---- offload and restore ----
+
+
+def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
+    want = entries_of(agent)
+    before = in_use(heap)["context"]
+    final = agent.offload(store)
+    assert agent.state == "offloaded" and final["blob_bytes"] > 0
+    assert in_use(heap)["context"] < before
+    assert store.keys("swarmheap/agent/")
+    heap.check()
+    assert sorted(agent.names()) == sorted(want)  # a touch restores it, same id and generation
+    assert agent.state == "live"
+    assert entries_of(agent) == want
+    assert not store.keys("swarmheap/agent/")
+    agent.offload(store)
+    blk = agent.alloc(100)  # alloc restores it too
+    assert agent.state == "live" and len(blk) == 100
+    agent.offload(store)
+    again = heap.agent(agent.id)
+    assert again.kind == "planner"
+    again.put("more", b"x")
+    assert entries_of(again) == {**want, "more": b"x"}
+    heap.check()
+
+
+def test_a_pinned_agent_is_not_offloaded(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
+    view = agent.get("prompt")
+    with SQLiteStore(tmp_path / "s.db") as s:
+        with pytest.raises(sh.AgentStateError, match="pin"):
+            agent.offload(s)
+        assert agent.state == "live" and s.keys() == []
+    view.release()
+
+
+def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) -> None:
+    down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with pytest.raises(sh.StoreUnavailable):
+        agent.offload(down)
+    assert agent.state == "live"
+    assert bytes(agent.get("empty")) == b""
+    heap.check()
+
+
+def test_a_full_store_keeps_the_agent(heap: sh.Heap, tmp_path: Any) -> None:
+    a = heap.spawn("big")
+    a.put("noise", os.urandom(600_000))  # does not compress
+    with LMDBStore(tmp_path / "tiny", map_size=256 * 1024) as tiny:
+        with pytest.raises(sh.StoreFull, match="map_size"):
+            a.offload(tiny)
+    assert a.state == "live" and len(a.get("noise")) == 600_000
+
+
+def test_restore_on_another_node_through_redis(heap_name: str, redis_url: str) -> None:
+    with sh.Heap.create(heap_name, size="64 MiB") as source, RedisStore(redis_url) as store:
+        source.set_sweep_thresholds(0, 0, 0)
+        a = source.spawn("traveller")
+        a.put("state", os.urandom(20_000))
+        a.put("note", b"bit-exact")
+        want = entries_of(a)
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        with mp.get_context("spawn").Pool(1) as pool:
+            got = pool.apply(restore_from_store, (heap_name + "_b", redis_url, key))
+        assert got == want
+        result = source.collect(2)  # told that the agent lives elsewhere: its slot goes
+        assert result.agents["moved_away"] == 1
+        assert a.state == "gone"
+        assert store.keys("swarmheap/agent/") == []
+        source.check()
+
+
+def test_the_watermark_policy_offloads_idle_agents(tmp_path: Any) -> None:
+    with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=0.0)
+        capacity = heap.stats()["partitions"]["context"]["capacity"]
+        agents = []
+        for i in range(3 * capacity // 1_000_000):  # three times what fits
+            a = heap.spawn("idle")
+            a.put("data", bytes([i % 256]) * 1_000_000)
+            agents.append(a)
+        assert sum(a.state == "offloaded" for a in agents) > 0
+        for i, a in enumerate(agents):  # every agent's data intact, offloaded or not
+            assert bytes(a.get("data")) == bytes([i % 256]) * 1_000_000
+            a.offload(store)
+        heap.check()
+
+
+def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
+    with SQLiteStore(tmp_path / "p.db") as s:
+        with pytest.raises(ValueError):
+            heap.set_offload_policy(s, "nowhere")
+        with pytest.raises(ValueError):
+            heap.set_offload_policy(s, high=0.5, low=0.9)
+        heap.set_offload_policy(s)
+        assert heap.store is s
+        heap.set_offload_policy(None)
