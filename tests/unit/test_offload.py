@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 import swarmheap as sh
+from _workers import restore_from_store, restore_snapshot
 from swarmheap import snapshot
 from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
-
-from _workers import restore_from_store, restore_snapshot
 
 CODECS = ("zstd", "lz4", "none")
 
