@@ -137,8 +137,9 @@ int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
-  if (rc == SH_OK && sh_atomic_load_relaxed(&o->state) != SH_OWNER_LIVE) {
-    rc = _sh_fail(SH_EOWNER, "owner %u is not live (state %u)", id, sh_atomic_load_relaxed(&o->state));
+  uint32_t st = rc == SH_OK ? sh_atomic_load_relaxed(&o->state) : 0;
+  if (rc == SH_OK && st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) {
+    rc = _sh_fail(SH_EOWNER, "owner %u is not live (state %u)", id, st);
   } else if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) > 0) {
     rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s) (views or arrays open): not offloaded", id,
                   sh_atomic_load_relaxed(&o->pins));
@@ -278,7 +279,7 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
 
 int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
                        sh_owner_state_t desired) {
-  if (desired == SH_OWNER_FREE || desired > SH_OWNER_OFFLOADED)
+  if (desired == SH_OWNER_FREE || desired > SH_OWNER_RESTORING)
     return _sh_fail(SH_EINVAL, "state %d cannot be set directly (use recycle to free a slot)", (int)desired);
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
   _sh_owner_lock(a);

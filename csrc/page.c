@@ -413,7 +413,7 @@ static int sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
   uint32_t st = sh_atomic_load_acquire(&a->owners[owner].state);
   if (sh_unlikely(owner == SH_OWNER_DEFAULT && st != SH_OWNER_LIVE))
     return _sh_fail(SH_ECORRUPT, "the shared default owner reads as state %u: it is live for the heap's life", st);
-  if (st != SH_OWNER_LIVE)
+  if (st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) /* a restorer fills a RESTORING owner */
     return _sh_fail(SH_EOWNER, "owner %u is not live (state %u): it was completed, recycled or offloaded",
                     owner, st);
   return SH_OK;

@@ -268,7 +268,7 @@ static int sh_check_tables(const sh_arena_t *a) {
   int rc = SH_OK;
   for (uint32_t o = 0; o < a->max_owners; o++) {
     uint32_t st = sh_atomic_load_relaxed(&a->owners[o].state);
-    SH_CHECK(st <= SH_OWNER_OFFLOADED, "owner slot %u: state %u is not a valid state", o, st);
+    SH_CHECK(st <= SH_OWNER_RESTORING, "owner slot %u: state %u is not a valid state", o, st);
     SH_CHECK(o >= SH_FIRST_AGENT || st == SH_OWNER_LIVE, "owner %u (the shared default or the nursery) is in state %u, not live", o, st);
   }
   for (uint32_t i = 0; i < a->nslots; i++) {

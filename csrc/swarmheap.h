@@ -79,6 +79,7 @@ typedef enum sh_owner_state_e {
   SH_OWNER_COMPLETED = 2,  /* complete() called while pinned: recycle deferred */
   SH_OWNER_DEAD = 3,       /* its process died; waiting for a sweep */
   SH_OWNER_OFFLOADED = 4,  /* its state lives in a store; its pages are gone */
+  SH_OWNER_RESTORING = 5,  /* being brought back from a store: it may allocate; not yet live */
 } sh_owner_state_t;
 
 /* The shared default owner. It always exists and is never recycled. */

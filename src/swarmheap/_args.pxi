@@ -3,7 +3,7 @@
 PARTITIONS = ("context", "shared", "comm", "system")
 # The metadata tables in arena order, as sh_arena_info reports them (info()["regions"]).
 REGIONS = ("header", "pages", "bitmap", "owners", "bins", "stripes", "sweep", "thread_slots", "block_table", "pins")
-OWNER_STATES = ("free", "live", "completed", "dead", "offloaded")
+OWNER_STATES = ("free", "live", "completed", "dead", "offloaded", "restoring")
 # Owner 0 is the shared default, owner 1 the nursery (pages whose small
 # blocks agents share); agents are owners from FIRST_AGENT on.
 FIRST_AGENT = 2

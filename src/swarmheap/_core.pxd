@@ -10,6 +10,7 @@ cdef class CoreHeap:
     cdef uint64_t arena_size
     cdef uint32_t page_shift_
     cdef readonly object name
+    cdef readonly object path  # a file-backed heap's file, else None
     cdef readonly bint read_only
     cdef bint created
     cdef Py_ssize_t exports

@@ -1,5 +1,6 @@
 """Type stubs for the Cython extension swarmheap._core."""
 
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ import numpy.typing as npt
 from swarmheap.handle import Handle
 
 PARTITIONS: tuple[str, str, str, str]
-OWNER_STATES: tuple[str, str, str, str, str]
+OWNER_STATES: tuple[str, str, str, str, str, str]
 FIRST_AGENT: int
 
 _H = TypeVar("_H", bound="CoreHeap")
@@ -49,9 +50,18 @@ class CoreHeap:
         page_size: int = 65536,
         max_owners: int = 0,
         max_threads: int = 0,
+        path: str | os.PathLike[str] | None = None,
     ) -> _H: ...
     @classmethod
-    def attach(cls: type[_H], name: str, *, read_only: bool = False) -> _H: ...
+    def attach(
+        cls: type[_H],
+        name: str | None = None,
+        *,
+        read_only: bool = False,
+        path: str | os.PathLike[str] | None = None,
+    ) -> _H: ...
+    @property
+    def path(self) -> str | None: ...
     def close(self) -> None: ...
     def unlink(self) -> None: ...
     def __enter__(self: _H) -> _H: ...

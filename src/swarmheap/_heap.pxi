@@ -65,19 +65,34 @@ cdef str _shm_path(object name):
 
 cdef object _foreign_segment(object name):
     """Why the segment of that name is not ours to use, or None if it is."""
+    return _foreign_file(_shm_path(name))
+
+
+cdef object _foreign_file(str path):
+    """Why the file (a /dev/shm segment or a heap file) is not ours to use, or None."""
     try:
-        st = os.stat(_shm_path(name))
+        st = os.stat(path)
     except OSError:
         return None
     euid = os.geteuid()
     mode = stat_mode.S_IMODE(st.st_mode)
     if st.st_uid != euid:
-        return (f"/dev/shm/{name} belongs to uid {st.st_uid} (mode {mode:04o}), not to you (uid {euid}): "
+        return (f"{path} belongs to uid {st.st_uid} (mode {mode:04o}), not to you (uid {euid}): "
                 f"another user controls it")
     if mode & 0o077:
-        return (f"/dev/shm/{name} has mode {mode:04o}: group or others can read or write it "
-                f"(swarmheap makes its segments 0600)")
+        return (f"{path} has mode {mode:04o}: group or others can read or write it "
+                f"(swarmheap makes its heaps 0600)")
     return None
+
+
+cdef bytes _file_path(object path):
+    try:
+        p = os.fsencode(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}") from None
+    if not p or b"\0" in p:
+        raise ValueError(f"{path!r} is not a file path")
+    return p
 
 
 cdef class CoreHeap:
@@ -104,25 +119,39 @@ cdef class CoreHeap:
         self.arena = NULL
 
     @classmethod
-    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0, max_threads=0):
+    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0, max_threads=0,
+               path=None):
         """Create an arena of ``size`` bytes (an int or "1 GiB"). ``name=None``
         gives a private arena; a name gives shared memory other processes can
-        ``attach``. ``ratios`` maps the four partitions (context, shared, comm,
-        system) to shares above 0 summing to 1. ``max_threads`` is how many
-        threads, across all processes, get a cache in the arena at once (0 picks
-        one from the size); later threads take the slower uncached path."""
+        ``attach``; ``path`` maps a regular file (mode 0600) instead, which may
+        be larger than RAM and outlives its processes (close() keeps it).
+        ``ratios`` maps the four partitions (context, shared, comm, system) to
+        shares above 0 summing to 1. ``max_threads`` is how many threads,
+        across all processes, get a cache in the arena at once (0 picks one
+        from the size); later threads take the slower uncached path."""
         cdef sh_options_t opts
         cdef sh_arena_t *arena = NULL
         cdef uint64_t nbytes = parse_size(size)
         cdef bytes cname = None
         cdef const char *cname_p = NULL
         cdef int rc
+        cdef sh_backing_t backing = SH_BACKING_ANON
         _options(&opts, ratios, page_size, max_owners, max_threads)
-        if name is not None:
+        if path is not None:
+            if name is not None:
+                raise ValueError("give a name (shared memory) or a path (a file), not both")
+            cname = _file_path(path)
+            cname_p = cname
+            backing = SH_BACKING_FILE
+        elif name is not None:
             cname = _shm_name(name)
             cname_p = cname
+            backing = SH_BACKING_SHM
         with nogil:
-            rc = sh_create(&arena, SH_BACKING_SHM if cname_p != NULL else SH_BACKING_ANON, cname_p, nbytes, &opts)
+            rc = sh_create(&arena, backing, cname_p, nbytes, &opts)
+        if rc == SH_EEXIST and path is not None:
+            raise HeapExists(f"{os.fspath(path)!r} exists already: attach it with {cls.__name__}.attach(path=...), "
+                             f"or remove the file", "SH_EEXIST")
         if rc == SH_EEXIST and name is not None:
             why = _foreign_segment(name)
             if why is not None:
@@ -131,28 +160,45 @@ cdef class CoreHeap:
         if rc:
             _raise(rc)
         cdef CoreHeap heap = cls.__new__(cls)
-        heap._adopt(arena, name, False, True)
+        heap._adopt(arena, name, False, path is None)
+        heap.path = os.path.abspath(os.fspath(path)) if path is not None else None
         return heap
 
     @classmethod
-    def attach(cls, name, *, read_only=False):
-        """Map a named heap another process created. The segment must be
-        yours and private (mode 0600), and every header field is validated
-        first: a damaged, truncated, foreign or exposed one raises AttachError."""
-        cdef bytes cname = _shm_name(name)
-        cdef const char *cname_p = cname
+    def attach(cls, name=None, *, read_only=False, path=None):
+        """Map a named heap another process created (or, with ``path``, a
+        file-backed one). The segment or file must be yours and private (mode
+        0600), and every header field is validated first: a damaged,
+        truncated, foreign or exposed one raises AttachError."""
+        cdef bytes cname
+        cdef const char *cname_p
         cdef sh_arena_t *arena = NULL
         cdef int ro = 1 if read_only else 0
         cdef int rc
-        why = _foreign_segment(name)
+        cdef sh_backing_t backing = SH_BACKING_SHM
+        if path is not None:
+            if name is not None:
+                raise ValueError("give a name (shared memory) or a path (a file), not both")
+            cname = _file_path(path)
+            backing = SH_BACKING_FILE
+            shown = os.fspath(path)
+            why = _foreign_file(shown)
+        elif name is None:
+            raise TypeError("attach() needs the heap's name, or path= for a file-backed heap")
+        else:
+            cname = _shm_name(name)
+            shown = name
+            why = _foreign_segment(name)
+        cname_p = cname
         if why is not None:
-            raise AttachError(f"refusing to attach heap {name!r}: {why}", "SH_EINVAL")
+            raise AttachError(f"refusing to attach heap {shown!r}: {why}", "SH_EINVAL")
         with nogil:
-            rc = sh_attach(&arena, SH_BACKING_SHM, cname_p, ro)
+            rc = sh_attach(&arena, backing, cname_p, ro)
         if rc:
             _raise(rc, True)
         cdef CoreHeap heap = cls.__new__(cls)
         heap._adopt(arena, name, ro, False)
+        heap.path = os.path.abspath(os.fspath(path)) if path is not None else None
         return heap
 
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created):
@@ -771,7 +817,8 @@ cdef class CoreHeap:
         self._check_open()
         if oid >= self._max_owners():
             raise ValueError(f"owner {oid} is beyond the table")
-        return OWNER_STATES[sh_owner_state(self.arena, oid) % 5]
+        cdef uint32_t st = sh_owner_state(self.arena, oid)
+        return OWNER_STATES[st] if st < 6 else "corrupt"
 
     def _owner_generation(self, uint32_t oid):
         self._check_open()

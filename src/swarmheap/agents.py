@@ -201,14 +201,21 @@ class Agent(AgentCore):
 
     def restore(self) -> None:
         """Bring an offloaded agent back from its store (a no-op if it is live)."""
-        if self.state == "offloaded":
+        if (
+            self.state in ("offloaded", "restoring")
+            and (self.id, self.generation) not in self._heap._restoring
+        ):
             offload.restore_in_place(self)
             if self._hooks.table["restore"]:
                 self._hooks.fire("restore", self.id, self.kind, self.stats())
 
     def _ensure_live(self) -> None:
         # alloc() comes here through the heap's events (on_not_live), from C
-        if self._heap._owner_state(self.id) == "offloaded" and self.state == "offloaded":
+        heap = self._heap
+        if (
+            heap._owner_state(self.id) in ("offloaded", "restoring")
+            and (self.id, self.generation) not in heap._restoring
+        ):
             self.restore()
 
     def complete(self) -> dict[str, Any]:

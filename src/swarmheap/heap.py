@@ -60,7 +60,7 @@ class _LayerEvents(HeapEvents):
         return True
 
     def on_not_live(self, heap: Any, agent_id: int, generation: int) -> bool:
-        if heap._owner_state(agent_id) != "offloaded":
+        if heap._owner_state(agent_id) not in ("offloaded", "restoring"):
             return False
         heap._agent_at(agent_id, generation).restore()  # touching an offloaded agent brings it back
         return True
@@ -92,18 +92,29 @@ class Heap(CoreHeap):
         page_size: int = 65536,
         max_owners: int = 0,
         max_threads: int = 0,
+        path: str | os.PathLike[str] | None = None,
     ) -> Heap:
-        """See CoreHeap.create: a new arena, private (no name) or shared by name."""
+        """See CoreHeap.create: a new arena, private (no name), shared by name,
+        or mapping the file at ``path`` (it outlives the processes; attach it
+        after a crash, and a sweep reclaims what the dead left)."""
         heap = super().create(
-            name, size, ratios=ratios, page_size=page_size, max_owners=max_owners, max_threads=max_threads
+            name,
+            size,
+            ratios=ratios,
+            page_size=page_size,
+            max_owners=max_owners,
+            max_threads=max_threads,
+            path=path,
         )
         heap._install()
         return heap
 
     @classmethod
-    def attach(cls, name: str, *, read_only: bool = False) -> Heap:
-        """See CoreHeap.attach: map a heap another process created by name."""
-        heap = super().attach(name, read_only=read_only)
+    def attach(
+        cls, name: str | None = None, *, read_only: bool = False, path: str | os.PathLike[str] | None = None
+    ) -> Heap:
+        """See CoreHeap.attach: map a heap another process created, by name or by path."""
+        heap = super().attach(name, read_only=read_only, path=path)
         heap._install()
         return heap
 
@@ -114,6 +125,7 @@ class Heap(CoreHeap):
         self._stores: dict[str, Store] = {}
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
+        self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -238,6 +250,8 @@ class Heap(CoreHeap):
 
     @property
     def _token(self) -> str:
+        if self.path:
+            return "file-" + self.path.strip("/").replace("/", "_")
         return self.name or f"private-{os.getpid()}-{id(self):x}"
 
     def _remember_store(self, store: Store) -> None:
@@ -249,7 +263,7 @@ class Heap(CoreHeap):
         return self._stores[url]
 
     def _agent_at(self, agent_id: int, generation: int) -> Agent:
-        if self._owner_state(agent_id) == "offloaded":  # its index went with its memory
+        if self._owner_state(agent_id) in ("offloaded", "restoring"):  # its index went with its memory
             found = offload.where(self, agent_id, generation)
             kind = found[2] if found else "?"
         else:

@@ -27,6 +27,7 @@ from swarmheap._extras import require
 from swarmheap.errors import (
     AgentStateError,
     CorruptSnapshot,
+    HeapCorrupt,
     InvalidHandle,
     ReadOnlyHeap,
     StaleBlock,
@@ -68,7 +69,12 @@ class Registry:
         self.heap = heap
 
     def _entries(self) -> index.Entries:
-        return index.read_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND)[1][2]
+        try:
+            return index.read_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND)[1][2]
+        except StaleBlock as exc:  # the shared default is never recycled: only damage says so
+            raise HeapCorrupt(
+                f"the heap's registry (the shared default's index) is unreadable: {exc}"
+            ) from None
 
     def get(self, name: str) -> bytes | None:
         for _ in range(100):
@@ -256,9 +262,13 @@ def offload(agent: Agent, store: Store) -> dict[str, Any]:
     key = agent_key(heap, agent)
     if dictionary is not None:
         heap._dictionaries.publish(dictionary, store)
-    store.put(key, blob)  # first: from here the agent is restorable
+    # The registry first, the blob second, the memory last: a kill after any
+    # step leaves the agent in memory (a full sweep drops the registry entry
+    # and the blob of a live agent) or offloaded and restorable, and nothing
+    # in the store that the registry does not name.
     registry = Registry(heap)
     registry.put(_registry_name(agent), f"{store.url}\n{key}\n{agent.kind}".encode())
+    store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
     except BaseException:
@@ -292,17 +302,32 @@ def restore_in_place(agent: Agent) -> None:
     if blob is None:
         raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: moved or deleted")
     kind, lease_left, entries = parse(heap, blob, [store])
-    heap._owner_set_state(agent.id, agent.generation, "offloaded", "live")
+    # RESTORING while the entries go back: a restorer killed half way leaves
+    # it RESTORING, blob and registry entry in place, and the next touch
+    # (any process) puts every entry again (a put replaces) and finishes
+    if heap._owner_state(agent.id) == "offloaded":
+        try:
+            heap._owner_set_state(agent.id, agent.generation, "offloaded", "restoring")
+        except AgentStateError:
+            pass  # another process began first: finishing it again is harmless
+    heap._restoring.add((agent.id, agent.generation))
     try:
         deadline = time.time() + lease_left if lease_left else 0.0
         agent._update_index(lambda e: None, lease_deadline=deadline)
         for name, data in entries:
             agent.put(name, data)
     except BaseException:
-        heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
+        if heap._owner_state(agent.id) == "restoring":
+            heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
         raise
+    finally:
+        heap._restoring.discard((agent.id, agent.generation))
+    try:
+        heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
+    except AgentStateError:
+        pass  # another process finished first
+    store.delete(key)  # then the registry entry: a kill between leaves one a full sweep drops
     Registry(heap).remove(_registry_name(agent))
-    store.delete(key)
 
 
 def default_store(heap: Heap) -> Store:
@@ -327,11 +352,11 @@ def moved_away(heap: Heap, agent_id: int, generation: int) -> bool:
 
 def forget_moved(heap: Heap, agent_id: int, generation: int) -> None:
     found = where(heap, agent_id, generation)
-    Registry(heap).remove(f"offload/{agent_id}/{generation}")
     if found:
         store = heap._store_for(found[0])
-        store.delete(found[1] + "/moved")
         store.delete(found[1])
+        store.delete(found[1] + "/moved")
+    Registry(heap).remove(f"offload/{agent_id}/{generation}")
 
 
 def relieve(heap: Heap, policy: Any) -> int:
@@ -367,3 +392,24 @@ def relieve(heap: Heap, policy: Any) -> int:
         except (AgentStateError, StaleBlock):
             continue  # pinned or gone meanwhile
     return moved
+
+
+def forget_stale(heap: Heap) -> int:
+    """Registry entries (and their blobs) of agents that are not offloaded: an
+    offload killed between writing the blob and giving back the memory, or
+    an agent completed since. A full sweep calls this; returns how many."""
+    gone = 0
+    for name in Registry(heap).names("offload/"):
+        _, agent_id, generation = name.split("/")
+        aid, gen = int(agent_id), int(generation)
+        if heap._owner_generation(aid) == gen and heap._owner_state(aid) in ("offloaded", "restoring"):
+            continue
+        found = where(heap, aid, gen)
+        Registry(heap).remove(name)
+        if found:
+            try:
+                heap._store_for(found[0]).delete(found[1])
+            except (StoreUnavailable, StoreFull) as exc:
+                log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
+        gone += 1
+    return gone

@@ -92,6 +92,8 @@ def _examine(
         return False  # reclaimed already, by someone
     result.examined += 1
     state = info["state"]
+    if state == "restoring":
+        return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
         if not offload.moved_away(heap, agent_id, generation):
             return True
@@ -177,4 +179,6 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
             agent_gen = heap._owner_generation(agent_id)
             if agent_gen:
                 _examine(heap, agent_id, agent_gen, result, live, now)
+        if not heap.read_only:
+            offload.forget_stale(heap)
     return result

@@ -265,3 +265,38 @@ def restore_from_store(name: str, url: str, key: str) -> dict[str, bytes]:
         out = {n: bytes(agent.get(n)) for n in agent.names()}
         agent.complete()
         return out
+
+
+def file_heap_reader(path: str, agent_id: int) -> bytes:
+    with sh.Heap.attach(path=path) as heap:
+        return bytes(heap.agent(agent_id).get("k"))
+
+
+def file_heap_writer_dies(path: str, ready: Any) -> None:
+    heap = sh.Heap.attach(path=path)
+    agent = heap.spawn("writer")
+    agent.put("k", b"w" * 5000)
+    agent.alloc(20000)
+    ready.put(agent.id)
+    threading.Event().wait()  # until killed
+
+
+def offload_restore_loop(name: str, url: str, seed: int, ready: Any) -> None:
+    """Offloads and restores agents in a tight loop until killed; each
+    agent's entry names the agent, so any survivor can be verified."""
+    from swarmheap.stores import open_store
+
+    rng = random.Random(seed)
+    with sh.Heap.attach(name) as heap, open_store(url) as store:
+        agents = []
+        for i in range(4):
+            agent = heap.spawn("looper")
+            agent.put("who", f"{seed}-{i}".encode() * 50)
+            agents.append(agent)
+        ready.put([a.id for a in agents])
+        while True:
+            agent = rng.choice(agents)
+            if agent.state == "live":
+                agent.offload(store)
+            else:
+                agent.restore()

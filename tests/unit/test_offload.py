@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
+import signal
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+import _workers
 import swarmheap as sh
 from _workers import restore_from_store, restore_snapshot
 from swarmheap import snapshot
@@ -287,3 +291,77 @@ def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
         heap.set_offload_policy(s)
         assert heap.store is s
         heap.set_offload_policy(None)
+
+
+# ---- file-backed heaps ----
+
+
+def test_a_file_backed_heap_outlives_its_process(tmp_path: Any) -> None:
+    path = str(tmp_path / "heap.bin")
+    heap = sh.Heap.create(size="32 MiB", path=path)
+    a = heap.spawn("keeper")
+    a.put("k", b"persisted")
+    heap.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_workers.file_heap_reader, (path, a.id)) == b"persisted"
+    with pytest.raises(sh.HeapExists):
+        sh.Heap.create(size="32 MiB", path=path)
+
+
+def test_a_file_backed_heap_recovers_after_its_writer_was_killed(tmp_path: Any) -> None:
+    path = str(tmp_path / "heap.bin")
+    sh.Heap.create(size="32 MiB", path=path).close()
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    proc = ctx.Process(target=_workers.file_heap_writer_dies, args=(path, ready))
+    proc.start()
+    dead_id = ready.get(timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with sh.Heap.attach(path=path) as heap:
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == 1
+        assert heap._owner_generation(dead_id) == 0
+        heap.check()
+        assert heap.stats()["partitions"]["context"]["in_use"] == 0
+
+
+def test_a_foreign_heap_file_is_refused(tmp_path: Any) -> None:
+    path = str(tmp_path / "heap.bin")
+    sh.Heap.create(size="32 MiB", path=path).close()
+    os.chmod(path, 0o644)
+    with pytest.raises(sh.AttachError, match="0644"):
+        sh.Heap.attach(path=path)
+
+
+# ---- nothing lost when a process dies inside an offload or a restore ----
+
+
+def test_kills_during_offload_and_restore_lose_no_agent(heap_name: str, tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path}/kills.db"
+    ctx = mp.get_context("spawn")
+    kills = int(os.environ.get("SWARMHEAP_OFFLOAD_KILLS", "50"))
+    rng = random.Random(5)
+    with sh.Heap.create(heap_name, size="64 MiB") as heap, open_store(url) as store:
+        heap.set_sweep_thresholds(0, 0, 0)
+        survivors: dict[int, bytes] = {}
+        for k in range(kills):
+            ready = ctx.Queue()
+            proc = ctx.Process(target=_workers.offload_restore_loop, args=(heap_name, url, k, ready))
+            proc.start()
+            ids = ready.get(timeout=60)
+            time.sleep(rng.random() * 0.05)  # a random point in the loop (not a synchronisation)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+            for i, agent_id in enumerate(ids):
+                survivors[agent_id] = f"{k}-{i}".encode() * 50
+                agent = heap._agent_at(agent_id, heap._owner_generation(agent_id))
+                # in memory, or restorable from the store (restoring: a restore was
+                # killed half way, and this touch finishes it), never neither
+                assert agent.state in ("live", "offloaded", "restoring"), agent.state
+                assert bytes(agent.get("who")) == survivors[agent_id]
+                agent.complete()
+            heap.collect(2)
+            heap.check()
+        assert store.keys("swarmheap/agent/") == []
