@@ -175,6 +175,7 @@ class Heap(CoreHeap):
         """A plain dict: per partition (capacity, in use, bytes held in pages,
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
+        stats["offloaded"] = offload.offloaded(self)
         for owner in stats["owners"]:
             if owner["id"] >= FIRST_AGENT:
                 owner["kind"] = read_kind(self, owner["id"], owner["generation"])

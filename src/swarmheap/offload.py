@@ -413,3 +413,22 @@ def forget_stale(heap: Heap) -> int:
                 log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
         gone += 1
     return gone
+
+
+def offloaded(heap: Heap) -> list[dict[str, Any]]:
+    """The offloaded agents the registry names, with their store and key."""
+    out = []
+    for name in Registry(heap).names("offload/"):
+        _, agent_id, generation = name.split("/")
+        found = where(heap, int(agent_id), int(generation))
+        if found and heap._owner_state(int(agent_id)) in ("offloaded", "restoring"):
+            out.append(
+                {
+                    "id": int(agent_id),
+                    "generation": int(generation),
+                    "store": found[0],
+                    "key": found[1],
+                    "kind": found[2],
+                }
+            )
+    return out

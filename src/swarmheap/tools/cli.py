@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,15 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
             ],
         )
     )
+    offloaded = stats.get("offloaded") or []
+    if offloaded:
+        out.append(
+            table(
+                f"offloaded agents ({len(offloaded)})",
+                ("id", "generation", "kind", "store", "key"),
+                [(o["id"], o["generation"], o["kind"], o["store"], o["key"]) for o in offloaded[:top]],
+            )
+        )
     caches = stats.get("thread_caches")
     if caches is not None:
         out.append(
@@ -71,7 +81,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from swarmheap.heap import Heap
 
     try:
-        heap = Heap.attach(args.name, read_only=True)
+        # a path (a file-backed heap) has a slash or names an existing file
+        is_path = "/" in args.name or os.path.isfile(args.name)
+        heap = (
+            Heap.attach(path=args.name, read_only=True) if is_path else Heap.attach(args.name, read_only=True)
+        )
     except AttachError as exc:
         print(f"swarmheap: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -24,11 +25,13 @@ from swarmheap.errors import InvalidHandle, PartitionFull, StaleBlock
 from swarmheap.handle import Handle
 from swarmheap.heap import Heap
 from swarmheap.sizes import format_size
+from swarmheap.stores import SQLiteStore
 
 KINDS = ("researcher", "planner", "critic")
 SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
 SHOW_EVERY = 0.5  # seconds between occupancy lines on the terminal
 MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
+OFFLOAD_EVERY = 10  # rounds between offloads of a worker's memory agent
 
 
 @dataclass
@@ -41,6 +44,10 @@ class WorkerReport:
     bytes_moved: int = 0
     errors: int = 0
     full: int = 0
+    offloads: int = 0  # the memory agent written to the store and its pages given back
+    restores: int = 0  # ... and brought back by the next touch
+    offloaded_bytes: int = 0  # what offloading it freed in the heap
+    blob_bytes: int = 0  # what its snapshots took in the store
 
 
 @dataclass
@@ -53,6 +60,9 @@ class DemoReport:
     reclaimed_by_sweep: int = 0
     agents_swept: int = 0
     killed_worker: int = 0
+    offloads: int = 0
+    offloaded_bytes: int = 0
+    blob_bytes: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     allocation_failures: int = 0
     handover_errors: int = 0
@@ -87,6 +97,8 @@ def _worker(
     heap.set_sweep_thresholds(0, 0, 0)  # the parent sweeps
     rng = random.Random(index)
     report = WorkerReport(index)
+    store = SQLiteStore(os.path.join(tempfile.gettempdir(), f"{name}-offload.db"))
+    heap.on("restore", lambda *_: setattr(report, "restores", report.restores + 1))
     try:
         # a long-lived memory agent per worker, next to the short-lived ones
         memory = heap.spawn("memory")
@@ -121,9 +133,17 @@ def _worker(
                 progress.recv()
             report.recycled_bytes += agent.complete()["total_bytes"]
             report.received += _drain(heap, inbox, report)
+            if round_no % OFFLOAD_EVERY == OFFLOAD_EVERY - 1:
+                # the memory agent idles between rounds: to the store with it;
+                # its next put() brings it back, whichever process touches it
+                moved = memory.offload(store)
+                report.offloads += 1
+                report.offloaded_bytes += moved["total_bytes"]
+                report.blob_bytes += moved["blob_bytes"]
         report.recycled_bytes += memory.complete()["total_bytes"]
         progress.send(("done", index, asdict(report)))
     finally:
+        store.close()
         heap.close()
 
 
@@ -273,6 +293,9 @@ def run_demo(
             report.bytes_moved_zero_copy += w["bytes_moved"]
             report.buffers_handed_over += w["received"]
             report.allocation_failures += w["full"]
+            report.offloads += w["offloads"]
+            report.offloaded_bytes += w["offloaded_bytes"]
+            report.blob_bytes += w["blob_bytes"]
             report.handover_errors += w["errors"]
         report.workers_failed = [i for i in range(workers) if i != victim and i not in finished]
         report.handover_errors += leftover.errors
@@ -301,6 +324,11 @@ def run_demo(
             Heap.attach(name).unlink()
         except Exception:
             pass
+        for suffix in ("", "-wal", "-shm"):  # the workers' offload store
+            try:
+                os.unlink(os.path.join(tempfile.gettempdir(), f"{name}-offload.db{suffix}"))
+            except FileNotFoundError:
+                pass
     if plot:
         _plot(report, plot)
     return report
@@ -323,6 +351,11 @@ def print_report(report: DemoReport) -> None:
             f"per agent, {report.context_utilization:.0%} of it in use (small blocks share nursery pages)",
         ),
         ("buffers handed over by handle", str(report.buffers_handed_over)),
+        (
+            "memory agents offloaded (SQLite)",
+            f"{report.offloads} times: {format_size(report.offloaded_bytes)} freed in the heap, "
+            f"{format_size(report.blob_bytes)} in the store (zstd), restored on next touch",
+        ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
         (
