@@ -28,14 +28,14 @@
 void _sh_nursery_create(sh_arena_t *a) {
   uint64_t need = (uint64_t)a->max_owners * SH_NURSERY_RECORD_BYTES, off;
   if (_sh_run_reserve(a, SH_OWNER_NURSERY, SH_PART_SYSTEM, need, &off) != SH_OK) return;
-  sh_atomic_store_release(&a->owners[SH_OWNER_NURSERY].user_word, off);
+  sh_atomic_store_release(&a->hdr->nursery_records_off, off);
   _sh_nursery_load(a);
 }
 
 /* An attach trusts the records' offset only once it is the nursery's run in
  * `system`, long enough for every owner slot. */
 void _sh_nursery_load(sh_arena_t *a) {
-  uint64_t off = sh_atomic_load_acquire(&a->owners[SH_OWNER_NURSERY].user_word);
+  uint64_t off = sh_atomic_load_acquire(&a->hdr->nursery_records_off);
   uint32_t pi = (uint32_t)(off >> a->page_shift);
   a->nursery_records = NULL;
   if (off == 0 || (off & ((1ull << a->page_shift) - 1)) || !_sh_page_in_part(a, pi, SH_PART_SYSTEM)) return;

@@ -95,7 +95,7 @@ static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t
  * per-page unlinking, one counter update per partition); with `final`, the
  * live bytes are summed on the way, so a complete reads each page once.
  * Owner lock held. */
-int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
+int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, uint32_t final_state) {
   sh_owner_t *o = &a->owners[id];
   _sh_nursery_release(a, id, final); /* first: its nursery blocks sit on pages that stay */
   for (int part = 0; part < SH_NPARTITIONS; part++) {
@@ -125,7 +125,7 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final) {
     if (final) sh_info_add_held(a, word, final);
     sh_free(a, sh_held_offset(word)); /* a bad word frees nothing: sh_free validates */
   }
-  sh_atomic_store_release(&o->state, SH_OWNER_FREE);
+  sh_atomic_store_release(&o->state, final_state);
   return SH_OK;
 }
 
@@ -145,9 +145,11 @@ int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *
                   sh_atomic_load_relaxed(&o->pins));
   } else if (rc == SH_OK) {
     if (final) sh_info_header(a, id, final);
-    /* the pages go as in a recycle; the slot stays, offloaded, with its generation */
-    rc = _sh_owner_recycle_now(a, id, final);
+    /* OFFLOADED before the memory goes (its blob is in the store already): a
+     * process killed half way leaves an offloaded agent that a restore makes
+     * whole, never a live one with holes. The slot keeps its generation. */
     sh_atomic_store_release(&o->state, SH_OWNER_OFFLOADED);
+    rc = _sh_owner_recycle_now(a, id, final, SH_OWNER_OFFLOADED);
     if (final) final->state = SH_OWNER_OFFLOADED;
   }
   _sh_owner_unlock(a);
@@ -164,7 +166,7 @@ int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
     rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released",
                   id, sh_atomic_load_relaxed(&o->pins));
   } else if (rc == SH_OK) {
-    rc = _sh_owner_recycle_now(a, id, NULL);
+    rc = _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
   }
   _sh_owner_unlock(a);
   return rc;
@@ -232,7 +234,7 @@ int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
     e->count--;
     if (sh_atomic_sub_relaxed(&o->pins, 1) == 1 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED &&
         id != SH_OWNER_DEFAULT) {
-      rc = _sh_owner_recycle_now(a, id, NULL);
+      rc = _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
       if (recycled) *recycled = 1;
     }
   }
@@ -269,7 +271,7 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
     uint32_t pins = sh_atomic_load_relaxed(&o->pins);
     sh_atomic_store_relaxed(&o->pins, pins > count ? pins - count : 0);
     if (pins <= count && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && e->owner != SH_OWNER_DEFAULT) {
-      _sh_owner_recycle_now(a, e->owner, NULL);
+      _sh_owner_recycle_now(a, e->owner, NULL, SH_OWNER_FREE);
       if (recycled) ++*recycled;
     }
   }
@@ -408,7 +410,7 @@ int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t 
       rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s): recycle deferred until the last is released", id,
                     sh_atomic_load_relaxed(&o->pins));
     } else {
-      rc = _sh_owner_recycle_now(a, id, final);
+      rc = _sh_owner_recycle_now(a, id, final, SH_OWNER_FREE);
     }
   }
   _sh_owner_unlock(a);

@@ -218,7 +218,9 @@ static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint
   uint8_t *start = _sh_page_start(a, pi);
   sh_track_reset(start, sh_page_bytes(a));
   uint32_t units = cls->size >> SH_UNIT_SHIFT;
-  bool nursery = owner == SH_OWNER_NURSERY;
+  /* in `system` the nursery owner holds the core's own bookkeeping (the
+   * layer above's registry), in plain pages: agents' nursery pages are elsewhere */
+  bool nursery = owner == SH_OWNER_NURSERY && _sh_pg_part(pg) != SH_PART_SYSTEM;
   uint32_t cap = nursery ? cls->nursery_capacity : cls->capacity;
   if (nursery) memset((void *)_sh_nursery_map(a, pi, c), 0, cap * sizeof(uint32_t));
   for (uint32_t i = 0; i < cap; i++) {
@@ -848,7 +850,8 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
                         _sh_part_name(part), owner);
       }
       bin = &bin[1 + c];
-      local = sh_local_make(1, owner == SH_OWNER_NURSERY ? a->classes[c].nursery_capacity : a->classes[c].capacity);
+      local = sh_local_make(1, owner == SH_OWNER_NURSERY && part != SH_PART_SYSTEM ? a->classes[c].nursery_capacity
+                                                                                 : a->classes[c].capacity);
     }
     /* The way first, the page's claim second: a process that dies between
      * them leaves a way that matches nothing, never a claim nobody holds.
@@ -1510,7 +1513,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
   if (sh_unlikely(info->owner >= a->max_owners || info->partition >= SH_NPARTITIONS))
     return _sh_fail(SH_ECORRUPT, "page %u names owner %u and partition %u, beyond the tables", pi, info->owner,
                     (unsigned)info->partition);
-  if (state == SH_PAGE_SMALL && info->owner == SH_OWNER_NURSERY) {
+  if (state == SH_PAGE_SMALL && (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY)) {
     int rc = _sh_nursery_owner(a, offset, &info->owner);
     if (rc) return rc;
   }

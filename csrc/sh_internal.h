@@ -112,7 +112,8 @@ sh_internal void _sh_lease_forget(sh_arena_t *arena, uint64_t offset);
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);
 sh_internal void _sh_info_add_page(const sh_arena_t *arena, uint32_t pi, int partition, sh_owner_info_t *info);
-sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final);
+/* final_state: FREE for a recycle, OFFLOADED for an offload (the slot stays). */
+sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final, uint32_t final_state);
 
 /* ---- shared helpers ---- */
 /* ---- Bin sets ----------------------------------------------------------------

@@ -7,9 +7,8 @@
 
 /* An agent's record: the offsets / 16 of its nursery blocks, 0 in an empty
  * slot. The records of all owner slots are one run of the nursery's pages
- * in `system`, made with the arena (its offset is the nursery owner's
- * user_word), so a record never moves or goes while an allocation may
- * still write to it. */
+ * in `system`, made with the arena (its offset is in the header), so a
+ * record never moves or goes while an allocation may still write to it. */
 #define SH_NURSERY_SLOTS 16
 #define SH_NURSERY_RECORD_BYTES (SH_NURSERY_SLOTS * 4u)
 

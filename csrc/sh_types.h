@@ -248,6 +248,7 @@ typedef struct sh_header_s {
   _Atomic uint64_t tag_seq;       /* the last handle tag handed out */
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
+  _Atomic uint64_t nursery_records_off; /* the nursery's records run (nursery.c); 0: no nursery */
   _Atomic uint32_t key_seed;
   /* sweep rings: entries [head, tail) are queued; see sweep.c */
   _Atomic uint64_t ring_head[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));

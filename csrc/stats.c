@@ -67,10 +67,15 @@ static void sh_partition_read(const sh_arena_t *a, int part, sh_partition_stats_
     uint32_t state = sh_atomic_load_acquire(&pg->state);
     if (state == SH_PAGE_FREE) continue;
     st->pages_used++;
+    /* the nursery owner's pages in `system` are the heap's own bookkeeping
+     * (its records, the layer above's registry): held, not in use */
+    if (part == SH_PART_SYSTEM && sh_atomic_load_relaxed(&pg->owner) == SH_OWNER_NURSERY) {
+      if (state == SH_PAGE_SMALL) st->overhead += 1ull << a->page_shift;
+      if (state == SH_PAGE_LARGE) st->overhead += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+      continue;
+    }
     if (state == SH_PAGE_LARGE) {
-      /* a run a thread keeps for reuse is free; the nursery's records are the
-       * core's own (held, not in use) */
-      if (sh_atomic_load_relaxed(&pg->claim) == 0 && sh_atomic_load_relaxed(&pg->owner) != SH_OWNER_NURSERY)
+      if (sh_atomic_load_relaxed(&pg->claim) == 0) /* else a thread keeps it, free, for reuse */
         st->in_use += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
     } else if (state == SH_PAGE_SMALL) {
       uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);

@@ -109,6 +109,7 @@ typedef struct sh_partition_stats_s {
   uint64_t pages_total;
   uint64_t peak;         /* largest pages_used seen, in bytes */
   uint64_t allocs, frees, failures;
+  uint64_t overhead;     /* bytes of pages holding the heap's own bookkeeping (system: the nursery's records, the registry) */
 } sh_partition_stats_t;
 
 typedef struct sh_class_stats_s {

@@ -20,12 +20,15 @@ cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page):
 
 
 cdef dict _partition_dict(sh_partition_stats_t *ps, uint64_t page):
-    # held: bytes of the pages given to owners; in_use of them is what blocks
-    # use, and utilization the ratio (1.0 when nothing is held)
-    cdef uint64_t held = ps.pages_used * page
+    # held: bytes of the pages given to owners, less the heap's own
+    # bookkeeping (overhead: in `system`, the nursery's records and the
+    # registry); in_use of them is what blocks use, and utilization the
+    # ratio (1.0 when nothing is held)
+    cdef uint64_t held = ps.pages_used * page - ps.overhead
     return {
         "capacity": ps.capacity, "in_use": ps.in_use, "peak": ps.peak,
         "pages_used": ps.pages_used, "pages_total": ps.pages_total,
         "held": held, "utilization": (ps.in_use / held) if held else 1.0,
+        "overhead": ps.overhead,
         "allocs": ps.allocs, "frees": ps.frees, "failures": ps.failures,
     }

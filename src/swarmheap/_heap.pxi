@@ -776,7 +776,8 @@ cdef class CoreHeap:
                 return 0, b""
             off = sh_held_offset(word)
             length = sh_held_length(word)
-            if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != 0
+            # an index is a block of the shared default (the registry's, of owner 1)
+            if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != (1 if oid == 1 else 0)
                     or length > info.usable_size):
                 continue  # swapped and freed under us: read the new word
             data = (<char *>self.base + off)[:length]
@@ -798,7 +799,10 @@ cdef class CoreHeap:
                              f"use fewer or shorter entry names")
         cdef uint64_t off, usable
         cdef uint64_t nbytes = length if length else 1
-        cdef int rc = _alloc_off(self, 0, 1, SH_PART_SYSTEM, nbytes, &off, &usable)
+        # the nursery owner's index is the heap's registry: its blocks are its
+        # own (bookkeeping, not in use); every other index is the shared default's
+        cdef uint32_t holder = 1 if oid == 1 else 0
+        cdef int rc = _alloc_off(self, holder, 1, SH_PART_SYSTEM, nbytes, &off, &usable)
         if rc:
             _raise(rc)
         memcpy(self.base + off, <const char *>data, length)

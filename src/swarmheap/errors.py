@@ -4,6 +4,7 @@ each also derives from the builtin a caller would naturally catch."""
 from __future__ import annotations
 
 __all__ = [
+    "AdmissionDenied",
     "AgentStateError",
     "AttachError",
     "CorruptSnapshot",
@@ -103,3 +104,13 @@ class StoreUnavailable(SwarmHeapError, ConnectionError):
 class StoreFull(SwarmHeapError):
     """The offload store has no room for the blob (an LMDB map, a Redis
     maxmemory); nothing was moved."""
+
+
+class AdmissionDenied(SwarmHeapError):
+    """An agent's predicted peak does not fit: ``prediction`` says what its
+    kind needs, ``short`` the bytes missing per partition."""
+
+    def __init__(self, message: str, prediction: object = None, short: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.prediction = prediction
+        self.short = short or {}

@@ -12,16 +12,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap import offload
+from swarmheap import admission, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.errors import AgentStateError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id, read_kind
+from swarmheap.predict import Prediction, Predictor
 from swarmheap.stores import Store, open_store
 from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
+
+
+class _Default:
+    """spawn(admit=...) left out: the heap's default (set_admission)."""
+
+
+DEFAULT = _Default()
 
 
 @dataclass
@@ -126,21 +134,45 @@ class Heap(CoreHeap):
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
+        self._predictor = Predictor(self)
+        self._admission: tuple[str | None, float] = (None, 0.9)
+        # this process made reservations, or found some: completes give theirs back
+        self._reserving = any(admission.reserved(self).values())
         self.events = _EVENTS
         self._restart_countdown()
 
     # ---- agents ----
 
-    def spawn(self, kind: str = "default", *, lease: float | None = None) -> Agent:
+    def spawn(
+        self,
+        kind: str = "default",
+        *,
+        lease: float | None = None,
+        admit: str | _Default | None = DEFAULT,
+        reserve: bool = True,
+    ) -> Agent:
         """A new agent of ``kind``: an owner heap in the C core. ``lease``
-        (seconds) lets a sweep reclaim it once that time has passed."""
+        (seconds) lets a sweep reclaim it once that time has passed. With a
+        confident prediction for the kind (``predict``), ``reserve`` holds its
+        P90 peak for it against later admissions, and ``admit`` ("raise",
+        "offload", None; the heap's default from ``set_admission``) decides
+        what happens when that does not fit (see swarmheap.admission)."""
         check_kind(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
+        mode = self._admission[0] if isinstance(admit, _Default) else admit
+        if mode not in admission.MODES:
+            raise ValueError(f"admit must be one of None, 'raise', 'offload', not {mode!r}")
+        if not isinstance(reserve, bool):
+            raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
+        prediction = self._predictor.cached(kind) if (reserve or mode) else None
         self._count_allocation()
         agent_id, generation = self._owner_create(kind_id(kind))
         agent = Agent(self, agent_id, generation, kind)
         try:
             agent._update_index(lambda entries: None, lease_deadline=deadline)
+            if prediction is not None and prediction.confident:
+                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1])
+                self._reserving = True
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise
@@ -213,6 +245,21 @@ class Heap(CoreHeap):
             self._default_store = offload.default_store(self)
             self._remember_store(self._default_store)
         return self._default_store
+
+    def set_admission(self, mode: str | None = None, limit: float = 0.9) -> None:
+        """The default of ``spawn(admit=...)``: None, "raise" or "offload";
+        ``limit`` is the fraction of a partition's capacity admissions fill."""
+        if mode not in admission.MODES:
+            raise ValueError(f"admission mode must be one of None, 'raise', 'offload', not {mode!r}")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
+            raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
+        self._admission = (mode, float(limit))
+
+    def predict(self, kind: str) -> Prediction:
+        """What agents of ``kind`` needed, learned from every process's
+        completed, recycled and swept agents (see swarmheap.predict)."""
+        check_kind(kind)
+        return self._predictor.predict(kind)
 
     def set_offload_policy(
         self,
@@ -290,6 +337,7 @@ class Heap(CoreHeap):
         state = self._sweep
         state.sweeping = True
         try:
+            self._predictor.flush()
             result = collect(self, generation)
             result.offloaded = self._apply_offload_policy()
         finally:
@@ -302,6 +350,8 @@ class Heap(CoreHeap):
         for final in result.recycled:
             deferred = self._hooks.take_deferred(final["id"], final["generation"])
             kind = deferred[0] if deferred else final["kind"]
+            self._predictor.note(kind, final)
+            admission.release(self, final["id"], final["generation"])
             if self._hooks.table["recycle"]:
                 self._hooks.fire("recycle", final["id"], kind, final)
         return result

@@ -54,7 +54,11 @@ __all__ = [
 log = logging.getLogger("swarmheap")
 
 REGISTRY_KIND = "swarmheap.registry"
-SH_OWNER_DEFAULT_GENERATION = 1  # the shared default's generation, for its life
+# The registry is the nursery owner's (1) index, and its blocks are that
+# owner's in `system`: the heap's own bookkeeping, shown as overhead in the
+# stats, not as memory in use. Owners 0 and 1 keep generation 1 for life.
+REGISTRY_OWNER = 1
+REGISTRY_GENERATION = 1
 DICT_KEY = "__swarmheap__/zdict/"
 TRAIN_AFTER = 64  # snapshots of a kind before its dictionary is trained
 DICT_SIZE = 16 * 1024
@@ -70,8 +74,9 @@ class Registry:
 
     def _entries(self) -> index.Entries:
         try:
-            return index.read_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND)[1][2]
-        except StaleBlock as exc:  # the shared default is never recycled: only damage says so
+            return index.read_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND)[1][2]
+        except (StaleBlock, AgentStateError) as exc:  # owner 1 is never recycled, its index rarely written:
+            # an index that is gone or never reads the same twice is damage
             raise HeapCorrupt(
                 f"the heap's registry (the shared default's index) is unreadable: {exc}"
             ) from None
@@ -83,18 +88,62 @@ class Registry:
                 return None
             offset, size = entries[name]
             try:
-                data = bytes(self.heap.resolve(Handle(offset, size, 0, SH_OWNER_DEFAULT_GENERATION))[:size])
+                data = bytes(
+                    self.heap.resolve(Handle(offset, size, REGISTRY_OWNER, REGISTRY_GENERATION))[:size]
+                )
             except (InvalidHandle, StaleBlock):
                 continue  # replaced between the reads
             if self._entries().get(name) == (offset, size):
                 return data
         raise AgentStateError(f"the heap registry's entry {name!r} keeps changing")
 
+    def get_ref(self, name: str) -> tuple[tuple[int, int] | None, bytes | None]:
+        """The entry's place (for swap) and bytes; (None, None) if absent."""
+        for _ in range(100):
+            ref = self._entries().get(name)
+            if ref is None:
+                return None, None
+            try:
+                data = bytes(
+                    self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))[: ref[1]]
+                )
+            except (InvalidHandle, StaleBlock):
+                continue
+            if self._entries().get(name) == ref:
+                return ref, data
+        raise AgentStateError(f"the heap registry's entry {name!r} keeps changing")
+
+    def swap(self, name: str, expected: tuple[int, int] | None, data: bytes) -> bool:
+        """Replace the entry if it is still at ``expected`` (None: absent);
+        False, nothing changed, if another process replaced it first."""
+        blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
+        blk[: len(data)] = data
+        conflict: list[bool] = []
+
+        def change(entries: index.Entries) -> None:
+            conflict.clear()  # update_index may run this again after a race
+            if entries.get(name) != expected:
+                conflict.append(True)
+                return
+            entries[name] = (blk.offset, len(data))
+
+        try:
+            index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
+        except BaseException:
+            blk.free()
+            raise
+        if conflict:
+            blk.free()
+            return False
+        if expected is not None:
+            self._free(*expected)
+        return True
+
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self._entries() if n.startswith(prefix)]
 
     def put(self, name: str, data: bytes) -> None:
-        blk = self.heap.alloc(max(len(data), 1), "system")
+        blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
         blk[: len(data)] = data
         replaced: list[tuple[int, int]] = []
 
@@ -104,7 +153,7 @@ class Registry:
             entries[name] = (blk.offset, len(data))
 
         try:
-            index.update_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND, change)
+            index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
         except BaseException:
             blk.free()
             raise
@@ -118,13 +167,13 @@ class Registry:
             if name in entries:
                 removed.append(entries.pop(name))
 
-        index.update_index(self.heap, 0, SH_OWNER_DEFAULT_GENERATION, REGISTRY_KIND, change)
+        index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
         for offset, size in removed:
             self._free(offset, size)
 
     def _free(self, offset: int, size: int) -> None:
         try:
-            self.heap.resolve(Handle(offset, size, 0, SH_OWNER_DEFAULT_GENERATION)).free()
+            self.heap.resolve(Handle(offset, size, REGISTRY_OWNER, REGISTRY_GENERATION)).free()
         except (InvalidHandle, StaleBlock):
             pass
 

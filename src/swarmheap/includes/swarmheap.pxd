@@ -57,7 +57,7 @@ cdef extern from "swarmheap.h" nogil:
         uint32_t max_threads
 
     ctypedef struct sh_partition_stats_t:
-        uint64_t capacity, in_use, pages_used, pages_total, peak, allocs, frees, failures
+        uint64_t capacity, in_use, pages_used, pages_total, peak, allocs, frees, failures, overhead
 
     ctypedef struct sh_class_stats_t:
         uint32_t block_size, pages

@@ -1,0 +1,224 @@
+"""Usage prediction per agent kind, shared by every process of a heap.
+
+The model of a kind, after the Kubernetes VPA recommender: decayed
+histograms with exponential buckets 5 % apart, of each completed agent's
+peak bytes per partition and of its lifetime. Decay is by weight: the n-th
+sample of a kind weighs 2^(n / half_life), so a sample half_life agents old
+counts half as much as the newest (half_life default 100); the weights are
+rescaled before they overflow. Quantiles come from the cumulative weights.
+
+Where it lives: one block per kind in `system`, named in the heap's registry
+(the shared default's index, see offload.py), so every process reads and
+updates the same model; an update is a copy and a compare-and-swap of the
+registry entry, retried on a race, with no lock. Each process batches the
+samples of its completions and folds them in every FLUSH_EVERY agents (and
+on collect and close), so the hot paths never touch the model. At most
+MAX_KINDS kinds are kept; beyond that the least recently updated goes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from swarmheap._core import PARTITIONS
+from swarmheap.offload import Registry
+
+if TYPE_CHECKING:
+    from swarmheap.heap import Heap
+
+__all__ = ["Model", "Prediction", "Predictor"]
+
+NBUCKETS = 400
+RATIO = 1.05
+BYTES_BASE = 256.0  # bucket 0: under 256 bytes
+SECONDS_BASE = 0.001  # bucket 0: under a millisecond
+HALF_LIFE = 100.0
+CONFIDENT = 20  # samples before a prediction is trusted
+MAX_KINDS = 128
+FLUSH_EVERY = 16
+_HEADER = struct.Struct(
+    "<4sHHdddQd"
+)  # magic, version, nbuckets, half_life, weight base, total weight, count, updated
+_MAGIC = b"SHPM"
+_ROWS = len(PARTITIONS) + 1  # peak bytes per partition, then lifetime
+_LN_RATIO = math.log(RATIO)
+
+
+def _bucket(value: float, base: float) -> int:
+    if value < base:
+        return 0
+    return min(NBUCKETS - 1, 1 + int(math.log(value / base) / _LN_RATIO))
+
+
+def _upper(bucket: int, base: float) -> float:
+    return base * RATIO**bucket
+
+
+class Model:
+    """One kind's decayed histograms."""
+
+    def __init__(self, half_life: float = HALF_LIFE) -> None:
+        self.half_life = half_life
+        self.base = 0.0  # the sample number whose weight is 1
+        self.total = 0.0
+        self.count = 0
+        self.updated = 0.0
+        self.hist = np.zeros((_ROWS, NBUCKETS), dtype=np.float64)
+
+    def add(self, peaks: dict[str, int], lifetime: float) -> None:
+        weight = 2.0 ** ((self.count - self.base) / self.half_life)
+        if weight > 1e100:  # rescale before the weights overflow
+            self.hist /= weight
+            self.total /= weight
+            self.base = float(self.count)
+            weight = 1.0
+        for row, part in enumerate(PARTITIONS):
+            self.hist[row, _bucket(peaks.get(part, 0), BYTES_BASE)] += weight
+        self.hist[-1, _bucket(lifetime, SECONDS_BASE)] += weight
+        self.total += weight
+        self.count += 1
+        self.updated = time.time()
+
+    def quantile(self, row: int, q: float, base: float) -> float:
+        if self.total <= 0:
+            return 0.0
+        cum = np.cumsum(self.hist[row])
+        bucket = int(np.searchsorted(cum, q * cum[-1], side="left"))
+        return 0.0 if bucket == 0 else _upper(bucket, base)
+
+    def encode(self) -> bytes:
+        head = _HEADER.pack(
+            _MAGIC, 1, NBUCKETS, self.half_life, self.base, self.total, self.count, self.updated
+        )
+        return head + self.hist.astype("<f8").tobytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Model:
+        magic, _version, nbuckets, half_life, base, total, count, updated = _HEADER.unpack_from(data, 0)
+        if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != _HEADER.size + _ROWS * NBUCKETS * 8:
+            raise ValueError("not a usage model")
+        m = cls(half_life)
+        m.base, m.total, m.count, m.updated = base, total, count, updated
+        m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).reshape(_ROWS, NBUCKETS).copy()
+        return m
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a kind's agents needed: ``peak(partition, q)`` bytes and
+    ``lifetime(q)`` seconds at quantile q; nothing (0) without samples."""
+
+    kind: str
+    samples: int
+    confident: bool
+    _model: Model | None
+
+    def peak(self, partition: str = "context", q: float = 0.9) -> int:
+        if partition not in PARTITIONS:
+            raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
+        _check_q(q)
+        if self._model is None:
+            return 0
+        return math.ceil(self._model.quantile(PARTITIONS.index(partition), q, BYTES_BASE))
+
+    def lifetime(self, q: float = 0.9) -> float:
+        _check_q(q)
+        return 0.0 if self._model is None else self._model.quantile(_ROWS - 1, q, SECONDS_BASE)
+
+    @property
+    def mix(self) -> dict[str, int]:
+        """P50 bytes per partition: where the kind's memory goes."""
+        return {p: self.peak(p, 0.5) for p in PARTITIONS} if self._model else {}
+
+
+def _check_q(q: float) -> None:
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+        raise ValueError(f"q is a quantile in (0, 1], not {q!r}")
+
+
+class Predictor:
+    """A heap's models as this process sees them, and its unflushed samples."""
+
+    def __init__(self, heap: Heap, half_life: float = HALF_LIFE) -> None:
+        self.heap = heap
+        self.half_life = half_life
+        self.pending: dict[str, list[tuple[dict[str, int], float]]] = defaultdict(list)
+        self.npending = 0
+        self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
+
+    def note(self, kind: str, final: dict[str, Any]) -> None:
+        """A completed (recycled, swept) agent's figures."""
+        peaks = {
+            p: max(int(final["bytes"].get(p, 0)), int(final.get("peak", {}).get(p, 0))) for p in PARTITIONS
+        }
+        lifetime = (
+            max(time.time() - final.get("created_ns", 0) / 1e9, 0.0) if final.get("created_ns") else 0.0
+        )
+        self.pending[kind].append((peaks, lifetime))
+        self.npending += 1
+        if self.npending >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.npending or self.heap.read_only or self.heap.closed:
+            return
+        registry = Registry(self.heap)
+        for kind, samples in self.pending.items():
+            name = f"model/{kind}"
+            while True:  # copy, update, compare-and-swap: retried if another process got there first
+                ref, data = registry.get_ref(name)
+                model = _decoded(data, self.half_life)
+                for peaks, lifetime in samples:
+                    model.add(peaks, lifetime)
+                if registry.swap(name, ref, model.encode()):
+                    break
+        self.pending.clear()
+        self.npending = 0
+        self.cache.clear()
+        self._evict(registry)
+
+    def _evict(self, registry: Registry) -> None:
+        names = registry.names("model/")
+        if len(names) <= MAX_KINDS:
+            return
+        ages = []
+        for name in names:
+            _, data = registry.get_ref(name)
+            ages.append((_decoded(data, self.half_life).updated, name))
+        for _, name in sorted(ages)[: len(names) - MAX_KINDS]:
+            registry.remove(name)
+
+    def predict(self, kind: str) -> Prediction:
+        self.flush()
+        _, data = Registry(self.heap).get_ref(f"model/{kind}")
+        if data is None:
+            return Prediction(kind, 0, False, None)
+        model = _decoded(data, self.half_life)
+        return Prediction(kind, model.count, model.count >= CONFIDENT, model)
+
+    def cached(self, kind: str) -> Prediction:
+        """predict(), remembered until this process's next flush: spawn's hot
+        path reads the registry once per kind and flush, not per spawn."""
+        got = self.cache.get(kind)
+        if got is None:
+            got = self.cache[kind] = self.predict(kind)
+        return got
+
+    def kinds(self) -> list[str]:
+        return [n.split("/", 1)[1] for n in Registry(self.heap).names("model/")]
+
+
+def _decoded(data: bytes | None, half_life: float) -> Model:
+    if data is None:
+        return Model(half_life)
+    try:
+        return Model.decode(data)
+    except (ValueError, struct.error):
+        return Model(half_life)  # a damaged model is started again, not trusted
