@@ -97,6 +97,8 @@ static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t
  * Owner lock held. */
 int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, uint32_t final_state) {
   sh_owner_t *o = &a->owners[id];
+  uint32_t kib = sh_atomic_exchange_acq_rel(&o->reserved_kib, 0u); /* its reservation goes with its memory */
+  if (kib) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)kib << 10);
   _sh_nursery_release(a, id, final); /* first: its nursery blocks sit on pages that stay */
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
@@ -426,6 +428,30 @@ int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (rc) return rc;
   return start == o->pid_start;
 }
+
+int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, uint64_t limit) {
+  if (id < SH_FIRST_AGENT || id >= a->max_owners) return _sh_fail(SH_EINVAL, "owner %u takes no reservation", id);
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  uint64_t kib = (bytes + 1023) >> 10;
+  if (kib > UINT32_MAX) return _sh_fail(SH_EINVAL, "a reservation of %llu bytes is too large", (unsigned long long)bytes);
+  sh_owner_t *o = &a->owners[id];
+  if (sh_atomic_load_acquire(&o->generation) != gen || sh_atomic_load_acquire(&o->state) != SH_OWNER_LIVE)
+    return _sh_fail(SH_EOWNER, "agent %u (generation %u) is not live", id, gen);
+  uint64_t want = kib << 10;
+  uint64_t held = sh_atomic_load_relaxed(&a->hdr->pages_used[SH_PART_CONTEXT]) << a->page_shift;
+  uint64_t cur = sh_atomic_load_relaxed(&a->hdr->reserved_bytes);
+  do { /* one CAS: two admissions at once cannot both take the last room */
+    if (limit && held + cur + want > limit)
+      return _sh_fail(SH_EFULL, "'context' has %llu bytes in pages and %llu reserved: %llu more would pass %llu",
+                      (unsigned long long)held, (unsigned long long)cur, (unsigned long long)want,
+                      (unsigned long long)limit);
+  } while (!sh_atomic_cas_weak_acq_rel(&a->hdr->reserved_bytes, &cur, cur + want));
+  uint32_t old = sh_atomic_exchange_acq_rel(&o->reserved_kib, (uint32_t)kib);
+  if (old) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)old << 10);
+  return SH_OK;
+}
+
+uint64_t sh_reserved_bytes(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a->hdr->reserved_bytes); }
 
 uint32_t sh_owner_state(const sh_arena_t *a, uint32_t id) {
   return id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].state) : SH_OWNER_FREE;

@@ -95,7 +95,7 @@ typedef struct sh_owner_s {
   _Atomic uint32_t pins;
   uint32_t kind;
   int32_t pid;
-  uint32_t reserved_;
+  _Atomic uint32_t reserved_kib; /* its admission reservation in `context` (sh_owner_reserve), in KiB */
   uint64_t pid_start;
   uint64_t created_ns;
   _Atomic uint64_t last_active_ns;
@@ -249,6 +249,7 @@ typedef struct sh_header_s {
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
   _Atomic uint64_t nursery_records_off; /* the nursery's records run (nursery.c); 0: no nursery */
+  _Atomic uint64_t reserved_bytes;      /* admission reservations in `context`: the owners' reserved_kib, summed */
   _Atomic uint32_t key_seed;
   /* sweep rings: entries [head, tail) are queued; see sweep.c */
   _Atomic uint64_t ring_head[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));

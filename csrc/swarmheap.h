@@ -332,6 +332,13 @@ int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation
 /* [any] The slot's generation while it holds an owner, 0 when it is free:
  * one load, for checking a handle before touching its bytes. */
 uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
+/* [any] Reserve `bytes` of `context` for a LIVE agent (admission control):
+ * with `limit` nonzero, SH_EFULL unless the partition's bytes in pages, what
+ * is reserved and this fit under it. One CAS on a shared counter; the
+ * reservation goes back when the agent is recycled or offloaded. */
+int sh_owner_reserve(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t bytes, uint64_t limit);
+/* [any] Bytes of `context` reserved by admitted agents. */
+uint64_t sh_reserved_bytes(const sh_arena_t *arena);
 /* [any] The slot's sh_owner_state_t, one load (SH_OWNER_FREE when out of range). */
 uint32_t sh_owner_state(const sh_arena_t *arena, uint32_t id);
 

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from swarmheap.errors import (
+    AdmissionDenied,
     AgentStateError,
     AttachError,
     CorruptSnapshot,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from swarmheap.agents import Agent
     from swarmheap.heap import EVENTS, Heap
     from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
+    from swarmheap.predict import Prediction
     from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
     from swarmheap.sweep import SweepResult
 
@@ -56,6 +58,7 @@ _LAZY = {
     "numpy_allocator": "swarmheap.numpy_alloc",
     "zeros": "swarmheap.numpy_alloc",
     "SweepResult": "swarmheap.sweep",
+    "Prediction": "swarmheap.predict",
     "LMDBStore": "swarmheap.stores",
     "RedisStore": "swarmheap.stores",
     "SQLiteStore": "swarmheap.stores",
@@ -82,6 +85,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EVENTS",
     "PARTITIONS",
+    "AdmissionDenied",
     "Agent",
     "AgentStateError",
     "ArrayHandle",
@@ -97,6 +101,7 @@ __all__ = [
     "InvalidHandle",
     "LMDBStore",
     "PartitionFull",
+    "Prediction",
     "ReadOnlyHeap",
     "RedisStore",
     "SQLiteStore",

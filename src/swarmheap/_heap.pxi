@@ -816,12 +816,28 @@ cdef class CoreHeap:
             _free_off(self, sh_held_offset(expected))  # ours now; a bad word frees nothing
         return True
 
+    def _owner_reserve(self, uint32_t oid, uint32_t gen, uint64_t nbytes, uint64_t limit):
+        """Reserve ``nbytes`` of context for the agent; False if ``limit`` (0:
+        none) would be passed. The reservation goes with the agent's memory."""
+        self._check_writable()
+        cdef int rc = sh_owner_reserve(self.arena, oid, gen, nbytes, limit)
+        if rc == SH_EFULL:
+            return False
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc:
+            _raise(rc)
+        return True
+
+    def _reserved(self):
+        """Bytes of context reserved by admitted agents."""
+        self._check_open()
+        return sh_reserved_bytes(self.arena)
+
     def _owner_state(self, uint32_t oid):
         """The owner slot's state name, read in one load (no page walk)."""
         self._check_open()
-        if oid >= self._max_owners():
-            raise ValueError(f"owner {oid} is beyond the table")
-        cdef uint32_t st = sh_owner_state(self.arena, oid)
+        cdef uint32_t st = sh_owner_state(self.arena, oid)  # FREE beyond the table
         return OWNER_STATES[st] if st < 6 else "corrupt"
 
     def _owner_generation(self, uint32_t oid):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import admission, index, offload
+from swarmheap import index, offload
 from swarmheap._core import AgentCore
 from swarmheap.errors import InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
@@ -195,8 +195,6 @@ class Agent(AgentCore):
         raises StoreUnavailable and the agent stays in memory."""
         heap = self._heap
         final = offload.offload(self, store if store is not None else heap.store)
-        if heap._reserving:
-            admission.release(heap, self.id, self.generation)
         if self._hooks.table["offload"]:
             self._hooks.fire("offload", self.id, self.kind, final)
         return final
@@ -227,9 +225,7 @@ class Agent(AgentCore):
         the same pass over the agent's pages that gives them back."""
         heap = self._heap
         recycled, final = heap._owner_complete(self.id, self.generation, self.kind)
-        heap._predictor.note(self.kind, final)
-        if heap._reserving:
-            admission.release(heap, self.id, self.generation)
+        heap._predictor.note(self.kind, final)  # its reservation, if any, went with its memory (C)
         hooks = self._hooks
         if hooks.table["complete"]:
             hooks.fire("complete", self.id, self.kind, final)

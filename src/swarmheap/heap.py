@@ -136,8 +136,7 @@ class Heap(CoreHeap):
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
         self._predictor = Predictor(self)
         self._admission: tuple[str | None, float] = (None, 0.9)
-        # this process made reservations, or found some: completes give theirs back
-        self._reserving = any(admission.reserved(self).values())
+        self._capacity = {p: v["size"] for p, v in self.info()["partitions"].items()}
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -172,7 +171,6 @@ class Heap(CoreHeap):
             agent._update_index(lambda entries: None, lease_deadline=deadline)
             if prediction is not None and prediction.confident:
                 admission.admit(self, agent_id, generation, prediction, mode, self._admission[1])
-                self._reserving = True
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise
@@ -208,6 +206,8 @@ class Heap(CoreHeap):
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
         stats["offloaded"] = offload.offloaded(self)
+        stats["reserved"] = admission.reserved(self)
+        stats["kinds"] = self._predictor.table()
         for owner in stats["owners"]:
             if owner["id"] >= FIRST_AGENT:
                 owner["kind"] = read_kind(self, owner["id"], owner["generation"])
@@ -351,7 +351,6 @@ class Heap(CoreHeap):
             deferred = self._hooks.take_deferred(final["id"], final["generation"])
             kind = deferred[0] if deferred else final["kind"]
             self._predictor.note(kind, final)
-            admission.release(self, final["id"], final["generation"])
             if self._hooks.table["recycle"]:
                 self._hooks.fire("recycle", final["id"], kind, final)
         return result

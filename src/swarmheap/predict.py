@@ -22,7 +22,7 @@ import math
 import struct
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,10 +42,9 @@ SECONDS_BASE = 0.001  # bucket 0: under a millisecond
 HALF_LIFE = 100.0
 CONFIDENT = 20  # samples before a prediction is trusted
 MAX_KINDS = 128
-FLUSH_EVERY = 16
-_HEADER = struct.Struct(
-    "<4sHHdddQd"
-)  # magic, version, nbuckets, half_life, weight base, total weight, count, updated
+FLUSH_EVERY = 256  # a flush is a registry swap (tens of microseconds): amortised over this many agents
+# magic, version, nbuckets, half_life, weight base, total weight, count, updated, last peak (context)
+_HEADER = struct.Struct("<4sHHdddQdd")
 _MAGIC = b"SHPM"
 _ROWS = len(PARTITIONS) + 1  # peak bytes per partition, then lifetime
 _LN_RATIO = math.log(RATIO)
@@ -55,6 +54,13 @@ def _bucket(value: float, base: float) -> int:
     if value < base:
         return 0
     return min(NBUCKETS - 1, 1 + int(math.log(value / base) / _LN_RATIO))
+
+
+def _buckets(values: np.ndarray, base: float) -> np.ndarray:
+    """_bucket for an array."""
+    with np.errstate(divide="ignore"):
+        b = 1 + np.floor(np.log(np.maximum(values, 1e-12) / base) / _LN_RATIO)
+    return np.clip(np.where(values < base, 0, b), 0, NBUCKETS - 1).astype(np.intp)
 
 
 def _upper(bucket: int, base: float) -> float:
@@ -70,20 +76,29 @@ class Model:
         self.total = 0.0
         self.count = 0
         self.updated = 0.0
+        self.last_peak = 0.0  # the newest sample's context peak, for the stats table
         self.hist = np.zeros((_ROWS, NBUCKETS), dtype=np.float64)
 
-    def add(self, peaks: dict[str, int], lifetime: float) -> None:
-        weight = 2.0 ** ((self.count - self.base) / self.half_life)
-        if weight > 1e100:  # rescale before the weights overflow
-            self.hist /= weight
-            self.total /= weight
-            self.base = float(self.count)
-            weight = 1.0
-        for row, part in enumerate(PARTITIONS):
-            self.hist[row, _bucket(peaks.get(part, 0), BYTES_BASE)] += weight
-        self.hist[-1, _bucket(lifetime, SECONDS_BASE)] += weight
-        self.total += weight
-        self.count += 1
+    def add(self, peaks: np.ndarray, lifetimes: np.ndarray, last_peak: float) -> None:
+        """Fold in n samples at once: ``peaks`` (n, partitions) bytes,
+        ``lifetimes`` (n,) seconds, oldest first."""
+        n = len(lifetimes)
+        if n == 0:
+            return
+        exponents = (self.count + np.arange(n) - self.base) / self.half_life
+        if exponents[-1] > 300:  # rescale before the weights overflow
+            shift = exponents[0]
+            self.hist /= 2.0**shift
+            self.total /= 2.0**shift
+            self.base += shift * self.half_life
+            exponents -= shift
+        weights = 2.0**exponents
+        for row in range(len(PARTITIONS)):
+            np.add.at(self.hist[row], _buckets(peaks[:, row], BYTES_BASE), weights)
+        np.add.at(self.hist[-1], _buckets(lifetimes, SECONDS_BASE), weights)
+        self.total += float(weights.sum())
+        self.count += n
+        self.last_peak = last_peak
         self.updated = time.time()
 
     def quantile(self, row: int, q: float, base: float) -> float:
@@ -95,17 +110,25 @@ class Model:
 
     def encode(self) -> bytes:
         head = _HEADER.pack(
-            _MAGIC, 1, NBUCKETS, self.half_life, self.base, self.total, self.count, self.updated
+            _MAGIC,
+            1,
+            NBUCKETS,
+            self.half_life,
+            self.base,
+            self.total,
+            self.count,
+            self.updated,
+            self.last_peak,
         )
         return head + self.hist.astype("<f8").tobytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Model:
-        magic, _version, nbuckets, half_life, base, total, count, updated = _HEADER.unpack_from(data, 0)
+        magic, _version, nbuckets, half_life, base, total, count, updated, last = _HEADER.unpack_from(data, 0)
         if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != _HEADER.size + _ROWS * NBUCKETS * 8:
             raise ValueError("not a usage model")
         m = cls(half_life)
-        m.base, m.total, m.count, m.updated = base, total, count, updated
+        m.base, m.total, m.count, m.updated, m.last_peak = base, total, count, updated, last
         m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).reshape(_ROWS, NBUCKETS).copy()
         return m
 
@@ -119,6 +142,7 @@ class Prediction:
     samples: int
     confident: bool
     _model: Model | None
+    _memo: dict[tuple[str, float], int] = field(default_factory=dict, compare=False, repr=False)
 
     def peak(self, partition: str = "context", q: float = 0.9) -> int:
         if partition not in PARTITIONS:
@@ -126,11 +150,19 @@ class Prediction:
         _check_q(q)
         if self._model is None:
             return 0
-        return math.ceil(self._model.quantile(PARTITIONS.index(partition), q, BYTES_BASE))
+        key = (partition, q)
+        if key not in self._memo:  # spawn asks the same quantile of a cached prediction every time
+            self._memo[key] = math.ceil(self._model.quantile(PARTITIONS.index(partition), q, BYTES_BASE))
+        return self._memo[key]
 
     def lifetime(self, q: float = 0.9) -> float:
         _check_q(q)
         return 0.0 if self._model is None else self._model.quantile(_ROWS - 1, q, SECONDS_BASE)
+
+    @property
+    def last_peak(self) -> int:
+        """The newest sample's peak in `context`."""
+        return 0 if self._model is None else int(self._model.last_peak)
 
     @property
     def mix(self) -> dict[str, int]:
@@ -149,19 +181,14 @@ class Predictor:
     def __init__(self, heap: Heap, half_life: float = HALF_LIFE) -> None:
         self.heap = heap
         self.half_life = half_life
-        self.pending: dict[str, list[tuple[dict[str, int], float]]] = defaultdict(list)
+        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)  # completed agents' final dicts
         self.npending = 0
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
 
     def note(self, kind: str, final: dict[str, Any]) -> None:
-        """A completed (recycled, swept) agent's figures."""
-        peaks = {
-            p: max(int(final["bytes"].get(p, 0)), int(final.get("peak", {}).get(p, 0))) for p in PARTITIONS
-        }
-        lifetime = (
-            max(time.time() - final.get("created_ns", 0) / 1e9, 0.0) if final.get("created_ns") else 0.0
-        )
-        self.pending[kind].append((peaks, lifetime))
+        """A completed (recycled, swept) agent's figures: kept as they are,
+        read at the flush, so a complete pays one append."""
+        self.pending[kind].append(final)
         self.npending += 1
         if self.npending >= FLUSH_EVERY:
             self.flush()
@@ -175,8 +202,8 @@ class Predictor:
             while True:  # copy, update, compare-and-swap: retried if another process got there first
                 ref, data = registry.get_ref(name)
                 model = _decoded(data, self.half_life)
-                for peaks, lifetime in samples:
-                    model.add(peaks, lifetime)
+                peaks, lifetimes = _samples(samples)
+                model.add(peaks, lifetimes, float(peaks[-1, 0]))
                 if registry.swap(name, ref, model.encode()):
                     break
         self.pending.clear()
@@ -211,8 +238,36 @@ class Predictor:
             got = self.cache[kind] = self.predict(kind)
         return got
 
+    def table(self) -> list[dict[str, Any]]:
+        """Per kind: samples, predicted P50/P90 context peak, P90 lifetime, last actual peak."""
+        out = []
+        for kind in self.kinds():
+            p = self.predict(kind)
+            out.append(
+                {
+                    "kind": kind,
+                    "samples": p.samples,
+                    "confident": p.confident,
+                    "p50": p.peak("context", 0.5),
+                    "p90": p.peak("context", 0.9),
+                    "lifetime_p90": p.lifetime(0.9),
+                    "last_peak": p.last_peak,
+                }
+            )
+        return out
+
     def kinds(self) -> list[str]:
         return [n.split("/", 1)[1] for n in Registry(self.heap).names("model/")]
+
+
+def _samples(finals: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Peak bytes per partition (what each held at the end, or its page peak
+    if that was more) and lifetimes, from agents' final dicts, in one pass."""
+    held = np.array([list(f["bytes"].values()) for f in finals], dtype=np.float64)
+    paged = np.array([list(f["peak"].values()) for f in finals], dtype=np.float64)
+    created = np.array([f["created_ns"] for f in finals], dtype=np.float64) / 1e9
+    lifetimes = np.where(created > 0, np.maximum(time.time() - created, 0.0), 0.0)
+    return np.maximum(held, paged), lifetimes
 
 
 def _decoded(data: bytes | None, half_life: float) -> Model:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import admission, offload
+from swarmheap import offload
 from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_kind, read_lease
@@ -181,5 +181,4 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
                 _examine(heap, agent_id, agent_gen, result, live, now)
         if not heap.read_only:
             offload.forget_stale(heap)
-            admission.drop_stale(heap)
     return result

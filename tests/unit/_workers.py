@@ -300,3 +300,13 @@ def offload_restore_loop(name: str, url: str, seed: int, ready: Any) -> None:
                 agent.offload(store)
             else:
                 agent.restore()
+
+
+def learn_kind(name: str, kind: str, count: int, size: int) -> None:
+    """Agents of one kind, each using `size` bytes of context, completed here."""
+    with sh.Heap.attach(name) as heap:
+        for _ in range(count):
+            agent = heap.spawn(kind, reserve=False)
+            agent.alloc(size)
+            agent.complete()
+        heap.collect(0)  # folds this process's samples into the shared model

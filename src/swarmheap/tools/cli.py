@@ -58,6 +58,25 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
             ],
         )
     )
+    kinds = stats.get("kinds") or []
+    if kinds:
+        out.append(
+            table(
+                "agent kinds (usage model)",
+                ("kind", "samples", "P50 peak", "P90 peak", "P90 lifetime", "last peak"),
+                [
+                    (
+                        k["kind"],
+                        k["samples"],
+                        format_size(k["p50"]),
+                        format_size(k["p90"]),
+                        f"{k['lifetime_p90']:.3g} s",
+                        format_size(k["last_peak"]),
+                    )
+                    for k in kinds[:top]
+                ],
+            )
+        )
     offloaded = stats.get("offloaded") or []
     if offloaded:
         out.append(

@@ -1,0 +1,120 @@
+"""The usage model, its predictions, reservations and admission."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any
+
+import pytest
+
+import swarmheap as sh
+from _workers import learn_kind
+from swarmheap.stores import SQLiteStore
+
+
+def teach(heap: sh.Heap, kind: str, count: int, size: int) -> None:
+    for _ in range(count):
+        agent = heap.spawn(kind, reserve=False)
+        agent.alloc(size)
+        agent.complete()
+
+
+def test_no_samples_predicts_nothing(heap: sh.Heap) -> None:
+    p = heap.predict("never-seen")
+    assert p.samples == 0 and not p.confident
+    assert p.peak("context") == 0 and p.lifetime() == 0.0 and p.mix == {}
+
+
+def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> None:
+    with mp.get_context("spawn").Pool(1) as pool:
+        pool.apply(learn_kind, (named.name, "coder", 30, 100_000))
+    p = named.predict("coder")
+    assert p.samples == 30 and p.confident
+    held = named.good_size(100_000)  # what the block holds: pages, for a large one
+    assert held <= p.peak("context", 0.9) <= held * 1.06  # buckets are 5 % apart
+    assert p.peak("shared") == 0
+    assert p.lifetime(0.9) >= 0.0
+    assert named.stats()["kinds"][0]["kind"] == "coder"
+
+
+def test_decay_follows_a_shift(heap: sh.Heap) -> None:
+    teach(heap, "shifty", 150, 20_000)
+    before = heap.predict("shifty").peak("context", 0.5)
+    teach(heap, "shifty", 150, 400_000)  # the kind's needs change
+    after = heap.predict("shifty").peak("context", 0.5)
+    assert before <= heap.good_size(20_000) * 1.06
+    assert after >= heap.good_size(400_000)  # 150 newer samples outweigh 150 older, half-life 100
+
+
+def test_reservations_are_returned_exactly(heap: sh.Heap) -> None:
+    teach(heap, "reserver", 25, 50_000)
+    p90 = -(-heap.predict("reserver").peak("context", 0.9) // 1024) * 1024  # reserved in whole KiB
+    assert p90 > 0
+    agents = [heap.spawn("reserver") for _ in range(5)]
+    assert heap.stats()["reserved"]["context"] == 5 * p90
+    for a in agents[:2]:
+        a.complete()
+    assert heap.stats()["reserved"]["context"] == 3 * p90
+    for a in agents[2:]:
+        a.complete()
+    assert heap.stats()["reserved"]["context"] == 0
+    unreserved = heap.spawn("reserver", reserve=False)
+    assert heap.stats()["reserved"]["context"] == 0
+    unreserved.complete()
+    heap.check()
+
+
+def test_raise_denies_what_does_not_fit(heap: sh.Heap) -> None:
+    teach(heap, "hungry", 25, 2_000_000)
+    capacity = heap.stats()["partitions"]["context"]["capacity"]
+    admitted = []
+    with pytest.raises(sh.AdmissionDenied) as denied:
+        for _ in range(capacity // 2_000_000 + 2):
+            admitted.append(heap.spawn("hungry", admit="raise"))
+    assert denied.value.short["context"] > 0
+    assert denied.value.prediction.kind == "hungry"
+    assert 1 <= len(admitted) < capacity // 2_000_000  # reservations, not use, filled the room
+    live = [a for a in heap.agents() if a.kind == "hungry"]
+    assert len(live) == len(admitted)  # the denied spawn left nothing behind
+    for a in admitted:
+        a.complete()
+    heap.check()
+
+
+def test_offload_makes_room(heap: sh.Heap, tmp_path: Any) -> None:
+    teach(heap, "bulky", 25, 1_000_000)
+    with SQLiteStore(tmp_path / "room.db") as store:
+        heap.set_offload_policy(store, high=1.0, low=1.0)  # the store offload() uses; no watermark
+        idle = []
+        for i in range(5):
+            a = heap.spawn("idle", reserve=False)
+            a.put("data", bytes([i]) * 1_000_000)
+            idle.append(a)
+        heap.set_admission("offload", limit=0.9)
+        admitted = [heap.spawn("bulky") for _ in range(5)]
+        assert any(a.state == "offloaded" for a in idle)
+        for i, a in enumerate(idle):
+            assert bytes(a.get("data")) == bytes([i]) * 1_000_000  # restored on touch, intact
+        for a in admitted + idle:
+            a.complete()
+        heap.set_admission(None)
+        heap.set_offload_policy(None)
+
+
+def test_bad_arguments_are_named_errors(heap: sh.Heap) -> None:
+    with pytest.raises(ValueError, match="admit"):
+        heap.spawn("x", admit="maybe")
+    with pytest.raises(TypeError):
+        heap.spawn("x", reserve="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        heap.set_admission("always")
+    with pytest.raises(ValueError):
+        heap.set_admission("raise", limit=1.5)
+    with pytest.raises(TypeError):
+        heap.predict(42)  # type: ignore[arg-type]
+    teach(heap, "q", 3, 1000)
+    with pytest.raises(ValueError):
+        heap.predict("q").peak("context", q=1.5)
+    with pytest.raises(ValueError):
+        heap.predict("q").peak("nowhere")
+    heap.check()
