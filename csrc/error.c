@@ -43,6 +43,8 @@ const char *sh_strerror(int status) {
     case SH_EPINNED: return "SH_EPINNED";
     case SH_ESTATE: return "SH_ESTATE";
     case SH_EAGAIN: return "SH_EAGAIN";
+    case SH_ETIMEDOUT: return "SH_ETIMEDOUT";
+    case SH_ECLOSED: return "SH_ECLOSED";
     default: return "SH_E?";
   }
 }

@@ -57,6 +57,8 @@ typedef enum sh_status_e {
   SH_EPINNED = -17,      /* the owner is pinned; its recycle is deferred */
   SH_ESTATE = -18,       /* the owner is not in a state that allows this */
   SH_EAGAIN = -19,       /* a _nolock call needs the slow path: nothing was done */
+  SH_ETIMEDOUT = -20,    /* a channel wait ran out (a timeout of 0: full, or empty) */
+  SH_ECLOSED = -21,      /* the channel is closed (a receiver: and drained) */
 } sh_status_t;
 
 typedef enum sh_partition_e {
@@ -337,6 +339,34 @@ uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
  * is reserved and this fit under it. One CAS on a shared counter; the
  * reservation goes back when the agent is recycled or offloaded. */
 int sh_owner_reserve(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t bytes, uint64_t limit);
+/* ---- Channels (channel.c) ---------------------------------------------------
+ * A bounded multi-producer, multi-consumer queue of (offset, size) messages in
+ * a block of `comm`: the message bytes are blocks of the arena, so a send
+ * moves an offset, not the bytes. The ring is guarded by a process-shared
+ * robust mutex held for a few stores (a holder killed inside leaves the ring
+ * consistent: every change is one store); blocking waits sleep on futexes
+ * that any process's send, receive or close wakes. Timeouts in nanoseconds:
+ * -1 waits for ever, 0 not at all. */
+typedef struct sh_chan_stats_s {
+  uint32_t capacity, depth;
+  uint64_t max_message, sent, received, bytes_in_flight;
+  int closed;
+} sh_chan_stats_t;
+/* [any] A new channel of `capacity` messages (a power of two up to 2^20)
+ * of at most `max_message` bytes; *offset names it for every process. */
+int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *offset);
+/* [any] Enqueue a message; SH_ETIMEDOUT if still full after the timeout,
+ * SH_ECLOSED once the channel is closed. */
+int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns);
+/* [any] Dequeue a message; SH_ETIMEDOUT if still empty, SH_ECLOSED once closed and drained. */
+int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
+/* [any] Close: senders fail at once, receivers drain what is queued; every waiter wakes. */
+int sh_chan_close(sh_arena_t *arena, uint64_t chan);
+int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);
+/* [any] Drain a closed (or abandoned) channel's messages: each offset to
+ * `each` (the caller frees them), then the ring is empty. Returns how many. */
+int sh_chan_drain(sh_arena_t *arena, uint64_t chan, void (*each)(uint64_t msg, uint64_t size, void *ctx), void *ctx);
+
 /* [any] Bytes of `context` reserved by admitted agents. */
 uint64_t sh_reserved_bytes(const sh_arena_t *arena);
 /* [any] The slot's sh_owner_state_t, one load (SH_OWNER_FREE when out of range). */

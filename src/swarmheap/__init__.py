@@ -14,6 +14,7 @@ from swarmheap.errors import (
     AdmissionDenied,
     AgentStateError,
     AttachError,
+    ChannelClosed,
     CorruptSnapshot,
     HeapCorrupt,
     HeapExists,
@@ -35,6 +36,7 @@ from swarmheap.sizes import format_size, parse_size
 if TYPE_CHECKING:
     from swarmheap._core import PARTITIONS, Block, HeapEvents, unlink
     from swarmheap.agents import Agent
+    from swarmheap.channels import Channel
     from swarmheap.heap import EVENTS, Heap
     from swarmheap.numpy_alloc import ArrayHandle, array_handle, empty, from_handle, numpy_allocator, zeros
     from swarmheap.predict import Prediction
@@ -49,6 +51,7 @@ _LAZY = {
     "HeapEvents": "swarmheap._core",
     "unlink": "swarmheap._core",
     "Agent": "swarmheap.agents",
+    "Channel": "swarmheap.channels",
     "EVENTS": "swarmheap.heap",
     "Heap": "swarmheap.heap",
     "ArrayHandle": "swarmheap.numpy_alloc",
@@ -91,6 +94,8 @@ __all__ = [
     "ArrayHandle",
     "AttachError",
     "Block",
+    "Channel",
+    "ChannelClosed",
     "CorruptSnapshot",
     "Handle",
     "Heap",

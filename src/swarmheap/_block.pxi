@@ -38,6 +38,14 @@ cdef class Block:
                 f"handle, or by a sweep when its lease ran out, and may hold someone else's data now", "SH_EOWNER")
         return 0
 
+    def _hand_over(self):
+        """The block leaves this object without being freed (a channel's
+        send_block moves it): this Block is unusable from here on."""
+        self._check_live()
+        if self.exports or (self.tag and self.heap.tagged_exports.get(self.offset)):
+            raise BufferError("cannot hand the block over: buffers (memoryviews, arrays) still point at it")
+        self.freed = True
+
     def _adopt_tag(self, uint64_t tag):
         self.tag = tag
         if self.exports:

@@ -14,7 +14,7 @@ one events object (HeapEvents), never called by name. Split by job:
 
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from swarmheap.includes.np_handler cimport *
@@ -32,6 +32,7 @@ import weakref
 import numpy as np
 
 from swarmheap.errors import (
+    ChannelClosed,
     AgentStateError,
     AttachError,
     HeapCorrupt,

@@ -32,6 +32,10 @@ cdef int _raise(int rc, bint attaching=False) except -1:
         raise AgentStateError(message, code)
     if rc == SH_ESYS or rc == SH_ENOSPC:
         raise OSError(message)
+    if rc == SH_ETIMEDOUT:
+        raise TimeoutError(message)
+    if rc == SH_ECLOSED:
+        raise ChannelClosed(message, code)
     raise SwarmHeapError(message, code)
 
 

@@ -834,6 +834,62 @@ cdef class CoreHeap:
         self._check_open()
         return sh_reserved_bytes(self.arena)
 
+    # ---- channels (swarmheap.channels builds Channel on these) ----
+
+    def _chan_create(self, uint32_t capacity, uint64_t max_message):
+        self._check_writable()
+        cdef uint64_t off
+        cdef int rc = sh_chan_create(self.arena, capacity, max_message, &off)
+        if rc:
+            _raise(rc)
+        return off
+
+    def _chan_send(self, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns):
+        """True once queued; False if still full after the timeout."""
+        self._check_writable()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
+        self.inflight -= 1
+        if rc == SH_ETIMEDOUT:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _chan_recv(self, uint64_t chan, int64_t timeout_ns):
+        """(offset, size), or None if still empty after the timeout."""
+        self._check_writable()
+        cdef int rc
+        cdef uint64_t msg = 0, size = 0
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_chan_recv(arena, chan, &msg, &size, timeout_ns)
+        self.inflight -= 1
+        if rc == SH_ETIMEDOUT:
+            return None
+        if rc:
+            _raise(rc)
+        return msg, size
+
+    def _chan_close(self, uint64_t chan):
+        self._check_writable()
+        cdef int rc = sh_chan_close(self.arena, chan)
+        if rc:
+            _raise(rc)
+
+    def _chan_stats(self, uint64_t chan):
+        self._check_open()
+        cdef sh_chan_stats_t st
+        cdef int rc = sh_chan_stats(self.arena, chan, &st)
+        if rc:
+            _raise(rc)
+        return {"capacity": st.capacity, "depth": st.depth, "max_message": st.max_message, "sent": st.sent,
+                "received": st.received, "bytes_in_flight": st.bytes_in_flight, "closed": bool(st.closed)}
+
     def _owner_state(self, uint32_t oid):
         """The owner slot's state name, read in one load (no page walk)."""
         self._check_open()

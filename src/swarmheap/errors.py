@@ -7,6 +7,7 @@ __all__ = [
     "AdmissionDenied",
     "AgentStateError",
     "AttachError",
+    "ChannelClosed",
     "CorruptSnapshot",
     "HeapCorrupt",
     "HeapExists",
@@ -114,3 +115,8 @@ class AdmissionDenied(SwarmHeapError):
         super().__init__(message)
         self.prediction = prediction
         self.short = short or {}
+
+
+class ChannelClosed(SwarmHeapError):
+    """The channel is closed: a send fails at once, a receive once the
+    messages queued before the close are drained."""

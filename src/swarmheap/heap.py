@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap import admission, offload
+from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
+from swarmheap.channels import Channel
 from swarmheap.errors import AgentStateError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id, read_kind
@@ -206,6 +207,7 @@ class Heap(CoreHeap):
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
         stats["offloaded"] = offload.offloaded(self)
+        stats["channels"] = [self.channel(n).stats() for n in self.channels()]
         stats["reserved"] = admission.reserved(self)
         stats["kinds"] = self._predictor.table()
         for owner in stats["owners"]:
@@ -214,6 +216,18 @@ class Heap(CoreHeap):
             else:
                 owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
+
+    # ---- channels (swarmheap.channels) ----
+
+    def channel(self, name: str, capacity: int = 1024, *, max_message: int | None = None) -> Channel:
+        """The channel ``name``, made if no process of the heap made it yet: a
+        bounded queue of up to ``capacity`` messages (rounded up to a power of
+        two) of at most ``max_message`` bytes (a quarter of `comm` by default)."""
+        return channels.open_channel(self, name, capacity, max_message)
+
+    def channels(self) -> list[str]:
+        """The names of the heap's channels."""
+        return channels.channel_names(self)
 
     # ---- snapshots and the offload tier (swarmheap.offload) ----
 

@@ -225,6 +225,66 @@ static void nursery_race(sh_arena_t *a) {
   CHECK("nursery race: every block back", st.in_use == 0);
 }
 
+/* The channel ring: producers and consumers in threads, every message
+ * received exactly once (a bitmap of (producer, sequence)), none lost. */
+#define CHAN_PRODUCERS 2
+#define CHAN_MESSAGES 20000
+typedef struct {
+  sh_arena_t *arena;
+  uint64_t chan;
+  int who;
+  _Atomic uint8_t *seen;
+  _Atomic uint64_t *received;
+} chan_worker_t;
+
+static void *chan_producer(void *arg) {
+  chan_worker_t *w = arg;
+  for (uint64_t i = 0; i < CHAN_MESSAGES; i++) {
+    /* the "message offset" carries (producer, sequence): the ring moves numbers */
+    uint64_t msg = ((uint64_t)w->who << 32 | i) + 1;
+    if (sh_chan_send(w->arena, w->chan, msg, 8, -1) != SH_OK) fail("chan: send", msg);
+  }
+  return NULL;
+}
+
+static void *chan_consumer(void *arg) {
+  chan_worker_t *w = arg;
+  uint64_t msg, size;
+  while (sh_chan_recv(w->arena, w->chan, &msg, &size, -1) == SH_OK) {
+    msg -= 1;
+    uint64_t who = msg >> 32, i = msg & 0xffffffffu;
+    if (who >= CHAN_PRODUCERS || i >= CHAN_MESSAGES || size != 8 ||
+        atomic_exchange(&w->seen[who * CHAN_MESSAGES + i], 1))
+      fail("chan: a message twice, or one never sent", msg);
+    atomic_fetch_add(w->received, 1);
+  }
+  return NULL;
+}
+
+static void channel_race(sh_arena_t *a) {
+  uint64_t chan;
+  REQUIRE("channel", sh_chan_create(a, 64, 1024, &chan) == SH_OK);
+  static _Atomic uint8_t seen[CHAN_PRODUCERS * CHAN_MESSAGES];
+  _Atomic uint64_t received = 0;
+  pthread_t t[4];
+  chan_worker_t w[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (chan_worker_t){a, chan, i % CHAN_PRODUCERS, seen, &received};
+    pthread_create(&t[i], NULL, i < CHAN_PRODUCERS ? chan_producer : chan_consumer, &w[i]);
+  }
+  for (int i = 0; i < CHAN_PRODUCERS; i++) pthread_join(t[i], NULL);
+  CHECK("channel: close", sh_chan_close(a, chan) == SH_OK);
+  for (int i = CHAN_PRODUCERS; i < 4; i++) pthread_join(t[i], NULL);
+  CHECK("channel: every message once", atomic_load(&received) == CHAN_PRODUCERS * CHAN_MESSAGES);
+  sh_chan_stats_t st;
+  CHECK("channel: stats", sh_chan_stats(a, chan, &st) == SH_OK && st.depth == 0 && st.closed &&
+                              st.sent == CHAN_PRODUCERS * CHAN_MESSAGES && st.received == st.sent);
+  uint64_t m, sz;
+  CHECK("channel: closed and drained", sh_chan_recv(a, chan, &m, &sz, 0) == SH_ECLOSED);
+  CHECK("channel: send after close", sh_chan_send(a, chan, 1, 1, 0) == SH_ECLOSED);
+  CHECK("channel: freed", sh_free(a, chan) == SH_OK);
+}
+
 int main(void) {
   snprintf(name, sizeof name, "/sh_stress_%d", (int)getpid());
   sh_unlink(SH_BACKING_SHM, name);
@@ -285,6 +345,7 @@ int main(void) {
     CHECK("every block returned", st.in_use == expect);
   }
   nursery_race(a);
+  channel_race(a);
   CHECK("exchange block freed", sh_free(a, ex) == SH_OK);
   exhaust(a);
   CHECK("no failures while exhausting", failures == 0);

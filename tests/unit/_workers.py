@@ -310,3 +310,51 @@ def learn_kind(name: str, kind: str, count: int, size: int) -> None:
             agent.alloc(size)
             agent.complete()
         heap.collect(0)  # folds this process's samples into the shared model
+
+
+def chan_producer(name: str, chan: str, who: int, count: int) -> int:
+    """Sends `count` messages, each naming its sender and number and carrying
+    a checksum of its body; returns how many it sent."""
+    import hashlib
+
+    with sh.Heap.attach(name) as heap:
+        ch = heap.channel(chan)
+        for i in range(count):
+            body = random.Random(who * 100_000 + i).randbytes(1 + (i % 7) * 300)
+            ch.send(struct_pack(who, i) + hashlib.blake2b(body, digest_size=8).digest() + body)
+        return count
+
+
+def struct_pack(who: int, i: int) -> bytes:
+    return who.to_bytes(4, "little") + i.to_bytes(4, "little")
+
+
+def chan_consumer(name: str, chan: str, out: Any) -> None:
+    """Receives until the channel closes; reports (sender, number) of every
+    message whose checksum verified, and any that did not."""
+    import hashlib
+
+    seen = []
+    with sh.Heap.attach(name) as heap:
+        ch = heap.channel(chan)
+        for blk in ch:
+            data = bytes(blk)
+            blk.free()
+            who, i = int.from_bytes(data[:4], "little"), int.from_bytes(data[4:8], "little")
+            ok = hashlib.blake2b(data[16:], digest_size=8).digest() == data[8:16]
+            seen.append((who, i, ok))
+    out.put(seen)
+
+
+def chan_loop_until_killed(name: str, chan: str, role: str, ready: Any) -> None:
+    with sh.Heap.attach(name) as heap:
+        ch = heap.channel(chan)
+        ready.put(os.getpid())
+        i = 0
+        while True:
+            if role == "send":
+                ch.send(b"m" * 64, lease=60.0)
+            else:
+                blk = ch.recv()
+                blk.free()
+            i += 1

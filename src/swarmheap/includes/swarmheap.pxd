@@ -1,5 +1,5 @@
 # Declarations of the C core's public header (csrc/swarmheap.h).
-from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 
 cdef extern from "swarmheap.h" nogil:
@@ -24,6 +24,8 @@ cdef extern from "swarmheap.h" nogil:
         SH_EPINNED
         SH_ESTATE
         SH_EAGAIN
+        SH_ETIMEDOUT
+        SH_ECLOSED
 
     ctypedef enum sh_partition_t:
         SH_PART_CONTEXT
@@ -153,3 +155,14 @@ cdef extern from "swarmheap.h" nogil:
     int sh_reclaim_dead_threads(sh_arena_t *arena, uint32_t *reclaimed)
     void sh_thread_slots(const sh_arena_t *arena, uint32_t *bound, uint32_t *total)
     uint64_t sh_magazine_blocks(const sh_arena_t *arena)
+
+    ctypedef struct sh_chan_stats_t:
+        uint32_t capacity, depth
+        uint64_t max_message, sent, received, bytes_in_flight
+        int closed
+
+    int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *offset)
+    int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns)
+    int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns)
+    int sh_chan_close(sh_arena_t *arena, uint64_t chan)
+    int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st)

@@ -58,6 +58,26 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
             ],
         )
     )
+    chans = stats.get("channels") or []
+    if chans:
+        out.append(
+            table(
+                "channels",
+                ("name", "depth", "capacity", "sent", "received", "in flight", "closed"),
+                [
+                    (
+                        c["name"],
+                        c["depth"],
+                        c["capacity"],
+                        c["sent"],
+                        c["received"],
+                        format_size(c["bytes_in_flight"]),
+                        "yes" if c["closed"] else "no",
+                    )
+                    for c in chans[:top]
+                ],
+            )
+        )
     kinds = stats.get("kinds") or []
     if kinds:
         out.append(

@@ -1,0 +1,221 @@
+/* Channels: a bounded MPMC queue of message offsets in a block of `comm`.
+ *
+ * The ring is a process-shared robust mutex and (head, count) packed in one
+ * word, so every change is a single store: a process killed while holding
+ * the lock leaves a ring the next locker can use as it is (EOWNERDEAD needs
+ * no repair). The lock is held for a few loads and stores, never across a
+ * wait. Waits sleep on futex words (not private: other processes wake them)
+ * after a short spin, because a receiver that is about to be fed should not
+ * pay a sleep and a wake-up. We chose a lock over a lock-free ring (Vyukov's
+ * per-cell sequence numbers) because a process killed between claiming a
+ * cell and publishing it wedges that ring for every other process, and
+ * telling a dead claimer from a slow one needs more than a sequence number. */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sh_internal.h"
+
+#define SH_CHAN_MAGIC UINT64_C(0x31304e4148434853) /* "SHCHAN01" */
+#define SH_CHAN_MAX_CAPACITY (1u << 20)
+#define SH_CHAN_SPIN 2000
+
+typedef struct sh_chan_cell_s {
+  uint64_t offset, size;
+} sh_chan_cell_t;
+
+typedef struct sh_chan_s {
+  uint64_t magic;
+  uint32_t capacity, reserved_;
+  uint64_t max_message;
+  sh_lock_t lock;
+  _Atomic uint64_t ring;          /* head:32 | count:32, under the lock, one store per change */
+  _Atomic uint32_t closed;
+  _Atomic uint32_t not_empty;     /* futex words: bumped by a send (a close) ... */
+  _Atomic uint32_t not_full;      /* ... and by a receive (a close) */
+  _Atomic uint32_t sleepers;      /* waiters on either word: a wake is a syscall only when there are some */
+  _Atomic uint64_t sent, received, bytes;
+  sh_chan_cell_t cells[];
+} sh_chan_t;
+
+static uint64_t sh_chan_bytes(uint32_t capacity) { return sizeof(sh_chan_t) + (uint64_t)capacity * sizeof(sh_chan_cell_t); }
+
+/* The channel at `off`, checked against the mapping: a damaged or foreign
+ * offset is SH_EBADPTR, never followed. */
+static int sh_chan_at(const sh_arena_t *a, uint64_t off, sh_chan_t **out) {
+  if (off == 0 || off % 64 || off >= a->size || a->size - off < sizeof(sh_chan_t))
+    return _sh_fail(SH_EBADPTR, "offset %llu is not a channel", (unsigned long long)off);
+  sh_chan_t *c = (sh_chan_t *)(a->base + off);
+  if (c->magic != SH_CHAN_MAGIC || c->capacity == 0 || (c->capacity & (c->capacity - 1)) ||
+      c->capacity > SH_CHAN_MAX_CAPACITY || a->size - off < sh_chan_bytes(c->capacity))
+    return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (or a damaged one)", (unsigned long long)off);
+  *out = c;
+  return SH_OK;
+}
+
+static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
+static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
+
+static void sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) {
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t left = deadline_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+    if (left <= 0) return;
+    ts.tv_sec = left / 1000000000;
+    ts.tv_nsec = left % 1000000000;
+    tsp = &ts;
+  }
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tsp, NULL, 0);
+}
+
+static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
+  sh_atomic_add_relaxed(word, 1u);
+  if (sh_atomic_load_acquire(&c->sleepers)) syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static int64_t sh_deadline(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeout_ns;
+}
+
+static bool sh_past(int64_t deadline_ns) {
+  if (deadline_ns < 0) return false;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline_ns;
+}
+
+int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *offset) {
+  if (capacity == 0 || capacity > SH_CHAN_MAX_CAPACITY || (capacity & (capacity - 1)))
+    return _sh_fail(SH_EINVAL, "a channel's capacity is a power of two from 1 to %u, not %u", SH_CHAN_MAX_CAPACITY,
+                    capacity);
+  uint64_t off;
+  /* at least 4 KiB: blocks from there on are 64-byte aligned, as the lock wants */
+  uint64_t bytes = sh_chan_bytes(capacity) < 4096 ? 4096 : sh_chan_bytes(capacity);
+  int rc = sh_calloc(a, SH_OWNER_DEFAULT, SH_PART_COMM, bytes, &off);
+  if (rc) return rc;
+  sh_chan_t *c = (sh_chan_t *)(a->base + off);
+  c->capacity = capacity;
+  c->max_message = max_message;
+  rc = _sh_lock_init(&c->lock);
+  if (rc) {
+    sh_free(a, off);
+    return rc;
+  }
+  __atomic_store_n(&c->magic, SH_CHAN_MAGIC, __ATOMIC_RELEASE);
+  *offset = off;
+  return SH_OK;
+}
+
+int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns) {
+  sh_chan_t *c;
+  int rc = sh_chan_at(a, chan, &c);
+  if (rc) return rc;
+  if (size > c->max_message)
+    return _sh_fail(SH_EINVAL, "a message of %llu bytes is over the channel's %llu", (unsigned long long)size,
+                    (unsigned long long)c->max_message);
+  int64_t deadline = sh_deadline(timeout_ns);
+  for (int spin = 0;; spin++) {
+    if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed");
+    uint32_t seen = sh_atomic_load_acquire(&c->not_full);
+    sh_chan_lock(c);
+    uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+    uint32_t head = (uint32_t)(ring >> 32) & (c->capacity - 1), count = (uint32_t)ring;
+    if (count < c->capacity && !sh_atomic_load_relaxed(&c->closed)) {
+      sh_chan_cell_t *cell = &c->cells[(head + count) & (c->capacity - 1)];
+      cell->offset = msg;
+      cell->size = size;
+      sh_atomic_store_release(&c->ring, (uint64_t)head << 32 | (count + 1)); /* the one store that publishes */
+      sh_chan_unlock(c);
+      sh_atomic_add_relaxed(&c->sent, 1u);
+      sh_atomic_add_relaxed(&c->bytes, size);
+      sh_futex_wake(c, &c->not_empty);
+      return SH_OK;
+    }
+    sh_chan_unlock(c);
+    if (timeout_ns == 0 || sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
+    if (spin < SH_CHAN_SPIN) continue;
+    sh_atomic_add_relaxed(&c->sleepers, 1u);
+    sh_futex_wait(&c->not_full, seen, deadline);
+    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+  }
+}
+
+int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
+  sh_chan_t *c;
+  int rc = sh_chan_at(a, chan, &c);
+  if (rc) return rc;
+  int64_t deadline = sh_deadline(timeout_ns);
+  for (int spin = 0;; spin++) {
+    uint32_t seen = sh_atomic_load_acquire(&c->not_empty);
+    sh_chan_lock(c);
+    uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+    uint32_t head = (uint32_t)(ring >> 32) & (c->capacity - 1), count = (uint32_t)ring;
+    if (count > 0) {
+      sh_chan_cell_t *cell = &c->cells[head];
+      *msg = cell->offset;
+      *size = cell->size;
+      sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (c->capacity - 1)) << 32 | (count - 1));
+      sh_chan_unlock(c);
+      sh_atomic_add_relaxed(&c->received, 1u);
+      sh_atomic_sub_relaxed(&c->bytes, *size);
+      sh_futex_wake(c, &c->not_full);
+      return SH_OK;
+    }
+    sh_chan_unlock(c);
+    if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
+    if (timeout_ns == 0 || sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
+    if (spin < SH_CHAN_SPIN) continue;
+    sh_atomic_add_relaxed(&c->sleepers, 1u);
+    sh_futex_wait(&c->not_empty, seen, deadline);
+    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+  }
+}
+
+int sh_chan_close(sh_arena_t *a, uint64_t chan) {
+  sh_chan_t *c;
+  int rc = sh_chan_at(a, chan, &c);
+  if (rc) return rc;
+  sh_atomic_store_release(&c->closed, 1u);
+  sh_atomic_add_relaxed(&c->sleepers, 1u); /* so that both wakes are syscalls */
+  sh_futex_wake(c, &c->not_empty);
+  sh_futex_wake(c, &c->not_full);
+  sh_atomic_sub_relaxed(&c->sleepers, 1u);
+  return SH_OK;
+}
+
+int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
+  sh_chan_t *c;
+  int rc = sh_chan_at(a, chan, &c);
+  if (rc) return rc;
+  memset(st, 0, sizeof *st);
+  st->capacity = c->capacity;
+  st->depth = (uint32_t)sh_atomic_load_acquire(&c->ring);
+  st->max_message = c->max_message;
+  st->sent = sh_atomic_load_relaxed(&c->sent);
+  st->received = sh_atomic_load_relaxed(&c->received);
+  st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes);
+  st->closed = (int)sh_atomic_load_relaxed(&c->closed);
+  return SH_OK;
+}
+
+int sh_chan_drain(sh_arena_t *a, uint64_t chan, void (*each)(uint64_t, uint64_t, void *), void *ctx) {
+  sh_chan_t *c;
+  int rc = sh_chan_at(a, chan, &c);
+  if (rc) return rc;
+  int n = 0;
+  uint64_t msg, size;
+  while (sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK) {
+    each(msg, size, ctx);
+    n++;
+  }
+  return n;
+}

@@ -1,0 +1,224 @@
+"""Channels: named, bounded, multi-producer multi-consumer queues of messages
+in the `comm` partition, shared by every process of the heap.
+
+A message is a block of the shared default: ``send`` copies bytes into a
+new one, ``send_block`` moves a Block without a copy (the sender's Block is
+unusable after), and ``recv`` hands the receiver the block itself, zero-copy;
+freeing it (or dropping the last reference... explicitly: ``blk.free()``)
+gives it back. The queue of offsets is the C core's (channel.c): a few
+stores under a robust lock, futex waits any process wakes. A message may
+take a lease (``send(..., lease=30.0)``): a sweep frees it if nobody
+received and freed it in time, as for any block with a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from swarmheap._core import Block
+from swarmheap.errors import ChannelClosed, InvalidHandle, StaleBlock
+from swarmheap.handle import Handle
+from swarmheap.offload import Registry
+
+if TYPE_CHECKING:
+    from swarmheap.heap import Heap
+
+__all__ = ["MAX_NAME", "Channel", "ChannelClosed"]
+
+MAX_NAME = 200
+_REF = struct.Struct("<QIQ")  # channel offset, capacity, max message
+
+
+def _timeout_ns(timeout: float | None) -> int:
+    if timeout is None:
+        return -1
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (timeout >= 0)
+        or math.isinf(timeout)
+    ):
+        raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
+    return int(timeout * 1e9)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a channel name is a str, not {type(name).__name__}")
+    if not name or len(name.encode()) > MAX_NAME:
+        raise ValueError(f"a channel name is 1 to {MAX_NAME} bytes of UTF-8, not {len(name.encode())}")
+    return name
+
+
+class Channel:
+    """One named channel of a heap; see the module docstring. Get one with
+    ``heap.channel(name, capacity=1024, max_message=None)``."""
+
+    def __init__(self, heap: Heap, name: str, offset: int, capacity: int, max_message: int) -> None:
+        self.heap = heap
+        self.name = name
+        self.offset = offset
+        self.capacity = capacity
+        self.max_message = max_message
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name!r} capacity={self.capacity}>"
+
+    # ---- sending ----
+
+    def send(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:
+        """Copy ``data`` (bytes, a memoryview, any buffer) into a `comm` block
+        and enqueue it; TimeoutError if the channel stays full past ``timeout``."""
+        if not self._send(data, _timeout_ns(timeout), lease):
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
+
+    def try_send(self, data: Any, *, lease: float | None = None) -> bool:
+        """send() without waiting: False if the channel is full."""
+        return self._send(data, 0, lease)
+
+    def send_block(self, block: Block, timeout: float | None = None) -> None:
+        """Move a Block of the shared default into the channel without a
+        copy; the Block is unusable after, and the receiver owns the bytes."""
+        if not isinstance(block, Block):
+            raise TypeError(f"send_block takes a Block, not {type(block).__name__}")
+        if block.heap is not self.heap:
+            raise ValueError("the block belongs to another heap object")
+        if block.owner != 0:
+            raise ValueError(
+                "only blocks of the shared default move through a channel (heap.alloc(size, 'comm')): "
+                "an agent's block goes when its agent is recycled"
+            )
+        self._check_size(len(block))
+        block._hand_over()
+        try:
+            queued = self.heap._chan_send(self.offset, block.offset, len(block), _timeout_ns(timeout))
+        except BaseException:
+            self._free(block.offset, len(block))
+            raise
+        if not queued:
+            self._free(block.offset, len(block))
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s; the block was freed")
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_message:
+            raise ValueError(
+                f"a message of {size} bytes is over channel {self.name!r}'s max_message {self.max_message}"
+            )
+
+    def _send(self, data: Any, timeout_ns: int, lease: float | None) -> bool:
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(
+                f"send() takes bytes-like data (bytes, memoryview, a buffer), not {type(data).__name__}"
+            ) from None
+        self._check_size(view.nbytes)
+        blk = self.heap.alloc(max(view.nbytes, 1), "comm", lease=lease)
+        blk[: view.nbytes] = view
+        try:
+            queued = self.heap._chan_send(self.offset, blk.offset, view.nbytes, timeout_ns)
+        except BaseException:
+            blk.free()
+            raise
+        if not queued:
+            blk.free()
+        else:
+            blk._hand_over()
+        return queued
+
+    # ---- receiving ----
+
+    def recv(self, timeout: float | None = None) -> Block:
+        """The next message's block, zero-copy: yours to read and free.
+        TimeoutError past ``timeout``; ChannelClosed once closed and drained."""
+        got = self.heap._chan_recv(self.offset, _timeout_ns(timeout))
+        if got is None:
+            raise TimeoutError(f"channel {self.name!r} stayed empty for {timeout} s")
+        return self._block(*got)
+
+    def try_recv(self) -> Block | None:
+        """recv() without waiting: None if the channel is empty."""
+        got = self.heap._chan_recv(self.offset, 0)
+        return None if got is None else self._block(*got)
+
+    def _block(self, offset: int, size: int) -> Block:
+        return self.heap.resolve(Handle(offset, size, 0, 1))
+
+    def __iter__(self) -> Iterator[Block]:
+        """Receive until the channel is closed and drained."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
+
+    # ---- asyncio ----
+
+    async def asend(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:
+        """send() for asyncio: a full channel is waited on in a worker thread,
+        never on the event loop."""
+        if self.try_send(data, lease=lease):
+            return
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.send(data, timeout, lease=lease))
+
+    async def arecv(self, timeout: float | None = None) -> Block:
+        """recv() for asyncio; an empty channel is waited on in a worker thread."""
+        got = self.try_recv()
+        if got is not None:
+            return got
+        return await asyncio.get_running_loop().run_in_executor(None, self.recv, timeout)
+
+    # ---- life ----
+
+    def close(self) -> None:
+        """Senders get ChannelClosed at once; receivers drain what is queued first."""
+        self.heap._chan_close(self.offset)
+
+    def stats(self) -> dict[str, Any]:
+        """Depth, totals sent and received, bytes in flight, closed."""
+        return {"name": self.name, **self.heap._chan_stats(self.offset)}
+
+    def unlink(self) -> None:
+        """Remove the channel: closed, its queued messages freed, its name gone."""
+        self.close()
+        while (got := self.heap._chan_recv(self.offset, 0) if self.stats()["depth"] else None) is not None:
+            self._free(*got)
+        Registry(self.heap).remove(f"channel/{self.name}")
+        self._free(self.offset, 1)
+
+    def _free(self, offset: int, size: int) -> None:
+        try:
+            self.heap.resolve(Handle(offset, max(size, 1), 0, 1)).free()
+        except (InvalidHandle, StaleBlock):
+            pass  # a sweep took it (its lease ran out)
+
+
+def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) -> Channel:
+    _check_name(name)
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1 or capacity > 1 << 20:
+        raise ValueError(f"capacity is an int from 1 to 2**20, not {capacity!r}")
+    cap = 1 << (capacity - 1).bit_length()  # the ring holds a power of two
+    comm = heap.info()["partitions"]["comm"]["size"]
+    if max_message is None:
+        max_message = comm // 4
+    if isinstance(max_message, bool) or not isinstance(max_message, int) or not 0 < max_message <= comm:
+        raise ValueError(f"max_message is bytes from 1 to the comm partition's {comm}, not {max_message!r}")
+    registry = Registry(heap)
+    key = f"channel/{name}"
+    while True:
+        data = registry.get_ref(key)[1]
+        if data is not None:
+            offset, cap, maxm = _REF.unpack(data)
+            return Channel(heap, name, offset, cap, maxm)
+        offset = heap._chan_create(cap, max_message)
+        if registry.swap(key, None, _REF.pack(offset, cap, max_message)):
+            return Channel(heap, name, offset, cap, max_message)
+        Channel(heap, name, offset, cap, max_message)._free(offset, 1)  # another process named it first
+
+
+def channel_names(heap: Heap) -> list[str]:
+    return [n.split("/", 1)[1] for n in Registry(heap).names("channel/")]
