@@ -16,7 +16,7 @@ from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
-from swarmheap.errors import AgentStateError
+from swarmheap.errors import AgentStateError, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id, read_kind
 from swarmheap.predict import Prediction, Predictor
@@ -216,6 +216,15 @@ class Heap(CoreHeap):
             else:
                 owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
+
+    def close(self) -> None:
+        """As CoreHeap.close; this process's usage samples go to the shared model first."""
+        if not self.closed and not self.read_only and hasattr(self, "_predictor"):
+            try:
+                self._predictor.flush()
+            except SwarmHeapError:
+                pass  # a damaged registry: the samples are lost, the close goes on
+        super().close()
 
     # ---- channels (swarmheap.channels) ----
 

@@ -188,9 +188,15 @@ class Predictor:
     def note(self, kind: str, final: dict[str, Any]) -> None:
         """A completed (recycled, swept) agent's figures: kept as they are,
         read at the flush, so a complete pays one append."""
-        self.pending[kind].append(final)
+        pending = self.pending[kind]
+        pending.append(final)
         self.npending += 1
-        if self.npending >= FLUSH_EVERY:
+        # every FLUSH_EVERY agents; and as soon as a kind this process has no
+        # confident prediction for has enough samples to make one
+        cached = self.cache.get(kind)
+        if self.npending >= FLUSH_EVERY or (
+            len(pending) >= CONFIDENT and (cached is None or not cached.confident)
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -223,7 +229,11 @@ class Predictor:
             registry.remove(name)
 
     def predict(self, kind: str) -> Prediction:
+        """The kind's model as the heap holds it, this process's samples folded in first."""
         self.flush()
+        return self._read(kind)
+
+    def _read(self, kind: str) -> Prediction:
         _, data = Registry(self.heap).get_ref(f"model/{kind}")
         if data is None:
             return Prediction(kind, 0, False, None)
@@ -235,14 +245,14 @@ class Predictor:
         path reads the registry once per kind and flush, not per spawn."""
         got = self.cache.get(kind)
         if got is None:
-            got = self.cache[kind] = self.predict(kind)
+            got = self.cache[kind] = self._read(kind)  # no flush here: spawn must not write the registry
         return got
 
     def table(self) -> list[dict[str, Any]]:
         """Per kind: samples, predicted P50/P90 context peak, P90 lifetime, last actual peak."""
         out = []
         for kind in self.kinds():
-            p = self.predict(kind)
+            p = self._read(kind)
             out.append(
                 {
                     "kind": kind,

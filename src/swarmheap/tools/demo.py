@@ -21,8 +21,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
 from swarmheap._core import FIRST_AGENT
-from swarmheap.errors import InvalidHandle, PartitionFull, StaleBlock
-from swarmheap.handle import Handle
+from swarmheap.channels import Channel
+from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
 from swarmheap.sizes import format_size
 from swarmheap.stores import SQLiteStore
@@ -32,6 +32,8 @@ SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
 SHOW_EVERY = 0.5  # seconds between occupancy lines on the terminal
 MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
 OFFLOAD_EVERY = 10  # rounds between offloads of a worker's memory agent
+DIGEST = 16  # bytes of a hand-off's checksum, ahead of its payload
+HANDOFF_LEASE = 60.0  # a hand-off a killed worker received and never freed: a sweep takes it back
 
 
 @dataclass
@@ -85,8 +87,8 @@ def _worker(
     name: str,
     index: int,
     rounds: int,
-    inbox: Connection,
-    outbox: Connection,
+    inbox_name: str,
+    outbox_name: str,
     progress: Connection,
     victim: bool,
 ) -> None:
@@ -95,6 +97,7 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     heap = Heap.attach(name)
     heap.set_sweep_thresholds(0, 0, 0)  # the parent sweeps
+    inbox, outbox = heap.channel(inbox_name), heap.channel(outbox_name)
     rng = random.Random(index)
     report = WorkerReport(index)
     store = SQLiteStore(os.path.join(tempfile.gettempdir(), f"{name}-offload.db"))
@@ -116,15 +119,18 @@ def _worker(
                     memory.delete(f"summary-{round_no - MEMORY_WINDOW}")
             except PartitionFull:
                 report.full += 1  # a runtime would back off; the demo carries on
-            # hand a buffer to a neighbour: only the handle travels
+            # hand a buffer to a neighbour through its channel in `comm`: the
+            # block itself moves (send_block), its digest in its first bytes
             size = rng.randint(1024, 256 * 1024)
             try:
-                blk = heap.alloc(size, "shared")
+                blk = heap.alloc(DIGEST + size, "comm", lease=HANDOFF_LEASE)
                 payload = rng.randbytes(size)
-                blk[:] = payload
-                outbox.send((tuple(blk.handle), hashlib.blake2b(payload).digest()))
+                blk[DIGEST:] = payload
+                blk[:DIGEST] = hashlib.blake2b(payload, digest_size=DIGEST).digest()
+                report.received += _drain(heap, inbox, report)  # room for a neighbour before we wait on ours
+                outbox.send_block(blk, timeout=0.0)
                 report.sent += 1
-            except PartitionFull:
+            except (PartitionFull, TimeoutError):  # a full partition, or a neighbour that fell behind
                 report.full += 1
             if victim and round_no == rounds // 2:
                 # wait for an answer that never comes: the parent kills this
@@ -147,22 +153,13 @@ def _worker(
         heap.close()
 
 
-def _drain(heap: Heap, inbox: Connection, report: WorkerReport) -> int:
+def _drain(heap: Heap, inbox: Channel, report: WorkerReport) -> int:
     got = 0
-    while inbox.poll():
-        try:
-            handle, digest = inbox.recv()
-        except EOFError:
-            return got
-        try:
-            blk = heap.resolve(Handle(*handle))
-        except (InvalidHandle, StaleBlock):
-            report.errors += 1
-            continue
+    while (blk := inbox.try_recv()) is not None:
         with memoryview(blk) as view:
-            if hashlib.blake2b(view).digest() != digest:
+            if hashlib.blake2b(view[DIGEST:], digest_size=DIGEST).digest() != view[:DIGEST]:
                 report.errors += 1
-        report.bytes_moved += len(blk)
+        report.bytes_moved += len(blk) - DIGEST
         blk.free()
         got += 1
     return got
@@ -224,14 +221,22 @@ def run_demo(
     try:
         # worker i sends to worker i+1; the parent keeps every read end to
         # drain what a finished or killed worker never took
-        links = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        links = [heap.channel(f"inbox-{i}", 256) for i in range(workers)]
         reports = [ctx.Pipe() for _ in range(workers)]
         victim = 0
         procs = [
             ctx.Process(
                 target=_worker,
                 daemon=True,
-                args=(name, i, rounds, links[i][0], links[(i + 1) % workers][1], reports[i][1], i == victim),
+                args=(
+                    name,
+                    i,
+                    rounds,
+                    f"inbox-{i}",
+                    f"inbox-{(i + 1) % workers}",
+                    reports[i][1],
+                    i == victim,
+                ),
             )
             for i in range(workers)
         ]
@@ -274,7 +279,7 @@ def run_demo(
                     finished[i] = msg[2]
                     stood_in.append(i)
             for i in stood_in:
-                _drain(heap, links[i][0], leftover)  # a finished or dead worker no longer reads its inbox
+                _drain(heap, links[i], leftover)  # a finished or dead worker no longer reads its inbox
             if not report.samples or time.monotonic() - start - report.samples[-1]["t"] >= SAMPLE_EVERY:
                 sample = _sample(heap, start)
                 report.samples.append(sample)
@@ -284,8 +289,8 @@ def run_demo(
         for p in procs:
             p.join()
         # what arrived after its reader finished, or was killed
-        for reader, _ in links:
-            _drain(heap, reader, leftover)
+        for inbox in links:
+            _drain(heap, inbox, leftover)
         _sweep(heap, report, start, quiet=True)
         for w in finished.values():
             report.agents_run += w["agents"]
@@ -350,7 +355,7 @@ def print_report(report: DemoReport) -> None:
             f"{report.peak_agents_live}: {format_size(int(report.context_held_per_agent))} of context held "
             f"per agent, {report.context_utilization:.0%} of it in use (small blocks share nursery pages)",
         ),
-        ("buffers handed over by handle", str(report.buffers_handed_over)),
+        ("buffers handed over (channels, zero-copy)", str(report.buffers_handed_over)),
         (
             "memory agents offloaded (SQLite)",
             f"{report.offloads} times: {format_size(report.offloaded_bytes)} freed in the heap, "
