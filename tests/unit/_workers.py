@@ -358,3 +358,15 @@ def chan_loop_until_killed(name: str, chan: str, role: str, ready: Any) -> None:
                 blk = ch.recv()
                 blk.free()
             i += 1
+
+
+def langgraph_resume(name: str, thread_id: str) -> dict[str, Any]:
+    """Another process resumes a LangGraph thread by id from the shared heap."""
+    from lg_graph import build
+
+    from swarmheap.langgraph import SwarmSaver
+
+    with sh.Heap.attach(name) as heap:
+        app = build().compile(checkpointer=SwarmSaver(heap))
+        cfg = {"configurable": {"thread_id": thread_id}}
+        return dict(app.invoke({"log": ["resumed"], "n": 100}, cfg))

@@ -1,0 +1,121 @@
+"""SwarmSaver, the LangGraph checkpointer on the arena."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+from typing import Any
+
+import pytest
+
+import swarmheap as sh
+
+pytest.importorskip("langgraph.checkpoint.base")
+from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+from _workers import langgraph_resume
+from swarmheap.langgraph import SwarmSaver, SwarmSaverError
+
+
+def fill(saver: SwarmSaver, thread: str, steps: int, run_id: str = "r1") -> dict[str, Any]:
+    cfg: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    for step in range(steps):
+        cp = create_checkpoint(cp, None, step)
+        cp["channel_values"] = {"messages": [f"m{i}" for i in range(step + 1)], "count": step}
+        cp["channel_versions"] = {"messages": step + 1, "count": step + 1}
+        cfg = saver.put(
+            cfg, cp, {"source": "loop", "step": step, "run_id": run_id}, dict(cp["channel_versions"])
+        )
+        saver.put_writes(cfg, [("messages", f"pending {step}")], task_id="t")
+    return cfg
+
+
+def test_the_protocol(heap: sh.Heap) -> None:
+    saver = SwarmSaver(heap)
+    last = fill(saver, "a", 4)
+    got = saver.get_tuple({"configurable": {"thread_id": "a"}})
+    assert got.config == last
+    assert got.checkpoint["channel_values"] == {"messages": ["m0", "m1", "m2", "m3"], "count": 3}
+    assert got.metadata["step"] == 3 and got.pending_writes == [("t", "messages", "pending 3")]
+    parent = saver.get_tuple(got.parent_config)
+    assert parent.checkpoint["channel_values"]["count"] == 2
+    history = list(saver.list({"configurable": {"thread_id": "a"}}))
+    assert [h.metadata["step"] for h in history] == [3, 2, 1, 0]
+    assert [h.metadata["step"] for h in saver.list(None, filter={"step": 1})] == [1]
+    assert [
+        h.metadata["step"]
+        for h in saver.list({"configurable": {"thread_id": "a"}}, before=got.config, limit=2)
+    ] == [2, 1]
+    assert saver.get_tuple({"configurable": {"thread_id": "nobody"}}) is None
+    saver.copy_thread("a", "b")
+    assert saver.get_tuple({"configurable": {"thread_id": "b"}}).checkpoint == got.checkpoint
+    saver.prune(["b"])
+    assert len(list(saver.list({"configurable": {"thread_id": "b"}}))) == 1
+    fill(saver, "c", 2, run_id="gone")
+    saver.delete_for_runs(["gone"])
+    assert saver.get_tuple({"configurable": {"thread_id": "c"}}) is None
+    saver.delete_thread("a")
+    assert saver.get_tuple({"configurable": {"thread_id": "a"}}) is None
+    for thread in ("b", "c"):
+        saver.delete_thread(thread)
+    assert heap.agents() == []  # every thread's memory came back with its agent
+    heap.check()
+
+
+def test_keep_bounds_a_thread(heap: sh.Heap) -> None:
+    saver = SwarmSaver(heap, keep=2)
+    fill(saver, "k", 10)
+    assert [h.metadata["step"] for h in saver.list({"configurable": {"thread_id": "k"}})] == [9, 8]
+    agent = saver._agent("k", create=False)
+    assert sum(n.startswith("blob/") for n in agent.names()) == 4  # 2 channels x the 2 kept versions
+    saver.delete_thread("k")
+
+
+def test_async_methods(heap: sh.Heap) -> None:
+    saver = SwarmSaver(heap, compress="lz4")
+    fill(saver, "x", 2)
+
+    async def main() -> list[int]:
+        got = await saver.aget_tuple({"configurable": {"thread_id": "x"}})
+        assert got.checkpoint["channel_values"]["count"] == 1
+        out = [t.metadata["step"] async for t in saver.alist({"configurable": {"thread_id": "x"}})]
+        await saver.adelete_thread("x")
+        return out
+
+    assert asyncio.run(main()) == [1, 0]
+
+
+def test_damage_is_a_named_error(heap: sh.Heap) -> None:
+    saver = SwarmSaver(heap)
+    fill(saver, "d", 1)
+    agent = saver._agent("d", create=False)
+    name = next(n for n in agent.names() if n.startswith("cp/"))
+    agent.put(name, b"SHSNAP garbage")
+    with pytest.raises(SwarmSaverError):
+        saver.get_tuple({"configurable": {"thread_id": "d"}})
+    saver.delete_thread("d")
+
+
+def test_bad_arguments(heap: sh.Heap) -> None:
+    with pytest.raises(ValueError):
+        SwarmSaver(heap, compress="gzip")
+    with pytest.raises(ValueError):
+        SwarmSaver(heap, keep=0)
+    with pytest.raises(ValueError):
+        SwarmSaver(heap).prune(["x"], strategy="some")
+
+
+def test_a_graph_resumes_in_another_process(heap_name: str) -> None:
+    pytest.importorskip("langgraph.graph")
+    from lg_graph import build
+
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        app = build().compile(checkpointer=SwarmSaver(heap))
+        cfg = {"configurable": {"thread_id": "chat"}}
+        assert app.invoke({"log": ["start"], "n": 0}, cfg) == {"log": ["start", "step 0"], "n": 1}
+        with mp.get_context("spawn").Pool(1) as pool:
+            resumed = pool.apply(langgraph_resume, (heap_name, "chat"))
+        assert resumed == {"log": ["start", "step 0", "resumed", "step 100"], "n": 101}
+        assert app.get_state(cfg).values == resumed
+        heap.check()
