@@ -11,13 +11,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
-def test_readme_example_runs(heap_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_examples_run(heap_name: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = README.read_text()
-    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
-    promised = re.findall(r"It prints:\n\n```text\n(.*?)```", text, re.S)[0]
-    assert '"my-swarm"' in code
-    exec(compile(code.replace('"my-swarm"', repr(heap_name)), "README.md", "exec"), {})
-    assert capsys.readouterr().out == promised
+    examples = re.findall(r"```python\n(.*?)```\n\nIt prints:\n\n```text\n(.*?)```", text, re.S)
+    assert len(examples) == 2 and '"my-swarm"' in examples[0][0]
+    for code, promised in examples:
+        exec(compile(code.replace('"my-swarm"', repr(heap_name)), "README.md", "exec"), {})
+        assert capsys.readouterr().out == promised
 
 
 @pytest.mark.skipif(not README.exists(), reason="run from a source checkout")
