@@ -10,13 +10,7 @@
  * per-cell sequence numbers) because a process killed between claiming a
  * cell and publishing it wedges that ring for every other process, and
  * telling a dead claimer from a slow one needs more than a sequence number. */
-#include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "sh_internal.h"
 
@@ -60,37 +54,9 @@ static int sh_chan_at(const sh_arena_t *a, uint64_t off, sh_chan_t **out) {
 static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
-static void sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) {
-  struct timespec ts, *tsp = NULL;
-  if (deadline_ns >= 0) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t left = deadline_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
-    if (left <= 0) return;
-    ts.tv_sec = left / 1000000000;
-    ts.tv_nsec = left % 1000000000;
-    tsp = &ts;
-  }
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tsp, NULL, 0);
-}
-
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   sh_atomic_add_relaxed(word, 1u);
-  if (sh_atomic_load_acquire(&c->sleepers)) syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-static int64_t sh_deadline(int64_t timeout_ns) {
-  if (timeout_ns < 0) return -1;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeout_ns;
-}
-
-static bool sh_past(int64_t deadline_ns) {
-  if (deadline_ns < 0) return false;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline_ns;
+  if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
 }
 
 int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *offset) {
@@ -122,7 +88,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
   if (size > c->max_message)
     return _sh_fail(SH_EINVAL, "a message of %llu bytes is over the channel's %llu", (unsigned long long)size,
                     (unsigned long long)c->max_message);
-  int64_t deadline = sh_deadline(timeout_ns);
+  int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed");
     uint32_t seen = sh_atomic_load_acquire(&c->not_full);
@@ -141,10 +107,10 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
       return SH_OK;
     }
     sh_chan_unlock(c);
-    if (timeout_ns == 0 || sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
+    if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
     if (spin < SH_CHAN_SPIN) continue;
     sh_atomic_add_relaxed(&c->sleepers, 1u);
-    sh_futex_wait(&c->not_full, seen, deadline);
+    _sh_futex_wait(&c->not_full, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
   }
 }
@@ -153,7 +119,7 @@ int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, in
   sh_chan_t *c;
   int rc = sh_chan_at(a, chan, &c);
   if (rc) return rc;
-  int64_t deadline = sh_deadline(timeout_ns);
+  int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     uint32_t seen = sh_atomic_load_acquire(&c->not_empty);
     sh_chan_lock(c);
@@ -172,10 +138,10 @@ int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, in
     }
     sh_chan_unlock(c);
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
-    if (timeout_ns == 0 || sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
+    if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
     if (spin < SH_CHAN_SPIN) continue;
     sh_atomic_add_relaxed(&c->sleepers, 1u);
-    sh_futex_wait(&c->not_empty, seen, deadline);
+    _sh_futex_wait(&c->not_empty, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
   }
 }

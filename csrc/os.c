@@ -4,12 +4,15 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -158,3 +161,35 @@ int sh_process_start_time(int pid, uint64_t *start_time) {
   *start_time = strtoull(p, NULL, 10);
   return SH_OK;
 }
+
+/* ---- Futexes: waits other processes wake (not FUTEX_PRIVATE) ---------------- */
+
+int64_t _sh_deadline_ns(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeout_ns;
+}
+
+bool _sh_past(int64_t deadline_ns) {
+  if (deadline_ns < 0) return false;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline_ns;
+}
+
+void _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) {
+  struct timespec ts, *tsp = NULL;
+  if (deadline_ns >= 0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t left = deadline_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+    if (left <= 0) return;
+    ts.tv_sec = left / 1000000000;
+    ts.tv_nsec = left % 1000000000;
+    tsp = &ts;
+  }
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tsp, NULL, 0);
+}
+
+void _sh_futex_wake(_Atomic uint32_t *word) { syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }

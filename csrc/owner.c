@@ -127,6 +127,9 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, ui
     if (final) sh_info_add_held(a, word, final);
     sh_free(a, sh_held_offset(word)); /* a bad word frees nothing: sh_free validates */
   }
+  /* room came back: admissions waiting in any process look again */
+  sh_atomic_add_relaxed(&a->hdr->room_seq, 1u);
+  if (sh_atomic_load_acquire(&a->hdr->room_waiters)) _sh_futex_wake(&a->hdr->room_seq);
   sh_atomic_store_release(&o->state, final_state);
   return SH_OK;
 }
@@ -449,6 +452,15 @@ int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, u
   uint32_t old = sh_atomic_exchange_acq_rel(&o->reserved_kib, (uint32_t)kib);
   if (old) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)old << 10);
   return SH_OK;
+}
+
+uint32_t sh_room_seq(const sh_arena_t *a) { return sh_atomic_load_acquire(&a->hdr->room_seq); }
+
+void sh_room_wait(sh_arena_t *a, uint32_t seen, int64_t timeout_ns) {
+  int64_t deadline = _sh_deadline_ns(timeout_ns);
+  sh_atomic_add_relaxed(&a->hdr->room_waiters, 1u);
+  if (sh_atomic_load_acquire(&a->hdr->room_seq) == seen) _sh_futex_wait(&a->hdr->room_seq, seen, deadline);
+  sh_atomic_sub_relaxed(&a->hdr->room_waiters, 1u);
 }
 
 uint64_t sh_reserved_bytes(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a->hdr->reserved_bytes); }

@@ -250,6 +250,8 @@ typedef struct sh_header_s {
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
   _Atomic uint64_t nursery_records_off; /* the nursery's records run (nursery.c); 0: no nursery */
   _Atomic uint64_t reserved_bytes;      /* admission reservations in `context`: the owners' reserved_kib, summed */
+  _Atomic uint32_t room_seq;            /* bumped when an owner's memory goes back: admission waiters wake */
+  _Atomic uint32_t room_waiters;
   _Atomic uint32_t key_seed;
   /* sweep rings: entries [head, tail) are queued; see sweep.c */
   _Atomic uint64_t ring_head[SH_SWEEP_RINGS] __attribute__((aligned(SH_CACHE_LINE)));

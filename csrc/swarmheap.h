@@ -367,6 +367,11 @@ int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);
  * `each` (the caller frees them), then the ring is empty. Returns how many. */
 int sh_chan_drain(sh_arena_t *arena, uint64_t chan, void (*each)(uint64_t msg, uint64_t size, void *ctx), void *ctx);
 
+/* [any] A counter the core bumps whenever an owner's memory goes back (a
+ * recycle or an offload, in any process); sh_room_wait sleeps until it moves
+ * from `seen` or the timeout (ns, -1: none) passes. Admission's "wait". */
+uint32_t sh_room_seq(const sh_arena_t *arena);
+void sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns);
 /* [any] Bytes of `context` reserved by admitted agents. */
 uint64_t sh_reserved_bytes(const sh_arena_t *arena);
 /* [any] The slot's sh_owner_state_t, one load (SH_OWNER_FREE when out of range). */

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmheap.errors import (
     AdmissionDenied,
+    AdmissionTimeout,
     AgentStateError,
     AttachError,
     ChannelClosed,
@@ -89,6 +90,7 @@ __all__ = [
     "EVENTS",
     "PARTITIONS",
     "AdmissionDenied",
+    "AdmissionTimeout",
     "Agent",
     "AgentStateError",
     "ArrayHandle",

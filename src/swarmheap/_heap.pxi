@@ -829,6 +829,19 @@ cdef class CoreHeap:
             _raise(rc)
         return True
 
+    def _room_seq(self):
+        self._check_open()
+        return sh_room_seq(self.arena)
+
+    def _room_wait(self, uint32_t seen, int64_t timeout_ns):
+        """Sleep until any process gives memory back (or the timeout, ns)."""
+        self._check_writable()
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            sh_room_wait(arena, seen, timeout_ns)
+        self.inflight -= 1
+
     def _reserved(self):
         """Bytes of context reserved by admitted agents."""
         self._check_open()

@@ -13,6 +13,9 @@ Modes, for ``spawn(kind, admit=...)`` or ``heap.set_admission(mode)``:
 - "raise": AdmissionDenied unless the predicted peak fits under the limit (a
   fraction of `context`'s capacity, default 0.9) with the bytes in pages
   and what is reserved;
+- "wait": sleep until it fits (on a futex word the core bumps whenever any
+  process's agent gives memory back), or raise AdmissionTimeout (an
+  AdmissionDenied and a TimeoutError) once ``timeout`` seconds passed;
 - "offload": make the room by offloading this process's idle agents (to
   the offload policy's store, or the heap's default store), else
   AdmissionDenied.
@@ -23,9 +26,17 @@ model predicts every partition (Prediction.peak).
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
-from swarmheap.errors import AdmissionDenied, AgentStateError, StaleBlock, StoreFull, StoreUnavailable
+from swarmheap.errors import (
+    AdmissionDenied,
+    AdmissionTimeout,
+    AgentStateError,
+    StaleBlock,
+    StoreFull,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -33,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "admit", "reserved"]
 
-MODES = (None, "raise", "offload")
+MODES = (None, "raise", "wait", "offload")
 
 
 def reserved(heap: Heap) -> dict[str, int]:
@@ -42,15 +53,37 @@ def reserved(heap: Heap) -> dict[str, int]:
 
 
 def admit(
-    heap: Heap, agent_id: int, generation: int, prediction: Prediction, mode: str | None, limit: float
+    heap: Heap,
+    agent_id: int,
+    generation: int,
+    prediction: Prediction,
+    mode: str | None,
+    limit: float,
+    timeout: float | None = None,
 ) -> None:
-    """Reserve the agent's predicted share; in mode "raise"/"offload", only if it fits."""
+    """Reserve the agent's predicted share; in modes "raise", "wait" and
+    "offload", only if it fits."""
     need = -(-prediction.peak("context", 0.9) // 1024) * 1024  # reserved in whole KiB
     if not need:
         return
     bound = int(limit * heap._capacity["context"]) if mode is not None else 0
     if heap._owner_reserve(agent_id, generation, need, bound):
         return
+    if mode == "wait":
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = heap._room_seq()  # read before the try: a release in between moves it
+            if heap._owner_reserve(agent_id, generation, need, bound):
+                return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise AdmissionTimeout(
+                    f"a {prediction.kind!r} agent (predicted {need} bytes of context at P90) did not fit "
+                    f"within {timeout} s",
+                    prediction=prediction,
+                    short={"context": need},
+                )
+            heap._room_wait(seen, -1 if left is None else int(left * 1e9))
     if (
         mode == "offload"
         and _make_room(heap, need, agent_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "AdmissionDenied",
+    "AdmissionTimeout",
     "AgentStateError",
     "AttachError",
     "ChannelClosed",
@@ -120,3 +121,7 @@ class AdmissionDenied(SwarmHeapError):
 class ChannelClosed(SwarmHeapError):
     """The channel is closed: a send fails at once, a receive once the
     messages queued before the close are drained."""
+
+
+class AdmissionTimeout(AdmissionDenied, TimeoutError):
+    """``spawn(admit="wait", timeout=...)``: no room came back in time."""

@@ -149,19 +149,24 @@ class Heap(CoreHeap):
         *,
         lease: float | None = None,
         admit: str | _Default | None = DEFAULT,
+        timeout: float | None = None,
         reserve: bool = True,
     ) -> Agent:
         """A new agent of ``kind``: an owner heap in the C core. ``lease``
         (seconds) lets a sweep reclaim it once that time has passed. With a
         confident prediction for the kind (``predict``), ``reserve`` holds its
         P90 peak for it against later admissions, and ``admit`` ("raise",
-        "offload", None; the heap's default from ``set_admission``) decides
-        what happens when that does not fit (see swarmheap.admission)."""
+        "wait" up to ``timeout`` seconds, "offload", None; the heap's default
+        from ``set_admission``) decides what happens when that does not fit
+        (see swarmheap.admission)."""
         check_kind(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
         mode = self._admission[0] if isinstance(admit, _Default) else admit
         if mode not in admission.MODES:
-            raise ValueError(f"admit must be one of None, 'raise', 'offload', not {mode!r}")
+            raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
+        bad_timeout = isinstance(timeout, bool) or not isinstance(timeout, (int, float, type(None)))
+        if bad_timeout or (timeout is not None and timeout < 0):
+            raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
         if not isinstance(reserve, bool):
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         prediction = self._predictor.cached(kind) if (reserve or mode) else None
@@ -171,7 +176,7 @@ class Heap(CoreHeap):
         try:
             agent._update_index(lambda entries: None, lease_deadline=deadline)
             if prediction is not None and prediction.confident:
-                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1])
+                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise
@@ -270,10 +275,10 @@ class Heap(CoreHeap):
         return self._default_store
 
     def set_admission(self, mode: str | None = None, limit: float = 0.9) -> None:
-        """The default of ``spawn(admit=...)``: None, "raise" or "offload";
+        """The default of ``spawn(admit=...)``: None, "raise", "wait" or "offload";
         ``limit`` is the fraction of a partition's capacity admissions fill."""
         if mode not in admission.MODES:
-            raise ValueError(f"admission mode must be one of None, 'raise', 'offload', not {mode!r}")
+            raise ValueError(f"admission mode must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
             raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
         self._admission = (mode, float(limit))

@@ -370,3 +370,16 @@ def langgraph_resume(name: str, thread_id: str) -> dict[str, Any]:
         app = build().compile(checkpointer=SwarmSaver(heap))
         cfg = {"configurable": {"thread_id": thread_id}}
         return dict(app.invoke({"log": ["resumed"], "n": 100}, cfg))
+
+
+def wait_admission(name: str, kind: str, ready: Any, result: Any) -> None:
+    """Spawns with admit="wait" in another process; reports how it ended."""
+    with sh.Heap.attach(name) as heap:
+        ready.put("about to wait")
+        try:
+            agent = heap.spawn(kind, admit="wait", timeout=120)
+        except sh.AdmissionTimeout:
+            result.put("timed out")
+            return
+        agent.complete()
+        result.put("admitted")

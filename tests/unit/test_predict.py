@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import swarmheap as sh
-from _workers import learn_kind
+from _workers import learn_kind, wait_admission
 from swarmheap.stores import SQLiteStore
 
 
@@ -118,3 +118,26 @@ def test_bad_arguments_are_named_errors(heap: sh.Heap) -> None:
     with pytest.raises(ValueError):
         heap.predict("q").peak("nowhere")
     heap.check()
+
+
+def test_wait_is_woken_by_a_completion_in_another_process(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        teach(heap, "wide", 25, 2_000_000)
+        admitted = []
+        with pytest.raises(sh.AdmissionDenied):
+            while True:
+                admitted.append(heap.spawn("wide", admit="raise"))
+        with pytest.raises(sh.AdmissionTimeout):
+            heap.spawn("wide", admit="wait", timeout=0.05)  # nothing comes back in time
+        ctx = mp.get_context("spawn")
+        ready, result = ctx.Queue(), ctx.Queue()
+        proc = ctx.Process(target=wait_admission, args=(heap_name, "wide", ready, result))
+        proc.start()
+        ready.get(timeout=60)
+        admitted.pop().complete()  # room comes back here; the other process wakes and is admitted
+        assert result.get(timeout=120) == "admitted"
+        proc.join()
+        for a in admitted:
+            a.complete()
+        assert heap.stats()["reserved"]["context"] == 0
+        heap.check()
