@@ -107,7 +107,8 @@ void _sh_nursery_release(sh_arena_t *a, uint32_t owner, sh_owner_info_t *final) 
     uint32_t pi, index;
     int c;
     if (unit == 0 || !sh_nursery_block(a, off, &pi, &c, &index)) continue; /* empty, or damaged: not followed */
-    sh_atomic_store_release(&_sh_nursery_map(a, pi, c)[index], 0u);
+    uint32_t named = owner;
+    if (!sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, pi, c)[index], &named, 0u)) continue; /* a sweep has it */
     if (final) {
       final->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
       final->blocks++;
@@ -138,6 +139,36 @@ int _sh_nursery_owner(const sh_arena_t *a, uint64_t offset, uint32_t *owner) {
     return _sh_fail(SH_EBADPTR, "offset %llu is not a live block", (unsigned long long)offset);
   *owner = o;
   return SH_OK;
+}
+
+static bool sh_record_lists(const sh_arena_t *a, uint32_t owner, uint32_t unit) {
+  _Atomic uint32_t *record = _sh_nursery_record(a, owner);
+  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++)
+    if (sh_atomic_load_acquire(&record[k]) == unit) return true;
+  return false;
+}
+
+uint64_t _sh_nursery_reclaim_orphans(sh_arena_t *a) {
+  uint64_t reclaimed = 0;
+  for (int part = 0; part < SH_NPARTITIONS; part++)
+    for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
+      const sh_page_t *pg = &a->pages[pi];
+      if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || !(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY))
+        continue;
+      int c = _sh_pg_class(a, pg);
+      uint32_t n = a->classes[c].nursery_capacity;
+      _Atomic uint32_t *map = _sh_nursery_map(a, pi, c);
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t o = sh_atomic_load_acquire(&map[i]);
+        if (o < SH_FIRST_AGENT || o >= a->max_owners) continue;
+        uint64_t off = ((uint64_t)pi << a->page_shift) + (uint64_t)i * a->classes[c].size;
+        if (sh_record_lists(a, o, (uint32_t)(off >> SH_UNIT_SHIFT))) continue;
+        /* named but not listed: a free (or recycle) died between its two
+         * steps, or is between them now; the CAS makes one of us free it */
+        if (sh_atomic_cas_strong_acq_rel(&map[i], &o, 0u) && _sh_free_block(a, off, true) == SH_OK) reclaimed++;
+      }
+    }
+  return reclaimed;
 }
 
 int _sh_nursery_check(const sh_arena_t *a) {
@@ -182,8 +213,13 @@ int _sh_nursery_check(const sh_arena_t *a) {
         named_total++;
       }
     }
-  if (named_total != mapped)
-    return _sh_fail(SH_ECORRUPT, "nursery maps name %llu blocks, the agents' records list %llu of them",
-                    (unsigned long long)named_total, (unsigned long long)mapped);
+  /* a map word naming an agent whose record does not list the block is a
+   * free killed half way (or under way): a full sweep frees it, so it is
+   * not damage; more listed-and-mapped blocks than map words is */
+  if (mapped > named_total)
+    return _sh_fail(SH_ECORRUPT, "the agents' records list %llu mapped nursery blocks, the maps name %llu",
+                    (unsigned long long)mapped, (unsigned long long)named_total);
   return SH_OK;
 }
+
+uint64_t sh_nursery_reclaim(sh_arena_t *a) { return a->read_only ? 0 : _sh_nursery_reclaim_orphans(a); }

@@ -1233,6 +1233,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     if (sh_unlikely(in_page / cls->size >= cls->nursery_capacity))
       return _sh_fail(SH_EBADPTR, "offset %llu is not a block of its nursery page", (unsigned long long)offset);
     int rc = _sh_nursery_claim(a, pi, c, in_page / cls->size, offset);
+    if (rc == SH_NURSERY_TAKEN) return SH_OK; /* freed by the sweep that found it orphaned */
     if (rc) return rc;
   }
   uint32_t *link = _sh_link_at(a, pi, top);

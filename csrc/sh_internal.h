@@ -103,6 +103,11 @@ sh_internal void _sh_nursery_create(sh_arena_t *arena);
 sh_internal void _sh_nursery_load(sh_arena_t *arena);
 /* A positive "not from the nursery": the caller allocates from the owner's pages. */
 #define SH_NURSERY_PASS 1
+/* A positive "a sweep frees this block": nothing for the caller to do. */
+#define SH_NURSERY_TAKEN 2
+/* A full sweep's part: blocks a map names but no record lists (a free or a
+ * recycle killed between the two) go back. Returns how many. */
+sh_internal uint64_t _sh_nursery_reclaim_orphans(sh_arena_t *arena);
 sh_internal int _sh_nursery_alloc(sh_arena_t *arena, uint32_t owner, int partition, size_t size, bool may_lock,
                                   uint64_t *offset);
 /* A recycle's part: every block the owner's record lists, freed; live bytes added to `final`. */

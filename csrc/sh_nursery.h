@@ -24,8 +24,10 @@ static inline _Atomic uint32_t *_sh_nursery_record(const sh_arena_t *arena, uint
 }
 
 /* Takes the block out of its agent's record before the block is freed: the
- * one CAS that decides between this free, another, and the agent's recycle.
- * SH_OK: the caller frees the block. The block index is the caller's. */
+ * one CAS that decides between this free, another, and the agent's recycle;
+ * then a CAS on the map word, which a sweep reclaiming the orphan of a killed
+ * free may have taken first. SH_OK: the caller frees the block;
+ * SH_NURSERY_TAKEN: a sweep frees it. The block index is the caller's. */
 static inline int _sh_nursery_claim(sh_arena_t *arena, uint32_t pi, int c, uint32_t index, uint64_t offset) {
   _Atomic uint32_t *map = _sh_nursery_map(arena, pi, c);
   uint32_t owner = sh_atomic_load_acquire(&map[index]);
@@ -34,8 +36,8 @@ static inline int _sh_nursery_claim(sh_arena_t *arena, uint32_t pi, int c, uint3
   for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) {
     uint32_t expected = unit;
     if (sh_atomic_load_relaxed(&record[k]) == unit && sh_atomic_cas_strong_acq_rel(&record[k], &expected, 0u)) {
-      sh_atomic_store_release(&map[index], 0u);
-      return SH_OK;
+      uint32_t named = owner;
+      return sh_atomic_cas_strong_acq_rel(&map[index], &named, 0u) ? SH_OK : SH_NURSERY_TAKEN;
     }
   }
   return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free (freed, or recycled with its agent)",

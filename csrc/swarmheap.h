@@ -372,6 +372,10 @@ int sh_chan_drain(sh_arena_t *arena, uint64_t chan, void (*each)(uint64_t msg, u
  * from `seen` or the timeout (ns, -1: none) passes. Admission's "wait". */
 uint32_t sh_room_seq(const sh_arena_t *arena);
 void sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns);
+/* [any] Frees the nursery blocks a process killed half way through a free
+ * or a recycle left named in their page's map but in no agent's record (a
+ * sweep of generation 1 or 2 calls this). Returns how many. */
+uint64_t sh_nursery_reclaim(sh_arena_t *arena);
 /* [any] Bytes of `context` reserved by admitted agents. */
 uint64_t sh_reserved_bytes(const sh_arena_t *arena);
 /* [any] The slot's sh_owner_state_t, one load (SH_OWNER_FREE when out of range). */

@@ -829,6 +829,15 @@ cdef class CoreHeap:
             _raise(rc)
         return True
 
+    def _nursery_reclaim(self):
+        """Nursery blocks a killed free left named but unlisted, freed; how many."""
+        self._check_writable()
+        cdef uint64_t n
+        cdef sh_arena_t *arena = self.arena
+        with nogil:
+            n = sh_nursery_reclaim(arena)
+        return n
+
     def _room_seq(self):
         self._check_open()
         return sh_room_seq(self.arena)

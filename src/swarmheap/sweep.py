@@ -43,6 +43,7 @@ class SweepResult:
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
     offloaded: int = 0  # agents the offload policy moved to its store
+    nursery_blocks: int = 0  # nursery blocks of frees killed half way (sweeps of generation >= 1)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
     # each agent reclaimed: its final dict (kind, cause, figures); the heap
@@ -170,6 +171,8 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
         # free blocks a dead process's threads cached, of the shared default
         # heap above all (an agent's come back with the agent anyway)
         result.thread_caches = heap._reclaim_dead_threads()
+        # nursery blocks a process killed inside a free or a recycle left behind
+        result.nursery_blocks = heap._nursery_reclaim()
         # blocks of the shared default whose holder let their lease run out
         blocks, nbytes = heap._lease_reclaim(now)
         result.leased_blocks = blocks

@@ -158,7 +158,11 @@ def crash_loop(name: str, mode: str, seed: int, conn: Any) -> None:
     every byte it wrote; all its memory is an agent's, so a sweep can account
     for every byte. Sends "ready" once in the loop, then "ok" or the error."""
     rng = random.Random(seed)
-    heap = sh.Heap.attach(name)
+    try:
+        heap = sh.Heap.attach(name)
+    except BaseException as exc:  # reported, so a failed start is not a bare EOF
+        conn.send(f"attach failed: {type(exc).__name__}: {exc}")
+        return
     signalled = False
     try:
         agent = heap.spawn(f"crash-{mode}")
@@ -347,8 +351,13 @@ def chan_consumer(name: str, chan: str, out: Any) -> None:
 
 
 def chan_loop_until_killed(name: str, chan: str, role: str, ready: Any) -> None:
-    with sh.Heap.attach(name) as heap:
+    try:
+        heap = sh.Heap.attach(name)
         ch = heap.channel(chan)
+    except BaseException as exc:  # reported, so a failed start is not a silent timeout
+        ready.put(f"start failed: {type(exc).__name__}: {exc}")
+        return
+    with heap:
         ready.put(os.getpid())
         i = 0
         while True:

@@ -166,7 +166,8 @@ def test_kills_lose_nothing_beyond_the_killed_hands(heap_name: str) -> None:
             ready = ctx.Queue()
             proc = ctx.Process(target=chan_loop_until_killed, args=(heap_name, "victims", role, ready))
             proc.start()
-            ready.get(timeout=60)
+            started = ready.get(timeout=60)
+            assert isinstance(started, int), started
             time.sleep(rng.random() * 0.02)  # a random point in its loop (not a synchronisation)
             os.kill(proc.pid, signal.SIGKILL)
             proc.join()

@@ -45,7 +45,8 @@ def test_crash_matrix(heap_name: str) -> None:
             victim = rng.randrange(len(workers))
             proc, conn = workers[victim]
             assert conn.poll(60), "a worker never reached its loop"
-            assert conn.recv() == "ready"
+            msg = conn.recv()
+            assert msg == "ready", msg
             # a random point inside the loop (not a synchronisation: any point must do)
             time.sleep(rng.random() * 0.02)
             os.kill(proc.pid, signal.SIGKILL)
