@@ -45,6 +45,12 @@ def fuzz(runs: int) -> dict[str, Any]:
     rc, out, secs = _run(cmd)
     done = re.search(r"Done (\d+) runs", out)
     artifacts = [n for n in os.listdir(work) if n.startswith(("crash-", "timeout-", "oom-", "leak-"))]
+    keep = os.path.join(ROOT, "bench", "fuzz-artifacts")
+    for (
+        name
+    ) in artifacts:  # kept for the corpus: a failure is replayed by tests/fuzz/test_corpus.py once added
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(os.path.join(work, name), keep)
     shutil.rmtree(work)
     return {
         "name": "damaged-arena fuzzing (atheris)",
@@ -52,6 +58,7 @@ def fuzz(runs: int) -> dict[str, Any]:
         "cases": int(done.group(1)) if done else 0,
         "failures": len(artifacts) + (rc != 0 and not artifacts),
         "seconds": round(secs, 1),
+        "detail": out[-1500:] if rc != 0 else "",
         "what": "byte and word writes into every region of a closed 4 MiB heap left by a killed process, "
         "then attach, check, stats, collect, allocations in every partition (offsets checked against "
         "the mapping and the partition), frees, an agent's life; a crash, a hang over 5 s or an offset "
@@ -70,6 +77,7 @@ def pytest_case(name: str, path: str, env: dict[str, str], cases: int, what: str
         "cases": cases if rc == 0 else 0,
         "failures": int(failed.group(1)) if failed else int(rc != 0),
         "seconds": round(secs, 1),
+        "detail": out[-1500:] if rc != 0 else "",
         "what": what,
     }
 
