@@ -53,7 +53,9 @@ bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder) {
 
 /* true when the previous holder died and the protected state needs repair */
 bool _sh_lock_acquire_repair(sh_lock_t *lock) {
-  int err = pthread_mutex_trylock(&lock->mutex);
+  /* a damaged kind sends glibc down its priority-protect path, which asserts
+   * and aborts the process: the kind is checked before glibc reads it */
+  int err = lock->mutex.__data.__kind == sh_reference_kind() ? pthread_mutex_trylock(&lock->mutex) : EINVAL;
   uint32_t last_holder = UINT32_MAX;
   while (err == EBUSY || err == ETIMEDOUT) {
     struct timespec deadline;

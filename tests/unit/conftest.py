@@ -8,7 +8,10 @@ import pytest
 
 import swarmheap as sh
 
-PREFIX = "shtest_"
+# one prefix per test session: the leftover check below must not take the
+# heaps of another session running at the same time (it once did, and their
+# workers then failed to attach)
+PREFIX = f"shtest_{uuid.uuid4().hex[:6]}_"
 
 
 def _leftovers() -> set[str]:

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import PREFIX
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
@@ -45,7 +46,7 @@ class HeapModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.name = "shtest_" + uuid.uuid4().hex[:12]
+        self.name = PREFIX + uuid.uuid4().hex[:12]
         self.heap = sh.Heap.create(self.name, size="16 MiB")
         self.peer = Peer(self.name)
         self.data: dict[int, bytes] = {}  # id(Block) -> what it holds
