@@ -76,6 +76,7 @@ class DemoReport:
     peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
     context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
+    predicted: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (samples, P90 context peak)
 
 
 # Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
@@ -314,6 +315,9 @@ def run_demo(
         except Exception as exc:
             report.check_message = str(exc)
         report.samples.append(_sample(heap, start))
+        for kind in KINDS:  # what the usage model learned from every worker's agents
+            p = heap.predict(kind)
+            report.predicted[kind] = (p.samples, p.peak("context", 0.9))
         busiest = max(report.samples, key=lambda s: s["agents_live"])
         report.peak_agents_live = busiest["agents_live"]
         report.context_held_per_agent = busiest["context_held"] / max(busiest["agents_live"], 1)
@@ -362,6 +366,10 @@ def print_report(report: DemoReport) -> None:
             f"{format_size(report.blob_bytes)} in the store (zstd), restored on next touch",
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
+        (
+            "usage model (P90 context peak)",
+            ", ".join(f"{k} {format_size(p90)} ({n} agents)" for k, (n, p90) in report.predicted.items()),
+        ),
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
         (
             "reclaimed by sweep (dead worker)",
