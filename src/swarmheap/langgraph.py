@@ -27,7 +27,7 @@ from typing import Any
 
 from swarmheap import snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, SwarmHeapError
+from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
 from swarmheap.heap import Heap
 from swarmheap.offload import Registry
 from swarmheap.stores import Store
@@ -118,6 +118,18 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     # ---- the BaseCheckpointSaver protocol ----
 
     def put(
+        self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
+    ) -> Any:
+        try:
+            return self._put(config, checkpoint, metadata, new_versions)
+        except PartitionFull as exc:
+            raise PartitionFull(
+                f"{exc}; SwarmSaver: keep=N bounds each thread to its last N checkpoints, and store=... "
+                "(an SQLiteStore, say) lets cold threads leave the arena",
+                exc.code,
+            ) from exc
+
+    def _put(
         self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
     ) -> Any:
         c = checkpoint.copy()

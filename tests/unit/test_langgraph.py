@@ -119,3 +119,32 @@ def test_a_graph_resumes_in_another_process(heap_name: str) -> None:
         assert resumed == {"log": ["start", "step 0", "resumed", "step 100"], "n": 101}
         assert app.get_state(cfg).values == resumed
         heap.check()
+
+
+def test_the_published_conformance_suite_passes() -> None:
+    conformance = pytest.importorskip("langgraph.checkpoint.conformance")
+
+    @conformance.checkpointer_test(name="SwarmSaver")
+    async def swarm_saver() -> Any:
+        heap = sh.Heap.create(size="256 MiB")
+        try:
+            yield SwarmSaver(heap)
+        finally:
+            heap.close()
+
+    report = asyncio.run(conformance.validate(swarm_saver))
+    report.print_report()  # shown with pytest -s; the CI log keeps it
+    assert report.passed_all(), "SwarmSaver failed capabilities of langgraph-checkpoint-conformance"
+
+
+def test_a_full_arena_names_the_remedies() -> None:
+    with sh.Heap.create(size="16 MiB") as heap:
+        saver = SwarmSaver(heap, compress="none")
+        with pytest.raises(sh.PartitionFull, match="keep=N"):
+            for _ in range(100):
+                fill(saver, "big", 1)
+                cfg = {"configurable": {"thread_id": "big", "checkpoint_ns": ""}}
+                cp = create_checkpoint(empty_checkpoint(), None, 0)
+                cp["channel_values"] = {"blob": b"x" * 3_000_000}
+                cp["channel_versions"] = {"blob": 1}
+                saver.put(cfg, cp, {}, {"blob": 1})
