@@ -132,6 +132,7 @@ class Heap(CoreHeap):
         self._sweep = _SweepState()
         self._dictionaries = offload.Dictionaries(self)
         self._stores: dict[str, Store] = {}
+        self._own_stores: list[Store] = []  # opened here (the default, or by URL): closed with the heap
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
@@ -230,6 +231,10 @@ class Heap(CoreHeap):
             except SwarmHeapError:
                 pass  # a damaged registry: the samples are lost, the close goes on
         super().close()
+        for store in getattr(self, "_own_stores", ()):
+            store.close()
+        if hasattr(self, "_own_stores"):
+            self._own_stores.clear()
 
     # ---- channels (swarmheap.channels) ----
 
@@ -272,6 +277,7 @@ class Heap(CoreHeap):
         if self._default_store is None:
             self._default_store = offload.default_store(self)
             self._remember_store(self._default_store)
+            self._own_stores.append(self._default_store)
         return self._default_store
 
     def set_admission(self, mode: str | None = None, limit: float = 0.9) -> None:
@@ -336,6 +342,7 @@ class Heap(CoreHeap):
     def _store_for(self, url: str) -> Store:
         if url not in self._stores:
             self._stores[url] = open_store(url)
+            self._own_stores.append(self._stores[url])
         return self._stores[url]
 
     def _agent_at(self, agent_id: int, generation: int) -> Agent:

@@ -80,6 +80,8 @@ class SQLiteStore(Store):
         self.path = os.fspath(path)
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
         self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []  # every thread's, so close() closes them all
+        self._guard = threading.Lock()
         self._closed = False
         with self._db() as db:
             db.execute("CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, blob BLOB NOT NULL)")
@@ -96,6 +98,8 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
             self._local.db = db
+            with self._guard:
+                self._all.append(db)
         return db
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -138,11 +142,12 @@ class SQLiteStore(Store):
         return [r[0] for r in rows]
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
         self._closed = True
+        with self._guard:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+        self._local.db = None
 
 
 class LMDBStore(Store):
