@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> None:
             {"SWARMHEAP_CRASH_KILLS": str(args.kills)},
             args.kills,
             "SIGKILLs of workers in tight loops of alloc/free, spawn/complete, put/get and pin/unpin; after "
-            "each: sweep, check(), no agent of the dead left, survivors' data verified; at the end `shared` and "
-            "`comm` back to their baseline exactly, `context` and `system` within 4 KiB per hundred kills "
-            "(two take-then-record windows, docs/design.md)",
+            "each: sweep, check(), no agent of the dead left, survivors' data verified; at the end "
+            "`shared` and `comm` back to their baseline exactly, `context` and `system` within 4 KiB "
+            "per hundred kills (two take-then-record windows, docs/design.md)",
         ),
     ]
     doc = {
