@@ -97,6 +97,7 @@ class Agent(AgentCore):
         replaced: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
+            replaced.clear()  # update_index runs this again after a race: only the last run's counts
             if name in entries:
                 replaced.append(entries[name])
             entries[name] = (blk.offset, view.nbytes)
@@ -136,6 +137,7 @@ class Agent(AgentCore):
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
+            removed.clear()  # update_index runs this again after a race: only the last run's counts
             if name not in entries:
                 raise KeyError(f"agent {self.id} has no entry {name!r}")
             removed.append(entries.pop(name))

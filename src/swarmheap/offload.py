@@ -148,6 +148,7 @@ class Registry:
         replaced: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
+            replaced.clear()  # update_index runs this again after a race: only the last run's counts
             if name in entries:
                 replaced.append(entries[name])
             entries[name] = (blk.offset, len(data))
@@ -164,6 +165,7 @@ class Registry:
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
+            removed.clear()  # update_index runs this again after a race: only the last run's counts
             if name in entries:
                 removed.append(entries.pop(name))
 
