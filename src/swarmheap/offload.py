@@ -61,6 +61,7 @@ REGISTRY_OWNER = 1
 REGISTRY_GENERATION = 1
 DICT_KEY = "__swarmheap__/zdict/"
 TRAIN_AFTER = 64  # snapshots of a kind before its dictionary is trained
+STALE_AFTER = 300.0  # seconds before a live agent's registry entry is taken for a killed offload's
 DICT_SIZE = 16 * 1024
 SAMPLE_MAX = 64 * 1024  # larger states gain little from a dictionary and are not kept as samples
 
@@ -318,7 +319,7 @@ def offload(agent: Agent, store: Store) -> dict[str, Any]:
     # and the blob of a live agent) or offloaded and restorable, and nothing
     # in the store that the registry does not name.
     registry = Registry(heap)
-    registry.put(_registry_name(agent), f"{store.url}\n{key}\n{agent.kind}".encode())
+    registry.put(_registry_name(agent), f"{store.url}\n{key}\n{agent.kind}\n{time.time()}".encode())
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
@@ -337,8 +338,17 @@ def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | 
     data = Registry(heap).get(f"offload/{agent_id}/{generation}")
     if data is None:
         return None
-    url, key, kind = data.decode().split("\n", 2)
+    url, key, kind, _written = data.decode().split("\n", 3)
     return url, key, kind
+
+
+def _written(heap: Heap, name: str) -> float:
+    """When the registry entry was written (epoch seconds; 0 if unreadable)."""
+    data = Registry(heap).get(name)
+    try:
+        return float(data.decode().rsplit("\n", 1)[1]) if data else 0.0
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return 0.0
 
 
 def restore_in_place(agent: Agent) -> None:
@@ -453,8 +463,13 @@ def forget_stale(heap: Heap) -> int:
     for name in Registry(heap).names("offload/"):
         _, agent_id, generation = name.split("/")
         aid, gen = int(agent_id), int(generation)
-        if heap._owner_generation(aid) == gen and heap._owner_state(aid) in ("offloaded", "restoring"):
-            continue
+        if heap._owner_generation(aid) == gen:
+            if heap._owner_state(aid) in ("offloaded", "restoring"):
+                continue
+            # live, and its entry young: an offload under way in some process
+            # (entry, blob, then memory), not one a kill left behind
+            if time.time() - _written(heap, name) < STALE_AFTER:
+                continue
         found = where(heap, aid, gen)
         Registry(heap).remove(name)
         if found:
