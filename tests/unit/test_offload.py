@@ -367,7 +367,7 @@ def test_kills_during_offload_and_restore_lose_no_agent(heap_name: str, tmp_path
         assert store.keys("swarmheap/agent/") == []
 
 
-def test_concurrent_index_updates_free_each_replaced_block_once(heap: sh.Heap) -> None:
+def test_concurrent_index_updates_free_each_replaced_block_once() -> None:
     # update_index retries a change after a race; a replaced block must be
     # freed once, for the run that won (not for every run): a second free
     # once handed another writer's block back and lost a registry entry
@@ -375,6 +375,7 @@ def test_concurrent_index_updates_free_each_replaced_block_once(heap: sh.Heap) -
 
     from swarmheap.offload import Registry
 
+    heap = sh.Heap.create(size="64 MiB")  # room in `system` for six threads' index blocks in flight
     agent = heap.spawn("shared-index")
     registry = Registry(heap)
     errors: list[BaseException] = []
@@ -399,3 +400,4 @@ def test_concurrent_index_updates_free_each_replaced_block_once(heap: sh.Heap) -
         registry.remove(f"test/{k}")
     agent.complete()
     heap.check()
+    heap.close()
