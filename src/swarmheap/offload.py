@@ -79,24 +79,11 @@ class Registry:
         except (StaleBlock, AgentStateError) as exc:  # owner 1 is never recycled, its index rarely written:
             # an index that is gone or never reads the same twice is damage
             raise HeapCorrupt(
-                f"the heap's registry (the shared default's index) is unreadable: {exc}"
+                f"the heap's registry (the nursery owner's index) is unreadable: {exc}"
             ) from None
 
     def get(self, name: str) -> bytes | None:
-        for _ in range(100):
-            entries = self._entries()
-            if name not in entries:
-                return None
-            offset, size = entries[name]
-            try:
-                data = bytes(
-                    self.heap.resolve(Handle(offset, size, REGISTRY_OWNER, REGISTRY_GENERATION))[:size]
-                )
-            except (InvalidHandle, StaleBlock):
-                continue  # replaced between the reads
-            if self._entries().get(name) == (offset, size):
-                return data
-        raise AgentStateError(f"the heap registry's entry {name!r} keeps changing")
+        return self.get_ref(name)[1]
 
     def get_ref(self, name: str) -> tuple[tuple[int, int] | None, bytes | None]:
         """The entry's place (for swap) and bytes; (None, None) if absent."""
