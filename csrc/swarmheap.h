@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 5u
+#define SH_FORMAT_VERSION 6u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -310,21 +310,30 @@ int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
 
 /* [any] Stamp last-active time; compare-and-set or read the user word. The
  * read fails with SH_EOWNER if the owner is gone or its slot was reused.
- * A user word with SH_USER_WORD_HELD set names a block of owner 0 the owner
- * holds (length << 40 | offset, offset below 2^40): recycling the owner frees
- * that block too, whichever process or path recycles it. */
+ * A user word with SH_USER_WORD_HELD set names a 16-byte-aligned block of
+ * owner 0 (or 1) the owner holds: recycling the owner frees that block too,
+ * whichever process or path recycles it. The word carries a sequence number
+ * that every swap advances (sh_held_next), so a compare-and-set from a word
+ * read before other writers swapped the block away and back to the same
+ * offset fails instead of succeeding on stale contents (ABA). 27 bits wrap
+ * after 134 M swaps of one owner's word; the block's length is in the block
+ * (the layer above's business), not in the word. */
 #define SH_USER_WORD_HELD (UINT64_C(1) << 63)
-#define SH_HELD_OFFSET_BITS 40
-#define SH_HELD_LENGTH_MAX ((UINT64_C(1) << 23) - 1)
+#define SH_HELD_OFFSET_BITS 36 /* offset / 16: arenas up to 1 TiB */
+#define SH_HELD_SEQ_MASK ((UINT64_C(1) << 27) - 1)
 /* The held word's one codec: every reader and writer goes through these. */
-static inline uint64_t sh_held_word(uint64_t offset, uint64_t length) {
-  return SH_USER_WORD_HELD | (length << SH_HELD_OFFSET_BITS) | offset;
-}
 static inline uint64_t sh_held_offset(uint64_t word) {
-  return word & ((UINT64_C(1) << SH_HELD_OFFSET_BITS) - 1);
+  return (word & ((UINT64_C(1) << SH_HELD_OFFSET_BITS) - 1)) << 4;
 }
-static inline uint64_t sh_held_length(uint64_t word) {
-  return (word >> SH_HELD_OFFSET_BITS) & SH_HELD_LENGTH_MAX;
+static inline uint64_t sh_held_seq(uint64_t word) {
+  return (word >> SH_HELD_OFFSET_BITS) & SH_HELD_SEQ_MASK;
+}
+static inline uint64_t sh_held_word(uint64_t offset, uint64_t seq) {
+  return SH_USER_WORD_HELD | ((seq & SH_HELD_SEQ_MASK) << SH_HELD_OFFSET_BITS) | (offset >> 4);
+}
+/* The word that replaces `expected` by a block at `offset`. */
+static inline uint64_t sh_held_next(uint64_t expected, uint64_t offset) {
+  return sh_held_word(offset, (expected & SH_USER_WORD_HELD ? sh_held_seq(expected) : 0) + 1);
 }
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,

@@ -1,5 +1,9 @@
 # CoreHeap: one arena, and every call on it.
 
+cdef enum:
+    _HELD_PREFIX = 8  # a held block's u32 length and padding, before its data
+    _HELD_MAX = (1 << 23) - 1  # an index's bound (8 MiB): a runaway index is a bug
+
 
 class HeapEvents:
     """What a CoreHeap tells the layer above it. The binding calls these and
@@ -760,7 +764,8 @@ cdef class CoreHeap:
 
     # The owner's user word may hold a block of the shared default's `system`
     # (sh_held_word in swarmheap.h: the agent index lives there); these read
-    # and swap it in one call each.
+    # and swap it in one call each. The block starts with its data's length
+    # (a u32, then 4 bytes of padding), since the word holds only the offset.
 
     def _owner_held_read(self, uint32_t oid, uint32_t gen):
         """The block the owner's user word holds, copied out between two reads
@@ -775,12 +780,14 @@ cdef class CoreHeap:
             if not word & SH_USER_WORD_HELD:
                 return 0, b""
             off = sh_held_offset(word)
-            length = sh_held_length(word)
             # an index is a block of the shared default (the registry's, of owner 1)
             if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != (1 if oid == 1 else 0)
-                    or length > info.usable_size):
+                    or info.usable_size < _HELD_PREFIX):
                 continue  # swapped and freed under us: read the new word
-            data = (<char *>self.base + off)[:length]
+            length = (<uint32_t *>(self.base + off))[0]
+            if length > info.usable_size - _HELD_PREFIX:
+                continue
+            data = (<char *>self.base + off + _HELD_PREFIX)[:length]
             if sh_owner_user_word(self.arena, oid, gen, &again) != SH_OK:
                 return None
             if again == word:
@@ -791,22 +798,24 @@ cdef class CoreHeap:
         """Copy ``data`` into a new block of the shared default's ``system``
         and compare-and-set the owner's user word from ``expected`` to hold
         it; the block ``expected`` held is then freed. False, with nothing
-        changed, if the word had moved on."""
+        changed, if the word had moved on (the word's sequence number sees a
+        swap away and back to the same block, so a stale ``expected`` fails)."""
         self._check_writable()
         cdef uint64_t length = <uint64_t>len(data)
-        if length > SH_HELD_LENGTH_MAX:
-            raise ValueError(f"an agent's index is at most {SH_HELD_LENGTH_MAX} bytes, not {length}: "
+        if length > _HELD_MAX:
+            raise ValueError(f"an agent's index is at most {_HELD_MAX} bytes, not {length}: "
                              f"use fewer or shorter entry names")
         cdef uint64_t off, usable
-        cdef uint64_t nbytes = length if length else 1
         # the nursery owner's index is the heap's registry: its blocks are its
         # own (bookkeeping, not in use); every other index is the shared default's
         cdef uint32_t holder = 1 if oid == 1 else 0
-        cdef int rc = _alloc_off(self, holder, 1, SH_PART_SYSTEM, nbytes, &off, &usable)
+        cdef int rc = _alloc_off(self, holder, 1, SH_PART_SYSTEM, length + _HELD_PREFIX, &off, &usable)
         if rc:
             _raise(rc)
-        memcpy(self.base + off, <const char *>data, length)
-        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, sh_held_word(off, length))
+        (<uint32_t *>(self.base + off))[0] = <uint32_t>length
+        (<uint32_t *>(self.base + off))[1] = 0
+        memcpy(self.base + off + _HELD_PREFIX, <const char *>data, length)
+        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, sh_held_next(expected, off))
         if rc:
             _free_off(self, off)
             if rc == SH_ESTATE:

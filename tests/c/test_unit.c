@@ -236,7 +236,13 @@ static void test_owner_complete(void) {
   uint64_t index, sys_before = in_use(a, SH_PART_SYSTEM);
   sh_owner_create(a, 0, &id, &gen);
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
-  CHECK("hold", sh_owner_set_user_word(a, id, gen, 0, SH_USER_WORD_HELD | (100ull << 40) | index) == SH_OK);
+  CHECK("hold", sh_owner_set_user_word(a, id, gen, 0, sh_held_next(0, index)) == SH_OK);
+  uint64_t held;
+  CHECK("the word names it, first of its sequence", sh_owner_user_word(a, id, gen, &held) == SH_OK &&
+                                                      sh_held_offset(held) == index && sh_held_seq(held) == 1 &&
+                                                      sh_held_seq(sh_held_next(held, index)) == 2);
+  /* a swap away and back to the same block still moves the word (no ABA) */
+  CHECK("same block, new word", sh_held_next(held, index) != held);
   CHECK("it counts as the owner's", sh_owner_info(a, id, &before) == SH_OK && before.blocks == 1 &&
                                       before.bytes[SH_PART_SYSTEM] == 112);
   CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK && final.blocks == 1);

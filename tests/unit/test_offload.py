@@ -365,3 +365,39 @@ def test_kills_during_offload_and_restore_lose_no_agent(heap_name: str, tmp_path
             heap.collect(2)
             heap.check()
         assert store.keys("swarmheap/agent/") == []
+
+
+def test_concurrent_index_updates_free_each_replaced_block_once() -> None:
+    # update_index retries a change after a race; a replaced block must be
+    # freed once, for the run that won (not for every run): a second free
+    # once handed another writer's block back and lost a registry entry
+    import threading
+
+    from swarmheap.offload import Registry
+
+    heap = sh.Heap.create(size="64 MiB")  # room in `system` for six threads' index blocks in flight
+    agent = heap.spawn("shared-index")
+    registry = Registry(heap)
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(150):
+                agent.put(f"k{k}", bytes([k, i % 256]) * 50)
+                registry.put(f"test/{k}", bytes([k, i % 256]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(6):
+        assert bytes(agent.get(f"k{k}")) == bytes([k, 149]) * 50
+        assert registry.get(f"test/{k}") == bytes([k, 149])
+        registry.remove(f"test/{k}")
+    agent.complete()
+    heap.check()
+    heap.close()

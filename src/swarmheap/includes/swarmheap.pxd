@@ -132,10 +132,8 @@ cdef extern from "swarmheap.h" nogil:
                                uint64_t expected, uint64_t desired)
     int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word)
     uint64_t SH_USER_WORD_HELD
-    uint64_t SH_HELD_LENGTH_MAX
-    uint64_t sh_held_word(uint64_t offset, uint64_t length)
+    uint64_t sh_held_next(uint64_t expected, uint64_t offset)
     uint64_t sh_held_offset(uint64_t word)
-    uint64_t sh_held_length(uint64_t word)
     uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
     int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info)
     int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id)
