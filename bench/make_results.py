@@ -90,6 +90,8 @@ def render(results: dict[str, Any], json_name: str) -> str:
             met = "yes" if w["target"]["met"] else "no"
             out.append(f"| {w['name']} | {w['target']['text']} | {measured} | {met} |")
     out += _density(results.get("density"))
+    for sc in results.get("scenarios", []):
+        out += _scenario(sc)
     c = results.get("c_core")
     if c:
         out += ["", "## C core against glibc, jemalloc and mimalloc", ""]
@@ -151,6 +153,20 @@ def _density(d: dict[str, Any] | None) -> list[str]:
         f"\nMetadata at most 1 % of a 1 GiB arena with the default max_owners: "
         f"{d['metadata_percent']:.3f} % ({'met' if d['metadata_met'] else 'NOT met'})."
     )
+    return out
+
+
+def _scenario(s: dict[str, Any]) -> list[str]:
+    """A scenario workload (swarmheap.tools.scenarios): its table, notes and targets."""
+    out = ["", f"## {s['name']}: {s['what']}", ""]
+    out += ["| " + " | ".join(s["columns"]) + " |", "|---|" + "---:|" * (len(s["columns"]) - 1)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in s["rows"]]
+    if s.get("notes"):
+        out.append("")
+        out += [f"- {n}" for n in s["notes"]]
+    if s.get("targets"):
+        out += ["", "| target | measured | met |", "|---|---:|---|"]
+        out += [f"| {t['text']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in s["targets"]]
     return out
 
 

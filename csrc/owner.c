@@ -454,6 +454,21 @@ int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, u
   return SH_OK;
 }
 
+/* The agent took `bytes` of pages in `context`: that much of its reservation
+ * is now in pages, and counting it twice (pages and reservation) would turn
+ * away admissions that fit. What is left of it still returns at recycle. */
+void _sh_owner_reservation_use(sh_arena_t *a, sh_owner_t *o, uint64_t bytes) {
+  uint32_t kib = sh_atomic_load_relaxed(&o->reserved_kib);
+  if (kib == 0) return;
+  uint64_t want = bytes >> 10;
+  uint32_t take;
+  do {
+    take = want < kib ? (uint32_t)want : kib;
+    if (take == 0) return;
+  } while (!sh_atomic_cas_weak_acq_rel(&o->reserved_kib, &kib, kib - take));
+  sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)take << 10);
+}
+
 uint32_t sh_room_seq(const sh_arena_t *a) { return sh_atomic_load_acquire(&a->hdr->room_seq); }
 
 void sh_room_wait(sh_arena_t *a, uint32_t seen, int64_t timeout_ns) {

@@ -250,6 +250,7 @@ static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t 
   uint32_t now = sh_atomic_load_relaxed(&o->pages[part]) + (uint32_t)n;
   sh_atomic_store_relaxed(&o->pages[part], now);
   if (n > 0) {
+    if (part == SH_PART_CONTEXT && owner >= SH_FIRST_AGENT) _sh_owner_reservation_use(a, o, (uint64_t)n << a->page_shift);
     sh_atomic_max32_relaxed(&o->peak_pages[part], now);
     uint64_t used = sh_atomic_add_relaxed(&a->hdr->pages_used[part], (uint64_t)n) + (uint64_t)n;
     sh_atomic_max_relaxed(&a->hdr->peak_pages[part], used);

@@ -125,6 +125,7 @@ sh_internal uint64_t _sh_own_start_time(int32_t pid);
 sh_internal void _sh_info_add_page(const sh_arena_t *arena, uint32_t pi, int partition, sh_owner_info_t *info);
 /* final_state: FREE for a recycle, OFFLOADED for an offload (the slot stays). */
 sh_internal int _sh_owner_recycle_now(sh_arena_t *arena, uint32_t id, sh_owner_info_t *final, uint32_t final_state);
+sh_internal void _sh_owner_reservation_use(sh_arena_t *arena, sh_owner_t *o, uint64_t bytes);
 
 /* ---- shared helpers ---- */
 /* ---- Bin sets ----------------------------------------------------------------

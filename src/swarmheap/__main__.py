@@ -4,4 +4,5 @@ import sys
 
 from swarmheap.tools.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned worker imports this module as its parent's main
+    sys.exit(main())

@@ -1,5 +1,5 @@
 # Fields of the extension types; the methods live in the .pxi files _core.pyx includes.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from swarmheap.includes.swarmheap cimport sh_arena_t
 
@@ -57,3 +57,12 @@ cdef class AgentCore:
     cdef public object _heap
     cdef public uint32_t id
     cdef public uint32_t generation
+
+
+cdef class ChannelCore:
+    cdef readonly CoreHeap heap
+    cdef readonly uint64_t offset
+    cdef readonly uint64_t max_message
+
+    cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size) except -1

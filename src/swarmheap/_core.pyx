@@ -9,11 +9,12 @@ one events object (HeapEvents), never called by name. Split by job:
   _heap.pxi    CoreHeap: life, blocks, leases, owners, sweep queues, stats
   _block.pxi   Block: buffer protocol, exact staleness
   _agent.pxi   AgentCore: an agent's one-call allocation
+  _channel.pxi ChannelCore: a channel's one-call send and receive
   _numpy.pxi   the NEP 49 handler's glue
 """
 
 cimport cython
-from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -55,4 +56,5 @@ include "_dicts.pxi"
 include "_heap.pxi"
 include "_block.pxi"
 include "_agent.pxi"
+include "_channel.pxi"
 include "_numpy.pxi"

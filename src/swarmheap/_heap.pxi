@@ -767,6 +767,16 @@ cdef class CoreHeap:
     # and swap it in one call each. The block starts with its data's length
     # (a u32, then 4 bytes of padding), since the word holds only the offset.
 
+    def _owner_word(self, uint32_t oid, uint32_t gen):
+        """The owner's user word in one load; None if that generation is gone.
+        The word's sequence number changes with every swap, so an unchanged
+        word means an unchanged held block (readers cache on it)."""
+        self._check_open()
+        cdef uint64_t word
+        if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+            return None
+        return word
+
     def _owner_held_read(self, uint32_t oid, uint32_t gen):
         """The block the owner's user word holds, copied out between two reads
         of the word that agree: (word, bytes); (0, b"") if it holds none; None
@@ -799,7 +809,8 @@ cdef class CoreHeap:
         and compare-and-set the owner's user word from ``expected`` to hold
         it; the block ``expected`` held is then freed. False, with nothing
         changed, if the word had moved on (the word's sequence number sees a
-        swap away and back to the same block, so a stale ``expected`` fails)."""
+        swap away and back to the same block, so a stale ``expected`` fails).
+        Returns the new word, or 0 if the word had moved on."""
         self._check_writable()
         cdef uint64_t length = <uint64_t>len(data)
         if length > _HELD_MAX:
@@ -815,15 +826,16 @@ cdef class CoreHeap:
         (<uint32_t *>(self.base + off))[0] = <uint32_t>length
         (<uint32_t *>(self.base + off))[1] = 0
         memcpy(self.base + off + _HELD_PREFIX, <const char *>data, length)
-        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, sh_held_next(expected, off))
+        cdef uint64_t word = sh_held_next(expected, off)
+        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
         if rc:
             _free_off(self, off)
             if rc == SH_ESTATE:
-                return False
+                return 0
             _raise(rc)
         if expected & SH_USER_WORD_HELD:
             _free_off(self, sh_held_offset(expected))  # ours now; a bad word frees nothing
-        return True
+        return word
 
     def _owner_reserve(self, uint32_t oid, uint32_t gen, uint64_t nbytes, uint64_t limit):
         """Reserve ``nbytes`` of context for the agent; False if ``limit`` (0:
@@ -864,62 +876,6 @@ cdef class CoreHeap:
         """Bytes of context reserved by admitted agents."""
         self._check_open()
         return sh_reserved_bytes(self.arena)
-
-    # ---- channels (swarmheap.channels builds Channel on these) ----
-
-    def _chan_create(self, uint32_t capacity, uint64_t max_message):
-        self._check_writable()
-        cdef uint64_t off
-        cdef int rc = sh_chan_create(self.arena, capacity, max_message, &off)
-        if rc:
-            _raise(rc)
-        return off
-
-    def _chan_send(self, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns):
-        """True once queued; False if still full after the timeout."""
-        self._check_writable()
-        cdef int rc
-        cdef sh_arena_t *arena = self.arena
-        self.inflight += 1
-        with nogil:
-            rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
-        self.inflight -= 1
-        if rc == SH_ETIMEDOUT:
-            return False
-        if rc:
-            _raise(rc)
-        return True
-
-    def _chan_recv(self, uint64_t chan, int64_t timeout_ns):
-        """(offset, size), or None if still empty after the timeout."""
-        self._check_writable()
-        cdef int rc
-        cdef uint64_t msg = 0, size = 0
-        cdef sh_arena_t *arena = self.arena
-        self.inflight += 1
-        with nogil:
-            rc = sh_chan_recv(arena, chan, &msg, &size, timeout_ns)
-        self.inflight -= 1
-        if rc == SH_ETIMEDOUT:
-            return None
-        if rc:
-            _raise(rc)
-        return msg, size
-
-    def _chan_close(self, uint64_t chan):
-        self._check_writable()
-        cdef int rc = sh_chan_close(self.arena, chan)
-        if rc:
-            _raise(rc)
-
-    def _chan_stats(self, uint64_t chan):
-        self._check_open()
-        cdef sh_chan_stats_t st
-        cdef int rc = sh_chan_stats(self.arena, chan, &st)
-        if rc:
-            _raise(rc)
-        return {"capacity": st.capacity, "depth": st.depth, "max_message": st.max_message, "sent": st.sent,
-                "received": st.received, "bytes_in_flight": st.bytes_in_flight, "closed": bool(st.closed)}
 
     def _owner_state(self, uint32_t oid):
         """The owner slot's state name, read in one load (no page walk)."""

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from swarmheap._core import Block
+from swarmheap._core import Block, ChannelCore
 from swarmheap.errors import ChannelClosed, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 from swarmheap.offload import Registry
@@ -58,12 +58,13 @@ class Channel:
     """One named channel of a heap; see the module docstring. Get one with
     ``heap.channel(name, capacity=1024, max_message=None)``."""
 
-    def __init__(self, heap: Heap, name: str, offset: int, capacity: int, max_message: int) -> None:
+    def __init__(self, heap: Heap, name: str, core: ChannelCore, capacity: int) -> None:
         self.heap = heap
         self.name = name
-        self.offset = offset
+        self.core = core
+        self.offset = core.offset
         self.capacity = capacity
-        self.max_message = max_message
+        self.max_message = core.max_message
 
     def __repr__(self) -> str:
         return f"<Channel {self.name!r} capacity={self.capacity}>"
@@ -95,7 +96,7 @@ class Channel:
         self._check_size(len(block))
         block._hand_over()
         try:
-            queued = self.heap._chan_send(self.offset, block.offset, len(block), _timeout_ns(timeout))
+            queued = self.core.send_offset(block.offset, len(block), _timeout_ns(timeout))
         except BaseException:
             self._free(block.offset, len(block))
             raise
@@ -110,6 +111,8 @@ class Channel:
             )
 
     def _send(self, data: Any, timeout_ns: int, lease: float | None) -> bool:
+        if lease is None:
+            return self.core.send_copy(data, timeout_ns)  # alloc, copy, enqueue: one call
         try:
             view = memoryview(data).cast("B")
         except TypeError:
@@ -120,7 +123,7 @@ class Channel:
         blk = self.heap.alloc(max(view.nbytes, 1), "comm", lease=lease)
         blk[: view.nbytes] = view
         try:
-            queued = self.heap._chan_send(self.offset, blk.offset, view.nbytes, timeout_ns)
+            queued = self.core.send_offset(blk.offset, view.nbytes, timeout_ns)
         except BaseException:
             blk.free()
             raise
@@ -135,18 +138,14 @@ class Channel:
     def recv(self, timeout: float | None = None) -> Block:
         """The next message's block, zero-copy: yours to read and free.
         TimeoutError past ``timeout``; ChannelClosed once closed and drained."""
-        got = self.heap._chan_recv(self.offset, _timeout_ns(timeout))
+        got = self.core.recv_block(_timeout_ns(timeout))
         if got is None:
             raise TimeoutError(f"channel {self.name!r} stayed empty for {timeout} s")
-        return self._block(*got)
+        return got
 
     def try_recv(self) -> Block | None:
         """recv() without waiting: None if the channel is empty."""
-        got = self.heap._chan_recv(self.offset, 0)
-        return None if got is None else self._block(*got)
-
-    def _block(self, offset: int, size: int) -> Block:
-        return self.heap.resolve(Handle(offset, size, 0, 1))
+        return self.core.recv_block(0)
 
     def __iter__(self) -> Iterator[Block]:
         """Receive until the channel is closed and drained."""
@@ -176,16 +175,16 @@ class Channel:
 
     def close(self) -> None:
         """Senders get ChannelClosed at once; receivers drain what is queued first."""
-        self.heap._chan_close(self.offset)
+        self.core.close()
 
     def stats(self) -> dict[str, Any]:
         """Depth, totals sent and received, bytes in flight, closed."""
-        return {"name": self.name, **self.heap._chan_stats(self.offset)}
+        return {"name": self.name, **self.core.stats()}
 
     def unlink(self) -> None:
         """Remove the channel: closed, its queued messages freed, its name gone."""
         self.close()
-        while (got := self.heap._chan_recv(self.offset, 0) if self.stats()["depth"] else None) is not None:
+        while (got := self.core.recv_raw(0) if self.stats()["depth"] else None) is not None:
             self._free(*got)
         Registry(self.heap).remove(f"channel/{self.name}")
         self._free(self.offset, 1)
@@ -212,12 +211,12 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
     while True:
         data = registry.get_ref(key)[1]
         if data is not None:
-            offset, cap, maxm = _REF.unpack(data)
-            return Channel(heap, name, offset, cap, maxm)
-        offset = heap._chan_create(cap, max_message)
-        if registry.swap(key, None, _REF.pack(offset, cap, max_message)):
-            return Channel(heap, name, offset, cap, max_message)
-        Channel(heap, name, offset, cap, max_message)._free(offset, 1)  # another process named it first
+            offset, cap, _ = _REF.unpack(data)
+            return Channel(heap, name, ChannelCore(heap, offset), cap)
+        core = ChannelCore.create(heap, cap, max_message)
+        if registry.swap(key, None, _REF.pack(core.offset, cap, max_message)):
+            return Channel(heap, name, core, cap)
+        Channel(heap, name, core, cap)._free(core.offset, 1)  # another process named it first
 
 
 def channel_names(heap: Heap) -> list[str]:

@@ -337,10 +337,14 @@ class Heap(CoreHeap):
         return self.name or f"private-{os.getpid()}-{id(self):x}"
 
     def _remember_store(self, store: Store) -> None:
-        self._stores.setdefault(store.url, store)
+        known = self._stores.get(store.url)
+        if known is None or known.closed:
+            self._stores[store.url] = store
 
     def _store_for(self, url: str) -> Store:
-        if url not in self._stores:
+        """The store at ``url``: the one this process used last, or (if it
+        was closed since, or never seen here) the URL opened again."""
+        if url not in self._stores or self._stores[url].closed:
             self._stores[url] = open_store(url)
             self._own_stores.append(self._stores[url])
         return self._stores[url]

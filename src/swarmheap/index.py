@@ -10,7 +10,9 @@ reading. This module is the format's one home."""
 from __future__ import annotations
 
 import struct
+import weakref
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,8 +91,44 @@ def decode(data: bytes) -> Index:
     return kind, lease, entries
 
 
+# Decoded indexes by the word they were read under, per heap, for the last
+# CACHE_SIZE owners read in this process: an unchanged word is an unchanged
+# index (its sequence number changes with every swap), so a lookup costs a
+# load of the word and a dict copy, not a decode of every entry. The
+# registry (owner 1) holds every offloaded agent's and channel's entry, and a
+# LangGraph thread one entry per checkpoint: decoding them on every lookup
+# made each operation O(entries).
+CACHE_SIZE = 1024
+_Cached = OrderedDict[int, tuple[int, int, Index]]  # agent id -> (generation, word, index)
+_cache: weakref.WeakKeyDictionary[CoreHeap, _Cached] = weakref.WeakKeyDictionary()
+
+
+def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index] | None:
+    per_heap = _cache.get(heap)
+    hit = per_heap.get(agent_id) if per_heap is not None else None
+    if hit is None or hit[0] != generation or heap._owner_word(agent_id, generation) != hit[1]:
+        return None
+    k, lease, entries = hit[2]
+    return hit[1], (k, lease, dict(entries))
+
+
+def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index) -> None:
+    per_heap = _cache.get(heap)
+    if per_heap is None:
+        per_heap = _cache[heap] = OrderedDict()
+    k, lease, entries = index
+    per_heap[agent_id] = (generation, word, (k, lease, dict(entries)))
+    per_heap.move_to_end(agent_id)
+    if len(per_heap) > CACHE_SIZE:
+        per_heap.popitem(last=False)
+
+
 def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
-    """The index and the user word it was read under (0: no index yet)."""
+    """The index and the user word it was read under (0: no index yet). The
+    entries are the caller's to change."""
+    hit = _cached(heap, agent_id, generation)
+    if hit is not None:
+        return hit
 
     def attempt() -> tuple[int, Index] | None:
         got = heap._owner_held_read(agent_id, generation)
@@ -105,6 +143,8 @@ def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") 
             return None  # a block reused at the same place between the reads: read again
 
     result: tuple[int, Index] = retry_while_changing(attempt, f"agent {agent_id}'s index")
+    if result[0]:
+        _remember(heap, agent_id, generation, result[0], result[1])
     return result
 
 
@@ -122,8 +162,12 @@ def update_index(
     def attempt() -> bool | None:
         word, (old_kind, lease, entries) = read_index(heap, agent_id, generation, kind)
         change(entries)
-        data = encode(old_kind, lease if lease_deadline is None else lease_deadline, entries)
-        return True if heap._owner_held_swap(agent_id, generation, word, data) else None
+        new_lease = lease if lease_deadline is None else lease_deadline
+        new_word = heap._owner_held_swap(agent_id, generation, word, encode(old_kind, new_lease, entries))
+        if not new_word:
+            return None
+        _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries))
+        return True
 
     retry_while_changing(attempt, f"agent {agent_id}'s index")
 

@@ -50,6 +50,11 @@ class Store:
     def close(self) -> None:
         raise NotImplementedError
 
+    @property
+    def closed(self) -> bool:
+        """True once close() ran: a heap that remembered this store opens its URL again."""
+        return bool(getattr(self, "_closed", False))
+
     def __enter__(self) -> Store:
         return self
 
@@ -203,6 +208,7 @@ class LMDBStore(Store):
         return result
 
     def close(self) -> None:
+        self._closed = True
         self._env.close()
 
 
@@ -244,6 +250,7 @@ class RedisStore(Store):
         return sorted(k.decode() for k in self._call(lambda c: list(c.scan_iter(match=pattern, count=1000))))
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()
 
 

@@ -37,6 +37,7 @@ from swarmheap import _core
 from swarmheap.handle import Handle
 from swarmheap.heap import Heap
 from swarmheap.sizes import format_size
+from swarmheap.tools import scenarios
 from swarmheap.tools.report import table
 
 __all__ = ["Case", "Env", "Workload", "main", "measure", "workloads"]
@@ -585,12 +586,13 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
         "workloads": [],
         "c_core": None,
         "density": None,
+        "scenarios": [],
     }
     with quiet_blas() as blas_threads, Env(quick) as env:
         out["machine"]["blas_threads"] = blas_threads
         every = workloads(env)
         chosen = [w for w in every if only in (None, w.name)]
-        names = [w.name for w in every] + ["swarm_density", "c_core"]
+        names = [w.name for w in every] + ["swarm_density", *scenarios.NAMES, "c_core"]
         if only is not None and only not in names:
             raise ValueError(f"no workload named {only!r}; the workloads are: {', '.join(names)}")
         describe, tick, finish = _progress(len(chosen) * (repeats + 1))
@@ -604,6 +606,10 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
         from swarmheap.tools import density
 
         out["density"] = density.run(quick)
+    for name in scenarios.NAMES:
+        if only in (None, name):
+            print(f"  {name} ...", file=sys.stderr, flush=True)
+            out["scenarios"].append(scenarios.run(name, quick))
     if with_c and only in (None, "c_core"):
         out["c_core"] = c_core()
     return out
@@ -665,6 +671,7 @@ def render(results: dict[str, Any]) -> str:
                 density.rows(d),
             )
         )
+    parts += [scenarios.render(sc) for sc in results.get("scenarios", [])]
     c = results.get("c_core")
     if c:
         if "skipped" in c:
@@ -765,6 +772,7 @@ def main(
     d = results.get("density")
     if d and (not d["metadata_met"] or any(not t["met"] for s in d["shapes"] for t in s["targets"])):
         missed.append("swarm_density")
+    missed += [sc["name"] for sc in results.get("scenarios", []) if any(not t["met"] for t in sc["targets"])]
     if check and missed:
         print(f"targets not met: {', '.join(missed)}", file=sys.stderr)
         return 1

@@ -1,0 +1,136 @@
+# ChannelCore: one channel of the comm partition (channel.c), and the
+# one-call send and receive the Python Channel builds on.
+
+
+cdef class ChannelCore:
+    """A channel's ring at ``offset`` of ``heap``. A send or receive is one
+    call: it tries while holding the GIL and lets the GIL go only to wait,
+    since releasing and taking it back costs more than the operation."""
+
+    def __cinit__(self, CoreHeap heap, uint64_t offset):
+        heap._check_open()
+        cdef sh_chan_stats_t st
+        cdef int rc = sh_chan_stats(heap.arena, offset, &st)
+        if rc:
+            _raise(rc)
+        self.heap = heap
+        self.offset = offset
+        self.max_message = st.max_message
+
+    @staticmethod
+    def create(CoreHeap heap, uint32_t capacity, uint64_t max_message):
+        heap._check_writable()
+        cdef uint64_t off
+        cdef int rc = sh_chan_create(heap.arena, capacity, max_message, &off)
+        if rc:
+            _raise(rc)
+        return ChannelCore(heap, off)
+
+    cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1:
+        """1 once queued, 0 if still full after the timeout."""
+        cdef CoreHeap heap = self.heap
+        cdef sh_arena_t *arena = heap.arena
+        cdef uint64_t chan = self.offset
+        cdef int rc = sh_chan_send(arena, chan, msg, size, 0)
+        if rc == SH_ETIMEDOUT and timeout_ns != 0:
+            heap.inflight += 1
+            with nogil:
+                rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
+            heap.inflight -= 1
+        if rc == SH_ETIMEDOUT:
+            return 0
+        if rc:
+            _raise(rc)
+        return 1
+
+    def send_offset(self, uint64_t msg, uint64_t size, int64_t timeout_ns):
+        """Queue a block of the shared default that the caller gives up;
+        False if still full after the timeout (the block is still the caller's)."""
+        self.heap._check_writable()
+        return self._enqueue(msg, size, timeout_ns) == 1
+
+    def send_copy(self, data, int64_t timeout_ns):
+        """Copy the bytes-like ``data`` into a new comm block and queue it;
+        False (nothing kept) if still full after the timeout."""
+        cdef CoreHeap heap = self.heap
+        heap._check_writable()
+        cdef Py_buffer view
+        if PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0:
+            raise TypeError(f"send() takes bytes-like data (bytes, memoryview, a buffer), "
+                            f"not {type(data).__name__}")
+        cdef uint64_t nbytes = <uint64_t>view.len, off = 0, usable
+        cdef int rc
+        try:
+            if nbytes > self.max_message:
+                raise ValueError(f"a message of {nbytes} bytes is over the channel's max_message "
+                                 f"{self.max_message}")
+            rc = _alloc_off(heap, SH_OWNER_DEFAULT, 1, SH_PART_COMM, nbytes if nbytes else 1, &off, &usable)
+            if rc:
+                _raise(rc)
+            memcpy(heap.base + off, view.buf, nbytes)
+        finally:
+            PyBuffer_Release(&view)
+        try:
+            if self._enqueue(off, nbytes, timeout_ns):
+                return True
+        except BaseException:
+            _free_off(heap, off)
+            raise
+        _free_off(heap, off)
+        return False
+
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size) except -1:
+        cdef CoreHeap heap = self.heap
+        cdef sh_arena_t *arena = heap.arena
+        cdef uint64_t chan = self.offset
+        cdef int rc = sh_chan_recv(arena, chan, msg, size, 0)
+        if rc == SH_ETIMEDOUT and timeout_ns != 0:
+            heap.inflight += 1
+            with nogil:
+                rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
+            heap.inflight -= 1
+        if rc == SH_ETIMEDOUT:
+            return 0
+        if rc:
+            _raise(rc)
+        return 1
+
+    def recv_block(self, int64_t timeout_ns):
+        """The next message as a Block the caller owns, or None if still
+        empty after the timeout. A message whose block is not a live block
+        of the shared default (a damaged ring) raises HeapCorrupt."""
+        cdef CoreHeap heap = self.heap
+        heap._check_writable()
+        cdef uint64_t msg = 0, size = 0
+        if not self._dequeue(timeout_ns, &msg, &size):
+            return None
+        cdef sh_block_info_t info
+        if (sh_block_info(heap.arena, msg, &info) != SH_OK or info.owner != SH_OWNER_DEFAULT
+                or size > info.usable_size):
+            raise HeapCorrupt(f"channel at {self.offset}: a message names offset {msg} ({size} bytes), "
+                              f"which is not a block of the shared default", "SH_ECORRUPT")
+        return heap._new_block(msg, size, SH_OWNER_DEFAULT, sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
+                               info.usable_size, <int>info.partition, 0)
+
+    def recv_raw(self, int64_t timeout_ns):
+        """(offset, size) of the next message, or None: for draining."""
+        self.heap._check_writable()
+        cdef uint64_t msg = 0, size = 0
+        if not self._dequeue(timeout_ns, &msg, &size):
+            return None
+        return msg, size
+
+    def close(self):
+        self.heap._check_writable()
+        cdef int rc = sh_chan_close(self.heap.arena, self.offset)
+        if rc:
+            _raise(rc)
+
+    def stats(self):
+        self.heap._check_open()
+        cdef sh_chan_stats_t st
+        cdef int rc = sh_chan_stats(self.heap.arena, self.offset, &st)
+        if rc:
+            _raise(rc)
+        return {"capacity": st.capacity, "depth": st.depth, "max_message": st.max_message, "sent": st.sent,
+                "received": st.received, "bytes_in_flight": st.bytes_in_flight, "closed": bool(st.closed)}

@@ -1,0 +1,148 @@
+"""The `langgraph` scenario: N threads x M steps of a chat-like state, each
+step appending a 60-word message to the thread's `messages` channel and
+writing a checkpoint (`put`), then reading the thread's latest one back
+(`get_tuple`), as LangGraph does around every super-step. Against
+InMemorySaver and SqliteSaver (langgraph-checkpoint-sqlite) in the same run.
+Memory held after the run: arena bytes in use for SwarmSaver (context and
+system, less what the heap held before), tracemalloc growth for
+InMemorySaver (measured in a separate, untimed pass), and the database file
+size (with its WAL) for SqliteSaver."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from swarmheap.heap import Heap
+from swarmheap.tools.bench_tiers import _VOCAB
+from swarmheap.tools.scenarios import median, target
+
+
+def _message(rng: random.Random, step: int) -> dict[str, str]:
+    return {"role": ("user", "assistant")[step % 2], "content": " ".join(rng.choices(_VOCAB, k=60))}
+
+
+def _drive(saver: Any, threads: int, steps: int, seed: int = 5) -> tuple[list[float], list[float]]:
+    """Run the workload on ``saver``: (put times, get_tuple times) in ns."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    rng = random.Random(seed)
+    puts: list[float] = []
+    gets: list[float] = []
+    state: dict[int, tuple[list[dict[str, str]], Any, dict[str, Any]]] = {}
+    for step in range(steps):
+        for t in range(threads):
+            start = {"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}}
+            messages, version, config = state.get(t, ([], None, start))
+            messages = [*messages, _message(rng, step)]
+            version = saver.get_next_version(version, None)
+            cp = empty_checkpoint()
+            cp["id"] = f"{step:08d}-{t:06d}"
+            cp["channel_values"] = {"messages": messages}
+            cp["channel_versions"] = {"messages": version}
+            metadata = {"source": "loop", "step": step, "parents": {}}
+            t0 = time.perf_counter_ns()
+            config = saver.put(config, cp, metadata, {"messages": version})
+            t1 = time.perf_counter_ns()
+            got = saver.get_tuple({"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}})
+            t2 = time.perf_counter_ns()
+            if got is None or len(got.checkpoint["channel_values"]["messages"]) != step + 1:
+                raise AssertionError(f"{type(saver).__name__} returned a wrong checkpoint for thread {t}")
+            puts.append(t1 - t0)
+            gets.append(t2 - t1)
+            state[t] = (messages, version, config)
+    return puts, gets
+
+
+@contextmanager
+def _sqlite_saver(path: str) -> Iterator[Any]:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    with SqliteSaver.from_conn_string(path) as saver:
+        yield saver
+
+
+def _file_bytes(path: str) -> int:
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def langgraph(quick: bool) -> dict[str, Any]:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from swarmheap.langgraph import SwarmSaver
+
+    threads, steps = (20, 20) if quick else (100, 50)
+    results: dict[str, Any] = {}
+
+    def in_use(heap: Heap) -> int:
+        parts = heap.stats()["partitions"]
+        return int(parts["context"]["in_use"] + parts["system"]["in_use"])
+
+    with Heap.create(size="1 GiB") as heap:
+        before = in_use(heap)
+        puts, gets = _drive(SwarmSaver(heap), threads, steps)
+        results["SwarmSaver"] = {"put": median(puts), "get": median(gets), "held": in_use(heap) - before}
+    puts, gets = _drive(InMemorySaver(), threads, steps)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    keep = InMemorySaver()
+    _drive(keep, threads, steps)
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del keep
+    results["InMemorySaver"] = {"put": median(puts), "get": median(gets), "held": held}
+    sqlite_skip = None
+    try:
+        import langgraph.checkpoint.sqlite  # noqa: F401
+    except ImportError:
+        sqlite_skip = "langgraph-checkpoint-sqlite is not installed"
+    if sqlite_skip is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lg.db")
+            with _sqlite_saver(path) as saver:
+                puts, gets = _drive(saver, threads, steps)
+            results["SqliteSaver"] = {"put": median(puts), "get": median(gets), "held": _file_bytes(path)}
+    how = {"SwarmSaver": "arena in use", "InMemorySaver": "tracemalloc growth", "SqliteSaver": "file size"}
+    rows = [
+        [
+            name,
+            f"{r['put'] / 1e3:.1f} µs",
+            f"{r['get'] / 1e3:.1f} µs",
+            f"{r['held'] / 1e6:.1f} MB ({how[name]})",
+        ]
+        for name, r in results.items()
+    ]
+    if sqlite_skip:
+        rows.append(["SqliteSaver", sqlite_skip, "", ""])
+    ours, mem = results["SwarmSaver"], results["InMemorySaver"]
+    sql = results.get("SqliteSaver")
+    fastest_get = min(r["get"] for name, r in results.items() if name != "SwarmSaver")
+    checks: list[tuple[str, float, Callable[[float], bool], str]] = [
+        ("put no slower than InMemorySaver", ours["put"] / mem["put"], lambda r: r <= 1, "{:.2f}x its time"),
+        (
+            "get_tuple no slower than the faster peer",
+            ours["get"] / fastest_get,
+            lambda r: r <= 1.0,
+            "{:.2f}x its time",
+        ),
+        ("memory after <= 0.2x InMemorySaver's", ours["held"] / mem["held"], lambda r: r <= 0.2, "{:.2f}x"),
+    ]
+    if sql:
+        checks.insert(
+            1, ("put >= 5x faster than SqliteSaver", sql["put"] / ours["put"], lambda r: r >= 5, "{:.1f}x")
+        )
+    return {
+        "name": "langgraph",
+        "what": f"{threads} threads x {steps} steps of a chat-like state (a 60-word message per step)",
+        "columns": ["saver", "put median", "get_tuple median", "held after the run"],
+        "rows": rows,
+        "notes": [(__doc__ or "").split("\n\n")[0].replace("\n", " ")],
+        "targets": [target(text, fmt.format(value), ok(value)) for text, value, ok, fmt in checks],
+        "data": results,
+    }
