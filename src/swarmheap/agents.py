@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, offload
@@ -82,30 +82,42 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        index.check_name(name)
+        self.put_many({name: data})
+
+    def put_many(self, items: Mapping[str, Any]) -> None:
+        """put() of several entries in one update of the index: all of them
+        or (on an error) none."""
+        views = []
+        for name, data in items.items():
+            index.check_name(name)
+            try:
+                view = memoryview(data)
+            except TypeError:
+                raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
+            if not view.c_contiguous:
+                view = memoryview(view.tobytes())
+            views.append((name, view.cast("B")))
         self._ensure_live()
-        try:
-            view = memoryview(data)
-        except TypeError:
-            raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        view = view.cast("B")
-        blk = self.alloc(max(view.nbytes, 1))
-        if view.nbytes:
-            blk[: view.nbytes] = view
+        blocks: list[tuple[str, Any, int]] = []
         replaced: list[tuple[int, int]] = []
-
-        def change(entries: index.Entries) -> None:
-            replaced.clear()  # update_index runs this again after a race: only the last run's counts
-            if name in entries:
-                replaced.append(entries[name])
-            entries[name] = (blk.offset, view.nbytes)
-
         try:
+            for name, view in views:
+                blk = self.alloc(max(view.nbytes, 1))
+                blocks.append((name, blk, view.nbytes))
+                if view.nbytes:
+                    blk[: view.nbytes] = view
+
+            def change(entries: index.Entries) -> None:
+                replaced.clear()  # update_index runs this again after a race: only the last run's counts
+                for name, blk, nbytes in blocks:
+                    if name in entries:
+                        replaced.append(entries[name])
+                    entries[name] = (blk.offset, nbytes)
+
             self._update_index(change)
         except BaseException:
-            blk.free()
+            for _, blk, _ in blocks:
+                blk.free()
             raise
         for offset, size in replaced:
             self._free_entry(offset, size)

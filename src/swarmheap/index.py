@@ -65,14 +65,25 @@ def check_kind(kind: object) -> str:
     return kind
 
 
+_encoded: dict[tuple[str, int, int], bytes] = {}  # an entry's bytes: most survive an update unchanged
+_ENCODED_MAX = 1 << 16
+
+
+def _entry_bytes(name: str, offset: int, size: int) -> bytes:
+    key = (name, offset, size)
+    got = _encoded.get(key)
+    if got is None:
+        if len(_encoded) >= _ENCODED_MAX:
+            _encoded.clear()
+        name_b = name.encode()
+        got = _encoded[key] = _ENTRY.pack(len(name_b), offset, size) + name_b
+    return got
+
+
 def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
     kind_b = kind.encode()
-    parts = [_HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, len(entries), 0), kind_b]
-    for name, (offset, size) in entries.items():
-        name_b = name.encode()
-        parts.append(_ENTRY.pack(len(name_b), offset, size))
-        parts.append(name_b)
-    return b"".join(parts)
+    head = _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, len(entries), 0) + kind_b
+    return head + b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
 
 
 def decode(data: bytes) -> Index:
@@ -108,16 +119,14 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
     hit = per_heap.get(agent_id) if per_heap is not None else None
     if hit is None or hit[0] != generation or heap._owner_word(agent_id, generation) != hit[1]:
         return None
-    k, lease, entries = hit[2]
-    return hit[1], (k, lease, dict(entries))
+    return hit[1], hit[2]
 
 
 def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index) -> None:
     per_heap = _cache.get(heap)
     if per_heap is None:
         per_heap = _cache[heap] = OrderedDict()
-    k, lease, entries = index
-    per_heap[agent_id] = (generation, word, (k, lease, dict(entries)))
+    per_heap[agent_id] = (generation, word, index)
     per_heap.move_to_end(agent_id)
     if len(per_heap) > CACHE_SIZE:
         per_heap.popitem(last=False)
@@ -125,7 +134,8 @@ def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: 
 
 def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
     """The index and the user word it was read under (0: no index yet). The
-    entries are the caller's to change."""
+    entries are shared with the cache: read them, never change them
+    (update_index changes a copy)."""
     hit = _cached(heap, agent_id, generation)
     if hit is not None:
         return hit
@@ -160,7 +170,8 @@ def update_index(
     another update got there first."""
 
     def attempt() -> bool | None:
-        word, (old_kind, lease, entries) = read_index(heap, agent_id, generation, kind)
+        word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
+        entries = dict(shared)
         change(entries)
         new_lease = lease if lease_deadline is None else lease_deadline
         new_word = heap._owner_held_swap(agent_id, generation, word, encode(old_kind, new_lease, entries))

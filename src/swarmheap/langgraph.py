@@ -11,7 +11,11 @@ compress="zstd", keep=None, kind="langgraph")`` (the ``langgraph`` extra).
   Values are serialised with LangGraph's own ``serde`` and, with
   ``compress="zstd"`` (or "lz4"), compressed in a snapshot frame
   (swarmheap.snapshot): checksummed, so damage is a SwarmSaverError, never
-  wrong state.
+  wrong state. With zstd, a channel's new version is stored as a delta: zstd
+  with the previous version (the one this process wrote or read last) as
+  its raw-content dictionary, so a list that grew by one message costs that
+  message, not the list again; every 16th version of a chain is stored
+  whole, so a read decodes at most 15 deltas.
 - ``keep=N`` keeps the last N checkpoints per thread and namespace (and the
   channel versions they still name).
 - With a ``store``, the heap's offload policy sends cold threads there under
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import struct
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -43,6 +48,63 @@ __all__ = ["SwarmSaver", "SwarmSaverError"]
 
 _TYPED = struct.Struct("<H")  # length of the serde type name, then the name, then the bytes
 _REF = struct.Struct("<II")  # agent id, generation
+# A channel value's record: b"F" + the serde bytes (framed with the saver's
+# codec), or b"D" + depth, base name + a zstd delta against the base's serde
+# bytes (framed with codec "none": the delta is compressed already).
+_FULL, _DELTA = b"F", b"D"
+_DELTA_HEAD = struct.Struct("<BH")  # chain depth (1 for a delta on a full value), base name length
+DELTA_CHAIN = 16
+_RAW_CACHE = 512  # serde bytes of the values this saver last wrote or read
+
+
+_SPLICE = struct.Struct("<HH")  # bytes of the base's front to skip, length of the new front
+_SPLICE_REACH = 24  # how far into either value a front (serde type, list header) may reach
+
+
+def _delta(base: bytes, new: bytes) -> bytes:
+    """``new`` against ``base``. A value that kept ``base``'s body and grew at
+    the end (a list appended to: only its header changed in front) is a
+    splice, new front + tail, found with a few memcmps; anything else is zstd
+    with ``base`` as its raw-content dictionary."""
+    same = 0  # the front both share (the serde type name): the list header follows it
+    while same < min(_SPLICE_REACH, len(base), len(new)) and base[same] == new[same]:
+        same += 1
+    for skip in range(same, min(same + 6, len(base))):  # a msgpack array header is 1, 3 or 5 bytes
+        body = base[skip:]
+        for front in range(same, same + 6):
+            if new.startswith(body, front):
+                tail = new[front + len(body) :]
+                packed = (
+                    b"Z" + bytes(snapshot.zstd_compressor(3).compress(tail))
+                    if len(tail) > 128
+                    else b"R" + tail
+                )
+                return b"S" + _SPLICE.pack(skip, front) + new[:front] + packed
+    zstd = require("zstandard", "compress")
+    prefix = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    return b"Z" + bytes(zstd.ZstdCompressor(level=1, dict_data=prefix).compress(new))
+
+
+def _undelta(base: bytes, delta: bytes) -> bytes:
+    """The value ``_delta(base, value)`` described (ValueError or ZstdError if damaged)."""
+    if delta[:1] == b"S":
+        skip, front = _SPLICE.unpack_from(delta, 1)
+        at = 1 + _SPLICE.size
+        head, packed = delta[at : at + front], delta[at + front :]
+        if len(head) != front or skip > len(base):
+            raise ValueError("a splice reaches past its data")
+        if packed[:1] == b"Z":
+            tail = bytes(snapshot.zstd_decompressor().decompressobj().decompress(packed[1:]))
+        elif packed[:1] == b"R":
+            tail = packed[1:]
+        else:
+            raise ValueError("a splice's tail is neither raw nor zstd")
+        return head + base[skip:] + tail
+    if delta[:1] == b"Z":
+        zstd = require("zstandard", "compress")
+        prefix = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+        return bytes(zstd.ZstdDecompressor(dict_data=prefix).decompressobj().decompress(delta[1:]))
+    raise ValueError("a delta is neither a splice nor zstd")
 
 
 class SwarmSaverError(SwarmHeapError):
@@ -70,6 +132,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self.keep = keep
         self.kind = kind
         self.store = store
+        # (agent id, generation, entry name) -> (serde bytes, chain depth)
+        self._raws: OrderedDict[tuple[int, int, str], tuple[bytes, int]] = OrderedDict()
+        # (agent id, generation, ns, channel) -> the entry name of its newest version here
+        self._newest: dict[tuple[int, int, str, str], str] = {}
         if store is not None:
             heap.set_offload_policy(store)
 
@@ -108,6 +174,91 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         except (CorruptSnapshot, struct.error, UnicodeDecodeError) as exc:
             raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
 
+    @staticmethod
+    def _typed_raw(typed: tuple[str, bytes]) -> bytes:
+        name = typed[0].encode()
+        return _TYPED.pack(len(name)) + name + bytes(typed[1])
+
+    def _remember_raw(self, key: tuple[int, int, str], raw: bytes, depth: int) -> None:
+        self._raws[key] = (raw, depth)
+        self._raws.move_to_end(key)
+        if len(self._raws) > _RAW_CACHE:
+            self._raws.popitem(last=False)
+
+    def _pack_value(self, agent: Any, name: str, typed: tuple[str, bytes], base: str | None) -> bytes:
+        """A channel value's record: a delta on ``base`` where that pays, else whole."""
+        raw = self._typed_raw(typed)
+        key = (agent.id, agent.generation, name)
+        known = self._raws.get((agent.id, agent.generation, base)) if base else None
+        if self.codec == "zstd" and known is not None and known[1] < DELTA_CHAIN - 1 and base is not None:
+            base_b = base.encode()
+            head = _DELTA + _DELTA_HEAD.pack(known[1] + 1, len(base_b)) + base_b
+            self._remember_raw(key, raw, known[1] + 1)
+            return snapshot.pack(head + _delta(known[0], raw), "none")
+        self._remember_raw(key, raw, 0)
+        return snapshot.pack(_FULL + raw, self.codec)
+
+    def _record(self, agent: Any, name: str) -> bytes:
+        try:
+            with agent.get(name) as view:
+                return snapshot.unpack(bytes(view))
+        except KeyError:
+            raise SwarmSaverError(f"thread data names {name!r}, which is not there") from None
+        except CorruptSnapshot as exc:
+            raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
+
+    @staticmethod
+    def _delta_parts(record: bytes) -> tuple[int, str, bytes]:
+        depth, n = _DELTA_HEAD.unpack_from(record, 1)
+        start = 1 + _DELTA_HEAD.size
+        return depth, record[start : start + n].decode(), record[start + n :]
+
+    def _value_raw(self, agent: Any, name: str, hops: int = 0) -> bytes:
+        """A channel value's serde bytes, decoding its chain of deltas."""
+        if hops > DELTA_CHAIN:
+            raise SwarmSaverError(f"value {name!r} is in a chain of more than {DELTA_CHAIN} deltas (a loop?)")
+        key = (agent.id, agent.generation, name)
+        hit = self._raws.get(key)
+        if hit is not None:
+            return hit[0]
+        record = self._record(agent, name)
+        try:
+            if record[:1] == _FULL:
+                raw, depth = record[1:], 0
+            elif record[:1] == _DELTA:
+                depth, base, delta = self._delta_parts(record)
+                if depth >= DELTA_CHAIN:
+                    raise SwarmSaverError(f"value {name!r} claims a chain of {depth} deltas")
+                raw = _undelta(self._value_raw(agent, base, hops + 1), delta)
+            else:
+                raise SwarmSaverError(f"value {name!r} is neither whole nor a delta")
+        except (struct.error, UnicodeDecodeError, ValueError) as exc:
+            raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
+        except require("zstandard", "compress").ZstdError as exc:
+            raise SwarmSaverError(f"value {name!r} does not decode against its base: {exc}") from None
+        self._remember_raw(key, raw, depth)
+        return raw
+
+    def _value(self, agent: Any, name: str) -> tuple[str, bytes]:
+        raw = self._value_raw(agent, name)
+        try:
+            (n,) = _TYPED.unpack_from(raw, 0)
+            return raw[2 : 2 + n].decode(), raw[2 + n :]
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
+
+    def _base_of(self, agent: Any, name: str) -> str | None:
+        """The value a delta record is decoded against (None for a whole one)."""
+        try:
+            with agent.get(name) as view:
+                blob = bytes(view)
+        except KeyError:
+            return None
+        if snapshot.frame_info(blob)["codec"] != "none":
+            return None  # deltas are framed uncompressed; this one is whole
+        record = snapshot.unpack(blob)
+        return self._delta_parts(record)[1] if record[:1] == _DELTA else None
+
     def _get(self, agent: Any, name: str) -> Any:
         try:
             with agent.get(name) as view:
@@ -137,11 +288,19 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         agent = self._agent(thread_id, create=True)
         values: dict[str, Any] = c.pop("channel_values")
+        names = set(agent.names()) if new_versions else set()
+        items: dict[str, bytes] = {}
         for channel, version in new_versions.items():
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
-            agent.put(f"blob/{ns}/{channel}/{version}", self._pack(typed))
+            name = f"blob/{ns}/{channel}/{version}"
+            newest = (agent.id, agent.generation, ns, channel)
+            base = self._newest.get(newest)
+            usable = base is not None and base != name and base in names  # a version put again is whole
+            items[name] = self._pack_value(agent, name, typed, base if usable else None)
+            self._newest[newest] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
-        agent.put(f"cp/{ns}/{checkpoint['id']}", self._pack(self.serde.dumps_typed(record)))
+        items[f"cp/{ns}/{checkpoint['id']}"] = self._pack(self.serde.dumps_typed(record))
+        agent.put_many(items)
         if self.keep is not None:
             self._trim(agent, ns, self.keep)
         return {
@@ -168,11 +327,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         agent = self._agent(thread_id, create=False)
         if agent is None:
             return None
-        ids = self._checkpoint_ids(agent, ns)
+        names = set(agent.names())
+        ids = self._checkpoint_ids(agent, ns, names)
         cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
-        if cid is None or cid not in ids:
+        if cid is None or f"cp/{ns}/{cid}" not in names:
             return None
-        return self._tuple(agent, thread_id, ns, cid)
+        return self._tuple(agent, thread_id, ns, cid, names)
 
     def list(
         self,
@@ -278,27 +438,30 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     # ---- helpers ----
 
-    def _checkpoint_ids(self, agent: Any, ns: str) -> builtins.list[str]:
+    def _checkpoint_ids(self, agent: Any, ns: str, names: Any = None) -> builtins.list[str]:
         prefix = f"cp/{ns}/"
         return sorted(
-            n[len(prefix) :] for n in agent.names() if n.startswith(prefix) and "/" not in n[len(prefix) :]
+            n[len(prefix) :]
+            for n in (agent.names() if names is None else names)
+            if n.startswith(prefix) and "/" not in n[len(prefix) :]
         )
 
-    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str) -> Any:
+    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, names: Any = None) -> Any:
         checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}")
+        if names is None:
+            names = set(agent.names())
         values = {}
         for channel, version in checkpoint["channel_versions"].items():
             name = f"blob/{ns}/{channel}/{version}"
-            try:
-                with agent.get(name) as view:
-                    typed = self._unpack(bytes(view))
-            except KeyError:
+            if name not in names:
                 continue  # a channel with no value at that version
+            typed = self._value(agent, name)
+            self._newest[(agent.id, agent.generation, ns, channel)] = name
             if typed[0] != "empty":
                 values[channel] = self.serde.loads_typed(typed)
         writes = []
         prefix = f"w/{ns}/{cid}/"
-        for name in agent.names():
+        for name in names:
             if name.startswith(prefix):
                 task_id, channel, value, _path, idx = self._get(agent, name)
                 writes.append((task_id, idx, channel, value))
@@ -330,6 +493,17 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         for cid in ids[-keep:]:
             checkpoint = self._get(agent, f"cp/{ns}/{cid}")[0]
             named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
+        # a kept delta whose base goes is stored whole first, so that keep=N
+        # bounds the thread (the chain does not hold older versions back)
+        rebased: dict[str, bytes] = {}
+        for name in sorted(named):
+            base = self._base_of(agent, name)
+            if base is not None and base not in named:
+                raw = self._value_raw(agent, name)
+                rebased[name] = snapshot.pack(_FULL + raw, self.codec)
+                self._remember_raw((agent.id, agent.generation, name), raw, 0)
+        if rebased:
+            agent.put_many(rebased)
         for name in agent.names():
             if name.startswith(f"blob/{ns}/") and name not in named:
                 agent.delete(name)

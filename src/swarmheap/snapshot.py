@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -103,6 +104,29 @@ def _check_kind() -> int:
     return _CHECK_XXH64
 
 
+_contexts = threading.local()  # a zstd context is not for two threads at once
+
+
+def zstd_compressor(level: int) -> Any:
+    """This thread's zstd compressor at ``level``: making one costs more than
+    compressing a small value, so each thread keeps one per level."""
+    cache = getattr(_contexts, "compressors", None)
+    if cache is None:
+        cache = _contexts.compressors = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = require("zstandard", "compress").ZstdCompressor(level=level)
+    return c
+
+
+def zstd_decompressor() -> Any:
+    """This thread's zstd decompressor (no dictionary)."""
+    d = getattr(_contexts, "decompressor", None)
+    if d is None:
+        d = _contexts.decompressor = require("zstandard", "compress").ZstdDecompressor()
+    return d
+
+
 def pack(raw: bytes, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
     """Frame `raw` with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
     if codec not in CODECS:
@@ -115,7 +139,7 @@ def pack(raw: bytes, codec: str = "zstd", level: int | None = None, dictionary: 
             dict_id = dictionary.dict_id()
             payload = zstd.ZstdCompressor(level=lvl, dict_data=dictionary).compress(raw)
         else:
-            payload = zstd.ZstdCompressor(level=lvl).compress(raw)
+            payload = zstd_compressor(lvl).compress(raw)
     elif codec == "lz4":
         frame = require("lz4.frame", "compress")
         payload = frame.compress(raw, compression_level=level or 0)
@@ -183,7 +207,7 @@ def unpack(blob: bytes, dictionary_for: Callable[[int], Any] | None = None) -> b
                     )
                 d = zstd.ZstdDecompressor(dict_data=dictionary)
             else:
-                d = zstd.ZstdDecompressor()
+                d = zstd_decompressor()
             raw = (
                 d.decompressobj().decompress(payload)
                 if raw_size == 0

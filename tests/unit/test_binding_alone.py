@@ -44,3 +44,39 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_channel_core_without_the_python_layer() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from swarmheap._core import ChannelCore, CoreHeap
+        heap = CoreHeap.create(size="16 MiB")
+        ch = ChannelCore.create(heap, 4, 1024)
+        assert ch.max_message == 1024 and ch.stats()["capacity"] == 4
+        assert all(ch.send_copy(bytes([i]) * 10, 0) for i in range(4))
+        assert not ch.send_copy(b"full", 0)  # try, no wait: the ring holds 4
+        assert ch.stats()["depth"] == 4
+        for i in range(4):
+            blk = ch.recv_block(0)
+            assert bytes(blk) == bytes([i]) * 10 and blk.owner == 0
+            blk.free()
+        assert ch.recv_block(0) is None
+        try:
+            ch.send_copy(b"x" * 1025, 0)
+        except ValueError as exc:
+            assert "max_message" in str(exc)
+        try:
+            ch.send_copy(12, 0)
+        except TypeError:
+            pass
+        ch.close()
+        heap.check()
+        heap.close()
+        assert "swarmheap.heap" not in sys.modules
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -97,6 +97,63 @@ def test_damage_is_a_named_error(heap: sh.Heap) -> None:
     saver.delete_thread("d")
 
 
+def _thread_bytes(heap: sh.Heap, saver: SwarmSaver, thread: str) -> int:
+    return int(heap._owner_info(saver._agent(thread, create=False).id)["bytes"]["context"])
+
+
+def test_a_growing_channel_costs_its_new_tail(heap: sh.Heap) -> None:
+    # each step appends a message to a list; the list is stored once per
+    # version, but as a delta on the version before, so the thread holds
+    # about the messages once, not the list again at every step
+    words = [f"w{i * 7919 % 1000}" for i in range(4000)]
+
+    def grow(saver: SwarmSaver, thread: str, steps: int) -> None:
+        cfg: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        cp = empty_checkpoint()
+        for step in range(steps):
+            cp = create_checkpoint(cp, None, step)
+            cp["channel_values"] = {
+                "messages": [" ".join(words[i * 60 : i * 60 + 60]) for i in range(step + 1)]
+            }
+            cp["channel_versions"] = {"messages": step + 1}
+            cfg = saver.put(cfg, cp, {"step": step}, {"messages": step + 1})
+
+    plain, delta = SwarmSaver(heap, compress=None), SwarmSaver(heap)
+    grow(plain, "plain", 60)
+    grow(delta, "delta", 60)
+    assert _thread_bytes(heap, delta, "delta") < 0.15 * _thread_bytes(heap, plain, "plain")
+    # every version reads back whole, in this process and in a fresh saver (no cached bases)
+    for saver in (delta, SwarmSaver(heap)):
+        history = list(saver.list({"configurable": {"thread_id": "delta"}}))
+        assert [len(h.checkpoint["channel_values"]["messages"]) for h in history] == list(range(60, 0, -1))
+        assert (
+            history[0].checkpoint["channel_values"]
+            == plain.get_tuple({"configurable": {"thread_id": "plain"}}).checkpoint["channel_values"]
+        )
+    # keep=N still bounds the thread: a kept delta whose base goes is stored whole
+    kept = SwarmSaver(heap, keep=3)
+    grow(kept, "kept", 40)
+    agent = kept._agent("kept", create=False)
+    assert sum(n.startswith("blob/") for n in agent.names()) == 3
+    assert (
+        len(
+            SwarmSaver(heap)
+            .get_tuple({"configurable": {"thread_id": "kept"}})
+            .checkpoint["channel_values"]["messages"]
+        )
+        == 40
+    )
+    # a damaged base is a named error, never a wrong list
+    dagent = delta._agent("delta", create=False)
+    victim = sorted(n for n in dagent.names() if n.startswith("blob/"))[-2]
+    dagent.put(victim, b"SHSNAP garbage")
+    with pytest.raises(SwarmSaverError):
+        list(SwarmSaver(heap).list({"configurable": {"thread_id": "delta"}}))
+    for thread in ("plain", "delta", "kept"):
+        plain.delete_thread(thread)
+    heap.check()
+
+
 def test_bad_arguments(heap: sh.Heap) -> None:
     with pytest.raises(ValueError):
         SwarmSaver(heap, compress="gzip")

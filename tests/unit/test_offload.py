@@ -220,6 +220,21 @@ def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Stor
     heap.check()
 
 
+def test_restore_after_the_store_object_was_closed(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
+    # the heap remembers the store by URL; once that object is closed, the
+    # restore opens the URL again instead of failing on the closed one
+    want = entries_of(agent)
+    with SQLiteStore(tmp_path / "once.db") as store:
+        agent.offload(store)
+    assert agent.state == "offloaded"
+    assert entries_of(agent) == want
+    with SQLiteStore(tmp_path / "once.db") as again:
+        agent.offload(again)
+    agent.restore()
+    assert agent.state == "live" and entries_of(agent) == want
+    heap.check()
+
+
 def test_a_pinned_agent_is_not_offloaded(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
     view = agent.get("prompt")
     with SQLiteStore(tmp_path / "s.db") as s:

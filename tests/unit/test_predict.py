@@ -64,6 +64,25 @@ def test_reservations_are_returned_exactly(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_pages_an_agent_takes_draw_down_its_reservation(heap: sh.Heap) -> None:
+    # counting both the reservation and the pages it became would turn away
+    # admissions that fit
+    teach(heap, "drawer", 25, 400_000)
+    agent = heap.spawn("drawer")
+    reserved = heap.stats()["reserved"]["context"]
+    assert reserved > 0
+    agent.alloc(300_000)  # a large run: its pages come out of the reservation
+    left = heap.stats()["reserved"]["context"]
+    assert 0 <= left <= reserved - 300_000
+    other = heap.spawn("drawer", reserve=False)
+    other.alloc(300_000)  # another agent's pages leave it alone
+    assert heap.stats()["reserved"]["context"] == left
+    agent.complete()
+    other.complete()
+    assert heap.stats()["reserved"]["context"] == 0
+    heap.check()
+
+
 def test_raise_denies_what_does_not_fit(heap: sh.Heap) -> None:
     teach(heap, "hungry", 25, 2_000_000)
     capacity = heap.stats()["partitions"]["context"]["capacity"]
