@@ -1,29 +1,15 @@
-/* Blocks: the lock-free small path, the locked page and run slow paths,
- * page release, and the repair after a lock holder died. */
+/* Blocks: the lock-free small path, magazines, the thread cache's ways and
+ * runs, the alloc and free entry points and large runs (sh_page.h says why
+ * these stay together). Page life and repair are pages.c's. */
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "sh_nursery.h"
-#include "sh_tcache.h"
-#include "sh_track.h"
+#include "sh_page.h"
 
 /* ----- Counters ------------------------------------------------------------ */
 
-static _Atomic unsigned sh_next_stripe;
 
-static inline _Atomic uint64_t *sh_thread_counters(const sh_arena_t *a) {
-  static sh_tls_fast _Thread_local unsigned stripe = UINT32_MAX;
-  if (sh_unlikely(stripe == UINT32_MAX))
-    stripe = sh_atomic_add_relaxed(&sh_next_stripe, 1u) % SH_NSTRIPES;
-  return _sh_stripe_counters(a, stripe);
-}
-
-/* A thread with a slot counts in it; one without shares the striped counters. */
-static inline void sh_count(const sh_arena_t *a, sh_tslot_t *slot, int is_free, int part, int cls) {
-  if (sh_likely(slot != NULL)) _sh_tc_count(a, slot, is_free, part, cls);
-  else sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, is_free, part, cls)], 1);
-}
 
 static void sh_count_failure(const sh_arena_t *a, int part) {
   static sh_tls_fast _Thread_local unsigned stripe;
@@ -31,74 +17,7 @@ static void sh_count_failure(const sh_arena_t *a, int part) {
   sh_atomic_add_relaxed(&h->failures[part], 1);
 }
 
-/* A recycled owner's blocks go back without a free each: count them as freed
- * all the same, so that allocs - frees keeps equal to what is in use. */
-static void sh_count_released(const sh_arena_t *a, uint32_t pi, int part) {
-  const sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_relaxed(&pg->state), used, cls;
-  if (state == SH_PAGE_LARGE) {
-    if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* a cached run: freed already */
-    used = 1;
-    cls = a->nclasses;
-  } else if (state == SH_PAGE_SMALL) {
-    cls = sh_atomic_load_relaxed(&pg->sclass);
-    if (cls >= a->nclasses) return;
-    used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-  } else {
-    return;
-  }
-  if (used) sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, 1, part, (int)cls)], used);
-}
 
-/* ----- Bitmap of pages in use --------------------------------------------- */
-
-static inline bool sh_bit(const sh_arena_t *a, uint32_t pi) {
-  return (sh_atomic_load_relaxed(&a->bitmap[pi / 64]) >> (pi % 64)) & 1;
-}
-static inline void sh_bit_set(sh_arena_t *a, uint32_t pi, bool on) {
-  /* a word may hold the edge pages of two partitions, each under its own
-   * lock: only an atomic read-modify-write keeps the other's bits */
-  if (on) sh_atomic_or_relaxed(&a->bitmap[pi / 64], 1ull << (pi % 64));
-  else sh_atomic_and_relaxed(&a->bitmap[pi / 64], ~(1ull << (pi % 64)));
-}
-
-/* First fit of n free pages in the partition; marks them used. Under lock. */
-static uint32_t sh_bitmap_take(sh_arena_t *a, int part, uint32_t n) {
-  uint32_t first = a->part_first[part], end = a->part_end[part], run = 0;
-  for (uint32_t pi = first; pi < end; pi++) {
-    if (pi % 64 == 0 && run == 0 && pi + 64 <= end && sh_atomic_load_relaxed(&a->bitmap[pi / 64]) == UINT64_MAX) {
-      pi += 63;
-      continue;
-    }
-    if (sh_bit(a, pi)) {
-      run = 0;
-      continue;
-    }
-    if (++run == n) {
-      uint32_t start = pi + 1 - n;
-      for (uint32_t q = start; q <= pi; q++) sh_bit_set(a, q, true);
-      return start;
-    }
-  }
-  return SH_NIL;
-}
-
-uint32_t _sh_bitmap_count(const sh_arena_t *a, int part) {
-  uint32_t n = 0;
-  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) n += sh_bit(a, pi);
-  return n;
-}
-
-static inline uint64_t sh_page_bytes(const sh_arena_t *a) { return 1ull << a->page_shift; }
-
-enum { SH_POP_OK, SH_POP_EMPTY, SH_POP_CORRUPT };
-
-/* The page no longer is what the caller's bin said: reassigned under us. */
-static inline bool sh_page_matches(const sh_page_t *pg, uint32_t owner, int c) {
-  return sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
-         sh_atomic_load_relaxed(&pg->owner) == owner &&
-         sh_atomic_load_relaxed(&pg->sclass) == (uint32_t)c;
-}
 
 /* Reads a link that a racing thread may be overwriting (see sh_track.h). Kept
  * out of line: no_sanitize also hides atomics from TSan, and the pop's CAS
@@ -146,6 +65,7 @@ static int sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
   }
 }
 
+
 /* Whether `top` is on the stack starting at `t` (at most `limit` blocks):
  * confirms a suspected double free. A link out of range ends the walk. */
 SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit, uint32_t top) {
@@ -158,17 +78,10 @@ SH_NO_TSAN static bool sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t
   return false;
 }
 
-#if SH_DEBUG > 1
-/* Blocks on the stack starting at `t`, at most `limit` (debug checks only). */
-static uint32_t sh_stack_length(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit) {
-  uint32_t n = 0;
-  for (; t != 0 && t != SH_HEAD_RETIRED && n < limit; n++) t = sh_word_load_relaxed(_sh_link_at(a, pi, t));
-  return n;
-}
-#endif
+
 
 /* On the page's shared stack, or on the stack of the thread that caches it. */
-static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
+bool _sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top) {
   uint64_t offset = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
   if (_sh_mag_marked(_sh_link_at(a, pi, top), (uint32_t)(offset >> SH_UNIT_SHIFT)) &&
       _sh_mag_holds(a, _sh_pg_part(pg), _sh_pg_class(a, pg), offset))
@@ -178,234 +91,6 @@ static bool sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, ui
   const sh_tc_way_t *w = _sh_tc_holder(a, pi, NULL);
   uint64_t local = w ? sh_atomic_load_relaxed(&w->local) : 0;
   return local && sh_stack_holds(a, pi, sh_local_top(local), sh_local_count(local), top);
-}
-
-uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi) {
-  const sh_page_t *pg = &a->pages[pi];
-  uint32_t cap = sh_atomic_load_relaxed(&pg->capacity), n = 0;
-  /* The cached stack first, the shared one second, under the entry's flush
-   * sequence: a flush moves blocks from the first to the second, and a
-   * reader that overlapped one reads again, so a thread whose exit hook is
-   * still flushing (Python's join returns before it runs) shows exact
-   * figures. A flush that outlasts the wait (its process died in it) leaves
-   * the plain order, which may count a block twice but never misses one. */
-  for (int attempt = 0; attempt < 4096; attempt++) {
-    const sh_tc_entry_t *entry = NULL;
-    const sh_tc_way_t *w = sh_atomic_load_acquire(&pg->claim) != 0 ? _sh_tc_holder(a, pi, &entry) : NULL;
-    uint32_t seq = entry ? sh_atomic_load_acquire(&entry->flush_seq) : 0;
-    bool last = attempt == 4095;
-    if ((seq & 1) && !last) {
-      if (attempt >= 64) sched_yield();
-      continue;
-    }
-    n = w ? sh_local_count(sh_atomic_load_acquire(&w->local)) : 0;
-    uint64_t h = sh_atomic_load_acquire(&pg->head);
-    if (sh_head_top(h) == SH_HEAD_RETIRED) return cap;
-    n += sh_head_count(h);
-    if (!entry || last || sh_atomic_load_acquire(&entry->flush_seq) == seq) break;
-  }
-  return n < cap ? n : cap;
-}
-
-/* ----- Page life (under the partition lock) --------------------------------- */
-
-/* With a claim, the page's blocks go to the claimer's cache (the caller sets
- * its entry's stack to all of them) and the page's own stack starts empty. */
-static void sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c,
-                                 uint32_t claim) {
-  const sh_class_t *cls = &a->classes[c];
-  uint32_t key = _sh_os_random32() | 1u;
-  uint8_t *start = _sh_page_start(a, pi);
-  sh_track_reset(start, sh_page_bytes(a));
-  uint32_t units = cls->size >> SH_UNIT_SHIFT;
-  /* in `system` the nursery owner holds the core's own bookkeeping (the
-   * layer above's registry), in plain pages: agents' nursery pages are elsewhere */
-  bool nursery = owner == SH_OWNER_NURSERY && _sh_pg_part(pg) != SH_PART_SYSTEM;
-  uint32_t cap = nursery ? cls->nursery_capacity : cls->capacity;
-  if (nursery) memset((void *)_sh_nursery_map(a, pi, c), 0, cap * sizeof(uint32_t));
-  for (uint32_t i = 0; i < cap; i++) {
-    uint32_t next = i + 1 < cap ? (i + 1) * units + 1 : 0;
-    uint32_t *link = (uint32_t *)(start + (uint64_t)i * cls->size);
-    _sh_link_write(link, next, key);
-    sh_track_free(a, link, cls->size);
-  }
-  sh_atomic_store_relaxed(&pg->owner, owner);
-  sh_atomic_store_relaxed(&pg->sclass, (uint32_t)c);
-  sh_atomic_store_relaxed(&pg->key, key);
-  sh_atomic_store_relaxed(&pg->capacity, cap);
-  sh_atomic_store_relaxed(&pg->large_bytes, 0);
-  pg->epoch++;
-  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY | (nursery ? SH_PAGE_NURSERY : 0u));
-  uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
-  sh_atomic_store_release(&pg->claim, claim);
-  sh_atomic_store_release(&pg->state, SH_PAGE_SMALL);
-  sh_atomic_store_release(&pg->head, claim ? sh_head_make(0, 0, tag) : sh_head_make(1, cap, tag));
-  /* nobody else reaches a page being formatted: its invariants hold exactly */
-  sh_assert_internal(sh_bit(a, pi));
-  sh_assert_expensive(claim || sh_stack_length(a, pi, 1, cap + 1) == cap);
-}
-
-static void sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n) {
-  sh_owner_t *o = &a->owners[owner];
-  uint32_t now = sh_atomic_load_relaxed(&o->pages[part]) + (uint32_t)n;
-  sh_atomic_store_relaxed(&o->pages[part], now);
-  if (n > 0) {
-    if (part == SH_PART_CONTEXT && owner >= SH_FIRST_AGENT) _sh_owner_reservation_use(a, o, (uint64_t)n << a->page_shift);
-    sh_atomic_max32_relaxed(&o->peak_pages[part], now);
-    uint64_t used = sh_atomic_add_relaxed(&a->hdr->pages_used[part], (uint64_t)n) + (uint64_t)n;
-    sh_atomic_max_relaxed(&a->hdr->peak_pages[part], used);
-  } else {
-    sh_atomic_sub_relaxed(&a->hdr->pages_used[part], (uint64_t)-n);
-    if (now == 0) _sh_owner_set_drop(a, owner, part); /* its last page: the set goes back */
-  }
-}
-
-_Atomic uint32_t *_sh_owner_set_need(sh_arena_t *a, uint32_t owner, int part) {
-  _Atomic uint32_t *set = _sh_owner_set(a, owner, part);
-  if (set) return set;
-  uint32_t first = a->part_first[part], n = a->part_end[part] - first;
-  for (uint32_t k = 0; k < n; k++) {
-    uint32_t idx = first + (a->set_hint[part] + k) % n;
-    set = _sh_set_at(a, idx);
-    if (sh_atomic_load_relaxed(&set[0]) != 0) continue;
-    for (uint32_t w = 1; w < a->set_stride; w++) sh_atomic_store_relaxed(&set[w], SH_NIL);
-    sh_atomic_store_relaxed(&set[0], owner + 1);
-    sh_atomic_store_relaxed(&a->owners[owner].binset[part], idx + 1);
-    a->set_hint[part] = (a->set_hint[part] + k + 1) % n;
-    return set;
-  }
-  return NULL; /* more sets in use than pages: only damage does that (repair rebuilds them) */
-}
-
-void _sh_owner_set_drop(sh_arena_t *a, uint32_t owner, int part) {
-  _Atomic uint32_t *set = _sh_owner_set(a, owner, part);
-  if (set) sh_atomic_store_relaxed(&set[0], 0u);
-  sh_atomic_store_relaxed(&a->owners[owner].binset[part], 0u);
-}
-
-static void sh_bin_link_front(sh_arena_t *a, _Atomic uint32_t *bin, uint32_t pi) {
-  sh_page_t *pg = &a->pages[pi];
-  uint32_t old = sh_atomic_load_relaxed(bin);
-  if (sh_unlikely(old != SH_NIL && _sh_page_partition(a, old) < 0)) old = SH_NIL; /* damaged head: the list restarts */
-  pg->prev = SH_NIL;
-  pg->next = old;
-  if (old != SH_NIL) a->pages[old].prev = pi;
-  sh_atomic_store_release(bin, pi);
-}
-
-/* A list link read from the arena: NIL, or a page of the partition. A walk
- * that meets anything else, or takes more steps than the partition has
- * pages, rebuilds the partition's lists from the page descriptors (the
- * truth, see _sh_partition_repair_locked) instead of following it. */
-static inline bool sh_link_ok(const sh_arena_t *a, int part, uint32_t pi) {
-  return pi == SH_NIL || _sh_page_in_part(a, pi, part);
-}
-
-/* Unlinks a page from its owner's list of class `c` (nclasses: large runs). */
-static void sh_list_unlink(sh_arena_t *a, int part, uint32_t pi, uint32_t owner, int c) {
-  sh_page_t *pg = &a->pages[pi];
-  _Atomic uint32_t *head = _sh_bin(a, owner, part, c);
-  if (sh_unlikely(!head || !sh_link_ok(a, part, pg->prev) || !sh_link_ok(a, part, pg->next))) {
-    _sh_partition_repair_locked(a, part);
-    uint32_t state = sh_atomic_load_relaxed(&pg->state);
-    head = _sh_bin(a, owner, part, c);
-    if ((state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) || !head) return; /* the repair found it on no list */
-  }
-  if (pg->prev != SH_NIL) a->pages[pg->prev].next = pg->next;
-  else sh_atomic_store_release(head, pg->next);
-  if (pg->next != SH_NIL) a->pages[pg->next].prev = pg->prev;
-  pg->next = pg->prev = SH_NIL;
-}
-
-/* Hands a page (or a run) back to the partition, leaving its list links and
- * the page counters to the caller; returns how many pages it freed. With
- * `defer_bit` the caller clears the page's own bit in the bitmap (before it
- * unlocks). */
-static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_bit);
-static uint32_t sh_page_drop_locked(sh_arena_t *a, uint32_t pi) { return sh_page_drop_bits_locked(a, pi, false); }
-
-static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_bit) {
-  sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_relaxed(&pg->state), n = 1;
-  if (state == SH_PAGE_LARGE) {
-    n = sh_atomic_load_relaxed(&pg->capacity);
-    for (uint32_t q = pi + 1; q < pi + n; q++) {
-      sh_atomic_store_relaxed(&a->pages[q].state, SH_PAGE_FREE);
-      sh_atomic_store_relaxed(&a->pages[q].run_head, SH_NIL);
-      sh_bit_set(a, q, false);
-    }
-  } else if (state != SH_PAGE_SMALL) {
-    return 0;
-  }
-  /* the claim goes first: a thread caching the page checks it around every
-   * use, so it never acts on the page once the head below changes */
-  sh_atomic_store_release(&pg->claim, 0u);
-  uint32_t tag = sh_head_tag(sh_atomic_load_relaxed(&pg->head)) + 1;
-  sh_atomic_store_release(&pg->head, sh_head_make(0, 0, tag));
-  sh_atomic_store_release(&pg->state, SH_PAGE_FREE);
-  if (!defer_bit) sh_bit_set(a, pi, false);
-  return n;
-}
-
-void _sh_page_release_locked(sh_arena_t *a, int part, uint32_t pi) {
-  sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_relaxed(&pg->state);
-  uint32_t owner = _sh_pg_owner(a, pg);
-  if (state == SH_PAGE_SMALL)
-    sh_list_unlink(a, part, pi, owner, _sh_pg_class(a, pg));
-  else if (state == SH_PAGE_LARGE)
-    sh_list_unlink(a, part, pi, owner, (int)a->nclasses);
-  else
-    return;
-  sh_owner_pages_add(a, owner, part, -(int64_t)sh_page_drop_locked(a, pi));
-}
-
-uint64_t _sh_list_release_locked(sh_arena_t *a, int part, uint32_t owner, uint32_t first, sh_owner_info_t *final,
-                                 bool *damaged) {
-  uint64_t pages = 0, mask = 0;
-  uint32_t word = UINT32_MAX, steps = 0, limit = a->part_end[part] - a->part_first[part];
-  for (uint32_t pi = first, next; pi != SH_NIL; pi = next) {
-    if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit ||
-                    sh_atomic_load_relaxed(&a->pages[pi].owner) != owner)) {
-      *damaged = true; /* not followed: the caller finds the owner's other pages by their descriptors */
-      break;
-    }
-    /* An owner's pages mostly came from one first-fit scan, so its list,
-     * newest first, runs down through consecutive descriptors: fetching the
-     * next few ahead turns a chain of cache misses into one. */
-    for (uint32_t k = 1; k <= 8 && pi >= k; k++) __builtin_prefetch(&a->pages[pi - k], 1);
-    next = a->pages[pi].next;
-    if (final) _sh_info_add_page(a, pi, part, final);
-    sh_count_released(a, pi, part);
-    a->pages[pi].next = a->pages[pi].prev = SH_NIL;
-    uint32_t freed = sh_page_drop_bits_locked(a, pi, true);
-    pages += freed;
-    if (!freed) continue;
-    /* the same consecutive pages share bitmap words: one atomic per word */
-    if (pi / 64 != word) {
-      if (mask) sh_atomic_and_relaxed(&a->bitmap[word], ~mask);
-      word = pi / 64;
-      mask = 0;
-    }
-    mask |= 1ull << (pi % 64);
-  }
-  if (mask) sh_atomic_and_relaxed(&a->bitmap[word], ~mask);
-  return pages;
-}
-
-/* After a damaged list: the owner's pages that the walk did not reach are
- * found by their descriptors and released, and the partition's lists and
- * counters are rebuilt, so nothing of the owner is left behind. */
-void _sh_owner_pages_scan_release_locked(sh_arena_t *a, int part, uint32_t owner, sh_owner_info_t *final) {
-  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
-    uint32_t state = sh_atomic_load_relaxed(&a->pages[pi].state);
-    if ((state != SH_PAGE_SMALL && state != SH_PAGE_LARGE) || sh_atomic_load_relaxed(&a->pages[pi].owner) != owner)
-      continue;
-    if (final) _sh_info_add_page(a, pi, part, final);
-    sh_count_released(a, pi, part);
-    (void)sh_page_drop_bits_locked(a, pi, false);
-  }
-  _sh_partition_repair_locked(a, part);
 }
 
 /* ----- Small blocks ------------------------------------------------------------ */
@@ -442,7 +127,6 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
                   others);
 }
 
-static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part);
 
 /* Make the bin's first page one with free blocks: an existing page of the
  * bin, else a fresh page from the partition. */
@@ -463,15 +147,15 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
     uint32_t top = sh_head_top(sh_atomic_load_acquire(&a->pages[pi].head));
     if (top != 0 && top != SH_HEAD_RETIRED && !(sh_atomic_load_relaxed(&a->pages[pi].flags) & SH_PAGE_CORRUPT)) {
       if (a->pages[pi].prev != SH_NIL) {
-        sh_list_unlink(a, part, pi, owner, c);
-        sh_bin_link_front(a, bin, pi);
+        _sh_list_unlink(a, part, pi, owner, c);
+        _sh_bin_link_front(a, bin, pi);
       }
       _sh_part_unlock(a, part);
       return SH_OK;
     }
   }
-  uint32_t pi = sh_bitmap_take(a, part, 1);
-  if (pi == SH_NIL && sh_reclaim_empty_locked(a, part)) {
+  uint32_t pi = _sh_bitmap_take(a, part, 1);
+  if (pi == SH_NIL && _sh_reclaim_empty_locked(a, part)) {
     /* the reclaim may have taken this bin's pages too: start over */
     _sh_part_unlock(a, part);
     return SH_OK;
@@ -487,30 +171,13 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
     return _sh_fail(SH_ECORRUPT, "partition '%s': no free bin set for owner %u (the set table is damaged)",
                     _sh_part_name(part), owner);
   }
-  sh_page_format_small(a, &a->pages[pi], pi, owner, c, 0);
-  sh_bin_link_front(a, &set[1 + c], pi);
-  sh_owner_pages_add(a, owner, part, 1);
+  _sh_page_format_small(a, &a->pages[pi], pi, owner, c, 0);
+  _sh_bin_link_front(a, &set[1 + c], pi);
+  _sh_owner_pages_add(a, owner, part, 1);
   _sh_part_unlock(a, part);
   return SH_OK;
 }
 
-/* Flags a page whose memory was written after a free: check() reports it and
- * its blocks are not trusted again. Takes the page's partition lock. */
-static void sh_page_quarantine(sh_arena_t *a, uint32_t pi) {
-  int part = _sh_pg_part(&a->pages[pi]);
-  _sh_part_lock(a, part);
-  sh_atomic_or_relaxed(&a->pages[pi].flags, SH_PAGE_CORRUPT);
-  _sh_part_unlock(a, part);
-}
-
-static int sh_quarantine(sh_arena_t *a, uint32_t pi, int part) {
-  sh_page_quarantine(a, pi);
-  sh_page_t *pg = &a->pages[pi];
-  return _sh_fail(SH_ECORRUPT,
-                  "free list of page %u (partition '%s', blocks of %u bytes) holds a damaged link: "
-                  "a block was written after it was freed; the page is quarantined",
-                  pi, _sh_part_name(part), a->classes[_sh_pg_class(a, pg)].size);
-}
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
 static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi, uint32_t n, size_t size,
@@ -543,7 +210,7 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
       }
       if (r == SH_POP_CORRUPT && !(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT)) {
         if (!may_lock) return SH_EAGAIN;
-        return sh_quarantine(a, pi, part);
+        return _sh_quarantine(a, pi, part);
       }
     }
     if (!may_lock) return SH_EAGAIN;
@@ -630,7 +297,7 @@ static int sh_mag_damaged(sh_arena_t *a, sh_tslot_t *slot, int part, int c, bool
   if (!_sh_page_in_part(a, pi, part))
     return _sh_fail(SH_ECORRUPT, "thread cache: magazine of partition '%s' holds offset %llu, outside its pages; dropped",
                     _sh_part_name(part), (unsigned long long)off);
-  sh_page_quarantine(a, pi);
+  _sh_page_quarantine(a, pi);
   return _sh_fail(SH_ECORRUPT,
                   "block at offset %llu (partition '%s', %u bytes) was written after it was freed; "
                   "it is dropped and its page quarantined",
@@ -657,7 +324,7 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, int part, sh_mag_t
     if (!_sh_mag_marked(link, unit)) {
       /* written after its free, and nobody to tell now: the block stays out
        * and its page is quarantined, so check() reports it */
-      sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
+      _sh_page_quarantine(a, (uint32_t)(off >> a->page_shift));
       continue;
     }
     sh_word_store_relaxed(&link[0], 0); /* unmarked: the free below takes it */
@@ -830,9 +497,9 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     uint32_t claim = _sh_tc_next_claim(a, slot, 0);
     uint64_t local = 0;
     if (best == SH_NIL) {
-      best = sh_bitmap_take(a, part, 1);
+      best = _sh_bitmap_take(a, part, 1);
       if (best == SH_NIL) {
-        if (sh_reclaim_empty_locked(a, part)) continue;
+        if (_sh_reclaim_empty_locked(a, part)) continue;
         if (!flushed) {
           flushed = true;
           _sh_part_unlock(a, part);
@@ -861,9 +528,9 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     sh_atomic_store_relaxed(&way->local, local);
     sh_atomic_store_release(&way->page, best);
     if (local) {
-      sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
-      sh_bin_link_front(a, bin, best);
-      sh_owner_pages_add(a, owner, part, 1);
+      _sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
+      _sh_bin_link_front(a, bin, best);
+      _sh_owner_pages_add(a, owner, part, 1);
     } else {
       sh_atomic_store_release(&a->pages[best].claim, claim);
     }
@@ -913,7 +580,7 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
             if (!may_lock) return SH_EAGAIN;
             sh_atomic_store_relaxed(&way->local, 0);
             _sh_tc_way_flush(a, e, (int)w);
-            return sh_quarantine(a, pi, part);
+            return _sh_quarantine(a, pi, part);
           }
         } else if (!sh_tc_collect(pg, way)) {
           continue;
@@ -1135,22 +802,6 @@ int sh_calloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, si
  * at a page boundary from taking the lock each time. */
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed);
 
-/* A full partition first takes back pages that emptied without being retired
- * (sh_free_nolock leaves them), whichever owner and class they served. */
-static uint32_t sh_reclaim_empty_locked(sh_arena_t *a, int part) {
-  uint32_t reclaimed = 0;
-  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
-    sh_page_t *pg = &a->pages[pi];
-    if (sh_atomic_load_relaxed(&pg->state) != SH_PAGE_SMALL || (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT)) continue;
-    uint64_t h = sh_atomic_load_acquire(&pg->head);
-    if (sh_head_top(h) == SH_HEAD_RETIRED || sh_head_count(h) != sh_atomic_load_relaxed(&pg->capacity)) continue;
-    uint64_t retired = sh_head_make(SH_HEAD_RETIRED, sh_head_count(h), sh_head_tag(h) + 1);
-    if (!sh_atomic_cas_strong_acq_rel(&pg->head, &h, retired)) continue; /* in use again */
-    _sh_page_release_locked(a, part, pi);
-    reclaimed++;
-  }
-  return reclaimed;
-}
 
 static void sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed) {
   _Atomic uint32_t *warm = _sh_bin(a, _sh_pg_owner(a, pg), part, _sh_pg_class(a, pg));
@@ -1248,7 +899,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     sh_tc_way_t *way = sh_my_way(a, slot, pg, pi, claim, c, &e);
     if (way) {
       if (sh_unlikely(_sh_link_looks_free(link, key, (uint32_t)(offset >> SH_UNIT_SHIFT))) &&
-          sh_block_is_free(a, pg, pi, top))
+          _sh_block_is_free(a, pg, pi, top))
         return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
       uint64_t local = sh_atomic_load_relaxed(&way->local);
       if (sh_unlikely(sh_local_count(local) >= cap))
@@ -1259,7 +910,7 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     }
   }
   if (sh_unlikely(_sh_link_looks_free(link, key, (uint32_t)(offset >> SH_UNIT_SHIFT))) &&
-      sh_block_is_free(a, pg, pi, top))
+      _sh_block_is_free(a, pg, pi, top))
     return _sh_fail(SH_EDOUBLEFREE, "block at offset %llu is already free", (unsigned long long)offset);
   uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
   do {
@@ -1401,6 +1052,19 @@ int sh_free_nolock(sh_arena_t *a, uint64_t offset) {
   return sh_free_rest(a, offset, false);
 }
 
+/* The size a request of `size` bytes gets: its class, or whole pages. */
+uint64_t sh_good_size(const sh_arena_t *a, size_t size) {
+  int c = _sh_size_class(a, size);
+  if (c >= 0) return a->classes[c].size;
+  uint64_t psize = sh_page_bytes(a), largest = 0;
+  for (int part = 0; part < SH_NPARTITIONS; part++) {
+    uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
+    if (cap > largest) largest = cap;
+  }
+  if (size > largest) return 0; /* no partition could ever hold it */
+  return (size + psize - 1) / psize * psize;
+}
+
 /* ----- Large blocks: runs of whole pages ------------------------------------- */
 
 static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh) {
@@ -1415,16 +1079,16 @@ static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, 
   if (rc) return rc;
   uint32_t n = (uint32_t)((size + psize - 1) / psize);
   _sh_part_lock(a, part);
-  uint32_t pi = sh_bitmap_take(a, part, n);
-  if (pi == SH_NIL && sh_reclaim_empty_locked(a, part)) pi = sh_bitmap_take(a, part, n);
+  uint32_t pi = _sh_bitmap_take(a, part, n);
+  if (pi == SH_NIL && _sh_reclaim_empty_locked(a, part)) pi = _sh_bitmap_take(a, part, n);
   sh_tslot_t *slot = _sh_tc_slot(a, false);
   if (pi == SH_NIL && slot) {
     /* this thread's cached pages may be what stands in the way */
     _sh_part_unlock(a, part);
     _sh_tc_flush_partition(a, slot, part);
     _sh_part_lock(a, part);
-    sh_reclaim_empty_locked(a, part);
-    pi = sh_bitmap_take(a, part, n);
+    _sh_reclaim_empty_locked(a, part);
+    pi = _sh_bitmap_take(a, part, n);
   }
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
@@ -1459,8 +1123,8 @@ static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32
   sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
   _Atomic uint32_t *set = _sh_owner_set_need(a, owner, part);
   if (sh_likely(set && sh_link_ok(a, part, sh_atomic_load_relaxed(&set[1 + a->nclasses])))) {
-    sh_bin_link_front(a, &set[1 + a->nclasses], pi);
-    sh_owner_pages_add(a, owner, part, n);
+    _sh_bin_link_front(a, &set[1 + a->nclasses], pi);
+    _sh_owner_pages_add(a, owner, part, n);
   } else {
     _sh_partition_repair_locked(a, part); /* damaged sets or head: the rebuild links the new run and counts it */
   }
@@ -1469,7 +1133,7 @@ static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32
 int _sh_run_reserve(sh_arena_t *a, uint32_t owner, int part, uint64_t bytes, uint64_t *offset) {
   uint32_t n = (uint32_t)((bytes + sh_page_bytes(a) - 1) >> a->page_shift);
   _sh_part_lock(a, part);
-  uint32_t pi = sh_bitmap_take(a, part, n);
+  uint32_t pi = _sh_bitmap_take(a, part, n);
   if (pi != SH_NIL) sh_run_format_locked(a, owner, part, pi, n, (size_t)bytes, NULL);
   _sh_part_unlock(a, part);
   if (pi == SH_NIL) return SH_EFULL;
@@ -1489,105 +1153,3 @@ static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
   return SH_OK;
 }
 
-/* ----- Queries ------------------------------------------------------------------ */
-
-uint64_t sh_good_size(const sh_arena_t *a, size_t size) {
-  int c = _sh_size_class(a, size);
-  if (c >= 0) return a->classes[c].size;
-  uint64_t psize = sh_page_bytes(a), largest = 0;
-  for (int part = 0; part < SH_NPARTITIONS; part++) {
-    uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
-    if (cap > largest) largest = cap;
-  }
-  if (size > largest) return 0; /* no partition could ever hold it */
-  return (size + psize - 1) / psize * psize;
-}
-
-int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
-  if (offset >= a->size)
-    return _sh_fail(SH_EBADPTR, "offset %llu is outside the arena", (unsigned long long)offset);
-  uint32_t pi = (uint32_t)(offset >> a->page_shift);
-  const sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_acquire(&pg->state);
-  info->offset = offset;
-  info->partition = (sh_partition_t)pg->partition;
-  info->owner = sh_atomic_load_relaxed(&pg->owner);
-  if (sh_unlikely(info->owner >= a->max_owners || info->partition >= SH_NPARTITIONS))
-    return _sh_fail(SH_ECORRUPT, "page %u names owner %u and partition %u, beyond the tables", pi, info->owner,
-                    (unsigned)info->partition);
-  if (state == SH_PAGE_SMALL && (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY)) {
-    int rc = _sh_nursery_owner(a, offset, &info->owner);
-    if (rc) return rc;
-  }
-  info->owner_generation = sh_atomic_load_relaxed(&a->owners[info->owner].generation);
-  if (state == SH_PAGE_SMALL) {
-    int c = _sh_pg_class(a, pg);
-    if (sh_unlikely((uint32_t)c >= a->nclasses))
-      return _sh_fail(SH_ECORRUPT, "page %u names size class %d of %u", pi, c, a->nclasses);
-    uint32_t in_page = (uint32_t)(offset & (sh_page_bytes(a) - 1));
-    if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1)
-      return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block", (unsigned long long)offset);
-    uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
-    const uint32_t *link = _sh_link_at(a, pi, top);
-    if (_sh_link_looks_free(link, sh_atomic_load_relaxed(&pg->key), (uint32_t)(offset >> SH_UNIT_SHIFT)) &&
-        sh_block_is_free(a, (sh_page_t *)pg, pi, top))
-      return _sh_fail(SH_EBADPTR, "offset %llu is a free block", (unsigned long long)offset);
-    info->size_class = c;
-    info->usable_size = a->classes[c].size;
-    return SH_OK;
-  }
-  if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0) {
-    if (sh_atomic_load_relaxed(&pg->claim) != 0)
-      return _sh_fail(SH_EBADPTR, "offset %llu is a free block (a thread keeps the run for reuse)",
-                      (unsigned long long)offset);
-    info->size_class = -1;
-    info->usable_size = (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
-    return SH_OK;
-  }
-  return _sh_fail(SH_EBADPTR, "offset %llu is not a live block", (unsigned long long)offset);
-}
-
-/* ----- Repair after a lock holder died ------------------------------------------
- * Page descriptors' state, owner and class are the truth; the bitmap, the bin
- * lists, the large lists and the page counters are rebuilt from them. */
-
-void _sh_partition_repair_locked(sh_arena_t *a, int part) {
-  for (uint32_t o = 0; o < a->max_owners; o++) {
-    sh_atomic_store_relaxed(&a->owners[o].binset[part], 0u);
-    sh_atomic_store_relaxed(&a->owners[o].pages[part], 0);
-  }
-  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) sh_atomic_store_relaxed(&_sh_set_at(a, pi)[0], 0u);
-  uint64_t used = 0;
-  for (uint32_t pi = a->part_first[part]; pi < a->part_end[part]; pi++) {
-    sh_page_t *pg = &a->pages[pi];
-    uint32_t state = sh_atomic_load_relaxed(&pg->state);
-    uint32_t owner = sh_atomic_load_relaxed(&pg->owner);
-    if (state == SH_PAGE_TAIL) {
-      uint32_t h = sh_atomic_load_relaxed(&pg->run_head);
-      bool ok = h != SH_NIL && h < pi && sh_atomic_load_relaxed(&a->pages[h].state) == SH_PAGE_LARGE &&
-                h + sh_atomic_load_relaxed(&a->pages[h].capacity) > pi;
-      if (!ok) sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
-    }
-    if ((state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) && owner >= a->max_owners)
-      sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
-    sh_bit_set(a, pi, state != SH_PAGE_FREE);
-    if (state == SH_PAGE_FREE) {
-      pg->next = pg->prev = SH_NIL;
-      continue;
-    }
-    used++;
-    /* a claim its slot does not record (left by a holder that died) is dropped */
-    if (state == SH_PAGE_SMALL && sh_atomic_load_relaxed(&pg->claim) != 0 && !_sh_tc_holder(a, pi, NULL))
-      sh_atomic_store_release(&pg->claim, 0u);
-    /* owners with pages here are at most the pages here: a set is always free */
-    _Atomic uint32_t *set = (state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) ? _sh_owner_set_need(a, owner, part) : NULL;
-    if (state == SH_PAGE_SMALL && set) {
-      sh_bin_link_front(a, &set[1 + _sh_pg_class(a, pg)], pi);
-      sh_atomic_add_relaxed(&a->owners[owner].pages[part], 1);
-    } else if (state == SH_PAGE_LARGE && set) {
-      sh_bin_link_front(a, &set[1 + a->nclasses], pi);
-      sh_atomic_add_relaxed(&a->owners[owner].pages[part], sh_atomic_load_relaxed(&pg->capacity));
-    }
-  }
-  sh_atomic_store_relaxed(&a->hdr->pages_used[part], used);
-}

@@ -1,0 +1,78 @@
+/* What the block rooms share: the inline helpers of the hot paths and the
+ * internal calls between the rooms. page.c holds the lock-free small path,
+ * magazines, the thread cache's ways and runs, alloc and free and large
+ * runs (they call one another: a free fills a magazine, a magazine's flush
+ * frees, an alloc that undoes itself frees); pages.c the bitmap, page life,
+ * quarantine and the repair after a lock holder died; query.c the block
+ * queries. Calls go page.c -> pages.c and query.c -> pages.c, never back. */
+#ifndef SH_PAGE_H
+#define SH_PAGE_H
+
+#include "sh_nursery.h"
+#include "sh_tcache.h"
+#include "sh_track.h"
+
+/* ---- counters, the bitmap, page identity ---- */
+
+sh_internal extern _Atomic unsigned _sh_next_stripe; /* pages.c */
+
+static inline _Atomic uint64_t *sh_thread_counters(const sh_arena_t *a) {
+  static sh_tls_fast _Thread_local unsigned stripe = UINT32_MAX;
+  if (sh_unlikely(stripe == UINT32_MAX))
+    stripe = sh_atomic_add_relaxed(&_sh_next_stripe, 1u) % SH_NSTRIPES;
+  return _sh_stripe_counters(a, stripe);
+}
+
+/* A thread with a slot counts in it; one without shares the striped counters. */
+static inline void sh_count(const sh_arena_t *a, sh_tslot_t *slot, int is_free, int part, int cls) {
+  if (sh_likely(slot != NULL)) _sh_tc_count(a, slot, is_free, part, cls);
+  else sh_atomic_add_relaxed(&sh_thread_counters(a)[_sh_counter_index(a, is_free, part, cls)], 1);
+}
+
+static inline bool sh_bit(const sh_arena_t *a, uint32_t pi) {
+  return (sh_atomic_load_relaxed(&a->bitmap[pi / 64]) >> (pi % 64)) & 1;
+}
+static inline void sh_bit_set(sh_arena_t *a, uint32_t pi, bool on) {
+  /* a word may hold the edge pages of two partitions, each under its own
+   * lock: only an atomic read-modify-write keeps the other's bits */
+  if (on) sh_atomic_or_relaxed(&a->bitmap[pi / 64], 1ull << (pi % 64));
+  else sh_atomic_and_relaxed(&a->bitmap[pi / 64], ~(1ull << (pi % 64)));
+}
+
+
+static inline uint64_t sh_page_bytes(const sh_arena_t *a) { return 1ull << a->page_shift; }
+
+enum { SH_POP_OK, SH_POP_EMPTY, SH_POP_CORRUPT };
+
+/* The page no longer is what the caller's bin said: reassigned under us. */
+static inline bool sh_page_matches(const sh_page_t *pg, uint32_t owner, int c) {
+  return sh_atomic_load_relaxed(&pg->state) == SH_PAGE_SMALL &&
+         sh_atomic_load_relaxed(&pg->owner) == owner &&
+         sh_atomic_load_relaxed(&pg->sclass) == (uint32_t)c;
+}
+
+/* A list link read from the arena: NIL, or a page of the partition. A walk
+ * that meets anything else, or takes more steps than the partition has
+ * pages, rebuilds the partition's lists from the page descriptors (the
+ * truth, see _sh_partition_repair_locked) instead of following it. */
+static inline bool sh_link_ok(const sh_arena_t *a, int part, uint32_t pi) {
+  return pi == SH_NIL || _sh_page_in_part(a, pi, part);
+}
+
+/* ---- pages.c ---- */
+
+sh_internal void _sh_bin_link_front(sh_arena_t *a, _Atomic uint32_t *bin, uint32_t pi);
+sh_internal uint32_t _sh_bitmap_take(sh_arena_t *a, int part, uint32_t n);
+sh_internal void _sh_list_unlink(sh_arena_t *a, int part, uint32_t pi, uint32_t owner, int c);
+sh_internal void _sh_owner_pages_add(sh_arena_t *a, uint32_t owner, int part, int64_t n);
+sh_internal void _sh_page_format_small(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c, uint32_t claim);
+sh_internal void _sh_page_quarantine(sh_arena_t *a, uint32_t pi);
+sh_internal int _sh_quarantine(sh_arena_t *a, uint32_t pi, int part);
+sh_internal uint32_t _sh_reclaim_empty_locked(sh_arena_t *a, int part);
+sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi);
+
+/* ---- page.c, for query.c ---- */
+
+sh_internal bool _sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top);
+
+#endif
