@@ -18,7 +18,7 @@ from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
 from swarmheap.errors import AgentStateError, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
-from swarmheap.index import check_kind, kind_id, read_kind
+from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import Prediction, Predictor
 from swarmheap.stores import Store, open_store
 from swarmheap.sweep import SweepResult, collect
@@ -136,6 +136,7 @@ class Heap(CoreHeap):
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
+        self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
         self._predictor = Predictor(self)
         self._admission: tuple[str | None, float] = (None, 0.9)
         self._capacity = {p: v["size"] for p, v in self.info()["partitions"].items()}
@@ -171,11 +172,13 @@ class Heap(CoreHeap):
         if not isinstance(reserve, bool):
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         prediction = self._predictor.cached(kind) if (reserve or mode) else None
+        offload.name_kind(self, kind)
         self._count_allocation()
         agent_id, generation = self._owner_create(kind_id(kind))
         agent = Agent(self, agent_id, generation, kind)
         try:
-            agent._update_index(lambda entries: None, lease_deadline=deadline)
+            if deadline:  # else the index comes with the first entry (offload.kind_of finds the kind)
+                agent._update_index(lambda entries: None, lease_deadline=deadline)
             if prediction is not None and prediction.confident:
                 admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
         except BaseException:
@@ -218,7 +221,7 @@ class Heap(CoreHeap):
         stats["kinds"] = self._predictor.table()
         for owner in stats["owners"]:
             if owner["id"] >= FIRST_AGENT:
-                owner["kind"] = read_kind(self, owner["id"], owner["generation"])
+                owner["kind"] = offload.kind_of(self, owner["id"], owner["generation"], owner["kind_id"])
             else:
                 owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
@@ -354,7 +357,7 @@ class Heap(CoreHeap):
             found = offload.where(self, agent_id, generation)
             kind = found[2] if found else "?"
         else:
-            kind = read_kind(self, agent_id, generation)
+            kind = offload.kind_of(self, agent_id, generation)
         return Agent(self, agent_id, generation, kind)
 
     # ---- hooks ----

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from swarmheap import offload
 from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
-from swarmheap.index import read_kind, read_lease
+from swarmheap.index import read_lease
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -124,7 +124,9 @@ def _examine(
     if info["pins"]:
         result.deferred += 1
         return True
-    info["kind"] = read_kind(heap, agent_id, generation)  # the index goes with the recycle
+    info["kind"] = offload.kind_of(
+        heap, agent_id, generation, info["kind_id"]
+    )  # the index goes with the recycle
     try:
         recycled = heap._owner_recycle(agent_id, generation)
     except StaleBlock:

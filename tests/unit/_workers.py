@@ -101,6 +101,11 @@ def read_agent_entry(name: str, agent_id: int, entry: str) -> tuple[str, bytes]:
         return agent.kind, bytes(agent.get(entry))
 
 
+def agent_kind_and_owner_kinds(name: str, agent_id: int) -> tuple[str, list[str]]:
+    with sh.Heap.attach(name) as heap:
+        return heap.agent(agent_id).kind, [o["kind"] for o in heap.stats()["owners"] if o["id"] >= 2]
+
+
 def cache_then_die(name: str) -> None:
     """Allocate 64 blocks in the shared default heap, free half (they stay in
     this thread's cache), and die without closing anything."""

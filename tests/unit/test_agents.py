@@ -67,14 +67,30 @@ def test_entries_visible_from_another_process(heap_name: str) -> None:
         agent.complete()
 
 
+def test_an_agent_without_entries_has_its_kind_everywhere(heap_name: str) -> None:
+    # spawn writes no index (it comes with the first entry): the kind is found
+    # by the kind id the core keeps, from any process
+    from _workers import agent_kind_and_owner_kinds
+
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        agent = heap.spawn("quiet-kind")
+        agent.alloc(100)
+        with mp.get_context("spawn").Pool(1) as pool:
+            kind, kinds = pool.apply(agent_kind_and_owner_kinds, (heap_name, agent.id))
+        assert kind == "quiet-kind" and kinds == ["quiet-kind"]
+        assert heap.agent(agent.id).kind == "quiet-kind"
+        agent.complete()
+        heap.check()
+
+
 def test_hundred_thousand_blocks_complete_in_one_piece(big: sh.Heap) -> None:
     before = in_use(big)
     agent = big.spawn("bulk")
     offsets = big.alloc_many(100_000, 24, owner=agent)
     assert len(offsets) == 100_000
-    assert agent.stats()["blocks"] == 100_000 + 1  # plus its index
+    assert agent.stats()["blocks"] == 100_000  # no index yet: it comes with the first entry
     final = agent.complete()
-    assert final["blocks"] == 100_001
+    assert final["blocks"] == 100_000
     assert in_use(big) == before
     assert agent.state == "gone"
     with pytest.raises(sh.StaleBlock):
@@ -125,7 +141,7 @@ def test_hooks(big: sh.Heap, caplog: pytest.LogCaptureFixture) -> None:
     assert "hook bug" in caplog.text
     assert in_use(big)["context"] < before  # the failing hook did not stop the recycle
     assert [e for e, *_ in seen] == ["spawn", "complete", "recycle"]
-    assert seen[1] == ("complete", agent.id, "hooked", 2)
+    assert seen[1] == ("complete", agent.id, "hooked", 1)  # its block (no index: no entries)
     big.off("complete", broken)
     with pytest.raises(ValueError):
         big.off("complete", broken)
