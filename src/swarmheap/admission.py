@@ -1,7 +1,8 @@
 """Admission control and reservations, from the usage model (predict.py).
 
 A confident prediction reserves, for an agent at its spawn, its kind's P90
-peak in `context`. The reservations of all processes are one counter in the
+peak in `context` (under an admission mode, a kind with samples but not yet
+confident reserves the largest peak it saw). The reservations of all processes are one counter in the
 arena, taken with one compare-and-swap (sh_owner_reserve), so ten spawns at
 once are not all admitted into room for one; the agent's reservation goes
 back, whole, when the C core recycles or offloads it (complete, sweep,
@@ -63,7 +64,8 @@ def admit(
 ) -> None:
     """Reserve the agent's predicted share; in modes "raise", "wait" and
     "offload", only if it fits."""
-    need = -(-prediction.peak("context", 0.9) // 1024) * 1024  # reserved in whole KiB
+    q = 0.9 if prediction.confident else 1.0  # not confident yet: the largest it saw
+    need = -(-prediction.peak("context", q) // 1024) * 1024  # reserved in whole KiB
     if not need:
         return
     bound = int(limit * heap._capacity["context"]) if mode is not None else 0

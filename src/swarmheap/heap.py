@@ -179,7 +179,11 @@ class Heap(CoreHeap):
         try:
             if deadline:  # else the index comes with the first entry (offload.kind_of finds the kind)
                 agent._update_index(lambda entries: None, lease_deadline=deadline)
-            if prediction is not None and prediction.confident:
+            # a confident prediction reserves its P90; under an admission mode,
+            # a kind with a few samples but no confidence yet reserves the
+            # largest it saw, so the first bursts of a kind are admitted on
+            # what is known of it rather than on nothing
+            if prediction is not None and (prediction.confident or (mode and prediction.samples)):
                 admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
         except BaseException:
             self._owner_recycle(agent_id, generation)
