@@ -55,9 +55,14 @@ cdef class ChannelCore:
         cdef CoreHeap heap = self.heap
         heap._check_writable()
         cdef Py_buffer view
-        if PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0:
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS)
+        except (ValueError, BufferError):
+            # a strided buffer (a column of an array): its bytes, in order
+            PyObject_GetBuffer(memoryview(data).tobytes(), &view, PyBUF_C_CONTIGUOUS)
+        except TypeError:
             raise TypeError(f"send() takes bytes-like data (bytes, memoryview, a buffer), "
-                            f"not {type(data).__name__}")
+                            f"not {type(data).__name__}") from None
         cdef uint64_t nbytes = <uint64_t>view.len, off = 0, usable
         cdef int rc
         try:

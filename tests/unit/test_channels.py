@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 import swarmheap as sh
@@ -188,8 +189,11 @@ def test_bad_input_is_named(heap: sh.Heap) -> None:
     ch = heap.channel("strict", 4, max_message=100)
     with pytest.raises(ValueError, match="max_message"):
         ch.send(b"x" * 101)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="bytes-like"):
         ch.send("text")  # type: ignore[arg-type]
+    column = np.arange(16, dtype=np.uint8).reshape(4, 4)[:, 1]  # a strided buffer is sent as its bytes
+    ch.send(column)
+    assert bytes(ch.recv()) == column.tobytes()
     with pytest.raises(TypeError):
         ch.send_block(b"not a block")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
