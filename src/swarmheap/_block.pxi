@@ -133,6 +133,15 @@ cdef class Block:
         with memoryview(self) as view:  # read-only heaps export read-only views: TypeError
             view[key] = value
 
+    def __dealloc__(self):
+        # a message's receiver owns its block: dropping the last reference
+        # gives it back (buffers keep the Block alive while they are open)
+        if self.owns and not self.freed and self.heap is not None and self.heap.arena != NULL \
+                and not self.heap.read_only:
+            if not self._stale():
+                _free_off(self.heap, self.offset)
+            self.freed = True
+
     def free(self):
         """Return the block. BufferError (nothing freed) while a memoryview or
         array still points at it, through this Block or another one; StaleBlock

@@ -114,8 +114,11 @@ cdef class ChannelCore:
                 or size > info.usable_size):
             raise HeapCorrupt(f"channel at {self.offset}: a message names offset {msg} ({size} bytes), "
                               f"which is not a block of the shared default", "SH_ECORRUPT")
-        return heap._new_block(msg, size, SH_OWNER_DEFAULT, sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
-                               info.usable_size, <int>info.partition, 0)
+        cdef Block blk = heap._new_block(msg, size, SH_OWNER_DEFAULT,
+                                         sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
+                                         info.usable_size, <int>info.partition, 0)
+        blk.owns = True  # the receiver's: freed when it frees it or drops it
+        return blk
 
     def recv_raw(self, int64_t timeout_ns):
         """(offset, size) of the next message, or None: for draining."""

@@ -48,6 +48,7 @@ cdef class Block:
     cdef int part
     cdef int exports
     cdef bint freed
+    cdef bint owns  # a received message: dropping the last reference frees it
 
     cdef int _check_live(self) except -1
     cdef int _stale(self) except -1

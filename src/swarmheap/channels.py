@@ -4,8 +4,8 @@ in the `comm` partition, shared by every process of the heap.
 A message is a block of the shared default: ``send`` copies bytes into a
 new one, ``send_block`` moves a Block without a copy (the sender's Block is
 unusable after), and ``recv`` hands the receiver the block itself, zero-copy;
-freeing it (or dropping the last reference... explicitly: ``blk.free()``)
-gives it back. The queue of offsets is the C core's (channel.c): a few
+freeing it, or dropping the last reference to it (and to every buffer on
+it), gives it back. The queue of offsets is the C core's (channel.c): a few
 stores under a robust lock, futex waits any process wakes. A message may
 take a lease (``send(..., lease=30.0)``): a sweep frees it if nobody
 received and freed it in time, as for any block with a lease.

@@ -212,3 +212,25 @@ def test_bad_input_is_named(heap: sh.Heap) -> None:
         ch.send(b"late")
     ch.unlink()
     heap.check()
+
+
+def test_dropping_a_received_block_returns_it(heap: sh.Heap) -> None:
+    ch = heap.channel("drop", 8)
+
+    def comm() -> int:
+        return int(heap.stats()["partitions"]["comm"]["in_use"])
+
+    base = comm()
+    for _ in range(3):
+        ch.send(b"m" * 1000)
+    view = memoryview(ch.recv())  # a buffer keeps its block alive
+    assert comm() > base
+    ch.recv()  # dropped at once
+    blk = ch.recv()
+    view.release()
+    del view
+    assert comm() > base  # one message still held, by blk
+    del blk
+    assert comm() == base  # every message back, none freed twice
+    ch.unlink()
+    heap.check()
