@@ -110,12 +110,20 @@ class StoreFull(SwarmHeapError):
 
 class AdmissionDenied(SwarmHeapError):
     """An agent's predicted peak does not fit: ``prediction`` says what its
-    kind needs, ``short`` the bytes missing per partition."""
+    kind needs, ``free`` the bytes free under the admission limit and
+    ``short`` the bytes missing, per partition."""
 
-    def __init__(self, message: str, prediction: object = None, short: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        prediction: object = None,
+        short: dict[str, int] | None = None,
+        free: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.prediction = prediction
         self.short = short or {}
+        self.free = free or {}
 
 
 class ChannelClosed(SwarmHeapError):

@@ -91,6 +91,7 @@ def test_raise_denies_what_does_not_fit(heap: sh.Heap) -> None:
         for _ in range(capacity // 2_000_000 + 2):
             admitted.append(heap.spawn("hungry", admit="raise"))
     assert denied.value.short["context"] > 0
+    assert 0 <= denied.value.free["context"] < denied.value.prediction.peak("context", 0.9)
     assert denied.value.prediction.kind == "hungry"
     assert 1 <= len(admitted) < capacity // 2_000_000  # reservations, not use, filled the room
     live = [a for a in heap.agents() if a.kind == "hungry"]
