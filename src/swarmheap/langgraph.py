@@ -134,6 +134,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self.store = store
         # (agent id, generation, entry name) -> (serde bytes, chain depth)
         self._raws: OrderedDict[tuple[int, int, str], tuple[bytes, int]] = OrderedDict()
+        self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
         # (agent id, generation, ns, channel) -> the entry name of its newest version here
         self._newest: dict[tuple[int, int, str, str], str] = {}
         if store is not None:
@@ -142,6 +143,21 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     # ---- threads are agents ----
 
     def _agent(self, thread_id: str, create: bool) -> Any:
+        known = self._threads.get(thread_id)
+        if (
+            known is not None
+            and self.heap._owner_generation(known.id) == known.generation
+            and self.heap._owner_state(known.id) in ("live", "offloaded", "restoring")
+        ):
+            return known  # still that agent: a deleted thread's agent is completed or recycled
+        agent = self._find_agent(thread_id, create)
+        if agent is not None:
+            if len(self._threads) >= _RAW_CACHE:
+                self._threads.clear()
+            self._threads[thread_id] = agent
+        return agent
+
+    def _find_agent(self, thread_id: str, create: bool) -> Any:
         key = f"lgthread/{thread_id}"
         registry = Registry(self.heap)
         while True:
@@ -370,6 +386,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     def delete_thread(self, thread_id: str) -> None:
         agent = self._agent(thread_id, create=False)
+        self._threads.pop(thread_id, None)
         Registry(self.heap).remove(f"lgthread/{thread_id}")
         if agent is not None and agent.state in ("live", "offloaded", "restoring"):
             agent.restore()

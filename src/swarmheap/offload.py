@@ -270,8 +270,8 @@ def restore_blob(heap: Heap, blob: bytes, stores: list[Store] | None = None) -> 
     kind, lease_left, entries = parse(heap, blob, stores or [])
     agent = heap.spawn(kind, lease=lease_left if lease_left else None)
     try:
-        for name, data in entries:
-            agent.put(name, data)
+        if entries:
+            agent.put_many(dict(entries))  # one index update for all of them
     except BaseException:
         agent.complete()  # nothing of a failed restore stays
         raise
@@ -398,10 +398,10 @@ def restore_in_place(agent: Agent) -> None:
             pass  # another process began first: finishing it again is harmless
     heap._restoring.add((agent.id, agent.generation))
     try:
-        deadline = time.time() + lease_left if lease_left else 0.0
-        agent._update_index(lambda e: None, lease_deadline=deadline)
-        for name, data in entries:
-            agent.put(name, data)
+        if lease_left:
+            agent._update_index(lambda e: None, lease_deadline=time.time() + lease_left)
+        if entries:
+            agent.put_many(dict(entries))  # one index update for all of them
     except BaseException:
         if heap._owner_state(agent.id) == "restoring":
             heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
