@@ -84,9 +84,10 @@ class Agent(AgentCore):
         replacing what was there."""
         self.put_many({name: data})
 
-    def put_many(self, items: Mapping[str, Any]) -> None:
+    def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them
-        or (on an error) none."""
+        or (on an error) none. Returns the index words before and after it
+        (see index.update_index)."""
         views = []
         for name, data in items.items():
             index.check_name(name)
@@ -114,13 +115,14 @@ class Agent(AgentCore):
                         replaced.append(entries[name])
                     entries[name] = (blk.offset, nbytes)
 
-            self._update_index(change)
+            words = self._update_index(change)
         except BaseException:
             for _, blk, _ in blocks:
                 blk.free()
             raise
         for offset, size in replaced:
             self._free_entry(offset, size)
+        return words
 
     def get(self, name: str) -> memoryview:
         """A zero-copy view of entry ``name``. While it is alive the agent is
@@ -182,8 +184,8 @@ class Agent(AgentCore):
     def _read_index(self) -> index.Index:
         return self._read_index_word()[1]
 
-    def _update_index(self, change: Any, lease_deadline: float | None = None) -> None:
-        index.update_index(self._heap, self.id, self.generation, self.kind, change, lease_deadline)
+    def _update_index(self, change: Any, lease_deadline: float | None = None) -> tuple[int, int]:
+        return index.update_index(self._heap, self.id, self.generation, self.kind, change, lease_deadline)
 
     # ---- life ----
 

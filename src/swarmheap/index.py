@@ -9,6 +9,7 @@ reading. This module is the format's one home."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 import weakref
 import zlib
@@ -80,10 +81,18 @@ def _entry_bytes(name: str, offset: int, size: int) -> bytes:
     return got
 
 
-def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
+def _head(kind: str, lease_deadline: float, count: int) -> bytes:
     kind_b = kind.encode()
-    head = _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, len(entries), 0) + kind_b
-    return head + b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
+    return _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
+
+
+def _body(entries: Entries, start: int = 0) -> bytes:
+    items = itertools.islice(entries.items(), start, None) if start else entries.items()
+    return b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in items])
+
+
+def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
+    return _head(kind, lease_deadline, len(entries)) + _body(entries)
 
 
 def decode(data: bytes) -> Index:
@@ -110,7 +119,9 @@ def decode(data: bytes) -> Index:
 # LangGraph thread one entry per checkpoint: decoding them on every lookup
 # made each operation O(entries).
 CACHE_SIZE = 1024
-_Cached = OrderedDict[int, tuple[int, int, Index]]  # agent id -> (generation, word, index)
+# agent id -> (generation, word, index, the index's encoded entries: an update
+# that only adds entries appends to them instead of encoding every entry)
+_Cached = OrderedDict[int, tuple[int, int, Index, bytes]]
 _cache: weakref.WeakKeyDictionary[CoreHeap, _Cached] = weakref.WeakKeyDictionary()
 
 
@@ -122,11 +133,17 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
     return hit[1], hit[2]
 
 
-def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index) -> None:
+def _cached_body(heap: CoreHeap, agent_id: int, generation: int, word: int) -> bytes | None:
+    per_heap = _cache.get(heap)
+    hit = per_heap.get(agent_id) if per_heap is not None else None
+    return hit[3] if hit is not None and hit[0] == generation and hit[1] == word else None
+
+
+def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index, body: bytes) -> None:
     per_heap = _cache.get(heap)
     if per_heap is None:
         per_heap = _cache[heap] = OrderedDict()
-    per_heap[agent_id] = (generation, word, index)
+    per_heap[agent_id] = (generation, word, index, body)
     per_heap.move_to_end(agent_id)
     if len(per_heap) > CACHE_SIZE:
         per_heap.popitem(last=False)
@@ -148,13 +165,13 @@ def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") 
         if not word:
             return 0, (kind, 0.0, {})
         try:
-            return word, decode(data)
+            index = decode(data)
         except (ValueError, UnicodeDecodeError, struct.error):
             return None  # a block reused at the same place between the reads: read again
+        _remember(heap, agent_id, generation, word, index, data[_HEADER.size + len(index[0].encode()) :])
+        return word, index
 
     result: tuple[int, Index] = retry_while_changing(attempt, f"agent {agent_id}'s index")
-    if result[0]:
-        _remember(heap, agent_id, generation, result[0], result[1])
     return result
 
 
@@ -165,22 +182,38 @@ def update_index(
     kind: str,
     change: Callable[[Entries], None],
     lease_deadline: float | None = None,
-) -> None:
+) -> tuple[int, int]:
     """Apply ``change`` to the entries and swap the new index in; again if
-    another update got there first."""
+    another update got there first. Returns (the word the change was made
+    on, the new word): a reader that knew the first knows the second is its
+    index with this change, and nothing else."""
 
-    def attempt() -> bool | None:
+    def attempt() -> tuple[int, int] | None:
         word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
         entries = dict(shared)
         change(entries)
         new_lease = lease if lease_deadline is None else lease_deadline
-        new_word = heap._owner_held_swap(agent_id, generation, word, encode(old_kind, new_lease, entries))
+        old_body = _cached_body(heap, agent_id, generation, word) if word else None
+        n = len(shared)
+        if (
+            old_body is not None
+            and len(entries) >= n
+            and entries.items() >= shared.items()
+            and list(itertools.islice(entries, n)) == list(shared)
+        ):
+            body = old_body + _body(entries, n)  # only appended: the old entries' bytes stand
+        else:
+            body = _body(entries)
+        new_word = heap._owner_held_swap(
+            agent_id, generation, word, _head(old_kind, new_lease, len(entries)) + body
+        )
         if not new_word:
             return None
-        _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries))
-        return True
+        _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body)
+        return word, new_word
 
-    retry_while_changing(attempt, f"agent {agent_id}'s index")
+    words: tuple[int, int] = retry_while_changing(attempt, f"agent {agent_id}'s index")
+    return words
 
 
 def read_kind(heap: CoreHeap, agent_id: int, generation: int) -> str:

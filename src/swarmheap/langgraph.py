@@ -24,6 +24,7 @@ compress="zstd", keep=None, kind="langgraph")`` (the ``langgraph`` extra).
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import struct
 from collections import OrderedDict
@@ -107,6 +108,45 @@ def _undelta(base: bytes, delta: bytes) -> bytes:
     raise ValueError("a delta is neither a splice nor zstd")
 
 
+class _ThreadView:
+    """What a thread's entry names say, for the index word they were read
+    under: its names, checkpoint ids per namespace (sorted) and pending
+    writes per checkpoint. Built in one pass when the word is new; moved to
+    the next word in place after this saver's own update of it."""
+
+    def __init__(self, generation: int, word: int, names: Any) -> None:
+        self.generation, self.word = generation, word
+        self.names: set[str] = set()
+        self.ids: dict[str, builtins.list[str]] = {}
+        self.writes: dict[tuple[str, str], builtins.list[str]] = {}
+        for name in names:
+            self._add(name)
+        for ids in self.ids.values():
+            ids.sort()
+
+    def _add(self, name: str) -> None:
+        if name in self.names:
+            return
+        self.names.add(name)
+        if name.startswith("cp/"):
+            _, ns, cid = name.split("/", 2)
+            if "/" not in cid:
+                bisect.insort(self.ids.setdefault(ns, []), cid)
+        elif name.startswith("w/"):
+            parts = name.split("/", 3)
+            if len(parts) == 4:
+                self.writes.setdefault((parts[1], parts[2]), []).append(name)
+
+    def advance(self, words: tuple[int, int], added: Any) -> bool:
+        """After an update from ``words[0]`` to ``words[1]`` that added ``added``."""
+        if words[0] != self.word:
+            return False
+        for name in added:
+            self._add(name)
+        self.word = words[1]
+        return True
+
+
 class SwarmSaverError(SwarmHeapError):
     """A thread's checkpoint data is damaged (or names what is not there)."""
 
@@ -135,6 +175,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         # (agent id, generation, entry name) -> (serde bytes, chain depth)
         self._raws: OrderedDict[tuple[int, int, str], tuple[bytes, int]] = OrderedDict()
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
+        self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
         # (agent id, generation, ns, channel) -> the entry name of its newest version here
         self._newest: dict[tuple[int, int, str, str], str] = {}
         if store is not None:
@@ -304,7 +345,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         agent = self._agent(thread_id, create=True)
         values: dict[str, Any] = c.pop("channel_values")
-        names = set(agent.names()) if new_versions else set()
+        names = self._view(agent).names if new_versions else set()
         items: dict[str, bytes] = {}
         for channel, version in new_versions.items():
             typed = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
@@ -316,7 +357,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             self._newest[newest] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         items[f"cp/{ns}/{checkpoint['id']}"] = self._pack(self.serde.dumps_typed(record))
-        agent.put_many(items)
+        self._put_entries(agent, items)
         if self.keep is not None:
             self._trim(agent, ns, self.keep)
         return {
@@ -329,13 +370,16 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         conf = config["configurable"]
         agent = self._agent(conf["thread_id"], create=True)
         ns, cid = conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
-        names = set(agent.names())
+        names = self._view(agent).names
+        items: dict[str, bytes] = {}
         for idx, (channel, value) in enumerate(writes):
             slot = WRITES_IDX_MAP.get(channel, idx)
             name = f"w/{ns}/{cid}/{task_id}/{slot}"
             if slot >= 0 and name in names:
                 continue  # a special write already stored: kept, as LangGraph's savers do
-            agent.put(name, self._pack(self.serde.dumps_typed((task_id, channel, value, task_path, idx))))
+            items[name] = self._pack(self.serde.dumps_typed((task_id, channel, value, task_path, idx)))
+        if items:
+            self._put_entries(agent, items)
 
     def get_tuple(self, config: dict[str, Any]) -> Any:
         conf = config["configurable"]
@@ -343,12 +387,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         agent = self._agent(thread_id, create=False)
         if agent is None:
             return None
-        names = set(agent.names())
-        ids = self._checkpoint_ids(agent, ns, names)
+        view = self._view(agent)
+        ids = view.ids.get(ns, [])
         cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
-        if cid is None or f"cp/{ns}/{cid}" not in names:
+        if cid is None or f"cp/{ns}/{cid}" not in view.names:
             return None
-        return self._tuple(agent, thread_id, ns, cid, names)
+        return self._tuple(agent, thread_id, ns, cid, view)
 
     def list(
         self,
@@ -455,6 +499,22 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     # ---- helpers ----
 
+    def _view(self, agent: Any) -> _ThreadView:
+        word, (_, _, entries) = agent._read_index_word()
+        view = self._views.get(agent.id)
+        if view is None or view.generation != agent.generation or view.word != word:
+            if len(self._views) >= _RAW_CACHE:
+                self._views.clear()
+            view = self._views[agent.id] = _ThreadView(agent.generation, word, entries)
+        return view
+
+    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> None:
+        """One index update; the thread's view follows it if it was current."""
+        words = agent.put_many(items)
+        view = self._views.get(agent.id)
+        if view is not None and view.generation == agent.generation and not view.advance(words, items):
+            del self._views[agent.id]
+
     def _checkpoint_ids(self, agent: Any, ns: str, names: Any = None) -> builtins.list[str]:
         prefix = f"cp/{ns}/"
         return sorted(
@@ -463,10 +523,11 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             if n.startswith(prefix) and "/" not in n[len(prefix) :]
         )
 
-    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, names: Any = None) -> Any:
+    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: _ThreadView | None = None) -> Any:
         checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}")
-        if names is None:
-            names = set(agent.names())
+        if view is None:
+            view = self._view(agent)
+        names = view.names
         values = {}
         for channel, version in checkpoint["channel_versions"].items():
             name = f"blob/{ns}/{channel}/{version}"
@@ -477,9 +538,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             if typed[0] != "empty":
                 values[channel] = self.serde.loads_typed(typed)
         writes = []
-        prefix = f"w/{ns}/{cid}/"
-        for name in names:
-            if name.startswith(prefix):
+        for name in view.writes.get((ns, cid), ()):
+            if name in names:
                 task_id, channel, value, _path, idx = self._get(agent, name)
                 writes.append((task_id, idx, channel, value))
         writes.sort(key=lambda w: (w[0], w[1]))

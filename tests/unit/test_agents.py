@@ -306,3 +306,35 @@ def test_concurrent_sweeps_reclaim_each_agent_once(heap_name: str) -> None:
         assert sum(n for n, _ in results) == len(orphans) == 60
         assert in_use(heap) == empty
         heap.check()
+
+
+def test_an_index_grown_by_appends_reads_back_exactly(big: sh.Heap) -> None:
+    # updates that only add entries append to the encoded index; replacing,
+    # deleting and batches must still read back exactly, here and after the
+    # process's decoded-index cache is dropped (a read from the arena)
+    import random
+
+    from swarmheap import index
+
+    agent = big.spawn("grower")
+    rng = random.Random(3)
+    model: dict[str, bytes] = {}
+    for step in range(300):
+        op = rng.random()
+        if op < 0.6 or not model:
+            name, data = f"k{rng.randrange(60)}", bytes([step % 256]) * rng.randrange(1, 50)
+            agent.put(name, data)
+            model[name] = data
+        elif op < 0.8:
+            name = rng.choice(list(model))
+            agent.delete(name)
+            del model[name]
+        else:
+            batch = {f"m{rng.randrange(80)}": bytes([step % 256]) * 3 for _ in range(3)}
+            agent.put_many(batch)
+            model.update(batch)
+        if step % 40 == 0:
+            index._cache.clear()
+        assert {n: bytes(agent.get(n)) for n in agent.names()} == model
+    agent.complete()
+    big.check()
