@@ -107,23 +107,41 @@ def _check_kind() -> int:
 _contexts = threading.local()  # a zstd context is not for two threads at once
 
 
-def zstd_compressor(level: int) -> Any:
-    """This thread's zstd compressor at ``level``: making one costs more than
-    compressing a small value, so each thread keeps one per level."""
+def zstd_compressor(level: int, dictionary: Any = None) -> Any:
+    """This thread's zstd compressor at ``level`` (with a trained
+    dictionary): making one, and loading a dictionary into it, costs more
+    than compressing a small state, so each thread keeps them."""
     cache = getattr(_contexts, "compressors", None)
     if cache is None:
         cache = _contexts.compressors = {}
-    c = cache.get(level)
+    key = (level, dictionary.dict_id() if dictionary is not None else 0)
+    c = cache.get(key)
     if c is None:
-        c = cache[level] = require("zstandard", "compress").ZstdCompressor(level=level)
+        if len(cache) > 64:
+            cache.clear()
+        zstd = require("zstandard", "compress")
+        c = cache[key] = (
+            zstd.ZstdCompressor(level=level, dict_data=dictionary)
+            if dictionary is not None
+            else zstd.ZstdCompressor(level=level)
+        )
     return c
 
 
-def zstd_decompressor() -> Any:
-    """This thread's zstd decompressor (no dictionary)."""
-    d = getattr(_contexts, "decompressor", None)
+def zstd_decompressor(dictionary: Any = None) -> Any:
+    """This thread's zstd decompressor (for a trained dictionary)."""
+    cache = getattr(_contexts, "decompressors", None)
+    if cache is None:
+        cache = _contexts.decompressors = {}
+    key = dictionary.dict_id() if dictionary is not None else 0
+    d = cache.get(key)
     if d is None:
-        d = _contexts.decompressor = require("zstandard", "compress").ZstdDecompressor()
+        if len(cache) > 64:
+            cache.clear()
+        zstd = require("zstandard", "compress")
+        d = cache[key] = (
+            zstd.ZstdDecompressor(dict_data=dictionary) if dictionary is not None else zstd.ZstdDecompressor()
+        )
     return d
 
 
@@ -133,13 +151,11 @@ def pack(raw: bytes, codec: str = "zstd", level: int | None = None, dictionary: 
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     dict_id = 0
     if codec == "zstd":
-        zstd = require("zstandard", "compress")
+        require("zstandard", "compress")  # the extra is named before anything else fails
         lvl = DEFAULT_ZSTD_LEVEL if level is None else level
         if dictionary is not None:
             dict_id = dictionary.dict_id()
-            payload = zstd.ZstdCompressor(level=lvl, dict_data=dictionary).compress(raw)
-        else:
-            payload = zstd_compressor(lvl).compress(raw)
+        payload = zstd_compressor(lvl, dictionary).compress(raw)
     elif codec == "lz4":
         frame = require("lz4.frame", "compress")
         payload = frame.compress(raw, compression_level=level or 0)
@@ -198,14 +214,14 @@ def unpack(blob: bytes, dictionary_for: Callable[[int], Any] | None = None) -> b
     payload, raw_size = info["payload"], info["raw_size"]
     try:
         if info["codec"] == "zstd":
-            zstd = require("zstandard", "compress")
+            require("zstandard", "compress")
             if info["dict_id"]:
                 dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
                 if dictionary is None:
                     raise CorruptSnapshot(
                         f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere"
                     )
-                d = zstd.ZstdDecompressor(dict_data=dictionary)
+                d = zstd_decompressor(dictionary)
             else:
                 d = zstd_decompressor()
             raw = (
