@@ -4,7 +4,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from swarmheap.includes.swarmheap cimport sh_arena_t
 
 
-cdef class CoreHeap:
+cdef class _Arena:
     cdef sh_arena_t *arena
     cdef uint8_t *base
     cdef uint64_t arena_size
@@ -35,6 +35,10 @@ cdef class CoreHeap:
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part, uint64_t tag)
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
+
+
+cdef class CoreHeap(_Arena):
+    pass
 
 
 cdef class Block:

@@ -6,7 +6,8 @@ one events object (HeapEvents), never called by name. Split by job:
   _args.pxi    argument parsing and the partition-name table
   _errors.pxi  C status -> named exception; the stale-agent message
   _dicts.pxi   the one shape of an owner's dict, and the stats dicts
-  _heap.pxi    CoreHeap: life, blocks, leases, owners, sweep queues, stats
+  _heap.pxi    _Arena, CoreHeap's base: life, blocks, leases, stats, check
+  _owners.pxi  CoreHeap: the owner protocol, sweep queues, thread caches
   _block.pxi   Block: buffer protocol, exact staleness
   _agent.pxi   AgentCore: an agent's one-call allocation
   _channel.pxi ChannelCore: a channel's one-call send and receive
@@ -54,6 +55,7 @@ include "_args.pxi"
 include "_errors.pxi"
 include "_dicts.pxi"
 include "_heap.pxi"
+include "_owners.pxi"
 include "_block.pxi"
 include "_agent.pxi"
 include "_channel.pxi"

@@ -1,0 +1,346 @@
+# CoreHeap: _Arena (_heap.pxi) and the owner protocol the agent layer builds
+# on, the sweep queues and the thread caches.
+
+
+cdef class CoreHeap(_Arena):
+    """One arena, and every call on it: see _Arena for its life and blocks."""
+
+    # ---- owners (the agent layer builds on these) -------------------------
+
+    def _owner_create(self, uint32_t kind):
+        self._check_writable()
+        cdef uint32_t oid, gen
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_create(arena, kind, &oid, &gen)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return oid, gen
+
+    def _owner_recycle(self, uint32_t oid, uint32_t gen):
+        """True if recycled now, False if deferred by pins."""
+        self._check_writable()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_recycle(arena, oid, gen)
+        self.inflight -= 1
+        if rc == SH_EPINNED:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _owner_complete(self, uint32_t oid, uint32_t gen, str kind):
+        """Recycle (or, if pinned, mark completed) and return (recycled, the
+        agent's final dict), read in the same pass over its pages."""
+        self._check_writable()
+        cdef sh_owner_info_t oi
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_complete(arena, oid, gen, &oi)
+        self.inflight -= 1
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc != SH_OK and rc != SH_EPINNED:
+            _raise(rc)
+        return rc == SH_OK, _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
+        """Give back the agent's memory and mark it offloaded (slot and
+        generation kept); AgentStateError while pinned or not live."""
+        self._check_writable()
+        cdef sh_owner_info_t oi
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_offload(arena, oid, gen, &oi)
+        self.inflight -= 1
+        if rc == SH_EPINNED or rc == SH_EOWNER:
+            if sh_owner_generation(arena, oid) != gen:
+                raise stale_agent(oid, gen)
+            raise AgentStateError(f"agent {oid} is not offloaded: {sh_last_error().decode()}")
+        if rc != SH_OK:
+            _raise(rc)
+        return _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
+        """Agent.stats() of the owner; StaleBlock if that generation is gone."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK or oi.generation != gen:
+            raise stale_agent(oid, gen)
+        return _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_pin(self, uint32_t oid, uint32_t gen):
+        self._check_writable()
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_pin(arena, oid, gen)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+
+    def _owner_unpin(self, uint32_t oid, uint32_t gen):
+        """True if this unpin recycled a completed owner."""
+        self._check_writable()
+        cdef int rc, recycled = 0
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_unpin(arena, oid, gen, &recycled)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return bool(recycled)
+
+    def _pins_reclaim_dead(self):
+        """Drop the pins of processes that died: (pins dropped, owners recycled)."""
+        self._check_writable()
+        cdef uint64_t dropped = 0
+        cdef uint32_t recycled = 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_pins_reclaim_dead(arena, &dropped, &recycled)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return dropped, recycled
+
+    def _notify_recycled(self, uint32_t oid, uint32_t gen):
+        """The binding's own relay (Block and the NumPy handler call it): the
+        last pin of a completed owner dropped here and it was recycled."""
+        self.events.on_recycled(self, oid, gen)
+
+    def _owner_set_state(self, uint32_t oid, uint32_t gen, str expected, str desired):
+        self._check_writable()
+        cdef int rc
+        cdef int e = _STATE_INDEX[expected], d = _STATE_INDEX[desired]
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_set_state(arena, oid, gen, <sh_owner_state_t>e, <sh_owner_state_t>d)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+
+    def _owner_touch(self, uint32_t oid, uint32_t gen):
+        self._check_writable()
+        cdef int rc = sh_owner_touch(self.arena, oid, gen)
+        if rc:
+            _raise(rc)
+
+    # The owner's user word may hold a block of the shared default's `system`
+    # (sh_held_word in swarmheap.h: the agent index lives there); these read
+    # and swap it in one call each. The block starts with its data's length
+    # (a u32, then 4 bytes of padding), since the word holds only the offset.
+
+    def _owner_word(self, uint32_t oid, uint32_t gen):
+        """The owner's user word in one load; None if that generation is gone.
+        The word's sequence number changes with every swap, so an unchanged
+        word means an unchanged held block (readers cache on it)."""
+        self._check_open()
+        cdef uint64_t word
+        if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+            return None
+        return word
+
+    def _owner_held_read(self, uint32_t oid, uint32_t gen):
+        """The block the owner's user word holds, copied out between two reads
+        of the word that agree: (word, bytes); (0, b"") if it holds none; None
+        if that generation is gone. AgentStateError if the word kept changing."""
+        self._check_open()
+        cdef uint64_t word, again, off, length
+        cdef sh_block_info_t info
+        for _ in range(100):
+            if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+                return None
+            if not word & SH_USER_WORD_HELD:
+                return 0, b""
+            off = sh_held_offset(word)
+            # an index is a block of the shared default (the registry's, of owner 1)
+            if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != (1 if oid == 1 else 0)
+                    or info.usable_size < _HELD_PREFIX):
+                continue  # swapped and freed under us: read the new word
+            length = (<uint32_t *>(self.base + off))[0]
+            if length > info.usable_size - _HELD_PREFIX:
+                continue
+            data = (<char *>self.base + off + _HELD_PREFIX)[:length]
+            if sh_owner_user_word(self.arena, oid, gen, &again) != SH_OK:
+                return None
+            if again == word:
+                return word, data
+        raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
+
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes data):
+        """Copy ``data`` into a new block of the shared default's ``system``
+        and compare-and-set the owner's user word from ``expected`` to hold
+        it; the block ``expected`` held is then freed. False, with nothing
+        changed, if the word had moved on (the word's sequence number sees a
+        swap away and back to the same block, so a stale ``expected`` fails).
+        Returns the new word, or 0 if the word had moved on."""
+        self._check_writable()
+        cdef uint64_t length = <uint64_t>len(data)
+        if length > _HELD_MAX:
+            raise ValueError(f"an agent's index is at most {_HELD_MAX} bytes, not {length}: "
+                             f"use fewer or shorter entry names")
+        cdef uint64_t off, usable
+        # the nursery owner's index is the heap's registry: its blocks are its
+        # own (bookkeeping, not in use); every other index is the shared default's
+        cdef uint32_t holder = 1 if oid == 1 else 0
+        cdef int rc = _alloc_off(self, holder, 1, SH_PART_SYSTEM, length + _HELD_PREFIX, &off, &usable)
+        if rc:
+            _raise(rc)
+        (<uint32_t *>(self.base + off))[0] = <uint32_t>length
+        (<uint32_t *>(self.base + off))[1] = 0
+        memcpy(self.base + off + _HELD_PREFIX, <const char *>data, length)
+        cdef uint64_t word = sh_held_next(expected, off)
+        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
+        if rc:
+            _free_off(self, off)
+            if rc == SH_ESTATE:
+                return 0
+            _raise(rc)
+        if expected & SH_USER_WORD_HELD:
+            _free_off(self, sh_held_offset(expected))  # ours now; a bad word frees nothing
+        return word
+
+    def _owner_reserve(self, uint32_t oid, uint32_t gen, uint64_t nbytes, uint64_t limit):
+        """Reserve ``nbytes`` of context for the agent; False if ``limit`` (0:
+        none) would be passed. The reservation goes with the agent's memory."""
+        self._check_writable()
+        cdef int rc = sh_owner_reserve(self.arena, oid, gen, nbytes, limit)
+        if rc == SH_EFULL:
+            return False
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc:
+            _raise(rc)
+        return True
+
+    def _nursery_reclaim(self):
+        """Nursery blocks a killed free left named but unlisted, freed; how many."""
+        self._check_writable()
+        cdef uint64_t n
+        cdef sh_arena_t *arena = self.arena
+        with nogil:
+            n = sh_nursery_reclaim(arena)
+        return n
+
+    def _room_seq(self):
+        self._check_open()
+        return sh_room_seq(self.arena)
+
+    def _room_wait(self, uint32_t seen, int64_t timeout_ns):
+        """Sleep until any process gives memory back (or the timeout, ns)."""
+        self._check_writable()
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            sh_room_wait(arena, seen, timeout_ns)
+        self.inflight -= 1
+
+    def _reserved(self):
+        """Bytes of context reserved by admitted agents."""
+        self._check_open()
+        return sh_reserved_bytes(self.arena)
+
+    def _owner_state(self, uint32_t oid):
+        """The owner slot's state name, read in one load (no page walk)."""
+        self._check_open()
+        cdef uint32_t st = sh_owner_state(self.arena, oid)  # FREE beyond the table
+        return OWNER_STATES[st] if st < 6 else "corrupt"
+
+    def _owner_generation(self, uint32_t oid):
+        self._check_open()
+        return sh_owner_generation(self.arena, oid)
+
+    def _owner_info(self, uint32_t oid):
+        """The owner's dict (kind None: the layer above knows names) for a
+        used slot, None for a free one."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK:
+            return None
+        return _owner_dict(&oi, None, 1 << self.page_shift_)
+
+    def _owner_alive(self, uint32_t oid):
+        """Is the owner's creating process still running (pid and start time)?"""
+        self._check_open()
+        cdef int rc = sh_owner_process_alive(self.arena, oid)
+        if rc < 0:
+            _raise(rc)
+        return bool(rc)
+
+    def _max_owners(self):
+        self._check_open()
+        cdef sh_arena_info_t info
+        sh_arena_info(self.arena, &info)
+        return info.max_owners
+
+    # ---- sweep queues and thread caches ----------------------------------
+
+    def _sweep_push(self, int ring, uint32_t oid, uint32_t gen):
+        """Queue an owner as young (ring 0) or middle-aged (1); False if full."""
+        self._check_writable()
+        cdef int rc = sh_sweep_push(self.arena, ring, oid, gen)
+        if rc == SH_EFULL:
+            return False
+        if rc:
+            _raise(rc)
+        return True
+
+    def _sweep_take(self, int ring, size_t limit):
+        """Claim up to ``limit`` queued (id, generation) pairs, exclusively."""
+        self._check_writable()
+        cdef uint64_t[::1] buf = np.empty(max(limit, <size_t>1), dtype=np.uint64)
+        cdef size_t taken = 0, i
+        cdef int rc = sh_sweep_take(self.arena, ring, &buf[0], limit, &taken)
+        if rc:
+            _raise(rc)
+        return [(<uint32_t>(buf[i] & 0xFFFFFFFF), <uint32_t>(buf[i] >> 32)) for i in range(taken)]
+
+    def _sweep_pending(self, int ring):
+        self._check_open()
+        return sh_sweep_pending(self.arena, ring)
+
+    def flush_thread_cache(self):
+        """Give back the free blocks the calling thread caches in this heap.
+        A thread's cache holds at most one page per (agent, partition, size
+        class); it is given back on its own when the thread exits or the heap
+        is closed, and this thread's cache also when a partition fills."""
+        self._check_open()
+        if self.read_only:
+            return  # a read-only view never allocates, so it caches nothing
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            sh_thread_flush(arena)
+        self.inflight -= 1
+
+    def _reclaim_dead_threads(self):
+        """Give back the thread caches of processes that died; how many."""
+        self._check_writable()
+        cdef uint32_t n = 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_reclaim_dead_threads(arena, &n)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return n
+
+
