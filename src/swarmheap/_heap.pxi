@@ -503,8 +503,12 @@ cdef class _Arena:
         cdef Py_ssize_t i, j, count = n
         cdef uint64_t usable
         cdef int rc = 0
+        cdef sh_arena_t *arena = self.arena
         for i in range(count):
-            rc = _alloc_off(self, oid, gen, part, nbytes, &offs[i], &usable)
+            # the shared default has no generation to check: its magazine path first
+            rc = sh_alloc_nolock(arena, oid, part, nbytes, &offs[i]) if oid == 0 else SH_EAGAIN
+            if rc == SH_EAGAIN:
+                rc = _alloc_off(self, oid, gen, part, nbytes, &offs[i], &usable)
             if rc:
                 message_rc = rc
                 for j in range(i):
