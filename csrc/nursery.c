@@ -98,6 +98,20 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
   return SH_OK;
 }
 
+int sh_owner_nursery_opt_out(sh_arena_t *a, uint32_t id, uint32_t gen) {
+  if (id < SH_FIRST_AGENT || id >= a->max_owners) return _sh_fail(SH_EINVAL, "owner %u is no agent", id);
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  sh_owner_t *o = &a->owners[id];
+  if (sh_atomic_load_acquire(&o->generation) != gen || sh_atomic_load_acquire(&o->state) != SH_OWNER_LIVE)
+    return _sh_fail(SH_EOWNER, "agent %u (generation %u) is not live", id, gen);
+  _Atomic uint32_t *record = _sh_nursery_record(a, id);
+  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) {
+    uint32_t expected = 0;
+    sh_atomic_cas_strong_acq_rel(&record[k], &expected, SH_NURSERY_OPTED_OUT); /* a block already there stays */
+  }
+  return SH_OK;
+}
+
 /* A recycle: every block the record lists goes back, O(SH_NURSERY_SLOTS). */
 void _sh_nursery_release(sh_arena_t *a, uint32_t owner, sh_owner_info_t *final) {
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);
@@ -181,7 +195,7 @@ int _sh_nursery_check(const sh_arena_t *a) {
       uint32_t unit = sh_atomic_load_acquire(&record[k]);
       uint32_t pi, index;
       int c;
-      if (unit == 0) continue;
+      if (unit == 0 || unit == SH_NURSERY_OPTED_OUT) continue;
       if (!sh_nursery_block(a, (uint64_t)unit << SH_UNIT_SHIFT, &pi, &c, &index))
         return _sh_fail(SH_ECORRUPT, "owner %u: nursery record lists offset %llu, not a nursery block", o,
                         (unsigned long long)unit << SH_UNIT_SHIFT);

@@ -11,6 +11,9 @@
  * record never moves or goes while an allocation may still write to it. */
 #define SH_NURSERY_SLOTS 16
 #define SH_NURSERY_RECORD_BYTES (SH_NURSERY_SLOTS * 4u)
+/* A slot taken by no block: an agent that opted out has all 16 (offset 16
+ * is in the arena header, never a block, so every walk skips it). */
+#define SH_NURSERY_OPTED_OUT 1u
 
 /* The owner words at the end of a nursery page of class `c`: one per block. */
 static inline _Atomic uint32_t *_sh_nursery_map(const sh_arena_t *arena, uint32_t pi, int c) {

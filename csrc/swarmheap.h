@@ -343,6 +343,11 @@ int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation
 /* [any] The slot's generation while it holds an owner, 0 when it is free:
  * one load, for checking a handle before touching its bytes. */
 uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
+/* [any] A LIVE agent's small blocks skip the shared nursery pages and come
+ * from pages of its own from its first allocation (a kind predicted to grow
+ * past the nursery's share). Until the agent is recycled or offloaded.
+ * Errors: SH_EOWNER (not that live agent). */
+int sh_owner_nursery_opt_out(sh_arena_t *arena, uint32_t id, uint32_t generation);
 /* [any] Reserve `bytes` of `context` for a LIVE agent (admission control):
  * with `limit` nonzero, SH_EFULL unless the partition's bytes in pages, what
  * is reserved and this fit under it. One CAS on a shared counter; the

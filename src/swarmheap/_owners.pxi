@@ -229,6 +229,15 @@ cdef class CoreHeap(_Arena):
             _raise(rc)
         return True
 
+    def _owner_nursery_opt_out(self, uint32_t oid, uint32_t gen):
+        """The agent's small blocks come from pages of its own from now on."""
+        self._check_writable()
+        cdef int rc = sh_owner_nursery_opt_out(self.arena, oid, gen)
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc:
+            _raise(rc)
+
     def _nursery_reclaim(self):
         """Nursery blocks a killed free left named but unlisted, freed; how many."""
         self._check_writable()

@@ -25,6 +25,8 @@ from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
 
+NURSERY_SHARE = 16 * 4096  # an agent's blocks in shared nursery pages: at most 16, of at most 4 KiB
+
 
 class _Default:
     """spawn(admit=...) left out: the heap's default (set_admission)."""
@@ -185,6 +187,14 @@ class Heap(CoreHeap):
             # what is known of it rather than on nothing
             if prediction is not None and (prediction.confident or (mode and prediction.samples)):
                 admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
+            if (
+                prediction is not None
+                and prediction.confident
+                and prediction.peak("context", 0.9) > NURSERY_SHARE
+            ):
+                # a kind that outgrows the nursery's share gets pages of its own from the start;
+                # a small kind stays packed on the shared pages
+                self._owner_nursery_opt_out(agent_id, generation)
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise

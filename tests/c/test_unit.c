@@ -472,7 +472,45 @@ static void test_sweep_queues(void) {
   sh_close(a);
 }
 
+/* An agent that opted out of the nursery takes its first small blocks from
+ * pages of its own; its recycle clears the opt-out for the slot's next agent. */
+static void test_nursery_opt_out(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t packed, pgen, own, ogen;
+  sh_owner_create(a, 1, &packed, &pgen);
+  sh_owner_create(a, 2, &own, &ogen);
+  CHECK("opt out", sh_owner_nursery_opt_out(a, own, ogen) == SH_OK);
+  CHECK("a stale generation is refused", sh_owner_nursery_opt_out(a, own, ogen + 1) == SH_EOWNER);
+  CHECK("the shared default is no agent", sh_owner_nursery_opt_out(a, 0, 1) == SH_EINVAL);
+  uint64_t p_off, o_off;
+  sh_block_info_t pi, oi;
+  uint64_t usable;
+  sh_alloc_owner(a, packed, pgen, SH_PART_CONTEXT, 200, &p_off, &usable);
+  sh_alloc_owner(a, own, ogen, SH_PART_CONTEXT, 200, &o_off, &usable);
+  sh_owner_info_t pinfo, oinfo;
+  sh_owner_info(a, packed, &pinfo);
+  sh_owner_info(a, own, &oinfo);
+  CHECK("a packed agent's first block shares a nursery page", pinfo.pages[SH_PART_CONTEXT] == 0 &&
+                                                                 sh_block_info(a, p_off, &pi) == SH_OK &&
+                                                                 pi.owner == packed);
+  CHECK("an opted-out agent's is on a page of its own", oinfo.pages[SH_PART_CONTEXT] == 1 &&
+                                                            sh_block_info(a, o_off, &oi) == SH_OK && oi.owner == own);
+  CHECK("check passes with an opted-out record", sh_check(a) == SH_OK);
+  sh_owner_info_t final;
+  CHECK("complete", sh_owner_complete(a, own, ogen, &final) == SH_OK && final.blocks == 1);
+  uint32_t next, ngen;
+  sh_owner_create(a, 2, &next, &ngen);
+  uint64_t n_off;
+  sh_alloc_owner(a, next, ngen, SH_PART_CONTEXT, 200, &n_off, &usable);
+  sh_owner_info_t ninfo;
+  sh_owner_info(a, next, &ninfo);
+  CHECK("the slot's next agent packs again", next != own || ninfo.pages[SH_PART_CONTEXT] == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_nursery_opt_out();
   test_sweep_queues();
   test_nolock();
   test_options();

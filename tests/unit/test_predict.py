@@ -161,3 +161,28 @@ def test_wait_is_woken_by_a_completion_in_another_process(heap_name: str) -> Non
             a.complete()
         assert heap.stats()["reserved"]["context"] == 0
         heap.check()
+
+
+def test_a_large_kind_gets_its_own_pages_and_a_small_one_stays_packed(heap: sh.Heap) -> None:
+    # the prediction chooses the layout at spawn: a kind whose P90 outgrows the
+    # nursery's share (16 blocks) takes pages of its own from its first block
+    for _ in range(25):
+        big = heap.spawn("big-kind", reserve=False)
+        for _ in range(100):
+            big.alloc(2000)
+        big.complete()
+        small = heap.spawn("small-kind", reserve=False)
+        small.alloc(100)
+        small.complete()
+    assert heap.predict("big-kind").confident  # (predict folds this process's samples in)
+    big, small = heap.spawn("big-kind"), heap.spawn("small-kind")
+    big.alloc(200)
+    small.alloc(200)
+    assert big.stats()["pages"]["context"] == 1
+    assert small.stats()["pages"]["context"] == 0  # on a shared nursery page
+    unreserved = heap.spawn("big-kind", reserve=False)  # no prediction used: packed as any agent
+    unreserved.alloc(200)
+    assert unreserved.stats()["pages"]["context"] == 0
+    for agent in (big, small, unreserved):
+        agent.complete()
+    heap.check()

@@ -120,6 +120,7 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t sh_reserved_bytes(const sh_arena_t *arena)
     uint32_t sh_room_seq(const sh_arena_t *arena)
     uint64_t sh_nursery_reclaim(sh_arena_t *arena)
+    int sh_owner_nursery_opt_out(sh_arena_t *arena, uint32_t id, uint32_t generation)
     void sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns)
     int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
     int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled)
