@@ -193,11 +193,18 @@ class Predictor:
         self.npending += 1
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
-        cached = self.cache.get(kind)
-        if self.npending >= FLUSH_EVERY or (
-            len(pending) >= CONFIDENT and (cached is None or not cached.confident)
-        ):
+        if self.npending >= FLUSH_EVERY:
             self.flush()
+        elif len(pending) >= CONFIDENT:
+            # read the kind's model once (it may be confident already, from
+            # other processes or earlier flushes): flushing every CONFIDENT
+            # agents because this process's cache had no entry cost a flush
+            # per 20 completions of a kind spawned with reserve=False
+            cached = self.cache.get(kind)
+            if cached is None:
+                cached = self.cached(kind)
+            if not cached.confident:
+                self.flush()
 
     def flush(self) -> None:
         if not self.npending or self.heap.read_only or self.heap.closed:
