@@ -1,6 +1,6 @@
-/* Blocks: the lock-free small path, magazines, the thread cache's ways and
- * runs, the alloc and free entry points and large runs (sh_page.h says why
- * these stay together). Page life and repair are pages.c's. */
+/* Blocks: the lock-free small path, magazines, the thread cache's ways, and
+ * the alloc and free entry points (sh_page.h says why these stay together).
+ * Runs of whole pages are large.c's; page life and repair are pages.c's. */
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,14 +8,6 @@
 #include "sh_page.h"
 
 /* ----- Counters ------------------------------------------------------------ */
-
-
-
-static void sh_count_failure(const sh_arena_t *a, int part) {
-  static sh_tls_fast _Thread_local unsigned stripe;
-  sh_stripe_hdr_t *h = (sh_stripe_hdr_t *)(a->stripes + (size_t)(stripe++ % SH_NSTRIPES) * a->stripe_size);
-  sh_atomic_add_relaxed(&h->failures[part], 1);
-}
 
 
 
@@ -95,20 +87,8 @@ bool _sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
 
 /* ----- Small blocks ------------------------------------------------------------ */
 
-static int sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
-  if (sh_unlikely(owner >= a->max_owners))
-    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
-  uint32_t st = sh_atomic_load_acquire(&a->owners[owner].state);
-  if (sh_unlikely(owner == SH_OWNER_DEFAULT && st != SH_OWNER_LIVE))
-    return _sh_fail(SH_ECORRUPT, "the shared default owner reads as state %u: it is live for the heap's life", st);
-  if (st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) /* a restorer fills a RESTORING owner */
-    return _sh_fail(SH_EOWNER, "owner %u is not live (state %u): it was completed, recycled or offloaded",
-                    owner, st);
-  return SH_OK;
-}
-
 static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_t pages_needed) {
-  sh_count_failure(a, part);
+  _sh_count_failure(a, part);
   uint64_t used = sh_atomic_load_relaxed(&a->hdr->pages_used[part]) << a->page_shift;
   uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
   /* the caller's own caches were given back before this; what other threads
@@ -131,7 +111,7 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
 /* Make the bin's first page one with free blocks: an existing page of the
  * bin, else a fresh page from the partition. */
 static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_t size) {
-  int rc = sh_owner_usable(a, owner);
+  int rc = _sh_owner_usable(a, owner);
   if (rc) return rc;
   _sh_part_lock(a, part);
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
@@ -179,9 +159,6 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
 }
 
 
-static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
-static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi, uint32_t n, size_t size,
-                                 bool *fresh);
 
 /* The uncached path: pop the shared stack of the bin's first page. Threads
  * without a slot take it, and cached threads when their cache cannot help. */
@@ -462,7 +439,7 @@ static void sh_way_swap(sh_arena_t *a, sh_tc_entry_t *e, uint32_t w) {
  * pages that emptied. */
 static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint32_t key, uint32_t owner,
                         int part, int c, size_t size) {
-  int rc = sh_owner_usable(a, owner);
+  int rc = _sh_owner_usable(a, owner);
   if (rc) return rc;
   if (sh_atomic_load_relaxed(&e->key) != key) {
     _sh_tc_entry_flush(a, e); /* another (owner, partition, class) used the entry */
@@ -599,69 +576,6 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
   return sh_alloc_shared(a, slot, owner, part, c, size, offset, may_lock);
 }
 
-/* ----- The thread cache of page runs -------------------------------------------
- * A run the thread frees is kept (still LARGE, still its owner's, its claim
- * saying it is cached) for the thread's next request of that many pages: an
- * np.empty/del loop of large arrays then takes no lock. */
-
-static bool sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, size_t size,
-                           uint64_t *offset) {
-  uint64_t psize = sh_page_bytes(a);
-  uint64_t n = (size + psize - 1) / psize;
-  if (n > SH_TC_RUN_MAX_PAGES || sh_atomic_load_acquire(&a->owners[owner].state) != SH_OWNER_LIVE) return false;
-  for (int i = 0; i < SH_TC_RUNS; i++) {
-    sh_tc_run_t *r = &slot->runs[i];
-    uint32_t pi = sh_atomic_load_relaxed(&r->page);
-    if (pi == SH_NIL || !_sh_page_in_part(a, pi, part)) continue;
-    sh_page_t *pg = &a->pages[pi];
-    if ( sh_atomic_load_relaxed(&pg->owner) != owner ||
-        sh_atomic_load_relaxed(&pg->capacity) != n)
-      continue;
-    uint32_t expected = sh_atomic_load_relaxed(&r->claim);
-    bool ours = sh_atomic_load_acquire(&pg->state) == SH_PAGE_LARGE &&
-                sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, 0u);
-    sh_atomic_store_release(&r->page, SH_NIL);
-    if (!ours) continue; /* its owner was recycled under us: the run went back */
-    sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
-    sh_track_alloc(a, _sh_page_start(a, pi), n * psize);
-    sh_count(a, slot, 0, part, (int)a->nclasses);
-    *offset = (uint64_t)pi << a->page_shift;
-    return true;
-  }
-  return false;
-}
-
-/* Keeps a run the calling thread frees. The run is recorded in the slot
- * before its claim is set, so a thread that dies in between leaves a record
- * that matches nothing rather than a claimed run nobody records. */
-static bool sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int part, bool may_lock) {
-  sh_page_t *pg = &a->pages[pi];
-  uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
-  if (n > SH_TC_RUN_MAX_PAGES || (uint64_t)n * 8 > a->part_end[part] - a->part_first[part] ||
-      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
-    return false;
-  sh_tc_run_t *r = NULL;
-  for (int i = 0; i < SH_TC_RUNS && !r; i++)
-    if (sh_atomic_load_relaxed(&slot->runs[i].page) == SH_NIL) r = &slot->runs[i];
-  if (!r) {
-    if (!may_lock) return false;
-    uint32_t k = slot->run_next % SH_TC_RUNS; /* arena memory: bounded before it indexes */
-    r = &slot->runs[k];
-    slot->run_next = (k + 1) % SH_TC_RUNS;
-    _sh_tc_run_flush(a, r);
-  }
-  uint32_t claim = _sh_tc_next_claim(a, slot, SH_TC_RUN_WAY), expected = 0;
-  sh_atomic_store_relaxed(&r->claim, claim);
-  sh_atomic_store_release(&r->page, pi);
-  if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_LARGE || !sh_atomic_cas_strong_acq_rel(&pg->claim, &expected, claim)) {
-    sh_atomic_store_release(&r->page, SH_NIL);
-    return false; /* already cached, by us or another thread: a double free the locked path reports */
-  }
-  sh_track_free(a, _sh_page_start(a, pi), (uint64_t)n << a->page_shift);
-  sh_count(a, slot, 1, part, (int)a->nclasses);
-  return true;
-}
-
 __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size,
                                 uint64_t *offset, bool may_lock, bool *fresh) {
   int part = (int)partition;
@@ -672,8 +586,11 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
   int c = _sh_size_class(a, size);
   if (c < 0) {
     sh_tslot_t *slot = _sh_tc_slot(a, may_lock);
-    if (slot && sh_tc_take_run(a, slot, owner, part, size, offset)) return SH_OK;
-    return may_lock ? sh_alloc_large(a, owner, part, size, offset, fresh) : SH_EAGAIN;
+    if (slot && _sh_tc_take_run(a, slot, owner, part, size, offset)) return SH_OK;
+    if (!may_lock) return SH_EAGAIN;
+    int rc = _sh_alloc_large(a, owner, part, size, offset, fresh);
+    if (rc == SH_LARGE_NO_PAGES) return sh_partition_full(a, part, size, _sh_run_pages(a, size));
+    return rc;
   }
   sh_tslot_t *slot = _sh_tc_slot(a, true);
   /* again here: the fast path reads only the front binding, and a damaged
@@ -750,7 +667,7 @@ static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t ge
   if (owner != SH_OWNER_DEFAULT) {
     if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
       return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
-    if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && sh_owner_usable(a, owner) == SH_OK)
+    if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK)
       rc = _sh_nursery_alloc(a, owner, (int)partition, size, may_lock, offset);
   }
   bool nursery = rc == SH_OK; /* its class is at least SH_NURSERY_MIN_BLOCK */
@@ -845,7 +762,6 @@ static inline void sh_way_push(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e
   _sh_tc_count_entry(a, slot, e, &e->frees);
 }
 
-static int sh_free_large(sh_arena_t *a, uint32_t pi, int part);
 
 /* `claimed`: a nursery block already taken out of its agent's record (a
  * recycle, or an allocation that undoes itself). */
@@ -865,9 +781,9 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
   if (sh_unlikely(state != SH_PAGE_SMALL)) {
     if (state == SH_PAGE_LARGE && (offset & (sh_page_bytes(a) - 1)) == 0) {
       sh_tslot_t *slot = _sh_tc_slot(a, may_lock);
-      if (slot && sh_atomic_load_relaxed(&pg->claim) == 0 && sh_tc_keep_run(a, slot, pi, part, may_lock))
+      if (slot && sh_atomic_load_relaxed(&pg->claim) == 0 && _sh_tc_keep_run(a, slot, pi, part, may_lock))
         return SH_OK;
-      return may_lock ? sh_free_large(a, pi, part) : SH_EAGAIN;
+      return may_lock ? _sh_free_large(a, pi, part) : SH_EAGAIN;
     }
     return _sh_fail(SH_EBADPTR, "offset %llu is not a live block (page %u is %s)",
                     (unsigned long long)offset, pi,
@@ -1064,92 +980,3 @@ uint64_t sh_good_size(const sh_arena_t *a, size_t size) {
   if (size > largest) return 0; /* no partition could ever hold it */
   return (size + psize - 1) / psize * psize;
 }
-
-/* ----- Large blocks: runs of whole pages ------------------------------------- */
-
-static int sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh) {
-  uint64_t psize = sh_page_bytes(a);
-  uint64_t cap = (uint64_t)(a->part_end[part] - a->part_first[part]) << a->page_shift;
-  if (size > cap) {
-    sh_count_failure(a, part);
-    return _sh_fail(SH_EFULL, "a block of %zu bytes is larger than partition '%s' (%llu bytes)",
-                    size, _sh_part_name(part), (unsigned long long)cap);
-  }
-  int rc = sh_owner_usable(a, owner);
-  if (rc) return rc;
-  uint32_t n = (uint32_t)((size + psize - 1) / psize);
-  _sh_part_lock(a, part);
-  uint32_t pi = _sh_bitmap_take(a, part, n);
-  if (pi == SH_NIL && _sh_reclaim_empty_locked(a, part)) pi = _sh_bitmap_take(a, part, n);
-  sh_tslot_t *slot = _sh_tc_slot(a, false);
-  if (pi == SH_NIL && slot) {
-    /* this thread's cached pages may be what stands in the way */
-    _sh_part_unlock(a, part);
-    _sh_tc_flush_partition(a, slot, part);
-    _sh_part_lock(a, part);
-    _sh_reclaim_empty_locked(a, part);
-    pi = _sh_bitmap_take(a, part, n);
-  }
-  if (pi == SH_NIL) {
-    _sh_part_unlock(a, part);
-    return sh_partition_full(a, part, size, n);
-  }
-  sh_run_format_locked(a, owner, part, pi, n, size, fresh);
-  _sh_part_unlock(a, part);
-  sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
-  sh_count(a, slot, 0, part, (int)a->nclasses);
-  *offset = (uint64_t)pi << a->page_shift;
-  return SH_OK;
-}
-
-/* Marks pages [pi, pi + n) one run of the owner and links it; lock held. */
-static void sh_run_format_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi, uint32_t n, size_t size,
-                                 bool *fresh) {
-  bool never_used = true;
-  for (uint32_t q = pi; q < pi + n; q++) never_used &= !(sh_atomic_load_relaxed(&a->pages[q].flags) & SH_PAGE_DIRTY);
-  if (fresh) *fresh = never_used;
-  for (uint32_t q = pi + 1; q < pi + n; q++) {
-    sh_atomic_store_relaxed(&a->pages[q].owner, owner);
-    sh_atomic_store_relaxed(&a->pages[q].run_head, pi);
-    sh_atomic_store_relaxed(&a->pages[q].flags, SH_PAGE_DIRTY);
-    sh_atomic_store_release(&a->pages[q].state, SH_PAGE_TAIL);
-  }
-  sh_page_t *pg = &a->pages[pi];
-  sh_atomic_store_relaxed(&pg->owner, owner);
-  sh_atomic_store_relaxed(&pg->capacity, n);
-  sh_atomic_store_relaxed(&pg->large_bytes, (uint64_t)size);
-  sh_atomic_store_relaxed(&pg->flags, SH_PAGE_DIRTY);
-  pg->epoch++;
-  sh_atomic_store_release(&pg->state, SH_PAGE_LARGE);
-  _Atomic uint32_t *set = _sh_owner_set_need(a, owner, part);
-  if (sh_likely(set && sh_link_ok(a, part, sh_atomic_load_relaxed(&set[1 + a->nclasses])))) {
-    _sh_bin_link_front(a, &set[1 + a->nclasses], pi);
-    _sh_owner_pages_add(a, owner, part, n);
-  } else {
-    _sh_partition_repair_locked(a, part); /* damaged sets or head: the rebuild links the new run and counts it */
-  }
-}
-
-int _sh_run_reserve(sh_arena_t *a, uint32_t owner, int part, uint64_t bytes, uint64_t *offset) {
-  uint32_t n = (uint32_t)((bytes + sh_page_bytes(a) - 1) >> a->page_shift);
-  _sh_part_lock(a, part);
-  uint32_t pi = _sh_bitmap_take(a, part, n);
-  if (pi != SH_NIL) sh_run_format_locked(a, owner, part, pi, n, (size_t)bytes, NULL);
-  _sh_part_unlock(a, part);
-  if (pi == SH_NIL) return SH_EFULL;
-  *offset = (uint64_t)pi << a->page_shift;
-  return SH_OK;
-}
-
-static int sh_free_large(sh_arena_t *a, uint32_t pi, int part) {
-  _sh_part_lock(a, part);
-  if (sh_atomic_load_relaxed(&a->pages[pi].state) != SH_PAGE_LARGE || sh_atomic_load_relaxed(&a->pages[pi].claim) != 0) {
-    _sh_part_unlock(a, part);
-    return _sh_fail(SH_EDOUBLEFREE, "large block at page %u is already free", pi);
-  }
-  _sh_page_release_locked(a, part, pi);
-  _sh_part_unlock(a, part);
-  sh_count(a, _sh_tc_slot(a, false), 1, part, (int)a->nclasses);
-  return SH_OK;
-}
-

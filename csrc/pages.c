@@ -9,6 +9,25 @@
 #include "sh_page.h"
 
 _Atomic unsigned _sh_next_stripe;
+void _sh_count_failure(const sh_arena_t *a, int part) {
+  static sh_tls_fast _Thread_local unsigned stripe;
+  sh_stripe_hdr_t *h = (sh_stripe_hdr_t *)(a->stripes + (size_t)(stripe++ % SH_NSTRIPES) * a->stripe_size);
+  sh_atomic_add_relaxed(&h->failures[part], 1);
+}
+
+/* An owner that may take blocks now: in range, and live (or being restored). */
+int _sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
+  if (sh_unlikely(owner >= a->max_owners))
+    return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", owner, a->max_owners);
+  uint32_t st = sh_atomic_load_acquire(&a->owners[owner].state);
+  if (sh_unlikely(owner == SH_OWNER_DEFAULT && st != SH_OWNER_LIVE))
+    return _sh_fail(SH_ECORRUPT, "the shared default owner reads as state %u: it is live for the heap's life", st);
+  if (st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) /* a restorer fills a RESTORING owner */
+    return _sh_fail(SH_EOWNER, "owner %u is not live (state %u): it was completed, recycled or offloaded",
+                    owner, st);
+  return SH_OK;
+}
+
 /* A recycled owner's blocks go back without a free each: count them as freed
  * all the same, so that allocs - frees keeps equal to what is in use. */
 static void sh_count_released(const sh_arena_t *a, uint32_t pi, int part) {

@@ -1,10 +1,12 @@
 /* What the block rooms share: the inline helpers of the hot paths and the
  * internal calls between the rooms. page.c holds the lock-free small path,
- * magazines, the thread cache's ways and runs, alloc and free and large
- * runs (they call one another: a free fills a magazine, a magazine's flush
+ * magazines, the thread cache's ways, and the alloc and free entry points
+ * (they call one another: a free fills a magazine, a magazine's flush
  * frees, an alloc that undoes itself frees); pages.c the bitmap, page life,
  * quarantine and the repair after a lock holder died; query.c the block
- * queries. Calls go page.c -> pages.c and query.c -> pages.c, never back. */
+ * queries; large.c the runs of whole pages and the thread cache of runs.
+ * Calls go query.c -> page.c -> large.c -> pages.c (and page.c -> pages.c),
+ * never back. */
 #ifndef SH_PAGE_H
 #define SH_PAGE_H
 
@@ -70,6 +72,21 @@ sh_internal void _sh_page_quarantine(sh_arena_t *a, uint32_t pi);
 sh_internal int _sh_quarantine(sh_arena_t *a, uint32_t pi, int part);
 sh_internal uint32_t _sh_reclaim_empty_locked(sh_arena_t *a, int part);
 sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi);
+
+sh_internal void _sh_count_failure(const sh_arena_t *a, int part);
+sh_internal int _sh_owner_usable(const sh_arena_t *a, uint32_t owner);
+
+/* ---- large.c ---- */
+
+#define SH_LARGE_NO_PAGES 1000 /* _sh_alloc_large found no free run: the caller reports the full partition */
+static inline uint32_t _sh_run_pages(const sh_arena_t *a, size_t size) {
+  return (uint32_t)((size + sh_page_bytes(a) - 1) >> a->page_shift);
+}
+sh_internal int _sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64_t *offset, bool *fresh);
+sh_internal int _sh_free_large(sh_arena_t *a, uint32_t pi, int part);
+sh_internal bool _sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, size_t size,
+                                 uint64_t *offset);
+sh_internal bool _sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int part, bool may_lock);
 
 /* ---- page.c, for query.c ---- */
 

@@ -79,13 +79,14 @@ def admit(
                 return
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                free = _free_under(heap, bound)
-                raise AdmissionTimeout(
+                raise _refusal(
+                    AdmissionTimeout,
+                    heap,
+                    bound,
+                    need,
+                    prediction,
                     f"a {prediction.kind!r} agent (predicted {need} bytes of context at P90) did not fit "
-                    f"within {timeout} s; {free} bytes are free under the limit",
-                    prediction=prediction,
-                    short={"context": max(need - free, 0)},
-                    free={"context": free},
+                    f"within {timeout} s",
                 )
             heap._room_wait(seen, -1 if left is None else int(left * 1e9))
     if (
@@ -94,20 +95,30 @@ def admit(
         and heap._owner_reserve(agent_id, generation, need, bound)
     ):
         return
-    free = _free_under(heap, bound)
-    raise AdmissionDenied(
+    raise _refusal(
+        AdmissionDenied,
+        heap,
+        bound,
+        need,
+        prediction,
         f"a {prediction.kind!r} agent is predicted to need {need} bytes of context at P90 "
-        f"({prediction.samples} samples); {free} are free under {limit:.0%} of capacity, less reservations",
+        f"({prediction.samples} samples)",
+    )
+
+
+def _refusal(
+    cls: type[AdmissionDenied], heap: Heap, bound: int, need: int, prediction: Prediction, what: str
+) -> AdmissionDenied:
+    """The error, with the bytes of `context` free under the admission bound
+    (less pages in use and reservations) and how many more were needed."""
+    in_pages = heap.stats()["partitions"]["context"]["pages_used"] * heap.page_size
+    free = int(max(bound - heap._reserved() - in_pages, 0))
+    return cls(
+        f"{what}; {free} bytes are free under the admission limit, less reservations",
         prediction=prediction,
         short={"context": max(need - free, 0)},
         free={"context": free},
     )
-
-
-def _free_under(heap: Heap, bound: int) -> int:
-    """Bytes of `context` under the admission bound, less pages in use and reservations."""
-    in_pages = heap.stats()["partitions"]["context"]["pages_used"] * heap.page_size
-    return int(max(bound - heap._reserved() - in_pages, 0))
 
 
 def _make_room(heap: Heap, need: int, admitting: int) -> bool:

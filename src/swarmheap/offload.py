@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, snapshot
@@ -104,15 +105,26 @@ class Registry:
     def swap(self, name: str, expected: tuple[int, int] | None, data: bytes) -> bool:
         """Replace the entry if it is still at ``expected`` (None: absent);
         False, nothing changed, if another process replaced it first."""
+        return self._write(name, data, lambda old: old == expected)
+
+    def _write(self, name: str, data: bytes, accept: Callable[[tuple[int, int] | None], bool]) -> bool:
+        """Copy ``data`` into a new block and name it ``name`` if ``accept``
+        takes the entry there now; the replaced block is freed. False, with
+        nothing changed, if ``accept`` refused."""
         blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
         blk[: len(data)] = data
-        conflict: list[bool] = []
+        replaced: list[tuple[int, int]] = []
+        refused: list[bool] = []
 
         def change(entries: index.Entries) -> None:
-            conflict.clear()  # update_index may run this again after a race
-            if entries.get(name) != expected:
-                conflict.append(True)
+            replaced.clear()  # update_index runs this again after a race: only the last run counts
+            refused.clear()
+            old = entries.get(name)
+            if not accept(old):
+                refused.append(True)
                 return
+            if old is not None:
+                replaced.append(old)
             entries[name] = (blk.offset, len(data))
 
         try:
@@ -120,34 +132,18 @@ class Registry:
         except BaseException:
             blk.free()
             raise
-        if conflict:
+        if refused:
             blk.free()
             return False
-        if expected is not None:
-            self._free(*expected)
+        for offset, size in replaced:
+            self._free(offset, size)
         return True
 
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self._entries() if n.startswith(prefix)]
 
     def put(self, name: str, data: bytes) -> None:
-        blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
-        blk[: len(data)] = data
-        replaced: list[tuple[int, int]] = []
-
-        def change(entries: index.Entries) -> None:
-            replaced.clear()  # update_index runs this again after a race: only the last run's counts
-            if name in entries:
-                replaced.append(entries[name])
-            entries[name] = (blk.offset, len(data))
-
-        try:
-            index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
-        except BaseException:
-            blk.free()
-            raise
-        for offset, size in replaced:
-            self._free(offset, size)
+        self._write(name, data, lambda old: True)
 
     def remove(self, name: str) -> None:
         removed: list[tuple[int, int]] = []

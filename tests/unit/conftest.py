@@ -53,47 +53,17 @@ def named(heap_name: str) -> Iterator[sh.Heap]:
     h.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server: the one CI started (SWARMHEAP_REDIS_URL), else one
-    started here on a free loopback port and stopped after the session. Skipped,
-    saying why, only when no redis-server can be had."""
-    import shutil
-    import subprocess
-    import time
+    started here on a free loopback port and stopped after the session (the
+    benchmark's helper). Skipped, saying why, only when no redis-server can be had."""
+    pytest.importorskip("redis")
+    from swarmheap.tools.bench_tiers import redis_server
 
-    url = os.environ.get("SWARMHEAP_REDIS_URL")
-    if url:
+    with redis_server() as url:
+        if url is None:
+            pytest.skip(
+                "no redis-server on this machine (apt-get install redis-server, or set SWARMHEAP_REDIS_URL)"
+            )
         yield url
-        return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip(
-            "no redis-server on this machine (apt-get install redis-server, or set SWARMHEAP_REDIS_URL)"
-        )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    redis = pytest.importorskip("redis")
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(200):  # until it answers: a readiness probe, not a sleep standing in for one
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.02)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=30)
