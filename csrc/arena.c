@@ -299,7 +299,7 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
       for (int w = 0; w < SH_TC_WAYS; w++) sh_atomic_store_relaxed(&entries[k].way[w].page, SH_NIL);
   }
   sh_owner_t *def = &a->owners[SH_OWNER_DEFAULT];
-  def->pid = (int32_t)getpid();
+  def->pid = _sh_os_pid();
   sh_process_start_time(def->pid, &def->pid_start);
   def->created_ns = hdr->created_ns;
   sh_atomic_store_relaxed(&def->generation, 1);

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -125,6 +126,23 @@ uint64_t _sh_os_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* getpid() is a system call (about 140 ns here), and pins, owner creation
+ * and thread-cache binding ask it on every call: it is asked once per
+ * process, and forgotten in a fork's child. */
+static _Atomic int32_t sh_self_pid;
+static pthread_once_t sh_pid_once = PTHREAD_ONCE_INIT;
+static void sh_pid_forget(void) { sh_atomic_store_relaxed(&sh_self_pid, 0); }
+static void sh_pid_watch_forks(void) { pthread_atfork(NULL, NULL, sh_pid_forget); }
+
+int32_t _sh_os_pid(void) {
+  int32_t pid = sh_atomic_load_relaxed(&sh_self_pid);
+  if (sh_likely(pid != 0)) return pid;
+  pthread_once(&sh_pid_once, sh_pid_watch_forks);
+  pid = (int32_t)getpid();
+  sh_atomic_store_relaxed(&sh_self_pid, pid);
+  return pid;
 }
 
 /* Page keys only need to differ, not to be secret: a per-thread splitmix64,

@@ -25,7 +25,7 @@ uint64_t _sh_own_start_time(int32_t pid) {
 int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *generation) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   uint64_t now = _sh_os_now_ns();
-  int32_t pid = (int32_t)getpid();
+  int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   uint32_t agents = a->max_owners - SH_FIRST_AGENT;
@@ -203,7 +203,7 @@ static sh_pin_t *sh_pin_slot(sh_arena_t *a, uint32_t id, uint32_t gen, int32_t p
 
 int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a pin would write it");
-  int32_t pid = (int32_t)getpid();
+  int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   sh_owner_t *o;
@@ -226,7 +226,7 @@ int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
 
 int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
   if (recycled) *recycled = 0;
-  int32_t pid = (int32_t)getpid();
+  int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
   _sh_owner_lock(a);
   sh_owner_t *o;

@@ -39,6 +39,7 @@ sh_internal int _sh_os_open(sh_backing_t backing, const char *name, int read_onl
 sh_internal int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base);
 sh_internal void _sh_os_unmap(uint8_t *base, uint64_t size, int fd);
 sh_internal uint64_t _sh_os_now_ns(void);
+sh_internal int32_t _sh_os_pid(void); /* getpid(), cached per process */
 /* Monotonic deadlines (-1: none) and futex waits on arena words that any
  * process wakes: a wait returns on a wake, a change of the word, or the deadline. */
 sh_internal int64_t _sh_deadline_ns(int64_t timeout_ns);

@@ -499,7 +499,8 @@ int sh_sweep_push(sh_arena_t *arena, int ring, uint32_t id, uint32_t generation)
 
 /* [any] Claim up to `max` queued entries, oldest first; each entry is
  * returned to exactly one caller, across threads and processes. Entries are
- * (generation << 32 | id). */
+ * (generation << 32 | id); one whose owner slot no longer has that
+ * generation (recycled since) is dropped, not returned. */
 int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, size_t *taken);
 
 /* [any] How many entries are queued on `ring`. */

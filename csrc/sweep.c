@@ -33,7 +33,10 @@ int sh_sweep_take(sh_arena_t *a, int ring, uint64_t *entries, size_t max, size_t
     /* a producer reserves a slot before it fills it: give it a moment */
     for (int spin = 0; spin < 1000 && (e = sh_atomic_exchange_acq_rel(&slots[i % a->ring_cap], 0)) == 0; spin++) {
     }
-    if (e) entries[k++] = e;
+    /* an owner recycled since it was queued (most of them, when agents
+     * complete) is dropped here: its slot has moved on, and nothing of it is
+     * left to sweep */
+    if (e && sh_owner_generation(a, (uint32_t)e) == (uint32_t)(e >> 32)) entries[k++] = e;
   }
   *taken = k;
   return SH_OK;

@@ -81,7 +81,7 @@ void _sh_tc_close(sh_arena_t *a) {
       break;
     }
   if (!a->read_only) {
-    int32_t pid = (int32_t)getpid();
+    int32_t pid = _sh_os_pid();
     for (uint32_t i = 0; i < a->nslots; i++) {
       sh_tslot_t *s = _sh_tc_slot_at(a, i);
       if (sh_atomic_load_acquire(&s->state) == SH_TSLOT_BOUND && sh_atomic_load_relaxed(&s->pid) == pid &&
@@ -294,7 +294,7 @@ sh_tslot_t *_sh_tc_bind(sh_arena_t *a, bool create) {
   sh_tc_binding_t *front = &_sh_tc_tls[0];
   if (front->arena == a && front->instance == a->instance && front->slot == NULL && front->retry-- > 0)
     return NULL; /* the table was full a moment ago: do not rescan it on every call */
-  int32_t pid = (int32_t)getpid();
+  int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
   sh_tslot_t *s = sh_slot_take(a, pid, start);
   if (!s) {
@@ -332,7 +332,7 @@ int sh_thread_flush(sh_arena_t *a) {
 int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
   if (reclaimed) *reclaimed = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  int32_t me = (int32_t)getpid();
+  int32_t me = _sh_os_pid();
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *s = _sh_tc_slot_at(a, i);
     if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) continue;

@@ -16,3 +16,8 @@ cdef class AgentCore:
         default). On a full partition the heap's events object may make room
         once (Heap runs a full sweep) before PartitionFull is raised."""
         return (<CoreHeap?>self._heap)._agent_alloc(self.id, self.generation, size, partition)
+
+    def _alloc_copy(self, data):
+        """(a context block holding a copy of bytes-like ``data``, its length
+        in bytes); BufferError if ``data`` is not C-contiguous."""
+        return (<CoreHeap?>self._heap)._agent_alloc_copy(self.id, self.generation, data)

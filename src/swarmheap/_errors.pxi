@@ -44,12 +44,13 @@ def stale_agent(uint32_t oid, uint32_t gen):
     return StaleBlock(f"agent {oid} (generation {gen}) was recycled", "SH_EOWNER")
 
 
-def retry_while_changing(read, what, int attempts=100):
-    """Call ``read()`` until it returns something other than None (it returns
-    None when what it read changed under it): the one retry loop for
-    lock-free readers. AgentStateError if it kept changing."""
+def retry_while_changing(read, tuple args, str what, int attempts=100):
+    """Call ``read(*args)`` until it returns something other than None (it
+    returns None when what it read changed under it): the one retry loop for
+    lock-free readers. AgentStateError if it kept changing, naming
+    ``what.format(*args)`` (formatted only then: readers are hot paths)."""
     for _ in range(attempts):
-        got = read()
+        got = read(*args)
         if got is not None:
             return got
-    raise AgentStateError(f"{what} keeps changing under concurrent updates")
+    raise AgentStateError(f"{what.format(*args)} keeps changing under concurrent updates")

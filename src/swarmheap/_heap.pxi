@@ -395,6 +395,40 @@ cdef class _Arena:
             break
         return self._new_block(off, nbytes, oid, gen, usable, part, 0)
 
+    cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data):
+        # Agent.put's block: allocated and filled in one call. The agent is
+        # pinned around the copy, as a memoryview would pin it, so a recycle
+        # from another thread or process waits for the copy rather than
+        # letting it write into pages given back; no view object is made.
+        # BufferError: not C-contiguous (the caller copies it first).
+        cdef Py_buffer buf
+        try:
+            PyObject_GetBuffer(data, &buf, PyBUF_C_CONTIGUOUS)
+        except ValueError:  # NumPy's word for a strided array
+            raise BufferError("not C-contiguous") from None
+        cdef Block blk
+        cdef int rc, recycled = 0
+        cdef uint64_t nbytes = <uint64_t>buf.len
+        try:
+            blk = self._agent_alloc(oid, gen, nbytes if nbytes else 1, _CONTEXT)
+            if nbytes:
+                rc = sh_owner_pin(self.arena, oid, gen)
+                if rc:
+                    _free_off(self, blk.offset)
+                    blk.freed = True
+                    if rc == SH_EOWNER:
+                        raise stale_agent(oid, gen)
+                    _raise(rc)
+                memcpy(self.base + blk.offset, buf.buf, nbytes)
+                rc = sh_owner_unpin(self.arena, oid, gen, &recycled)
+                if recycled:
+                    self.events.on_recycled(self, oid, gen)  # completed meanwhile: the block went with it
+                if rc:
+                    _raise(rc)
+        finally:
+            PyBuffer_Release(&buf)
+        return blk, nbytes
+
     def renew_lease(self, block, lease):
         """Move the lease of a block of the shared default (a Block or its
         Handle) to ``lease`` seconds from now; gives a block without one a lease."""

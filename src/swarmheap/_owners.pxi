@@ -311,7 +311,8 @@ cdef class CoreHeap(_Arena):
         return True
 
     def _sweep_take(self, int ring, size_t limit):
-        """Claim up to ``limit`` queued (id, generation) pairs, exclusively."""
+        """Claim up to ``limit`` queued (id, generation) pairs, exclusively;
+        those whose slot was recycled since they were queued are dropped."""
         self._check_writable()
         cdef uint64_t[::1] buf = np.empty(max(limit, <size_t>1), dtype=np.uint64)
         cdef size_t taken = 0, i

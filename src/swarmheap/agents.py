@@ -82,7 +82,22 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        self.put_many({name: data})
+        index.check_name(name)
+        try:
+            # alloc brings an offloaded agent back (the heap's events), as put_many's _ensure_live
+            blk, nbytes = self._alloc_copy(data)
+        except (TypeError, BufferError):
+            self.put_many({name: data})  # not a contiguous buffer: put_many copies it, or names the type
+            return
+        try:
+            replaced = index.put_entry(
+                self._heap, self.id, self.generation, self.kind, name, blk.offset, nbytes
+            )
+        except BaseException:
+            blk.free()
+            raise
+        if replaced is not None:
+            self._free_entry(*replaced)
 
     def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them

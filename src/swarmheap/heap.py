@@ -139,6 +139,7 @@ class Heap(CoreHeap):
         self._offload_policy: OffloadPolicy | None = None
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
         self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
+        self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
         self._admission: tuple[str | None, float] = (None, 0.9)
         self._capacity = {p: v["size"] for p, v in self.info()["partitions"].items()}
@@ -163,21 +164,47 @@ class Heap(CoreHeap):
         "wait" up to ``timeout`` seconds, "offload", None; the heap's default
         from ``set_admission``) decides what happens when that does not fit
         (see swarmheap.admission)."""
-        check_kind(kind)
+        kid = self._spawned_kinds.get(kind) if type(kind) is str else None
+        if kid is None:  # a kind's first spawn in this process: checked and named once
+            check_kind(kind)
+            offload.name_kind(self, kind)
+            kid = self._spawned_kinds[kind] = kind_id(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
-        mode = self._admission[0] if isinstance(admit, _Default) else admit
-        if mode not in admission.MODES:
-            raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
-        bad_timeout = isinstance(timeout, bool) or not isinstance(timeout, (int, float, type(None)))
-        if bad_timeout or (timeout is not None and timeout < 0):
+        if isinstance(admit, _Default):
+            mode = self._admission[0]
+        else:
+            mode = admit
+            if mode not in admission.MODES:
+                raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
             raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
-        if not isinstance(reserve, bool):
+        if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         prediction = self._predictor.cached(kind) if (reserve or mode) else None
-        offload.name_kind(self, kind)
         self._count_allocation()
-        agent_id, generation = self._owner_create(kind_id(kind))
+        agent_id, generation = self._owner_create(kid)
         agent = Agent(self, agent_id, generation, kind)
+        if deadline or (prediction is not None and prediction.samples):
+            self._prepare_agent(agent, deadline, prediction, mode, timeout)
+        self._sweep_push(0, agent_id, generation)
+        if self._hooks.table["spawn"]:
+            self._hooks.fire("spawn", agent.id, kind, agent.stats())
+        return agent
+
+    def _prepare_agent(
+        self,
+        agent: Agent,
+        deadline: float,
+        prediction: Prediction | None,
+        mode: str | None,
+        timeout: float | None,
+    ) -> None:
+        """spawn's part for a lease or a kind with samples: the index with the
+        lease, admission and the reservation, the layout. A refusal recycles
+        the agent."""
+        agent_id, generation = agent.id, agent.generation
         try:
             if deadline:  # else the index comes with the first entry (offload.kind_of finds the kind)
                 agent._update_index(lambda entries: None, lease_deadline=deadline)
@@ -198,10 +225,6 @@ class Heap(CoreHeap):
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise
-        self._sweep_push(0, agent_id, generation)
-        if self._hooks.table["spawn"]:
-            self._hooks.fire("spawn", agent.id, kind, agent.stats())
-        return agent
 
     def agent(self, agent_id: int) -> Agent:
         """The live agent with this id, as seen from this process."""
@@ -393,7 +416,11 @@ class Heap(CoreHeap):
         state = self._sweep
         state.sweeping = True
         try:
-            self._predictor.flush()
+            if generation == 2:
+                # young sweeps run every few dozen agents: folding this
+                # process's samples in at each (a registry swap) cost more
+                # than the agents did; note() folds every FLUSH_EVERY anyway
+                self._predictor.flush()
             result = collect(self, generation)
             result.offloaded = self._apply_offload_policy()
         finally:

@@ -29,6 +29,7 @@ __all__ = [
     "Entries",
     "Index",
     "kind_id",
+    "put_entry",
     "read_index",
     "read_kind",
     "read_lease",
@@ -122,11 +123,26 @@ CACHE_SIZE = 1024
 # agent id -> (generation, word, index, the index's encoded entries: an update
 # that only adds entries appends to them instead of encoding every entry)
 _Cached = OrderedDict[int, tuple[int, int, Index, bytes]]
-_cache: weakref.WeakKeyDictionary[CoreHeap, _Cached] = weakref.WeakKeyDictionary()
+# by id(heap): a WeakKeyDictionary lookup makes a weak reference every time,
+# which cost more than the rest of a cached read; the weak reference kept
+# here drops the entry when the heap goes
+_cache: dict[int, tuple[weakref.ref[CoreHeap], _Cached]] = {}
+
+
+def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
+    got = _cache.get(id(heap))
+    if got is not None and got[0]() is heap:
+        return got[1]
+    if not create:
+        return None
+    key = id(heap)
+    per_heap: _Cached = OrderedDict()
+    _cache[key] = (weakref.ref(heap, lambda _ref: _cache.pop(key, None)), per_heap)
+    return per_heap
 
 
 def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index] | None:
-    per_heap = _cache.get(heap)
+    per_heap = _per_heap(heap)
     hit = per_heap.get(agent_id) if per_heap is not None else None
     if hit is None or hit[0] != generation or heap._owner_word(agent_id, generation) != hit[1]:
         return None
@@ -134,19 +150,36 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
 
 
 def _cached_body(heap: CoreHeap, agent_id: int, generation: int, word: int) -> bytes | None:
-    per_heap = _cache.get(heap)
+    per_heap = _per_heap(heap)
     hit = per_heap.get(agent_id) if per_heap is not None else None
     return hit[3] if hit is not None and hit[0] == generation and hit[1] == word else None
 
 
 def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index, body: bytes) -> None:
-    per_heap = _cache.get(heap)
-    if per_heap is None:
-        per_heap = _cache[heap] = OrderedDict()
+    per_heap = _per_heap(heap, create=True)
+    assert per_heap is not None
     per_heap[agent_id] = (generation, word, index, body)
     per_heap.move_to_end(agent_id)
     if len(per_heap) > CACHE_SIZE:
         per_heap.popitem(last=False)
+
+
+def _read_attempt(heap: CoreHeap, agent_id: int, generation: int, kind: str) -> tuple[int, Index] | None:
+    got = heap._owner_held_read(agent_id, generation)
+    if got is None:
+        raise stale_agent(agent_id, generation)
+    word, data = got
+    if not word:
+        return 0, (kind, 0.0, {})
+    try:
+        index = decode(data)
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None  # a block reused at the same place between the reads: read again
+    _remember(heap, agent_id, generation, word, index, data[_HEADER.size + len(index[0].encode()) :])
+    return word, index
+
+
+_WHAT = "agent {1}'s index"
 
 
 def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
@@ -156,23 +189,40 @@ def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") 
     hit = _cached(heap, agent_id, generation)
     if hit is not None:
         return hit
-
-    def attempt() -> tuple[int, Index] | None:
-        got = heap._owner_held_read(agent_id, generation)
-        if got is None:
-            raise stale_agent(agent_id, generation)
-        word, data = got
-        if not word:
-            return 0, (kind, 0.0, {})
-        try:
-            index = decode(data)
-        except (ValueError, UnicodeDecodeError, struct.error):
-            return None  # a block reused at the same place between the reads: read again
-        _remember(heap, agent_id, generation, word, index, data[_HEADER.size + len(index[0].encode()) :])
-        return word, index
-
-    result: tuple[int, Index] = retry_while_changing(attempt, f"agent {agent_id}'s index")
+    result: tuple[int, Index] = retry_while_changing(_read_attempt, (heap, agent_id, generation, kind), _WHAT)
     return result
+
+
+def _update_attempt(
+    heap: CoreHeap,
+    agent_id: int,
+    generation: int,
+    kind: str,
+    change: Callable[[Entries], None],
+    lease_deadline: float | None,
+) -> tuple[int, int] | None:
+    word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
+    entries = dict(shared)
+    change(entries)
+    new_lease = lease if lease_deadline is None else lease_deadline
+    old_body = _cached_body(heap, agent_id, generation, word) if word else None
+    n = len(shared)
+    if (
+        old_body is not None
+        and len(entries) >= n
+        and entries.items() >= shared.items()
+        and list(itertools.islice(entries, n)) == list(shared)
+    ):
+        body = old_body + _body(entries, n)  # only appended: the old entries' bytes stand
+    else:
+        body = _body(entries)
+    new_word = heap._owner_held_swap(
+        agent_id, generation, word, _head(old_kind, new_lease, len(entries)) + body
+    )
+    if not new_word:
+        return None
+    _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body)
+    return word, new_word
 
 
 def update_index(
@@ -187,33 +237,49 @@ def update_index(
     another update got there first. Returns (the word the change was made
     on, the new word): a reader that knew the first knows the second is its
     index with this change, and nothing else."""
-
-    def attempt() -> tuple[int, int] | None:
-        word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
-        entries = dict(shared)
-        change(entries)
-        new_lease = lease if lease_deadline is None else lease_deadline
-        old_body = _cached_body(heap, agent_id, generation, word) if word else None
-        n = len(shared)
-        if (
-            old_body is not None
-            and len(entries) >= n
-            and entries.items() >= shared.items()
-            and list(itertools.islice(entries, n)) == list(shared)
-        ):
-            body = old_body + _body(entries, n)  # only appended: the old entries' bytes stand
-        else:
-            body = _body(entries)
-        new_word = heap._owner_held_swap(
-            agent_id, generation, word, _head(old_kind, new_lease, len(entries)) + body
-        )
-        if not new_word:
-            return None
-        _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body)
-        return word, new_word
-
-    words: tuple[int, int] = retry_while_changing(attempt, f"agent {agent_id}'s index")
+    words: tuple[int, int] = retry_while_changing(
+        _update_attempt, (heap, agent_id, generation, kind, change, lease_deadline), _WHAT
+    )
     return words
+
+
+def put_entry(
+    heap: CoreHeap, agent_id: int, generation: int, kind: str, name: str, offset: int, size: int
+) -> tuple[int, int] | None:
+    """update_index for one entry set to (offset, size), the common put():
+    an entry added to an index this process read last costs one encoded
+    entry and a swap. Returns the (offset, size) it replaced, or None."""
+    word = heap._owner_word(agent_id, generation)
+    per_heap = _per_heap(heap)
+    hit = per_heap.get(agent_id) if per_heap is not None and word else None
+    shared: Entries
+    body: bytes | None
+    if not word:  # no index yet (a stale agent's None fails below, in update_index)
+        old_kind, lease, shared, body = kind, 0.0, {}, b""
+    elif hit is not None and hit[0] == generation and hit[1] == word:
+        (old_kind, lease, shared), body = hit[2], hit[3]
+    else:
+        body = None
+    if word is not None and body is not None and name not in shared:
+        entries = dict(shared)
+        entries[name] = (offset, size)
+        body += _entry_bytes(name, offset, size)
+        new_word = heap._owner_held_swap(
+            agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
+        )
+        if new_word:
+            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
+            return None
+    replaced: list[tuple[int, int]] = []
+
+    def change(entries: Entries) -> None:
+        replaced.clear()  # run again after a race: only the last run's entry counts
+        if name in entries:
+            replaced.append(entries[name])
+        entries[name] = (offset, size)
+
+    update_index(heap, agent_id, generation, kind, change)
+    return replaced[0] if replaced else None
 
 
 def read_kind(heap: CoreHeap, agent_id: int, generation: int) -> str:

@@ -344,6 +344,9 @@ static void test_shared_mapping(void) {
   strcpy(sh_ptr(a, off), "through offsets");
   CHECK("other mapping sees it", strcmp(sh_ptr(b, off), "through offsets") == 0);
   CHECK("free through the other mapping", sh_free(b, off) == SH_OK);
+  uint32_t pid_id, pid_gen; /* this process's id is asked (and cached) before the fork */
+  REQUIRE("owner before fork", sh_owner_create(a, 1, &pid_id, &pid_gen) == SH_OK);
+  sh_owner_recycle(a, pid_id, pid_gen);
   pid_t child = fork();
   if (child == 0) {
     sh_arena_t *ca;
@@ -351,12 +354,18 @@ static void test_shared_mapping(void) {
     uint64_t o2;
     if (sh_alloc(ca, 0, SH_PART_COMM, 64, &o2) != SH_OK) _exit(3);
     strcpy(sh_ptr(ca, o2), "from child");
+    /* the process id is cached: a forked child must record its own */
+    uint32_t id, gen;
+    sh_owner_info_t oi;
+    if (sh_owner_create(ca, 1, &id, &gen) != SH_OK || sh_owner_info(ca, id, &oi) != SH_OK) _exit(5);
+    if (oi.pid != getpid()) _exit(6);
+    sh_owner_recycle(ca, id, gen);
     sh_close(ca);
     _exit(o2 == 0 ? 4 : 0);
   }
   int status;
   waitpid(child, &status, 0);
-  CHECK("child attached and allocated", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK("child attached, allocated, and its owner has its pid", WIFEXITED(status) && WEXITSTATUS(status) == 0);
   sh_partition_stats_t st;
   sh_partition_stats(b, SH_PART_COMM, &st);
   CHECK("child's block visible in stats", st.in_use == 64 && st.allocs == 1);
@@ -459,14 +468,23 @@ static void test_sweep_queues(void) {
   sh_arena_t *a;
   REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 8 * MiB, &o) == SH_OK);
   /* a ring holds one entry per slot of the owner table: the 8 asked for and the nursery's */
-  for (uint32_t i = 1; i <= 9; i++) CHECK("push", sh_sweep_push(a, 0, i == 9 ? 11 : i, 100 + i) == SH_OK);
-  CHECK("full", sh_sweep_push(a, 0, 9, 1) == SH_EFULL);
+  uint32_t ids[4], gens[4];
+  for (int i = 0; i < 4; i++) REQUIRE("owner", sh_owner_create(a, 1, &ids[i], &gens[i]) == SH_OK);
+  for (uint32_t i = 1; i <= 9; i++) CHECK("push", sh_sweep_push(a, 0, ids[i % 4], gens[i % 4]) == SH_OK);
+  CHECK("full", sh_sweep_push(a, 0, ids[0], gens[0]) == SH_EFULL);
   CHECK("pending", sh_sweep_pending(a, 0) == 9 && sh_sweep_pending(a, 1) == 0);
   uint64_t e[16];
   size_t n;
-  CHECK("take some", sh_sweep_take(a, 0, e, 3, &n) == SH_OK && n == 3 && e[0] == ((101ull << 32) | 1));
-  CHECK("push after take", sh_sweep_push(a, 0, 10, 7) == SH_OK);
-  CHECK("take rest in order", sh_sweep_take(a, 0, e, 16, &n) == SH_OK && n == 7 && e[6] == ((7ull << 32) | 10));
+  CHECK("take some", sh_sweep_take(a, 0, e, 3, &n) == SH_OK && n == 3 &&
+                         e[0] == (((uint64_t)gens[1] << 32) | ids[1]) && e[2] == (((uint64_t)gens[3] << 32) | ids[3]));
+  /* ids[2] is recycled: its queued entries are dropped, a new owner in its slot is not */
+  CHECK("recycle", sh_owner_recycle(a, ids[2], gens[2]) == SH_OK);
+  uint32_t again, again_gen;
+  REQUIRE("slot reused", sh_owner_create(a, 1, &again, &again_gen) == SH_OK);
+  CHECK("push after take", sh_sweep_push(a, 0, again, again_gen) == SH_OK);
+  CHECK("take rest in order, the recycled dropped",
+        sh_sweep_take(a, 0, e, 16, &n) == SH_OK && n == 6 && e[0] == (((uint64_t)gens[0] << 32) | ids[0]) &&
+            e[2] == (((uint64_t)gens[3] << 32) | ids[3]) && e[5] == (((uint64_t)again_gen << 32) | again));
   CHECK("empty", sh_sweep_take(a, 0, e, 16, &n) == SH_OK && n == 0);
   CHECK("bad ring", sh_sweep_push(a, 2, 1, 1) == SH_EINVAL);
   sh_close(a);

@@ -57,6 +57,29 @@ def test_entries_round_trip(big: sh.Heap) -> None:
     agent.complete()
 
 
+def test_put_copies_any_buffer_and_leaves_nothing_behind(big: sh.Heap) -> None:
+    agent = big.spawn("writer")
+    strided = memoryview(bytes(range(20)))[::2]  # not contiguous: copied through put_many
+    agent.put("strided", strided)
+    assert bytes(agent.get("strided")) == bytes(range(0, 20, 2))
+    matrix = np.arange(12, dtype=np.int32).reshape(3, 4)
+    agent.put("matrix", matrix.T)  # Fortran order
+    assert np.frombuffer(agent.get("matrix"), np.int32).tolist() == matrix.T.ravel().tolist()
+    agent.put("strided", b"\0" * 300)
+    once = in_use(big)["context"]
+    for i in range(50):  # replacing an entry frees the block it replaced
+        agent.put("strided", bytes([i]) * 300)
+    assert in_use(big)["context"] == once
+    assert bytes(agent.get("strided")) == bytes([49]) * 300
+    with pytest.raises(TypeError, match="bytes-like"):
+        agent.put("x", "a str is not bytes")
+    agent.complete()
+    with pytest.raises(sh.StaleBlock):
+        agent.put("late", b"after complete")
+    assert in_use(big)["context"] == 0
+    big.check()
+
+
 def test_entries_visible_from_another_process(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="32 MiB") as heap:
         agent = heap.spawn("planner")
