@@ -7,6 +7,9 @@ OWNER_STATES = ("free", "live", "completed", "dead", "offloaded", "restoring")
 # Owner 0 is the shared default, owner 1 the nursery (pages whose small
 # blocks agents share); agents are owners from FIRST_AGENT on.
 FIRST_AGENT = 2
+# _owner_complete_row's figures, in order, as native float64: bytes held per
+# partition, peak bytes in pages per partition, creation time (ns)
+USAGE_ROW = tuple(f"bytes.{p}" for p in PARTITIONS) + tuple(f"peak.{p}" for p in PARTITIONS) + ("created_ns",)
 cdef dict _PART_INDEX = {name: i for i, name in enumerate(PARTITIONS)}
 cdef str _CONTEXT = PARTITIONS[0]
 cdef str _SHARED = PARTITIONS[1]

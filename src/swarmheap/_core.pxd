@@ -1,7 +1,7 @@
 # Fields of the extension types; the methods live in the .pxi files _core.pyx includes.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from swarmheap.includes.swarmheap cimport sh_arena_t
+from swarmheap.includes.swarmheap cimport sh_arena_t, sh_owner_info_t
 
 
 cdef class _Arena:
@@ -39,7 +39,7 @@ cdef class _Arena:
 
 
 cdef class CoreHeap(_Arena):
-    pass
+    cdef int _complete(self, uint32_t oid, uint32_t gen, sh_owner_info_t *oi) except -1
 
 
 cdef class Block:
@@ -63,6 +63,7 @@ cdef class AgentCore:
     cdef public object _heap
     cdef public uint32_t id
     cdef public uint32_t generation
+    cdef public str kind
 
 
 cdef class ChannelCore:

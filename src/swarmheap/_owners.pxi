@@ -35,22 +35,40 @@ cdef class CoreHeap(_Arena):
             _raise(rc)
         return True
 
-    def _owner_complete(self, uint32_t oid, uint32_t gen, str kind):
-        """Recycle (or, if pinned, mark completed) and return (recycled, the
-        agent's final dict), read in the same pass over its pages."""
+    cdef int _complete(self, uint32_t oid, uint32_t gen, sh_owner_info_t *oi) except -1:
         self._check_writable()
-        cdef sh_owner_info_t oi
         cdef int rc
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            rc = sh_owner_complete(arena, oid, gen, &oi)
+            rc = sh_owner_complete(arena, oid, gen, oi)
         self.inflight -= 1
         if rc == SH_EOWNER:
             raise stale_agent(oid, gen)
         if rc != SH_OK and rc != SH_EPINNED:
             _raise(rc)
-        return rc == SH_OK, _owner_dict(&oi, kind, 1 << self.page_shift_)
+        return rc == SH_OK
+
+    def _owner_complete(self, uint32_t oid, uint32_t gen, str kind):
+        """Recycle (or, if pinned, mark completed) and return (recycled, the
+        agent's final dict), read in the same pass over its pages."""
+        cdef sh_owner_info_t oi
+        cdef bint recycled = self._complete(oid, gen, &oi)
+        return recycled, _owner_dict(&oi, kind, 1 << self.page_shift_)
+
+    def _owner_complete_row(self, uint32_t oid, uint32_t gen, str kind):
+        """_owner_complete, and the final figures as one USAGE_ROW of native
+        float64 in bytes: what the usage model folds in, without reading
+        them back out of the dict."""
+        cdef sh_owner_info_t oi
+        cdef bint recycled = self._complete(oid, gen, &oi)
+        cdef double row[9]
+        cdef int i
+        for i in range(4):
+            row[i] = oi.bytes[i]
+            row[4 + i] = <double>oi.peak_pages[i] * (1 << self.page_shift_)
+        row[8] = oi.created_ns
+        return recycled, _owner_dict(&oi, kind, 1 << self.page_shift_), (<char *>row)[:sizeof(row)]
 
     def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
         """Give back the agent's memory and mark it offloaded (slot and

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from swarmheap.heap import Heap
     from swarmheap.predict import Prediction
 
-__all__ = ["MODES", "admit", "reserved"]
+__all__ = ["MODES", "admit", "need_of", "reserved"]
 
 MODES = (None, "raise", "wait", "offload")
 
@@ -64,8 +64,7 @@ def admit(
 ) -> None:
     """Reserve the agent's predicted share; in modes "raise", "wait" and
     "offload", only if it fits."""
-    q = 0.9 if prediction.confident else 1.0  # not confident yet: the largest it saw
-    need = -(-prediction.peak("context", q) // 1024) * 1024  # reserved in whole KiB
+    need = need_of(prediction)
     if not need:
         return
     bound = int(limit * heap._capacity["context"]) if mode is not None else 0
@@ -104,6 +103,13 @@ def admit(
         f"a {prediction.kind!r} agent is predicted to need {need} bytes of context at P90 "
         f"({prediction.samples} samples)",
     )
+
+
+def need_of(prediction: Prediction) -> int:
+    """The bytes an agent of the predicted kind reserves: its P90 peak in
+    `context` once confident, the largest it saw before; in whole KiB."""
+    q = 0.9 if prediction.confident else 1.0
+    return -(-prediction.peak("context", q) // 1024) * 1024
 
 
 def _refusal(

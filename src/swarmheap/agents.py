@@ -14,7 +14,6 @@ from swarmheap.handle import Handle
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
-    from swarmheap.hooks import Hooks
     from swarmheap.stores import Store
 
 __all__ = ["Agent"]
@@ -26,17 +25,10 @@ class Agent(AgentCore):
     heap, ``heap.agent(agent_id)``. ``with heap.spawn(...) as agent:``
     completes it on exit."""
 
-    # _heap, id and generation are AgentCore's C fields, as is alloc()
-    __slots__ = ("_hooks", "kind")
+    # _heap, id, generation and kind are AgentCore's C fields, as is alloc();
+    # AgentCore(heap, agent_id, generation, kind) makes one
+    __slots__ = ()
     _heap: Heap
-    _hooks: Hooks
-
-    def __init__(self, heap: Heap, agent_id: int, generation: int, kind: str) -> None:
-        super().__init__(heap, agent_id, generation)
-        # the heap's hooks object itself: a complete runs with cold caches,
-        # and this saves it a lookup
-        self._hooks = heap._hooks
-        self.kind = kind
 
     # ---- identity and state ----
 
@@ -226,8 +218,9 @@ class Agent(AgentCore):
         raises StoreUnavailable and the agent stays in memory."""
         heap = self._heap
         final = offload.offload(self, store if store is not None else heap.store)
-        if self._hooks.table["offload"]:
-            self._hooks.fire("offload", self.id, self.kind, final)
+        hooks = heap._hooks
+        if hooks.table["offload"]:
+            hooks.fire("offload", self.id, self.kind, final)
         return final
 
     def restore(self) -> None:
@@ -237,8 +230,9 @@ class Agent(AgentCore):
             and (self.id, self.generation) not in self._heap._restoring
         ):
             offload.restore_in_place(self)
-            if self._hooks.table["restore"]:
-                self._hooks.fire("restore", self.id, self.kind, self.stats())
+            hooks = self._heap._hooks
+            if hooks.table["restore"]:
+                hooks.fire("restore", self.id, self.kind, self.stats())
 
     def _ensure_live(self) -> None:
         # alloc() comes here through the heap's events (on_not_live), from C
@@ -255,9 +249,9 @@ class Agent(AgentCore):
         for the last pin (or the next sweep). Returns the final stats, read in
         the same pass over the agent's pages that gives them back."""
         heap = self._heap
-        recycled, final = heap._owner_complete(self.id, self.generation, self.kind)
-        heap._predictor.note(self.kind, final)  # its reservation, if any, went with its memory (C)
-        hooks = self._hooks
+        recycled, final, row = heap._owner_complete_row(self.id, self.generation, self.kind)
+        heap._predictor.note(self.kind, final, row)  # its reservation, if any, went with its memory (C)
+        hooks = heap._hooks
         if hooks.table["complete"]:
             hooks.fire("complete", self.id, self.kind, final)
         if not recycled:

@@ -58,6 +58,16 @@ class _SweepState:
     sweeping: bool = False
 
 
+def _spawn_plan(prediction: Prediction) -> tuple[int, bool]:
+    """What a spawn of the predicted kind reserves, and whether it takes pages
+    of its own from the start; worked out once per cached prediction."""
+    plan = prediction._memo.get("spawn_plan")
+    if plan is None:
+        own_pages = prediction.confident and prediction.peak("context", 0.9) > NURSERY_SHARE
+        plan = prediction._memo["spawn_plan"] = (admission.need_of(prediction), own_pages)
+    return plan
+
+
 class _LayerEvents(HeapEvents):
     """What the binding tells a Heap."""
 
@@ -213,15 +223,16 @@ class Heap(CoreHeap):
             # largest it saw, so the first bursts of a kind are admitted on
             # what is known of it rather than on nothing
             if prediction is not None and (prediction.confident or (mode and prediction.samples)):
-                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
-            if (
-                prediction is not None
-                and prediction.confident
-                and prediction.peak("context", 0.9) > NURSERY_SHARE
-            ):
-                # a kind that outgrows the nursery's share gets pages of its own from the start;
-                # a small kind stays packed on the shared pages
-                self._owner_nursery_opt_out(agent_id, generation)
+                need, own_pages = _spawn_plan(prediction)
+                if mode is None:  # no bound to check: the reservation always fits
+                    if need:
+                        self._owner_reserve(agent_id, generation, need, 0)
+                else:
+                    admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
+                if own_pages:
+                    # a kind that outgrows the nursery's share gets pages of its own from the start;
+                    # a small kind stays packed on the shared pages
+                    self._owner_nursery_opt_out(agent_id, generation)
         except BaseException:
             self._owner_recycle(agent_id, generation)
             raise

@@ -248,27 +248,36 @@ def put_entry(
 ) -> tuple[int, int] | None:
     """update_index for one entry set to (offset, size), the common put():
     an entry added to an index this process read last costs one encoded
-    entry and a swap. Returns the (offset, size) it replaced, or None."""
+    entry and a swap. Returns the (offset, size) it replaced, or None.
+    Written out flat: it runs once per put, and each helper call cost more
+    than the work it did."""
     word = heap._owner_word(agent_id, generation)
-    per_heap = _per_heap(heap)
-    hit = per_heap.get(agent_id) if per_heap is not None and word else None
-    shared: Entries
-    body: bytes | None
-    if not word:  # no index yet (a stale agent's None fails below, in update_index)
-        old_kind, lease, shared, body = kind, 0.0, {}, b""
-    elif hit is not None and hit[0] == generation and hit[1] == word:
-        (old_kind, lease, shared), body = hit[2], hit[3]
-    else:
-        body = None
-    if word is not None and body is not None and name not in shared:
-        entries = dict(shared)
+    got = _cache.get(id(heap))
+    per_heap = got[1] if got is not None and got[0]() is heap else None
+    shared: Entries | None = None
+    body: bytes | None = None
+    if word == 0:  # no index yet (None, a stale agent, fails below in update_index)
+        old_kind, lease, body = kind, 0.0, b""
+    elif per_heap is not None:
+        hit = per_heap.get(agent_id)
+        if hit is not None and hit[0] == generation and hit[1] == word and name not in hit[2][2]:
+            (old_kind, lease, shared), body = hit[2], hit[3]
+    if body is not None and word is not None:
+        name_b = name.encode()
+        body += _ENTRY.pack(len(name_b), offset, size) + name_b
+        entries = dict(shared) if shared else {}
         entries[name] = (offset, size)
-        body += _entry_bytes(name, offset, size)
-        new_word = heap._owner_held_swap(
-            agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
-        )
+        kind_b = old_kind.encode()
+        head = _HEADER.pack(_MAGIC, 1, len(kind_b), lease, len(entries), 0) + kind_b
+        new_word = heap._owner_held_swap(agent_id, generation, word, head + body)
         if new_word:
-            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
+            if per_heap is None:
+                _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
+            else:
+                per_heap[agent_id] = (generation, new_word, (old_kind, lease, entries), body)
+                per_heap.move_to_end(agent_id)
+                if len(per_heap) > CACHE_SIZE:
+                    per_heap.popitem(last=False)
             return None
     replaced: list[tuple[int, int]] = []
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swarmheap._core import PARTITIONS
+from swarmheap._core import PARTITIONS, USAGE_ROW
 from swarmheap.offload import Registry
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Prediction:
     samples: int
     confident: bool
     _model: Model | None
-    _memo: dict[tuple[str, float], int] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def peak(self, partition: str = "context", q: float = 0.9) -> int:
         if partition not in PARTITIONS:
@@ -157,9 +157,14 @@ class Prediction:
         if self._model is None:
             return 0
         key = (partition, q)
-        if key not in self._memo:  # spawn asks the same quantile of a cached prediction every time
-            self._memo[key] = math.ceil(self._model.quantile(PARTITIONS.index(partition), q, BYTES_BASE))
-        return self._memo[key]
+        got: int | None = self._memo.get(
+            key
+        )  # spawn asks the same quantile of a cached prediction every time
+        if got is None:
+            got = self._memo[key] = math.ceil(
+                self._model.quantile(PARTITIONS.index(partition), q, BYTES_BASE)
+            )
+        return got
 
     def lifetime(self, q: float = 0.9) -> float:
         _check_q(q)
@@ -187,15 +192,16 @@ class Predictor:
     def __init__(self, heap: Heap, half_life: float = HALF_LIFE) -> None:
         self.heap = heap
         self.half_life = half_life
-        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)  # completed agents' final dicts
+        self.pending: dict[str, list[bytes]] = defaultdict(list)  # completed agents' USAGE_ROWs
         self.npending = 0
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
 
-    def note(self, kind: str, final: dict[str, Any]) -> None:
-        """A completed (recycled, swept) agent's figures: kept as they are,
-        read at the flush, so a complete pays one append."""
+    def note(self, kind: str, final: dict[str, Any], row: bytes | None = None) -> None:
+        """A completed (recycled, swept) agent's figures, as the binding's
+        USAGE_ROW (``row``, from _owner_complete_row) or read from its final
+        dict: a complete pays one append, and a flush one frombuffer."""
         pending = self.pending[kind]
-        pending.append(final)
+        pending.append(row if row is not None else _row(final))
         self.npending += 1
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
@@ -283,20 +289,23 @@ class Predictor:
         return [n.split("/", 1)[1] for n in Registry(self.heap).names("model/")]
 
 
-def _samples(finals: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+_ROW = struct.Struct(f"={len(USAGE_ROW)}d")
+
+
+def _row(final: dict[str, Any]) -> bytes:
+    """A final dict's USAGE_ROW (what _owner_complete_row gives directly)."""
+    held, peak = final["bytes"], final["peak"]
+    return _ROW.pack(*[held[p] for p in PARTITIONS], *[peak[p] for p in PARTITIONS], final["created_ns"])
+
+
+def _samples(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Peak bytes per partition (what each held at the end, or its page peak
-    if that was more) and lifetimes, from agents' final dicts, in one pass."""
-    flat: list[float] = []
-    extend = flat.extend
-    for f in finals:  # one flat list: nested lists cost numpy a pass each
-        extend(f["bytes"].values())
-        extend(f["peak"].values())
-        flat.append(f["created_ns"])
-    rows = np.array(flat, dtype=np.float64).reshape(len(finals), 2 * len(PARTITIONS) + 1)
+    if that was more) and lifetimes, from agents' USAGE_ROWs."""
+    table = np.frombuffer(b"".join(rows), dtype=np.float64).reshape(len(rows), len(USAGE_ROW))
     parts = len(PARTITIONS)
-    created = rows[:, -1] / 1e9
+    created = table[:, -1] / 1e9
     lifetimes = np.where(created > 0, np.maximum(time.time() - created, 0.0), 0.0)
-    return np.maximum(rows[:, :parts], rows[:, parts : 2 * parts]), lifetimes
+    return np.maximum(table[:, :parts], table[:, parts : 2 * parts]), lifetimes
 
 
 def _decoded(data: bytes | None, half_life: float) -> Model:

@@ -35,6 +35,18 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
         assert Counting.fulls == 1
         recycled, final = heap._owner_complete(oid, gen, "k")
         assert recycled and final["kind"] == "k" and final["blocks"] == 5000
+        # the usage row: the final figures in USAGE_ROW's order, as float64
+        import struct
+        from swarmheap._core import USAGE_ROW
+        oid, gen = heap._owner_create(7)
+        small = AgentCore(heap, oid, gen, "small")
+        assert small.kind == "small"
+        small.alloc(3000)
+        _, final, row = heap._owner_complete_row(oid, gen, "small")
+        figures = dict(zip(USAGE_ROW, struct.unpack(f"={len(USAGE_ROW)}d", row)))
+        assert figures["bytes.context"] == final["bytes"]["context"] > 0
+        assert figures["peak.context"] == final["peak"]["context"]
+        assert figures["created_ns"] == float(final["created_ns"])
         heap.check()
         heap.close()
         assert "swarmheap.heap" not in sys.modules
