@@ -20,6 +20,35 @@ cdef class CoreHeap(_Arena):
             _raise(rc)
         return oid, gen
 
+    def _owner_spawn(self, uint32_t kind, uint64_t reserve=0, bint own_pages=False):
+        """An agent's owner in one call: counted toward the young sweep (as an
+        agent allocation), created, given a reservation of ``reserve`` bytes
+        (no bound: admission under a limit is the layer above's), its small
+        blocks on pages of its own if ``own_pages``, and queued as young."""
+        if self._sweep_countdown > 1:
+            self._sweep_countdown -= 1
+        else:
+            self.events.on_countdown(self)
+        self._check_writable()
+        cdef uint32_t oid, gen
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_create(arena, kind, &oid, &gen)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        rc = sh_owner_reserve(arena, oid, gen, reserve, 0) if reserve else SH_OK
+        if rc == SH_OK and own_pages:
+            rc = sh_owner_nursery_opt_out(arena, oid, gen)
+        if rc:
+            message_rc = rc
+            sh_owner_recycle(arena, oid, gen)
+            _raise(message_rc)
+        sh_sweep_push(arena, 0, oid, gen)  # a full queue leaves it to the full sweeps
+        return oid, gen
+
     def _owner_recycle(self, uint32_t oid, uint32_t gen):
         """True if recycled now, False if deferred by pins."""
         self._check_writable()

@@ -193,12 +193,15 @@ class Heap(CoreHeap):
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         prediction = self._predictor.cached(kind) if (reserve or mode) else None
-        self._count_allocation()
-        agent_id, generation = self._owner_create(kid)
+        # a confident kind outside admission modes: its reservation and layout come with the owner
+        if prediction is not None and prediction.confident and mode is None:
+            need, own_pages = _spawn_plan(prediction)
+        else:
+            need, own_pages = 0, False
+        agent_id, generation = self._owner_spawn(kid, need, own_pages)
         agent = Agent(self, agent_id, generation, kind)
-        if deadline or (prediction is not None and prediction.samples):
+        if deadline or (mode is not None and prediction is not None and prediction.samples):
             self._prepare_agent(agent, deadline, prediction, mode, timeout)
-        self._sweep_push(0, agent_id, generation)
         if self._hooks.table["spawn"]:
             self._hooks.fire("spawn", agent.id, kind, agent.stats())
         return agent
@@ -211,25 +214,20 @@ class Heap(CoreHeap):
         mode: str | None,
         timeout: float | None,
     ) -> None:
-        """spawn's part for a lease or a kind with samples: the index with the
+        """spawn's part for a lease or an admission mode: the index with the
         lease, admission and the reservation, the layout. A refusal recycles
         the agent."""
         agent_id, generation = agent.id, agent.generation
         try:
             if deadline:  # else the index comes with the first entry (offload.kind_of finds the kind)
                 agent._update_index(lambda entries: None, lease_deadline=deadline)
-            # a confident prediction reserves its P90; under an admission mode,
-            # a kind with a few samples but no confidence yet reserves the
-            # largest it saw, so the first bursts of a kind are admitted on
-            # what is known of it rather than on nothing
-            if prediction is not None and (prediction.confident or (mode and prediction.samples)):
-                need, own_pages = _spawn_plan(prediction)
-                if mode is None:  # no bound to check: the reservation always fits
-                    if need:
-                        self._owner_reserve(agent_id, generation, need, 0)
-                else:
-                    admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
-                if own_pages:
+            # under an admission mode, a confident prediction reserves its
+            # P90 if it fits, and a kind with a few samples but no confidence
+            # yet the largest it saw, so the first bursts of a kind are
+            # admitted on what is known of it rather than on nothing
+            if mode is not None and prediction is not None and prediction.samples:
+                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
+                if _spawn_plan(prediction)[1]:
                     # a kind that outgrows the nursery's share gets pages of its own from the start;
                     # a small kind stays packed on the shared pages
                     self._owner_nursery_opt_out(agent_id, generation)
@@ -464,17 +462,11 @@ class Heap(CoreHeap):
     def get_sweep_thresholds(self) -> tuple[int, int, int]:
         return self._sweep.thresholds
 
-    # Counting agent allocations toward the young sweep, as CPython's gc counts
-    # object allocations, runs on every agent.alloc(): the common case is one
-    # decrement of CoreHeap._sweep_countdown (in C); the counts are brought up
-    # to date here when it runs out (the binding's events call).
-
-    def _count_allocation(self) -> None:
-        left = self._sweep_countdown - 1
-        if left > 0:
-            self._sweep_countdown = left
-        else:
-            self._note_allocations()
+    # Counting agent allocations and spawns toward the young sweep, as
+    # CPython's gc counts object allocations, runs on every agent.alloc() and
+    # spawn: the common case is one decrement of CoreHeap._sweep_countdown (in
+    # C); the counts are brought up to date here when it runs out (the
+    # binding's events call).
 
     def _note_allocations(self) -> None:
         state = self._sweep
