@@ -26,6 +26,10 @@ cdef class _Arena:
     # agent allocations left before events.on_countdown() is called; a C
     # field so that agent.alloc() costs a decrement
     cdef public Py_ssize_t _sweep_countdown
+    # a slot for the layer above's per-heap cache (index.py's decoded
+    # indexes): an attribute load, where a weak mapping keyed by the heap
+    # cost more than the cached read itself
+    cdef public object _index_cache
     cdef object __weakref__
 
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)

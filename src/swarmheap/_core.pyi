@@ -35,6 +35,7 @@ class CoreHeap:
     @property
     def read_only(self) -> bool: ...
     events: HeapEvents
+    _index_cache: Any
     @property
     def closed(self) -> bool: ...
     @property

@@ -74,7 +74,8 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        index.check_name(name)
+        if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # else surely 1..MAX_NAME bytes
+            index.check_name(name)
         try:
             # alloc brings an offloaded agent back (the heap's events), as put_many's _ensure_live
             blk, nbytes = self._alloc_copy(data)

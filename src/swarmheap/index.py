@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -123,21 +122,12 @@ CACHE_SIZE = 1024
 # agent id -> (generation, word, index, the index's encoded entries: an update
 # that only adds entries appends to them instead of encoding every entry)
 _Cached = OrderedDict[int, tuple[int, int, Index, bytes]]
-# by id(heap): a WeakKeyDictionary lookup makes a weak reference every time,
-# which cost more than the rest of a cached read; the weak reference kept
-# here drops the entry when the heap goes
-_cache: dict[int, tuple[weakref.ref[CoreHeap], _Cached]] = {}
 
 
 def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
-    got = _cache.get(id(heap))
-    if got is not None and got[0]() is heap:
-        return got[1]
-    if not create:
-        return None
-    key = id(heap)
-    per_heap: _Cached = OrderedDict()
-    _cache[key] = (weakref.ref(heap, lambda _ref: _cache.pop(key, None)), per_heap)
+    per_heap: _Cached | None = heap._index_cache  # the binding's slot for it
+    if per_heap is None and create:
+        per_heap = heap._index_cache = OrderedDict()
     return per_heap
 
 
@@ -252,8 +242,7 @@ def put_entry(
     Written out flat: it runs once per put, and each helper call cost more
     than the work it did."""
     word = heap._owner_word(agent_id, generation)
-    got = _cache.get(id(heap))
-    per_heap = got[1] if got is not None and got[0]() is heap else None
+    per_heap: _Cached | None = heap._index_cache
     shared: Entries | None = None
     body: bytes | None = None
     if word == 0:  # no index yet (None, a stale agent, fails below in update_index)

@@ -337,8 +337,6 @@ def test_an_index_grown_by_appends_reads_back_exactly(big: sh.Heap) -> None:
     # process's decoded-index cache is dropped (a read from the arena)
     import random
 
-    from swarmheap import index
-
     agent = big.spawn("grower")
     rng = random.Random(3)
     model: dict[str, bytes] = {}
@@ -357,7 +355,7 @@ def test_an_index_grown_by_appends_reads_back_exactly(big: sh.Heap) -> None:
             agent.put_many(batch)
             model.update(batch)
         if step % 40 == 0:
-            index._cache.clear()
+            big._index_cache = None  # forget the decoded indexes: read them from the arena again
         assert {n: bytes(agent.get(n)) for n in agent.names()} == model
     agent.complete()
     big.check()
