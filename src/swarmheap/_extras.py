@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 __all__ = ["require"]
@@ -10,6 +11,9 @@ __all__ = ["require"]
 
 def require(module: str, extra: str) -> Any:
     """Import ``module`` or raise ImportError saying which extra installs it."""
+    loaded = sys.modules.get(module)
+    if loaded is not None:  # hot paths ask for their codec on every call
+        return loaded
     try:
         if module == "matplotlib.pyplot":
             matplotlib = importlib.import_module("matplotlib")

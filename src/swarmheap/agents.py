@@ -77,55 +77,44 @@ class Agent(AgentCore):
         if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # else surely 1..MAX_NAME bytes
             index.check_name(name)
         try:
-            # alloc brings an offloaded agent back (the heap's events), as put_many's _ensure_live
+            # alloc brings an offloaded agent back (the heap's events)
             blk, nbytes = self._alloc_copy(data)
         except (TypeError, BufferError):
-            self.put_many({name: data})  # not a contiguous buffer: put_many copies it, or names the type
+            self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
             return
-        try:
-            replaced = index.put_entry(
-                self._heap, self.id, self.generation, self.kind, name, blk.offset, nbytes
-            )
-        except BaseException:
-            blk.free()
-            raise
-        if replaced is not None:
-            self._free_entry(*replaced)
+        self._commit([blk], [(name, blk.offset, nbytes)])
 
     def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them
         or (on an error) none. Returns the index words before and after it
         (see index.update_index)."""
-        views = []
-        for name, data in items.items():
+        for name in items:
             index.check_name(name)
-            try:
-                view = memoryview(data)
-            except TypeError:
-                raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
-            if not view.c_contiguous:
-                view = memoryview(view.tobytes())
-            views.append((name, view.cast("B")))
-        self._ensure_live()
-        blocks: list[tuple[str, Any, int]] = []
-        replaced: list[tuple[int, int]] = []
+        blocks: list[Any] = []
+        new: list[tuple[str, int, int]] = []
         try:
-            for name, view in views:
-                blk = self.alloc(max(view.nbytes, 1))
-                blocks.append((name, blk, view.nbytes))
-                if view.nbytes:
-                    blk[: view.nbytes] = view
-
-            def change(entries: index.Entries) -> None:
-                replaced.clear()  # update_index runs this again after a race: only the last run's counts
-                for name, blk, nbytes in blocks:
-                    if name in entries:
-                        replaced.append(entries[name])
-                    entries[name] = (blk.offset, nbytes)
-
-            words = self._update_index(change)
+            for name, data in items.items():
+                try:
+                    blk, nbytes = self._alloc_copy(data)
+                except BufferError:  # strided: copied to bytes first
+                    blk, nbytes = self._alloc_copy(memoryview(data).tobytes())
+                except TypeError:
+                    raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
+                blocks.append(blk)
+                new.append((name, blk.offset, nbytes))
         except BaseException:
-            for _, blk, _ in blocks:
+            for blk in blocks:
+                blk.free()
+            raise
+        return self._commit(blocks, new)
+
+    def _commit(self, blocks: list[Any], new: list[tuple[str, int, int]]) -> tuple[int, int]:
+        """Name the filled ``blocks`` in the index (as ``new``), freeing the
+        entries they replace; on an error the blocks go back."""
+        try:
+            replaced, words = index.put_entries(self._heap, self.id, self.generation, self.kind, new)
+        except BaseException:
+            for blk in blocks:
                 blk.free()
             raise
         for offset, size in replaced:

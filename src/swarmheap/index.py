@@ -28,7 +28,7 @@ __all__ = [
     "Entries",
     "Index",
     "kind_id",
-    "put_entry",
+    "put_entries",
     "read_index",
     "read_kind",
     "read_lease",
@@ -233,14 +233,14 @@ def update_index(
     return words
 
 
-def put_entry(
-    heap: CoreHeap, agent_id: int, generation: int, kind: str, name: str, offset: int, size: int
-) -> tuple[int, int] | None:
-    """update_index for one entry set to (offset, size), the common put():
-    an entry added to an index this process read last costs one encoded
-    entry and a swap. Returns the (offset, size) it replaced, or None.
-    Written out flat: it runs once per put, and each helper call cost more
-    than the work it did."""
+def put_entries(
+    heap: CoreHeap, agent_id: int, generation: int, kind: str, new: list[tuple[str, int, int]]
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """update_index for entries set to (name, offset, size), the common put():
+    names added to an index this process read last cost one encoded entry
+    each and a swap. Returns the (offset, size) entries they replaced, and
+    the index words before and after (as update_index). Written out flat: it
+    runs once per put, and each helper call cost more than its work."""
     word = heap._owner_word(agent_id, generation)
     per_heap: _Cached | None = heap._index_cache
     shared: Entries | None = None
@@ -249,13 +249,17 @@ def put_entry(
         old_kind, lease, body = kind, 0.0, b""
     elif per_heap is not None:
         hit = per_heap.get(agent_id)
-        if hit is not None and hit[0] == generation and hit[1] == word and name not in hit[2][2]:
+        if hit is not None and hit[0] == generation and hit[1] == word:
             (old_kind, lease, shared), body = hit[2], hit[3]
-    if body is not None and word is not None:
-        name_b = name.encode()
-        body += _ENTRY.pack(len(name_b), offset, size) + name_b
+            for name, _, _ in new:
+                if name in shared:
+                    body = None  # a replacement: the general update below
+    if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
         entries = dict(shared) if shared else {}
-        entries[name] = (offset, size)
+        for name, offset, size in new:
+            name_b = name.encode()
+            body += _ENTRY.pack(len(name_b), offset, size) + name_b
+            entries[name] = (offset, size)
         kind_b = old_kind.encode()
         head = _HEADER.pack(_MAGIC, 1, len(kind_b), lease, len(entries), 0) + kind_b
         new_word = heap._owner_held_swap(agent_id, generation, word, head + body)
@@ -267,17 +271,18 @@ def put_entry(
                 per_heap.move_to_end(agent_id)
                 if len(per_heap) > CACHE_SIZE:
                     per_heap.popitem(last=False)
-            return None
+            return [], (word, new_word)
     replaced: list[tuple[int, int]] = []
 
     def change(entries: Entries) -> None:
-        replaced.clear()  # run again after a race: only the last run's entry counts
-        if name in entries:
-            replaced.append(entries[name])
-        entries[name] = (offset, size)
+        replaced.clear()  # run again after a race: only the last run's entries count
+        for name, offset, size in new:
+            if name in entries:
+                replaced.append(entries[name])
+            entries[name] = (offset, size)
 
-    update_index(heap, agent_id, generation, kind, change)
-    return replaced[0] if replaced else None
+    words = update_index(heap, agent_id, generation, kind, change)
+    return replaced, words
 
 
 def read_kind(heap: CoreHeap, agent_id: int, generation: int) -> str:
