@@ -49,6 +49,19 @@ cdef class CoreHeap(_Arena):
         sh_sweep_push(arena, 0, oid, gen)  # a full queue leaves it to the full sweeps
         return oid, gen
 
+    def _owner_read(self, uint32_t oid, uint32_t gen, uint64_t offset, uint64_t size):
+        """A copy of ``size`` bytes of the owner's block at ``offset``; None
+        if that is not (any more) a block of this owner and generation large
+        enough (the caller reads its index again). Checked as resolve()
+        checks a handle, so a damaged index never reads outside a block."""
+        self._check_open()
+        cdef sh_block_info_t info
+        if offset >= self.arena_size or sh_block_info(self.arena, offset, &info) != SH_OK:
+            return None
+        if info.owner != oid or sh_owner_generation(self.arena, oid) != gen or size > info.usable_size:
+            return None
+        return (<char *>self.base + offset)[:size]
+
     def _owner_recycle(self, uint32_t oid, uint32_t gen):
         """True if recycled now, False if deferred by pins."""
         self._check_writable()

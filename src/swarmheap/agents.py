@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, offload
-from swarmheap._core import AgentCore
+from swarmheap._core import AgentCore, stale_agent
 from swarmheap.errors import InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
@@ -140,6 +140,26 @@ class Agent(AgentCore):
             if self._read_index_word()[0] == word:
                 return view
             view.release()
+        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
+
+    def read(self, name: str) -> bytes:
+        """A copy of entry ``name``'s bytes: no view, so nothing pins the
+        agent (get() is the zero-copy read)."""
+        self._ensure_live()
+        heap = self._heap
+        for _ in range(100):
+            word, (_, _, entries) = self._read_index_word()
+            if name not in entries:
+                raise KeyError(f"agent {self.id} has no entry {name!r}")
+            offset, size = entries[name]
+            data = heap._owner_read(self.id, self.generation, offset, size)
+            # the copy stands if the index did not change around it: an
+            # entry's block is freed only after the update that drops it
+            now = heap._owner_word(self.id, self.generation)
+            if now is None:
+                raise stale_agent(self.id, self.generation)
+            if data is not None and now == word:
+                return data
         raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
 
     def delete(self, name: str) -> None:

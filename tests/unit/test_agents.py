@@ -80,6 +80,22 @@ def test_put_copies_any_buffer_and_leaves_nothing_behind(big: sh.Heap) -> None:
     big.check()
 
 
+def test_read_copies_an_entry_without_pinning(big: sh.Heap) -> None:
+    agent = big.spawn("reader")
+    agent.put("notes", b"first draft")
+    copy = agent.read("notes")
+    assert copy == b"first draft" and isinstance(copy, bytes)
+    assert agent.stats()["pins"] == 0  # no view was left open
+    agent.put("notes", b"second, longer draft")
+    assert copy == b"first draft" and agent.read("notes") == b"second, longer draft"
+    with pytest.raises(KeyError, match="missing"):
+        agent.read("missing")
+    agent.complete()
+    with pytest.raises(sh.StaleBlock):
+        agent.read("notes")
+    big.check()
+
+
 def test_entries_visible_from_another_process(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="32 MiB") as heap:
         agent = heap.spawn("planner")

@@ -205,3 +205,42 @@ def test_a_full_arena_names_the_remedies() -> None:
                 cp["channel_values"] = {"blob": b"x" * 3_000_000}
                 cp["channel_versions"] = {"blob": 1}
                 saver.put(cfg, cp, {}, {"blob": 1})
+
+
+def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
+    # a put of a list that grew from the last one (the same message objects
+    # in front, as add_messages leaves them) serialises only the new messages
+    # and splices them behind the stored ones: what is stored must be what
+    # serialising the whole list gives, across msgpack's array headers (16,
+    # then 3-byte counts) and the delta chain's whole versions
+    messages_mod = pytest.importorskip("langchain_core.messages")
+    saver = SwarmSaver(heap)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "chat", "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    messages: list[Any] = []
+    calls = 0
+    dumps = saver.serde.dumps_typed
+
+    def counting(value: Any) -> Any:
+        nonlocal calls
+        calls += len(value) if isinstance(value, list) else 0
+        return dumps(value)
+
+    saver.serde.dumps_typed = counting
+    for step in range(40):
+        kind = (messages_mod.HumanMessage, messages_mod.AIMessage)[step % 2]
+        messages = [*messages, kind(content=f"turn {step} " * (step % 7 + 1), id=f"m{step}")]
+        cp = create_checkpoint(cp, None, step)
+        cp["channel_values"] = {"messages": messages}
+        cp["channel_versions"] = {"messages": step + 1}
+        cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+    assert calls < 2 * 40  # one new message per put, not the whole list (820 items)
+    saver.serde.dumps_typed = dumps
+    fresh = SwarmSaver(heap)  # nothing cached: every version decoded from the arena
+    for version in (1, 15, 16, 17, 31, 40):
+        agent = fresh._agent("chat", create=False)
+        raw = fresh._value_raw(agent, f"blob//messages/{version}")
+        assert raw == fresh._typed_raw(dumps(messages[:version]))
+    got = fresh.get_tuple({"configurable": {"thread_id": "chat"}})
+    assert got.checkpoint["channel_values"]["messages"] == messages
+    heap.check()
