@@ -128,6 +128,20 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
   if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
+    /* The page's own stack is empty (no other thread freed into it since we
+     * took it, the common case): our stack becomes the page's as it is, in
+     * O(1). A damaged link in it is found where every link is checked, at
+     * the pop that reaches it. Else our stack goes on top of the page's,
+     * which needs its tail: walked, and checked on the way. */
+    uint64_t head = sh_atomic_load_acquire(&pg->head);
+    while (sh_head_top(head) == 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
+      if (sh_atomic_cas_weak_acq_rel(&pg->head, &head, sh_head_make(top, count, sh_head_tag(head) + 1))) {
+        top = 0; /* handed over */
+        break;
+      }
+    }
+  }
+  if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
     const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
     uint32_t key = sh_atomic_load_relaxed(&pg->key), tail = top;
     bool intact = true;
