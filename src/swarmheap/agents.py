@@ -145,14 +145,12 @@ class Agent(AgentCore):
     def read(self, name: str) -> bytes:
         """A copy of entry ``name``'s bytes: no view, so nothing pins the
         agent (get() is the zero-copy read)."""
-        self._ensure_live()
         heap = self._heap
+        restored = False
         for _ in range(100):
             word, (_, _, entries) = self._read_index_word()
-            if name not in entries:
-                raise KeyError(f"agent {self.id} has no entry {name!r}")
-            offset, size = entries[name]
-            data = heap._owner_read(self.id, self.generation, offset, size)
+            place = entries.get(name)
+            data = heap._owner_read(self.id, self.generation, *place) if place is not None else None
             # the copy stands if the index did not change around it: an
             # entry's block is freed only after the update that drops it
             now = heap._owner_word(self.id, self.generation)
@@ -160,6 +158,11 @@ class Agent(AgentCore):
                 raise stale_agent(self.id, self.generation)
             if data is not None and now == word:
                 return data
+            if not restored:  # an offloaded agent's entries are in its store: bring it back, look again
+                restored = True
+                self._ensure_live()
+            elif place is None and now == word:
+                raise KeyError(f"agent {self.id} has no entry {name!r}")
         raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
 
     def delete(self, name: str) -> None:

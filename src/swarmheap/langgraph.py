@@ -228,7 +228,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         known = self._threads.get(thread_id)
         if (
             known is not None
-            and self.heap._owner_generation(known.id) == known.generation
+            and self.heap._owner_word(known.id, known.generation)
+            is not None  # that generation still holds it
             and self.heap._owner_state(known.id) in ("live", "offloaded", "restoring")
         ):
             return known  # still that agent: a deleted thread's agent is completed or recycled
@@ -354,11 +355,14 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self._remember_raw(key, raw, depth)
         return raw
 
-    def _value(self, agent: Any, name: str) -> tuple[str, bytes]:
+    def _value(self, agent: Any, name: str) -> tuple[str, bytes | memoryview]:
         raw = self._value_raw(agent, name)
         try:
             (n,) = _TYPED.unpack_from(raw, 0)
-            return raw[2 : 2 + n].decode(), raw[2 + n :]
+            kind = raw[2 : 2 + n].decode()
+            # msgpack (what states are) is read from a view of the serde bytes:
+            # a value is a whole state, and a slice copied it on every read
+            return kind, memoryview(raw)[2 + n :] if kind == "msgpack" else raw[2 + n :]
         except (struct.error, UnicodeDecodeError) as exc:
             raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
 

@@ -80,7 +80,9 @@ def test_put_copies_any_buffer_and_leaves_nothing_behind(big: sh.Heap) -> None:
     big.check()
 
 
-def test_read_copies_an_entry_without_pinning(big: sh.Heap) -> None:
+def test_read_copies_an_entry_without_pinning(big: sh.Heap, tmp_path: Any) -> None:
+    from swarmheap.stores import SQLiteStore
+
     agent = big.spawn("reader")
     agent.put("notes", b"first draft")
     copy = agent.read("notes")
@@ -90,6 +92,9 @@ def test_read_copies_an_entry_without_pinning(big: sh.Heap) -> None:
     assert copy == b"first draft" and agent.read("notes") == b"second, longer draft"
     with pytest.raises(KeyError, match="missing"):
         agent.read("missing")
+    with SQLiteStore(tmp_path / "cold.db") as store:
+        agent.offload(store)  # its entries now live in the store: a read brings it back
+        assert agent.read("notes") == b"second, longer draft" and agent.state == "live"
     agent.complete()
     with pytest.raises(sh.StaleBlock):
         agent.read("notes")
