@@ -12,7 +12,7 @@
  * telling a dead claimer from a slow one needs more than a sequence number. */
 #include <string.h>
 
-#include "sh_internal.h"
+#include "sh_tcache.h"
 
 #define SH_CHAN_MAGIC UINT64_C(0x31304e4148434853) /* "SHCHAN01" */
 #define SH_CHAN_MAX_CAPACITY (1u << 20)
@@ -99,6 +99,10 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
       sh_chan_cell_t *cell = &c->cells[(head + count) & (c->capacity - 1)];
       cell->offset = msg;
       cell->size = size;
+      /* out of this thread's hands just before the ring has it: killed
+       * between the two, the message is lost (one block), never freed by a
+       * sweep while a receiver may take it */
+      sh_chan_unhold(a, msg);
       sh_atomic_store_release(&c->ring, (uint64_t)head << 32 | (count + 1)); /* the one store that publishes */
       sh_chan_unlock(c);
       sh_atomic_add_relaxed(&c->sent, 1u);
@@ -115,7 +119,60 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
   }
 }
 
+/* ---- Messages in a thread's hands ------------------------------------------------
+ * A message between its block's allocation and the ring (a sender filling
+ * it, or waiting for room), or between the ring and its receiver's Block, is
+ * named by nothing but the thread: its slot records it (in_hand), so that a
+ * sweep that finds the process dead frees it. Set before the block leaves
+ * the ring or after it is filled; cleared before it enters the ring (under
+ * the ring's lock) or once the receiver owns it. */
+
+int sh_chan_hold(sh_arena_t *a, uint64_t msg) {
+  sh_tslot_t *s = _sh_tc_slot(a, msg != 0);
+  if (s) sh_atomic_store_release(&s->in_hand, msg);
+  return SH_OK;
+}
+
+void sh_chan_unhold(sh_arena_t *a, uint64_t msg) {
+  sh_tslot_t *s = _sh_tc_slot(a, false);
+  if (s && sh_atomic_load_relaxed(&s->in_hand) == msg) sh_atomic_store_release(&s->in_hand, 0);
+}
+
+int sh_chan_reclaim_dead(sh_arena_t *a, uint64_t *blocks) {
+  *blocks = 0;
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  for (uint32_t i = 0; i < a->nslots; i++) {
+    if (_sh_tc_slot_dead(a, i) == 0) continue;
+    /* exactly once across sweepers: whoever takes the word frees it */
+    uint64_t msg = sh_atomic_exchange_acq_rel(&_sh_tc_slot_at(a, i)->in_hand, 0);
+    sh_block_info_t info;
+    if (msg == 0 || sh_block_info(a, msg, &info) != SH_OK || info.owner != SH_OWNER_DEFAULT ||
+        info.partition != SH_PART_COMM)
+      continue; /* not a message block (damaged): not followed */
+    if (sh_free(a, msg) == SH_OK) ++*blocks;
+  }
+  return SH_OK;
+}
+
+uint32_t sh_chan_in_hand(const sh_arena_t *a) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < a->nslots; i++) n += sh_atomic_load_acquire(&_sh_tc_slot_at(a, i)->in_hand) != 0;
+  return n;
+}
+
+static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
+                        bool hold);
+
 int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
+  return sh_chan_take(a, chan, msg, size, timeout_ns, false);
+}
+
+int sh_chan_recv_held(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
+  return sh_chan_take(a, chan, msg, size, timeout_ns, true);
+}
+
+static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
+                        bool hold) {
   sh_chan_t *c;
   int rc = sh_chan_at(a, chan, &c);
   if (rc) return rc;
@@ -130,6 +187,7 @@ int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, in
       *msg = cell->offset;
       *size = cell->size;
       sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (c->capacity - 1)) << 32 | (count - 1));
+      if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
       sh_chan_unlock(c);
       sh_atomic_add_relaxed(&c->received, 1u);
       sh_atomic_sub_relaxed(&c->bytes, *size);

@@ -31,6 +31,9 @@ extern _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS] sh_internal sh_t
 sh_internal sh_tslot_t *_sh_tc_bind(sh_arena_t *arena, bool create);
 sh_internal void _sh_tc_register(sh_arena_t *arena);
 sh_internal void _sh_tc_close(sh_arena_t *arena);
+/* The pid of slot i's process if the slot is bound and that process is
+ * dead (pid and start time), else 0. */
+sh_internal int32_t _sh_tc_slot_dead(const sh_arena_t *arena, uint32_t i);
 sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_entry_t *entry, int way);
 sh_internal void _sh_tc_entry_flush(sh_arena_t *arena, sh_tc_entry_t *entry);
 /* Gives a cached run back to its partition (takes the partition lock). */

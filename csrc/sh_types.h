@@ -183,7 +183,11 @@ typedef struct sh_tslot_s {
   uint32_t run_next;         /* the run slot to replace next; the slot's thread only */
   sh_tc_run_t runs[SH_TC_RUNS];
   _Atomic uint32_t mag_seq;  /* odd while the magazines are being emptied: readers retry */
-  uint8_t pad_[SH_CACHE_LINE - 36 - SH_TC_RUNS * 8];
+  uint32_t pad_;
+  /* A channel message this thread holds mid-send (filled, not yet queued,
+   * maybe waiting for room) or mid-receive (off the ring, not yet the
+   * caller's): the sweep that finds the process dead frees it (channel.c). */
+  _Atomic uint64_t in_hand;
 } sh_tslot_t;
 _Static_assert(sizeof(sh_tslot_t) == SH_CACHE_LINE, "slot header is one cache line");
 

@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 6u
+#define SH_FORMAT_VERSION 7u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -376,6 +376,20 @@ int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, 
 int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
 /* [any] Close: senders fail at once, receivers drain what is queued; every waiter wakes. */
 int sh_chan_close(sh_arena_t *arena, uint64_t chan);
+/* [thread] Messages in a thread's hands. sh_chan_hold records `msg` (0:
+ * nothing) as the message the calling thread holds mid-send (filled, not yet
+ * queued: sh_chan_send clears it under the ring's lock as it queues it) or
+ * mid-receive (sh_chan_recv_held records what it takes off the ring; the
+ * receiver clears it once the message is its own). sh_chan_unhold clears
+ * the record if it is `msg`. [any] sh_chan_reclaim_dead frees the messages
+ * held by threads of processes that died (pid and start time), once each;
+ * call it before sh_reclaim_dead_threads gives their slots back.
+ * sh_chan_in_hand counts the messages recorded now. */
+int sh_chan_hold(sh_arena_t *arena, uint64_t msg);
+void sh_chan_unhold(sh_arena_t *arena, uint64_t msg);
+int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
+int sh_chan_reclaim_dead(sh_arena_t *arena, uint64_t *blocks);
+uint32_t sh_chan_in_hand(const sh_arena_t *arena);
 int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);
 /* [any] Drain a closed (or abandoned) channel's messages: each offset to
  * `each` (the caller frees them), then the ring is empty. Returns how many. */

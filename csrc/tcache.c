@@ -271,6 +271,7 @@ static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
    * counts on from them. */
   for (int i = 0; i < SH_TC_BINDINGS; i++)
     if (_sh_tc_tls[i].slot == s) memset(&_sh_tc_tls[i], 0, sizeof _sh_tc_tls[i]);
+  sh_atomic_store_relaxed(&s->in_hand, 0); /* a dead holder's message went first (sh_chan_reclaim_dead) */
   sh_atomic_store_relaxed(&s->pid, 0);
   sh_atomic_store_release(&s->state, SH_TSLOT_FREE);
 }
@@ -288,6 +289,7 @@ static sh_tslot_t *sh_slot_take(sh_arena_t *a, int32_t pid, uint64_t start) {
     sh_atomic_store_relaxed(&s->pid, pid);
     sh_atomic_store_relaxed(&s->pid_start, start);
     sh_atomic_store_relaxed(&s->binder, a->instance);
+    sh_atomic_store_relaxed(&s->in_hand, 0);
     sh_atomic_store_release(&s->state, SH_TSLOT_BOUND);
     return s;
   }
@@ -343,19 +345,25 @@ int sh_thread_flush(sh_arena_t *a) {
   return SH_OK;
 }
 
+int32_t _sh_tc_slot_dead(const sh_arena_t *a, uint32_t i) {
+  sh_tslot_t *s = _sh_tc_slot_at(a, i);
+  if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) return 0;
+  int32_t pid = sh_atomic_load_relaxed(&s->pid);
+  uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start), start = 0;
+  if (pid == _sh_os_pid()) return 0;
+  int rc = sh_process_start_time(pid, &start);
+  if (rc == SH_OK && start == recorded) return 0; /* alive */
+  if (rc != SH_OK && rc != SH_ENOENT) return 0;  /* cannot tell: leave it */
+  return pid;
+}
+
 int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
   if (reclaimed) *reclaimed = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  int32_t me = _sh_os_pid();
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *s = _sh_tc_slot_at(a, i);
-    if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) continue;
-    int32_t pid = sh_atomic_load_relaxed(&s->pid);
-    uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start), start = 0;
-    if (pid == me) continue;
-    int rc = sh_process_start_time(pid, &start);
-    if (rc == SH_OK && start == recorded) continue; /* alive */
-    if (rc != SH_OK && rc != SH_ENOENT) continue;  /* cannot tell: leave it */
+    int32_t pid = _sh_tc_slot_dead(a, i);
+    if (pid == 0) continue;
     uint32_t st = SH_TSLOT_BOUND;
     if (!sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING)) continue;
     if (sh_atomic_load_relaxed(&s->pid) != pid) { /* rebound between our reads */

@@ -72,6 +72,9 @@ cdef class ChannelCore:
             rc = _alloc_off(heap, SH_OWNER_DEFAULT, 1, SH_PART_COMM, nbytes if nbytes else 1, &off, &usable)
             if rc:
                 _raise(rc)
+            # in this thread's hands until the ring has it (the send clears it
+            # as it queues): a sweep frees it if the process dies meanwhile
+            sh_chan_hold(heap.arena, off)
             memcpy(heap.base + off, view.buf, nbytes)
         finally:
             PyBuffer_Release(&view)
@@ -79,20 +82,27 @@ cdef class ChannelCore:
             if self._enqueue(off, nbytes, timeout_ns):
                 return True
         except BaseException:
+            sh_chan_unhold(heap.arena, off)
             _free_off(heap, off)
             raise
+        sh_chan_unhold(heap.arena, off)
         _free_off(heap, off)
         return False
 
-    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size) except -1:
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, bint hold) except -1:
+        # hold: the message stays recorded as this thread's until the caller
+        # owns it (recv_block clears it once its Block exists)
         cdef CoreHeap heap = self.heap
         cdef sh_arena_t *arena = heap.arena
         cdef uint64_t chan = self.offset
-        cdef int rc = sh_chan_recv(arena, chan, msg, size, 0)
+        cdef int rc = sh_chan_recv_held(arena, chan, msg, size, 0) if hold else sh_chan_recv(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
             heap.inflight += 1
             with nogil:
-                rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
+                if hold:
+                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns)
+                else:
+                    rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
             heap.inflight -= 1
         if rc == SH_ETIMEDOUT:
             return 0
@@ -107,24 +117,26 @@ cdef class ChannelCore:
         cdef CoreHeap heap = self.heap
         heap._check_writable()
         cdef uint64_t msg = 0, size = 0
-        if not self._dequeue(timeout_ns, &msg, &size):
+        if not self._dequeue(timeout_ns, &msg, &size, True):
             return None
         cdef sh_block_info_t info
         if (sh_block_info(heap.arena, msg, &info) != SH_OK or info.owner != SH_OWNER_DEFAULT
                 or size > info.usable_size):
+            sh_chan_unhold(heap.arena, msg)  # not a block: nothing for a sweep to free
             raise HeapCorrupt(f"channel at {self.offset}: a message names offset {msg} ({size} bytes), "
                               f"which is not a block of the shared default", "SH_ECORRUPT")
         cdef Block blk = heap._new_block(msg, size, SH_OWNER_DEFAULT,
                                          sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
                                          info.usable_size, <int>info.partition, 0)
         blk.owns = True  # the receiver's: freed when it frees it or drops it
+        sh_chan_unhold(heap.arena, msg)
         return blk
 
     def recv_raw(self, int64_t timeout_ns):
         """(offset, size) of the next message, or None: for draining."""
         self.heap._check_writable()
         cdef uint64_t msg = 0, size = 0
-        if not self._dequeue(timeout_ns, &msg, &size):
+        if not self._dequeue(timeout_ns, &msg, &size, False):
             return None
         return msg, size
 

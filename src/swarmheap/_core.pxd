@@ -76,4 +76,4 @@ cdef class ChannelCore:
     cdef readonly uint64_t max_message
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1
-    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size) except -1
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, bint hold) except -1

@@ -400,17 +400,27 @@ cdef class CoreHeap(_Arena):
         self.inflight -= 1
 
     def _reclaim_dead_threads(self):
-        """Give back the thread caches of processes that died; how many."""
+        """Free the channel messages that threads of processes that died held
+        mid-send or mid-receive, then give back their thread caches:
+        (messages, thread slots)."""
         self._check_writable()
         cdef uint32_t n = 0
+        cdef uint64_t messages = 0
         cdef int rc
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            rc = sh_reclaim_dead_threads(arena, &n)
+            rc = sh_chan_reclaim_dead(arena, &messages)  # first: the slots hold the record
+            if rc == SH_OK:
+                rc = sh_reclaim_dead_threads(arena, &n)
         self.inflight -= 1
         if rc:
             _raise(rc)
-        return n
+        return messages, n
+
+    def _messages_in_hand(self):
+        """Channel messages threads hold mid-send or mid-receive now."""
+        self._check_open()
+        return sh_chan_in_hand(self.arena)
 
 

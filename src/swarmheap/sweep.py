@@ -40,6 +40,7 @@ class SweepResult:
     promoted: int = 0
     deferred: int = 0  # reclaimable but pinned by a live view
     thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
+    messages: int = 0  # channel messages dead processes held mid-send or mid-receive, freed (generation >= 1)
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
     offloaded: int = 0  # agents the offload policy moved to its store
@@ -63,6 +64,7 @@ class SweepResult:
         self.promoted += other.promoted
         self.deferred += other.deferred
         self.thread_caches += other.thread_caches
+        self.messages += other.messages
         self.leased_blocks += other.leased_blocks
         self.pins_dropped += other.pins_dropped
         self.recycled.extend(other.recycled)
@@ -170,9 +172,10 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
     _sweep_queue(heap, 0, result, live, now)
     if generation >= 1:
         _sweep_queue(heap, 1, result, live, now)
-        # free blocks a dead process's threads cached, of the shared default
+        # channel messages a dead process's threads held mid-send or
+        # mid-receive, then the free blocks they cached, of the shared default
         # heap above all (an agent's come back with the agent anyway)
-        result.thread_caches = heap._reclaim_dead_threads()
+        result.messages, result.thread_caches = heap._reclaim_dead_threads()
         # nursery blocks a process killed inside a free or a recycle left behind
         result.nursery_blocks = heap._nursery_reclaim()
         # blocks of the shared default whose holder let their lease run out

@@ -1,5 +1,6 @@
 /* Unit tests of the C core: options, size classes, blocks, partitions,
  * owners, pins, corruption detection, shared mappings, lock repair. */
+#include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -527,6 +528,51 @@ static void test_nursery_opt_out(void) {
   sh_close(a);
 }
 
+/* A sender killed while it waits with a filled message in a full channel:
+ * its thread slot names the message, and the dead-process sweep frees it
+ * (once), leaving the ring as it was. */
+static void test_dead_sender_message(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_unit_chan_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  uint64_t chan, first;
+  REQUIRE("channel", sh_chan_create(a, 1, 1024, &chan) == SH_OK);
+  REQUIRE("first", sh_alloc(a, 0, SH_PART_COMM, 64, &first) == SH_OK);
+  CHECK("fills the ring", sh_chan_send(a, chan, first, 64, 0) == SH_OK);
+  sh_partition_stats_t before;
+  sh_partition_stats(a, SH_PART_COMM, &before);
+  pid_t child = fork();
+  if (child == 0) {
+    sh_arena_t *ca;
+    uint64_t msg;
+    if (sh_attach(&ca, SH_BACKING_SHM, name, 0) != SH_OK) _exit(2);
+    if (sh_alloc(ca, 0, SH_PART_COMM, 64, &msg) != SH_OK) _exit(3);
+    sh_chan_hold(ca, msg);
+    sh_chan_send(ca, chan, msg, 64, -1); /* waits for room until killed */
+    _exit(4);
+  }
+  for (int i = 0; i < 60000 && sh_chan_in_hand(a) == 0; i++) usleep(1000);
+  CHECK("the sender holds its message", sh_chan_in_hand(a) == 1);
+  kill(child, SIGKILL);
+  int status;
+  waitpid(child, &status, 0);
+  uint64_t freed = 0;
+  CHECK("reclaimed", sh_chan_reclaim_dead(a, &freed) == SH_OK && freed == 1 && sh_chan_in_hand(a) == 0);
+  CHECK("once", sh_chan_reclaim_dead(a, &freed) == SH_OK && freed == 0);
+  sh_partition_stats_t after;
+  sh_partition_stats(a, SH_PART_COMM, &after);
+  CHECK("its block went back", after.in_use == before.in_use && after.frees == before.frees + 1);
+  uint64_t msg, size;
+  CHECK("the ring kept the first", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == first);
+  uint32_t slots = 0;
+  CHECK("the dead slot goes", sh_reclaim_dead_threads(a, &slots) == SH_OK && slots == 1);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+  sh_unlink(SH_BACKING_SHM, name);
+}
+
 int main(void) {
   test_nursery_opt_out();
   test_sweep_queues();
@@ -542,5 +588,6 @@ int main(void) {
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();
+  test_dead_sender_message();
   return check_summary("test_unit");
 }

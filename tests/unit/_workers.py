@@ -374,6 +374,15 @@ def chan_loop_until_killed(name: str, chan: str, role: str, ready: Any) -> None:
             i += 1
 
 
+def chan_send_blocked(name: str, chan: str, ready: Any) -> None:
+    """Send one message, without a lease, into a full channel: it waits, the
+    filled block in this process's hands, until the process is killed."""
+    heap = sh.Heap.attach(name)
+    ch = heap.channel(chan)
+    ready.put(os.getpid())
+    ch.send(b"w" * 64)
+
+
 def langgraph_resume(name: str, thread_id: str) -> dict[str, Any]:
     """Another process resumes a LangGraph thread by id from the shared heap."""
     from lg_graph import build

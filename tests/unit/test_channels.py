@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import swarmheap as sh
-from _workers import chan_consumer, chan_loop_until_killed, chan_producer
+from _workers import chan_consumer, chan_loop_until_killed, chan_producer, chan_send_blocked
 
 
 def test_round_trip_zero_copy_and_block_moves(heap: sh.Heap) -> None:
@@ -182,6 +182,35 @@ def test_kills_lose_nothing_beyond_the_killed_hands(heap_name: str) -> None:
         heap.collect(2)
         heap.check()
         assert heap.stats()["partitions"]["comm"]["in_use"] <= heap.good_size(ch.capacity * 16 + 4096)
+        ch.unlink()
+
+
+def test_a_message_a_killed_sender_held_is_reclaimed(heap_name: str) -> None:
+    # no lease: the sender's thread slot records the filled block it waits
+    # with, and the sweep that finds the process dead frees it
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        ch = heap.channel("narrow", 1)
+        assert ch.try_send(b"first")  # now full: the worker's send waits
+        comm = heap.stats()["partitions"]["comm"]["in_use"]
+        ctx = mp.get_context("spawn")
+        ready = ctx.Queue()
+        proc = ctx.Process(target=chan_send_blocked, args=(heap_name, "narrow", ready))
+        proc.start()
+        assert isinstance(ready.get(timeout=60), int)
+        deadline = time.monotonic() + 60
+        while heap._messages_in_hand() == 0:  # the worker's block is filled and recorded
+            assert time.monotonic() < deadline, "the sender never held its message"
+            time.sleep(0.005)
+        assert heap.stats()["partitions"]["comm"]["in_use"] == comm + heap.good_size(64)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        assert heap.collect(0).messages == 0  # young sweeps leave dead processes to the older ones
+        assert heap.collect(1).messages == 1
+        assert heap._messages_in_hand() == 0 and heap.collect(1).messages == 0  # once
+        assert heap.stats()["partitions"]["comm"]["in_use"] == comm
+        assert bytes(ch.recv(timeout=5)) == b"first" and ch.try_recv() is None  # the ring was not touched
+        heap.check()
         ch.unlink()
 
 

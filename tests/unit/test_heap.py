@@ -99,7 +99,7 @@ def test_attach_missing() -> None:
     [
         (lambda data: data[:100], "SH_ETRUNCATED"),
         (lambda data: b"NOTAHEAP" + data[8:], "SH_EMAGIC"),
-        (lambda data: data[:8] + b"\x07" + data[9:], "SH_EVERSION"),
+        (lambda data: data[:8] + b"\x63" + data[9:], "SH_EVERSION"),
         (lambda data: data[:40] + bytes([data[40] ^ 0xFF]) + data[41:], "SH_ECHECKSUM"),
         (lambda data: bytes(len(data)), "SH_EMAGIC"),
     ],
