@@ -14,70 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sh_internal.h"
-
-static inline uint64_t sh_lease_home(const sh_arena_t *a, uint64_t key) {
-  return ((key >> SH_UNIT_SHIFT) * UINT64_C(0x9E3779B97F4A7C15)) >> 20 & a->lease_mask;
-}
-
-/* Index of the entry for `key`, or of the empty slot where it would go. */
-static uint64_t sh_lease_find(const sh_arena_t *a, uint64_t key) {
-  uint64_t i = sh_lease_home(a, key);
-  /* bounded: a damaged table with no empty slot must not hang the caller */
-  for (uint64_t steps = 0; steps <= a->lease_mask; steps++) {
-    if (a->leases[i].key == 0 || a->leases[i].key == key) return i;
-    i = (i + 1) & a->lease_mask;
-  }
-  return i;
-}
-
-static void sh_lease_delete_at(sh_arena_t *a, uint64_t i) {
-  uint64_t j = i;
-  for (uint64_t steps = 0; steps < a->lease_mask; steps++) {
-    j = (j + 1) & a->lease_mask;
-    if (a->leases[j].key == 0) break;
-    uint64_t k = sh_lease_home(a, a->leases[j].key);
-    bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j); /* k cyclically in (i, j] */
-    if (stays) continue;
-    a->leases[i] = a->leases[j];
-    i = j;
-  }
-  if (a->leases[i].deadline_ns) sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
-  memset(&a->leases[i], 0, sizeof a->leases[i]);
-  sh_atomic_sub_relaxed(&a->hdr->entry_count, 1);
-}
-
-/* A holder that died mid-change may have left a key twice or out of place:
- * rebuild the table from its entries, keeping each key once. */
-static void sh_lease_repair_locked(sh_arena_t *a) {
-  uint64_t cap = a->lease_mask + 1, n = 0;
-  sh_lease_t *copy = malloc(cap * sizeof *copy);
-  if (!copy) return; /* keep what is there: lookups still terminate */
-  for (uint64_t i = 0; i < cap; i++)
-    if (a->leases[i].key) copy[n++] = a->leases[i];
-  memset(a->leases, 0, cap * sizeof *a->leases);
-  sh_atomic_store_relaxed(&a->hdr->lease_count, 0);
-  sh_atomic_store_relaxed(&a->hdr->entry_count, 0);
-  for (uint64_t k = 0; k < n; k++) {
-    if (copy[k].key > a->size) continue; /* a damaged key names no block */
-    uint64_t i = sh_lease_find(a, copy[k].key);
-    if (a->leases[i].key) continue;
-    a->leases[i] = copy[k];
-    sh_atomic_add_relaxed(&a->hdr->entry_count, 1);
-    if (copy[k].deadline_ns) sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
-  }
-  free(copy);
-}
-
-static void sh_lease_lock(sh_arena_t *a) {
-  if (_sh_lock_acquire_repair(&a->hdr->lease_lock)) {
-    sh_lease_repair_locked(a);
-    pthread_mutex_consistent(&a->hdr->lease_lock.mutex);
-  }
-}
-static void sh_lease_unlock(sh_arena_t *a) { pthread_mutex_unlock(&a->hdr->lease_lock.mutex); }
-
-
+#include "sh_lease.h"
 
 static sh_page_t *sh_lease_page(sh_arena_t *a, uint64_t offset) {
   return &a->pages[offset >> a->page_shift];
@@ -170,14 +107,6 @@ int sh_lease_get(sh_arena_t *a, uint64_t offset, uint64_t *deadline_ns) {
   if (found) *deadline_ns = a->leases[i].deadline_ns;
   sh_lease_unlock(a);
   return found ? SH_OK : _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
-}
-
-void _sh_lease_forget(sh_arena_t *a, uint64_t offset) {
-  if (a->read_only) return;
-  sh_lease_lock(a);
-  uint64_t i = sh_lease_find(a, offset + 1);
-  if (a->leases[i].key != 0) sh_lease_delete_at(a, i);
-  sh_lease_unlock(a);
 }
 
 int sh_lease_clear(sh_arena_t *a, uint64_t offset) {

@@ -84,18 +84,6 @@ bool _sh_lock_acquire_repair(sh_lock_t *lock) {
   return true;
 }
 
-void _sh_part_lock(sh_arena_t *arena, int partition) {
-  sh_lock_t *lock = &arena->hdr->part_lock[partition];
-  if (sh_unlikely(_sh_lock_acquire_repair(lock))) {
-    _sh_partition_repair_locked(arena, partition);
-    pthread_mutex_consistent(&lock->mutex);
-  }
-}
-
-void _sh_part_unlock(sh_arena_t *arena, int partition) {
-  pthread_mutex_unlock(&arena->hdr->part_lock[partition].mutex);
-}
-
 void _sh_owner_lock(sh_arena_t *arena) {
   sh_lock_t *lock = &arena->hdr->owner_lock;
   /* Owner slots change state in one release store, the last step of every

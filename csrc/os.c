@@ -211,3 +211,18 @@ void _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) 
 }
 
 void _sh_futex_wake(_Atomic uint32_t *word) { syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
+
+/* Reading /proc costs more than the rest of creating an owner: remember this
+ * process's start time, per thread so no lock is needed, keyed by pid so a
+ * forked child reads its own. */
+uint64_t _sh_own_start_time(int32_t pid) {
+  static _Thread_local int32_t cached_pid;
+  static _Thread_local uint64_t cached_start;
+  if (cached_pid != pid) {
+    uint64_t start = 0;
+    if (sh_process_start_time(pid, &start) != SH_OK) return 0;
+    cached_start = start;
+    cached_pid = pid;
+  }
+  return cached_start;
+}

@@ -7,21 +7,6 @@
 
 static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
 
-/* Reading /proc costs more than the rest of creating an owner: remember this
- * process's start time, per thread so no lock is needed, keyed by pid so a
- * forked child reads its own. */
-uint64_t _sh_own_start_time(int32_t pid) {
-  static _Thread_local int32_t cached_pid;
-  static _Thread_local uint64_t cached_start;
-  if (cached_pid != pid) {
-    uint64_t start = 0;
-    if (sh_process_start_time(pid, &start) != SH_OK) return 0;
-    cached_start = start;
-    cached_pid = pid;
-  }
-  return cached_start;
-}
-
 int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *generation) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   uint64_t now = _sh_os_now_ns();
@@ -67,20 +52,6 @@ static int sh_owner_lookup(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_ow
                     id, gen, g, st == SH_OWNER_FREE ? "free" : "reused");
   *out = o;
   return SH_OK;
-}
-
-/* Adds one page's live blocks to `info` (under the partition lock). */
-void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
-  const sh_page_t *pg = &a->pages[pi];
-  if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
-    if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* free: a thread keeps it for reuse */
-    info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
-    info->blocks++;
-    return;
-  }
-  uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-  info->bytes[part] += (uint64_t)used * a->classes[_sh_pg_class(a, pg)].size;
-  info->blocks += used;
 }
 
 /* The owner-0 block the owner holds (SH_USER_WORD_HELD) counts as its own. */
@@ -452,21 +423,6 @@ int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, u
   uint32_t old = sh_atomic_exchange_acq_rel(&o->reserved_kib, (uint32_t)kib);
   if (old) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)old << 10);
   return SH_OK;
-}
-
-/* The agent took `bytes` of pages in `context`: that much of its reservation
- * is now in pages, and counting it twice (pages and reservation) would turn
- * away admissions that fit. What is left of it still returns at recycle. */
-void _sh_owner_reservation_use(sh_arena_t *a, sh_owner_t *o, uint64_t bytes) {
-  uint32_t kib = sh_atomic_load_relaxed(&o->reserved_kib);
-  if (kib == 0) return;
-  uint64_t want = bytes >> 10;
-  uint32_t take;
-  do {
-    take = want < kib ? (uint32_t)want : kib;
-    if (take == 0) return;
-  } while (!sh_atomic_cas_weak_acq_rel(&o->reserved_kib, &kib, kib - take));
-  sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)take << 10);
 }
 
 uint32_t sh_room_seq(const sh_arena_t *a) { return sh_atomic_load_acquire(&a->hdr->room_seq); }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "sh_lease.h"
 #include "sh_page.h"
 
 /* ----- Counters ------------------------------------------------------------ */
@@ -657,39 +658,6 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
   int mag = sh_alloc_mag(a, owner, partition, size, offset);
   if (sh_likely(mag == SH_MAG_HIT)) return SH_OK;
   return sh_alloc_rest(a, owner, partition, size, offset, sh_rest_flags(0, mag));
-}
-
-/* The generation is read before and after: a recycle between the two (and a
- * new tenant of the slot) would otherwise receive the block. */
-static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition,
-                                      size_t size, uint64_t *offset, uint64_t *usable, bool may_lock) {
-  int rc = SH_NURSERY_PASS;
-  if (owner != SH_OWNER_DEFAULT) {
-    if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
-      return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
-    if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK)
-      rc = _sh_nursery_alloc(a, owner, (int)partition, size, may_lock, offset);
-  }
-  bool nursery = rc == SH_OK; /* its class is at least SH_NURSERY_MIN_BLOCK */
-  if (rc == SH_NURSERY_PASS)
-    rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
-  if (sh_unlikely(rc != SH_OK)) return rc;
-  if (owner != SH_OWNER_DEFAULT && sh_unlikely(sh_atomic_load_acquire(&a->owners[owner].generation) != gen)) {
-    sh_free(a, *offset);
-    return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
-  }
-  *usable = sh_good_size(a, nursery && size < SH_NURSERY_MIN_BLOCK ? SH_NURSERY_MIN_BLOCK : size);
-  return SH_OK;
-}
-
-int sh_alloc_owner(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition, size_t size,
-                   uint64_t *offset, uint64_t *usable) {
-  return sh_alloc_owner_impl(a, owner, gen, partition, size, offset, usable, true);
-}
-
-int sh_alloc_owner_nolock(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition, size_t size,
-                          uint64_t *offset, uint64_t *usable) {
-  return sh_alloc_owner_impl(a, owner, gen, partition, size, offset, usable, false);
 }
 
 /* Zeroed blocks. A run of pages that were never handed out still holds the

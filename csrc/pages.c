@@ -391,3 +391,64 @@ void _sh_partition_repair_locked(sh_arena_t *a, int part) {
   sh_atomic_store_relaxed(&a->hdr->pages_used[part], used);
 }
 
+
+/* ---- Partition locks, and owners' page accounting ----------------------------
+ * Here, not in lock.c and owner.c: a partition's lock repairs its pages when
+ * its holder died, and page life charges owners; the calls go down only. */
+
+void _sh_part_lock(sh_arena_t *arena, int partition) {
+  sh_lock_t *lock = &arena->hdr->part_lock[partition];
+  if (sh_unlikely(_sh_lock_acquire_repair(lock))) {
+    _sh_partition_repair_locked(arena, partition);
+    pthread_mutex_consistent(&lock->mutex);
+  }
+}
+
+void _sh_part_unlock(sh_arena_t *arena, int partition) {
+  pthread_mutex_unlock(&arena->hdr->part_lock[partition].mutex);
+}
+
+/* Adds one page's live blocks to `info` (under the partition lock). */
+void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info_t *info) {
+  const sh_page_t *pg = &a->pages[pi];
+  if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
+    if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* free: a thread keeps it for reuse */
+    info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    info->blocks++;
+    return;
+  }
+  uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
+  info->bytes[part] += (uint64_t)used * a->classes[_sh_pg_class(a, pg)].size;
+  info->blocks += used;
+}
+
+/* The agent took `bytes` of pages in `context`: that much of its reservation
+ * is now in pages, and counting it twice (pages and reservation) would turn
+ * away admissions that fit. What is left of it still returns at recycle. */
+void _sh_owner_reservation_use(sh_arena_t *a, sh_owner_t *o, uint64_t bytes) {
+  uint32_t kib = sh_atomic_load_relaxed(&o->reserved_kib);
+  if (kib == 0) return;
+  uint64_t want = bytes >> 10;
+  uint32_t take;
+  do {
+    take = want < kib ? (uint32_t)want : kib;
+    if (take == 0) return;
+  } while (!sh_atomic_cas_weak_acq_rel(&o->reserved_kib, &kib, kib - take));
+  sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)take << 10);
+}
+
+const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi, const sh_tc_entry_t **entry) {
+  const sh_page_t *pg = &a->pages[pi];
+  uint32_t claim = sh_atomic_load_acquire(&pg->claim);
+  if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
+  /* an entry only ever caches pages of its own key: one place to look */
+  uint32_t c = (uint32_t)_sh_pg_class(a, pg);
+  const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
+                                        _sh_pg_part(pg), (int)c);
+  uint32_t w = sh_claim_way(claim);
+  if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim) {
+    if (entry) *entry = e;
+    return &e->way[w];
+  }
+  return NULL;
+}

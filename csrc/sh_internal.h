@@ -119,7 +119,6 @@ sh_internal int _sh_nursery_owner(const sh_arena_t *arena, uint64_t offset, uint
 sh_internal int _sh_nursery_check(const sh_arena_t *arena);
 
 /* ---- lease.c ---- */
-sh_internal void _sh_lease_forget(sh_arena_t *arena, uint64_t offset);
 
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);

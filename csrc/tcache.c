@@ -386,18 +386,3 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
 
 uint64_t sh_magazine_blocks(const sh_arena_t *a) { return _sh_mag_held(a, -1, -1, NULL); }
 
-const sh_tc_way_t *_sh_tc_holder(const sh_arena_t *a, uint32_t pi, const sh_tc_entry_t **entry) {
-  const sh_page_t *pg = &a->pages[pi];
-  uint32_t claim = sh_atomic_load_acquire(&pg->claim);
-  if (claim == 0 || sh_claim_slot(claim) >= a->nslots) return NULL;
-  /* an entry only ever caches pages of its own key: one place to look */
-  uint32_t c = (uint32_t)_sh_pg_class(a, pg);
-  const sh_tc_entry_t *e = _sh_tc_entry(a, _sh_tc_slot_at(a, sh_claim_slot(claim)), sh_atomic_load_relaxed(&pg->owner),
-                                        _sh_pg_part(pg), (int)c);
-  uint32_t w = sh_claim_way(claim);
-  if (w < SH_TC_WAYS && sh_atomic_load_relaxed(&e->way[w].page) == pi && sh_atomic_load_relaxed(&e->way[w].claim) == claim) {
-    if (entry) *entry = e;
-    return &e->way[w];
-  }
-  return NULL;
-}
