@@ -87,17 +87,12 @@ int _sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64
   uint32_t pi = _sh_bitmap_take(a, part, n);
   if (pi == SH_NIL && _sh_reclaim_empty_locked(a, part)) pi = _sh_bitmap_take(a, part, n);
   sh_tslot_t *slot = _sh_tc_slot(a, false);
-  if (pi == SH_NIL && slot) {
-    /* this thread's cached pages may be what stands in the way */
-    _sh_part_unlock(a, part);
-    _sh_tc_flush_partition(a, slot, part);
-    _sh_part_lock(a, part);
-    _sh_reclaim_empty_locked(a, part);
-    pi = _sh_bitmap_take(a, part, n);
-  }
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
-    return SH_LARGE_NO_PAGES; /* the caller says why (page.c: it reads the magazines) */
+    /* the caller flushes this thread's caches of the partition (their pages
+     * may be what stands in the way) and asks again, or says why it failed
+     * (page.c: it reads the magazines) */
+    return SH_LARGE_NO_PAGES;
   }
   sh_run_format_locked(a, owner, part, pi, n, size, fresh);
   _sh_part_unlock(a, part);

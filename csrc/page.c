@@ -338,6 +338,8 @@ uint64_t _sh_mag_held(const sh_arena_t *a, int part, int c, uint64_t *bytes) {
   return n;
 }
 
+uint64_t sh_magazine_blocks(const sh_arena_t *a) { return _sh_mag_held(a, -1, -1, NULL); }
+
 bool _sh_mag_holds(const sh_arena_t *a, int part, int c, uint64_t offset) {
   if ((uint32_t)c >= a->mag_classes) return false;
   uint32_t unit = (uint32_t)(offset >> SH_UNIT_SHIFT);
@@ -430,6 +432,23 @@ static void sh_way_swap(sh_arena_t *a, sh_tc_entry_t *e, uint32_t w) {
   sh_atomic_store_relaxed(&held.local, sh_atomic_load_relaxed(&e->way[0].local));
   sh_way_move(a, &e->way[w], &e->way[0], 0);
   sh_way_move(a, &held, &e->way[w], w);
+}
+
+/* Gives back the calling thread's magazines, runs and cached pages of one
+ * partition: a full partition's last resort before it says so. Here, not in
+ * tcache.c: the magazines' blocks go back through the free path. */
+void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
+  _sh_tc_mag_flush(a, s, part);
+  for (int i = 0; i < SH_TC_RUNS; i++) {
+    uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
+    if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_run_flush(a, &s->runs[i]);
+  }
+  sh_tc_entry_t *entries = _sh_tc_entries(s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++)
+    for (int w = 0; w < SH_TC_WAYS; w++) {
+      uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
+      if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_way_flush(a, &entries[i], w);
+    }
 }
 
 /* Gives way 0 a page of its own: the bin's unclaimed page with the most free
@@ -590,6 +609,10 @@ __attribute__((noinline)) static int sh_alloc_impl(sh_arena_t *a, uint32_t owner
     if (slot && _sh_tc_take_run(a, slot, owner, part, size, offset)) return SH_OK;
     if (!may_lock) return SH_EAGAIN;
     int rc = _sh_alloc_large(a, owner, part, size, offset, fresh);
+    if (rc == SH_LARGE_NO_PAGES && slot) {
+      _sh_tc_flush_partition(a, slot, part);
+      rc = _sh_alloc_large(a, owner, part, size, offset, fresh);
+    }
     if (rc == SH_LARGE_NO_PAGES) return sh_partition_full(a, part, size, _sh_run_pages(a, size));
     return rc;
   }

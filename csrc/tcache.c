@@ -243,20 +243,6 @@ void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
   sh_atomic_store_release(&r->page, SH_NIL);
 }
 
-void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
-  _sh_tc_mag_flush(a, s, part);
-  for (int i = 0; i < SH_TC_RUNS; i++) {
-    uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
-    if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_run_flush(a, &s->runs[i]);
-  }
-  sh_tc_entry_t *entries = _sh_tc_entries(s);
-  for (uint32_t i = 0; i <= a->tc_mask; i++)
-    for (int w = 0; w < SH_TC_WAYS; w++) {
-      uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
-      if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_way_flush(a, &entries[i], w);
-    }
-}
-
 /* Empties a slot and frees it; its counters fold into the shared stripes so
  * the totals survive the slot. The caller owns the slot (its thread, its
  * process's close, or the sweep that moved it to FLUSHING). */
@@ -384,5 +370,4 @@ void sh_thread_slots(const sh_arena_t *a, uint32_t *bound, uint32_t *total) {
   *total = a->nslots;
 }
 
-uint64_t sh_magazine_blocks(const sh_arena_t *a) { return _sh_mag_held(a, -1, -1, NULL); }
 
