@@ -217,6 +217,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         )
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
         self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
+        # (agent id, generation, entry name) -> a checkpoint record's offset,
+        # frame header and serde pair, as this saver wrote or checked it
+        self._records: OrderedDict[tuple[int, int, str], tuple[int, bytes, tuple[str, bytes]]] = OrderedDict()
         # (agent id, generation, ns, channel) -> the entry name of its newest version here
         self._newest: dict[tuple[int, int, str, str], str] = {}
         if store is not None:
@@ -378,10 +381,31 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return self._delta_parts(record)[1] if record[:1] == _DELTA else None
 
     def _get(self, agent: Any, name: str) -> Any:
+        # A record this saver wrote or checked: the frame header (its checksum
+        # and sizes) is read back from the arena and compared, so a record
+        # rewritten in place, by anyone, is read again; the rest is not.
+        entry = agent._read_index()[2].get(name)
+        key = (agent.id, agent.generation, name)
+        hit = self._records.get(key)
+        if hit is not None and entry is not None and hit[0] == entry[0]:
+            head = self.heap._owner_read(agent.id, agent.generation, entry[0], len(hit[1]))
+            if head == hit[1]:
+                return self.serde.loads_typed(hit[2])
         try:
-            return self.serde.loads_typed(self._unpack(agent.read(name)))
+            blob = agent.read(name)
         except KeyError:
             raise SwarmSaverError(f"thread data names {name!r}, which is not there") from None
+        typed = self._unpack(blob)
+        if entry is not None:
+            self._remember_record(key, entry[0], blob, typed)
+        return self.serde.loads_typed(typed)
+
+    def _remember_record(
+        self, key: tuple[int, int, str], offset: int, blob: bytes, typed: tuple[str, bytes]
+    ) -> None:
+        self._records[key] = (offset, blob[: snapshot.FRAME.size], typed)
+        if len(self._records) > _RAW_CACHE:
+            self._records.popitem(last=False)
 
     # ---- the BaseCheckpointSaver protocol ----
 
@@ -421,8 +445,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             items[name] = self._pack_value(agent, name, raw, base, value)
             self._newest[newest] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
-        items[f"cp/{ns}/{checkpoint['id']}"] = self._pack(self.serde.dumps_typed(record))
+        typed = self.serde.dumps_typed(record)
+        cp_name = f"cp/{ns}/{checkpoint['id']}"
+        items[cp_name] = self._pack(typed)
         self._put_entries(agent, items)
+        entry = agent._read_index()[2].get(cp_name)  # the index this process just wrote: cached
+        if entry is not None:
+            self._remember_record((agent.id, agent.generation, cp_name), entry[0], items[cp_name], typed)
         if self.keep is not None:
             self._trim(agent, ns, self.keep)
         return {

@@ -244,3 +244,17 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     got = fresh.get_tuple({"configurable": {"thread_id": "chat"}})
     assert got.checkpoint["channel_values"]["messages"] == messages
     heap.check()
+
+
+def test_a_record_rewritten_elsewhere_is_read_again(heap: sh.Heap) -> None:
+    # a saver keeps what it wrote, checked against the frame header in the
+    # arena: another saver (any process) writing the same checkpoint is seen
+    first, second = SwarmSaver(heap), SwarmSaver(heap)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "shared", "checkpoint_ns": ""}}
+    cp = create_checkpoint(empty_checkpoint(), None, 1)
+    cp["channel_values"], cp["channel_versions"] = {"count": 1}, {"count": 1}
+    first.put(cfg, cp, {"source": "loop", "step": 1, "who": "first"}, {"count": 1})
+    assert first.get_tuple(cfg).metadata["who"] == "first"
+    second.put(cfg, cp, {"source": "loop", "step": 1, "who": "second"}, {"count": 1})
+    assert first.get_tuple(cfg).metadata["who"] == "second"
+    heap.check()
