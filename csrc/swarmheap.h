@@ -383,7 +383,7 @@ int sh_chan_close(sh_arena_t *arena, uint64_t chan);
  * receiver clears it once the message is its own). sh_chan_unhold clears
  * the record if it is `msg`. [any] sh_chan_reclaim_dead frees the messages
  * held by threads of processes that died (pid and start time), once each;
- * call it before sh_reclaim_dead_threads gives their slots back.
+ * sh_reclaim_dead_threads gives back a dead slot only once it names none.
  * sh_chan_in_hand counts the messages recorded now. */
 int sh_chan_hold(sh_arena_t *arena, uint64_t msg);
 void sh_chan_unhold(sh_arena_t *arena, uint64_t msg);

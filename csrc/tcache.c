@@ -257,7 +257,6 @@ static void sh_slot_release(sh_arena_t *a, sh_tslot_t *s) {
    * counts on from them. */
   for (int i = 0; i < SH_TC_BINDINGS; i++)
     if (_sh_tc_tls[i].slot == s) memset(&_sh_tc_tls[i], 0, sizeof _sh_tc_tls[i]);
-  sh_atomic_store_relaxed(&s->in_hand, 0); /* a dead holder's message went first (sh_chan_reclaim_dead) */
   sh_atomic_store_relaxed(&s->pid, 0);
   sh_atomic_store_release(&s->state, SH_TSLOT_FREE);
 }
@@ -349,7 +348,10 @@ int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *s = _sh_tc_slot_at(a, i);
     int32_t pid = _sh_tc_slot_dead(a, i);
-    if (pid == 0) continue;
+    /* a slot that still names a message in its thread's hands waits for the
+     * sweep, which frees the message first (sh_chan_reclaim_dead): giving
+     * the slot back here, when a bind found the table full, would lose it */
+    if (pid == 0 || sh_atomic_load_acquire(&s->in_hand) != 0) continue;
     uint32_t st = SH_TSLOT_BOUND;
     if (!sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING)) continue;
     if (sh_atomic_load_relaxed(&s->pid) != pid) { /* rebound between our reads */

@@ -38,6 +38,7 @@ cdef class _Arena:
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part, uint64_t tag)
+    cdef int _count_young(self) except -1
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
     cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data)
 

@@ -367,15 +367,21 @@ cdef class _Arena:
                 _raise(message_rc)
         return self._new_block(off, nbytes, oid, gen, usable, part, tag)
 
+    cdef int _count_young(self) except -1:
+        # one agent allocation or spawn toward the young sweep: a decrement,
+        # and the events object hears when the countdown runs out
+        if self._sweep_countdown > 1:
+            self._sweep_countdown -= 1
+        else:
+            self.events.on_countdown(self)
+        return 0
+
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition):
         # AgentCore.alloc: counts the allocation toward the young sweep (the
         # events object hears when the countdown runs out), allocates for the
         # agent in one C call that checks its generation, and on a full
         # partition lets the events object make room once.
-        if self._sweep_countdown > 1:
-            self._sweep_countdown -= 1
-        else:
-            self.events.on_countdown(self)
+        self._count_young()
         self._check_writable()
         cdef uint64_t nbytes = _size_arg(size)
         cdef int part = _part(partition)

@@ -25,10 +25,7 @@ cdef class CoreHeap(_Arena):
         agent allocation), created, given a reservation of ``reserve`` bytes
         (no bound: admission under a limit is the layer above's), its small
         blocks on pages of its own if ``own_pages``, and queued as young."""
-        if self._sweep_countdown > 1:
-            self._sweep_countdown -= 1
-        else:
-            self.events.on_countdown(self)
+        self._count_young()
         self._check_writable()
         cdef uint32_t oid, gen
         cdef int rc

@@ -82,15 +82,7 @@ class Agent(AgentCore):
         except (TypeError, BufferError):
             self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
             return
-        try:  # (_commit, written out: this is the hot path)
-            replaced = index.put_entries(
-                self._heap, self.id, self.generation, self.kind, [(name, blk.offset, nbytes)]
-            )[0]
-        except BaseException:
-            blk.free()
-            raise
-        if replaced:
-            self._free_entry(*replaced[0])
+        self._commit([blk], [(name, blk.offset, nbytes)])
 
     def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them

@@ -192,9 +192,7 @@ class Heap(CoreHeap):
             raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
-        prediction = (
-            (self._predictor.cache.get(kind) or self._predictor.cached(kind)) if (reserve or mode) else None
-        )
+        prediction = self._predictor.cached(kind) if (reserve or mode) else None
         # a confident kind outside admission modes: its reservation and layout come with the owner
         if prediction is not None and prediction.confident and mode is None:
             need, own_pages = _spawn_plan(prediction)

@@ -239,8 +239,7 @@ def put_entries(
     """update_index for entries set to (name, offset, size), the common put():
     names added to an index this process read last cost one encoded entry
     each and a swap. Returns the (offset, size) entries they replaced, and
-    the index words before and after (as update_index). Written out flat: it
-    runs once per put, and each helper call cost more than its work."""
+    the index words before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
     per_heap: _Cached | None = heap._index_cache
     shared: Entries | None = None
@@ -257,20 +256,13 @@ def put_entries(
     if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
         entries = dict(shared) if shared else {}
         for name, offset, size in new:
-            name_b = name.encode()
-            body += _ENTRY.pack(len(name_b), offset, size) + name_b
+            body += _entry_bytes(name, offset, size)
             entries[name] = (offset, size)
-        kind_b = old_kind.encode()
-        head = _HEADER.pack(_MAGIC, 1, len(kind_b), lease, len(entries), 0) + kind_b
-        new_word = heap._owner_held_swap(agent_id, generation, word, head + body)
+        new_word = heap._owner_held_swap(
+            agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
+        )
         if new_word:
-            if per_heap is None:
-                _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
-            else:
-                per_heap[agent_id] = (generation, new_word, (old_kind, lease, entries), body)
-                per_heap.move_to_end(agent_id)
-                if len(per_heap) > CACHE_SIZE:
-                    per_heap.popitem(last=False)
+            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
             return [], (word, new_word)
     replaced: list[tuple[int, int]] = []
 

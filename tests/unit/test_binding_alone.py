@@ -7,6 +7,13 @@ import sys
 import textwrap
 
 
+def run_alone(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (nothing else imported heap.py); it prints ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_core_heap_and_agent_core_without_the_python_layer() -> None:
     # a fresh interpreter, so that nothing else has imported heap.py
     code = textwrap.dedent(
@@ -53,9 +60,7 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    run_alone(code)
 
 
 def test_channel_core_without_the_python_layer() -> None:
@@ -89,6 +94,4 @@ def test_channel_core_without_the_python_layer() -> None:
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    run_alone(code)
