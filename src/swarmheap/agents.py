@@ -223,14 +223,19 @@ class Agent(AgentCore):
         self._ensure_live()
         return offload.snapshot_of(self, codec, level)[0]
 
-    def offload(self, store: Store | None = None) -> dict[str, Any]:
+    def offload(
+        self, store: Store | None = None, *, codec: str = "zstd", level: int | None = None
+    ) -> dict[str, Any]:
         """Write the agent's snapshot to ``store`` (the heap's default store if
         None), then give back its memory. Its id and generation stay valid,
         and touching it (get, put, alloc, names) restores it. A pinned agent
         is not offloaded (AgentStateError says why); a store that is down
-        raises StoreUnavailable and the agent stays in memory."""
+        raises StoreUnavailable and the agent stays in memory. The snapshot
+        is zstd at level 1 by default (offload is on the way of a spawn or an
+        allocation waiting for room: level 3 compresses 2 % smaller and about
+        1.4x slower), with the kind's dictionary once trained."""
         heap = self._heap
-        final = offload.offload(self, store if store is not None else heap.store)
+        final = offload.offload(self, store if store is not None else heap.store, codec, level)
         hooks = heap._hooks
         if hooks.table["offload"]:
             hooks.fire("offload", self.id, self.kind, final)

@@ -15,6 +15,7 @@ at any point leaves the agent in memory or restorable from the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -236,11 +237,9 @@ def snapshot_of(agent: Agent, codec: str = "zstd", level: int | None = None) -> 
     """The agent's blob, and the dictionary it names (None if none)."""
     deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
-    entries = []
-    for name, view in agent.items():
-        with view:
-            entries.append((name, bytes(view)))
-    raw = snapshot.encode_state(agent.kind, lease_left, entries)
+    with contextlib.ExitStack() as views:  # the entries are copied once, into the state
+        entries = [(name, views.enter_context(view)) for name, view in agent.items()]
+        raw = snapshot.encode_state(agent.kind, lease_left, entries)
     dictionaries: Dictionaries = agent.heap._dictionaries
     dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" else None
     blob = snapshot.pack(raw, codec, level, dictionary)
@@ -282,7 +281,10 @@ def _registry_name(agent: Agent) -> str:
     return f"offload/{agent.id}/{agent.generation}"
 
 
-def offload(agent: Agent, store: Store) -> dict[str, Any]:
+OFFLOAD_ZSTD_LEVEL = 1
+
+
+def offload(agent: Agent, store: Store, codec: str = "zstd", level: int | None = None) -> dict[str, Any]:
     heap = agent.heap
     if heap.read_only:
         raise ReadOnlyHeap("the heap is attached read-only: offload() writes; attach it without read_only")
@@ -293,7 +295,9 @@ def offload(agent: Agent, store: Store) -> dict[str, Any]:
         raise AgentStateError(
             f"agent {agent.id} has {pins['pins']} pin(s) (views from get() or arrays) open: not offloaded"
         )
-    blob, dictionary = snapshot_of(agent)
+    if level is None and codec == "zstd":
+        level = OFFLOAD_ZSTD_LEVEL
+    blob, dictionary = snapshot_of(agent, codec, level)
     key = agent_key(heap, agent)
     if dictionary is not None:
         heap._dictionaries.publish(dictionary, store)

@@ -7,9 +7,15 @@ A blob is a frame and a payload:
 
 little-endian, 38 bytes, then the payload: the state, compressed by the codec
 (zstd, lz4 or none; zstd with the kind's trained dictionary when it names
-one). The checksum is xxh64 when the `xxhash` package is there (the
-`compress` extra), else CRC-32 from zlib; the frame says which, so any reader
-checks it. The state is the agent's kind, the seconds left on its lease and
+one). A large state (CHUNKED_MIN and up, on a machine with two cores or
+more) is cut into CHUNK-byte pieces compressed as independent frames on a
+small thread pool, both ways: the codecs release the GIL, so offload and
+restore of a big agent use every core. Such a blob is format 2 with the
+CHUNKED flag, and its payload starts with a table (count, then each piece's
+compressed and raw sizes, u32 each); a format-1 reader refuses it as too
+new. The checksum is xxh64 when the `xxhash` package is there (the
+`compress` extra), else CRC-32 from zlib; the frame says which, so any
+reader checks it. The state is the agent's kind, the seconds left on its lease and
 its named entries. Its other live blocks are not in a snapshot: the caller
 holds them as Block objects, whose handles could not stay valid elsewhere.
 
@@ -21,10 +27,12 @@ the whole blob has been read and checked.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import threading
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from swarmheap._extras import require
@@ -33,7 +41,13 @@ from swarmheap.errors import CorruptSnapshot, SnapshotTooNew
 __all__ = ["CODECS", "FORMAT_VERSION", "State", "decode_state", "encode_state", "pack", "unpack"]
 
 MAGIC = b"SHSNAP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reads; a blob that is not chunked is still written as 1
+_PLAIN_VERSION = 1
+FLAG_CHUNKED = 1
+CHUNK = 256 << 10
+CHUNKED_MIN = 2 * CHUNK
+_CHUNK_COUNT = struct.Struct("<I")
+_CHUNK_SIZES = struct.Struct("<II")  # compressed, raw
 FRAME = struct.Struct("<6sBBBBIQQQ")
 CODECS = {"none": 0, "zstd": 1, "lz4": 2}
 _CODEC_NAMES = {v: k for k, v in CODECS.items()}
@@ -45,7 +59,7 @@ _STATE = struct.Struct("<4sHdI")  # magic, kind length, lease seconds left (NaN:
 _ENTRY = struct.Struct("<HQ")  # name length, data length
 _STATE_MAGIC = b"SHST"
 
-State = tuple[str, "float | None", list[tuple[str, bytes]]]
+State = tuple[str, "float | None", list[tuple[str, memoryview]]]
 
 
 def encode_state(kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]) -> bytes:
@@ -61,36 +75,38 @@ def encode_state(kind: str, lease_left: float | None, entries: Sequence[tuple[st
     return b"".join(parts)
 
 
-def decode_state(raw: bytes) -> State:
+def decode_state(raw: Any) -> State:
+    """The kind, lease and entries of a state; the entries are views into ``raw`` (no copies)."""
+    view = memoryview(raw).cast("B")
     try:
-        magic, kind_len, lease, count = _STATE.unpack_from(raw, 0)
+        magic, kind_len, lease, count = _STATE.unpack_from(view, 0)
         if magic != _STATE_MAGIC:
             raise CorruptSnapshot("the payload is not an agent state")
         pos = _STATE.size
-        kind = _take(raw, pos, kind_len).decode()
+        kind = str(_take(view, pos, kind_len), "utf-8")
         pos += kind_len
         entries = []
         for _ in range(count):
-            name_len, size = _ENTRY.unpack_from(raw, pos)
+            name_len, size = _ENTRY.unpack_from(view, pos)
             pos += _ENTRY.size
-            name = _take(raw, pos, name_len).decode()
+            name = str(_take(view, pos, name_len), "utf-8")
             pos += name_len
-            entries.append((name, _take(raw, pos, size)))
+            entries.append((name, _take(view, pos, size)))
             pos += size
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptSnapshot(f"the agent state does not parse: {exc}") from None
-    if pos != len(raw):
-        raise CorruptSnapshot(f"the agent state has {len(raw) - pos} bytes after its last entry")
+    if pos != view.nbytes:
+        raise CorruptSnapshot(f"the agent state has {view.nbytes - pos} bytes after its last entry")
     return kind, None if math.isnan(lease) else lease, entries
 
 
-def _take(raw: bytes, pos: int, n: int) -> bytes:
-    if pos + n > len(raw):
-        raise CorruptSnapshot(f"the agent state is truncated: {n} bytes wanted at {pos} of {len(raw)}")
-    return raw[pos : pos + n]
+def _take(view: memoryview, pos: int, n: int) -> memoryview:
+    if pos + n > view.nbytes:
+        raise CorruptSnapshot(f"the agent state is truncated: {n} bytes wanted at {pos} of {view.nbytes}")
+    return view[pos : pos + n]
 
 
-def _checksum(kind: int, payload: bytes) -> int:
+def _checksum(kind: int, payload: Any) -> int:
     if kind == _CHECK_XXH64:
         return int(require("xxhash", "compress").xxh64_intdigest(payload))
     return zlib.crc32(payload)
@@ -145,48 +161,77 @@ def zstd_decompressor(dictionary: Any = None) -> Any:
     return d
 
 
-def pack(raw: bytes, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
-    """Frame `raw` with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def codec_threads() -> int:
+    return min(os.cpu_count() or 1, 4)
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """The pieces' pool, made again in a forked child (the parent's threads are not there)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(codec_threads(), thread_name_prefix="swarmheap-codec"))
+        return _pool[1]
+
+
+def _chunked(n: int) -> bool:
+    return n >= CHUNKED_MIN and codec_threads() > 1
+
+
+def _compressor(codec: str, level: int | None, dictionary: Any) -> Callable[[Any], bytes]:
+    if codec == "zstd":
+        lvl = DEFAULT_ZSTD_LEVEL if level is None else level
+        return lambda data: zstd_compressor(lvl, dictionary).compress(data)
+    if codec == "lz4":
+        frame = require("lz4.frame", "compress")
+        return lambda data: frame.compress(data, compression_level=level or 0)
+    return bytes
+
+
+def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
+    """Frame `raw` (any buffer) with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
-    dict_id = 0
+    if codec == "none" and level is not None:
+        raise ValueError("codec 'none' takes no level")
     if codec == "zstd":
         require("zstandard", "compress")  # the extra is named before anything else fails
-        lvl = DEFAULT_ZSTD_LEVEL if level is None else level
-        if dictionary is not None:
-            dict_id = dictionary.dict_id()
-        payload = zstd_compressor(lvl, dictionary).compress(raw)
     elif codec == "lz4":
-        frame = require("lz4.frame", "compress")
-        payload = frame.compress(raw, compression_level=level or 0)
+        require("lz4.frame", "compress")
+    dict_id = dictionary.dict_id() if codec == "zstd" and dictionary is not None else 0
+    view = memoryview(raw).cast("B")
+    compress = _compressor(codec, level, dictionary if dict_id else None)
+    version, flags = _PLAIN_VERSION, 0
+    if codec != "none" and _chunked(view.nbytes):
+        pieces = [view[i : i + CHUNK] for i in range(0, view.nbytes, CHUNK)]
+        frames = list(_thread_pool().map(compress, pieces))
+        table = [_CHUNK_COUNT.pack(len(frames))]
+        table += [_CHUNK_SIZES.pack(len(f), p.nbytes) for f, p in zip(frames, pieces)]
+        payload = b"".join(table + frames)
+        version, flags = FORMAT_VERSION, FLAG_CHUNKED
     else:
-        if level is not None:
-            raise ValueError("codec 'none' takes no level")
-        payload = bytes(raw)
+        payload = compress(view)
     check = _check_kind()
-    header = FRAME.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        CODECS[codec],
-        check,
-        0,
-        dict_id,
-        len(raw),
-        len(payload),
-        _checksum(check, payload),
-    )
-    return bytes(header + payload)
+    checksum = _checksum(check, payload)
+    sizes = (view.nbytes, len(payload), checksum)
+    header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, *sizes)
+    return b"".join((header, payload))
 
 
-def frame_info(blob: bytes) -> dict[str, Any]:
-    """The frame's fields, checked: codec, dictionary id, raw size."""
+def frame_info(blob: Any) -> dict[str, Any]:
+    """The frame's fields, checked: codec, dictionary id, raw size, and the
+    payload (a memoryview of the blob)."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
-    blob = bytes(blob)
-    if len(blob) < FRAME.size:
-        raise CorruptSnapshot(f"a snapshot is at least {FRAME.size} bytes; this one is {len(blob)}")
-    magic, version, codec, check, _flags, dict_id, raw_size, payload_size, checksum = FRAME.unpack_from(
-        blob, 0
+    view = memoryview(blob).cast("B")
+    if view.nbytes < FRAME.size:
+        raise CorruptSnapshot(f"a snapshot is at least {FRAME.size} bytes; this one is {view.nbytes}")
+    magic, version, codec, check, flags, dict_id, raw_size, payload_size, checksum = FRAME.unpack_from(
+        view, 0
     )
     if magic != MAGIC:
         raise CorruptSnapshot("not a swarmheap snapshot (wrong magic)")
@@ -196,51 +241,97 @@ def frame_info(blob: bytes) -> dict[str, Any]:
         )
     if version == 0 or codec not in _CODEC_NAMES or check not in (_CHECK_XXH64, _CHECK_CRC32):
         raise CorruptSnapshot(f"the frame names format {version}, codec {codec}, checksum kind {check}")
-    if payload_size != len(blob) - FRAME.size:
+    known = FLAG_CHUNKED if version >= 2 and codec != CODECS["none"] else 0
+    if flags & ~known:
+        raise CorruptSnapshot(f"the frame's flags {flags:#x} are not known to format {version}")
+    if payload_size != view.nbytes - FRAME.size:
         raise CorruptSnapshot(
-            f"the frame says {payload_size} payload bytes; {len(blob) - FRAME.size} follow it"
+            f"the frame says {payload_size} payload bytes; {view.nbytes - FRAME.size} follow it"
         )
     if raw_size > MAX_RAW:
         raise CorruptSnapshot(f"the frame claims {raw_size} raw bytes")
-    payload = blob[FRAME.size :]
+    payload = view[FRAME.size :]
     if _checksum(check, payload) != checksum:
         raise CorruptSnapshot("the payload's checksum does not match: the blob is damaged")
-    return {"codec": _CODEC_NAMES[codec], "dict_id": dict_id, "raw_size": raw_size, "payload": payload}
+    return {
+        "codec": _CODEC_NAMES[codec],
+        "dict_id": dict_id,
+        "raw_size": raw_size,
+        "chunked": bool(flags & FLAG_CHUNKED),
+        "payload": payload,
+    }
 
 
-def unpack(blob: bytes, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
+def _pieces(payload: memoryview, raw_size: int) -> list[tuple[memoryview, int]]:
+    """The (frame, raw size) pieces of a chunked payload, every size checked."""
+    if payload.nbytes < _CHUNK_COUNT.size:
+        raise CorruptSnapshot("the chunked payload has no piece table")
+    (count,) = _CHUNK_COUNT.unpack_from(payload, 0)
+    pos = _CHUNK_COUNT.size
+    end = pos + count * _CHUNK_SIZES.size
+    if count == 0 or end > payload.nbytes:
+        raise CorruptSnapshot(f"the piece table names {count} pieces; the payload cannot hold them")
+    sizes = [_CHUNK_SIZES.unpack_from(payload, pos + i * _CHUNK_SIZES.size) for i in range(count)]
+    if sum(c for c, _ in sizes) != payload.nbytes - end or sum(r for _, r in sizes) != raw_size:
+        raise CorruptSnapshot("the piece table's sizes do not add up to the frame's")
+    if any(r > CHUNK for _, r in sizes):
+        raise CorruptSnapshot(f"a piece claims more than {CHUNK} raw bytes")
+    out = []
+    for compressed, raw in sizes:
+        out.append((payload[end : end + compressed], raw))
+        end += compressed
+    return out
+
+
+def _decompressor(codec: str, dictionary: Any) -> Callable[[Any, int], bytes]:
+    if codec == "zstd":
+        require("zstandard", "compress")
+
+        def zstd_piece(data: Any, raw_size: int) -> bytes:
+            d = zstd_decompressor(dictionary)
+            if raw_size == 0:
+                return bytes(d.decompressobj().decompress(data))
+            return bytes(d.decompress(data, max_output_size=raw_size))
+
+        return zstd_piece
+    if codec == "lz4":
+        frame = require("lz4.frame", "compress")
+
+        def lz4_piece(data: Any, raw_size: int) -> bytes:
+            return bytes(frame.LZ4FrameDecompressor().decompress(data, max_length=raw_size + 1))
+
+        return lz4_piece
+    return lambda data, raw_size: bytes(data)
+
+
+def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
     """The raw payload of a checked blob; `dictionary_for(id)` finds a zstd dictionary."""
     info = frame_info(blob)
     payload, raw_size = info["payload"], info["raw_size"]
+    dictionary = None
+    if info["codec"] == "zstd" and info["dict_id"]:
+        dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
+        if dictionary is None:
+            raise CorruptSnapshot(f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere")
+    decompress = _decompressor(info["codec"], dictionary)
     try:
-        if info["codec"] == "zstd":
-            require("zstandard", "compress")
-            if info["dict_id"]:
-                dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
-                if dictionary is None:
-                    raise CorruptSnapshot(
-                        f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere"
-                    )
-                d = zstd_decompressor(dictionary)
-            else:
-                d = zstd_decompressor()
-            raw = (
-                d.decompressobj().decompress(payload)
-                if raw_size == 0
-                else d.decompress(payload, max_output_size=raw_size)
-            )
-        elif info["codec"] == "lz4":
-            frame = require("lz4.frame", "compress")
-            decomp = frame.LZ4FrameDecompressor()
-            raw = decomp.decompress(payload, max_length=raw_size + 1)
+        if info["chunked"]:
+            pieces = _pieces(payload, raw_size)
+            parts = list(_thread_pool().map(_checked_piece, [decompress] * len(pieces), pieces))
+            raw = parts[0] if len(parts) == 1 else b"".join(parts)
         else:
-            raw = payload
-    except CorruptSnapshot:
-        raise
-    except ImportError:
+            raw = decompress(payload, raw_size)
+    except (CorruptSnapshot, ImportError):
         raise
     except Exception as exc:  # each codec has its own error types
         raise CorruptSnapshot(f"the payload does not decompress: {exc}") from None
     if len(raw) != raw_size:
         raise CorruptSnapshot(f"the frame says {raw_size} raw bytes; the payload holds {len(raw)}")
-    return bytes(raw)
+    return raw
+
+
+def _checked_piece(decompress: Callable[[Any, int], bytes], piece: tuple[memoryview, int]) -> bytes:
+    data = decompress(*piece)
+    if len(data) != piece[1]:
+        raise CorruptSnapshot(f"a piece says {piece[1]} raw bytes; it holds {len(data)}")
+    return data

@@ -136,6 +136,80 @@ def test_corrupt_blobs_raise_and_allocate_nothing(heap: sh.Heap, agent: sh.Agent
     heap.check()
 
 
+def _big_agent(heap: sh.Heap) -> sh.Agent:
+    rng = random.Random(5)
+    words = [bytes(rng.choice(b"abcdefgh") for _ in range(rng.randint(2, 9))) for _ in range(300)]
+    a = heap.spawn("big")
+    a.put("transcript", b" ".join(rng.choice(words) for _ in range(300_000)))  # about 1.7 MB
+    a.put("tail", os.urandom(snapshot.CHUNK + 17))  # a piece that does not compress
+    return a
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_large_state_is_cut_into_pieces_and_round_trips(heap: sh.Heap, codec: str) -> None:
+    a = _big_agent(heap)
+    want = entries_of(a)
+    blob = a.snapshot(codec)
+    info = snapshot.frame_info(blob)
+    # pieces only where a codec works and a second core can take half of it
+    assert info["chunked"] == (codec != "none" and snapshot.codec_threads() > 1)
+    assert blob[6] == (2 if info["chunked"] else 1)
+    assert entries_of(heap.restore(blob)) == want
+    heap.check()
+
+
+def _chunked_with(blob: bytes, payload: bytes, **changes: int) -> bytes:
+    """The blob with a new payload (and frame fields), its checksum made right:
+    what only the piece table's own checks can catch."""
+    fields = dict(
+        zip(
+            ["magic", "version", "codec", "check", "flags", "dict_id", "raw", "size", "sum"],
+            snapshot.FRAME.unpack_from(blob, 0),
+        )
+    )
+    fields.update(changes, size=len(payload), sum=snapshot._checksum(fields["check"], payload))
+    return snapshot.FRAME.pack(*fields.values()) + payload
+
+
+def test_a_lying_piece_table_is_corrupt(heap: sh.Heap) -> None:
+    if snapshot.codec_threads() < 2:
+        pytest.skip("one core: large states are not cut into pieces here")
+    a = _big_agent(heap)
+    blob = a.snapshot("zstd")
+    a.complete()
+    payload = blob[snapshot.FRAME.size :]
+    (count,) = struct.unpack_from("<I", payload, 0)
+    sizes = [struct.unpack_from("<II", payload, 4 + 8 * i) for i in range(count)]
+    frames = payload[4 + 8 * count :]
+
+    def table(pieces: list[tuple[int, int]], n: int | None = None) -> bytes:
+        head = struct.pack("<I", len(pieces) if n is None else n)
+        return head + b"".join(struct.pack("<II", c, r) for c, r in pieces)
+
+    (c0, r0), (c1, r1) = sizes[0], sizes[1]
+    bad = {
+        "count beyond the payload": _chunked_with(blob, table(sizes, 1 << 30) + frames),
+        "no pieces": _chunked_with(blob, table([], 0) + frames),
+        "no table at all": _chunked_with(blob, b"\x01"),
+        "compressed sizes off": _chunked_with(blob, table([(c0 + 1, r0), (c1 - 1, r1), *sizes[2:]]) + frames),
+        "raw sizes moved between pieces": _chunked_with(
+            blob, table([(c0, r0 + 1), (c1, r1 - 1), *sizes[2:]]) + frames
+        ),
+        "a piece larger than a piece can be": _chunked_with(
+            blob,
+            table([(c0, r0 + r1), (c1, 0), *sizes[2:]]) + frames,
+        ),
+        "the flag on a format-1 frame": _chunked_with(blob, payload, version=1),
+        "an unknown flag": _chunked_with(blob, payload, flags=3),
+    }
+    before = in_use(heap)
+    for what, damaged in bad.items():
+        with pytest.raises(sh.CorruptSnapshot):
+            heap.restore(damaged)
+        assert in_use(heap) == before, what
+    heap.check()
+
+
 def test_a_newer_format_says_so(heap: sh.Heap, agent: sh.Agent) -> None:
     blob = bytearray(agent.snapshot("none"))
     blob[6] = snapshot.FORMAT_VERSION + 1
