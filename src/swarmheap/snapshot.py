@@ -9,8 +9,8 @@ little-endian, 38 bytes, then the payload: the state, compressed by the codec
 (zstd, lz4 or none; zstd with the kind's trained dictionary when it names
 one). A large state (CHUNKED_MIN and up, on a machine with two cores or
 more) is cut into CHUNK-byte pieces compressed as independent frames on a
-small thread pool, both ways: the codecs release the GIL, so offload and
-restore of a big agent use every core. Such a blob is format 2 with the
+few threads, both ways: the codecs release the GIL, so offload and restore
+of a big agent use every core. Such a blob is format 2 with the
 CHUNKED flag, and its payload starts with a table (count, then each piece's
 compressed and raw sizes, u32 each); a format-1 reader refuses it as too
 new. The checksum is xxh64 when the `xxhash` package is there (the
@@ -32,7 +32,6 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from swarmheap._extras import require
@@ -161,21 +160,35 @@ def zstd_decompressor(dictionary: Any = None) -> Any:
     return d
 
 
-_pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
 def codec_threads() -> int:
     return min(os.cpu_count() or 1, 4)
 
 
-def _thread_pool() -> ThreadPoolExecutor:
-    """The pieces' pool, made again in a forked child (the parent's threads are not there)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(codec_threads(), thread_name_prefix="swarmheap-codec"))
-        return _pool[1]
+def _map_parallel(fn: Callable[..., bytes], items: Sequence[Any]) -> list[bytes]:
+    """[fn(*item) for item in items], the items dealt out to codec_threads()
+    threads, this one among them. The helpers live for one call: a thread
+    left running would make every later fork() of the user's process unsafe
+    (and a DeprecationWarning from Python 3.12 on)."""
+    n = min(codec_threads(), len(items))
+    out: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+
+    def work(first: int) -> None:
+        try:
+            for i in range(first, len(items), n):
+                out[i] = fn(*items[i])
+        except BaseException as exc:  # re-raised by the caller's thread
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=work, args=(k,), name="swarmheap-codec") for k in range(1, n)]
+    for t in helpers:
+        t.start()
+    work(0)
+    for t in helpers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
 
 
 def _chunked(n: int) -> bool:
@@ -208,7 +221,7 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
     version, flags = _PLAIN_VERSION, 0
     if codec != "none" and _chunked(view.nbytes):
         pieces = [view[i : i + CHUNK] for i in range(0, view.nbytes, CHUNK)]
-        frames = list(_thread_pool().map(compress, pieces))
+        frames = _map_parallel(compress, [(p,) for p in pieces])
         table = [_CHUNK_COUNT.pack(len(frames))]
         table += [_CHUNK_SIZES.pack(len(f), p.nbytes) for f, p in zip(frames, pieces)]
         payload = b"".join(table + frames)
@@ -317,7 +330,7 @@ def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> byt
     try:
         if info["chunked"]:
             pieces = _pieces(payload, raw_size)
-            parts = list(_thread_pool().map(_checked_piece, [decompress] * len(pieces), pieces))
+            parts = _map_parallel(_checked_piece, [(decompress, p) for p in pieces])
             raw = parts[0] if len(parts) == 1 else b"".join(parts)
         else:
             raw = decompress(payload, raw_size)

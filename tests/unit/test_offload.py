@@ -10,6 +10,7 @@ import signal
 import struct
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,6 +157,19 @@ def test_a_large_state_is_cut_into_pieces_and_round_trips(heap: sh.Heap, codec: 
     assert blob[6] == (2 if info["chunked"] else 1)
     assert entries_of(heap.restore(blob)) == want
     heap.check()
+
+
+def test_pieces_work_in_a_forked_child_of_a_process_that_used_them() -> None:
+    raw = os.urandom(100) * 20_000  # 2 MB, compressible
+    blob = snapshot.pack(raw, "zstd")  # pieces on helper threads, which the child must not need
+    with warnings.catch_warnings():  # 3.12+ warns of NumPy's BLAS threads; the child runs only this
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        ok = snapshot.unpack(snapshot.pack(raw, "lz4")) == raw and snapshot.unpack(blob) == raw
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def _chunked_with(blob: bytes, payload: bytes, **changes: int) -> bytes:

@@ -251,6 +251,10 @@ class _PickleSQLite:
     def get(self, key: str) -> Any:
         return pickle.loads(self.db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()[0])
 
+    def clear(self, n: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM kv")
+
 
 class _PickleRedis:
     def __init__(self, url: str) -> None:
@@ -267,57 +271,66 @@ class _PickleRedis:
             raise KeyError(key)
         return pickle.loads(data)
 
+    def clear(self, n: int) -> None:
+        self.client.delete(*[f"pickle/{i}" for i in range(n)])
 
-def _offload_cells(store: Store, states: list[dict[str, bytes]], heap: Heap) -> dict[str, float]:
+
+def _offload_cells(store: Store, states: list[dict[str, bytes]], heap: Heap, rounds: int) -> dict[str, float]:
     """MiB/s of offloading every state's agent to ``store`` and restoring it,
-    and of writing and reading the same bytes raw (the store's floor)."""
+    and of writing and reading the same bytes raw (the store's floor): each
+    the median of ``rounds`` rounds, the four measured alternately."""
     nbytes = sum(_raw_size(s) for s in states)
-    agents = [_spawn_with(heap, "bench-offload", s) for s in states]
-    t0 = time.perf_counter_ns()
-    for a in agents:
-        a.offload(store)
-    t1 = time.perf_counter_ns()
-    for a in agents:
-        a.restore()
-    t2 = time.perf_counter_ns()
-    for a, s in zip(agents, states):
-        with a.get("messages") as view:
-            if bytes(view) != s["messages"]:
-                raise AssertionError("a restored agent's entry differs")
-        a.complete()
     joined = [b"".join(s.values()) for s in states]
-    t3 = time.perf_counter_ns()
-    for i, j in enumerate(joined):
-        store.put(f"bench/raw/{i}", j)
-    t4 = time.perf_counter_ns()
-    for i in range(len(joined)):
-        store.get(f"bench/raw/{i}")
-    t5 = time.perf_counter_ns()
-    for i in range(len(joined)):
-        store.delete(f"bench/raw/{i}")
-    return {
-        "offload": _rate(nbytes, t1 - t0),
-        "restore": _rate(nbytes, t2 - t1),
-        "raw_write": _rate(nbytes, t4 - t3),
-        "raw_read": _rate(nbytes, t5 - t4),
-    }
+    times: dict[str, list[int]] = {"offload": [], "restore": [], "raw_write": [], "raw_read": []}
+    for _ in range(rounds):
+        agents = [_spawn_with(heap, "bench-offload", s) for s in states]
+        t0 = time.perf_counter_ns()
+        for a in agents:
+            a.offload(store)
+        t1 = time.perf_counter_ns()
+        for a in agents:
+            a.restore()
+        t2 = time.perf_counter_ns()
+        for a, s in zip(agents, states):
+            with a.get("messages") as view:
+                if bytes(view) != s["messages"]:
+                    raise AssertionError("a restored agent's entry differs")
+            a.complete()
+        t3 = time.perf_counter_ns()
+        for i, j in enumerate(joined):
+            store.put(f"bench/raw/{i}", j)
+        t4 = time.perf_counter_ns()
+        for i in range(len(joined)):
+            store.get(f"bench/raw/{i}")
+        t5 = time.perf_counter_ns()
+        for i in range(len(joined)):
+            store.delete(f"bench/raw/{i}")
+        for name, ns in zip(times, (t1 - t0, t2 - t1, t4 - t3, t5 - t4)):
+            times[name].append(ns)
+    return {name: _rate(nbytes, median(ns)) for name, ns in times.items()}
 
 
-def _pickle_cells(peer: Any, states: list[dict[str, bytes]]) -> dict[str, float]:
+def _pickle_cells(peer: Any, states: list[dict[str, bytes]], rounds: int) -> dict[str, float]:
     nbytes = sum(_raw_size(s) for s in states)
-    t0 = time.perf_counter_ns()
-    for i, s in enumerate(states):
-        peer.put(f"pickle/{i}", s)
-    t1 = time.perf_counter_ns()
-    for i in range(len(states)):
-        peer.get(f"pickle/{i}")
-    t2 = time.perf_counter_ns()
-    return {"offload": _rate(nbytes, t1 - t0), "restore": _rate(nbytes, t2 - t1)}
+    writes, reads = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for i, s in enumerate(states):
+            peer.put(f"pickle/{i}", s)
+        t1 = time.perf_counter_ns()
+        for i in range(len(states)):
+            peer.get(f"pickle/{i}")
+        t2 = time.perf_counter_ns()
+        writes.append(t1 - t0)
+        reads.append(t2 - t1)
+        peer.clear(len(states))  # each round inserts, as the raw rows and the offloads do
+    return {"offload": _rate(nbytes, median(writes)), "restore": _rate(nbytes, median(reads))}
 
 
 def offload_restore(quick: bool) -> dict[str, Any]:
     rng = random.Random(43)
     shapes = {"1 MiB": (1 << 20, 8 if quick else 32), "16 KB": (16_000, 100 if quick else 400)}
+    rounds = 1 if quick else 5
     rows: list[list[str]] = []
     data: dict[str, Any] = {}
     targets = []
@@ -340,8 +353,8 @@ def offload_restore(quick: bool) -> dict[str, Any]:
             states = [chat_state(rng, size) for _ in range(count)]
             for name, make in stores.items():
                 with make() as store:
-                    cells = _offload_cells(store, states, heap)
-                peer_cells = _pickle_cells(peers[name](), states) if name in peers else None
+                    cells = _offload_cells(store, states, heap, rounds)
+                peer_cells = _pickle_cells(peers[name](), states, rounds) if name in peers else None
                 data[f"{name} {shape}"] = {"swarmheap": cells, "pickle": peer_cells}
                 rows.append(
                     [
@@ -382,7 +395,8 @@ def offload_restore(quick: bool) -> dict[str, Any]:
         ],
         "rows": rows,
         "notes": [
-            "MiB/s of the states' entry bytes; offload is snapshot (zstd-1, the kind's dictionary once "
+            "MiB/s of the states' entry bytes, each the median of 5 rounds; "
+            "offload is snapshot (zstd-1, the kind's dictionary once "
             "trained) + store.put + giving the memory back; restore is store.get + checks + new blocks; "
             "raw is store.put/get of the same bytes uncompressed; the pickle peer is pickle.dumps + "
             "sqlite3 INSERT (WAL, a commit per state) or redis SET, and GET + pickle.loads",
