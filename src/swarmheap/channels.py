@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from swarmheap._core import Block, ChannelCore
 from swarmheap.errors import ChannelClosed, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
-from swarmheap.offload import Registry
+from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap

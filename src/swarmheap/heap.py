@@ -20,6 +20,7 @@ from swarmheap.errors import AgentStateError, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import Prediction, Predictor
+from swarmheap.registry import RegistryCache
 from swarmheap.stores import Store, open_store
 from swarmheap.sweep import SweepResult, collect
 
@@ -149,6 +150,7 @@ class Heap(CoreHeap):
         self._offload_policy: OffloadPolicy | None = None
         self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
         self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
+        self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
         self._admission: tuple[str | None, float] = (None, 0.9)

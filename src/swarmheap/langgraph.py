@@ -36,7 +36,7 @@ from swarmheap import snapshot
 from swarmheap._extras import require
 from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
 from swarmheap.heap import Heap
-from swarmheap.offload import Registry
+from swarmheap.registry import Registry
 from swarmheap.stores import Store
 
 _base = require("langgraph.checkpoint.base", "langgraph")

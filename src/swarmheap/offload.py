@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, snapshot
@@ -29,14 +28,12 @@ from swarmheap._extras import require
 from swarmheap.errors import (
     AgentStateError,
     CorruptSnapshot,
-    HeapCorrupt,
-    InvalidHandle,
     ReadOnlyHeap,
     StaleBlock,
     StoreFull,
     StoreUnavailable,
 )
-from swarmheap.handle import Handle
+from swarmheap.registry import Registry
 from swarmheap.stores import SQLiteStore, Store
 
 if TYPE_CHECKING:
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Dictionaries",
-    "Registry",
     "agent_key",
     "offload",
     "restore_blob",
@@ -55,114 +51,11 @@ __all__ = [
 
 log = logging.getLogger("swarmheap")
 
-REGISTRY_KIND = "swarmheap.registry"
-# The registry is the nursery owner's (1) index, and its blocks are that
-# owner's in `system`: the heap's own bookkeeping, shown as overhead in the
-# stats, not as memory in use. Owners 0 and 1 keep generation 1 for life.
-REGISTRY_OWNER = 1
-REGISTRY_GENERATION = 1
 DICT_KEY = "__swarmheap__/zdict/"
 TRAIN_AFTER = 64  # snapshots of a kind before its dictionary is trained
 STALE_AFTER = 300.0  # seconds before a live agent's registry entry is taken for a killed offload's
 DICT_SIZE = 16 * 1024
 SAMPLE_MAX = 64 * 1024  # larger states gain little from a dictionary and are not kept as samples
-
-
-class Registry:
-    """Named small blobs of the heap in the shared default's index: entries
-    are blocks of `system`, visible to every process, kept until removed."""
-
-    def __init__(self, heap: Heap) -> None:
-        self.heap = heap
-
-    def _entries(self) -> index.Entries:
-        try:
-            return index.read_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND)[1][2]
-        except (StaleBlock, AgentStateError) as exc:  # owner 1 is never recycled, its index rarely written:
-            # an index that is gone or never reads the same twice is damage
-            raise HeapCorrupt(
-                f"the heap's registry (the nursery owner's index) is unreadable: {exc}"
-            ) from None
-
-    def get(self, name: str) -> bytes | None:
-        return self.get_ref(name)[1]
-
-    def get_ref(self, name: str) -> tuple[tuple[int, int] | None, bytes | None]:
-        """The entry's place (for swap) and bytes; (None, None) if absent."""
-        for _ in range(100):
-            ref = self._entries().get(name)
-            if ref is None:
-                return None, None
-            try:
-                data = bytes(
-                    self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))[: ref[1]]
-                )
-            except (InvalidHandle, StaleBlock):
-                continue
-            if self._entries().get(name) == ref:
-                return ref, data
-        raise AgentStateError(f"the heap registry's entry {name!r} keeps changing")
-
-    def swap(self, name: str, expected: tuple[int, int] | None, data: bytes) -> bool:
-        """Replace the entry if it is still at ``expected`` (None: absent);
-        False, nothing changed, if another process replaced it first."""
-        return self._write(name, data, lambda old: old == expected)
-
-    def _write(self, name: str, data: bytes, accept: Callable[[tuple[int, int] | None], bool]) -> bool:
-        """Copy ``data`` into a new block and name it ``name`` if ``accept``
-        takes the entry there now; the replaced block is freed. False, with
-        nothing changed, if ``accept`` refused."""
-        blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
-        blk[: len(data)] = data
-        replaced: list[tuple[int, int]] = []
-        refused: list[bool] = []
-
-        def change(entries: index.Entries) -> None:
-            replaced.clear()  # update_index runs this again after a race: only the last run counts
-            refused.clear()
-            old = entries.get(name)
-            if not accept(old):
-                refused.append(True)
-                return
-            if old is not None:
-                replaced.append(old)
-            entries[name] = (blk.offset, len(data))
-
-        try:
-            index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
-        except BaseException:
-            blk.free()
-            raise
-        if refused:
-            blk.free()
-            return False
-        for offset, size in replaced:
-            self._free(offset, size)
-        return True
-
-    def names(self, prefix: str = "") -> list[str]:
-        return [n for n in self._entries() if n.startswith(prefix)]
-
-    def put(self, name: str, data: bytes) -> None:
-        self._write(name, data, lambda old: True)
-
-    def remove(self, name: str) -> None:
-        removed: list[tuple[int, int]] = []
-
-        def change(entries: index.Entries) -> None:
-            removed.clear()  # update_index runs this again after a race: only the last run's counts
-            if name in entries:
-                removed.append(entries.pop(name))
-
-        index.update_index(self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, change)
-        for offset, size in removed:
-            self._free(offset, size)
-
-    def _free(self, offset: int, size: int) -> None:
-        try:
-            self.heap.resolve(Handle(offset, size, REGISTRY_OWNER, REGISTRY_GENERATION)).free()
-        except (InvalidHandle, StaleBlock):
-            pass
 
 
 class Dictionaries:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from swarmheap._core import PARTITIONS, USAGE_ROW
-from swarmheap.offload import Registry
+from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap

@@ -406,3 +406,10 @@ def wait_admission(name: str, kind: str, ready: Any, result: Any) -> None:
             return
         agent.complete()
         result.put("admitted")
+
+
+def registry_names(name: str, prefix: str) -> list[str]:
+    from swarmheap.registry import Registry
+
+    with sh.Heap.attach(name) as heap:
+        return Registry(heap).names(prefix)

@@ -476,7 +476,7 @@ def test_concurrent_index_updates_free_each_replaced_block_once() -> None:
     # once handed another writer's block back and lost a registry entry
     import threading
 
-    from swarmheap.offload import Registry
+    from swarmheap.registry import Registry
 
     heap = sh.Heap.create(size="64 MiB")  # room in `system` for six threads' index blocks in flight
     agent = heap.spawn("shared-index")

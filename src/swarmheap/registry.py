@@ -1,0 +1,250 @@
+"""The heap registry: named small blobs that every process of the heap finds
+(offloaded agents, kind names, channels, usage models, dictionaries,
+LangGraph threads).
+
+Each value is a block of the nursery owner (1) in `system`, the heap's own
+bookkeeping, shown as overhead in the stats. The names live in two levels:
+SHARDS shard blocks, each an index (index.py's format) of the names that
+hash to it behind an 8-byte nonce, and the root, owner 1's index, naming
+the shards. A write copies one shard with its change into a new block and
+swaps the root's entry for that shard (if the root word is still the one
+the copy was made under): O(names / SHARDS + SHARDS) where one
+flat index cost O(names), so 10 000 offloaded agents cost an offload no
+more than 300 did. Blocks are never changed once named; the old shard and
+a replaced value are freed after the swap.
+
+A reader checks what it read against the root word it began with: a swap
+of any shard changes the word (it carries a sequence number), so a shard or
+value block freed and reused under a reader is read again, never trusted.
+The nonce lets a process keep a shard's decoded names between reads. Names
+written flat into the root by a swarmheap before shards are still found,
+and move into their shard with their next write.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from swarmheap import index
+from swarmheap.errors import AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
+from swarmheap.handle import Handle
+
+if TYPE_CHECKING:
+    from swarmheap.heap import Heap
+
+__all__ = ["REGISTRY_GENERATION", "REGISTRY_KIND", "REGISTRY_OWNER", "SHARDS", "Registry", "RegistryCache"]
+
+REGISTRY_OWNER = 1  # owners 0 and 1 keep generation 1 for life
+REGISTRY_GENERATION = 1
+REGISTRY_KIND = "swarmheap.registry"
+SHARDS = 32
+_SHARD = "shard/"
+_SHARD_KIND = "swarmheap.registry.shard"
+_NONCE = struct.Struct("<Q")
+_TRIES = 1000  # each a few reads: a writer that loses a race to another process tries again
+
+Ref = tuple[int, int]  # a block's offset and size
+# per heap: shard name -> (its block's ref, nonce, decoded names)
+RegistryCache = dict[str, tuple[Ref, int, index.Entries]]
+
+
+class _Changed(Exception):
+    """What was read changed under the reader: read again."""
+
+
+def shard_of(name: str) -> str:
+    return f"{_SHARD}{zlib.crc32(name.encode()) % SHARDS:02d}"
+
+
+class Registry:
+    """The registry of ``heap`` (cheap to make: its state is in the arena,
+    and the decoded shards in the heap's process-local cache)."""
+
+    def __init__(self, heap: Heap) -> None:
+        self.heap = heap
+        self._cache: RegistryCache = heap._registry_shards
+
+    # ---- reading ----
+
+    def _root(self) -> tuple[int, index.Entries]:
+        try:
+            word, (_, _, entries) = index.read_index(
+                self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND
+            )
+        except (StaleBlock, AgentStateError) as exc:  # owner 1 is never recycled:
+            # an index that is gone or never reads the same twice is damage
+            raise HeapCorrupt(
+                f"the heap's registry (the nursery owner's index) is unreadable: {exc}"
+            ) from None
+        return word, entries
+
+    def _bytes(self, ref: Ref, n: int | None = None) -> bytes:
+        try:
+            blk = self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))
+            return bytes(blk[: ref[1] if n is None else n])
+        except (InvalidHandle, StaleBlock):
+            raise _Changed from None
+
+    def _shard(self, shard: str, ref: Ref) -> index.Entries:
+        """The names in the shard block at ``ref`` (shared with the cache:
+        read them, never change them). Raises _Changed if the block does not
+        read as a shard: freed and reused under us."""
+        hit = self._cache.get(shard)
+        if hit is not None and hit[0] == ref:
+            (nonce,) = _NONCE.unpack(self._bytes(ref, _NONCE.size))
+            if nonce == hit[1]:
+                return hit[2]
+        data = self._bytes(ref)
+        try:
+            (nonce,) = _NONCE.unpack_from(data, 0)
+            kind, _, entries = index.decode(data[_NONCE.size :])
+        except (struct.error, ValueError, UnicodeDecodeError):
+            raise _Changed from None
+        if kind != _SHARD_KIND:
+            raise _Changed
+        self._cache[shard] = (ref, nonce, entries)
+        return entries
+
+    def _settled(self, attempt: Callable[[], Any], what: str) -> Any:
+        for _ in range(_TRIES):
+            try:
+                return attempt()
+            except _Changed:
+                continue
+        raise HeapCorrupt(f"the heap registry's {what} never reads the same twice: it is damaged")
+
+    def get(self, name: str) -> bytes | None:
+        return self.get_ref(name)[1]
+
+    def get_ref(self, name: str) -> tuple[Ref | None, bytes | None]:
+        """The entry's place (for swap) and bytes; (None, None) if absent."""
+        shard = shard_of(name)
+
+        def attempt() -> tuple[Ref | None, bytes | None]:
+            word, root = self._root()
+            sref = root.get(shard)
+            ref = self._shard(shard, sref).get(name) if sref is not None else None
+            if ref is None:
+                ref = root.get(name)  # written flat, before shards
+            if ref is None:
+                return None, None
+            data = self._bytes(ref)
+            if self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
+                raise _Changed
+            return ref, data
+
+        result: tuple[Ref | None, bytes | None] = self._settled(attempt, f"entry {name!r}")
+        return result
+
+    def names(self, prefix: str = "") -> list[str]:
+        def attempt() -> list[str]:
+            word, root = self._root()
+            out = [n for n in root if n.startswith(prefix) and not n.startswith(_SHARD)]
+            for shard, sref in root.items():
+                if shard.startswith(_SHARD):
+                    out += [n for n in self._shard(shard, sref) if n.startswith(prefix)]
+            if self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
+                raise _Changed
+            return out
+
+        names: list[str] = self._settled(attempt, "names")
+        return names
+
+    # ---- writing ----
+
+    def put(self, name: str, data: bytes) -> None:
+        self._write(name, data, lambda old: True)
+
+    def swap(self, name: str, expected: Ref | None, data: bytes) -> bool:
+        """Replace the entry if it is still at ``expected`` (None: absent);
+        False, nothing changed, if another process replaced it first."""
+        return self._write(name, data, lambda old: old == expected)
+
+    def remove(self, name: str) -> None:
+        self._change(name, None, lambda old: old is not None)
+
+    def _write(self, name: str, data: bytes, accept: Callable[[Ref | None], bool]) -> bool:
+        """Copy ``data`` into a new block and name it ``name`` if ``accept``
+        takes the entry there now; False, with nothing changed, if it refused."""
+        blk = self.heap.alloc(max(len(data), 1), "system", owner=REGISTRY_OWNER)
+        blk[: len(data)] = data
+        try:
+            done = self._change(name, (blk.offset, len(data)), accept)
+        except BaseException:
+            blk.free()
+            raise
+        if not done:
+            blk.free()
+        return done
+
+    def _change(self, name: str, new: Ref | None, accept: Callable[[Ref | None], bool]) -> bool:
+        """Set ``name`` to ``new`` (None: remove it) in a new copy of its
+        shard, and swap the root to that copy if the shard (and a flat entry
+        of the name) is still what the copy was made from."""
+        shard = shard_of(name)
+        heap = self.heap
+
+        def attempt() -> bool:
+            word, root = self._root()
+            sref = root.get(shard)
+            entries = dict(self._shard(shard, sref)) if sref is not None else {}
+            flat = root.get(name)
+            old = entries.get(name, flat)
+            if not accept(old):
+                return False
+            if new is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = new
+            nonce = int.from_bytes(os.urandom(8), "little")
+            sblk = None
+            if entries:
+                body = _NONCE.pack(nonce) + index.encode(_SHARD_KIND, 0.0, entries)
+                sblk = heap.alloc(len(body), "system", owner=REGISTRY_OWNER)
+                sblk[: len(body)] = body
+            conflict: list[bool] = []
+
+            def swap_root(root_entries: index.Entries) -> None:
+                conflict.clear()  # update_index runs this again after a race: the last run counts
+                # the root word, not the shard's ref: a shard block freed and
+                # its place taken by a newer copy of the same size would pass
+                # a compare of refs and lose that copy's change. The word only
+                # grows, so equal now means equal when these entries were read.
+                if heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
+                    conflict.append(True)
+                    return
+                root_entries.pop(name, None)  # a flat entry moves into its shard
+                if sblk is None:
+                    root_entries.pop(shard, None)
+                else:
+                    root_entries[shard] = (sblk.offset, len(body))
+
+            try:
+                index.update_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, swap_root)
+            except BaseException:
+                if sblk is not None:
+                    sblk.free()
+                raise
+            if conflict:
+                if sblk is not None:
+                    sblk.free()
+                raise _Changed
+            if sblk is not None:
+                self._cache[shard] = ((sblk.offset, len(body)), nonce, entries)
+            for ref in (sref, old):
+                if ref is not None:
+                    self._free(ref)
+            return True
+
+        done: bool = self._settled(attempt, f"entry {name!r}")
+        return done
+
+    def _free(self, ref: Ref) -> None:
+        try:
+            self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION)).free()
+        except (InvalidHandle, StaleBlock):
+            pass

@@ -1,0 +1,127 @@
+"""The heap registry in two levels: the root names the shards, each shard
+names the registry's entries."""
+
+from __future__ import annotations
+
+import threading
+
+import swarmheap as sh
+from swarmheap import index
+from swarmheap.registry import REGISTRY_GENERATION, REGISTRY_KIND, REGISTRY_OWNER, SHARDS, Registry
+
+
+def root_names(heap: sh.Heap) -> list[str]:
+    return list(index.read_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND)[1][2])
+
+
+def live_blocks(heap: sh.Heap) -> int:
+    system = heap.stats()["partitions"]["system"]
+    return int(system["allocs"]) - int(system["frees"])
+
+
+def test_many_names_spread_over_shards_and_all_go_back(heap: sh.Heap) -> None:
+    registry = Registry(heap)
+    before_names = set(registry.names())
+    before_root = set(root_names(heap))
+    for i in range(2_000):
+        registry.put(f"test/{i}", f"value {i}".encode())
+    assert len(set(root_names(heap)) - before_root) <= SHARDS  # the root names shards, not entries
+    assert set(registry.names("test/")) == {f"test/{i}" for i in range(2_000)}
+    assert registry.get("test/1234") == b"value 1234"
+    registry.put("test/1234", b"replaced")
+    assert registry.get("test/1234") == b"replaced"
+    ref, data = registry.get_ref("test/7")
+    assert data == b"value 7"
+    assert not registry.swap("test/7", (0, 1), b"lost")  # not where the caller saw it
+    assert registry.swap("test/7", ref, b"won")
+    assert registry.get("test/7") == b"won"
+    heap.check()
+    for i in range(2_000):
+        registry.remove(f"test/{i}")
+    registry.remove("test/0")  # gone already: nothing to do
+    assert set(registry.names()) == before_names
+    assert registry.get("test/5") is None
+    root = index.read_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND)[1][2]
+    shards = {n: ref for n, ref in root.items() if n.startswith("shard/")}
+    assert all(registry._shard(n, ref) for n, ref in shards.items())  # an emptied shard leaves the root
+    assert len(shards) <= len(before_names)
+    heap.check()
+
+
+def test_every_block_of_a_removed_name_comes_back(heap: sh.Heap) -> None:
+    registry = Registry(heap)
+    registry.put("warm/up", b"x")  # the shard blocks' pages are taken once
+    registry.remove("warm/up")
+    base = live_blocks(heap)
+    for round_ in range(3):
+        for i in range(300):
+            registry.put(f"churn/{i}", bytes(100 + round_))
+        for i in range(300):
+            registry.remove(f"churn/{i}")
+    assert live_blocks(heap) == base
+    heap.check()
+
+
+def test_writers_in_threads_lose_no_update() -> None:
+    with sh.Heap.create(size="64 MiB") as heap:
+        registry = Registry(heap)
+        errors: list[BaseException] = []
+
+        def writer(k: int) -> None:
+            try:
+                for i in range(120):
+                    registry.put(f"w{k}/{i}", bytes([k, i]))  # some names share a shard with other threads'
+                    if i % 3 == 0:
+                        registry.remove(f"w{k}/{i}")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for k in range(4):
+            want = {f"w{k}/{i}" for i in range(120) if i % 3}
+            assert set(registry.names(f"w{k}/")) == want
+            assert all(registry.get(n) == bytes([k, int(n.split("/")[1])]) for n in want)
+        heap.check()
+
+
+def test_a_flat_entry_from_before_shards_is_found_and_moves_into_its_shard(heap: sh.Heap) -> None:
+    # what a swarmheap before shards wrote: the name in the root itself
+    blk = heap.alloc(5, "system", owner=REGISTRY_OWNER)
+    blk[:5] = b"older"
+
+    def add_flat(entries: index.Entries) -> None:
+        entries["legacy/a"] = (blk.offset, 5)
+
+    index.update_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, add_flat)
+    registry = Registry(heap)
+    assert registry.get("legacy/a") == b"older"
+    assert registry.names("legacy/") == ["legacy/a"]
+    registry.put("legacy/a", b"newer")
+    assert "legacy/a" not in root_names(heap)
+    assert registry.get("legacy/a") == b"newer"
+    assert registry.names("legacy/") == ["legacy/a"]
+    registry.remove("legacy/a")
+    assert registry.get("legacy/a") is None
+    heap.check()
+
+
+def test_another_process_reads_what_this_one_wrote(heap_name: str) -> None:
+    import multiprocessing as mp
+
+    import _workers
+
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        registry = Registry(heap)
+        for i in range(100):
+            registry.put(f"x/{i}", str(i).encode())
+        with mp.get_context("spawn").Pool(1) as pool:
+            got = pool.apply(_workers.registry_names, (heap_name, "x/"))
+        assert sorted(got) == sorted(f"x/{i}" for i in range(100))
+        for i in range(100):
+            registry.remove(f"x/{i}")
+        heap.check()
