@@ -161,7 +161,12 @@ def zstd_decompressor(dictionary: Any = None) -> Any:
 
 
 def codec_threads() -> int:
-    return min(os.cpu_count() or 1, 4)
+    """Threads a large state's pieces are dealt to: the cores this process may run on, up to 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container's or taskset's share, not the host's count
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
 
 
 def _map_parallel(fn: Callable[..., bytes], items: Sequence[Any]) -> list[bytes]:
@@ -180,10 +185,16 @@ def _map_parallel(fn: Callable[..., bytes], items: Sequence[Any]) -> list[bytes]
         except BaseException as exc:  # re-raised by the caller's thread
             errors.append(exc)
 
-    helpers = [threading.Thread(target=work, args=(k,), name="swarmheap-codec") for k in range(1, n)]
-    for t in helpers:
-        t.start()
-    work(0)
+    helpers, inline = [], []
+    for k in range(1, n):
+        t = threading.Thread(target=work, args=(k,), name="swarmheap-codec")
+        try:
+            t.start()
+            helpers.append(t)
+        except RuntimeError:  # no new threads (interpreter shutdown): this thread does that share too
+            inline.append(k)
+    for k in [0, *inline]:
+        work(k)
     for t in helpers:
         t.join()
     if errors:

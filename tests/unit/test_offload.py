@@ -172,6 +172,21 @@ def test_pieces_work_in_a_forked_child_of_a_process_that_used_them() -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def test_pieces_are_done_in_this_thread_when_no_thread_can_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    raw = os.urandom(64) * 40_000  # 2.5 MB
+    monkeypatch.setattr(snapshot, "codec_threads", lambda: 2)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    for codec in ("zstd", "lz4"):
+        blob = snapshot.pack(raw, codec)
+        assert snapshot.frame_info(blob)["chunked"]
+        assert snapshot.unpack(blob) == raw
+
+
 def _chunked_with(blob: bytes, payload: bytes, **changes: int) -> bytes:
     """The blob with a new payload (and frame fields), its checksum made right:
     what only the piece table's own checks can catch."""
