@@ -47,6 +47,7 @@ CHUNK = 256 << 10
 CHUNKED_MIN = 2 * CHUNK
 _CHUNK_COUNT = struct.Struct("<I")
 _CHUNK_SIZES = struct.Struct("<II")  # compressed, raw
+_VIEW_FROM = 64 << 10
 FRAME = struct.Struct("<6sBBBBIQQQ")
 CODECS = {"none": 0, "zstd": 1, "lz4": 2}
 _CODEC_NAMES = {v: k for k, v in CODECS.items()}
@@ -222,38 +223,48 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if codec == "none" and level is not None:
         raise ValueError("codec 'none' takes no level")
+    dict_id = 0
     if codec == "zstd":
         require("zstandard", "compress")  # the extra is named before anything else fails
+        if dictionary is not None:
+            dict_id = dictionary.dict_id()
     elif codec == "lz4":
         require("lz4.frame", "compress")
-    dict_id = dictionary.dict_id() if codec == "zstd" and dictionary is not None else 0
-    view = memoryview(raw).cast("B")
-    compress = _compressor(codec, level, dictionary if dict_id else None)
+    view = raw if type(raw) is bytes else memoryview(raw).cast("B")
+    nbytes = len(view)
     version, flags = _PLAIN_VERSION, 0
-    if codec != "none" and _chunked(view.nbytes):
-        pieces = [view[i : i + CHUNK] for i in range(0, view.nbytes, CHUNK)]
+    if codec == "none":
+        payload = view
+    elif _chunked(nbytes):
+        compress = _compressor(codec, level, dictionary if dict_id else None)
+        whole = memoryview(view)  # pieces as views: no copies
+        pieces = [whole[i : i + CHUNK] for i in range(0, nbytes, CHUNK)]
         frames = _map_parallel(compress, [(p,) for p in pieces])
         table = [_CHUNK_COUNT.pack(len(frames))]
-        table += [_CHUNK_SIZES.pack(len(f), p.nbytes) for f, p in zip(frames, pieces)]
+        table += [_CHUNK_SIZES.pack(len(f), len(p)) for f, p in zip(frames, pieces)]
         payload = b"".join(table + frames)
         version, flags = FORMAT_VERSION, FLAG_CHUNKED
+    elif codec == "zstd":
+        lvl = DEFAULT_ZSTD_LEVEL if level is None else level
+        payload = zstd_compressor(lvl, dictionary if dict_id else None).compress(view)
     else:
-        payload = compress(view)
+        payload = require("lz4.frame", "compress").compress(view, compression_level=level or 0)
     check = _check_kind()
     checksum = _checksum(check, payload)
-    sizes = (view.nbytes, len(payload), checksum)
-    header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, *sizes)
+    header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, nbytes, len(payload), checksum)
     return b"".join((header, payload))
 
 
 def frame_info(blob: Any) -> dict[str, Any]:
-    """The frame's fields, checked: codec, dictionary id, raw size, and the
-    payload (a memoryview of the blob)."""
+    """The frame's fields, checked: codec, dictionary id, raw size, whether
+    it is in pieces, and the payload (bytes, or a view of a large blob)."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
-    view = memoryview(blob).cast("B")
-    if view.nbytes < FRAME.size:
-        raise CorruptSnapshot(f"a snapshot is at least {FRAME.size} bytes; this one is {view.nbytes}")
+    # a small blob's payload is copied out (cheaper than a view); a large one's is a view
+    view = blob if type(blob) is bytes and len(blob) < _VIEW_FROM else memoryview(blob).cast("B")
+    size = len(view)
+    if size < FRAME.size:
+        raise CorruptSnapshot(f"a snapshot is at least {FRAME.size} bytes; this one is {size}")
     magic, version, codec, check, flags, dict_id, raw_size, payload_size, checksum = FRAME.unpack_from(
         view, 0
     )
@@ -268,10 +279,8 @@ def frame_info(blob: Any) -> dict[str, Any]:
     known = FLAG_CHUNKED if version >= 2 and codec != CODECS["none"] else 0
     if flags & ~known:
         raise CorruptSnapshot(f"the frame's flags {flags:#x} are not known to format {version}")
-    if payload_size != view.nbytes - FRAME.size:
-        raise CorruptSnapshot(
-            f"the frame says {payload_size} payload bytes; {view.nbytes - FRAME.size} follow it"
-        )
+    if payload_size != size - FRAME.size:
+        raise CorruptSnapshot(f"the frame says {payload_size} payload bytes; {size - FRAME.size} follow it")
     if raw_size > MAX_RAW:
         raise CorruptSnapshot(f"the frame claims {raw_size} raw bytes")
     payload = view[FRAME.size :]
@@ -331,20 +340,22 @@ def _decompressor(codec: str, dictionary: Any) -> Callable[[Any, int], bytes]:
 def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
     """The raw payload of a checked blob; `dictionary_for(id)` finds a zstd dictionary."""
     info = frame_info(blob)
-    payload, raw_size = info["payload"], info["raw_size"]
+    payload, raw_size, codec = info["payload"], info["raw_size"], info["codec"]
     dictionary = None
-    if info["codec"] == "zstd" and info["dict_id"]:
+    if codec == "zstd" and info["dict_id"]:
         dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
         if dictionary is None:
             raise CorruptSnapshot(f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere")
-    decompress = _decompressor(info["codec"], dictionary)
     try:
-        if info["chunked"]:
-            pieces = _pieces(payload, raw_size)
+        if codec == "none":
+            raw = bytes(payload)
+        elif info["chunked"]:
+            decompress = _decompressor(codec, dictionary)
+            pieces = _pieces(memoryview(payload), raw_size)
             parts = _map_parallel(_checked_piece, [(decompress, p) for p in pieces])
             raw = parts[0] if len(parts) == 1 else b"".join(parts)
         else:
-            raw = decompress(payload, raw_size)
+            raw = _decompressor(codec, dictionary)(payload, raw_size)
     except (CorruptSnapshot, ImportError):
         raise
     except Exception as exc:  # each codec has its own error types
