@@ -2,8 +2,9 @@
 step appending a 60-word message to the thread's `messages` channel and
 writing a checkpoint (`put`), then reading the thread's latest one back
 (`get_tuple`), as LangGraph does around every super-step. Against
-InMemorySaver and SqliteSaver (langgraph-checkpoint-sqlite) in the same run.
-The messages are LangChain's HumanMessage and AIMessage, as in a graph on
+InMemorySaver and SqliteSaver (langgraph-checkpoint-sqlite) in the same run,
+in lockstep: each step of each thread runs on the three savers one after
+the other, with the same message. The messages are LangChain's HumanMessage and AIMessage, as in a graph on
 MessagesState (the targets are read on these); the same run with plain
 dicts as messages, where serialisation is cheap and each saver's own
 bookkeeping shows, is reported beside them.
@@ -14,6 +15,7 @@ size (with its WAL) for SqliteSaver."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -41,34 +43,45 @@ def _drive(
     saver: Any, threads: int, steps: int, seed: int = 5, objects: bool = True
 ) -> tuple[list[float], list[float]]:
     """Run the workload on ``saver``: (put times, get_tuple times) in ns."""
+    return _drive_together({"saver": saver}, threads, steps, seed, objects)["saver"]
+
+
+def _drive_together(
+    savers: dict[str, Any], threads: int, steps: int, seed: int = 5, objects: bool = True
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Run the workload on every saver in lockstep, each (step, thread) on
+    one saver after the other with the same message: a slow spell of the
+    machine falls on all of them, not on whichever ran then. Returns each
+    saver's (put times, get_tuple times) in ns."""
     from langgraph.checkpoint.base import empty_checkpoint
 
     rng = random.Random(seed)
-    puts: list[float] = []
-    gets: list[float] = []
-    state: dict[int, tuple[list[dict[str, str]], Any, dict[str, Any]]] = {}
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in savers}
+    state: dict[tuple[str, int], tuple[list[Any], Any, dict[str, Any]]] = {}
     for step in range(steps):
         for t in range(threads):
+            message = _message(rng, step, t, objects)
             start = {"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}}
-            messages, version, config = state.get(t, ([], None, start))
-            messages = [*messages, _message(rng, step, t, objects)]
-            version = saver.get_next_version(version, None)
-            cp = empty_checkpoint()
-            cp["id"] = f"{step:08d}-{t:06d}"
-            cp["channel_values"] = {"messages": messages}
-            cp["channel_versions"] = {"messages": version}
-            metadata = {"source": "loop", "step": step, "parents": {}}
-            t0 = time.perf_counter_ns()
-            config = saver.put(config, cp, metadata, {"messages": version})
-            t1 = time.perf_counter_ns()
-            got = saver.get_tuple({"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}})
-            t2 = time.perf_counter_ns()
-            if got is None or len(got.checkpoint["channel_values"]["messages"]) != step + 1:
-                raise AssertionError(f"{type(saver).__name__} returned a wrong checkpoint for thread {t}")
-            puts.append(t1 - t0)
-            gets.append(t2 - t1)
-            state[t] = (messages, version, config)
-    return puts, gets
+            for name, saver in savers.items():
+                messages, version, config = state.get((name, t), ([], None, start))
+                messages = [*messages, message]
+                version = saver.get_next_version(version, None)
+                cp = empty_checkpoint()
+                cp["id"] = f"{step:08d}-{t:06d}"
+                cp["channel_values"] = {"messages": messages}
+                cp["channel_versions"] = {"messages": version}
+                metadata = {"source": "loop", "step": step, "parents": {}}
+                t0 = time.perf_counter_ns()
+                config = saver.put(config, cp, metadata, {"messages": version})
+                t1 = time.perf_counter_ns()
+                got = saver.get_tuple({"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}})
+                t2 = time.perf_counter_ns()
+                if got is None or len(got.checkpoint["channel_values"]["messages"]) != step + 1:
+                    raise AssertionError(f"{type(saver).__name__} returned a wrong checkpoint for thread {t}")
+                times[name][0].append(t1 - t0)
+                times[name][1].append(t2 - t1)
+                state[(name, t)] = (messages, version, config)
+    return times
 
 
 @contextmanager
@@ -96,25 +109,27 @@ def langgraph(quick: bool) -> dict[str, Any]:
 
     def run_all(objects: bool) -> dict[str, Any]:
         results: dict[str, Any] = {}
-        with Heap.create(size="1 GiB") as heap:
-            before = in_use(heap)
-            puts, gets = _drive(SwarmSaver(heap), threads, steps, objects=objects)
-            results["SwarmSaver"] = {"put": median(puts), "get": median(gets), "held": in_use(heap) - before}
-        puts, gets = _drive(InMemorySaver(), threads, steps, objects=objects)
-        tracemalloc.start()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lg.db")
+            with contextlib.ExitStack() as stack:
+                heap = stack.enter_context(Heap.create(size="1 GiB"))
+                before = in_use(heap)
+                savers: dict[str, Any] = {"SwarmSaver": SwarmSaver(heap), "InMemorySaver": InMemorySaver()}
+                if sqlite_skip is None:
+                    savers["SqliteSaver"] = stack.enter_context(_sqlite_saver(path))
+                times = _drive_together(savers, threads, steps, objects=objects)
+                for name, (puts, gets) in times.items():
+                    results[name] = {"put": median(puts), "get": median(gets)}
+                results["SwarmSaver"]["held"] = in_use(heap) - before
+            if sqlite_skip is None:  # once the saver closed: its WAL checkpointed, as before
+                results["SqliteSaver"]["held"] = _file_bytes(path)
+        tracemalloc.start()  # an untimed pass: tracing slows every allocation
         base = tracemalloc.get_traced_memory()[0]
         keep = InMemorySaver()
         _drive(keep, threads, steps, objects=objects)
-        held = tracemalloc.get_traced_memory()[0] - base
+        results["InMemorySaver"]["held"] = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()
         del keep
-        results["InMemorySaver"] = {"put": median(puts), "get": median(gets), "held": held}
-        if sqlite_skip is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "lg.db")
-                with _sqlite_saver(path) as saver:
-                    puts, gets = _drive(saver, threads, steps, objects=objects)
-                results["SqliteSaver"] = {"put": median(puts), "get": median(gets), "held": _file_bytes(path)}
         return results
 
     sqlite_skip = None
