@@ -82,10 +82,15 @@ class Registry:
             ) from None
         return word, entries
 
+    def _root_word(self) -> int | None:
+        return self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION)
+
+    def _block(self, ref: Ref) -> Any:
+        return self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))
+
     def _bytes(self, ref: Ref, n: int | None = None) -> bytes:
         try:
-            blk = self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))
-            return bytes(blk[: ref[1] if n is None else n])
+            return bytes(self._block(ref)[: ref[1] if n is None else n])
         except (InvalidHandle, StaleBlock):
             raise _Changed from None
 
@@ -133,7 +138,7 @@ class Registry:
             if ref is None:
                 return None, None
             data = self._bytes(ref)
-            if self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
+            if self._root_word() != word:
                 raise _Changed
             return ref, data
 
@@ -147,7 +152,7 @@ class Registry:
             for shard, sref in root.items():
                 if shard.startswith(_SHARD):
                     out += [n for n in self._shard(shard, sref) if n.startswith(prefix)]
-            if self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
+            if self._root_word() != word:
                 raise _Changed
             return out
 
@@ -183,8 +188,8 @@ class Registry:
 
     def _change(self, name: str, new: Ref | None, accept: Callable[[Ref | None], bool]) -> bool:
         """Set ``name`` to ``new`` (None: remove it) in a new copy of its
-        shard, and swap the root to that copy if the shard (and a flat entry
-        of the name) is still what the copy was made from."""
+        shard, and swap the root to that copy if the root word is still the
+        one the copy was made under (else read again and make a new copy)."""
         shard = shard_of(name)
         heap = self.heap
 
@@ -206,17 +211,15 @@ class Registry:
                 body = _NONCE.pack(nonce) + index.encode(_SHARD_KIND, 0.0, entries)
                 sblk = heap.alloc(len(body), "system", owner=REGISTRY_OWNER)
                 sblk[: len(body)] = body
-            conflict: list[bool] = []
 
             def swap_root(root_entries: index.Entries) -> None:
-                conflict.clear()  # update_index runs this again after a race: the last run counts
                 # the root word, not the shard's ref: a shard block freed and
                 # its place taken by a newer copy of the same size would pass
                 # a compare of refs and lose that copy's change. The word only
-                # grows, so equal now means equal when these entries were read.
-                if heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION) != word:
-                    conflict.append(True)
-                    return
+                # grows, so equal now means equal when these entries were read;
+                # raising leaves update_index before it swaps anything.
+                if self._root_word() != word:
+                    raise _Changed
                 root_entries.pop(name, None)  # a flat entry moves into its shard
                 if sblk is None:
                     root_entries.pop(shard, None)
@@ -225,14 +228,10 @@ class Registry:
 
             try:
                 index.update_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, swap_root)
-            except BaseException:
+            except BaseException:  # _Changed included: the copy goes, the next attempt makes another
                 if sblk is not None:
                     sblk.free()
                 raise
-            if conflict:
-                if sblk is not None:
-                    sblk.free()
-                raise _Changed
             if sblk is not None:
                 self._cache[shard] = ((sblk.offset, len(body)), nonce, entries)
             for ref in (sref, old):
@@ -245,6 +244,6 @@ class Registry:
 
     def _free(self, ref: Ref) -> None:
         try:
-            self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION)).free()
+            self._block(ref).free()
         except (InvalidHandle, StaleBlock):
             pass

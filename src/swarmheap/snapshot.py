@@ -207,14 +207,13 @@ def _chunked(n: int) -> bool:
     return n >= CHUNKED_MIN and codec_threads() > 1
 
 
-def _compressor(codec: str, level: int | None, dictionary: Any) -> Callable[[Any], bytes]:
+def _compress(codec: str, level: int | None, dictionary: Any, data: Any) -> bytes:
+    """One frame of ``data`` ("zstd" or "lz4"): a whole state, or one of its pieces."""
     if codec == "zstd":
-        lvl = DEFAULT_ZSTD_LEVEL if level is None else level
-        return lambda data: zstd_compressor(lvl, dictionary).compress(data)
-    if codec == "lz4":
-        frame = require("lz4.frame", "compress")
-        return lambda data: frame.compress(data, compression_level=level or 0)
-    return bytes
+        return bytes(
+            zstd_compressor(DEFAULT_ZSTD_LEVEL if level is None else level, dictionary).compress(data)
+        )
+    return bytes(require("lz4.frame", "compress").compress(data, compression_level=level or 0))
 
 
 def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
@@ -228,27 +227,25 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
         require("zstandard", "compress")  # the extra is named before anything else fails
         if dictionary is not None:
             dict_id = dictionary.dict_id()
-    elif codec == "lz4":
-        require("lz4.frame", "compress")
+    else:
+        dictionary = None  # a dictionary is zstd's alone
+        if codec == "lz4":
+            require("lz4.frame", "compress")
     view = raw if type(raw) is bytes else memoryview(raw).cast("B")
     nbytes = len(view)
     version, flags = _PLAIN_VERSION, 0
     if codec == "none":
         payload = view
     elif _chunked(nbytes):
-        compress = _compressor(codec, level, dictionary if dict_id else None)
         whole = memoryview(view)  # pieces as views: no copies
         pieces = [whole[i : i + CHUNK] for i in range(0, nbytes, CHUNK)]
-        frames = _map_parallel(compress, [(p,) for p in pieces])
+        frames = _map_parallel(_compress, [(codec, level, dictionary, p) for p in pieces])
         table = [_CHUNK_COUNT.pack(len(frames))]
         table += [_CHUNK_SIZES.pack(len(f), len(p)) for f, p in zip(frames, pieces)]
         payload = b"".join(table + frames)
         version, flags = FORMAT_VERSION, FLAG_CHUNKED
-    elif codec == "zstd":
-        lvl = DEFAULT_ZSTD_LEVEL if level is None else level
-        payload = zstd_compressor(lvl, dictionary if dict_id else None).compress(view)
     else:
-        payload = require("lz4.frame", "compress").compress(view, compression_level=level or 0)
+        payload = _compress(codec, level, dictionary, view)
     check = _check_kind()
     checksum = _checksum(check, payload)
     header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, nbytes, len(payload), checksum)
@@ -316,25 +313,23 @@ def _pieces(payload: memoryview, raw_size: int) -> list[tuple[memoryview, int]]:
     return out
 
 
-def _decompressor(codec: str, dictionary: Any) -> Callable[[Any, int], bytes]:
+def _decompress(codec: str, dictionary: Any, data: Any, raw_size: int) -> bytes:
+    """The ``raw_size`` bytes of one frame ("zstd" or "lz4"), checked: a whole
+    state, or one of its pieces."""
     if codec == "zstd":
-        require("zstandard", "compress")
-
-        def zstd_piece(data: Any, raw_size: int) -> bytes:
-            d = zstd_decompressor(dictionary)
-            if raw_size == 0:
-                return bytes(d.decompressobj().decompress(data))
-            return bytes(d.decompress(data, max_output_size=raw_size))
-
-        return zstd_piece
-    if codec == "lz4":
-        frame = require("lz4.frame", "compress")
-
-        def lz4_piece(data: Any, raw_size: int) -> bytes:
-            return bytes(frame.LZ4FrameDecompressor().decompress(data, max_length=raw_size + 1))
-
-        return lz4_piece
-    return lambda data, raw_size: bytes(data)
+        d = zstd_decompressor(dictionary)
+        out = (
+            d.decompressobj().decompress(data)
+            if raw_size == 0
+            else d.decompress(data, max_output_size=raw_size)
+        )
+    else:
+        out = (
+            require("lz4.frame", "compress").LZ4FrameDecompressor().decompress(data, max_length=raw_size + 1)
+        )
+    if len(out) != raw_size:
+        raise CorruptSnapshot(f"the frame says {raw_size} raw bytes; the payload holds {len(out)}")
+    return bytes(out)
 
 
 def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
@@ -350,12 +345,11 @@ def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> byt
         if codec == "none":
             raw = bytes(payload)
         elif info["chunked"]:
-            decompress = _decompressor(codec, dictionary)
             pieces = _pieces(memoryview(payload), raw_size)
-            parts = _map_parallel(_checked_piece, [(decompress, p) for p in pieces])
+            parts = _map_parallel(_decompress, [(codec, dictionary, data, size) for data, size in pieces])
             raw = parts[0] if len(parts) == 1 else b"".join(parts)
         else:
-            raw = _decompressor(codec, dictionary)(payload, raw_size)
+            raw = _decompress(codec, dictionary, payload, raw_size)
     except (CorruptSnapshot, ImportError):
         raise
     except Exception as exc:  # each codec has its own error types
@@ -363,10 +357,3 @@ def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> byt
     if len(raw) != raw_size:
         raise CorruptSnapshot(f"the frame says {raw_size} raw bytes; the payload holds {len(raw)}")
     return raw
-
-
-def _checked_piece(decompress: Callable[[Any, int], bytes], piece: tuple[memoryview, int]) -> bytes:
-    data = decompress(*piece)
-    if len(data) != piece[1]:
-        raise CorruptSnapshot(f"a piece says {piece[1]} raw bytes; it holds {len(data)}")
-    return data

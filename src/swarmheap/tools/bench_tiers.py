@@ -275,6 +275,19 @@ class _PickleRedis:
         self.client.delete(*[f"pickle/{i}" for i in range(n)])
 
 
+def _write_read_ns(
+    put: Callable[[str, Any], Any], get: Callable[[str], Any], prefix: str, values: list[Any]
+) -> tuple[int, int]:
+    """ns to put every value under ``prefix`` + its index, then to get them all back."""
+    t0 = time.perf_counter_ns()
+    for i, value in enumerate(values):
+        put(f"{prefix}{i}", value)
+    t1 = time.perf_counter_ns()
+    for i in range(len(values)):
+        get(f"{prefix}{i}")
+    return t1 - t0, time.perf_counter_ns() - t1
+
+
 def _offload_cells(store: Store, states: list[dict[str, bytes]], heap: Heap, rounds: int) -> dict[str, float]:
     """MiB/s of offloading every state's agent to ``store`` and restoring it,
     and of writing and reading the same bytes raw (the store's floor): each
@@ -296,16 +309,10 @@ def _offload_cells(store: Store, states: list[dict[str, bytes]], heap: Heap, rou
                 if bytes(view) != s["messages"]:
                     raise AssertionError("a restored agent's entry differs")
             a.complete()
-        t3 = time.perf_counter_ns()
-        for i, j in enumerate(joined):
-            store.put(f"bench/raw/{i}", j)
-        t4 = time.perf_counter_ns()
-        for i in range(len(joined)):
-            store.get(f"bench/raw/{i}")
-        t5 = time.perf_counter_ns()
+        raw_write, raw_read = _write_read_ns(store.put, store.get, "bench/raw/", joined)
         for i in range(len(joined)):
             store.delete(f"bench/raw/{i}")
-        for name, ns in zip(times, (t1 - t0, t2 - t1, t4 - t3, t5 - t4)):
+        for name, ns in zip(times, (t1 - t0, t2 - t1, raw_write, raw_read)):
             times[name].append(ns)
     return {name: _rate(nbytes, median(ns)) for name, ns in times.items()}
 
@@ -314,15 +321,9 @@ def _pickle_cells(peer: Any, states: list[dict[str, bytes]], rounds: int) -> dic
     nbytes = sum(_raw_size(s) for s in states)
     writes, reads = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter_ns()
-        for i, s in enumerate(states):
-            peer.put(f"pickle/{i}", s)
-        t1 = time.perf_counter_ns()
-        for i in range(len(states)):
-            peer.get(f"pickle/{i}")
-        t2 = time.perf_counter_ns()
-        writes.append(t1 - t0)
-        reads.append(t2 - t1)
+        write, read = _write_read_ns(peer.put, peer.get, "pickle/", states)
+        writes.append(write)
+        reads.append(read)
         peer.clear(len(states))  # each round inserts, as the raw rows and the offloads do
     return {"offload": _rate(nbytes, median(writes)), "restore": _rate(nbytes, median(reads))}
 
