@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sh_tcache.h"
+#include "sh_magazine.h"
 
 #define SH_CHECK(cond, ...) \
   do {                      \

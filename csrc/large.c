@@ -1,7 +1,7 @@
 /* Large blocks: runs of whole pages, and the thread cache of runs a thread
- * freed (kept for its next request of that many pages). Called from page.c
- * (alloc and free) and nursery.c (its records' run); calls pages.c and the
- * thread caches, nothing of page.c's. */
+ * freed (kept for its next request of that many pages). Called from alloc.c,
+ * free.c and nursery.c (its records' run); calls pages.c and the thread
+ * caches only. */
 #include "sh_page.h"
 
 /* ----- The thread cache of page runs -------------------------------------------
@@ -91,7 +91,7 @@ int _sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64
     _sh_part_unlock(a, part);
     /* the caller flushes this thread's caches of the partition (their pages
      * may be what stands in the way) and asks again, or says why it failed
-     * (page.c: it reads the magazines) */
+     * (alloc.c: it reads the magazines) */
     return SH_LARGE_NO_PAGES;
   }
   sh_run_format_locked(a, owner, part, pi, n, size, fresh);

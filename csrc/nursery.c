@@ -240,8 +240,8 @@ int _sh_nursery_check(const sh_arena_t *a) {
 uint64_t sh_nursery_reclaim(sh_arena_t *a) { return a->read_only ? 0 : _sh_nursery_reclaim_orphans(a); }
 
 /* ---- An agent's allocation: the nursery first, then pages of its own -----------
- * Here, above the page allocator it calls, not in page.c: the nursery draws
- * its blocks from page.c, so page.c must not call into the nursery. */
+ * Here, above the page allocator it calls, not in alloc.c: the nursery draws
+ * its blocks from alloc.c and free.c, so they must not call into the nursery. */
 
 /* The generation is read before and after: a recycle between the two (and a
  * new tenant of the slot) would otherwise receive the block. */

@@ -3,7 +3,7 @@
 #include <unistd.h>
 
 #include "sh_nursery.h"
-#include "sh_tcache.h"
+#include "sh_magazine.h"
 
 static _Atomic uint32_t sh_owner_hint; /* process-local start of the free-slot scan */
 

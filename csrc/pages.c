@@ -1,7 +1,7 @@
 /* Pages: the bitmap of pages in use, page life under the partition lock
  * (format, bin lists, release), quarantine of damaged pages, and the repair
- * of a partition after a lock holder died. Called from page.c and query.c;
- * calls nothing of theirs. */
+ * of a partition after a lock holder died. The floor of the block rooms
+ * (see sh_page.h): calls none of them. */
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>

@@ -70,7 +70,7 @@ sh_internal void _sh_part_unlock(sh_arena_t *arena, int partition);
 sh_internal void _sh_owner_lock(sh_arena_t *arena);
 sh_internal void _sh_owner_unlock(sh_arena_t *arena);
 
-/* ---- page.c ---- */
+/* ---- pages.c ---- */
 sh_internal void _sh_page_release_locked(sh_arena_t *arena, int partition, uint32_t pi);
 /* Releases a whole page list of one owner (its links are dropped, not
  * unlinked one by one); the caller resets the list head and the counters.
@@ -91,10 +91,12 @@ sh_internal uint32_t _sh_bitmap_count(const sh_arena_t *arena, int partition);
 /* Free blocks of a SMALL page: its shared stack plus what a thread caches. */
 sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
 
+/* ---- free.c ---- */
 /* Frees a block without the nursery's claim (the caller took it out of its
  * agent's record). */
 sh_internal int _sh_free_block(sh_arena_t *arena, uint64_t offset, bool may_lock);
 
+/* ---- large.c ---- */
 /* A run of pages for the core's own use (the nursery's records): taken
  * like a large block, but not counted as an allocation. */
 sh_internal int _sh_run_reserve(sh_arena_t *arena, uint32_t owner, int partition, uint64_t bytes, uint64_t *offset);

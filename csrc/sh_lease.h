@@ -1,6 +1,6 @@
 /* The block table's primitives (see lease.c): open addressing by offset,
  * deletion by backward shift, under the table's robust lock. Inline here so
- * that the free path (page.c) forgets a freed block's entry without calling
+ * that the free path (free.c) forgets a freed block's entry without calling
  * up into lease.c, which frees expired blocks through the free path. */
 #ifndef SH_LEASE_H
 #define SH_LEASE_H

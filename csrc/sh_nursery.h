@@ -1,5 +1,5 @@
-/* The nursery (see nursery.c): what the free and query paths of page.c need
- * inline, so that page.c reads the nursery's words without calling into it. */
+/* The nursery (see nursery.c): what the free and query paths need inline, so
+ * that free.c and query.c read the nursery's words without calling into it. */
 #ifndef SH_NURSERY_H
 #define SH_NURSERY_H
 

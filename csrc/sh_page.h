@@ -1,17 +1,19 @@
 /* What the block rooms share: the inline helpers of the hot paths and the
- * internal calls between the rooms. page.c holds the lock-free small path,
- * magazines, the thread cache's ways, and the alloc and free entry points
- * (they call one another: a free fills a magazine, a magazine's flush
- * frees, an alloc that undoes itself frees); pages.c the bitmap, page life,
- * quarantine and the repair after a lock holder died; query.c the block
- * queries; large.c the runs of whole pages and the thread cache of runs.
- * Calls go query.c -> page.c -> large.c -> pages.c (and page.c -> pages.c),
- * never back. */
+ * internal calls between the rooms. The rooms, top down (calls go down only):
+ *   query.c   sh_block_info
+ *   alloc.c   the alloc entry points and paths
+ *   free.c    the free entry points and paths, the double-free test
+ *   large.c   runs of whole pages, and the thread cache of runs
+ *   tcache.c  thread slots: binding, flushing, sweeping dead ones
+ *   magazine.c  the magazines' flush, damage report and scans
+ *   stack.c   a page's shared stack of free blocks: pop, walk, retire
+ *   pages.c   the bitmap, page life, quarantine, repair
+ * nursery.c sits above free.c (it frees the blocks of recycled agents). */
 #ifndef SH_PAGE_H
 #define SH_PAGE_H
 
 #include "sh_nursery.h"
-#include "sh_tcache.h"
+#include "sh_magazine.h"
 #include "sh_track.h"
 
 /* ---- counters, the bitmap, page identity ---- */
@@ -88,8 +90,41 @@ sh_internal bool _sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner
                                  uint64_t *offset);
 sh_internal bool _sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int part, bool may_lock);
 
-/* ---- page.c, for query.c ---- */
+/* ---- stack.c ---- */
 
+sh_internal int _sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c,
+                             uint32_t *top_out);
+/* Whether `top` is on the stack starting at `t` (at most `limit` blocks):
+ * confirms a suspected double free. A link out of range ends the walk. */
+sh_internal bool _sh_stack_holds(const sh_arena_t *a, uint32_t pi, uint32_t t, uint32_t limit, uint32_t top);
+/* A page whose every block is free (`pushed`, the head that made it so) goes
+ * back to its partition, unless it is the bin's first page. */
+sh_internal void _sh_page_try_retire(sh_arena_t *a, sh_page_t *pg, uint32_t pi, int part, uint64_t pushed);
+
+/* Pushes one freed block (its `top`) on its page's shared stack. False when
+ * the page is all free already or retired: the block was freed twice. A page
+ * that fills up retires when the caller may lock and no thread caches it (a
+ * cached page is its thread's warm page). The caller counts the free. */
+static inline bool sh_page_push(sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top, bool may_lock) {
+  uint32_t *link = _sh_link_at(a, pi, top);
+  uint32_t key = sh_atomic_load_relaxed(&pg->key), cap = sh_atomic_load_relaxed(&pg->capacity);
+  uint64_t head = sh_atomic_load_relaxed(&pg->head), desired;
+  do {
+    uint32_t count = sh_head_count(head);
+    if (sh_unlikely(sh_head_top(head) == SH_HEAD_RETIRED || count >= cap)) return false;
+    _sh_link_write(link, sh_head_top(head), key);
+    desired = sh_head_make(top, count + 1, sh_head_tag(head) + 1);
+  } while (!sh_atomic_cas_weak_acq_rel(&pg->head, &head, desired));
+  sh_track_free(a, link, a->classes[_sh_pg_class(a, pg)].size);
+  if (sh_unlikely(sh_head_count(desired) == cap) && may_lock && sh_atomic_load_relaxed(&pg->claim) == 0)
+    _sh_page_try_retire(a, pg, pi, _sh_pg_part(pg), desired);
+  return true;
+}
+
+/* ---- free.c ---- */
+
+/* On the page's shared stack, in a magazine, or on the stack of the thread
+ * that caches the page. */
 sh_internal bool _sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t top);
 
 #endif

@@ -1,6 +1,7 @@
 /* Thread caches: the lookups the hot paths inline. The slot table's layout is
  * in sh_types.h, the slow paths (binding, flushing, sweeping dead processes)
- * in tcache.c, and their use by alloc and free in page.c.
+ * in tcache.c, and their use by alloc.c and free.c. The magazines inside each
+ * slot are sh_magazine.h's.
  *
  * Why a cache at all: a CAS on the page's stack head plus an atomic counter
  * add cost about 20 ns per alloc/free pair, more than mimalloc's whole pair.
@@ -38,6 +39,8 @@ sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_entry_t *entry, int w
 sh_internal void _sh_tc_entry_flush(sh_arena_t *arena, sh_tc_entry_t *entry);
 /* Gives a cached run back to its partition (takes the partition lock). */
 sh_internal void _sh_tc_run_flush(sh_arena_t *arena, sh_tc_run_t *run);
+/* Gives back the calling thread's magazines, runs and cached pages of one
+ * partition: a full partition's last resort before it says so. */
 sh_internal void _sh_tc_flush_partition(sh_arena_t *arena, sh_tslot_t *slot, int partition);
 sh_internal uint32_t _sh_tc_next_claim(const sh_arena_t *arena, sh_tslot_t *slot, int way);
 /* The way caching page `pi` for its claimer, or NULL; for stats and checks. */
@@ -58,47 +61,6 @@ static inline uint32_t _sh_tc_slot_index(const sh_arena_t *a, const sh_tslot_t *
 static inline sh_mag_t *_sh_tc_mag(const sh_arena_t *a, sh_tslot_t *s, int part, int c) {
   return (sh_mag_t *)((uint8_t *)s + a->mag_off + (((uint64_t)part * a->mag_classes + (uint32_t)c) << a->mag_shift));
 }
-
-/* A magazine's 32-bit counts move to the slot's before they could wrap, as
- * an entry's do. */
-sh_internal void _sh_mag_fold(const sh_arena_t *arena, sh_tslot_t *slot, sh_mag_t *mag);
-static inline void _sh_mag_count(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m, _Atomic uint32_t *n) {
-  uint32_t v = sh_atomic_load_relaxed(n) + 1;
-  sh_atomic_store_relaxed(n, v);
-  if (sh_unlikely(v >= (1u << 31))) _sh_mag_fold(a, s, m);
-}
-/* Takes back one free the magazine counted (its block is being freed again
- * through the page path, which counts it there). */
-sh_internal void _sh_mag_uncount_free(const sh_arena_t *arena, sh_tslot_t *slot, sh_mag_t *mag);
-
-/* ---- page.c: magazines ---- */
-/* Gives the slot's magazine blocks of one partition (part >= 0) or of all back
- * to their pages. The caller owns the slot; takes partition locks. */
-sh_internal void _sh_tc_mag_flush(sh_arena_t *arena, sh_tslot_t *slot, int part);
-/* Blocks of (part, c) waiting in every slot's magazine; part or c < 0: all.
- * *bytes (if given) adds their size. */
-sh_internal uint64_t _sh_mag_held(const sh_arena_t *arena, int part, int c, uint64_t *bytes);
-/* Whether any slot's magazine holds the block at `offset`. */
-sh_internal bool _sh_mag_holds(const sh_arena_t *arena, int part, int c, uint64_t offset);
-/* Sum of every slot's mag_seq; sets *busy when a flush is under way. A reader
- * that wants exact figures reads it before and after. */
-sh_internal uint64_t _sh_mag_seq(const sh_arena_t *arena, bool *busy);
-/* Runs `body` (a read of page figures minus what magazines hold) until no
- * magazine flush overlapped it: a flush moves blocks from a magazine to their
- * pages, and a read across one could count them twice or not at all. Bounded,
- * as the pages' own flush wait, so figures read right after a thread exits
- * are exact. */
-#define SH_MAG_EXACT(arena, body)                                        \
-  for (int attempt_ = 0; attempt_ < 4096; attempt_++) {                 \
-    bool busy_, again_;                                                  \
-    uint64_t seq_ = _sh_mag_seq((arena), &busy_);                        \
-    if (busy_ && attempt_ < 4095) {                                      \
-      if (attempt_ >= 64) sched_yield();                                 \
-      continue;                                                          \
-    }                                                                    \
-    body;                                                                \
-    if (attempt_ == 4095 || _sh_mag_seq((arena), &again_) == seq_) break; \
-  }
 
 /* The calling thread's slot in this arena; binds one when `create`. */
 static inline sh_tslot_t *_sh_tc_slot(sh_arena_t *a, bool create) {

@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sh_tcache.h"
+#include "sh_magazine.h"
 
 /* Sums the alloc and free counters of one partition (part >= 0) or of one
  * class in every partition (c >= 0) in one pass: the stripes (threads without

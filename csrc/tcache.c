@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sh_tcache.h"
+#include "sh_magazine.h"
 #include "sh_track.h"
 
 sh_tls_fast _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS];
@@ -195,35 +195,6 @@ void _sh_tc_fold(const sh_arena_t *a, sh_tslot_t *s, sh_tc_entry_t *e) {
   sh_atomic_store_relaxed(&e->frees, 0);
 }
 
-/* The slot counters of the magazine's (partition, class): [0] allocs, [1] frees. */
-static void sh_mag_counters(const sh_arena_t *a, sh_tslot_t *s, const sh_mag_t *m, _Atomic uint64_t *out[2]) {
-  uint32_t idx = (uint32_t)(m - _sh_tc_mag(a, s, 0, 0));
-  int part = (int)(idx / a->mag_classes), c = (int)(idx % a->mag_classes);
-  out[0] = &_sh_tc_counters(a, s)[_sh_counter_index(a, 0, part, c)];
-  out[1] = &_sh_tc_counters(a, s)[_sh_counter_index(a, 1, part, c)];
-}
-
-void _sh_mag_fold(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m) {
-  _Atomic uint64_t *n[2];
-  sh_mag_counters(a, s, m, n);
-  /* slot counters first, as _sh_tc_fold */
-  sh_atomic_store_relaxed(n[0], sh_atomic_load_relaxed(n[0]) + sh_atomic_load_relaxed(&m->allocs));
-  sh_atomic_store_relaxed(n[1], sh_atomic_load_relaxed(n[1]) + sh_atomic_load_relaxed(&m->frees));
-  sh_atomic_store_relaxed(&m->allocs, 0);
-  sh_atomic_store_relaxed(&m->frees, 0);
-}
-
-void _sh_mag_uncount_free(const sh_arena_t *a, sh_tslot_t *s, sh_mag_t *m) {
-  uint32_t f = sh_atomic_load_relaxed(&m->frees);
-  if (f > 0) {
-    sh_atomic_store_relaxed(&m->frees, f - 1);
-    return;
-  }
-  _Atomic uint64_t *n[2]; /* the free was folded into the slot already */
-  sh_mag_counters(a, s, m, n);
-  sh_atomic_store_relaxed(n[1], sh_atomic_load_relaxed(n[1]) - 1);
-}
-
 void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
   uint32_t pi = sh_atomic_load_relaxed(&r->page);
   if (pi == SH_NIL) return;
@@ -241,6 +212,20 @@ void _sh_tc_run_flush(sh_arena_t *a, sh_tc_run_t *r) {
     _sh_page_release_locked(a, part, pi);
   _sh_part_unlock(a, part);
   sh_atomic_store_release(&r->page, SH_NIL);
+}
+
+void _sh_tc_flush_partition(sh_arena_t *a, sh_tslot_t *s, int part) {
+  _sh_tc_mag_flush(a, s, part);
+  for (int i = 0; i < SH_TC_RUNS; i++) {
+    uint32_t pi = sh_atomic_load_relaxed(&s->runs[i].page);
+    if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_run_flush(a, &s->runs[i]);
+  }
+  sh_tc_entry_t *entries = _sh_tc_entries(s);
+  for (uint32_t i = 0; i <= a->tc_mask; i++)
+    for (int w = 0; w < SH_TC_WAYS; w++) {
+      uint32_t pi = sh_atomic_load_relaxed(&entries[i].way[w].page);
+      if (pi != SH_NIL && _sh_page_in_part(a, pi, part)) _sh_tc_way_flush(a, &entries[i], w);
+    }
 }
 
 /* Empties a slot and frees it; its counters fold into the shared stripes so
