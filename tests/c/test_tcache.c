@@ -302,6 +302,38 @@ static void test_magazines(void) {
   CHECK("the damage is reported by check", sh_check(a) == SH_ECORRUPT && strstr(sh_last_error(), "quarantined"));
   CHECK("the damaged block was not handed back", in_use(a, SH_PART_COMM) == 128);
   sh_close(a);
+
+  /* a flush puts each block on its page's stack, counted once (the
+   * magazine's count stands), and the emptied page goes back */
+  a = make_anon(16 * MiB, 65536);
+  uint64_t many[96];
+  for (int i = 0; i < 96; i++) sh_alloc(a, 0, SH_PART_COMM, 64, &many[i]);
+  uint64_t pages_before = part_stats(a, SH_PART_COMM).pages_used;
+  for (int i = 0; i < 96; i++) sh_free(a, many[i]);
+  CHECK("some wait in the magazine", sh_magazine_blocks(a) > 0);
+  CHECK("flush", sh_thread_flush(a) == SH_OK && sh_magazine_blocks(a) == 0);
+  sh_partition_stats_t ps = part_stats(a, SH_PART_COMM);
+  CHECK("each free counted once", ps.allocs == 96 && ps.frees == 96 && ps.in_use == 0);
+  CHECK("no more pages than before", ps.pages_used <= pages_before);
+  CHECK("check after the flush", sh_check(a) == SH_OK);
+  CHECK("the blocks serve again", sh_alloc(a, 0, SH_PART_COMM, 64, &x) == SH_OK && sh_free(a, x) == SH_OK);
+  sh_close(a);
+
+  /* a flush meets a block whose page stopped being a small page of the
+   * default (its descriptor damaged since the free): not pushed, the page
+   * quarantined, no write into it */
+  a = make_anon(16 * MiB, 65536);
+  sh_alloc(a, 0, SH_PART_COMM, 64, &x);
+  sh_alloc(a, 0, SH_PART_COMM, 64, &y);
+  sh_free(a, x);
+  uint32_t pi = (uint32_t)(x >> a->page_shift);
+  uint32_t words_before[2];
+  memcpy(words_before, sh_ptr(a, x), sizeof words_before);
+  sh_atomic_store_relaxed(&a->pages[pi].owner, 1u);
+  CHECK("flush past a damaged page", sh_thread_flush(a) == SH_OK && sh_magazine_blocks(a) == 0);
+  CHECK("the block not linked", memcmp(words_before, sh_ptr(a, x), sizeof words_before) == 0);
+  CHECK("its page quarantined", sh_atomic_load_relaxed(&a->pages[pi].flags) & SH_PAGE_CORRUPT);
+  sh_close(a);
 }
 
 /* A full partition names what other threads' magazines still hold. */
