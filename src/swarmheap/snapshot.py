@@ -26,6 +26,7 @@ the whole blob has been read and checked.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import struct
@@ -171,31 +172,34 @@ def codec_threads() -> int:
 
 
 def _map_parallel(fn: Callable[..., bytes], items: Sequence[Any]) -> list[bytes]:
-    """[fn(*item) for item in items], the items dealt out to codec_threads()
-    threads, this one among them. The helpers live for one call: a thread
-    left running would make every later fork() of the user's process unsafe
-    (and a DeprecationWarning from Python 3.12 on)."""
+    """[fn(*item) for item in items] on codec_threads() threads, this one
+    among them. Each thread takes the next item left, so this thread starts at
+    once and does more while a helper is still starting. The helpers live for
+    one call: a thread left running would make every later fork() of the
+    user's process unsafe (and a DeprecationWarning from Python 3.12 on)."""
     n = min(codec_threads(), len(items))
     out: list[Any] = [None] * len(items)
     errors: list[BaseException] = []
+    next_item = itertools.count()  # next() on a count is one call under the GIL: no item is taken twice
 
-    def work(first: int) -> None:
+    def work() -> None:
         try:
-            for i in range(first, len(items), n):
+            for i in iter(next_item.__next__, None):
+                if i >= len(items) or errors:
+                    return
                 out[i] = fn(*items[i])
         except BaseException as exc:  # re-raised by the caller's thread
             errors.append(exc)
 
-    helpers, inline = [], []
-    for k in range(1, n):
-        t = threading.Thread(target=work, args=(k,), name="swarmheap-codec")
+    helpers = []
+    for _ in range(1, n):
+        t = threading.Thread(target=work, name="swarmheap-codec")
         try:
             t.start()
             helpers.append(t)
-        except RuntimeError:  # no new threads (interpreter shutdown): this thread does that share too
-            inline.append(k)
-    for k in [0, *inline]:
-        work(k)
+        except RuntimeError:  # no new threads (interpreter shutdown): this thread takes their items
+            break
+    work()
     for t in helpers:
         t.join()
     if errors:
