@@ -25,6 +25,9 @@ cdef class Block:
 
     cdef int _check_live(self) except -1:
         if self.freed:
+            if self.moved:
+                raise StaleBlock(f"block at offset {self.offset} was sent with send_block: it belongs to "
+                                 "the message now, and its receiver's Block is the one to use", "SH_EDOUBLEFREE")
             raise StaleBlock(f"block at offset {self.offset} was freed", "SH_EDOUBLEFREE")
         if self.heap.arena == NULL:
             raise ValueError("the block's heap is closed")
@@ -45,6 +48,7 @@ cdef class Block:
         if self.exports or (self.tag and self.heap.tagged_exports.get(self.offset)):
             raise BufferError("cannot hand the block over: buffers (memoryviews, arrays) still point at it")
         self.freed = True
+        self.moved = True
 
     def _adopt_tag(self, uint64_t tag):
         self.tag = tag

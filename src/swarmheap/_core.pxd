@@ -58,6 +58,7 @@ cdef class Block:
     cdef int part
     cdef int exports
     cdef bint freed
+    cdef bint moved  # sent with send_block: freed here, the message owns it
     cdef bint owns  # a received message: dropping the last reference frees it
 
     cdef int _check_live(self) except -1

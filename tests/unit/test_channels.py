@@ -28,8 +28,8 @@ def test_round_trip_zero_copy_and_block_moves(heap: sh.Heap) -> None:
     blk = heap.alloc(1000, "comm")
     blk[:] = b"z" * 1000
     ch.send_block(blk)
-    with pytest.raises(sh.StaleBlock):
-        blk[:1]  # the sender's Block went with the message
+    with pytest.raises(sh.StaleBlock, match="sent with send_block"):
+        blk[:1]  # the sender's Block went with the message, and the error says so
     moved = ch.recv()
     assert bytes(moved) == b"z" * 1000
     moved.free()
