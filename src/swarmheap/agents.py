@@ -224,7 +224,7 @@ class Agent(AgentCore):
         return offload.snapshot_of(self, codec, level)[0]
 
     def offload(
-        self, store: Store | None = None, *, codec: str = "zstd", level: int | None = None
+        self, store: Store | None = None, *, codec: str | None = None, level: int | None = None
     ) -> dict[str, Any]:
         """Write the agent's snapshot to ``store`` (the heap's default store if
         None), then give back its memory. Its id and generation stay valid,
@@ -233,7 +233,9 @@ class Agent(AgentCore):
         raises StoreUnavailable and the agent stays in memory. The snapshot
         is zstd at level 1 by default (offload is on the way of a spawn or an
         allocation waiting for room: level 3 compresses 2 % smaller and about
-        1.4x slower), with the kind's dictionary once trained."""
+        1.4x slower), with the kind's dictionary once trained; without the
+        `compress` extra (zstandard) the default is "none", so that an
+        offload to SQLite needs no extra."""
         heap = self._heap
         final = offload.offload(self, store if store is not None else heap.store, codec, level)
         hooks = heap._hooks

@@ -177,7 +177,12 @@ def _registry_name(agent: Agent) -> str:
 OFFLOAD_ZSTD_LEVEL = 1
 
 
-def offload(agent: Agent, store: Store, codec: str = "zstd", level: int | None = None) -> dict[str, Any]:
+def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
+    """agent.offload(). ``codec`` None: zstd when the `compress` extra is
+    installed, else none, so that offloading to the embedded default store
+    (SQLite) needs no extra; naming "zstd" without the extra names it."""
+    if codec is None:
+        codec = "zstd" if snapshot.has_zstd() else "none"
     heap = agent.heap
     if heap.read_only:
         raise ReadOnlyHeap("the heap is attached read-only: offload() writes; attach it without read_only")

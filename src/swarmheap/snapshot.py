@@ -113,6 +113,22 @@ def _checksum(kind: int, payload: Any) -> int:
     return zlib.crc32(payload)
 
 
+def has_zstd() -> bool:
+    """Whether zstd is here (the `compress` extra)."""
+    global _has_zstd
+    if _has_zstd is None:
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            _has_zstd = False
+        else:
+            _has_zstd = True
+    return _has_zstd
+
+
+_has_zstd: bool | None = None
+
+
 def _check_kind() -> int:
     try:
         import xxhash  # noqa: F401

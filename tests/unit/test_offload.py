@@ -297,6 +297,27 @@ def test_a_missing_extra_is_named(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
         LMDBStore(tmp_path / "x")
 
 
+def test_offload_needs_no_extra(
+    heap: sh.Heap, agent: sh.Agent, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite is the embedded default: without zstandard an offload writes the
+    state uncompressed rather than fail, and only naming zstd names the extra."""
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    monkeypatch.setattr(snapshot, "_has_zstd", None)
+    want = entries_of(agent)
+    with pytest.raises(ImportError, match=r"swarmheap\[compress\]"):
+        agent.offload(store, codec="zstd")
+    assert agent.state == "live" and entries_of(agent) == want
+    agent.offload(store)
+    (key,) = store.keys("swarmheap/agent/")
+    blob = store.get(key)
+    assert blob is not None and blob[:6] == b"SHSNAP" and blob[7] == snapshot.CODECS["none"]
+    assert agent.state == "offloaded"
+    agent.restore()
+    assert entries_of(agent) == want
+    heap.check()
+
+
 # ---- offload and restore ----
 
 

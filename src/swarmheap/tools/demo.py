@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
+from swarmheap import snapshot
 from swarmheap._core import FIRST_AGENT
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
@@ -351,6 +352,7 @@ def succeeded(report: DemoReport) -> bool:
 def print_report(report: DemoReport) -> None:
     print()
     print("swarmheap demo report")
+    codec = "zstd" if snapshot.has_zstd() else "uncompressed"
     rows = [
         ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
         ("agents run (survivors and swept)", str(report.agents_run)),
@@ -363,7 +365,7 @@ def print_report(report: DemoReport) -> None:
         (
             "memory agents offloaded (SQLite)",
             f"{report.offloads} times: {format_size(report.offloaded_bytes)} freed in the heap, "
-            f"{format_size(report.blob_bytes)} in the store (zstd), restored on next touch",
+            f"{format_size(report.blob_bytes)} in the store ({codec}), restored on next touch",
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         (
