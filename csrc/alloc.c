@@ -33,7 +33,6 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
                   others);
 }
 
-
 /* Make the bin's first page one with free blocks: an existing page of the
  * bin, else a fresh page from the partition. */
 static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_t size) {
@@ -83,8 +82,6 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   _sh_part_unlock(a, part);
   return SH_OK;
 }
-
-
 
 /* The uncached path: pop the shared stack of the bin's first page. Threads
  * without a slot take it, and cached threads when their cache cannot help. */

@@ -18,6 +18,7 @@ bool _sh_block_is_free(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t
   uint64_t local = w ? sh_atomic_load_relaxed(&w->local) : 0;
   return local && _sh_stack_holds(a, pi, sh_local_top(local), sh_local_count(local), top);
 }
+
 /* The way of the calling thread's slot that caches page `pi` under `claim`,
  * or NULL: the claim names the slot and the way. */
 static inline sh_tc_way_t *sh_my_way(const sh_arena_t *a, sh_tslot_t *slot, const sh_page_t *pg, uint32_t pi,
@@ -40,7 +41,6 @@ static inline void sh_way_push(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e
   sh_track_free(a, link, size);
   _sh_tc_count_entry(a, slot, e, &e->frees);
 }
-
 
 /* `claimed`: a nursery block already taken out of its agent's record (a
  * recycle, or an allocation that undoes itself). */
