@@ -200,6 +200,11 @@ class Registry:
             flat = root.get(name)
             old = entries.get(name, flat)
             if not accept(old):
+                # a refusal is final only if what it saw was the registry then:
+                # the shard block may have been freed and reused (by another
+                # writer's copy) between reading the root and reading it
+                if self._root_word() != word:
+                    raise _Changed
                 return False
             if new is None:
                 entries.pop(name, None)
