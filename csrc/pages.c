@@ -369,6 +369,18 @@ void _sh_partition_repair_locked(sh_arena_t *a, int part) {
     }
     if ((state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) && owner >= a->max_owners)
       sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
+    /* An agent that holds no pages any more (its slot free, or offloaded)
+     * cannot own one: the holder that died formatted it for the agent but
+     * never counted it, so the agent's recycle skipped this partition.
+     * Relinked, the page would be held by a free slot; it goes back, its
+     * claim first (a dead thread's way must not flush into it). */
+    if ((state == SH_PAGE_SMALL || state == SH_PAGE_LARGE) && owner >= SH_FIRST_AGENT) {
+      uint32_t held_by = sh_atomic_load_relaxed(&a->owners[owner].state);
+      if (held_by == SH_OWNER_FREE || held_by == SH_OWNER_OFFLOADED) {
+        sh_atomic_store_release(&pg->claim, 0u);
+        sh_atomic_store_relaxed(&pg->state, state = SH_PAGE_FREE);
+      }
+    }
     sh_bit_set(a, pi, state != SH_PAGE_FREE);
     if (state == SH_PAGE_FREE) {
       pg->next = pg->prev = SH_NIL;

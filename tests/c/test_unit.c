@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "sh_internal.h"
+#include "sh_page.h"
 #include "sh_track.h"
 #include "swarmheap.h"
 #include "testhelper.h"
@@ -415,6 +416,44 @@ static void test_lock_owner_died(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+/* A process dies holding the partition lock between formatting a fresh page
+ * for an agent and counting it (a refill cut short): the agent's recycle sees
+ * no pages there and skips the partition, so the repair that the next locker
+ * runs meets a page whose owner slot is free. It goes back to the partition,
+ * not to the free slot's lists. */
+static void test_lock_owner_died_mid_refill(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/sh_unit_refill_%d", (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  uint32_t id, gen;
+  REQUIRE("agent", sh_owner_create(a, 0, &id, &gen) == SH_OK);
+  uint64_t used_before = part_stats(a, SH_PART_CONTEXT).pages_used;
+  pid_t child = fork();
+  if (child == 0) {
+    sh_arena_t *ca;
+    if (sh_attach(&ca, SH_BACKING_SHM, name, 0) != SH_OK) _exit(2);
+    _sh_part_lock(ca, SH_PART_CONTEXT);
+    uint32_t pi = _sh_bitmap_take(ca, SH_PART_CONTEXT, 1);
+    if (pi == SH_NIL) _exit(3);
+    _sh_page_format_small(ca, &ca->pages[pi], pi, id, 3, 0); /* never linked, never counted */
+    _exit(0); /* dies holding the lock */
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  REQUIRE("the child got as far as the page", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK("the agent's recycle", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("its slot is free", sh_owner_state(a, id) == SH_OWNER_FREE);
+  uint64_t off;
+  CHECK("alloc after the holder died (repairs)", sh_alloc(a, 0, SH_PART_CONTEXT, 20000, &off) == SH_OK);
+  CHECK("the repair gave the page back", sh_check(a) == SH_OK);
+  CHECK("free", sh_free(a, off) == SH_OK);
+  CHECK("pages as before", part_stats(a, SH_PART_CONTEXT).pages_used <= used_before + 1);
+  sh_close(a);
+  sh_unlink(SH_BACKING_SHM, name);
+}
+
 /* The lock-free entry points never lock; emptied pages come back under pressure. */
 static void test_nolock(void) {
   sh_arena_t *a = make_anon(8 * MiB, 4096);
@@ -590,6 +629,7 @@ int main(void) {
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();
+  test_lock_owner_died_mid_refill();
   test_dead_sender_message();
   return check_summary("test_unit");
 }
