@@ -423,10 +423,7 @@ static void test_lock_owner_died(void) {
  * not to the free slot's lists. */
 static void test_lock_owner_died_mid_refill(void) {
   char name[64];
-  snprintf(name, sizeof name, "/sh_unit_refill_%d", (int)getpid());
-  sh_unlink(SH_BACKING_SHM, name);
-  sh_arena_t *a = NULL;
-  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, 16 * MiB, NULL) == SH_OK);
+  sh_arena_t *a = make_shm(name, "refill", 16 * MiB);
   uint32_t id, gen;
   REQUIRE("agent", sh_owner_create(a, 0, &id, &gen) == SH_OK);
   uint64_t used_before = part_stats(a, SH_PART_CONTEXT).pages_used;

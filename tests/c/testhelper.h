@@ -38,6 +38,16 @@ static inline int check_summary(const char *suite) {
 #define MiB (1024u * 1024u)
 
 /* A private arena with default ratios and the given page size. */
+/* A named arena (for a test that forks a process to attach it); its name,
+ * unique to this process, goes into `name` for the unlink at the end. */
+static inline sh_arena_t *make_shm(char name[64], const char *what, size_t size) {
+  snprintf(name, 64, "/sh_unit_%s_%d", what, (int)getpid());
+  sh_unlink(SH_BACKING_SHM, name);
+  sh_arena_t *a = NULL;
+  REQUIRE("shm create", sh_create(&a, SH_BACKING_SHM, name, size, NULL) == SH_OK);
+  return a;
+}
+
 static inline sh_arena_t *make_anon(size_t size, uint32_t page_size) {
   sh_options_t o;
   sh_options_init(&o);
