@@ -81,15 +81,13 @@ static void sh_mag_flush_one(sh_arena_t *a, sh_tslot_t *slot, int part, sh_mag_t
     }
     sh_page_t *pg = &a->pages[pi];
     const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
-    uint32_t in_page = (uint32_t)(off & (sh_page_bytes(a) - 1));
-    bool block_start = in_page * cls->div_magic <= cls->div_magic - 1 && in_page + cls->size <= sh_page_bytes(a);
+    uint32_t top = (uint32_t)((off & (sh_page_bytes(a) - 1)) >> SH_UNIT_SHIFT) + 1;
     /* Not marked: written after its free. Not a block of a small page of the
      * default: the page was damaged since. Either way, nobody to tell now:
      * the block stays out and its page is quarantined, so check() reports it. */
-    if (!_sh_mag_marked((uint32_t *)(a->base + off), unit) || !block_start ||
+    if (!_sh_mag_marked((uint32_t *)(a->base + off), unit) || !_sh_top_valid(cls, top) ||
         sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL ||
-        sh_atomic_load_relaxed(&pg->owner) != SH_OWNER_DEFAULT ||
-        !sh_page_push(a, pg, pi, (in_page >> SH_UNIT_SHIFT) + 1, true)) {
+        sh_atomic_load_relaxed(&pg->owner) != SH_OWNER_DEFAULT || !sh_page_push(a, pg, pi, top, true)) {
       sh_mag_uncount_free(a, slot, m);
       _sh_page_quarantine(a, pi);
     }

@@ -6,7 +6,9 @@ import importlib
 import sys
 from typing import Any
 
-__all__ = ["require"]
+__all__ = ["available", "require"]
+
+_absent: set[str] = set()  # modules an import of failed: a later ask is one set lookup
 
 
 def require(module: str, extra: str) -> Any:
@@ -23,3 +25,17 @@ def require(module: str, extra: str) -> Any:
         raise ImportError(
             f"{module.split('.')[0]} is needed for this; install it with: pip install 'swarmheap[{extra}]'"
         ) from exc
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` imports (for a default that falls back without its extra)."""
+    if module in sys.modules and sys.modules[module] is not None:
+        return True
+    if module in _absent:
+        return False
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        _absent.add(module)
+        return False
+    return True

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, snapshot
 from swarmheap._core import FIRST_AGENT
-from swarmheap._extras import require
+from swarmheap._extras import available, require
 from swarmheap.errors import (
     AgentStateError,
     CorruptSnapshot,
@@ -177,12 +177,17 @@ def _registry_name(agent: Agent) -> str:
 OFFLOAD_ZSTD_LEVEL = 1
 
 
-def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
-    """agent.offload(). ``codec`` None: zstd when the `compress` extra is
-    installed, else none, so that offloading to the embedded default store
+def default_codec() -> str:
+    """An offload's codec when none is named: zstd when the `compress` extra
+    is installed, else none, so that offloading to the embedded default store
     (SQLite) needs no extra; naming "zstd" without the extra names it."""
+    return "zstd" if available("zstandard") else "none"
+
+
+def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
+    """agent.offload() (``codec`` None: default_codec())."""
     if codec is None:
-        codec = "zstd" if snapshot.has_zstd() else "none"
+        codec = default_codec()
     heap = agent.heap
     if heap.read_only:
         raise ReadOnlyHeap("the heap is attached read-only: offload() writes; attach it without read_only")

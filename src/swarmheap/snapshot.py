@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from swarmheap._extras import require
+from swarmheap._extras import available, require
 from swarmheap.errors import CorruptSnapshot, SnapshotTooNew
 
 __all__ = ["CODECS", "FORMAT_VERSION", "State", "decode_state", "encode_state", "pack", "unpack"]
@@ -113,28 +113,8 @@ def _checksum(kind: int, payload: Any) -> int:
     return zlib.crc32(payload)
 
 
-def has_zstd() -> bool:
-    """Whether zstd is here (the `compress` extra)."""
-    global _has_zstd
-    if _has_zstd is None:
-        try:
-            import zstandard  # noqa: F401
-        except ImportError:
-            _has_zstd = False
-        else:
-            _has_zstd = True
-    return _has_zstd
-
-
-_has_zstd: bool | None = None
-
-
 def _check_kind() -> int:
-    try:
-        import xxhash  # noqa: F401
-    except ImportError:
-        return _CHECK_CRC32
-    return _CHECK_XXH64
+    return _CHECK_XXH64 if available("xxhash") else _CHECK_CRC32
 
 
 _contexts = threading.local()  # a zstd context is not for two threads at once

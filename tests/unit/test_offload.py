@@ -19,7 +19,7 @@ import pytest
 import _workers
 import swarmheap as sh
 from _workers import restore_from_store, restore_snapshot
-from swarmheap import snapshot
+from swarmheap import _extras, snapshot
 from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
 
 CODECS = ("zstd", "lz4", "none")
@@ -303,7 +303,7 @@ def test_offload_needs_no_extra(
     """SQLite is the embedded default: without zstandard an offload writes the
     state uncompressed rather than fail, and only naming zstd names the extra."""
     monkeypatch.setitem(sys.modules, "zstandard", None)
-    monkeypatch.setattr(snapshot, "_has_zstd", None)
+    monkeypatch.setattr(_extras, "_absent", set())
     want = entries_of(agent)
     with pytest.raises(ImportError, match=r"swarmheap\[compress\]"):
         agent.offload(store, codec="zstd")

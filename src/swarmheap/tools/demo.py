@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-from swarmheap import snapshot
+from swarmheap import offload
 from swarmheap._core import FIRST_AGENT
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
@@ -352,7 +352,7 @@ def succeeded(report: DemoReport) -> bool:
 def print_report(report: DemoReport) -> None:
     print()
     print("swarmheap demo report")
-    codec = "zstd" if snapshot.has_zstd() else "uncompressed"
+    codec = offload.default_codec().replace("none", "uncompressed")
     rows = [
         ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
         ("agents run (survivors and swept)", str(report.agents_run)),
