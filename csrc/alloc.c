@@ -10,6 +10,9 @@
 #include "sh_page.h"
 
 enum { SH_REST_MAY_LOCK = 1, SH_REST_DAMAGED = 2 };
+/* sh_tc_refill's answer when the partition keeps its last pages shared
+ * (_sh_part_may_cache): the request takes the uncached path */
+enum { SH_REFILL_UNCACHED = 1 };
 
 /* ----- Small blocks ------------------------------------------------------------ */
 
@@ -34,10 +37,13 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
 }
 
 /* Make the bin's first page one with free blocks: an existing page of the
- * bin, else a fresh page from the partition. */
-static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_t size) {
+ * bin, else a fresh page from the partition. A full partition first takes
+ * back what the calling thread's caches keep there (as sh_tc_refill). */
+static int sh_small_refill(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size) {
   int rc = _sh_owner_usable(a, owner);
   if (rc) return rc;
+  bool flushed = slot == NULL;
+again:
   _sh_part_lock(a, part);
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   uint32_t steps = 0, limit = a->part_end[part] - a->part_first[part];
@@ -67,6 +73,11 @@ static int sh_small_refill(sh_arena_t *a, uint32_t owner, int part, int c, size_
   }
   if (pi == SH_NIL) {
     _sh_part_unlock(a, part);
+    if (!flushed) {
+      flushed = true;
+      _sh_tc_flush_partition(a, slot, part);
+      goto again;
+    }
     return sh_partition_full(a, part, size, 1);
   }
   _Atomic uint32_t *set = _sh_owner_set_need(a, owner, part);
@@ -114,7 +125,7 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
       }
     }
     if (!may_lock) return SH_EAGAIN;
-    int rc = sh_small_refill(a, owner, part, c, size);
+    int rc = sh_small_refill(a, slot, owner, part, c, size);
     if (rc) return rc;
   }
 }
@@ -198,6 +209,7 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
                         int part, int c, size_t size) {
   int rc = _sh_owner_usable(a, owner);
   if (rc) return rc;
+  if (!_sh_part_may_cache(a, part)) return SH_REFILL_UNCACHED;
   if (sh_atomic_load_relaxed(&e->key) != key) {
     _sh_tc_entry_flush(a, e); /* another (owner, partition, class) used the entry */
     _sh_tc_fold(a, slot, e);
@@ -326,6 +338,7 @@ static int sh_tc_alloc_slow(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int
     }
     if (!may_lock) return SH_EAGAIN;
     int rc = sh_tc_refill(a, slot, e, key, owner, part, c, size);
+    if (rc == SH_REFILL_UNCACHED) break;
     if (rc) return rc;
     if (sh_tc_pop(a, slot, e, key, c, offset) == SH_TC_HIT) return SH_OK;
   next_round:;

@@ -43,7 +43,7 @@ bool _sh_tc_keep_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t pi, int part, boo
   sh_page_t *pg = &a->pages[pi];
   uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
   if (n > SH_TC_RUN_MAX_PAGES || (uint64_t)n * 8 > a->part_end[part] - a->part_first[part] ||
-      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED))
+      (sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_LEASED) || !_sh_part_may_cache(a, part))
     return false;
   sh_tc_run_t *r = NULL;
   for (int i = 0; i < SH_TC_RUNS && !r; i++)

@@ -180,6 +180,18 @@ static inline uint32_t _sh_pg_owner(const sh_arena_t *arena, const sh_page_t *pg
 static inline bool _sh_page_in_part(const sh_arena_t *arena, uint32_t pi, int part) {
   return pi - arena->part_first[part] < arena->part_end[part] - arena->part_first[part];
 }
+/* Whether a thread may keep a page or a run of the partition for itself (a
+ * way's claim, a kept run). Claims are taken back only by their thread, so a
+ * partition near full stops granting them: a reserve of its pages (half a
+ * small partition, two per size class in a large one) stays shared, and a
+ * thread of a small heap cannot find it full while other threads' caches
+ * hold what it needs. The counter is the arena's: a damaged one only
+ * changes whether a thread caches. */
+static inline bool _sh_part_may_cache(const sh_arena_t *arena, int part) {
+  uint32_t total = arena->part_end[part] - arena->part_first[part];
+  uint32_t reserve = total / 2 < 2 * arena->nclasses ? total / 2 : 2 * arena->nclasses;
+  return sh_atomic_load_relaxed(&arena->hdr->pages_used[part]) + reserve < total;
+}
 static inline int _sh_page_partition(const sh_arena_t *arena, uint32_t pi) {
   for (int p = 0; p < SH_NPARTITIONS; p++)
     if (pi >= arena->part_first[p] && pi < arena->part_end[p]) return p;

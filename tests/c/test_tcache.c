@@ -375,6 +375,50 @@ static void test_full_names_other_magazines(void) {
   sh_close(a);
 }
 
+/* Threads that stay alive keep what they cache: in a small partition the
+ * last pages stay shared, so another thread still finds room for a block of
+ * each of the classes up to 1 KiB while they hold their pages. */
+enum { SMALL_CLASSES = 20 };
+static void *touch_every_class_and_wait(void *arg) {
+  holder_t *h = arg;
+  sh_arena_t *a = h->arena;
+  for (uint32_t c = 0; c < SMALL_CLASSES; c++) {
+    uint64_t off;
+    if (sh_alloc(a, 0, SH_PART_COMM, a->classes[c].size, &off) == SH_OK) sh_free(a, off);
+  }
+  pthread_barrier_wait(h->freed);
+  pthread_barrier_wait(h->done);
+  return NULL;
+}
+
+static void test_live_threads_caches_leave_room(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  enum { HOLDERS = 4 };
+  uint32_t pages = part_stats(a, SH_PART_COMM).pages_total;
+  CHECK("the holders could cache more pages than the partition has", HOLDERS * SMALL_CLASSES > pages);
+  pthread_barrier_t freed, done;
+  pthread_barrier_init(&freed, NULL, HOLDERS + 1);
+  pthread_barrier_init(&done, NULL, HOLDERS + 1);
+  holder_t h = {a, &freed, &done};
+  pthread_t t[HOLDERS];
+  for (int i = 0; i < HOLDERS; i++) pthread_create(&t[i], NULL, touch_every_class_and_wait, &h);
+  pthread_barrier_wait(&freed);
+  uint64_t offs[SMALL_CLASSES];
+  uint32_t got = 0;
+  for (uint32_t c = 0; c < SMALL_CLASSES; c++)
+    if (sh_alloc(a, 0, SH_PART_COMM, a->classes[c].size, &offs[got]) == SH_OK) got++;
+  CHECK("a block of each class while the holders keep their caches", got == SMALL_CLASSES);
+  for (uint32_t i = 0; i < got; i++) sh_free(a, offs[i]);
+  CHECK("check with the holders alive", sh_check(a) == SH_OK);
+  pthread_barrier_wait(&done);
+  for (int i = 0; i < HOLDERS; i++) pthread_join(t[i], NULL);
+  CHECK("nothing in use after they exit", part_stats(a, SH_PART_COMM).in_use == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  pthread_barrier_destroy(&freed);
+  pthread_barrier_destroy(&done);
+  sh_close(a);
+}
+
 /* More threads than slots: the rest take the uncached path. */
 static void *churn(void *arg) {
   worker_t *w = arg;
@@ -431,6 +475,7 @@ int main(void) {
 #if !defined(__SANITIZE_THREAD__)
   test_dead_process_slots();
 #endif
+  test_live_threads_caches_leave_room();
   test_more_threads_than_slots();
   return check_summary("test_tcache");
 }
