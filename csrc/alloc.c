@@ -90,8 +90,9 @@ again:
   _sh_page_format_small(a, &a->pages[pi], pi, owner, c, 0);
   _sh_bin_link_front(a, &set[1 + c], pi);
   _sh_owner_pages_add(a, owner, part, 1);
+  rc = _sh_owner_still_usable_locked(a, owner, part, pi);
   _sh_part_unlock(a, part);
-  return SH_OK;
+  return rc;
 }
 
 /* The uncached path: pop the shared stack of the bin's first page. Threads
@@ -277,6 +278,12 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
       _sh_page_format_small(a, &a->pages[best], best, owner, c, claim);
       _sh_bin_link_front(a, bin, best);
       _sh_owner_pages_add(a, owner, part, 1);
+      rc = _sh_owner_still_usable_locked(a, owner, part, best);
+      if (rc) {
+        sh_way_clear(way);
+        _sh_part_unlock(a, part);
+        return rc;
+      }
     } else {
       sh_atomic_store_release(&a->pages[best].claim, claim);
     }

@@ -95,7 +95,9 @@ int _sh_alloc_large(sh_arena_t *a, uint32_t owner, int part, size_t size, uint64
     return SH_LARGE_NO_PAGES;
   }
   sh_run_format_locked(a, owner, part, pi, n, size, fresh);
+  rc = _sh_owner_still_usable_locked(a, owner, part, pi);
   _sh_part_unlock(a, part);
+  if (rc) return rc;
   sh_track_alloc(a, _sh_page_start(a, pi), (uint64_t)n * psize);
   sh_count(a, slot, 0, part, (int)a->nclasses);
   *offset = (uint64_t)pi << a->page_shift;
@@ -134,9 +136,13 @@ int _sh_run_reserve(sh_arena_t *a, uint32_t owner, int part, uint64_t bytes, uin
   uint32_t n = _sh_run_pages(a, (size_t)bytes);
   _sh_part_lock(a, part);
   uint32_t pi = _sh_bitmap_take(a, part, n);
-  if (pi != SH_NIL) sh_run_format_locked(a, owner, part, pi, n, (size_t)bytes, NULL);
+  int rc = SH_EFULL;
+  if (pi != SH_NIL) {
+    sh_run_format_locked(a, owner, part, pi, n, (size_t)bytes, NULL);
+    rc = _sh_owner_still_usable_locked(a, owner, part, pi);
+  }
   _sh_part_unlock(a, part);
-  if (pi == SH_NIL) return SH_EFULL;
+  if (rc) return rc;
   *offset = (uint64_t)pi << a->page_shift;
   return SH_OK;
 }

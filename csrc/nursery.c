@@ -95,6 +95,20 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
     return SH_NURSERY_PASS;
   }
   sh_atomic_store_release(&_sh_nursery_map(a, pi, bc)[index], owner);
+  /* the agent's recycle may have read its record before the block was
+   * listed: it marks the agent not live first, so one of us sees the other
+   * (as _sh_owner_still_usable_locked); whoever clears the map frees it */
+  sh_atomic_fence();
+  int usable = _sh_owner_usable(a, owner);
+  if (sh_unlikely(usable != SH_OK)) {
+    uint32_t named = owner, unit = (uint32_t)(off >> SH_UNIT_SHIFT);
+    for (int k = 0; k < SH_NURSERY_SLOTS; k++) {
+      uint32_t listed_unit = unit;
+      if (sh_atomic_cas_strong_acq_rel(&record[k], &listed_unit, 0u)) break;
+    }
+    if (sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, pi, bc)[index], &named, 0u)) _sh_free_block(a, off, true);
+    return usable;
+  }
   *offset = off;
   return SH_OK;
 }

@@ -68,12 +68,23 @@ static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t
  * Owner lock held. */
 int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, uint32_t final_state) {
   sh_owner_t *o = &a->owners[id];
+  /* Not live from here, before its nursery record and page counts are read:
+   * an allocation of the agent that races this either is seen below or sees
+   * this and gives back what it took (_sh_owner_still_usable_locked,
+   * _sh_nursery_alloc). */
+  uint32_t st = sh_atomic_load_relaxed(&o->state);
+  if (st == SH_OWNER_LIVE || st == SH_OWNER_RESTORING) sh_atomic_store_release(&o->state, SH_OWNER_COMPLETED);
+  sh_atomic_fence();
   uint32_t kib = sh_atomic_exchange_acq_rel(&o->reserved_kib, 0u); /* its reservation goes with its memory */
   if (kib) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)kib << 10);
   _sh_nursery_release(a, id, final); /* first: its nursery blocks sit on pages that stay */
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
     _sh_part_lock(a, part);
+    if (sh_atomic_load_relaxed(&o->pages[part]) == 0) { /* a refill gave its page back while we waited */
+      _sh_part_unlock(a, part);
+      continue;
+    }
     uint64_t pages = 0;
     bool damaged = false;
     _Atomic uint32_t *set = _sh_owner_set(a, id, part);

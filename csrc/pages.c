@@ -28,6 +28,21 @@ int _sh_owner_usable(const sh_arena_t *a, uint32_t owner) {
   return SH_OK;
 }
 
+/* A refill that just counted a fresh page (or run) to an agent looks again:
+ * the agent's recycle may have read its page counts before that one was
+ * counted, and then it skipped this partition. The recycle marks the agent
+ * not live before it reads the counts, and this reads the state after the
+ * count, a full fence each: so either the recycle sees the page (and takes
+ * it back under this partition lock, after us) or this sees the recycle and
+ * gives the page back here. Partition lock held. */
+int _sh_owner_still_usable_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi) {
+  if (owner < SH_FIRST_AGENT) return SH_OK;
+  sh_atomic_fence();
+  int rc = _sh_owner_usable(a, owner);
+  if (rc) _sh_page_release_locked(a, part, pi);
+  return rc;
+}
+
 /* A recycled owner's blocks go back without a free each: count them as freed
  * all the same, so that allocs - frees keeps equal to what is in use. */
 static void sh_count_released(const sh_arena_t *a, uint32_t pi, int part) {

@@ -28,6 +28,9 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
 #define sh_atomic_or_relaxed(p, v)  atomic_fetch_or_explicit((p), (v), memory_order_relaxed)
 #define sh_atomic_and_relaxed(p, v) atomic_fetch_and_explicit((p), (v), memory_order_relaxed)
 #define sh_atomic_or_release(p, v)  atomic_fetch_or_explicit((p), (v), memory_order_release)
+/* A store then a load of another word, seen in that order by a thread that
+ * does the mirror image (Dekker): one of the two sees the other's store. */
+#define sh_atomic_fence()           atomic_thread_fence(memory_order_seq_cst)
 
 /* Plain words of user memory (free links in free blocks) that other threads
  * may read or write at the same moment: GCC's __atomic builtins, because the

@@ -77,6 +77,7 @@ sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *a, uint32_t pi);
 
 sh_internal void _sh_count_failure(const sh_arena_t *a, int part);
 sh_internal int _sh_owner_usable(const sh_arena_t *a, uint32_t owner);
+sh_internal int _sh_owner_still_usable_locked(sh_arena_t *a, uint32_t owner, int part, uint32_t pi);
 
 /* ---- large.c ---- */
 

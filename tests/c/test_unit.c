@@ -1,11 +1,14 @@
 /* Unit tests of the C core: options, size classes, blocks, partitions,
  * owners, pins, corruption detection, shared mappings, lock repair. */
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "sh_internal.h"
+#include "sh_nursery.h"
 #include "sh_page.h"
 #include "sh_track.h"
 #include "swarmheap.h"
@@ -451,6 +454,55 @@ static void test_lock_owner_died_mid_refill(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+/* An allocation racing its agent's recycle: it found the agent live, then
+ * waited for the partition lock while the recycle ran (the agent had no
+ * pages there, so the recycle never took that lock). The page it then takes
+ * goes back, and it reports the agent gone, rather than leaving a free slot
+ * holding a page. The main thread holds the lock until the allocating thread
+ * is queued on it (the futex word's waiters bit), so the order is forced. */
+typedef struct racer_s {
+  sh_arena_t *arena;
+  uint32_t owner, gen;
+  size_t size;
+  bool nursery; /* through sh_alloc_owner, whose small blocks come from the nursery */
+  int rc;
+} racer_t;
+
+static void *alloc_for_owner(void *arg) {
+  racer_t *r = arg;
+  uint64_t off, usable;
+  r->rc = r->nursery ? sh_alloc_owner(r->arena, r->owner, r->gen, SH_PART_COMM, r->size, &off, &usable)
+                     : sh_alloc(r->arena, r->owner, SH_PART_COMM, r->size, &off);
+  return NULL;
+}
+
+static bool part_lock_has_waiter(sh_arena_t *a, int part) {
+  return (sh_word_load_relaxed((uint32_t *)&a->hdr->part_lock[part].mutex.__data.__lock) & 0x80000000u) != 0;
+}
+
+static void test_alloc_racing_its_recycle(void) {
+  const size_t sizes[] = {64, 100000, 64}; /* a cached page, a run, a nursery block */
+  for (int i = 0; i < 3; i++) {
+    sh_arena_t *a = make_anon(16 * MiB, 65536);
+    uint32_t id, gen;
+    REQUIRE("agent", sh_owner_create(a, 0, &id, &gen) == SH_OK);
+    racer_t r = {a, id, gen, sizes[i], i == 2, SH_OK};
+    _sh_part_lock(a, SH_PART_COMM);
+    pthread_t t;
+    pthread_create(&t, NULL, alloc_for_owner, &r);
+    while (!part_lock_has_waiter(a, SH_PART_COMM)) sched_yield();
+    CHECK("the recycle runs while the allocation waits", sh_owner_recycle(a, id, gen) == SH_OK);
+    _sh_part_unlock(a, SH_PART_COMM);
+    pthread_join(t, NULL);
+    CHECK("the allocation reports the agent gone", r.rc == SH_EOWNER);
+    CHECK("the free slot holds no page", sh_atomic_load_relaxed(&a->owners[id].pages[SH_PART_COMM]) == 0);
+    CHECK("nothing in use", part_stats(a, SH_PART_COMM).in_use == 0);
+    CHECK("no nursery block listed for the free slot", _sh_nursery_record(a, id) == NULL || _sh_nursery_record(a, id)[0] == 0);
+    CHECK("check", sh_check(a) == SH_OK);
+    sh_close(a);
+  }
+}
+
 /* The lock-free entry points never lock; emptied pages come back under pressure. */
 static void test_nolock(void) {
   sh_arena_t *a = make_anon(8 * MiB, 4096);
@@ -627,6 +679,7 @@ int main(void) {
   test_shared_mapping();
   test_lock_owner_died();
   test_lock_owner_died_mid_refill();
+  test_alloc_racing_its_recycle();
   test_dead_sender_message();
   return check_summary("test_unit");
 }
