@@ -54,6 +54,24 @@ static int sh_chan_at(const sh_arena_t *a, uint64_t off, sh_chan_t **out) {
 static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
+/* A waiter spins on the ring word (every change is one store of it) and
+ * comes back for the lock only when the word says it could act, or the
+ * channel closed: spinning on the lock itself made each send contend with
+ * the receiver's spin, and a contended robust mutex is a futex syscall on
+ * both sides. Returns the spins used. */
+static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room) {
+  for (; spin < SH_CHAN_SPIN; spin++) {
+    uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
+    if ((want_room ? count < c->capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+  }
+  return spin;
+}
+
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   sh_atomic_add_relaxed(word, 1u);
   if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
@@ -112,7 +130,10 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     }
     sh_chan_unlock(c);
     if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
-    if (spin < SH_CHAN_SPIN) continue;
+    if (spin < SH_CHAN_SPIN) {
+      spin = sh_chan_spin(c, spin, true);
+      continue;
+    }
     sh_atomic_add_relaxed(&c->sleepers, 1u);
     _sh_futex_wait(&c->not_full, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
@@ -197,7 +218,10 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     sh_chan_unlock(c);
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
     if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
-    if (spin < SH_CHAN_SPIN) continue;
+    if (spin < SH_CHAN_SPIN) {
+      spin = sh_chan_spin(c, spin, false);
+      continue;
+    }
     sh_atomic_add_relaxed(&c->sleepers, 1u);
     _sh_futex_wait(&c->not_empty, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
