@@ -64,6 +64,14 @@ extension = Extension(
 setup(
     ext_modules=cythonize(
         [extension],
-        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            # methods as method descriptors, which check their self: a cyfunction
+            # called through the class with another object (Heap.unlink("name"))
+            # read that object as a heap
+            "binding": False,
+        },
     ),
 )

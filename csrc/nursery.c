@@ -140,6 +140,7 @@ void _sh_nursery_release(sh_arena_t *a, uint32_t owner, sh_owner_info_t *final) 
     if (!sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, pi, c)[index], &named, 0u)) continue; /* a sweep has it */
     if (final) {
       final->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
+      final->class_bytes[c] += a->classes[c].size;
       final->blocks++;
     }
     _sh_free_block(a, off, true);
@@ -154,6 +155,7 @@ void _sh_nursery_info(const sh_arena_t *a, uint32_t owner, sh_owner_info_t *info
     int c;
     if (off == 0 || !sh_nursery_block(a, off, &pi, &c, &index)) continue;
     info->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
+    info->class_bytes[c] += a->classes[c].size;
     info->blocks++;
   }
 }

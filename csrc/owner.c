@@ -59,6 +59,8 @@ static void sh_info_add_held(const sh_arena_t *a, uint64_t word, sh_owner_info_t
   sh_block_info_t held;
   if (!(word & SH_USER_WORD_HELD) || sh_block_info(a, sh_held_offset(word), &held) != SH_OK) return;
   info->bytes[held.partition] += held.usable_size;
+  info->class_bytes[held.size_class >= 0 && (uint32_t)held.size_class < a->nclasses ? (uint32_t)held.size_class
+                                                                                   : a->nclasses] += held.usable_size;
   info->blocks++;
 }
 

@@ -440,12 +440,16 @@ void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info
   const sh_page_t *pg = &a->pages[pi];
   if (sh_atomic_load_relaxed(&pg->state) == SH_PAGE_LARGE) {
     if (sh_atomic_load_relaxed(&pg->claim) != 0) return; /* free: a thread keeps it for reuse */
-    info->bytes[part] += (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    uint64_t run = (uint64_t)sh_atomic_load_relaxed(&pg->capacity) << a->page_shift;
+    info->bytes[part] += run;
+    info->class_bytes[a->nclasses] += run;
     info->blocks++;
     return;
   }
   uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
-  info->bytes[part] += (uint64_t)used * a->classes[_sh_pg_class(a, pg)].size;
+  int c = _sh_pg_class(a, pg);
+  info->bytes[part] += (uint64_t)used * a->classes[c].size;
+  info->class_bytes[c] += (uint64_t)used * a->classes[c].size;
   info->blocks += used;
 }
 

@@ -8,8 +8,16 @@ OWNER_STATES = ("free", "live", "completed", "dead", "offloaded", "restoring")
 # blocks agents share); agents are owners from FIRST_AGENT on.
 FIRST_AGENT = 2
 # _owner_complete_row's figures, in order, as native float64: bytes held per
-# partition, peak bytes in pages per partition, creation time (ns)
-USAGE_ROW = tuple(f"bytes.{p}" for p in PARTITIONS) + tuple(f"peak.{p}" for p in PARTITIONS) + ("created_ns",)
+# partition, peak bytes in pages per partition, creation time (ns), then the
+# live bytes of each size class (CLASS_SLOTS of them, by class index; the
+# heap's last class + 1 is its runs of whole pages, the rest 0)
+CLASS_SLOTS = 65
+USAGE_ROW = (
+    tuple(f"bytes.{p}" for p in PARTITIONS)
+    + tuple(f"peak.{p}" for p in PARTITIONS)
+    + ("created_ns",)
+    + tuple(f"class.{c}" for c in range(CLASS_SLOTS))
+)
 cdef dict _PART_INDEX = {name: i for i, name in enumerate(PARTITIONS)}
 cdef str _CONTEXT = PARTITIONS[0]
 cdef str _SHARED = PARTITIONS[1]

@@ -9,6 +9,9 @@ cdef class _Arena:
     cdef uint8_t *base
     cdef uint64_t arena_size
     cdef uint32_t page_shift_
+    # block size of each size class, then 0 for runs of whole pages: the
+    # keys of an owner's "classes" (its block-size mix)
+    cdef readonly tuple _class_sizes
     cdef readonly object name
     cdef readonly object path  # a file-backed heap's file, else None
     cdef readonly bint read_only

@@ -14,6 +14,7 @@ PARTITIONS: tuple[str, str, str, str]
 OWNER_STATES: tuple[str, str, str, str, str, str]
 FIRST_AGENT: int
 USAGE_ROW: tuple[str, ...]
+CLASS_SLOTS: int
 
 _H = TypeVar("_H", bound="CoreHeap")
 
@@ -36,6 +37,8 @@ class CoreHeap:
     def read_only(self) -> bool: ...
     events: HeapEvents
     _index_cache: Any
+    @property
+    def _class_sizes(self) -> tuple[int, ...]: ...
     @property
     def closed(self) -> bool: ...
     @property

@@ -2,7 +2,17 @@
 # sweeps): kind is filled in by the layer above (the core keeps only its
 # crc32, kind_id); peak is given in bytes and in pages.
 
-cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page):
+cdef dict _class_dict(sh_owner_info_t *oi, tuple sizes):
+    """Live bytes by block size (0: runs of whole pages), the classes in use only."""
+    cdef dict out = {}
+    cdef Py_ssize_t c
+    for c in range(len(sizes)):
+        if oi.class_bytes[c]:
+            out[sizes[c]] = oi.class_bytes[c]
+    return out
+
+
+cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page, tuple sizes):
     return {
         "id": oi.id, "generation": oi.generation, "kind": kind, "kind_id": oi.kind,
         "state": OWNER_STATES[oi.state] if <unsigned>oi.state < 6 else "corrupt",
@@ -16,6 +26,7 @@ cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page):
                        "comm": oi.peak_pages[2], "system": oi.peak_pages[3]},
         "blocks": oi.blocks, "user_word": oi.user_word,
         "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
+        "classes": _class_dict(oi, sizes),
     }
 
 

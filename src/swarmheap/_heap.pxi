@@ -215,6 +215,7 @@ cdef class _Arena:
         sh_arena_info(arena, &info)
         self.arena_size = info.size
         self.page_shift_ = <uint32_t>(info.page_size.bit_length() - 1)
+        self._class_sizes = tuple([info.class_size[c] for c in range(info.nclasses)] + [0])
         self.name = name
         self.read_only = read_only
         self.created = created
@@ -646,7 +647,7 @@ cdef class _Arena:
             if sh_owner_generation(self.arena, o) == 0:
                 continue
             if sh_owner_info(self.arena, o, &oi) == SH_OK:
-                owners.append(_owner_dict(&oi, None, page))
+                owners.append(_owner_dict(&oi, None, page, self._class_sizes))
         cdef uint32_t bound, total
         cdef uint64_t entries, capacity
         sh_thread_slots(self.arena, &bound, &total)

@@ -2,7 +2,9 @@
 
 The model of a kind, after the Kubernetes VPA recommender: decayed
 histograms with exponential buckets 5 % apart, of each completed agent's
-peak bytes per partition and of its lifetime. Decay is by weight: the n-th
+peak bytes per partition and of its lifetime, and its block-size mix: the
+decayed mean, over agents, of the share of each size class in the live
+bytes the agent held when it completed. Decay is by weight: the n-th
 sample of a kind weighs 2^(n / half_life), so a sample half_life agents old
 counts half as much as the newest (half_life default 100); the weights are
 rescaled before they overflow. Quantiles come from the cumulative weights.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swarmheap._core import PARTITIONS, USAGE_ROW
+from swarmheap._core import CLASS_SLOTS, PARTITIONS, USAGE_ROW
 from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ _ROWS = len(PARTITIONS) + 1  # peak bytes per partition, then lifetime
 _LN_RATIO = math.log(RATIO)
 _ROW_BASES = np.array([BYTES_BASE] * len(PARTITIONS) + [SECONDS_BASE])  # a sample row's bucket bases
 _ROW_OFFSETS = np.arange(_ROWS) * NBUCKETS  # where each row's buckets start in the flattened histogram
+_FIXED = 2 * len(PARTITIONS) + 1  # a USAGE_ROW's fields before its class bytes
+_VERSION = 2  # 1 had no block-size mix: read as a model without one
 
 
 def _bucket(value: float, base: float) -> int:
@@ -85,10 +89,21 @@ class Model:
         self.updated = 0.0
         self.last_peak = 0.0  # the newest sample's context peak, for the stats table
         self.hist = np.zeros((_ROWS, NBUCKETS), dtype=np.float64)
+        # decayed sums of each class's share of an agent's live bytes, and of
+        # the weights of the agents that held any
+        self.classes = np.zeros(CLASS_SLOTS, dtype=np.float64)
+        self.class_weight = 0.0
 
-    def add(self, peaks: np.ndarray, lifetimes: np.ndarray, last_peak: float) -> None:
+    def add(
+        self,
+        peaks: np.ndarray,
+        lifetimes: np.ndarray,
+        last_peak: float,
+        class_bytes: np.ndarray | None = None,
+    ) -> None:
         """Fold in n samples at once: ``peaks`` (n, partitions) bytes,
-        ``lifetimes`` (n,) seconds, oldest first."""
+        ``lifetimes`` (n,) seconds, ``class_bytes`` (n, CLASS_SLOTS) live
+        bytes by size class, oldest first."""
         n = len(lifetimes)
         if n == 0:
             return
@@ -97,9 +112,18 @@ class Model:
             shift = exponents[0]
             self.hist /= 2.0**shift
             self.total /= 2.0**shift
+            self.classes /= 2.0**shift
+            self.class_weight /= 2.0**shift
             self.base += shift * self.half_life
             exponents -= shift
         weights = 2.0**exponents
+        if class_bytes is not None:
+            held = class_bytes.sum(axis=1)
+            some = held > 0  # an agent that held nothing at the end says nothing of its mix
+            if some.any():
+                shares = class_bytes[some] / held[some, None]
+                self.classes += weights[some] @ shares
+                self.class_weight += float(weights[some].sum())
         # every row's buckets in one pass and one weighted bincount (np.add.at
         # per row cost ten times more: a flush runs every FLUSH_EVERY agents)
         values = np.concatenate([peaks, lifetimes[:, None]], axis=1)
@@ -119,10 +143,16 @@ class Model:
         bucket = int(np.searchsorted(cum, q * cum[-1], side="left"))
         return 0.0 if bucket == 0 else _upper(bucket, base)
 
+    def mix(self) -> np.ndarray:
+        """Each class slot's decayed mean share of an agent's live bytes."""
+        if self.class_weight <= 0:
+            return np.zeros(CLASS_SLOTS)
+        return self.classes / self.class_weight
+
     def encode(self) -> bytes:
         head = _HEADER.pack(
             _MAGIC,
-            1,
+            _VERSION,
             NBUCKETS,
             self.half_life,
             self.base,
@@ -131,28 +161,37 @@ class Model:
             self.updated,
             self.last_peak,
         )
-        return head + self.hist.astype("<f8").tobytes()
+        mix = np.append(self.classes, self.class_weight)
+        return head + self.hist.astype("<f8").tobytes() + mix.astype("<f8").tobytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Model:
-        magic, _version, nbuckets, half_life, base, total, count, updated, last = _HEADER.unpack_from(data, 0)
-        if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != _HEADER.size + _ROWS * NBUCKETS * 8:
+        magic, version, nbuckets, half_life, base, total, count, updated, last = _HEADER.unpack_from(data, 0)
+        hist_end = _HEADER.size + _ROWS * NBUCKETS * 8
+        size = {1: hist_end, _VERSION: hist_end + (CLASS_SLOTS + 1) * 8}.get(version)
+        if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != size:
             raise ValueError("not a usage model")
         m = cls(half_life)
         m.base, m.total, m.count, m.updated, m.last_peak = base, total, count, updated, last
-        m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).reshape(_ROWS, NBUCKETS).copy()
+        m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size, count=_ROWS * NBUCKETS)
+        m.hist = m.hist.reshape(_ROWS, NBUCKETS).copy()
+        if version == _VERSION:
+            mix = np.frombuffer(data, dtype="<f8", offset=hist_end).copy()
+            m.classes, m.class_weight = mix[:CLASS_SLOTS], float(mix[CLASS_SLOTS])
         return m
 
 
 @dataclass(frozen=True)
 class Prediction:
     """What a kind's agents needed: ``peak(partition, q)`` bytes and
-    ``lifetime(q)`` seconds at quantile q; nothing (0) without samples."""
+    ``lifetime(q)`` seconds at quantile q, and ``mix``, their block-size mix;
+    nothing (0, {}) without samples."""
 
     kind: str
     samples: int
     confident: bool
     _model: Model | None
+    _sizes: tuple[int, ...] = ()  # the heap's block size per class slot (0: runs of whole pages)
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def peak(self, partition: str = "context", q: float = 0.9) -> int:
@@ -181,9 +220,27 @@ class Prediction:
         return 0 if self._model is None else int(self._model.last_peak)
 
     @property
-    def mix(self) -> dict[str, int]:
-        """P50 bytes per partition: where the kind's memory goes."""
-        return {p: self.peak(p, 0.5) for p in PARTITIONS} if self._model else {}
+    def mix(self) -> dict[int, float]:
+        """The kind's block-size mix: block size (0: runs of whole pages) ->
+        its mean share of the live bytes an agent held when it completed,
+        largest first; classes under 1 % left out, {} without samples."""
+        got: dict[int, float] | None = self._memo.get("mix")
+        if got is None:
+            got = {}
+            if self._model is not None:
+                shares = self._model.mix()
+                for slot in np.argsort(-shares, kind="stable"):
+                    if shares[slot] < 0.01 or slot >= len(self._sizes):
+                        break
+                    got[self._sizes[slot]] = float(shares[slot])
+            self._memo["mix"] = got
+        return dict(got)
+
+    def top_classes(self, n: int = 3) -> list[int]:
+        """The block sizes of the kind's ``n`` largest classes by share."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n is a count >= 1, not {n!r}")
+        return list(self.mix)[:n]
 
 
 def _check_q(q: float) -> None:
@@ -206,7 +263,7 @@ class Predictor:
         USAGE_ROW (``row``, from _owner_complete_row) or read from its final
         dict: a complete pays one append, and a flush one frombuffer."""
         pending = self.pending[kind]
-        pending.append(row if row is not None else _row(final))
+        pending.append(row if row is not None else _row(final, self.heap._class_sizes))
         self.npending += 1
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
@@ -232,8 +289,8 @@ class Predictor:
             while True:  # copy, update, compare-and-swap: retried if another process got there first
                 ref, data = registry.get_ref(name)
                 model = _decoded(data, self.half_life)
-                peaks, lifetimes = _samples(samples)
-                model.add(peaks, lifetimes, float(peaks[-1, 0]))
+                peaks, lifetimes, class_bytes = _samples(samples)
+                model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
                 if registry.swap(name, ref, model.encode()):
                     break
         self.pending.clear()
@@ -262,7 +319,7 @@ class Predictor:
         if data is None:
             return Prediction(kind, 0, False, None)
         model = _decoded(data, self.half_life)
-        return Prediction(kind, model.count, model.count >= CONFIDENT, model)
+        return Prediction(kind, model.count, model.count >= CONFIDENT, model, self.heap._class_sizes)
 
     def cached(self, kind: str) -> Prediction:
         """predict(), remembered until this process's next flush: spawn's hot
@@ -273,7 +330,7 @@ class Predictor:
         return got
 
     def table(self) -> list[dict[str, Any]]:
-        """Per kind: samples, predicted P50/P90 context peak, P90 lifetime, last actual peak."""
+        """Per kind: samples, predicted P50/P90 context peak, P90 lifetime, last actual peak, class mix."""
         out = []
         for kind in self.kinds():
             p = self._read(kind)
@@ -286,6 +343,7 @@ class Predictor:
                     "p90": p.peak("context", 0.9),
                     "lifetime_p90": p.lifetime(0.9),
                     "last_peak": p.last_peak,
+                    "mix": p.mix,
                 }
             )
         return out
@@ -297,20 +355,28 @@ class Predictor:
 _ROW = struct.Struct(f"={len(USAGE_ROW)}d")
 
 
-def _row(final: dict[str, Any]) -> bytes:
-    """A final dict's USAGE_ROW (what _owner_complete_row gives directly)."""
+def _row(final: dict[str, Any], sizes: tuple[int, ...]) -> bytes:
+    """A final dict's USAGE_ROW (what _owner_complete_row gives directly);
+    ``sizes`` is the heap's block size per class slot."""
     held, peak = final["bytes"], final["peak"]
-    return _ROW.pack(*[held[p] for p in PARTITIONS], *[peak[p] for p in PARTITIONS], final["created_ns"])
+    slots = [0.0] * CLASS_SLOTS
+    for size, nbytes in final.get("classes", {}).items():
+        if size in sizes:
+            slots[sizes.index(size)] = nbytes
+    return _ROW.pack(
+        *[held[p] for p in PARTITIONS], *[peak[p] for p in PARTITIONS], final["created_ns"], *slots
+    )
 
 
-def _samples(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+def _samples(rows: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Peak bytes per partition (what each held at the end, or its page peak
-    if that was more) and lifetimes, from agents' USAGE_ROWs."""
+    if that was more), lifetimes and live bytes by class slot, from agents'
+    USAGE_ROWs."""
     table = np.frombuffer(b"".join(rows), dtype=np.float64).reshape(len(rows), len(USAGE_ROW))
     parts = len(PARTITIONS)
-    created = table[:, -1] / 1e9
+    created = table[:, _FIXED - 1] / 1e9
     lifetimes = np.where(created > 0, np.maximum(time.time() - created, 0.0), 0.0)
-    return np.maximum(table[:, :parts], table[:, parts : 2 * parts]), lifetimes
+    return np.maximum(table[:, :parts], table[:, parts : 2 * parts]), lifetimes, table[:, _FIXED:]
 
 
 def _decoded(data: bytes | None, half_life: float) -> Model:

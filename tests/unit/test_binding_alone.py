@@ -54,6 +54,10 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
         assert figures["bytes.context"] == final["bytes"]["context"] > 0
         assert figures["peak.context"] == final["peak"]["context"]
         assert figures["created_ns"] == float(final["created_ns"])
+        # its block-size mix: a 3000 B block of the class that holds it
+        assert final["classes"] == {heap._class_sizes[3]: 3072} or sum(final["classes"].values()) == 3072
+        slot = heap._class_sizes.index(next(iter(final["classes"])))
+        assert figures[f"class.{slot}"] == 3072
         heap.check()
         heap.close()
         assert "swarmheap.heap" not in sys.modules

@@ -241,6 +241,22 @@ def test_bad_input_is_a_named_error(heap: sh.Heap, call: object, exc: type[Excep
     heap.check()
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sh.Heap.unlink("not-a-heap"),  # as if it were a static method
+        lambda: sh.Heap.alloc(None, 64),
+        lambda: sh.Block.free(3),
+        lambda: sh.Block.free(b"bytes"),
+    ],
+)
+def test_a_method_called_through_its_class_on_another_object_is_a_type_error(call: object) -> None:
+    # a method of the binding reads its self as a heap or a block: given
+    # anything else it must refuse, not read that object's memory
+    with pytest.raises(TypeError):
+        call()  # type: ignore[operator]
+
+
 def test_huge_ratio_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         sh.Heap.create(size="16 MiB", ratios={"context": 10**400, "shared": 0.3, "comm": 0.2, "system": 0.1})

@@ -35,6 +35,29 @@ def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> No
     assert p.peak("shared") == 0
     assert p.lifetime(0.9) >= 0.0
     assert named.stats()["kinds"][0]["kind"] == "coder"
+    assert p.mix == {0: pytest.approx(1.0)}  # all of it in a run of whole pages
+
+
+def test_the_class_mix_names_the_block_sizes_a_kind_holds(heap: sh.Heap) -> None:
+    for _ in range(30):
+        agent = heap.spawn("writer", reserve=False)
+        blocks = [agent.alloc(4000) for _ in range(6)] + [agent.alloc(200) for _ in range(8)]
+        assert agent.stats()["classes"] == {4096: 6 * 4096, heap.good_size(200): 8 * heap.good_size(200)}
+        agent.complete()
+        del blocks
+    p = heap.predict("writer")
+    share_4k = 6 * 4096 / (6 * 4096 + 8 * heap.good_size(200))
+    assert p.mix == {4096: pytest.approx(share_4k), heap.good_size(200): pytest.approx(1 - share_4k)}
+    assert p.top_classes(1) == [4096] and p.top_classes() == list(p.mix)
+    # the mix follows a shift of the kind's sizes, as the peaks do
+    for _ in range(400):
+        agent = heap.spawn("writer", reserve=False)
+        agent.alloc(64)
+        agent.complete()
+    assert heap.predict("writer").top_classes(1) == [64]
+    with pytest.raises(ValueError, match="n is a count"):
+        p.top_classes(0)
+    heap.check()
 
 
 def test_decay_follows_a_shift(heap: sh.Heap) -> None:

@@ -75,6 +75,7 @@ cdef extern from "swarmheap.h" nogil:
         uint64_t pages[4]
         uint64_t peak_pages[4]
         uint64_t blocks, user_word
+        uint64_t class_bytes[65]
 
     ctypedef struct sh_block_info_t:
         uint64_t offset, usable_size

@@ -83,7 +83,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
         out.append(
             table(
                 "agent kinds (usage model)",
-                ("kind", "samples", "P50 peak", "P90 peak", "P90 lifetime", "last peak"),
+                ("kind", "samples", "P50 peak", "P90 peak", "P90 lifetime", "last peak", "top classes"),
                 [
                     (
                         k["kind"],
@@ -92,6 +92,10 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                         format_size(k["p90"]),
                         f"{k['lifetime_p90']:.3g} s",
                         format_size(k["last_peak"]),
+                        ", ".join(
+                            f"{format_size(size) if size else 'runs'} {share:.0%}"
+                            for size, share in list(k.get("mix", {}).items())[:3]
+                        ),
                     )
                     for k in kinds[:top]
                 ],
