@@ -194,11 +194,13 @@ class Heap(CoreHeap):
             raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
-        prediction = self._predictor.cached(kind) if (reserve or mode) else None
-        # a confident kind outside admission modes: its reservation and layout come with the owner
-        if prediction is not None and prediction.confident and mode is None:
-            need, own_pages = _spawn_plan(prediction)
+        if mode is None:
+            # outside admission modes a confident kind's reservation and layout
+            # come with the owner: the plan is one dict lookup per spawn
+            prediction = None
+            need, own_pages = (self._predictor.plans.get(kind) or self._plan(kind)) if reserve else (0, False)
         else:
+            prediction = self._predictor.cached(kind)
             need, own_pages = 0, False
         agent_id, generation = self._owner_spawn(kid, need, own_pages)
         agent = Agent(self, agent_id, generation, kind)
@@ -207,6 +209,14 @@ class Heap(CoreHeap):
         if self._hooks.table["spawn"]:
             self._hooks.fire("spawn", agent.id, kind, agent.stats())
         return agent
+
+    def _plan(self, kind: str) -> tuple[int, bool]:
+        """What spawn(kind) reserves and whether it takes pages of its own,
+        remembered with the cached prediction (until this process's next flush)."""
+        prediction = self._predictor.cached(kind)
+        plan = _spawn_plan(prediction) if prediction.confident else (0, False)
+        self._predictor.plans[kind] = plan
+        return plan
 
     def _prepare_agent(
         self,

@@ -257,6 +257,7 @@ class Predictor:
         self.pending: dict[str, list[bytes]] = defaultdict(list)  # completed agents' USAGE_ROWs
         self.npending = 0
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
+        self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
 
     def note(self, kind: str, final: dict[str, Any], row: bytes | None = None) -> None:
         """A completed (recycled, swept) agent's figures, as the binding's
@@ -296,6 +297,7 @@ class Predictor:
         self.pending.clear()
         self.npending = 0
         self.cache.clear()
+        self.plans.clear()
         self._evict(registry)
 
     def _evict(self, registry: Registry) -> None:

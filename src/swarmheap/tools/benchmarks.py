@@ -294,6 +294,43 @@ def _agent_churn(env: Env) -> Workload:
     )
 
 
+def _spawn_predicted(env: Env) -> Workload:
+    """The overhead of prediction at spawn: a kind with a confident
+    prediction (agents of 200 KB, past the nursery's share) spawned with its
+    reservation and layout, against spawn(reserve=False)."""
+    heap = env.heap
+    n = 200 if env.quick else 1000
+    kind = "bench-predicted"
+    for _ in range(30):  # confident from 20 samples
+        agent = heap.spawn(kind, reserve=False)
+        agent.alloc(200_000)
+        agent.complete()
+    if not heap.predict(kind).confident:
+        raise AssertionError("the bench kind has no confident prediction")
+
+    def spawn_with(reserve: bool) -> Callable[[list[Any]], None]:
+        def run(agents: list[Any]) -> None:
+            for _ in range(n):
+                agents.append(heap.spawn(kind, reserve=reserve))
+
+        return run
+
+    def complete_all(agents: list[Any]) -> None:
+        for agent in agents:
+            agent.complete()
+
+    return Workload(
+        "spawn_predicted",
+        "spawn() of a kind with a confident prediction (200 KB agents): its P90 reserved and its own "
+        "pages from the start, against spawn(reserve=False); the agents are completed untimed",
+        (
+            Case("swarmheap", spawn_with(True), n, setup=list, teardown=complete_all),
+            Case("reserve=False", spawn_with(False), n, setup=list, teardown=complete_all),
+        ),
+        target=Target("ratio_max", 1.2),
+    )
+
+
 def _handoff(env: Env, size: int) -> Workload:
     payload = bytes([7]) * size
     n = (20 if size <= 1 << 20 else 2) if env.quick else (100 if size <= 1 << 20 else 5)
@@ -437,6 +474,7 @@ def workloads(env: Env) -> list[Workload]:
         _alloc_many(env),
         _shared_block(env),
         _agent_churn(env),
+        _spawn_predicted(env),
         _handoff(env, 1 << 20),
         _handoff(env, 64 << 20),
         _recycle(env),

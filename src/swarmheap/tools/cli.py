@@ -207,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         metavar="NAME",
         help="run one workload: pairs_64B, pairs_1.0KiB, pairs_16.0KiB, pairs_256.0KiB, pairs_1.0MiB, "
-        "pairs_mixed, alloc_many_64B, shared_4KiB, agent_churn, handoff_1.0MiB, handoff_64.0MiB, "
-        "recycle_100k, young_sweep, numpy_empty_<size>, numpy_zeros_<size>, c_core",
+        "pairs_mixed, alloc_many_64B, shared_4KiB, agent_churn, spawn_predicted, handoff_1.0MiB, "
+        "handoff_64.0MiB, recycle_100k, young_sweep, numpy_empty_<size>, numpy_zeros_<size>, c_core",
     )
     bench.add_argument("--check", action="store_true", help="exit 1 if a target is not met")
     bench.set_defaults(func=cmd_bench)
