@@ -77,12 +77,20 @@ class DemoReport:
     peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
     context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
-    predicted: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (samples, P90 context peak)
+    # kind -> (samples, P90 context peak, its largest block size by share: 0 for runs of whole pages)
+    predicted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 # Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
 # shares a cross-process lock between its writers, and the worker this demo
 # SIGKILLs could die holding it and wedge everyone else.
+
+
+def _block_label(size: int) -> str:
+    """A class of the usage model's mix: a block size, or runs of whole pages (0)."""
+    if size < 0:
+        return "no mix yet"
+    return "page runs" if size == 0 else f"{format_size(size)} blocks"
 
 
 def _worker(
@@ -318,7 +326,8 @@ def run_demo(
         report.samples.append(_sample(heap, start))
         for kind in KINDS:  # what the usage model learned from every worker's agents
             p = heap.predict(kind)
-            report.predicted[kind] = (p.samples, p.peak("context", 0.9))
+            top = p.top_classes(1)
+            report.predicted[kind] = (p.samples, p.peak("context", 0.9), top[0] if top else -1)
         busiest = max(report.samples, key=lambda s: s["agents_live"])
         report.peak_agents_live = busiest["agents_live"]
         report.context_held_per_agent = busiest["context_held"] / max(busiest["agents_live"], 1)
@@ -369,8 +378,11 @@ def print_report(report: DemoReport) -> None:
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         (
-            "usage model (P90 context peak)",
-            ", ".join(f"{k} {format_size(p90)} ({n} agents)" for k, (n, p90) in report.predicted.items()),
+            "usage model (P90 context peak, top class)",
+            ", ".join(
+                f"{k} {format_size(p90)} ({n} agents, {_block_label(top)})"
+                for k, (n, p90, top) in report.predicted.items()
+            ),
         ),
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
         (
