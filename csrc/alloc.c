@@ -440,6 +440,34 @@ int sh_alloc_nolock(sh_arena_t *a, uint32_t owner, sh_partition_t partition, siz
   return sh_alloc_rest(a, owner, partition, size, offset, sh_rest_flags(0, mag));
 }
 
+int sh_alloc_many(sh_arena_t *a, sh_partition_t partition, size_t size, size_t n, uint64_t *offsets,
+                  size_t *done) {
+  size_t i = 0;
+  int rc = SH_OK;
+  int part = (int)partition, c = _sh_size_class(a, size);
+  if ((unsigned)part < SH_NPARTITIONS && c >= 0) {
+    sh_tslot_t *slot = _sh_tc_slot(a, true);
+    sh_tc_entry_t *e = slot ? _sh_tc_entry(a, slot, SH_OWNER_DEFAULT, part, c) : NULL;
+    uint32_t key = _sh_tc_key(SH_OWNER_DEFAULT, part, c);
+    bool mag = slot && size <= a->mag_limit && (uint32_t)c < a->mag_classes;
+    while (i < n) {
+      /* the loops stop at the first miss; a damaged magazine block or link
+       * is left to sh_alloc below, which reports it */
+      while (mag && i < n && sh_mag_pop(a, slot, part, c, &offsets[i]) == SH_MAG_HIT) i++;
+      while (e && i < n && sh_tc_pop(a, slot, e, key, c, &offsets[i]) == SH_TC_HIT) i++;
+      if (i == n) break;
+      rc = sh_alloc(a, SH_OWNER_DEFAULT, partition, size, &offsets[i]); /* refills what the loops pop */
+      if (rc) break;
+      i++;
+    }
+  } else {
+    for (; i < n && (rc = sh_alloc(a, SH_OWNER_DEFAULT, partition, size, &offsets[i])) == SH_OK; i++) {
+    }
+  }
+  if (done) *done = i;
+  return rc;
+}
+
 /* Zeroed blocks. A run of pages that were never handed out still holds the
  * zeros the arena was made with (anonymous memory, or a reserved shm object
  * or file), so it is not cleared again: a first np.zeros of a large array

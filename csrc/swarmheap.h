@@ -248,6 +248,15 @@ int sh_free(sh_arena_t *arena, uint64_t offset);
  * such pages before it reports SH_EFULL. */
 int sh_free_nolock(sh_arena_t *arena, uint64_t offset);
 
+/* [any] n blocks of `size` bytes of the shared default (owner 0) into
+ * offsets[0..n), in one call: the thread's magazine and cached pages are
+ * popped in a loop, and the slow path runs only when they run dry. Stops at
+ * the first failure: its status is returned, *done (if not NULL) says how
+ * many were allocated, and those stay allocated (free them with
+ * sh_free_many). */
+int sh_alloc_many(sh_arena_t *arena, sh_partition_t partition, size_t size, size_t n, uint64_t *offsets,
+                  size_t *done);
+
 /* [any] sh_free of offsets[0..n) in order, stopping at the first that fails:
  * its status is returned and *freed (if not NULL) says how many went back.
  * Runs of blocks of one page go back with one atomic operation. */

@@ -544,12 +544,22 @@ cdef class _Arena:
         cdef Py_ssize_t i, j, count = n
         cdef uint64_t usable
         cdef int rc = 0
+        cdef size_t done = 0
         cdef sh_arena_t *arena = self.arena
+        if oid == 0 and count:
+            # the shared default: one C call pops the thread's caches in a loop
+            self.inflight += 1
+            with nogil:
+                rc = sh_alloc_many(arena, part, nbytes, <size_t>count, &offs[0], &done)
+            self.inflight -= 1
+            if rc:
+                message_rc = rc
+                if done:
+                    sh_free_many(arena, &offs[0], done, NULL)
+                _raise(message_rc)
+            return out
         for i in range(count):
-            # the shared default has no generation to check: its magazine path first
-            rc = sh_alloc_nolock(arena, oid, part, nbytes, &offs[i]) if oid == 0 else SH_EAGAIN
-            if rc == SH_EAGAIN:
-                rc = _alloc_off(self, oid, gen, part, nbytes, &offs[i], &usable)
+            rc = _alloc_off(self, oid, gen, part, nbytes, &offs[i], &usable)
             if rc:
                 message_rc = rc
                 for j in range(i):

@@ -503,6 +503,35 @@ static void test_alloc_racing_its_recycle(void) {
   }
 }
 
+/* sh_alloc_many: n distinct live blocks from the thread's caches and the
+ * slow path in turn; on a full partition it stops, says how many it took,
+ * and those stay allocated. */
+static void test_alloc_many(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  enum { N = 5000 };
+  static uint64_t offs[N];
+  size_t done = 0;
+  CHECK("5000 blocks of 64 B", sh_alloc_many(a, SH_PART_CONTEXT, 64, N, offs, &done) == SH_OK && done == N);
+  bool distinct = true;
+  for (size_t i = 0; i < N && distinct; i++) {
+    sh_block_info_t bi;
+    distinct = sh_block_info(a, offs[i], &bi) == SH_OK && bi.owner == 0 && bi.usable_size == 64;
+    for (size_t j = i + 1; j < N && j < i + 64; j++) distinct &= offs[i] != offs[j];
+  }
+  CHECK("each a live 64 B block of the shared default", distinct);
+  CHECK("in use", in_use(a, SH_PART_CONTEXT) == N * 64);
+  CHECK("free_many gives them back", sh_free_many(a, offs, N, NULL) == SH_OK && in_use(a, SH_PART_CONTEXT) == 0);
+  /* comm holds about 800 blocks of 4 KiB: the call stops there */
+  CHECK("a full partition stops it", sh_alloc_many(a, SH_PART_COMM, 4000, N, offs, &done) == SH_EFULL);
+  CHECK("having taken some, which stay allocated", done > 0 && done < N && in_use(a, SH_PART_COMM) == done * 4096);
+  CHECK("and go back", sh_free_many(a, offs, done, NULL) == SH_OK && in_use(a, SH_PART_COMM) == 0);
+  CHECK("a large size goes the slow way", sh_alloc_many(a, SH_PART_SHARED, 100000, 3, offs, &done) == SH_OK && done == 3);
+  CHECK("freed", sh_free_many(a, offs, 3, NULL) == SH_OK);
+  CHECK("bad partition", sh_alloc_many(a, (sh_partition_t)7, 64, 1, offs, &done) == SH_EINVAL && done == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* The lock-free entry points never lock; emptied pages come back under pressure. */
 static void test_nolock(void) {
   sh_arena_t *a = make_anon(8 * MiB, 4096);
@@ -680,6 +709,7 @@ int main(void) {
   test_lock_owner_died();
   test_lock_owner_died_mid_refill();
   test_alloc_racing_its_recycle();
+  test_alloc_many();
   test_dead_sender_message();
   return check_summary("test_unit");
 }

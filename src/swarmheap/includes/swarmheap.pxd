@@ -146,6 +146,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_sweep_take(sh_arena_t *arena, int ring, uint64_t *entries, size_t max, size_t *taken)
     uint64_t sh_sweep_pending(const sh_arena_t *arena, int ring)
     int sh_thread_flush(sh_arena_t *arena)
+    int sh_alloc_many(sh_arena_t *arena, sh_partition_t partition, size_t size, size_t n, uint64_t *offsets, size_t *done)
     int sh_free_many(sh_arena_t *arena, const uint64_t *offsets, size_t n, size_t *freed)
     int sh_lease_set(sh_arena_t *arena, uint64_t offset, uint64_t deadline_ns)
     int sh_lease_get(sh_arena_t *arena, uint64_t offset, uint64_t *deadline_ns)
