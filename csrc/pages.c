@@ -448,8 +448,9 @@ void _sh_info_add_page(const sh_arena_t *a, uint32_t pi, int part, sh_owner_info
   }
   uint32_t used = sh_atomic_load_relaxed(&pg->capacity) - _sh_page_free_blocks(a, pi);
   int c = _sh_pg_class(a, pg);
-  info->bytes[part] += (uint64_t)used * a->classes[c].size;
-  info->class_bytes[c] += (uint64_t)used * a->classes[c].size;
+  uint64_t bytes = (uint64_t)used * a->classes[c].size;
+  info->bytes[part] += bytes;
+  info->class_bytes[c] += bytes;
   info->blocks += used;
 }
 

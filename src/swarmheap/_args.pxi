@@ -11,7 +11,7 @@ FIRST_AGENT = 2
 # partition, peak bytes in pages per partition, creation time (ns), then the
 # live bytes of each size class (CLASS_SLOTS of them, by class index; the
 # heap's last class + 1 is its runs of whole pages, the rest 0)
-CLASS_SLOTS = 65
+CLASS_SLOTS = SH_MAX_CLASSES + 1
 USAGE_ROW = (
     tuple(f"bytes.{p}" for p in PARTITIONS)
     + tuple(f"peak.{p}" for p in PARTITIONS)

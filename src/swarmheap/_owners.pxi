@@ -101,13 +101,13 @@ cdef class CoreHeap(_Arena):
         them back out of the dict."""
         cdef sh_owner_info_t oi
         cdef bint recycled = self._complete(oid, gen, &oi)
-        cdef double row[9 + 65]
+        cdef double row[9 + SH_MAX_CLASSES + 1]
         cdef int i
         for i in range(4):
             row[i] = oi.bytes[i]
             row[4 + i] = <double>oi.peak_pages[i] * (1 << self.page_shift_)
         row[8] = oi.created_ns
-        for i in range(65):
+        for i in range(SH_MAX_CLASSES + 1):
             row[9 + i] = oi.class_bytes[i]
         return recycled, _owner_dict(&oi, kind, 1 << self.page_shift_, self._class_sizes), (<char *>row)[:sizeof(row)]
 

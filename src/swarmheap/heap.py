@@ -59,16 +59,6 @@ class _SweepState:
     sweeping: bool = False
 
 
-def _spawn_plan(prediction: Prediction) -> tuple[int, bool]:
-    """What a spawn of the predicted kind reserves, and whether it takes pages
-    of its own from the start; worked out once per cached prediction."""
-    plan = prediction._memo.get("spawn_plan")
-    if plan is None:
-        own_pages = prediction.confident and prediction.peak("context", 0.9) > NURSERY_SHARE
-        plan = prediction._memo["spawn_plan"] = (admission.need_of(prediction), own_pages)
-    return plan
-
-
 class _LayerEvents(HeapEvents):
     """What the binding tells a Heap."""
 
@@ -211,11 +201,17 @@ class Heap(CoreHeap):
         return agent
 
     def _plan(self, kind: str) -> tuple[int, bool]:
-        """What spawn(kind) reserves and whether it takes pages of its own,
-        remembered with the cached prediction (until this process's next flush)."""
-        prediction = self._predictor.cached(kind)
-        plan = _spawn_plan(prediction) if prediction.confident else (0, False)
-        self._predictor.plans[kind] = plan
+        """What spawn(kind) reserves and whether it takes pages of its own
+        from the start (a confident kind past the nursery's share), worked
+        out once per cached prediction (until this process's next flush)."""
+        plan = self._predictor.plans.get(kind)
+        if plan is None:
+            prediction = self._predictor.cached(kind)
+            if prediction.confident:
+                plan = (admission.need_of(prediction), prediction.peak("context", 0.9) > NURSERY_SHARE)
+            else:
+                plan = (0, False)
+            self._predictor.plans[kind] = plan
         return plan
 
     def _prepare_agent(
@@ -239,7 +235,7 @@ class Heap(CoreHeap):
             # admitted on what is known of it rather than on nothing
             if mode is not None and prediction is not None and prediction.samples:
                 admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
-                if _spawn_plan(prediction)[1]:
+                if self._plan(agent.kind)[1]:
                     # a kind that outgrows the nursery's share gets pages of its own from the start;
                     # a small kind stays packed on the shared pages
                     self._owner_nursery_opt_out(agent_id, generation)

@@ -46,7 +46,7 @@ cdef extern from "swarmheap.h" nogil:
         SH_OWNER_DEAD
         SH_OWNER_OFFLOADED
 
-    int SH_MAX_CLASSES
+    enum: SH_MAX_CLASSES
     uint32_t SH_OWNER_DEFAULT
 
     ctypedef struct sh_arena_t:
@@ -75,7 +75,7 @@ cdef extern from "swarmheap.h" nogil:
         uint64_t pages[4]
         uint64_t peak_pages[4]
         uint64_t blocks, user_word
-        uint64_t class_bytes[65]
+        uint64_t class_bytes[SH_MAX_CLASSES + 1]
 
     ctypedef struct sh_block_info_t:
         uint64_t offset, usable_size

@@ -12,7 +12,7 @@ from typing import Any
 
 from swarmheap.errors import AttachError, SwarmHeapError
 from swarmheap.sizes import format_size
-from swarmheap.tools.report import table
+from swarmheap.tools.report import class_label, table
 
 
 def render_stats(stats: dict[str, Any], top: int = 10) -> str:
@@ -93,7 +93,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                         f"{k['lifetime_p90']:.3g} s",
                         format_size(k["last_peak"]),
                         ", ".join(
-                            f"{format_size(size) if size else 'runs'} {share:.0%}"
+                            f"{class_label(size)} {share:.0%}"
                             for size, share in list(k.get("mix", {}).items())[:3]
                         ),
                     )

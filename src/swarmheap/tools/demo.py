@@ -27,6 +27,7 @@ from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
 from swarmheap.sizes import format_size
 from swarmheap.stores import SQLiteStore
+from swarmheap.tools.report import class_label
 
 KINDS = ("researcher", "planner", "critic")
 SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
@@ -84,13 +85,6 @@ class DemoReport:
 # Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
 # shares a cross-process lock between its writers, and the worker this demo
 # SIGKILLs could die holding it and wedge everyone else.
-
-
-def _block_label(size: int) -> str:
-    """A class of the usage model's mix: a block size, or runs of whole pages (0)."""
-    if size < 0:
-        return "no mix yet"
-    return "page runs" if size == 0 else f"{format_size(size)} blocks"
 
 
 def _worker(
@@ -380,7 +374,7 @@ def print_report(report: DemoReport) -> None:
         (
             "usage model (P90 context peak, top class)",
             ", ".join(
-                f"{k} {format_size(p90)} ({n} agents, {_block_label(top)})"
+                f"{k} {format_size(p90)} ({n} agents, {class_label(top) if top >= 0 else 'no mix yet'})"
                 for k, (n, p90, top) in report.predicted.items()
             ),
         ),
