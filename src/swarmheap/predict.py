@@ -31,6 +31,7 @@ import numpy as np
 
 from swarmheap._core import CLASS_SLOTS, PARTITIONS, USAGE_ROW
 from swarmheap.registry import Registry
+from swarmheap.sizes import class_label, format_size
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -235,6 +236,17 @@ class Prediction:
                     got[self._sizes[slot]] = float(shares[slot])
             self._memo["mix"] = got
         return dict(got)
+
+    def __repr__(self) -> str:
+        if self._model is None:
+            return f"<Prediction {self.kind!r}: no samples yet, predicts nothing>"
+        mix = ", ".join(f"{class_label(size)} {share:.0%}" for size, share in list(self.mix.items())[:3])
+        return (
+            f"<Prediction {self.kind!r}: {self.samples} samples{', confident' if self.confident else ''}; "
+            f"context peak P50 {format_size(self.peak('context', 0.5))}, "
+            f"P90 {format_size(self.peak('context', 0.9))}; lifetime P90 {self.lifetime(0.9):.3g} s"
+            f"{'; mix ' + mix if mix else ''}>"
+        )
 
     def top_classes(self, n: int = 3) -> list[int]:
         """The block sizes of the kind's ``n`` largest classes by share."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_size", "parse_size"]
+__all__ = ["class_label", "format_size", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -59,3 +59,8 @@ def format_size(n: int) -> str:
         if value < 1024 or unit == "TiB":
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def class_label(size: int) -> str:
+    """A key of a block-size mix (Prediction.mix, an agent's "classes"): a block size, or 0 for page runs."""
+    return format_size(size) if size else "page runs"

@@ -23,6 +23,15 @@ def test_no_samples_predicts_nothing(heap: sh.Heap) -> None:
     p = heap.predict("never-seen")
     assert p.samples == 0 and not p.confident
     assert p.peak("context") == 0 and p.lifetime() == 0.0 and p.mix == {}
+    assert "no samples yet, predicts nothing" in repr(p)
+
+
+def test_a_prediction_reads_as_its_figures(heap: sh.Heap) -> None:
+    teach(heap, "reader", 30, 100_000)
+    p = heap.predict("reader")
+    text = repr(p)
+    assert text.startswith("<Prediction 'reader': 30 samples, confident; context peak P50 ")
+    assert sh.format_size(p.peak("context", 0.9)) in text and "page runs 100%" in text
 
 
 def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap.errors import AttachError, SwarmHeapError
-from swarmheap.sizes import format_size
-from swarmheap.tools.report import class_label, table
+from swarmheap.sizes import class_label, format_size
+from swarmheap.tools.report import table
 
 
 def render_stats(stats: dict[str, Any], top: int = 10) -> str:

@@ -25,9 +25,8 @@ from swarmheap._core import FIRST_AGENT
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
-from swarmheap.sizes import format_size
+from swarmheap.sizes import class_label, format_size
 from swarmheap.stores import SQLiteStore
-from swarmheap.tools.report import class_label
 
 KINDS = ("researcher", "planner", "critic")
 SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot

@@ -1,18 +1,11 @@
-"""Plain-text tables and labels for the command line (no dependency, so `stats` works on a bare install)."""
+"""Plain-text tables for the command line (no dependency, so `stats` works on a bare install)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from swarmheap.sizes import format_size
-
-__all__ = ["class_label", "table"]
-
-
-def class_label(size: int) -> str:
-    """A key of a block-size mix (Prediction.mix, an agent's "classes"): a block size, or 0 for page runs."""
-    return format_size(size) if size else "page runs"
+__all__ = ["table"]
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
