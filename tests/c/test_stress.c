@@ -4,6 +4,7 @@
  * fill partitions to exhaustion. Every block carries a pattern checked when
  * it is freed. check() must be clean at the end. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -160,17 +161,31 @@ static void exhaust(sh_arena_t *a) {
  * and recycles every agent; the other threads free what they pick up. A
  * block goes back once, by the free or by the recycle, never twice. */
 #define NURSERY_ROUNDS 300
+/* Each owner thread publishes into its own half of the slots, and takes
+ * back what is still there before it recycles: a slot never outlives its
+ * agent. A freer that took a block before the take-back still races the
+ * recycle for it, which is the race under test; but no allocation (and the
+ * write that follows it) overlaps a free in flight (`allocating` and
+ * `in_flight`, Dekker-style), or that free could land on the block's next
+ * tenant: an offset-only free cannot tell it from the recycled one, the
+ * caller's bug that made this test flaky under load. */
+static _Atomic int in_flight, allocating;
 typedef struct {
   sh_arena_t *arena;
   _Atomic int *done;
   uint64_t seed;
+  int half; /* an owner's slots: [half * SLOTS / 2, (half + 1) * SLOTS / 2) */
 } nursery_worker_t;
 
 static void *nursery_owner(void *arg) {
   nursery_worker_t *w = arg;
   uint64_t s = w->seed;
+  int base = w->half * (SLOTS / 2);
   for (int round = 0; round < NURSERY_ROUNDS; round++) {
     uint32_t ids[4], gens[4];
+    int slots[4][12];
+    uint64_t published[4][12];
+    int npub[4] = {0};
     for (int k = 0; k < 4; k++) {
       if (sh_owner_create(w->arena, 1, &ids[k], &gens[k]) != SH_OK) {
         fail("nursery: spawn", 0);
@@ -179,17 +194,44 @@ static void *nursery_owner(void *arg) {
       for (int b = 0; b < 12; b++) {
         uint64_t off, usable;
         size_t size = 24 + rnd(&s) % 4000;
-        if (sh_alloc_owner(w->arena, ids[k], gens[k], SH_PART_CONTEXT, size, &off, &usable) != SH_OK) {
+        for (;;) { /* see above */
+          atomic_fetch_add(&allocating, 1);
+          if (atomic_load(&in_flight) == 0) break;
+          atomic_fetch_sub(&allocating, 1);
+          sched_yield();
+        }
+        int rc = sh_alloc_owner(w->arena, ids[k], gens[k], SH_PART_CONTEXT, size, &off, &usable);
+        if (rc == SH_OK) memset(sh_ptr(w->arena, off), 0xA5, size);
+        atomic_fetch_sub(&allocating, 1);
+        if (rc != SH_OK) {
           fail("nursery: alloc", 0);
           continue;
         }
-        memset(sh_ptr(w->arena, off), 0xA5, size);
-        if (b % 2) atomic_store(&exchange[rnd(&s) % SLOTS], 0); /* make room: a lost slot is recycled with its agent */
+        if (b % 2 == 0) continue;
+        int j = base + (int)(rnd(&s) % (SLOTS / 2));
         uint64_t expected = 0;
-        if (b % 2) atomic_compare_exchange_strong(&exchange[rnd(&s) % SLOTS], &expected, off);
+        if (rnd(&s) % 2) { /* make room: a block dropped from its slot goes back with its agent */
+          for (int q = 0; q < 4; q++)
+            for (int i = 0; i < npub[q]; i++) {
+              uint64_t was = published[q][i];
+              if (slots[q][i] == j && was && atomic_compare_exchange_strong(&exchange[j], &was, 0))
+                published[q][i] = 0;
+            }
+          expected = 0;
+        }
+        if (atomic_compare_exchange_strong(&exchange[j], &expected, off)) {
+          slots[k][npub[k]] = j;
+          published[k][npub[k]++] = off;
+        }
       }
     }
-    for (int k = 0; k < 4; k++) sh_owner_recycle(w->arena, ids[k], gens[k]);
+    for (int k = 0; k < 4; k++) {
+      for (int i = 0; i < npub[k]; i++) { /* take back what no freer took */
+        uint64_t mine = published[k][i];
+        if (mine) atomic_compare_exchange_strong(&exchange[slots[k][i]], &mine, 0);
+      }
+      sh_owner_recycle(w->arena, ids[k], gens[k]);
+    }
   }
   atomic_fetch_add(w->done, 1);
   return NULL;
@@ -199,10 +241,20 @@ static void *nursery_freer(void *arg) {
   nursery_worker_t *w = arg;
   uint64_t s = w->seed;
   while (atomic_load(w->done) < 2) {
-    uint64_t off = atomic_exchange(&exchange[rnd(&s) % SLOTS], 0);
-    if (!off) continue;
-    int rc = sh_free(w->arena, off); /* or its agent's recycle took it first */
-    if (rc != SH_OK && rc != SH_EDOUBLEFREE && rc != SH_EBADPTR) fail("nursery: free", off);
+    _Atomic uint64_t *slot = &exchange[rnd(&s) % SLOTS];
+    if (atomic_load(slot) == 0) continue;
+    atomic_fetch_add(&in_flight, 1); /* see above */
+    if (atomic_load(&allocating) != 0) {
+      atomic_fetch_sub(&in_flight, 1);
+      sched_yield();
+      continue;
+    }
+    uint64_t off = atomic_exchange(slot, 0);
+    if (off) {
+      int rc = sh_free(w->arena, off); /* or its agent's recycle took it first */
+      if (rc != SH_OK && rc != SH_EDOUBLEFREE && rc != SH_EBADPTR) fail("nursery: free", off);
+    }
+    atomic_fetch_sub(&in_flight, 1);
   }
   return NULL;
 }
@@ -213,7 +265,7 @@ static void nursery_race(sh_arena_t *a) {
   pthread_t t[4];
   nursery_worker_t w[4];
   for (int i = 0; i < 4; i++) {
-    w[i] = (nursery_worker_t){a, &done, 0xD1B54A32D192ED03ull * (uint64_t)(i + 7)};
+    w[i] = (nursery_worker_t){a, &done, 0xD1B54A32D192ED03ull * (uint64_t)(i + 7), i % 2};
     pthread_create(&t[i], NULL, i < 2 ? nursery_owner : nursery_freer, &w[i]);
   }
   for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
