@@ -68,6 +68,7 @@ class Dictionaries:
         self.samples: dict[str, list[bytes]] = defaultdict(list)
         self.by_kind: dict[str, Any] = {}  # kind -> ZstdCompressionDict
         self.by_id: dict[int, Any] = {}
+        self.published: set[tuple[str, int]] = set()  # (store URL, dictionary id) known to be in that store
 
     def for_kind(self, kind: str) -> Any:
         if kind not in self.by_kind:
@@ -121,9 +122,16 @@ class Dictionaries:
         return None
 
     def publish(self, dictionary: Any, store: Store) -> None:
-        key = f"{DICT_KEY}{dictionary.dict_id()}"
+        """Put the dictionary in the store unless it is there; a store is
+        asked once per process and dictionary, not on every offload (a read
+        of the store cost a small offload a tenth of its time)."""
+        known = (store.url, dictionary.dict_id())
+        if known in self.published:
+            return
+        key = f"{DICT_KEY}{known[1]}"
         if store.get(key) is None:
             store.put(key, dictionary.as_bytes())
+        self.published.add(known)
 
 
 def snapshot_of(agent: Agent, codec: str = "zstd", level: int | None = None) -> tuple[bytes, Any]:
