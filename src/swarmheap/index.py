@@ -119,9 +119,45 @@ def decode(data: bytes) -> Index:
 # LangGraph thread one entry per checkpoint: decoding them on every lookup
 # made each operation O(entries).
 CACHE_SIZE = 1024
-# agent id -> (generation, word, index, the index's encoded entries: an update
-# that only adds entries appends to them instead of encoding every entry)
-_Cached = OrderedDict[int, tuple[int, int, Index, bytes]]
+# agent id -> (generation, word, index, the index's encoded entries, where
+# each entry starts in them or None until an update needs it). An update
+# that adds entries appends to the encoded ones, and one that replaces an
+# entry writes its new bytes over the old at the same place (a replacement
+# has the old one's length: same name, fixed-width offset and size), so a
+# put to an agent of many entries does not encode every one of them again.
+Positions = dict[str, int]
+_Cached = OrderedDict[int, tuple[int, int, Index, bytes, "Positions | None"]]
+
+
+def _positions(entries: Entries) -> Positions:
+    at, out = 0, {}
+    for name, (offset, size) in entries.items():
+        out[name] = at
+        at += len(_entry_bytes(name, offset, size))
+    return out
+
+
+def _overwritten(body: bytes, positions: Positions, entries: Entries, names: list[str]) -> bytes:
+    """``body`` with the entries ``names`` (already in it, at ``positions``) re-encoded from ``entries``."""
+    buf = bytearray(body)
+    for name in names:
+        at = positions[name]
+        encoded = _entry_bytes(name, *entries[name])
+        buf[at : at + len(encoded)] = encoded
+    return bytes(buf)
+
+
+def _appended(
+    body: bytes, positions: Positions | None, entries: Entries, start: int
+) -> tuple[bytes, Positions | None]:
+    """``body`` with the entries from the ``start``-th on appended; their positions added if known."""
+    tail = _body(entries, start)
+    if positions is not None:
+        at = len(body)
+        for name, (offset, size) in itertools.islice(entries.items(), start, None):
+            positions[name] = at  # the old version's names keep theirs: only new names are added
+            at += len(_entry_bytes(name, offset, size))
+    return body + tail, positions
 
 
 def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
@@ -139,16 +175,26 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
     return hit[1], hit[2]
 
 
-def _cached_body(heap: CoreHeap, agent_id: int, generation: int, word: int) -> bytes | None:
+def _cached_body(
+    heap: CoreHeap, agent_id: int, generation: int, word: int
+) -> tuple[bytes, Positions | None] | None:
     per_heap = _per_heap(heap)
     hit = per_heap.get(agent_id) if per_heap is not None else None
-    return hit[3] if hit is not None and hit[0] == generation and hit[1] == word else None
+    return (hit[3], hit[4]) if hit is not None and hit[0] == generation and hit[1] == word else None
 
 
-def _remember(heap: CoreHeap, agent_id: int, generation: int, word: int, index: Index, body: bytes) -> None:
+def _remember(
+    heap: CoreHeap,
+    agent_id: int,
+    generation: int,
+    word: int,
+    index: Index,
+    body: bytes,
+    positions: Positions | None = None,
+) -> None:
     per_heap = _per_heap(heap, create=True)
     assert per_heap is not None
-    per_heap[agent_id] = (generation, word, index, body)
+    per_heap[agent_id] = (generation, word, index, body, positions)
     per_heap.move_to_end(agent_id)
     if len(per_heap) > CACHE_SIZE:
         per_heap.popitem(last=False)
@@ -195,15 +241,21 @@ def _update_attempt(
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
-    old_body = _cached_body(heap, agent_id, generation, word) if word else None
+    cached = _cached_body(heap, agent_id, generation, word) if word else None
     n = len(shared)
-    if (
-        old_body is not None
-        and len(entries) >= n
-        and entries.items() >= shared.items()
-        and list(itertools.islice(entries, n)) == list(shared)
-    ):
-        body = old_body + _body(entries, n)  # only appended: the old entries' bytes stand
+    positions: Positions | None = None
+    if cached is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
+        # the old names in their order: the entries that kept their value
+        # (the same tuple, as the copy shares them) keep their bytes
+        old_body, positions = cached
+        changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
+        body = old_body
+        if changed:
+            if positions is None:
+                positions = _positions(shared)
+            body = _overwritten(body, positions, entries, changed)
+        if len(entries) > n:
+            body, positions = _appended(body, positions, entries, n)
     else:
         body = _body(entries)
     new_word = heap._owner_held_swap(
@@ -211,7 +263,7 @@ def _update_attempt(
     )
     if not new_word:
         return None
-    _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body)
+    _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body, positions)
     return word, new_word
 
 
@@ -237,33 +289,44 @@ def put_entries(
     heap: CoreHeap, agent_id: int, generation: int, kind: str, new: list[tuple[str, int, int]]
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
-    names added to an index this process read last cost one encoded entry
-    each and a swap. Returns the (offset, size) entries they replaced, and
+    on an index this process read last, each name costs one encoded entry
+    (appended, or written over the one it replaces) and the update a swap. Returns the (offset, size) entries they replaced, and
     the index words before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
     per_heap: _Cached | None = heap._index_cache
-    shared: Entries | None = None
+    shared: Entries = {}
     body: bytes | None = None
+    positions: Positions | None = None
     if word == 0:  # no index yet (None, a stale agent, fails below in update_index)
-        old_kind, lease, body = kind, 0.0, b""
+        old_kind, lease, body, positions = kind, 0.0, b"", {}
     elif per_heap is not None:
         hit = per_heap.get(agent_id)
         if hit is not None and hit[0] == generation and hit[1] == word:
-            (old_kind, lease, shared), body = hit[2], hit[3]
-            for name, _, _ in new:
-                if name in shared:
-                    body = None  # a replacement: the general update below
+            (old_kind, lease, shared), body, positions = hit[2], hit[3], hit[4]
     if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
-        entries = dict(shared) if shared else {}
+        # the index this process read last: replaced entries are written over
+        # their old bytes, new ones appended; nothing else is encoded again
+        entries = dict(shared)
+        replaced_names = [name for name, _, _ in new if name in shared]
+        replaced_refs = [shared[name] for name in replaced_names]
         for name, offset, size in new:
-            body += _entry_bytes(name, offset, size)
             entries[name] = (offset, size)
+        if replaced_names:
+            if positions is None:
+                positions = _positions(shared)
+            body = _overwritten(body, positions, entries, replaced_names)
+        for name, offset, size in new:
+            if name in shared:
+                continue
+            if positions is not None:
+                positions[name] = len(body)  # new: a failed swap leaves it in a version never used again
+            body += _entry_bytes(name, offset, size)
         new_word = heap._owner_held_swap(
             agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
         )
         if new_word:
-            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body)
-            return [], (word, new_word)
+            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body, positions)
+            return replaced_refs, (word, new_word)
     replaced: list[tuple[int, int]] = []
 
     def change(entries: Entries) -> None:

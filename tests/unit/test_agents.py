@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import swarmheap as sh
+import swarmheap.index
 import swarmheap.sweep
 from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier
 from swarmheap import _core
@@ -371,12 +372,18 @@ def test_an_index_grown_by_appends_reads_back_exactly(big: sh.Heap) -> None:
             name = rng.choice(list(model))
             agent.delete(name)
             del model[name]
-        else:
+        elif op < 0.95:
             batch = {f"m{rng.randrange(80)}": bytes([step % 256]) * 3 for _ in range(3)}
             agent.put_many(batch)
             model.update(batch)
+        else:
+            agent.renew(60.0)  # the entries unchanged, the lease moved
         if step % 40 == 0:
             big._index_cache = None  # forget the decoded indexes: read them from the arena again
         assert {n: bytes(agent.get(n)) for n in agent.names()} == model
+        # replacements are written over the old entry's bytes: the arena's
+        # index decodes to exactly what this process holds
+        _, data = big._owner_held_read(agent.id, agent.generation)
+        assert swarmheap.index.decode(data)[2] == agent._read_index()[2]
     agent.complete()
     big.check()
