@@ -290,8 +290,9 @@ def put_entries(
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
     on an index this process read last, each name costs one encoded entry
-    (appended, or written over the one it replaces) and the update a swap. Returns the (offset, size) entries they replaced, and
-    the index words before and after (as update_index)."""
+    (appended, or written over the one it replaces) and the update a swap.
+    Returns the (offset, size) entries they replaced, and the index words
+    before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
     per_heap: _Cached | None = heap._index_cache
     shared: Entries = {}
