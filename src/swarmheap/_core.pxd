@@ -38,6 +38,7 @@ cdef class _Arena:
     cdef void _adopt(self, sh_arena_t *arena, object name, bint read_only, bint created)
     cdef int _check_open(self) except -1
     cdef int _check_writable(self) except -1
+    cdef dict _info_dict(self, sh_owner_info_t *oi, object kind)
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part, uint64_t tag)

@@ -233,6 +233,10 @@ cdef class _Arena:
                                f"to allocate, free, spawn, put, complete or sweep", "SH_EINVAL")
         return 0
 
+    cdef dict _info_dict(self, sh_owner_info_t *oi, object kind):
+        # an owner's figures as a dict, in this heap's page and block sizes
+        return _owner_dict(oi, kind, 1 << self.page_shift_, self._class_sizes)
+
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part, uint64_t tag):
         cdef Block blk = Block.__new__(Block)
@@ -657,7 +661,7 @@ cdef class _Arena:
             if sh_owner_generation(self.arena, o) == 0:
                 continue
             if sh_owner_info(self.arena, o, &oi) == SH_OK:
-                owners.append(_owner_dict(&oi, None, page, self._class_sizes))
+                owners.append(self._info_dict(&oi, None))
         cdef uint32_t bound, total
         cdef uint64_t entries, capacity
         sh_thread_slots(self.arena, &bound, &total)

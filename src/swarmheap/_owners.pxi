@@ -93,7 +93,7 @@ cdef class CoreHeap(_Arena):
         agent's final dict), read in the same pass over its pages."""
         cdef sh_owner_info_t oi
         cdef bint recycled = self._complete(oid, gen, &oi)
-        return recycled, _owner_dict(&oi, kind, 1 << self.page_shift_, self._class_sizes)
+        return recycled, self._info_dict(&oi, kind)
 
     def _owner_complete_row(self, uint32_t oid, uint32_t gen, str kind):
         """_owner_complete, and the final figures as one USAGE_ROW of native
@@ -109,7 +109,7 @@ cdef class CoreHeap(_Arena):
         row[8] = oi.created_ns
         for i in range(SH_MAX_CLASSES + 1):
             row[9 + i] = oi.class_bytes[i]
-        return recycled, _owner_dict(&oi, kind, 1 << self.page_shift_, self._class_sizes), (<char *>row)[:sizeof(row)]
+        return recycled, self._info_dict(&oi, kind), (<char *>row)[:sizeof(row)]
 
     def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
         """Give back the agent's memory and mark it offloaded (slot and
@@ -128,7 +128,7 @@ cdef class CoreHeap(_Arena):
             raise AgentStateError(f"agent {oid} is not offloaded: {sh_last_error().decode()}")
         if rc != SH_OK:
             _raise(rc)
-        return _owner_dict(&oi, kind, 1 << self.page_shift_, self._class_sizes)
+        return self._info_dict(&oi, kind)
 
     def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
         """Agent.stats() of the owner; StaleBlock if that generation is gone."""
@@ -136,7 +136,7 @@ cdef class CoreHeap(_Arena):
         cdef sh_owner_info_t oi
         if sh_owner_info(self.arena, oid, &oi) != SH_OK or oi.generation != gen:
             raise stale_agent(oid, gen)
-        return _owner_dict(&oi, kind, 1 << self.page_shift_, self._class_sizes)
+        return self._info_dict(&oi, kind)
 
     def _owner_pin(self, uint32_t oid, uint32_t gen):
         self._check_writable()
@@ -341,7 +341,7 @@ cdef class CoreHeap(_Arena):
         cdef sh_owner_info_t oi
         if sh_owner_info(self.arena, oid, &oi) != SH_OK:
             return None
-        return _owner_dict(&oi, None, 1 << self.page_shift_, self._class_sizes)
+        return self._info_dict(&oi, None)
 
     def _owner_alive(self, uint32_t oid):
         """Is the owner's creating process still running (pid and start time)?"""

@@ -137,27 +137,32 @@ def _positions(entries: Entries) -> Positions:
     return out
 
 
-def _overwritten(body: bytes, positions: Positions, entries: Entries, names: list[str]) -> bytes:
-    """``body`` with the entries ``names`` (already in it, at ``positions``) re-encoded from ``entries``."""
-    buf = bytearray(body)
-    for name in names:
-        at = positions[name]
-        encoded = _entry_bytes(name, *entries[name])
-        buf[at : at + len(encoded)] = encoded
-    return bytes(buf)
-
-
-def _appended(
-    body: bytes, positions: Positions | None, entries: Entries, start: int
+def _spliced(
+    body: bytes, positions: Positions | None, shared: Entries, entries: Entries, changed: list[str]
 ) -> tuple[bytes, Positions | None]:
-    """``body`` with the entries from the ``start``-th on appended; their positions added if known."""
-    tail = _body(entries, start)
-    if positions is not None:
-        at = len(body)
-        for name, (offset, size) in itertools.islice(entries.items(), start, None):
-            positions[name] = at  # the old version's names keep theirs: only new names are added
-            at += len(_entry_bytes(name, offset, size))
-    return body + tail, positions
+    """The encoding of ``entries`` made from ``body``, the encoding of
+    ``shared`` (whose names ``entries`` begins with, in order): the names in
+    ``changed`` written over their old bytes, the names past ``shared``'s
+    appended. Returns it and where each entry starts (None if not needed)."""
+    if changed:
+        if positions is None:
+            positions = _positions(shared)
+        buf = bytearray(body)
+        for name in changed:
+            at = positions[name]
+            encoded = _entry_bytes(name, *entries[name])
+            buf[at : at + len(encoded)] = encoded
+        body = bytes(buf)
+    n = len(shared)
+    if len(entries) > n:
+        if positions is not None:
+            at = len(body)
+            for name, (offset, size) in itertools.islice(entries.items(), n, None):
+                # new names only: a failed swap leaves them in a version never used again
+                positions[name] = at
+                at += len(_entry_bytes(name, offset, size))
+        body += _body(entries, n)
+    return body, positions
 
 
 def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
@@ -247,15 +252,8 @@ def _update_attempt(
     if cached is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
         # the old names in their order: the entries that kept their value
         # (the same tuple, as the copy shares them) keep their bytes
-        old_body, positions = cached
         changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
-        body = old_body
-        if changed:
-            if positions is None:
-                positions = _positions(shared)
-            body = _overwritten(body, positions, entries, changed)
-        if len(entries) > n:
-            body, positions = _appended(body, positions, entries, n)
+        body, positions = _spliced(*cached, shared, entries, changed)
     else:
         body = _body(entries)
     new_word = heap._owner_held_swap(
@@ -311,17 +309,8 @@ def put_entries(
         replaced_names = [name for name, _, _ in new if name in shared]
         replaced_refs = [shared[name] for name in replaced_names]
         for name, offset, size in new:
-            entries[name] = (offset, size)
-        if replaced_names:
-            if positions is None:
-                positions = _positions(shared)
-            body = _overwritten(body, positions, entries, replaced_names)
-        for name, offset, size in new:
-            if name in shared:
-                continue
-            if positions is not None:
-                positions[name] = len(body)  # new: a failed swap leaves it in a version never used again
-            body += _entry_bytes(name, offset, size)
+            entries[name] = (offset, size)  # a new name goes to the end, as _spliced appends it
+        body, positions = _spliced(body, positions, shared, entries, replaced_names)
         new_word = heap._owner_held_swap(
             agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
         )

@@ -64,7 +64,7 @@ SMALL = 1024
 # A whole value (every DELTA_CHAIN-th version of a channel) is compressed at
 # zstd's level 1: on message lists it ran twice as fast as level 3 for a
 # few percent more bytes, and it is on the put path of every 16th step
-_WHOLE_LEVEL = {"zstd": 1}
+_WHOLE_ZSTD_LEVEL = 1
 
 
 _SPLICE = struct.Struct("<HH")  # bytes of the base's front to skip, length of the new front
@@ -335,7 +335,11 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             delta = _splice(splice) if splice is not None else _delta(known[0], raw)
             return snapshot.pack(head + delta, "none")
         self._remember_raw(key, raw, 0, listed)
-        return snapshot.pack(_FULL + raw, self.codec, _WHOLE_LEVEL.get(self.codec))
+        return self._whole(raw)
+
+    def _whole(self, raw: bytes) -> bytes:
+        """A channel value's record holding its serde bytes whole (not a delta)."""
+        return snapshot.pack(_FULL + raw, self.codec, _WHOLE_ZSTD_LEVEL if self.codec == "zstd" else None)
 
     def _record(self, agent: Any, name: str) -> bytes:
         try:
@@ -690,7 +694,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             base = self._base_of(agent, name)
             if base is not None and base not in named:
                 raw = self._value_raw(agent, name)
-                rebased[name] = snapshot.pack(_FULL + raw, self.codec)
+                rebased[name] = self._whole(raw)
                 known = self._raws.get((agent.id, agent.generation, name))
                 self._remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
         if rebased:

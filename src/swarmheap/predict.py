@@ -31,7 +31,7 @@ import numpy as np
 
 from swarmheap._core import CLASS_SLOTS, PARTITIONS, USAGE_ROW
 from swarmheap.registry import Registry
-from swarmheap.sizes import class_label, format_size
+from swarmheap.sizes import format_size, mix_label
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -240,7 +240,7 @@ class Prediction:
     def __repr__(self) -> str:
         if self._model is None:
             return f"<Prediction {self.kind!r}: no samples yet, predicts nothing>"
-        mix = ", ".join(f"{class_label(size)} {share:.0%}" for size, share in list(self.mix.items())[:3])
+        mix = mix_label(self.mix)
         return (
             f"<Prediction {self.kind!r}: {self.samples} samples{', confident' if self.confident else ''}; "
             f"context peak P50 {format_size(self.peak('context', 0.5))}, "

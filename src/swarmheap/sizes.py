@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["class_label", "format_size", "parse_size"]
+__all__ = ["class_label", "format_size", "mix_label", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -64,3 +64,8 @@ def format_size(n: int) -> str:
 def class_label(size: int) -> str:
     """A key of a block-size mix (Prediction.mix, an agent's "classes"): a block size, or 0 for page runs."""
     return format_size(size) if size else "page runs"
+
+
+def mix_label(mix: dict[int, float], n: int = 3) -> str:
+    """The ``n`` largest classes of a block-size mix ({size: share}, largest first), as "3.0 KiB 95%, ..."."""
+    return ", ".join(f"{class_label(size)} {share:.0%}" for size, share in list(mix.items())[:n])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap.errors import AttachError, SwarmHeapError
-from swarmheap.sizes import class_label, format_size
+from swarmheap.sizes import format_size, mix_label
 from swarmheap.tools.report import table
 
 
@@ -92,10 +92,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                         format_size(k["p90"]),
                         f"{k['lifetime_p90']:.3g} s",
                         format_size(k["last_peak"]),
-                        ", ".join(
-                            f"{class_label(size)} {share:.0%}"
-                            for size, share in list(k.get("mix", {}).items())[:3]
-                        ),
+                        mix_label(k.get("mix", {})),
                     )
                     for k in kinds[:top]
                 ],
