@@ -49,6 +49,7 @@ cdef class _Arena:
 
 cdef class CoreHeap(_Arena):
     cdef int _complete(self, uint32_t oid, uint32_t gen, sh_owner_info_t *oi) except -1
+    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled)
 
 
 cdef class Block:

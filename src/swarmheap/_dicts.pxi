@@ -1,6 +1,14 @@
 # The one shape of an owner's dict (Agent.stats(), complete(), stats()["owners"],
 # sweeps): kind is filled in by the layer above (the core keeps only its
-# crc32, kind_id); peak is given in bytes and in pages.
+# crc32, kind_id); peak is given in bytes (at least what the owner holds) and in pages.
+
+cdef inline uint64_t _peak_bytes(sh_owner_info_t *oi, int part, uint64_t page) noexcept:
+    # Peaks count pages (a byte-exact peak would be a shared counter on the
+    # hot path). An agent in the nursery holds blocks but no pages of its
+    # own: its peak is at least what it holds, never below it.
+    cdef uint64_t pages = oi.peak_pages[part] * page
+    return pages if pages > oi.bytes[part] else oi.bytes[part]
+
 
 cdef dict _class_dict(sh_owner_info_t *oi, tuple sizes):
     """Live bytes by block size (0: runs of whole pages), the classes in use only."""
@@ -20,8 +28,8 @@ cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page, tuple siz
         "created_ns": oi.created_ns, "last_active_ns": oi.last_active_ns, "pins": oi.pins,
         "bytes": {"context": oi.bytes[0], "shared": oi.bytes[1], "comm": oi.bytes[2], "system": oi.bytes[3]},
         "pages": {"context": oi.pages[0], "shared": oi.pages[1], "comm": oi.pages[2], "system": oi.pages[3]},
-        "peak": {"context": oi.peak_pages[0] * page, "shared": oi.peak_pages[1] * page,
-                 "comm": oi.peak_pages[2] * page, "system": oi.peak_pages[3] * page},
+        "peak": {"context": _peak_bytes(oi, 0, page), "shared": _peak_bytes(oi, 1, page),
+                 "comm": _peak_bytes(oi, 2, page), "system": _peak_bytes(oi, 3, page)},
         "peak_pages": {"context": oi.peak_pages[0], "shared": oi.peak_pages[1],
                        "comm": oi.peak_pages[2], "system": oi.peak_pages[3]},
         "blocks": oi.blocks, "user_word": oi.user_word,

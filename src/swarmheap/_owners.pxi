@@ -93,7 +93,15 @@ cdef class CoreHeap(_Arena):
         agent's final dict), read in the same pass over its pages."""
         cdef sh_owner_info_t oi
         cdef bint recycled = self._complete(oid, gen, &oi)
-        return recycled, self._info_dict(&oi, kind)
+        return recycled, self._final_dict(&oi, kind, recycled)
+
+    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled):
+        # read before the recycle, so its state is the one the agent had
+        # then ("live"); the dict says what it is after the call, as
+        # Agent.state would: "gone" once recycled, "completed" while pinned
+        cdef dict info = self._info_dict(oi, kind)
+        info["state"] = "gone" if recycled else "completed"
+        return info
 
     def _owner_complete_row(self, uint32_t oid, uint32_t gen, str kind):
         """_owner_complete, and the final figures as one USAGE_ROW of native
@@ -105,11 +113,11 @@ cdef class CoreHeap(_Arena):
         cdef int i
         for i in range(4):
             row[i] = oi.bytes[i]
-            row[4 + i] = <double>oi.peak_pages[i] * (1 << self.page_shift_)
+            row[4 + i] = <double>_peak_bytes(&oi, i, 1 << self.page_shift_)
         row[8] = oi.created_ns
         for i in range(SH_MAX_CLASSES + 1):
             row[9 + i] = oi.class_bytes[i]
-        return recycled, self._info_dict(&oi, kind), (<char *>row)[:sizeof(row)]
+        return recycled, self._final_dict(&oi, kind, recycled), (<char *>row)[:sizeof(row)]
 
     def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
         """Give back the agent's memory and mark it offloaded (slot and

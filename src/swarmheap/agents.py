@@ -267,7 +267,9 @@ class Agent(AgentCore):
         """Return all of the agent's memory in O(pages) and fire the complete
         and recycle hooks. If a view or array still pins it, the recycle waits
         for the last pin (or the next sweep). Returns the final stats, read in
-        the same pass over the agent's pages that gives them back."""
+        the same pass over the agent's pages that gives them back; their
+        state is the agent's after the call ("gone", or "completed" while
+        pinned)."""
         heap = self._heap
         recycled, final, row = heap._owner_complete_row(self.id, self.generation, self.kind)
         heap._predictor.note(self.kind, final, row)  # its reservation, if any, went with its memory (C)

@@ -157,8 +157,8 @@ def test_pinned_agent_defers_recycle(big: sh.Heap) -> None:
     agent.put("state", b"still here")
     view = agent.get("state")
     arr = np.frombuffer(agent.alloc(64), np.uint8)
-    agent.complete()
-    assert agent.state == "completed" and recycled == []
+    final = agent.complete()
+    assert agent.state == final["state"] == "completed" and recycled == []
     assert bytes(view) == b"still here"  # nothing reused while visible
     del view
     assert agent.state == "completed"  # the array still pins it

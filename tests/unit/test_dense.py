@@ -63,10 +63,14 @@ def test_agent_stats_count_nursery_blocks_exactly(heap: sh.Heap) -> None:
     held = [heap.good_size(max(size, 64)) for size in sizes]
     stats = agent.stats()
     assert stats["bytes"]["context"] == sum(held)
+    # no pages of its own, yet its peak never reads below what it holds
+    assert stats["pages"]["context"] == stats["peak_pages"]["context"] == 0
+    assert stats["peak"]["context"] == sum(held)
     blocks[0].free()
     assert agent.stats()["bytes"]["context"] == sum(held[1:])
     final = agent.complete()
-    assert final["bytes"]["context"] == sum(held[1:])
+    assert final["bytes"]["context"] == sum(held[1:]) <= final["peak"]["context"]
+    assert final["state"] == agent.state == "gone"  # what it is after the call
     for blk in blocks[1:]:
         with pytest.raises(sh.StaleBlock):
             blk[:1] = b"x"
