@@ -33,17 +33,21 @@ MAX_NAME = 200
 _REF = struct.Struct("<QIQ")  # channel offset, capacity, max message
 
 
-def _timeout_ns(timeout: float | None) -> int:
+def check_timeout(timeout: object) -> float | None:
+    """A blocking call's timeout: finite seconds >= 0, or None (wait for as
+    long as it takes); TypeError or ValueError, naming it, otherwise."""
     if timeout is None:
-        return -1
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not (timeout >= 0)
-        or math.isinf(timeout)
-    ):
-        raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
-    return int(timeout * 1e9)
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout is seconds (an int or float) or None, not {type(timeout).__name__}")
+    if not (timeout >= 0) or math.isinf(timeout):
+        raise ValueError(f"timeout is finite seconds >= 0 or None (no limit), not {timeout!r}")
+    return float(timeout)
+
+
+def _timeout_ns(timeout: float | None) -> int:
+    seconds = check_timeout(timeout)
+    return -1 if seconds is None else int(seconds * 1e9)
 
 
 def _check_name(name: object) -> str:
@@ -198,13 +202,17 @@ class Channel:
 
 def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) -> Channel:
     _check_name(name)
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1 or capacity > 1 << 20:
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity is an int (messages, 1 to 2**20), not {type(capacity).__name__}")
+    if capacity < 1 or capacity > 1 << 20:
         raise ValueError(f"capacity is an int from 1 to 2**20, not {capacity!r}")
     cap = 1 << (capacity - 1).bit_length()  # the ring holds a power of two
     comm = heap.info()["partitions"]["comm"]["size"]
     if max_message is None:
         max_message = comm // 4
-    if isinstance(max_message, bool) or not isinstance(max_message, int) or not 0 < max_message <= comm:
+    if isinstance(max_message, bool) or not isinstance(max_message, int):
+        raise TypeError(f"max_message is an int (bytes) or None, not {type(max_message).__name__}")
+    if not 0 < max_message <= comm:
         raise ValueError(f"max_message is bytes from 1 to the comm partition's {comm}, not {max_message!r}")
     registry = Registry(heap)
     key = f"channel/{name}"

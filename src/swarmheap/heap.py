@@ -21,7 +21,7 @@ from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import Prediction, Predictor
 from swarmheap.registry import RegistryCache
-from swarmheap.stores import Store, open_store
+from swarmheap.stores import Store, check_store, open_store
 from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
@@ -178,10 +178,7 @@ class Heap(CoreHeap):
             mode = admit
             if mode not in admission.MODES:
                 raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise ValueError(f"timeout is seconds >= 0 or None, not {timeout!r}")
+        channels.check_timeout(timeout)
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         if mode is None:
@@ -317,7 +314,7 @@ class Heap(CoreHeap):
         """Restore an agent another heap (process, machine) offloaded to
         ``store`` under ``key``. The source heap frees its slot at its next
         sweep; the blob leaves the store."""
-        blob = store.get(key)
+        blob = check_store(store).get(key)
         if blob is None:
             raise KeyError(f"no snapshot under {key!r} in {store.url}")
         self._remember_store(store)
@@ -366,6 +363,7 @@ class Heap(CoreHeap):
         if store is None:
             self._offload_policy = None
             return
+        check_store(store)
         if partition not in PARTITIONS:
             raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
         for name, value in (("high", high), ("low", low)):

@@ -217,7 +217,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         super().__init__(serde=serde)
         if compress not in (None, "none", *snapshot.CODECS):
             raise ValueError(f"compress is one of {', '.join(snapshot.CODECS)} or None, not {compress!r}")
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int)):
+            raise TypeError(f"keep is a count of checkpoints (int >= 1) or None, not {type(keep).__name__}")
+        if keep is not None and keep < 1:
             raise ValueError(f"keep is a count of checkpoints >= 1, or None, not {keep!r}")
         self.heap = heap
         self.codec = compress or "none"

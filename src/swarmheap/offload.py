@@ -34,7 +34,7 @@ from swarmheap.errors import (
     StoreUnavailable,
 )
 from swarmheap.registry import Registry
-from swarmheap.stores import SQLiteStore, Store
+from swarmheap.stores import SQLiteStore, Store, check_store
 
 if TYPE_CHECKING:
     from swarmheap.agents import Agent
@@ -194,6 +194,7 @@ def default_codec() -> str:
 
 def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
     """agent.offload() (``codec`` None: default_codec())."""
+    check_store(store)
     if codec is None:
         codec = default_codec()
     heap = agent.heap

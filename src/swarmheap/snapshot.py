@@ -216,12 +216,27 @@ def _compress(codec: str, level: int | None, dictionary: Any, data: Any) -> byte
     return bytes(require("lz4.frame", "compress").compress(data, compression_level=level or 0))
 
 
+# zstd's fast (negative) levels down to ZSTD_minCLevel, and its strongest;
+# lz4.frame's fast (0-2) and high-compression (3-16) levels
+_LEVELS = {"zstd": (-(1 << 17), 22), "lz4": (0, 16)}
+
+
+def _check_level(codec: str, level: object) -> None:
+    low, high = _LEVELS[codec]
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"level is an int ({codec}: {low} to {high}) or None, not {type(level).__name__}")
+    if not low <= level <= high:
+        raise ValueError(f"{codec} levels run from {low} to {high}, not {level}")
+
+
 def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
     """Frame `raw` (any buffer) with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if codec == "none" and level is not None:
         raise ValueError("codec 'none' takes no level")
+    if level is not None:
+        _check_level(codec, level)
     dict_id = 0
     if codec == "zstd":
         require("zstandard", "compress")  # the extra is named before anything else fails

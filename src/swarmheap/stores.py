@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from swarmheap._extras import require
 from swarmheap.errors import StoreFull, StoreUnavailable
 
-__all__ = ["LMDBStore", "RedisStore", "SQLiteStore", "Store", "open_store"]
+__all__ = ["LMDBStore", "RedisStore", "SQLiteStore", "Store", "check_store", "open_store"]
 
 
 class Store:
@@ -63,6 +63,17 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
+
+
+def check_store(store: object) -> Store:
+    """``store`` if it is a Store; TypeError naming the ways to get one if not
+    (a URL string among them: it is open_store's argument, not a store)."""
+    if not isinstance(store, Store):
+        raise TypeError(
+            f"store is a Store (SQLiteStore(path), LMDBStore(path), RedisStore(url), or open_store(url)), "
+            f"not {type(store).__name__}"
+        )
+    return store
 
 
 def _check_key(key: str) -> bytes:

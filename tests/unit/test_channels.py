@@ -231,6 +231,11 @@ def test_bad_input_is_named(heap: sh.Heap) -> None:
         heap.channel(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         heap.channel("c", 0)
+    with pytest.raises(TypeError, match="capacity"):
+        heap.channel("c", "4")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_message"):
+        heap.channel("c", 4, max_message=1.5)  # type: ignore[arg-type]
+    assert "c" not in heap.channels()
     with pytest.raises(ValueError):
         ch.recv(timeout=-1)
     agent = heap.spawn("a")

@@ -159,6 +159,10 @@ def test_bad_arguments(heap: sh.Heap) -> None:
         SwarmSaver(heap, compress="gzip")
     with pytest.raises(ValueError):
         SwarmSaver(heap, keep=0)
+    with pytest.raises(TypeError, match="keep"):
+        SwarmSaver(heap, keep="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="open_store"):
+        SwarmSaver(heap, store="sqlite:///threads.db")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         SwarmSaver(heap).prune(["x"], strategy="some")
 

@@ -251,6 +251,17 @@ def test_bad_snapshot_arguments(heap: sh.Heap, agent: sh.Agent) -> None:
         agent.snapshot("gzip")
     with pytest.raises(TypeError):
         heap.restore("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="level"):
+        agent.snapshot(level="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="22"):
+        agent.snapshot(level=99)
+    with pytest.raises(ValueError, match="16"):
+        agent.snapshot("lz4", level=17)
+    assert heap.restore(agent.snapshot(level=-5)).names() == agent.names()  # zstd's fast levels
+    with pytest.raises(TypeError, match="open_store"):
+        agent.offload("sqlite:///a.db")  # type: ignore[arg-type]
+    assert agent.state == "live"
+    heap.check()
 
 
 def test_a_state_packed_by_hand_round_trips() -> None:
@@ -427,6 +438,10 @@ def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
             heap.set_offload_policy(s, "nowhere")
         with pytest.raises(ValueError):
             heap.set_offload_policy(s, high=0.5, low=0.9)
+        with pytest.raises(TypeError, match="open_store"):
+            heap.set_offload_policy(str(tmp_path / "p.db"))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="open_store"):
+            heap.restore_from("sqlite:///p.db", "key")  # type: ignore[arg-type]
         heap.set_offload_policy(s)
         assert heap.store is s
         heap.set_offload_policy(None)

@@ -158,6 +158,11 @@ def test_bad_arguments_are_named_errors(heap: sh.Heap) -> None:
         heap.spawn("x", admit="maybe")
     with pytest.raises(TypeError):
         heap.spawn("x", reserve="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timeout"):
+        heap.spawn("x", admit="wait", timeout="soon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        heap.spawn("x", admit="wait", timeout=float("nan"))
+    assert "x" not in {o["kind"] for o in heap.stats()["owners"]}  # nothing spawned by a refusal
     with pytest.raises(ValueError):
         heap.set_admission("always")
     with pytest.raises(ValueError):
