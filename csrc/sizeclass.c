@@ -1,10 +1,10 @@
 /* Size classes: 16-byte steps to 128 B, then 4 classes per doubling (the
  * jemalloc/snmalloc/mimalloc spacing, worst internal waste about 20 %) up to
- * a quarter page; larger requests take runs of whole pages. */
+ * half a page; larger requests take runs of whole pages. */
 #include "sh_internal.h"
 
 uint32_t _sh_classes_build(uint32_t page_size, uint32_t *sizes, uint32_t *small_limit) {
-  uint32_t limit = page_size / 4, n = 0;
+  uint32_t limit = page_size / 2, n = 0;
   for (uint32_t s = 16; s <= 128; s += 16) sizes[n++] = s;
   for (uint32_t base = 128; base < limit && n < SH_MAX_CLASSES; base *= 2)
     for (uint32_t i = 1; i <= 4 && n < SH_MAX_CLASSES; i++) sizes[n++] = base + i * (base / 4);

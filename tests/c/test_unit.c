@@ -64,6 +64,7 @@ static void test_layout(void) {
       break;
     }
   }
+  CHECK("classes reach half a page", info.small_limit == info.page_size / 2);
   CHECK("above the limit: whole pages", sh_good_size(a, info.small_limit + 1) == info.page_size);
   CHECK("check clean", sh_check(a) == SH_OK);
   sh_close(a);

@@ -235,3 +235,18 @@ def test_good_size(heap: sh.Heap) -> None:
     assert heap.good_size(1) == 16
     assert heap.good_size(129) == 160
     assert heap.good_size("100 KiB") % heap.info()["page_size"] == 0
+
+
+def test_mid_size_blocks_share_pages(heap: sh.Heap) -> None:
+    # classes reach half a page: three 20 KB blocks on one 64 KiB page, not three pages
+    page = heap.page_size
+    assert heap.good_size(20_000) == 20 * 1024 and heap.good_size(page // 2) == page // 2
+    assert heap.good_size(page // 2 + 1) == page  # above half a page: a run of whole pages
+    before = heap.stats()["partitions"]["shared"]
+    blocks = [heap.alloc(20_000, "shared") for _ in range(3)]
+    after = heap.stats()["partitions"]["shared"]
+    assert after["in_use"] - before["in_use"] == 3 * 20 * 1024
+    assert after["held"] - before["held"] <= page
+    for blk in blocks:
+        blk.free()
+    heap.check()

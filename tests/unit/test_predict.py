@@ -74,7 +74,8 @@ def test_decay_follows_a_shift(heap: sh.Heap) -> None:
     before = heap.predict("shifty").peak("context", 0.5)
     teach(heap, "shifty", 150, 400_000)  # the kind's needs change
     after = heap.predict("shifty").peak("context", 0.5)
-    assert before <= heap.good_size(20_000) * 1.06
+    held = max(heap.good_size(20_000), heap.page_size)  # one block of its class: a page of the agent's own
+    assert before <= held * 1.06
     assert after >= heap.good_size(400_000)  # 150 newer samples outweigh 150 older, half-life 100
 
 
