@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sh_nursery.h"
 #include "sh_tcache.h"
 #include "sh_track.h"
 
@@ -491,6 +492,11 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
   info->format_version = hdr->format_version;
   info->small_limit = hdr->small_limit;
   info->metadata_bytes = hdr->meta_end;
+  if (arena->nursery_records) {
+    info->nursery_blocks = SH_NURSERY_SLOTS;
+    for (uint32_t c = 0; c < arena->nclasses; c++)
+      if (arena->classes[c].nursery_capacity) info->nursery_limit = arena->classes[c].size;
+  }
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     info->part_offset[p] = hdr->parts[p].offset;
     info->part_size[p] = hdr->parts[p].size;

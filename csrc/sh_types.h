@@ -40,9 +40,13 @@
 #define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
 #define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease or a handle tag: frees look in the table */
 #define SH_PAGE_DIRTY 4u   /* was ever handed out: a page that never was still holds the zeros it was made with */
-/* Nursery blocks (nursery.c): requests up to the largest, in classes from the smallest. */
+/* Nursery blocks (nursery.c): requests up to the largest, in classes from the
+ * smallest whose page holds at least SH_NURSERY_MIN_PER_PAGE blocks beside its
+ * map (a page holding one or two would cost an agent about what a page of its
+ * own does). */
 #define SH_NURSERY_MIN_BLOCK 64u
-#define SH_NURSERY_MAX_BLOCK 4096u
+#define SH_NURSERY_MAX_BLOCK 8192u
+#define SH_NURSERY_MIN_PER_PAGE 3u
 #define SH_PAGE_NURSERY 8u /* a nursery page: its blocks belong to agents, named in the map at its end (nursery.c) */
 
 typedef enum sh_page_state_e {

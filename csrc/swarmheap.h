@@ -153,6 +153,10 @@ typedef struct sh_arena_info_s {
   uint32_t page_size, nclasses, max_owners, format_version;
   uint64_t small_limit;        /* largest size served from a size class */
   uint64_t metadata_bytes;     /* header, page descriptors, owner table, stats */
+  /* An agent's share of the nursery (shared pages): up to nursery_blocks
+   * blocks of at most nursery_limit bytes (0: this arena has no nursery). */
+  uint64_t nursery_limit;
+  uint32_t nursery_blocks;
   uint64_t part_offset[SH_NPARTITIONS], part_size[SH_NPARTITIONS];
   uint32_t class_size[SH_MAX_CLASSES];
   /* Where the metadata tables start, in this order, and (last) where they

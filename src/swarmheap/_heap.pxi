@@ -621,6 +621,10 @@ cdef class _Arena:
             # table also holds the nursery's slot
             "max_owners": info.max_owners - 1,
             "small_limit": info.small_limit,
+            # an agent's share of the shared nursery pages: this many blocks of
+            # at most nursery_limit bytes (0: no nursery)
+            "nursery_limit": info.nursery_limit,
+            "nursery_blocks": info.nursery_blocks,
             "metadata_bytes": info.metadata_bytes,
             "block_table": capacity,
             "partitions": {

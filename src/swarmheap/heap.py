@@ -26,9 +26,6 @@ from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
 
-NURSERY_SHARE = 16 * 4096  # an agent's blocks in shared nursery pages: at most 16, of at most 4 KiB
-
-
 class _Default:
     """spawn(admit=...) left out: the heap's default (set_admission)."""
 
@@ -144,7 +141,11 @@ class Heap(CoreHeap):
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
         self._admission: tuple[str | None, float] = (None, 0.9)
-        self._capacity = {p: v["size"] for p, v in self.info()["partitions"].items()}
+        info = self.info()
+        self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
+        # what an agent's share of the shared nursery pages holds at most: a kind
+        # predicted to need more gets pages of its own from the start
+        self._nursery_share = info["nursery_blocks"] * info["nursery_limit"]
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -205,7 +206,7 @@ class Heap(CoreHeap):
         if plan is None:
             prediction = self._predictor.cached(kind)
             if prediction.confident:
-                plan = (admission.need_of(prediction), prediction.peak("context", 0.9) > NURSERY_SHARE)
+                plan = (admission.need_of(prediction), prediction.peak("context", 0.9) > self._nursery_share)
             else:
                 plan = (0, False)
             self._predictor.plans[kind] = plan

@@ -76,6 +76,28 @@ def test_agent_stats_count_nursery_blocks_exactly(heap: sh.Heap) -> None:
             blk[:1] = b"x"
 
 
+def test_mid_size_blocks_start_in_the_nursery() -> None:
+    # an agent's first blocks up to 8 KiB share pages with other agents': a
+    # few 6 KB blocks of many agents do not cost each agent a page
+    with sh.Heap.create(size="64 MiB") as heap:
+        info = heap.info()
+        assert info["nursery_limit"] == 8192 and info["nursery_blocks"] == 16
+        agents = [heap.spawn("mid") for _ in range(20)]
+        for agent in agents:
+            for size in (5000, 6000, 8000):
+                agent.alloc(size)
+        for agent in agents:
+            stats = agent.stats()
+            assert stats["pages"]["context"] == 0 and stats["bytes"]["context"] == sum(
+                heap.good_size(s) for s in (5000, 6000, 8000)
+            )
+        context = heap.stats()["partitions"]["context"]
+        assert context["held"] <= 20 * 3 * 8192 * 1.3  # shared pages, not 60 of 64 KiB
+        for agent in agents:
+            agent.complete()
+        heap.check()
+
+
 def test_a_nursery_share_is_bounded(heap: sh.Heap) -> None:
     agent = heap.spawn("grower")
     blocks = [agent.alloc(100) for _ in range(64)]
