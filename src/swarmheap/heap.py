@@ -26,6 +26,7 @@ from swarmheap.sweep import SweepResult, collect
 
 __all__ = ["EVENTS", "Heap"]
 
+
 class _Default:
     """spawn(admit=...) left out: the heap's default (set_admission)."""
 
