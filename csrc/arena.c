@@ -446,7 +446,7 @@ int sh_attach(sh_arena_t **out, sh_backing_t backing, const char *name, int read
   if (rc) return rc;
   if (size < sizeof(sh_header_t)) {
     _sh_os_unmap(NULL, 0, fd);
-    return _sh_fail(SH_ETRUNCATED, "'%s' is %llu bytes, shorter than an arena header (%zu)", name,
+    return _sh_fail(SH_ETRUNCATED, "'%s' is %llu bytes, shorter than an arena header (%zu)", _sh_os_shown(backing, name),
                     (unsigned long long)size, sizeof(sh_header_t));
   }
   sh_arena_t *a = calloc(1, sizeof *a);

@@ -24,6 +24,12 @@ static int sh_open_backing(sh_backing_t backing, const char *name, int flags) {
   return open(name, flags | O_CLOEXEC, 0600);
 }
 
+/* The name as its user wrote it: a shared heap's without the leading '/' that
+ * shm_open wants (the binding adds it), a file's path as given. */
+const char *_sh_os_shown(sh_backing_t backing, const char *name) {
+  return backing == SH_BACKING_SHM && name && name[0] == '/' ? name + 1 : name;
+}
+
 static int sh_check_name(sh_backing_t backing, const char *name) {
   if (backing == SH_BACKING_ANON) return SH_OK;
   if (name == NULL || name[0] == '\0')
@@ -31,7 +37,7 @@ static int sh_check_name(sh_backing_t backing, const char *name) {
   if (backing == SH_BACKING_SHM) {
     const char *rest = name[0] == '/' ? name + 1 : name;
     if (*rest == '\0' || strchr(rest, '/') || strlen(rest) > 250)
-      return _sh_fail(SH_EINVAL, "shared heap name '%s' must be 1-250 characters without '/'", name);
+      return _sh_fail(SH_EINVAL, "shared heap name '%s' must be 1-250 characters without '/'", rest);
   }
   return SH_OK;
 }
@@ -55,8 +61,11 @@ int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd
   if (backing != SH_BACKING_ANON) {
     fd = sh_open_backing(backing, name, O_RDWR | O_CREAT | O_EXCL);
     if (fd < 0) {
-      if (errno == EEXIST) return _sh_fail(SH_EEXIST, "a heap named '%s' already exists", name);
-      return _sh_fail(SH_ESYS, "cannot create '%s': %s", name, strerror(errno));
+      const char *shown = _sh_os_shown(backing, name);
+      if (errno == EEXIST)
+        return _sh_fail(SH_EEXIST, backing == SH_BACKING_SHM ? "a heap named '%s' already exists" : "'%s' exists already",
+                        shown);
+      return _sh_fail(SH_ESYS, "cannot create '%s': %s", shown, strerror(errno));
     }
     /* Reserve every byte now: on tmpfs an unreserved page faults with SIGBUS
      * when /dev/shm fills, long after creation said yes. */
@@ -66,10 +75,10 @@ int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd
       sh_unlink(backing, name);
       if (err == ENOSPC || err == EFBIG)
         return _sh_fail(SH_ENOSPC, "no room to reserve %llu bytes for '%s' (%s)",
-                        (unsigned long long)size, name,
+                        (unsigned long long)size, _sh_os_shown(backing, name),
                         backing == SH_BACKING_SHM ? "/dev/shm is too small" : strerror(err));
       return _sh_fail(SH_ESYS, "cannot reserve %llu bytes for '%s': %s",
-                      (unsigned long long)size, name, strerror(err));
+                      (unsigned long long)size, _sh_os_shown(backing, name), strerror(err));
     }
   }
   rc = _sh_os_map(fd, size, 0, base);
@@ -90,15 +99,17 @@ int _sh_os_open(sh_backing_t backing, const char *name, int read_only, int *fd_o
   int rc = sh_check_name(backing, name);
   if (rc) return rc;
   int fd = sh_open_backing(backing, name, read_only ? O_RDONLY : O_RDWR);
+  const char *shown = _sh_os_shown(backing, name);
   if (fd < 0) {
-    if (errno == ENOENT) return _sh_fail(SH_ENOENT, "no heap named '%s'", name);
-    return _sh_fail(SH_ESYS, "cannot open '%s': %s", name, strerror(errno));
+    if (errno == ENOENT)
+      return _sh_fail(SH_ENOENT, backing == SH_BACKING_SHM ? "no heap named '%s'" : "no heap file '%s'", shown);
+    return _sh_fail(SH_ESYS, "cannot open '%s': %s", shown, strerror(errno));
   }
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int e = errno;
     close(fd);
-    return _sh_fail(SH_ESYS, "cannot stat '%s': %s", name, strerror(e));
+    return _sh_fail(SH_ESYS, "cannot stat '%s': %s", shown, strerror(e));
   }
   *fd_out = fd;
   *size = (uint64_t)st.st_size;
@@ -116,8 +127,10 @@ int sh_unlink(sh_backing_t backing, const char *name) {
   if (backing == SH_BACKING_ANON) return SH_OK;
   int r = backing == SH_BACKING_SHM ? shm_unlink(name) : unlink(name);
   if (r != 0) {
-    if (errno == ENOENT) return _sh_fail(SH_ENOENT, "no heap named '%s'", name);
-    return _sh_fail(SH_ESYS, "cannot unlink '%s': %s", name, strerror(errno));
+    const char *shown = _sh_os_shown(backing, name);
+    if (errno == ENOENT)
+      return _sh_fail(SH_ENOENT, backing == SH_BACKING_SHM ? "no heap named '%s'" : "no heap file '%s'", shown);
+    return _sh_fail(SH_ESYS, "cannot unlink '%s': %s", shown, strerror(errno));
   }
   return SH_OK;
 }

@@ -36,6 +36,7 @@ sh_internal int _sh_os_create(sh_backing_t backing, const char *name, uint64_t s
                               uint8_t **base);
 sh_internal int _sh_os_open(sh_backing_t backing, const char *name, int read_only, int *fd,
                             uint64_t *size);
+sh_internal const char *_sh_os_shown(sh_backing_t backing, const char *name);
 sh_internal int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base);
 sh_internal void _sh_os_unmap(uint8_t *base, uint64_t size, int fd);
 sh_internal uint64_t _sh_os_now_ns(void);

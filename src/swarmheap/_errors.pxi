@@ -5,8 +5,6 @@ _ATTACH_CODES = frozenset({SH_ETRUNCATED, SH_EMAGIC, SH_EVERSION, SH_ECHECKSUM, 
 
 cdef int _raise(int rc, bint attaching=False) except -1:
     message = sh_last_error().decode("utf-8", "replace")
-    # the user typed "swarm", not "/swarm": the core's shm name is not theirs
-    message = message.replace("'/", "'")
     code = sh_strerror(rc).decode()
     if rc == SH_EFULL:
         raise PartitionFull(message, code)

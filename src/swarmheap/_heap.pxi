@@ -229,7 +229,7 @@ cdef class _Arena:
         if self.arena == NULL:
             raise ValueError("the heap is closed")
         if self.read_only:
-            raise ReadOnlyHeap(f"heap {self.name!r} is attached read-only: attach it without read_only=True "
+            raise ReadOnlyHeap(f"heap {self._where()} is attached read-only: attach it without read_only=True "
                                f"to allocate, free, spawn, put, complete or sweep", "SH_EINVAL")
         return 0
 
@@ -308,11 +308,17 @@ cdef class _Arena:
                 pass
         return False
 
+    def _where(self):
+        """How the heap is named: its shared name, its file, or private."""
+        if self.name is not None:
+            return repr(self.name)
+        return f"file {self.path!r}" if self.path is not None else "private"
+
     def __repr__(self):
         if self.arena == NULL:
-            return f"<{type(self).__name__} {self.name!r} closed>"
-        where = "private" if self.name is None else repr(self.name)
-        return f"<{type(self).__name__} {where} {format_size(self.arena_size)}{' read-only' if self.read_only else ''}>"
+            return f"<{type(self).__name__} {self._where()} closed>"
+        return (f"<{type(self).__name__} {self._where()} {format_size(self.arena_size)}"
+                f"{' read-only' if self.read_only else ''}>")
 
     # ---- blocks ----------------------------------------------------------
 

@@ -461,6 +461,13 @@ def test_a_file_backed_heap_outlives_its_process(tmp_path: Any) -> None:
         assert pool.apply(_workers.file_heap_reader, (path, a.id)) == b"persisted"
     with pytest.raises(sh.HeapExists):
         sh.Heap.create(size="32 MiB", path=path)
+    # the file is named as given, everywhere it is named
+    with pytest.raises(sh.HeapNotFound, match=f"no heap file '{path}.gone'"):
+        sh.Heap.attach(path=path + ".gone")
+    with sh.Heap.attach(path=path, read_only=True) as reader:
+        assert f"file '{path}'" in repr(reader) and "read-only" in repr(reader)
+        with pytest.raises(sh.ReadOnlyHeap, match=f"heap file '{path}' is attached read-only"):
+            reader.spawn("writer")
 
 
 def test_a_file_backed_heap_recovers_after_its_writer_was_killed(tmp_path: Any) -> None:
