@@ -136,7 +136,9 @@ cdef class CoreHeap(_Arena):
             raise AgentStateError(f"agent {oid} is not offloaded: {sh_last_error().decode()}")
         if rc != SH_OK:
             _raise(rc)
-        return self._info_dict(&oi, kind)
+        cdef dict info = self._info_dict(&oi, kind)
+        info["state"] = "offloaded"  # read on the way out; the dict says where the agent is now
+        return info
 
     def _owner_stats(self, uint32_t oid, uint32_t gen, str kind):
         """Agent.stats() of the owner; StaleBlock if that generation is gone."""

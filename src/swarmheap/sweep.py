@@ -138,7 +138,7 @@ def _examine(
         return True
     result.agents[cause] += 1
     result.bytes[cause] += info["total_bytes"]
-    result.recycled.append({**info, "cause": cause})
+    result.recycled.append({**info, "state": "gone", "cause": cause})  # as complete()'s: the state after
     return False
 
 

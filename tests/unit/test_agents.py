@@ -251,6 +251,7 @@ def test_expired_lease_is_reclaimed(big: sh.Heap, monkeypatch: pytest.MonkeyPatc
     result = big.collect(2)
     assert result.agents["lease"] == 1 and result.bytes["lease"] > 1000
     assert leased.state == "gone" and kept.state == "live"
+    assert [(r["id"], r["state"], r["cause"]) for r in result.recycled] == [(leased.id, "gone", "lease")]
     kept.complete()
 
 

@@ -336,7 +336,7 @@ def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Stor
     want = entries_of(agent)
     before = in_use(heap)["context"]
     final = agent.offload(store)
-    assert agent.state == "offloaded" and final["blob_bytes"] > 0
+    assert agent.state == final["state"] == "offloaded" and final["blob_bytes"] > 0
     assert in_use(heap)["context"] < before
     assert store.keys("swarmheap/agent/")
     heap.check()
