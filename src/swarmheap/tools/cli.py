@@ -185,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = sub.add_parser(
         "stats", help="print the statistics of a named heap (attached read-only)", formatter_class=defaults
     )
-    stats.add_argument("name", help="the heap's name, as given to Heap.create")
+    stats.add_argument(
+        "name", help="the heap's name, as given to Heap.create, or the path of a file-backed heap"
+    )
     stats.add_argument("--json", action="store_true", help="print the stats dict as JSON instead of tables")
     stats.add_argument(
         "--watch", type=float, metavar="SECONDS", default=0, help="print again every SECONDS (0: once)"
@@ -203,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument(
         "--only",
         metavar="NAME",
-        help="run one workload: pairs_64B, pairs_1.0KiB, pairs_16.0KiB, pairs_256.0KiB, pairs_1.0MiB, "
-        "pairs_mixed, alloc_many_64B, shared_4KiB, agent_churn, spawn_predicted, handoff_1.0MiB, "
-        "handoff_64.0MiB, recycle_100k, young_sweep, numpy_empty_<size>, numpy_zeros_<size>, c_core",
+        help="run one workload or scenario by name, as the results name them (pairs_64B, "
+        "swarm_density, offload_restore, channel, langgraph, c_core, ...); a name that is none of "
+        "them lists them all",
     )
     bench.add_argument("--check", action="store_true", help="exit 1 if a target is not met")
     bench.set_defaults(func=cmd_bench)
