@@ -360,7 +360,9 @@ static int sh_header_validate(const sh_header_t *hdr, uint64_t mapped) {
     return _sh_fail(SH_EMAGIC, "not a swarmheap arena (magic %016llx), or one still being created",
                     (unsigned long long)magic);
   if (hdr->format_version != SH_FORMAT_VERSION)
-    return _sh_fail(SH_EVERSION, "arena format version %u; this build reads version %u",
+    return _sh_fail(SH_EVERSION,
+                    "arena format version %u; this build reads version %u: open it with the swarmheap that "
+                    "made it, or create the heap again with this one",
                     hdr->format_version, SH_FORMAT_VERSION);
   if (sh_checksum(hdr) != hdr->checksum)
     return _sh_fail(SH_ECHECKSUM, "arena header checksum mismatch: the header was damaged");

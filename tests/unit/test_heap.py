@@ -117,6 +117,8 @@ def test_attach_refuses_damaged_heaps(heap_name: str, damage, code: str) -> None
         with pytest.raises(sh.AttachError) as info:
             sh.Heap.attach(heap_name)
         assert info.value.code == code
+        if code == "SH_EVERSION":  # says what to do about it
+            assert "create the heap again" in str(info.value)
 
 
 def test_partition_full_while_others_serve(heap: sh.Heap) -> None:
