@@ -46,7 +46,7 @@ static int sh_chan_at(const sh_arena_t *a, uint64_t off, sh_chan_t **out) {
   sh_chan_t *c = (sh_chan_t *)(a->base + off);
   if (c->magic != SH_CHAN_MAGIC || c->capacity == 0 || (c->capacity & (c->capacity - 1)) ||
       c->capacity > SH_CHAN_MAX_CAPACITY || a->size - off < sh_chan_bytes(c->capacity))
-    return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (or a damaged one)", (unsigned long long)off);
+    return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (unlinked, or damaged)", (unsigned long long)off);
   *out = c;
   return SH_OK;
 }

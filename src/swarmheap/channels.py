@@ -58,6 +58,19 @@ def _check_name(name: object) -> str:
     return name
 
 
+class _Unlinked:
+    """What an unlinked Channel's core becomes: every call names the unlink
+    (the ring's memory went back to the heap, and may be another block now)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        raise ChannelClosed(
+            f"channel {self.name!r} was unlinked: heap.channel({self.name!r}) makes a new one"
+        )
+
+
 class Channel:
     """One named channel of a heap; see the module docstring. Get one with
     ``heap.channel(name, capacity=1024, max_message=None)``."""
@@ -186,12 +199,17 @@ class Channel:
         return {"name": self.name, **self.core.stats()}
 
     def unlink(self) -> None:
-        """Remove the channel: closed, its queued messages freed, its name gone."""
+        """Remove the channel: closed, its queued messages freed, its name
+        gone; this Channel raises ChannelClosed after (a second unlink does
+        nothing)."""
+        if isinstance(self.core, _Unlinked):
+            return
         self.close()
         while (got := self.core.recv_raw(0) if self.stats()["depth"] else None) is not None:
             self._free(*got)
         Registry(self.heap).remove(f"channel/{self.name}")
         self._free(self.offset, 1)
+        self.core = _Unlinked(self.name)  # type: ignore[assignment]
 
     def _free(self, offset: int, size: int) -> None:
         try:

@@ -245,6 +245,11 @@ def test_bad_input_is_named(heap: sh.Heap) -> None:
     with pytest.raises(sh.ChannelClosed):
         ch.send(b"late")
     ch.unlink()
+    ch.unlink()  # once is enough; again does nothing
+    with pytest.raises(sh.ChannelClosed, match="unlinked"):
+        ch.send(b"after")
+    with pytest.raises(sh.ChannelClosed, match="unlinked"):
+        ch.try_recv()
     heap.check()
 
 
