@@ -24,7 +24,7 @@ typedef struct sh_chan_cell_s {
 
 typedef struct sh_chan_s {
   uint64_t magic;
-  uint32_t capacity, reserved_;
+  uint32_t capacity, id; /* id: random, never 0, in every handle's top bits */
   uint64_t max_message;
   sh_lock_t lock;
   _Atomic uint64_t ring;          /* head:32 | count:32, under the lock, one store per change */
@@ -38,15 +38,20 @@ typedef struct sh_chan_s {
 
 static uint64_t sh_chan_bytes(uint32_t capacity) { return sizeof(sh_chan_t) + (uint64_t)capacity * sizeof(sh_chan_cell_t); }
 
-/* The channel at `off`, checked against the mapping: a damaged or foreign
- * offset is SH_EBADPTR, never followed. */
-static int sh_chan_at(const sh_arena_t *a, uint64_t off, sh_chan_t **out) {
+/* The channel a handle names, checked against the mapping: a damaged or
+ * foreign offset is SH_EBADPTR, never followed, and so is a handle whose id
+ * is not the ring's (its channel was unlinked and another took its place). */
+static int sh_chan_at(const sh_arena_t *a, uint64_t chan, sh_chan_t **out) {
+  uint64_t off = sh_chan_offset(chan);
   if (off == 0 || off % 64 || off >= a->size || a->size - off < sizeof(sh_chan_t))
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel", (unsigned long long)off);
   sh_chan_t *c = (sh_chan_t *)(a->base + off);
   if (c->magic != SH_CHAN_MAGIC || c->capacity == 0 || (c->capacity & (c->capacity - 1)) ||
       c->capacity > SH_CHAN_MAX_CAPACITY || a->size - off < sh_chan_bytes(c->capacity))
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (unlinked, or damaged)", (unsigned long long)off);
+  if (c->id != (uint32_t)(chan >> SH_CHAN_ID_SHIFT))
+    return _sh_fail(SH_EBADPTR, "the channel at offset %llu was unlinked: the ring there now is another channel's",
+                    (unsigned long long)off);
   *out = c;
   return SH_OK;
 }
@@ -77,7 +82,7 @@ static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
 }
 
-int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *offset) {
+int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *chan) {
   if (capacity == 0 || capacity > SH_CHAN_MAX_CAPACITY || (capacity & (capacity - 1)))
     return _sh_fail(SH_EINVAL, "a channel's capacity is a power of two from 1 to %u, not %u", SH_CHAN_MAX_CAPACITY,
                     capacity);
@@ -89,13 +94,14 @@ int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint6
   sh_chan_t *c = (sh_chan_t *)(a->base + off);
   c->capacity = capacity;
   c->max_message = max_message;
+  c->id = (_sh_os_random32() & 0xFFFFu) | 1u; /* 16 bits: a stale handle fits a new ring 1 time in 32 768 */
   rc = _sh_lock_init(&c->lock);
   if (rc) {
     sh_free(a, off);
     return rc;
   }
   __atomic_store_n(&c->magic, SH_CHAN_MAGIC, __ATOMIC_RELEASE);
-  *offset = off;
+  *chan = off | (uint64_t)c->id << SH_CHAN_ID_SHIFT;
   return SH_OK;
 }
 

@@ -383,8 +383,13 @@ typedef struct sh_chan_stats_s {
   int closed;
 } sh_chan_stats_t;
 /* [any] A new channel of `capacity` messages (a power of two up to 2^20)
- * of at most `max_message` bytes; *offset names it for every process. */
-int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *offset);
+ * of at most `max_message` bytes; *chan names it for every process: the
+ * ring's offset with the channel's id in the top 16 bits, so that a handle
+ * kept past an unlink fails (SH_EBADPTR) instead of reaching a new channel
+ * whose ring took the same place. sh_chan_offset gives the ring's block. */
+int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *chan);
+#define SH_CHAN_ID_SHIFT 48
+static inline uint64_t sh_chan_offset(uint64_t chan) { return chan & ((UINT64_C(1) << SH_CHAN_ID_SHIFT) - 1); }
 /* [any] Enqueue a message; SH_ETIMEDOUT if still full after the timeout,
  * SH_ECLOSED once the channel is closed. */
 int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns);

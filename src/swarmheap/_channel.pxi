@@ -3,34 +3,36 @@
 
 
 cdef class ChannelCore:
-    """A channel's ring at ``offset`` of ``heap``. A send or receive is one
-    call: it tries while holding the GIL and lets the GIL go only to wait,
-    since releasing and taking it back costs more than the operation."""
+    """The channel ``chan`` names in ``heap`` (a handle from create(): the
+    ring's offset and the channel's id). A send or receive is one call: it
+    tries while holding the GIL and lets the GIL go only to wait, since
+    releasing and taking it back costs more than the operation."""
 
-    def __cinit__(self, CoreHeap heap, uint64_t offset):
+    def __cinit__(self, CoreHeap heap, uint64_t chan):
         heap._check_open()
         cdef sh_chan_stats_t st
-        cdef int rc = sh_chan_stats(heap.arena, offset, &st)
+        cdef int rc = sh_chan_stats(heap.arena, chan, &st)
         if rc:
             _raise(rc)
         self.heap = heap
-        self.offset = offset
+        self.chan = chan
+        self.offset = sh_chan_offset(chan)
         self.max_message = st.max_message
 
     @staticmethod
     def create(CoreHeap heap, uint32_t capacity, uint64_t max_message):
         heap._check_writable()
-        cdef uint64_t off
-        cdef int rc = sh_chan_create(heap.arena, capacity, max_message, &off)
+        cdef uint64_t chan
+        cdef int rc = sh_chan_create(heap.arena, capacity, max_message, &chan)
         if rc:
             _raise(rc)
-        return ChannelCore(heap, off)
+        return ChannelCore(heap, chan)
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1:
         """1 once queued, 0 if still full after the timeout."""
         cdef CoreHeap heap = self.heap
         cdef sh_arena_t *arena = heap.arena
-        cdef uint64_t chan = self.offset
+        cdef uint64_t chan = self.chan
         cdef int rc = sh_chan_send(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
             heap.inflight += 1
@@ -94,7 +96,7 @@ cdef class ChannelCore:
         # owns it (recv_block clears it once its Block exists)
         cdef CoreHeap heap = self.heap
         cdef sh_arena_t *arena = heap.arena
-        cdef uint64_t chan = self.offset
+        cdef uint64_t chan = self.chan
         cdef int rc = sh_chan_recv_held(arena, chan, msg, size, 0) if hold else sh_chan_recv(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
             heap.inflight += 1
@@ -142,14 +144,14 @@ cdef class ChannelCore:
 
     def close(self):
         self.heap._check_writable()
-        cdef int rc = sh_chan_close(self.heap.arena, self.offset)
+        cdef int rc = sh_chan_close(self.heap.arena, self.chan)
         if rc:
             _raise(rc)
 
     def stats(self):
         self.heap._check_open()
         cdef sh_chan_stats_t st
-        cdef int rc = sh_chan_stats(self.heap.arena, self.offset, &st)
+        cdef int rc = sh_chan_stats(self.heap.arena, self.chan, &st)
         if rc:
             _raise(rc)
         return {"capacity": st.capacity, "depth": st.depth, "max_message": st.max_message, "sent": st.sent,

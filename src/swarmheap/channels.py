@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_NAME", "Channel", "ChannelClosed"]
 
 MAX_NAME = 200
-_REF = struct.Struct("<QIQ")  # channel offset, capacity, max message
+_REF = struct.Struct("<QIQ")  # channel handle (ring offset and id), capacity, max message
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -237,10 +237,10 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
     while True:
         data = registry.get_ref(key)[1]
         if data is not None:
-            offset, cap, _ = _REF.unpack(data)
-            return Channel(heap, name, ChannelCore(heap, offset), cap)
+            chan, cap, _ = _REF.unpack(data)
+            return Channel(heap, name, ChannelCore(heap, chan), cap)
         core = ChannelCore.create(heap, cap, max_message)
-        if registry.swap(key, None, _REF.pack(core.offset, cap, max_message)):
+        if registry.swap(key, None, _REF.pack(core.chan, cap, max_message)):
             return Channel(heap, name, core, cap)
         Channel(heap, name, core, cap)._free(core.offset, 1)  # another process named it first
 

@@ -334,7 +334,18 @@ static void channel_race(sh_arena_t *a) {
   uint64_t m, sz;
   CHECK("channel: closed and drained", sh_chan_recv(a, chan, &m, &sz, 0) == SH_ECLOSED);
   CHECK("channel: send after close", sh_chan_send(a, chan, 1, 1, 0) == SH_ECLOSED);
-  CHECK("channel: freed", sh_free(a, chan) == SH_OK);
+  CHECK("channel: freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
+  /* a handle kept past the free does not reach the channel that takes the ring's place */
+  uint64_t next;
+  REQUIRE("channel: another", sh_chan_create(a, 64, 1024, &next) == SH_OK);
+  CHECK("channel: the ring's place is taken again", sh_chan_offset(next) == sh_chan_offset(chan));
+  if (next != chan) /* ids collide 1 time in 32 768 */
+    CHECK("channel: a stale handle is refused", sh_chan_send(a, chan, 1, 1, 0) == SH_EBADPTR &&
+                                                    sh_chan_stats(a, chan, &st) == SH_EBADPTR);
+  CHECK("channel: a bare offset is no handle", sh_chan_close(a, sh_chan_offset(next)) == SH_EBADPTR);
+  CHECK("channel: the new one works", sh_chan_send(a, next, 1, 1, 0) == SH_OK &&
+                                          sh_chan_stats(a, next, &st) == SH_OK && st.depth == 1);
+  CHECK("channel: another freed", sh_free(a, sh_chan_offset(next)) == SH_OK);
 }
 
 int main(void) {

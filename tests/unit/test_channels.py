@@ -273,3 +273,25 @@ def test_dropping_a_received_block_returns_it(heap: sh.Heap) -> None:
     assert comm() == base  # every message back, none freed twice
     ch.unlink()
     heap.check()
+
+
+def test_a_channel_kept_past_its_unlink_never_reaches_its_successor(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        other = sh.Heap.attach(heap_name)  # another process's view, as far as channels go
+        try:
+            mine, theirs = heap.channel("jobs", 8), other.channel("jobs")
+            theirs.send(b"before")
+            assert bytes(mine.recv()) == b"before"
+            mine.unlink()
+            successor = heap.channel("results", 8)  # its ring takes the freed place
+            assert successor.offset == theirs.offset
+            if successor.core.chan != theirs.core.chan:  # the ids differ but 1 time in 32 768
+                with pytest.raises(sh.InvalidHandle, match="was unlinked"):
+                    theirs.send(b"misdelivered?")
+            assert successor.try_recv() is None and successor.stats()["sent"] == 0
+            assert other.channel("jobs").try_recv() is None  # opened again: a new, empty channel
+            successor.unlink()
+            other.channel("jobs").unlink()
+        finally:
+            other.close()
+        heap.check()

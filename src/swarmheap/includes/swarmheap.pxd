@@ -167,7 +167,8 @@ cdef extern from "swarmheap.h" nogil:
         uint64_t max_message, sent, received, bytes_in_flight
         int closed
 
-    int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *offset)
+    int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, uint64_t *chan)
+    uint64_t sh_chan_offset(uint64_t chan)
     int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns)
     int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns)
     int sh_chan_close(sh_arena_t *arena, uint64_t chan)
