@@ -57,6 +57,9 @@ _FULL, _DELTA = b"F", b"D"
 _DELTA_HEAD = struct.Struct("<BH")  # chain depth (1 for a delta on a full value), base name length
 DELTA_CHAIN = 16
 _RAW_CACHE = 512  # serde bytes of the values this saver last wrote or read
+# ... and at most this many bytes of them: a long thread's message list is
+# megabytes, and 512 of its versions would hold gigabytes of this process
+_RAW_CACHE_BYTES = 64 << 20
 # Records and appended tails up to this size are stored raw: zstd spends
 # about 4 us setting up a frame, more than the rest of a put, to save a few
 # hundred bytes (the whole values every DELTA_CHAIN versions stay compressed)
@@ -231,6 +234,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self._raws: OrderedDict[tuple[int, int, str], tuple[bytes, int, builtins.list[Any] | None]] = (
             OrderedDict()
         )
+        self._raw_bytes = 0  # of the serde bytes in _raws
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
         self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
         # (agent id, generation, entry name) -> a checkpoint record's offset,
@@ -300,10 +304,14 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _remember_raw(
         self, key: tuple[int, int, str], raw: bytes, depth: int, value: builtins.list[Any] | None = None
     ) -> None:
+        old = self._raws.get(key)
+        if old is not None:
+            self._raw_bytes -= len(old[0])
         self._raws[key] = (raw, depth, value)
         self._raws.move_to_end(key)
-        if len(self._raws) > _RAW_CACHE:
-            self._raws.popitem(last=False)
+        self._raw_bytes += len(raw)
+        while len(self._raws) > 1 and (len(self._raws) > _RAW_CACHE or self._raw_bytes > _RAW_CACHE_BYTES):
+            self._raw_bytes -= len(self._raws.popitem(last=False)[1][0])  # the least recently used
 
     def _serialized(self, agent: Any, value: Any, base: str | None) -> tuple[bytes, Splice | None]:
         """The value's serde bytes (as _typed_raw), and the splice that makes

@@ -262,3 +262,30 @@ def test_a_record_rewritten_elsewhere_is_read_again(heap: sh.Heap) -> None:
     second.put(cfg, cp, {"source": "loop", "step": 1, "who": "second"}, {"count": 1})
     assert first.get_tuple(cfg).metadata["who"] == "second"
     heap.check()
+
+
+def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a long thread's message list is large: the saver keeps at most
+    # _RAW_CACHE_BYTES of serde bytes, and reads what it dropped from the arena
+    import swarmheap.langgraph as lg
+
+    monkeypatch.setattr(lg, "_RAW_CACHE_BYTES", 64 << 10)
+    saver = SwarmSaver(heap)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    messages: list[str] = []
+    for step in range(40):
+        cp = create_checkpoint(cp, None, step)
+        messages = [*messages, f"{step:04d}" * 500]  # 2 KB each: the list reaches 80 KB
+        cp["channel_values"] = {"messages": messages}
+        cp["channel_versions"] = {"messages": step + 1}
+        cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+        held = sum(len(raw) for raw, _, _ in saver._raws.values())
+        assert held == saver._raw_bytes
+        assert held <= max(64 << 10, max(len(raw) for raw, _, _ in saver._raws.values()))
+    history = list(saver.list({"configurable": {"thread_id": "long"}}))
+    assert [len(h.checkpoint["channel_values"]["messages"]) for h in history] == list(range(40, 0, -1))
+    assert history[-1].checkpoint["channel_values"]["messages"] == [f"{0:04d}" * 500]
+    assert history[0].checkpoint["channel_values"]["messages"] == messages
+    saver.delete_thread("long")
+    heap.check()
