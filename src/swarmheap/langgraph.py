@@ -235,6 +235,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             OrderedDict()
         )
         self._raw_bytes = 0  # of the serde bytes in _raws
+        self._record_bytes = 0  # of the serde bytes in _records
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
         self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
         # (agent id, generation, entry name) -> a checkpoint record's offset,
@@ -436,9 +437,15 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _remember_record(
         self, key: tuple[int, int, str], offset: int, blob: bytes, typed: tuple[str, bytes]
     ) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._record_bytes -= len(old[2][1])
         self._records[key] = (offset, blob[: snapshot.FRAME.size], typed)
-        if len(self._records) > _RAW_CACHE:
-            self._records.popitem(last=False)
+        self._record_bytes += len(typed[1])
+        while len(self._records) > 1 and (
+            len(self._records) > _RAW_CACHE or self._record_bytes > _RAW_CACHE_BYTES
+        ):  # a pending write may hold a large value: bounded in bytes as the values are
+            self._record_bytes -= len(self._records.popitem(last=False)[1][2][1])
 
     # ---- the BaseCheckpointSaver protocol ----
 

@@ -280,6 +280,11 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
         cp["channel_values"] = {"messages": messages}
         cp["channel_versions"] = {"messages": step + 1}
         cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": step + 1})
+        saver.put_writes(cfg, [("messages", messages)], task_id="t")  # a large pending write
+        saver.get_tuple(cfg)
+        records = sum(len(typed[1]) for _, _, typed in saver._records.values())
+        assert records == saver._record_bytes
+        assert records <= max(64 << 10, max(len(typed[1]) for _, _, typed in saver._records.values()))
         held = sum(len(raw) for raw, _, _ in saver._raws.values())
         assert held == saver._raw_bytes
         assert held <= max(64 << 10, max(len(raw) for raw, _, _ in saver._raws.values()))
@@ -287,5 +292,6 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
     assert [len(h.checkpoint["channel_values"]["messages"]) for h in history] == list(range(40, 0, -1))
     assert history[-1].checkpoint["channel_values"]["messages"] == [f"{0:04d}" * 500]
     assert history[0].checkpoint["channel_values"]["messages"] == messages
+    assert history[0].pending_writes == [("t", "messages", messages)]
     saver.delete_thread("long")
     heap.check()
