@@ -35,11 +35,17 @@ static int sh_check_name(sh_backing_t backing, const char *name) {
   if (name == NULL || name[0] == '\0')
     return _sh_fail(SH_EINVAL, "a %s heap needs a name", backing == SH_BACKING_SHM ? "shared" : "file");
   if (backing == SH_BACKING_SHM) {
-    const char *rest = name[0] == '/' ? name + 1 : name;
+    const char *rest = _sh_os_shown(backing, name);
     if (*rest == '\0' || strchr(rest, '/') || strlen(rest) > 250)
       return _sh_fail(SH_EINVAL, "shared heap name '%s' must be 1-250 characters without '/'", rest);
   }
   return SH_OK;
+}
+
+/* A heap that is not there (open, unlink), named as its user wrote it. */
+static int sh_missing(sh_backing_t backing, const char *name) {
+  return _sh_fail(SH_ENOENT, backing == SH_BACKING_SHM ? "no heap named '%s'" : "no heap file '%s'",
+                  _sh_os_shown(backing, name));
 }
 
 int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base) {
@@ -58,10 +64,10 @@ int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd
   int rc = sh_check_name(backing, name);
   if (rc) return rc;
   int fd = -1;
+  const char *shown = _sh_os_shown(backing, name);
   if (backing != SH_BACKING_ANON) {
     fd = sh_open_backing(backing, name, O_RDWR | O_CREAT | O_EXCL);
     if (fd < 0) {
-      const char *shown = _sh_os_shown(backing, name);
       if (errno == EEXIST)
         return _sh_fail(SH_EEXIST, backing == SH_BACKING_SHM ? "a heap named '%s' already exists" : "'%s' exists already",
                         shown);
@@ -75,10 +81,10 @@ int _sh_os_create(sh_backing_t backing, const char *name, uint64_t size, int *fd
       sh_unlink(backing, name);
       if (err == ENOSPC || err == EFBIG)
         return _sh_fail(SH_ENOSPC, "no room to reserve %llu bytes for '%s' (%s)",
-                        (unsigned long long)size, _sh_os_shown(backing, name),
+                        (unsigned long long)size, shown,
                         backing == SH_BACKING_SHM ? "/dev/shm is too small" : strerror(err));
       return _sh_fail(SH_ESYS, "cannot reserve %llu bytes for '%s': %s",
-                      (unsigned long long)size, _sh_os_shown(backing, name), strerror(err));
+                      (unsigned long long)size, shown, strerror(err));
     }
   }
   rc = _sh_os_map(fd, size, 0, base);
@@ -101,8 +107,7 @@ int _sh_os_open(sh_backing_t backing, const char *name, int read_only, int *fd_o
   int fd = sh_open_backing(backing, name, read_only ? O_RDONLY : O_RDWR);
   const char *shown = _sh_os_shown(backing, name);
   if (fd < 0) {
-    if (errno == ENOENT)
-      return _sh_fail(SH_ENOENT, backing == SH_BACKING_SHM ? "no heap named '%s'" : "no heap file '%s'", shown);
+    if (errno == ENOENT) return sh_missing(backing, name);
     return _sh_fail(SH_ESYS, "cannot open '%s': %s", shown, strerror(errno));
   }
   struct stat st;
@@ -127,10 +132,8 @@ int sh_unlink(sh_backing_t backing, const char *name) {
   if (backing == SH_BACKING_ANON) return SH_OK;
   int r = backing == SH_BACKING_SHM ? shm_unlink(name) : unlink(name);
   if (r != 0) {
-    const char *shown = _sh_os_shown(backing, name);
-    if (errno == ENOENT)
-      return _sh_fail(SH_ENOENT, backing == SH_BACKING_SHM ? "no heap named '%s'" : "no heap file '%s'", shown);
-    return _sh_fail(SH_ESYS, "cannot unlink '%s': %s", shown, strerror(errno));
+    if (errno == ENOENT) return sh_missing(backing, name);
+    return _sh_fail(SH_ESYS, "cannot unlink '%s': %s", _sh_os_shown(backing, name), strerror(errno));
   }
   return SH_OK;
 }

@@ -13,7 +13,7 @@ import itertools
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from swarmheap._core import retry_while_changing, stale_agent
@@ -86,9 +86,8 @@ def _head(kind: str, lease_deadline: float, count: int) -> bytes:
     return _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
 
 
-def _body(entries: Entries, start: int = 0) -> bytes:
-    items = itertools.islice(entries.items(), start, None) if start else entries.items()
-    return b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in items])
+def _body(entries: Entries) -> bytes:
+    return b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
 
 
 def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
@@ -129,12 +128,15 @@ Positions = dict[str, int]
 _Cached = OrderedDict[int, tuple[int, int, Index, bytes, "Positions | None"]]
 
 
-def _positions(entries: Entries) -> Positions:
-    at, out = 0, {}
-    for name, (offset, size) in entries.items():
-        out[name] = at
-        at += len(_entry_bytes(name, offset, size))
-    return out
+def _entries_bytes(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[str, bytes]]:
+    return [(name, _entry_bytes(name, offset, size)) for name, (offset, size) in items]
+
+
+def _place(named: list[tuple[str, bytes]], at: int, positions: Positions) -> None:
+    """Record where each of ``named``'s entries starts, laid out one after another from ``at``."""
+    for name, entry in named:
+        positions[name] = at
+        at += len(entry)
 
 
 def _spliced(
@@ -146,7 +148,8 @@ def _spliced(
     appended. Returns it and where each entry starts (None if not needed)."""
     if changed:
         if positions is None:
-            positions = _positions(shared)
+            positions = {}
+            _place(_entries_bytes(shared.items()), 0, positions)
         buf = bytearray(body)
         for name in changed:
             at = positions[name]
@@ -155,13 +158,10 @@ def _spliced(
         body = bytes(buf)
     n = len(shared)
     if len(entries) > n:
-        if positions is not None:
-            at = len(body)
-            for name, (offset, size) in itertools.islice(entries.items(), n, None):
-                # new names only: a failed swap leaves them in a version never used again
-                positions[name] = at
-                at += len(_entry_bytes(name, offset, size))
-        body += _body(entries, n)
+        appended = _entries_bytes(itertools.islice(entries.items(), n, None))
+        if positions is not None:  # new names only: a failed swap leaves them in a version never used again
+            _place(appended, len(body), positions)
+        body += b"".join(entry for _, entry in appended)
     return body, positions
 
 

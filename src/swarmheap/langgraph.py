@@ -29,8 +29,8 @@ import builtins
 import operator
 import struct
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from swarmheap import snapshot
 from swarmheap._extras import require
@@ -163,6 +163,30 @@ def _splice(splice: Splice) -> bytes:
     return b"".join((b"S", _SPLICE.pack(skip, len(head)), head, packed))
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Recent(OrderedDict[_K, _V]):
+    """The values this saver last remembered: at most _RAW_CACHE of them and
+    _RAW_CACHE_BYTES of their serde bytes (``size_of`` a value), the least
+    recently remembered out first; the newest always stays."""
+
+    def __init__(self, size_of: Callable[[_V], int]) -> None:
+        super().__init__()
+        self.size_of = size_of
+        self.nbytes = 0
+
+    def remember(self, key: _K, value: _V) -> None:
+        old = self.pop(key, None)
+        if old is not None:
+            self.nbytes -= self.size_of(old)
+        self[key] = value
+        self.nbytes += self.size_of(value)
+        while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
+            self.nbytes -= self.size_of(self.popitem(last=False)[1])
+
+
 class _ThreadView:
     """What a thread's entry names say, for the index word they were read
     under: its names, checkpoint ids per namespace (sorted) and pending
@@ -231,16 +255,17 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self.store = store
         # (agent id, generation, entry name) -> (serde bytes, chain depth, the
         # list it was made from or read into, if the value is a list)
-        self._raws: OrderedDict[tuple[int, int, str], tuple[bytes, int, builtins.list[Any] | None]] = (
-            OrderedDict()
+        self._raws: _Recent[tuple[int, int, str], tuple[bytes, int, builtins.list[Any] | None]] = _Recent(
+            lambda value: len(value[0])
         )
-        self._raw_bytes = 0  # of the serde bytes in _raws
-        self._record_bytes = 0  # of the serde bytes in _records
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
         self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
         # (agent id, generation, entry name) -> a checkpoint record's offset,
         # frame header and serde pair, as this saver wrote or checked it
-        self._records: OrderedDict[tuple[int, int, str], tuple[int, bytes, tuple[str, bytes]]] = OrderedDict()
+        # (a pending write may hold a large value: bounded in bytes as the values are)
+        self._records: _Recent[tuple[int, int, str], tuple[int, bytes, tuple[str, bytes]]] = _Recent(
+            lambda record: len(record[2][1])
+        )
         # (agent id, generation, ns, channel) -> the entry name of its newest version here
         self._newest: dict[tuple[int, int, str, str], str] = {}
         if store is not None:
@@ -305,14 +330,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _remember_raw(
         self, key: tuple[int, int, str], raw: bytes, depth: int, value: builtins.list[Any] | None = None
     ) -> None:
-        old = self._raws.get(key)
-        if old is not None:
-            self._raw_bytes -= len(old[0])
-        self._raws[key] = (raw, depth, value)
-        self._raws.move_to_end(key)
-        self._raw_bytes += len(raw)
-        while len(self._raws) > 1 and (len(self._raws) > _RAW_CACHE or self._raw_bytes > _RAW_CACHE_BYTES):
-            self._raw_bytes -= len(self._raws.popitem(last=False)[1][0])  # the least recently used
+        self._raws.remember(key, (raw, depth, value))
 
     def _serialized(self, agent: Any, value: Any, base: str | None) -> tuple[bytes, Splice | None]:
         """The value's serde bytes (as _typed_raw), and the splice that makes
@@ -437,15 +455,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _remember_record(
         self, key: tuple[int, int, str], offset: int, blob: bytes, typed: tuple[str, bytes]
     ) -> None:
-        old = self._records.pop(key, None)
-        if old is not None:
-            self._record_bytes -= len(old[2][1])
-        self._records[key] = (offset, blob[: snapshot.FRAME.size], typed)
-        self._record_bytes += len(typed[1])
-        while len(self._records) > 1 and (
-            len(self._records) > _RAW_CACHE or self._record_bytes > _RAW_CACHE_BYTES
-        ):  # a pending write may hold a large value: bounded in bytes as the values are
-            self._record_bytes -= len(self._records.popitem(last=False)[1][2][1])
+        self._records.remember(key, (offset, blob[: snapshot.FRAME.size], typed))
 
     # ---- the BaseCheckpointSaver protocol ----
 

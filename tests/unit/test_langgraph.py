@@ -283,10 +283,10 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
         saver.put_writes(cfg, [("messages", messages)], task_id="t")  # a large pending write
         saver.get_tuple(cfg)
         records = sum(len(typed[1]) for _, _, typed in saver._records.values())
-        assert records == saver._record_bytes
+        assert records == saver._records.nbytes
         assert records <= max(64 << 10, max(len(typed[1]) for _, _, typed in saver._records.values()))
         held = sum(len(raw) for raw, _, _ in saver._raws.values())
-        assert held == saver._raw_bytes
+        assert held == saver._raws.nbytes
         assert held <= max(64 << 10, max(len(raw) for raw, _, _ in saver._raws.values()))
     history = list(saver.list({"configurable": {"thread_id": "long"}}))
     assert [len(h.checkpoint["channel_values"]["messages"]) for h in history] == list(range(40, 0, -1))
