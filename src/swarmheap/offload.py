@@ -52,6 +52,8 @@ __all__ = [
 log = logging.getLogger("swarmheap")
 
 DICT_KEY = "__swarmheap__/zdict/"
+_DICT_BY_ID = "zdict/id/"  # registry: a dictionary's bytes by its id
+_KIND_DICT = "zdict/kind/"  # registry: the id of a kind's dictionary
 TRAIN_AFTER = 64  # snapshots of a kind before its dictionary is trained
 STALE_AFTER = 300.0  # seconds before a live agent's registry entry is taken for a killed offload's
 DICT_SIZE = 16 * 1024
@@ -71,12 +73,15 @@ class Dictionaries:
         self.published: set[tuple[str, int]] = set()  # (store URL, dictionary id) known to be in that store
 
     def for_kind(self, kind: str) -> Any:
+        """The kind's dictionary: this process's, else one another process
+        trained. Two direct registry reads, not a scan of its names: those
+        grow with offloaded agents, and a kind that never trains one (of
+        large states) paid the scan on every offload."""
         if kind not in self.by_kind:
-            for name in Registry(self.heap).names(f"zdict/{kind}/"):
-                data = Registry(self.heap).get(name)
-                if data:
-                    self._remember(kind, data)
-                    break
+            named = Registry(self.heap).get(f"{_KIND_DICT}{kind}")
+            found = self.lookup(int(named), []) if named and named.isdigit() else None
+            if found is not None:
+                self.by_kind[kind] = found
         return self.by_kind.get(kind)
 
     def note(self, kind: str, raw: bytes) -> None:
@@ -93,32 +98,32 @@ class Dictionaries:
                 samples.clear()  # too few distinct bytes to train on: sample again
                 return
             data = trained.as_bytes()
-            Registry(self.heap).put(f"zdict/{kind}/{trained.dict_id()}", data)
-            self._remember(kind, data)
+            registry = Registry(self.heap)
+            # the dictionary before the kind's pointer to it: a reader never
+            # follows a pointer to nothing. Two processes training at once
+            # both keep theirs by id; the kind points at the last.
+            registry.put(f"{_DICT_BY_ID}{trained.dict_id()}", data)
+            registry.put(f"{_KIND_DICT}{kind}", str(trained.dict_id()).encode())
+            self.by_kind[kind] = self._remember(data)
             samples.clear()
 
-    def _remember(self, kind: str, data: bytes) -> Any:
+    def _remember(self, data: bytes) -> Any:
         zstd = require("zstandard", "compress")
         d = zstd.ZstdCompressionDict(data)
-        self.by_kind[kind] = d
         self.by_id[d.dict_id()] = d
         return d
 
     def lookup(self, dict_id: int, stores: list[Store]) -> Any:
+        """The dictionary with this id: this process's, the registry's, or a store's."""
         if dict_id in self.by_id:
             return self.by_id[dict_id]
-        for name in Registry(self.heap).names("zdict/"):
-            if name.rsplit("/", 1)[1] == str(dict_id):
-                data = Registry(self.heap).get(name)
-                if data:
-                    return self._remember(name.split("/")[1], data)
+        data = Registry(self.heap).get(f"{_DICT_BY_ID}{dict_id}")
+        if data:
+            return self._remember(data)
         for store in stores:
             data = store.get(f"{DICT_KEY}{dict_id}")
             if data:
-                zstd = require("zstandard", "compress")
-                d = zstd.ZstdCompressionDict(data)
-                self.by_id[dict_id] = d
-                return d
+                return self._remember(data)
         return None
 
     def publish(self, dictionary: Any, store: Store) -> None:

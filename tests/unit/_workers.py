@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import swarmheap as sh
-from swarmheap import _core
+from swarmheap import _core, snapshot
 
 
 def read_write_free(name: str, handle: sh.Handle, own_handle: sh.Handle) -> bytes:
@@ -263,6 +263,17 @@ def restore_snapshot(name: str, blob: bytes) -> dict[str, bytes]:
         out["__kind__"] = agent.kind.encode()
         agent.complete()
         return out
+
+
+def snapshot_dict_id(name: str, kind: str, data: bytes) -> int:
+    """Another process of the heap snapshots an agent of ``kind``: the id of
+    the dictionary its blob names (0: none)."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.spawn(kind)
+        agent.put("turn", data)
+        blob = agent.snapshot()
+        agent.complete()
+        return int(snapshot.frame_info(blob)["dict_id"])
 
 
 def restore_from_store(name: str, url: str, key: str) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ import pytest
 
 import _workers
 import swarmheap as sh
-from _workers import restore_from_store, restore_snapshot
+from _workers import restore_from_store, restore_snapshot, snapshot_dict_id
 from swarmheap import _extras, snapshot
 from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
 
@@ -97,6 +97,43 @@ def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None
     restored.complete()
     with pytest.raises(sh.CorruptSnapshot, match="dictionary"):
         named.restore(blobs[-1])  # another heap without that dictionary or a store holding it
+
+
+def test_another_process_compresses_with_the_kind_s_dictionary(named: sh.Heap) -> None:
+    turn = b'{"role": "assistant", "content": "the forecast for Lyon is sunny"}' * 3
+    for _ in range(70):
+        a = named.spawn("chat")
+        a.put("turn", turn)
+        trained = snapshot.frame_info(a.snapshot())["dict_id"]
+        a.complete()
+    assert trained != 0
+    with mp.get_context("spawn").Pool(1) as pool:
+        # its first snapshot of the kind: no samples of its own, the registry's dictionary
+        assert pool.apply(snapshot_dict_id, (named.name, "chat", turn)) == trained
+        assert pool.apply(snapshot_dict_id, (named.name, "other", turn)) == 0
+
+
+def test_offload_and_restore_read_the_registry_by_name(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the registry's names grow with the offloaded agents: a scan of them
+    # in every offload (of a kind with no dictionary) made offload O(agents)
+    from swarmheap.registry import Registry
+
+    def no_scan(self: Registry, prefix: str = "") -> list[str]:
+        raise AssertionError(f"the registry's names were scanned for {prefix!r}")
+
+    monkeypatch.setattr(Registry, "names", no_scan)
+    with SQLiteStore(tmp_path / "offload.db") as db:
+        agents = [heap.spawn("large-states") for _ in range(3)]
+        for a in agents:
+            a.put("state", os.urandom(100_000))  # past the dictionary's sample limit
+            a.offload(db)
+        for a in agents:
+            a.restore()
+            assert len(a.get("state")) == 100_000
+            a.complete()
+    heap.check()
 
 
 def _corruptions(blob: bytes) -> dict[str, bytes]:
