@@ -195,6 +195,7 @@ class _ThreadView:
 
     def __init__(self, generation: int, word: int, names: Any) -> None:
         self.generation, self.word = generation, word
+        self.entries = names  # the index's entries under the word _view last read
         self.names: set[str] = set()
         self.ids: dict[str, builtins.list[str]] = {}
         self.writes: dict[tuple[str, str], builtins.list[str]] = {}
@@ -432,11 +433,11 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         record = snapshot.unpack(blob)
         return self._delta_parts(record)[1] if record[:1] == _DELTA else None
 
-    def _get(self, agent: Any, name: str) -> Any:
+    def _get(self, agent: Any, name: str, entries: Any = None) -> Any:
         # A record this saver wrote or checked: the frame header (its checksum
         # and sizes) is read back from the arena and compared, so a record
         # rewritten in place, by anyone, is read again; the rest is not.
-        entry = agent._read_index()[2].get(name)
+        entry = (agent._read_index()[2] if entries is None else entries).get(name)
         key = (agent.id, agent.generation, name)
         hit = self._records.get(key)
         if hit is not None and entry is not None and hit[0] == entry[0]:
@@ -650,6 +651,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             if len(self._views) >= _RAW_CACHE:
                 self._views.clear()
             view = self._views[agent.id] = _ThreadView(agent.generation, word, entries)
+        view.entries = entries
         return view
 
     def _put_entries(self, agent: Any, items: dict[str, bytes]) -> None:
@@ -668,9 +670,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         )
 
     def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: _ThreadView | None = None) -> Any:
-        checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}")
         if view is None:
             view = self._view(agent)
+        checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}", view.entries)
         names = view.names
         values = {}
         for channel, version in checkpoint["channel_versions"].items():
@@ -684,7 +686,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         writes = []
         for name in view.writes.get((ns, cid), ()):
             if name in names:
-                task_id, channel, value, _path, idx = self._get(agent, name)
+                task_id, channel, value, _path, idx = self._get(agent, name, view.entries)
                 writes.append((task_id, idx, channel, value))
         writes.sort(key=lambda w: (w[0], w[1]))
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}

@@ -4,7 +4,8 @@ writing a checkpoint (`put`), then reading the thread's latest one back
 (`get_tuple`), as LangGraph does around every super-step. Against
 InMemorySaver and SqliteSaver (langgraph-checkpoint-sqlite) in the same run,
 in lockstep: each step of each thread runs on the three savers one after
-the other, with the same message. The messages are LangChain's HumanMessage and AIMessage, as in a graph on
+the other, with the same message, the order turning with each step and
+thread. The messages are LangChain's HumanMessage and AIMessage, as in a graph on
 MessagesState (the targets are read on these); the same run with plain
 dicts as messages, where serialisation is cheap and each saver's own
 bookkeeping shows, is reported beside them.
@@ -51,8 +52,11 @@ def _drive_together(
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Run the workload on every saver in lockstep, each (step, thread) on
     one saver after the other with the same message: a slow spell of the
-    machine falls on all of them, not on whichever ran then. Returns each
-    saver's (put times, get_tuple times) in ns."""
+    machine falls on all of them, not on whichever ran then. The order
+    turns with each step and thread: a saver that always ran first (or
+    last) was measured a few percent off either way, cache and allocator
+    state left by the one before. Returns each saver's (put times,
+    get_tuple times) in ns."""
     from langgraph.checkpoint.base import empty_checkpoint
 
     rng = random.Random(seed)
@@ -62,7 +66,9 @@ def _drive_together(
         for t in range(threads):
             message = _message(rng, step, t, objects)
             start = {"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}}
-            for name, saver in savers.items():
+            turn = list(savers.items())
+            turn = turn[(step + t) % len(turn) :] + turn[: (step + t) % len(turn)]
+            for name, saver in turn:
                 messages, version, config = state.get((name, t), ([], None, start))
                 messages = [*messages, message]
                 version = saver.get_next_version(version, None)
