@@ -88,6 +88,8 @@ class Agent(AgentCore):
         """put() of several entries in one update of the index: all of them
         or (on an error) none. Returns the index words before and after it
         (see index.update_index)."""
+        if not isinstance(items, Mapping):
+            raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
             index.check_name(name)
         blocks: list[Any] = []

@@ -157,6 +157,8 @@ def array_handle(heap: Heap, array: np.ndarray[Any, Any]) -> ArrayHandle:
     """A picklable handle to ``array``, whose data must live in ``heap``.
     TypeError for dtypes that hold object references: another process would
     read this process's pointers."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"array_handle() takes a NumPy array, not {type(array).__name__}")
     _check_plain_dtype(array.dtype)
     owner = array
     while isinstance(owner.base, np.ndarray):
@@ -171,6 +173,8 @@ def array_handle(heap: Heap, array: np.ndarray[Any, Any]) -> ArrayHandle:
 
 def from_handle(heap: Heap, handle: ArrayHandle) -> np.ndarray[Any, Any]:
     """The array a handle names, zero-copy, over the same bytes (pins its agent while alive)."""
+    if not isinstance(handle, ArrayHandle):
+        raise TypeError(f"from_handle() takes an ArrayHandle (array_handle()'s), not {type(handle).__name__}")
     try:
         dtype = np.dtype(handle.dtype)
     except (TypeError, ValueError):

@@ -180,7 +180,7 @@ class LMDBStore(Store):
         self.url = f"lmdb:///{os.path.abspath(self.path)}"
         try:
             self._env = lmdb.open(self.path, map_size=map_size, subdir=True, max_dbs=0, lock=True)
-        except lmdb.Error as exc:
+        except (lmdb.Error, OSError) as exc:  # a path it cannot make is an OSError
             raise StoreUnavailable(f"cannot open {self.url}: {exc}") from exc
 
     def _call(self, fn: Any, write: bool) -> Any:
@@ -231,6 +231,8 @@ class RedisStore(Store):
     walks SCAN, so it never blocks the server."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"RedisStore takes a redis:// URL string, not {type(url).__name__}")
         redis = require("redis", "redis")
         self._redis = redis
         self.url = url

@@ -233,6 +233,8 @@ def test_create_over_a_foreign_segment_says_so(heap_name: str) -> None:
         (lambda h: h.spawn("k").renew(float("nan")), ValueError),
         (lambda h: h.spawn("k").renew(math.inf), ValueError),
         (lambda h: h.alloc(64, lease=float("nan")), ValueError),
+        (lambda h: h.spawn("k").put_many("notes"), TypeError),
+        (lambda h: h.spawn("k").put_many([("notes", b"x")]), TypeError),
     ],
 )
 def test_bad_input_is_a_named_error(heap: sh.Heap, call: object, exc: type[Exception]) -> None:

@@ -268,6 +268,14 @@ def test_bad_targets_and_partitions(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_handles_of_what_is_not_an_array_are_type_errors(heap: sh.Heap) -> None:
+    with pytest.raises(TypeError, match="NumPy array"):
+        sh.array_handle(heap, [1.0, 2.0])
+    with pytest.raises(TypeError, match="ArrayHandle"):
+        sh.from_handle(heap, (0, "<f8", (2,), (8,), 0))
+    heap.check()
+
+
 def _read_shared_array(name: str, handle: sh.ArrayHandle, out: Any) -> None:
     heap = sh.Heap.attach(name)
     array = sh.from_handle(heap, handle)

@@ -425,6 +425,20 @@ def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) ->
     heap.check()
 
 
+@pytest.mark.parametrize(
+    ("make", "exc"),
+    [
+        (lambda tmp: RedisStore(6379), TypeError),  # a port, not a URL
+        (lambda tmp: LMDBStore(tmp / ("x" * 300)), sh.StoreUnavailable),  # a name the file system refuses
+        (lambda tmp: LMDBStore(tmp / "no-such-dir" / "deeper" / "db"), sh.StoreUnavailable),
+        (lambda tmp: SQLiteStore(tmp / "no-such-dir" / "s.db"), sh.StoreUnavailable),
+    ],
+)
+def test_a_store_that_cannot_be_opened_says_why(make: Any, exc: type[Exception], tmp_path: Any) -> None:
+    with pytest.raises(exc):
+        make(tmp_path)
+
+
 def test_a_full_store_keeps_the_agent(heap: sh.Heap, tmp_path: Any) -> None:
     a = heap.spawn("big")
     a.put("noise", os.urandom(600_000))  # does not compress
