@@ -12,62 +12,55 @@
  * telling a dead claimer from a slow one needs more than a sequence number. */
 #include <string.h>
 
+#include "sh_channel.h"
 #include "sh_tcache.h"
 
-#define SH_CHAN_MAGIC UINT64_C(0x31304e4148434853) /* "SHCHAN01" */
-#define SH_CHAN_MAX_CAPACITY (1u << 20)
 #define SH_CHAN_SPIN 2000
-
-typedef struct sh_chan_cell_s {
-  uint64_t offset, size;
-} sh_chan_cell_t;
-
-typedef struct sh_chan_s {
-  uint64_t magic;
-  uint32_t capacity, id; /* id: random, never 0, in every handle's top bits */
-  uint64_t max_message;
-  sh_lock_t lock;
-  _Atomic uint64_t ring;          /* head:32 | count:32, under the lock, one store per change */
-  _Atomic uint32_t closed;
-  _Atomic uint32_t not_empty;     /* futex words: bumped by a send (a close) ... */
-  _Atomic uint32_t not_full;      /* ... and by a receive (a close) */
-  _Atomic uint32_t sleepers;      /* waiters on either word: a wake is a syscall only when there are some */
-  _Atomic uint64_t sent, received, bytes;
-  sh_chan_cell_t cells[];
-} sh_chan_t;
 
 static uint64_t sh_chan_bytes(uint32_t capacity) { return sizeof(sh_chan_t) + (uint64_t)capacity * sizeof(sh_chan_cell_t); }
 
 /* The channel a handle names, checked against the mapping: a damaged or
  * foreign offset is SH_EBADPTR, never followed, and so is a handle whose id
- * is not the ring's (its channel was unlinked and another took its place). */
-static int sh_chan_at(const sh_arena_t *a, uint64_t chan, sh_chan_t **out) {
+ * is not the ring's (its channel was unlinked and another took its place).
+ * The capacity is read once, checked, and used from *capacity after: a ring
+ * header changed under the caller cannot send its cell index out of the
+ * block that was checked. */
+static int sh_chan_at(const sh_arena_t *a, uint64_t chan, sh_chan_t **out, uint32_t *capacity) {
   uint64_t off = sh_chan_offset(chan);
   if (off == 0 || off % 64 || off >= a->size || a->size - off < sizeof(sh_chan_t))
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel", (unsigned long long)off);
   sh_chan_t *c = (sh_chan_t *)(a->base + off);
-  if (c->magic != SH_CHAN_MAGIC || c->capacity == 0 || (c->capacity & (c->capacity - 1)) ||
-      c->capacity > SH_CHAN_MAX_CAPACITY || a->size - off < sh_chan_bytes(c->capacity))
+  uint32_t cap = sh_word_load_relaxed(&c->capacity);
+  if (c->magic != SH_CHAN_MAGIC || cap == 0 || (cap & (cap - 1)) || cap > SH_CHAN_MAX_CAPACITY ||
+      a->size - off < sh_chan_bytes(cap))
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (unlinked, or damaged)", (unsigned long long)off);
   if (c->id != (uint32_t)(chan >> SH_CHAN_ID_SHIFT))
     return _sh_fail(SH_EBADPTR, "the channel at offset %llu was unlinked: the ring there now is another channel's",
                     (unsigned long long)off);
   *out = c;
+  *capacity = cap;
   return SH_OK;
 }
 
 static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
+/* A ring word that counts more messages than the ring holds: a sender would
+ * wait for room forever, a receiver take cells never filled. Lock held. */
+static int sh_chan_damaged(sh_chan_t *c, uint32_t count, uint32_t capacity) {
+  sh_chan_unlock(c);
+  return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+}
+
 /* A waiter spins on the ring word (every change is one store of it) and
  * comes back for the lock only when the word says it could act, or the
  * channel closed: spinning on the lock itself made each send contend with
  * the receiver's spin, and a contended robust mutex is a futex syscall on
  * both sides. Returns the spins used. */
-static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room) {
+static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_room) {
   for (; spin < SH_CHAN_SPIN; spin++) {
     uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
-    if ((want_room ? count < c->capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
+    if ((want_room ? count < capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
@@ -107,7 +100,8 @@ int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint6
 
 int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns) {
   sh_chan_t *c;
-  int rc = sh_chan_at(a, chan, &c);
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   if (size > c->max_message)
     return _sh_fail(SH_EINVAL, "a message of %llu bytes is over the channel's %llu", (unsigned long long)size,
@@ -118,9 +112,10 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     uint32_t seen = sh_atomic_load_acquire(&c->not_full);
     sh_chan_lock(c);
     uint64_t ring = sh_atomic_load_relaxed(&c->ring);
-    uint32_t head = (uint32_t)(ring >> 32) & (c->capacity - 1), count = (uint32_t)ring;
-    if (count < c->capacity && !sh_atomic_load_relaxed(&c->closed)) {
-      sh_chan_cell_t *cell = &c->cells[(head + count) & (c->capacity - 1)];
+    uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
+    if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
+    if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) {
+      sh_chan_cell_t *cell = &c->cells[(head + count) & (capacity - 1)];
       cell->offset = msg;
       cell->size = size;
       /* out of this thread's hands just before the ring has it: killed
@@ -137,7 +132,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     sh_chan_unlock(c);
     if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
     if (spin < SH_CHAN_SPIN) {
-      spin = sh_chan_spin(c, spin, true);
+      spin = sh_chan_spin(c, capacity, spin, true);
       continue;
     }
     sh_atomic_add_relaxed(&c->sleepers, 1u);
@@ -201,19 +196,21 @@ int sh_chan_recv_held(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *siz
 static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
                         bool hold) {
   sh_chan_t *c;
-  int rc = sh_chan_at(a, chan, &c);
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     uint32_t seen = sh_atomic_load_acquire(&c->not_empty);
     sh_chan_lock(c);
     uint64_t ring = sh_atomic_load_relaxed(&c->ring);
-    uint32_t head = (uint32_t)(ring >> 32) & (c->capacity - 1), count = (uint32_t)ring;
+    uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
+    if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
     if (count > 0) {
       sh_chan_cell_t *cell = &c->cells[head];
       *msg = cell->offset;
       *size = cell->size;
-      sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (c->capacity - 1)) << 32 | (count - 1));
+      sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (capacity - 1)) << 32 | (count - 1));
       if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
       sh_chan_unlock(c);
       sh_atomic_add_relaxed(&c->received, 1u);
@@ -225,7 +222,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
     if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
     if (spin < SH_CHAN_SPIN) {
-      spin = sh_chan_spin(c, spin, false);
+      spin = sh_chan_spin(c, capacity, spin, false);
       continue;
     }
     sh_atomic_add_relaxed(&c->sleepers, 1u);
@@ -236,7 +233,8 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
 
 int sh_chan_close(sh_arena_t *a, uint64_t chan) {
   sh_chan_t *c;
-  int rc = sh_chan_at(a, chan, &c);
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   sh_atomic_store_release(&c->closed, 1u);
   sh_atomic_add_relaxed(&c->sleepers, 1u); /* so that both wakes are syscalls */
@@ -248,10 +246,11 @@ int sh_chan_close(sh_arena_t *a, uint64_t chan) {
 
 int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   sh_chan_t *c;
-  int rc = sh_chan_at(a, chan, &c);
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   memset(st, 0, sizeof *st);
-  st->capacity = c->capacity;
+  st->capacity = capacity;
   st->depth = (uint32_t)sh_atomic_load_acquire(&c->ring);
   st->max_message = c->max_message;
   st->sent = sh_atomic_load_relaxed(&c->sent);
@@ -263,7 +262,8 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
 
 int sh_chan_drain(sh_arena_t *a, uint64_t chan, void (*each)(uint64_t, uint64_t, void *), void *ctx) {
   sh_chan_t *c;
-  int rc = sh_chan_at(a, chan, &c);
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   int n = 0;
   uint64_t msg, size;

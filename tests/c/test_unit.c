@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sh_channel.h"
 #include "sh_internal.h"
 #include "sh_nursery.h"
 #include "sh_page.h"
@@ -693,7 +694,36 @@ static void test_dead_sender_message(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+/* A ring word counting more messages than the ring has cells: a sender
+ * without a timeout waited for room forever, a receiver took cells never
+ * filled. Both are SH_ECORRUPT now; a damaged capacity is no channel. */
+static void test_damaged_channel(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t chan, msg, size;
+  REQUIRE("channel", sh_chan_create(a, 4, 1024, &chan) == SH_OK);
+  sh_chan_t *c = (sh_chan_t *)(a->base + sh_chan_offset(chan));
+  CHECK("send", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
+  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+  sh_atomic_store_release(&c->ring, (ring & ~UINT64_C(0xFFFFFFFF)) | 7u);
+  CHECK("a send to an over-counted ring is damage, not a wait", sh_chan_send(a, chan, 128, 8, -1) == SH_ECORRUPT);
+  CHECK("the message says so", strstr(sh_last_error(), "damaged") != NULL);
+  CHECK("a receive too", sh_chan_recv(a, chan, &msg, &size, -1) == SH_ECORRUPT);
+  sh_atomic_store_release(&c->ring, ring);
+  CHECK("the lock was given back", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64 && size == 8);
+  c->capacity = 3;
+  CHECK("a capacity no ring has: not a channel", sh_chan_send(a, chan, 64, 8, 0) == SH_EBADPTR);
+  c->capacity = 1u << 30;
+  CHECK("a capacity past the block: not a channel", sh_chan_recv(a, chan, &msg, &size, 0) == SH_EBADPTR);
+  c->capacity = 4;
+  CHECK("restored", sh_chan_close(a, chan) == SH_OK);
+  CHECK("freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_damaged_channel();
   test_nursery_opt_out();
   test_sweep_queues();
   test_nolock();
