@@ -16,10 +16,10 @@ from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
-from swarmheap.errors import AgentStateError, SwarmHeapError
+from swarmheap.errors import AgentStateError, ReadOnlyHeap, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
-from swarmheap.predict import Prediction, Predictor
+from swarmheap.predict import HALF_LIFE, MAX_HALF_LIFE, MIN_HALF_LIFE, Prediction, Predictor
 from swarmheap.registry import RegistryCache
 from swarmheap.stores import Store, check_store, open_store
 from swarmheap.sweep import SweepResult, collect
@@ -344,6 +344,24 @@ class Heap(CoreHeap):
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
             raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
         self._admission = (mode, float(limit))
+
+    def set_prediction(self, half_life: float = HALF_LIFE) -> None:
+        """How fast the usage models forget: a sample ``half_life`` agents old
+        (of its kind) weighs half as much as the newest. Set for the heap:
+        every process's next fold of samples uses it, and a model folded
+        under another half-life keeps what it learned and decays on with this
+        one. Lower follows a kind whose needs change sooner; higher smooths
+        out a noisy one."""
+        if isinstance(half_life, bool) or not isinstance(half_life, (int, float)):
+            raise TypeError(f"half_life is a number of agents, not {type(half_life).__name__}")
+        if not MIN_HALF_LIFE <= half_life <= MAX_HALF_LIFE:  # NaN fails this too
+            raise ValueError(f"half_life is {MIN_HALF_LIFE:g} to {MAX_HALF_LIFE:g} agents, not {half_life!r}")
+        if self.read_only:
+            raise ReadOnlyHeap(
+                "the heap is attached read-only: set_prediction() writes; attach it without read_only"
+            )
+        self._predictor.flush()  # what this process learned so far, under the half-life it was learned with
+        self._predictor.set_half_life(float(half_life))
 
     def predict(self, kind: str) -> Prediction:
         """What agents of ``kind`` needed, learned from every process's

@@ -42,7 +42,9 @@ NBUCKETS = 400
 RATIO = 1.05
 BYTES_BASE = 256.0  # bucket 0: under 256 bytes
 SECONDS_BASE = 0.001  # bucket 0: under a millisecond
-HALF_LIFE = 100.0
+HALF_LIFE = 100.0  # agents; heap.set_prediction(half_life=...) sets another for the heap
+MIN_HALF_LIFE, MAX_HALF_LIFE = 1.0, 1e6
+_HALF_LIFE_NAME = "predict/half_life"  # registry: the heap's half-life, if one was set
 CONFIDENT = 20  # samples before a prediction is trusted
 MAX_KINDS = 128
 FLUSH_EVERY = 256  # a flush is a registry swap (tens of microseconds): amortised over this many agents
@@ -55,6 +57,8 @@ _ROW_BASES = np.array([BYTES_BASE] * len(PARTITIONS) + [SECONDS_BASE])  # a samp
 _ROW_OFFSETS = np.arange(_ROWS) * NBUCKETS  # where each row's buckets start in the flattened histogram
 _FIXED = 2 * len(PARTITIONS) + 1  # a USAGE_ROW's fields before its class bytes
 _VERSION = 2  # 1 had no block-size mix: read as a model without one
+_RESCALE_AT = 300  # weights are 2**((count - base) / half_life): rescaled past 2**300
+_MAX_DECAY_EXPONENT = 2 * _RESCALE_AT  # a stored model's exponent past this is damage (2**600 is finite)
 
 
 def _bucket(value: float, base: float) -> int:
@@ -109,7 +113,7 @@ class Model:
         if n == 0:
             return
         exponents = (self.count + np.arange(n) - self.base) / self.half_life
-        if exponents[-1] > 300:  # rescale before the weights overflow
+        if exponents[-1] > _RESCALE_AT:  # rescale before the weights overflow
             shift = exponents[0]
             self.hist /= 2.0**shift
             self.total /= 2.0**shift
@@ -144,6 +148,20 @@ class Model:
         bucket = int(np.searchsorted(cum, q * cum[-1], side="left"))
         return 0.0 if bucket == 0 else _upper(bucket, base)
 
+    def rehalve(self, half_life: float) -> None:
+        """Decay from the next sample on with ``half_life``: the weights so
+        far are scaled so that the newest sample's stays where it was next to
+        the next one's (1), and the base moves to the next sample."""
+        if half_life == self.half_life:
+            return
+        scale = 2.0 ** -((self.count - self.base) / self.half_life)
+        self.hist *= scale
+        self.total *= scale
+        self.classes *= scale
+        self.class_weight *= scale
+        self.base = float(self.count)
+        self.half_life = half_life
+
     def mix(self) -> np.ndarray:
         """Each class slot's decayed mean share of an agent's live bytes."""
         if self.class_weight <= 0:
@@ -172,6 +190,18 @@ class Model:
         size = {1: hist_end, _VERSION: hist_end + (CLASS_SLOTS + 1) * 8}.get(version)
         if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != size:
             raise ValueError("not a usage model")
+        # figures any process may have damaged: a NaN, an infinity or a
+        # negative weight would make every prediction NaN, and a count past
+        # 2**53 or a decay base far from it overflow the next fold
+        scalars = (half_life, base, total, updated, last)
+        if (
+            not all(map(math.isfinite, scalars))
+            or half_life <= 0
+            or total < 0
+            or count > 1 << 53
+            or not -1.0 <= (count - base) / half_life <= _MAX_DECAY_EXPONENT
+        ):
+            raise ValueError("a usage model's figures are out of range")
         m = cls(half_life)
         m.base, m.total, m.count, m.updated, m.last_peak = base, total, count, updated, last
         m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size, count=_ROWS * NBUCKETS)
@@ -179,6 +209,9 @@ class Model:
         if version == _VERSION:
             mix = np.frombuffer(data, dtype="<f8", offset=hist_end).copy()
             m.classes, m.class_weight = mix[:CLASS_SLOTS], float(mix[CLASS_SLOTS])
+        weights = (m.hist, m.classes, np.array([m.class_weight]))
+        if not all(np.isfinite(w).all() and (w >= 0).all() for w in weights):
+            raise ValueError("a usage model's weights are out of range")
         return m
 
 
@@ -263,9 +296,8 @@ def _check_q(q: float) -> None:
 class Predictor:
     """A heap's models as this process sees them, and its unflushed samples."""
 
-    def __init__(self, heap: Heap, half_life: float = HALF_LIFE) -> None:
+    def __init__(self, heap: Heap) -> None:
         self.heap = heap
-        self.half_life = half_life
         self.pending: dict[str, list[bytes]] = defaultdict(list)  # completed agents' USAGE_ROWs
         self.npending = 0
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
@@ -293,15 +325,31 @@ class Predictor:
             if not cached.confident:
                 self.flush()
 
+    def set_half_life(self, half_life: float) -> None:
+        """The heap's half-life, in agents, for every process's next fold."""
+        Registry(self.heap).put(_HALF_LIFE_NAME, repr(float(half_life)).encode())
+        self.cache.clear()
+
+    def half_life(self, registry: Registry | None = None) -> float:
+        """The half-life set for the heap (HALF_LIFE if none, or if damaged)."""
+        data = (registry or Registry(self.heap)).get(_HALF_LIFE_NAME)
+        try:
+            value = float(data) if data else HALF_LIFE
+        except ValueError:
+            return HALF_LIFE
+        return value if MIN_HALF_LIFE <= value <= MAX_HALF_LIFE else HALF_LIFE
+
     def flush(self) -> None:
         if not self.npending or self.heap.read_only or self.heap.closed:
             return
         registry = Registry(self.heap)
+        half_life = self.half_life(registry)  # once per flush: any process may have set it
         for kind, samples in self.pending.items():
             name = f"model/{kind}"
             while True:  # copy, update, compare-and-swap: retried if another process got there first
                 ref, data = registry.get_ref(name)
-                model = _decoded(data, self.half_life)
+                model = _decoded(data, half_life)
+                model.rehalve(half_life)
                 peaks, lifetimes, class_bytes = _samples(samples)
                 model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
                 if registry.swap(name, ref, model.encode()):
@@ -319,7 +367,7 @@ class Predictor:
         ages = []
         for name in names:
             _, data = registry.get_ref(name)
-            ages.append((_decoded(data, self.half_life).updated, name))
+            ages.append((_decoded(data, HALF_LIFE).updated, name))
         for _, name in sorted(ages)[: len(names) - MAX_KINDS]:
             registry.remove(name)
 
@@ -332,7 +380,7 @@ class Predictor:
         _, data = Registry(self.heap).get_ref(f"model/{kind}")
         if data is None:
             return Prediction(kind, 0, False, None)
-        model = _decoded(data, self.half_life)
+        model = _decoded(data, HALF_LIFE)  # the half-life of a model there is its own
         return Prediction(kind, model.count, model.count >= CONFIDENT, model, self.heap._class_sizes)
 
     def cached(self, kind: str) -> Prediction:

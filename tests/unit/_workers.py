@@ -332,6 +332,11 @@ def learn_kind(name: str, kind: str, count: int, size: int) -> None:
         heap.collect(0)  # folds this process's samples into the shared model
 
 
+def set_half_life(name: str, half_life: float) -> None:
+    with sh.Heap.attach(name) as heap:
+        heap.set_prediction(half_life=half_life)
+
+
 def chan_producer(name: str, chan: str, who: int, count: int) -> int:
     """Sends `count` messages, each naming its sender and number and carrying
     a checksum of its body; returns how many it sent."""

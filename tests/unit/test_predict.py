@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import struct
 from typing import Any
 
 import pytest
 
 import swarmheap as sh
-from _workers import learn_kind, wait_admission
+from _workers import learn_kind, set_half_life, wait_admission
 from swarmheap.stores import SQLiteStore
 
 
@@ -77,6 +78,59 @@ def test_decay_follows_a_shift(heap: sh.Heap) -> None:
     held = max(heap.good_size(20_000), heap.page_size)  # one block of its class: a page of the agent's own
     assert before <= held * 1.06
     assert after >= heap.good_size(400_000)  # 150 newer samples outweigh 150 older, half-life 100
+
+
+def test_a_shorter_half_life_set_in_another_process_follows_a_shift_sooner(named: sh.Heap) -> None:
+    teach(named, "moody", 150, 20_000)
+    with mp.get_context("spawn").Pool(1) as pool:
+        pool.apply(set_half_life, (named.name, 5))
+    teach(named, "moody", 25, 400_000)
+    # 25 new samples: under half-life 100 the 150 older ones outweigh them,
+    # under 5 (set for the heap by another process) they decide the median
+    assert named.predict("moody").peak("context", 0.5) >= named.good_size(400_000)
+    named.set_prediction()  # back to the default, 100: what was learned stays
+    assert named.predict("moody").peak("context", 0.5) >= named.good_size(400_000)
+    named.check()
+
+
+def test_the_default_half_life_outweighs_a_short_shift(heap: sh.Heap) -> None:
+    teach(heap, "steady", 150, 20_000)
+    teach(heap, "steady", 25, 400_000)
+    assert heap.predict("steady").peak("context", 0.5) < heap.good_size(400_000)
+
+
+@pytest.mark.parametrize(
+    ("half_life", "exc"),
+    [
+        ("fast", TypeError),
+        (True, TypeError),
+        (0.5, ValueError),
+        (float("nan"), ValueError),
+        (1e9, ValueError),
+    ],
+)
+def test_bad_half_lives_are_named_errors(heap: sh.Heap, half_life: Any, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="half_life"):
+        heap.set_prediction(half_life=half_life)
+    heap.check()
+
+
+def test_a_damaged_model_starts_again(heap: sh.Heap) -> None:
+    from swarmheap.registry import Registry
+
+    teach(heap, "fragile", 30, 50_000)
+    assert heap.predict("fragile").samples == 30  # folded in: nothing of this process's left to fold
+    good = Registry(heap).get("model/fragile")
+    assert good is not None
+    for at, value in ((24, float("nan")), (32, -1.0), (len(good) - 8, float("inf")), (200, -5.0)):
+        damaged = bytearray(good)
+        damaged[at : at + 8] = struct.pack("<d", value)
+        Registry(heap).put("model/fragile", bytes(damaged))
+        p = heap.predict("fragile")  # read as no model, never as NaN figures
+        assert p.samples == 0 and p.peak("context") == 0
+        heap.spawn("fragile").complete()  # and folded into a new one
+        assert heap.predict("fragile").samples == 1
+    heap.check()
 
 
 def test_reservations_are_returned_exactly(heap: sh.Heap) -> None:
