@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap._core import Block, ChannelCore
-from swarmheap.errors import ChannelClosed, InvalidHandle, StaleBlock
+from swarmheap.errors import ChannelClosed, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 from swarmheap.registry import Registry
 
@@ -237,6 +237,8 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
     while True:
         data = registry.get_ref(key)[1]
         if data is not None:
+            if len(data) != _REF.size:
+                raise HeapCorrupt(f"the heap registry's entry for channel {name!r} is damaged")
             chan, cap, _ = _REF.unpack(data)
             return Channel(heap, name, ChannelCore(heap, chan), cap)
         core = ChannelCore.create(heap, cap, max_message)

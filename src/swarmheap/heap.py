@@ -16,7 +16,7 @@ from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
-from swarmheap.errors import AgentStateError, ReadOnlyHeap, SwarmHeapError
+from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import HALF_LIFE, MAX_HALF_LIFE, MIN_HALF_LIFE, Prediction, Predictor
@@ -269,7 +269,12 @@ class Heap(CoreHeap):
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
         stats["offloaded"] = offload.offloaded(self)
-        stats["channels"] = [self.channel(n).stats() for n in self.channels()]
+        stats["channels"], stats["damaged_channels"] = [], []
+        for name in self.channels():
+            try:
+                stats["channels"].append(self.channel(name).stats())
+            except HeapCorrupt as exc:  # the rest of the heap is still worth seeing
+                stats["damaged_channels"].append({"name": name, "error": str(exc)})
         stats["reserved"] = admission.reserved(self)
         stats["kinds"] = self._predictor.table()
         for owner in stats["owners"]:
@@ -417,16 +422,21 @@ class Heap(CoreHeap):
             self._stores[store.url] = store
 
     def _store_for(self, url: str) -> Store:
-        """The store at ``url``: the one this process used last, or (if it
-        was closed since, or never seen here) the URL opened again."""
+        """The store at ``url`` (read from the registry): the one this process
+        used last, or (if it was closed since, or never seen here) the URL
+        opened again; HeapCorrupt if no store has such a URL."""
         if url not in self._stores or self._stores[url].closed:
-            self._stores[url] = open_store(url)
-            self._own_stores.append(self._stores[url])
+            try:
+                store = open_store(url)
+            except ValueError:  # a URL no store was ever made from: the entry is damaged
+                raise HeapCorrupt(f"the heap registry names a store at {url!r}, which no store has") from None
+            self._stores[url] = store
+            self._own_stores.append(store)
         return self._stores[url]
 
     def _agent_at(self, agent_id: int, generation: int) -> Agent:
         if self._owner_state(agent_id) in ("offloaded", "restoring"):  # its index went with its memory
-            found = offload.where(self, agent_id, generation)
+            found = offload.where_if_readable(self, agent_id, generation)
             kind = found[2] if found else "?"
         else:
             kind = offload.kind_of(self, agent_id, generation)

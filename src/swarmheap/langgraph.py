@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from swarmheap import snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
+from swarmheap.errors import CorruptSnapshot, HeapCorrupt, PartitionFull, SwarmHeapError
 from swarmheap.heap import Heap
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
@@ -295,7 +295,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         registry = Registry(self.heap)
         while True:
             ref, data = registry.get_ref(key)
-            if data is not None:
+            if data:  # b"": a thread whose agent was swept, started again by its next put
+                if len(data) != _REF.size:
+                    raise HeapCorrupt(f"the heap registry's entry for thread {thread_id!r} is damaged")
                 agent_id, generation = _REF.unpack(data)
                 if self.heap._owner_generation(agent_id) == generation:
                     return self.heap._agent_at(agent_id, generation)

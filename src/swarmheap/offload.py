@@ -28,6 +28,7 @@ from swarmheap._extras import available, require
 from swarmheap.errors import (
     AgentStateError,
     CorruptSnapshot,
+    HeapCorrupt,
     ReadOnlyHeap,
     StaleBlock,
     StoreFull,
@@ -276,12 +277,28 @@ def kind_of(heap: Heap, agent_id: int, generation: int, kid: int | None = None) 
 
 
 def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
-    """(store URL, key, kind) of an offloaded agent, from the registry."""
+    """(store URL, key, kind) of an offloaded agent, from the registry; None
+    if it names none, HeapCorrupt if its entry does not read as one."""
     data = Registry(heap).get(f"offload/{agent_id}/{generation}")
     if data is None:
         return None
-    url, key, kind, _written = data.decode().split("\n", 3)
+    try:
+        url, key, kind, _written = data.decode().split("\n", 3)
+    except (UnicodeDecodeError, ValueError):
+        raise HeapCorrupt(
+            f"the heap registry's entry for offloaded agent {agent_id} (generation {generation}) is damaged: "
+            "where its snapshot is, is lost"
+        ) from None
     return url, key, kind
+
+
+def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """where(), None for a damaged entry too: for listings and sweeps, which
+    go on past it (restore() is where it is reported)."""
+    try:
+        return where(heap, agent_id, generation)
+    except HeapCorrupt:
+        return None
 
 
 def _written(heap: Heap, name: str) -> float:
@@ -343,7 +360,7 @@ def default_store(heap: Heap) -> Store:
 
 def moved_away(heap: Heap, agent_id: int, generation: int) -> bool:
     """Was this offloaded agent restored elsewhere (restore_from marks its key)?"""
-    found = where(heap, agent_id, generation)
+    found = where_if_readable(heap, agent_id, generation)
     if found is None:
         return False
     url, key, _ = found
@@ -412,7 +429,7 @@ def forget_stale(heap: Heap) -> int:
             # (entry, blob, then memory), not one a kill left behind
             if time.time() - _written(heap, name) < STALE_AFTER:
                 continue
-        found = where(heap, aid, gen)
+        found = where_if_readable(heap, aid, gen)
         Registry(heap).remove(name)
         if found:
             try:
@@ -428,7 +445,7 @@ def offloaded(heap: Heap) -> list[dict[str, Any]]:
     out = []
     for name in Registry(heap).names("offload/"):
         _, agent_id, generation = name.split("/")
-        found = where(heap, int(agent_id), int(generation))
+        found = where_if_readable(heap, int(agent_id), int(generation))
         if found and heap._owner_state(int(agent_id)) in ("offloaded", "restoring"):
             out.append(
                 {

@@ -97,6 +97,31 @@ def test_damage_is_a_named_error(heap: sh.Heap) -> None:
     saver.delete_thread("d")
 
 
+def test_a_thread_whose_agent_was_swept_starts_again(heap: sh.Heap) -> None:
+    saver = SwarmSaver(heap)
+    fill(saver, "swept", 2)
+    saver._agent("swept", create=False).complete()  # as a sweep recycles a dead worker's agent
+    cfg = {"configurable": {"thread_id": "swept", "checkpoint_ns": ""}}
+    fresh = SwarmSaver(heap)  # no process-local memory of the thread
+    assert fresh.get_tuple(cfg) is None
+    fill(fresh, "swept", 1)  # the next put starts the thread again
+    got = SwarmSaver(heap).get_tuple(cfg)
+    assert got is not None and got.checkpoint["channel_values"]["count"] == 0
+    saver.delete_thread("swept")
+    heap.check()
+
+
+def test_a_damaged_thread_entry_is_heap_corrupt(heap: sh.Heap) -> None:
+    from swarmheap.registry import Registry
+
+    saver = SwarmSaver(heap)
+    fill(saver, "torn", 1)
+    Registry(heap).put("lgthread/torn", b"\x01\x02\x03")
+    with pytest.raises(sh.HeapCorrupt, match="thread 'torn'"):
+        SwarmSaver(heap).get_tuple({"configurable": {"thread_id": "torn", "checkpoint_ns": ""}})
+    heap.check()
+
+
 def _thread_bytes(heap: sh.Heap, saver: SwarmSaver, thread: str) -> int:
     return int(heap._owner_info(saver._agent(thread, create=False).id)["bytes"]["context"])
 

@@ -159,3 +159,29 @@ def test_another_process_reads_what_this_one_wrote(heap_name: str) -> None:
         for i in range(100):
             registry.remove(f"x/{i}")
         heap.check()
+
+
+def test_damaged_entries_are_heap_corrupt_where_they_are_used(heap: sh.Heap, tmp_path: object) -> None:
+    from swarmheap.stores import SQLiteStore
+
+    heap.channel("jobs", capacity=4)
+    with SQLiteStore(f"{tmp_path}/s.db") as db:
+        agent = heap.spawn("idle")
+        agent.put("notes", b"n" * 1000)
+        agent.offload(db)
+        registry = Registry(heap)
+        registry.put("channel/jobs", b"\xff" * 7)
+        with pytest.raises(sh.HeapCorrupt, match="channel 'jobs'"):
+            heap.channel("jobs")
+        stats = heap.stats()  # the rest of the heap is still shown
+        assert stats["channels"] == [] and stats["damaged_channels"][0]["name"] == "jobs"
+        for damaged in (b"\xc3\x28 not text", b"no lines", b"nostore:///x\nkey\nidle\n0"):
+            registry.put(f"offload/{agent.id}/{agent.generation}", damaged)
+            with pytest.raises(sh.HeapCorrupt):
+                agent.restore()
+            # listings and sweeps go on past it
+            assert [a.id for a in heap.agents()] == [agent.id]
+            heap.stats()
+            heap.collect(2)
+            assert agent.state == "offloaded"
+    heap.check()

@@ -78,6 +78,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                 ],
             )
         )
+    out.extend(f"channel {c['name']!r} is damaged: {c['error']}" for c in stats.get("damaged_channels") or [])
     kinds = stats.get("kinds") or []
     if kinds:
         out.append(
