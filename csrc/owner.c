@@ -79,6 +79,7 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, ui
   sh_atomic_fence();
   uint32_t kib = sh_atomic_exchange_acq_rel(&o->reserved_kib, 0u); /* its reservation goes with its memory */
   if (kib) sh_atomic_sub_relaxed(&a->hdr->reserved_bytes, (uint64_t)kib << 10);
+  if (final) final->reserved_bytes = 0; /* the final figures are the agent's after the call */
   _sh_nursery_release(a, id, final); /* first: its nursery blocks sit on pages that stay */
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (sh_atomic_load_relaxed(&o->pages[part]) == 0) continue;
@@ -334,6 +335,7 @@ static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *in
   info->last_active_ns = sh_atomic_load_relaxed(&o->last_active_ns);
   info->pins = sh_atomic_load_relaxed(&o->pins);
   info->user_word = sh_atomic_load_relaxed(&o->user_word);
+  info->reserved_bytes = (uint64_t)sh_atomic_load_relaxed(&o->reserved_kib) << 10;
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     info->pages[p] = sh_atomic_load_relaxed(&o->pages[p]);
     info->peak_pages[p] = sh_atomic_load_relaxed(&o->peak_pages[p]);

@@ -134,6 +134,7 @@ typedef struct sh_owner_info_s {
   uint64_t peak_pages[SH_NPARTITIONS];
   uint64_t blocks;             /* live blocks, all partitions */
   uint64_t user_word;          /* free for the layer above (an offset, a flag) */
+  uint64_t reserved_bytes;     /* of `context`, from its prediction, not yet drawn down by its pages */
   /* live block bytes by size class, all partitions; [nclasses]: runs of
    * whole pages (the block-size mix the usage model learns) */
   uint64_t class_bytes[SH_MAX_CLASSES + 1];

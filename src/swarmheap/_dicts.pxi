@@ -33,6 +33,8 @@ cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page, tuple siz
         "peak_pages": {"context": oi.peak_pages[0], "shared": oi.peak_pages[1],
                        "comm": oi.peak_pages[2], "system": oi.peak_pages[3]},
         "blocks": oi.blocks, "user_word": oi.user_word,
+        # what spawn reserved from the kind's prediction and its pages have not drawn down yet
+        "reserved": {"context": oi.reserved_bytes, "shared": 0, "comm": 0, "system": 0},
         "total_bytes": oi.bytes[0] + oi.bytes[1] + oi.bytes[2] + oi.bytes[3],
         "classes": _class_dict(oi, sizes),
     }

@@ -139,8 +139,9 @@ def test_reservations_are_returned_exactly(heap: sh.Heap) -> None:
     assert p90 > 0
     agents = [heap.spawn("reserver") for _ in range(5)]
     assert heap.stats()["reserved"]["context"] == 5 * p90
+    assert all(a.stats()["reserved"]["context"] == p90 for a in agents)  # each agent says what it holds
     for a in agents[:2]:
-        a.complete()
+        assert a.complete()["reserved"]["context"] == 0  # returned with its memory
     assert heap.stats()["reserved"]["context"] == 3 * p90
     for a in agents[2:]:
         a.complete()

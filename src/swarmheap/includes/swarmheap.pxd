@@ -74,7 +74,7 @@ cdef extern from "swarmheap.h" nogil:
         uint64_t bytes[4]
         uint64_t pages[4]
         uint64_t peak_pages[4]
-        uint64_t blocks, user_word
+        uint64_t blocks, user_word, reserved_bytes
         uint64_t class_bytes[SH_MAX_CLASSES + 1]
 
     ctypedef struct sh_block_info_t:
