@@ -1,7 +1,10 @@
 """`swarmheap demo`: a swarm of worker processes on one named heap.
 
-Workers spawn agents of a few kinds, put named entries, allocate context,
-hand buffers to each other through the `shared` partition by handle (zero
+Workers spawn agents of a few kinds (sized by their kind's usage model once
+it is confident), put named entries, allocate context, keep a pool of small
+note agents alive (dense agents: they share nursery pages), offload their
+idle memory agent to SQLite every few rounds (its next put restores it),
+hand buffers to each other through channels in `comm` (the block moves, no
 copy), and complete their agents. One worker is killed partway; a sweep
 reclaims what it left. The parent shows occupancy while they run and prints
 a report at the end. The heap is unlinked on exit, Ctrl-C included.
@@ -16,12 +19,12 @@ import random
 import signal
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
 from swarmheap import offload
-from swarmheap._core import FIRST_AGENT
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
@@ -29,6 +32,9 @@ from swarmheap.sizes import class_label, format_size
 from swarmheap.stores import SQLiteStore
 
 KINDS = ("researcher", "planner", "critic")
+NOTE_KIND = "note"
+NOTES_PER_ROUND = 8  # small agents a worker spawns each round, next to its big one
+NOTE_POOL = 1200  # notes a worker keeps alive at once (dense agents: they share nursery pages)
 SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
 SHOW_EVERY = 0.5  # seconds between occupancy lines on the terminal
 MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
@@ -51,6 +57,8 @@ class WorkerReport:
     restores: int = 0  # ... and brought back by the next touch
     offloaded_bytes: int = 0  # what offloading it freed in the heap
     blob_bytes: int = 0  # what its snapshots took in the store
+    notes: int = 0  # small agents spawned
+    note_bytes: int = 0  # what they held, in all
 
 
 @dataclass
@@ -74,6 +82,8 @@ class DemoReport:
     check_message: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    notes: int = 0  # small agents the workers spawned (each keeps its last NOTE_POOL alive)
+    note_bytes: int = 0
     peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
     context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
@@ -109,7 +119,9 @@ def _worker(
         # a long-lived memory agent per worker, next to the short-lived ones
         memory = heap.spawn("memory")
         report.agents += 1
+        notes: deque[Any] = deque()  # small agents, oldest first
         for round_no in range(rounds):
+            _take_notes(heap, rng, notes, report)
             kind = KINDS[(index + round_no) % len(KINDS)]
             agent = heap.spawn(kind)
             report.agents += 1
@@ -150,10 +162,29 @@ def _worker(
                 report.offloaded_bytes += moved["total_bytes"]
                 report.blob_bytes += moved["blob_bytes"]
         report.recycled_bytes += memory.complete()["total_bytes"]
+        while notes:
+            report.recycled_bytes += notes.popleft().complete()["total_bytes"]
         progress.send(("done", index, asdict(report)))
     finally:
         store.close()
         heap.close()
+
+
+def _take_notes(heap: Heap, rng: random.Random, notes: deque[Any], report: WorkerReport) -> None:
+    """Spawn this round's small agents (a note and a few small blocks, about
+    2 KB: blocks an agent's own page per size class would leave 3 % used)
+    and complete the oldest beyond the pool."""
+    for _ in range(NOTES_PER_ROUND):
+        note = heap.spawn(NOTE_KIND)
+        note.put("note", rng.randbytes(rng.randint(600, 1500)))
+        for size in rng.sample((24, 64, 200, 512), 3):
+            note.alloc(size)
+        notes.append(note)
+        report.agents += 1
+        report.notes += 1
+        report.note_bytes += note.stats()["total_bytes"]
+    while len(notes) > NOTE_POOL:
+        report.recycled_bytes += notes.popleft().complete()["total_bytes"]
 
 
 def _drain(heap: Heap, inbox: Channel, report: WorkerReport) -> int:
@@ -183,12 +214,11 @@ def _sweep(heap: Heap, report: DemoReport, start: float, quiet: bool) -> None:
 
 
 def _sample(heap: Heap, start: float) -> dict[str, Any]:
-    stats = heap.stats()
-    parts = stats["partitions"]
+    parts, agents_live = heap._usage()  # stats() builds a dict per agent: thousands, twenty times a second
     return {
         "t": round(time.monotonic() - start, 3),
         **{p: v["in_use"] / v["capacity"] for p, v in parts.items()},
-        "agents_live": sum(1 for o in stats["owners"] if o["id"] >= FIRST_AGENT),
+        "agents_live": agents_live,
         "context_held": parts["context"]["held"],
         "context_utilization": parts["context"]["utilization"],
     }
@@ -304,6 +334,8 @@ def run_demo(
             report.offloads += w["offloads"]
             report.offloaded_bytes += w["offloaded_bytes"]
             report.blob_bytes += w["blob_bytes"]
+            report.notes += w["notes"]
+            report.note_bytes += w["note_bytes"]
             report.handover_errors += w["errors"]
         report.workers_failed = [i for i in range(workers) if i != victim and i not in finished]
         report.handover_errors += leftover.errors
@@ -317,7 +349,7 @@ def run_demo(
         except Exception as exc:
             report.check_message = str(exc)
         report.samples.append(_sample(heap, start))
-        for kind in KINDS:  # what the usage model learned from every worker's agents
+        for kind in (*KINDS, NOTE_KIND):  # what the usage model learned from every worker's agents
             p = heap.predict(kind)
             top = p.top_classes(1)
             report.predicted[kind] = (p.samples, p.peak("context", 0.9), top[0] if top else -1)
@@ -360,8 +392,13 @@ def print_report(report: DemoReport) -> None:
         ("agents run (survivors and swept)", str(report.agents_run)),
         (
             "agents live at the busiest moment",
-            f"{report.peak_agents_live}: {format_size(int(report.context_held_per_agent))} of context held "
-            f"per agent, {report.context_utilization:.0%} of it in use (small blocks share nursery pages)",
+            f"{report.peak_agents_live:,}: {format_size(int(report.context_held_per_agent))} of context held "
+            f"per agent, {report.context_utilization:.0%} of it in use",
+        ),
+        (
+            "small agents (notes) the survivors spawned",
+            f"{report.notes:,}, about {format_size(report.note_bytes // max(report.notes, 1))} each; "
+            f"each worker keeps its last {NOTE_POOL:,} alive, in nursery pages they share",
         ),
         ("buffers handed over (channels, zero-copy)", str(report.buffers_handed_over)),
         (
@@ -412,7 +449,14 @@ def _plot(report: DemoReport, path: str) -> None:
     ax.set_xlabel("seconds")
     ax.set_ylabel("in use, % of partition")
     ax.set_title(f"swarmheap demo: {report.workers} workers, worker {report.killed_worker} killed halfway")
-    ax.legend()
+    live = ax.twinx()  # the dense agents: thousands of small ones in a few percent of context
+    counts = [s["agents_live"] for s in report.samples]
+    live.plot(ts, counts, color="black", linestyle="--", label="agents live")
+    live.set_ylabel("agents live")
+    live.set_ylim(bottom=0)
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = live.get_legend_handles_labels()
+    ax.legend(lines + more, labels + more_labels, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
