@@ -384,7 +384,10 @@ class Heap(CoreHeap):
     ) -> None:
         """Offload idle agents of this process when ``partition`` passes
         ``high`` (a fraction of its capacity) until it is under ``low``: before
-        a PartitionFull is raised, and in sweeps. ``None`` turns it off."""
+        a PartitionFull is raised, and in sweeps. The least recently active
+        go first, those holding a page or more of the partition before the
+        small ones (an offload is a store write: a few large agents free what
+        thousands of small ones hold). ``None`` turns it off."""
         if store is None:
             self._offload_policy = None
             return

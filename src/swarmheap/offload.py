@@ -380,11 +380,12 @@ def forget_moved(heap: Heap, agent_id: int, generation: int) -> None:
 
 
 def relieve(heap: Heap, policy: Any) -> int:
-    """The watermark policy: offload this process's idle, unpinned agents,
-    least recently active first, while the partition is above ``high``, down
-    to ``low``. A store that fails is logged; the next try is the next full
+    """The watermark policy: offload this process's idle, unpinned agents
+    that hold some of the partition, least recently active first (those
+    holding a page's worth before smaller ones), while the partition is
+    above ``high``, down to ``low``. A store that fails is logged; the next try is the next full
     partition or sweep."""
-    part = heap.stats()["partitions"][policy.partition]
+    part = heap._usage()[0][policy.partition]
     if part["in_use"] <= policy.high * part["capacity"]:
         return 0
     now = time.time()
@@ -397,11 +398,17 @@ def relieve(heap: Heap, policy: Any) -> int:
         if info is None or info["pid"] != pid or info["pins"] or info["state"] != "live":
             continue
         idle = now - info["last_active_ns"] / 1e9
-        if idle >= policy.min_idle:
-            candidates.append((info["last_active_ns"], agent_id, info["generation"]))
+        held = info["bytes"][policy.partition]
+        if idle >= policy.min_idle and held:
+            # least recently active first, but among the agents that hold a
+            # page's worth before the smaller ones: each offload is a store
+            # write, and a swarm of small idle agents (a few KB each in
+            # shared nursery pages) took thousands of them to free what a
+            # few large ones hold
+            candidates.append((held < heap.page_size, info["last_active_ns"], agent_id, info["generation"]))
     moved = 0
-    for _, agent_id, generation in sorted(candidates):
-        if heap.stats()["partitions"][policy.partition]["in_use"] <= policy.low * part["capacity"]:
+    for _, _, agent_id, generation in sorted(candidates):
+        if heap._usage()[0][policy.partition]["in_use"] <= policy.low * part["capacity"]:
             break
         try:
             heap._agent_at(agent_id, generation).offload(policy.store)

@@ -79,17 +79,21 @@ def test_demo_exits_zero_with_a_passing_check(demo_run: Any) -> None:
 
 def test_demo_report_shows_the_swarm_the_kill_and_the_sweep(demo_run: Any) -> None:
     _, report, _ = demo_run
-    from swarmheap.tools.demo import NOTES_PER_ROUND
+    from swarmheap.tools.demo import ARCHIVE_EVERY, NOTES_PER_ROUND
 
+    archives = -(-20 // ARCHIVE_EVERY)  # one in round 0, one every ARCHIVE_EVERY rounds after
     assert report["workers"] == 4
-    # three survivors ran 20 agents, a memory agent and 20 rounds of small notes each
+    # three survivors ran 20 agents, a memory agent, 20 rounds of small notes and their archives each
     assert report["notes"] == 3 * 20 * NOTES_PER_ROUND and report["note_bytes"] > 0
-    assert report["agents_run"] == 3 * (20 + 1 + 20 * NOTES_PER_ROUND) + report["agents_swept"]
+    assert report["archives"] == 3 * archives and report["archive_errors"] == 0
+    assert report["agents_run"] == 3 * (20 + 1 + 20 * NOTES_PER_ROUND + archives) + report["agents_swept"]
     assert report["buffers_handed_over"] > 0 and report["bytes_moved_zero_copy"] > 0
     assert report["reclaimed_by_recycle"] > 0
     # the killed worker (at round 10) held its memory agent, the agent of that
-    # round, and the notes of its first 11 rounds (fewer than it keeps)
-    assert report["agents_swept"] == 2 + 11 * NOTES_PER_ROUND and report["reclaimed_by_sweep"] > 0
+    # round, the notes of its first 11 rounds (fewer than it keeps) and 3 archives;
+    # a short run never passes the offload policy's mark
+    assert report["pressure_offloads"] == 0 and report["stayed_offloaded"] == 0
+    assert report["agents_swept"] == 2 + 11 * NOTES_PER_ROUND + 3 and report["reclaimed_by_sweep"] > 0
     assert report["handover_errors"] == 0 and report["workers_failed"] == []
     assert [e["event"] for e in report["events"]] == ["killed", "swept"]
     assert all({"t", "context", "shared", "comm", "system"} <= set(s) for s in report["samples"])

@@ -483,6 +483,25 @@ def test_the_watermark_policy_offloads_idle_agents(tmp_path: Any) -> None:
         heap.check()
 
 
+def test_the_policy_offloads_large_idle_agents_before_small_ones(tmp_path: Any) -> None:
+    with sh.Heap.create(size="64 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=0.0)
+        small = [heap.spawn("note") for _ in range(300)]  # the least recently active: a few KB each
+        for a in small:
+            a.put("note", b"n" * 2000)
+        capacity = heap.stats()["partitions"]["context"]["capacity"]
+        large = []
+        for i in range(2 * capacity // 2_000_000):
+            a = heap.spawn("big")
+            a.put("data", bytes([i % 256]) * 2_000_000)
+            large.append(a)
+        # the room came from the large ones: thousands of store writes of a
+        # few KB each would have freed what two of them hold
+        assert sum(a.state == "offloaded" for a in large) > 0
+        assert all(a.state == "live" for a in small)
+        heap.check()
+
+
 def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
     with SQLiteStore(tmp_path / "p.db") as s:
         with pytest.raises(ValueError):

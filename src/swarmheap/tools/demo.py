@@ -32,9 +32,14 @@ from swarmheap.sizes import class_label, format_size
 from swarmheap.stores import SQLiteStore
 
 KINDS = ("researcher", "planner", "critic")
+MEMORY_KIND = "memory"
 NOTE_KIND = "note"
+ARCHIVE_KIND = "archive"
 NOTES_PER_ROUND = 8  # small agents a worker spawns each round, next to its big one
 NOTE_POOL = 1200  # notes a worker keeps alive at once (dense agents: they share nursery pages)
+ARCHIVE_EVERY = 5  # rounds between a worker's archive agents: idle once written, kept to the end
+ARCHIVE_BYTES = 384 * 1024  # more of them than `context` holds: the offload policy makes room
+PRESSURE_HIGH, PRESSURE_LOW = 0.85, 0.6  # the policy's marks, fractions of `context`
 SAMPLE_EVERY = 0.05  # seconds between occupancy samples for the plot
 SHOW_EVERY = 0.5  # seconds between occupancy lines on the terminal
 MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
@@ -59,6 +64,11 @@ class WorkerReport:
     blob_bytes: int = 0  # what its snapshots took in the store
     notes: int = 0  # small agents spawned
     note_bytes: int = 0  # what they held, in all
+    archives: int = 0  # idle agents written once and read back at the end
+    archive_errors: int = 0  # read back different from what was written
+    pressure_offloads: int = 0  # idle agents the offload policy moved out to make room (some more than once)
+    pressure_bytes: int = 0  # what those offloads freed in the heap
+    pressure_kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +94,12 @@ class DemoReport:
     seconds: float = 0.0
     notes: int = 0  # small agents the workers spawned (each keeps its last NOTE_POOL alive)
     note_bytes: int = 0
+    archives: int = 0
+    archive_errors: int = 0
+    pressure_offloads: int = 0
+    pressure_bytes: int = 0
+    pressure_kinds: dict[str, int] = field(default_factory=dict)
+    stayed_offloaded: int = 0  # the killed worker's agents still in the store at the end (restorable)
     peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
     context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
@@ -115,13 +131,20 @@ def _worker(
     report = WorkerReport(index)
     store = SQLiteStore(os.path.join(tempfile.gettempdir(), f"{name}-offload.db"))
     heap.on("restore", lambda *_: setattr(report, "restores", report.restores + 1))
+    heap.on("offload", lambda _id, kind, stats: _count_pressure(report, kind, stats))
+    # idle agents go to the store when `context` passes the high mark (an
+    # allocation that would fail makes room first), back on their next touch
+    heap.set_offload_policy(store, high=PRESSURE_HIGH, low=PRESSURE_LOW, min_idle=0.2)
     try:
         # a long-lived memory agent per worker, next to the short-lived ones
-        memory = heap.spawn("memory")
+        memory = heap.spawn(MEMORY_KIND)
         report.agents += 1
         notes: deque[Any] = deque()  # small agents, oldest first
+        archives: list[tuple[Any, bytes]] = []  # (agent, digest of what it holds)
         for round_no in range(rounds):
             _take_notes(heap, rng, notes, report)
+            if round_no % ARCHIVE_EVERY == 0:
+                archives.append(_archive(heap, rng, report))
             kind = KINDS[(index + round_no) % len(KINDS)]
             agent = heap.spawn(kind)
             report.agents += 1
@@ -164,6 +187,10 @@ def _worker(
         report.recycled_bytes += memory.complete()["total_bytes"]
         while notes:
             report.recycled_bytes += notes.popleft().complete()["total_bytes"]
+        for archive, digest in archives:  # a touch restores one the policy offloaded
+            with archive.get("state") as view:
+                report.archive_errors += hashlib.blake2b(view, digest_size=DIGEST).digest() != digest
+            report.recycled_bytes += archive.complete()["total_bytes"]
         progress.send(("done", index, asdict(report)))
     finally:
         store.close()
@@ -185,6 +212,24 @@ def _take_notes(heap: Heap, rng: random.Random, notes: deque[Any], report: Worke
         report.note_bytes += note.stats()["total_bytes"]
     while len(notes) > NOTE_POOL:
         report.recycled_bytes += notes.popleft().complete()["total_bytes"]
+
+
+def _archive(heap: Heap, rng: random.Random, report: WorkerReport) -> tuple[Any, bytes]:
+    """An agent that writes its state once and idles to the end: what the
+    offload policy moves out when `context` fills up."""
+    state = rng.randbytes(ARCHIVE_BYTES)
+    agent = heap.spawn(ARCHIVE_KIND)
+    agent.put("state", state)
+    report.agents += 1
+    report.archives += 1
+    return agent, hashlib.blake2b(state, digest_size=DIGEST).digest()
+
+
+def _count_pressure(report: WorkerReport, kind: str, stats: dict[str, Any]) -> None:
+    if kind != MEMORY_KIND:  # the memory agent's own offloads are counted where they are made
+        report.pressure_offloads += 1
+        report.pressure_bytes += stats["total_bytes"]
+        report.pressure_kinds[kind] = report.pressure_kinds.get(kind, 0) + 1
 
 
 def _drain(heap: Heap, inbox: Channel, report: WorkerReport) -> int:
@@ -325,6 +370,9 @@ def run_demo(
         for inbox in links:
             _drain(heap, inbox, leftover)
         _sweep(heap, report, start, quiet=True)
+        # the killed worker's agents the policy had offloaded: a dead creator
+        # does not make them garbage, any process of the heap restores them
+        report.stayed_offloaded = len(offload.offloaded(heap))
         for w in finished.values():
             report.agents_run += w["agents"]
             report.reclaimed_by_recycle += w["recycled_bytes"]
@@ -336,6 +384,12 @@ def run_demo(
             report.blob_bytes += w["blob_bytes"]
             report.notes += w["notes"]
             report.note_bytes += w["note_bytes"]
+            report.archives += w["archives"]
+            report.archive_errors += w["archive_errors"]
+            report.pressure_offloads += w["pressure_offloads"]
+            report.pressure_bytes += w["pressure_bytes"]
+            for kind, n in w["pressure_kinds"].items():
+                report.pressure_kinds[kind] = report.pressure_kinds.get(kind, 0) + n
             report.handover_errors += w["errors"]
         report.workers_failed = [i for i in range(workers) if i != victim and i not in finished]
         report.handover_errors += leftover.errors
@@ -380,7 +434,12 @@ def run_demo(
 
 def succeeded(report: DemoReport) -> bool:
     """Whether the run showed what it should: a consistent heap, no lost or corrupted handover."""
-    return report.check_passed and not report.handover_errors and not report.workers_failed
+    return (
+        report.check_passed
+        and not report.handover_errors
+        and not report.archive_errors
+        and not report.workers_failed
+    )
 
 
 def print_report(report: DemoReport) -> None:
@@ -406,6 +465,14 @@ def print_report(report: DemoReport) -> None:
             f"{report.offloads} times: {format_size(report.offloaded_bytes)} freed in the heap, "
             f"{format_size(report.blob_bytes)} in the store ({codec}), restored on next touch",
         ),
+        (
+            "offloaded under pressure (policy)",
+            f"{report.pressure_offloads} idle agents ("
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(report.pressure_kinds.items()))
+            + f"), {format_size(report.pressure_bytes)} freed when context passed {PRESSURE_HIGH:.0%}; "
+            f"{report.archives} archives of {format_size(ARCHIVE_BYTES)}, "
+            f"{report.archives - report.archive_errors} read back intact",
+        ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         (
             "usage model (P90 context peak, top class)",
@@ -417,7 +484,8 @@ def print_report(report: DemoReport) -> None:
         ("reclaimed by complete() (recycle)", format_size(report.reclaimed_by_recycle)),
         (
             "reclaimed by sweep (dead worker)",
-            f"{format_size(report.reclaimed_by_sweep)} in {report.agents_swept} agents",
+            f"{format_size(report.reclaimed_by_sweep)} in {report.agents_swept} agents; "
+            f"{report.stayed_offloaded} of its agents stay offloaded, restorable by any process",
         ),
         ("allocations refused (PartitionFull)", str(report.allocation_failures)),
         ("handovers that failed to verify", str(report.handover_errors)),
