@@ -93,6 +93,7 @@ def test_demo_report_shows_the_swarm_the_kill_and_the_sweep(demo_run: Any) -> No
     # round, the notes of its first 11 rounds (fewer than it keeps) and 3 archives;
     # a short run never passes the offload policy's mark
     assert report["pressure_offloads"] == 0 and report["stayed_offloaded"] == 0
+    assert report["agents_per_worker"] == 20
     assert report["agents_swept"] == 2 + 11 * NOTES_PER_ROUND + 3 and report["reclaimed_by_sweep"] > 0
     assert report["handover_errors"] == 0 and report["workers_failed"] == []
     assert [e["event"] for e in report["events"]] == ["killed", "swept"]

@@ -62,6 +62,8 @@ class WorkerReport:
     restores: int = 0  # ... and brought back by the next touch
     offloaded_bytes: int = 0  # what offloading it freed in the heap
     blob_bytes: int = 0  # what its snapshots took in the store
+    sized: int = 0  # big agents spawned with their kind's P90 reserved (its prediction confident)
+    reserved_bytes: int = 0  # what those reservations held at spawn
     notes: int = 0  # small agents spawned
     note_bytes: int = 0  # what they held, in all
     archives: int = 0  # idle agents written once and read back at the end
@@ -92,6 +94,8 @@ class DemoReport:
     check_message: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    sized: int = 0
+    reserved_bytes: int = 0
     notes: int = 0  # small agents the workers spawned (each keeps its last NOTE_POOL alive)
     note_bytes: int = 0
     archives: int = 0
@@ -100,6 +104,7 @@ class DemoReport:
     pressure_bytes: int = 0
     pressure_kinds: dict[str, int] = field(default_factory=dict)
     stayed_offloaded: int = 0  # the killed worker's agents still in the store at the end (restorable)
+    agents_per_worker: int = 0  # rounds: one big agent each
     peak_agents_live: int = 0  # agents holding a slot at once, at the busiest sample
     context_held_per_agent: float = 0.0  # context bytes in pages per live agent then (dense agents)
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
@@ -146,8 +151,11 @@ def _worker(
             if round_no % ARCHIVE_EVERY == 0:
                 archives.append(_archive(heap, rng, report))
             kind = KINDS[(index + round_no) % len(KINDS)]
-            agent = heap.spawn(kind)
+            agent = heap.spawn(kind)  # its P90 reserved once its kind's usage model is confident
             report.agents += 1
+            reserved = agent.stats()["reserved"]["context"]
+            report.sized += reserved > 0
+            report.reserved_bytes += reserved
             try:
                 agent.put("prompt", f"{kind} {index}.{round_no}: ".encode() * rng.randint(40, 4000))
                 for _ in range(rng.randint(20, 200)):
@@ -290,7 +298,7 @@ def run_demo(
     if workers < 2:
         raise ValueError("the demo needs at least 2 workers (one of them is killed)")
     name = f"swarmheap-demo-{os.getpid()}"
-    report = DemoReport(workers)
+    report = DemoReport(workers, agents_per_worker=rounds)
     ctx = mp.get_context("spawn")
     start = time.monotonic()
     procs: list[Any] = []
@@ -382,6 +390,8 @@ def run_demo(
             report.offloads += w["offloads"]
             report.offloaded_bytes += w["offloaded_bytes"]
             report.blob_bytes += w["blob_bytes"]
+            report.sized += w["sized"]
+            report.reserved_bytes += w["reserved_bytes"]
             report.notes += w["notes"]
             report.note_bytes += w["note_bytes"]
             report.archives += w["archives"]
@@ -474,6 +484,12 @@ def print_report(report: DemoReport) -> None:
             f"{report.archives - report.archive_errors} read back intact",
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
+        (
+            "spawns sized by prediction",
+            f"{report.sized} of the survivors' {report.workers - 1} x {report.agents_per_worker} big agents, "
+            f"{format_size(report.reserved_bytes // max(report.sized, 1))} reserved each at spawn "
+            "(its kind's P90)",
+        ),
         (
             "usage model (P90 context peak, top class)",
             ", ".join(
