@@ -297,6 +297,16 @@ class Heap(CoreHeap):
         if hasattr(self, "_own_stores"):
             self._own_stores.clear()
 
+    def unlink(self) -> None:
+        """Remove the heap's name; mapped views stay valid until closed. To
+        remove a heap by name without opening it: swarmheap.unlink(name)."""
+        if not isinstance(self, Heap):  # Heap.unlink("name"), as if it took a name
+            raise TypeError(
+                f"Heap.unlink() removes the name of a heap you hold (heap.unlink()); "
+                f"to remove one by name, call swarmheap.unlink({self!r})"
+            )
+        super().unlink()
+
     # ---- channels (swarmheap.channels) ----
 
     def channel(self, name: str, capacity: int = 1024, *, max_message: int | None = None) -> Channel:

@@ -259,6 +259,11 @@ def test_a_method_called_through_its_class_on_another_object_is_a_type_error(cal
         call()  # type: ignore[operator]
 
 
+def test_heap_unlink_by_name_points_to_the_function() -> None:
+    with pytest.raises(TypeError, match=r"swarmheap.unlink\('my-swarm'\)"):
+        sh.Heap.unlink("my-swarm")  # type: ignore[arg-type]
+
+
 def test_huge_ratio_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         sh.Heap.create(size="16 MiB", ratios={"context": 10**400, "shared": 0.3, "comm": 0.2, "system": 0.1})
