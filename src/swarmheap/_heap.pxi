@@ -683,24 +683,28 @@ cdef class _Arena:
                 "leases": sh_lease_count(self.arena),
                 "block_table": {"entries": entries, "capacity": capacity}}
 
-    def _usage(self):
-        """(stats()'s partitions, the number of owner slots in use beyond
-        the two the heap keeps): what a monitor samples many times a second,
-        without the per-owner dicts that make stats() O(agents)."""
+    def _partitions(self):
+        """stats()'s partitions alone: O(1), where stats() builds a dict per agent."""
         self._check_open()
         cdef sh_partition_stats_t ps
-        cdef sh_arena_info_t info
         cdef uint64_t page = 1 << self.page_shift_
-        cdef uint32_t o, live = 0
         cdef int p
-        sh_arena_info(self.arena, &info)
         partitions = {}
         for p in range(4):
             sh_partition_stats(self.arena, <sh_partition_t>p, &ps)
             partitions[PARTITIONS[p]] = _partition_dict(&ps, page)
+        return partitions
+
+    def _usage(self):
+        """(_partitions(), the number of owner slots in use beyond the two
+        the heap keeps): what a monitor samples many times a second."""
+        self._check_open()
+        cdef sh_arena_info_t info
+        cdef uint32_t o, live = 0
+        sh_arena_info(self.arena, &info)
         for o in range(FIRST_AGENT, info.max_owners):
             live += sh_owner_generation(self.arena, o) != 0
-        return partitions, live
+        return self._partitions(), live
 
     def check(self):
         """Walk every page, list, table and counter; raise HeapCorrupt naming

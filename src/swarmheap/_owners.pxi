@@ -353,6 +353,32 @@ cdef class CoreHeap(_Arena):
             return None
         return self._info_dict(&oi, None)
 
+    def _offload_candidates(self, int part, int32_t pid, uint64_t active_before_ns):
+        """The offload policy's candidates, in one pass in C: (holds less than
+        a page of ``part``, last active ns, id, generation) of every live,
+        unpinned agent of process ``pid`` that holds some of ``part`` and was
+        last active before ``active_before_ns``. _owner_info's dict per agent
+        made the policy's scan 43 ms with 20 000 agents."""
+        self._check_open()
+        if not 0 <= part < 4:
+            raise ValueError(f"partition index {part} is not 0 to 3")
+        cdef sh_arena_info_t info
+        cdef sh_owner_info_t oi
+        cdef uint32_t o
+        cdef uint64_t page = 1 << self.page_shift_
+        sh_arena_info(self.arena, &info)
+        out = []
+        for o in range(FIRST_AGENT, info.max_owners):
+            if sh_owner_state(self.arena, o) != SH_OWNER_LIVE:
+                continue
+            if sh_owner_info(self.arena, o, &oi) != SH_OK:
+                continue
+            if (oi.state != SH_OWNER_LIVE or oi.pid != pid or oi.pins or not oi.bytes[part]
+                    or oi.last_active_ns > active_before_ns):
+                continue
+            out.append((oi.bytes[part] < page, oi.last_active_ns, o, oi.generation))
+        return out
+
     def _owner_alive(self, uint32_t oid):
         """Is the owner's creating process still running (pid and start time)?"""
         self._check_open()

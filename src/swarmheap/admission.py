@@ -117,7 +117,7 @@ def _refusal(
 ) -> AdmissionDenied:
     """The error, with the bytes of `context` free under the admission bound
     (less pages in use and reservations) and how many more were needed."""
-    in_pages = heap._usage()[0]["context"]["pages_used"] * heap.page_size
+    in_pages = heap._partitions()["context"]["pages_used"] * heap.page_size
     free = int(max(bound - heap._reserved() - in_pages, 0))
     return cls(
         f"{what}; {free} bytes are free under the admission limit, less reservations",

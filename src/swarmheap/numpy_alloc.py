@@ -86,7 +86,7 @@ class numpy_allocator(contextlib.ContextDecorator):
     def _full_message(self, exc: BaseException) -> str:
         where = f"partition {self._partition!r} is full"
         if not self._heap.closed:
-            part = self._heap._usage()[0][self._partition]
+            part = self._heap._partitions()[self._partition]
             where += f" ({part['in_use']} of {part['capacity']} bytes in use)"
         return (
             f"{where}: {exc}. Free arrays, complete agents, or pass fallback=True to use the system allocator"

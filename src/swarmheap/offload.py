@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, snapshot
-from swarmheap._core import FIRST_AGENT
+from swarmheap._core import PARTITIONS
 from swarmheap._extras import available, require
 from swarmheap.errors import (
     AgentStateError,
@@ -383,32 +383,21 @@ def relieve(heap: Heap, policy: Any) -> int:
     """The watermark policy: offload this process's idle, unpinned agents
     that hold some of the partition, least recently active first (those
     holding a page's worth before smaller ones), while the partition is
-    above ``high``, down to ``low``. A store that fails is logged; the next try is the next full
-    partition or sweep."""
-    part = heap._usage()[0][policy.partition]
+    above ``high``, down to ``low``. A store that fails is logged; the next
+    try is the next full partition or sweep."""
+    part = heap._partitions()[policy.partition]
     if part["in_use"] <= policy.high * part["capacity"]:
         return 0
-    now = time.time()
-    candidates = []
-    pid = os.getpid()
-    for agent_id in range(FIRST_AGENT, heap._max_owners()):
-        if heap._owner_state(agent_id) != "live":
-            continue
-        info = heap._owner_info(agent_id)
-        if info is None or info["pid"] != pid or info["pins"] or info["state"] != "live":
-            continue
-        idle = now - info["last_active_ns"] / 1e9
-        held = info["bytes"][policy.partition]
-        if idle >= policy.min_idle and held:
-            # least recently active first, but among the agents that hold a
-            # page's worth before the smaller ones: each offload is a store
-            # write, and a swarm of small idle agents (a few KB each in
-            # shared nursery pages) took thousands of them to free what a
-            # few large ones hold
-            candidates.append((held < heap.page_size, info["last_active_ns"], agent_id, info["generation"]))
+    # least recently active first, but the agents that hold a page's worth
+    # of the partition before the smaller ones (the first field): each
+    # offload is a store write, and a swarm of small idle agents (a few KB
+    # each in shared nursery pages) took thousands of them to free what a
+    # few large ones hold
+    active_before = int((time.time() - policy.min_idle) * 1e9)
+    candidates = heap._offload_candidates(PARTITIONS.index(policy.partition), os.getpid(), active_before)
     moved = 0
     for _, _, agent_id, generation in sorted(candidates):
-        if heap._usage()[0][policy.partition]["in_use"] <= policy.low * part["capacity"]:
+        if heap._partitions()[policy.partition]["in_use"] <= policy.low * part["capacity"]:
             break
         try:
             heap._agent_at(agent_id, generation).offload(policy.store)

@@ -502,6 +502,22 @@ def test_the_policy_offloads_large_idle_agents_before_small_ones(tmp_path: Any) 
         heap.check()
 
 
+def test_the_policy_leaves_agents_active_within_min_idle(tmp_path: Any) -> None:
+    with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=3600.0)
+        capacity = heap.stats()["partitions"]["context"]["capacity"]
+        agents = []
+        with pytest.raises(sh.PartitionFull):  # nothing idle for an hour: no room made, as without a policy
+            for i in range(3 * capacity // 1_000_000):
+                a = heap.spawn("busy")
+                agents.append(a)
+                a.put("data", bytes([i % 256]) * 1_000_000)
+        assert all(a.state == "live" for a in agents) and store.keys("swarmheap/agent/") == []
+        for a in agents:
+            a.complete()
+        heap.check()
+
+
 def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
     with SQLiteStore(tmp_path / "p.db") as s:
         with pytest.raises(ValueError):
