@@ -30,6 +30,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from swarmheap._core import PARTITIONS
 from swarmheap.errors import (
     AdmissionDenied,
     AdmissionTimeout,
@@ -128,22 +129,19 @@ def _refusal(
 
 
 def _make_room(heap: Heap, need: int, admitting: int) -> bool:
-    """Offload this process's idle agents, least recently active first, until
-    ``need`` bytes came back; True if anything moved."""
+    """Offload this process's idle agents until ``need`` bytes came back, as
+    the offload policy picks them (those holding a page or more of
+    `context` first, least recently active first); True if anything moved."""
     store = heap.store
-    candidates = []
-    for agent in heap.agents():
-        info = heap._owner_info(agent.id)
-        if agent.id == admitting:
-            continue
-        if info and info["state"] == "live" and info["pid"] == os.getpid() and not info["pins"]:
-            candidates.append((info["last_active_ns"], agent))
+    candidates = heap._offload_candidates(PARTITIONS.index("context"), os.getpid(), time.time_ns())
     freed = 0
-    for _, agent in sorted(candidates, key=lambda c: c[0]):
+    for _, _, agent_id, generation in sorted(candidates):
         if freed >= need:
             break
+        if agent_id == admitting:
+            continue
         try:
-            freed += agent.offload(store)["total_bytes"]
+            freed += heap._agent_at(agent_id, generation).offload(store)["total_bytes"]
         except (AgentStateError, StaleBlock, StoreUnavailable, StoreFull):
             continue
     return freed > 0
