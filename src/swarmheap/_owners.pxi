@@ -353,6 +353,17 @@ cdef class CoreHeap(_Arena):
             return None
         return self._info_dict(&oi, None)
 
+    def _owner_brief(self, uint32_t oid):
+        """(generation, state, pid, pins, user_word) of a used slot, None for
+        a free one: what a sweep decides on, without _owner_info's dict
+        (bytes per partition and class) for every agent that survives it."""
+        self._check_open()
+        cdef sh_owner_info_t oi
+        if sh_owner_info(self.arena, oid, &oi) != SH_OK:
+            return None
+        return (oi.generation, OWNER_STATES[oi.state] if <unsigned>oi.state < 6 else "corrupt",
+                oi.pid, oi.pins, oi.user_word)
+
     def _offload_candidates(self, int part, int32_t pid, uint64_t active_before_ns):
         """The offload policy's candidates, in one pass in C: (holds less than
         a page of ``part``, last active ns, id, generation) of every live,

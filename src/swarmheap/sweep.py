@@ -90,11 +90,11 @@ def _examine(
     heap: Heap, agent_id: int, generation: int, result: SweepResult, live: _Liveness, now: float
 ) -> bool:
     """Reclaim the agent if it is reclaimable. True if it survives (still live)."""
-    info = heap._owner_info(agent_id)
-    if info is None or info["generation"] != generation:
+    brief = heap._owner_brief(agent_id)  # the full figures only for what is reclaimed
+    if brief is None or brief[0] != generation:
         return False  # reclaimed already, by someone
     result.examined += 1
-    state = info["state"]
+    _, state, pid, pins, user_word = brief
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
@@ -106,10 +106,10 @@ def _examine(
         result.agents["moved_away"] += 1
         return False
     cause = None
-    if state == "completed" and info["pins"] == 0:
+    if state == "completed" and pins == 0:
         cause = "completed"
     elif state in ("live", "completed", "dead") and (
-        state == "dead" or (info["pid"] != os.getpid() and not live.alive(agent_id, info["pid"]))
+        state == "dead" or (pid != os.getpid() and not live.alive(agent_id, pid))
     ):
         if state != "dead":
             try:
@@ -118,14 +118,17 @@ def _examine(
                 return False
         cause = "dead_process"
     elif state == "live":
-        lease = read_lease(heap, agent_id, generation, info["user_word"])
+        lease = read_lease(heap, agent_id, generation, user_word)
         if lease and now > lease:
             cause = "lease"
     if cause is None:
         return state in ("live", "completed")
-    if info["pins"]:
+    if pins:
         result.deferred += 1
         return True
+    info = heap._owner_info(agent_id)
+    if info is None or info["generation"] != generation:
+        return False  # reclaimed meanwhile, by someone
     info["kind"] = offload.kind_of(
         heap, agent_id, generation, info["kind_id"]
     )  # the index goes with the recycle
