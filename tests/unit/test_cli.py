@@ -145,6 +145,13 @@ def test_stats_table_names_partitions_and_agents(busy_heap: Any, heap_name: str)
     words = ("partitions", "context", "shared", "comm", "system", "size classes", "owners", "thread caches")
     for word in words:
         assert word in run.stdout
+    # the waste, named: bytes held in pages against bytes in use, per partition
+    header = next(line for line in run.stdout.splitlines() if line.strip().startswith("partition "))
+    assert "held" in header.split() and "utilization" in header.split()
+    context = next(line for line in run.stdout.splitlines() if line.strip().startswith("context "))
+    context_util = busy_heap[0].stats()["partitions"]["context"]["utilization"]
+    assert f"{context_util * 100:.1f}%" in context.split()
+    assert "researcher" in run.stdout  # owners by kind
 
 
 def test_stats_of_a_missing_heap_is_one_line_and_exit_1() -> None:

@@ -22,6 +22,8 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
             format_size(v["capacity"]),
             format_size(v["in_use"]),
             f"{v['in_use'] / v['capacity'] * 100:.1f}%",
+            format_size(v["held"]),
+            f"{v['utilization'] * 100:.1f}%" if v["held"] else "-",
             format_size(v["peak"]),
             v["allocs"],
             v["frees"],
@@ -31,8 +33,19 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
     ]
     out = [
         table(
-            "partitions",
-            ("partition", "capacity", "in use", "used", "peak", "allocs", "frees", "failures"),
+            "partitions (held: bytes in the pages given out; utilization: in use / held, the rest is waste)",
+            (
+                "partition",
+                "capacity",
+                "in use",
+                "used",
+                "held",
+                "utilization",
+                "peak",
+                "allocs",
+                "frees",
+                "failures",
+            ),
             parts,
         )
     ]
@@ -51,9 +64,17 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
     out.append(
         table(
             "owners (top by bytes)",
-            ("id", "state", "pid", "blocks", "bytes", "pins"),
+            ("id", "kind", "state", "pid", "blocks", "bytes", "pins"),
             [
-                (o["id"], o["state"], o["pid"], o["blocks"], format_size(sum(o["bytes"].values())), o["pins"])
+                (
+                    o["id"],
+                    o.get("kind") or "?",
+                    o["state"],
+                    o["pid"],
+                    o["blocks"],
+                    format_size(sum(o["bytes"].values())),
+                    o["pins"],
+                )
                 for o in owners
             ],
         )
