@@ -32,9 +32,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import snapshot
+from swarmheap import lgthreads, snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, HeapCorrupt, PartitionFull, SwarmHeapError
+from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
 from swarmheap.heap import Heap
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
@@ -49,7 +49,6 @@ WRITES_IDX_MAP = _base.WRITES_IDX_MAP
 __all__ = ["SwarmSaver", "SwarmSaverError"]
 
 _TYPED = struct.Struct("<H")  # length of the serde type name, then the name, then the bytes
-_REF = struct.Struct("<II")  # agent id, generation
 # A channel value's record: b"F" + the serde bytes (framed with the saver's
 # codec), or b"D" + depth, base name + a zstd delta against the base's serde
 # bytes (framed with codec "none": the delta is compressed already).
@@ -291,14 +290,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return agent
 
     def _find_agent(self, thread_id: str, create: bool) -> Any:
-        key = f"lgthread/{thread_id}"
+        key = lgthreads.key(thread_id)
         registry = Registry(self.heap)
         while True:
             ref, data = registry.get_ref(key)
-            if data:  # b"": a thread whose agent was swept, started again by its next put
-                if len(data) != _REF.size:
-                    raise HeapCorrupt(f"the heap registry's entry for thread {thread_id!r} is damaged")
-                agent_id, generation = _REF.unpack(data)
+            found = lgthreads.decode(thread_id, data) if data is not None else None
+            if found is not None:
+                agent_id, generation = found
                 if self.heap._owner_generation(agent_id) == generation:
                     return self.heap._agent_at(agent_id, generation)
                 if not create:
@@ -308,7 +306,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             if not create:
                 return None
             agent = self.heap.spawn(self.kind, reserve=False)
-            if registry.swap(key, ref, _REF.pack(agent.id, agent.generation)):
+            if registry.swap(key, ref, lgthreads.encode(agent.id, agent.generation)):
                 return agent
             agent.complete()  # another process made this thread first
 
@@ -551,7 +549,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         limit: int | None = None,
     ) -> Iterator[Any]:
         if config is None:
-            threads = [n.split("/", 1)[1] for n in Registry(self.heap).names("lgthread/")]
+            threads = [n.split("/", 1)[1] for n in Registry(self.heap).names(lgthreads.PREFIX)]
         else:
             threads = [config["configurable"]["thread_id"]]
         ns_wanted = config["configurable"].get("checkpoint_ns") if config else None
@@ -579,14 +577,14 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def delete_thread(self, thread_id: str) -> None:
         agent = self._agent(thread_id, create=False)
         self._threads.pop(thread_id, None)
-        Registry(self.heap).remove(f"lgthread/{thread_id}")
+        Registry(self.heap).remove(lgthreads.key(thread_id))
         if agent is not None and agent.state in ("live", "offloaded", "restoring"):
             agent.restore()
             agent.complete()  # the thread's memory, back in one recycle
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = set(run_ids)
-        for thread_id in [n.split("/", 1)[1] for n in Registry(self.heap).names("lgthread/")]:
+        for thread_id in [n.split("/", 1)[1] for n in Registry(self.heap).names(lgthreads.PREFIX)]:
             agent = self._agent(thread_id, create=False)
             if agent is None:
                 continue

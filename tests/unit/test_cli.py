@@ -154,6 +154,26 @@ def test_stats_table_names_partitions_and_agents(busy_heap: Any, heap_name: str)
     assert "researcher" in run.stdout  # owners by kind
 
 
+def test_stats_names_each_langgraph_thread(heap_name: str) -> None:
+    pytest.importorskip("langgraph.checkpoint.base")
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from swarmheap.langgraph import SwarmSaver
+
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        saver = SwarmSaver(heap)
+        for thread in ("chat-1", "chat-2"):
+            cp = empty_checkpoint()
+            saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, cp, {}, {})
+        run = swarmheap("stats", heap_name)
+        assert run.returncode == 0, run.stderr
+        assert "langgraph (thread 'chat-1')" in run.stdout and "langgraph (thread 'chat-2')" in run.stdout
+        got = json.loads(swarmheap("stats", heap_name, "--json").stdout)
+        assert sorted(o["thread"] for o in got["owners"] if o["thread"]) == ["chat-1", "chat-2"]
+        saver.delete_thread("chat-1")
+        saver.delete_thread("chat-2")
+
+
 def test_stats_of_a_missing_heap_is_one_line_and_exit_1() -> None:
     run = swarmheap("stats", "shtest_no_such_heap")
     assert run.returncode == 1

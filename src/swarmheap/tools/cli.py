@@ -10,9 +10,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from swarmheap import lgthreads
 from swarmheap.errors import AttachError, SwarmHeapError
 from swarmheap.sizes import format_size, mix_label
 from swarmheap.tools.report import table
+
+
+def _owner_name(owner: dict[str, Any]) -> str:
+    """Its kind, and for a LangGraph thread's agent, which thread."""
+    kind = owner.get("kind") or "?"
+    return kind if owner.get("thread") is None else f"{kind} (thread {owner['thread']!r})"
 
 
 def render_stats(stats: dict[str, Any], top: int = 10) -> str:
@@ -68,7 +75,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
             [
                 (
                     o["id"],
-                    o.get("kind") or "?",
+                    _owner_name(o),
                     o["state"],
                     o["pid"],
                     o["blocks"],
@@ -154,6 +161,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         while True:
             stats = heap.stats()
+            # each LangGraph thread is an agent: its owner row says which thread
+            threads = lgthreads.by_agent(heap)
+            for owner in stats["owners"]:
+                owner["thread"] = threads.get((owner["id"], owner["generation"]))
             print(json.dumps(stats, indent=2) if args.json else render_stats(stats), flush=True)
             if not args.watch:
                 return 0
