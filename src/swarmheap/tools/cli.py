@@ -208,7 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="run a swarm of worker processes on one heap and report", formatter_class=defaults
     )
     demo.add_argument("--workers", type=int, default=4, help="worker processes (one is killed halfway)")
-    demo.add_argument("--rounds", type=int, default=600, help="agents each worker runs")
+    demo.add_argument(
+        "--rounds",
+        type=int,
+        default=600,
+        help="rounds per worker: each spawns a big agent and small note agents and hands a buffer on",
+    )
     demo.add_argument("--size", default="256 MiB", help="size of the named heap the swarm shares")
     demo.add_argument("--quick", action="store_true", help="20 rounds per worker")
     demo.add_argument("--plot", metavar="FILE", help="write occupancy over time as a PNG")
