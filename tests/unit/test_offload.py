@@ -467,15 +467,22 @@ def test_restore_on_another_node_through_redis(heap_name: str, redis_url: str) -
         source.check()
 
 
+def fill(heap: sh.Heap, kind: str, each: int, times: int, agents: list[sh.Agent]) -> None:
+    """Spawn agents of ``kind`` holding ``each`` bytes until ``times`` what
+    `context` holds were put (into ``agents``, so that a caller that expects
+    a PartitionFull still has the ones made before it)."""
+    capacity = heap.stats()["partitions"]["context"]["capacity"]
+    for i in range(times * capacity // each):
+        a = heap.spawn(kind)
+        agents.append(a)
+        a.put("data", bytes([i % 256]) * each)
+
+
 def test_the_watermark_policy_offloads_idle_agents(tmp_path: Any) -> None:
     with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
         heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=0.0)
-        capacity = heap.stats()["partitions"]["context"]["capacity"]
-        agents = []
-        for i in range(3 * capacity // 1_000_000):  # three times what fits
-            a = heap.spawn("idle")
-            a.put("data", bytes([i % 256]) * 1_000_000)
-            agents.append(a)
+        agents: list[sh.Agent] = []
+        fill(heap, "idle", 1_000_000, 3, agents)  # three times what fits
         assert sum(a.state == "offloaded" for a in agents) > 0
         for i, a in enumerate(agents):  # every agent's data intact, offloaded or not
             assert bytes(a.get("data")) == bytes([i % 256]) * 1_000_000
@@ -489,12 +496,8 @@ def test_the_policy_offloads_large_idle_agents_before_small_ones(tmp_path: Any) 
         small = [heap.spawn("note") for _ in range(300)]  # the least recently active: a few KB each
         for a in small:
             a.put("note", b"n" * 2000)
-        capacity = heap.stats()["partitions"]["context"]["capacity"]
-        large = []
-        for i in range(2 * capacity // 2_000_000):
-            a = heap.spawn("big")
-            a.put("data", bytes([i % 256]) * 2_000_000)
-            large.append(a)
+        large: list[sh.Agent] = []
+        fill(heap, "big", 2_000_000, 2, large)
         # the room came from the large ones: thousands of store writes of a
         # few KB each would have freed what two of them hold
         assert sum(a.state == "offloaded" for a in large) > 0
@@ -505,13 +508,9 @@ def test_the_policy_offloads_large_idle_agents_before_small_ones(tmp_path: Any) 
 def test_the_policy_leaves_agents_active_within_min_idle(tmp_path: Any) -> None:
     with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
         heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=3600.0)
-        capacity = heap.stats()["partitions"]["context"]["capacity"]
-        agents = []
+        agents: list[sh.Agent] = []
         with pytest.raises(sh.PartitionFull):  # nothing idle for an hour: no room made, as without a policy
-            for i in range(3 * capacity // 1_000_000):
-                a = heap.spawn("busy")
-                agents.append(a)
-                a.put("data", bytes([i % 256]) * 1_000_000)
+            fill(heap, "busy", 1_000_000, 3, agents)
         assert all(a.state == "live" for a in agents) and store.keys("swarmheap/agent/") == []
         for a in agents:
             a.complete()
