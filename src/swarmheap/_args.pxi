@@ -26,6 +26,11 @@ cdef str _SYSTEM = PARTITIONS[3]
 cdef dict _STATE_INDEX = {name: i for i, name in enumerate(OWNER_STATES)}
 
 
+cdef inline str _state_name(unsigned state):
+    # a state read from the arena may be out of the table's range (damage)
+    return OWNER_STATES[state] if state < 6 else "corrupt"
+
+
 cdef int _part(object partition) except -1:
     # Literal names in the caller's code are interned, so they are these very
     # objects: identity answers without hashing (a dict lookup costs about a

@@ -16,8 +16,12 @@ cdef class ChannelCore:
             _raise(rc)
         self.heap = heap
         self.chan = chan
-        self.offset = sh_chan_offset(chan)
         self.max_message = st.max_message
+
+    @property
+    def offset(self):
+        """The ring's block (the handle without the channel's id)."""
+        return sh_chan_offset(self.chan)
 
     @staticmethod
     def create(CoreHeap heap, uint32_t capacity, uint64_t max_message):

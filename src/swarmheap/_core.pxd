@@ -80,7 +80,6 @@ cdef class AgentCore:
 cdef class ChannelCore:
     cdef readonly CoreHeap heap
     cdef readonly uint64_t chan  # the handle the core takes: ring offset and channel id
-    cdef readonly uint64_t offset  # the ring's block
     cdef readonly uint64_t max_message
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1

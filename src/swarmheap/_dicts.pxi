@@ -23,7 +23,7 @@ cdef dict _class_dict(sh_owner_info_t *oi, tuple sizes):
 cdef dict _owner_dict(sh_owner_info_t *oi, object kind, uint64_t page, tuple sizes):
     return {
         "id": oi.id, "generation": oi.generation, "kind": kind, "kind_id": oi.kind,
-        "state": OWNER_STATES[oi.state] if <unsigned>oi.state < 6 else "corrupt",
+        "state": _state_name(<unsigned>oi.state),
         "pid": oi.pid, "pid_start_time": oi.pid_start_time,
         "created_ns": oi.created_ns, "last_active_ns": oi.last_active_ns, "pins": oi.pins,
         "bytes": {"context": oi.bytes[0], "shared": oi.bytes[1], "comm": oi.bytes[2], "system": oi.bytes[3]},

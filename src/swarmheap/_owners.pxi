@@ -338,7 +338,7 @@ cdef class CoreHeap(_Arena):
         """The owner slot's state name, read in one load (no page walk)."""
         self._check_open()
         cdef uint32_t st = sh_owner_state(self.arena, oid)  # FREE beyond the table
-        return OWNER_STATES[st] if st < 6 else "corrupt"
+        return _state_name(st)
 
     def _owner_generation(self, uint32_t oid):
         self._check_open()
@@ -361,8 +361,7 @@ cdef class CoreHeap(_Arena):
         cdef sh_owner_info_t oi
         if sh_owner_info(self.arena, oid, &oi) != SH_OK:
             return None
-        return (oi.generation, OWNER_STATES[oi.state] if <unsigned>oi.state < 6 else "corrupt",
-                oi.pid, oi.pins, oi.user_word)
+        return oi.generation, _state_name(<unsigned>oi.state), oi.pid, oi.pins, oi.user_word
 
     def _offload_candidates(self, int part, int32_t pid, uint64_t active_before_ns):
         """The offload policy's candidates, in one pass in C: (holds less than

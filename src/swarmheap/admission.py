@@ -26,11 +26,10 @@ model predicts every partition (Prediction.peak).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
-from swarmheap._core import PARTITIONS
+from swarmheap import offload
 from swarmheap.errors import (
     AdmissionDenied,
     AdmissionTimeout,
@@ -133,9 +132,8 @@ def _make_room(heap: Heap, need: int, admitting: int) -> bool:
     the offload policy picks them (those holding a page or more of
     `context` first, least recently active first); True if anything moved."""
     store = heap.store
-    candidates = heap._offload_candidates(PARTITIONS.index("context"), os.getpid(), time.time_ns())
     freed = 0
-    for _, _, agent_id, generation in sorted(candidates):
+    for agent_id, generation in offload.idle_agents(heap, "context", 0.0):
         if freed >= need:
             break
         if agent_id == admitting:

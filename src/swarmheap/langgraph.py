@@ -294,7 +294,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         registry = Registry(self.heap)
         while True:
             ref, data = registry.get_ref(key)
-            found = lgthreads.decode(thread_id, data) if data is not None else None
+            found = lgthreads.decode(thread_id, data)
             if found is not None:
                 agent_id, generation = found
                 if self.heap._owner_generation(agent_id) == generation:
@@ -549,7 +549,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         limit: int | None = None,
     ) -> Iterator[Any]:
         if config is None:
-            threads = [n.split("/", 1)[1] for n in Registry(self.heap).names(lgthreads.PREFIX)]
+            threads = lgthreads.thread_ids(self.heap)
         else:
             threads = [config["configurable"]["thread_id"]]
         ns_wanted = config["configurable"].get("checkpoint_ns") if config else None
@@ -584,7 +584,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = set(run_ids)
-        for thread_id in [n.split("/", 1)[1] for n in Registry(self.heap).names(lgthreads.PREFIX)]:
+        for thread_id in lgthreads.thread_ids(self.heap):
             agent = self._agent(thread_id, create=False)
             if agent is None:
                 continue

@@ -15,7 +15,7 @@ from swarmheap.registry import Registry
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
 
-__all__ = ["PREFIX", "by_agent", "decode", "encode", "key"]
+__all__ = ["PREFIX", "by_agent", "decode", "encode", "key", "thread_ids"]
 
 PREFIX = "lgthread/"
 _REF = struct.Struct("<II")  # agent id, generation
@@ -29,9 +29,10 @@ def encode(agent_id: int, generation: int) -> bytes:
     return _REF.pack(agent_id, generation)
 
 
-def decode(thread_id: str, data: bytes) -> tuple[int, int] | None:
-    """The thread's (agent id, generation); None for b"", a thread whose
-    agent was swept (its next put starts it again); HeapCorrupt otherwise."""
+def decode(thread_id: str, data: bytes | None) -> tuple[int, int] | None:
+    """The thread's (agent id, generation); None for no entry, or b"", a
+    thread whose agent was swept (its next put starts it again); HeapCorrupt
+    for anything else that is not one."""
     if not data:
         return None
     if len(data) != _REF.size:
@@ -40,15 +41,18 @@ def decode(thread_id: str, data: bytes) -> tuple[int, int] | None:
     return agent_id, generation
 
 
+def thread_ids(heap: Heap) -> list[str]:
+    """The ids of the threads the registry names."""
+    return [name[len(PREFIX) :] for name in Registry(heap).names(PREFIX)]
+
+
 def by_agent(heap: Heap) -> dict[tuple[int, int], str]:
     """Thread ids by (agent id, generation), for what reads as a thread."""
     registry = Registry(heap)
     out = {}
-    for name in registry.names(PREFIX):
-        thread_id = name[len(PREFIX) :]
-        data = registry.get(name)
+    for thread_id in thread_ids(heap):
         try:
-            ref = decode(thread_id, data) if data is not None else None
+            ref = decode(thread_id, registry.get(key(thread_id)))
         except HeapCorrupt:
             continue  # a listing goes on past a damaged entry
         if ref is not None:

@@ -379,6 +379,18 @@ def forget_moved(heap: Heap, agent_id: int, generation: int) -> None:
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
 
 
+def idle_agents(heap: Heap, partition: str, min_idle: float) -> list[tuple[int, int]]:
+    """(id, generation) of this process's live, unpinned agents idle for
+    ``min_idle`` seconds and holding some of ``partition``, in the order an
+    offload takes them: least recently active first, but those holding a
+    page's worth of the partition before the smaller ones. Each offload is a
+    store write, and a swarm of small idle agents (a few KB each in shared
+    nursery pages) took thousands of them to free what a few large ones hold."""
+    active_before = time.time_ns() - int(min_idle * 1e9)
+    candidates = heap._offload_candidates(PARTITIONS.index(partition), os.getpid(), active_before)
+    return [(agent_id, generation) for _, _, agent_id, generation in sorted(candidates)]
+
+
 def relieve(heap: Heap, policy: Any) -> int:
     """The watermark policy: offload this process's idle, unpinned agents
     that hold some of the partition, least recently active first (those
@@ -388,15 +400,8 @@ def relieve(heap: Heap, policy: Any) -> int:
     part = heap._partitions()[policy.partition]
     if part["in_use"] <= policy.high * part["capacity"]:
         return 0
-    # least recently active first, but the agents that hold a page's worth
-    # of the partition before the smaller ones (the first field): each
-    # offload is a store write, and a swarm of small idle agents (a few KB
-    # each in shared nursery pages) took thousands of them to free what a
-    # few large ones hold
-    active_before = int((time.time() - policy.min_idle) * 1e9)
-    candidates = heap._offload_candidates(PARTITIONS.index(policy.partition), os.getpid(), active_before)
     moved = 0
-    for _, _, agent_id, generation in sorted(candidates):
+    for agent_id, generation in idle_agents(heap, policy.partition, policy.min_idle):
         if heap._partitions()[policy.partition]["in_use"] <= policy.low * part["capacity"]:
             break
         try:

@@ -112,6 +112,22 @@ class DemoReport:
     predicted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
+# WorkerReport counts that DemoReport sums under the same name
+_SUMMED = (
+    "offloads",
+    "offloaded_bytes",
+    "blob_bytes",
+    "sized",
+    "reserved_bytes",
+    "notes",
+    "note_bytes",
+    "archives",
+    "archive_errors",
+    "pressure_offloads",
+    "pressure_bytes",
+)
+
+
 # Every channel is a one-writer pipe, never a multiprocessing.Queue: a Queue
 # shares a cross-process lock between its writers, and the worker this demo
 # SIGKILLs could die holding it and wedge everyone else.
@@ -387,17 +403,8 @@ def run_demo(
             report.bytes_moved_zero_copy += w["bytes_moved"]
             report.buffers_handed_over += w["received"]
             report.allocation_failures += w["full"]
-            report.offloads += w["offloads"]
-            report.offloaded_bytes += w["offloaded_bytes"]
-            report.blob_bytes += w["blob_bytes"]
-            report.sized += w["sized"]
-            report.reserved_bytes += w["reserved_bytes"]
-            report.notes += w["notes"]
-            report.note_bytes += w["note_bytes"]
-            report.archives += w["archives"]
-            report.archive_errors += w["archive_errors"]
-            report.pressure_offloads += w["pressure_offloads"]
-            report.pressure_bytes += w["pressure_bytes"]
+            for count in _SUMMED:  # the counts that keep their name from worker to report
+                setattr(report, count, getattr(report, count) + w[count])
             for kind, n in w["pressure_kinds"].items():
                 report.pressure_kinds[kind] = report.pressure_kinds.get(kind, 0) + n
             report.handover_errors += w["errors"]
