@@ -42,6 +42,27 @@ static int sh_chan_at(const sh_arena_t *a, uint64_t chan, sh_chan_t **out, uint3
   return SH_OK;
 }
 
+static void sh_cell_put(sh_chan_cell_t *cell, uint64_t msg, uint64_t size, uint64_t tag) {
+  uint64_t low = tag & SH_CHAN_TAG_MASK;
+  cell->offset = msg | (tag ? (low & 0xFFFFu) << SH_CHAN_CELL_BITS : 0);
+  cell->size = size | (tag ? (low >> 16) << SH_CHAN_CELL_BITS | SH_CHAN_CELL_TAGGED : 0);
+}
+
+/* The cell's message; *tagged and *tag say whether it carries a tag, and which. */
+static void sh_cell_get(const sh_chan_cell_t *cell, uint64_t *msg, uint64_t *size, bool *tagged, uint64_t *tag) {
+  uint64_t off = cell->offset, sz = cell->size;
+  *msg = off & SH_CHAN_CELL_LOW;
+  *size = sz & SH_CHAN_CELL_LOW;
+  *tagged = (sz & SH_CHAN_CELL_TAGGED) != 0;
+  *tag = (off >> SH_CHAN_CELL_BITS) | ((sz & ~SH_CHAN_CELL_TAGGED) >> SH_CHAN_CELL_BITS) << 16;
+}
+
+/* A tagged message whose block is not the one it was sent with: its lease
+ * ran out and a sweep freed it (maybe someone has the place since). */
+static bool sh_cell_gone(sh_arena_t *a, uint64_t msg, bool tagged, uint64_t tag) {
+  return tagged && !_sh_block_tag_low_is(a, msg, tag, SH_CHAN_TAG_MASK);
+}
+
 static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
@@ -106,6 +127,10 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
   if (size > c->max_message)
     return _sh_fail(SH_EINVAL, "a message of %llu bytes is over the channel's %llu", (unsigned long long)size,
                     (unsigned long long)c->max_message);
+  if (msg > SH_CHAN_CELL_LOW || size > SH_CHAN_CELL_LOW)
+    return _sh_fail(SH_EBADPTR, "offset %llu is not a block of this heap", (unsigned long long)msg);
+  /* a leased block may be freed while it waits in the ring: its tag goes with it */
+  uint64_t tag = _sh_block_lease_tag(a, msg);
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed");
@@ -116,8 +141,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
     if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) {
       sh_chan_cell_t *cell = &c->cells[(head + count) & (capacity - 1)];
-      cell->offset = msg;
-      cell->size = size;
+      sh_cell_put(cell, msg, size, tag);
       /* out of this thread's hands just before the ring has it: killed
        * between the two, the message is lost (one block), never freed by a
        * sweep while a receiver may take it */
@@ -207,15 +231,19 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
     if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
     if (count > 0) {
-      sh_chan_cell_t *cell = &c->cells[head];
-      *msg = cell->offset;
-      *size = cell->size;
+      bool tagged;
+      uint64_t tag;
+      sh_cell_get(&c->cells[head], msg, size, &tagged, &tag);
       sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (capacity - 1)) << 32 | (count - 1));
       if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
       sh_chan_unlock(c);
-      sh_atomic_add_relaxed(&c->received, 1u);
       sh_atomic_sub_relaxed(&c->bytes, *size);
       sh_futex_wake(c, &c->not_full);
+      if (sh_cell_gone(a, *msg, tagged, tag)) {
+        if (hold) sh_chan_unhold(a, *msg);
+        continue; /* a lease took it: not a message any more, the next one is */
+      }
+      sh_atomic_add_relaxed(&c->received, 1u);
       return SH_OK;
     }
     sh_chan_unlock(c);
@@ -251,12 +279,71 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   if (rc) return rc;
   memset(st, 0, sizeof *st);
   st->capacity = capacity;
-  st->depth = (uint32_t)sh_atomic_load_acquire(&c->ring);
   st->max_message = c->max_message;
   st->sent = sh_atomic_load_relaxed(&c->sent);
   st->received = sh_atomic_load_relaxed(&c->received);
-  st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes);
   st->closed = (int)sh_atomic_load_relaxed(&c->closed);
+  if (a->read_only) { /* no lock to take: the counters as they are */
+    st->depth = (uint32_t)sh_atomic_load_acquire(&c->ring);
+    st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes);
+    return SH_OK;
+  }
+  /* the messages a purge marked gone behind a live one are not in flight */
+  sh_chan_lock(c);
+  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+  uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, gone = 0;
+  uint64_t gone_bytes = 0;
+  for (uint32_t i = 0; count <= capacity && i < count; i++) {
+    const sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
+    if ((cell->offset & SH_CHAN_CELL_LOW) == 0 && (cell->size & SH_CHAN_CELL_TAGGED)) {
+      gone++;
+      gone_bytes += cell->size & SH_CHAN_CELL_LOW;
+    }
+  }
+  st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes) - gone_bytes;
+  sh_chan_unlock(c);
+  st->depth = count - gone;
+  return SH_OK;
+}
+
+int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
+  sh_chan_t *c;
+  uint32_t capacity;
+  *dropped = 0;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
+  if (rc) return rc;
+  sh_chan_lock(c);
+  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+  uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, leading = 0;
+  if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
+  uint64_t leading_bytes = 0;
+  /* Each change is one store, as everywhere in the ring, so a purger killed
+   * half way leaves a ring the next locker uses as it is: a gone message's
+   * cell gets offset 0 (no block: every reader drops it, since its TAGGED
+   * bit stays), and the head moves past those at the front in one store.
+   * Gone messages behind a live one stay in the ring until a receiver
+   * passes them; sh_chan_stats does not count them. */
+  for (uint32_t i = 0; i < count; i++) {
+    sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
+    uint64_t msg, size, tag;
+    bool tagged;
+    sh_cell_get(cell, &msg, &size, &tagged, &tag);
+    bool gone = sh_cell_gone(a, msg, tagged, tag);
+    if (gone && msg != 0) {
+      cell->offset = 0;
+      ++*dropped;
+    }
+    if (gone && leading == i) {
+      leading++;
+      leading_bytes += size;
+    }
+  }
+  if (leading) sh_atomic_store_release(&c->ring, (uint64_t)((head + leading) & (capacity - 1)) << 32 | (count - leading));
+  sh_chan_unlock(c);
+  if (leading) {
+    sh_atomic_sub_relaxed(&c->bytes, leading_bytes);
+    sh_futex_wake(c, &c->not_full);
+  }
   return SH_OK;
 }
 

@@ -193,6 +193,34 @@ int sh_block_tag_check(sh_arena_t *a, uint64_t offset, uint64_t tag) {
   return SH_OK;
 }
 
+uint64_t _sh_block_lease_tag(sh_arena_t *a, uint64_t offset) {
+  if (offset >= a->size || !(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED)) return 0;
+  sh_block_info_t info;
+  if (a->read_only || sh_block_info(a, offset, &info) != SH_OK) return 0;
+  uint64_t tag = 0;
+  sh_lease_lock(a);
+  sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
+  if (e->key == offset + 1 && e->deadline_ns != 0 && e->owner == info.owner && e->generation == info.owner_generation) {
+    if (e->tag == 0) e->tag = sh_atomic_add_relaxed(&a->hdr->tag_seq, 1) + 1;
+    tag = e->tag;
+  }
+  sh_lease_unlock(a);
+  return tag;
+}
+
+bool _sh_block_tag_low_is(sh_arena_t *a, uint64_t offset, uint64_t low, uint64_t mask) {
+  sh_block_info_t info;
+  if (offset >= a->size || sh_block_info(a, offset, &info) != SH_OK ||
+      !(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
+    return false;
+  if (!a->read_only) sh_lease_lock(a);
+  const sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
+  bool same = e->key == offset + 1 && e->tag != 0 && (e->tag & mask) == low && e->owner == info.owner &&
+              e->generation == info.owner_generation;
+  if (!a->read_only) sh_lease_unlock(a);
+  return same;
+}
+
 void sh_block_table_load(const sh_arena_t *a, uint64_t *entries, uint64_t *capacity) {
   *entries = sh_atomic_load_relaxed(&a->hdr->entry_count);
   *capacity = a->lease_mask + 1;

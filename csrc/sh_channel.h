@@ -8,9 +8,20 @@
 #define SH_CHAN_MAGIC UINT64_C(0x31304e4148434853) /* "SHCHAN01" */
 #define SH_CHAN_MAX_CAPACITY (1u << 20)
 
+/* A queued message: its block's offset and its size, each under 2^48. A
+ * message whose block has a lease also carries 31 bits of the block's tag
+ * (sh_block_tag), 16 above the offset and 15 above the size, under the
+ * TAGGED bit: a lease that runs out frees the block while it is queued, and
+ * the tag is how a receiver, or a purge, tells that block from a later one
+ * at the same offset. The tag is unique for the arena's life; 31 bits of it
+ * repeat only after 2^31 more tags were made while the message waited. */
 typedef struct sh_chan_cell_s {
   uint64_t offset, size;
 } sh_chan_cell_t;
+#define SH_CHAN_CELL_BITS 48
+#define SH_CHAN_CELL_LOW ((UINT64_C(1) << SH_CHAN_CELL_BITS) - 1)
+#define SH_CHAN_CELL_TAGGED (UINT64_C(1) << 63)
+#define SH_CHAN_TAG_MASK ((UINT64_C(1) << 31) - 1)
 
 typedef struct sh_chan_s {
   uint64_t magic;

@@ -392,7 +392,9 @@ int sh_chan_create(sh_arena_t *arena, uint32_t capacity, uint64_t max_message, u
 #define SH_CHAN_ID_SHIFT 48
 static inline uint64_t sh_chan_offset(uint64_t chan) { return chan & ((UINT64_C(1) << SH_CHAN_ID_SHIFT) - 1); }
 /* [any] Enqueue a message; SH_ETIMEDOUT if still full after the timeout,
- * SH_ECLOSED once the channel is closed. */
+ * SH_ECLOSED once the channel is closed. A message whose block has a lease
+ * is sent with the block's tag: if the lease runs out while it is queued, a
+ * sweep frees the block and receivers never see the message. */
 int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns);
 /* [any] Dequeue a message; SH_ETIMEDOUT if still empty, SH_ECLOSED once closed and drained. */
 int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
@@ -413,6 +415,11 @@ int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t 
 int sh_chan_reclaim_dead(sh_arena_t *arena, uint64_t *blocks);
 uint32_t sh_chan_in_hand(const sh_arena_t *arena);
 int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);
+/* [any] Drop the queued messages whose lease ran out (their blocks were
+ * freed by sh_lease_reclaim while they waited): the ring keeps the others
+ * in order. A receiver skips such a message too; this makes depth and
+ * bytes in flight (sh_chan_stats) say so at once. *dropped: how many went. */
+int sh_chan_purge(sh_arena_t *arena, uint64_t chan, uint32_t *dropped);
 /* [any] Drain a closed (or abandoned) channel's messages: each offset to
  * `each` (the caller frees them), then the ring is empty. Returns how many. */
 int sh_chan_drain(sh_arena_t *arena, uint64_t chan, void (*each)(uint64_t msg, uint64_t size, void *ctx), void *ctx);

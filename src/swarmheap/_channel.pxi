@@ -152,6 +152,16 @@ cdef class ChannelCore:
         if rc:
             _raise(rc)
 
+    def purge(self):
+        """Drop the queued messages a lease took (their blocks freed by a
+        sweep while they waited); how many."""
+        self.heap._check_writable()
+        cdef uint32_t dropped = 0
+        cdef int rc = sh_chan_purge(self.heap.arena, self.chan, &dropped)
+        if rc:
+            _raise(rc)
+        return dropped
+
     def stats(self):
         self.heap._check_open()
         cdef sh_chan_stats_t st

@@ -8,7 +8,9 @@ freeing it, or dropping the last reference to it (and to every buffer on
 it), gives it back. The queue of offsets is the C core's (channel.c): a few
 stores under a robust lock, futex waits any process wakes. A message may
 take a lease (``send(..., lease=30.0)``): a sweep frees it if nobody
-received and freed it in time, as for any block with a lease.
+received and freed it in time, as for any block with a lease, and a
+message it frees while queued leaves the channel (receivers never see it;
+depth no longer counts it).
 """
 
 from __future__ import annotations
@@ -249,3 +251,21 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
 
 def channel_names(heap: Heap) -> list[str]:
     return [n.split("/", 1)[1] for n in Registry(heap).names("channel/")]
+
+
+def purge_expired(heap: Heap) -> int:
+    """Drop from every channel the queued messages whose lease ran out (a
+    sweep freed their blocks while they waited), so that depth and bytes in
+    flight say so at once; receivers skip them anyway. How many went. A
+    damaged channel is passed over: stats() reports it."""
+    registry = Registry(heap)
+    dropped = 0
+    for name in channel_names(heap):
+        data = registry.get(f"channel/{name}")
+        if data is None or len(data) != _REF.size:
+            continue
+        try:
+            dropped += ChannelCore(heap, _REF.unpack(data)[0]).purge()
+        except (HeapCorrupt, InvalidHandle):
+            continue
+    return dropped

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import offload
+from swarmheap import channels, offload
 from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_lease
@@ -41,6 +41,7 @@ class SweepResult:
     deferred: int = 0  # reclaimable but pinned by a live view
     thread_caches: int = 0  # dead processes' thread caches given back (sweeps of generation >= 1)
     messages: int = 0  # channel messages dead processes held mid-send or mid-receive, freed (generation >= 1)
+    expired_messages: int = 0  # queued channel messages whose lease ran out, dropped from their rings (>= 1)
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
     offloaded: int = 0  # agents the offload policy moved to its store
@@ -65,6 +66,7 @@ class SweepResult:
         self.deferred += other.deferred
         self.thread_caches += other.thread_caches
         self.messages += other.messages
+        self.expired_messages += other.expired_messages
         self.leased_blocks += other.leased_blocks
         self.pins_dropped += other.pins_dropped
         self.recycled.extend(other.recycled)
@@ -185,6 +187,8 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
         blocks, nbytes = heap._lease_reclaim(now)
         result.leased_blocks = blocks
         result.bytes["lease"] += nbytes
+        # queued channel messages among them: out of their rings too
+        result.expired_messages = channels.purge_expired(heap)
     if generation == 2:
         for agent_id in range(FIRST_AGENT, heap._max_owners()):
             agent_gen = heap._owner_generation(agent_id)

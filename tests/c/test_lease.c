@@ -155,8 +155,62 @@ static void test_concurrent_reclaim(void) {
   sh_close(a);
 }
 
+/* A leased message whose lease runs out while it is queued: the sweep frees
+ * its block, and neither a receiver nor a purge hands out that place again,
+ * even once another block took it. Messages around it arrive, in order. */
+static void test_leased_messages(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t chan, plain, leased[3], reused, msg, size, blocks, bytes;
+  uint32_t dropped;
+  sh_chan_stats_t st;
+  REQUIRE("channel", sh_chan_create(a, 8, 4096, &chan) == SH_OK);
+  for (int i = 0; i < 3; i++) {
+    sh_alloc(a, 0, SH_PART_COMM, 100, &leased[i]);
+    sh_lease_set(a, leased[i], 1000);
+  }
+  sh_alloc(a, 0, SH_PART_COMM, 100, &plain);
+  CHECK("a leased message first", sh_chan_send(a, chan, leased[0], 100, 0) == SH_OK);
+  CHECK("then a plain one", sh_chan_send(a, chan, plain, 90, 0) == SH_OK);
+  CHECK("then two leased", sh_chan_send(a, chan, leased[1], 80, 0) == SH_OK &&
+                               sh_chan_send(a, chan, leased[2], 70, 0) == SH_OK);
+  CHECK("the leases run out", sh_lease_reclaim(a, 2000, &blocks, &bytes) == SH_OK && blocks == 3);
+  CHECK("a block takes the first one's place", sh_alloc(a, 0, SH_PART_COMM, 100, &reused) == SH_OK);
+  sh_block_tag(a, reused, &(uint64_t){0}); /* with a tag of its own: still not the message's */
+  sh_lease_set(a, reused, 5000);
+  CHECK("the purge drops all three", sh_chan_purge(a, chan, &dropped) == SH_OK && dropped == 3);
+  CHECK("the depth counts the plain one alone", sh_chan_stats(a, chan, &st) == SH_OK && st.depth == 1 &&
+                                                   st.bytes_in_flight == 90);
+  CHECK("a second purge finds none", sh_chan_purge(a, chan, &dropped) == SH_OK && dropped == 0);
+  CHECK("the plain one arrives", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == plain && size == 90);
+  CHECK("and nothing after it", sh_chan_recv(a, chan, &msg, &size, 0) == SH_ETIMEDOUT);
+  CHECK("emptied", sh_chan_stats(a, chan, &st) == SH_OK && st.depth == 0 && st.bytes_in_flight == 0 &&
+                       st.received == 1 && st.sent == 4);
+  /* without a purge, a receiver alone passes over a gone message */
+  uint64_t again;
+  sh_alloc(a, 0, SH_PART_COMM, 100, &again);
+  sh_lease_set(a, again, 1000);
+  CHECK("sent", sh_chan_send(a, chan, again, 100, 0) == SH_OK && sh_chan_send(a, chan, plain, 90, 0) == SH_OK);
+  CHECK("reclaimed", sh_lease_reclaim(a, 2000, &blocks, &bytes) == SH_OK && blocks == 1);
+  CHECK("the receiver gets the plain one", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == plain);
+  /* a lease still running: the message arrives */
+  sh_alloc(a, 0, SH_PART_COMM, 100, &again);
+  sh_lease_set(a, again, 9000);
+  CHECK("sent with a lease", sh_chan_send(a, chan, again, 100, 0) == SH_OK);
+  CHECK("nothing due", sh_lease_reclaim(a, 2000, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("kept by a purge", sh_chan_purge(a, chan, &dropped) == SH_OK && dropped == 0);
+  CHECK("arrives", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == again && size == 100);
+  sh_free(a, again);
+  sh_free(a, plain);
+  sh_free(a, reused);
+  CHECK("freed", sh_free(a, sh_chan_offset(chan)) == SH_OK && in_use(a, SH_PART_COMM) == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
   test_expiry();
+  test_leased_messages();
   test_free_ends_the_lease();
   test_refusals();
   test_tags();

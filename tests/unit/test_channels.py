@@ -275,6 +275,35 @@ def test_dropping_a_received_block_returns_it(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_lease_that_runs_out_takes_a_queued_message_out_of_its_channel(heap: sh.Heap) -> None:
+    ch = heap.channel("expiring", 16)
+    comm = heap.stats()["partitions"]["comm"]["in_use"]
+    ch.send(b"early" * 100, lease=60.0)
+    ch.send(b"kept")
+    ch.send(b"late" * 100, lease=60.0)
+    ch.send(b"fresh", lease=3600.0)
+    later = time.time() + 120  # the first and third leases have run out by then, the fourth has not
+    assert heap._lease_reclaim(later)[0] == 2
+    # their places handed out again, to blocks that carry handles and leases of their own
+    others = [heap.alloc(500, "comm", lease=3600.0) for _ in range(4)]
+    assert all(o.handle.tag for o in others)
+    assert heap.collect(1).expired_messages == 2
+    assert ch.stats()["depth"] == 2 and ch.stats()["bytes_in_flight"] == len(b"kept") + len(b"fresh")
+    assert [bytes(m) for m in (ch.recv(), ch.recv())] == [b"kept", b"fresh"]
+    assert ch.try_recv() is None
+    for o in others:
+        assert o.freed is False
+        o.free()
+    assert heap.stats()["partitions"]["comm"]["in_use"] == comm
+    # without a sweep in between, a receiver passes over what a lease took
+    ch.send(b"gone", lease=1.0)
+    ch.send(b"next")
+    heap._lease_reclaim(time.time() + 60)
+    assert bytes(ch.recv()) == b"next" and ch.try_recv() is None
+    ch.unlink()
+    heap.check()
+
+
 def test_a_channel_kept_past_its_unlink_never_reaches_its_successor(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="16 MiB") as heap:
         other = sh.Heap.attach(heap_name)  # another process's view, as far as channels go
