@@ -275,14 +275,16 @@ def open_store(url: str) -> Store:
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
     parsed = urlparse(url)
+    # sqlite:///abs and sqlite:////abs (the store's own url) name one file
+    path = "/" + parsed.path.lstrip("/") if parsed.path else ""
     if parsed.scheme == "sqlite":
         if not parsed.path:
             raise ValueError(f"{url!r} names no file: use sqlite:///path/to/file.db")
-        return SQLiteStore(parsed.path)
+        return SQLiteStore(path)
     if parsed.scheme == "lmdb":
         if not parsed.path:
             raise ValueError(f"{url!r} names no directory: use lmdb:///path/to/dir")
-        return LMDBStore(parsed.path)
+        return LMDBStore(path)
     if parsed.scheme in ("redis", "rediss", "unix"):
         return RedisStore(url)
     raise ValueError(

@@ -331,6 +331,11 @@ def test_store_protocol(store: Store) -> None:
 def test_open_store_urls(tmp_path: Any, redis_url: str) -> None:
     with open_store(f"sqlite:///{tmp_path}/s.db") as s:
         assert isinstance(s, SQLiteStore)
+        s.put("k", b"v")
+        # the store's own url names the same file, spelled once
+        assert s.url == f"sqlite:///{tmp_path / 's.db'}"
+        with open_store(s.url) as again:
+            assert again.url == s.url and again.get("k") == b"v"
     with open_store(f"lmdb:///{tmp_path}/l") as s:
         assert isinstance(s, LMDBStore)
     with open_store(redis_url) as s:
