@@ -40,8 +40,8 @@ __all__ = ["Model", "Prediction", "Predictor"]
 
 NBUCKETS = 400
 RATIO = 1.05
-BYTES_BASE = 256.0  # bucket 0: under 256 bytes
-SECONDS_BASE = 0.001  # bucket 0: under a millisecond
+BYTES_BASE = 256.0  # bucket 1: up to 256 bytes (bucket 0: none at all)
+SECONDS_BASE = 0.001  # bucket 1: up to a millisecond
 HALF_LIFE = 100.0  # agents; heap.set_prediction(half_life=...) sets another for the heap
 MIN_HALF_LIFE, MAX_HALF_LIFE = 1.0, 1e6
 _HALF_LIFE_NAME = "predict/half_life"  # registry: the heap's half-life, if one was set
@@ -62,20 +62,28 @@ _MAX_DECAY_EXPONENT = 2 * _RESCALE_AT  # a stored model's exponent past this is 
 
 
 def _bucket(value: float, base: float) -> int:
-    if value < base:
+    """Bucket 0 holds nothing at all (an agent that never used the
+    partition); a value up to ``base`` is bucket 1, whose upper bound a
+    quantile reports: a kind of 112-byte agents predicted 0 B when bucket 0
+    also held everything under the base."""
+    if value <= 0:
         return 0
+    if value < base:
+        return 1
     return min(NBUCKETS - 1, 1 + int(math.log(value / base) / _LN_RATIO))
 
 
 def _buckets(values: np.ndarray, base: float | np.ndarray) -> np.ndarray:
     """_bucket for an array. A value under its base lands below bucket 1
-    before the clip (log(value / base) < 0), so no mask is needed; each
+    before the clip (log(value / base) < 0); zero, at log(1e-300), far
+    below: the clip takes the first to 1 and the mask keeps zero at 0. Each
     numpy call here costs more than its arithmetic on a flush's rows."""
     b: np.ndarray = np.log(np.maximum(values, 1e-300) / base)
     b /= _LN_RATIO
     np.floor(b, out=b)
     b += 1
-    np.clip(b, 0, NBUCKETS - 1, out=b)
+    np.clip(b, 1, NBUCKETS - 1, out=b)
+    b[values <= 0] = 0
     return b.astype(np.intp)
 
 

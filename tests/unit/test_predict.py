@@ -35,6 +35,15 @@ def test_a_prediction_reads_as_its_figures(heap: sh.Heap) -> None:
     assert sh.format_size(p.peak("context", 0.9)) in text and "page runs 100%" in text
 
 
+def test_a_kind_of_tiny_agents_predicts_what_they_hold_and_no_more_partitions(heap: sh.Heap) -> None:
+    teach(heap, "tiny", 30, 100)  # 112 bytes each, under the histograms' first bound
+    p = heap.predict("tiny")
+    assert 112 <= p.peak("context") <= 300  # the first bucket's bound, not 0
+    assert p.peak("shared") == 0  # never used: predicted none
+    assert p.lifetime() > 0  # however short they lived: at least the first bucket's bound
+    heap.check()
+
+
 def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> None:
     with mp.get_context("spawn").Pool(1) as pool:
         pool.apply(learn_kind, (named.name, "coder", 30, 100_000))
