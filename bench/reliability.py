@@ -61,8 +61,9 @@ def fuzz(runs: int) -> dict[str, Any]:
         "detail": out[-1500:] if rc != 0 else "",
         "what": "byte and word writes into every region of a closed 4 MiB heap left by a killed process, "
         "then attach, check, stats, collect, allocations in every partition (offsets checked against "
-        "the mapping and the partition), frees, an agent's life; a crash, a hang over 5 s or an offset "
-        "outside its partition fails",
+        "the mapping and the partition), frees, an agent's life, and a channel the killed process left "
+        "with a plain and a leased message queued (stats, a send, every message received, each checked "
+        "against `comm`); a crash, a hang over 5 s or an offset outside its partition fails",
     }
 
 

@@ -207,18 +207,19 @@ uint32_t sh_chan_in_hand(const sh_arena_t *a) {
 }
 
 static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                        bool hold);
+                        bool hold, sh_block_info_t *info);
 
 int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
-  return sh_chan_take(a, chan, msg, size, timeout_ns, false);
+  return sh_chan_take(a, chan, msg, size, timeout_ns, false, NULL);
 }
 
-int sh_chan_recv_held(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
-  return sh_chan_take(a, chan, msg, size, timeout_ns, true);
+int sh_chan_recv_held(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
+                      sh_block_info_t *info) {
+  return sh_chan_take(a, chan, msg, size, timeout_ns, true, info);
 }
 
 static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                        bool hold) {
+                        bool hold, sh_block_info_t *info) {
   sh_chan_t *c;
   uint32_t capacity;
   int rc = sh_chan_at(a, chan, &c, &capacity);
@@ -239,7 +240,20 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
       sh_chan_unlock(c);
       sh_atomic_sub_relaxed(&c->bytes, *size);
       sh_futex_wake(c, &c->not_full);
-      if (sh_cell_gone(a, *msg, tagged, tag)) {
+      bool gone = sh_cell_gone(a, *msg, tagged, tag);
+      if (!gone && info &&
+          (sh_block_info(a, *msg, info) != SH_OK || info->owner != SH_OWNER_DEFAULT || *size > info->usable_size)) {
+        /* a leased block that passed its tag check a moment ago was freed
+         * since by its lease; any other message that is not a block of the
+         * shared default is a damaged ring, not followed */
+        gone = tagged;
+        if (!gone) {
+          if (hold) sh_chan_unhold(a, *msg); /* not a block: nothing for a sweep to free */
+          return _sh_fail(SH_ECORRUPT, "a channel message names offset %llu (%llu bytes), which is not a block of "
+                          "the shared default", (unsigned long long)*msg, (unsigned long long)*size);
+        }
+      }
+      if (gone) {
         if (hold) sh_chan_unhold(a, *msg);
         continue; /* a lease took it: not a message any more, the next one is */
       }

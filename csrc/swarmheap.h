@@ -411,7 +411,12 @@ int sh_chan_close(sh_arena_t *arena, uint64_t chan);
  * sh_chan_in_hand counts the messages recorded now. */
 int sh_chan_hold(sh_arena_t *arena, uint64_t msg);
 void sh_chan_unhold(sh_arena_t *arena, uint64_t msg);
-int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
+/* sh_chan_recv_held also fills *info with the message's block, checked: a
+ * message that is not a block of the shared default is SH_ECORRUPT, and a
+ * leased one whose lease took it after the tag check is passed over, as
+ * before it. */
+int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
+                      sh_block_info_t *info);
 int sh_chan_reclaim_dead(sh_arena_t *arena, uint64_t *blocks);
 uint32_t sh_chan_in_hand(const sh_arena_t *arena);
 int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);

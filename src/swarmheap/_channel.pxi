@@ -95,18 +95,24 @@ cdef class ChannelCore:
         _free_off(heap, off)
         return False
 
-    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, bint hold) except -1:
-        # hold: the message stays recorded as this thread's until the caller
-        # owns it (recv_block clears it once its Block exists)
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size,
+                      sh_block_info_t *info) except -1:
+        # info: the message's block, checked by the core, and the message
+        # stays recorded as this thread's until the caller owns it
+        # (recv_block clears it once its Block exists); NULL: neither
         cdef CoreHeap heap = self.heap
         cdef sh_arena_t *arena = heap.arena
         cdef uint64_t chan = self.chan
-        cdef int rc = sh_chan_recv_held(arena, chan, msg, size, 0) if hold else sh_chan_recv(arena, chan, msg, size, 0)
+        cdef int rc
+        if info != NULL:
+            rc = sh_chan_recv_held(arena, chan, msg, size, 0, info)
+        else:
+            rc = sh_chan_recv(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
             heap.inflight += 1
             with nogil:
-                if hold:
-                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns)
+                if info != NULL:
+                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info)
                 else:
                     rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
             heap.inflight -= 1
@@ -123,14 +129,9 @@ cdef class ChannelCore:
         cdef CoreHeap heap = self.heap
         heap._check_writable()
         cdef uint64_t msg = 0, size = 0
-        if not self._dequeue(timeout_ns, &msg, &size, True):
-            return None
         cdef sh_block_info_t info
-        if (sh_block_info(heap.arena, msg, &info) != SH_OK or info.owner != SH_OWNER_DEFAULT
-                or size > info.usable_size):
-            sh_chan_unhold(heap.arena, msg)  # not a block: nothing for a sweep to free
-            raise HeapCorrupt(f"channel at {self.offset}: a message names offset {msg} ({size} bytes), "
-                              f"which is not a block of the shared default", "SH_ECORRUPT")
+        if not self._dequeue(timeout_ns, &msg, &size, &info):
+            return None
         cdef Block blk = heap._new_block(msg, size, SH_OWNER_DEFAULT,
                                          sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
                                          info.usable_size, <int>info.partition, 0)
@@ -142,7 +143,7 @@ cdef class ChannelCore:
         """(offset, size) of the next message, or None: for draining."""
         self.heap._check_writable()
         cdef uint64_t msg = 0, size = 0
-        if not self._dequeue(timeout_ns, &msg, &size, False):
+        if not self._dequeue(timeout_ns, &msg, &size, NULL):
             return None
         return msg, size
 

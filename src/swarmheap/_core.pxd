@@ -1,7 +1,7 @@
 # Fields of the extension types; the methods live in the .pxi files _core.pyx includes.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from swarmheap.includes.swarmheap cimport sh_arena_t, sh_owner_info_t
+from swarmheap.includes.swarmheap cimport sh_arena_t, sh_block_info_t, sh_owner_info_t
 
 
 cdef class _Arena:
@@ -83,4 +83,4 @@ cdef class ChannelCore:
     cdef readonly uint64_t max_message
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1
-    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, bint hold) except -1
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, sh_block_info_t *info) except -1

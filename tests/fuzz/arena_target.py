@@ -1,6 +1,6 @@
 """The damaged-arena target: one input is a list of byte and word writes into
 a small closed heap's segment (any region, the tables included); the heap is
-then attached, checked, read, swept and used.
+then attached, checked, read, swept and used (channels too).
 
 Allowed outcomes are named errors (HeapCorrupt, AttachError, ...). A crash, a
 hang (the fuzzer's -timeout), an offset outside the mapping or its partition,
@@ -8,7 +8,8 @@ or any other exception is a failure.
 
 The seed heap is made by a child process that dies without closing, so the
 segment holds what a killed swarm leaves: bound thread slots of a dead
-process, a dead agent with entries and a pin, leased blocks, magazines.
+process, a dead agent with entries and a pin, leased blocks, magazines, and
+a channel with a plain and a leased message queued.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def _populate(name: str) -> None:
     agent.alloc(64)
     view = agent.get("prompt")  # a pin this process dies holding
     assert len(view) == 300
+    ring = heap.channel("fuzzed", 8)  # queued: one plain message, one with a lease (its tag in the cell)
+    ring.send(b"plain")
+    ring.send(b"leased", lease=3600.0)
     os._exit(0)  # no close: the slots, the agent and the pin stay as a kill leaves them
 
 
@@ -88,10 +92,33 @@ class Mutations:
 def _check_block(heap: sh.Heap, blk: sh.Block, partition: str) -> None:
     part = heap.info()["partitions"][partition]
     n = len(blk)
-    if not part["offset"] <= blk.offset < blk.offset + n <= part["offset"] + part["size"]:
+    if not part["offset"] <= blk.offset and blk.offset + max(n, 1) <= part["offset"] + part["size"]:
         raise AssertionError(f"alloc in {partition!r} returned offset {blk.offset} (+{n}), outside it")
-    blk[:1] = b"x"
-    blk[n - 1 :] = b"y"
+    if n:  # a damaged ring may name a message of no bytes
+        blk[:1] = b"x"
+        blk[n - 1 :] = b"y"
+
+
+def _exercise_channels(heap: sh.Heap) -> None:
+    """Every channel the damaged registry names: stats, a send, and every
+    message it gives back, each a block inside `comm`."""
+    try:
+        names = heap.channels()
+    except sh.SwarmHeapError:
+        return
+    for name in names:
+        try:
+            ring = heap.channel(name)
+            ring.stats()
+            ring.try_send(b"fuzz")
+            for _ in range(ring.capacity + 1):  # a ring counts at most its capacity
+                got = ring.try_recv()
+                if got is None:
+                    break
+                _check_block(heap, got, "comm")
+                got.free()
+        except sh.SwarmHeapError:
+            continue
 
 
 def exercise(name: str) -> None:
@@ -128,6 +155,7 @@ def exercise(name: str) -> None:
             agent.complete()
         except sh.SwarmHeapError:  # a damaged owner table answers with named errors
             pass
+        _exercise_channels(heap)
         try:
             heap.check()
         except sh.SwarmHeapError:
