@@ -57,6 +57,12 @@ bool _sh_lock_acquire_repair(sh_lock_t *lock) {
    * and aborts the process: the kind is checked before glibc reads it */
   int err = lock->mutex.__data.__kind == sh_reference_kind() ? pthread_mutex_trylock(&lock->mutex) : EINVAL;
   uint32_t last_holder = UINT32_MAX;
+  /* A holder that died with the lock leaves the kernel's OWNER_DIED in the
+   * word (trylock says EOWNERDEAD), so a busy word naming no live thread is
+   * damage: taken over now, not after a wait of SH_LOCK_WAIT_SECONDS (each
+   * damaged lock word a fuzz input made cost a second) */
+  uint32_t busy_holder;
+  if (err == EBUSY && !_sh_lock_word_valid(lock, &busy_holder)) err = EINVAL;
   while (err == EBUSY || err == ETIMEDOUT) {
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);

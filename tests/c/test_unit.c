@@ -421,6 +421,24 @@ static void test_lock_owner_died(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+/* A lock word damaged to name a thread that does not exist, with no
+ * OWNER_DIED (what a dead robust holder leaves): the next locker takes the
+ * lock over and rebuilds what it protects, and the partition works on. */
+static void test_lock_word_names_no_thread(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t keep, off;
+  sh_alloc(a, 0, SH_PART_CONTEXT, 128, &keep);
+  sh_thread_flush(a);
+  /* above any pid_max: no such thread, and not the waiters or owner-died bits */
+  sh_word_store_relaxed((uint32_t *)&a->hdr->part_lock[SH_PART_CONTEXT].mutex.__data.__lock, 0x3ffffff0u);
+  CHECK("a large alloc takes the lock over", sh_alloc(a, 0, SH_PART_CONTEXT, 20000, &off) == SH_OK);
+  CHECK("and the lock works after", sh_free(a, off) == SH_OK && sh_alloc(a, 0, SH_PART_CONTEXT, 20000, &off) == SH_OK);
+  CHECK("consistent", sh_check(a) == SH_OK);
+  CHECK("older block intact", sh_free(a, keep) == SH_OK && sh_free(a, off) == SH_OK);
+  sh_close(a);
+}
+
 /* A process dies holding the partition lock between formatting a fresh page
  * for an agent and counting it (a refill cut short): the agent's recycle sees
  * no pages there and skips the partition, so the repair that the next locker
@@ -738,6 +756,7 @@ int main(void) {
   test_write_after_free();
   test_shared_mapping();
   test_lock_owner_died();
+  test_lock_word_names_no_thread();
   test_lock_owner_died_mid_refill();
   test_alloc_racing_its_recycle();
   test_alloc_many();
