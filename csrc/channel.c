@@ -63,6 +63,13 @@ static bool sh_cell_gone(sh_arena_t *a, uint64_t msg, bool tagged, uint64_t tag)
   return tagged && !_sh_block_tag_low_is(a, msg, tag, SH_CHAN_TAG_MASK);
 }
 
+/* A purge's mark on a gone message's cell: offset 0 (no block), its TAGGED
+ * bit kept, so that every reader drops it; one store. */
+static void sh_cell_mark_gone(sh_chan_cell_t *cell) { cell->offset = 0; }
+static bool sh_cell_marked_gone(const sh_chan_cell_t *cell) {
+  return (cell->offset & SH_CHAN_CELL_LOW) == 0 && (cell->size & SH_CHAN_CELL_TAGGED);
+}
+
 static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
@@ -309,7 +316,7 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   uint64_t gone_bytes = 0;
   for (uint32_t i = 0; count <= capacity && i < count; i++) {
     const sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
-    if ((cell->offset & SH_CHAN_CELL_LOW) == 0 && (cell->size & SH_CHAN_CELL_TAGGED)) {
+    if (sh_cell_marked_gone(cell)) {
       gone++;
       gone_bytes += cell->size & SH_CHAN_CELL_LOW;
     }
@@ -333,8 +340,8 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
   uint64_t leading_bytes = 0;
   /* Each change is one store, as everywhere in the ring, so a purger killed
    * half way leaves a ring the next locker uses as it is: a gone message's
-   * cell gets offset 0 (no block: every reader drops it, since its TAGGED
-   * bit stays), and the head moves past those at the front in one store.
+   * cell is marked (sh_cell_mark_gone), and the head moves past those at the
+   * front in one store.
    * Gone messages behind a live one stay in the ring until a receiver
    * passes them; sh_chan_stats does not count them. */
   for (uint32_t i = 0; i < count; i++) {
@@ -343,8 +350,8 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
     bool tagged;
     sh_cell_get(cell, &msg, &size, &tagged, &tag);
     bool gone = sh_cell_gone(a, msg, tagged, tag);
-    if (gone && msg != 0) {
-      cell->offset = 0;
+    if (gone && !sh_cell_marked_gone(cell)) {
+      sh_cell_mark_gone(cell);
       ++*dropped;
     }
     if (gone && leading == i) {

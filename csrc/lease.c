@@ -159,6 +159,12 @@ uint64_t sh_lease_count(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a-
 
 /* ----- Handle tags ----------------------------------------------------------- */
 
+/* The entry's tag, made on first use. Lock held. */
+static uint64_t sh_entry_tag_locked(sh_arena_t *a, sh_lease_t *e) {
+  if (e->tag == 0) e->tag = sh_atomic_add_relaxed(&a->hdr->tag_seq, 1) + 1;
+  return e->tag;
+}
+
 int sh_block_tag(sh_arena_t *a, uint64_t offset, uint64_t *tag) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a handle cannot be registered");
   sh_block_info_t info;
@@ -167,12 +173,27 @@ int sh_block_tag(sh_arena_t *a, uint64_t offset, uint64_t *tag) {
   sh_lease_lock(a);
   uint64_t i;
   rc = sh_entry_take_locked(a, &info, &i);
-  if (rc == SH_OK) {
-    if (a->leases[i].tag == 0) a->leases[i].tag = sh_atomic_add_relaxed(&a->hdr->tag_seq, 1) + 1;
-    *tag = a->leases[i].tag;
-  }
+  if (rc == SH_OK) *tag = sh_entry_tag_locked(a, &a->leases[i]);
   sh_lease_unlock(a);
   return rc;
+}
+
+/* The entry is the live block's own, not one an earlier tenant of the
+ * place left (recycled agents' entries outlive them). */
+static bool sh_entry_is(const sh_lease_t *e, uint64_t offset, const sh_block_info_t *info) {
+  return e->key == offset + 1 && e->owner == info->owner && e->generation == info->owner_generation;
+}
+
+/* Whether the live block at `offset` (described by `info`) has its own
+ * entry, and the entry's tag (0: a lease without one). A read-only mapping
+ * cannot write the mutex: it reads without the lock. */
+static bool sh_live_tag(sh_arena_t *a, uint64_t offset, const sh_block_info_t *info, uint64_t *tag) {
+  if (!a->read_only) sh_lease_lock(a);
+  const sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
+  bool found = sh_entry_is(e, offset, info);
+  *tag = found ? e->tag : 0;
+  if (!a->read_only) sh_lease_unlock(a);
+  return found;
 }
 
 int sh_block_tag_check(sh_arena_t *a, uint64_t offset, uint64_t tag) {
@@ -182,12 +203,8 @@ int sh_block_tag_check(sh_arena_t *a, uint64_t offset, uint64_t tag) {
   if (!(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
     return _sh_fail(SH_EOWNER, "the block at offset %llu was freed since this handle was made",
                     (unsigned long long)offset);
-  /* a read-only mapping cannot write the mutex: it reads without the lock */
-  if (!a->read_only) sh_lease_lock(a);
-  const sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
-  rc = e->key == offset + 1 && e->tag == tag && e->owner == info.owner && e->generation == info.owner_generation;
-  if (!a->read_only) sh_lease_unlock(a);
-  if (!rc)
+  uint64_t found;
+  if (!sh_live_tag(a, offset, &info, &found) || found != tag)
     return _sh_fail(SH_EOWNER, "the block at offset %llu was freed, or freed and reused, since this handle was made",
                     (unsigned long long)offset);
   return SH_OK;
@@ -200,25 +217,17 @@ uint64_t _sh_block_lease_tag(sh_arena_t *a, uint64_t offset) {
   uint64_t tag = 0;
   sh_lease_lock(a);
   sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
-  if (e->key == offset + 1 && e->deadline_ns != 0 && e->owner == info.owner && e->generation == info.owner_generation) {
-    if (e->tag == 0) e->tag = sh_atomic_add_relaxed(&a->hdr->tag_seq, 1) + 1;
-    tag = e->tag;
-  }
+  if (sh_entry_is(e, offset, &info) && e->deadline_ns != 0) tag = sh_entry_tag_locked(a, e);
   sh_lease_unlock(a);
   return tag;
 }
 
 bool _sh_block_tag_low_is(sh_arena_t *a, uint64_t offset, uint64_t low, uint64_t mask) {
   sh_block_info_t info;
-  if (offset >= a->size || sh_block_info(a, offset, &info) != SH_OK ||
-      !(sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED))
-    return false;
-  if (!a->read_only) sh_lease_lock(a);
-  const sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
-  bool same = e->key == offset + 1 && e->tag != 0 && (e->tag & mask) == low && e->owner == info.owner &&
-              e->generation == info.owner_generation;
-  if (!a->read_only) sh_lease_unlock(a);
-  return same;
+  uint64_t tag;
+  return offset < a->size && sh_block_info(a, offset, &info) == SH_OK &&
+         (sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED) &&
+         sh_live_tag(a, offset, &info, &tag) && tag != 0 && (tag & mask) == low;
 }
 
 void sh_block_table_load(const sh_arena_t *a, uint64_t *entries, uint64_t *capacity) {

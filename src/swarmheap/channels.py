@@ -33,6 +33,19 @@ __all__ = ["MAX_NAME", "Channel", "ChannelClosed"]
 
 MAX_NAME = 200
 _REF = struct.Struct("<QIQ")  # channel handle (ring offset and id), capacity, max message
+_PREFIX = "channel/"  # the registry's names of channels
+
+
+def _key(name: str) -> str:
+    return f"{_PREFIX}{name}"
+
+
+def _decode(name: str, data: bytes) -> tuple[int, int, int]:
+    """A channel's registry entry: (handle, capacity, max message)."""
+    if len(data) != _REF.size:
+        raise HeapCorrupt(f"the heap registry's entry for channel {name!r} is damaged")
+    chan, cap, max_message = _REF.unpack(data)
+    return chan, cap, max_message
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -209,7 +222,7 @@ class Channel:
         self.close()
         while (got := self.core.recv_raw(0) if self.stats()["depth"] else None) is not None:
             self._free(*got)
-        Registry(self.heap).remove(f"channel/{self.name}")
+        Registry(self.heap).remove(_key(self.name))
         self._free(self.offset, 1)
         self.core = _Unlinked(self.name)  # type: ignore[assignment]
 
@@ -235,13 +248,11 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
     if not 0 < max_message <= comm:
         raise ValueError(f"max_message is bytes from 1 to the comm partition's {comm}, not {max_message!r}")
     registry = Registry(heap)
-    key = f"channel/{name}"
+    key = _key(name)
     while True:
         data = registry.get_ref(key)[1]
         if data is not None:
-            if len(data) != _REF.size:
-                raise HeapCorrupt(f"the heap registry's entry for channel {name!r} is damaged")
-            chan, cap, _ = _REF.unpack(data)
+            chan, cap, _ = _decode(name, data)
             return Channel(heap, name, ChannelCore(heap, chan), cap)
         core = ChannelCore.create(heap, cap, max_message)
         if registry.swap(key, None, _REF.pack(core.chan, cap, max_message)):
@@ -250,7 +261,7 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
 
 
 def channel_names(heap: Heap) -> list[str]:
-    return [n.split("/", 1)[1] for n in Registry(heap).names("channel/")]
+    return [n[len(_PREFIX) :] for n in Registry(heap).names(_PREFIX)]
 
 
 def purge_expired(heap: Heap) -> int:
@@ -261,11 +272,10 @@ def purge_expired(heap: Heap) -> int:
     registry = Registry(heap)
     dropped = 0
     for name in channel_names(heap):
-        data = registry.get(f"channel/{name}")
-        if data is None or len(data) != _REF.size:
-            continue
+        data = registry.get(_key(name))
         try:
-            dropped += ChannelCore(heap, _REF.unpack(data)[0]).purge()
+            if data is not None:
+                dropped += ChannelCore(heap, _decode(name, data)[0]).purge()
         except (HeapCorrupt, InvalidHandle):
             continue
     return dropped
