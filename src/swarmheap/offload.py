@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, snapshot
@@ -85,12 +86,13 @@ class Dictionaries:
                 self.by_kind[kind] = found
         return self.by_kind.get(kind)
 
-    def note(self, kind: str, raw: bytes) -> None:
-        """A snapshot of ``kind`` was taken: keep it as a sample; train once there are enough."""
+    def note(self, kind: str, raw: Any) -> None:
+        """A snapshot of ``kind`` was taken: keep a copy as a sample (``raw``
+        may be a view that lives for a ``with``); train once there are enough."""
         if kind in self.by_kind or len(raw) > SAMPLE_MAX or not raw:
             return
         samples = self.samples[kind]
-        samples.append(raw)
+        samples.append(bytes(raw))
         if len(samples) >= self.train_after:
             zstd = require("zstandard", "compress")
             try:
@@ -144,39 +146,42 @@ def snapshot_of(agent: Agent, codec: str = "zstd", level: int | None = None) -> 
     """The agent's blob, and the dictionary it names (None if none)."""
     deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
-    with contextlib.ExitStack() as views:  # the entries are copied once, into the state
-        entries = [(name, views.enter_context(view)) for name, view in agent.items()]
-        raw = snapshot.encode_state(agent.kind, lease_left, entries)
     dictionaries: Dictionaries = agent.heap._dictionaries
-    dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" else None
-    blob = snapshot.pack(raw, codec, level, dictionary)
-    if codec == "zstd":
-        dictionaries.note(agent.kind, raw)
+    with contextlib.ExitStack() as state:
+        with contextlib.ExitStack() as views:  # the entries are copied once, into the state
+            entries = [(name, views.enter_context(view)) for name, view in agent.items()]
+            raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
+        dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" else None
+        blob = snapshot.pack(raw, codec, level, dictionary)
+        if codec == "zstd":
+            dictionaries.note(agent.kind, raw)
     return blob, dictionary
 
 
-def parse(heap: Heap, blob: bytes, stores: list[Store]) -> snapshot.State:
-    """The state in a blob, checked whole before anything is allocated."""
-    raw = snapshot.unpack(blob, lambda dict_id: heap._dictionaries.lookup(dict_id, stores))
-    kind, lease_left, entries = snapshot.decode_state(raw)
-    try:
-        index.check_kind(kind)
-        for name, _ in entries:
-            index.check_name(name)
-    except (TypeError, ValueError) as exc:
-        raise CorruptSnapshot(f"the snapshot holds a state this heap cannot take: {exc}") from None
-    return kind, lease_left, entries
+@contextlib.contextmanager
+def parsed(heap: Heap, blob: bytes, stores: list[Store]) -> Iterator[snapshot.State]:
+    """The state in a blob, checked whole before anything is allocated; its
+    entries are views that live for the ``with`` (snapshot.unpacked())."""
+    with snapshot.unpacked(blob, lambda dict_id: heap._dictionaries.lookup(dict_id, stores)) as raw:
+        kind, lease_left, entries = snapshot.decode_state(raw)
+        try:
+            index.check_kind(kind)
+            for name, _ in entries:
+                index.check_name(name)
+        except (TypeError, ValueError) as exc:
+            raise CorruptSnapshot(f"the snapshot holds a state this heap cannot take: {exc}") from None
+        yield kind, lease_left, entries
 
 
 def restore_blob(heap: Heap, blob: bytes, stores: list[Store] | None = None) -> Agent:
-    kind, lease_left, entries = parse(heap, blob, stores or [])
-    agent = heap.spawn(kind, lease=lease_left if lease_left else None)
-    try:
-        if entries:
-            agent.put_many(dict(entries))  # one index update for all of them
-    except BaseException:
-        agent.complete()  # nothing of a failed restore stays
-        raise
+    with parsed(heap, blob, stores or []) as (kind, lease_left, entries):
+        agent = heap.spawn(kind, lease=lease_left if lease_left else None)
+        try:
+            if entries:
+                agent.put_many(dict(entries))  # one index update for all of them
+        except BaseException:
+            agent.complete()  # nothing of a failed restore stays
+            raise
     return agent
 
 
@@ -321,27 +326,27 @@ def restore_in_place(agent: Agent) -> None:
     blob = store.get(key)
     if blob is None:
         raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: moved or deleted")
-    kind, lease_left, entries = parse(heap, blob, [store])
-    # RESTORING while the entries go back: a restorer killed half way leaves
-    # it RESTORING, blob and registry entry in place, and the next touch
-    # (any process) puts every entry again (a put replaces) and finishes
-    if heap._owner_state(agent.id) == "offloaded":
+    with parsed(heap, blob, [store]) as (kind, lease_left, entries):
+        # RESTORING while the entries go back: a restorer killed half way leaves
+        # it RESTORING, blob and registry entry in place, and the next touch
+        # (any process) puts every entry again (a put replaces) and finishes
+        if heap._owner_state(agent.id) == "offloaded":
+            try:
+                heap._owner_set_state(agent.id, agent.generation, "offloaded", "restoring")
+            except AgentStateError:
+                pass  # another process began first: finishing it again is harmless
+        heap._restoring.add((agent.id, agent.generation))
         try:
-            heap._owner_set_state(agent.id, agent.generation, "offloaded", "restoring")
-        except AgentStateError:
-            pass  # another process began first: finishing it again is harmless
-    heap._restoring.add((agent.id, agent.generation))
-    try:
-        if lease_left:
-            agent._update_index(lambda e: None, lease_deadline=time.time() + lease_left)
-        if entries:
-            agent.put_many(dict(entries))  # one index update for all of them
-    except BaseException:
-        if heap._owner_state(agent.id) == "restoring":
-            heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
-        raise
-    finally:
-        heap._restoring.discard((agent.id, agent.generation))
+            if lease_left:
+                agent._update_index(lambda e: None, lease_deadline=time.time() + lease_left)
+            if entries:
+                agent.put_many(dict(entries))  # one index update for all of them
+        except BaseException:
+            if heap._owner_state(agent.id) == "restoring":
+                heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
+            raise
+        finally:
+            heap._restoring.discard((agent.id, agent.generation))
     try:
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
     except AgentStateError:

@@ -26,19 +26,30 @@ the whole blob has been read and checked.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from swarmheap._extras import available, require
 from swarmheap.errors import CorruptSnapshot, SnapshotTooNew
 
-__all__ = ["CODECS", "FORMAT_VERSION", "State", "decode_state", "encode_state", "pack", "unpack"]
+__all__ = [
+    "CODECS",
+    "FORMAT_VERSION",
+    "State",
+    "decode_state",
+    "encode_state",
+    "encoded_state",
+    "pack",
+    "unpack",
+    "unpacked",
+]
 
 MAGIC = b"SHSNAP"
 FORMAT_VERSION = 2  # the newest this reads; a blob that is not chunked is still written as 1
@@ -63,7 +74,7 @@ _STATE_MAGIC = b"SHST"
 State = tuple[str, "float | None", list[tuple[str, memoryview]]]
 
 
-def encode_state(kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]) -> bytes:
+def _state_parts(kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]) -> list[Any]:
     kind_b = kind.encode()
     parts: list[Any] = [
         _STATE.pack(_STATE_MAGIC, len(kind_b), math.nan if lease_left is None else lease_left, len(entries)),
@@ -73,7 +84,30 @@ def encode_state(kind: str, lease_left: float | None, entries: Sequence[tuple[st
         name_b = name.encode()
         view = memoryview(data).cast("B")
         parts += [_ENTRY.pack(len(name_b), view.nbytes), name_b, view]
-    return b"".join(parts)
+    return parts
+
+
+def encode_state(kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]) -> bytes:
+    return b"".join(_state_parts(kind, lease_left, entries))
+
+
+@contextlib.contextmanager
+def encoded_state(
+    kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]
+) -> Iterator[memoryview]:
+    """encode_state() as a view that lives for the ``with``: a large state is
+    written into this thread's scratch buffer (see scratch())."""
+    parts = _state_parts(kind, lease_left, entries)
+    nbytes = sum(len(p) for p in parts)
+    if nbytes < SCRATCH_FROM:
+        yield memoryview(b"".join(parts))
+        return
+    with scratch(nbytes) as out:
+        pos = 0
+        for part in parts:
+            out[pos : pos + len(part)] = part
+            pos += len(part)
+        yield out
 
 
 def decode_state(raw: Any) -> State:
@@ -113,8 +147,64 @@ def _checksum(kind: int, payload: Any) -> int:
     return zlib.crc32(payload)
 
 
+def _checksum_parts(kind: int, parts: Sequence[Any]) -> int:
+    """_checksum() of the parts joined, without joining them."""
+    if kind == _CHECK_XXH64:
+        digest = require("xxhash", "compress").xxh64()
+        for part in parts:
+            digest.update(part)
+        return int(digest.intdigest())
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
 def _check_kind() -> int:
     return _CHECK_XXH64 if available("xxhash") else _CHECK_CRC32
+
+
+# A state of SCRATCH_FROM bytes or more passes through a buffer each thread
+# keeps, not a new bytes object: glibc serves a block that large from fresh
+# mmap'd pages and returns them at free, so every new one pays a page fault
+# per 4 KiB on first touch. Measured on the 2-core machine of bench/RESULTS.md,
+# a new 1 MiB bytes cost 0.6 ms against 0.06 ms to copy into one that is
+# already there: more than the codec's own time to decompress it.
+SCRATCH_FROM = 128 << 10
+SCRATCH_KEEP = 8 << 20  # a larger state gets memory of its own, not kept after
+
+
+class _Scratch(threading.local):
+    buffer: bytearray | None = None
+    busy = False
+
+
+_scratch = _Scratch()
+
+
+@contextlib.contextmanager
+def scratch(nbytes: int) -> Iterator[memoryview]:
+    """``nbytes`` of writable memory for the ``with``: this thread's kept
+    buffer, unless it is in use (a restore whose put relieves pressure by
+    offloading another agent) or ``nbytes`` is over SCRATCH_KEEP."""
+    kept = _scratch
+    if kept.busy or nbytes > SCRATCH_KEEP:
+        own = memoryview(bytearray(nbytes))
+        try:
+            yield own
+        finally:
+            own.release()
+        return
+    if kept.buffer is None or len(kept.buffer) < nbytes:
+        kept.buffer = None  # the old one goes before the new one is made
+        kept.buffer = bytearray(nbytes)
+    kept.busy = True
+    view = memoryview(kept.buffer)[:nbytes]
+    try:
+        yield view
+    finally:
+        view.release()
+        kept.busy = False
 
 
 _contexts = threading.local()  # a zstd context is not for two threads at once
@@ -167,7 +257,7 @@ def codec_threads() -> int:
     return max(1, min(cores, 4))
 
 
-def _map_parallel(fn: Callable[..., bytes], items: Sequence[Any]) -> list[bytes]:
+def _map_parallel(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
     """[fn(*item) for item in items] on codec_threads() threads, this one
     among them. Each thread takes the next item left, so this thread starts at
     once and does more while a helper is still starting. The helpers live for
@@ -249,22 +339,24 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
     view = raw if type(raw) is bytes else memoryview(raw).cast("B")
     nbytes = len(view)
     version, flags = _PLAIN_VERSION, 0
+    payload_parts: list[Any]
     if codec == "none":
-        payload = view
+        payload_parts = [view]
     elif _chunked(nbytes):
         whole = memoryview(view)  # pieces as views: no copies
         pieces = [whole[i : i + CHUNK] for i in range(0, nbytes, CHUNK)]
         frames = _map_parallel(_compress, [(codec, level, dictionary, p) for p in pieces])
         table = [_CHUNK_COUNT.pack(len(frames))]
         table += [_CHUNK_SIZES.pack(len(f), len(p)) for f, p in zip(frames, pieces)]
-        payload = b"".join(table + frames)
+        payload_parts = table + frames
         version, flags = FORMAT_VERSION, FLAG_CHUNKED
     else:
-        payload = _compress(codec, level, dictionary, view)
+        payload_parts = [_compress(codec, level, dictionary, view)]
     check = _check_kind()
-    checksum = _checksum(check, payload)
-    header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, nbytes, len(payload), checksum)
-    return b"".join((header, payload))
+    checksum = _checksum_parts(check, payload_parts)
+    payload_size = sum(len(p) for p in payload_parts)
+    header = FRAME.pack(MAGIC, version, CODECS[codec], check, flags, dict_id, nbytes, payload_size, checksum)
+    return b"".join([header, *payload_parts])  # one copy of a large payload, not two
 
 
 def frame_info(blob: Any) -> dict[str, Any]:
@@ -347,28 +439,76 @@ def _decompress(codec: str, dictionary: Any, data: Any, raw_size: int) -> bytes:
     return bytes(out)
 
 
-def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
-    """The raw payload of a checked blob; `dictionary_for(id)` finds a zstd dictionary."""
-    info = frame_info(blob)
-    payload, raw_size, codec = info["payload"], info["raw_size"], info["codec"]
-    dictionary = None
-    if codec == "zstd" and info["dict_id"]:
-        dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
-        if dictionary is None:
-            raise CorruptSnapshot(f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere")
+def _decompress_into(codec: str, dictionary: Any, data: Any, out: memoryview) -> None:
+    """_decompress() into ``out``, which it must fill exactly. zstd writes
+    there itself; lz4.frame has no such call, so its frame is copied in."""
+    if codec != "zstd":
+        out[:] = _decompress(codec, dictionary, data, out.nbytes)
+        return
+    reader = zstd_decompressor(dictionary).stream_reader(data, read_size=max(len(data), 1))
+    pos, end = 0, out.nbytes
+    while pos < end:
+        got = reader.readinto(out[pos:end])
+        if not got:
+            raise CorruptSnapshot(f"the frame says {end} raw bytes; the payload holds {pos}")
+        pos += got
+    if reader.read(1):
+        raise CorruptSnapshot(f"the frame says {end} raw bytes; the payload holds more")
+
+
+def _needed_dictionary(info: dict[str, Any], dictionary_for: Callable[[int], Any] | None) -> Any:
+    if info["codec"] != "zstd" or not info["dict_id"]:
+        return None
+    dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
+    if dictionary is None:
+        raise CorruptSnapshot(f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere")
+    return dictionary
+
+
+@contextlib.contextmanager
+def _codec_errors() -> Iterator[None]:
     try:
-        if codec == "none":
-            raw = bytes(payload)
-        elif info["chunked"]:
-            pieces = _pieces(memoryview(payload), raw_size)
-            parts = _map_parallel(_decompress, [(codec, dictionary, data, size) for data, size in pieces])
-            raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        else:
-            raw = _decompress(codec, dictionary, payload, raw_size)
+        yield
     except (CorruptSnapshot, ImportError):
         raise
     except Exception as exc:  # each codec has its own error types
         raise CorruptSnapshot(f"the payload does not decompress: {exc}") from None
-    if len(raw) != raw_size:
-        raise CorruptSnapshot(f"the frame says {raw_size} raw bytes; the payload holds {len(raw)}")
-    return raw
+
+
+@contextlib.contextmanager
+def unpacked(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> Iterator[memoryview]:
+    """unpack() as a view that lives for the ``with``: a large state is
+    decompressed straight into this thread's scratch buffer (see scratch()),
+    a chunked one piece by piece on codec_threads() threads."""
+    info = frame_info(blob)
+    payload, raw_size, codec = info["payload"], info["raw_size"], info["codec"]
+    dictionary = _needed_dictionary(info, dictionary_for)
+    if codec == "none":
+        view = memoryview(payload).cast("B")
+        if view.nbytes != raw_size:
+            raise CorruptSnapshot(f"the frame says {raw_size} raw bytes; the payload holds {view.nbytes}")
+        yield view
+        return
+    if raw_size < SCRATCH_FROM and not info["chunked"]:
+        with _codec_errors():
+            raw = _decompress(codec, dictionary, payload, raw_size)
+        yield memoryview(raw)
+        return
+    with scratch(raw_size) as out:
+        with _codec_errors():
+            if info["chunked"]:
+                jobs, pos = [], 0
+                for data, size in _pieces(memoryview(payload), raw_size):
+                    jobs.append((codec, dictionary, data, out[pos : pos + size]))
+                    pos += size
+                _map_parallel(_decompress_into, jobs)
+            else:
+                _decompress_into(codec, dictionary, payload, out)
+        yield out
+
+
+def unpack(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> bytes:
+    """The raw payload of a checked blob; `dictionary_for(id)` finds a zstd dictionary."""
+    with unpacked(blob, dictionary_for) as raw:
+        whole = raw.obj
+        return whole if type(whole) is bytes and len(whole) == raw.nbytes else bytes(raw)

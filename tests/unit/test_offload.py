@@ -276,6 +276,36 @@ def test_a_lying_piece_table_is_corrupt(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_large_state_lying_about_its_raw_size_is_corrupt(heap: sh.Heap) -> None:
+    # over SCRATCH_FROM, under a chunked state: decompressed into the scratch buffer whole
+    raw_state = snapshot.encode_state("big", None, [("words", b"chat transcript " * 20_000)])
+    assert snapshot.SCRATCH_FROM <= len(raw_state) < snapshot.CHUNKED_MIN
+    for codec in ("zstd", "lz4"):
+        blob = snapshot.pack(raw_state, codec)
+        payload = blob[snapshot.FRAME.size :]
+        before = in_use(heap)
+        for lie in (len(raw_state) - 1, len(raw_state) + 1, len(raw_state) * 2):
+            with pytest.raises(sh.CorruptSnapshot, match="raw bytes"):
+                heap.restore(_chunked_with(blob, payload, raw=lie))
+            assert in_use(heap) == before, (codec, lie)
+        assert entries_of(heap.restore(blob)) == {"words": b"chat transcript " * 20_000}
+    heap.check()
+
+
+def test_a_state_unpacked_in_the_scratch_buffer_survives_another_use_of_it() -> None:
+    # a restore whose put relieves pressure offloads another agent while its
+    # own state is still being read: the second must not write over the first
+    first, second = os.urandom(64) * 4_000, os.urandom(64) * 5_000
+    blob = snapshot.pack(first, "zstd")
+    with snapshot.unpacked(blob) as held:
+        assert snapshot.unpack(snapshot.pack(second, "zstd")) == second
+        with snapshot.encoded_state("other", None, [("x", second)]) as other:
+            assert snapshot.decode_state(other)[2][0][1] == second
+        assert held == first
+    with pytest.raises(ValueError):
+        held.tobytes()  # the view ends with the with: nothing reads the buffer after it is reused
+
+
 def test_a_newer_format_says_so(heap: sh.Heap, agent: sh.Agent) -> None:
     blob = bytearray(agent.snapshot("none"))
     blob[6] = snapshot.FORMAT_VERSION + 1
