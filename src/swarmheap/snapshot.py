@@ -149,6 +149,8 @@ def _checksum(kind: int, payload: Any) -> int:
 
 def _checksum_parts(kind: int, parts: Sequence[Any]) -> int:
     """_checksum() of the parts joined, without joining them."""
+    if len(parts) == 1:
+        return _checksum(kind, parts[0])  # a small blob's one part: no hash object to make
     if kind == _CHECK_XXH64:
         digest = require("xxhash", "compress").xxh64()
         for part in parts:
