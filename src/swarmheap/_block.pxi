@@ -69,6 +69,18 @@ cdef class Block:
             self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + 1
 
     def __releasebuffer__(self, Py_buffer *view):
+        # The last view may go while an exception is in flight: Python 3.9
+        # clears a finished generator's frame as its StopIteration is
+        # raised. The unpin calls into Python, which took that exception for
+        # its own and stopped half way: the agent stayed pinned for good.
+        cdef PyObject *etype
+        cdef PyObject *evalue
+        cdef PyObject *etb
+        PyErr_Fetch(&etype, &evalue, &etb)
+        self._export_released()
+        PyErr_Restore(etype, evalue, etb)
+
+    cdef void _export_released(self) noexcept:
         self.exports -= 1
         self.heap.exports -= 1
         if self.tag:

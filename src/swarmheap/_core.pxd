@@ -68,6 +68,7 @@ cdef class Block:
 
     cdef int _check_live(self) except -1
     cdef int _stale(self) except -1
+    cdef void _export_released(self) noexcept
 
 
 cdef class AgentCore:

@@ -100,14 +100,27 @@ def encoded_state(
     parts = _state_parts(kind, lease_left, entries)
     nbytes = sum(len(p) for p in parts)
     if nbytes < SCRATCH_FROM:
-        yield memoryview(b"".join(parts))
+        joined = b"".join(parts)
+        _release(parts)
+        yield memoryview(joined)
         return
     with scratch(nbytes) as out:
         pos = 0
         for part in parts:
             out[pos : pos + len(part)] = part
             pos += len(part)
+        _release(parts)
         yield out
+
+
+def _release(parts: list[Any]) -> None:
+    """Let go of the entries' views once they are copied: each pins its agent
+    (an open view of an agent's block does), and the caller compresses, and
+    maybe offloads that agent, while the state lives."""
+    for part in parts:
+        if isinstance(part, memoryview):
+            part.release()
+    parts.clear()
 
 
 def decode_state(raw: Any) -> State:

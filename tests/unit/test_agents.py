@@ -81,6 +81,32 @@ def test_put_copies_any_buffer_and_leaves_nothing_behind(big: sh.Heap) -> None:
     big.check()
 
 
+def test_a_view_let_go_while_an_exception_is_raised_unpins_its_agent(big: sh.Heap) -> None:
+    # Python 3.9 clears a finished generator's frame, and with it the last
+    # view, while its StopIteration is being raised; the unpin took that
+    # exception for its own and the agent stayed pinned for good
+    agent = big.spawn("gen")
+    agent.put("notes", b"draft")
+
+    def lines() -> Any:
+        view = agent.get("notes")
+        yield bytes(view)
+
+    assert list(lines()) == [b"draft"]
+    assert agent.stats()["pins"] == 0
+
+    def fails() -> None:
+        view = agent.get("notes")  # noqa: F841 - held while the exception leaves the frame
+        raise LookupError("on purpose")
+
+    with pytest.raises(LookupError):
+        fails()
+    assert agent.stats()["pins"] == 0
+    agent.complete()
+    assert agent.state == "gone"  # recycled at once: no pin held it back
+    big.check()
+
+
 def test_read_copies_an_entry_without_pinning(big: sh.Heap, tmp_path: Any) -> None:
     from swarmheap.stores import SQLiteStore
 
