@@ -96,7 +96,7 @@ def encoded_state(
     kind: str, lease_left: float | None, entries: Sequence[tuple[str, Any]]
 ) -> Iterator[memoryview]:
     """encode_state() as a view that lives for the ``with``: a large state is
-    written into this thread's scratch buffer (see scratch())."""
+    written into a kept buffer (see scratch())."""
     parts = _state_parts(kind, lease_left, entries)
     nbytes = sum(len(p) for p in parts)
     if nbytes < SCRATCH_FROM:
@@ -179,7 +179,7 @@ def _check_kind() -> int:
     return _CHECK_XXH64 if available("xxhash") else _CHECK_CRC32
 
 
-# A state of SCRATCH_FROM bytes or more passes through a buffer each thread
+# A state of SCRATCH_FROM bytes or more passes through a buffer the process
 # keeps, not a new bytes object: glibc serves a block that large from fresh
 # mmap'd pages and returns them at free, so every new one pays a page fault
 # per 4 KiB on first touch. Measured on the 2-core machine of bench/RESULTS.md,
@@ -187,39 +187,34 @@ def _check_kind() -> int:
 # already there: more than the codec's own time to decompress it.
 SCRATCH_FROM = 128 << 10
 SCRATCH_KEEP = 8 << 20  # a larger state gets memory of its own, not kept after
-
-
-class _Scratch(threading.local):
-    buffer: bytearray | None = None
-    busy = False
-
-
-_scratch = _Scratch()
+SCRATCH_KEPT = 2  # buffers kept for the process, not per thread: a pool of 32 threads would hold 32
+_SCRATCH_STEP = 256 << 10  # sizes round up to this, so that states of about one size share a buffer
+_kept: list[bytearray] = []  # free buffers; a list's pop and append are atomic under the GIL
 
 
 @contextlib.contextmanager
 def scratch(nbytes: int) -> Iterator[memoryview]:
-    """``nbytes`` of writable memory for the ``with``: this thread's kept
-    buffer, unless it is in use (a restore whose put relieves pressure by
-    offloading another agent) or ``nbytes`` is over SCRATCH_KEEP."""
-    kept = _scratch
-    if kept.busy or nbytes > SCRATCH_KEEP:
-        own = memoryview(bytearray(nbytes))
+    """``nbytes`` of writable memory for the ``with``: a kept buffer if one
+    is free and large enough (a nested use, a restore whose put relieves
+    pressure by offloading another agent, takes another one), else a new
+    one, kept after if there is room among SCRATCH_KEPT."""
+    buffer = None
+    if nbytes <= SCRATCH_KEEP:
         try:
-            yield own
-        finally:
-            own.release()
-        return
-    if kept.buffer is None or len(kept.buffer) < nbytes:
-        kept.buffer = None  # the old one goes before the new one is made
-        kept.buffer = bytearray(nbytes)
-    kept.busy = True
-    view = memoryview(kept.buffer)[:nbytes]
+            buffer = _kept.pop()
+        except IndexError:
+            pass
+        if buffer is not None and len(buffer) < nbytes:
+            buffer = None  # too small: the new one below takes its place
+    if buffer is None:
+        buffer = bytearray(-(-nbytes // _SCRATCH_STEP) * _SCRATCH_STEP)
+    view = memoryview(buffer)[:nbytes]
     try:
         yield view
     finally:
         view.release()
-        kept.busy = False
+        if len(buffer) <= SCRATCH_KEEP and len(_kept) < SCRATCH_KEPT:
+            _kept.append(buffer)
 
 
 _contexts = threading.local()  # a zstd context is not for two threads at once
@@ -493,7 +488,7 @@ def _codec_errors() -> Iterator[None]:
 @contextlib.contextmanager
 def unpacked(blob: Any, dictionary_for: Callable[[int], Any] | None = None) -> Iterator[memoryview]:
     """unpack() as a view that lives for the ``with``: a large state is
-    decompressed straight into this thread's scratch buffer (see scratch()),
+    decompressed straight into a kept buffer (see scratch()),
     a chunked one piece by piece on codec_threads() threads."""
     info = frame_info(blob)
     payload, raw_size, codec = info["payload"], info["raw_size"], info["codec"]

@@ -306,6 +306,29 @@ def test_a_state_unpacked_in_the_scratch_buffer_survives_another_use_of_it() -> 
         held.tobytes()  # the view ends with the with: nothing reads the buffer after it is reused
 
 
+def test_threads_that_restore_large_states_keep_a_bounded_number_of_buffers() -> None:
+    import threading
+
+    raw = os.urandom(64) * 6_000  # 384 KB: through a kept buffer
+    blob = snapshot.pack(raw, "zstd")
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def restore_one() -> None:
+        with snapshot.unpacked(blob) as state:
+            barrier.wait()  # all eight hold a buffer at once
+            results.append(state == raw)
+
+    threads = [threading.Thread(target=restore_one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 8
+    assert len(snapshot._kept) <= snapshot.SCRATCH_KEPT
+    assert snapshot.unpack(blob) == raw  # and a kept one serves the next
+
+
 def test_a_newer_format_says_so(heap: sh.Heap, agent: sh.Agent) -> None:
     blob = bytearray(agent.snapshot("none"))
     blob[6] = snapshot.FORMAT_VERSION + 1
