@@ -92,7 +92,7 @@ class Mutations:
 def _check_block(heap: sh.Heap, blk: sh.Block, partition: str) -> None:
     part = heap.info()["partitions"][partition]
     n = len(blk)
-    if not part["offset"] <= blk.offset and blk.offset + max(n, 1) <= part["offset"] + part["size"]:
+    if not part["offset"] <= blk.offset < blk.offset + max(n, 1) <= part["offset"] + part["size"]:
         raise AssertionError(f"alloc in {partition!r} returned offset {blk.offset} (+{n}), outside it")
     if n:  # a damaged ring may name a message of no bytes
         blk[:1] = b"x"
