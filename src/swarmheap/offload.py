@@ -142,9 +142,13 @@ class Dictionaries:
         self.published.add(known)
 
 
-def snapshot_of(agent: Agent, codec: str = "zstd", level: int | None = None) -> tuple[bytes, Any]:
-    """The agent's blob, and the dictionary it names (None if none)."""
-    deadline = agent.lease_deadline
+def snapshot_of(
+    agent: Agent, codec: str = "zstd", level: int | None = None, deadline: float | bool | None = False
+) -> tuple[bytes, Any]:
+    """The agent's blob, and the dictionary it names (None if none);
+    ``deadline`` is its lease's, if the caller read it already."""
+    if deadline is False:
+        deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
     dictionaries: Dictionaries = agent.heap._dictionaries
     with contextlib.ExitStack() as state:
@@ -177,6 +181,8 @@ def restore_blob(heap: Heap, blob: bytes, stores: list[Store] | None = None) -> 
     with parsed(heap, blob, stores or []) as (kind, lease_left, entries):
         agent = heap.spawn(kind, lease=lease_left if lease_left else None)
         try:
+            if lease_left == 0.0:  # ran out before the snapshot: a sweep takes it, as it would the source
+                agent._update_index(lambda e: None, lease_deadline=time.time())
             if entries:
                 agent.put_many(dict(entries))  # one index update for all of them
         except BaseException:
@@ -220,7 +226,8 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
         )
     if level is None and codec == "zstd":
         level = OFFLOAD_ZSTD_LEVEL
-    blob, dictionary = snapshot_of(agent, codec, level)
+    deadline = agent.lease_deadline
+    blob, dictionary = snapshot_of(agent, codec, level, deadline)
     key = agent_key(heap, agent)
     if dictionary is not None:
         heap._dictionaries.publish(dictionary, store)
@@ -229,7 +236,11 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     # and the blob of a live agent) or offloaded and restorable, and nothing
     # in the store that the registry does not name.
     registry = Registry(heap)
-    registry.put(_registry_name(agent), f"{store.url}\n{key}\n{agent.kind}\n{time.time()}".encode())
+    # the lease's deadline goes with it: the clock runs on while offloaded, and
+    # a sweep drops an agent (and its blob) whose lease ran out in the store
+    registry.put(
+        _registry_name(agent), f"{store.url}\n{key}\n{agent.kind}\n{time.time()}\n{deadline or ''}".encode()
+    )
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
@@ -281,20 +292,41 @@ def kind_of(heap: Heap, agent_id: int, generation: int, kid: int | None = None) 
     return name
 
 
-def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
-    """(store URL, key, kind) of an offloaded agent, from the registry; None
-    if it names none, HeapCorrupt if its entry does not read as one."""
+def _entry(heap: Heap, agent_id: int, generation: int) -> list[str] | None:
+    """An offloaded agent's registry entry: store URL, key, kind, when it was
+    written, its lease's deadline ("" for none; absent in entries of format 8
+    heaps written before leases ran on while offloaded). None if there is
+    none, HeapCorrupt if it does not read as one."""
     data = Registry(heap).get(f"offload/{agent_id}/{generation}")
     if data is None:
         return None
     try:
-        url, key, kind, _written = data.decode().split("\n", 3)
+        fields = data.decode().split("\n")
+        if len(fields) not in (4, 5):
+            raise ValueError(f"{len(fields)} fields")
     except (UnicodeDecodeError, ValueError):
         raise HeapCorrupt(
             f"the heap registry's entry for offloaded agent {agent_id} (generation {generation}) is damaged: "
             "where its snapshot is, is lost"
         ) from None
-    return url, key, kind
+    return fields
+
+
+def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """(store URL, key, kind) of an offloaded agent, from the registry; None
+    if it names none, HeapCorrupt if its entry does not read as one."""
+    fields = _entry(heap, agent_id, generation)
+    return None if fields is None else (fields[0], fields[1], fields[2])
+
+
+def lease_deadline(heap: Heap, agent_id: int, generation: int) -> float | None:
+    """An offloaded agent's lease deadline (epoch seconds), None if it has no
+    lease (or its entry does not say, or does not read)."""
+    try:
+        fields = _entry(heap, agent_id, generation)
+        return float(fields[4]) if fields is not None and len(fields) == 5 and fields[4] else None
+    except (HeapCorrupt, ValueError):
+        return None
 
 
 def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
@@ -310,7 +342,7 @@ def _written(heap: Heap, name: str) -> float:
     """When the registry entry was written (epoch seconds; 0 if unreadable)."""
     data = Registry(heap).get(name)
     try:
-        return float(data.decode().rsplit("\n", 1)[1]) if data else 0.0
+        return float(data.decode().split("\n")[3]) if data else 0.0
     except (ValueError, IndexError, UnicodeDecodeError):
         return 0.0
 
@@ -318,10 +350,10 @@ def _written(heap: Heap, name: str) -> float:
 def restore_in_place(agent: Agent) -> None:
     """Bring an offloaded agent back into its own slot, same id and generation."""
     heap = agent.heap
-    found = where(heap, agent.id, agent.generation)
-    if found is None:
+    fields = _entry(heap, agent.id, agent.generation)
+    if fields is None:
         raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
-    url, key, _ = found
+    url, key = fields[0], fields[1]
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
@@ -330,15 +362,29 @@ def restore_in_place(agent: Agent) -> None:
         # RESTORING while the entries go back: a restorer killed half way leaves
         # it RESTORING, blob and registry entry in place, and the next touch
         # (any process) puts every entry again (a put replaces) and finishes
-        if heap._owner_state(agent.id) == "offloaded":
+        state = agent.state
+        if state == "offloaded":
             try:
                 heap._owner_set_state(agent.id, agent.generation, "offloaded", "restoring")
+                state = "restoring"
             except AgentStateError:
-                pass  # another process began first: finishing it again is harmless
+                state = agent.state  # another process began first, or a sweep took it
+        if state == "live":
+            return  # another process restored it meanwhile: its entries may be newer than the blob's
+        if state != "restoring":
+            raise AgentStateError(
+                f"agent {agent.id} (generation {agent.generation}) is {state}: "
+                "a sweep reclaimed it while offloaded (its lease ran out)"
+            )
         heap._restoring.add((agent.id, agent.generation))
         try:
-            if lease_left:
-                agent._update_index(lambda e: None, lease_deadline=time.time() + lease_left)
+            # the deadline as it stood: the lease ran on in the store (an entry
+            # without one predates that; its seconds left count from now)
+            deadline = float(fields[4]) if len(fields) == 5 and fields[4] else None
+            if deadline is None and lease_left is not None:
+                deadline = time.time() + lease_left
+            if deadline is not None:
+                agent._update_index(lambda e: None, lease_deadline=deadline)
             if entries:
                 agent.put_many(dict(entries))  # one index update for all of them
         except BaseException:
@@ -353,6 +399,28 @@ def restore_in_place(agent: Agent) -> None:
         pass  # another process finished first
     store.delete(key)  # then the registry entry: a kill between leaves one a full sweep drops
     Registry(heap).remove(_registry_name(agent))
+
+
+def drop_expired(heap: Heap, agent_id: int, generation: int) -> bool:
+    """Reclaim an offloaded agent whose lease ran out: its blob, its registry
+    entry, its slot. The state goes DEAD first, so that a restore racing it
+    stops; a kill after that leaves a dead slot the next sweep recycles and a
+    registry entry a full sweep drops with its blob. True if reclaimed; False
+    if a restore began first, or the store could not delete (the next sweep
+    tries again)."""
+    fields = _entry(heap, agent_id, generation)
+    try:
+        heap._owner_set_state(agent_id, generation, "offloaded", "dead")
+    except (AgentStateError, StaleBlock):
+        return False
+    if fields is not None:
+        try:
+            heap._store_for(fields[0]).delete(fields[1])
+        except (StoreUnavailable, StoreFull) as exc:
+            log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", fields[0], exc)
+            return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
+    Registry(heap).remove(f"offload/{agent_id}/{generation}")
+    return heap._owner_recycle(agent_id, generation)
 
 
 def default_store(heap: Heap) -> Store:

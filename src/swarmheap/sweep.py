@@ -101,7 +101,19 @@ def _examine(
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
         if not offload.moved_away(heap, agent_id, generation):
-            return True
+            deadline = offload.lease_deadline(heap, agent_id, generation)
+            if deadline is None or now <= deadline:
+                return True
+            # its lease ran out in the store: it goes, blob and all, as a live one would
+            info = heap._owner_info(agent_id)
+            if info is None or info["generation"] != generation:
+                return False
+            info["kind"] = offload.kind_of(heap, agent_id, generation, info["kind_id"])
+            if not offload.drop_expired(heap, agent_id, generation):
+                return True
+            result.agents["lease"] += 1
+            result.recycled.append({**info, "state": "gone", "cause": "lease"})
+            return False
         # restored in another heap (restore_from marked its key): the slot goes
         offload.forget_moved(heap, agent_id, generation)
         heap._owner_recycle(agent_id, generation)

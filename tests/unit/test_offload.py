@@ -465,6 +465,62 @@ def test_restore_after_the_store_object_was_closed(heap: sh.Heap, agent: sh.Agen
     heap.check()
 
 
+def future(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    real = sh.sweep.time.time
+    monkeypatch.setattr(sh.sweep.time, "time", lambda: real() + seconds)
+
+
+def test_an_offloaded_agent_keeps_its_lease_deadline(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
+    deadline = agent.lease_deadline
+    with SQLiteStore(tmp_path / "s.db") as s:
+        agent.offload(s)
+        agent.restore()
+    # the clock ran on in the store: the same deadline, not the seconds left counted again from now
+    assert agent.lease_deadline == deadline
+
+
+def test_an_offloaded_agent_whose_lease_runs_out_is_swept_with_its_blob(
+    heap: sh.Heap, agent: sh.Agent, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = heap.spawn("planner", lease=6000.0)
+    kept.put("prompt", b"kept")
+    before = in_use(heap)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        agent.offload(s)
+        kept.offload(s)
+        assert heap.collect(2).agents["lease"] == 0  # not yet
+        future(monkeypatch, 1200)  # past agent's 600 s lease, within kept's
+        result = heap.collect(2)
+        assert result.agents["lease"] == 1
+        assert [(r["id"], r["cause"], r["kind"]) for r in result.recycled] == [(agent.id, "lease", "planner")]
+        assert agent.state == "gone" and kept.state == "offloaded"
+        left = [k.rsplit("/", 2)[1:] for k in s.keys("swarmheap/agent/")]
+        assert left == [[str(kept.id), str(kept.generation)]]
+        assert [o["id"] for o in heap.stats()["offloaded"]] == [kept.id]
+        with pytest.raises(sh.StaleBlock):
+            agent.get("prompt")
+        assert bytes(kept.get("prompt")) == b"kept"
+    kept.complete()
+    assert in_use(heap)["context"] <= before["context"]
+    heap.check()
+
+
+def test_a_snapshot_whose_lease_ran_out_restores_with_it_run_out(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = heap.spawn("planner", lease=60.0)
+    a.put("prompt", b"p")
+    real = time.time
+    monkeypatch.setattr(sh.offload.time, "time", lambda: real() + 120)
+    blob = a.snapshot()
+    again = heap.restore(blob)
+    assert again.lease_deadline is not None and again.lease_deadline <= real() + 120
+    monkeypatch.undo()
+    future(monkeypatch, 120)
+    assert {r["id"] for r in heap.collect(2).recycled} == {a.id, again.id}
+    heap.check()
+
+
 def test_a_pinned_agent_is_not_offloaded(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
     view = agent.get("prompt")
     with SQLiteStore(tmp_path / "s.db") as s:
