@@ -73,7 +73,7 @@ cdef class ChannelCore:
         cdef int rc
         try:
             if nbytes > self.max_message:
-                raise ValueError(f"a message of {nbytes} bytes is over the channel's max_message "
+                raise MessageTooLarge(f"a message of {nbytes} bytes is over the channel's max_message "
                                  f"{self.max_message}")
             rc = _alloc_off(heap, SH_OWNER_DEFAULT, 1, SH_PART_COMM, nbytes if nbytes else 1, &off, &usable)
             if rc:

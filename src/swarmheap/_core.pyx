@@ -43,6 +43,7 @@ from swarmheap.errors import (
     HeapExists,
     HeapNotFound,
     InvalidHandle,
+    MessageTooLarge,
     PartitionFull,
     ReadOnlyHeap,
     StaleBlock,

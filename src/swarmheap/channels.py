@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap._core import Block, ChannelCore
-from swarmheap.errors import ChannelClosed, HeapCorrupt, InvalidHandle, StaleBlock
+from swarmheap.errors import ChannelClosed, HeapCorrupt, InvalidHandle, MessageTooLarge, StaleBlock
 from swarmheap.handle import Handle
 from swarmheap.registry import Registry
 
@@ -138,7 +138,7 @@ class Channel:
 
     def _check_size(self, size: int) -> None:
         if size > self.max_message:
-            raise ValueError(
+            raise MessageTooLarge(
                 f"a message of {size} bytes is over channel {self.name!r}'s max_message {self.max_message}"
             )
 

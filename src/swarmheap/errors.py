@@ -14,6 +14,7 @@ __all__ = [
     "HeapExists",
     "HeapNotFound",
     "InvalidHandle",
+    "MessageTooLarge",
     "PartitionFull",
     "ReadOnlyHeap",
     "SnapshotTooNew",
@@ -129,6 +130,11 @@ class AdmissionDenied(SwarmHeapError):
 class ChannelClosed(SwarmHeapError):
     """The channel is closed: a send fails at once, a receive once the
     messages queued before the close are drained."""
+
+
+class MessageTooLarge(SwarmHeapError, ValueError):
+    """A message over its channel's ``max_message``: send it in pieces, or
+    open the channel (a new name) with a larger ``max_message``."""
 
 
 class AdmissionTimeout(AdmissionDenied, TimeoutError):

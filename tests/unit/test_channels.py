@@ -216,8 +216,18 @@ def test_a_message_a_killed_sender_held_is_reclaimed(heap_name: str) -> None:
 
 def test_bad_input_is_named(heap: sh.Heap) -> None:
     ch = heap.channel("strict", 4, max_message=100)
-    with pytest.raises(ValueError, match="max_message"):
-        ch.send(b"x" * 101)
+    too_big = [
+        lambda: ch.send(b"x" * 101),
+        lambda: ch.try_send(b"x" * 101),
+        lambda: ch.send(b"x" * 101, lease=60.0),
+        lambda: ch.send_block(heap.alloc(101, "comm")),
+        lambda: asyncio.run(ch.asend(b"x" * 101)),
+    ]
+    for send in too_big:
+        with pytest.raises(sh.MessageTooLarge, match="max_message") as raised:
+            send()
+        assert isinstance(raised.value, ValueError)  # what a caller of a bad argument catches, too
+    assert ch.stats()["depth"] == 0
     with pytest.raises(TypeError, match="bytes-like"):
         ch.send("text")  # type: ignore[arg-type]
     column = np.arange(16, dtype=np.uint8).reshape(4, 4)[:, 1]  # a strided buffer is sent as its bytes
