@@ -50,6 +50,12 @@ cdef class Block:
         self.freed = True
         self.moved = True
 
+    cdef void _take_back(self) noexcept:
+        # the hand-over did not happen (the ring stayed full, or the send
+        # raised before queueing): the block is this object's again
+        self.freed = False
+        self.moved = False
+
     def _adopt_tag(self, uint64_t tag):
         self.tag = tag
         if self.exports:

@@ -49,11 +49,29 @@ cdef class ChannelCore:
             _raise(rc)
         return 1
 
-    def send_offset(self, uint64_t msg, uint64_t size, int64_t timeout_ns):
-        """Queue a block of the shared default that the caller gives up;
-        False if still full after the timeout (the block is still the caller's)."""
+    def send_block(self, Block block, int64_t timeout_ns, uint64_t size, bint free_unsent=False):
+        """Move ``block`` into the ring as a message of ``size`` bytes: True
+        once queued (the Block is unusable from then on). False if still
+        full after the timeout, and on an exception: the Block is the
+        caller's again, or freed if ``free_unsent``. Here, not in Python, so
+        that no bytecode (where a KeyboardInterrupt lands) runs between the
+        enqueue and knowing whether it happened."""
         self.heap._check_writable()
-        return self._enqueue(msg, size, timeout_ns) == 1
+        if size > block.length:
+            raise ValueError(f"a message of {size} bytes does not fit its block of {block.length}")
+        block._hand_over()
+        try:
+            if self._enqueue(block.offset, size, timeout_ns):
+                return True
+        except BaseException:
+            block._take_back()
+            if free_unsent:
+                block.free()
+            raise
+        block._take_back()
+        if free_unsent:
+            block.free()
+        return False
 
     def send_copy(self, data, int64_t timeout_ns):
         """Copy the bytes-like ``data`` into a new comm block and queue it;

@@ -64,6 +64,7 @@ cdef class Block:
     cdef int exports
     cdef bint freed
     cdef bint moved  # sent with send_block: freed here, the message owns it
+    cdef void _take_back(self) noexcept
     cdef bint owns  # a received message: dropping the last reference frees it
 
     cdef int _check_live(self) except -1

@@ -115,7 +115,9 @@ class Channel:
 
     def send_block(self, block: Block, timeout: float | None = None) -> None:
         """Move a Block of the shared default into the channel without a
-        copy; the Block is unusable after, and the receiver owns the bytes."""
+        copy; the Block is unusable after, and the receiver owns the bytes.
+        TimeoutError if the channel stays full past ``timeout``: then, as
+        on any error, the Block is still yours."""
         if not isinstance(block, Block):
             raise TypeError(f"send_block takes a Block, not {type(block).__name__}")
         if block.heap is not self.heap:
@@ -126,15 +128,8 @@ class Channel:
                 "an agent's block goes when its agent is recycled"
             )
         self._check_size(len(block))
-        block._hand_over()
-        try:
-            queued = self.core.send_offset(block.offset, len(block), _timeout_ns(timeout))
-        except BaseException:
-            self._free(block.offset, len(block))
-            raise
-        if not queued:
-            self._free(block.offset, len(block))
-            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s; the block was freed")
+        if not self.core.send_block(block, _timeout_ns(timeout), len(block)):
+            raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s; the block is still yours")
 
     def _check_size(self, size: int) -> None:
         if size > self.max_message:
@@ -154,16 +149,7 @@ class Channel:
         self._check_size(view.nbytes)
         blk = self.heap.alloc(max(view.nbytes, 1), "comm", lease=lease)
         blk[: view.nbytes] = view
-        try:
-            queued = self.core.send_offset(blk.offset, view.nbytes, timeout_ns)
-        except BaseException:
-            blk.free()
-            raise
-        if not queued:
-            blk.free()
-        else:
-            blk._hand_over()
-        return queued
+        return bool(self.core.send_block(blk, timeout_ns, view.nbytes, free_unsent=True))
 
     # ---- receiving ----
 

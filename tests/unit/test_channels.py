@@ -54,6 +54,39 @@ def test_full_and_empty(heap: sh.Heap) -> None:
     ch.unlink()
 
 
+def test_a_block_that_could_not_be_sent_is_still_the_sender_s(heap: sh.Heap) -> None:
+    comm = heap.stats()["partitions"]["comm"]["in_use"]
+    ch = heap.channel("narrow", 1)
+    assert ch.try_send(b"first")
+    blk = heap.alloc(100, "comm")
+    blk[:] = b"k" * 100
+    with pytest.raises(TimeoutError, match="still yours"):
+        ch.send_block(blk, timeout=0.01)
+    assert bytes(blk) == b"k" * 100  # usable, not freed
+    leased_before = heap.stats()["leases"]
+    assert not ch.try_send(b"x" * 50, lease=60.0)  # the leased copy is freed, not left behind
+    assert heap.stats()["leases"] == leased_before
+    ch.close()
+    with pytest.raises(sh.ChannelClosed):
+        ch.send_block(blk)
+    assert bytes(blk) == b"k" * 100
+    with pytest.raises(sh.ChannelClosed):
+        ch.send(b"y" * 50, lease=60.0)
+    blk.free()
+    ch.unlink()
+    assert heap.stats()["partitions"]["comm"]["in_use"] == comm
+    heap.check()
+
+
+def test_an_empty_leased_message_arrives_empty(heap: sh.Heap) -> None:
+    ch = heap.channel("empty")
+    ch.send(b"", lease=60.0)
+    got = ch.recv()
+    assert bytes(got) == b"" and len(got) == 0
+    got.free()
+    ch.unlink()
+
+
 def test_close_drains_then_raises(heap: sh.Heap) -> None:
     ch = heap.channel("closing")
     for i in range(3):
