@@ -116,8 +116,7 @@ class Agent(AgentCore):
         try:
             replaced, words = index.put_entries(self._heap, self.id, self.generation, self.kind, new)
         except BaseException:
-            for blk in blocks:
-                blk.free()
+            self._free_unnamed(blocks)
             raise
         for offset, size in replaced:
             self._free_entry(offset, size)
@@ -191,6 +190,21 @@ class Agent(AgentCore):
         """(name, view) pairs; each view pins the agent while alive."""
         for name in self.names():
             yield name, self.get(name)
+
+    def _free_unnamed(self, blocks: list[Any]) -> None:
+        """After a failed index update, free the new blocks the index does not
+        name. An exception can arrive after the swap went in (a
+        KeyboardInterrupt lands on the next bytecode, and Python runs after
+        the swap): freeing a named block let the next allocation hand it out
+        again under a second name. If the index cannot be read (the agent is
+        gone), nothing is freed: its recycle takes its blocks."""
+        try:
+            named = {offset for offset, _ in self._read_index()[2].values()}
+        except Exception:
+            return
+        for blk in blocks:
+            if blk.offset not in named:
+                blk.free()
 
     def _free_entry(self, offset: int, size: int) -> None:
         try:

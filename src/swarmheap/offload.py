@@ -245,8 +245,17 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
     except BaseException:
-        registry.remove(_registry_name(agent))
-        store.delete(key)
+        # only while the agent is surely still in memory: an exception can
+        # arrive after the core marked it OFFLOADED (a KeyboardInterrupt lands
+        # on the next bytecode), and then the blob is all there is of it. An
+        # entry left behind for a live agent, a full sweep drops.
+        try:
+            in_memory = agent.state == "live"
+        except Exception:
+            in_memory = False
+        if in_memory:
+            registry.remove(_registry_name(agent))
+            store.delete(key)
         raise
     heap._remember_store(store)
     final["kind"] = agent.kind

@@ -180,7 +180,8 @@ class Registry:
         try:
             done = self._change(name, (blk.offset, len(data)), accept)
         except BaseException:
-            blk.free()
+            if not self._may_name(lambda: self.get_ref(name)[0], blk.offset):
+                blk.free()
             raise
         if not done:
             blk.free()
@@ -234,7 +235,7 @@ class Registry:
             try:
                 index.update_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, swap_root)
             except BaseException:  # _Changed included: the copy goes, the next attempt makes another
-                if sblk is not None:
+                if sblk is not None and not self._may_name(lambda: self._root()[1].get(shard), sblk.offset):
                     sblk.free()
                 raise
             if sblk is not None:
@@ -246,6 +247,19 @@ class Registry:
 
         done: bool = self._settled(attempt, f"entry {name!r}")
         return done
+
+    def _may_name(self, ref_now: Callable[[], Ref | None], offset: int) -> bool:
+        """After a failed change: does the registry name the block at
+        ``offset`` now (or can that not be told)? An exception can arrive
+        after the root swap went in (a KeyboardInterrupt lands on the next
+        bytecode), and freeing a block the registry names hands it out again
+        under a second name; one that cannot be told is kept (a leak of a few
+        bytes of `system`, not a block with two owners)."""
+        try:
+            ref = ref_now()
+        except Exception:
+            return True
+        return ref is not None and ref[0] == offset
 
     def _free(self, ref: Ref) -> None:
         try:

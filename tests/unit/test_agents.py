@@ -81,6 +81,34 @@ def test_put_copies_any_buffer_and_leaves_nothing_behind(big: sh.Heap) -> None:
     big.check()
 
 
+def test_an_interrupt_after_the_index_swap_frees_no_named_block(
+    big: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = big.spawn("interrupted")
+    agent.put("kept", b"k" * 300)
+    agent.put("early", b"e" * 300)  # the index this process read last: put takes the fast path
+    real = swarmheap.index._remember
+    calls = []
+
+    def interrupted(*args: Any) -> None:
+        real(*args)
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # as if Ctrl-C landed just after the swap went in
+
+    monkeypatch.setattr(swarmheap.index, "_remember", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        agent.put_many({"swapped": b"s" * 300, "other": b"o" * 300})
+    monkeypatch.undo()
+    assert calls
+    assert bytes(agent.get("swapped")) == b"s" * 300  # in the index, and its block not freed
+    agent.put("after", b"a" * 300)  # were it freed, this would take its place under a second name
+    assert bytes(agent.get("swapped")) == b"s" * 300 and bytes(agent.get("other")) == b"o" * 300
+    big.check()
+    agent.complete()
+    big.check()
+
+
 def test_a_view_let_go_while_an_exception_is_raised_unpins_its_agent(big: sh.Heap) -> None:
     # Python 3.9 clears a finished generator's frame, and with it the last
     # view, while its StopIteration is being raised; the unpin took that

@@ -530,6 +530,26 @@ def test_a_pinned_agent_is_not_offloaded(heap: sh.Heap, agent: sh.Agent, tmp_pat
     view.release()
 
 
+def test_an_interrupt_after_the_memory_went_keeps_the_blob(
+    heap: sh.Heap, agent: sh.Agent, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    want = entries_of(agent)
+    real = heap._owner_offload
+
+    def interrupted(*args: Any) -> Any:
+        real(*args)
+        raise KeyboardInterrupt  # as if Ctrl-C landed just after the core gave the memory back
+
+    monkeypatch.setattr(heap, "_owner_offload", interrupted)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        with pytest.raises(KeyboardInterrupt):
+            agent.offload(s)
+        monkeypatch.undo()
+        assert agent.state == "offloaded" and len(s.keys("swarmheap/agent/")) == 1
+        assert entries_of(agent) == want  # restored from the blob the failed call did not delete
+    heap.check()
+
+
 def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) -> None:
     down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(sh.StoreUnavailable):

@@ -64,6 +64,33 @@ def test_every_block_of_a_removed_name_comes_back(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_an_interrupt_after_the_root_swap_frees_no_named_block(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(heap)
+    registry.put("warm/up", b"x")
+    real = index.update_index
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> tuple[int, int]:
+        words = real(*args, **kwargs)  # type: ignore[arg-type]
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # as if Ctrl-C landed just after the swap went in
+        return words
+
+    monkeypatch.setattr(index, "update_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        registry.put("swapped", b"s" * 200)
+    monkeypatch.undo()
+    assert calls and registry.get("swapped") == b"s" * 200
+    for i in range(50):  # were its blocks freed, these would take their places under second names
+        registry.put(f"after/{i}", bytes([i]) * 200)
+    assert registry.get("swapped") == b"s" * 200
+    assert all(registry.get(f"after/{i}") == bytes([i]) * 200 for i in range(50))
+    heap.check()
+
+
 def test_writers_in_threads_lose_no_update() -> None:
     with sh.Heap.create(size="64 MiB") as heap:
         registry = Registry(heap)
