@@ -46,8 +46,12 @@ class Agent(AgentCore):
 
     @property
     def lease_deadline(self) -> float | None:
-        """Epoch seconds after which a sweep reclaims the agent, or None."""
+        """Epoch seconds after which a sweep reclaims the agent, or None.
+        An offloaded agent's is read where its offload wrote it (its lease
+        runs on in the store), without restoring it."""
         lease = self._read_index()[1]
+        if not lease and self.state in ("offloaded", "restoring"):
+            return offload.lease_deadline(self._heap, self.id, self.generation)
         return lease or None
 
     def __repr__(self) -> str:

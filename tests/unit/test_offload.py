@@ -474,6 +474,7 @@ def test_an_offloaded_agent_keeps_its_lease_deadline(heap: sh.Heap, agent: sh.Ag
     deadline = agent.lease_deadline
     with SQLiteStore(tmp_path / "s.db") as s:
         agent.offload(s)
+        assert agent.lease_deadline == deadline and agent.state == "offloaded"  # read without a restore
         agent.restore()
     # the clock ran on in the store: the same deadline, not the seconds left counted again from now
     assert agent.lease_deadline == deadline
