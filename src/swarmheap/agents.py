@@ -70,8 +70,11 @@ class Agent(AgentCore):
         self._heap._owner_touch(self.id, self.generation)
 
     def renew(self, lease: float) -> None:
-        """Move the lease deadline to ``lease`` seconds from now."""
-        self._update_index(lambda entries: None, lease_deadline=time.time() + check_lease(lease))
+        """Move the lease deadline to ``lease`` seconds from now (an
+        offloaded agent is restored first: the deadline lives in its index)."""
+        seconds = check_lease(lease)
+        self._ensure_live()
+        self._update_index(lambda entries: None, lease_deadline=time.time() + seconds)
 
     # ---- named entries ----
 

@@ -480,6 +480,20 @@ def test_an_offloaded_agent_keeps_its_lease_deadline(heap: sh.Heap, agent: sh.Ag
     assert agent.lease_deadline == deadline
 
 
+def test_renewing_an_offloaded_agent_restores_it_and_the_renewal_sticks(
+    heap: sh.Heap, agent: sh.Agent, tmp_path: Any
+) -> None:
+    want = entries_of(agent)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        agent.offload(s)
+        agent.renew(5000.0)
+        assert agent.state == "live" and s.keys("swarmheap/agent/") == []
+        deadline = agent.lease_deadline
+        assert deadline is not None and deadline > time.time() + 4000  # not the 600 s it was offloaded with
+        assert entries_of(agent) == want and agent.lease_deadline == deadline
+    heap.check()
+
+
 def test_an_offloaded_agent_whose_lease_runs_out_is_swept_with_its_blob(
     heap: sh.Heap, agent: sh.Agent, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
