@@ -410,7 +410,7 @@ def restore_in_place(agent: Agent) -> None:
     Registry(heap).remove(_registry_name(agent))
 
 
-def drop_expired(heap: Heap, agent_id: int, generation: int) -> bool:
+def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
     """Reclaim an offloaded agent whose lease ran out: its blob, its registry
     entry, its slot. The state goes DEAD first, so that a restore racing it
     stops; a kill after that leaves a dead slot the next sweep recycles and a
@@ -418,6 +418,8 @@ def drop_expired(heap: Heap, agent_id: int, generation: int) -> bool:
     if a restore began first, or the store could not delete (the next sweep
     tries again)."""
     fields = _entry(heap, agent_id, generation)
+    if fields is not None and fields[0] in unreachable:
+        return False
     try:
         heap._owner_set_state(agent_id, generation, "offloaded", "dead")
     except (AgentStateError, StaleBlock):
@@ -426,6 +428,7 @@ def drop_expired(heap: Heap, agent_id: int, generation: int) -> bool:
         try:
             heap._store_for(fields[0]).delete(fields[1])
         except (StoreUnavailable, StoreFull) as exc:
+            unreachable.add(fields[0])
             log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", fields[0], exc)
             return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
@@ -440,25 +443,38 @@ def default_store(heap: Heap) -> Store:
     return SQLiteStore(path)
 
 
-def moved_away(heap: Heap, agent_id: int, generation: int) -> bool:
-    """Was this offloaded agent restored elsewhere (restore_from marks its key)?"""
+def moved_away(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+    """Was this offloaded agent restored elsewhere (restore_from marks its
+    key)? A store that fails is put in ``unreachable`` and not asked again
+    by this sweep: each ask of a host that does not answer waits out the
+    connect timeout, once per offloaded agent."""
     found = where_if_readable(heap, agent_id, generation)
-    if found is None:
+    if found is None or found[0] in unreachable:
         return False
     url, key, _ = found
     try:
         return heap._store_for(url).get(key + "/moved") is not None
-    except Exception:
+    except Exception as exc:
+        unreachable.add(url)
+        log.warning("swarmheap: store %s did not answer this sweep, asked again at the next: %s", url, exc)
         return False
 
 
-def forget_moved(heap: Heap, agent_id: int, generation: int) -> None:
+def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+    """Drop what this heap keeps of an agent restored elsewhere: its blob,
+    the mark, the registry entry. False (nothing dropped) if the store fails."""
     found = where(heap, agent_id, generation)
     if found:
-        store = heap._store_for(found[0])
-        store.delete(found[1])
-        store.delete(found[1] + "/moved")
+        try:
+            store = heap._store_for(found[0])
+            store.delete(found[1])
+            store.delete(found[1] + "/moved")
+        except (StoreUnavailable, StoreFull) as exc:
+            unreachable.add(found[0])
+            log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
+            return False
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
+    return True
 
 
 def idle_agents(heap: Heap, partition: str, min_idle: float) -> list[tuple[int, int]]:

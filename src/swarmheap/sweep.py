@@ -76,11 +76,13 @@ class SweepResult:
 
 
 class _Liveness:
-    """Process liveness by (pid, start time), asked once per pid per sweep."""
+    """What a sweep asks once: a process's liveness by (pid, start time), and
+    whether a store answers (one that failed is not asked again in it)."""
 
     def __init__(self, heap: Heap) -> None:
         self.heap = heap
         self.known: dict[int, bool] = {}
+        self.unreachable: set[str] = set()  # stores that failed this sweep: not asked again in it
 
     def alive(self, agent_id: int, pid: int) -> bool:
         if pid not in self.known:
@@ -100,7 +102,7 @@ def _examine(
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
-        if not offload.moved_away(heap, agent_id, generation):
+        if not offload.moved_away(heap, agent_id, generation, live.unreachable):
             deadline = offload.lease_deadline(heap, agent_id, generation)
             if deadline is None or now <= deadline:
                 return True
@@ -109,13 +111,14 @@ def _examine(
             if info is None or info["generation"] != generation:
                 return False
             info["kind"] = offload.kind_of(heap, agent_id, generation, info["kind_id"])
-            if not offload.drop_expired(heap, agent_id, generation):
+            if not offload.drop_expired(heap, agent_id, generation, live.unreachable):
                 return True
             result.agents["lease"] += 1
             result.recycled.append({**info, "state": "gone", "cause": "lease"})
             return False
         # restored in another heap (restore_from marked its key): the slot goes
-        offload.forget_moved(heap, agent_id, generation)
+        if not offload.forget_moved(heap, agent_id, generation, live.unreachable):
+            return True
         heap._owner_recycle(agent_id, generation)
         result.agents["moved_away"] += 1
         return False

@@ -565,6 +565,37 @@ def test_an_interrupt_after_the_memory_went_keeps_the_blob(
     heap.check()
 
 
+def test_a_sweep_asks_a_store_that_is_down_once(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents = [heap.spawn("idle") for _ in range(5)]
+    for a in agents:
+        a.put("x", b"x" * 100)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        for a in agents:
+            a.offload(s)
+        asked = []
+
+        class Down:  # a host that stopped answering: every call fails after its timeout
+            url = s.url
+
+            def get(self, key: str) -> bytes | None:
+                asked.append(key)
+                raise sh.StoreUnavailable(f"{s.url} did not answer")
+
+            delete = get
+
+        real = heap._store_for
+        monkeypatch.setattr(heap, "_store_for", lambda url: Down())
+        with caplog.at_level("WARNING", logger="swarmheap"):
+            result = heap.collect(2)
+        assert len(asked) == 1 and "did not answer" in caplog.text
+        assert result.agents["moved_away"] == 0 and all(a.state == "offloaded" for a in agents)
+        monkeypatch.setattr(heap, "_store_for", real)
+        assert [bytes(a.get("x")) for a in agents] == [b"x" * 100] * 5
+    heap.check()
+
+
 def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) -> None:
     down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(sh.StoreUnavailable):
