@@ -513,14 +513,21 @@ def relieve(heap: Heap, policy: Any) -> int:
     return moved
 
 
-def forget_stale(heap: Heap) -> int:
+def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     """Registry entries (and their blobs) of agents that are not offloaded: an
     offload killed between writing the blob and giving back the memory, or
-    an agent completed since. A full sweep calls this; returns how many."""
+    an agent completed since. A full sweep calls this; returns how many. The
+    blob goes first and the entry after, so that a store that fails (put in
+    ``unreachable``, not asked again) leaves the entry for the next sweep
+    rather than a blob nothing names."""
+    unreachable = set() if unreachable is None else unreachable
     gone = 0
     for name in Registry(heap).names("offload/"):
-        _, agent_id, generation = name.split("/")
-        aid, gen = int(agent_id), int(generation)
+        try:
+            _, agent_id, generation = name.split("/")
+            aid, gen = int(agent_id), int(generation)
+        except ValueError:
+            continue  # not a name offload() writes: damage, which where() reports to whoever asks
         if heap._owner_generation(aid) == gen:
             if heap._owner_state(aid) in ("offloaded", "restoring"):
                 continue
@@ -529,12 +536,16 @@ def forget_stale(heap: Heap) -> int:
             if time.time() - _written(heap, name) < STALE_AFTER:
                 continue
         found = where_if_readable(heap, aid, gen)
-        Registry(heap).remove(name)
         if found:
+            if found[0] in unreachable:
+                continue
             try:
                 heap._store_for(found[0]).delete(found[1])
             except (StoreUnavailable, StoreFull) as exc:
+                unreachable.add(found[0])
                 log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
+                continue
+        Registry(heap).remove(name)
         gone += 1
     return gone
 

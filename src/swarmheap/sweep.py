@@ -210,5 +210,5 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
             if agent_gen:
                 _examine(heap, agent_id, agent_gen, result, live, now)
         if not heap.read_only:
-            offload.forget_stale(heap)
+            offload.forget_stale(heap, live.unreachable)
     return result

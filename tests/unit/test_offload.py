@@ -596,6 +596,32 @@ def test_a_sweep_asks_a_store_that_is_down_once(
     heap.check()
 
 
+def test_a_completed_offloaded_agent_s_blob_goes_at_a_full_sweep_once_the_store_answers(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarmheap.registry import Registry
+
+    a = heap.spawn("done")
+    a.put("x", b"x" * 100)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        a.offload(s)
+        a.complete()
+        assert len(s.keys("swarmheap/agent/")) == 1 and Registry(heap).names("offload/") != []
+
+        def down(url: str) -> Any:
+            raise sh.StoreUnavailable(f"{url} did not answer")
+
+        real = heap._store_for
+        monkeypatch.setattr(heap, "_store_for", down)
+        heap.collect(2)
+        # the entry stays while its blob cannot be deleted: nothing left that nothing names
+        assert len(s.keys("swarmheap/agent/")) == 1 and Registry(heap).names("offload/") != []
+        monkeypatch.setattr(heap, "_store_for", real)
+        heap.collect(2)
+        assert s.keys("swarmheap/agent/") == [] and Registry(heap).names("offload/") == []
+    heap.check()
+
+
 def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) -> None:
     down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(sh.StoreUnavailable):
