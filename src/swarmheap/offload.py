@@ -513,6 +513,17 @@ def relieve(heap: Heap, policy: Any) -> int:
     return moved
 
 
+def _agent_of(heap: Heap, name: str) -> tuple[int, int] | None:
+    """(id, generation) from a registry name offload/ID/GEN; None for a name
+    that is not one (the registry is shared memory: read as untrusted)."""
+    try:
+        _, agent_id, generation = name.split("/")
+        aid, gen = int(agent_id), int(generation)
+    except ValueError:
+        return None
+    return (aid, gen) if 0 <= aid < heap._max_owners() and 0 < gen < 1 << 32 else None
+
+
 def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     """Registry entries (and their blobs) of agents that are not offloaded: an
     offload killed between writing the blob and giving back the memory, or
@@ -523,11 +534,10 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     unreachable = set() if unreachable is None else unreachable
     gone = 0
     for name in Registry(heap).names("offload/"):
-        try:
-            _, agent_id, generation = name.split("/")
-            aid, gen = int(agent_id), int(generation)
-        except ValueError:
+        parsed_name = _agent_of(heap, name)
+        if parsed_name is None:
             continue  # not a name offload() writes: damage, which where() reports to whoever asks
+        aid, gen = parsed_name
         if heap._owner_generation(aid) == gen:
             if heap._owner_state(aid) in ("offloaded", "restoring"):
                 continue
@@ -541,7 +551,7 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
                 continue
             try:
                 heap._store_for(found[0]).delete(found[1])
-            except (StoreUnavailable, StoreFull) as exc:
+            except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
                 unreachable.add(found[0])
                 log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
                 continue
@@ -554,13 +564,16 @@ def offloaded(heap: Heap) -> list[dict[str, Any]]:
     """The offloaded agents the registry names, with their store and key."""
     out = []
     for name in Registry(heap).names("offload/"):
-        _, agent_id, generation = name.split("/")
-        found = where_if_readable(heap, int(agent_id), int(generation))
-        if found and heap._owner_state(int(agent_id)) in ("offloaded", "restoring"):
+        parsed_name = _agent_of(heap, name)
+        if parsed_name is None:
+            continue  # not a name offload() writes
+        agent_id, generation = parsed_name
+        found = where_if_readable(heap, agent_id, generation)
+        if found and heap._owner_state(agent_id) in ("offloaded", "restoring"):
             out.append(
                 {
-                    "id": int(agent_id),
-                    "generation": int(generation),
+                    "id": agent_id,
+                    "generation": generation,
                     "store": found[0],
                     "key": found[1],
                     "kind": found[2],

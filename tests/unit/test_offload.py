@@ -622,6 +622,18 @@ def test_a_completed_offloaded_agent_s_blob_goes_at_a_full_sweep_once_the_store_
     heap.check()
 
 
+def test_damaged_offload_names_in_the_registry_are_passed_over(heap: sh.Heap, agent: sh.Agent) -> None:
+    from swarmheap.registry import Registry
+
+    registry = Registry(heap)
+    for name in ("offload/x", "offload/99999999999/1", "offload/1/2/3", "offload/-1/1", "offload/2/0"):
+        registry.put(name, b"not an entry")
+    heap.collect(2)  # neither ValueError nor OverflowError out of the sweep
+    assert heap.stats()["offloaded"] == []
+    assert agent.state == "live"
+    heap.check()
+
+
 def test_a_store_that_is_down_keeps_the_agent(heap: sh.Heap, agent: sh.Agent) -> None:
     down = RedisStore("redis://127.0.0.1:1/0")  # nothing listens on port 1
     with pytest.raises(sh.StoreUnavailable):
