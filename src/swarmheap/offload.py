@@ -21,7 +21,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from swarmheap import index, snapshot
 from swarmheap._core import PARTITIONS
@@ -238,9 +238,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     registry = Registry(heap)
     # the lease's deadline goes with it: the clock runs on while offloaded, and
     # a sweep drops an agent (and its blob) whose lease ran out in the store
-    registry.put(
-        _registry_name(agent), f"{store.url}\n{key}\n{agent.kind}\n{time.time()}\n{deadline or ''}".encode()
-    )
+    registry.put(_registry_name(agent), _entry_bytes(store.url, key, agent.kind, time.time(), deadline))
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
@@ -301,41 +299,72 @@ def kind_of(heap: Heap, agent_id: int, generation: int, kid: int | None = None) 
     return name
 
 
-def _entry(heap: Heap, agent_id: int, generation: int) -> list[str] | None:
-    """An offloaded agent's registry entry: store URL, key, kind, when it was
-    written, its lease's deadline ("" for none; absent in entries of format 8
-    heaps written before leases ran on while offloaded). None if there is
-    none, HeapCorrupt if it does not read as one."""
+class _Entry(NamedTuple):
+    """An offloaded agent's registry entry."""
+
+    url: str  # of the store its blob is in
+    key: str
+    kind: str
+    written: float  # epoch seconds; 0 if it does not read
+    deadline: float | None  # of its lease, which runs on in the store
+
+
+_ENTRY_V2 = "2"  # first line of an entry with a deadline; an older one starts with its store URL
+
+
+def _entry_bytes(url: str, key: str, kind: str, written: float, deadline: float | None) -> bytes:
+    # the kind last: a kind name may hold newlines (the entry of format 1
+    # put it third, and one that did could not be read past it)
+    return f"{_ENTRY_V2}\n{url}\n{key}\n{written}\n{deadline or ''}\n{kind}".encode()
+
+
+def _parse_entry(data: bytes) -> _Entry:
+    """ValueError (UnicodeDecodeError included) if it does not read as one."""
+    text = data.decode()
+    if text.startswith(_ENTRY_V2 + "\n"):
+        _, url, key, written, deadline, kind = text.split("\n", 5)
+        return _Entry(url, key, kind, _seconds(written), float(deadline) if deadline else None)
+    url, key, kind, written = text.split("\n", 3)  # format 1: no deadline
+    return _Entry(url, key, kind, _seconds(written), None)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def _entry(heap: Heap, agent_id: int, generation: int) -> _Entry | None:
+    """An offloaded agent's registry entry; None if there is none,
+    HeapCorrupt if it does not read as one."""
     data = Registry(heap).get(f"offload/{agent_id}/{generation}")
     if data is None:
         return None
     try:
-        fields = data.decode().split("\n")
-        if len(fields) not in (4, 5):
-            raise ValueError(f"{len(fields)} fields")
-    except (UnicodeDecodeError, ValueError):
+        return _parse_entry(data)
+    except ValueError:
         raise HeapCorrupt(
             f"the heap registry's entry for offloaded agent {agent_id} (generation {generation}) is damaged: "
             "where its snapshot is, is lost"
         ) from None
-    return fields
 
 
 def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
     """(store URL, key, kind) of an offloaded agent, from the registry; None
     if it names none, HeapCorrupt if its entry does not read as one."""
-    fields = _entry(heap, agent_id, generation)
-    return None if fields is None else (fields[0], fields[1], fields[2])
+    entry = _entry(heap, agent_id, generation)
+    return None if entry is None else (entry.url, entry.key, entry.kind)
 
 
 def lease_deadline(heap: Heap, agent_id: int, generation: int) -> float | None:
     """An offloaded agent's lease deadline (epoch seconds), None if it has no
     lease (or its entry does not say, or does not read)."""
     try:
-        fields = _entry(heap, agent_id, generation)
-        return float(fields[4]) if fields is not None and len(fields) == 5 and fields[4] else None
-    except (HeapCorrupt, ValueError):
+        entry = _entry(heap, agent_id, generation)
+    except HeapCorrupt:
         return None
+    return None if entry is None else entry.deadline
 
 
 def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
@@ -351,18 +380,18 @@ def _written(heap: Heap, name: str) -> float:
     """When the registry entry was written (epoch seconds; 0 if unreadable)."""
     data = Registry(heap).get(name)
     try:
-        return float(data.decode().split("\n")[3]) if data else 0.0
-    except (ValueError, IndexError, UnicodeDecodeError):
+        return _parse_entry(data).written if data else 0.0
+    except ValueError:
         return 0.0
 
 
 def restore_in_place(agent: Agent) -> None:
     """Bring an offloaded agent back into its own slot, same id and generation."""
     heap = agent.heap
-    fields = _entry(heap, agent.id, agent.generation)
-    if fields is None:
+    entry = _entry(heap, agent.id, agent.generation)
+    if entry is None:
         raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
-    url, key = fields[0], fields[1]
+    url, key = entry.url, entry.key
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
@@ -389,7 +418,7 @@ def restore_in_place(agent: Agent) -> None:
         try:
             # the deadline as it stood: the lease ran on in the store (an entry
             # without one predates that; its seconds left count from now)
-            deadline = float(fields[4]) if len(fields) == 5 and fields[4] else None
+            deadline = entry.deadline
             if deadline is None and lease_left is not None:
                 deadline = time.time() + lease_left
             if deadline is not None:
@@ -417,19 +446,22 @@ def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[st
     registry entry a full sweep drops with its blob. True if reclaimed; False
     if a restore began first, or the store could not delete (the next sweep
     tries again)."""
-    fields = _entry(heap, agent_id, generation)
-    if fields is not None and fields[0] in unreachable:
+    try:
+        entry = _entry(heap, agent_id, generation)
+    except HeapCorrupt:
+        return False  # damaged since the sweep read its deadline: whoever restores it hears so
+    if entry is not None and entry.url in unreachable:
         return False
     try:
         heap._owner_set_state(agent_id, generation, "offloaded", "dead")
     except (AgentStateError, StaleBlock):
         return False
-    if fields is not None:
+    if entry is not None:
         try:
-            heap._store_for(fields[0]).delete(fields[1])
+            heap._store_for(entry.url).delete(entry.key)
         except (StoreUnavailable, StoreFull) as exc:
-            unreachable.add(fields[0])
-            log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", fields[0], exc)
+            unreachable.add(entry.url)
+            log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
             return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
     return heap._owner_recycle(agent_id, generation)

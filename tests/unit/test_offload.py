@@ -480,6 +480,37 @@ def test_an_offloaded_agent_keeps_its_lease_deadline(heap: sh.Heap, agent: sh.Ag
     assert agent.lease_deadline == deadline
 
 
+def test_a_kind_with_a_newline_is_offloaded_and_restored(heap: sh.Heap, tmp_path: Any) -> None:
+    a = heap.spawn("two\nlines", lease=600.0)
+    a.put("x", b"x" * 100)
+    deadline = a.lease_deadline
+    with SQLiteStore(tmp_path / "s.db") as s:
+        a.offload(s)
+        assert [o["kind"] for o in heap.stats()["offloaded"]] == ["two\nlines"]
+        assert a.lease_deadline == deadline
+        assert bytes(a.get("x")) == b"x" * 100 and a.kind == "two\nlines" and a.lease_deadline == deadline
+    heap.check()
+
+
+def test_registry_entries_of_both_layouts_read() -> None:
+    from swarmheap.offload import _entry_bytes, _parse_entry
+
+    old = _parse_entry(b"sqlite:///tmp/s.db\nswarmheap/agent/t/2/1\nplanner\n1796389300.5")
+    assert (old.url, old.key, old.kind, old.written, old.deadline) == (
+        "sqlite:///tmp/s.db",
+        "swarmheap/agent/t/2/1",
+        "planner",
+        1796389300.5,
+        None,
+    )
+    new = _parse_entry(_entry_bytes("redis://h:1/0", "k", "a\nb\nc", 12.5, 99.25))
+    assert tuple(new) == ("redis://h:1/0", "k", "a\nb\nc", 12.5, 99.25)
+    assert _parse_entry(_entry_bytes("u", "k", "kind", 1.0, None)).deadline is None
+    for damaged in (b"just one line", b"2\nu\nk\n1.0\nnot a number\nkind", b"\xff\xfe"):
+        with pytest.raises(ValueError):
+            _parse_entry(damaged)
+
+
 def test_renewing_an_offloaded_agent_restores_it_and_the_renewal_sticks(
     heap: sh.Heap, agent: sh.Agent, tmp_path: Any
 ) -> None:
