@@ -336,7 +336,11 @@ class Heap(CoreHeap):
             raise KeyError(f"no snapshot under {key!r} in {store.url}")
         self._remember_store(store)
         agent = offload.restore_blob(self, blob, [store, *self._stores.values()])
+        # the mark, then the blob: a touch in the source heap then finds no
+        # blob and says the agent moved, instead of restoring a second copy
+        # of it there (a kill between leaves the blob for the source's sweep)
         store.put(key + "/moved", b"")
+        store.delete(key)
         return agent
 
     @property

@@ -395,7 +395,12 @@ def restore_in_place(agent: Agent) -> None:
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
-        raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: moved or deleted")
+        if store.get(key + "/moved") is not None:
+            raise AgentStateError(
+                f"agent {agent.id} was restored in another heap (restore_from): it lives there now, "
+                "and this heap's next sweep frees its slot"
+            )
+        raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
     with parsed(heap, blob, [store]) as (kind, lease_left, entries):
         # RESTORING while the entries go back: a restorer killed half way leaves
         # it RESTORING, blob and registry entry in place, and the next touch

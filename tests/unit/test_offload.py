@@ -709,6 +709,9 @@ def test_restore_on_another_node_through_redis(heap_name: str, redis_url: str) -
         with mp.get_context("spawn").Pool(1) as pool:
             got = pool.apply(restore_from_store, (heap_name + "_b", redis_url, key))
         assert got == want
+        with pytest.raises(sh.AgentStateError, match="another heap"):
+            a.get("note")  # a touch here does not make a second copy of an agent that moved
+        assert a.state == "offloaded"
         result = source.collect(2)  # told that the agent lives elsewhere: its slot goes
         assert result.agents["moved_away"] == 1
         assert a.state == "gone"
