@@ -211,7 +211,10 @@ class Agent(AgentCore):
             return
         for blk in blocks:
             if blk.offset not in named:
-                blk.free()
+                try:
+                    blk.free()
+                except StaleBlock:
+                    pass  # named for a moment, then replaced and freed by another update: not ours to free
 
     def _free_entry(self, offset: int, size: int) -> None:
         try:
