@@ -60,15 +60,18 @@ cdef class ChannelCore:
         if size > block.length:
             raise ValueError(f"a message of {size} bytes does not fit its block of {block.length}")
         block._hand_over()
-        cdef bint queued = False
         try:
-            queued = self._enqueue(block.offset, size, timeout_ns) == 1
-        finally:
-            if not queued:
-                block._take_back()
-                if free_unsent:
-                    block.free()
-        return queued
+            if self._enqueue(block.offset, size, timeout_ns):
+                return True
+        except BaseException:
+            block._take_back()
+            if free_unsent:
+                block.free()
+            raise
+        block._take_back()
+        if free_unsent:
+            block.free()
+        return False
 
     def send_copy(self, data, int64_t timeout_ns):
         """Copy the bytes-like ``data`` into a new comm block and queue it;

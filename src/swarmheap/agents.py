@@ -39,10 +39,10 @@ class Agent(AgentCore):
     @property
     def state(self) -> str:
         """live, completed (recycle deferred by pins), dead, offloaded, or gone."""
-        brief = self._heap._owner_brief(self.id)  # not _owner_info: its dict of bytes per class
-        if brief is None or brief[0] != self.generation:
+        info = self._heap._owner_info(self.id)
+        if info is None or info["generation"] != self.generation:
             return "gone"
-        return str(brief[1])
+        return str(info["state"])
 
     @property
     def lease_deadline(self) -> float | None:
@@ -51,8 +51,7 @@ class Agent(AgentCore):
         runs on in the store), without restoring it."""
         lease = self._read_index()[1]
         if not lease and self.state in ("offloaded", "restoring"):
-            entry = offload.entry_if_readable(self._heap, self.id, self.generation)
-            return entry.deadline if entry else None
+            return offload.lease_deadline(self._heap, self.id, self.generation)
         return lease or None
 
     def __repr__(self) -> str:
@@ -248,7 +247,7 @@ class Agent(AgentCore):
         the agent again in any heap. Codecs: "zstd" (level 3 by default, and
         the kind's trained dictionary once there is one), "lz4", "none"."""
         self._ensure_live()
-        return offload.snapshot_of(self, codec, level, self.lease_deadline)[0]
+        return offload.snapshot_of(self, codec, level)[0]
 
     def offload(
         self, store: Store | None = None, *, codec: str | None = None, level: int | None = None

@@ -453,8 +453,8 @@ class Heap(CoreHeap):
 
     def _agent_at(self, agent_id: int, generation: int) -> Agent:
         if self._owner_state(agent_id) in ("offloaded", "restoring"):  # its index went with its memory
-            entry = offload.entry_if_readable(self, agent_id, generation)
-            kind = entry.kind if entry else "?"
+            found = offload.where_if_readable(self, agent_id, generation)
+            kind = found[2] if found else "?"
         else:
             kind = offload.kind_of(self, agent_id, generation)
         return Agent(self, agent_id, generation, kind)

@@ -142,9 +142,13 @@ class Dictionaries:
         self.published.add(known)
 
 
-def snapshot_of(agent: Agent, codec: str, level: int | None, deadline: float | None) -> tuple[bytes, Any]:
+def snapshot_of(
+    agent: Agent, codec: str = "zstd", level: int | None = None, deadline: float | bool | None = False
+) -> tuple[bytes, Any]:
     """The agent's blob, and the dictionary it names (None if none);
-    ``deadline`` is its lease's (agent.lease_deadline, read by the caller)."""
+    ``deadline`` is its lease's, if the caller read it already."""
+    if deadline is False:
+        deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
     dictionaries: Dictionaries = agent.heap._dictionaries
     with contextlib.ExitStack() as state:
@@ -346,11 +350,28 @@ def _entry(heap: Heap, agent_id: int, generation: int) -> _Entry | None:
         ) from None
 
 
-def entry_if_readable(heap: Heap, agent_id: int, generation: int) -> _Entry | None:
-    """_entry(), None for a damaged entry too: for listings, sweeps and
-    reading a lease, which go on past it (restore() is where it is reported)."""
+def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """(store URL, key, kind) of an offloaded agent, from the registry; None
+    if it names none, HeapCorrupt if its entry does not read as one."""
+    entry = _entry(heap, agent_id, generation)
+    return None if entry is None else (entry.url, entry.key, entry.kind)
+
+
+def lease_deadline(heap: Heap, agent_id: int, generation: int) -> float | None:
+    """An offloaded agent's lease deadline (epoch seconds), None if it has no
+    lease (or its entry does not say, or does not read)."""
     try:
-        return _entry(heap, agent_id, generation)
+        entry = _entry(heap, agent_id, generation)
+    except HeapCorrupt:
+        return None
+    return None if entry is None else entry.deadline
+
+
+def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """where(), None for a damaged entry too: for listings and sweeps, which
+    go on past it (restore() is where it is reported)."""
+    try:
+        return where(heap, agent_id, generation)
     except HeapCorrupt:
         return None
 
@@ -423,25 +444,30 @@ def restore_in_place(agent: Agent) -> None:
     Registry(heap).remove(_registry_name(agent))
 
 
-def drop_expired(heap: Heap, agent_id: int, generation: int, entry: _Entry, unreachable: set[str]) -> bool:
+def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
     """Reclaim an offloaded agent whose lease ran out: its blob, its registry
-    entry (``entry``, as the sweep read it), its slot. The state goes DEAD
-    first, so that a restore racing it stops; a kill after that leaves a
-    dead slot the next sweep recycles and a registry entry a full sweep
-    drops with its blob. True if reclaimed; False if a restore began first,
-    or the store could not delete (the next sweep tries again)."""
-    if entry.url in unreachable:
+    entry, its slot. The state goes DEAD first, so that a restore racing it
+    stops; a kill after that leaves a dead slot the next sweep recycles and a
+    registry entry a full sweep drops with its blob. True if reclaimed; False
+    if a restore began first, or the store could not delete (the next sweep
+    tries again)."""
+    try:
+        entry = _entry(heap, agent_id, generation)
+    except HeapCorrupt:
+        return False  # damaged since the sweep read its deadline: whoever restores it hears so
+    if entry is not None and entry.url in unreachable:
         return False
     try:
         heap._owner_set_state(agent_id, generation, "offloaded", "dead")
     except (AgentStateError, StaleBlock):
         return False
-    try:
-        heap._store_for(entry.url).delete(entry.key)
-    except (StoreUnavailable, StoreFull) as exc:
-        unreachable.add(entry.url)
-        log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
-        return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
+    if entry is not None:
+        try:
+            heap._store_for(entry.url).delete(entry.key)
+        except (StoreUnavailable, StoreFull) as exc:
+            unreachable.add(entry.url)
+            log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
+            return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
     return heap._owner_recycle(agent_id, generation)
 
@@ -454,34 +480,36 @@ def default_store(heap: Heap) -> Store:
     return SQLiteStore(path)
 
 
-def moved_away(heap: Heap, entry: _Entry, unreachable: set[str]) -> bool:
-    """Was the offloaded agent of ``entry`` restored elsewhere (restore_from
-    marks its key)? A store that fails is put in ``unreachable`` and not
-    asked again by this sweep: each ask of a host that does not answer waits
-    out the connect timeout, once per offloaded agent."""
-    if entry.url in unreachable:
+def moved_away(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+    """Was this offloaded agent restored elsewhere (restore_from marks its
+    key)? A store that fails is put in ``unreachable`` and not asked again
+    by this sweep: each ask of a host that does not answer waits out the
+    connect timeout, once per offloaded agent."""
+    found = where_if_readable(heap, agent_id, generation)
+    if found is None or found[0] in unreachable:
         return False
+    url, key, _ = found
     try:
-        return heap._store_for(entry.url).get(entry.key + "/moved") is not None
+        return heap._store_for(url).get(key + "/moved") is not None
     except Exception as exc:
-        unreachable.add(entry.url)
-        log.warning(
-            "swarmheap: store %s did not answer this sweep, asked again at the next: %s", entry.url, exc
-        )
+        unreachable.add(url)
+        log.warning("swarmheap: store %s did not answer this sweep, asked again at the next: %s", url, exc)
         return False
 
 
-def forget_moved(heap: Heap, agent_id: int, generation: int, entry: _Entry, unreachable: set[str]) -> bool:
+def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
     """Drop what this heap keeps of an agent restored elsewhere: its blob,
     the mark, the registry entry. False (nothing dropped) if the store fails."""
-    try:
-        store = heap._store_for(entry.url)
-        store.delete(entry.key)
-        store.delete(entry.key + "/moved")
-    except (StoreUnavailable, StoreFull) as exc:
-        unreachable.add(entry.url)
-        log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", entry.url, exc)
-        return False
+    found = where(heap, agent_id, generation)
+    if found:
+        try:
+            store = heap._store_for(found[0])
+            store.delete(found[1])
+            store.delete(found[1] + "/moved")
+        except (StoreUnavailable, StoreFull) as exc:
+            unreachable.add(found[0])
+            log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
+            return False
     Registry(heap).remove(f"offload/{agent_id}/{generation}")
     return True
 
@@ -533,18 +561,19 @@ def _agent_of(heap: Heap, name: str) -> tuple[int, int] | None:
     return (aid, gen) if 0 <= aid < heap._max_owners() and 0 < gen < 1 << 32 else None
 
 
-def forget_stale(heap: Heap, unreachable: set[str]) -> int:
+def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     """Registry entries (and their blobs) of agents that are not offloaded: an
     offload killed between writing the blob and giving back the memory, or
     an agent completed since. A full sweep calls this; returns how many. The
     blob goes first and the entry after, so that a store that fails (put in
     ``unreachable``, not asked again) leaves the entry for the next sweep
     rather than a blob nothing names."""
+    unreachable = set() if unreachable is None else unreachable
     gone = 0
     for name in Registry(heap).names("offload/"):
         parsed_name = _agent_of(heap, name)
         if parsed_name is None:
-            continue  # not a name offload() writes: damage, which _entry() reports to whoever asks
+            continue  # not a name offload() writes: damage, which where() reports to whoever asks
         aid, gen = parsed_name
         if heap._owner_generation(aid) == gen:
             if heap._owner_state(aid) in ("offloaded", "restoring"):
@@ -553,15 +582,15 @@ def forget_stale(heap: Heap, unreachable: set[str]) -> int:
             # (entry, blob, then memory), not one a kill left behind
             if time.time() - _written(heap, name) < STALE_AFTER:
                 continue
-        entry = entry_if_readable(heap, aid, gen)
-        if entry:
-            if entry.url in unreachable:
+        found = where_if_readable(heap, aid, gen)
+        if found:
+            if found[0] in unreachable:
                 continue
             try:
-                heap._store_for(entry.url).delete(entry.key)
+                heap._store_for(found[0]).delete(found[1])
             except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
-                unreachable.add(entry.url)
-                log.warning("swarmheap: could not delete a stale snapshot from %s: %s", entry.url, exc)
+                unreachable.add(found[0])
+                log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
                 continue
         Registry(heap).remove(name)
         gone += 1
@@ -576,15 +605,15 @@ def offloaded(heap: Heap) -> list[dict[str, Any]]:
         if parsed_name is None:
             continue  # not a name offload() writes
         agent_id, generation = parsed_name
-        entry = entry_if_readable(heap, agent_id, generation)
-        if entry and heap._owner_state(agent_id) in ("offloaded", "restoring"):
+        found = where_if_readable(heap, agent_id, generation)
+        if found and heap._owner_state(agent_id) in ("offloaded", "restoring"):
             out.append(
                 {
                     "id": agent_id,
                     "generation": generation,
-                    "store": entry.url,
-                    "key": entry.key,
-                    "kind": entry.kind,
+                    "store": found[0],
+                    "key": found[1],
+                    "kind": found[2],
                 }
             )
     return out

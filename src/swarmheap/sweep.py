@@ -102,24 +102,22 @@ def _examine(
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
-        entry = offload.entry_if_readable(heap, agent_id, generation)  # read once for all below
-        if entry is None:
-            return True
-        if not offload.moved_away(heap, entry, live.unreachable):
-            if entry.deadline is None or now <= entry.deadline:
+        if not offload.moved_away(heap, agent_id, generation, live.unreachable):
+            deadline = offload.lease_deadline(heap, agent_id, generation)
+            if deadline is None or now <= deadline:
                 return True
             # its lease ran out in the store: it goes, blob and all, as a live one would
             info = heap._owner_info(agent_id)
             if info is None or info["generation"] != generation:
                 return False
-            info["kind"] = entry.kind
-            if not offload.drop_expired(heap, agent_id, generation, entry, live.unreachable):
+            info["kind"] = offload.kind_of(heap, agent_id, generation, info["kind_id"])
+            if not offload.drop_expired(heap, agent_id, generation, live.unreachable):
                 return True
             result.agents["lease"] += 1
             result.recycled.append({**info, "state": "gone", "cause": "lease"})
             return False
         # restored in another heap (restore_from marked its key): the slot goes
-        if not offload.forget_moved(heap, agent_id, generation, entry, live.unreachable):
+        if not offload.forget_moved(heap, agent_id, generation, live.unreachable):
             return True
         heap._owner_recycle(agent_id, generation)
         result.agents["moved_away"] += 1
