@@ -330,17 +330,24 @@ class Heap(CoreHeap):
     def restore_from(self, store: Store, key: str) -> Agent:
         """Restore an agent another heap (process, machine) offloaded to
         ``store`` under ``key``. The source heap frees its slot at its next
-        sweep; the blob leaves the store."""
+        sweep; the blob leaves the store. Of two heaps restoring one key at
+        once, one gets the agent and the other AgentStateError."""
         blob = check_store(store).get(key)
         if blob is None:
             raise KeyError(f"no snapshot under {key!r} in {store.url}")
         self._remember_store(store)
         agent = offload.restore_blob(self, blob, [store, *self._stores.values()])
-        # the mark, then the blob: a touch in the source heap then finds no
-        # blob and says the agent moved, instead of restoring a second copy
-        # of it there (a kill between leaves the blob for the source's sweep)
-        store.put(key + "/moved", b"")
-        store.delete(key)
+        try:
+            claimed = offload.claim_moved(store, key)
+        except BaseException:
+            agent.complete()  # the blob stays in the store for another try
+            raise
+        if not claimed:
+            agent.complete()
+            raise AgentStateError(
+                f"the snapshot under {key!r} in {store.url} was restored by another heap while this one "
+                "restored it: that heap has the agent, and this heap's copy was dropped"
+            )
         return agent
 
     @property

@@ -480,6 +480,38 @@ def default_store(heap: Heap) -> Store:
     return SQLiteStore(path)
 
 
+def claim_moved(store: Store, key: str) -> bool:
+    """Mark the blob under ``key`` moved and delete it, once restore_from has
+    restored it: True if this call's delete removed it (the caller keeps the
+    agent), False if another heap's restore_from took it first. The mark goes
+    first: a touch in the source heap then finds no blob and says the agent
+    moved, instead of restoring a second copy there (a kill between leaves
+    the blob for the source's sweep). A store error is raised with the blob
+    and no mark left behind, unless the delete is known to have happened
+    (then the agent is the caller's) or the store cannot say (then it is too,
+    logged: two copies at worst, never none)."""
+    try:
+        store.put(key + "/moved", b"")
+        return store.delete(key)
+    except Exception as exc:
+        try:
+            still_there = store.get(key) is not None
+        except Exception:
+            log.warning(
+                "swarmheap: %s failed while restore_from took %r and cannot say whether it did: "
+                "the agent is kept here: %s",
+                store.url,
+                key,
+                exc,
+            )
+            return True
+        if not still_there:
+            return True
+        with contextlib.suppress(Exception):
+            store.delete(key + "/moved")
+        raise
+
+
 def moved_away(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
     """Was this offloaded agent restored elsewhere (restore_from marks its
     key)? A store that fails is put in ``unreachable`` and not asked again

@@ -719,6 +719,108 @@ def test_restore_on_another_node_through_redis(heap_name: str, redis_url: str) -
         source.check()
 
 
+class _RacingStore(SQLiteStore):
+    """An SQLite store whose first delete of a blob lets another heap's
+    restore_from of the same key run to its end first: two nodes racing."""
+
+    def __init__(self, path: Any, rival: sh.Heap) -> None:
+        super().__init__(path)
+        self.rival: sh.Heap | None = rival
+        self.rival_got: sh.Agent | None = None
+
+    def delete(self, key: str) -> bool:
+        if self.rival is not None and not key.endswith("/moved"):
+            rival, self.rival = self.rival, None
+            self.rival_got = rival.restore_from(self, key)
+        return super().delete(key)
+
+
+def test_two_heaps_restoring_one_key_at_once_make_one_agent(tmp_path: Any) -> None:
+    with (
+        sh.Heap.create(size="16 MiB") as source,
+        sh.Heap.create(size="16 MiB") as first,
+        sh.Heap.create(size="16 MiB") as second,
+    ):
+        store = _RacingStore(tmp_path / "shared.db", rival=second)
+        a = source.spawn("traveller")
+        a.put("state", os.urandom(5_000))
+        want = entries_of(a)
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        with pytest.raises(sh.AgentStateError, match="restored by another heap"):
+            first.restore_from(store, key)
+        assert store.rival_got is not None and entries_of(store.rival_got) == want
+        assert [x.kind for x in first.agents()] == []  # the loser's copy went
+        assert [x.kind for x in second.agents()] == ["traveller"]
+        assert store.keys("swarmheap/agent/") == [key + "/moved"]
+        assert source.collect(2).agents["moved_away"] == 1
+        for heap in (source, first, second):
+            heap.check()
+        store.close()
+
+
+class _DeleteFailsStore(SQLiteStore):
+    failing = True
+
+    def delete(self, key: str) -> bool:
+        if self.failing and not key.endswith("/moved"):
+            raise sh.StoreUnavailable("the store went away")
+        return super().delete(key)
+
+
+def test_a_restore_whose_store_fails_at_the_end_leaves_the_blob_to_try_again(
+    heap: sh.Heap, tmp_path: Any
+) -> None:
+    with sh.Heap.create(size="16 MiB") as source:
+        store = _DeleteFailsStore(tmp_path / "shared.db")
+        a = source.spawn("traveller")
+        a.put("state", b"kept" * 1000)
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        with pytest.raises(sh.StoreUnavailable):
+            heap.restore_from(store, key)
+        assert heap.agents() == []
+        assert store.keys("swarmheap/agent/") == [key]  # no mark: the source may still touch it
+        store.failing = False
+        assert bytes(a.get("state")) == b"kept" * 1000
+        source.check()
+        store.close()
+
+
+class _LostAnswerStore(SQLiteStore):
+    """Answers the restore's read, then deletes and loses the answer, then
+    cannot be read: whether the delete happened cannot be told."""
+
+    reads = 0
+
+    def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        if self.reads > 1:
+            raise sh.StoreUnavailable("the store went away")
+        return super().get(key)
+
+    def delete(self, key: str) -> bool:
+        super().delete(key)
+        raise sh.StoreUnavailable("the connection dropped")
+
+
+def test_a_restore_that_cannot_tell_whether_it_took_the_blob_keeps_the_agent(
+    heap: sh.Heap, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sh.Heap.create(size="16 MiB") as source:
+        store = _LostAnswerStore(tmp_path / "shared.db")
+        a = source.spawn("traveller")
+        a.put("state", b"only copy")
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        store.reads = 0
+        with caplog.at_level("WARNING", logger="swarmheap"):
+            b = heap.restore_from(store, key)
+        assert bytes(b.get("state")) == b"only copy"  # two copies at worst, never none
+        assert "cannot say" in caplog.text
+        store.close()
+
+
 def fill(heap: sh.Heap, kind: str, each: int, times: int, agents: list[sh.Agent]) -> None:
     """Spawn agents of ``kind`` holding ``each`` bytes until ``times`` what
     `context` holds were put (into ``agents``, so that a caller that expects
