@@ -106,7 +106,8 @@ cdef class CoreHeap(_Arena):
     def _owner_complete_row(self, uint32_t oid, uint32_t gen, str kind):
         """_owner_complete, and the final figures as one USAGE_ROW of native
         float64 in bytes: what the usage model folds in, without reading
-        them back out of the dict."""
+        them back out of the dict; last, the state the agent was in (an
+        offloaded one leaves a blob in its store)."""
         cdef sh_owner_info_t oi
         cdef bint recycled = self._complete(oid, gen, &oi)
         cdef double row[9 + SH_MAX_CLASSES + 1]
@@ -117,7 +118,8 @@ cdef class CoreHeap(_Arena):
         row[8] = oi.created_ns
         for i in range(SH_MAX_CLASSES + 1):
             row[9 + i] = oi.class_bytes[i]
-        return recycled, self._final_dict(&oi, kind, recycled), (<char *>row)[:sizeof(row)]
+        cdef str was = _state_name(<unsigned>oi.state) if recycled else "live"
+        return recycled, self._final_dict(&oi, kind, recycled), (<char *>row)[:sizeof(row)], was
 
     def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
         """Give back the agent's memory and mark it offloaded (slot and

@@ -297,8 +297,10 @@ class Agent(AgentCore):
         state is the agent's after the call ("gone", or "completed" while
         pinned)."""
         heap = self._heap
-        recycled, final, row = heap._owner_complete_row(self.id, self.generation, self.kind)
+        recycled, final, row, was = heap._owner_complete_row(self.id, self.generation, self.kind)
         heap._predictor.note(self.kind, final, row)  # its reservation, if any, went with its memory (C)
+        if was in ("offloaded", "restoring"):
+            offload.forget_completed(heap, self.id, self.generation)
         hooks = heap._hooks
         if hooks.table["complete"]:
             hooks.fire("complete", self.id, self.kind, final)

@@ -196,7 +196,11 @@ def agent_key(heap: Heap, agent: Agent) -> str:
 
 
 def _registry_name(agent: Agent) -> str:
-    return f"offload/{agent.id}/{agent.generation}"
+    return _name(agent.id, agent.generation)
+
+
+def _name(agent_id: int, generation: int) -> str:
+    return f"offload/{agent_id}/{generation}"
 
 
 OFFLOAD_ZSTD_LEVEL = 1
@@ -338,7 +342,7 @@ def _seconds(text: str) -> float:
 def _entry(heap: Heap, agent_id: int, generation: int) -> _Entry | None:
     """An offloaded agent's registry entry; None if there is none,
     HeapCorrupt if it does not read as one."""
-    data = Registry(heap).get(f"offload/{agent_id}/{generation}")
+    data = Registry(heap).get(_name(agent_id, generation))
     if data is None:
         return None
     try:
@@ -468,7 +472,7 @@ def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(entry.url)
             log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
             return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
-    Registry(heap).remove(f"offload/{agent_id}/{generation}")
+    Registry(heap).remove(_name(agent_id, generation))
     return heap._owner_recycle(agent_id, generation)
 
 
@@ -542,7 +546,7 @@ def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(found[0])
             log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
             return False
-    Registry(heap).remove(f"offload/{agent_id}/{generation}")
+    Registry(heap).remove(_name(agent_id, generation))
     return True
 
 
@@ -614,19 +618,32 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
             # (entry, blob, then memory), not one a kill left behind
             if time.time() - _written(heap, name) < STALE_AFTER:
                 continue
-        found = where_if_readable(heap, aid, gen)
-        if found:
-            if found[0] in unreachable:
-                continue
-            try:
-                heap._store_for(found[0]).delete(found[1])
-            except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
-                unreachable.add(found[0])
-                log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
-                continue
-        Registry(heap).remove(name)
-        gone += 1
+        gone += _forget(heap, name, aid, gen, unreachable)
     return gone
+
+
+def forget_completed(heap: Heap, agent_id: int, generation: int) -> None:
+    """The blob and registry entry of an agent completed while offloaded: at
+    once, not at the next full sweep. A store that fails leaves both to
+    that sweep (forget_stale)."""
+    _forget(heap, _name(agent_id, generation), agent_id, generation, set())
+
+
+def _forget(heap: Heap, name: str, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+    """Delete the blob the entry ``name`` names, then the entry; False (both
+    kept) if the store fails, which then goes into ``unreachable``."""
+    found = where_if_readable(heap, agent_id, generation)
+    if found:
+        if found[0] in unreachable:
+            return False
+        try:
+            heap._store_for(found[0]).delete(found[1])
+        except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
+            unreachable.add(found[0])
+            log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
+            return False
+    Registry(heap).remove(name)
+    return True
 
 
 def offloaded(heap: Heap) -> list[dict[str, Any]]:

@@ -49,7 +49,8 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
         small = AgentCore(heap, oid, gen, "small")
         assert small.kind == "small"
         small.alloc(3000)
-        _, final, row = heap._owner_complete_row(oid, gen, "small")
+        _, final, row, was = heap._owner_complete_row(oid, gen, "small")
+        assert was == "live"
         figures = dict(zip(USAGE_ROW, struct.unpack(f"={len(USAGE_ROW)}d", row)))
         assert figures["bytes.context"] == final["bytes"]["context"] > 0
         assert figures["peak.context"] == final["peak"]["context"]

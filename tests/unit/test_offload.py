@@ -627,6 +627,19 @@ def test_a_sweep_asks_a_store_that_is_down_once(
     heap.check()
 
 
+def test_completing_an_offloaded_agent_deletes_its_blob(heap: sh.Heap, tmp_path: Any) -> None:
+    from swarmheap.registry import Registry
+
+    a = heap.spawn("done")
+    a.put("x", b"x" * 100)
+    with SQLiteStore(tmp_path / "s.db") as s:
+        a.offload(s)
+        final = a.complete()
+        assert final["state"] == "gone" and a.state == "gone"
+        assert s.keys("swarmheap/agent/") == [] and Registry(heap).names("offload/") == []
+    heap.check()
+
+
 def test_a_completed_offloaded_agent_s_blob_goes_at_a_full_sweep_once_the_store_answers(
     heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -636,14 +649,15 @@ def test_a_completed_offloaded_agent_s_blob_goes_at_a_full_sweep_once_the_store_
     a.put("x", b"x" * 100)
     with SQLiteStore(tmp_path / "s.db") as s:
         a.offload(s)
-        a.complete()
-        assert len(s.keys("swarmheap/agent/")) == 1 and Registry(heap).names("offload/") != []
 
         def down(url: str) -> Any:
             raise sh.StoreUnavailable(f"{url} did not answer")
 
         real = heap._store_for
         monkeypatch.setattr(heap, "_store_for", down)
+        a.complete()  # the agent goes; its blob cannot yet
+        assert a.state == "gone"
+        assert len(s.keys("swarmheap/agent/")) == 1 and Registry(heap).names("offload/") != []
         heap.collect(2)
         # the entry stays while its blob cannot be deleted: nothing left that nothing names
         assert len(s.keys("swarmheap/agent/")) == 1 and Registry(heap).names("offload/") != []
