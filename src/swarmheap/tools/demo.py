@@ -463,6 +463,8 @@ def print_report(report: DemoReport) -> None:
     print()
     print("swarmheap demo report")
     codec = offload.default_codec().replace("none", "uncompressed")
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(report.pressure_kinds.items()))
+    by_kind = f" ({by_kind})" if by_kind else ""
     rows = [
         ("workers (one killed halfway)", f"{report.workers} (worker {report.killed_worker})"),
         ("agents run (survivors and swept)", str(report.agents_run)),
@@ -484,9 +486,8 @@ def print_report(report: DemoReport) -> None:
         ),
         (
             "offloaded under pressure (policy)",
-            f"{report.pressure_offloads} idle agents ("
-            + ", ".join(f"{n} {kind}" for kind, n in sorted(report.pressure_kinds.items()))
-            + f"), {format_size(report.pressure_bytes)} freed when context passed {PRESSURE_HIGH:.0%}; "
+            f"{report.pressure_offloads} idle agents{by_kind}, {format_size(report.pressure_bytes)} freed "
+            f"when context passed {PRESSURE_HIGH:.0%}; "
             f"{report.archives} archives of {format_size(ARCHIVE_BYTES)}, "
             f"{report.archives - report.archive_errors} read back intact",
         ),
