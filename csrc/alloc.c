@@ -135,6 +135,11 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
 
 enum { SH_TC_HIT, SH_TC_MISS };
 
+SH_NO_ASAN static inline void sh_link_peek(const uint32_t *link, uint32_t *next, uint32_t *check) {
+  *next = sh_word_load_relaxed(&link[0]);
+  *check = sh_word_load_relaxed(&link[1]);
+}
+
 /* Pops way 0's stack with plain loads and stores. The page's claim is read
  * before and after: a page released under us (its owner recycled) drops the
  * claim first, so a changed claim means the block is not ours to give. */
@@ -149,13 +154,15 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
   if (sh_unlikely(!_sh_page_in_part(a, pi, (int)(key >> 6 & 3)))) return SH_TC_MISS; /* the slow path drops it */
   sh_page_t *pg = &a->pages[pi];
   uint32_t claim = sh_atomic_load_relaxed(&w->claim);
+  const sh_class_t *cls = &a->classes[c];
+  /* the way lives in the arena: a damaged top would point past the page */
+  if (sh_unlikely(top > cls->last_top)) return SH_TC_MISS;
   /* No claim check before reading the link: if the page went back, what we
    * read is checked below and then thrown away, since the claim is checked
    * before anything is handed out. */
-  const sh_class_t *cls = &a->classes[c];
   uint32_t *link = _sh_link_at(a, pi, top);
-  uint32_t next = sh_word_load_relaxed(&link[0]);
-  uint32_t check = sh_word_load_relaxed(&link[1]);
+  uint32_t next, check;
+  sh_link_peek(link, &next, &check);
   uint32_t count = sh_local_count(local);
   if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !_sh_top_valid(cls, next) ||
                   (next == 0) != (count == 1)))

@@ -32,6 +32,17 @@
 #define sh_track_reset(p, size) ((void)(p), (void)(size))
 #endif
 
+/* A thread cache's pop reads the link of its top block before it checks the
+ * page's claim: if the page went back to its partition meanwhile (its owner
+ * recycled) and was handed out again, that read lands on poisoned memory of
+ * another block, and the claim check throws it away. To ASan it is a use of
+ * poisoned memory, so that one read is left uninstrumented. */
+#if defined(SH_TRACK_ASAN)
+#define SH_NO_ASAN __attribute__((no_sanitize("address")))
+#else
+#define SH_NO_ASAN
+#endif
+
 /* The lock-free pop reads the link of a block that a racing thread may have
  * just allocated and started writing; the tag CAS discards that read. TSan
  * cannot know the value is never used, so the read is left uninstrumented. */

@@ -127,6 +127,12 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   uint32_t claim = sh_atomic_load_relaxed(&e->claim);
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
+  if (top != 0 && !_sh_top_valid(&a->classes[_sh_pg_class(a, pg)], top)) {
+    /* damaged (the way lives in the arena): not a block of the page, so
+     * neither followed nor handed to the page */
+    if (sh_atomic_load_acquire(&pg->claim) == claim) sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
+    top = 0;
+  }
   if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
     /* The page's own stack is empty (no other thread freed into it since we
      * took it, the common case): our stack becomes the page's as it is, in

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "sh_internal.h"
+#include "sh_tcache.h"
 #include "sh_track.h"
 #include "swarmheap.h"
 #include "testhelper.h"
@@ -175,6 +176,64 @@ static void test_recycle_under_cache(void) {
   CHECK("its block is its own", sh_block_info(a, other, &info) == SH_OK && info.owner == id2);
   CHECK("stale owner refused", sh_alloc(a, id, SH_PART_CONTEXT, 80, &other) == SH_EOWNER);
   CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* A recycled owner's id comes back with a new generation while this thread's
+ * way still names the page the old one cached, and that page went on to
+ * another class: the pop reads a stale link there, and the claim throws it
+ * away (under ASan, that read must not count as a use of poisoned memory). */
+static void test_reused_owner_id_over_a_reused_page(void) {
+  sh_arena_t *a = make_anon(8 * MiB, 4096);
+  uint32_t id, gen, id2, gen2;
+  uint64_t off[40], other[200];
+  sh_owner_create(a, 0, &id, &gen);
+  for (int i = 0; i < 40; i++) REQUIRE("alloc", sh_alloc(a, id, SH_PART_CONTEXT, 80, &off[i]) == SH_OK);
+  for (int i = 0; i < 40; i += 2) sh_free(a, off[i]);
+  CHECK("recycle with a cached stack", sh_owner_recycle(a, id, gen) == SH_OK);
+  /* the freed pages go to blocks of another size, half of them freed again */
+  for (int i = 0; i < 200; i++) REQUIRE("reuse", sh_alloc(a, 0, SH_PART_CONTEXT, 48, &other[i]) == SH_OK);
+  for (int i = 0; i < 200; i += 2) sh_free(a, other[i]);
+  /* the free-slot scan starts past the last id it gave: go round to ours */
+  for (int n = 0; n < 100000 && sh_owner_create(a, 0, &id2, &gen2) == SH_OK && id2 != id; n++) {
+  }
+  CHECK("the id came back", id2 == id && gen2 != gen);
+  uint64_t mine;
+  CHECK("the new owner allocates", sh_alloc(a, id2, SH_PART_CONTEXT, 80, &mine) == SH_OK);
+  sh_block_info_t info;
+  CHECK("a block of its own", sh_block_info(a, mine, &info) == SH_OK && info.owner == id2);
+  for (int i = 1; i < 200; i += 2)
+    CHECK("the other size's blocks are untouched", sh_block_info(a, other[i], &info) == SH_OK && info.owner == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* A way lives in the arena, so damage can give it a top past its page: the
+ * pop and the flush must not follow it out of the page (here, out of the
+ * mapping). */
+static void test_damaged_way_top(void) {
+  sh_arena_t *a = make_anon(2 * MiB, 4096);
+  uint32_t id, gen;
+  uint64_t off[8], more;
+  sh_owner_create(a, 0, &id, &gen); /* an agent's blocks go through the ways (the default's, magazines) */
+  for (int i = 0; i < 8; i++) REQUIRE("alloc", sh_alloc(a, id, SH_PART_CONTEXT, 80, &off[i]) == SH_OK);
+  for (int i = 0; i < 4; i++) sh_free(a, off[i]);
+  sh_tslot_t *slot = _sh_tc_slot(a, false);
+  REQUIRE("a bound slot", slot != NULL);
+  sh_tc_entry_t *e = _sh_tc_entry(a, slot, id, SH_PART_CONTEXT, _sh_size_class(a, 80));
+  REQUIRE("the way caches a stack", sh_local_top(sh_atomic_load_relaxed(&e->way[0].local)) != 0);
+  sh_atomic_store_relaxed(&e->way[0].local, sh_local_make(SH_HEAD_FIELD_MASK, 3));
+  int rc = sh_alloc(a, id, SH_PART_CONTEXT, 80, &more);
+  CHECK("the pop refuses it", rc == SH_ECORRUPT);
+  CHECK("check reports the page", sh_check(a) == SH_ECORRUPT);
+  for (int i = 4; i < 8; i++) sh_free(a, off[i]);
+  REQUIRE("alloc", sh_alloc(a, id, SH_PART_CONTEXT, 200, &more) == SH_OK);
+  sh_free(a, more);
+  e = _sh_tc_entry(a, slot, id, SH_PART_CONTEXT, _sh_size_class(a, 200));
+  REQUIRE("another way caches a stack", sh_local_top(sh_atomic_load_relaxed(&e->way[0].local)) != 0);
+  sh_atomic_store_relaxed(&e->way[0].local, sh_local_make(SH_HEAD_FIELD_MASK, 3));
+  CHECK("the flush refuses it too", sh_thread_flush(a) == SH_OK);
+  CHECK("other classes still serve", sh_alloc(a, id, SH_PART_CONTEXT, 500, &more) == SH_OK);
   sh_close(a);
 }
 
@@ -469,6 +528,8 @@ int main(void) {
   test_ways_span_pages();
   test_kept_runs();
   test_recycle_under_cache();
+  test_reused_owner_id_over_a_reused_page();
+  test_damaged_way_top();
   test_full_partition_takes_own_cache();
   test_magazines();
   test_full_names_other_magazines();
