@@ -3,6 +3,7 @@
  * recycle, a double free or a full partition go wrong. */
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -215,6 +216,12 @@ static void test_damaged_way_top(void) {
   sh_arena_t *a = make_anon(2 * MiB, 4096);
   uint32_t id, gen;
   uint64_t off[8], more;
+  /* what lies past the mapping is made unreadable, so that a read there
+   * faults here rather than by luck (left out if the range is taken) */
+  sh_arena_info_t info;
+  sh_arena_info(a, &info);
+  void *guard = mmap((char *)sh_base(a) + info.size, 32 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                     -1, 0);
   sh_owner_create(a, 0, &id, &gen); /* an agent's blocks go through the ways (the default's, magazines) */
   for (int i = 0; i < 8; i++) REQUIRE("alloc", sh_alloc(a, id, SH_PART_CONTEXT, 80, &off[i]) == SH_OK);
   for (int i = 0; i < 4; i++) sh_free(a, off[i]);
@@ -235,6 +242,7 @@ static void test_damaged_way_top(void) {
   CHECK("the flush refuses it too", sh_thread_flush(a) == SH_OK);
   CHECK("other classes still serve", sh_alloc(a, id, SH_PART_CONTEXT, 500, &more) == SH_OK);
   sh_close(a);
+  if (guard != MAP_FAILED) munmap(guard, 32 * MiB);
 }
 
 /* A full partition first takes back this thread's own cached pages. */
