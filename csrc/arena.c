@@ -168,6 +168,8 @@ static int sh_handle_load(sh_arena_t *a) {
   a->rings = (_Atomic uint64_t *)(a->base + hdr->sweep_off);
   a->ring_cap = hdr->ring_cap;
   a->page_shift = hdr->page_shift;
+  a->total_pages = hdr->total_pages;
+  a->meta_pages = hdr->meta_pages;
   a->max_owners = hdr->max_owners;
   a->nstripes = hdr->nstripes;
   a->stripe_size = hdr->stripe_size;

@@ -199,9 +199,11 @@ done:
 
 static int sh_check_once(sh_arena_t *a) {
   int rc = SH_OK;
-  uint8_t *seen = malloc(a->hdr->page_size / 16 + 1);
+  /* sized from what this process validated at attach, not from the header
+   * as it reads now: a header damaged since would size them too small */
+  uint8_t *seen = malloc(((size_t)1 << a->page_shift) / 16 + 1);
   uint64_t *owner_pages = calloc((size_t)a->max_owners, sizeof(uint64_t));
-  uint32_t *in_list = calloc(a->hdr->total_pages, sizeof(uint32_t));
+  uint32_t *in_list = calloc(a->total_pages, sizeof(uint32_t));
   if (!seen || !owner_pages || !in_list) {
     free(seen), free(owner_pages), free(in_list);
     return _sh_fail(SH_ENOMEM, "out of process memory for check()");
@@ -224,7 +226,7 @@ static int sh_check_once(sh_arena_t *a) {
   rc = _sh_nursery_check(a);
   if (rc) goto done;
 
-  for (uint32_t pi = 0; pi < a->hdr->meta_pages; pi++)
+  for (uint32_t pi = 0; pi < a->meta_pages; pi++)
     SH_CHECK(sh_atomic_load_relaxed(&a->pages[pi].state) == SH_PAGE_META, "page %u: metadata page not marked", pi);
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     memset(owner_pages, 0, (size_t)a->max_owners * sizeof(uint64_t));

@@ -345,7 +345,7 @@ static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *in
 /* Live bytes from the owner's own pages (its bin and run lists, walked under
  * the partition lock): no counter on the hot path, and O(its pages). */
 static void sh_info_bytes(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info) {
-  uint32_t total = a->hdr->total_pages;
+  uint32_t total = a->total_pages;
   for (int part = 0; part < SH_NPARTITIONS; part++) {
     if (info->pages[part] == 0) continue;
     if (!a->read_only) _sh_part_lock((sh_arena_t *)a, part);

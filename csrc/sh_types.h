@@ -312,6 +312,7 @@ struct sh_arena_s {
   _Atomic uint64_t *rings;
   uint64_t ring_cap;
   uint32_t page_shift, nclasses, max_owners, nstripes;
+  uint32_t total_pages, meta_pages; /* as validated at attach: the header's copy may be damaged since */
   uint64_t stripe_size;
   uint32_t small_limit;
   uint8_t *tslots;

@@ -104,7 +104,7 @@ int sh_class_stats(const sh_arena_t *a, int c, sh_class_stats_t *st) {
 static void sh_class_read(const sh_arena_t *a, int c, sh_class_stats_t *st) {
   memset(st, 0, sizeof *st);
   st->block_size = a->classes[c].size;
-  for (uint32_t pi = 0; pi < a->hdr->total_pages; pi++) {
+  for (uint32_t pi = 0; pi < a->total_pages; pi++) {
     const sh_page_t *pg = &a->pages[pi];
     if (sh_atomic_load_acquire(&pg->state) != SH_PAGE_SMALL || sh_atomic_load_relaxed(&pg->sclass) != (uint32_t)c)
       continue;

@@ -740,7 +740,32 @@ static void test_damaged_channel(void) {
   sh_close(a);
 }
 
+/* The header's sizes are validated at attach; damage to them afterwards must
+ * not size check()'s tables or bound a walk of the page table. */
+static void test_header_sizes_damaged_after_attach(void) {
+  sh_arena_t *a = make_anon(4 * MiB, 4096);
+  uint32_t id, gen;
+  uint64_t off;
+  sh_owner_create(a, 0, &id, &gen);
+  REQUIRE("alloc", sh_alloc(a, id, SH_PART_CONTEXT, 100, &off) == SH_OK);
+  uint32_t total = a->hdr->total_pages, meta = a->hdr->meta_pages;
+  sh_class_stats_t st;
+  int c = _sh_size_class(a, 100);
+  a->hdr->total_pages = 1;
+  a->hdr->meta_pages = UINT32_MAX;
+  CHECK("check keeps to the bounds it validated", sh_check(a) == SH_OK);
+  a->hdr->total_pages = UINT32_MAX;
+  CHECK("class stats walk the page table as validated", sh_class_stats(a, c, &st) == SH_OK && st.pages >= 1);
+  sh_owner_info_t info;
+  CHECK("owner info too", sh_owner_info(a, id, &info) == SH_OK && info.bytes[SH_PART_CONTEXT] >= 100);
+  a->hdr->total_pages = total;
+  a->hdr->meta_pages = meta;
+  CHECK("check after", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_header_sizes_damaged_after_attach();
   test_damaged_channel();
   test_nursery_opt_out();
   test_sweep_queues();
