@@ -19,8 +19,10 @@ bool _sh_tc_take_run(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, 
     uint32_t pi = sh_atomic_load_relaxed(&r->page);
     if (pi == SH_NIL || !_sh_page_in_part(a, pi, part)) continue;
     sh_page_t *pg = &a->pages[pi];
-    if ( sh_atomic_load_relaxed(&pg->owner) != owner ||
-        sh_atomic_load_relaxed(&pg->capacity) != n)
+    /* the run's length is the page's word, in the arena: it must end in
+     * the partition before a run of it is handed out */
+    if (sh_atomic_load_relaxed(&pg->owner) != owner || sh_atomic_load_relaxed(&pg->capacity) != n ||
+        pi + n > a->part_end[part])
       continue;
     uint32_t expected = sh_atomic_load_relaxed(&r->claim);
     bool ours = sh_atomic_load_acquire(&pg->state) == SH_PAGE_LARGE &&

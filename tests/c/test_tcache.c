@@ -245,6 +245,36 @@ static void test_damaged_way_top(void) {
   if (guard != MAP_FAILED) munmap(guard, 32 * MiB);
 }
 
+/* A kept run's record and its page's length live in the arena: a record
+ * forged to name the partition's last page, with a length of two, must not
+ * hand out a run that ends past the partition. */
+static void test_forged_kept_run_past_the_partition(void) {
+  sh_arena_t *a = make_anon(4 * MiB, 4096);
+  uint32_t id, gen;
+  uint64_t off;
+  sh_owner_create(a, 0, &id, &gen);
+  REQUIRE("a page run", sh_alloc(a, id, SH_PART_CONTEXT, 4096, &off) == SH_OK);
+  REQUIRE("kept when freed", sh_free(a, off) == SH_OK);
+  sh_tslot_t *slot = _sh_tc_slot(a, false);
+  REQUIRE("a bound slot", slot != NULL);
+  sh_tc_run_t *r = NULL;
+  for (int i = 0; i < SH_TC_RUNS; i++)
+    if (sh_atomic_load_relaxed(&slot->runs[i].page) != SH_NIL) r = &slot->runs[i];
+  REQUIRE("the run is kept", r != NULL);
+  uint32_t last = a->part_end[SH_PART_CONTEXT] - 1;
+  sh_page_t *pg = &a->pages[last];
+  REQUIRE("the partition's last page is free", sh_atomic_load_relaxed(&pg->state) == SH_PAGE_FREE);
+  sh_atomic_store_relaxed(&pg->owner, id);
+  sh_atomic_store_relaxed(&pg->capacity, 2);
+  sh_atomic_store_relaxed(&pg->claim, sh_atomic_load_relaxed(&r->claim));
+  sh_atomic_store_relaxed(&pg->state, SH_PAGE_LARGE);
+  sh_atomic_store_relaxed(&r->page, last);
+  uint64_t two;
+  CHECK("two pages", sh_alloc(a, id, SH_PART_CONTEXT, 8192, &two) == SH_OK);
+  CHECK("not the forged run", (two >> 12) != last && (two >> 12) + 2 <= a->part_end[SH_PART_CONTEXT]);
+  sh_close(a);
+}
+
 /* A full partition first takes back this thread's own cached pages. */
 static void test_full_partition_takes_own_cache(void) {
   sh_arena_t *a = make_anon(4 * MiB, 4096);
@@ -538,6 +568,7 @@ int main(void) {
   test_recycle_under_cache();
   test_reused_owner_id_over_a_reused_page();
   test_damaged_way_top();
+  test_forged_kept_run_past_the_partition();
   test_full_partition_takes_own_cache();
   test_magazines();
   test_full_names_other_magazines();
