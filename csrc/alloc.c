@@ -135,11 +135,6 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
 
 enum { SH_TC_HIT, SH_TC_MISS };
 
-SH_NO_ASAN static inline void sh_link_peek(const uint32_t *link, uint32_t *next, uint32_t *check) {
-  *next = sh_word_load_relaxed(&link[0]);
-  *check = sh_word_load_relaxed(&link[1]);
-}
-
 /* Pops way 0's stack with plain loads and stores. The page's claim is read
  * before and after: a page released under us (its owner recycled) drops the
  * claim first, so a changed claim means the block is not ours to give. */
@@ -162,7 +157,7 @@ __attribute__((always_inline)) static inline int sh_tc_pop(sh_arena_t *a, sh_tsl
    * before anything is handed out. */
   uint32_t *link = _sh_link_at(a, pi, top);
   uint32_t next, check;
-  sh_link_peek(link, &next, &check);
+  _sh_link_read(link, &next, &check);
   uint32_t count = sh_local_count(local);
   if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) || !_sh_top_valid(cls, next) ||
                   (next == 0) != (count == 1)))

@@ -16,6 +16,12 @@
 #include "sh_magazine.h"
 #include "sh_track.h"
 
+/* A link read whose value the caller may throw away (see sh_track.h). */
+static SH_UNSANITIZED_READ void _sh_link_read(const uint32_t *link, uint32_t *next, uint32_t *check) {
+  *next = sh_word_load_relaxed(&link[0]);
+  *check = sh_word_load_relaxed(&link[1]);
+}
+
 /* ---- counters, the bitmap, page identity ---- */
 
 sh_internal extern _Atomic unsigned _sh_next_stripe; /* pages.c */

@@ -32,30 +32,37 @@
 #define sh_track_reset(p, size) ((void)(p), (void)(size))
 #endif
 
-/* A thread cache's pop reads the link of its top block before it checks the
- * page's claim: if the page went back to its partition meanwhile (its owner
- * recycled) and was handed out again, that read lands on poisoned memory of
- * another block, and the claim check throws it away. To ASan it is a use of
- * poisoned memory, so that one read is left uninstrumented. */
-#if defined(SH_TRACK_ASAN)
-#define SH_NO_ASAN __attribute__((no_sanitize("address")))
-#else
-#define SH_NO_ASAN
-#endif
-
-/* The lock-free pop reads the link of a block that a racing thread may have
- * just allocated and started writing; the tag CAS discards that read. TSan
- * cannot know the value is never used, so the read is left uninstrumented. */
+/* The pops read a link whose value they may throw away: the shared pop, of
+ * a block a racing thread may have just allocated and started writing (the
+ * tag CAS discards the read); a thread cache's pop, before it checks the
+ * page's claim, of a page that may have gone back and been handed out again,
+ * onto another block's poisoned bytes (the claim check discards it). Neither
+ * sanitizer can know the value goes unused, so that read is left to neither
+ * (_sh_link_read in sh_page.h). */
 #if defined(__SANITIZE_THREAD__)
-#define SH_NO_TSAN __attribute__((no_sanitize("thread")))
+#define SH_TRACK_TSAN 1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
+#define SH_TRACK_TSAN 1
+#endif
+#endif
+
+/* The walk that confirms a suspected double free reads links those pops may
+ * be writing: left to ASan, not to TSan. */
+#if defined(SH_TRACK_TSAN)
 #define SH_NO_TSAN __attribute__((no_sanitize("thread")))
 #else
 #define SH_NO_TSAN
 #endif
+
+/* Under a sanitizer the read stays out of line: no_sanitize also hides
+ * atomics from TSan, and the pop's CAS must stay visible to it. Plain, it is
+ * inline, on the thread cache's fast path. */
+#if defined(SH_TRACK_ASAN) || defined(SH_TRACK_TSAN)
+#define SH_UNSANITIZED_READ \
+  __attribute__((no_sanitize("address", "thread"), noinline, unused))
 #else
-#define SH_NO_TSAN
+#define SH_UNSANITIZED_READ inline
 #endif
 
 #endif

@@ -4,15 +4,6 @@
  * flush both use it). Calls go down only, to pages.c. */
 #include "sh_page.h"
 
-/* Reads a link that a racing thread may be overwriting (see sh_track.h). Kept
- * out of line: no_sanitize also hides atomics from TSan, and the pop's CAS
- * must stay visible to it. */
-SH_NO_TSAN __attribute__((noinline)) static void sh_link_read(const uint32_t *link, uint32_t *next,
-                                                               uint32_t *check) {
-  *next = sh_word_load_relaxed(&link[0]);
-  *check = sh_word_load_relaxed(&link[1]);
-}
-
 int _sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner, int c, uint32_t *top_out) {
   const sh_class_t *cls = &a->classes[c];
   uint64_t head = sh_atomic_load_acquire(&pg->head);
@@ -24,7 +15,7 @@ int _sh_page_pop(const sh_arena_t *a, sh_page_t *pg, uint32_t pi, uint32_t owner
     }
     uint32_t *link = _sh_link_at(a, pi, top);
     uint32_t next, check;
-    sh_link_read(link, &next, &check);
+    _sh_link_read(link, &next, &check);
     uint32_t count = sh_head_count(head);
     if (sh_unlikely(check != (next ^ sh_atomic_load_relaxed(&pg->key)) ||
                     !_sh_top_valid(cls, next) || (next == 0) != (count == 1))) {

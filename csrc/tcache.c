@@ -127,7 +127,8 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
   uint32_t claim = sh_atomic_load_relaxed(&e->claim);
   uint64_t local = sh_atomic_load_relaxed(&e->local);
   uint32_t top = sh_local_top(local), count = sh_local_count(local);
-  if (top != 0 && !_sh_top_valid(&a->classes[_sh_pg_class(a, pg)], top)) {
+  const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
+  if (top != 0 && !_sh_top_valid(cls, top)) {
     /* damaged (the way lives in the arena): not a block of the page, so
      * neither followed nor handed to the page */
     if (sh_atomic_load_acquire(&pg->claim) == claim) sh_atomic_or_relaxed(&pg->flags, SH_PAGE_CORRUPT);
@@ -148,7 +149,6 @@ static void sh_way_flush(sh_arena_t *a, _Atomic uint32_t *flush_seq, sh_tc_way_t
     }
   }
   if (top != 0 && sh_atomic_load_acquire(&pg->claim) == claim) {
-    const sh_class_t *cls = &a->classes[_sh_pg_class(a, pg)];
     uint32_t key = sh_atomic_load_relaxed(&pg->key), tail = top;
     bool intact = true;
     for (uint32_t n = 1; n < count && intact; n++) {

@@ -195,11 +195,7 @@ def agent_key(heap: Heap, agent: Agent) -> str:
     return f"swarmheap/agent/{heap._token}/{agent.id}/{agent.generation}"
 
 
-def _registry_name(agent: Agent) -> str:
-    return _name(agent.id, agent.generation)
-
-
-def _name(agent_id: int, generation: int) -> str:
+def _entry_name(agent_id: int, generation: int) -> str:
     return f"offload/{agent_id}/{generation}"
 
 
@@ -242,7 +238,10 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     registry = Registry(heap)
     # the lease's deadline goes with it: the clock runs on while offloaded, and
     # a sweep drops an agent (and its blob) whose lease ran out in the store
-    registry.put(_registry_name(agent), _entry_bytes(store.url, key, agent.kind, time.time(), deadline))
+    registry.put(
+        _entry_name(agent.id, agent.generation),
+        _entry_bytes(store.url, key, agent.kind, time.time(), deadline),
+    )
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind)
@@ -256,7 +255,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
         except Exception:
             in_memory = False
         if in_memory:
-            registry.remove(_registry_name(agent))
+            registry.remove(_entry_name(agent.id, agent.generation))
             store.delete(key)
         raise
     heap._remember_store(store)
@@ -342,7 +341,7 @@ def _seconds(text: str) -> float:
 def _entry(heap: Heap, agent_id: int, generation: int) -> _Entry | None:
     """An offloaded agent's registry entry; None if there is none,
     HeapCorrupt if it does not read as one."""
-    data = Registry(heap).get(_name(agent_id, generation))
+    data = Registry(heap).get(_entry_name(agent_id, generation))
     if data is None:
         return None
     try:
@@ -445,7 +444,7 @@ def restore_in_place(agent: Agent) -> None:
     except AgentStateError:
         pass  # another process finished first
     store.delete(key)  # then the registry entry: a kill between leaves one a full sweep drops
-    Registry(heap).remove(_registry_name(agent))
+    Registry(heap).remove(_entry_name(agent.id, agent.generation))
 
 
 def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
@@ -472,7 +471,7 @@ def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(entry.url)
             log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
             return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
-    Registry(heap).remove(_name(agent_id, generation))
+    Registry(heap).remove(_entry_name(agent_id, generation))
     return heap._owner_recycle(agent_id, generation)
 
 
@@ -546,7 +545,7 @@ def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(found[0])
             log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
             return False
-    Registry(heap).remove(_name(agent_id, generation))
+    Registry(heap).remove(_entry_name(agent_id, generation))
     return True
 
 
@@ -626,7 +625,7 @@ def forget_completed(heap: Heap, agent_id: int, generation: int) -> None:
     """The blob and registry entry of an agent completed while offloaded: at
     once, not at the next full sweep. A store that fails leaves both to
     that sweep (forget_stale)."""
-    _forget(heap, _name(agent_id, generation), agent_id, generation, set())
+    _forget(heap, _entry_name(agent_id, generation), agent_id, generation, set())
 
 
 def _forget(heap: Heap, name: str, agent_id: int, generation: int, unreachable: set[str]) -> bool:
