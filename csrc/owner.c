@@ -121,14 +121,19 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, ui
 
 static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *info);
 
-int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
+/* The state check and the store of OFFLOADED are under the owner lock, as
+ * sh_owner_set_state's are: a restorer finishing (RESTORING to LIVE) and
+ * one giving up (sh_owner_unrestore) cannot both win. */
+static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final, bool live_too) {
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never offloaded", id);
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
   uint32_t st = rc == SH_OK ? sh_atomic_load_relaxed(&o->state) : 0;
-  if (rc == SH_OK && st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) {
+  if (rc == SH_OK && !live_too && st != SH_OWNER_RESTORING) {
+    rc = _sh_fail(SH_ESTATE, "owner %u is not being restored (state %u)", id, st);
+  } else if (rc == SH_OK && st != SH_OWNER_LIVE && st != SH_OWNER_RESTORING) {
     rc = _sh_fail(SH_EOWNER, "owner %u is not live (state %u)", id, st);
   } else if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) > 0) {
     rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s) (views or arrays open): not offloaded", id,
@@ -144,6 +149,14 @@ int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *
   }
   _sh_owner_unlock(a);
   return rc;
+}
+
+int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
+  return _sh_owner_offload(a, id, gen, final, true);
+}
+
+int sh_owner_unrestore(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
+  return _sh_owner_offload(a, id, gen, final, false);
 }
 
 int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {

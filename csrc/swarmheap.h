@@ -299,6 +299,10 @@ int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
  * SH_EPINNED while pinned, SH_EOWNER when not live; *final as
  * sh_owner_complete's, when not NULL. */
 int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
+/* [any] sh_owner_offload of a RESTORING owner only (SH_ESTATE in any other
+ * state): a restore whose blob another heap took gives the memory back,
+ * unless another restorer of this heap finished first (LIVE). */
+int sh_owner_unrestore(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
 
 /* [any] sh_owner_recycle that also fills *final with the owner's figures as
  * they were just before (state, pages, live bytes and blocks), read in the

@@ -121,18 +121,22 @@ cdef class CoreHeap(_Arena):
         cdef str was = _state_name(<unsigned>oi.state) if recycled else "live"
         return recycled, self._final_dict(&oi, kind, recycled), (<char *>row)[:sizeof(row)], was
 
-    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind):
+    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind, bint only_restoring=False):
         """Give back the agent's memory and mark it offloaded (slot and
-        generation kept); AgentStateError while pinned or not live."""
+        generation kept); AgentStateError while pinned or not live (with
+        ``only_restoring``, unless it is being restored)."""
         self._check_writable()
         cdef sh_owner_info_t oi
         cdef int rc
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            rc = sh_owner_offload(arena, oid, gen, &oi)
+            if only_restoring:
+                rc = sh_owner_unrestore(arena, oid, gen, &oi)
+            else:
+                rc = sh_owner_offload(arena, oid, gen, &oi)
         self.inflight -= 1
-        if rc == SH_EPINNED or rc == SH_EOWNER:
+        if rc == SH_EPINNED or rc == SH_EOWNER or rc == SH_ESTATE:
             if sh_owner_generation(arena, oid) != gen:
                 raise stale_agent(oid, gen)
             raise AgentStateError(f"agent {oid} is not offloaded: {sh_last_error().decode()}")

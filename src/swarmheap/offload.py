@@ -388,8 +388,15 @@ def _written(heap: Heap, name: str) -> float:
         return 0.0
 
 
-def restore_in_place(agent: Agent) -> None:
-    """Bring an offloaded agent back into its own slot, same id and generation."""
+def restore_in_place(agent: Agent, tries: int = 3) -> None:
+    """Bring an offloaded agent back into its own slot, same id and generation.
+
+    Deleting the blob is the claim, as in restore_from (claim_moved): the
+    entries go back while the agent is RESTORING, then the delete, then
+    LIVE. A delete that finds no blob lost it to another heap's restore_from
+    if the key is marked moved (the memory goes back and the agent is
+    reported moved), else to another process of this heap restoring it
+    too. No one here sees the agent live before the blob is ours."""
     heap = agent.heap
     entry = _entry(heap, agent.id, agent.generation)
     if entry is None:
@@ -399,11 +406,14 @@ def restore_in_place(agent: Agent) -> None:
     blob = store.get(key)
     if blob is None:
         if store.get(key + "/moved") is not None:
-            raise AgentStateError(
-                f"agent {agent.id} was restored in another heap (restore_from): it lives there now, "
-                "and this heap's next sweep frees its slot"
-            )
-        raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
+            _unrestore(heap, agent, entry.kind)  # a restorer here that died, or is about to learn it lost
+            raise _moved(agent)
+        if agent.state != "restoring":
+            raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
+        # a restorer here took the blob after putting every entry back, and
+        # died (or is about) before marking the agent live: finish for it
+        _finish(heap, agent)
+        return
     with parsed(heap, blob, [store]) as (kind, lease_left, entries):
         # RESTORING while the entries go back: a restorer killed half way leaves
         # it RESTORING, blob and registry entry in place, and the next touch
@@ -434,17 +444,72 @@ def restore_in_place(agent: Agent) -> None:
             if entries:
                 agent.put_many(dict(entries))  # one index update for all of them
         except BaseException:
-            if heap._owner_state(agent.id) == "restoring":
-                heap._owner_offload(agent.id, agent.generation, kind)  # back as it was: still in the store
+            _unrestore(heap, agent, kind)  # back as it was: still in the store
             raise
         finally:
             heap._restoring.discard((agent.id, agent.generation))
     try:
+        claimed = store.delete(key)
+    except Exception as exc:
+        try:
+            gone = store.get(key) is None
+        except Exception:
+            log.warning(
+                "swarmheap: %s failed while agent %d was restored and cannot say whether its snapshot "
+                "was deleted: the agent is kept here: %s",
+                url,
+                agent.id,
+                exc,
+            )
+            gone = True
+        if not gone:
+            _unrestore(heap, agent, kind)  # the blob is still there: try again later
+            raise
+        # deleted, perhaps by this call: kept (two copies at worst, never none)
+        claimed = True
+    if not claimed and store.get(key + "/moved") is not None and _unrestore(heap, agent, kind):
+        raise _moved(agent)
+    try:
+        heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
+    except AgentStateError:
+        if claimed and agent.state == "offloaded":
+            # a restorer here gave the memory back, taking a mark left by a
+            # restore_from that lost to this one for its win: the blob we
+            # took goes back (two copies at worst, never none), and again
+            store.put(key, blob)
+            if tries > 1:
+                restore_in_place(agent, tries - 1)
+                return
+            raise AgentStateError(
+                f"agent {agent.id} keeps being restored and given back: touch it again"
+            ) from None
+        # else another process of this heap finished first
+    Registry(heap).remove(_entry_name(agent.id, agent.generation))
+
+
+def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:
+    """Give back a RESTORING agent's memory (OFFLOADED again); False if it is
+    not restoring (another restorer here finished it, or gave it back)."""
+    try:
+        heap._owner_offload(agent.id, agent.generation, kind, only_restoring=True)
+        return True
+    except (AgentStateError, StaleBlock):
+        return False
+
+
+def _finish(heap: Heap, agent: Agent) -> None:
+    try:
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
     except AgentStateError:
         pass  # another process finished first
-    store.delete(key)  # then the registry entry: a kill between leaves one a full sweep drops
     Registry(heap).remove(_entry_name(agent.id, agent.generation))
+
+
+def _moved(agent: Agent) -> AgentStateError:
+    return AgentStateError(
+        f"agent {agent.id} was restored in another heap (restore_from): it lives there now, "
+        "and this heap's next sweep frees its slot"
+    )
 
 
 def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
@@ -525,7 +590,10 @@ def moved_away(heap: Heap, agent_id: int, generation: int, unreachable: set[str]
         return False
     url, key, _ = found
     try:
-        return heap._store_for(url).get(key + "/moved") is not None
+        store = heap._store_for(url)
+        # both: a restore_from that lost to this heap's own restore leaves its
+        # mark beside a blob this heap may offload again under the same key
+        return store.get(key + "/moved") is not None and store.get(key) is None
     except Exception as exc:
         unreachable.add(url)
         log.warning("swarmheap: store %s did not answer this sweep, asked again at the next: %s", url, exc)

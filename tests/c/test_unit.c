@@ -256,6 +256,17 @@ static void test_owner_complete(void) {
   CHECK("the held block went with it", in_use(a, SH_PART_SYSTEM) == sys_before);
   sh_block_info_t gone;
   CHECK("and is free", sh_block_info(a, index, &gone) == SH_EBADPTR);
+  /* a restore that lost its blob gives the memory back only while RESTORING:
+   * a restorer that finished (LIVE) keeps the agent */
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  CHECK("unrestore of a live owner refused", sh_owner_unrestore(a, id, gen, &final) == SH_ESTATE &&
+                                               in_use(a, SH_PART_CONTEXT) == 48);
+  CHECK("restoring", sh_owner_set_state(a, id, gen, SH_OWNER_LIVE, SH_OWNER_RESTORING) == SH_OK);
+  CHECK("unrestore", sh_owner_unrestore(a, id, gen, &final) == SH_OK && final.state == SH_OWNER_OFFLOADED &&
+                         sh_owner_state(a, id) == SH_OWNER_OFFLOADED && in_use(a, SH_PART_CONTEXT) == 0 &&
+                         sh_owner_generation(a, id) == gen);
+  CHECK("twice refused", sh_owner_unrestore(a, id, gen, &final) == SH_ESTATE);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }

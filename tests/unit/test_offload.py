@@ -835,6 +835,89 @@ def test_a_restore_that_cannot_tell_whether_it_took_the_blob_keeps_the_agent(
         store.close()
 
 
+class _HookedDeleteStore(SQLiteStore):
+    """An SQLite store whose next delete of a blob (not of a mark) first runs
+    ``hook``: another party's step lands between a restore's read and its claim."""
+
+    hook: Any = None
+
+    def delete(self, key: str) -> bool:
+        if self.hook is not None and not key.endswith("/moved"):
+            hook, self.hook = self.hook, None
+            hook()
+        return super().delete(key)
+
+
+def test_a_touch_that_loses_its_blob_to_restore_from_leaves_one_agent(tmp_path: Any) -> None:
+    with sh.Heap.create(size="16 MiB") as source, sh.Heap.create(size="16 MiB") as other:
+        store = _HookedDeleteStore(tmp_path / "shared.db")
+        a = source.spawn("traveller")
+        a.put("state", os.urandom(5_000))
+        want = entries_of(a)
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        got: list[sh.Agent] = []
+        store.hook = lambda: got.append(other.restore_from(store, key))
+        with pytest.raises(sh.AgentStateError, match="another heap"):
+            a.get("state")  # its read of the blob came first, the other heap's claim before its own
+        assert entries_of(got[0]) == want
+        assert a.state == "offloaded" and in_use(source)["context"] == 0  # the copy here went back
+        assert source.collect(2).agents["moved_away"] == 1
+        assert a.state == "gone" and store.keys("swarmheap/agent/") == []
+        source.check()
+        other.check()
+        store.close()
+
+
+def test_a_restore_from_that_loses_to_a_touch_leaves_no_mark_that_moves_the_agent_later(
+    tmp_path: Any,
+) -> None:
+    with sh.Heap.create(size="16 MiB") as source, sh.Heap.create(size="16 MiB") as other:
+        store = _HookedDeleteStore(tmp_path / "shared.db")
+        a = source.spawn("traveller")
+        a.put("state", b"here" * 1000)
+        a.offload(store)
+        key = store.keys("swarmheap/agent/")[0]
+        store.hook = lambda: a.get("state").release()  # the source's touch claims it first
+        with pytest.raises(sh.AgentStateError, match="restored by another heap"):
+            other.restore_from(store, key)
+        assert other.agents() == [] and a.state == "live"
+        a.offload(store)  # the same key again, beside the losing restore's mark
+        assert source.collect(2).agents["moved_away"] == 0
+        assert bytes(a.get("state")) == b"here" * 1000
+        source.check()
+        store.close()
+
+
+class _DiesAfterDeleteStore(SQLiteStore):
+    """Deletes, then the process 'dies' (SystemExit, which nothing catches)."""
+
+    dying = True
+
+    def delete(self, key: str) -> bool:
+        done = super().delete(key)
+        if self.dying and not key.endswith("/moved"):
+            self.dying = False
+            raise SystemExit("killed between the claim and going live")
+        return done
+
+
+def test_a_restorer_that_dies_after_its_claim_is_finished_by_the_next_touch(
+    heap: sh.Heap, tmp_path: Any
+) -> None:
+    store = _DiesAfterDeleteStore(tmp_path / "s.db")
+    a = heap.spawn("traveller")
+    a.put("state", b"complete" * 100)
+    a.offload(store)
+    with pytest.raises(SystemExit):
+        a.get("state")
+    assert a.state == "restoring" and store.keys("swarmheap/agent/") == []
+    assert bytes(a.get("state")) == b"complete" * 100  # every entry went back before the claim
+    assert a.state == "live" and heap.stats()["offloaded"] == []
+    heap.check()
+    store.close()
+
+
 def fill(heap: sh.Heap, kind: str, each: int, times: int, agents: list[sh.Agent]) -> None:
     """Spawn agents of ``kind`` holding ``each`` bytes until ``times`` what
     `context` holds were put (into ``agents``, so that a caller that expects

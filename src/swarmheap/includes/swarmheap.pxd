@@ -118,6 +118,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *generation)
     int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
+    int sh_owner_unrestore(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
     uint32_t sh_owner_state(const sh_arena_t *arena, uint32_t id)
     int sh_owner_reserve(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t nbytes, uint64_t limit)
     uint64_t sh_reserved_bytes(const sh_arena_t *arena)
