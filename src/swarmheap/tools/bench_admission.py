@@ -184,7 +184,7 @@ def admission(quick: bool) -> dict[str, Any]:
     shift = pred["coverage_after_shift"]
     return {
         "name": "admission",
-        "what": f"a seeded swarm trace of {n} tasks replayed under three admission policies and the exact-peak bound",
+        "what": f"a seeded swarm trace of {n} tasks under three admission policies, and the exact-peak bound",
         "columns": [
             "policy",
             "failed midway",
