@@ -191,8 +191,15 @@ def restore_blob(heap: Heap, blob: bytes, stores: list[Store] | None = None) -> 
     return agent
 
 
+def _key_prefix(heap: Heap) -> str:
+    return f"swarmheap/agent/{heap._token}/"
+
+
 def agent_key(heap: Heap, agent: Agent) -> str:
-    return f"swarmheap/agent/{heap._token}/{agent.id}/{agent.generation}"
+    return f"{_key_prefix(heap)}{agent.id}/{agent.generation}"
+
+
+MOVED = "/moved"  # the suffix of restore_from's mark beside a key (claim_moved)
 
 
 def _entry_name(agent_id: int, generation: int) -> str:
@@ -405,7 +412,7 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
-        if store.get(key + "/moved") is not None:
+        if store.get(key + MOVED) is not None:
             _unrestore(heap, agent, entry.kind)  # a restorer here that died, or is about to learn it lost
             raise _moved(agent)
         if agent.state != "restoring":
@@ -467,7 +474,7 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
             raise
         # deleted, perhaps by this call: kept (two copies at worst, never none)
         claimed = True
-    if not claimed and store.get(key + "/moved") is not None and _unrestore(heap, agent, kind):
+    if not claimed and store.get(key + MOVED) is not None and _unrestore(heap, agent, kind):
         raise _moved(agent)
     try:
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
@@ -559,7 +566,7 @@ def claim_moved(store: Store, key: str) -> bool:
     (then the agent is the caller's) or the store cannot say (then it is too,
     logged: two copies at worst, never none)."""
     try:
-        store.put(key + "/moved", b"")
+        store.put(key + MOVED, b"")
         return store.delete(key)
     except Exception as exc:
         try:
@@ -576,28 +583,48 @@ def claim_moved(store: Store, key: str) -> bool:
         if not still_there:
             return True
         with contextlib.suppress(Exception):
-            store.delete(key + "/moved")
+            store.delete(key + MOVED)
         raise
 
 
-def moved_away(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+def moved_away(
+    heap: Heap,
+    agent_id: int,
+    generation: int,
+    unreachable: set[str],
+    listings: dict[str, set[str]] | None = None,
+) -> bool:
     """Was this offloaded agent restored elsewhere (restore_from marks its
     key)? A store that fails is put in ``unreachable`` and not asked again
     by this sweep: each ask of a host that does not answer waits out the
-    connect timeout, once per offloaded agent."""
+    connect timeout, once per offloaded agent. With ``listings`` (a full
+    sweep's, per store URL) a store is listed once for all of this heap's
+    keys, not asked twice per offloaded agent."""
     found = where_if_readable(heap, agent_id, generation)
     if found is None or found[0] in unreachable:
         return False
     url, key, _ = found
     try:
         store = heap._store_for(url)
+        prefix = _key_prefix(heap)
+        if listings is not None and key.startswith(prefix):
+            moved = listings.get(url)
+            if moved is None:
+                moved = listings[url] = _moved_keys(store.keys(prefix))
+            return key in moved
         # both: a restore_from that lost to this heap's own restore leaves its
         # mark beside a blob this heap may offload again under the same key
-        return store.get(key + "/moved") is not None and store.get(key) is None
+        return store.get(key + MOVED) is not None and store.get(key) is None
     except Exception as exc:
         unreachable.add(url)
         log.warning("swarmheap: store %s did not answer this sweep, asked again at the next: %s", url, exc)
         return False
+
+
+def _moved_keys(keys: list[str]) -> set[str]:
+    """The keys of one listing that are marked moved and whose blob is gone."""
+    listed = set(keys)
+    return {k[: -len(MOVED)] for k in listed if k.endswith(MOVED) and k[: -len(MOVED)] not in listed}
 
 
 def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
@@ -608,7 +635,7 @@ def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[st
         try:
             store = heap._store_for(found[0])
             store.delete(found[1])
-            store.delete(found[1] + "/moved")
+            store.delete(found[1] + MOVED)
         except (StoreUnavailable, StoreFull) as exc:
             unreachable.add(found[0])
             log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)

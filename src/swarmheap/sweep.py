@@ -79,10 +79,13 @@ class _Liveness:
     """What a sweep asks once: a process's liveness by (pid, start time), and
     whether a store answers (one that failed is not asked again in it)."""
 
-    def __init__(self, heap: Heap) -> None:
+    def __init__(self, heap: Heap, full: bool) -> None:
         self.heap = heap
         self.known: dict[int, bool] = {}
         self.unreachable: set[str] = set()  # stores that failed this sweep: not asked again in it
+        # a full sweep examines every offloaded agent: each store is listed
+        # once for the moved ones (offload.moved_away), not asked per agent
+        self.listings: dict[str, set[str]] | None = {} if full else None
 
     def alive(self, agent_id: int, pid: int) -> bool:
         if pid not in self.known:
@@ -102,7 +105,7 @@ def _examine(
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
-        if not offload.moved_away(heap, agent_id, generation, live.unreachable):
+        if not offload.moved_away(heap, agent_id, generation, live.unreachable, live.listings):
             deadline = offload.lease_deadline(heap, agent_id, generation)
             if deadline is None or now <= deadline:
                 return True
@@ -183,7 +186,7 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
     if generation not in (0, 1, 2):
         raise ValueError(f"generation must be 0, 1 or 2, not {generation!r}")
     result = SweepResult(generation)
-    live = _Liveness(heap)
+    live = _Liveness(heap, full=generation == 2)
     now = time.time()
     if generation >= 1:
         # pins die with their process: drop a dead one's before looking at

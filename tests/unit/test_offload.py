@@ -614,7 +614,7 @@ def test_a_sweep_asks_a_store_that_is_down_once(
                 asked.append(key)
                 raise sh.StoreUnavailable(f"{s.url} did not answer")
 
-            delete = get
+            delete = keys = get
 
         real = heap._store_for
         monkeypatch.setattr(heap, "_store_for", lambda url: Down())
@@ -885,6 +885,39 @@ def test_a_restore_from_that_loses_to_a_touch_leaves_no_mark_that_moves_the_agen
         a.offload(store)  # the same key again, beside the losing restore's mark
         assert source.collect(2).agents["moved_away"] == 0
         assert bytes(a.get("state")) == b"here" * 1000
+        source.check()
+        store.close()
+
+
+class _CountingStore(SQLiteStore):
+    gets = lists = 0
+
+    def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return super().get(key)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        self.lists += 1
+        return super().keys(prefix)
+
+
+def test_a_full_sweep_lists_a_store_once_for_its_moved_agents(tmp_path: Any) -> None:
+    with sh.Heap.create(size="16 MiB") as source, sh.Heap.create(size="16 MiB") as other:
+        store = _CountingStore(tmp_path / "shared.db")
+        agents = [source.spawn("idle") for _ in range(12)]
+        for i, a in enumerate(agents):
+            a.put("i", bytes([i]) * 100)
+            a.offload(store)
+        travelled = sorted(store.keys("swarmheap/agent/"))[:2]
+        for key in travelled:
+            other.restore_from(store, key)
+        store.gets = store.lists = 0
+        result = source.collect(2)
+        assert result.agents["moved_away"] == 2 and store.lists == 1 and store.gets == 0
+        stayed = [(i, a) for i, a in enumerate(agents) if a.state == "offloaded"]
+        assert len(stayed) == 10 and all(bytes(a.get("i")) == bytes([i]) * 100 for i, a in stayed)
+        source.collect(0)  # a young sweep asks per agent it examines, and lists nothing
+        assert store.lists == 1
         source.check()
         store.close()
 
