@@ -274,16 +274,20 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     # ---- threads are agents ----
 
     def _agent(self, thread_id: str, create: bool) -> Any:
+        """The thread's agent, live: a cold thread the offload policy sent to
+        the store comes back here, on its first touch."""
         known = self._threads.get(thread_id)
-        if (
-            known is not None
-            and self.heap._owner_word(known.id, known.generation)
-            is not None  # that generation still holds it
-            and self.heap._owner_state(known.id) in ("live", "offloaded", "restoring")
-        ):
-            return known  # still that agent: a deleted thread's agent is completed or recycled
+        if known is not None and self.heap._owner_word(known.id, known.generation) is not None:
+            # that generation still holds the slot: a deleted thread's agent is completed or recycled
+            state = self.heap._owner_state(known.id)
+            if state == "live":
+                return known
+            if state in ("offloaded", "restoring"):
+                known.restore()
+                return known
         agent = self._find_agent(thread_id, create)
         if agent is not None:
+            agent.restore()
             if len(self._threads) >= _RAW_CACHE:
                 self._threads.clear()
             self._threads[thread_id] = agent
@@ -579,8 +583,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self._threads.pop(thread_id, None)
         Registry(self.heap).remove(lgthreads.key(thread_id))
         if agent is not None and agent.state in ("live", "offloaded", "restoring"):
-            agent.restore()
-            agent.complete()  # the thread's memory, back in one recycle
+            agent.complete()  # the thread's memory back in one recycle (an offloaded one's blob too)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = set(run_ids)
@@ -646,6 +649,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     def _view(self, agent: Any) -> _ThreadView:
         word, (_, _, entries) = agent._read_index_word()
+        if not word and agent.state != "live":  # offloaded since _agent() looked: its index is in the store
+            agent.restore()
+            word, (_, _, entries) = agent._read_index_word()
         view = self._views.get(agent.id)
         if view is None or view.generation != agent.generation or view.word != word:
             if len(self._views) >= _RAW_CACHE:

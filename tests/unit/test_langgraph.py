@@ -14,6 +14,7 @@ pytest.importorskip("langgraph.checkpoint.base")
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 
 from _workers import langgraph_resume
+from swarmheap import lgthreads
 from swarmheap.langgraph import SwarmSaver, SwarmSaverError
 
 
@@ -320,3 +321,47 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
     assert history[0].pending_writes == [("t", "messages", messages)]
     saver.delete_thread("long")
     heap.check()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_cold_threads_go_to_the_store_and_come_back(kind: str, tmp_path: Any, request: Any) -> None:
+    import os
+
+    from swarmheap.stores import RedisStore, SQLiteStore
+
+    if kind == "sqlite":
+        store: Any = SQLiteStore(tmp_path / "threads.db")
+    else:
+        store = RedisStore(request.getfixturevalue("redis_url"))
+    with sh.Heap.create(size="16 MiB") as heap, store:
+        saver = SwarmSaver(heap, store=store)
+        heap.set_offload_policy(store, high=0.6, low=0.4, min_idle=0.0)  # cold at once, for the test
+        want: dict[str, bytes] = {}
+        for t in range(40):  # 40 threads of 200 KB: more than `context` holds (6.4 MiB)
+            thread = f"cold-{t}"
+            want[thread] = os.urandom(200_000)
+            cfg: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            cp = create_checkpoint(empty_checkpoint(), None, 0)
+            cp["channel_values"] = {"state": want[thread]}
+            cp["channel_versions"] = {"state": 1}
+            saver.put(cfg, cp, {"step": 0}, {"state": 1})
+        assert len(heap.stats()["offloaded"]) > 0  # the first threads went cold
+        for thread, data in want.items():  # each comes back on its first touch, as it was
+            cfg = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            got = saver.get_tuple(cfg)
+            assert got is not None and got.checkpoint["channel_values"]["state"] == data
+            assert [t.checkpoint["channel_values"]["state"] for t in saver.list(cfg)] == [data]
+        cold = next(a for a in heap.agents() if a.kind == "langgraph" and a.state == "offloaded")
+        thread = lgthreads.by_agent(heap)[(cold.id, cold.generation)]
+        cfg = saver.get_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}).config
+        cp = create_checkpoint(empty_checkpoint(), None, 1)  # a cold thread goes on from its last step
+        cp["channel_values"] = {"state": b"next"}
+        cp["channel_versions"] = {"state": 2}
+        cfg = saver.put(cfg, cp, {"step": 1}, {"state": 2})
+        latest = saver.get_tuple({"configurable": {"thread_id": thread, "checkpoint_ns": ""}})
+        assert latest.config == cfg and latest.checkpoint["channel_values"]["state"] == b"next"
+        heap.check()
+        for thread in want:  # deleting a thread, cold or not, leaves nothing of it in the store
+            saver.delete_thread(thread)
+        assert store.keys(f"swarmheap/agent/{heap._token}/") == []
+        heap.check()
