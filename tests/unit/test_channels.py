@@ -154,6 +154,51 @@ def test_producers_and_consumers_across_processes(heap_name: str) -> None:
         assert heap.stats()["partitions"]["comm"]["in_use"] == 0
 
 
+def test_producers_and_consumers_across_threads(heap: sh.Heap) -> None:
+    import hashlib
+
+    ch = heap.channel("threads", 16)  # small: producers and consumers wait on each other
+    received: list[tuple[int, int, bool]] = []
+    lock = threading.Lock()
+
+    def produce(who: int) -> None:
+        for i in range(1500):
+            body = random.Random(who * 100_000 + i).randbytes(1 + (i % 7) * 300)
+            ch.send(
+                who.to_bytes(4, "little")
+                + i.to_bytes(4, "little")
+                + hashlib.blake2b(body, digest_size=8).digest()
+                + body
+            )
+
+    def consume() -> None:
+        mine = []
+        for blk in ch:
+            data = bytes(blk)
+            blk.free()
+            ok = hashlib.blake2b(data[16:], digest_size=8).digest() == data[8:16]
+            mine.append((int.from_bytes(data[:4], "little"), int.from_bytes(data[4:8], "little"), ok))
+        with lock:
+            received.extend(mine)
+
+    consumers = [threading.Thread(target=consume) for _ in range(3)]
+    producers = [threading.Thread(target=produce, args=(who,)) for who in range(3)]
+    for t in consumers + producers:
+        t.start()
+    for t in producers:
+        t.join()
+    ch.close()  # consumers drain what is queued, then stop
+    for t in consumers:
+        t.join()
+    assert all(ok for _, _, ok in received)
+    counts = Counter((who, i) for who, i, _ in received)
+    assert len(counts) == 4500 and set(counts.values()) == {1}
+    assert ch.stats()["sent"] == ch.stats()["received"] == 4500
+    ch.unlink()
+    heap.check()
+    assert heap.stats()["partitions"]["comm"]["in_use"] == 0
+
+
 def test_asyncio_does_not_block_the_loop(heap: sh.Heap) -> None:
     ch = heap.channel("async", 1)
 
