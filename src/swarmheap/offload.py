@@ -413,8 +413,11 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
     blob = store.get(key)
     if blob is None:
         if store.get(key + MOVED) is not None:
-            _unrestore(heap, agent, entry.kind)  # a restorer here that died, or is about to learn it lost
-            raise _moved(agent)
+            # a restorer here that died, or is about to learn it lost, gives it back;
+            # one that finished (LIVE) took the blob and the mark is a loser's
+            if _unrestore(heap, agent, entry.kind) or agent.state != "live":
+                raise _moved(agent)
+            return
         if agent.state != "restoring":
             raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
         # a restorer here took the blob after putting every entry back, and
@@ -479,7 +482,8 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
     try:
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
     except AgentStateError:
-        if claimed and agent.state == "offloaded":
+        state = agent.state
+        if claimed and state == "offloaded":
             # a restorer here gave the memory back, taking a mark left by a
             # restore_from that lost to this one for its win: the blob we
             # took goes back (two copies at worst, never none), and again
@@ -490,6 +494,10 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
             raise AgentStateError(
                 f"agent {agent.id} keeps being restored and given back: touch it again"
             ) from None
+        if state == "offloaded":
+            raise _moved(agent) from None  # a restorer here gave it back: the blob went elsewhere
+        if state != "live":
+            raise AgentStateError(f"agent {agent.id} (generation {agent.generation}) is {state}") from None
         # else another process of this heap finished first
     Registry(heap).remove(_entry_name(agent.id, agent.generation))
 
