@@ -922,6 +922,22 @@ def test_a_full_sweep_lists_a_store_once_for_its_moved_agents(tmp_path: Any) -> 
         store.close()
 
 
+def test_a_restorer_whose_agent_is_given_back_after_its_claim_puts_the_blob_back(
+    heap: sh.Heap, tmp_path: Any
+) -> None:
+    store = _HookedDeleteStore(tmp_path / "s.db")
+    a = heap.spawn("traveller")
+    a.put("state", b"only copy" * 100)
+    a.offload(store)
+    # another restorer of this heap, misled by a losing restore_from's mark,
+    # gives the memory back just as this one takes the blob
+    store.hook = lambda: heap._owner_offload(a.id, a.generation, a.kind, only_restoring=True)
+    assert bytes(a.get("state")) == b"only copy" * 100  # the blob went back, and the restore ran again
+    assert a.state == "live" and store.keys("swarmheap/agent/") == [] and heap.stats()["offloaded"] == []
+    heap.check()
+    store.close()
+
+
 class _DiesAfterDeleteStore(SQLiteStore):
     """Deletes, then the process 'dies' (SystemExit, which nothing catches)."""
 
