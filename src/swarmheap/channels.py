@@ -106,18 +106,19 @@ class Channel:
     def send(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:
         """Copy ``data`` (bytes, a memoryview, any buffer) into a `comm` block
         and enqueue it; TimeoutError if the channel stays full past ``timeout``."""
-        # the common send (no timeout, no lease) is one call into the core:
-        # at a million 1 KiB messages a second each Python call is a tenth
-        if lease is None and timeout is None:
-            sent = self.core.send_copy(data, -1)
+        # a send without a lease is one call into the core (alloc, copy,
+        # enqueue): at a million 1 KiB messages a second each Python call is a tenth
+        timeout_ns = -1 if timeout is None else _timeout_ns(timeout)
+        if lease is None:
+            sent = self.core.send_copy(data, timeout_ns)
         else:
-            sent = self._send(data, _timeout_ns(timeout), lease)
+            sent = self._send_leased(data, timeout_ns, lease)
         if not sent:
             raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
     def try_send(self, data: Any, *, lease: float | None = None) -> bool:
         """send() without waiting: False if the channel is full."""
-        return self.core.send_copy(data, 0) if lease is None else self._send(data, 0, lease)
+        return self.core.send_copy(data, 0) if lease is None else self._send_leased(data, 0, lease)
 
     def send_block(self, block: Block, timeout: float | None = None) -> None:
         """Move a Block of the shared default into the channel without a
@@ -143,9 +144,7 @@ class Channel:
                 f"a message of {size} bytes is over channel {self.name!r}'s max_message {self.max_message}"
             )
 
-    def _send(self, data: Any, timeout_ns: int, lease: float | None) -> bool:
-        if lease is None:
-            return self.core.send_copy(data, timeout_ns)  # alloc, copy, enqueue: one call
+    def _send_leased(self, data: Any, timeout_ns: int, lease: float) -> bool:
         try:
             view = memoryview(data).cast("B")
         except TypeError:
