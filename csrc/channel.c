@@ -98,6 +98,13 @@ static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_roo
   return spin;
 }
 
+/* A waiter reads its futex word, then this, then sleeps on the word: a
+ * caller of sh_chan_call_off sets the flag, then moves the word, then wakes,
+ * so the waiter either sees the flag or finds the word moved. */
+static bool sh_chan_called_off(const sh_arena_t *a, const uint32_t *cancel) {
+  return sh_atomic_load_acquire(&a->waits_called_off) || (cancel && sh_word_load_acquire(cancel));
+}
+
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   sh_atomic_add_relaxed(word, 1u);
   if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
@@ -166,6 +173,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
       spin = sh_chan_spin(c, capacity, spin, true);
       continue;
     }
+    if (sh_chan_called_off(a, NULL)) return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
     sh_atomic_add_relaxed(&c->sleepers, 1u);
     _sh_futex_wait(&c->not_full, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
@@ -274,6 +282,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
       spin = sh_chan_spin(c, capacity, spin, false);
       continue;
     }
+    if (sh_chan_called_off(a, NULL)) return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
     sh_atomic_add_relaxed(&c->sleepers, 1u);
     _sh_futex_wait(&c->not_empty, seen, deadline);
     sh_atomic_sub_relaxed(&c->sleepers, 1u);
@@ -291,6 +300,44 @@ int sh_chan_close(sh_arena_t *a, uint64_t chan) {
   sh_futex_wake(c, &c->not_full);
   sh_atomic_sub_relaxed(&c->sleepers, 1u);
   return SH_OK;
+}
+
+int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns, const uint32_t *cancel) {
+  sh_chan_t *c;
+  uint32_t capacity;
+  int rc = sh_chan_at(a, chan, &c, &capacity);
+  if (rc) return rc;
+  _Atomic uint32_t *word = want_room ? &c->not_full : &c->not_empty;
+  int64_t deadline = _sh_deadline_ns(timeout_ns);
+  for (int spin = 0;; spin++) {
+    uint32_t seen = sh_atomic_load_acquire(word);
+    uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
+    if (sh_unlikely(count > capacity))
+      return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+    if ((want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed)) return SH_OK;
+    if (sh_chan_called_off(a, cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
+    if (timeout_ns == 0 || _sh_past(deadline))
+      return _sh_fail(SH_ETIMEDOUT, want_room ? "the channel stayed full" : "the channel stayed empty");
+    if (spin < SH_CHAN_SPIN) {
+      spin = sh_chan_spin(c, capacity, spin, want_room != 0);
+      continue;
+    }
+    sh_atomic_add_relaxed(&c->sleepers, 1u);
+    _sh_futex_wait(word, seen, deadline);
+    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+  }
+}
+
+void sh_chan_call_off(sh_arena_t *a, uint64_t chan, uint32_t *cancel) {
+  if (cancel) sh_word_store_release(cancel, 1u);
+  sh_chan_t *c;
+  uint32_t capacity;
+  if (a->read_only || sh_chan_at(a, chan, &c, &capacity) != SH_OK) return; /* no channel there: no waiter on it */
+  /* release: a waiter that reads the moved word sees the flag set before it */
+  sh_atomic_add_acq_rel(&c->not_empty, 1u);
+  sh_atomic_add_acq_rel(&c->not_full, 1u);
+  _sh_futex_wake(&c->not_empty);
+  _sh_futex_wake(&c->not_full);
 }
 
 int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {

@@ -45,6 +45,7 @@ const char *sh_strerror(int status) {
     case SH_EAGAIN: return "SH_EAGAIN";
     case SH_ETIMEDOUT: return "SH_ETIMEDOUT";
     case SH_ECLOSED: return "SH_ECLOSED";
+    case SH_ECANCELED: return "SH_ECANCELED";
     default: return "SH_E?";
   }
 }

@@ -455,11 +455,23 @@ int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, u
 
 uint32_t sh_room_seq(const sh_arena_t *a) { return sh_atomic_load_acquire(&a->hdr->room_seq); }
 
-void sh_room_wait(sh_arena_t *a, uint32_t seen, int64_t timeout_ns) {
+int sh_room_wait(sh_arena_t *a, uint32_t seen, int64_t timeout_ns) {
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   sh_atomic_add_relaxed(&a->hdr->room_waiters, 1u);
-  if (sh_atomic_load_acquire(&a->hdr->room_seq) == seen) _sh_futex_wait(&a->hdr->room_seq, seen, deadline);
+  if (sh_atomic_load_acquire(&a->hdr->room_seq) == seen && !sh_atomic_load_acquire(&a->waits_called_off))
+    _sh_futex_wait(&a->hdr->room_seq, seen, deadline);
   sh_atomic_sub_relaxed(&a->hdr->room_waiters, 1u);
+  if (sh_atomic_load_acquire(&a->waits_called_off))
+    return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
+  return SH_OK;
+}
+
+void sh_call_off_waits(sh_arena_t *a) {
+  sh_atomic_store_release(&a->waits_called_off, 1u);
+  if (a->read_only) return; /* a read-only view waits on nothing (and may not write the header) */
+  /* a spurious move of the room counter: its waiters look again, find the flag */
+  sh_atomic_add_acq_rel(&a->hdr->room_seq, 1u);
+  _sh_futex_wake(&a->hdr->room_seq);
 }
 
 uint64_t sh_reserved_bytes(const sh_arena_t *a) { return sh_atomic_load_relaxed(&a->hdr->reserved_bytes); }

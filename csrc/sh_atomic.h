@@ -37,6 +37,9 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
  * words are not declared _Atomic. */
 #define sh_word_load_relaxed(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
 #define sh_word_store_relaxed(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* A caller's flag (a Python object's field: not declared _Atomic) */
+#define sh_word_load_acquire(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define sh_word_store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* Running the max of a counter without a lock. */
 static inline void sh_atomic_max_relaxed(_Atomic uint64_t *p, uint64_t v) {

@@ -327,6 +327,7 @@ struct sh_arena_s {
   uint64_t pin_mask;
   uint64_t lease_mask;
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
+  _Atomic uint32_t waits_called_off; /* sh_call_off_waits: this view is closing */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
   sh_class_t classes[SH_MAX_CLASSES];
   uint8_t class_of[SH_DIRECT_SIZES + 1]; /* class of sizes up to SH_DIRECT_SIZES * 16, by (size + 15) / 16 */

@@ -59,6 +59,7 @@ typedef enum sh_status_e {
   SH_EAGAIN = -19,       /* a _nolock call needs the slow path: nothing was done */
   SH_ETIMEDOUT = -20,    /* a channel wait ran out (a timeout of 0: full, or empty) */
   SH_ECLOSED = -21,      /* the channel is closed (a receiver: and drained) */
+  SH_ECANCELED = -22,    /* a wait was called off (sh_chan_call_off, or this process closing the heap) */
 } sh_status_t;
 
 typedef enum sh_partition_e {
@@ -404,6 +405,24 @@ int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, 
 int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns);
 /* [any] Close: senders fail at once, receivers drain what is queued; every waiter wakes. */
 int sh_chan_close(sh_arena_t *arena, uint64_t chan);
+/* [any] Wait, without taking or giving a message, until a send (want_room)
+ * or a receive could act now, or the channel is closed: SH_OK, and the
+ * caller tries (another may be first: then it waits again). SH_ETIMEDOUT
+ * past the timeout; SH_ECANCELED once *cancel (if not NULL) is set by
+ * sh_chan_call_off. An asyncio waiter sleeps here in a worker thread and
+ * takes its message on the event loop: a waiter cancelled there has taken
+ * nothing, so no message goes to a caller who stopped listening. */
+int sh_chan_wait(sh_arena_t *arena, uint64_t chan, int want_room, int64_t timeout_ns, const uint32_t *cancel);
+/* [any] Set *cancel (if not NULL) and wake every waiter on the channel, in
+ * every process: each looks again, and a wait on `cancel` returns
+ * SH_ECANCELED. The others go back to sleep. */
+void sh_chan_call_off(sh_arena_t *arena, uint64_t chan, uint32_t *cancel);
+/* [process] Call off every wait of this process's view of the heap (sends,
+ * receives and waits on channels, room waits): each returns SH_ECANCELED
+ * once awake, and from then on at once. Room waiters are woken here;
+ * channel waiters by sh_chan_call_off on their channels. For a close()
+ * that must not wait for ever on a thread blocked in a receive. */
+void sh_call_off_waits(sh_arena_t *arena);
 /* [thread] Messages in a thread's hands. sh_chan_hold records `msg` (0:
  * nothing) as the message the calling thread holds mid-send (filled, not yet
  * queued: sh_chan_send clears it under the ring's lock as it queues it) or
@@ -437,7 +456,7 @@ int sh_chan_drain(sh_arena_t *arena, uint64_t chan, void (*each)(uint64_t msg, u
  * recycle or an offload, in any process); sh_room_wait sleeps until it moves
  * from `seen` or the timeout (ns, -1: none) passes. Admission's "wait". */
 uint32_t sh_room_seq(const sh_arena_t *arena);
-void sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns);
+int sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns); /* SH_ECANCELED: called off */
 /* [any] Frees the nursery blocks a process killed half way through a free
  * or a recycle left named in their page's map but in no agent's record (a
  * sweep of generation 1 or 2 calls this). Returns how many. */

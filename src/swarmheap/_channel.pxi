@@ -2,6 +2,24 @@
 # one-call send and receive the Python Channel builds on.
 
 
+cdef inline void _waits(CoreHeap heap, uint64_t chan, int change):
+    """Count a blocking call on ``chan`` in or out: close() calls off the
+    waits of the channels named here, and waits for every call in flight."""
+    heap.inflight += change
+    cdef Py_ssize_t n = heap._waiting.get(chan, 0) + change
+    if n:
+        heap._waiting[chan] = n
+    else:
+        del heap._waiting[chan]
+
+
+cdef inline int _called_off(int rc) except -1:
+    if rc == SH_ECANCELED:
+        raise ChannelClosed("the heap was closed in this process while this call waited on the channel",
+                            "SH_ECANCELED")
+    return 0
+
+
 cdef class ChannelCore:
     """The channel ``chan`` names in ``heap`` (a handle from create(): the
     ring's offset and the channel's id). A send or receive is one call: it
@@ -39,13 +57,14 @@ cdef class ChannelCore:
         cdef uint64_t chan = self.chan
         cdef int rc = sh_chan_send(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
-            heap.inflight += 1
+            _waits(heap, chan, 1)
             with nogil:
                 rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
-            heap.inflight -= 1
+            _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
             return 0
         if rc:
+            _called_off(rc)
             _raise(rc)
         return 1
 
@@ -127,16 +146,17 @@ cdef class ChannelCore:
         else:
             rc = sh_chan_recv(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
-            heap.inflight += 1
+            _waits(heap, chan, 1)
             with nogil:
                 if info != NULL:
                     rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info)
                 else:
                     rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
-            heap.inflight -= 1
+            _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
             return 0
         if rc:
+            _called_off(rc)
             _raise(rc)
         return 1
 
@@ -165,6 +185,10 @@ cdef class ChannelCore:
             return None
         return msg, size
 
+    def waiter(self):
+        """A ChannelWaiter on this channel: for one asyncio wait."""
+        return ChannelWaiter(self)
+
     def close(self):
         self.heap._check_writable()
         cdef int rc = sh_chan_close(self.heap.arena, self.chan)
@@ -189,3 +213,41 @@ cdef class ChannelCore:
             _raise(rc)
         return {"capacity": st.capacity, "depth": st.depth, "max_message": st.max_message, "sent": st.sent,
                 "received": st.received, "bytes_in_flight": st.bytes_in_flight, "closed": bool(st.closed)}
+
+
+cdef class ChannelWaiter:
+    """One wait, in a worker thread, for a channel to have a message (or
+    room), taking none: an asyncio receiver takes its message on the event
+    loop, so a receive cancelled there leaves the message in the channel.
+    cancel(), from any thread, ends the wait at once."""
+
+    def __cinit__(self, ChannelCore core):
+        self.core = core
+        self.cancelled = 0
+
+    def wait(self, bint want_room, int64_t timeout_ns):
+        """True once a send (``want_room``) or a receive could act, or the
+        channel is closed; False past the timeout; None if cancelled."""
+        cdef CoreHeap heap = self.core.heap
+        heap._check_writable()
+        cdef sh_arena_t *arena = heap.arena
+        cdef uint64_t chan = self.core.chan
+        cdef int rc
+        _waits(heap, chan, 1)
+        with nogil:
+            rc = sh_chan_wait(arena, chan, want_room, timeout_ns, &self.cancelled)
+        _waits(heap, chan, -1)
+        if rc == SH_OK:
+            return True
+        if rc == SH_ETIMEDOUT:
+            return False
+        if rc == SH_ECANCELED and self.cancelled:
+            return None
+        _called_off(rc)
+        _raise(rc)
+
+    def cancel(self):
+        """End the wait (now, or at once when it begins)."""
+        cdef CoreHeap heap = self.core.heap
+        if heap.arena != NULL:
+            sh_chan_call_off(heap.arena, self.core.chan, &self.cancelled)

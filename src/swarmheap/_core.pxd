@@ -20,6 +20,8 @@ cdef class _Arena:
     cdef void *np_keeper  # set once a NumPy handler exists: it then owns the mapping's lifetime
     # calls of this process that run without the GIL now: close() waits for them
     cdef Py_ssize_t inflight
+    # channel handle -> how many of those calls wait on it: close() wakes them
+    cdef readonly dict _waiting
     # exports of tagged blocks by offset, across every Block object of this
     # process: a free through one Block must see another's buffers
     cdef dict tagged_exports
@@ -86,3 +88,8 @@ cdef class ChannelCore:
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1
     cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, sh_block_info_t *info) except -1
+
+
+cdef class ChannelWaiter:
+    cdef readonly ChannelCore core
+    cdef uint32_t cancelled  # set by cancel() (sh_chan_call_off), read by the waiting thread

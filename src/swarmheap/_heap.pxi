@@ -111,6 +111,7 @@ cdef class _Arena:
         self._sweep_countdown = 1 << 30
         self.events = _NO_EVENTS
         self.tagged_exports = {}
+        self._waiting = {}
 
     def __init__(self, *args, **kwargs):
         raise TypeError(f"{type(self).__name__}(...) is not how a heap is made: use "
@@ -274,6 +275,12 @@ cdef class _Arena:
             return
         if self.exports:
             raise BufferError(f"cannot close: {self.exports} exported buffer(s) still point into the heap")
+        if self.inflight:
+            # a thread blocked in a receive (or waiting for room) would hold
+            # this close for ever: its wait is called off, and it raises
+            sh_call_off_waits(self.arena)
+            for chan in list(self._waiting):
+                sh_chan_call_off(self.arena, chan, NULL)
         while self.inflight:
             time.sleep(0.0002)  # gives the GIL to the threads whose calls are finishing
         if self.arena == NULL:  # another thread closed it meanwhile

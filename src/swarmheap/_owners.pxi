@@ -330,10 +330,13 @@ cdef class CoreHeap(_Arena):
         """Sleep until any process gives memory back (or the timeout, ns)."""
         self._check_writable()
         cdef sh_arena_t *arena = self.arena
+        cdef int rc
         self.inflight += 1
         with nogil:
-            sh_room_wait(arena, seen, timeout_ns)
+            rc = sh_room_wait(arena, seen, timeout_ns)
         self.inflight -= 1
+        if rc == SH_ECANCELED:
+            raise ValueError("the heap was closed while this call waited for room")
 
     def _reserved(self):
         """Bytes of context reserved by admitted agents."""

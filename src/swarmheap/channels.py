@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,20 @@ def check_timeout(timeout: object) -> float | None:
 def _timeout_ns(timeout: float | None) -> int:
     seconds = check_timeout(timeout)
     return -1 if seconds is None else int(seconds * 1e9)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    seconds = check_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def _settle(done: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    if done.done():
+        return  # cancelled meanwhile
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(outcome)
 
 
 def _check_name(name: object) -> str:
@@ -181,18 +197,55 @@ class Channel:
     # ---- asyncio ----
 
     async def asend(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:
-        """send() for asyncio: a full channel is waited on in a worker thread,
-        never on the event loop."""
-        if self.try_send(data, lease=lease):
-            return
-        await asyncio.get_running_loop().run_in_executor(None, lambda: self.send(data, timeout, lease=lease))
+        """send() for asyncio: a full channel is waited on in a helper
+        thread, never on the event loop; the message is queued from the loop,
+        so a cancelled asend has sent nothing."""
+        deadline = _deadline(timeout)
+        while not self.try_send(data, lease=lease):
+            if not await self._ready(True, deadline):
+                raise TimeoutError(f"channel {self.name!r} stayed full for {timeout} s")
 
     async def arecv(self, timeout: float | None = None) -> Block:
-        """recv() for asyncio; an empty channel is waited on in a worker thread."""
-        got = self.try_recv()
-        if got is not None:
-            return got
-        return await asyncio.get_running_loop().run_in_executor(None, self.recv, timeout)
+        """recv() for asyncio: an empty channel is waited on in a helper
+        thread, and the message taken on the event loop, so a cancelled
+        arecv (asyncio.wait_for's timeout, say) leaves it to the next receiver."""
+        deadline = _deadline(timeout)
+        while (got := self.try_recv()) is None:
+            if not await self._ready(False, deadline):
+                raise TimeoutError(f"channel {self.name!r} stayed empty for {timeout} s")
+        return got
+
+    async def _ready(self, want_room: bool, deadline: float | None) -> bool:
+        """Until a send (``want_room``) or a receive could act, or the
+        channel closed: True; False past ``deadline``. The wait sleeps on the
+        channel's futex in a thread of its own: the loop's default executor
+        has a few threads, and waits parked there would starve each other
+        (and hold up asyncio.run's shutdown). A cancellation calls the wait
+        off at once."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool | None] = loop.create_future()
+        waiter = self.core.waiter()
+        timeout_ns = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1e9))
+
+        def wait() -> None:
+            try:
+                outcome: Any = waiter.wait(want_room, timeout_ns)
+                error = None
+            except BaseException as exc:  # handed to the awaiting task
+                outcome, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, done, outcome, error)
+            except RuntimeError:
+                pass  # the loop closed: nobody awaits this any more
+
+        helper = threading.Thread(target=wait, name="swarmheap-channel-wait", daemon=True)
+        helper.start()
+        try:
+            return bool(await done)
+        except BaseException:
+            waiter.cancel()
+            helper.join(5.0)  # called off, it returns at once: no thread outlives the receive
+            raise
 
     # ---- life ----
 

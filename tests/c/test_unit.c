@@ -751,6 +751,63 @@ static void test_damaged_channel(void) {
   sh_close(a);
 }
 
+/* A wait that takes nothing (an asyncio receiver's), called off by its
+ * caller or by the process closing the heap; a thread blocked in a receive
+ * is called off too, so that a close need not wait for ever. */
+typedef struct {
+  sh_arena_t *a;
+  uint64_t chan;
+  uint32_t cancel;
+  int rc, recv_rc;
+} chan_waiter_t;
+
+static void *chan_wait_thread(void *arg) {
+  chan_waiter_t *w = arg;
+  w->rc = sh_chan_wait(w->a, w->chan, 0, -1, &w->cancel);
+  return NULL;
+}
+
+static void *chan_recv_thread(void *arg) {
+  chan_waiter_t *w = arg;
+  uint64_t msg, size;
+  w->recv_rc = sh_chan_recv(w->a, w->chan, &msg, &size, -1);
+  return NULL;
+}
+
+static void test_channel_wait_called_off(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t chan, msg, size;
+  REQUIRE("channel", sh_chan_create(a, 2, 1024, &chan) == SH_OK);
+  uint32_t never = 0;
+  CHECK("empty: no receive could act", sh_chan_wait(a, chan, 0, 0, &never) == SH_ETIMEDOUT);
+  CHECK("but a send could", sh_chan_wait(a, chan, 1, 0, NULL) == SH_OK);
+  CHECK("send", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
+  CHECK("a message: a receive could act", sh_chan_wait(a, chan, 0, -1, &never) == SH_OK);
+  CHECK("and the wait took nothing", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64);
+  chan_waiter_t w = {a, chan, 0, 1, 1};
+  pthread_t t;
+  pthread_create(&t, NULL, chan_wait_thread, &w);
+  sh_chan_call_off(a, chan, &w.cancel); /* before or during its wait: it ends either way */
+  pthread_join(t, NULL);
+  CHECK("a called-off wait ends", w.rc == SH_ECANCELED && w.cancel == 1);
+  CHECK("a wait on a flag already set ends at once", sh_chan_wait(a, chan, 0, -1, &w.cancel) == SH_ECANCELED);
+  CHECK("another waiter's flag is not ours", sh_chan_wait(a, chan, 0, 0, &never) == SH_ETIMEDOUT);
+  chan_waiter_t r = {a, chan, 0, 1, 1};
+  pthread_create(&t, NULL, chan_recv_thread, &r);
+  sh_call_off_waits(a);
+  sh_chan_call_off(a, chan, NULL);
+  pthread_join(t, NULL);
+  CHECK("a blocked receive ends when the process closes the heap", r.recv_rc == SH_ECANCELED);
+  CHECK("so does a room wait", sh_room_wait(a, sh_room_seq(a), -1) == SH_ECANCELED);
+  CHECK("a message still goes through", sh_chan_send(a, chan, 64, 8, 0) == SH_OK &&
+                                            sh_chan_recv(a, chan, &msg, &size, -1) == SH_OK && msg == 64);
+  CHECK("closed", sh_chan_close(a, chan) == SH_OK);
+  CHECK("freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* The header's sizes are validated at attach; damage to them afterwards must
  * not size check()'s tables or bound a walk of the page table. */
 static void test_header_sizes_damaged_after_attach(void) {
@@ -778,6 +835,7 @@ static void test_header_sizes_damaged_after_attach(void) {
 int main(void) {
   test_header_sizes_damaged_after_attach();
   test_damaged_channel();
+  test_channel_wait_called_off();
   test_nursery_opt_out();
   test_sweep_queues();
   test_nolock();

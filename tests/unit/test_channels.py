@@ -230,6 +230,87 @@ def test_asyncio_does_not_block_the_loop(heap: sh.Heap) -> None:
     ch.unlink()
 
 
+def test_a_cancelled_arecv_leaves_its_message_to_the_next_receiver(heap: sh.Heap) -> None:
+    """asyncio.wait_for's timeout cancels an arecv: the message sent after
+    goes to the next receiver, not to the cancelled one's worker."""
+    ch = heap.channel("cancel-recv", 4)
+
+    async def main() -> list[bytes]:
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ch.arecv(), 0.01)
+        ch.send(b"after")
+        return [bytes(await ch.arecv(timeout=30)), bytes(b) if (b := ch.try_recv()) is not None else b""]
+
+    assert asyncio.run(main()) == [b"after", b""]  # asyncio.run returned: no worker held its shutdown
+    assert ch.stats()["received"] == ch.stats()["sent"] == 1
+    assert not heap._waiting
+    ch.unlink()
+    heap.check()
+
+
+def test_a_cancelled_asend_has_sent_nothing(heap: sh.Heap) -> None:
+    ch = heap.channel("cancel-send", 1)
+    ch.send(b"first")
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ch.asend(b"second"), 0.01)
+
+    asyncio.run(main())
+    assert bytes(ch.recv(timeout=30)) == b"first"
+    assert ch.try_recv() is None and ch.stats()["sent"] == 1
+    ch.unlink()
+    heap.check()
+
+
+def test_many_asyncio_receivers_wait_at_once(heap: sh.Heap) -> None:
+    """More blocked receivers than the loop's default executor has threads:
+    each waits in a thread of its own, so none starves another."""
+    channels = [heap.channel(f"many-{i}", 1) for i in range(12)]
+
+    async def main() -> list[bytes]:
+        receivers = [asyncio.create_task(ch.arecv(timeout=30)) for ch in channels]
+        await asyncio.sleep(0)  # every receiver waits now, the first ones on the executor's threads if there
+        for i in range(6, 12):
+            await channels[i].asend(b"m%d" % i)
+        late = await asyncio.gather(*receivers[6:])  # served while the first six still wait
+        for i in range(6):
+            await channels[i].asend(b"m%d" % i)
+        return [bytes(b) for b in await asyncio.gather(*receivers[:6])] + [bytes(b) for b in late]
+
+    assert asyncio.run(main()) == [b"m%d" % i for i in range(12)]
+    for ch in channels:
+        ch.unlink()
+
+
+def test_close_of_the_heap_ends_a_thread_blocked_in_a_receive(heap_name: str) -> None:
+    """close() waits for the calls in flight; a receive that waits for ever
+    is called off (ChannelClosed: a `for message in channel` loop ends)."""
+    heap = sh.Heap.create(heap_name, size="16 MiB")
+    ch = heap.channel("blocked")
+    seen: list[object] = []
+
+    def consume() -> None:
+        try:
+            for message in ch:
+                seen.append(bytes(message))
+            seen.append("ended")
+        except BaseException as exc:  # a close before the receive began: the heap is closed
+            seen.append(exc)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not heap._waiting and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the receiver sleeps on the channel
+    assert heap._waiting
+    heap.close()
+    t.join(timeout=30)
+    assert not t.is_alive() and seen == ["ended"]
+    heap.unlink()
+
+
 def test_kills_lose_nothing_beyond_the_killed_hands(heap_name: str) -> None:
     kills = int(os.environ.get("SWARMHEAP_CHANNEL_KILLS", "30"))
     rng = random.Random(9)

@@ -26,6 +26,7 @@ cdef extern from "swarmheap.h" nogil:
         SH_EAGAIN
         SH_ETIMEDOUT
         SH_ECLOSED
+        SH_ECANCELED
 
     ctypedef enum sh_partition_t:
         SH_PART_CONTEXT
@@ -125,7 +126,7 @@ cdef extern from "swarmheap.h" nogil:
     uint32_t sh_room_seq(const sh_arena_t *arena)
     uint64_t sh_nursery_reclaim(sh_arena_t *arena)
     int sh_owner_nursery_opt_out(sh_arena_t *arena, uint32_t id, uint32_t generation)
-    void sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns)
+    int sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns)
     int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
     int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled)
     int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
@@ -173,6 +174,10 @@ cdef extern from "swarmheap.h" nogil:
     int sh_chan_send(sh_arena_t *arena, uint64_t chan, uint64_t msg, uint64_t size, int64_t timeout_ns)
     int sh_chan_recv(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns)
     int sh_chan_close(sh_arena_t *arena, uint64_t chan)
+    int sh_chan_wait(sh_arena_t *arena, uint64_t chan, int want_room, int64_t timeout_ns,
+                     const uint32_t *cancel)
+    void sh_chan_call_off(sh_arena_t *arena, uint64_t chan, uint32_t *cancel)
+    void sh_call_off_waits(sh_arena_t *arena)
     int sh_chan_hold(sh_arena_t *arena, uint64_t msg)
     void sh_chan_unhold(sh_arena_t *arena, uint64_t msg)
     int sh_chan_purge(sh_arena_t *arena, uint64_t chan, uint32_t *dropped)
