@@ -261,7 +261,9 @@ class Agent(AgentCore):
         allocation waiting for room: level 3 compresses 2 % smaller and about
         1.4x slower), with the kind's dictionary once trained; without the
         `compress` extra (zstandard) the default is "none", so that an
-        offload to SQLite needs no extra."""
+        offload to SQLite needs no extra. Returns the agent's final info,
+        with ``store`` (its URL) and ``key``: what ``heap.restore_from``
+        takes in another heap."""
         heap = self._heap
         final = offload.offload(self, store if store is not None else heap.store, codec, level)
         hooks = heap._hooks

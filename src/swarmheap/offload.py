@@ -268,6 +268,9 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     heap._remember_store(store)
     final["kind"] = agent.kind
     final["blob_bytes"] = len(blob)
+    # where it went: heap.restore_from(store, key) elsewhere takes it from there
+    final["store"] = store.url
+    final["key"] = key
     return final
 
 

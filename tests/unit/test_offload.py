@@ -433,7 +433,7 @@ def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Stor
     final = agent.offload(store)
     assert agent.state == final["state"] == "offloaded" and final["blob_bytes"] > 0
     assert in_use(heap)["context"] < before
-    assert store.keys("swarmheap/agent/")
+    assert store.keys("swarmheap/agent/") == [final["key"]] and final["store"] == store.url
     heap.check()
     assert sorted(agent.names()) == sorted(want)  # a touch restores it, same id and generation
     assert agent.state == "live"
