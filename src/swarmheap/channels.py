@@ -20,7 +20,7 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap._core import Block, ChannelCore
@@ -195,6 +195,17 @@ class Channel:
                 return
 
     # ---- asyncio ----
+
+    def __aiter__(self) -> AsyncIterator[Block]:
+        """``async for message in channel``: arecv() until the channel is closed and drained."""
+        return self._arecv_all()
+
+    async def _arecv_all(self) -> AsyncIterator[Block]:
+        while True:
+            try:
+                yield await self.arecv()
+            except ChannelClosed:
+                return
 
     async def asend(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:
         """send() for asyncio: a full channel is waited on in a helper

@@ -249,6 +249,24 @@ def test_a_cancelled_arecv_leaves_its_message_to_the_next_receiver(heap: sh.Heap
     heap.check()
 
 
+def test_async_for_receives_until_closed(heap: sh.Heap) -> None:
+    ch = heap.channel("async-for", 2)
+
+    async def main() -> list[bytes]:
+        async def produce() -> None:
+            for i in range(5):
+                await ch.asend(b"m%d" % i)  # waits for room: the consumer drains as it goes
+            ch.close()
+
+        producer = asyncio.create_task(produce())
+        got = [bytes(m) async for m in ch]
+        await producer
+        return got
+
+    assert asyncio.run(main()) == [b"m%d" % i for i in range(5)]
+    ch.unlink()
+
+
 def test_a_cancelled_asend_has_sent_nothing(heap: sh.Heap) -> None:
     ch = heap.channel("cancel-send", 1)
     ch.send(b"first")
