@@ -267,6 +267,11 @@ cdef class _Arena:
         self._check_open()
         return 1 << self.page_shift_
 
+    @property
+    def _calls_in_flight(self):
+        """Calls of this process running without the GIL in this heap now (close() waits for them)."""
+        return self.inflight
+
     def close(self):
         """Unmap this process's view. Blocks of it become unusable here; other
         processes keep the heap. Refused while buffers are exported; waits for

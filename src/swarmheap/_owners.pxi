@@ -326,14 +326,19 @@ cdef class CoreHeap(_Arena):
         self._check_open()
         return sh_room_seq(self.arena)
 
-    def _room_wait(self, uint32_t seen, int64_t timeout_ns):
-        """Sleep until any process gives memory back (or the timeout, ns)."""
+    def _room_wait(self, uint32_t seen, int64_t timeout_ns, uint32_t oid=0, uint32_t gen=0):
+        """Sleep until any process gives memory back (or the timeout, ns).
+        Called off by close() in this process: the waiting agent ``oid``
+        (if any) is recycled first, while close() still waits for this
+        call, and ValueError says the heap was closed."""
         self._check_writable()
         cdef sh_arena_t *arena = self.arena
         cdef int rc
         self.inflight += 1
         with nogil:
             rc = sh_room_wait(arena, seen, timeout_ns)
+            if rc == SH_ECANCELED and oid != 0:
+                sh_owner_recycle(arena, oid, gen)
         self.inflight -= 1
         if rc == SH_ECANCELED:
             raise ValueError("the heap was closed while this call waited for room")

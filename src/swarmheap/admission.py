@@ -87,7 +87,7 @@ def admit(
                     f"a {prediction.kind!r} agent (predicted {need} bytes of context at P90) did not fit "
                     f"within {timeout} s",
                 )
-            heap._room_wait(seen, -1 if left is None else int(left * 1e9))
+            heap._room_wait(seen, -1 if left is None else int(left * 1e9), agent_id, generation)
     if (
         mode == "offload"
         and _make_room(heap, need, agent_id)

@@ -16,7 +16,7 @@ from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
-from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, SwarmHeapError
+from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, StaleBlock, SwarmHeapError
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import HALF_LIFE, MAX_HALF_LIFE, MIN_HALF_LIFE, Prediction, Predictor
@@ -239,7 +239,10 @@ class Heap(CoreHeap):
                     # a small kind stays packed on the shared pages
                     self._owner_nursery_opt_out(agent_id, generation)
         except BaseException:
-            self._owner_recycle(agent_id, generation)
+            try:
+                self._owner_recycle(agent_id, generation)
+            except (ValueError, StaleBlock):
+                pass  # a close() called the wait for room off: the wait recycled it, the heap is closed
             raise
 
     def agent(self, agent_id: int) -> Agent:

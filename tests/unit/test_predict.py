@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -263,6 +265,47 @@ def test_wait_is_woken_by_a_completion_in_another_process(heap_name: str) -> Non
             a.complete()
         assert heap.stats()["reserved"]["context"] == 0
         heap.check()
+
+
+def test_close_releases_a_thread_waiting_for_admission(heap_name: str) -> None:
+    """close() waits for the calls in flight: a spawn waiting for room with
+    no timeout is called off (ValueError: the heap is closed), not waited for."""
+    heap = sh.Heap.create(heap_name, size="16 MiB")
+    other = sh.Heap.attach(heap_name)  # this process's second view: it stays open
+    teach(heap, "wide", 25, 2_000_000)
+    admitted = []
+    with pytest.raises(sh.AdmissionDenied):
+        while True:
+            admitted.append(heap.spawn("wide", admit="raise"))
+    outcome: list[BaseException] = []
+
+    def wide_agents() -> int:
+        return sum(1 for o in other.stats()["owners"] if o["kind"] == "wide")
+
+    before = wide_agents()
+
+    def wait() -> None:
+        try:
+            heap.spawn("wide", admit="wait")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not heap._calls_in_flight and not outcome and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the spawn sleeps in the core, waiting for room
+    assert heap._calls_in_flight == 1
+    heap.close()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ValueError) and "closed" in str(outcome[0])
+    assert wide_agents() == before  # the waiting spawn's agent was given back before the close went on
+    for agent in admitted:
+        other.agent(agent.id).complete()
+    other.check()
+    other.close()
+    heap.unlink()
 
 
 def test_a_large_kind_gets_its_own_pages_and_a_small_one_stays_packed(heap: sh.Heap) -> None:
