@@ -89,10 +89,14 @@ class Registry:
         return self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))
 
     def _bytes(self, ref: Ref, n: int | None = None) -> bytes:
-        try:
-            return bytes(self._block(ref)[: ref[1] if n is None else n])
-        except (InvalidHandle, StaleBlock):
-            raise _Changed from None
+        # one checked copy in the binding (as resolve checks a handle), not a
+        # Handle, a Block and a slice of it: a registry read does two of these
+        data: bytes | None = self.heap._owner_read(
+            REGISTRY_OWNER, REGISTRY_GENERATION, ref[0], ref[1] if n is None else n
+        )
+        if data is None:
+            raise _Changed
+        return data
 
     def _shard(self, shard: str, ref: Ref) -> index.Entries:
         """The names in the shard block at ``ref`` (shared with the cache:
