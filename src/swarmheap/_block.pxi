@@ -61,6 +61,12 @@ cdef class Block:
         if self.exports:
             self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + self.exports
 
+    def _as_entry_view(self):
+        """This Block is an agent entry's, as get() hands it out: while its
+        buffers live, an update that drops the entry leaves the block to
+        their release (a put must not free memory under an open view)."""
+        self.entry_view = True
+
     def __getbuffer__(self, Py_buffer *view, int flags):
         self._check_live()
         cdef bint ro = self.heap.read_only
@@ -73,6 +79,8 @@ cdef class Block:
         self.heap.exports += 1
         if self.tag:
             self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + 1
+        if self.entry_view:
+            self.heap.entry_views[self.offset] = self.heap.entry_views.get(self.offset, 0) + 1
 
     def __releasebuffer__(self, Py_buffer *view):
         # The last view may go while an exception is in flight: Python 3.9
@@ -89,6 +97,16 @@ cdef class Block:
     cdef void _export_released(self) noexcept:
         self.exports -= 1
         self.heap.exports -= 1
+        if self.entry_view:
+            left = self.heap.entry_views.get(self.offset, 1) - 1
+            if left > 0:
+                self.heap.entry_views[self.offset] = left
+            else:
+                self.heap.entry_views.pop(self.offset, None)
+                dropped = self.heap.deferred_frees.pop(self.offset, None)
+                # before the unpin below: that may recycle a completed agent
+                if dropped is not None and not self.heap.read_only:
+                    _free_if_owned(self.heap, self.offset, dropped[0], dropped[1])
         if self.tag:
             left = self.heap.tagged_exports.get(self.offset, 1) - 1
             if left > 0:

@@ -22,6 +22,11 @@ cdef class _Arena:
     cdef Py_ssize_t inflight
     # channel handle -> how many of those calls wait on it: close() wakes them
     cdef readonly dict _waiting
+    # agent entries' blocks with buffers from get() open in this process
+    # (offset -> exports), and those an update dropped meanwhile (offset ->
+    # (owner, generation)): freed when the last such buffer goes
+    cdef dict entry_views
+    cdef dict deferred_frees
     # exports of tagged blocks by offset, across every Block object of this
     # process: a free through one Block must see another's buffers
     cdef dict tagged_exports
@@ -68,6 +73,7 @@ cdef class Block:
     cdef bint moved  # sent with send_block: freed here, the message owns it
     cdef void _take_back(self) noexcept
     cdef bint owns  # a received message: dropping the last reference frees it
+    cdef bint entry_view  # an agent entry's block as get() hands it out (see _Arena.entry_views)
 
     cdef int _check_live(self) except -1
     cdef int _stale(self) except -1

@@ -64,6 +64,17 @@ cdef inline int _free_off(_Arena h, uint64_t off) noexcept:
     return rc
 
 
+cdef int _free_if_owned(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
+    """Free the block at ``off`` if it is (still) a block of owner ``oid``
+    in generation ``gen``: checked as resolve() checks a handle. 1 if freed."""
+    cdef sh_block_info_t info
+    if h.arena == NULL or off >= h.arena_size or sh_block_info(h.arena, off, &info) != SH_OK:
+        return 0
+    if info.owner != oid or sh_owner_generation(h.arena, oid) != gen:
+        return 0
+    return _free_off(h, off) == SH_OK
+
+
 cdef str _shm_path(object name):
     return "/dev/shm/" + name
 
@@ -112,6 +123,8 @@ cdef class _Arena:
         self.events = _NO_EVENTS
         self.tagged_exports = {}
         self._waiting = {}
+        self.entry_views = {}
+        self.deferred_frees = {}
 
     def __init__(self, *args, **kwargs):
         raise TypeError(f"{type(self).__name__}(...) is not how a heap is made: use "
@@ -249,6 +262,7 @@ cdef class _Arena:
         blk.usable = usable
         blk.part = part
         blk.tag = tag
+        blk.entry_view = False
         return blk
 
     @property
@@ -266,6 +280,17 @@ cdef class _Arena:
         """Page size in bytes."""
         self._check_open()
         return 1 << self.page_shift_
+
+    def _free_entry_block(self, uint64_t offset, uint32_t oid, uint32_t gen):
+        """Free an agent entry's block that an index update dropped (put,
+        delete); while a view from get() in this process is on it, leave it
+        to that view's release. False if left."""
+        self._check_writable()
+        if self.entry_views.get(offset):
+            self.deferred_frees[offset] = (oid, gen)
+            return False
+        _free_if_owned(self, offset, oid, gen)
+        return True
 
     @property
     def _calls_in_flight(self):

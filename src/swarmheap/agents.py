@@ -142,6 +142,7 @@ class Agent(AgentCore):
                 blk = self._heap.resolve(Handle(offset, size, self.id, self.generation))
             except InvalidHandle:
                 continue  # replaced and freed between the reads: read the index again
+            blk._as_entry_view()
             view = memoryview(blk)
             # the entry must still be this block: a put() may have replaced it
             # (and the agent reused the place) while we resolved
@@ -217,10 +218,10 @@ class Agent(AgentCore):
                     pass  # named for a moment, then replaced and freed by another update: not ours to free
 
     def _free_entry(self, offset: int, size: int) -> None:
-        try:
-            self._heap.resolve(Handle(offset, size, self.id, self.generation)).free()
-        except (InvalidHandle, StaleBlock):
-            pass  # already gone with a concurrent update
+        # checked in the binding (a block gone with a concurrent update, or
+        # the agent's recycle, is left alone); one with a get() view open
+        # in this process is freed when the view goes
+        self._heap._free_entry_block(offset, self.id, self.generation)
 
     # ---- the index (swarmheap.index is its format) ----
 

@@ -135,6 +135,37 @@ def test_a_view_let_go_while_an_exception_is_raised_unpins_its_agent(big: sh.Hea
     big.check()
 
 
+def test_a_view_keeps_its_bytes_when_its_entry_is_replaced_or_deleted(big: sh.Heap) -> None:
+    """put() and delete() drop the entry's block, but a view from get() in
+    this process is still on it: the block goes when the view does, never
+    to the next entry while the view reads (or writes) it."""
+    agent = big.spawn("views")
+    baseline = big.stats()["partitions"]["context"]["in_use"]
+    agent.put("m", b"A" * 100)
+    agent.put("gone", b"G" * 100)
+    view, doomed = agent.get("m"), agent.get("gone")
+    agent.put("m", b"B" * 100)
+    agent.delete("gone")
+    agent.put("other", b"C" * 100)  # the size class of the dropped blocks: they must not be handed out
+    agent.put("more", b"D" * 100)
+    assert bytes(view) == b"A" * 100 and bytes(doomed) == b"G" * 100
+    view[:1] = b"Z"  # writes land in the dropped block, not in another entry
+    assert agent.read("other") == b"C" * 100 and agent.read("more") == b"D" * 100
+    assert agent.read("m") == b"B" * 100
+    held = big.stats()["partitions"]["context"]["in_use"]
+    view.release()
+    doomed.release()
+    assert big.stats()["partitions"]["context"]["in_use"] == held - 2 * big.good_size(100)  # both freed now
+    big.check()
+    again = agent.get("m")
+    agent.put("m", b"E" * 100)
+    agent.complete()  # pinned by the view: deferred, with the dropped block
+    assert bytes(again) == b"B" * 100
+    again.release()  # frees the dropped block, then the last unpin recycles the agent
+    assert big.stats()["partitions"]["context"]["in_use"] == baseline
+    big.check()
+
+
 def test_read_copies_an_entry_without_pinning(big: sh.Heap, tmp_path: Any) -> None:
     from swarmheap.stores import SQLiteStore
 
