@@ -30,8 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index
-from swarmheap.errors import AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
-from swarmheap.handle import Handle
+from swarmheap.errors import AgentStateError, HeapCorrupt, StaleBlock
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -84,9 +83,6 @@ class Registry:
 
     def _root_word(self) -> int | None:
         return self.heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION)
-
-    def _block(self, ref: Ref) -> Any:
-        return self.heap.resolve(Handle(ref[0], ref[1], REGISTRY_OWNER, REGISTRY_GENERATION))
 
     def _bytes(self, ref: Ref, n: int | None = None) -> bytes:
         # one checked copy in the binding (as resolve checks a handle), not a
@@ -266,7 +262,5 @@ class Registry:
         return ref is not None and ref[0] == offset
 
     def _free(self, ref: Ref) -> None:
-        try:
-            self._block(ref).free()
-        except (InvalidHandle, StaleBlock):
-            pass
+        # checked in the binding: a block already gone (a concurrent change) is left alone
+        self.heap._free_entry_block(ref[0], REGISTRY_OWNER, REGISTRY_GENERATION)
