@@ -302,6 +302,38 @@ def test_many_asyncio_receivers_wait_at_once(heap: sh.Heap) -> None:
         ch.unlink()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with this process's threads: on purpose
+def test_an_async_receive_waits_in_a_forked_child(heap: sh.Heap) -> None:
+    """The helpers that sleep for asyncio waits are threads of the parent: a
+    forked child starts its own (it did not inherit the idle ones it counted)."""
+    ch = heap.channel("forked", 4)
+
+    async def warm() -> bytes:  # leaves an idle helper in this process
+        receiver = asyncio.create_task(ch.arecv(timeout=30))
+        await asyncio.sleep(0)
+        ch.send(b"warm")
+        return bytes(await receiver)
+
+    assert asyncio.run(warm()) == b"warm"
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+
+            async def child() -> bytes:
+                receiver = asyncio.create_task(ch.arecv(timeout=30))
+                await asyncio.sleep(0)  # it waits in a helper now
+                ch.send(b"child")
+                return bytes(await asyncio.wait_for(receiver, 30))
+
+            code = 0 if asyncio.run(child()) == b"child" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    ch.unlink()
+
+
 def test_close_of_the_heap_ends_a_thread_blocked_in_a_receive(heap_name: str) -> None:
     """close() waits for the calls in flight; a receive that waits for ever
     is called off (ChannelClosed: a `for message in channel` loop ends)."""
