@@ -74,10 +74,15 @@ static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock)
 static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
 
 /* A ring word that counts more messages than the ring holds: a sender would
- * wait for room forever, a receiver take cells never filled. Lock held. */
+ * wait for room forever, a receiver take cells never filled. */
+static int sh_chan_count_damaged(uint32_t count, uint32_t capacity) {
+  return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+}
+
+/* The same, found with the lock held: given back first. */
 static int sh_chan_damaged(sh_chan_t *c, uint32_t count, uint32_t capacity) {
   sh_chan_unlock(c);
-  return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+  return sh_chan_count_damaged(count, capacity);
 }
 
 /* A waiter spins on the ring word (every change is one store of it) and
@@ -98,11 +103,30 @@ static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_roo
   return spin;
 }
 
-/* A waiter reads its futex word, then this, then sleeps on the word: a
- * caller of sh_chan_call_off sets the flag, then moves the word, then wakes,
- * so the waiter either sees the flag or finds the word moved. */
-static bool sh_chan_called_off(const sh_arena_t *a, const uint32_t *cancel) {
-  return sh_atomic_load_acquire(&a->waits_called_off) || (cancel && sh_word_load_acquire(cancel));
+/* One turn of a wait that found the ring unable to act (full for a sender,
+ * empty for a receiver), `seen` its futex word read before it looked:
+ * SH_ETIMEDOUT past the deadline; else a spin on the ring word first, then
+ * SH_ECANCELED if the wait was called off (this process closing the heap, or
+ * *cancel set), else a sleep until the word moves. SH_OK: look again. The
+ * word is read before the flags and a caller of sh_chan_call_off sets its
+ * flag, then moves the word, then wakes: the waiter sees the flag or finds
+ * the word moved. */
+static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t seen,
+                         int64_t timeout_ns, int64_t deadline, int *spin, const uint32_t *cancel) {
+  if (timeout_ns == 0 || _sh_past(deadline))
+    return _sh_fail(SH_ETIMEDOUT, want_room ? "the channel stayed full" : "the channel stayed empty");
+  if (*spin < SH_CHAN_SPIN) {
+    *spin = sh_chan_spin(c, capacity, *spin, want_room);
+    return SH_OK;
+  }
+  if (sh_atomic_load_acquire(&a->waits_called_off))
+    return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
+  if (cancel && sh_word_load_acquire(cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
+  _Atomic uint32_t *word = want_room ? &c->not_full : &c->not_empty;
+  sh_atomic_add_relaxed(&c->sleepers, 1u);
+  _sh_futex_wait(word, seen, deadline);
+  sh_atomic_sub_relaxed(&c->sleepers, 1u);
+  return SH_OK;
 }
 
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
@@ -168,15 +192,8 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
       return SH_OK;
     }
     sh_chan_unlock(c);
-    if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed full");
-    if (spin < SH_CHAN_SPIN) {
-      spin = sh_chan_spin(c, capacity, spin, true);
-      continue;
-    }
-    if (sh_chan_called_off(a, NULL)) return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
-    sh_atomic_add_relaxed(&c->sleepers, 1u);
-    _sh_futex_wait(&c->not_full, seen, deadline);
-    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+    rc = sh_chan_await(a, c, capacity, true, seen, timeout_ns, deadline, &spin, NULL);
+    if (rc) return rc;
   }
 }
 
@@ -277,15 +294,8 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     }
     sh_chan_unlock(c);
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
-    if (timeout_ns == 0 || _sh_past(deadline)) return _sh_fail(SH_ETIMEDOUT, "the channel stayed empty");
-    if (spin < SH_CHAN_SPIN) {
-      spin = sh_chan_spin(c, capacity, spin, false);
-      continue;
-    }
-    if (sh_chan_called_off(a, NULL)) return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
-    sh_atomic_add_relaxed(&c->sleepers, 1u);
-    _sh_futex_wait(&c->not_empty, seen, deadline);
-    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+    rc = sh_chan_await(a, c, capacity, false, seen, timeout_ns, deadline, &spin, NULL);
+    if (rc) return rc;
   }
 }
 
@@ -307,24 +317,14 @@ int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns
   uint32_t capacity;
   int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
-  _Atomic uint32_t *word = want_room ? &c->not_full : &c->not_empty;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    uint32_t seen = sh_atomic_load_acquire(word);
+    uint32_t seen = sh_atomic_load_acquire(want_room ? &c->not_full : &c->not_empty);
     uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
-    if (sh_unlikely(count > capacity))
-      return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+    if (sh_unlikely(count > capacity)) return sh_chan_count_damaged(count, capacity);
     if ((want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed)) return SH_OK;
-    if (sh_chan_called_off(a, cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
-    if (timeout_ns == 0 || _sh_past(deadline))
-      return _sh_fail(SH_ETIMEDOUT, want_room ? "the channel stayed full" : "the channel stayed empty");
-    if (spin < SH_CHAN_SPIN) {
-      spin = sh_chan_spin(c, capacity, spin, want_room != 0);
-      continue;
-    }
-    sh_atomic_add_relaxed(&c->sleepers, 1u);
-    _sh_futex_wait(word, seen, deadline);
-    sh_atomic_sub_relaxed(&c->sleepers, 1u);
+    rc = sh_chan_await(a, c, capacity, want_room != 0, seen, timeout_ns, deadline, &spin, cancel);
+    if (rc) return rc;
   }
 }
 

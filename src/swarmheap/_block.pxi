@@ -1,6 +1,16 @@
 # Block: a block of arena memory as a Python object.
 
 
+cdef inline bint _count_out(dict counts, uint64_t offset) noexcept:
+    """One buffer fewer on the block at ``offset`` in ``counts``; True once none is left."""
+    left = counts.get(offset, 1) - 1
+    if left > 0:
+        counts[offset] = left
+        return False
+    counts.pop(offset, None)
+    return True
+
+
 @cython.freelist(128)
 cdef class Block:
     """A block of arena memory. Supports the buffer protocol (memoryview,
@@ -97,22 +107,13 @@ cdef class Block:
     cdef void _export_released(self) noexcept:
         self.exports -= 1
         self.heap.exports -= 1
-        if self.entry_view:
-            left = self.heap.entry_views.get(self.offset, 1) - 1
-            if left > 0:
-                self.heap.entry_views[self.offset] = left
-            else:
-                self.heap.entry_views.pop(self.offset, None)
-                dropped = self.heap.deferred_frees.pop(self.offset, None)
-                # before the unpin below: that may recycle a completed agent
-                if dropped is not None and not self.heap.read_only:
-                    _free_if_owned(self.heap, self.offset, dropped[0], dropped[1])
+        if self.entry_view and _count_out(self.heap.entry_views, self.offset):
+            dropped = self.heap.deferred_frees.pop(self.offset, None)
+            # before the unpin below: that may recycle a completed agent
+            if dropped is not None and not self.heap.read_only:
+                _free_if_owned(self.heap, self.offset, dropped[0], dropped[1])
         if self.tag:
-            left = self.heap.tagged_exports.get(self.offset, 1) - 1
-            if left > 0:
-                self.heap.tagged_exports[self.offset] = left
-            else:
-                self.heap.tagged_exports.pop(self.offset, None)
+            _count_out(self.heap.tagged_exports, self.offset)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
             try:
                 if self.heap._owner_unpin(self.owner, self.generation):

@@ -64,15 +64,18 @@ cdef inline int _free_off(_Arena h, uint64_t off) noexcept:
     return rc
 
 
+cdef bint _owned_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen, sh_block_info_t *info) noexcept:
+    """Whether ``off`` is (still) a block of owner ``oid`` in generation
+    ``gen`` (*info describes it): checked against the mapping as resolve()
+    checks a handle, so a damaged offset is never followed."""
+    return (h.arena != NULL and off < h.arena_size and sh_block_info(h.arena, off, info) == SH_OK
+            and info.owner == oid and sh_owner_generation(h.arena, oid) == gen)
+
+
 cdef int _free_if_owned(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
-    """Free the block at ``off`` if it is (still) a block of owner ``oid``
-    in generation ``gen``: checked as resolve() checks a handle. 1 if freed."""
+    """Free the block at ``off`` if _owned_block says it is the owner's. 1 if freed."""
     cdef sh_block_info_t info
-    if h.arena == NULL or off >= h.arena_size or sh_block_info(h.arena, off, &info) != SH_OK:
-        return 0
-    if info.owner != oid or sh_owner_generation(h.arena, oid) != gen:
-        return 0
-    return _free_off(h, off) == SH_OK
+    return _owned_block(h, off, oid, gen, &info) and _free_off(h, off) == SH_OK
 
 
 cdef str _shm_path(object name):

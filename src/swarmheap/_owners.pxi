@@ -53,9 +53,7 @@ cdef class CoreHeap(_Arena):
         checks a handle, so a damaged index never reads outside a block."""
         self._check_open()
         cdef sh_block_info_t info
-        if offset >= self.arena_size or sh_block_info(self.arena, offset, &info) != SH_OK:
-            return None
-        if info.owner != oid or sh_owner_generation(self.arena, oid) != gen or size > info.usable_size:
+        if not _owned_block(self, offset, oid, gen, &info) or size > info.usable_size:
             return None
         return (<char *>self.base + offset)[:size]
 

@@ -121,14 +121,18 @@ class _Helpers:
             with self._lock:
                 self._idle += 1
 
-    def forget(self) -> None:
-        """In a forked child: the parent's helpers are not there."""
-        self.__init__()  # type: ignore[misc]
-
 
 _helpers = _Helpers()
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helpers, counted idle, are not there."""
+    global _helpers
+    _helpers = _Helpers()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_helpers.forget)
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def _check_name(name: object) -> str:
