@@ -108,8 +108,8 @@ def admit(
 def need_of(prediction: Prediction) -> int:
     """The bytes an agent of the predicted kind reserves: its P90 peak in
     `context` once confident, the largest it saw before; in whole KiB."""
-    q = 0.9 if prediction.confident else 1.0
-    return -(-prediction.peak("context", q) // 1024) * 1024
+    peak = prediction.peak("context", 0.9 if prediction.confident else 1.0)
+    return 0 if peak is None else -(-peak // 1024) * 1024
 
 
 def _refusal(

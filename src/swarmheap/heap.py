@@ -207,7 +207,8 @@ class Heap(CoreHeap):
         if plan is None:
             prediction = self._predictor.cached(kind)
             if prediction.confident:
-                plan = (admission.need_of(prediction), prediction.peak("context", 0.9) > self._nursery_share)
+                own_pages = (prediction.peak("context", 0.9) or 0) > self._nursery_share
+                plan = (admission.need_of(prediction), own_pages)
             else:
                 plan = (0, False)
             self._predictor.plans[kind] = plan

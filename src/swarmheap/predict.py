@@ -227,7 +227,7 @@ class Model:
 class Prediction:
     """What a kind's agents needed: ``peak(partition, q)`` bytes and
     ``lifetime(q)`` seconds at quantile q, and ``mix``, their block-size mix;
-    nothing (0, {}) without samples."""
+    without samples it predicts nothing: None, None and {}."""
 
     kind: str
     samples: int
@@ -236,12 +236,12 @@ class Prediction:
     _sizes: tuple[int, ...] = ()  # the heap's block size per class slot (0: runs of whole pages)
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def peak(self, partition: str = "context", q: float = 0.9) -> int:
+    def peak(self, partition: str = "context", q: float = 0.9) -> int | None:
         if partition not in PARTITIONS:
             raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
         _check_q(q)
-        if self._model is None:
-            return 0
+        if self._model is None or not self.samples:
+            return None
         key = (partition, q)
         got: int | None = self._memo.get(
             key
@@ -252,9 +252,11 @@ class Prediction:
             )
         return got
 
-    def lifetime(self, q: float = 0.9) -> float:
+    def lifetime(self, q: float = 0.9) -> float | None:
         _check_q(q)
-        return 0.0 if self._model is None else self._model.quantile(_ROWS - 1, q, SECONDS_BASE)
+        if self._model is None or not self.samples:
+            return None
+        return self._model.quantile(_ROWS - 1, q, SECONDS_BASE)
 
     @property
     def last_peak(self) -> int:
@@ -269,7 +271,7 @@ class Prediction:
         got: dict[int, float] | None = self._memo.get("mix")
         if got is None:
             got = {}
-            if self._model is not None:
+            if self._model is not None and self.samples:
                 shares = self._model.mix()
                 for slot in np.argsort(-shares, kind="stable"):
                     if shares[slot] < 0.01 or slot >= len(self._sizes):
@@ -279,13 +281,13 @@ class Prediction:
         return dict(got)
 
     def __repr__(self) -> str:
-        if self._model is None:
+        p50, p90, lifetime = self.peak("context", 0.5), self.peak("context", 0.9), self.lifetime(0.9)
+        if p50 is None or p90 is None or lifetime is None:
             return f"<Prediction {self.kind!r}: no samples yet, predicts nothing>"
         mix = mix_label(self.mix)
         return (
             f"<Prediction {self.kind!r}: {self.samples} samples{', confident' if self.confident else ''}; "
-            f"context peak P50 {format_size(self.peak('context', 0.5))}, "
-            f"P90 {format_size(self.peak('context', 0.9))}; lifetime P90 {self.lifetime(0.9):.3g} s"
+            f"context peak P50 {format_size(p50)}, P90 {format_size(p90)}; lifetime P90 {lifetime:.3g} s"
             f"{'; mix ' + mix if mix else ''}>"
         )
 

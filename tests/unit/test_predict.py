@@ -25,7 +25,7 @@ def teach(heap: sh.Heap, kind: str, count: int, size: int) -> None:
 def test_no_samples_predicts_nothing(heap: sh.Heap) -> None:
     p = heap.predict("never-seen")
     assert p.samples == 0 and not p.confident
-    assert p.peak("context") == 0 and p.lifetime() == 0.0 and p.mix == {}
+    assert p.peak("context") is None and p.lifetime() is None and p.mix == {}
     assert "no samples yet, predicts nothing" in repr(p)
 
 
@@ -128,6 +128,7 @@ def test_bad_half_lives_are_named_errors(heap: sh.Heap, half_life: Any, exc: typ
 
 def test_a_damaged_model_starts_again(heap: sh.Heap) -> None:
     from swarmheap.registry import Registry
+    from swarmheap.tools.cli import render_stats
 
     teach(heap, "fragile", 30, 50_000)
     assert heap.predict("fragile").samples == 30  # folded in: nothing of this process's left to fold
@@ -138,7 +139,11 @@ def test_a_damaged_model_starts_again(heap: sh.Heap) -> None:
         damaged[at : at + 8] = struct.pack("<d", value)
         Registry(heap).put("model/fragile", bytes(damaged))
         p = heap.predict("fragile")  # read as no model, never as NaN figures
-        assert p.samples == 0 and p.peak("context") == 0
+        assert p.samples == 0 and p.peak("context") is None
+        kinds = {k["kind"]: k for k in heap.stats()["kinds"]}
+        if "fragile" in kinds:  # the kinds table shows it as predicting nothing
+            assert kinds["fragile"]["p90"] is None
+            assert "fragile" in render_stats(heap.stats())
         heap.spawn("fragile").complete()  # and folded into a new one
         assert heap.predict("fragile").samples == 1
     heap.check()

@@ -105,7 +105,7 @@ def _replay(policy: str, n: int) -> dict[str, Any]:
                 try:
                     if policy == "predicted":
                         prediction = heap.predict(task.kind)
-                        task.predicted = prediction.peak("context", 0.9) if prediction.confident else 0
+                        task.predicted = (prediction.peak("context", 0.9) or 0) if prediction.confident else 0
                         task.agent = heap.spawn(task.kind, admit="raise")
                     else:
                         task.agent = heap.spawn(task.kind, reserve=False)

@@ -117,9 +117,9 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                     (
                         k["kind"],
                         k["samples"],
-                        format_size(k["p50"]),
-                        format_size(k["p90"]),
-                        f"{k['lifetime_p90']:.3g} s",
+                        "-" if k["p50"] is None else format_size(k["p50"]),
+                        "-" if k["p90"] is None else format_size(k["p90"]),
+                        "-" if k["lifetime_p90"] is None else f"{k['lifetime_p90']:.3g} s",
                         format_size(k["last_peak"]),
                         mix_label(k.get("mix", {})),
                     )

@@ -423,7 +423,7 @@ def run_demo(
         for kind in (*KINDS, NOTE_KIND):  # what the usage model learned from every worker's agents
             p = heap.predict(kind)
             top = p.top_classes(1)
-            report.predicted[kind] = (p.samples, p.peak("context", 0.9), top[0] if top else -1)
+            report.predicted[kind] = (p.samples, p.peak("context", 0.9) or 0, top[0] if top else -1)
         busiest = max(report.samples, key=lambda s: s["agents_live"])
         report.peak_agents_live = busiest["agents_live"]
         report.context_held_per_agent = busiest["context_held"] / max(busiest["agents_live"], 1)
