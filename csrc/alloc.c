@@ -36,6 +36,8 @@ static int sh_partition_full(const sh_arena_t *a, int part, size_t size, uint32_
                   others);
 }
 
+enum { SH_REFILLS_MAX = 1u << 16 };
+
 /* Make the bin's first page one with free blocks: an existing page of the
  * bin, else a fresh page from the partition. A full partition first takes
  * back what the calling thread's caches keep there (as sh_tc_refill). */
@@ -47,8 +49,18 @@ again:
   _sh_part_lock(a, part);
   _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
   uint32_t steps = 0, limit = a->part_end[part] - a->part_first[part];
+  bool repaired = false;
   for (uint32_t pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL; pi != SH_NIL; pi = a->pages[pi].next) {
-    if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit)) {
+    /* A page in the bin that is not the owner's page of this class is a
+     * damaged list as much as a link out of the partition: the pop refuses
+     * such a page, and a refill that offered it again spun for ever. */
+    if (sh_unlikely(!_sh_page_in_part(a, pi, part) || ++steps > limit || !sh_page_matches(&a->pages[pi], owner, c))) {
+      if (repaired) { /* the rebuild is made from the descriptors: a second miss is not a race */
+        _sh_part_unlock(a, part);
+        return _sh_fail(SH_ECORRUPT, "partition '%s': the page list of owner %u, class %d, stays damaged after a rebuild",
+                        _sh_part_name(part), owner, c);
+      }
+      repaired = true;
       _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt, and walked again from the start */
       bin = _sh_bin(a, owner, part, c);
       pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL;
@@ -99,7 +111,14 @@ again:
  * without a slot take it, and cached threads when their cache cannot help. */
 static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int part, int c, size_t size,
                            uint64_t *offset, bool may_lock) {
-  for (;;) {
+  for (uint32_t refills = 0;; refills++) {
+    /* A refill offers a page with free blocks, and a racing thread may empty
+     * it before our pop; losing that race this many times in a row is not a
+     * race but a page the refill and the pop judge differently (damage the
+     * walk does not see): an answer, not a spin. */
+    if (sh_unlikely(refills > SH_REFILLS_MAX))
+      return _sh_fail(SH_ECORRUPT, "partition '%s': class %d of owner %u offers free blocks that cannot be taken",
+                      _sh_part_name(part), c, owner);
     /* read again each round: a refill may have given the owner its set */
     _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
     uint32_t pi = bin ? sh_atomic_load_acquire(bin) : SH_NIL;
@@ -109,16 +128,17 @@ static int sh_alloc_shared(sh_arena_t *a, sh_tslot_t *slot, uint32_t owner, int 
       int r = _sh_page_pop(a, pg, pi, owner, c, &top);
       if (sh_likely(r == SH_POP_OK)) {
         uint64_t off = ((uint64_t)pi << a->page_shift) + ((uint64_t)(top - 1) << SH_UNIT_SHIFT);
-        if (sh_unlikely(!sh_page_matches(pg, owner, c))) {
-          /* The page was released and handed to someone else between reading
-           * the bin and popping: give the block back to its new page. */
-          sh_free(a, off);
-          continue;
+        if (sh_likely(sh_page_matches(pg, owner, c))) {
+          sh_track_alloc(a, a->base + off, a->classes[c].size);
+          sh_count(a, slot, 0, part, c);
+          *offset = off;
+          return SH_OK;
         }
-        sh_track_alloc(a, a->base + off, a->classes[c].size);
-        sh_count(a, slot, 0, part, c);
-        *offset = off;
-        return SH_OK;
+        /* The page was released and handed to someone else between reading
+         * the bin and popping, or the bin is damaged and names another's
+         * page: the block goes back to its page, and the refill, under the
+         * lock, walks the bin as it is now (rebuilding a damaged one). */
+        sh_free(a, off);
       }
       if (r == SH_POP_CORRUPT && !(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_CORRUPT)) {
         if (!may_lock) return SH_EAGAIN;

@@ -832,7 +832,53 @@ static void test_header_sizes_damaged_after_attach(void) {
   sh_close(a);
 }
 
+/* A bin whose first page is another class's (a damaged list the walk must
+ * see): the refill offered that page again and again, and the pop refused it
+ * each time, so an allocation spun for ever. Now the lists are rebuilt. The
+ * allocations run on a thread without a cache slot (the only one is taken),
+ * which is the path that pops the bin's page directly. */
+static sh_arena_t *bin_arena;
+static int bin_results[3];
+
+static void *alloc_through_a_damaged_bin(void *unused) {
+  (void)unused;
+  sh_arena_t *a = bin_arena;
+  uint32_t id, gen;
+  uint64_t small, large, again;
+  sh_owner_create(a, 0, &id, &gen);
+  sh_owner_nursery_opt_out(a, id, gen);
+  if (sh_alloc(a, id, SH_PART_CONTEXT, 64, &small) != SH_OK || sh_alloc(a, id, SH_PART_CONTEXT, 512, &large) != SH_OK)
+    return NULL;
+  int c = _sh_size_class(a, 64);
+  sh_atomic_store_relaxed(_sh_bin(a, id, SH_PART_CONTEXT, c), (uint32_t)(large >> a->page_shift));
+  int rc = sh_alloc(a, id, SH_PART_CONTEXT, 64, &again);
+  if (rc != SH_OK) fprintf(stderr, "alloc: %d %s\n", rc, sh_last_error());
+  bin_results[0] = rc == SH_OK;
+  bin_results[1] = bin_results[0] && _sh_pg_class(a, &a->pages[again >> a->page_shift]) == c;
+  bin_results[2] = 1;
+  return NULL;
+}
+
+static void test_bin_names_a_page_of_another_class(void) {
+  sh_options_t o;
+  sh_options_init(&o);
+  o.page_size = 4096;
+  o.max_threads = 1;
+  REQUIRE("create", sh_create(&bin_arena, SH_BACKING_ANON, NULL, 4 * MiB, &o) == SH_OK);
+  uint64_t mine;
+  REQUIRE("this thread takes the only slot", sh_alloc(bin_arena, 0, SH_PART_CONTEXT, 64, &mine) == SH_OK);
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_through_a_damaged_bin, NULL);
+  pthread_join(t, NULL);
+  CHECK("the other thread got this far", bin_results[2]);
+  CHECK("the allocation answers after a rebuild", bin_results[0]);
+  CHECK("from a page of its class", bin_results[1]);
+  CHECK("check after", sh_check(bin_arena) == SH_OK);
+  sh_close(bin_arena);
+}
+
 int main(void) {
+  test_bin_names_a_page_of_another_class();
   test_header_sizes_damaged_after_attach();
   test_damaged_channel();
   test_channel_wait_called_off();
