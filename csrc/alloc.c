@@ -251,7 +251,9 @@ static int sh_tc_refill(sh_arena_t *a, sh_tslot_t *slot, sh_tc_entry_t *e, uint3
     uint32_t best = SH_NIL, best_free = 0, looked = 0;
     for (uint32_t pi = bin ? sh_atomic_load_relaxed(bin) : SH_NIL; pi != SH_NIL && looked < 16;
          pi = a->pages[pi].next, looked++) {
-      if (sh_unlikely(!_sh_page_in_part(a, pi, part))) {
+      /* a page of another owner or class bound here would hand out blocks
+       * of the wrong size (the pop trusts the binding): a damaged list too */
+      if (sh_unlikely(!_sh_page_in_part(a, pi, part) || !sh_page_matches(&a->pages[pi], owner, c))) {
         _sh_partition_repair_locked(a, part); /* a damaged list: rebuilt; what was looked at still stands */
         break;
       }

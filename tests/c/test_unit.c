@@ -877,7 +877,26 @@ static void test_bin_names_a_page_of_another_class(void) {
   sh_close(bin_arena);
 }
 
+/* The cached path's refill binds a page of the bin to the thread's way, and
+ * the pop trusts that binding: a bin naming another class's page handed out
+ * that page's blocks as blocks of this class. */
+static void test_cached_refill_skips_a_page_of_another_class(void) {
+  sh_arena_t *a = make_anon(4 * MiB, 4096);
+  uint32_t id, gen;
+  uint64_t large, got;
+  sh_owner_create(a, 0, &id, &gen);
+  REQUIRE("no nursery", sh_owner_nursery_opt_out(a, id, gen) == SH_OK);
+  REQUIRE("alloc 512", sh_alloc(a, id, SH_PART_CONTEXT, 512, &large) == SH_OK);
+  int c = _sh_size_class(a, 64);
+  sh_atomic_store_relaxed(_sh_bin(a, id, SH_PART_CONTEXT, c), (uint32_t)(large >> a->page_shift));
+  CHECK("the allocation answers", sh_alloc(a, id, SH_PART_CONTEXT, 64, &got) == SH_OK);
+  CHECK("with a block of its own class", _sh_pg_class(a, &a->pages[got >> a->page_shift]) == c);
+  CHECK("check after", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_cached_refill_skips_a_page_of_another_class();
   test_bin_names_a_page_of_another_class();
   test_header_sizes_damaged_after_attach();
   test_damaged_channel();
