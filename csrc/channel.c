@@ -152,7 +152,7 @@ int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint6
     sh_free(a, off);
     return rc;
   }
-  __atomic_store_n(&c->magic, SH_CHAN_MAGIC, __ATOMIC_RELEASE);
+  sh_word_store_release(&c->magic, SH_CHAN_MAGIC);
   *chan = off | (uint64_t)c->id << SH_CHAN_ID_SHIFT;
   return SH_OK;
 }

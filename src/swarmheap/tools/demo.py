@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
 from swarmheap import offload
+from swarmheap._core import PARTITIONS
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
@@ -294,7 +295,7 @@ def _sample(heap: Heap, start: float) -> dict[str, Any]:
 
 
 def _show(sample: dict[str, Any]) -> None:
-    bars = "  ".join(f"{p[:4]} {sample[p] * 100:5.1f}%" for p in ("context", "shared", "comm", "system"))
+    bars = "  ".join(f"{p[:4]} {sample[p] * 100:5.1f}%" for p in PARTITIONS)
     print(f"  t={sample['t']:6.2f}s  {bars}", flush=True)
 
 
@@ -528,7 +529,7 @@ def _plot(report: DemoReport, path: str) -> None:
     plt = require("matplotlib.pyplot", "bench")
     fig, ax = plt.subplots(figsize=(8, 4))
     ts = [s["t"] for s in report.samples]
-    for part in ("context", "shared", "comm", "system"):
+    for part in PARTITIONS:
         ax.plot(ts, [s[part] * 100 for s in report.samples], label=part)
     for n, event in enumerate(report.events):
         ax.axvline(event["t"], color="grey", linestyle=":")
