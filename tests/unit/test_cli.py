@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -165,6 +166,25 @@ def test_stats_table_names_partitions_and_agents(busy_heap: Any, heap_name: str)
     context_util = busy_heap[0].stats()["partitions"]["context"]["utilization"]
     assert f"{context_util * 100:.1f}%" in context.split()
     assert "researcher" in run.stdout  # owners by kind
+
+
+def test_stats_into_a_closed_pipe_exits_quietly(busy_heap: Any, heap_name: str) -> None:
+    # `swarmheap stats NAME | head -1`: the reader gone before the first line
+    # is written (its end closed before the command starts, so always)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "swarmheap", "stats", heap_name],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 128 + signal.SIGPIPE
 
 
 def test_stats_names_each_langgraph_thread(heap_name: str) -> None:

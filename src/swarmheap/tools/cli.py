@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -256,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("swarmheap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader stopped early (`swarmheap stats NAME | head`): as a C
+        # tool dies of SIGPIPE, quietly; stdout goes to /dev/null so that the
+        # interpreter's own flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (SwarmHeapError, ImportError, ValueError) as exc:
         print(f"swarmheap: {exc}", file=sys.stderr)
         return 1
