@@ -2,7 +2,8 @@
 bench/run.py does for speed: `run` writes JSON, `render` turns it into
 docs/reliability.md (never typed by hand).
 
-    python bench/reliability.py run --fuzz-runs 100000 --kills 300 --json bench/reliability.json
+    python bench/reliability.py run --fuzz-runs 100000 --live-rounds 20000 --kills 300 \
+        --json bench/reliability.json
     python bench/reliability.py render bench/reliability.json > docs/reliability.md
 """
 
@@ -67,6 +68,26 @@ def fuzz(runs: int) -> dict[str, Any]:
     }
 
 
+def live_damage(rounds: int) -> dict[str, Any]:
+    cmd = [sys.executable, "tests/fuzz/live_damage.py", str(rounds), "1"]
+    rc, out, secs = _run(cmd)
+    done = re.search(r"(\d+) rounds from seed \d+, (\d+) failures", out)
+    return {
+        "name": "damage to an attached heap",
+        "command": " ".join(["python", *cmd[1:]]),
+        "cases": int(done.group(1)) if done else 0,
+        "failures": int(done.group(2)) if done else 1,
+        "seconds": round(secs, 1),
+        "detail": out[-1500:] if rc != 0 else "",
+        "what": "the same writes into the tables of a heap this process has attached and is using (its own "
+        "blocks, an agent, bound thread caches), so values it reads again from the arena, the "
+        "header's included, may be damaged; then check, stats, collect, info, allocations in every "
+        "partition checked against it, frees, two agents' lives and the channels, one forked child "
+        "per seeded round; a crash, a hang over 5 s, an exception that is not a named error or a "
+        "block outside its partition fails",
+    }
+
+
 def pytest_case(name: str, path: str, env: dict[str, str], cases: int, what: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path]
     rc, out, secs = _run(cmd, env)
@@ -86,6 +107,7 @@ def pytest_case(name: str, path: str, env: dict[str, str], cases: int, what: str
 def run(args: argparse.Namespace) -> None:
     results = [
         fuzz(args.fuzz_runs),
+        live_damage(args.live_rounds),
         pytest_case(
             "corpus replay",
             "tests/fuzz/test_corpus.py",
@@ -146,6 +168,7 @@ def main() -> None:
     p = sub.add_parser("run", help="run the checks and write JSON")
     p.add_argument("--fuzz-runs", type=int, default=100_000)
     p.add_argument("--kills", type=int, default=300)
+    p.add_argument("--live-rounds", type=int, default=20_000)
     p.add_argument("--json", default=os.path.join(ROOT, "bench", "reliability.json"))
     r = sub.add_parser("render", help="JSON to markdown")
     r.add_argument("json")

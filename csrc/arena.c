@@ -188,7 +188,13 @@ static int sh_handle_load(sh_arena_t *a) {
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     a->part_first[p] = hdr->parts[p].first_usable;
     a->part_end[p] = hdr->parts[p].first_page + hdr->parts[p].npages;
+    a->parts[p] = hdr->parts[p];
   }
+  const uint64_t regions[SH_NREGIONS + 1] = {0,           hdr->pages_off,  hdr->bitmap_off, hdr->owners_off,
+                                             hdr->bins_off, hdr->stripes_off, hdr->sweep_off, hdr->tslots_off,
+                                             hdr->leases_off, hdr->pins_off, hdr->meta_end};
+  memcpy(a->region_offset, regions, sizeof regions);
+  a->format_version = hdr->format_version;
   _sh_classes_load(a);
   a->mag_limit = a->mag_classes ? a->classes[a->mag_classes - 1].size : 0;
   _sh_nursery_load(a);
@@ -487,27 +493,26 @@ void sh_close(sh_arena_t *arena) {
 void *sh_base(const sh_arena_t *arena) { return arena->base; }
 
 void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
-  const sh_header_t *hdr = arena->hdr;
+  /* from the handle's copies, made when the header was validated: the
+   * header's words may have been damaged since (a count read from it sized
+   * the class copy below, past the end of the caller's struct) */
   memset(info, 0, sizeof *info);
-  info->size = hdr->arena_size;
-  info->page_size = hdr->page_size;
-  info->nclasses = hdr->nclasses;
-  info->max_owners = hdr->max_owners; /* the table: the caller's count and the nursery's slot */
-  info->format_version = hdr->format_version;
-  info->small_limit = hdr->small_limit;
-  info->metadata_bytes = hdr->meta_end;
+  info->size = arena->size;
+  info->page_size = 1u << arena->page_shift;
+  info->nclasses = arena->nclasses;
+  info->max_owners = arena->max_owners; /* the table: the caller's count and the nursery's slot */
+  info->format_version = arena->format_version;
+  info->small_limit = arena->small_limit;
+  info->metadata_bytes = arena->region_offset[SH_NREGIONS];
   if (arena->nursery_records) {
     info->nursery_blocks = SH_NURSERY_SLOTS;
     for (uint32_t c = 0; c < arena->nclasses; c++)
       if (arena->classes[c].nursery_capacity) info->nursery_limit = arena->classes[c].size;
   }
   for (int p = 0; p < SH_NPARTITIONS; p++) {
-    info->part_offset[p] = hdr->parts[p].offset;
-    info->part_size[p] = hdr->parts[p].size;
+    info->part_offset[p] = arena->parts[p].offset;
+    info->part_size[p] = arena->parts[p].size;
   }
-  memcpy(info->class_size, hdr->class_size, hdr->nclasses * sizeof(uint32_t));
-  const uint64_t regions[SH_NREGIONS + 1] = {0,           hdr->pages_off,  hdr->bitmap_off, hdr->owners_off,
-                                             hdr->bins_off, hdr->stripes_off, hdr->sweep_off, hdr->tslots_off,
-                                             hdr->leases_off, hdr->pins_off, hdr->meta_end};
-  memcpy(info->region_offset, regions, sizeof regions);
+  for (uint32_t c = 0; c < arena->nclasses; c++) info->class_size[c] = arena->classes[c].size;
+  memcpy(info->region_offset, arena->region_offset, sizeof info->region_offset);
 }

@@ -828,6 +828,23 @@ static void test_header_sizes_damaged_after_attach(void) {
   CHECK("owner info too", sh_owner_info(a, id, &info) == SH_OK && info.bytes[SH_PART_CONTEXT] >= 100);
   a->hdr->total_pages = total;
   a->hdr->meta_pages = meta;
+  /* info reads the handle's validated copies: a class count damaged since
+   * sized a copy into the caller's struct (a stack overflow in Python's
+   * heap.info()), and damaged partition bounds misreported where they are */
+  sh_arena_info_t before, after;
+  sh_arena_info(a, &before);
+  uint32_t nclasses = a->hdr->nclasses;
+  sh_part_desc_t shared = a->hdr->parts[SH_PART_SHARED];
+  uint64_t meta_end = a->hdr->meta_end;
+  a->hdr->nclasses = 0x500000;
+  a->hdr->parts[SH_PART_SHARED].offset = 0;
+  a->hdr->parts[SH_PART_SHARED].size = UINT64_MAX;
+  a->hdr->meta_end = 1;
+  sh_arena_info(a, &after);
+  CHECK("info keeps to what attach validated", memcmp(&before, &after, sizeof before) == 0);
+  a->hdr->nclasses = nclasses;
+  a->hdr->parts[SH_PART_SHARED] = shared;
+  a->hdr->meta_end = meta_end;
   CHECK("check after", sh_check(a) == SH_OK);
   sh_close(a);
 }
