@@ -244,8 +244,15 @@ static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_
   sh_page_t *pg = &a->pages[pi];
   uint32_t state = sh_atomic_load_relaxed(&pg->state), n = 1;
   if (state == SH_PAGE_LARGE) {
-    n = sh_atomic_load_relaxed(&pg->capacity);
-    for (uint32_t q = pi + 1; q < pi + n; q++) {
+    /* The run's length is a word of the arena: its tails are the pages that
+     * say so, and no further (a damaged length walked past the page table) */
+    int part = _sh_page_partition(a, pi);
+    uint32_t len = sh_atomic_load_relaxed(&pg->capacity), end = part < 0 ? pi + 1 : a->part_end[part];
+    if (len < end - pi) end = pi + (len ? len : 1);
+    for (uint32_t q = pi + 1; q < end; q++, n++) {
+      if (sh_atomic_load_relaxed(&a->pages[q].state) != SH_PAGE_TAIL ||
+          sh_atomic_load_relaxed(&a->pages[q].run_head) != pi)
+        break;
       sh_atomic_store_relaxed(&a->pages[q].state, SH_PAGE_FREE);
       sh_atomic_store_relaxed(&a->pages[q].run_head, SH_NIL);
       sh_bit_set(a, q, false);

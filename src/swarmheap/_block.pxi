@@ -118,7 +118,10 @@ cdef class Block:
             try:
                 if self.heap._owner_unpin(self.owner, self.generation):
                     self.heap._notify_recycled(self.owner, self.generation)
-            except StaleBlock:
+            except SwarmHeapError:
+                # recycled meanwhile (StaleBlock), or a pin table damaged so
+                # that it lost ours (check() reports it): a buffer's release
+                # cannot raise, and it has nothing left to give back
                 pass
 
     def __len__(self):

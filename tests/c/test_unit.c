@@ -912,7 +912,24 @@ static void test_cached_refill_skips_a_page_of_another_class(void) {
   sh_close(a);
 }
 
+/* A large run's length is a word of the arena: damaged, its free walked
+ * the page table past its end, and a Block made from it ran past the map. */
+static void test_large_run_length_damaged(void) {
+  sh_arena_t *a = make_anon(4 * MiB, 4096);
+  uint64_t run, next;
+  REQUIRE("a run", sh_alloc(a, 0, SH_PART_SHARED, 3 * 4096, &run) == SH_OK);
+  REQUIRE("the run after it", sh_alloc(a, 0, SH_PART_SHARED, 3 * 4096, &next) == SH_OK);
+  sh_atomic_store_relaxed(&a->pages[run >> a->page_shift].capacity, 0x7FFFFFFFu);
+  sh_block_info_t bi;
+  CHECK("its info is corruption, not a length", sh_block_info(a, run, &bi) == SH_ECORRUPT);
+  sh_free(a, run); /* any answer; no write past the run's own pages */
+  CHECK("the next run is untouched", sh_block_info(a, next, &bi) == SH_OK && bi.usable_size == 3 * 4096);
+  CHECK("and frees", sh_free(a, next) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_large_run_length_damaged();
   test_cached_refill_skips_a_page_of_another_class();
   test_bin_names_a_page_of_another_class();
   test_header_sizes_damaged_after_attach();
