@@ -9,7 +9,8 @@ damaged. Each round is a seed: it forks a child that attaches the seed heap
 (arena_target.build_seed: what a killed swarm leaves), allocates, spawns an
 agent, writes 1 to 8 random bytes or words into the metadata tables (every
 region gets its share), then checks, sweeps, allocates in every partition
-(each block checked against its partition), frees, runs agents and the
+(each block checked against its partition), frees, runs agents (entries,
+a snapshot restored, complete), lists agents and channels, and uses the
 channels. Named errors are answers; a crash, a hang over 5 s, another
 exception or a block outside its partition fails the round.
 
@@ -99,14 +100,22 @@ def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None
     def an_agents_life() -> None:
         other = heap.spawn("fuzz")
         other.put("k", b"v" * 100)
+        other.put("big", b"w" * 70_000)  # a run of pages of its own
         bytes(other.get("k"))
+        twin = heap.restore(other.snapshot(codec="none"))  # the index read back, entries copied
+        twin.complete()
         other.complete()
+
+    def the_listings() -> None:
+        heap.agents()
+        heap.channels()
 
     def the_first_agent_again() -> None:
         agent.put("a", b"y" * 300)
         agent.complete()
 
     _answers(an_agents_life)
+    _answers(the_listings)
     _answers(the_first_agent_again)
     _exercise_channels(heap)
     _answers(heap.check)
