@@ -66,6 +66,17 @@ def build_seed() -> tuple[bytes, dict[str, tuple[int, int]]]:
     return image, regions
 
 
+def write_segment(name: str, image: bytes) -> str:
+    """A heap segment named ``name`` holding ``image`` (mode 0600); its path."""
+    path = f"/dev/shm/{name}"
+    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    try:
+        os.write(fd, image)
+    finally:
+        os.close(fd)
+    return path
+
+
 class Mutations:
     """Decodes an input into (offset, bytes) writes, each aimed at a region,
     so that every table gets its share whatever the regions' sizes."""
@@ -97,6 +108,21 @@ def _check_block(heap: sh.Heap, blk: sh.Block, partition: str) -> None:
     if n:  # a damaged ring may name a message of no bytes
         blk[:1] = b"x"
         blk[n - 1 :] = b"y"
+
+
+def alloc_everywhere(heap: sh.Heap) -> list[sh.Block]:
+    """Blocks of several sizes in each partition but `system`, each checked
+    to lie in its partition and written at both ends."""
+    got = []
+    for partition in sh.PARTITIONS[:3]:
+        for size in (16, 64, 1000, 40000, 100000):
+            try:
+                blk = heap.alloc(size, partition)
+            except sh.SwarmHeapError:
+                continue
+            _check_block(heap, blk, partition)
+            got.append(blk)
+    return got
 
 
 def _exercise_channels(heap: sh.Heap) -> None:
@@ -135,15 +161,7 @@ def exercise(name: str) -> None:
                 step()
             except sh.SwarmHeapError:  # HeapCorrupt above all; any named error is an answer
                 pass
-        live = []
-        for partition in sh.PARTITIONS[:3]:
-            for size in (16, 64, 1000, 40000, 100000):
-                try:
-                    blk = heap.alloc(size, partition)
-                except sh.SwarmHeapError:
-                    continue
-                _check_block(heap, blk, partition)
-                live.append(blk)
+        live = alloc_everywhere(heap)
         for blk in live:
             try:
                 blk.free()
@@ -174,12 +192,7 @@ class Target:
         image = bytearray(self.image)
         for offset, patch in self.mutations.decode(data):
             image[offset : offset + len(patch)] = patch
-        path = f"/dev/shm/{self.name}"
-        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        try:
-            os.write(fd, image)
-        finally:
-            os.close(fd)
+        path = write_segment(self.name, bytes(image))
         try:
             exercise(self.name)
         finally:

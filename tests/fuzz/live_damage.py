@@ -31,7 +31,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from arena_target import _check_block, _exercise_channels, build_seed
+from arena_target import _exercise_channels, alloc_everywhere, build_seed, write_segment
 
 import swarmheap as sh
 
@@ -62,12 +62,7 @@ def _answers(call: object) -> None:
 def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None:
     rnd = random.Random(seed)
     name = f"shlive_{os.getpid()}"
-    path = f"/dev/shm/{name}"
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-    try:
-        os.write(fd, image)
-    finally:
-        os.close(fd)
+    path = write_segment(name, image)
     signal.alarm(ROUND_SECONDS)
     try:
         heap = sh.Heap.attach(name)
@@ -86,14 +81,7 @@ def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None
     _damage(heap, regions, rnd)
     for step in (heap.check, heap.stats, heap.collect, heap.info, heap.check):
         _answers(step)
-    for part in sh.PARTITIONS[:3]:
-        for size in (16, 64, 1000, 40000, 100000):
-            try:
-                blk = heap.alloc(size, part)
-            except sh.SwarmHeapError:
-                continue
-            _check_block(heap, blk, part)
-            kept.append(blk)
+    kept += alloc_everywhere(heap)
     for blk in kept:
         _answers(blk.free)
 
