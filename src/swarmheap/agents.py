@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, offload
 from swarmheap._core import AgentCore, stale_agent
-from swarmheap.errors import InvalidHandle, StaleBlock
+from swarmheap.errors import HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
 if TYPE_CHECKING:
@@ -286,11 +286,15 @@ class Agent(AgentCore):
     def _ensure_live(self) -> None:
         # alloc() comes here through the heap's events (on_not_live), from C
         heap = self._heap
-        if (
-            heap._owner_state(self.id) in ("offloaded", "restoring")
-            and (self.id, self.generation) not in heap._restoring
-        ):
+        state = heap._owner_state(self.id)
+        if state in ("offloaded", "restoring") and (self.id, self.generation) not in heap._restoring:
             self.restore()
+        elif state == "corrupt":
+            # a state word no agent can be in: taken for live, an offloaded
+            # agent read as one with no entries (KeyError), its data silently gone
+            raise HeapCorrupt(
+                f"agent {self.id}'s slot in the owner table holds no valid state: the table is damaged"
+            )
 
     def complete(self) -> dict[str, Any]:
         """Return all of the agent's memory in O(pages) and fire the complete

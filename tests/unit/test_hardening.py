@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import subprocess
@@ -132,6 +133,34 @@ def test_block_reclaimed_by_its_lease_is_stale(heap: sh.Heap) -> None:
 
 
 # ---- 3. pins of a dead process ------------------------------------------------
+
+
+def test_an_owner_state_that_is_no_state_is_corruption_not_an_empty_agent(
+    heap: sh.Heap, tmp_path: object
+) -> None:
+    # one byte of an offloaded agent's state word damaged while attached:
+    # read as live, the agent had no entries (KeyError), its data silently gone
+    store = sh.SQLiteStore(os.path.join(str(tmp_path), "cold.db"))
+    agent = heap.spawn("cold")
+    agent.put("c", b"z" * 3000)
+    agent.offload(store)
+    owners = heap.info()["regions"]["owners"][0]
+    anchor = heap.alloc(16, "shared")
+    holder = ctypes.c_char.from_buffer(memoryview(anchor))
+    base = ctypes.addressof(holder) - anchor.offset
+    state = ctypes.c_uint32.from_address(base + owners + agent.id * 104)  # sizeof(sh_owner_t), asserted in C
+    saved = state.value
+    state.value = saved | 0xFF00
+    with pytest.raises(sh.HeapCorrupt, match="owner table"):
+        agent.get("c")
+    with pytest.raises(sh.HeapCorrupt, match="owner table"):
+        agent.read("c")
+    state.value = saved
+    assert bytes(agent.get("c")) == b"z" * 3000  # the store kept it: back once the word is whole
+    del holder, state
+    anchor.free()
+    store.close()
+    heap.check()
 
 
 def test_pins_of_a_killed_process_are_dropped(heap_name: str) -> None:
