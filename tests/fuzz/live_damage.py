@@ -10,9 +10,11 @@ damaged. Each round is a seed: it forks a child that attaches the seed heap
 agent, writes 1 to 8 random bytes or words into the metadata tables (every
 region gets its share), then checks, sweeps, allocates in every partition
 (each block checked against its partition), frees, runs agents (entries,
-a snapshot restored, complete), lists agents and channels, and uses the
-channels. Named errors are answers; a crash, a hang over 5 s, another
-exception or a block outside its partition fails the round.
+a snapshot restored, complete), restores an agent offloaded to SQLite
+before the damage, reads a LangGraph thread checkpointed before it (with
+the langgraph extra), lists agents and channels, and uses the channels.
+Named errors are answers; a crash, a hang over 5 s, another exception or a
+block outside its partition fails the round.
 
     python tests/fuzz/live_damage.py [rounds] [first seed]
 
@@ -28,6 +30,7 @@ import signal
 import struct
 import sys
 import traceback
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +53,27 @@ def _damage(heap: sh.Heap, regions: dict[str, tuple[int, int]], rnd: random.Rand
         value = (0x7FFFFFFF, 0xFFFFFFFF, rnd.randrange(512), rnd.getrandbits(32))[rnd.randrange(4)]
         width = 4 if rnd.random() < 0.5 and at + 4 <= hi else 1
         ctypes.memmove(base + at, struct.pack("<I", value)[:width], width)
+
+
+def _saver_with_a_checkpoint(heap: sh.Heap | None) -> Any:
+    """A SwarmSaver holding one checkpoint of thread "t"; None without
+    langgraph (or without a heap: the imports alone)."""
+    try:
+        from langgraph.checkpoint.base import empty_checkpoint
+
+        from swarmheap.langgraph import SwarmSaver
+    except ImportError:
+        return None
+    if heap is None:
+        return None
+    saver = SwarmSaver(heap)
+    checkpoint = empty_checkpoint()
+    version = saver.get_next_version(None, None)
+    checkpoint["channel_values"] = {"messages": ["hello"]}
+    checkpoint["channel_versions"] = {"messages": version}
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    saver.put(config, checkpoint, {"step": 1}, {"messages": version})
+    return saver
 
 
 def _answers(call: object) -> None:
@@ -78,7 +102,40 @@ def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None
     agent = heap.spawn("live")
     agent.put("a", b"x" * 500)
     agent.alloc(64)
+    store_path = f"/tmp/shlive_{os.getpid()}.db"
+    store = sh.SQLiteStore(store_path)
+    try:
+        _damage_and_use(heap, agent, kept, store, regions, rnd)
+    finally:
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(store_path + suffix):
+                os.unlink(store_path + suffix)
+
+
+def _damage_and_use(
+    heap: sh.Heap,
+    agent: sh.Agent,
+    kept: list[sh.Block],
+    store: Any,
+    regions: dict[str, tuple[int, int]],
+    rnd: random.Random,
+) -> None:
+    cold = heap.spawn("cold")
+    cold.put("c", b"z" * 3000)
+    cold.offload(store)
+    saver = _saver_with_a_checkpoint(heap)
     _damage(heap, regions, rnd)
+
+    def the_cold_agent_and_the_thread() -> None:
+        try:
+            bytes(cold.get("c"))  # restored from the store through the damaged registry
+        finally:
+            if saver is not None:
+                if saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}) is not None:
+                    list(saver.list(None))
+
+    _answers(the_cold_agent_and_the_thread)
     for step in (heap.check, heap.stats, heap.collect, heap.info, heap.check):
         _answers(step)
     kept += alloc_everywhere(heap)
@@ -112,6 +169,7 @@ def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None
 def run(rounds: int, first_seed: int) -> list[str]:
     """Each failed round's seed and what happened."""
     image, regions = build_seed()
+    _saver_with_a_checkpoint(None)  # its imports made once, here, not in every forked round
     failures = []
     for seed in range(first_seed, first_seed + rounds):
         pid = os.fork()
