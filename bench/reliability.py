@@ -80,11 +80,12 @@ def live_damage(rounds: int) -> dict[str, Any]:
         "seconds": round(secs, 1),
         "detail": out[-1500:] if rc != 0 else "",
         "what": "the same writes into the tables of a heap this process has attached and is using (its own "
-        "blocks, an agent, bound thread caches), so values it reads again from the arena, the "
-        "header's included, may be damaged; then check, stats, collect, info, allocations in every "
-        "partition checked against it, frees, two agents' lives and the channels, one forked child "
-        "per seeded round; a crash, a hang over 5 s, an exception that is not a named error or a "
-        "block outside its partition fails",
+        "blocks, an agent, an agent offloaded to SQLite, a LangGraph thread, bound thread caches), so "
+        "values it reads again from the arena, the header's included, may be damaged; then the "
+        "offloaded agent restored and the thread read, check, stats, collect, info, allocations in "
+        "every partition checked against it, frees, agents' lives (a large entry, a snapshot "
+        "restored), the listings and the channels, one forked child per seeded round; a crash, a hang "
+        "over 5 s, an exception that is not a named error or a block outside its partition fails",
     }
 
 
