@@ -194,7 +194,6 @@ static int sh_handle_load(sh_arena_t *a) {
                                              hdr->bins_off, hdr->stripes_off, hdr->sweep_off, hdr->tslots_off,
                                              hdr->leases_off, hdr->pins_off, hdr->meta_end};
   memcpy(a->region_offset, regions, sizeof regions);
-  a->format_version = hdr->format_version;
   _sh_classes_load(a);
   a->mag_limit = a->mag_classes ? a->classes[a->mag_classes - 1].size : 0;
   _sh_nursery_load(a);
@@ -501,7 +500,7 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
   info->page_size = 1u << arena->page_shift;
   info->nclasses = arena->nclasses;
   info->max_owners = arena->max_owners; /* the table: the caller's count and the nursery's slot */
-  info->format_version = arena->format_version;
+  info->format_version = SH_FORMAT_VERSION; /* attach refuses any other */
   info->small_limit = arena->small_limit;
   info->metadata_bytes = arena->region_offset[SH_NREGIONS];
   if (arena->nursery_records) {

@@ -246,9 +246,8 @@ static uint32_t sh_page_drop_bits_locked(sh_arena_t *a, uint32_t pi, bool defer_
   if (state == SH_PAGE_LARGE) {
     /* The run's length is a word of the arena: its tails are the pages that
      * say so, and no further (a damaged length walked past the page table) */
-    int part = _sh_page_partition(a, pi);
-    uint32_t len = sh_atomic_load_relaxed(&pg->capacity), end = part < 0 ? pi + 1 : a->part_end[part];
-    if (len < end - pi) end = pi + (len ? len : 1);
+    uint32_t len = sh_atomic_load_relaxed(&pg->capacity), room = _sh_run_room(a, pi);
+    uint32_t reach = len < room ? len : room, end = pi + (reach ? reach : 1);
     for (uint32_t q = pi + 1; q < end; q++, n++) {
       if (sh_atomic_load_relaxed(&a->pages[q].state) != SH_PAGE_TAIL ||
           sh_atomic_load_relaxed(&a->pages[q].run_head) != pi)

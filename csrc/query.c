@@ -41,8 +41,7 @@ int sh_block_info(const sh_arena_t *a, uint64_t offset, sh_block_info_t *info) {
     /* a run's length is a word of the arena: a Block made from it must end
      * inside the run's partition, not past the mapping */
     uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
-    int part = _sh_page_partition(a, pi);
-    if (sh_unlikely(n == 0 || part < 0 || n > a->part_end[part] - pi))
+    if (sh_unlikely(n == 0 || n > _sh_run_room(a, pi)))
       return _sh_fail(SH_ECORRUPT, "page %u: its run of %u pages does not fit in its partition", pi, n);
     info->size_class = -1;
     info->usable_size = (uint64_t)n << a->page_shift;

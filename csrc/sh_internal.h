@@ -204,6 +204,12 @@ static inline int _sh_page_partition(const sh_arena_t *arena, uint32_t pi) {
     if (pi >= arena->part_first[p] && pi < arena->part_end[p]) return p;
   return -1;
 }
+/* Pages from pi to the end of its partition (0: pi is in none): as far as a
+ * run starting there may reach, whatever length its descriptor claims. */
+static inline uint32_t _sh_run_room(const sh_arena_t *arena, uint32_t pi) {
+  int part = _sh_page_partition(arena, pi);
+  return part < 0 ? 0 : arena->part_end[part] - pi;
+}
 /* ---- Free-stack links ---------------------------------------------------------
  * A free block's first two words: the next top (see sh_types.h) and that value
  * xor the page's key. A write after free almost surely breaks the pair. */

@@ -329,12 +329,12 @@ struct sh_arena_s {
   uint64_t instance; /* process-unique: tells a closed handle's thread caches from a new one's */
   _Atomic uint32_t waits_called_off; /* sh_call_off_waits: this view is closing */
   uint32_t part_first[SH_NPARTITIONS], part_end[SH_NPARTITIONS];
-  /* The header's layout as validated when the handle was made: what
+  /* The header's layout as validated when the handle was made (its format
+   * version is SH_FORMAT_VERSION, or attach refused it): what
    * sh_arena_info reports, never the header's words again (a process that
    * damages them later must not make another overflow a copy by them). */
   sh_part_desc_t parts[SH_NPARTITIONS];
   uint64_t region_offset[SH_NREGIONS + 1];
-  uint32_t format_version;
   sh_class_t classes[SH_MAX_CLASSES];
   uint8_t class_of[SH_DIRECT_SIZES + 1]; /* class of sizes up to SH_DIRECT_SIZES * 16, by (size + 15) / 16 */
 };

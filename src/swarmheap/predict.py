@@ -240,7 +240,7 @@ class Prediction:
         if partition not in PARTITIONS:
             raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
         _check_q(q)
-        if self._model is None or not self.samples:
+        if self._model is None:
             return None
         key = (partition, q)
         got: int | None = self._memo.get(
@@ -254,7 +254,7 @@ class Prediction:
 
     def lifetime(self, q: float = 0.9) -> float | None:
         _check_q(q)
-        if self._model is None or not self.samples:
+        if self._model is None:
             return None
         return self._model.quantile(_ROWS - 1, q, SECONDS_BASE)
 
@@ -271,7 +271,7 @@ class Prediction:
         got: dict[int, float] | None = self._memo.get("mix")
         if got is None:
             got = {}
-            if self._model is not None and self.samples:
+            if self._model is not None:
                 shares = self._model.mix()
                 for slot in np.argsort(-shares, kind="stable"):
                     if shares[slot] < 0.01 or slot >= len(self._sizes):
@@ -388,9 +388,9 @@ class Predictor:
 
     def _read(self, kind: str) -> Prediction:
         _, data = Registry(self.heap).get_ref(f"model/{kind}")
-        if data is None:
-            return Prediction(kind, 0, False, None)
         model = _decoded(data, HALF_LIFE)  # the half-life of a model there is its own
+        if not model.count:  # none there, or a damaged one started again: no samples, no model
+            return Prediction(kind, 0, False, None)
         return Prediction(kind, model.count, model.count >= CONFIDENT, model, self.heap._class_sizes)
 
     def cached(self, kind: str) -> Prediction:

@@ -92,13 +92,7 @@ def _round(image: bytes, regions: dict[str, tuple[int, int]], seed: int) -> None
         heap = sh.Heap.attach(name)
     finally:
         os.unlink(path)  # the mapping outlives the name: nothing is left behind
-    kept = []
-    for part in sh.PARTITIONS[:3]:
-        for size in (16, 64, 1000, 40000):
-            try:
-                kept.append(heap.alloc(size, part))
-            except sh.SwarmHeapError:
-                pass
+    kept = alloc_everywhere(heap)  # blocks the damage finds in use
     agent = heap.spawn("live")
     agent.put("a", b"x" * 500)
     agent.alloc(64)
