@@ -95,10 +95,15 @@ class Agent(AgentCore):
         """put() of several entries in one update of the index: all of them
         or (on an error) none. Returns the index words before and after it
         (see index.update_index)."""
-        if not isinstance(items, Mapping):
+        return self._put_named(items)[0]
+
+    def _put_named(self, items: Mapping[str, Any]) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
+        """put_many(), also returning each entry as named: (name, offset, size)."""
+        if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
-            index.check_name(name)
+            if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
+                index.check_name(name)
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
         try:
@@ -115,7 +120,7 @@ class Agent(AgentCore):
             for blk in blocks:
                 blk.free()
             raise
-        return self._commit(blocks, new)
+        return self._commit(blocks, new), new
 
     def _commit(self, blocks: list[Any], new: list[tuple[str, int, int]]) -> tuple[int, int]:
         """Name the filled ``blocks`` in the index (as ``new``), freeing the

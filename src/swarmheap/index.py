@@ -140,12 +140,19 @@ def _place(named: list[tuple[str, bytes]], at: int, positions: Positions) -> Non
 
 
 def _spliced(
-    body: bytes, positions: Positions | None, shared: Entries, entries: Entries, changed: list[str]
+    body: bytes,
+    positions: Positions | None,
+    shared: Entries,
+    entries: Entries,
+    changed: list[str],
+    appended: list[str],
 ) -> tuple[bytes, Positions | None]:
     """The encoding of ``entries`` made from ``body``, the encoding of
     ``shared`` (whose names ``entries`` begins with, in order): the names in
-    ``changed`` written over their old bytes, the names past ``shared``'s
-    appended. Returns it and where each entry starts (None if not needed)."""
+    ``changed`` written over their old bytes, those in ``appended`` (the
+    names past ``shared``'s, in order) appended. Returns it and where each
+    entry starts (None if not needed). The caller names the appended ones:
+    finding them in ``entries`` walked every entry before them."""
     if changed:
         if positions is None:
             positions = {}
@@ -156,12 +163,14 @@ def _spliced(
             encoded = _entry_bytes(name, *entries[name])
             buf[at : at + len(encoded)] = encoded
         body = bytes(buf)
-    n = len(shared)
-    if len(entries) > n:
-        appended = _entries_bytes(itertools.islice(entries.items(), n, None))
+    if appended:
+        tail = [_entry_bytes(name, *entries[name]) for name in appended]
         if positions is not None:  # new names only: a failed swap leaves them in a version never used again
-            _place(appended, len(body), positions)
-        body += b"".join(entry for _, entry in appended)
+            end = len(body)
+            for name, entry in zip(appended, tail):
+                positions[name] = end
+                end += len(entry)
+        body = b"".join([body, *tail])
     return body, positions
 
 
@@ -253,11 +262,12 @@ def _update_attempt(
         # the old names in their order: the entries that kept their value
         # (the same tuple, as the copy shares them) keep their bytes
         changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
-        body, positions = _spliced(*cached, shared, entries, changed)
+        appended = list(itertools.islice(entries, n, None))
+        body, positions = _spliced(*cached, shared, entries, changed, appended)
     else:
         body = _body(entries)
     new_word = heap._owner_held_swap(
-        agent_id, generation, word, _head(old_kind, new_lease, len(entries)) + body
+        agent_id, generation, word, body, _head(old_kind, new_lease, len(entries))
     )
     if not new_word:
         return None
@@ -306,13 +316,15 @@ def put_entries(
         # the index this process read last: replaced entries are written over
         # their old bytes, new ones appended; nothing else is encoded again
         entries = dict(shared)
-        replaced_names = [name for name, _, _ in new if name in shared]
-        replaced_refs = [shared[name] for name in replaced_names]
+        replaced_names: list[str] = []
+        appended: list[str] = []
         for name, offset, size in new:
+            (replaced_names if name in shared else appended).append(name)
             entries[name] = (offset, size)  # a new name goes to the end, as _spliced appends it
-        body, positions = _spliced(body, positions, shared, entries, replaced_names)
+        replaced_refs = [shared[name] for name in replaced_names]
+        body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
         new_word = heap._owner_held_swap(
-            agent_id, generation, word, _head(old_kind, lease, len(entries)) + body
+            agent_id, generation, word, body, _head(old_kind, lease, len(entries))
         )
         if new_word:
             _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body, positions)

@@ -177,13 +177,13 @@ class _Recent(OrderedDict[_K, _V]):
         self.nbytes = 0
 
     def remember(self, key: _K, value: _V) -> None:
+        size_of = self.size_of
         old = self.pop(key, None)
-        if old is not None:
-            self.nbytes -= self.size_of(old)
         self[key] = value
-        self.nbytes += self.size_of(value)
-        while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
-            self.nbytes -= self.size_of(self.popitem(last=False)[1])
+        self.nbytes += size_of(value) - (size_of(old) if old is not None else 0)
+        if len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES:
+            while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
+                self.nbytes -= size_of(self.popitem(last=False)[1])
 
 
 class _ThreadView:
@@ -207,6 +207,8 @@ class _ThreadView:
         if name in self.names:
             return
         self.names.add(name)
+        if name[:1] == "b":  # a channel value (blob/...), most of what a put adds: neither list
+            return
         if name.startswith("cp/"):
             _, ns, cid = name.split("/", 2)
             if "/" not in cid:
@@ -504,10 +506,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._pack(typed)
-        self._put_entries(agent, items)
-        entry = agent._read_index()[2].get(cp_name)  # the index this process just wrote: cached
-        if entry is not None:
-            self._remember_record((agent.id, agent.generation, cp_name), entry[0], items[cp_name], typed)
+        offset = self._put_entries(agent, items)[cp_name]
+        self._remember_record((agent.id, agent.generation, cp_name), offset, items[cp_name], typed)
         if self.keep is not None:
             self._trim(agent, ns, self.keep)
         return {
@@ -660,12 +660,14 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         view.entries = entries
         return view
 
-    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> None:
-        """One index update; the thread's view follows it if it was current."""
-        words = agent.put_many(items)
+    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+        """One index update; the thread's view follows it if it was current.
+        Returns where each entry went (its block's offset)."""
+        words, named = agent._put_named(items)
         view = self._views.get(agent.id)
         if view is not None and view.generation == agent.generation and not view.advance(words, items):
             del self._views[agent.id]
+        return {name: offset for name, offset, _ in named}
 
     def _checkpoint_ids(self, agent: Any, ns: str, names: Any = None) -> builtins.list[str]:
         prefix = f"cp/{ns}/"

@@ -335,6 +335,13 @@ def _check_level(codec: str, level: object) -> None:
 
 def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
     """Frame `raw` (any buffer) with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
+    if codec == "none" and level is None and type(raw) is bytes:
+        # the common frame of a checkpoint record or delta, a few hundred
+        # bytes on every put: no views, no part lists, one hash call
+        check = _check_kind()
+        n = len(raw)
+        header = FRAME.pack(MAGIC, _PLAIN_VERSION, 0, check, 0, 0, n, n, _checksum(check, raw))
+        return header + raw
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if codec == "none" and level is not None:
