@@ -21,7 +21,11 @@ gap to 100 %). A task whose allocation raises PartitionFull
 fails midway. Coverage is the share of tasks whose peak was at or under the
 P90 predicted for them at spawn (confident predictions only). Throughput is
 in trace time, tasks completed per 100 rounds (the wall-clock rate is shown
-too, but it times this replay's Python as much as the policy)."""
+too, but it times this replay's Python as much as the policy). Two means
+over the rounds read `context`: how full it is (in use / its size, what the
+target is read on) and the stats' utilization (in use / held in pages, what
+the pages given out waste: the word means that in `swarmheap stats` and in
+swarm_density)."""
 
 from __future__ import annotations
 
@@ -81,7 +85,8 @@ def _replay(policy: str, n: int) -> dict[str, Any]:
     running: list[Task] = []
     seen_peak: dict[str, int] = {}
     failed = completed = failed_unconfident = 0
-    utilization: list[float] = []
+    utilization: list[float] = []  # context in use / its size: how full admission keeps it
+    packing: list[float] = []  # stats' utilization, in use / held in pages: what the pages waste
     covered: dict[str, list[bool]] = {k: [] for k in KINDS}
     shifted_medium: list[bool] = []
     arrivals = trace(n)
@@ -137,7 +142,10 @@ def _replay(policy: str, n: int) -> dict[str, Any]:
                         if task.predicted:
                             ok = task.peak <= task.predicted
                             (shifted_medium if task.shifted else covered[task.kind]).append(ok)
-            utilization.append(heap.stats()["partitions"]["context"]["in_use"] / capacity)
+            context = heap.stats()["partitions"]["context"]
+            utilization.append(context["in_use"] / capacity)
+            if context["held"]:
+                packing.append(context["utilization"])
         elapsed = time.perf_counter() - t0
         heap.check()
     finally:
@@ -152,6 +160,7 @@ def _replay(policy: str, n: int) -> dict[str, Any]:
         "rounds": r,
         "tasks_per_100_rounds": 100 * completed / r,
         "utilization": sum(utilization) / len(utilization),
+        "packing": sum(packing) / len(packing) if packing else None,
         "coverage_stationary": sum(stationary) / len(stationary) if stationary else None,
         "coverage_after_shift": sum(after_shift) / len(after_shift) if after_shift else None,
         "shifted_tasks": len(shifted_medium),
@@ -173,6 +182,7 @@ def admission(quick: bool) -> dict[str, Any]:
             f"{r['tasks_per_100_rounds']:.1f}",
             f"{r['tasks_per_s']:,.0f}",
             pct(r["utilization"]),
+            pct(r["packing"]),
             pct(r["coverage_stationary"]),
             pct(r["coverage_after_shift"]),
         ]
@@ -191,7 +201,8 @@ def admission(quick: bool) -> dict[str, Any]:
             "completed",
             "tasks per 100 rounds",
             "tasks/s (wall)",
-            "mean context utilization",
+            "mean context utilization (in use / size)",
+            "mean in use / held (stats' utilization)",
             "P90 coverage (stationary kinds)",
             "P90 coverage after the shift (200 on)",
         ],
@@ -208,7 +219,11 @@ def admission(quick: bool) -> dict[str, Any]:
                 pred["failed_midway"] == 0,
             ),
             target("throughput >= 1.3x the static policy", f"{speedup:.2f}x", speedup >= 1.3),
-            target("mean utilization >= 80 %", pct(pred["utilization"]), pred["utilization"] >= 0.8),
+            target(
+                "mean utilization (context in use / its size) >= 80 %",
+                pct(pred["utilization"]),
+                pred["utilization"] >= 0.8,
+            ),
             target("coverage of stationary kinds in [0.85, 0.95]", pct(cov), 0.85 <= cov <= 0.95),
             target(
                 "coverage recovered within 200 agents after the shift",
