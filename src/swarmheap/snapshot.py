@@ -340,8 +340,9 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
         # bytes on every put: no views, no part lists, one hash call
         check = _check_kind()
         n = len(raw)
-        header = FRAME.pack(MAGIC, _PLAIN_VERSION, 0, check, 0, 0, n, n, _checksum(check, raw))
-        return header + raw
+        checksum = _checksum(check, raw)
+        # no flags, no dictionary, as the general path below writes a plain frame
+        return FRAME.pack(MAGIC, _PLAIN_VERSION, CODECS["none"], check, 0, 0, n, n, checksum) + raw
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
     if codec == "none" and level is not None:
