@@ -256,18 +256,18 @@ cdef class CoreHeap(_Arena):
                 return word, data
         raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
 
-    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes data, bytes head=b""):
-        """Copy ``head`` + ``data`` into a new block of the shared default's
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes head, bytes body):
+        """Copy ``head`` + ``body`` into a new block of the shared default's
         ``system`` and compare-and-set the owner's user word from
         ``expected`` to hold it; the block ``expected`` held is then freed.
         False, with nothing changed, if the word had moved on (the word's
         sequence number sees a swap away and back to the same block, so a
         stale ``expected`` fails). Returns the new word, or 0 if the word had
-        moved on. The head comes apart from the data so that a caller
-        keeping the data's bytes does not join them again on every swap."""
+        moved on. The head comes apart from the body so that a caller
+        keeping the body's bytes does not join them again on every swap."""
         self._check_writable()
         cdef uint64_t head_length = <uint64_t>len(head)
-        cdef uint64_t length = head_length + <uint64_t>len(data)
+        cdef uint64_t length = head_length + <uint64_t>len(body)
         if length > _HELD_MAX:
             raise ValueError(f"an agent's index is at most {_HELD_MAX} bytes, not {length}: "
                              f"use fewer or shorter entry names")
@@ -281,7 +281,7 @@ cdef class CoreHeap(_Arena):
         (<uint32_t *>(self.base + off))[0] = <uint32_t>length
         (<uint32_t *>(self.base + off))[1] = 0
         memcpy(self.base + off + _HELD_PREFIX, <const char *>head, head_length)
-        memcpy(self.base + off + _HELD_PREFIX + head_length, <const char *>data, length - head_length)
+        memcpy(self.base + off + _HELD_PREFIX + head_length, <const char *>body, length - head_length)
         cdef uint64_t word = sh_held_next(expected, off)
         rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
         if rc:

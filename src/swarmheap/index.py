@@ -132,7 +132,7 @@ def _entries_bytes(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[s
     return [(name, _entry_bytes(name, offset, size)) for name, (offset, size) in items]
 
 
-def _place(named: list[tuple[str, bytes]], at: int, positions: Positions) -> None:
+def _place(named: Iterable[tuple[str, bytes]], at: int, positions: Positions) -> None:
     """Record where each of ``named``'s entries starts, laid out one after another from ``at``."""
     for name, entry in named:
         positions[name] = at
@@ -166,10 +166,7 @@ def _spliced(
     if appended:
         tail = [_entry_bytes(name, *entries[name]) for name in appended]
         if positions is not None:  # new names only: a failed swap leaves them in a version never used again
-            end = len(body)
-            for name, entry in zip(appended, tail):
-                positions[name] = end
-                end += len(entry)
+            _place(zip(appended, tail), len(body), positions)
         body = b"".join([body, *tail])
     return body, positions
 
@@ -267,7 +264,7 @@ def _update_attempt(
     else:
         body = _body(entries)
     new_word = heap._owner_held_swap(
-        agent_id, generation, word, body, _head(old_kind, new_lease, len(entries))
+        agent_id, generation, word, _head(old_kind, new_lease, len(entries)), body
     )
     if not new_word:
         return None
@@ -324,7 +321,7 @@ def put_entries(
         replaced_refs = [shared[name] for name in replaced_names]
         body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
         new_word = heap._owner_held_swap(
-            agent_id, generation, word, body, _head(old_kind, lease, len(entries))
+            agent_id, generation, word, _head(old_kind, lease, len(entries)), body
         )
         if new_word:
             _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body, positions)

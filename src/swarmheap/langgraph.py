@@ -181,9 +181,8 @@ class _Recent(OrderedDict[_K, _V]):
         old = self.pop(key, None)
         self[key] = value
         self.nbytes += size_of(value) - (size_of(old) if old is not None else 0)
-        if len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES:
-            while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
-                self.nbytes -= size_of(self.popitem(last=False)[1])
+        while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
+            self.nbytes -= size_of(self.popitem(last=False)[1])
 
 
 class _ThreadView:
