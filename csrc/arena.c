@@ -77,9 +77,11 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
   while (l->lease_cap < max_owners / 4) l->lease_cap *= 2;
   off += l->lease_cap * sizeof(sh_lease_t);
   l->pins_off = off = sh_align_up(off, SH_CACHE_LINE);
-  /* pins by process: one entry per two owner slots, at least 64 */
+  /* pins by process: about one entry per two owner slots (the power of two
+   * at or under that, so that a count just past a power of two does not
+   * double the table), at least 64 */
   l->pin_cap = 64;
-  while (l->pin_cap < max_owners / 2) l->pin_cap *= 2;
+  while (l->pin_cap * 2 <= max_owners / 2) l->pin_cap *= 2;
   off += l->pin_cap * sizeof(sh_pin_t);
   l->meta_end = off;
   l->meta_pages = (uint32_t)((off + (1ull << page_shift) - 1) >> page_shift);

@@ -42,7 +42,7 @@ static uint64_t sh_table_sweep_stale_locked(sh_arena_t *a) {
 
 /* The entry of the live block `info` names, made if missing; an entry left
  * by an earlier tenant of the same offset is taken over, blank. Lock held. */
-static int sh_entry_take_locked(sh_arena_t *a, const sh_block_info_t *info, uint64_t *index) {
+int _sh_entry_take_locked(sh_arena_t *a, const sh_block_info_t *info, uint64_t *index) {
   uint64_t key = info->offset + 1;
   uint64_t i = sh_lease_find(a, key);
   if (a->leases[i].key == key &&
@@ -85,13 +85,14 @@ int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
   if (deadline_ns == 0) return _sh_fail(SH_EINVAL, "a lease deadline of 0 is no deadline: use sh_lease_clear");
   sh_lease_lock(a);
   uint64_t i;
-  rc = sh_entry_take_locked(a, &info, &i);
+  rc = _sh_entry_take_locked(a, &info, &i);
   if (rc) {
     sh_lease_unlock(a);
     return rc;
   }
-  if (a->leases[i].deadline_ns == 0) sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+  sh_entry_tally(a, &a->leases[i], -1);
   a->leases[i].deadline_ns = deadline_ns;
+  sh_entry_tally(a, &a->leases[i], 1);
   sh_atomic_or_release(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED);
   sh_lease_unlock(a);
   return SH_OK;
@@ -103,7 +104,7 @@ int sh_lease_get(sh_arena_t *a, uint64_t offset, uint64_t *deadline_ns) {
     return _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
   sh_lease_lock(a);
   uint64_t i = sh_lease_find(a, offset + 1);
-  int found = a->leases[i].key != 0 && a->leases[i].deadline_ns != 0;
+  int found = a->leases[i].key != 0 && sh_entry_leased(&a->leases[i]);
   if (found) *deadline_ns = a->leases[i].deadline_ns;
   sh_lease_unlock(a);
   return found ? SH_OK : _sh_fail(SH_ENOENT, "block at offset %llu has no lease", (unsigned long long)offset);
@@ -114,10 +115,10 @@ int sh_lease_clear(sh_arena_t *a, uint64_t offset) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   sh_lease_lock(a);
   uint64_t i = sh_lease_find(a, offset + 1);
-  if (a->leases[i].key != 0 && a->leases[i].deadline_ns != 0) {
+  if (a->leases[i].key != 0 && sh_entry_leased(&a->leases[i])) {
     if (a->leases[i].tag) { /* the handle's tag outlives the lease */
+      sh_entry_tally(a, &a->leases[i], -1);
       a->leases[i].deadline_ns = 0;
-      sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
     } else {
       sh_lease_delete_at(a, i);
     }
@@ -135,7 +136,7 @@ int sh_lease_reclaim(sh_arena_t *a, uint64_t now_ns, uint64_t *blocks, uint64_t 
   /* taking the entries out under the lock is what makes each free happen once */
   sh_lease_lock(a);
   for (uint64_t i = 0; i < cap;) {
-    if (a->leases[i].key != 0 && a->leases[i].deadline_ns != 0 && a->leases[i].deadline_ns <= now_ns) {
+    if (a->leases[i].key != 0 && sh_entry_leased(&a->leases[i]) && a->leases[i].deadline_ns <= now_ns) {
       expired[n++] = a->leases[i].key - 1;
       sh_lease_delete_at(a, i); /* another entry may have moved into i: look again */
     } else {
@@ -172,7 +173,7 @@ int sh_block_tag(sh_arena_t *a, uint64_t offset, uint64_t *tag) {
   if (rc) return rc;
   sh_lease_lock(a);
   uint64_t i;
-  rc = sh_entry_take_locked(a, &info, &i);
+  rc = _sh_entry_take_locked(a, &info, &i);
   if (rc == SH_OK) *tag = sh_entry_tag_locked(a, &a->leases[i]);
   sh_lease_unlock(a);
   return rc;
@@ -217,7 +218,7 @@ uint64_t _sh_block_lease_tag(sh_arena_t *a, uint64_t offset) {
   uint64_t tag = 0;
   sh_lease_lock(a);
   sh_lease_t *e = &a->leases[sh_lease_find(a, offset + 1)];
-  if (sh_entry_is(e, offset, &info) && e->deadline_ns != 0) tag = sh_entry_tag_locked(a, e);
+  if (sh_entry_is(e, offset, &info) && sh_entry_leased(e)) tag = sh_entry_tag_locked(a, e);
   sh_lease_unlock(a);
   return tag;
 }

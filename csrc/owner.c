@@ -178,7 +178,7 @@ int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
 /* ----- Pins, by process ------------------------------------------------------- */
 
 static inline bool sh_pin_matches(const sh_pin_t *e, uint32_t id, uint32_t gen, int32_t pid, uint64_t start) {
-  return e->count > 0 && e->owner == id && e->generation == gen && e->pid == pid && e->pid_start == start;
+  return e->count > 0 && e->owner == id && e->generation == gen && e->pid == pid && sh_pin_start(e) == start;
 }
 
 /* The entry of this (owner, process), or where to put it (an empty slot or
@@ -199,7 +199,7 @@ static sh_pin_t *sh_pin_slot(sh_arena_t *a, uint32_t id, uint32_t gen, int32_t p
   return spare;
 }
 
-int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
+static int sh_owner_pin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a pin would write it");
   int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
@@ -213,16 +213,25 @@ int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) {
       rc = _sh_fail(SH_EFULL, "the pin table is full (%llu processes x agents hold views): release views",
                     (unsigned long long)(a->pin_mask + 1));
     } else {
-      if (!found) *e = (sh_pin_t){.pid = pid, .owner = id, .generation = gen, .count = 0, .pid_start = start};
+      if (!found)
+        *e = (sh_pin_t){.pid = pid, .owner = id, .generation = gen, .start_lo = (uint32_t)start,
+                        .start_hi = (uint32_t)(start >> 32)};
       e->count++;
+      if (view) e->views++;
       sh_atomic_add_relaxed(&o->pins, 1);
     }
   }
   _sh_owner_unlock(a);
+  /* a view reads the agent's index word next: the pin must be seen by a
+   * dropper that swapped the word before that read (sh_owner_views) */
+  if (view) sh_atomic_fence();
   return rc;
 }
 
-int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
+int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) { return sh_owner_pin_as(a, id, gen, false); }
+int sh_owner_view_pin(sh_arena_t *a, uint32_t id, uint32_t gen) { return sh_owner_pin_as(a, id, gen, true); }
+
+static int sh_owner_unpin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view, int *recycled) {
   if (recycled) *recycled = 0;
   int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
@@ -231,10 +240,11 @@ int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
   int rc = sh_owner_lookup(a, id, gen, &o);
   bool found = false;
   sh_pin_t *e = rc == SH_OK ? sh_pin_slot(a, id, gen, pid, start, &found) : NULL;
-  if (rc == SH_OK && (!found || sh_atomic_load_relaxed(&o->pins) == 0))
-    rc = _sh_fail(SH_ESTATE, "owner %u has no pin of this process to release", id);
+  if (rc == SH_OK && (!found || sh_atomic_load_relaxed(&o->pins) == 0 || (view && e->views == 0)))
+    rc = _sh_fail(SH_ESTATE, "owner %u has no %s of this process to release", id, view ? "view" : "pin");
   if (rc == SH_OK) {
     e->count--;
+    if (view) e->views--;
     if (sh_atomic_sub_relaxed(&o->pins, 1) == 1 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED &&
         id != SH_OWNER_DEFAULT) {
       rc = _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
@@ -243,6 +253,37 @@ int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
   }
   _sh_owner_unlock(a);
   return rc;
+}
+
+int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
+  return sh_owner_unpin_as(a, id, gen, false, recycled);
+}
+int sh_owner_view_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
+  return sh_owner_unpin_as(a, id, gen, true, recycled);
+}
+
+int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, uint32_t *views) {
+  *views = 0;
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is outside the owner table", id);
+  /* the other half of the view pin's fence: the caller's swap of the index
+   * word is ordered before the loads below */
+  sh_atomic_fence();
+  if (sh_atomic_load_relaxed(&a->owners[id].pins) == 0) return SH_OK; /* no pins, so no views: no lock */
+  int32_t pid = _sh_os_pid();
+  uint64_t start = _sh_own_start_time(pid);
+  _sh_owner_lock(a);
+  /* every process's entry for the owner sits on the probe path from its
+   * home to the first empty slot (tombstones are passed, as sh_pin_slot does) */
+  uint64_t i = ((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 40 & a->pin_mask;
+  for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
+    const sh_pin_t *e = &a->pins[i];
+    if (e->pid == 0) break;
+    if (e->count == 0 || e->owner != id || e->generation != gen) continue;
+    if (others_only && e->pid == pid && sh_pin_start(e) == start) continue;
+    *views += e->views < e->count ? e->views : e->count; /* a damaged entry counts no more views than pins */
+  }
+  _sh_owner_unlock(a);
+  return SH_OK;
 }
 
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
@@ -256,16 +297,16 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
     if (e->pid == 0 || e->count == 0) continue;
-    if (e->pid != last_pid || e->pid_start != last_start) {
+    if (e->pid != last_pid || sh_pin_start(e) != last_start) {
       uint64_t start;
       int rc = sh_process_start_time(e->pid, &start);
       last_pid = e->pid;
-      last_start = e->pid_start;
-      last_alive = !(rc == SH_ENOENT || (rc == SH_OK && start != e->pid_start));
+      last_start = sh_pin_start(e);
+      last_alive = !(rc == SH_ENOENT || (rc == SH_OK && start != last_start));
     }
     if (last_alive) continue;
     uint32_t count = e->count;
-    e->count = 0; /* a tombstone */
+    e->count = e->views = 0; /* a tombstone */
     *dropped += count;
     if (e->owner >= a->max_owners) continue; /* a damaged entry names no owner: dropping it is all */
     sh_owner_t *o = &a->owners[e->owner];

@@ -10,6 +10,22 @@
 
 #include "sh_internal.h"
 
+/* The deadline of an agent's block dropped from its index while another
+ * process viewed the agent's entries: freed when the views go, not by time. */
+#define SH_AFTER_VIEWS UINT64_MAX
+
+/* Whether entry `e`'s deadline is a lease's (a time), counted in lease_count. */
+static inline bool sh_entry_leased(const sh_lease_t *e) { return e->deadline_ns != 0 && e->deadline_ns != SH_AFTER_VIEWS; }
+
+/* Count entry `e` in (delta 1) or out of (delta -1) the header's tallies of its kind. */
+static inline void sh_entry_tally(sh_arena_t *a, const sh_lease_t *e, int delta) {
+  if (sh_entry_leased(e)) sh_atomic_add_relaxed(&a->hdr->lease_count, (uint64_t)(int64_t)delta);
+  if (e->deadline_ns == SH_AFTER_VIEWS) sh_atomic_add_relaxed(&a->hdr->after_views_count, (uint64_t)(int64_t)delta);
+}
+
+/* The entry of the live block `info` names, made if missing (lease.c). Lock held. */
+sh_internal int _sh_entry_take_locked(sh_arena_t *a, const sh_block_info_t *info, uint64_t *index);
+
 static inline uint64_t sh_lease_home(const sh_arena_t *a, uint64_t key) {
   return ((key >> SH_UNIT_SHIFT) * UINT64_C(0x9E3779B97F4A7C15)) >> 20 & a->lease_mask;
 }
@@ -36,7 +52,7 @@ static inline void sh_lease_delete_at(sh_arena_t *a, uint64_t i) {
     a->leases[i] = a->leases[j];
     i = j;
   }
-  if (a->leases[i].deadline_ns) sh_atomic_sub_relaxed(&a->hdr->lease_count, 1);
+  sh_entry_tally(a, &a->leases[i], -1);
   memset(&a->leases[i], 0, sizeof a->leases[i]);
   sh_atomic_sub_relaxed(&a->hdr->entry_count, 1);
 }
@@ -52,13 +68,14 @@ static inline void sh_lease_repair_locked(sh_arena_t *a) {
   memset(a->leases, 0, cap * sizeof *a->leases);
   sh_atomic_store_relaxed(&a->hdr->lease_count, 0);
   sh_atomic_store_relaxed(&a->hdr->entry_count, 0);
+  sh_atomic_store_relaxed(&a->hdr->after_views_count, 0);
   for (uint64_t k = 0; k < n; k++) {
     if (copy[k].key > a->size) continue; /* a damaged key names no block */
     uint64_t i = sh_lease_find(a, copy[k].key);
     if (a->leases[i].key) continue;
     a->leases[i] = copy[k];
     sh_atomic_add_relaxed(&a->hdr->entry_count, 1);
-    if (copy[k].deadline_ns) sh_atomic_add_relaxed(&a->hdr->lease_count, 1);
+    sh_entry_tally(a, &copy[k], 1);
   }
   free(copy);
 }

@@ -253,6 +253,7 @@ typedef struct sh_header_s {
   sh_lock_t lease_lock;
   _Atomic uint64_t lease_count;   /* entries with a deadline */
   _Atomic uint64_t entry_count;   /* entries of any kind (the table's load) */
+  _Atomic uint64_t after_views_count; /* entries of blocks waiting for their agent's views (SH_AFTER_VIEWS) */
   _Atomic uint64_t tag_seq;       /* the last handle tag handed out */
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
@@ -269,7 +270,7 @@ typedef struct sh_header_s {
 /* A lease on a block of the shared default owner: open addressing by offset. */
 typedef struct sh_lease_s {
   uint64_t key;         /* block offset + 1; 0 = empty; under lease_lock */
-  uint64_t deadline_ns; /* CLOCK_REALTIME; 0: no lease, only a handle tag */
+  uint64_t deadline_ns; /* CLOCK_REALTIME; 0: no lease, only a handle tag; SH_AFTER_VIEWS: see sh_free_after_views */
   uint64_t tag;         /* 0: no handle handed out; else unique for the arena's life */
   uint32_t owner, generation; /* the block's owner when the entry was made: a mismatch marks it stale */
 } sh_lease_t;
@@ -282,8 +283,17 @@ typedef struct sh_pin_s {
   int32_t pid;          /* 0: empty */
   uint32_t owner, generation;
   uint32_t count;
-  uint64_t pid_start;
+  /* how many of `count` are views of the agent's named entries (get()):
+   * a block such a view is on is not freed under it by another process's
+   * put or delete (sh_owner_views, sh_free_after_views) */
+  uint32_t views;
+  /* the process's start time in two halves: 28 bytes, not 32, for a table
+   * that grows with max_owners inside the 1 % metadata budget */
+  uint32_t start_lo, start_hi;
 } sh_pin_t;
+_Static_assert(sizeof(sh_pin_t) == 28, "a pin entry is seven words");
+
+static inline uint64_t sh_pin_start(const sh_pin_t *e) { return (uint64_t)e->start_hi << 32 | e->start_lo; }
 
 typedef struct sh_class_s {
   uint32_t size;

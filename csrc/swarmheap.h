@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 8u
+#define SH_FORMAT_VERSION 9u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -318,6 +318,18 @@ int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_ow
  * processes that died. SH_EFULL if the pin table is full. */
 int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled);
+/* [any] A pin that is a view of one of the agent's named entries: as
+ * sh_owner_pin, and counted as a view, so that another process that drops
+ * the entry (a put of the name, a delete) leaves its block to
+ * sh_views_reclaim instead of freeing it under the view. The pin is
+ * ordered before the caller's next read of the agent's index word. */
+int sh_owner_view_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);
+int sh_owner_view_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled);
+/* [any] *views gets the entry views held on the owner: by other processes
+ * only if `others_only`, else by every process. Ordered after the caller's
+ * last write of the agent's index word (the other half of the view pin's
+ * order: a view either sees the new index or is counted here). */
+int sh_owner_views(sh_arena_t *arena, uint32_t id, uint32_t generation, int others_only, uint32_t *views);
 
 /* [any] Drop the pins of processes that died (pid and start time, as
  * sh_owner_process_alive): a view a killed process held open must not keep
@@ -500,6 +512,18 @@ int sh_lease_clear(sh_arena_t *arena, uint64_t offset);
 int sh_lease_reclaim(sh_arena_t *arena, uint64_t now_ns, uint64_t *blocks, uint64_t *bytes);
 /* [any] Leases held now. */
 uint64_t sh_lease_count(const sh_arena_t *arena);
+/* [any] A block of agent `id` (generation `generation`) its index no longer
+ * names while another process holds a view of the agent's entries: recorded
+ * in the block table, and freed by sh_views_reclaim once the agent has no
+ * entry views left (or with the agent, at its recycle). SH_EFULL when the
+ * table is full (the block then stays until the agent's recycle). */
+int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation);
+/* [any] Free the blocks sh_free_after_views recorded whose agent has no
+ * entry views left in any process; each is freed by exactly one caller.
+ * Entries of an agent recycled since are dropped without a free. */
+int sh_views_reclaim(sh_arena_t *arena, uint64_t *blocks, uint64_t *bytes);
+/* [any] Blocks waiting in the table for their agent's views to go. */
+uint64_t sh_after_views_count(const sh_arena_t *arena);
 
 /* ---- Handle tags ------------------------------------------------------------
  * A handle that crosses processes must never resolve to a block that was

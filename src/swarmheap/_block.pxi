@@ -83,7 +83,7 @@ cdef class Block:
         # a read-only view never writes the arena, so it does not pin: its
         # Block still detects a recycle through the generation
         if self.owner != 0 and self.exports == 0 and not ro:
-            self.heap._owner_pin(self.owner, self.generation)
+            self.heap._owner_pin(self.owner, self.generation, self.entry_view)
         PyBuffer_FillInfo(view, self, self.heap.base + self.offset, self.length, 1 if ro else 0, flags)
         self.exports += 1
         self.heap.exports += 1
@@ -111,12 +111,12 @@ cdef class Block:
             dropped = self.heap.deferred_frees.pop(self.offset, None)
             # before the unpin below: that may recycle a completed agent
             if dropped is not None and not self.heap.read_only:
-                _free_if_owned(self.heap, self.offset, dropped[0], dropped[1])
+                _drop_entry_block(self.heap, self.offset, dropped[0], dropped[1])
         if self.tag:
             _count_out(self.heap.tagged_exports, self.offset)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
             try:
-                if self.heap._owner_unpin(self.owner, self.generation):
+                if self.heap._owner_unpin(self.owner, self.generation, self.entry_view):
                     self.heap._notify_recycled(self.owner, self.generation)
             except SwarmHeapError:
                 # recycled meanwhile (StaleBlock), or a pin table damaged so

@@ -78,6 +78,20 @@ cdef int _free_if_owned(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noex
     return _owned_block(h, off, oid, gen, &info) and _free_off(h, off) == SH_OK
 
 
+cdef int _drop_entry_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
+    """Free a block the agent's index dropped, unless another process holds
+    a view of the agent's entries: then it waits in the block table for the
+    views to go (sh_free_after_views; a sweep frees it). 1 if freed now."""
+    cdef uint32_t views = 0
+    if h.arena == NULL:
+        return 0
+    if sh_owner_views(h.arena, oid, gen, 1, &views) == SH_OK and views:
+        # a full table leaves the block to the agent's recycle: kept, never freed under a view
+        sh_free_after_views(h.arena, off, oid, gen)
+        return 0
+    return _free_if_owned(h, off, oid, gen)
+
+
 cdef str _shm_path(object name):
     return "/dev/shm/" + name
 
@@ -292,8 +306,7 @@ cdef class _Arena:
         if self.entry_views.get(offset):
             self.deferred_frees[offset] = (oid, gen)
             return False
-        _free_if_owned(self, offset, oid, gen)
-        return True
+        return bool(_drop_entry_block(self, offset, oid, gen))
 
     @property
     def _calls_in_flight(self):
@@ -539,6 +552,27 @@ cdef class _Arena:
         if rc:
             _raise(rc)
         return blocks, nbytes
+
+    def _views_reclaim(self):
+        """Free the entry blocks dropped while another process viewed their
+        agent, whose agent has no views left now: (blocks, bytes)."""
+        self._check_writable()
+        cdef uint64_t blocks = 0, nbytes = 0
+        cdef int rc
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_views_reclaim(arena, &blocks, &nbytes)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+        return blocks, nbytes
+
+    @property
+    def _after_views(self):
+        """Entry blocks waiting for their agent's views to go (see _views_reclaim)."""
+        self._check_open()
+        return sh_after_views_count(self.arena)
 
     def resolve(self, handle):
         """The Block a Handle names, in this process. StaleBlock if the block

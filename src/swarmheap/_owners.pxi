@@ -152,25 +152,30 @@ cdef class CoreHeap(_Arena):
             raise stale_agent(oid, gen)
         return self._info_dict(&oi, kind)
 
-    def _owner_pin(self, uint32_t oid, uint32_t gen):
+    def _owner_pin(self, uint32_t oid, uint32_t gen, bint view=False):
+        """Pin the owner for this process; ``view``: the pin of a view of one
+        of its named entries (see sh_owner_view_pin)."""
         self._check_writable()
         cdef int rc
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            rc = sh_owner_pin(arena, oid, gen)
+            rc = sh_owner_view_pin(arena, oid, gen) if view else sh_owner_pin(arena, oid, gen)
         self.inflight -= 1
         if rc:
             _raise(rc)
 
-    def _owner_unpin(self, uint32_t oid, uint32_t gen):
+    def _owner_unpin(self, uint32_t oid, uint32_t gen, bint view=False):
         """True if this unpin recycled a completed owner."""
         self._check_writable()
         cdef int rc, recycled = 0
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            rc = sh_owner_unpin(arena, oid, gen, &recycled)
+            if view:
+                rc = sh_owner_view_unpin(arena, oid, gen, &recycled)
+            else:
+                rc = sh_owner_unpin(arena, oid, gen, &recycled)
         self.inflight -= 1
         if rc:
             _raise(rc)

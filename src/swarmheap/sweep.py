@@ -44,6 +44,9 @@ class SweepResult:
     expired_messages: int = 0  # queued channel messages whose lease ran out, dropped from their rings (>= 1)
     leased_blocks: int = 0  # blocks of the shared default whose lease ran out (in bytes["lease"] too)
     pins_dropped: int = 0  # pins (open views) of processes that died (sweeps of generation >= 1)
+    # agents' entry blocks a put or delete dropped while another process viewed
+    # them (get()), freed now that no view is left (sweeps of generation >= 1)
+    viewed_blocks: int = 0
     offloaded: int = 0  # agents the offload policy moved to its store
     nursery_blocks: int = 0  # nursery blocks of frees killed half way (sweeps of generation >= 1)
     agents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CAUSES, 0))
@@ -69,6 +72,7 @@ class SweepResult:
         self.expired_messages += other.expired_messages
         self.leased_blocks += other.leased_blocks
         self.pins_dropped += other.pins_dropped
+        self.viewed_blocks += other.viewed_blocks
         self.recycled.extend(other.recycled)
         for cause in CAUSES:
             self.agents[cause] += other.agents[cause]
@@ -205,6 +209,8 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
         blocks, nbytes = heap._lease_reclaim(now)
         result.leased_blocks = blocks
         result.bytes["lease"] += nbytes
+        # after the dead's pins went (above): a view a killed process held lets go here
+        result.viewed_blocks = heap._views_reclaim()[0]
         # queued channel messages among them: out of their rings too
         result.expired_messages = channels.purge_expired(heap)
     if generation == 2:

@@ -216,12 +216,82 @@ static void test_leased_messages(void) {
   sh_close(a);
 }
 
+/* A block an agent's index dropped while another process viewed the agent's
+ * entries waits in the table until the views go, then a sweep frees it once;
+ * one of a recycled agent is never freed by it. */
+static void test_after_views(void) {
+  sh_arena_t *a;
+  sh_unlink(SH_BACKING_SHM, "/sh_test_after_views"); /* a run killed before its end */
+  REQUIRE("create", sh_create(&a, SH_BACKING_SHM, "/sh_test_after_views", 16 * MiB, NULL) == SH_OK);
+  uint32_t id, gen, views = 9;
+  uint64_t kept, other, blocks, bytes;
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 100, &kept);
+  sh_alloc(a, id, SH_PART_CONTEXT, 100, &other);
+  CHECK("no views", sh_owner_views(a, id, gen, 0, &views) == SH_OK && views == 0);
+  CHECK("a plain pin is no view", sh_owner_pin(a, id, gen) == SH_OK &&
+                                      sh_owner_views(a, id, gen, 0, &views) == SH_OK && views == 0);
+  CHECK("a view pin is", sh_owner_view_pin(a, id, gen) == SH_OK &&
+                             sh_owner_views(a, id, gen, 0, &views) == SH_OK && views == 1);
+  CHECK("of this process, not of others", sh_owner_views(a, id, gen, 1, &views) == SH_OK && views == 0);
+  int ready[2], done[2];
+  REQUIRE("pipes", pipe(ready) == 0 && pipe(done) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    sh_arena_t *c;
+    char byte = 0;
+    int ok = sh_attach(&c, SH_BACKING_SHM, "/sh_test_after_views", 0) == SH_OK && sh_owner_view_pin(c, id, gen) == SH_OK;
+    if (write(ready[1], &byte, 1) != 1 || read(done[0], &byte, 1) != 1) _exit(3);
+    ok = ok && sh_owner_view_unpin(c, id, gen, NULL) == SH_OK;
+    sh_close(c);
+    _exit(ok ? 0 : 1);
+  }
+  char byte = 0;
+  REQUIRE("the child holds a view", read(ready[0], &byte, 1) == 1);
+  CHECK("another process's view counts", sh_owner_views(a, id, gen, 1, &views) == SH_OK && views == 1);
+  CHECK("recorded", sh_free_after_views(a, kept, id, gen) == SH_OK && sh_after_views_count(a) == 1);
+  CHECK("twice is once", sh_free_after_views(a, kept, id, gen) == SH_OK && sh_after_views_count(a) == 1);
+  CHECK("not a lease", sh_lease_count(a) == 0 && sh_lease_get(a, kept, &bytes) == SH_ENOENT);
+  CHECK("another agent's block is refused", sh_free_after_views(a, kept, id, gen + 1) == SH_EOWNER);
+  CHECK("views left: kept", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0 &&
+                                in_use(a, SH_PART_CONTEXT) == 224);
+  CHECK("an expired-lease sweep leaves it", sh_lease_reclaim(a, UINT64_MAX - 1, &blocks, &bytes) == SH_OK &&
+                                                blocks == 0);
+  REQUIRE("the child lets go", write(done[1], &byte, 1) == 1);
+  int status = 0;
+  waitpid(child, &status, 0);
+  CHECK("the child's calls", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK("this process's own view still holds it", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("a view unpin needs a view", sh_owner_view_unpin(a, id, gen, NULL) == SH_OK &&
+                                         sh_owner_view_unpin(a, id, gen, NULL) == SH_ESTATE);
+  CHECK("no views: freed", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 1 && bytes == 112 &&
+                               in_use(a, SH_PART_CONTEXT) == 112 && sh_after_views_count(a) == 0);
+  CHECK("once", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0);
+  CHECK("the plain pin", sh_owner_unpin(a, id, gen, NULL) == SH_OK);
+  /* recorded, then the agent recycled and its place reused: never freed by the entry */
+  CHECK("view again", sh_owner_view_pin(a, id, gen) == SH_OK);
+  CHECK("recorded again", sh_free_after_views(a, other, id, gen) == SH_OK);
+  int recycled = 0;
+  sh_owner_recycle(a, id, gen); /* pinned: completed, recycled at the unpin */
+  CHECK("the last unpin recycles", sh_owner_view_unpin(a, id, gen, &recycled) == SH_OK && recycled == 1);
+  uint32_t id2, gen2;
+  uint64_t reused;
+  sh_owner_create(a, 0, &id2, &gen2);
+  sh_alloc(a, id2, SH_PART_CONTEXT, 100, &reused);
+  CHECK("a stale entry is dropped, nothing freed", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0 &&
+                                                       sh_after_views_count(a) == 0 && in_use(a, SH_PART_CONTEXT) == 112);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+  sh_unlink(SH_BACKING_SHM, "/sh_test_after_views");
+}
+
 int main(void) {
   test_expiry();
   test_leased_messages();
   test_free_ends_the_lease();
   test_refusals();
   test_tags();
+  test_after_views();
 #if !defined(__SANITIZE_THREAD__)
   test_concurrent_reclaim();
 #endif

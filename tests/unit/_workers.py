@@ -136,6 +136,21 @@ def pin_and_hang(name: str, ready: Any) -> None:
     view.release()
 
 
+def view_entry(name: str, agent_id: int, entry: str, conn: Any) -> None:
+    """Hold a get() view of the agent's entry; on "read", send back its bytes,
+    write b"Z" into its first byte and let it go; on "hang", wait to be killed."""
+    heap = sh.Heap.attach(name)
+    view = heap.agent(agent_id).get(entry)
+    conn.send("ready")
+    if conn.recv() == "hang":
+        threading.Event().wait()  # never set: the parent kills us
+    conn.send(bytes(view))
+    view[:1] = b"Z"
+    view.release()
+    conn.send("released")
+    heap.close()
+
+
 def peer_serve(name: str, conn: Any) -> None:
     """A second process of the heap: resolves each handle it is sent and
     answers with the block's bytes, or the name of the error."""

@@ -14,7 +14,7 @@ import pytest
 import swarmheap as sh
 import swarmheap.index
 import swarmheap.sweep
-from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier
+from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier, view_entry
 from swarmheap import _core
 
 
@@ -164,6 +164,65 @@ def test_a_view_keeps_its_bytes_when_its_entry_is_replaced_or_deleted(big: sh.He
     again.release()  # frees the dropped block, then the last unpin recycles the agent
     assert big.stats()["partitions"]["context"]["in_use"] == baseline
     big.check()
+
+
+def test_a_view_in_another_process_keeps_its_bytes_when_its_entry_is_replaced(heap_name: str) -> None:
+    """A get() view in one process, a put() and delete() of the agent's
+    entries in another: the dropped blocks wait while the agent has views
+    elsewhere (never handed to the next entries while the view reads or
+    writes one), and a sweep frees them once the views are gone."""
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        agent = heap.spawn("views")
+        agent.put("m", b"A" * 100)
+        agent.put("gone", b"G" * 100)
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=view_entry, args=(heap_name, agent.id, "m", child_end))
+        proc.start()
+        assert parent_end.recv() == "ready"
+        agent.put("m", b"B" * 100)  # drops the viewed block
+        agent.delete("gone")  # not viewed, but the agent is: it waits too (views are counted per agent)
+        for i in range(40):  # the size class of the dropped block: it must not be handed out
+            agent.put(f"e{i}", bytes([i]) * 100)
+        assert heap.collect(1).viewed_blocks == 0  # the view is still open
+        parent_end.send("read")
+        assert parent_end.recv() == b"A" * 100
+        assert parent_end.recv() == "released"
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert agent.read("m") == b"B" * 100  # the child's write landed in the dropped block only
+        assert all(agent.read(f"e{i}") == bytes([i]) * 100 for i in range(40))
+        before = in_use(heap)["context"]
+        assert heap.collect(1).viewed_blocks == 2
+        assert in_use(heap)["context"] == before - 2 * heap.good_size(100)
+        assert heap.collect(1).viewed_blocks == 0  # once
+        heap.check()
+        agent.complete()
+        heap.check()
+
+
+def test_a_killed_process_s_view_lets_its_dropped_block_go(heap_name: str) -> None:
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        agent = heap.spawn("views")
+        agent.put("m", b"A" * 3000)
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=view_entry, args=(heap_name, agent.id, "m", child_end))
+        proc.start()
+        assert parent_end.recv() == "ready"
+        parent_end.send("hang")
+        agent.put("m", b"B" * 3000)
+        before = in_use(heap)["context"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        result = heap.collect(1)
+        assert result.pins_dropped == 1 and result.viewed_blocks == 1
+        assert in_use(heap)["context"] == before - heap.good_size(3000)
+        assert agent.read("m") == b"B" * 3000
+        heap.check()
+        agent.complete()
 
 
 def test_read_copies_an_entry_without_pinning(big: sh.Heap, tmp_path: Any) -> None:
