@@ -755,7 +755,8 @@ cdef class _Arena:
                 "thread_caches": {"bound": bound, "total": total,
                                   "magazine_blocks": sh_magazine_blocks(self.arena)},
                 "leases": sh_lease_count(self.arena),
-                "block_table": {"entries": entries, "capacity": capacity}}
+                "block_table": {"entries": entries, "capacity": capacity,
+                                "after_views": sh_after_views_count(self.arena)}}
 
     def _partitions(self):
         """stats()'s partitions alone: O(1), where stats() builds a dict per agent."""

@@ -55,7 +55,8 @@ def build_seed() -> tuple[bytes, dict[str, tuple[int, int]]]:
         child.start()
         child.join()
         assert child.exitcode == 0, child.exitcode
-        for agent in heap.agents():  # the dead child's view still counts: the dropped block waits in the block table
+        # the dead child's view still counts: the dropped block waits in the block table
+        for agent in heap.agents():
             agent.put("prompt", b"q" * 300)
         assert heap._after_views == 1
         info = heap.info()

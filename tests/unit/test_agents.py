@@ -183,6 +183,7 @@ def test_a_view_in_another_process_keeps_its_bytes_when_its_entry_is_replaced(he
         assert parent_end.recv() == "ready"
         agent.put("m", b"B" * 100)  # drops the viewed block
         agent.delete("gone")  # not viewed, but the agent is: it waits too (views are counted per agent)
+        assert heap.stats()["block_table"]["after_views"] == 2
         for i in range(40):  # the size class of the dropped block: it must not be handed out
             agent.put(f"e{i}", bytes([i]) * 100)
         assert heap.collect(1).viewed_blocks == 0  # the view is still open

@@ -142,7 +142,9 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
         out.append(
             f"thread caches bound: {caches['bound']} of {caches['total']}, "
             f"{caches.get('magazine_blocks', 0)} freed blocks waiting in their magazines; "
-            f"blocks of the shared default with a lease: {stats.get('leases', 0)}"
+            f"blocks of the shared default with a lease: {stats.get('leases', 0)}; "
+            f"dropped entries waiting for another process's views to go: "
+            f"{stats.get('block_table', {}).get('after_views', 0)}"
         )
     return "\n\n".join(out)
 
