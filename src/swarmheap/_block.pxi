@@ -105,6 +105,7 @@ cdef class Block:
         PyErr_Restore(etype, evalue, etb)
 
     cdef void _export_released(self) noexcept:
+        cdef uint64_t freed = 0, nbytes = 0
         self.exports -= 1
         self.heap.exports -= 1
         if self.entry_view and _count_out(self.heap.entry_views, self.offset):
@@ -123,6 +124,11 @@ cdef class Block:
                 # that it lost ours (check() reports it): a buffer's release
                 # cannot raise, and it has nothing left to give back
                 pass
+            # blocks another process dropped while views were open wait for
+            # them: the last view to go frees them now, not at the next sweep
+            # (a scan of the block table, and only while some wait)
+            if self.entry_view and self.heap.arena != NULL and sh_after_views_count(self.heap.arena):
+                sh_views_reclaim(self.heap.arena, &freed, &nbytes)
 
     def __len__(self):
         return self.length
