@@ -81,7 +81,8 @@ cdef int _free_if_owned(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noex
 cdef int _drop_entry_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
     """Free a block the agent's index dropped, unless another process holds
     a view of the agent's entries: then it waits in the block table for the
-    views to go (sh_free_after_views; a sweep frees it). 1 if freed now."""
+    views to go (sh_free_after_views; the last view's release, or a sweep
+    after a viewer's death, frees it). 1 if freed now."""
     cdef uint32_t views = 0
     if h.arena == NULL:
         return 0
