@@ -515,8 +515,9 @@ uint64_t sh_lease_count(const sh_arena_t *arena);
 /* [any] A block of agent `id` (generation `generation`) its index no longer
  * names while another process holds a view of the agent's entries: recorded
  * in the block table, and freed by sh_views_reclaim once the agent has no
- * entry views left (or with the agent, at its recycle). SH_EFULL when the
- * table is full (the block then stays until the agent's recycle). */
+ * entry views left (or with the agent, at its recycle). SH_EFULL when a
+ * quarter of the table already waits, or the table is full: the block then
+ * stays until the agent's recycle, and leases and handle tags keep their room. */
 int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation);
 /* [any] Free the blocks sh_free_after_views recorded whose agent has no
  * entry views left in any process; each is freed by exactly one caller.

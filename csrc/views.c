@@ -26,6 +26,14 @@ int sh_free_after_views(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t ge
     return _sh_fail(SH_EOWNER, "block at offset %llu is not agent %u's (generation %u)",
                     (unsigned long long)offset, id, gen);
   sh_lease_lock(a);
+  /* a quarter of the table at most: a view held while puts go on must not
+   * fill it, and refuse every lease and handle tag in the heap */
+  uint64_t limit = (a->lease_mask + 1) / 4;
+  if (sh_atomic_load_relaxed(&a->hdr->after_views_count) >= limit) {
+    sh_lease_unlock(a);
+    return _sh_fail(SH_EFULL, "%llu dropped blocks already wait for views to go: this one stays until its "
+                    "agent is recycled", (unsigned long long)limit);
+  }
   uint64_t i;
   rc = _sh_entry_take_locked(a, &info, &i);
   if (rc == SH_OK && a->leases[i].deadline_ns != SH_AFTER_VIEWS) {

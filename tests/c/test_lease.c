@@ -280,6 +280,22 @@ static void test_after_views(void) {
   sh_alloc(a, id2, SH_PART_CONTEXT, 100, &reused);
   CHECK("a stale entry is dropped, nothing freed", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0 &&
                                                        sh_after_views_count(a) == 0 && in_use(a, SH_PART_CONTEXT) == 112);
+  /* at most a quarter of the table waits: leases and handle tags keep their room */
+  uint64_t entries, cap, off, tag;
+  sh_block_table_load(a, &entries, &cap);
+  int rc = SH_OK, n = 0;
+  while (rc == SH_OK && n < 1000) {
+    REQUIRE("alloc", sh_alloc(a, id2, SH_PART_CONTEXT, 100, &off) == SH_OK);
+    rc = sh_free_after_views(a, off, id2, gen2);
+    n++;
+  }
+  CHECK("a quarter of the table, then refused", rc == SH_EFULL && (uint64_t)n == cap / 4 + 1 &&
+                                                    sh_after_views_count(a) == cap / 4);
+  CHECK("says why", strstr(sh_last_error(), "wait for views") != NULL);
+  sh_alloc(a, 0, SH_PART_SHARED, 64, &off);
+  CHECK("a handle tag still fits", sh_block_tag(a, off, &tag) == SH_OK);
+  CHECK("no views: every waiting block freed", sh_views_reclaim(a, &blocks, &bytes) == SH_OK &&
+                                                   blocks == cap / 4 && sh_after_views_count(a) == 0);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
   sh_unlink(SH_BACKING_SHM, "/sh_test_after_views");
