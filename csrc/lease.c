@@ -90,9 +90,7 @@ int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
     sh_lease_unlock(a);
     return rc;
   }
-  sh_entry_tally(a, &a->leases[i], -1);
-  a->leases[i].deadline_ns = deadline_ns;
-  sh_entry_tally(a, &a->leases[i], 1);
+  sh_entry_set_deadline(a, &a->leases[i], deadline_ns);
   sh_atomic_or_release(&sh_lease_page(a, offset)->flags, SH_PAGE_LEASED);
   sh_lease_unlock(a);
   return SH_OK;
@@ -117,8 +115,7 @@ int sh_lease_clear(sh_arena_t *a, uint64_t offset) {
   uint64_t i = sh_lease_find(a, offset + 1);
   if (a->leases[i].key != 0 && sh_entry_leased(&a->leases[i])) {
     if (a->leases[i].tag) { /* the handle's tag outlives the lease */
-      sh_entry_tally(a, &a->leases[i], -1);
-      a->leases[i].deadline_ns = 0;
+      sh_entry_set_deadline(a, &a->leases[i], 0);
     } else {
       sh_lease_delete_at(a, i);
     }

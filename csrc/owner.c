@@ -181,10 +181,15 @@ static inline bool sh_pin_matches(const sh_pin_t *e, uint32_t id, uint32_t gen, 
   return e->count > 0 && e->owner == id && e->generation == gen && e->pid == pid && sh_pin_start(e) == start;
 }
 
+/* Where the probe for the owner's entries starts. */
+static inline uint64_t sh_pin_home(const sh_arena_t *a, uint32_t id) {
+  return ((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 40 & a->pin_mask;
+}
+
 /* The entry of this (owner, process), or where to put it (an empty slot or
  * the first tombstone on the way); NULL if the table is full. Owner lock held. */
 static sh_pin_t *sh_pin_slot(sh_arena_t *a, uint32_t id, uint32_t gen, int32_t pid, uint64_t start, bool *found) {
-  uint64_t i = ((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 40 & a->pin_mask;
+  uint64_t i = sh_pin_home(a, id);
   sh_pin_t *spare = NULL;
   *found = false;
   for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
@@ -274,7 +279,7 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
   _sh_owner_lock(a);
   /* every process's entry for the owner sits on the probe path from its
    * home to the first empty slot (tombstones are passed, as sh_pin_slot does) */
-  uint64_t i = ((uint64_t)id * UINT64_C(0x9E3779B97F4A7C15)) >> 40 & a->pin_mask;
+  uint64_t i = sh_pin_home(a, id);
   for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
     const sh_pin_t *e = &a->pins[i];
     if (e->pid == 0) break;

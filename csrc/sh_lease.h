@@ -23,6 +23,13 @@ static inline void sh_entry_tally(sh_arena_t *a, const sh_lease_t *e, int delta)
   if (e->deadline_ns == SH_AFTER_VIEWS) sh_atomic_add_relaxed(&a->hdr->after_views_count, (uint64_t)(int64_t)delta);
 }
 
+/* Give entry `e` a new deadline (0, a time, SH_AFTER_VIEWS), moving it between the tallies. */
+static inline void sh_entry_set_deadline(sh_arena_t *a, sh_lease_t *e, uint64_t deadline_ns) {
+  sh_entry_tally(a, e, -1);
+  e->deadline_ns = deadline_ns;
+  sh_entry_tally(a, e, 1);
+}
+
 /* The entry of the live block `info` names, made if missing (lease.c). Lock held. */
 sh_internal int _sh_entry_take_locked(sh_arena_t *a, const sh_block_info_t *info, uint64_t *index);
 

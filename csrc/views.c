@@ -5,8 +5,9 @@
  * process that drops the entry (a put of the same name, a delete) cannot
  * see the other's views, only their count on the agent's pins
  * (sh_owner_views). So it records the block in the block table, marked
- * SH_AFTER_VIEWS, instead of freeing it, and a sweep frees it once the agent
- * has no entry views left in any process: a view never shows, or writes
+ * SH_AFTER_VIEWS, instead of freeing it; sh_views_reclaim frees it once the
+ * agent has no entry views left in any process (called by the release of a
+ * view, and by sweeps for viewers that died): a view never shows, or writes
  * into, a block handed to someone else.
  *
  * Between a view and a dropper the order is Dekker's: the viewer pins, then
@@ -36,11 +37,7 @@ int sh_free_after_views(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t ge
   }
   uint64_t i;
   rc = _sh_entry_take_locked(a, &info, &i);
-  if (rc == SH_OK && a->leases[i].deadline_ns != SH_AFTER_VIEWS) {
-    sh_entry_tally(a, &a->leases[i], -1);
-    a->leases[i].deadline_ns = SH_AFTER_VIEWS;
-    sh_entry_tally(a, &a->leases[i], 1);
-  }
+  if (rc == SH_OK) sh_entry_set_deadline(a, &a->leases[i], SH_AFTER_VIEWS);
   sh_lease_unlock(a);
   return rc;
 }

@@ -126,8 +126,8 @@ cdef class Block:
                 pass
             # blocks another process dropped while views were open wait for
             # them: the last view to go frees them now, not at the next sweep
-            # (a scan of the block table, and only while some wait)
-            if self.entry_view and self.heap.arena != NULL and sh_after_views_count(self.heap.arena):
+            # (a scan of the block table, made only while some wait)
+            if self.entry_view and self.heap.arena != NULL:
                 sh_views_reclaim(self.heap.arena, &freed, &nbytes)
 
     def __len__(self):
