@@ -127,23 +127,46 @@ int sh_owner_nursery_opt_out(sh_arena_t *a, uint32_t id, uint32_t gen) {
   return SH_OK;
 }
 
-/* A recycle: every block the record lists goes back, O(SH_NURSERY_SLOTS). */
+/* A recycle: every block the record lists goes back, O(SH_NURSERY_SLOTS).
+ * Every path that frees a nursery block (a free, an allocation undoing
+ * itself, a sweep's orphan, this) first wins the CAS of the block's map word
+ * from the owner to 0; the record only says where to look. So the recycle
+ * reads each slot and clears it with a plain store, no exchange: an entry a
+ * racing free took, or an allocation listed, after the read is decided by
+ * the map CAS below or by that allocation's undo (the agent is not live, it
+ * sees so). Half the atomic writes of freeing the blocks one by one. */
 void _sh_nursery_release(sh_arena_t *a, uint32_t owner, sh_owner_info_t *final) {
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);
-  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) {
-    uint32_t unit = sh_atomic_exchange_acq_rel(&record[k], 0u);
-    uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
+  if (!record) return;
+  struct {
+    uint64_t off;
     uint32_t pi, index;
     int c;
-    if (unit == 0 || !sh_nursery_block(a, off, &pi, &c, &index)) continue; /* empty, or damaged: not followed */
+  } blocks[SH_NURSERY_SLOTS];
+  int n = 0;
+  for (int k = 0; k < SH_NURSERY_SLOTS; k++) {
+    uint32_t unit = sh_atomic_load_acquire(&record[k]);
+    if (unit == 0) continue;
+    sh_atomic_store_relaxed(&record[k], 0u); /* the next agent of the slot starts with an empty record */
+    uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
+    if (!sh_nursery_block(a, off, &blocks[n].pi, &blocks[n].c, &blocks[n].index)) continue; /* opted out, or damaged */
+    blocks[n].off = off;
+    /* the map words and the blocks' links are written below: fetched
+     * together here, their misses overlap instead of coming one by one */
+    __builtin_prefetch(&_sh_nursery_map(a, blocks[n].pi, blocks[n].c)[blocks[n].index], 1);
+    __builtin_prefetch(a->base + off, 1);
+    n++;
+  }
+  for (int i = 0; i < n; i++) {
     uint32_t named = owner;
-    if (!sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, pi, c)[index], &named, 0u)) continue; /* a sweep has it */
+    if (!sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, blocks[i].pi, blocks[i].c)[blocks[i].index], &named, 0u))
+      continue; /* freed by another */
     if (final) {
-      final->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
-      final->class_bytes[c] += a->classes[c].size;
+      final->bytes[_sh_pg_part(&a->pages[blocks[i].pi])] += a->classes[blocks[i].c].size;
+      final->class_bytes[blocks[i].c] += a->classes[blocks[i].c].size;
       final->blocks++;
     }
-    _sh_free_block(a, off, true);
+    _sh_free_block(a, blocks[i].off, true);
   }
 }
 

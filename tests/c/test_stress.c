@@ -277,6 +277,55 @@ static void nursery_race(sh_arena_t *a) {
   CHECK("nursery race: every block back", st.in_use == 0);
 }
 
+/* An agent's allocations racing its recycle: the recycle reads its nursery
+ * record while a thread of the agent lists new blocks in it. Every block the
+ * agent got goes back once (by the recycle, or by the allocation that saw
+ * the agent not live and undid itself), and an allocation fails only with
+ * SH_EOWNER. The blocks are not written: a write after the recycle would be
+ * the caller's use-after-free. */
+#define UNDO_ROUNDS 400
+typedef struct {
+  sh_arena_t *arena;
+  uint32_t id, gen;
+  uint64_t seed;
+  _Atomic int allocated;
+} undo_worker_t;
+
+static void *undo_allocator(void *arg) {
+  undo_worker_t *w = arg;
+  for (int b = 0; b < 40; b++) {
+    uint64_t off, usable;
+    int rc = sh_alloc_owner(w->arena, w->id, w->gen, SH_PART_CONTEXT, 24 + rnd(&w->seed) % 1000, &off, &usable);
+    if (rc == SH_EOWNER) break;
+    if (rc != SH_OK) fail("recycle under alloc: alloc", 0);
+    atomic_fetch_add(&w->allocated, 1);
+  }
+  atomic_store(&w->allocated, 1000); /* done: the recycle need not wait any longer */
+  return NULL;
+}
+
+static void nursery_recycle_under_alloc(sh_arena_t *a) {
+  uint64_t seed = 0x2545F4914F6CDD1Dull;
+  for (int round = 0; round < UNDO_ROUNDS; round++) {
+    undo_worker_t w = {a, 0, 0, seed + (uint64_t)round, 0};
+    if (sh_owner_create(a, 1, &w.id, &w.gen) != SH_OK) {
+      fail("recycle under alloc: spawn", 0);
+      return;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, undo_allocator, &w);
+    int after = (int)(rnd(&seed) % 24); /* in the nursery share, and past it */
+    while (atomic_load(&w.allocated) < after) sched_yield();
+    CHECK("recycle under alloc: recycled", sh_owner_recycle(a, w.id, w.gen) == SH_OK);
+    pthread_join(t, NULL);
+  }
+  CHECK("recycle under alloc: no failures", failures == 0);
+  CHECK("recycle under alloc: check clean", sh_check(a) == SH_OK);
+  sh_partition_stats_t st;
+  sh_partition_stats(a, SH_PART_CONTEXT, &st);
+  CHECK("recycle under alloc: every block back", st.in_use == 0);
+}
+
 /* The channel ring: producers and consumers in threads, every message
  * received exactly once (a bitmap of (producer, sequence)), none lost. */
 #define CHAN_PRODUCERS 2
@@ -408,6 +457,7 @@ int main(void) {
     CHECK("every block returned", st.in_use == expect);
   }
   nursery_race(a);
+  nursery_recycle_under_alloc(a);
   channel_race(a);
   CHECK("exchange block freed", sh_free(a, ex) == SH_OK);
   exhaust(a);

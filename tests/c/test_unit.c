@@ -676,6 +676,38 @@ static void test_nursery_opt_out(void) {
   sh_close(a);
 }
 
+/* A recycle frees only the nursery blocks whose map word it takes from the
+ * agent: a block another party took the map word of (a free racing the
+ * recycle, an allocation undoing itself, a sweep's orphan) is that party's
+ * to free. Whatever the record held, the slot's next agent starts with an
+ * empty record. */
+static void test_nursery_recycle_takes_the_map(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t id, gen;
+  sh_owner_create(a, 1, &id, &gen);
+  uint64_t before = 0, offs[3], usable;
+  sh_partition_stats_t st;
+  sh_partition_stats(a, SH_PART_CONTEXT, &st);
+  before = st.in_use;
+  for (int i = 0; i < 3; i++) sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &offs[i], &usable);
+  uint32_t pi = (uint32_t)(offs[1] >> a->page_shift);
+  int c = _sh_pg_class(a, &a->pages[pi]);
+  uint32_t index = (uint32_t)((offs[1] & ((1u << a->page_shift) - 1)) / a->classes[c].size);
+  _Atomic uint32_t *word = &_sh_nursery_map(a, pi, c)[index];
+  uint32_t named = id;
+  REQUIRE("the middle block's map word names the agent", atomic_compare_exchange_strong(word, &named, 0u));
+  CHECK("recycle", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("the block whose map word was taken is left to its taker", _sh_free_block(a, offs[1], true) == SH_OK);
+  sh_partition_stats(a, SH_PART_CONTEXT, &st);
+  CHECK("every block back once", st.in_use == before);
+  _Atomic uint32_t *record = _sh_nursery_record(a, id);
+  bool empty = true;
+  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) empty = empty && atomic_load(&record[k]) == 0;
+  CHECK("the record is empty for the slot's next agent", empty);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* A sender killed while it waits with a filled message in a full channel:
  * its thread slot names the message, and the dead-process sweep frees it
  * (once), leaving the ring as it was. */
@@ -936,6 +968,7 @@ int main(void) {
   test_damaged_channel();
   test_channel_wait_called_off();
   test_nursery_opt_out();
+  test_nursery_recycle_takes_the_map();
   test_sweep_queues();
   test_nolock();
   test_options();
