@@ -127,6 +127,13 @@ int sh_owner_nursery_opt_out(sh_arena_t *a, uint32_t id, uint32_t gen) {
   return SH_OK;
 }
 
+/* A block of class `c` on nursery page `pi`, counted in `info`. */
+static void sh_nursery_count(const sh_arena_t *a, uint32_t pi, int c, sh_owner_info_t *info) {
+  info->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
+  info->class_bytes[c] += a->classes[c].size;
+  info->blocks++;
+}
+
 /* A recycle: every block the record lists goes back, O(SH_NURSERY_SLOTS).
  * Every path that frees a nursery block (a free, an allocation undoing
  * itself, a sweep's orphan, this) first wins the CAS of the block's map word
@@ -140,32 +147,29 @@ void _sh_nursery_release(sh_arena_t *a, uint32_t owner, sh_owner_info_t *final) 
   if (!record) return;
   struct {
     uint64_t off;
-    uint32_t pi, index;
+    _Atomic uint32_t *map_word;
+    uint32_t pi;
     int c;
   } blocks[SH_NURSERY_SLOTS];
   int n = 0;
   for (int k = 0; k < SH_NURSERY_SLOTS; k++) {
-    uint32_t unit = sh_atomic_load_acquire(&record[k]);
+    uint32_t unit = sh_atomic_load_acquire(&record[k]), index;
     if (unit == 0) continue;
     sh_atomic_store_relaxed(&record[k], 0u); /* the next agent of the slot starts with an empty record */
     uint64_t off = (uint64_t)unit << SH_UNIT_SHIFT;
-    if (!sh_nursery_block(a, off, &blocks[n].pi, &blocks[n].c, &blocks[n].index)) continue; /* opted out, or damaged */
+    if (!sh_nursery_block(a, off, &blocks[n].pi, &blocks[n].c, &index)) continue; /* opted out, or damaged */
     blocks[n].off = off;
+    blocks[n].map_word = &_sh_nursery_map(a, blocks[n].pi, blocks[n].c)[index];
     /* the map words and the blocks' links are written below: fetched
      * together here, their misses overlap instead of coming one by one */
-    __builtin_prefetch(&_sh_nursery_map(a, blocks[n].pi, blocks[n].c)[blocks[n].index], 1);
+    __builtin_prefetch(blocks[n].map_word, 1);
     __builtin_prefetch(a->base + off, 1);
     n++;
   }
   for (int i = 0; i < n; i++) {
     uint32_t named = owner;
-    if (!sh_atomic_cas_strong_acq_rel(&_sh_nursery_map(a, blocks[i].pi, blocks[i].c)[blocks[i].index], &named, 0u))
-      continue; /* freed by another */
-    if (final) {
-      final->bytes[_sh_pg_part(&a->pages[blocks[i].pi])] += a->classes[blocks[i].c].size;
-      final->class_bytes[blocks[i].c] += a->classes[blocks[i].c].size;
-      final->blocks++;
-    }
+    if (!sh_atomic_cas_strong_acq_rel(blocks[i].map_word, &named, 0u)) continue; /* freed by another */
+    if (final) sh_nursery_count(a, blocks[i].pi, blocks[i].c, final);
     _sh_free_block(a, blocks[i].off, true);
   }
 }
@@ -177,9 +181,7 @@ void _sh_nursery_info(const sh_arena_t *a, uint32_t owner, sh_owner_info_t *info
     uint32_t pi, index;
     int c;
     if (off == 0 || !sh_nursery_block(a, off, &pi, &c, &index)) continue;
-    info->bytes[_sh_pg_part(&a->pages[pi])] += a->classes[c].size;
-    info->class_bytes[c] += a->classes[c].size;
-    info->blocks++;
+    sh_nursery_count(a, pi, c, info);
   }
 }
 

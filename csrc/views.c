@@ -76,6 +76,11 @@ int sh_views_reclaim(sh_arena_t *a, uint64_t *blocks, uint64_t *bytes) {
       waiting[n++] = (sh_waiting_t){.key = e->key, .owner = e->owner, .generation = e->generation};
   }
   sh_lease_unlock(a);
+  /* a run of one agent's waiting blocks counts its views once (the owner
+   * lock, and a probe of the pin table): a view opened since the count
+   * cannot be on a block the agent's index dropped before it */
+  uint32_t counted_owner = UINT32_MAX, counted_gen = 0, views = 0;
+  bool counted = false;
   for (uint64_t k = 0; k < n; k++) {
     const sh_waiting_t *w = &waiting[k];
     uint64_t offset = w->key - 1;
@@ -86,8 +91,12 @@ int sh_views_reclaim(sh_arena_t *a, uint64_t *blocks, uint64_t *bytes) {
       sh_take_waiting(a, w);
       continue;
     }
-    uint32_t views;
-    if (sh_owner_views(a, w->owner, w->generation, 0, &views) != SH_OK || views != 0) continue;
+    if (w->owner != counted_owner || w->generation != counted_gen) {
+      counted = sh_owner_views(a, w->owner, w->generation, 0, &views) == SH_OK;
+      counted_owner = w->owner;
+      counted_gen = w->generation;
+    }
+    if (!counted || views != 0) continue;
     if (!sh_take_waiting(a, w)) continue; /* another sweep took it */
     if (sh_free(a, offset) == SH_OK) {
       ++*blocks;

@@ -685,10 +685,10 @@ static void test_nursery_recycle_takes_the_map(void) {
   sh_arena_t *a = make_anon(16 * MiB, 65536);
   uint32_t id, gen;
   sh_owner_create(a, 1, &id, &gen);
-  uint64_t before = 0, offs[3], usable;
+  uint64_t offs[3], usable;
   sh_partition_stats_t st;
   sh_partition_stats(a, SH_PART_CONTEXT, &st);
-  before = st.in_use;
+  uint64_t before = st.in_use;
   for (int i = 0; i < 3; i++) sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &offs[i], &usable);
   uint32_t pi = (uint32_t)(offs[1] >> a->page_shift);
   int c = _sh_pg_class(a, &a->pages[pi]);
