@@ -94,11 +94,7 @@ static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_roo
   for (; spin < SH_CHAN_SPIN; spin++) {
     uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
     if ((want_room ? count < capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
+    sh_cpu_relax();
   }
   return spin;
 }

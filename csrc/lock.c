@@ -27,6 +27,11 @@ int _sh_lock_init(sh_lock_t *lock) {
  * TID is in the low 30 bits of glibc's robust lock word (the futex ABI). */
 #define SH_LOCK_WAIT_SECONDS 1
 #define SH_FUTEX_TID_MASK 0x3fffffffu
+/* Turns of a spin on a busy lock before the checked wait: a channel's lock
+ * is held for tens of nanoseconds, and the wait is a kill() to see that the
+ * holder lives and a futex sleep (syscalls that perf put at a tenth of a
+ * two-process send/receive loop). A few microseconds at most. */
+#define SH_LOCK_SPIN 256
 
 static int sh_reference_kind(void) {
   static _Atomic int kind = -1;
@@ -56,6 +61,11 @@ bool _sh_lock_acquire_repair(sh_lock_t *lock) {
   /* a damaged kind sends glibc down its priority-protect path, which asserts
    * and aborts the process: the kind is checked before glibc reads it */
   int err = lock->mutex.__data.__kind == sh_reference_kind() ? pthread_mutex_trylock(&lock->mutex) : EINVAL;
+  for (int spin = 0; err == EBUSY && spin < SH_LOCK_SPIN; spin++) {
+    sh_cpu_relax();
+    if ((sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock) & SH_FUTEX_TID_MASK) == 0)
+      err = pthread_mutex_trylock(&lock->mutex);
+  }
   uint32_t last_holder = UINT32_MAX;
   /* A holder that died with the lock leaves the kernel's OWNER_DIED in the
    * word (trylock says EOWNERDEAD), so a busy word naming no live thread is

@@ -32,6 +32,16 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
  * does the mirror image (Dekker): one of the two sees the other's store. */
 #define sh_atomic_fence()           atomic_thread_fence(memory_order_seq_cst)
 
+/* One turn of a spin on a word another core will change: tells the CPU so
+ * (it stops speculating loads of the word, and yields to a hyperthread) */
+static inline void sh_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* Plain words of user memory (free links in free blocks) that other threads
  * may read or write at the same moment: GCC's __atomic builtins, because the
  * words are not declared _Atomic. */
