@@ -50,9 +50,13 @@ static bool sh_thread_alive(uint32_t tid) {
   return tid != 0 && (kill((pid_t)tid, 0) == 0 || errno != ESRCH);
 }
 
+/* The TID the lock word names (0: none), read without the lock. */
+static uint32_t sh_lock_holder(const sh_lock_t *lock) {
+  return sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock) & SH_FUTEX_TID_MASK;
+}
+
 bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder) {
-  uint32_t word = sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock);
-  *holder = word & SH_FUTEX_TID_MASK;
+  *holder = sh_lock_holder(lock);
   return lock->mutex.__data.__kind == sh_reference_kind() && (*holder == 0 || sh_thread_alive(*holder));
 }
 
@@ -63,8 +67,7 @@ bool _sh_lock_acquire_repair(sh_lock_t *lock) {
   int err = lock->mutex.__data.__kind == sh_reference_kind() ? pthread_mutex_trylock(&lock->mutex) : EINVAL;
   for (int spin = 0; err == EBUSY && spin < SH_LOCK_SPIN; spin++) {
     sh_cpu_relax();
-    if ((sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock) & SH_FUTEX_TID_MASK) == 0)
-      err = pthread_mutex_trylock(&lock->mutex);
+    if (sh_lock_holder(lock) == 0) err = pthread_mutex_trylock(&lock->mutex);
   }
   uint32_t last_holder = UINT32_MAX;
   /* A holder that died with the lock leaves the kernel's OWNER_DIED in the
