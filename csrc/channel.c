@@ -92,7 +92,7 @@ static int sh_chan_damaged(sh_chan_t *c, uint32_t count, uint32_t capacity) {
  * both sides. Returns the spins used. */
 static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_room) {
   for (; spin < SH_CHAN_SPIN; spin++) {
-    uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
+    uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
     if ((want_room ? count < capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
     sh_cpu_relax();
   }
@@ -118,7 +118,7 @@ static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, uint32_t capacity, b
   if (sh_atomic_load_acquire(&a->waits_called_off))
     return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
   if (cancel && sh_word_load_acquire(cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
-  _Atomic uint32_t *word = want_room ? &c->not_full : &c->not_empty;
+  _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
   sh_atomic_add_relaxed(&c->sleepers, 1u);
   _sh_futex_wait(word, seen, deadline);
   sh_atomic_sub_relaxed(&c->sleepers, 1u);
@@ -128,6 +128,25 @@ static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, uint32_t capacity, b
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   sh_atomic_add_relaxed(word, 1u);
   if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
+}
+
+/* After a call found the ring unable to act (full for a sender, empty for a
+ * receiver) and gave the lock back: the futex word its wait would sleep on,
+ * read before the ring is looked at again, so that a change between the two
+ * moves the word and the sleep returns at once. True if the ring can act
+ * already (or the channel closed): look again without waiting. The word is
+ * the other side's, so it is read only here, not on every call. */
+static bool sh_chan_still(sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t *seen) {
+  *seen = sh_atomic_load_acquire(want_room ? &c->receivers.wakes : &c->senders.wakes);
+  uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+  return (want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed);
+}
+
+/* Bytes sent and not yet received: the receivers' count is read first, so
+ * that the senders' (read after it) counts at least every byte it counts. */
+static uint64_t sh_chan_bytes_in_flight(const sh_chan_t *c) {
+  uint64_t out = sh_atomic_load_acquire(&c->receivers.bytes);
+  return sh_atomic_load_acquire(&c->senders.bytes) - out;
 }
 
 int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *chan) {
@@ -168,9 +187,8 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed");
-    uint32_t seen = sh_atomic_load_acquire(&c->not_full);
     sh_chan_lock(c);
-    uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+    uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
     uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
     if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
     if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) {
@@ -180,14 +198,16 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
        * between the two, the message is lost (one block), never freed by a
        * sweep while a receiver may take it */
       sh_chan_unhold(a, msg);
-      sh_atomic_store_release(&c->ring, (uint64_t)head << 32 | (count + 1)); /* the one store that publishes */
+      sh_atomic_store_release(sh_chan_ring(c), (uint64_t)head << 32 | (count + 1)); /* the one store that publishes */
       sh_chan_unlock(c);
-      sh_atomic_add_relaxed(&c->sent, 1u);
-      sh_atomic_add_relaxed(&c->bytes, size);
-      sh_futex_wake(c, &c->not_empty);
+      sh_atomic_add_relaxed(&c->senders.messages, 1u);
+      sh_atomic_add_relaxed(&c->senders.bytes, size);
+      sh_futex_wake(c, &c->senders.wakes);
       return SH_OK;
     }
     sh_chan_unlock(c);
+    uint32_t seen;
+    if (sh_chan_still(c, capacity, true, &seen)) continue;
     rc = sh_chan_await(a, c, capacity, true, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
@@ -254,20 +274,19 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    uint32_t seen = sh_atomic_load_acquire(&c->not_empty);
     sh_chan_lock(c);
-    uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+    uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
     uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
     if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
     if (count > 0) {
       bool tagged;
       uint64_t tag;
       sh_cell_get(&c->cells[head], msg, size, &tagged, &tag);
-      sh_atomic_store_release(&c->ring, (uint64_t)((head + 1) & (capacity - 1)) << 32 | (count - 1));
+      sh_atomic_store_release(sh_chan_ring(c), (uint64_t)((head + 1) & (capacity - 1)) << 32 | (count - 1));
       if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
       sh_chan_unlock(c);
-      sh_atomic_sub_relaxed(&c->bytes, *size);
-      sh_futex_wake(c, &c->not_full);
+      sh_atomic_add_relaxed(&c->receivers.bytes, *size);
+      sh_futex_wake(c, &c->receivers.wakes);
       bool gone = sh_cell_gone(a, *msg, tagged, tag);
       if (!gone && info &&
           (sh_block_info(a, *msg, info) != SH_OK || info->owner != SH_OWNER_DEFAULT || *size > info->usable_size)) {
@@ -285,11 +304,13 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
         if (hold) sh_chan_unhold(a, *msg);
         continue; /* a lease took it: not a message any more, the next one is */
       }
-      sh_atomic_add_relaxed(&c->received, 1u);
+      sh_atomic_add_relaxed(&c->receivers.messages, 1u);
       return SH_OK;
     }
     sh_chan_unlock(c);
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
+    uint32_t seen;
+    if (sh_chan_still(c, capacity, false, &seen)) continue;
     rc = sh_chan_await(a, c, capacity, false, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
@@ -302,8 +323,8 @@ int sh_chan_close(sh_arena_t *a, uint64_t chan) {
   if (rc) return rc;
   sh_atomic_store_release(&c->closed, 1u);
   sh_atomic_add_relaxed(&c->sleepers, 1u); /* so that both wakes are syscalls */
-  sh_futex_wake(c, &c->not_empty);
-  sh_futex_wake(c, &c->not_full);
+  sh_futex_wake(c, &c->senders.wakes);
+  sh_futex_wake(c, &c->receivers.wakes);
   sh_atomic_sub_relaxed(&c->sleepers, 1u);
   return SH_OK;
 }
@@ -315,8 +336,8 @@ int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    uint32_t seen = sh_atomic_load_acquire(want_room ? &c->not_full : &c->not_empty);
-    uint32_t count = (uint32_t)sh_atomic_load_acquire(&c->ring);
+    uint32_t seen = sh_atomic_load_acquire(want_room ? &c->receivers.wakes : &c->senders.wakes);
+    uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
     if (sh_unlikely(count > capacity)) return sh_chan_count_damaged(count, capacity);
     if ((want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed)) return SH_OK;
     rc = sh_chan_await(a, c, capacity, want_room != 0, seen, timeout_ns, deadline, &spin, cancel);
@@ -330,10 +351,10 @@ void sh_chan_call_off(sh_arena_t *a, uint64_t chan, uint32_t *cancel) {
   uint32_t capacity;
   if (a->read_only || sh_chan_at(a, chan, &c, &capacity) != SH_OK) return; /* no channel there: no waiter on it */
   /* release: a waiter that reads the moved word sees the flag set before it */
-  sh_atomic_add_acq_rel(&c->not_empty, 1u);
-  sh_atomic_add_acq_rel(&c->not_full, 1u);
-  _sh_futex_wake(&c->not_empty);
-  _sh_futex_wake(&c->not_full);
+  sh_atomic_add_acq_rel(&c->senders.wakes, 1u);
+  sh_atomic_add_acq_rel(&c->receivers.wakes, 1u);
+  _sh_futex_wake(&c->senders.wakes);
+  _sh_futex_wake(&c->receivers.wakes);
 }
 
 int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
@@ -344,17 +365,17 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   memset(st, 0, sizeof *st);
   st->capacity = capacity;
   st->max_message = c->max_message;
-  st->sent = sh_atomic_load_relaxed(&c->sent);
-  st->received = sh_atomic_load_relaxed(&c->received);
+  st->sent = sh_atomic_load_relaxed(&c->senders.messages);
+  st->received = sh_atomic_load_relaxed(&c->receivers.messages);
   st->closed = (int)sh_atomic_load_relaxed(&c->closed);
   if (a->read_only) { /* no lock to take: the counters as they are */
-    st->depth = (uint32_t)sh_atomic_load_acquire(&c->ring);
-    st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes);
+    st->depth = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+    st->bytes_in_flight = sh_chan_bytes_in_flight(c);
     return SH_OK;
   }
   /* the messages a purge marked gone behind a live one are not in flight */
   sh_chan_lock(c);
-  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
   uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, gone = 0;
   uint64_t gone_bytes = 0;
   for (uint32_t i = 0; count <= capacity && i < count; i++) {
@@ -364,7 +385,7 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
       gone_bytes += cell->size & SH_CHAN_CELL_LOW;
     }
   }
-  st->bytes_in_flight = sh_atomic_load_relaxed(&c->bytes) - gone_bytes;
+  st->bytes_in_flight = sh_chan_bytes_in_flight(c) - gone_bytes;
   sh_chan_unlock(c);
   st->depth = count - gone;
   return SH_OK;
@@ -377,7 +398,7 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
   int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
   sh_chan_lock(c);
-  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
+  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
   uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, leading = 0;
   if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
   uint64_t leading_bytes = 0;
@@ -402,11 +423,11 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
       leading_bytes += size;
     }
   }
-  if (leading) sh_atomic_store_release(&c->ring, (uint64_t)((head + leading) & (capacity - 1)) << 32 | (count - leading));
+  if (leading) sh_atomic_store_release(sh_chan_ring(c), (uint64_t)((head + leading) & (capacity - 1)) << 32 | (count - leading));
   sh_chan_unlock(c);
   if (leading) {
-    sh_atomic_sub_relaxed(&c->bytes, leading_bytes);
-    sh_futex_wake(c, &c->not_full);
+    sh_atomic_add_relaxed(&c->receivers.bytes, leading_bytes); /* out of the ring, as if received */
+    sh_futex_wake(c, &c->receivers.wakes);
   }
   return SH_OK;
 }

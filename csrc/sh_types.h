@@ -85,11 +85,15 @@ typedef struct sh_part_desc_s {
   uint32_t ratio_ppm;        /* share of the arena, parts per million */
 } sh_part_desc_t;
 
-/* A process-shared robust mutex on its own cache line. */
+/* A process-shared robust mutex on its own cache line, with room on the line
+ * for one word it guards (a channel's ring word): a locker that takes the
+ * line for the lock has the word with it, not another line from another core. */
 typedef struct sh_lock_s {
   pthread_mutex_t mutex;
-  uint8_t pad_[SH_CACHE_LINE - (sizeof(pthread_mutex_t) % SH_CACHE_LINE)];
+  _Atomic uint64_t guarded;
+  uint8_t pad_[SH_CACHE_LINE - ((sizeof(pthread_mutex_t) + sizeof(uint64_t)) % SH_CACHE_LINE)];
 } __attribute__((aligned(SH_CACHE_LINE))) sh_lock_t;
+_Static_assert(sizeof(sh_lock_t) == SH_CACHE_LINE, "one lock per cache line");
 
 /* The owner table entry. `state` and `generation` change under owner_lock;
  * page figures under the partition lock; the rest are atomics. */

@@ -765,12 +765,12 @@ static void test_damaged_channel(void) {
   REQUIRE("channel", sh_chan_create(a, 4, 1024, &chan) == SH_OK);
   sh_chan_t *c = (sh_chan_t *)(a->base + sh_chan_offset(chan));
   CHECK("send", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
-  uint64_t ring = sh_atomic_load_relaxed(&c->ring);
-  sh_atomic_store_release(&c->ring, (ring & ~UINT64_C(0xFFFFFFFF)) | 7u);
+  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
+  sh_atomic_store_release(sh_chan_ring(c), (ring & ~UINT64_C(0xFFFFFFFF)) | 7u);
   CHECK("a send to an over-counted ring is damage, not a wait", sh_chan_send(a, chan, 128, 8, -1) == SH_ECORRUPT);
   CHECK("the message says so", strstr(sh_last_error(), "damaged") != NULL);
   CHECK("a receive too", sh_chan_recv(a, chan, &msg, &size, -1) == SH_ECORRUPT);
-  sh_atomic_store_release(&c->ring, ring);
+  sh_atomic_store_release(sh_chan_ring(c), ring);
   CHECK("the lock was given back", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64 && size == 8);
   c->capacity = 3;
   CHECK("a capacity no ring has: not a channel", sh_chan_send(a, chan, 64, 8, 0) == SH_EBADPTR);
