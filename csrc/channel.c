@@ -85,15 +85,18 @@ static int sh_chan_damaged(sh_chan_t *c, uint32_t count, uint32_t capacity) {
   return sh_chan_count_damaged(count, capacity);
 }
 
-/* A waiter spins on the ring word (every change is one store of it) and
- * comes back for the lock only when the word says it could act, or the
- * channel closed: spinning on the lock itself made each send contend with
- * the receiver's spin, and a contended robust mutex is a futex syscall on
- * both sides. Returns the spins used. */
-static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_room) {
+/* A waiter spins on the futex word it would sleep on (the other side bumps
+ * it with each change of the ring) and comes back for the lock only when the
+ * word moved from `seen`, or the channel closed. Spinning on the lock made
+ * each send contend with the receiver's spin (a contended robust mutex is a
+ * futex syscall on both sides); spinning on the ring word, which shares the
+ * lock's line, took that line from the side working under the lock on
+ * every read. The futex word's line is written by that side alone, once per
+ * change, after it gave the lock back. Returns the spins used. */
+static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room, uint32_t seen) {
+  _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
   for (; spin < SH_CHAN_SPIN; spin++) {
-    uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
-    if ((want_room ? count < capacity : count > 0) || sh_atomic_load_relaxed(&c->closed)) break;
+    if (sh_atomic_load_acquire(word) != seen || sh_atomic_load_relaxed(&c->closed)) break;
     sh_cpu_relax();
   }
   return spin;
@@ -101,18 +104,18 @@ static int sh_chan_spin(sh_chan_t *c, uint32_t capacity, int spin, bool want_roo
 
 /* One turn of a wait that found the ring unable to act (full for a sender,
  * empty for a receiver), `seen` its futex word read before it looked:
- * SH_ETIMEDOUT past the deadline; else a spin on the ring word first, then
+ * SH_ETIMEDOUT past the deadline; else a spin on that word first, then
  * SH_ECANCELED if the wait was called off (this process closing the heap, or
  * *cancel set), else a sleep until the word moves. SH_OK: look again. The
  * word is read before the flags and a caller of sh_chan_call_off sets its
  * flag, then moves the word, then wakes: the waiter sees the flag or finds
  * the word moved. */
-static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t seen,
+static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, bool want_room, uint32_t seen,
                          int64_t timeout_ns, int64_t deadline, int *spin, const uint32_t *cancel) {
   if (timeout_ns == 0 || _sh_past(deadline))
     return _sh_fail(SH_ETIMEDOUT, want_room ? "the channel stayed full" : "the channel stayed empty");
   if (*spin < SH_CHAN_SPIN) {
-    *spin = sh_chan_spin(c, capacity, *spin, want_room);
+    *spin = sh_chan_spin(c, *spin, want_room, seen);
     return SH_OK;
   }
   if (sh_atomic_load_acquire(&a->waits_called_off))
@@ -208,7 +211,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     sh_chan_unlock(c);
     uint32_t seen;
     if (sh_chan_still(c, capacity, true, &seen)) continue;
-    rc = sh_chan_await(a, c, capacity, true, seen, timeout_ns, deadline, &spin, NULL);
+    rc = sh_chan_await(a, c, true, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
 }
@@ -311,7 +314,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
     uint32_t seen;
     if (sh_chan_still(c, capacity, false, &seen)) continue;
-    rc = sh_chan_await(a, c, capacity, false, seen, timeout_ns, deadline, &spin, NULL);
+    rc = sh_chan_await(a, c, false, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
 }
@@ -340,7 +343,7 @@ int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns
     uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
     if (sh_unlikely(count > capacity)) return sh_chan_count_damaged(count, capacity);
     if ((want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed)) return SH_OK;
-    rc = sh_chan_await(a, c, capacity, want_room != 0, seen, timeout_ns, deadline, &spin, cancel);
+    rc = sh_chan_await(a, c, want_room != 0, seen, timeout_ns, deadline, &spin, cancel);
     if (rc) return rc;
   }
 }

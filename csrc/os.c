@@ -198,8 +198,10 @@ int sh_process_start_time(int pid, uint64_t *start_time) {
 
 /* ---- Futexes: waits other processes wake (not FUTEX_PRIVATE) ---------------- */
 
+/* A deadline: -1 for none; 0, long past, for a timeout of 0 (a try: no
+ * clock read, as a receive tries once before every wait) */
 int64_t _sh_deadline_ns(int64_t timeout_ns) {
-  if (timeout_ns < 0) return -1;
+  if (timeout_ns <= 0) return timeout_ns < 0 ? -1 : 0;
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeout_ns;
