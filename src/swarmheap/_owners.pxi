@@ -234,6 +234,21 @@ cdef class CoreHeap(_Arena):
             return None
         return word
 
+    def _owner_live_word(self, uint32_t oid, uint32_t gen):
+        """The owner's user word if that generation holds the slot and is
+        live (not completed, offloaded or restoring); None otherwise. One
+        call for what a reader that caches on the word asks first."""
+        self._check_open()
+        cdef uint64_t word
+        if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
+            return None
+        if sh_owner_state(self.arena, oid) != SH_OWNER_LIVE:
+            return None
+        # the slot may have gone between the two loads: its word went with it
+        if sh_owner_generation(self.arena, oid) != gen:
+            return None
+        return word
+
     def _owner_held_read(self, uint32_t oid, uint32_t gen):
         """The block the owner's user word holds, copied out between two reads
         of the word that agree: (word, bytes); (0, b"") if it holds none; None

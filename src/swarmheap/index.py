@@ -27,6 +27,7 @@ __all__ = [
     "MAX_NAME",
     "Entries",
     "Index",
+    "cached_at",
     "kind_id",
     "put_entries",
     "read_index",
@@ -184,6 +185,14 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
     if hit is None or hit[0] != generation or heap._owner_word(agent_id, generation) != hit[1]:
         return None
     return hit[1], hit[2]
+
+
+def cached_at(heap: CoreHeap, agent_id: int, generation: int, word: int) -> Index | None:
+    """The index this process last read or wrote for the agent, if that was
+    under ``word`` (which the caller just loaded): no load of the word again."""
+    per_heap = _per_heap(heap)
+    hit = per_heap.get(agent_id) if per_heap is not None else None
+    return hit[2] if hit is not None and hit[0] == generation and hit[1] == word else None
 
 
 def _cached_body(

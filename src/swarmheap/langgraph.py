@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import lgthreads, snapshot
+from swarmheap import index, lgthreads, snapshot
 from swarmheap._extras import require
 from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
 from swarmheap.heap import Heap
@@ -294,6 +294,23 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             self._threads[thread_id] = agent
         return agent
 
+    def _thread(self, thread_id: str, create: bool) -> tuple[Any, _ThreadView | None]:
+        """The thread's agent, live, and its view (None: no such thread). A
+        thread this saver touched last, unchanged since, costs one call into
+        the core (its word, if live) and two dict lookups; anything else
+        takes the full path (_agent, then _view)."""
+        known = self._threads.get(thread_id)
+        if known is not None:
+            word = self.heap._owner_live_word(known.id, known.generation)
+            view = self._views.get(known.id) if word else None
+            if view is not None and view.generation == known.generation and view.word == word:
+                entries = index.cached_at(self.heap, known.id, known.generation, word)
+                if entries is not None:
+                    view.entries = entries[2]
+                    return known, view
+        agent = self._agent(thread_id, create)
+        return agent, (self._view(agent) if agent is not None else None)
+
     def _find_agent(self, thread_id: str, create: bool) -> Any:
         key = lgthreads.key(thread_id)
         registry = Registry(self.heap)
@@ -483,9 +500,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         c = checkpoint.copy()
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        agent = self._agent(thread_id, create=True)
+        agent, view = self._thread(thread_id, create=True)
         values: dict[str, Any] = c.pop("channel_values")
-        names = self._view(agent).names if new_versions else set()
+        names = view.names if view is not None else set()
         items: dict[str, bytes] = {}
         for channel, version in new_versions.items():
             name = f"blob/{ns}/{channel}/{version}"
@@ -517,9 +534,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
         conf = config["configurable"]
-        agent = self._agent(conf["thread_id"], create=True)
+        agent, view = self._thread(conf["thread_id"], create=True)
         ns, cid = conf.get("checkpoint_ns", ""), conf["checkpoint_id"]
-        names = self._view(agent).names
+        names = view.names if view is not None else set()
         items: dict[str, bytes] = {}
         for idx, (channel, value) in enumerate(writes):
             slot = WRITES_IDX_MAP.get(channel, idx)
@@ -533,10 +550,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def get_tuple(self, config: dict[str, Any]) -> Any:
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        agent = self._agent(thread_id, create=False)
-        if agent is None:
+        agent, view = self._thread(thread_id, create=False)
+        if agent is None or view is None:
             return None
-        view = self._view(agent)
         ids = view.ids.get(ns, [])
         cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
         if cid is None or f"cp/{ns}/{cid}" not in view.names:
