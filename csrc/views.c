@@ -63,14 +63,19 @@ static bool sh_take_waiting(sh_arena_t *a, const sh_waiting_t *w) {
 int sh_views_reclaim(sh_arena_t *a, uint64_t *blocks, uint64_t *bytes) {
   *blocks = *bytes = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  if (sh_atomic_load_relaxed(&a->hdr->after_views_count) == 0) return SH_OK;
-  uint64_t cap = a->lease_mask + 1, n = 0;
-  sh_waiting_t *waiting = malloc(cap * sizeof *waiting);
+  uint64_t count = sh_atomic_load_relaxed(&a->hdr->after_views_count);
+  if (count == 0) return SH_OK;
+  /* room for the blocks waiting now and a few more recorded before the
+   * lock is taken (any beyond wait for the next call), not for the whole
+   * table: a view's release comes here whenever anything waits, and a
+   * table-sized buffer was a quarter of a megabyte, mapped and unmapped */
+  uint64_t cap = a->lease_mask + 1, n = 0, room = count + 64 < cap ? count + 64 : cap;
+  sh_waiting_t *waiting = malloc(room * sizeof *waiting);
   if (!waiting) return _sh_fail(SH_ENOMEM, "out of process memory for a sweep of dropped entries");
   /* listed under the table's lock, looked at without it: counting views
    * takes the owner lock, and the two are never held together */
   sh_lease_lock(a);
-  for (uint64_t i = 0; i < cap; i++) {
+  for (uint64_t i = 0; i < cap && n < room; i++) {
     const sh_lease_t *e = &a->leases[i];
     if (e->key != 0 && e->deadline_ns == SH_AFTER_VIEWS)
       waiting[n++] = (sh_waiting_t){.key = e->key, .owner = e->owner, .generation = e->generation};
