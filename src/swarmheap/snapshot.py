@@ -26,6 +26,7 @@ the whole blob has been read and checked.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import itertools
 import math
@@ -273,35 +274,44 @@ def codec_threads() -> int:
 
 def _map_parallel(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
     """[fn(*item) for item in items] on codec_threads() threads, this one
-    among them. Each thread takes the next item left, so this thread starts at
-    once and does more while a helper is still starting. The helpers live for
-    one call: a thread left running would make every later fork() of the
-    user's process unsafe (and a DeprecationWarning from Python 3.12 on)."""
+    among them. Each thread takes the next item left, and this thread waits
+    for the items to be done, not for its helpers: a helper that the
+    scheduler starts late finds nothing left and ends. The helpers are
+    started without waiting for them to run (threading.Thread.start waits
+    until the new thread says it runs: on a busy machine that wait was most
+    of a 1 MiB state's restore), and live for one call: a thread left
+    running would make every later fork() of the user's process unsafe (a
+    DeprecationWarning from Python 3.12 on)."""
     n = min(codec_threads(), len(items))
     out: list[Any] = [None] * len(items)
     errors: list[BaseException] = []
     next_item = itertools.count()  # next() on a count is one call under the GIL: no item is taken twice
+    done = threading.Condition(threading.Lock())
+    finished = [0]  # items done (or given up after an error), under `done`
 
     def work() -> None:
-        try:
-            for i in iter(next_item.__next__, None):
-                if i >= len(items) or errors:
-                    return
-                out[i] = fn(*items[i])
-        except BaseException as exc:  # re-raised by the caller's thread
-            errors.append(exc)
+        for i in iter(next_item.__next__, None):
+            if i >= len(items):
+                return
+            try:
+                if not errors:
+                    out[i] = fn(*items[i])
+            except BaseException as exc:  # re-raised by the caller's thread
+                errors.append(exc)
+            finally:
+                with done:
+                    finished[0] += 1
+                    if finished[0] == len(items):
+                        done.notify_all()
 
-    helpers = []
     for _ in range(1, n):
-        t = threading.Thread(target=work, name="swarmheap-codec")
         try:
-            t.start()
-            helpers.append(t)
+            _thread.start_new_thread(work, ())
         except RuntimeError:  # no new threads (interpreter shutdown): this thread takes their items
             break
     work()
-    for t in helpers:
-        t.join()
+    with done:
+        done.wait_for(lambda: finished[0] == len(items))
     if errors:
         raise errors[0]
     return out

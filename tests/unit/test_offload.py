@@ -222,18 +222,34 @@ def test_pieces_work_in_a_forked_child_of_a_process_that_used_them() -> None:
 
 
 def test_pieces_are_done_in_this_thread_when_no_thread_can_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
+    import _thread
 
-    def refuse(self: threading.Thread) -> None:
+    def refuse(*args: object) -> None:
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
     raw = os.urandom(64) * 40_000  # 2.5 MB
     monkeypatch.setattr(snapshot, "codec_threads", lambda: 2)
-    monkeypatch.setattr(threading.Thread, "start", refuse)
+    monkeypatch.setattr(_thread, "start_new_thread", refuse)
     for codec in ("zstd", "lz4"):
         blob = snapshot.pack(raw, codec)
         assert snapshot.frame_info(blob)["chunked"]
         assert snapshot.unpack(blob) == raw
+
+
+def test_parallel_pieces_keep_their_order_and_raise_the_first_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot, "codec_threads", lambda: 4)
+    items = [(i,) for i in range(200)]
+    assert snapshot._map_parallel(lambda i: i * i, items) == [i * i for i in range(200)]
+
+    def fail_on_seven(i: int) -> int:
+        if i == 7:
+            raise ValueError("piece 7 is damaged")
+        return i
+
+    with pytest.raises(ValueError, match="piece 7"):
+        snapshot._map_parallel(fail_on_seven, items)
+    # and the next call is whole again: nothing of the failed one is left to interfere
+    assert snapshot._map_parallel(lambda i: -i, items[:5]) == [0, -1, -2, -3, -4]
 
 
 def _chunked_with(blob: bytes, payload: bytes, **changes: int) -> bytes:
