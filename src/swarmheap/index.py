@@ -28,6 +28,8 @@ __all__ = [
     "Entries",
     "Index",
     "cached_at",
+    "encode_head",
+    "encode_update",
     "kind_id",
     "put_entries",
     "read_index",
@@ -172,6 +174,30 @@ def _spliced(
     return body, positions
 
 
+def encode_head(kind: str, lease_deadline: float, count: int) -> bytes:
+    """The encoding's head: its kind, lease deadline and entry count (the body follows it)."""
+    return _head(kind, lease_deadline, count)
+
+
+def encode_update(
+    shared: Entries, encoded: tuple[bytes, Positions | None] | None, entries: Entries
+) -> tuple[bytes, Positions | None]:
+    """The body (the encoded entries, after encode_head) of ``entries``, a
+    changed copy of ``shared``, and where each entry starts in it (None if
+    not needed). ``encoded`` is shared's body and positions, if known: when
+    ``entries`` keeps shared's names in their order, the entries that kept
+    their value (the same tuple, as a dict copy shares them) keep their
+    bytes, changed ones are written over theirs and new ones appended, so
+    the cost follows the change, not the count; otherwise (a removal, or
+    nothing known) every entry is encoded."""
+    n = len(shared)
+    if encoded is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
+        changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
+        appended = list(itertools.islice(entries, n, None))
+        return _spliced(*encoded, shared, entries, changed, appended)
+    return _body(entries), None
+
+
 def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
     per_heap: _Cached | None = heap._index_cache  # the binding's slot for it
     if per_heap is None and create:
@@ -262,16 +288,7 @@ def _update_attempt(
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
     cached = _cached_body(heap, agent_id, generation, word) if word else None
-    n = len(shared)
-    positions: Positions | None = None
-    if cached is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
-        # the old names in their order: the entries that kept their value
-        # (the same tuple, as the copy shares them) keep their bytes
-        changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
-        appended = list(itertools.islice(entries, n, None))
-        body, positions = _spliced(*cached, shared, entries, changed, appended)
-    else:
-        body = _body(entries)
+    body, positions = encode_update(shared, cached, entries)
     new_word = heap._owner_held_swap(
         agent_id, generation, word, _head(old_kind, new_lease, len(entries)), body
     )

@@ -50,6 +50,37 @@ def test_many_names_spread_over_shards_and_all_go_back(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_shard_written_by_splicing_reads_as_one_encoded_whole(heap: sh.Heap) -> None:
+    """A write splices its change into the shard's cached encoding; the block
+    must hold exactly what encoding every name would, whatever the mix of
+    new names, replaced ones and removals (which encode the shard again)."""
+    import random
+
+    from swarmheap.registry import _NONCE, _SHARD_KIND
+
+    registry = Registry(heap)
+    rng = random.Random(7)
+    model: dict[str, bytes] = {}
+    for step in range(3_000):
+        name = f"splice/{rng.randrange(400)}"
+        if name in model and rng.random() < 0.25:
+            registry.remove(name)
+            del model[name]
+        else:
+            model[name] = f"{step}".encode() * rng.randrange(1, 4)
+            registry.put(name, model[name])
+    fresh = Registry.__new__(Registry)  # another process's view: nothing cached
+    fresh.heap, fresh._cache = heap, {}
+    assert {n: fresh.get(n) for n in fresh.names("splice/")} == model
+    root = index.read_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND)[1][2]
+    for shard, ref in root.items():
+        if shard.startswith("shard/"):
+            data = heap._owner_read(REGISTRY_OWNER, REGISTRY_GENERATION, *ref)
+            _, _, entries = index.decode(data[_NONCE.size :])
+            assert data[_NONCE.size :] == index.encode(_SHARD_KIND, 0.0, entries), shard
+    heap.check()
+
+
 def test_every_block_of_a_removed_name_comes_back(heap: sh.Heap) -> None:
     registry = Registry(heap)
     registry.put("warm/up", b"x")  # the shard blocks' pages are taken once
