@@ -122,15 +122,19 @@ static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, bool want_room, uint
     return _sh_fail(SH_ECANCELED, "the heap is being closed in this process");
   if (cancel && sh_word_load_acquire(cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
   _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
-  sh_atomic_add_relaxed(&c->sleepers, 1u);
+  sh_atomic_add_seq_cst(&c->sleepers, 1u);
   _sh_futex_wait(word, seen, deadline);
   sh_atomic_sub_relaxed(&c->sleepers, 1u);
   return SH_OK;
 }
 
+/* The bump releases the change before it (a waiter that reads the moved
+ * word and then the ring unlocked, sh_chan_still, sees the change), and with
+ * the waiter's count of sleepers is a Dekker pair: either the waiter's
+ * futex wait sees the word moved, or this sees the sleeper and wakes it. */
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
-  sh_atomic_add_relaxed(word, 1u);
-  if (sh_atomic_load_acquire(&c->sleepers)) _sh_futex_wake(word);
+  sh_atomic_add_seq_cst(word, 1u);
+  if (sh_atomic_load_seq_cst(&c->sleepers)) _sh_futex_wake(word);
 }
 
 /* After a call found the ring unable to act (full for a sender, empty for a
