@@ -129,7 +129,7 @@ static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, bool want_room, uint
 }
 
 /* The bump releases the change before it (a waiter that reads the moved
- * word and then the ring unlocked, sh_chan_still, sees the change), and with
+ * word and then the ring unlocked, sh_chan_ready, sees the change), and with
  * the waiter's count of sleepers is a Dekker pair: either the waiter's
  * futex wait sees the word moved, or this sees the sleeper and wakes it. */
 static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
@@ -137,16 +137,16 @@ static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
   if (sh_atomic_load_seq_cst(&c->sleepers)) _sh_futex_wake(word);
 }
 
-/* After a call found the ring unable to act (full for a sender, empty for a
- * receiver) and gave the lock back: the futex word its wait would sleep on,
- * read before the ring is looked at again, so that a change between the two
- * moves the word and the sleep returns at once. True if the ring can act
- * already (or the channel closed): look again without waiting. The word is
- * the other side's, so it is read only here, not on every call. */
-static bool sh_chan_still(sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t *seen) {
+/* Before a wait (a send or receive that found the ring unable to act and
+ * gave the lock back, or sh_chan_wait): the futex word the wait would sleep
+ * on, read before the ring is looked at, so that a change between the two
+ * moves the word and the sleep returns at once; and the ring's count. True
+ * if the ring can act (or the channel closed): look again without waiting.
+ * The word is the other side's, so it is read only here, not on every call. */
+static bool sh_chan_ready(sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t *seen, uint32_t *count) {
   *seen = sh_atomic_load_acquire(want_room ? &c->receivers.wakes : &c->senders.wakes);
-  uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
-  return (want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed);
+  *count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+  return (want_room ? *count < capacity : *count > 0) || sh_atomic_load_acquire(&c->closed);
 }
 
 /* Bytes sent and not yet received: the receivers' count is read first, so
@@ -213,8 +213,8 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
       return SH_OK;
     }
     sh_chan_unlock(c);
-    uint32_t seen;
-    if (sh_chan_still(c, capacity, true, &seen)) continue;
+    uint32_t seen, count_now; /* a damaged count is found under the lock, on the next turn */
+    if (sh_chan_ready(c, capacity, true, &seen, &count_now)) continue;
     rc = sh_chan_await(a, c, true, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
@@ -316,8 +316,8 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     }
     sh_chan_unlock(c);
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
-    uint32_t seen;
-    if (sh_chan_still(c, capacity, false, &seen)) continue;
+    uint32_t seen, count_now; /* a damaged count is found under the lock, on the next turn */
+    if (sh_chan_ready(c, capacity, false, &seen, &count_now)) continue;
     rc = sh_chan_await(a, c, false, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
   }
@@ -343,10 +343,10 @@ int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    uint32_t seen = sh_atomic_load_acquire(want_room ? &c->receivers.wakes : &c->senders.wakes);
-    uint32_t count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+    uint32_t seen, count;
+    bool ready = sh_chan_ready(c, capacity, want_room != 0, &seen, &count);
     if (sh_unlikely(count > capacity)) return sh_chan_count_damaged(count, capacity);
-    if ((want_room ? count < capacity : count > 0) || sh_atomic_load_acquire(&c->closed)) return SH_OK;
+    if (ready) return SH_OK;
     rc = sh_chan_await(a, c, want_room != 0, seen, timeout_ns, deadline, &spin, cancel);
     if (rc) return rc;
   }

@@ -35,7 +35,6 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must always be lock-fr
  * operation is in one total order, without a fence's cost on x86 (where the
  * add is a locked instruction and the load a plain one either way). */
 #define sh_atomic_add_seq_cst(p, v) atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
-#define sh_atomic_sub_seq_cst(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_seq_cst)
 #define sh_atomic_load_seq_cst(p)   atomic_load_explicit((p), memory_order_seq_cst)
 
 /* One turn of a spin on a word another core will change: tells the CPU so

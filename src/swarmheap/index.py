@@ -27,6 +27,7 @@ __all__ = [
     "MAX_NAME",
     "Entries",
     "Index",
+    "body_of",
     "cached_at",
     "encode_head",
     "encode_update",
@@ -84,7 +85,8 @@ def _entry_bytes(name: str, offset: int, size: int) -> bytes:
     return got
 
 
-def _head(kind: str, lease_deadline: float, count: int) -> bytes:
+def encode_head(kind: str, lease_deadline: float, count: int) -> bytes:
+    """The encoding's head: its kind, lease deadline and entry count (the body follows it)."""
     kind_b = kind.encode()
     return _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
 
@@ -94,7 +96,12 @@ def _body(entries: Entries) -> bytes:
 
 
 def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
-    return _head(kind, lease_deadline, len(entries)) + _body(entries)
+    return encode_head(kind, lease_deadline, len(entries)) + _body(entries)
+
+
+def body_of(data: bytes, kind: str) -> bytes:
+    """The encoded entries of ``data``, an encoding of kind ``kind`` (decoded already)."""
+    return data[_HEADER.size + len(kind.encode()) :]
 
 
 def decode(data: bytes) -> Index:
@@ -174,11 +181,6 @@ def _spliced(
     return body, positions
 
 
-def encode_head(kind: str, lease_deadline: float, count: int) -> bytes:
-    """The encoding's head: its kind, lease deadline and entry count (the body follows it)."""
-    return _head(kind, lease_deadline, count)
-
-
 def encode_update(
     shared: Entries, encoded: tuple[bytes, Positions | None] | None, entries: Entries
 ) -> tuple[bytes, Positions | None]:
@@ -213,20 +215,27 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
     return hit[1], hit[2]
 
 
+def _hit(
+    heap: CoreHeap, agent_id: int, generation: int, word: int | None
+) -> tuple[int, int, Index, bytes, Positions | None] | None:
+    """The cache's entry for the agent if it was read or written under ``word``."""
+    per_heap = _per_heap(heap)
+    hit = per_heap.get(agent_id) if per_heap is not None else None
+    return hit if hit is not None and hit[0] == generation and hit[1] == word else None
+
+
 def cached_at(heap: CoreHeap, agent_id: int, generation: int, word: int) -> Index | None:
     """The index this process last read or wrote for the agent, if that was
     under ``word`` (which the caller just loaded): no load of the word again."""
-    per_heap = _per_heap(heap)
-    hit = per_heap.get(agent_id) if per_heap is not None else None
-    return hit[2] if hit is not None and hit[0] == generation and hit[1] == word else None
+    hit = _hit(heap, agent_id, generation, word)
+    return hit[2] if hit is not None else None
 
 
 def _cached_body(
     heap: CoreHeap, agent_id: int, generation: int, word: int
 ) -> tuple[bytes, Positions | None] | None:
-    per_heap = _per_heap(heap)
-    hit = per_heap.get(agent_id) if per_heap is not None else None
-    return (hit[3], hit[4]) if hit is not None and hit[0] == generation and hit[1] == word else None
+    hit = _hit(heap, agent_id, generation, word)
+    return (hit[3], hit[4]) if hit is not None else None
 
 
 def _remember(
@@ -257,7 +266,7 @@ def _read_attempt(heap: CoreHeap, agent_id: int, generation: int, kind: str) -> 
         index = decode(data)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None  # a block reused at the same place between the reads: read again
-    _remember(heap, agent_id, generation, word, index, data[_HEADER.size + len(index[0].encode()) :])
+    _remember(heap, agent_id, generation, word, index, body_of(data, index[0]))
     return word, index
 
 
@@ -290,7 +299,7 @@ def _update_attempt(
     cached = _cached_body(heap, agent_id, generation, word) if word else None
     body, positions = encode_update(shared, cached, entries)
     new_word = heap._owner_held_swap(
-        agent_id, generation, word, _head(old_kind, new_lease, len(entries)), body
+        agent_id, generation, word, encode_head(old_kind, new_lease, len(entries)), body
     )
     if not new_word:
         return None
@@ -325,16 +334,13 @@ def put_entries(
     Returns the (offset, size) entries they replaced, and the index words
     before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
-    per_heap: _Cached | None = heap._index_cache
     shared: Entries = {}
     body: bytes | None = None
     positions: Positions | None = None
     if word == 0:  # no index yet (None, a stale agent, fails below in update_index)
         old_kind, lease, body, positions = kind, 0.0, b"", {}
-    elif per_heap is not None:
-        hit = per_heap.get(agent_id)
-        if hit is not None and hit[0] == generation and hit[1] == word:
-            (old_kind, lease, shared), body, positions = hit[2], hit[3], hit[4]
+    elif (hit := _hit(heap, agent_id, generation, word)) is not None:
+        (old_kind, lease, shared), body, positions = hit[2], hit[3], hit[4]
     if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
         # the index this process read last: replaced entries are written over
         # their old bytes, new ones appended; nothing else is encoded again
@@ -347,7 +353,7 @@ def put_entries(
         replaced_refs = [shared[name] for name in replaced_names]
         body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
         new_word = heap._owner_held_swap(
-            agent_id, generation, word, _head(old_kind, lease, len(entries)), body
+            agent_id, generation, word, encode_head(old_kind, lease, len(entries)), body
         )
         if new_word:
             _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body, positions)

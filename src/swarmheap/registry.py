@@ -114,9 +114,7 @@ class Registry:
             raise _Changed from None
         if kind != _SHARD_KIND:
             raise _Changed
-        # the entries as they lie in the block, after its nonce and head
-        body = data[_NONCE.size + len(index.encode_head(kind, 0.0, len(entries))) :]
-        self._cache[shard] = (ref, nonce, entries, body, None)
+        self._cache[shard] = (ref, nonce, entries, index.body_of(data[_NONCE.size :], kind), None)
         return entries
 
     def _settled(self, attempt: Callable[[], Any], what: str) -> Any:
@@ -207,8 +205,10 @@ class Registry:
             if sref is not None:
                 shared = self._shard(shard, sref)
                 hit = self._cache.get(shard)
-                known = hit is not None and hit[0] == sref and hit[2] is shared
-                encoded = (hit[3], hit[4]) if hit is not None and known else None
+                if hit is None or hit[0] != sref or hit[2] is not shared:
+                    encoded = None  # no encoding of `shared` at hand: encode the shard whole
+                else:
+                    encoded = hit[3], hit[4]
             entries = dict(shared)
             flat = root.get(name)
             old = entries.get(name, flat)

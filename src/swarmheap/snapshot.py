@@ -287,9 +287,10 @@ def _map_parallel(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
     errors: list[BaseException] = []
     next_item = itertools.count()  # next() on a count is one call under the GIL: no item is taken twice
     done = threading.Condition(threading.Lock())
-    finished = [0]  # items done (or given up after an error), under `done`
+    finished = 0  # items done (or given up after an error), under `done`
 
     def work() -> None:
+        nonlocal finished
         for i in iter(next_item.__next__, None):
             if i >= len(items):
                 return
@@ -300,8 +301,8 @@ def _map_parallel(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
                 errors.append(exc)
             finally:
                 with done:
-                    finished[0] += 1
-                    if finished[0] == len(items):
+                    finished += 1
+                    if finished == len(items):
                         done.notify_all()
 
     for _ in range(1, n):
@@ -311,7 +312,7 @@ def _map_parallel(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
             break
     work()
     with done:
-        done.wait_for(lambda: finished[0] == len(items))
+        done.wait_for(lambda: finished == len(items))
     if errors:
         raise errors[0]
     return out
