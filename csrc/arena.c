@@ -89,15 +89,21 @@ static void sh_layout_compute(uint64_t arena_size, uint32_t page_shift, uint32_t
 
 /* As many owners as the metadata budget (1 % of the arena) holds once the
  * parts that do not grow with owners are laid out, up to one per 16 KiB of
- * arena (an agent smaller than that is rare) and 2^20; at least 64 (below
- * 64 MiB the fixed parts alone are near 1 %, and a heap without room for
- * agents is no use). Agents
- * of a nursery cost no bin sets, so owners are what the budget buys: a
- * 1 GiB arena gets 32 768 or more. */
+ * arena (an agent smaller than that is rare) and 2^20. Agents of a nursery
+ * cost no bin sets, so owners are what the budget buys: a 1 GiB arena gets
+ * 32 768 or more. Where the per-page parts alone come near 1 % or pass it
+ * (pages of 16 KiB or less, whose bin sets and descriptors are 1.3-4 % of
+ * any arena; or a heap under 64 MiB), owners still get a quarter of a
+ * percent of the arena past them: the floor of 64 they got before left a
+ * 1 GiB heap of 16 KiB pages, or an 8 GiB one, room for 63 agents. At the
+ * default page size from 64 MiB up the owners' share of 1 % is above
+ * that quarter, so those heaps keep their 1 %. At least 64 owners. */
 static uint32_t sh_default_owners(uint64_t arena_size, uint32_t page_shift, uint32_t nclasses, uint32_t nslots) {
   uint64_t budget = arena_size / 100, cap = arena_size >> 14;
-  uint32_t lo = 65, hi = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap < 65 ? 65 : cap);
   sh_layout_t l;
+  sh_layout_compute(arena_size, page_shift, 1, nclasses, nslots, &l);
+  if (budget < l.meta_end + arena_size / 400) budget = l.meta_end + arena_size / 400;
+  uint32_t lo = 65, hi = (uint32_t)(cap > (1u << 20) ? (1u << 20) : cap < 65 ? 65 : cap);
   while (lo < hi) { /* the largest count that fits: the layout grows with it */
     uint32_t mid = lo + (hi - lo + 1) / 2;
     sh_layout_compute(arena_size, page_shift, mid, nclasses, nslots, &l);

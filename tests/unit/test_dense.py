@@ -25,6 +25,21 @@ def test_a_gib_heap_defaults_to_32768_agents_within_one_percent() -> None:
         assert info["metadata_bytes"] <= info["size"] // 100
 
 
+@pytest.mark.parametrize("page_size", [16384, 4096])
+def test_smaller_pages_still_default_to_thousands_of_agents(page_size: int) -> None:
+    # their per-page tables alone pass 1 % of the arena; owners used to be
+    # left the floor of 64 then, whatever the heap's size
+    with sh.Heap.create(size="1 GiB", page_size=page_size) as heap:
+        info = heap.info()
+        assert info["max_owners"] - 1 >= 16384
+        agents = [heap.spawn("small") for _ in range(2000)]
+        for agent in agents:
+            agent.alloc(200)
+        for agent in agents:
+            agent.complete()
+        heap.check()
+
+
 def test_twenty_thousand_small_agents_over_two_processes(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="1 GiB", max_owners=20001) as heap:
         baseline = in_use(heap)
