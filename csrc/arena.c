@@ -131,6 +131,7 @@ void sh_options_init(sh_options_t *opts) {
   opts->page_size = SH_DEFAULT_PAGE_SIZE;
   opts->max_owners = 0;
   opts->max_threads = 0;
+  opts->min_system_pages = 0;
 }
 
 static int sh_options_validate(const sh_options_t *o, uint64_t size) {
@@ -232,12 +233,19 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
                       _sh_part_name(p), o->ratios[p], l.total_pages);
     assigned += part_pages[p];
   }
-  if (assigned + l.meta_pages + 1 > l.total_pages)
+  /* the core's own records need one page past the metadata; a layer above
+   * that keeps its indexes and registry there asks for what those need */
+  uint32_t spare = o->min_system_pages ? o->min_system_pages : 1;
+  if ((uint64_t)assigned + l.meta_pages + spare > l.total_pages) {
+    /* what would do: the system share of the pages holding both, at this ratio */
+    double pages = ceil((l.meta_pages + spare) / o->ratios[SH_PART_SYSTEM]);
     return _sh_fail(SH_EINVAL,
-                    "the system partition (%u pages at ratio %g) cannot hold the allocator's metadata "
-                    "(%u pages) and one page more: raise the size or the system ratio, or lower max_owners",
-                    l.total_pages - (assigned < l.total_pages ? assigned : l.total_pages),
-                    o->ratios[SH_PART_SYSTEM], l.meta_pages);
+                    "the system partition (%u pages of %u bytes at ratio %g) cannot hold the allocator's metadata "
+                    "(%u pages) and %u page(s) more for the heap's own records: raise the size (to about %.0f MiB), "
+                    "the system ratio, or use smaller pages",
+                    l.total_pages - (assigned < l.total_pages ? assigned : l.total_pages), o->page_size,
+                    o->ratios[SH_PART_SYSTEM], l.meta_pages, spare, ceil(pages * o->page_size / 1048576.0));
+  }
   part_pages[SH_PART_SYSTEM] = l.total_pages - assigned;
 
   hdr->format_version = SH_FORMAT_VERSION;

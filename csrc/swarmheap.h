@@ -103,6 +103,7 @@ typedef struct sh_options_s {
   uint32_t page_size;            /* power of two in [SH_MIN_PAGE_SIZE, SH_MAX_PAGE_SIZE] */
   uint32_t max_owners;           /* 0: derived from the arena size */
   uint32_t max_threads;          /* thread caches; 0: derived from the arena size */
+  uint32_t min_system_pages;     /* free pages `system` must have past the metadata; 0: one */
 } sh_options_t;
 
 typedef struct sh_partition_stats_s {

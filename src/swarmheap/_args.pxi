@@ -77,6 +77,15 @@ cdef bytes _shm_name(object name):
     return ("/" + name).encode()
 
 
+# Free pages `system` needs past the metadata for what this layer keeps
+# there: agents' indexes, the registry, channels' and kinds' records, each a
+# page per size class. With 5 (a 5 MiB heap) a channel or a kind's model
+# found 'system' full; with 3 (4 MiB) the first spawn did, on a partition
+# the caller never named. The heap now says so when it is made.
+cdef enum:
+    SYSTEM_PAGES_NEEDED = 7
+
+
 cdef int _options(sh_options_t *opts, object ratios, object page_size, object max_owners,
                   object max_threads) except -1:
     sh_options_init(opts)
@@ -114,6 +123,7 @@ cdef int _options(sh_options_t *opts, object ratios, object page_size, object ma
     if not 0 <= max_threads <= 4095:
         raise ValueError("max_threads must be an int from 0 to 4095 (0 picks one from the size)")
     opts.max_threads = max_threads
+    opts.min_system_pages = SYSTEM_PAGES_NEEDED
     return 0
 
 

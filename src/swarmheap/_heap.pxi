@@ -167,7 +167,10 @@ cdef class _Arena:
         ``ratios`` maps the four partitions (context, shared, comm, system) to
         shares above 0 summing to 1. ``max_threads`` is how many threads,
         across all processes, get a cache in the arena at once (0 picks one
-        from the size); later threads take the slower uncached path."""
+        from the size); later threads take the slower uncached path. A heap
+        too small to keep its own records in ``system`` (under 6 MiB at the
+        default page size and ratios) raises ValueError naming the size that
+        would do."""
         cdef sh_options_t opts
         cdef sh_arena_t *arena = NULL
         cdef uint64_t nbytes = parse_size(size)

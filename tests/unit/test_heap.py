@@ -52,6 +52,28 @@ def test_bad_create_arguments(kwargs: dict[str, object], exc: type[Exception], m
         sh.Heap.create(**args)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("size", "page_size"), [("4 MiB", 65536), ("16 MiB", 262144), ("32 MiB", 1 << 20)])
+def test_a_heap_too_small_for_its_records_says_so_at_once(heap_name: str, size: str, page_size: int) -> None:
+    # these made a heap whose first spawn (or put, or channel) raised
+    # PartitionFull on 'system'; now the create names the remedies
+    with pytest.raises(ValueError, match=r"system partition .* raise the size \(to about \d+ MiB\)"):
+        sh.Heap.create(heap_name, size=size, page_size=page_size)
+    assert not os.path.exists(f"/dev/shm/{heap_name}")
+
+
+def test_the_smallest_heap_of_default_pages_does_what_the_readme_does() -> None:
+    with sh.Heap.create(size="6 MiB") as heap:
+        agent = heap.spawn("small")
+        agent.alloc(100)
+        agent.put("prompt", b"x" * 2000)
+        channel = heap.channel("jobs")
+        channel.send(b"job")
+        assert bytes(channel.recv()) == b"job"
+        agent.complete()
+        assert heap.predict("small").samples == 1
+        heap.check()
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 300, 42])
 def test_bad_names(bad: object) -> None:
     with pytest.raises((ValueError, TypeError)):

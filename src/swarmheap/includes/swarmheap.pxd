@@ -58,6 +58,7 @@ cdef extern from "swarmheap.h" nogil:
         uint32_t page_size
         uint32_t max_owners
         uint32_t max_threads
+        uint32_t min_system_pages
 
     ctypedef struct sh_partition_stats_t:
         uint64_t capacity, in_use, pages_used, pages_total, peak, allocs, frees, failures, overhead
