@@ -241,8 +241,8 @@ static int sh_header_init(sh_arena_t *a, const sh_options_t *o) {
     double pages = ceil((l.meta_pages + spare) / o->ratios[SH_PART_SYSTEM]);
     return _sh_fail(SH_EINVAL,
                     "the system partition (%u pages of %u bytes at ratio %g) cannot hold the allocator's metadata "
-                    "(%u pages) and %u page(s) more for the heap's own records: raise the size (to about %.0f MiB), "
-                    "the system ratio, or use smaller pages",
+                    "(%u pages) and %u page(s) more for the heap's own records: raise the size (to about %.0f MiB) "
+                    "or the system ratio, lower max_owners or max_threads, or use smaller pages",
                     l.total_pages - (assigned < l.total_pages ? assigned : l.total_pages), o->page_size,
                     o->ratios[SH_PART_SYSTEM], l.meta_pages, spare, ceil(pages * o->page_size / 1048576.0));
   }
