@@ -6,6 +6,7 @@ toward the young sweep, a full partition to relieve, a deferred recycle."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -424,8 +425,10 @@ class Heap(CoreHeap):
                 raise ValueError(f"{name} is a fraction in (0, 1], not {value!r}")
         if low > high:
             raise ValueError(f"low ({low}) must not be above high ({high})")
-        if isinstance(min_idle, bool) or not isinstance(min_idle, (int, float)) or min_idle < 0:
-            raise ValueError(f"min_idle is seconds >= 0, not {min_idle!r}")
+        # NaN compared false with every idle time: a policy that never offloaded
+        number = isinstance(min_idle, (int, float)) and not isinstance(min_idle, bool)
+        if not number or not math.isfinite(min_idle) or min_idle < 0:
+            raise ValueError(f"min_idle is finite seconds >= 0, not {min_idle!r}")
         self._offload_policy = OffloadPolicy(store, partition, float(high), float(low), float(min_idle))
         self._remember_store(store)
 

@@ -249,6 +249,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             raise TypeError(f"keep is a count of checkpoints (int >= 1) or None, not {type(keep).__name__}")
         if keep is not None and keep < 1:
             raise ValueError(f"keep is a count of checkpoints >= 1, or None, not {keep!r}")
+        index.check_kind(kind)  # here, not at the first put
         self.heap = heap
         self.codec = compress or "none"
         self.keep = keep

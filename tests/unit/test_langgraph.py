@@ -191,6 +191,8 @@ def test_bad_arguments(heap: sh.Heap) -> None:
         SwarmSaver(heap, store="sqlite:///threads.db")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         SwarmSaver(heap).prune(["x"], strategy="some")
+    with pytest.raises(ValueError, match="kind"):
+        SwarmSaver(heap, kind="")  # said at once, not at the first put
 
 
 def test_a_graph_resumes_in_another_process(heap_name: str) -> None:

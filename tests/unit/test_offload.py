@@ -1051,6 +1051,9 @@ def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
             heap.set_offload_policy(s, "nowhere")
         with pytest.raises(ValueError):
             heap.set_offload_policy(s, high=0.5, low=0.9)
+        for never in (float("nan"), float("inf"), -1.0):  # NaN made a policy that never offloaded
+            with pytest.raises(ValueError, match="min_idle"):
+                heap.set_offload_policy(s, min_idle=never)
         with pytest.raises(TypeError, match="open_store"):
             heap.set_offload_policy(str(tmp_path / "p.db"))  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="open_store"):
