@@ -17,7 +17,7 @@ from swarmheap import admission, channels, offload
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
-from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, StaleBlock, SwarmHeapError
+from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, StaleBlock
 from swarmheap.hooks import EVENTS, Hook, Hooks
 from swarmheap.index import check_kind, kind_id
 from swarmheap.predict import HALF_LIFE, MAX_HALF_LIFE, MIN_HALF_LIFE, Prediction, Predictor
@@ -150,6 +150,12 @@ class Heap(CoreHeap):
         self._nursery_share = info["nursery_blocks"] * info["nursery_limit"]
         self.events = _EVENTS
         self._restart_countdown()
+
+    def __del__(self) -> None:
+        # dropped without close(): what this process learned still reaches the shared model
+        predictor = getattr(self, "_predictor", None)
+        if predictor is not None:
+            predictor.flush_quietly()
 
     # ---- agents ----
 
@@ -292,10 +298,7 @@ class Heap(CoreHeap):
     def close(self) -> None:
         """As CoreHeap.close; this process's usage samples go to the shared model first."""
         if not self.closed and not self.read_only and hasattr(self, "_predictor"):
-            try:
-                self._predictor.flush()
-            except SwarmHeapError:
-                pass  # a damaged registry: the samples are lost, the close goes on
+            self._predictor.flush_quietly()
         super().close()
         for store in getattr(self, "_own_stores", ()):
             store.close()

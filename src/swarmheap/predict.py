@@ -20,9 +20,13 @@ MAX_KINDS kinds are kept; beyond that the least recently updated goes.
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
 import struct
+import sys
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from swarmheap._core import CLASS_SLOTS, PARTITIONS, USAGE_ROW
+from swarmheap.errors import SwarmHeapError
 from swarmheap.registry import Registry
 from swarmheap.sizes import format_size, mix_label
 
@@ -312,6 +317,22 @@ class Predictor:
         self.npending = 0
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
+        _LIVE.add(self)
+        _flush_at_exit()
+
+    def flush_quietly(self) -> None:
+        """flush(), for when no caller is there to hear of a damaged registry
+        (close, a finalizer, the process's exit): the samples are lost then."""
+        if self.npending:
+            try:
+                self.flush()
+            except SwarmHeapError:
+                pass
+
+    def forget_pending(self) -> None:
+        """Drop the unflushed samples: a forked child's copy of its parent's."""
+        self.pending.clear()
+        self.npending = 0
 
     def note(self, kind: str, final: dict[str, Any], row: bytes | None = None) -> None:
         """A completed (recycled, swept) agent's figures, as the binding's
@@ -458,3 +479,44 @@ def _decoded(data: bytes | None, half_life: float) -> Model:
         return Model.decode(data)
     except (ValueError, struct.error):
         return Model(half_life)  # a damaged model is started again, not trusted
+
+
+# Samples are folded into the shared model in batches (a fold is a registry
+# swap). A process that ended without close() folded in none of its last
+# batch: a worker that completed 7 agents of a kind taught the model nothing.
+# Now its heaps' samples go when it exits: atexit, and multiprocessing's own
+# exit finalizers, which a forked or forkserver worker runs instead (it ends
+# in os._exit, past atexit; and its start empties the finalizers it
+# inherited, so they are set again after it). A heap dropped without close()
+# folds its samples in when it is collected (Heap.__del__). A pool's workers
+# that are terminated (SIGTERM) still lose their last batch: close the heap
+# (or use it as a context manager) in the task.
+_LIVE: weakref.WeakSet[Predictor] = weakref.WeakSet()
+_exit_flush: tuple[int, Any] | None = None  # (pid, multiprocessing finalizer) once multiprocessing is loaded
+
+
+def _flush_all() -> None:
+    for predictor in list(_LIVE):
+        predictor.flush_quietly()
+
+
+def _flush_at_exit() -> None:
+    global _exit_flush
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    if _exit_flush is None:  # once per process tree: the after-fork hooks are inherited
+        util.register_after_fork(_flush_all, lambda _: _flush_at_exit())
+    if _exit_flush is None or _exit_flush[0] != os.getpid() or not _exit_flush[1].still_active():
+        _exit_flush = (os.getpid(), util.Finalize(None, _flush_all, exitpriority=0))
+
+
+def _after_fork_in_child() -> None:
+    for predictor in list(_LIVE):
+        predictor.forget_pending()  # the parent's samples: the parent folds them in
+    _flush_at_exit()
+
+
+atexit.register(_flush_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

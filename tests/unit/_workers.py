@@ -347,6 +347,27 @@ def learn_kind(name: str, kind: str, count: int, size: int) -> None:
         heap.collect(0)  # folds this process's samples into the shared model
 
 
+def learn_kind_unclosed(name: str, kind: str, count: int) -> None:
+    """learn_kind's agents, by a worker that never closes its heap (fewer
+    than a batch of samples: only the process's exit folds them in)."""
+    heap = sh.Heap.attach(name)
+    for _ in range(count):
+        agent = heap.spawn(kind, reserve=False)
+        agent.alloc(1000)
+        agent.complete()
+
+
+def learn_kind_and_drop(name: str, kind: str, count: int) -> int:
+    """learn_kind_unclosed, then the heap dropped and collected while the
+    worker lives on: the samples the model holds then, read from a new attach."""
+    import gc
+
+    learn_kind_unclosed(name, kind, count)
+    gc.collect()
+    with sh.Heap.attach(name) as heap:
+        return heap.predict(kind).samples
+
+
 def set_half_life(name: str, half_life: float) -> None:
     with sh.Heap.attach(name) as heap:
         heap.set_prediction(half_life=half_life)

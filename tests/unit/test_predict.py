@@ -6,12 +6,13 @@ import multiprocessing as mp
 import struct
 import threading
 import time
+import warnings
 from typing import Any
 
 import pytest
 
 import swarmheap as sh
-from _workers import learn_kind, set_half_life, wait_admission
+from _workers import learn_kind, learn_kind_and_drop, learn_kind_unclosed, set_half_life, wait_admission
 from swarmheap.stores import SQLiteStore
 
 
@@ -57,6 +58,59 @@ def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> No
     assert p.lifetime(0.9) >= 0.0
     assert named.stats()["kinds"][0]["kind"] == "coder"
     assert p.mix == {0: pytest.approx(1.0)}  # all of it in a run of whole pages
+
+
+def start(worker: Any) -> None:
+    with warnings.catch_warnings():
+        # 3.12+ warns of a fork while threads run (an idle codec helper may): the test is the fork
+        warnings.simplefilter("ignore", DeprecationWarning)
+        worker.start()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_worker_that_never_closes_its_heap_still_teaches_the_model(named: sh.Heap, method: str) -> None:
+    # fewer samples than a batch: they reach the model when the worker exits
+    # (a forked one ends in os._exit, past atexit)
+    worker = mp.get_context(method).Process(target=learn_kind_unclosed, args=(named.name, "scout", 7))
+    start(worker)
+    worker.join()
+    assert worker.exitcode == 0
+    assert named.predict("scout").samples == 7
+
+
+def test_a_forked_worker_does_not_count_its_parents_samples_again(named: sh.Heap) -> None:
+    for _ in range(5):
+        named.spawn("pair", reserve=False).complete()  # pending here, not yet folded in
+    worker = mp.get_context("fork").Process(target=learn_kind_unclosed, args=(named.name, "pair", 3))
+    start(worker)
+    worker.join()
+    assert named.predict("pair").samples == 8
+
+
+_inherited: list[sh.Heap] = []
+
+
+def predict_with_the_inherited_heap() -> None:
+    _inherited[0].predict("twice")  # folds what this process holds
+
+
+def test_a_forked_child_using_its_parents_heap_does_not_fold_the_parents_samples(named: sh.Heap) -> None:
+    for _ in range(5):
+        named.spawn("twice", reserve=False).complete()
+    _inherited[:] = [named]
+    try:
+        worker = mp.get_context("fork").Process(target=predict_with_the_inherited_heap)
+        start(worker)
+        worker.join()
+    finally:
+        _inherited.clear()
+    assert worker.exitcode == 0
+    assert named.predict("twice").samples == 5  # was 10: the child folded them, then the parent
+
+
+def test_a_heap_dropped_without_close_folds_its_samples_in(named: sh.Heap) -> None:
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(learn_kind_and_drop, (named.name, "dropped", 4)) == 4
 
 
 def test_the_class_mix_names_the_block_sizes_a_kind_holds(heap: sh.Heap) -> None:
