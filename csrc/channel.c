@@ -59,8 +59,11 @@ static void sh_cell_get(const sh_chan_cell_t *cell, uint64_t *msg, uint64_t *siz
 
 /* A tagged message whose block is not the one it was sent with: its lease
  * ran out and a sweep freed it (maybe someone has the place since). */
-static bool sh_cell_gone(sh_arena_t *a, uint64_t msg, bool tagged, uint64_t tag) {
-  return tagged && !_sh_block_tag_low_is(a, msg, tag, SH_CHAN_TAG_MASK);
+/* A tagged message is gone once its lease freed its block; one still there
+ * gives its whole tag (*full, when asked), which its receiver's Block keeps
+ * so that a later reclaim by the lease is found on use, not written through. */
+static bool sh_cell_gone(sh_arena_t *a, uint64_t msg, bool tagged, uint64_t tag, uint64_t *full) {
+  return tagged && !_sh_block_tag_low_is(a, msg, tag, SH_CHAN_TAG_MASK, full);
 }
 
 /* A purge's mark on a gone message's cell: offset 0 (no block), its TAGGED
@@ -262,19 +265,19 @@ uint32_t sh_chan_in_hand(const sh_arena_t *a) {
 }
 
 static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                        bool hold, sh_block_info_t *info);
+                        bool hold, sh_block_info_t *info, uint64_t *tag_out);
 
 int sh_chan_recv(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns) {
-  return sh_chan_take(a, chan, msg, size, timeout_ns, false, NULL);
+  return sh_chan_take(a, chan, msg, size, timeout_ns, false, NULL, NULL);
 }
 
 int sh_chan_recv_held(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                      sh_block_info_t *info) {
-  return sh_chan_take(a, chan, msg, size, timeout_ns, true, info);
+                      sh_block_info_t *info, uint64_t *tag) {
+  return sh_chan_take(a, chan, msg, size, timeout_ns, true, info, tag);
 }
 
 static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                        bool hold, sh_block_info_t *info) {
+                        bool hold, sh_block_info_t *info, uint64_t *tag_out) {
   sh_chan_t *c;
   uint32_t capacity;
   int rc = sh_chan_at(a, chan, &c, &capacity);
@@ -294,7 +297,8 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
       sh_chan_unlock(c);
       sh_atomic_add_relaxed(&c->receivers.bytes, *size);
       sh_futex_wake(c, &c->receivers.wakes);
-      bool gone = sh_cell_gone(a, *msg, tagged, tag);
+      uint64_t full = 0;
+      bool gone = sh_cell_gone(a, *msg, tagged, tag, &full);
       if (!gone && info &&
           (sh_block_info(a, *msg, info) != SH_OK || info->owner != SH_OWNER_DEFAULT || *size > info->usable_size)) {
         /* a leased block that passed its tag check a moment ago was freed
@@ -312,6 +316,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
         continue; /* a lease took it: not a message any more, the next one is */
       }
       sh_atomic_add_relaxed(&c->receivers.messages, 1u);
+      if (tag_out) *tag_out = tagged ? full : 0;
       return SH_OK;
     }
     sh_chan_unlock(c);
@@ -420,7 +425,7 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
     uint64_t msg, size, tag;
     bool tagged;
     sh_cell_get(cell, &msg, &size, &tagged, &tag);
-    bool gone = sh_cell_gone(a, msg, tagged, tag);
+    bool gone = sh_cell_gone(a, msg, tagged, tag, NULL);
     if (gone && !sh_cell_marked_gone(cell)) {
       sh_cell_mark_gone(cell);
       ++*dropped;

@@ -220,12 +220,14 @@ uint64_t _sh_block_lease_tag(sh_arena_t *a, uint64_t offset) {
   return tag;
 }
 
-bool _sh_block_tag_low_is(sh_arena_t *a, uint64_t offset, uint64_t low, uint64_t mask) {
+bool _sh_block_tag_low_is(sh_arena_t *a, uint64_t offset, uint64_t low, uint64_t mask, uint64_t *full) {
   sh_block_info_t info;
   uint64_t tag;
-  return offset < a->size && sh_block_info(a, offset, &info) == SH_OK &&
-         (sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED) &&
-         sh_live_tag(a, offset, &info, &tag) && tag != 0 && (tag & mask) == low;
+  bool is = offset < a->size && sh_block_info(a, offset, &info) == SH_OK &&
+            (sh_atomic_load_acquire(&sh_lease_page(a, offset)->flags) & SH_PAGE_LEASED) &&
+            sh_live_tag(a, offset, &info, &tag) && tag != 0 && (tag & mask) == low;
+  if (is && full) *full = tag;
+  return is;
 }
 
 void sh_block_table_load(const sh_arena_t *a, uint64_t *entries, uint64_t *capacity) {

@@ -127,7 +127,7 @@ sh_internal int _sh_nursery_check(const sh_arena_t *arena);
  * under the ring, so it needs none. */
 sh_internal uint64_t _sh_block_lease_tag(sh_arena_t *arena, uint64_t offset);
 /* True if `offset` is a live block whose tag's bits under `mask` are `low`. */
-sh_internal bool _sh_block_tag_low_is(sh_arena_t *arena, uint64_t offset, uint64_t low, uint64_t mask);
+sh_internal bool _sh_block_tag_low_is(sh_arena_t *arena, uint64_t offset, uint64_t low, uint64_t mask, uint64_t *full);
 
 /* ---- owner.c ---- */
 sh_internal uint64_t _sh_own_start_time(int32_t pid);

@@ -450,9 +450,11 @@ void sh_chan_unhold(sh_arena_t *arena, uint64_t msg);
 /* sh_chan_recv_held also fills *info with the message's block, checked: a
  * message that is not a block of the shared default is SH_ECORRUPT, and a
  * leased one whose lease took it after the tag check is passed over, as
- * before it. */
+ * before it. *tag (if not NULL) is the handle tag of a message sent with a
+ * lease, 0 for one without: a Block that keeps it finds out, through
+ * sh_block_tag_check, when the lease takes the block back. */
 int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                      sh_block_info_t *info);
+                      sh_block_info_t *info, uint64_t *tag);
 int sh_chan_reclaim_dead(sh_arena_t *arena, uint64_t *blocks);
 uint32_t sh_chan_in_hand(const sh_arena_t *arena);
 int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st);

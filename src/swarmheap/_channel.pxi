@@ -133,23 +133,24 @@ cdef class ChannelCore:
         return False
 
     cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size,
-                      sh_block_info_t *info) except -1:
+                      sh_block_info_t *info, uint64_t *tag) except -1:
         # info: the message's block, checked by the core, and the message
         # stays recorded as this thread's until the caller owns it
-        # (recv_block clears it once its Block exists); NULL: neither
+        # (recv_block clears it once its Block exists), and *tag its lease's
+        # handle tag (0 without a lease); NULL: none of it
         cdef CoreHeap heap = self.heap
         cdef sh_arena_t *arena = heap.arena
         cdef uint64_t chan = self.chan
         cdef int rc
         if info != NULL:
-            rc = sh_chan_recv_held(arena, chan, msg, size, 0, info)
+            rc = sh_chan_recv_held(arena, chan, msg, size, 0, info, tag)
         else:
             rc = sh_chan_recv(arena, chan, msg, size, 0)
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
             _waits(heap, chan, 1)
             with nogil:
                 if info != NULL:
-                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info)
+                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info, tag)
                 else:
                     rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
             _waits(heap, chan, -1)
@@ -166,13 +167,16 @@ cdef class ChannelCore:
         of the shared default (a damaged ring) raises HeapCorrupt."""
         cdef CoreHeap heap = self.heap
         heap._check_writable()
-        cdef uint64_t msg = 0, size = 0
+        cdef uint64_t msg = 0, size = 0, tag = 0
         cdef sh_block_info_t info
-        if not self._dequeue(timeout_ns, &msg, &size, &info):
+        if not self._dequeue(timeout_ns, &msg, &size, &info, &tag):
             return None
+        # a message sent with a lease keeps its tag: once the lease takes the
+        # block back (and another allocation may have it), this Block raises
+        # on use instead of writing into it
         cdef Block blk = heap._new_block(msg, size, SH_OWNER_DEFAULT,
                                          sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
-                                         info.usable_size, <int>info.partition, 0)
+                                         info.usable_size, <int>info.partition, tag)
         blk.owns = True  # the receiver's: freed when it frees it or drops it
         sh_chan_unhold(heap.arena, msg)
         return blk
@@ -181,7 +185,7 @@ cdef class ChannelCore:
         """(offset, size) of the next message, or None: for draining."""
         self.heap._check_writable()
         cdef uint64_t msg = 0, size = 0
-        if not self._dequeue(timeout_ns, &msg, &size, NULL):
+        if not self._dequeue(timeout_ns, &msg, &size, NULL, NULL):
             return None
         return msg, size
 

@@ -93,7 +93,8 @@ cdef class ChannelCore:
     cdef readonly uint64_t max_message
 
     cdef int _enqueue(self, uint64_t msg, uint64_t size, int64_t timeout_ns) except -1
-    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, sh_block_info_t *info) except -1
+    cdef int _dequeue(self, int64_t timeout_ns, uint64_t *msg, uint64_t *size, sh_block_info_t *info,
+                      uint64_t *tag) except -1
 
 
 cdef class ChannelWaiter:

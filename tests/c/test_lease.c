@@ -184,7 +184,7 @@ static void test_leased_messages(void) {
   CHECK("a second purge finds none", sh_chan_purge(a, chan, &dropped) == SH_OK && dropped == 0);
   sh_block_info_t info;
   CHECK("the plain one arrives, its block checked",
-        sh_chan_recv_held(a, chan, &msg, &size, 0, &info) == SH_OK && msg == plain && size == 90 &&
+        sh_chan_recv_held(a, chan, &msg, &size, 0, &info, NULL) == SH_OK && msg == plain && size == 90 &&
             info.owner == 0 && info.usable_size >= 90 && info.partition == SH_PART_COMM);
   sh_chan_unhold(a, msg);
   CHECK("and nothing after it", sh_chan_recv(a, chan, &msg, &size, 0) == SH_ETIMEDOUT);
@@ -206,7 +206,7 @@ static void test_leased_messages(void) {
   CHECK("arrives", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == again && size == 100);
   /* a message that is not a block (a damaged ring) is damage, not followed */
   CHECK("a number, not a block", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
-  CHECK("is SH_ECORRUPT to a checked receive", sh_chan_recv_held(a, chan, &msg, &size, 0, &info) == SH_ECORRUPT);
+  CHECK("is SH_ECORRUPT to a checked receive", sh_chan_recv_held(a, chan, &msg, &size, 0, &info, NULL) == SH_ECORRUPT);
   CHECK("and is in nobody's hands", sh_chan_in_hand(a) == 0);
   sh_free(a, again);
   sh_free(a, plain);

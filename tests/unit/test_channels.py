@@ -523,6 +523,32 @@ def test_a_lease_that_runs_out_takes_a_queued_message_out_of_its_channel(heap: s
     heap.check()
 
 
+def test_a_received_message_its_lease_took_back_is_stale_in_its_receivers_hands(heap: sh.Heap) -> None:
+    # the receiver's Block wrote into, and freed, the block's next tenant
+    ch = heap.channel("held-too-long", 4)
+    ch.send(b"m" * 1000, lease=60.0)
+    held = ch.recv()
+    assert heap._lease_reclaim(time.time() + 120)[0] == 1
+    tenant = heap.alloc(1000, "comm")
+    tenant[:6] = b"tenant"
+    assert tenant.offset == held.offset  # the place was handed out again
+    with pytest.raises(sh.StaleBlock):
+        held[:4] = b"OOPS"
+    with pytest.raises(sh.StaleBlock):
+        bytes(held)
+    with pytest.raises(sh.StaleBlock):
+        held.free()
+    assert bytes(tenant[:6]) == b"tenant"
+    tenant.free()
+    # a message whose lease has not run out is the receiver's, as any other
+    ch.send(b"n" * 100, lease=60.0)
+    kept = ch.recv()
+    kept[:1] = b"N"
+    assert bytes(kept[:2]) == b"Nn"
+    kept.free()
+    heap.check()
+
+
 def test_a_channel_kept_past_its_unlink_never_reaches_its_successor(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="16 MiB") as heap:
         other = sh.Heap.attach(heap_name)  # another process's view, as far as channels go

@@ -189,7 +189,7 @@ cdef extern from "swarmheap.h" nogil:
     void sh_chan_unhold(sh_arena_t *arena, uint64_t msg)
     int sh_chan_purge(sh_arena_t *arena, uint64_t chan, uint32_t *dropped)
     int sh_chan_recv_held(sh_arena_t *arena, uint64_t chan, uint64_t *msg, uint64_t *size, int64_t timeout_ns,
-                          sh_block_info_t *info)
+                          sh_block_info_t *info, uint64_t *tag)
     int sh_chan_reclaim_dead(sh_arena_t *arena, uint64_t *blocks)
     uint32_t sh_chan_in_hand(const sh_arena_t *arena)
     int sh_chan_stats(const sh_arena_t *arena, uint64_t chan, sh_chan_stats_t *st)
