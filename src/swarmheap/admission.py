@@ -26,6 +26,8 @@ model predicts every partition (Prediction.peak).
 
 from __future__ import annotations
 
+import math
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -38,14 +40,45 @@ from swarmheap.errors import (
     StoreFull,
     StoreUnavailable,
 )
+from swarmheap.registry import REGISTRY_GENERATION, REGISTRY_OWNER, Registry
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
     from swarmheap.predict import Prediction
 
-__all__ = ["MODES", "admit", "need_of", "reserved"]
+__all__ = ["DEFAULT_LIMIT", "MODES", "admit", "default", "need_of", "reserved", "set_default"]
 
 MODES = (None, "raise", "wait", "offload")
+DEFAULT_LIMIT = 0.9
+
+# The heap's default mode and limit (set_admission), for every process's
+# spawns: a registry entry, its mode's place in MODES and the limit. A
+# process keeps what it read with the registry's root word it read it
+# under: a spawn costs one load of that word while no process writes the
+# registry, and a read of the entry after any write.
+_DEFAULT_NAME = "admission/default"
+_DEFAULT = struct.Struct("<Bd")
+
+
+def set_default(heap: Heap, mode: str | None, limit: float) -> None:
+    Registry(heap).put(_DEFAULT_NAME, _DEFAULT.pack(MODES.index(mode), limit))
+
+
+def default(heap: Heap) -> tuple[str | None, float]:
+    """The heap's default (mode, limit): (None, DEFAULT_LIMIT) until a
+    process sets one, and for an entry that does not decode."""
+    word = heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION)
+    seen = heap._admission_seen
+    if seen is not None and seen[0] == word:
+        return seen[1]
+    data = Registry(heap).get(_DEFAULT_NAME)
+    value: tuple[str | None, float] = (None, DEFAULT_LIMIT)
+    if data is not None and len(data) == _DEFAULT.size:
+        index, limit = _DEFAULT.unpack(data)
+        if index < len(MODES) and math.isfinite(limit) and 0 < limit <= 1:
+            value = (MODES[index], limit)
+    heap._admission_seen = (word, value)  # the word from before the read: a write since is seen next time
+    return value
 
 
 def reserved(heap: Heap) -> dict[str, int]:

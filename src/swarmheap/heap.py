@@ -142,7 +142,8 @@ class Heap(CoreHeap):
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
-        self._admission: tuple[str | None, float] = (None, 0.9)
+        # the heap's admission default as this process last read it, and the registry word it read it under
+        self._admission_seen: tuple[int | None, tuple[str | None, float]] | None = None
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
         # what an agent's share of the shared nursery pages holds at most: a kind
@@ -182,11 +183,12 @@ class Heap(CoreHeap):
             kid = self._spawned_kinds[kind] = kind_id(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
         if isinstance(admit, _Default):
-            mode = self._admission[0]
+            mode, limit = admission.default(self)
         else:
             mode = admit
             if mode not in admission.MODES:
                 raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
+            limit = admission.default(self)[1] if mode is not None else admission.DEFAULT_LIMIT
         channels.check_timeout(timeout)
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
@@ -201,7 +203,7 @@ class Heap(CoreHeap):
         agent_id, generation = self._owner_spawn(kid, need, own_pages)
         agent = Agent(self, agent_id, generation, kind)
         if deadline or (mode is not None and prediction is not None and prediction.samples):
-            self._prepare_agent(agent, deadline, prediction, mode, timeout)
+            self._prepare_agent(agent, deadline, prediction, mode, limit, timeout)
         if self._hooks.table["spawn"]:
             self._hooks.fire("spawn", agent.id, kind, agent.stats())
         return agent
@@ -227,6 +229,7 @@ class Heap(CoreHeap):
         deadline: float,
         prediction: Prediction | None,
         mode: str | None,
+        limit: float,
         timeout: float | None,
     ) -> None:
         """spawn's part for a lease or an admission mode: the index with the
@@ -241,7 +244,7 @@ class Heap(CoreHeap):
             # yet the largest it saw, so the first bursts of a kind are
             # admitted on what is known of it rather than on nothing
             if mode is not None and prediction is not None and prediction.samples:
-                admission.admit(self, agent_id, generation, prediction, mode, self._admission[1], timeout)
+                admission.admit(self, agent_id, generation, prediction, mode, limit, timeout)
                 if self._plan(agent.kind)[1]:
                     # a kind that outgrows the nursery's share gets pages of its own from the start;
                     # a small kind stays packed on the shared pages
@@ -370,14 +373,19 @@ class Heap(CoreHeap):
             self._own_stores.append(self._default_store)
         return self._default_store
 
-    def set_admission(self, mode: str | None = None, limit: float = 0.9) -> None:
+    def set_admission(self, mode: str | None = None, limit: float = admission.DEFAULT_LIMIT) -> None:
         """The default of ``spawn(admit=...)``: None, "raise", "wait" or "offload";
-        ``limit`` is the fraction of a partition's capacity admissions fill."""
+        ``limit`` is the fraction of a partition's capacity admissions fill.
+        Set for the heap: every process's spawns follow it."""
         if mode not in admission.MODES:
             raise ValueError(f"admission mode must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
             raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
-        self._admission = (mode, float(limit))
+        if self.read_only:
+            raise ReadOnlyHeap(
+                "the heap is attached read-only: set_admission() writes; attach it without read_only"
+            )
+        admission.set_default(self, mode, float(limit))
 
     def set_prediction(self, half_life: float = HALF_LIFE) -> None:
         """How fast the usage models forget: a sample ``half_life`` agents old

@@ -460,6 +460,16 @@ def wait_admission(name: str, kind: str, ready: Any, result: Any) -> None:
         result.put("admitted")
 
 
+def spawn_by_default(name: str, kind: str) -> str:
+    """How a spawn with the heap's default admission ends in another process."""
+    with sh.Heap.attach(name) as heap:
+        try:
+            heap.spawn(kind).complete()
+        except sh.AdmissionDenied:
+            return "denied"
+        return "admitted"
+
+
 def registry_names(name: str, prefix: str) -> list[str]:
     from swarmheap.registry import Registry
 

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 import swarmheap as sh
-from _workers import learn_kind, learn_kind_and_drop, learn_kind_unclosed, set_half_life, wait_admission
+from _workers import (
+    learn_kind,
+    learn_kind_and_drop,
+    learn_kind_unclosed,
+    set_half_life,
+    spawn_by_default,
+    wait_admission,
+)
 from swarmheap.stores import SQLiteStore
 
 
@@ -257,6 +264,19 @@ def test_raise_denies_what_does_not_fit(heap: sh.Heap) -> None:
     for a in admitted:
         a.complete()
     heap.check()
+
+
+def test_the_admission_default_is_the_heaps_for_every_process(named: sh.Heap) -> None:
+    teach(named, "hungry", 25, 2_000_000)
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(spawn_by_default, (named.name, "hungry")) == "admitted"
+        named.set_admission("raise", limit=0.01)  # under one agent's predicted peak
+        assert pool.apply(spawn_by_default, (named.name, "hungry")) == "denied"
+        with pytest.raises(sh.AdmissionDenied):
+            named.spawn("hungry")
+        named.set_admission(None)
+        assert pool.apply(spawn_by_default, (named.name, "hungry")) == "admitted"
+    named.check()
 
 
 def test_offload_makes_room(heap: sh.Heap, tmp_path: Any) -> None:
