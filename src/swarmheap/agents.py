@@ -57,6 +57,12 @@ class Agent(AgentCore):
     def __repr__(self) -> str:
         return f"<Agent {self.id} kind={self.kind!r} generation={self.generation} {self.state}>"
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"an Agent cannot be pickled: send its id ({self.id}) and its heap's name; "
+            f"heap.agent(id) in the other process gives it back"
+        )
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Agent) and (self.id, self.generation) == (other.id, other.generation)
 

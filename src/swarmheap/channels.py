@@ -171,6 +171,12 @@ class Channel:
     def __repr__(self) -> str:
         return f"<Channel {self.name!r} capacity={self.capacity}>"
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a Channel cannot be pickled: send its name ({self.name!r}); "
+            f"heap.channel(name) in the other process opens it"
+        )
+
     # ---- sending ----
 
     def send(self, data: Any, timeout: float | None = None, *, lease: float | None = None) -> None:

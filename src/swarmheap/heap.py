@@ -152,6 +152,19 @@ class Heap(CoreHeap):
         self.events = _EVENTS
         self._restart_countdown()
 
+    def __reduce__(self) -> Any:
+        # the cryptic default was Cython's "no default __reduce__ due to non-trivial __cinit__"
+        if self.name is None and self.path is None:
+            raise TypeError(
+                "a private heap (made without a name) is this process's alone: create it with a "
+                "name (or a path) to share it, and attach it by that in the other process"
+            )
+        where = f"its name ({self.name!r})" if self.name is not None else f"its path ({self.path!r})"
+        raise TypeError(
+            f"a Heap is this process's mapping and cannot be pickled: send {where} and call "
+            f"swarmheap.Heap.attach(...) with it in the other process"
+        )
+
     def __del__(self) -> None:
         # dropped without close(): what this process learned still reaches the shared model
         predictor = getattr(self, "_predictor", None)

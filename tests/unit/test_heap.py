@@ -74,6 +74,22 @@ def test_the_smallest_heap_of_default_pages_does_what_the_readme_does() -> None:
         heap.check()
 
 
+def test_what_cannot_cross_a_process_says_what_to_send_instead(heap_name: str) -> None:
+    import pickle
+
+    with sh.Heap.create(heap_name, size="16 MiB") as heap, sh.Heap.create(size="16 MiB") as private:
+        agent = heap.spawn("worker")
+        for obj, remedy in (
+            (heap, "Heap.attach"),
+            (private, "create it with a name"),
+            (agent, "heap.agent"),
+            (heap.channel("jobs"), "heap.channel"),
+        ):
+            with pytest.raises(TypeError, match=remedy):
+                pickle.dumps(obj)
+        agent.complete()
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 300, 42])
 def test_bad_names(bad: object) -> None:
     with pytest.raises((ValueError, TypeError)):
