@@ -58,7 +58,7 @@ def test_crash_matrix(heap_name: str) -> None:
             dead = [i["id"] for i in infos if i is not None and i["pid"] == proc.pid]
             assert not dead, f"agents of the killed worker left after a sweep: {dead}"
             for blk, want in keep:
-                assert bytes(blk[: len(want)]) == want
+                assert bytes(blk[: len(want)]) == want, "the parent's data changed"
             workers[victim] = start(k)
         for proc, conn in workers:
             conn.send("stop")
@@ -71,15 +71,15 @@ def test_crash_matrix(heap_name: str) -> None:
             proc.join()
         heap.collect(2)
         heap.check()
-        assert kills >= KILLS
+        assert kills >= KILLS, f"{kills} kills"
         after = {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
         # Exact but for two windows of a few instructions (docs/design.md, known
         # limits): a kill between taking an agent's new index block (`system`)
         # or a nursery block (`context`, shared pages) and recording it loses
         # that block; seen about once in a few hundred kills, each at most 4 KiB.
         leaked = {p: after[p] - baseline[p] for p in after}
-        assert leaked["shared"] == leaked["comm"] == 0, "bytes of killed workers not reclaimed"
-        assert 0 <= leaked["system"] <= 4096 * (1 + KILLS // 100)
-        assert 0 <= leaked["context"] <= 4096 * (1 + KILLS // 100)
-        assert [a.id for a in heap.agents()] == [mine.id]
+        assert leaked["shared"] == leaked["comm"] == 0, f"bytes of killed workers not reclaimed: {leaked}"
+        assert 0 <= leaked["system"] <= 4096 * (1 + KILLS // 100), f"leaked past the windows' bound: {leaked}"
+        assert 0 <= leaked["context"] <= 4096 * (1 + KILLS // 100), f"leaked past the windows' bound: {leaked}"
+        assert [a.id for a in heap.agents()] == [mine.id], f"agents left: {heap.agents()}
         mine.complete()
