@@ -58,10 +58,10 @@ static void sh_cell_get(const sh_chan_cell_t *cell, uint64_t *msg, uint64_t *siz
 }
 
 /* A tagged message whose block is not the one it was sent with: its lease
- * ran out and a sweep freed it (maybe someone has the place since). */
-/* A tagged message is gone once its lease freed its block; one still there
- * gives its whole tag (*full, when asked), which its receiver's Block keeps
- * so that a later reclaim by the lease is found on use, not written through. */
+ * ran out and a sweep freed it (maybe someone has the place since). One
+ * still there gives its whole tag (*full, when asked), which its receiver's
+ * Block keeps so that a later reclaim by the lease is found on use, not
+ * written through. */
 static bool sh_cell_gone(sh_arena_t *a, uint64_t msg, bool tagged, uint64_t tag, uint64_t *full) {
   return tagged && !_sh_block_tag_low_is(a, msg, tag, SH_CHAN_TAG_MASK, full);
 }
@@ -297,7 +297,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
       sh_chan_unlock(c);
       sh_atomic_add_relaxed(&c->receivers.bytes, *size);
       sh_futex_wake(c, &c->receivers.wakes);
-      uint64_t full = 0;
+      uint64_t full = 0; /* stays 0 for a message sent without a lease */
       bool gone = sh_cell_gone(a, *msg, tagged, tag, &full);
       if (!gone && info &&
           (sh_block_info(a, *msg, info) != SH_OK || info->owner != SH_OWNER_DEFAULT || *size > info->usable_size)) {
@@ -316,7 +316,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
         continue; /* a lease took it: not a message any more, the next one is */
       }
       sh_atomic_add_relaxed(&c->receivers.messages, 1u);
-      if (tag_out) *tag_out = tagged ? full : 0;
+      if (tag_out) *tag_out = full;
       return SH_OK;
     }
     sh_chan_unlock(c);

@@ -126,7 +126,8 @@ sh_internal int _sh_nursery_check(const sh_arena_t *arena);
  * (made now if it has none), else 0: a block without a lease is never freed
  * under the ring, so it needs none. */
 sh_internal uint64_t _sh_block_lease_tag(sh_arena_t *arena, uint64_t offset);
-/* True if `offset` is a live block whose tag's bits under `mask` are `low`. */
+/* True if `offset` is a live block whose tag's bits under `mask` are `low`;
+ * then *full (if not NULL) is the whole tag. */
 sh_internal bool _sh_block_tag_low_is(sh_arena_t *arena, uint64_t offset, uint64_t low, uint64_t mask, uint64_t *full);
 
 /* ---- owner.c ---- */

@@ -195,13 +195,11 @@ class Heap(CoreHeap):
             offload.name_kind(self, kind)
             kid = self._spawned_kinds[kind] = kind_id(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
-        if isinstance(admit, _Default):
-            mode, limit = admission.default(self)
-        else:
+        mode, limit = admission.default(self)  # the heap's; an explicit admit= takes its limit
+        if not isinstance(admit, _Default):
             mode = admit
             if mode not in admission.MODES:
                 raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
-            limit = admission.default(self)[1] if mode is not None else admission.DEFAULT_LIMIT
         channels.check_timeout(timeout)
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
@@ -313,8 +311,8 @@ class Heap(CoreHeap):
 
     def close(self) -> None:
         """As CoreHeap.close; this process's usage samples go to the shared model first."""
-        if not self.closed and not self.read_only and hasattr(self, "_predictor"):
-            self._predictor.flush_quietly()
+        if hasattr(self, "_predictor"):
+            self._predictor.flush_quietly()  # nothing on a closed or read-only heap
         super().close()
         for store in getattr(self, "_own_stores", ()):
             store.close()
