@@ -1,10 +1,11 @@
 /* Channels: a bounded MPMC queue of message offsets in a block of `comm`.
  *
- * The ring is a process-shared robust mutex and (head, count) packed in one
- * word, so every change is a single store: a process killed while holding
- * the lock leaves a ring the next locker can use as it is (EOWNERDEAD needs
- * no repair). The lock is held for a few loads and stores, never across a
- * wait. Waits sleep on futex words (not private: other processes wake them)
+ * Senders and receivers each have a process-shared robust mutex, and the
+ * position each side moves (the tail for senders, the head for receivers)
+ * is one word changed by one store under its lock: a process killed while
+ * holding either lock leaves a ring the next locker can use as it is
+ * (EOWNERDEAD needs no repair). A lock is held for a few loads and stores,
+ * never across a wait; a sender and a receiver do not wait for each other. Waits sleep on futex words (not private: other processes wake them)
  * after a short spin, because a receiver that is about to be fed should not
  * pay a sleep and a wake-up. We chose a lock over a lock-free ring (Vyukov's
  * per-cell sequence numbers) because a process killed between claiming a
@@ -73,28 +74,46 @@ static bool sh_cell_marked_gone(const sh_chan_cell_t *cell) {
   return (cell->offset & SH_CHAN_CELL_LOW) == 0 && (cell->size & SH_CHAN_CELL_TAGGED);
 }
 
-static void sh_chan_lock(sh_chan_t *c) { (void)_sh_lock_acquire_repair(&c->lock); /* one-store changes: nothing to repair */ }
-static void sh_chan_unlock(sh_chan_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
+static void sh_chan_lock(sh_lock_t *lock) { (void)_sh_lock_acquire_repair(lock); /* one-store changes: nothing to repair */ }
+static void sh_chan_unlock(sh_lock_t *lock) { pthread_mutex_unlock(&lock->mutex); }
 
-/* A ring word that counts more messages than the ring holds: a sender would
- * wait for room forever, a receiver take cells never filled. */
-static int sh_chan_count_damaged(uint32_t count, uint32_t capacity) {
-  return _sh_fail(SH_ECORRUPT, "a channel's ring counts %u messages in %u cells: it is damaged", count, capacity);
+/* Positions that count more messages than the ring holds (or fewer than
+ * none): a sender would wait for room forever, a receiver take cells never
+ * filled. */
+static int sh_chan_count_damaged(uint64_t count, uint32_t capacity) {
+  return _sh_fail(SH_ECORRUPT, "a channel's ring counts %llu messages in %u cells: it is damaged",
+                  (unsigned long long)count, capacity);
 }
 
-/* The same, found with the lock held: given back first. */
-static int sh_chan_damaged(sh_chan_t *c, uint32_t count, uint32_t capacity) {
-  sh_chan_unlock(c);
+/* The same, found with a side's lock held: given back first. */
+static int sh_chan_damaged(sh_lock_t *held, uint64_t count, uint32_t capacity) {
+  sh_chan_unlock(held);
   return sh_chan_count_damaged(count, capacity);
+}
+
+/* The messages queued, read without a lock: the head, the tail, the head
+ * again, until the head held still across the tail's read (then tail - head
+ * is a count the ring had: the tail can pass head + capacity only after
+ * the head moved). False if it never held still: receivers are busy. */
+static bool sh_chan_count(sh_chan_t *c, uint64_t *count) {
+  for (int attempt = 0; attempt < 16; attempt++) {
+    uint64_t head = sh_atomic_load_acquire(sh_chan_head(c));
+    uint64_t tail = sh_atomic_load_acquire(sh_chan_tail(c));
+    if (sh_atomic_load_acquire(sh_chan_head(c)) == head) {
+      *count = tail - head;
+      return true;
+    }
+  }
+  return false;
 }
 
 /* A waiter spins on the futex word it would sleep on (the other side bumps
  * it with each change of the ring) and comes back for the lock only when the
  * word moved from `seen`, or the channel closed. Spinning on the lock made
  * each send contend with the receiver's spin (a contended robust mutex is a
- * futex syscall on both sides); spinning on the ring word, which shares the
- * lock's line, took that line from the side working under the lock on
- * every read. The futex word's line is written by that side alone, once per
+ * futex syscall on both sides); spinning on the other side's position,
+ * which shares its lock's line, took that line from the side working under
+ * the lock on every read. The futex word's line is written by that side alone, once per
  * change, after it gave the lock back. Returns the spins used. */
 static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room, uint32_t seen) {
   _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
@@ -141,14 +160,16 @@ static void sh_futex_wake(sh_chan_t *c, _Atomic uint32_t *word) {
 }
 
 /* Before a wait (a send or receive that found the ring unable to act and
- * gave the lock back, or sh_chan_wait): the futex word the wait would sleep
+ * gave its lock back, or sh_chan_wait): the futex word the wait would sleep
  * on, read before the ring is looked at, so that a change between the two
- * moves the word and the sleep returns at once; and the ring's count. True
- * if the ring can act (or the channel closed): look again without waiting.
- * The word is the other side's, so it is read only here, not on every call. */
-static bool sh_chan_ready(sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t *seen, uint32_t *count) {
+ * moves the word and the sleep returns at once; and the ring's count (0 if
+ * the positions never held still). True if the ring can act, may have
+ * moved, or the channel closed: look again without waiting. The word is the
+ * other side's, so it is read only here, not on every call. */
+static bool sh_chan_ready(sh_chan_t *c, uint32_t capacity, bool want_room, uint32_t *seen, uint64_t *count) {
   *seen = sh_atomic_load_acquire(want_room ? &c->receivers.wakes : &c->senders.wakes);
-  *count = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+  *count = 0;
+  if (!sh_chan_count(c, count)) return true;
   return (want_room ? *count < capacity : *count > 0) || sh_atomic_load_acquire(&c->closed);
 }
 
@@ -172,7 +193,8 @@ int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint6
   c->capacity = capacity;
   c->max_message = max_message;
   c->id = (_sh_os_random32() & 0xFFFFu) | 1u; /* 16 bits: a stale handle fits a new ring 1 time in 32 768 */
-  rc = _sh_lock_init(&c->lock);
+  rc = _sh_lock_init(&c->send_lock);
+  if (!rc) rc = _sh_lock_init(&c->recv_lock);
   if (rc) {
     sh_free(a, off);
     return rc;
@@ -197,26 +219,33 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
     if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed");
-    sh_chan_lock(c);
-    uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
-    uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
-    if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
-    if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) {
-      sh_chan_cell_t *cell = &c->cells[(head + count) & (capacity - 1)];
+    sh_chan_lock(&c->send_lock);
+    uint64_t tail = sh_atomic_load_relaxed(sh_chan_tail(c));
+    uint64_t head = sh_atomic_load_relaxed(&c->senders.other);
+    if (tail - head >= capacity) { /* full as last seen, or that look is damaged: look again */
+      /* acquire: the receives that moved it had read their cells */
+      head = sh_atomic_load_acquire(sh_chan_head(c));
+      sh_atomic_store_relaxed(&c->senders.other, head);
+    }
+    uint64_t count = tail - head;
+    if (sh_unlikely(count > capacity)) return sh_chan_damaged(&c->send_lock, count, capacity);
+    if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) { /* a close sets it under this lock */
+      sh_chan_cell_t *cell = &c->cells[tail & (capacity - 1)];
       sh_cell_put(cell, msg, size, tag);
       /* out of this thread's hands just before the ring has it: killed
        * between the two, the message is lost (one block), never freed by a
        * sweep while a receiver may take it */
       sh_chan_unhold(a, msg);
-      sh_atomic_store_release(sh_chan_ring(c), (uint64_t)head << 32 | (count + 1)); /* the one store that publishes */
-      sh_chan_unlock(c);
+      sh_atomic_store_release(sh_chan_tail(c), tail + 1); /* the one store that publishes */
+      sh_chan_unlock(&c->send_lock);
       sh_atomic_add_relaxed(&c->senders.messages, 1u);
       sh_atomic_add_relaxed(&c->senders.bytes, size);
       sh_futex_wake(c, &c->senders.wakes);
       return SH_OK;
     }
-    sh_chan_unlock(c);
-    uint32_t seen, count_now; /* a damaged count is found under the lock, on the next turn */
+    sh_chan_unlock(&c->send_lock);
+    uint32_t seen;
+    uint64_t count_now; /* a damaged count is found under the lock, on the next turn */
     if (sh_chan_ready(c, capacity, true, &seen, &count_now)) continue;
     rc = sh_chan_await(a, c, true, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
@@ -229,7 +258,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
  * named by nothing but the thread: its slot records it (in_hand), so that a
  * sweep that finds the process dead frees it. Set before the block leaves
  * the ring or after it is filled; cleared before it enters the ring (under
- * the ring's lock) or once the receiver owns it. */
+ * the senders' lock) or once the receiver owns it. */
 
 int sh_chan_hold(sh_arena_t *a, uint64_t msg) {
   sh_tslot_t *s = _sh_tc_slot(a, msg != 0);
@@ -284,17 +313,23 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    sh_chan_lock(c);
-    uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
-    uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring;
-    if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
+    sh_chan_lock(&c->recv_lock);
+    uint64_t head = sh_atomic_load_relaxed(sh_chan_head(c));
+    uint64_t tail = sh_atomic_load_relaxed(&c->receivers.other);
+    if (tail - head - 1 >= capacity) { /* empty as last seen (or behind a purge, or damaged): look again */
+      /* acquire: the sends that moved it had filled their cells */
+      tail = sh_atomic_load_acquire(sh_chan_tail(c));
+      sh_atomic_store_relaxed(&c->receivers.other, tail);
+    }
+    uint64_t count = tail - head;
+    if (sh_unlikely(count > capacity)) return sh_chan_damaged(&c->recv_lock, count, capacity);
     if (count > 0) {
       bool tagged;
       uint64_t tag;
-      sh_cell_get(&c->cells[head], msg, size, &tagged, &tag);
-      sh_atomic_store_release(sh_chan_ring(c), (uint64_t)((head + 1) & (capacity - 1)) << 32 | (count - 1));
+      sh_cell_get(&c->cells[head & (capacity - 1)], msg, size, &tagged, &tag);
+      sh_atomic_store_release(sh_chan_head(c), head + 1); /* release: a sender reuses the cell only after */
       if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
-      sh_chan_unlock(c);
+      sh_chan_unlock(&c->recv_lock);
       sh_atomic_add_relaxed(&c->receivers.bytes, *size);
       sh_futex_wake(c, &c->receivers.wakes);
       uint64_t full = 0; /* stays 0 for a message sent without a lease */
@@ -319,9 +354,18 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
       if (tag_out) *tag_out = full;
       return SH_OK;
     }
-    sh_chan_unlock(c);
-    if (sh_atomic_load_acquire(&c->closed)) return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
-    uint32_t seen, count_now; /* a damaged count is found under the lock, on the next turn */
+    sh_chan_unlock(&c->recv_lock);
+    if (sh_atomic_load_acquire(&c->closed)) {
+      /* a send that had the senders' lock before the close may have queued
+       * since this looked; none can after (acquire: the close was made
+       * under that lock), so a ring empty now stays empty */
+      uint64_t head_now = sh_atomic_load_acquire(sh_chan_head(c));
+      if (sh_atomic_load_acquire(sh_chan_tail(c)) == head_now)
+        return _sh_fail(SH_ECLOSED, "the channel is closed and drained");
+      continue;
+    }
+    uint32_t seen;
+    uint64_t count_now; /* a damaged count is found under the lock, on the next turn */
     if (sh_chan_ready(c, capacity, false, &seen, &count_now)) continue;
     rc = sh_chan_await(a, c, false, seen, timeout_ns, deadline, &spin, NULL);
     if (rc) return rc;
@@ -333,7 +377,10 @@ int sh_chan_close(sh_arena_t *a, uint64_t chan) {
   uint32_t capacity;
   int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
+  /* under the senders' lock: a send either queued before it or finds it set */
+  sh_chan_lock(&c->send_lock);
   sh_atomic_store_release(&c->closed, 1u);
+  sh_chan_unlock(&c->send_lock);
   sh_atomic_add_relaxed(&c->sleepers, 1u); /* so that both wakes are syscalls */
   sh_futex_wake(c, &c->senders.wakes);
   sh_futex_wake(c, &c->receivers.wakes);
@@ -348,7 +395,8 @@ int sh_chan_wait(sh_arena_t *a, uint64_t chan, int want_room, int64_t timeout_ns
   if (rc) return rc;
   int64_t deadline = _sh_deadline_ns(timeout_ns);
   for (int spin = 0;; spin++) {
-    uint32_t seen, count;
+    uint32_t seen;
+    uint64_t count;
     bool ready = sh_chan_ready(c, capacity, want_room != 0, &seen, &count);
     if (sh_unlikely(count > capacity)) return sh_chan_count_damaged(count, capacity);
     if (ready) return SH_OK;
@@ -381,16 +429,20 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   st->received = sh_atomic_load_relaxed(&c->receivers.messages);
   st->closed = (int)sh_atomic_load_relaxed(&c->closed);
   if (a->read_only) { /* no lock to take: the counters as they are */
-    st->depth = (uint32_t)sh_atomic_load_acquire(sh_chan_ring(c));
+    uint64_t count = capacity;
+    (void)sh_chan_count(c, &count);
+    st->depth = count > capacity ? capacity : (uint32_t)count;
     st->bytes_in_flight = sh_chan_bytes_in_flight(c);
     return SH_OK;
   }
-  /* the messages a purge marked gone behind a live one are not in flight */
-  sh_chan_lock(c);
-  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
-  uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, gone = 0;
+  /* the messages a purge marked gone behind a live one are not in flight;
+   * with the receivers' lock, the cells from head to tail stay as they are */
+  sh_chan_lock(&c->recv_lock);
+  uint64_t head = sh_atomic_load_relaxed(sh_chan_head(c));
+  uint64_t count = sh_atomic_load_acquire(sh_chan_tail(c)) - head;
+  uint32_t gone = 0;
   uint64_t gone_bytes = 0;
-  for (uint32_t i = 0; count <= capacity && i < count; i++) {
+  for (uint64_t i = 0; count <= capacity && i < count; i++) {
     const sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
     if (sh_cell_marked_gone(cell)) {
       gone++;
@@ -398,8 +450,8 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
     }
   }
   st->bytes_in_flight = sh_chan_bytes_in_flight(c) - gone_bytes;
-  sh_chan_unlock(c);
-  st->depth = count - gone;
+  sh_chan_unlock(&c->recv_lock);
+  st->depth = count > capacity ? capacity : (uint32_t)(count - gone);
   return SH_OK;
 }
 
@@ -409,10 +461,11 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
   *dropped = 0;
   int rc = sh_chan_at(a, chan, &c, &capacity);
   if (rc) return rc;
-  sh_chan_lock(c);
-  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
-  uint32_t head = (uint32_t)(ring >> 32) & (capacity - 1), count = (uint32_t)ring, leading = 0;
-  if (sh_unlikely(count > capacity)) return sh_chan_damaged(c, count, capacity);
+  sh_chan_lock(&c->recv_lock);
+  uint64_t head = sh_atomic_load_relaxed(sh_chan_head(c));
+  uint64_t count = sh_atomic_load_acquire(sh_chan_tail(c)) - head;
+  uint32_t leading = 0;
+  if (sh_unlikely(count > capacity)) return sh_chan_damaged(&c->recv_lock, count, capacity);
   uint64_t leading_bytes = 0;
   /* Each change is one store, as everywhere in the ring, so a purger killed
    * half way leaves a ring the next locker uses as it is: a gone message's
@@ -420,7 +473,7 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
    * front in one store.
    * Gone messages behind a live one stay in the ring until a receiver
    * passes them; sh_chan_stats does not count them. */
-  for (uint32_t i = 0; i < count; i++) {
+  for (uint64_t i = 0; i < count; i++) {
     sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
     uint64_t msg, size, tag;
     bool tagged;
@@ -435,8 +488,8 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
       leading_bytes += size;
     }
   }
-  if (leading) sh_atomic_store_release(sh_chan_ring(c), (uint64_t)((head + leading) & (capacity - 1)) << 32 | (count - leading));
-  sh_chan_unlock(c);
+  if (leading) sh_atomic_store_release(sh_chan_head(c), head + leading);
+  sh_chan_unlock(&c->recv_lock);
   if (leading) {
     sh_atomic_add_relaxed(&c->receivers.bytes, leading_bytes); /* out of the ring, as if received */
     sh_futex_wake(c, &c->receivers.wakes);

@@ -5,7 +5,7 @@
 
 #include "sh_internal.h"
 
-#define SH_CHAN_MAGIC UINT64_C(0x31304e4148434853) /* "SHCHAN01" */
+#define SH_CHAN_MAGIC UINT64_C(0x32304e4148434853) /* "SHCHAN02" */
 #define SH_CHAN_MAX_CAPACITY (1u << 20)
 
 /* A queued message: its block's offset and its size, each under 2^48. A
@@ -24,29 +24,39 @@ typedef struct sh_chan_cell_s {
 #define SH_CHAN_TAG_MASK ((UINT64_C(1) << 31) - 1)
 
 /* The header is laid out by who writes what, a cache line each, since a
- * sender and a receiver on two cores meet here on every message: what a call
- * only reads (written at creation; `closed` once more, `sleepers` by a wait
- * that sleeps anyway) never moves between their caches; the lock and the ring
- * word it guards share a line, which moves once per call; each side's futex
- * word and counters stay in that side's cache, read by the other only before
- * a sleep or by a stats call. With the ring, the futex words and the counters
- * on one line apart from the lock's, each call took two lines from the other
- * core and wrote the second three more times after giving the lock back. */
+ * sender and a receiver on two cores meet here on every message. The first
+ * line is what a call only reads (written at creation; `closed` once more,
+ * `sleepers` by a wait that sleeps anyway). Senders and receivers each have
+ * a lock of their own, and the position they move sits on its lock's line:
+ * the tail (where the next message goes) on the senders', the head (the
+ * next message to take) on the receivers'. A sender and a receiver working
+ * at once take no line from each other but the cells': each side's futex
+ * word, counters and its last look at the other side's position stay on a
+ * line of its own, and the other position is read again only when the one
+ * it last saw leaves no room (no message). One lock for both sides moved
+ * its line between the cores twice a message. */
+typedef struct sh_chan_side_s {
+  _Atomic uint32_t wakes;       /* a futex word: bumped by each of this side's changes (and a close) */
+  _Atomic uint64_t other;       /* the other side's position as this side last read it (under its lock) */
+  _Atomic uint64_t messages, bytes; /* counted by this side: sent (received), and their bytes */
+} __attribute__((aligned(SH_CACHE_LINE))) sh_chan_side_t;
+
 typedef struct sh_chan_s {
   uint64_t magic;
   uint32_t capacity, id; /* id: random, never 0, in every handle's top bits */
   uint64_t max_message;
   _Atomic uint32_t closed;
   _Atomic uint32_t sleepers;      /* waiters on either futex word: a wake is a syscall only when there are some */
-  sh_lock_t lock;                 /* the next line; its guarded word is the ring (sh_chan_ring) */
-  struct {
-    _Atomic uint32_t wakes;       /* a futex word: bumped by each of this side's changes (and a close) */
-    _Atomic uint64_t messages, bytes; /* counted by this side: sent (received), and their bytes */
-  } __attribute__((aligned(SH_CACHE_LINE))) senders, receivers;
+  sh_lock_t send_lock;            /* its guarded word: the tail, a count of the messages ever queued */
+  sh_lock_t recv_lock;            /* its guarded word: the head, a count of the messages ever taken */
+  sh_chan_side_t senders, receivers;
   sh_chan_cell_t cells[] __attribute__((aligned(SH_CACHE_LINE)));
 } sh_chan_t;
 
-/* The ring word: head:32 | count:32, changed under the lock, one store per change. */
-static inline _Atomic uint64_t *sh_chan_ring(sh_chan_t *c) { return &c->lock.guarded; }
+/* The positions: each changed under its side's lock, one store per change,
+ * never back; tail - head is the messages queued, the cell of a position
+ * is position mod capacity. */
+static inline _Atomic uint64_t *sh_chan_tail(sh_chan_t *c) { return &c->send_lock.guarded; }
+static inline _Atomic uint64_t *sh_chan_head(sh_chan_t *c) { return &c->recv_lock.guarded; }
 
 #endif

@@ -86,7 +86,7 @@ typedef struct sh_part_desc_s {
 } sh_part_desc_t;
 
 /* A process-shared robust mutex on its own cache line, with room on the line
- * for one word it guards (a channel's ring word): a locker that takes the
+ * for one word it guards (a channel's position): a locker that takes the
  * line for the lock has the word with it, not another line from another core. */
 typedef struct sh_lock_s {
   pthread_mutex_t mutex;

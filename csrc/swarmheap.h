@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 10u
+#define SH_FORMAT_VERSION 11u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -391,9 +391,10 @@ int sh_owner_reserve(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64
 /* ---- Channels (channel.c) ---------------------------------------------------
  * A bounded multi-producer, multi-consumer queue of (offset, size) messages in
  * a block of `comm`: the message bytes are blocks of the arena, so a send
- * moves an offset, not the bytes. The ring is guarded by a process-shared
- * robust mutex held for a few stores (a holder killed inside leaves the ring
- * consistent: every change is one store); blocking waits sleep on futexes
+ * moves an offset, not the bytes. Senders and receivers each have a
+ * process-shared robust mutex, held for a few stores (a holder killed inside
+ * leaves the ring consistent: every change is one store of that side's
+ * position), so neither side waits for the other's; blocking waits sleep on futexes
  * that any process's send, receive or close wakes. Timeouts in nanoseconds:
  * -1 waits for ever, 0 not at all. */
 typedef struct sh_chan_stats_s {
@@ -438,7 +439,7 @@ void sh_chan_call_off(sh_arena_t *arena, uint64_t chan, uint32_t *cancel);
 void sh_call_off_waits(sh_arena_t *arena);
 /* [thread] Messages in a thread's hands. sh_chan_hold records `msg` (0:
  * nothing) as the message the calling thread holds mid-send (filled, not yet
- * queued: sh_chan_send clears it under the ring's lock as it queues it) or
+ * queued: sh_chan_send clears it under the senders' lock as it queues it) or
  * mid-receive (sh_chan_recv_held records what it takes off the ring; the
  * receiver clears it once the message is its own). sh_chan_unhold clears
  * the record if it is `msg`. [any] sh_chan_reclaim_dead frees the messages

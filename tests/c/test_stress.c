@@ -397,6 +397,50 @@ static void channel_race(sh_arena_t *a) {
   CHECK("channel: another freed", sh_free(a, sh_chan_offset(next)) == SH_OK);
 }
 
+/* A close while producers still send: a send that returned SH_OK is
+ * received (the receivers' "closed and drained" waits for it), and none
+ * after the close. Each producer stops at its first SH_ECLOSED. */
+typedef struct {
+  chan_worker_t w;
+  _Atomic uint64_t *sent;
+} chan_closer_worker_t;
+
+static void *chan_producer_until_closed(void *arg) {
+  chan_closer_worker_t *cw = arg;
+  for (uint64_t i = 0; i < CHAN_MESSAGES; i++) {
+    uint64_t msg = ((uint64_t)cw->w.who << 32 | i) + 1;
+    int rc = sh_chan_send(cw->w.arena, cw->w.chan, msg, 8, -1);
+    if (rc == SH_ECLOSED) break;
+    if (rc != SH_OK) fail("chan: send", msg);
+    atomic_fetch_add(cw->sent, 1);
+  }
+  return NULL;
+}
+
+static void channel_close_race(sh_arena_t *a) {
+  for (int round = 0; round < 20; round++) {
+    uint64_t chan;
+    REQUIRE("channel", sh_chan_create(a, 16, 1024, &chan) == SH_OK);
+    static _Atomic uint8_t seen[CHAN_PRODUCERS * CHAN_MESSAGES];
+    for (size_t i = 0; i < CHAN_PRODUCERS * CHAN_MESSAGES; i++) atomic_store(&seen[i], 0);
+    _Atomic uint64_t received = 0, sent = 0;
+    pthread_t t[4];
+    chan_closer_worker_t w[4];
+    for (int i = 0; i < 4; i++) {
+      w[i] = (chan_closer_worker_t){{a, chan, i % CHAN_PRODUCERS, seen, &received}, &sent};
+      pthread_create(&t[i], NULL, i < CHAN_PRODUCERS ? chan_producer_until_closed : chan_consumer, &w[i]);
+    }
+    while (atomic_load(&received) < (uint64_t)(round + 1) * 50) sched_yield(); /* a close mid-stream */
+    CHECK("channel race: close", sh_chan_close(a, chan) == SH_OK);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    CHECK("channel race: every message a send returned SH_OK for is received",
+          atomic_load(&received) == atomic_load(&sent));
+    uint64_t m, sz;
+    CHECK("channel race: closed and drained", sh_chan_recv(a, chan, &m, &sz, 0) == SH_ECLOSED);
+    CHECK("channel race: freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
+  }
+}
+
 int main(void) {
   snprintf(name, sizeof name, "/sh_stress_%d", (int)getpid());
   sh_unlink(SH_BACKING_SHM, name);
@@ -459,6 +503,7 @@ int main(void) {
   nursery_race(a);
   nursery_recycle_under_alloc(a);
   channel_race(a);
+  channel_close_race(a);
   CHECK("exchange block freed", sh_free(a, ex) == SH_OK);
   exhaust(a);
   CHECK("no failures while exhausting", failures == 0);

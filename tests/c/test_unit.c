@@ -755,7 +755,7 @@ static void test_dead_sender_message(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
-/* A ring word counting more messages than the ring has cells: a sender
+/* Positions counting more messages than the ring has cells: a sender
  * without a timeout waited for room forever, a receiver took cells never
  * filled. Both are SH_ECORRUPT now; a damaged capacity is no channel. */
 static void test_damaged_channel(void) {
@@ -765,12 +765,12 @@ static void test_damaged_channel(void) {
   REQUIRE("channel", sh_chan_create(a, 4, 1024, &chan) == SH_OK);
   sh_chan_t *c = (sh_chan_t *)(a->base + sh_chan_offset(chan));
   CHECK("send", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
-  uint64_t ring = sh_atomic_load_relaxed(sh_chan_ring(c));
-  sh_atomic_store_release(sh_chan_ring(c), (ring & ~UINT64_C(0xFFFFFFFF)) | 7u);
+  uint64_t tail = sh_atomic_load_relaxed(sh_chan_tail(c));
+  sh_atomic_store_release(sh_chan_tail(c), tail + 6); /* 7 queued in 4 cells */
   CHECK("a send to an over-counted ring is damage, not a wait", sh_chan_send(a, chan, 128, 8, -1) == SH_ECORRUPT);
   CHECK("the message says so", strstr(sh_last_error(), "damaged") != NULL);
   CHECK("a receive too", sh_chan_recv(a, chan, &msg, &size, -1) == SH_ECORRUPT);
-  sh_atomic_store_release(sh_chan_ring(c), ring);
+  sh_atomic_store_release(sh_chan_tail(c), tail);
   CHECK("the lock was given back", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64 && size == 8);
   c->capacity = 3;
   CHECK("a capacity no ring has: not a channel", sh_chan_send(a, chan, 64, 8, 0) == SH_EBADPTR);

@@ -5,7 +5,8 @@ over ipc://). For each peer a child process (spawned once) produces; this
 process consumes. A burst is timed from the "go" the parent sends to the
 last message received, with the producer's data built before "go" (for
 `send_block`, the block is filled before "go": that is the zero-copy
-hand-off). The receiver takes each message (for swarmheap a Block, freed;
+hand-off). swarmheap's channels have the default capacity (1024), and a
+ring of 256 has a row of its own. The receiver takes each message (for swarmheap a Block, freed;
 for the peers the bytes they return). Ping-pong is one 64 B message there and
 back, timed per round trip."""
 
@@ -25,7 +26,16 @@ from swarmheap.tools.scenarios import median, target
 
 SMALL = (64, 1024, 64 * 1024)
 LARGE = (1 << 20, 64 << 20)
-PEERS = ("swarmheap", "swarmheap send_block", "Queue", "Pipe", "faster-fifo", "pyzmq")
+PEERS = ("swarmheap", "swarmheap send_block", "swarmheap small ring", "Queue", "Pipe", "faster-fifo", "pyzmq")
+# The channels each swarmheap peer uses, and their capacity: the default, as
+# heap.channel(name) gives (the targets are read on it), and a ring of 256,
+# which a producer faster than its receiver keeps full: then each send waits
+# for the receive before it and both sides take the same lines in turn
+RINGS = {
+    "swarmheap": ("bench", 1024),
+    "swarmheap send_block": ("bench", 1024),
+    "swarmheap small ring": ("bench256", 256),
+}
 
 
 class _Ends:
@@ -37,7 +47,8 @@ class _Ends:
         self.release: Callable[[Any], None] = lambda msg: None
         if peer.startswith("swarmheap"):
             self.heap = Heap.attach(spec["heap"]) if side == "child" else spec["heap_obj"]
-            up, down = self.heap.channel("bench-up"), self.heap.channel("bench-down")
+            ring = RINGS[peer][0]
+            up, down = self.heap.channel(f"{ring}-up"), self.heap.channel(f"{ring}-down")
             out, inn = (up, down) if side == "child" else (down, up)
             self.send = out.send
             self.recv = inn.recv
@@ -162,7 +173,7 @@ def _measure_peer(peer: str, heap: Heap, tmp: str, quick: bool) -> dict[str, Any
     repeats = 1 if quick else 3  # a quick run (the tests' smoke run) checks that it runs, not how fast
     out: dict[str, Any] = {"throughput": {}, "pingpong": None}
     try:
-        sizes = LARGE if peer == "swarmheap send_block" else SMALL + LARGE
+        sizes = {"swarmheap send_block": LARGE, "swarmheap small ring": SMALL}.get(peer, SMALL + LARGE)
         for size in sizes:
             if peer == "swarmheap send_block" and size < (1 << 20):
                 continue
@@ -187,7 +198,7 @@ def _measure_peer(peer: str, heap: Heap, tmp: str, quick: bool) -> dict[str, Any
                     times.append(time.perf_counter_ns() - t0)
                 _await(parent_control, proc, peer)  # done
             out["throughput"][size] = {"n": n, "ns": median(times)}
-        if peer != "swarmheap send_block":
+        if peer not in ("swarmheap send_block", "swarmheap small ring"):
             rounds = 500 if quick else 3000
             parent_control.send(("echo", rounds))
             ping = bytes(64)
@@ -226,8 +237,9 @@ def channel(quick: bool) -> dict[str, Any]:
         tempfile.TemporaryDirectory() as tmp,
         Heap.create(f"swarmheap-chbench-{os.getpid()}", size="2 GiB") as heap,
     ):
-        heap.channel("bench-up", capacity=256, max_message=64 << 20)
-        heap.channel("bench-down", capacity=256, max_message=64 << 20)
+        for ring, capacity in set(RINGS.values()):
+            heap.channel(f"{ring}-up", capacity=capacity, max_message=64 << 20)
+            heap.channel(f"{ring}-down", capacity=capacity, max_message=64 << 20)
         try:
             for peer in PEERS:
                 why = _available(peer)
@@ -248,7 +260,7 @@ def channel(quick: bool) -> dict[str, Any]:
         tp = d["throughput"]
         pp = d["pingpong"]
         rows.append(
-            [peer, ""]
+            [peer, f"capacity {RINGS[peer][1]}" if peer in RINGS else ""]
             + [_rate(s, tp.get(s)) for s in SMALL + LARGE]
             + [f"{pp['p50_ns'] / 1e3:.1f} / {pp['p99_ns'] / 1e3:.1f} µs" if pp else "-"]
         )
