@@ -3,7 +3,10 @@ compress="zstd", keep=None, kind="langgraph")`` (the ``langgraph`` extra).
 
 - Threads are agents (of ``kind``), found by thread id through the heap's
   registry from any process: a deleted or pruned thread's memory comes back
-  in one recycle, and ``swarmheap stats`` shows each thread's usage.
+  in one recycle, and ``swarmheap stats`` shows each thread's usage. Thread
+  ids are the heap's, as they are a database file's for SqliteSaver: every
+  SwarmSaver on the heap (whatever its ``kind``, which names the agents for
+  stats and prediction) sees the same threads.
 - Checkpoints, their pending writes, and channel values live in the arena
   as the agent's named entries. A channel value is stored once per version
   (``blob/NS/CHANNEL/VERSION``), as LangGraph's versioned channels allow, so

@@ -64,6 +64,27 @@ def test_the_protocol(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_thread_ids_are_the_heaps_whatever_the_kind(heap: sh.Heap) -> None:
+    # as two SqliteSavers on one file: a saver of another kind sees the thread,
+    # carries it on, and its agent keeps the kind that made it
+    planner, other = SwarmSaver(heap, kind="planner"), SwarmSaver(heap, kind="other")
+    fill(planner, "shared", 2)
+    got = other.get_tuple({"configurable": {"thread_id": "shared"}})
+    assert got is not None and got.checkpoint["channel_values"]["count"] == 1
+    cp = create_checkpoint(got.checkpoint, None, 2)
+    cp["channel_values"] = {"count": 2}
+    cp["channel_versions"] = {**cp["channel_versions"], "count": 3}
+    other.put(got.config, cp, {"source": "loop", "step": 2}, {"count": 3})
+    assert planner.get_tuple({"configurable": {"thread_id": "shared"}}).checkpoint["channel_values"] == {
+        "messages": ["m0", "m1"],
+        "count": 2,
+    }
+    assert [a.kind for a in heap.agents()] == ["planner"]
+    other.delete_thread("shared")
+    assert planner.get_tuple({"configurable": {"thread_id": "shared"}}) is None
+    heap.check()
+
+
 def test_keep_bounds_a_thread(heap: sh.Heap) -> None:
     saver = SwarmSaver(heap, keep=2)
     fill(saver, "k", 10)
