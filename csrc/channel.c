@@ -5,9 +5,10 @@
  * is one word changed by one store under its lock: a process killed while
  * holding either lock leaves a ring the next locker can use as it is
  * (EOWNERDEAD needs no repair). A lock is held for a few loads and stores,
- * never across a wait; a sender and a receiver do not wait for each other. Waits sleep on futex words (not private: other processes wake them)
- * after a short spin, because a receiver that is about to be fed should not
- * pay a sleep and a wake-up. We chose a lock over a lock-free ring (Vyukov's
+ * never across a wait, and a sender and a receiver do not wait for each
+ * other's. Waits sleep on futex words (not private: other processes wake
+ * them) after a short spin, because a receiver that is about to be fed
+ * should not pay a sleep and a wake-up. We chose a lock over a lock-free ring (Vyukov's
  * per-cell sequence numbers) because a process killed between claiming a
  * cell and publishing it wedges that ring for every other process, and
  * telling a dead claimer from a slow one needs more than a sequence number. */
@@ -113,8 +114,9 @@ static bool sh_chan_count(sh_chan_t *c, uint64_t *count) {
  * each send contend with the receiver's spin (a contended robust mutex is a
  * futex syscall on both sides); spinning on the other side's position,
  * which shares its lock's line, took that line from the side working under
- * the lock on every read. The futex word's line is written by that side alone, once per
- * change, after it gave the lock back. Returns the spins used. */
+ * the lock on every read. The futex word's line is written by that side
+ * alone, once per change, after it gave the lock back. Returns the spins
+ * used. */
 static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room, uint32_t seen) {
   _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
   for (; spin < SH_CHAN_SPIN; spin++) {
