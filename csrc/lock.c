@@ -55,9 +55,21 @@ static uint32_t sh_lock_holder(const sh_lock_t *lock) {
   return sh_word_load_relaxed((const uint32_t *)&lock->mutex.__data.__lock) & SH_FUTEX_TID_MASK;
 }
 
+/* A holder found gone is damage only if the word still reads as it did
+ * before the check: one that gave the lock back and then exited (or whose
+ * process did) changed the word in between, and one that died holding it
+ * had the kernel mark the word OWNER_DIED before its TID was gone (a trylock
+ * reports that). Without the second read, a locker that read a holder's TID
+ * just before it unlocked and exited took the lock over and made it again,
+ * under whoever held it next (found by TSan in a channel stress test whose
+ * receivers exit as the channel closes). */
 bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder) {
-  *holder = sh_lock_holder(lock);
-  return lock->mutex.__data.__kind == sh_reference_kind() && (*holder == 0 || sh_thread_alive(*holder));
+  const uint32_t *word = (const uint32_t *)&lock->mutex.__data.__lock;
+  uint32_t seen = sh_word_load_acquire(word);
+  *holder = seen & SH_FUTEX_TID_MASK;
+  if (lock->mutex.__data.__kind != sh_reference_kind()) return false;
+  if (*holder == 0 || sh_thread_alive(*holder)) return true;
+  return sh_word_load_acquire(word) != seen;
 }
 
 /* true when the previous holder died and the protected state needs repair */
