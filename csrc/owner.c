@@ -1,4 +1,5 @@
 /* Owners: the table, recycle in O(pages), pins, states. */
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -291,6 +292,21 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
   return SH_OK;
 }
 
+/* Without memory for the recount below: the owner's count lowered by the
+ * dropped entry's, as before it. */
+static void sh_pins_drop_counted(sh_arena_t *a, const sh_pin_t *e, uint32_t count, uint32_t *recycled) {
+  if (e->owner >= a->max_owners) return; /* a damaged entry names no owner: dropping it is all */
+  sh_owner_t *o = &a->owners[e->owner];
+  if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->generation) != e->generation)
+    return;
+  uint32_t pins = sh_atomic_load_relaxed(&o->pins);
+  sh_atomic_store_relaxed(&o->pins, pins > count ? pins - count : 0);
+  if (pins <= count && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && e->owner != SH_OWNER_DEFAULT) {
+    _sh_owner_recycle_now(a, e->owner, NULL, SH_OWNER_FREE);
+    if (recycled) ++*recycled;
+  }
+}
+
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   *dropped = 0;
   if (recycled) *recycled = 0;
@@ -298,6 +314,7 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   int32_t last_pid = 0;
   uint64_t last_start = 0;
   int last_alive = 1;
+  uint32_t *sums = calloc(a->max_owners, sizeof *sums);
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
@@ -313,16 +330,32 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
     uint32_t count = e->count;
     e->count = e->views = 0; /* a tombstone */
     *dropped += count;
-    if (e->owner >= a->max_owners) continue; /* a damaged entry names no owner: dropping it is all */
-    sh_owner_t *o = &a->owners[e->owner];
-    if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->generation) != e->generation)
-      continue;
-    uint32_t pins = sh_atomic_load_relaxed(&o->pins);
-    sh_atomic_store_relaxed(&o->pins, pins > count ? pins - count : 0);
-    if (pins <= count && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && e->owner != SH_OWNER_DEFAULT) {
-      _sh_owner_recycle_now(a, e->owner, NULL, SH_OWNER_FREE);
-      if (recycled) ++*recycled;
+    if (!sums) sh_pins_drop_counted(a, e, count, recycled);
+  }
+  /* Each owner's pin count is then made the sum of its entries' again,
+   * rather than lowered by what was dropped: a pin and an unpin write the
+   * entry and the owner's count in two stores, so a process killed between
+   * them (the lock's EOWNERDEAD repairs nothing) left an owner counting a
+   * pin no entry holds, and its agent waited for it for ever (likely what
+   * left a killed worker's agent after a sweep, once, in a CI run of the
+   * crash matrix). */
+  if (sums) {
+    for (uint64_t i = 0; i <= a->pin_mask; i++) {
+      const sh_pin_t *e = &a->pins[i];
+      if (e->pid == 0 || e->count == 0 || e->owner >= a->max_owners) continue; /* a damaged owner: no one's */
+      if (e->generation == sh_atomic_load_relaxed(&a->owners[e->owner].generation))
+        sums[e->owner] = sums[e->owner] > UINT32_MAX - e->count ? UINT32_MAX : sums[e->owner] + e->count;
     }
+    for (uint32_t id = 0; id < a->max_owners; id++) {
+      sh_owner_t *o = &a->owners[id];
+      if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->pins) == sums[id]) continue;
+      sh_atomic_store_relaxed(&o->pins, sums[id]);
+      if (sums[id] == 0 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
+        _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
+        if (recycled) ++*recycled;
+      }
+    }
+    free(sums);
   }
   _sh_owner_unlock(a);
   return SH_OK;

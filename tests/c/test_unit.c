@@ -960,7 +960,36 @@ static void test_large_run_length_damaged(void) {
   sh_close(a);
 }
 
+/* An unpin killed between its two stores (the entry's count, then the
+ * owner's) left the owner counting a pin no entry holds: the next reclaim
+ * recounts from the entries, and the deferred agent goes. */
+static void test_pin_count_recounted(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint32_t id, gen, keep_id, keep_gen;
+  uint64_t off;
+  sh_owner_info_t final, info;
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  CHECK("pin", sh_owner_pin(a, id, gen) == SH_OK);
+  sh_owner_create(a, 0, &keep_id, &keep_gen);
+  CHECK("pin another", sh_owner_pin(a, keep_id, keep_gen) == SH_OK);
+  CHECK("pinned complete defers", sh_owner_complete(a, id, gen, &final) == SH_EPINNED);
+  for (uint64_t i = 0; i <= a->pin_mask; i++) /* the unpin's first store, not its second */
+    if (a->pins[i].count && a->pins[i].owner == id) a->pins[i].count = 0;
+  uint64_t dropped;
+  uint32_t recycled = 0;
+  CHECK("a reclaim recounts", sh_pins_reclaim_dead(a, &dropped, &recycled) == SH_OK && dropped == 0 && recycled == 1);
+  CHECK("the agent went", sh_owner_generation(a, id) == 0 && in_use(a, SH_PART_CONTEXT) == 0);
+  CHECK("a pin an entry holds stays", sh_owner_info(a, keep_id, &info) == SH_OK && info.pins == 1);
+  int r = 0;
+  CHECK("and is released", sh_owner_unpin(a, keep_id, keep_gen, &r) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_pin_count_recounted();
   test_large_run_length_damaged();
   test_cached_refill_skips_a_page_of_another_class();
   test_bin_names_a_page_of_another_class();
