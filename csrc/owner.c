@@ -1,5 +1,4 @@
 /* Owners: the table, recycle in O(pages), pins, states. */
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -205,6 +204,24 @@ static sh_pin_t *sh_pin_slot(sh_arena_t *a, uint32_t id, uint32_t gen, int32_t p
   return spare;
 }
 
+/* The pins and views of (owner, generation) in every process's entry but
+ * the one of (skip_pid, skip_start) (skip_pid 0: none is skipped). Every
+ * entry of the owner sits on the probe path from its home to the first
+ * empty slot (tombstones are passed, as sh_pin_slot does). Owner lock held. */
+static void sh_pin_totals(const sh_arena_t *a, uint32_t id, uint32_t gen, int32_t skip_pid, uint64_t skip_start,
+                          uint32_t *pins, uint32_t *views) {
+  *pins = *views = 0;
+  uint64_t i = sh_pin_home(a, id);
+  for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
+    const sh_pin_t *e = &a->pins[i];
+    if (e->pid == 0) break;
+    if (e->count == 0 || e->owner != id || e->generation != gen) continue;
+    if (e->pid == skip_pid && sh_pin_start(e) == skip_start) continue;
+    *pins = *pins > UINT32_MAX - e->count ? UINT32_MAX : *pins + e->count;
+    *views += e->views < e->count ? e->views : e->count; /* a damaged entry counts no more views than pins */
+  }
+}
+
 static int sh_owner_pin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only: a pin would write it");
   int32_t pid = _sh_os_pid();
@@ -275,36 +292,13 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
    * word is ordered before the loads below */
   sh_atomic_fence();
   if (sh_atomic_load_relaxed(&a->owners[id].pins) == 0) return SH_OK; /* no pins, so no views: no lock */
-  int32_t pid = _sh_os_pid();
-  uint64_t start = _sh_own_start_time(pid);
+  int32_t pid = others_only ? _sh_os_pid() : 0;
+  uint64_t start = others_only ? _sh_own_start_time(pid) : 0;
+  uint32_t pins;
   _sh_owner_lock(a);
-  /* every process's entry for the owner sits on the probe path from its
-   * home to the first empty slot (tombstones are passed, as sh_pin_slot does) */
-  uint64_t i = sh_pin_home(a, id);
-  for (uint64_t steps = 0; steps <= a->pin_mask; steps++, i = (i + 1) & a->pin_mask) {
-    const sh_pin_t *e = &a->pins[i];
-    if (e->pid == 0) break;
-    if (e->count == 0 || e->owner != id || e->generation != gen) continue;
-    if (others_only && e->pid == pid && sh_pin_start(e) == start) continue;
-    *views += e->views < e->count ? e->views : e->count; /* a damaged entry counts no more views than pins */
-  }
+  sh_pin_totals(a, id, gen, pid, start, &pins, views);
   _sh_owner_unlock(a);
   return SH_OK;
-}
-
-/* Without memory for the recount below: the owner's count lowered by the
- * dropped entry's, as before it. */
-static void sh_pins_drop_counted(sh_arena_t *a, const sh_pin_t *e, uint32_t count, uint32_t *recycled) {
-  if (e->owner >= a->max_owners) return; /* a damaged entry names no owner: dropping it is all */
-  sh_owner_t *o = &a->owners[e->owner];
-  if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->generation) != e->generation)
-    return;
-  uint32_t pins = sh_atomic_load_relaxed(&o->pins);
-  sh_atomic_store_relaxed(&o->pins, pins > count ? pins - count : 0);
-  if (pins <= count && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && e->owner != SH_OWNER_DEFAULT) {
-    _sh_owner_recycle_now(a, e->owner, NULL, SH_OWNER_FREE);
-    if (recycled) ++*recycled;
-  }
 }
 
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
@@ -314,7 +308,6 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   int32_t last_pid = 0;
   uint64_t last_start = 0;
   int last_alive = 1;
-  uint32_t *sums = calloc(a->max_owners, sizeof *sums);
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
@@ -327,10 +320,8 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
       last_alive = !(rc == SH_ENOENT || (rc == SH_OK && start != last_start));
     }
     if (last_alive) continue;
-    uint32_t count = e->count;
+    *dropped += e->count;
     e->count = e->views = 0; /* a tombstone */
-    *dropped += count;
-    if (!sums) sh_pins_drop_counted(a, e, count, recycled);
   }
   /* Each owner's pin count is then made the sum of its entries' again,
    * rather than lowered by what was dropped: a pin and an unpin write the
@@ -339,23 +330,17 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
    * pin no entry holds, and its agent waited for it for ever (likely what
    * left a killed worker's agent after a sweep, once, in a CI run of the
    * crash matrix). */
-  if (sums) {
-    for (uint64_t i = 0; i <= a->pin_mask; i++) {
-      const sh_pin_t *e = &a->pins[i];
-      if (e->pid == 0 || e->count == 0 || e->owner >= a->max_owners) continue; /* a damaged owner: no one's */
-      if (e->generation == sh_atomic_load_relaxed(&a->owners[e->owner].generation))
-        sums[e->owner] = sums[e->owner] > UINT32_MAX - e->count ? UINT32_MAX : sums[e->owner] + e->count;
+  for (uint32_t id = 0; id < a->max_owners; id++) {
+    sh_owner_t *o = &a->owners[id];
+    if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE) continue;
+    uint32_t pins, views;
+    sh_pin_totals(a, id, sh_atomic_load_relaxed(&o->generation), 0, 0, &pins, &views);
+    if (sh_atomic_load_relaxed(&o->pins) == pins) continue;
+    sh_atomic_store_relaxed(&o->pins, pins);
+    if (pins == 0 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
+      _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
+      if (recycled) ++*recycled;
     }
-    for (uint32_t id = 0; id < a->max_owners; id++) {
-      sh_owner_t *o = &a->owners[id];
-      if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE || sh_atomic_load_relaxed(&o->pins) == sums[id]) continue;
-      sh_atomic_store_relaxed(&o->pins, sums[id]);
-      if (sums[id] == 0 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
-        _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
-        if (recycled) ++*recycled;
-      }
-    }
-    free(sums);
   }
   _sh_owner_unlock(a);
   return SH_OK;

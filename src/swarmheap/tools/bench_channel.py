@@ -6,9 +6,9 @@ process consumes. A burst is timed from the "go" the parent sends to the
 last message received, with the producer's data built before "go" (for
 `send_block`, the block is filled before "go": that is the zero-copy
 hand-off). swarmheap's channels have the default capacity (1024), and a
-ring of 256 has a row of its own. The receiver takes each message (for swarmheap a Block, freed;
-for the peers the bytes they return). Ping-pong is one 64 B message there and
-back, timed per round trip."""
+ring of 256 has a row of its own. The receiver takes each message (for
+swarmheap a Block, freed; for the peers the bytes they return). Ping-pong is
+one 64 B message there and back, timed per round trip."""
 
 from __future__ import annotations
 
@@ -175,8 +175,6 @@ def _measure_peer(peer: str, heap: Heap, tmp: str, quick: bool) -> dict[str, Any
     try:
         sizes = {"swarmheap send_block": LARGE, "swarmheap small ring": SMALL}.get(peer, SMALL + LARGE)
         for size in sizes:
-            if peer == "swarmheap send_block" and size < (1 << 20):
-                continue
             if size >= 64 << 20:
                 n = 2
             elif size >= 1 << 20:
