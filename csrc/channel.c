@@ -19,7 +19,31 @@
 
 #define SH_CHAN_SPIN 2000
 
-static uint64_t sh_chan_bytes(uint32_t capacity) { return sizeof(sh_chan_t) + (uint64_t)capacity * sizeof(sh_chan_cell_t); }
+static uint64_t sh_chan_bytes(uint32_t capacity) {
+  return sizeof(sh_chan_t) + (uint64_t)sh_chan_slots(capacity) * sizeof(sh_chan_cell_t);
+}
+
+/* Bytes of the block that starts at `off`, as its page descriptor says (0:
+ * no block starts there). A ring's cells are bounded by this, not by the
+ * mapping: a damaged capacity that still fit the arena sent a sender's
+ * stores into the blocks after the ring. */
+static uint64_t sh_chan_block_bytes(const sh_arena_t *a, uint64_t off) {
+  uint32_t pi = (uint32_t)(off >> a->page_shift);
+  const sh_page_t *pg = &a->pages[pi];
+  uint32_t state = sh_atomic_load_acquire(&pg->state);
+  if (state == SH_PAGE_SMALL) {
+    int c = _sh_pg_class(a, pg);
+    if ((uint32_t)c >= a->nclasses) return 0;
+    uint32_t in_page = (uint32_t)(off & ((UINT64_C(1) << a->page_shift) - 1));
+    if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1) return 0; /* not a block's start */
+    return a->classes[c].size;
+  }
+  if (state == SH_PAGE_LARGE && (off & ((UINT64_C(1) << a->page_shift) - 1)) == 0) {
+    uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
+    return n == 0 || n > _sh_run_room(a, pi) ? 0 : (uint64_t)n << a->page_shift;
+  }
+  return 0;
+}
 
 /* The channel a handle names, checked against the mapping: a damaged or
  * foreign offset is SH_EBADPTR, never followed, and so is a handle whose id
@@ -33,8 +57,8 @@ static int sh_chan_at(const sh_arena_t *a, uint64_t chan, sh_chan_t **out, uint3
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel", (unsigned long long)off);
   sh_chan_t *c = (sh_chan_t *)(a->base + off);
   uint32_t cap = sh_word_load_relaxed(&c->capacity);
-  if (c->magic != SH_CHAN_MAGIC || cap == 0 || (cap & (cap - 1)) || cap > SH_CHAN_MAX_CAPACITY ||
-      a->size - off < sh_chan_bytes(cap))
+  if (c->magic != SH_CHAN_MAGIC || cap == 0 || cap > SH_CHAN_MAX_CAPACITY ||
+      sh_chan_block_bytes(a, off) < sh_chan_bytes(cap))
     return _sh_fail(SH_EBADPTR, "offset %llu is not a channel (unlinked, or damaged)", (unsigned long long)off);
   if (c->id != (uint32_t)(chan >> SH_CHAN_ID_SHIFT))
     return _sh_fail(SH_EBADPTR, "the channel at offset %llu was unlinked: the ring there now is another channel's",
@@ -183,9 +207,8 @@ static uint64_t sh_chan_bytes_in_flight(const sh_chan_t *c) {
 }
 
 int sh_chan_create(sh_arena_t *a, uint32_t capacity, uint64_t max_message, uint64_t *chan) {
-  if (capacity == 0 || capacity > SH_CHAN_MAX_CAPACITY || (capacity & (capacity - 1)))
-    return _sh_fail(SH_EINVAL, "a channel's capacity is a power of two from 1 to %u, not %u", SH_CHAN_MAX_CAPACITY,
-                    capacity);
+  if (capacity == 0 || capacity > SH_CHAN_MAX_CAPACITY)
+    return _sh_fail(SH_EINVAL, "a channel's capacity is 1 to %u messages, not %u", SH_CHAN_MAX_CAPACITY, capacity);
   uint64_t off;
   /* at least 4 KiB: blocks from there on are 64-byte aligned, as the lock wants */
   uint64_t bytes = sh_chan_bytes(capacity) < 4096 ? 4096 : sh_chan_bytes(capacity);
@@ -232,7 +255,7 @@ int sh_chan_send(sh_arena_t *a, uint64_t chan, uint64_t msg, uint64_t size, int6
     uint64_t count = tail - head;
     if (sh_unlikely(count > capacity)) return sh_chan_damaged(&c->send_lock, count, capacity);
     if (count < capacity && !sh_atomic_load_relaxed(&c->closed)) { /* a close sets it under this lock */
-      sh_chan_cell_t *cell = &c->cells[tail & (capacity - 1)];
+      sh_chan_cell_t *cell = &c->cells[tail & (sh_chan_slots(capacity) - 1)];
       sh_cell_put(cell, msg, size, tag);
       /* out of this thread's hands just before the ring has it: killed
        * between the two, the message is lost (one block), never freed by a
@@ -328,7 +351,7 @@ static int sh_chan_take(sh_arena_t *a, uint64_t chan, uint64_t *msg, uint64_t *s
     if (count > 0) {
       bool tagged;
       uint64_t tag;
-      sh_cell_get(&c->cells[head & (capacity - 1)], msg, size, &tagged, &tag);
+      sh_cell_get(&c->cells[head & (sh_chan_slots(capacity) - 1)], msg, size, &tagged, &tag);
       sh_atomic_store_release(sh_chan_head(c), head + 1); /* release: a sender reuses the cell only after */
       if (hold) sh_chan_hold(a, *msg); /* killed between the two stores, the message is lost, never doubled */
       sh_chan_unlock(&c->recv_lock);
@@ -445,7 +468,7 @@ int sh_chan_stats(const sh_arena_t *a, uint64_t chan, sh_chan_stats_t *st) {
   uint32_t gone = 0;
   uint64_t gone_bytes = 0;
   for (uint64_t i = 0; count <= capacity && i < count; i++) {
-    const sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
+    const sh_chan_cell_t *cell = &c->cells[(head + i) & (sh_chan_slots(capacity) - 1)];
     if (sh_cell_marked_gone(cell)) {
       gone++;
       gone_bytes += cell->size & SH_CHAN_CELL_LOW;
@@ -476,7 +499,7 @@ int sh_chan_purge(sh_arena_t *a, uint64_t chan, uint32_t *dropped) {
    * Gone messages behind a live one stay in the ring until a receiver
    * passes them; sh_chan_stats does not count them. */
   for (uint64_t i = 0; i < count; i++) {
-    sh_chan_cell_t *cell = &c->cells[(head + i) & (capacity - 1)];
+    sh_chan_cell_t *cell = &c->cells[(head + i) & (sh_chan_slots(capacity) - 1)];
     uint64_t msg, size, tag;
     bool tagged;
     sh_cell_get(cell, &msg, &size, &tagged, &tag);

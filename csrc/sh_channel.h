@@ -53,9 +53,16 @@ typedef struct sh_chan_s {
   sh_chan_cell_t cells[] __attribute__((aligned(SH_CACHE_LINE)));
 } sh_chan_t;
 
+/* The ring's cells: the capacity rounded up to a power of two, so that a
+ * position's cell is a mask away. The capacity (any count from 1) is the
+ * bound on tail - head; the spare cells are never used at once. */
+static inline uint32_t sh_chan_slots(uint32_t capacity) {
+  return capacity <= 1 ? 1u : 1u << (32 - __builtin_clz(capacity - 1));
+}
+
 /* The positions: each changed under its side's lock, one store per change,
  * never back; tail - head is the messages queued, the cell of a position
- * is position mod capacity. */
+ * is position mod the slots. */
 static inline _Atomic uint64_t *sh_chan_tail(sh_chan_t *c) { return &c->send_lock.guarded; }
 static inline _Atomic uint64_t *sh_chan_head(sh_chan_t *c) { return &c->recv_lock.guarded; }
 

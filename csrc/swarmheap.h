@@ -402,7 +402,7 @@ typedef struct sh_chan_stats_s {
   uint64_t max_message, sent, received, bytes_in_flight;
   int closed;
 } sh_chan_stats_t;
-/* [any] A new channel of `capacity` messages (a power of two up to 2^20)
+/* [any] A new channel of `capacity` messages (1 to 2^20)
  * of at most `max_message` bytes; *chan names it for every process: the
  * ring's offset with the channel's id in the top 16 bits, so that a handle
  * kept past an unlink fails (SH_EBADPTR) instead of reaching a new channel

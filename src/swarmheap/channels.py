@@ -206,6 +206,8 @@ class Channel:
         if block.heap is not self.heap:
             raise ValueError("the block belongs to another heap object")
         if block.owner != 0:
+            if block.freed:
+                block[:0]  # its agent was recycled: StaleBlock, from the one place that words it
             raise ValueError(
                 "only blocks of the shared default move through a channel (heap.alloc(size, 'comm')): "
                 "an agent's block goes when its agent is recycled"
@@ -355,7 +357,7 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
         raise TypeError(f"capacity is an int (messages, 1 to 2**20), not {type(capacity).__name__}")
     if capacity < 1 or capacity > 1 << 20:
         raise ValueError(f"capacity is an int from 1 to 2**20, not {capacity!r}")
-    cap = 1 << (capacity - 1).bit_length()  # the ring holds a power of two
+    cap = capacity
     comm = heap.info()["partitions"]["comm"]["size"]
     if max_message is None:
         max_message = comm // 4

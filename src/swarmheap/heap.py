@@ -333,8 +333,9 @@ class Heap(CoreHeap):
 
     def channel(self, name: str, capacity: int = 1024, *, max_message: int | None = None) -> Channel:
         """The channel ``name``, made if no process of the heap made it yet: a
-        bounded queue of up to ``capacity`` messages (rounded up to a power of
-        two) of at most ``max_message`` bytes (a quarter of `comm` by default)."""
+        bounded queue of up to ``capacity`` messages of at most
+        ``max_message`` bytes (a quarter of `comm` by default). A channel that
+        exists is opened as it was made, whatever ``capacity`` says."""
         return channels.open_channel(self, name, capacity, max_message)
 
     def channels(self) -> list[str]:

@@ -772,12 +772,38 @@ static void test_damaged_channel(void) {
   CHECK("a receive too", sh_chan_recv(a, chan, &msg, &size, -1) == SH_ECORRUPT);
   sh_atomic_store_release(sh_chan_tail(c), tail);
   CHECK("the lock was given back", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64 && size == 8);
-  c->capacity = 3;
-  CHECK("a capacity no ring has: not a channel", sh_chan_send(a, chan, 64, 8, 0) == SH_EBADPTR);
+  c->capacity = 1000; /* inside the arena, past the ring's block: a send would write into the blocks after it */
+  CHECK("a capacity past the ring's block: not a channel", sh_chan_send(a, chan, 64, 8, 0) == SH_EBADPTR);
   c->capacity = 1u << 30;
   CHECK("a capacity past the block: not a channel", sh_chan_recv(a, chan, &msg, &size, 0) == SH_EBADPTR);
   c->capacity = 4;
   CHECK("restored", sh_chan_close(a, chan) == SH_OK);
+  CHECK("freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
+/* A capacity that is not a power of two bounds the ring exactly: its
+ * cells are the next power of two, the spare ones never filled at once,
+ * and positions wrap around them in order. */
+static void test_channel_exact_capacity(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint64_t chan, msg, size;
+  REQUIRE("channel of 3", sh_chan_create(a, 3, 1024, &chan) == SH_OK);
+  uint64_t next = 1;
+  for (int round = 0; round < 5; round++) { /* 15 messages through 4 cells: every cell, several times */
+    for (int i = 0; i < 3; i++) CHECK("room for 3", sh_chan_send(a, chan, 64 * (next + i), 8, 0) == SH_OK);
+    CHECK("no room for a 4th", sh_chan_send(a, chan, 64, 8, 0) == SH_ETIMEDOUT);
+    sh_chan_stats_t st;
+    CHECK("stats: 3 of 3", sh_chan_stats(a, chan, &st) == SH_OK && st.capacity == 3 && st.depth == 3);
+    for (int i = 0; i < 3; i++)
+      CHECK("in order", sh_chan_recv(a, chan, &msg, &size, 0) == SH_OK && msg == 64 * (next + i) && size == 8);
+    CHECK("then empty", sh_chan_recv(a, chan, &msg, &size, 0) == SH_ETIMEDOUT);
+    next += 3;
+  }
+  CHECK("0 is no capacity", sh_chan_create(a, 0, 1024, &msg) == SH_EINVAL);
+  CHECK("nor past 2^20", sh_chan_create(a, SH_CHAN_MAX_CAPACITY + 1, 1024, &msg) == SH_EINVAL);
   CHECK("freed", sh_free(a, sh_chan_offset(chan)) == SH_OK);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
@@ -995,6 +1021,7 @@ int main(void) {
   test_bin_names_a_page_of_another_class();
   test_header_sizes_damaged_after_attach();
   test_damaged_channel();
+  test_channel_exact_capacity();
   test_channel_wait_called_off();
   test_nursery_opt_out();
   test_nursery_recycle_takes_the_map();

@@ -423,6 +423,23 @@ def test_a_message_a_killed_sender_held_is_reclaimed(heap_name: str) -> None:
         ch.unlink()
 
 
+@pytest.mark.parametrize("capacity", [1, 3, 5, 100])
+def test_capacity_is_exact(heap: sh.Heap, capacity: int) -> None:
+    ch = heap.channel(f"exact{capacity}", capacity)
+    assert ch.capacity == capacity and heap.channel(f"exact{capacity}").capacity == capacity
+    for _turn in range(3):  # past the ring's end and round again
+        for i in range(capacity):
+            assert ch.try_send(b"%d" % i)
+        assert not ch.try_send(b"one more")
+        with pytest.raises(TimeoutError):
+            ch.send(b"one more", timeout=0)
+        assert ch.stats()["depth"] == capacity
+        assert [bytes(ch.recv()) for _ in range(capacity)] == [b"%d" % i for i in range(capacity)]
+        assert ch.try_recv() is None
+    ch.unlink()
+    heap.check()
+
+
 def test_bad_input_is_named(heap: sh.Heap) -> None:
     ch = heap.channel("strict", 4, max_message=100)
     too_big = [
@@ -460,6 +477,10 @@ def test_bad_input_is_named(heap: sh.Heap) -> None:
     agent = heap.spawn("a")
     with pytest.raises(ValueError, match="shared default"):
         ch.send_block(agent.alloc(10))
+    recycled = agent.alloc(10)
+    agent.complete()
+    with pytest.raises(sh.StaleBlock, match="recycled"):  # use after recycle says so, here too
+        ch.send_block(recycled)
     ch.close()
     with pytest.raises(sh.ChannelClosed):
         ch.send(b"late")
