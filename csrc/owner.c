@@ -107,7 +107,8 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, ui
     _sh_part_unlock(a, part);
   }
   /* a block of owner 0 the owner held (the layer above keeps its index there) */
-  uint64_t word = sh_atomic_exchange_acq_rel(&o->user_word, 0);
+  uint64_t word =
+      sh_atomic_exchange_acq_rel(&o->user_word, final_state == SH_OWNER_OFFLOADED ? SH_USER_WORD_SEALED : 0);
   if (word & SH_USER_WORD_HELD) {
     if (final) sh_info_add_held(a, word, final);
     sh_free(a, sh_held_offset(word)); /* a bad word frees nothing: sh_free validates */
@@ -124,7 +125,8 @@ static void sh_info_header(const sh_arena_t *a, uint32_t id, sh_owner_info_t *in
 /* The state check and the store of OFFLOADED are under the owner lock, as
  * sh_owner_set_state's are: a restorer finishing (RESTORING to LIVE) and
  * one giving up (sh_owner_unrestore) cannot both win. */
-static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final, bool live_too) {
+static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final, bool live_too,
+                             uint64_t expected_word) {
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is never offloaded", id);
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   _sh_owner_lock(a);
@@ -138,6 +140,10 @@ static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_
   } else if (rc == SH_OK && sh_atomic_load_relaxed(&o->pins) > 0) {
     rc = _sh_fail(SH_EPINNED, "owner %u has %u pin(s) (views or arrays open): not offloaded", id,
                   sh_atomic_load_relaxed(&o->pins));
+  } else if (rc == SH_OK && live_too && sh_atomic_load_acquire(&o->user_word) != expected_word) {
+    /* an update after the snapshot would be lost with the memory; one still
+     * in flight finds the word sealed below and its compare-and-set fails */
+    rc = _sh_fail(SH_ESTATE, "owner %u changed after its snapshot (an update landed): not offloaded", id);
   } else if (rc == SH_OK) {
     if (final) sh_info_header(a, id, final);
     /* OFFLOADED before the memory goes (its blob is in the store already): a
@@ -151,12 +157,12 @@ static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_
   return rc;
 }
 
-int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
-  return _sh_owner_offload(a, id, gen, final, true);
+int sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t expected_word, sh_owner_info_t *final) {
+  return _sh_owner_offload(a, id, gen, final, true, expected_word);
 }
 
 int sh_owner_unrestore(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t *final) {
-  return _sh_owner_offload(a, id, gen, final, false);
+  return _sh_owner_offload(a, id, gen, final, false, 0);
 }
 
 int sh_owner_recycle(sh_arena_t *a, uint32_t id, uint32_t gen) {
@@ -356,10 +362,15 @@ int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_
   int rc = sh_owner_lookup(a, id, gen, &o);
   if (rc == SH_OK) {
     uint32_t st = sh_atomic_load_relaxed(&o->state);
-    if (st != (uint32_t)expected)
+    if (st != (uint32_t)expected) {
       rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
-    else
+    } else {
+      if (expected == SH_OWNER_RESTORING && desired == SH_OWNER_LIVE) { /* restored with no index: none yet */
+        uint64_t sealed = SH_USER_WORD_SEALED;
+        sh_atomic_cas_strong_acq_rel(&o->user_word, &sealed, 0);
+      }
       sh_atomic_store_release(&o->state, (uint32_t)desired);
+    }
   }
   _sh_owner_unlock(a);
   return rc;
@@ -384,6 +395,8 @@ int sh_owner_touch(sh_arena_t *a, uint32_t id, uint32_t gen) {
 int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t expected, uint64_t desired) {
   sh_owner_t *o;
   int rc = sh_owner_check_gen(a, id, gen, &o);
+  if (rc == SH_OK && expected == SH_USER_WORD_SEALED && sh_atomic_load_acquire(&o->state) != SH_OWNER_RESTORING)
+    return _sh_fail(SH_ESTATE, "owner %u is offloaded: its word is sealed until it is restored", id);
   if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
     rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
   return rc;

@@ -296,11 +296,15 @@ int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *ge
  * SH_EINVAL (owner 0). */
 int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation);
 /* [any] Gives back every page, nursery block and held block of a LIVE,
- * unpinned owner and marks it OFFLOADED, keeping its slot and generation
- * (its state now lives in a store; sh_owner_set_state makes it LIVE again).
- * SH_EPINNED while pinned, SH_EOWNER when not live; *final as
- * sh_owner_complete's, when not NULL. */
-int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final);
+ * unpinned owner whose user word is still `expected_word` (what its
+ * snapshot was taken under) and marks it OFFLOADED, keeping its slot and
+ * generation (its state now lives in a store; sh_owner_set_state makes it
+ * LIVE again). Its user word becomes SH_USER_WORD_SEALED. SH_EPINNED while
+ * pinned, SH_EOWNER when not live, SH_ESTATE when the word moved on (an
+ * update landed after the snapshot: nothing changed; snapshot again);
+ * *final as sh_owner_complete's, when not NULL. */
+int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t expected_word,
+                     sh_owner_info_t *final);
 /* [any] sh_owner_offload of a RESTORING owner only (SH_ESTATE in any other
  * state): a restore whose blob another heap took gives the memory back,
  * unless another restorer of this heap finished first (LIVE). */
@@ -370,6 +374,13 @@ static inline uint64_t sh_held_word(uint64_t offset, uint64_t seq) {
 static inline uint64_t sh_held_next(uint64_t expected, uint64_t offset) {
   return sh_held_word(offset, (expected & SH_USER_WORD_HELD ? sh_held_seq(expected) : 0) + 1);
 }
+/* The user word of an OFFLOADED owner (and of a RESTORING one until its
+ * restorer swaps an index in): no block held, and not 0, so that an update
+ * that read the word while the owner was live (0 for no index yet) cannot
+ * compare-and-set it, and one that reads it must not build on it: a swap
+ * from it succeeds only while the owner is RESTORING. RESTORING to LIVE
+ * turns a word still sealed to 0. */
+#define SH_USER_WORD_SEALED UINT64_C(1)
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            uint64_t expected, uint64_t desired);

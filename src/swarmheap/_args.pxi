@@ -7,6 +7,8 @@ OWNER_STATES = ("free", "live", "completed", "dead", "offloaded", "restoring")
 # Owner 0 is the shared default, owner 1 the nursery (pages whose small
 # blocks agents share); agents are owners from FIRST_AGENT on.
 FIRST_AGENT = 2
+# an offloaded agent's index word (SH_USER_WORD_SEALED): no index, and no update builds on it
+SEALED_WORD = SH_USER_WORD_SEALED
 # _owner_complete_row's figures, in order, as native float64: bytes held per
 # partition, peak bytes in pages per partition, creation time (ns), then the
 # live bytes of each size class (CLASS_SLOTS of them, by class index; the

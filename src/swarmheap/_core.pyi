@@ -13,6 +13,7 @@ from swarmheap.handle import Handle
 PARTITIONS: tuple[str, str, str, str]
 OWNER_STATES: tuple[str, str, str, str, str, str]
 FIRST_AGENT: int
+SEALED_WORD: int
 USAGE_ROW: tuple[str, ...]
 CLASS_SLOTS: int
 
@@ -115,7 +116,7 @@ class CoreHeap:
     ) -> tuple[bool, dict[str, Any], bytes, str]: ...
     def _owner_stats(self, oid: int, gen: int, kind: str) -> dict[str, Any]: ...
     def _owner_offload(
-        self, oid: int, gen: int, kind: str, only_restoring: bool = False
+        self, oid: int, gen: int, kind: str, only_restoring: bool = False, expected_word: int = 0
     ) -> dict[str, Any]: ...
     def _owner_pin(self, oid: int, gen: int, view: bool = False) -> None: ...
     def _owner_unpin(self, oid: int, gen: int, view: bool = False) -> bool: ...

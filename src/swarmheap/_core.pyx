@@ -38,6 +38,7 @@ import numpy as np
 from swarmheap.errors import (
     ChannelClosed,
     AgentStateError,
+    IndexMoved,
     AttachError,
     HeapCorrupt,
     HeapExists,

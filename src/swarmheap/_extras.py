@@ -14,7 +14,10 @@ _absent: set[str] = set()  # modules an import of failed: a later ask is one set
 def require(module: str, extra: str) -> Any:
     """Import ``module`` or raise ImportError saying which extra installs it."""
     loaded = sys.modules.get(module)
-    if loaded is not None:  # hot paths ask for their codec on every call
+    # hot paths ask for their codec on every call; a module another thread
+    # is still importing is in sys.modules half made (an offload in one
+    # thread met xxhash without its functions), and import_module waits for it
+    if loaded is not None and not getattr(getattr(loaded, "__spec__", None), "_initializing", False):
         return loaded
     try:
         if module == "matplotlib.pyplot":
@@ -29,7 +32,8 @@ def require(module: str, extra: str) -> Any:
 
 def available(module: str) -> bool:
     """Whether ``module`` imports (for a default that falls back without its extra)."""
-    if module in sys.modules and sys.modules[module] is not None:
+    loaded = sys.modules.get(module)
+    if loaded is not None and not getattr(getattr(loaded, "__spec__", None), "_initializing", False):
         return True
     if module in _absent:
         return False

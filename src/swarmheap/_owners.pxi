@@ -119,10 +119,13 @@ cdef class CoreHeap(_Arena):
         cdef str was = _state_name(<unsigned>oi.state) if recycled else "live"
         return recycled, self._final_dict(&oi, kind, recycled), (<char *>row)[:sizeof(row)], was
 
-    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind, bint only_restoring=False):
+    def _owner_offload(self, uint32_t oid, uint32_t gen, str kind, bint only_restoring=False,
+                       uint64_t expected_word=0):
         """Give back the agent's memory and mark it offloaded (slot and
-        generation kept); AgentStateError while pinned or not live (with
-        ``only_restoring``, unless it is being restored)."""
+        generation kept), if its index word is still ``expected_word`` (the
+        one its snapshot read); AgentStateError while pinned or not live
+        (with ``only_restoring``, unless it is being restored), and
+        IndexMoved when the word moved on (nothing changed)."""
         self._check_writable()
         cdef sh_owner_info_t oi
         cdef int rc
@@ -132,8 +135,11 @@ cdef class CoreHeap(_Arena):
             if only_restoring:
                 rc = sh_owner_unrestore(arena, oid, gen, &oi)
             else:
-                rc = sh_owner_offload(arena, oid, gen, &oi)
+                rc = sh_owner_offload(arena, oid, gen, expected_word, &oi)
         self.inflight -= 1
+        if rc == SH_ESTATE and not only_restoring and sh_owner_generation(arena, oid) == gen \
+                and sh_owner_state(arena, oid) == SH_OWNER_LIVE:
+            raise IndexMoved(f"agent {oid} changed after its snapshot (a put or a delete landed): not offloaded")
         if rc == SH_EPINNED or rc == SH_EOWNER or rc == SH_ESTATE:
             if sh_owner_generation(arena, oid) != gen:
                 raise stale_agent(oid, gen)
@@ -260,7 +266,7 @@ cdef class CoreHeap(_Arena):
             if sh_owner_user_word(self.arena, oid, gen, &word) != SH_OK:
                 return None
             if not word & SH_USER_WORD_HELD:
-                return 0, b""
+                return word, b""  # 0 (no index yet) or SEALED (offloaded)
             off = sh_held_offset(word)
             # an index is a block of the shared default (the registry's, of owner 1)
             if (sh_block_info(self.arena, off, &info) != SH_OK or info.owner != (1 if oid == 1 else 0)

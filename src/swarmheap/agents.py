@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, offload
 from swarmheap._core import AgentCore, stale_agent
-from swarmheap.errors import HeapCorrupt, InvalidHandle, StaleBlock
+from swarmheap.errors import AgentSealed, AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
 if TYPE_CHECKING:
@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from swarmheap.stores import Store
 
 __all__ = ["Agent"]
+
+
+# An update that finds its agent offloaded under it starts again (which
+# restores it); an agent offloaded again each time is reported after these.
+_SEALED_TRIES = 5
+
+
+def _kept_offloaded(agent_id: int) -> AgentStateError:
+    return AgentStateError(f"agent {agent_id} kept being offloaded while it was updated: try again")
 
 
 class Agent(AgentCore):
@@ -89,13 +98,20 @@ class Agent(AgentCore):
         replacing what was there."""
         if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # else surely 1..MAX_NAME bytes
             index.check_name(name)
-        try:
-            # alloc brings an offloaded agent back (the heap's events)
-            blk, nbytes = self._alloc_copy(data)
-        except (TypeError, BufferError):
-            self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
-            return
-        self._commit([blk], [(name, blk.offset, nbytes)])
+        for _ in range(_SEALED_TRIES):
+            self._ensure_live()  # one another thread or process is restoring: after its restore
+            try:
+                # alloc brings an offloaded agent back (the heap's events)
+                blk, nbytes = self._alloc_copy(data)
+            except (TypeError, BufferError):
+                self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
+                return
+            try:
+                self._commit([blk], [(name, blk.offset, nbytes)])
+                return
+            except AgentSealed:
+                continue  # offloaded meanwhile: the block went with the memory; again brings the agent back
+        raise _kept_offloaded(self.id)
 
     def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them
@@ -110,6 +126,15 @@ class Agent(AgentCore):
         for name in items:
             if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
                 index.check_name(name)
+        for _ in range(_SEALED_TRIES):
+            self._ensure_live()  # as in put()
+            try:
+                return self._put_named_once(items)
+            except AgentSealed:
+                continue  # as in put()
+        raise _kept_offloaded(self.id)
+
+    def _put_named_once(self, items: Mapping[str, Any]) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
         try:
@@ -132,7 +157,11 @@ class Agent(AgentCore):
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
         entries they replace; on an error the blocks go back."""
         try:
-            replaced, words = index.put_entries(self._heap, self.id, self.generation, self.kind, new)
+            replaced, words = index.put_entries(
+                self._heap, self.id, self.generation, self.kind, new, self._restoring_here()
+            )
+        except AgentSealed:
+            raise  # the blocks went with the agent's memory when it was offloaded: none to free
         except BaseException:
             self._free_unnamed(blocks)
             raise
@@ -243,7 +272,19 @@ class Agent(AgentCore):
         return self._read_index_word()[1]
 
     def _update_index(self, change: Any, lease_deadline: float | None = None) -> tuple[int, int]:
-        return index.update_index(self._heap, self.id, self.generation, self.kind, change, lease_deadline)
+        for _ in range(_SEALED_TRIES):
+            try:
+                restoring = self._restoring_here()
+                return index.update_index(
+                    self._heap, self.id, self.generation, self.kind, change, lease_deadline, restoring
+                )
+            except AgentSealed:
+                self._ensure_live()  # offloaded meanwhile: back, and again
+        raise _kept_offloaded(self.id)
+
+    def _restoring_here(self) -> bool:
+        """Whether this thread is restoring the agent (its puts build on the sealed word)."""
+        return (self.id, self.generation) in self._heap._restoring
 
     # ---- life ----
 
@@ -289,9 +330,9 @@ class Agent(AgentCore):
             self.state in ("offloaded", "restoring")
             and (self.id, self.generation) not in self._heap._restoring
         ):
-            offload.restore_in_place(self)
+            restored = offload.restore_in_place(self)
             hooks = self._heap._hooks
-            if hooks.table["restore"]:
+            if restored and hooks.table["restore"]:
                 hooks.fire("restore", self.id, self.kind, self.stats())
 
     def _ensure_live(self) -> None:

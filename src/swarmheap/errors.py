@@ -79,6 +79,19 @@ class AgentStateError(SwarmHeapError):
     """The agent is not in a state that allows the operation."""
 
 
+class IndexMoved(AgentStateError):
+    """An offload's snapshot is of an index that changed before the agent's
+    memory went (a put or delete landed meanwhile): nothing was given back,
+    and the offload snapshots again. Raised to a caller only when it kept
+    changing."""
+
+
+class AgentSealed(AgentStateError):
+    """An update found its agent offloaded after it began: the blocks it
+    filled went with the agent's memory, and it starts again (which brings
+    the agent back). Internal: callers see the update done."""
+
+
 class ReadOnlyHeap(SwarmHeapError, PermissionError):
     """A writing call on a heap attached with ``read_only=True``: attach it
     without read_only to allocate, free, spawn, put, complete or sweep."""

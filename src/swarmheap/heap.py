@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,30 @@ class OffloadPolicy:
     high: float = 0.8
     low: float = 0.6
     min_idle: float = 1.0
+
+
+class _ThreadSet:
+    """A set each thread has its own of: what this thread is restoring. A
+    restore's own puts go to an agent still RESTORING; another thread's use
+    of it must wait for the restore, not slip in as if it were the restorer."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _items(self) -> set[tuple[int, int]]:
+        items: set[tuple[int, int]] | None = getattr(self._local, "items", None)
+        if items is None:
+            items = self._local.items = set()
+        return items
+
+    def add(self, item: tuple[int, int]) -> None:
+        self._items().add(item)
+
+    def discard(self, item: tuple[int, int]) -> None:
+        self._items().discard(item)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items()
 
 
 @dataclass
@@ -137,7 +162,9 @@ class Heap(CoreHeap):
         self._own_stores: list[Store] = []  # opened here (the default, or by URL): closed with the heap
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
-        self._restoring: set[tuple[int, int]] = set()  # agents this process is restoring now
+        self._restoring = _ThreadSet()  # agents this thread is restoring now
+        # one restore at a time in this process: a second thread's touch waits for the first's
+        self._restore_lock = threading.RLock()
         self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids

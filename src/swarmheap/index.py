@@ -16,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from swarmheap._core import retry_while_changing, stale_agent
-from swarmheap.errors import AgentStateError, StaleBlock
+from swarmheap._core import SEALED_WORD, retry_while_changing, stale_agent
+from swarmheap.errors import AgentSealed, AgentStateError, StaleBlock
 
 if TYPE_CHECKING:
     from swarmheap._core import CoreHeap
@@ -260,8 +260,8 @@ def _read_attempt(heap: CoreHeap, agent_id: int, generation: int, kind: str) -> 
     if got is None:
         raise stale_agent(agent_id, generation)
     word, data = got
-    if not word:
-        return 0, (kind, 0.0, {})
+    if not word or word == SEALED_WORD:  # no index yet, or offloaded
+        return word, (kind, 0.0, {})
     try:
         index = decode(data)
     except (ValueError, UnicodeDecodeError, struct.error):
@@ -291,8 +291,11 @@ def _update_attempt(
     kind: str,
     change: Callable[[Entries], None],
     lease_deadline: float | None,
+    sealed_ok: bool,
 ) -> tuple[int, int] | None:
     word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
+    if word == SEALED_WORD and not sealed_ok:
+        raise _sealed(agent_id)
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
@@ -314,19 +317,30 @@ def update_index(
     kind: str,
     change: Callable[[Entries], None],
     lease_deadline: float | None = None,
+    sealed_ok: bool = False,
 ) -> tuple[int, int]:
     """Apply ``change`` to the entries and swap the new index in; again if
     another update got there first. Returns (the word the change was made
     on, the new word): a reader that knew the first knows the second is its
-    index with this change, and nothing else."""
+    index with this change, and nothing else. AgentSealed if the agent was
+    offloaded (its word sealed), unless ``sealed_ok`` (its restorer)."""
     words: tuple[int, int] = retry_while_changing(
-        _update_attempt, (heap, agent_id, generation, kind, change, lease_deadline), _WHAT
+        _update_attempt, (heap, agent_id, generation, kind, change, lease_deadline, sealed_ok), _WHAT
     )
     return words
 
 
+def _sealed(agent_id: int) -> AgentSealed:
+    return AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
+
+
 def put_entries(
-    heap: CoreHeap, agent_id: int, generation: int, kind: str, new: list[tuple[str, int, int]]
+    heap: CoreHeap,
+    agent_id: int,
+    generation: int,
+    kind: str,
+    new: list[tuple[str, int, int]],
+    sealed_ok: bool = False,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
     on an index this process read last, each name costs one encoded entry
@@ -334,6 +348,8 @@ def put_entries(
     Returns the (offset, size) entries they replaced, and the index words
     before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
+    if word == SEALED_WORD and not sealed_ok:
+        raise _sealed(agent_id)
     shared: Entries = {}
     body: bytes | None = None
     positions: Positions | None = None
@@ -367,7 +383,7 @@ def put_entries(
                 replaced.append(entries[name])
             entries[name] = (offset, size)
 
-    words = update_index(heap, agent_id, generation, kind, change)
+    words = update_index(heap, agent_id, generation, kind, change, sealed_ok=sealed_ok)
     return replaced, words
 
 
@@ -381,7 +397,7 @@ def read_kind(heap: CoreHeap, agent_id: int, generation: int) -> str:
 
 def read_lease(heap: CoreHeap, agent_id: int, generation: int, word: int) -> float:
     """The lease deadline in an index word's block, 0.0 if none or unreadable."""
-    if word == 0:
+    if word == 0 or word == SEALED_WORD:
         return 0.0
     try:
         got = heap._owner_held_read(agent_id, generation)

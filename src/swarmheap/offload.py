@@ -24,12 +24,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from swarmheap import index, snapshot
-from swarmheap._core import PARTITIONS
+from swarmheap._core import PARTITIONS, stale_agent
 from swarmheap._extras import available, require
 from swarmheap.errors import (
     AgentStateError,
     CorruptSnapshot,
     HeapCorrupt,
+    IndexMoved,
     ReadOnlyHeap,
     StaleBlock,
     StoreFull,
@@ -216,6 +217,11 @@ def default_codec() -> str:
     return "zstd" if available("zstandard") else "none"
 
 
+# An offload whose agent changed after its snapshot (a put landed) snapshots
+# again; an agent written to on every try is left in memory after these.
+_OFFLOAD_TRIES = 3
+
+
 def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
     """agent.offload() (``codec`` None: default_codec())."""
     check_store(store)
@@ -233,6 +239,33 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
         )
     if level is None and codec == "zstd":
         level = OFFLOAD_ZSTD_LEVEL
+    tries = 1
+    while True:
+        try:
+            final, blob, key = _offload_once(agent, store, codec, level)
+            break
+        except IndexMoved:
+            if tries == _OFFLOAD_TRIES:
+                raise
+            tries += 1
+    heap._remember_store(store)
+    final["kind"] = agent.kind
+    final["blob_bytes"] = len(blob)
+    # where it went: heap.restore_from(store, key) elsewhere takes it from there
+    final["store"] = store.url
+    final["key"] = key
+    return final
+
+
+def _offload_once(
+    agent: Agent, store: Store, codec: str, level: int | None
+) -> tuple[dict[str, Any], bytes, str]:
+    """One snapshot, write and give-back; IndexMoved (the agent stays in
+    memory, nothing of this try in the store) if an update landed after the
+    snapshot, which the give-back would have lost."""
+    heap = agent.heap
+    # the word the snapshot is of: the core gives the memory back only if it still reads so
+    word = heap._owner_word(agent.id, agent.generation) or 0
     deadline = agent.lease_deadline
     blob, dictionary = snapshot_of(agent, codec, level, deadline)
     key = agent_key(heap, agent)
@@ -251,7 +284,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     )
     store.put(key, blob)
     try:
-        final = heap._owner_offload(agent.id, agent.generation, agent.kind)
+        final = heap._owner_offload(agent.id, agent.generation, agent.kind, expected_word=word)
     except BaseException:
         # only while the agent is surely still in memory: an exception can
         # arrive after the core marked it OFFLOADED (a KeyboardInterrupt lands
@@ -265,13 +298,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
             registry.remove(_entry_name(agent.id, agent.generation))
             store.delete(key)
         raise
-    heap._remember_store(store)
-    final["kind"] = agent.kind
-    final["blob_bytes"] = len(blob)
-    # where it went: heap.restore_from(store, key) elsewhere takes it from there
-    final["store"] = store.url
-    final["key"] = key
-    return final
+    return final, blob, key
 
 
 # ---- kind names by kind id ----
@@ -398,7 +425,20 @@ def _written(heap: Heap, name: str) -> float:
         return 0.0
 
 
-def restore_in_place(agent: Agent, tries: int = 3) -> None:
+def restore_in_place(agent: Agent, tries: int = 3) -> bool:
+    """Bring an offloaded agent back, unless another thread of this process
+    did while this one waited for it: True if this call restored it."""
+    with agent.heap._restore_lock:
+        state = agent.state
+        if state == "gone":
+            raise stale_agent(agent.id, agent.generation)
+        if state not in ("offloaded", "restoring"):
+            return False
+        _restore_in_place(agent, tries)
+        return True
+
+
+def _restore_in_place(agent: Agent, tries: int = 3) -> None:
     """Bring an offloaded agent back into its own slot, same id and generation.
 
     Deleting the blob is the claim, as in restore_from (claim_moved): the
@@ -438,8 +478,12 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
                 state = "restoring"
             except AgentStateError:
                 state = agent.state  # another process began first, or a sweep took it
+            except StaleBlock:
+                state = "gone"
         if state == "live":
             return  # another process restored it meanwhile: its entries may be newer than the blob's
+        if state == "gone":  # completed by another thread or process while this touch began
+            raise stale_agent(agent.id, agent.generation)
         if state != "restoring":
             raise AgentStateError(
                 f"agent {agent.id} (generation {agent.generation}) is {state}: "
@@ -492,7 +536,7 @@ def restore_in_place(agent: Agent, tries: int = 3) -> None:
             # took goes back (two copies at worst, never none), and again
             store.put(key, blob)
             if tries > 1:
-                restore_in_place(agent, tries - 1)
+                _restore_in_place(agent, tries - 1)
                 return
             raise AgentStateError(
                 f"agent {agent.id} keeps being restored and given back: touch it again"

@@ -25,6 +25,7 @@ import math
 import os
 import struct
 import sys
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -315,6 +316,8 @@ class Predictor:
         self.heap = heap
         self.pending: dict[str, list[bytes]] = defaultdict(list)  # completed agents' USAGE_ROWs
         self.npending = 0
+        # a note and a flush's taking of the samples, between this process's threads
+        self.pending_lock = threading.Lock()
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
         _LIVE.add(self)
@@ -331,21 +334,26 @@ class Predictor:
 
     def forget_pending(self) -> None:
         """Drop the unflushed samples: a forked child's copy of its parent's."""
-        self.pending.clear()
-        self.npending = 0
+        with self.pending_lock:
+            self.pending = defaultdict(list)
+            self.npending = 0
 
     def note(self, kind: str, final: dict[str, Any], row: bytes | None = None) -> None:
         """A completed (recycled, swept) agent's figures, as the binding's
         USAGE_ROW (``row``, from _owner_complete_row) or read from its final
         dict: a complete pays one append, and a flush one frombuffer."""
-        pending = self.pending[kind]
-        pending.append(row if row is not None else _row(final, self.heap._class_sizes))
-        self.npending += 1
+        if row is None:
+            row = _row(final, self.heap._class_sizes)
+        with self.pending_lock:
+            pending = self.pending[kind]
+            pending.append(row)
+            self.npending += 1
+            waiting = len(pending)
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
         if self.npending >= FLUSH_EVERY:
             self.flush()
-        elif len(pending) >= CONFIDENT:
+        elif waiting >= CONFIDENT:
             # read the kind's model once (it may be confident already, from
             # other processes or earlier flushes): flushing every CONFIDENT
             # agents because this process's cache had no entry cost a flush
@@ -373,20 +381,31 @@ class Predictor:
     def flush(self) -> None:
         if not self.npending or self.heap.read_only or self.heap.closed:
             return
+        with self.pending_lock:  # the samples are this flush's; notes from here on go to the next
+            taken, self.pending = self.pending, defaultdict(list)
+            self.npending = 0
         registry = Registry(self.heap)
         half_life = self.half_life(registry)  # once per flush: any process may have set it
-        for kind, samples in self.pending.items():
-            name = f"model/{kind}"
-            while True:  # copy, update, compare-and-swap: retried if another process got there first
-                ref, data = registry.get_ref(name)
-                model = _decoded(data, half_life)
-                model.rehalve(half_life)
-                peaks, lifetimes, class_bytes = _samples(samples)
-                model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
-                if registry.swap(name, ref, model.encode()):
-                    break
-        self.pending.clear()
-        self.npending = 0
+        folded: set[str] = set()
+        try:
+            for kind, samples in taken.items():
+                name = f"model/{kind}"
+                while True:  # copy, update, compare-and-swap: retried if another process got there first
+                    ref, data = registry.get_ref(name)
+                    model = _decoded(data, half_life)
+                    model.rehalve(half_life)
+                    peaks, lifetimes, class_bytes = _samples(samples)
+                    model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
+                    if registry.swap(name, ref, model.encode()):
+                        break
+                folded.add(kind)
+        finally:
+            if len(folded) < len(taken):  # a flush that failed keeps what it did not fold for the next
+                with self.pending_lock:
+                    for kind, samples in taken.items():
+                        if kind not in folded:
+                            self.pending[kind][:0] = samples
+                            self.npending += len(samples)
         self.cache.clear()
         self.plans.clear()
         self._evict(registry)

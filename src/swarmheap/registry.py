@@ -35,7 +35,15 @@ from swarmheap.errors import AgentStateError, HeapCorrupt, StaleBlock
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
 
-__all__ = ["REGISTRY_GENERATION", "REGISTRY_KIND", "REGISTRY_OWNER", "SHARDS", "Registry", "RegistryCache"]
+__all__ = [
+    "REGISTRY_GENERATION",
+    "REGISTRY_KIND",
+    "REGISTRY_OWNER",
+    "SHARDS",
+    "Registry",
+    "RegistryCache",
+    "Token",
+]
 
 REGISTRY_OWNER = 1  # owners 0 and 1 keep generation 1 for life
 REGISTRY_GENERATION = 1
@@ -47,6 +55,14 @@ _NONCE = struct.Struct("<Q")
 _TRIES = 1000  # each a few reads: a writer that loses a race to another process tries again
 
 Ref = tuple[int, int]  # a block's offset and size
+# what get_ref read, for swap: the entry's place and the bytes there. The
+# place alone is no version: a replaced value's block is freed, and the next
+# write of the name (in this process, from the thread cache, at once) can
+# get the same place and size back, so a swap from a place read before both
+# writes succeeded and undid the second one (threads counting in an entry
+# lost 62 of 1 200 increments). A swap takes the entry if it still holds
+# those bytes: what the caller's new value was made from.
+Token = tuple[int, int, bytes]
 # per heap: shard name -> (its block's ref, nonce, decoded names, the names'
 # encoded body and where each starts in it, None until a change needs it):
 # a write copies the body with its change spliced in (index.encode_update),
@@ -56,6 +72,10 @@ RegistryCache = dict[str, tuple[Ref, int, index.Entries, bytes, "index.Positions
 
 class _Changed(Exception):
     """What was read changed under the reader: read again."""
+
+
+def _place(token: Token | None) -> Ref | None:
+    return None if token is None else (token[0], token[1])
 
 
 def shard_of(name: str) -> str:
@@ -128,11 +148,11 @@ class Registry:
     def get(self, name: str) -> bytes | None:
         return self.get_ref(name)[1]
 
-    def get_ref(self, name: str) -> tuple[Ref | None, bytes | None]:
-        """The entry's place (for swap) and bytes; (None, None) if absent."""
+    def get_ref(self, name: str) -> tuple[Token | None, bytes | None]:
+        """The entry's token (for swap) and bytes; (None, None) if absent."""
         shard = shard_of(name)
 
-        def attempt() -> tuple[Ref | None, bytes | None]:
+        def attempt() -> tuple[Token | None, bytes | None]:
             word, root = self._root()
             sref = root.get(shard)
             ref = self._shard(shard, sref).get(name) if sref is not None else None
@@ -143,9 +163,9 @@ class Registry:
             data = self._bytes(ref)
             if self._root_word() != word:
                 raise _Changed
-            return ref, data
+            return (ref[0], ref[1], data), data
 
-        result: tuple[Ref | None, bytes | None] = self._settled(attempt, f"entry {name!r}")
+        result: tuple[Token | None, bytes | None] = self._settled(attempt, f"entry {name!r}")
         return result
 
     def names(self, prefix: str = "") -> list[str]:
@@ -167,10 +187,14 @@ class Registry:
     def put(self, name: str, data: bytes) -> None:
         self._write(name, data, lambda old: True)
 
-    def swap(self, name: str, expected: Ref | None, data: bytes) -> bool:
-        """Replace the entry if it is still at ``expected`` (None: absent);
-        False, nothing changed, if another process replaced it first."""
-        return self._write(name, data, lambda old: old == expected)
+    def swap(self, name: str, expected: Token | None, data: bytes) -> bool:
+        """Replace the entry if it still holds what get_ref read (``expected``,
+        its token; None: absent); False, nothing changed, if another writer
+        replaced it first."""
+        if expected is None:
+            return self._write(name, data, lambda old: old is None)
+        place, seen = expected[:2], expected[2]
+        return self._write(name, data, lambda old: old == place and self._bytes(old) == seen)
 
     def remove(self, name: str) -> None:
         self._change(name, None, lambda old: old is not None)
@@ -183,7 +207,7 @@ class Registry:
         try:
             done = self._change(name, (blk.offset, len(data)), accept)
         except BaseException:
-            if not self._may_name(lambda: self.get_ref(name)[0], blk.offset):
+            if not self._may_name(lambda: _place(self.get_ref(name)[0]), blk.offset):
                 blk.free()
             raise
         if not done:

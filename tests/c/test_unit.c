@@ -267,6 +267,35 @@ static void test_owner_complete(void) {
                          sh_owner_state(a, id) == SH_OWNER_OFFLOADED && in_use(a, SH_PART_CONTEXT) == 0 &&
                          sh_owner_generation(a, id) == gen);
   CHECK("twice refused", sh_owner_unrestore(a, id, gen, &final) == SH_ESTATE);
+  /* an offload is of the index its snapshot read: an update after it
+   * refuses the offload, and the word an offload leaves (sealed) refuses
+   * every update that read the word while the owner was live */
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
+  CHECK("an index", sh_owner_set_user_word(a, id, gen, 0, sh_held_next(0, index)) == SH_OK);
+  CHECK("an offload under the word before it refused", sh_owner_offload(a, id, gen, 0, &final) == SH_ESTATE &&
+                                                          sh_owner_state(a, id) == SH_OWNER_LIVE &&
+                                                          in_use(a, SH_PART_CONTEXT) == 48);
+  CHECK("word", sh_owner_user_word(a, id, gen, &held) == SH_OK && held == sh_held_next(0, index));
+  CHECK("offload", sh_owner_offload(a, id, gen, held, &final) == SH_OK && final.blocks == 2 &&
+                       in_use(a, SH_PART_CONTEXT) == 0 && in_use(a, SH_PART_SYSTEM) == sys_before);
+  uint64_t sealed;
+  CHECK("sealed", sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sealed == SH_USER_WORD_SEALED);
+  CHECK("an update from before refused", sh_owner_set_user_word(a, id, gen, held, 0) == SH_ESTATE &&
+                                           sh_owner_set_user_word(a, id, gen, 0, 7) == SH_ESTATE);
+  CHECK("and from the seal, while offloaded", sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED, 7) == SH_ESTATE);
+  CHECK("restoring", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
+  CHECK("live again with no index: 0", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK &&
+                                         sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sealed == 0);
+  CHECK("offloaded again", sh_owner_offload(a, id, gen, 0, &final) == SH_OK);
+  CHECK("restoring again", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
+  sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
+  CHECK("the restorer swaps from the seal", sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED,
+                                                                   sh_held_next(SH_USER_WORD_SEALED, index)) == SH_OK);
+  CHECK("live", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK &&
+                    sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sh_held_offset(sealed) == index);
+  CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK && in_use(a, SH_PART_SYSTEM) == sys_before);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }

@@ -431,6 +431,32 @@ def test_a_missing_extra_is_named(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
         LMDBStore(tmp_path / "x")
 
 
+def test_a_module_half_imported_by_another_thread_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extra that another thread is importing sits in sys.modules half
+    made: handing it out raised AttributeError in a thread that offloaded
+    while another did its first (xxhash without xxh64_intdigest). require()
+    asks import_module then, which waits for the importing thread."""
+    import importlib.machinery
+    import types
+
+    half = types.ModuleType("swarmheap_half_made")
+    half.__spec__ = importlib.machinery.ModuleSpec("swarmheap_half_made", None)
+    half.__spec__._initializing = True  # what the import system marks a module it is running
+    whole = types.ModuleType("swarmheap_half_made")
+    asked: list[str] = []
+
+    def import_module(name: str) -> types.ModuleType:
+        asked.append(name)
+        return whole
+
+    monkeypatch.setitem(sys.modules, "swarmheap_half_made", half)
+    monkeypatch.setattr(_extras.importlib, "import_module", import_module)
+    assert _extras.require("swarmheap_half_made", "compress") is whole and asked == ["swarmheap_half_made"]
+    assert _extras.available("swarmheap_half_made") and len(asked) == 2
+    half.__spec__._initializing = False  # made: the hot path takes it from sys.modules
+    assert _extras.require("swarmheap_half_made", "compress") is half and len(asked) == 2
+
+
 def test_offload_needs_no_extra(
     heap: sh.Heap, agent: sh.Agent, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,6 +479,80 @@ def test_offload_needs_no_extra(
 
 
 # ---- offload and restore ----
+
+
+def test_a_touch_that_meets_a_complete_of_its_offloaded_agent_is_stale(
+    heap: sh.Heap, agent: sh.Agent, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A touch restoring an offloaded agent while another thread completes
+    it: the restore found the agent gone and said a sweep took it for its
+    lease (there was none). It is the StaleBlock of any use after recycle."""
+    agent.offload(store)
+    other = heap.agent(agent.id)
+    claim = heap._owner_set_state
+
+    def completed_first(*args: Any) -> Any:  # the other thread's complete lands just before the claim
+        monkeypatch.setattr(heap, "_owner_set_state", claim)
+        other.complete()
+        return claim(*args)
+
+    monkeypatch.setattr(heap, "_owner_set_state", completed_first)
+    with pytest.raises(sh.StaleBlock, match="was recycled"):
+        agent.get("prompt")
+    assert store.keys("swarmheap/agent/") == []
+    heap.check()
+
+
+def test_a_put_that_lands_during_an_offload_is_not_lost(
+    heap: sh.Heap, agent: sh.Agent, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put by another thread (or process) after the offload's snapshot,
+    before its memory went: the memory went with the put's entry in it and
+    the blob without it, so the put, which had returned, was lost. The core
+    now gives the memory back only under the index word the snapshot read:
+    the offload snapshots again and the blob has the entry."""
+    other = heap.agent(agent.id)
+    give_back = heap._owner_offload
+    landed = []
+
+    def put_first(*args: Any, **kwargs: Any) -> Any:
+        if not landed:  # once: the second snapshot is taken after it
+            landed.append(True)
+            other.put("late", b"written during the offload")
+        return give_back(*args, **kwargs)
+
+    monkeypatch.setattr(heap, "_owner_offload", put_first)
+    agent.offload(store)
+    assert landed and agent.state == "offloaded"
+    assert len(store.keys("swarmheap/agent/")) == 1  # the first try's blob went with its try
+    assert bytes(agent.get("late")) == b"written during the offload"
+    assert agent.state == "live" and bytes(agent.get("prompt")) == b"plan the trip " * 50
+    heap.check()
+
+
+def test_a_put_that_ran_across_an_offload_starts_again(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
+    """A put whose block was allocated before an offload and whose index
+    update came after it: its update built on the sealed word and named a
+    block the offload had given back. It starts again now, which restores
+    the agent, and the entry is there."""
+    core = heap._owner_held_swap
+    calls = []
+
+    def offloaded_first(*args: Any) -> Any:
+        if not calls:
+            calls.append(True)
+            heap._owner_held_swap = core  # type: ignore[method-assign]
+            agent.offload(store)  # lands between the put's allocation and its index update
+        return core(*args)
+
+    heap._owner_held_swap = offloaded_first  # type: ignore[method-assign]
+    try:
+        agent.put("across", b"x" * 3000)
+    finally:
+        heap._owner_held_swap = core  # type: ignore[method-assign]
+    assert calls and agent.state == "live"
+    assert bytes(agent.get("across")) == b"x" * 3000 and bytes(agent.get("tools")) == bytes(range(256)) * 20
+    heap.check()
 
 
 def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
@@ -610,8 +710,8 @@ def test_an_interrupt_after_the_memory_went_keeps_the_blob(
     want = entries_of(agent)
     real = heap._owner_offload
 
-    def interrupted(*args: Any) -> Any:
-        real(*args)
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
         raise KeyboardInterrupt  # as if Ctrl-C landed just after the core gave the memory back
 
     monkeypatch.setattr(heap, "_owner_offload", interrupted)

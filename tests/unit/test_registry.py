@@ -34,7 +34,7 @@ def test_many_names_spread_over_shards_and_all_go_back(heap: sh.Heap) -> None:
     assert registry.get("test/1234") == b"replaced"
     ref, data = registry.get_ref("test/7")
     assert data == b"value 7"
-    assert not registry.swap("test/7", (0, 1), b"lost")  # not where the caller saw it
+    assert not registry.swap("test/7", (0, 1, b""), b"lost")  # not where the caller saw it
     assert registry.swap("test/7", ref, b"won")
     assert registry.get("test/7") == b"won"
     heap.check()
@@ -146,6 +146,37 @@ def test_writers_in_threads_lose_no_update() -> None:
             want = {f"w{k}/{i}" for i in range(120) if i % 3}
             assert set(registry.names(f"w{k}/")) == want
             assert all(registry.get(n) == bytes([k, int(n.split("/")[1])]) for n in want)
+        heap.check()
+
+
+def test_threads_counting_in_one_entry_lose_no_increment() -> None:
+    """get_ref then swap, the registry's read-modify-write, from threads on
+    one name: a replaced value's block is freed and the next write of the
+    name got the same place back, so a swap from a place read before two
+    writes succeeded and undid the second (the model of a kind lost its
+    samples so). A swap takes the entry only if it holds what was read."""
+    threads, each = 4, 300
+    with sh.Heap.create(size="64 MiB") as heap:
+        registry = Registry(heap)
+        start = threading.Barrier(threads)
+
+        def count() -> None:
+            start.wait()
+            for _ in range(each):
+                while True:
+                    token, data = registry.get_ref("counter")
+                    if registry.swap("counter", token, b"%d" % (int(data or b"0") + 1)):
+                        break
+
+        workers = [threading.Thread(target=count) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert registry.get("counter") == b"%d" % (threads * each)
+        token, _ = registry.get_ref("counter")
+        registry.put("counter", b"changed")
+        assert not registry.swap("counter", token, b"0")  # what the token read is not there now
         heap.check()
 
 

@@ -119,7 +119,8 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t sh_good_size(const sh_arena_t *arena, size_t size)
     int sh_owner_create(sh_arena_t *arena, uint32_t kind, uint32_t *id, uint32_t *generation)
     int sh_owner_recycle(sh_arena_t *arena, uint32_t id, uint32_t generation)
-    int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
+    int sh_owner_offload(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t expected_word,
+                         sh_owner_info_t *final)
     int sh_owner_unrestore(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
     uint32_t sh_owner_state(const sh_arena_t *arena, uint32_t id)
     int sh_owner_reserve(sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t nbytes, uint64_t limit)
@@ -142,6 +143,7 @@ cdef extern from "swarmheap.h" nogil:
                                uint64_t expected, uint64_t desired)
     int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word)
     uint64_t SH_USER_WORD_HELD
+    uint64_t SH_USER_WORD_SEALED
     uint64_t sh_held_next(uint64_t expected, uint64_t offset)
     uint64_t sh_held_offset(uint64_t word)
     uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
