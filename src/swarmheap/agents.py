@@ -98,20 +98,16 @@ class Agent(AgentCore):
         replacing what was there."""
         if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # else surely 1..MAX_NAME bytes
             index.check_name(name)
-        for _ in range(_SEALED_TRIES):
-            self._ensure_live()  # one another thread or process is restoring: after its restore
-            try:
-                # alloc brings an offloaded agent back (the heap's events)
-                blk, nbytes = self._alloc_copy(data)
-            except (TypeError, BufferError):
-                self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
-                return
-            try:
-                self._commit([blk], [(name, blk.offset, nbytes)])
-                return
-            except AgentSealed:
-                continue  # offloaded meanwhile: the block went with the memory; again brings the agent back
-        raise _kept_offloaded(self.id)
+        try:
+            # alloc brings an offloaded agent back (the heap's events)
+            blk, nbytes = self._alloc_copy(data)
+        except (TypeError, BufferError):
+            self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
+            return
+        try:
+            self._commit([blk], [(name, blk.offset, nbytes)])
+        except AgentSealed:  # offloaded meanwhile: the block went with the memory; put_many starts again
+            self.put_many({name: data})
 
     def put_many(self, items: Mapping[str, Any]) -> tuple[int, int]:
         """put() of several entries in one update of the index: all of them
@@ -126,12 +122,18 @@ class Agent(AgentCore):
         for name in items:
             if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
                 index.check_name(name)
+        try:
+            return self._put_named_once(items)
+        except AgentSealed:  # offloaded meanwhile (as in put()): again, once the agent is back
+            pass
         for _ in range(_SEALED_TRIES):
-            self._ensure_live()  # as in put()
+            # one another thread or process is restoring takes allocations:
+            # this put's go in once its restore is done
+            self._ensure_live()
             try:
                 return self._put_named_once(items)
             except AgentSealed:
-                continue  # as in put()
+                continue
         raise _kept_offloaded(self.id)
 
     def _put_named_once(self, items: Mapping[str, Any]) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
@@ -157,11 +159,17 @@ class Agent(AgentCore):
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
         entries they replace; on an error the blocks go back."""
         try:
-            replaced, words = index.put_entries(
-                self._heap, self.id, self.generation, self.kind, new, self._restoring_here()
-            )
+            try:
+                replaced, words = index.put_entries(self._heap, self.id, self.generation, self.kind, new)
+            except AgentSealed:
+                if not self._restoring_here():
+                    raise  # the blocks went with the agent's memory when it was offloaded: none to free
+                # this thread restores the agent: its entries go in on the sealed word
+                replaced, words = index.put_entries(
+                    self._heap, self.id, self.generation, self.kind, new, sealed_ok=True
+                )
         except AgentSealed:
-            raise  # the blocks went with the agent's memory when it was offloaded: none to free
+            raise
         except BaseException:
             self._free_unnamed(blocks)
             raise
@@ -274,11 +282,14 @@ class Agent(AgentCore):
     def _update_index(self, change: Any, lease_deadline: float | None = None) -> tuple[int, int]:
         for _ in range(_SEALED_TRIES):
             try:
-                restoring = self._restoring_here()
                 return index.update_index(
-                    self._heap, self.id, self.generation, self.kind, change, lease_deadline, restoring
+                    self._heap, self.id, self.generation, self.kind, change, lease_deadline
                 )
             except AgentSealed:
+                if self._restoring_here():  # this thread restores it: the update goes in on the sealed word
+                    return index.update_index(
+                        self._heap, self.id, self.generation, self.kind, change, lease_deadline, True
+                    )
                 self._ensure_live()  # offloaded meanwhile: back, and again
         raise _kept_offloaded(self.id)
 
