@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from swarmheap import index, lgthreads, snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, PartitionFull, SwarmHeapError
+from swarmheap.errors import CorruptSnapshot, PartitionFull, StaleBlock, SwarmHeapError
 from swarmheap.heap import Heap
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
@@ -232,6 +232,33 @@ class _ThreadView:
 
 class SwarmSaverError(SwarmHeapError):
     """A thread's checkpoint data is damaged (or names what is not there)."""
+
+
+# A write that finds its thread deleted under it (another thread or process
+# deleted it) starts the thread again, as a write after the delete would.
+_GONE_TRIES = 3
+
+
+class _ThreadGone(Exception):
+    """The thread's agent was recycled (the thread deleted) before a write went in."""
+
+
+def _kept_deleted(config: dict[str, Any]) -> SwarmSaverError:
+    return SwarmSaverError(
+        f"thread {config['configurable']['thread_id']!r} was deleted under each of {_GONE_TRIES} writes"
+    )
+
+
+class _Missing(SwarmSaverError):
+    """A record the thread's data names is not there (damage, or a
+    concurrent trim of the thread took it)."""
+
+
+def _delete_if_there(agent: Any, name: str) -> None:
+    try:
+        agent.delete(name)
+    except KeyError:
+        pass  # another writer of the thread removed it first
 
 
 class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
@@ -473,7 +500,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         try:
             blob = agent.read(name)
         except KeyError:
-            raise SwarmSaverError(f"thread data names {name!r}, which is not there") from None
+            raise _Missing(f"thread data names {name!r}, which is not there") from None
         typed = self._unpack(blob)
         if entry is not None:
             self._remember_record(key, entry[0], blob, typed)
@@ -490,7 +517,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
     ) -> Any:
         try:
-            return self._put(config, checkpoint, metadata, new_versions)
+            for _ in range(_GONE_TRIES):
+                try:
+                    return self._put(config, checkpoint, metadata, new_versions)
+                except _ThreadGone:
+                    continue  # deleted by another writer before this put wrote: the put starts it again
+            raise _kept_deleted(config)
         except PartitionFull as exc:
             raise PartitionFull(
                 f"{exc}; SwarmSaver: keep=N bounds each thread to its last N checkpoints, and store=... "
@@ -526,16 +558,29 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._pack(typed)
-        offset = self._put_entries(agent, items)[cp_name]
+        offset = self._put_entries_or_gone(agent, items)[cp_name]
         self._remember_record((agent.id, agent.generation, cp_name), offset, items[cp_name], typed)
         if self.keep is not None:
-            self._trim(agent, ns, self.keep)
+            try:
+                self._trim(agent, ns, self.keep)
+            except StaleBlock:
+                pass  # the thread was deleted after this put wrote: nothing of it is left to trim
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
 
     def put_writes(
         self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        for _ in range(_GONE_TRIES):
+            try:
+                return self._put_writes(config, writes, task_id, task_path)
+            except _ThreadGone:
+                continue  # as in put()
+        raise _kept_deleted(config)
+
+    def _put_writes(
+        self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
     ) -> None:
         conf = config["configurable"]
         agent, view = self._thread(conf["thread_id"], create=True)
@@ -549,7 +594,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 continue  # a special write already stored: kept, as LangGraph's savers do
             items[name] = self._pack(self.serde.dumps_typed((task_id, channel, value, task_path, idx)))
         if items:
-            self._put_entries(agent, items)
+            self._put_entries_or_gone(agent, items)
+
+    def _put_entries_or_gone(self, agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+        try:
+            return self._put_entries(agent, items)
+        except StaleBlock:
+            raise _ThreadGone from None
 
     def get_tuple(self, config: dict[str, Any]) -> Any:
         conf = config["configurable"]
@@ -730,18 +781,32 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             pending_writes=[(t, c, v) for t, _, c, v in writes],
         )
 
-    def _drop(self, agent: Any, ns: str, cid: str) -> None:
-        for name in [n for n in agent.names() if n == f"cp/{ns}/{cid}" or n.startswith(f"w/{ns}/{cid}/")]:
-            agent.delete(name)
+    def _drop(self, agent: Any, ns: str, cid: str, names: Any = None) -> None:
+        for name in [
+            n
+            for n in (agent.names() if names is None else names)
+            if n == f"cp/{ns}/{cid}" or n.startswith(f"w/{ns}/{cid}/")
+        ]:
+            _delete_if_there(agent, name)
 
     def _trim(self, agent: Any, ns: str, keep: int) -> None:
-        ids = self._checkpoint_ids(agent, ns)
+        # One reading of the names decides, and what another writer of the
+        # thread (a thread or process trimming it too) removed meanwhile is
+        # passed over: two puts of one thread trimming at once failed on the
+        # records and entries the other had dropped, and the second one's
+        # blob pass, reading the names again, deleted a version a checkpoint
+        # put since then names.
+        names = agent.names()
+        ids = self._checkpoint_ids(agent, ns, names)
         for cid in ids[:-keep]:
-            self._drop(agent, ns, cid)
+            self._drop(agent, ns, cid, names)
         # channel versions no kept checkpoint names any more
         named: set[str] = set()
         for cid in ids[-keep:]:
-            checkpoint = self._get(agent, f"cp/{ns}/{cid}")[0]
+            try:
+                checkpoint = self._get(agent, f"cp/{ns}/{cid}")[0]
+            except _Missing:
+                continue  # dropped by a writer that saw newer checkpoints: it names what they keep
             named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
         # a kept delta whose base goes is stored whole first, so that keep=N
         # bounds the thread (the chain does not hold older versions back)
@@ -755,6 +820,6 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 self._remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
         if rebased:
             agent.put_many(rebased)
-        for name in agent.names():
+        for name in names:
             if name.startswith(f"blob/{ns}/") and name not in named:
-                agent.delete(name)
+                _delete_if_there(agent, name)

@@ -94,6 +94,78 @@ def test_keep_bounds_a_thread(heap: sh.Heap) -> None:
     saver.delete_thread("k")
 
 
+def test_two_writers_trimming_one_thread_at_once(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two savers (two processes, say) put to one thread with keep=: one's
+    trim read the names, then the other put and trimmed, and the first went
+    on from what it had read: it failed on records and entries the second
+    had dropped, and its blob pass, reading the names again, deleted the
+    version the second's checkpoint names. Now the thread reads whole."""
+    first, second = SwarmSaver(heap, keep=2), SwarmSaver(heap, keep=2)
+    cfg = fill(first, "shared", 3)
+    cp = empty_checkpoint()
+    for step in range(3, 6):
+        reading = first._checkpoint_ids
+        meanwhile: list[dict[str, Any]] = []
+
+        def read_then_the_other_puts(agent: Any, ns: str, names: Any = None) -> list[str]:
+            ids = reading(agent, ns, names)
+            if not meanwhile:  # between first's reading of the names and its drops
+                other = create_checkpoint(cp, None, step * 10)
+                other["channel_values"] = {
+                    "messages": [f"m{i}" for i in range(step * 10)],
+                    "count": step * 10,
+                }
+                other["channel_versions"] = {"messages": step * 10, "count": step * 10}
+                meanwhile.append(
+                    second.put(
+                        cfg, other, {"source": "loop", "step": step * 10}, dict(other["channel_versions"])
+                    )
+                )
+            return ids
+
+        monkeypatch.setattr(first, "_checkpoint_ids", read_then_the_other_puts)
+        cp = create_checkpoint(cp, None, step)
+        cp["channel_values"] = {"messages": [f"m{i}" for i in range(step + 1)], "count": step}
+        cp["channel_versions"] = {"messages": step + 1, "count": step + 1}
+        cfg = first.put(cfg, cp, {"source": "loop", "step": step}, dict(cp["channel_versions"]))
+        monkeypatch.undo()
+        assert meanwhile
+    for saver in (first, second, SwarmSaver(heap)):
+        tuples = list(saver.list({"configurable": {"thread_id": "shared"}}))
+        assert tuples and len(tuples) <= 4
+        for t in tuples:  # every checkpoint left reads whole: its values are there
+            assert len(t.checkpoint["channel_values"]["messages"]) == t.checkpoint["channel_values"][
+                "count"
+            ] + (0 if t.metadata["step"] >= 30 else 1)
+    heap.check()
+
+
+def test_a_put_to_a_thread_deleted_under_it_starts_the_thread_again(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver, other = SwarmSaver(heap), SwarmSaver(heap)
+    cfg = fill(saver, "gone", 2)
+    write = saver._put_entries
+    deleted: list[bool] = []
+
+    def deleted_first(agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+        if not deleted:
+            deleted.append(True)
+            other.delete_thread("gone")  # another writer deletes the thread just before this write
+        return write(agent, items)
+
+    monkeypatch.setattr(saver, "_put_entries", deleted_first)
+    cp = create_checkpoint(empty_checkpoint(), None, 7)
+    cp["channel_values"] = {"messages": ["after"], "count": 7}
+    cp["channel_versions"] = {"messages": 9, "count": 9}
+    saver.put(cfg, cp, {"source": "loop", "step": 7}, dict(cp["channel_versions"]))
+    assert deleted
+    got = other.get_tuple({"configurable": {"thread_id": "gone"}})
+    assert got is not None and got.checkpoint["channel_values"] == {"messages": ["after"], "count": 7}
+    assert [t.metadata["step"] for t in other.list({"configurable": {"thread_id": "gone"}})] == [7]
+    heap.check()
+
+
 def test_async_methods(heap: sh.Heap) -> None:
     saver = SwarmSaver(heap, compress="lz4")
     fill(saver, "x", 2)
