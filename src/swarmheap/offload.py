@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -74,6 +75,9 @@ class Dictionaries:
         self.by_kind: dict[str, Any] = {}  # kind -> ZstdCompressionDict
         self.by_id: dict[int, Any] = {}
         self.published: set[tuple[str, int]] = set()  # (store URL, dictionary id) known to be in that store
+        # training and the tables above, between this process's threads: two
+        # that trained a kind at once could make two dictionaries under one id
+        self.lock = threading.RLock()
 
     def for_kind(self, kind: str) -> Any:
         """The kind's dictionary: this process's, else one another process
@@ -92,30 +96,42 @@ class Dictionaries:
         may be a view that lives for a ``with``); train once there are enough."""
         if kind in self.by_kind or len(raw) > SAMPLE_MAX or not raw:
             return
-        samples = self.samples[kind]
-        samples.append(bytes(raw))
-        if len(samples) >= self.train_after:
+        sample = bytes(raw)
+        with self.lock:
+            if kind in self.by_kind:
+                return
+            samples = self.samples[kind]
+            samples.append(sample)
+            if len(samples) < self.train_after:
+                return
             zstd = require("zstandard", "compress")
             try:
                 trained = zstd.train_dictionary(DICT_SIZE, samples)
             except zstd.ZstdError:
                 samples.clear()  # too few distinct bytes to train on: sample again
                 return
-            data = trained.as_bytes()
+            samples.clear()
+            data, dict_id = trained.as_bytes(), trained.dict_id()
             registry = Registry(self.heap)
             # the dictionary before the kind's pointer to it: a reader never
-            # follows a pointer to nothing. Two processes training at once
-            # both keep theirs by id; the kind points at the last.
-            registry.put(f"{_DICT_BY_ID}{trained.dict_id()}", data)
-            registry.put(f"{_KIND_DICT}{kind}", str(trained.dict_id()).encode())
+            # follows a pointer to nothing. An id names one dictionary for
+            # good: zstd derives it from the dictionary's content, and two
+            # trainings (two processes at once) can make the same id with
+            # other tables; blobs made with one and read with the other do
+            # not decompress. The first one named stands; a later one uses it.
+            key = f"{_DICT_BY_ID}{dict_id}"
+            if not registry.swap(key, None, data):
+                data = registry.get(key) or data
+            registry.put(f"{_KIND_DICT}{kind}", str(dict_id).encode())
             self.by_kind[kind] = self._remember(data)
-            samples.clear()
 
     def _remember(self, data: bytes) -> Any:
+        """The dictionary ``data`` is, as this process holds it: the first
+        one it met under that id (an id is one dictionary, see note())."""
         zstd = require("zstandard", "compress")
         d = zstd.ZstdCompressionDict(data)
-        self.by_id[d.dict_id()] = d
-        return d
+        with self.lock:
+            return self.by_id.setdefault(d.dict_id(), d)
 
     def lookup(self, dict_id: int, stores: list[Store]) -> Any:
         """The dictionary with this id: this process's, the registry's, or a store's."""

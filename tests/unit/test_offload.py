@@ -99,6 +99,38 @@ def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None
         named.restore(blobs[-1])  # another heap without that dictionary or a store holding it
 
 
+def test_a_dictionary_id_names_one_dictionary(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd derives a dictionary's id from its content, and two trainings of
+    a kind (two processes, or two threads of one, at once) can make one id
+    with other tables: blobs compressed with one and read with the other
+    failed ("Data corruption detected", one run in three of four threads
+    offloading and restoring). The first dictionary named under an id
+    stands; a later training that makes the same id uses it."""
+    zstd = pytest.importorskip("zstandard")
+    from swarmheap.offload import Dictionaries
+
+    turn = '{{"role": "user", "content": "question {} about the weather in Lyon"}}'
+    samples = [turn.format(i).encode() * 4 for i in range(80)]
+    first = Dictionaries(heap, train_after=64)
+    for sample in samples[:64]:
+        first.note("chat", sample)
+    trained = first.for_kind("chat")
+    assert trained is not None
+    # the same id over other bytes: the header (magic, id) kept, the content's tail changed
+    forged = bytearray(trained.as_bytes())
+    forged[-200:] = bytes(200)
+    twin = zstd.ZstdCompressionDict(bytes(forged))
+    assert twin.dict_id() == trained.dict_id() and twin.as_bytes() != trained.as_bytes()
+    monkeypatch.setattr(zstd, "train_dictionary", lambda size, samples: twin)
+    second = Dictionaries(heap, train_after=64)  # another process's, as it trains the kind too
+    for sample in samples[:64]:
+        second.note("chat", sample)
+    assert second.for_kind("chat").as_bytes() == trained.as_bytes()
+    blob = snapshot.pack(samples[70], "zstd", 1, second.for_kind("chat"))
+    assert snapshot.unpack(blob, lambda dict_id: first.lookup(dict_id, [])) == samples[70]
+    heap.check()
+
+
 def test_another_process_compresses_with_the_kind_s_dictionary(named: sh.Heap) -> None:
     turn = b'{"role": "assistant", "content": "the forecast for Lyon is sunny"}' * 3
     for _ in range(70):
