@@ -29,6 +29,8 @@ cdef class Block:
             return 1
         if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
             return 1
+        if self.owner != 0 and sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED:
+            return 1
         if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
             return 1
         return 0
@@ -45,6 +47,12 @@ cdef class Block:
             raise StaleBlock(
                 f"block at offset {self.offset} belonged to agent {self.owner} generation "
                 f"{self.generation}, which was recycled", "SH_EOWNER")
+        if self.owner != 0 and sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED:
+            # its pages went back to the heap with the offload (the agent keeps
+            # its generation): a write here was a write into freed memory
+            raise StaleBlock(
+                f"block at offset {self.offset} belonged to agent {self.owner}, which was offloaded: "
+                "only its named entries go to the store and come back", "SH_EOWNER")
         if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
             raise StaleHandle(
                 f"block at offset {self.offset} is already free: it was freed through another Block or "

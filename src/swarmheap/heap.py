@@ -163,8 +163,13 @@ class Heap(CoreHeap):
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
         self._restoring = _ThreadSet()  # agents this thread is restoring now
-        # one restore at a time in this process: a second thread's touch waits for the first's
-        self._restore_lock = threading.RLock()
+        # one offload or restore at a time in this process: a second thread's
+        # touch waits for the first's restore, and a clean-up of a failed
+        # offload cannot take what another thread's offload wrote. One lock
+        # for both: a restore's put may offload others to make room, and an
+        # offload's snapshot may restore, so two locks could be taken in
+        # both orders
+        self._restore_lock = self._offload_lock = threading.RLock()
         self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids

@@ -256,14 +256,15 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     if level is None and codec == "zstd":
         level = OFFLOAD_ZSTD_LEVEL
     tries = 1
-    while True:
-        try:
-            final, blob, key = _offload_once(agent, store, codec, level)
-            break
-        except IndexMoved:
-            if tries == _OFFLOAD_TRIES:
-                raise
-            tries += 1
+    with heap._offload_lock:  # one offload at a time in this process (see _offload_once's clean-up)
+        while True:
+            try:
+                final, blob, key = _offload_once(agent, store, codec, level)
+                break
+            except IndexMoved:
+                if tries == _OFFLOAD_TRIES:
+                    raise
+                tries += 1
     heap._remember_store(store)
     final["kind"] = agent.kind
     final["blob_bytes"] = len(blob)
@@ -294,10 +295,8 @@ def _offload_once(
     registry = Registry(heap)
     # the lease's deadline goes with it: the clock runs on while offloaded, and
     # a sweep drops an agent (and its blob) whose lease ran out in the store
-    registry.put(
-        _entry_name(agent.id, agent.generation),
-        _entry_bytes(store.url, key, agent.kind, time.time(), deadline),
-    )
+    entry = _entry_bytes(store.url, key, agent.kind, time.time(), deadline)
+    registry.put(_entry_name(agent.id, agent.generation), entry)
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind, expected_word=word)
@@ -310,8 +309,11 @@ def _offload_once(
             in_memory = agent.state == "live"
         except Exception:
             in_memory = False
-        if in_memory:
-            registry.remove(_entry_name(agent.id, agent.generation))
+        # and only what this try wrote: a second offload of the agent (a
+        # thread of this process, before the lock) that won meanwhile had its
+        # entry and blob taken by this clean-up, and the agent, offloaded,
+        # could not be restored ("the heap's registry does not say where")
+        if in_memory and registry.remove_if(_entry_name(agent.id, agent.generation), entry):
             store.delete(key)
         raise
     return final, blob, key
@@ -466,11 +468,15 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
     heap = agent.heap
     entry = _entry(heap, agent.id, agent.generation)
     if entry is None:
+        if agent.state == "gone":  # completed by another thread or process meanwhile (its entry with it)
+            raise stale_agent(agent.id, agent.generation)
         raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
     url, key = entry.url, entry.key
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
+        if agent.state == "gone":  # as above: a complete deletes the blob of an offloaded agent
+            raise stale_agent(agent.id, agent.generation)
         if store.get(key + MOVED) is not None:
             # a restorer here that died, or is about to learn it lost, gives it back;
             # one that finished (LIVE) took the blob and the mark is a loser's

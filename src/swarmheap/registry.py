@@ -199,6 +199,11 @@ class Registry:
     def remove(self, name: str) -> None:
         self._change(name, None, lambda old: old is not None)
 
+    def remove_if(self, name: str, data: bytes) -> bool:
+        """Remove the entry if it holds ``data`` (what this writer put there);
+        False, nothing changed, if another writer's is there now."""
+        return self._change(name, None, lambda old: old is not None and self._bytes(old) == data)
+
     def _write(self, name: str, data: bytes, accept: Callable[[Ref | None], bool]) -> bool:
         """Copy ``data`` into a new block and name it ``name`` if ``accept``
         takes the entry there now; False, with nothing changed, if it refused."""

@@ -108,7 +108,10 @@ class SQLiteStore(Store):
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                # used by this thread alone, but closed by close() in whichever
+                # thread calls it: a store used from several threads raised
+                # ProgrammingError at close (the connections of the others)
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 # Debian's SQLite zeroes every freed page (SECURE_DELETE): a

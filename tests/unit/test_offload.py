@@ -9,6 +9,7 @@ import random
 import signal
 import struct
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -585,6 +586,36 @@ def test_a_put_that_ran_across_an_offload_starts_again(heap: sh.Heap, agent: sh.
     assert calls and agent.state == "live"
     assert bytes(agent.get("across")) == b"x" * 3000 and bytes(agent.get("tools")) == bytes(range(256)) * 20
     heap.check()
+
+
+def test_a_block_of_an_offloaded_agent_is_stale(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
+    """An agent's blocks (not its named entries) go back with its pages when
+    it is offloaded, and the agent keeps its generation: a Block held across
+    the offload passed the generation check and wrote into freed memory (a
+    thread race found it as a page quarantined for a write after free)."""
+    block = agent.alloc(100)
+    block[:5] = b"early"
+    agent.offload(store)
+    assert block.freed
+    with pytest.raises(sh.StaleBlock, match="offloaded"):
+        block[:5] = b"later"
+    with pytest.raises(sh.StaleBlock, match="offloaded"):
+        memoryview(block)
+    heap.check()
+
+
+def test_a_sqlite_store_used_from_threads_closes(tmp_path: Any) -> None:
+    """One connection per thread, and close() in whichever thread: it raised
+    sqlite3.ProgrammingError for the other threads' connections."""
+    store = SQLiteStore(tmp_path / "threads.db")
+    threads = [threading.Thread(target=store.put, args=(f"k{i}", b"v")) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(store.keys("k")) == ["k0", "k1", "k2"]
+    store.close()
+    assert store.closed
 
 
 def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
