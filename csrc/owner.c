@@ -235,6 +235,11 @@ static int sh_owner_pin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view) 
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK && sh_atomic_load_relaxed(&o->state) == SH_OWNER_OFFLOADED)
+    /* its pages went back with the offload (the generation stays): a pin is
+     * taken to write or read them, and the offload checked for pins under
+     * this lock, so a pin refused here is the one that raced it */
+    rc = _sh_fail(SH_ESTATE, "owner %u is offloaded: its memory went back to the heap", id);
   if (rc == SH_OK) {
     bool found;
     sh_pin_t *e = sh_pin_slot(a, id, gen, pid, start, &found);

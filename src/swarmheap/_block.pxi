@@ -91,7 +91,11 @@ cdef class Block:
         # a read-only view never writes the arena, so it does not pin: its
         # Block still detects a recycle through the generation
         if self.owner != 0 and self.exports == 0 and not ro:
-            self.heap._owner_pin(self.owner, self.generation, self.entry_view)
+            try:
+                self.heap._owner_pin(self.owner, self.generation, self.entry_view)
+            except AgentSealed:  # offloaded since the check above
+                self._check_live()
+                raise
         PyBuffer_FillInfo(view, self, self.heap.base + self.offset, self.length, 1 if ro else 0, flags)
         self.exports += 1
         self.heap.exports += 1

@@ -37,6 +37,7 @@ import numpy as np
 
 from swarmheap.errors import (
     ChannelClosed,
+    AgentSealed,
     AgentStateError,
     IndexMoved,
     AttachError,

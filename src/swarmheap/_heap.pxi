@@ -475,6 +475,7 @@ cdef class _Arena:
         # from another thread or process waits for the copy rather than
         # letting it write into pages given back; no view object is made.
         # BufferError: not C-contiguous (the caller copies it first).
+        self._check_writable()
         cdef Py_buffer buf
         try:
             PyObject_GetBuffer(data, &buf, PyBUF_C_CONTIGUOUS)
@@ -484,21 +485,29 @@ cdef class _Arena:
         cdef int rc, recycled = 0
         cdef uint64_t nbytes = <uint64_t>buf.len
         try:
-            blk = self._agent_alloc(oid, gen, nbytes if nbytes else 1, _CONTEXT)
             if nbytes:
+                # the pin before the allocation: pinned, the agent is not
+                # offloaded (nor recycled) under the copy. Pinned after it, an
+                # offload (and a restore) could land between the two, and the
+                # copy went into pages given back (a write after free)
                 rc = sh_owner_pin(self.arena, oid, gen)
-                if rc:
-                    _free_off(self, blk.offset)
-                    blk.freed = True
-                    if rc == SH_EOWNER:
-                        raise stale_agent(oid, gen)
-                    _raise(rc)
-                memcpy(self.base + blk.offset, buf.buf, nbytes)
-                rc = sh_owner_unpin(self.arena, oid, gen, &recycled)
-                if recycled:
-                    self.events.on_recycled(self, oid, gen)  # completed meanwhile: the block went with it
+                if rc == SH_ESTATE:  # offloaded: the caller brings it back and puts again
+                    raise AgentSealed(f"agent {oid} is offloaded")
+                if rc == SH_EOWNER:
+                    raise stale_agent(oid, gen)
                 if rc:
                     _raise(rc)
+            try:
+                blk = self._agent_alloc(oid, gen, nbytes if nbytes else 1, _CONTEXT)
+                if nbytes:
+                    memcpy(self.base + blk.offset, buf.buf, nbytes)
+            finally:
+                if nbytes:
+                    rc = sh_owner_unpin(self.arena, oid, gen, &recycled)
+                    if recycled:
+                        self.events.on_recycled(self, oid, gen)  # completed meanwhile: the block went with it
+                    if rc:
+                        _raise(rc)
         finally:
             PyBuffer_Release(&buf)
         return blk, nbytes

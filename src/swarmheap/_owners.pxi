@@ -168,6 +168,8 @@ cdef class CoreHeap(_Arena):
         with nogil:
             rc = sh_owner_view_pin(arena, oid, gen) if view else sh_owner_pin(arena, oid, gen)
         self.inflight -= 1
+        if rc == SH_ESTATE:
+            raise AgentSealed(f"agent {oid} was offloaded: its memory went back to the heap")
         if rc:
             _raise(rc)
 

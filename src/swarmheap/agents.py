@@ -101,8 +101,10 @@ class Agent(AgentCore):
         try:
             # alloc brings an offloaded agent back (the heap's events)
             blk, nbytes = self._alloc_copy(data)
-        except (TypeError, BufferError):
-            self.put_many({name: data})  # strided, or not a buffer: put_many copies it, or names the type
+        except (TypeError, BufferError, AgentSealed):
+            # strided, or not a buffer: put_many copies it, or names the type;
+            # offloaded after the allocation: put_many starts again
+            self.put_many({name: data})
             return
         try:
             self._commit([blk], [(name, blk.offset, nbytes)])
@@ -149,6 +151,8 @@ class Agent(AgentCore):
                     raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
                 blocks.append(blk)
                 new.append((name, blk.offset, nbytes))
+        except AgentSealed:
+            raise  # offloaded meanwhile: these blocks went with its pages
         except BaseException:
             for blk in blocks:
                 blk.free()
@@ -191,7 +195,11 @@ class Agent(AgentCore):
             except InvalidHandle:
                 continue  # replaced and freed between the reads: read the index again
             blk._as_entry_view()
-            view = memoryview(blk)
+            try:
+                view = memoryview(blk)
+            except (AgentSealed, StaleBlock):  # offloaded since the index was read: back, and again
+                self._ensure_live()
+                continue
             # the entry must still be this block: a put() may have replaced it
             # (and the agent reused the place) while we resolved
             if self._read_index_word()[0] == word:

@@ -55,8 +55,10 @@ def _worker(
                         if (aid, gen) == (agent.id, agent.generation) and agent.read(n) != v:
                             problems.append(f"agent {aid}'s {n} does not read as written")
                 elif r < 0.5:
-                    block = agent.alloc(rng.choice([16, 100, 4000, 70000]))
-                    block[:1] = b"x"
+                    # not written through: a Block of an agent that another
+                    # thread offloads and restores in between is not known to
+                    # be stale (docs/design.md, Known limits)
+                    agent.alloc(rng.choice([16, 100, 4000, 70000]))
                 elif r < 0.6:
                     heap.restore(agent.snapshot()).complete()
                 elif r < 0.8:
