@@ -784,14 +784,19 @@ static void test_dead_sender_message(void) {
   sh_unlink(SH_BACKING_SHM, name);
 }
 
+static sh_arena_t *anon_with_channel(uint32_t capacity, uint64_t *chan) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  REQUIRE("channel", sh_chan_create(a, capacity, 1024, chan) == SH_OK);
+  return a;
+}
+
 /* Positions counting more messages than the ring has cells: a sender
  * without a timeout waited for room forever, a receiver took cells never
  * filled. Both are SH_ECORRUPT now; a damaged capacity is no channel. */
 static void test_damaged_channel(void) {
-  sh_arena_t *a = NULL;
-  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
   uint64_t chan, msg, size;
-  REQUIRE("channel", sh_chan_create(a, 4, 1024, &chan) == SH_OK);
+  sh_arena_t *a = anon_with_channel(4, &chan);
   sh_chan_t *c = (sh_chan_t *)(a->base + sh_chan_offset(chan));
   CHECK("send", sh_chan_send(a, chan, 64, 8, 0) == SH_OK);
   uint64_t tail = sh_atomic_load_relaxed(sh_chan_tail(c));
@@ -816,10 +821,8 @@ static void test_damaged_channel(void) {
  * cells are the next power of two, the spare ones never filled at once,
  * and positions wrap around them in order. */
 static void test_channel_exact_capacity(void) {
-  sh_arena_t *a = NULL;
-  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
   uint64_t chan, msg, size;
-  REQUIRE("channel of 3", sh_chan_create(a, 3, 1024, &chan) == SH_OK);
+  sh_arena_t *a = anon_with_channel(3, &chan);
   uint64_t next = 1;
   for (int round = 0; round < 5; round++) { /* 15 messages through 4 cells: every cell, several times */
     for (int i = 0; i < 3; i++) CHECK("room for 3", sh_chan_send(a, chan, 64 * (next + i), 8, 0) == SH_OK);
@@ -862,10 +865,8 @@ static void *chan_recv_thread(void *arg) {
 }
 
 static void test_channel_wait_called_off(void) {
-  sh_arena_t *a = NULL;
-  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
   uint64_t chan, msg, size;
-  REQUIRE("channel", sh_chan_create(a, 2, 1024, &chan) == SH_OK);
+  sh_arena_t *a = anon_with_channel(2, &chan);
   uint32_t never = 0;
   CHECK("empty: no receive could act", sh_chan_wait(a, chan, 0, 0, &never) == SH_ETIMEDOUT);
   CHECK("but a send could", sh_chan_wait(a, chan, 1, 0, NULL) == SH_OK);
