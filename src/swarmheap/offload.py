@@ -285,7 +285,10 @@ def _offload_once(
     word = heap._owner_word(agent.id, agent.generation) or 0
     deadline = agent.lease_deadline
     blob, dictionary = snapshot_of(agent, codec, level, deadline)
-    key = agent_key(heap, agent)
+    # a key of this try's own: a failed try deletes its blob, and under a key
+    # shared by every offload of the agent that took the blob of another
+    # process's offload that had just won (the agent restorable from nowhere)
+    key = f"{agent_key(heap, agent)}/{os.urandom(4).hex()}"
     if dictionary is not None:
         heap._dictionaries.publish(dictionary, store)
     # The registry first, the blob second, the memory last: a kill after any
@@ -365,6 +368,7 @@ class _Entry(NamedTuple):
     kind: str
     written: float  # epoch seconds; 0 if it does not read
     deadline: float | None  # of its lease, which runs on in the store
+    raw: bytes = b""  # as read: a restore removes the entry only if it is still this one
 
 
 _ENTRY_V2 = "2"  # first line of an entry with a deadline; an older one starts with its store URL
@@ -381,9 +385,9 @@ def _parse_entry(data: bytes) -> _Entry:
     text = data.decode()
     if text.startswith(_ENTRY_V2 + "\n"):
         _, url, key, written, deadline, kind = text.split("\n", 5)
-        return _Entry(url, key, kind, _seconds(written), float(deadline) if deadline else None)
+        return _Entry(url, key, kind, _seconds(written), float(deadline) if deadline else None, data)
     url, key, kind, written = text.split("\n", 3)  # format 1: no deadline
-    return _Entry(url, key, kind, _seconds(written), None)
+    return _Entry(url, key, kind, _seconds(written), None, data)
 
 
 def _seconds(text: str) -> float:
@@ -487,7 +491,7 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
             raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
         # a restorer here took the blob after putting every entry back, and
         # died (or is about) before marking the agent live: finish for it
-        _finish(heap, agent)
+        _finish(heap, agent, entry)
         return
     with parsed(heap, blob, [store]) as (kind, lease_left, entries):
         # RESTORING while the entries go back: a restorer killed half way leaves
@@ -568,7 +572,15 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
         if state != "live":
             raise AgentStateError(f"agent {agent.id} (generation {agent.generation}) is {state}") from None
         # else another process of this heap finished first
-    Registry(heap).remove(_entry_name(agent.id, agent.generation))
+    _forget_entry(heap, agent, entry)
+
+
+def _forget_entry(heap: Heap, agent: Agent, entry: _Entry) -> None:
+    """Remove the registry entry a restore restored from, if it still is that
+    one: once the agent is live, another process may offload it again and
+    write its own, which an unconditional removal took (the agent offloaded
+    and its registry saying nowhere)."""
+    Registry(heap).remove_if(_entry_name(agent.id, agent.generation), entry.raw)
 
 
 def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:
@@ -581,12 +593,12 @@ def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:
         return False
 
 
-def _finish(heap: Heap, agent: Agent) -> None:
+def _finish(heap: Heap, agent: Agent, entry: _Entry) -> None:
     try:
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
     except AgentStateError:
         pass  # another process finished first
-    Registry(heap).remove(_entry_name(agent.id, agent.generation))
+    _forget_entry(heap, agent, entry)
 
 
 def _moved(agent: Agent) -> AgentStateError:
