@@ -103,7 +103,7 @@ class Agent(AgentCore):
             blk, nbytes = self._alloc_copy(data)
         except (TypeError, BufferError, AgentSealed):
             # strided, or not a buffer: put_many copies it, or names the type;
-            # offloaded after the allocation: put_many starts again
+            # offloaded (the pin before the copy refused): put_many brings it back
             self.put_many({name: data})
             return
         try:
