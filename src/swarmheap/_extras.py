@@ -11,13 +11,20 @@ __all__ = ["available", "require"]
 _absent: set[str] = set()  # modules an import of failed: a later ask is one set lookup
 
 
+def _imported(module: str) -> Any:
+    """``module`` if it is imported whole, else None. A module another
+    thread is still importing is in sys.modules half made (an offload in one
+    thread met xxhash without its functions): import_module waits for it."""
+    loaded = sys.modules.get(module)
+    if loaded is None or getattr(getattr(loaded, "__spec__", None), "_initializing", False):
+        return None
+    return loaded
+
+
 def require(module: str, extra: str) -> Any:
     """Import ``module`` or raise ImportError saying which extra installs it."""
-    loaded = sys.modules.get(module)
-    # hot paths ask for their codec on every call; a module another thread
-    # is still importing is in sys.modules half made (an offload in one
-    # thread met xxhash without its functions), and import_module waits for it
-    if loaded is not None and not getattr(getattr(loaded, "__spec__", None), "_initializing", False):
+    loaded = _imported(module)
+    if loaded is not None:  # hot paths ask for their codec on every call
         return loaded
     try:
         if module == "matplotlib.pyplot":
@@ -32,8 +39,7 @@ def require(module: str, extra: str) -> Any:
 
 def available(module: str) -> bool:
     """Whether ``module`` imports (for a default that falls back without its extra)."""
-    loaded = sys.modules.get(module)
-    if loaded is not None and not getattr(getattr(loaded, "__spec__", None), "_initializing", False):
+    if _imported(module) is not None:
         return True
     if module in _absent:
         return False

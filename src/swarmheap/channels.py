@@ -357,7 +357,6 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
         raise TypeError(f"capacity is an int (messages, 1 to 2**20), not {type(capacity).__name__}")
     if capacity < 1 or capacity > 1 << 20:
         raise ValueError(f"capacity is an int from 1 to 2**20, not {capacity!r}")
-    cap = capacity
     comm = heap.info()["partitions"]["comm"]["size"]
     if max_message is None:
         max_message = comm // 4
@@ -372,10 +371,10 @@ def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) 
         if data is not None:
             chan, cap, _ = _decode(name, data)
             return Channel(heap, name, ChannelCore(heap, chan), cap)
-        core = ChannelCore.create(heap, cap, max_message)
-        if registry.swap(key, None, _REF.pack(core.chan, cap, max_message)):
-            return Channel(heap, name, core, cap)
-        Channel(heap, name, core, cap)._free(core.offset, 1)  # another process named it first
+        core = ChannelCore.create(heap, capacity, max_message)
+        if registry.swap(key, None, _REF.pack(core.chan, capacity, max_message)):
+            return Channel(heap, name, core, capacity)
+        Channel(heap, name, core, capacity)._free(core.offset, 1)  # another process named it first
 
 
 def channel_names(heap: Heap) -> list[str]:

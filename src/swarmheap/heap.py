@@ -169,7 +169,7 @@ class Heap(CoreHeap):
         # for both: a restore's put may offload others to make room, and an
         # offload's snapshot may restore, so two locks could be taken in
         # both orders
-        self._restore_lock = self._offload_lock = threading.RLock()
+        self._moving_lock = threading.RLock()
         self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids

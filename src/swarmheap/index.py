@@ -294,8 +294,10 @@ def _update_attempt(
     sealed_ok: bool,
 ) -> tuple[int, int] | None:
     word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
-    if word == SEALED_WORD and not sealed_ok:
-        raise _sealed(agent_id)
+    if (
+        word == SEALED_WORD and not sealed_ok
+    ):  # put_entries' fast path never takes a sealed word: it is not cached
+        raise AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
@@ -330,10 +332,6 @@ def update_index(
     return words
 
 
-def _sealed(agent_id: int) -> AgentSealed:
-    return AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
-
-
 def put_entries(
     heap: CoreHeap,
     agent_id: int,
@@ -348,8 +346,6 @@ def put_entries(
     Returns the (offset, size) entries they replaced, and the index words
     before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
-    if word == SEALED_WORD and not sealed_ok:
-        raise _sealed(agent_id)
     shared: Entries = {}
     body: bytes | None = None
     positions: Positions | None = None

@@ -167,6 +167,7 @@ def _splice(splice: Splice) -> bytes:
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_R = TypeVar("_R")
 
 
 class _Recent(OrderedDict[_K, _V]):
@@ -243,8 +244,15 @@ class _ThreadGone(Exception):
     """The thread's agent was recycled (the thread deleted) before a write went in."""
 
 
-def _kept_deleted(config: dict[str, Any]) -> SwarmSaverError:
-    return SwarmSaverError(
+def _again_if_gone(config: dict[str, Any], write: Callable[..., _R], *args: Any) -> _R:
+    """``write(*args)``, again while the thread is deleted under it (the
+    write then starts the thread again, as one after the delete would)."""
+    for _ in range(_GONE_TRIES):
+        try:
+            return write(*args)
+        except _ThreadGone:
+            continue
+    raise SwarmSaverError(
         f"thread {config['configurable']['thread_id']!r} was deleted under each of {_GONE_TRIES} writes"
     )
 
@@ -517,12 +525,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
     ) -> Any:
         try:
-            for _ in range(_GONE_TRIES):
-                try:
-                    return self._put(config, checkpoint, metadata, new_versions)
-                except _ThreadGone:
-                    continue  # deleted by another writer before this put wrote: the put starts it again
-            raise _kept_deleted(config)
+            return _again_if_gone(config, self._put, config, checkpoint, metadata, new_versions)
         except PartitionFull as exc:
             raise PartitionFull(
                 f"{exc}; SwarmSaver: keep=N bounds each thread to its last N checkpoints, and store=... "
@@ -572,12 +575,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def put_writes(
         self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        for _ in range(_GONE_TRIES):
-            try:
-                return self._put_writes(config, writes, task_id, task_path)
-            except _ThreadGone:
-                continue  # as in put()
-        raise _kept_deleted(config)
+        _again_if_gone(config, self._put_writes, config, writes, task_id, task_path)
 
     def _put_writes(
         self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str

@@ -256,7 +256,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     if level is None and codec == "zstd":
         level = OFFLOAD_ZSTD_LEVEL
     tries = 1
-    with heap._offload_lock:  # one offload at a time in this process (see _offload_once's clean-up)
+    with heap._moving_lock:  # one offload at a time in this process (see _offload_once's clean-up)
         while True:
             try:
                 final, blob, key = _offload_once(agent, store, codec, level)
@@ -368,7 +368,7 @@ class _Entry(NamedTuple):
     kind: str
     written: float  # epoch seconds; 0 if it does not read
     deadline: float | None  # of its lease, which runs on in the store
-    raw: bytes = b""  # as read: a restore removes the entry only if it is still this one
+    raw: bytes  # as read: a restore removes the entry only if it is still this one
 
 
 _ENTRY_V2 = "2"  # first line of an entry with a deadline; an older one starts with its store URL
@@ -450,14 +450,20 @@ def _written(heap: Heap, name: str) -> float:
 def restore_in_place(agent: Agent, tries: int = 3) -> bool:
     """Bring an offloaded agent back, unless another thread of this process
     did while this one waited for it: True if this call restored it."""
-    with agent.heap._restore_lock:
-        state = agent.state
-        if state == "gone":
-            raise stale_agent(agent.id, agent.generation)
-        if state not in ("offloaded", "restoring"):
+    with agent.heap._moving_lock:
+        if _state_unless_gone(agent) not in ("offloaded", "restoring"):
             return False
         _restore_in_place(agent, tries)
         return True
+
+
+def _state_unless_gone(agent: Agent) -> str:
+    """The agent's state; StaleBlock (as any use after recycle) if another
+    thread or process completed it while this restore began."""
+    state = agent.state
+    if state == "gone":
+        raise stale_agent(agent.id, agent.generation)
+    return state
 
 
 def _restore_in_place(agent: Agent, tries: int = 3) -> None:
@@ -472,15 +478,13 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
     heap = agent.heap
     entry = _entry(heap, agent.id, agent.generation)
     if entry is None:
-        if agent.state == "gone":  # completed by another thread or process meanwhile (its entry with it)
-            raise stale_agent(agent.id, agent.generation)
+        _state_unless_gone(agent)  # completed meanwhile: its entry went with it
         raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
     url, key = entry.url, entry.key
     store = heap._store_for(url)
     blob = store.get(key)
     if blob is None:
-        if agent.state == "gone":  # as above: a complete deletes the blob of an offloaded agent
-            raise stale_agent(agent.id, agent.generation)
+        _state_unless_gone(agent)  # a complete deletes the blob of an offloaded agent
         if store.get(key + MOVED) is not None:
             # a restorer here that died, or is about to learn it lost, gives it back;
             # one that finished (LIVE) took the blob and the mark is a loser's
