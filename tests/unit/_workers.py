@@ -475,3 +475,13 @@ def registry_names(name: str, prefix: str) -> list[str]:
 
     with sh.Heap.attach(name) as heap:
         return Registry(heap).names(prefix)
+
+
+def open_new_store_at_once(path: str, barrier: Any) -> str:
+    """Open the SQLite store at ``path`` when every worker is ready, put one key."""
+    from swarmheap.stores import SQLiteStore
+
+    barrier.wait()
+    with SQLiteStore(path) as store:
+        store.put(f"k{os.getpid()}", b"v")
+    return "ok"
