@@ -149,6 +149,7 @@ static int _sh_owner_offload(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_
     /* OFFLOADED before the memory goes (its blob is in the store already): a
      * process killed half way leaves an offloaded agent that a restore makes
      * whole, never a live one with holes. The slot keeps its generation. */
+    sh_atomic_add_acq_rel(&o->offloads, 1u); /* before its pages can be handed out again */
     sh_atomic_store_release(&o->state, SH_OWNER_OFFLOADED);
     rc = _sh_owner_recycle_now(a, id, final, SH_OWNER_OFFLOADED);
     if (final) final->state = SH_OWNER_OFFLOADED;
@@ -560,6 +561,10 @@ uint64_t sh_reserved_bytes(const sh_arena_t *a) { return sh_atomic_load_relaxed(
 
 uint32_t sh_owner_state(const sh_arena_t *a, uint32_t id) {
   return id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].state) : SH_OWNER_FREE;
+}
+
+uint32_t sh_owner_offloads(const sh_arena_t *a, uint32_t id) {
+  return id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].offloads) : 0;
 }
 
 uint32_t sh_owner_generation(const sh_arena_t *a, uint32_t id) {

@@ -113,8 +113,13 @@ typedef struct sh_owner_s {
   _Atomic uint32_t binset[SH_NPARTITIONS];
   _Atomic uint32_t pages[SH_NPARTITIONS]; /* a partition has fewer than 2^31 pages */
   _Atomic uint32_t peak_pages[SH_NPARTITIONS];
+  /* Times its memory went to a store (sh_owner_offload): a Block made before
+   * an offload is stale after it, even once a restore made the agent live
+   * again under the same generation. */
+  _Atomic uint32_t offloads;
+  uint32_t spare_;
 } sh_owner_t;
-_Static_assert(sizeof(sh_owner_t) == 104, "the owner table is the metadata that grows with max_owners");
+_Static_assert(sizeof(sh_owner_t) == 112, "the owner table is the metadata that grows with max_owners");
 
 /* Operation counters, striped so threads rarely share a cache line. Each
  * stripe holds [partition][class] for allocs and frees; class index

@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 11u
+#define SH_FORMAT_VERSION 12u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -389,6 +389,9 @@ int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation
 /* [any] The slot's generation while it holds an owner, 0 when it is free:
  * one load, for checking a handle before touching its bytes. */
 uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
+/* [any] How many times the slot's owner was offloaded (0 when out of range):
+ * read before making a Block of it, compared at each use of the Block. */
+uint32_t sh_owner_offloads(const sh_arena_t *arena, uint32_t id);
 /* [any] A LIVE agent's small blocks skip the shared nursery pages and come
  * from pages of its own from its first allocation (a kind predicted to grow
  * past the nursery's share). Until the agent is recycled or offloaded.

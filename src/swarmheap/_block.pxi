@@ -29,7 +29,8 @@ cdef class Block:
             return 1
         if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
             return 1
-        if self.owner != 0 and sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED:
+        if self.owner != 0 and (sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED or
+                                sh_owner_offloads(self.heap.arena, self.owner) != self.offloads):
             return 1
         if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
             return 1
@@ -53,6 +54,13 @@ cdef class Block:
             raise StaleBlock(
                 f"block at offset {self.offset} belonged to agent {self.owner}, which was offloaded: "
                 "only its named entries go to the store and come back", "SH_EOWNER")
+        if self.owner != 0 and sh_owner_offloads(self.heap.arena, self.owner) != self.offloads:
+            # the same generation, live again after a restore: the memory at
+            # this offset was given back at the offload and may be another
+            # entry's now, so a write here would land in it
+            raise StaleBlock(
+                f"block at offset {self.offset} belonged to agent {self.owner}, which was offloaded and "
+                "restored since: only its named entries came back", "SH_EOWNER")
         if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
             raise StaleHandle(
                 f"block at offset {self.offset} is already free: it was freed through another Block or "

@@ -280,6 +280,9 @@ cdef class _Arena:
         blk.length = length
         blk.owner = owner
         blk.generation = generation
+        # read after the block was had: callers that hold no pin over that
+        # (Agent.alloc, resolve) read it before and write it over this one
+        blk.offloads = sh_owner_offloads(self.arena, owner) if owner else 0
         blk.usable = usable
         blk.part = part
         blk.tag = tag
@@ -420,6 +423,7 @@ cdef class _Arena:
                 raise ValueError("only blocks of the shared default (owner=None) take a lease: "
                                  "an agent's blocks go back with the agent, so give the agent the lease")
         cdef uint64_t off, usable
+        cdef uint32_t offloads = sh_owner_offloads(self.arena, oid) if oid else 0  # before: see _agent_alloc
         cdef int rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
         if rc:
             _raise(rc)
@@ -433,7 +437,9 @@ cdef class _Arena:
                 message_rc = rc
                 _free_off(self, off)
                 _raise(message_rc)
-        return self._new_block(off, nbytes, oid, gen, usable, part, tag)
+        cdef Block blk = self._new_block(off, nbytes, oid, gen, usable, part, tag)
+        blk.offloads = offloads
+        return blk
 
     cdef int _count_young(self) except -1:
         # one agent allocation or spawn toward the young sweep: a decrement,
@@ -455,7 +461,11 @@ cdef class _Arena:
         cdef int part = _part(partition)
         cdef uint64_t off, usable
         cdef int rc, attempt
+        # before the allocation: an offload and a restore between it and a
+        # later read would give the Block the count of memory it never had
+        cdef uint32_t offloads
         for attempt in range(2):
+            offloads = sh_owner_offloads(self.arena, oid)
             rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
             if rc == SH_EFULL and attempt == 0 and self.events.on_partition_full(self, PARTITIONS[part]):
                 continue
@@ -467,7 +477,9 @@ cdef class _Arena:
             if rc:
                 _raise(rc)
             break
-        return self._new_block(off, nbytes, oid, gen, usable, part, 0)
+        cdef Block blk = self._new_block(off, nbytes, oid, gen, usable, part, 0)
+        blk.offloads = offloads
+        return blk
 
     cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data):
         # Agent.put's block: allocated and filled in one call. The agent is
@@ -601,6 +613,7 @@ cdef class _Arena:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**64:
                 raise InvalidHandle(f"handle {what} {value!r} is not an int in range")
         cdef sh_block_info_t info
+        cdef uint32_t offloads = sh_owner_offloads(self.arena, owner) if owner < 2**32 else 0
         if offset >= self.arena_size:
             raise InvalidHandle(f"handle offset {offset!r} is outside this heap ({self.arena_size} bytes)")
         cdef int rc = sh_block_info(self.arena, offset, &info)
@@ -621,7 +634,9 @@ cdef class _Arena:
                 _raise(rc)
         if not length <= info.usable_size:
             raise InvalidHandle(f"handle size {length!r} exceeds the block's usable {info.usable_size} bytes")
-        return self._new_block(offset, length, owner, generation, info.usable_size, <int>info.partition, tag)
+        cdef Block blk = self._new_block(offset, length, owner, generation, info.usable_size, <int>info.partition, tag)
+        blk.offloads = offloads  # as read before the checks (see _agent_alloc)
+        return blk
 
     def alloc_many(self, n, size, partition="context", *, owner=None):
         """``n`` blocks of ``size`` bytes in one call: a numpy uint64 array of

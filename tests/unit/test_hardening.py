@@ -148,7 +148,7 @@ def test_an_owner_state_that_is_no_state_is_corruption_not_an_empty_agent(
     anchor = heap.alloc(16, "shared")
     holder = ctypes.c_char.from_buffer(memoryview(anchor))
     base = ctypes.addressof(holder) - anchor.offset
-    state = ctypes.c_uint32.from_address(base + owners + agent.id * 104)  # sizeof(sh_owner_t), asserted in C
+    state = ctypes.c_uint32.from_address(base + owners + agent.id * 112)  # sizeof(sh_owner_t), asserted in C
     saved = state.value
     state.value = saved | 0xFF00
     with pytest.raises(sh.HeapCorrupt, match="owner table"):

@@ -604,6 +604,37 @@ def test_a_block_of_an_offloaded_agent_is_stale(heap: sh.Heap, agent: sh.Agent, 
     heap.check()
 
 
+def test_a_block_held_across_an_offload_and_a_restore_is_stale(
+    heap: sh.Heap, agent: sh.Agent, store: Store
+) -> None:
+    """After the restore the agent is live again under the same generation,
+    and the memory the Block named was given back at the offload: the Block
+    passed every check and its writes landed in whatever was there now (a
+    restored entry, here). A Block that resolve() made of it before the
+    offload is stale as well; one allocated after the restore is not. (The
+    handles here carry no tag: a tagged one was caught by its tag already.)"""
+    for size in (100, 3000, 20000):  # nursery, its own pages, a large run
+        block = agent.alloc(size)
+        resolved = heap.resolve(sh.Handle(block.offset, size, agent.id, agent.generation))
+        assert block.tag == 0 and resolved.tag == 0
+        block[:5] = b"early"
+        agent.offload(store)
+        agent.restore()
+        assert agent.state == "live"
+        assert block.freed and resolved.freed
+        for held in (block, resolved):
+            with pytest.raises(sh.StaleBlock, match="offloaded and restored"):
+                held[:5] = b"later"
+            with pytest.raises(sh.StaleBlock, match="offloaded and restored"):
+                memoryview(held)
+        assert bytes(agent.get("tools")) == bytes(range(256)) * 20
+        fresh = agent.alloc(size)
+        fresh[:5] = b"fresh"
+        assert bytes(fresh[:5]) == b"fresh" and not fresh.freed
+        fresh.free()
+    heap.check()
+
+
 def test_a_sqlite_store_used_from_threads_closes(tmp_path: Any) -> None:
     """One connection per thread, and close() in whichever thread: it raised
     sqlite3.ProgrammingError for the other threads' connections."""

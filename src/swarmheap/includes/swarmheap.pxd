@@ -147,6 +147,7 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t sh_held_next(uint64_t expected, uint64_t offset)
     uint64_t sh_held_offset(uint64_t word)
     uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
+    uint32_t sh_owner_offloads(const sh_arena_t *arena, uint32_t id)
     int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info)
     int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id)
     int sh_partition_stats(const sh_arena_t *arena, sh_partition_t partition, sh_partition_stats_t *stats)
