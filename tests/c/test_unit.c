@@ -1044,7 +1044,49 @@ static void test_pin_count_recounted(void) {
   sh_close(a);
 }
 
+/* Pin entries whose count fell to 0 stayed as tombstones for good: after
+ * enough agents had come and gone the table had no empty slot left, and
+ * every pin walked all of it. An unpin, and a reclaim of a dead process's
+ * pins, now empty the tombstones an empty slot follows. */
+static size_t pin_slots_used(const sh_arena_t *a) {
+  size_t used = 0;
+  for (uint64_t i = 0; i <= a->pin_mask; i++) used += a->pins[i].pid != 0;
+  return used;
+}
+
+static void test_pin_tombstones_cleared(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint32_t keep_id, keep_gen, id, gen;
+  sh_owner_info_t final;
+  sh_owner_create(a, 0, &keep_id, &keep_gen);
+  CHECK("a pin held throughout", sh_owner_pin(a, keep_id, keep_gen) == SH_OK);
+  int r = 0, ok = 1;
+  for (uint64_t n = 0; n < 4 * (a->pin_mask + 1); n++) {
+    ok &= sh_owner_create(a, 0, &id, &gen) == SH_OK && sh_owner_pin(a, id, gen) == SH_OK &&
+          sh_owner_pin(a, id, gen) == SH_OK && sh_owner_unpin(a, id, gen, &r) == SH_OK &&
+          sh_owner_unpin(a, id, gen, &r) == SH_OK && sh_owner_complete(a, id, gen, &final) == SH_OK;
+  }
+  CHECK("agents came and went", ok);
+  CHECK("only the held pin's entry is left", pin_slots_used(a) == 1);
+  CHECK("and it is found", sh_owner_unpin(a, keep_id, keep_gen, &r) == SH_OK && pin_slots_used(a) == 0);
+
+  /* a dead process's pin: the reclaim makes it a tombstone, then empties it */
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, NULL, 0);
+  CHECK("pin", sh_owner_pin(a, keep_id, keep_gen) == SH_OK && pin_slots_used(a) == 1);
+  for (uint64_t i = 0; i <= a->pin_mask; i++)
+    if (a->pins[i].pid != 0) a->pins[i].pid = child;
+  uint64_t dropped = 0;
+  CHECK("reclaimed", sh_pins_reclaim_dead(a, &dropped, NULL) == SH_OK && dropped == 1);
+  CHECK("and its entry emptied", pin_slots_used(a) == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
+  test_pin_tombstones_cleared();
   test_pin_count_recounted();
   test_large_run_length_damaged();
   test_cached_refill_skips_a_page_of_another_class();
