@@ -23,7 +23,11 @@ class Hooks:
 
     def __init__(self) -> None:
         self.table: dict[str, list[Hook]] = {event: [] for event in EVENTS}
-        self.deferred: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
+        # agent id -> (generation, kind, stats) of its deferred recycle. By
+        # slot: a recycle another process ran (its view was the last pin)
+        # never comes to take its entry here, and the slot's next deferral
+        # replaces it, so these stay at most max_owners.
+        self.deferred: dict[int, tuple[int, str, dict[str, Any]]] = {}
 
     def for_event(self, event: str) -> list[Hook]:
         if event not in EVENTS:
@@ -50,7 +54,11 @@ class Hooks:
 
     def defer(self, agent_id: int, generation: int, kind: str, stats: dict[str, Any]) -> None:
         """The agent completed while pinned: fire its recycle later."""
-        self.deferred[(agent_id, generation)] = (kind, stats)
+        self.deferred[agent_id] = (generation, kind, stats)
 
     def take_deferred(self, agent_id: int, generation: int) -> tuple[str, dict[str, Any]] | None:
-        return self.deferred.pop((agent_id, generation), None)
+        got = self.deferred.get(agent_id)
+        if got is None or got[0] != generation:
+            return None
+        del self.deferred[agent_id]
+        return got[1], got[2]

@@ -306,8 +306,11 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self._records: _Recent[tuple[int, int, str], tuple[int, bytes, tuple[str, bytes]]] = _Recent(
             lambda record: len(record[2][1])
         )
-        # (agent id, generation, ns, channel) -> the entry name of its newest version here
-        self._newest: dict[tuple[int, int, str, str], str] = {}
+        # agent id -> (its generation, (ns, channel) -> the entry name of the
+        # channel's newest version here): keyed by the owner slot, so a saver
+        # that serves thread after thread holds at most max_owners of these
+        # (keyed by generation too, it kept one per thread it ever served)
+        self._newest: dict[int, tuple[int, dict[tuple[str, str], str]]] = {}
         if store is not None:
             heap.set_offload_policy(store)
 
@@ -543,10 +546,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         values: dict[str, Any] = c.pop("channel_values")
         names = view.names if view is not None else set()
         items: dict[str, bytes] = {}
+        newest = self._newest_of(agent)
         for channel, version in new_versions.items():
             name = f"blob/{ns}/{channel}/{version}"
-            newest = (agent.id, agent.generation, ns, channel)
-            base = self._newest.get(newest)
+            base = newest.get((ns, channel))
             if not (base is not None and base != name and base in names):  # a version put again is whole
                 base = None
             splice = None
@@ -556,7 +559,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             else:
                 value, raw = None, self._typed_raw(("empty", b""))
             items[name] = self._pack_value(agent, name, raw, base, value, splice)
-            self._newest[newest] = name
+            newest[(ns, channel)] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
@@ -728,6 +731,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         view.entries = entries
         return view
 
+    def _newest_of(self, agent: Any) -> dict[tuple[str, str], str]:
+        """The agent's (ns, channel) -> newest version's entry name, as this saver put or read them."""
+        known = self._newest.get(agent.id)
+        if known is None or known[0] != agent.generation:
+            known = self._newest[agent.id] = (agent.generation, {})
+        return known[1]
+
     def _put_entries(self, agent: Any, items: dict[str, bytes]) -> dict[str, int]:
         """One index update; the thread's view follows it if it was current.
         Returns where each entry went (its block's offset)."""
@@ -751,12 +761,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}", view.entries)
         names = view.names
         values = {}
+        newest = self._newest_of(agent)
         for channel, version in checkpoint["channel_versions"].items():
             name = f"blob/{ns}/{channel}/{version}"
             if name not in names:
                 continue  # a channel with no value at that version
             typed = self._value(agent, name)
-            self._newest[(agent.id, agent.generation, ns, channel)] = name
+            newest[(ns, channel)] = name
             if typed[0] != "empty":
                 values[channel] = self.serde.loads_typed(typed)
         writes = []

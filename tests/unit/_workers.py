@@ -485,3 +485,15 @@ def open_new_store_at_once(path: str, barrier: Any) -> str:
     with SQLiteStore(path) as store:
         store.put(f"k{os.getpid()}", b"v")
     return "ok"
+
+
+def view_each(name: str, conn: Any) -> None:
+    """For each agent id sent: hold a get() view of its entry "m", say "ready",
+    and let it go on the next message (None ends)."""
+    with sh.Heap.attach(name) as heap:
+        while (agent_id := conn.recv()) is not None:
+            view = heap.agent(agent_id).get("m")
+            conn.send("ready")
+            conn.recv()
+            view.release()
+            conn.send("released")

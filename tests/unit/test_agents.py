@@ -14,7 +14,14 @@ import pytest
 import swarmheap as sh
 import swarmheap.index
 import swarmheap.sweep
-from _workers import read_agent_entry, spawn_and_exit, spawn_and_hang, sweep_after_barrier, view_entry
+from _workers import (
+    read_agent_entry,
+    spawn_and_exit,
+    spawn_and_hang,
+    sweep_after_barrier,
+    view_each,
+    view_entry,
+)
 from swarmheap import _core
 
 
@@ -200,6 +207,33 @@ def test_a_view_in_another_process_keeps_its_bytes_when_its_entry_is_replaced(he
         assert heap.collect(1).viewed_blocks == 0  # nothing left for a sweep
         heap.check()
         agent.complete()
+        heap.check()
+
+
+def test_recycles_another_process_ran_leave_nothing_behind_here(heap_name: str) -> None:
+    """complete() while another process holds a view defers the recycle, and
+    that process's release runs it: the deferral noted here was never taken,
+    one left behind for every such agent. Noted by slot now, the next
+    deferral in the slot replaces it: at most max_owners of them."""
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="16 MiB", max_owners=40) as heap:
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=view_each, args=(heap_name, child_end))
+        proc.start()
+        for _ in range(120):
+            agent = heap.spawn("deferred")
+            agent.put("m", b"v" * 100)
+            parent_end.send(agent.id)
+            assert parent_end.recv() == "ready"
+            agent.complete()  # deferred: the other process's view pins it
+            assert agent.state == "completed"
+            parent_end.send("release")
+            assert parent_end.recv() == "released"  # its release recycled the agent there
+            assert agent.state == "gone"
+        parent_end.send(None)
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert len(heap._hooks.deferred) <= 40
         heap.check()
 
 

@@ -415,6 +415,24 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
     heap.check()
 
 
+def test_a_saver_serving_thread_after_thread_holds_bounded_memory() -> None:
+    """The newest version of each channel was remembered per (agent,
+    generation): a service that ran thread after thread kept an entry for
+    every thread it had ever served. Keyed by the agent's slot, the entries
+    are at most the heap's owner slots, and a slot's next thread replaces
+    the last one's."""
+    with sh.Heap.create(size="16 MiB", max_owners=64) as heap:
+        saver = SwarmSaver(heap)
+        for n in range(300):
+            cfg = fill(saver, f"thread-{n}", 3)
+            got = saver.get_tuple(cfg)
+            assert got is not None and got.checkpoint["channel_values"]["messages"] == ["m0", "m1", "m2"]
+            saver.delete_thread(f"thread-{n}")
+        assert len(saver._newest) <= 64
+        assert sum(len(names) for _, names in saver._newest.values()) <= 64 * 2
+        heap.check()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_cold_threads_go_to_the_store_and_come_back(kind: str, tmp_path: Any, request: Any) -> None:
     import os
