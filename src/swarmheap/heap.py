@@ -472,6 +472,11 @@ class Heap(CoreHeap):
         if store is None:
             self._offload_policy = None
             return
+        if self.read_only:  # it could never act: an offload gives memory back
+            raise ReadOnlyHeap(
+                "the heap is attached read-only: an offload policy offloads agents, which writes; "
+                "attach it without read_only"
+            )
         check_store(store)
         if partition not in PARTITIONS:
             raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")

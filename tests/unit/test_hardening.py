@@ -74,6 +74,18 @@ def test_read_only_get_reads_without_pinning(named: sh.Heap) -> None:
     named.check()
 
 
+def test_read_only_heap_refuses_an_offload_policy(named: sh.Heap, tmp_path: object) -> None:
+    """The policy offloads agents, which a read-only attach cannot: it was
+    taken, and could never act (set_admission refused already)."""
+    assert named.name is not None
+    path = os.path.join(str(tmp_path), "s.db")
+    with sh.Heap.attach(named.name, read_only=True) as ro, sh.SQLiteStore(path) as store:
+        with pytest.raises(sh.ReadOnlyHeap, match="offload policy"):
+            ro.set_offload_policy(store)
+        ro.set_offload_policy(None)  # turning it off writes nothing
+    named.check()
+
+
 # ---- 2. exact handles and Blocks --------------------------------------------
 
 
