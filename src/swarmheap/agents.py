@@ -64,7 +64,9 @@ class Agent(AgentCore):
         return lease or None
 
     def __repr__(self) -> str:
-        return f"<Agent {self.id} kind={self.kind!r} generation={self.generation} {self.state}>"
+        # never raises: a repr in a traceback or a debugger outlives the heap
+        state = "(heap closed)" if self._heap.closed else self.state
+        return f"<Agent {self.id} kind={self.kind!r} generation={self.generation} {state}>"
 
     def __reduce__(self) -> Any:
         raise TypeError(

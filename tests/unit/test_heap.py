@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -256,6 +257,24 @@ def test_closed_heap(heap_name: str) -> None:
     with pytest.raises(ValueError, match="closed"):
         bytes(blk)
     assert "closed" in repr(heap)
+
+
+def test_a_closed_heap_says_so_everywhere(tmp_path: pathlib.Path) -> None:
+    """Every call on a closed heap says it is closed: set_offload_policy()
+    was taken, restore_from() read the store first and raised its KeyError,
+    and repr() of an agent raised (a repr in a traceback must not)."""
+    heap = sh.Heap.create(size="16 MiB")
+    agent = heap.spawn("k")
+    agent.put("e", b"v")
+    with sh.SQLiteStore(tmp_path / "s.db") as store:
+        heap.close()
+        with pytest.raises(ValueError, match="closed"):
+            heap.set_offload_policy(store)
+        with pytest.raises(ValueError, match="closed"):
+            heap.restore_from(store, "no/such/key")
+        with pytest.raises(ValueError, match="closed"):
+            agent.read("e")
+        assert "heap closed" in repr(agent)
 
 
 def test_read_only_attach(named: sh.Heap) -> None:
