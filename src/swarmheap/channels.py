@@ -64,9 +64,14 @@ def check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+# The longest wait the core counts (146 years): a longer timeout is this one.
+# 1e100 seconds raised OverflowError on the way into the core's int64.
+_LONGEST_WAIT_NS = 1 << 62
+
+
 def _timeout_ns(timeout: float | None) -> int:
     seconds = check_timeout(timeout)
-    return -1 if seconds is None else int(seconds * 1e9)
+    return -1 if seconds is None else min(int(seconds * 1e9), _LONGEST_WAIT_NS)
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -583,8 +583,8 @@ class Heap(CoreHeap):
         and spawns; a generation-1 sweep after ``gen1`` young sweeps; a full
         one after ``gen2`` generation-1 sweeps. 0 turns automatic sweeps off."""
         for value in (gen0, gen1, gen2):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"thresholds are ints >= 0, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 31:
+                raise ValueError(f"thresholds are ints from 0 to 2**31 - 1, not {value!r}")
         state = self._sweep
         state.counts[0] += state.batch - self._sweep_countdown  # what this countdown saw so far
         state.thresholds = (gen0, gen1, gen2)

@@ -440,6 +440,19 @@ def test_capacity_is_exact(heap: sh.Heap, capacity: int) -> None:
     heap.check()
 
 
+def test_a_timeout_longer_than_the_core_counts_waits_as_long(heap: sh.Heap) -> None:
+    """1e100 seconds raised OverflowError on its way into the core's
+    nanoseconds; it is the longest wait the core counts now."""
+    ch = heap.channel("patient", 2)
+    ch.send(b"first", timeout=1e100)
+    assert bytes(ch.recv(timeout=1e100)) == b"first"
+    ch.send_block(heap.alloc(8, "comm"), timeout=2.0**80)
+    assert len(ch.recv(timeout=2**70)) == 8
+    with pytest.raises(ValueError, match="thresholds"):
+        heap.set_sweep_thresholds(2**70)  # OverflowError before, too
+    heap.check()
+
+
 def test_bad_input_is_named(heap: sh.Heap) -> None:
     ch = heap.channel("strict", 4, max_message=100)
     too_big = [
