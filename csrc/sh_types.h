@@ -100,10 +100,16 @@ _Static_assert(sizeof(sh_lock_t) == SH_CACHE_LINE, "one lock per cache line");
 typedef struct sh_owner_s {
   _Atomic uint32_t state;      /* sh_owner_state_t */
   _Atomic uint32_t generation; /* bumped when the slot is taken */
+  /* Times its memory went to a store (sh_owner_offload): a Block made before
+   * an offload is stale after it, even once a restore made the agent live
+   * again under the same generation. Beside the two words each use of a
+   * Block loads already: on their cache line, not one of its own. */
+  _Atomic uint32_t offloads;
   _Atomic uint32_t pins;
   uint32_t kind;
   int32_t pid;
   _Atomic uint32_t reserved_kib; /* its admission reservation in `context` (sh_owner_reserve), in KiB */
+  uint32_t spare_;
   uint64_t pid_start;
   uint64_t created_ns;
   _Atomic uint64_t last_active_ns;
@@ -113,11 +119,6 @@ typedef struct sh_owner_s {
   _Atomic uint32_t binset[SH_NPARTITIONS];
   _Atomic uint32_t pages[SH_NPARTITIONS]; /* a partition has fewer than 2^31 pages */
   _Atomic uint32_t peak_pages[SH_NPARTITIONS];
-  /* Times its memory went to a store (sh_owner_offload): a Block made before
-   * an offload is stale after it, even once a restore made the agent live
-   * again under the same generation. */
-  _Atomic uint32_t offloads;
-  uint32_t spare_;
 } sh_owner_t;
 _Static_assert(sizeof(sh_owner_t) == 112, "the owner table is the metadata that grows with max_owners");
 

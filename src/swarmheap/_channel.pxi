@@ -176,7 +176,7 @@ cdef class ChannelCore:
         # on use instead of writing into it
         cdef Block blk = heap._new_block(msg, size, SH_OWNER_DEFAULT,
                                          sh_owner_generation(heap.arena, SH_OWNER_DEFAULT),
-                                         info.usable_size, <int>info.partition, tag)
+                                         info.usable_size, <int>info.partition, tag, 0)
         blk.owns = True  # the receiver's: freed when it frees it or drops it
         sh_chan_unhold(heap.arena, msg)
         return blk

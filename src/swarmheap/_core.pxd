@@ -48,7 +48,7 @@ cdef class _Arena:
     cdef dict _info_dict(self, sh_owner_info_t *oi, object kind)
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
-                          uint64_t usable, int part, uint64_t tag)
+                          uint64_t usable, int part, uint64_t tag, uint32_t offloads)
     cdef int _count_young(self) except -1
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
     cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data)

@@ -273,16 +273,18 @@ cdef class _Arena:
         return _owner_dict(oi, kind, 1 << self.page_shift_, self._class_sizes)
 
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
-                          uint64_t usable, int part, uint64_t tag):
+                          uint64_t usable, int part, uint64_t tag, uint32_t offloads):
+        # ``offloads``: the agent's count (sh_owner_offloads) as the caller
+        # read it before it had the block. Read after, an offload and a
+        # restore in between would give the Block the count of memory it
+        # never had
         cdef Block blk = Block.__new__(Block)
         blk.heap = <CoreHeap>self  # _Arena is only ever a CoreHeap's base
         blk.offset = offset
         blk.length = length
         blk.owner = owner
         blk.generation = generation
-        # read after the block was had: callers that hold no pin over that
-        # (Agent.alloc, resolve) read it before and write it over this one
-        blk.offloads = sh_owner_offloads(self.arena, owner) if owner else 0
+        blk.offloads = offloads
         blk.usable = usable
         blk.part = part
         blk.tag = tag
@@ -423,7 +425,7 @@ cdef class _Arena:
                 raise ValueError("only blocks of the shared default (owner=None) take a lease: "
                                  "an agent's blocks go back with the agent, so give the agent the lease")
         cdef uint64_t off, usable
-        cdef uint32_t offloads = sh_owner_offloads(self.arena, oid) if oid else 0  # before: see _agent_alloc
+        cdef uint32_t offloads = sh_owner_offloads(self.arena, oid) if oid else 0  # before: see _new_block
         cdef int rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
         if rc:
             _raise(rc)
@@ -437,9 +439,7 @@ cdef class _Arena:
                 message_rc = rc
                 _free_off(self, off)
                 _raise(message_rc)
-        cdef Block blk = self._new_block(off, nbytes, oid, gen, usable, part, tag)
-        blk.offloads = offloads
-        return blk
+        return self._new_block(off, nbytes, oid, gen, usable, part, tag, offloads)
 
     cdef int _count_young(self) except -1:
         # one agent allocation or spawn toward the young sweep: a decrement,
@@ -461,9 +461,7 @@ cdef class _Arena:
         cdef int part = _part(partition)
         cdef uint64_t off, usable
         cdef int rc, attempt
-        # before the allocation: an offload and a restore between it and a
-        # later read would give the Block the count of memory it never had
-        cdef uint32_t offloads
+        cdef uint32_t offloads  # read before each try (see _new_block)
         for attempt in range(2):
             offloads = sh_owner_offloads(self.arena, oid)
             rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
@@ -477,9 +475,7 @@ cdef class _Arena:
             if rc:
                 _raise(rc)
             break
-        cdef Block blk = self._new_block(off, nbytes, oid, gen, usable, part, 0)
-        blk.offloads = offloads
-        return blk
+        return self._new_block(off, nbytes, oid, gen, usable, part, 0, offloads)
 
     cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data):
         # Agent.put's block: allocated and filled in one call. The agent is
@@ -634,9 +630,8 @@ cdef class _Arena:
                 _raise(rc)
         if not length <= info.usable_size:
             raise InvalidHandle(f"handle size {length!r} exceeds the block's usable {info.usable_size} bytes")
-        cdef Block blk = self._new_block(offset, length, owner, generation, info.usable_size, <int>info.partition, tag)
-        blk.offloads = offloads  # as read before the checks (see _agent_alloc)
-        return blk
+        return self._new_block(offset, length, owner, generation, info.usable_size, <int>info.partition, tag,
+                               offloads)  # the count as read before the checks
 
     def alloc_many(self, n, size, partition="context", *, owner=None):
         """``n`` blocks of ``size`` bytes in one call: a numpy uint64 array of

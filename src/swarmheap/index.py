@@ -294,9 +294,8 @@ def _update_attempt(
     sealed_ok: bool,
 ) -> tuple[int, int] | None:
     word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
-    if (
-        word == SEALED_WORD and not sealed_ok
-    ):  # put_entries' fast path never takes a sealed word: it is not cached
+    # put_entries' fast path never takes a sealed word (it is never cached): only here
+    if word == SEALED_WORD and not sealed_ok:
         raise AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
     entries = dict(shared)
     change(entries)
