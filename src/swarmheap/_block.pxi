@@ -11,6 +11,17 @@ cdef inline bint _count_out(dict counts, uint64_t offset) noexcept:
     return True
 
 
+# Why a Block is stale (Block._staleness); _LIVE: it is not
+cdef enum:
+    _LIVE
+    _FREED
+    _MOVED
+    _RECYCLED
+    _OFFLOADED
+    _RESTORED_SINCE
+    _TAG_GONE
+
+
 @cython.freelist(128)
 cdef class Block:
     """A block of arena memory. Supports the buffer protocol (memoryview,
@@ -23,49 +34,57 @@ cdef class Block:
     def __init__(self):
         raise TypeError("blocks come from heap.alloc(), agent.alloc() or heap.resolve()")
 
+    cdef int _staleness(self) noexcept:
+        """Why the block is not this object's any more: one of the _LIVE ...
+        _TAG_GONE reasons below (the heap must be open unless freed)."""
+        if self.freed:
+            return _MOVED if self.moved else _FREED
+        if self.owner != 0:
+            if sh_owner_generation(self.heap.arena, self.owner) != self.generation:
+                return _RECYCLED
+            if sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED:
+                return _OFFLOADED
+            if sh_owner_offloads(self.heap.arena, self.owner) != self.offloads:
+                return _RESTORED_SINCE
+        if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
+            return _TAG_GONE
+        return _LIVE
+
     cdef int _stale(self) except -1:
         """1 if the block is not this object's any more (no exception)."""
-        if self.freed:
-            return 1
-        if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
-            return 1
-        if self.owner != 0 and (sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED or
-                                sh_owner_offloads(self.heap.arena, self.owner) != self.offloads):
-            return 1
-        if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
-            return 1
-        return 0
+        return self._staleness() != _LIVE
 
     cdef int _check_live(self) except -1:
-        if self.freed:
-            if self.moved:
-                raise StaleBlock(f"block at offset {self.offset} was sent with send_block: it belongs to "
-                                 "the message now, and its receiver's Block is the one to use", "SH_EDOUBLEFREE")
-            raise StaleBlock(f"block at offset {self.offset} was freed", "SH_EDOUBLEFREE")
-        if self.heap.arena == NULL:
+        if not self.freed and self.heap.arena == NULL:
             raise ValueError("the block's heap is closed")
-        if self.owner != 0 and sh_owner_generation(self.heap.arena, self.owner) != self.generation:
+        cdef int why = self._staleness()
+        if why == _LIVE:
+            return 0
+        if why == _MOVED:
+            raise StaleBlock(f"block at offset {self.offset} was sent with send_block: it belongs to "
+                             "the message now, and its receiver's Block is the one to use", "SH_EDOUBLEFREE")
+        if why == _FREED:
+            raise StaleBlock(f"block at offset {self.offset} was freed", "SH_EDOUBLEFREE")
+        if why == _RECYCLED:
             raise StaleBlock(
                 f"block at offset {self.offset} belonged to agent {self.owner} generation "
                 f"{self.generation}, which was recycled", "SH_EOWNER")
-        if self.owner != 0 and sh_owner_state(self.heap.arena, self.owner) == SH_OWNER_OFFLOADED:
+        if why == _OFFLOADED:
             # its pages went back to the heap with the offload (the agent keeps
             # its generation): a write here was a write into freed memory
             raise StaleBlock(
                 f"block at offset {self.offset} belonged to agent {self.owner}, which was offloaded: "
                 "only its named entries go to the store and come back", "SH_EOWNER")
-        if self.owner != 0 and sh_owner_offloads(self.heap.arena, self.owner) != self.offloads:
+        if why == _RESTORED_SINCE:
             # the same generation, live again after a restore: the memory at
             # this offset was given back at the offload and may be another
             # entry's now, so a write here would land in it
             raise StaleBlock(
                 f"block at offset {self.offset} belonged to agent {self.owner}, which was offloaded and "
                 "restored since: only its named entries came back", "SH_EOWNER")
-        if self.tag and sh_block_tag_check(self.heap.arena, self.offset, self.tag) != SH_OK:
-            raise StaleHandle(
-                f"block at offset {self.offset} is already free: it was freed through another Block or "
-                f"handle, or by a sweep when its lease ran out, and may hold someone else's data now", "SH_EOWNER")
-        return 0
+        raise StaleHandle(
+            f"block at offset {self.offset} is already free: it was freed through another Block or "
+            f"handle, or by a sweep when its lease ran out, and may hold someone else's data now", "SH_EOWNER")
 
     def _hand_over(self):
         """The block leaves this object without being freed (a channel's

@@ -78,6 +78,7 @@ cdef class Block:
 
     cdef int _check_live(self) except -1
     cdef int _stale(self) except -1
+    cdef int _staleness(self) noexcept
     cdef void _export_released(self) noexcept
 
 

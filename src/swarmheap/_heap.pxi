@@ -260,9 +260,12 @@ cdef class _Arena:
             raise ValueError("the heap is closed")
         return 0
 
+    def _require_open(self):
+        """ValueError if the heap is closed (for the layer above, which cannot call _check_open)."""
+        self._check_open()
+
     cdef int _check_writable(self) except -1:
-        if self.arena == NULL:
-            raise ValueError("the heap is closed")
+        self._check_open()
         if self.read_only:
             raise ReadOnlyHeap(f"heap {self._where()} is attached read-only: attach it without read_only=True "
                                f"to allocate, free, spawn, put, complete or sweep", "SH_EINVAL")

@@ -387,8 +387,7 @@ class Heap(CoreHeap):
         ``store`` under ``key``. The source heap frees its slot at its next
         sweep; the blob leaves the store. Of two heaps restoring one key at
         once, one gets the agent and the other AgentStateError."""
-        if self.closed:  # before the store is read: its KeyError would hide this
-            raise ValueError("the heap is closed")
+        self._require_open()  # before the store is read: its KeyError would hide a closed heap
         blob = check_store(store).get(key)
         if blob is None:
             raise KeyError(f"no snapshot under {key!r} in {store.url}")
@@ -471,8 +470,7 @@ class Heap(CoreHeap):
         go first, those holding a page or more of the partition before the
         small ones (an offload is a store write: a few large agents free what
         thousands of small ones hold). ``None`` turns it off."""
-        if self.closed:
-            raise ValueError("the heap is closed")
+        self._require_open()
         if store is None:
             self._offload_policy = None
             return
