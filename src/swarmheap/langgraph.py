@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import itertools
 import operator
 import struct
 from collections import OrderedDict
@@ -134,29 +135,76 @@ def _array_items(data: bytes, at: int, n: int) -> int | None:
 Splice = tuple[int, bytes, bytes]  # base bytes skipped, new front, appended tail (see _delta)
 
 
+# A list value as this saver last stored it: a copy of its items (the list
+# object itself may be changed in place before the next put) and where each
+# item ends in the serde bytes' array body (None until a put needed it)
+Listed = tuple[list[Any], "list[int] | None"]
+
+
+def _dropped_front(before: list[Any], value: list[Any]) -> int | None:
+    """How many items of ``before`` ``value`` dropped from its front, if it
+    is the rest of ``before`` (the same objects) followed by new ones; None
+    if it is not such a list. A window kept over a conversation (trimmed
+    messages, RemoveMessage) drops from the front and appends at the end."""
+    if not before:
+        return 0
+    if not value:
+        return None
+    first = value[0]
+    k = next((i for i, item in enumerate(before) if item is first), None)
+    if k is None:
+        return None
+    kept = len(before) - k
+    if len(value) < kept or not all(map(operator.is_, itertools.islice(before, k, None), value)):
+        return None
+    return k
+
+
+def _msgpack_items(typed: tuple[str, bytes], n: int) -> bytes | None:
+    """The items of serde bytes ``typed`` if they are a msgpack array of ``n`` items."""
+    if typed[0] != "msgpack":
+        return None
+    data = bytes(typed[1])
+    at = _array_items(data, 0, n)
+    return data[at:] if at is not None else None
+
+
 def _grown(
-    base_raw: bytes, before: int, tail_typed: tuple[str, bytes], total: int
-) -> tuple[bytes, Splice] | None:
+    base_raw: bytes, listed: Listed, dropped: int, tail: tuple[bytes, list[int] | None], total: int
+) -> tuple[bytes, Splice, list[int] | None] | None:
     """The serde bytes (_typed_raw) of a msgpack list of ``total`` items:
-    the ``before`` items of ``base_raw``, then those of ``tail_typed``; and
-    the splice that makes them from ``base_raw`` (what _delta would search
-    for, known here by construction). None unless both are msgpack arrays of
-    those lengths."""
-    if tail_typed[0] != "msgpack" or len(base_raw) < _TYPED.size:
+    those of ``base_raw`` (the list ``listed``) past its first ``dropped``,
+    then the items ``tail`` holds (their bytes, and where each ends); the
+    splice that makes them from ``base_raw`` (what _delta would search for,
+    known here by construction); and where the new list's items end. None
+    unless the base is a msgpack array of its list's length and the splice
+    fits its format."""
+    before, ends = listed
+    if len(base_raw) < _TYPED.size:
         return None
     (n,) = _TYPED.unpack_from(base_raw, 0)
     front = _TYPED.size + n
     if base_raw[_TYPED.size : front] != b"msgpack":
         return None
-    items = _array_items(base_raw, front, before)
-    tail = bytes(tail_typed[1])
-    tail_items = _array_items(tail, 0, total - before)
-    if items is None or tail_items is None:
+    items = _array_items(base_raw, front, len(before))
+    if items is None or (ends is not None and (ends[-1] if ends else 0) != len(base_raw) - items):
         return None
+    if dropped and ends is None:
+        return None  # where the dropped items end is not known
+    cut = ends[dropped - 1] if dropped and ends is not None else 0
+    skip = items + cut
     head = base_raw[:front] + _array_header(total)
-    appended = tail[tail_items:]
+    if skip > 0xFFFF or len(head) > 0xFFFF:
+        return None
+    appended, tail_ends = tail
+    new_ends = None
+    if ends is not None and tail_ends is not None:
+        kept_ends = [e - cut for e in itertools.islice(ends, dropped, None)] if dropped else ends[:]
+        last = kept_ends[-1] if kept_ends else 0
+        new_ends = kept_ends + [last + e for e in tail_ends]
     # one copy of the whole value: a chain of + copied it once per piece
-    return b"".join((head, memoryview(base_raw)[items:], appended)), (items, head, appended)
+    raw = b"".join((head, memoryview(base_raw)[skip:], appended))
+    return raw, (skip, head, appended), new_ends
 
 
 def _splice(splice: Splice) -> bytes:
@@ -294,8 +342,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self.kind = kind
         self.store = store
         # (agent id, generation, entry name) -> (serde bytes, chain depth, the
-        # list it was made from or read into, if the value is a list)
-        self._raws: _Recent[tuple[int, int, str], tuple[bytes, int, builtins.list[Any] | None]] = _Recent(
+        # list it was made from, if the value is a list this saver wrote)
+        self._raws: _Recent[tuple[int, int, str], tuple[bytes, int, Listed | None]] = _Recent(
             lambda value: len(value[0])
         )
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
@@ -393,34 +441,78 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return _TYPED.pack(len(name)) + name + bytes(typed[1])
 
     def _remember_raw(
-        self, key: tuple[int, int, str], raw: bytes, depth: int, value: builtins.list[Any] | None = None
+        self, key: tuple[int, int, str], raw: bytes, depth: int, listed: Listed | None = None
     ) -> None:
-        self._raws.remember(key, (raw, depth, value))
+        self._raws.remember(key, (raw, depth, listed))
 
-    def _serialized(self, agent: Any, value: Any, base: str | None) -> tuple[bytes, Splice | None]:
-        """The value's serde bytes (as _typed_raw), and the splice that makes
-        them from ``base``'s if it grew from it. A list that grew from the
-        list ``base`` was made from or read into (the same objects in front,
-        as add_messages leaves them) serialises only its new tail: a msgpack
-        array is a header and its items one after another, so the base's
-        items are spliced in as they are and a put costs O(new messages)."""
-        if base is not None and type(value) is list:
-            known = self._raws.get((agent.id, agent.generation, base))
-            before = known[2] if known is not None else None
-            if before is not None and len(value) >= len(before) and all(map(operator.is_, before, value)):
-                tail = self.serde.dumps_typed(value[len(before) :])
-                grown = _grown(known[0], len(before), tail, len(value))  # type: ignore[index]
+    def _serialized(
+        self, agent: Any, value: Any, base: str | None
+    ) -> tuple[bytes, Splice | None, Listed | None]:
+        """The value's serde bytes (as _typed_raw), the splice that makes
+        them from ``base``'s if it grew from it, and (for a list) what the
+        next put compares with. A list made of the list ``base`` was made
+        from, less some of its front and with new items at its end (the same
+        objects, as add_messages and a trimmed window leave them),
+        serialises only its new items: a msgpack array is a header and its
+        items one after another, so the base's kept items are spliced in as
+        they are and a put costs O(new messages). Items are taken as
+        unchanged while they are the same objects: a message changed in
+        place after a put is not seen (docs/design.md)."""
+        if type(value) is not list:
+            return self._typed_raw(self.serde.dumps_typed(value)), None, None
+        known = self._raws.get((agent.id, agent.generation, base)) if base is not None else None
+        listed = known[2] if known is not None else None
+        if known is not None and listed is not None:
+            dropped = _dropped_front(listed[0], value)
+            if dropped is not None and (dropped == 0 or listed[1] is not None):
+                new = value[len(listed[0]) - dropped :]
+                tail = self._items(new, want_ends=listed[1] is not None)
+                grown = _grown(known[0], listed, dropped, tail, len(value)) if tail is not None else None
                 if grown is not None:
-                    return grown
-        return self._typed_raw(self.serde.dumps_typed(value)), None
+                    raw, splice, ends = grown
+                    return raw, splice, (value[:], ends)
+            if dropped:  # a window sliding over the list: learn where its items end for the next put
+                items = self._items(value, want_ends=True)
+                if items is not None:
+                    raw = self._typed_raw(("msgpack", _array_header(len(value)) + items[0]))
+                    return raw, None, (value[:], items[1])
+        return self._typed_raw(self.serde.dumps_typed(value)), None, (value[:], None)
+
+    def _items(
+        self, values: builtins.list[Any], want_ends: bool
+    ) -> tuple[bytes, builtins.list[int] | None] | None:
+        """The msgpack bytes of ``values``' items one after another, and
+        where each ends (if ``want_ends``, or known anyway); None if serde
+        does not make them a msgpack array."""
+        if not values:
+            return b"", []
+        if len(values) == 1 or not want_ends:
+            got = _msgpack_items(self.serde.dumps_typed(values), len(values))
+            if got is None:
+                return None
+            return got, [len(got)] if len(values) == 1 else None
+        parts, ends, at = [], [], 0
+        for item in values:
+            got = _msgpack_items(self.serde.dumps_typed([item]), 1)
+            if got is None:
+                return None
+            parts.append(got)
+            at += len(got)
+            ends.append(at)
+        return b"".join(parts), ends
 
     def _pack_value(
-        self, agent: Any, name: str, raw: bytes, base: str | None, value: Any, splice: Splice | None = None
+        self,
+        agent: Any,
+        name: str,
+        raw: bytes,
+        base: str | None,
+        listed: Listed | None,
+        splice: Splice | None = None,
     ) -> bytes:
         """A channel value's record: a delta on ``base`` where that pays
         (``splice`` if the caller knows it), else whole."""
         key = (agent.id, agent.generation, name)
-        listed = value if type(value) is list else None
         known = self._raws.get((agent.id, agent.generation, base)) if base else None
         if self.codec == "zstd" and known is not None and known[1] < DELTA_CHAIN - 1 and base is not None:
             base_b = base.encode()
@@ -552,13 +644,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             base = newest.get((ns, channel))
             if not (base is not None and base != name and base in names):  # a version put again is whole
                 base = None
-            splice = None
+            splice = listed = None
             if channel in values:
-                value = values[channel]
-                raw, splice = self._serialized(agent, value, base)
+                raw, splice, listed = self._serialized(agent, values[channel], base)
             else:
-                value, raw = None, self._typed_raw(("empty", b""))
-            items[name] = self._pack_value(agent, name, raw, base, value, splice)
+                raw = self._typed_raw(("empty", b""))
+            items[name] = self._pack_value(agent, name, raw, base, listed, splice)
             newest[(ns, channel)] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         typed = self.serde.dumps_typed(record)

@@ -368,6 +368,97 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     heap.check()
 
 
+def _put_list(saver: SwarmSaver, cfg: Any, cp: Any, step: int, value: list[Any]) -> tuple[Any, Any]:
+    cp = create_checkpoint(cp, None, step)
+    cp["channel_values"] = {"items": value}
+    cp["channel_versions"] = {"items": step + 1}
+    return saver.put(cfg, cp, {"step": step}, {"items": step + 1}), cp
+
+
+def test_a_list_changed_in_place_is_stored_as_it_is_now(heap: sh.Heap) -> None:
+    # a node that changes the channel's list object itself (an item replaced,
+    # an item appended) between puts: each checkpoint holds the list as it
+    # was at its put, not the one the saver saw before
+    saver = SwarmSaver(heap)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    items = ["a", "b", "c"]
+    seen = []
+    for step, change in enumerate([None, "append", "replace", "replace", "pop", "append"]):
+        if change == "append":
+            items.append(f"new{step}")
+        elif change == "replace":
+            items[step % len(items)] = f"changed{step}"
+        elif change == "pop":
+            items.pop(0)
+        cfg, cp = _put_list(saver, cfg, cp, step, items)
+        seen.append(list(items))
+        got = saver.get_tuple({"configurable": {"thread_id": "t"}}).checkpoint["channel_values"]["items"]
+        assert got == items, f"step {step} ({change})"
+    fresh = SwarmSaver(heap)
+    history = [
+        h.checkpoint["channel_values"]["items"] for h in fresh.list({"configurable": {"thread_id": "t"}})
+    ]
+    assert history == seen[::-1]
+    saver.delete_thread("t")
+    heap.check()
+
+
+def test_a_window_sliding_over_a_list_costs_its_new_items(heap: sh.Heap) -> None:
+    # a conversation kept to its last messages (trim_messages, RemoveMessage):
+    # each put drops some items at the front and appends some at the end.
+    # Only the new items are serialised; what is stored is what serialising
+    # the whole list gives, and a fresh saver reads every version back
+    messages_mod = pytest.importorskip("langchain_core.messages")
+    saver = SwarmSaver(heap)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "window", "checkpoint_ns": ""}}
+    cp = empty_checkpoint()
+    serialised = 0
+    dumps = saver.serde.dumps_typed
+
+    def counting(value: Any) -> Any:
+        nonlocal serialised
+        serialised += len(value) if isinstance(value, list) else 0
+        return dumps(value)
+
+    saver.serde.dumps_typed = counting
+    window: list[Any] = []
+    versions = []
+    made = 0
+    for step in range(60):
+        # drops of 0 to 3 and additions of 0 to 2, a window of about 20
+        drop = (step * 7) % 4 if len(window) > 18 else 0
+        add = 1 + (step % 3 == 0) - (step % 11 == 5)
+        new = []
+        for _ in range(add):
+            kind = (messages_mod.HumanMessage, messages_mod.AIMessage)[made % 2]
+            new.append(kind(content=f"turn {made} " * (made % 9 + 1), id=f"m{made}"))
+            made += 1
+        window = window[drop:] + new
+        cfg, cp = _put_list(saver, cfg, cp, step, window)
+        versions.append(window)
+    saver.serde.dumps_typed = dumps
+    # the first slide serialises its window item by item (to learn where each
+    # ends); from then on a put serialises its new items
+    assert serialised < made + 2 * 20
+    fresh = SwarmSaver(heap)
+    agent = fresh._agent("window", create=False)
+    for version in range(1, 61):
+        raw = fresh._value_raw(agent, f"blob//items/{version}")
+        assert raw == fresh._typed_raw(dumps(versions[version - 1])), f"version {version}"
+    got = fresh.get_tuple({"configurable": {"thread_id": "window"}})
+    assert got.checkpoint["channel_values"]["items"] == versions[-1]
+    # an item replaced in the middle, or the window emptied, is stored whole and right
+    for step, value in (
+        (60, [*window[:5], messages_mod.HumanMessage(content="x", id="x"), *window[6:]]),
+        (61, []),
+    ):
+        cfg, cp = _put_list(saver, cfg, cp, step, value)
+        assert fresh._value_raw(agent, f"blob//items/{step + 1}") == fresh._typed_raw(dumps(value))
+    saver.delete_thread("window")
+    heap.check()
+
+
 def test_a_record_rewritten_elsewhere_is_read_again(heap: sh.Heap) -> None:
     # a saver keeps what it wrote, checked against the frame header in the
     # arena: another saver (any process) writing the same checkpoint is seen
