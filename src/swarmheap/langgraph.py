@@ -31,6 +31,7 @@ import bisect
 import builtins
 import itertools
 import operator
+import random
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -361,6 +362,21 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self._newest: dict[int, tuple[int, dict[tuple[str, str], str]]] = {}
         if store is not None:
             heap.set_offload_policy(store)
+
+    def get_next_version(self, current: Any, channel: None = None) -> str:
+        """A channel's next version: its number (zero-padded, so versions
+        order as strings) and a random tag. A value is stored under its
+        version, and two checkpoints made from one parent (a fork: update_state
+        on an earlier checkpoint, a replay) both make the parent's version + 1;
+        with bare integers the second put overwrote the first branch's value,
+        and that branch's checkpoints read the fork's state."""
+        if current is None:
+            number = 0
+        elif isinstance(current, str):
+            number = int(current.split(".", 1)[0])
+        else:
+            number = int(current)
+        return f"{number + 1:016}.{random.getrandbits(48):012x}"
 
     # ---- threads are agents ----
 

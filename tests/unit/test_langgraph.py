@@ -368,6 +368,45 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_fork_keeps_the_branch_it_forked_from(heap: sh.Heap) -> None:
+    # update_state on an earlier checkpoint, then a run from there: the new
+    # branch's checkpoints make the same channel versions + 1 as the first
+    # branch's did, and the first branch's checkpoints must still read as
+    # they were (they read the fork's values when versions were bare ints)
+    memory = pytest.importorskip("langgraph.checkpoint.memory")
+    from langgraph.graph import END
+    from lg_graph import State, step
+
+    def run(saver: Any) -> tuple[list[Any], list[Any], list[str]]:
+        from langgraph.graph import START, StateGraph
+
+        graph = StateGraph(State)
+        graph.add_node("step", step)
+        graph.add_edge(START, "step")
+        graph.add_conditional_edges("step", lambda s: END if s["n"] >= 4 else "step")
+        app = graph.compile(checkpointer=saver)
+        cfg = {"configurable": {"thread_id": "fork"}}
+        app.invoke({"log": ["start"], "n": 0}, cfg)
+        first = [(h.config["configurable"]["checkpoint_id"], h.values) for h in app.get_state_history(cfg)]
+        forked = app.update_state(list(app.get_state_history(cfg))[-3].config, {"log": ["FORK"], "n": 1})
+        app.invoke(None, forked)
+        now = {h.config["configurable"]["checkpoint_id"]: h.values for h in app.get_state_history(cfg)}
+        return [values for _, values in first], [now[cid] for cid, _ in first], [cid for cid, _ in first]
+
+    swarm_before, swarm_after, ids = run(SwarmSaver(heap))
+    assert swarm_after == swarm_before
+    assert swarm_before == run(memory.InMemorySaver())[0]
+    fresh = SwarmSaver(heap)  # read back with nothing cached
+    for cid, values in zip(ids, swarm_before):
+        got = fresh.get_tuple(
+            {"configurable": {"thread_id": "fork", "checkpoint_ns": "", "checkpoint_id": cid}}
+        )
+        assert got.checkpoint["channel_values"].get("log", []) == values.get("log", [])
+    assert fresh.get_next_version(None) < fresh.get_next_version(fresh.get_next_version(None))
+    fresh.delete_thread("fork")
+    heap.check()
+
+
 def _put_list(saver: SwarmSaver, cfg: Any, cp: Any, step: int, value: list[Any]) -> tuple[Any, Any]:
     cp = create_checkpoint(cp, None, step)
     cp["channel_values"] = {"items": value}
