@@ -80,7 +80,11 @@ class _SweepState:
     thresholds: tuple[int, int, int] = (2000, 10, 10)
     counts: list[int] = field(default_factory=lambda: [0, 0, 0])
     batch: int = 1  # allocations the heap's countdown stood for when it was last set
-    sweeping: bool = False
+    sweepers: set[int] = field(default_factory=set)  # the threads in collect() now
+
+    @property
+    def sweeping(self) -> bool:
+        return bool(self.sweepers)
 
 
 class _LayerEvents(HeapEvents):
@@ -90,7 +94,12 @@ class _LayerEvents(HeapEvents):
         heap._note_allocations()
 
     def on_partition_full(self, heap: Any, partition: str) -> bool:
-        if heap._sweep.sweeping:
+        # Not from inside this thread's own sweep (an offload's allocation).
+        # Another thread's sweep does not stop this one: a thread that gave
+        # up because one was running raised PartitionFull while that sweep
+        # was offloading the agents that made the room (LangGraph puts from
+        # a helper thread as the graph writes from its own)
+        if threading.get_ident() in heap._sweep.sweepers:
             return False
         heap.collect(2)  # a full sweep (and the offload policy) before giving up
         return True
@@ -552,7 +561,8 @@ class Heap(CoreHeap):
         """Sweep generations 0..generation now and report what was reclaimed;
         the recycle hooks fire for each agent reclaimed."""
         state = self._sweep
-        state.sweeping = True
+        me = threading.get_ident()
+        state.sweepers.add(me)
         try:
             if generation == 2:
                 # young sweeps run every few dozen agents: folding this
@@ -562,7 +572,7 @@ class Heap(CoreHeap):
             result = collect(self, generation)
             result.offloaded = self._apply_offload_policy()
         finally:
-            state.sweeping = False
+            state.sweepers.discard(me)
         for younger in range(generation + 1):
             state.counts[younger] = 0
         if generation < 2:

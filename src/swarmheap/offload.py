@@ -238,6 +238,12 @@ def default_codec() -> str:
 _OFFLOAD_TRIES = 3
 
 
+def _require_live(agent: Agent) -> None:
+    state = agent.state
+    if state != "live":
+        raise AgentStateError(f"agent {agent.id} is {state}, not live: only a live agent is offloaded")
+
+
 def offload(agent: Agent, store: Store, codec: str | None = None, level: int | None = None) -> dict[str, Any]:
     """agent.offload() (``codec`` None: default_codec())."""
     check_store(store)
@@ -246,8 +252,7 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
     heap = agent.heap
     if heap.read_only:
         raise ReadOnlyHeap("the heap is attached read-only: offload() writes; attach it without read_only")
-    if agent.state != "live":
-        raise AgentStateError(f"agent {agent.id} is {agent.state}, not live: only a live agent is offloaded")
+    _require_live(agent)
     pins = heap._owner_info(agent.id)
     if pins and pins["pins"]:
         raise AgentStateError(
@@ -257,6 +262,11 @@ def offload(agent: Agent, store: Store, codec: str | None = None, level: int | N
         level = OFFLOAD_ZSTD_LEVEL
     tries = 1
     with heap._moving_lock:  # one offload at a time in this process (see _offload_once's clean-up)
+        # again under the lock: another thread's offload of it (two threads'
+        # offload policies picking the same idle agent) may have won since
+        # the check above, and a snapshot of an offloaded agent restores it:
+        # room taken in the middle of making room, PartitionFull from a sweep
+        _require_live(agent)
         while True:
             try:
                 final, blob, key = _offload_once(agent, store, codec, level)
@@ -749,18 +759,28 @@ def idle_agents(heap: Heap, partition: str, min_idle: float) -> list[tuple[int, 
     return [(agent_id, generation) for _, _, agent_id, generation in sorted(candidates)]
 
 
+def _fullness(heap: Heap, partition: str) -> float:
+    """How full ``partition`` is, as a fraction: of its bytes in use, or of
+    its pages taken, whichever is more. A partition whose pages are all
+    taken is full, however little of them is in use (an agent's pages with
+    free blocks in them are no room for another agent's run): the policy
+    read bytes in use alone, and a LangGraph thread's put failed with
+    PartitionFull at 68 % in use, every page taken, nothing offloaded."""
+    part = heap._partitions()[partition]
+    return float(max(part["in_use"] / part["capacity"], part["pages_used"] / max(part["pages_total"], 1)))
+
+
 def relieve(heap: Heap, policy: Any) -> int:
     """The watermark policy: offload this process's idle, unpinned agents
     that hold some of the partition, least recently active first (those
     holding a page's worth before smaller ones), while the partition is
-    above ``high``, down to ``low``. A store that fails is logged; the next
+    above ``high`` (_fullness), down to ``low``. A store that fails is logged; the next
     try is the next full partition or sweep."""
-    part = heap._partitions()[policy.partition]
-    if part["in_use"] <= policy.high * part["capacity"]:
+    if _fullness(heap, policy.partition) <= policy.high:
         return 0
     moved = 0
     for agent_id, generation in idle_agents(heap, policy.partition, policy.min_idle):
-        if heap._partitions()[policy.partition]["in_use"] <= policy.low * part["capacity"]:
+        if _fullness(heap, policy.partition) <= policy.low:
             break
         try:
             heap._agent_at(agent_id, generation).offload(policy.store)

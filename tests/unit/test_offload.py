@@ -1290,6 +1290,117 @@ def test_the_policy_leaves_agents_active_within_min_idle(tmp_path: Any) -> None:
         heap.check()
 
 
+def _sparse_agent(heap: sh.Heap) -> sh.Agent:
+    """An agent holding two pages of `context` with one 9 KB entry in use in each."""
+    a = heap.spawn("sparse")
+    for i in range(12):
+        a.put(f"e{i}", bytes([i]) * 9000)
+    for i in range(12):
+        if i % 6:
+            a.delete(f"e{i}")
+    return a
+
+
+def test_the_policy_reads_fullness_in_pages_too(tmp_path: Any) -> None:
+    # agents whose pages are mostly free blocks: every page of `context` is
+    # taken at 16 % of its bytes in use. The policy read bytes in use alone,
+    # found the partition under its high mark and offloaded nothing, and the
+    # next agent failed with PartitionFull
+    with sh.Heap.create(size="64 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        heap.set_offload_policy(store, "context", high=0.8, low=0.5, min_idle=0.0)
+        agents = [_sparse_agent(heap) for _ in range(400)]  # about twice what fits
+        assert sum(a.state == "offloaded" for a in agents) > 0
+        for a in agents:
+            assert bytes(a.get("e0")) == bytes([0]) * 9000 and bytes(a.get("e6")) == bytes([6]) * 9000
+            a.complete()
+        heap.check()
+
+
+def test_a_thread_that_fills_the_partition_during_another_thread_s_sweep_is_relieved(tmp_path: Any) -> None:
+    # A thread's allocation found the partition full while another thread was
+    # inside collect() (there, in an offload hook) and gave up at once with
+    # PartitionFull: the room that sweep was making was not waited for, and
+    # no sweep of its own was run. LangGraph puts from a helper thread while
+    # the graph writes from its own.
+    with sh.Heap.create(size="64 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        idle = [_sparse_agent(heap) for _ in range(180)]
+        inside, done = threading.Event(), threading.Event()
+
+        def on_offload(agent_id: int, kind: str, final: dict[str, Any]) -> None:
+            if threading.current_thread() is not threading.main_thread() and not inside.is_set():
+                inside.set()
+                assert done.wait(60), "the main thread never finished its put"
+
+        heap.on("offload", on_offload)
+        heap.set_offload_policy(store, "context", high=0.5, low=0.3, min_idle=0.0)
+        sweeper = threading.Thread(target=heap.collect, args=(2,))
+        sweeper.start()
+        try:
+            assert inside.wait(60), "the sweep offloaded nothing"
+            big = heap.spawn("big")
+            big.put("data", bytes(8 << 20))  # more than one offload gave back: room this thread makes
+        finally:
+            done.set()
+            sweeper.join()
+        assert bytes(big.get("data")[:16]) == bytes(16)
+        big.complete()
+        for a in idle:
+            assert bytes(a.get("e6")) == bytes([6]) * 9000
+            a.complete()
+        heap.check()
+
+
+class _SignallingLock:
+    """An RLock that says when a thread other than its creator asks for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.asked = threading.Event()
+        self.owner = threading.get_ident()
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != self.owner:
+            self.asked.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_an_agent_another_thread_offloaded_first_is_not_restored_to_be_offloaded(
+    heap: sh.Heap, tmp_path: Any
+) -> None:
+    # two threads offloading one agent: the second checked it was live, then
+    # waited for the first; its snapshot then touched the offloaded agent,
+    # which restored it (room taken while making room: the policy's
+    # PartitionFull under memory pressure), and offloaded it again
+    with SQLiteStore(tmp_path / "spill.db") as store:
+        a = heap.spawn("shared")
+        a.put("data", b"d" * 5000)
+        restores: list[int] = []
+        heap.on("restore", lambda agent_id, kind, stats: restores.append(agent_id))
+        lock = heap._moving_lock = _SignallingLock()
+        outcome: list[Any] = []
+
+        def second() -> None:
+            try:
+                outcome.append(a.offload(store))
+            except sh.AgentStateError as exc:
+                outcome.append(exc)
+
+        with lock:
+            other = threading.Thread(target=second)
+            other.start()
+            assert lock.asked.wait(60)
+            a.offload(store)  # the first, while the other waits for the lock
+        other.join()
+        assert isinstance(outcome[0], sh.AgentStateError), outcome
+        assert restores == [] and a.state == "offloaded"
+        assert bytes(a.get("data")) == b"d" * 5000
+        a.complete()
+        heap.check()
+
+
 def test_offload_policy_arguments(heap: sh.Heap, tmp_path: Any) -> None:
     with SQLiteStore(tmp_path / "p.db") as s:
         with pytest.raises(ValueError):
