@@ -4,6 +4,7 @@
 cdef enum:
     _HELD_PREFIX = 8  # a held block's u32 length and padding, before its data
     _HELD_MAX = (1 << 23) - 1  # an index's bound (8 MiB): a runaway index is a bug
+    _ROOM_TRIES = 8  # tries of an agent allocation after the events made room (see _agent_alloc)
 
 
 class HeapEvents:
@@ -13,8 +14,9 @@ class HeapEvents:
 
     on_countdown(heap): heap._sweep_countdown agent allocations ran out; set
         it again.
-    on_partition_full(heap, partition) -> bool: an agent allocation found the
-        partition full; True asks for one more try (after making room).
+    on_partition_full(heap, partition, nbytes) -> bool: an agent allocation
+        of ``nbytes`` found the partition full; True (room was made) asks for
+        one more try, up to _ROOM_TRIES of them; False if no room could be made.
     on_recycled(heap, agent_id, generation): the last pin of a completed
         agent dropped in this process, and the agent was recycled.
     on_not_live(heap, agent_id, generation) -> bool: an agent allocation
@@ -25,7 +27,7 @@ class HeapEvents:
     def on_countdown(self, heap):
         heap._sweep_countdown = 1 << 30
 
-    def on_partition_full(self, heap, partition):
+    def on_partition_full(self, heap, partition, nbytes):
         return False
 
     def on_recycled(self, heap, agent_id, generation):
@@ -463,16 +465,22 @@ cdef class _Arena:
         cdef uint64_t nbytes = _size_arg(size)
         cdef int part = _part(partition)
         cdef uint64_t off, usable
-        cdef int rc, attempt
+        cdef int rc, reliefs = 0, restored = 0
         cdef uint32_t offloads  # read before each try (see _new_block)
-        for attempt in range(2):
+        while True:
             offloads = sh_owner_offloads(self.arena, oid)
             rc = _alloc_off(self, oid, gen, <sh_partition_t>part, nbytes, &off, &usable)
-            if rc == SH_EFULL and attempt == 0 and self.events.on_partition_full(self, PARTITIONS[part]):
+            # again while the events made room (a sweep reclaimed, the offload
+            # policy moved an agent out) and the room was not yet enough: the
+            # pages an offload gives back need not make the run this needs
+            if rc == SH_EFULL and reliefs < _ROOM_TRIES and \
+                    self.events.on_partition_full(self, PARTITIONS[part], nbytes):
+                reliefs += 1
                 continue
             if rc == SH_EOWNER:
-                if attempt == 0 and sh_owner_generation(self.arena, oid) == gen and \
+                if not restored and sh_owner_generation(self.arena, oid) == gen and \
                         self.events.on_not_live(self, oid, gen):
+                    restored = 1
                     continue
                 raise stale_agent(oid, gen)
             if rc:

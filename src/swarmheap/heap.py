@@ -93,7 +93,7 @@ class _LayerEvents(HeapEvents):
     def on_countdown(self, heap: Any) -> None:
         heap._note_allocations()
 
-    def on_partition_full(self, heap: Any, partition: str) -> bool:
+    def on_partition_full(self, heap: Any, partition: str, nbytes: int) -> bool:
         # Not from inside this thread's own sweep (an offload's allocation).
         # Another thread's sweep does not stop this one: a thread that gave
         # up because one was running raised PartitionFull while that sweep
@@ -101,8 +101,7 @@ class _LayerEvents(HeapEvents):
         # a helper thread as the graph writes from its own)
         if threading.get_ident() in heap._sweep.sweepers:
             return False
-        heap.collect(2)  # a full sweep (and the offload policy) before giving up
-        return True
+        return bool(heap._make_room(partition, nbytes))
 
     def on_not_live(self, heap: Any, agent_id: int, generation: int) -> bool:
         if heap._owner_state(agent_id) not in ("offloaded", "restoring"):
@@ -502,6 +501,24 @@ class Heap(CoreHeap):
             raise ValueError(f"min_idle is finite seconds >= 0, not {min_idle!r}")
         self._offload_policy = OffloadPolicy(store, partition, float(high), float(low), float(min_idle))
         self._remember_store(store)
+
+    def _make_room(self, partition: str, nbytes: int) -> bool:
+        """An agent allocation of ``nbytes`` found ``partition`` full: a full
+        sweep (with the offload policy), and if that made no room, one idle
+        agent more offloaded whatever the policy's marks say (the pages free
+        may not be the run the allocation needs). True if the allocation
+        should try again: room was made, or enough pages are free now
+        (another thread's offload may have given them back since the
+        allocation failed: this one waited for that offload, and found
+        nothing left to move)."""
+        result = self.collect(2)
+        if result.offloaded or result.reclaimed_agents or any(result.bytes.values()):
+            return True
+        policy = self._offload_policy
+        if policy is not None and policy.partition == partition and offload.relieve(self, policy, 1):
+            return True
+        part = self._partitions()[partition]
+        return bool((part["pages_total"] - part["pages_used"]) * self.page_size >= nbytes)
 
     def _apply_offload_policy(self) -> int:
         """Offload idle agents while the policy's partition is above its high

@@ -770,17 +770,18 @@ def _fullness(heap: Heap, partition: str) -> float:
     return float(max(part["in_use"] / part["capacity"], part["pages_used"] / max(part["pages_total"], 1)))
 
 
-def relieve(heap: Heap, policy: Any) -> int:
+def relieve(heap: Heap, policy: Any, at_least: int = 0) -> int:
     """The watermark policy: offload this process's idle, unpinned agents
     that hold some of the partition, least recently active first (those
     holding a page's worth before smaller ones), while the partition is
-    above ``high`` (_fullness), down to ``low``. A store that fails is logged; the next
+    above ``high`` (_fullness), down to ``low``; ``at_least`` of them
+    whatever the marks say (an allocation found no room under them). A store that fails is logged; the next
     try is the next full partition or sweep."""
-    if _fullness(heap, policy.partition) <= policy.high:
+    if not at_least and _fullness(heap, policy.partition) <= policy.high:
         return 0
     moved = 0
     for agent_id, generation in idle_agents(heap, policy.partition, policy.min_idle):
-        if _fullness(heap, policy.partition) <= policy.low:
+        if moved >= at_least and _fullness(heap, policy.partition) <= policy.low:
             break
         try:
             heap._agent_at(agent_id, generation).offload(policy.store)

@@ -30,7 +30,7 @@ def test_core_heap_and_agent_core_without_the_python_layer() -> None:
 
         class Counting(HeapEvents):
             fulls = 0
-            def on_partition_full(self, heap, partition):
+            def on_partition_full(self, heap, partition, nbytes):
                 Counting.fulls += 1
                 return False
 

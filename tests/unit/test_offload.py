@@ -1350,6 +1350,30 @@ def test_a_thread_that_fills_the_partition_during_another_thread_s_sweep_is_reli
         heap.check()
 
 
+def test_an_allocation_the_marks_leave_no_room_for_offloads_an_idle_agent(tmp_path: Any) -> None:
+    # the partition under the policy's high mark, and an allocation larger
+    # than the pages left: the policy had nothing to do by its marks, and
+    # the allocation raised PartitionFull with idle agents in memory. It now
+    # offloads idle agents, one a try, until the allocation fits
+    with sh.Heap.create(size="64 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
+        heap.set_offload_policy(store, "context", high=0.99, low=0.98, min_idle=0.0)
+        agents = []
+        for i in range(13):
+            a = heap.spawn("idle")
+            a.put("data", bytes([i]) * 2_000_000)
+            agents.append(a)
+        context = heap.stats()["partitions"]["context"]
+        assert context["pages_used"] / context["pages_total"] < 0.99  # under the mark
+        big = heap.spawn("big")
+        big.put("data", b"B" * 2_000_000)
+        assert [a.state for a in agents].count("offloaded") >= 1
+        for i, a in enumerate(agents):
+            assert bytes(a.get("data")[:4]) == bytes([i]) * 4
+            a.complete()
+        big.complete()
+        heap.check()
+
+
 class _SignallingLock:
     """An RLock that says when a thread other than its creator asks for it."""
 
