@@ -501,7 +501,16 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
             if _unrestore(heap, agent, entry.kind) or agent.state != "live":
                 raise _moved(agent)
             return
-        if agent.state != "restoring":
+        state = agent.state
+        if state == "live":
+            return  # another process restored it (and took the blob) since the registry was read
+        if state == "offloaded" and tries > 1:
+            newer = _entry(heap, agent.id, agent.generation)
+            if newer is not None and newer.key != key:
+                # restored and offloaded again elsewhere since: its newer blob
+                _restore_in_place(agent, tries - 1)
+                return
+        if state != "restoring":
             raise AgentStateError(f"agent {agent.id}'s snapshot is not in {url} under {key!r}: deleted")
         # a restorer here took the blob after putting every entry back, and
         # died (or is about) before marking the agent live: finish for it

@@ -700,6 +700,45 @@ def test_a_restore_leaves_the_entry_of_an_offload_that_followed_it(
     heap.check()
 
 
+@pytest.mark.parametrize("then", ["restored", "restored and offloaded again"])
+def test_a_touch_that_finds_its_blob_taken_by_another_restore_goes_on(
+    named: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """A touch read the registry entry of its offloaded agent; before it read
+    the blob, another process restored the agent (taking the blob) and, in
+    the second case, offloaded it again under a new key. The touch raised
+    AgentStateError ("snapshot ... deleted") though the agent was live, or
+    restorable from its newer blob. It now goes on with the live agent, or
+    restores from the newer blob. The other process is a second attach of
+    the heap here, with its own locks and caches."""
+    with SQLiteStore(tmp_path / "o.db") as store, sh.Heap.attach(named.name) as other:
+        agent = named.spawn("planner")
+        agent.put("prompt", b"plan " * 100)
+        agent.offload(store)
+        get = store.get
+        raced = []
+
+        def another_process_first(key: str) -> Any:
+            if not raced and key.startswith("swarmheap/agent/"):
+                raced.append(key)
+                theirs = other.agent(agent.id)
+                theirs.restore()
+                if then != "restored":
+                    theirs.put("later", b"written after the restore")
+                    theirs.offload(store)
+            return get(key)
+
+        monkeypatch.setattr(store, "get", another_process_first)
+        assert bytes(agent.get("prompt")) == b"plan " * 100  # the touch restores, or finds it live
+        monkeypatch.undo()
+        assert raced and agent.state == "live"
+        if then != "restored":
+            assert agent.read("later") == b"written after the restore"
+        assert store.keys("swarmheap/agent/") == []
+        agent.complete()
+        named.check()
+
+
 def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Store) -> None:
     want = entries_of(agent)
     before = in_use(heap)["context"]
