@@ -329,6 +329,20 @@ def test_a_full_arena_names_the_remedies() -> None:
                 saver.put(cfg, cp, {}, {"blob": 1})
 
 
+def _counting_items(saver: SwarmSaver) -> tuple[list[int], Any]:
+    """Count the list items the saver's serde serialises from now on: the
+    count (a one-item list) and the serde's own dumps_typed, to put back."""
+    dumps = saver.serde.dumps_typed
+    count = [0]
+
+    def counting(value: Any) -> Any:
+        count[0] += len(value) if isinstance(value, list) else 0
+        return dumps(value)
+
+    saver.serde.dumps_typed = counting
+    return count, dumps
+
+
 def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     # a put of a list that grew from the last one (the same message objects
     # in front, as add_messages leaves them) serialises only the new messages
@@ -340,15 +354,7 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     cfg: dict[str, Any] = {"configurable": {"thread_id": "chat", "checkpoint_ns": ""}}
     cp = empty_checkpoint()
     messages: list[Any] = []
-    calls = 0
-    dumps = saver.serde.dumps_typed
-
-    def counting(value: Any) -> Any:
-        nonlocal calls
-        calls += len(value) if isinstance(value, list) else 0
-        return dumps(value)
-
-    saver.serde.dumps_typed = counting
+    calls, dumps = _counting_items(saver)
     for step in range(40):
         kind = (messages_mod.HumanMessage, messages_mod.AIMessage)[step % 2]
         messages = [*messages, kind(content=f"turn {step} " * (step % 7 + 1), id=f"m{step}")]
@@ -356,7 +362,7 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
         cp["channel_values"] = {"messages": messages}
         cp["channel_versions"] = {"messages": step + 1}
         cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": step + 1})
-    assert calls < 2 * 40  # one new message per put, not the whole list (820 items)
+    assert calls[0] < 2 * 40  # one new message per put, not the whole list (820 items)
     saver.serde.dumps_typed = dumps
     fresh = SwarmSaver(heap)  # nothing cached: every version decoded from the arena
     for version in (1, 15, 16, 17, 31, 40):
@@ -452,15 +458,7 @@ def test_a_window_sliding_over_a_list_costs_its_new_items(heap: sh.Heap) -> None
     saver = SwarmSaver(heap)
     cfg: dict[str, Any] = {"configurable": {"thread_id": "window", "checkpoint_ns": ""}}
     cp = empty_checkpoint()
-    serialised = 0
-    dumps = saver.serde.dumps_typed
-
-    def counting(value: Any) -> Any:
-        nonlocal serialised
-        serialised += len(value) if isinstance(value, list) else 0
-        return dumps(value)
-
-    saver.serde.dumps_typed = counting
+    serialised, dumps = _counting_items(saver)
     window: list[Any] = []
     versions = []
     made = 0
@@ -479,7 +477,7 @@ def test_a_window_sliding_over_a_list_costs_its_new_items(heap: sh.Heap) -> None
     saver.serde.dumps_typed = dumps
     # the first slide serialises its window item by item (to learn where each
     # ends); from then on a put serialises its new items
-    assert serialised < made + 2 * 20
+    assert serialised[0] < made + 2 * 20
     fresh = SwarmSaver(heap)
     agent = fresh._agent("window", create=False)
     for version in range(1, 61):
