@@ -784,8 +784,9 @@ def relieve(heap: Heap, policy: Any, at_least: int = 0) -> int:
     that hold some of the partition, least recently active first (those
     holding a page's worth before smaller ones), while the partition is
     above ``high`` (_fullness), down to ``low``; ``at_least`` of them
-    whatever the marks say (an allocation found no room under them). A store that fails is logged; the next
-    try is the next full partition or sweep."""
+    whatever the marks say (an allocation found no room under them). A
+    store that fails is logged; the next try is the next full partition or
+    sweep."""
     if not at_least and _fullness(heap, policy.partition) <= policy.high:
         return 0
     moved = 0
