@@ -473,8 +473,9 @@ class Heap(CoreHeap):
         min_idle: float = 1.0,
     ) -> None:
         """Offload idle agents of this process when ``partition`` passes
-        ``high`` (a fraction of its capacity) until it is under ``low``: before
-        a PartitionFull is raised, and in sweeps. The least recently active
+        ``high`` (a fraction: of its bytes in use or of its pages taken,
+        whichever is more) until it is under ``low``: in sweeps, and before a
+        PartitionFull is raised (then at least one, whatever the marks say). The least recently active
         go first, those holding a page or more of the partition before the
         small ones (an offload is a store write: a few large agents free what
         thousands of small ones hold). ``None`` turns it off."""
