@@ -363,19 +363,19 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         if store is not None:
             heap.set_offload_policy(store)
 
-    def get_next_version(self, current: Any, channel: None = None) -> str:
+    def get_next_version(self, current: Any, channel: None = None) -> Any:
         """A channel's next version: its number (zero-padded, so versions
         order as strings) and a random tag. A value is stored under its
         version, and two checkpoints made from one parent (a fork: update_state
         on an earlier checkpoint, a replay) both make the parent's version + 1;
         with bare integers the second put overwrote the first branch's value,
-        and that branch's checkpoints read the fork's state."""
-        if current is None:
-            number = 0
-        elif isinstance(current, str):
-            number = int(current.split(".", 1)[0])
-        else:
-            number = int(current)
+        and that branch's checkpoints read the fork's state. A thread begun
+        with integer versions (by this saver before it made these) goes on
+        with integers: LangGraph compares the versions of a checkpoint's
+        channels with each other, and an int beside a str fails."""
+        if isinstance(current, int):
+            return current + 1
+        number = 0 if current is None else int(str(current).split(".", 1)[0])
         return f"{number + 1:016}.{random.getrandbits(48):012x}"
 
     # ---- threads are agents ----

@@ -409,6 +409,7 @@ def test_a_fork_keeps_the_branch_it_forked_from(heap: sh.Heap) -> None:
         )
         assert got.checkpoint["channel_values"].get("log", []) == values.get("log", [])
     assert fresh.get_next_version(None) < fresh.get_next_version(fresh.get_next_version(None))
+    assert fresh.get_next_version(7) == 8  # a thread begun with integers goes on with them
     fresh.delete_thread("fork")
     heap.check()
 
