@@ -769,10 +769,17 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             agent = self._agent(thread_id, create=False)
             if agent is None:
                 continue
+            spaces = set()
             for name in [n for n in agent.names() if n.startswith("cp/")]:
                 _, ns, cid = name.split("/", 2)
                 if self._get(agent, name)[1].get("run_id") in runs:
                     self._drop(agent, ns, cid)
+                    spaces.add(ns)
+            # the values only the dropped checkpoints named go too (they stayed
+            # in the arena until the thread went)
+            for ns in spaces:
+                names = agent.names()
+                self._drop_unnamed_values(agent, ns, names, self._checkpoint_ids(agent, ns, names))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         source = self._agent(source_thread_id, create=False)
@@ -916,9 +923,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         ids = self._checkpoint_ids(agent, ns, names)
         for cid in ids[:-keep]:
             self._drop(agent, ns, cid, names)
-        # channel versions no kept checkpoint names any more
+        self._drop_unnamed_values(agent, ns, names, ids[-keep:])
+
+    def _drop_unnamed_values(self, agent: Any, ns: str, names: Any, kept: Sequence[str]) -> None:
+        """Delete the channel versions of ``ns`` among ``names`` that no
+        checkpoint in ``kept`` names any more."""
         named: set[str] = set()
-        for cid in ids[-keep:]:
+        for cid in kept:
             try:
                 checkpoint = self._get(agent, f"cp/{ns}/{cid}")[0]
             except _Missing:

@@ -64,6 +64,40 @@ def test_the_protocol(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_delete_for_runs_takes_the_values_only_those_runs_named(heap: sh.Heap) -> None:
+    # a thread whose first run was deleted kept every value that run put
+    # (bytes in the arena until the thread went); the second run's values,
+    # stored as deltas on the first run's, must still read whole
+    saver = SwarmSaver(heap)
+    cfg = fill(saver, "t", 20, run_id="first")
+    cp = saver.get_tuple(cfg).checkpoint
+    for step in range(20, 30):
+        cp = create_checkpoint(cp, None, step)
+        cp["channel_values"] = {"messages": [f"m{i}" for i in range(step + 1)], "count": step}
+        cp["channel_versions"] = {"messages": step + 1, "count": step + 1}
+        cfg = saver.put(cfg, cp, {"step": step, "run_id": "second"}, dict(cp["channel_versions"]))
+    agent = saver._agent("t", create=False)
+    before = _thread_bytes(heap, saver, "t")
+    saver.delete_for_runs(["first"])
+    assert [h.metadata["step"] for h in saver.list({"configurable": {"thread_id": "t"}})] == list(
+        range(29, 19, -1)
+    )
+    assert sum(n.startswith("blob/") for n in agent.names()) == 2 * 10  # two channels, ten versions
+    assert _thread_bytes(heap, saver, "t") < before
+    fresh = SwarmSaver(heap)  # nothing cached: the kept deltas decode against what is left
+    for h in fresh.list({"configurable": {"thread_id": "t"}}):
+        step = h.metadata["step"]
+        assert h.checkpoint["channel_values"] == {
+            "messages": [f"m{i}" for i in range(step + 1)],
+            "count": step,
+        }
+    saver.delete_for_runs(["second"])
+    assert saver.get_tuple({"configurable": {"thread_id": "t"}}) is None
+    assert [n for n in agent.names() if n.startswith("blob/")] == []
+    saver.delete_thread("t")
+    heap.check()
+
+
 def test_thread_ids_are_the_heaps_whatever_the_kind(heap: sh.Heap) -> None:
     # as two SqliteSavers on one file: a saver of another kind sees the thread,
     # carries it on, and its agent keeps the kind that made it
