@@ -3,10 +3,12 @@ seeded sequence of runs, forks (update_state on a random earlier checkpoint,
 then a run), thread deletions and listings (before, limit, metadata filters)
 on a graph with a message list that add_messages trims (RemoveMessage), an
 appended log, bytes and a dict, across three threads. Every history and
-listing must read the same from both savers, for each codec."""
+listing must read the same from both savers, for each codec, and through
+the async API."""
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import random
 from typing import Annotated, Any, TypedDict
@@ -111,6 +113,35 @@ def replay(saver: Any, seed: int) -> list[Any]:
         seen.append(history(app, thread))
     seen.extend(history(app, thread) for thread in THREADS)
     return seen
+
+
+async def areplay(saver: Any, seed: int) -> list[Any]:
+    """replay()'s runs and forks through the async API (ainvoke, aupdate_state,
+    aget_state_history), which reaches the saver's aput, aget_tuple and alist."""
+    rng = random.Random(seed)
+    app = build(saver)
+    seen: list[Any] = []
+    for op in range(20):
+        cfg = {"configurable": {"thread_id": rng.choice(THREADS[:2])}}
+        past = [h async for h in app.aget_state_history(cfg)]
+        if rng.random() < 0.6 or not past:
+            message = HumanMessage(content=f"hi {op}", id=f"h{op}")
+            await app.ainvoke({"messages": [message], "n": rng.randrange(1, 9)}, cfg)
+        else:
+            edit = {"messages": [HumanMessage(content=f"edit {op}", id=f"e{op}")], "n": rng.randrange(1, 9)}
+            await app.ainvoke(None, await app.aupdate_state(rng.choice(past).config, edit))
+        seen.append([(plain(h.values), h.next) async for h in app.aget_state_history(cfg)])
+    return seen
+
+
+def test_the_async_api_reads_as_the_reference_saver() -> None:
+    for seed in (0, 1):
+        reference = asyncio.run(areplay(InMemorySaver(), seed))
+        with sh.Heap.create(size="64 MiB") as heap:
+            saver = SwarmSaver(heap)
+            assert asyncio.run(areplay(saver, seed)) == reference, f"seed {seed}"
+            saver.prune(list(THREADS), strategy="delete")
+            heap.check()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
