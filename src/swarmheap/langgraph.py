@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import bisect
 import builtins
-import itertools
-import operator
 import random
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import index, lgthreads, snapshot
+from swarmheap import index, lgthreads, lgvalues, snapshot
 from swarmheap._extras import require
 from swarmheap.errors import CorruptSnapshot, PartitionFull, StaleBlock, SwarmHeapError
 from swarmheap.heap import Heap
+from swarmheap.lgvalues import SMALL, Listed, Splice
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
 
@@ -53,7 +52,6 @@ WRITES_IDX_MAP = _base.WRITES_IDX_MAP
 
 __all__ = ["SwarmSaver", "SwarmSaverError"]
 
-_TYPED = struct.Struct("<H")  # length of the serde type name, then the name, then the bytes
 # A channel value's record: b"F" + the serde bytes (framed with the saver's
 # codec), or b"D" + depth, base name + a zstd delta against the base's serde
 # bytes (framed with codec "none": the delta is compressed already).
@@ -64,154 +62,10 @@ _RAW_CACHE = 512  # serde bytes of the values this saver last wrote or read
 # ... and at most this many bytes of them: a long thread's message list is
 # megabytes, and 512 of its versions would hold gigabytes of this process
 _RAW_CACHE_BYTES = 64 << 20
-# Records and appended tails up to this size are stored raw: zstd spends
-# about 4 us setting up a frame, more than the rest of a put, to save a few
-# hundred bytes (the whole values every DELTA_CHAIN versions stay compressed)
-SMALL = 1024
 # A whole value (every DELTA_CHAIN-th version of a channel) is compressed at
 # zstd's level 1: on message lists it ran twice as fast as level 3 for a
 # few percent more bytes, and it is on the put path of every 16th step
 _WHOLE_ZSTD_LEVEL = 1
-
-
-_SPLICE = struct.Struct("<HH")  # bytes of the base's front to skip, length of the new front
-_SPLICE_REACH = 24  # how far into either value a front (serde type, list header) may reach
-
-
-def _delta(base: bytes, new: bytes) -> bytes:
-    """``new`` against ``base``. A value that kept ``base``'s body and grew at
-    the end (a list appended to: only its header changed in front) is a
-    splice, new front + tail, found with a few memcmps; anything else is zstd
-    with ``base`` as its raw-content dictionary."""
-    # the front both share (the serde type name), found in one xor of
-    # integers rather than a loop over bytes: the list header follows it
-    reach = min(_SPLICE_REACH, len(base), len(new))
-    differ = int.from_bytes(base[:reach], "big") ^ int.from_bytes(new[:reach], "big")
-    same = reach - (differ.bit_length() + 7) // 8
-    whole = memoryview(base)  # the candidates' bodies are views: slicing bytes copied the value each time
-    for skip in range(same, min(same + 6, len(base))):  # a msgpack array header is 1, 3 or 5 bytes
-        body = whole[skip:]
-        for front in range(same, same + 6):
-            if new.startswith(body, front):
-                return _splice((skip, new[:front], new[front + len(body) :]))
-    zstd = require("zstandard", "compress")
-    prefix = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-    return b"Z" + bytes(zstd.ZstdCompressor(level=1, dict_data=prefix).compress(new))
-
-
-def _undelta(base: bytes, delta: bytes) -> bytes:
-    """The value ``_delta(base, value)`` described (ValueError or ZstdError if damaged)."""
-    if delta[:1] == b"S":
-        skip, front = _SPLICE.unpack_from(delta, 1)
-        at = 1 + _SPLICE.size
-        head, packed = delta[at : at + front], delta[at + front :]
-        if len(head) != front or skip > len(base):
-            raise ValueError("a splice reaches past its data")
-        if packed[:1] == b"Z":
-            tail = bytes(snapshot.zstd_decompressor().decompressobj().decompress(packed[1:]))
-        elif packed[:1] == b"R":
-            tail = packed[1:]
-        else:
-            raise ValueError("a splice's tail is neither raw nor zstd")
-        return head + base[skip:] + tail
-    if delta[:1] == b"Z":
-        zstd = require("zstandard", "compress")
-        prefix = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-        return bytes(zstd.ZstdDecompressor(dict_data=prefix).decompressobj().decompress(delta[1:]))
-    raise ValueError("a delta is neither a splice nor zstd")
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    return b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big")
-
-
-def _array_items(data: bytes, at: int, n: int) -> int | None:
-    """Where the items of the msgpack array of ``n`` items at ``at`` start; None if it is not one."""
-    head = _array_header(n)
-    return at + len(head) if data.startswith(head, at) else None
-
-
-Splice = tuple[int, bytes, bytes]  # base bytes skipped, new front, appended tail (see _delta)
-
-
-# A list value as this saver last stored it: a copy of its items (the list
-# object itself may be changed in place before the next put) and where each
-# item ends in the serde bytes' array body (None until a put needed it)
-Listed = tuple[list[Any], "list[int] | None"]
-
-
-def _dropped_front(before: list[Any], value: list[Any]) -> int | None:
-    """How many items of ``before`` ``value`` dropped from its front, if it
-    is the rest of ``before`` (the same objects) followed by new ones; None
-    if it is not such a list. A window kept over a conversation (trimmed
-    messages, RemoveMessage) drops from the front and appends at the end."""
-    if not before:
-        return 0
-    if not value:
-        return None
-    first = value[0]
-    k = next((i for i, item in enumerate(before) if item is first), None)
-    if k is None:
-        return None
-    kept = len(before) - k
-    if len(value) < kept or not all(map(operator.is_, itertools.islice(before, k, None), value)):
-        return None
-    return k
-
-
-def _msgpack_items(typed: tuple[str, bytes], n: int) -> bytes | None:
-    """The items of serde bytes ``typed`` if they are a msgpack array of ``n`` items."""
-    if typed[0] != "msgpack":
-        return None
-    data = bytes(typed[1])
-    at = _array_items(data, 0, n)
-    return data[at:] if at is not None else None
-
-
-def _grown(
-    base_raw: bytes, listed: Listed, dropped: int, tail: tuple[bytes, list[int] | None], total: int
-) -> tuple[bytes, Splice, list[int] | None] | None:
-    """The serde bytes (_typed_raw) of a msgpack list of ``total`` items:
-    those of ``base_raw`` (the list ``listed``) past its first ``dropped``,
-    then the items ``tail`` holds (their bytes, and where each ends); the
-    splice that makes them from ``base_raw`` (what _delta would search for,
-    known here by construction); and where the new list's items end. None
-    unless the base is a msgpack array of its list's length and the splice
-    fits its format."""
-    before, ends = listed
-    if len(base_raw) < _TYPED.size:
-        return None
-    (n,) = _TYPED.unpack_from(base_raw, 0)
-    front = _TYPED.size + n
-    if base_raw[_TYPED.size : front] != b"msgpack":
-        return None
-    items = _array_items(base_raw, front, len(before))
-    if items is None or (ends is not None and (ends[-1] if ends else 0) != len(base_raw) - items):
-        return None
-    if dropped and ends is None:
-        return None  # where the dropped items end is not known
-    cut = ends[dropped - 1] if dropped and ends is not None else 0
-    skip = items + cut
-    head = base_raw[:front] + _array_header(total)
-    if skip > 0xFFFF or len(head) > 0xFFFF:
-        return None
-    appended, tail_ends = tail
-    new_ends = None
-    if ends is not None and tail_ends is not None:
-        kept_ends = [e - cut for e in itertools.islice(ends, dropped, None)] if dropped else ends[:]
-        last = kept_ends[-1] if kept_ends else 0
-        new_ends = kept_ends + [last + e for e in tail_ends]
-    # one copy of the whole value: a chain of + copied it once per piece
-    raw = b"".join((head, memoryview(base_raw)[skip:], appended))
-    return raw, (skip, head, appended), new_ends
-
-
-def _splice(splice: Splice) -> bytes:
-    skip, head, tail = splice
-    packed = b"Z" + bytes(snapshot.zstd_compressor(3).compress(tail)) if len(tail) > SMALL else b"R" + tail
-    return b"".join((b"S", _SPLICE.pack(skip, len(head)), head, packed))
 
 
 _K = TypeVar("_K")
@@ -439,22 +293,18 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             agent.complete()  # another process made this thread first
 
     def _pack(self, typed: tuple[str, bytes]) -> bytes:
-        name = typed[0].encode()
-        raw = _TYPED.pack(len(name)) + name + bytes(typed[1])
+        raw = lgvalues.typed_raw(typed)
         return snapshot.pack(raw, self.codec if len(raw) > SMALL else "none")
 
     def _unpack(self, blob: bytes) -> tuple[str, bytes]:
         try:
             raw = snapshot.unpack(blob)
-            (n,) = _TYPED.unpack_from(raw, 0)
-            return raw[2 : 2 + n].decode(), raw[2 + n :]
+            kind, start = lgvalues.type_name(raw)
+            return kind, raw[start:]
         except (CorruptSnapshot, struct.error, UnicodeDecodeError) as exc:
             raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
 
-    @staticmethod
-    def _typed_raw(typed: tuple[str, bytes]) -> bytes:
-        name = typed[0].encode()
-        return _TYPED.pack(len(name)) + name + bytes(typed[1])
+    _typed_raw = staticmethod(lgvalues.typed_raw)
 
     def _remember_raw(
         self, key: tuple[int, int, str], raw: bytes, depth: int, listed: Listed | None = None
@@ -479,43 +329,22 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         known = self._raws.get((agent.id, agent.generation, base)) if base is not None else None
         listed = known[2] if known is not None else None
         if known is not None and listed is not None:
-            dropped = _dropped_front(listed[0], value)
+            dropped = lgvalues.dropped_front(listed[0], value)
             if dropped is not None and (dropped == 0 or listed[1] is not None):
                 new = value[len(listed[0]) - dropped :]
-                tail = self._items(new, want_ends=listed[1] is not None)
-                grown = _grown(known[0], listed, dropped, tail, len(value)) if tail is not None else None
+                tail = lgvalues.items_bytes(self.serde.dumps_typed, new, want_ends=listed[1] is not None)
+                grown = (
+                    lgvalues.grown(known[0], listed, dropped, tail, len(value)) if tail is not None else None
+                )
                 if grown is not None:
                     raw, splice, ends = grown
                     return raw, splice, (value[:], ends)
             if dropped:  # a window sliding over the list: learn where its items end for the next put
-                items = self._items(value, want_ends=True)
+                items = lgvalues.items_bytes(self.serde.dumps_typed, value, want_ends=True)
                 if items is not None:
-                    raw = self._typed_raw(("msgpack", _array_header(len(value)) + items[0]))
+                    raw = self._typed_raw(("msgpack", lgvalues.array_header(len(value)) + items[0]))
                     return raw, None, (value[:], items[1])
         return self._typed_raw(self.serde.dumps_typed(value)), None, (value[:], None)
-
-    def _items(
-        self, values: builtins.list[Any], want_ends: bool
-    ) -> tuple[bytes, builtins.list[int] | None] | None:
-        """The msgpack bytes of ``values``' items one after another, and
-        where each ends (if ``want_ends``, or known anyway); None if serde
-        does not make them a msgpack array."""
-        if not values:
-            return b"", []
-        if len(values) == 1 or not want_ends:
-            got = _msgpack_items(self.serde.dumps_typed(values), len(values))
-            if got is None:
-                return None
-            return got, [len(got)] if len(values) == 1 else None
-        parts, ends, at = [], [], 0
-        for item in values:
-            got = _msgpack_items(self.serde.dumps_typed([item]), 1)
-            if got is None:
-                return None
-            parts.append(got)
-            at += len(got)
-            ends.append(at)
-        return b"".join(parts), ends
 
     def _pack_value(
         self,
@@ -534,7 +363,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             base_b = base.encode()
             head = _DELTA + _DELTA_HEAD.pack(known[1] + 1, len(base_b)) + base_b
             self._remember_raw(key, raw, known[1] + 1, listed)
-            delta = _splice(splice) if splice is not None else _delta(known[0], raw)
+            delta = lgvalues.splice_record(splice) if splice is not None else lgvalues.delta(known[0], raw)
             return snapshot.pack(head + delta, "none")
         self._remember_raw(key, raw, 0, listed)
         return self._whole(raw)
@@ -573,7 +402,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 depth, base, delta = self._delta_parts(record)
                 if depth >= DELTA_CHAIN:
                     raise SwarmSaverError(f"value {name!r} claims a chain of {depth} deltas")
-                raw = _undelta(self._value_raw(agent, base, hops + 1), delta)
+                raw = lgvalues.undelta(self._value_raw(agent, base, hops + 1), delta)
             else:
                 raise SwarmSaverError(f"value {name!r} is neither whole nor a delta")
         except (struct.error, UnicodeDecodeError, ValueError) as exc:
@@ -586,11 +415,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _value(self, agent: Any, name: str) -> tuple[str, bytes | memoryview]:
         raw = self._value_raw(agent, name)
         try:
-            (n,) = _TYPED.unpack_from(raw, 0)
-            kind = raw[2 : 2 + n].decode()
+            kind, start = lgvalues.type_name(raw)
             # msgpack (what states are) is read from a view of the serde bytes:
             # a value is a whole state, and a slice copied it on every read
-            return kind, memoryview(raw)[2 + n :] if kind == "msgpack" else raw[2 + n :]
+            return kind, memoryview(raw)[start:] if kind == "msgpack" else raw[start:]
         except (struct.error, UnicodeDecodeError) as exc:
             raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
 
