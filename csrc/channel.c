@@ -23,26 +23,13 @@ static uint64_t sh_chan_bytes(uint32_t capacity) {
   return sizeof(sh_chan_t) + (uint64_t)sh_chan_slots(capacity) * sizeof(sh_chan_cell_t);
 }
 
-/* Bytes of the block that starts at `off`, as its page descriptor says (0:
- * no block starts there). A ring's cells are bounded by this, not by the
- * mapping: a damaged capacity that still fit the arena sent a sender's
- * stores into the blocks after the ring. */
+/* Bytes of the live block that starts at `off` (0: no block starts there).
+ * A ring's cells are bounded by this, not by the mapping: a damaged capacity
+ * that still fit the arena sent a sender's stores into the blocks after the
+ * ring. */
 static uint64_t sh_chan_block_bytes(const sh_arena_t *a, uint64_t off) {
-  uint32_t pi = (uint32_t)(off >> a->page_shift);
-  const sh_page_t *pg = &a->pages[pi];
-  uint32_t state = sh_atomic_load_acquire(&pg->state);
-  if (state == SH_PAGE_SMALL) {
-    int c = _sh_pg_class(a, pg);
-    if ((uint32_t)c >= a->nclasses) return 0;
-    uint32_t in_page = (uint32_t)(off & ((UINT64_C(1) << a->page_shift) - 1));
-    if (in_page * a->classes[c].div_magic > a->classes[c].div_magic - 1) return 0; /* not a block's start */
-    return a->classes[c].size;
-  }
-  if (state == SH_PAGE_LARGE && (off & ((UINT64_C(1) << a->page_shift) - 1)) == 0) {
-    uint32_t n = sh_atomic_load_relaxed(&pg->capacity);
-    return n == 0 || n > _sh_run_room(a, pi) ? 0 : (uint64_t)n << a->page_shift;
-  }
-  return 0;
+  sh_block_info_t info;
+  return sh_block_info(a, off, &info) == SH_OK ? info.usable_size : 0;
 }
 
 /* The channel a handle names, checked against the mapping: a damaged or
