@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import index, offload
+from swarmheap import index, offload, snapshot
 from swarmheap._core import AgentCore, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
@@ -319,7 +319,13 @@ class Agent(AgentCore):
         """One self-describing blob of the agent's kind, lease and named
         entries (its other blocks are not in it): ``heap.restore(blob)`` makes
         the agent again in any heap. Codecs: "zstd" (level 3 by default, and
-        the kind's trained dictionary once there is one), "lz4", "none"."""
+        the kind's trained dictionary once there is one), "lz4", "none". An
+        offloaded agent's snapshot is made from its blob in the store: it
+        stays offloaded."""
+        snapshot.check_codec(codec, level)
+        stored = offload.snapshot_stored(self, codec, level)
+        if stored is not None:
+            return stored
         self._ensure_live()
         return offload.snapshot_of(self, codec, level)[0]
 

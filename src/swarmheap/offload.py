@@ -179,6 +179,36 @@ def snapshot_of(
     return blob, dictionary
 
 
+def snapshot_stored(agent: Agent, codec: str, level: int | None) -> bytes | None:
+    """The snapshot of an offloaded agent, made from its blob in the store
+    without bringing it back: a backup or a move of agents the policy sent
+    away would otherwise pull each into the arena (and fail with
+    PartitionFull under the pressure that sent it). None if the agent is
+    not offloaded here now (live, restoring, or its blob taken by a restore
+    since the registry was read): the caller touches it instead. The lease
+    is the one that ran on in the store, as a restore would set it."""
+    heap = agent.heap
+    if heap._owner_state(agent.id) != "offloaded":
+        return None
+    entry = _entry(heap, agent.id, agent.generation)
+    if entry is None:
+        return None
+    store = heap._store_for(entry.url)
+    blob = store.get(entry.key)
+    if blob is None:
+        return None
+    with parsed(heap, blob, [store]) as (kind, lease_left, entries):
+        if entry.deadline is not None:
+            lease_left = max(entry.deadline - time.time(), 0.0)
+        with snapshot.encoded_state(kind, lease_left, entries) as raw:
+            dictionaries: Dictionaries = heap._dictionaries
+            dictionary = dictionaries.for_kind(kind) if codec == "zstd" else None
+            out = snapshot.pack(raw, codec, level, dictionary)
+            if codec == "zstd":
+                dictionaries.note(kind, raw)
+    return out
+
+
 @contextlib.contextmanager
 def parsed(heap: Heap, blob: bytes, stores: list[Store]) -> Iterator[snapshot.State]:
     """The state in a blob, checked whole before anything is allocated; its

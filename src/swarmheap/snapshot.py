@@ -44,6 +44,7 @@ __all__ = [
     "CODECS",
     "FORMAT_VERSION",
     "State",
+    "check_codec",
     "decode_state",
     "encode_state",
     "encoded_state",
@@ -344,6 +345,16 @@ def _check_level(codec: str, level: object) -> None:
         raise ValueError(f"{codec} levels run from {low} to {high}, not {level}")
 
 
+def check_codec(codec: str, level: int | None) -> None:
+    """ValueError (or TypeError) unless pack() takes ``codec`` at ``level``."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
+    if codec == "none" and level is not None:
+        raise ValueError("codec 'none' takes no level")
+    if level is not None:
+        _check_level(codec, level)
+
+
 def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: Any = None) -> bytes:
     """Frame `raw` (any buffer) with `codec` (and a zstd dictionary, a ZstdCompressionDict)."""
     if codec == "none" and level is None and type(raw) is bytes:
@@ -354,12 +365,7 @@ def pack(raw: Any, codec: str = "zstd", level: int | None = None, dictionary: An
         checksum = _checksum(check, raw)
         # no flags, no dictionary, as the general path below writes a plain frame
         return FRAME.pack(MAGIC, _PLAIN_VERSION, CODECS["none"], check, 0, 0, n, n, checksum) + raw
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}: use one of {', '.join(CODECS)}")
-    if codec == "none" and level is not None:
-        raise ValueError("codec 'none' takes no level")
-    if level is not None:
-        _check_level(codec, level)
+    check_codec(codec, level)
     dict_id = 0
     if codec == "zstd":
         require("zstandard", "compress")  # the extra is named before anything else fails

@@ -762,6 +762,43 @@ def test_offload_then_touch_restores(heap: sh.Heap, agent: sh.Agent, store: Stor
     heap.check()
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_an_offloaded_agent_is_snapshot_from_the_store_and_stays_there(
+    heap: sh.Heap, agent: sh.Agent, store: Store, codec: str
+) -> None:
+    want = entries_of(agent)
+    final = agent.offload(store)
+    held = in_use(heap)["context"]
+    with sh.Heap.create(size="16 MiB") as other:
+        copy = other.restore(agent.snapshot(codec=codec))
+        assert copy.kind == "planner" and entries_of(copy) == want
+        assert copy.lease_deadline is not None and copy.lease_deadline > time.time() + 500
+        other.check()
+    assert agent.state == "offloaded" and in_use(heap)["context"] == held  # not brought back
+    assert store.keys("swarmheap/agent/") == [final["key"]]
+    with pytest.raises(ValueError, match="unknown codec"):
+        agent.snapshot(codec="zip")
+    assert entries_of(agent) == want and agent.state == "live"  # a touch still restores it
+    heap.check()
+
+
+def test_an_offloaded_agent_is_snapshot_when_the_heap_has_no_room_for_it(tmp_path: Any) -> None:
+    with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "s.db") as store:
+        big = heap.spawn("big")
+        big.put("state", os.urandom(3 << 20))
+        big.offload(store)
+        filler = heap.spawn("filler")
+        with pytest.raises(sh.PartitionFull):
+            while True:
+                filler.alloc(1 << 20)
+        with pytest.raises(sh.PartitionFull):
+            big.restore()  # no room to bring it back
+        blob = big.snapshot()
+        filler.complete()
+        assert bytes(heap.restore(blob).get("state")) == bytes(big.get("state"))
+        heap.check()
+
+
 def test_restore_after_the_store_object_was_closed(heap: sh.Heap, agent: sh.Agent, tmp_path: Any) -> None:
     # the heap remembers the store by URL; once that object is closed, the
     # restore opens the URL again instead of failing on the closed one
