@@ -50,6 +50,19 @@ get_checkpoint_id = _base.get_checkpoint_id
 get_checkpoint_metadata = _base.get_checkpoint_metadata
 WRITES_IDX_MAP = _base.WRITES_IDX_MAP
 
+
+def _writes_sort_key(task_path: str, task_id: str = "", idx: int = 0) -> tuple[str, str, int]:
+    return (task_path, task_id, idx)
+
+
+# The order of a super-step's writes, as live execution applies them
+# (langgraph-checkpoint 4 names it; older ones sorted the same way)
+writes_sort_key = getattr(_base, "writes_sort_key", _writes_sort_key)
+# Where LangGraph (DeltaChannel, beta) records, per checkpoint, the delta
+# channels with updates since their last snapshot: their value is rebuilt
+# from the ancestors' writes back to that snapshot
+_DELTA_COUNTERS = "counters_since_delta_snapshot"
+
 __all__ = ["SwarmSaver", "SwarmSaverError"]
 
 # A channel value's record: b"F" + the serde bytes (framed with the saver's
@@ -715,9 +728,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         writes = []
         for name in view.writes.get((ns, cid), ()):
             if name in names:
-                task_id, channel, value, _path, idx = self._get(agent, name, view.entries)
-                writes.append((task_id, idx, channel, value))
-        writes.sort(key=lambda w: (w[0], w[1]))
+                task_id, channel, value, path, idx = self._get(agent, name, view.entries)
+                writes.append((writes_sort_key(path, task_id, idx), task_id, channel, value))
+        # in the order live execution applied them (task path first): a
+        # DeltaChannel is rebuilt by replaying them, and an order-sensitive
+        # reducer rebuilt another value from (task id, idx) order
+        writes.sort(key=lambda w: w[0])
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
         parent_config = (
             {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
@@ -729,7 +745,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             checkpoint={**checkpoint, "channel_values": values},
             metadata=metadata,
             parent_config=parent_config,
-            pending_writes=[(t, c, v) for t, _, c, v in writes],
+            pending_writes=[(t, c, v) for _, t, c, v in writes],
         )
 
     def _drop(self, agent: Any, ns: str, cid: str, names: Any = None) -> None:
@@ -749,19 +765,76 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         # put since then names.
         names = agent.names()
         ids = self._checkpoint_ids(agent, ns, names)
-        for cid in ids[:-keep]:
-            self._drop(agent, ns, cid, names)
-        self._drop_unnamed_values(agent, ns, names, ids[-keep:])
+        records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
+        kept = self._with_delta_ancestors(agent, ns, ids, ids[-keep:], names, records)
+        for cid in ids:
+            if cid not in kept:
+                self._drop(agent, ns, cid, names)
+        self._drop_unnamed_values(agent, ns, names, sorted(kept), records)
 
-    def _drop_unnamed_values(self, agent: Any, ns: str, names: Any, kept: Sequence[str]) -> None:
-        """Delete the channel versions of ``ns`` among ``names`` that no
-        checkpoint in ``kept`` names any more."""
-        named: set[str] = set()
-        for cid in kept:
+    def _checkpoint_record(self, agent: Any, ns: str, cid: str, records: dict[str, Any]) -> Any:
+        """(checkpoint, metadata, parent id) of a checkpoint, None if it is
+        gone (dropped by another writer of the thread meanwhile)."""
+        if cid not in records:
             try:
-                checkpoint = self._get(agent, f"cp/{ns}/{cid}")[0]
+                records[cid] = self._get(agent, f"cp/{ns}/{cid}")
             except _Missing:
+                records[cid] = None
+        return records[cid]
+
+    def _with_delta_ancestors(
+        self,
+        agent: Any,
+        ns: str,
+        ids: Sequence[str],
+        kept: Sequence[str],
+        names: Any,
+        records: dict[str, Any],
+    ) -> set[str]:
+        """``kept`` and the ancestors LangGraph reads to rebuild their delta
+        channels (DeltaChannel): from each kept checkpoint up its parent
+        chain, for each channel its metadata counts updates of since a
+        snapshot, to the nearest ancestor that holds the channel's value, as
+        get_delta_channel_history walks. Trimmed without them, such a
+        channel read back empty or short, and no error said so."""
+        present, named = set(ids), set(names)
+        keep = set(kept)
+        walked: dict[str, set[str]] = {}  # checkpoint -> channels a walk through it looked for already
+        for cid in kept:
+            record = self._checkpoint_record(agent, ns, cid, records)
+            if record is None:
+                continue
+            _, metadata, parent = record
+            remaining = set((metadata or {}).get(_DELTA_COUNTERS) or ())
+            while parent and remaining and parent in present:
+                if remaining <= walked.get(parent, set()):
+                    break  # a walk from a newer checkpoint went on from here for these
+                walked.setdefault(parent, set()).update(remaining)
+                keep.add(parent)
+                record = self._checkpoint_record(agent, ns, parent, records)
+                if record is None:
+                    break
+                checkpoint, _, grandparent = record
+                versions = checkpoint["channel_versions"]
+                for channel in [c for c in remaining if c in versions]:
+                    name = f"blob/{ns}/{channel}/{versions[channel]}"
+                    if name in named and self._value(agent, name)[0] != "empty":
+                        remaining.discard(channel)  # its seed: the walk for it ends here
+                parent = grandparent
+        return keep
+
+    def _drop_unnamed_values(
+        self, agent: Any, ns: str, names: Any, kept: Sequence[str], records: dict[str, Any] | None = None
+    ) -> None:
+        """Delete the channel versions of ``ns`` among ``names`` that no
+        checkpoint in ``kept`` names any more (``records``: those decoded already)."""
+        named: set[str] = set()
+        records = {} if records is None else records
+        for cid in kept:
+            record = self._checkpoint_record(agent, ns, cid, records)
+            if record is None:
                 continue  # dropped by a writer that saw newer checkpoints: it names what they keep
+            checkpoint = record[0]
             named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
         # a kept delta whose base goes is stored whole first, so that keep=N
         # bounds the thread (the chain does not hold older versions back)

@@ -19,6 +19,7 @@ import swarmheap as sh
 
 pytest.importorskip("langgraph.graph")
 from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -155,4 +156,99 @@ def test_swarmsaver_reads_as_the_reference_saver(seed: int, compress: str | None
             assert have == want, f"seed {seed}: record {step} differs"
         assert len(got) == len(reference)
         saver.prune(list(THREADS), strategy="delete")
+        heap.check()
+
+
+# ---- parallel tasks, and DeltaChannel (a channel rebuilt from its ancestors' writes) ----
+
+
+try:
+    from langgraph.channels.delta import DeltaChannel
+except ImportError:  # a LangGraph before DeltaChannel (beta): its tests skip
+    DeltaChannel = None
+
+
+def extend(state: list | None, writes: list) -> list:
+    out = list(state or [])
+    for write in writes:
+        out.extend(write)
+    return out
+
+
+class Fan(TypedDict):
+    delta_log: Annotated[list, DeltaChannel(extend, snapshot_frequency=3)]  # a snapshot every third update
+    log: Annotated[list, operator.add]
+    n: int
+
+
+def fan_out_graph(saver: Any) -> Any:
+    """Each step sends three tasks that append to an order-sensitive log:
+    a DeltaChannel one and a plain one."""
+    from langgraph.types import Send
+
+    def work(arg: dict[str, int]) -> dict[str, Any]:
+        return {"delta_log": [f"w{arg['i']}-{arg['n']}"], "log": [f"w{arg['i']}-{arg['n']}"]}
+
+    graph = StateGraph(Fan)
+    graph.add_node("step", lambda state: {"n": state.get("n", 0) + 1})
+    graph.add_node("work", work)
+    graph.add_edge(START, "step")
+    graph.add_conditional_edges(
+        "step", lambda state: [Send("work", {"i": i, "n": state.get("n", 0)}) for i in range(3)], ["work"]
+    )
+    graph.add_edge("work", END)
+    return graph.compile(checkpointer=saver)
+
+
+def fan_out_runs(saver: Any, rounds: int = 8) -> tuple[list[Any], Any]:
+    app = fan_out_graph(saver)
+    cfg = {"configurable": {"thread_id": "fan"}}
+    outs = [app.invoke({"delta_log": [f"in{r}"], "log": [f"in{r}"]}, cfg) for r in range(rounds)]
+    return outs, app.get_state(cfg).values
+
+
+def test_pending_writes_come_back_in_the_order_live_execution_applied_them(heap: sh.Heap) -> None:
+    """By task path, then task id, then index (writes_sort_key), as
+    InMemorySaver returns them; (task id, index) order rebuilt a DeltaChannel
+    of parallel tasks in another order than the run made it."""
+    ours, reference = SwarmSaver(heap), InMemorySaver()
+    for saver in (ours, reference):
+        cfg = {"configurable": {"thread_id": "w", "checkpoint_ns": ""}}
+        cp = empty_checkpoint()
+        cfg = saver.put(cfg, cp, {"source": "loop", "step": 0}, {})
+        for task_id, path in (("a-task", "~__pregel_push, 2"), ("z-task", "~__pregel_push, 0"), ("m", "")):
+            saver.put_writes(cfg, [("log", f"{task_id} 0"), ("log", f"{task_id} 1")], task_id, path)
+    want = reference.get_tuple({"configurable": {"thread_id": "w"}}).pending_writes
+    assert ours.get_tuple({"configurable": {"thread_id": "w"}}).pending_writes == want
+    assert [w[0] for w in want] == ["m", "m", "z-task", "z-task", "a-task", "a-task"]
+
+
+@pytest.mark.parametrize("keep", [None, 1, 2])
+def test_a_delta_channel_of_parallel_tasks_reads_as_the_reference_saver(keep: int | None) -> None:
+    pytest.importorskip("langgraph.channels.delta")
+    reference = fan_out_runs(InMemorySaver())
+    with sh.Heap.create(size="64 MiB") as heap:
+        saver = SwarmSaver(heap, keep=keep)
+        assert fan_out_runs(saver) == reference
+        if keep is not None:  # trimmed, yet every checkpoint a delta channel is rebuilt from is there
+            assert len(list(saver.list({"configurable": {"thread_id": "fan"}}))) > keep
+        heap.check()
+
+
+def test_prune_keeps_what_a_delta_channel_is_rebuilt_from() -> None:
+    pytest.importorskip("langgraph.channels.delta")
+    with sh.Heap.create(size="64 MiB") as heap:
+        saver, reference = SwarmSaver(heap), InMemorySaver()
+        cfg = {"configurable": {"thread_id": "fan"}}
+        _, before = fan_out_runs(saver, rounds=7)
+        count = len(list(saver.list(cfg)))
+        saver.prune(["fan"])
+        assert len(list(saver.list(cfg))) < count
+        assert fan_out_graph(saver).get_state(cfg).values == before
+        # and the thread goes on as one that was never pruned
+        app, ref_app = fan_out_graph(saver), fan_out_graph(reference)
+        fan_out_runs(reference, rounds=7)
+        for app_ in (app, ref_app):
+            app_.invoke({"delta_log": ["more"], "log": ["more"]}, cfg)
+        assert app.get_state(cfg).values == ref_app.get_state(cfg).values
         heap.check()
