@@ -729,7 +729,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         for name in view.writes.get((ns, cid), ()):
             if name in names:
                 task_id, channel, value, path, idx = self._get(agent, name, view.entries)
-                writes.append((writes_sort_key(path, task_id, idx), task_id, channel, value))
+                # a special write (an error, an interrupt) sorts by its slot, as it is stored
+                slot = WRITES_IDX_MAP.get(channel, idx)
+                writes.append((writes_sort_key(path, task_id, slot), task_id, channel, value))
         # in the order live execution applied them (task path first): a
         # DeltaChannel is rebuilt by replaying them, and an order-sensitive
         # reducer rebuilt another value from (task id, idx) order

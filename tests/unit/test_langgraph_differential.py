@@ -218,9 +218,12 @@ def test_pending_writes_come_back_in_the_order_live_execution_applied_them(heap:
         cfg = saver.put(cfg, cp, {"source": "loop", "step": 0}, {})
         for task_id, path in (("a-task", "~__pregel_push, 2"), ("z-task", "~__pregel_push, 0"), ("m", "")):
             saver.put_writes(cfg, [("log", f"{task_id} 0"), ("log", f"{task_id} 1")], task_id, path)
+        # a special write sorts by its slot (an interrupt's is -3): before the task's others
+        saver.put_writes(cfg, [("log", "i 0"), ("__interrupt__", "stop")], "i-task", "~__pregel_push, 1")
     want = reference.get_tuple({"configurable": {"thread_id": "w"}}).pending_writes
     assert ours.get_tuple({"configurable": {"thread_id": "w"}}).pending_writes == want
-    assert [w[0] for w in want] == ["m", "m", "z-task", "z-task", "a-task", "a-task"]
+    assert [w[0] for w in want] == ["m", "m", "z-task", "z-task", "i-task", "i-task", "a-task", "a-task"]
+    assert want[4][1] == "__interrupt__"
 
 
 @pytest.mark.parametrize("keep", [None, 1, 2])
