@@ -647,6 +647,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     async def aget_tuple(self, config: dict[str, Any]) -> Any:
         return self.get_tuple(config)
 
+    async def aget_delta_channel_history(self, *, config: dict[str, Any], channels: Sequence[str]) -> Any:
+        return self.get_delta_channel_history(config=config, channels=channels)
+
     async def alist(self, config: dict[str, Any] | None, **kwargs: Any) -> AsyncIterator[Any]:
         for item in self.list(config, **kwargs):
             yield item
@@ -725,17 +728,6 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             newest[(ns, channel)] = name
             if typed[0] != "empty":
                 values[channel] = self.serde.loads_typed(typed)
-        writes = []
-        for name in view.writes.get((ns, cid), ()):
-            if name in names:
-                task_id, channel, value, path, idx = self._get(agent, name, view.entries)
-                # a special write (an error, an interrupt) sorts by its slot, as it is stored
-                slot = WRITES_IDX_MAP.get(channel, idx)
-                writes.append((writes_sort_key(path, task_id, slot), task_id, channel, value))
-        # in the order live execution applied them (task path first): a
-        # DeltaChannel is rebuilt by replaying them, and an order-sensitive
-        # reducer rebuilt another value from (task id, idx) order
-        writes.sort(key=lambda w: w[0])
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
         parent_config = (
             {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
@@ -747,8 +739,65 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             checkpoint={**checkpoint, "channel_values": values},
             metadata=metadata,
             parent_config=parent_config,
-            pending_writes=[(t, c, v) for _, t, c, v in writes],
+            pending_writes=self._pending_writes(agent, ns, cid, view),
         )
+
+    def _pending_writes(self, agent: Any, ns: str, cid: str, view: _ThreadView) -> builtins.list[Any]:
+        """A checkpoint's pending writes, (task id, channel, value), in the
+        order live execution applied them (writes_sort_key: task path first,
+        a special write by its slot, as it is stored): a DeltaChannel is
+        rebuilt by replaying them, and an order-sensitive reducer rebuilt
+        another value from (task id, index) order."""
+        writes = []
+        for name in view.writes.get((ns, cid), ()):
+            if name in view.names:
+                task_id, channel, value, path, idx = self._get(agent, name, view.entries)
+                key = writes_sort_key(path, task_id, WRITES_IDX_MAP.get(channel, idx))
+                writes.append((key, task_id, channel, value))
+        writes.sort(key=lambda w: w[0])
+        return [(task_id, channel, value) for _, task_id, channel, value in writes]
+
+    def get_delta_channel_history(self, *, config: dict[str, Any], channels: Sequence[str]) -> Any:
+        """For each of ``channels`` (DeltaChannel, beta), the pending writes of
+        the checkpoint's ancestors back to the nearest one holding the
+        channel's value, and that value as its seed: what LangGraph's default
+        returns, walking get_tuple. That decoded every channel of every
+        ancestor, up to snapshot_frequency of them at each step; this decodes
+        each ancestor's record and writes, and a value only for a seed."""
+        if not channels:
+            return {}
+        found: dict[str, builtins.list[Any]] = {channel: [] for channel in channels}
+        seeds: dict[str, Any] = {}
+        conf = config["configurable"]
+        ns = conf.get("checkpoint_ns", "")
+        agent, view = self._thread(conf["thread_id"], create=False)
+        if agent is not None and view is not None:
+            ids = view.ids.get(ns, [])
+            cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
+            cursor = None
+            if cid is not None and f"cp/{ns}/{cid}" in view.names:
+                cursor = self._get(agent, f"cp/{ns}/{cid}", view.entries)[2]
+            remaining = set(channels)
+            while cursor and remaining and f"cp/{ns}/{cursor}" in view.names:
+                checkpoint, _, parent = self._get(agent, f"cp/{ns}/{cursor}", view.entries)
+                for write in reversed(self._pending_writes(agent, ns, cursor, view)):
+                    if write[1] in remaining:
+                        found[write[1]].append(write)
+                versions = checkpoint["channel_versions"]
+                for channel in [c for c in remaining if c in versions]:
+                    name = f"blob/{ns}/{channel}/{versions[channel]}"
+                    if name in view.names:
+                        typed = self._value(agent, name)
+                        if typed[0] != "empty":
+                            seeds[channel] = self.serde.loads_typed(typed)
+                            remaining.discard(channel)
+                cursor = parent
+        history: dict[str, Any] = {}
+        for channel in channels:
+            history[channel] = {"writes": builtins.list(reversed(found[channel]))}
+            if channel in seeds:
+                history[channel]["seed"] = seeds[channel]
+        return history
 
     def _drop(self, agent: Any, ns: str, cid: str, names: Any = None) -> None:
         for name in [

@@ -255,3 +255,39 @@ def test_prune_keeps_what_a_delta_channel_is_rebuilt_from() -> None:
             app_.invoke({"delta_log": ["more"], "log": ["more"]}, cfg)
         assert app.get_state(cfg).values == ref_app.get_state(cfg).values
         heap.check()
+
+
+def test_delta_channel_history_reads_as_the_reference_saver() -> None:
+    """SwarmSaver's own walk (records and writes, a value only for a seed)
+    answers as InMemorySaver's, at every checkpoint of the history, sync
+    and async, for channels with and without a seed and for one never
+    written. (Checkpoint and task ids differ between two runs: compared by
+    position, and writes by channel and value.)"""
+    pytest.importorskip("langgraph.channels.delta")
+    cfg = {"configurable": {"thread_id": "fan", "checkpoint_ns": ""}}
+    channels = ["delta_log", "log", "never"]
+
+    def histories(saver: Any) -> list[Any]:
+        fan_out_runs(saver, rounds=5)
+        ids = [t.config["configurable"]["checkpoint_id"] for t in saver.list(cfg)]
+        out = []
+        for cid in [None, *ids, "no-such-checkpoint"]:
+            at = {"configurable": {**cfg["configurable"], **({"checkpoint_id": cid} if cid else {})}}
+            got = saver.get_delta_channel_history(config=at, channels=channels)
+            assert asyncio.run(saver.aget_delta_channel_history(config=at, channels=channels)) == got
+            out.append(
+                {ch: ([w[1:] for w in h["writes"]], h.get("seed", "no seed")) for ch, h in got.items()}
+            )
+        return out
+
+    want = histories(InMemorySaver())
+    with sh.Heap.create(size="64 MiB") as heap:
+        saver = SwarmSaver(heap)
+        assert histories(saver) == want
+        assert any(h["delta_log"][1] == "no seed" and h["delta_log"][0] for h in want)  # from the root
+        assert any(h["delta_log"][1] != "no seed" for h in want)  # from a snapshot
+        assert saver.get_delta_channel_history(config=cfg, channels=[]) == {}
+        nobody = {"configurable": {"thread_id": "nobody", "checkpoint_ns": ""}}
+        assert saver.get_delta_channel_history(config=nobody, channels=channels) == {
+            channel: {"writes": []} for channel in channels
+        }

@@ -1,0 +1,183 @@
+"""SwarmSaver against InMemorySaver, LangGraph's reference saver, at the
+saver's own API (hypothesis stateful testing): puts on three threads and
+two namespaces, forks from earlier checkpoints, channels changed, grown,
+emptied and left alone, values large enough that a small heap offloads
+cold threads to SQLite under pressure, pending writes from tasks of several
+paths (special ones among them), reads by id and of the latest, listings
+with filters, before and limit, and thread deletions. Every answer must be
+the reference's; check() passes at the end."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+
+import swarmheap as sh
+
+pytest.importorskip("langgraph.checkpoint.memory")
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+
+from swarmheap.langgraph import SwarmSaver
+
+THREADS = st.sampled_from(["a", "b", "c"])
+SPACES = st.sampled_from(["", "sub:1"])
+CHANNELS = ("messages", "count", "blob", "gone")  # "gone": in the versions, never in the values
+
+
+def plain(found: Any) -> Any:
+    if found is None:
+        return None
+    return (found.config, found.checkpoint, found.metadata, found.parent_config, found.pending_writes)
+
+
+class SaverModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.TemporaryDirectory()
+        self.heap = sh.Heap.create(size="8 MiB")
+        self.store = sh.SQLiteStore(f"{self.dir.name}/threads.db")
+        self.ours = SwarmSaver(self.heap, store=self.store)
+        # cold at once: a thread the model is not touching may go to the store at any put
+        self.heap.set_offload_policy(self.store, high=0.4, low=0.2, min_idle=0.0)
+        self.reference = InMemorySaver()
+        self.counter = 0
+        # (thread, ns) -> its checkpoints in order: (id, channel versions, channel values)
+        self.made: dict[tuple[str, str], list[tuple[str, dict[str, str], dict[str, Any]]]] = {}
+
+    def teardown(self) -> None:
+        try:
+            self.heap.check()
+        finally:
+            self.store.close()
+            self.heap.close()
+            self.dir.cleanup()
+
+    def _next(self) -> str:
+        self.counter += 1
+        return f"{self.counter:08d}"  # ids and versions both order as strings
+
+    def both(self, call: Any) -> tuple[Any, Any]:
+        return call(self.ours), call(self.reference)
+
+    @rule(
+        thread=THREADS,
+        ns=SPACES,
+        back=st.integers(0, 5),
+        grow=st.integers(0, 3),
+        size=st.sampled_from([0, 100, 5000, 900_000, 900_000]),
+        changed=st.sets(st.sampled_from(CHANNELS), min_size=1),
+    )
+    def put(self, thread: str, ns: str, back: int, grow: int, size: int, changed: set[str]) -> None:
+        made = self.made.setdefault((thread, ns), [])
+        # back 0: after the latest; 1-3: a fork from an earlier one; 4-5: a new root
+        parent = made[-1 - min(back, len(made) - 1)] if made and back < 4 else None
+        cid = self._next()
+        versions = dict(parent[1]) if parent else {}
+        values = dict(parent[2]) if parent else {"messages": [], "count": 0}
+        new_versions = {}
+        for channel in sorted(changed):
+            versions[channel] = new_versions[channel] = self._next()
+            if channel == "messages":
+                grown = [{"role": "user", "content": f"m{cid}-{i}"} for i in range(grow)]
+                values["messages"] = [*values["messages"], *grown]
+            elif channel == "count":
+                values["count"] = int(cid)
+            elif channel == "blob":
+                values["blob"] = random.Random(cid).randbytes(size)
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = cid
+        checkpoint["channel_versions"] = versions
+        config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+        if parent:
+            config["configurable"]["checkpoint_id"] = parent[0]
+        metadata = {"source": "input" if parent is None else "loop", "step": int(cid) % 4, "parents": {}}
+
+        def put(saver: Any) -> Any:
+            return saver.put(
+                config, {**checkpoint, "channel_values": dict(values)}, dict(metadata), dict(new_versions)
+            )
+
+        try:
+            ours = put(self.ours)
+        except sh.PartitionFull:
+            # no room even with every other thread in the store: this one alone fills
+            # `context` (InMemorySaver has no bound); it starts again in both
+            held = self.heap.stats()["partitions"]["context"]
+            assert held["in_use"] + size > 0.4 * held["capacity"], held
+            self.delete_thread(thread)
+            return
+        assert ours == put(self.reference)
+        made.append((cid, versions, values))
+
+    @precondition(lambda self: any(self.made.values()))
+    @rule(
+        data=st.data(),
+        task=st.sampled_from(["t1", "t2"]),
+        path=st.sampled_from(["", "~a", "~b"]),
+        channels=st.lists(st.sampled_from(["messages", "count", "__error__", "__interrupt__"]), max_size=3),
+    )
+    def put_writes(self, data: st.DataObject, task: str, path: str, channels: list[str]) -> None:
+        where = data.draw(st.sampled_from(sorted(key for key, made in self.made.items() if made)))
+        cid = data.draw(st.sampled_from([made[0] for made in self.made[where]]))
+        config = {"configurable": {"thread_id": where[0], "checkpoint_ns": where[1], "checkpoint_id": cid}}
+        writes = [(channel, f"{channel} {self._next()}") for channel in channels]
+        self.both(lambda saver: saver.put_writes(config, writes, task, path))
+
+    @rule(thread=THREADS, ns=SPACES, data=st.data())
+    def get(self, thread: str, ns: str, data: st.DataObject) -> None:
+        made = self.made.get((thread, ns)) or []
+        config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
+        if made and data.draw(st.booleans()):
+            config["configurable"]["checkpoint_id"] = data.draw(st.sampled_from([m[0] for m in made]))
+        ours, reference = self.both(lambda saver: plain(saver.get_tuple(config)))
+        assert ours == reference
+
+    @rule(
+        thread=st.none() | THREADS,
+        ns=st.none() | SPACES,
+        limit=st.none() | st.integers(1, 4),
+        step=st.none() | st.integers(0, 3),
+        before=st.none() | st.integers(1, 60),
+    )
+    def listing(
+        self, thread: str | None, ns: str | None, limit: int | None, step: int | None, before: int | None
+    ) -> None:
+        config = None
+        if thread is not None:
+            config = {"configurable": {"thread_id": thread, **({} if ns is None else {"checkpoint_ns": ns})}}
+        options: dict[str, Any] = {"limit": limit}
+        if step is not None:
+            options["filter"] = {"step": step}
+        if before is not None:
+            options["before"] = {"configurable": {"checkpoint_id": f"{before:08d}"}}
+        ours, reference = self.both(lambda saver: [plain(found) for found in saver.list(config, **options)])
+        if config is None or ns is None:
+            # across threads or namespaces the order is each saver's own (InMemorySaver's is
+            # the order they were first written in); within one, newest first in both
+            if limit is not None:
+                assert len(ours) == len(reference)
+                return
+            ours, reference = sorted(map(repr, ours)), sorted(map(repr, reference))
+        assert ours == reference
+
+    @rule(thread=THREADS)
+    def delete_thread(self, thread: str) -> None:
+        self.both(lambda saver: saver.delete_thread(thread))
+        for key in [key for key in self.made if key[0] == thread]:
+            del self.made[key]
+
+
+SaverModel.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_swarmsaver_against_the_reference_saver = SaverModel.TestCase
