@@ -3,7 +3,7 @@ bench/run.py does for speed: `run` writes JSON, `render` turns it into
 docs/reliability.md (never typed by hand).
 
     python bench/reliability.py run --fuzz-runs 100000 --live-rounds 20000 --kills 300 \
-        --json bench/reliability.json
+        --stateful-examples 1000 --json bench/reliability.json
     python bench/reliability.py render bench/reliability.json > docs/reliability.md
 """
 
@@ -125,6 +125,29 @@ def run(args: argparse.Namespace) -> None:
             "in a second process), spawn, put, get, pin, unpin, complete, collect; check() after each step",
         ),
         pytest_case(
+            "stateful model of agents' lives (hypothesis)",
+            "tests/unit/test_stateful_lives.py",
+            {"SWARMHEAP_STATEFUL_EXAMPLES": str(args.stateful_examples)},
+            2 * args.stateful_examples,
+            "up to 40 random steps per example, in a plain heap and in one whose offload policy acts on "
+            "its own: spawn (reserved or not), put, put_many and delete of entries from nursery size to "
+            "past a page, reads, pins, agent blocks (checked, freed, stale after an offload or a "
+            "recycle), snapshots restored as new agents (an offloaded agent's from the store), offload "
+            "and restore (explicit and by a touch), complete of live, pinned and offloaded agents, a "
+            "channel against a deque, sweeps; check() after each step",
+        ),
+        pytest_case(
+            "SwarmSaver against InMemorySaver (hypothesis)",
+            "tests/unit/test_langgraph_stateful.py",
+            {"SWARMHEAP_STATEFUL_EXAMPLES": str(args.stateful_examples)},
+            args.stateful_examples,
+            "up to 40 random steps per example of the saver API on both savers: puts on three threads "
+            "and two namespaces with forks, channels changed, grown, emptied and left alone, pending "
+            "writes of several task paths (special ones among them), reads by id and of the latest, "
+            "listings with filters, before and limit, thread deletions; an 8 MiB heap whose offload "
+            "policy sends threads to SQLite as they go cold; every answer must be the reference's",
+        ),
+        pytest_case(
             "crash matrix",
             "tests/unit/test_crash_matrix.py",
             {"SWARMHEAP_CRASH_KILLS": str(args.kills)},
@@ -170,6 +193,7 @@ def main() -> None:
     p.add_argument("--fuzz-runs", type=int, default=100_000)
     p.add_argument("--kills", type=int, default=300)
     p.add_argument("--live-rounds", type=int, default=20_000)
+    p.add_argument("--stateful-examples", type=int, default=1000)
     p.add_argument("--json", default=os.path.join(ROOT, "bench", "reliability.json"))
     r = sub.add_parser("render", help="JSON to markdown")
     r.add_argument("json")

@@ -14,6 +14,12 @@ import swarmheap as sh
 PREFIX = f"shtest_{uuid.uuid4().hex[:6]}_"
 
 
+def stateful_examples(default: int) -> int:
+    """Examples per hypothesis state machine: ``default``, or more for a
+    reliability run (bench/reliability.py sets SWARMHEAP_STATEFUL_EXAMPLES)."""
+    return int(os.environ.get("SWARMHEAP_STATEFUL_EXAMPLES", default))
+
+
 def _leftovers() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(PREFIX)}
 

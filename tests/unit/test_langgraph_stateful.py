@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 import pytest
+from conftest import stateful_examples
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
@@ -175,7 +176,7 @@ class SaverModel(RuleBasedStateMachine):
 
 
 SaverModel.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=stateful_examples(40),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

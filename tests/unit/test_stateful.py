@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import PREFIX
+from conftest import PREFIX, stateful_examples
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
@@ -180,7 +180,7 @@ class HeapModel(RuleBasedStateMachine):
 
 
 HeapModel.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=stateful_examples(60),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
