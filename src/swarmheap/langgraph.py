@@ -598,7 +598,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                     yield tup
 
     def delete_thread(self, thread_id: str) -> None:
-        agent = self._agent(thread_id, create=False)
+        # found, not restored: a cold thread's blob goes with its complete(),
+        # and bringing it back first could fail for want of room (PartitionFull)
+        agent = self._find_agent(thread_id, create=False)
         self._threads.pop(thread_id, None)
         Registry(self.heap).remove(lgthreads.key(thread_id))
         if agent is not None and agent.state in ("live", "offloaded", "restoring"):

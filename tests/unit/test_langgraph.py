@@ -638,3 +638,32 @@ def test_cold_threads_go_to_the_store_and_come_back(kind: str, tmp_path: Any, re
             saver.delete_thread(thread)
         assert store.keys(f"swarmheap/agent/{heap._token}/") == []
         heap.check()
+
+
+def test_a_cold_thread_is_deleted_without_coming_back(tmp_path: Any) -> None:
+    """delete_thread of a thread in the store completes its agent there (its
+    blob goes): it brought the thread back first, which raised PartitionFull
+    when the arena had no room for it."""
+    import os
+
+    from swarmheap.stores import SQLiteStore
+
+    with sh.Heap.create(size="8 MiB") as heap, SQLiteStore(tmp_path / "threads.db") as store:
+        saver = SwarmSaver(heap, store=store)
+        cfg: dict[str, Any] = {"configurable": {"thread_id": "cold", "checkpoint_ns": ""}}
+        cp = create_checkpoint(empty_checkpoint(), None, 0)
+        cp["channel_values"] = {"state": os.urandom(2 << 20)}
+        cp["channel_versions"] = {"state": 1}
+        saver.put(cfg, cp, {"step": 0}, {"state": 1})
+        (agent,) = [a for a in heap.agents() if a.kind == "langgraph"]
+        agent.offload(store)
+        filler = heap.spawn("filler")
+        with pytest.raises(sh.PartitionFull):
+            while True:
+                filler.alloc(1 << 20)
+        with pytest.raises(sh.PartitionFull):
+            saver.get_tuple(cfg)  # reading it needs it back: no room
+        saver.delete_thread("cold")
+        assert agent.state == "gone" and store.keys("swarmheap/agent/") == []
+        assert saver.get_tuple(cfg) is None
+        heap.check()
