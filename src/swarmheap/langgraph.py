@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import index, lgthreads, lgvalues, snapshot
+from swarmheap import index, lgthreads, lgvalues, offload, snapshot
 from swarmheap._extras import require
 from swarmheap.errors import CorruptSnapshot, PartitionFull, StaleBlock, SwarmHeapError
 from swarmheap.heap import Heap
@@ -609,6 +609,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = set(run_ids)
         for thread_id in lgthreads.thread_ids(self.heap):
+            if not self._may_hold_runs(thread_id, runs):
+                continue  # a cold thread none of the runs wrote to stays in the store
             agent = self._agent(thread_id, create=False)
             if agent is None:
                 continue
@@ -623,6 +625,26 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             for ns in spaces:
                 names = agent.names()
                 self._drop_unnamed_values(agent, ns, names, self._checkpoint_ids(agent, ns, names))
+
+    def _may_hold_runs(self, thread_id: str, runs: set[str]) -> bool:
+        """False if the thread is in the store and none of its checkpoints
+        names one of ``runs`` (read from its blob: it stays there; bringing
+        every cold thread back to look could not fit, and need not)."""
+        agent = self._find_agent(thread_id, create=False)
+        if agent is None or agent.state != "offloaded":
+            return True
+        with offload.stored_state(agent) as state:
+            if state is None:
+                return True  # back in the arena meanwhile
+            for name, data in state[2]:
+                if name.startswith("cp/"):
+                    try:
+                        record = self.serde.loads_typed(self._unpack(bytes(data)))
+                    except SwarmSaverError:
+                        return True  # damaged: the full path names the error
+                    if record[1].get("run_id") in runs:
+                        return True
+        return False
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         source = self._agent(source_thread_id, create=False)

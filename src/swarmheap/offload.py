@@ -179,29 +179,41 @@ def snapshot_of(
     return blob, dictionary
 
 
+@contextlib.contextmanager
+def stored_state(agent: Agent) -> Iterator[snapshot.State | None]:
+    """An offloaded agent's state, read from its blob in the store without
+    bringing it back (kind, lease left as it ran on in the store, entries
+    as views that live for the ``with``); None if the agent is not
+    offloaded here now (live, restoring, or its blob taken by a restore
+    since the registry was read): the caller touches it instead."""
+    heap = agent.heap
+    entry = _entry(heap, agent.id, agent.generation) if heap._owner_state(agent.id) == "offloaded" else None
+    if entry is None:
+        yield None
+        return
+    store = heap._store_for(entry.url)
+    blob = store.get(entry.key)
+    if blob is None:
+        yield None
+        return
+    with parsed(heap, blob, [store]) as (kind, lease_left, entries):
+        if entry.deadline is not None:
+            lease_left = max(entry.deadline - time.time(), 0.0)
+        yield kind, lease_left, entries
+
+
 def snapshot_stored(agent: Agent, codec: str, level: int | None) -> bytes | None:
     """The snapshot of an offloaded agent, made from its blob in the store
     without bringing it back: a backup or a move of agents the policy sent
     away would otherwise pull each into the arena (and fail with
     PartitionFull under the pressure that sent it). None if the agent is
-    not offloaded here now (live, restoring, or its blob taken by a restore
-    since the registry was read): the caller touches it instead. The lease
-    is the one that ran on in the store, as a restore would set it."""
-    heap = agent.heap
-    if heap._owner_state(agent.id) != "offloaded":
-        return None
-    entry = _entry(heap, agent.id, agent.generation)
-    if entry is None:
-        return None
-    store = heap._store_for(entry.url)
-    blob = store.get(entry.key)
-    if blob is None:
-        return None
-    with parsed(heap, blob, [store]) as (kind, lease_left, entries):
-        if entry.deadline is not None:
-            lease_left = max(entry.deadline - time.time(), 0.0)
+    not offloaded here now (see stored_state)."""
+    with stored_state(agent) as state:
+        if state is None:
+            return None
+        kind, lease_left, entries = state
         with snapshot.encoded_state(kind, lease_left, entries) as raw:
-            dictionaries: Dictionaries = heap._dictionaries
+            dictionaries: Dictionaries = agent.heap._dictionaries
             dictionary = dictionaries.for_kind(kind) if codec == "zstd" else None
             out = snapshot.pack(raw, codec, level, dictionary)
             if codec == "zstd":

@@ -667,3 +667,27 @@ def test_a_cold_thread_is_deleted_without_coming_back(tmp_path: Any) -> None:
         assert agent.state == "gone" and store.keys("swarmheap/agent/") == []
         assert saver.get_tuple(cfg) is None
         heap.check()
+
+
+def test_delete_for_runs_leaves_cold_threads_of_other_runs_in_the_store(tmp_path: Any) -> None:
+    """It read every thread to find the runs' checkpoints, bringing each cold
+    one back; a cold thread's checkpoints are now read from its blob, and
+    only a thread that holds one of the runs comes back to have it deleted."""
+    from swarmheap.stores import SQLiteStore
+
+    with sh.Heap.create(size="16 MiB") as heap, SQLiteStore(tmp_path / "threads.db") as store:
+        saver = SwarmSaver(heap, store=store)
+        fill(saver, "mine", 3, run_id="r1")
+        fill(saver, "theirs", 3, run_id="r2")
+        agents = {
+            lgthreads.by_agent(heap)[(a.id, a.generation)]: a for a in heap.agents() if a.kind == "langgraph"
+        }
+        for agent in agents.values():
+            agent.offload(store)
+        saver.delete_for_runs(["r9"])
+        assert all(a.state == "offloaded" for a in agents.values())
+        saver.delete_for_runs(["r1"])
+        assert agents["theirs"].state == "offloaded"
+        assert saver.get_tuple({"configurable": {"thread_id": "mine"}}) is None
+        assert saver.get_tuple({"configurable": {"thread_id": "theirs"}}).metadata["run_id"] == "r2"
+        heap.check()
