@@ -20,6 +20,16 @@ def stateful_examples(default: int) -> int:
     return int(os.environ.get("SWARMHEAP_STATEFUL_EXAMPLES", default))
 
 
+def fill_context(heap: sh.Heap) -> sh.Agent:
+    """An agent holding every MiB of `context` it could take: a heap with no
+    room left for a large entry to come back."""
+    filler = heap.spawn("filler")
+    with pytest.raises(sh.PartitionFull):
+        while True:
+            filler.alloc(1 << 20)
+    return filler
+
+
 def _leftovers() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(PREFIX)}
 

@@ -11,6 +11,7 @@ import pytest
 import swarmheap as sh
 
 pytest.importorskip("langgraph.checkpoint.base")
+from conftest import fill_context
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 
 from _workers import langgraph_resume
@@ -657,10 +658,7 @@ def test_a_cold_thread_is_deleted_without_coming_back(tmp_path: Any) -> None:
         saver.put(cfg, cp, {"step": 0}, {"state": 1})
         (agent,) = [a for a in heap.agents() if a.kind == "langgraph"]
         agent.offload(store)
-        filler = heap.spawn("filler")
-        with pytest.raises(sh.PartitionFull):
-            while True:
-                filler.alloc(1 << 20)
+        fill_context(heap)
         with pytest.raises(sh.PartitionFull):
             saver.get_tuple(cfg)  # reading it needs it back: no room
         saver.delete_thread("cold")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import fill_context
 
 import _workers
 import swarmheap as sh
@@ -787,10 +788,7 @@ def test_an_offloaded_agent_is_snapshot_when_the_heap_has_no_room_for_it(tmp_pat
         big = heap.spawn("big")
         big.put("state", os.urandom(3 << 20))
         big.offload(store)
-        filler = heap.spawn("filler")
-        with pytest.raises(sh.PartitionFull):
-            while True:
-                filler.alloc(1 << 20)
+        filler = fill_context(heap)
         with pytest.raises(sh.PartitionFull):
             big.restore()  # no room to bring it back
         blob = big.snapshot()
