@@ -38,6 +38,41 @@ def plain(found: Any) -> Any:
     return (found.config, found.checkpoint, found.metadata, found.parent_config, found.pending_writes)
 
 
+class Reference(InMemorySaver):  # type: ignore[misc]
+    """InMemorySaver with the extended capabilities (which it does not have)
+    written on its storage, as BaseCheckpointSaver's docstrings define them."""
+
+    def copy_thread(self, source: str, target: str) -> None:
+        for ns, checkpoints in list(self.storage.get(source, {}).items()):
+            self.storage[target][ns].update(checkpoints)
+        for (thread, ns, cid), writes in list(self.writes.items()):
+            if thread == source:
+                self.writes[(target, ns, cid)] = {**self.writes.get((target, ns, cid), {}), **writes}
+        for (thread, *rest), blob in list(self.blobs.items()):
+            if thread == source:
+                self.blobs[(target, *rest)] = blob
+
+    def _drop(self, thread: str, ns: str, cid: str) -> None:
+        del self.storage[thread][ns][cid]
+        self.writes.pop((thread, ns, cid), None)
+
+    def prune(self, thread_ids: list[str], *, strategy: str = "keep_latest") -> None:
+        for thread in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread)
+                continue
+            for ns, checkpoints in list(self.storage.get(thread, {}).items()):
+                for cid in sorted(checkpoints)[:-1]:
+                    self._drop(thread, ns, cid)
+
+    def delete_for_runs(self, run_ids: list[str]) -> None:
+        for thread, spaces in list(self.storage.items()):
+            for ns, checkpoints in list(spaces.items()):
+                for cid, (_, metadata, _) in list(checkpoints.items()):
+                    if self.serde.loads_typed(metadata).get("run_id") in run_ids:
+                        self._drop(thread, ns, cid)
+
+
 class SaverModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -47,7 +82,7 @@ class SaverModel(RuleBasedStateMachine):
         self.ours = SwarmSaver(self.heap, store=self.store)
         # cold at once: a thread the model is not touching may go to the store at any put
         self.heap.set_offload_policy(self.store, high=0.4, low=0.2, min_idle=0.0)
-        self.reference = InMemorySaver()
+        self.reference = Reference()
         self.counter = 0
         # (thread, ns) -> its checkpoints in order: (id, channel versions, channel values)
         self.made: dict[tuple[str, str], list[tuple[str, dict[str, str], dict[str, Any]]]] = {}
@@ -99,7 +134,12 @@ class SaverModel(RuleBasedStateMachine):
         config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ns}}
         if parent:
             config["configurable"]["checkpoint_id"] = parent[0]
-        metadata = {"source": "input" if parent is None else "loop", "step": int(cid) % 4, "parents": {}}
+        metadata = {
+            "source": "input" if parent is None else "loop",
+            "step": int(cid) % 4,
+            "parents": {},
+            "run_id": f"r{int(cid) % 3}",
+        }
 
         def put(saver: Any) -> Any:
             return saver.put(
@@ -199,6 +239,45 @@ class SaverModel(RuleBasedStateMachine):
         assert ours == reference
 
     @rule(thread=THREADS)
+    def _made_again(self, thread: str) -> None:
+        """The model's checkpoints of ``thread``, as the reference now holds them."""
+        for key in [key for key in self.made if key[0] == thread]:
+            kept = self.reference.storage.get(thread, {}).get(key[1], {})
+            self.made[key] = [made for made in self.made[key] if made[0] in kept]
+
+    @rule(source=THREADS, into=THREADS)
+    def copy_thread(self, source: str, into: str) -> None:
+        if source == into:
+            return
+        try:
+            self.ours.copy_thread(source, into)
+        except sh.PartitionFull:
+            self._too_big(source, self.blob_bytes.get(into, 0))
+            self.delete_thread(into)  # may hold part of the copy
+            return
+        self.reference.copy_thread(source, into)
+        for (thread, ns), made in list(self.made.items()):
+            if thread == source:
+                mine = {m[0]: m for m in self.made.get((into, ns), [])}
+                mine.update({m[0]: m for m in made})
+                self.made[(into, ns)] = [mine[cid] for cid in sorted(mine)]
+        self.blob_bytes[into] = self.blob_bytes.get(into, 0) + self.blob_bytes.get(source, 0)
+
+    @rule(
+        threads=st.lists(THREADS, max_size=2, unique=True),
+        strategy=st.sampled_from(["keep_latest", "delete"]),
+    )
+    def prune(self, threads: list[str], strategy: str) -> None:
+        self.read(lambda saver: saver.prune(threads, strategy=strategy), threads)
+        for thread in threads:
+            self._made_again(thread)
+
+    @rule(runs=st.lists(st.sampled_from(["r0", "r1", "r2", "r9"]), min_size=1, max_size=2))
+    def delete_for_runs(self, runs: list[str]) -> None:
+        self.read(lambda saver: saver.delete_for_runs(runs), ["a", "b", "c"])
+        for thread in ["a", "b", "c"]:
+            self._made_again(thread)
+
     def delete_thread(self, thread: str) -> None:
         self.both(lambda saver: saver.delete_thread(thread))
         for key in [key for key in self.made if key[0] == thread]:
