@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> None:
             "up to 40 random steps per example of the saver API on both savers: puts on three threads "
             "and two namespaces with forks, channels changed, grown, emptied and left alone, pending "
             "writes of several task paths (special ones among them), reads by id and of the latest, "
-            "listings with filters, before and limit, thread deletions; an 8 MiB heap whose offload "
+            "listings with filters, before and limit, thread deletions, copy_thread, prune and "
+            "delete_for_runs; an 8 MiB heap whose offload "
             "policy sends threads to SQLite as they go cold; every answer must be the reference's",
         ),
         pytest_case(

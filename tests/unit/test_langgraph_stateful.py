@@ -4,8 +4,10 @@ two namespaces, forks from earlier checkpoints, channels changed, grown,
 emptied and left alone, values large enough that a small heap offloads
 cold threads to SQLite under pressure, pending writes from tasks of several
 paths (special ones among them), reads by id and of the latest, listings
-with filters, before and limit, and thread deletions. Every answer must be
-the reference's; check() passes at the end."""
+with filters, before and limit, thread deletions, and the extended
+capabilities (copy_thread, prune, delete_for_runs), which InMemorySaver
+lacks and Reference writes on its storage. Every answer must be the
+reference's; check() passes at the end."""
 
 from __future__ import annotations
 
