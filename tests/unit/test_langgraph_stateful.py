@@ -31,7 +31,13 @@ from swarmheap.langgraph import SwarmSaver
 
 THREADS = st.sampled_from(["a", "b", "c"])
 SPACES = st.sampled_from(["", "sub:1"])
-CHANNELS = ("messages", "count", "blob", "gone")  # "gone": in the versions, never in the values
+CHANNELS = ("messages", "count", "blob", "gone")
+# A thread holding this share of `context` may not come back (nor take a
+# large value more) even with every other thread offloaded: a value of
+# 900 KB needs 14 pages of 64 KiB in one piece, and the pages the thread
+# caches keep for their size classes (6 of 51 here, empty) break the free
+# ones into shorter runs (docs/design.md, known limits)
+BIG = 0.25  # "gone": in the versions, never in the values
 
 
 def plain(found: Any) -> Any:
@@ -166,7 +172,7 @@ class SaverModel(RuleBasedStateMachine):
             return self.both(call)
         except sh.PartitionFull:
             capacity = self.heap.stats()["partitions"]["context"]["capacity"]
-            big = [t for t in threads if self.blob_bytes.get(t, 0) > 0.4 * capacity]
+            big = [t for t in threads if self.blob_bytes.get(t, 0) > BIG * capacity]
             assert big, self.blob_bytes
             for thread in big:
                 self.delete_thread(thread)
@@ -178,7 +184,7 @@ class SaverModel(RuleBasedStateMachine):
         no bound) fills most of `context`, and the page runs of its large
         values need room in one piece. It starts again in both savers."""
         capacity = self.heap.stats()["partitions"]["context"]["capacity"]
-        assert self.blob_bytes.get(thread, 0) + adding > 0.4 * capacity, (thread, self.blob_bytes)
+        assert self.blob_bytes.get(thread, 0) + adding > BIG * capacity, (thread, self.blob_bytes)
         self.delete_thread(thread)
 
     @precondition(lambda self: any(self.made.values()))
