@@ -781,6 +781,22 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         writes.sort(key=lambda w: w[0])
         return [(task_id, channel, value) for _, task_id, channel, value in writes]
 
+    def _held_values(
+        self, agent: Any, ns: str, checkpoint: Any, channels: Any, names: Any
+    ) -> builtins.list[tuple[str, tuple[str, bytes | memoryview]]]:
+        """(channel, typed value) for each of ``channels`` that holds a value
+        at ``checkpoint`` (not "empty"): where a delta channel's walk up the
+        parents ends, its seed."""
+        versions = checkpoint["channel_versions"]
+        held = []
+        for channel in [c for c in channels if c in versions]:
+            name = f"blob/{ns}/{channel}/{versions[channel]}"
+            if name in names:
+                typed = self._value(agent, name)
+                if typed[0] != "empty":
+                    held.append((channel, typed))
+        return held
+
     def get_delta_channel_history(self, *, config: dict[str, Any], channels: Sequence[str]) -> Any:
         """For each of ``channels`` (DeltaChannel, beta), the pending writes of
         the checkpoint's ancestors back to the nearest one holding the
@@ -807,14 +823,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 for write in reversed(self._pending_writes(agent, ns, cursor, view)):
                     if write[1] in remaining:
                         found[write[1]].append(write)
-                versions = checkpoint["channel_versions"]
-                for channel in [c for c in remaining if c in versions]:
-                    name = f"blob/{ns}/{channel}/{versions[channel]}"
-                    if name in view.names:
-                        typed = self._value(agent, name)
-                        if typed[0] != "empty":
-                            seeds[channel] = self.serde.loads_typed(typed)
-                            remaining.discard(channel)
+                for channel, typed in self._held_values(agent, ns, checkpoint, remaining, view.names):
+                    seeds[channel] = self.serde.loads_typed(typed)
+                    remaining.discard(channel)
                 cursor = parent
         history: dict[str, Any] = {}
         for channel in channels:
@@ -890,11 +901,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 if record is None:
                     break
                 checkpoint, _, grandparent = record
-                versions = checkpoint["channel_versions"]
-                for channel in [c for c in remaining if c in versions]:
-                    name = f"blob/{ns}/{channel}/{versions[channel]}"
-                    if name in named and self._value(agent, name)[0] != "empty":
-                        remaining.discard(channel)  # its seed: the walk for it ends here
+                for channel, _ in self._held_values(agent, ns, checkpoint, remaining, named):
+                    remaining.discard(channel)  # its seed: the walk for it ends here
                 parent = grandparent
         return keep
 
