@@ -31,7 +31,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from swarmheap import offload
+from swarmheap import offload_policy
 from swarmheap.errors import (
     AdmissionDenied,
     AdmissionTimeout,
@@ -166,7 +166,7 @@ def _make_room(heap: Heap, need: int, admitting: int) -> bool:
     `context` first, least recently active first); True if anything moved."""
     store = heap.store
     freed = 0
-    for agent_id, generation in offload.idle_agents(heap, "context", 0.0):
+    for agent_id, generation in offload_policy.idle_agents(heap, "context", 0.0):
         if freed >= need:
             break
         if agent_id == admitting:

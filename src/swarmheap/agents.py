@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import index, offload, snapshot
+from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
 from swarmheap._core import AgentCore, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
@@ -60,7 +60,7 @@ class Agent(AgentCore):
         runs on in the store), without restoring it."""
         lease = self._read_index()[1]
         if not lease and self.state in ("offloaded", "restoring"):
-            return offload.lease_deadline(self._heap, self.id, self.generation)
+            return offload_entries.lease_deadline(self._heap, self.id, self.generation)
         return lease or None
 
     def __repr__(self) -> str:
@@ -323,11 +323,11 @@ class Agent(AgentCore):
         offloaded agent's snapshot is made from its blob in the store: it
         stays offloaded."""
         snapshot.check_codec(codec, level)
-        stored = offload.snapshot_stored(self, codec, level)
+        stored = agent_snapshot.snapshot_stored(self, codec, level)
         if stored is not None:
             return stored
         self._ensure_live()
-        return offload.snapshot_of(self, codec, level)[0]
+        return agent_snapshot.snapshot_of(self, codec, level)[0]
 
     def offload(
         self, store: Store | None = None, *, codec: str | None = None, level: int | None = None
@@ -386,7 +386,7 @@ class Agent(AgentCore):
         recycled, final, row, was = heap._owner_complete_row(self.id, self.generation, self.kind)
         heap._predictor.note(self.kind, final, row)  # its reservation, if any, went with its memory (C)
         if was in ("offloaded", "restoring"):
-            offload.forget_completed(heap, self.id, self.generation)
+            offload_sweep.forget_completed(heap, self.id, self.generation)
         hooks = heap._hooks
         if hooks.table["complete"]:
             hooks.fire("complete", self.id, self.kind, final)

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmheap import admission, channels, offload
+from swarmheap import (
+    admission,
+    agent_snapshot,
+    channels,
+    dictionaries,
+    kinds,
+    offload,
+    offload_entries,
+    offload_policy,
+)
 from swarmheap._core import FIRST_AGENT, PARTITIONS, CoreHeap, HeapEvents
 from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
@@ -165,7 +174,7 @@ class Heap(CoreHeap):
     def _install(self) -> None:
         self._hooks = Hooks()
         self._sweep = _SweepState()
-        self._dictionaries = offload.Dictionaries(self)
+        self._dictionaries = dictionaries.Dictionaries(self)
         self._stores: dict[str, Store] = {}
         self._own_stores: list[Store] = []  # opened here (the default, or by URL): closed with the heap
         self._default_store: Store | None = None
@@ -178,7 +187,7 @@ class Heap(CoreHeap):
         # offload's snapshot may restore, so two locks could be taken in
         # both orders
         self._moving_lock = threading.RLock()
-        self._kind_names: dict[int, str] = {}  # kind id -> name, as offload.name_kind/kind_of learned them
+        self._kind_names: dict[int, str] = {}  # kind id -> name, as kinds.name_kind/kind_of learned them
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
@@ -232,7 +241,7 @@ class Heap(CoreHeap):
         kid = self._spawned_kinds.get(kind) if type(kind) is str else None
         if kid is None:  # a kind's first spawn in this process: checked and named once
             check_kind(kind)
-            offload.name_kind(self, kind)
+            kinds.name_kind(self, kind)
             kid = self._spawned_kinds[kind] = kind_id(kind)
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
         mode, limit = admission.default(self)  # the heap's; an explicit admit= takes its limit
@@ -288,7 +297,7 @@ class Heap(CoreHeap):
         the agent."""
         agent_id, generation = agent.id, agent.generation
         try:
-            if deadline:  # else the index comes with the first entry (offload.kind_of finds the kind)
+            if deadline:  # else the index comes with the first entry (kinds.kind_of finds the kind)
                 agent._update_index(lambda entries: None, lease_deadline=deadline)
             # under an admission mode, a confident prediction reserves its
             # P90 if it fits, and a kind with a few samples but no confidence
@@ -333,7 +342,7 @@ class Heap(CoreHeap):
         """A plain dict: per partition (capacity, in use, bytes held in pages,
         utilization), per size class and per owner (kind named)."""
         stats: dict[str, Any] = super().stats()
-        stats["offloaded"] = offload.offloaded(self)
+        stats["offloaded"] = offload_entries.offloaded(self)
         stats["channels"], stats["damaged_channels"] = [], []
         for name in self.channels():
             try:
@@ -344,7 +353,7 @@ class Heap(CoreHeap):
         stats["kinds"] = self._predictor.table()
         for owner in stats["owners"]:
             if owner["id"] >= FIRST_AGENT:
-                owner["kind"] = offload.kind_of(self, owner["id"], owner["generation"], owner["kind_id"])
+                owner["kind"] = kinds.kind_of(self, owner["id"], owner["generation"], owner["kind_id"])
             else:
                 owner["kind"] = "shared default" if owner["id"] == 0 else "nursery"
         return stats
@@ -388,7 +397,7 @@ class Heap(CoreHeap):
         """A new live agent made from ``agent.snapshot()``'s blob, with the same
         kind, lease and entries, bit-exact. CorruptSnapshot if the blob is
         damaged (nothing is allocated then)."""
-        return offload.restore_blob(self, blob, list(self._stores.values()))
+        return agent_snapshot.restore_blob(self, blob, list(self._stores.values()))
 
     def restore_from(self, store: Store, key: str) -> Agent:
         """Restore an agent another heap (process, machine) offloaded to
@@ -400,7 +409,7 @@ class Heap(CoreHeap):
         if blob is None:
             raise KeyError(f"no snapshot under {key!r} in {store.url}")
         self._remember_store(store)
-        agent = offload.restore_blob(self, blob, [store, *self._stores.values()])
+        agent = agent_snapshot.restore_blob(self, blob, [store, *self._stores.values()])
         try:
             claimed = offload.claim_moved(store, key)
         except BaseException:
@@ -516,7 +525,7 @@ class Heap(CoreHeap):
         if result.offloaded or result.reclaimed_agents or any(result.bytes.values()):
             return True
         policy = self._offload_policy
-        if policy is not None and policy.partition == partition and offload.relieve(self, policy, 1):
+        if policy is not None and policy.partition == partition and offload_policy.relieve(self, policy, 1):
             return True
         part = self._partitions()[partition]
         return bool((part["pages_total"] - part["pages_used"]) * self.page_size >= nbytes)
@@ -528,7 +537,7 @@ class Heap(CoreHeap):
         policy = self._offload_policy
         if policy is None:
             return 0
-        return offload.relieve(self, policy)
+        return offload_policy.relieve(self, policy)
 
     @property
     def _token(self) -> str:
@@ -556,10 +565,10 @@ class Heap(CoreHeap):
 
     def _agent_at(self, agent_id: int, generation: int) -> Agent:
         if self._owner_state(agent_id) in ("offloaded", "restoring"):  # its index went with its memory
-            found = offload.where_if_readable(self, agent_id, generation)
+            found = offload_entries.where_if_readable(self, agent_id, generation)
             kind = found[2] if found else "?"
         else:
-            kind = offload.kind_of(self, agent_id, generation)
+            kind = kinds.kind_of(self, agent_id, generation)
         return Agent(self, agent_id, generation, kind)
 
     # ---- hooks ----

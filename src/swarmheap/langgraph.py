@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import index, lgthreads, lgvalues, offload, snapshot
+from swarmheap import agent_snapshot, index, lgthreads, lgvalues, snapshot
 from swarmheap._extras import require
 from swarmheap.errors import CorruptSnapshot, PartitionFull, StaleBlock, SwarmHeapError
 from swarmheap.heap import Heap
@@ -633,7 +633,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         agent = self._find_agent(thread_id, create=False)
         if agent is None or agent.state != "offloaded":
             return True
-        with offload.stored_state(agent) as state:
+        with agent_snapshot.stored_state(agent) as state:
             if state is None:
                 return True  # back in the arena meanwhile
             for name, data in state[2]:

@@ -10,7 +10,7 @@ counts half as much as the newest (half_life default 100); the weights are
 rescaled before they overflow. Quantiles come from the cumulative weights.
 
 Where it lives: one block per kind in `system`, named in the heap's registry
-(the shared default's index, see offload.py), so every process reads and
+(the shared default's index, see registry.py), so every process reads and
 updates the same model; an update is a copy and a compare-and-swap of the
 registry entry, retried on a race, with no lock. Each process batches the
 samples of its completions and folds them in every FLUSH_EVERY agents (and

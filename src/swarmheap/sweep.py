@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import channels, offload
+from swarmheap import channels, kinds, offload_entries, offload_sweep
 from swarmheap._core import FIRST_AGENT
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_lease
@@ -88,7 +88,7 @@ class _Liveness:
         self.known: dict[int, bool] = {}
         self.unreachable: set[str] = set()  # stores that failed this sweep: not asked again in it
         # a full sweep examines every offloaded agent: each store is listed
-        # once for the moved ones (offload.moved_away), not asked per agent
+        # once for the moved ones (offload_sweep.moved_away), not asked per agent
         self.listings: dict[str, set[str]] | None = {} if full else None
 
     def alive(self, agent_id: int, pid: int) -> bool:
@@ -109,22 +109,22 @@ def _examine(
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
-        if not offload.moved_away(heap, agent_id, generation, live.unreachable, live.listings):
-            deadline = offload.lease_deadline(heap, agent_id, generation)
+        if not offload_sweep.moved_away(heap, agent_id, generation, live.unreachable, live.listings):
+            deadline = offload_entries.lease_deadline(heap, agent_id, generation)
             if deadline is None or now <= deadline:
                 return True
             # its lease ran out in the store: it goes, blob and all, as a live one would
             info = heap._owner_info(agent_id)
             if info is None or info["generation"] != generation:
                 return False
-            info["kind"] = offload.kind_of(heap, agent_id, generation, info["kind_id"])
-            if not offload.drop_expired(heap, agent_id, generation, live.unreachable):
+            info["kind"] = kinds.kind_of(heap, agent_id, generation, info["kind_id"])
+            if not offload_sweep.drop_expired(heap, agent_id, generation, live.unreachable):
                 return True
             result.agents["lease"] += 1
             result.recycled.append({**info, "state": "gone", "cause": "lease"})
             return False
         # restored in another heap (restore_from marked its key): the slot goes
-        if not offload.forget_moved(heap, agent_id, generation, live.unreachable):
+        if not offload_sweep.forget_moved(heap, agent_id, generation, live.unreachable):
             return True
         heap._owner_recycle(agent_id, generation)
         result.agents["moved_away"] += 1
@@ -153,7 +153,7 @@ def _examine(
     info = heap._owner_info(agent_id)
     if info is None or info["generation"] != generation:
         return False  # reclaimed meanwhile, by someone
-    info["kind"] = offload.kind_of(
+    info["kind"] = kinds.kind_of(
         heap, agent_id, generation, info["kind_id"]
     )  # the index goes with the recycle
     try:
@@ -219,5 +219,5 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
             if agent_gen:
                 _examine(heap, agent_id, agent_gen, result, live, now)
         if not heap.read_only:
-            offload.forget_stale(heap, live.unreachable)
+            offload_sweep.forget_stale(heap, live.unreachable)
     return result

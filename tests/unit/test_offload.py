@@ -21,7 +21,7 @@ from conftest import fill_context
 import _workers
 import swarmheap as sh
 from _workers import restore_from_store, restore_snapshot, snapshot_dict_id
-from swarmheap import _extras, snapshot
+from swarmheap import _extras, agent_snapshot, snapshot
 from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
 
 CODECS = ("zstd", "lz4", "none")
@@ -109,7 +109,7 @@ def test_a_dictionary_id_names_one_dictionary(heap: sh.Heap, monkeypatch: pytest
     offloading and restoring). The first dictionary named under an id
     stands; a later training that makes the same id uses it."""
     zstd = pytest.importorskip("zstandard")
-    from swarmheap.offload import Dictionaries
+    from swarmheap.dictionaries import Dictionaries
 
     turn = '{{"role": "user", "content": "question {} about the weather in Lyon"}}'
     samples = [turn.format(i).encode() * 4 for i in range(80)]
@@ -677,7 +677,7 @@ def test_a_restore_leaves_the_entry_of_an_offload_that_followed_it(
     restorable from nowhere. A restore removes the entry only if it is
     still the one it read; and each offload writes its blob under a key of
     its own, so no clean-up deletes another offload's blob."""
-    from swarmheap.offload import _entry_name
+    from swarmheap.offload_entries import entry_name as _entry_name
     from swarmheap.registry import Registry
 
     first = agent.offload(store)
@@ -840,7 +840,8 @@ def test_a_kind_with_a_newline_is_offloaded_and_restored(heap: sh.Heap, tmp_path
 
 
 def test_registry_entries_of_both_layouts_read() -> None:
-    from swarmheap.offload import _entry_bytes, _parse_entry
+    from swarmheap.offload_entries import entry_bytes as _entry_bytes
+    from swarmheap.offload_entries import parse_entry as _parse_entry
 
     old = _parse_entry(b"sqlite:///tmp/s.db\nswarmheap/agent/t/2/1\nplanner\n1796389300.5")
     assert (old.url, old.key, old.kind, old.written, old.deadline) == (
@@ -904,7 +905,7 @@ def test_a_snapshot_whose_lease_ran_out_restores_with_it_run_out(
     a = heap.spawn("planner", lease=60.0)
     a.put("prompt", b"p")
     real = time.time
-    monkeypatch.setattr(sh.offload.time, "time", lambda: real() + 120)
+    monkeypatch.setattr(agent_snapshot.time, "time", lambda: real() + 120)
     blob = a.snapshot()
     again = heap.restore(blob)
     assert again.lease_deadline is not None and again.lease_deadline <= real() + 120

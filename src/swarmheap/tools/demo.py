@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-from swarmheap import offload
+from swarmheap import offload, offload_entries
 from swarmheap._core import PARTITIONS
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
@@ -397,7 +397,7 @@ def run_demo(
         _sweep(heap, report, start, quiet=True)
         # the killed worker's agents the policy had offloaded: a dead creator
         # does not make them garbage, any process of the heap restores them
-        report.stayed_offloaded = len(offload.offloaded(heap))
+        report.stayed_offloaded = len(offload_entries.offloaded(heap))
         for w in finished.values():
             report.agents_run += w["agents"]
             report.reclaimed_by_recycle += w["recycled_bytes"]

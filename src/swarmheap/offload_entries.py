@@ -1,0 +1,166 @@
+"""Where an offloaded agent is: its entry in the heap registry (the store's
+URL, the key, the kind, when it was written, its lease's deadline), and the
+store keys offloads write. One home for the entry's format."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from swarmheap.errors import HeapCorrupt
+from swarmheap.registry import Registry
+
+if TYPE_CHECKING:
+    from swarmheap.agents import Agent
+    from swarmheap.heap import Heap
+
+__all__ = [
+    "MOVED",
+    "Entry",
+    "agent_key",
+    "agent_of",
+    "entry_bytes",
+    "entry_name",
+    "entry_of",
+    "key_prefix",
+    "lease_deadline",
+    "offloaded",
+    "parse_entry",
+    "where",
+    "where_if_readable",
+    "written",
+]
+
+
+def key_prefix(heap: Heap) -> str:
+    return f"swarmheap/agent/{heap._token}/"
+
+
+def agent_key(heap: Heap, agent: Agent) -> str:
+    return f"{key_prefix(heap)}{agent.id}/{agent.generation}"
+
+
+MOVED = "/moved"  # the suffix of restore_from's mark beside a key (claim_moved)
+
+
+def entry_name(agent_id: int, generation: int) -> str:
+    return f"offload/{agent_id}/{generation}"
+
+
+class Entry(NamedTuple):
+    """An offloaded agent's registry entry."""
+
+    url: str  # of the store its blob is in
+    key: str
+    kind: str
+    written: float  # epoch seconds; 0 if it does not read
+    deadline: float | None  # of its lease, which runs on in the store
+    raw: bytes  # as read: a restore removes the entry only if it is still this one
+
+
+_ENTRY_V2 = "2"  # first line of an entry with a deadline; an older one starts with its store URL
+
+
+def entry_bytes(url: str, key: str, kind: str, written: float, deadline: float | None) -> bytes:
+    # the kind last: a kind name may hold newlines (the entry of format 1
+    # put it third, and one that did could not be read past it)
+    return f"{_ENTRY_V2}\n{url}\n{key}\n{written}\n{deadline or ''}\n{kind}".encode()
+
+
+def parse_entry(data: bytes) -> Entry:
+    """ValueError (UnicodeDecodeError included) if it does not read as one."""
+    text = data.decode()
+    if text.startswith(_ENTRY_V2 + "\n"):
+        _, url, key, written, deadline, kind = text.split("\n", 5)
+        return Entry(url, key, kind, _seconds(written), float(deadline) if deadline else None, data)
+    url, key, kind, written = text.split("\n", 3)  # format 1: no deadline
+    return Entry(url, key, kind, _seconds(written), None, data)
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def entry_of(heap: Heap, agent_id: int, generation: int) -> Entry | None:
+    """An offloaded agent's registry entry; None if there is none,
+    HeapCorrupt if it does not read as one."""
+    data = Registry(heap).get(entry_name(agent_id, generation))
+    if data is None:
+        return None
+    try:
+        return parse_entry(data)
+    except ValueError:
+        raise HeapCorrupt(
+            f"the heap registry's entry for offloaded agent {agent_id} (generation {generation}) is damaged: "
+            "where its snapshot is, is lost"
+        ) from None
+
+
+def where(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """(store URL, key, kind) of an offloaded agent, from the registry; None
+    if it names none, HeapCorrupt if its entry does not read as one."""
+    entry = entry_of(heap, agent_id, generation)
+    return None if entry is None else (entry.url, entry.key, entry.kind)
+
+
+def lease_deadline(heap: Heap, agent_id: int, generation: int) -> float | None:
+    """An offloaded agent's lease deadline (epoch seconds), None if it has no
+    lease (or its entry does not say, or does not read)."""
+    try:
+        entry = entry_of(heap, agent_id, generation)
+    except HeapCorrupt:
+        return None
+    return None if entry is None else entry.deadline
+
+
+def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, str, str] | None:
+    """where(), None for a damaged entry too: for listings and sweeps, which
+    go on past it (restore() is where it is reported)."""
+    try:
+        return where(heap, agent_id, generation)
+    except HeapCorrupt:
+        return None
+
+
+def written(heap: Heap, name: str) -> float:
+    """When the registry entry was written (epoch seconds; 0 if unreadable)."""
+    data = Registry(heap).get(name)
+    try:
+        return parse_entry(data).written if data else 0.0
+    except ValueError:
+        return 0.0
+
+
+def agent_of(heap: Heap, name: str) -> tuple[int, int] | None:
+    """(id, generation) from a registry name offload/ID/GEN; None for a name
+    that is not one (the registry is shared memory: read as untrusted)."""
+    try:
+        _, agent_id, generation = name.split("/")
+        aid, gen = int(agent_id), int(generation)
+    except ValueError:
+        return None
+    return (aid, gen) if 0 <= aid < heap._max_owners() and 0 < gen < 1 << 32 else None
+
+
+def offloaded(heap: Heap) -> list[dict[str, Any]]:
+    """The offloaded agents the registry names, with their store and key."""
+    out = []
+    for name in Registry(heap).names("offload/"):
+        parsed_name = agent_of(heap, name)
+        if parsed_name is None:
+            continue  # not a name offload() writes
+        agent_id, generation = parsed_name
+        found = where_if_readable(heap, agent_id, generation)
+        if found and heap._owner_state(agent_id) in ("offloaded", "restoring"):
+            out.append(
+                {
+                    "id": agent_id,
+                    "generation": generation,
+                    "store": found[0],
+                    "key": found[1],
+                    "kind": found[2],
+                }
+            )
+    return out
