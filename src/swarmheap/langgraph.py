@@ -27,19 +27,16 @@ compress="zstd", keep=None, kind="langgraph")`` (the ``langgraph`` extra).
 
 from __future__ import annotations
 
-import bisect
-import builtins
 import random
-import struct
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import agent_snapshot, index, lgthreads, lgvalues, snapshot
+from swarmheap import agent_snapshot, index, lgthreads, lgvalues, lgwalks, snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, PartitionFull, StaleBlock, SwarmHeapError
+from swarmheap.errors import PartitionFull, StaleBlock
 from swarmheap.heap import Heap
-from swarmheap.lgvalues import SMALL, Listed, Splice
+from swarmheap.lgrecords import SwarmSaverError, ThreadRecords
+from swarmheap.lgview import RAW_CACHE, ThreadView
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
 
@@ -51,106 +48,9 @@ get_checkpoint_metadata = _base.get_checkpoint_metadata
 WRITES_IDX_MAP = _base.WRITES_IDX_MAP
 
 
-def _writes_sort_key(task_path: str, task_id: str = "", idx: int = 0) -> tuple[str, str, int]:
-    return (task_path, task_id, idx)
-
-
-# The order of a super-step's writes, as live execution applies them
-# (langgraph-checkpoint 4 names it; older ones sorted the same way)
-writes_sort_key = getattr(_base, "writes_sort_key", _writes_sort_key)
-# Where LangGraph (DeltaChannel, beta) records, per checkpoint, the delta
-# channels with updates since their last snapshot: their value is rebuilt
-# from the ancestors' writes back to that snapshot
-_DELTA_COUNTERS = "counters_since_delta_snapshot"
-
 __all__ = ["SwarmSaver", "SwarmSaverError"]
 
-# A channel value's record: b"F" + the serde bytes (framed with the saver's
-# codec), or b"D" + depth, base name + a zstd delta against the base's serde
-# bytes (framed with codec "none": the delta is compressed already).
-_FULL, _DELTA = b"F", b"D"
-_DELTA_HEAD = struct.Struct("<BH")  # chain depth (1 for a delta on a full value), base name length
-DELTA_CHAIN = 16
-_RAW_CACHE = 512  # serde bytes of the values this saver last wrote or read
-# ... and at most this many bytes of them: a long thread's message list is
-# megabytes, and 512 of its versions would hold gigabytes of this process
-_RAW_CACHE_BYTES = 64 << 20
-# A whole value (every DELTA_CHAIN-th version of a channel) is compressed at
-# zstd's level 1: on message lists it ran twice as fast as level 3 for a
-# few percent more bytes, and it is on the put path of every 16th step
-_WHOLE_ZSTD_LEVEL = 1
-
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 _R = TypeVar("_R")
-
-
-class _Recent(OrderedDict[_K, _V]):
-    """The values this saver last remembered: at most _RAW_CACHE of them and
-    _RAW_CACHE_BYTES of their serde bytes (``size_of`` a value), the least
-    recently remembered out first; the newest always stays."""
-
-    def __init__(self, size_of: Callable[[_V], int]) -> None:
-        super().__init__()
-        self.size_of = size_of
-        self.nbytes = 0
-
-    def remember(self, key: _K, value: _V) -> None:
-        size_of = self.size_of
-        old = self.pop(key, None)
-        self[key] = value
-        self.nbytes += size_of(value) - (size_of(old) if old is not None else 0)
-        while len(self) > 1 and (len(self) > _RAW_CACHE or self.nbytes > _RAW_CACHE_BYTES):
-            self.nbytes -= size_of(self.popitem(last=False)[1])
-
-
-class _ThreadView:
-    """What a thread's entry names say, for the index word they were read
-    under: its names, checkpoint ids per namespace (sorted) and pending
-    writes per checkpoint. Built in one pass when the word is new; moved to
-    the next word in place after this saver's own update of it."""
-
-    def __init__(self, generation: int, word: int, names: Any) -> None:
-        self.generation, self.word = generation, word
-        self.entries = names  # the index's entries under the word _view last read
-        self.names: set[str] = set()
-        self.ids: dict[str, builtins.list[str]] = {}
-        self.writes: dict[tuple[str, str], builtins.list[str]] = {}
-        for name in names:
-            self._add(name)
-        for ids in self.ids.values():
-            ids.sort()
-
-    def _add(self, name: str) -> None:
-        if name in self.names:
-            return
-        self.names.add(name)
-        if name[:1] == "b":  # a channel value (blob/...), most of what a put adds: neither list
-            return
-        if name.startswith("cp/"):
-            _, ns, cid = name.split("/", 2)
-            if "/" not in cid:
-                bisect.insort(self.ids.setdefault(ns, []), cid)
-        elif name.startswith("w/"):
-            parts = name.split("/", 3)
-            if len(parts) == 4:
-                self.writes.setdefault((parts[1], parts[2]), []).append(name)
-
-    def advance(self, words: tuple[int, int], added: Any) -> bool:
-        """After an update from ``words[0]`` to ``words[1]`` that added ``added``."""
-        if words[0] != self.word:
-            return False
-        for name in added:
-            self._add(name)
-        self.word = words[1]
-        return True
-
-
-class SwarmSaverError(SwarmHeapError):
-    """A thread's checkpoint data is damaged (or names what is not there)."""
-
-
 # A write that finds its thread deleted under it (another thread or process
 # deleted it) starts the thread again, as a write after the delete would.
 _GONE_TRIES = 3
@@ -171,18 +71,6 @@ def _again_if_gone(config: dict[str, Any], write: Callable[..., _R], *args: Any)
     raise SwarmSaverError(
         f"thread {config['configurable']['thread_id']!r} was deleted under each of {_GONE_TRIES} writes"
     )
-
-
-class _Missing(SwarmSaverError):
-    """A record the thread's data names is not there (damage, or a
-    concurrent trim of the thread took it)."""
-
-
-def _delete_if_there(agent: Any, name: str) -> None:
-    try:
-        agent.delete(name)
-    except KeyError:
-        pass  # another writer of the thread removed it first
 
 
 class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
@@ -209,19 +97,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self.keep = keep
         self.kind = kind
         self.store = store
-        # (agent id, generation, entry name) -> (serde bytes, chain depth, the
-        # list it was made from, if the value is a list this saver wrote)
-        self._raws: _Recent[tuple[int, int, str], tuple[bytes, int, Listed | None]] = _Recent(
-            lambda value: len(value[0])
-        )
+        self._rec = ThreadRecords(heap, self.codec)  # the records' codec, and what was last read or written
         self._threads: dict[str, Any] = {}  # thread id -> its Agent, checked by generation on use
-        self._views: dict[int, _ThreadView] = {}  # agent id -> what its entry names say, by index word
-        # (agent id, generation, entry name) -> a checkpoint record's offset,
-        # frame header and serde pair, as this saver wrote or checked it
-        # (a pending write may hold a large value: bounded in bytes as the values are)
-        self._records: _Recent[tuple[int, int, str], tuple[int, bytes, tuple[str, bytes]]] = _Recent(
-            lambda record: len(record[2][1])
-        )
+        self._views: dict[int, ThreadView] = {}  # agent id -> what its entry names say, by index word
         # agent id -> (its generation, (ns, channel) -> the entry name of the
         # channel's newest version here): keyed by the owner slot, so a saver
         # that serves thread after thread holds at most max_owners of these
@@ -262,12 +140,12 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         agent = self._find_agent(thread_id, create)
         if agent is not None:
             agent.restore()
-            if len(self._threads) >= _RAW_CACHE:
+            if len(self._threads) >= RAW_CACHE:
                 self._threads.clear()
             self._threads[thread_id] = agent
         return agent
 
-    def _thread(self, thread_id: str, create: bool) -> tuple[Any, _ThreadView | None]:
+    def _thread(self, thread_id: str, create: bool) -> tuple[Any, ThreadView | None]:
         """The thread's agent, live, and its view (None: no such thread). A
         thread this saver touched last, unchanged since, costs one call into
         the core (its word, if live) and two dict lookups; anything else
@@ -305,172 +183,6 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 return agent
             agent.complete()  # another process made this thread first
 
-    def _pack(self, typed: tuple[str, bytes]) -> bytes:
-        raw = lgvalues.typed_raw(typed)
-        return snapshot.pack(raw, self.codec if len(raw) > SMALL else "none")
-
-    def _unpack(self, blob: bytes) -> tuple[str, bytes]:
-        try:
-            raw = snapshot.unpack(blob)
-            kind, start = lgvalues.type_name(raw)
-            return kind, raw[start:]
-        except (CorruptSnapshot, struct.error, UnicodeDecodeError) as exc:
-            raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
-
-    _typed_raw = staticmethod(lgvalues.typed_raw)
-
-    def _remember_raw(
-        self, key: tuple[int, int, str], raw: bytes, depth: int, listed: Listed | None = None
-    ) -> None:
-        self._raws.remember(key, (raw, depth, listed))
-
-    def _serialized(
-        self, agent: Any, value: Any, base: str | None
-    ) -> tuple[bytes, Splice | None, Listed | None]:
-        """The value's serde bytes (as _typed_raw), the splice that makes
-        them from ``base``'s if it grew from it, and (for a list) what the
-        next put compares with. A list made of the list ``base`` was made
-        from, less some of its front and with new items at its end (the same
-        objects, as add_messages and a trimmed window leave them),
-        serialises only its new items: a msgpack array is a header and its
-        items one after another, so the base's kept items are spliced in as
-        they are and a put costs O(new messages). Items are taken as
-        unchanged while they are the same objects: a message changed in
-        place after a put is not seen (docs/design.md)."""
-        if type(value) is not list:
-            return self._typed_raw(self.serde.dumps_typed(value)), None, None
-        known = self._raws.get((agent.id, agent.generation, base)) if base is not None else None
-        listed = known[2] if known is not None else None
-        if known is not None and listed is not None:
-            dropped = lgvalues.dropped_front(listed[0], value)
-            if dropped is not None and (dropped == 0 or listed[1] is not None):
-                new = value[len(listed[0]) - dropped :]
-                tail = lgvalues.items_bytes(self.serde.dumps_typed, new, want_ends=listed[1] is not None)
-                grown = (
-                    lgvalues.grown(known[0], listed, dropped, tail, len(value)) if tail is not None else None
-                )
-                if grown is not None:
-                    raw, splice, ends = grown
-                    return raw, splice, (value[:], ends)
-            if dropped:  # a window sliding over the list: learn where its items end for the next put
-                items = lgvalues.items_bytes(self.serde.dumps_typed, value, want_ends=True)
-                if items is not None:
-                    raw = self._typed_raw(("msgpack", lgvalues.array_header(len(value)) + items[0]))
-                    return raw, None, (value[:], items[1])
-        return self._typed_raw(self.serde.dumps_typed(value)), None, (value[:], None)
-
-    def _pack_value(
-        self,
-        agent: Any,
-        name: str,
-        raw: bytes,
-        base: str | None,
-        listed: Listed | None,
-        splice: Splice | None = None,
-    ) -> bytes:
-        """A channel value's record: a delta on ``base`` where that pays
-        (``splice`` if the caller knows it), else whole."""
-        key = (agent.id, agent.generation, name)
-        known = self._raws.get((agent.id, agent.generation, base)) if base else None
-        if self.codec == "zstd" and known is not None and known[1] < DELTA_CHAIN - 1 and base is not None:
-            base_b = base.encode()
-            head = _DELTA + _DELTA_HEAD.pack(known[1] + 1, len(base_b)) + base_b
-            self._remember_raw(key, raw, known[1] + 1, listed)
-            delta = lgvalues.splice_record(splice) if splice is not None else lgvalues.delta(known[0], raw)
-            return snapshot.pack(head + delta, "none")
-        self._remember_raw(key, raw, 0, listed)
-        return self._whole(raw)
-
-    def _whole(self, raw: bytes) -> bytes:
-        """A channel value's record holding its serde bytes whole (not a delta)."""
-        return snapshot.pack(_FULL + raw, self.codec, _WHOLE_ZSTD_LEVEL if self.codec == "zstd" else None)
-
-    def _record(self, agent: Any, name: str) -> bytes:
-        try:
-            return snapshot.unpack(agent.read(name))
-        except KeyError:
-            raise SwarmSaverError(f"thread data names {name!r}, which is not there") from None
-        except CorruptSnapshot as exc:
-            raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
-
-    @staticmethod
-    def _delta_parts(record: bytes) -> tuple[int, str, bytes]:
-        depth, n = _DELTA_HEAD.unpack_from(record, 1)
-        start = 1 + _DELTA_HEAD.size
-        return depth, record[start : start + n].decode(), record[start + n :]
-
-    def _value_raw(self, agent: Any, name: str, hops: int = 0) -> bytes:
-        """A channel value's serde bytes, decoding its chain of deltas."""
-        if hops > DELTA_CHAIN:
-            raise SwarmSaverError(f"value {name!r} is in a chain of more than {DELTA_CHAIN} deltas (a loop?)")
-        key = (agent.id, agent.generation, name)
-        hit = self._raws.get(key)
-        if hit is not None:
-            return hit[0]
-        record = self._record(agent, name)
-        try:
-            if record[:1] == _FULL:
-                raw, depth = record[1:], 0
-            elif record[:1] == _DELTA:
-                depth, base, delta = self._delta_parts(record)
-                if depth >= DELTA_CHAIN:
-                    raise SwarmSaverError(f"value {name!r} claims a chain of {depth} deltas")
-                raw = lgvalues.undelta(self._value_raw(agent, base, hops + 1), delta)
-            else:
-                raise SwarmSaverError(f"value {name!r} is neither whole nor a delta")
-        except (struct.error, UnicodeDecodeError, ValueError) as exc:
-            raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
-        except require("zstandard", "compress").ZstdError as exc:
-            raise SwarmSaverError(f"value {name!r} does not decode against its base: {exc}") from None
-        self._remember_raw(key, raw, depth)
-        return raw
-
-    def _value(self, agent: Any, name: str) -> tuple[str, bytes | memoryview]:
-        raw = self._value_raw(agent, name)
-        try:
-            kind, start = lgvalues.type_name(raw)
-            # msgpack (what states are) is read from a view of the serde bytes:
-            # a value is a whole state, and a slice copied it on every read
-            return kind, memoryview(raw)[start:] if kind == "msgpack" else raw[start:]
-        except (struct.error, UnicodeDecodeError) as exc:
-            raise SwarmSaverError(f"value {name!r} is damaged: {exc}") from None
-
-    def _base_of(self, agent: Any, name: str) -> str | None:
-        """The value a delta record is decoded against (None for a whole one)."""
-        try:
-            blob = agent.read(name)
-        except KeyError:
-            return None
-        if snapshot.frame_info(blob)["codec"] != "none":
-            return None  # deltas are framed uncompressed; this one is whole
-        record = snapshot.unpack(blob)
-        return self._delta_parts(record)[1] if record[:1] == _DELTA else None
-
-    def _get(self, agent: Any, name: str, entries: Any = None) -> Any:
-        # A record this saver wrote or checked: the frame header (its checksum
-        # and sizes) is read back from the arena and compared, so a record
-        # rewritten in place, by anyone, is read again; the rest is not.
-        entry = (agent._read_index()[2] if entries is None else entries).get(name)
-        key = (agent.id, agent.generation, name)
-        hit = self._records.get(key)
-        if hit is not None and entry is not None and hit[0] == entry[0]:
-            head = self.heap._owner_read(agent.id, agent.generation, entry[0], len(hit[1]))
-            if head == hit[1]:
-                return self.serde.loads_typed(hit[2])
-        try:
-            blob = agent.read(name)
-        except KeyError:
-            raise _Missing(f"thread data names {name!r}, which is not there") from None
-        typed = self._unpack(blob)
-        if entry is not None:
-            self._remember_record(key, entry[0], blob, typed)
-        return self.serde.loads_typed(typed)
-
-    def _remember_record(
-        self, key: tuple[int, int, str], offset: int, blob: bytes, typed: tuple[str, bytes]
-    ) -> None:
-        self._records.remember(key, (offset, blob[: snapshot.FRAME.size], typed))
-
     # ---- the BaseCheckpointSaver protocol ----
 
     def put(
@@ -503,20 +215,20 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 base = None
             splice = listed = None
             if channel in values:
-                raw, splice, listed = self._serialized(agent, values[channel], base)
+                raw, splice, listed = self._rec.serialized(self.serde, agent, values[channel], base)
             else:
-                raw = self._typed_raw(("empty", b""))
-            items[name] = self._pack_value(agent, name, raw, base, listed, splice)
+                raw = lgvalues.typed_raw(("empty", b""))
+            items[name] = self._rec.pack_value(agent, name, raw, base, listed, splice)
             newest[(ns, channel)] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
-        items[cp_name] = self._pack(typed)
+        items[cp_name] = self._rec.pack(typed)
         offset = self._put_entries_or_gone(agent, items)[cp_name]
-        self._remember_record((agent.id, agent.generation, cp_name), offset, items[cp_name], typed)
+        self._rec.remember_record((agent.id, agent.generation, cp_name), offset, items[cp_name], typed)
         if self.keep is not None:
             try:
-                self._trim(agent, ns, self.keep)
+                lgwalks.trim(self._rec, self.serde, agent, ns, self.keep)
             except StaleBlock:
                 pass  # the thread was deleted after this put wrote: nothing of it is left to trim
         return {
@@ -541,7 +253,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             name = f"w/{ns}/{cid}/{task_id}/{slot}"
             if slot >= 0 and name in names:
                 continue  # a special write already stored: kept, as LangGraph's savers do
-            items[name] = self._pack(self.serde.dumps_typed((task_id, channel, value, task_path, idx)))
+            items[name] = self._rec.pack(self.serde.dumps_typed((task_id, channel, value, task_path, idx)))
         if items:
             self._put_entries_or_gone(agent, items)
 
@@ -586,7 +298,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             for ns in sorted({n.split("/")[1] for n in agent.names() if n.startswith("cp/")}):
                 if ns_wanted is not None and ns != ns_wanted:
                     continue
-                for cid in reversed(self._checkpoint_ids(agent, ns)):
+                for cid in reversed(self._rec.checkpoint_ids(agent, ns)):
                     if (want_id and cid != want_id) or (before_id and cid >= before_id):
                         continue
                     tup = self._tuple(agent, thread_id, ns, cid)
@@ -617,14 +329,16 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             spaces = set()
             for name in [n for n in agent.names() if n.startswith("cp/")]:
                 _, ns, cid = name.split("/", 2)
-                if self._get(agent, name)[1].get("run_id") in runs:
-                    self._drop(agent, ns, cid)
+                if self._rec.get(self.serde, agent, name)[1].get("run_id") in runs:
+                    lgwalks.drop(agent, ns, cid)
                     spaces.add(ns)
             # the values only the dropped checkpoints named go too (they stayed
             # in the arena until the thread went)
             for ns in spaces:
                 names = agent.names()
-                self._drop_unnamed_values(agent, ns, names, self._checkpoint_ids(agent, ns, names))
+                lgwalks.drop_unnamed_values(
+                    self._rec, self.serde, agent, ns, names, self._rec.checkpoint_ids(agent, ns, names)
+                )
 
     def _may_hold_runs(self, thread_id: str, runs: set[str]) -> bool:
         """False if the thread is in the store and none of its checkpoints
@@ -639,7 +353,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             for name, data in state[2]:
                 if name.startswith("cp/"):
                     try:
-                        record = self.serde.loads_typed(self._unpack(bytes(data)))
+                        record = self.serde.loads_typed(self._rec.unpack(bytes(data)))
                     except SwarmSaverError:
                         return True  # damaged: the full path names the error
                     if record[1].get("run_id") in runs:
@@ -664,7 +378,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             agent = self._agent(thread_id, create=False)
             if agent is not None:
                 for ns in {n.split("/")[1] for n in agent.names() if n.startswith("cp/")}:
-                    self._trim(agent, ns, 1)
+                    lgwalks.trim(self._rec, self.serde, agent, ns, 1)
 
     # ---- async: the arena answers without I/O, so these run inline ----
 
@@ -700,16 +414,16 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     # ---- helpers ----
 
-    def _view(self, agent: Any) -> _ThreadView:
+    def _view(self, agent: Any) -> ThreadView:
         word, (_, _, entries) = agent._read_index_word()
         if not word and agent.state != "live":  # offloaded since _agent() looked: its index is in the store
             agent.restore()
             word, (_, _, entries) = agent._read_index_word()
         view = self._views.get(agent.id)
         if view is None or view.generation != agent.generation or view.word != word:
-            if len(self._views) >= _RAW_CACHE:
+            if len(self._views) >= RAW_CACHE:
                 self._views.clear()
-            view = self._views[agent.id] = _ThreadView(agent.generation, word, entries)
+            view = self._views[agent.id] = ThreadView(agent.generation, word, entries)
         view.entries = entries
         return view
 
@@ -729,18 +443,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             del self._views[agent.id]
         return {name: offset for name, offset, _ in named}
 
-    def _checkpoint_ids(self, agent: Any, ns: str, names: Any = None) -> builtins.list[str]:
-        prefix = f"cp/{ns}/"
-        return sorted(
-            n[len(prefix) :]
-            for n in (agent.names() if names is None else names)
-            if n.startswith(prefix) and "/" not in n[len(prefix) :]
-        )
-
-    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: _ThreadView | None = None) -> Any:
+    def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: ThreadView | None = None) -> Any:
         if view is None:
             view = self._view(agent)
-        checkpoint, metadata, parent = self._get(agent, f"cp/{ns}/{cid}", view.entries)
+        checkpoint, metadata, parent = self._rec.get(self.serde, agent, f"cp/{ns}/{cid}", view.entries)
         names = view.names
         values = {}
         newest = self._newest_of(agent)
@@ -748,7 +454,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             name = f"blob/{ns}/{channel}/{version}"
             if name not in names:
                 continue  # a channel with no value at that version
-            typed = self._value(agent, name)
+            typed = self._rec.value(agent, name)
             newest[(ns, channel)] = name
             if typed[0] != "empty":
                 values[channel] = self.serde.loads_typed(typed)
@@ -763,174 +469,22 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             checkpoint={**checkpoint, "channel_values": values},
             metadata=metadata,
             parent_config=parent_config,
-            pending_writes=self._pending_writes(agent, ns, cid, view),
+            pending_writes=self._rec.pending_writes(self.serde, agent, ns, cid, view),
         )
-
-    def _pending_writes(self, agent: Any, ns: str, cid: str, view: _ThreadView) -> builtins.list[Any]:
-        """A checkpoint's pending writes, (task id, channel, value), in the
-        order live execution applied them (writes_sort_key: task path first,
-        a special write by its slot, as it is stored): a DeltaChannel is
-        rebuilt by replaying them, and an order-sensitive reducer rebuilt
-        another value from (task id, index) order."""
-        writes = []
-        for name in view.writes.get((ns, cid), ()):
-            if name in view.names:
-                task_id, channel, value, path, idx = self._get(agent, name, view.entries)
-                key = writes_sort_key(path, task_id, WRITES_IDX_MAP.get(channel, idx))
-                writes.append((key, task_id, channel, value))
-        writes.sort(key=lambda w: w[0])
-        return [(task_id, channel, value) for _, task_id, channel, value in writes]
-
-    def _held_values(
-        self, agent: Any, ns: str, checkpoint: Any, channels: Any, names: Any
-    ) -> builtins.list[tuple[str, tuple[str, bytes | memoryview]]]:
-        """(channel, typed value) for each of ``channels`` that holds a value
-        at ``checkpoint`` (not "empty"): where a delta channel's walk up the
-        parents ends, its seed."""
-        versions = checkpoint["channel_versions"]
-        held = []
-        for channel in [c for c in channels if c in versions]:
-            name = f"blob/{ns}/{channel}/{versions[channel]}"
-            if name in names:
-                typed = self._value(agent, name)
-                if typed[0] != "empty":
-                    held.append((channel, typed))
-        return held
 
     def get_delta_channel_history(self, *, config: dict[str, Any], channels: Sequence[str]) -> Any:
         """For each of ``channels`` (DeltaChannel, beta), the pending writes of
         the checkpoint's ancestors back to the nearest one holding the
-        channel's value, and that value as its seed: what LangGraph's default
-        returns, walking get_tuple. That decoded every channel of every
-        ancestor, up to snapshot_frequency of them at each step; this decodes
-        each ancestor's record and writes, and a value only for a seed."""
+        channel's value, and that value as its seed (lgwalks.delta_history)."""
         if not channels:
             return {}
-        found: dict[str, builtins.list[Any]] = {channel: [] for channel in channels}
-        seeds: dict[str, Any] = {}
         conf = config["configurable"]
         ns = conf.get("checkpoint_ns", "")
         agent, view = self._thread(conf["thread_id"], create=False)
+        cid = None
         if agent is not None and view is not None:
             ids = view.ids.get(ns, [])
             cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
-            cursor = None
-            if cid is not None and f"cp/{ns}/{cid}" in view.names:
-                cursor = self._get(agent, f"cp/{ns}/{cid}", view.entries)[2]
-            remaining = set(channels)
-            while cursor and remaining and f"cp/{ns}/{cursor}" in view.names:
-                checkpoint, _, parent = self._get(agent, f"cp/{ns}/{cursor}", view.entries)
-                for write in reversed(self._pending_writes(agent, ns, cursor, view)):
-                    if write[1] in remaining:
-                        found[write[1]].append(write)
-                for channel, typed in self._held_values(agent, ns, checkpoint, remaining, view.names):
-                    seeds[channel] = self.serde.loads_typed(typed)
-                    remaining.discard(channel)
-                cursor = parent
-        history: dict[str, Any] = {}
-        for channel in channels:
-            history[channel] = {"writes": builtins.list(reversed(found[channel]))}
-            if channel in seeds:
-                history[channel]["seed"] = seeds[channel]
-        return history
-
-    def _drop(self, agent: Any, ns: str, cid: str, names: Any = None) -> None:
-        for name in [
-            n
-            for n in (agent.names() if names is None else names)
-            if n == f"cp/{ns}/{cid}" or n.startswith(f"w/{ns}/{cid}/")
-        ]:
-            _delete_if_there(agent, name)
-
-    def _trim(self, agent: Any, ns: str, keep: int) -> None:
-        # One reading of the names decides, and what another writer of the
-        # thread (a thread or process trimming it too) removed meanwhile is
-        # passed over: two puts of one thread trimming at once failed on the
-        # records and entries the other had dropped, and the second one's
-        # blob pass, reading the names again, deleted a version a checkpoint
-        # put since then names.
-        names = agent.names()
-        ids = self._checkpoint_ids(agent, ns, names)
-        records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
-        kept = self._with_delta_ancestors(agent, ns, ids, ids[-keep:], names, records)
-        for cid in ids:
-            if cid not in kept:
-                self._drop(agent, ns, cid, names)
-        self._drop_unnamed_values(agent, ns, names, sorted(kept), records)
-
-    def _checkpoint_record(self, agent: Any, ns: str, cid: str, records: dict[str, Any]) -> Any:
-        """(checkpoint, metadata, parent id) of a checkpoint, None if it is
-        gone (dropped by another writer of the thread meanwhile)."""
-        if cid not in records:
-            try:
-                records[cid] = self._get(agent, f"cp/{ns}/{cid}")
-            except _Missing:
-                records[cid] = None
-        return records[cid]
-
-    def _with_delta_ancestors(
-        self,
-        agent: Any,
-        ns: str,
-        ids: Sequence[str],
-        kept: Sequence[str],
-        names: Any,
-        records: dict[str, Any],
-    ) -> set[str]:
-        """``kept`` and the ancestors LangGraph reads to rebuild their delta
-        channels (DeltaChannel): from each kept checkpoint up its parent
-        chain, for each channel its metadata counts updates of since a
-        snapshot, to the nearest ancestor that holds the channel's value, as
-        get_delta_channel_history walks. Trimmed without them, such a
-        channel read back empty or short, and no error said so."""
-        present, named = set(ids), set(names)
-        keep = set(kept)
-        walked: dict[str, set[str]] = {}  # checkpoint -> channels a walk through it looked for already
-        for cid in kept:
-            record = self._checkpoint_record(agent, ns, cid, records)
-            if record is None:
-                continue
-            _, metadata, parent = record
-            remaining = set((metadata or {}).get(_DELTA_COUNTERS) or ())
-            while parent and remaining and parent in present:
-                if remaining <= walked.get(parent, set()):
-                    break  # a walk from a newer checkpoint went on from here for these
-                walked.setdefault(parent, set()).update(remaining)
-                keep.add(parent)
-                record = self._checkpoint_record(agent, ns, parent, records)
-                if record is None:
-                    break
-                checkpoint, _, grandparent = record
-                for channel, _ in self._held_values(agent, ns, checkpoint, remaining, named):
-                    remaining.discard(channel)  # its seed: the walk for it ends here
-                parent = grandparent
-        return keep
-
-    def _drop_unnamed_values(
-        self, agent: Any, ns: str, names: Any, kept: Sequence[str], records: dict[str, Any] | None = None
-    ) -> None:
-        """Delete the channel versions of ``ns`` among ``names`` that no
-        checkpoint in ``kept`` names any more (``records``: those decoded already)."""
-        named: set[str] = set()
-        records = {} if records is None else records
-        for cid in kept:
-            record = self._checkpoint_record(agent, ns, cid, records)
-            if record is None:
-                continue  # dropped by a writer that saw newer checkpoints: it names what they keep
-            checkpoint = record[0]
-            named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
-        # a kept delta whose base goes is stored whole first, so that keep=N
-        # bounds the thread (the chain does not hold older versions back)
-        rebased: dict[str, bytes] = {}
-        for name in sorted(named):
-            base = self._base_of(agent, name)
-            if base is not None and base not in named:
-                raw = self._value_raw(agent, name)
-                rebased[name] = self._whole(raw)
-                known = self._raws.get((agent.id, agent.generation, name))
-                self._remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
-        if rebased:
-            agent.put_many(rebased)
-        for name in names:
-            if name.startswith(f"blob/{ns}/") and name not in named:
-                _delete_if_there(agent, name)
+        if agent is None or view is None:
+            return {channel: {"writes": []} for channel in channels}
+        return lgwalks.delta_history(self._rec, self.serde, agent, view, ns, cid, channels)

@@ -15,7 +15,7 @@ from conftest import fill_context
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 
 from _workers import langgraph_resume
-from swarmheap import lgthreads
+from swarmheap import lgthreads, lgvalues
 from swarmheap.langgraph import SwarmSaver, SwarmSaverError
 
 
@@ -120,6 +120,37 @@ def test_thread_ids_are_the_heaps_whatever_the_kind(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_clone_with_an_allowlist_uses_its_own_serde(heap: sh.Heap) -> None:
+    # BaseCheckpointSaver.with_allowlist makes a shallow copy with another
+    # serde (LangGraph does it when a graph names its message types): the
+    # clone's values go through the clone's serde, the original's through its own
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    saver = SwarmSaver(heap, serde=JsonPlusSerializer(allowed_msgpack_modules=None))
+    clone = saver.with_allowlist([("tests", "Nothing")])
+    assert clone is not saver and clone.serde is not saver.serde
+    used: list[str] = []
+    for who, one in (("clone", clone), ("saver", saver)):
+        dumps = one.serde.dumps_typed
+
+        def counted(value: Any, dumps: Any = dumps, who: str = who) -> Any:
+            used.append(who)
+            return dumps(value)
+
+        one.serde.dumps_typed = counted
+    fill(clone, "c", 3)
+    assert used and set(used) == {"clone"}
+    used.clear()
+    fill(saver, "s", 3)
+    assert used and set(used) == {"saver"}
+    for reader in (saver, clone):
+        got = reader.get_tuple({"configurable": {"thread_id": "c"}})
+        assert got.checkpoint["channel_values"] == {"messages": ["m0", "m1", "m2"], "count": 2}
+    saver.delete_thread("c")
+    saver.delete_thread("s")
+    heap.check()
+
+
 def test_keep_bounds_a_thread(heap: sh.Heap) -> None:
     saver = SwarmSaver(heap, keep=2)
     fill(saver, "k", 10)
@@ -144,7 +175,7 @@ def test_two_writers_trimming_one_thread_at_once(heap: sh.Heap, monkeypatch: pyt
     version the second's checkpoint names. Now the thread reads whole."""
     first, second = SwarmSaver(heap, keep=2), SwarmSaver(heap, keep=2)
     cfg = fill(first, "shared", 3)
-    reading = first._checkpoint_ids
+    reading = first._rec.checkpoint_ids
     pending: list[tuple[dict[str, Any], Any]] = []  # the second's put, made inside the first's next trim
 
     def read_then_the_other_puts(agent: Any, ns: str, names: Any = None) -> list[str]:
@@ -155,7 +186,7 @@ def test_two_writers_trimming_one_thread_at_once(heap: sh.Heap, monkeypatch: pyt
             second.put(at, other, metadata, dict(other["channel_versions"]))
         return ids
 
-    monkeypatch.setattr(first, "_checkpoint_ids", read_then_the_other_puts)
+    monkeypatch.setattr(first._rec, "checkpoint_ids", read_then_the_other_puts)
     cp = empty_checkpoint()
     for step in range(3, 6):
         pending.append((cfg, _checkpoint(cp, step * 10 + 1, step * 10 + 1)))
@@ -402,8 +433,8 @@ def test_a_grown_message_list_is_stored_bit_exact(heap: sh.Heap) -> None:
     fresh = SwarmSaver(heap)  # nothing cached: every version decoded from the arena
     for version in (1, 15, 16, 17, 31, 40):
         agent = fresh._agent("chat", create=False)
-        raw = fresh._value_raw(agent, f"blob//messages/{version}")
-        assert raw == fresh._typed_raw(dumps(messages[:version]))
+        raw = fresh._rec.value_raw(agent, f"blob//messages/{version}")
+        assert raw == lgvalues.typed_raw(dumps(messages[:version]))
     got = fresh.get_tuple({"configurable": {"thread_id": "chat"}})
     assert got.checkpoint["channel_values"]["messages"] == messages
     heap.check()
@@ -517,8 +548,8 @@ def test_a_window_sliding_over_a_list_costs_its_new_items(heap: sh.Heap) -> None
     fresh = SwarmSaver(heap)
     agent = fresh._agent("window", create=False)
     for version in range(1, 61):
-        raw = fresh._value_raw(agent, f"blob//items/{version}")
-        assert raw == fresh._typed_raw(dumps(versions[version - 1])), f"version {version}"
+        raw = fresh._rec.value_raw(agent, f"blob//items/{version}")
+        assert raw == lgvalues.typed_raw(dumps(versions[version - 1])), f"version {version}"
     got = fresh.get_tuple({"configurable": {"thread_id": "window"}})
     assert got.checkpoint["channel_values"]["items"] == versions[-1]
     # an item replaced in the middle, or the window emptied, is stored whole and right
@@ -527,7 +558,7 @@ def test_a_window_sliding_over_a_list_costs_its_new_items(heap: sh.Heap) -> None
         (61, []),
     ):
         cfg, cp = _put_list(saver, cfg, cp, step, value)
-        assert fresh._value_raw(agent, f"blob//items/{step + 1}") == fresh._typed_raw(dumps(value))
+        assert fresh._rec.value_raw(agent, f"blob//items/{step + 1}") == lgvalues.typed_raw(dumps(value))
     saver.delete_thread("window")
     heap.check()
 
@@ -548,10 +579,10 @@ def test_a_record_rewritten_elsewhere_is_read_again(heap: sh.Heap) -> None:
 
 def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
     # a long thread's message list is large: the saver keeps at most
-    # _RAW_CACHE_BYTES of serde bytes, and reads what it dropped from the arena
-    import swarmheap.langgraph as lg
+    # RAW_CACHE_BYTES of serde bytes, and reads what it dropped from the arena
+    from swarmheap import lgview
 
-    monkeypatch.setattr(lg, "_RAW_CACHE_BYTES", 64 << 10)
+    monkeypatch.setattr(lgview, "RAW_CACHE_BYTES", 64 << 10)
     saver = SwarmSaver(heap)
     cfg: dict[str, Any] = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
     cp = empty_checkpoint()
@@ -564,12 +595,12 @@ def test_the_value_cache_is_bounded_in_bytes(heap: sh.Heap, monkeypatch: pytest.
         cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": step + 1})
         saver.put_writes(cfg, [("messages", messages)], task_id="t")  # a large pending write
         saver.get_tuple(cfg)
-        records = sum(len(typed[1]) for _, _, typed in saver._records.values())
-        assert records == saver._records.nbytes
-        assert records <= max(64 << 10, max(len(typed[1]) for _, _, typed in saver._records.values()))
-        held = sum(len(raw) for raw, _, _ in saver._raws.values())
-        assert held == saver._raws.nbytes
-        assert held <= max(64 << 10, max(len(raw) for raw, _, _ in saver._raws.values()))
+        records = sum(len(typed[1]) for _, _, typed in saver._rec.records.values())
+        assert records == saver._rec.records.nbytes
+        assert records <= max(64 << 10, max(len(typed[1]) for _, _, typed in saver._rec.records.values()))
+        held = sum(len(raw) for raw, _, _ in saver._rec.raws.values())
+        assert held == saver._rec.raws.nbytes
+        assert held <= max(64 << 10, max(len(raw) for raw, _, _ in saver._rec.raws.values()))
     history = list(saver.list({"configurable": {"thread_id": "long"}}))
     assert [len(h.checkpoint["channel_values"]["messages"]) for h in history] == list(range(40, 0, -1))
     assert history[-1].checkpoint["channel_values"]["messages"] == [f"{0:04d}" * 500]

@@ -1,0 +1,160 @@
+"""Walks of a thread's checkpoints: which ones keep=N and prune keep (the
+newest, and the ancestors their delta channels are rebuilt from), dropping
+the rest and the channel versions no kept checkpoint names, and the
+history of delta channels (get_delta_channel_history)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from swarmheap.lgrecords import ThreadRecords, delete_if_there
+from swarmheap.lgview import ThreadView
+
+__all__ = ["DELTA_COUNTERS", "delta_history", "drop", "drop_unnamed_values", "trim", "with_delta_ancestors"]
+
+# Where LangGraph (DeltaChannel, beta) records, per checkpoint, the delta
+# channels with updates since their last snapshot: their value is rebuilt
+# from the ancestors' writes back to that snapshot
+DELTA_COUNTERS = "counters_since_delta_snapshot"
+
+
+def drop(agent: Any, ns: str, cid: str, names: Any = None) -> None:
+    for name in [
+        n
+        for n in (agent.names() if names is None else names)
+        if n == f"cp/{ns}/{cid}" or n.startswith(f"w/{ns}/{cid}/")
+    ]:
+        delete_if_there(agent, name)
+
+
+def trim(rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int) -> None:
+    # One reading of the names decides, and what another writer of the
+    # thread (a thread or process trimming it too) removed meanwhile is
+    # passed over: two puts of one thread trimming at once failed on the
+    # records and entries the other had dropped, and the second one's
+    # blob pass, reading the names again, deleted a version a checkpoint
+    # put since then names.
+    names = agent.names()
+    ids = rec.checkpoint_ids(agent, ns, names)
+    records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
+    kept = with_delta_ancestors(rec, serde, agent, ns, ids, ids[-keep:], names, records)
+    for cid in ids:
+        if cid not in kept:
+            drop(agent, ns, cid, names)
+    drop_unnamed_values(rec, serde, agent, ns, names, sorted(kept), records)
+
+
+def with_delta_ancestors(
+    rec: ThreadRecords,
+    serde: Any,
+    agent: Any,
+    ns: str,
+    ids: Sequence[str],
+    kept: Sequence[str],
+    names: Any,
+    records: dict[str, Any],
+) -> set[str]:
+    """``kept`` and the ancestors LangGraph reads to rebuild their delta
+    channels (DeltaChannel): from each kept checkpoint up its parent
+    chain, for each channel its metadata counts updates of since a
+    snapshot, to the nearest ancestor that holds the channel's value, as
+    get_delta_channel_history walks. Trimmed without them, such a
+    channel read back empty or short, and no error said so."""
+    present, named = set(ids), set(names)
+    keep = set(kept)
+    walked: dict[str, set[str]] = {}  # checkpoint -> channels a walk through it looked for already
+    for cid in kept:
+        record = rec.checkpoint_record(serde, agent, ns, cid, records)
+        if record is None:
+            continue
+        _, metadata, parent = record
+        remaining = set((metadata or {}).get(DELTA_COUNTERS) or ())
+        while parent and remaining and parent in present:
+            if remaining <= walked.get(parent, set()):
+                break  # a walk from a newer checkpoint went on from here for these
+            walked.setdefault(parent, set()).update(remaining)
+            keep.add(parent)
+            record = rec.checkpoint_record(serde, agent, ns, parent, records)
+            if record is None:
+                break
+            checkpoint, _, grandparent = record
+            for channel, _ in rec.held_values(agent, ns, checkpoint, remaining, named):
+                remaining.discard(channel)  # its seed: the walk for it ends here
+            parent = grandparent
+    return keep
+
+
+def drop_unnamed_values(
+    rec: ThreadRecords,
+    serde: Any,
+    agent: Any,
+    ns: str,
+    names: Any,
+    kept: Sequence[str],
+    records: dict[str, Any] | None = None,
+) -> None:
+    """Delete the channel versions of ``ns`` among ``names`` that no
+    checkpoint in ``kept`` names any more (``records``: those decoded already)."""
+    named: set[str] = set()
+    records = {} if records is None else records
+    for cid in kept:
+        record = rec.checkpoint_record(serde, agent, ns, cid, records)
+        if record is None:
+            continue  # dropped by a writer that saw newer checkpoints: it names what they keep
+        checkpoint = record[0]
+        named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
+    # a kept delta whose base goes is stored whole first, so that keep=N
+    # bounds the thread (the chain does not hold older versions back)
+    rebased: dict[str, bytes] = {}
+    for name in sorted(named):
+        base = rec.base_of(agent, name)
+        if base is not None and base not in named:
+            raw = rec.value_raw(agent, name)
+            rebased[name] = rec.whole(raw)
+            known = rec.raws.get((agent.id, agent.generation, name))
+            rec.remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
+    if rebased:
+        agent.put_many(rebased)
+    for name in names:
+        if name.startswith(f"blob/{ns}/") and name not in named:
+            delete_if_there(agent, name)
+
+
+def delta_history(
+    rec: ThreadRecords,
+    serde: Any,
+    agent: Any,
+    view: ThreadView,
+    ns: str,
+    cid: str | None,
+    channels: Sequence[str],
+) -> dict[str, Any]:
+    """For each of ``channels`` (DeltaChannel, beta), the pending writes of
+    checkpoint ``cid``'s ancestors back to the nearest one holding the
+    channel's value, and that value as its seed: what LangGraph's default
+    get_delta_channel_history returns, walking get_tuple. That decoded every
+    channel of every ancestor, up to snapshot_frequency of them at each
+    step; this decodes each ancestor's record and writes, and a value only
+    for a seed."""
+    found: dict[str, list[Any]] = {channel: [] for channel in channels}
+    seeds: dict[str, Any] = {}
+    cursor = None
+    if cid is not None and f"cp/{ns}/{cid}" in view.names:
+        cursor = rec.get(serde, agent, f"cp/{ns}/{cid}", view.entries)[2]
+    remaining = set(channels)
+    while cursor and remaining and f"cp/{ns}/{cursor}" in view.names:
+        checkpoint, _, parent = rec.get(serde, agent, f"cp/{ns}/{cursor}", view.entries)
+        for write in reversed(rec.pending_writes(serde, agent, ns, cursor, view)):
+            if write[1] in remaining:
+                found[write[1]].append(write)
+        for channel, typed in rec.held_values(agent, ns, checkpoint, remaining, view.names):
+            seeds[channel] = serde.loads_typed(typed)
+            remaining.discard(channel)
+        cursor = parent
+    history: dict[str, Any] = {}
+    for channel in channels:
+        history[channel] = {"writes": list(reversed(found[channel]))}
+        if channel in seeds:
+            history[channel]["seed"] = seeds[channel]
+    return history
