@@ -36,6 +36,7 @@ from swarmheap.errors import (
     AdmissionDenied,
     AdmissionTimeout,
     AgentStateError,
+    PartitionFull,
     StaleBlock,
     StoreFull,
     StoreUnavailable,
@@ -175,4 +176,6 @@ def _make_room(heap: Heap, need: int, admitting: int) -> bool:
             freed += heap._agent_at(agent_id, generation).offload(store)["total_bytes"]
         except (AgentStateError, StaleBlock, StoreUnavailable, StoreFull):
             continue
+        except PartitionFull:
+            break  # no room in `system` for the registry entry an offload writes: none will go
     return freed > 0

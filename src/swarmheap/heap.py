@@ -188,6 +188,7 @@ class Heap(CoreHeap):
         # both orders
         self._moving_lock = threading.RLock()
         self._kind_names: dict[int, str] = {}  # kind id -> name, as kinds.name_kind/kind_of learned them
+        self._kinds_unpublished: set[int] = set()  # kind ids name_kind could not write for want of room
         self._registry_shards: RegistryCache = {}  # the registry's shards as this process last decoded them
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
@@ -242,7 +243,9 @@ class Heap(CoreHeap):
         if kid is None:  # a kind's first spawn in this process: checked and named once
             check_kind(kind)
             kinds.name_kind(self, kind)
-            kid = self._spawned_kinds[kind] = kind_id(kind)
+            kid = kind_id(kind)
+            if kid not in self._kinds_unpublished:  # else named at a later spawn, when `system` has room
+                self._spawned_kinds[kind] = kid
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
         mode, limit = admission.default(self)  # the heap's; an explicit admit= takes its limit
         if not isinstance(admit, _Default):
@@ -595,7 +598,7 @@ class Heap(CoreHeap):
                 # young sweeps run every few dozen agents: folding this
                 # process's samples in at each (a registry swap) cost more
                 # than the agents did; note() folds every FLUSH_EVERY anyway
-                self._predictor.flush()
+                self._predictor.flush_unless_full()
             result = collect(self, generation)
             result.offloaded = self._apply_offload_policy()
         finally:

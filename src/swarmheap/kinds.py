@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from swarmheap import index
+from swarmheap.errors import PartitionFull
 from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
@@ -19,15 +20,23 @@ __all__ = ["kind_of", "name_kind"]
 
 
 def name_kind(heap: Heap, kind: str) -> None:
-    """Make ``kind``'s name findable by its id from any process (once per process and kind)."""
+    """Make ``kind``'s name findable by its id from any process (once per
+    process and kind). With no room in `system` for the registry's copy,
+    this process knows the name and the next spawn of the kind tries
+    again: a spawn does not fail for it."""
     kid = index.kind_id(kind)
-    if heap._kind_names.get(kid) == kind:
+    if heap._kind_names.get(kid) == kind and kid not in heap._kinds_unpublished:
         return
+    heap._kind_names[kid] = kind
     registry = Registry(heap)
     key = f"kind/{kid}"
-    if registry.get(key) is None:
-        registry.swap(key, None, kind.encode())  # lost to another process naming it: the same name
-    heap._kind_names[kid] = kind
+    try:
+        if registry.get(key) is None:
+            registry.swap(key, None, kind.encode())  # lost to another process naming it: the same name
+    except PartitionFull:
+        heap._kinds_unpublished.add(kid)
+        return
+    heap._kinds_unpublished.discard(kid)
 
 
 def kind_of(heap: Heap, agent_id: int, generation: int, kid: int | None = None) -> str:

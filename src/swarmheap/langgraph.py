@@ -27,6 +27,7 @@ compress="zstd", keep=None, kind="langgraph")`` (the ``langgraph`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -314,9 +315,23 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         # and bringing it back first could fail for want of room (PartitionFull)
         agent = self._find_agent(thread_id, create=False)
         self._threads.pop(thread_id, None)
-        Registry(self.heap).remove(lgthreads.key(thread_id))
+        key = lgthreads.key(thread_id)
+        registry = Registry(self.heap)
+        try:
+            registry.remove(key)
+            named = None
+        except PartitionFull:
+            # no room in `system` for the registry's copy of the name's shard:
+            # the thread goes all the same (deleting threads is how a full
+            # heap makes room), its name after its memory, if the name is
+            # still its own; a name left naming a recycled agent reads as no
+            # thread (as a swept thread's does) until a put starts it again
+            named = lgthreads.encode(agent.id, agent.generation) if agent is not None else None
         if agent is not None and agent.state in ("live", "offloaded", "restoring"):
             agent.complete()  # the thread's memory back in one recycle (an offloaded one's blob too)
+        if named is not None:
+            with contextlib.suppress(PartitionFull):
+                registry.remove_if(key, named)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         runs = set(run_ids)

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from swarmheap._core import PARTITIONS
-from swarmheap.errors import AgentStateError, StaleBlock, StoreFull, StoreUnavailable
+from swarmheap.errors import AgentStateError, PartitionFull, StaleBlock, StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
@@ -59,7 +59,8 @@ def relieve(heap: Heap, policy: Any, at_least: int = 0) -> int:
         try:
             heap._agent_at(agent_id, generation).offload(policy.store)
             moved += 1
-        except (StoreUnavailable, StoreFull) as exc:
+        except (StoreUnavailable, StoreFull, PartitionFull) as exc:
+            # PartitionFull: no room in `system` for the registry entry that says where the agent went
             log.warning("swarmheap: offload to %s failed, retried later: %s", policy.store.url, exc)
             break
         except (AgentStateError, StaleBlock):

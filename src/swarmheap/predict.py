@@ -21,6 +21,7 @@ MAX_KINDS kinds are kept; beyond that the least recently updated goes.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import struct
@@ -35,12 +36,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from swarmheap._core import CLASS_SLOTS, PARTITIONS, USAGE_ROW
-from swarmheap.errors import SwarmHeapError
+from swarmheap.errors import PartitionFull, SwarmHeapError
 from swarmheap.registry import Registry
 from swarmheap.sizes import format_size, mix_label
 
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
+
+log = logging.getLogger("swarmheap")
 
 __all__ = ["Model", "Prediction", "Predictor"]
 
@@ -54,6 +57,9 @@ _HALF_LIFE_NAME = "predict/half_life"  # registry: the heap's half-life, if one 
 CONFIDENT = 20  # samples before a prediction is trusted
 MAX_KINDS = 128
 FLUSH_EVERY = 256  # a flush is a registry swap (tens of microseconds): amortised over this many agents
+# samples of a kind kept (the newest) while flushes find no room in `system`
+# for the model's new block: a full partition must not grow them without end
+MAX_PENDING = 4 * FLUSH_EVERY
 # magic, version, nbuckets, half_life, weight base, total weight, count, updated, last peak (context)
 _HEADER = struct.Struct("<4sHHdddQdd")
 _MAGIC = b"SHPM"
@@ -320,6 +326,7 @@ class Predictor:
         self.pending_lock = threading.Lock()
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
+        self.full_reported = False  # a full `system` is logged once, not at every completion
         _LIVE.add(self)
         _flush_at_exit()
 
@@ -331,6 +338,21 @@ class Predictor:
                 self.flush()
             except SwarmHeapError:
                 pass
+
+    def flush_unless_full(self) -> None:
+        """flush(), for completions and sweeps: with no room in `system` for
+        a model's new block, the model stays as it was and the samples wait
+        for the next flush (the newest MAX_PENDING of a kind). A complete()
+        raised PartitionFull after its agent had been recycled, and a full
+        sweep, the way out of a full heap, failed for want of room."""
+        try:
+            self.flush()
+        except PartitionFull as exc:
+            if not self.full_reported:
+                log.warning("swarmheap: the usage models wait for room in 'system' to be updated: %s", exc)
+                self.full_reported = True
+            return
+        self.full_reported = False
 
     def forget_pending(self) -> None:
         """Drop the unflushed samples: a forked child's copy of its parent's."""
@@ -352,7 +374,7 @@ class Predictor:
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
         if self.npending >= FLUSH_EVERY:
-            self.flush()
+            self.flush_unless_full()
         elif waiting >= CONFIDENT:
             # read the kind's model once (it may be confident already, from
             # other processes or earlier flushes): flushing every CONFIDENT
@@ -362,7 +384,7 @@ class Predictor:
             if cached is None:
                 cached = self.cached(kind)
             if not cached.confident:
-                self.flush()
+                self.flush_unless_full()
 
     def set_half_life(self, half_life: float) -> None:
         """The heap's half-life, in agents, for every process's next fold."""
@@ -404,8 +426,11 @@ class Predictor:
                 with self.pending_lock:
                     for kind, samples in taken.items():
                         if kind not in folded:
-                            self.pending[kind][:0] = samples
-                            self.npending += len(samples)
+                            kept = self.pending[kind]
+                            kept[:0] = samples
+                            dropped = max(len(kept) - MAX_PENDING, 0)
+                            del kept[:dropped]  # the oldest go: the model follows the newest
+                            self.npending += len(samples) - dropped
         self.cache.clear()
         self.plans.clear()
         self._evict(registry)
@@ -422,8 +447,9 @@ class Predictor:
             registry.remove(name)
 
     def predict(self, kind: str) -> Prediction:
-        """The kind's model as the heap holds it, this process's samples folded in first."""
-        self.flush()
+        """The kind's model as the heap holds it, this process's samples
+        folded in first (if `system` has room for them: a read never fails for want of it)."""
+        self.flush_unless_full()
         return self._read(kind)
 
     def _read(self, kind: str) -> Prediction:

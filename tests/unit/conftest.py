@@ -30,6 +30,18 @@ def fill_context(heap: sh.Heap) -> sh.Agent:
     return filler
 
 
+def fill_system(heap: sh.Heap) -> list[sh.Block]:
+    """Blocks of one size class after another in `system` until it has no
+    page left: a heap whose bookkeeping (the registry, usage models,
+    indexes) finds no room for a block of a new size."""
+    held, size = [], 16
+    with pytest.raises(sh.PartitionFull):
+        while True:
+            held.append(heap.alloc(size, "system"))
+            size += 16
+    return held
+
+
 def _leftovers() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(PREFIX)}
 

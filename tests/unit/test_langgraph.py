@@ -11,7 +11,7 @@ import pytest
 import swarmheap as sh
 
 pytest.importorskip("langgraph.checkpoint.base")
-from conftest import fill_context
+from conftest import fill_context, fill_system
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 
 from _workers import langgraph_resume
@@ -148,6 +148,27 @@ def test_a_clone_with_an_allowlist_uses_its_own_serde(heap: sh.Heap) -> None:
         assert got.checkpoint["channel_values"] == {"messages": ["m0", "m1", "m2"], "count": 2}
     saver.delete_thread("c")
     saver.delete_thread("s")
+    heap.check()
+
+
+def test_a_thread_is_deleted_while_system_has_no_room(heap: sh.Heap) -> None:
+    # deleting threads is how a full heap makes room: the registry's removal
+    # of the thread's name writes a copy of its shard into `system`, and
+    # with no room there delete_thread raised PartitionFull and kept the thread
+    saver = SwarmSaver(heap)
+    fill(saver, "old", 3)
+    fill(saver, "kept", 2)
+    in_use = heap.stats()["partitions"]["context"]["in_use"]
+    held = fill_system(heap)
+    saver.delete_thread("old")
+    assert saver.get_tuple({"configurable": {"thread_id": "old"}}) is None
+    assert {t.config["configurable"]["thread_id"] for t in saver.list(None)} == {"kept"}
+    assert heap.stats()["partitions"]["context"]["in_use"] < in_use
+    for blk in held:
+        blk.free()
+    assert SwarmSaver(heap).get_tuple({"configurable": {"thread_id": "old"}}) is None
+    fill(saver, "old", 1)  # the name starts a new thread
+    assert len(list(saver.list({"configurable": {"thread_id": "old"}}))) == 1
     heap.check()
 
 

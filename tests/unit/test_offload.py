@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import fill_context
+from conftest import fill_context, fill_system
 
 import _workers
 import swarmheap as sh
@@ -1633,3 +1633,45 @@ def test_concurrent_index_updates_free_each_replaced_block_once() -> None:
     agent.complete()
     heap.check()
     heap.close()
+
+
+def test_the_policy_logs_and_waits_while_system_has_no_room(
+    heap: sh.Heap, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an offload first writes the registry entry that says where the agent
+    # goes, into `system`: with no room there the policy raised PartitionFull
+    # out of the sweep; it logs, keeps the agent, and tries again later
+    heap.set_offload_policy(SQLiteStore(tmp_path / "s.db"), min_idle=0.0)
+    idle = heap.spawn("idle")
+    idle.put("v", b"v" * (1 << 20))
+    held = fill_system(heap)
+    filler = fill_context(heap)
+    assert idle.state == "live"
+    heap.collect(2)
+    assert idle.state == "live" and "retried later" in caplog.text
+    heap.check()
+    for blk in held:
+        blk.free()
+    heap.collect(2)
+    assert idle.state == "offloaded"
+    filler.complete()
+    assert idle.read("v") == b"v" * (1 << 20)
+    heap.check()
+
+
+def test_a_new_kind_spawns_while_system_has_no_room_and_is_named_later(named: sh.Heap) -> None:
+    # a kind's name goes into the registry at its first spawn (so that any
+    # process names an agent without an index): with no room in `system`
+    # that spawn raised PartitionFull; the name now waits for a later spawn
+    held = fill_system(named)
+    first = named.spawn("newcomer")
+    assert first.kind == "newcomer"
+    for blk in held:
+        blk.free()
+    second = named.spawn("newcomer")
+    with sh.Heap.attach(named.name) as other:  # its own caches: it reads the registry
+        kinds = {o["kind"] for o in other.stats()["owners"] if o["id"] in (first.id, second.id)}
+    assert kinds == {"newcomer"}
+    first.complete()
+    second.complete()
+    named.check()

@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import pytest
+from conftest import fill_system
 
 import swarmheap as sh
 from _workers import (
@@ -20,6 +21,7 @@ from _workers import (
     spawn_by_default,
     wait_admission,
 )
+from swarmheap.predict import CONFIDENT
 from swarmheap.stores import SQLiteStore
 
 
@@ -28,6 +30,29 @@ def teach(heap: sh.Heap, kind: str, count: int, size: int) -> None:
         agent = heap.spawn(kind, reserve=False)
         agent.alloc(size)
         agent.complete()
+
+
+def test_completions_and_sweeps_go_on_while_system_has_no_room_for_the_model(
+    heap: sh.Heap, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a complete() folds the samples in once a kind has enough for a
+    # prediction, and a full sweep folds them too: both wrote the kind's model
+    # into `system` and raised PartitionFull when it had no room, the first
+    # after its agent had been recycled, the second instead of sweeping
+    agents = [heap.spawn("worker", reserve=False) for _ in range(CONFIDENT + 5)]
+    held = fill_system(heap)
+    for agent in agents:
+        agent.complete()
+        assert agent.state == "gone"
+    heap.collect(2)
+    assert heap.predict("worker").samples == 0  # the model waits, nothing is lost
+    assert "wait for room in 'system'" in caplog.text
+    heap.check()
+    for blk in held:
+        blk.free()
+    heap.collect(2)
+    assert heap.predict("worker").samples == len(agents)
+    heap.check()
 
 
 def test_no_samples_predicts_nothing(heap: sh.Heap) -> None:
