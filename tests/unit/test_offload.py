@@ -1675,3 +1675,26 @@ def test_a_new_kind_spawns_while_system_has_no_room_and_is_named_later(named: sh
     first.complete()
     second.complete()
     named.check()
+
+
+def test_a_restore_is_done_though_system_has_no_room_to_drop_its_entry(heap: sh.Heap, tmp_path: Any) -> None:
+    # the agent's entries went back (its index fits where its old one was)
+    # and its blob was taken; the registry's removal of its offload entry
+    # then found no room in `system` and the touch raised PartitionFull
+    # with the agent live: the entry now stays for a later sweep
+    store = SQLiteStore(tmp_path / "s.db")
+    agent = heap.spawn("k")
+    agent.put("x", b"c" * 5000)
+    agent.offload(store)
+    held = fill_system(heap)
+    assert agent.read("x") == b"c" * 5000
+    assert agent.state == "live" and heap.stats()["offloaded"] == []
+    heap.check()
+    for blk in held:
+        blk.free()
+    agent.offload(store)  # again: its new entry replaces the one left
+    assert agent.read("x") == b"c" * 5000
+    agent.complete()
+    heap.collect(2)
+    assert store.keys("swarmheap/agent/") == []
+    heap.check()
