@@ -88,6 +88,20 @@ cdef enum:
     SYSTEM_PAGES_NEEDED = 7
 
 
+# The default page size follows the heap's size: 64 KiB from 40 MiB up, and
+# below that the largest power of two (4 KiB at least) that leaves `system`,
+# a tenth of the heap, 64 pages. Each size class of each bookkeeping owner
+# (indexes, the registry) takes a page there, and an 8 MiB heap of 64 KiB
+# pages has 7 to spare: spawning agents of 7 kinds with a few entries each,
+# the 5th spawn found `system` full (16 KiB pages: all 162 the owner table
+# holds; measured 2026-12-06).
+cdef uint32_t _default_page_size(uint64_t nbytes):
+    cdef uint32_t page = 65536
+    while page > 4096 and <uint64_t>page * 640 > nbytes:
+        page >>= 1
+    return page
+
+
 cdef int _options(sh_options_t *opts, object ratios, object page_size, object max_owners,
                   object max_threads) except -1:
     sh_options_init(opts)
@@ -111,7 +125,7 @@ cdef int _options(sh_options_t *opts, object ratios, object page_size, object ma
                 raise ValueError(f"ratio of {key!r} must be above 0 and below 1, not {share!r}")
             opts.ratios[_PART_INDEX[key]] = value
     if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise TypeError("page_size must be an int")
+        raise TypeError("page_size must be an int (bytes, a power of two) or None (one from the size)")
     if not 0 < page_size < 2**32:
         raise ValueError(f"page size {page_size} must be a power of two from 4096 to 8 MiB")
     opts.page_size = page_size

@@ -160,22 +160,25 @@ cdef class _Arena:
         self.arena = NULL
 
     @classmethod
-    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=65536, max_owners=0, max_threads=0,
+    def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=None, max_owners=0, max_threads=0,
                path=None):
         """Create an arena of ``size`` bytes (an int or "1 GiB"). ``name=None``
         gives a private arena; a name gives shared memory other processes can
         ``attach``; ``path`` maps a regular file (mode 0600) instead, which may
         be larger than RAM and outlives its processes (close() keeps it).
         ``ratios`` maps the four partitions (context, shared, comm, system) to
-        shares above 0 summing to 1. ``max_threads`` is how many threads,
+        shares above 0 summing to 1. ``page_size`` None picks one from the
+        size: 64 KiB from 40 MiB up, smaller below so that ``system`` keeps
+        64 pages for the heap's records. ``max_threads`` is how many threads,
         across all processes, get a cache in the arena at once (0 picks one
         from the size); later threads take the slower uncached path. A heap
-        too small to keep its own records in ``system`` (under 6 MiB at the
-        default page size and ratios) raises ValueError naming the size that
-        would do."""
+        too small to keep its own records in ``system`` raises ValueError
+        naming the size that would do."""
         cdef sh_options_t opts
         cdef sh_arena_t *arena = NULL
         cdef uint64_t nbytes = parse_size(size)
+        if page_size is None:
+            page_size = _default_page_size(nbytes)
         cdef bytes cname = None
         cdef const char *cname_p = NULL
         cdef int rc

@@ -128,7 +128,7 @@ _EVENTS = _LayerEvents()
 
 class Heap(CoreHeap):
     """An arena. ``Heap.create(name=None, size="64 MiB", *, ratios=None,
-    page_size=65536, max_owners=0, max_threads=0)`` makes one (``name=None``: private; a
+    page_size=None, max_owners=0, max_threads=0)`` makes one (``name=None``: private; a
     name: shared memory), ``Heap.attach(name)`` maps one another process
     made. Use as a context manager: a heap created by name is unlinked on exit."""
 
@@ -142,7 +142,7 @@ class Heap(CoreHeap):
         size: int | str = "64 MiB",
         *,
         ratios: Mapping[str, float] | None = None,
-        page_size: int = 65536,
+        page_size: int | None = None,
         max_owners: int = 0,
         max_threads: int = 0,
         path: str | os.PathLike[str] | None = None,

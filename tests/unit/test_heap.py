@@ -296,8 +296,36 @@ def test_good_size(heap: sh.Heap) -> None:
     assert heap.good_size("100 KiB") % heap.info()["page_size"] == 0
 
 
-def test_mid_size_blocks_share_pages(heap: sh.Heap) -> None:
+def test_mid_size_blocks_share_pages() -> None:
     # classes reach half a page: three 20 KB blocks on one 64 KiB page, not three pages
+    with sh.Heap.create(size="16 MiB", page_size=65536) as heap:
+        _mid_size_blocks_share_pages(heap)
+
+
+def test_the_default_page_size_follows_the_heap_size() -> None:
+    # 64 KiB pages from 40 MiB up; below, smaller ones leave `system` 64
+    # pages: with 64 KiB pages an 8 MiB heap had 7 to spare, and spawning
+    # agents of seven kinds found it full at the 5th
+    for size, page in (("4 MiB", 4096), ("8 MiB", 8192), ("16 MiB", 16384), ("64 MiB", 65536)):
+        with sh.Heap.create(size=size) as heap:
+            assert heap.page_size == page
+            system = heap.stats()["partitions"]["system"]
+            assert system["pages_total"] >= 32  # 64 KiB pages: 10 at 8 MiB, 6 at 4 MiB (too few to create)
+    with sh.Heap.create(size="8 MiB") as heap:
+        agents = []
+        for i in range(100):
+            agent = heap.spawn(f"kind{i % 7}")
+            for j in range(i % 8 + 1):
+                agent.put(f"entry-{j}", bytes(24 * (j + 1) + i))
+            agents.append(agent)
+        for agent in agents:
+            agent.complete()
+        heap.check()
+    with pytest.raises(TypeError, match="page_size"):
+        sh.Heap.create(size="8 MiB", page_size="big")  # type: ignore[arg-type]
+
+
+def _mid_size_blocks_share_pages(heap: sh.Heap) -> None:
     page = heap.page_size
     assert heap.good_size(20_000) == 20 * 1024 and heap.good_size(page // 2) == page // 2
     assert heap.good_size(page // 2 + 1) == page  # above half a page: a run of whole pages
