@@ -1641,7 +1641,13 @@ def test_the_policy_logs_and_waits_while_system_has_no_room(
     # an offload first writes the registry entry that says where the agent
     # goes, into `system`: with no room there the policy raised PartitionFull
     # out of the sweep; it logs, keeps the agent, and tries again later
-    heap.set_offload_policy(SQLiteStore(tmp_path / "s.db"), min_idle=0.0)
+    with SQLiteStore(tmp_path / "s.db") as store:
+        heap.set_offload_policy(store, min_idle=0.0)
+        _offload_waits_for_room(heap, caplog)
+        heap.set_offload_policy(None)
+
+
+def _offload_waits_for_room(heap: sh.Heap, caplog: pytest.LogCaptureFixture) -> None:
     idle = heap.spawn("idle")
     idle.put("v", b"v" * (1 << 20))
     held = fill_system(heap)
@@ -1682,7 +1688,11 @@ def test_a_restore_is_done_though_system_has_no_room_to_drop_its_entry(heap: sh.
     # and its blob was taken; the registry's removal of its offload entry
     # then found no room in `system` and the touch raised PartitionFull
     # with the agent live: the entry now stays for a later sweep
-    store = SQLiteStore(tmp_path / "s.db")
+    with SQLiteStore(tmp_path / "s.db") as store:
+        _restore_is_done(heap, store)
+
+
+def _restore_is_done(heap: sh.Heap, store: Store) -> None:
     agent = heap.spawn("k")
     agent.put("x", b"c" * 5000)
     agent.offload(store)
