@@ -327,6 +327,9 @@ class Predictor:
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
         self.full_reported = False  # a full `system` is logged once, not at every completion
+        # completions to go before note() tries a flush again after one found
+        # no room: each try decodes and encodes the models, on every complete()
+        self.backoff = 0
         _LIVE.add(self)
         _flush_at_exit()
 
@@ -351,8 +354,10 @@ class Predictor:
             if not self.full_reported:
                 log.warning("swarmheap: the usage models wait for room in 'system' to be updated: %s", exc)
                 self.full_reported = True
+            self.backoff = FLUSH_EVERY
             return
         self.full_reported = False
+        self.backoff = 0
 
     def forget_pending(self) -> None:
         """Drop the unflushed samples: a forked child's copy of its parent's."""
@@ -371,6 +376,9 @@ class Predictor:
             pending.append(row)
             self.npending += 1
             waiting = len(pending)
+        if self.backoff:
+            self.backoff -= 1
+            return
         # every FLUSH_EVERY agents; and as soon as a kind this process has no
         # confident prediction for has enough samples to make one
         if self.npending >= FLUSH_EVERY:

@@ -41,9 +41,20 @@ def test_completions_and_sweeps_go_on_while_system_has_no_room_for_the_model(
     # after its agent had been recycled, the second instead of sweeping
     agents = [heap.spawn("worker", reserve=False) for _ in range(CONFIDENT + 5)]
     held = fill_system(heap)
+    flush, tries = heap._predictor.flush, []
+
+    def counted() -> None:
+        tries.append(1)
+        flush()
+
+    heap._predictor.flush = counted  # type: ignore[method-assign]
     for agent in agents:
         agent.complete()
         assert agent.state == "gone"
+    # one try found no room; the completions after it do not each try again
+    # (a try decodes and encodes the model: every complete() paid it)
+    assert len(tries) == 1
+    del heap._predictor.flush
     heap.collect(2)
     assert heap.predict("worker").samples == 0  # the model waits, nothing is lost
     assert "wait for room in 'system'" in caplog.text
