@@ -497,3 +497,14 @@ def view_each(name: str, conn: Any) -> None:
             conn.recv()
             view.release()
             conn.send("released")
+
+
+def lmdb_put_and_wait(path: str, ready: Any) -> None:
+    """Put one 16 KB value into an LMDB store (sync=False, the default), say
+    so, and wait to be killed, the store never closed."""
+    from swarmheap.stores import LMDBStore
+
+    store = LMDBStore(path)
+    store.put("kept", b"v" * 16_000)
+    ready.set()
+    threading.Event().wait(60)

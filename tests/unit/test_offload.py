@@ -1708,3 +1708,25 @@ def _restore_is_done(heap: sh.Heap, store: Store) -> None:
     heap.collect(2)
     assert store.keys("swarmheap/agent/") == []
     heap.check()
+
+
+def test_an_lmdb_put_outlives_its_process_killed(tmp_path: Any) -> None:
+    # LMDBStore leaves a put's flush to disk to the OS (sync=False, as the
+    # SQLite store's synchronous=NORMAL does): a put that returned is the
+    # store's when its process is SIGKILLed before close
+    pytest.importorskip("lmdb")
+    path = str(tmp_path / "killed.lmdb")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_workers.lmdb_put_and_wait, args=(path, ready))
+    worker.start()
+    assert ready.wait(60)
+    os.kill(worker.pid or 0, signal.SIGKILL)
+    worker.join()
+    with LMDBStore(path) as store:
+        assert store.get("kept") == b"v" * 16_000
+    with LMDBStore(str(tmp_path / "synced.lmdb"), sync=True) as store:
+        store.put("k", b"v")
+        assert store.get("k") == b"v"
+    with pytest.raises(TypeError, match="sync"):
+        LMDBStore(str(tmp_path / "bad.lmdb"), sync="yes")  # type: ignore[arg-type]
