@@ -74,6 +74,12 @@ def _again_if_gone(config: dict[str, Any], write: Callable[..., _R], *args: Any)
     )
 
 
+def _wanted_id(config: dict[str, Any], view: ThreadView, ns: str) -> str | None:
+    """The checkpoint ``config`` names, else the thread's newest in ``ns`` (None: it has none)."""
+    ids = view.ids.get(ns, [])
+    return get_checkpoint_id(config) or (ids[-1] if ids else None)
+
+
 class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def __init__(
         self,
@@ -270,8 +276,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         agent, view = self._thread(thread_id, create=False)
         if agent is None or view is None:
             return None
-        ids = view.ids.get(ns, [])
-        cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
+        cid = _wanted_id(config, view, ns)
         if cid is None or f"cp/{ns}/{cid}" not in view.names:
             return None
         return self._tuple(agent, thread_id, ns, cid, view)
@@ -496,10 +501,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         conf = config["configurable"]
         ns = conf.get("checkpoint_ns", "")
         agent, view = self._thread(conf["thread_id"], create=False)
-        cid = None
-        if agent is not None and view is not None:
-            ids = view.ids.get(ns, [])
-            cid = get_checkpoint_id(config) or (ids[-1] if ids else None)
         if agent is None or view is None:
             return {channel: {"writes": []} for channel in channels}
-        return lgwalks.delta_history(self._rec, self.serde, agent, view, ns, cid, channels)
+        return lgwalks.delta_history(
+            self._rec, self.serde, agent, view, ns, _wanted_id(config, view, ns), channels
+        )

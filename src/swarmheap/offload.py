@@ -28,7 +28,7 @@ from swarmheap import offload_entries
 from swarmheap._core import stale_agent
 from swarmheap._extras import available
 from swarmheap.agent_snapshot import parsed, snapshot_of
-from swarmheap.errors import AgentStateError, IndexMoved, PartitionFull, ReadOnlyHeap, StaleBlock
+from swarmheap.errors import AgentStateError, IndexMoved, ReadOnlyHeap, StaleBlock
 from swarmheap.offload_entries import MOVED, Entry
 from swarmheap.registry import Registry
 from swarmheap.stores import SQLiteStore, Store, check_store
@@ -295,13 +295,9 @@ def _forget_entry(heap: Heap, agent: Agent, entry: Entry) -> None:
     """Remove the registry entry a restore restored from, if it still is that
     one: once the agent is live, another process may offload it again and
     write its own, which an unconditional removal took (the agent offloaded
-    and its registry saying nowhere). With no room in `system` for the
-    registry's copy the entry stays, naming a blob that is gone, for a full
-    sweep (forget_stale): the agent is live and the restore done."""
-    try:
-        Registry(heap).remove_if(offload_entries.entry_name(agent.id, agent.generation), entry.raw)
-    except PartitionFull as exc:
-        log.warning("swarmheap: agent %d's offload entry stays for a later sweep: %s", agent.id, exc)
+    and its registry saying nowhere). Left for a full sweep if `system` has
+    no room: the agent is live and the restore done."""
+    offload_entries.drop_entry(heap, agent.id, agent.generation, only=entry.raw)
 
 
 def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:

@@ -4,9 +4,10 @@ store keys offloads write. One home for the entry's format."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from swarmheap.errors import HeapCorrupt
+from swarmheap.errors import HeapCorrupt, PartitionFull
 from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ __all__ = [
     "Entry",
     "agent_key",
     "agent_of",
+    "drop_entry",
     "entry_bytes",
     "entry_name",
     "entry_of",
@@ -29,6 +31,8 @@ __all__ = [
     "where_if_readable",
     "written",
 ]
+
+log = logging.getLogger("swarmheap")
 
 
 def key_prefix(heap: Heap) -> str:
@@ -164,3 +168,24 @@ def offloaded(heap: Heap) -> list[dict[str, Any]]:
                 }
             )
     return out
+
+
+def drop_entry(
+    heap: Heap, agent_id: int, generation: int, *, name: str | None = None, only: bytes | None = None
+) -> bool:
+    """Remove the agent's registry entry (``name``: as a listing read it,
+    else its own name), if it still holds ``only`` when that is given. False
+    if it stays: another writer's entry is there now, or `system` has no
+    room for the registry's copy of its shard (a removal writes one); then
+    it is left for a full sweep (forget_stale), and a complete(), a restore
+    or a sweep, the ways out of a full heap, does not fail for it."""
+    registry = Registry(heap)
+    key = name or entry_name(agent_id, generation)
+    try:
+        if only is not None:
+            return registry.remove_if(key, only)
+        registry.remove(key)
+    except PartitionFull as exc:
+        log.warning("swarmheap: agent %d's offload entry stays for a later sweep: %s", agent_id, exc)
+        return False
+    return True

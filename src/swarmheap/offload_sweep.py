@@ -13,7 +13,6 @@ from swarmheap import offload_entries
 from swarmheap.errors import (
     AgentStateError,
     HeapCorrupt,
-    PartitionFull,
     StaleBlock,
     StoreFull,
     StoreUnavailable,
@@ -55,7 +54,7 @@ def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(entry.url)
             log.warning("swarmheap: could not delete an expired agent's snapshot from %s: %s", entry.url, exc)
             return False  # the dead slot and the entry stay: the next sweep recycles, a full one retries
-    _remove_entry(heap, agent_id, generation)
+    offload_entries.drop_entry(heap, agent_id, generation)
     return heap._owner_recycle(agent_id, generation)
 
 
@@ -112,7 +111,7 @@ def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[st
             unreachable.add(found[0])
             log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
             return False
-    _remove_entry(heap, agent_id, generation)
+    offload_entries.drop_entry(heap, agent_id, generation)
     return True
 
 
@@ -161,18 +160,4 @@ def _forget(heap: Heap, name: str, agent_id: int, generation: int, unreachable: 
             unreachable.add(found[0])
             log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
             return False
-    return _remove_entry(heap, agent_id, generation, name)
-
-
-def _remove_entry(heap: Heap, agent_id: int, generation: int, name: str | None = None) -> bool:
-    """Remove an offloaded agent's registry entry; False if `system` has no
-    room for the registry's copy of its shard (a removal writes one): the
-    entry, naming a blob that is gone or an agent that is, is left for a
-    later full sweep (forget_stale). A complete() or a sweep, the way out
-    of a full heap, does not fail for it."""
-    try:
-        Registry(heap).remove(name or offload_entries.entry_name(agent_id, generation))
-    except PartitionFull as exc:
-        log.warning("swarmheap: agent %d's offload entry stays for a later sweep: %s", agent_id, exc)
-        return False
-    return True
+    return offload_entries.drop_entry(heap, agent_id, generation, name=name)
