@@ -68,7 +68,12 @@ _LN_RATIO = math.log(RATIO)
 _ROW_BASES = np.array([BYTES_BASE] * len(PARTITIONS) + [SECONDS_BASE])  # a sample row's bucket bases
 _ROW_OFFSETS = np.arange(_ROWS) * NBUCKETS  # where each row's buckets start in the flattened histogram
 _FIXED = 2 * len(PARTITIONS) + 1  # a USAGE_ROW's fields before its class bytes
-_VERSION = 2  # 1 had no block-size mix: read as a model without one
+# 1 had no block-size mix (read as a model without one); 2 wrote each row's
+# 400 buckets whole (16.5 KB a kind, in `system`); 3 writes each row's run
+# from its first weighted bucket to its last (_RUN), a few dozen for a kind
+# whose agents are alike
+_VERSION = 3
+_RUN = struct.Struct("<HH")  # a row's first weighted bucket, and how many follow from it
 _RESCALE_AT = 300  # weights are 2**((count - base) / half_life): rescaled past 2**300
 _MAX_DECAY_EXPONENT = 2 * _RESCALE_AT  # a stored model's exponent past this is damage (2**600 is finite)
 
@@ -200,15 +205,45 @@ class Model:
             self.updated,
             self.last_peak,
         )
-        mix = np.append(self.classes, self.class_weight)
-        return head + self.hist.astype("<f8").tobytes() + mix.astype("<f8").tobytes()
+        weighted = self.hist != 0
+        any_weight = weighted.any(axis=1)
+        firsts = np.where(any_weight, weighted.argmax(axis=1), 0).tolist()
+        ends = np.where(any_weight, NBUCKETS - weighted[:, ::-1].argmax(axis=1), 0).tolist()
+        rows = self.hist.astype("<f8", copy=False)
+        parts = [head]
+        for row, first, end in zip(rows, firsts, ends):
+            parts += (_RUN.pack(first, end - first), row[first:end].tobytes())
+        parts.append(np.append(self.classes, self.class_weight).astype("<f8", copy=False).tobytes())
+        return b"".join(parts)
+
+    @staticmethod
+    def _runs(data: bytes, at: int) -> tuple[np.ndarray, int]:
+        """The rows of a version-3 encoding from ``at``, and where they end
+        (ValueError for a run that reaches past its row or the data)."""
+        hist = np.zeros((_ROWS, NBUCKETS), dtype=np.float64)
+        for row in hist:
+            first, n = _RUN.unpack_from(data, at)
+            at += _RUN.size
+            if first + n > NBUCKETS or at + 8 * n > len(data):
+                raise ValueError("a usage model's run of buckets is out of range")
+            row[first : first + n] = np.frombuffer(data, dtype="<f8", offset=at, count=n)
+            at += 8 * n
+        return hist, at
 
     @classmethod
     def decode(cls, data: bytes) -> Model:
         magic, version, nbuckets, half_life, base, total, count, updated, last = _HEADER.unpack_from(data, 0)
-        hist_end = _HEADER.size + _ROWS * NBUCKETS * 8
-        size = {1: hist_end, _VERSION: hist_end + (CLASS_SLOTS + 1) * 8}.get(version)
-        if magic != _MAGIC or nbuckets != NBUCKETS or len(data) != size:
+        if magic != _MAGIC or nbuckets != NBUCKETS or version not in (1, 2, _VERSION):
+            raise ValueError("not a usage model")
+        if version == _VERSION:
+            hist, hist_end = cls._runs(data, _HEADER.size)
+        else:  # the whole rows of versions 1 and 2
+            hist_end = _HEADER.size + _ROWS * NBUCKETS * 8
+            if len(data) < hist_end:
+                raise ValueError("not a usage model")
+            hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size, count=_ROWS * NBUCKETS)
+            hist = hist.reshape(_ROWS, NBUCKETS).copy()
+        if len(data) != hist_end + (0 if version == 1 else (CLASS_SLOTS + 1) * 8):
             raise ValueError("not a usage model")
         # figures any process may have damaged: a NaN, an infinity or a
         # negative weight would make every prediction NaN, and a count past
@@ -224,9 +259,8 @@ class Model:
             raise ValueError("a usage model's figures are out of range")
         m = cls(half_life)
         m.base, m.total, m.count, m.updated, m.last_peak = base, total, count, updated, last
-        m.hist = np.frombuffer(data, dtype="<f8", offset=_HEADER.size, count=_ROWS * NBUCKETS)
-        m.hist = m.hist.reshape(_ROWS, NBUCKETS).copy()
-        if version == _VERSION:
+        m.hist = hist
+        if version != 1:
             mix = np.frombuffer(data, dtype="<f8", offset=hist_end).copy()
             m.classes, m.class_weight = mix[:CLASS_SLOTS], float(mix[CLASS_SLOTS])
         weights = (m.hist, m.classes, np.array([m.class_weight]))

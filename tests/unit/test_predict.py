@@ -270,7 +270,10 @@ def test_a_damaged_model_starts_again(heap: sh.Heap) -> None:
     assert heap.predict("fragile").samples == 30  # folded in: nothing of this process's left to fold
     good = Registry(heap).get("model/fragile")
     assert good is not None
-    for at, value in ((24, float("nan")), (32, -1.0), (len(good) - 8, float("inf")), (200, -5.0)):
+    from swarmheap.predict import _HEADER, _RUN
+
+    first_bucket = _HEADER.size + _RUN.size  # the first weight of the first row's run
+    for at, value in ((24, float("nan")), (32, -1.0), (len(good) - 8, float("inf")), (first_bucket, -5.0)):
         damaged = bytearray(good)
         damaged[at : at + 8] = struct.pack("<d", value)
         Registry(heap).put("model/fragile", bytes(damaged))
@@ -282,6 +285,73 @@ def test_a_damaged_model_starts_again(heap: sh.Heap) -> None:
             assert "fragile" in render_stats(heap.stats())
         heap.spawn("fragile").complete()  # and folded into a new one
         assert heap.predict("fragile").samples == 1
+    heap.check()
+
+
+def test_a_model_stores_only_the_buckets_its_samples_reached(heap: sh.Heap) -> None:
+    from swarmheap.predict import NBUCKETS
+    from swarmheap.registry import Registry
+
+    teach(heap, "alike", 40, 50_000)
+    data = Registry(heap).get("model/alike")
+    assert data is not None
+    # five rows of 400 buckets were 16 000 bytes in every model; this kind's
+    # agents fill a handful of buckets per row
+    assert len(data) < 2_000 < 5 * NBUCKETS * 8
+    p = heap.predict("alike")
+    assert p.samples == 40 and 50_000 <= (p.peak("context") or 0) <= 70_000  # in pages
+    heap.check()
+
+
+def test_a_model_written_with_whole_rows_is_still_read(heap: sh.Heap) -> None:
+    import numpy as np
+
+    from swarmheap import predict
+    from swarmheap.registry import Registry
+
+    teach(heap, "older", 30, 80_000)
+    before = heap.predict("older")  # folds this process's samples in
+    model = predict.Model.decode(Registry(heap).get("model/older") or b"")
+    head = bytearray(model.encode()[: predict._HEADER.size])
+    struct.pack_into("<H", head, 4, 2)  # the version: 2 wrote every bucket of every row
+    mix = np.append(model.classes, model.class_weight)
+    whole = bytes(head) + model.hist.astype("<f8").tobytes() + mix.astype("<f8").tobytes()
+    Registry(heap).put("model/older", whole)
+    after = heap.predict("older")
+    assert after.samples == before.samples == 30
+    assert after.peak("context") == before.peak("context")
+    heap.spawn("older").complete()
+    heap.collect(2)
+    assert heap.predict("older").samples == 31  # folded into it, and written back in runs
+    assert len(Registry(heap).get("model/older") or b"") < len(whole)
+    heap.check()
+
+
+@pytest.mark.parametrize("damage", ["run past its row", "run past the data", "truncated", "trailing"])
+def test_a_model_with_damaged_runs_predicts_nothing(heap: sh.Heap, damage: str) -> None:
+    from swarmheap import predict
+    from swarmheap.registry import Registry
+
+    teach(heap, "runs", 30, 60_000)
+    assert heap.predict("runs").samples == 30  # folded in: nothing of this process's left to fold
+    good = Registry(heap).get("model/runs")
+    assert good is not None
+    at = predict._HEADER.size  # the first row's run
+    damaged = bytearray(good)
+    if damage == "run past its row":
+        struct.pack_into("<HH", damaged, at, predict.NBUCKETS - 1, 2)
+    elif damage == "run past the data":
+        struct.pack_into("<HH", damaged, at, 0, predict.NBUCKETS)
+    elif damage == "truncated":
+        del damaged[len(damaged) // 2 :]
+    else:
+        damaged += b"\0" * 8
+    Registry(heap).put("model/runs", bytes(damaged))
+    p = heap.predict("runs")
+    assert p.samples == 0 and p.peak("context") is None
+    heap.spawn("runs").complete()
+    heap.collect(2)
+    assert heap.predict("runs").samples == 1  # a new model, written whole again
     heap.check()
 
 
