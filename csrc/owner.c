@@ -26,6 +26,7 @@ int sh_owner_create(sh_arena_t *a, uint32_t kind, uint32_t *id, uint32_t *genera
     o->created_ns = now;
     sh_atomic_store_relaxed(&o->last_active_ns, now);
     sh_atomic_store_relaxed(&o->user_word, 0);
+    sh_atomic_store_relaxed(&o->held_seq, 0u);
     sh_atomic_store_relaxed(&o->pins, 0);
     for (int p = 0; p < SH_NPARTITIONS; p++) sh_atomic_store_relaxed(&o->peak_pages[p], 0);
     sh_atomic_store_relaxed(&o->generation, gen);
@@ -110,6 +111,8 @@ int _sh_owner_recycle_now(sh_arena_t *a, uint32_t id, sh_owner_info_t *final, ui
   uint64_t word =
       sh_atomic_exchange_acq_rel(&o->user_word, final_state == SH_OWNER_OFFLOADED ? SH_USER_WORD_SEALED : 0);
   if (word & SH_USER_WORD_HELD) {
+    /* the word it gave up, exactly: a restore's first word goes on from it */
+    sh_atomic_max32_relaxed(&o->held_seq, (uint32_t)sh_held_seq(word));
     if (final) sh_info_add_held(a, word, final);
     sh_free(a, sh_held_offset(word)); /* a bad word frees nothing: sh_free validates */
   }
@@ -438,7 +441,15 @@ int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t ex
     return _sh_fail(SH_ESTATE, "owner %u is offloaded: its word is sealed until it is restored", id);
   if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
     rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
+  if (rc == SH_OK && (desired & SH_USER_WORD_HELD))
+    sh_atomic_max32_relaxed(&o->held_seq, (uint32_t)sh_held_seq(desired));
   return rc;
+}
+
+uint64_t sh_owner_held_next(const sh_arena_t *a, uint32_t id, uint64_t expected, uint64_t offset) {
+  if (expected & SH_USER_WORD_HELD) return sh_held_next(expected, offset);
+  uint32_t last = id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].held_seq) : 0u;
+  return sh_held_word(offset, (uint64_t)last + 1);
 }
 
 int sh_owner_user_word(const sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t *word) {

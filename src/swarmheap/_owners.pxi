@@ -310,7 +310,7 @@ cdef class CoreHeap(_Arena):
         (<uint32_t *>(self.base + off))[1] = 0
         memcpy(self.base + off + _HELD_PREFIX, <const char *>head, head_length)
         memcpy(self.base + off + _HELD_PREFIX + head_length, <const char *>body, length - head_length)
-        cdef uint64_t word = sh_held_next(expected, off)
+        cdef uint64_t word = sh_owner_held_next(self.arena, oid, expected, off)
         rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
         if rc:
             _free_off(self, off)

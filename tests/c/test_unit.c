@@ -296,6 +296,33 @@ static void test_owner_complete(void) {
   CHECK("live", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK &&
                     sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sh_held_offset(sealed) == index);
   CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK && in_use(a, SH_PART_SYSTEM) == sys_before);
+  /* a restore's words go on from the sequence the offload ended: a restored
+   * index back at the offset it had before the offload is a new word, not
+   * one a reader still holds from before (ABA) */
+  sh_owner_create(a, 0, &id, &gen);
+  sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
+  uint64_t first = sh_owner_held_next(a, id, 0, index);
+  CHECK("a first index is the first of its sequence", sh_held_seq(first) == 1 &&
+                                                        sh_owner_set_user_word(a, id, gen, 0, first) == SH_OK);
+  uint64_t again = sh_owner_held_next(a, id, first, index);
+  CHECK("the next follows it", sh_held_seq(again) == 2 && sh_owner_set_user_word(a, id, gen, first, again) == SH_OK);
+  CHECK("offload", sh_owner_offload(a, id, gen, again, &final) == SH_OK);
+  CHECK("restoring", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
+  sh_alloc(a, 0, SH_PART_SYSTEM, 100, &off);
+  CHECK("the freed index's block comes back", off == index);
+  uint64_t restored = sh_owner_held_next(a, id, SH_USER_WORD_SEALED, off);
+  CHECK("the restore's word is new", restored != first && restored != again && sh_held_seq(restored) == 3 &&
+                                         sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED, restored) == SH_OK);
+  CHECK("live", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
+  CHECK("offloaded with it", sh_owner_offload(a, id, gen, restored, &final) == SH_OK);
+  CHECK("restoring with no index", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK &&
+                                       sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
+  CHECK("a first index after it goes on too", sh_held_seq(sh_owner_held_next(a, id, 0, index)) == 4);
+  CHECK("complete", sh_owner_complete(a, id, gen, &final) == SH_OK);
+  uint32_t reused_gen;
+  CHECK("a new owner starts again", sh_owner_create(a, 0, &id, &reused_gen) == SH_OK &&
+                                      sh_held_seq(sh_owner_held_next(a, id, 0, index)) == 1);
+  CHECK("complete the new one", sh_owner_complete(a, id, reused_gen, &final) == SH_OK);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }

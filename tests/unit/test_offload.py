@@ -1730,3 +1730,35 @@ def test_an_lmdb_put_outlives_its_process_killed(tmp_path: Any) -> None:
         assert store.get("k") == b"v"
     with pytest.raises(TypeError, match="sync"):
         LMDBStore(str(tmp_path / "bad.lmdb"), sync="yes")  # type: ignore[arg-type]
+
+
+def test_a_process_that_read_an_agent_before_its_offload_reads_it_as_restored(
+    named: sh.Heap, tmp_path: Any
+) -> None:
+    """Another Heap object (another process, as far as its caches go) read
+    the agent, which was then offloaded and restored. The restored index
+    lands in the block the old one had (the allocator hands it back), and its
+    word once came out the same as before the offload: the reader's cache
+    took the old entries, at places the restore had given to other data
+    (here another agent's block: StaleBlock; in a four-thread run, the
+    agent's own other entry: the wrong bytes)."""
+    with sh.Heap.attach(named.name) as reader, SQLiteStore(tmp_path / "s.db") as store:
+        writer = named.spawn("abab")
+        writer.put("k", b"A" * 4000)
+        seen = reader.agent(writer.id)
+        assert seen.read("k") == b"A" * 4000  # the reader now knows the index under its word
+        before = named._owner_word(writer.id, writer.generation)
+        writer.offload(store)
+        squatter = named.spawn("squatter")
+        squat = squatter.alloc(4000)  # where "k" was: the restore puts it elsewhere
+        squat[:] = b"S" * 4000
+        writer.restore()
+        assert named._owner_word(writer.id, writer.generation) != before
+        assert seen.read("k") == b"A" * 4000
+        seen.put("k2", b"B" * 100)  # an update from the reader builds on the restored index
+        assert writer.read("k") == b"A" * 4000 and writer.read("k2") == b"B" * 100
+        assert bytes(squat) == b"S" * 4000
+        squat.free()
+        writer.complete()
+        squatter.complete()
+    named.check()

@@ -145,6 +145,7 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t SH_USER_WORD_HELD
     uint64_t SH_USER_WORD_SEALED
     uint64_t sh_held_next(uint64_t expected, uint64_t offset)
+    uint64_t sh_owner_held_next(const sh_arena_t *arena, uint32_t id, uint64_t expected, uint64_t offset)
     uint64_t sh_held_offset(uint64_t word)
     uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id)
     uint32_t sh_owner_offloads(const sh_arena_t *arena, uint32_t id)
