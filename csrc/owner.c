@@ -441,8 +441,9 @@ int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t ex
     return _sh_fail(SH_ESTATE, "owner %u is offloaded: its word is sealed until it is restored", id);
   if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
     rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
-  if (rc == SH_OK && (desired & SH_USER_WORD_HELD))
-    sh_atomic_max32_relaxed(&o->held_seq, (uint32_t)sh_held_seq(desired));
+  /* a held word given up for none, as a recycle gives one up: recorded the same way */
+  if (rc == SH_OK && (expected & SH_USER_WORD_HELD) && !(desired & SH_USER_WORD_HELD))
+    sh_atomic_max32_relaxed(&o->held_seq, (uint32_t)sh_held_seq(expected));
   return rc;
 }
 

@@ -109,10 +109,11 @@ typedef struct sh_owner_s {
   uint32_t kind;
   int32_t pid;
   _Atomic uint32_t reserved_kib; /* its admission reservation in `context` (sh_owner_reserve), in KiB */
-  /* The highest sequence number of a held word it had (sh_owner_held_next):
-   * a word made after the last one went (an offload sealed it, a restore
-   * swaps a new one in) goes on from it, never repeating a word a reader may
-   * still hold. 0 in arenas from before it was kept: their owners had none. */
+  /* The highest sequence number of a held word it gave up for none (an
+   * offload sealing it, a recycle): the next word made from no held word (a
+   * restore's, sh_owner_held_next) goes on from it, never repeating a word a
+   * reader may still hold; a swap from a held word goes on from that word.
+   * 0 in arenas from before it was kept: their owners had none. */
   _Atomic uint32_t held_seq;
   uint64_t pid_start;
   uint64_t created_ns;

@@ -387,7 +387,8 @@ int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
 int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word);
 /* [any] The word that replaces `expected` by a held block at `offset`: as
  * sh_held_next from a held word; from 0 or the seal (a first index, a
- * restore's), the owner's sequence goes on from the highest it had. A
+ * restore's), the owner's sequence goes on from the highest word it gave
+ * up (sealed at an offload, dropped by a recycle or a swap to none). A
  * restore that started the sequence again made, with the index block at the
  * offset it had before the offload, the very word readers still held from
  * before it, and their caches took the old entries for the new (ABA). */
