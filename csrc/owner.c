@@ -300,7 +300,7 @@ static int sh_owner_pin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view) 
 int sh_owner_pin(sh_arena_t *a, uint32_t id, uint32_t gen) { return sh_owner_pin_as(a, id, gen, false); }
 int sh_owner_view_pin(sh_arena_t *a, uint32_t id, uint32_t gen) { return sh_owner_pin_as(a, id, gen, true); }
 
-static int sh_owner_unpin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view, int *recycled) {
+int sh_owner_unpin_final(sh_arena_t *a, uint32_t id, uint32_t gen, int view, int *recycled, sh_owner_info_t *final) {
   if (recycled) *recycled = 0;
   int32_t pid = _sh_os_pid();
   uint64_t start = _sh_own_start_time(pid);
@@ -317,7 +317,10 @@ static int sh_owner_unpin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view
     if (e->count == 0) sh_pin_clear_tombstones(a, (uint64_t)(e - a->pins));
     if (sh_atomic_sub_relaxed(&o->pins, 1) == 1 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED &&
         id != SH_OWNER_DEFAULT) {
-      rc = _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
+      /* the figures the completing process had: this process fires the
+       * recycle hooks, and its kind id names the kind */
+      if (final) sh_info_header(a, id, final);
+      rc = _sh_owner_recycle_now(a, id, final, SH_OWNER_FREE);
       if (recycled) *recycled = 1;
     }
   }
@@ -326,10 +329,10 @@ static int sh_owner_unpin_as(sh_arena_t *a, uint32_t id, uint32_t gen, bool view
 }
 
 int sh_owner_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
-  return sh_owner_unpin_as(a, id, gen, false, recycled);
+  return sh_owner_unpin_final(a, id, gen, false, recycled, NULL);
 }
 int sh_owner_view_unpin(sh_arena_t *a, uint32_t id, uint32_t gen, int *recycled) {
-  return sh_owner_unpin_as(a, id, gen, true, recycled);
+  return sh_owner_unpin_final(a, id, gen, true, recycled, NULL);
 }
 
 int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, uint32_t *views) {

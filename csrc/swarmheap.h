@@ -330,6 +330,13 @@ int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *rec
  * ordered before the caller's next read of the agent's index word. */
 int sh_owner_view_pin(sh_arena_t *arena, uint32_t id, uint32_t generation);
 int sh_owner_view_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled);
+/* [any] sh_owner_unpin (sh_owner_view_unpin if `view`) that, when it
+ * recycles, fills *final as sh_owner_complete would have (the figures of
+ * the completed owner, read in the pass that returns its pages), so that
+ * the process whose unpin recycled can report what the owner held. *final
+ * is untouched when the unpin does not recycle; NULL: not wanted. */
+int sh_owner_unpin_final(sh_arena_t *arena, uint32_t id, uint32_t generation, int view, int *recycled,
+                         sh_owner_info_t *final);
 /* [any] *views gets the entry views held on the owner: by other processes
  * only if `others_only`, else by every process. Ordered after the caller's
  * last write of the agent's index word (the other half of the view pin's

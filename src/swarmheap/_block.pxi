@@ -156,8 +156,9 @@ cdef class Block:
             _count_out(self.heap.tagged_exports, self.offset)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
             try:
-                if self.heap._owner_unpin(self.owner, self.generation, self.entry_view):
-                    self.heap._notify_recycled(self.owner, self.generation)
+                final = self.heap._owner_unpin(self.owner, self.generation, self.entry_view)
+                if final is not None:
+                    self.heap._notify_recycled(self.owner, self.generation, final)
             except SwarmHeapError:
                 # recycled meanwhile (StaleBlock), or a pin table damaged so
                 # that it lost ours (check() reports it): a buffer's release

@@ -17,8 +17,10 @@ class HeapEvents:
     on_partition_full(heap, partition, nbytes) -> bool: an agent allocation
         of ``nbytes`` found the partition full; True (room was made) asks for
         one more try, up to _ROOM_TRIES of them; False if no room could be made.
-    on_recycled(heap, agent_id, generation): the last pin of a completed
-        agent dropped in this process, and the agent was recycled.
+    on_recycled(heap, agent_id, generation, final): the last pin of a
+        completed agent dropped in this process, and the agent was recycled;
+        ``final`` is what it held then (Agent.complete()'s dict, its kind
+        "?": the layer names it by ``final["kind_id"]``), or None.
     on_not_live(heap, agent_id, generation) -> bool: an agent allocation
         found its agent not live (offloaded, say); True asks for one more try
         (after restoring it).
@@ -30,7 +32,7 @@ class HeapEvents:
     def on_partition_full(self, heap, partition, nbytes):
         return False
 
-    def on_recycled(self, heap, agent_id, generation):
+    def on_recycled(self, heap, agent_id, generation, final):
         pass
 
     def on_not_live(self, heap, agent_id, generation):
@@ -505,6 +507,7 @@ cdef class _Arena:
             raise BufferError("not C-contiguous") from None
         cdef Block blk
         cdef int rc, recycled = 0
+        cdef sh_owner_info_t final
         cdef uint64_t nbytes = <uint64_t>buf.len
         try:
             if nbytes:
@@ -525,9 +528,11 @@ cdef class _Arena:
                     memcpy(self.base + blk.offset, buf.buf, nbytes)
             finally:
                 if nbytes:
-                    rc = sh_owner_unpin(self.arena, oid, gen, &recycled)
-                    if recycled:
-                        self.events.on_recycled(self, oid, gen)  # completed meanwhile: the block went with it
+                    rc = sh_owner_unpin_final(self.arena, oid, gen, 0, &recycled, &final)
+                    if recycled:  # completed meanwhile: the block went with it
+                        figures = self._info_dict(&final, "?")
+                        figures["state"] = "gone"
+                        self.events.on_recycled(self, oid, gen, figures)
                     if rc:
                         _raise(rc)
         finally:

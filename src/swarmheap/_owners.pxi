@@ -174,20 +174,19 @@ cdef class CoreHeap(_Arena):
             _raise(rc)
 
     def _owner_unpin(self, uint32_t oid, uint32_t gen, bint view=False):
-        """True if this unpin recycled a completed owner."""
+        """None, or the final figures (a dict, as Agent.complete()'s, its kind
+        "?") if this unpin recycled a completed owner."""
         self._check_writable()
         cdef int rc, recycled = 0
+        cdef sh_owner_info_t final
         cdef sh_arena_t *arena = self.arena
         self.inflight += 1
         with nogil:
-            if view:
-                rc = sh_owner_view_unpin(arena, oid, gen, &recycled)
-            else:
-                rc = sh_owner_unpin(arena, oid, gen, &recycled)
+            rc = sh_owner_unpin_final(arena, oid, gen, view, &recycled, &final)
         self.inflight -= 1
         if rc:
             _raise(rc)
-        return bool(recycled)
+        return self._final_dict(&final, "?", True) if recycled else None
 
     def _pins_reclaim_dead(self):
         """Drop the pins of processes that died: (pins dropped, owners recycled)."""
@@ -204,10 +203,21 @@ cdef class CoreHeap(_Arena):
             _raise(rc)
         return dropped, recycled
 
-    def _notify_recycled(self, uint32_t oid, uint32_t gen):
+    def _notify_recycled(self, uint32_t oid, uint32_t gen, final=None):
         """The binding's own relay (Block and the NumPy handler call it): the
-        last pin of a completed owner dropped here and it was recycled."""
-        self.events.on_recycled(self, oid, gen)
+        last pin of a completed owner dropped here and it was recycled.
+        ``final``: its figures, as _owner_unpin gives them, or the NumPy
+        handler's sh_owner_info_t as bytes (anything else: None)."""
+        cdef sh_owner_info_t oi
+        if isinstance(final, bytes):
+            if len(<bytes>final) == sizeof(sh_owner_info_t):
+                memcpy(&oi, <const char *>(<bytes>final), sizeof(sh_owner_info_t))
+                final = self._final_dict(&oi, "?", True)
+            else:
+                final = None
+        elif not isinstance(final, dict):
+            final = None
+        self.events.on_recycled(self, oid, gen, final)
 
     def _owner_set_state(self, uint32_t oid, uint32_t gen, str expected, str desired):
         self._check_writable()

@@ -118,9 +118,22 @@ class _LayerEvents(HeapEvents):
         heap._agent_at(agent_id, generation).restore()  # touching an offloaded agent brings it back
         return True
 
-    def on_recycled(self, heap: Any, agent_id: int, generation: int) -> None:
-        kind, stats = heap._hooks.take_deferred(agent_id, generation) or ("?", {})
-        heap._hooks.fire("recycle", agent_id, kind, stats)
+    def on_recycled(self, heap: Any, agent_id: int, generation: int, final: dict[str, Any] | None) -> None:
+        deferred = heap._hooks.take_deferred(agent_id, generation)
+        if deferred is not None:  # this process completed it: its own figures and name
+            heap._hooks.fire("recycle", agent_id, *deferred)
+        elif heap._hooks.table["recycle"]:
+            # another process completed it while this one pinned it: the
+            # figures are the core's, read as it recycled, and the kind is
+            # found by its id (the agent's index went with it)
+            stats = final if final is not None else {}
+            try:
+                kind = kinds.kind_of(heap, agent_id, generation, stats.get("kind_id"))
+            except HeapCorrupt:  # a damaged registry: the hook still hears of the recycle
+                kind = "?"
+            if stats:
+                stats["kind"] = kind
+            heap._hooks.fire("recycle", agent_id, kind, stats)
 
 
 _EVENTS = _LayerEvents()

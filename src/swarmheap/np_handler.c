@@ -91,7 +91,7 @@ static inline void bump(_Atomic uint64_t *n) {
  * object fire its recycle hooks. Only with the GIL held (NumPy frees array
  * data in the array's deallocator, under the GIL) and not at interpreter
  * exit; the pending exception, if any, is kept. */
-static void tell_recycled(shnp_ctx *c) {
+static void tell_recycled(shnp_ctx *c, const sh_owner_info_t *final) {
   if (!c->heap_ref || !Py_IsInitialized() || SHNP_FINALIZING() || !PyGILState_Check()) return;
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
@@ -103,7 +103,8 @@ static void tell_recycled(shnp_ctx *c) {
   Py_XINCREF(heap);
 #endif
   if (heap && heap != Py_None) {
-    PyObject *r = PyObject_CallMethod(heap, "_notify_recycled", "II", c->owner, c->generation);
+    PyObject *r = PyObject_CallMethod(heap, "_notify_recycled", "IIy#", c->owner, c->generation, (const char *)final,
+                                      (Py_ssize_t)sizeof *final);
     if (!r) PyErr_WriteUnraisable(heap);
     Py_XDECREF(r);
   }
@@ -129,9 +130,11 @@ static void *ctx_alloc(shnp_ctx *c, size_t size, int zeroed) {
         bump(&c->allocs);
         return k->base + offset;
       }
-      if (c->owner) {
-        int recycled;
-        sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
+      if (c->owner) { /* completed while this allocation failed: the recycle is this unpin's */
+        int recycled = 0;
+        sh_owner_info_t final;
+        sh_owner_unpin_final(k->arena, c->owner, c->generation, 0, &recycled, &final);
+        if (recycled) tell_recycled(c, &final);
       }
     }
   }
@@ -162,8 +165,9 @@ static void ctx_free(void *raw, void *ptr, size_t size) {
     bump(&c->frees);
     if (c->owner) {
       int recycled = 0; /* the last array of a completed agent recycles it here */
-      sh_owner_unpin(k->arena, c->owner, c->generation, &recycled);
-      if (recycled) tell_recycled(c);
+      sh_owner_info_t final;
+      sh_owner_unpin_final(k->arena, c->owner, c->generation, 0, &recycled, &final);
+      if (recycled) tell_recycled(c, &final);
     }
   }
   keeper_release(k); /* may unmap: nothing of k is used after this */

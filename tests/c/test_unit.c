@@ -238,6 +238,19 @@ static void test_owner_complete(void) {
   CHECK("with its figures", final.blocks == 1 && final.state == SH_OWNER_COMPLETED && in_use(a, SH_PART_CONTEXT) == 48);
   int recycled = 0;
   CHECK("last unpin recycles", sh_owner_unpin(a, id, gen, &recycled) == SH_OK && recycled);
+  /* the unpin that recycles reports what the completed owner held */
+  sh_owner_create(a, 9, &id, &gen);
+  sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
+  sh_alloc(a, id, SH_PART_CONTEXT, 300, &off);
+  sh_owner_pin(a, id, gen);
+  sh_owner_pin(a, id, gen);
+  CHECK("pinned twice, deferred", sh_owner_complete(a, id, gen, &final) == SH_EPINNED);
+  memset(&final, 0xAB, sizeof final);
+  CHECK("an unpin that does not recycle leaves *final",
+        sh_owner_unpin_final(a, id, gen, 0, &recycled, &final) == SH_OK && !recycled && final.blocks == 0xABABABABABABABABull);
+  CHECK("the last one fills it", sh_owner_unpin_final(a, id, gen, 0, &recycled, &final) == SH_OK && recycled &&
+                                     final.kind == 9 && final.id == id && final.generation == gen && final.blocks == 2 &&
+                                     final.bytes[SH_PART_CONTEXT] == 48 + 320 && in_use(a, SH_PART_CONTEXT) == 0);
   CHECK("owner 0 refused", sh_owner_complete(a, 0, 1, &final) == SH_EINVAL);
   /* a block of owner 0 the owner holds through its user word goes with it */
   uint64_t index, sys_before = in_use(a, SH_PART_SYSTEM);

@@ -489,14 +489,23 @@ def open_new_store_at_once(path: str, barrier: Any) -> str:
 
 def view_each(name: str, conn: Any) -> None:
     """For each agent id sent: hold a get() view of its entry "m", say "ready",
-    and let it go on the next message (None ends)."""
+    let it go on the next message (None ends), and say "released" with what
+    this process's recycle hooks heard meanwhile: (agent id, kind, the
+    stats' state and context bytes) for each."""
     with sh.Heap.attach(name) as heap:
+        heard: list[tuple[int, str, str, int]] = []
+
+        def hear(agent_id: int, kind: str, stats: dict[str, Any]) -> None:
+            heard.append((agent_id, kind, stats["state"], stats["bytes"]["context"]))
+
+        heap.on("recycle", hear)
         while (agent_id := conn.recv()) is not None:
             view = heap.agent(agent_id).get("m")
             conn.send("ready")
             conn.recv()
             view.release()
-            conn.send("released")
+            conn.send(("released", heard[:]))
+            heard.clear()
 
 
 def lmdb_put_and_wait(path: str, ready: Any) -> None:

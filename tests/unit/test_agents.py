@@ -228,12 +228,42 @@ def test_recycles_another_process_ran_leave_nothing_behind_here(heap_name: str) 
             agent.complete()  # deferred: the other process's view pins it
             assert agent.state == "completed"
             parent_end.send("release")
-            assert parent_end.recv() == "released"  # its release recycled the agent there
+            assert parent_end.recv()[0] == "released"  # its release recycled the agent there
             assert agent.state == "gone"
         parent_end.send(None)
         proc.join(30)
         assert proc.exitcode == 0
         assert len(heap._hooks.deferred) <= 40
+        heap.check()
+
+
+def test_the_process_whose_release_recycles_an_agent_hears_its_kind_and_figures(heap_name: str) -> None:
+    """complete() here while another process holds a view: the recycle runs
+    there, as the view goes, and that process's recycle hooks hear the
+    agent's kind and the figures complete() returned here (they once heard
+    "?" and an empty dict: the kind was in the index the recycle freed)."""
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=view_each, args=(heap_name, child_end))
+        proc.start()
+        heard_here: list[str] = []
+        heap.on("recycle", lambda i, kind, stats: heard_here.append(kind))
+        agent = heap.spawn("summarizer")
+        agent.put("m", b"v" * 3000)
+        agent.alloc(5000)
+        parent_end.send(agent.id)
+        assert parent_end.recv() == "ready"
+        final = agent.complete()  # deferred: the other process's view pins it
+        assert final["state"] == "completed" and final["bytes"]["context"] > 0
+        parent_end.send("release")
+        said, heard = parent_end.recv()
+        assert said == "released" and agent.state == "gone"
+        assert heard == [(agent.id, "summarizer", "gone", final["bytes"]["context"])]
+        assert heard_here == []  # the recycle ran there, not here
+        parent_end.send(None)
+        proc.join(30)
+        assert proc.exitcode == 0
         heap.check()
 
 

@@ -198,6 +198,26 @@ def test_last_array_fires_the_recycle_hook(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_the_heap_object_whose_array_recycles_an_agent_hears_its_kind_and_figures(
+    named: sh.Heap, heap_name: str
+) -> None:
+    """Two Heap objects of one heap: the agent completes through one while an
+    array of the other pins it, and the other's handler recycles it as the
+    array goes. Its hooks hear the kind (by the kind id the core keeps) and
+    the figures the core read as it recycled, not "?" and nothing."""
+    with sh.Heap.attach(heap_name) as other:
+        heard: list[tuple[int, str, str, int]] = []
+        other.on("recycle", lambda i, kind, stats: heard.append((i, kind, stats["state"], stats["blocks"])))
+        agent = named.spawn("embedder")
+        arr = sh.zeros(1000, np.float64, agent=other.agent(agent.id))
+        final = named.agent(agent.id).complete()  # deferred: the array pins the agent
+        assert final["state"] == "completed" and heard == []
+        del arr
+        # the figures are the recycle's: the array's block went just before
+        assert final["blocks"] == 1 and heard == [(agent.id, "embedder", "gone", 0)]
+        other.check()
+
+
 def test_zeros_are_zero_on_reused_blocks(heap: sh.Heap) -> None:
     for _ in range(3):
         a = sh.empty(5000, np.uint8, agent=heap)

@@ -135,6 +135,8 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled)
     int sh_owner_view_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_view_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled)
+    int sh_owner_unpin_final(sh_arena_t *arena, uint32_t id, uint32_t generation, int view, int *recycled,
+                             sh_owner_info_t *final)
     int sh_owner_views(sh_arena_t *arena, uint32_t id, uint32_t generation, int others_only, uint32_t *views)
     int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            sh_owner_state_t expected, sh_owner_state_t desired)
