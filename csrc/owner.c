@@ -352,8 +352,14 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
 }
 
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
+  return sh_pins_reclaim_dead_final(a, dropped, recycled, NULL, 0);
+}
+
+int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled, sh_owner_info_t *finals,
+                               uint32_t max_finals) {
   *dropped = 0;
   if (recycled) *recycled = 0;
+  uint32_t reported = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   int32_t last_pid = 0;
   uint64_t last_start = 0;
@@ -386,12 +392,19 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
     if (sh_atomic_load_relaxed(&o->state) == SH_OWNER_FREE) continue;
     uint32_t pins, views;
     sh_pin_totals(a, id, sh_atomic_load_relaxed(&o->generation), 0, 0, &pins, &views);
-    if (sh_atomic_load_relaxed(&o->pins) == pins) continue;
-    sh_atomic_store_relaxed(&o->pins, pins);
-    if (pins == 0 && sh_atomic_load_relaxed(&o->state) == SH_OWNER_COMPLETED && id != SH_OWNER_DEFAULT) {
-      _sh_owner_recycle_now(a, id, NULL, SH_OWNER_FREE);
-      if (recycled) ++*recycled;
+    if (sh_atomic_load_relaxed(&o->pins) != pins) sh_atomic_store_relaxed(&o->pins, pins);
+    /* Under the lock a COMPLETED owner has pins (complete and the last
+     * unpin recycle otherwise): one without is what a dead pin left, now
+     * or in a call that had no room to report it */
+    if (pins != 0 || sh_atomic_load_relaxed(&o->state) != SH_OWNER_COMPLETED || id == SH_OWNER_DEFAULT) continue;
+    sh_owner_info_t *final = NULL;
+    if (finals) {
+      if (reported == max_finals) continue; /* left for the next call, which reports it */
+      final = &finals[reported++];
+      sh_info_header(a, id, final);
     }
+    _sh_owner_recycle_now(a, id, final, SH_OWNER_FREE);
+    if (recycled) ++*recycled;
   }
   _sh_owner_unlock(a);
   return SH_OK;

@@ -348,6 +348,12 @@ int sh_owner_views(sh_arena_t *arena, uint32_t id, uint32_t generation, int othe
  * its agent forever. A COMPLETED owner whose last pin goes is recycled.
  * *dropped gets the pins dropped, *recycled (if not NULL) the owners recycled. */
 int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled);
+/* [any] sh_pins_reclaim_dead that reports each owner it recycles: finals[i]
+ * as sh_owner_complete fills it, for at most `max_finals` owners a call.
+ * Owners past those stay COMPLETED with no pin, and the next call recycles
+ * and reports them: call again while *recycled == max_finals. */
+int sh_pins_reclaim_dead_final(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled, sh_owner_info_t *finals,
+                               uint32_t max_finals);
 
 /* [any] State changes for the layer above (DEAD, OFFLOADED, back to LIVE).
  * Compare-and-set: fails with SH_ESTATE unless the state is `expected`. */

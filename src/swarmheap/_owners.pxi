@@ -2,6 +2,10 @@
 # on, the sweep queues and the thread caches.
 
 
+cdef enum:
+    _RECLAIM_BATCH = 16  # owners a call of sh_pins_reclaim_dead_final reports (on the stack: 16 infos)
+
+
 cdef class CoreHeap(_Arena):
     """One arena, and every call on it: see _Arena for its life and blocks."""
 
@@ -189,19 +193,28 @@ cdef class CoreHeap(_Arena):
         return self._final_dict(&final, "?", True) if recycled else None
 
     def _pins_reclaim_dead(self):
-        """Drop the pins of processes that died: (pins dropped, owners recycled)."""
+        """Drop the pins of processes that died: (pins dropped, the final
+        figures of each completed owner whose last pin went with them and
+        that was recycled, as _owner_unpin gives them, kind "?")."""
         self._check_writable()
-        cdef uint64_t dropped = 0
-        cdef uint32_t recycled = 0
+        cdef uint64_t dropped = 0, step = 0
+        cdef uint32_t recycled = _RECLAIM_BATCH
         cdef int rc
+        cdef uint32_t i
+        cdef sh_owner_info_t finals[_RECLAIM_BATCH]
         cdef sh_arena_t *arena = self.arena
-        self.inflight += 1
-        with nogil:
-            rc = sh_pins_reclaim_dead(arena, &dropped, &recycled)
-        self.inflight -= 1
-        if rc:
-            _raise(rc)
-        return dropped, recycled
+        cdef list gone = []
+        while recycled == _RECLAIM_BATCH:  # a full batch: more may wait for the next call
+            self.inflight += 1
+            with nogil:
+                rc = sh_pins_reclaim_dead_final(arena, &step, &recycled, finals, _RECLAIM_BATCH)
+            self.inflight -= 1
+            if rc:
+                _raise(rc)
+            dropped += step
+            for i in range(recycled):
+                gone.append(self._final_dict(&finals[i], "?", True))
+        return dropped, gone
 
     def _notify_recycled(self, uint32_t oid, uint32_t gen, final=None):
         """The binding's own relay (Block and the NumPy handler call it): the

@@ -163,10 +163,18 @@ def _examine(
     if not recycled:
         result.deferred += 1
         return True
+    _reclaimed(heap, result, info, cause)
+    return False
+
+
+def _reclaimed(heap: Heap, result: SweepResult, info: dict[str, Any], cause: str) -> None:
+    """Count an agent the sweep recycled, and keep its final dict for the
+    recycle hooks (named by its kind id if ``info`` has no name yet)."""
+    if info.get("kind", "?") == "?":
+        info["kind"] = kinds.kind_of(heap, info["id"], info["generation"], info["kind_id"])
     result.agents[cause] += 1
     result.bytes[cause] += info["total_bytes"]
     result.recycled.append({**info, "state": "gone", "cause": cause})  # as complete()'s: the state after
-    return False
 
 
 def _sweep_queue(heap: Heap, ring: int, result: SweepResult, live: _Liveness, now: float) -> None:
@@ -195,7 +203,9 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
     if generation >= 1:
         # pins die with their process: drop a dead one's before looking at
         # agents, so that what they pinned is reclaimed in this same sweep
-        result.pins_dropped = heap._pins_reclaim_dead()[0]
+        result.pins_dropped, gone = heap._pins_reclaim_dead()
+        for final in gone:  # completed agents that only a dead process's pin kept: recycled with it
+            _reclaimed(heap, result, final, "completed")
     _sweep_queue(heap, 0, result, live, now)
     if generation >= 1:
         _sweep_queue(heap, 1, result, live, now)

@@ -1125,8 +1125,57 @@ static void test_pin_tombstones_cleared(void) {
   sh_close(a);
 }
 
+static void note_finals(const sh_owner_info_t *finals, uint32_t n, uint32_t *kinds_seen, uint32_t *blocks) {
+  for (uint32_t i = 0; i < n; i++) {
+    *kinds_seen |= 1u << (finals[i].kind - 40);
+    *blocks += (uint32_t)finals[i].blocks;
+  }
+}
+
+/* Completed agents that only a dead process's pins kept are recycled by the
+ * reclaim and reported, at most max_finals a call; the rest wait, completed
+ * and unpinned, for the next call. */
+static void test_dead_pins_report_what_they_recycle(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, NULL, 0);
+  uint32_t ids[5], gens[5];
+  uint64_t off;
+  sh_owner_info_t final;
+  int ok = 1;
+  for (int i = 0; i < 5; i++) {
+    ok &= sh_owner_create(a, 40u + (uint32_t)i, &ids[i], &gens[i]) == SH_OK;
+    for (int j = 0; j <= i; j++) ok &= sh_alloc(a, ids[i], SH_PART_CONTEXT, 100, &off) == SH_OK;
+    ok &= sh_owner_pin(a, ids[i], gens[i]) == SH_OK && sh_owner_complete(a, ids[i], gens[i], &final) == SH_EPINNED;
+  }
+  CHECK("five completed agents, pinned", ok);
+  for (uint64_t i = 0; i <= a->pin_mask; i++) /* the pins are the dead child's */
+    if (a->pins[i].pid != 0) a->pins[i].pid = child;
+  sh_owner_info_t finals[2];
+  uint64_t dropped = 0, more = 0;
+  uint32_t recycled = 0, seen = 0, blocks = 0;
+  CHECK("a first call drops every pin and reports two",
+        sh_pins_reclaim_dead_final(a, &dropped, &recycled, finals, 2) == SH_OK && dropped == 5 && recycled == 2);
+  note_finals(finals, recycled, &seen, &blocks);
+  CHECK("the rest wait, unpinned", sh_owner_generation(a, ids[4]) == gens[4] && in_use(a, SH_PART_CONTEXT) > 0);
+  CHECK("the next reports two more", sh_pins_reclaim_dead_final(a, &more, &recycled, finals, 2) == SH_OK &&
+                                         more == 0 && recycled == 2);
+  note_finals(finals, recycled, &seen, &blocks);
+  CHECK("and the last the fifth", sh_pins_reclaim_dead_final(a, &more, &recycled, finals, 2) == SH_OK &&
+                                      recycled == 1);
+  note_finals(finals, recycled, &seen, &blocks);
+  CHECK("each once, with its figures", seen == 0x1f && blocks == 1 + 2 + 3 + 4 + 5);
+  CHECK("none left", sh_pins_reclaim_dead_final(a, &more, &recycled, finals, 2) == SH_OK && recycled == 0 &&
+                         in_use(a, SH_PART_CONTEXT) == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 int main(void) {
   test_pin_tombstones_cleared();
+  test_dead_pins_report_what_they_recycle();
   test_pin_count_recounted();
   test_large_run_length_damaged();
   test_cached_refill_skips_a_page_of_another_class();

@@ -267,6 +267,36 @@ def test_the_process_whose_release_recycles_an_agent_hears_its_kind_and_figures(
         heap.check()
 
 
+def test_a_sweep_that_drops_a_killed_process_s_pin_reports_the_agent_it_recycles(heap_name: str) -> None:
+    """complete() here while another process holds a view, then that process
+    is killed: the sweep that drops its pin recycles the agent, counts it
+    among the completed agents it reclaimed, and fires the recycle hooks
+    with the agent's kind and figures (it recycled it unseen before)."""
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        baseline = in_use(heap)["context"]
+        agent = heap.spawn("summarizer")
+        agent.put("m", b"v" * 3000)
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=view_each, args=(heap_name, child_end))
+        proc.start()
+        parent_end.send(agent.id)
+        assert parent_end.recv() == "ready"
+        final = agent.complete()  # deferred: the other process's view pins it
+        assert final["state"] == "completed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        heard: list[tuple[int, str, int]] = []
+        heap.on("recycle", lambda i, kind, stats: heard.append((i, kind, stats["total_bytes"])))
+        result = heap.collect(1)
+        assert result.pins_dropped == 1 and result.agents["completed"] == 1
+        assert result.bytes["completed"] == final["total_bytes"] > 0
+        assert heard == [(agent.id, "summarizer", final["total_bytes"])]
+        assert agent.state == "gone" and in_use(heap)["context"] == baseline
+        heap.check()
+
+
 def test_a_killed_process_s_view_lets_its_dropped_block_go(heap_name: str) -> None:
     ctx = mp.get_context("spawn")
     with sh.Heap.create(heap_name, size="32 MiB") as heap:

@@ -131,6 +131,8 @@ cdef extern from "swarmheap.h" nogil:
     int sh_room_wait(sh_arena_t *arena, uint32_t seen, int64_t timeout_ns)
     int sh_owner_complete(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_info_t *final)
     int sh_pins_reclaim_dead(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled)
+    int sh_pins_reclaim_dead_final(sh_arena_t *arena, uint64_t *dropped, uint32_t *recycled,
+                                   sh_owner_info_t *finals, uint32_t max_finals)
     int sh_owner_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_unpin(sh_arena_t *arena, uint32_t id, uint32_t generation, int *recycled)
     int sh_owner_view_pin(sh_arena_t *arena, uint32_t id, uint32_t generation)
