@@ -568,11 +568,42 @@ int sh_owner_complete(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_info_t 
 int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   const sh_owner_t *o = &a->owners[id];
+  if (o->pid == 0) return 1; /* detached: the heap holds it, no process */
   uint64_t start;
   int rc = sh_process_start_time(o->pid, &start);
   if (rc == SH_ENOENT) return 0;
   if (rc) return rc;
   return start == o->pid_start;
+}
+
+/* Under the owner lock, so that it does not race another re-homing or the
+ * slot's reuse (the generation is checked under the same lock). */
+static int sh_owner_rehome(sh_arena_t *a, uint32_t id, uint32_t gen, bool detach, int *moved) {
+  if (moved) *moved = 0;
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) has no process", id);
+  int32_t pid = detach ? 0 : _sh_os_pid();
+  uint64_t start = detach ? 0 : _sh_own_start_time(pid);
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  bool change = rc == SH_OK && o->pid != pid;
+  /* an adoption takes only an orphan: an agent whose process lives stays
+   * that process's, and a detached one stays the heap's */
+  if (change && !detach) change = o->pid != 0 && sh_owner_process_alive(a, id) == 0;
+  if (change) {
+    o->pid = pid;
+    o->pid_start = start;
+    if (moved) *moved = 1;
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+int sh_owner_detach(sh_arena_t *a, uint32_t id, uint32_t gen) { return sh_owner_rehome(a, id, gen, true, NULL); }
+
+int sh_owner_adopt_orphan(sh_arena_t *a, uint32_t id, uint32_t gen, int *adopted) {
+  return sh_owner_rehome(a, id, gen, false, adopted);
 }
 
 int sh_owner_reserve(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t bytes, uint64_t limit) {

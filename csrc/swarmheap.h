@@ -525,6 +525,17 @@ int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info);
  * that pid? Uses the start time, so a reused pid is not mistaken for it.
  * Returns 1 alive, 0 dead, negative on error. */
 int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id);
+/* [any] An owner belongs to the process that created it, and a sweep
+ * reclaims it when that process dies. sh_owner_detach gives it to the heap
+ * instead (its pid becomes 0; sh_owner_process_alive says 1): only its
+ * recycle or its lease ends it. sh_owner_adopt_orphan gives it to the
+ * calling process if the one it belongs to has died (*adopted says so): a
+ * restore of an agent whose process is gone makes it the restorer's, so
+ * that the next sweep does not reclaim what was just brought back. A
+ * detached owner stays detached. SH_EOWNER if that generation is gone,
+ * SH_EINVAL for owners 0 and 1 or a read-only heap. */
+int sh_owner_detach(sh_arena_t *arena, uint32_t id, uint32_t generation);
+int sh_owner_adopt_orphan(sh_arena_t *arena, uint32_t id, uint32_t generation, int *adopted);
 
 /* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
 int sh_process_start_time(int pid, uint64_t *start_time);

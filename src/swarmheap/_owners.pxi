@@ -450,11 +450,32 @@ cdef class CoreHeap(_Arena):
                 continue
             if sh_owner_info(self.arena, o, &oi) != SH_OK:
                 continue
-            if (oi.state != SH_OWNER_LIVE or oi.pid != pid or oi.pins or not oi.bytes[part]
+            # this process's agents, and the heap's (detached: no process's)
+            if (oi.state != SH_OWNER_LIVE or (oi.pid != pid and oi.pid != 0) or oi.pins or not oi.bytes[part]
                     or oi.last_active_ns > active_before_ns):
                 continue
             out.append((oi.bytes[part] < page, oi.last_active_ns, o, oi.generation))
         return out
+
+    def _owner_detach(self, uint32_t oid, uint32_t gen):
+        """Give the owner to the heap: no sweep reclaims it for a dead process."""
+        self._check_writable()
+        cdef int rc = sh_owner_detach(self.arena, oid, gen)
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc:
+            _raise(rc)
+
+    def _owner_adopt_orphan(self, uint32_t oid, uint32_t gen):
+        """Make the owner this process's if its own process died; True if it did."""
+        self._check_writable()
+        cdef int adopted = 0
+        cdef int rc = sh_owner_adopt_orphan(self.arena, oid, gen, &adopted)
+        if rc == SH_EOWNER:
+            raise stale_agent(oid, gen)
+        if rc:
+            _raise(rc)
+        return bool(adopted)
 
     def _owner_alive(self, uint32_t oid):
         """Is the owner's creating process still running (pid and start time)?"""

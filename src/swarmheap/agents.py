@@ -375,6 +375,14 @@ class Agent(AgentCore):
                 f"agent {self.id}'s slot in the owner table holds no valid state: the table is damaged"
             )
 
+    def detach(self) -> None:
+        """Give the agent to the heap rather than to the process that spawned
+        it: a sweep no longer reclaims it when that process exits or dies
+        (its ``stats()["pid"]`` becomes 0). complete(), or its lease running
+        out, still ends it; any process of the heap may use or complete it,
+        as any agent. SwarmSaver's threads are detached."""
+        self._heap._owner_detach(self.id, self.generation)
+
     def complete(self) -> dict[str, Any]:
         """Return all of the agent's memory in O(pages) and fire the complete
         and recycle hooks. If a view or array still pins it, the recycle waits

@@ -80,6 +80,18 @@ def _wanted_id(config: dict[str, Any], view: ThreadView, ns: str) -> str | None:
     return get_checkpoint_id(config) or (ids[-1] if ids else None)
 
 
+def _detached(agent: Any) -> bool:
+    """Make a thread's agent the heap's, not the process's that made it: a
+    thread outlives the process that wrote it, which may exit (or be killed)
+    before another resumes the thread; a sweep reclaimed it as a dead
+    process's agent. False if the agent is gone."""
+    try:
+        agent.detach()
+    except StaleBlock:
+        return False
+    return True
+
+
 class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def __init__(
         self,
@@ -178,7 +190,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             if found is not None:
                 agent_id, generation = found
                 if self.heap._owner_generation(agent_id) == generation:
-                    return self.heap._agent_at(agent_id, generation)
+                    agent = self.heap._agent_at(agent_id, generation)
+                    if self.heap.read_only or _detached(agent):
+                        return agent
+                    continue  # gone meanwhile: read again
                 if not create:
                     return None
                 registry.swap(key, ref, b"")  # the agent is gone (swept): start the thread again
@@ -187,6 +202,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 return None
             agent = self.heap.spawn(self.kind, reserve=False)
             if registry.swap(key, ref, lgthreads.encode(agent.id, agent.generation)):
+                # named first, then the heap's: killed in between, this
+                # process leaves a thread with no checkpoint that a sweep
+                # reclaims (its first put comes after this)
+                _detached(agent)
                 return agent
             agent.complete()  # another process made this thread first
 

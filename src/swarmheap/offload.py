@@ -231,6 +231,10 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
                 f"agent {agent.id} (generation {agent.generation}) is {state}: "
                 "a sweep reclaimed it while offloaded (its lease ran out)"
             )
+        # an agent whose process died while it was offloaded is this
+        # process's from here: live again under a dead pid, the next sweep
+        # reclaimed what this restore brought back
+        heap._owner_adopt_orphan(agent.id, agent.generation)
         heap._restoring.add((agent.id, agent.generation))
         try:
             # the deadline as it stood: the lease ran on in the store (an entry

@@ -20,7 +20,8 @@ log = logging.getLogger("swarmheap")
 
 
 def idle_agents(heap: Heap, partition: str, min_idle: float) -> list[tuple[int, int]]:
-    """(id, generation) of this process's live, unpinned agents idle for
+    """(id, generation) of this process's live, unpinned agents (and the
+    heap's: detached ones, SwarmSaver's threads) idle for
     ``min_idle`` seconds and holding some of ``partition``, in the order an
     offload takes them: least recently active first, but those holding a
     page's worth of the partition before the smaller ones. Each offload is a
@@ -44,7 +45,7 @@ def _fullness(heap: Heap, partition: str) -> float:
 
 def relieve(heap: Heap, policy: Any, at_least: int = 0) -> int:
     """The watermark policy: offload this process's idle, unpinned agents
-    that hold some of the partition, least recently active first (those
+    (and the heap's) that hold some of the partition, least recently active first (those
     holding a page's worth before smaller ones), while the partition is
     above ``high`` (_fullness), down to ``low``; ``at_least`` of them
     whatever the marks say (an allocation found no room under them). A

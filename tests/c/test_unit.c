@@ -1125,6 +1125,36 @@ static void test_pin_tombstones_cleared(void) {
   sh_close(a);
 }
 
+/* An owner is its creating process's until detached (the heap's) or adopted
+ * (an orphan taken by the caller, as a restore does). */
+static void test_owner_detach_and_adopt(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 16 * MiB, NULL) == SH_OK);
+  uint32_t id, gen, other, other_gen;
+  sh_owner_create(a, 0, &id, &gen);
+  sh_owner_create(a, 0, &other, &other_gen);
+  int adopted = 1;
+  CHECK("a live process's agent is not an orphan",
+        sh_owner_adopt_orphan(a, id, gen, &adopted) == SH_OK && !adopted && a->owners[id].pid == getpid());
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, NULL, 0);
+  a->owners[id].pid = child; /* as if the child had spawned it */
+  CHECK("a dead process's agent is dead", sh_owner_process_alive(a, id) == 0);
+  CHECK("and adopted", sh_owner_adopt_orphan(a, id, gen, &adopted) == SH_OK && adopted &&
+                           a->owners[id].pid == getpid() && sh_owner_process_alive(a, id) == 1);
+  CHECK("detached", sh_owner_detach(a, other, other_gen) == SH_OK && a->owners[other].pid == 0 &&
+                        sh_owner_process_alive(a, other) == 1);
+  CHECK("a detached one is nobody's orphan",
+        sh_owner_adopt_orphan(a, other, other_gen, &adopted) == SH_OK && !adopted && a->owners[other].pid == 0);
+  CHECK("owners 0 and 1 have no process to change",
+        sh_owner_detach(a, 0, 1) == SH_EINVAL && sh_owner_detach(a, SH_OWNER_NURSERY, 1) == SH_EINVAL);
+  CHECK("a gone generation", sh_owner_detach(a, other, other_gen + 1) == SH_EOWNER &&
+                                 sh_owner_adopt_orphan(a, id, gen + 1, &adopted) == SH_EOWNER);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 static void note_finals(const sh_owner_info_t *finals, uint32_t n, uint32_t *kinds_seen, uint32_t *blocks) {
   for (uint32_t i = 0; i < n; i++) {
     *kinds_seen |= 1u << (finals[i].kind - 40);
@@ -1176,6 +1206,7 @@ static void test_dead_pins_report_what_they_recycle(void) {
 int main(void) {
   test_pin_tombstones_cleared();
   test_dead_pins_report_what_they_recycle();
+  test_owner_detach_and_adopt();
   test_pin_count_recounted();
   test_large_run_length_damaged();
   test_cached_refill_skips_a_page_of_another_class();

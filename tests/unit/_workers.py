@@ -87,6 +87,21 @@ def spawn_and_exit(name: str, n_agents: int) -> list[int]:
     return ids
 
 
+def spawn_then_leave(name: str, how: str, url: str = "") -> tuple[int, int]:
+    """Spawn an agent holding entry "m" = b"kept", then, by ``how``: offload
+    it to the store at ``url``, detach it, or neither ("keep"); the process
+    then ends. Returns its (id, generation)."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.spawn("left")
+        agent.put("m", b"kept")
+        if how == "offload":
+            with sh.open_store(url) as store:
+                agent.offload(store)
+        elif how == "detach":
+            agent.detach()
+        return agent.id, agent.generation
+
+
 def sweep_after_barrier(name: str, barrier) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     heap = sh.Heap.attach(name)
     barrier.wait()

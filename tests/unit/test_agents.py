@@ -18,6 +18,7 @@ from _workers import (
     read_agent_entry,
     spawn_and_exit,
     spawn_and_hang,
+    spawn_then_leave,
     sweep_after_barrier,
     view_each,
     view_entry,
@@ -294,6 +295,39 @@ def test_a_sweep_that_drops_a_killed_process_s_pin_reports_the_agent_it_recycles
         assert result.bytes["completed"] == final["total_bytes"] > 0
         assert heard == [(agent.id, "summarizer", final["total_bytes"])]
         assert agent.state == "gone" and in_use(heap)["context"] == baseline
+        heap.check()
+
+
+def test_a_detached_agent_outlives_the_process_that_spawned_it(heap_name: str) -> None:
+    """An agent is its process's, and a sweep reclaims it when that process
+    is gone; detach() makes it the heap's: the sweep keeps it, and any
+    process uses and completes it."""
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        baseline = in_use(heap)["context"]
+        with mp.get_context("spawn").Pool(1) as pool:
+            kept_id, kept_gen = pool.apply(spawn_then_leave, (heap_name, "detach"))
+            left_id, left_gen = pool.apply(spawn_then_leave, (heap_name, "keep"))
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == 1  # the one that was not detached
+        assert heap._owner_generation(left_id) != left_gen
+        kept = heap.agent(kept_id)
+        assert kept.generation == kept_gen and kept.state == "live" and kept.stats()["pid"] == 0
+        assert kept.read("m") == b"kept"
+        kept.complete()
+        assert in_use(heap)["context"] == baseline
+        heap.check()
+
+
+def test_detach_of_a_gone_agent_or_on_a_read_only_heap_is_refused(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="16 MiB") as heap:
+        agent = heap.spawn("k")
+        with sh.Heap.attach(heap_name, read_only=True) as viewer:
+            with pytest.raises(sh.ReadOnlyHeap):
+                viewer.agent(agent.id).detach()
+        agent.complete()
+        with pytest.raises(sh.StaleBlock):
+            agent.detach()
         heap.check()
 
 

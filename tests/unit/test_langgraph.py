@@ -387,6 +387,28 @@ def test_a_graph_resumes_in_another_process(heap_name: str) -> None:
         heap.check()
 
 
+def test_a_thread_outlives_the_process_that_wrote_it(heap_name: str) -> None:
+    """A thread is the heap's, not its writer's: a worker writes it and
+    exits, a full sweep runs (it reclaims a dead process's agents), and the
+    thread is resumed here. It was reclaimed with its writer's agents."""
+    pytest.importorskip("langgraph.graph")
+    from lg_graph import build
+
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        with mp.get_context("spawn").Pool(1) as pool:
+            written = pool.apply(langgraph_resume, (heap_name, "made-elsewhere"))
+        assert written == {"log": ["resumed", "step 100"], "n": 101}
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == 0
+        app = build().compile(checkpointer=SwarmSaver(heap))
+        cfg = {"configurable": {"thread_id": "made-elsewhere"}}
+        assert app.get_state(cfg).values == written
+        assert app.invoke({"log": ["here"], "n": 7}, cfg)["log"] == ["resumed", "step 100", "here", "step 7"]
+        (owner,) = [o for o in heap.stats()["owners"] if o["kind"] == "langgraph"]
+        assert owner["pid"] == 0  # the heap's
+        heap.check()
+
+
 def test_the_published_conformance_suite_passes() -> None:
     conformance = pytest.importorskip("langgraph.checkpoint.conformance")
 

@@ -1732,6 +1732,25 @@ def test_an_lmdb_put_outlives_its_process_killed(tmp_path: Any) -> None:
         LMDBStore(str(tmp_path / "bad.lmdb"), sync="yes")  # type: ignore[arg-type]
 
 
+def test_an_agent_restored_after_its_process_exited_is_the_restorer_s(heap_name: str, tmp_path: Any) -> None:
+    """Offloaded by a process that then exited, restored here by a touch: the
+    agent is this process's from the restore, and a sweep keeps it. Live
+    again under its dead creator's pid, the next sweep reclaimed it."""
+    url = f"sqlite:///{tmp_path}/left.db"
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        with mp.get_context("spawn").Pool(1) as pool:
+            agent_id, generation = pool.apply(_workers.spawn_then_leave, (heap_name, "offload", url))
+        assert heap.collect(2).agents["dead_process"] == 0  # offloaded: kept, restorable by any process
+        agent = heap.agent(agent_id)
+        assert agent.generation == generation and agent.read("m") == b"kept"  # the touch restores it
+        assert agent.state == "live" and agent.stats()["pid"] == os.getpid()
+        assert heap.collect(2).agents["dead_process"] == 0
+        assert agent.read("m") == b"kept"
+        agent.complete()
+        heap.check()
+
+
 def test_a_process_that_read_an_agent_before_its_offload_reads_it_as_restored(
     named: sh.Heap, tmp_path: Any
 ) -> None:

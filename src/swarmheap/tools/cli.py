@@ -78,7 +78,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                     o["id"],
                     _owner_name(o),
                     o["state"],
-                    o["pid"],
+                    o["pid"] or "heap",  # detached (agent.detach(), a LangGraph thread): no process's
                     o["blocks"],
                     format_size(sum(o["bytes"].values())),
                     o["pins"],
