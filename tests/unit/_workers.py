@@ -322,6 +322,17 @@ def file_heap_reader(path: str, agent_id: int) -> bytes:
         return bytes(heap.agent(agent_id).get("k"))
 
 
+def file_heap_writer_exits(path: str) -> tuple[int, int]:
+    """Make a file-backed heap with two agents, one of them detached, close
+    it and end: (the detached one's id, the other's)."""
+    with sh.Heap.create(size="32 MiB", path=path) as heap:
+        kept, other = heap.spawn("kept"), heap.spawn("process's")
+        kept.put("k", b"persisted")
+        other.put("k", b"with its process")
+        kept.detach()
+        return kept.id, other.id
+
+
 def file_heap_writer_dies(path: str, ready: Any) -> None:
     heap = sh.Heap.attach(path=path)
     agent = heap.spawn("writer")

@@ -1541,6 +1541,22 @@ def test_a_file_backed_heap_outlives_its_process(tmp_path: Any) -> None:
             reader.spawn("writer")
 
 
+def test_a_file_backed_heap_keeps_its_detached_agents_after_its_writer_exits(tmp_path: Any) -> None:
+    """The writer closes the file and ends. Its agents went with it at the
+    next sweep, as any process's; one it detached is the heap's and stays,
+    for any later process (or boot) to read."""
+    path = str(tmp_path / "heap.bin")
+    with mp.get_context("spawn").Pool(1) as pool:
+        kept_id, other_id = pool.apply(_workers.file_heap_writer_exits, (path,))
+    with sh.Heap.attach(path=path) as heap:
+        result = heap.collect(2)
+        assert result.agents["dead_process"] == 1
+        assert heap.agent(kept_id).read("k") == b"persisted"
+        with pytest.raises(sh.AgentStateError):
+            heap.agent(other_id)
+        heap.check()
+
+
 def test_a_file_backed_heap_recovers_after_its_writer_was_killed(tmp_path: Any) -> None:
     path = str(tmp_path / "heap.bin")
     sh.Heap.create(size="32 MiB", path=path).close()
