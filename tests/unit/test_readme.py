@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -14,8 +15,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_readme_examples_run(heap_name: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = README.read_text()
     examples = re.findall(r"```python\n(.*?)```\n\nIt prints:\n\n```text\n(.*?)```", text, re.S)
-    assert len(examples) == 2 and '"my-swarm"' in examples[0][0]
+    assert len(examples) == 3 and '"my-swarm"' in examples[0][0]
     for code, promised in examples:
+        if "langgraph" in code and importlib.util.find_spec("langgraph") is None:
+            continue  # the test extra brings it from Python 3.10 on
         exec(compile(code.replace('"my-swarm"', repr(heap_name)), "README.md", "exec"), {})
         assert capsys.readouterr().out == promised
 
