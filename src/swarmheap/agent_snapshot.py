@@ -22,10 +22,15 @@ __all__ = ["parsed", "restore_blob", "snapshot_of", "snapshot_stored", "stored_s
 
 
 def snapshot_of(
-    agent: Agent, codec: str = "zstd", level: int | None = None, deadline: float | bool | None = False
+    agent: Agent,
+    codec: str = "zstd",
+    level: int | None = None,
+    deadline: float | bool | None = False,
+    use_dictionary: bool = True,
 ) -> tuple[bytes, Any]:
-    """The agent's blob, and the dictionary it names (None if none);
-    ``deadline`` is its lease's, if the caller read it already."""
+    """The agent's blob, and the dictionary it names (None if none, or not
+    ``use_dictionary``); ``deadline`` is its lease's, if the caller read it
+    already."""
     if deadline is False:
         deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
@@ -34,7 +39,7 @@ def snapshot_of(
         with contextlib.ExitStack() as views:  # the entries are copied once, into the state
             entries = [(name, views.enter_context(view)) for name, view in agent.items()]
             raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
-        dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" else None
+        dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" and use_dictionary else None
         blob = snapshot.pack(raw, codec, level, dictionary)
         if codec == "zstd":
             dictionaries.note(agent.kind, raw)
@@ -68,7 +73,7 @@ def stored_state(agent: Agent) -> Iterator[snapshot.State | None]:
         yield kind, lease_left, entries
 
 
-def snapshot_stored(agent: Agent, codec: str, level: int | None) -> bytes | None:
+def snapshot_stored(agent: Agent, codec: str, level: int | None, use_dictionary: bool = True) -> bytes | None:
     """The snapshot of an offloaded agent, made from its blob in the store
     without bringing it back: a backup or a move of agents the policy sent
     away would otherwise pull each into the arena (and fail with
@@ -80,7 +85,7 @@ def snapshot_stored(agent: Agent, codec: str, level: int | None) -> bytes | None
         kind, lease_left, entries = state
         with snapshot.encoded_state(kind, lease_left, entries) as raw:
             dictionaries: Dictionaries = agent.heap._dictionaries
-            dictionary = dictionaries.for_kind(kind) if codec == "zstd" else None
+            dictionary = dictionaries.for_kind(kind) if codec == "zstd" and use_dictionary else None
             out = snapshot.pack(raw, codec, level, dictionary)
             if codec == "zstd":
                 dictionaries.note(kind, raw)

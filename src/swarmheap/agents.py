@@ -315,19 +315,25 @@ class Agent(AgentCore):
 
     # ---- snapshots and the offload tier (swarmheap.offload) ----
 
-    def snapshot(self, codec: str = "zstd", level: int | None = None) -> bytes:
+    def snapshot(self, codec: str = "zstd", level: int | None = None, *, dictionary: bool = True) -> bytes:
         """One self-describing blob of the agent's kind, lease and named
         entries (its other blocks are not in it): ``heap.restore(blob)`` makes
         the agent again in any heap. Codecs: "zstd" (level 3 by default, and
-        the kind's trained dictionary once there is one), "lz4", "none". An
-        offloaded agent's snapshot is made from its blob in the store: it
-        stays offloaded."""
+        the kind's trained dictionary once there is one), "lz4", "none". A
+        blob made with a dictionary names it, and a restore finds it in this
+        heap, in a store the heap writes to, or in another heap this process
+        has open; ``dictionary=False`` makes a blob that needs none (for a
+        heap of another process or machine that shares no store with this
+        one). An offloaded agent's snapshot is made from its blob in the
+        store: it stays offloaded."""
         snapshot.check_codec(codec, level)
-        stored = agent_snapshot.snapshot_stored(self, codec, level)
+        if not isinstance(dictionary, bool):
+            raise TypeError(f"dictionary is True or False, not {type(dictionary).__name__}")
+        stored = agent_snapshot.snapshot_stored(self, codec, level, dictionary)
         if stored is not None:
             return stored
         self._ensure_live()
-        return agent_snapshot.snapshot_of(self, codec, level)[0]
+        return agent_snapshot.snapshot_of(self, codec, level, use_dictionary=dictionary)[0]
 
     def offload(
         self, store: Store | None = None, *, codec: str | None = None, level: int | None = None

@@ -6,6 +6,7 @@ it)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,18 @@ DICT_SIZE = 16 * 1024
 SAMPLE_MAX = 64 * 1024  # larger states gain little from a dictionary and are not kept as samples
 
 
+# Every heap's tables in this process: a blob snapshotted in one heap and
+# restored in another of the same process finds the first one's dictionary
+# (that heap's registry is not this one's, and no store may be shared).
+_EVERY: weakref.WeakSet[Dictionaries] = weakref.WeakSet()
+
+
 class Dictionaries:
     """Per heap and process: samples of each kind's states, the dictionaries
     trained from them, and where to find one by id."""
 
     def __init__(self, heap: Heap, train_after: int = TRAIN_AFTER) -> None:
+        _EVERY.add(self)
         self.heap = heap
         self.train_after = train_after
         self.samples: dict[str, list[bytes]] = defaultdict(list)
@@ -96,7 +104,8 @@ class Dictionaries:
             return self.by_id.setdefault(d.dict_id(), d)
 
     def lookup(self, dict_id: int, stores: list[Store]) -> Any:
-        """The dictionary with this id: this process's, the registry's, or a store's."""
+        """The dictionary with this id: this process's, the registry's, a
+        store's, or one another heap of this process holds."""
         if dict_id in self.by_id:
             return self.by_id[dict_id]
         data = Registry(self.heap).get(f"{_DICT_BY_ID}{dict_id}")
@@ -106,6 +115,10 @@ class Dictionaries:
             data = store.get(f"{DICT_KEY}{dict_id}")
             if data:
                 return self._remember(data)
+        for other in list(_EVERY):
+            found = other.by_id.get(dict_id) if other is not self else None
+            if found is not None:
+                return self._remember(found.as_bytes())
         return None
 
     def publish(self, dictionary: Any, store: Store) -> None:

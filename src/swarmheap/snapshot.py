@@ -500,7 +500,13 @@ def _needed_dictionary(info: dict[str, Any], dictionary_for: Callable[[int], Any
         return None
     dictionary = dictionary_for(info["dict_id"]) if dictionary_for else None
     if dictionary is None:
-        raise CorruptSnapshot(f"the snapshot needs zstd dictionary {info['dict_id']}, found nowhere")
+        raise CorruptSnapshot(
+            f"the snapshot was compressed with zstd dictionary {info['dict_id']} (trained on its kind's "
+            "snapshots in the heap that took it), which neither this heap nor a store it has opened holds: "
+            "restore it where that heap's dictionaries are (a heap it shares a store with: an offload "
+            "writes the dictionary beside the blob), or take snapshots for other heaps with "
+            "agent.snapshot(dictionary=False)"
+        )
     return dictionary
 
 

@@ -88,7 +88,7 @@ def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None
     blobs = []
     for i in range(80):
         a = heap.spawn("chat")
-        a.put("turn", f'{{"role": "user", "content": "question {i} about the weather in Lyon"}}'.encode() * 4)
+        a.put("turn", chat_turn(i))
         blobs.append(a.snapshot())
         a.complete()
     first, last = snapshot.frame_info(blobs[0]), snapshot.frame_info(blobs[-1])
@@ -97,8 +97,26 @@ def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None
     restored = heap.restore(blobs[-1])  # the dictionary is found through the arena's registry
     assert bytes(restored.get("turn")).startswith(b'{"role": "user", "content": "question 79')
     restored.complete()
-    with pytest.raises(sh.CorruptSnapshot, match="dictionary"):
-        named.restore(blobs[-1])  # another heap without that dictionary or a store holding it
+    # another heap of this process finds the dictionary this process trained
+    twin = named.restore(blobs[-1])
+    assert twin.read("turn") == chat_turn(79)
+    twin.complete()
+    plain = heap.spawn("chat")
+    plain.put("turn", chat_turn(80))
+    portable = plain.snapshot(dictionary=False)
+    assert snapshot.frame_info(portable)["dict_id"] == 0 and snapshot.frame_info(plain.snapshot())["dict_id"] != 0
+    with pytest.raises(TypeError, match="dictionary"):
+        plain.snapshot(dictionary="no")  # type: ignore[arg-type]
+    with mp.get_context("spawn").Pool(1) as pool:
+        # a process that never saw the dictionary, on a heap whose registry lacks it, and no store
+        with pytest.raises(sh.CorruptSnapshot, match=r"snapshot\(dictionary=False\)"):
+            pool.apply(restore_snapshot, (named.name, blobs[-1]))
+        assert pool.apply(restore_snapshot, (named.name, portable))["turn"] == chat_turn(80)
+    named.check()
+
+
+def chat_turn(i: int) -> bytes:
+    return f'{{"role": "user", "content": "question {i} about the weather in Lyon"}}'.encode() * 4
 
 
 def test_a_dictionary_id_names_one_dictionary(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
