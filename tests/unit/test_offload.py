@@ -104,7 +104,8 @@ def test_a_kind_gets_a_trained_dictionary(heap: sh.Heap, named: sh.Heap) -> None
     plain = heap.spawn("chat")
     plain.put("turn", chat_turn(80))
     portable = plain.snapshot(dictionary=False)
-    assert snapshot.frame_info(portable)["dict_id"] == 0 and snapshot.frame_info(plain.snapshot())["dict_id"] != 0
+    assert snapshot.frame_info(portable)["dict_id"] == 0
+    assert snapshot.frame_info(plain.snapshot())["dict_id"] != 0
     with pytest.raises(TypeError, match="dictionary"):
         plain.snapshot(dictionary="no")  # type: ignore[arg-type]
     with mp.get_context("spawn").Pool(1) as pool:
