@@ -141,7 +141,8 @@ static int sh_chan_spin(sh_chan_t *c, int spin, bool want_room, uint32_t seen) {
  * empty for a receiver), `seen` its futex word read before it looked:
  * SH_ETIMEDOUT past the deadline; else a spin on that word first, then
  * SH_ECANCELED if the wait was called off (this process closing the heap, or
- * *cancel set), else a sleep until the word moves. SH_OK: look again. The
+ * *cancel set), else a sleep until the word moves (SH_EINTR if a signal
+ * cut it short: nothing was sent or received). SH_OK: look again. The
  * word is read before the flags and a caller of sh_chan_call_off sets its
  * flag, then moves the word, then wakes: the waiter sees the flag or finds
  * the word moved. */
@@ -158,9 +159,9 @@ static int sh_chan_await(const sh_arena_t *a, sh_chan_t *c, bool want_room, uint
   if (cancel && sh_word_load_acquire(cancel)) return _sh_fail(SH_ECANCELED, "the wait was called off");
   _Atomic uint32_t *word = want_room ? &c->receivers.wakes : &c->senders.wakes;
   sh_atomic_add_seq_cst(&c->sleepers, 1u);
-  _sh_futex_wait(word, seen, deadline);
+  bool interrupted = _sh_futex_wait(word, seen, deadline);
   sh_atomic_sub_relaxed(&c->sleepers, 1u);
-  return SH_OK;
+  return interrupted ? _sh_fail(SH_EINTR, "a signal interrupted the wait") : SH_OK;
 }
 
 /* The bump releases the change before it (a waiter that reads the moved

@@ -46,6 +46,7 @@ const char *sh_strerror(int status) {
     case SH_ETIMEDOUT: return "SH_ETIMEDOUT";
     case SH_ECLOSED: return "SH_ECLOSED";
     case SH_ECANCELED: return "SH_ECANCELED";
+    case SH_EINTR: return "SH_EINTR";
     default: return "SH_E?";
   }
 }

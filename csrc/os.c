@@ -214,18 +214,18 @@ bool _sh_past(int64_t deadline_ns) {
   return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline_ns;
 }
 
-void _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) {
+bool _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns) {
   struct timespec ts, *tsp = NULL;
   if (deadline_ns >= 0) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     int64_t left = deadline_ns - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
-    if (left <= 0) return;
+    if (left <= 0) return false;
     ts.tv_sec = left / 1000000000;
     ts.tv_nsec = left % 1000000000;
     tsp = &ts;
   }
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tsp, NULL, 0);
+  return syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tsp, NULL, 0) == -1 && errno == EINTR;
 }
 
 void _sh_futex_wake(_Atomic uint32_t *word) { syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }

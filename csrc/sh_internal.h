@@ -45,7 +45,10 @@ sh_internal int32_t _sh_os_pid(void); /* getpid(), cached per process */
  * process wakes: a wait returns on a wake, a change of the word, or the deadline. */
 sh_internal int64_t _sh_deadline_ns(int64_t timeout_ns);
 sh_internal bool _sh_past(int64_t deadline_ns);
-sh_internal void _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns);
+/* Sleeps while *word == seen, until woken or the deadline (-1: none);
+ * true if a signal interrupted the sleep (the caller's caller runs the
+ * handlers: a Ctrl-C must not wait for a message that never comes). */
+sh_internal bool _sh_futex_wait(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns);
 sh_internal void _sh_futex_wake(_Atomic uint32_t *word);
 sh_internal uint32_t _sh_os_random32(void);
 

@@ -60,6 +60,7 @@ typedef enum sh_status_e {
   SH_ETIMEDOUT = -20,    /* a channel wait ran out (a timeout of 0: full, or empty) */
   SH_ECLOSED = -21,      /* the channel is closed (a receiver: and drained) */
   SH_ECANCELED = -22,    /* a wait was called off (sh_chan_call_off, or this process closing the heap) */
+  SH_EINTR = -23,        /* a signal cut a wait short; nothing was done: handle it, then call again */
 } sh_status_t;
 
 typedef enum sh_partition_e {

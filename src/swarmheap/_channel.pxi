@@ -13,6 +13,23 @@ cdef inline void _waits(CoreHeap heap, uint64_t chan, int change):
         del heap._waiting[chan]
 
 
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef int64_t _after_signal(int64_t timeout_ns, int64_t deadline) except -2:
+    """A wait a signal cut short (nothing was sent or received): the
+    handlers run here, so a Ctrl-C raises KeyboardInterrupt; else the time
+    left of ``timeout_ns`` (-1: no limit) for the next try."""
+    PyErr_CheckSignals()
+    if timeout_ns < 0:
+        return -1
+    cdef int64_t left = deadline - _now_ns()
+    return left if left > 0 else 0
+
+
 cdef inline int _called_off(int rc) except -1:
     if rc == SH_ECANCELED:
         raise ChannelClosed("the heap was closed in this process while this call waited on the channel",
@@ -56,11 +73,19 @@ cdef class ChannelCore:
         cdef sh_arena_t *arena = heap.arena
         cdef uint64_t chan = self.chan
         cdef int rc = sh_chan_send(arena, chan, msg, size, 0)
+        cdef int64_t deadline
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
+            deadline = _now_ns() + timeout_ns
             _waits(heap, chan, 1)
-            with nogil:
-                rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
-            _waits(heap, chan, -1)
+            try:
+                while True:
+                    with nogil:
+                        rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
+                    if rc != SH_EINTR:
+                        break
+                    timeout_ns = _after_signal(timeout_ns, deadline)
+            finally:
+                _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
             return 0
         if rc:
@@ -146,14 +171,22 @@ cdef class ChannelCore:
             rc = sh_chan_recv_held(arena, chan, msg, size, 0, info, tag)
         else:
             rc = sh_chan_recv(arena, chan, msg, size, 0)
+        cdef int64_t deadline
         if rc == SH_ETIMEDOUT and timeout_ns != 0:
+            deadline = _now_ns() + timeout_ns
             _waits(heap, chan, 1)
-            with nogil:
-                if info != NULL:
-                    rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info, tag)
-                else:
-                    rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
-            _waits(heap, chan, -1)
+            try:
+                while True:
+                    with nogil:
+                        if info != NULL:
+                            rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info, tag)
+                        else:
+                            rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
+                    if rc != SH_EINTR:
+                        break
+                    timeout_ns = _after_signal(timeout_ns, deadline)
+            finally:
+                _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
             return 0
         if rc:
@@ -237,10 +270,17 @@ cdef class ChannelWaiter:
         cdef sh_arena_t *arena = heap.arena
         cdef uint64_t chan = self.core.chan
         cdef int rc
+        cdef int64_t deadline = _now_ns() + timeout_ns
         _waits(heap, chan, 1)
-        with nogil:
-            rc = sh_chan_wait(arena, chan, want_room, timeout_ns, &self.cancelled)
-        _waits(heap, chan, -1)
+        try:
+            while True:
+                with nogil:
+                    rc = sh_chan_wait(arena, chan, want_room, timeout_ns, &self.cancelled)
+                if rc != SH_EINTR:
+                    break
+                timeout_ns = _after_signal(timeout_ns, deadline)
+        finally:
+            _waits(heap, chan, -1)
         if rc == SH_OK:
             return True
         if rc == SH_ETIMEDOUT:

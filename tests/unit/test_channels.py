@@ -334,6 +334,65 @@ def test_an_async_receive_waits_in_a_forked_child(heap: sh.Heap) -> None:
     ch.unlink()
 
 
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("call", ["recv", "recv with a timeout", "send to a full channel"])
+def test_a_signal_interrupts_a_blocked_call(heap: sh.Heap, call: str) -> None:
+    """A call blocked in a futex wait runs the process's signal handlers
+    (Ctrl-C's KeyboardInterrupt among them): it waited on, deaf to them, for
+    a message that might never come. The channel is as it was after."""
+    ch = heap.channel("signalled", capacity=1)
+    if call == "send to a full channel":
+        ch.send(b"first")
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:  # once: a later signal of the helper's finds nothing to interrupt
+            fired.append(signum)
+            raise _Interrupted
+
+    interrupted = threading.Event()
+
+    def signal_until_interrupted() -> None:
+        # again and again: a signal that lands before the call sleeps is
+        # taken by the handler's flag, and only the next one wakes the sleep
+        for _ in range(600):
+            if interrupted.wait(0.05):
+                return
+            os.kill(os.getpid(), signal.SIGUSR1)
+        # deaf to signals: end the call as a failure, not a hang
+        if call == "send to a full channel":
+            ch.try_recv()
+        else:
+            ch.send(b"unblock")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    helper = threading.Thread(target=signal_until_interrupted)
+    helper.start()
+    try:
+        with pytest.raises(_Interrupted):
+            if call == "recv":
+                ch.recv()
+            elif call == "recv with a timeout":
+                ch.recv(timeout=600)
+            else:
+                ch.send(b"second")
+    finally:
+        interrupted.set()
+        helper.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert fired == [signal.SIGUSR1]
+    if call == "send to a full channel":
+        assert bytes(ch.recv(timeout=0)) == b"first"  # the interrupted send sent nothing
+    assert ch.try_recv() is None
+    ch.send(b"after")
+    assert bytes(ch.recv(timeout=0)) == b"after"
+    assert not heap._waiting  # the call is counted out: close() does not wait for it
+    heap.check()
+
+
 def test_close_of_the_heap_ends_a_thread_blocked_in_a_receive(heap_name: str) -> None:
     """close() waits for the calls in flight; a receive that waits for ever
     is called off (ChannelClosed: a `for message in channel` loop ends)."""

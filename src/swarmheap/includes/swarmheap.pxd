@@ -27,6 +27,7 @@ cdef extern from "swarmheap.h" nogil:
         SH_ETIMEDOUT
         SH_ECLOSED
         SH_ECANCELED
+        SH_EINTR
 
     ctypedef enum sh_partition_t:
         SH_PART_CONTEXT
