@@ -252,6 +252,14 @@ class Agent(AgentCore):
         self._ensure_live()
         return list(self._read_index()[2])
 
+    def __contains__(self, name: object) -> bool:
+        """``name in agent``: whether the agent has an entry of that name (a
+        touch, as names(): an offloaded agent comes back)."""
+        if not isinstance(name, str):
+            return False
+        self._ensure_live()
+        return name in self._read_index()[2]
+
     def items(self) -> Iterator[tuple[str, memoryview]]:
         """(name, view) pairs; each view pins the agent while alive."""
         for name in self.names():

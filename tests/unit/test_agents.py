@@ -50,8 +50,9 @@ def test_entries_round_trip(big: sh.Heap) -> None:
     assert bytes(agent.get("empty")) == b""
     agent.put("messages", b"replaced, and longer")
     assert bytes(agent.get("messages")) == b"replaced, and longer"
+    assert "scores" in agent and "nope" not in agent and 3 not in agent
     agent.delete("scores")
-    assert "scores" not in agent.names()
+    assert "scores" not in agent.names() and "scores" not in agent
     with pytest.raises(KeyError, match="scores"):
         agent.get("scores")
     with pytest.raises(KeyError):
