@@ -284,6 +284,8 @@ class RedisStore(Store):
         self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
 
     def _call(self, fn: Any) -> Any:
+        if self.closed:  # the client reconnected on its own after close()
+            raise StoreUnavailable(f"{self.url} is closed")
         try:
             return fn(self._client)
         except self._redis.exceptions.ResponseError as exc:

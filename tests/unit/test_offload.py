@@ -460,6 +460,13 @@ def test_store_protocol(store: Store) -> None:
     assert store.get("swarmheap/b/1") == b""
     with pytest.raises(TypeError):
         store.put("swarmheap/x", "text")  # type: ignore[arg-type]
+    store.close()
+    assert store.closed
+    calls = (lambda: store.get("swarmheap/a/1"), lambda: store.put("swarmheap/c", b"x"), lambda: store.keys())
+    for call in calls:
+        with pytest.raises(sh.StoreUnavailable, match="closed"):
+            call()  # every store alike: Redis's client reconnected and answered
+    store.close()  # twice is harmless
 
 
 def test_open_store_urls(tmp_path: Any, redis_url: str) -> None:
