@@ -53,7 +53,9 @@ int _sh_os_map(int fd, uint64_t size, int read_only, uint8_t **base) {
   int flags = MAP_NORESERVE | (fd < 0 ? MAP_PRIVATE | MAP_ANONYMOUS : MAP_SHARED);
   void *p = mmap(NULL, (size_t)size, prot, flags, fd, 0);
   if (p == MAP_FAILED)
-    return _sh_fail(errno == ENOMEM ? SH_ENOMEM : SH_ESYS, "mmap of %llu bytes failed: %s",
+    return _sh_fail(errno == ENOMEM ? SH_ENOMEM : SH_ESYS,
+                    "mmap of %llu bytes failed: %s (more than this process's address space or the kernel's "
+                    "overcommit limit allows: give the heap a smaller size)",
                     (unsigned long long)size, strerror(errno));
   *base = p;
   return SH_OK;
