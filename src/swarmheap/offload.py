@@ -316,6 +316,7 @@ def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:
 
 def _finish(heap: Heap, agent: Agent, entry: Entry) -> None:
     try:
+        heap._owner_adopt_orphan(agent.id, agent.generation)  # its restorer died: this process's now
         heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
     except AgentStateError:
         pass  # another process finished first

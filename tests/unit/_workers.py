@@ -102,6 +102,24 @@ def spawn_then_leave(name: str, how: str, url: str = "") -> tuple[int, int]:
         return agent.id, agent.generation
 
 
+def restore_and_die_after_the_claim(name: str, path: str, agent_id: int) -> None:
+    """Touch an offloaded agent, whose blob is in the SQLite store at
+    ``path``, and end this process between the restore's claim (the blob's
+    delete) and its going live: the agent is left RESTORING, this
+    process's (the one that offloaded it had died)."""
+    from swarmheap.stores import SQLiteStore
+
+    class DiesAfterDelete(SQLiteStore):
+        def delete(self, key: str) -> bool:
+            done = super().delete(key)
+            os._exit(0)  # killed there: no cleanup, no close
+            return done
+
+    heap = sh.Heap.attach(name)
+    heap._remember_store(DiesAfterDelete(path))
+    heap.agent(agent_id).read("m")
+
+
 def sweep_after_barrier(name: str, barrier) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     heap = sh.Heap.attach(name)
     barrier.wait()

@@ -1793,6 +1793,35 @@ def test_an_agent_restored_after_its_process_exited_is_the_restorer_s(heap_name:
         heap.check()
 
 
+def test_a_restore_finished_for_a_dead_restorer_is_the_finisher_s(heap_name: str, tmp_path: Any) -> None:
+    """Offloaded by a process that exited; a second process restores it and
+    dies between its claim and going live (RESTORING, the second process's);
+    a touch here finishes the restore and takes the agent over, so the
+    next sweep keeps it. Finished under the dead restorer's pid, that sweep
+    reclaimed it."""
+    path = str(tmp_path / "left.db")
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            agent_id, _ = pool.apply(_workers.spawn_then_leave, (heap_name, "offload", f"sqlite:///{path}"))
+        restorer = ctx.Process(
+            target=_workers.restore_and_die_after_the_claim, args=(heap_name, path, agent_id)
+        )
+        restorer.start()
+        restorer.join(60)
+        assert restorer.exitcode == 0
+        agent = heap.agent(agent_id)
+        assert agent.state == "restoring" and agent.stats()["pid"] == restorer.pid
+        with agent.get("m") as view:  # the touch finishes the restore
+            assert bytes(view) == b"kept"
+        assert agent.state == "live" and agent.stats()["pid"] == os.getpid()
+        assert heap.collect(2).agents["dead_process"] == 0
+        assert agent.read("m") == b"kept"
+        agent.complete()
+        heap.check()
+
+
 def test_a_process_that_read_an_agent_before_its_offload_reads_it_as_restored(
     named: sh.Heap, tmp_path: Any
 ) -> None:
