@@ -61,6 +61,19 @@ def format_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def format_seconds(seconds: float) -> str:
+    """'850 µs', '12.5 ms', '3.20 s', '4.0 min', '2.5 h': a duration in the unit it reads best in."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def class_label(size: int) -> str:
     """A key of a block-size mix (Prediction.mix, an agent's "classes"): a block size, or 0 for page runs."""
     return format_size(size) if size else "page runs"

@@ -1,6 +1,7 @@
 import pytest
 
 from swarmheap import format_size, parse_size
+from swarmheap.sizes import format_seconds
 
 
 @pytest.mark.parametrize(
@@ -41,3 +42,15 @@ def test_format() -> None:
     assert format_size(512) == "512 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(64 << 20) == "64.0 MiB"
+
+
+def test_format_seconds() -> None:
+    # swarmheap stats' lifetimes: 0.00105 s read as "0.00105 s"
+    assert [format_seconds(s) for s in (0.00001, 0.00105, 0.25, 3.2, 240, 9000)] == [
+        "10 µs",
+        "1.05 ms",
+        "250 ms",
+        "3.2 s",
+        "4.0 min",
+        "2.5 h",
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from swarmheap import lgthreads
 from swarmheap.errors import AttachError, SwarmHeapError
-from swarmheap.sizes import format_size, mix_label
+from swarmheap.sizes import format_seconds, format_size, mix_label
 from swarmheap.tools.report import table
 
 
@@ -120,7 +120,7 @@ def render_stats(stats: dict[str, Any], top: int = 10) -> str:
                         k["samples"],
                         "-" if k["p50"] is None else format_size(k["p50"]),
                         "-" if k["p90"] is None else format_size(k["p90"]),
-                        "-" if k["lifetime_p90"] is None else f"{k['lifetime_p90']:.3g} s",
+                        "-" if k["lifetime_p90"] is None else format_seconds(k["lifetime_p90"]),
                         format_size(k["last_peak"]),
                         mix_label(k.get("mix", {})),
                     )
