@@ -351,6 +351,16 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
   return SH_OK;
 }
 
+/* Is `pid` still the process that started at `start` (a reused pid is
+ * not)? 1 alive, 0 dead, negative if /proc could not say. */
+static int sh_pid_alive(int32_t pid, uint64_t start) {
+  uint64_t now_start;
+  int rc = sh_process_start_time(pid, &now_start);
+  if (rc == SH_ENOENT) return 0;
+  if (rc) return rc;
+  return now_start == start;
+}
+
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   return sh_pins_reclaim_dead_final(a, dropped, recycled, NULL, 0);
 }
@@ -369,11 +379,9 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
     sh_pin_t *e = &a->pins[i];
     if (e->pid == 0 || e->count == 0) continue;
     if (e->pid != last_pid || sh_pin_start(e) != last_start) {
-      uint64_t start;
-      int rc = sh_process_start_time(e->pid, &start);
       last_pid = e->pid;
       last_start = sh_pin_start(e);
-      last_alive = !(rc == SH_ENOENT || (rc == SH_OK && start != last_start));
+      last_alive = sh_pid_alive(last_pid, last_start) != 0; /* /proc could not say: kept */
     }
     if (last_alive) continue;
     *dropped += e->count;
@@ -569,28 +577,31 @@ int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   const sh_owner_t *o = &a->owners[id];
   if (o->pid == 0) return 1; /* detached: the heap holds it, no process */
-  uint64_t start;
-  int rc = sh_process_start_time(o->pid, &start);
-  if (rc == SH_ENOENT) return 0;
-  if (rc) return rc;
-  return start == o->pid_start;
+  return sh_pid_alive(o->pid, o->pid_start);
 }
 
-/* Under the owner lock, so that it does not race another re-homing or the
- * slot's reuse (the generation is checked under the same lock). */
+/* The change is made under the owner lock, so that it does not race another
+ * re-homing or the slot's reuse (the generation is checked under the same
+ * lock); whether the holder died is asked of /proc before it, not under
+ * the lock every owner call takes, and stands only if the holder is still
+ * the one asked about. */
 static int sh_owner_rehome(sh_arena_t *a, uint32_t id, uint32_t gen, bool detach, int *moved) {
   if (moved) *moved = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) has no process", id);
+  if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range (the table holds %u)", id, a->max_owners);
   int32_t pid = detach ? 0 : _sh_os_pid();
   uint64_t start = detach ? 0 : _sh_own_start_time(pid);
+  /* an adoption takes only an orphan: an agent whose process lives stays
+   * that process's, and a detached one stays the heap's */
+  int32_t held_by = a->owners[id].pid;
+  uint64_t held_since = a->owners[id].pid_start;
+  bool orphan = !detach && held_by != 0 && sh_pid_alive(held_by, held_since) == 0;
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
-  bool change = rc == SH_OK && o->pid != pid;
-  /* an adoption takes only an orphan: an agent whose process lives stays
-   * that process's, and a detached one stays the heap's */
-  if (change && !detach) change = o->pid != 0 && sh_owner_process_alive(a, id) == 0;
+  bool change = rc == SH_OK && o->pid != pid &&
+                (detach || (orphan && o->pid == held_by && o->pid_start == held_since));
   if (change) {
     o->pid = pid;
     o->pid_start = start;

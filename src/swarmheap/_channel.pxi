@@ -19,15 +19,17 @@ cdef inline int64_t _now_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
-cdef int64_t _after_signal(int64_t timeout_ns, int64_t deadline) except -2:
-    """A wait a signal cut short (nothing was sent or received): the
-    handlers run here, so a Ctrl-C raises KeyboardInterrupt; else the time
-    left of ``timeout_ns`` (-1: no limit) for the next try."""
+cdef bint _again_after_signal(int rc, int64_t *timeout_ns, int64_t deadline) except -1:
+    """True if a signal cut the wait short (SH_EINTR: nothing was sent or
+    received) and it is to be made again for the time left of *timeout_ns
+    (-1: no limit), which this sets. The handlers run here first, so a
+    Ctrl-C raises KeyboardInterrupt."""
+    if rc != SH_EINTR:
+        return False
     PyErr_CheckSignals()
-    if timeout_ns < 0:
-        return -1
-    cdef int64_t left = deadline - _now_ns()
-    return left if left > 0 else 0
+    if timeout_ns[0] >= 0:
+        timeout_ns[0] = max(deadline - _now_ns(), 0)
+    return True
 
 
 cdef inline int _called_off(int rc) except -1:
@@ -81,9 +83,8 @@ cdef class ChannelCore:
                 while True:
                     with nogil:
                         rc = sh_chan_send(arena, chan, msg, size, timeout_ns)
-                    if rc != SH_EINTR:
+                    if not _again_after_signal(rc, &timeout_ns, deadline):
                         break
-                    timeout_ns = _after_signal(timeout_ns, deadline)
             finally:
                 _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
@@ -182,9 +183,8 @@ cdef class ChannelCore:
                             rc = sh_chan_recv_held(arena, chan, msg, size, timeout_ns, info, tag)
                         else:
                             rc = sh_chan_recv(arena, chan, msg, size, timeout_ns)
-                    if rc != SH_EINTR:
+                    if not _again_after_signal(rc, &timeout_ns, deadline):
                         break
-                    timeout_ns = _after_signal(timeout_ns, deadline)
             finally:
                 _waits(heap, chan, -1)
         if rc == SH_ETIMEDOUT:
@@ -276,9 +276,8 @@ cdef class ChannelWaiter:
             while True:
                 with nogil:
                     rc = sh_chan_wait(arena, chan, want_room, timeout_ns, &self.cancelled)
-                if rc != SH_EINTR:
+                if not _again_after_signal(rc, &timeout_ns, deadline):
                     break
-                timeout_ns = _after_signal(timeout_ns, deadline)
         finally:
             _waits(heap, chan, -1)
         if rc == SH_OK:

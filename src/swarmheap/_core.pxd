@@ -46,6 +46,7 @@ cdef class _Arena:
     cdef int _check_open(self) except -1
     cdef int _check_writable(self) except -1
     cdef dict _info_dict(self, sh_owner_info_t *oi, object kind)
+    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled)
     cdef int _owner_arg(self, object owner, uint32_t *oid, uint32_t *gen) except -1
     cdef Block _new_block(self, uint64_t offset, uint64_t length, uint32_t owner, uint32_t generation,
                           uint64_t usable, int part, uint64_t tag, uint32_t offloads)
@@ -56,7 +57,6 @@ cdef class _Arena:
 
 cdef class CoreHeap(_Arena):
     cdef int _complete(self, uint32_t oid, uint32_t gen, sh_owner_info_t *oi) except -1
-    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled)
 
 
 cdef class Block:

@@ -278,6 +278,14 @@ cdef class _Arena:
                                f"to allocate, free, spawn, put, complete or sweep", "SH_EINVAL")
         return 0
 
+    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled):
+        # read before the recycle, so its state is the one the agent had
+        # then ("live"); the dict says what it is after the call, as
+        # Agent.state would: "gone" once recycled, "completed" while pinned
+        cdef dict info = self._info_dict(oi, kind)
+        info["state"] = "gone" if recycled else "completed"
+        return info
+
     cdef dict _info_dict(self, sh_owner_info_t *oi, object kind):
         # an owner's figures as a dict, in this heap's page and block sizes
         return _owner_dict(oi, kind, 1 << self.page_shift_, self._class_sizes)
@@ -530,9 +538,7 @@ cdef class _Arena:
                 if nbytes:
                     rc = sh_owner_unpin_final(self.arena, oid, gen, 0, &recycled, &final)
                     if recycled:  # completed meanwhile: the block went with it
-                        figures = self._info_dict(&final, "?")
-                        figures["state"] = "gone"
-                        self.events.on_recycled(self, oid, gen, figures)
+                        self.events.on_recycled(self, oid, gen, self._final_dict(&final, "?", True))
                     if rc:
                         _raise(rc)
         finally:

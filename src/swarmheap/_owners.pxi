@@ -97,14 +97,6 @@ cdef class CoreHeap(_Arena):
         cdef bint recycled = self._complete(oid, gen, &oi)
         return recycled, self._final_dict(&oi, kind, recycled)
 
-    cdef dict _final_dict(self, sh_owner_info_t *oi, str kind, bint recycled):
-        # read before the recycle, so its state is the one the agent had
-        # then ("live"); the dict says what it is after the call, as
-        # Agent.state would: "gone" once recycled, "completed" while pinned
-        cdef dict info = self._info_dict(oi, kind)
-        info["state"] = "gone" if recycled else "completed"
-        return info
-
     def _owner_complete_row(self, uint32_t oid, uint32_t gen, str kind):
         """_owner_complete, and the final figures as one USAGE_ROW of native
         float64 in bytes: what the usage model folds in, without reading

@@ -117,8 +117,9 @@ class Dictionaries:
                 return self._remember(data)
         for other in list(_EVERY):
             found = other.by_id.get(dict_id) if other is not self else None
-            if found is not None:
-                return self._remember(found.as_bytes())
+            if found is not None:  # the same object: not copied out and parsed again
+                with self.lock:
+                    return self.by_id.setdefault(dict_id, found)
         return None
 
     def publish(self, dictionary: Any, store: Store) -> None:
