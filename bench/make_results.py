@@ -120,6 +120,12 @@ def render(results: dict[str, Any], json_name: str) -> str:
                 f"({c['free_100k_s'] / max(c['recycle_100k_s'], 1e-9):.0f}x). "
                 f"Metadata: {c['metadata_percent']:.3f} % of a 1 GiB arena.",
             ]
+            if "agent_alloc_64B_ns" in c:
+                out[-1] += (
+                    f" An agent's allocation of 64 B (100 000 in a row, past its nursery share): "
+                    f"{c['agent_alloc_64B_ns']:.1f} ns; "
+                    f"the shared default's: {c['default_alloc_64B_ns']:.1f} ns."
+                )
             out += [f"- {n}" for n in c.get("notes", [])]
             out += _c_targets(c)
     return "\n".join(out) + "\n"

@@ -428,6 +428,10 @@ __attribute__((always_inline)) static inline bool sh_alloc_fast(sh_arena_t *a, u
   return sh_tc_pop(a, b->slot, e, _sh_tc_key(owner, (int)partition, c), c, offset) == SH_TC_HIT;
 }
 
+bool _sh_alloc_cached(sh_arena_t *a, uint32_t owner, sh_partition_t partition, size_t size, uint64_t *offset) {
+  return sh_alloc_fast(a, owner, partition, size, offset);
+}
+
 /* The fastest path: a block of the shared default from the thread's magazine.
  * Its checks are the ones that choose the magazine; the rest of the work is
  * out of line (sh_alloc_rest), so this path saves no registers. */

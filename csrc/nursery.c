@@ -71,10 +71,15 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
   if (c < 0 || a->classes[c].nursery_capacity == 0) return SH_NURSERY_PASS;
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);
   if (!record) return SH_NURSERY_PASS;
-  int slot = -1;
-  for (int k = 0; k < SH_NURSERY_SLOTS && slot < 0; k++)
-    if (sh_atomic_load_relaxed(&record[k]) == 0) slot = k;
-  if (slot < 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
+  /* Every slot is read, with no exit on the first empty one: the reads do
+   * not wait on one another, and an agent past its share (the common case
+   * of a busy one) tells that in a few cycles rather than a loop of 16
+   * dependent branches (a fifth of an agent's allocation, measured). */
+  unsigned empty = 0;
+#pragma GCC unroll 16
+  for (int k = 0; k < SH_NURSERY_SLOTS; k++) empty |= (unsigned)(sh_atomic_load_relaxed(&record[k]) == 0) << k;
+  if (empty == 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
+  int slot = __builtin_ctz(empty);
   uint64_t off;
   size_t want = a->classes[c].size;
   int rc = may_lock ? sh_alloc(a, SH_OWNER_NURSERY, (sh_partition_t)part, want, &off)
@@ -280,7 +285,7 @@ int _sh_nursery_check(const sh_arena_t *a) {
 
 uint64_t sh_nursery_reclaim(sh_arena_t *a) { return a->read_only ? 0 : _sh_nursery_reclaim_orphans(a); }
 
-/* ---- An agent's allocation: the nursery first, then pages of its own -----------
+/* ---- An agent's allocation: a cached page of its own, the nursery, its pages ----
  * Here, above the page allocator it calls, not in alloc.c: the nursery draws
  * its blocks from alloc.c and free.c, so they must not call into the nursery. */
 
@@ -289,13 +294,21 @@ uint64_t sh_nursery_reclaim(sh_arena_t *a) { return a->read_only ? 0 : _sh_nurse
 static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition,
                                       size_t size, uint64_t *offset, uint64_t *usable, bool may_lock) {
   int rc = SH_NURSERY_PASS;
+  bool own_page = false;
   if (owner != SH_OWNER_DEFAULT) {
     if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
       return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
-    if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK)
+    /* A page of its own that this thread caches serves first: the agent has
+     * paid for it, and the nursery is for the classes it has no page of.
+     * An agent past its share of the nursery (most allocations of a busy
+     * one) so skips the look at its record: 16 words read on every call. */
+    if (_sh_alloc_cached(a, owner, partition, size, offset))
+      own_page = true;
+    else if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK)
       rc = _sh_nursery_alloc(a, owner, (int)partition, size, may_lock, offset);
   }
   bool nursery = rc == SH_OK; /* its class is at least SH_NURSERY_MIN_BLOCK */
+  if (own_page) rc = SH_OK;
   if (rc == SH_NURSERY_PASS)
     rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
   if (sh_unlikely(rc != SH_OK)) return rc;

@@ -99,6 +99,10 @@ sh_internal uint32_t _sh_page_free_blocks(const sh_arena_t *arena, uint32_t pi);
 /* Frees a block without the nursery's claim (the caller took it out of its
  * agent's record). */
 sh_internal int _sh_free_block(sh_arena_t *arena, uint64_t offset, bool may_lock);
+/* A block from a page of the owner's that the calling thread caches, if one
+ * is ready there (no lock, no refill, no new page); false otherwise. */
+sh_internal bool _sh_alloc_cached(sh_arena_t *arena, uint32_t owner, sh_partition_t partition, size_t size,
+                                  uint64_t *offset);
 
 /* ---- large.c ---- */
 /* A run of pages for the core's own use (the nursery's records): taken
