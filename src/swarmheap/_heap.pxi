@@ -198,6 +198,9 @@ cdef class _Arena:
             backing = SH_BACKING_SHM
         with nogil:
             rc = sh_create(&arena, backing, cname_p, nbytes, &opts)
+        if rc == SH_EEXIST and path is not None and os.path.isdir(path):
+            raise IsADirectoryError(f"{os.fspath(path)!r} is a directory: a file-backed heap's path names "
+                                    f"the file to create, say {os.path.join(os.fspath(path), 'swarm.heap')!r}")
         if rc == SH_EEXIST and path is not None:
             raise HeapExists(f"{os.fspath(path)!r} exists already: attach it with {cls.__name__}.attach(path=...), "
                              f"or remove the file", "SH_EEXIST")

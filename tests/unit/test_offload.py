@@ -1567,6 +1567,14 @@ def test_a_file_backed_heap_outlives_its_process(tmp_path: Any) -> None:
             reader.spawn("writer")
 
 
+def test_a_directory_given_as_a_heap_path_is_named_as_one(tmp_path: Any) -> None:
+    with pytest.raises(IsADirectoryError, match="is a directory: a file-backed heap's path names the file"):
+        sh.Heap.create(size="16 MiB", path=str(tmp_path))
+    with pytest.raises(OSError, match="Is a directory"):
+        sh.Heap.attach(path=str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_file_backed_heap_keeps_its_detached_agents_after_its_writer_exits(tmp_path: Any) -> None:
     """The writer closes the file and ends. Its agents went with it at the
     next sweep, as any process's; one it detached is the heap's and stays,
