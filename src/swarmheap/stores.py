@@ -84,6 +84,12 @@ def _check_key(key: str) -> bytes:
     return key.encode()
 
 
+def _check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"a key prefix is a str ('' lists every key), not {type(prefix).__name__}")
+    return prefix
+
+
 def _check_blob(blob: Any) -> bytes:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise TypeError(f"a store holds bytes, not {type(blob).__name__}")
@@ -185,6 +191,7 @@ class SQLiteStore(Store):
         return self._count("DELETE FROM blobs WHERE key = ?", (key,)) > 0
 
     def keys(self, prefix: str = "") -> list[str]:
+        prefix = _check_prefix(prefix)
         # a range, not LIKE: '%' and '_' in a prefix are not wildcards
         rows = self._run(
             "SELECT key FROM blobs WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")
@@ -248,7 +255,7 @@ class LMDBStore(Store):
         return bool(self._call(lambda txn: txn.delete(k), True))
 
     def keys(self, prefix: str = "") -> list[str]:
-        p = prefix.encode()
+        p = _check_prefix(prefix).encode()
 
         def scan(txn: Any) -> list[str]:
             out = []
@@ -278,6 +285,13 @@ class RedisStore(Store):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
         if not isinstance(url, str):
             raise TypeError(f"RedisStore takes a redis:// URL string, not {type(url).__name__}")
+        parsed = urlparse(url)
+        # (a unix:// URL's path is its socket's)
+        db = parsed.path.strip("/") if parsed.scheme in ("redis", "rediss") else ""
+        if db and not db.isdigit():
+            # redis-py reads a path that is not a number as database 0: the
+            # blobs would land beside whatever database 0 holds
+            raise ValueError(f"{url!r}: the database in redis://host:port/db is a number, not {db!r}")
         redis = require("redis", "redis")
         self._redis = redis
         self.url = url
@@ -309,7 +323,7 @@ class RedisStore(Store):
         return bool(self._call(lambda c: c.delete(k)))
 
     def keys(self, prefix: str = "") -> list[str]:
-        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in _check_prefix(prefix)) + "*"
         return sorted(k.decode() for k in self._call(lambda c: list(c.scan_iter(match=pattern, count=1000))))
 
     def close(self) -> None:
@@ -322,6 +336,9 @@ def open_store(url: str) -> Store:
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
     parsed = urlparse(url)
+    if parsed.scheme in ("sqlite", "lmdb") and (parsed.query or parsed.fragment):
+        # not options we read: a file named with them, or one opened without them, would surprise
+        raise ValueError(f"{url!r}: {parsed.scheme} store URLs take no query or fragment, only a path")
     # sqlite:///abs and sqlite:////abs (the store's own url) name one file
     path = "/" + parsed.path.lstrip("/") if parsed.path else ""
     if parsed.scheme == "sqlite":

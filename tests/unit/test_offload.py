@@ -483,6 +483,16 @@ def test_open_store_urls(tmp_path: Any, redis_url: str) -> None:
         assert isinstance(s, RedisStore)
     with pytest.raises(ValueError, match="unknown store URL"):
         open_store("ftp://x")
+    # what would be read otherwise as something else is refused: a query the
+    # file store would not honour, a database name redis-py reads as 0
+    with pytest.raises(ValueError, match="take no query"):
+        open_store(f"sqlite:///{tmp_path}/ro.db?mode=ro")
+    with pytest.raises(ValueError, match="the database in redis://host:port/db is a number"):
+        open_store("redis://127.0.0.1:6379/cache")
+    assert not (tmp_path / "ro.db").exists()
+    with SQLiteStore(str(tmp_path / "p.db")) as s:
+        with pytest.raises(TypeError, match="a key prefix is a str"):
+            s.keys(None)  # type: ignore[arg-type]
 
 
 def test_a_missing_extra_is_named(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
