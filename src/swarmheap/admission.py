@@ -122,12 +122,16 @@ def admit(
                     f"within {timeout} s",
                 )
             heap._room_wait(seen, -1 if left is None else int(left * 1e9), agent_id, generation)
-    if (
-        mode == "offload"
-        and _make_room(heap, need, agent_id)
-        and heap._owner_reserve(agent_id, generation, need, bound)
-    ):
-        return
+    tried = ""
+    if mode == "offload":
+        moved, freed = _make_room(heap, need, agent_id)
+        if moved and heap._owner_reserve(agent_id, generation, need, bound):
+            return
+        tried = (
+            f"; offloading freed {freed} bytes in {moved} idle agent(s) of this process"
+            if moved
+            else "; this process had no idle agent holding context to offload"
+        )
     raise _refusal(
         AdmissionDenied,
         heap,
@@ -135,7 +139,7 @@ def admit(
         need,
         prediction,
         f"a {prediction.kind!r} agent is predicted to need {need} bytes of context at P90 "
-        f"({prediction.samples} samples)",
+        f"({prediction.samples} samples){tried}",
     )
 
 
@@ -161,12 +165,13 @@ def _refusal(
     )
 
 
-def _make_room(heap: Heap, need: int, admitting: int) -> bool:
+def _make_room(heap: Heap, need: int, admitting: int) -> tuple[int, int]:
     """Offload this process's idle agents until ``need`` bytes came back, as
     the offload policy picks them (those holding a page or more of
-    `context` first, least recently active first); True if anything moved."""
+    `context` first, least recently active first): how many moved, and the
+    bytes they held."""
     store = heap.store
-    freed = 0
+    freed = moved = 0
     for agent_id, generation in offload_policy.idle_agents(heap, "context", 0.0):
         if freed >= need:
             break
@@ -174,8 +179,9 @@ def _make_room(heap: Heap, need: int, admitting: int) -> bool:
             continue
         try:
             freed += heap._agent_at(agent_id, generation).offload(store)["total_bytes"]
+            moved += 1
         except (AgentStateError, StaleBlock, StoreUnavailable, StoreFull):
             continue
         except PartitionFull:
             break  # no room in `system` for the registry entry an offload writes: none will go
-    return freed > 0
+    return moved, freed

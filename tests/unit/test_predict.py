@@ -444,6 +444,18 @@ def test_offload_makes_room(heap: sh.Heap, tmp_path: Any) -> None:
         heap.set_offload_policy(None)
 
 
+def test_an_offload_admission_that_finds_nothing_to_offload_says_so(heap: sh.Heap) -> None:
+    teach(heap, "bulky", 25, 1_000_000)
+    admitted = []
+    with pytest.raises(sh.AdmissionDenied, match="this process had no idle agent holding context to offload"):
+        for _ in range(heap.stats()["partitions"]["context"]["capacity"] // 1_000_000 + 2):
+            admitted.append(heap.spawn("bulky", admit="offload"))  # reservations only: nothing to move
+    assert admitted and all(a.state == "live" for a in admitted)
+    for a in admitted:
+        a.complete()
+    heap.check()
+
+
 def test_bad_arguments_are_named_errors(heap: sh.Heap) -> None:
     with pytest.raises(ValueError, match="admit"):
         heap.spawn("x", admit="maybe")
