@@ -75,8 +75,12 @@ __attribute__((noinline)) static int sh_free_impl(sh_arena_t *a, uint64_t offset
     return _sh_fail(SH_EBADPTR, "offset %llu is not the start of a block (blocks of %u bytes)",
                     (unsigned long long)offset, cls->size);
   uint32_t top = (in_page >> SH_UNIT_SHIFT) + 1;
+  /* The claim is two CASes and nothing after it takes a lock (a nursery page
+   * a lock-free free empties stays the nursery's until pressure reclaims it,
+   * as any page does), so the lock-free path claims too: it once returned
+   * SH_EAGAIN here, and every agent's free of a nursery block from Python
+   * released the GIL to run again with the lock. */
   if (sh_unlikely(sh_atomic_load_relaxed(&pg->flags) & SH_PAGE_NURSERY) && !claimed) {
-    if (!may_lock) return SH_EAGAIN; /* the retry with the lock claims it, once */
     if (sh_unlikely(in_page / cls->size >= cls->nursery_capacity))
       return _sh_fail(SH_EBADPTR, "offset %llu is not a block of its nursery page", (unsigned long long)offset);
     int rc = _sh_nursery_claim(a, pi, c, in_page / cls->size, offset);

@@ -816,6 +816,32 @@ static void test_cached_page_before_nursery(void) {
   sh_close(a);
 }
 
+/* A nursery block's free on the lock-free path claims it and finishes there
+ * (Python's free once released the GIL for every one, to run again with the
+ * lock); a second free of it is a double free, and the slot is free again. */
+static void test_nursery_free_without_the_lock(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t id, gen;
+  sh_owner_create(a, 1, &id, &gen);
+  uint64_t off, usable;
+  REQUIRE("alloc", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 200, &off, &usable) == SH_OK);
+  sh_block_info_t bi;
+  CHECK("a nursery block", sh_block_info(a, off, &bi) == SH_OK && bi.owner == id &&
+                               (sh_atomic_load_relaxed(&a->pages[off >> a->page_shift].flags) & SH_PAGE_NURSERY));
+  CHECK("freed without the lock", sh_free_nolock(a, off) == SH_OK);
+  CHECK("a second free is a double free", sh_free_nolock(a, off) == SH_EDOUBLEFREE);
+  _Atomic uint32_t *record = _sh_nursery_record(a, id);
+  int empty = 0;
+  for (int k = 0; record && k < SH_NURSERY_SLOTS; k++) empty += atomic_load(&record[k]) == 0;
+  CHECK("its slot is free", empty == SH_NURSERY_SLOTS);
+  sh_owner_info_t info;
+  CHECK("the agent holds nothing", sh_owner_info(a, id, &info) == SH_OK && info.blocks == 0);
+  CHECK("check", sh_check(a) == SH_OK);
+  CHECK("recycle", sh_owner_recycle(a, id, gen) == SH_OK);
+  CHECK("check after", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* A sender killed while it waits with a filled message in a full channel:
  * its thread slot names the message, and the dead-process sweep frees it
  * (once), leaving the ring as it was. */
@@ -1257,6 +1283,7 @@ int main(void) {
   test_nursery_opt_out();
   test_nursery_recycle_takes_the_map();
   test_cached_page_before_nursery();
+  test_nursery_free_without_the_lock();
   test_sweep_queues();
   test_nolock();
   test_options();
