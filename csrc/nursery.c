@@ -294,7 +294,7 @@ uint64_t sh_nursery_reclaim(sh_arena_t *a) { return a->read_only ? 0 : _sh_nurse
 static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t gen, sh_partition_t partition,
                                       size_t size, uint64_t *offset, uint64_t *usable, bool may_lock) {
   int rc = SH_NURSERY_PASS;
-  bool own_page = false;
+  bool nursery = false; /* its class is at least SH_NURSERY_MIN_BLOCK */
   if (owner != SH_OWNER_DEFAULT) {
     if (sh_unlikely(owner >= a->max_owners || sh_atomic_load_acquire(&a->owners[owner].generation) != gen))
       return _sh_fail(SH_EOWNER, "agent %u (generation %u) was recycled", owner, gen);
@@ -302,13 +302,13 @@ static inline int sh_alloc_owner_impl(sh_arena_t *a, uint32_t owner, uint32_t ge
      * paid for it, and the nursery is for the classes it has no page of.
      * An agent past its share of the nursery (most allocations of a busy
      * one) so skips the look at its record: 16 words read on every call. */
-    if (_sh_alloc_cached(a, owner, partition, size, offset))
-      own_page = true;
-    else if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK)
+    if (_sh_alloc_cached(a, owner, partition, size, offset)) {
+      rc = SH_OK;
+    } else if (owner >= SH_FIRST_AGENT && (unsigned)partition < SH_NPARTITIONS && _sh_owner_usable(a, owner) == SH_OK) {
       rc = _sh_nursery_alloc(a, owner, (int)partition, size, may_lock, offset);
+      nursery = rc == SH_OK;
+    }
   }
-  bool nursery = rc == SH_OK; /* its class is at least SH_NURSERY_MIN_BLOCK */
-  if (own_page) rc = SH_OK;
   if (rc == SH_NURSERY_PASS)
     rc = may_lock ? sh_alloc(a, owner, partition, size, offset) : sh_alloc_nolock(a, owner, partition, size, offset);
   if (sh_unlikely(rc != SH_OK)) return rc;
