@@ -58,6 +58,8 @@ _OFFLOAD_TRIES = 3
 
 def _require_live(agent: Agent) -> None:
     state = agent.state
+    if state == "gone":  # recycled: what every other call on it raises
+        raise stale_agent(agent.id, agent.generation)
     if state != "live":
         raise AgentStateError(f"agent {agent.id} is {state}, not live: only a live agent is offloaded")
 

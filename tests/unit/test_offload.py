@@ -960,6 +960,17 @@ def test_a_pinned_agent_is_not_offloaded(heap: sh.Heap, agent: sh.Agent, tmp_pat
     view.release()
 
 
+def test_offloading_a_recycled_agent_is_stale_as_every_other_call_on_it(
+    heap: sh.Heap, agent: sh.Agent, tmp_path: Any
+) -> None:
+    agent.complete()
+    with SQLiteStore(tmp_path / "s.db") as s:
+        with pytest.raises(sh.StaleBlock, match="was recycled"):
+            agent.offload(s)
+        assert s.keys() == []
+    heap.check()
+
+
 def test_an_interrupt_after_the_memory_went_keeps_the_blob(
     heap: sh.Heap, agent: sh.Agent, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
