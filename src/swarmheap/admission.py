@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from swarmheap import offload_policy
 from swarmheap.errors import (
@@ -47,37 +47,59 @@ if TYPE_CHECKING:
     from swarmheap.heap import Heap
     from swarmheap.predict import Prediction
 
-__all__ = ["DEFAULT_LIMIT", "MODES", "admit", "default", "need_of", "reserved", "set_default"]
+__all__ = ["DEFAULT_LIMIT", "MODES", "Default", "admit", "default", "need_of", "reserved", "set_default"]
 
 MODES = (None, "raise", "wait", "offload")
 DEFAULT_LIMIT = 0.9
 
-# The heap's default mode and limit (set_admission), for every process's
-# spawns: a registry entry, its mode's place in MODES and the limit. A
-# process keeps what it read with the registry's root word it read it
-# under: a spawn costs one load of that word while no process writes the
-# registry, and a read of the entry after any write.
+# The heap's default mode, limit and wait timeout (set_admission), for
+# every process's spawns: a registry entry, its mode's place in MODES, the
+# limit and the timeout (NaN: none; an entry written before the timeout
+# was kept is the first two). A process keeps what it read with the
+# registry's root word it read it under: a spawn costs one load of that
+# word while no process writes the registry, and a read of the entry after
+# any write.
 _DEFAULT_NAME = "admission/default"
-_DEFAULT = struct.Struct("<Bd")
+_DEFAULT = struct.Struct("<Bdd")
+_DEFAULT_BEFORE_TIMEOUT = struct.Struct("<Bd")
+
+Default = tuple[Optional[str], float, Optional[float]]  # Optional: 3.9 evaluates the alias
 
 
-def set_default(heap: Heap, mode: str | None, limit: float) -> None:
-    Registry(heap).put(_DEFAULT_NAME, _DEFAULT.pack(MODES.index(mode), limit))
+def set_default(heap: Heap, mode: str | None, limit: float, timeout: float | None = None) -> None:
+    wait = math.nan if timeout is None else timeout
+    Registry(heap).put(_DEFAULT_NAME, _DEFAULT.pack(MODES.index(mode), limit, wait))
 
 
-def default(heap: Heap) -> tuple[str | None, float]:
-    """The heap's default (mode, limit): (None, DEFAULT_LIMIT) until a
-    process sets one, and for an entry that does not decode."""
+def _decode_default(data: bytes | None) -> Default:
+    value: Default = (None, DEFAULT_LIMIT, None)
+    if data is None:
+        return value
+    if len(data) == _DEFAULT.size:
+        index, limit, wait = _DEFAULT.unpack(data)
+    elif len(data) == _DEFAULT_BEFORE_TIMEOUT.size:
+        (index, limit), wait = _DEFAULT_BEFORE_TIMEOUT.unpack(data), math.nan
+    else:
+        return value
+    timeout = None if math.isnan(wait) else wait
+    if (
+        index < len(MODES)
+        and math.isfinite(limit)
+        and 0 < limit <= 1
+        and (timeout is None or 0 <= timeout < math.inf)
+    ):
+        value = (MODES[index], limit, timeout)
+    return value
+
+
+def default(heap: Heap) -> Default:
+    """The heap's default (mode, limit, timeout): (None, DEFAULT_LIMIT, None)
+    until a process sets one, and for an entry that does not decode."""
     word = heap._owner_word(REGISTRY_OWNER, REGISTRY_GENERATION)
     seen = heap._admission_seen
     if seen is not None and seen[0] == word:
         return seen[1]
-    data = Registry(heap).get(_DEFAULT_NAME)
-    value: tuple[str | None, float] = (None, DEFAULT_LIMIT)
-    if data is not None and len(data) == _DEFAULT.size:
-        index, limit = _DEFAULT.unpack(data)
-        if index < len(MODES) and math.isfinite(limit) and 0 < limit <= 1:
-            value = (MODES[index], limit)
+    value = _decode_default(Registry(heap).get(_DEFAULT_NAME))
     heap._admission_seen = (word, value)  # the word from before the read: a write since is seen next time
     return value
 

@@ -206,7 +206,7 @@ class Heap(CoreHeap):
         self._spawned_kinds: dict[str, int] = {}  # kinds spawned here (checked and named), to their ids
         self._predictor = Predictor(self)
         # the heap's admission default as this process last read it, and the registry word it read it under
-        self._admission_seen: tuple[int | None, tuple[str | None, float]] | None = None
+        self._admission_seen: tuple[int | None, admission.Default] | None = None
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
         # what an agent's share of the shared nursery pages holds at most: a kind
@@ -242,16 +242,17 @@ class Heap(CoreHeap):
         *,
         lease: float | None = None,
         admit: str | _Default | None = DEFAULT,
-        timeout: float | None = None,
+        timeout: float | _Default | None = DEFAULT,
         reserve: bool = True,
     ) -> Agent:
         """A new agent of ``kind``: an owner heap in the C core. ``lease``
         (seconds) lets a sweep reclaim it once that time has passed. With a
         confident prediction for the kind (``predict``), ``reserve`` holds its
         P90 peak for it against later admissions, and ``admit`` ("raise",
-        "wait" up to ``timeout`` seconds, "offload", None; the heap's default
-        from ``set_admission``) decides what happens when that does not fit
-        (see swarmheap.admission)."""
+        "wait" up to ``timeout`` seconds, "offload", None; each left out is
+        the heap's default from ``set_admission``, and ``timeout=None`` waits
+        without a limit) decides what happens when that does not fit (see
+        swarmheap.admission)."""
         kid = self._spawned_kinds.get(kind) if type(kind) is str else None
         if kid is None:  # a kind's first spawn in this process: checked and named once
             check_kind(kind)
@@ -260,12 +261,15 @@ class Heap(CoreHeap):
             if kid not in self._kinds_unpublished:  # else named at a later spawn, when `system` has room
                 self._spawned_kinds[kind] = kid
         deadline = time.time() + check_lease(lease) if lease is not None else 0.0
-        mode, limit = admission.default(self)  # the heap's; an explicit admit= takes its limit
+        mode, limit, wait = admission.default(self)  # the heap's; an explicit admit= takes its limit
         if not isinstance(admit, _Default):
             mode = admit
             if mode not in admission.MODES:
                 raise ValueError(f"admit must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
-        channels.check_timeout(timeout)
+        if isinstance(timeout, _Default):
+            timeout = wait
+        else:
+            channels.check_timeout(timeout)
         if reserve is not True and reserve is not False:
             raise TypeError(f"reserve is a bool, not {type(reserve).__name__}")
         if mode is None:
@@ -451,19 +455,38 @@ class Heap(CoreHeap):
             self._own_stores.append(self._default_store)
         return self._default_store
 
-    def set_admission(self, mode: str | None = None, limit: float = admission.DEFAULT_LIMIT) -> None:
-        """The default of ``spawn(admit=...)``: None, "raise", "wait" or "offload";
-        ``limit`` is the fraction of a partition's capacity admissions fill.
-        Set for the heap: every process's spawns follow it."""
+    def set_admission(
+        self,
+        mode: str | _Default | None = DEFAULT,
+        limit: float = admission.DEFAULT_LIMIT,
+        *,
+        timeout: float | None = None,
+        admit: str | _Default | None = DEFAULT,
+    ) -> None:
+        """The default of ``spawn(admit=...)``: None, "raise", "wait" or
+        "offload" (``admit=`` names it as spawn does; ``mode``, the first
+        argument, is the same); ``limit`` is the fraction of a partition's
+        capacity admissions fill; ``timeout`` the seconds a "wait" spawn that
+        names none waits (None: no limit). Set for the heap: every process's
+        spawns follow it."""
+        if not isinstance(admit, _Default):
+            if not isinstance(mode, _Default):
+                raise TypeError(
+                    "set_admission() takes the mode once: as its first argument or as admit=, not both"
+                )
+            mode = admit
+        if isinstance(mode, _Default):
+            mode = None
         if mode not in admission.MODES:
             raise ValueError(f"admission mode must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
             raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
+        channels.check_timeout(timeout)
         if self.read_only:
             raise ReadOnlyHeap(
                 "the heap is attached read-only: set_admission() writes; attach it without read_only"
             )
-        admission.set_default(self, mode, float(limit))
+        admission.set_default(self, mode, float(limit), None if timeout is None else float(timeout))
 
     def set_prediction(self, half_life: float = HALF_LIFE) -> None:
         """How fast the usage models forget: a sample ``half_life`` agents old

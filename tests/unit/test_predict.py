@@ -503,6 +503,46 @@ def test_wait_is_woken_by_a_completion_in_another_process(heap_name: str) -> Non
         heap.check()
 
 
+def test_the_heaps_wait_default_carries_its_timeout(heap: sh.Heap) -> None:
+    """set_admission("wait", timeout=...) bounds the wait of every spawn that
+    names none; a spawn's own timeout, None included, still wins (None: no
+    limit, so only the explicit 0 is tried here)."""
+    teach(heap, "wide", 25, 2_000_000)
+    admitted = []
+    with pytest.raises(sh.AdmissionDenied):
+        while True:
+            admitted.append(heap.spawn("wide", admit="raise"))
+    heap.set_admission(admit="wait", timeout=0.01)  # spelled as spawn spells it
+    with pytest.raises(sh.AdmissionTimeout):
+        heap.spawn("wide")
+    with pytest.raises(sh.AdmissionTimeout):
+        heap.spawn("wide", timeout=0)
+    admitted.pop().complete()
+    heap.spawn("wide").complete()  # room now: the default wait admits at once
+    with pytest.raises(TypeError, match="once"):
+        heap.set_admission("raise", admit="wait")
+    with pytest.raises(ValueError, match="timeout"):
+        heap.set_admission("wait", timeout=-1)
+    heap.set_admission(None)
+    for a in admitted:
+        a.complete()
+    assert heap.stats()["reserved"]["context"] == 0
+    heap.check()
+
+
+def test_an_admission_default_written_before_the_timeout_was_kept_still_reads(heap: sh.Heap) -> None:
+    import struct
+
+    from swarmheap import admission
+    from swarmheap.registry import Registry
+
+    Registry(heap).put("admission/default", struct.pack("<Bd", admission.MODES.index("raise"), 0.5))
+    assert admission.default(heap) == ("raise", 0.5, None)
+    Registry(heap).put("admission/default", b"\x09" * 17)  # no such mode: the default of a new heap
+    assert admission.default(heap) == (None, admission.DEFAULT_LIMIT, None)
+    heap.check()
+
+
 def test_close_releases_a_thread_waiting_for_admission(heap_name: str) -> None:
     """close() waits for the calls in flight: a spawn waiting for room with
     no timeout is called off (ValueError: the heap is closed), not waited for."""
