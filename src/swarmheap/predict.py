@@ -326,6 +326,11 @@ class Prediction:
             self._memo["mix"] = got
         return dict(got)
 
+    @property
+    def class_mix(self) -> dict[int, float]:
+        """``mix`` under the issue's name for it ("the class mix")."""
+        return self.mix
+
     def __repr__(self) -> str:
         p50, p90, lifetime = self.peak("context", 0.5), self.peak("context", 0.9), self.lifetime(0.9)
         if p50 is None or p90 is None or lifetime is None:

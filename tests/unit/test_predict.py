@@ -205,7 +205,7 @@ def test_the_class_mix_names_the_block_sizes_a_kind_holds(heap: sh.Heap) -> None
     p = heap.predict("writer")
     share_4k = 6 * 4096 / (6 * 4096 + 8 * heap.good_size(200))
     assert p.mix == {4096: pytest.approx(share_4k), heap.good_size(200): pytest.approx(1 - share_4k)}
-    assert p.top_classes(1) == [4096] and p.top_classes() == list(p.mix)
+    assert p.top_classes(1) == [4096] and p.top_classes() == list(p.mix) and p.class_mix == p.mix
     # the mix follows a shift of the kind's sizes, as the peaks do
     for _ in range(400):
         agent = heap.spawn("writer", reserve=False)
