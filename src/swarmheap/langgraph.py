@@ -93,6 +93,16 @@ def _detached(agent: Any) -> bool:
 
 
 class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
+    """LangGraph's checkpointer on a swarmheap heap:
+    ``graph.compile(checkpointer=SwarmSaver(heap, keep=20))``. Each thread
+    is an agent of ``kind``, shared by every process that attaches the heap;
+    ``compress`` ("zstd", "lz4", None) frames and compresses what it stores;
+    ``keep=N`` keeps a thread's last N checkpoints; ``store`` (an SQLite,
+    LMDB or Redis store) sets the heap's offload policy, so cold threads
+    leave the arena under pressure and come back when touched; ``serde`` is
+    LangGraph's serializer (its default if None). Damaged data raises
+    SwarmSaverError; a full arena PartitionFull naming keep= and store=."""
+
     def __init__(
         self,
         heap: Heap,
