@@ -43,6 +43,7 @@ class Agent(AgentCore):
 
     @property
     def heap(self) -> Heap:
+        """The heap the agent lives in."""
         return self._heap
 
     @property

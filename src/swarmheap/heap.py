@@ -665,6 +665,7 @@ class Heap(CoreHeap):
         self._restart_countdown()
 
     def get_sweep_thresholds(self) -> tuple[int, int, int]:
+        """The three generations' thresholds, as set_sweep_thresholds took them."""
         return self._sweep.thresholds
 
     # Counting agent allocations and spawns toward the young sweep, as

@@ -283,6 +283,8 @@ class Prediction:
     _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def peak(self, partition: str = "context", q: float = 0.9) -> int | None:
+        """Bytes at ``partition``'s peak that a q of the kind's agents stayed
+        at or under (None without samples)."""
         if partition not in PARTITIONS:
             raise ValueError(f"unknown partition {partition!r}: use one of {', '.join(PARTITIONS)}")
         _check_q(q)
@@ -299,6 +301,8 @@ class Prediction:
         return got
 
     def lifetime(self, q: float = 0.9) -> float | None:
+        """Seconds from spawn to end that a q of the kind's agents lived
+        within (None without samples)."""
         _check_q(q)
         if self._model is None:
             return None

@@ -36,6 +36,10 @@ class Store:
     url: str
 
     def put(self, key: str, blob: bytes) -> None:
+        """Store ``blob`` under ``key``, replacing what was there, all or
+        nothing: a reader sees the old blob or the new one, never a part.
+        StoreUnavailable if the store cannot be reached or written,
+        StoreFull if it has no room."""
         raise NotImplementedError
 
     def get(self, key: str) -> bytes | None:
@@ -47,9 +51,11 @@ class Store:
         raise NotImplementedError
 
     def keys(self, prefix: str = "") -> list[str]:
+        """The keys that start with ``prefix`` (all of them for ""), sorted."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Let the store's connection or environment go; a second close does nothing."""
         raise NotImplementedError
 
     @property

@@ -57,13 +57,16 @@ class SweepResult:
 
     @property
     def reclaimed_agents(self) -> int:
+        """Agents reclaimed, over every reason."""
         return sum(self.agents.values())
 
     @property
     def reclaimed_bytes(self) -> int:
+        """Bytes reclaimed, over every reason."""
         return sum(self.bytes.values())
 
     def merge(self, other: SweepResult) -> None:
+        """Add ``other``'s counts and lists to this result's."""
         self.examined += other.examined
         self.promoted += other.promoted
         self.deferred += other.deferred
