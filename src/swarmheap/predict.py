@@ -13,8 +13,11 @@ Where it lives: one block per kind in `system`, named in the heap's registry
 (the shared default's index, see registry.py), so every process reads and
 updates the same model; an update is a copy and a compare-and-swap of the
 registry entry, retried on a race, with no lock. Each process batches the
-samples of its completions and folds them in every FLUSH_EVERY agents (and
-on full sweeps and close), so the hot paths never touch the model. At most
+samples of its completions and folds them in once a kind's waiting samples
+reach 1/STALE_SHARE of its model's count (each one until 32 samples, every
+FLUSH_EVERY from 4096 on), every FLUSH_EVERY agents of all kinds, on full
+sweeps, at predict() and at close, so the hot paths seldom touch the model
+and another process reads a kind a sixteenth behind at most. At most
 MAX_KINDS kinds are kept; beyond that the least recently updated goes.
 """
 
@@ -60,6 +63,11 @@ FLUSH_EVERY = 256  # a flush is a registry swap (tens of microseconds): amortise
 # samples of a kind kept (the newest) while flushes find no room in `system`
 # for the model's new block: a full partition must not grow them without end
 MAX_PENDING = 4 * FLUSH_EVERY
+# A kind's samples wait in their process for at most 1/STALE_SHARE of its
+# model's count (FLUSH_EVERY at most): another process's read of a young
+# model is a few samples behind, not 255 (a flush per completion until 32
+# samples, about 16 more per doubling after, one per FLUSH_EVERY from 4096).
+STALE_SHARE = 16
 # magic, version, nbuckets, half_life, weight base, total weight, count, updated, last peak (context)
 _HEADER = struct.Struct("<4sHHdddQdd")
 _MAGIC = b"SHPM"
@@ -370,6 +378,7 @@ class Predictor:
         self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
         self.full_reported = False  # a full `system` is logged once, not at every completion
+        self.steps: dict[str, int] = {}  # per kind: the waiting samples that flush (_flush_step)
         # completions to go before note() tries a flush again after one found
         # no room: each try decodes and encodes the models, on every complete()
         self.backoff = 0
@@ -422,20 +431,20 @@ class Predictor:
         if self.backoff:
             self.backoff -= 1
             return
-        # every FLUSH_EVERY agents; and as soon as a kind this process has no
-        # confident prediction for has enough samples to make one
+        # every FLUSH_EVERY agents of all kinds, and once a kind's waiting
+        # samples are its step (STALE_SHARE): a kind first noted here reads
+        # its model once for it (it may be old already, in other processes)
         if self.npending >= FLUSH_EVERY:
             self.flush_unless_full()
-        elif waiting >= CONFIDENT:
-            # read the kind's model once (it may be confident already, from
-            # other processes or earlier flushes): flushing every CONFIDENT
-            # agents because this process's cache had no entry cost a flush
-            # per 20 completions of a kind spawned with reserve=False
+            return
+        step = self.steps.get(kind)
+        if step is None:
             cached = self.cache.get(kind)
             if cached is None:
                 cached = self.cached(kind)
-            if not cached.confident:
-                self.flush_unless_full()
+            step = self.steps[kind] = _flush_step(cached.samples)
+        if waiting >= step:
+            self.flush_unless_full()
 
     def set_half_life(self, half_life: float) -> None:
         """The heap's half-life, in agents, for every process's next fold."""
@@ -459,6 +468,8 @@ class Predictor:
             self.npending = 0
         registry = Registry(self.heap)
         half_life = self.half_life(registry)  # once per flush: any process may have set it
+        if len(self.steps) > 4 * MAX_KINDS:  # kinds long evicted: read again when noted
+            self.steps.clear()
         folded: set[str] = set()
         try:
             for kind, samples in taken.items():
@@ -472,6 +483,7 @@ class Predictor:
                     if registry.swap(name, ref, model.encode()):
                         break
                 folded.add(kind)
+                self.steps[kind] = _flush_step(model.count)
         finally:
             if len(folded) < len(taken):  # a flush that failed keeps what it did not fold for the next
                 with self.pending_lock:
@@ -539,6 +551,11 @@ class Predictor:
 
     def kinds(self) -> list[str]:
         return [n.split("/", 1)[1] for n in Registry(self.heap).names("model/")]
+
+
+def _flush_step(count: int) -> int:
+    """How many of a kind's samples wait before a flush, for a model of ``count``."""
+    return min(FLUSH_EVERY, max(1, count // STALE_SHARE))
 
 
 _ROW = struct.Struct(f"={len(USAGE_ROW)}d")

@@ -412,6 +412,12 @@ def learn_kind_and_drop(name: str, kind: str, count: int) -> int:
         return heap.predict(kind).samples
 
 
+def model_samples(name: str, kind: str) -> int:
+    """The samples of a kind's model as a process with none of its own reads it."""
+    with sh.Heap.attach(name) as heap:
+        return heap.predict(kind).samples
+
+
 def set_half_life(name: str, half_life: float) -> None:
     with sh.Heap.attach(name) as heap:
         heap.set_prediction(half_life=half_life)

@@ -17,6 +17,7 @@ from _workers import (
     learn_kind,
     learn_kind_and_drop,
     learn_kind_unclosed,
+    model_samples,
     set_half_life,
     spawn_by_default,
     wait_admission,
@@ -101,6 +102,19 @@ def test_a_model_learned_in_one_process_is_read_in_another(named: sh.Heap) -> No
     assert p.lifetime(0.9) >= 0.0
     assert named.stats()["kinds"][0]["kind"] == "coder"
     assert p.mix == {0: pytest.approx(1.0)}  # all of it in a run of whole pages
+
+
+def test_a_live_process_s_completions_reach_the_others_within_a_sixteenth(named: sh.Heap) -> None:
+    """The writer stays alive and never reads its own model: another process
+    sees its kind at most 1/16 of the samples behind (one flush per
+    completion until 32), not a whole batch of 256."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        done = 0
+        for total in (7, 30, 50, 300):
+            teach(named, "live", total - done, 1000)
+            done = total
+            seen = pool.apply(model_samples, (named.name, "live"))
+            assert total - max(1, total // 16) < seen <= total, (total, seen)
 
 
 def start(worker: Any) -> None:
