@@ -146,6 +146,9 @@ cdef int _options(sh_options_t *opts, object ratios, object page_size, object ma
 def unlink(name):
     """Remove a named heap from /dev/shm. Processes that have it mapped keep it
     until they close. Raises HeapNotFound if there is no such heap."""
+    if isinstance(name, str) and "/" in name:
+        raise ValueError(f"heap name {name!r} has a '/': swarmheap.unlink() takes a shared-memory heap's name; "
+                         f"a file-backed heap's file goes with heap.unlink() or os.remove(path)")
     cdef bytes cname = _shm_name(name)
     cdef int rc = sh_unlink(SH_BACKING_SHM, cname)
     if rc:

@@ -234,6 +234,8 @@ cdef class _Arena:
             cname = _file_path(path)
             backing = SH_BACKING_FILE
             shown = os.fspath(path)
+            if os.path.isdir(shown):
+                raise IsADirectoryError(f"{shown!r} is a directory: path= names a heap's file")
             why = _foreign_file(shown)
         elif name is None:
             raise TypeError("attach() needs the heap's name, or path= for a file-backed heap")
@@ -373,7 +375,14 @@ cdef class _Arena:
             sh_close(arena)
 
     def unlink(self):
-        """Remove the heap's name; mapped views stay valid until closed."""
+        """Remove the heap's name (or a file-backed heap's file: what it
+        held goes with it); mapped views stay valid until closed."""
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                raise HeapNotFound(f"no heap file {self.path!r} (removed already?)", "SH_ENOENT") from None
+            return
         if self.name is None:
             raise ValueError("a private heap has no name to unlink")
         unlink(self.name)

@@ -389,8 +389,9 @@ class Heap(CoreHeap):
             self._own_stores.clear()
 
     def unlink(self) -> None:
-        """Remove the heap's name; mapped views stay valid until closed. To
-        remove a heap by name without opening it: swarmheap.unlink(name)."""
+        """Remove the heap's name (a file-backed heap's file); mapped views
+        stay valid until closed. To remove a heap by name without opening it:
+        swarmheap.unlink(name)."""
         if not isinstance(self, Heap):  # Heap.unlink("name"), as if it took a name
             raise TypeError(
                 f"Heap.unlink() removes the name of a heap you hold (heap.unlink()); "

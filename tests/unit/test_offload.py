@@ -1591,9 +1591,27 @@ def test_a_file_backed_heap_outlives_its_process(tmp_path: Any) -> None:
 def test_a_directory_given_as_a_heap_path_is_named_as_one(tmp_path: Any) -> None:
     with pytest.raises(IsADirectoryError, match="is a directory: a file-backed heap's path names the file"):
         sh.Heap.create(size="16 MiB", path=str(tmp_path))
-    with pytest.raises(OSError, match="Is a directory"):
+    with pytest.raises(IsADirectoryError, match="is a directory: path= names a heap's file"):
         sh.Heap.attach(path=str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_backed_heap_s_unlink_removes_its_file(tmp_path: Any) -> None:
+    path = str(tmp_path / "heap.bin")
+    with sh.Heap.create(size="16 MiB", path=path) as heap:
+        agent = heap.spawn("k")
+        agent.put("x", b"kept in the mapping")
+        with pytest.raises(ValueError, match=r"os\.remove"):
+            sh.unlink(path)  # the module's unlink takes shared-memory names
+        heap.unlink()
+        assert not os.path.exists(path)
+        assert agent.read("x") == b"kept in the mapping"  # the mapping outlives the name, as in /dev/shm
+        with pytest.raises(sh.HeapNotFound):
+            heap.unlink()
+        agent.complete()
+        heap.check()
+    with pytest.raises(sh.HeapNotFound):
+        sh.Heap.attach(path=path)
 
 
 def test_a_file_backed_heap_keeps_its_detached_agents_after_its_writer_exits(tmp_path: Any) -> None:
