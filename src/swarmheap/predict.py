@@ -68,6 +68,7 @@ MAX_PENDING = 4 * FLUSH_EVERY
 # model is a few samples behind, not 255 (a flush per completion until 32
 # samples, about 16 more per doubling after, one per FLUSH_EVERY from 4096).
 STALE_SHARE = 16
+_MODEL_COUNT = "models/count"  # the kinds' models made (see Predictor._count_created); not under "model/"
 # magic, version, nbuckets, half_life, weight base, total weight, count, updated, last peak (context)
 _HEADER = struct.Struct("<4sHHdddQdd")
 _MAGIC = b"SHPM"
@@ -375,10 +376,11 @@ class Predictor:
         self.npending = 0
         # a note and a flush's taking of the samples, between this process's threads
         self.pending_lock = threading.Lock()
-        self.cache: dict[str, Prediction] = {}  # what spawn() consults; emptied by every flush
+        self.cache: dict[str, Prediction] = {}  # what spawn() consults; refreshed by flushes (flush)
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
         self.full_reported = False  # a full `system` is logged once, not at every completion
         self.steps: dict[str, int] = {}  # per kind: the waiting samples that flush (_flush_step)
+        self.since_refresh = 0  # samples flushed since the cache was last emptied whole
         # completions to go before note() tries a flush again after one found
         # no room: each try decodes and encodes the models, on every complete()
         self.backoff = 0
@@ -471,6 +473,7 @@ class Predictor:
         if len(self.steps) > 4 * MAX_KINDS:  # kinds long evicted: read again when noted
             self.steps.clear()
         folded: set[str] = set()
+        created = 0
         try:
             for kind, samples in taken.items():
                 name = f"model/{kind}"
@@ -481,6 +484,7 @@ class Predictor:
                     peaks, lifetimes, class_bytes = _samples(samples)
                     model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
                     if registry.swap(name, ref, model.encode()):
+                        created += not data
                         break
                 folded.add(kind)
                 self.steps[kind] = _flush_step(model.count)
@@ -494,20 +498,48 @@ class Predictor:
                             dropped = max(len(kept) - MAX_PENDING, 0)
                             del kept[:dropped]  # the oldest go: the model follows the newest
                             self.npending += len(samples) - dropped
-        self.cache.clear()
-        self.plans.clear()
-        self._evict(registry)
+        # what spawn cached: the kinds folded here at every flush, the rest
+        # (other processes' folds) once per FLUSH_EVERY samples, as before
+        # flushes followed each kind's step
+        self.since_refresh += sum(len(samples) for samples in taken.values())
+        if self.since_refresh >= FLUSH_EVERY:
+            self.since_refresh = 0
+            self.cache.clear()
+            self.plans.clear()
+        else:
+            for kind in taken:
+                self.cache.pop(kind, None)
+                self.plans.pop(kind, None)
+        if created:
+            self._count_created(registry, created)
 
-    def _evict(self, registry: Registry) -> None:
+    def _count_created(self, registry: Registry, created: int) -> None:
+        """Count kinds' first models in the registry's _MODEL_COUNT, and past
+        MAX_KINDS evict: a scan of the registry's names (which grow with
+        the offloaded agents) then, not at every flush. The count is a
+        trigger: a race or a kill between a model and its count leaves it
+        off by a few, and each eviction writes the true one."""
+        while True:
+            ref, data = registry.get_ref(_MODEL_COUNT)
+            count = int.from_bytes(data, "little") if data is not None and len(data) == 4 else 0
+            count = min(count + created, 0xFFFFFFFF)
+            if registry.swap(_MODEL_COUNT, ref, count.to_bytes(4, "little")):
+                break
+        if count > MAX_KINDS:
+            registry.put(_MODEL_COUNT, self._evict(registry).to_bytes(4, "little"))
+
+    def _evict(self, registry: Registry) -> int:
+        """Evict the least recently updated kinds past MAX_KINDS; the kinds left."""
         names = registry.names("model/")
         if len(names) <= MAX_KINDS:
-            return
+            return len(names)
         ages = []
         for name in names:
             _, data = registry.get_ref(name)
             ages.append((_decoded(data, HALF_LIFE).updated, name))
         for _, name in sorted(ages)[: len(names) - MAX_KINDS]:
             registry.remove(name)
+        return MAX_KINDS
 
     def predict(self, kind: str) -> Prediction:
         """The kind's model as the heap holds it, this process's samples
@@ -523,8 +555,9 @@ class Predictor:
         return Prediction(kind, model.count, model.count >= CONFIDENT, model, self.heap._class_sizes)
 
     def cached(self, kind: str) -> Prediction:
-        """predict(), remembered until this process's next flush: spawn's hot
-        path reads the registry once per kind and flush, not per spawn."""
+        """predict(), remembered until this process flushes the kind, or
+        FLUSH_EVERY samples of any kind: spawn's hot path reads the registry
+        once per kind and refresh, not per spawn."""
         got = self.cache.get(kind)
         if got is None:
             got = self.cache[kind] = self._read(kind)  # no flush here: spawn must not write the registry

@@ -621,3 +621,21 @@ def test_a_large_kind_gets_its_own_pages_and_a_small_one_stays_packed(heap: sh.H
     for agent in (big, small, unreserved):
         agent.complete()
     heap.check()
+
+
+def test_kinds_past_the_cap_evict_the_least_recently_updated(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarmheap import predict
+
+    monkeypatch.setattr(predict, "MAX_KINDS", 4)
+    for kind in ("k0", "k1", "k2", "k3"):
+        teach(heap, kind, 1, 1000)  # a new kind's first sample is folded in at its completion
+    assert sorted(k["kind"] for k in heap.stats()["kinds"]) == ["k0", "k1", "k2", "k3"]
+    teach(heap, "k0", 1, 1000)  # k0 updated again: k1 is now the oldest
+    teach(heap, "k4", 1, 1000)
+    assert sorted(k["kind"] for k in heap.stats()["kinds"]) == ["k0", "k2", "k3", "k4"]
+    teach(heap, "k5", 1, 1000)
+    assert sorted(k["kind"] for k in heap.stats()["kinds"]) == ["k0", "k3", "k4", "k5"]
+    assert heap.predict("k1").samples == 0  # evicted: it predicts nothing, and learns again
+    heap.check()
