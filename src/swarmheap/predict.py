@@ -472,7 +472,7 @@ class Predictor:
         half_life = self.half_life(registry)  # once per flush: any process may have set it
         if len(self.steps) > 4 * MAX_KINDS:  # kinds long evicted: read again when noted
             self.steps.clear()
-        folded: set[str] = set()
+        folded: dict[str, Model] = {}  # kind -> its model as this flush wrote it
         created = 0
         try:
             for kind, samples in taken.items():
@@ -486,7 +486,7 @@ class Predictor:
                     if registry.swap(name, ref, model.encode()):
                         created += not data
                         break
-                folded.add(kind)
+                folded[kind] = model
                 self.steps[kind] = _flush_step(model.count)
         finally:
             if len(folded) < len(taken):  # a flush that failed keeps what it did not fold for the next
@@ -506,10 +506,13 @@ class Predictor:
             self.since_refresh = 0
             self.cache.clear()
             self.plans.clear()
-        else:
-            for kind in taken:
+        for kind in taken:  # a folded kind's model is the one just written: no read again at its next spawn
+            written = folded.get(kind)
+            if written is None:
                 self.cache.pop(kind, None)
-                self.plans.pop(kind, None)
+            else:
+                self.cache[kind] = self._prediction(kind, written)
+            self.plans.pop(kind, None)
         if created:
             self._count_created(registry, created)
 
@@ -550,6 +553,9 @@ class Predictor:
     def _read(self, kind: str) -> Prediction:
         _, data = Registry(self.heap).get_ref(f"model/{kind}")
         model = _decoded(data, HALF_LIFE)  # the half-life of a model there is its own
+        return self._prediction(kind, model)
+
+    def _prediction(self, kind: str, model: Model) -> Prediction:
         if not model.count:  # none there, or a damaged one started again: no samples, no model
             return Prediction(kind, 0, False, None)
         return Prediction(kind, model.count, model.count >= CONFIDENT, model, self.heap._class_sizes)
