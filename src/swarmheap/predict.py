@@ -14,10 +14,10 @@ Where it lives: one block per kind in `system`, named in the heap's registry
 updates the same model; an update is a copy and a compare-and-swap of the
 registry entry, retried on a race, with no lock. Each process batches the
 samples of its completions and folds them in once a kind's waiting samples
-reach 1/STALE_SHARE of its model's count (each one until 32 samples, every
-FLUSH_EVERY from 4096 on), every FLUSH_EVERY agents of all kinds, on full
+reach 1/STALE_SHARE of its model's count (each one until 16 samples, every
+FLUSH_EVERY from 2048 on), every FLUSH_EVERY agents of all kinds, on full
 sweeps, at predict() and at close, so the hot paths seldom touch the model
-and another process reads a kind a sixteenth behind at most. At most
+and another process reads a kind an eighth behind at most. At most
 MAX_KINDS kinds are kept; beyond that the least recently updated goes.
 """
 
@@ -65,9 +65,9 @@ FLUSH_EVERY = 256  # a flush is a registry swap (tens of microseconds): amortise
 MAX_PENDING = 4 * FLUSH_EVERY
 # A kind's samples wait in their process for at most 1/STALE_SHARE of its
 # model's count (FLUSH_EVERY at most): another process's read of a young
-# model is a few samples behind, not 255 (a flush per completion until 32
-# samples, about 16 more per doubling after, one per FLUSH_EVERY from 4096).
-STALE_SHARE = 16
+# model is a few samples behind, not 255 (a flush per completion until 16
+# samples, about 8 more per doubling after, one per FLUSH_EVERY from 2048).
+STALE_SHARE = 8
 _MODEL_COUNT = "models/count"  # the kinds' models made (see Predictor._count_created); not under "model/"
 # magic, version, nbuckets, half_life, weight base, total weight, count, updated, last peak (context)
 _HEADER = struct.Struct("<4sHHdddQdd")
@@ -195,6 +195,13 @@ class Model:
         self.class_weight *= scale
         self.base = float(self.count)
         self.half_life = half_life
+
+    def copy(self) -> Model:
+        twin = Model(self.half_life)
+        twin.base, twin.total, twin.count = self.base, self.total, self.count
+        twin.updated, twin.last_peak, twin.class_weight = self.updated, self.last_peak, self.class_weight
+        twin.hist, twin.classes = self.hist.copy(), self.classes.copy()
+        return twin
 
     def mix(self) -> np.ndarray:
         """Each class slot's decayed mean share of an agent's live bytes."""
@@ -380,6 +387,10 @@ class Predictor:
         self.plans: dict[str, tuple[int, bool]] = {}  # spawn's (reservation, own pages) per kind, as cache
         self.full_reported = False  # a full `system` is logged once, not at every completion
         self.steps: dict[str, int] = {}  # per kind: the waiting samples that flush (_flush_step)
+        # per kind: the model this process wrote last, and its bytes: while
+        # the registry holds those bytes, the next flush folds into a copy
+        # of it instead of decoding them
+        self.written: dict[str, tuple[bytes, Model]] = {}
         self.since_refresh = 0  # samples flushed since the cache was last emptied whole
         # completions to go before note() tries a flush again after one found
         # no room: each try decodes and encodes the models, on every complete()
@@ -472,6 +483,7 @@ class Predictor:
         half_life = self.half_life(registry)  # once per flush: any process may have set it
         if len(self.steps) > 4 * MAX_KINDS:  # kinds long evicted: read again when noted
             self.steps.clear()
+            self.written.clear()
         folded: dict[str, Model] = {}  # kind -> its model as this flush wrote it
         created = 0
         try:
@@ -479,12 +491,18 @@ class Predictor:
                 name = f"model/{kind}"
                 while True:  # copy, update, compare-and-swap: retried if another process got there first
                     ref, data = registry.get_ref(name)
-                    model = _decoded(data, half_life)
+                    mine = self.written.get(kind)
+                    if mine is not None and data is not None and data == mine[0]:
+                        model = mine[1].copy()  # the one cached for spawn stays as it was
+                    else:
+                        model = _decoded(data, half_life)
                     model.rehalve(half_life)
                     peaks, lifetimes, class_bytes = _samples(samples)
                     model.add(peaks, lifetimes, float(peaks[-1, 0]), class_bytes)
-                    if registry.swap(name, ref, model.encode()):
+                    encoded = model.encode()
+                    if registry.swap(name, ref, encoded):
                         created += not data
+                        self.written[kind] = (encoded, model)
                         break
                 folded[kind] = model
                 self.steps[kind] = _flush_step(model.count)
