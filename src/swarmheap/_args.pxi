@@ -74,7 +74,11 @@ cdef uint64_t _lease_deadline_ns(object lease) except 0:
 cdef bytes _shm_name(object name):
     if not isinstance(name, str):
         raise TypeError(f"heap name must be a str, not {type(name).__name__}")
-    if not name or "/" in name or len(name) > 250 or "\0" in name:
+    if "/" in name:  # a path given where a name goes: say where paths go
+        raise ValueError(f"heap name {name!r} has a '/': a name is shared memory's (1-250 characters without "
+                         f"'/' or NUL); a file-backed heap takes path=, and its file goes with heap.unlink() "
+                         f"or os.remove(path)")
+    if not name or len(name) > 250 or "\0" in name:
         raise ValueError(f"heap name {name!r} must be 1-250 characters without '/' or NUL")
     return ("/" + name).encode()
 
@@ -146,9 +150,6 @@ cdef int _options(sh_options_t *opts, object ratios, object page_size, object ma
 def unlink(name):
     """Remove a named heap from /dev/shm. Processes that have it mapped keep it
     until they close. Raises HeapNotFound if there is no such heap."""
-    if isinstance(name, str) and "/" in name:
-        raise ValueError(f"heap name {name!r} has a '/': swarmheap.unlink() takes a shared-memory heap's name; "
-                         f"a file-backed heap's file goes with heap.unlink() or os.remove(path)")
     cdef bytes cname = _shm_name(name)
     cdef int rc = sh_unlink(SH_BACKING_SHM, cname)
     if rc:

@@ -482,12 +482,12 @@ class Heap(CoreHeap):
             raise ValueError(f"admission mode must be one of None, 'raise', 'wait', 'offload', not {mode!r}")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
             raise ValueError(f"limit is a fraction of capacity in (0, 1], not {limit!r}")
-        channels.check_timeout(timeout)
+        timeout = channels.check_timeout(timeout)
         if self.read_only:
             raise ReadOnlyHeap(
                 "the heap is attached read-only: set_admission() writes; attach it without read_only"
             )
-        admission.set_default(self, mode, float(limit), None if timeout is None else float(timeout))
+        admission.set_default(self, mode, float(limit), timeout)
 
     def set_prediction(self, half_life: float = HALF_LIFE) -> None:
         """How fast the usage models forget: a sample ``half_life`` agents old

@@ -452,10 +452,7 @@ class Predictor:
             return
         step = self.steps.get(kind)
         if step is None:
-            cached = self.cache.get(kind)
-            if cached is None:
-                cached = self.cached(kind)
-            step = self.steps[kind] = _flush_step(cached.samples)
+            step = self.steps[kind] = _flush_step(self.cached(kind).samples)
         if waiting >= step:
             self.flush_unless_full()
 
