@@ -52,7 +52,7 @@ cdef class _Arena:
                           uint64_t usable, int part, uint64_t tag, uint32_t offloads)
     cdef int _count_young(self) except -1
     cdef Block _agent_alloc(self, uint32_t oid, uint32_t gen, object size, object partition)
-    cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data)
+    cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data, str partition=*)
 
 
 cdef class CoreHeap(_Arena):

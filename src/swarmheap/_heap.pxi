@@ -330,6 +330,12 @@ cdef class _Arena:
         self._check_open()
         return 1 << self.page_shift_
 
+    def _owner_piece_put(self, uint32_t oid, uint32_t gen, bytes data):
+        """A block of the agent's in ``system`` holding ``data``: a piece of
+        its index (swarmheap.index). Its recycle frees it with the agent's
+        pages, whichever process or path recycles it. Returns its offset."""
+        return (<Block>self._agent_alloc_copy(oid, gen, data, _SYSTEM)[0]).offset
+
     def _free_entry_block(self, uint64_t offset, uint32_t oid, uint32_t gen):
         """Free an agent entry's block that an index update dropped (put,
         delete); while a view from get() in this process is on it, leave it
@@ -513,7 +519,7 @@ cdef class _Arena:
             break
         return self._new_block(off, nbytes, oid, gen, usable, part, 0, offloads)
 
-    cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data):
+    cdef tuple _agent_alloc_copy(self, uint32_t oid, uint32_t gen, object data, str partition=_CONTEXT):
         # Agent.put's block: allocated and filled in one call. The agent is
         # pinned around the copy, as a memoryview would pin it, so a recycle
         # from another thread or process waits for the copy rather than
@@ -543,7 +549,7 @@ cdef class _Arena:
                 if rc:
                     _raise(rc)
             try:
-                blk = self._agent_alloc(oid, gen, nbytes if nbytes else 1, _CONTEXT)
+                blk = self._agent_alloc(oid, gen, nbytes if nbytes else 1, partition)
                 if nbytes:
                     memcpy(self.base + blk.offset, buf.buf, nbytes)
             finally:

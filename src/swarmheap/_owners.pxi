@@ -299,18 +299,22 @@ cdef class CoreHeap(_Arena):
                 return word, data
         raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
 
-    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes head, bytes body):
-        """Copy ``head`` + ``body`` into a new block of the shared default's
-        ``system`` and compare-and-set the owner's user word from
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes head,
+                         const unsigned char[::1] body, bytes tail=b""):
+        """Copy ``head`` + ``body`` + ``tail`` into a new block of the shared
+        default's ``system`` and compare-and-set the owner's user word from
         ``expected`` to hold it; the block ``expected`` held is then freed.
         False, with nothing changed, if the word had moved on (the word's
         sequence number sees a swap away and back to the same block, so a
         stale ``expected`` fails). Returns the new word, or 0 if the word had
-        moved on. The head comes apart from the body so that a caller
-        keeping the body's bytes does not join them again on every swap."""
+        moved on. The parts come apart so that a caller keeping the body
+        (bytes, or a bytearray it grows in place) does not join them again
+        on every swap: an index of thousands of entries is hundreds of KiB."""
         self._check_writable()
         cdef uint64_t head_length = <uint64_t>len(head)
-        cdef uint64_t length = head_length + <uint64_t>len(body)
+        cdef uint64_t body_length = <uint64_t>body.shape[0]
+        cdef uint64_t tail_length = <uint64_t>len(tail)
+        cdef uint64_t length = head_length + body_length + tail_length
         if length > _HELD_MAX:
             raise ValueError(f"an agent's index is at most {_HELD_MAX} bytes, not {length}: "
                              f"use fewer or shorter entry names")
@@ -321,10 +325,14 @@ cdef class CoreHeap(_Arena):
         cdef int rc = _alloc_off(self, holder, 1, SH_PART_SYSTEM, length + _HELD_PREFIX, &off, &usable)
         if rc:
             _raise(rc)
-        (<uint32_t *>(self.base + off))[0] = <uint32_t>length
-        (<uint32_t *>(self.base + off))[1] = 0
-        memcpy(self.base + off + _HELD_PREFIX, <const char *>head, head_length)
-        memcpy(self.base + off + _HELD_PREFIX + head_length, <const char *>body, length - head_length)
+        cdef char *at = <char *>self.base + off
+        (<uint32_t *>at)[0] = <uint32_t>length
+        (<uint32_t *>at)[1] = 0
+        at += _HELD_PREFIX
+        memcpy(at, <const char *>head, head_length)
+        if body_length:
+            memcpy(at + head_length, &body[0], body_length)
+        memcpy(at + head_length + body_length, <const char *>tail, tail_length)
         cdef uint64_t word = sh_owner_held_next(self.arena, oid, expected, off)
         rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
         if rc:

@@ -236,6 +236,13 @@ class Agent(AgentCore):
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""
         self._ensure_live()
+        try:  # an index in pieces writes one piece and its table
+            one = index.remove_in_pieces(self._heap, self.id, self.generation, name)
+        except AgentSealed:  # offloaded meanwhile: the full path below brings it back
+            one = None
+        if one is not None:
+            self._free_entry(*one)
+            return
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
@@ -274,7 +281,7 @@ class Agent(AgentCore):
         again under a second name. If the index cannot be read (the agent is
         gone), nothing is freed: its recycle takes its blocks."""
         try:
-            named = {offset for offset, _ in self._read_index()[2].values()}
+            named = {offset for offset, _ in list(self._read_index()[2].values())}
         except Exception:
             return
         for blk in blocks:

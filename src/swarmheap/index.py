@@ -1,11 +1,15 @@
 """The agent index: an agent's kind, lease deadline and named entries, encoded
 in one block of the shared default's `system` pages (so ten thousand agents do
-not need ten thousand pages). The owner's user word holds that block
-(sh_held_word in the C header), and the HELD bit tells the C core to free it
-when it recycles the agent, whichever process or path does that. Any process
-of the heap can read it; an update writes a new block and swaps the word, so
-a reader sees the old index or the new one, and checks the word again after
-reading. This module is the format's one home."""
+not need ten thousand pages), or past PIECE_BYTES of entries in pieces: that
+block then holds a table of blocks of the agent's own, each holding some of
+the entries, so that an update writes the pieces it changes and not every
+entry again. The owner's user word holds that block (sh_held_word in the C
+header), and the HELD bit tells the C core to free it when it recycles the
+agent, whichever process or path does that (the pieces, the agent's blocks,
+go with its pages). Any process of the heap can read it; an update writes
+new blocks and swaps the word, so a reader sees the old index or the new
+one, and checks the word again after reading. This module is the format's
+one home."""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from swarmheap._core import SEALED_WORD, retry_while_changing, stale_agent
+from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, StaleBlock
 
 if TYPE_CHECKING:
@@ -36,12 +40,23 @@ __all__ = [
     "read_index",
     "read_kind",
     "read_lease",
+    "remove_in_pieces",
     "update_index",
 ]
 
-_HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, reserved
+_HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
 _ENTRY = struct.Struct("<HQQ")  # name length, offset, size
 _MAGIC = b"SHIX"
+# The header's version: the entries follow the kind in the block (WHOLE), or
+# a table of pieces does (IN_PIECES), each a block of the agent's own in
+# `system` holding some of the entries, in order. An agent's index past
+# PIECE_BYTES of entries goes in pieces of at most that, so that an update
+# writes the pieces it changes and the table, not every entry again: a
+# LangGraph thread adds three entries a step, and a put after 5 000 steps
+# copied 450 KB. Below half of it, an index is one block again.
+_WHOLE, _IN_PIECES = 1, 2
+_PIECE = struct.Struct("<QII")  # the piece's block offset, its bytes, its entries
+PIECE_BYTES = 16 << 10
 MAX_NAME = 1024
 MAX_KIND = 256
 
@@ -104,20 +119,168 @@ def body_of(data: bytes, kind: str) -> bytes:
     return data[_HEADER.size + len(kind.encode()) :]
 
 
-def decode(data: bytes) -> Index:
-    magic, _version, kind_len, lease, count, _ = _HEADER.unpack_from(data, 0)
-    if magic != _MAGIC:
-        raise ValueError("not an agent index")
-    pos = _HEADER.size
-    kind = data[pos : pos + kind_len].decode()
-    pos += kind_len
-    entries: Entries = {}
+def _decode_entries(data: bytes, pos: int, count: int, entries: Entries) -> tuple[int, list[str]]:
+    """Add the ``count`` entries encoded from ``pos`` to ``entries``; where they end, and their names."""
+    names = []
     for _ in range(count):
         name_len, offset, size = _ENTRY.unpack_from(data, pos)
         pos += _ENTRY.size
-        entries[data[pos : pos + name_len].decode()] = (offset, size)
+        name = data[pos : pos + name_len].decode()
+        entries[name] = (offset, size)
+        names.append(name)
         pos += name_len
+    return pos, names
+
+
+def _head(data: bytes) -> tuple[int, str, float, int, int, int]:
+    """(version, kind, lease, count, pieces, where the rest starts) of an encoding."""
+    magic, version, kind_len, lease, count, pieces = _HEADER.unpack_from(data, 0)
+    if magic != _MAGIC or version not in (_WHOLE, _IN_PIECES):
+        raise ValueError("not an agent index")
+    pos = _HEADER.size + kind_len
+    return version, data[_HEADER.size : pos].decode(), lease, count, pieces, pos
+
+
+def decode(data: bytes) -> Index:
+    """An index encoded whole (an index in pieces is read_index's to read)."""
+    version, kind, lease, count, _, pos = _head(data)
+    if version != _WHOLE:
+        raise ValueError("an agent index in pieces: read_index reads it")
+    entries: Entries = {}
+    _decode_entries(data, pos, count, entries)
     return kind, lease, entries
+
+
+class Piece(NamedTuple):
+    """A piece of an index: its block's offset, its encoded entries and their names."""
+
+    offset: int
+    data: bytes
+    names: tuple[str, ...]
+
+
+Pieces = tuple[Piece, ...]
+
+
+class PieceSet:
+    """An index's pieces as this process last read or wrote them, and which
+    piece holds each name and where in it: made when a replacement first
+    needs them (a walk of the names), then kept, an append adding its names."""
+
+    __slots__ = ("at", "pieces", "where")
+
+    def __init__(
+        self, pieces: Pieces, where: dict[str, int] | None = None, at: dict[int, dict[str, int]] | None = None
+    ) -> None:
+        self.pieces = pieces
+        self.where = where
+        self.at = {} if at is None else at
+
+    def find(self, name: str) -> tuple[int, int] | None:
+        """(the piece's index, the entry's byte position in it), or None if
+        no piece of these holds ``name`` (a name another thread added since)."""
+        if self.where is None:
+            self.where = {n: i for i, p in enumerate(self.pieces) for n in p.names}
+        i = self.where.get(name)
+        if i is None or i >= len(self.pieces):
+            return None
+        at = self.at.get(i)
+        if at is None:
+            at = self.at[i] = {}
+            pos = 0
+            for n in self.pieces[i].names:
+                at[n] = pos
+                pos += _ENTRY.size + len(n.encode())
+        return (i, at[name]) if name in at else None
+
+
+def _encode_root(kind: str, lease: float, count: int, pieces: Pieces) -> bytes:
+    kind_b = kind.encode()
+    table = [_PIECE.pack(p.offset, len(p.data), len(p.names)) for p in pieces]
+    return b"".join(
+        [_HEADER.pack(_MAGIC, _IN_PIECES, len(kind_b), lease, count, len(pieces)), kind_b, *table]
+    )
+
+
+def _read_pieces(
+    heap: CoreHeap, agent_id: int, generation: int, word: int, data: bytes
+) -> tuple[Index, PieceSet] | None:
+    """The index whose table ``data`` (the block under ``word``) is: each
+    piece read as a block of the agent's (as resolve() checks a handle, so a
+    damaged table reads nothing else), then the word again. None if a piece
+    is gone or the word moved on (an update freed them): read again."""
+    _, kind, lease, count, npieces, pos = _head(data)
+    entries: Entries = {}
+    pieces = []
+    for _ in range(npieces):
+        offset, nbytes, n = _PIECE.unpack_from(data, pos)
+        pos += _PIECE.size
+        piece = heap._owner_read(agent_id, generation, offset, nbytes)
+        if piece is None:
+            return None
+        end, names = _decode_entries(piece, 0, n, entries)
+        if end != nbytes:
+            return None
+        pieces.append(Piece(offset, piece, tuple(names)))
+    if len(entries) != count or heap._owner_word(agent_id, generation) != word:
+        return None
+    return (kind, lease, entries), PieceSet(tuple(pieces))
+
+
+def _chunks(named: Iterable[tuple[str, bytes]]) -> list[tuple[bytes, tuple[str, ...]]]:
+    """Encoded entries (name, bytes) in order, cut into pieces' worth of at most PIECE_BYTES."""
+    out: list[tuple[bytes, tuple[str, ...]]] = []
+    parts: list[bytes] = []
+    names: list[str] = []
+    size = 0
+    for name, entry in named:
+        if parts and size + len(entry) > PIECE_BYTES:
+            out.append((b"".join(parts), tuple(names)))
+            parts, names, size = [], [], 0
+        parts.append(entry)
+        names.append(name)
+        size += len(entry)
+    if parts:
+        out.append((b"".join(parts), tuple(names)))
+    return out
+
+
+def _put_pieces(
+    heap: CoreHeap, agent_id: int, generation: int, made: list[tuple[bytes, tuple[str, ...]]]
+) -> Pieces:
+    """Blocks of the agent's holding ``made`` (all of them, or none on an error)."""
+    pieces: list[Piece] = []
+    try:
+        for data, names in made:
+            pieces.append(Piece(heap._owner_piece_put(agent_id, generation, data), data, names))
+    except BaseException:
+        _free_pieces(heap, agent_id, generation, pieces)
+        raise
+    return tuple(pieces)
+
+
+def _free_pieces(heap: CoreHeap, agent_id: int, generation: int, pieces: Iterable[Piece]) -> None:
+    for piece in pieces:  # checked as the agent's in the binding: a recycled agent's are left alone
+        heap._free_entry_block(piece.offset, agent_id, generation)
+
+
+def _swap_root(target: _Target, count: int, pieces: Pieces, fresh: Pieces, stale: Iterable[Piece]) -> int:
+    """Swap in the table of ``pieces`` (``fresh`` the ones made for it, freed
+    if the word moved on; ``stale`` the old ones it no longer names, freed
+    once it went in). The new word, or 0 if the word had moved on. A process
+    killed in between leaves blocks of the agent's that its recycle frees."""
+    heap, agent_id, generation, word, kind, lease, _ = target
+    new_word = heap._owner_held_swap(
+        agent_id, generation, word, _encode_root(kind, lease, count, pieces), b""
+    )
+    _free_pieces(heap, agent_id, generation, stale if new_word else fresh)
+    return new_word
+
+
+def _in_pieces(agent_id: int, nbytes: int) -> bool:
+    """Whether an index of ``nbytes`` of entries goes in pieces (agents' only:
+    the registry, owner 1, keeps its shards whole)."""
+    return nbytes > PIECE_BYTES and agent_id >= FIRST_AGENT
 
 
 # Decoded indexes by the word they were read under, per heap, for the last
@@ -135,7 +298,7 @@ CACHE_SIZE = 1024
 # has the old one's length: same name, fixed-width offset and size), so a
 # put to an agent of many entries does not encode every one of them again.
 Positions = dict[str, int]
-_Cached = OrderedDict[int, tuple[int, int, Index, bytes, "Positions | None"]]
+_Cached = OrderedDict[int, tuple[int, int, Index, "bytes | bytearray | PieceSet", "Positions | None"]]
 
 
 def _entries_bytes(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[str, bytes]]:
@@ -150,13 +313,13 @@ def _place(named: Iterable[tuple[str, bytes]], at: int, positions: Positions) ->
 
 
 def _spliced(
-    body: bytes,
+    body: bytes | bytearray,
     positions: Positions | None,
     shared: Entries,
     entries: Entries,
     changed: list[str],
     appended: list[str],
-) -> tuple[bytes, Positions | None]:
+) -> tuple[bytes | bytearray, Positions | None]:
     """The encoding of ``entries`` made from ``body``, the encoding of
     ``shared`` (whose names ``entries`` begins with, in order): the names in
     ``changed`` written over their old bytes, those in ``appended`` (the
@@ -166,7 +329,7 @@ def _spliced(
     if changed:
         if positions is None:
             positions = {}
-            _place(_entries_bytes(shared.items()), 0, positions)
+            _place(_entries_bytes(list(shared.items())), 0, positions)
         buf = bytearray(body)
         for name in changed:
             at = positions[name]
@@ -182,8 +345,8 @@ def _spliced(
 
 
 def encode_update(
-    shared: Entries, encoded: tuple[bytes, Positions | None] | None, entries: Entries
-) -> tuple[bytes, Positions | None]:
+    shared: Entries, encoded: tuple[bytes | bytearray, Positions | None] | None, entries: Entries
+) -> tuple[bytes | bytearray, Positions | None]:
     """The body (the encoded entries, after encode_head) of ``entries``, a
     changed copy of ``shared``, and where each entry starts in it (None if
     not needed). ``encoded`` is shared's body and positions, if known: when
@@ -217,7 +380,7 @@ def _cached(heap: CoreHeap, agent_id: int, generation: int) -> tuple[int, Index]
 
 def _hit(
     heap: CoreHeap, agent_id: int, generation: int, word: int | None
-) -> tuple[int, int, Index, bytes, Positions | None] | None:
+) -> tuple[int, int, Index, bytes | bytearray | PieceSet, Positions | None] | None:
     """The cache's entry for the agent if it was read or written under ``word``."""
     per_heap = _per_heap(heap)
     hit = per_heap.get(agent_id) if per_heap is not None else None
@@ -233,7 +396,7 @@ def cached_at(heap: CoreHeap, agent_id: int, generation: int, word: int) -> Inde
 
 def _cached_body(
     heap: CoreHeap, agent_id: int, generation: int, word: int
-) -> tuple[bytes, Positions | None] | None:
+) -> tuple[bytes | bytearray | PieceSet, Positions | None] | None:
     hit = _hit(heap, agent_id, generation, word)
     return (hit[3], hit[4]) if hit is not None else None
 
@@ -244,7 +407,7 @@ def _remember(
     generation: int,
     word: int,
     index: Index,
-    body: bytes,
+    body: bytes | bytearray | PieceSet,
     positions: Positions | None = None,
 ) -> None:
     per_heap = _per_heap(heap, create=True)
@@ -263,6 +426,12 @@ def _read_attempt(heap: CoreHeap, agent_id: int, generation: int, kind: str) -> 
     if not word or word == SEALED_WORD:  # no index yet, or offloaded
         return word, (kind, 0.0, {})
     try:
+        if _head(data)[0] == _IN_PIECES:
+            got_pieces = _read_pieces(heap, agent_id, generation, word, data)
+            if got_pieces is None:
+                return None
+            _remember(heap, agent_id, generation, word, got_pieces[0], got_pieces[1])
+            return word, got_pieces[0]
         index = decode(data)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None  # a block reused at the same place between the reads: read again
@@ -276,7 +445,8 @@ _WHAT = "agent {1}'s index"
 def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
     """The index and the user word it was read under (0: no index yet). The
     entries are shared with the cache: read them, never change them
-    (update_index changes a copy)."""
+    (update_index changes a copy). A put of new names from this process
+    adds them to it in place (_append_in_place): iterate a copy (list())."""
     hit = _cached(heap, agent_id, generation)
     if hit is not None:
         return hit
@@ -300,15 +470,85 @@ def _update_attempt(
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
-    cached = _cached_body(heap, agent_id, generation, word) if word else None
-    body, positions = encode_update(shared, cached, entries)
-    new_word = heap._owner_held_swap(
-        agent_id, generation, word, encode_head(old_kind, new_lease, len(entries)), body
-    )
-    if not new_word:
-        return None
-    _remember(heap, agent_id, generation, new_word, (old_kind, new_lease, entries), body, positions)
-    return word, new_word
+    cached = None
+    if word and word != SEALED_WORD:
+        cached = _cached_body(heap, agent_id, generation, word)
+        if cached is None:  # read by another thread meanwhile, and the cache let it go
+            return None  # (its pieces, if in pieces, are the update's to free): read again
+    whole: tuple[bytes | bytearray, Positions | None] | None = None
+    target = _Target(heap, agent_id, generation, word, old_kind, new_lease, shared)
+    if cached is not None and isinstance(cached[0], PieceSet):
+        new_word = _rewrite_pieces(target, cached[0], entries)
+    else:
+        if cached is not None and not isinstance(cached[0], PieceSet):
+            whole = (cached[0], cached[1])
+        body, positions = encode_update(shared, whole, entries)
+        new_word = _store(target, entries, body, positions)
+    return (word, new_word) if new_word else None
+
+
+def _store(target: _Target, entries: Entries, body: bytes | bytearray, positions: Positions | None) -> int:
+    """Swap in ``entries`` (whose encoding is ``body``) as one block, or in
+    pieces once past PIECE_BYTES, and cache them; the new word, or 0 if the
+    word had moved on."""
+    heap, agent_id, generation, word, kind, lease, _ = target
+    if _in_pieces(agent_id, len(body)):
+        fresh = _put_pieces(
+            heap, agent_id, generation, _chunks([(n, _entry_bytes(n, *v)) for n, v in entries.items()])
+        )
+        new_word = _swap_root(target, len(entries), fresh, fresh, ())
+        if new_word:
+            _remember(heap, agent_id, generation, new_word, (kind, lease, entries), PieceSet(fresh))
+        return new_word
+    new_word = heap._owner_held_swap(agent_id, generation, word, encode_head(kind, lease, len(entries)), body)
+    if new_word:
+        _remember(heap, agent_id, generation, new_word, (kind, lease, entries), body, positions)
+    return new_word
+
+
+def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
+    """Swap in ``entries``, a changed copy of ``shared`` (in ``pieces``): a
+    piece whose entries all kept their value (the same tuple, as a dict copy
+    shares them) stays as it is, one that lost or changed some is written
+    again, new names go in new pieces; worn into many small pieces, the
+    index is cut again, and below half of PIECE_BYTES it is one block."""
+    heap, agent_id, generation, word, kind, lease, shared = target
+    pieces = known.pieces
+    plan: list[Piece] = []  # offset -1: a piece to make
+    stale: list[Piece] = []
+    for piece in pieces:
+        kept = [n for n in piece.names if n in entries]
+        if len(kept) == len(piece.names) and all(entries[n] is shared.get(n) for n in kept):
+            plan.append(piece)
+            continue
+        stale.append(piece)
+        if kept:
+            plan.append(Piece(-1, b"".join([_entry_bytes(n, *entries[n]) for n in kept]), tuple(kept)))
+    new_names = [n for n in entries if n not in shared]
+    plan += [Piece(-1, d, ns) for d, ns in _chunks([(n, _entry_bytes(n, *entries[n])) for n in new_names])]
+    total = sum(len(p.data) for p in plan)
+    ordered = {
+        n: entries[n] for p in plan for n in p.names
+    }  # the order the pieces give, as a reader reads it
+    if not _in_pieces(agent_id, 2 * total):
+        body = b"".join([p.data for p in plan])
+        new_word = heap._owner_held_swap(
+            agent_id, generation, word, encode_head(kind, lease, len(ordered)), body
+        )
+        if new_word:
+            _free_pieces(heap, agent_id, generation, pieces)
+            _remember(heap, agent_id, generation, new_word, (kind, lease, ordered), body)
+        return new_word
+    if len(plan) > 2 * (total // PIECE_BYTES) + 4:
+        stale = list(pieces)
+        plan = [Piece(-1, d, ns) for d, ns in _chunks([(n, _entry_bytes(n, *v)) for n, v in ordered.items()])]
+    made = iter(_put_pieces(heap, agent_id, generation, [(p.data, p.names) for p in plan if p.offset < 0]))
+    final = tuple(next(made) if p.offset < 0 else p for p in plan)
+    fresh = tuple(p for p, planned in zip(final, plan) if planned.offset < 0)
+    new_word = _swap_root(target, len(ordered), final, fresh, stale)
+    if new_word:
+        _remember(heap, agent_id, generation, new_word, (kind, lease, ordered), PieceSet(final))
+    return new_word
 
 
 def update_index(
@@ -331,6 +571,183 @@ def update_index(
     return words
 
 
+class _Target(NamedTuple):
+    """What an update of put_entries' starts from: the agent, and the index
+    this process cached for it (its word, kind, lease and entries)."""
+
+    heap: CoreHeap
+    agent_id: int
+    generation: int
+    word: int
+    kind: str
+    lease: float
+    shared: Entries
+
+
+def _append_in_place(
+    target: _Target,
+    body: bytes | bytearray,
+    positions: Positions | None,
+    new: list[tuple[str, int, int]],
+) -> tuple[int, int] | None:
+    """put_entries of names all new to ``shared``, the index cached under
+    ``word``: the swap copies the cached body and the new entries' bytes,
+    and once it went in, the cached entries and body take them in place (a
+    dict and a bytearray that grow), so an append costs the new entries,
+    not a copy of the index in this process (a long LangGraph thread holds
+    thousands: the copies, and freeing the old ones, were most of a put).
+    A reader holding the entries sees the names appear (never change or
+    go: a replacement or removal copies), and iterates a copy (list()).
+    None if the word had moved on, or the index grows past PIECE_BYTES."""
+    heap, agent_id, generation, word, kind, lease, shared = target
+    tail_parts = [_entry_bytes(name, offset, size) for name, offset, size in new]
+    tail = b"".join(tail_parts)
+    if _in_pieces(agent_id, len(body) + len(tail)):
+        return None  # the splice path puts it in pieces
+    head = encode_head(kind, lease, len(shared) + len(new))
+    new_word = heap._owner_held_swap(agent_id, generation, word, head, body, tail)
+    if not new_word:
+        return None
+    if positions is not None:
+        _place(zip([name for name, _, _ in new], tail_parts), len(body), positions)
+    for name, offset, size in new:
+        shared[name] = (offset, size)
+    grown: bytes | bytearray
+    try:
+        if type(body) is not bytearray:
+            raise BufferError  # bytes, as read from the arena: a bytearray from here on
+        body += tail
+        grown = body
+    except BufferError:  # or exported by a swap of another thread, its GIL released
+        grown = bytearray(body)
+        grown += tail
+    _remember(heap, agent_id, generation, new_word, (kind, lease, shared), grown, positions)
+    return word, new_word
+
+
+def _append_to_pieces(
+    target: _Target,
+    known: PieceSet,
+    new: list[tuple[str, int, int]],
+) -> tuple[int, int] | None:
+    """_append_in_place for an index in pieces: the new entries go at the end
+    of the last piece while it has room (that piece written again), else in
+    new ones, and the table is swapped in; the cached entries take them in
+    place. None if the word had moved on."""
+    heap, agent_id, generation, word, kind, lease, shared = target
+    pieces = known.pieces
+    named = [(name, _entry_bytes(name, offset, size)) for name, offset, size in new]
+    tail = b"".join([entry for _, entry in named])
+    if pieces and len(pieces[-1].data) + len(tail) <= PIECE_BYTES:
+        last = pieces[-1]
+        fresh = _put_pieces(
+            heap, agent_id, generation, [(last.data + tail, last.names + tuple(n for n, _ in named))]
+        )
+        kept, stale = pieces[:-1], pieces[-1:]
+    else:
+        fresh = _put_pieces(heap, agent_id, generation, _chunks(named))
+        kept, stale = pieces, ()
+    now = kept + fresh
+    new_word = _swap_root(target, len(shared) + len(new), now, fresh, stale)
+    if not new_word:
+        return None
+    for name, offset, size in new:
+        shared[name] = (offset, size)
+    where = known.where
+    if where is not None:  # shared with the PieceSet of the word before: it only gains names
+        for i, piece in enumerate(fresh, len(kept)):
+            for name in piece.names if stale == () else [n for n, _ in named]:
+                where[name] = i
+    at = {i: positions for i, positions in known.at.items() if i < len(kept)}  # the rewritten piece's: again
+    _remember(heap, agent_id, generation, new_word, (kind, lease, shared), PieceSet(now, where, at))
+    return word, new_word
+
+
+def _replace_in_pieces(
+    target: _Target,
+    known: PieceSet,
+    new: list[tuple[str, int, int]],
+) -> tuple[list[tuple[int, int]], tuple[int, int]] | None:
+    """put_entries of names all in the index (in pieces): each piece holding
+    one is written again with the new entries over the old (same name, same
+    length), the table swapped in, and the cached entries take the new
+    values in place (a reader gets the old pair or the new one, as a reader
+    in another process does). Returns the entries replaced and the words;
+    None if a name is not where the pieces say, or the word had moved on."""
+    heap, agent_id, generation, word, kind, lease, shared = target
+    touched: dict[int, list[tuple[int, bytes]]] = {}
+    for name, offset, size in new:
+        found = known.find(name)
+        if found is None:
+            return None
+        touched.setdefault(found[0], []).append((found[1], _entry_bytes(name, offset, size)))
+    pieces = list(known.pieces)
+    made = []
+    for i, patches in touched.items():
+        buf = bytearray(pieces[i].data)
+        for pos, entry in patches:
+            buf[pos : pos + len(entry)] = entry
+        made.append((bytes(buf), pieces[i].names))
+    fresh = _put_pieces(heap, agent_id, generation, made)
+    stale = [pieces[i] for i in touched]
+    for i, piece in zip(touched, fresh):
+        pieces[i] = piece
+    now = tuple(pieces)
+    new_word = _swap_root(target, len(shared), now, fresh, stale)
+    if not new_word:
+        return None
+    replaced = [shared[name] for name, _, _ in new]
+    for name, offset, size in new:
+        shared[name] = (offset, size)
+    _remember(
+        heap, agent_id, generation, new_word, (kind, lease, shared), PieceSet(now, known.where, known.at)
+    )
+    return replaced, (word, new_word)
+
+
+def remove_in_pieces(heap: CoreHeap, agent_id: int, generation: int, name: str) -> tuple[int, int] | None:
+    """Remove entry ``name`` from an index in pieces this process read last:
+    the piece holding it written again without it (or dropped, empty), the
+    table swapped in; the cached entries are a copy without it (a reader
+    holding them keeps the name). Returns its (offset, size); None if the
+    index is not such a one, the name is not in it, the index would be small
+    enough to be whole again, or the word moved on (update_index does those)."""
+    word = heap._owner_word(agent_id, generation)
+    hit = _hit(heap, agent_id, generation, word) if word else None
+    if hit is None or not isinstance(hit[3], PieceSet):
+        return None
+    (kind, lease, shared), known = hit[2], hit[3]
+    found = known.find(name)
+    if found is None or name not in shared:
+        return None
+    i, pos = found
+    pieces = known.pieces
+    piece = pieces[i]
+    gone = _ENTRY.size + len(name.encode())
+    if not _in_pieces(agent_id, 2 * (sum(len(p.data) for p in pieces) - gone)):
+        return None
+    data = piece.data[:pos] + piece.data[pos + gone :]
+    fresh = _put_pieces(
+        heap, agent_id, generation, [(data, tuple(n for n in piece.names if n != name))] if data else []
+    )
+    now = pieces[:i] + fresh + pieces[i + 1 :]
+    assert word is not None
+    target = _Target(heap, agent_id, generation, word, kind, lease, shared)
+    new_word = _swap_root(target, len(shared) - 1, now, fresh, (piece,))
+    if not new_word:
+        return None
+    entries = dict(shared)
+    removed = entries.pop(name)
+    where = known.where
+    if where is not None and data:
+        where.pop(name, None)  # shared with the PieceSet before: its find() of the name misses, as it should
+    elif not data:
+        where = None  # the pieces after it moved down one
+    at = {j: positions for j, positions in known.at.items() if j < i or (j > i and data)}
+    _remember(heap, agent_id, generation, new_word, (kind, lease, entries), PieceSet(now, where, at))
+    return removed
+
+
 def put_entries(
     heap: CoreHeap,
     agent_id: int,
@@ -346,7 +763,7 @@ def put_entries(
     before and after (as update_index)."""
     word = heap._owner_word(agent_id, generation)
     shared: Entries = {}
-    body: bytes | None = None
+    body: bytes | bytearray | PieceSet | None = None
     positions: Positions | None = None
     if word == 0:  # no index yet (None, a stale agent, fails below in update_index)
         old_kind, lease, body, positions = kind, 0.0, b"", {}
@@ -355,20 +772,33 @@ def put_entries(
     if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
         # the index this process read last: replaced entries are written over
         # their old bytes, new ones appended; nothing else is encoded again
-        entries = dict(shared)
-        replaced_names: list[str] = []
-        appended: list[str] = []
-        for name, offset, size in new:
-            (replaced_names if name in shared else appended).append(name)
-            entries[name] = (offset, size)  # a new name goes to the end, as _spliced appends it
-        replaced_refs = [shared[name] for name in replaced_names]
-        body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
-        new_word = heap._owner_held_swap(
-            agent_id, generation, word, encode_head(old_kind, lease, len(entries)), body
-        )
-        if new_word:
-            _remember(heap, agent_id, generation, new_word, (old_kind, lease, entries), body, positions)
-            return replaced_refs, (word, new_word)
+        all_new = not any(name in shared for name, _, _ in new)
+        target = _Target(heap, agent_id, generation, word, old_kind, lease, shared)
+        if isinstance(body, PieceSet):  # in pieces: a put writes the pieces it changes and the table
+            if all_new:
+                words = _append_to_pieces(target, body, new)
+                if words is not None:
+                    return [], words
+            elif all(name in shared for name, _, _ in new):
+                got = _replace_in_pieces(target, body, new)
+                if got is not None:
+                    return got
+        else:
+            if all_new:
+                words = _append_in_place(target, body, positions, new)
+                if words is not None:
+                    return [], words
+            entries = dict(shared)
+            replaced_names: list[str] = []
+            appended: list[str] = []
+            for name, offset, size in new:
+                (replaced_names if name in shared else appended).append(name)
+                entries[name] = (offset, size)  # a new name goes to the end, as _spliced appends it
+            replaced_refs = [shared[name] for name in replaced_names]
+            body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
+            new_word = _store(target, entries, body, positions)
+            if new_word:
+                return replaced_refs, (word, new_word)
     replaced: list[tuple[int, int]] = []
 
     def change(entries: Entries) -> None:

@@ -51,7 +51,7 @@ class ThreadView:
         self.names: set[str] = set()
         self.ids: dict[str, list[str]] = {}
         self.writes: dict[tuple[str, str], list[str]] = {}
-        for name in names:
+        for name in list(names):  # the index's entries: a put in another thread may add to them
             self._add(name)
         for ids in self.ids.values():
             ids.sort()

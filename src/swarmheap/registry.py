@@ -67,7 +67,7 @@ Token = tuple[int, int, bytes]
 # encoded body and where each starts in it, None until a change needs it):
 # a write copies the body with its change spliced in (index.encode_update),
 # not every name encoded again (at 6 000 names, 38 of a write's 64 us)
-RegistryCache = dict[str, tuple[Ref, int, index.Entries, bytes, "index.Positions | None"]]
+RegistryCache = dict[str, tuple[Ref, int, index.Entries, "bytes | bytearray", "index.Positions | None"]]
 
 
 class _Changed(Exception):
@@ -230,7 +230,7 @@ class Registry:
             word, root = self._root()
             sref = root.get(shard)
             shared: index.Entries = {}
-            encoded: tuple[bytes, index.Positions | None] | None = (b"", {})  # an empty shard's
+            encoded: tuple[bytes | bytearray, index.Positions | None] | None = (b"", {})  # an empty shard's
             if sref is not None:
                 shared = self._shard(shard, sref)
                 hit = self._cache.get(shard)

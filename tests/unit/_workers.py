@@ -567,3 +567,19 @@ def lmdb_put_and_wait(path: str, ready: Any) -> None:
     store.put("kept", b"v" * 16_000)
     ready.set()
     threading.Event().wait(60)
+
+
+def agent_entries(name: str, agent_id: int) -> dict[str, bytes]:
+    """Every entry of the agent, read by a process that never cached its index."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.agent(agent_id)
+        return {entry: bytes(agent.read(entry)) for entry in agent.names()}
+
+
+def put_entries_of(name: str, agent_id: int, prefix: str, count: int) -> int:
+    """Put ``count`` entries named ``prefix``N into the agent; returns how many went in."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.agent(agent_id)
+        for i in range(count):
+            agent.put(f"{prefix}{i:05d}", f"{prefix}{i}".encode())
+        return count
