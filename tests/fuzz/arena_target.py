@@ -8,8 +8,9 @@ or any other exception is a failure.
 
 The seed heap is made by a child process that dies without closing, so the
 segment holds what a killed swarm leaves: bound thread slots of a dead
-process, a dead agent with entries and a pin, leased blocks, magazines, and
-a channel with a plain and a leased message queued.
+process, a dead agent with entries and a pin, a dead agent whose index is in
+pieces, leased blocks, magazines, and a channel with a plain and a leased
+message queued.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def _populate(name: str) -> None:
     agent.alloc(64)
     view = agent.get("prompt")  # a pin this process dies holding
     assert len(view) == 300
+    archive = heap.spawn("archive")  # an index past 16 KiB: a table of pieces
+    for i in range(700):
+        archive.put(f"turn-{i:05d}", i.to_bytes(4, "little"))
     ring = heap.channel("fuzzed", 8)  # queued: one plain message, one with a lease (its tag in the cell)
     ring.send(b"plain")
     ring.send(b"leased", lease=3600.0)
@@ -151,6 +155,24 @@ def _exercise_channels(heap: sh.Heap) -> None:
             continue
 
 
+def _exercise_agents(heap: sh.Heap) -> None:
+    """Every agent the damaged owner table names: its entries read (an index
+    whole or in pieces), one added and one deleted."""
+    try:
+        agents = heap.agents()
+    except sh.SwarmHeapError:
+        return
+    for agent in agents:
+        try:
+            names = agent.names()
+            for entry in names[:: max(1, len(names) // 8)]:
+                agent.read(entry)
+            agent.put("fuzz-added", b"added")
+            agent.delete("fuzz-added")
+        except (sh.SwarmHeapError, KeyError):  # KeyError: a damaged index names what it does not hold
+            continue
+
+
 def exercise(name: str) -> None:
     """Attach a damaged heap and use it; named errors are fine, anything else fails."""
     try:
@@ -177,6 +199,7 @@ def exercise(name: str) -> None:
             agent.complete()
         except sh.SwarmHeapError:  # a damaged owner table answers with named errors
             pass
+        _exercise_agents(heap)
         _exercise_channels(heap)
         try:
             heap.check()
