@@ -270,9 +270,20 @@ def _swap_root(target: _Target, count: int, pieces: Pieces, fresh: Pieces, stale
     once it went in). The new word, or 0 if the word had moved on. A process
     killed in between leaves blocks of the agent's that its recycle frees."""
     heap, agent_id, generation, word, kind, lease, _ = target
-    new_word = heap._owner_held_swap(
-        agent_id, generation, word, _encode_root(kind, lease, count, pieces), b""
-    )
+    try:
+        new_word = heap._owner_held_swap(
+            agent_id, generation, word, _encode_root(kind, lease, count, pieces), b""
+        )
+    except BaseException:
+        # the agent gone, say; or a KeyboardInterrupt landing after the swap
+        # went in: what was made for the table goes only if the word did not move
+        try:
+            unmoved = heap._owner_word(agent_id, generation) == word
+        except BaseException:
+            unmoved = False
+        if unmoved:
+            _free_pieces(heap, agent_id, generation, fresh)
+        raise
     _free_pieces(heap, agent_id, generation, stale if new_word else fresh)
     return new_word
 
