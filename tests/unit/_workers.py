@@ -583,3 +583,16 @@ def put_entries_of(name: str, agent_id: int, prefix: str, count: int) -> int:
         for i in range(count):
             agent.put(f"{prefix}{i:05d}", f"{prefix}{i}".encode())
         return count
+
+
+def churn_entries_of(name: str, agent_id: int, prefix: str, count: int) -> int:
+    """Put ``count`` entries named ``prefix``N, replace each, then delete the odd ones."""
+    with sh.Heap.attach(name) as heap:
+        agent = heap.agent(agent_id)
+        for i in range(count):
+            agent.put(f"{prefix}{i:05d}", b"first")
+        for i in range(count):
+            agent.put(f"{prefix}{i:05d}", f"{prefix}{i}".encode())
+        for i in range(1, count, 2):
+            agent.delete(f"{prefix}{i:05d}")
+        return count

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import swarmheap as sh
-from _workers import agent_entries, put_entries_of
+from _workers import agent_entries, churn_entries_of, put_entries_of
 from swarmheap import index
 
 
@@ -241,3 +241,29 @@ def test_a_long_langgraph_thread_in_pieces_reads_back_in_a_new_saver(
     assert len(ours) == 300 and ours == theirs
     assert theirs[0][1]["messages"] == messages
     fresh.delete_thread("long")
+
+
+def test_processes_replace_and_delete_in_pieces_while_another_appends(heap_name: str) -> None:
+    with sh.Heap.create(heap_name, size="64 MiB") as heap:
+        agent = heap.spawn("shared")
+        made = _fill(agent, 800)
+        agent.detach()
+        with mp.get_context("spawn").Pool(2) as pool:
+            results = [
+                pool.apply_async(churn_entries_of, (heap_name, agent.id, f"c{who}-", 200)) for who in range(2)
+            ]
+            for i in range(300):
+                agent.put(f"main-{i:05d}", b"m")
+            for name in list(made)[:100]:  # this process deletes too
+                agent.delete(name)
+                del made[name]
+            assert [r.get() for r in results] == [200, 200]
+        expected = dict(made)
+        expected.update(
+            {f"c{who}-{i:05d}": f"c{who}-{i}".encode() for who in range(2) for i in range(0, 200, 2)}
+        )
+        expected.update({f"main-{i:05d}": b"m" for i in range(300)})
+        _forget(heap, agent)
+        assert {name: bytes(agent.read(name)) for name in agent.names()} == expected
+        heap.check()
+        agent.complete()
