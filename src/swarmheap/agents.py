@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
@@ -250,6 +250,26 @@ class Agent(AgentCore):
             if name not in entries:
                 raise KeyError(f"agent {self.id} has no entry {name!r}")
             removed.append(entries.pop(name))
+
+        self._update_index(change)
+        for offset, size in removed:
+            self._free_entry(offset, size)
+
+    def _delete_present(self, names: Iterable[str]) -> None:
+        """Remove those of ``names`` the agent has, in one index update, and
+        free their bytes (what another writer removed first is passed over)."""
+        wanted = set(names)
+        if not wanted:
+            return
+        self._ensure_live()
+        removed: list[tuple[int, int]] = []
+
+        def change(entries: index.Entries) -> None:
+            removed.clear()  # update_index runs this again after a race: only the last run's counts
+            for name in wanted:
+                place = entries.pop(name, None)
+                if place is not None:
+                    removed.append(place)
 
         self._update_index(change)
         for offset, size in removed:

@@ -243,6 +243,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         values: dict[str, Any] = c.pop("channel_values")
         names = view.names if view is not None else set()
         items: dict[str, bytes] = {}
+        bases: dict[str, str | None] = {}
         newest = self._newest_of(agent)
         for channel, version in new_versions.items():
             name = f"blob/{ns}/{channel}/{version}"
@@ -254,15 +255,22 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                 raw, splice, listed = self._rec.serialized(self.serde, agent, values[channel], base)
             else:
                 raw = lgvalues.typed_raw(("empty", b""))
-            items[name] = self._rec.pack_value(agent, name, raw, base, listed, splice)
+            items[name], bases[name] = self._rec.pack_value(agent, name, raw, base, listed, splice)
             newest[(ns, channel)] = name
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._rec.pack(typed)
-        offset = self._put_entries_or_gone(agent, items)[cp_name]
-        self._rec.remember_record((agent.id, agent.generation, cp_name), offset, items[cp_name], typed)
+        offsets = self._put_entries_or_gone(agent, items)
+        self._rec.remember_record(
+            (agent.id, agent.generation, cp_name), offsets[cp_name], items[cp_name], typed
+        )
         if self.keep is not None:
+            # what the trim reads of what this put wrote, known here
+            for name, base in bases.items():
+                self._rec.remember_summary(agent, name, offsets[name], items[name], base)
+            summary = self._rec.checkpoint_summary(*record)
+            self._rec.remember_summary(agent, cp_name, offsets[cp_name], items[cp_name], summary)
             try:
                 lgwalks.trim(self._rec, self.serde, agent, ns, self.keep)
             except StaleBlock:
@@ -385,9 +393,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             # in the arena until the thread went)
             for ns in spaces:
                 names = agent.names()
-                lgwalks.drop_unnamed_values(
-                    self._rec, self.serde, agent, ns, names, self._rec.checkpoint_ids(agent, ns, names)
-                )
+                ids = self._rec.checkpoint_ids(agent, ns, names)
+                agent._delete_present(lgwalks.unnamed_values(self._rec, self.serde, agent, ns, names, ids))
 
     def _may_hold_runs(self, thread_id: str, runs: set[str]) -> bool:
         """False if the thread is in the store and none of its checkpoints

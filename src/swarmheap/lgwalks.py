@@ -8,15 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from swarmheap.lgrecords import ThreadRecords, delete_if_there
+from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords, delete_if_there
 from swarmheap.lgview import ThreadView
 
-__all__ = ["DELTA_COUNTERS", "delta_history", "drop", "drop_unnamed_values", "trim", "with_delta_ancestors"]
-
-# Where LangGraph (DeltaChannel, beta) records, per checkpoint, the delta
-# channels with updates since their last snapshot: their value is rebuilt
-# from the ancestors' writes back to that snapshot
-DELTA_COUNTERS = "counters_since_delta_snapshot"
+__all__ = [
+    "DELTA_COUNTERS",
+    "delta_history",
+    "drop",
+    "trim",
+    "unnamed_values",
+    "with_delta_ancestors",
+]
 
 
 def drop(agent: Any, ns: str, cid: str, names: Any = None) -> None:
@@ -37,12 +39,16 @@ def trim(rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int) -> None
     # put since then names.
     names = agent.names()
     ids = rec.checkpoint_ids(agent, ns, names)
+    if len(ids) <= keep:
+        return  # every checkpoint kept, and the values they name
     records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
     kept = with_delta_ancestors(rec, serde, agent, ns, ids, ids[-keep:], names, records)
-    for cid in ids:
-        if cid not in kept:
-            drop(agent, ns, cid, names)
-    drop_unnamed_values(rec, serde, agent, ns, names, sorted(kept), records)
+    gone = [cid for cid in ids if cid not in kept]
+    records_gone = {f"cp/{ns}/{cid}" for cid in gone}
+    writes_gone = tuple(f"w/{ns}/{cid}/" for cid in gone)
+    doomed = [n for n in names if n in records_gone or (writes_gone and n.startswith(writes_gone))]
+    doomed += unnamed_values(rec, serde, agent, ns, names, sorted(kept), records)
+    agent._delete_present(doomed)  # one index update for all of it
 
 
 def with_delta_ancestors(
@@ -85,7 +91,7 @@ def with_delta_ancestors(
     return keep
 
 
-def drop_unnamed_values(
+def unnamed_values(
     rec: ThreadRecords,
     serde: Any,
     agent: Any,
@@ -93,9 +99,11 @@ def drop_unnamed_values(
     names: Any,
     kept: Sequence[str],
     records: dict[str, Any] | None = None,
-) -> None:
-    """Delete the channel versions of ``ns`` among ``names`` that no
-    checkpoint in ``kept`` names any more (``records``: those decoded already)."""
+) -> list[str]:
+    """The channel versions of ``ns`` among ``names`` that no checkpoint in
+    ``kept`` names any more; a kept delta whose base is one of them is
+    stored whole first, so that keep=N bounds the thread (the chain does
+    not hold older versions back)."""
     named: set[str] = set()
     records = {} if records is None else records
     for cid in kept:
@@ -104,11 +112,10 @@ def drop_unnamed_values(
             continue  # dropped by a writer that saw newer checkpoints: it names what they keep
         checkpoint = record[0]
         named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
-    # a kept delta whose base goes is stored whole first, so that keep=N
-    # bounds the thread (the chain does not hold older versions back)
     rebased: dict[str, bytes] = {}
+    entries = agent._read_index()[2]
     for name in sorted(named):
-        base = rec.base_of(agent, name)
+        base = rec.base_of(agent, name, entries)
         if base is not None and base not in named:
             raw = rec.value_raw(agent, name)
             rebased[name] = rec.whole(raw)
@@ -116,9 +123,7 @@ def drop_unnamed_values(
             rec.remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
     if rebased:
         agent.put_many(rebased)
-    for name in names:
-        if name.startswith(f"blob/{ns}/") and name not in named:
-            delete_if_there(agent, name)
+    return [name for name in names if name.startswith(f"blob/{ns}/") and name not in named]
 
 
 def delta_history(
