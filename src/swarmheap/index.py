@@ -456,8 +456,9 @@ _WHAT = "agent {1}'s index"
 def read_index(heap: CoreHeap, agent_id: int, generation: int, kind: str = "?") -> tuple[int, Index]:
     """The index and the user word it was read under (0: no index yet). The
     entries are shared with the cache: read them, never change them
-    (update_index changes a copy). A put of new names from this process
-    adds them to it in place (_append_in_place): iterate a copy (list())."""
+    (update_index changes a copy). A put from this process adds new names
+    to it in place, and in an index in pieces sets a replaced entry's new
+    pair (_append_in_place, _replace_in_pieces): iterate a copy (list())."""
     hit = _cached(heap, agent_id, generation)
     if hit is not None:
         return hit
@@ -538,9 +539,8 @@ def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
     new_names = [n for n in entries if n not in shared]
     plan += [Piece(-1, d, ns) for d, ns in _chunks([(n, _entry_bytes(n, *entries[n])) for n in new_names])]
     total = sum(len(p.data) for p in plan)
-    ordered = {
-        n: entries[n] for p in plan for n in p.names
-    }  # the order the pieces give, as a reader reads it
+    # in the order the pieces give, as a reader reads it
+    ordered = {n: entries[n] for p in plan for n in p.names}
     if not _in_pieces(agent_id, 2 * total):
         body = b"".join([p.data for p in plan])
         new_word = heap._owner_held_swap(
