@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
@@ -235,41 +235,37 @@ class Agent(AgentCore):
 
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""
-        self._ensure_live()
-        try:  # an index in pieces writes one piece and its table
-            one = index.remove_in_pieces(self._heap, self.id, self.generation, name)
-        except AgentSealed:  # offloaded meanwhile: the full path below brings it back
-            one = None
-        if one is not None:
-            self._free_entry(*one)
-            return
-        removed: list[tuple[int, int]] = []
-
-        def change(entries: index.Entries) -> None:
-            removed.clear()  # update_index runs this again after a race: only the last run's counts
-            if name not in entries:
-                raise KeyError(f"agent {self.id} has no entry {name!r}")
-            removed.append(entries.pop(name))
-
-        self._update_index(change)
-        for offset, size in removed:
-            self._free_entry(offset, size)
+        self._remove((name,), missing_ok=False)
 
     def _delete_present(self, names: Iterable[str]) -> None:
         """Remove those of ``names`` the agent has, in one index update, and
         free their bytes (what another writer removed first is passed over)."""
-        wanted = set(names)
-        if not wanted:
+        self._remove(set(names), missing_ok=True)
+
+    def _remove(self, names: Collection[str], missing_ok: bool) -> None:
+        """Remove ``names`` in one index update and free their bytes;
+        KeyError for a name the agent lacks, unless ``missing_ok``."""
+        if not names:
             return
         self._ensure_live()
+        if len(names) == 1:
+            try:  # an index in pieces writes one piece and its table
+                one = index.remove_in_pieces(self._heap, self.id, self.generation, next(iter(names)))
+            except AgentSealed:  # offloaded meanwhile: the full path below brings it back
+                one = None
+            if one is not None:
+                self._free_entry(*one)
+                return
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
             removed.clear()  # update_index runs this again after a race: only the last run's counts
-            for name in wanted:
+            for name in names:
                 place = entries.pop(name, None)
                 if place is not None:
                     removed.append(place)
+                elif not missing_ok:
+                    raise KeyError(f"agent {self.id} has no entry {name!r}")
 
         self._update_index(change)
         for offset, size in removed:

@@ -227,13 +227,15 @@ def _read_pieces(
     return (kind, lease, entries), PieceSet(tuple(pieces))
 
 
-def _chunks(named: Iterable[tuple[str, bytes]]) -> list[tuple[bytes, tuple[str, ...]]]:
-    """Encoded entries (name, bytes) in order, cut into pieces' worth of at most PIECE_BYTES."""
+def _chunks(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[bytes, tuple[str, ...]]]:
+    """Entries (name, (offset, size)) in order, encoded and cut into pieces'
+    worth of at most PIECE_BYTES."""
     out: list[tuple[bytes, tuple[str, ...]]] = []
     parts: list[bytes] = []
     names: list[str] = []
     size = 0
-    for name, entry in named:
+    for name, place in items:
+        entry = _entry_bytes(name, *place)
         if parts and size + len(entry) > PIECE_BYTES:
             out.append((b"".join(parts), tuple(names)))
             parts, names, size = [], [], 0
@@ -505,9 +507,7 @@ def _store(target: _Target, entries: Entries, body: bytes | bytearray, positions
     word had moved on."""
     heap, agent_id, generation, word, kind, lease, _ = target
     if _in_pieces(agent_id, len(body)):
-        fresh = _put_pieces(
-            heap, agent_id, generation, _chunks([(n, _entry_bytes(n, *v)) for n, v in entries.items()])
-        )
+        fresh = _put_pieces(heap, agent_id, generation, _chunks(entries.items()))
         new_word = _swap_root(target, len(entries), fresh, fresh, ())
         if new_word:
             _remember(heap, agent_id, generation, new_word, (kind, lease, entries), PieceSet(fresh))
@@ -524,7 +524,7 @@ def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
     shares them) stays as it is, one that lost or changed some is written
     again, new names go in new pieces; worn into many small pieces, the
     index is cut again, and below half of PIECE_BYTES it is one block."""
-    heap, agent_id, generation, word, kind, lease, shared = target
+    heap, agent_id, generation, _, kind, lease, shared = target
     pieces = known.pieces
     plan: list[Piece] = []  # offset -1: a piece to make
     stale: list[Piece] = []
@@ -534,25 +534,20 @@ def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
             plan.append(piece)
             continue
         stale.append(piece)
-        if kept:
-            plan.append(Piece(-1, b"".join([_entry_bytes(n, *entries[n]) for n in kept]), tuple(kept)))
+        plan += [Piece(-1, d, ns) for d, ns in _chunks((n, entries[n]) for n in kept)]  # one piece, or none
     new_names = [n for n in entries if n not in shared]
-    plan += [Piece(-1, d, ns) for d, ns in _chunks([(n, _entry_bytes(n, *entries[n])) for n in new_names])]
+    plan += [Piece(-1, d, ns) for d, ns in _chunks((n, entries[n]) for n in new_names)]
     total = sum(len(p.data) for p in plan)
     # in the order the pieces give, as a reader reads it
     ordered = {n: entries[n] for p in plan for n in p.names}
-    if not _in_pieces(agent_id, 2 * total):
-        body = b"".join([p.data for p in plan])
-        new_word = heap._owner_held_swap(
-            agent_id, generation, word, encode_head(kind, lease, len(ordered)), body
-        )
+    if not _in_pieces(agent_id, 2 * total):  # one block again
+        new_word = _store(target, ordered, b"".join([p.data for p in plan]), None)
         if new_word:
             _free_pieces(heap, agent_id, generation, pieces)
-            _remember(heap, agent_id, generation, new_word, (kind, lease, ordered), body)
         return new_word
     if len(plan) > 2 * (total // PIECE_BYTES) + 4:
         stale = list(pieces)
-        plan = [Piece(-1, d, ns) for d, ns in _chunks([(n, _entry_bytes(n, *v)) for n, v in ordered.items()])]
+        plan = [Piece(-1, d, ns) for d, ns in _chunks(ordered.items())]
     made = iter(_put_pieces(heap, agent_id, generation, [(p.data, p.names) for p in plan if p.offset < 0]))
     final = tuple(next(made) if p.offset < 0 else p for p in plan)
     fresh = tuple(p for p, planned in zip(final, plan) if planned.offset < 0)
@@ -623,15 +618,12 @@ def _append_in_place(
         _place(zip([name for name, _, _ in new], tail_parts), len(body), positions)
     for name, offset, size in new:
         shared[name] = (offset, size)
-    grown: bytes | bytearray
+    # bytes, as read from the arena: a bytearray from here on, grown in place
+    grown = body if isinstance(body, bytearray) else bytearray(body)
     try:
-        if type(body) is not bytearray:
-            raise BufferError  # bytes, as read from the arena: a bytearray from here on
-        body += tail
-        grown = body
-    except BufferError:  # or exported by a swap of another thread, its GIL released
-        grown = bytearray(body)
         grown += tail
+    except BufferError:  # exported by a swap of another thread, its GIL released
+        grown = bytearray(body) + tail
     _remember(heap, agent_id, generation, new_word, (kind, lease, shared), grown, positions)
     return word, new_word
 
@@ -647,16 +639,16 @@ def _append_to_pieces(
     place. None if the word had moved on."""
     heap, agent_id, generation, word, kind, lease, shared = target
     pieces = known.pieces
-    named = [(name, _entry_bytes(name, offset, size)) for name, offset, size in new]
-    tail = b"".join([entry for _, entry in named])
+    added = tuple(name for name, _, _ in new)
+    tail = b"".join([_entry_bytes(name, offset, size) for name, offset, size in new])
     if pieces and len(pieces[-1].data) + len(tail) <= PIECE_BYTES:
         last = pieces[-1]
-        fresh = _put_pieces(
-            heap, agent_id, generation, [(last.data + tail, last.names + tuple(n for n, _ in named))]
-        )
+        fresh = _put_pieces(heap, agent_id, generation, [(last.data + tail, last.names + added)])
         kept, stale = pieces[:-1], pieces[-1:]
     else:
-        fresh = _put_pieces(heap, agent_id, generation, _chunks(named))
+        fresh = _put_pieces(
+            heap, agent_id, generation, _chunks((name, (offset, size)) for name, offset, size in new)
+        )
         kept, stale = pieces, ()
     now = kept + fresh
     new_word = _swap_root(target, len(shared) + len(new), now, fresh, stale)
@@ -667,7 +659,7 @@ def _append_to_pieces(
     where = known.where
     if where is not None:  # shared with the PieceSet of the word before: it only gains names
         for i, piece in enumerate(fresh, len(kept)):
-            for name in piece.names if stale == () else [n for n, _ in named]:
+            for name in added if stale else piece.names:
                 where[name] = i
     at = {i: positions for i, positions in known.at.items() if i < len(kept)}  # the rewritten piece's: again
     _remember(heap, agent_id, generation, new_word, (kind, lease, shared), PieceSet(now, where, at))

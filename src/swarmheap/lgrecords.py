@@ -86,8 +86,9 @@ class ThreadRecords:
             lambda record: len(record[2][1])
         )
         # (agent id, generation, entry name) -> (offset, frame header, what a
-        # trim needs of it): a checkpoint's channel versions, delta counters
-        # and parent; a channel value's base (None: whole). keep=N trims on
+        # trim needs of it, the index entry it was last checked under): a
+        # checkpoint's channel versions, delta counters and parent; a
+        # channel value's base (None: whole). keep=N trims on
         # every put, and decoded each kept checkpoint and read each value's
         # record whole to learn them: 4.8 ms a put at keep=200
         self.summaries: Recent[tuple[int, int, str], tuple[Any, ...]] = Recent(lambda _: 256)
@@ -180,7 +181,7 @@ class ThreadRecords:
         hit = self.summaries.get(key)
         if entry is None or hit is None or hit[0] != entry[0]:
             return False, None
-        if len(hit) > 3 and hit[3] is entry:
+        if hit[3] is entry:
             # the very entry it was checked under: the index has not named
             # another block since (a change makes a new pair), and a named
             # block's record does not change
@@ -191,7 +192,9 @@ class ThreadRecords:
         return True, hit[2]
 
     def remember_summary(self, agent: Any, name: str, offset: int, blob: bytes, summary: Any) -> None:
-        self.summaries.remember((agent.id, agent.generation, name), (offset, blob[:_HEAD], summary))
+        """Remember what a trim reads of the record ``blob`` (or its frame
+        header) at ``offset``, to be checked against the index when asked."""
+        self.summaries.remember((agent.id, agent.generation, name), (offset, blob[:_HEAD], summary, None))
 
     @staticmethod
     def checkpoint_summary(checkpoint: Any, metadata: Any, parent: str | None) -> Any:
@@ -354,6 +357,6 @@ class ThreadRecords:
                     summary = self.checkpoint_summary(checkpoint, metadata, parent)
                     hit = self.records.get((agent.id, agent.generation, name))
                     if hit is not None:  # get() checked it: its offset and header
-                        self.summaries.remember((agent.id, agent.generation, name), (hit[0], hit[1], summary))
+                        self.remember_summary(agent, name, hit[0], hit[1], summary)
             records[cid] = summary
         return records[cid]
