@@ -237,25 +237,27 @@ class Agent(AgentCore):
         """Remove entry ``name`` and free its bytes."""
         self._remove((name,), missing_ok=False)
 
-    def _delete_present(self, names: Iterable[str]) -> None:
+    def _delete_present(self, names: Iterable[str]) -> tuple[int, int] | None:
         """Remove those of ``names`` the agent has, in one index update, and
-        free their bytes (what another writer removed first is passed over)."""
-        self._remove(set(names), missing_ok=True)
+        free their bytes (what another writer removed first is passed over).
+        Returns the index words before and after (None: no names given)."""
+        return self._remove(set(names), missing_ok=True)
 
-    def _remove(self, names: Collection[str], missing_ok: bool) -> None:
+    def _remove(self, names: Collection[str], missing_ok: bool) -> tuple[int, int] | None:
         """Remove ``names`` in one index update and free their bytes;
-        KeyError for a name the agent lacks, unless ``missing_ok``."""
+        KeyError for a name the agent lacks, unless ``missing_ok``. Returns
+        the index words before and after (None: no names given)."""
         if not names:
-            return
+            return None
         self._ensure_live()
-        if len(names) == 1:
-            try:  # an index in pieces writes one piece and its table
-                one = index.remove_in_pieces(self._heap, self.id, self.generation, next(iter(names)))
-            except AgentSealed:  # offloaded meanwhile: the full path below brings it back
-                one = None
-            if one is not None:
-                self._free_entry(*one)
-                return
+        try:  # an index in pieces writes the pieces holding them and its table
+            done = index.remove_in_pieces(self._heap, self.id, self.generation, names, missing_ok)
+        except AgentSealed:  # offloaded meanwhile: the full path below brings it back
+            done = None
+        if done is not None:
+            for offset, size in done[0]:
+                self._free_entry(offset, size)
+            return done[1]
         removed: list[tuple[int, int]] = []
 
         def change(entries: index.Entries) -> None:
@@ -267,9 +269,10 @@ class Agent(AgentCore):
                 elif not missing_ok:
                     raise KeyError(f"agent {self.id} has no entry {name!r}")
 
-        self._update_index(change)
+        words = self._update_index(change)
         for offset, size in removed:
             self._free_entry(offset, size)
+        return words
 
     def names(self) -> list[str]:
         """Names of the agent's entries."""

@@ -17,7 +17,7 @@ import itertools
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
@@ -708,47 +708,72 @@ def _replace_in_pieces(
     return replaced, (word, new_word)
 
 
-def remove_in_pieces(heap: CoreHeap, agent_id: int, generation: int, name: str) -> tuple[int, int] | None:
-    """Remove entry ``name`` from an index in pieces this process read last:
-    the piece holding it written again without it (or dropped, empty), the
-    table swapped in; the cached entries are a copy without it (a reader
-    holding them keeps the name). Returns its (offset, size); None if the
-    index is not such a one, the name is not in it, the index would be small
-    enough to be whole again, or the word moved on (update_index does those)."""
+def remove_in_pieces(
+    heap: CoreHeap, agent_id: int, generation: int, names: Collection[str], missing_ok: bool = False
+) -> tuple[list[tuple[int, int]], tuple[int, int]] | None:
+    """Remove entries ``names`` (distinct) from an index in pieces this
+    process read last: each piece holding one written again without them
+    (or dropped, empty), the table swapped in; the cached entries are a copy
+    without them (a reader holding them keeps the names). Returns their
+    (offset, size) entries and the index words before and after (as
+    update_index); None if the index is not such a one, a name is not in it
+    (and not ``missing_ok``), the index would be small enough to be whole
+    again, or the word moved on (update_index does those)."""
     word = heap._owner_word(agent_id, generation)
     hit = _hit(heap, agent_id, generation, word) if word else None
     if hit is None or not isinstance(hit[3], PieceSet):
         return None
     (kind, lease, shared), known = hit[2], hit[3]
-    found = known.find(name)
-    if found is None or name not in shared:
+    present = [name for name in names if name in shared]
+    if not present or (len(present) != len(names) and not missing_ok):
         return None
-    i, pos = found
     pieces = known.pieces
-    piece = pieces[i]
-    gone = _ENTRY.size + len(name.encode())
+    cuts: dict[int, list[tuple[int, int]]] = {}  # piece -> (position, length) of each entry to cut
+    gone = 0
+    for name in present:
+        found = known.find(name)
+        if found is None:
+            return None
+        length = _ENTRY.size + len(name.encode())
+        cuts.setdefault(found[0], []).append((found[1], length))
+        gone += length
     if not _in_pieces(agent_id, 2 * (sum(len(p.data) for p in pieces) - gone)):
         return None
-    data = piece.data[:pos] + piece.data[pos + gone :]
-    fresh = _put_pieces(
-        heap, agent_id, generation, [(data, tuple(n for n in piece.names if n != name))] if data else []
+    dropped = set(present)
+    remade: dict[int, tuple[bytes, tuple[str, ...]]] = {}
+    for i, cut in cuts.items():
+        data, kept_from, parts = pieces[i].data, 0, []
+        for pos, length in sorted(cut):
+            parts.append(data[kept_from:pos])
+            kept_from = pos + length
+        parts.append(data[kept_from:])
+        remade[i] = (b"".join(parts), tuple(n for n in pieces[i].names if n not in dropped))
+    order = sorted(remade)
+    fresh = _put_pieces(heap, agent_id, generation, [remade[i] for i in order if remade[i][0]])
+    made = iter(fresh)
+    now = tuple(
+        piece if i not in remade else next(made)
+        for i, piece in enumerate(pieces)
+        if i not in remade or remade[i][0]
     )
-    now = pieces[:i] + fresh + pieces[i + 1 :]
     assert word is not None
     target = _Target(heap, agent_id, generation, word, kind, lease, shared)
-    new_word = _swap_root(target, len(shared) - 1, now, fresh, (piece,))
+    new_word = _swap_root(target, len(shared) - len(present), now, fresh, [pieces[i] for i in order])
     if not new_word:
         return None
     entries = dict(shared)
-    removed = entries.pop(name)
+    removed = [entries.pop(name) for name in present]
+    emptied = [i for i in order if not remade[i][0]]
     where = known.where
-    if where is not None and data:
-        where.pop(name, None)  # shared with the PieceSet before: its find() of the name misses, as it should
-    elif not data:
-        where = None  # the pieces after it moved down one
-    at = {j: positions for j, positions in known.at.items() if j < i or (j > i and data)}
+    if emptied:
+        where = None  # the pieces after the first one emptied moved down
+    elif where is not None:
+        for name in present:  # shared with the PieceSet before: its find() of the name misses, as it should
+            where.pop(name, None)
+    below = emptied[0] if emptied else len(pieces)
+    at = {j: positions for j, positions in known.at.items() if j < below and j not in remade}
     _remember(heap, agent_id, generation, new_word, (kind, lease, entries), PieceSet(now, where, at))
-    return removed
+    return removed, (word, new_word)
 
 
 def put_entries(

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import agent_snapshot, index, lgthreads, lgvalues, lgwalks, snapshot
+from swarmheap import agent_snapshot, index, lgkeep, lgthreads, lgvalues, lgwalks, snapshot
 from swarmheap._extras import require
 from swarmheap.errors import PartitionFull, StaleBlock
 from swarmheap.heap import Heap
@@ -134,6 +135,11 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         # that serves thread after thread holds at most max_owners of these
         # (keyed by generation too, it kept one per thread it ever served)
         self._newest: dict[int, tuple[int, dict[tuple[str, str], str]]] = {}
+        # with keep=, one put at a time in this process: a put's checkpoint
+        # goes into the view's lgkeep.Kept after its index update, and a
+        # trim between the two (another thread's put) would not count what
+        # it names
+        self._keep_lock = threading.RLock() if keep is not None else contextlib.nullcontext()
         if store is not None:
             heap.set_offload_policy(store)
 
@@ -225,7 +231,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
     ) -> Any:
         try:
-            return _again_if_gone(config, self._put, config, checkpoint, metadata, new_versions)
+            with self._keep_lock:
+                return _again_if_gone(config, self._put, config, checkpoint, metadata, new_versions)
         except PartitionFull as exc:
             raise PartitionFull(
                 f"{exc}; SwarmSaver: keep=N bounds each thread to its last N checkpoints, and store=... "
@@ -261,7 +268,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._rec.pack(typed)
-        offsets = self._put_entries_or_gone(agent, items)
+        offsets, words = self._put_entries_or_gone(agent, items)
         self._rec.remember_record(
             (agent.id, agent.generation, cp_name), offsets[cp_name], items[cp_name], typed
         )
@@ -272,12 +279,40 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             summary = self._rec.checkpoint_summary(*record)
             self._rec.remember_summary(agent, cp_name, offsets[cp_name], items[cp_name], summary)
             try:
-                lgwalks.trim(self._rec, self.serde, agent, ns, self.keep)
+                self._trim(agent, ns, c, summary, bases, words)
             except StaleBlock:
                 pass  # the thread was deleted after this put wrote: nothing of it is left to trim
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
+
+    def _trim(
+        self,
+        agent: Any,
+        ns: str,
+        checkpoint: dict[str, Any],
+        summary: Any,
+        bases: dict[str, str | None],
+        words: tuple[int, int],
+    ) -> None:
+        """keep=N after a put (``words``, the index words around it) of
+        ``checkpoint`` and values whose delta bases are ``bases``: from what
+        the thread's view knows if it followed every change (lgkeep), else
+        from a reading of the thread (lgwalks.trim), which teaches the view."""
+        assert self.keep is not None
+        view = self._views.get(agent.id)
+        if view is None or view.generation != agent.generation or view.word != words[1]:
+            lgwalks.trim(self._rec, self.serde, agent, ns, self.keep)
+            return
+        known = view.kept.get(ns)
+        if known is None or summary[1]:  # not known yet, or a delta channel's counters (ancestors kept)
+            lgwalks.trim(self._rec, self.serde, agent, ns, self.keep, view)
+            return
+        known.add(checkpoint["id"], lgkeep.values_named(ns, checkpoint))
+        for name, base in bases.items():
+            known.written(name, base)
+        if len(known.ids) > self.keep and not lgkeep.trim_known(self._rec, agent, ns, self.keep, view, known):
+            view.kept.pop(ns, None)
 
     def put_writes(
         self, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
@@ -301,7 +336,9 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         if items:
             self._put_entries_or_gone(agent, items)
 
-    def _put_entries_or_gone(self, agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+    def _put_entries_or_gone(
+        self, agent: Any, items: dict[str, bytes]
+    ) -> tuple[dict[str, int], tuple[int, int]]:
         try:
             return self._put_entries(agent, items)
         except StaleBlock:
@@ -490,14 +527,15 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             known = self._newest[agent.id] = (agent.generation, {})
         return known[1]
 
-    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> tuple[dict[str, int], tuple[int, int]]:
         """One index update; the thread's view follows it if it was current.
-        Returns where each entry went (its block's offset)."""
+        Returns where each entry went (its block's offset), and the index
+        words before and after."""
         words, named = agent._put_named(items)
         view = self._views.get(agent.id)
         if view is not None and view.generation == agent.generation and not view.advance(words, items):
             del self._views[agent.id]
-        return {name: offset for name, offset, _ in named}
+        return {name: offset for name, offset, _ in named}, words
 
     def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: ThreadView | None = None) -> Any:
         if view is None:

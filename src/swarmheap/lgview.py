@@ -47,6 +47,9 @@ class ThreadView:
 
     def __init__(self, generation: int, word: int, names: Any) -> None:
         self.generation, self.word = generation, word
+        # namespace -> keep=N's knowledge of its checkpoints under this word
+        # (lgkeep.Kept): changed only by a put with keep=, gone with the view
+        self.kept: dict[str, Any] = {}
         self.entries = names  # the index's entries under the word _view last read
         self.names: set[str] = set()
         self.ids: dict[str, list[str]] = {}
@@ -79,3 +82,31 @@ class ThreadView:
             self._add(name)
         self.word = words[1]
         return True
+
+    def retreat(self, words: tuple[int, int], removed: Any) -> bool:
+        """After an update from ``words[0]`` to ``words[1]`` that removed ``removed``."""
+        if words[0] != self.word:
+            return False
+        for name in removed:
+            self._drop(name)
+        self.word = words[1]
+        return True
+
+    def _drop(self, name: str) -> None:
+        if name not in self.names:
+            return
+        self.names.discard(name)
+        if name.startswith("cp/"):
+            _, ns, cid = name.split("/", 2)
+            ids = self.ids.get(ns)
+            if ids is not None and "/" not in cid:
+                at = bisect.bisect_left(ids, cid)
+                if at < len(ids) and ids[at] == cid:
+                    del ids[at]
+        elif name.startswith("w/"):
+            parts = name.split("/", 3)
+            writes = self.writes.get((parts[1], parts[2])) if len(parts) == 4 else None
+            if writes is not None:
+                writes.remove(name)
+                if not writes:
+                    del self.writes[(parts[1], parts[2])]

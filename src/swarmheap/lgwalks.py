@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from swarmheap import lgkeep
 from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords, delete_if_there
 from swarmheap.lgview import ThreadView
 
@@ -30,25 +31,45 @@ def drop(agent: Any, ns: str, cid: str, names: Any = None) -> None:
         delete_if_there(agent, name)
 
 
-def trim(rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int) -> None:
+def trim(
+    rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int, view: ThreadView | None = None
+) -> None:
+    """Drop what the checkpoints of ``ns`` beyond the newest ``keep`` (and
+    the ancestors delta channels need) hold, from one reading of the
+    thread. With ``view`` (the saver's, current before this), the view
+    follows these changes and, if nothing else changed the thread
+    meanwhile, is given what keep=N's next puts need (lgkeep.Kept)."""
     # One reading of the names decides, and what another writer of the
     # thread (a thread or process trimming it too) removed meanwhile is
     # passed over: two puts of one thread trimming at once failed on the
     # records and entries the other had dropped, and the second one's
     # blob pass, reading the names again, deleted a version a checkpoint
     # put since then names.
-    names = agent.names()
+    word, (_, _, entries) = agent._read_index_word()
+    names = list(entries)
+    current = view is not None and view.generation == agent.generation and view.word == word
+    if current and view is not None:
+        view.kept.pop(ns, None)
     ids = rec.checkpoint_ids(agent, ns, names)
-    if len(ids) <= keep:
-        return  # every checkpoint kept, and the values they name
     records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
-    kept = with_delta_ancestors(rec, serde, agent, ns, ids, ids[-keep:], names, records)
-    gone = [cid for cid in ids if cid not in kept]
-    records_gone = {f"cp/{ns}/{cid}" for cid in gone}
-    writes_gone = tuple(f"w/{ns}/{cid}/" for cid in gone)
-    doomed = [n for n in names if n in records_gone or (writes_gone and n.startswith(writes_gone))]
-    doomed += unnamed_values(rec, serde, agent, ns, names, sorted(kept), records)
-    agent._delete_present(doomed)  # one index update for all of it
+    if len(ids) > keep:
+        kept = with_delta_ancestors(rec, serde, agent, ns, ids, ids[-keep:], names, records)
+        gone = [cid for cid in ids if cid not in kept]
+        records_gone = {f"cp/{ns}/{cid}" for cid in gone}
+        writes_gone = tuple(f"w/{ns}/{cid}/" for cid in gone)
+        doomed = [n for n in names if n in records_gone or (writes_gone and n.startswith(writes_gone))]
+        following = view if current else None
+        doomed += unnamed_values(rec, serde, agent, ns, names, sorted(kept), records, following)
+        words = agent._delete_present(doomed)  # one index update for all of it
+        if current and view is not None and words is not None:
+            view.retreat(words, doomed)
+        ids = sorted(kept)
+    if current and view is not None:
+        word, (_, _, entries) = agent._read_index_word()
+        if view.word == word:  # the view followed every change since the reading: nothing else came
+            known = lgkeep.build(rec, serde, agent, ns, ids, entries, records)
+            if known is not None:
+                view.kept[ns] = known
 
 
 def with_delta_ancestors(
@@ -99,11 +120,12 @@ def unnamed_values(
     names: Any,
     kept: Sequence[str],
     records: dict[str, Any] | None = None,
+    view: ThreadView | None = None,
 ) -> list[str]:
     """The channel versions of ``ns`` among ``names`` that no checkpoint in
     ``kept`` names any more; a kept delta whose base is one of them is
     stored whole first, so that keep=N bounds the thread (the chain does
-    not hold older versions back)."""
+    not hold older versions back; ``view`` follows that write)."""
     named: set[str] = set()
     records = {} if records is None else records
     for cid in kept:
@@ -122,7 +144,9 @@ def unnamed_values(
             known = rec.raws.get((agent.id, agent.generation, name))
             rec.remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
     if rebased:
-        agent.put_many(rebased)
+        words = agent.put_many(rebased)
+        if view is not None:
+            view.advance(words, rebased)
     return [name for name in names if name.startswith(f"blob/{ns}/") and name not in named]
 
 

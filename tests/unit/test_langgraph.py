@@ -15,7 +15,7 @@ from conftest import fill_context, fill_system
 from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
 
 from _workers import langgraph_resume
-from swarmheap import lgthreads, lgvalues
+from swarmheap import lgkeep, lgthreads, lgvalues
 from swarmheap.langgraph import SwarmSaver, SwarmSaverError
 
 
@@ -188,32 +188,57 @@ def _checkpoint(parent: Any, step: int, messages: int) -> Any:
     return cp
 
 
-def test_two_writers_trimming_one_thread_at_once(heap: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("trim", ["reading", "known"])
+def test_two_writers_trimming_one_thread_at_once(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch, trim: str
+) -> None:
     """Two savers (two processes, say) put to one thread with keep=: one's
     trim read the names, then the other put and trimmed, and the first went
     on from what it had read: it failed on records and entries the second
     had dropped, and its blob pass, reading the names again, deleted the
-    version the second's checkpoint names. Now the thread reads whole."""
+    version the second's checkpoint names. Now the thread reads whole. The
+    same with the trim from what the saver knows (lgkeep): the other's put
+    comes between the first's put and its drops."""
     first, second = SwarmSaver(heap, keep=2), SwarmSaver(heap, keep=2)
+    if trim == "reading":
+        monkeypatch.setattr(lgkeep, "build", lambda *args: None)  # never known: each trim reads the thread
     cfg = fill(first, "shared", 3)
-    reading = first._rec.checkpoint_ids
     pending: list[tuple[dict[str, Any], Any]] = []  # the second's put, made inside the first's next trim
 
-    def read_then_the_other_puts(agent: Any, ns: str, names: Any = None) -> list[str]:
-        ids = reading(agent, ns, names)
-        while pending:  # between the first's reading of the names and its drops
+    def the_other_puts() -> None:
+        while pending:
             at, other = pending.pop()
             metadata = {"source": "loop", "step": other["channel_values"]["count"]}
             second.put(at, other, metadata, dict(other["channel_versions"]))
-        return ids
 
-    monkeypatch.setattr(first._rec, "checkpoint_ids", read_then_the_other_puts)
+    if trim == "reading":
+        reading = first._rec.checkpoint_ids
+
+        def read_then_the_other_puts(agent: Any, ns: str, names: Any = None) -> list[str]:
+            ids = reading(agent, ns, names)
+            the_other_puts()  # between the first's reading of the names and its drops
+            return ids
+
+        monkeypatch.setattr(first._rec, "checkpoint_ids", read_then_the_other_puts)
+    else:
+        known = lgkeep.trim_known
+
+        def the_other_puts_then_trim(*args: Any) -> bool:
+            the_other_puts()  # between the first's put and its drops
+            return known(*args)
+
+        monkeypatch.setattr(lgkeep, "trim_known", the_other_puts_then_trim)
     cp = empty_checkpoint()
-    for step in range(3, 6):
+    raced = 0
+    for step in range(3, 8):
         pending.append((cfg, _checkpoint(cp, step * 10 + 1, step * 10 + 1)))
         cp = _checkpoint(cp, step, step)
         cfg = first.put(cfg, cp, {"source": "loop", "step": step}, dict(cp["channel_versions"]))
-        assert not pending
+        # a trim from what the saver knows stops knowing once the other
+        # changed the thread: the next put reads the thread again, and knows
+        raced += not pending
+        pending.clear()
+    assert raced == (5 if trim == "reading" else 3)
     monkeypatch.undo()
     for saver in (first, second, SwarmSaver(heap)):
         tuples = list(saver.list({"configurable": {"thread_id": "shared"}}))

@@ -1,0 +1,146 @@
+"""keep=N's trim from what the saver knows (lgkeep) leaves each thread as
+the trim from a reading of the thread (lgwalks.trim) does: the same
+entries, the same checkpoints, the same values, after every call of a
+random history of puts (forks from older checkpoints carrying unchanged
+channel versions, a checkpoint put again, values no checkpoint names),
+pending writes, deletes of runs and another saver's puts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import swarmheap as sh
+
+pytest.importorskip("langgraph.checkpoint.base")
+from conftest import stateful_examples
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langgraph.checkpoint.base import empty_checkpoint
+
+from swarmheap import lgwalks
+from swarmheap.langgraph import SwarmSaver
+
+# (what, a namespace, which earlier checkpoint a fork starts from, which channels change)
+_OP = st.tuples(
+    st.sampled_from(["step", "step", "step", "fork", "again", "writes", "stray", "other"]),
+    st.sampled_from(["", "", "sub"]),
+    st.integers(0, 50),
+    st.sets(st.sampled_from(["messages", "count", "notes"]), min_size=1),
+)
+
+
+def _reading_saver(heap: sh.Heap, keep: int) -> SwarmSaver:
+    """A saver whose every trim reads the thread (never the known path)."""
+    saver = SwarmSaver(heap, keep=keep)
+
+    def trim(agent: Any, ns: str, *rest: Any) -> None:
+        lgwalks.trim(saver._rec, saver.serde, agent, ns, keep)
+
+    saver._trim = trim  # type: ignore[method-assign]
+    return saver
+
+
+def _state(saver: SwarmSaver, heap: sh.Heap) -> tuple[list[str], list[tuple[Any, ...]]]:
+    agent = saver._agent("t", create=False)
+    names = sorted(agent.names()) if agent is not None else []
+    tuples = [
+        (
+            t.config["configurable"]["checkpoint_ns"],
+            t.checkpoint["id"],
+            t.checkpoint["channel_values"],
+            t.metadata["step"],
+            t.pending_writes,
+        )
+        for ns in ("", "sub")
+        for t in saver.list({"configurable": {"thread_id": "t", "checkpoint_ns": ns}})
+    ]
+    heap.check()
+    return names, tuples
+
+
+@settings(max_examples=stateful_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keep=st.sampled_from([1, 2, 3, 5]), ops=st.lists(_OP, min_size=1, max_size=30))
+def test_the_known_trim_leaves_what_a_reading_trim_leaves(keep: int, ops: list[Any]) -> None:
+    with sh.Heap.create(size="64 MiB") as known_heap, sh.Heap.create(size="64 MiB") as read_heap:
+        known = SwarmSaver(known_heap, keep=keep)
+        other = SwarmSaver(known_heap, keep=keep)  # another writer of the thread (a process, say)
+        reading = _reading_saver(read_heap, keep)
+        reading_other = _reading_saver(read_heap, keep)
+        made: dict[str, list[Any]] = {"": [], "sub": []}  # each namespace's checkpoints, in put order
+        serial = 0
+        for what, ns, pick, changed in ops:
+            serial += 1
+            cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ns}}
+            history = made[ns]
+            if what in ("writes", "again") and not history:
+                what = "step"
+            if what == "writes":
+                cid = history[-1]["id"]
+                at = {"configurable": {"thread_id": "t", "checkpoint_ns": ns, "checkpoint_id": cid}}
+                for saver in (known, reading):
+                    saver.put_writes(at, [("messages", f"pending {serial}")], task_id=f"task{serial}")
+            elif what == "again":  # the newest checkpoint put again (a retried step)
+                cp = history[-1]
+                for saver in (known, reading):
+                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, {})
+            elif what == "stray":  # a put naming a value its checkpoint does not name
+                cp = empty_checkpoint()
+                cp["id"] = f"{serial:08d}"
+                cp["channel_values"] = {"messages": [f"stray {serial}"]}
+                cp["channel_versions"] = {}
+                new = {"messages": f"{serial:08d}.stray"}
+                for saver in (known, reading):
+                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
+                history.append(cp)
+            else:
+                parent = (
+                    history[pick % len(history)]
+                    if what == "fork" and history
+                    else (history[-1] if history else None)
+                )
+                cp = empty_checkpoint()
+                cp["id"] = f"{serial:08d}"
+                values = dict(parent["channel_values"]) if parent else {}
+                versions = dict(parent["channel_versions"]) if parent else {}
+                for channel in changed:
+                    values[channel] = [*values.get(channel, []), f"{channel} {serial}"]
+                    versions[channel] = f"{serial:08d}.{channel}"
+                cp["channel_values"], cp["channel_versions"] = values, versions
+                new = {channel: versions[channel] for channel in changed}
+                writers = (other, reading_other) if what == "other" else (known, reading)
+                for saver in writers:
+                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
+                history.append(cp)
+            assert _state(known, known_heap) == _state(reading, read_heap), (what, ns)
+        tuples = _state(known, known_heap)[1]
+        for ns in ("", "sub"):
+            assert sum(t[0] == ns for t in tuples) == min(keep, len(made[ns]))
+        known.delete_thread("t")
+        reading.delete_thread("t")
+
+
+def test_a_long_thread_keeps_its_last_n_and_their_values(heap: sh.Heap) -> None:
+    """Hundreds of puts with keep=N: each put leaves the newest N
+    checkpoints, each reading back whole, and no value none of them names."""
+    saver = SwarmSaver(heap, keep=7)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
+    messages: list[str] = []
+    for step in range(300):
+        messages = [*messages, f"message {step}"][-20:]
+        cp = empty_checkpoint()
+        cp["id"] = f"{step:08d}"
+        cp["channel_values"] = {"messages": messages, "step": step}
+        cp["channel_versions"] = {"messages": f"{step + 1:08d}.m", "step": f"{step + 1:08d}.s"}
+        cfg = saver.put(cfg, cp, {"source": "loop", "step": step}, dict(cp["channel_versions"]))
+    got = list(saver.list({"configurable": {"thread_id": "long"}}))
+    assert [t.metadata["step"] for t in got] == list(range(299, 292, -1))
+    for t in got:
+        step = t.metadata["step"]
+        assert t.checkpoint["channel_values"]["step"] == step
+        assert t.checkpoint["channel_values"]["messages"][-1] == f"message {step}"
+    agent = saver._agent("long", create=False)
+    assert sum(name.startswith("blob/") for name in agent.names()) == 2 * 7
+    saver.delete_thread("long")
+    heap.check()
