@@ -269,6 +269,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._rec.pack(typed)
         offsets, words = self._put_entries_or_gone(agent, items)
+        if view is not None and view.word != words[1] and any(bases.values()):
+            self._whole_if_base_gone(agent, items, bases, offsets)
         self._rec.remember_record(
             (agent.id, agent.generation, cp_name), offsets[cp_name], items[cp_name], typed
         )
@@ -285,6 +287,26 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
+
+    def _whole_if_base_gone(
+        self, agent: Any, items: dict[str, bytes], bases: dict[str, str | None], offsets: dict[str, int]
+    ) -> None:
+        """After a put that another writer's change came before (the view it
+        chose its delta bases by was not the index it went into): a delta
+        whose base that writer's trim dropped first is put again whole (a
+        trim after this put would have stored it whole itself, reading the
+        base, but the base was gone before the delta was named)."""
+        entries = agent._read_index()[2]
+        again: dict[str, bytes] = {}
+        for name, base in bases.items():
+            known = self._rec.raws.get((agent.id, agent.generation, name))
+            if base is not None and base not in entries and name in entries and known is not None:
+                again[name] = self._rec.whole(known[0])
+                self._rec.remember_raw((agent.id, agent.generation, name), known[0], 0, known[2])
+        if again:
+            offsets.update(self._put_entries_or_gone(agent, again)[0])
+            items.update(again)
+            bases.update(dict.fromkeys(again))
 
     def _trim(
         self,

@@ -144,3 +144,36 @@ def test_a_long_thread_keeps_its_last_n_and_their_values(heap: sh.Heap) -> None:
     assert sum(name.startswith("blob/") for name in agent.names()) == 2 * 7
     saver.delete_thread("long")
     heap.check()
+
+
+def test_a_delta_on_a_version_another_writers_trim_dropped_is_put_whole(heap: sh.Heap) -> None:
+    """One saver chose the version its put is a delta on; before the put
+    went in, another writer's keep=1 trim dropped that version. The put's
+    value is stored whole, and the thread reads back from a saver that
+    remembers nothing."""
+    first, other = SwarmSaver(heap), SwarmSaver(heap, keep=1)
+    cfg: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    messages = [f"message {i}" for i in range(30)]
+
+    def put(saver: SwarmSaver, step: int, upto: int) -> None:
+        cp = empty_checkpoint()
+        cp["id"] = f"{step:08d}"
+        cp["channel_values"] = {"messages": messages[:upto]}
+        cp["channel_versions"] = {"messages": f"{step:08d}.m"}
+        saver.put(cfg, cp, {"source": "loop", "step": step}, {"messages": f"{step:08d}.m"})
+
+    put(first, 1, 10)
+    serialized = first._rec.serialized
+
+    def the_other_trims_first(*args: Any) -> Any:
+        first._rec.serialized = serialized  # type: ignore[method-assign]
+        put(other, 2, 20)
+        put(other, 3, 25)  # keep=1: version 1, the base first chose, is gone
+        return serialized(*args)
+
+    first._rec.serialized = the_other_trims_first  # type: ignore[method-assign]
+    put(first, 4, 11)  # messages[:10] and one more: a delta on version 1
+    got = SwarmSaver(heap).get_tuple(cfg)
+    assert got is not None and got.checkpoint["channel_values"]["messages"] == messages[:11]
+    first.delete_thread("t")
+    heap.check()
