@@ -7,6 +7,7 @@ pending writes, deletes of runs and another saver's puts."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from swarmheap.langgraph import SwarmSaver
 
 # (what, a namespace, which earlier checkpoint a fork starts from, which channels change)
 _OP = st.tuples(
-    st.sampled_from(["step", "step", "step", "fork", "again", "writes", "stray", "other"]),
+    st.sampled_from(["step", "step", "step", "fork", "again", "writes", "stray", "other", "offload"]),
     st.sampled_from(["", "", "sub"]),
     st.integers(0, 50),
     st.sets(st.sampled_from(["messages", "count", "notes"]), min_size=1),
@@ -60,65 +61,75 @@ def _state(saver: SwarmSaver, heap: sh.Heap) -> tuple[list[str], list[tuple[Any,
     return names, tuples
 
 
+def _side_by_side(keep: int, ops: list[Any], known_heap: sh.Heap, read_heap: sh.Heap, store: Any) -> None:
+    known = SwarmSaver(known_heap, keep=keep)
+    other = SwarmSaver(known_heap, keep=keep)  # another writer of the thread (a process, say)
+    reading = _reading_saver(read_heap, keep)
+    reading_other = _reading_saver(read_heap, keep)
+    made: dict[str, list[Any]] = {"": [], "sub": []}  # each namespace's checkpoints, in put order
+    serial = 0
+    for what, ns, pick, changed in ops:
+        serial += 1
+        cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ns}}
+        history = made[ns]
+        if what in ("writes", "again") and not history:
+            what = "step"
+        if what == "offload":  # the known saver's thread goes to the store; its next touch restores it
+            agent = known._agent("t", create=False)
+            if agent is not None:
+                agent.offload(store)
+            continue
+        if what == "writes":
+            cid = history[-1]["id"]
+            at = {"configurable": {"thread_id": "t", "checkpoint_ns": ns, "checkpoint_id": cid}}
+            for saver in (known, reading):
+                saver.put_writes(at, [("messages", f"pending {serial}")], task_id=f"task{serial}")
+        elif what == "again":  # the newest checkpoint put again (a retried step)
+            cp = history[-1]
+            for saver in (known, reading):
+                saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, {})
+        elif what == "stray":  # a put naming a value its checkpoint does not name
+            cp = empty_checkpoint()
+            cp["id"] = f"{serial:08d}"
+            cp["channel_values"] = {"messages": [f"stray {serial}"]}
+            cp["channel_versions"] = {}
+            new = {"messages": f"{serial:08d}.stray"}
+            for saver in (known, reading):
+                saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
+            history.append(cp)
+        else:
+            parent = (
+                history[pick % len(history)]
+                if what == "fork" and history
+                else (history[-1] if history else None)
+            )
+            cp = empty_checkpoint()
+            cp["id"] = f"{serial:08d}"
+            values = dict(parent["channel_values"]) if parent else {}
+            versions = dict(parent["channel_versions"]) if parent else {}
+            for channel in changed:
+                values[channel] = [*values.get(channel, []), f"{channel} {serial}"]
+                versions[channel] = f"{serial:08d}.{channel}"
+            cp["channel_values"], cp["channel_versions"] = values, versions
+            new = {channel: versions[channel] for channel in changed}
+            writers = (other, reading_other) if what == "other" else (known, reading)
+            for saver in writers:
+                saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
+            history.append(cp)
+        assert _state(known, known_heap) == _state(reading, read_heap), (what, ns)
+    tuples = _state(known, known_heap)[1]
+    for ns in ("", "sub"):
+        assert sum(t[0] == ns for t in tuples) == min(keep, len(made[ns]))
+    known.delete_thread("t")
+    reading.delete_thread("t")
+
+
 @settings(max_examples=stateful_examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(keep=st.sampled_from([1, 2, 3, 5]), ops=st.lists(_OP, min_size=1, max_size=30))
 def test_the_known_trim_leaves_what_a_reading_trim_leaves(keep: int, ops: list[Any]) -> None:
-    with sh.Heap.create(size="64 MiB") as known_heap, sh.Heap.create(size="64 MiB") as read_heap:
-        known = SwarmSaver(known_heap, keep=keep)
-        other = SwarmSaver(known_heap, keep=keep)  # another writer of the thread (a process, say)
-        reading = _reading_saver(read_heap, keep)
-        reading_other = _reading_saver(read_heap, keep)
-        made: dict[str, list[Any]] = {"": [], "sub": []}  # each namespace's checkpoints, in put order
-        serial = 0
-        for what, ns, pick, changed in ops:
-            serial += 1
-            cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": ns}}
-            history = made[ns]
-            if what in ("writes", "again") and not history:
-                what = "step"
-            if what == "writes":
-                cid = history[-1]["id"]
-                at = {"configurable": {"thread_id": "t", "checkpoint_ns": ns, "checkpoint_id": cid}}
-                for saver in (known, reading):
-                    saver.put_writes(at, [("messages", f"pending {serial}")], task_id=f"task{serial}")
-            elif what == "again":  # the newest checkpoint put again (a retried step)
-                cp = history[-1]
-                for saver in (known, reading):
-                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, {})
-            elif what == "stray":  # a put naming a value its checkpoint does not name
-                cp = empty_checkpoint()
-                cp["id"] = f"{serial:08d}"
-                cp["channel_values"] = {"messages": [f"stray {serial}"]}
-                cp["channel_versions"] = {}
-                new = {"messages": f"{serial:08d}.stray"}
-                for saver in (known, reading):
-                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
-                history.append(cp)
-            else:
-                parent = (
-                    history[pick % len(history)]
-                    if what == "fork" and history
-                    else (history[-1] if history else None)
-                )
-                cp = empty_checkpoint()
-                cp["id"] = f"{serial:08d}"
-                values = dict(parent["channel_values"]) if parent else {}
-                versions = dict(parent["channel_versions"]) if parent else {}
-                for channel in changed:
-                    values[channel] = [*values.get(channel, []), f"{channel} {serial}"]
-                    versions[channel] = f"{serial:08d}.{channel}"
-                cp["channel_values"], cp["channel_versions"] = values, versions
-                new = {channel: versions[channel] for channel in changed}
-                writers = (other, reading_other) if what == "other" else (known, reading)
-                for saver in writers:
-                    saver.put(cfg, cp, {"source": "loop", "step": serial, "run_id": "r"}, new)
-                history.append(cp)
-            assert _state(known, known_heap) == _state(reading, read_heap), (what, ns)
-        tuples = _state(known, known_heap)[1]
-        for ns in ("", "sub"):
-            assert sum(t[0] == ns for t in tuples) == min(keep, len(made[ns]))
-        known.delete_thread("t")
-        reading.delete_thread("t")
+    with tempfile.TemporaryDirectory() as tmp, sh.SQLiteStore(f"{tmp}/threads.db") as store:
+        with sh.Heap.create(size="64 MiB") as known_heap, sh.Heap.create(size="64 MiB") as read_heap:
+            _side_by_side(keep, ops, known_heap, read_heap, store)
 
 
 def test_a_long_thread_keeps_its_last_n_and_their_values(heap: sh.Heap) -> None:
