@@ -76,19 +76,18 @@ class ThreadView:
 
     def advance(self, words: tuple[int, int], added: Any) -> bool:
         """After an update from ``words[0]`` to ``words[1]`` that added ``added``."""
-        if words[0] != self.word:
-            return False
-        for name in added:
-            self._add(name)
-        self.word = words[1]
-        return True
+        return self._follow(words, added, self._add)
 
     def retreat(self, words: tuple[int, int], removed: Any) -> bool:
         """After an update from ``words[0]`` to ``words[1]`` that removed ``removed``."""
+        return self._follow(words, removed, self._drop)
+
+    def _follow(self, words: tuple[int, int], names: Any, change: Callable[[str], None]) -> bool:
+        """False (nothing changed) if the update was not made on this view's word."""
         if words[0] != self.word:
             return False
-        for name in removed:
-            self._drop(name)
+        for name in names:
+            change(name)
         self.word = words[1]
         return True
 
