@@ -149,6 +149,16 @@ def run(args: argparse.Namespace) -> None:
             "policy sends threads to SQLite as they go cold; every answer must be the reference's",
         ),
         pytest_case(
+            "keep=N's trim from what the saver knows against the reading trim (hypothesis)",
+            "tests/unit/test_langgraph_keep.py",
+            {"SWARMHEAP_STATEFUL_EXAMPLES": str(args.stateful_examples)},
+            args.stateful_examples,
+            "up to 30 random calls per example on two savers with keep=1-5, one trimming from what it "
+            "knows (lgkeep), one reading the thread at every trim: puts, forks from older checkpoints, "
+            "a checkpoint put again, values no checkpoint names, pending writes, another writer's puts, "
+            "offloads to SQLite; the threads' entries and checkpoints compared after every call",
+        ),
+        pytest_case(
             "crash matrix",
             "tests/unit/test_crash_matrix.py",
             {"SWARMHEAP_CRASH_KILLS": str(args.kills)},
