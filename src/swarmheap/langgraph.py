@@ -299,10 +299,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         entries = agent._read_index()[2]
         again: dict[str, bytes] = {}
         for name, base in bases.items():
-            known = self._rec.raws.get((agent.id, agent.generation, name))
-            if base is not None and base not in entries and name in entries and known is not None:
-                again[name] = self._rec.whole(known[0])
-                self._rec.remember_raw((agent.id, agent.generation, name), known[0], 0, known[2])
+            # its serde bytes as this put remembered them: decoding the record needs the base that is gone
+            cached = (agent.id, agent.generation, name) in self._rec.raws
+            if base is not None and base not in entries and name in entries and cached:
+                again[name] = self._rec.rewhole(agent, name)
         if again:
             offsets.update(self._put_entries_or_gone(agent, again)[0])
             items.update(again)

@@ -144,10 +144,7 @@ def trim_known(rec: ThreadRecords, agent: Any, ns: str, keep: int, view: ThreadV
     rebased: dict[str, bytes] = {}
     for name in kept.rebase_wanted(gone):
         if name in names:
-            raw = rec.value_raw(agent, name)
-            rebased[name] = rec.whole(raw)
-            known = rec.raws.get((agent.id, agent.generation, name))
-            rec.remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
+            rebased[name] = rec.rewhole(agent, name)
             kept.set_base(name, None)
     if rebased and not view.advance(agent.put_many(rebased), rebased):
         return False

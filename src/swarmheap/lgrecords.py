@@ -168,6 +168,15 @@ class ThreadRecords:
         self.remember_raw(key, raw, 0, listed)
         return self.whole(raw), None
 
+    def rewhole(self, agent: Any, name: str) -> bytes:
+        """Value ``name``'s record made whole again (its base is about to go),
+        its serde bytes remembered as whole (depth 0)."""
+        raw = self.value_raw(agent, name)
+        key = (agent.id, agent.generation, name)
+        known = self.raws.get(key)
+        self.remember_raw(key, raw, 0, known[2] if known else None)
+        return self.whole(raw)
+
     def whole(self, raw: bytes) -> bytes:
         """A channel value's record holding its serde bytes whole (not a delta)."""
         return snapshot.pack(_FULL + raw, self.codec, _WHOLE_ZSTD_LEVEL if self.codec == "zstd" else None)

@@ -47,9 +47,11 @@ def trim(
     # put since then names.
     word, (_, _, entries) = agent._read_index_word()
     names = list(entries)
-    current = view is not None and view.generation == agent.generation and view.word == word
-    if current and view is not None:
-        view.kept.pop(ns, None)
+    following = (
+        view if view is not None and view.generation == agent.generation and view.word == word else None
+    )
+    if following is not None:
+        following.kept.pop(ns, None)
     ids = rec.checkpoint_ids(agent, ns, names)
     records: dict[str, Any] = {}  # each checkpoint's record, decoded once for both passes
     if len(ids) > keep:
@@ -58,18 +60,17 @@ def trim(
         records_gone = {f"cp/{ns}/{cid}" for cid in gone}
         writes_gone = tuple(f"w/{ns}/{cid}/" for cid in gone)
         doomed = [n for n in names if n in records_gone or (writes_gone and n.startswith(writes_gone))]
-        following = view if current else None
         doomed += unnamed_values(rec, serde, agent, ns, names, sorted(kept), records, following)
         words = agent._delete_present(doomed)  # one index update for all of it
-        if current and view is not None and words is not None:
-            view.retreat(words, doomed)
+        if following is not None and words is not None:
+            following.retreat(words, doomed)
         ids = sorted(kept)
-    if current and view is not None:
+    if following is not None:
         word, (_, _, entries) = agent._read_index_word()
-        if view.word == word:  # the view followed every change since the reading: nothing else came
+        if following.word == word:  # the view followed every change since the reading: nothing else came
             known = lgkeep.build(rec, serde, agent, ns, ids, entries, records)
             if known is not None:
-                view.kept[ns] = known
+                following.kept[ns] = known
 
 
 def with_delta_ancestors(
@@ -133,16 +134,13 @@ def unnamed_values(
         if record is None:
             continue  # dropped by a writer that saw newer checkpoints: it names what they keep
         checkpoint = record[0]
-        named.update(f"blob/{ns}/{ch}/{v}" for ch, v in checkpoint["channel_versions"].items())
+        named.update(lgkeep.values_named(ns, checkpoint))
     rebased: dict[str, bytes] = {}
     entries = agent._read_index()[2]
     for name in sorted(named):
         base = rec.base_of(agent, name, entries)
         if base is not None and base not in named:
-            raw = rec.value_raw(agent, name)
-            rebased[name] = rec.whole(raw)
-            known = rec.raws.get((agent.id, agent.generation, name))
-            rec.remember_raw((agent.id, agent.generation, name), raw, 0, known[2] if known else None)
+            rebased[name] = rec.rewhole(agent, name)
     if rebased:
         words = agent.put_many(rebased)
         if view is not None:
