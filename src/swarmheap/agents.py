@@ -120,15 +120,19 @@ class Agent(AgentCore):
         (see index.update_index)."""
         return self._put_named(items)[0]
 
-    def _put_named(self, items: Mapping[str, Any]) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
-        """put_many(), also returning each entry as named: (name, offset, size)."""
+    def _put_named(
+        self, items: Mapping[str, Any], requires: Collection[str] = ()
+    ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
+        """put_many(), also returning each entry as named: (name, offset,
+        size); only onto an index holding every name of ``requires`` (else
+        index.MissingEntries, nothing put)."""
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
             if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
                 index.check_name(name)
         try:
-            return self._put_named_once(items)
+            return self._put_named_once(items, requires)
         except AgentSealed:  # offloaded meanwhile (as in put()): again, once the agent is back
             pass
         for _ in range(_SEALED_TRIES):
@@ -136,12 +140,14 @@ class Agent(AgentCore):
             # this put's go in once its restore is done
             self._ensure_live()
             try:
-                return self._put_named_once(items)
+                return self._put_named_once(items, requires)
             except AgentSealed:
                 continue
         raise _kept_offloaded(self.id)
 
-    def _put_named_once(self, items: Mapping[str, Any]) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
+    def _put_named_once(
+        self, items: Mapping[str, Any], requires: Collection[str] = ()
+    ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
         try:
@@ -160,20 +166,24 @@ class Agent(AgentCore):
             for blk in blocks:
                 blk.free()
             raise
-        return self._commit(blocks, new), new
+        return self._commit(blocks, new, requires), new
 
-    def _commit(self, blocks: list[Any], new: list[tuple[str, int, int]]) -> tuple[int, int]:
+    def _commit(
+        self, blocks: list[Any], new: list[tuple[str, int, int]], requires: Collection[str] = ()
+    ) -> tuple[int, int]:
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
         entries they replace; on an error the blocks go back."""
         try:
             try:
-                replaced, words = index.put_entries(self._heap, self.id, self.generation, self.kind, new)
+                replaced, words = index.put_entries(
+                    self._heap, self.id, self.generation, self.kind, new, requires=requires
+                )
             except AgentSealed:
                 if not self._restoring_here():
                     raise  # the blocks went with the agent's memory when it was offloaded: none to free
                 # this thread restores the agent: its entries go in on the sealed word
                 replaced, words = index.put_entries(
-                    self._heap, self.id, self.generation, self.kind, new, sealed_ok=True
+                    self._heap, self.id, self.generation, self.kind, new, sealed_ok=True, requires=requires
                 )
         except AgentSealed:
             raise
@@ -237,13 +247,17 @@ class Agent(AgentCore):
         """Remove entry ``name`` and free its bytes."""
         self._remove((name,), missing_ok=False)
 
-    def _delete_present(self, names: Iterable[str]) -> tuple[int, int] | None:
+    def _delete_present(self, names: Iterable[str], expect_word: int | None = None) -> tuple[int, int] | None:
         """Remove those of ``names`` the agent has, in one index update, and
         free their bytes (what another writer removed first is passed over).
-        Returns the index words before and after (None: no names given)."""
-        return self._remove(set(names), missing_ok=True)
+        Returns the index words before and after (None: no names given).
+        With ``expect_word``, only from the index at that word (else
+        index.IndexMoved): names chosen from a reading of it."""
+        return self._remove(set(names), missing_ok=True, expect_word=expect_word)
 
-    def _remove(self, names: Collection[str], missing_ok: bool) -> tuple[int, int] | None:
+    def _remove(
+        self, names: Collection[str], missing_ok: bool, expect_word: int | None = None
+    ) -> tuple[int, int] | None:
         """Remove ``names`` in one index update and free their bytes;
         KeyError for a name the agent lacks, unless ``missing_ok``. Returns
         the index words before and after (None: no names given)."""
@@ -251,7 +265,9 @@ class Agent(AgentCore):
             return None
         self._ensure_live()
         try:  # an index in pieces writes the pieces holding them and its table
-            done = index.remove_in_pieces(self._heap, self.id, self.generation, names, missing_ok)
+            done = index.remove_in_pieces(
+                self._heap, self.id, self.generation, names, missing_ok, expect_word=expect_word
+            )
         except AgentSealed:  # offloaded meanwhile: the full path below brings it back
             done = None
         if done is not None:
@@ -269,7 +285,7 @@ class Agent(AgentCore):
                 elif not missing_ok:
                     raise KeyError(f"agent {self.id} has no entry {name!r}")
 
-        words = self._update_index(change)
+        words = self._update_index(change, expect_word=expect_word)
         for offset, size in removed:
             self._free_entry(offset, size)
         return words
@@ -324,17 +340,16 @@ class Agent(AgentCore):
     def _read_index(self) -> index.Index:
         return self._read_index_word()[1]
 
-    def _update_index(self, change: Any, lease_deadline: float | None = None) -> tuple[int, int]:
+    def _update_index(
+        self, change: Any, lease_deadline: float | None = None, expect_word: int | None = None
+    ) -> tuple[int, int]:
+        args = (self._heap, self.id, self.generation, self.kind, change, lease_deadline)
         for _ in range(_SEALED_TRIES):
             try:
-                return index.update_index(
-                    self._heap, self.id, self.generation, self.kind, change, lease_deadline
-                )
+                return index.update_index(*args, expect_word=expect_word)
             except AgentSealed:
                 if self._restoring_here():  # this thread restores it: the update goes in on the sealed word
-                    return index.update_index(
-                        self._heap, self.id, self.generation, self.kind, change, lease_deadline, True
-                    )
+                    return index.update_index(*args, sealed_ok=True, expect_word=expect_word)
                 self._ensure_live()  # offloaded meanwhile: back, and again
         raise _kept_offloaded(self.id)
 

@@ -31,6 +31,8 @@ __all__ = [
     "MAX_NAME",
     "Entries",
     "Index",
+    "IndexMoved",
+    "MissingEntries",
     "body_of",
     "cached_at",
     "encode_head",
@@ -43,6 +45,27 @@ __all__ = [
     "remove_in_pieces",
     "update_index",
 ]
+
+
+class IndexMoved(Exception):
+    """An update made on condition of the index word it was decided under
+    found the index at another word: what it decided from is out of date."""
+
+
+class MissingEntries(Exception):
+    """A put that names others (``names``, its requires) found them gone
+    from the index it would have gone into: nothing was written."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"the index no longer holds {', '.join(names)}")
+        self.names = names
+
+
+def _require(entries: Entries, requires: Collection[str]) -> None:
+    missing = [name for name in requires if name not in entries]
+    if missing:
+        raise MissingEntries(missing)
+
 
 _HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
 _ENTRY = struct.Struct("<HQQ")  # name length, offset, size
@@ -476,11 +499,14 @@ def _update_attempt(
     change: Callable[[Entries], None],
     lease_deadline: float | None,
     sealed_ok: bool,
+    expect_word: int | None,
 ) -> tuple[int, int] | None:
     word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
     # put_entries' fast path never takes a sealed word (it is never cached): only here
     if word == SEALED_WORD and not sealed_ok:
         raise AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
+    if expect_word is not None and word != expect_word:
+        raise IndexMoved
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
@@ -565,14 +591,19 @@ def update_index(
     change: Callable[[Entries], None],
     lease_deadline: float | None = None,
     sealed_ok: bool = False,
+    expect_word: int | None = None,
 ) -> tuple[int, int]:
     """Apply ``change`` to the entries and swap the new index in; again if
     another update got there first. Returns (the word the change was made
     on, the new word): a reader that knew the first knows the second is its
     index with this change, and nothing else. AgentSealed if the agent was
-    offloaded (its word sealed), unless ``sealed_ok`` (its restorer)."""
+    offloaded (its word sealed), unless ``sealed_ok`` (its restorer).
+    With ``expect_word``, the change goes in on that word or not at all
+    (IndexMoved): a removal decided from a reading of the index."""
     words: tuple[int, int] = retry_while_changing(
-        _update_attempt, (heap, agent_id, generation, kind, change, lease_deadline, sealed_ok), _WHAT
+        _update_attempt,
+        (heap, agent_id, generation, kind, change, lease_deadline, sealed_ok, expect_word),
+        _WHAT,
     )
     return words
 
@@ -709,7 +740,12 @@ def _replace_in_pieces(
 
 
 def remove_in_pieces(
-    heap: CoreHeap, agent_id: int, generation: int, names: Collection[str], missing_ok: bool = False
+    heap: CoreHeap,
+    agent_id: int,
+    generation: int,
+    names: Collection[str],
+    missing_ok: bool = False,
+    expect_word: int | None = None,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]] | None:
     """Remove entries ``names`` (distinct) from an index in pieces this
     process read last: each piece holding one written again without them
@@ -718,8 +754,11 @@ def remove_in_pieces(
     (offset, size) entries and the index words before and after (as
     update_index); None if the index is not such a one, a name is not in it
     (and not ``missing_ok``), the index would be small enough to be whole
-    again, or the word moved on (update_index does those)."""
+    again, or the word moved on (update_index does those). IndexMoved if
+    the index is not at ``expect_word`` (given)."""
     word = heap._owner_word(agent_id, generation)
+    if expect_word is not None and word != expect_word:
+        raise IndexMoved
     hit = _hit(heap, agent_id, generation, word) if word else None
     if hit is None or not isinstance(hit[3], PieceSet):
         return None
@@ -783,12 +822,15 @@ def put_entries(
     kind: str,
     new: list[tuple[str, int, int]],
     sealed_ok: bool = False,
+    requires: Collection[str] = (),
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
     on an index this process read last, each name costs one encoded entry
     (appended, or written over the one it replaces) and the update a swap.
     Returns the (offset, size) entries they replaced, and the index words
-    before and after (as update_index)."""
+    before and after (as update_index). The entries go in only on an index
+    that holds every name of ``requires`` (checked against the entries of
+    the word the swap goes in on): else MissingEntries, nothing written."""
     word = heap._owner_word(agent_id, generation)
     shared: Entries = {}
     body: bytes | bytearray | PieceSet | None = None
@@ -800,6 +842,8 @@ def put_entries(
     if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
         # the index this process read last: replaced entries are written over
         # their old bytes, new ones appended; nothing else is encoded again
+        if requires:
+            _require(shared, requires)
         all_new = not any(name in shared for name, _, _ in new)
         target = _Target(heap, agent_id, generation, word, old_kind, lease, shared)
         if isinstance(body, PieceSet):  # in pieces: a put writes the pieces it changes and the table
@@ -831,6 +875,8 @@ def put_entries(
 
     def change(entries: Entries) -> None:
         replaced.clear()  # run again after a race: only the last run's entries count
+        if requires:
+            _require(entries, requires)
         for name, offset, size in new:
             if name in entries:
                 replaced.append(entries[name])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 from swarmheap import agent_snapshot, index, lgkeep, lgthreads, lgvalues, lgwalks, snapshot
@@ -243,6 +243,29 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def _put(
         self, config: dict[str, Any], checkpoint: dict[str, Any], metadata: Any, new_versions: Any
     ) -> Any:
+        """The checkpoint goes in only onto an index holding every value it
+        names (index.MissingEntries otherwise, nothing written): the bases
+        of its deltas, and the versions of its unchanged channels. Another
+        writer's keep= trim may have dropped one since this saver's view of
+        the thread: the put is made again with that value whole, from the
+        checkpoint's own values. So a checkpoint never reads back without a
+        channel it holds. Each try stores at least one more value itself,
+        so the tries end."""
+        absent: set[str] = set()
+        while True:
+            try:
+                return self._put_once(config, checkpoint, metadata, new_versions, absent)
+            except index.MissingEntries as exc:
+                absent.update(exc.names)
+
+    def _put_once(
+        self,
+        config: dict[str, Any],
+        checkpoint: dict[str, Any],
+        metadata: Any,
+        new_versions: Any,
+        absent: set[str],
+    ) -> Any:
         c = checkpoint.copy()
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
@@ -251,26 +274,37 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         names = view.names if view is not None else set()
         items: dict[str, bytes] = {}
         bases: dict[str, str | None] = {}
+        requires: set[str] = set()
         newest = self._newest_of(agent)
         for channel, version in new_versions.items():
             name = f"blob/{ns}/{channel}/{version}"
             base = newest.get((ns, channel))
-            if not (base is not None and base != name and base in names):  # a version put again is whole
-                base = None
+            if not (base is not None and base != name and base in names) or base in absent:
+                base = None  # a version put again is whole, and one on a base gone
             splice = listed = None
             if channel in values:
                 raw, splice, listed = self._rec.serialized(self.serde, agent, values[channel], base)
             else:
                 raw = lgvalues.typed_raw(("empty", b""))
-            items[name], bases[name] = self._rec.pack_value(agent, name, raw, base, listed, splice)
+            items[name], used = self._rec.pack_value(agent, name, raw, base, listed, splice)
+            bases[name] = used
+            if used is not None:
+                requires.add(used)
             newest[(ns, channel)] = name
+        for channel, version in c["channel_versions"].items():
+            if channel in new_versions or channel not in values:
+                continue  # written above, or no value at that version
+            name = f"blob/{ns}/{channel}/{version}"
+            if name not in absent:
+                requires.add(name)
+            elif name not in items:
+                raw, _, listed = self._rec.serialized(self.serde, agent, values[channel], None)
+                items[name], bases[name] = self._rec.pack_value(agent, name, raw, None, listed, None)
         record = (c, get_checkpoint_metadata(config, metadata), conf.get("checkpoint_id"))
         typed = self.serde.dumps_typed(record)
         cp_name = f"cp/{ns}/{checkpoint['id']}"
         items[cp_name] = self._rec.pack(typed)
-        offsets, words = self._put_entries_or_gone(agent, items)
-        if view is not None and view.word != words[1] and any(bases.values()):
-            self._whole_if_base_gone(agent, items, bases, offsets)
+        offsets, words = self._put_entries_or_gone(agent, items, requires)
         self._rec.remember_record(
             (agent.id, agent.generation, cp_name), offsets[cp_name], items[cp_name], typed
         )
@@ -287,26 +321,6 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return {
             "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}
         }
-
-    def _whole_if_base_gone(
-        self, agent: Any, items: dict[str, bytes], bases: dict[str, str | None], offsets: dict[str, int]
-    ) -> None:
-        """After a put that another writer's change came before (the view it
-        chose its delta bases by was not the index it went into): a delta
-        whose base that writer's trim dropped first is put again whole (a
-        trim after this put would have stored it whole itself, reading the
-        base, but the base was gone before the delta was named)."""
-        entries = agent._read_index()[2]
-        again: dict[str, bytes] = {}
-        for name, base in bases.items():
-            # its serde bytes as this put remembered them: decoding the record needs the base that is gone
-            cached = (agent.id, agent.generation, name) in self._rec.raws
-            if base is not None and base not in entries and name in entries and cached:
-                again[name] = self._rec.rewhole(agent, name)
-        if again:
-            offsets.update(self._put_entries_or_gone(agent, again)[0])
-            items.update(again)
-            bases.update(dict.fromkeys(again))
 
     def _trim(
         self,
@@ -359,10 +373,10 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             self._put_entries_or_gone(agent, items)
 
     def _put_entries_or_gone(
-        self, agent: Any, items: dict[str, bytes]
+        self, agent: Any, items: dict[str, bytes], requires: Collection[str] = ()
     ) -> tuple[dict[str, int], tuple[int, int]]:
         try:
-            return self._put_entries(agent, items)
+            return self._put_entries(agent, items, requires)
         except StaleBlock:
             raise _ThreadGone from None
 
@@ -451,9 +465,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             # the values only the dropped checkpoints named go too (they stayed
             # in the arena until the thread went)
             for ns in spaces:
-                names = agent.names()
-                ids = self._rec.checkpoint_ids(agent, ns, names)
-                agent._delete_present(lgwalks.unnamed_values(self._rec, self.serde, agent, ns, names, ids))
+                lgwalks.drop_unnamed(self._rec, self.serde, agent, ns)
 
     def _may_hold_runs(self, thread_id: str, runs: set[str]) -> bool:
         """False if the thread is in the store and none of its checkpoints
@@ -549,11 +561,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             known = self._newest[agent.id] = (agent.generation, {})
         return known[1]
 
-    def _put_entries(self, agent: Any, items: dict[str, bytes]) -> tuple[dict[str, int], tuple[int, int]]:
-        """One index update; the thread's view follows it if it was current.
-        Returns where each entry went (its block's offset), and the index
-        words before and after."""
-        words, named = agent._put_named(items)
+    def _put_entries(
+        self, agent: Any, items: dict[str, bytes], requires: Collection[str] = ()
+    ) -> tuple[dict[str, int], tuple[int, int]]:
+        """One index update (onto an index holding ``requires``); the
+        thread's view follows it if it was current. Returns where each entry
+        went (its block's offset), and the index words before and after."""
+        words, named = agent._put_named(items, requires)
         view = self._views.get(agent.id)
         if view is not None and view.generation == agent.generation and not view.advance(words, items):
             del self._views[agent.id]

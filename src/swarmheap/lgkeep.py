@@ -15,6 +15,7 @@ import bisect
 from collections.abc import Iterable
 from typing import Any
 
+from swarmheap.index import IndexMoved
 from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords
 from swarmheap.lgview import ThreadView
 
@@ -148,5 +149,8 @@ def trim_known(rec: ThreadRecords, agent: Any, ns: str, keep: int, view: ThreadV
             kept.set_base(name, None)
     if rebased and not view.advance(agent.put_many(rebased), rebased):
         return False
-    words = agent._delete_present(doomed)
+    try:
+        words = agent._delete_present(doomed, expect_word=view.word)
+    except IndexMoved:  # another writer came in: a checkpoint of its may name what was to go
+        return False
     return words is None or view.retreat(words, doomed)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap import lgkeep
+from swarmheap.index import IndexMoved
 from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords, delete_if_there
 from swarmheap.lgview import ThreadView
 
@@ -16,6 +17,7 @@ __all__ = [
     "DELTA_COUNTERS",
     "delta_history",
     "drop",
+    "drop_unnamed",
     "trim",
     "unnamed_values",
     "with_delta_ancestors",
@@ -31,6 +33,12 @@ def drop(agent: Any, ns: str, cid: str, names: Any = None) -> None:
         delete_if_there(agent, name)
 
 
+# Readings a trim makes before it leaves the thread over keep= to the next
+# put's trim: each one ends when another writer changed the thread between
+# the reading and the removal it decided.
+TRIM_TRIES = 3
+
+
 def trim(
     rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int, view: ThreadView | None = None
 ) -> None:
@@ -39,12 +47,24 @@ def trim(
     thread. With ``view`` (the saver's, current before this), the view
     follows these changes and, if nothing else changed the thread
     meanwhile, is given what keep=N's next puts need (lgkeep.Kept)."""
-    # One reading of the names decides, and what another writer of the
-    # thread (a thread or process trimming it too) removed meanwhile is
-    # passed over: two puts of one thread trimming at once failed on the
-    # records and entries the other had dropped, and the second one's
-    # blob pass, reading the names again, deleted a version a checkpoint
-    # put since then names.
+    for _ in range(TRIM_TRIES):
+        try:
+            _trim_once(rec, serde, agent, ns, keep, view)
+            return
+        except IndexMoved:
+            continue  # a checkpoint put since the reading may name what it decided to drop
+
+
+def _trim_once(
+    rec: ThreadRecords, serde: Any, agent: Any, ns: str, keep: int, view: ThreadView | None
+) -> None:
+    # One reading of the names decides, and the removal goes in on the
+    # index that reading was of, or not at all (IndexMoved): what another
+    # writer of the thread (a thread or process trimming it too) removed
+    # meanwhile is passed over, and what a put since then named stays (two
+    # puts of one thread trimming at once failed on the records and entries
+    # the other had dropped, and the second one's blob pass, reading the
+    # names again, deleted a version a checkpoint put since then names).
     word, (_, _, entries) = agent._read_index_word()
     names = list(entries)
     following = (
@@ -60,10 +80,10 @@ def trim(
         records_gone = {f"cp/{ns}/{cid}" for cid in gone}
         writes_gone = tuple(f"w/{ns}/{cid}/" for cid in gone)
         doomed = [n for n in names if n in records_gone or (writes_gone and n.startswith(writes_gone))]
-        doomed += unnamed_values(rec, serde, agent, ns, names, sorted(kept), records, following)
-        words = agent._delete_present(doomed)  # one index update for all of it
+        unnamed, word = unnamed_values(rec, serde, agent, ns, names, sorted(kept), word, records, following)
+        words = agent._delete_present(doomed + unnamed, expect_word=word)  # one index update for all of it
         if following is not None and words is not None:
-            following.retreat(words, doomed)
+            following.retreat(words, doomed + unnamed)
         ids = sorted(kept)
     if following is not None:
         word, (_, _, entries) = agent._read_index_word()
@@ -120,13 +140,16 @@ def unnamed_values(
     ns: str,
     names: Any,
     kept: Sequence[str],
+    word: int,
     records: dict[str, Any] | None = None,
     view: ThreadView | None = None,
-) -> list[str]:
-    """The channel versions of ``ns`` among ``names`` that no checkpoint in
-    ``kept`` names any more; a kept delta whose base is one of them is
-    stored whole first, so that keep=N bounds the thread (the chain does
-    not hold older versions back; ``view`` follows that write)."""
+) -> tuple[list[str], int]:
+    """The channel versions of ``ns`` among ``names`` (read under index
+    word ``word``) that no checkpoint in ``kept`` names any more, and the
+    word their removal must go in on; a kept delta whose base is one of
+    them is stored whole first, so that keep=N bounds the thread (the chain
+    does not hold older versions back; ``view`` follows that write).
+    IndexMoved if another writer changed the thread before that write."""
     named: set[str] = set()
     records = {} if records is None else records
     for cid in kept:
@@ -145,7 +168,25 @@ def unnamed_values(
         words = agent.put_many(rebased)
         if view is not None:
             view.advance(words, rebased)
-    return [name for name in names if name.startswith(f"blob/{ns}/") and name not in named]
+        if words[0] != word:
+            raise IndexMoved
+        word = words[1]
+    return [name for name in names if name.startswith(f"blob/{ns}/") and name not in named], word
+
+
+def drop_unnamed(rec: ThreadRecords, serde: Any, agent: Any, ns: str) -> None:
+    """Drop the channel versions of ``ns`` no checkpoint of it names (after
+    checkpoints went), from a reading of the thread that no put came after."""
+    for _ in range(TRIM_TRIES):
+        word, (_, _, entries) = agent._read_index_word()
+        names = list(entries)
+        ids = rec.checkpoint_ids(agent, ns, names)
+        try:
+            unnamed, word = unnamed_values(rec, serde, agent, ns, names, ids, word)
+            agent._delete_present(unnamed, expect_word=word)
+            return
+        except IndexMoved:
+            continue
 
 
 def delta_history(

@@ -257,11 +257,11 @@ def test_a_put_to_a_thread_deleted_under_it_starts_the_thread_again(
     write = saver._put_entries
     deleted: list[bool] = []
 
-    def deleted_first(agent: Any, items: dict[str, bytes]) -> dict[str, int]:
+    def deleted_first(agent: Any, items: dict[str, bytes], requires: Any = ()) -> dict[str, int]:
         if not deleted:
             deleted.append(True)
             other.delete_thread("gone")  # another writer deletes the thread just before this write
-        return write(agent, items)
+        return write(agent, items, requires)
 
     monkeypatch.setattr(saver, "_put_entries", deleted_first)
     cp = create_checkpoint(empty_checkpoint(), None, 7)

@@ -188,3 +188,93 @@ def test_a_delta_on_a_version_another_writers_trim_dropped_is_put_whole(heap: sh
     assert got is not None and got.checkpoint["channel_values"]["messages"] == messages[:11]
     first.delete_thread("t")
     heap.check()
+
+
+def _fork_put(
+    saver: SwarmSaver,
+    cid: str,
+    parent: str | None,
+    values: dict[str, Any],
+    versions: dict[str, str],
+    new: Any,
+) -> None:
+    conf = {"thread_id": "t", "checkpoint_ns": ""}
+    if parent is not None:
+        conf["checkpoint_id"] = parent
+    cp = empty_checkpoint()
+    cp["id"] = cid
+    cp["channel_values"] = dict(values)
+    cp["channel_versions"] = dict(versions)
+    saver.put({"configurable": conf}, cp, {"source": "fork", "step": 0}, {k: versions[k] for k in new})
+
+
+def _read(heap: sh.Heap, cid: str) -> dict[str, Any]:
+    got = SwarmSaver(heap).get_tuple(
+        {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": cid}}
+    )
+    assert got is not None
+    return dict(got.checkpoint["channel_values"])
+
+
+@pytest.mark.parametrize("path", ["reading", "known"])
+def test_a_fork_naming_a_version_a_trim_dropped_just_before_it_holds_the_value(
+    heap: sh.Heap, path: str
+) -> None:
+    """A fork from an old checkpoint names that checkpoint's version of an
+    unchanged channel; another writer's keep=2 trim dropped that version
+    after this saver chose what to write and before its put went in. The
+    fork reads back with the channel's value (it read back without it)."""
+    writer = SwarmSaver(heap, keep=2) if path == "known" else _reading_saver(heap, 2)
+    forker = SwarmSaver(heap)
+    _fork_put(writer, "c1", None, {"a": "a1", "b": "b1"}, {"a": "1", "b": "1"}, "ab")
+    _fork_put(writer, "c2", "c1", {"a": "a2", "b": "b2"}, {"a": "2", "b": "2"}, "ab")
+    forker.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})  # its view: b/1 is there
+    write = forker._put_entries
+
+    def others_put_first(*args: Any) -> Any:
+        forker._put_entries = write  # type: ignore[method-assign]
+        _fork_put(writer, "c3", "c2", {"a": "a3", "b": "b3"}, {"a": "3", "b": "3"}, "ab")  # drops c1, b/1
+        assert "blob//b/1" not in writer._agent("t", create=False).names()
+        return write(*args)
+
+    forker._put_entries = others_put_first  # type: ignore[method-assign]
+    _fork_put(forker, "c4", "c1", {"a": "a4", "b": "b1"}, {"a": "4", "b": "1"}, "a")
+    assert _read(heap, "c4") == {"a": "a4", "b": "b1"}
+    writer.delete_thread("t")
+    heap.check()
+
+
+@pytest.mark.parametrize("path", ["reading", "known"])
+def test_a_trim_keeps_a_version_a_fork_named_after_its_reading(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Another writer's fork names an old version after a keep=2 trim read
+    the thread and before its removal went in: the removal does not go in
+    on the changed thread (it dropped the version under the fork)."""
+    writer = SwarmSaver(heap, keep=2) if path == "known" else _reading_saver(heap, 2)
+    forker = SwarmSaver(heap)
+    _fork_put(writer, "c1", None, {"a": "a1", "b": "b1"}, {"a": "1", "b": "1"}, "ab")
+    _fork_put(writer, "c2", "c1", {"a": "a2", "b": "b2"}, {"a": "2", "b": "2"}, "ab")
+    forker.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+    remove = sh.Agent._delete_present
+    forked: list[bool] = []
+
+    def fork_first(agent: Any, names: Any, expect_word: Any = None) -> Any:
+        if not forked and "blob//b/1" in set(names):
+            forked.append(True)  # the fork goes in between the trim's reading and its removal
+            _fork_put(forker, "c9", "c1", {"a": "a9", "b": "b1"}, {"a": "9", "b": "1"}, "a")
+        return remove(agent, names, expect_word)
+
+    monkeypatch.setattr(sh.Agent, "_delete_present", fork_first)
+    _fork_put(writer, "c3", "c2", {"a": "a3", "b": "b3"}, {"a": "3", "b": "3"}, "ab")
+    assert forked
+    assert _read(heap, "c9") == {"a": "a9", "b": "b1"}
+    _fork_put(
+        writer, "c5", "c3", {"a": "a5", "b": "b3"}, {"a": "5", "b": "3"}, "a"
+    )  # the next trim bounds it
+    agent = writer._agent("t", create=False)
+    assert sorted(n for n in agent.names() if n.startswith("cp/")) == ["cp//c5", "cp//c9"]
+    assert _read(heap, "c5") == {"a": "a5", "b": "b3"}
+    assert _read(heap, "c9") == {"a": "a9", "b": "b1"}
+    writer.delete_thread("t")
+    heap.check()
