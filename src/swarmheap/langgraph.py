@@ -37,7 +37,7 @@ from swarmheap import agent_snapshot, index, lgkeep, lgthreads, lgvalues, lgwalk
 from swarmheap._extras import require
 from swarmheap.errors import PartitionFull, StaleBlock
 from swarmheap.heap import Heap
-from swarmheap.lgrecords import SwarmSaverError, ThreadRecords
+from swarmheap.lgrecords import Missing, SwarmSaverError, ThreadRecords
 from swarmheap.lgview import RAW_CACHE, ThreadView
 from swarmheap.registry import Registry
 from swarmheap.stores import Store
@@ -60,6 +60,11 @@ _GONE_TRIES = 3
 
 class _ThreadGone(Exception):
     """The thread's agent was recycled (the thread deleted) before a write went in."""
+
+
+# Reads of a thread's newest checkpoint that another writer's trim may take
+# from under it (newer ones came meanwhile) before get_tuple gives up.
+_READ_TRIES = 8
 
 
 def _again_if_gone(config: dict[str, Any], write: Callable[..., _R], *args: Any) -> _R:
@@ -383,13 +388,21 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
     def get_tuple(self, config: dict[str, Any]) -> Any:
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        agent, view = self._thread(thread_id, create=False)
-        if agent is None or view is None:
-            return None
-        cid = _wanted_id(config, view, ns)
-        if cid is None or f"cp/{ns}/{cid}" not in view.names:
-            return None
-        return self._tuple(agent, thread_id, ns, cid, view)
+        for _ in range(_READ_TRIES):
+            agent, view = self._thread(thread_id, create=False)
+            if agent is None or view is None:
+                return None
+            cid = _wanted_id(config, view, ns)
+            if cid is None or f"cp/{ns}/{cid}" not in view.names:
+                return None
+            got = self._tuple(agent, thread_id, ns, cid, view)
+            if got is not None or get_checkpoint_id(config):
+                return got  # the checkpoint asked for, or None: another writer's trim took it as it was read
+            # the newest checkpoint went as it was read (newer ones came): the newest again
+        raise SwarmSaverError(
+            f"thread {thread_id!r}: its newest checkpoint was dropped by another writer "
+            f"{_READ_TRIES} times over while it was read; read again"
+        )
 
     def list(
         self,
@@ -418,6 +431,8 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
                     if (want_id and cid != want_id) or (before_id and cid >= before_id):
                         continue
                     tup = self._tuple(agent, thread_id, ns, cid)
+                    if tup is None:
+                        continue  # another writer's trim took it since the ids were read
                     if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
                         continue
                     if limit is not None and count >= limit:
@@ -459,7 +474,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             spaces = set()
             for name in [n for n in agent.names() if n.startswith("cp/")]:
                 _, ns, cid = name.split("/", 2)
-                if self._rec.get(self.serde, agent, name)[1].get("run_id") in runs:
+                try:
+                    run_id = self._rec.get(self.serde, agent, name)[1].get("run_id")
+                except Missing:
+                    if name in agent._read_index()[2]:
+                        raise  # still named: its data is damaged
+                    continue  # another writer's trim took it since the names were read
+                if run_id in runs:
                     lgwalks.drop(agent, ns, cid)
                     spaces.add(ns)
             # the values only the dropped checkpoints named go too (they stayed
@@ -574,6 +595,23 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         return {name: offset for name, offset, _ in named}, words
 
     def _tuple(self, agent: Any, thread_id: str, ns: str, cid: str, view: ThreadView | None = None) -> Any:
+        """Checkpoint ``cid``'s tuple; None if another writer's trim dropped
+        it while it was read. A checkpoint goes with its values and writes in
+        one update, and a value's delta base only after the value was stored
+        whole again: what a checkpoint still there names is missing only if
+        it was read across such a change (read again) or damaged."""
+        for _ in range(_READ_TRIES - 1):
+            try:
+                return self._tuple_read(agent, thread_id, ns, cid, view)
+            except Missing:
+                if f"cp/{ns}/{cid}" not in agent._read_index()[2]:
+                    return None
+                view = None  # a delta's base went as it was read: again, from the index as it is now
+        return self._tuple_read(agent, thread_id, ns, cid, None)  # damaged: it says what is missing
+
+    def _tuple_read(
+        self, agent: Any, thread_id: str, ns: str, cid: str, view: ThreadView | None = None
+    ) -> Any:
         if view is None:
             view = self._view(agent)
         checkpoint, metadata, parent = self._rec.get(self.serde, agent, f"cp/{ns}/{cid}", view.entries)

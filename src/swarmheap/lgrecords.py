@@ -220,7 +220,7 @@ class ThreadRecords:
         try:
             return snapshot.unpack(agent.read(name))
         except KeyError:
-            raise SwarmSaverError(f"thread data names {name!r}, which is not there") from None
+            raise Missing(f"thread data names {name!r}, which is not there") from None
         except CorruptSnapshot as exc:
             raise SwarmSaverError(f"a checkpoint record is damaged: {exc}") from None
 

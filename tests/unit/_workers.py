@@ -596,3 +596,50 @@ def churn_entries_of(name: str, agent_id: int, prefix: str, count: int) -> int:
         for i in range(1, count, 2):
             agent.delete(f"{prefix}{i:05d}")
         return count
+
+
+def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int, barrier: Any) -> list[str]:
+    """One of several processes putting to one thread with keep=: steps on
+    the thread's newest checkpoint, and forks from one of its own older
+    ones (which carry that checkpoint's versions of the channels they do
+    not change). Every value names its channel and version, so a read can
+    tell a checkpoint that reads back wrong; returns what read wrong."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from swarmheap.langgraph import SwarmSaver
+
+    rng = random.Random(seed)
+    wrong: list[str] = []
+    thread = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    with sh.Heap.attach(name) as heap:
+        saver = SwarmSaver(heap, keep=keep)
+        mine: list[tuple[str, dict[str, str]]] = []
+        barrier.wait()
+        for i in range(ops):
+            parent: tuple[str, dict[str, str]] | None = None
+            if mine and rng.random() < 0.5:
+                parent = rng.choice(mine[-8:])  # a fork: it may be trimmed by now
+            else:
+                newest = saver.get_tuple(thread)
+                if newest is not None:
+                    parent = (newest.checkpoint["id"], dict(newest.checkpoint["channel_versions"]))
+            versions = dict(parent[1]) if parent is not None else {}
+            changed = rng.sample(["a", "b", "c"], rng.randint(1, 2)) if versions else ["a", "b", "c"]
+            for channel in changed:
+                versions[channel] = f"{i:06d}.{who}{channel}"
+            cp = empty_checkpoint()
+            cp["id"] = f"{i:06d}-{who}"
+            cp["channel_versions"] = versions
+            cp["channel_values"] = {channel: f"{channel}@{version}" for channel, version in versions.items()}
+            conf = dict(thread["configurable"])
+            if parent is not None:
+                conf["checkpoint_id"] = parent[0]
+            saver.put(
+                {"configurable": conf}, cp, {"source": "fork", "step": i}, {c: versions[c] for c in changed}
+            )
+            mine.append((cp["id"], versions))
+            for got in saver.list(thread):
+                want = {c: f"{c}@{v}" for c, v in got.checkpoint["channel_versions"].items()}
+                if got.checkpoint["channel_values"] != want:
+                    wrong.append(f"{got.checkpoint['id']}: {got.checkpoint['channel_values']} for {want}")
+    return wrong

@@ -278,3 +278,33 @@ def test_a_trim_keeps_a_version_a_fork_named_after_its_reading(
     assert _read(heap, "c9") == {"a": "a9", "b": "b1"}
     writer.delete_thread("t")
     heap.check()
+
+
+def test_writers_in_processes_forking_one_thread_with_keep_read_back_right(heap_name: str) -> None:
+    """Three processes put to one thread with keep=3, steps and forks from
+    their older checkpoints mixed, truly at once: every checkpoint any of
+    them lists reads back with each channel's value at its version, and
+    at the end the thread holds at most keep checkpoints past the last
+    trim's and reads the same from a new saver."""
+    import multiprocessing as mp
+
+    from _workers import langgraph_forking_writer
+
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="256 MiB") as heap:
+        barrier = ctx.Manager().Barrier(3)
+        with ctx.Pool(3) as pool:
+            runs = [
+                pool.apply_async(langgraph_forking_writer, (heap_name, who, 100 + who, 150, 3, barrier))
+                for who in range(3)
+            ]
+            wrong = [line for run in runs for line in run.get(timeout=600)]
+        assert wrong == []
+        saver = SwarmSaver(heap, keep=3)
+        listed = list(saver.list({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}))
+        assert 0 < len(listed) <= 3 + 3  # a trim that met another writer's put leaves it to the next
+        for got in listed:
+            want = {c: f"{c}@{v}" for c, v in got.checkpoint["channel_versions"].items()}
+            assert got.checkpoint["channel_values"] == want
+        saver.delete_thread("t")
+        heap.check()
