@@ -243,6 +243,27 @@ class Agent(AgentCore):
                 raise KeyError(f"agent {self.id} has no entry {name!r}")
         raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
 
+    def _read_all(self) -> dict[str, bytes]:
+        """A copy of every entry's bytes, all as of one index word (read(),
+        for the whole agent): a copy of a thread another writer changes."""
+        heap = self._heap
+        self._ensure_live()
+        for _ in range(100):
+            word, (_, _, entries) = self._read_index_word()
+            copies: dict[str, bytes] = {}
+            for name, place in list(entries.items()):
+                data = heap._owner_read(self.id, self.generation, *place)
+                if data is None:
+                    break
+                copies[name] = data
+            now = heap._owner_word(self.id, self.generation)
+            if now is None:
+                raise stale_agent(self.id, self.generation)
+            if now == word and len(copies) == len(entries):
+                return copies  # as in read(): no entry's block was freed while it was copied
+            self._ensure_live()  # offloaded meanwhile: back, and again
+        raise StaleBlock(f"agent {self.id}'s entries keep changing under concurrent updates")
+
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""
         self._remove((name,), missing_ok=False)

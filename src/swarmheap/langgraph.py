@@ -512,9 +512,14 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         source = self._agent(source_thread_id, create=False)
         if source is None:
             return
+        # the source as of one index word, into the target in one update:
+        # copied entry by entry, a trim of the source by another writer
+        # meanwhile failed the copy (KeyError), or left the target a
+        # checkpoint without the values it names
+        entries = source._read_all()
         target = self._agent(target_thread_id, create=True)
-        for name in source.names():
-            target.put(name, source.read(name))
+        if entries:
+            target.put_many(entries)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         if strategy not in ("keep_latest", "delete"):

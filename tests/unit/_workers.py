@@ -602,8 +602,9 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
     """One of several processes putting to one thread with keep=: steps on
     the thread's newest checkpoint, and forks from one of its own older
     ones (which carry that checkpoint's versions of the channels they do
-    not change). Every value names its channel and version, so a read can
-    tell a checkpoint that reads back wrong; returns what read wrong."""
+    not change), and now and then a copy of the thread. Every value names
+    its channel and version, so a read can tell a checkpoint that reads
+    back wrong; returns what read wrong."""
     from langgraph.checkpoint.base import empty_checkpoint
 
     from swarmheap.langgraph import SwarmSaver
@@ -638,8 +639,16 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
                 {"configurable": conf}, cp, {"source": "fork", "step": i}, {c: versions[c] for c in changed}
             )
             mine.append((cp["id"], versions))
-            for got in saver.list(thread):
-                want = {c: f"{c}@{v}" for c, v in got.checkpoint["channel_versions"].items()}
-                if got.checkpoint["channel_values"] != want:
-                    wrong.append(f"{got.checkpoint['id']}: {got.checkpoint['channel_values']} for {want}")
+            copied = f"copy-{who}-{i}" if rng.random() < 0.1 else None
+            if copied is not None:  # a copy of the thread as other writers trim it
+                saver.copy_thread("t", copied)
+            for read in ("t", copied) if copied is not None else ("t",):
+                for got in saver.list({"configurable": {"thread_id": read, "checkpoint_ns": ""}}):
+                    want = {c: f"{c}@{v}" for c, v in got.checkpoint["channel_versions"].items()}
+                    if got.checkpoint["channel_values"] != want:
+                        wrong.append(
+                            f"{read} {got.checkpoint['id']}: {got.checkpoint['channel_values']} for {want}"
+                        )
+            if copied is not None:
+                saver.delete_thread(copied)
     return wrong
