@@ -389,13 +389,16 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         for _ in range(_READ_TRIES):
-            agent, view = self._thread(thread_id, create=False)
-            if agent is None or view is None:
-                return None
-            cid = _wanted_id(config, view, ns)
-            if cid is None or f"cp/{ns}/{cid}" not in view.names:
-                return None
-            got = self._tuple(agent, thread_id, ns, cid, view)
+            try:
+                agent, view = self._thread(thread_id, create=False)
+                if agent is None or view is None:
+                    return None
+                cid = _wanted_id(config, view, ns)
+                if cid is None or f"cp/{ns}/{cid}" not in view.names:
+                    return None
+                got = self._tuple(agent, thread_id, ns, cid, view)
+            except StaleBlock:
+                continue  # the thread was deleted as it was read: look it up again
             if got is not None or get_checkpoint_id(config):
                 return got  # the checkpoint asked for, or None: another writer's trim took it as it was read
             # the newest checkpoint went as it was read (newer ones came): the newest again
@@ -421,23 +424,38 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         before_id = get_checkpoint_id(before) if before else None
         count = 0
         for thread_id in threads:
+            for tup in self._listed(thread_id, ns_wanted, want_id, before_id):
+                if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
+                    continue
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield tup
+
+    def _listed(
+        self, thread_id: str, ns_wanted: str | None, want_id: str | None, before_id: str | None
+    ) -> Iterator[Any]:
+        """A thread's checkpoints for list(), newest first in each namespace:
+        one another writer's trim took since the ids were read is passed
+        over, and a thread deleted as it is listed ends there."""
+        try:
             agent = self._agent(thread_id, create=False)
             if agent is None:
+                return
+            names = agent.names()
+        except StaleBlock:
+            return
+        for ns in sorted({n.split("/")[1] for n in names if n.startswith("cp/")}):
+            if ns_wanted is not None and ns != ns_wanted:
                 continue
-            for ns in sorted({n.split("/")[1] for n in agent.names() if n.startswith("cp/")}):
-                if ns_wanted is not None and ns != ns_wanted:
+            for cid in reversed(self._rec.checkpoint_ids(agent, ns, names)):
+                if (want_id and cid != want_id) or (before_id and cid >= before_id):
                     continue
-                for cid in reversed(self._rec.checkpoint_ids(agent, ns)):
-                    if (want_id and cid != want_id) or (before_id and cid >= before_id):
-                        continue
+                try:
                     tup = self._tuple(agent, thread_id, ns, cid)
-                    if tup is None:
-                        continue  # another writer's trim took it since the ids were read
-                    if filter and not all(tup.metadata.get(k) == v for k, v in filter.items()):
-                        continue
-                    if limit is not None and count >= limit:
-                        return
-                    count += 1
+                except StaleBlock:
+                    return
+                if tup is not None:
                     yield tup
 
     def delete_thread(self, thread_id: str) -> None:
@@ -468,25 +486,29 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
         for thread_id in lgthreads.thread_ids(self.heap):
             if not self._may_hold_runs(thread_id, runs):
                 continue  # a cold thread none of the runs wrote to stays in the store
-            agent = self._agent(thread_id, create=False)
-            if agent is None:
-                continue
-            spaces = set()
-            for name in [n for n in agent.names() if n.startswith("cp/")]:
-                _, ns, cid = name.split("/", 2)
-                try:
-                    run_id = self._rec.get(self.serde, agent, name)[1].get("run_id")
-                except Missing:
-                    if name in agent._read_index()[2]:
-                        raise  # still named: its data is damaged
-                    continue  # another writer's trim took it since the names were read
-                if run_id in runs:
-                    lgwalks.drop(agent, ns, cid)
-                    spaces.add(ns)
-            # the values only the dropped checkpoints named go too (they stayed
-            # in the arena until the thread went)
-            for ns in spaces:
-                lgwalks.drop_unnamed(self._rec, self.serde, agent, ns)
+            with contextlib.suppress(StaleBlock):  # a thread deleted meanwhile holds no run
+                self._delete_runs_of(thread_id, runs)
+
+    def _delete_runs_of(self, thread_id: str, runs: set[str]) -> None:
+        agent = self._agent(thread_id, create=False)
+        if agent is None:
+            return
+        spaces = set()
+        for name in [n for n in agent.names() if n.startswith("cp/")]:
+            _, ns, cid = name.split("/", 2)
+            try:
+                run_id = self._rec.get(self.serde, agent, name)[1].get("run_id")
+            except Missing:
+                if name in agent._read_index()[2]:
+                    raise  # still named: its data is damaged
+                continue  # another writer's trim took it since the names were read
+            if run_id in runs:
+                lgwalks.drop(agent, ns, cid)
+                spaces.add(ns)
+        # the values only the dropped checkpoints named go too (they stayed
+        # in the arena until the thread went)
+        for ns in spaces:
+            lgwalks.drop_unnamed(self._rec, self.serde, agent, ns)
 
     def _may_hold_runs(self, thread_id: str, runs: set[str]) -> bool:
         """False if the thread is in the store and none of its checkpoints

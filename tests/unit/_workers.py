@@ -602,7 +602,8 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
     """One of several processes putting to one thread with keep=: steps on
     the thread's newest checkpoint, and forks from one of its own older
     ones (which carry that checkpoint's versions of the channels they do
-    not change), and now and then a copy of the thread. Every value names
+    not change), with pending writes, and now and then a copy of the
+    thread and a delete of one of its runs. Every value names
     its channel and version, so a read can tell a checkpoint that reads
     back wrong; returns what read wrong."""
     from langgraph.checkpoint.base import empty_checkpoint
@@ -635,10 +636,26 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
             conf = dict(thread["configurable"])
             if parent is not None:
                 conf["checkpoint_id"] = parent[0]
-            saver.put(
-                {"configurable": conf}, cp, {"source": "fork", "step": i}, {c: versions[c] for c in changed}
+            run = f"r{who}-{i // 10}"
+            at = saver.put(
+                {"configurable": conf},
+                cp,
+                {"source": "fork", "step": i, "run_id": run},
+                {c: versions[c] for c in changed},
             )
             mine.append((cp["id"], versions))
+            if rng.random() < 0.3:  # pending writes on it, read back with it unless a trim took it
+                writes = [("a", f"w{i}"), ("b", f"x{i}")]
+                saver.put_writes(at, writes, f"task-{i}")
+                got = saver.get_tuple(at)
+                if got is not None and [w[1:] for w in got.pending_writes] != writes:
+                    wrong.append(f"{cp['id']}: pending writes {got.pending_writes} for {writes}")
+            if i >= 20 and rng.random() < 0.05:  # a run of this writer's deleted
+                gone = f"r{who}-{rng.randrange(i // 10)}"
+                saver.delete_for_runs([gone])
+                left = [t.checkpoint["id"] for t in saver.list(thread) if t.metadata.get("run_id") == gone]
+                if left:
+                    wrong.append(f"run {gone} deleted, its checkpoints {left} left")
             copied = f"copy-{who}-{i}" if rng.random() < 0.1 else None
             if copied is not None:  # a copy of the thread as other writers trim it
                 saver.copy_thread("t", copied)

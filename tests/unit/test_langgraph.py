@@ -249,6 +249,44 @@ def test_two_writers_trimming_one_thread_at_once(
     heap.check()
 
 
+@pytest.mark.parametrize("how", ["list", "get_tuple", "delete_for_runs"])
+def test_a_thread_another_writer_deletes_as_it_is_read_reads_as_gone(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Another writer deletes a thread between this saver finding it and
+    reading a checkpoint of it: list() goes on with the other threads,
+    get_tuple() returns None, delete_for_runs() passes over it (each raised
+    StaleBlock, the thread's agent recycled under the read)."""
+    saver, other = SwarmSaver(heap), SwarmSaver(heap)
+    fill(saver, "a", 3)
+    fill(saver, "b", 3, run_id="r2")
+    b_id = saver._agent("b", create=False).id
+    deleted: list[bool] = []
+
+    def deleting_b_first(read: Any) -> Any:
+        def first_delete(*args: Any) -> Any:
+            agent = next(a for a in args if isinstance(a, sh.Agent))
+            if not deleted and agent.id == b_id:
+                deleted.append(True)
+                other.delete_thread("b")
+            return read(*args)
+
+        return first_delete
+
+    if how == "delete_for_runs":
+        monkeypatch.setattr(saver._rec, "get", deleting_b_first(saver._rec.get))
+        saver.delete_for_runs(["r2"])
+        assert [t.metadata["run_id"] for t in saver.list(None)] == ["r1"] * 3
+    else:
+        monkeypatch.setattr(saver, "_tuple", deleting_b_first(saver._tuple))
+        if how == "list":
+            assert [t.config["configurable"]["thread_id"] for t in saver.list(None)] == ["a"] * 3
+        else:
+            assert saver.get_tuple({"configurable": {"thread_id": "b", "checkpoint_ns": ""}}) is None
+    assert deleted
+    heap.check()
+
+
 def test_a_put_to_a_thread_deleted_under_it_starts_the_thread_again(
     heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
 ) -> None:

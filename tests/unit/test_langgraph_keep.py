@@ -282,7 +282,8 @@ def test_a_trim_keeps_a_version_a_fork_named_after_its_reading(
 
 def test_writers_in_processes_forking_one_thread_with_keep_read_back_right(heap_name: str) -> None:
     """Three processes put to one thread with keep=3, steps and forks from
-    their older checkpoints mixed, and copies of the thread, truly at once:
+    their older checkpoints mixed, pending writes, copies of the thread
+    and deletes of runs, truly at once:
     every checkpoint any of them lists, in the thread or a copy, reads back
     with each channel's value at its version, and
     at the end the thread holds at most keep checkpoints past the last
