@@ -121,18 +121,19 @@ class Agent(AgentCore):
         return self._put_named(items)[0]
 
     def _put_named(
-        self, items: Mapping[str, Any], requires: Collection[str] = ()
+        self, items: Mapping[str, Any], requires: Collection[str] = (), **conditions: Any
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         """put_many(), also returning each entry as named: (name, offset,
         size); only onto an index holding every name of ``requires`` (else
-        index.MissingEntries, nothing put)."""
+        index.MissingEntries, nothing put), and on index.put_entries'
+        ``conditions`` (expect_word=, lease_deadline=)."""
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
             if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
                 index.check_name(name)
         try:
-            return self._put_named_once(items, requires)
+            return self._put_named_once(items, requires, **conditions)
         except AgentSealed:  # offloaded meanwhile (as in put()): again, once the agent is back
             pass
         for _ in range(_SEALED_TRIES):
@@ -140,13 +141,13 @@ class Agent(AgentCore):
             # this put's go in once its restore is done
             self._ensure_live()
             try:
-                return self._put_named_once(items, requires)
+                return self._put_named_once(items, requires, **conditions)
             except AgentSealed:
                 continue
         raise _kept_offloaded(self.id)
 
     def _put_named_once(
-        self, items: Mapping[str, Any], requires: Collection[str] = ()
+        self, items: Mapping[str, Any], requires: Collection[str] = (), **conditions: Any
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
@@ -166,24 +167,35 @@ class Agent(AgentCore):
             for blk in blocks:
                 blk.free()
             raise
-        return self._commit(blocks, new, requires), new
+        return self._commit(blocks, new, requires, **conditions), new
 
     def _commit(
-        self, blocks: list[Any], new: list[tuple[str, int, int]], requires: Collection[str] = ()
+        self,
+        blocks: list[Any],
+        new: list[tuple[str, int, int]],
+        requires: Collection[str] = (),
+        **conditions: Any,
     ) -> tuple[int, int]:
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
         entries they replace; on an error the blocks go back."""
         try:
             try:
                 replaced, words = index.put_entries(
-                    self._heap, self.id, self.generation, self.kind, new, requires=requires
+                    self._heap, self.id, self.generation, self.kind, new, requires=requires, **conditions
                 )
             except AgentSealed:
                 if not self._restoring_here():
                     raise  # the blocks went with the agent's memory when it was offloaded: none to free
                 # this thread restores the agent: its entries go in on the sealed word
                 replaced, words = index.put_entries(
-                    self._heap, self.id, self.generation, self.kind, new, sealed_ok=True, requires=requires
+                    self._heap,
+                    self.id,
+                    self.generation,
+                    self.kind,
+                    new,
+                    sealed_ok=True,
+                    requires=requires,
+                    **conditions,
                 )
         except AgentSealed:
             raise

@@ -80,10 +80,11 @@ class AgentStateError(SwarmHeapError):
 
 
 class IndexMoved(AgentStateError):
-    """An offload's snapshot is of an index that changed before the agent's
-    memory went (a put or delete landed meanwhile): nothing was given back,
-    and the offload snapshots again. Raised to a caller only when it kept
-    changing."""
+    """A change decided from a reading of an agent's index found the index
+    at another word (a put or delete landed meanwhile), and nothing was
+    changed: an offload's snapshot (the memory is not given back: it
+    snapshots again), a removal a LangGraph trim decided (it reads again).
+    Raised to a caller only when it kept changing."""
 
 
 class AgentSealed(AgentStateError):

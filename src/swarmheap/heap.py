@@ -193,6 +193,9 @@ class Heap(CoreHeap):
         self._default_store: Store | None = None
         self._offload_policy: OffloadPolicy | None = None
         self._restoring = _ThreadSet()  # agents this thread is restoring now
+        # offload entries a restore here could not drop (no room in `system`):
+        # a later offload here replaces them (offload._claim_entry)
+        self._left_entries: set[bytes] = set()
         # one offload or restore at a time in this process: a second thread's
         # touch waits for the first's restore, and a clean-up of a failed
         # offload cannot take what another thread's offload wrote. One lock

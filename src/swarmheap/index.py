@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
-from swarmheap.errors import AgentSealed, AgentStateError, StaleBlock
+from swarmheap.errors import AgentSealed, AgentStateError, IndexMoved, StaleBlock
 
 if TYPE_CHECKING:
     from swarmheap._core import CoreHeap
@@ -31,7 +31,6 @@ __all__ = [
     "MAX_NAME",
     "Entries",
     "Index",
-    "IndexMoved",
     "MissingEntries",
     "body_of",
     "cached_at",
@@ -45,11 +44,6 @@ __all__ = [
     "remove_in_pieces",
     "update_index",
 ]
-
-
-class IndexMoved(Exception):
-    """An update made on condition of the index word it was decided under
-    found the index at another word: what it decided from is out of date."""
 
 
 class MissingEntries(Exception):
@@ -506,7 +500,7 @@ def _update_attempt(
     if word == SEALED_WORD and not sealed_ok:
         raise AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
     if expect_word is not None and word != expect_word:
-        raise IndexMoved
+        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
@@ -758,7 +752,7 @@ def remove_in_pieces(
     the index is not at ``expect_word`` (given)."""
     word = heap._owner_word(agent_id, generation)
     if expect_word is not None and word != expect_word:
-        raise IndexMoved
+        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
     hit = _hit(heap, agent_id, generation, word) if word else None
     if hit is None or not isinstance(hit[3], PieceSet):
         return None
@@ -823,6 +817,8 @@ def put_entries(
     new: list[tuple[str, int, int]],
     sealed_ok: bool = False,
     requires: Collection[str] = (),
+    expect_word: int | None = None,
+    lease_deadline: float | None = None,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
     on an index this process read last, each name costs one encoded entry
@@ -830,7 +826,10 @@ def put_entries(
     Returns the (offset, size) entries they replaced, and the index words
     before and after (as update_index). The entries go in only on an index
     that holds every name of ``requires`` (checked against the entries of
-    the word the swap goes in on): else MissingEntries, nothing written."""
+    the word the swap goes in on): else MissingEntries, nothing written.
+    With ``expect_word``, only onto the index at that word (else
+    IndexMoved); with ``lease_deadline``, the lease is set in the same
+    update (a restore's entries and lease go in at once)."""
     word = heap._owner_word(agent_id, generation)
     shared: Entries = {}
     body: bytes | bytearray | PieceSet | None = None
@@ -839,7 +838,10 @@ def put_entries(
         old_kind, lease, body, positions = kind, 0.0, b"", {}
     elif (hit := _hit(heap, agent_id, generation, word)) is not None:
         (old_kind, lease, shared), body, positions = hit[2], hit[3], hit[4]
-    if body is not None and word is not None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new)):
+    if expect_word is not None and word != expect_word:
+        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
+    fast = lease_deadline is None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new))
+    if body is not None and word is not None and fast:
         # the index this process read last: replaced entries are written over
         # their old bytes, new ones appended; nothing else is encoded again
         if requires:
@@ -882,7 +884,9 @@ def put_entries(
                 replaced.append(entries[name])
             entries[name] = (offset, size)
 
-    words = update_index(heap, agent_id, generation, kind, change, sealed_ok=sealed_ok)
+    words = update_index(
+        heap, agent_id, generation, kind, change, lease_deadline, sealed_ok=sealed_ok, expect_word=expect_word
+    )
     return replaced, words
 
 

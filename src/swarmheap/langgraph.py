@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator, Seque
 from typing import Any, TypeVar
 
 from swarmheap import agent_snapshot, index, lgkeep, lgthreads, lgvalues, lgwalks, snapshot
+from swarmheap._core import SEALED_WORD
 from swarmheap._extras import require
 from swarmheap.errors import PartitionFull, StaleBlock
 from swarmheap.heap import Heap
@@ -591,7 +592,13 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     def _view(self, agent: Any) -> ThreadView:
         word, (_, _, entries) = agent._read_index_word()
-        if not word and agent.state != "live":  # offloaded since _agent() looked: its index is in the store
+        for _ in range(_READ_TRIES):
+            # offloaded since _agent() looked (its word sealed, or none): its
+            # index is in the store. A view of the sealed word named nothing,
+            # and a checkpoint read through it (its record read restores the
+            # thread) read back with no values at all
+            if word != SEALED_WORD and (word or agent.state == "live"):
+                break
             agent.restore()
             word, (_, _, entries) = agent._read_index_word()
         view = self._views.get(agent.id)

@@ -15,7 +15,7 @@ import bisect
 from collections.abc import Iterable
 from typing import Any
 
-from swarmheap.index import IndexMoved
+from swarmheap.errors import IndexMoved
 from swarmheap.lgrecords import DELTA_COUNTERS, Missing, ThreadRecords
 from swarmheap.lgview import ThreadView
 

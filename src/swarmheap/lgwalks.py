@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from swarmheap import lgkeep
-from swarmheap.index import IndexMoved
+from swarmheap.errors import IndexMoved
 from swarmheap.lgrecords import DELTA_COUNTERS, Missing, ThreadRecords, delete_if_there
 from swarmheap.lgview import ThreadView
 
@@ -168,14 +168,16 @@ def unnamed_values(
             except Missing:
                 if agent._read_index_word()[0] == word:
                     raise  # named under the very index it was read from: damaged
-                raise IndexMoved from None  # another writer's trim stored it whole and dropped its base
+                raise IndexMoved(
+                    f"agent {agent.id} changed as its trim read it"
+                ) from None  # another writer's trim stored it whole and dropped its base
 
     if rebased:
         words = agent.put_many(rebased)
         if view is not None:
             view.advance(words, rebased)
         if words[0] != word:
-            raise IndexMoved
+            raise IndexMoved(f"agent {agent.id} changed as its trim read it")
         word = words[1]
     return [name for name in names if name.startswith(f"blob/{ns}/") and name not in named], word
 

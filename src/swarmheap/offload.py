@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import offload_entries
-from swarmheap._core import stale_agent
+from swarmheap._core import SEALED_WORD, stale_agent
 from swarmheap._extras import available
 from swarmheap.agent_snapshot import parsed, snapshot_of
 from swarmheap.errors import AgentStateError, IndexMoved, ReadOnlyHeap, StaleBlock
@@ -114,7 +114,13 @@ def _offload_once(
     # the word the snapshot is of: the core gives the memory back only if it still reads so
     word = heap._owner_word(agent.id, agent.generation) or 0
     deadline = agent.lease_deadline
-    blob, dictionary = snapshot_of(agent, codec, level, deadline)
+    try:
+        blob, dictionary = snapshot_of(agent, codec, level, deadline)
+    except KeyError:
+        if heap._owner_word(agent.id, agent.generation) == word:
+            raise
+        # an entry removed (by another process) between the names and its read
+        raise IndexMoved(f"agent {agent.id} changed during its snapshot: not offloaded") from None
     # a key of this try's own: a failed try deletes its blob, and under a key
     # shared by every offload of the agent that took the blob of another
     # process's offload that had just won (the agent restorable from nowhere)
@@ -129,7 +135,7 @@ def _offload_once(
     # the lease's deadline goes with it: the clock runs on while offloaded, and
     # a sweep drops an agent (and its blob) whose lease ran out in the store
     entry = offload_entries.entry_bytes(store.url, key, agent.kind, time.time(), deadline)
-    registry.put(offload_entries.entry_name(agent.id, agent.generation), entry)
+    _claim_entry(registry, agent, entry)
     store.put(key, blob)
     try:
         final = heap._owner_offload(agent.id, agent.generation, agent.kind, expected_word=word)
@@ -150,6 +156,36 @@ def _offload_once(
             store.delete(key)
         raise
     return final, blob, key
+
+
+def _claim_entry(registry: Registry, agent: Agent, entry: bytes) -> None:
+    """Write the offload's registry entry, if no other offload's is there:
+    two processes offloading one agent at once each wrote theirs over the
+    other's, and a restore between the winner's memory going and the
+    loser's blob being written read the loser's entry and found no blob
+    (the agent restorable from nowhere, as it seemed). An entry older than
+    STALE_AFTER is a killed offload's, and one a restore in this process
+    could not drop (no room in `system`) is done with: this one takes its
+    place. A restore in another process that could not drop its entry
+    holds offloads off until a full sweep drops it (STALE_AFTER)."""
+    name = offload_entries.entry_name(agent.id, agent.generation)
+    for _ in range(3):
+        token, there = registry.get_ref(name)
+        if there is not None and there not in agent.heap._left_entries:
+            try:
+                written = offload_entries.parse_entry(there).written
+            except ValueError:
+                written = 0.0  # unreadable: no offload under way wrote it
+            if time.time() - written < offload_entries.STALE_AFTER:
+                raise AgentStateError(
+                    f"agent {agent.id} is being offloaded or restored by another process: not offloaded"
+                )
+        if registry.swap(name, token, entry):
+            agent.heap._left_entries.discard(there or b"")
+            return
+    raise AgentStateError(
+        f"agent {agent.id}'s offload entry keeps changing under other processes: not offloaded"
+    )
 
 
 def restore_in_place(agent: Agent, tries: int = 3) -> bool:
@@ -181,9 +217,16 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
     reported moved), else to another process of this heap restoring it
     too. No one here sees the agent live before the blob is ours."""
     heap = agent.heap
-    entry = offload_entries.entry_of(heap, agent.id, agent.generation)
-    if entry is None:
-        _state_unless_gone(agent)  # completed meanwhile: its entry went with it
+    for _ in range(5):
+        entry = offload_entries.entry_of(heap, agent.id, agent.generation)
+        if entry is not None:
+            break
+        # completed meanwhile: its entry went with it (StaleBlock); restored
+        # by another process since its state was read, and its entry dropped
+        # (live), and perhaps offloaded again since (read the entry again)
+        if _state_unless_gone(agent) == "live":
+            return
+    else:
         raise AgentStateError(f"agent {agent.id} is offloaded but the heap's registry does not say where")
     url, key = entry.url, entry.key
     store = heap._store_for(url)
@@ -211,6 +254,7 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
         # died (or is about) before marking the agent live: finish for it
         _finish(heap, agent, entry)
         return
+    began = again = False  # this call moved it from OFFLOADED to RESTORING; to start again
     with parsed(heap, blob, [store]) as (kind, lease_left, entries):
         # RESTORING while the entries go back: a restorer killed half way leaves
         # it RESTORING, blob and registry entry in place, and the next touch
@@ -224,6 +268,18 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
                 state = agent.state  # another process began first, or a sweep took it
             except StaleBlock:
                 state = "gone"
+            else:
+                began = True
+        if state == "restoring" and not began:
+            # another restorer's, alive or killed: of the blob this one holds,
+            # or of a newer one (restored and offloaded again since this one
+            # read the registry), whose entries this one's must not replace
+            now = offload_entries.entry_of(heap, agent.id, agent.generation)
+            if now is None or now.raw != entry.raw:
+                if tries > 1:
+                    _restore_in_place(agent, tries - 1)
+                    return
+                raise AgentStateError(f"agent {agent.id} keeps being restored and offloaded: touch it again")
         if state == "live":
             return  # another process restored it meanwhile: its entries may be newer than the blob's
         if state == "gone":  # completed by another thread or process while this touch began
@@ -244,15 +300,30 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
             deadline = entry.deadline
             if deadline is None and lease_left is not None:
                 deadline = time.time() + lease_left
-            if deadline is not None:
-                agent._update_index(lambda e: None, lease_deadline=deadline)
-            if entries:
-                agent.put_many(dict(entries))  # one index update for all of them
-        except BaseException:
+            # entries and lease in one update, on the sealed word only: the
+            # first restorer's goes in, and another's (a process that found
+            # it RESTORING and took its restorer for dead) never replaces
+            # them, nor what writers put once it is live
+            try:
+                if entries:
+                    agent._put_named(dict(entries), expect_word=SEALED_WORD, lease_deadline=deadline)
+                elif deadline is not None:
+                    agent._update_index(lambda e: None, lease_deadline=deadline, expect_word=SEALED_WORD)
+            except IndexMoved:
+                pass  # another restorer's went in first: the same blob's, which stand
+        except AgentStateError:
             _unrestore(heap, agent, kind)  # back as it was: still in the store
+            if began or tries <= 1 or agent.state != "offloaded":
+                raise
+            again = True  # the other restorer finished, and it was offloaded again: from its newer blob
+        except BaseException:
+            _unrestore(heap, agent, kind)
             raise
         finally:
             heap._restoring.discard((agent.id, agent.generation))
+    if again:
+        _restore_in_place(agent, tries - 1)
+        return
     try:
         claimed = store.delete(key)
     except Exception as exc:
@@ -303,7 +374,8 @@ def _forget_entry(heap: Heap, agent: Agent, entry: Entry) -> None:
     write its own, which an unconditional removal took (the agent offloaded
     and its registry saying nowhere). Left for a full sweep if `system` has
     no room: the agent is live and the restore done."""
-    offload_entries.drop_entry(heap, agent.id, agent.generation, only=entry.raw)
+    if not offload_entries.drop_entry(heap, agent.id, agent.generation, only=entry.raw):
+        heap._left_entries.add(entry.raw)
 
 
 def _unrestore(heap: Heap, agent: Agent, kind: str) -> bool:

@@ -46,6 +46,12 @@ def agent_key(heap: Heap, agent: Agent) -> str:
 MOVED = "/moved"  # the suffix of restore_from's mark beside a key (claim_moved)
 
 
+# Seconds before a live agent's registry entry is taken for one a killed
+# offload left: younger, it is an offload under way in some process (entry,
+# blob, then memory), or a restore's about to be dropped.
+STALE_AFTER = 300.0
+
+
 def entry_name(agent_id: int, generation: int) -> str:
     return f"offload/{agent_id}/{generation}"
 

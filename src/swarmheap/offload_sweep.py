@@ -27,8 +27,6 @@ __all__ = ["drop_expired", "forget_completed", "forget_moved", "forget_stale", "
 
 log = logging.getLogger("swarmheap")
 
-STALE_AFTER = 300.0  # seconds before a live agent's registry entry is taken for a killed offload's
-
 
 def drop_expired(heap: Heap, agent_id: int, generation: int, unreachable: set[str]) -> bool:
     """Reclaim an offloaded agent whose lease ran out: its blob, its registry
@@ -134,7 +132,7 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
                 continue
             # live, and its entry young: an offload under way in some process
             # (entry, blob, then memory), not one a kill left behind
-            if time.time() - offload_entries.written(heap, name) < STALE_AFTER:
+            if time.time() - offload_entries.written(heap, name) < offload_entries.STALE_AFTER:
                 continue
         gone += _forget(heap, name, aid, gen, unreachable)
     return gone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
+import tempfile
 from typing import Any
 
 import pytest
@@ -825,4 +827,35 @@ def test_delete_for_runs_leaves_cold_threads_of_other_runs_in_the_store(tmp_path
         assert agents["theirs"].state == "offloaded"
         assert saver.get_tuple({"configurable": {"thread_id": "mine"}}) is None
         assert saver.get_tuple({"configurable": {"thread_id": "theirs"}}).metadata["run_id"] == "r2"
+        heap.check()
+
+
+def test_a_thread_offloaded_as_it_is_listed_reads_whole(
+    heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's offload policy sends a thread to the store between
+    list() finding it and reading a checkpoint of it: the view of its
+    sealed index named nothing, the record read brought the thread back, and
+    the checkpoint listed with no values at all."""
+    from swarmheap.stores import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp, SQLiteStore(os.path.join(tmp, "s.db")) as store:
+        saver = SwarmSaver(heap, store=store)
+        fill(saver, "cold", 3)
+        read = saver._tuple
+        offloaded: list[bool] = []
+
+        def offloaded_first(agent: Any, *rest: Any) -> Any:
+            if not offloaded:
+                offloaded.append(True)
+                agent.offload(store)  # as another process's policy would
+            return read(agent, *rest)
+
+        monkeypatch.setattr(saver, "_tuple", offloaded_first)
+        listed = list(saver.list({"configurable": {"thread_id": "cold"}}))
+        assert offloaded and len(listed) == 3
+        for t in listed:
+            values = t.checkpoint["channel_values"]
+            assert values["messages"] == [f"m{i}" for i in range(values["count"] + 1)]
+        saver.delete_thread("cold")
         heap.check()

@@ -3,6 +3,7 @@ through the stdlib, LMDB through lmdb, a real redis-server."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import random
@@ -1899,3 +1900,89 @@ def test_a_process_that_read_an_agent_before_its_offload_reads_it_as_restored(
         writer.complete()
         squatter.complete()
     named.check()
+
+
+def test_a_second_restorer_never_puts_its_blob_over_what_was_written_since(
+    heap: sh.Heap, tmp_path: Any
+) -> None:
+    """Two processes touch an offloaded agent at once. The second finds it
+    RESTORING (the first began) and goes on as a restorer too, taking the
+    first for dead; the first puts the entries, goes live, and a writer
+    replaces an entry; then the second puts its blob's entries. They went
+    over the writer's (x read b'old' again: a lost update); now a
+    restorer's entries go in only on the sealed word, once."""
+    from swarmheap import offload, offload_entries
+    from swarmheap._core import SEALED_WORD
+
+    with SQLiteStore(tmp_path / "s.db") as store:
+        agent = heap.spawn("k")
+        agent.put("x", b"old")
+        agent.put("y", b"kept")
+        agent.offload(store)
+        entry = offload_entries.entry_of(heap, agent.id, agent.generation)
+        assert entry is not None
+        real_parsed, real_adopt = offload.parsed, heap._owner_adopt_orphan
+
+        @contextlib.contextmanager
+        def first_begins(*args: Any) -> Iterator[Any]:
+            with real_parsed(*args) as state:
+                heap._owner_set_state(
+                    agent.id, agent.generation, "offloaded", "restoring"
+                )  # the first's claim
+                yield state
+
+        def first_finishes_and_a_writer_writes(*args: Any) -> None:
+            heap._owner_adopt_orphan = real_adopt  # type: ignore[method-assign]
+            heap._restoring.add((agent.id, agent.generation))
+            agent._put_named({"x": b"old", "y": b"kept"}, expect_word=SEALED_WORD)
+            heap._restoring.discard((agent.id, agent.generation))
+            store.delete(entry.key)
+            heap._owner_set_state(agent.id, agent.generation, "restoring", "live")
+            offload_entries.drop_entry(heap, agent.id, agent.generation, only=entry.raw)
+            agent.put("x", b"new")  # live: a writer
+            real_adopt(*args)
+
+        offload.parsed = first_begins  # type: ignore[assignment]
+        heap._owner_adopt_orphan = first_finishes_and_a_writer_writes  # type: ignore[method-assign]
+        try:
+            offload._restore_in_place(agent)  # the second restorer
+        finally:
+            offload.parsed = real_parsed  # type: ignore[assignment]
+            heap._owner_adopt_orphan = real_adopt  # type: ignore[method-assign]
+        assert agent.state == "live"
+        assert agent.read("x") == b"new" and agent.read("y") == b"kept"
+        assert offload_entries.entry_of(heap, agent.id, agent.generation) is None
+        assert store.keys("swarmheap/agent/") == []
+        agent.complete()
+        heap.check()
+
+
+def test_an_offload_does_not_take_the_entry_of_another_under_way(heap: sh.Heap, tmp_path: Any) -> None:
+    """Two processes offload one agent at once: each wrote its registry
+    entry over the other's, and a restore between the winner's memory
+    going and the loser's blob being written found the loser's entry and no
+    blob ("its snapshot is not in ... deleted"). The second now finds the
+    first's young entry and does not offload (AgentStateError); the agent
+    stays live and whole."""
+    from swarmheap import offload_entries
+    from swarmheap.registry import Registry
+
+    with SQLiteStore(tmp_path / "s.db") as store:
+        agent = heap.spawn("k")
+        agent.put("x", b"data")
+        name = offload_entries.entry_name(agent.id, agent.generation)
+        under_way = offload_entries.entry_bytes(store.url, "another/offload", "k", time.time(), None)
+        sh_registry = Registry(heap)
+        sh_registry.put(name, under_way)  # another process's offload, its entry written
+        with pytest.raises(sh.AgentStateError, match="being offloaded or restored by another process"):
+            agent.offload(store)
+        assert agent.state == "live" and agent.read("x") == b"data"
+        assert sh_registry.get(name) == under_way  # the other's entry stands
+        assert store.keys("swarmheap/agent/") == []
+        old = offload_entries.entry_bytes(store.url, "killed/offload", "k", time.time() - 1000, None)
+        sh_registry.put(name, old)  # a killed offload's, older than STALE_AFTER: taken over
+        agent.offload(store)
+        assert agent.read("x") == b"data"
+        agent.complete()
+        heap.collect(2)
+        heap.check()
