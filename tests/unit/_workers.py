@@ -669,3 +669,68 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
             if copied is not None:
                 saver.delete_thread(copied)
     return wrong
+
+
+def _pressure_value(channel: str, version: str) -> str:
+    """A value that names its channel and version, 16 KB that compress
+    about 2x: a thread's checkpoints outgrow a small `context` quickly."""
+    return f"{channel}@{version}" + random.Random(f"{channel}{version}").randbytes(8000).hex()
+
+
+def langgraph_pressure_writer(
+    name: str, who: int, seed: int, ops: int, threads: int, url: str, barrier: Any
+) -> list[str]:
+    """One of several processes stepping and forking many LangGraph threads
+    with keep=3 in a heap they outgrow, cold threads going to the store
+    (any idle one: min_idle=0) and coming back on their next touch, in
+    whichever process touches them; returns what read back wrong."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from swarmheap.langgraph import SwarmSaver
+
+    rng = random.Random(seed)
+    wrong: list[str] = []
+
+    def check(where: str, got: Any) -> None:
+        want = {c: _pressure_value(c, v) for c, v in got.checkpoint["channel_versions"].items()}
+        if got.checkpoint["channel_values"] != want:
+            have = sorted(got.checkpoint["channel_values"])
+            wrong.append(
+                f"{where} {got.checkpoint['id']}: channels {have} for {got.checkpoint['channel_versions']}"
+            )
+
+    with sh.Heap.attach(name) as heap, sh.open_store(url) as store:
+        saver = SwarmSaver(heap, keep=3, store=store)
+        heap.set_offload_policy(store, min_idle=0.0)
+        mine: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        barrier.wait()
+        for i in range(ops):
+            tid = f"t{rng.randrange(threads)}"
+            thread = {"configurable": {"thread_id": tid, "checkpoint_ns": ""}}
+            newest = saver.get_tuple(thread)
+            if newest is not None:
+                check(f"{tid} newest", newest)
+            parent = None
+            if tid in mine and rng.random() < 0.3:
+                parent = rng.choice(mine[tid][-6:])  # a fork: it may be trimmed by now
+            elif newest is not None:
+                parent = (newest.checkpoint["id"], dict(newest.checkpoint["channel_versions"]))
+            versions = dict(parent[1]) if parent is not None else {}
+            changed = rng.sample(["a", "b", "c"], rng.randint(1, 2)) if versions else ["a", "b", "c"]
+            for channel in changed:
+                versions[channel] = f"{i:06d}.{who}{channel}"
+            cp = empty_checkpoint()
+            cp["id"] = f"{i:06d}-{who}"
+            cp["channel_versions"] = versions
+            cp["channel_values"] = {c: _pressure_value(c, v) for c, v in versions.items()}
+            conf = dict(thread["configurable"])
+            if parent is not None:
+                conf["checkpoint_id"] = parent[0]
+            saver.put(
+                {"configurable": conf}, cp, {"source": "fork", "step": i}, {c: versions[c] for c in changed}
+            )
+            mine.setdefault(tid, []).append((cp["id"], versions))
+            if rng.random() < 0.2:
+                for got in saver.list(thread):
+                    check(f"{tid} listed", got)
+    return wrong

@@ -310,3 +310,33 @@ def test_writers_in_processes_forking_one_thread_with_keep_read_back_right(heap_
             assert got.checkpoint["channel_values"] == want
         saver.delete_thread("t")
         heap.check()
+
+
+def test_writers_in_processes_on_threads_that_go_to_the_store_and_back_read_back_right(
+    heap_name: str, tmp_path: Any
+) -> None:
+    """Three processes step and fork 100 threads with keep=3 in an 8 MiB
+    heap the threads outgrow several times, every idle thread a candidate
+    for the store (min_idle=0), each thread offloaded by one process and
+    restored by another, at once: every checkpoint read back holds each
+    channel's value at its version, and nothing raised."""
+    import multiprocessing as mp
+
+    from _workers import langgraph_pressure_writer
+
+    ctx = mp.get_context("spawn")
+    url = f"sqlite:///{tmp_path / 'cold.db'}"
+    with sh.Heap.create(heap_name, size="8 MiB") as heap:
+        barrier = ctx.Manager().Barrier(3)
+        with ctx.Pool(3) as pool:
+            runs = [
+                pool.apply_async(
+                    langgraph_pressure_writer, (heap_name, who, 300 + who, 400, 100, url, barrier)
+                )
+                for who in range(3)
+            ]
+            wrong = [line for run in runs for line in run.get(timeout=600)]
+        assert wrong == []
+        with sh.open_store(url) as store:
+            assert store.keys("swarmheap/agent/")  # the store was used: threads are there now
+        heap.check()
