@@ -682,7 +682,20 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             return {}
         conf = config["configurable"]
         ns = conf.get("checkpoint_ns", "")
-        agent, view = self._thread(conf["thread_id"], create=False)
+        for _ in range(_READ_TRIES - 1):
+            try:
+                return self._delta_history(conf["thread_id"], ns, config, channels)
+            except (Missing, StaleBlock):
+                # another writer's trim or delete changed the thread as it was
+                # walked: again, from the thread as it is now (a checkpoint gone
+                # by then has no history, as get_tuple finds none)
+                continue
+        return self._delta_history(
+            conf["thread_id"], ns, config, channels
+        )  # damaged: it says what is missing
+
+    def _delta_history(self, thread_id: str, ns: str, config: dict[str, Any], channels: Sequence[str]) -> Any:
+        agent, view = self._thread(thread_id, create=False)
         if agent is None or view is None:
             return {channel: {"writes": []} for channel in channels}
         return lgwalks.delta_history(

@@ -598,6 +598,34 @@ def churn_entries_of(name: str, agent_id: int, prefix: str, count: int) -> int:
         return count
 
 
+def _forked_checkpoint(
+    rng: random.Random,
+    i: int,
+    who: int,
+    thread: dict[str, Any],
+    parent: tuple[str, dict[str, str]] | None,
+    value_of: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Writer ``who``'s i-th checkpoint of ``thread``, from ``parent`` (id and
+    channel versions; None: the first), one or two of channels a, b, c
+    changed (all three in a first), each value ``value_of(channel,
+    version)``: (its config, the checkpoint, its new versions)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    versions = dict(parent[1]) if parent is not None else {}
+    changed = rng.sample(["a", "b", "c"], rng.randint(1, 2)) if versions else ["a", "b", "c"]
+    for channel in changed:
+        versions[channel] = f"{i:06d}.{who}{channel}"
+    cp = empty_checkpoint()
+    cp["id"] = f"{i:06d}-{who}"
+    cp["channel_versions"] = versions
+    cp["channel_values"] = {c: value_of(c, v) for c, v in versions.items()}
+    conf = dict(thread["configurable"])
+    if parent is not None:
+        conf["checkpoint_id"] = parent[0]
+    return conf, cp, {c: versions[c] for c in changed}
+
+
 def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int, barrier: Any) -> list[str]:
     """One of several processes putting to one thread with keep=: steps on
     the thread's newest checkpoint, and forks from one of its own older
@@ -606,7 +634,6 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
     thread and a delete of one of its runs. Every value names
     its channel and version, so a read can tell a checkpoint that reads
     back wrong; returns what read wrong."""
-    from langgraph.checkpoint.base import empty_checkpoint
 
     from swarmheap.langgraph import SwarmSaver
 
@@ -625,24 +652,10 @@ def langgraph_forking_writer(name: str, who: int, seed: int, ops: int, keep: int
                 newest = saver.get_tuple(thread)
                 if newest is not None:
                     parent = (newest.checkpoint["id"], dict(newest.checkpoint["channel_versions"]))
-            versions = dict(parent[1]) if parent is not None else {}
-            changed = rng.sample(["a", "b", "c"], rng.randint(1, 2)) if versions else ["a", "b", "c"]
-            for channel in changed:
-                versions[channel] = f"{i:06d}.{who}{channel}"
-            cp = empty_checkpoint()
-            cp["id"] = f"{i:06d}-{who}"
-            cp["channel_versions"] = versions
-            cp["channel_values"] = {channel: f"{channel}@{version}" for channel, version in versions.items()}
-            conf = dict(thread["configurable"])
-            if parent is not None:
-                conf["checkpoint_id"] = parent[0]
+            conf, cp, new = _forked_checkpoint(rng, i, who, thread, parent, lambda c, v: f"{c}@{v}")
+            versions = cp["channel_versions"]
             run = f"r{who}-{i // 10}"
-            at = saver.put(
-                {"configurable": conf},
-                cp,
-                {"source": "fork", "step": i, "run_id": run},
-                {c: versions[c] for c in changed},
-            )
+            at = saver.put({"configurable": conf}, cp, {"source": "fork", "step": i, "run_id": run}, new)
             mine.append((cp["id"], versions))
             if rng.random() < 0.3:  # pending writes on it, read back with it unless a trim took it
                 writes = [("a", f"w{i}"), ("b", f"x{i}")]
@@ -684,7 +697,6 @@ def langgraph_pressure_writer(
     with keep=3 in a heap they outgrow, cold threads going to the store
     (any idle one: min_idle=0) and coming back on their next touch, in
     whichever process touches them; returns what read back wrong."""
-    from langgraph.checkpoint.base import empty_checkpoint
 
     from swarmheap.langgraph import SwarmSaver
 
@@ -715,21 +727,9 @@ def langgraph_pressure_writer(
                 parent = rng.choice(mine[tid][-6:])  # a fork: it may be trimmed by now
             elif newest is not None:
                 parent = (newest.checkpoint["id"], dict(newest.checkpoint["channel_versions"]))
-            versions = dict(parent[1]) if parent is not None else {}
-            changed = rng.sample(["a", "b", "c"], rng.randint(1, 2)) if versions else ["a", "b", "c"]
-            for channel in changed:
-                versions[channel] = f"{i:06d}.{who}{channel}"
-            cp = empty_checkpoint()
-            cp["id"] = f"{i:06d}-{who}"
-            cp["channel_versions"] = versions
-            cp["channel_values"] = {c: _pressure_value(c, v) for c, v in versions.items()}
-            conf = dict(thread["configurable"])
-            if parent is not None:
-                conf["checkpoint_id"] = parent[0]
-            saver.put(
-                {"configurable": conf}, cp, {"source": "fork", "step": i}, {c: versions[c] for c in changed}
-            )
-            mine.setdefault(tid, []).append((cp["id"], versions))
+            conf, cp, new = _forked_checkpoint(rng, i, who, thread, parent, _pressure_value)
+            saver.put({"configurable": conf}, cp, {"source": "fork", "step": i}, new)
+            mine.setdefault(tid, []).append((cp["id"], cp["channel_versions"]))
             if rng.random() < 0.2:
                 for got in saver.list(thread):
                     check(f"{tid} listed", got)

@@ -251,14 +251,15 @@ def test_two_writers_trimming_one_thread_at_once(
     heap.check()
 
 
-@pytest.mark.parametrize("how", ["list", "get_tuple", "delete_for_runs"])
+@pytest.mark.parametrize("how", ["list", "get_tuple", "delete_for_runs", "get_delta_channel_history"])
 def test_a_thread_another_writer_deletes_as_it_is_read_reads_as_gone(
     heap: sh.Heap, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Another writer deletes a thread between this saver finding it and
     reading a checkpoint of it: list() goes on with the other threads,
-    get_tuple() returns None, delete_for_runs() passes over it (each raised
-    StaleBlock, the thread's agent recycled under the read)."""
+    get_tuple() returns None, delete_for_runs() passes over it, and
+    get_delta_channel_history() finds no history (each raised StaleBlock,
+    the thread's agent recycled under the read)."""
     saver, other = SwarmSaver(heap), SwarmSaver(heap)
     fill(saver, "a", 3)
     fill(saver, "b", 3, run_id="r2")
@@ -279,6 +280,12 @@ def test_a_thread_another_writer_deletes_as_it_is_read_reads_as_gone(
         monkeypatch.setattr(saver._rec, "get", deleting_b_first(saver._rec.get))
         saver.delete_for_runs(["r2"])
         assert [t.metadata["run_id"] for t in saver.list(None)] == ["r1"] * 3
+    elif how == "get_delta_channel_history":
+        monkeypatch.setattr(saver._rec, "get", deleting_b_first(saver._rec.get))
+        got = saver.get_delta_channel_history(
+            config={"configurable": {"thread_id": "b", "checkpoint_ns": ""}}, channels=["messages"]
+        )
+        assert got == {"messages": {"writes": []}}  # as for no thread
     else:
         monkeypatch.setattr(saver, "_tuple", deleting_b_first(saver._tuple))
         if how == "list":
