@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import index, offload_entries, snapshot
-from swarmheap.errors import CorruptSnapshot
+from swarmheap.errors import CorruptSnapshot, IndexMoved
 
 if TYPE_CHECKING:
     from swarmheap.agents import Agent
@@ -21,29 +21,48 @@ if TYPE_CHECKING:
 __all__ = ["parsed", "restore_blob", "snapshot_of", "snapshot_stored", "stored_state"]
 
 
+# Readings of a live agent's entries a snapshot makes while other writers
+# change them before it gives up (IndexMoved).
+SNAPSHOT_TRIES = 8
+
+
 def snapshot_of(
     agent: Agent,
     codec: str = "zstd",
     level: int | None = None,
     deadline: float | bool | None = False,
     use_dictionary: bool = True,
-) -> tuple[bytes, Any]:
-    """The agent's blob, and the dictionary it names (None if none, or not
-    ``use_dictionary``); ``deadline`` is its lease's, if the caller read it
-    already."""
+) -> tuple[bytes, Any, int]:
+    """The agent's blob, the dictionary it names (None if none, or not
+    ``use_dictionary``), and the index word it is of: its entries as of
+    that one word, read again while another writer changes them (a view
+    taken after a delete freed its block could see another entry's bytes,
+    and an entry deleted after the names were read raised KeyError).
+    ``deadline`` is its lease's, if the caller read it already."""
     if deadline is False:
         deadline = agent.lease_deadline
     lease_left = max(deadline - time.time(), 0.0) if deadline else None
     dictionaries: Dictionaries = agent.heap._dictionaries
-    with contextlib.ExitStack() as state:
-        with contextlib.ExitStack() as views:  # the entries are copied once, into the state
-            entries = [(name, views.enter_context(view)) for name, view in agent.items()]
-            raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
-        dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" and use_dictionary else None
-        blob = snapshot.pack(raw, codec, level, dictionary)
-        if codec == "zstd":
-            dictionaries.note(agent.kind, raw)
-    return blob, dictionary
+    heap = agent.heap
+    for _ in range(SNAPSHOT_TRIES):
+        word = heap._owner_word(agent.id, agent.generation) or 0
+        with contextlib.ExitStack() as state:
+            try:
+                with contextlib.ExitStack() as views:  # the entries are copied once, into the state
+                    entries = [(name, views.enter_context(view)) for name, view in agent.items()]
+                    raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
+            except KeyError:
+                if (heap._owner_word(agent.id, agent.generation) or 0) == word:
+                    raise
+                continue  # deleted by another writer between the names and its read
+            if (heap._owner_word(agent.id, agent.generation) or 0) != word:
+                continue
+            dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" and use_dictionary else None
+            blob = snapshot.pack(raw, codec, level, dictionary)
+            if codec == "zstd":
+                dictionaries.note(agent.kind, raw)
+        return blob, dictionary, word
+    raise IndexMoved(f"agent {agent.id} kept changing under other writers while its snapshot was taken")
 
 
 @contextlib.contextmanager

@@ -337,9 +337,15 @@ class Agent(AgentCore):
         return name in self._read_index()[2]
 
     def items(self) -> Iterator[tuple[str, memoryview]]:
-        """(name, view) pairs; each view pins the agent while alive."""
+        """(name, view) pairs; each view pins the agent while alive. An entry
+        another thread or process deletes after the names were read is
+        passed over (it raised KeyError)."""
         for name in self.names():
-            yield name, self.get(name)
+            try:
+                view = self.get(name)
+            except KeyError:
+                continue
+            yield name, view
 
     def _free_unnamed(self, blocks: list[Any]) -> None:
         """After a failed index update, free the new blocks the index does not

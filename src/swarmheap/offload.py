@@ -111,16 +111,9 @@ def _offload_once(
     memory, nothing of this try in the store) if an update landed after the
     snapshot, which the give-back would have lost."""
     heap = agent.heap
-    # the word the snapshot is of: the core gives the memory back only if it still reads so
-    word = heap._owner_word(agent.id, agent.generation) or 0
     deadline = agent.lease_deadline
-    try:
-        blob, dictionary = snapshot_of(agent, codec, level, deadline)
-    except KeyError:
-        if heap._owner_word(agent.id, agent.generation) == word:
-            raise
-        # an entry removed (by another process) between the names and its read
-        raise IndexMoved(f"agent {agent.id} changed during its snapshot: not offloaded") from None
+    # and the word the snapshot is of: the core gives the memory back only if it still reads so
+    blob, dictionary, word = snapshot_of(agent, codec, level, deadline)
     # a key of this try's own: a failed try deletes its blob, and under a key
     # shared by every offload of the agent that took the blob of another
     # process's offload that had just won (the agent restorable from nowhere)
@@ -158,6 +151,11 @@ def _offload_once(
     return final, blob, key
 
 
+# Restores an agent's touch makes while other processes of the heap restore
+# and offload it again under it, each from the newest blob it finds.
+RESTORE_TRIES = 8
+
+
 def _claim_entry(registry: Registry, agent: Agent, entry: bytes) -> None:
     """Write the offload's registry entry, if no other offload's is there:
     two processes offloading one agent at once each wrote theirs over the
@@ -188,7 +186,7 @@ def _claim_entry(registry: Registry, agent: Agent, entry: bytes) -> None:
     )
 
 
-def restore_in_place(agent: Agent, tries: int = 3) -> bool:
+def restore_in_place(agent: Agent, tries: int = RESTORE_TRIES) -> bool:
     """Bring an offloaded agent back, unless another thread of this process
     did while this one waited for it: True if this call restored it."""
     with agent.heap._moving_lock:
@@ -207,7 +205,7 @@ def _state_unless_gone(agent: Agent) -> str:
     return state
 
 
-def _restore_in_place(agent: Agent, tries: int = 3) -> None:
+def _restore_in_place(agent: Agent, tries: int = RESTORE_TRIES) -> None:
     """Bring an offloaded agent back into its own slot, same id and generation.
 
     Deleting the blob is the claim, as in restore_from (claim_moved): the
@@ -361,7 +359,17 @@ def _restore_in_place(agent: Agent, tries: int = 3) -> None:
                 f"agent {agent.id} keeps being restored and given back: touch it again"
             ) from None
         if state == "offloaded":
-            raise _moved(agent) from None  # a restorer here gave it back: the blob went elsewhere
+            if store.get(key + MOVED) is not None:
+                raise _moved(agent) from None  # a restorer here gave it back: the blob went elsewhere
+            # another restorer of this heap took the blob and finished, and
+            # the agent was offloaded again since: from its newer blob
+            newer = offload_entries.entry_of(heap, agent.id, agent.generation)
+            if newer is not None and newer.raw != entry.raw and tries > 1:
+                _restore_in_place(agent, tries - 1)
+                return
+            raise AgentStateError(
+                f"agent {agent.id} was offloaded again by another process as it was restored: touch it again"
+            ) from None
         if state != "live":
             raise AgentStateError(f"agent {agent.id} (generation {agent.generation}) is {state}") from None
         # else another process of this heap finished first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -733,4 +734,55 @@ def langgraph_pressure_writer(
             if rng.random() < 0.2:
                 for got in saver.list(thread):
                     check(f"{tid} listed", got)
+    return wrong
+
+
+def _named_value(name: str, version: str, big: bool) -> bytes:
+    """An entry's bytes that name the entry and their version: a read can
+    tell another entry's bytes, or a torn copy, from the right ones."""
+    body = random.Random(f"{name}{version}").randbytes(3000 if big else 40).hex()
+    return f"{name}:{version}:".encode() + body.encode()
+
+
+def shared_agents_writer(
+    name: str, who: int, seed: int, ops: int, ids: list[int], url: str, barrier: Any
+) -> list[str]:
+    """One of several processes putting, deleting, reading, offloading and
+    snapshotting the same heap-owned agents, in a heap they outgrow (the
+    offload policy takes any idle agent); returns what read back wrong."""
+    rng = random.Random(seed)
+    wrong: list[str] = []
+
+    def check(where: str, entry: str, data: bytes) -> None:
+        version = data.split(b":")[1].decode() if data.startswith(f"{entry}:".encode()) else ""
+        if not version or data != _named_value(entry, version, len(data) > 200):
+            wrong.append(f"{where} {entry}: {data[:24]!r}")
+
+    with sh.Heap.attach(name) as heap, sh.open_store(url) as store:
+        heap.set_offload_policy(store, min_idle=0.0)
+        agents = [heap.agent(i) for i in ids]
+        barrier.wait()
+        for i in range(ops):
+            agent = rng.choice(agents)
+            entry, roll = f"e{rng.randrange(20)}", rng.random()
+            try:
+                if roll < 0.45:
+                    agent.put(entry, _named_value(entry, f"{who}.{i}", rng.random() < 0.3))
+                elif roll < 0.6:
+                    with contextlib.suppress(KeyError):
+                        agent.delete(entry)
+                elif roll < 0.85:
+                    for listed, view in agent.items():
+                        with view:
+                            check(f"agent {agent.id}", listed, bytes(view))
+                elif roll < 0.93:
+                    with contextlib.suppress(sh.AgentStateError):  # pinned, or another's offload under way
+                        agent.offload(store)
+                else:
+                    copy = heap.restore(agent.snapshot())
+                    for listed in copy.names():
+                        check(f"a snapshot of {agent.id}", listed, copy.read(listed))
+                    copy.complete()
+            except sh.PartitionFull:
+                pass  # every agent in use at that moment: nothing to offload
     return wrong
