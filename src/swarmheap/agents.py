@@ -217,8 +217,16 @@ class Agent(AgentCore):
             offset, size = entries[name]
             try:
                 blk = self._heap.resolve(Handle(offset, size, self.id, self.generation))
-            except InvalidHandle:
-                continue  # replaced and freed between the reads: read the index again
+            except (InvalidHandle, StaleBlock):
+                # replaced or deleted and its block freed between the reads, or
+                # the agent offloaded, by another process (read the index
+                # again); restoring in another process (its blocks are not yet
+                # the live agent's: a hundred quick tries ran out before it was
+                # done); or the agent recycled (StaleBlock from here on)
+                if self.state not in ("live", "offloaded", "restoring"):
+                    raise stale_agent(self.id, self.generation) from None
+                self._ensure_live()
+                continue
             blk._as_entry_view()
             try:
                 view = memoryview(blk)

@@ -747,9 +747,10 @@ def _named_value(name: str, version: str, big: bool) -> bytes:
 def shared_agents_writer(
     name: str, who: int, seed: int, ops: int, ids: list[int], url: str, barrier: Any
 ) -> list[str]:
-    """One of several processes putting, deleting, reading, offloading and
-    snapshotting the same heap-owned agents, in a heap they outgrow (the
-    offload policy takes any idle agent); returns what read back wrong."""
+    """One of several processes putting, deleting, reading, sweeping,
+    offloading and snapshotting the same heap-owned agents, in a heap they
+    outgrow (the offload policy takes any idle agent); returns what read
+    back wrong."""
     rng = random.Random(seed)
     wrong: list[str] = []
 
@@ -775,6 +776,8 @@ def shared_agents_writer(
                     for listed, view in agent.items():
                         with view:
                             check(f"agent {agent.id}", listed, bytes(view))
+                elif roll < 0.88:
+                    heap.collect(2 if rng.random() < 0.3 else 0)  # sweeps, which offload under the policy too
                 elif roll < 0.93:
                     with contextlib.suppress(sh.AgentStateError):  # pinned, or another's offload under way
                         agent.offload(store)
