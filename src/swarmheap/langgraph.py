@@ -592,13 +592,18 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
 
     def _view(self, agent: Any) -> ThreadView:
         word, (_, _, entries) = agent._read_index_word()
-        for _ in range(_READ_TRIES):
+        for tries_left in range(_READ_TRIES, -1, -1):
             # offloaded since _agent() looked (its word sealed, or none): its
             # index is in the store. A view of the sealed word named nothing,
             # and a checkpoint read through it (its record read restores the
             # thread) read back with no values at all
             if word != SEALED_WORD and (word or agent.state == "live"):
                 break
+            if not tries_left:
+                raise SwarmSaverError(
+                    f"thread agent {agent.id} was offloaded again each time it was brought back "
+                    f"({_READ_TRIES} times): read again"
+                )
             agent.restore()
             word, (_, _, entries) = agent._read_index_word()
         view = self._views.get(agent.id)
