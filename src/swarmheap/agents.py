@@ -422,7 +422,9 @@ class Agent(AgentCore):
         has open; ``dictionary=False`` makes a blob that needs none (for a
         heap of another process or machine that shares no store with this
         one). An offloaded agent's snapshot is made from its blob in the
-        store: it stays offloaded."""
+        store: it stays offloaded. A live agent's is of its entries as they
+        stood at one moment, whatever other threads and processes put and
+        delete meanwhile (IndexMoved if they never let it be)."""
         snapshot.check_codec(codec, level)
         if not isinstance(dictionary, bool):
             raise TypeError(f"dictionary is True or False, not {type(dictionary).__name__}")
