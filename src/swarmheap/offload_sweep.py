@@ -138,6 +138,41 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     return gone
 
 
+def forget_lost_marks(heap: Heap, listings: dict[str, set[str]], unreachable: set[str]) -> int:
+    """Delete restore_from's marks beside this heap's keys that no registry
+    entry of the heap names: a restore_from that lost its race to a touch
+    here leaves its mark beside a key whose blob the touch took, and nothing
+    read it again (one small key left in the store per lost race). A mark
+    matters while an entry names its key: to the touch that lost to a
+    restore_from, and to the sweep that finds the agent moved away. Each
+    store the heap knows is listed once per full sweep (``listings``, shared
+    with moved_away). Returns how many went."""
+    prefix = offload_entries.key_prefix(heap)
+    named: set[str] = set()
+    for name in Registry(heap).names("offload/"):
+        found = offload_entries.agent_of(heap, name)
+        where = offload_entries.where_if_readable(heap, *found) if found is not None else None
+        if where is not None:
+            named.add(where[1])
+    gone = 0
+    for url, store in list(heap._stores.items()):
+        if url in unreachable:
+            continue
+        try:
+            moved = listings.get(url)
+            if moved is None:
+                moved = listings[url] = _moved_keys(store.keys(prefix))
+            for key in moved - named:
+                store.delete(key + MOVED)
+                gone += 1
+        except Exception as exc:
+            unreachable.add(url)
+            log.warning(
+                "swarmheap: store %s did not answer this sweep, asked again at the next: %s", url, exc
+            )
+    return gone
+
+
 def forget_completed(heap: Heap, agent_id: int, generation: int) -> None:
     """The blob and registry entry of an agent completed while offloaded: at
     once, not at the next full sweep. A store that fails leaves both to

@@ -233,4 +233,6 @@ def collect(heap: Heap, generation: int = 2) -> SweepResult:
                 _examine(heap, agent_id, agent_gen, result, live, now)
         if not heap.read_only:
             offload_sweep.forget_stale(heap, live.unreachable)
+            assert live.listings is not None  # a full sweep's
+            offload_sweep.forget_lost_marks(heap, live.listings, live.unreachable)
     return result
