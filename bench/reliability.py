@@ -3,7 +3,7 @@ bench/run.py does for speed: `run` writes JSON, `render` turns it into
 docs/reliability.md (never typed by hand).
 
     python bench/reliability.py run --fuzz-runs 100000 --live-rounds 20000 --kills 300 \
-        --stateful-examples 1000 --json bench/reliability.json
+        --stateful-examples 1000 --race-runs 30 --json bench/reliability.json
     python bench/reliability.py render bench/reliability.json > docs/reliability.md
 """
 
@@ -89,14 +89,17 @@ def live_damage(rounds: int) -> dict[str, Any]:
     }
 
 
-def pytest_case(name: str, path: str, env: dict[str, str], cases: int, what: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path]
+def pytest_case(
+    name: str, path: str, env: dict[str, str], cases: int, what: str, options: list[str] | None = None
+) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(options or []), *path.split()]
     rc, out, secs = _run(cmd, env)
     failed = re.search(r"(\d+) failed", out)
     env_prefix = " ".join(f"{k}={v}" for k, v in env.items())
     return {
         "name": name,
-        "command": (env_prefix + " " if env_prefix else "") + "python -m pytest " + path,
+        "command": (env_prefix + " " if env_prefix else "")
+        + " ".join(["python -m pytest", *(options or []), path]),
         "cases": cases if rc == 0 else 0,
         "failures": int(failed.group(1)) if failed else int(rc != 0),
         "seconds": round(secs, 1),
@@ -159,6 +162,23 @@ def run(args: argparse.Namespace) -> None:
             "offloads to SQLite; the threads' entries and checkpoints compared after every call",
         ),
         pytest_case(
+            "writers in processes racing (repeated)",
+            "tests/unit/test_langgraph_keep.py::"
+            "test_writers_in_processes_forking_one_thread_with_keep_read_back_right "
+            "tests/unit/test_langgraph_keep.py::"
+            "test_writers_in_processes_on_threads_that_go_to_the_store_and_back_read_back_right "
+            "tests/unit/test_offload.py::test_processes_sharing_agents_under_pressure_read_back_right",
+            {},
+            3 * args.race_runs,
+            "three processes at once, each test run again and again (pytest-repeat, --count): putting to and "
+            "forking one LangGraph thread with keep=3, with pending writes, copies and deletes of runs; "
+            "stepping and forking 100 threads in an 8 MiB heap whose threads go to an SQLite store and back "
+            "in whichever process touches them; putting, deleting, reading, sweeping, offloading and "
+            "snapshotting 40 shared agents in an 8 MiB heap; every value read names its entry and version "
+            "and must be that version's bytes",
+            [f"--count={args.race_runs}"],
+        ),
+        pytest_case(
             "crash matrix",
             "tests/unit/test_crash_matrix.py",
             {"SWARMHEAP_CRASH_KILLS": str(args.kills)},
@@ -205,6 +225,7 @@ def main() -> None:
     p.add_argument("--kills", type=int, default=300)
     p.add_argument("--live-rounds", type=int, default=20_000)
     p.add_argument("--stateful-examples", type=int, default=1000)
+    p.add_argument("--race-runs", type=int, default=30)
     p.add_argument("--json", default=os.path.join(ROOT, "bench", "reliability.json"))
     r = sub.add_parser("render", help="JSON to markdown")
     r.add_argument("json")
