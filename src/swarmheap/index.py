@@ -518,6 +518,11 @@ def _update_attempt(
             whole = (cached[0], cached[1])
         body, positions = encode_update(shared, whole, entries)
         new_word = _store(target, entries, body, positions)
+    if not new_word and word == SEALED_WORD and heap._owner_state(agent_id) != "restoring":
+        # the core swaps a sealed word only while the agent is restoring: a
+        # restorer whose agent was restored by another and offloaded again
+        # would try a hundred times over
+        raise AgentSealed(f"agent {agent_id} is no longer being restored: it was offloaded again")
     return (word, new_word) if new_word else None
 
 
