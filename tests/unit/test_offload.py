@@ -1278,7 +1278,8 @@ def test_a_restore_from_that_loses_to_a_touch_leaves_no_mark_that_moves_the_agen
         with pytest.raises(sh.AgentStateError, match="restored by another heap"):
             other.restore_from(store, key)
         assert other.agents() == [] and a.state == "live"
-        assert [k for k in store.keys("swarmheap/agent/") if k.endswith("/moved")]  # the losing restore's mark
+        marks = [k for k in store.keys("swarmheap/agent/") if k.endswith("/moved")]
+        assert marks  # the losing restore's mark
         a.offload(store)  # again, beside the losing restore's mark
         assert source.collect(2).agents["moved_away"] == 0
         # the full sweep took the mark no entry names (it stayed in the store for ever)
