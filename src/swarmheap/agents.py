@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
-from swarmheap._core import AgentCore, stale_agent
+from swarmheap._core import SEALED_WORD, AgentCore, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
 
@@ -210,8 +210,13 @@ class Agent(AgentCore):
         """A zero-copy view of entry ``name``. While it is alive the agent is
         pinned: complete() defers its recycle until the view is released."""
         self._ensure_live()
+        last = ""
         for _ in range(100):
             word, (_, _, entries) = self._read_index_word()
+            if word == SEALED_WORD:  # offloaded since it was brought back: back, and again
+                last = "offloaded again each time it came back"
+                self._ensure_live()
+                continue
             if name not in entries:
                 raise KeyError(f"agent {self.id} has no entry {name!r}")
             offset, size = entries[name]
@@ -223,14 +228,16 @@ class Agent(AgentCore):
                 # again); restoring in another process (its blocks are not yet
                 # the live agent's: a hundred quick tries ran out before it was
                 # done); or the agent recycled (StaleBlock from here on)
-                if self.state not in ("live", "offloaded", "restoring"):
+                if self._gone_for_good():
                     raise stale_agent(self.id, self.generation) from None
+                last = "its block freed under each read"
                 self._ensure_live()
                 continue
             blk._as_entry_view()
             try:
                 view = memoryview(blk)
             except (AgentSealed, StaleBlock):  # offloaded since the index was read: back, and again
+                last = "offloaded as each view was made"
                 self._ensure_live()
                 continue
             # the entry must still be this block: a put() may have replaced it
@@ -238,7 +245,18 @@ class Agent(AgentCore):
             if self._read_index_word()[0] == word:
                 return view
             view.release()
-        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
+            last = "the index changed as each view was made"
+        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({last})")
+
+    def _gone_for_good(self) -> bool:
+        """Recycled, dead, or completed while pinned (its recycle deferred),
+        rather than between states: an offload in another process marks the
+        agent completed while it gives its pages back (unpinned: an offload
+        refuses a pinned agent), and offloaded once they are back."""
+        info = self._heap._owner_info(self.id)
+        if info is None or info["generation"] != self.generation:
+            return True
+        return info["state"] == "dead" or (info["state"] == "completed" and bool(info["pins"]))
 
     def read(self, name: str) -> bytes:
         """A copy of entry ``name``'s bytes: no view, so nothing pins the

@@ -500,7 +500,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             try:
                 run_id = self._rec.get(self.serde, agent, name)[1].get("run_id")
             except Missing:
-                if name in agent._read_index()[2]:
+                if name in agent:  # (a touch: an offloaded thread's index is in the store)
                     raise  # still named: its data is damaged
                 continue  # another writer's trim took it since the names were read
             if run_id in runs:
@@ -643,7 +643,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             try:
                 return self._tuple_read(agent, thread_id, ns, cid, view)
             except Missing:
-                if f"cp/{ns}/{cid}" not in agent._read_index()[2]:
+                if f"cp/{ns}/{cid}" not in agent:  # (a touch: an offloaded thread's index is in the store)
                     return None
                 view = None  # a delta's base went as it was read: again, from the index as it is now
         return self._tuple_read(agent, thread_id, ns, cid, None)  # damaged: it says what is missing

@@ -317,7 +317,7 @@ def test_writers_in_processes_on_threads_that_go_to_the_store_and_back_read_back
 ) -> None:
     """Three processes step and fork 100 threads with keep=3 in an 8 MiB
     heap the threads outgrow several times, every idle thread a candidate
-    for the store (min_idle=0), each thread offloaded by one process and
+    for the store (min_idle=0.02), each thread offloaded by one process and
     restored by another, at once: every checkpoint read back holds each
     channel's value at its version, and nothing raised."""
     import multiprocessing as mp

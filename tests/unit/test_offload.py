@@ -1995,7 +1995,7 @@ def test_an_offload_does_not_take_the_entry_of_another_under_way(heap: sh.Heap, 
 def test_processes_sharing_agents_under_pressure_read_back_right(heap_name: str, tmp_path: Any) -> None:
     """Three processes put, delete, read (items()), sweep, offload and
     snapshot the same 40 heap-owned agents in an 8 MiB heap, the offload
-    policy taking any idle one: every entry read, in an agent or in a copy
+    policy taking any idle for 20 ms: every entry read, in an agent or a copy
     made from its snapshot, is that entry's bytes at some version.
     agent.snapshot() and items() raised KeyError for an entry another
     process deleted as they read it, and get() StaleBlock for an agent
