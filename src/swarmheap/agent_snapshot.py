@@ -37,7 +37,7 @@ def snapshot_of(
     ``use_dictionary``), and the index word it is of: its entries as of
     that one word, read again while another writer changes them (a view
     taken after a delete freed its block could see another entry's bytes,
-    and an entry deleted after the names were read raised KeyError).
+    and an entry deleted after the names were read was left out).
     ``deadline`` is its lease's, if the caller read it already."""
     if deadline is False:
         deadline = agent.lease_deadline
@@ -47,14 +47,11 @@ def snapshot_of(
     for _ in range(SNAPSHOT_TRIES):
         word = heap._owner_word(agent.id, agent.generation) or 0
         with contextlib.ExitStack() as state:
-            try:
-                with contextlib.ExitStack() as views:  # the entries are copied once, into the state
-                    entries = [(name, views.enter_context(view)) for name, view in agent.items()]
-                    raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
-            except KeyError:
-                if (heap._owner_word(agent.id, agent.generation) or 0) == word:
-                    raise
-                continue  # deleted by another writer between the names and its read
+            # items() passes over an entry deleted after the names were read:
+            # the word read again says whether anything changed meanwhile
+            with contextlib.ExitStack() as views:  # the entries are copied once, into the state
+                entries = [(name, views.enter_context(view)) for name, view in agent.items()]
+                raw = state.enter_context(snapshot.encoded_state(agent.kind, lease_left, entries))
             if (heap._owner_word(agent.id, agent.generation) or 0) != word:
                 continue
             dictionary = dictionaries.for_kind(agent.kind) if codec == "zstd" and use_dictionary else None

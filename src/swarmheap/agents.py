@@ -121,19 +121,26 @@ class Agent(AgentCore):
         return self._put_named(items)[0]
 
     def _put_named(
-        self, items: Mapping[str, Any], requires: Collection[str] = (), **conditions: Any
+        self,
+        items: Mapping[str, Any],
+        requires: Collection[str] = (),
+        *,
+        expect_word: int | None = None,
+        lease_deadline: float | None = None,
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         """put_many(), also returning each entry as named: (name, offset,
         size); only onto an index holding every name of ``requires`` (else
-        index.MissingEntries, nothing put), and on index.put_entries'
-        ``conditions`` (expect_word=, lease_deadline=)."""
+        index.MissingEntries, nothing put); ``expect_word`` and
+        ``lease_deadline`` as index.put_entries takes them."""
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
             if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
                 index.check_name(name)
         try:
-            return self._put_named_once(items, requires, **conditions)
+            return self._put_named_once(
+                items, requires, expect_word=expect_word, lease_deadline=lease_deadline
+            )
         except AgentSealed:  # offloaded meanwhile (as in put()): again, once the agent is back
             pass
         for _ in range(_SEALED_TRIES):
@@ -141,13 +148,20 @@ class Agent(AgentCore):
             # this put's go in once its restore is done
             self._ensure_live()
             try:
-                return self._put_named_once(items, requires, **conditions)
+                return self._put_named_once(
+                    items, requires, expect_word=expect_word, lease_deadline=lease_deadline
+                )
             except AgentSealed:
                 continue
         raise _kept_offloaded(self.id)
 
     def _put_named_once(
-        self, items: Mapping[str, Any], requires: Collection[str] = (), **conditions: Any
+        self,
+        items: Mapping[str, Any],
+        requires: Collection[str] = (),
+        *,
+        expect_word: int | None = None,
+        lease_deadline: float | None = None,
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
@@ -167,21 +181,32 @@ class Agent(AgentCore):
             for blk in blocks:
                 blk.free()
             raise
-        return self._commit(blocks, new, requires, **conditions), new
+        return self._commit(
+            blocks, new, requires, expect_word=expect_word, lease_deadline=lease_deadline
+        ), new
 
     def _commit(
         self,
         blocks: list[Any],
         new: list[tuple[str, int, int]],
         requires: Collection[str] = (),
-        **conditions: Any,
+        *,
+        expect_word: int | None = None,
+        lease_deadline: float | None = None,
     ) -> tuple[int, int]:
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
         entries they replace; on an error the blocks go back."""
         try:
             try:
                 replaced, words = index.put_entries(
-                    self._heap, self.id, self.generation, self.kind, new, requires=requires, **conditions
+                    self._heap,
+                    self.id,
+                    self.generation,
+                    self.kind,
+                    new,
+                    requires=requires,
+                    expect_word=expect_word,
+                    lease_deadline=lease_deadline,
                 )
             except AgentSealed:
                 if not self._restoring_here():
@@ -195,7 +220,8 @@ class Agent(AgentCore):
                     new,
                     sealed_ok=True,
                     requires=requires,
-                    **conditions,
+                    expect_word=expect_word,
+                    lease_deadline=lease_deadline,
                 )
         except AgentSealed:
             raise

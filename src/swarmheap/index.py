@@ -55,6 +55,12 @@ class MissingEntries(Exception):
         self.names = names
 
 
+def _expect(agent_id: int, word: int | None, expect_word: int | None) -> None:
+    """IndexMoved unless the index is at ``expect_word`` (when one is given)."""
+    if expect_word is not None and word != expect_word:
+        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
+
+
 def _require(entries: Entries, requires: Collection[str]) -> None:
     missing = [name for name in requires if name not in entries]
     if missing:
@@ -499,8 +505,7 @@ def _update_attempt(
     # put_entries' fast path never takes a sealed word (it is never cached): only here
     if word == SEALED_WORD and not sealed_ok:
         raise AgentSealed(f"agent {agent_id} was offloaded while an update of it ran")
-    if expect_word is not None and word != expect_word:
-        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
+    _expect(agent_id, word, expect_word)
     entries = dict(shared)
     change(entries)
     new_lease = lease if lease_deadline is None else lease_deadline
@@ -756,8 +761,7 @@ def remove_in_pieces(
     again, or the word moved on (update_index does those). IndexMoved if
     the index is not at ``expect_word`` (given)."""
     word = heap._owner_word(agent_id, generation)
-    if expect_word is not None and word != expect_word:
-        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
+    _expect(agent_id, word, expect_word)
     hit = _hit(heap, agent_id, generation, word) if word else None
     if hit is None or not isinstance(hit[3], PieceSet):
         return None
@@ -843,8 +847,7 @@ def put_entries(
         old_kind, lease, body, positions = kind, 0.0, b"", {}
     elif (hit := _hit(heap, agent_id, generation, word)) is not None:
         (old_kind, lease, shared), body, positions = hit[2], hit[3], hit[4]
-    if expect_word is not None and word != expect_word:
-        raise IndexMoved(f"agent {agent_id}'s index moved on from the word the change was decided under")
+    _expect(agent_id, word, expect_word)
     fast = lease_deadline is None and (len(new) == 1 or len({n for n, _, _ in new}) == len(new))
     if body is not None and word is not None and fast:
         # the index this process read last: replaced entries are written over

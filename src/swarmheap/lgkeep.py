@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from swarmheap.errors import IndexMoved
-from swarmheap.lgrecords import DELTA_COUNTERS, Missing, ThreadRecords
+from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords
 from swarmheap.lgview import ThreadView
 
 __all__ = ["Kept", "trim_known", "values_named"]
@@ -146,11 +146,9 @@ def trim_known(rec: ThreadRecords, agent: Any, ns: str, keep: int, view: ThreadV
     for name in kept.rebase_wanted(gone):
         if name in names:
             try:
-                rebased[name] = rec.rewhole(agent, name)
-            except Missing:
-                if agent._read_index_word()[0] == view.word:
-                    raise  # named under the very index it was read from: damaged
-                return False  # another writer's trim stored it whole and dropped its base
+                rebased[name] = rec.rewhole(agent, name, view.word)
+            except IndexMoved:  # another writer's trim stored it whole and dropped its base
+                return False
             kept.set_base(name, None)
     if rebased and not view.advance(agent.put_many(rebased), rebased):
         return False

@@ -14,7 +14,7 @@ from typing import Any
 
 from swarmheap import lgvalues, snapshot
 from swarmheap._extras import require
-from swarmheap.errors import CorruptSnapshot, SwarmHeapError
+from swarmheap.errors import CorruptSnapshot, IndexMoved, SwarmHeapError
 from swarmheap.heap import Heap
 from swarmheap.lgvalues import SMALL, Listed, Splice
 from swarmheap.lgview import Recent, ThreadView
@@ -168,10 +168,18 @@ class ThreadRecords:
         self.remember_raw(key, raw, 0, listed)
         return self.whole(raw), None
 
-    def rewhole(self, agent: Any, name: str) -> bytes:
+    def rewhole(self, agent: Any, name: str, word: int) -> bytes:
         """Value ``name``'s record made whole again (its base is about to go),
-        its serde bytes remembered as whole (depth 0)."""
-        raw = self.value_raw(agent, name)
+        its serde bytes remembered as whole (depth 0). ``word``: the index
+        word the caller chose ``name`` under; a value missing once the index
+        moved on from it raises IndexMoved (another writer's trim stored it
+        whole and dropped its base), and Missing under that very word (damage)."""
+        try:
+            raw = self.value_raw(agent, name)
+        except Missing:
+            if agent._read_index_word()[0] == word:
+                raise
+            raise IndexMoved(f"agent {agent.id} changed as its trim read it") from None
         key = (agent.id, agent.generation, name)
         known = self.raws.get(key)
         self.remember_raw(key, raw, 0, known[2] if known else None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from swarmheap import lgkeep
 from swarmheap.errors import IndexMoved
-from swarmheap.lgrecords import DELTA_COUNTERS, Missing, ThreadRecords, delete_if_there
+from swarmheap.lgrecords import DELTA_COUNTERS, ThreadRecords, delete_if_there
 from swarmheap.lgview import ThreadView
 
 __all__ = [
@@ -163,14 +163,7 @@ def unnamed_values(
     for name in sorted(named):
         base = rec.base_of(agent, name, entries)
         if base is not None and base not in named:
-            try:
-                rebased[name] = rec.rewhole(agent, name)
-            except Missing:
-                if agent._read_index_word()[0] == word:
-                    raise  # named under the very index it was read from: damaged
-                raise IndexMoved(
-                    f"agent {agent.id} changed as its trim read it"
-                ) from None  # another writer's trim stored it whole and dropped its base
+            rebased[name] = rec.rewhole(agent, name, word)
 
     if rebased:
         words = agent.put_many(rebased)
