@@ -83,6 +83,8 @@ int sh_lease_set(sh_arena_t *a, uint64_t offset, uint64_t deadline_ns) {
     return _sh_fail(SH_EINVAL, "block at offset %llu belongs to owner %u: only blocks of owner 0 take a lease "
                     "(an agent's blocks go back with the agent)", (unsigned long long)offset, info.owner);
   if (deadline_ns == 0) return _sh_fail(SH_EINVAL, "a lease deadline of 0 is no deadline: use sh_lease_clear");
+  if (sh_deadline_after_views(deadline_ns))
+    return _sh_fail(SH_EINVAL, "a lease deadline of %llu ns is past the year 2554", (unsigned long long)deadline_ns);
   sh_lease_lock(a);
   uint64_t i;
   rc = _sh_entry_take_locked(a, &info, &i);

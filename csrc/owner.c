@@ -458,11 +458,18 @@ int sh_owner_touch(sh_arena_t *a, uint32_t id, uint32_t gen) {
   return rc;
 }
 
-int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint64_t expected, uint64_t desired) {
+int sh_owner_set_user_word(sh_arena_t *a, uint32_t id, uint32_t gen, uint32_t offloads, uint64_t expected,
+                           uint64_t desired) {
   sh_owner_t *o;
   int rc = sh_owner_check_gen(a, id, gen, &o);
   if (rc == SH_OK && expected == SH_USER_WORD_SEALED && sh_atomic_load_acquire(&o->state) != SH_OWNER_RESTORING)
     return _sh_fail(SH_ESTATE, "owner %u is offloaded: its word is sealed until it is restored", id);
+  /* After the caller's read of `expected`, before the exchange: a word read
+   * after a restore is met here by the restore's count. An offload (and
+   * restore) after this load seals the word first, and the exchange fails. */
+  if (rc == SH_OK && sh_atomic_load_acquire(&o->offloads) != offloads)
+    return _sh_fail(SH_ESTATE, "owner %u was offloaded since the update began (offload %u, not %u)", id,
+                    sh_atomic_load_relaxed(&o->offloads), offloads);
   if (rc == SH_OK && !sh_atomic_cas_strong_acq_rel(&o->user_word, &expected, desired))
     rc = _sh_fail(SH_ESTATE, "owner %u's user word changed concurrently", id);
   /* a held word given up for none, as a recycle gives one up: recorded the same way */
@@ -668,6 +675,28 @@ uint32_t sh_owner_state(const sh_arena_t *a, uint32_t id) {
 
 uint32_t sh_owner_offloads(const sh_arena_t *a, uint32_t id) {
   return id < a->max_owners ? sh_atomic_load_acquire(&a->owners[id].offloads) : 0;
+}
+
+/* Under the owner lock, which an offload holds from its count's increment to
+ * the last page it gives back: the count and the block's owner read here
+ * stand until the free is done. The lock is taken for nothing but this, so
+ * only frees that may meet an offload come here (an agent's entries and its
+ * Blocks), not the allocator's own. */
+int sh_owner_free(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK && sh_atomic_load_acquire(&o->offloads) != offloads)
+    rc = _sh_fail(SH_EOWNER, "agent %u was offloaded since: its memory went back with it", id);
+  sh_block_info_t info;
+  if (rc == SH_OK) rc = sh_block_info(a, offset, &info);
+  if (rc == SH_OK && info.owner != id)
+    rc = _sh_fail(SH_EOWNER, "block at offset %llu belongs to owner %u, not %u", (unsigned long long)offset,
+                  info.owner, id);
+  if (rc == SH_OK) rc = sh_free(a, offset);
+  _sh_owner_unlock(a);
+  return rc;
 }
 
 uint32_t sh_owner_generation(const sh_arena_t *a, uint32_t id) {

@@ -11,19 +11,28 @@
 #include "sh_internal.h"
 
 /* The deadline of an agent's block dropped from its index while another
- * process viewed the agent's entries: freed when the views go, not by time. */
-#define SH_AFTER_VIEWS UINT64_MAX
+ * process viewed the agent's entries: freed when the views go, not by time.
+ * The top half all ones (a time in ns gets there in the year 2554; a lease
+ * that far is refused), the agent's offload count at the drop in the low
+ * half: the free is of that incarnation's block only (sh_owner_free). */
+#define SH_AFTER_VIEWS_MARK UINT64_C(0xFFFFFFFF00000000)
+static inline uint64_t sh_after_views(uint32_t offloads) { return SH_AFTER_VIEWS_MARK | offloads; }
+static inline bool sh_deadline_after_views(uint64_t deadline_ns) {
+  return (deadline_ns & SH_AFTER_VIEWS_MARK) == SH_AFTER_VIEWS_MARK;
+}
 
 /* Whether entry `e`'s deadline is a lease's (a time), counted in lease_count. */
-static inline bool sh_entry_leased(const sh_lease_t *e) { return e->deadline_ns != 0 && e->deadline_ns != SH_AFTER_VIEWS; }
+static inline bool sh_entry_leased(const sh_lease_t *e) {
+  return e->deadline_ns != 0 && !sh_deadline_after_views(e->deadline_ns);
+}
 
 /* Count entry `e` in (delta 1) or out of (delta -1) the header's tallies of its kind. */
 static inline void sh_entry_tally(sh_arena_t *a, const sh_lease_t *e, int delta) {
   if (sh_entry_leased(e)) sh_atomic_add_relaxed(&a->hdr->lease_count, (uint64_t)(int64_t)delta);
-  if (e->deadline_ns == SH_AFTER_VIEWS) sh_atomic_add_relaxed(&a->hdr->after_views_count, (uint64_t)(int64_t)delta);
+  if (sh_deadline_after_views(e->deadline_ns)) sh_atomic_add_relaxed(&a->hdr->after_views_count, (uint64_t)(int64_t)delta);
 }
 
-/* Give entry `e` a new deadline (0, a time, SH_AFTER_VIEWS), moving it between the tallies. */
+/* Give entry `e` a new deadline (0, a time, sh_after_views()), moving it between the tallies. */
 static inline void sh_entry_set_deadline(sh_arena_t *a, sh_lease_t *e, uint64_t deadline_ns) {
   sh_entry_tally(a, e, -1);
   e->deadline_ns = deadline_ns;

@@ -268,7 +268,7 @@ typedef struct sh_header_s {
   sh_lock_t lease_lock;
   _Atomic uint64_t lease_count;   /* entries with a deadline */
   _Atomic uint64_t entry_count;   /* entries of any kind (the table's load) */
-  _Atomic uint64_t after_views_count; /* entries of blocks waiting for their agent's views (SH_AFTER_VIEWS) */
+  _Atomic uint64_t after_views_count; /* entries of blocks waiting for their agent's views (sh_after_views) */
   _Atomic uint64_t tag_seq;       /* the last handle tag handed out */
   _Atomic uint64_t peak_pages[SH_NPARTITIONS];
   _Atomic uint64_t pages_used[SH_NPARTITIONS];
@@ -285,7 +285,7 @@ typedef struct sh_header_s {
 /* A lease on a block of the shared default owner: open addressing by offset. */
 typedef struct sh_lease_s {
   uint64_t key;         /* block offset + 1; 0 = empty; under lease_lock */
-  uint64_t deadline_ns; /* CLOCK_REALTIME; 0: no lease, only a handle tag; SH_AFTER_VIEWS: see sh_free_after_views */
+  uint64_t deadline_ns; /* CLOCK_REALTIME; 0: no lease, only a handle tag; sh_after_views(): see sh_free_after_views */
   uint64_t tag;         /* 0: no handle handed out; else unique for the arena's life */
   uint32_t owner, generation; /* the block's owner when the entry was made: a mismatch marks it stale */
 } sh_lease_t;

@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 13u
+#define SH_FORMAT_VERSION 14u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -396,7 +396,15 @@ static inline uint64_t sh_held_next(uint64_t expected, uint64_t offset) {
  * turns a word still sealed to 0. */
 #define SH_USER_WORD_SEALED UINT64_C(1)
 int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation);
-int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
+/* The compare-and-set goes in only while the owner's offload count is still
+ * `offloads`, read by the caller before it read `expected` and made the
+ * blocks the new word's index names: an offload and a restore in between
+ * gave those blocks back, and a swap from the restored index's word would
+ * name them under it (SH_ESTATE, as for a word that moved on: the caller
+ * tells them apart by the count, sh_owner_offloads). A restorer's swap from
+ * SH_USER_WORD_SEALED so fails once the agent was restored and offloaded
+ * again since its restore began. */
+int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation, uint32_t offloads,
                            uint64_t expected, uint64_t desired);
 int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word);
 /* [any] The word that replaces `expected` by a held block at `offset`: as
@@ -414,6 +422,15 @@ uint32_t sh_owner_generation(const sh_arena_t *arena, uint32_t id);
 /* [any] How many times the slot's owner was offloaded (0 when out of range):
  * read before making a Block of it, compared at each use of the Block. */
 uint32_t sh_owner_offloads(const sh_arena_t *arena, uint32_t id);
+/* [any] Free agent `id`'s block at `offset` only if the agent is still
+ * generation `generation` with `offloads` offloads, and the block is its:
+ * atomic with an offload's, an unrestore's or a recycle's giving back of the
+ * agent's memory (all under the owner lock). Without it, a block dropped
+ * from the agent's index (or allocated for an update that lost) could go
+ * back with an offload, be handed to the agent's restore and named again,
+ * and then be freed by the dropper under the new index. SH_EOWNER, nothing
+ * freed, if the agent or its incarnation moved on; the free's errors else. */
+int sh_owner_free(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads);
 /* [any] A LIVE agent's small blocks skip the shared nursery pages and come
  * from pages of its own from its first allocation (a kind predicted to grow
  * past the nursery's share). Until the agent is recycled or offloaded.
@@ -568,8 +585,11 @@ uint64_t sh_lease_count(const sh_arena_t *arena);
  * in the block table, and freed by sh_views_reclaim once the agent has no
  * entry views left (or with the agent, at its recycle). SH_EFULL when a
  * quarter of the table already waits, or the table is full: the block then
- * stays until the agent's recycle, and leases and handle tags keep their room. */
-int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation);
+ * stays until the agent's recycle, and leases and handle tags keep their room.
+ * `offloads`: the agent's offload count read before the index update that
+ * dropped the block (the block is freed only while that count holds, as
+ * sh_owner_free). */
+int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads);
 /* [any] Free the blocks sh_free_after_views recorded whose agent has no
  * entry views left in any process; each is freed by exactly one caller.
  * Entries of an agent recycled since are dropped without a free. */

@@ -5,7 +5,7 @@
  * process that drops the entry (a put of the same name, a delete) cannot
  * see the other's views, only their count on the agent's pins
  * (sh_owner_views). So it records the block in the block table, marked
- * SH_AFTER_VIEWS, instead of freeing it; sh_views_reclaim frees it once the
+ * sh_after_views(its offload count), instead of freeing it; sh_views_reclaim frees it once the
  * agent has no entry views left in any process (called by the release of a
  * view, and by sweeps for viewers that died): a view never shows, or writes
  * into, a block handed to someone else.
@@ -18,7 +18,7 @@
 
 #include "sh_lease.h"
 
-int sh_free_after_views(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen) {
+int sh_free_after_views(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   sh_block_info_t info;
   int rc = sh_block_info(a, offset, &info);
@@ -37,13 +37,13 @@ int sh_free_after_views(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t ge
   }
   uint64_t i;
   rc = _sh_entry_take_locked(a, &info, &i);
-  if (rc == SH_OK) sh_entry_set_deadline(a, &a->leases[i], SH_AFTER_VIEWS);
+  if (rc == SH_OK) sh_entry_set_deadline(a, &a->leases[i], sh_after_views(offloads));
   sh_lease_unlock(a);
   return rc;
 }
 
 typedef struct sh_waiting_s {
-  uint64_t key;
+  uint64_t key, deadline_ns;
   uint32_t owner, generation;
 } sh_waiting_t;
 
@@ -54,7 +54,7 @@ static bool sh_take_waiting(sh_arena_t *a, const sh_waiting_t *w) {
   uint64_t i = sh_lease_find(a, w->key);
   const sh_lease_t *e = &a->leases[i];
   bool taken = e->key == w->key && e->owner == w->owner && e->generation == w->generation &&
-               e->deadline_ns == SH_AFTER_VIEWS;
+               e->deadline_ns == w->deadline_ns;
   if (taken) sh_lease_delete_at(a, i);
   sh_lease_unlock(a);
   return taken;
@@ -77,8 +77,9 @@ int sh_views_reclaim(sh_arena_t *a, uint64_t *blocks, uint64_t *bytes) {
   sh_lease_lock(a);
   for (uint64_t i = 0; i < cap && n < room; i++) {
     const sh_lease_t *e = &a->leases[i];
-    if (e->key != 0 && e->deadline_ns == SH_AFTER_VIEWS)
-      waiting[n++] = (sh_waiting_t){.key = e->key, .owner = e->owner, .generation = e->generation};
+    if (e->key != 0 && sh_deadline_after_views(e->deadline_ns))
+      waiting[n++] = (sh_waiting_t){
+          .key = e->key, .deadline_ns = e->deadline_ns, .owner = e->owner, .generation = e->generation};
   }
   sh_lease_unlock(a);
   /* a run of one agent's waiting blocks counts its views once (the owner
@@ -103,7 +104,9 @@ int sh_views_reclaim(sh_arena_t *a, uint64_t *blocks, uint64_t *bytes) {
     }
     if (!counted || views != 0) continue;
     if (!sh_take_waiting(a, w)) continue; /* another sweep took it */
-    if (sh_free(a, offset) == SH_OK) {
+    /* of the incarnation that dropped it only: an offload since gave it
+     * back, and the agent's restore may have it named again */
+    if (sh_owner_free(a, offset, w->owner, w->generation, (uint32_t)w->deadline_ns) == SH_OK) {
       ++*blocks;
       *bytes += info.usable_size;
     }

@@ -151,7 +151,7 @@ cdef class Block:
             dropped = self.heap.deferred_frees.pop(self.offset, None)
             # before the unpin below: that may recycle a completed agent
             if dropped is not None and not self.heap.read_only:
-                _drop_entry_block(self.heap, self.offset, dropped[0], dropped[1])
+                _drop_entry_block(self.heap, self.offset, dropped[0], dropped[1], dropped[2])
         if self.tag:
             _count_out(self.heap.tagged_exports, self.offset)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
@@ -229,7 +229,7 @@ cdef class Block:
         if self.owns and not self.freed and self.heap is not None and self.heap.arena != NULL \
                 and not self.heap.read_only:
             if not self._stale():
-                _free_off(self.heap, self.offset)
+                _owner_free(self.heap, self.offset, self.owner, self.generation, self.offloads)
             self.freed = True
 
     def free(self):
@@ -245,7 +245,9 @@ cdef class Block:
                 f"of this block still point at it")
         self._check_live()
         self.heap._check_writable()
-        cdef int rc = _free_off(self.heap, self.offset)
+        # an agent's block only if its agent was not offloaded since the Block
+        # was made: checked with the free, under the lock the offload takes
+        cdef int rc = _owner_free(self.heap, self.offset, self.owner, self.generation, self.offloads)
         if rc:
             _raise(rc)
         self.freed = True

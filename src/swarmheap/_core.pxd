@@ -66,7 +66,7 @@ cdef class Block:
     cdef uint64_t usable
     cdef readonly uint32_t owner
     cdef readonly uint32_t generation
-    cdef uint32_t offloads  # its agent's offload count when it was made (sh_owner_offloads)
+    cdef readonly uint32_t offloads  # its agent's offload count when it was made (sh_owner_offloads)
     cdef readonly uint64_t tag
     cdef int part
     cdef int exports

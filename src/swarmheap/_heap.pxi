@@ -76,25 +76,37 @@ cdef bint _owned_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen, sh_bl
             and info.owner == oid and sh_owner_generation(h.arena, oid) == gen)
 
 
-cdef int _free_if_owned(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
-    """Free the block at ``off`` if _owned_block says it is the owner's. 1 if freed."""
-    cdef sh_block_info_t info
-    return _owned_block(h, off, oid, gen, &info) and _free_off(h, off) == SH_OK
+cdef int _owner_free(_Arena h, uint64_t off, uint32_t oid, uint32_t gen, uint32_t offloads) noexcept:
+    """Free the agent's block at ``off`` if it is still the agent's in the
+    incarnation of ``offloads`` offloads (sh_owner_free: an offload since gave
+    it back, and the restore may have named it again). The owner lock is
+    taken with the GIL let go. SH_OK if freed."""
+    cdef int rc
+    if h.arena == NULL:
+        return SH_EINVAL
+    if oid < SH_FIRST_AGENT:  # the shared default and the registry are never offloaded
+        return _free_off(h, off)
+    h.inflight += 1
+    with nogil:
+        rc = sh_owner_free(h.arena, off, oid, gen, offloads)
+    h.inflight -= 1
+    return rc
 
 
-cdef int _drop_entry_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen) noexcept:
+cdef int _drop_entry_block(_Arena h, uint64_t off, uint32_t oid, uint32_t gen, uint32_t offloads) noexcept:
     """Free a block the agent's index dropped, unless another process holds
     a view of the agent's entries: then it waits in the block table for the
     views to go (sh_free_after_views; the last view's release, or a sweep
-    after a viewer's death, frees it). 1 if freed now."""
+    after a viewer's death, frees it). ``offloads``: the agent's offload
+    count read before the update that dropped it. 1 if freed now."""
     cdef uint32_t views = 0
     if h.arena == NULL:
         return 0
     if sh_owner_views(h.arena, oid, gen, 1, &views) == SH_OK and views:
         # a full table leaves the block to the agent's recycle: kept, never freed under a view
-        sh_free_after_views(h.arena, off, oid, gen)
+        sh_free_after_views(h.arena, off, oid, gen, offloads)
         return 0
-    return _free_if_owned(h, off, oid, gen)
+    return _owner_free(h, off, oid, gen, offloads) == SH_OK
 
 
 cdef str _shm_path(object name):
@@ -336,15 +348,17 @@ cdef class _Arena:
         pages, whichever process or path recycles it. Returns its offset."""
         return (<Block>self._agent_alloc_copy(oid, gen, data, _SYSTEM)[0]).offset
 
-    def _free_entry_block(self, uint64_t offset, uint32_t oid, uint32_t gen):
+    def _free_entry_block(self, uint64_t offset, uint32_t oid, uint32_t gen, uint32_t offloads):
         """Free an agent entry's block that an index update dropped (put,
         delete); while a view from get() in this process is on it, leave it
-        to that view's release. False if left."""
+        to that view's release. ``offloads``: the agent's offload count
+        (_owner_offloads) read before the update: a block an offload gave
+        back since is not freed again. False if left."""
         self._check_writable()
         if self.entry_views.get(offset):
-            self.deferred_frees[offset] = (oid, gen)
+            self.deferred_frees[offset] = (oid, gen, offloads)
             return False
-        return bool(_drop_entry_block(self, offset, oid, gen))
+        return bool(_drop_entry_block(self, offset, oid, gen, offloads))
 
     @property
     def _calls_in_flight(self):

@@ -299,7 +299,7 @@ cdef class CoreHeap(_Arena):
                 return word, data
         raise AgentStateError(f"agent {oid}'s index keeps changing under concurrent updates")
 
-    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, bytes head,
+    def _owner_held_swap(self, uint32_t oid, uint32_t gen, uint64_t expected, uint32_t offloads, bytes head,
                          const unsigned char[::1] body, bytes tail=b""):
         """Copy ``head`` + ``body`` + ``tail`` into a new block of the shared
         default's ``system`` and compare-and-set the owner's user word from
@@ -309,7 +309,11 @@ cdef class CoreHeap(_Arena):
         stale ``expected`` fails). Returns the new word, or 0 if the word had
         moved on. The parts come apart so that a caller keeping the body
         (bytes, or a bytearray it grows in place) does not join them again
-        on every swap: an index of thousands of entries is hundreds of KiB."""
+        on every swap: an index of thousands of entries is hundreds of KiB.
+        ``offloads``: the agent's offload count read before ``expected`` and
+        before the blocks the index names were made; AgentSealed (nothing
+        changed) if the agent was offloaded since, as those blocks went back
+        with it (sh_owner_set_user_word)."""
         self._check_writable()
         cdef uint64_t head_length = <uint64_t>len(head)
         cdef uint64_t body_length = <uint64_t>body.shape[0]
@@ -334,9 +338,11 @@ cdef class CoreHeap(_Arena):
             memcpy(at + head_length, &body[0], body_length)
         memcpy(at + head_length + body_length, <const char *>tail, tail_length)
         cdef uint64_t word = sh_owner_held_next(self.arena, oid, expected, off)
-        rc = sh_owner_set_user_word(self.arena, oid, gen, expected, word)
+        rc = sh_owner_set_user_word(self.arena, oid, gen, offloads, expected, word)
         if rc:
             _free_off(self, off)
+            if rc == SH_ESTATE and sh_owner_offloads(self.arena, oid) != offloads:
+                raise AgentSealed(f"agent {oid} was offloaded while an update of it ran")
             if rc == SH_ESTATE:
                 return 0
             _raise(rc)
@@ -406,6 +412,12 @@ cdef class CoreHeap(_Arena):
         self._check_open()
         cdef uint32_t st = sh_owner_state(self.arena, oid)  # FREE beyond the table
         return _state_name(st)
+
+    def _owner_offloads(self, uint32_t oid):
+        """How many times the slot's agent was offloaded: read before an index
+        update, it names the incarnation whose blocks the update may free."""
+        self._check_open()
+        return sh_owner_offloads(self.arena, oid)
 
     def _owner_generation(self, uint32_t oid):
         self._check_open()

@@ -127,11 +127,14 @@ class Agent(AgentCore):
         *,
         expect_word: int | None = None,
         lease_deadline: float | None = None,
+        offloads: int | None = None,
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         """put_many(), also returning each entry as named: (name, offset,
         size); only onto an index holding every name of ``requires`` (else
         index.MissingEntries, nothing put); ``expect_word`` and
-        ``lease_deadline`` as index.put_entries takes them."""
+        ``lease_deadline`` as index.put_entries takes them. ``offloads``: a
+        restorer's offload count from before its restore began; the entries
+        go in only while it holds (else AgentSealed, at once)."""
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
@@ -139,10 +142,11 @@ class Agent(AgentCore):
                 index.check_name(name)
         try:
             return self._put_named_once(
-                items, requires, expect_word=expect_word, lease_deadline=lease_deadline
+                items, requires, expect_word=expect_word, lease_deadline=lease_deadline, offloads=offloads
             )
         except AgentSealed:  # offloaded meanwhile (as in put()): again, once the agent is back
-            pass
+            if offloads is not None:
+                raise  # the restore it was for is over: its restorer decides
         for _ in range(_SEALED_TRIES):
             # one another thread or process is restoring takes allocations:
             # this put's go in once its restore is done
@@ -162,6 +166,7 @@ class Agent(AgentCore):
         *,
         expect_word: int | None = None,
         lease_deadline: float | None = None,
+        offloads: int | None = None,
     ) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
         blocks: list[Any] = []
         new: list[tuple[str, int, int]] = []
@@ -182,7 +187,7 @@ class Agent(AgentCore):
                 blk.free()
             raise
         return self._commit(
-            blocks, new, requires, expect_word=expect_word, lease_deadline=lease_deadline
+            blocks, new, requires, expect_word=expect_word, lease_deadline=lease_deadline, offloads=offloads
         ), new
 
     def _commit(
@@ -193,9 +198,23 @@ class Agent(AgentCore):
         *,
         expect_word: int | None = None,
         lease_deadline: float | None = None,
+        offloads: int | None = None,
     ) -> tuple[int, int]:
         """Name the filled ``blocks`` in the index (as ``new``), freeing the
-        entries they replace; on an error the blocks go back."""
+        entries they replace; on an error the blocks go back. They go in
+        only while the agent's offload count is the one they were made under
+        (or ``offloads``, a restorer's): an offload since gave them back with
+        the agent's memory, and the index its restore made must not name
+        them (AgentSealed: the caller makes them again)."""
+        if offloads is None and not blocks:
+            offloads = self._heap._owner_offloads(self.id)
+        elif offloads is None:
+            offloads = blocks[0].offloads
+            if len(blocks) > 1 and any(
+                blk.offloads != offloads for blk in blocks
+            ):  # offloaded as they were made
+                self._free_unnamed(blocks)
+                raise AgentSealed(f"agent {self.id} was offloaded while a put of it ran")
         try:
             try:
                 replaced, words = index.put_entries(
@@ -207,9 +226,10 @@ class Agent(AgentCore):
                     requires=requires,
                     expect_word=expect_word,
                     lease_deadline=lease_deadline,
+                    offloads=offloads,
                 )
             except AgentSealed:
-                if not self._restoring_here():
+                if not self._restoring_here() or self._heap._owner_offloads(self.id) != offloads:
                     raise  # the blocks went with the agent's memory when it was offloaded: none to free
                 # this thread restores the agent: its entries go in on the sealed word
                 replaced, words = index.put_entries(
@@ -222,14 +242,15 @@ class Agent(AgentCore):
                     requires=requires,
                     expect_word=expect_word,
                     lease_deadline=lease_deadline,
+                    offloads=offloads,
                 )
         except AgentSealed:
             raise
         except BaseException:
             self._free_unnamed(blocks)
             raise
-        for offset, size in replaced:
-            self._free_entry(offset, size)
+        for offset, _ in replaced:
+            self._free_entry(offset, offloads)
         return words
 
     def get(self, name: str) -> memoryview:
@@ -349,6 +370,7 @@ class Agent(AgentCore):
         if not names:
             return None
         self._ensure_live()
+        offloads = self._heap._owner_offloads(self.id)  # before the index is read: see _free_entry
         try:  # an index in pieces writes the pieces holding them and its table
             done = index.remove_in_pieces(
                 self._heap, self.id, self.generation, names, missing_ok, expect_word=expect_word
@@ -356,8 +378,8 @@ class Agent(AgentCore):
         except AgentSealed:  # offloaded meanwhile: the full path below brings it back
             done = None
         if done is not None:
-            for offset, size in done[0]:
-                self._free_entry(offset, size)
+            for offset, _ in done[0]:
+                self._free_entry(offset, offloads)
             return done[1]
         removed: list[tuple[int, int]] = []
 
@@ -371,8 +393,8 @@ class Agent(AgentCore):
                     raise KeyError(f"agent {self.id} has no entry {name!r}")
 
         words = self._update_index(change, expect_word=expect_word)
-        for offset, size in removed:
-            self._free_entry(offset, size)
+        for offset, _ in removed:
+            self._free_entry(offset, offloads)
         return words
 
     def names(self) -> list[str]:
@@ -417,11 +439,15 @@ class Agent(AgentCore):
                 except StaleBlock:
                     pass  # named for a moment, then replaced and freed by another update: not ours to free
 
-    def _free_entry(self, offset: int, size: int) -> None:
-        # checked in the binding (a block gone with a concurrent update, or
-        # the agent's recycle, is left alone); one with a get() view open
-        # in this process is freed when the view goes
-        self._heap._free_entry_block(offset, self.id, self.generation)
+    def _free_entry(self, offset: int, offloads: int) -> None:
+        """Free a block an index update dropped. ``offloads`` is the agent's
+        offload count read before that update read the index: an offload
+        since gave the block back, and the agent's restore may have named it
+        again, so the binding frees it only while the count holds (checked
+        with the free, under the lock an offload takes). A block gone with
+        the agent's recycle is left alone too; one with a get() view open in
+        this process is freed when the view goes."""
+        self._heap._free_entry_block(offset, self.id, self.generation, offloads)
 
     # ---- the index (swarmheap.index is its format) ----
 
@@ -432,15 +458,25 @@ class Agent(AgentCore):
         return self._read_index_word()[1]
 
     def _update_index(
-        self, change: Any, lease_deadline: float | None = None, expect_word: int | None = None
+        self,
+        change: Any,
+        lease_deadline: float | None = None,
+        expect_word: int | None = None,
+        offloads: int | None = None,
     ) -> tuple[int, int]:
+        """index.update_index of the agent, again once it is back if it was
+        offloaded meanwhile; a restorer's (``offloads`` given) once only."""
         args = (self._heap, self.id, self.generation, self.kind, change, lease_deadline)
         for _ in range(_SEALED_TRIES):
             try:
-                return index.update_index(*args, expect_word=expect_word)
+                return index.update_index(*args, expect_word=expect_word, offloads=offloads)
             except AgentSealed:
                 if self._restoring_here():  # this thread restores it: the update goes in on the sealed word
-                    return index.update_index(*args, sealed_ok=True, expect_word=expect_word)
+                    return index.update_index(
+                        *args, sealed_ok=True, expect_word=expect_word, offloads=offloads
+                    )
+                if offloads is not None:
+                    raise
                 self._ensure_live()  # offloaded meanwhile: back, and again
         raise _kept_offloaded(self.id)
 

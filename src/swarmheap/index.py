@@ -271,7 +271,7 @@ def _chunks(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[bytes, t
 
 
 def _put_pieces(
-    heap: CoreHeap, agent_id: int, generation: int, made: list[tuple[bytes, tuple[str, ...]]]
+    heap: CoreHeap, agent_id: int, generation: int, offloads: int, made: list[tuple[bytes, tuple[str, ...]]]
 ) -> Pieces:
     """Blocks of the agent's holding ``made`` (all of them, or none on an error)."""
     pieces: list[Piece] = []
@@ -279,14 +279,18 @@ def _put_pieces(
         for data, names in made:
             pieces.append(Piece(heap._owner_piece_put(agent_id, generation, data), data, names))
     except BaseException:
-        _free_pieces(heap, agent_id, generation, pieces)
+        _free_pieces(heap, agent_id, generation, offloads, pieces)
         raise
     return tuple(pieces)
 
 
-def _free_pieces(heap: CoreHeap, agent_id: int, generation: int, pieces: Iterable[Piece]) -> None:
-    for piece in pieces:  # checked as the agent's in the binding: a recycled agent's are left alone
-        heap._free_entry_block(piece.offset, agent_id, generation)
+def _free_pieces(
+    heap: CoreHeap, agent_id: int, generation: int, offloads: int, pieces: Iterable[Piece]
+) -> None:
+    # checked as the agent's in the binding, and of the incarnation of
+    # ``offloads``: a recycled or since offloaded agent's are left alone
+    for piece in pieces:
+        heap._free_entry_block(piece.offset, agent_id, generation, offloads)
 
 
 def _swap_root(target: _Target, count: int, pieces: Pieces, fresh: Pieces, stale: Iterable[Piece]) -> int:
@@ -294,10 +298,10 @@ def _swap_root(target: _Target, count: int, pieces: Pieces, fresh: Pieces, stale
     if the word moved on; ``stale`` the old ones it no longer names, freed
     once it went in). The new word, or 0 if the word had moved on. A process
     killed in between leaves blocks of the agent's that its recycle frees."""
-    heap, agent_id, generation, word, kind, lease, _ = target
+    heap, agent_id, generation, word, kind, lease, _, offloads = target
     try:
         new_word = heap._owner_held_swap(
-            agent_id, generation, word, _encode_root(kind, lease, count, pieces), b""
+            agent_id, generation, word, offloads, _encode_root(kind, lease, count, pieces), b""
         )
     except BaseException:
         # the agent gone, say; or a KeyboardInterrupt landing after the swap
@@ -307,9 +311,9 @@ def _swap_root(target: _Target, count: int, pieces: Pieces, fresh: Pieces, stale
         except BaseException:
             unmoved = False
         if unmoved:
-            _free_pieces(heap, agent_id, generation, fresh)
+            _free_pieces(heap, agent_id, generation, offloads, fresh)
         raise
-    _free_pieces(heap, agent_id, generation, stale if new_word else fresh)
+    _free_pieces(heap, agent_id, generation, offloads, stale if new_word else fresh)
     return new_word
 
 
@@ -500,7 +504,10 @@ def _update_attempt(
     lease_deadline: float | None,
     sealed_ok: bool,
     expect_word: int | None,
+    offloads: int | None,
 ) -> tuple[int, int] | None:
+    if offloads is None:  # before the word: the swap goes in only while it holds
+        offloads = heap._owner_offloads(agent_id)
     word, (old_kind, lease, shared) = read_index(heap, agent_id, generation, kind)
     # put_entries' fast path never takes a sealed word (it is never cached): only here
     if word == SEALED_WORD and not sealed_ok:
@@ -515,7 +522,7 @@ def _update_attempt(
         if cached is None:  # read by another thread meanwhile, and the cache let it go
             return None  # (its pieces, if in pieces, are the update's to free): read again
     whole: tuple[bytes | bytearray, Positions | None] | None = None
-    target = _Target(heap, agent_id, generation, word, old_kind, new_lease, shared)
+    target = _Target(heap, agent_id, generation, word, old_kind, new_lease, shared, offloads)
     if cached is not None and isinstance(cached[0], PieceSet):
         new_word = _rewrite_pieces(target, cached[0], entries)
     else:
@@ -523,10 +530,11 @@ def _update_attempt(
             whole = (cached[0], cached[1])
         body, positions = encode_update(shared, whole, entries)
         new_word = _store(target, entries, body, positions)
-    if not new_word and word == SEALED_WORD and heap._owner_state(agent_id) != "restoring":
+    if not new_word and word == SEALED_WORD and heap._owner_state(agent_id) not in ("restoring", "live"):
         # the core swaps a sealed word only while the agent is restoring: a
         # restorer whose agent was restored by another and offloaded again
-        # would try a hundred times over
+        # would try a hundred times over (live: another restorer's entries
+        # went in, and the next attempt reads them)
         raise AgentSealed(f"agent {agent_id} is no longer being restored: it was offloaded again")
     return (word, new_word) if new_word else None
 
@@ -535,14 +543,15 @@ def _store(target: _Target, entries: Entries, body: bytes | bytearray, positions
     """Swap in ``entries`` (whose encoding is ``body``) as one block, or in
     pieces once past PIECE_BYTES, and cache them; the new word, or 0 if the
     word had moved on."""
-    heap, agent_id, generation, word, kind, lease, _ = target
+    heap, agent_id, generation, word, kind, lease, _, offloads = target
     if _in_pieces(agent_id, len(body)):
-        fresh = _put_pieces(heap, agent_id, generation, _chunks(entries.items()))
+        fresh = _put_pieces(heap, agent_id, generation, offloads, _chunks(entries.items()))
         new_word = _swap_root(target, len(entries), fresh, fresh, ())
         if new_word:
             _remember(heap, agent_id, generation, new_word, (kind, lease, entries), PieceSet(fresh))
         return new_word
-    new_word = heap._owner_held_swap(agent_id, generation, word, encode_head(kind, lease, len(entries)), body)
+    head = encode_head(kind, lease, len(entries))
+    new_word = heap._owner_held_swap(agent_id, generation, word, offloads, head, body)
     if new_word:
         _remember(heap, agent_id, generation, new_word, (kind, lease, entries), body, positions)
     return new_word
@@ -554,7 +563,7 @@ def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
     shares them) stays as it is, one that lost or changed some is written
     again, new names go in new pieces; worn into many small pieces, the
     index is cut again, and below half of PIECE_BYTES it is one block."""
-    heap, agent_id, generation, _, kind, lease, shared = target
+    heap, agent_id, generation, _, kind, lease, shared, offloads = target
     pieces = known.pieces
     plan: list[Piece] = []  # offset -1: a piece to make
     stale: list[Piece] = []
@@ -573,12 +582,14 @@ def _rewrite_pieces(target: _Target, known: PieceSet, entries: Entries) -> int:
     if not _in_pieces(agent_id, 2 * total):  # one block again
         new_word = _store(target, ordered, b"".join([p.data for p in plan]), None)
         if new_word:
-            _free_pieces(heap, agent_id, generation, pieces)
+            _free_pieces(heap, agent_id, generation, offloads, pieces)
         return new_word
     if len(plan) > 2 * (total // PIECE_BYTES) + 4:
         stale = list(pieces)
         plan = [Piece(-1, d, ns) for d, ns in _chunks(ordered.items())]
-    made = iter(_put_pieces(heap, agent_id, generation, [(p.data, p.names) for p in plan if p.offset < 0]))
+    made = iter(
+        _put_pieces(heap, agent_id, generation, offloads, [(p.data, p.names) for p in plan if p.offset < 0])
+    )
     final = tuple(next(made) if p.offset < 0 else p for p in plan)
     fresh = tuple(p for p, planned in zip(final, plan) if planned.offset < 0)
     new_word = _swap_root(target, len(ordered), final, fresh, stale)
@@ -596,6 +607,7 @@ def update_index(
     lease_deadline: float | None = None,
     sealed_ok: bool = False,
     expect_word: int | None = None,
+    offloads: int | None = None,
 ) -> tuple[int, int]:
     """Apply ``change`` to the entries and swap the new index in; again if
     another update got there first. Returns (the word the change was made
@@ -603,10 +615,13 @@ def update_index(
     index with this change, and nothing else. AgentSealed if the agent was
     offloaded (its word sealed), unless ``sealed_ok`` (its restorer).
     With ``expect_word``, the change goes in on that word or not at all
-    (IndexMoved): a removal decided from a reading of the index."""
+    (IndexMoved): a removal decided from a reading of the index. With
+    ``offloads`` (the agent's offload count its caller read before it made
+    the blocks ``change`` names), only while the agent was not offloaded
+    since (else AgentSealed: those blocks went back with it)."""
     words: tuple[int, int] = retry_while_changing(
         _update_attempt,
-        (heap, agent_id, generation, kind, change, lease_deadline, sealed_ok, expect_word),
+        (heap, agent_id, generation, kind, change, lease_deadline, sealed_ok, expect_word, offloads),
         _WHAT,
     )
     return words
@@ -623,6 +638,9 @@ class _Target(NamedTuple):
     kind: str
     lease: float
     shared: Entries
+    # the agent's offload count, read before the word: the incarnation whose
+    # blocks (pieces made for the update, pieces it drops) it may free
+    offloads: int
 
 
 def _append_in_place(
@@ -640,13 +658,13 @@ def _append_in_place(
     A reader holding the entries sees the names appear (never change or
     go: a replacement or removal copies), and iterates a copy (list()).
     None if the word had moved on, or the index grows past PIECE_BYTES."""
-    heap, agent_id, generation, word, kind, lease, shared = target
+    heap, agent_id, generation, word, kind, lease, shared, offloads = target
     tail_parts = [_entry_bytes(name, offset, size) for name, offset, size in new]
     tail = b"".join(tail_parts)
     if _in_pieces(agent_id, len(body) + len(tail)):
         return None  # the splice path puts it in pieces
     head = encode_head(kind, lease, len(shared) + len(new))
-    new_word = heap._owner_held_swap(agent_id, generation, word, head, body, tail)
+    new_word = heap._owner_held_swap(agent_id, generation, word, offloads, head, body, tail)
     if not new_word:
         return None
     if positions is not None:
@@ -672,17 +690,21 @@ def _append_to_pieces(
     of the last piece while it has room (that piece written again), else in
     new ones, and the table is swapped in; the cached entries take them in
     place. None if the word had moved on."""
-    heap, agent_id, generation, word, kind, lease, shared = target
+    heap, agent_id, generation, word, kind, lease, shared, offloads = target
     pieces = known.pieces
     added = tuple(name for name, _, _ in new)
     tail = b"".join([_entry_bytes(name, offset, size) for name, offset, size in new])
     if pieces and len(pieces[-1].data) + len(tail) <= PIECE_BYTES:
         last = pieces[-1]
-        fresh = _put_pieces(heap, agent_id, generation, [(last.data + tail, last.names + added)])
+        fresh = _put_pieces(heap, agent_id, generation, offloads, [(last.data + tail, last.names + added)])
         kept, stale = pieces[:-1], pieces[-1:]
     else:
         fresh = _put_pieces(
-            heap, agent_id, generation, _chunks((name, (offset, size)) for name, offset, size in new)
+            heap,
+            agent_id,
+            generation,
+            offloads,
+            _chunks((name, (offset, size)) for name, offset, size in new),
         )
         kept, stale = pieces, ()
     now = kept + fresh
@@ -712,7 +734,7 @@ def _replace_in_pieces(
     values in place (a reader gets the old pair or the new one, as a reader
     in another process does). Returns the entries replaced and the words;
     None if a name is not where the pieces say, or the word had moved on."""
-    heap, agent_id, generation, word, kind, lease, shared = target
+    heap, agent_id, generation, word, kind, lease, shared, offloads = target
     touched: dict[int, list[tuple[int, bytes]]] = {}
     for name, offset, size in new:
         found = known.find(name)
@@ -726,7 +748,7 @@ def _replace_in_pieces(
         for pos, entry in patches:
             buf[pos : pos + len(entry)] = entry
         made.append((bytes(buf), pieces[i].names))
-    fresh = _put_pieces(heap, agent_id, generation, made)
+    fresh = _put_pieces(heap, agent_id, generation, offloads, made)
     stale = [pieces[i] for i in touched]
     for i, piece in zip(touched, fresh):
         pieces[i] = piece
@@ -760,6 +782,7 @@ def remove_in_pieces(
     (and not ``missing_ok``), the index would be small enough to be whole
     again, or the word moved on (update_index does those). IndexMoved if
     the index is not at ``expect_word`` (given)."""
+    offloads = heap._owner_offloads(agent_id)
     word = heap._owner_word(agent_id, generation)
     _expect(agent_id, word, expect_word)
     hit = _hit(heap, agent_id, generation, word) if word else None
@@ -791,7 +814,7 @@ def remove_in_pieces(
         parts.append(data[kept_from:])
         remade[i] = (b"".join(parts), tuple(n for n in pieces[i].names if n not in dropped))
     order = sorted(remade)
-    fresh = _put_pieces(heap, agent_id, generation, [remade[i] for i in order if remade[i][0]])
+    fresh = _put_pieces(heap, agent_id, generation, offloads, [remade[i] for i in order if remade[i][0]])
     made = iter(fresh)
     now = tuple(
         piece if i not in remade else next(made)
@@ -799,7 +822,7 @@ def remove_in_pieces(
         if i not in remade or remade[i][0]
     )
     assert word is not None
-    target = _Target(heap, agent_id, generation, word, kind, lease, shared)
+    target = _Target(heap, agent_id, generation, word, kind, lease, shared, offloads)
     new_word = _swap_root(target, len(shared) - len(present), now, fresh, [pieces[i] for i in order])
     if not new_word:
         return None
@@ -828,6 +851,7 @@ def put_entries(
     requires: Collection[str] = (),
     expect_word: int | None = None,
     lease_deadline: float | None = None,
+    offloads: int | None = None,
 ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """update_index for entries set to (name, offset, size), the common put():
     on an index this process read last, each name costs one encoded entry
@@ -838,7 +862,12 @@ def put_entries(
     the word the swap goes in on): else MissingEntries, nothing written.
     With ``expect_word``, only onto the index at that word (else
     IndexMoved); with ``lease_deadline``, the lease is set in the same
-    update (a restore's entries and lease go in at once)."""
+    update (a restore's entries and lease go in at once). ``offloads``: the
+    agent's offload count read before the blocks of ``new`` were made; the
+    entries go in only while it holds (else AgentSealed: the blocks went back
+    with an offload, and a restore since may have handed them out again)."""
+    if offloads is None:
+        offloads = heap._owner_offloads(agent_id)
     word = heap._owner_word(agent_id, generation)
     shared: Entries = {}
     body: bytes | bytearray | PieceSet | None = None
@@ -855,7 +884,7 @@ def put_entries(
         if requires:
             _require(shared, requires)
         all_new = not any(name in shared for name, _, _ in new)
-        target = _Target(heap, agent_id, generation, word, old_kind, lease, shared)
+        target = _Target(heap, agent_id, generation, word, old_kind, lease, shared, offloads)
         if isinstance(body, PieceSet):  # in pieces: a put writes the pieces it changes and the table
             if all_new:
                 words = _append_to_pieces(target, body, new)
@@ -893,7 +922,15 @@ def put_entries(
             entries[name] = (offset, size)
 
     words = update_index(
-        heap, agent_id, generation, kind, change, lease_deadline, sealed_ok=sealed_ok, expect_word=expect_word
+        heap,
+        agent_id,
+        generation,
+        kind,
+        change,
+        lease_deadline,
+        sealed_ok=sealed_ok,
+        expect_word=expect_word,
+        offloads=offloads,
     )
     return replaced, words
 

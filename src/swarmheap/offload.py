@@ -215,6 +215,10 @@ def _restore_in_place(agent: Agent, tries: int = RESTORE_TRIES) -> None:
     reported moved), else to another process of this heap restoring it
     too. No one here sees the agent live before the blob is ours."""
     heap = agent.heap
+    # before the registry is read: the entries go in only while the agent is
+    # in the offload whose blob this restore reads (restored and offloaded
+    # again meanwhile, its blocks and its word's seal are another's)
+    epoch = heap._owner_offloads(agent.id)
     for _ in range(5):
         entry = offload_entries.entry_of(heap, agent.id, agent.generation)
         if entry is not None:
@@ -304,16 +308,28 @@ def _restore_in_place(agent: Agent, tries: int = RESTORE_TRIES) -> None:
             # them, nor what writers put once it is live
             try:
                 if entries:
-                    agent._put_named(dict(entries), expect_word=SEALED_WORD, lease_deadline=deadline)
+                    agent._put_named(
+                        dict(entries), expect_word=SEALED_WORD, lease_deadline=deadline, offloads=epoch
+                    )
                 elif deadline is not None:
-                    agent._update_index(lambda e: None, lease_deadline=deadline, expect_word=SEALED_WORD)
+                    agent._update_index(
+                        lambda e: None, lease_deadline=deadline, expect_word=SEALED_WORD, offloads=epoch
+                    )
             except IndexMoved:
                 pass  # another restorer's went in first: the same blob's, which stand
         except AgentStateError:
-            _unrestore(heap, agent, kind)  # back as it was: still in the store
-            if began or tries <= 1 or agent.state != "offloaded":
-                raise
-            again = True  # the other restorer finished, and it was offloaded again: from its newer blob
+            if heap._owner_offloads(agent.id) != epoch:
+                # given back or offloaded again since this restore began (what it
+                # made went with that): not this one's to give back; again, from
+                # the newest blob
+                if tries <= 1:
+                    raise
+                again = True
+            else:
+                _unrestore(heap, agent, kind)  # back as it was: still in the store
+                if began or tries <= 1 or agent.state != "offloaded":
+                    raise
+                again = True  # the other restorer finished, and it was offloaded again: from its newer blob
         except BaseException:
             _unrestore(heap, agent, kind)
             raise

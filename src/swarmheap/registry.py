@@ -306,4 +306,4 @@ class Registry:
 
     def _free(self, ref: Ref) -> None:
         # checked in the binding: a block already gone (a concurrent change) is left alone
-        self.heap._free_entry_block(ref[0], REGISTRY_OWNER, REGISTRY_GENERATION)
+        self.heap._free_entry_block(ref[0], REGISTRY_OWNER, REGISTRY_GENERATION, 0)  # never offloaded

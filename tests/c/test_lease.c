@@ -249,10 +249,10 @@ static void test_after_views(void) {
   char byte = 0;
   REQUIRE("the child holds a view", read(ready[0], &byte, 1) == 1);
   CHECK("another process's view counts", sh_owner_views(a, id, gen, 1, &views) == SH_OK && views == 1);
-  CHECK("recorded", sh_free_after_views(a, kept, id, gen) == SH_OK && sh_after_views_count(a) == 1);
-  CHECK("twice is once", sh_free_after_views(a, kept, id, gen) == SH_OK && sh_after_views_count(a) == 1);
+  CHECK("recorded", sh_free_after_views(a, kept, id, gen, 0) == SH_OK && sh_after_views_count(a) == 1);
+  CHECK("twice is once", sh_free_after_views(a, kept, id, gen, 0) == SH_OK && sh_after_views_count(a) == 1);
   CHECK("not a lease", sh_lease_count(a) == 0 && sh_lease_get(a, kept, &bytes) == SH_ENOENT);
-  CHECK("another agent's block is refused", sh_free_after_views(a, kept, id, gen + 1) == SH_EOWNER);
+  CHECK("another agent's block is refused", sh_free_after_views(a, kept, id, gen + 1, 0) == SH_EOWNER);
   CHECK("views left: kept", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0 &&
                                 in_use(a, SH_PART_CONTEXT) == 224);
   CHECK("an expired-lease sweep leaves it", sh_lease_reclaim(a, UINT64_MAX - 1, &blocks, &bytes) == SH_OK &&
@@ -270,7 +270,7 @@ static void test_after_views(void) {
   CHECK("the plain pin", sh_owner_unpin(a, id, gen, NULL) == SH_OK);
   /* recorded, then the agent recycled and its place reused: never freed by the entry */
   CHECK("view again", sh_owner_view_pin(a, id, gen) == SH_OK);
-  CHECK("recorded again", sh_free_after_views(a, other, id, gen) == SH_OK);
+  CHECK("recorded again", sh_free_after_views(a, other, id, gen, 0) == SH_OK);
   int recycled = 0;
   sh_owner_recycle(a, id, gen); /* pinned: completed, recycled at the unpin */
   CHECK("the last unpin recycles", sh_owner_view_unpin(a, id, gen, &recycled) == SH_OK && recycled == 1);
@@ -286,7 +286,7 @@ static void test_after_views(void) {
   int rc = SH_OK, n = 0;
   while (rc == SH_OK && n < 1000) {
     REQUIRE("alloc", sh_alloc(a, id2, SH_PART_CONTEXT, 100, &off) == SH_OK);
-    rc = sh_free_after_views(a, off, id2, gen2);
+    rc = sh_free_after_views(a, off, id2, gen2, 0);
     n++;
   }
   CHECK("a quarter of the table, then refused", rc == SH_EFULL && (uint64_t)n == cap / 4 + 1 &&

@@ -185,8 +185,8 @@ static void test_owners(void) {
   CHECK("offloaded refuses allocs", sh_alloc(a, id3, SH_PART_CONTEXT, 16, &off) == SH_EOWNER);
   CHECK("set state compare fails", sh_owner_set_state(a, id3, gen3, SH_OWNER_LIVE, SH_OWNER_DEAD) == SH_ESTATE);
   CHECK("touch", sh_owner_touch(a, id3, gen3) == SH_OK);
-  CHECK("user word", sh_owner_set_user_word(a, id3, gen3, 0, 42) == SH_OK &&
-                         sh_owner_set_user_word(a, id3, gen3, 0, 43) == SH_ESTATE);
+  CHECK("user word", sh_owner_set_user_word(a, id3, gen3, sh_owner_offloads(a, id3), 0, 42) == SH_OK &&
+                         sh_owner_set_user_word(a, id3, gen3, sh_owner_offloads(a, id3), 0, 43) == SH_ESTATE);
   uint64_t word = 0;
   CHECK("user word reads back", sh_owner_user_word(a, id3, gen3, &word) == SH_OK && word == 42);
   CHECK("user word of a wrong generation", sh_owner_user_word(a, id3, gen3 + 1, &word) == SH_EOWNER);
@@ -256,7 +256,7 @@ static void test_owner_complete(void) {
   uint64_t index, sys_before = in_use(a, SH_PART_SYSTEM);
   sh_owner_create(a, 0, &id, &gen);
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
-  CHECK("hold", sh_owner_set_user_word(a, id, gen, 0, sh_held_next(0, index)) == SH_OK);
+  CHECK("hold", sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), 0, sh_held_next(0, index)) == SH_OK);
   uint64_t held;
   CHECK("the word names it, first of its sequence", sh_owner_user_word(a, id, gen, &held) == SH_OK &&
                                                       sh_held_offset(held) == index && sh_held_seq(held) == 1 &&
@@ -286,7 +286,7 @@ static void test_owner_complete(void) {
   sh_owner_create(a, 0, &id, &gen);
   sh_alloc(a, id, SH_PART_CONTEXT, 48, &off);
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
-  CHECK("an index", sh_owner_set_user_word(a, id, gen, 0, sh_held_next(0, index)) == SH_OK);
+  CHECK("an index", sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), 0, sh_held_next(0, index)) == SH_OK);
   CHECK("an offload under the word before it refused", sh_owner_offload(a, id, gen, 0, &final) == SH_ESTATE &&
                                                           sh_owner_state(a, id) == SH_OWNER_LIVE &&
                                                           in_use(a, SH_PART_CONTEXT) == 48);
@@ -295,16 +295,16 @@ static void test_owner_complete(void) {
                        in_use(a, SH_PART_CONTEXT) == 0 && in_use(a, SH_PART_SYSTEM) == sys_before);
   uint64_t sealed;
   CHECK("sealed", sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sealed == SH_USER_WORD_SEALED);
-  CHECK("an update from before refused", sh_owner_set_user_word(a, id, gen, held, 0) == SH_ESTATE &&
-                                           sh_owner_set_user_word(a, id, gen, 0, 7) == SH_ESTATE);
-  CHECK("and from the seal, while offloaded", sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED, 7) == SH_ESTATE);
+  CHECK("an update from before refused", sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), held, 0) == SH_ESTATE &&
+                                           sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), 0, 7) == SH_ESTATE);
+  CHECK("and from the seal, while offloaded", sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), SH_USER_WORD_SEALED, 7) == SH_ESTATE);
   CHECK("restoring", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
   CHECK("live again with no index: 0", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK &&
                                          sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sealed == 0);
   CHECK("offloaded again", sh_owner_offload(a, id, gen, 0, &final) == SH_OK);
   CHECK("restoring again", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
-  CHECK("the restorer swaps from the seal", sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED,
+  CHECK("the restorer swaps from the seal", sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), SH_USER_WORD_SEALED,
                                                                    sh_held_next(SH_USER_WORD_SEALED, index)) == SH_OK);
   CHECK("live", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK &&
                     sh_owner_user_word(a, id, gen, &sealed) == SH_OK && sh_held_offset(sealed) == index);
@@ -316,16 +316,16 @@ static void test_owner_complete(void) {
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index);
   uint64_t first = sh_owner_held_next(a, id, 0, index);
   CHECK("a first index is the first of its sequence", sh_held_seq(first) == 1 &&
-                                                        sh_owner_set_user_word(a, id, gen, 0, first) == SH_OK);
+                                                        sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), 0, first) == SH_OK);
   uint64_t again = sh_owner_held_next(a, id, first, index);
-  CHECK("the next follows it", sh_held_seq(again) == 2 && sh_owner_set_user_word(a, id, gen, first, again) == SH_OK);
+  CHECK("the next follows it", sh_held_seq(again) == 2 && sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), first, again) == SH_OK);
   CHECK("offload", sh_owner_offload(a, id, gen, again, &final) == SH_OK);
   CHECK("restoring", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
   sh_alloc(a, 0, SH_PART_SYSTEM, 100, &off);
   CHECK("the freed index's block comes back", off == index);
   uint64_t restored = sh_owner_held_next(a, id, SH_USER_WORD_SEALED, off);
   CHECK("the restore's word is new", restored != first && restored != again && sh_held_seq(restored) == 3 &&
-                                         sh_owner_set_user_word(a, id, gen, SH_USER_WORD_SEALED, restored) == SH_OK);
+                                         sh_owner_set_user_word(a, id, gen, sh_owner_offloads(a, id), SH_USER_WORD_SEALED, restored) == SH_OK);
   CHECK("live", sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
   CHECK("offloaded with it", sh_owner_offload(a, id, gen, restored, &final) == SH_OK);
   CHECK("restoring with no index", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK &&
@@ -750,6 +750,68 @@ static void test_nursery_opt_out(void) {
  * recycle, an allocation undoing itself, a sweep's orphan) is that party's
  * to free. Whatever the record held, the slot's next agent starts with an
  * empty record. */
+/* A block an agent's index dropped (or an update that lost allocated) is
+ * freed by its dropper after the update, with no lock held between: an
+ * offload in between gives it back with the agent's memory, and the restore
+ * may take it again and name it. The dropper's free names the incarnation
+ * it dropped the block in, and frees nothing in a later one; nor does the
+ * views table's free of a block recorded before the offload. */
+static void test_owner_free_is_of_one_incarnation(void) {
+  sh_arena_t *a = make_anon(16 * MiB, 65536);
+  uint32_t id, gen, other, other_gen;
+  sh_owner_create(a, 1, &id, &gen);
+  sh_owner_create(a, 1, &other, &other_gen);
+  uint64_t dropped, kept, usable, theirs, views_off;
+  REQUIRE("alloc", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &dropped, &usable) == SH_OK &&
+                       sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 200, &views_off, &usable) == SH_OK &&
+                       sh_alloc_owner(a, other, other_gen, SH_PART_CONTEXT, 64, &theirs, &usable) == SH_OK);
+  uint32_t before = sh_owner_offloads(a, id);
+  CHECK("another agent's block is not freed as this one's",
+        sh_owner_free(a, theirs, id, gen, before) == SH_EOWNER && sh_block_info(a, theirs, &(sh_block_info_t){0}) == SH_OK);
+  CHECK("nor under a wrong generation", sh_owner_free(a, dropped, id, gen + 1, before) == SH_EOWNER);
+  uint32_t viewer_pid_views = 0;
+  CHECK("a view pin", sh_owner_view_pin(a, id, gen) == SH_OK);
+  CHECK("recorded for after the views", sh_free_after_views(a, views_off, id, gen, before) == SH_OK);
+  CHECK("unpinned", sh_owner_view_unpin(a, id, gen, NULL) == SH_OK &&
+                        sh_owner_views(a, id, gen, 0, &viewer_pid_views) == SH_OK && viewer_pid_views == 0);
+  sh_owner_info_t final;
+  CHECK("offloaded", sh_owner_offload(a, id, gen, 0, &final) == SH_OK && sh_owner_offloads(a, id) == before + 1);
+  CHECK("restored", sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK &&
+                        sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
+  REQUIRE("the restore takes the same blocks again",
+          sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &kept, &usable) == SH_OK && kept == dropped &&
+              sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 200, &kept, &usable) == SH_OK && kept == views_off);
+  uint64_t blocks = 0, bytes = 0;
+  CHECK("the dropper's free of the old incarnation frees nothing",
+        sh_owner_free(a, dropped, id, gen, before) == SH_EOWNER && sh_block_info(a, dropped, &(sh_block_info_t){0}) == SH_OK);
+  CHECK("says why", strstr(sh_last_error(), "offloaded since") != NULL);
+  CHECK("nor does the views table's", sh_views_reclaim(a, &blocks, &bytes) == SH_OK && blocks == 0 &&
+                                          sh_block_info(a, views_off, &(sh_block_info_t){0}) == SH_OK);
+  CHECK("a free of this incarnation frees", sh_owner_free(a, dropped, id, gen, before + 1) == SH_OK &&
+                                                sh_block_info(a, dropped, &(sh_block_info_t){0}) == SH_EBADPTR);
+  CHECK("once", sh_owner_free(a, dropped, id, gen, before + 1) != SH_OK);
+  /* and an index update whose blocks were made before the offload does not
+   * go in on the restored index's word: it would name blocks given back */
+  uint64_t index, word = 0;
+  REQUIRE("an index block", sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index) == SH_OK &&
+                                sh_owner_user_word(a, id, gen, &word) == SH_OK);
+  uint64_t next = sh_owner_held_next(a, id, word, index);
+  CHECK("a swap of the incarnation before refused", sh_owner_set_user_word(a, id, gen, before, word, next) == SH_ESTATE &&
+                                                         strstr(sh_last_error(), "offloaded since") != NULL);
+  CHECK("of this one taken", sh_owner_set_user_word(a, id, gen, before + 1, word, next) == SH_OK);
+  /* a restorer's swap from the seal: of the offload its restore began after only */
+  CHECK("offloaded again", sh_owner_offload(a, id, gen, next, &final) == SH_OK &&
+                               sh_owner_set_state(a, id, gen, SH_OWNER_OFFLOADED, SH_OWNER_RESTORING) == SH_OK);
+  REQUIRE("an index block again", sh_alloc(a, 0, SH_PART_SYSTEM, 100, &index) == SH_OK);
+  next = sh_owner_held_next(a, id, SH_USER_WORD_SEALED, index);
+  CHECK("a restorer of the offload before refused",
+        sh_owner_set_user_word(a, id, gen, before + 1, SH_USER_WORD_SEALED, next) == SH_ESTATE);
+  CHECK("this offload's restorer taken", sh_owner_set_user_word(a, id, gen, before + 2, SH_USER_WORD_SEALED, next) == SH_OK &&
+                                             sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 static void test_nursery_recycle_takes_the_map(void) {
   sh_arena_t *a = make_anon(16 * MiB, 65536);
   uint32_t id, gen;
@@ -1282,6 +1344,7 @@ int main(void) {
   test_channel_wait_called_off();
   test_nursery_opt_out();
   test_nursery_recycle_takes_the_map();
+  test_owner_free_is_of_one_incarnation();
   test_cached_page_before_nursery();
   test_nursery_free_without_the_lock();
   test_sweep_queues();

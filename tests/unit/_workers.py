@@ -788,10 +788,4 @@ def shared_agents_writer(
                     copy.complete()
             except sh.PartitionFull:
                 pass  # every agent in use at that moment: nothing to offload
-            except sh.StaleBlock as exc:
-                # an open race (docs/design.md, Known limits): about one run in
-                # six, a live agent's index names a block resolve() says is not
-                # its own, under every re-read; any other StaleBlock fails
-                if "its block freed under each read" not in str(exc):
-                    raise
     return wrong

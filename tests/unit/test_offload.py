@@ -22,7 +22,7 @@ from conftest import fill_context, fill_system
 import _workers
 import swarmheap as sh
 from _workers import restore_from_store, restore_snapshot, snapshot_dict_id
-from swarmheap import _extras, agent_snapshot, snapshot
+from swarmheap import _extras, agent_snapshot, index, snapshot
 from swarmheap.stores import LMDBStore, RedisStore, SQLiteStore, Store, open_store
 
 CODECS = ("zstd", "lz4", "none")
@@ -1990,6 +1990,88 @@ def test_an_offload_does_not_take_the_entry_of_another_under_way(heap: sh.Heap, 
         agent.complete()
         heap.collect(2)
         heap.check()
+
+
+def test_a_block_a_put_dropped_is_not_freed_after_an_offload_gave_it_back(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put frees the block it replaced after its index update, with no lock
+    between: another process may offload the agent in between (the block
+    goes back with its memory) and bring it back, its restore or a put
+    naming that block again. The late free freed it under the new index
+    (an entry read as StaleBlock from then on: the open race of the
+    process test below, about one run in six). It now frees only a block of
+    the incarnation it dropped it in."""
+    agent = heap.spawn("k")
+    for i in range(6):
+        agent.put(f"e{i}", bytes([i]) * 100)
+    free_entry = sh.Agent._free_entry
+    named_again: list[bool] = []
+
+    def offloaded_and_back_first(self: sh.Agent, offset: int, offloads: int) -> None:
+        monkeypatch.setattr(sh.Agent, "_free_entry", free_entry)
+        with SQLiteStore(tmp_path / "cold.db") as store:
+            self.offload(store)  # as another process would, between the update and the free
+            for k in range(40):  # brought back, and put to until the dropped block is named again
+                if offset in {place for place, _ in self._read_index_word()[1][2].values()}:
+                    break
+                self.put(f"f{k}", bytes([100 + k]) * 100)
+            named_again.append(offset in {place for place, _ in self._read_index_word()[1][2].values()})
+            free_entry(self, offset, offloads)
+
+    monkeypatch.setattr(sh.Agent, "_free_entry", offloaded_and_back_first)
+    agent.put("e0", b"x" * 100)
+    assert named_again == [True]
+    for name in agent.names():
+        expected = (
+            b"x" * 100 if name == "e0" else bytes([int(name[1:]) + (100 if name[0] == "f" else 0)]) * 100
+        )
+        assert agent.read(name) == expected, name
+    heap.check()
+    agent.complete()
+    heap.check()
+
+
+def test_a_put_whose_blocks_an_offload_gave_back_does_not_go_in_on_the_restored_index(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put fills its blocks, then swaps its index in. Another process may
+    offload the agent in between (the blocks go back with its memory) and
+    bring it back: the put's swap from the restored index's word went in,
+    and named blocks that were free or another agent's (read as StaleBlock
+    for good, or another entry's bytes). Its swap now goes in only while the
+    agent is in the offload its blocks were made in; the put starts again."""
+    agent = heap.spawn("k")
+    other = heap.spawn("k")
+    for i in range(4):
+        agent.put(f"e{i}", bytes([i]) * 100)
+    put_entries = index.put_entries
+    armed: list[bool] = []
+    offloaded: list[int] = []
+
+    def offloaded_and_back_first(*args: Any, **kwargs: Any) -> Any:
+        if armed.pop() if armed else False:
+            with SQLiteStore(tmp_path / "cold.db") as store:
+                offloaded.append(agent.offload(store)["blocks"])  # as another process would
+                agent.names()  # back
+            for k in range(4):  # the blocks it gave back handed out again
+                other.put(f"o{len(offloaded)}{k}", bytes([200 + k]) * 100)
+        return put_entries(*args, **kwargs)
+
+    monkeypatch.setattr(index, "put_entries", offloaded_and_back_first)
+    armed.append(True)
+    agent.put("new", b"n" * 100)
+    armed.append(True)
+    agent.put_many({"e1": b"1" * 100, "more": b"m" * 3000})
+    monkeypatch.undo()
+    assert len(offloaded) == 2
+    expected = {"e0": bytes([0]) * 100, "e1": b"1" * 100, "e2": bytes([2]) * 100, "e3": bytes([3]) * 100}
+    expected |= {"new": b"n" * 100, "more": b"m" * 3000}
+    assert {name: agent.read(name) for name in agent.names()} == expected
+    assert {name: other.read(name) for name in other.names()} == {
+        f"o{n}{k}": bytes([200 + k]) * 100 for n in (1, 2) for k in range(4)
+    }
+    heap.check()
 
 
 def test_processes_sharing_agents_under_pressure_read_back_right(heap_name: str, tmp_path: Any) -> None:

@@ -50,6 +50,7 @@ cdef extern from "swarmheap.h" nogil:
 
     enum: SH_MAX_CLASSES
     uint32_t SH_OWNER_DEFAULT
+    uint32_t SH_FIRST_AGENT
 
     ctypedef struct sh_arena_t:
         pass
@@ -144,7 +145,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            sh_owner_state_t expected, sh_owner_state_t desired)
     int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation)
-    int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation,
+    int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation, uint32_t offloads,
                                uint64_t expected, uint64_t desired)
     int sh_owner_user_word(const sh_arena_t *arena, uint32_t id, uint32_t generation, uint64_t *word)
     uint64_t SH_USER_WORD_HELD
@@ -172,7 +173,8 @@ cdef extern from "swarmheap.h" nogil:
     int sh_lease_clear(sh_arena_t *arena, uint64_t offset)
     int sh_lease_reclaim(sh_arena_t *arena, uint64_t now_ns, uint64_t *blocks, uint64_t *nbytes)
     uint64_t sh_lease_count(const sh_arena_t *arena)
-    int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation)
+    int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads)
+    int sh_owner_free(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads)
     int sh_views_reclaim(sh_arena_t *arena, uint64_t *blocks, uint64_t *nbytes)
     uint64_t sh_after_views_count(const sh_arena_t *arena)
     int sh_block_tag(sh_arena_t *arena, uint64_t offset, uint64_t *tag)
