@@ -122,4 +122,14 @@ void _sh_owner_lock(sh_arena_t *arena) {
   if (sh_unlikely(_sh_lock_acquire_repair(lock))) pthread_mutex_consistent(&lock->mutex);
 }
 
+/* The owner lock if it is free now; false if busy (or its word looks
+ * damaged: the waiting path, _sh_owner_lock, checks and repairs). */
+bool _sh_owner_trylock(sh_arena_t *arena) {
+  sh_lock_t *lock = &arena->hdr->owner_lock;
+  if (lock->mutex.__data.__kind != sh_reference_kind()) return false;
+  int err = pthread_mutex_trylock(&lock->mutex);
+  if (sh_unlikely(err == EOWNERDEAD)) pthread_mutex_consistent(&lock->mutex);
+  return err == 0 || err == EOWNERDEAD;
+}
+
 void _sh_owner_unlock(sh_arena_t *arena) { pthread_mutex_unlock(&arena->hdr->owner_lock.mutex); }

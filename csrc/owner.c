@@ -682,9 +682,8 @@ uint32_t sh_owner_offloads(const sh_arena_t *a, uint32_t id) {
  * stand until the free is done. The lock is taken for nothing but this, so
  * only frees that may meet an offload come here (an agent's entries and its
  * Blocks), not the allocator's own. */
-int sh_owner_free(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads) {
-  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  _sh_owner_lock(a);
+static int sh_owner_free_locked(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads,
+                                bool may_lock) {
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
   if (rc == SH_OK && sh_atomic_load_acquire(&o->offloads) != offloads)
@@ -694,7 +693,22 @@ int sh_owner_free(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uin
   if (rc == SH_OK && info.owner != id)
     rc = _sh_fail(SH_EOWNER, "block at offset %llu belongs to owner %u, not %u", (unsigned long long)offset,
                   info.owner, id);
-  if (rc == SH_OK) rc = sh_free(a, offset);
+  if (rc == SH_OK) rc = may_lock ? sh_free(a, offset) : sh_free_nolock(a, offset);
+  return rc;
+}
+
+int sh_owner_free(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  _sh_owner_lock(a);
+  int rc = sh_owner_free_locked(a, offset, id, gen, offloads, true);
+  _sh_owner_unlock(a);
+  return rc;
+}
+
+int sh_owner_free_nolock(sh_arena_t *a, uint64_t offset, uint32_t id, uint32_t gen, uint32_t offloads) {
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  if (!_sh_owner_trylock(a)) return SH_EAGAIN;
+  int rc = sh_owner_free_locked(a, offset, id, gen, offloads, false);
   _sh_owner_unlock(a);
   return rc;
 }

@@ -72,6 +72,7 @@ sh_internal bool _sh_lock_word_valid(const sh_lock_t *lock, uint32_t *holder);
 sh_internal void _sh_part_lock(sh_arena_t *arena, int partition);
 sh_internal void _sh_part_unlock(sh_arena_t *arena, int partition);
 sh_internal void _sh_owner_lock(sh_arena_t *arena);
+sh_internal bool _sh_owner_trylock(sh_arena_t *arena);
 sh_internal void _sh_owner_unlock(sh_arena_t *arena);
 
 /* ---- pages.c ---- */

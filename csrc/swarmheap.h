@@ -431,6 +431,10 @@ uint32_t sh_owner_offloads(const sh_arena_t *arena, uint32_t id);
  * and then be freed by the dropper under the new index. SH_EOWNER, nothing
  * freed, if the agent or its incarnation moved on; the free's errors else. */
 int sh_owner_free(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads);
+/* [any] sh_owner_free that waits for nothing: SH_EAGAIN (nothing done) if the
+ * owner lock is held or the free would wait for a lock (as sh_free_nolock);
+ * the caller then calls sh_owner_free where it may block. */
+int sh_owner_free_nolock(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads);
 /* [any] A LIVE agent's small blocks skip the shared nursery pages and come
  * from pages of its own from its first allocation (a kind predicted to grow
  * past the nursery's share). Until the agent is recycled or offloaded.

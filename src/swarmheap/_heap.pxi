@@ -80,16 +80,19 @@ cdef int _owner_free(_Arena h, uint64_t off, uint32_t oid, uint32_t gen, uint32_
     """Free the agent's block at ``off`` if it is still the agent's in the
     incarnation of ``offloads`` offloads (sh_owner_free: an offload since gave
     it back, and the restore may have named it again). The owner lock is
-    taken with the GIL let go. SH_OK if freed."""
+    waited for with the GIL let go (an offload holds it for milliseconds).
+    SH_OK if freed."""
     cdef int rc
     if h.arena == NULL:
         return SH_EINVAL
     if oid < SH_FIRST_AGENT:  # the shared default and the registry are never offloaded
         return _free_off(h, off)
-    h.inflight += 1
-    with nogil:
-        rc = sh_owner_free(h.arena, off, oid, gen, offloads)
-    h.inflight -= 1
+    rc = sh_owner_free_nolock(h.arena, off, oid, gen, offloads)
+    if rc == SH_EAGAIN:
+        h.inflight += 1
+        with nogil:
+            rc = sh_owner_free(h.arena, off, oid, gen, offloads)
+        h.inflight -= 1
     return rc
 
 

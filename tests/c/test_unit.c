@@ -808,6 +808,14 @@ static void test_owner_free_is_of_one_incarnation(void) {
         sh_owner_set_user_word(a, id, gen, before + 1, SH_USER_WORD_SEALED, next) == SH_ESTATE);
   CHECK("this offload's restorer taken", sh_owner_set_user_word(a, id, gen, before + 2, SH_USER_WORD_SEALED, next) == SH_OK &&
                                              sh_owner_set_state(a, id, gen, SH_OWNER_RESTORING, SH_OWNER_LIVE) == SH_OK);
+  /* the free that waits for nothing: while the lock is held, nothing done */
+  REQUIRE("a block", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &kept, &usable) == SH_OK);
+  _sh_owner_lock(a);
+  CHECK("the lock held: SH_EAGAIN", sh_owner_free_nolock(a, kept, id, gen, before + 2) == SH_EAGAIN &&
+                                        sh_block_info(a, kept, &(sh_block_info_t){0}) == SH_OK);
+  _sh_owner_unlock(a);
+  CHECK("free: freed", sh_owner_free_nolock(a, kept, id, gen, before + 2) == SH_OK &&
+                           sh_block_info(a, kept, &(sh_block_info_t){0}) == SH_EBADPTR);
   CHECK("check", sh_check(a) == SH_OK);
   sh_close(a);
 }

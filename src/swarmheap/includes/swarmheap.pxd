@@ -175,6 +175,7 @@ cdef extern from "swarmheap.h" nogil:
     uint64_t sh_lease_count(const sh_arena_t *arena)
     int sh_free_after_views(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads)
     int sh_owner_free(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads)
+    int sh_owner_free_nolock(sh_arena_t *arena, uint64_t offset, uint32_t id, uint32_t generation, uint32_t offloads)
     int sh_views_reclaim(sh_arena_t *arena, uint64_t *blocks, uint64_t *nbytes)
     uint64_t sh_after_views_count(const sh_arena_t *arena)
     int sh_block_tag(sh_arena_t *arena, uint64_t offset, uint64_t *tag)
