@@ -223,10 +223,20 @@ uint64_t _sh_nursery_reclaim_orphans(sh_arena_t *a) {
         uint32_t o = sh_atomic_load_acquire(&map[i]);
         if (o < SH_FIRST_AGENT || o >= a->max_owners) continue;
         uint64_t off = ((uint64_t)pi << a->page_shift) + (uint64_t)i * a->classes[c].size;
-        if (sh_record_lists(a, o, (uint32_t)(off >> SH_UNIT_SHIFT))) continue;
-        /* named but not listed: a free (or recycle) died between its two
-         * steps, or is between them now; the CAS makes one of us free it */
-        if (sh_atomic_cas_strong_acq_rel(&map[i], &o, 0u) && _sh_free_block(a, off, true) == SH_OK) reclaimed++;
+        uint32_t unit = (uint32_t)(off >> SH_UNIT_SHIFT);
+        if (sh_record_lists(a, o, unit)) continue;
+        /* Named but not listed: a free (or recycle) died between its two
+         * steps, or is between them now; the CAS makes one of us free it.
+         * Decided again under the owner lock, which the frees of agents'
+         * blocks (sh_owner_free) and recycles and offloads hold from their
+         * claim to their free: one seen half way is done by then, and the
+         * block may be free, or another allocation's (of the same agent,
+         * listed), whose map word the CAS would take for the orphan's. */
+        _sh_owner_lock(a);
+        uint32_t named = sh_atomic_load_acquire(&map[i]);
+        bool orphan = named == o && !sh_record_lists(a, o, unit) && sh_atomic_cas_strong_acq_rel(&map[i], &named, 0u);
+        _sh_owner_unlock(a);
+        if (orphan && _sh_free_block(a, off, true) == SH_OK) reclaimed++;
       }
     }
   return reclaimed;
