@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -180,8 +181,9 @@ class Agent(AgentCore):
                     raise TypeError(f"put() takes bytes-like data, not {type(data).__name__}") from None
                 blocks.append(blk)
                 new.append((name, blk.offset, nbytes))
-        except AgentSealed:
-            raise  # offloaded meanwhile: these blocks went with its pages
+        except AgentSealed:  # offloaded meanwhile: these blocks went with its pages
+            self._give_back(blocks)
+            raise
         except BaseException:
             for blk in blocks:
                 blk.free()
@@ -230,7 +232,7 @@ class Agent(AgentCore):
                 )
             except AgentSealed:
                 if not self._restoring_here() or self._heap._owner_offloads(self.id) != offloads:
-                    raise  # the blocks went with the agent's memory when it was offloaded: none to free
+                    raise
                 # this thread restores the agent: its entries go in on the sealed word
                 replaced, words = index.put_entries(
                     self._heap,
@@ -245,6 +247,10 @@ class Agent(AgentCore):
                     offloads=offloads,
                 )
         except AgentSealed:
+            # offloaded since they were made (they went with its memory), or
+            # sealed with them made while another process restores it (they
+            # are its blocks, which no index names): freed if still its own
+            self._give_back(blocks)
             raise
         except BaseException:
             self._free_unnamed(blocks)
@@ -257,43 +263,85 @@ class Agent(AgentCore):
         """A zero-copy view of entry ``name``. While it is alive the agent is
         pinned: complete() defers its recycle until the view is released."""
         self._ensure_live()
-        last = ""
-        for _ in range(100):
-            word, (_, _, entries) = self._read_index_word()
-            if word == SEALED_WORD:  # offloaded since it was brought back: back, and again
-                last = "offloaded again each time it came back"
-                self._ensure_live()
-                continue
-            if name not in entries:
-                raise KeyError(f"agent {self.id} has no entry {name!r}")
-            offset, size = entries[name]
+        got = self._view_round(name)
+        if isinstance(got, memoryview):
+            return got
+        # Lost a race with another writer or offloader once: the rounds after
+        # it hold the agent in memory (a pin), so that offloads by the policies
+        # of other processes (with min_idle=0, the moment a touch brought it
+        # back) cannot take it again between the touch and the view
+        with self._kept_in_memory():
+            for _ in range(99):
+                got = self._view_round(name)
+                if isinstance(got, memoryview):
+                    return got
+        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})")
+
+    def _view_round(self, name: str) -> memoryview | str:
+        """One try of get(): the view, or what got in its way."""
+        word, (_, _, entries) = self._read_index_word()
+        if word == SEALED_WORD:  # offloaded since it was brought back: back, and again
+            self._ensure_live()
+            return "offloaded again each time it came back"
+        if name not in entries:
+            raise KeyError(f"agent {self.id} has no entry {name!r}")
+        offset, size = entries[name]
+        try:
+            blk = self._heap.resolve(Handle(offset, size, self.id, self.generation))
+        except (InvalidHandle, StaleBlock):
+            # replaced or deleted and its block freed between the reads, or
+            # the agent offloaded, by another process (read the index again);
+            # restoring in another process (its blocks are not yet the live
+            # agent's); or the agent recycled (StaleBlock from here on)
+            if self._gone_for_good():
+                raise stale_agent(self.id, self.generation) from None
+            self._ensure_live()
+            return "its block freed under each read"
+        blk._as_entry_view()
+        try:
+            view = memoryview(blk)
+        except (AgentSealed, StaleBlock):  # offloaded since the index was read: back, and again
+            self._ensure_live()
+            return "offloaded as each view was made"
+        # the entry must still be this block: a put() may have replaced it
+        # (and the agent reused the place) while we resolved
+        if self._read_index_word()[0] == word:
+            return view
+        view.release()
+        return "the index changed as each view was made"
+
+    @contextlib.contextmanager
+    def _kept_in_memory(self) -> Iterator[None]:
+        """The agent live, and pinned by this process while the block runs:
+        an offload (this or another process's) leaves a pinned agent alone,
+        and complete() waits for the pin. StaleBlock if it was completed."""
+        heap = self._heap
+        for _ in range(_SEALED_TRIES):
+            self._ensure_live()
             try:
-                blk = self._heap.resolve(Handle(offset, size, self.id, self.generation))
-            except (InvalidHandle, StaleBlock):
-                # replaced or deleted and its block freed between the reads, or
-                # the agent offloaded, by another process (read the index
-                # again); restoring in another process (its blocks are not yet
-                # the live agent's: a hundred quick tries ran out before it was
-                # done); or the agent recycled (StaleBlock from here on)
-                if self._gone_for_good():
-                    raise stale_agent(self.id, self.generation) from None
-                last = "its block freed under each read"
-                self._ensure_live()
-                continue
-            blk._as_entry_view()
-            try:
-                view = memoryview(blk)
-            except (AgentSealed, StaleBlock):  # offloaded since the index was read: back, and again
-                last = "offloaded as each view was made"
-                self._ensure_live()
-                continue
-            # the entry must still be this block: a put() may have replaced it
-            # (and the agent reused the place) while we resolved
-            if self._read_index_word()[0] == word:
-                return view
-            view.release()
-            last = "the index changed as each view was made"
-        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({last})")
+                heap._owner_pin(self.id, self.generation)
+            except AgentSealed:
+                continue  # offloaded again before the pin: back, and again
+            state = heap._owner_state(self.id)
+            if state == "live":
+                break
+            self._unpin()
+            if state != "restoring":  # completed or swept as it was brought back
+                raise stale_agent(self.id, self.generation)
+        else:
+            raise _kept_offloaded(self.id)
+        try:
+            yield
+        finally:
+            self._unpin()
+
+    def _unpin(self) -> None:
+        """Let go of a pin of _kept_in_memory; the recycle of a completed
+        agent waiting for it happens here, its hooks fired."""
+        heap = self._heap
+        final = heap._owner_unpin(self.id, self.generation)
+        if final is not None:
+            heap._notify_recycled(self.id, self.generation, final)
 
     def _gone_for_good(self) -> bool:
         """Recycled, dead, or completed while pinned (its recycle deferred),
@@ -420,6 +468,15 @@ class Agent(AgentCore):
             except KeyError:
                 continue
             yield name, view
+
+    @staticmethod
+    def _give_back(blocks: list[Any]) -> None:
+        """Free blocks an update did not name, each only if it is still the
+        agent's in the offload it was made in (Block.free() checks that with
+        the free): an offload since took it back with the agent's memory."""
+        for blk in blocks:
+            with contextlib.suppress(StaleBlock):
+                blk.free()
 
     def _free_unnamed(self, blocks: list[Any]) -> None:
         """After a failed index update, free the new blocks the index does not

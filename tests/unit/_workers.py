@@ -696,7 +696,7 @@ def langgraph_pressure_writer(
 ) -> list[str]:
     """One of several processes stepping and forking many LangGraph threads
     with keep=3 in a heap they outgrow, cold threads going to the store
-    (any idle for 20 ms: min_idle=0.02) and coming back on their next touch, in
+    (any not in use: min_idle=0) and coming back on their next touch, in
     whichever process touches them; returns what read back wrong."""
 
     from swarmheap.langgraph import SwarmSaver
@@ -714,7 +714,7 @@ def langgraph_pressure_writer(
 
     with sh.Heap.attach(name) as heap, sh.open_store(url) as store:
         saver = SwarmSaver(heap, keep=3, store=store)
-        heap.set_offload_policy(store, min_idle=0.02)
+        heap.set_offload_policy(store, min_idle=0)
         mine: dict[str, list[tuple[str, dict[str, str]]]] = {}
         barrier.wait()
         for i in range(ops):
@@ -760,7 +760,7 @@ def shared_agents_writer(
             wrong.append(f"{where} {entry}: {data[:24]!r}")
 
     with sh.Heap.attach(name) as heap, sh.open_store(url) as store:
-        heap.set_offload_policy(store, min_idle=0.02)
+        heap.set_offload_policy(store, min_idle=0)
         agents = [heap.agent(i) for i in ids]
         barrier.wait()
         for i in range(ops):

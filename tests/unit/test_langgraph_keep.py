@@ -316,10 +316,12 @@ def test_writers_in_processes_on_threads_that_go_to_the_store_and_back_read_back
     heap_name: str, tmp_path: Any
 ) -> None:
     """Three processes step and fork 100 threads with keep=3 in an 8 MiB
-    heap the threads outgrow several times, every idle thread a candidate
-    for the store (min_idle=0.02), each thread offloaded by one process and
-    restored by another, at once: every checkpoint read back holds each
-    channel's value at its version, and nothing raised."""
+    heap the threads outgrow several times, every thread not in use a
+    candidate for the store (min_idle=0: with 0.02, a fast host touched
+    every thread within 20 ms, none went, and puts raised PartitionFull),
+    each thread offloaded by one process and restored by another, at once:
+    every checkpoint read back holds each channel's value at its version,
+    and nothing raised."""
     import multiprocessing as mp
 
     from _workers import langgraph_pressure_writer

@@ -2077,7 +2077,7 @@ def test_a_put_whose_blocks_an_offload_gave_back_does_not_go_in_on_the_restored_
 def test_processes_sharing_agents_under_pressure_read_back_right(heap_name: str, tmp_path: Any) -> None:
     """Three processes put, delete, read (items()), sweep, offload and
     snapshot the same 40 heap-owned agents in an 8 MiB heap, the offload
-    policy taking any idle for 20 ms: every entry read, in an agent or a copy
+    policy taking any agent not in use (min_idle=0): every entry read, in an agent or a copy
     made from its snapshot, is that entry's bytes at some version.
     agent.snapshot() and items() raised KeyError for an entry another
     process deleted as they read it, and get() StaleBlock for an agent
@@ -2105,6 +2105,44 @@ def test_processes_sharing_agents_under_pressure_read_back_right(heap_name: str,
             agent.complete()
         heap.collect(2)
         heap.check()
+
+
+def test_get_holds_an_agent_that_other_processes_offload_as_soon_as_it_is_back(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an offload policy of min_idle=0 in several processes, an agent a
+    touch brought back is offloaded by another process at once, before the
+    reader reads its index: get() met the sealed word on each of its hundred
+    rounds and raised StaleBlock. After a round lost so, get() pins the agent
+    live for the rest (an offload leaves a pinned agent alone)."""
+    agent = heap.spawn("k")
+    agent.put("e", b"v" * 100)
+    read_index_word = sh.Agent._read_index_word
+    offloads: list[bool] = []
+    inside: list[bool] = []
+    with SQLiteStore(tmp_path / "cold.db") as store:
+
+        def offloaded_first(self: sh.Agent) -> Any:
+            if not inside:  # the offload's own snapshot reads the index too
+                inside.append(True)
+                try:  # as another process's policy would, the moment the agent is back
+                    self.offload(store)
+                    offloads.append(True)
+                except sh.AgentStateError:  # pinned, or offloaded already
+                    offloads.append(False)
+                finally:
+                    inside.clear()
+            return read_index_word(self)
+
+        monkeypatch.setattr(sh.Agent, "_read_index_word", offloaded_first)
+        with agent.get("e") as view:
+            assert bytes(view) == b"v" * 100
+        monkeypatch.undo()
+    assert (
+        True in offloads and offloads[-1] is False
+    )  # offloaded under the first round, refused under the pin
+    assert agent.stats()["pins"] == 0
+    heap.check()
 
 
 def test_a_snapshot_is_of_one_index_word_while_another_writer_deletes(
