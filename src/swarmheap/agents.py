@@ -269,8 +269,10 @@ class Agent(AgentCore):
         # Lost a race with another writer or offloader once: the rounds after
         # it hold the agent in memory (a pin), so that offloads by the policies
         # of other processes (with min_idle=0, the moment a touch brought it
-        # back) cannot take it again between the touch and the view
-        with self._kept_in_memory():
+        # back) cannot take it again between the touch and the view; a
+        # read-only attach cannot pin (a pin is a write), and only retries
+        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
+        with hold:
             for _ in range(99):
                 got = self._view_round(name)
                 if isinstance(got, memoryview):

@@ -74,6 +74,32 @@ def test_read_only_get_reads_without_pinning(named: sh.Heap) -> None:
     named.check()
 
 
+def test_read_only_get_tries_again_without_a_pin(named: sh.Heap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get() that lost a round to another writer holds the agent with a
+    pin for the rounds after it; a read-only attach cannot pin (a pin is a
+    write), and tries again without one."""
+    agent = named.spawn("k")
+    agent.put("prompt", b"hello")
+    assert named.name is not None
+    view_round = sh.Agent._view_round
+    lost: list[bool] = []
+
+    def lost_once(self: sh.Agent, name: str) -> memoryview | str:
+        if not lost:
+            lost.append(True)
+            return "the index changed as each view was made"
+        return view_round(self, name)
+
+    with sh.Heap.attach(named.name, read_only=True) as ro:
+        monkeypatch.setattr(sh.Agent, "_view_round", lost_once)
+        with ro.agent(agent.id).get("prompt") as view:
+            assert bytes(view) == b"hello"
+        monkeypatch.undo()
+        assert lost == [True] and agent.stats()["pins"] == 0
+    agent.complete()
+    named.check()
+
+
 def test_read_only_heap_refuses_an_offload_policy(named: sh.Heap, tmp_path: object) -> None:
     """The policy offloads agents, which a read-only attach cannot: it was
     taken, and could never act (set_admission refused already)."""
