@@ -357,47 +357,76 @@ class Agent(AgentCore):
 
     def read(self, name: str) -> bytes:
         """A copy of entry ``name``'s bytes: no view, so nothing pins the
-        agent (get() is the zero-copy read)."""
-        heap = self._heap
-        restored = False
-        for _ in range(100):
-            word, (_, _, entries) = self._read_index_word()
-            place = entries.get(name)
-            data = heap._owner_read(self.id, self.generation, *place) if place is not None else None
-            # the copy stands if the index did not change around it: an
-            # entry's block is freed only after the update that drops it
-            now = heap._owner_word(self.id, self.generation)
-            if now is None:
-                raise stale_agent(self.id, self.generation)
-            if data is not None and now == word:
-                return data
-            if not restored:  # an offloaded agent's entries are in its store: bring it back, look again
-                restored = True
-                self._ensure_live()
-            elif place is None and now == word:
-                raise KeyError(f"agent {self.id} has no entry {name!r}")
+        agent (get() is the zero-copy read; after a round lost to another
+        process's change or offload, read() too holds the agent, as get())."""
+        got = self._read_round(name)
+        if got is not None:
+            return got
+        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
+        with hold:
+            for _ in range(99):
+                got = self._read_round(name)
+                if got is not None:
+                    return got
         raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
+
+    def _read_round(self, name: str) -> bytes | None:
+        """One try of read(): the bytes, or None if the index changed around
+        the copy or the agent was offloaded (brought back: try again)."""
+        heap = self._heap
+        word, (_, _, entries) = self._read_index_word()
+        if word == SEALED_WORD:
+            # offloaded: its entries are in its store, and the sealed word's
+            # index names none (read as "no such entry" once the agent was
+            # offloaded again right after a touch brought it back)
+            self._ensure_live()
+            return None
+        place = entries.get(name)
+        data = heap._owner_read(self.id, self.generation, *place) if place is not None else None
+        # the copy stands if the index did not change around it: an
+        # entry's block is freed only after the update that drops it
+        now = heap._owner_word(self.id, self.generation)
+        if now is None:
+            raise stale_agent(self.id, self.generation)
+        if now == word and data is not None:
+            return data
+        if now == word and place is None:
+            raise KeyError(f"agent {self.id} has no entry {name!r}")
+        return None
 
     def _read_all(self) -> dict[str, bytes]:
         """A copy of every entry's bytes, all as of one index word (read(),
         for the whole agent): a copy of a thread another writer changes."""
-        heap = self._heap
         self._ensure_live()
-        for _ in range(100):
-            word, (_, _, entries) = self._read_index_word()
-            copies: dict[str, bytes] = {}
-            for name, place in list(entries.items()):
-                data = heap._owner_read(self.id, self.generation, *place)
-                if data is None:
-                    break
-                copies[name] = data
-            now = heap._owner_word(self.id, self.generation)
-            if now is None:
-                raise stale_agent(self.id, self.generation)
-            if now == word and len(copies) == len(entries):
-                return copies  # as in read(): no entry's block was freed while it was copied
-            self._ensure_live()  # offloaded meanwhile: back, and again
+        got = self._read_all_round()
+        if got is not None:
+            return got
+        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
+        with hold:  # as read(): held after a lost round
+            for _ in range(99):
+                got = self._read_all_round()
+                if got is not None:
+                    return got
         raise StaleBlock(f"agent {self.id}'s entries keep changing under concurrent updates")
+
+    def _read_all_round(self) -> dict[str, bytes] | None:
+        heap = self._heap
+        word, (_, _, entries) = self._read_index_word()
+        if word == SEALED_WORD:  # offloaded again since: its index names nothing here
+            self._ensure_live()
+            return None
+        copies: dict[str, bytes] = {}
+        for name, place in list(entries.items()):
+            data = heap._owner_read(self.id, self.generation, *place)
+            if data is None:
+                break
+            copies[name] = data
+        now = heap._owner_word(self.id, self.generation)
+        if now is None:
+            raise stale_agent(self.id, self.generation)
+        if now == word and len(copies) == len(entries):
+            return copies  # as in read(): no entry's block was freed while it was copied
+        return None
 
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""

@@ -2145,6 +2145,41 @@ def test_get_holds_an_agent_that_other_processes_offload_as_soon_as_it_is_back(
     heap.check()
 
 
+def test_copies_of_an_agent_other_processes_offload_as_soon_as_it_is_back_are_whole(
+    heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read() and the copy of every entry (copy_thread's) met the sealed
+    word of an agent offloaded again right after a touch brought it back,
+    whose index names nothing: read() raised KeyError for an entry the
+    agent has, and the whole copy came back empty. Both now bring it back,
+    and hold it after a lost round."""
+    agent = heap.spawn("k")
+    entries = {f"e{i}": bytes([i]) * 100 for i in range(3)}
+    agent.put_many(entries)
+    read_index_word = sh.Agent._read_index_word
+    inside: list[bool] = []
+    with SQLiteStore(tmp_path / "cold.db") as store:
+
+        def offloaded_first(self: sh.Agent) -> Any:
+            if not inside:  # the offload's own snapshot reads the index too
+                inside.append(True)
+                try:  # as another process's policy would, the moment the agent is back
+                    with contextlib.suppress(sh.AgentStateError):  # pinned, or offloaded already
+                        self.offload(store)
+                finally:
+                    inside.clear()
+            return read_index_word(self)
+
+        monkeypatch.setattr(sh.Agent, "_read_index_word", offloaded_first)
+        assert agent.read("e1") == entries["e1"]
+        assert agent._read_all() == entries
+        with pytest.raises(KeyError):
+            agent.read("missing")
+        monkeypatch.undo()
+    assert agent.stats()["pins"] == 0
+    heap.check()
+
+
 def test_a_snapshot_is_of_one_index_word_while_another_writer_deletes(
     heap: sh.Heap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
