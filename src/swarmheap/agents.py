@@ -478,16 +478,32 @@ class Agent(AgentCore):
 
     def names(self) -> list[str]:
         """Names of the agent's entries."""
-        self._ensure_live()
-        return list(self._read_index()[2])
+        return list(self._live_entries())
 
     def __contains__(self, name: object) -> bool:
         """``name in agent``: whether the agent has an entry of that name (a
         touch, as names(): an offloaded agent comes back)."""
         if not isinstance(name, str):
             return False
+        return name in self._live_entries()
+
+    def _live_entries(self) -> index.Entries:
+        """The entries of the agent's index read from a live word: an
+        offloaded agent is brought back first, and one offloaded again at once
+        (the sealed word's index names nothing: it read as no entries) is held
+        live by a pin for the next read, as get() does."""
         self._ensure_live()
-        return name in self._read_index()[2]
+        word, (_, _, entries) = self._read_index_word()
+        if word != SEALED_WORD:
+            return entries
+        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
+        with hold:
+            for _ in range(99):
+                word, (_, _, entries) = self._read_index_word()
+                if word != SEALED_WORD:
+                    return entries
+                self._ensure_live()
+        raise _kept_offloaded(self.id)
 
     def items(self) -> Iterator[tuple[str, memoryview]]:
         """(name, view) pairs; each view pins the agent while alive. An entry

@@ -2151,8 +2151,8 @@ def test_copies_of_an_agent_other_processes_offload_as_soon_as_it_is_back_are_wh
     """read() and the copy of every entry (copy_thread's) met the sealed
     word of an agent offloaded again right after a touch brought it back,
     whose index names nothing: read() raised KeyError for an entry the
-    agent has, and the whole copy came back empty. Both now bring it back,
-    and hold it after a lost round."""
+    agent has, and the whole copy, names() and ``in`` came back empty. They
+    now bring it back, and hold it after a lost round."""
     agent = heap.spawn("k")
     entries = {f"e{i}": bytes([i]) * 100 for i in range(3)}
     agent.put_many(entries)
@@ -2175,6 +2175,7 @@ def test_copies_of_an_agent_other_processes_offload_as_soon_as_it_is_back_are_wh
         assert agent._read_all() == entries
         with pytest.raises(KeyError):
             agent.read("missing")
+        assert agent.names() == list(entries) and "e2" in agent
         monkeypatch.undo()
     assert agent.stats()["pins"] == 0
     heap.check()
