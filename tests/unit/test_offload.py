@@ -2107,6 +2107,30 @@ def test_processes_sharing_agents_under_pressure_read_back_right(heap_name: str,
         heap.check()
 
 
+def _offloaded_before_each_read(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[bool]:
+    """Agent._read_index_word offloads the agent first, as another process's
+    policy with min_idle=0 would the moment a touch brought it back: the
+    list says which offloads went (False: refused, pinned or offloaded)."""
+    read_index_word = sh.Agent._read_index_word
+    offloads: list[bool] = []
+    inside: list[bool] = []
+
+    def offloaded_first(self: sh.Agent) -> Any:
+        if not inside:  # the offload's own snapshot reads the index too
+            inside.append(True)
+            try:
+                self.offload(store)
+                offloads.append(True)
+            except sh.AgentStateError:
+                offloads.append(False)
+            finally:
+                inside.clear()
+        return read_index_word(self)
+
+    monkeypatch.setattr(sh.Agent, "_read_index_word", offloaded_first)
+    return offloads
+
+
 def test_get_holds_an_agent_that_other_processes_offload_as_soon_as_it_is_back(
     heap: sh.Heap, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -2117,30 +2141,12 @@ def test_get_holds_an_agent_that_other_processes_offload_as_soon_as_it_is_back(
     live for the rest (an offload leaves a pinned agent alone)."""
     agent = heap.spawn("k")
     agent.put("e", b"v" * 100)
-    read_index_word = sh.Agent._read_index_word
-    offloads: list[bool] = []
-    inside: list[bool] = []
     with SQLiteStore(tmp_path / "cold.db") as store:
-
-        def offloaded_first(self: sh.Agent) -> Any:
-            if not inside:  # the offload's own snapshot reads the index too
-                inside.append(True)
-                try:  # as another process's policy would, the moment the agent is back
-                    self.offload(store)
-                    offloads.append(True)
-                except sh.AgentStateError:  # pinned, or offloaded already
-                    offloads.append(False)
-                finally:
-                    inside.clear()
-            return read_index_word(self)
-
-        monkeypatch.setattr(sh.Agent, "_read_index_word", offloaded_first)
+        offloads = _offloaded_before_each_read(monkeypatch, store)
         with agent.get("e") as view:
             assert bytes(view) == b"v" * 100
         monkeypatch.undo()
-    assert (
-        True in offloads and offloads[-1] is False
-    )  # offloaded under the first round, refused under the pin
+    assert True in offloads and offloads[-1] is False  # offloaded in the first round, refused under the pin
     assert agent.stats()["pins"] == 0
     heap.check()
 
@@ -2156,27 +2162,15 @@ def test_copies_of_an_agent_other_processes_offload_as_soon_as_it_is_back_are_wh
     agent = heap.spawn("k")
     entries = {f"e{i}": bytes([i]) * 100 for i in range(3)}
     agent.put_many(entries)
-    read_index_word = sh.Agent._read_index_word
-    inside: list[bool] = []
     with SQLiteStore(tmp_path / "cold.db") as store:
-
-        def offloaded_first(self: sh.Agent) -> Any:
-            if not inside:  # the offload's own snapshot reads the index too
-                inside.append(True)
-                try:  # as another process's policy would, the moment the agent is back
-                    with contextlib.suppress(sh.AgentStateError):  # pinned, or offloaded already
-                        self.offload(store)
-                finally:
-                    inside.clear()
-            return read_index_word(self)
-
-        monkeypatch.setattr(sh.Agent, "_read_index_word", offloaded_first)
+        offloads = _offloaded_before_each_read(monkeypatch, store)
         assert agent.read("e1") == entries["e1"]
         assert agent._read_all() == entries
         with pytest.raises(KeyError):
             agent.read("missing")
         assert agent.names() == list(entries) and "e2" in agent
         monkeypatch.undo()
+    assert True in offloads
     assert agent.stats()["pins"] == 0
     heap.check()
 
