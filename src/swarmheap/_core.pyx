@@ -60,6 +60,7 @@ from swarmheap.sizes import format_size, parse_size
 include "_args.pxi"
 include "_errors.pxi"
 include "_dicts.pxi"
+include "_offsets.pxi"
 include "_heap.pxi"
 include "_owners.pxi"
 include "_block.pxi"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
 from swarmheap._core import SEALED_WORD, AgentCore, stale_agent
@@ -23,6 +23,8 @@ __all__ = ["Agent"]
 # An update that finds its agent offloaded under it starts again (which
 # restores it); an agent offloaded again each time is reported after these.
 _SEALED_TRIES = 5
+_READ_ROUNDS = 100  # a read's tries while other processes change or offload the agent
+_T = TypeVar("_T")
 
 
 def _kept_offloaded(agent_id: int) -> AgentStateError:
@@ -263,21 +265,31 @@ class Agent(AgentCore):
         """A zero-copy view of entry ``name``. While it is alive the agent is
         pinned: complete() defers its recycle until the view is released."""
         self._ensure_live()
-        got = self._view_round(name)
-        if isinstance(got, memoryview):
+        got = self._rounds(lambda: self._view_round(name))
+        if isinstance(got, str):
+            raise StaleBlock(
+                f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})"
+            )
+        return got
+
+    def _rounds(self, attempt: Callable[[], _T | str]) -> _T | str:
+        """``attempt()`` until it answers (anything but a str, which says
+        what got in its way): once as it is, then, lost to another writer or
+        offloader, with the agent held in memory (a pin), so that offloads by
+        the policies of other processes (with min_idle=0, the moment a touch
+        brought it back) cannot take it again between the touch and the read.
+        A read-only attach cannot pin (a pin is a write), and only retries.
+        What got in the way of the last round if every one was lost."""
+        got = attempt()
+        if not isinstance(got, str):
             return got
-        # Lost a race with another writer or offloader once: the rounds after
-        # it hold the agent in memory (a pin), so that offloads by the policies
-        # of other processes (with min_idle=0, the moment a touch brought it
-        # back) cannot take it again between the touch and the view; a
-        # read-only attach cannot pin (a pin is a write), and only retries
         hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
         with hold:
-            for _ in range(99):
-                got = self._view_round(name)
-                if isinstance(got, memoryview):
+            for _ in range(_READ_ROUNDS - 1):
+                got = attempt()
+                if not isinstance(got, str):
                     return got
-        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})")
+        return got
 
     def _view_round(self, name: str) -> memoryview | str:
         """One try of get(): the view, or what got in its way."""
@@ -359,20 +371,16 @@ class Agent(AgentCore):
         """A copy of entry ``name``'s bytes: no view, so nothing pins the
         agent (get() is the zero-copy read; after a round lost to another
         process's change or offload, read() too holds the agent, as get())."""
-        got = self._read_round(name)
-        if got is not None:
-            return got
-        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
-        with hold:
-            for _ in range(99):
-                got = self._read_round(name)
-                if got is not None:
-                    return got
-        raise StaleBlock(f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates")
+        got = self._rounds(lambda: self._read_round(name))
+        if isinstance(got, str):
+            raise StaleBlock(
+                f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})"
+            )
+        return got
 
-    def _read_round(self, name: str) -> bytes | None:
-        """One try of read(): the bytes, or None if the index changed around
-        the copy or the agent was offloaded (brought back: try again)."""
+    def _read_round(self, name: str) -> bytes | str:
+        """One try of read(): the bytes, or what got in its way (the index
+        changed around the copy, or the agent was offloaded: brought back)."""
         heap = self._heap
         word, (_, _, entries) = self._read_index_word()
         if word == SEALED_WORD:
@@ -380,7 +388,7 @@ class Agent(AgentCore):
             # index names none (read as "no such entry" once the agent was
             # offloaded again right after a touch brought it back)
             self._ensure_live()
-            return None
+            return "offloaded again each time it came back"
         place = entries.get(name)
         data = heap._owner_read(self.id, self.generation, *place) if place is not None else None
         # the copy stands if the index did not change around it: an
@@ -392,29 +400,23 @@ class Agent(AgentCore):
             return data
         if now == word and place is None:
             raise KeyError(f"agent {self.id} has no entry {name!r}")
-        return None
+        return "the index changed as each copy was made"
 
     def _read_all(self) -> dict[str, bytes]:
         """A copy of every entry's bytes, all as of one index word (read(),
         for the whole agent): a copy of a thread another writer changes."""
         self._ensure_live()
-        got = self._read_all_round()
-        if got is not None:
-            return got
-        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
-        with hold:  # as read(): held after a lost round
-            for _ in range(99):
-                got = self._read_all_round()
-                if got is not None:
-                    return got
-        raise StaleBlock(f"agent {self.id}'s entries keep changing under concurrent updates")
+        got = self._rounds(self._read_all_round)
+        if isinstance(got, str):
+            raise StaleBlock(f"agent {self.id}'s entries keep changing under concurrent updates ({got})")
+        return got
 
-    def _read_all_round(self) -> dict[str, bytes] | None:
+    def _read_all_round(self) -> dict[str, bytes] | str:
         heap = self._heap
         word, (_, _, entries) = self._read_index_word()
         if word == SEALED_WORD:  # offloaded again since: its index names nothing here
             self._ensure_live()
-            return None
+            return "offloaded again each time it came back"
         copies: dict[str, bytes] = {}
         for name, place in list(entries.items()):
             data = heap._owner_read(self.id, self.generation, *place)
@@ -426,7 +428,7 @@ class Agent(AgentCore):
             raise stale_agent(self.id, self.generation)
         if now == word and len(copies) == len(entries):
             return copies  # as in read(): no entry's block was freed while it was copied
-        return None
+        return "the index changed as each copy was made"
 
     def delete(self, name: str) -> None:
         """Remove entry ``name`` and free its bytes."""
@@ -493,17 +495,17 @@ class Agent(AgentCore):
         (the sealed word's index names nothing: it read as no entries) is held
         live by a pin for the next read, as get() does."""
         self._ensure_live()
+        got = self._rounds(self._live_entries_round)
+        if isinstance(got, str):
+            raise _kept_offloaded(self.id)
+        return got
+
+    def _live_entries_round(self) -> index.Entries | str:
         word, (_, _, entries) = self._read_index_word()
         if word != SEALED_WORD:
             return entries
-        hold = contextlib.nullcontext() if self._heap.read_only else self._kept_in_memory()
-        with hold:
-            for _ in range(99):
-                word, (_, _, entries) = self._read_index_word()
-                if word != SEALED_WORD:
-                    return entries
-                self._ensure_live()
-        raise _kept_offloaded(self.id)
+        self._ensure_live()
+        return "offloaded again each time it came back"
 
     def items(self) -> Iterator[tuple[str, memoryview]]:
         """(name, view) pairs; each view pins the agent while alive. An entry
