@@ -8,20 +8,45 @@ header), and the HELD bit tells the C core to free it when it recycles the
 agent, whichever process or path does that (the pieces, the agent's blocks,
 go with its pages). Any process of the heap can read it; an update writes
 new blocks and swaps the word, so a reader sees the old index or the new
-one, and checks the word again after reading. This module is the format's
-one home."""
+one, and checks the word again after reading. The bytes are
+index_format's; this module reads, caches and swaps them, whole or in
+pieces."""
 
 from __future__ import annotations
 
-import itertools
 import struct
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, IndexMoved, StaleBlock
+from swarmheap.index_format import (  # the format's names, as index's users know them
+    _ENTRY,
+    _HEADER,
+    _IN_PIECES,
+    _MAGIC,
+    _PIECE,
+    MAX_KIND,
+    MAX_NAME,
+    PIECE_BYTES,
+    Entries,
+    Index,
+    Positions,
+    _decode_entries,
+    _entry_bytes,
+    _head,
+    _place,
+    _spliced,
+    body_of,
+    check_kind,
+    check_name,
+    decode,
+    encode,
+    encode_head,
+    encode_update,
+    kind_id,
+)
 
 if TYPE_CHECKING:
     from swarmheap._core import CoreHeap
@@ -29,11 +54,17 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_KIND",
     "MAX_NAME",
+    "PIECE_BYTES",
     "Entries",
     "Index",
     "MissingEntries",
+    "Positions",
     "body_of",
     "cached_at",
+    "check_kind",
+    "check_name",
+    "decode",
+    "encode",
     "encode_head",
     "encode_update",
     "kind_id",
@@ -65,113 +96,6 @@ def _require(entries: Entries, requires: Collection[str]) -> None:
     missing = [name for name in requires if name not in entries]
     if missing:
         raise MissingEntries(missing)
-
-
-_HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
-_ENTRY = struct.Struct("<HQQ")  # name length, offset, size
-_MAGIC = b"SHIX"
-# The header's version: the entries follow the kind in the block (WHOLE), or
-# a table of pieces does (IN_PIECES), each a block of the agent's own in
-# `system` holding some of the entries, in order. An agent's index past
-# PIECE_BYTES of entries goes in pieces of at most that, so that an update
-# writes the pieces it changes and the table, not every entry again: a
-# LangGraph thread adds three entries a step, and a put after 5 000 steps
-# copied 450 KB. Below half of it, an index is one block again.
-_WHOLE, _IN_PIECES = 1, 2
-_PIECE = struct.Struct("<QII")  # the piece's block offset, its bytes, its entries
-PIECE_BYTES = 16 << 10
-MAX_NAME = 1024
-MAX_KIND = 256
-
-Entries = dict[str, tuple[int, int]]
-Index = tuple[str, float, Entries]  # kind, lease deadline (epoch seconds, 0: none), entries
-
-
-def kind_id(kind: str) -> int:
-    """The 32-bit id the C core records for a kind name."""
-    return zlib.crc32(kind.encode())
-
-
-def check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"entry names are str, not {type(name).__name__}")
-    if not name or len(name.encode()) > MAX_NAME:
-        raise ValueError(f"entry name must be 1 to {MAX_NAME} bytes of UTF-8")
-    return name
-
-
-def check_kind(kind: object) -> str:
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str, not {type(kind).__name__}")
-    if not kind or len(kind.encode()) > MAX_KIND:
-        raise ValueError(f"kind must be 1 to {MAX_KIND} bytes of UTF-8, not {len(kind.encode())}")
-    return kind
-
-
-_encoded: dict[tuple[str, int, int], bytes] = {}  # an entry's bytes: most survive an update unchanged
-_ENCODED_MAX = 1 << 16
-
-
-def _entry_bytes(name: str, offset: int, size: int) -> bytes:
-    key = (name, offset, size)
-    got = _encoded.get(key)
-    if got is None:
-        if len(_encoded) >= _ENCODED_MAX:
-            _encoded.clear()
-        name_b = name.encode()
-        got = _encoded[key] = _ENTRY.pack(len(name_b), offset, size) + name_b
-    return got
-
-
-def encode_head(kind: str, lease_deadline: float, count: int) -> bytes:
-    """The encoding's head: its kind, lease deadline and entry count (the body follows it)."""
-    kind_b = kind.encode()
-    return _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
-
-
-def _body(entries: Entries) -> bytes:
-    return b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
-
-
-def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
-    return encode_head(kind, lease_deadline, len(entries)) + _body(entries)
-
-
-def body_of(data: bytes, kind: str) -> bytes:
-    """The encoded entries of ``data``, an encoding of kind ``kind`` (decoded already)."""
-    return data[_HEADER.size + len(kind.encode()) :]
-
-
-def _decode_entries(data: bytes, pos: int, count: int, entries: Entries) -> tuple[int, list[str]]:
-    """Add the ``count`` entries encoded from ``pos`` to ``entries``; where they end, and their names."""
-    names = []
-    for _ in range(count):
-        name_len, offset, size = _ENTRY.unpack_from(data, pos)
-        pos += _ENTRY.size
-        name = data[pos : pos + name_len].decode()
-        entries[name] = (offset, size)
-        names.append(name)
-        pos += name_len
-    return pos, names
-
-
-def _head(data: bytes) -> tuple[int, str, float, int, int, int]:
-    """(version, kind, lease, count, pieces, where the rest starts) of an encoding."""
-    magic, version, kind_len, lease, count, pieces = _HEADER.unpack_from(data, 0)
-    if magic != _MAGIC or version not in (_WHOLE, _IN_PIECES):
-        raise ValueError("not an agent index")
-    pos = _HEADER.size + kind_len
-    return version, data[_HEADER.size : pos].decode(), lease, count, pieces, pos
-
-
-def decode(data: bytes) -> Index:
-    """An index encoded whole (an index in pieces is read_index's to read)."""
-    version, kind, lease, count, _, pos = _head(data)
-    if version != _WHOLE:
-        raise ValueError("an agent index in pieces: read_index reads it")
-    entries: Entries = {}
-    _decode_entries(data, pos, count, entries)
-    return kind, lease, entries
 
 
 class Piece(NamedTuple):
@@ -337,70 +261,7 @@ CACHE_SIZE = 1024
 # entry writes its new bytes over the old at the same place (a replacement
 # has the old one's length: same name, fixed-width offset and size), so a
 # put to an agent of many entries does not encode every one of them again.
-Positions = dict[str, int]
 _Cached = OrderedDict[int, tuple[int, int, Index, "bytes | bytearray | PieceSet", "Positions | None"]]
-
-
-def _entries_bytes(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[str, bytes]]:
-    return [(name, _entry_bytes(name, offset, size)) for name, (offset, size) in items]
-
-
-def _place(named: Iterable[tuple[str, bytes]], at: int, positions: Positions) -> None:
-    """Record where each of ``named``'s entries starts, laid out one after another from ``at``."""
-    for name, entry in named:
-        positions[name] = at
-        at += len(entry)
-
-
-def _spliced(
-    body: bytes | bytearray,
-    positions: Positions | None,
-    shared: Entries,
-    entries: Entries,
-    changed: list[str],
-    appended: list[str],
-) -> tuple[bytes | bytearray, Positions | None]:
-    """The encoding of ``entries`` made from ``body``, the encoding of
-    ``shared`` (whose names ``entries`` begins with, in order): the names in
-    ``changed`` written over their old bytes, those in ``appended`` (the
-    names past ``shared``'s, in order) appended. Returns it and where each
-    entry starts (None if not needed). The caller names the appended ones:
-    finding them in ``entries`` walked every entry before them."""
-    if changed:
-        if positions is None:
-            positions = {}
-            _place(_entries_bytes(list(shared.items())), 0, positions)
-        buf = bytearray(body)
-        for name in changed:
-            at = positions[name]
-            encoded = _entry_bytes(name, *entries[name])
-            buf[at : at + len(encoded)] = encoded
-        body = bytes(buf)
-    if appended:
-        tail = [_entry_bytes(name, *entries[name]) for name in appended]
-        if positions is not None:  # new names only: a failed swap leaves them in a version never used again
-            _place(zip(appended, tail), len(body), positions)
-        body = b"".join([body, *tail])
-    return body, positions
-
-
-def encode_update(
-    shared: Entries, encoded: tuple[bytes | bytearray, Positions | None] | None, entries: Entries
-) -> tuple[bytes | bytearray, Positions | None]:
-    """The body (the encoded entries, after encode_head) of ``entries``, a
-    changed copy of ``shared``, and where each entry starts in it (None if
-    not needed). ``encoded`` is shared's body and positions, if known: when
-    ``entries`` keeps shared's names in their order, the entries that kept
-    their value (the same tuple, as a dict copy shares them) keep their
-    bytes, changed ones are written over theirs and new ones appended, so
-    the cost follows the change, not the count; otherwise (a removal, or
-    nothing known) every entry is encoded."""
-    n = len(shared)
-    if encoded is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
-        changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
-        appended = list(itertools.islice(entries, n, None))
-        return _spliced(*encoded, shared, entries, changed, appended)
-    return _body(entries), None
 
 
 def _per_heap(heap: CoreHeap, create: bool = False) -> _Cached | None:
