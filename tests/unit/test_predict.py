@@ -639,3 +639,45 @@ def test_kinds_past_the_cap_evict_the_least_recently_updated(
     assert sorted(k["kind"] for k in heap.stats()["kinds"]) == ["k0", "k3", "k4", "k5"]
     assert heap.predict("k1").samples == 0  # evicted: it predicts nothing, and learns again
     heap.check()
+
+
+def test_a_model_folded_a_sample_at_a_time_is_the_one_folded_in_a_batch() -> None:
+    """A young kind's flushes fold one or two samples through Model.add's
+    scalar path, keeping each row's run of weighted buckets as it goes; a
+    batch goes through the array path and finds the runs at encode. Both
+    learn the same model, and its encoding is the one found from scratch."""
+    import random
+
+    import numpy as np
+
+    from swarmheap import predict
+
+    rng = random.Random(7)
+    fields = len(predict.USAGE_ROW)
+
+    def usage_row() -> bytes:
+        peaks = [rng.choice([0.0, rng.lognormvariate(11, 2)]) for _ in range(2 * len(sh.PARTITIONS))]
+        classes = [rng.choice([0.0, 0.0, float(rng.randrange(64, 1 << 20))]) for _ in range(fields)]
+        created = time.time_ns() - rng.randrange(1, 10**11)
+        return predict._ROW.pack(*peaks, float(created), *classes[: fields - len(peaks) - 1])
+
+    batched, single = predict.Model(), predict.Model()
+    for step in range(200):
+        rows = [usage_row() for _ in range(rng.randrange(1, 12))]
+        peaks, lifetimes, classes = predict._samples(rows)
+        batched.add(peaks, lifetimes, 0.0, classes)
+        for row in rows:
+            peaks, lifetimes, classes = predict._samples([row])
+            single.add(peaks, lifetimes, 0.0, classes)
+        if step % 40 == 39:  # a half-life set by another process: weights rescaled, runs kept
+            batched.rehalve(20.0 + step)
+            single.rehalve(20.0 + step)
+    assert single.count == batched.count
+    assert single.total == pytest.approx(batched.total, rel=1e-9)
+    assert np.allclose(single.hist, batched.hist, rtol=1e-9, atol=0)
+    assert np.allclose(single.classes, batched.classes, rtol=1e-9, atol=0)
+    kept = single.encode()
+    single.spans = None  # found from the buckets again
+    assert single.encode() == kept
+    again = predict.Model.decode(kept)
+    assert again.encode() == kept and np.array_equal(again.hist, single.hist)
