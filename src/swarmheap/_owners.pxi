@@ -569,3 +569,12 @@ cdef class CoreHeap(_Arena):
         return sh_chan_in_hand(self.arena)
 
 
+def process_start_time(int pid):
+    """When process ``pid`` started (clock ticks since boot, from /proc), 0
+    if no such process runs, None if /proc cannot say: with the pid, what
+    names a process across pid reuse, as the owner table records its owners."""
+    cdef uint64_t start = 0
+    cdef int rc = sh_process_start_time(pid, &start)
+    if rc == SH_OK:
+        return start
+    return 0 if rc == SH_ENOENT else None

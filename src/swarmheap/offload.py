@@ -28,7 +28,15 @@ from swarmheap import offload_entries
 from swarmheap._core import SEALED_WORD, stale_agent
 from swarmheap._extras import available
 from swarmheap.agent_snapshot import parsed, snapshot_of
-from swarmheap.errors import AgentStateError, IndexMoved, ReadOnlyHeap, StaleBlock
+from swarmheap.errors import (
+    AgentStateError,
+    HeapCorrupt,
+    IndexMoved,
+    ReadOnlyHeap,
+    StaleBlock,
+    StoreFull,
+    StoreUnavailable,
+)
 from swarmheap.offload_entries import MOVED, Entry
 from swarmheap.registry import Registry
 from swarmheap.stores import SQLiteStore, Store, check_store
@@ -151,6 +159,16 @@ def _offload_once(
     return final, blob, key
 
 
+def _drop_blob(heap: Heap, entry: Entry) -> None:
+    """Delete the blob of a killed offload whose entry this one replaced:
+    nothing else names it (its key is that try's own, and it never
+    returned). A store that fails keeps it, logged."""
+    try:
+        heap._store_for(entry.url).delete(entry.key)
+    except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
+        log.warning("swarmheap: could not delete a killed offload's snapshot from %s: %s", entry.url, exc)
+
+
 # Restores an agent's touch makes while other processes of the heap restore
 # and offload it again under it, each from the newest blob it finds.
 RESTORE_TRIES = 8
@@ -161,25 +179,34 @@ def _claim_entry(registry: Registry, agent: Agent, entry: bytes) -> None:
     two processes offloading one agent at once each wrote theirs over the
     other's, and a restore between the winner's memory going and the
     loser's blob being written read the loser's entry and found no blob
-    (the agent restorable from nowhere, as it seemed). An entry older than
-    STALE_AFTER is a killed offload's, and one a restore in this process
-    could not drop (no room in `system`) is done with: this one takes its
-    place. A restore in another process that could not drop its entry
-    holds offloads off until a full sweep drops it (STALE_AFTER)."""
+    (the agent restorable from nowhere, as it seemed). This one takes the
+    place of an entry that no offload under way holds: one whose writer
+    has ended while the agent is still live (a killed offload's; its blob
+    is dropped too), one older than STALE_AFTER, and one a restore in this
+    process could not drop (no room in `system`). A restore in another
+    live process that could not drop its entry holds offloads off until a
+    full sweep drops it (STALE_AFTER)."""
     name = offload_entries.entry_name(agent.id, agent.generation)
     for _ in range(3):
         token, there = registry.get_ref(name)
+        killed = None  # the entry of an offload whose process ended before the memory went
         if there is not None and there not in agent.heap._left_entries:
             try:
-                written = offload_entries.parse_entry(there).written
+                old = offload_entries.parse_entry(there)
             except ValueError:
-                written = 0.0  # unreadable: no offload under way wrote it
-            if time.time() - written < offload_entries.STALE_AFTER:
+                old = None  # unreadable: no offload under way wrote it
+            # the writer's end before the agent's state: a process that has
+            # ended cannot make the agent offloaded after this reads it live
+            if old is not None and offload_entries.writer_gone(old) and agent.state == "live":
+                killed = old
+            elif old is not None and time.time() - old.written < offload_entries.STALE_AFTER:
                 raise AgentStateError(
                     f"agent {agent.id} is being offloaded or restored by another process: not offloaded"
                 )
         if registry.swap(name, token, entry):
             agent.heap._left_entries.discard(there or b"")
+            if killed is not None:
+                _drop_blob(agent.heap, killed)
             return
     raise AgentStateError(
         f"agent {agent.id}'s offload entry keeps changing under other processes: not offloaded"

@@ -1,12 +1,15 @@
 """Where an offloaded agent is: its entry in the heap registry (the store's
-URL, the key, the kind, when it was written, its lease's deadline), and the
-store keys offloads write. One home for the entry's format."""
+URL, the key, the kind, when it was written and by which process, its
+lease's deadline), and the store keys offloads write. One home for the
+entry's format."""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from swarmheap import _core
 from swarmheap.errors import HeapCorrupt, PartitionFull
 from swarmheap.registry import Registry
 
@@ -29,7 +32,7 @@ __all__ = [
     "parse_entry",
     "where",
     "where_if_readable",
-    "written",
+    "writer_gone",
 ]
 
 log = logging.getLogger("swarmheap")
@@ -65,20 +68,51 @@ class Entry(NamedTuple):
     written: float  # epoch seconds; 0 if it does not read
     deadline: float | None  # of its lease, which runs on in the store
     raw: bytes  # as read: a restore removes the entry only if it is still this one
+    # the process that wrote it (pid, start time); (0, 0): not said (format 2 or older)
+    writer: tuple[int, int] = (0, 0)
 
 
-_ENTRY_V2 = "2"  # first line of an entry with a deadline; an older one starts with its store URL
+_ENTRY_V3 = "3"  # first line of an entry that names its writer
+_ENTRY_V2 = "2"  # of one with a deadline; an older one starts with its store URL
 
 
 def entry_bytes(url: str, key: str, kind: str, written: float, deadline: float | None) -> bytes:
     # the kind last: a kind name may hold newlines (the entry of format 1
     # put it third, and one that did could not be read past it)
-    return f"{_ENTRY_V2}\n{url}\n{key}\n{written}\n{deadline or ''}\n{kind}".encode()
+    pid, start = _own_process()
+    return f"{_ENTRY_V3}\n{url}\n{key}\n{written}\n{deadline or ''}\n{pid} {start}\n{kind}".encode()
+
+
+_own: tuple[int, int] = (0, 0)  # this process's (pid, start time), read again in a forked child
+
+
+def _own_process() -> tuple[int, int]:
+    global _own
+    pid = os.getpid()
+    if _own[0] != pid:
+        _own = (pid, _core.process_start_time(pid) or 0)
+    return _own
+
+
+def writer_gone(entry: Entry) -> bool:
+    """Has the process that wrote ``entry`` ended (pid and start time, so a
+    reused pid is not taken for it)? False if the entry does not say who
+    wrote it, or /proc cannot tell."""
+    pid, start = entry.writer
+    if pid <= 0 or start <= 0:
+        return False
+    now = _core.process_start_time(pid)
+    return now is not None and now != start
 
 
 def parse_entry(data: bytes) -> Entry:
     """ValueError (UnicodeDecodeError included) if it does not read as one."""
     text = data.decode()
+    if text.startswith(_ENTRY_V3 + "\n"):
+        _, url, key, written, deadline, writer, kind = text.split("\n", 6)
+        pid, _, start = writer.partition(" ")
+        lease = float(deadline) if deadline else None
+        return Entry(url, key, kind, _seconds(written), lease, data, (int(pid), int(start)))
     if text.startswith(_ENTRY_V2 + "\n"):
         _, url, key, written, deadline, kind = text.split("\n", 5)
         return Entry(url, key, kind, _seconds(written), float(deadline) if deadline else None, data)
@@ -132,15 +166,6 @@ def where_if_readable(heap: Heap, agent_id: int, generation: int) -> tuple[str, 
         return where(heap, agent_id, generation)
     except HeapCorrupt:
         return None
-
-
-def written(heap: Heap, name: str) -> float:
-    """When the registry entry was written (epoch seconds; 0 if unreadable)."""
-    data = Registry(heap).get(name)
-    try:
-        return parse_entry(data).written if data else 0.0
-    except ValueError:
-        return 0.0
 
 
 def agent_of(heap: Heap, name: str) -> tuple[int, int] | None:

@@ -122,19 +122,31 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     rather than a blob nothing names."""
     unreachable = set() if unreachable is None else unreachable
     gone = 0
-    for name in Registry(heap).names("offload/"):
+    registry = Registry(heap)
+    for name in registry.names("offload/"):
         parsed_name = offload_entries.agent_of(heap, name)
         if parsed_name is None:
             continue  # not a name offload() writes: damage, which where() reports to whoever asks
         aid, gen = parsed_name
+        raw = registry.get(name)
+        if raw is None:
+            continue  # dropped since the listing
         if heap._owner_generation(aid) == gen:
+            try:
+                entry: offload_entries.Entry | None = offload_entries.parse_entry(raw)
+            except ValueError:
+                entry = None
+            # the writer's end before the agent's state: a process that has
+            # ended cannot make the agent offloaded after this reads it live
+            killed = entry is not None and offload_entries.writer_gone(entry)
             if heap._owner_state(aid) in ("offloaded", "restoring"):
                 continue
-            # live, and its entry young: an offload under way in some process
-            # (entry, blob, then memory), not one a kill left behind
-            if time.time() - offload_entries.written(heap, name) < offload_entries.STALE_AFTER:
+            # live, and its entry young with its writer running: an offload
+            # under way in some process (entry, blob, then memory), not one a
+            # kill left behind
+            if not killed and entry is not None and time.time() - entry.written < offload_entries.STALE_AFTER:
                 continue
-        gone += _forget(heap, name, aid, gen, unreachable)
+        gone += _forget(heap, name, aid, gen, unreachable, raw)
     return gone
 
 
@@ -180,10 +192,22 @@ def forget_completed(heap: Heap, agent_id: int, generation: int) -> None:
     _forget(heap, offload_entries.entry_name(agent_id, generation), agent_id, generation, set())
 
 
-def _forget(heap: Heap, name: str, agent_id: int, generation: int, unreachable: set[str]) -> bool:
+def _forget(
+    heap: Heap, name: str, agent_id: int, generation: int, unreachable: set[str], only: bytes | None = None
+) -> bool:
     """Delete the blob the entry ``name`` names, then the entry; False (both
-    kept) if the store fails, which then goes into ``unreachable``."""
-    found = offload_entries.where_if_readable(heap, agent_id, generation)
+    kept) if the store fails, which then goes into ``unreachable``. With
+    ``only`` (the entry as the caller judged it), that entry's blob, and the
+    entry only if it is still that one: another offload's, written since,
+    is its own."""
+    if only is None:
+        found = offload_entries.where_if_readable(heap, agent_id, generation)
+    else:
+        try:
+            entry = offload_entries.parse_entry(only)
+            found = (entry.url, entry.key, entry.kind)
+        except ValueError:
+            found = None
     if found:
         if found[0] in unreachable:
             return False
@@ -193,4 +217,4 @@ def _forget(heap: Heap, name: str, agent_id: int, generation: int, unreachable: 
             unreachable.add(found[0])
             log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
             return False
-    return offload_entries.drop_entry(heap, agent_id, generation, name=name)
+    return offload_entries.drop_entry(heap, agent_id, generation, name=name, only=only)

@@ -121,6 +121,22 @@ def restore_and_die_after_the_claim(name: str, path: str, agent_id: int) -> None
     heap.agent(agent_id).read("m")
 
 
+def offload_and_die_before_the_memory_goes(name: str, path: str, agent_id: int) -> None:
+    """Offload the agent to the SQLite store at ``path`` and end this process
+    once its registry entry and blob are written, before the memory is given
+    back: what a kill in that window leaves (the agent live, an entry and a
+    blob that no finished offload wrote)."""
+    from swarmheap.stores import SQLiteStore
+
+    class DiesAfterPut(SQLiteStore):
+        def put(self, key: str, blob: bytes) -> None:
+            super().put(key, blob)
+            os._exit(0)  # killed there: no cleanup, no close
+
+    heap = sh.Heap.attach(name)
+    heap.agent(agent_id).offload(DiesAfterPut(path))
+
+
 def sweep_after_barrier(name: str, barrier) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     heap = sh.Heap.attach(name)
     barrier.wait()

@@ -2205,3 +2205,70 @@ def test_a_snapshot_is_of_one_index_word_while_another_writer_deletes(
     copy.complete()
     agent.complete()
     heap.check()
+
+
+def test_an_offload_killed_before_the_memory_went_does_not_hold_the_next_one_off(
+    heap_name: str, tmp_path: Any
+) -> None:
+    """A process killed between writing an offload's registry entry and blob
+    and giving back the memory leaves the agent live beside an entry no
+    finished offload wrote. The entry names its writer (pid and start
+    time): once that process is gone, the next offload takes the entry's
+    place at once, and drops the dead try's blob; it was refused for
+    STALE_AFTER (five minutes) as an offload under way."""
+    path = str(tmp_path / "killed.db")
+    with sh.Heap.create(heap_name, size="64 MiB") as heap, SQLiteStore(path) as store:
+        agent = heap.spawn("victim")
+        agent.put("m", b"kept" * 300)
+        agent.detach()  # the heap's, not this process's: the worker's offload may take it
+        worker = mp.get_context("spawn").Process(
+            target=_workers.offload_and_die_before_the_memory_goes, args=(heap_name, path, agent.id)
+        )
+        worker.start()
+        worker.join()
+        assert worker.exitcode == 0
+        assert agent.state == "live"
+        assert len(store.keys("swarmheap/agent/")) == 1  # the dead try's blob
+        agent.offload(store)
+        assert agent.state == "offloaded"
+        assert len(store.keys("swarmheap/agent/")) == 1  # this offload's alone
+        assert bytes(agent.get("m")) == b"kept" * 300
+        agent.complete()
+        heap.collect(2)
+        assert store.keys("swarmheap/agent/") == []
+        heap.check()
+
+
+def test_a_full_sweep_drops_at_once_what_a_killed_offload_left(heap_name: str, tmp_path: Any) -> None:
+    path = str(tmp_path / "swept.db")
+    with sh.Heap.create(heap_name, size="64 MiB") as heap, SQLiteStore(path) as store:
+        agent = heap.spawn("victim")
+        agent.put("m", b"kept" * 300)
+        agent.detach()
+        worker = mp.get_context("spawn").Process(
+            target=_workers.offload_and_die_before_the_memory_goes, args=(heap_name, path, agent.id)
+        )
+        worker.start()
+        worker.join()
+        heap._remember_store(store)
+        assert len(store.keys("swarmheap/agent/")) == 1
+        heap.collect(2)
+        assert store.keys("swarmheap/agent/") == []  # the entry's writer is dead: not an offload under way
+        assert agent.state == "live" and bytes(agent.get("m")) == b"kept" * 300
+        heap.check()
+
+
+def test_an_offload_entry_names_its_writer_so_a_reused_pid_is_not_taken_for_it() -> None:
+    from swarmheap import offload_entries
+
+    entry = offload_entries.parse_entry(
+        offload_entries.entry_bytes("sqlite:///x.db", "k", "a\nkind", time.time(), 12.5)
+    )
+    assert entry.kind == "a\nkind" and entry.deadline == 12.5
+    assert entry.writer[0] == os.getpid() and not offload_entries.writer_gone(entry)
+    reused = entry._replace(writer=(os.getpid(), entry.writer[1] + 1))  # the pid, another process's start
+    assert offload_entries.writer_gone(reused)
+    older = offload_entries.parse_entry(b"2\nsqlite:///x.db\nk\n1.5\n\nkind")  # before entries named writers
+    assert older.writer == (0, 0) and not offload_entries.writer_gone(older)
+    with pytest.raises(ValueError):
+        offload_entries.parse_entry(b"3\nsqlite:///x.db\nk\n1.5\n\nnot-a-pid\nkind")
