@@ -123,24 +123,33 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
     unreachable = set() if unreachable is None else unreachable
     gone = 0
     registry = Registry(heap)
+    ended: dict[tuple[int, int], bool] = {}  # writer (pid, start time) -> has it ended: asked once a sweep
     for name in registry.names("offload/"):
         parsed_name = offload_entries.agent_of(heap, name)
         if parsed_name is None:
             continue  # not a name offload() writes: damage, which where() reports to whoever asks
         aid, gen = parsed_name
-        raw = registry.get(name)
-        if raw is None:
-            continue  # dropped since the listing
+        raw = None  # an entry of an agent gone: no offload of it can write another under its name
         if heap._owner_generation(aid) == gen:
+            raw = registry.get(name)
+            if raw is None:
+                continue  # dropped since the listing
+            if heap._owner_state(aid) in ("offloaded", "restoring"):
+                continue
             try:
                 entry: offload_entries.Entry | None = offload_entries.parse_entry(raw)
             except ValueError:
                 entry = None
-            # the writer's end before the agent's state: a process that has
-            # ended cannot make the agent offloaded after this reads it live
-            killed = entry is not None and offload_entries.writer_gone(entry)
-            if heap._owner_state(aid) in ("offloaded", "restoring"):
-                continue
+            killed = False
+            if entry is not None and entry.writer not in ended:
+                ended[entry.writer] = offload_entries.writer_gone(entry)
+            if entry is not None and ended[entry.writer]:
+                # the writer's end, then the state again: a process that had
+                # ended cannot make the agent offloaded after this reads it
+                # live, where one read live before could finish its offload
+                killed = heap._owner_state(aid) == "live"
+                if not killed:
+                    continue
             # live, and its entry young with its writer running: an offload
             # under way in some process (entry, blob, then memory), not one a
             # kill left behind
