@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -113,6 +114,26 @@ def test_demo_report_shows_the_swarm_the_kill_and_the_sweep(demo_run: Any) -> No
     assert [e["event"] for e in report["events"]] == ["killed", "swept"]
     assert all({"t", "context", "shared", "comm", "system"} <= set(s) for s in report["samples"])
     assert report["samples"][-1]["context"] == 0.0  # everything came back
+
+
+def test_demo_resumes_the_killed_worker_s_langgraph_thread_from_the_arena(demo_run: Any) -> None:
+    run, report, _ = demo_run
+    from swarmheap.tools.demo import GRAPH_TURNS
+
+    if importlib.util.find_spec("langgraph") is None:
+        assert "not installed" in report["graph"]
+        return
+    assert report["graph"] == ""
+    # each turn appends three log entries (its input, plan, act); the killed
+    # worker ran a turn every 20 // GRAPH_TURNS rounds up to round 10, where it was killed
+    turns_before_the_kill = 10 // (20 // GRAPH_TURNS) + 1
+    assert report["resumed_from"] == 3 * turns_before_the_kill
+    assert report["resumed_to"] == report["resumed_from"] + 3 and report["resumed_intact"] is True
+    assert report["graph_turns"] == 3 * GRAPH_TURNS
+    assert report["graph_threads"] == 4  # a thread outlives the process that wrote it
+    assert report["graph_checkpoints"] >= report["graph_turns"] + turns_before_the_kill + 1
+    assert report["graph_bytes"] > 0
+    assert "intact), " in run.stdout
 
 
 def test_demo_plot_is_a_valid_png(demo_run: Any) -> None:

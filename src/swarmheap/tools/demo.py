@@ -5,15 +5,19 @@ it is confident), put named entries, allocate context, keep a pool of small
 note agents alive (dense agents: they share nursery pages), offload their
 idle memory agent to SQLite every few rounds (its next put restores it),
 hand buffers to each other through channels in `comm` (the block moves, no
-copy), and complete their agents. One worker is killed partway; a sweep
-reclaims what it left. The parent shows occupancy while they run and prints
-a report at the end. The heap is unlinked on exit, Ctrl-C included.
+copy), and complete their agents. Each worker also runs a LangGraph
+thread whose checkpoints SwarmSaver keeps in the arena (with the
+`langgraph` extra). One worker is killed partway; a sweep reclaims what it
+left, and the parent resumes the killed worker's LangGraph thread from its
+last checkpoint. The parent shows occupancy while they run and prints a
+report at the end. The heap is unlinked on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import operator
 import os
 import random
 import signal
@@ -22,10 +26,11 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, cast
+from typing import Annotated, Any, TypedDict, cast
 
 from swarmheap import offload, offload_entries
 from swarmheap._core import PARTITIONS
+from swarmheap._extras import available
 from swarmheap.channels import Channel
 from swarmheap.errors import PartitionFull
 from swarmheap.heap import Heap
@@ -47,6 +52,14 @@ MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
 OFFLOAD_EVERY = 10  # rounds between offloads of a worker's memory agent
 DIGEST = 16  # bytes of a hand-off's checksum, ahead of its payload
 HANDOFF_LEASE = 60.0  # a hand-off a killed worker received and never freed: a sweep takes it back
+GRAPH_TURNS = 10  # turns of each worker's LangGraph thread, spread over its rounds
+GRAPH_KIND = "langgraph"  # SwarmSaver's threads are agents of this kind
+
+
+class GraphState(TypedDict):
+    """The demo graph's state: a log that each node appends to (LangGraph's reducer)."""
+
+    log: Annotated[list[str], operator.add]
 
 
 @dataclass
@@ -72,6 +85,7 @@ class WorkerReport:
     pressure_offloads: int = 0  # idle agents the offload policy moved out to make room (some more than once)
     pressure_bytes: int = 0  # what those offloads freed in the heap
     pressure_kinds: dict[str, int] = field(default_factory=dict)
+    graph_turns: int = 0  # invokes of its LangGraph thread, each checkpointed by SwarmSaver
 
 
 @dataclass
@@ -111,6 +125,14 @@ class DemoReport:
     context_utilization: float = 0.0  # context bytes in use over bytes in pages then
     # kind -> (samples, P90 context peak, its largest block size by share: 0 for runs of whole pages)
     predicted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    graph: str = ""  # why there was no LangGraph part ("" if there was)
+    graph_turns: int = 0  # the survivors' turns of their LangGraph threads
+    graph_threads: int = 0  # threads (agents of GRAPH_KIND) in the arena at the end
+    graph_checkpoints: int = 0  # their checkpoints, all kept
+    graph_bytes: int = 0  # what their agents hold in the arena
+    resumed_from: int = 0  # log entries of the killed worker's thread, as its last checkpoint held them
+    resumed_to: int = 0  # ... after one more turn, run by the parent
+    resumed_intact: bool = False  # the resumed thread's log begins with what the killed worker wrote
 
 
 # WorkerReport counts that DemoReport sums under the same name
@@ -126,6 +148,7 @@ _SUMMED = (
     "archive_errors",
     "pressure_offloads",
     "pressure_bytes",
+    "graph_turns",
 )
 
 
@@ -163,7 +186,14 @@ def _worker(
         report.agents += 1
         notes: deque[Any] = deque()  # small agents, oldest first
         archives: list[tuple[Any, bytes]] = []  # (agent, digest of what it holds)
+        graph = _graph(heap)
+        turn_every = max(1, rounds // GRAPH_TURNS)
         for round_no in range(rounds):
+            if graph is not None and round_no % turn_every == 0:
+                # a turn of this worker's LangGraph thread: its checkpoints go
+                # into the arena, where any process can resume the thread
+                graph.invoke({"log": [f"turn {round_no}"]}, _thread_config(index))
+                report.graph_turns += 1
             _take_notes(heap, rng, notes, report)
             if round_no % ARCHIVE_EVERY == 0:
                 archives.append(_archive(heap, rng, report))
@@ -220,6 +250,49 @@ def _worker(
     finally:
         store.close()
         heap.close()
+
+
+def _graph(heap: Heap) -> Any:
+    """A two-node LangGraph graph (plan, then act) checkpointed by SwarmSaver
+    on ``heap``; None without the `langgraph` extra."""
+    if not available("langgraph.graph"):
+        return None
+    from langgraph.graph import END, START, StateGraph
+
+    from swarmheap.langgraph import SwarmSaver
+
+    graph = StateGraph(GraphState)
+    graph.add_node("plan", lambda state: {"log": [f"plan after {len(state['log'])}"]})
+    graph.add_node("act", lambda state: {"log": [f"act after {len(state['log'])}"]})
+    graph.add_edge(START, "plan")
+    graph.add_edge("plan", "act")
+    graph.add_edge("act", END)
+    return graph.compile(checkpointer=SwarmSaver(heap, kind=GRAPH_KIND))
+
+
+def _thread_config(worker: int) -> dict[str, Any]:
+    return {"configurable": {"thread_id": f"worker-{worker}"}}
+
+
+def _resume_graph(heap: Heap, report: DemoReport) -> None:
+    """Resume the killed worker's LangGraph thread here, from the last
+    checkpoint it wrote into the arena, and count what the threads hold."""
+    graph = _graph(heap)
+    if graph is None:
+        report.graph = "the langgraph extra is not installed (pip install 'swarmheap[langgraph]')"
+        return
+    config = _thread_config(report.killed_worker)
+    before = list(graph.get_state(config).values.get("log", []))
+    after = graph.invoke({"log": ["resumed by the parent"]}, config)["log"]
+    report.resumed_from, report.resumed_to = len(before), len(after)
+    report.resumed_intact = bool(before) and after[: len(before)] == before
+    threads = [o for o in heap.stats()["owners"] if o["kind"] == GRAPH_KIND]
+    report.graph_threads = len(threads)
+    report.graph_bytes = sum(o["total_bytes"] for o in threads)
+    saver = graph.checkpointer
+    report.graph_checkpoints = sum(len(list(saver.list(_thread_config(i)))) for i in range(report.workers))
+    for i in range(report.workers):  # a thread's memory comes back in one recycle
+        saver.delete_thread(f"worker-{i}")
 
 
 def _take_notes(heap: Heap, rng: random.Random, notes: deque[Any], report: WorkerReport) -> None:
@@ -395,6 +468,7 @@ def run_demo(
         for inbox in links:
             _drain(heap, inbox, leftover)
         _sweep(heap, report, start, quiet=True)
+        _resume_graph(heap, report)
         # the killed worker's agents the policy had offloaded: a dead creator
         # does not make them garbage, any process of the heap restores them
         report.stayed_offloaded = len(offload_entries.offloaded(heap))
@@ -457,6 +531,7 @@ def succeeded(report: DemoReport) -> bool:
         and not report.handover_errors
         and not report.archive_errors
         and not report.workers_failed
+        and (bool(report.graph) or report.resumed_intact)
     )
 
 
@@ -493,6 +568,20 @@ def print_report(report: DemoReport) -> None:
             f"{report.archives - report.archive_errors} read back intact",
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
+        (
+            "LangGraph threads (SwarmSaver, in the arena)",
+            report.graph
+            or f"{report.graph_threads} threads, {report.graph_checkpoints} checkpoints in "
+            f"{format_size(report.graph_bytes)}; the survivors ran {report.graph_turns} turns; "
+            "deleted at the end, each in one recycle",
+        ),
+        (
+            "killed worker's thread, resumed by the parent",
+            report.graph
+            or f"from its last checkpoint ({report.resumed_from} log entries, "
+            f"{'intact' if report.resumed_intact else 'NOT INTACT'}), "
+            f"{report.resumed_to} after one more turn",
+        ),
         (
             "spawns sized by prediction",
             f"{report.sized} of the survivors' {report.workers - 1} x {report.agents_per_worker} big agents, "
