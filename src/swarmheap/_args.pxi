@@ -129,7 +129,9 @@ cdef int _options(sh_options_t *opts, object ratios, object page_size, object ma
                 raise ValueError(f"ratio of {key!r} must be above 0 and below 1, not {share!r}")
             opts.ratios[_PART_INDEX[key]] = value
     if isinstance(page_size, bool) or not isinstance(page_size, int):
-        raise TypeError("page_size must be an int (bytes, a power of two) or None (one from the size)")
+        raise TypeError(
+            'page_size must be an int or a size such as "16 KiB" (a power of two), or None (one from the size)'
+        )
     if not 0 < page_size < 2**32:
         raise ValueError(f"page size {page_size} must be a power of two from 4096 to 8 MiB")
     opts.page_size = page_size

@@ -114,9 +114,9 @@ cdef class _Arena:
         ``attach``; ``path`` maps a regular file (mode 0600) instead, which may
         be larger than RAM and outlives its processes (close() keeps it).
         ``ratios`` maps the four partitions (context, shared, comm, system) to
-        shares above 0 summing to 1. ``page_size`` None picks one from the
-        size: 64 KiB from 40 MiB up, smaller below so that ``system`` keeps
-        64 pages for the heap's records. ``max_threads`` is how many threads,
+        shares above 0 summing to 1. ``page_size`` (an int or "16 KiB", a
+        power of two) None picks one from the size: 64 KiB from 40 MiB up,
+        smaller below so that ``system`` keeps 64 pages for the heap's records. ``max_threads`` is how many threads,
         across all processes, get a cache in the arena at once (0 picks one
         from the size); later threads take the slower uncached path. A heap
         too small to keep its own records in ``system`` raises ValueError
@@ -126,6 +126,8 @@ cdef class _Arena:
         cdef uint64_t nbytes = parse_size(size)
         if page_size is None:
             page_size = _default_page_size(nbytes)
+        elif isinstance(page_size, str):  # "16 KiB", as size takes it
+            page_size = parse_size(page_size)
         cdef bytes cname = None
         cdef const char *cname_p = NULL
         cdef int rc

@@ -155,7 +155,7 @@ class Heap(CoreHeap):
         size: int | str = "64 MiB",
         *,
         ratios: Mapping[str, float] | None = None,
-        page_size: int | None = None,
+        page_size: int | str | None = None,
         max_owners: int = 0,
         max_threads: int = 0,
         path: str | os.PathLike[str] | None = None,

@@ -43,7 +43,8 @@ def test_custom_ratios() -> None:
         ({"ratios": {"context": 0.4, "shared": 0.3, "comm": 0.2, "sys": 0.1}}, ValueError, "unknown"),
         ({"ratios": [0.4, 0.3, 0.2, 0.1]}, TypeError, "mapping"),
         ({"page_size": 1000}, ValueError, "power of two"),
-        ({"page_size": "64k"}, TypeError, "page_size"),
+        ({"page_size": 65536.0}, TypeError, "page_size"),
+        ({"page_size": "64 KB"}, ValueError, "power of two"),  # read as size is: 64 000
         ({"max_owners": -1}, ValueError, "max_owners"),
     ],
 )
@@ -321,8 +322,8 @@ def test_the_default_page_size_follows_the_heap_size() -> None:
         for agent in agents:
             agent.complete()
         heap.check()
-    with pytest.raises(TypeError, match="page_size"):
-        sh.Heap.create(size="8 MiB", page_size="big")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot read size 'big'"):
+        sh.Heap.create(size="8 MiB", page_size="big")
 
 
 def _mid_size_blocks_share_pages(heap: sh.Heap) -> None:
@@ -337,3 +338,14 @@ def _mid_size_blocks_share_pages(heap: sh.Heap) -> None:
     for blk in blocks:
         blk.free()
     heap.check()
+
+
+def test_page_size_is_read_as_size_is() -> None:
+    with sh.Heap.create(size="16 MiB", page_size="16 KiB") as heap:
+        assert heap.info()["page_size"] == heap.page_size == 16 * 1024
+    with pytest.raises(ValueError, match="power of two"):
+        sh.Heap.create(size="16 MiB", page_size="3 KiB")
+    with pytest.raises(ValueError, match="cannot read size"):
+        sh.Heap.create(size="16 MiB", page_size="lots")
+    with pytest.raises(TypeError, match="16 KiB"):
+        sh.Heap.create(size="16 MiB", page_size=3.5)  # type: ignore[arg-type]
