@@ -318,8 +318,9 @@ class Agent(AgentCore):
             self._ensure_live()
             return "offloaded as each view was made"
         # the entry must still be this block: a put() may have replaced it
-        # (and the agent reused the place) while we resolved
-        if self._read_index_word()[0] == word:
+        # (and the agent reused the place) while we resolved. The word alone
+        # says so (it moves with every change), not the index read again
+        if self._heap._owner_word(self.id, self.generation) == word:
             return view
         view.release()
         return "the index changed as each view was made"
