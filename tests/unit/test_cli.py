@@ -124,15 +124,14 @@ def test_demo_resumes_the_killed_worker_s_langgraph_thread_from_the_arena(demo_r
         assert "not installed" in report["graph"]
         return
     assert report["graph"] == ""
-    # each turn appends three log entries (its input, plan, act); the killed
-    # worker ran a turn every 20 // GRAPH_TURNS rounds up to round 10, where it was killed
-    turns_before_the_kill = 10 // (20 // GRAPH_TURNS) + 1
-    assert report["resumed_from"] == 3 * turns_before_the_kill
+    # the killed worker ran a turn every 20 // GRAPH_TURNS rounds up to round
+    # 10, where it was killed; each turn appends three log entries (its
+    # input, plan, act) and writes one checkpoint per step
+    turns = 10 // (20 // GRAPH_TURNS) + 1
+    assert report["graph_turns"] == turns
+    assert report["resumed_from"] == 3 * turns
     assert report["resumed_to"] == report["resumed_from"] + 3 and report["resumed_intact"] is True
-    assert report["graph_turns"] == 3 * GRAPH_TURNS
-    assert report["graph_threads"] == 4  # a thread outlives the process that wrote it
-    assert report["graph_checkpoints"] >= report["graph_turns"] + turns_before_the_kill + 1
-    assert report["graph_bytes"] > 0
+    assert report["graph_checkpoints"] >= 3 * turns and report["graph_bytes"] > 0
     assert "intact), " in run.stdout
 
 

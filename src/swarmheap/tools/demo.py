@@ -5,11 +5,12 @@ it is confident), put named entries, allocate context, keep a pool of small
 note agents alive (dense agents: they share nursery pages), offload their
 idle memory agent to SQLite every few rounds (its next put restores it),
 hand buffers to each other through channels in `comm` (the block moves, no
-copy), and complete their agents. Each worker also runs a LangGraph
-thread whose checkpoints SwarmSaver keeps in the arena (with the
-`langgraph` extra). One worker is killed partway; a sweep reclaims what it
-left, and the parent resumes the killed worker's LangGraph thread from its
-last checkpoint. The parent shows occupancy while they run and prints a
+copy), and complete their agents. One worker is killed partway; a sweep
+reclaims what it left. That worker also ran a LangGraph thread whose
+checkpoints SwarmSaver keeps in the arena (with the `langgraph` extra): the
+parent resumes it from its last checkpoint. (One worker's, not each one's:
+importing LangGraph costs each process 0.7 s of CPU, and on two cores four
+of them took the demo from 3 to 7 s.) The parent shows occupancy while they run and prints a
 report at the end. The heap is unlinked on exit, Ctrl-C included.
 """
 
@@ -85,7 +86,6 @@ class WorkerReport:
     pressure_offloads: int = 0  # idle agents the offload policy moved out to make room (some more than once)
     pressure_bytes: int = 0  # what those offloads freed in the heap
     pressure_kinds: dict[str, int] = field(default_factory=dict)
-    graph_turns: int = 0  # invokes of its LangGraph thread, each checkpointed by SwarmSaver
 
 
 @dataclass
@@ -126,10 +126,9 @@ class DemoReport:
     # kind -> (samples, P90 context peak, its largest block size by share: 0 for runs of whole pages)
     predicted: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     graph: str = ""  # why there was no LangGraph part ("" if there was)
-    graph_turns: int = 0  # the survivors' turns of their LangGraph threads
-    graph_threads: int = 0  # threads (agents of GRAPH_KIND) in the arena at the end
-    graph_checkpoints: int = 0  # their checkpoints, all kept
-    graph_bytes: int = 0  # what their agents hold in the arena
+    graph_turns: int = 0  # turns the killed worker's LangGraph thread ran (three log entries each)
+    graph_checkpoints: int = 0  # the thread's checkpoints, all kept
+    graph_bytes: int = 0  # what its agent holds in the arena
     resumed_from: int = 0  # log entries of the killed worker's thread, as its last checkpoint held them
     resumed_to: int = 0  # ... after one more turn, run by the parent
     resumed_intact: bool = False  # the resumed thread's log begins with what the killed worker wrote
@@ -148,7 +147,6 @@ _SUMMED = (
     "archive_errors",
     "pressure_offloads",
     "pressure_bytes",
-    "graph_turns",
 )
 
 
@@ -186,14 +184,13 @@ def _worker(
         report.agents += 1
         notes: deque[Any] = deque()  # small agents, oldest first
         archives: list[tuple[Any, bytes]] = []  # (agent, digest of what it holds)
-        graph = _graph(heap)
+        graph = _graph(heap) if victim else None
         turn_every = max(1, rounds // GRAPH_TURNS)
         for round_no in range(rounds):
             if graph is not None and round_no % turn_every == 0:
                 # a turn of this worker's LangGraph thread: its checkpoints go
                 # into the arena, where any process can resume the thread
                 graph.invoke({"log": [f"turn {round_no}"]}, _thread_config(index))
-                report.graph_turns += 1
             _take_notes(heap, rng, notes, report)
             if round_no % ARCHIVE_EVERY == 0:
                 archives.append(_archive(heap, rng, report))
@@ -274,25 +271,23 @@ def _thread_config(worker: int) -> dict[str, Any]:
     return {"configurable": {"thread_id": f"worker-{worker}"}}
 
 
-def _resume_graph(heap: Heap, report: DemoReport) -> None:
-    """Resume the killed worker's LangGraph thread here, from the last
-    checkpoint it wrote into the arena, and count what the threads hold."""
-    graph = _graph(heap)
+def _resume_graph(heap: Heap, graph: Any, report: DemoReport) -> None:
+    """Resume the killed worker's LangGraph thread here (``graph``, from
+    _graph), from the last checkpoint it wrote into the arena, and count
+    what the thread holds."""
     if graph is None:
         report.graph = "the langgraph extra is not installed (pip install 'swarmheap[langgraph]')"
         return
     config = _thread_config(report.killed_worker)
+    saver = graph.checkpointer
+    report.graph_checkpoints = len(list(saver.list(config)))
     before = list(graph.get_state(config).values.get("log", []))
+    report.graph_turns = len(before) // 3  # its input, plan and act
     after = graph.invoke({"log": ["resumed by the parent"]}, config)["log"]
     report.resumed_from, report.resumed_to = len(before), len(after)
     report.resumed_intact = bool(before) and after[: len(before)] == before
-    threads = [o for o in heap.stats()["owners"] if o["kind"] == GRAPH_KIND]
-    report.graph_threads = len(threads)
-    report.graph_bytes = sum(o["total_bytes"] for o in threads)
-    saver = graph.checkpointer
-    report.graph_checkpoints = sum(len(list(saver.list(_thread_config(i)))) for i in range(report.workers))
-    for i in range(report.workers):  # a thread's memory comes back in one recycle
-        saver.delete_thread(f"worker-{i}")
+    report.graph_bytes = sum(o["total_bytes"] for o in heap.stats()["owners"] if o["kind"] == GRAPH_KIND)
+    saver.delete_thread(config["configurable"]["thread_id"])  # its memory comes back in one recycle
 
 
 def _take_notes(heap: Heap, rng: random.Random, notes: deque[Any], report: WorkerReport) -> None:
@@ -420,6 +415,7 @@ def run_demo(
             p.start()
         for _, child_end in reports:
             child_end.close()  # so a dead worker's report pipe reads as EOF
+        graph = _graph(heap)  # LangGraph's import while the workers start, not after them
         if not quiet:
             print(f"swarmheap demo: {workers} workers on heap {name!r} ({size})")
         finished: dict[int, dict[str, Any]] = {}
@@ -468,7 +464,7 @@ def run_demo(
         for inbox in links:
             _drain(heap, inbox, leftover)
         _sweep(heap, report, start, quiet=True)
-        _resume_graph(heap, report)
+        _resume_graph(heap, graph, report)
         # the killed worker's agents the policy had offloaded: a dead creator
         # does not make them garbage, any process of the heap restores them
         report.stayed_offloaded = len(offload_entries.offloaded(heap))
@@ -569,18 +565,12 @@ def print_report(report: DemoReport) -> None:
         ),
         ("bytes moved zero-copy", format_size(report.bytes_moved_zero_copy)),
         (
-            "LangGraph threads (SwarmSaver, in the arena)",
+            "killed worker's LangGraph thread (SwarmSaver)",
             report.graph
-            or f"{report.graph_threads} threads, {report.graph_checkpoints} checkpoints in "
-            f"{format_size(report.graph_bytes)}; the survivors ran {report.graph_turns} turns; "
-            "deleted at the end, each in one recycle",
-        ),
-        (
-            "killed worker's thread, resumed by the parent",
-            report.graph
-            or f"from its last checkpoint ({report.resumed_from} log entries, "
-            f"{'intact' if report.resumed_intact else 'NOT INTACT'}), "
-            f"{report.resumed_to} after one more turn",
+            or f"{report.graph_turns} turns, {report.graph_checkpoints} checkpoints in the arena "
+            f"({format_size(report.graph_bytes)}); resumed by the parent from its last checkpoint "
+            f"({report.resumed_from} log entries, {'intact' if report.resumed_intact else 'NOT INTACT'}), "
+            f"{report.resumed_to} after one more turn; then deleted, in one recycle",
         ),
         (
             "spawns sized by prediction",
