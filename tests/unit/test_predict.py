@@ -664,11 +664,10 @@ def test_a_model_folded_a_sample_at_a_time_is_the_one_folded_in_a_batch() -> Non
     batched, single = predict.Model(), predict.Model()
     for step in range(200):
         rows = [usage_row() for _ in range(rng.randrange(1, 12))]
-        peaks, lifetimes, classes = predict._samples(rows)
+        peaks, lifetimes, classes = predict._samples(rows)  # lifetimes read the clock: once
         batched.add(peaks, lifetimes, 0.0, classes)
-        for row in rows:
-            peaks, lifetimes, classes = predict._samples([row])
-            single.add(peaks, lifetimes, 0.0, classes)
+        for i in range(len(rows)):
+            single.add(peaks[i : i + 1], lifetimes[i : i + 1], 0.0, classes[i : i + 1])
         if step % 40 == 39:  # a half-life set by another process: weights rescaled, runs kept
             batched.rehalve(20.0 + step)
             single.rehalve(20.0 + step)
