@@ -332,8 +332,11 @@ class ThreadRecords:
         a special write by its slot, as it is stored): a DeltaChannel is
         rebuilt by replaying them, and an order-sensitive reducer rebuilt
         another value from (task id, index) order."""
+        names = view.writes.get((ns, cid))
+        if not names:
+            return []  # most checkpoints, read back after their put: no sort, no list made
         writes = []
-        for name in view.writes.get((ns, cid), ()):
+        for name in names:
             if name in view.names:
                 task_id, channel, value, path, idx = self.get(serde, agent, name, view.entries)
                 key = writes_sort_key(path, task_id, WRITES_IDX_MAP.get(channel, idx))

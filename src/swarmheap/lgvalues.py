@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 TYPED = struct.Struct("<H")  # length of the serde type name, then the name, then the bytes
+_MSGPACK_HEAD = TYPED.pack(len("msgpack")) + b"msgpack"
 # Records and appended tails up to this size are stored raw: zstd spends
 # about 4 us setting up a frame, more than the rest of a put, to save a few
 # hundred bytes (the whole values every DELTA_CHAIN versions stay compressed)
@@ -179,6 +180,8 @@ def splice_record(splice: Splice) -> bytes:
 def type_name(raw: bytes) -> tuple[str, int]:
     """The serde type name typed_raw bytes begin with, and where their bytes
     start after it (struct.error or UnicodeDecodeError if damaged)."""
+    if type(raw) is bytes and raw.startswith(_MSGPACK_HEAD):  # what states are: one compare, no decode
+        return "msgpack", len(_MSGPACK_HEAD)
     (n,) = TYPED.unpack_from(raw, 0)
     return raw[TYPED.size : TYPED.size + n].decode(), TYPED.size + n
 
