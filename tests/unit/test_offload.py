@@ -2272,3 +2272,33 @@ def test_an_offload_entry_names_its_writer_so_a_reused_pid_is_not_taken_for_it()
     assert older.writer == (0, 0) and not offload_entries.writer_gone(older)
     with pytest.raises(ValueError):
         offload_entries.parse_entry(b"3\nsqlite:///x.db\nk\n1.5\n\nnot-a-pid\nkind")
+
+
+def test_an_offload_taking_a_killed_one_s_place_goes_ahead_when_its_store_is_gone(
+    heap_name: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dead try's blob is in a store that cannot be opened any more: its
+    delete is logged, and the offload that replaces the entry goes ahead."""
+    import shutil
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    with sh.Heap.create(heap_name, size="64 MiB") as heap, SQLiteStore(str(tmp_path / "here.db")) as store:
+        agent = heap.spawn("victim")
+        agent.put("m", b"kept" * 300)
+        agent.detach()
+        worker = mp.get_context("spawn").Process(
+            target=_workers.offload_and_die_before_the_memory_goes,
+            args=(heap_name, str(gone / "killed.db"), agent.id),
+        )
+        worker.start()
+        worker.join()
+        assert worker.exitcode == 0 and agent.state == "live"
+        shutil.rmtree(gone)  # the killed offload's store: no longer there to open
+        with caplog.at_level("WARNING", logger="swarmheap"):
+            agent.offload(store)
+        assert agent.state == "offloaded"
+        assert "could not delete a killed offload's snapshot" in caplog.text
+        assert bytes(agent.get("m")) == b"kept" * 300
+        agent.complete()
+        heap.check()
