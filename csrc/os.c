@@ -198,6 +198,14 @@ int sh_process_start_time(int pid, uint64_t *start_time) {
   return SH_OK;
 }
 
+int sh_process_alive(int pid, uint64_t start) {
+  uint64_t now_start;
+  int rc = sh_process_start_time(pid, &now_start);
+  if (rc == SH_ENOENT) return 0;
+  if (rc) return rc;
+  return now_start == start;
+}
+
 /* ---- Futexes: waits other processes wake (not FUTEX_PRIVATE) ---------------- */
 
 /* A deadline: -1 for none; 0, long past, for a timeout of 0 (a try: no

@@ -351,16 +351,6 @@ int sh_owner_views(sh_arena_t *a, uint32_t id, uint32_t gen, int others_only, ui
   return SH_OK;
 }
 
-/* Is `pid` still the process that started at `start` (a reused pid is
- * not)? 1 alive, 0 dead, negative if /proc could not say. */
-static int sh_pid_alive(int32_t pid, uint64_t start) {
-  uint64_t now_start;
-  int rc = sh_process_start_time(pid, &now_start);
-  if (rc == SH_ENOENT) return 0;
-  if (rc) return rc;
-  return now_start == start;
-}
-
 int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   return sh_pins_reclaim_dead_final(a, dropped, recycled, NULL, 0);
 }
@@ -381,7 +371,7 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
     if (e->pid != last_pid || sh_pin_start(e) != last_start) {
       last_pid = e->pid;
       last_start = sh_pin_start(e);
-      last_alive = sh_pid_alive(last_pid, last_start) != 0; /* /proc could not say: kept */
+      last_alive = sh_process_alive(last_pid, last_start) != 0; /* /proc could not say: kept */
     }
     if (last_alive) continue;
     *dropped += e->count;
@@ -584,7 +574,7 @@ int sh_owner_process_alive(const sh_arena_t *a, uint32_t id) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   const sh_owner_t *o = &a->owners[id];
   if (o->pid == 0) return 1; /* detached: the heap holds it, no process */
-  return sh_pid_alive(o->pid, o->pid_start);
+  return sh_process_alive(o->pid, o->pid_start);
 }
 
 /* The change is made under the owner lock, so that it does not race another
@@ -603,7 +593,7 @@ static int sh_owner_rehome(sh_arena_t *a, uint32_t id, uint32_t gen, bool detach
    * that process's, and a detached one stays the heap's */
   int32_t held_by = a->owners[id].pid;
   uint64_t held_since = a->owners[id].pid_start;
-  bool orphan = !detach && held_by != 0 && sh_pid_alive(held_by, held_since) == 0;
+  bool orphan = !detach && held_by != 0 && sh_process_alive(held_by, held_since) == 0;
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);

@@ -561,6 +561,9 @@ int sh_owner_adopt_orphan(sh_arena_t *arena, uint32_t id, uint32_t generation, i
 
 /* [any] Start time of a process in clock ticks since boot (/proc/PID/stat). */
 int sh_process_start_time(int pid, uint64_t *start_time);
+/* [any] Is `pid` still the process that started at `start` (a reused pid
+ * is not)? 1 alive, 0 dead, negative if /proc could not say. */
+int sh_process_alive(int pid, uint64_t start);
 
 /* ---- Leases on blocks of owner 0 -------------------------------------------
  * A block of the shared default owner can carry a lease: a deadline after

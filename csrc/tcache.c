@@ -325,12 +325,9 @@ int32_t _sh_tc_slot_dead(const sh_arena_t *a, uint32_t i) {
   sh_tslot_t *s = _sh_tc_slot_at(a, i);
   if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) return 0;
   int32_t pid = sh_atomic_load_relaxed(&s->pid);
-  uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start), start = 0;
+  uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start);
   if (pid == _sh_os_pid()) return 0;
-  int rc = sh_process_start_time(pid, &start);
-  if (rc == SH_OK && start == recorded) return 0; /* alive */
-  if (rc != SH_OK && rc != SH_ENOENT) return 0;  /* cannot tell: leave it */
-  return pid;
+  return sh_process_alive(pid, recorded) == 0 ? pid : 0; /* alive, or cannot tell: leave it */
 }
 
 int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {

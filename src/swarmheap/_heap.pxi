@@ -116,9 +116,10 @@ cdef class _Arena:
         ``ratios`` maps the four partitions (context, shared, comm, system) to
         shares above 0 summing to 1. ``page_size`` (an int or "16 KiB", a
         power of two) None picks one from the size: 64 KiB from 40 MiB up,
-        smaller below so that ``system`` keeps 64 pages for the heap's records. ``max_threads`` is how many threads,
-        across all processes, get a cache in the arena at once (0 picks one
-        from the size); later threads take the slower uncached path. A heap
+        smaller below so that ``system`` keeps 64 pages for the heap's
+        records. ``max_threads`` is how many threads, across all processes,
+        get a cache in the arena at once (0 picks one from the size); later
+        threads take the slower uncached path. A heap
         too small to keep its own records in ``system`` raises ValueError
         naming the size that would do."""
         cdef sh_options_t opts

@@ -578,3 +578,11 @@ def process_start_time(int pid):
     if rc == SH_OK:
         return start
     return 0 if rc == SH_ENOENT else None
+
+
+def process_alive(int pid, uint64_t start):
+    """Is ``pid`` still the process that started at ``start`` (as
+    process_start_time read it)? None if /proc cannot say. The rule the
+    sweeps of dead owners, pins and thread caches follow."""
+    cdef int rc = sh_process_alive(pid, start)
+    return None if rc < 0 else bool(rc)

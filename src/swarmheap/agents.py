@@ -24,6 +24,7 @@ __all__ = ["Agent"]
 # restores it); an agent offloaded again each time is reported after these.
 _SEALED_TRIES = 5
 _READ_ROUNDS = 100  # a read's tries while other processes change or offload the agent
+_OFFLOADED_AGAIN = "offloaded again each time it came back"  # what a read's round lost to
 _T = TypeVar("_T")
 
 
@@ -267,9 +268,7 @@ class Agent(AgentCore):
         self._ensure_live()
         got = self._rounds(lambda: self._view_round(name))
         if isinstance(got, str):
-            raise StaleBlock(
-                f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})"
-            )
+            raise self._kept_changing(f"entry {name!r} keeps changing", got)
         return got
 
     def _rounds(self, attempt: Callable[[], _T | str]) -> _T | str:
@@ -291,12 +290,27 @@ class Agent(AgentCore):
                     return got
         return got
 
+    def _kept_changing(self, what: str, why: str) -> StaleBlock:
+        """What a read raises when every round of it was lost (``why``):
+        ``what`` says what keeps changing ("entry 'x' keeps changing")."""
+        return StaleBlock(f"agent {self.id}'s {what} under concurrent updates ({why})")
+
+    def _unsealed_index(self) -> tuple[int, index.Entries] | None:
+        """The index word and entries, if the word is a live one; None once
+        an agent offloaded since it was brought back is brought back again
+        (the sealed word's index names nothing: its entries are in the store)."""
+        word, (_, _, entries) = self._read_index_word()
+        if word != SEALED_WORD:
+            return word, entries
+        self._ensure_live()
+        return None
+
     def _view_round(self, name: str) -> memoryview | str:
         """One try of get(): the view, or what got in its way."""
-        word, (_, _, entries) = self._read_index_word()
-        if word == SEALED_WORD:  # offloaded since it was brought back: back, and again
-            self._ensure_live()
-            return "offloaded again each time it came back"
+        read = self._unsealed_index()
+        if read is None:
+            return _OFFLOADED_AGAIN
+        word, entries = read
         if name not in entries:
             raise KeyError(f"agent {self.id} has no entry {name!r}")
         offset, size = entries[name]
@@ -374,22 +388,19 @@ class Agent(AgentCore):
         process's change or offload, read() too holds the agent, as get())."""
         got = self._rounds(lambda: self._read_round(name))
         if isinstance(got, str):
-            raise StaleBlock(
-                f"agent {self.id}'s entry {name!r} keeps changing under concurrent updates ({got})"
-            )
+            raise self._kept_changing(f"entry {name!r} keeps changing", got)
         return got
 
     def _read_round(self, name: str) -> bytes | str:
         """One try of read(): the bytes, or what got in its way (the index
         changed around the copy, or the agent was offloaded: brought back)."""
         heap = self._heap
-        word, (_, _, entries) = self._read_index_word()
-        if word == SEALED_WORD:
-            # offloaded: its entries are in its store, and the sealed word's
-            # index names none (read as "no such entry" once the agent was
-            # offloaded again right after a touch brought it back)
-            self._ensure_live()
-            return "offloaded again each time it came back"
+        # not the sealed word's index, which names no entry: read as "no
+        # such entry" once the agent was offloaded again right after a touch
+        read = self._unsealed_index()
+        if read is None:
+            return _OFFLOADED_AGAIN
+        word, entries = read
         place = entries.get(name)
         data = heap._owner_read(self.id, self.generation, *place) if place is not None else None
         # the copy stands if the index did not change around it: an
@@ -409,15 +420,15 @@ class Agent(AgentCore):
         self._ensure_live()
         got = self._rounds(self._read_all_round)
         if isinstance(got, str):
-            raise StaleBlock(f"agent {self.id}'s entries keep changing under concurrent updates ({got})")
+            raise self._kept_changing("entries keep changing", got)
         return got
 
     def _read_all_round(self) -> dict[str, bytes] | str:
         heap = self._heap
-        word, (_, _, entries) = self._read_index_word()
-        if word == SEALED_WORD:  # offloaded again since: its index names nothing here
-            self._ensure_live()
-            return "offloaded again each time it came back"
+        read = self._unsealed_index()
+        if read is None:
+            return _OFFLOADED_AGAIN
+        word, entries = read
         copies: dict[str, bytes] = {}
         for name, place in list(entries.items()):
             data = heap._owner_read(self.id, self.generation, *place)
@@ -502,11 +513,8 @@ class Agent(AgentCore):
         return got
 
     def _live_entries_round(self) -> index.Entries | str:
-        word, (_, _, entries) = self._read_index_word()
-        if word != SEALED_WORD:
-            return entries
-        self._ensure_live()
-        return "offloaded again each time it came back"
+        read = self._unsealed_index()
+        return _OFFLOADED_AGAIN if read is None else read[1]
 
     def items(self) -> Iterator[tuple[str, memoryview]]:
         """(name, view) pairs; each view pins the agent while alive. An entry

@@ -24,19 +24,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import offload_entries
+from swarmheap import offload_entries, offload_sweep
 from swarmheap._core import SEALED_WORD, stale_agent
 from swarmheap._extras import available
 from swarmheap.agent_snapshot import parsed, snapshot_of
-from swarmheap.errors import (
-    AgentStateError,
-    HeapCorrupt,
-    IndexMoved,
-    ReadOnlyHeap,
-    StaleBlock,
-    StoreFull,
-    StoreUnavailable,
-)
+from swarmheap.errors import AgentStateError, IndexMoved, ReadOnlyHeap, StaleBlock
 from swarmheap.offload_entries import MOVED, Entry
 from swarmheap.registry import Registry
 from swarmheap.stores import SQLiteStore, Store, check_store
@@ -159,16 +151,6 @@ def _offload_once(
     return final, blob, key
 
 
-def _drop_blob(heap: Heap, entry: Entry) -> None:
-    """Delete the blob of a killed offload whose entry this one replaced:
-    nothing else names it (its key is that try's own, and it never
-    returned). A store that fails keeps it, logged."""
-    try:
-        heap._store_for(entry.url).delete(entry.key)
-    except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
-        log.warning("swarmheap: could not delete a killed offload's snapshot from %s: %s", entry.url, exc)
-
-
 # Restores an agent's touch makes while other processes of the heap restore
 # and offload it again under it, each from the newest blob it finds.
 RESTORE_TRIES = 8
@@ -205,8 +187,8 @@ def _claim_entry(registry: Registry, agent: Agent, entry: bytes) -> None:
                 )
         if registry.swap(name, token, entry):
             agent.heap._left_entries.discard(there or b"")
-            if killed is not None:
-                _drop_blob(agent.heap, killed)
+            if killed is not None:  # its blob: nothing else names it (its key was that try's own)
+                offload_sweep.delete_blob(agent.heap, killed.url, killed.key, "a killed offload's snapshot")
             return
     raise AgentStateError(
         f"agent {agent.id}'s offload entry keeps changing under other processes: not offloaded"

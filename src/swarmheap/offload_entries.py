@@ -99,10 +99,9 @@ def writer_gone(entry: Entry) -> bool:
     reused pid is not taken for it)? False if the entry does not say who
     wrote it, or /proc cannot tell."""
     pid, start = entry.writer
-    if pid <= 0 or start <= 0:
+    if not (0 < pid < 1 << 31 and 0 < start < 1 << 64):  # not said, or not a process's (damage)
         return False
-    now = _core.process_start_time(pid)
-    return now is not None and now != start
+    return _core.process_alive(pid, start) is False
 
 
 def parse_entry(data: bytes) -> Entry:

@@ -23,7 +23,7 @@ from swarmheap.registry import Registry
 if TYPE_CHECKING:
     from swarmheap.heap import Heap
 
-__all__ = ["drop_expired", "forget_completed", "forget_moved", "forget_stale", "moved_away"]
+__all__ = ["delete_blob", "drop_expired", "forget_completed", "forget_moved", "forget_stale", "moved_away"]
 
 log = logging.getLogger("swarmheap")
 
@@ -217,13 +217,22 @@ def _forget(
             found = (entry.url, entry.key, entry.kind)
         except ValueError:
             found = None
-    if found:
-        if found[0] in unreachable:
-            return False
-        try:
-            heap._store_for(found[0]).delete(found[1])
-        except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
-            unreachable.add(found[0])
-            log.warning("swarmheap: could not delete a stale snapshot from %s: %s", found[0], exc)
-            return False
+    if found and not delete_blob(heap, found[0], found[1], "a stale snapshot", unreachable):
+        return False
     return offload_entries.drop_entry(heap, agent_id, generation, name=name, only=only)
+
+
+def delete_blob(heap: Heap, url: str, key: str, what: str, unreachable: set[str] | None = None) -> bool:
+    """Delete blob ``key`` (``what``, for the log) from the store at ``url``;
+    False if the store fails (logged, and the URL put in ``unreachable``,
+    which is not asked again)."""
+    if unreachable is not None and url in unreachable:
+        return False
+    try:
+        heap._store_for(url).delete(key)
+    except (StoreUnavailable, StoreFull, HeapCorrupt) as exc:  # HeapCorrupt: a URL no store has
+        if unreachable is not None:
+            unreachable.add(url)
+        log.warning("swarmheap: could not delete %s from %s: %s", what, url, exc)
+        return False
+    return True

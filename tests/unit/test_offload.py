@@ -2268,6 +2268,8 @@ def test_an_offload_entry_names_its_writer_so_a_reused_pid_is_not_taken_for_it()
     assert entry.writer[0] == os.getpid() and not offload_entries.writer_gone(entry)
     reused = entry._replace(writer=(os.getpid(), entry.writer[1] + 1))  # the pid, another process's start
     assert offload_entries.writer_gone(reused)
+    damaged = entry._replace(writer=(1 << 40, 1 << 70))  # no process's: judged by age, as one not said
+    assert not offload_entries.writer_gone(damaged)
     older = offload_entries.parse_entry(b"2\nsqlite:///x.db\nk\n1.5\n\nkind")  # before entries named writers
     assert older.writer == (0, 0) and not offload_entries.writer_gone(older)
     with pytest.raises(ValueError):

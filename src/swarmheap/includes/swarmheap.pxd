@@ -158,6 +158,7 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_info(const sh_arena_t *arena, uint32_t id, sh_owner_info_t *info)
     int sh_owner_process_alive(const sh_arena_t *arena, uint32_t id)
     int sh_process_start_time(int pid, uint64_t *start_time)
+    int sh_process_alive(int pid, uint64_t start)
     int sh_owner_detach(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_adopt_orphan(sh_arena_t *arena, uint32_t id, uint32_t generation, int *adopted)
     int sh_partition_stats(const sh_arena_t *arena, sh_partition_t partition, sh_partition_stats_t *stats)

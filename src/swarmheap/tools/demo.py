@@ -10,8 +10,9 @@ reclaims what it left. That worker also ran a LangGraph thread whose
 checkpoints SwarmSaver keeps in the arena (with the `langgraph` extra): the
 parent resumes it from its last checkpoint. (One worker's, not each one's:
 importing LangGraph costs each process 0.7 s of CPU, and on two cores four
-of them took the demo from 3 to 7 s.) The parent shows occupancy while they run and prints a
-report at the end. The heap is unlinked on exit, Ctrl-C included.
+of them took the demo from 3 to 7 s.) The parent shows occupancy while
+they run and prints a report at the end. The heap is unlinked on exit,
+Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ MEMORY_WINDOW = 32  # summaries a worker's memory agent keeps
 OFFLOAD_EVERY = 10  # rounds between offloads of a worker's memory agent
 DIGEST = 16  # bytes of a hand-off's checksum, ahead of its payload
 HANDOFF_LEASE = 60.0  # a hand-off a killed worker received and never freed: a sweep takes it back
-GRAPH_TURNS = 10  # turns of each worker's LangGraph thread, spread over its rounds
+GRAPH_TURNS = 10  # turns of the killed worker's LangGraph thread, were it to run all its rounds
 GRAPH_KIND = "langgraph"  # SwarmSaver's threads are agents of this kind
 
 
