@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from swarmheap._core import Block, ChannelCore
 from swarmheap.errors import ChannelClosed, HeapCorrupt, InvalidHandle, MessageTooLarge, StaleBlock
 from swarmheap.handle import Handle
+from swarmheap.index_format import utf8_text
 from swarmheap.registry import Registry
 
 if TYPE_CHECKING:
@@ -138,14 +139,6 @@ def _forget_helpers() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helpers)
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a channel name is a str, not {type(name).__name__}")
-    if not name or len(name.encode()) > MAX_NAME:
-        raise ValueError(f"a channel name is 1 to {MAX_NAME} bytes of UTF-8, not {len(name.encode())}")
-    return name
 
 
 class _Unlinked:
@@ -357,7 +350,7 @@ class Channel:
 
 
 def open_channel(heap: Heap, name: str, capacity: int, max_message: int | None) -> Channel:
-    _check_name(name)
+    utf8_text(name, "a channel name", MAX_NAME)
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         raise TypeError(f"capacity is an int (messages, 1 to 2**20), not {type(capacity).__name__}")
     if capacity < 1 or capacity > 1 << 20:

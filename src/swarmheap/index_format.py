@@ -25,6 +25,7 @@ __all__ = [
     "encode_head",
     "encode_update",
     "kind_id",
+    "utf8_text",
 ]
 
 _HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
@@ -52,20 +53,24 @@ def kind_id(kind: str) -> int:
     return zlib.crc32(kind.encode())
 
 
+def utf8_text(value: object, what: str, limit: int) -> str:
+    """``value`` if it is a str of 1 to ``limit`` bytes of UTF-8 (TypeError
+    or ValueError naming ``what`` otherwise): entry names, kinds and channel
+    names are checked alike."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is a str, not {type(value).__name__}")
+    size = len(value.encode())
+    if not 0 < size <= limit:
+        raise ValueError(f"{what} is 1 to {limit} bytes of UTF-8, not {size}")
+    return value
+
+
 def check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"entry names are str, not {type(name).__name__}")
-    if not name or len(name.encode()) > MAX_NAME:
-        raise ValueError(f"entry name must be 1 to {MAX_NAME} bytes of UTF-8")
-    return name
+    return utf8_text(name, "an entry name", MAX_NAME)
 
 
 def check_kind(kind: object) -> str:
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str, not {type(kind).__name__}")
-    if not kind or len(kind.encode()) > MAX_KIND:
-        raise ValueError(f"kind must be 1 to {MAX_KIND} bytes of UTF-8, not {len(kind.encode())}")
-    return kind
+    return utf8_text(kind, "a kind", MAX_KIND)
 
 
 _encoded: dict[tuple[str, int, int], bytes] = {}  # an entry's bytes: most survive an update unchanged

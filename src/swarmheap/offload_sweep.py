@@ -100,15 +100,11 @@ def forget_moved(heap: Heap, agent_id: int, generation: int, unreachable: set[st
     """Drop what this heap keeps of an agent restored elsewhere: its blob,
     the mark, the registry entry. False (nothing dropped) if the store fails."""
     found = offload_entries.where(heap, agent_id, generation)
-    if found:
-        try:
-            store = heap._store_for(found[0])
-            store.delete(found[1])
-            store.delete(found[1] + MOVED)
-        except (StoreUnavailable, StoreFull) as exc:
-            unreachable.add(found[0])
-            log.warning("swarmheap: could not drop a moved agent's snapshot from %s: %s", found[0], exc)
-            return False
+    if found and not all(
+        delete_blob(heap, found[0], key, "a moved agent's snapshot", unreachable)
+        for key in (found[1], found[1] + MOVED)
+    ):
+        return False
     offload_entries.drop_entry(heap, agent_id, generation)
     return True
 
