@@ -9,7 +9,7 @@
  *    nursery_capacity leaves room for it), read by a free or a query that has
  *    only the offset;
  *  - the agent's record: SH_NURSERY_SLOTS offsets in a run of `system` made
- *    with the arena (64 bytes per owner slot), read by its recycle, which so
+ *    with the arena (256 bytes per owner slot), read by its recycle, which so
  *    costs O(its pages + its nursery blocks).
  * A block belongs to the agent whose record lists it; taking it out of the
  * record (one CAS) is what a free, another free and a recycle race for.
@@ -75,11 +75,12 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
    * not wait on one another, and an agent past its share (the common case
    * of a busy one) tells that in a few cycles rather than a loop of 16
    * dependent branches (a fifth of an agent's allocation, measured). */
-  unsigned empty = 0;
-#pragma GCC unroll 16
-  for (int k = 0; k < SH_NURSERY_SLOTS; k++) empty |= (unsigned)(sh_atomic_load_relaxed(&record[k]) == 0) << k;
+  _Static_assert(SH_NURSERY_SLOTS <= 64, "a record's empty slots are one 64-bit mask");
+  uint64_t empty = 0;
+#pragma GCC unroll 64
+  for (int k = 0; k < SH_NURSERY_SLOTS; k++) empty |= (uint64_t)(sh_atomic_load_relaxed(&record[k]) == 0) << k;
   if (empty == 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
-  int slot = __builtin_ctz(empty);
+  int slot = __builtin_ctzll(empty);
   uint64_t off;
   size_t want = a->classes[c].size;
   int rc = may_lock ? sh_alloc(a, SH_OWNER_NURSERY, (sh_partition_t)part, want, &off)

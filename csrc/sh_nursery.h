@@ -9,9 +9,9 @@
  * slot. The records of all owner slots are one run of the nursery's pages
  * in `system`, made with the arena (its offset is in the header), so a
  * record never moves or goes while an allocation may still write to it. */
-#define SH_NURSERY_SLOTS 16
+#define SH_NURSERY_SLOTS 64
 #define SH_NURSERY_RECORD_BYTES (SH_NURSERY_SLOTS * 4u)
-/* A slot taken by no block: an agent that opted out has all 16 (offset 16
+/* A slot taken by no block: an agent that opted out has all of them (offset 16
  * is in the arena header, never a block, so every walk skips it). */
 #define SH_NURSERY_OPTED_OUT 1u
 

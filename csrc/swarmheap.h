@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 14u
+#define SH_FORMAT_VERSION 15u
 
 typedef enum sh_status_e {
   SH_OK = 0,

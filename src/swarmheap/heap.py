@@ -139,6 +139,19 @@ class _LayerEvents(HeapEvents):
 _EVENTS = _LayerEvents()
 
 
+def _past_nursery(prediction: Prediction, slots: int, limit: int) -> bool:
+    """Does the kind's P90 in `context` need more nursery blocks than an
+    agent's share (``slots`` blocks of at most ``limit`` bytes)? Counted
+    from its block-size mix: P90 bytes in each class up to ``limit``, over
+    the class's size (the larger blocks take pages of their own anyway)."""
+    peak = prediction.peak("context", 0.9) or 0
+    mix = prediction.mix
+    if not mix:
+        return peak > slots * limit
+    blocks = sum(peak * share / size for size, share in mix.items() if 0 < size <= limit)
+    return blocks > slots
+
+
 class Heap(CoreHeap):
     """An arena. ``Heap.create(name=None, size="64 MiB", *, ratios=None,
     page_size=None, max_owners=0, max_threads=0)`` makes one (``name=None``: private; a
@@ -212,9 +225,10 @@ class Heap(CoreHeap):
         self._admission_seen: tuple[int | None, admission.Default] | None = None
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
-        # what an agent's share of the shared nursery pages holds at most: a kind
-        # predicted to need more gets pages of its own from the start
-        self._nursery_share = info["nursery_blocks"] * info["nursery_limit"]
+        # an agent's share of the shared nursery pages: this many blocks of at
+        # most nursery_limit bytes; a kind predicted to need more of them gets
+        # pages of its own from the start
+        self._nursery_share = (info["nursery_blocks"], info["nursery_limit"])
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -299,8 +313,7 @@ class Heap(CoreHeap):
         if plan is None:
             prediction = self._predictor.cached(kind)
             if prediction.confident:
-                own_pages = (prediction.peak("context", 0.9) or 0) > self._nursery_share
-                plan = (admission.need_of(prediction), own_pages)
+                plan = (admission.need_of(prediction), _past_nursery(prediction, *self._nursery_share))
             else:
                 plan = (0, False)
             self._predictor.plans[kind] = plan

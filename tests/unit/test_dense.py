@@ -96,7 +96,7 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
     # few 6 KB blocks of many agents do not cost each agent a page
     with sh.Heap.create(size="64 MiB") as heap:
         info = heap.info()
-        assert info["nursery_limit"] == 8192 and info["nursery_blocks"] == 16
+        assert info["nursery_limit"] == 8192 and info["nursery_blocks"] == 64
         agents = [heap.spawn("mid") for _ in range(20)]
         for agent in agents:
             for size in (5000, 6000, 8000):
@@ -115,8 +115,11 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
 
 def test_a_nursery_share_is_bounded(heap: sh.Heap) -> None:
     agent = heap.spawn("grower")
-    blocks = [agent.alloc(100) for _ in range(64)]
-    # the first 16 share nursery pages; the rest are on pages of its own
+    share = heap.info()["nursery_blocks"]
+    blocks = [agent.alloc(100) for _ in range(share)]
+    assert agent.stats()["pages"]["context"] == 0  # its share, all on nursery pages
+    blocks.extend(agent.alloc(100) for _ in range(share))
+    # past its share: the rest are on pages of its own
     assert agent.stats()["pages"]["context"] >= 1
     for blk in blocks:
         blk.free()
@@ -181,4 +184,24 @@ def test_killed_process_nursery_blocks_are_reclaimed(heap_name: str) -> None:
         result = heap.collect(2)
         assert result.agents["dead_process"] == len(ids) == 300
         assert in_use(heap) == baseline
+        heap.check()
+
+
+def test_agents_of_a_few_dozen_small_blocks_stay_packed() -> None:
+    # 40 blocks of 100 B (4 KB of data): past a share of 16 blocks each agent
+    # took a 64 KiB page, and a 1 GiB heap held 6 374 of them at 3 % use
+    with sh.Heap.create(size="64 MiB") as heap:
+        agents = []
+        for _ in range(300):
+            agent = heap.spawn("chatty")
+            for _ in range(40):
+                agent.alloc(100)
+            agents.append(agent)
+        assert all(agent.stats()["pages"]["context"] == 0 for agent in agents)
+        context = heap.stats()["partitions"]["context"]
+        assert context["utilization"] > 0.8
+        assert context["held"] < 300 * 40 * 112 * 1.3  # not 300 pages of 64 KiB
+        for agent in agents:
+            agent.complete()
+        assert heap.stats()["partitions"]["context"]["in_use"] == 0
         heap.check()

@@ -600,7 +600,7 @@ def test_close_releases_a_thread_waiting_for_admission(heap_name: str) -> None:
 
 def test_a_large_kind_gets_its_own_pages_and_a_small_one_stays_packed(heap: sh.Heap) -> None:
     # the prediction chooses the layout at spawn: a kind whose P90 outgrows the
-    # nursery's share (16 blocks) takes pages of its own from its first block
+    # nursery's share (64 blocks) takes pages of its own from its first block
     for _ in range(25):
         big = heap.spawn("big-kind", reserve=False)
         for _ in range(100):
