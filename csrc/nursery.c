@@ -16,7 +16,8 @@
  *
  * The share is bounded: an agent with SH_NURSERY_SLOTS nursery blocks live
  * gets pages of its own for the next ones (and a block above
- * SH_NURSERY_MAX_BLOCK always does). Order of an allocation: pop, list,
+ * SH_NURSERY_MAX_BLOCK always does); past its first 16, so does a class of
+ * which it holds SH_NURSERY_CLASS_BLOCKS there. Order of an allocation: pop, list,
  * map; a process killed between pop and list loses one block to the page
  * (as a kill inside any allocation can), never a block that two own. */
 #include <string.h>
@@ -65,22 +66,49 @@ static bool sh_nursery_block(const sh_arena_t *a, uint64_t offset, uint32_t *pi,
   return *index < cls->nursery_capacity;
 }
 
+/* The blocks of class `c` the record lists. Read only by an agent past its
+ * first sixteen nursery blocks (a record's first cache line): a small agent
+ * never pays for it, and a busy one once per class, as its next blocks of
+ * the class then come from the page of its own its thread caches. */
+static uint32_t sh_nursery_class_blocks(const sh_arena_t *a, _Atomic uint32_t *record, int c) {
+  uint32_t blocks = 0;
+  for (int k = 0; k < SH_NURSERY_SLOTS; k++) {
+    uint64_t off = (uint64_t)sh_atomic_load_relaxed(&record[k]) << SH_UNIT_SHIFT;
+    if (off <= ((uint64_t)SH_NURSERY_OPTED_OUT << SH_UNIT_SHIFT) || off >= a->size) continue;
+    blocks += _sh_pg_class(a, &a->pages[off >> a->page_shift]) == c;
+  }
+  return blocks;
+}
+
 int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool may_lock, uint64_t *offset) {
   if (part == SH_PART_SYSTEM || size > SH_NURSERY_MAX_BLOCK) return SH_NURSERY_PASS;
   int c = _sh_size_class(a, size < SH_NURSERY_MIN_BLOCK ? SH_NURSERY_MIN_BLOCK : size);
   if (c < 0 || a->classes[c].nursery_capacity == 0) return SH_NURSERY_PASS;
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);
   if (!record) return SH_NURSERY_PASS;
-  /* Every slot is read, with no exit on the first empty one: the reads do
-   * not wait on one another, and an agent past its share (the common case
-   * of a busy one) tells that in a few cycles rather than a loop of 16
-   * dependent branches (a fifth of an agent's allocation, measured). */
-  _Static_assert(SH_NURSERY_SLOTS <= 64, "a record's empty slots are one 64-bit mask");
-  uint64_t empty = 0;
-#pragma GCC unroll 64
-  for (int k = 0; k < SH_NURSERY_SLOTS; k++) empty |= (uint64_t)(sh_atomic_load_relaxed(&record[k]) == 0) << k;
-  if (empty == 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
-  int slot = __builtin_ctzll(empty);
+  /* The slots are read sixteen at a time (a cache line), with no exit on
+   * the first empty one inside a group: the reads do not wait on one
+   * another, and an agent past its share (the common case of a busy one)
+   * tells that in a few cycles rather than a loop of dependent branches (a
+   * fifth of an agent's allocation, measured, with a loop over 16). A small
+   * agent's blocks are in the first group, so it reads one line, as it did
+   * when the record was 16 slots. */
+  int slot = -1;
+  for (int group = 0; group < SH_NURSERY_SLOTS && slot < 0; group += 16) {
+    unsigned empty = 0;
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) empty |= (unsigned)(sh_atomic_load_relaxed(&record[group + k]) == 0) << k;
+    if (empty) slot = group + __builtin_ctz(empty);
+  }
+  if (slot < 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
+  if (slot >= 16) {
+    /* a page of its own of the class, with room (its list's head): the
+     * thread's cache missed it, and it costs nothing more to use */
+    _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
+    if (bin && sh_atomic_load_relaxed(bin) != SH_NIL) return SH_NURSERY_PASS;
+    if (sh_nursery_class_blocks(a, record, c) >= SH_NURSERY_CLASS_BLOCKS)
+      return SH_NURSERY_PASS; /* a class it uses this much pays for a page of its own */
+  }
   uint64_t off;
   size_t want = a->classes[c].size;
   int rc = may_lock ? sh_alloc(a, SH_OWNER_NURSERY, (sh_partition_t)part, want, &off)

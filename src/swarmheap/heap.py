@@ -139,17 +139,7 @@ class _LayerEvents(HeapEvents):
 _EVENTS = _LayerEvents()
 
 
-def _past_nursery(prediction: Prediction, slots: int, limit: int) -> bool:
-    """Does the kind's P90 in `context` need more nursery blocks than an
-    agent's share (``slots`` blocks of at most ``limit`` bytes)? Counted
-    from its block-size mix: P90 bytes in each class up to ``limit``, over
-    the class's size (the larger blocks take pages of their own anyway)."""
-    peak = prediction.peak("context", 0.9) or 0
-    mix = prediction.mix
-    if not mix:
-        return peak > slots * limit
-    blocks = sum(peak * share / size for size, share in mix.items() if 0 < size <= limit)
-    return blocks > slots
+_PACKED_BLOCKS = 16  # see Heap.__init__: what a kind may hold and still start in the nursery
 
 
 class Heap(CoreHeap):
@@ -225,10 +215,12 @@ class Heap(CoreHeap):
         self._admission_seen: tuple[int | None, admission.Default] | None = None
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
-        # an agent's share of the shared nursery pages: this many blocks of at
-        # most nursery_limit bytes; a kind predicted to need more of them gets
-        # pages of its own from the start
-        self._nursery_share = (info["nursery_blocks"], info["nursery_limit"])
+        # a kind predicted to hold more than 16 of the nursery's largest blocks
+        # (128 KiB by default) gets pages of its own from the start: most of
+        # such an agent's memory is on pages of its own anyway, and a kind's
+        # peak counts those pages whole, so a mid-size kind read as blocks
+        # from its mix was taken for a big one (_PACKED_BLOCKS)
+        self._nursery_share = _PACKED_BLOCKS * info["nursery_limit"] if info["nursery_blocks"] else 0
         self.events = _EVENTS
         self._restart_countdown()
 
@@ -313,7 +305,8 @@ class Heap(CoreHeap):
         if plan is None:
             prediction = self._predictor.cached(kind)
             if prediction.confident:
-                plan = (admission.need_of(prediction), _past_nursery(prediction, *self._nursery_share))
+                own_pages = (prediction.peak("context", 0.9) or 0) > self._nursery_share
+                plan = (admission.need_of(prediction), own_pages)
             else:
                 plan = (0, False)
             self._predictor.plans[kind] = plan

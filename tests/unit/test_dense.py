@@ -116,9 +116,10 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
 def test_a_nursery_share_is_bounded(heap: sh.Heap) -> None:
     agent = heap.spawn("grower")
     share = heap.info()["nursery_blocks"]
-    blocks = [agent.alloc(100) for _ in range(share)]
+    sizes = [64 * (1 + i % 32) for i in range(share)]  # at most 2 of a class: none past its threshold
+    blocks = [agent.alloc(size) for size in sizes]
     assert agent.stats()["pages"]["context"] == 0  # its share, all on nursery pages
-    blocks.extend(agent.alloc(100) for _ in range(share))
+    blocks.extend(agent.alloc(size) for size in sizes)
     # past its share: the rest are on pages of its own
     assert agent.stats()["pages"]["context"] >= 1
     for blk in blocks:
@@ -188,20 +189,39 @@ def test_killed_process_nursery_blocks_are_reclaimed(heap_name: str) -> None:
 
 
 def test_agents_of_a_few_dozen_small_blocks_stay_packed() -> None:
-    # 40 blocks of 100 B (4 KB of data): past a share of 16 blocks each agent
-    # took a 64 KiB page, and a 1 GiB heap held 6 374 of them at 3 % use
+    # 48 blocks in eight classes (about 26 KB): past a share of 16 blocks each
+    # agent took a 64 KiB page per class, and a 1 GiB heap held 805 of them
+    # at 5 % use; a class gets a page of the agent's own only past 16 blocks
+    sizes = (64, 100, 200, 300, 500, 700, 1000, 1500)
     with sh.Heap.create(size="64 MiB") as heap:
         agents = []
-        for _ in range(300):
+        for _ in range(200):
             agent = heap.spawn("chatty")
-            for _ in range(40):
-                agent.alloc(100)
+            for i in range(48):
+                agent.alloc(sizes[i % len(sizes)])
             agents.append(agent)
         assert all(agent.stats()["pages"]["context"] == 0 for agent in agents)
         context = heap.stats()["partitions"]["context"]
         assert context["utilization"] > 0.8
-        assert context["held"] < 300 * 40 * 112 * 1.3  # not 300 pages of 64 KiB
         for agent in agents:
             agent.complete()
         assert heap.stats()["partitions"]["context"]["in_use"] == 0
         heap.check()
+
+
+def test_a_class_an_agent_uses_much_gets_a_page_of_its_own(heap: sh.Heap) -> None:
+    # past its first 16 nursery blocks, 16 of one class are the threshold:
+    # that class's next blocks come from a page of its own, while a class it
+    # has used little still takes a nursery slot
+    agent = heap.spawn("mixed")
+    for size in (100, 300, 700, 1500):
+        agent.alloc(size)
+    for _ in range(16):
+        agent.alloc(200)
+    assert agent.stats()["pages"]["context"] == 0  # 20 blocks, 16 of one class: all packed
+    agent.alloc(200)
+    assert agent.stats()["pages"]["context"] == 1  # the 17th of the class: a page of its own
+    agent.alloc(3000)
+    assert agent.stats()["pages"]["context"] == 1  # a class it has not used: the nursery
+    agent.complete()
+    heap.check()
