@@ -25,6 +25,13 @@ def _small(rng: random.Random) -> tuple[list[int], int]:
     return [rng.choice(SMALL_SIZES) for _ in range(10)], 2000
 
 
+CHATTY_SIZES = (64, 100, 200, 300, 500, 700, 1000, 1500)
+
+
+def _chatty(rng: random.Random) -> tuple[list[int], int]:
+    return [rng.choice(CHATTY_SIZES) for _ in range(48)], 0
+
+
 def _medium(rng: random.Random) -> tuple[list[int], int]:
     return [65536] * 2 + [16384] * 4 + [4096] * 16, 0
 
@@ -43,6 +50,11 @@ SHAPES: dict[str, tuple[str, Callable[[random.Random], tuple[list[int], int]], d
         "10 blocks from {24, 64, 200, 512, 1500, 4000} B and a 2 000 B put (about 12 KB)",
         _small,
         {"agents": 25000, "utilization": 0.8},
+    ),
+    "chatty": (
+        "48 blocks from {64, 100, 200, 300, 500, 700, 1000, 1500} B (about 26 KB; no target: shown as is)",
+        _chatty,
+        {},
     ),
     "medium": ("256 KiB: 2 x 64 KiB, 4 x 16 KiB, 16 x 4 KiB", _medium, {"utilization": 0.9}),
     "medium_random": (
@@ -107,7 +119,7 @@ def _dict_per_agent(shape: Callable[[random.Random], tuple[list[int], int]], age
 def run(quick: bool = False) -> dict[str, Any]:
     shapes = []
     for name, (what, shape, targets) in SHAPES.items():
-        if quick and name == "medium_random":
+        if quick and name in ("medium_random", "chatty"):
             continue
         measured = _fill(shape)
         measured.update(name=name, what=what, dict_per_agent=_dict_per_agent(shape, 100 if quick else 500))
