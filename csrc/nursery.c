@@ -17,7 +17,8 @@
  * The share is bounded: an agent with SH_NURSERY_SLOTS nursery blocks live
  * gets pages of its own for the next ones (and a block above
  * SH_NURSERY_MAX_BLOCK always does); past its first 16, so does a class of
- * which it holds SH_NURSERY_CLASS_BLOCKS there. Order of an allocation: pop, list,
+ * which it holds SH_NURSERY_CLASS_BLOCKS blocks and a page /
+ * SH_NURSERY_CLASS_SHARE of bytes there. Order of an allocation: pop, list,
  * map; a process killed between pop and list loses one block to the page
  * (as a kill inside any allocation can), never a block that two own. */
 #include <string.h>
@@ -106,7 +107,9 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
      * thread's cache missed it, and it costs nothing more to use */
     _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);
     if (bin && sh_atomic_load_relaxed(bin) != SH_NIL) return SH_NURSERY_PASS;
-    if (sh_nursery_class_blocks(a, record, c) >= SH_NURSERY_CLASS_BLOCKS)
+    uint32_t held = sh_nursery_class_blocks(a, record, c);
+    if (held >= SH_NURSERY_CLASS_BLOCKS &&
+        (uint64_t)held * a->classes[c].size >= (1u << a->page_shift) / SH_NURSERY_CLASS_SHARE)
       return SH_NURSERY_PASS; /* a class it uses this much pays for a page of its own */
   }
   uint64_t off;

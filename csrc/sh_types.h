@@ -48,10 +48,13 @@
 #define SH_NURSERY_MAX_BLOCK 8192u
 #define SH_NURSERY_MIN_PER_PAGE 3u
 /* Past its first 16 nursery blocks, an agent holding this many blocks of one
- * class in the nursery takes its next blocks of that class from a page of its
- * own (nursery.c): its use of the class passed the threshold the issue names,
- * and its nursery share stays for the classes it uses little. */
+ * class in the nursery, and at least a page / SH_NURSERY_CLASS_SHARE of
+ * bytes, takes its next blocks of that class from a page of its own
+ * (nursery.c): its use of the class passed the threshold the issue names (a
+ * page it starts a sixteenth full), and its share stays for the classes it
+ * uses little. */
 #define SH_NURSERY_CLASS_BLOCKS 16u
+#define SH_NURSERY_CLASS_SHARE 16u
 #define SH_PAGE_NURSERY 8u /* a nursery page: its blocks belong to agents, named in the map at its end (nursery.c) */
 
 typedef enum sh_page_state_e {

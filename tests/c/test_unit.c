@@ -856,16 +856,17 @@ static void test_cached_page_before_nursery(void) {
   sh_arena_t *a = make_anon(16 * MiB, 65536);
   uint32_t id, gen;
   sh_owner_create(a, 1, &id, &gen);
+  /* 16 blocks of 4 KiB: past both the count and a sixteenth of the page */
   uint64_t offs[SH_NURSERY_CLASS_BLOCKS + 1], usable;
   for (uint32_t i = 0; i <= SH_NURSERY_CLASS_BLOCKS; i++)
-    REQUIRE("alloc", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &offs[i], &usable) == SH_OK);
+    REQUIRE("alloc", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 4096, &offs[i], &usable) == SH_OK);
   sh_owner_info_t info;
   sh_owner_info(a, id, &info);
   CHECK("16 blocks of the class in the nursery, the 17th on a page of its own", info.pages[SH_PART_CONTEXT] == 1);
   uint32_t own_page = (uint32_t)(offs[SH_NURSERY_CLASS_BLOCKS] >> a->page_shift);
   CHECK("free a nursery block", sh_free(a, offs[0]) == SH_OK);
   uint64_t again;
-  REQUIRE("alloc of the class it has a page of", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 64, &again, &usable) == SH_OK);
+  REQUIRE("alloc of the class it has a page of", sh_alloc_owner(a, id, gen, SH_PART_CONTEXT, 4096, &again, &usable) == SH_OK);
   CHECK("comes from that page", (uint32_t)(again >> a->page_shift) == own_page);
   _Atomic uint32_t *record = _sh_nursery_record(a, id);
   int empty = 0;

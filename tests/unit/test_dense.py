@@ -210,18 +210,36 @@ def test_agents_of_a_few_dozen_small_blocks_stay_packed() -> None:
 
 
 def test_a_class_an_agent_uses_much_gets_a_page_of_its_own(heap: sh.Heap) -> None:
-    # past its first 16 nursery blocks, 16 of one class are the threshold:
-    # that class's next blocks come from a page of its own, while a class it
-    # has used little still takes a nursery slot
+    # past its first 16 nursery blocks, 16 of one class holding a sixteenth of
+    # a page are the threshold: that class's next blocks come from a page of
+    # its own, while a class it has used little still takes a nursery slot
+    threshold = max(16, -(-heap.page_size // 16 // heap.good_size(300)))
     agent = heap.spawn("mixed")
-    for size in (100, 300, 700, 1500):
+    for size in (100, 200, 700, 1500):
         agent.alloc(size)
-    for _ in range(16):
-        agent.alloc(200)
-    assert agent.stats()["pages"]["context"] == 0  # 20 blocks, 16 of one class: all packed
-    agent.alloc(200)
-    assert agent.stats()["pages"]["context"] == 1  # the 17th of the class: a page of its own
+    for _ in range(threshold):
+        agent.alloc(300)
+    assert agent.stats()["pages"]["context"] == 0  # all packed
+    agent.alloc(300)
+    assert agent.stats()["pages"]["context"] == 1  # past the threshold: a page of its own
     agent.alloc(3000)
     assert agent.stats()["pages"]["context"] == 1  # a class it has not used: the nursery
     agent.complete()
     heap.check()
+
+
+def test_many_tiny_blocks_of_one_class_stay_packed() -> None:
+    # 40 blocks of 64 B (2.5 KB): a sixteenth of a page is not reached, so
+    # no page of its own, as it took past 16 blocks before
+    with sh.Heap.create(size="64 MiB") as heap:
+        agents = []
+        for _ in range(300):
+            agent = heap.spawn("tiny-many")
+            for _ in range(40):
+                agent.alloc(64)
+            agents.append(agent)
+        assert all(agent.stats()["pages"]["context"] == 0 for agent in agents)
+        assert heap.stats()["partitions"]["context"]["utilization"] > 0.8
+        for agent in agents:
+            agent.complete()
+        heap.check()
