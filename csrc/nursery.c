@@ -16,9 +16,10 @@
  *
  * The share is bounded: an agent with SH_NURSERY_SLOTS nursery blocks live
  * gets pages of its own for the next ones (and a block above
- * SH_NURSERY_MAX_BLOCK always does); past its first 16, so does a class of
- * which it holds SH_NURSERY_CLASS_BLOCKS blocks and a page /
- * SH_NURSERY_CLASS_SHARE of bytes there. Order of an allocation: pop, list,
+ * SH_NURSERY_MAX_BLOCK always does); past its record's first line
+ * (SH_NURSERY_LINE blocks), so does a class of which it holds
+ * SH_NURSERY_CLASS_BLOCKS blocks and a page / SH_NURSERY_CLASS_SHARE of
+ * bytes there. Order of an allocation: pop, list,
  * map; a process killed between pop and list loses one block to the page
  * (as a kill inside any allocation can), never a block that two own. */
 #include <string.h>
@@ -68,16 +69,15 @@ static bool sh_nursery_block(const sh_arena_t *a, uint64_t offset, uint32_t *pi,
 }
 
 /* The blocks of class `c` the record lists. Read only by an agent past its
- * first sixteen nursery blocks (a record's first cache line): a small agent
- * never pays for it, and a busy one once per class, as its next blocks of
- * the class then come from the page of its own its thread caches. */
+ * record's first line: a small agent never pays for it, and a busy one once
+ * per class, as its next blocks of the class then come from a page of its
+ * own. */
 static uint32_t sh_nursery_class_blocks(const sh_arena_t *a, _Atomic uint32_t *record, int c) {
-  uint32_t blocks = 0;
-  for (int k = 0; k < SH_NURSERY_SLOTS; k++) {
-    uint64_t off = (uint64_t)sh_atomic_load_relaxed(&record[k]) << SH_UNIT_SHIFT;
-    if (off <= ((uint64_t)SH_NURSERY_OPTED_OUT << SH_UNIT_SHIFT) || off >= a->size) continue;
-    blocks += _sh_pg_class(a, &a->pages[off >> a->page_shift]) == c;
-  }
+  uint32_t blocks = 0, pi, index;
+  int bc;
+  for (int k = 0; k < SH_NURSERY_SLOTS; k++)
+    blocks += sh_nursery_block(a, (uint64_t)sh_atomic_load_relaxed(&record[k]) << SH_UNIT_SHIFT, &pi, &bc, &index) &&
+              bc == c;
   return blocks;
 }
 
@@ -87,22 +87,22 @@ int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool
   if (c < 0 || a->classes[c].nursery_capacity == 0) return SH_NURSERY_PASS;
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);
   if (!record) return SH_NURSERY_PASS;
-  /* The slots are read sixteen at a time (a cache line), with no exit on
-   * the first empty one inside a group: the reads do not wait on one
-   * another, and an agent past its share (the common case of a busy one)
-   * tells that in a few cycles rather than a loop of dependent branches (a
-   * fifth of an agent's allocation, measured, with a loop over 16). A small
-   * agent's blocks are in the first group, so it reads one line, as it did
-   * when the record was 16 slots. */
+  /* The slots are read a line at a time, with no exit on the first empty
+   * one inside a line: the reads do not wait on one another, and an agent
+   * past its share (the common case of a busy one) tells that in a few
+   * cycles rather than a loop of dependent branches (a fifth of an agent's
+   * allocation, measured, with a loop over 16). A small agent's blocks are
+   * in the first line, so it reads one, as it did when the record was 16
+   * slots. */
   int slot = -1;
-  for (int group = 0; group < SH_NURSERY_SLOTS && slot < 0; group += 16) {
+  for (int line = 0; line < SH_NURSERY_SLOTS && slot < 0; line += SH_NURSERY_LINE) {
     unsigned empty = 0;
 #pragma GCC unroll 16
-    for (int k = 0; k < 16; k++) empty |= (unsigned)(sh_atomic_load_relaxed(&record[group + k]) == 0) << k;
-    if (empty) slot = group + __builtin_ctz(empty);
+    for (int k = 0; k < SH_NURSERY_LINE; k++) empty |= (unsigned)(sh_atomic_load_relaxed(&record[line + k]) == 0) << k;
+    if (empty) slot = line + __builtin_ctz(empty);
   }
   if (slot < 0) return SH_NURSERY_PASS; /* its share is full: pages of its own */
-  if (slot >= 16) {
+  if (slot >= SH_NURSERY_LINE) {
     /* a page of its own of the class, with room (its list's head): the
      * thread's cache missed it, and it costs nothing more to use */
     _Atomic uint32_t *bin = _sh_bin(a, owner, part, c);

@@ -11,7 +11,10 @@
  * record never moves or goes while an allocation may still write to it. */
 #define SH_NURSERY_SLOTS 64
 #define SH_NURSERY_RECORD_BYTES (SH_NURSERY_SLOTS * 4u)
-_Static_assert(SH_NURSERY_SLOTS % 16 == 0, "an allocation reads the record a cache line (16 slots) at a time");
+/* Slots in a cache line: an allocation reads the record a line at a time,
+ * and a small agent's blocks are all in the first. */
+#define SH_NURSERY_LINE 16
+_Static_assert(SH_NURSERY_SLOTS % SH_NURSERY_LINE == 0, "an allocation reads the record a line at a time");
 /* A slot taken by no block: an agent that opted out has all of them (offset 16
  * is in the arena header, never a block, so every walk skips it). */
 #define SH_NURSERY_OPTED_OUT 1u

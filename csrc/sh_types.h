@@ -47,9 +47,9 @@
 #define SH_NURSERY_MIN_BLOCK 64u
 #define SH_NURSERY_MAX_BLOCK 8192u
 #define SH_NURSERY_MIN_PER_PAGE 3u
-/* Past its first 16 nursery blocks, an agent holding this many blocks of one
- * class in the nursery, and at least a page / SH_NURSERY_CLASS_SHARE of
- * bytes, takes its next blocks of that class from a page of its own
+/* Past its record's first line (SH_NURSERY_LINE), an agent holding this
+ * many blocks of one class in the nursery, and at least a page /
+ * SH_NURSERY_CLASS_SHARE of bytes, takes its next blocks of that class from a page of its own
  * (nursery.c): its use of the class passed the threshold the issue names (a
  * page it starts a sixteenth full), and its share stays for the classes it
  * uses little. */

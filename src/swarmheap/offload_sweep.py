@@ -125,7 +125,7 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
         if parsed_name is None:
             continue  # not a name offload() writes: damage, which where() reports to whoever asks
         aid, gen = parsed_name
-        raw = None  # an entry of an agent gone: no offload of it can write another under its name
+        judged = None  # an entry of an agent gone: no offload of it can write another under its name
         if heap._owner_generation(aid) == gen:
             raw = registry.get(name)
             if raw is None:
@@ -136,22 +136,22 @@ def forget_stale(heap: Heap, unreachable: set[str] | None = None) -> int:
                 entry: offload_entries.Entry | None = offload_entries.parse_entry(raw)
             except ValueError:
                 entry = None
-            killed = False
-            if entry is not None and entry.writer not in ended:
-                ended[entry.writer] = offload_entries.writer_gone(entry)
-            if entry is not None and ended[entry.writer]:
-                # the writer's end, then the state again: a process that had
-                # ended cannot make the agent offloaded after this reads it
-                # live, where one read live before could finish its offload
-                killed = heap._owner_state(aid) == "live"
-                if not killed:
+            if entry is not None:
+                if entry.writer not in ended:
+                    ended[entry.writer] = offload_entries.writer_gone(entry)
+                if ended[entry.writer]:
+                    # the writer's end, then the state again: a process that
+                    # had ended cannot make the agent offloaded after this
+                    # reads it live, where one read live before could finish
+                    if heap._owner_state(aid) != "live":
+                        continue
+                elif time.time() - entry.written < offload_entries.STALE_AFTER:
+                    # live, and its entry young with its writer running: an
+                    # offload under way in some process (entry, blob, then
+                    # memory), not one a kill left behind
                     continue
-            # live, and its entry young with its writer running: an offload
-            # under way in some process (entry, blob, then memory), not one a
-            # kill left behind
-            if not killed and entry is not None and time.time() - entry.written < offload_entries.STALE_AFTER:
-                continue
-        gone += _forget(heap, name, aid, gen, unreachable, raw)
+            judged = (raw, entry)
+        gone += _forget(heap, name, aid, gen, unreachable, judged)
     return gone
 
 
@@ -198,21 +198,24 @@ def forget_completed(heap: Heap, agent_id: int, generation: int) -> None:
 
 
 def _forget(
-    heap: Heap, name: str, agent_id: int, generation: int, unreachable: set[str], only: bytes | None = None
+    heap: Heap,
+    name: str,
+    agent_id: int,
+    generation: int,
+    unreachable: set[str],
+    judged: tuple[bytes, offload_entries.Entry | None] | None = None,
 ) -> bool:
     """Delete the blob the entry ``name`` names, then the entry; False (both
     kept) if the store fails, which then goes into ``unreachable``. With
-    ``only`` (the entry as the caller judged it), that entry's blob, and the
-    entry only if it is still that one: another offload's, written since,
-    is its own."""
-    if only is None:
+    ``judged`` (the entry as the caller read it, and parsed: None if it
+    does not read), that entry's blob, and the entry only if it is still
+    that one: another offload's, written since, is its own."""
+    only = None
+    if judged is None:
         found = offload_entries.where_if_readable(heap, agent_id, generation)
     else:
-        try:
-            entry = offload_entries.parse_entry(only)
-            found = (entry.url, entry.key, entry.kind)
-        except ValueError:
-            found = None
+        only, entry = judged
+        found = (entry.url, entry.key, entry.kind) if entry is not None else None
     if found and not delete_blob(heap, found[0], found[1], "a stale snapshot", unreachable):
         return False
     return offload_entries.drop_entry(heap, agent_id, generation, name=name, only=only)
