@@ -90,7 +90,7 @@ cdef class Block:
         """The block leaves this object without being freed (a channel's
         send_block moves it): this Block is unusable from here on."""
         self._check_live()
-        if self.exports or (self.tag and self.heap.tagged_exports.get(self.offset)):
+        if self.exports or _exports_count(&self.heap.exported, self.offset):
             raise BufferError("cannot hand the block over: buffers (memoryviews, arrays) still point at it")
         self.freed = True
         self.moved = True
@@ -103,8 +103,6 @@ cdef class Block:
 
     def _adopt_tag(self, uint64_t tag):
         self.tag = tag
-        if self.exports:
-            self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + self.exports
 
     def _as_entry_view(self):
         """This Block is an agent entry's, as get() hands it out: while its
@@ -117,17 +115,18 @@ cdef class Block:
         cdef bint ro = self.heap.read_only
         # a read-only view never writes the arena, so it does not pin: its
         # Block still detects a recycle through the generation
+        _exports_add(&self.heap.exported, self.offset)  # first: its MemoryError leaves nothing to undo
         if self.owner != 0 and self.exports == 0 and not ro:
             try:
                 self.heap._owner_pin(self.owner, self.generation, self.entry_view)
-            except AgentSealed:  # offloaded since the check above
-                self._check_live()
+            except BaseException as exc:
+                _exports_drop(&self.heap.exported, self.offset)
+                if isinstance(exc, AgentSealed):  # offloaded since the check above
+                    self._check_live()
                 raise
         PyBuffer_FillInfo(view, self, self.heap.base + self.offset, self.length, 1 if ro else 0, flags)
         self.exports += 1
         self.heap.exports += 1
-        if self.tag:
-            self.heap.tagged_exports[self.offset] = self.heap.tagged_exports.get(self.offset, 0) + 1
         if self.entry_view:
             self.heap.entry_views[self.offset] = self.heap.entry_views.get(self.offset, 0) + 1
 
@@ -152,8 +151,7 @@ cdef class Block:
             # before the unpin below: that may recycle a completed agent
             if dropped is not None and not self.heap.read_only:
                 _drop_entry_block(self.heap, self.offset, dropped[0], dropped[1], dropped[2])
-        if self.tag:
-            _count_out(self.heap.tagged_exports, self.offset)
+        _exports_drop(&self.heap.exported, self.offset)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
             try:
                 final = self.heap._owner_unpin(self.owner, self.generation, self.entry_view)
@@ -239,10 +237,10 @@ cdef class Block:
         if self.exports:
             raise BufferError(
                 f"cannot free: {self.exports} exported buffer(s) (memoryview, numpy array) still point at the block")
-        if self.tag and self.heap.tagged_exports.get(self.offset):
+        if _exports_count(&self.heap.exported, self.offset):
             raise BufferError(
-                f"cannot free: {self.heap.tagged_exports[self.offset]} buffer(s) opened through another Block "
-                f"of this block still point at it")
+                f"cannot free: {_exports_count(&self.heap.exported, self.offset)} buffer(s) opened through "
+                f"another Block of this block still point at it")
         self._check_live()
         self.heap._check_writable()
         # an agent's block only if its agent was not offloaded since the Block

@@ -4,6 +4,15 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from swarmheap.includes.swarmheap cimport sh_arena_t, sh_block_info_t, sh_owner_info_t
 
 
+# Open buffers by block offset (_exports.pxi): a table of the process's
+# own, probed linearly; a key is the offset + 1 (0: an empty slot).
+cdef struct export_table_t:
+    uint64_t *keys
+    uint32_t *counts
+    uint64_t mask  # capacity - 1 (0: nothing allocated yet)
+    uint64_t used
+
+
 cdef class _Arena:
     cdef sh_arena_t *arena
     cdef uint8_t *base
@@ -27,9 +36,10 @@ cdef class _Arena:
     # (owner, generation)): freed when the last such buffer goes
     cdef dict entry_views
     cdef dict deferred_frees
-    # exports of tagged blocks by offset, across every Block object of this
-    # process: a free through one Block must see another's buffers
-    cdef dict tagged_exports
+    # open buffers by block offset, across every Block object of this
+    # process: a free through one Block, or free_many of its offset, must
+    # see another's buffers
+    cdef export_table_t exported
     # what the layer above is told (HeapEvents): allocation counts, a full
     # partition, a deferred recycle. The binding never calls up by name.
     cdef public object events

@@ -88,7 +88,6 @@ cdef class _Arena:
         self.arena = NULL
         self._sweep_countdown = 1 << 30
         self.events = _NO_EVENTS
-        self.tagged_exports = {}
         self._waiting = {}
         self.entry_views = {}
         self.deferred_frees = {}
@@ -105,6 +104,7 @@ cdef class _Arena:
             sh_close(self.arena)
         self.np_keeper = NULL
         self.arena = NULL
+        _exports_free(&self.exported)
 
     @classmethod
     def create(cls, name=None, size="64 MiB", *, ratios=None, page_size=None, max_owners=0, max_threads=0,
@@ -669,7 +669,11 @@ cdef class _Arena:
 
     def free_many(self, offsets):
         """Free every offset of an array from alloc_many. Stops at the first
-        bad one and raises, saying how many were freed before it."""
+        bad one and raises, saying how many were freed before it. An offset
+        with buffers open on it (a Block's memoryview or array in this
+        process) raises BufferError before anything is freed. Free Blocks
+        with Block.free(): a Block whose block went back by its offset knows
+        so (StaleBlock) only if a handle was made of it."""
         self._check_writable()
         arr = np.asarray(offsets)
         if arr.size and arr.dtype.kind not in "ui":
@@ -682,6 +686,16 @@ cdef class _Arena:
         cdef sh_arena_t *arena = self.arena
         if count == 0:
             return
+        if self.exports:
+            # a Block's offset whose buffers are open here: refused before
+            # anything goes back, as that Block's free() would be
+            for i in range(count):
+                if _exports_count(&self.exported, offs[i]):
+                    raise BufferError(
+                        f"cannot free offset {offs[i]} (item {i}): {_exports_count(&self.exported, offs[i])} "
+                        "buffer(s) (memoryview, numpy array) opened through a Block still point at it; "
+                        "nothing was freed")
+            i = 0
         # one C call: blocks of one page go back together
         self.inflight += 1
         with nogil:

@@ -220,6 +220,57 @@ def test_alloc_many_is_all_or_nothing(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_free_many_refuses_an_offset_whose_block_has_open_buffers(heap: sh.Heap) -> None:
+    plain, with_handle = heap.alloc(64, "shared"), heap.alloc(64, "shared")
+    assert with_handle.handle.offset == with_handle.offset  # tagged: its Block can tell a free by offset
+    others = heap.alloc_many(10, 64, "shared")
+    for blk in (plain, with_handle):
+        view = memoryview(blk)
+        batch = np.append(others, np.uint64(blk.offset))
+        refused = f"cannot free offset {blk.offset} \\(item 10\\).*nothing was freed"
+        with pytest.raises(BufferError, match=refused):
+            heap.free_many(batch)
+        assert heap.stats()["partitions"]["shared"]["in_use"] == 64 * 12  # all or nothing
+        view[:4] = b"live"  # still the block's own memory
+        view.release()
+    heap.free_many(others)
+    heap.free_many(np.array([plain.offset], dtype=np.uint64))  # no buffer open: goes back
+    heap.free_many(np.array([with_handle.offset], dtype=np.uint64))
+    with pytest.raises(sh.StaleBlock):
+        with_handle[:4]  # a handle was made of it: its Block knows
+    assert heap.stats()["partitions"]["shared"]["in_use"] == 0
+    heap.check()
+
+
+def test_open_buffers_are_counted_per_block_across_many_blocks(heap: sh.Heap) -> None:
+    """Hundreds of blocks with buffers opened and released in a shuffled
+    order (the table of open buffers grows and empties slots in the middle of
+    probe runs): at every step exactly the blocks with a buffer open refuse
+    a free by offset."""
+    import random
+
+    rng = random.Random(7)
+    blocks = [heap.alloc(rng.choice((64, 128, 1024)), "shared") for _ in range(300)]
+    views: list[tuple[int, memoryview]] = []
+    for i in range(300):
+        for _ in range(rng.randint(1, 3)):
+            views.append((i, memoryview(blocks[i])))
+    rng.shuffle(views)
+    while views:
+        i, view = views.pop()
+        view.release()
+        still = {j for j, _ in views}
+        for j in rng.sample(range(300), 20):
+            if j in still:
+                with pytest.raises(BufferError):
+                    heap.free_many(np.array([blocks[j].offset], dtype=np.uint64))
+                with pytest.raises(BufferError):
+                    blocks[j].free()
+    heap.free_many(np.array([b.offset for b in blocks], dtype=np.uint64))  # none open now
+    assert heap.stats()["partitions"]["shared"]["in_use"] == 0
+    heap.check()
+
+
 def test_free_many_bad_offset(heap: sh.Heap) -> None:
     with pytest.raises(sh.InvalidHandle, match="freed 0 of 1"):
         heap.free_many(np.array([12345], dtype=np.uint64))
