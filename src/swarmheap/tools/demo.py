@@ -73,7 +73,8 @@ class WorkerReport:
     received: int = 0
     bytes_moved: int = 0
     errors: int = 0
-    full: int = 0
+    full: int = 0  # allocations a full partition refused
+    behind: int = 0  # hand-offs a neighbour's full channel turned away (its timeout)
     offloads: int = 0  # the memory agent written to the store and its pages given back
     restores: int = 0  # ... and brought back by the next touch
     offloaded_bytes: int = 0  # what offloading it freed in the heap
@@ -104,6 +105,7 @@ class DemoReport:
     blob_bytes: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     allocation_failures: int = 0
+    behind: int = 0
     handover_errors: int = 0
     workers_failed: list[int] = field(default_factory=list)
     check_passed: bool = False
@@ -148,6 +150,7 @@ _SUMMED = (
     "archive_errors",
     "pressure_offloads",
     "pressure_bytes",
+    "behind",
 )
 
 
@@ -221,8 +224,10 @@ def _worker(
                 report.received += _drain(heap, inbox, report)  # room for a neighbour before we wait on ours
                 outbox.send_block(blk, timeout=0.0)
                 report.sent += 1
-            except (PartitionFull, TimeoutError):  # a full partition, or a neighbour that fell behind
+            except PartitionFull:
                 report.full += 1
+            except TimeoutError:  # a neighbour that fell behind: its channel is full
+                report.behind += 1
             if victim and round_no == rounds // 2:
                 # wait for an answer that never comes: the parent kills this
                 # process here, with its agents live
@@ -590,9 +595,11 @@ def print_report(report: DemoReport) -> None:
         (
             "reclaimed by sweep (dead worker)",
             f"{format_size(report.reclaimed_by_sweep)} in {report.agents_swept} agents; "
-            f"{report.stayed_offloaded} of its agents stay offloaded, restorable by any process",
+            f"{report.stayed_offloaded} of its agents "
+            f"{'stays' if report.stayed_offloaded == 1 else 'stay'} offloaded, restorable by any process",
         ),
         ("allocations refused (PartitionFull)", str(report.allocation_failures)),
+        ("hand-offs turned away (a neighbour's channel full)", str(report.behind)),
         ("handovers that failed to verify", str(report.handover_errors)),
         ("workers that failed", ", ".join(map(str, report.workers_failed)) or "none"),
         ("check()", "passed" if report.check_passed else f"FAILED: {report.check_message}"),
