@@ -7,6 +7,7 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free
 
 cdef enum:
     _EXPORTS_FIRST = 16  # slots of a table's first allocation
+    _EXPORTS_KEPT = 1024  # a table this large is freed when its last buffer goes
 
 
 cdef inline uint64_t _exports_home(const export_table_t *t, uint64_t key) noexcept:
@@ -61,6 +62,12 @@ cdef inline uint32_t _exports_count(const export_table_t *t, uint64_t offset) no
     return t.counts[_exports_slot(t, offset + 1)]
 
 
+cdef void _exports_free(export_table_t *t) noexcept:
+    PyMem_Free(t.keys)
+    PyMem_Free(t.counts)
+    t.keys, t.counts, t.mask, t.used = NULL, NULL, 0, 0
+
+
 cdef void _exports_drop(export_table_t *t, uint64_t offset) noexcept:
     """One buffer fewer on the block at ``offset``; its slot empties at the
     last, and the entries after it move back so that no probe breaks."""
@@ -73,6 +80,9 @@ cdef void _exports_drop(export_table_t *t, uint64_t offset) noexcept:
     if t.counts[i] != 0:
         return
     t.used -= 1
+    if t.used == 0 and t.mask >= _EXPORTS_KEPT:
+        _exports_free(t)  # a burst of buffers is over: its table does not stay
+        return
     j = i
     while True:
         j = (j + 1) & t.mask
@@ -84,9 +94,3 @@ cdef void _exports_drop(export_table_t *t, uint64_t offset) noexcept:
             i = j
     t.keys[i] = 0
     t.counts[i] = 0
-
-
-cdef void _exports_free(export_table_t *t) noexcept:
-    PyMem_Free(t.keys)
-    PyMem_Free(t.counts)
-    t.keys, t.counts, t.mask, t.used = NULL, NULL, 0, 0
