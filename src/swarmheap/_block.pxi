@@ -223,10 +223,11 @@ cdef class Block:
 
     def __dealloc__(self):
         # a message's receiver owns its block: dropping the last reference
-        # gives it back (buffers keep the Block alive while they are open)
+        # gives it back (buffers keep the Block alive while they are open;
+        # a buffer another Block of the block opened leaves it to that Block)
         if self.owns and not self.freed and self.heap is not None and self.heap.arena != NULL \
                 and not self.heap.read_only:
-            if not self._stale():
+            if not self._stale() and not _exports_count(&self.heap.exported, self.offset):
                 _owner_free(self.heap, self.offset, self.owner, self.generation, self.offloads)
             self.freed = True
 

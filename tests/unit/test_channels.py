@@ -587,6 +587,26 @@ def test_dropping_a_received_block_returns_it(heap: sh.Heap) -> None:
     heap.check()
 
 
+def test_a_dropped_received_block_leaves_a_twin_s_open_buffer_alone(heap: sh.Heap) -> None:
+    """A received Block dropped while another Block of its block (from its
+    handle) has a buffer open does not free under that buffer: the twin
+    frees it."""
+    ch = heap.channel("twin", 8)
+    base = int(heap.stats()["partitions"]["comm"]["in_use"])
+    ch.send(b"t" * 500)
+    received = ch.recv()
+    twin = heap.resolve(received.handle)
+    view = memoryview(twin)
+    del received
+    view[:4] = b"mine"  # still the message's block, not freed under the view
+    assert bytes(twin[:8]) == b"minetttt"
+    view.release()
+    twin.free()
+    assert int(heap.stats()["partitions"]["comm"]["in_use"]) == base
+    ch.unlink()
+    heap.check()
+
+
 def test_a_lease_that_runs_out_takes_a_queued_message_out_of_its_channel(heap: sh.Heap) -> None:
     ch = heap.channel("expiring", 16)
     comm = heap.stats()["partitions"]["comm"]["in_use"]
