@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import index, offload_entries, snapshot
+from swarmheap import index_format, offload_entries, snapshot
 from swarmheap.errors import CorruptSnapshot, IndexMoved
 
 if TYPE_CHECKING:
@@ -115,9 +115,9 @@ def parsed(heap: Heap, blob: bytes, stores: list[Store]) -> Iterator[snapshot.St
     with snapshot.unpacked(blob, lambda dict_id: heap._dictionaries.lookup(dict_id, stores)) as raw:
         kind, lease_left, entries = snapshot.decode_state(raw)
         try:
-            index.check_kind(kind)
+            index_format.check_kind(kind)
             for name, _ in entries:
-                index.check_name(name)
+                index_format.check_name(name)
         except (TypeError, ValueError) as exc:
             raise CorruptSnapshot(f"the snapshot holds a state this heap cannot take: {exc}") from None
         yield kind, lease_left, entries

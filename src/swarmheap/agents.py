@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from swarmheap import agent_snapshot, index, offload, offload_entries, offload_sweep, snapshot
+from swarmheap import agent_snapshot, index, index_format, offload, offload_entries, offload_sweep, snapshot
 from swarmheap._core import SEALED_WORD, AgentCore, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, HeapCorrupt, InvalidHandle, StaleBlock
 from swarmheap.handle import Handle
@@ -103,8 +103,10 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # else surely 1..MAX_NAME bytes
-            index.check_name(name)
+        if (
+            type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4
+        ):  # else surely 1..MAX_NAME bytes
+            index_format.check_name(name)
         try:
             # alloc brings an offloaded agent back (the heap's events)
             blk, nbytes = self._alloc_copy(data)
@@ -142,8 +144,8 @@ class Agent(AgentCore):
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
-            if type(name) is not str or not 0 < len(name) <= index.MAX_NAME // 4:  # as in put()
-                index.check_name(name)
+            if type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4:  # as in put()
+                index_format.check_name(name)
         try:
             return self._put_named_once(
                 items, requires, expect_word=expect_word, lease_deadline=lease_deadline, offloads=offloads
@@ -295,7 +297,7 @@ class Agent(AgentCore):
         ``what`` says what keeps changing ("entry 'x' keeps changing")."""
         return StaleBlock(f"agent {self.id}'s {what} under concurrent updates ({why})")
 
-    def _unsealed_index(self) -> tuple[int, index.Entries] | None:
+    def _unsealed_index(self) -> tuple[int, index_format.Entries] | None:
         """The index word and entries, if the word is a live one; None once
         an agent offloaded since it was brought back is brought back again
         (the sealed word's index names nothing: its entries are in the store)."""
@@ -476,7 +478,7 @@ class Agent(AgentCore):
             return done[1]
         removed: list[tuple[int, int]] = []
 
-        def change(entries: index.Entries) -> None:
+        def change(entries: index_format.Entries) -> None:
             removed.clear()  # update_index runs this again after a race: only the last run's counts
             for name in names:
                 place = entries.pop(name, None)
@@ -501,7 +503,7 @@ class Agent(AgentCore):
             return False
         return name in self._live_entries()
 
-    def _live_entries(self) -> index.Entries:
+    def _live_entries(self) -> index_format.Entries:
         """The entries of the agent's index read from a live word: an
         offloaded agent is brought back first, and one offloaded again at once
         (the sealed word's index names nothing: it read as no entries) is held
@@ -512,7 +514,7 @@ class Agent(AgentCore):
             raise _kept_offloaded(self.id)
         return got
 
-    def _live_entries_round(self) -> index.Entries | str:
+    def _live_entries_round(self) -> index_format.Entries | str:
         read = self._unsealed_index()
         return _OFFLOADED_AGAIN if read is None else read[1]
 
@@ -566,10 +568,10 @@ class Agent(AgentCore):
 
     # ---- the index (swarmheap.index is its format) ----
 
-    def _read_index_word(self) -> tuple[int, index.Index]:
+    def _read_index_word(self) -> tuple[int, index_format.Index]:
         return index.read_index(self._heap, self.id, self.generation, self.kind)
 
-    def _read_index(self) -> index.Index:
+    def _read_index(self) -> index_format.Index:
         return self._read_index_word()[1]
 
     def _update_index(

@@ -29,7 +29,7 @@ from swarmheap.agents import Agent, check_lease
 from swarmheap.channels import Channel
 from swarmheap.errors import AgentStateError, HeapCorrupt, ReadOnlyHeap, StaleBlock
 from swarmheap.hooks import EVENTS, Hook, Hooks
-from swarmheap.index import check_kind, kind_id
+from swarmheap.index_format import check_kind, kind_id
 from swarmheap.predict import HALF_LIFE, MAX_HALF_LIFE, MIN_HALF_LIFE, Prediction, Predictor
 from swarmheap.registry import RegistryCache
 from swarmheap.stores import Store, check_store, open_store

@@ -21,53 +21,33 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, IndexMoved, StaleBlock
-from swarmheap.index_format import (  # the format's names, as index's users know them
-    _ENTRY,
-    _HEADER,
-    _IN_PIECES,
-    _MAGIC,
-    _PIECE,
-    MAX_KIND,
-    MAX_NAME,
+from swarmheap.index_format import (  # the format: its bytes and the checks of names in it
+    ENTRY,
+    HEADER,
+    IN_PIECES,
+    MAGIC,
+    PIECE,
     PIECE_BYTES,
     Entries,
     Index,
     Positions,
-    _decode_entries,
-    _entry_bytes,
-    _head,
-    _place,
-    _spliced,
     body_of,
-    check_kind,
-    check_name,
     decode,
-    encode,
+    decode_entries,
     encode_head,
     encode_update,
-    kind_id,
+    entry_bytes,
+    place_entries,
+    read_head,
+    spliced,
 )
 
 if TYPE_CHECKING:
     from swarmheap._core import CoreHeap
 
 __all__ = [
-    "MAX_KIND",
-    "MAX_NAME",
-    "PIECE_BYTES",
-    "Entries",
-    "Index",
     "MissingEntries",
-    "Positions",
-    "body_of",
     "cached_at",
-    "check_kind",
-    "check_name",
-    "decode",
-    "encode",
-    "encode_head",
-    "encode_update",
-    "kind_id",
     "put_entries",
     "read_index",
     "read_kind",
@@ -137,16 +117,14 @@ class PieceSet:
             pos = 0
             for n in self.pieces[i].names:
                 at[n] = pos
-                pos += _ENTRY.size + len(n.encode())
+                pos += ENTRY.size + len(n.encode())
         return (i, at[name]) if name in at else None
 
 
 def _encode_root(kind: str, lease: float, count: int, pieces: Pieces) -> bytes:
     kind_b = kind.encode()
-    table = [_PIECE.pack(p.offset, len(p.data), len(p.names)) for p in pieces]
-    return b"".join(
-        [_HEADER.pack(_MAGIC, _IN_PIECES, len(kind_b), lease, count, len(pieces)), kind_b, *table]
-    )
+    table = [PIECE.pack(p.offset, len(p.data), len(p.names)) for p in pieces]
+    return b"".join([HEADER.pack(MAGIC, IN_PIECES, len(kind_b), lease, count, len(pieces)), kind_b, *table])
 
 
 def _read_pieces(
@@ -156,16 +134,16 @@ def _read_pieces(
     piece read as a block of the agent's (as resolve() checks a handle, so a
     damaged table reads nothing else), then the word again. None if a piece
     is gone or the word moved on (an update freed them): read again."""
-    _, kind, lease, count, npieces, pos = _head(data)
+    _, kind, lease, count, npieces, pos = read_head(data)
     entries: Entries = {}
     pieces = []
     for _ in range(npieces):
-        offset, nbytes, n = _PIECE.unpack_from(data, pos)
-        pos += _PIECE.size
+        offset, nbytes, n = PIECE.unpack_from(data, pos)
+        pos += PIECE.size
         piece = heap._owner_read(agent_id, generation, offset, nbytes)
         if piece is None:
             return None
-        end, names = _decode_entries(piece, 0, n, entries)
+        end, names = decode_entries(piece, 0, n, entries)
         if end != nbytes:
             return None
         pieces.append(Piece(offset, piece, tuple(names)))
@@ -182,7 +160,7 @@ def _chunks(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[bytes, t
     names: list[str] = []
     size = 0
     for name, place in items:
-        entry = _entry_bytes(name, *place)
+        entry = entry_bytes(name, *place)
         if parts and size + len(entry) > PIECE_BYTES:
             out.append((b"".join(parts), tuple(names)))
             parts, names, size = [], [], 0
@@ -327,7 +305,7 @@ def _read_attempt(heap: CoreHeap, agent_id: int, generation: int, kind: str) -> 
     if not word or word == SEALED_WORD:  # no index yet, or offloaded
         return word, (kind, 0.0, {})
     try:
-        if _head(data)[0] == _IN_PIECES:
+        if read_head(data)[0] == IN_PIECES:
             got_pieces = _read_pieces(heap, agent_id, generation, word, data)
             if got_pieces is None:
                 return None
@@ -520,7 +498,7 @@ def _append_in_place(
     go: a replacement or removal copies), and iterates a copy (list()).
     None if the word had moved on, or the index grows past PIECE_BYTES."""
     heap, agent_id, generation, word, kind, lease, shared, offloads = target
-    tail_parts = [_entry_bytes(name, offset, size) for name, offset, size in new]
+    tail_parts = [entry_bytes(name, offset, size) for name, offset, size in new]
     tail = b"".join(tail_parts)
     if _in_pieces(agent_id, len(body) + len(tail)):
         return None  # the splice path puts it in pieces
@@ -529,7 +507,7 @@ def _append_in_place(
     if not new_word:
         return None
     if positions is not None:
-        _place(zip([name for name, _, _ in new], tail_parts), len(body), positions)
+        place_entries(zip([name for name, _, _ in new], tail_parts), len(body), positions)
     for name, offset, size in new:
         shared[name] = (offset, size)
     # bytes, as read from the arena: a bytearray from here on, grown in place
@@ -554,7 +532,7 @@ def _append_to_pieces(
     heap, agent_id, generation, word, kind, lease, shared, offloads = target
     pieces = known.pieces
     added = tuple(name for name, _, _ in new)
-    tail = b"".join([_entry_bytes(name, offset, size) for name, offset, size in new])
+    tail = b"".join([entry_bytes(name, offset, size) for name, offset, size in new])
     if pieces and len(pieces[-1].data) + len(tail) <= PIECE_BYTES:
         last = pieces[-1]
         fresh = _put_pieces(heap, agent_id, generation, offloads, [(last.data + tail, last.names + added)])
@@ -601,7 +579,7 @@ def _replace_in_pieces(
         found = known.find(name)
         if found is None:
             return None
-        touched.setdefault(found[0], []).append((found[1], _entry_bytes(name, offset, size)))
+        touched.setdefault(found[0], []).append((found[1], entry_bytes(name, offset, size)))
     pieces = list(known.pieces)
     made = []
     for i, patches in touched.items():
@@ -660,7 +638,7 @@ def remove_in_pieces(
         found = known.find(name)
         if found is None:
             return None
-        length = _ENTRY.size + len(name.encode())
+        length = ENTRY.size + len(name.encode())
         cuts.setdefault(found[0], []).append((found[1], length))
         gone += length
     if not _in_pieces(agent_id, 2 * (sum(len(p.data) for p in pieces) - gone)):
@@ -765,9 +743,9 @@ def put_entries(
             appended: list[str] = []
             for name, offset, size in new:
                 (replaced_names if name in shared else appended).append(name)
-                entries[name] = (offset, size)  # a new name goes to the end, as _spliced appends it
+                entries[name] = (offset, size)  # a new name goes to the end, as spliced appends it
             replaced_refs = [shared[name] for name in replaced_names]
-            body, positions = _spliced(body, positions, shared, entries, replaced_names, appended)
+            body, positions = spliced(body, positions, shared, entries, replaced_names, appended)
             new_word = _store(target, entries, body, positions)
             if new_word:
                 return replaced_refs, (word, new_word)
@@ -817,7 +795,7 @@ def read_lease(heap: CoreHeap, agent_id: int, generation: int, word: int) -> flo
     if got is None or got[0] != word:
         return 0.0
     try:
-        magic, _, _, deadline, _, _ = _HEADER.unpack_from(got[1], 0)
+        magic, _, _, deadline, _, _ = HEADER.unpack_from(got[1], 0)
     except struct.error:
         return 0.0
-    return float(deadline) if magic == _MAGIC else 0.0
+    return float(deadline) if magic == MAGIC else 0.0

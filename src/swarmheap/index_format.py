@@ -11,9 +11,15 @@ import zlib
 from collections.abc import Iterable
 
 __all__ = [
+    "ENTRY",
+    "HEADER",
+    "IN_PIECES",
+    "MAGIC",
     "MAX_KIND",
     "MAX_NAME",
+    "PIECE",
     "PIECE_BYTES",
+    "WHOLE",
     "Entries",
     "Index",
     "Positions",
@@ -21,16 +27,21 @@ __all__ = [
     "check_kind",
     "check_name",
     "decode",
+    "decode_entries",
     "encode",
     "encode_head",
     "encode_update",
+    "entry_bytes",
     "kind_id",
+    "place_entries",
+    "read_head",
+    "spliced",
     "utf8_text",
 ]
 
-_HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
-_ENTRY = struct.Struct("<HQQ")  # name length, offset, size
-_MAGIC = b"SHIX"
+HEADER = struct.Struct("<4sHHdII")  # magic, version, kind length, lease deadline, count, pieces
+ENTRY = struct.Struct("<HQQ")  # name length, offset, size
+MAGIC = b"SHIX"
 # The header's version: the entries follow the kind in the block (WHOLE), or
 # a table of pieces does (IN_PIECES), each a block of the agent's own in
 # `system` holding some of the entries, in order. An agent's index past
@@ -38,8 +49,8 @@ _MAGIC = b"SHIX"
 # writes the pieces it changes and the table, not every entry again: a
 # LangGraph thread adds three entries a step, and a put after 5 000 steps
 # copied 450 KB. Below half of it, an index is one block again.
-_WHOLE, _IN_PIECES = 1, 2
-_PIECE = struct.Struct("<QII")  # the piece's block offset, its bytes, its entries
+WHOLE, IN_PIECES = 1, 2
+PIECE = struct.Struct("<QII")  # the piece's block offset, its bytes, its entries
 PIECE_BYTES = 16 << 10
 MAX_NAME = 1024
 MAX_KIND = 256
@@ -77,25 +88,25 @@ _encoded: dict[tuple[str, int, int], bytes] = {}  # an entry's bytes: most survi
 _ENCODED_MAX = 1 << 16
 
 
-def _entry_bytes(name: str, offset: int, size: int) -> bytes:
+def entry_bytes(name: str, offset: int, size: int) -> bytes:
     key = (name, offset, size)
     got = _encoded.get(key)
     if got is None:
         if len(_encoded) >= _ENCODED_MAX:
             _encoded.clear()
         name_b = name.encode()
-        got = _encoded[key] = _ENTRY.pack(len(name_b), offset, size) + name_b
+        got = _encoded[key] = ENTRY.pack(len(name_b), offset, size) + name_b
     return got
 
 
 def encode_head(kind: str, lease_deadline: float, count: int) -> bytes:
     """The encoding's head: its kind, lease deadline and entry count (the body follows it)."""
     kind_b = kind.encode()
-    return _HEADER.pack(_MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
+    return HEADER.pack(MAGIC, 1, len(kind_b), lease_deadline, count, 0) + kind_b
 
 
 def _body(entries: Entries) -> bytes:
-    return b"".join([_entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
+    return b"".join([entry_bytes(name, offset, size) for name, (offset, size) in entries.items()])
 
 
 def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
@@ -104,15 +115,15 @@ def encode(kind: str, lease_deadline: float, entries: Entries) -> bytes:
 
 def body_of(data: bytes, kind: str) -> bytes:
     """The encoded entries of ``data``, an encoding of kind ``kind`` (decoded already)."""
-    return data[_HEADER.size + len(kind.encode()) :]
+    return data[HEADER.size + len(kind.encode()) :]
 
 
-def _decode_entries(data: bytes, pos: int, count: int, entries: Entries) -> tuple[int, list[str]]:
+def decode_entries(data: bytes, pos: int, count: int, entries: Entries) -> tuple[int, list[str]]:
     """Add the ``count`` entries encoded from ``pos`` to ``entries``; where they end, and their names."""
     names = []
     for _ in range(count):
-        name_len, offset, size = _ENTRY.unpack_from(data, pos)
-        pos += _ENTRY.size
+        name_len, offset, size = ENTRY.unpack_from(data, pos)
+        pos += ENTRY.size
         name = data[pos : pos + name_len].decode()
         entries[name] = (offset, size)
         names.append(name)
@@ -120,22 +131,22 @@ def _decode_entries(data: bytes, pos: int, count: int, entries: Entries) -> tupl
     return pos, names
 
 
-def _head(data: bytes) -> tuple[int, str, float, int, int, int]:
+def read_head(data: bytes) -> tuple[int, str, float, int, int, int]:
     """(version, kind, lease, count, pieces, where the rest starts) of an encoding."""
-    magic, version, kind_len, lease, count, pieces = _HEADER.unpack_from(data, 0)
-    if magic != _MAGIC or version not in (_WHOLE, _IN_PIECES):
+    magic, version, kind_len, lease, count, pieces = HEADER.unpack_from(data, 0)
+    if magic != MAGIC or version not in (WHOLE, IN_PIECES):
         raise ValueError("not an agent index")
-    pos = _HEADER.size + kind_len
-    return version, data[_HEADER.size : pos].decode(), lease, count, pieces, pos
+    pos = HEADER.size + kind_len
+    return version, data[HEADER.size : pos].decode(), lease, count, pieces, pos
 
 
 def decode(data: bytes) -> Index:
     """An index encoded whole (an index in pieces is read_index's to read)."""
-    version, kind, lease, count, _, pos = _head(data)
-    if version != _WHOLE:
+    version, kind, lease, count, _, pos = read_head(data)
+    if version != WHOLE:
         raise ValueError("an agent index in pieces: read_index reads it")
     entries: Entries = {}
-    _decode_entries(data, pos, count, entries)
+    decode_entries(data, pos, count, entries)
     return kind, lease, entries
 
 
@@ -145,17 +156,17 @@ Positions = dict[str, int]
 
 
 def _entries_bytes(items: Iterable[tuple[str, tuple[int, int]]]) -> list[tuple[str, bytes]]:
-    return [(name, _entry_bytes(name, offset, size)) for name, (offset, size) in items]
+    return [(name, entry_bytes(name, offset, size)) for name, (offset, size) in items]
 
 
-def _place(named: Iterable[tuple[str, bytes]], at: int, positions: Positions) -> None:
+def place_entries(named: Iterable[tuple[str, bytes]], at: int, positions: Positions) -> None:
     """Record where each of ``named``'s entries starts, laid out one after another from ``at``."""
     for name, entry in named:
         positions[name] = at
         at += len(entry)
 
 
-def _spliced(
+def spliced(
     body: bytes | bytearray,
     positions: Positions | None,
     shared: Entries,
@@ -172,17 +183,17 @@ def _spliced(
     if changed:
         if positions is None:
             positions = {}
-            _place(_entries_bytes(list(shared.items())), 0, positions)
+            place_entries(_entries_bytes(list(shared.items())), 0, positions)
         buf = bytearray(body)
         for name in changed:
             at = positions[name]
-            encoded = _entry_bytes(name, *entries[name])
+            encoded = entry_bytes(name, *entries[name])
             buf[at : at + len(encoded)] = encoded
         body = bytes(buf)
     if appended:
-        tail = [_entry_bytes(name, *entries[name]) for name in appended]
+        tail = [entry_bytes(name, *entries[name]) for name in appended]
         if positions is not None:  # new names only: a failed swap leaves them in a version never used again
-            _place(zip(appended, tail), len(body), positions)
+            place_entries(zip(appended, tail), len(body), positions)
         body = b"".join([body, *tail])
     return body, positions
 
@@ -202,5 +213,5 @@ def encode_update(
     if encoded is not None and len(entries) >= n and list(itertools.islice(entries, n)) == list(shared):
         changed = [name for name, ref in itertools.islice(entries.items(), n) if shared[name] is not ref]
         appended = list(itertools.islice(entries, n, None))
-        return _spliced(*encoded, shared, entries, changed, appended)
+        return spliced(*encoded, shared, entries, changed, appended)
     return _body(entries), None

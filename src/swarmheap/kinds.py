@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from swarmheap import index
+from swarmheap import index, index_format
 from swarmheap.errors import PartitionFull
 from swarmheap.registry import Registry
 
@@ -24,7 +24,7 @@ def name_kind(heap: Heap, kind: str) -> None:
     process and kind). With no room in `system` for the registry's copy,
     this process knows the name and the next spawn of the kind tries
     again: a spawn does not fail for it."""
-    kid = index.kind_id(kind)
+    kid = index_format.kind_id(kind)
     if heap._kind_names.get(kid) == kind and kid not in heap._kinds_unpublished:
         return
     heap._kind_names[kid] = kind

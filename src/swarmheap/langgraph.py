@@ -33,7 +33,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
-from swarmheap import agent_snapshot, index, lgkeep, lgthreads, lgvalues, lgwalks, snapshot
+from swarmheap import agent_snapshot, index, index_format, lgkeep, lgthreads, lgvalues, lgwalks, snapshot
 from swarmheap._core import SEALED_WORD
 from swarmheap._extras import require
 from swarmheap.errors import PartitionFull, StaleBlock
@@ -127,7 +127,7 @@ class SwarmSaver(BaseCheckpointSaver):  # type: ignore[misc,valid-type]
             raise TypeError(f"keep is a count of checkpoints (int >= 1) or None, not {type(keep).__name__}")
         if keep is not None and keep < 1:
             raise ValueError(f"keep is a count of checkpoints >= 1, or None, not {keep!r}")
-        index.check_kind(kind)  # here, not at the first put
+        index_format.check_kind(kind)  # here, not at the first put
         self.heap = heap
         self.codec = compress or "none"
         self.keep = keep

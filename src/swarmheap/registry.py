@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from swarmheap import index
+from swarmheap import index, index_format
 from swarmheap.errors import AgentStateError, HeapCorrupt, StaleBlock
 
 if TYPE_CHECKING:
@@ -65,9 +65,11 @@ Ref = tuple[int, int]  # a block's offset and size
 Token = tuple[int, int, bytes]
 # per heap: shard name -> (its block's ref, nonce, decoded names, the names'
 # encoded body and where each starts in it, None until a change needs it):
-# a write copies the body with its change spliced in (index.encode_update),
+# a write copies the body with its change spliced in (index_format.encode_update),
 # not every name encoded again (at 6 000 names, 38 of a write's 64 us)
-RegistryCache = dict[str, tuple[Ref, int, index.Entries, "bytes | bytearray", "index.Positions | None"]]
+RegistryCache = dict[
+    str, tuple[Ref, int, index_format.Entries, "bytes | bytearray", "index_format.Positions | None"]
+]
 
 
 class _Changed(Exception):
@@ -92,7 +94,7 @@ class Registry:
 
     # ---- reading ----
 
-    def _root(self) -> tuple[int, index.Entries]:
+    def _root(self) -> tuple[int, index_format.Entries]:
         try:
             word, (_, _, entries) = index.read_index(
                 self.heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND
@@ -117,7 +119,7 @@ class Registry:
             raise _Changed
         return data
 
-    def _shard(self, shard: str, ref: Ref) -> index.Entries:
+    def _shard(self, shard: str, ref: Ref) -> index_format.Entries:
         """The names in the shard block at ``ref`` (shared with the cache:
         read them, never change them). Raises _Changed if the block does not
         read as a shard: freed and reused under us."""
@@ -129,12 +131,12 @@ class Registry:
         data = self._bytes(ref)
         try:
             (nonce,) = _NONCE.unpack_from(data, 0)
-            kind, _, entries = index.decode(data[_NONCE.size :])
+            kind, _, entries = index_format.decode(data[_NONCE.size :])
         except (struct.error, ValueError, UnicodeDecodeError):
             raise _Changed from None
         if kind != _SHARD_KIND:
             raise _Changed
-        self._cache[shard] = (ref, nonce, entries, index.body_of(data[_NONCE.size :], kind), None)
+        self._cache[shard] = (ref, nonce, entries, index_format.body_of(data[_NONCE.size :], kind), None)
         return entries
 
     def _settled(self, attempt: Callable[[], Any], what: str) -> Any:
@@ -229,8 +231,11 @@ class Registry:
         def attempt() -> bool:
             word, root = self._root()
             sref = root.get(shard)
-            shared: index.Entries = {}
-            encoded: tuple[bytes | bytearray, index.Positions | None] | None = (b"", {})  # an empty shard's
+            shared: index_format.Entries = {}
+            encoded: tuple[bytes | bytearray, index_format.Positions | None] | None = (
+                b"",
+                {},
+            )  # an empty shard's
             if sref is not None:
                 shared = self._shard(shard, sref)
                 hit = self._cache.get(shard)
@@ -255,13 +260,13 @@ class Registry:
             nonce = int.from_bytes(os.urandom(8), "little")
             sblk = None
             if entries:
-                body, positions = index.encode_update(shared, encoded, entries)
-                head = index.encode_head(_SHARD_KIND, 0.0, len(entries))
+                body, positions = index_format.encode_update(shared, encoded, entries)
+                head = index_format.encode_head(_SHARD_KIND, 0.0, len(entries))
                 block = b"".join((_NONCE.pack(nonce), head, body))
                 sblk = heap.alloc(len(block), "system", owner=REGISTRY_OWNER)
                 sblk[: len(block)] = block
 
-            def swap_root(root_entries: index.Entries) -> None:
+            def swap_root(root_entries: index_format.Entries) -> None:
                 # the root word, not the shard's ref: a shard block freed and
                 # its place taken by a newer copy of the same size would pass
                 # a compare of refs and lose that copy's change. The word only

@@ -13,6 +13,7 @@ import pytest
 
 import swarmheap as sh
 import swarmheap.index
+import swarmheap.index_format
 import swarmheap.sweep
 from _workers import (
     read_agent_entry,
@@ -659,6 +660,6 @@ def test_an_index_grown_by_appends_reads_back_exactly(big: sh.Heap) -> None:
         # replacements are written over the old entry's bytes: the arena's
         # index decodes to exactly what this process holds
         _, data = big._owner_held_read(agent.id, agent.generation)
-        assert swarmheap.index.decode(data)[2] == agent._read_index()[2]
+        assert swarmheap.index_format.decode(data)[2] == agent._read_index()[2]
     agent.complete()
     big.check()

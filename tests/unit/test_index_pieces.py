@@ -13,14 +13,15 @@ import pytest
 
 import swarmheap as sh
 from _workers import agent_entries, churn_entries_of, put_entries_of
-from swarmheap import index
+from swarmheap import index, index_format
 
 
 def _table(heap: sh.Heap, agent: sh.Agent) -> tuple[int, list[int]]:
     """(the index's format version, the offsets of its pieces) as the arena holds them."""
     _, data = heap._owner_held_read(agent.id, agent.generation)
-    version, _, _, _, npieces, pos = index._head(data)
-    offsets = [index._PIECE.unpack_from(data, pos + i * index._PIECE.size)[0] for i in range(npieces)]
+    version, _, _, _, npieces, pos = index_format.read_head(data)
+    piece = index_format.PIECE
+    offsets = [piece.unpack_from(data, pos + i * piece.size)[0] for i in range(npieces)]
     return version, offsets
 
 
@@ -43,7 +44,7 @@ def test_a_large_index_goes_in_pieces_and_reads_back_in_another_process(heap_nam
         agent = heap.spawn("big")
         made = _fill(agent, 2000)
         version, offsets = _table(heap, agent)
-        assert version == index._IN_PIECES and len(offsets) > 1
+        assert version == index_format.IN_PIECES and len(offsets) > 1
         with mp.get_context("spawn").Pool(1) as pool:
             assert pool.apply(agent_entries, (heap_name, agent.id)) == made
         _forget(heap, agent)
@@ -121,7 +122,7 @@ def test_random_changes_keep_an_index_exact_across_pieces_and_back(
             _forget(heap, agent)
             assert {name: bytes(agent.read(name)) for name in agent.names()} == model
             heap.check()
-    assert index._IN_PIECES in versions
+    assert index_format.IN_PIECES in versions
     agent.complete()
 
 
@@ -131,14 +132,14 @@ def test_pieces_go_with_the_agent_on_complete_and_on_offload(heap: sh.Heap, tmp_
 
     agent = heap.spawn("big")
     made = _fill(agent, 1200)  # about 35 KB of index
-    assert _table(heap, agent)[0] == index._IN_PIECES
+    assert _table(heap, agent)[0] == index_format.IN_PIECES
     held = system()
     with sh.open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
         agent.offload(store)
         assert system() < held - 30_000  # its pieces went with its memory
         agent.restore()
         assert {name: bytes(agent.read(name)) for name in agent.names()} == made
-        assert _table(heap, agent)[0] == index._IN_PIECES
+        assert _table(heap, agent)[0] == index_format.IN_PIECES
         agent.complete()
     assert system() < held - 30_000
     heap.check()
@@ -229,7 +230,7 @@ def test_a_long_langgraph_thread_in_pieces_reads_back_in_a_new_saver(
         )
     thread = {"configurable": {"thread_id": "long"}}
     agent = saver._agent("long", create=False)
-    assert _table(heap, agent)[0] == index._IN_PIECES
+    assert _table(heap, agent)[0] == index_format.IN_PIECES
     _forget(heap, agent)
     fresh = SwarmSaver(heap)
     ours = [

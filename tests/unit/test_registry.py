@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import swarmheap as sh
-from swarmheap import index
+from swarmheap import index, index_format
 from swarmheap.registry import REGISTRY_GENERATION, REGISTRY_KIND, REGISTRY_OWNER, SHARDS, Registry
 
 
@@ -76,8 +76,8 @@ def test_a_shard_written_by_splicing_reads_as_one_encoded_whole(heap: sh.Heap) -
     for shard, ref in root.items():
         if shard.startswith("shard/"):
             data = heap._owner_read(REGISTRY_OWNER, REGISTRY_GENERATION, *ref)
-            _, _, entries = index.decode(data[_NONCE.size :])
-            assert data[_NONCE.size :] == index.encode(_SHARD_KIND, 0.0, entries), shard
+            _, _, entries = index_format.decode(data[_NONCE.size :])
+            assert data[_NONCE.size :] == index_format.encode(_SHARD_KIND, 0.0, entries), shard
     heap.check()
 
 
@@ -194,7 +194,7 @@ def test_a_refusal_made_on_a_read_the_registry_moved_under_is_made_again(
     real_shard = Registry._shard
     raced: list[bool] = []
 
-    def torn(self: Registry, shard: str, where: tuple[int, int]) -> index.Entries:
+    def torn(self: Registry, shard: str, where: tuple[int, int]) -> index_format.Entries:
         if raced:
             return real_shard(self, shard, where)
         raced.append(True)
@@ -217,7 +217,7 @@ def test_a_flat_entry_from_before_shards_is_found_and_moves_into_its_shard(heap:
     blk = heap.alloc(5, "system", owner=REGISTRY_OWNER)
     blk[:5] = b"older"
 
-    def add_flat(entries: index.Entries) -> None:
+    def add_flat(entries: index_format.Entries) -> None:
         entries["legacy/a"] = (blk.offset, 5)
 
     index.update_index(heap, REGISTRY_OWNER, REGISTRY_GENERATION, REGISTRY_KIND, add_flat)
