@@ -113,9 +113,9 @@ cdef class Block:
     def __getbuffer__(self, Py_buffer *view, int flags):
         self._check_live()
         cdef bint ro = self.heap.read_only
+        _exports_add(&self.heap.exported, self.offset)  # first: its MemoryError leaves nothing to undo
         # a read-only view never writes the arena, so it does not pin: its
         # Block still detects a recycle through the generation
-        _exports_add(&self.heap.exported, self.offset)  # first: its MemoryError leaves nothing to undo
         if self.owner != 0 and self.exports == 0 and not ro:
             try:
                 self.heap._owner_pin(self.owner, self.generation, self.entry_view)
