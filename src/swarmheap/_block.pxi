@@ -90,7 +90,7 @@ cdef class Block:
         """The block leaves this object without being freed (a channel's
         send_block moves it): this Block is unusable from here on."""
         self._check_live()
-        if self.exports or _exports_count(&self.heap.exported, self.offset):
+        if _exports_count(&self.heap.exported, self.offset):  # this Block's buffers and any other's
             raise BufferError("cannot hand the block over: buffers (memoryviews, arrays) still point at it")
         self.freed = True
         self.moved = True
@@ -238,10 +238,10 @@ cdef class Block:
         if self.exports:
             raise BufferError(
                 f"cannot free: {self.exports} exported buffer(s) (memoryview, numpy array) still point at the block")
-        if _exports_count(&self.heap.exported, self.offset):
+        cdef uint32_t others = _exports_count(&self.heap.exported, self.offset)
+        if others:
             raise BufferError(
-                f"cannot free: {_exports_count(&self.heap.exported, self.offset)} buffer(s) opened through "
-                f"another Block of this block still point at it")
+                f"cannot free: {others} buffer(s) opened through another Block of this block still point at it")
         self._check_live()
         self.heap._check_writable()
         # an agent's block only if its agent was not offloaded since the Block

@@ -686,15 +686,16 @@ cdef class _Arena:
         cdef sh_arena_t *arena = self.arena
         if count == 0:
             return
+        cdef uint32_t open_buffers
         if self.exports:
             # a Block's offset whose buffers are open here: refused before
             # anything goes back, as that Block's free() would be
             for i in range(count):
-                if _exports_count(&self.exported, offs[i]):
+                open_buffers = _exports_count(&self.exported, offs[i])
+                if open_buffers:
                     raise BufferError(
-                        f"cannot free offset {offs[i]} (item {i}): {_exports_count(&self.exported, offs[i])} "
-                        "buffer(s) (memoryview, numpy array) opened through a Block still point at it; "
-                        "nothing was freed")
+                        f"cannot free offset {offs[i]} (item {i}): {open_buffers} buffer(s) (memoryview, "
+                        "numpy array) opened through a Block still point at it; nothing was freed")
             i = 0
         # one C call: blocks of one page go back together
         self.inflight += 1

@@ -103,9 +103,8 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        if (
-            type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4
-        ):  # else surely 1..MAX_NAME bytes
+        # a short str is surely 1..MAX_NAME bytes: only others need the full check
+        if type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4:
             index_format.check_name(name)
         try:
             # alloc brings an offloaded agent back (the heap's events)

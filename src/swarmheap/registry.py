@@ -232,10 +232,8 @@ class Registry:
             word, root = self._root()
             sref = root.get(shard)
             shared: index_format.Entries = {}
-            encoded: tuple[bytes | bytearray, index_format.Positions | None] | None = (
-                b"",
-                {},
-            )  # an empty shard's
+            # an empty shard's body and positions
+            encoded: tuple[bytes | bytearray, index_format.Positions | None] | None = (b"", {})
             if sref is not None:
                 shared = self._shard(shard, sref)
                 hit = self._cache.get(shard)
