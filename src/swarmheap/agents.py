@@ -103,9 +103,7 @@ class Agent(AgentCore):
     def put(self, name: str, data: Any) -> None:
         """Copy bytes-like ``data`` into the agent's pages under ``name``,
         replacing what was there."""
-        # a short str is surely 1..MAX_NAME bytes: only others need the full check
-        if type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4:
-            index_format.check_name(name)
+        index_format.check_name(name)
         try:
             # alloc brings an offloaded agent back (the heap's events)
             blk, nbytes = self._alloc_copy(data)
@@ -143,8 +141,7 @@ class Agent(AgentCore):
         if type(items) is not dict and not isinstance(items, Mapping):
             raise TypeError(f"put_many() takes a mapping of names to bytes, not {type(items).__name__}")
         for name in items:
-            if type(name) is not str or not 0 < len(name) <= index_format.MAX_NAME // 4:  # as in put()
-                index_format.check_name(name)
+            index_format.check_name(name)
         try:
             return self._put_named_once(
                 items, requires, expect_word=expect_word, lease_deadline=lease_deadline, offloads=offloads

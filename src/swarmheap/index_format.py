@@ -77,6 +77,8 @@ def utf8_text(value: object, what: str, limit: int) -> str:
 
 
 def check_name(name: object) -> str:
+    if type(name) is str and 0 < len(name) <= MAX_NAME // 4:
+        return name  # at most 4 bytes a character: surely 1..MAX_NAME bytes, and on every put
     return utf8_text(name, "an entry name", MAX_NAME)
 
 

@@ -73,7 +73,7 @@ class WorkerReport:
     received: int = 0
     bytes_moved: int = 0
     errors: int = 0
-    full: int = 0  # allocations a full partition refused
+    allocation_failures: int = 0  # allocations a full partition refused
     behind: int = 0  # hand-offs a neighbour's full channel turned away (its timeout)
     offloads: int = 0  # the memory agent written to the store and its pages given back
     restores: int = 0  # ... and brought back by the next touch
@@ -151,6 +151,7 @@ _SUMMED = (
     "pressure_offloads",
     "pressure_bytes",
     "behind",
+    "allocation_failures",
 )
 
 
@@ -212,7 +213,7 @@ def _worker(
                 if round_no >= MEMORY_WINDOW:
                     memory.delete(f"summary-{round_no - MEMORY_WINDOW}")
             except PartitionFull:
-                report.full += 1  # a runtime would back off; the demo carries on
+                report.allocation_failures += 1  # a runtime would back off; the demo carries on
             # hand a buffer to a neighbour through its channel in `comm`: the
             # block itself moves (send_block), its digest in its first bytes
             size = rng.randint(1024, 256 * 1024)
@@ -225,7 +226,7 @@ def _worker(
                 outbox.send_block(blk, timeout=0.0)
                 report.sent += 1
             except PartitionFull:
-                report.full += 1
+                report.allocation_failures += 1
             except TimeoutError:  # a neighbour that fell behind: its channel is full
                 report.behind += 1
             if victim and round_no == rounds // 2:
@@ -479,7 +480,6 @@ def run_demo(
             report.reclaimed_by_recycle += w["recycled_bytes"]
             report.bytes_moved_zero_copy += w["bytes_moved"]
             report.buffers_handed_over += w["received"]
-            report.allocation_failures += w["full"]
             for count in _SUMMED:  # the counts that keep their name from worker to report
                 setattr(report, count, getattr(report, count) + w[count])
             for kind, n in w["pressure_kinds"].items():
