@@ -521,6 +521,7 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
   info->metadata_bytes = arena->region_offset[SH_NREGIONS];
   if (arena->nursery_records) {
     info->nursery_blocks = SH_NURSERY_SLOTS;
+    info->nursery_class_blocks = SH_NURSERY_CLASS_BLOCKS;
     for (uint32_t c = 0; c < arena->nclasses; c++)
       if (arena->classes[c].nursery_capacity) info->nursery_limit = arena->classes[c].size;
   }

@@ -158,9 +158,11 @@ typedef struct sh_arena_info_s {
   uint64_t small_limit;        /* largest size served from a size class */
   uint64_t metadata_bytes;     /* header, page descriptors, owner table, stats */
   /* An agent's share of the nursery (shared pages): up to nursery_blocks
-   * blocks of at most nursery_limit bytes (0: this arena has no nursery). */
+   * blocks of at most nursery_limit bytes (0: this arena has no nursery),
+   * and of one class up to nursery_class_blocks blocks once they fill a
+   * sixteenth of a page (then the class gets pages of its own). */
   uint64_t nursery_limit;
-  uint32_t nursery_blocks;
+  uint32_t nursery_blocks, nursery_class_blocks;
   uint64_t part_offset[SH_NPARTITIONS], part_size[SH_NPARTITIONS];
   uint32_t class_size[SH_MAX_CLASSES];
   /* Where the metadata tables start, in this order, and (last) where they

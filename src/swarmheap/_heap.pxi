@@ -736,6 +736,7 @@ cdef class _Arena:
             # at most nursery_limit bytes (0: no nursery)
             "nursery_limit": info.nursery_limit,
             "nursery_blocks": info.nursery_blocks,
+            "nursery_class_blocks": info.nursery_class_blocks,
             "metadata_bytes": info.metadata_bytes,
             "block_table": capacity,
             "partitions": {

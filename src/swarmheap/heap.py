@@ -139,9 +139,6 @@ class _LayerEvents(HeapEvents):
 _EVENTS = _LayerEvents()
 
 
-_PACKED_BLOCKS = 16  # see Heap.__init__: what a kind may hold and still start in the nursery
-
-
 class Heap(CoreHeap):
     """An arena. ``Heap.create(name=None, size="64 MiB", *, ratios=None,
     page_size=None, max_owners=0, max_threads=0)`` makes one (``name=None``: private; a
@@ -215,12 +212,13 @@ class Heap(CoreHeap):
         self._admission_seen: tuple[int | None, admission.Default] | None = None
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
-        # a kind predicted to hold more than 16 of the nursery's largest blocks
-        # (128 KiB by default) gets pages of its own from the start: most of
-        # such an agent's memory is on pages of its own anyway, and a kind's
-        # peak counts those pages whole, so a mid-size kind read as blocks
-        # from its mix was taken for a big one (_PACKED_BLOCKS)
-        self._nursery_share = _PACKED_BLOCKS * info["nursery_limit"] if info["nursery_blocks"] else 0
+        # a kind predicted to hold more of the nursery's largest blocks than
+        # the core keeps there of one class (16 of 8 KiB by default) gets
+        # pages of its own from the start: most of such an agent's memory is
+        # on pages of its own anyway, and a kind's peak counts those pages
+        # whole, so a mid-size kind read as blocks from its mix was taken for
+        # a big one
+        self._nursery_share = info["nursery_class_blocks"] * info["nursery_limit"]
         self.events = _EVENTS
         self._restart_countdown()
 

@@ -97,6 +97,7 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
     with sh.Heap.create(size="64 MiB") as heap:
         info = heap.info()
         assert info["nursery_limit"] == 8192 and info["nursery_blocks"] == 64
+        assert info["nursery_class_blocks"] == 16  # a class past 16 blocks (and 4 KiB) gets pages of its own
         agents = [heap.spawn("mid") for _ in range(20)]
         for agent in agents:
             for size in (5000, 6000, 8000):
