@@ -30,6 +30,13 @@ def speed(ours: float, peer: float) -> str:
     return f"{peer / ours:.0f}x faster" if peer >= 10 * ours else f"{peer / ours:.2f}x faster"
 
 
+def code(results: dict[str, Any]) -> str:
+    commit = results.get("commit")
+    if commit is None:
+        return "commit not recorded (a run outside a git checkout, or before runs named it)"
+    return f"commit {commit}"
+
+
 def render(results: dict[str, Any], json_name: str) -> str:
     m = results["machine"]
     out = [
@@ -43,6 +50,7 @@ def render(results: dict[str, Any], json_name: str) -> str:
         f"python bench/make_results.py {json_name} > bench/RESULTS.md",
         "```",
         "",
+        f"Code: {code(results)}. "
         f"Machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, NumPy {m['numpy']}"
         f" (BLAS threads: {m.get('blas_threads', 'default')}). "
         f"Each figure is the median of {results['repeats']} repeats (min and max beside it), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -261,6 +262,7 @@ def test_bench_json_schema(bench_run: Any) -> None:
     _, results, _ = bench_run
     assert results["schema"] == 1 and results["quick"] is True and results["repeats"] >= 3
     assert results["command"] == "swarmheap bench --quick"
+    assert results["commit"] is None or re.fullmatch(r"[0-9a-f]{12}(\+changes)?", results["commit"])
     names = [w["name"] for w in results["workloads"]]
     for required in (
         "pairs_64B",
@@ -286,6 +288,38 @@ def test_bench_json_schema(bench_run: Any) -> None:
             assert isinstance(w["target"]["met"], bool)
     c = results["c_core"]
     assert "skipped" in c or {"workloads", "recycle_100k_s", "free_100k_s", "metadata_percent"} <= set(c)
+
+
+def test_bench_names_the_commit_it_measured(tmp_path: Path) -> None:
+    from swarmheap.tools.benchmarks import source_commit
+
+    assert source_commit(tmp_path) is None  # not a git checkout: said so, not guessed
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short=12", "HEAD")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "b.py").write_text("untracked: not the measured code's\n")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == head + "+changes"
+
+
+def test_results_md_says_which_commit_it_measured() -> None:
+    script = Path(__file__).resolve().parents[2] / "bench" / "make_results.py"
+    spec = importlib.util.spec_from_file_location("make_results", script)
+    assert spec is not None and spec.loader is not None
+    make_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_results)
+    assert make_results.code({"commit": "0123456789ab+changes"}) == "commit 0123456789ab+changes"
+    assert "not recorded" in make_results.code({})
 
 
 def test_bench_charts_are_valid_pngs(bench_run: Any) -> None:

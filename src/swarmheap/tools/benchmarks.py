@@ -613,6 +613,26 @@ def quiet_blas() -> Iterator[str]:
         yield "1"
 
 
+def source_commit(where: Path | None = None) -> str | None:
+    """The git commit of the swarmheap being measured (of the checkout that
+    holds ``where``, this package's folder unless given), with "+changes" if
+    its tracked files differ from it; None outside a git checkout (an
+    installed wheel, an unpacked sdist)."""
+    where = Path(__file__).resolve().parent if where is None else where
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return None
+        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # no git on the machine
+    return head.stdout.strip() + ("+changes" if changed else "")
+
+
 def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> dict[str, Any]:
     """Run the workloads (all, or `only` one) and return the JSON-ready results."""
     repeats = 5 if quick else 15
@@ -626,6 +646,7 @@ def run(quick: bool = False, only: str | None = None, with_c: bool = True) -> di
             "cpus": os.cpu_count(),
             "numpy": np.__version__,
         },
+        "commit": source_commit(),
         "command": "swarmheap bench" + (" --quick" if quick else "") + (f" --only {only}" if only else ""),
         "workloads": [],
         "c_core": None,
