@@ -22,6 +22,26 @@ cdef enum:
     _TAG_GONE
 
 
+cdef uint32_t _open_buffers(const export_table_t *t, uint64_t offset) noexcept:
+    """Buffers open in this process on the block at ``offset`` that still
+    point at it: not those of a Block that lost the block (a lease ran
+    out, its agent was recycled or offloaded), whose views alias whatever
+    is there now and must not keep the block's next tenant from freeing it.
+    Once a third Block opened buffers on the offset, all of them count
+    until they are all released."""
+    cdef const export_slot_t *slot = _exports_at(t, offset)
+    if slot == NULL:
+        return 0
+    if slot.several:
+        return slot.count
+    cdef uint32_t count = 0
+    cdef int k
+    for k in range(2):
+        if slot.blocks[k] != NULL and (<Block>slot.blocks[k])._staleness() == _LIVE:
+            count += slot.counts[k]
+    return count
+
+
 @cython.freelist(128)
 cdef class Block:
     """A block of arena memory. Supports the buffer protocol (memoryview,
@@ -90,7 +110,7 @@ cdef class Block:
         """The block leaves this object without being freed (a channel's
         send_block moves it): this Block is unusable from here on."""
         self._check_live()
-        if _exports_count(&self.heap.exported, self.offset):  # this Block's buffers and any other's
+        if _open_buffers(&self.heap.exported, self.offset):  # this Block's buffers and any other's
             raise BufferError("cannot hand the block over: buffers (memoryviews, arrays) still point at it")
         self.freed = True
         self.moved = True
@@ -113,14 +133,14 @@ cdef class Block:
     def __getbuffer__(self, Py_buffer *view, int flags):
         self._check_live()
         cdef bint ro = self.heap.read_only
-        _exports_add(&self.heap.exported, self.offset)  # first: its MemoryError leaves nothing to undo
+        _exports_add(&self.heap.exported, self.offset, <void *>self)  # first: its MemoryError leaves nothing to undo
         # a read-only view never writes the arena, so it does not pin: its
         # Block still detects a recycle through the generation
         if self.owner != 0 and self.exports == 0 and not ro:
             try:
                 self.heap._owner_pin(self.owner, self.generation, self.entry_view)
             except BaseException as exc:
-                _exports_drop(&self.heap.exported, self.offset)
+                _exports_drop(&self.heap.exported, self.offset, <void *>self)
                 if isinstance(exc, AgentSealed):  # offloaded since the check above
                     self._check_live()
                 raise
@@ -151,7 +171,7 @@ cdef class Block:
             # before the unpin below: that may recycle a completed agent
             if dropped is not None and not self.heap.read_only:
                 _drop_entry_block(self.heap, self.offset, dropped[0], dropped[1], dropped[2])
-        _exports_drop(&self.heap.exported, self.offset)
+        _exports_drop(&self.heap.exported, self.offset, <void *>self)
         if self.owner != 0 and self.exports == 0 and self.heap.arena != NULL and not self.heap.read_only:
             try:
                 final = self.heap._owner_unpin(self.owner, self.generation, self.entry_view)
@@ -227,7 +247,7 @@ cdef class Block:
         # a buffer another Block of the block opened leaves it to that Block)
         if self.owns and not self.freed and self.heap is not None and self.heap.arena != NULL \
                 and not self.heap.read_only:
-            if not self._stale() and not _exports_count(&self.heap.exported, self.offset):
+            if not self._stale() and not _open_buffers(&self.heap.exported, self.offset):
                 _owner_free(self.heap, self.offset, self.owner, self.generation, self.offloads)
             self.freed = True
 
@@ -238,7 +258,7 @@ cdef class Block:
         if self.exports:
             raise BufferError(
                 f"cannot free: {self.exports} exported buffer(s) (memoryview, numpy array) still point at the block")
-        cdef uint32_t others = _exports_count(&self.heap.exported, self.offset)
+        cdef uint32_t others = _open_buffers(&self.heap.exported, self.offset)
         if others:
             raise BufferError(
                 f"cannot free: {others} buffer(s) opened through another Block of this block still point at it")

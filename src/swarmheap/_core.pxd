@@ -6,9 +6,19 @@ from swarmheap.includes.swarmheap cimport sh_arena_t, sh_block_info_t, sh_owner_
 
 # Open buffers by block offset (_exports.pxi): a table of the process's
 # own, probed linearly; a key is the offset + 1 (0: an empty slot).
+cdef struct export_slot_t:
+    uint64_t key
+    uint32_t count  # the buffers open on the block
+    # the Blocks they were opened through and how many each, for the first
+    # two Blocks (borrowed: each buffer holds a reference to its Block);
+    # `several` once a third opened some, until the block's last buffer goes
+    void *blocks[2]
+    uint32_t counts[2]
+    bint several
+
+
 cdef struct export_table_t:
-    uint64_t *keys
-    uint32_t *counts
+    export_slot_t *slots
     uint64_t mask  # capacity - 1 (0: nothing allocated yet)
     uint64_t used
 

@@ -691,7 +691,7 @@ cdef class _Arena:
             # a Block's offset whose buffers are open here: refused before
             # anything goes back, as that Block's free() would be
             for i in range(count):
-                open_buffers = _exports_count(&self.exported, offs[i])
+                open_buffers = _open_buffers(&self.exported, offs[i])
                 if open_buffers:
                     raise BufferError(
                         f"cannot free offset {offs[i]} (item {i}): {open_buffers} buffer(s) (memoryview, "

@@ -44,6 +44,30 @@ def test_lease_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
         heap.check()
 
 
+def test_a_view_left_open_past_its_lease_leaves_the_next_tenant_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the holder's view outlived its lease: the sweep took the block back and
+    # the view is stale (it aliases whoever has the block now); it must not
+    # keep the block's next tenants, a Block or an offset, from freeing it
+    with sh.Heap.create(size="16 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        leased = heap.alloc(64, "shared", lease=60)
+        stale_view = memoryview(leased)
+        later(monkeypatch, 120)
+        assert heap.collect(1).leased_blocks == 1 and leased.freed
+        tenant = heap.alloc(64, "shared")
+        assert tenant.offset == leased.offset  # the thread cache hands the block straight back
+        with memoryview(tenant) as view:  # a tenant's own buffers still hold its free back
+            with pytest.raises(BufferError):
+                tenant.free()
+            view[:4] = b"mine"
+        tenant.free()
+        offsets = heap.alloc_many(1, 64, "shared")
+        assert int(offsets[0]) == leased.offset
+        heap.free_many(offsets)
+        stale_view.release()
+        heap.check()
+
+
 def test_renew_and_free_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
     with sh.Heap.create(size="16 MiB") as heap:
         heap.set_sweep_thresholds(0, 0, 0)
