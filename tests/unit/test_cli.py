@@ -310,6 +310,10 @@ def test_bench_names_the_commit_it_measured(tmp_path: Path) -> None:
     assert source_commit(tmp_path) == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == head + "+changes"
+    inside = tmp_path / "venv" / "site-packages"  # an install inside a checkout is not that checkout's code
+    inside.mkdir(parents=True)
+    (inside / "c.py").write_text("")
+    assert source_commit(inside) is None
 
 
 def test_results_md_says_which_commit_it_measured() -> None:

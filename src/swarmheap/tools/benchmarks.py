@@ -625,8 +625,8 @@ def source_commit(where: Path | None = None) -> str | None:
 
     try:
         head = git("rev-parse", "--short=12", "HEAD")
-        if head.returncode != 0:
-            return None
+        if head.returncode != 0 or not git("ls-files", ".").stdout.strip():
+            return None  # not in a checkout, or in one that does not hold it (a venv inside a project)
         changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None  # no git on the machine
