@@ -245,16 +245,23 @@ def test_free_many_refuses_an_offset_whose_block_has_open_buffers(heap: sh.Heap)
 def test_open_buffers_are_counted_per_block_across_many_blocks(heap: sh.Heap) -> None:
     """Hundreds of blocks with buffers opened and released in a shuffled
     order (the table of open buffers grows and empties slots in the middle of
-    probe runs): at every step exactly the blocks with a buffer open refuse
-    a free by offset."""
+    probe runs), each through one of up to four Blocks of the block (twins
+    from its handle: the table names the first two and counts the rest): at
+    every step exactly the blocks with a buffer open refuse a free by
+    offset, and through any of their Blocks."""
     import random
 
     rng = random.Random(7)
     blocks = [heap.alloc(rng.choice((64, 128, 1024)), "shared") for _ in range(300)]
+    # (every third block: a handle takes a slot of the small heap's block table)
+    twins = [
+        [b] + [heap.resolve(b.handle) for _ in range(rng.randint(1, 3) if i % 3 == 0 else 0)]
+        for i, b in enumerate(blocks)
+    ]
     views: list[tuple[int, memoryview]] = []
     for i in range(300):
         for _ in range(rng.randint(1, 3)):
-            views.append((i, memoryview(blocks[i])))
+            views.append((i, memoryview(rng.choice(twins[i]))))
     rng.shuffle(views)
     while views:
         i, view = views.pop()
@@ -265,7 +272,7 @@ def test_open_buffers_are_counted_per_block_across_many_blocks(heap: sh.Heap) ->
                 with pytest.raises(BufferError):
                     heap.free_many(np.array([blocks[j].offset], dtype=np.uint64))
                 with pytest.raises(BufferError):
-                    blocks[j].free()
+                    rng.choice(twins[j]).free()
     with memoryview(blocks[0]):  # the table, given back once empty, is made again
         with pytest.raises(BufferError):
             heap.free_many(np.array([blocks[0].offset], dtype=np.uint64))
