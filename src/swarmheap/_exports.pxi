@@ -64,13 +64,6 @@ cdef inline int _exports_add(export_table_t *t, uint64_t offset, void *block) ex
     return 0
 
 
-cdef inline uint32_t _exports_count(const export_table_t *t, uint64_t offset) noexcept:
-    """Buffers open on the block at ``offset``."""
-    if t.used == 0:
-        return 0
-    return t.slots[_exports_slot(t, offset + 1)].count
-
-
 cdef inline const export_slot_t *_exports_at(const export_table_t *t, uint64_t offset) noexcept:
     """The slot of the block at ``offset``, NULL if no buffer is open on it."""
     if t.used == 0:

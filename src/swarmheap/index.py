@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from swarmheap._core import FIRST_AGENT, SEALED_WORD, retry_while_changing, stale_agent
 from swarmheap.errors import AgentSealed, AgentStateError, IndexMoved, StaleBlock
-from swarmheap.index_format import (  # the format: its bytes and the checks of names in it
+from swarmheap.index_format import (  # the format of an index's bytes
     ENTRY,
     HEADER,
     IN_PIECES,
