@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import random
 import threading
+import traceback
 from typing import Any
 
 import swarmheap as sh
@@ -227,6 +229,7 @@ def crash_loop(name: str, mode: str, seed: int, conn: Any) -> None:
     """Runs one kind of tight loop until told to stop (or killed), verifying
     every byte it wrote; all its memory is an agent's, so a sweep can account
     for every byte. Sends "ready" once in the loop, then "ok" or the error."""
+    faulthandler.enable()  # a crash prints where it was, in the test's captured stderr
     rng = random.Random(seed)
     try:
         heap = sh.Heap.attach(name)
@@ -272,7 +275,7 @@ def crash_loop(name: str, mode: str, seed: int, conn: Any) -> None:
         agent.complete()
         conn.send("ok")
     except BaseException as exc:  # reported to the parent, which fails the test
-        conn.send(f"{type(exc).__name__}: {exc}")
+        conn.send(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     finally:
         heap.close()
 

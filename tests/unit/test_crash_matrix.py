@@ -31,12 +31,15 @@ def test_crash_matrix(heap_name: str) -> None:
             blk[: len(want)] = want
         baseline = {p: v["in_use"] for p, v in heap.stats()["partitions"].items()}
 
+        modes: dict[int, str] = {}
+
         def start(k: int) -> tuple[Any, Any]:
             here, there = ctx.Pipe()
             proc = ctx.Process(
                 target=crash_loop, args=(heap_name, MODES[k % len(MODES)], k, there), daemon=True
             )
             proc.start()
+            modes[proc.pid] = MODES[k % len(MODES)]
             return proc, here
 
         workers = [start(k) for k in range(3)]
@@ -49,8 +52,15 @@ def test_crash_matrix(heap_name: str) -> None:
             assert msg == "ready", msg
             # a random point inside the loop (not a synchronisation: any point must do)
             time.sleep(rng.random() * 0.02)
-            os.kill(proc.pid, signal.SIGKILL)
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended on its own, and was reaped by a start()
+                pass
             proc.join()
+            if proc.exitcode != -signal.SIGKILL:
+                said = conn.recv() if conn.poll(0) else "nothing"
+                mode = modes[proc.pid]
+                raise AssertionError(f"a {mode} worker ended by itself (exit code {proc.exitcode}): {said}")
             kills += 1
             heap.collect(2)
             heap.check()
