@@ -101,6 +101,8 @@ def writer_gone(entry: Entry) -> bool:
     pid, start = entry.writer
     if not (0 < pid < 1 << 31 and 0 < start < 1 << 64):  # not said, or not a process's (damage)
         return False
+    if (pid, start) == _own_process():  # this one: no read of /proc (tens of microseconds)
+        return False
     return _core.process_alive(pid, start) is False
 
 
