@@ -288,9 +288,12 @@ int sh_chan_reclaim_dead(sh_arena_t *a, uint64_t *blocks) {
   *blocks = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   for (uint32_t i = 0; i < a->nslots; i++) {
-    if (_sh_tc_slot_dead(a, i) == 0) continue;
-    /* exactly once across sweepers: whoever takes the word frees it */
+    if (sh_atomic_load_acquire(&_sh_tc_slot_at(a, i)->in_hand) == 0 || _sh_tc_claim_dead(a, i) == 0) continue;
+    /* exactly once across sweepers (the claim makes it so; the exchange
+     * too): whoever takes the word frees it. The slot goes back to its dead
+     * binding, which sh_reclaim_dead_threads then releases. */
     uint64_t msg = sh_atomic_exchange_acq_rel(&_sh_tc_slot_at(a, i)->in_hand, 0);
+    _sh_tc_unclaim(a, i);
     sh_block_info_t info;
     if (msg == 0 || sh_block_info(a, msg, &info) != SH_OK || info.owner != SH_OWNER_DEFAULT ||
         info.partition != SH_PART_COMM)

@@ -432,6 +432,27 @@ int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_
   return rc;
 }
 
+int sh_owner_set_dead(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected, int32_t pid,
+                      uint64_t start) {
+  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
+  if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
+  _sh_owner_lock(a);
+  sh_owner_t *o;
+  int rc = sh_owner_lookup(a, id, gen, &o);
+  if (rc == SH_OK) {
+    uint32_t st = sh_atomic_load_relaxed(&o->state);
+    if (st != (uint32_t)expected)
+      rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
+    else if (o->pid != pid || o->pid_start != start || pid == 0)
+      rc = _sh_fail(SH_ESTATE, "owner %u is held by process %d (started at %llu), not %d (started at %llu)", id,
+                    o->pid, (unsigned long long)o->pid_start, pid, (unsigned long long)start);
+    else
+      sh_atomic_store_release(&o->state, (uint32_t)SH_OWNER_DEAD);
+  }
+  _sh_owner_unlock(a);
+  return rc;
+}
+
 static int sh_owner_check_gen(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_t **out) {
   if (id >= a->max_owners) return _sh_fail(SH_EOWNER, "owner %u is out of range", id);
   sh_owner_t *o = &a->owners[id];

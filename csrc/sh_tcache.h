@@ -32,9 +32,17 @@ extern _Thread_local sh_tc_binding_t _sh_tc_tls[SH_TC_BINDINGS] sh_internal sh_t
 sh_internal sh_tslot_t *_sh_tc_bind(sh_arena_t *arena, bool create);
 sh_internal void _sh_tc_register(sh_arena_t *arena);
 sh_internal void _sh_tc_close(sh_arena_t *arena);
-/* The pid of slot i's process if the slot is bound and that process is
- * dead (pid and start time), else 0. */
-sh_internal int32_t _sh_tc_slot_dead(const sh_arena_t *arena, uint32_t i);
+/* Slot i, taken from its dead process for a sweep: the pid it was bound
+ * to if the slot was bound and that process is dead (pid and start time),
+ * with the slot left FLUSHING (the caller's: _sh_tc_release_dead or
+ * _sh_tc_unclaim); else 0, the slot untouched. The verdict is checked
+ * again once the slot is the caller's: fields read while the slot changed
+ * hands (reclaimed by another sweeper and bound by a live process between
+ * the reads) could name the live process's pid with the dead one's start,
+ * and the live thread's cache and message in hand were taken. */
+sh_internal int32_t _sh_tc_claim_dead(sh_arena_t *arena, uint32_t i);
+/* Gives a claimed slot back to its (dead) binding, for a later sweep. */
+sh_internal void _sh_tc_unclaim(sh_arena_t *arena, uint32_t i);
 sh_internal void _sh_tc_way_flush(sh_arena_t *arena, sh_tc_entry_t *entry, int way);
 sh_internal void _sh_tc_entry_flush(sh_arena_t *arena, sh_tc_entry_t *entry);
 /* Gives a cached run back to its partition (takes the partition lock). */

@@ -362,6 +362,15 @@ int sh_pins_reclaim_dead_final(sh_arena_t *arena, uint64_t *dropped, uint32_t *r
  * Compare-and-set: fails with SH_ESTATE unless the state is `expected`. */
 int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                        sh_owner_state_t expected, sh_owner_state_t desired);
+/* [any] A sweep's verdict: marks the owner DEAD if it is still in state
+ * `expected` and still held by process `pid` started at `start` (what the
+ * caller found gone, from sh_owner_info), both read under the owner lock.
+ * A verdict on a pid and start time read while the slot changed hands (its
+ * agent recycled and the slot taken by another process, or re-homed) is
+ * refused with SH_ESTATE, so a live process's agents are never marked
+ * DEAD for another's death. */
+int sh_owner_set_dead(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_state_t expected, int32_t pid,
+                      uint64_t start);
 
 /* [any] Stamp last-active time; compare-and-set or read the user word. The
  * read fails with SH_EOWNER if the owner is gone or its slot was reused.

@@ -321,13 +321,25 @@ int sh_thread_flush(sh_arena_t *a) {
   return SH_OK;
 }
 
-int32_t _sh_tc_slot_dead(const sh_arena_t *a, uint32_t i) {
+int32_t _sh_tc_claim_dead(sh_arena_t *a, uint32_t i) {
   sh_tslot_t *s = _sh_tc_slot_at(a, i);
   if (sh_atomic_load_acquire(&s->state) != SH_TSLOT_BOUND) return 0;
   int32_t pid = sh_atomic_load_relaxed(&s->pid);
   uint64_t recorded = sh_atomic_load_relaxed(&s->pid_start);
-  if (pid == _sh_os_pid()) return 0;
-  return sh_process_alive(pid, recorded) == 0 ? pid : 0; /* alive, or cannot tell: leave it */
+  if (pid == _sh_os_pid() || sh_process_alive(pid, recorded) != 0) return 0; /* alive, or cannot tell */
+  uint32_t st = SH_TSLOT_BOUND;
+  if (!sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING)) return 0;
+  /* ours now: a binder writes pid and start before its release store of
+   * BOUND, so the pair reads whole after the CAS */
+  if (sh_atomic_load_relaxed(&s->pid) != pid || sh_atomic_load_relaxed(&s->pid_start) != recorded) {
+    sh_atomic_store_release(&s->state, SH_TSLOT_BOUND);
+    return 0;
+  }
+  return pid;
+}
+
+void _sh_tc_unclaim(sh_arena_t *a, uint32_t i) {
+  sh_atomic_store_release(&_sh_tc_slot_at(a, i)->state, SH_TSLOT_BOUND);
 }
 
 int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
@@ -335,15 +347,12 @@ int sh_reclaim_dead_threads(sh_arena_t *a, uint32_t *reclaimed) {
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   for (uint32_t i = 0; i < a->nslots; i++) {
     sh_tslot_t *s = _sh_tc_slot_at(a, i);
-    int32_t pid = _sh_tc_slot_dead(a, i);
     /* a slot that still names a message in its thread's hands waits for the
      * sweep, which frees the message first (sh_chan_reclaim_dead): giving
      * the slot back here, when a bind found the table full, would lose it */
-    if (pid == 0 || sh_atomic_load_acquire(&s->in_hand) != 0) continue;
-    uint32_t st = SH_TSLOT_BOUND;
-    if (!sh_atomic_cas_strong_acq_rel(&s->state, &st, (uint32_t)SH_TSLOT_FLUSHING)) continue;
-    if (sh_atomic_load_relaxed(&s->pid) != pid) { /* rebound between our reads */
-      sh_atomic_store_release(&s->state, SH_TSLOT_BOUND);
+    if (sh_atomic_load_acquire(&s->in_hand) != 0 || _sh_tc_claim_dead(a, i) == 0) continue;
+    if (sh_atomic_load_acquire(&s->in_hand) != 0) { /* its message was read before the claim: the sweep's */
+      _sh_tc_unclaim(a, i);
       continue;
     }
     sh_slot_release(a, s);

@@ -236,6 +236,20 @@ cdef class CoreHeap(_Arena):
         if rc:
             _raise(rc)
 
+    def _owner_set_dead(self, uint32_t oid, uint32_t gen, str expected, int32_t pid, uint64_t start):
+        """A sweep's verdict on (pid, start), the holder its brief named:
+        AgentStateError unless the agent is still ``expected`` and held by it."""
+        self._check_writable()
+        cdef int rc
+        cdef int e = _STATE_INDEX[expected]
+        cdef sh_arena_t *arena = self.arena
+        self.inflight += 1
+        with nogil:
+            rc = sh_owner_set_dead(arena, oid, gen, <sh_owner_state_t>e, pid, start)
+        self.inflight -= 1
+        if rc:
+            _raise(rc)
+
     def _owner_touch(self, uint32_t oid, uint32_t gen):
         self._check_writable()
         cdef int rc = sh_owner_touch(self.arena, oid, gen)
@@ -433,14 +447,15 @@ cdef class CoreHeap(_Arena):
         return self._info_dict(&oi, None)
 
     def _owner_brief(self, uint32_t oid):
-        """(generation, state, pid, pins, user_word) of a used slot, None for
-        a free one: what a sweep decides on, without _owner_info's dict
-        (bytes per partition and class) for every agent that survives it."""
+        """(generation, state, pid, pid start time, pins, user_word) of a used
+        slot, None for a free one: what a sweep decides on, without
+        _owner_info's dict (bytes per partition and class) for every agent
+        that survives it."""
         self._check_open()
         cdef sh_owner_info_t oi
         if sh_owner_info(self.arena, oid, &oi) != SH_OK:
             return None
-        return oi.generation, _state_name(<unsigned>oi.state), oi.pid, oi.pins, oi.user_word
+        return oi.generation, _state_name(<unsigned>oi.state), oi.pid, oi.pid_start_time, oi.pins, oi.user_word
 
     def _offload_candidates(self, int part, int32_t pid, uint64_t active_before_ns):
         """The offload policy's candidates, in one pass in C: (holds less than
@@ -488,14 +503,6 @@ cdef class CoreHeap(_Arena):
         if rc:
             _raise(rc)
         return bool(adopted)
-
-    def _owner_alive(self, uint32_t oid):
-        """Is the owner's creating process still running (pid and start time)?"""
-        self._check_open()
-        cdef int rc = sh_owner_process_alive(self.arena, oid)
-        if rc < 0:
-            _raise(rc)
-        return bool(rc)
 
     def _max_owners(self):
         self._check_open()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmheap import channels, kinds, offload_entries, offload_sweep
-from swarmheap._core import FIRST_AGENT
+from swarmheap._core import FIRST_AGENT, process_alive
 from swarmheap.errors import AgentStateError, StaleBlock
 from swarmheap.index import read_lease
 
@@ -88,16 +88,25 @@ class _Liveness:
 
     def __init__(self, heap: Heap, full: bool) -> None:
         self.heap = heap
-        self.known: dict[int, bool] = {}
+        self.known: dict[tuple[int, int], bool] = {}
         self.unreachable: set[str] = set()  # stores that failed this sweep: not asked again in it
         # a full sweep examines every offloaded agent: each store is listed
         # once for the moved ones (offload_sweep.moved_away), not asked per agent
         self.listings: dict[str, set[str]] | None = {} if full else None
 
-    def alive(self, agent_id: int, pid: int) -> bool:
-        if pid not in self.known:
-            self.known[pid] = self.heap._owner_alive(agent_id)
-        return self.known[pid]
+    def alive(self, pid: int, start: int) -> bool:
+        """Of the pid and start time an agent's brief named: not of the
+        agent's slot as it reads now, which may have changed hands since
+        (asked of the slot, a live worker's agents were once swept for
+        another's death; the verdict is checked under the lock too,
+        _owner_set_dead). A pid of 0 is no process's (detached); one /proc
+        cannot tell about is kept."""
+        if pid == 0:
+            return True
+        key = (pid, start)
+        if key not in self.known:
+            self.known[key] = process_alive(pid, start) is not False
+        return self.known[key]
 
 
 def _examine(
@@ -108,7 +117,7 @@ def _examine(
     if brief is None or brief[0] != generation:
         return False  # reclaimed already, by someone
     result.examined += 1
-    _, state, pid, pins, user_word = brief
+    _, state, pid, start, pins, user_word = brief
     if state == "restoring":
         return True  # a restore half done: the next touch finishes it
     if state == "offloaded":
@@ -136,11 +145,11 @@ def _examine(
     if state == "completed" and pins == 0:
         cause = "completed"
     elif state in ("live", "completed", "dead") and (
-        state == "dead" or (pid != os.getpid() and not live.alive(agent_id, pid))
+        state == "dead" or (pid != os.getpid() and not live.alive(pid, start))
     ):
         if state != "dead":
             try:
-                heap._owner_set_state(agent_id, generation, state, "dead")
+                heap._owner_set_dead(agent_id, generation, state, pid, start)
             except (AgentStateError, StaleBlock):
                 return False
         cause = "dead_process"

@@ -184,6 +184,24 @@ static void test_owners(void) {
   CHECK("set state", sh_owner_set_state(a, id3, gen3, SH_OWNER_LIVE, SH_OWNER_OFFLOADED) == SH_OK);
   CHECK("offloaded refuses allocs", sh_alloc(a, id3, SH_PART_CONTEXT, 16, &off) == SH_EOWNER);
   CHECK("set state compare fails", sh_owner_set_state(a, id3, gen3, SH_OWNER_LIVE, SH_OWNER_DEAD) == SH_ESTATE);
+  {
+    /* a sweep's verdict stands only for the holder the slot has under the lock */
+    uint32_t id4, gen4;
+    sh_owner_info_t held;
+    CHECK("owner for a verdict", sh_owner_create(a, 3, &id4, &gen4) == SH_OK && sh_owner_info(a, id4, &held) == SH_OK);
+    CHECK("verdict on another start time refused",
+          sh_owner_set_dead(a, id4, gen4, SH_OWNER_LIVE, held.pid, held.pid_start_time + 1) == SH_ESTATE);
+    CHECK("verdict on another pid refused",
+          sh_owner_set_dead(a, id4, gen4, SH_OWNER_LIVE, held.pid + 1, held.pid_start_time) == SH_ESTATE);
+    CHECK("verdict in another state refused",
+          sh_owner_set_dead(a, id4, gen4, SH_OWNER_COMPLETED, held.pid, held.pid_start_time) == SH_ESTATE);
+    CHECK("verdict of a wrong generation refused",
+          sh_owner_set_dead(a, id4, gen4 + 1, SH_OWNER_LIVE, held.pid, held.pid_start_time) == SH_EOWNER);
+    CHECK("still live", sh_owner_info(a, id4, &held) == SH_OK && held.state == SH_OWNER_LIVE);
+    CHECK("verdict on its holder", sh_owner_set_dead(a, id4, gen4, SH_OWNER_LIVE, held.pid, held.pid_start_time) == SH_OK &&
+                                       sh_owner_info(a, id4, &held) == SH_OK && held.state == SH_OWNER_DEAD);
+    CHECK("dead recycled", sh_owner_recycle(a, id4, gen4) == SH_OK);
+  }
   CHECK("touch", sh_owner_touch(a, id3, gen3) == SH_OK);
   CHECK("user word", sh_owner_set_user_word(a, id3, gen3, sh_owner_offloads(a, id3), 0, 42) == SH_OK &&
                          sh_owner_set_user_word(a, id3, gen3, sh_owner_offloads(a, id3), 0, 43) == SH_ESTATE);

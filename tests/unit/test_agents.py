@@ -611,6 +611,54 @@ def test_killed_worker_is_reclaimed_exactly(heap_name: str, hold_lock: bool) -> 
         mine.complete()
 
 
+def test_a_sweep_judges_the_process_a_brief_named_not_the_slot_as_it_reads_later(
+    heap_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep reads an agent's brief (pid, start time), then asks /proc. In
+    between, the agent may be recycled and its slot taken by another
+    process: a verdict read from the slot as it is then was once filed
+    under the first process's pid, and a live worker's agents were swept
+    for another's death (a crash-matrix worker ended by itself in a CI run).
+    Here a dead process's agent is examined first, its brief naming the
+    live worker as a brief read before the slot changed hands would."""
+    ctx = mp.get_context("spawn")
+    with sh.Heap.create(heap_name, size="32 MiB") as heap:
+        heap.set_sweep_thresholds(0, 0, 0)
+        with ctx.Pool(1) as pool:
+            (dead_id,) = pool.apply(spawn_and_exit, (heap_name, 1))
+        ready, stop = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=spawn_and_hang, args=(heap_name, 1, False, ready, stop))
+        proc.start()
+        try:
+            (live_id,) = ready.get(timeout=60)
+            assert dead_id < live_id  # examined first
+            live = heap._owner_info(live_id)
+            assert live is not None and live["pid"] == proc.pid
+            # the verdict is checked under the lock: a holder the slot no longer has is refused
+            dead_gen = heap._owner_generation(dead_id)
+            with pytest.raises(sh.AgentStateError):
+                heap._owner_set_dead(dead_id, dead_gen, "live", live["pid"], live["pid_start_time"])
+            real_brief = heap._owner_brief
+
+            def stale_brief(oid: int) -> Any:
+                got = real_brief(oid)
+                if oid == dead_id and got is not None:
+                    return (got[0], got[1], live["pid"], live["pid_start_time"], *got[4:])
+                return got
+
+            monkeypatch.setattr(heap, "_owner_brief", stale_brief)
+            heap.collect(2)
+            assert heap._owner_info(live_id)["state"] == "live", "a live process's agent was swept"
+            monkeypatch.undo()
+            assert heap.collect(2).agents["dead_process"] == 1  # the dead one, by its own brief
+            assert heap._owner_generation(dead_id) == 0
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+        assert heap.collect(2).agents["dead_process"] == 1
+        heap.check()
+
+
 def test_concurrent_sweeps_reclaim_each_agent_once(heap_name: str) -> None:
     with sh.Heap.create(heap_name, size="64 MiB") as heap:
         heap.set_sweep_thresholds(0, 0, 0)

@@ -144,6 +144,8 @@ cdef extern from "swarmheap.h" nogil:
     int sh_owner_views(sh_arena_t *arena, uint32_t id, uint32_t generation, int others_only, uint32_t *views)
     int sh_owner_set_state(sh_arena_t *arena, uint32_t id, uint32_t generation,
                            sh_owner_state_t expected, sh_owner_state_t desired)
+    int sh_owner_set_dead(sh_arena_t *arena, uint32_t id, uint32_t generation, sh_owner_state_t expected,
+                          int32_t pid, uint64_t start)
     int sh_owner_touch(sh_arena_t *arena, uint32_t id, uint32_t generation)
     int sh_owner_set_user_word(sh_arena_t *arena, uint32_t id, uint32_t generation, uint32_t offloads,
                                uint64_t expected, uint64_t desired)
