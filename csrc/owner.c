@@ -408,49 +408,44 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
   return SH_OK;
 }
 
-int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
-                       sh_owner_state_t desired) {
-  if (desired == SH_OWNER_FREE || desired > SH_OWNER_RESTORING)
-    return _sh_fail(SH_EINVAL, "state %d cannot be set directly (use recycle to free a slot)", (int)desired);
-  if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
-  _sh_owner_lock(a);
-  sh_owner_t *o;
-  int rc = sh_owner_lookup(a, id, gen, &o);
-  if (rc == SH_OK) {
-    uint32_t st = sh_atomic_load_relaxed(&o->state);
-    if (st != (uint32_t)expected) {
-      rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
-    } else {
-      if (expected == SH_OWNER_RESTORING && desired == SH_OWNER_LIVE) { /* restored with no index: none yet */
-        uint64_t sealed = SH_USER_WORD_SEALED;
-        sh_atomic_cas_strong_acq_rel(&o->user_word, &sealed, 0);
-      }
-      sh_atomic_store_release(&o->state, (uint32_t)desired);
-    }
-  }
-  _sh_owner_unlock(a);
-  return rc;
-}
-
-int sh_owner_set_dead(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected, int32_t pid,
-                      uint64_t start) {
+/* A state change under the owner lock; `holder`, if not NULL, is the
+ * (pid, start) the slot must still be held by (a sweep's verdict). */
+static int sh_owner_change_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
+                                 sh_owner_state_t desired, const sh_owner_info_t *holder) {
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   _sh_owner_lock(a);
   sh_owner_t *o;
   int rc = sh_owner_lookup(a, id, gen, &o);
-  if (rc == SH_OK) {
-    uint32_t st = sh_atomic_load_relaxed(&o->state);
-    if (st != (uint32_t)expected)
-      rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
-    else if (o->pid != pid || o->pid_start != start || pid == 0)
-      rc = _sh_fail(SH_ESTATE, "owner %u is held by process %d (started at %llu), not %d (started at %llu)", id,
-                    o->pid, (unsigned long long)o->pid_start, pid, (unsigned long long)start);
-    else
-      sh_atomic_store_release(&o->state, (uint32_t)SH_OWNER_DEAD);
+  uint32_t st = rc == SH_OK ? sh_atomic_load_relaxed(&o->state) : 0;
+  if (rc == SH_OK && st != (uint32_t)expected) {
+    rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
+  } else if (rc == SH_OK && holder &&
+             (holder->pid == 0 || o->pid != holder->pid || o->pid_start != holder->pid_start_time)) {
+    rc = _sh_fail(SH_ESTATE, "owner %u is held by process %d (started at %llu), not %d (started at %llu)", id,
+                  o->pid, (unsigned long long)o->pid_start, holder->pid, (unsigned long long)holder->pid_start_time);
+  } else if (rc == SH_OK) {
+    if (expected == SH_OWNER_RESTORING && desired == SH_OWNER_LIVE) { /* restored with no index: none yet */
+      uint64_t sealed = SH_USER_WORD_SEALED;
+      sh_atomic_cas_strong_acq_rel(&o->user_word, &sealed, 0);
+    }
+    sh_atomic_store_release(&o->state, (uint32_t)desired);
   }
   _sh_owner_unlock(a);
   return rc;
+}
+
+int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
+                       sh_owner_state_t desired) {
+  if (desired == SH_OWNER_FREE || desired > SH_OWNER_RESTORING)
+    return _sh_fail(SH_EINVAL, "state %d cannot be set directly (use recycle to free a slot)", (int)desired);
+  return sh_owner_change_state(a, id, gen, expected, desired, NULL);
+}
+
+int sh_owner_set_dead(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected, int32_t pid,
+                      uint64_t start) {
+  sh_owner_info_t holder = {.pid = pid, .pid_start_time = start};
+  return sh_owner_change_state(a, id, gen, expected, SH_OWNER_DEAD, &holder);
 }
 
 static int sh_owner_check_gen(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_t **out) {
