@@ -408,10 +408,16 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
   return SH_OK;
 }
 
+/* The process a sweep's verdict is on. */
+typedef struct {
+  int32_t pid;
+  uint64_t start;
+} sh_holder_t;
+
 /* A state change under the owner lock; `holder`, if not NULL, is the
- * (pid, start) the slot must still be held by (a sweep's verdict). */
+ * process the slot must still be held by (a sweep's verdict). */
 static int sh_owner_change_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected,
-                                 sh_owner_state_t desired, const sh_owner_info_t *holder) {
+                                 sh_owner_state_t desired, const sh_holder_t *holder) {
   if (id < SH_FIRST_AGENT) return _sh_fail(SH_EINVAL, "owner %u (the shared default or the nursery) is always live", id);
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
   _sh_owner_lock(a);
@@ -421,9 +427,9 @@ static int sh_owner_change_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_ow
   if (rc == SH_OK && st != (uint32_t)expected) {
     rc = _sh_fail(SH_ESTATE, "owner %u is in state %u, not %d", id, st, (int)expected);
   } else if (rc == SH_OK && holder &&
-             (holder->pid == 0 || o->pid != holder->pid || o->pid_start != holder->pid_start_time)) {
+             (holder->pid == 0 || o->pid != holder->pid || o->pid_start != holder->start)) {
     rc = _sh_fail(SH_ESTATE, "owner %u is held by process %d (started at %llu), not %d (started at %llu)", id,
-                  o->pid, (unsigned long long)o->pid_start, holder->pid, (unsigned long long)holder->pid_start_time);
+                  o->pid, (unsigned long long)o->pid_start, holder->pid, (unsigned long long)holder->start);
   } else if (rc == SH_OK) {
     if (expected == SH_OWNER_RESTORING && desired == SH_OWNER_LIVE) { /* restored with no index: none yet */
       uint64_t sealed = SH_USER_WORD_SEALED;
@@ -444,8 +450,7 @@ int sh_owner_set_state(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_
 
 int sh_owner_set_dead(sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_state_t expected, int32_t pid,
                       uint64_t start) {
-  sh_owner_info_t holder = {.pid = pid, .pid_start_time = start};
-  return sh_owner_change_state(a, id, gen, expected, SH_OWNER_DEAD, &holder);
+  return sh_owner_change_state(a, id, gen, expected, SH_OWNER_DEAD, &(sh_holder_t){pid, start});
 }
 
 static int sh_owner_check_gen(const sh_arena_t *a, uint32_t id, uint32_t gen, sh_owner_t **out) {

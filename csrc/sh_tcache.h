@@ -34,8 +34,8 @@ sh_internal void _sh_tc_register(sh_arena_t *arena);
 sh_internal void _sh_tc_close(sh_arena_t *arena);
 /* Slot i, taken from its dead process for a sweep: the pid it was bound
  * to if the slot was bound and that process is dead (pid and start time),
- * with the slot left FLUSHING (the caller's: _sh_tc_release_dead or
- * _sh_tc_unclaim); else 0, the slot untouched. The verdict is checked
+ * with the slot left FLUSHING (the caller's, to release or to give back
+ * with _sh_tc_unclaim); else 0, the slot untouched. The verdict is checked
  * again once the slot is the caller's: fields read while the slot changed
  * hands (reclaimed by another sweeper and bound by a live process between
  * the reads) could name the live process's pid with the dead one's start,
