@@ -355,25 +355,63 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
   return sh_pins_reclaim_dead_final(a, dropped, recycled, NULL, 0);
 }
 
+/* What one reclaim learnt of the processes holding pins, (pid, start) ->
+ * alive. /proc is asked once per process, not once per entry (its entries
+ * of many owners lie scattered), and outside the owner lock: 1 000 pins of
+ * four live processes held the lock for 4 ms, each entry's own /proc read,
+ * and every spawn, pin and recycle of the heap waited on it. */
+#define SH_PIN_VERDICTS 64
+typedef struct {
+  uint32_t count;
+  struct {
+    int32_t pid;
+    uint64_t start;
+    int alive; /* -1: not asked yet */
+  } of[SH_PIN_VERDICTS];
+} sh_pin_verdicts_t;
+
+static int *sh_verdict_of(sh_pin_verdicts_t *v, int32_t pid, uint64_t start, bool add) {
+  for (uint32_t k = 0; k < v->count; k++)
+    if (v->of[k].pid == pid && v->of[k].start == start) return &v->of[k].alive;
+  if (!add || v->count == SH_PIN_VERDICTS) return NULL;
+  v->of[v->count].pid = pid;
+  v->of[v->count].start = start;
+  v->of[v->count].alive = -1;
+  return &v->of[v->count++].alive;
+}
+
+static int sh_holder_alive(int32_t pid, uint64_t start) {
+  if (pid == _sh_os_pid() && start == _sh_own_start_time(pid)) return 1;
+  return sh_process_alive(pid, start) != 0; /* /proc could not say: kept */
+}
+
 int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled, sh_owner_info_t *finals,
                                uint32_t max_finals) {
   *dropped = 0;
   if (recycled) *recycled = 0;
   uint32_t reported = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  int32_t last_pid = 0;
-  uint64_t last_start = 0;
-  int last_alive = 1;
+  sh_pin_verdicts_t verdicts = {.count = 0};
+  _sh_owner_lock(a);
+  for (uint64_t i = 0; i <= a->pin_mask; i++) {
+    const sh_pin_t *e = &a->pins[i];
+    if (e->pid != 0 && e->count != 0 && !sh_verdict_of(&verdicts, e->pid, sh_pin_start(e), true)) break;
+  }
+  _sh_owner_unlock(a);
+  /* A process found dead stays dead (its start time tells a reused pid);
+   * one found alive and dead by the time the lock is taken again keeps
+   * its pins until the next reclaim, as one that died just after would */
+  for (uint32_t k = 0; k < verdicts.count; k++)
+    verdicts.of[k].alive = sh_holder_alive(verdicts.of[k].pid, verdicts.of[k].start);
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
     if (e->pid == 0 || e->count == 0) continue;
-    if (e->pid != last_pid || sh_pin_start(e) != last_start) {
-      last_pid = e->pid;
-      last_start = sh_pin_start(e);
-      last_alive = sh_process_alive(last_pid, last_start) != 0; /* /proc could not say: kept */
-    }
-    if (last_alive) continue;
+    /* a process that pinned since, or past the table's room: asked here */
+    int *alive = sh_verdict_of(&verdicts, e->pid, sh_pin_start(e), true);
+    int now = alive && *alive >= 0 ? *alive : sh_holder_alive(e->pid, sh_pin_start(e));
+    if (alive) *alive = now;
+    if (now) continue;
     *dropped += e->count;
     e->count = e->views = 0; /* a tombstone */
   }

@@ -1280,6 +1280,35 @@ static void test_pin_tombstones_cleared(void) {
   sh_close(a);
 }
 
+/* One reclaim asks /proc once per process, and more processes than it keeps
+ * verdicts for are still judged, one by one: the pins of 70 dead processes
+ * go, each beside a live pin of this process's that stays. */
+static void test_dead_pins_of_many_processes(void) {
+  sh_arena_t *a = NULL;
+  REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 256 * MiB, NULL) == SH_OK);
+  enum { DEAD = 70 };
+  REQUIRE("room for every pin", a->pin_mask + 1 > 2 * DEAD);
+  uint32_t ids[2 * DEAD], gens[2 * DEAD];
+  int ok = 1;
+  for (int i = 0; i < 2 * DEAD; i++)
+    ok &= sh_owner_create(a, 0, &ids[i], &gens[i]) == SH_OK && sh_owner_pin(a, ids[i], gens[i]) == SH_OK;
+  CHECK("pinned", ok);
+  for (int i = 0; i < DEAD; i++) { /* the first half's pins are each a dead child's */
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    for (uint64_t j = 0; j <= a->pin_mask; j++)
+      if (a->pins[j].count != 0 && a->pins[j].owner == ids[i]) a->pins[j].pid = child;
+  }
+  uint64_t dropped = 0;
+  CHECK("every dead pin dropped", sh_pins_reclaim_dead(a, &dropped, NULL) == SH_OK && dropped == DEAD);
+  ok = 1;
+  for (int i = 0; i < 2 * DEAD; i++) ok &= a->owners[ids[i]].pins == (i < DEAD ? 0u : 1u);
+  CHECK("and only those", ok && pin_slots_used(a) == DEAD);
+  CHECK("check", sh_check(a) == SH_OK);
+  sh_close(a);
+}
+
 /* An owner is its creating process's until detached (the heap's) or adopted
  * (an orphan taken by the caller, as a restore does). */
 static void test_owner_detach_and_adopt(void) {
@@ -1361,6 +1390,7 @@ static void test_dead_pins_report_what_they_recycle(void) {
 int main(void) {
   test_pin_tombstones_cleared();
   test_dead_pins_report_what_they_recycle();
+  test_dead_pins_of_many_processes();
   test_owner_detach_and_adopt();
   test_pin_count_recounted();
   test_large_run_length_damaged();
