@@ -360,24 +360,29 @@ int sh_pins_reclaim_dead(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled) {
  * of many owners lie scattered), and outside the owner lock: 1 000 pins of
  * four live processes held the lock for 4 ms, each entry's own /proc read,
  * and every spawn, pin and recycle of the heap waited on it. */
-#define SH_PIN_VERDICTS 64
+#define SH_PIN_VERDICTS 128      /* processes judged outside the lock; more are asked under it */
+#define SH_PIN_VERDICT_SLOTS 256 /* open addressing, at most half full: 4 KiB on the stack */
 typedef struct {
   uint32_t count;
   struct {
-    int32_t pid;
     uint64_t start;
-    int alive; /* -1: not asked yet */
-  } of[SH_PIN_VERDICTS];
+    int32_t pid; /* 0: an empty slot */
+    int32_t alive; /* -1: not asked yet */
+  } of[SH_PIN_VERDICT_SLOTS];
 } sh_pin_verdicts_t;
 
-static int *sh_verdict_of(sh_pin_verdicts_t *v, int32_t pid, uint64_t start, bool add) {
-  for (uint32_t k = 0; k < v->count; k++)
-    if (v->of[k].pid == pid && v->of[k].start == start) return &v->of[k].alive;
+static int32_t *sh_verdict_of(sh_pin_verdicts_t *v, int32_t pid, uint64_t start, bool add) {
+  uint32_t i = (uint32_t)(((uint64_t)(uint32_t)pid * UINT64_C(0x9E3779B97F4A7C15) ^ start) >> 56);
+  for (;; i = (i + 1) & (SH_PIN_VERDICT_SLOTS - 1)) {
+    if (v->of[i].pid == pid && v->of[i].start == start) return &v->of[i].alive;
+    if (v->of[i].pid == 0) break;
+  }
   if (!add || v->count == SH_PIN_VERDICTS) return NULL;
-  v->of[v->count].pid = pid;
-  v->of[v->count].start = start;
-  v->of[v->count].alive = -1;
-  return &v->of[v->count++].alive;
+  v->count++;
+  v->of[i].pid = pid;
+  v->of[i].start = start;
+  v->of[i].alive = -1;
+  return &v->of[i].alive;
 }
 
 static int sh_holder_alive(int32_t pid, uint64_t start) {
@@ -391,7 +396,8 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
   if (recycled) *recycled = 0;
   uint32_t reported = 0;
   if (a->read_only) return _sh_fail(SH_EINVAL, "the heap is attached read-only");
-  sh_pin_verdicts_t verdicts = {.count = 0};
+  sh_pin_verdicts_t verdicts;
+  memset(&verdicts, 0, sizeof verdicts);
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     const sh_pin_t *e = &a->pins[i];
@@ -401,14 +407,14 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
   /* A process found dead stays dead (its start time tells a reused pid);
    * one found alive and dead by the time the lock is taken again keeps
    * its pins until the next reclaim, as one that died just after would */
-  for (uint32_t k = 0; k < verdicts.count; k++)
-    verdicts.of[k].alive = sh_holder_alive(verdicts.of[k].pid, verdicts.of[k].start);
+  for (uint32_t k = 0; k < SH_PIN_VERDICT_SLOTS; k++)
+    if (verdicts.of[k].pid != 0) verdicts.of[k].alive = sh_holder_alive(verdicts.of[k].pid, verdicts.of[k].start);
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
     if (e->pid == 0 || e->count == 0) continue;
     /* a process that pinned since, or past the table's room: asked here */
-    int *alive = sh_verdict_of(&verdicts, e->pid, sh_pin_start(e), true);
+    int32_t *alive = sh_verdict_of(&verdicts, e->pid, sh_pin_start(e), true);
     int now = alive && *alive >= 0 ? *alive : sh_holder_alive(e->pid, sh_pin_start(e));
     if (alive) *alive = now;
     if (now) continue;

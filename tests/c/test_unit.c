@@ -1281,12 +1281,12 @@ static void test_pin_tombstones_cleared(void) {
 }
 
 /* One reclaim asks /proc once per process, and more processes than it keeps
- * verdicts for are still judged, one by one: the pins of 70 dead processes
- * go, each beside a live pin of this process's that stays. */
+ * verdicts for (128) are still judged, one by one: the pins of 150 dead
+ * processes go, each beside a live pin of this process's that stays. */
 static void test_dead_pins_of_many_processes(void) {
   sh_arena_t *a = NULL;
   REQUIRE("create", sh_create(&a, SH_BACKING_ANON, NULL, 256 * MiB, NULL) == SH_OK);
-  enum { DEAD = 70 };
+  enum { DEAD = 150 };
   REQUIRE("room for every pin", a->pin_mask + 1 > 2 * DEAD);
   uint32_t ids[2 * DEAD], gens[2 * DEAD];
   int ok = 1;
