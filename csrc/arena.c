@@ -523,7 +523,10 @@ void sh_arena_info(const sh_arena_t *arena, sh_arena_info_t *info) {
     info->nursery_blocks = SH_NURSERY_SLOTS;
     info->nursery_class_blocks = SH_NURSERY_CLASS_BLOCKS;
     for (uint32_t c = 0; c < arena->nclasses; c++)
-      if (arena->classes[c].nursery_capacity) info->nursery_limit = arena->classes[c].size;
+      if (arena->classes[c].nursery_capacity) {
+        info->nursery_limit = arena->classes[c].size;
+        info->nursery_classes |= UINT64_C(1) << c;
+      }
   }
   for (int p = 0; p < SH_NPARTITIONS; p++) {
     info->part_offset[p] = arena->parts[p].offset;

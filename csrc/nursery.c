@@ -15,8 +15,8 @@
  * record (one CAS) is what a free, another free and a recycle race for.
  *
  * The share is bounded: an agent with SH_NURSERY_SLOTS nursery blocks live
- * gets pages of its own for the next ones (and a block above
- * SH_NURSERY_MAX_BLOCK always does); past its record's first line
+ * gets pages of its own for the next ones (and a block of a class that is
+ * not the nursery's, sh_types.h, always does); past its record's first line
  * (SH_NURSERY_LINE blocks), so does a class of which it holds
  * SH_NURSERY_CLASS_BLOCKS blocks and a page / SH_NURSERY_CLASS_SHARE of
  * bytes there. Order of an allocation: pop, list,
@@ -82,7 +82,7 @@ static uint32_t sh_nursery_class_blocks(const sh_arena_t *a, _Atomic uint32_t *r
 }
 
 int _sh_nursery_alloc(sh_arena_t *a, uint32_t owner, int part, size_t size, bool may_lock, uint64_t *offset) {
-  if (part == SH_PART_SYSTEM || size > SH_NURSERY_MAX_BLOCK) return SH_NURSERY_PASS;
+  if (part == SH_PART_SYSTEM || size > SH_NURSERY_LOSSLESS_MAX) return SH_NURSERY_PASS;
   int c = _sh_size_class(a, size < SH_NURSERY_MIN_BLOCK ? SH_NURSERY_MIN_BLOCK : size);
   if (c < 0 || a->classes[c].nursery_capacity == 0) return SH_NURSERY_PASS;
   _Atomic uint32_t *record = _sh_nursery_record(a, owner);

@@ -40,12 +40,18 @@
 #define SH_PAGE_CORRUPT 1u /* a bad free link quarantined the page */
 #define SH_PAGE_LEASED 2u  /* holds, or held, a block with a lease or a handle tag: frees look in the table */
 #define SH_PAGE_DIRTY 4u   /* was ever handed out: a page that never was still holds the zeros it was made with */
-/* Nursery blocks (nursery.c): requests up to the largest, in classes from the
- * smallest whose page holds at least SH_NURSERY_MIN_PER_PAGE blocks beside its
- * map (a page holding one or two would cost an agent about what a page of its
- * own does). */
+/* Nursery blocks (nursery.c): classes from the smallest up to
+ * SH_NURSERY_MAX_BLOCK whose page holds at least SH_NURSERY_MIN_PER_PAGE
+ * blocks beside its map (a page holding one or two would cost an agent about
+ * what a page of its own does); above that, up to SH_NURSERY_LOSSLESS_MAX,
+ * the classes whose map fits in the page's slack, so that a nursery page
+ * holds as many blocks as a page of the agent's own would (10, 12, 14, 20,
+ * 24 and 28 KiB on 64 KiB pages, not 16 or 32: a 16 KiB nursery page holds
+ * 3, and an agent with four such blocks filled a page of its own). */
 #define SH_NURSERY_MIN_BLOCK 64u
 #define SH_NURSERY_MAX_BLOCK 8192u
+#define SH_NURSERY_LOSSLESS_MAX 28672u
+#define SH_NURSERY_LOSSLESS_MIN_PER_PAGE 2u
 #define SH_NURSERY_MIN_PER_PAGE 3u
 /* Past its record's first line (SH_NURSERY_LINE), an agent holding this
  * many blocks of one class in the nursery, and at least a page /

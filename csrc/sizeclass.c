@@ -24,8 +24,10 @@ void _sh_classes_load(sh_arena_t *arena) {
     cls->last_top = ((cls->capacity - 1) * cls->size >> SH_UNIT_SHIFT) + 1;
     /* a nursery page ends in a map of one owner word per block */
     uint32_t beside_map = hdr->page_size / (cls->size + (uint32_t)sizeof(uint32_t));
-    bool nursery = cls->size >= SH_NURSERY_MIN_BLOCK && cls->size <= SH_NURSERY_MAX_BLOCK &&
-                   beside_map >= SH_NURSERY_MIN_PER_PAGE;
+    bool nursery = cls->size >= SH_NURSERY_MIN_BLOCK &&
+                   ((cls->size <= SH_NURSERY_MAX_BLOCK && beside_map >= SH_NURSERY_MIN_PER_PAGE) ||
+                    (cls->size <= SH_NURSERY_LOSSLESS_MAX && beside_map == cls->capacity &&
+                     beside_map >= SH_NURSERY_LOSSLESS_MIN_PER_PAGE));
     cls->nursery_capacity = nursery ? beside_map : 0;
   }
   /* the formula below has a branch random sizes mispredict; a table has none */

@@ -34,7 +34,7 @@ extern "C" {
 #define SH_VERSION_MAJOR 0
 #define SH_VERSION_MINOR 1
 /* Bumped whenever the shared layout changes; attach refuses any other. */
-#define SH_FORMAT_VERSION 15u
+#define SH_FORMAT_VERSION 16u
 
 typedef enum sh_status_e {
   SH_OK = 0,
@@ -158,10 +158,12 @@ typedef struct sh_arena_info_s {
   uint64_t small_limit;        /* largest size served from a size class */
   uint64_t metadata_bytes;     /* header, page descriptors, owner table, stats */
   /* An agent's share of the nursery (shared pages): up to nursery_blocks
-   * blocks of at most nursery_limit bytes (0: this arena has no nursery),
-   * and of one class up to nursery_class_blocks blocks once they fill a
-   * sixteenth of a page (then the class gets pages of its own). */
+   * blocks of the classes in nursery_classes (bit c: class c), the largest
+   * nursery_limit bytes (0: this arena has no nursery), and of one class up
+   * to nursery_class_blocks blocks once they fill a sixteenth of a page
+   * (then the class gets pages of its own). */
   uint64_t nursery_limit;
+  uint64_t nursery_classes;
   uint32_t nursery_blocks, nursery_class_blocks;
   uint64_t part_offset[SH_NPARTITIONS], part_size[SH_NPARTITIONS];
   uint32_t class_size[SH_MAX_CLASSES];

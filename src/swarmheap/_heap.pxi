@@ -732,9 +732,13 @@ cdef class _Arena:
             # table also holds the nursery's slot
             "max_owners": info.max_owners - 1,
             "small_limit": info.small_limit,
-            # an agent's share of the shared nursery pages: this many blocks of
-            # at most nursery_limit bytes (0: no nursery)
+            # an agent's share of the shared nursery pages: nursery_blocks
+            # blocks of the classes in nursery_classes, the largest
+            # nursery_limit bytes (0: no nursery)
             "nursery_limit": info.nursery_limit,
+            "nursery_classes": [
+                info.class_size[c] for c in range(info.nclasses) if info.nursery_classes >> c & 1
+            ],
             "nursery_blocks": info.nursery_blocks,
             "nursery_class_blocks": info.nursery_class_blocks,
             "metadata_bytes": info.metadata_bytes,

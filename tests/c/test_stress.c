@@ -193,7 +193,8 @@ static void *nursery_owner(void *arg) {
       }
       for (int b = 0; b < 12; b++) {
         uint64_t off, usable;
-        size_t size = 24 + rnd(&s) % 4000;
+        /* a quarter of them in the nursery's classes above 8 KiB, whose map fits in the page's slack */
+        size_t size = rnd(&s) % 4 ? 24 + rnd(&s) % 4000 : 8192 + rnd(&s) % 20480;
         for (;;) { /* see above */
           atomic_fetch_add(&allocating, 1);
           if (atomic_load(&in_flight) == 0) break;

@@ -96,7 +96,8 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
     # few 6 KB blocks of many agents do not cost each agent a page
     with sh.Heap.create(size="64 MiB") as heap:
         info = heap.info()
-        assert info["nursery_limit"] == 8192 and info["nursery_blocks"] == 64
+        assert info["nursery_limit"] == 28672 and info["nursery_blocks"] == 64
+        assert {5120, 6144, 8192} <= set(info["nursery_classes"])
         assert info["nursery_class_blocks"] == 16  # a class past 16 blocks (and 4 KiB) gets pages of its own
         agents = [heap.spawn("mid") for _ in range(20)]
         for agent in agents:
@@ -112,6 +113,39 @@ def test_mid_size_blocks_start_in_the_nursery() -> None:
         for agent in agents:
             agent.complete()
         heap.check()
+
+
+def test_blocks_above_8_kib_share_pages_where_the_map_costs_no_block() -> None:
+    # 10-28 KiB blocks of many agents share nursery pages as long as a page
+    # holds as many of them beside its map as it would without one: a
+    # medium agent's 20 KiB block no longer holds a 64 KiB page alone, and a
+    # 16 KiB block, whose nursery page would hold 3 where its own holds 4,
+    # still takes a page of its own
+    with sh.Heap.create(size="64 MiB") as heap:
+        classes = set(heap.info()["nursery_classes"])
+        assert {10240, 12288, 14336, 20480, 24576, 28672} <= classes
+        assert not {16384, 32768} & classes
+        agents = [heap.spawn("mid") for _ in range(12)]
+        blocks = []
+        for n, agent in enumerate(agents):
+            for size in (10_000, 20_000, 28_000):
+                blk = agent.alloc(size)
+                blk[:4] = n.to_bytes(4, "little")
+                blocks.append((blk, n))
+        for agent in agents:
+            assert agent.stats()["pages"]["context"] == 0  # all of it on nursery pages
+        held = heap.stats()["partitions"]["context"]["held"]
+        # 6, 3 and 2 of them to a page: 2 + 4 + 6 pages, not 36 of their own
+        assert held <= (2 + 4 + 6 + 2) * heap.info()["page_size"]
+        own = heap.spawn("own")
+        own.alloc(16384)
+        assert own.stats()["pages"]["context"] == 1
+        for blk, n in blocks:
+            assert bytes(blk[:4]) == n.to_bytes(4, "little")
+        for agent in [*agents, own]:
+            agent.complete()
+        heap.check()
+        assert heap.stats()["partitions"]["context"]["in_use"] == 0
 
 
 def test_a_nursery_share_is_bounded(heap: sh.Heap) -> None:

@@ -1418,19 +1418,20 @@ def test_the_policy_leaves_agents_active_within_min_idle(tmp_path: Any) -> None:
 
 
 def _sparse_agent(heap: sh.Heap) -> sh.Agent:
-    """An agent holding two pages of `context` with one 9 KB entry in use in each."""
+    """An agent holding two pages of `context` with one 15 KB entry in use in
+    each (a 16 KiB class: never in the nursery, whose page would hold 3)."""
     a = heap.spawn("sparse")
-    for i in range(12):
-        a.put(f"e{i}", bytes([i]) * 9000)
-    for i in range(12):
-        if i % 6:
+    for i in range(8):
+        a.put(f"e{i}", bytes([i]) * 15000)
+    for i in range(8):
+        if i % 4:
             a.delete(f"e{i}")
     return a
 
 
 def test_the_policy_reads_fullness_in_pages_too(tmp_path: Any) -> None:
     # agents whose pages are mostly free blocks: every page of `context` is
-    # taken at 16 % of its bytes in use. The policy read bytes in use alone,
+    # taken at a quarter of its bytes in use. The policy read bytes in use alone,
     # found the partition under its high mark and offloaded nothing, and the
     # next agent failed with PartitionFull
     with sh.Heap.create(size="64 MiB") as heap, SQLiteStore(tmp_path / "spill.db") as store:
@@ -1438,7 +1439,7 @@ def test_the_policy_reads_fullness_in_pages_too(tmp_path: Any) -> None:
         agents = [_sparse_agent(heap) for _ in range(400)]  # about twice what fits
         assert sum(a.state == "offloaded" for a in agents) > 0
         for a in agents:
-            assert bytes(a.get("e0")) == bytes([0]) * 9000 and bytes(a.get("e6")) == bytes([6]) * 9000
+            assert bytes(a.get("e0")) == bytes([0]) * 15000 and bytes(a.get("e4")) == bytes([4]) * 15000
             a.complete()
         heap.check()
 
@@ -1472,7 +1473,7 @@ def test_a_thread_that_fills_the_partition_during_another_thread_s_sweep_is_reli
         assert bytes(big.get("data")[:16]) == bytes(16)
         big.complete()
         for a in idle:
-            assert bytes(a.get("e6")) == bytes([6]) * 9000
+            assert bytes(a.get("e4")) == bytes([4]) * 15000
             a.complete()
         heap.check()
 

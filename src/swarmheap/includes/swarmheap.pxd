@@ -92,6 +92,7 @@ cdef extern from "swarmheap.h" nogil:
         uint32_t page_size, nclasses, max_owners, format_version
         uint64_t small_limit, metadata_bytes
         uint64_t nursery_limit
+        uint64_t nursery_classes
         uint32_t nursery_blocks, nursery_class_blocks
         uint64_t part_offset[4]
         uint64_t part_size[4]
