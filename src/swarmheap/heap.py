@@ -213,7 +213,7 @@ class Heap(CoreHeap):
         info = self.info()
         self._capacity = {p: v["size"] for p, v in info["partitions"].items()}
         # a kind predicted to hold more of the nursery's largest blocks than
-        # the core keeps there of one class (16 of 8 KiB by default) gets
+        # the core keeps there of one class (16 of 28 KiB by default) gets
         # pages of its own from the start: most of such an agent's memory is
         # on pages of its own anyway, and a kind's peak counts those pages
         # whole, so a mid-size kind read as blocks from its mix was taken for
