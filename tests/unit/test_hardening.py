@@ -173,6 +173,18 @@ def test_block_reclaimed_by_its_lease_is_stale(heap: sh.Heap) -> None:
 # ---- 3. pins of a dead process ------------------------------------------------
 
 
+def test_the_pin_reclaim_measure_keeps_live_pins_and_drops_killed_ones() -> None:
+    # bench/pin_reclaim.py, which measured the reclaim's /proc reads leaving
+    # the owner lock: three processes hold views of four agents each; a
+    # reclaim while they live drops none (the script asserts it), and one
+    # after they are killed drops all twelve
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "pin_reclaim.py")
+    proc = subprocess.run([sys.executable, script, "3", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 live processes x 4 pins" in proc.stdout
+    assert "after killing them: 12 pins dropped" in proc.stdout
+
+
 def test_an_owner_state_that_is_no_state_is_corruption_not_an_empty_agent(
     heap: sh.Heap, tmp_path: object
 ) -> None:
