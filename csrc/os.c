@@ -199,6 +199,9 @@ int sh_process_start_time(int pid, uint64_t *start_time) {
 }
 
 int sh_process_alive(int pid, uint64_t start) {
+  /* this process, as its owners and pins name it: no /proc read (its start
+   * time is cached) */
+  if (pid == _sh_os_pid() && start != 0 && start == _sh_own_start_time(pid)) return 1;
   uint64_t now_start;
   int rc = sh_process_start_time(pid, &now_start);
   if (rc == SH_ENOENT) return 0;

@@ -385,11 +385,6 @@ static int32_t *sh_verdict_of(sh_pin_verdicts_t *v, int32_t pid, uint64_t start,
   return &v->of[i].alive;
 }
 
-static int sh_holder_alive(int32_t pid, uint64_t start) {
-  if (pid == _sh_os_pid() && start == _sh_own_start_time(pid)) return 1;
-  return sh_process_alive(pid, start) != 0; /* /proc could not say: kept */
-}
-
 int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recycled, sh_owner_info_t *finals,
                                uint32_t max_finals) {
   *dropped = 0;
@@ -408,14 +403,15 @@ int sh_pins_reclaim_dead_final(sh_arena_t *a, uint64_t *dropped, uint32_t *recyc
    * one found alive and dead by the time the lock is taken again keeps
    * its pins until the next reclaim, as one that died just after would */
   for (uint32_t k = 0; k < SH_PIN_VERDICT_SLOTS; k++)
-    if (verdicts.of[k].pid != 0) verdicts.of[k].alive = sh_holder_alive(verdicts.of[k].pid, verdicts.of[k].start);
+    if (verdicts.of[k].pid != 0) /* /proc could not say: kept */
+      verdicts.of[k].alive = sh_process_alive(verdicts.of[k].pid, verdicts.of[k].start) != 0;
   _sh_owner_lock(a);
   for (uint64_t i = 0; i <= a->pin_mask; i++) {
     sh_pin_t *e = &a->pins[i];
     if (e->pid == 0 || e->count == 0) continue;
     /* a process that pinned since, or past the table's room: asked here */
     int32_t *alive = sh_verdict_of(&verdicts, e->pid, sh_pin_start(e), true);
-    int now = alive && *alive >= 0 ? *alive : sh_holder_alive(e->pid, sh_pin_start(e));
+    int32_t now = alive && *alive >= 0 ? *alive : sh_process_alive(e->pid, sh_pin_start(e)) != 0;
     if (alive) *alive = now;
     if (now) continue;
     *dropped += e->count;
